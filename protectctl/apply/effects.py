@@ -1,0 +1,277 @@
+"""What applying a change does, per resource kind.
+
+Each kind has create/update/delete acting on the change's inputs alone (plus the outputs
+recorded in the state for that resource). A replace is delete-old then create-new, where
+deleting never removes protected data unless the plan says `delete_data`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from protectctl.errors import ProtectctlError, RepositoryError
+from protectctl.provision.config import render_agent_config, render_source_config
+from protectctl.provision.host import HostConnection, connect
+from protectctl.secret import SecretRef
+
+Inputs = Mapping[str, Any]
+Outputs = dict[str, Any]
+
+
+@dataclass(slots=True)
+class ApplyContext:
+    """What effects may use: host connections and a place to say things to the user."""
+
+    hosts: Mapping[str, Mapping[str, Any]]  # host name → host inputs (address, root, ...)
+    warn: Callable[[str], None]
+    _connections: dict[str, HostConnection] = field(default_factory=dict)
+
+    def host(self, name: str) -> HostConnection:
+        if name not in self._connections:
+            address = str(self.hosts.get(name, {}).get("address", "local"))
+            self._connections[name] = connect(name, address)
+        return self._connections[name]
+
+
+class Effect(Protocol):
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs: ...
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs: ...
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None: ...
+
+
+def secret_ref(ref: Mapping[str, Any]) -> SecretRef:
+    return SecretRef(env=ref.get("env"), file=Path(ref["file"]) if ref.get("file") else None)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class KeyEffect:
+    """An EncryptionKey: makes sure its passphrase exists; generates a file one if asked."""
+
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        ref = inputs["passphrase"]
+        if ref.get("file") and not Path(ref["file"]).exists():
+            if not inputs.get("generate", True):
+                raise ProtectctlError(f"passphrase file {ref['file']} does not exist",
+                                      hint="create it (mode 0600) or set `generate: true`")
+            path = Path(ref["file"])
+            passphrase = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(passphrase + b"\n")
+                out.flush()
+                os.fsync(out.fileno())
+            ctx.warn(f"generated a new passphrase in {path} (mode 0600): keep a copy somewhere safe; "
+                     "without it the repository cannot be read")
+            return {"generated": True}
+        secret_ref(ref).resolve()  # fail now, clearly, if the env var or file is missing
+        return {"generated": False}
+
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
+        return {**outputs, **self.create(inputs, ctx)}
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        ref = inputs["passphrase"]
+        if delete_data and outputs.get("generated") and ref.get("file"):
+            Path(ref["file"]).unlink(missing_ok=True)
+
+
+class StorageEffect:
+    """A repository: initialised with a master key wrapped by the key's passphrase."""
+
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        from protectctl.engine.repository import Repository
+        from protectctl.engine.storage.local import LocalStorage
+
+        path = Path(inputs["path"])
+        passphrase = secret_ref(inputs["passphrase"]).resolve().value
+        storage = LocalStorage(path)
+        if Repository.exists(storage):
+            repo = Repository.open(storage, passphrase)
+            return {"repository_id": repo.id, "initialised": False}
+        repo = Repository.init(storage, passphrase)
+        return {"repository_id": repo.id, "initialised": True}
+
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
+        return {**outputs, **self.create(inputs, ctx), "initialised": outputs.get("initialised", False)}
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        if not delete_data:
+            ctx.warn(f"storage at {inputs['path']} is no longer managed; its data is kept")
+            return
+        path = Path(inputs["path"])
+        if not (path / "config").exists():
+            if path.exists():
+                raise RepositoryError(f"{path} does not look like a protectctl repository; not deleting it")
+            return
+        shutil.rmtree(path)
+
+
+class LibraryEffect:
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        if inputs["type"] == "virtual":
+            Path(inputs["path"]).mkdir(parents=True, exist_ok=True)
+        return {}
+
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
+        return self.create(inputs, ctx)
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        if delete_data and inputs["type"] == "virtual":
+            shutil.rmtree(inputs["path"], ignore_errors=True)
+
+
+class HostEffect:
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        ctx.host(inputs_host(inputs)).make_dirs(inputs["root"])
+        return {}
+
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
+        return self.create(inputs, ctx)
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        return None  # the root may hold anything; apply never made it exclusively
+
+
+def inputs_host(inputs: Inputs) -> str:
+    return str(inputs.get("host") or inputs.get("name") or "local")
+
+
+class FilesEffect:
+    """A resource that is a set of files on a host; outputs record each file's digest."""
+
+    mode = 0o600
+
+    def files(self, inputs: Inputs) -> dict[str, bytes]:
+        raise NotImplementedError
+
+    def host_name(self, inputs: Inputs) -> str:
+        return str(inputs["host"])
+
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        conn = ctx.host(self.host_name(inputs))
+        written: dict[str, str] = {}
+        for path, data in self.files(inputs).items():
+            conn.write_file(path, data, mode=self.mode)
+            written[path] = digest(data)
+        self.after_write(inputs, ctx)
+        return {"files": written}
+
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
+        new = self.create(inputs, ctx)
+        for stale in set(outputs.get("files", {})) - set(new["files"]):
+            ctx.host(self.host_name(inputs)).remove_file(stale)
+        return new
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        conn = ctx.host(self.host_name(inputs))
+        self.before_remove(inputs, ctx)
+        for path in outputs.get("files", {}):
+            conn.remove_file(path)
+            conn.remove_empty_dirs(str(PurePosixPath(path).parent), str(inputs["root"]))
+
+    def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
+        return None
+
+    def before_remove(self, inputs: Inputs, ctx: ApplyContext) -> None:
+        return None
+
+
+class AgentEffect(FilesEffect):
+    def files(self, inputs: Inputs) -> dict[str, bytes]:
+        return {inputs["config_path"]: render_agent_config(inputs).encode()}
+
+    def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
+        ctx.host(self.host_name(inputs)).make_dirs(inputs["state_dir"], mode=0o700)
+
+
+class SourceEffect(FilesEffect):
+    def files(self, inputs: Inputs) -> dict[str, bytes]:
+        return {inputs["config_path"]: render_source_config(inputs).encode()}
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        # the host root is not in a source's inputs; stop removing empty dirs at the sources dir
+        conn = ctx.host(self.host_name(inputs))
+        for path in outputs.get("files", {}):
+            conn.remove_file(path)
+
+
+class ScheduleEffect(FilesEffect):
+    """systemd units or a cron file; enabled where systemd runs the real root."""
+
+    mode = 0o644
+
+    def files(self, inputs: Inputs) -> dict[str, bytes]:
+        return {path: text.encode() for path, text in schedule_files(inputs).items()}
+
+    def _systemd_live(self, inputs: Inputs, ctx: ApplyContext) -> bool:
+        return (inputs["scheduler"] == "systemd" and inputs["root"] == "/"
+                and Path("/run/systemd/system").is_dir() and ctx.host(inputs["host"]).has_command("systemctl"))
+
+    def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
+        if inputs["scheduler"] != "systemd":
+            return
+        if not self._systemd_live(inputs, ctx):
+            if inputs["root"] == "/":
+                ctx.warn(f"{inputs['name']}.timer written but not enabled: systemd is not running here; "
+                         f"run `systemctl daemon-reload && systemctl enable --now {inputs['name']}.timer`")
+            return
+        conn = ctx.host(inputs["host"])
+        for argv in (("systemctl", "daemon-reload"), ("systemctl", "enable", "--now", f"{inputs['name']}.timer")):
+            result = conn.run(argv)
+            if result.status != 0:
+                raise ProtectctlError(f"{' '.join(argv)} failed: {result.stderr.strip()[-300:]}")
+
+    def before_remove(self, inputs: Inputs, ctx: ApplyContext) -> None:
+        if self._systemd_live(inputs, ctx):
+            ctx.host(inputs["host"]).run(("systemctl", "disable", "--now", f"{inputs['name']}.timer"))
+
+
+class LogicalEffect:
+    """A resource that exists only in the state (a protection group)."""
+
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        return {}
+
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
+        return {}
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        return None
+
+
+def schedule_files(inputs: Inputs) -> dict[str, str]:
+    """The rendered schedule files of a schedule resource, by absolute path on the host."""
+    from protectctl.provision.schedulers.base import ScheduledJob, renderer_for
+    from protectctl.units import Schedule
+
+    job = ScheduledJob(
+        name=inputs["name"], description=inputs["description"], argv=tuple(inputs["argv"]),
+        schedule=Schedule.parse(inputs["schedule"]), randomized_delay_s=int(inputs["randomized_delay_s"]),
+    )
+    rendered = renderer_for(inputs["scheduler"]).render(job)
+    root = PurePosixPath(inputs["root"])
+    return {str(root / rel): text for rel, text in rendered.items()}
+
+
+EFFECTS: dict[str, Effect] = {
+    "key": KeyEffect(),
+    "storage": StorageEffect(),
+    "library": LibraryEffect(),
+    "host": HostEffect(),
+    "agent": AgentEffect(),
+    "group": LogicalEffect(),
+    "source": SourceEffect(),
+    "schedule": ScheduleEffect(),
+}

@@ -1,0 +1,131 @@
+"""The protectctl command line: the root app, the shared Env, the one error handler.
+
+Command modules parse options, call one `protectctl.api` function, hand the result to
+`Output` and pick the exit code. Only `main()` turns errors into text and exit codes:
+ProtectctlError → its message (JSON under --json) and exit code; Ctrl-C → 130; usage
+errors → 1; anything else → one line naming the bug and the log file (the traceback goes
+there, or to stderr under --debug, never with locals).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from protectctl import __version__
+from protectctl.cli.output import Output
+
+app = typer.Typer(
+    name="protectctl",
+    help="Declarative, policy-as-code data protection for Linux fleets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # tracebacks never reach users, and never with locals
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass(slots=True)
+class Env:
+    policy_dir: Path
+    output: Output
+    debug: bool
+    agent_config: Path | None
+
+
+def env_of(ctx: typer.Context, json_mode: bool = False) -> Env:
+    env: Env = ctx.obj
+    if json_mode:
+        env.output.json_mode = True
+    return env
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"protectctl {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Option("-C", "--directory", help="Policy directory (default: cwd).")] = Path("."),
+    json_mode: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show internal tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Fewer messages.")] = False,
+    agent_config: Annotated[Path | None, typer.Option(
+        "--agent-config", envvar="PROTECTCTL_AGENT_CONFIG",
+        help="Agent configuration written by apply (what timers use instead of -C).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    ctx.obj = Env(directory, Output(json_mode=json_mode, quiet=quiet), debug, agent_config)
+
+
+def _register() -> None:
+    from protectctl.cli import jobs, plan, state
+
+    plan.register(app)
+    state.register(app)
+    jobs.register(app)
+
+
+_register()
+
+
+def _log_crash() -> Path:
+    import traceback
+
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "protectctl"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / "crash.log"
+        with path.open("a", encoding="utf-8") as log:
+            log.write(traceback.format_exc())
+        return path
+    except OSError:
+        return Path("(no log: cannot write under ~/.local/state)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and map every outcome to an exit code."""
+    import click
+
+    from protectctl.errors import ProtectctlError
+
+    args = sys.argv[1:] if argv is None else argv
+    output = Output(json_mode="--json" in args)
+    debug = "--debug" in args
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="protectctl", standalone_mode=False)
+    except ProtectctlError as err:
+        output.error(err)
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        output.info("Aborted.")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        output.info("Interrupted.")
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(1)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as err:  # noqa: BLE001 - the one place a bug becomes a message
+        if debug:
+            raise
+        where = _log_crash()
+        sys.stderr.write(f"protectctl: internal error (a bug): {type(err).__name__}: {err}\n"
+                         f"  details: {where} (or rerun with --debug)\n")
+        sys.exit(70)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,395 @@
+"""`Repository`: the one entry point to an encrypted, deduplicated backup repository.
+
+Owns opening and creating repositories (config + key files), blob ids, the chunker with
+the repository's parameters, write sessions, reading blobs, trees and points, locks, and
+delegates gc and check to `engine.gc` and `engine.check`. The format is documented in
+docs/repository-format.md. Concurrency contract: a process that writes blobs and saves a
+point holds a shared lock from before it reads the index until after `save_point`
+(`writer()` takes one implicitly when none is held); gc relies on those locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import blake3
+
+from protectctl.engine.chunker import Chunker, ChunkerParams
+from protectctl.engine.crypto import (
+    DEFAULT_KDF_N,
+    KdfParams,
+    MasterKeys,
+    Sealer,
+    keyed_hasher,
+    unwrap_keys,
+    wrap_keys,
+)
+from protectctl.engine.ids import BlobId, short_id
+from protectctl.engine.index import Index, IndexEntry, IndexFile, load_index
+from protectctl.engine.locks import DEFAULT_LEASE_S, LeaseLock
+from protectctl.engine.pack import BlobKind, PackEntry, open_blob
+from protectctl.engine.points import Point, PointStats, decode_point, encode_point, new_point_id
+from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend
+from protectctl.engine.tree import Tree, decode_tree, encode_tree
+from protectctl.engine.writer import DEFAULT_PACK_SIZE, BlobWriter
+from protectctl.errors import CorruptionError, RepositoryError, WrongKeyError
+from protectctl.progress import Progress
+
+if TYPE_CHECKING:
+    from protectctl.engine.check import CheckReport
+    from protectctl.engine.gc import GcReport
+
+__all__ = [
+    "BlobKind",
+    "BlobWriter",
+    "Point",
+    "PointStats",
+    "Repository",
+    "new_point_id",
+]
+
+CONFIG_NAME = "config"
+FORMAT_NAME = "protectctl-repository"
+FORMAT_VERSION = 1
+
+
+class Repository:
+    """An opened repository; thread-safe for concurrent writers and readers."""
+
+    def __init__(
+        self, storage: StorageBackend, repo_id: str, keys: MasterKeys, chunker: ChunkerParams, pack_size: int
+    ) -> None:
+        self.storage = storage
+        self.id = repo_id
+        self.chunker_params = chunker
+        self.pack_size = pack_size
+        self.lock_lease_s = DEFAULT_LEASE_S
+        self._keys = keys
+        self.sealer = Sealer(keys.encryption)
+        self._mutex = threading.RLock()
+        self._index: Index | None = None
+        self._pending: set[BlobId] = set()  # claimed by active writers, not yet indexed
+        self._stored: dict[BlobId, IndexEntry] = {}  # uploaded by active writers, not yet indexed
+        self._sessions = 0
+        self._held: list[LeaseLock] = []
+        self._implicit: LeaseLock | None = None
+
+    # -- creating and opening -------------------------------------------------------------
+
+    @staticmethod
+    def exists(storage: StorageBackend) -> bool:
+        return storage.exists(ObjectKind.CONFIG, CONFIG_NAME)
+
+    @classmethod
+    def init(
+        cls,
+        storage: StorageBackend,
+        passphrase: bytes,
+        *,
+        kdf_n: int = DEFAULT_KDF_N,
+        chunker: ChunkerParams | None = None,
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> Repository:
+        """Create a repository; raises RepositoryError if one exists there."""
+        if cls.exists(storage):
+            raise RepositoryError(f"{storage.describe()} already holds a repository")
+        repo_id = os.urandom(16).hex()
+        keys = MasterKeys.generate()
+        params = chunker or ChunkerParams()
+        key_name = os.urandom(16).hex()
+        # Key first, config last: a crash in between leaves no repository, only an orphan
+        # key that no later config's id can open (the id is in the key's AAD).
+        storage.put(ObjectKind.KEYS, key_name, wrap_keys(keys, passphrase, repo_id, key_name, KdfParams.fresh(kdf_n)))
+        storage.put(ObjectKind.CONFIG, CONFIG_NAME, _encode_config(repo_id, params, pack_size))
+        return cls(storage, repo_id, keys, params, pack_size)
+
+    @classmethod
+    def open(cls, storage: StorageBackend, passphrase: bytes) -> Repository:
+        """Open with a passphrase; WrongKeyError if no key file opens, RepositoryError if none."""
+        try:
+            config = storage.get(ObjectKind.CONFIG, CONFIG_NAME)
+        except ObjectMissingError as err:
+            raise RepositoryError(
+                f"{storage.describe()} holds no repository", hint="create it with `protectctl apply`"
+            ) from err
+        repo_id, params, pack_size = _decode_config(config, storage.describe())
+        keys = _unlock(storage, passphrase, repo_id)
+        return cls(storage, repo_id, keys, params, pack_size)
+
+    def close(self) -> None:
+        """Release any lock `writer()` took implicitly."""
+        with self._mutex:
+            implicit, self._implicit = self._implicit, None
+        if implicit is not None:
+            implicit.release()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- ids and chunking -------------------------------------------------------------------
+
+    def blob_id(self, data: bytes) -> BlobId:
+        """Keyed BLAKE3 of `data`: equal content, equal id; ids reveal nothing without the key."""
+        hasher = keyed_hasher(self._keys.id_key)
+        hasher.update(data)
+        return BlobId(hasher.digest())
+
+    def content_hasher(self) -> blake3.blake3:
+        """A keyed BLAKE3 hasher for `Node.content_hash` (whole-file content, restore verification)."""
+        return keyed_hasher(self._keys.id_key)
+
+    def chunker(self) -> Chunker:
+        return Chunker(self.chunker_params, self._keys.chunker_seed)
+
+    # -- the index --------------------------------------------------------------------------
+
+    def _loaded_index(self) -> Index:
+        with self._mutex:
+            if self._index is None:
+                self._index = load_index(self.storage, self.sealer)
+            return self._index
+
+    def invalidate_index(self) -> None:
+        """Forget the cached index; it is re-read on next use."""
+        with self._mutex:
+            self._index = None
+
+    def has_blob(self, blob_id: BlobId) -> bool:
+        """Whether a writer may reference `blob_id` without storing it again."""
+        with self._mutex:
+            return blob_id in self._pending or self._loaded_index().has_live(blob_id)
+
+    def _lookup(self, blob_id: BlobId) -> IndexEntry | None:
+        with self._mutex:
+            return self._stored.get(blob_id) or self._loaded_index().lookup(blob_id)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def writer(self, progress: Progress | None = None, *, workers: int | None = None) -> BlobWriter:
+        """A write session (context manager). Takes a shared lock if this object holds none."""
+        with self._mutex:
+            if not self._held and self._implicit is None:
+                lease = LeaseLock(
+                    self.storage, self.sealer, exclusive=False, command="writer", lease_s=self.lock_lease_s
+                )
+                lease.acquire()
+                self._implicit = lease
+                self._index = None  # read the index only once the lock is visible to gc
+            self._sessions += 1
+        return BlobWriter(self, self.sealer, progress=progress, pack_size=self.pack_size, workers=workers)
+
+    def _claim_new(self, blob_id: BlobId) -> bool:
+        with self._mutex:
+            if blob_id in self._pending or self._loaded_index().has_live(blob_id):
+                return False
+            self._pending.add(blob_id)
+            return True
+
+    def _packs_stored(self, pack: str, entries: list[PackEntry]) -> None:
+        with self._mutex:
+            for entry in entries:
+                self._stored[entry.blob_id] = IndexEntry(pack, entry)
+
+    def _packs_indexed(self, name: str, index: IndexFile) -> None:
+        with self._mutex:
+            if self._index is not None:
+                self._index.add_file(name, index)
+            for entries in index.packs.values():
+                for entry in entries:
+                    self._pending.discard(entry.blob_id)
+                    self._stored.pop(entry.blob_id, None)
+
+    def _session_ended(self, abandoned: set[BlobId], committed: bool) -> None:
+        with self._mutex:
+            self._pending.difference_update(abandoned)
+            for blob_id in abandoned:
+                self._stored.pop(blob_id, None)
+            self._sessions -= 1
+            release = not committed and self._sessions == 0
+        if release:
+            self.close()
+
+    def save_tree(self, writer: BlobWriter, tree: Tree) -> BlobId:
+        return writer.add(BlobKind.TREE, encode_tree(tree))[0]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def load_blob(self, blob_id: BlobId) -> bytes:
+        """Decrypt, decompress and verify one blob; CorruptionError names the pack."""
+        located = self._lookup(blob_id)
+        if located is None:
+            self.invalidate_index()  # gc may have moved it since we loaded the index
+            located = self._lookup(blob_id)
+        if located is None:
+            raise CorruptionError(f"blob {short_id(blob_id)} is not in the index of {self.storage.describe()}")
+        return self.read_entry(located.pack, located.entry)
+
+    def read_entry(self, pack: str, entry: PackEntry) -> bytes:
+        """Read the blob described by `entry` from `pack` and verify its id."""
+        what = f"pack {pack} (blob {short_id(entry.blob_id)})"
+        try:
+            stored = self.storage.get(ObjectKind.DATA, pack, entry.offset, entry.length)
+        except ObjectMissingError as err:
+            raise CorruptionError(f"{what}: the pack is missing") from err
+        except RepositoryError as err:
+            raise CorruptionError(f"{what}: {err.message}") from err
+        data = open_blob(self.sealer, entry, stored, what)
+        if self.blob_id(data) != entry.blob_id:
+            raise CorruptionError(f"{what}: content does not match its id")
+        return data
+
+    def load_tree(self, blob_id: BlobId) -> Tree:
+        try:
+            return decode_tree(self.load_blob(blob_id))
+        except CorruptionError as err:
+            raise CorruptionError(f"tree {short_id(blob_id)}: {err.message}") from err
+
+    # -- points -----------------------------------------------------------------------------
+
+    def save_point(self, point: Point) -> None:
+        """Publish a point; refuses one whose tree is not indexed yet or whose lock was lost."""
+        if point.tree is not None:
+            with self._mutex:
+                unindexed = point.tree in self._pending or point.tree in self._stored
+            if unindexed or self._lookup(point.tree) is None:
+                raise RepositoryError(f"point {point.id}: its tree is not committed; leave the writer first")
+        self._check_locks_held()
+        try:
+            stored = encode_point(self.sealer, point)
+        except ValueError as err:
+            raise RepositoryError(f"point {point.id}: {err}") from err
+        self.storage.put(ObjectKind.POINTS, point.id, stored)
+        with self._mutex:
+            release = self._sessions == 0
+        if release:
+            self.close()
+
+    def _check_locks_held(self) -> None:
+        for lease in [*self._held, *([self._implicit] if self._implicit else [])]:
+            if lease.lost:
+                raise RepositoryError(
+                    "the repository lock was taken over while this process held it (lease expired); "
+                    "the point is not saved, so gc cannot have removed data it needs"
+                )
+
+    def list_points(self, source: str | None = None) -> list[Point]:
+        """Points (of `source`, or all), oldest first."""
+        points = []
+        for info in self.storage.list(ObjectKind.POINTS):
+            try:
+                point = self.load_point(info.name)
+            except ObjectMissingError:
+                continue  # forgotten while we listed
+            if source is None or point.source == source:
+                points.append(point)
+        return sorted(points, key=lambda p: (p.time, p.id))
+
+    def load_point(self, point_id: str) -> Point:
+        try:
+            stored = self.storage.get(ObjectKind.POINTS, point_id)
+        except ValueError as err:
+            raise RepositoryError(f"{point_id!r} is not a point id") from err
+        return decode_point(self.sealer, point_id, stored)
+
+    def forget_points(self, point_ids: Iterable[str]) -> None:
+        """Delete point manifests (their data goes at the next gc); all must exist."""
+        ids = list(point_ids)
+        missing = [p for p in ids if not self.storage.exists(ObjectKind.POINTS, p)]
+        if missing:
+            raise RepositoryError(f"no such point(s): {', '.join(missing)}")
+        for point_id in ids:
+            with contextlib.suppress(ObjectMissingError):
+                self.storage.delete(ObjectKind.POINTS, point_id)
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    def gc(self, *, dry_run: bool = False, progress: Progress | None = None) -> GcReport:
+        from protectctl.engine.gc import collect_garbage
+
+        return collect_garbage(self, dry_run=dry_run, progress=progress)
+
+    def check(self, *, read_data: bool = False, progress: Progress | None = None) -> CheckReport:
+        from protectctl.engine.check import check_repository
+
+        return check_repository(self, read_data=read_data, progress=progress)
+
+    def lock(self, *, exclusive: bool, command: str) -> AbstractContextManager[None]:
+        """Hold a lease lock for the block; LockedError names a live conflicting holder."""
+        return self._locked(exclusive, command)
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool, command: str) -> Iterator[None]:
+        lease = LeaseLock(self.storage, self.sealer, exclusive=exclusive, command=command, lease_s=self.lock_lease_s)
+        lease.acquire()
+        with self._mutex:
+            self._held.append(lease)
+            if self._sessions == 0:
+                self._index = None  # what we read before the lock may predate a gc
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._held.remove(lease)
+            lease.release()
+
+    def held_exclusive_locks(self) -> set[str]:
+        with self._mutex:
+            return {lease.name for lease in self._held if lease.record.exclusive}
+
+
+def _encode_config(repo_id: str, params: ChunkerParams, pack_size: int) -> bytes:
+    document = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "id": repo_id,
+        "chunker": {"algorithm": "fastcdc2020", "min": params.min_size, "avg": params.avg_size, "max": params.max_size},
+        "pack_size": pack_size,
+        "compression": "zstd",
+        "encryption": "aes-256-gcm",
+        "id_hash": "blake3-keyed",
+    }
+    return json.dumps(document, sort_keys=True, indent=1).encode()
+
+
+def _decode_config(raw: bytes, where: str) -> tuple[str, ChunkerParams, int]:
+    try:
+        d = json.loads(raw)
+        if d["format"] != FORMAT_NAME:
+            raise ValueError("not a protectctl repository")
+        if d["version"] != FORMAT_VERSION:
+            raise RepositoryError(
+                f"{where}: repository format version {d['version']} is not supported (this protectctl reads {FORMAT_VERSION})"
+            )
+        c = d["chunker"]
+        params = ChunkerParams(min_size=int(c["min"]), avg_size=int(c["avg"]), max_size=int(c["max"]))
+        return str(d["id"]), params, int(d["pack_size"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CorruptionError(f"{where}: config is not a protectctl repository config ({err})") from err
+
+
+def _unlock(storage: StorageBackend, passphrase: bytes, repo_id: str) -> MasterKeys:
+    names = sorted(info.name for info in storage.list(ObjectKind.KEYS))
+    if not names:
+        raise RepositoryError(f"{storage.describe()} has no key files; it cannot be opened")
+    for name in names:
+        try:
+            return unwrap_keys(storage.get(ObjectKind.KEYS, name), passphrase, repo_id, name)
+        except WrongKeyError:
+            continue
+    raise WrongKeyError(
+        f"the passphrase does not open the repository at {storage.describe()}",
+        hint="check the EncryptionKey the Storage refers to",
+    )
+

@@ -1,0 +1,152 @@
+"""Desired resources vs recorded state → changes. Pure.
+
+`make_plan` is a function of (resources, state, now, observations): the same inputs give
+the same Plan, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from protectctl.errors import PlanError
+from protectctl.plan.graph import build_graph, check_acyclic, ordered
+from protectctl.plan.model import Action, AttributeChange, Change, GroupEstimate, Plan, Reason
+from protectctl.plan.resources import Resource
+from protectctl.state.model import ResourceState, State
+
+
+@dataclass(frozen=True, slots=True)
+class Observations:
+    """Facts gathered by effects before planning (`--refresh`, repository contents)."""
+
+    storage_points: Mapping[str, int] = field(default_factory=dict)  # storage address → recovery points
+    drifted: Mapping[str, str] = field(default_factory=dict)  # address → what differs on the host
+
+
+def make_plan(
+    resources: Sequence[Resource],
+    state: State,
+    *,
+    now: datetime,
+    version: str,
+    policy_dir: str,
+    destroy: bool = False,
+    delete_data: bool = False,
+    observed: Observations | None = None,
+    estimates: Sequence[GroupEstimate] = (),
+    warnings: Sequence[str] = (),
+) -> Plan:
+    """Raises PlanError for a dependency cycle or a refused deletion of data."""
+    observed = observed or Observations()
+    check_acyclic(build_graph(resources))
+    desired = {} if destroy else {str(r.address): r for r in resources}
+    changes: list[Change] = []
+    for address, res in desired.items():
+        change = _change_for(res, state.resources.get(address), observed)
+        if change is not None:
+            changes.append(change)
+    for address, rec in state.resources.items():
+        if address not in desired:
+            changes.append(_delete(address, rec, Reason.DESTROY if destroy else Reason.REMOVED,
+                                   delete_data, observed, state))
+    if destroy and not delete_data:
+        _refuse_data_loss(state, observed)
+    order = {addr: i for i, addr in enumerate(ordered(changes))}
+    changes.sort(key=lambda c: order[c.address])
+    return Plan(protectctl_version=version, created_at=now, lineage=state.lineage, serial=state.serial,
+                policy_dir=policy_dir, destroy=destroy, delete_data=delete_data, changes=changes,
+                estimates=list(estimates), warnings=list(warnings))
+
+
+def _change_for(res: Resource, rec: ResourceState | None, observed: Observations) -> Change | None:
+    address = str(res.address)
+    after = dict(res.inputs)
+    common: dict[str, Any] = {"address": address, "kind": res.address.kind, "after": after,
+                              "depends_on": [str(d) for d in res.depends_on], "host": res.host,
+                              "holds_data": res.holds_data}
+    if rec is None:
+        return Change(action=Action.CREATE, reason=Reason.NEW,
+                      attributes=diff_attributes({}, after, ()), **common)
+    attrs = diff_attributes(rec.inputs, after, res.replace_on)
+    if not attrs:
+        if address in observed.drifted:
+            return Change(action=Action.UPDATE, reason=Reason.DRIFT, before=rec.inputs,
+                          notes=[f"drift: {observed.drifted[address]}"], **common)
+        return None
+    if any(a.forces_replace for a in attrs):
+        notes = []
+        if res.holds_data:
+            notes.append("the old one is forgotten, not deleted: its data stays where it is")
+        return Change(action=Action.REPLACE, reason=Reason.FORCED_REPLACE, before=rec.inputs,
+                      attributes=attrs, notes=notes, **common)
+    return Change(action=Action.UPDATE, reason=Reason.CHANGED, before=rec.inputs, attributes=attrs, **common)
+
+
+def _delete(address: str, rec: ResourceState, reason: Reason, delete_data: bool,
+            observed: Observations, state: State) -> Change:
+    notes: list[str] = []
+    data = rec.holds_data
+    if data and not delete_data:
+        points = observed.storage_points.get(address)
+        held = f" ({points} recovery point(s))" if points else ""
+        notes.append(f"data kept{held}: recovery points stay until their retention ends; "
+                     "pass --delete-data to delete it")
+    if rec.kind == "source":
+        notes.append("its recovery points are kept until their retention ends")
+    return Change(address=address, kind=rec.kind, action=Action.DELETE, reason=reason, before=rec.inputs,
+                  attributes=diff_attributes(rec.inputs, {}, ()), depends_on=rec.depends_on,
+                  host=rec.host, holds_data=data, delete_data=data and delete_data, notes=notes)
+
+
+def _refuse_data_loss(state: State, observed: Observations) -> None:
+    """Destroy without --delete-data stops when a repository holds points (or its key is needed)."""
+    guarded: list[str] = []
+    for address, rec in state.resources.items():
+        if rec.kind == "storage" and observed.storage_points.get(address, 0) > 0:
+            guarded += [f"{address} ({observed.storage_points[address]} recovery points)",
+                        f"key.{rec.inputs.get('key')}"]
+    if guarded:
+        raise PlanError(
+            f"destroy would delete protected data or the keys it needs: {', '.join(guarded)}",
+            hint="pass --delete-data to delete repositories, their recovery points and keys; to stop "
+                 "protecting but keep the data, remove the groups from the policy and apply instead",
+        )
+
+
+def diff_attributes(before: Mapping[str, Any], after: Mapping[str, Any],
+                    replace_on: Sequence[str], prefix: str = "") -> list[AttributeChange]:
+    """Attribute-level differences, nested mappings flattened to dotted paths."""
+    out: list[AttributeChange] = []
+    for key in sorted(set(before) | set(after)):
+        path = f"{prefix}{key}"
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        forces = (prefix == "" and key in replace_on)
+        if isinstance(old, dict) and isinstance(new, dict) and not forces:
+            out.extend(diff_attributes(old, new, (), prefix=f"{path}."))
+        else:
+            out.append(AttributeChange(path=path, before=old, after=new, forces_replace=forces))
+    return out
+
+
+def plan_is_applicable(plan: Plan, state: State) -> None:
+    """Raise StalePlanError when the state moved since the plan was made."""
+    from protectctl.errors import StalePlanError
+
+    if plan.lineage != state.lineage:
+        raise StalePlanError(
+            f"the saved plan belongs to another state (lineage {plan.lineage}, state has {state.lineage})",
+            hint="make a new plan against this state",
+        )
+    if plan.serial != state.serial:
+        raise StalePlanError(
+            f"the state changed since this plan was made (plan serial {plan.serial}, state serial {state.serial})",
+            hint="run `protectctl plan --out FILE` again and apply the new plan",
+        )
+
+
+__all__ = ["Observations", "PlanError", "diff_attributes", "make_plan", "plan_is_applicable"]

@@ -1,0 +1,98 @@
+"""The Plan: an immutable value, pinned to the state's lineage and serial.
+
+It serialises to the documented, versioned JSON of `plan --json` and `plan --out`
+(docs/plan-format.md). Nothing here is UI-only: apply acts on `changes` alone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PLAN_FORMAT = "1.0"
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+class Reason(StrEnum):
+    NEW = "new"  # in the policy, not in the state
+    CHANGED = "changed"  # inputs differ from the state
+    DRIFT = "drift"  # the host differs from what apply wrote
+    FORCED_REPLACE = "forced_replace"  # an input that cannot change in place changed
+    REMOVED = "removed"  # in the state, no longer in the policy
+    DESTROY = "destroy"  # `protectctl destroy`
+
+
+class AttributeChange(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    before: Any = None
+    after: Any = None
+    forces_replace: bool = False
+
+
+class Change(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    address: str
+    kind: str
+    action: Action
+    reason: Reason
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    attributes: list[AttributeChange] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)
+    host: str | None = None
+    holds_data: bool = False
+    delete_data: bool = False  # the delete removes protected data (shown in red)
+    notes: list[str] = Field(default_factory=list)
+
+
+class GroupEstimate(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    group: str
+    sla: str
+    sources: int
+    bytes_per_full: int | None
+    points_per_snapshot: int
+    snapshots_retained: int
+    points_total: int
+    points_all_sources: int
+    disk_bytes: int | None
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    format_version: str = PLAN_FORMAT
+    protectctl_version: str
+    created_at: datetime
+    lineage: str
+    serial: int
+    policy_dir: str
+    destroy: bool = False
+    delete_data: bool = False
+    changes: list[Change] = Field(default_factory=list)
+    estimates: list[GroupEstimate] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(to add, to change, to destroy), counting a replace as one add and one destroy."""
+        add = sum(c.action in (Action.CREATE, Action.REPLACE) for c in self.changes)
+        change = sum(c.action is Action.UPDATE for c in self.changes)
+        destroy = sum(c.action in (Action.DELETE, Action.REPLACE) for c in self.changes)
+        return add, change, destroy

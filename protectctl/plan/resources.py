@@ -1,0 +1,244 @@
+"""Policy → addressable resources with their inputs and dependencies.
+
+Pure: the policy, the policy directory and the host facts in; resources out. Relative
+paths in a policy resolve against the directory of the file that holds them (lexically;
+nothing is read). Inputs are JSON values complete enough for apply to act on them alone,
+and never hold a secret: a passphrase appears only as where it lives (env name or file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protectctl.plan.address import Address
+from protectctl.policy.load import Document, Policy
+from protectctl.policy.model import (
+    EncryptionKeySpec,
+    HostSpec,
+    Kind,
+    ProtectionGroupSpec,
+    SLASpec,
+    StorageSpec,
+    TapeLibrarySpec,
+)
+from protectctl.policy.rules import settings_of
+
+JsonValue = object
+Inputs = Mapping[str, JsonValue]
+
+AGENT_CONFIG = "etc/protectctl/agent.yaml"
+SOURCES_DIR = "etc/protectctl/sources"
+STATE_DIR = "var/lib/protectctl"
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What varies per machine and run, passed in so that planning stays pure."""
+
+    agent_argv: tuple[str, ...]  # how the agent is started on the host, e.g. (python, -m, protectctl)
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    address: Address
+    inputs: Inputs
+    depends_on: tuple[Address, ...] = ()
+    host: str | None = None  # the Host the effect runs on, if any
+    replace_on: tuple[str, ...] = ()  # inputs whose change needs delete + create
+    holds_data: bool = False  # deleting it may delete protected data
+
+    @property
+    def inputs_hash(self) -> str:
+        return inputs_hash(self.inputs)
+
+
+def inputs_hash(inputs: Inputs) -> str:
+    return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()
+
+
+def canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class _Builder:
+    policy: Policy
+    facts: Mapping[str, HostFacts]
+    out: list[Resource] = field(default_factory=list)
+
+    def add(self, resource: Resource) -> None:
+        self.out.append(resource)
+
+
+def build_resources(policy: Policy, facts: Mapping[str, HostFacts]) -> list[Resource]:
+    """Every resource the policy asks for, in a stable order."""
+    b = _Builder(policy, facts)
+    for doc in policy.of(Kind.ENCRYPTION_KEY).values():
+        _key(b, doc)
+    for doc in policy.of(Kind.STORAGE).values():
+        _storage(b, doc)
+    for doc in policy.of(Kind.TAPE_LIBRARY).values():
+        _library(b, doc)
+    for doc in policy.of(Kind.HOST).values():
+        _host(b, doc)
+    for doc in policy.of(Kind.PROTECTION_GROUP).values():
+        _group(b, doc)
+    return b.out
+
+
+def resolve_path(doc: Document, path: str) -> str:
+    """A policy path made absolute against the directory of its file (lexically)."""
+    expanded = path
+    if posixpath.isabs(expanded) or doc.ref.shipped:
+        return posixpath.normpath(expanded)
+    return posixpath.normpath(posixpath.join(str(doc.ref.file.parent), expanded))
+
+
+def host_path(root: str, rel: str) -> str:
+    return posixpath.normpath(posixpath.join(root, rel))
+
+
+def _passphrase_ref(policy: Policy, key_name: str) -> dict[str, object]:
+    doc = policy.get(Kind.ENCRYPTION_KEY, key_name)
+    assert doc is not None and isinstance(doc.spec, EncryptionKeySpec)
+    ref = doc.spec.passphrase
+    return {"env": ref.env} if ref.env else {"file": resolve_path(doc, ref.file or "")}
+
+
+def _key(b: _Builder, doc: Document) -> None:
+    spec = doc.spec
+    assert isinstance(spec, EncryptionKeySpec)
+    b.add(Resource(Address("key", doc.name),
+                   {"passphrase": _passphrase_ref(b.policy, doc.name), "generate": spec.generate},
+                   replace_on=("passphrase",), holds_data=True))
+
+
+def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
+    doc = policy.get(Kind.STORAGE, name)
+    assert doc is not None and isinstance(doc.spec, StorageSpec)
+    spec = doc.spec
+    return {"type": spec.type.value, "path": resolve_path(doc, spec.path), "key": spec.encryption.key,
+            "passphrase": _passphrase_ref(policy, spec.encryption.key)}
+
+
+def _storage(b: _Builder, doc: Document) -> None:
+    spec = doc.spec
+    assert isinstance(spec, StorageSpec)
+    deps = [Address("key", spec.encryption.key)]
+    if spec.host:
+        deps.append(Address("host", spec.host))
+    b.add(Resource(Address("storage", doc.name), _storage_inputs(b.policy, doc.name), tuple(deps),
+                   replace_on=("type", "path"), holds_data=True))
+
+
+def _library(b: _Builder, doc: Document) -> None:
+    spec = doc.spec
+    assert isinstance(spec, TapeLibrarySpec)
+    b.add(Resource(Address("library", doc.name), {
+        "type": spec.type, "path": resolve_path(doc, spec.path), "slots": spec.slots, "drives": spec.drives,
+        "media": {"type": spec.media.type, "capacity": str(spec.media.capacity)}, "key": spec.encryption.key,
+    }, (Address("key", spec.encryption.key),), replace_on=("type", "path"), holds_data=True))
+
+
+def host_root(doc: Document) -> str:
+    assert isinstance(doc.spec, HostSpec)
+    return resolve_path(doc, doc.spec.root)
+
+
+def _host(b: _Builder, doc: Document) -> None:
+    spec = doc.spec
+    assert isinstance(spec, HostSpec)
+    root = host_root(doc)
+    deps = (Address("host", spec.gateway),) if spec.gateway else ()
+    b.add(Resource(Address("host", doc.name),
+                   {"address": spec.address, "port": spec.port, "user": spec.user, "root": root,
+                    "scheduler": spec.scheduler.value, "gateway": spec.gateway},
+                   deps, host=doc.name, replace_on=("address", "root")))
+    facts = b.facts[doc.name]
+    b.add(Resource(Address("agent", doc.name),
+                   {"host": doc.name, "root": root, "version": facts.version, "exec": list(facts.agent_argv),
+                    "config_path": host_path(root, AGENT_CONFIG), "state_dir": host_path(root, STATE_DIR),
+                    "sources_dir": host_path(root, SOURCES_DIR)},
+                   (Address("host", doc.name),), host=doc.name, replace_on=("root",)))
+
+
+def _group(b: _Builder, doc: Document) -> None:
+    spec = doc.spec
+    assert isinstance(spec, ProtectionGroupSpec)
+    sla_doc = b.policy.get(Kind.SLA, spec.sla)
+    assert sla_doc is not None and isinstance(sla_doc.spec, SLASpec)
+    b.add(Resource(Address("group", doc.name),
+                   {"sla": spec.sla, "storage": spec.storage, "members": [m.name for m in spec.members]},
+                   (Address("storage", spec.storage),)))
+    for member in spec.members:
+        _source(b, doc, spec, sla_doc.spec, member.name)
+
+
+def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec, member_name: str) -> None:
+    member = next(m for m in group.members if m.name == member_name)
+    host_doc = b.policy.get(Kind.HOST, member.host)
+    assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
+    root = host_root(host_doc)
+    source = f"{doc.name}/{member.name}"
+    address = Address("source", source)
+    keep = sla.retention
+    scripts = group.scripts
+    spec = member.provider_spec()
+    if host_doc.spec.is_local and isinstance(spec.get("path"), str):
+        spec["path"] = resolve_path(doc, str(spec["path"]))  # local sources resolve like other paths
+    throttle = group.throttle
+    b.add(Resource(address, {
+        "source": source, "group": doc.name, "member": member.name, "host": member.host,
+        "provider": member.provider, "spec": spec,
+        "storage": {"name": group.storage, **_storage_inputs(b.policy, group.storage)},
+        "retention": {"keep_within_s": keep.disk.seconds, "daily": keep.daily or 0, "weekly": keep.weekly or 0,
+                      "monthly": keep.monthly or 0, "yearly": keep.yearly or 0},
+        "scripts": {"pre": scripts.pre, "post": scripts.post, "timeout_s": scripts.timeout.seconds}
+        if scripts else None,
+        "throttle": {"rate_bps": int(throttle.rate.bytes_per_second),
+                     "during": str(throttle.during) if throttle.during else None} if throttle else None,
+        "sync_interval_s": sla.sync.max_interval_s(), "full_interval_s": sla.full.max_interval_s(),
+        "config_path": host_path(root, f"{SOURCES_DIR}/{doc.name}--{member.name}.yaml"),
+    }, (Address("group", doc.name), Address("agent", member.host), Address("storage", group.storage)),
+        host=member.host, replace_on=("host", "config_path")))
+    _schedules(b, source, member.host, host_doc.spec, root, sla)
+
+
+def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, sla: SLASpec) -> None:
+    settings = settings_of(b.policy)
+    jobs: list[tuple[str, str]] = [("sync", str(sla.sync)), ("full", str(sla.full)),
+                                   ("prune", str(settings.schedules.prune)),
+                                   ("verify", str(settings.schedules.verify))]
+    if sla.tape is not None:
+        jobs.append(("tape", str(sla.tape.schedule)))
+    group, member = source.split("/", 1)
+    agent = b.facts[host]
+    config = host_path(root, AGENT_CONFIG)
+    for job, schedule in jobs:
+        b.add(Resource(Address("schedule", f"{source}/{job}"), {
+            "host": host, "root": root, "scheduler": host_spec.scheduler.value,
+            "name": f"protectctl-{group}-{member}-{job}",
+            "description": f"protectctl {job} of {source}",
+            "argv": [*agent.agent_argv, "--agent-config", config, "run", job, group, "--member", member],
+            "schedule": schedule,
+            "randomized_delay_s": settings.schedules.randomized_delay.seconds if job in ("sync", "full") else 0,
+        }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
+
+
+def resource_index(resources: Sequence[Resource]) -> dict[str, Resource]:
+    return {str(r.address): r for r in resources}
+
+
+def policy_digest(files: Sequence[Path]) -> str:
+    """A digest of the policy files' content (for the plan's provenance)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()

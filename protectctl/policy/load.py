@@ -1,0 +1,346 @@
+"""Load a policy directory: YAML files → validated documents, or one PolicyError.
+
+Effects: reads files. Every problem becomes a `Diagnostic` naming file:line:col, what is
+wrong and what would be right; all problems of a run are raised together.
+
+Speed: timers run the CLI every few minutes on every host, and policies of a thousand
+groups must validate in well under a second, so files are parsed with ruamel's C safe
+loader. Only when a file has problems is it parsed again in round-trip mode to find the
+line and column of each one (`Locator`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from protectctl.errors import Diagnostic, Location, PolicyError, Severity
+from protectctl.policy.model import SPEC_MODELS, CamelSpec, Header, Kind, Metadata
+
+KeyPath = tuple[str | int, ...]
+SKIP_DIRS = frozenset({".git", ".protectctl", "node_modules", "__pycache__", ".venv"})
+
+
+@dataclass(frozen=True, slots=True)
+class DocRef:
+    """Where a document came from: its file and its index among the file's documents."""
+
+    file: Path
+    index: int
+    shipped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    kind: Kind
+    metadata: Metadata
+    spec: CamelSpec
+    ref: DocRef
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A diagnostic whose location is a key path, resolved to line:col only when shown."""
+
+    ref: DocRef
+    path: KeyPath
+    summary: str
+    detail: str | None = None
+    severity: Severity = Severity.ERROR
+
+
+@dataclass(slots=True)
+class Policy:
+    """All documents of a policy directory, by kind and name."""
+
+    root: Path
+    documents: dict[Kind, dict[str, Document]] = field(default_factory=dict)
+    warnings: tuple[Diagnostic, ...] = ()
+
+    def of(self, kind: Kind) -> dict[str, Document]:
+        return self.documents.get(kind, {})
+
+    def get(self, kind: Kind, name: str) -> Document | None:
+        return self.documents.get(kind, {}).get(name)
+
+    def all(self) -> Iterator[Document]:
+        for kind in Kind:
+            yield from self.documents.get(kind, {}).values()
+
+
+class Locator:
+    """Turns (file, document index, key path) into a 1-based line:col, parsing lazily."""
+
+    def __init__(self) -> None:
+        self._docs: dict[Path, list[Any]] = {}
+
+    def locate(self, ref: DocRef, path: KeyPath) -> Location:
+        docs = self._load(ref.file)
+        if ref.index >= len(docs):
+            return Location(ref.file, 1, 1)
+        node: Any = docs[ref.index]
+        line, col = self._start(node)
+        for key in path:
+            found = self._child(node, key)
+            if found is None:
+                break
+            node, (line, col) = found
+        return Location(ref.file, line + 1, col + 1)
+
+    def _load(self, file: Path) -> list[Any]:
+        if file not in self._docs:
+            try:
+                self._docs[file] = list(YAML(typ="rt").load_all(file.read_text(encoding="utf-8")))
+            except (YAMLError, OSError, UnicodeDecodeError):
+                self._docs[file] = []
+        return self._docs[file]
+
+    @staticmethod
+    def _start(node: Any) -> tuple[int, int]:
+        lc = getattr(node, "lc", None)
+        return (lc.line, lc.col) if lc is not None and lc.line is not None else (0, 0)
+
+    @staticmethod
+    def _child(node: Any, key: str | int) -> tuple[Any, tuple[int, int]] | None:
+        lc = getattr(node, "lc", None)
+        if isinstance(node, dict) and key in node and lc is not None:
+            child = node[key]
+            pos = lc.value(key) if not isinstance(child, dict | list) else lc.key(key)
+            return child, tuple(pos)  # type: ignore[return-value]
+        if isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node) and lc is not None:
+            return node[key], tuple(lc.item(key))  # type: ignore[return-value]
+        return None
+
+
+def policy_files(policy_dir: Path) -> list[Path]:
+    """Every *.yaml / *.yml under the directory, recursively, in a stable order."""
+    found: list[Path] = []
+    for path in sorted(policy_dir.rglob("*")):
+        rel = path.relative_to(policy_dir).parts
+        if any(part in SKIP_DIRS or part.startswith(".") for part in rel[:-1]):
+            continue
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            found.append(path)
+    return found
+
+
+def load_policy(policy_dir: Path) -> Policy:
+    """Load and validate the documents of a directory; raises PolicyError with every problem."""
+    from protectctl.policy.rules import check_rules  # rules need the whole policy
+
+    policy_dir = policy_dir.resolve()
+    if not policy_dir.is_dir():
+        raise PolicyError([Diagnostic(Severity.ERROR, f"policy directory {policy_dir} does not exist")])
+    files = policy_files(policy_dir)
+    if not files:
+        raise PolicyError(
+            [
+                Diagnostic(
+                    Severity.ERROR,
+                    f"no policy documents (*.yaml) in {policy_dir}",
+                    detail="run in a policy directory or pass -C DIR",
+                )
+            ]
+        )
+    policy = Policy(root=policy_dir)
+    problems: list[Problem] = []
+    syntax: list[Diagnostic] = []
+    for file in files:
+        _load_file(file, policy, problems, syntax)
+    _add_shipped(policy)
+    problems.extend(check_rules(policy))
+    diagnostics = syntax + resolve(problems)
+    if any(d.severity is Severity.ERROR for d in diagnostics):
+        raise PolicyError(diagnostics)
+    policy.warnings = tuple(diagnostics)
+    return policy
+
+
+def resolve(problems: Sequence[Problem]) -> list[Diagnostic]:
+    locator = Locator()
+    return [
+        Diagnostic(p.severity, p.summary, locator.locate(p.ref, p.path), p.detail)
+        for p in problems
+    ]
+
+
+def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list[Diagnostic]) -> None:
+    try:
+        text = file.read_text(encoding="utf-8")
+        raw_docs = list(YAML(typ="safe").load_all(text))
+    except MarkedYAMLError as err:
+        syntax.append(_yaml_diagnostic(file, err))
+        return
+    except (YAMLError, UnicodeDecodeError, OSError, RecursionError, ValueError) as err:
+        syntax.append(Diagnostic(Severity.ERROR, f"cannot read YAML: {err}", Location(file, 1, 1)))
+        return
+    for index, raw in enumerate(raw_docs):
+        if raw is None:
+            continue
+        ref = DocRef(file, index)
+        if not isinstance(raw, dict):
+            problems.append(
+                Problem(ref, (), f"a document must be a mapping, not {_type_name(raw)}",
+                        "expected apiVersion, kind, metadata and spec")
+            )
+            continue
+        doc = _validate_document(raw, ref, problems)
+        if doc is not None:
+            _register(policy, doc, problems)
+
+
+def _add_shipped(policy: Policy) -> None:
+    """Shipped tiers (policies/*.yaml) are available by name unless the user defines them."""
+    try:
+        pkg = resources.files("policies")
+    except ModuleNotFoundError:
+        return
+    for entry in sorted(pkg.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        path = Path(str(entry))
+        for index, raw in enumerate(YAML(typ="safe").load_all(entry.read_text(encoding="utf-8"))):
+            if not isinstance(raw, dict):
+                continue
+            doc = _validate_document(raw, DocRef(path, index, shipped=True), [])
+            if doc is not None and policy.get(doc.kind, doc.name) is None:
+                policy.documents.setdefault(doc.kind, {})[doc.name] = doc
+
+
+def _register(policy: Policy, doc: Document, problems: list[Problem]) -> None:
+    by_name = policy.documents.setdefault(doc.kind, {})
+    first = by_name.get(doc.name)
+    if first is not None:
+        problems.append(
+            Problem(doc.ref, ("metadata", "name"), f"duplicate {doc.kind.value} name {doc.name!r}",
+                    f"first defined in {first.ref.file}; names are unique per kind")
+        )
+        return
+    by_name[doc.name] = doc
+
+
+def _validate_document(raw: dict[Any, Any], ref: DocRef, problems: list[Problem]) -> Document | None:
+    try:
+        header = Header.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(_from_validation(err, ref, (), Header))
+        return None
+    model = SPEC_MODELS[header.kind]
+    try:
+        spec = model.model_validate(header.spec)
+    except ValidationError as err:
+        problems.extend(_from_validation(err, ref, ("spec",), model))
+        return None
+    return Document(header.kind, header.metadata, spec, ref)
+
+
+def _from_validation(
+    err: ValidationError, ref: DocRef, prefix: KeyPath, model: type[BaseModel]
+) -> list[Problem]:
+    problems = []
+    for item in err.errors(include_url=False):
+        loc = tuple(part for part in item["loc"] if not _is_tag(part))
+        path = prefix + loc
+        summary, detail = _explain(item, loc, model)
+        problems.append(Problem(ref, path, summary, detail))
+    return problems
+
+
+def _is_tag(part: object) -> bool:
+    # pydantic adds validator names ("function-after[...]") for unions and validators
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+
+
+def _explain(item: Any, loc: KeyPath, model: type[BaseModel]) -> tuple[str, str | None]:
+    """A pydantic error as (what is wrong, what would be right)."""
+    kind = item["type"]
+    where = _dotted(loc)
+    message = str(item["msg"]).removeprefix("Value error, ")
+    if kind == "missing":
+        field_name = str(loc[-1]) if loc else "?"
+        return f"missing required field `{field_name}`", f"add `{field_name}:` here"
+    if kind == "extra_forbidden":
+        unknown = str(loc[-1])
+        allowed = _allowed_fields(model, loc[:-1])
+        close = difflib.get_close_matches(unknown, allowed, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        return f"unknown field `{unknown}`", hint + (f"expected one of: {', '.join(allowed)}" if allowed else "")
+    if kind == "string_pattern_mismatch" and loc and loc[-1] in ("name", "host", "sla", "storage", "key",
+                                                               "library", "pool", "gateway"):
+        return (f"`{where}`: {item.get('input')!r} is not a valid name",
+                "use lower-case letters, digits and '-', starting and ending with a letter or digit")
+    if kind == "literal_error" and loc == ("apiVersion",):
+        return f"unsupported apiVersion {item.get('input')!r}", "use `apiVersion: protectctl/v1`"
+    if kind == "enum" and loc == ("kind",):
+        kinds = ", ".join(k.value for k in Kind)
+        return f"unknown kind {item.get('input')!r}", f"expected one of: {kinds}"
+    if kind == "too_short" and loc and loc[-1] == "members":
+        return "a protection group needs at least one member", "add `members:` with name, host and a data source"
+    return (f"`{where}`: {message}" if where else message), None
+
+
+def _allowed_fields(model: type[BaseModel], path: KeyPath) -> list[str]:
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        target = None
+        for name, info in current.model_fields.items():
+            if part in (name, info.alias):
+                target = _model_in(info.annotation)
+        current = target
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [info.alias or name for name, info in current.model_fields.items()]
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, tuple, list, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _dotted(loc: KeyPath) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _type_name(value: object) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _yaml_diagnostic(file: Path, err: MarkedYAMLError) -> Diagnostic:
+    mark = err.problem_mark or err.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    problem = err.problem or "invalid YAML"
+    context = f" ({err.context})" if err.context else ""
+    detail = "keys must be unique within a mapping" if "duplicate key" in str(err) else (
+        "check indentation, quoting and brackets"
+    )
+    return Diagnostic(Severity.ERROR, f"YAML syntax: {problem}{context}", Location(file, line, col), detail)

@@ -1,0 +1,314 @@
+"""Policy documents as pydantic models: the one source of truth for the policy shape.
+
+Pure: no I/O. YAML keys are camelCase (the DESIGN contract) through aliases; unknown
+fields are errors. Durations, sizes, rates and schedules are parsed once here into the
+typed values of `protectctl.units` and never re-parsed. The JSON Schema in `schemas/` is
+exported from these models.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
+
+from protectctl.units import ByteSize, ChangeRate, Duration, Rate, Schedule, TimeWindow, UnitError
+
+API_VERSION = "protectctl/v1"
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+def _parser(cls: Any, example: str, what: str) -> Any:
+    """An Annotated type that parses text into a units value once, at load time."""
+
+    def parse(value: object) -> object:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError(f"expected {what} as text, like {example!r}")
+        try:
+            return cls.parse(str(value))
+        except UnitError as err:
+            raise ValueError(str(err)) from None
+
+    return Annotated[
+        cls,
+        BeforeValidator(parse),
+        PlainSerializer(str, return_type=str),
+        WithJsonSchema({"type": "string", "description": f"{what}, e.g. {example!r}", "examples": [example]}),
+    ]
+
+
+DurationText = _parser(Duration, "14d", "a duration")
+SizeText = _parser(ByteSize, "100GB", "a size")
+RateText = _parser(Rate, "50Mbit", "a rate")
+ChangeRateText = _parser(ChangeRate, "10%/day", "a change rate")
+ScheduleText = _parser(Schedule, "daily at 20:00", "a schedule")
+WindowText = _parser(TimeWindow, "mon-fri 08:00-18:00", "a time window")
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")]
+
+
+class Spec(BaseModel):
+    """Base of every spec: camelCase aliases, unknown fields forbidden, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=None)
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class CamelSpec(Spec):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, alias_generator=camel
+    )
+
+
+class Scheduler(StrEnum):
+    SYSTEMD = "systemd"
+    CRON = "cron"
+
+
+class StorageType(StrEnum):
+    LOCAL = "local"
+    SFTP = "sftp"
+    S3 = "s3"
+
+
+class Kind(StrEnum):
+    HOST = "Host"
+    ENCRYPTION_KEY = "EncryptionKey"
+    STORAGE = "Storage"
+    TAPE_LIBRARY = "TapeLibrary"
+    SLA = "SLA"
+    PROTECTION_GROUP = "ProtectionGroup"
+    SETTINGS = "Settings"
+
+
+# --- Host -----------------------------------------------------------------------------
+
+
+class HostSpec(CamelSpec):
+    address: str = Field(description="`local` for the machine running protectctl, else a name or IP")
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = None
+    identity_file: str | None = None
+    host_key: str | None = Field(None, description="pinned public host key, e.g. 'ssh-ed25519 AAAA...'")
+    known_hosts: str | None = None
+    gateway: Name | None = Field(None, description="another Host used as jump host")
+    become: Literal["sudo"] | None = None
+    scheduler: Scheduler = Scheduler.SYSTEMD
+    root: str = Field("/", description="every path protectctl writes on this host lives under root")
+
+    @property
+    def is_local(self) -> bool:
+        return self.address == "local"
+
+
+# --- EncryptionKey --------------------------------------------------------------------
+
+
+class PassphraseRef(CamelSpec):
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PassphraseRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of `env: VARIABLE` or `file: path` (never the passphrase itself)")
+        return self
+
+
+class EncryptionKeySpec(CamelSpec):
+    passphrase: PassphraseRef
+    generate: bool = Field(
+        True, description="for `file:` passphrases: the first apply creates a random one (mode 0600) if missing"
+    )
+
+
+# --- Storage --------------------------------------------------------------------------
+
+
+class EncryptionRef(CamelSpec):
+    key: Name
+
+
+class StorageSpec(CamelSpec):
+    type: StorageType
+    path: str
+    host: Name | None = Field(None, description="for sftp: the Host holding the repository")
+    encryption: EncryptionRef
+
+    @model_validator(mode="after")
+    def _host_for_sftp(self) -> StorageSpec:
+        if self.type is StorageType.SFTP and self.host is None:
+            raise ValueError("an sftp Storage needs `host:` naming the backup server Host")
+        return self
+
+
+# --- TapeLibrary ----------------------------------------------------------------------
+
+
+class MediaSpec(CamelSpec):
+    type: str = "LTO-9"
+    capacity: SizeText = Field(default_factory=lambda: ByteSize.parse("18TB"))
+
+
+class TapeLibrarySpec(CamelSpec):
+    type: Literal["virtual", "device"] = "virtual"
+    path: str
+    slots: int = Field(24, ge=1, le=10000)
+    drives: int = Field(1, ge=1, le=64)
+    media: MediaSpec = Field(default_factory=MediaSpec)
+    encryption: EncryptionRef
+
+
+# --- SLA ------------------------------------------------------------------------------
+
+
+class RetentionSpec(CamelSpec):
+    disk: DurationText
+    daily: int | None = Field(None, ge=0)
+    weekly: int | None = Field(None, ge=0)
+    monthly: int | None = Field(None, ge=0)
+    yearly: int | None = Field(None, ge=0)
+
+
+class TapeCopySpec(CamelSpec):
+    library: Name
+    pool: Name
+    schedule: ScheduleText
+    retention: DurationText
+    copy_from: Literal["disk", "source"] = "disk"
+
+
+class SLASpec(CamelSpec):
+    sync: ScheduleText
+    full: ScheduleText
+    retention: RetentionSpec
+    tape: TapeCopySpec | None = None
+
+
+# --- ProtectionGroup ------------------------------------------------------------------
+
+
+class ScriptsSpec(CamelSpec):
+    pre: str | None = None
+    post: str | None = None
+    timeout: DurationText = Field(default_factory=lambda: Duration.parse("10m"))
+
+
+class ThrottleSpec(CamelSpec):
+    rate: RateText
+    during: WindowText | None = None
+
+
+class FilesystemMember(CamelSpec):
+    path: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    one_file_system: bool = False
+
+
+PROVIDER_FIELDS: tuple[str, ...] = ("filesystem",)
+
+
+class MemberSpec(CamelSpec):
+    name: Name
+    host: Name
+    filesystem: FilesystemMember | None = None
+
+    @model_validator(mode="after")
+    def _one_provider(self) -> MemberSpec:
+        given = [f for f in PROVIDER_FIELDS if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"a member needs exactly one data source ({', '.join(PROVIDER_FIELDS)}); found "
+                + (", ".join(given) if given else "none")
+            )
+        return self
+
+    @property
+    def provider(self) -> str:
+        return next(f for f in PROVIDER_FIELDS if getattr(self, f) is not None)
+
+    def provider_spec(self) -> dict[str, object]:
+        """The member's data-source spec in snake_case, as providers receive it."""
+        spec = getattr(self, self.provider)
+        assert isinstance(spec, BaseModel)
+        return spec.model_dump(mode="json", by_alias=False)
+
+
+class ProtectionGroupSpec(CamelSpec):
+    sla: Name
+    storage: Name
+    size_hint: SizeText | None = None
+    change_rate: ChangeRateText | None = None
+    scripts: ScriptsSpec | None = None
+    throttle: ThrottleSpec | None = None
+    members: tuple[MemberSpec, ...] = Field(min_length=1)
+
+
+# --- Settings -------------------------------------------------------------------------
+
+
+class StateSettings(CamelSpec):
+    backend: Literal["local"] = "local"
+    path: str = ".protectctl/state.json"
+
+
+class BudgetSettings(CamelSpec):
+    application_source: int = Field(512, ge=1)
+    file_source: int = Field(64, ge=1)
+
+
+class ScheduleDefaults(CamelSpec):
+    randomized_delay: DurationText = Field(default_factory=lambda: Duration.parse("2m"))
+    prune: ScheduleText = Field(default_factory=lambda: Schedule.parse("daily at 04:00"))
+    verify: ScheduleText = Field(default_factory=lambda: Schedule.parse("weekly on sat at 05:00"))
+
+
+class SettingsSpec(CamelSpec):
+    state: StateSettings = Field(default_factory=StateSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    schedules: ScheduleDefaults = Field(default_factory=ScheduleDefaults)
+
+
+# --- Documents ------------------------------------------------------------------------
+
+
+class Metadata(Spec):
+    name: Name
+    labels: dict[str, str] = Field(default_factory=dict)
+    description: str | None = None
+
+
+SPEC_MODELS: dict[Kind, type[CamelSpec]] = {
+    Kind.HOST: HostSpec,
+    Kind.ENCRYPTION_KEY: EncryptionKeySpec,
+    Kind.STORAGE: StorageSpec,
+    Kind.TAPE_LIBRARY: TapeLibrarySpec,
+    Kind.SLA: SLASpec,
+    Kind.PROTECTION_GROUP: ProtectionGroupSpec,
+    Kind.SETTINGS: SettingsSpec,
+}
+
+
+class Header(Spec):
+    """The envelope of every document; validated before the spec."""
+
+    api_version: Literal["protectctl/v1"] = Field(alias="apiVersion")
+    kind: Kind
+    metadata: Metadata
+    spec: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,196 @@
+"""Semantic rules over a whole policy: references, uniqueness, SLA limits, budgets.
+
+Pure: values in, `Problem`s out (their line:col is resolved by the loader).
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from protectctl.errors import Severity
+from protectctl.policy.load import Document, Policy, Problem
+from protectctl.policy.model import (
+    HostSpec,
+    Kind,
+    ProtectionGroupSpec,
+    SettingsSpec,
+    SLASpec,
+    StorageSpec,
+    StorageType,
+    TapeLibrarySpec,
+)
+
+MIN_SYNC_S = 15 * 60
+MIN_FULL_S = 60 * 60
+MAX_FULL_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderTraits:
+    """What the policy rules must know of a provider, without importing it."""
+
+    application: bool  # counts against the application budget (512) instead of files (64)
+    continuous_log_shipping: bool  # may sync more often than every 15 minutes
+
+
+PROVIDER_TRAITS: dict[str, ProviderTraits] = {
+    "filesystem": ProviderTraits(application=False, continuous_log_shipping=False),
+    "postgresql": ProviderTraits(application=True, continuous_log_shipping=True),
+}
+
+
+def settings_of(policy: Policy) -> SettingsSpec:
+    docs = list(policy.of(Kind.SETTINGS).values())
+    if docs:
+        assert isinstance(docs[0].spec, SettingsSpec)
+        return docs[0].spec
+    return SettingsSpec()
+
+
+def check_rules(policy: Policy) -> list[Problem]:
+    problems: list[Problem] = []
+    for check in (_settings, _hosts, _storages, _libraries, _slas, _groups, _sources_unique):
+        problems.extend(check(policy))
+    return problems
+
+
+def _ref(policy: Policy, doc: Document, path: tuple[str | int, ...], kind: Kind, name: str | None,
+         ) -> Iterator[Problem]:
+    if name is None or policy.get(kind, name) is not None:
+        return
+    known = sorted(policy.of(kind))
+    detail = f"defined {kind.value}s: {', '.join(known)}" if known else f"no {kind.value} is defined"
+    yield Problem(doc.ref, path, f"{kind.value} {name!r} is not defined", detail)
+
+
+def _settings(policy: Policy) -> Iterator[Problem]:
+    docs = list(policy.of(Kind.SETTINGS).values())
+    for extra in docs[1:]:
+        yield Problem(extra.ref, ("kind",), "more than one Settings document",
+                      f"keep one (the first is {docs[0].name!r})")
+
+
+def _hosts(policy: Policy) -> Iterator[Problem]:
+    for doc in policy.of(Kind.HOST).values():
+        spec = doc.spec
+        assert isinstance(spec, HostSpec)
+        yield from _ref(policy, doc, ("spec", "gateway"), Kind.HOST, spec.gateway)
+        if not spec.is_local:
+            yield Problem(doc.ref, ("spec", "address"),
+                          f"host {spec.address!r}: SSH hosts are not supported by this version",
+                          "use `address: local` (fleet provisioning over SSH is planned)")
+
+
+def _storages(policy: Policy) -> Iterator[Problem]:
+    for doc in policy.of(Kind.STORAGE).values():
+        spec = doc.spec
+        assert isinstance(spec, StorageSpec)
+        yield from _ref(policy, doc, ("spec", "encryption", "key"), Kind.ENCRYPTION_KEY, spec.encryption.key)
+        yield from _ref(policy, doc, ("spec", "host"), Kind.HOST, spec.host)
+        if spec.type is not StorageType.LOCAL:
+            yield Problem(doc.ref, ("spec", "type"),
+                          f"storage type {spec.type.value!r} is not supported by this version",
+                          "use `type: local`")
+
+
+def _libraries(policy: Policy) -> Iterator[Problem]:
+    for doc in policy.of(Kind.TAPE_LIBRARY).values():
+        spec = doc.spec
+        assert isinstance(spec, TapeLibrarySpec)
+        yield from _ref(policy, doc, ("spec", "encryption", "key"), Kind.ENCRYPTION_KEY, spec.encryption.key)
+
+
+def _slas(policy: Policy) -> Iterator[Problem]:
+    for doc in policy.of(Kind.SLA).values():
+        spec = doc.spec
+        assert isinstance(spec, SLASpec)
+        if doc.ref.shipped:
+            continue
+        full_max, full_min = spec.full.max_interval_s(), spec.full.min_interval_s()
+        if full_max > MAX_FULL_S:
+            yield Problem(doc.ref, ("spec", "full"), f"full backup `{spec.full}` runs less often than weekly",
+                          "a full must run at least weekly, e.g. `weekly on sun at 02:00`")
+        if full_min < MIN_FULL_S:
+            yield Problem(doc.ref, ("spec", "full"), f"full backup `{spec.full}` runs more often than hourly",
+                          "fulls run from hourly to weekly; use `sync` for frequent protection")
+        if spec.sync.max_interval_s() > full_max:
+            yield Problem(doc.ref, ("spec", "sync"), f"sync `{spec.sync}` runs less often than the full",
+                          "sync at least as often as the full backup")
+        if spec.tape is not None:
+            yield from _ref(policy, doc, ("spec", "tape", "library"), Kind.TAPE_LIBRARY, spec.tape.library)
+            if spec.tape.retention <= spec.retention.disk:
+                yield Problem(doc.ref, ("spec", "tape", "retention"),
+                              f"tape retention {spec.tape.retention} is not longer than disk retention "
+                              f"{spec.retention.disk}", "keep tapes longer than disk, e.g. `7y`")
+
+
+def _groups(policy: Policy) -> Iterator[Problem]:
+    budgets = settings_of(policy).budgets
+    for doc in policy.of(Kind.PROTECTION_GROUP).values():
+        spec = doc.spec
+        assert isinstance(spec, ProtectionGroupSpec)
+        yield from _ref(policy, doc, ("spec", "sla"), Kind.SLA, spec.sla)
+        yield from _ref(policy, doc, ("spec", "storage"), Kind.STORAGE, spec.storage)
+        seen: dict[str, int] = {}
+        for i, member in enumerate(spec.members):
+            yield from _ref(policy, doc, ("spec", "members", i, "host"), Kind.HOST, member.host)
+            if member.name in seen:
+                yield Problem(doc.ref, ("spec", "members", i, "name"),
+                              f"member name {member.name!r} is used twice in group {doc.name!r}",
+                              "member names are unique within a group")
+            seen.setdefault(member.name, i)
+        sla_doc = policy.get(Kind.SLA, spec.sla)
+        if sla_doc is not None:
+            assert isinstance(sla_doc.spec, SLASpec)
+            yield from _sla_fits_members(doc, spec, sla_doc.spec, budgets.file_source, budgets.application_source)
+
+
+def _sla_fits_members(doc: Document, group: ProtectionGroupSpec, sla: SLASpec,
+                      file_budget: int, app_budget: int) -> Iterator[Problem]:
+    traits = [PROVIDER_TRAITS.get(m.provider, ProviderTraits(False, False)) for m in group.members]
+    if sla.sync.min_interval_s() < MIN_SYNC_S and not all(t.continuous_log_shipping for t in traits):
+        yield Problem(doc.ref, ("spec", "sla"),
+                      f"SLA {group.sla!r} syncs `{sla.sync}`, more often than every 15m",
+                      "only providers with continuous log shipping may sync more often; use `every 15m` or less")
+    snapshots = snapshots_retained(sla)
+    for t in set(traits):
+        budget = app_budget if t.application else file_budget
+        if snapshots > budget:
+            what = "application" if t.application else "file"
+            yield Problem(doc.ref, ("spec", "sla"),
+                          f"SLA {group.sla!r} keeps {snapshots} snapshots per source, over the budget of "
+                          f"{budget} per {what} source",
+                          "shorten retention.disk, take fulls less often, or raise Settings.budgets")
+
+
+def snapshots_retained(sla: SLASpec) -> int:
+    """Snapshots (fulls) kept: those within disk retention plus the long-term bucket counts."""
+    within = math.ceil(sla.retention.disk.seconds / sla.full.max_interval_s())
+    keep = sla.retention
+    return within + (keep.weekly or 0) + (keep.monthly or 0) + (keep.yearly or 0)
+
+
+def _sources_unique(policy: Policy) -> Iterator[Problem]:
+    """A data source (host + provider + path) belongs to one protection group only."""
+    owners: dict[tuple[str, str, str], str] = {}
+    for doc in policy.of(Kind.PROTECTION_GROUP).values():
+        spec = doc.spec
+        assert isinstance(spec, ProtectionGroupSpec)
+        for i, member in enumerate(spec.members):
+            identity = (member.host, member.provider, _source_identity(member.provider_spec()))
+            owner = owners.get(identity)
+            here = f"{doc.name}/{member.name}"
+            if owner is not None:
+                yield Problem(doc.ref, ("spec", "members", i), f"data source {identity[2]!r} on host "
+                              f"{member.host!r} is already protected by {owner}",
+                              "a data source belongs to one protection group only", Severity.ERROR)
+            else:
+                owners[identity] = here
+
+
+def _source_identity(spec: dict[str, object]) -> str:
+    path = spec.get("path") or spec.get("data_dir") or ""
+    return posixpath.normpath(str(path)) if path else repr(sorted(spec.items()))

@@ -1,0 +1,173 @@
+"""The data-source provider Protocol, and how providers are found.
+
+A provider is one class per data-source kind (filesystem, postgresql, ...), found through
+the `protectctl.providers` entry-point group so a third party adds one by installing a
+package. The Protocol is deliberately small: validate a member spec, take a snapshot into
+the repository, restore a point. Optional abilities (preparing a host, shipping logs) are
+separate runtime-checkable Protocols a provider may also satisfy.
+
+This module owns the contract only; it does not import any provider or the engine at
+import time (the CLI imports it for `validate`, which must start fast).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from protectctl.errors import ProviderError
+from protectctl.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from protectctl.engine.ids import BlobId
+    from protectctl.engine.repository import BlobWriter, Point, Repository
+
+ENTRY_POINT_GROUP = "protectctl.providers"
+
+# Used when protectctl runs from a source checkout that was never pip-installed, so its
+# own entry points are not registered; installed entry points always win.
+_BUILTIN = {"filesystem": "providers.filesystem:FilesystemProvider"}
+
+SnapshotKind = Literal["sync", "full"]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """Everything a provider needs to write one recovery point's content."""
+
+    source: str  # "group/member"
+    spec: Mapping[str, object]  # the member spec, snake_case
+    kind: SnapshotKind
+    repo: Repository
+    writer: BlobWriter
+    state_dir: Path  # the agent's per-host state; change tracking lives under it
+    progress: Progress = field(default_factory=NullProgress)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStats:
+    files: int = 0
+    dirs: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    chunks_new: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotOutcome:
+    """What a snapshot produced; `finish` must be called once the point is saved (or not)."""
+
+    tree: BlobId
+    stats: SnapshotStats
+    errors: tuple[str, ...]  # files that vanished or could not be read: the point is incomplete
+    extra: Mapping[str, object]  # provider facts recorded in the point (e.g. silent changes)
+    finish: Callable[[str | None], None]  # point id when saved, None when discarded
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRequest:
+    source: str
+    spec: Mapping[str, object]
+    point: Point
+    repo: Repository
+    target: Path | None  # None: the original place
+    subpaths: Sequence[str] = ()
+    dry_run: bool = False
+    overwrite: bool = False
+    progress: Progress = field(default_factory=NullProgress)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreOutcome:
+    target: Path
+    files: int
+    dirs: int
+    bytes_total: int  # logical bytes of the selected files
+    bytes_needed: int  # bytes the target must hold (holes excluded)
+    bytes_free: int | None  # free bytes on the target filesystem, when known
+    verified: int  # files whose content matched their stored hash
+    written: bool  # False for a dry run
+    notes: tuple[str, ...] = ()
+
+
+class Provider(Protocol):
+    """One kind of data source."""
+
+    kind: str
+    application: bool  # counts against the application recovery-point budget
+    continuous_log_shipping: bool  # sync ships logs rather than taking a snapshot
+
+    def validate(self, spec: Mapping[str, object]) -> list[str]:
+        """Problems with a member spec, each a sentence naming the field; empty when fine."""
+        ...
+
+    def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
+        """Write the source's content to the repository; raises ProviderError."""
+        ...
+
+    def restore(self, request: RestoreRequest) -> RestoreOutcome:
+        """Bring a point back (or, dry run, say what that would take); raises RestoreError."""
+        ...
+
+
+@runtime_checkable
+class HostPreparer(Protocol):
+    """A provider that must configure the host before protecting it (e.g. WAL archiving)."""
+
+    def prepare_host(self, spec: Mapping[str, object]) -> list[str]:
+        """Make the host ready; returns what was changed, raises ProviderError."""
+        ...
+
+
+@runtime_checkable
+class LogShipper(Protocol):
+    """A provider that ships application logs between snapshots for roll-forward."""
+
+    def ship_logs(self, request: SnapshotRequest) -> SnapshotOutcome:
+        """Store the logs written since the last point."""
+        ...
+
+
+def available_kinds() -> list[str]:
+    """Every provider kind that can be loaded here."""
+    names = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(names | set(_BUILTIN))
+
+
+def load_provider(kind: str) -> Provider:
+    """The provider of `kind`; raises ProviderError naming the kinds that exist."""
+    target = _find(kind)
+    if target is None:
+        known = ", ".join(available_kinds()) or "none"
+        raise ProviderError(
+            f"no provider for data-source kind {kind!r}",
+            hint=f"known kinds: {known}; a third-party provider registers in the"
+            f" {ENTRY_POINT_GROUP!r} entry-point group",
+        )
+    try:
+        factory = target()
+    except Exception as err:  # a broken plug-in must not crash the CLI with a traceback
+        raise ProviderError(f"provider {kind!r} cannot be loaded: {err}") from err
+    provider: Provider = factory()
+    return provider
+
+
+def _find(kind: str) -> Callable[[], Callable[[], Provider]] | None:
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == kind:
+            return ep.load  # type: ignore[no-any-return]
+    spec = _BUILTIN.get(kind)
+    if spec is None:
+        return None
+    module_name, _, attr = spec.partition(":")
+
+    def load() -> Callable[[], Provider]:
+        factory: Callable[[], Provider] = getattr(importlib.import_module(module_name), attr)
+        return factory
+
+    return load

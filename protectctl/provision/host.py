@@ -1,0 +1,111 @@
+"""Connections to hosts: the one place files are written and commands run on a host.
+
+`LocalHost` serves `address: local`; an SSH host (Fabric) implements the same Protocol.
+Commands are argv lists, never shell strings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from protectctl.errors import RemoteError
+from protectctl.fsutil import atomic_write
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    status: int
+    stdout: str
+    stderr: str
+
+
+class HostConnection(Protocol):
+    name: str
+
+    def write_file(self, path: str, data: bytes, *, mode: int) -> None:
+        """Write an absolute path on the host atomically, creating parent directories."""
+
+    def read_file(self, path: str) -> bytes | None:
+        """The file's content, or None when it does not exist."""
+
+    def remove_file(self, path: str) -> bool:
+        """Remove a file; False when it was already gone."""
+
+    def remove_empty_dirs(self, path: str, stop_at: str) -> None:
+        """Remove `path` and its parents while empty, never `stop_at` or above."""
+
+    def make_dirs(self, path: str, *, mode: int = 0o755) -> None: ...
+
+    def run(self, argv: tuple[str, ...], *, timeout_s: float = 60) -> CommandResult: ...
+
+    def has_command(self, name: str) -> bool: ...
+
+
+class LocalHost:
+    """The machine running protectctl."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def write_file(self, path: str, data: bytes, *, mode: int) -> None:
+        try:
+            atomic_write(Path(path), data, mode=mode)
+        except OSError as err:
+            raise RemoteError(f"host {self.name}: writing {path}: {err.strerror}") from err
+
+    def read_file(self, path: str) -> bytes | None:
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise RemoteError(f"host {self.name}: reading {path}: {err.strerror}") from err
+
+    def remove_file(self, path: str) -> bool:
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise RemoteError(f"host {self.name}: removing {path}: {err.strerror}") from err
+
+    def remove_empty_dirs(self, path: str, stop_at: str) -> None:
+        current = Path(path)
+        stop = Path(stop_at)
+        while current != stop and stop in current.parents:
+            with contextlib.suppress(OSError):
+                current.rmdir()
+            if current.exists():
+                return
+            current = current.parent
+
+    def make_dirs(self, path: str, *, mode: int = 0o755) -> None:
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True, mode=mode)
+        except OSError as err:
+            raise RemoteError(f"host {self.name}: creating {path}: {err.strerror}") from err
+
+    def run(self, argv: tuple[str, ...], *, timeout_s: float = 60) -> CommandResult:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise RemoteError(f"host {self.name}: running {argv[0]}: {err}") from err
+        return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+    def has_command(self, name: str) -> bool:
+        return shutil.which(name) is not None
+
+
+def connect(name: str, address: str) -> HostConnection:
+    """A connection to the host (only `local` in this version)."""
+    if address == "local":
+        return LocalHost(name)
+    raise RemoteError(f"host {name}: SSH hosts are not supported by this version (address {address!r})")

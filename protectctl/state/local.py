@@ -1,0 +1,123 @@
+"""The local state backend: a JSON file with an atomic write, a backup and a lock.
+
+The lock is an flock on `state.json.lock` (released by the kernel when its holder dies, so
+a killed apply never strands it) plus the holder's identity written inside, so a waiting
+process can say who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from protectctl.errors import StateError, StateLockedError
+from protectctl.fsutil import atomic_write
+from protectctl.state.model import State
+
+
+class LocalStateBackend:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        self.backup_path = path.with_name(path.name + ".backup")
+
+    def describe(self) -> str:
+        return f"local:{self.path}"
+
+    def read(self) -> State:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return State()
+        except OSError as err:
+            raise StateError(f"reading state {self.path}: {err.strerror}") from err
+        try:
+            return State.model_validate_json(raw)
+        except ValidationError as err:
+            raise StateError(
+                f"state file {self.path} is damaged or not a protectctl state ({err.error_count()} problem(s))",
+                hint=f"restore it from {self.backup_path} if that one is intact",
+            ) from None
+
+    def write(self, state: State) -> None:
+        data = state.model_dump_json(indent=2).encode() + b"\n"
+        try:
+            if self.path.exists():
+                atomic_write(self.backup_path, self.path.read_bytes(), mode=0o600)
+            atomic_write(self.path, data, mode=0o600)
+        except OSError as err:
+            raise StateError(f"writing state {self.path}: {err.strerror}") from err
+
+    @contextlib.contextmanager
+    def lock(self, command: str, timeout_s: float) -> Iterator[None]:
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            raise StateError(f"creating state lock {self.lock_path}: {err.strerror}") from err
+        try:
+            self._acquire(fd, timeout_s)
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                      "time": datetime.now(UTC).isoformat(timespec="seconds")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _acquire(self, fd: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StateLockedError(
+                        f"the state is locked by {self.holder() or 'another process'}",
+                        hint="wait for it to finish, pass --lock-timeout 5m, or `protectctl state unlock` "
+                             "if that process is gone",
+                    ) from None
+                time.sleep(0.1)
+
+    def holder(self) -> str | None:
+        try:
+            info = json.loads(self.lock_path.read_text() or "null")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict):
+            return None
+        return f"pid {info.get('pid')} on {info.get('host')} ({info.get('command')}, since {info.get('time')})"
+
+    def unlock(self, force: bool = False) -> str:
+        if not self.lock_path.exists():
+            return "no lock"
+        fd = os.open(self.lock_path, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                if not force:
+                    raise StateLockedError(
+                        f"the lock is held by a live process: {self.holder()}",
+                        hint="stop that process first, or pass --force to break the lock",
+                    ) from None
+        finally:
+            os.close(fd)
+        who = self.holder() or "a stale lock"
+        self.lock_path.unlink(missing_ok=True)
+        return who
