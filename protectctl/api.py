@@ -277,3 +277,181 @@ def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[
         report.results = apply_plan(the_plan, state, backend, ctx, parallelism=parallelism, on_result=on_result)
         report.applied = True
     return report
+
+
+# --- the data path: run, points, restore, prune, check, status -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTarget:
+    """A source's inputs (as apply recorded them) and where its agent keeps state."""
+
+    inputs: dict[str, Any]
+    state_dir: Path
+    host: str
+
+
+def sources(policy_dir: Path, *, agent_config: Path | None, group: str | None = None,
+            member: str | None = None) -> list[SourceTarget]:
+    """The sources a job acts on: from the agent config on a host, or from the policy."""
+    found = _sources_from_agent(agent_config) if agent_config else _sources_from_policy(policy_dir)
+    chosen = [s for s in found if (group is None or s.inputs["group"] == group)
+              and (member is None or s.inputs["member"] == member)]
+    if not chosen:
+        what = f"{group}/{member}" if member else (group or "any source")
+        known = ", ".join(sorted({str(s.inputs['source']) for s in found})) or "none"
+        raise ProtectctlError(f"no source matches {what}", hint=f"sources here: {known}")
+    return chosen
+
+
+def _sources_from_policy(policy_dir: Path) -> list[SourceTarget]:
+    all_resources = resources(load(policy_dir))
+    agents = {r.address.name: r.inputs for r in all_resources if r.address.kind == "agent"}
+    hosts = {r.address.name: r.inputs for r in all_resources if r.address.kind == "host"}
+    out = []
+    for r in all_resources:
+        if r.address.kind != "source":
+            continue
+        host = str(r.inputs["host"])
+        if hosts[host]["address"] != "local":
+            continue  # jobs run on the host that holds the data
+        out.append(SourceTarget(dict(r.inputs), Path(str(agents[host]["state_dir"])), host))
+    return out
+
+
+def _sources_from_agent(agent_config: Path) -> list[SourceTarget]:
+    from protectctl.provision.config import read_yaml_mapping
+
+    agent = read_yaml_mapping(agent_config, "agent config")
+    out = []
+    for path in sorted(Path(str(agent["sources_dir"])).glob("*.yaml")):
+        inputs = read_yaml_mapping(path, "source config")
+        out.append(SourceTarget(inputs, Path(str(agent["state_dir"])), str(agent["host"])))
+    return out
+
+
+def source_job(target: SourceTarget) -> Any:
+    """A SourceJob for the agent's job runner."""
+    from protectctl.agent.jobs import SourceJob
+    from protectctl.agent.retention import RetentionSpec
+
+    i = target.inputs
+    scripts = i.get("scripts") or {}
+    throttle = i.get("throttle") or {}
+    window = None
+    if throttle.get("during"):
+        from protectctl.units import TimeWindow
+
+        window = TimeWindow.parse(str(throttle["during"])).contains
+    return SourceJob(
+        source=str(i["source"]), provider=str(i["provider"]), spec=dict(i["spec"]),
+        storage=open_storage(i["storage"]), passphrase=passphrase_reader(i["storage"]),
+        state_dir=target.state_dir, host=target.host, retention=RetentionSpec(**i["retention"]),
+        pre_script=scripts.get("pre"), post_script=scripts.get("post"),
+        script_timeout_s=int(scripts.get("timeout_s", 600)),
+        throttle_bps=throttle.get("rate_bps"), throttle_window=window,
+        sync_interval_s=int(i["sync_interval_s"]), full_interval_s=int(i["full_interval_s"]))
+
+
+def open_storage(storage: dict[str, Any]) -> Any:
+    from protectctl.engine.storage.local import LocalStorage
+
+    if storage["type"] != "local":
+        raise ProtectctlError(f"storage type {storage['type']!r} is not supported by this version")
+    return LocalStorage(Path(str(storage["path"])))
+
+
+def passphrase_reader(storage: dict[str, Any]) -> Callable[[], bytes]:
+    from protectctl.apply.effects import secret_ref
+
+    ref = secret_ref(storage["passphrase"])
+    return lambda: ref.resolve().value
+
+
+def run_backup(policy_dir: Path, kind: str, group: str, member: str | None, *,
+               agent_config: Path | None, progress: Any) -> list[Any]:
+    """Run sync or full for the chosen sources; one result per source (errors as results)."""
+    from protectctl.agent.jobs import run_backup as run
+
+    results = []
+    for target in sources(policy_dir, agent_config=agent_config, group=group, member=member):
+        results.append(run(source_job(target), kind, progress=progress))  # type: ignore[arg-type]
+    return results
+
+
+def storages_of(targets: Sequence[SourceTarget]) -> dict[str, dict[str, Any]]:
+    return {str(t.inputs["storage"]["path"]): t.inputs["storage"] for t in targets}
+
+
+def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None) -> list[Any]:
+    from protectctl.agent.jobs import list_points as points_of
+    from protectctl.plan.address import SourceRef
+
+    ref = SourceRef.parse(selector) if selector else None
+    targets = sources(policy_dir, agent_config=agent_config, group=ref.group if ref else None,
+                      member=ref.member if ref else None)
+    allowed = {str(t.inputs["source"]) for t in targets}
+    out = []
+    for storage in storages_of(targets).values():
+        pts = points_of(open_storage(storage), passphrase_reader(storage)(), None)
+        out += [p for p in pts if p.source in allowed]
+    return sorted(out, key=lambda p: p.time)
+
+
+def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path | None,
+            target: str | None, subpaths: Sequence[str], dry_run: bool, overwrite: bool,
+            progress: Any) -> Any:
+    from protectctl.agent.jobs import restore as run_restore
+    from protectctl.catalog.timespec import parse_time
+    from protectctl.errors import RestoreError
+    from protectctl.plan.address import SourceRef
+
+    ref = SourceRef.parse(source)
+    if ref.member is None:
+        raise RestoreError(f"restore needs one source, GROUP/MEMBER, not {source!r}")
+    (job_target,) = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member)
+    when = parse_time(to_time, now=datetime.now(UTC))
+    path = None
+    if target:
+        host, colon, rest = target.partition(":")
+        if colon and "/" not in host:
+            if host not in ("local", job_target.host):
+                raise RestoreError(f"restore to host {host!r} is not supported by this version",
+                                   hint="restore to a path on this machine")
+            target = rest
+        path = Path(target).absolute()
+    return run_restore(source_job(job_target), when, target=path, subpaths=subpaths, dry_run=dry_run,
+                       overwrite=overwrite, progress=progress)
+
+
+def prune(policy_dir: Path, group: str | None, *, agent_config: Path | None, dry_run: bool,
+          member: str | None = None, progress: Any = None) -> list[Any]:
+    from protectctl.agent.jobs import prune as run_prune
+
+    targets = sources(policy_dir, agent_config=agent_config, group=group, member=member)
+    by_storage: dict[str, list[SourceTarget]] = {}
+    for t in targets:
+        by_storage.setdefault(str(t.inputs["storage"]["path"]), []).append(t)
+    return [run_prune([source_job(t) for t in group_targets], now=datetime.now(UTC), dry_run=dry_run,
+                      progress=progress) for group_targets in by_storage.values()]
+
+
+def check(policy_dir: Path, storage_name: str, *, read_data: bool, progress: Any) -> Any:
+    from protectctl.agent.jobs import check as run_check
+
+    policy = load(policy_dir)
+    res = next((r for r in resources(policy) if str(r.address) == f"storage.{storage_name}"), None)
+    if res is None:
+        from protectctl.policy.model import Kind
+
+        known = ", ".join(sorted(policy.of(Kind.STORAGE))) or "none"
+        raise ProtectctlError(f"no Storage named {storage_name!r}", hint=f"storages: {known}")
+    storage = dict(res.inputs)
+    return run_check(open_storage(storage), passphrase_reader(storage)(), read_data=read_data, progress=progress)
+
+
+def status(policy_dir: Path, group: str | None, *, agent_config: Path | None) -> list[Any]:
+    from protectctl.agent.jobs import status as job_status
+
+    targets = sources(policy_dir, agent_config=agent_config, group=group)
+    return job_status([source_job(t) for t in targets], now=datetime.now(UTC))

@@ -142,11 +142,14 @@ class LeaseLock:
     def name(self) -> str:
         return self.record.name
 
-    def acquire(self) -> None:
-        """Take the lock or raise LockedError naming a live conflicting holder."""
+    def acquire(self, *, ignore: set[str] | None = None) -> None:
+        """Take the lock or raise LockedError naming a live conflicting holder.
+
+        `ignore`: names of locks this process already holds (gc under an exclusive lock).
+        """
         self._write(self.record)
         try:
-            self._resolve_others()
+            self._resolve_others(ignore or set())
         except BaseException:
             with contextlib.suppress(RepositoryError):
                 self._storage.delete(ObjectKind.LOCKS, self.name)
@@ -161,9 +164,9 @@ class LeaseLock:
         with contextlib.suppress(ObjectMissingError):
             self._storage.delete(ObjectKind.LOCKS, self.name)
 
-    def _resolve_others(self) -> None:
+    def _resolve_others(self, ignore: set[str]) -> None:
         for info in list(self._storage.list(ObjectKind.LOCKS)):
-            if info.name == self.name:
+            if info.name == self.name or info.name in ignore:
                 continue
             try:
                 other = decode_lock(self._sealer, info.name, self._storage.get(ObjectKind.LOCKS, info.name))

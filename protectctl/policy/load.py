@@ -70,6 +70,9 @@ class Policy:
     root: Path
     documents: dict[Kind, dict[str, Document]] = field(default_factory=dict)
     warnings: tuple[Diagnostic, ...] = ()
+    # documents whose envelope is valid but whose spec is not: already reported, so a
+    # reference to one must not be reported again as "not defined"
+    broken: set[tuple[Kind, str]] = field(default_factory=set)
 
     def of(self, kind: Kind) -> dict[str, Document]:
         return self.documents.get(kind, {})
@@ -198,7 +201,7 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
                         "expected apiVersion, kind, metadata and spec")
             )
             continue
-        doc = _validate_document(raw, ref, problems)
+        doc = _validate_document(raw, ref, problems, policy.broken)
         if doc is not None:
             _register(policy, doc, problems)
 
@@ -217,7 +220,9 @@ def _add_shipped(policy: Policy) -> None:
             if not isinstance(raw, dict):
                 continue
             doc = _validate_document(raw, DocRef(path, index, shipped=True), [])
-            if doc is not None and policy.get(doc.kind, doc.name) is None:
+            if doc is None or (doc.kind, doc.name) in policy.broken:
+                continue  # a user's SLA of that name overrides the shipped one, even when it is wrong
+            if policy.get(doc.kind, doc.name) is None:
                 policy.documents.setdefault(doc.kind, {})[doc.name] = doc
 
 
@@ -233,7 +238,8 @@ def _register(policy: Policy, doc: Document, problems: list[Problem]) -> None:
     by_name[doc.name] = doc
 
 
-def _validate_document(raw: dict[Any, Any], ref: DocRef, problems: list[Problem]) -> Document | None:
+def _validate_document(raw: dict[Any, Any], ref: DocRef, problems: list[Problem],
+                       broken: set[tuple[Kind, str]] | None = None) -> Document | None:
     try:
         header = Header.model_validate(raw)
     except ValidationError as err:
@@ -244,6 +250,8 @@ def _validate_document(raw: dict[Any, Any], ref: DocRef, problems: list[Problem]
         spec = model.model_validate(header.spec)
     except ValidationError as err:
         problems.extend(_from_validation(err, ref, ("spec",), model))
+        if broken is not None:
+            broken.add((header.kind, header.metadata.name))
         return None
     return Document(header.kind, header.metadata, spec, ref)
 

@@ -59,7 +59,7 @@ def check_rules(policy: Policy) -> list[Problem]:
 
 def _ref(policy: Policy, doc: Document, path: tuple[str | int, ...], kind: Kind, name: str | None,
          ) -> Iterator[Problem]:
-    if name is None or policy.get(kind, name) is not None:
+    if name is None or policy.get(kind, name) is not None or (kind, name) in policy.broken:
         return
     known = sorted(policy.of(kind))
     detail = f"defined {kind.value}s: {', '.join(known)}" if known else f"no {kind.value} is defined"

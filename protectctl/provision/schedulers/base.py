@@ -1,0 +1,161 @@
+"""What a scheduled job is, and the Protocol every scheduler renderer implements.
+
+A renderer turns one `ScheduledJob` into the files that make a host run it (systemd units,
+a cron.d file), as text keyed by paths relative to the host's root. Rendering is pure: no
+files are written here, no clock or environment is read; `apply` writes what it returns.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Protocol
+
+from protectctl.errors import ProtectctlError
+from protectctl.units import Schedule
+
+if TYPE_CHECKING:
+    import jinja2
+
+__all__ = [
+    "MANAGED_HEADER",
+    "JobError",
+    "ScheduledJob",
+    "SchedulerRenderer",
+    "render_template",
+    "renderer_for",
+    "unit_name",
+]
+
+MANAGED_HEADER = "managed by protectctl; edits are overwritten (plan --refresh reports drift)"
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9:_.-]+")
+# systemd refuses unit names over 255 characters, suffix included (".service" is 8).
+_MAX_NAME = 255 - len(".service")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# A newline or other control character would end a unit-file line or a cron line early
+# and let the rest be read as a new directive.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class JobError(ProtectctlError, ValueError):
+    """A scheduled job that cannot be rendered safely; the message says what to change."""
+
+
+def _escape_char(char: str) -> str:
+    return "".join(f"_{byte:02x}" for byte in char.encode())
+
+
+def _escape_part(part: str) -> str:
+    """Escape one part so that joining parts with '-' can never make two jobs collide.
+
+    Letters and digits stay; an inner '-' doubles ("ledger-db" -> "ledger--db"), so a single
+    '-' always separates parts; everything else, and a leading or trailing '-', becomes
+    `_xx` per UTF-8 byte (so '_' itself is `_5f`). Without this, group "a-b" member "c" and
+    group "a" member "b-c" would share one timer.
+    """
+    out: list[str] = []
+    last = len(part) - 1
+    for i, char in enumerate(part):
+        if char.isascii() and char.isalnum():
+            out.append(char)
+        elif char == "-" and 0 < i < last:
+            out.append("--")
+        else:
+            out.append(_escape_char(char))
+    return "".join(out)
+
+
+def unit_name(*parts: str) -> str:
+    """A name safe for systemd units and cron.d files, e.g. `protectctl-docs-home-sync`."""
+    if not parts or any(not part for part in parts):
+        raise JobError(f"a unit name needs non-empty parts, got {parts!r}")
+    name = "-".join(_escape_part(part) for part in parts)
+    if len(name) > _MAX_NAME:
+        raise JobError(f"the unit name {name!r} is longer than {_MAX_NAME} characters; use shorter names")
+    return name
+
+
+def _check_text(what: str, value: str) -> None:
+    if _CONTROL_RE.search(value):
+        raise JobError(f"{what} {value!r} contains a newline or control character; remove it")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledJob:
+    """One command a host runs on a schedule. Never carries a secret: it lands in plain files."""
+
+    name: str
+    description: str
+    argv: tuple[str, ...]
+    schedule: Schedule
+    randomized_delay_s: int = 0
+    user: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.fullmatch(self.name) or len(self.name) > _MAX_NAME:
+            raise JobError(
+                f"{self.name!r} is not a usable unit name; use letters, digits and :_.- "
+                f"(at most {_MAX_NAME} characters), e.g. via unit_name()"
+            )
+        if not self.argv or not self.argv[0].startswith("/"):
+            raise JobError(f"a job's command must start with an absolute path, got {self.argv!r}")
+        _check_text("the description", self.description)
+        for arg in self.argv:
+            _check_text("the argument", arg)
+        if self.randomized_delay_s < 0:
+            raise JobError(f"randomized_delay_s must be 0 or more, got {self.randomized_delay_s}")
+        if self.user is not None and not _USER_RE.fullmatch(self.user):
+            raise JobError(f"{self.user!r} is not a valid user name; expected e.g. root or backup")
+        for key, value in self.environment:
+            if not _ENV_KEY_RE.fullmatch(key):
+                raise JobError(f"{key!r} is not a valid environment variable name; expected e.g. PROTECTCTL_CONFIG")
+            _check_text(f"the value of {key}", value)
+
+
+class SchedulerRenderer(Protocol):
+    """Turns a job into the files that schedule it on a host."""
+
+    def render(self, job: ScheduledJob) -> dict[PurePosixPath, str]:
+        """File contents by path relative to the host's root (e.g. `etc/cron.d/NAME`)."""
+        ...
+
+
+def renderer_for(kind: str) -> SchedulerRenderer:
+    """The renderer for a Host's `scheduler` (`systemd` or `cron`); JobError for anything else."""
+    # Imported here so that choosing one scheduler does not import the other.
+    if kind == "systemd":
+        from protectctl.provision.schedulers.systemd import SystemdRenderer
+
+        return SystemdRenderer()
+    if kind == "cron":
+        from protectctl.provision.schedulers.cron import CronRenderer
+
+        return CronRenderer()
+    raise JobError(f"{kind!r} is not a scheduler; expected systemd or cron")
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        # Unit files and crontabs are not HTML: values are quoted for their format by the
+        # renderer before they reach the template, and HTML escaping would corrupt them.
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_template(name: str, **context: object) -> str:
+    """Render `templates/NAME` with values already quoted for the target format."""
+    return _environment().get_template(name).render(header=MANAGED_HEADER, **context)

@@ -1,0 +1,138 @@
+"""Restore a stored tree to a directory: plan (what, how much, is there room), then write.
+
+The one entry point providers call. A dry run stops after planning and writes nothing.
+A real run refuses a non-empty target unless told to overwrite, refuses when the target
+filesystem lacks the room, and raises RestoreError listing the entries that failed
+(including content that did not match its stored hash) after restoring all the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from protectctl.engine.ids import BlobId
+from protectctl.engine.repository import Repository
+from protectctl.errors import RestoreError
+from protectctl.progress import NullProgress, Progress
+from protectctl.provider import RestoreOutcome
+from protectctl.restore.fs import FsRestorer, RestoreReport
+from protectctl.restore.selection import count, select
+
+_ERRORS_SHOWN = 20
+
+
+def restore_tree(
+    repo: Repository,
+    tree: BlobId,
+    target: Path,
+    *,
+    subpaths: Sequence[str] = (),
+    dry_run: bool = False,
+    overwrite: bool = False,
+    root_meta: Mapping[str, object] | None = None,
+    progress: Progress | None = None,
+) -> RestoreOutcome:
+    """Restore `tree` (or its `subpaths`) below `target`; raises RestoreError."""
+    progress = progress or NullProgress()
+    selection = select(repo, tree, subpaths)
+    totals = count(repo, selection)
+    free = free_bytes(target)
+    plan = RestoreOutcome(
+        target=target,
+        files=totals.files,
+        dirs=totals.dirs,
+        bytes_total=totals.bytes_total,
+        bytes_needed=totals.bytes_needed,
+        bytes_free=free,
+        verified=0,
+        written=False,
+    )
+    if dry_run:
+        return plan
+    _refuse_unsafe_target(target, overwrite=overwrite, needed=totals.bytes_needed, free=free)
+    progress.start("restore", total_bytes=totals.bytes_total, total_files=totals.files + totals.dirs)
+    report = _write(repo, selection, target, overwrite, root_meta if not subpaths else None, progress)
+    progress.finish()
+    if report.errors:
+        shown = "; ".join(report.errors[:_ERRORS_SHOWN])
+        more = f" (and {len(report.errors) - _ERRORS_SHOWN} more)" if len(report.errors) > _ERRORS_SHOWN else ""
+        raise RestoreError(
+            f"{len(report.errors)} entr{'y' if len(report.errors) == 1 else 'ies'} could not be restored"
+            f" to {target}: {shown}{more}",
+            hint=f"the other {report.files} files were restored and verified",
+        )
+    return RestoreOutcome(
+        target=target,
+        files=report.files,
+        dirs=report.dirs,
+        bytes_total=totals.bytes_total,
+        bytes_needed=totals.bytes_needed,
+        bytes_free=free,
+        verified=report.verified,
+        written=True,
+        notes=tuple(report.notes),
+    )
+
+
+def _write(
+    repo: Repository,
+    selection: Sequence[object],
+    target: Path,
+    overwrite: bool,
+    root_meta: Mapping[str, object] | None,
+    progress: Progress,
+) -> RestoreReport:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise RestoreError(f"cannot use {target} as the restore target: {err.strerror}") from err
+    try:
+        restorer = FsRestorer(repo, repo.content_hasher, overwrite=overwrite, progress=progress)
+        report = restorer.run(root_fd, selection)  # type: ignore[arg-type]
+        if root_meta is not None:
+            _apply_root(root_fd, root_meta, report)
+    finally:
+        os.close(root_fd)
+    return report
+
+
+def _apply_root(fd: int, meta: Mapping[str, object], report: RestoreReport) -> None:
+    """The source directory's own metadata goes to the target (whole-tree restores only)."""
+    try:
+        if os.geteuid() == 0:
+            os.fchown(fd, int(meta["uid"]), int(meta["gid"]))  # type: ignore[call-overload]
+        os.fchmod(fd, int(meta["mode"]))  # type: ignore[call-overload]
+        os.utime(fd, ns=(int(meta["atime_ns"]), int(meta["mtime_ns"])))  # type: ignore[call-overload]
+    except (KeyError, TypeError, ValueError, OSError) as err:
+        report.notes.append(f"metadata of the target directory not restored: {err}")
+
+
+def _refuse_unsafe_target(target: Path, *, overwrite: bool, needed: int, free: int | None) -> None:
+    if not overwrite and target.exists():
+        if not target.is_dir():
+            raise RestoreError(f"restore target {target} exists and is not a directory")
+        if any(target.iterdir()):
+            raise RestoreError(
+                f"restore target {target} is not empty",
+                hint="restore to an empty directory with --target, or allow overwriting",
+            )
+    if free is not None and needed > free and not overwrite:
+        raise RestoreError(
+            f"restore needs {needed} bytes but {target} has {free} bytes free",
+            hint="free some space or restore elsewhere with --target",
+        )
+
+
+def free_bytes(target: Path) -> int | None:
+    """Free bytes for an unprivileged writer on the filesystem that holds (or would hold) target."""
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    with contextlib.suppress(OSError):
+        st = os.statvfs(probe)
+        return st.f_bavail * st.f_frsize
+    return None
