@@ -164,15 +164,16 @@ def state_unlock(policy_dir: Path, force: bool) -> str:
 
 def observe(state: State) -> Observations:
     """Cheap facts from the repositories in the state (how many points each holds)."""
+    from protectctl.engine.storage.base import ObjectKind
+    from protectctl.errors import RepositoryError
     from protectctl.plan.diff import Observations
 
     points: dict[str, int] = {}
     for address, rec in state.resources.items():
         if rec.kind == "storage" and rec.inputs.get("type") == "local":
-            points_dir = Path(str(rec.inputs["path"])) / "points"
             try:
-                points[address] = sum(1 for p in points_dir.rglob("*") if p.is_file())
-            except OSError:
+                points[address] = sum(1 for _ in open_storage(rec.inputs).list(ObjectKind.POINTS))
+            except (RepositoryError, OSError):
                 points[address] = 0
     return Observations(storage_points=points)
 

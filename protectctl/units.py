@@ -10,6 +10,7 @@ through its own fields, so pass host-local time (DST shifts are not modelled).
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import re
 from collections.abc import Iterable, Iterator
@@ -985,11 +986,14 @@ class Schedule:
     def iter_runs(self, after: datetime) -> Iterator[datetime]:
         """Run times strictly after `after`, in order, with its tzinfo (wall-clock)."""
         day = after.date()
+        # A run at minute m of the first day is strictly after `after` iff m is past its
+        # minute: at the same minute the run is at or before it, whatever the seconds.
+        skip = bisect.bisect_right(self.times, after.hour * 60 + after.minute)
         while True:
-            for minute in self.runs_on(day):
-                run = datetime.combine(day, datetime.min.time(), after.tzinfo) + timedelta(minutes=minute)
-                if run > after:
-                    yield run
+            midnight = datetime.combine(day, datetime.min.time(), after.tzinfo)
+            for minute in self.runs_on(day)[skip:]:
+                yield midnight + timedelta(minutes=minute)
+            skip = 0
             day += timedelta(days=1)
 
     def next_after(self, dt: datetime) -> datetime:

@@ -11,7 +11,7 @@ pc() { protectctl -C "$work" "$@"; }
 
 echo "== apply";                 pc apply --auto-approve
 echo "== first backup";          pc run sync docs
-first_time="$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)"
+first_time="$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)"
 sleep 1
 echo "== change a file";         echo "quarterly numbers: 43 (revised)" > "$work/data/report.txt"
 echo "== second backup";         pc run sync docs

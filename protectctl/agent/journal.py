@@ -21,6 +21,7 @@ import contextlib
 import os
 import sqlite3
 import struct
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,9 @@ class Journal:
         if not self.path.exists():
             return None
         try:
-            return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            # Quoted: the source's safe name contains "%", which a URI would decode.
+            uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
+            return sqlite3.connect(uri, uri=True, check_same_thread=False)
         except sqlite3.Error:
             return None
 

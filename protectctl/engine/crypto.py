@@ -142,7 +142,9 @@ def unwrap_keys(stored: bytes, passphrase: bytes, repo_id: str, key_name: str) -
     what = f"keys/{key_name}"
     kdf, sealed = _parse_key_file(stored, what)
     try:
-        plain = Sealer(kdf.derive(passphrase)).open(sealed, aad("keys", repo_id.encode(), key_name.encode()), what)
+        plain = Sealer(kdf.derive(passphrase)).open(
+            sealed, aad("keys", repo_id.encode(), key_name.encode()), what
+        )
     except CorruptionError as err:
         raise WrongKeyError(
             "the passphrase does not open this repository",

@@ -12,6 +12,7 @@ repacking yet): a pack is deleted only when none of its blobs is referenced.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.index import Index, IndexFile, encode_index, load_index
-from protectctl.engine.locks import LeaseLock, read_locks, is_stale
+from protectctl.engine.locks import LeaseLock, is_stale, read_locks
 from protectctl.engine.marks import BlobSet, mark_tree
 from protectctl.engine.pack import TRAILER_SIZE, PackEntry, header_length, open_pack_header
 from protectctl.engine.storage.base import ObjectKind, ObjectMissingError
@@ -116,7 +117,9 @@ class _Stats:
     blobs_referenced: int
 
 
-def _report(plan: _Plan, stats: _Stats, *, deleted: int, freed: int, replaced: int, deferred: str | None) -> GcReport:
+def _report(
+    plan: _Plan, stats: _Stats, *, deleted: int, freed: int, replaced: int, deferred: str | None
+) -> GcReport:
     return GcReport(
         dry_run=False,
         points=stats.points,
@@ -134,7 +137,9 @@ def _report(plan: _Plan, stats: _Stats, *, deleted: int, freed: int, replaced: i
 
 def _dry_report(plan: _Plan, packs_start: dict[str, int], locks_start: set[str], stats: _Stats) -> GcReport:
     doomed = set(plan.sweep) | (set() if locks_start else set(plan.new_condemned))
-    waiting = sum(len(group) for group in plan.condemned.values()) + (len(plan.new_condemned) if locks_start else 0)
+    waiting = sum(len(group) for group in plan.condemned.values()) + (
+        len(plan.new_condemned) if locks_start else 0
+    )
     return GcReport(
         dry_run=True,
         points=stats.points,
@@ -157,14 +162,17 @@ def _needs_rewrite(index: Index, plan: _Plan) -> bool:
     return bool(changed) or live_files > 1
 
 
-def _mark(repo: Repository, index: Index, point_ids: Iterable[str], marks: BlobSet, progress: Progress) -> None:
+def _mark(
+    repo: Repository, index: Index, point_ids: Iterable[str], marks: BlobSet, progress: Progress
+) -> None:
     progress.start("gc: mark", total_files=None)
 
     def load_tree(tree_id: BlobId) -> Tree:
         located = index.lookup(tree_id)
         if located is None:
             raise RepositoryError(
-                f"tree {short_id(tree_id)} needed by a point is not in the index; gc stopped, nothing deleted",
+                f"tree {short_id(tree_id)} needed by a point is not in the index; gc stopped, "
+                "nothing deleted",
                 hint="run `protectctl check` to see which points are damaged",
             )
         return decode_tree(repo.read_entry(located.pack, located.entry))
@@ -178,7 +186,9 @@ def _mark(repo: Repository, index: Index, point_ids: Iterable[str], marks: BlobS
             try:
                 mark_tree(point.tree, load_tree, marks, progress)
             except CorruptionError as err:
-                raise RepositoryError(f"point {point_id}: {err.message}; gc stopped, nothing deleted") from err
+                raise RepositoryError(
+                    f"point {point_id}: {err.message}; gc stopped, nothing deleted"
+                ) from err
     progress.finish()
 
 
@@ -248,10 +258,8 @@ def _apply(
     written = _write_index_files(repo, plan.live, condemned=False, locks=())
     for name in index.files:
         if name not in written:
-            try:
+            with contextlib.suppress(ObjectMissingError):
                 storage.delete(ObjectKind.INDEX, name)
-            except ObjectMissingError:
-                pass
     # Locks listed only now, after the old index objects are gone: any writer not in this
     # list reads the new index, which no longer offers the condemned packs for dedup.
     locks_now = _foreign_locks(repo, own_lease)

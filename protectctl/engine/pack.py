@@ -67,10 +67,7 @@ def blob_aad(kind: BlobKind, blob_id: BlobId) -> bytes:
 def seal_blob(sealer: Sealer, kind: BlobKind, blob_id: BlobId, data: bytes) -> bytes:
     """Compress (when it helps) and encrypt one blob. Thread-safe: zstd and AES release the GIL."""
     compressed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
-    if len(compressed) < len(data):
-        body = bytes([_FLAG_ZSTD]) + compressed
-    else:
-        body = bytes([_FLAG_STORED]) + data
+    body = bytes([_FLAG_ZSTD]) + compressed if len(compressed) < len(data) else bytes([_FLAG_STORED]) + data
     return sealer.seal(body, blob_aad(kind, blob_id))
 
 
@@ -93,9 +90,7 @@ def open_blob(sealer: Sealer, entry: PackEntry, stored: bytes, what: str) -> byt
 
 
 def encode_entries(entries: list[PackEntry]) -> bytes:
-    parts = [
-        ENTRY.pack(e.blob_id, _KIND_CODE[e.kind], e.offset, e.length, e.raw_length) for e in entries
-    ]
+    parts = [ENTRY.pack(e.blob_id, _KIND_CODE[e.kind], e.offset, e.length, e.raw_length) for e in entries]
     return b"".join(parts)
 
 
@@ -117,6 +112,8 @@ def seal_pack_header(sealer: Sealer, entries: list[PackEntry]) -> bytes:
 
 def header_length(tail: bytes, pack_size: int, what: str) -> int:
     """Length of the sealed header, read from the last 4 bytes of the pack."""
+    if len(tail) < _TRAILER.size or pack_size < _TRAILER.size:
+        raise CorruptionError(f"{what}: too short to be a pack")
     (length,) = _TRAILER.unpack(tail[-_TRAILER.size :])
     if length + _TRAILER.size > pack_size:
         raise CorruptionError(f"{what}: header length {length} exceeds the pack")

@@ -106,7 +106,9 @@ class Repository:
         key_name = os.urandom(16).hex()
         # Key first, config last: a crash in between leaves no repository, only an orphan
         # key that no later config's id can open (the id is in the key's AAD).
-        storage.put(ObjectKind.KEYS, key_name, wrap_keys(keys, passphrase, repo_id, key_name, KdfParams.fresh(kdf_n)))
+        storage.put(
+            ObjectKind.KEYS, key_name, wrap_keys(keys, passphrase, repo_id, key_name, KdfParams.fresh(kdf_n))
+        )
         storage.put(ObjectKind.CONFIG, CONFIG_NAME, _encode_config(repo_id, params, pack_size))
         return cls(storage, repo_id, keys, params, pack_size)
 
@@ -233,7 +235,9 @@ class Repository:
             self.invalidate_index()  # gc may have moved it since we loaded the index
             located = self._lookup(blob_id)
         if located is None:
-            raise CorruptionError(f"blob {short_id(blob_id)} is not in the index of {self.storage.describe()}")
+            raise CorruptionError(
+                f"blob {short_id(blob_id)} is not in the index of {self.storage.describe()}"
+            )
         return self.read_entry(located.pack, located.entry)
 
     def read_entry(self, pack: str, entry: PackEntry) -> bytes:
@@ -331,7 +335,9 @@ class Repository:
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool, command: str) -> Iterator[None]:
-        lease = LeaseLock(self.storage, self.sealer, exclusive=exclusive, command=command, lease_s=self.lock_lease_s)
+        lease = LeaseLock(
+            self.storage, self.sealer, exclusive=exclusive, command=command, lease_s=self.lock_lease_s
+        )
         lease.acquire()
         with self._mutex:
             self._held.append(lease)
@@ -354,7 +360,12 @@ def _encode_config(repo_id: str, params: ChunkerParams, pack_size: int) -> bytes
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "id": repo_id,
-        "chunker": {"algorithm": "fastcdc2020", "min": params.min_size, "avg": params.avg_size, "max": params.max_size},
+        "chunker": {
+            "algorithm": "fastcdc2020",
+            "min": params.min_size,
+            "avg": params.avg_size,
+            "max": params.max_size,
+        },
         "pack_size": pack_size,
         "compression": "zstd",
         "encryption": "aes-256-gcm",
@@ -370,7 +381,8 @@ def _decode_config(raw: bytes, where: str) -> tuple[str, ChunkerParams, int]:
             raise ValueError("not a protectctl repository")
         if d["version"] != FORMAT_VERSION:
             raise RepositoryError(
-                f"{where}: repository format version {d['version']} is not supported (this protectctl reads {FORMAT_VERSION})"
+                f"{where}: repository format version {d['version']} is not supported "
+                f"(this protectctl reads version {FORMAT_VERSION})"
             )
         c = d["chunker"]
         params = ChunkerParams(min_size=int(c["min"]), avg_size=int(c["avg"]), max_size=int(c["max"]))
@@ -392,4 +404,3 @@ def _unlock(storage: StorageBackend, passphrase: bytes, repo_id: str) -> MasterK
         f"the passphrase does not open the repository at {storage.describe()}",
         hint="check the EncryptionKey the Storage refers to",
     )
-

@@ -14,8 +14,8 @@ import base64
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 from enum import StrEnum
+from typing import TypeVar
 
 from protectctl.engine.ids import BLOB_ID_SIZE, BlobId
 from protectctl.errors import CorruptionError
@@ -66,7 +66,19 @@ class Tree:
     nodes: tuple[Node, ...]  # sorted by name, names unique
 
 
-_INT_FIELDS = ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "size", "rdev", "inode", "dev", "nlink")
+_INT_FIELDS = (
+    "mode",
+    "uid",
+    "gid",
+    "mtime_ns",
+    "atime_ns",
+    "ctime_ns",
+    "size",
+    "rdev",
+    "inode",
+    "dev",
+    "nlink",
+)
 _DEFAULTS: Mapping[str, object] = {"rdev": 0, "inode": 0, "dev": 0, "nlink": 1}
 
 
@@ -137,7 +149,7 @@ def _decode_node(raw: object) -> Node:
             link_target=_opt(raw, "link_target", _as_text),
             xattrs=tuple(_as_xattr(x) for x in _list(raw, "xattrs")),
             content_hash=_opt(raw, "content_hash", _as_hex),
-            **ints,  # type: ignore[arg-type]
+            **ints,
         )
     except (ValueError, TypeError, KeyError) as err:
         raise CorruptionError(f"tree node is malformed: {err}") from err

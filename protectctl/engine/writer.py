@@ -59,7 +59,11 @@ class _OpenPack:
 
 
 class BlobWriter:
-    """Context manager; `add` blobs inside it, leave it normally to commit."""
+    """Context manager; `add` blobs inside it, leave it normally to commit.
+
+    One writer belongs to one thread; for parallel archiving open one writer per thread
+    (the repository dedups across all of its active writers).
+    """
 
     def __init__(
         self,

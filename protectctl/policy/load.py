@@ -96,7 +96,7 @@ class Locator:
         if ref.index >= len(docs):
             return Location(ref.file, 1, 1)
         node: Any = docs[ref.index]
-        line, col = self._start(node)
+        line, col = self._start(node) if getattr(node, "lc", None) is not None else self._doc_start(ref)
         for key in path:
             found = self._child(node, key)
             if found is None:
@@ -108,9 +108,19 @@ class Locator:
         if file not in self._docs:
             try:
                 self._docs[file] = list(YAML(typ="rt").load_all(file.read_text(encoding="utf-8")))
-            except (YAMLError, OSError, UnicodeDecodeError):
+            except (YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError):
                 self._docs[file] = []
         return self._docs[file]
+
+    @staticmethod
+    def _doc_start(ref: DocRef) -> tuple[int, int]:
+        """Where a document without positions of its own (a scalar, say) starts."""
+        try:
+            nodes = list(YAML(typ="rt").compose_all(ref.file.read_text(encoding="utf-8")))
+            mark = nodes[ref.index].start_mark
+            return mark.line, mark.column
+        except (YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError, IndexError, AttributeError):
+            return 0, 0
 
     @staticmethod
     def _start(node: Any) -> tuple[int, int]:
@@ -184,7 +194,7 @@ def resolve(problems: Sequence[Problem]) -> list[Diagnostic]:
 def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list[Diagnostic]) -> None:
     try:
         text = file.read_text(encoding="utf-8")
-        raw_docs = list(YAML(typ="safe").load_all(text))
+        raw_docs = _parse(text)
     except MarkedYAMLError as err:
         syntax.append(_yaml_diagnostic(file, err))
         return
@@ -204,6 +214,19 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
         doc = _validate_document(raw, ref, problems, policy.broken)
         if doc is not None:
             _register(policy, doc, problems)
+
+
+def _parse(text: str) -> list[Any]:
+    """All documents of a file: the fast C parser, or the pure one where libyaml falls short.
+
+    libyaml refuses some valid YAML 1.2 that the round-trip locator accepts, e.g. a ':' inside a
+    flow-mapping plain scalar (`tape: {schedule: weekly on sun at 02:00}`, the DESIGN example);
+    the pure parser then decides, and its error (if any) is the one reported.
+    """
+    try:
+        return list(YAML(typ="safe").load_all(text))
+    except MarkedYAMLError:
+        return list(YAML(typ="safe", pure=True).load_all(text))
 
 
 def _add_shipped(policy: Policy) -> None:
@@ -243,13 +266,13 @@ def _validate_document(raw: dict[Any, Any], ref: DocRef, problems: list[Problem]
     try:
         header = Header.model_validate(raw)
     except ValidationError as err:
-        problems.extend(_from_validation(err, ref, (), Header))
+        problems.extend(_from_validation(err, ref, (), Header, raw))
         return None
     model = SPEC_MODELS[header.kind]
     try:
         spec = model.model_validate(header.spec)
     except ValidationError as err:
-        problems.extend(_from_validation(err, ref, ("spec",), model))
+        problems.extend(_from_validation(err, ref, ("spec",), model, header.spec))
         if broken is not None:
             broken.add((header.kind, header.metadata.name))
         return None
@@ -257,15 +280,33 @@ def _validate_document(raw: dict[Any, Any], ref: DocRef, problems: list[Problem]
 
 
 def _from_validation(
-    err: ValidationError, ref: DocRef, prefix: KeyPath, model: type[BaseModel]
+    err: ValidationError, ref: DocRef, prefix: KeyPath, model: type[BaseModel], raw: object
 ) -> list[Problem]:
     problems = []
     for item in err.errors(include_url=False):
-        loc = tuple(part for part in item["loc"] if not _is_tag(part))
+        loc = _user_path(raw, item["loc"])
         path = prefix + loc
         summary, detail = _explain(item, loc, model)
         problems.append(Problem(ref, path, summary, detail))
     return problems
+
+
+def _user_path(raw: object, loc: Sequence[str | int]) -> KeyPath:
+    """pydantic's error location without its validator tags; a key present in the input is
+    always kept (a user's key may well contain '[')."""
+    out: list[str | int] = []
+    node: Any = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif _is_tag(part):
+            continue
+        else:
+            node = None  # e.g. a missing field: keep it, nothing below it to follow
+        out.append(part)
+    return tuple(out)
 
 
 def _is_tag(part: object) -> bool:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -293,7 +294,7 @@ def test_schedule_defaults_and_equality() -> None:
 
 
 def test_next_after() -> None:
-    utc = timezone.utc
+    utc = UTC
     schedule = Schedule.parse("weekly on sun at 02:00")
     assert schedule.next_after(datetime(2024, 3, 4, 12, tzinfo=utc)) == datetime(2024, 3, 10, 2, tzinfo=utc)
     # Strictly after: a run at exactly `dt` is not the next one.
@@ -414,14 +415,10 @@ def test_any_text_parses_or_raises_unit_error(text: str, parse: Callable[[str], 
 
 
 def _brute_force_gaps(schedule: Schedule, start: datetime, days: int) -> tuple[int, int]:
-    """Max and min gap between runs by walking next_after over `days` days."""
-    runs = []
-    current = start
+    """Max and min gap between runs, walking the runs for `days` days."""
     end = start + timedelta(days=days)
-    while current < end:
-        current = schedule.next_after(current)
-        runs.append(current)
-    gaps = [int((b - a).total_seconds()) for a, b in zip(runs, runs[1:], strict=False)]
+    runs = list(itertools.takewhile(lambda run: run < end, schedule.iter_runs(start)))
+    gaps = [int((b - a).total_seconds()) for a, b in itertools.pairwise(runs)]
     return max(gaps), min(gaps)
 
 
@@ -496,7 +493,11 @@ def oncalendar_minutes(expression: str, day: date) -> set[int]:
     return {h * 60 + m for h in _calendar_values(hour, 0, 23) for m in _calendar_values(minute, 0, 59)}
 
 
-_SAMPLE_DAYS = [date(2024, 2, 26) + timedelta(days=i) for i in range(9)] + [date(2023, 12, 31), date(2024, 6, 15)]
+# A leap-year week across Feb/Mar, a year end and a mid-month Saturday.
+_SAMPLE_DAYS = [date(2024, 2, 26) + timedelta(days=i) for i in range(9)] + [
+    date(2023, 12, 31),
+    date(2024, 6, 15),
+]
 
 
 @settings(max_examples=200, deadline=None)

@@ -56,7 +56,7 @@ class LocalStorage:
 
     def list(self, kind: ObjectKind) -> Iterator[ObjectInfo]:
         base = self.path / kind.value
-        dirs = self._shard_dirs(base) if kind is ObjectKind.DATA else [base]
+        dirs = _shard_dirs(base) if kind is ObjectKind.DATA else [base]
         for directory in dirs:
             yield from self._list_dir(kind, directory)
 
@@ -84,13 +84,6 @@ class LocalStorage:
         if kind is ObjectKind.DATA:
             return self.path / kind.value / name[:2] / name
         return self.path / kind.value / name
-
-    @staticmethod
-    def _shard_dirs(base: Path) -> list[Path]:
-        try:
-            return sorted(p for p in base.iterdir() if p.is_dir())
-        except FileNotFoundError:
-            return []
 
     def _list_dir(self, kind: ObjectKind, directory: Path) -> Iterator[ObjectInfo]:
         try:
@@ -124,3 +117,10 @@ def _read_exactly(handle: BinaryIO, length: int, target: Path) -> bytes:
     if len(data) != length:
         raise RepositoryError(f"reading {target}: wanted {length} bytes, the object is shorter")
     return data
+
+
+def _shard_dirs(base: Path) -> list[Path]:
+    try:
+        return sorted(p for p in base.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []

@@ -114,7 +114,9 @@ class ScheduledJob:
             raise JobError(f"{self.user!r} is not a valid user name; expected e.g. root or backup")
         for key, value in self.environment:
             if not _ENV_KEY_RE.fullmatch(key):
-                raise JobError(f"{key!r} is not a valid environment variable name; expected e.g. PROTECTCTL_CONFIG")
+                raise JobError(
+                    f"{key!r} is not a valid environment variable name; expected e.g. PROTECTCTL_CONFIG"
+                )
             _check_text(f"the value of {key}", value)
 
 

@@ -1,0 +1,545 @@
+"""The jobs the CLI and the timers run on an agent: backup, restore, list, prune, status.
+
+Each job is one function taking plain values (a `SourceJob` names the source, its provider
+spec, its storage and policy numbers) and returning a frozen result with `to_json()`.
+Jobs never print; long work reports to `Progress`. Errors are `ProtectctlError`s.
+
+Backup order, chosen for crash safety (a process killed at any instant leaves the
+repository checking clean and the next run able to complete):
+source lock → repository shared lock → pre script → snapshot into a write session →
+session commit (packs, then index) → point saved (last) → journal committed → post script
+→ status and metrics. A kill before the point is saved publishes nothing (and the old
+journal still matches the previous point); a kill between the point and the journal commit
+leaves an older journal, which is merely less helpful, since reused chunks are always
+checked against the repository.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from protectctl.agent.lock import source_lock
+from protectctl.agent.retention import PointRef, RetentionSpec, plan_prune
+from protectctl.agent.scripts import run_script
+from protectctl.agent.status import JobRecord, read_status, record_job
+from protectctl.agent.throttle import ThrottledStorage
+from protectctl.catalog.select import select_point
+from protectctl.engine.points import Point, PointStats, new_point_id
+from protectctl.engine.repository import Repository
+from protectctl.engine.storage.base import ObjectKind, StorageBackend
+from protectctl.errors import ProtectctlError, ProviderError
+from protectctl.progress import NullProgress, Progress
+from protectctl.provider import RestoreRequest, SnapshotOutcome, SnapshotRequest, load_provider
+
+__all__ = [
+    "BackupResult",
+    "PruneResult",
+    "RestoreResult",
+    "RetentionSpec",
+    "SourceJob",
+    "SourceStatus",
+    "list_points",
+    "prune",
+    "restore",
+    "run_backup",
+    "status",
+]
+
+log = logging.getLogger(__name__)
+
+BackupKind = Literal["sync", "full"]
+# An SLA is met while the newest good point is at most this many intervals old: a run may
+# be late by half an interval (a long backup, a reboot) before monitoring calls it missed.
+SLA_GRACE = 1.5
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceJob:
+    """Everything a job needs about one source; built by the CLI from the agent config."""
+
+    source: str  # "group/member"
+    provider: str  # "filesystem"
+    spec: Mapping[str, object]  # provider member spec, snake_case
+    storage: StorageBackend
+    passphrase: Callable[[], bytes] = field(repr=False)  # resolved lazily, never logged
+    state_dir: Path  # per-host state: journals, locks, status, metrics
+    host: str
+    retention: RetentionSpec
+    pre_script: str | None = None
+    post_script: str | None = None
+    script_timeout_s: int = 600
+    throttle_bps: int | None = None  # upload cap
+    throttle_window: Callable[[datetime], bool] | None = None  # True when the cap applies now
+    sync_interval_s: int = 900
+    full_interval_s: int = 86400
+    lock_timeout_s: float = 0.0  # how long a second run of this source waits for the first
+
+
+def _json_time(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat() if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    source: str
+    kind: str  # what the point is: "full" for a source's first point, else as requested
+    requested_kind: str
+    point_id: str
+    time: datetime
+    complete: bool
+    errors: tuple[str, ...]
+    files: int
+    dirs: int
+    bytes_total: int
+    bytes_read: int
+    bytes_added: int
+    chunks_new: int
+    duration_s: float
+    silent_changes: int = 0
+    warnings: tuple[str, ...] = ()  # e.g. a failed post script
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and not self.warnings
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def to_json(self) -> dict[str, object]:
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        out.update(time=_json_time(self.time), errors=list(self.errors), warnings=list(self.warnings))
+        out.update(ok=self.ok, exit_code=self.exit_code)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    source: str
+    point_id: str
+    point_time: datetime
+    point_kind: str
+    point_complete: bool
+    target: Path
+    dry_run: bool
+    files: int
+    dirs: int
+    bytes_total: int
+    bytes_needed: int
+    bytes_free: int | None
+    verified: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.bytes_free is None else self.bytes_needed <= self.bytes_free
+
+    def to_json(self) -> dict[str, object]:
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        out.update(point_time=_json_time(self.point_time), target=str(self.target), notes=list(self.notes))
+        out["fits"] = self.fits
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PointSummary:
+    """A point as prune reports it."""
+
+    id: str
+    source: str
+    time: datetime
+    kind: str
+    reasons: tuple[str, ...] = ()  # why kept; empty for a forgotten point
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "source": self.source, "time": _json_time(self.time), "kind": self.kind,
+                "reasons": list(self.reasons)}
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    dry_run: bool
+    forgotten: tuple[PointSummary, ...]
+    kept: tuple[PointSummary, ...]
+    packs_deleted: int
+    bytes_deleted: int
+    packs_condemned: int
+    gc_deferred_because: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dry_run": self.dry_run,
+            "forgotten": [p.to_json() for p in self.forgotten],
+            "kept": [p.to_json() for p in self.kept],
+            "packs_deleted": self.packs_deleted,
+            "bytes_deleted": self.bytes_deleted,
+            "packs_condemned": self.packs_condemned,
+            "gc_deferred_because": list(self.gc_deferred_because),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    source: str
+    points: int
+    last_point_id: str | None
+    last_point_time: datetime | None
+    last_point_kind: str | None
+    last_full_time: datetime | None
+    sync_age_s: float | None  # age of the newest complete point of any kind
+    full_age_s: float | None  # age of the newest complete full
+    sync_interval_s: int
+    full_interval_s: int
+    last_failure_time: datetime | None
+    last_failure_message: str | None
+    repository_bytes: int | None  # the whole repository (shared by its sources, deduplicated)
+    source_bytes_added: int  # bytes this source's surviving points added
+    sla_met: bool
+    problems: tuple[str, ...]  # why the SLA is not met, or what could not be checked
+
+    def to_json(self) -> dict[str, object]:
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        for name in ("last_point_time", "last_full_time", "last_failure_time"):
+            out[name] = _json_time(getattr(self, name))
+        out["problems"] = list(self.problems)
+        return out
+
+
+# -- backup ----------------------------------------------------------------------------------
+
+
+def _storage_for(job: SourceJob, now: Callable[[], datetime]) -> StorageBackend:
+    if job.throttle_bps:
+        return ThrottledStorage(job.storage, job.throttle_bps, window=job.throttle_window, now=now)
+    return job.storage
+
+
+def open_repository(storage: StorageBackend, passphrase: bytes) -> Repository:
+    """Open an existing repository (apply creates them); raises RepositoryError."""
+    return Repository.open(storage, passphrase)
+
+
+def run_backup(
+    job: SourceJob,
+    kind: BackupKind,
+    *,
+    progress: Progress | None = None,
+    now: Callable[[], datetime] = utc_now,
+) -> BackupResult:
+    """Take a recovery point of `job.source`; raises ProtectctlError when no point was made.
+
+    A point that misses files (vanished, unreadable) is saved incomplete and returned with
+    `ok` false: the caller exits non-zero. Status and metrics are written either way.
+    """
+    progress = progress or NullProgress()
+    started = time.monotonic()
+    try:
+        with source_lock(job.state_dir, job.source, f"protectctl run {kind} {job.source}", timeout_s=job.lock_timeout_s):
+            result = _backup_locked(job, kind, progress, now, started)
+    except Exception as err:
+        message = err.message if isinstance(err, ProtectctlError) else f"internal error: {err!r}"
+        _record(job, JobRecord(kind, _json_time(now()) or "", False, time.monotonic() - started, message))
+        raise
+    failure = None if result.ok else "; ".join((*result.warnings, *result.errors[:5]))
+    _record(
+        job,
+        JobRecord(
+            result.kind, _json_time(now()) or "", result.ok, result.duration_s, failure, result.point_id,
+            result.complete, result.files, result.bytes_total, result.bytes_read, result.bytes_added,
+        ),
+    )
+    return result
+
+
+def _record(job: SourceJob, record: JobRecord) -> None:
+    try:
+        record_job(job.state_dir, job.source, record)
+    except OSError as err:  # status is a report; failing to write it must not hide the job's outcome
+        log.error("status.write_failed", extra={"source": job.source, "error": str(err)})
+
+
+def _backup_locked(
+    job: SourceJob, kind: BackupKind, progress: Progress, now: Callable[[], datetime], started: float
+) -> BackupResult:
+    provider = load_provider(job.provider)
+    with open_repository(_storage_for(job, now), job.passphrase()) as repo:
+        with repo.lock(exclusive=False, command=f"{kind} {job.source}"):
+            previous = repo.list_points(job.source)
+            actual = "full" if not previous else kind
+            point_time = now()
+            outcome, writer_stats, warnings = _snapshot_with_scripts(job, repo, actual, progress)
+            point = Point(
+                id=new_point_id(),
+                source=job.source,
+                time=point_time,
+                kind=actual,
+                parent=previous[-1].id if previous else None,
+                tree=outcome.tree,
+                stats=PointStats(
+                    files=outcome.stats.files,
+                    dirs=outcome.stats.dirs,
+                    bytes_total=outcome.stats.bytes_total,
+                    bytes_read=outcome.stats.bytes_read,
+                    bytes_added=writer_stats[0],
+                    chunks_new=writer_stats[1],
+                    duration_s=round(time.monotonic() - started, 3),
+                ),
+                complete=not outcome.errors,
+                errors=outcome.errors,
+                host=job.host,
+                tags={"provider": job.provider},
+                extra={**outcome.extra, "requested_kind": kind},
+            )
+            try:
+                repo.save_point(point)
+            except BaseException:
+                outcome.finish(None)
+                raise
+            outcome.finish(point.id)
+    return _result(point, kind, outcome, warnings)
+
+
+def _snapshot_with_scripts(
+    job: SourceJob, repo: Repository, kind: BackupKind, progress: Progress
+) -> tuple[SnapshotOutcome, tuple[int, int], tuple[str, ...]]:
+    """Pre script, snapshot, post script (always, once pre ran); raises ProviderError when pre fails."""
+    env = {"PROTECTCTL_SOURCE": job.source, "PROTECTCTL_KIND": kind}
+    warnings: list[str] = []
+    outcome_status = "failure"
+    try:
+        if job.pre_script:
+            pre = run_script("pre", job.pre_script, timeout_s=job.script_timeout_s, env=env)
+            if not pre.ok:
+                raise ProviderError(pre.describe(), hint="no recovery point was made; fix the pre script")
+        outcome = _snapshot(job, repo, kind, progress)
+        outcome_status = "success"
+    finally:
+        if job.post_script:
+            post = run_script(
+                "post", job.post_script, timeout_s=job.script_timeout_s,
+                env={**env, "PROTECTCTL_STATUS": outcome_status},
+            )
+            if not post.ok:
+                warnings.append(post.describe())
+    return outcome[0], outcome[1], tuple(warnings)
+
+
+def _snapshot(
+    job: SourceJob, repo: Repository, kind: BackupKind, progress: Progress
+) -> tuple[SnapshotOutcome, tuple[int, int]]:
+    """The provider's snapshot inside one write session; the journal is dropped if the commit fails."""
+    provider = load_provider(job.provider)
+    outcome: SnapshotOutcome | None = None
+    try:
+        with repo.writer(progress) as writer:
+            outcome = provider.snapshot(SnapshotRequest(job.source, job.spec, kind, repo, writer, job.state_dir, progress))
+    except BaseException:
+        if outcome is not None:
+            outcome.finish(None)
+        raise
+    return outcome, (writer.bytes_added, writer.chunks_new)
+
+
+def _result(point: Point, requested: str, outcome: SnapshotOutcome, warnings: tuple[str, ...]) -> BackupResult:
+    silent = outcome.extra.get("silent_changes", 0)
+    return BackupResult(
+        source=point.source,
+        kind=point.kind,
+        requested_kind=requested,
+        point_id=point.id,
+        time=point.time,
+        complete=point.complete,
+        errors=point.errors,
+        files=point.stats.files,
+        dirs=point.stats.dirs,
+        bytes_total=point.stats.bytes_total,
+        bytes_read=point.stats.bytes_read,
+        bytes_added=point.stats.bytes_added,
+        chunks_new=point.stats.chunks_new,
+        duration_s=point.stats.duration_s,
+        silent_changes=silent if isinstance(silent, int) else 0,
+        warnings=warnings,
+    )
+
+
+# -- listing and restore -------------------------------------------------------------------
+
+
+def list_points(storage: StorageBackend, passphrase: bytes, source_prefix: str | None = None) -> list[Point]:
+    """Points of every source matching "group" or "group/member" (or all), oldest first."""
+    with open_repository(storage, passphrase) as repo:
+        points = repo.list_points()
+    if source_prefix is None:
+        return points
+    prefix = source_prefix.rstrip("/")
+    return [p for p in points if p.source == prefix or p.source.startswith(prefix + "/")]
+
+
+def restore(
+    job: SourceJob,
+    to_time: datetime | Literal["latest"],
+    *,
+    target: Path | None,
+    subpaths: Sequence[str] = (),
+    dry_run: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore the newest point at or before `to_time`; raises RestoreError (earliest point named)."""
+    provider = load_provider(job.provider)
+    with open_repository(job.storage, job.passphrase()) as repo, repo.lock(
+        exclusive=False, command=f"restore {job.source}"
+    ):
+        point = select_point(repo.list_points(job.source), to_time, source=job.source)
+        outcome = provider.restore(
+            RestoreRequest(
+                job.source, job.spec, point, repo, target, tuple(subpaths), dry_run, overwrite,
+                progress or NullProgress(),
+            )
+        )
+    return RestoreResult(
+        source=job.source,
+        point_id=point.id,
+        point_time=point.time,
+        point_kind=point.kind,
+        point_complete=point.complete,
+        target=outcome.target,
+        dry_run=dry_run,
+        files=outcome.files,
+        dirs=outcome.dirs,
+        bytes_total=outcome.bytes_total,
+        bytes_needed=outcome.bytes_needed,
+        bytes_free=outcome.bytes_free,
+        verified=outcome.verified,
+        notes=outcome.notes,
+    )
+
+
+# -- prune ---------------------------------------------------------------------------------
+
+
+def _by_storage(jobs: Sequence[SourceJob]) -> list[list[SourceJob]]:
+    """Jobs grouped by the storage object they share (one repository each)."""
+    groups: dict[int, list[SourceJob]] = {}
+    for job in jobs:
+        groups.setdefault(id(job.storage), []).append(job)
+    return list(groups.values())
+
+
+def prune(
+    jobs: Sequence[SourceJob], *, now: datetime, dry_run: bool = False, progress: Progress | None = None
+) -> PruneResult:
+    """Apply each source's retention, then collect unreferenced data; other sources untouched."""
+    forgotten: list[PointSummary] = []
+    kept: list[PointSummary] = []
+    totals = [0, 0, 0]
+    deferred: list[str] = []
+    for group in _by_storage(jobs):
+        with open_repository(group[0].storage, group[0].passphrase()) as repo:
+            gone, stay = _forget_expired(repo, group, now, dry_run)
+            forgotten += gone
+            kept += stay
+            report = repo.gc(dry_run=dry_run, progress=progress)
+        totals[0] += report.packs_deleted
+        totals[1] += report.bytes_deleted
+        totals[2] += report.packs_condemned
+        if report.deferred_because:
+            deferred.append(report.deferred_because)
+    return PruneResult(dry_run, tuple(forgotten), tuple(kept), totals[0], totals[1], totals[2], tuple(deferred))
+
+
+def _forget_expired(
+    repo: Repository, jobs: Sequence[SourceJob], now: datetime, dry_run: bool
+) -> tuple[list[PointSummary], list[PointSummary]]:
+    specs = {job.source: job.retention for job in jobs}
+    points = [p for p in repo.list_points() if p.source in specs]
+    by_id = {p.id: p for p in points}
+    refs = [PointRef(p.id, p.source, p.time, p.complete) for p in points]
+    gone: list[PointSummary] = []
+    stay: list[PointSummary] = []
+    for decisions in plan_prune(refs, specs, now=now).values():
+        for decision in decisions:
+            point = by_id[decision.point.id]
+            summary = PointSummary(point.id, point.source, point.time, point.kind, decision.reasons)
+            (stay if decision.keep else gone).append(summary)
+    if gone and not dry_run:
+        repo.forget_points([p.id for p in gone])
+    return gone, stay
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def status(jobs: Sequence[SourceJob], *, now: datetime) -> list[SourceStatus]:
+    """SLA compliance of each source: newest good points against the sync and full intervals."""
+    out: list[SourceStatus] = []
+    for group in _by_storage(jobs):
+        points, repo_bytes, problem = _repository_facts(group[0])
+        out += [_source_status(job, points, repo_bytes, problem, now) for job in group]
+    return out
+
+
+def _repository_facts(job: SourceJob) -> tuple[list[Point], int | None, str | None]:
+    try:
+        with open_repository(job.storage, job.passphrase()) as repo:
+            points = repo.list_points()
+        size = sum(info.size for kind in ObjectKind for info in job.storage.list(kind))
+    except ProtectctlError as err:
+        return [], None, f"repository cannot be read: {err.message}"
+    return points, size, None
+
+
+def _source_status(
+    job: SourceJob, all_points: Sequence[Point], repo_bytes: int | None, problem: str | None, now: datetime
+) -> SourceStatus:
+    points = [p for p in all_points if p.source == job.source]
+    good = [p for p in points if p.complete]
+    fulls = [p for p in good if p.kind == "full"]
+    last = points[-1] if points else None
+    sync_age = (now - good[-1].time).total_seconds() if good else None
+    full_age = (now - fulls[-1].time).total_seconds() if fulls else None
+    problems = [problem] if problem else []
+    problems += _sla_problems("recovery point", sync_age, job.sync_interval_s)
+    problems += _sla_problems("full", full_age, job.full_interval_s)
+    failure = read_status(job.state_dir, job.source).get("last_failure")
+    failure_time = failure_message = None
+    if isinstance(failure, dict) and isinstance(failure.get("time"), str):
+        failure_time = datetime.fromisoformat(failure["time"])
+        failure_message = str(failure.get("message") or "")
+    return SourceStatus(
+        source=job.source,
+        points=len(points),
+        last_point_id=last.id if last else None,
+        last_point_time=last.time if last else None,
+        last_point_kind=last.kind if last else None,
+        last_full_time=fulls[-1].time if fulls else None,
+        sync_age_s=sync_age,
+        full_age_s=full_age,
+        sync_interval_s=job.sync_interval_s,
+        full_interval_s=job.full_interval_s,
+        last_failure_time=failure_time,
+        last_failure_message=failure_message,
+        repository_bytes=repo_bytes,
+        source_bytes_added=sum(p.stats.bytes_added for p in points),
+        sla_met=not problems,
+        problems=tuple(problems),
+    )
+
+
+def _sla_problems(what: str, age_s: float | None, interval_s: int) -> list[str]:
+    if age_s is None:
+        return [f"no complete {what} yet"]
+    if age_s > SLA_GRACE * interval_s:
+        return [f"newest complete {what} is {age_s / 3600:.1f} h old; the SLA allows {interval_s / 3600:.1f} h"]
+    return []
+

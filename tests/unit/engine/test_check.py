@@ -1,0 +1,76 @@
+"""check: damage is found, and reported with the points it hurts."""
+
+from __future__ import annotations
+
+from protectctl.engine.repository import Repository
+from protectctl.engine.storage.base import ObjectKind
+from tests.unit.engine.conftest import backup, random_files
+
+
+def _pack_of_first_chunk(repo: Repository, point_id: str) -> str:
+    point = repo.load_point(point_id)
+    assert point.tree is not None
+    (sub,) = repo.load_tree(point.tree).nodes
+    assert sub.subtree is not None
+    chunk = repo.load_tree(sub.subtree).nodes[0].chunks[0]
+    located = repo._lookup(chunk)
+    assert located is not None
+    return located.pack
+
+
+def _flip_byte(repo: Repository, pack: str, offset: int) -> None:
+    data = bytearray(repo.storage.get(ObjectKind.DATA, pack))
+    data[offset] ^= 0x01
+    repo.storage.put(ObjectKind.DATA, pack, bytes(data))
+
+
+def test_clean_repository_checks_clean(repo: Repository) -> None:
+    backup(repo, random_files(3, 50_000))
+    for read_data in (False, True):
+        report = repo.check(read_data=read_data)
+        assert report.ok, report.errors
+        assert report.points_checked == 1
+
+
+def test_flipped_byte_is_found_and_names_the_affected_point(repo: Repository) -> None:
+    hurt = backup(repo, {"a": b"\x01" * 10 + bytes(range(256)) * 200})
+    safe = backup(repo, random_files(1, 30_000))
+    pack = _pack_of_first_chunk(repo, hurt.id)
+    _flip_byte(repo, pack, 20)
+    assert repo.check().ok  # structure alone cannot see inside packs
+    report = repo.check(read_data=True)
+    assert not report.ok
+    assert report.damaged_packs == {pack: (hurt.id,)}
+    assert report.affected_points == (hurt.id,)
+    assert safe.id not in report.affected_points
+    assert any(pack in e for e in report.errors)
+
+
+def test_missing_pack_is_found_without_reading_data(repo: Repository) -> None:
+    point = backup(repo, random_files(2, 40_000))
+    pack = _pack_of_first_chunk(repo, point.id)
+    repo.storage.delete(ObjectKind.DATA, pack)
+    report = repo.check()
+    assert not report.ok
+    assert report.affected_points == (point.id,)
+    assert pack in report.damaged_packs
+
+
+def test_damaged_pack_header_is_found(repo: Repository) -> None:
+    point = backup(repo, random_files(1, 40_000))
+    pack = _pack_of_first_chunk(repo, point.id)
+    size = len(repo.storage.get(ObjectKind.DATA, pack))
+    _flip_byte(repo, pack, size - 10)
+    report = repo.check(read_data=True)
+    assert report.affected_points == (point.id,)
+
+
+def test_unindexed_pack_is_a_warning_not_an_error(repo: Repository) -> None:
+    backup(repo, random_files(1, 10_000))
+    for info in list(repo.storage.list(ObjectKind.INDEX)):
+        data = repo.storage.get(ObjectKind.INDEX, info.name)
+        repo.storage.delete(ObjectKind.INDEX, info.name)
+    report = repo.check()
+    assert not report.ok  # the point's blobs are now in no index
+    repo.storage.put(ObjectKind.INDEX, info.name, data)
+    assert repo.check().ok
