@@ -437,9 +437,45 @@ def prune(policy_dir: Path, group: str | None, *, agent_config: Path | None, dry
                       progress=progress) for group_targets in by_storage.values()]
 
 
-def check(policy_dir: Path, storage_name: str, *, read_data: bool, progress: Any) -> Any:
-    from protectctl.agent.jobs import check as run_check
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    storage: str
+    report: Any  # protectctl.engine.check.CheckReport
 
+    @property
+    def ok(self) -> bool:
+        return bool(self.report.ok)
+
+    def to_json(self) -> dict[str, object]:
+        r = self.report
+        return {"storage": self.storage, "ok": self.ok, "read_data": r.read_data, "errors": list(r.errors),
+                "warnings": list(r.warnings), "damaged_packs": {k: list(v) for k, v in r.damaged_packs.items()},
+                "affected_points": list(r.affected_points), "points_checked": r.points_checked,
+                "packs_checked": r.packs_checked, "blobs_checked": r.blobs_checked}
+
+    def summary(self) -> str:
+        r = self.report
+        lines = [f"{self.storage}: {r.points_checked} points, {r.packs_checked} packs, {r.blobs_checked} blobs "
+                 f"checked{' (every byte read)' if r.read_data else ''}"]
+        lines += [f"  warning: {w}" for w in r.warnings]
+        lines += [f"  ERROR: {e}" for e in r.errors]
+        if r.affected_points:
+            lines.append(f"  affected recovery points: {', '.join(r.affected_points)}")
+        lines.append("  no problems found" if self.ok else f"  {len(r.errors)} problem(s) found")
+        return "\n".join(lines)
+
+
+def check_storage(storage: dict[str, Any], *, read_data: bool, progress: Any) -> CheckResult:
+    from protectctl.engine.repository import Repository
+
+    backend = open_storage(storage)
+    with Repository.open(backend, passphrase_reader(storage)()) as repo, \
+            repo.lock(exclusive=False, command="check"):
+        report = repo.check(read_data=read_data, progress=progress)
+    return CheckResult(backend.describe(), report)
+
+
+def check(policy_dir: Path, storage_name: str, *, read_data: bool, progress: Any) -> CheckResult:
     policy = load(policy_dir)
     res = next((r for r in resources(policy) if str(r.address) == f"storage.{storage_name}"), None)
     if res is None:
@@ -447,8 +483,7 @@ def check(policy_dir: Path, storage_name: str, *, read_data: bool, progress: Any
 
         known = ", ".join(sorted(policy.of(Kind.STORAGE))) or "none"
         raise ProtectctlError(f"no Storage named {storage_name!r}", hint=f"storages: {known}")
-    storage = dict(res.inputs)
-    return run_check(open_storage(storage), passphrase_reader(storage)(), read_data=read_data, progress=progress)
+    return check_storage(dict(res.inputs), read_data=read_data, progress=progress)
 
 
 def status(policy_dir: Path, group: str | None, *, agent_config: Path | None) -> list[Any]:

@@ -70,8 +70,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             env.output.document({"format_version": "1.0", "points": [point_json(p) for p in points]})
             return
         env.output.table(
-            ["time (UTC)", "source", "kind", "id", "files", "size", "added", "duration", "complete"],
-            [(p.time.strftime("%Y-%m-%d %H:%M:%S"), p.source, p.kind, p.id[:12], f"{p.stats.files:,}",
+            ["time", "source", "kind", "id", "files", "size", "added", "duration", "complete"],
+            [(p.time.strftime("%Y-%m-%dT%H:%M:%SZ"), p.source, p.kind, p.id[:8], f"{p.stats.files:,}",
               human_bytes(p.stats.bytes_total), human_bytes(p.stats.bytes_added), f"{p.stats.duration_s:.1f}s",
               "yes" if p.complete else f"NO ({len(p.errors)} error(s))") for p in points])
 
@@ -93,7 +93,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         env = env_of(ctx, json_mode)
         result = api.restore(env.policy_dir, source, to_time, agent_config=env.agent_config, target=target,
                              subpaths=paths or [], dry_run=dry_run, overwrite=overwrite, progress=progress_of(env))
-        show_result(env, result)
+        if env.output.json_mode:
+            env.output.document({"format_version": "1.0", **result.to_json()})
+        else:
+            env.output.text(restore_summary(result))
+        if result.dry_run and result.fits is False:
+            raise typer.Exit(1)
 
     @app.command()
     def prune(ctx: typer.Context, group: Annotated[str | None, typer.Argument(help="Protection group.")] = None,
@@ -127,16 +132,49 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", "sources": [r.to_json() for r in rows]})
         else:
-            env.output.table(["source", "SLA met", "last good point", "age", "last failure"],
-                             [_status_row(r.to_json()) for r in rows])
+            env.output.table(["source", "SLA met", "last point", "sync age", "full age", "points", "stored",
+                              "problems"], [_status_row(r) for r in rows])
         if not all(r.sla_met for r in rows):
             raise typer.Exit(1)
 
 
-def _status_row(doc: dict[str, Any]) -> tuple[object, ...]:
-    age = doc.get("age_s")
-    return (doc.get("source"), "yes" if doc.get("sla_met") else "NO", doc.get("last_good_time") or "never",
-            f"{age / 60:.0f}m" if isinstance(age, int | float) else "-", doc.get("last_failure") or "")
+def _status_row(r: Any) -> tuple[object, ...]:
+    def age(seconds: float | None) -> str:
+        if seconds is None:
+            return "-"
+        return f"{seconds / 3600:.1f}h" if seconds >= 3600 else f"{seconds / 60:.0f}m"
+
+    last = f"{r.last_point_time:%Y-%m-%d %H:%M}Z ({r.last_point_kind})" if r.last_point_time else "never"
+    failure = r.last_failure_message or ""
+    why = "; ".join(r.problems)
+    return (r.source, "yes" if r.sla_met else "NO", last, age(r.sync_age_s), age(r.full_age_s), r.points,
+            human_bytes(r.source_bytes_added), why or failure)
+
+
+def restore_summary(r: Any) -> str:
+    what = "would restore" if r.dry_run else "restored"
+    lines = [f"{r.source}: {what} {r.point_kind} point {r.point_id[:12]} of {r.point_time:%Y-%m-%d %H:%M:%S}Z "
+             f"to {r.target}: {r.files:,} files, {r.dirs:,} dirs, {human_bytes(r.bytes_total)}"]
+    if r.dry_run:
+        room = {True: "enough room", False: "NOT ENOUGH ROOM", None: "free space unknown"}[r.fits]
+        lines.append(f"  needs {human_bytes(r.bytes_needed)}, {human_bytes(r.bytes_free)} free: {room}")
+    else:
+        lines.append(f"  {r.verified:,} file(s) verified against their stored hashes")
+    if not r.point_complete:
+        lines.append("  note: this recovery point is incomplete (some files were missed when it was taken)")
+    lines += [f"  {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def prune_summary(r: Any) -> str:
+    verb = "would forget" if r.dry_run else "forgot"
+    lines = [f"{verb} {len(r.forgotten)} point(s), kept {len(r.kept)}"]
+    lines += [f"  - {p.source} {p.kind} {p.id[:12]} {p.time:%Y-%m-%d %H:%M:%S}Z" for p in r.forgotten]
+    if not r.dry_run:
+        lines.append(f"  deleted {r.packs_deleted} pack(s), {human_bytes(r.bytes_deleted)}; "
+                     f"{r.packs_condemned} pack(s) wait for running backups to finish")
+    lines += [f"  data cleanup deferred: {why}" for why in r.gc_deferred_because]
+    return "\n".join(lines)
 
 
 def point_json(p: Any) -> dict[str, Any]:
@@ -166,10 +204,20 @@ def _run_backup(env: Env, kind: str, group: str, member: str | None) -> None:
         env.output.document({"format_version": "1.0", "results": [r.to_json() for r in results]})
     else:
         for r in results:
-            summary = getattr(r, "summary", None)
-            env.output.text(summary() if callable(summary) else str(r.to_json()))
+            env.output.text(backup_line(r))
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+def backup_line(r: Any) -> str:
+    state = "complete" if r.complete else f"INCOMPLETE ({len(r.errors)} file(s) missed)"
+    line = (f"{r.source}: {r.kind} point {r.point_id[:12]} at {r.time:%Y-%m-%d %H:%M:%S}Z, {state}: "
+            f"{r.files:,} files, {human_bytes(r.bytes_total)}, read {human_bytes(r.bytes_read)}, "
+            f"stored {human_bytes(r.bytes_added)} new, {r.duration_s:.1f}s")
+    extra = [f"  missed: {e}" for e in r.errors[:20]] + [f"  warning: {w}" for w in r.warnings]
+    if r.silent_changes:
+        extra.append(f"  {r.silent_changes} file(s) changed without a new mtime (caught by the full)")
+    return "\n".join([line, *extra])
 
 
 def _prune(env: Env, group: str | None, member: str | None, *, dry_run: bool) -> None:
@@ -181,7 +229,7 @@ def _prune(env: Env, group: str | None, member: str | None, *, dry_run: bool) ->
         env.output.document({"format_version": "1.0", "results": [r.to_json() for r in results]})
         return
     for r in results:
-        show_result(env, r)
+        env.output.text(prune_summary(r))
 
 
 def _verify(env: Env, group: str, member: str | None) -> None:
@@ -190,10 +238,7 @@ def _verify(env: Env, group: str, member: str | None) -> None:
     targets = api.sources(env.policy_dir, agent_config=env.agent_config, group=group, member=member)
     failed = False
     for storage in api.storages_of(targets).values():
-        from protectctl.agent.jobs import check as run_check
-
-        report = run_check(api.open_storage(storage), api.passphrase_reader(storage)(), read_data=False,
-                           progress=progress_of(env))
+        report = api.check_storage(storage, read_data=False, progress=progress_of(env))
         show_result(env, report)
         failed = failed or not report.ok
     if failed:

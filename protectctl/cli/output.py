@@ -32,7 +32,8 @@ class Output:
         if self._out is None:
             from rich.console import Console
 
-            self._out = Console(highlight=False, soft_wrap=True)
+            # not a terminal (CI, pipes): wide enough that tables never wrap their cells
+            self._out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
         return self._out
 
     @property

@@ -86,9 +86,10 @@ class LineProgress:
         sys.stderr.write(f"{message}\n")
 
     def finish(self) -> None:
-        if self._task:
+        # a phase that ended quickly says nothing: CI logs keep only what took time
+        if self._task and time.monotonic() - self._started >= 1.0:
             self._line("done")
-            self._task = ""
+        self._task = ""
 
     def _line(self, what: str) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-6)

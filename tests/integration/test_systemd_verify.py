@@ -45,7 +45,8 @@ def _job(schedule: str, **extra: object) -> ScheduledJob:
         "name": unit_name("protectctl", "docs", "home-dir", "sync"),
         "description": f"protectctl test job ({schedule}) 100%",
         "argv": (
-            sys.executable, "-c", "import sys; print(sys.argv)", "a b", "50%", "$HOME", "it's \"q\"", ";",
+            sys.executable, "-c", "import sys; print(sys.argv)",
+            "a b", "50%", "$HOME", "it's \"q\"", ";", "", "é x",
         ),
         "schedule": Schedule.parse(schedule),
         "randomized_delay_s": 90,
