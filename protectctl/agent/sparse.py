@@ -31,7 +31,15 @@ class Hasher(Protocol):
 class DataReader:
     """A file-like `readinto` over the data segments of `fd`, from offset 0."""
 
-    def __init__(self, fd: int, size: int, hasher: Hasher, on_read: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        size: int,
+        hasher: Hasher,
+        on_read: Callable[[int], None] | None = None,
+        *,
+        detect_holes: bool = True,
+    ) -> None:
         self.fd = fd
         self.limit = size
         self.hasher = hasher
@@ -39,7 +47,7 @@ class DataReader:
         self.pos = 0  # logical offset
         self.bytes_read = 0
         self._data_end = 0  # end of the current data segment
-        self._seekable = True
+        self._seekable = detect_holes  # False: treat the whole file as data
         self._eof = False
         self._on_read = on_read
 
