@@ -62,8 +62,11 @@ def host_facts(policy: Policy) -> dict[str, HostFacts]:
     from protectctl.plan.resources import HostFacts
     from protectctl.policy.model import Kind
 
-    # `python -m protectctl` from the interpreter running apply: the local agent is this install
-    argv = (sys.executable, "-m", "protectctl")
+    # the local agent is this install: its console script beside the interpreter running us, so
+    # the plan is the same whether we were started as `protectctl`, `python -m` or `python3.11 -m`
+    # (otherwise every schedule shows an update when CI and a shell start protectctl differently)
+    script = Path(sys.executable).parent / "protectctl"
+    argv = (str(script),) if script.is_file() else (sys.executable, "-m", "protectctl")
     return {name: HostFacts(agent_argv=argv, version=__version__) for name in policy.of(Kind.HOST)}
 
 

@@ -22,7 +22,7 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from protectctl.agent.fsmeta import base_node, node_type, read_xattrs
@@ -57,6 +57,14 @@ class Content:
     chunks: tuple[BlobId, ...]
     holes: tuple[tuple[int, int], ...]
     content_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Dir:
+    """The directory being walked: its path from the root and its journal entries."""
+
+    rel: str
+    known: dict[str, JournalEntry]
 
 
 @dataclass(slots=True)
@@ -119,9 +127,11 @@ class Archiver:
     def _archive_dir(self, path: bytes, rel: str, *, included: bool) -> BlobId | None:
         """Save the tree of `path`; None when include patterns select nothing in or below it."""
         nodes: list[Node] = []
+        # One journal query per directory, not per file: a no-change sync is lookup-bound.
+        here = _Dir(rel, self.journal.directory(rel))
         for name, entry_path in self._list(path, rel):
             child_rel = f"{rel}/{name}" if rel else name
-            node = self._entry(entry_path, name, child_rel, included=included)
+            node = self._entry(entry_path, name, child_rel, here, included=included)
             if node is not None:
                 nodes.append(node)
         if not nodes and not included:
@@ -138,7 +148,7 @@ class Archiver:
             return []
         return sorted(found)
 
-    def _entry(self, path: bytes, name: str, rel: str, *, included: bool) -> Node | None:
+    def _entry(self, path: bytes, name: str, rel: str, here: _Dir, *, included: bool) -> Node | None:
         try:
             st = os.lstat(path)
         except OSError as err:
@@ -157,7 +167,7 @@ class Archiver:
         if not included:
             return None
         try:
-            return self._leaf_node(path, name, rel, st, kind)
+            return self._leaf_node(path, name, rel, here, st, kind)
         except OSError as err:
             self._error(rel, err)
             return None
@@ -176,39 +186,45 @@ class Archiver:
             self._error(rel, err)
             return None
         self.result.dirs += 1
-        return replace(base_node(name, st, NodeType.DIR, xattrs), subtree=subtree)
+        return base_node(name, st, NodeType.DIR, xattrs, subtree=subtree)
 
     # -- leaves --------------------------------------------------------------------------
 
-    def _leaf_node(self, path: bytes, name: str, rel: str, st: os.stat_result, kind: NodeType) -> Node | None:
+    def _leaf_node(
+        self, path: bytes, name: str, rel: str, here: _Dir, st: os.stat_result, kind: NodeType
+    ) -> Node | None:
         xattrs = read_xattrs(os.fsdecode(path))
-        node = base_node(name, st, kind, xattrs)
         if kind is NodeType.SYMLINK:
-            return replace(node, link_target=os.fsdecode(os.readlink(path)))
+            return base_node(name, st, kind, xattrs, link_target=os.fsdecode(os.readlink(path)))
         if kind is not NodeType.FILE:
-            return node
-        content, st = self._content(path, rel, st)
+            return base_node(name, st, kind, xattrs)
+        content, st = self._content(path, name, rel, here, st)
         if content is None:
             return None
         self.result.files += 1
         self.result.bytes_total += content.size
         self.progress.advance(files=1)
-        return replace(
-            base_node(name, st, kind, xattrs),
+        return base_node(
+            name,
+            st,
+            kind,
+            xattrs,
             size=content.size,
             chunks=content.chunks,
             holes=content.holes,
             content_hash=content.content_hash,
         )
 
-    def _content(self, path: bytes, rel: str, st: os.stat_result) -> tuple[Content | None, os.stat_result]:
+    def _content(
+        self, path: bytes, name: str, rel: str, here: _Dir, st: os.stat_result
+    ) -> tuple[Content | None, os.stat_result]:
         """The file's stored content: reused from a hard link or the journal, or read now."""
         link_key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and link_key in self._links:
             content = self._links[link_key]
-            self._remember(rel, FileIdentity.of(st), content)
+            self._remember(here.rel, name, FileIdentity.of(st), content)
             return content, st
-        previous = self.journal.lookup(rel)
+        previous = here.known.get(name)
         identity = FileIdentity.of(st)
         reusable = previous is not None and previous.identity == identity and self._present(previous.chunks)
         if reusable and not self.options.verify_all:
@@ -225,15 +241,15 @@ class Archiver:
                 self._silent_change(rel)
         if st.st_nlink > 1:
             self._links[link_key] = content
-        self._remember(rel, identity, content)
+        self._remember(here.rel, name, identity, content)
         return content, st
 
     def _present(self, chunks: tuple[bytes, ...]) -> bool:
         # A prune may have removed chunks since the journal was written: never trust it blindly.
         return all(self.repo.has_blob(BlobId(c)) for c in chunks)
 
-    def _remember(self, rel: str, identity: FileIdentity, content: Content) -> None:
-        self.journal_out.add(rel, JournalEntry(identity, content.chunks, content.holes, content.content_hash))
+    def _remember(self, rel_dir: str, name: str, identity: FileIdentity, content: Content) -> None:
+        self.journal_out.add(rel_dir, name, JournalEntry(identity, content.chunks, content.holes, content.content_hash))
 
     def _silent_change(self, rel: str) -> None:
         self.result.silent_changes += 1

@@ -15,6 +15,7 @@ import pwd
 import stat
 from functools import lru_cache
 
+from protectctl.engine.ids import BlobId
 from protectctl.engine.tree import Node, NodeType
 
 _IGNORED_XATTR_ERRNOS = {errno.ENOTSUP, errno.ENODATA, errno.EPERM, errno.EACCES, errno.E2BIG}
@@ -73,8 +74,23 @@ def read_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
     return tuple(out)
 
 
-def base_node(name: str, st: os.stat_result, kind: NodeType, xattrs: tuple[tuple[str, bytes], ...]) -> Node:
-    """Everything but content: type, permissions, owners, times, identity, xattrs."""
+def base_node(
+    name: str,
+    st: os.stat_result,
+    kind: NodeType,
+    xattrs: tuple[tuple[str, bytes], ...],
+    *,
+    size: int | None = None,
+    chunks: tuple[BlobId, ...] = (),
+    holes: tuple[tuple[int, int], ...] = (),
+    content_hash: bytes | None = None,
+    subtree: BlobId | None = None,
+    link_target: str | None = None,
+) -> Node:
+    """A node from lstat facts plus what the caller knows of its content."""
+    if size is None:
+        # A directory's st_size is filesystem trivia; 0 keeps unchanged trees identical.
+        size = st.st_size if kind in (NodeType.FILE, NodeType.SYMLINK) else 0
     return Node(
         name=name,
         type=kind,
@@ -86,11 +102,15 @@ def base_node(name: str, st: os.stat_result, kind: NodeType, xattrs: tuple[tuple
         mtime_ns=st.st_mtime_ns,
         atime_ns=st.st_atime_ns,
         ctime_ns=st.st_ctime_ns,
-        # A directory's st_size is filesystem trivia; 0 keeps unchanged trees identical.
-        size=st.st_size if kind in (NodeType.FILE, NodeType.SYMLINK) else 0,
+        size=size,
+        chunks=chunks,
+        holes=holes,
+        subtree=subtree,
+        link_target=link_target,
         rdev=st.st_rdev if kind in (NodeType.CHARDEV, NodeType.BLOCKDEV) else 0,
         inode=st.st_ino,
         dev=st.st_dev,
         nlink=st.st_nlink if kind is NodeType.FILE else 1,
         xattrs=xattrs,
+        content_hash=content_hash,
     )

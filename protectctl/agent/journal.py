@@ -12,7 +12,8 @@ or the new one (matching the saved point), never a mix. Either way chunk lists a
 trusted blindly: the caller checks the repository still has every chunk before reusing one
 (a prune may have run since), and the journal is bound to one repository by its id.
 
-Format: SQLite (stdlib), one table keyed by the path relative to the source root.
+Format: SQLite (stdlib), one table keyed by (directory, name) relative to the source root,
+so a walk fetches a whole directory's entries with one query.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from protectctl.fsutil import fsync_dir
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 _ID_LEN = 32
 _BATCH = 2000
 
@@ -75,8 +76,8 @@ def _unpack_holes(raw: bytes) -> tuple[tuple[int, int], ...]:
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE files (
-    path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
-    ctime_ns INTEGER, chunks BLOB, holes BLOB, content_hash BLOB
+    dir TEXT NOT NULL, name TEXT NOT NULL, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
+    ctime_ns INTEGER, chunks BLOB, holes BLOB, content_hash BLOB, PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
 """
 
@@ -116,22 +117,22 @@ class Journal:
     def point_id(self) -> str | None:
         return self.meta.get("point_id")
 
-    def lookup(self, relpath: str) -> JournalEntry | None:
-        """The entry of `relpath` in the last committed point, if any."""
+    def directory(self, rel_dir: str) -> dict[str, JournalEntry]:
+        """The entries of the files directly in `rel_dir` ("" for the root), by name."""
         if self._conn is None:
-            return None
+            return {}
         try:
-            row = self._conn.execute(
-                "SELECT dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash"
-                " FROM files WHERE path = ?",
-                (relpath,),
-            ).fetchone()
+            rows = self._conn.execute(
+                "SELECT name, dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash"
+                " FROM files WHERE dir = ?",
+                (rel_dir,),
+            ).fetchall()
         except sqlite3.Error:
-            return None
-        if row is None:
-            return None
-        identity = FileIdentity(*row[:5])
-        return JournalEntry(identity, _unpack_chunks(row[5]), _unpack_holes(row[6]), bytes(row[7]))
+            return {}
+        return {
+            row[0]: JournalEntry(FileIdentity(*row[1:6]), _unpack_chunks(row[6]), _unpack_holes(row[7]), bytes(row[8]))
+            for row in rows
+        }
 
     def close(self) -> None:
         if self._conn is not None:
@@ -160,11 +161,12 @@ class JournalWriter:
         self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id}
         self._pending: list[tuple[object, ...]] = []
 
-    def add(self, relpath: str, entry: JournalEntry) -> None:
+    def add(self, rel_dir: str, name: str, entry: JournalEntry) -> None:
         ident = entry.identity
         self._pending.append(
             (
-                relpath,
+                rel_dir,
+                name,
                 ident.dev,
                 ident.ino,
                 ident.size,
@@ -180,7 +182,7 @@ class JournalWriter:
 
     def _flush(self) -> None:
         self._conn.executemany(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
         )
         self._pending.clear()
 

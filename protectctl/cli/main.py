@@ -95,8 +95,6 @@ def _log_crash() -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every outcome to an exit code."""
-    import click
-
     from protectctl.errors import ProtectctlError
 
     args = sys.argv[1:] if argv is None else argv
@@ -108,17 +106,21 @@ def main(argv: list[str] | None = None) -> None:
     except ProtectctlError as err:
         output.error(err)
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         output.info("Aborted.")
         sys.exit(130)
     except KeyboardInterrupt:
         output.info("Interrupted.")
         sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(1)
-    except click.exceptions.Exit as err:
+    except typer.Exit as err:
         sys.exit(err.exit_code)
+    except typer.TyperException as err:  # usage errors: bad option values, missing arguments
+        show = getattr(err, "show", None)
+        if callable(show):
+            show()
+        else:
+            sys.stderr.write(f"Error: {err}\n")
+        sys.exit(1)
     except BrokenPipeError:
         sys.exit(1)
     except Exception as err:  # noqa: BLE001 - the one place a bug becomes a message

@@ -209,7 +209,7 @@ def _pin_identity(tmp: Path, job: SourceJob, rel: str, path: Path) -> None:
     (db,) = (tmp / "state" / "journal").glob("*.db")
     conn = sqlite3.connect(db)
     conn.execute(
-        "UPDATE files SET dev=?, ino=?, size=?, mtime_ns=?, ctime_ns=? WHERE path=?",
+        "UPDATE files SET dev=?, ino=?, size=?, mtime_ns=?, ctime_ns=? WHERE dir='' AND name=?",
         (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, rel),
     )
     conn.commit()
