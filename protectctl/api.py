@@ -181,23 +181,53 @@ def observe(state: State) -> Observations:
     return Observations(storage_points=points)
 
 
+def drift(state: State) -> dict[str, str]:
+    """What differs on the hosts from what apply wrote: address → description (`--refresh`)."""
+    from protectctl.apply.effects import digest
+    from protectctl.provision.host import connect
+
+    hosts = {a.split(".", 1)[1]: rec.inputs for a, rec in state.resources.items() if rec.kind == "host"}
+    found: dict[str, str] = {}
+    for address, rec in state.resources.items():
+        files: dict[str, str] = rec.outputs.get("files", {})
+        if not files or rec.host is None:
+            continue
+        conn = connect(rec.host, str(hosts.get(rec.host, {}).get("address", "local")))
+        problems = []
+        for path, want in sorted(files.items()):
+            data = conn.read_file(path)
+            if data is None:
+                problems.append(f"{path} is missing")
+            elif digest(data) != want:
+                problems.append(f"{path} was changed on the host")
+        if problems:
+            found[address] = "; ".join(problems)
+    return found
+
+
 def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, destroy: bool = False,
-              delete_data: bool = False, now: datetime | None = None) -> Plan:
+              delete_data: bool = False, refresh: bool = False, now: datetime | None = None) -> Plan:
+    from dataclasses import replace
+
     from protectctl.plan.diff import make_plan as pure_plan
 
     policy = policy or load(policy_dir)
+    observed = observe(state)
+    if refresh:
+        observed = replace(observed, drifted=drift(state))
     return pure_plan(
         resources(policy), state, now=now or datetime.now(UTC), version=__version__,
-        policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observe(state),
+        policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observed,
         estimates=[] if destroy else estimates(policy), warnings=[str(w) for w in policy.warnings])
 
 
 def plan(policy_dir: Path, *, out: Path | None = None, destroy: bool = False, delete_data: bool = False,
-         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Plan:
+         refresh: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Plan:
     policy = load(policy_dir)
     backend = state_backend(policy_dir, policy)
     with backend.lock("plan", lock_timeout_s):
-        result = make_plan(policy_dir, backend.read(), policy=policy, destroy=destroy, delete_data=delete_data)
+        result = make_plan(policy_dir, backend.read(), policy=policy, destroy=destroy, delete_data=delete_data,
+                           refresh=refresh)
     if out is not None:
         save_plan(result, out)
     return result
@@ -253,7 +283,7 @@ class ApplyReport:
 
 
 def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[[Plan], bool],
-          parallelism: int = 10, destroy: bool = False, delete_data: bool = False,
+          parallelism: int = 10, destroy: bool = False, delete_data: bool = False, refresh: bool = False,
           lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
           on_result: Callable[[ResourceResult], None] = lambda r: None) -> ApplyReport:
     """Plan (or read a saved plan), confirm, then execute it under the state lock."""
@@ -269,7 +299,8 @@ def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[
             the_plan = read_plan(plan_file)
             plan_is_applicable(the_plan, state)
         else:
-            the_plan = make_plan(policy_dir, state, policy=policy, destroy=destroy, delete_data=delete_data)
+            the_plan = make_plan(policy_dir, state, policy=policy, destroy=destroy, delete_data=delete_data,
+                                 refresh=refresh)
         report = ApplyReport(the_plan)
         if not the_plan.changes or not confirm(the_plan):
             return report

@@ -76,13 +76,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         destroy: Annotated[bool, typer.Option("--destroy", help="Plan to destroy everything.")] = False,
         delete_data: Annotated[bool, typer.Option(
             "--delete-data", help="Let deletions remove repositories and keys that hold data.")] = False,
+        refresh: Annotated[bool, typer.Option(
+            "--refresh", help="Read the hosts' files and plan repairs for what was changed by hand.")] = False,
         lock_timeout: LockTimeout = "0",
     ) -> None:
-        """Show what apply would change (pure: no host is touched)."""
+        """Show what apply would change (no host is touched, and none read unless --refresh)."""
         from protectctl import api
 
         env = env_of(ctx, json_mode)
-        result = api.plan(env.policy_dir, out=out, destroy=destroy, delete_data=delete_data,
+        result = api.plan(env.policy_dir, out=out, destroy=destroy, delete_data=delete_data, refresh=refresh,
                           lock_timeout_s=lock_seconds(lock_timeout))
         show_plan(env, result, fmt)
         if out is not None and not env.output.json_mode:
@@ -97,13 +99,16 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         parallelism: Parallelism = 10,
         delete_data: Annotated[bool, typer.Option(
             "--delete-data", help="Let deletions remove repositories and keys that hold data.")] = False,
+        refresh: Annotated[bool, typer.Option("--refresh", help="Also repair what was changed by hand.")]
+        = False,
         json_mode: JsonOpt = False,
         lock_timeout: LockTimeout = "0",
     ) -> None:
         """Make the hosts match the policy (or a saved plan)."""
         env = env_of(ctx, json_mode)
         _run_apply(env, plan_file=plan_file, auto_approve=auto_approve or plan_file is not None,
-                   parallelism=parallelism, destroy=False, delete_data=delete_data, lock_timeout=lock_timeout)
+                   parallelism=parallelism, destroy=False, delete_data=delete_data, lock_timeout=lock_timeout,
+                   refresh=refresh)
 
     @app.command()
     def destroy(
@@ -118,7 +123,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         """Remove everything apply made (data only with --delete-data)."""
         env = env_of(ctx, json_mode)
         _run_apply(env, plan_file=None, auto_approve=auto_approve, parallelism=parallelism, destroy=True,
-                   delete_data=delete_data, lock_timeout=lock_timeout)
+                   delete_data=delete_data, lock_timeout=lock_timeout, refresh=False)
 
     @app.command()
     def graph(ctx: typer.Context) -> None:
@@ -145,7 +150,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
 
 
 def _run_apply(env: Env, *, plan_file: Path | None, auto_approve: bool, parallelism: int, destroy: bool,
-               delete_data: bool, lock_timeout: str) -> None:
+               delete_data: bool, lock_timeout: str, refresh: bool) -> None:
     from protectctl import api
     from protectctl.errors import ApplyError
 
@@ -172,8 +177,8 @@ def _run_apply(env: Env, *, plan_file: Path | None, auto_approve: bool, parallel
         env.output.info(f"{result.address}: {result.action.value} {mark} ({result.duration_s:.1f}s){detail}")
 
     report = api.apply(env.policy_dir, plan_file=plan_file, confirm=confirm, parallelism=parallelism,
-                       destroy=destroy, delete_data=delete_data, lock_timeout_s=lock_seconds(lock_timeout),
-                       on_result=progress)
+                       destroy=destroy, delete_data=delete_data, refresh=refresh,
+                       lock_timeout_s=lock_seconds(lock_timeout), on_result=progress)
     _report(env, report)
 
 
