@@ -160,7 +160,7 @@ def load_provider(kind: str) -> Provider:
 def _find(kind: str) -> Callable[[], Callable[[], Provider]] | None:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == kind:
-            return ep.load  # type: ignore[no-any-return]
+            return ep.load
     spec = _BUILTIN.get(kind)
     if spec is None:
         return None

@@ -30,7 +30,6 @@ from protectctl.provider import (
 )
 
 _FIELDS = {"path", "include", "exclude", "one_file_system"}
-_ERRORS_SHOWN = 20
 
 
 class FilesystemProvider:
@@ -41,7 +40,11 @@ class FilesystemProvider:
     continuous_log_shipping = False
 
     def validate(self, spec: Mapping[str, object]) -> list[str]:
-        problems = [f"unknown field {key!r} (known: {', '.join(sorted(_FIELDS))})" for key in spec if key not in _FIELDS]
+        problems = [
+            f"unknown field {key!r} (known: {', '.join(sorted(_FIELDS))})"
+            for key in spec
+            if key not in _FIELDS
+        ]
         path = spec.get("path")
         if not isinstance(path, str) or not path:
             problems.append("path is required: the absolute directory to protect, e.g. /srv/docs")
@@ -61,12 +64,15 @@ class FilesystemProvider:
 
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
         options = _options(request.spec, verify_all=request.kind == "full")
-        journal = Journal(journal_path(request.state_dir, request.source, request.repo.id), repo_id=request.repo.id)
+        journal = Journal(
+            journal_path(request.state_dir, request.source, request.repo.id), repo_id=request.repo.id
+        )
         journal_out = journal.begin()
         try:
-            request.progress.start("scan")
-            result = Archiver(request.repo, request.writer, journal, journal_out, options, request.progress).run()
-            request.progress.finish()
+            # No phase of our own: the writer's "upload" phase frames the snapshot; we add files.
+            result = Archiver(
+                request.repo, request.writer, journal, journal_out, options, request.progress
+            ).run()
         except BaseException:
             journal_out.abort()
             journal.close()

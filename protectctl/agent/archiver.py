@@ -117,7 +117,9 @@ class Archiver:
             raise ProviderError(f"source path {root} is not a directory")
         self._root_dev = st.st_dev
         self.result.root = st
-        self.result.tree = self._archive_dir(os.fsencode(root), "", included=not self.options.filter.has_includes)
+        self.result.tree = self._archive_dir(
+            os.fsencode(root), "", included=not self.options.filter.has_includes
+        )
         if self.result.tree is None:  # includes matched nothing: an empty point, not no point
             self.result.tree = self.repo.save_tree(self.writer, Tree(()))
         return self.result
@@ -172,7 +174,9 @@ class Archiver:
             self._error(rel, err)
             return None
 
-    def _dir_node(self, path: bytes, name: str, rel: str, st: os.stat_result, *, included: bool) -> Node | None:
+    def _dir_node(
+        self, path: bytes, name: str, rel: str, st: os.stat_result, *, included: bool
+    ) -> Node | None:
         if self.options.one_file_system and st.st_dev != self._root_dev:
             # A mount point: keep the directory itself, not the other filesystem's content.
             subtree: BlobId | None = self.repo.save_tree(self.writer, Tree(()))
@@ -249,7 +253,9 @@ class Archiver:
         return all(self.repo.has_blob(BlobId(c)) for c in chunks)
 
     def _remember(self, rel_dir: str, name: str, identity: FileIdentity, content: Content) -> None:
-        self.journal_out.add(rel_dir, name, JournalEntry(identity, content.chunks, content.holes, content.content_hash))
+        self.journal_out.add(
+            rel_dir, name, JournalEntry(identity, content.chunks, content.holes, content.content_hash)
+        )
 
     def _silent_change(self, rel: str) -> None:
         self.result.silent_changes += 1
@@ -269,7 +275,11 @@ class Archiver:
             if not stat.S_ISREG(st.st_mode):  # replaced by something else since the lstat
                 self.result.errors.append(f"{rel}: changed type while being read")
                 return None
-            content = self._read_small(fd, st) if _dense(st) and st.st_size <= _SMALL_FILE else self._read_stream(fd, st)
+            content = (
+                self._read_small(fd, st)
+                if _dense(st) and st.st_size <= _SMALL_FILE
+                else self._read_stream(fd, st)
+            )
         except OSError as err:
             self._error(rel, err)
             return None
@@ -292,6 +302,7 @@ class Archiver:
         reader = DataReader(fd, st.st_size, hasher, detect_holes=not _dense(st))
         chunks = tuple(
             self.writer.add(BlobKind.DATA, data)[0]
+            # DataReader is file-like where the chunker needs it (readinto), not a full BinaryIO.
             for data in self._chunker.iter_stream(reader)  # type: ignore[arg-type]
         )
         self.result.bytes_read += reader.bytes_read
@@ -323,4 +334,3 @@ def _dense(st: os.stat_result) -> bool:
 
 def _ids(chunks: tuple[bytes, ...]) -> tuple[BlobId, ...]:
     return tuple(BlobId(c) for c in chunks)
-

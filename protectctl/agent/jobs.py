@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -60,7 +60,7 @@ SLA_GRACE = 1.5
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +86,7 @@ class SourceJob:
 
 
 def _json_time(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat() if value is not None else None
+    return value.astimezone(UTC).isoformat() if value is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +162,13 @@ class PointSummary:
     reasons: tuple[str, ...] = ()  # why kept; empty for a forgotten point
 
     def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "source": self.source, "time": _json_time(self.time), "kind": self.kind,
-                "reasons": list(self.reasons)}
+        return {
+            "id": self.id,
+            "source": self.source,
+            "time": _json_time(self.time),
+            "kind": self.kind,
+            "reasons": list(self.reasons),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +249,9 @@ def run_backup(
     progress = progress or NullProgress()
     started = time.monotonic()
     try:
-        with source_lock(job.state_dir, job.source, f"protectctl run {kind} {job.source}", timeout_s=job.lock_timeout_s):
+        with source_lock(
+            job.state_dir, job.source, f"protectctl run {kind} {job.source}", timeout_s=job.lock_timeout_s
+        ):
             result = _backup_locked(job, kind, progress, now, started)
     except Exception as err:
         message = err.message if isinstance(err, ProtectctlError) else f"internal error: {err!r}"
@@ -254,8 +261,17 @@ def run_backup(
     _record(
         job,
         JobRecord(
-            result.kind, _json_time(now()) or "", result.ok, result.duration_s, failure, result.point_id,
-            result.complete, result.files, result.bytes_total, result.bytes_read, result.bytes_added,
+            result.kind,
+            _json_time(now()) or "",
+            result.ok,
+            result.duration_s,
+            failure,
+            result.point_id,
+            result.complete,
+            result.files,
+            result.bytes_total,
+            result.bytes_read,
+            result.bytes_added,
         ),
     )
     return result
@@ -271,41 +287,42 @@ def _record(job: SourceJob, record: JobRecord) -> None:
 def _backup_locked(
     job: SourceJob, kind: BackupKind, progress: Progress, now: Callable[[], datetime], started: float
 ) -> BackupResult:
-    provider = load_provider(job.provider)
-    with open_repository(_storage_for(job, now), job.passphrase()) as repo:
-        with repo.lock(exclusive=False, command=f"{kind} {job.source}"):
-            previous = repo.list_points(job.source)
-            actual = "full" if not previous else kind
-            point_time = now()
-            outcome, writer_stats, warnings = _snapshot_with_scripts(job, repo, actual, progress)
-            point = Point(
-                id=new_point_id(),
-                source=job.source,
-                time=point_time,
-                kind=actual,
-                parent=previous[-1].id if previous else None,
-                tree=outcome.tree,
-                stats=PointStats(
-                    files=outcome.stats.files,
-                    dirs=outcome.stats.dirs,
-                    bytes_total=outcome.stats.bytes_total,
-                    bytes_read=outcome.stats.bytes_read,
-                    bytes_added=writer_stats[0],
-                    chunks_new=writer_stats[1],
-                    duration_s=round(time.monotonic() - started, 3),
-                ),
-                complete=not outcome.errors,
-                errors=outcome.errors,
-                host=job.host,
-                tags={"provider": job.provider},
-                extra={**outcome.extra, "requested_kind": kind},
-            )
-            try:
-                repo.save_point(point)
-            except BaseException:
-                outcome.finish(None)
-                raise
-            outcome.finish(point.id)
+    with (
+        open_repository(_storage_for(job, now), job.passphrase()) as repo,
+        repo.lock(exclusive=False, command=f"{kind} {job.source}"),
+    ):
+        previous = repo.list_points(job.source)
+        actual = "full" if not previous else kind
+        point_time = now()
+        outcome, writer_stats, warnings = _snapshot_with_scripts(job, repo, actual, progress)
+        point = Point(
+            id=new_point_id(),
+            source=job.source,
+            time=point_time,
+            kind=actual,
+            parent=previous[-1].id if previous else None,
+            tree=outcome.tree,
+            stats=PointStats(
+                files=outcome.stats.files,
+                dirs=outcome.stats.dirs,
+                bytes_total=outcome.stats.bytes_total,
+                bytes_read=outcome.stats.bytes_read,
+                bytes_added=writer_stats[0],
+                chunks_new=writer_stats[1],
+                duration_s=round(time.monotonic() - started, 3),
+            ),
+            complete=not outcome.errors,
+            errors=outcome.errors,
+            host=job.host,
+            tags={"provider": job.provider},
+            extra={**outcome.extra, "requested_kind": kind},
+        )
+        try:
+            repo.save_point(point)
+        except BaseException:
+            outcome.finish(None)
+            raise
+        outcome.finish(point.id)
     return _result(point, kind, outcome, warnings)
 
 
@@ -321,17 +338,19 @@ def _snapshot_with_scripts(
             pre = run_script("pre", job.pre_script, timeout_s=job.script_timeout_s, env=env)
             if not pre.ok:
                 raise ProviderError(pre.describe(), hint="no recovery point was made; fix the pre script")
-        outcome = _snapshot(job, repo, kind, progress)
+        outcome, writer_stats = _snapshot(job, repo, kind, progress)
         outcome_status = "success"
     finally:
         if job.post_script:
             post = run_script(
-                "post", job.post_script, timeout_s=job.script_timeout_s,
+                "post",
+                job.post_script,
+                timeout_s=job.script_timeout_s,
                 env={**env, "PROTECTCTL_STATUS": outcome_status},
             )
             if not post.ok:
                 warnings.append(post.describe())
-    return outcome[0], outcome[1], tuple(warnings)
+    return outcome, writer_stats, tuple(warnings)
 
 
 def _snapshot(
@@ -342,7 +361,9 @@ def _snapshot(
     outcome: SnapshotOutcome | None = None
     try:
         with repo.writer(progress) as writer:
-            outcome = provider.snapshot(SnapshotRequest(job.source, job.spec, kind, repo, writer, job.state_dir, progress))
+            outcome = provider.snapshot(
+                SnapshotRequest(job.source, job.spec, kind, repo, writer, job.state_dir, progress)
+            )
     except BaseException:
         if outcome is not None:
             outcome.finish(None)
@@ -350,7 +371,9 @@ def _snapshot(
     return outcome, (writer.bytes_added, writer.chunks_new)
 
 
-def _result(point: Point, requested: str, outcome: SnapshotOutcome, warnings: tuple[str, ...]) -> BackupResult:
+def _result(
+    point: Point, requested: str, outcome: SnapshotOutcome, warnings: tuple[str, ...]
+) -> BackupResult:
     silent = outcome.extra.get("silent_changes", 0)
     return BackupResult(
         source=point.source,
@@ -397,13 +420,21 @@ def restore(
 ) -> RestoreResult:
     """Restore the newest point at or before `to_time`; raises RestoreError (earliest point named)."""
     provider = load_provider(job.provider)
-    with open_repository(job.storage, job.passphrase()) as repo, repo.lock(
-        exclusive=False, command=f"restore {job.source}"
+    with (
+        open_repository(job.storage, job.passphrase()) as repo,
+        repo.lock(exclusive=False, command=f"restore {job.source}"),
     ):
         point = select_point(repo.list_points(job.source), to_time, source=job.source)
         outcome = provider.restore(
             RestoreRequest(
-                job.source, job.spec, point, repo, target, tuple(subpaths), dry_run, overwrite,
+                job.source,
+                job.spec,
+                point,
+                repo,
+                target,
+                tuple(subpaths),
+                dry_run,
+                overwrite,
                 progress or NullProgress(),
             )
         )
@@ -429,10 +460,10 @@ def restore(
 
 
 def _by_storage(jobs: Sequence[SourceJob]) -> list[list[SourceJob]]:
-    """Jobs grouped by the storage object they share (one repository each)."""
-    groups: dict[int, list[SourceJob]] = {}
+    """Jobs grouped by the repository they share (one open, one gc per repository)."""
+    groups: dict[str, list[SourceJob]] = {}
     for job in jobs:
-        groups.setdefault(id(job.storage), []).append(job)
+        groups.setdefault(job.storage.describe(), []).append(job)
     return list(groups.values())
 
 
@@ -455,7 +486,9 @@ def prune(
         totals[2] += report.packs_condemned
         if report.deferred_because:
             deferred.append(report.deferred_because)
-    return PruneResult(dry_run, tuple(forgotten), tuple(kept), totals[0], totals[1], totals[2], tuple(deferred))
+    return PruneResult(
+        dry_run, tuple(forgotten), tuple(kept), totals[0], totals[1], totals[2], tuple(deferred)
+    )
 
 
 def _forget_expired(
@@ -540,6 +573,7 @@ def _sla_problems(what: str, age_s: float | None, interval_s: int) -> list[str]:
     if age_s is None:
         return [f"no complete {what} yet"]
     if age_s > SLA_GRACE * interval_s:
-        return [f"newest complete {what} is {age_s / 3600:.1f} h old; the SLA allows {interval_s / 3600:.1f} h"]
+        return [
+            f"newest complete {what} is {age_s / 3600:.1f} h old; the SLA allows {interval_s / 3600:.1f} h"
+        ]
     return []
-

@@ -70,7 +70,7 @@ def _pack_holes(holes: tuple[tuple[int, int], ...]) -> bytes:
 
 
 def _unpack_holes(raw: bytes) -> tuple[tuple[int, int], ...]:
-    return tuple(struct.iter_unpack("<QQ", raw))  # type: ignore[arg-type]
+    return tuple((start, length) for start, length in struct.iter_unpack("<QQ", raw))
 
 
 _SCHEMA = """
@@ -130,7 +130,9 @@ class Journal:
         except sqlite3.Error:
             return {}
         return {
-            row[0]: JournalEntry(FileIdentity(*row[1:6]), _unpack_chunks(row[6]), _unpack_holes(row[7]), bytes(row[8]))
+            row[0]: JournalEntry(
+                FileIdentity(*row[1:6]), _unpack_chunks(row[6]), _unpack_holes(row[7]), bytes(row[8])
+            )
             for row in rows
         }
 

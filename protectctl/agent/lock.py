@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from protectctl.errors import LockedError
@@ -119,7 +119,7 @@ def _write_holder(fd: int, command: str) -> None:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "command": command,
-        "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     data = json.dumps(holder).encode("utf-8")
     os.ftruncate(fd, 0)

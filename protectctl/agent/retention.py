@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ _BUCKETS: tuple[tuple[str, _Bucket], ...] = (
 
 
 def plan_source(
-    points: Sequence[PointRef], spec: RetentionSpec, *, now: datetime, tz: tzinfo = timezone.utc
+    points: Sequence[PointRef], spec: RetentionSpec, *, now: datetime, tz: tzinfo = UTC
 ) -> list[Decision]:
     """Decide every point of one source; newest first."""
     ordered = sorted(points, key=lambda p: (p.time, p.id), reverse=True)
@@ -107,7 +107,7 @@ def plan_prune(
     specs: Mapping[str, RetentionSpec],
     *,
     now: datetime,
-    tz: tzinfo = timezone.utc,
+    tz: tzinfo = UTC,
 ) -> dict[str, list[Decision]]:
     """Decide the points of every source that has a spec; other sources are left out entirely."""
     by_source: dict[str, list[PointRef]] = defaultdict(list)

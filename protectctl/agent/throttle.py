@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from protectctl.engine.storage.base import ObjectInfo, ObjectKind, StorageBackend
 
@@ -56,7 +56,7 @@ def always(_: datetime) -> bool:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class ThrottledStorage:

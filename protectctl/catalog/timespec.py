@@ -12,7 +12,7 @@ yields the same instant in tests. Accepted forms:
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Literal
 
 from protectctl.errors import ProtectctlError
@@ -27,9 +27,7 @@ class TimeSpecError(ProtectctlError):
     """The TIME text is not a time protectctl understands."""
 
 
-def parse_time(
-    text: str, *, now: datetime, local_tz: tzinfo | None = None
-) -> datetime | Literal["latest"]:
+def parse_time(text: str, *, now: datetime, local_tz: tzinfo | None = None) -> datetime | Literal["latest"]:
     """Turn TIME into a UTC-aware datetime (or "latest"); raises TimeSpecError."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -37,7 +35,7 @@ def parse_time(
     if value.lower() == "latest":
         return "latest"
     if _RELATIVE.match(value):
-        return (now - _relative_delta(value)).astimezone(timezone.utc)
+        return (now - _relative_delta(value)).astimezone(UTC)
     return _parse_absolute(value, local_tz)
 
 
@@ -55,4 +53,4 @@ def _parse_absolute(value: str, local_tz: tzinfo | None) -> datetime:
         # No zone means the operator's wall clock; astimezone() on a naive value applies the
         # system's rules for that date (DST included), a passed zone applies its own.
         parsed = parsed.replace(tzinfo=local_tz) if local_tz is not None else parsed.astimezone()
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from protectctl.errors import PlanError
-from protectctl.plan.graph import build_graph, check_acyclic, ordered
+from protectctl.plan.graph import check_resources_acyclic, ordered
 from protectctl.plan.model import Action, AttributeChange, Change, GroupEstimate, Plan, Reason
 from protectctl.plan.resources import Resource
 from protectctl.state.model import ResourceState, State
@@ -41,7 +41,7 @@ def make_plan(
 ) -> Plan:
     """Raises PlanError for a dependency cycle or a refused deletion of data."""
     observed = observed or Observations()
-    check_acyclic(build_graph(resources))
+    check_resources_acyclic(resources)
     desired = {} if destroy else {str(r.address): r for r in resources}
     changes: list[Change] = []
     for address, res in desired.items():

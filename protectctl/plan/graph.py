@@ -6,7 +6,7 @@ so a topological order creates dependencies first; deletions walk it reversed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from protectctl.errors import PlanError
@@ -40,6 +40,8 @@ def build_graph(resources: Sequence[Resource]) -> nx.DiGraph:
 def check_acyclic(graph: nx.DiGraph) -> None:
     import networkx as nx
 
+    if nx.is_directed_acyclic_graph(graph):  # the common case, and much faster than find_cycle
+        return
     try:
         cycle = nx.find_cycle(graph)
     except nx.NetworkXNoCycle:
@@ -48,19 +50,48 @@ def check_acyclic(graph: nx.DiGraph) -> None:
     raise PlanError(f"dependency cycle: {path}", hint="break the cycle (e.g. a Host gateway chain)")
 
 
+def topological(depends_on: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """Nodes dependencies-first, the smallest ready name first; None when there is a cycle.
+
+    Kahn's algorithm with a heap: the order of networkx's lexicographical_topological_sort
+    without importing networkx (0.3 s of start-up) or building a DiGraph (a third of `plan`
+    for 16,000 resources; tests/bench/bench_plan.py). Dependencies outside the map are ignored.
+    """
+    import heapq
+
+    dependants: dict[str, list[str]] = {node: [] for node in depends_on}
+    waiting: dict[str, int] = dict.fromkeys(dependants, 0)
+    for node, deps in depends_on.items():
+        for dep in set(deps):
+            if dep in dependants:
+                dependants[dep].append(node)
+                waiting[node] += 1
+    ready = [node for node, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        node = heapq.heappop(ready)
+        order.append(node)
+        for nxt in dependants[node]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                heapq.heappush(ready, nxt)
+    return order if len(order) == len(waiting) else None
+
+
+def check_resources_acyclic(resources: Sequence[Resource]) -> None:
+    """PlanError naming a cycle among the resources; networkx only when there is one to name."""
+    if topological({str(r.address): [str(d) for d in r.depends_on] for r in resources}) is None:
+        check_acyclic(build_graph(resources))
+
+
 def ordered(changes: Iterable[_Change]) -> list[str]:
     """Addresses of the changes: creations/updates dependencies-first, then deletions reversed."""
-    import networkx as nx
-
     items = list(changes)
-    graph: nx.DiGraph = nx.DiGraph()
-    for c in items:
-        graph.add_node(c.address)
-    for c in items:
-        for dep in c.depends_on:
-            if dep in graph:
-                graph.add_edge(dep, c.address)
-    topo = list(nx.lexicographical_topological_sort(graph))
+    topo = topological({c.address: c.depends_on for c in items})
+    if topo is None:
+        raise PlanError("dependency cycle among the planned changes",
+                        hint="`protectctl state list` and `state rm` the resources in the cycle")
     deleting = {c.address for c in items if c.action == "delete"}
     return [a for a in topo if a not in deleting] + [a for a in reversed(topo) if a in deleting]
 

@@ -22,11 +22,13 @@ from protectctl.policy.model import (
     HostSpec,
     Kind,
     ProtectionGroupSpec,
+    SettingsSpec,
     SLASpec,
     StorageSpec,
     TapeLibrarySpec,
 )
 from protectctl.policy.rules import settings_of
+from protectctl.provision.schedulers.base import unit_name
 
 JsonValue = object
 Inputs = Mapping[str, JsonValue]
@@ -71,6 +73,11 @@ class _Builder:
     policy: Policy
     facts: Mapping[str, HostFacts]
     out: list[Resource] = field(default_factory=list)
+    settings: SettingsSpec = field(init=False)
+    jobs: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.settings = settings_of(self.policy)
 
     def add(self, resource: Resource) -> None:
         self.out.append(resource)
@@ -210,20 +217,31 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
     _schedules(b, source, member.host, host_doc.spec, root, sla)
 
 
+def _jobs(b: _Builder, sla: SLASpec) -> list[tuple[str, str]]:
+    """(job, schedule text) of an SLA; formatted once per SLA, not once per source."""
+    jobs = b.jobs.get(id(sla))
+    if jobs is None:
+        settings = b.settings
+        jobs = [("sync", str(sla.sync)), ("full", str(sla.full)), ("prune", str(settings.schedules.prune)),
+                ("verify", str(settings.schedules.verify))]
+        if sla.tape is not None:
+            jobs.append(("tape", str(sla.tape.schedule)))
+        b.jobs[id(sla)] = jobs
+    return jobs
+
+
 def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, sla: SLASpec) -> None:
-    settings = settings_of(b.policy)
-    jobs: list[tuple[str, str]] = [("sync", str(sla.sync)), ("full", str(sla.full)),
-                                   ("prune", str(settings.schedules.prune)),
-                                   ("verify", str(settings.schedules.verify))]
-    if sla.tape is not None:
-        jobs.append(("tape", str(sla.tape.schedule)))
+    settings = b.settings
     group, member = source.split("/", 1)
     agent = b.facts[host]
     config = host_path(root, AGENT_CONFIG)
-    for job, schedule in jobs:
+    # escaped parts: group "a-b" member "c" and group "a" member "b-c" must not share a timer
+    # (unit_name(a, b, job) == unit_name(a, b) + "-" + job for a job name of letters)
+    prefix = unit_name("protectctl", group, member)
+    for job, schedule in _jobs(b, sla):
         b.add(Resource(Address("schedule", f"{source}/{job}"), {
             "host": host, "root": root, "scheduler": host_spec.scheduler.value,
-            "name": f"protectctl-{group}-{member}-{job}",
+            "name": f"{prefix}-{job}",
             "description": f"protectctl {job} of {source}",
             "argv": [*agent.agent_argv, "--agent-config", config, "run", job, group, "--member", member],
             "schedule": schedule,

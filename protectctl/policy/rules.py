@@ -9,6 +9,7 @@ import math
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 
 from protectctl.errors import Severity
 from protectctl.policy.load import Document, Policy, Problem
@@ -47,6 +48,12 @@ def settings_of(policy: Policy) -> SettingsSpec:
     if docs:
         assert isinstance(docs[0].spec, SettingsSpec)
         return docs[0].spec
+    return _default_settings()
+
+
+@cache
+def _default_settings() -> SettingsSpec:
+    # built once: the defaults parse schedules, and resources ask for them per source (bench_plan)
     return SettingsSpec()
 
 

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from protectctl.agent.sparse import Hasher
 from protectctl.engine.ids import BlobId
@@ -95,7 +95,7 @@ class FsRestorer:
                 self._restore_selected(item, parents)
             # Deepest first: a parent's mtime must be set after its children's changes.
             for parts in sorted(parents, key=len, reverse=True):
-                self._guard(parts, lambda p=parts: self._apply_dir_meta_at(p, parents[p]))
+                self._guard(parts, partial(self._apply_dir_meta_at, parts, parents[parts]))
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         return self.report
@@ -135,7 +135,9 @@ class FsRestorer:
         elif node.type is NodeType.SYMLINK:
             self._restore_symlink(dir_fd, name, node)
         elif node.type is NodeType.SOCKET:
-            self.report.notes.append(f"{'/'.join(parts)}: sockets are not restored (the owning program makes them)")
+            self.report.notes.append(
+                f"{'/'.join(parts)}: sockets are not restored (the owning program makes them)"
+            )
         else:
             self._restore_special(dir_fd, name, node, parts)
 
@@ -144,7 +146,8 @@ class FsRestorer:
         try:
             if node.subtree is not None:
                 for child in self.reader.load_tree(node.subtree).nodes:
-                    self._guard(parts + (child.name,), lambda c=child: self._restore_node(fd, c, parts + (c.name,)))
+                    child_parts = parts + (child.name,)
+                    self._guard(child_parts, partial(self._restore_node, fd, child, child_parts))
             self._apply_fd_meta(fd, node, parts)
         finally:
             os.close(fd)
@@ -211,9 +214,7 @@ class FsRestorer:
     def _restore_symlink(self, dir_fd: int, name: str, node: Node) -> None:
         target = node.link_target or ""
         self._create(dir_fd, name, lambda: os.symlink(target, name, dir_fd=dir_fd))
-        if self.owners:
-            os.chown(name, _uid(node.user, node.uid), _gid(node.group, node.gid), dir_fd=dir_fd, follow_symlinks=False)
-        os.utime(name, ns=(node.atime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        self._apply_name_meta(dir_fd, name, node, mode=False)
         self.report.specials += 1
 
     def _restore_special(self, dir_fd: int, name: str, node: Node, parts: tuple[str, ...]) -> None:
@@ -225,12 +226,18 @@ class FsRestorer:
         else:
             kind = stat.S_IFCHR if node.type is NodeType.CHARDEV else stat.S_IFBLK
             self._create(dir_fd, name, lambda: os.mknod(name, kind | 0o600, node.rdev, dir_fd=dir_fd))
-        if self.owners:
-            os.chown(name, _uid(node.user, node.uid), _gid(node.group, node.gid), dir_fd=dir_fd, follow_symlinks=False)
-        # Just created by us, and not a symlink, so following is moot; Linux has no lchmod.
-        os.chmod(name, node.mode, dir_fd=dir_fd)
-        os.utime(name, ns=(node.atime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        self._apply_name_meta(dir_fd, name, node, mode=True)
         self.report.specials += 1
+
+    def _apply_name_meta(self, dir_fd: int, name: str, node: Node, *, mode: bool) -> None:
+        """Metadata of an entry that cannot be opened for it (a symlink, a FIFO, a device)."""
+        if self.owners:
+            uid, gid = _uid(node.user, node.uid), _gid(node.group, node.gid)
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        if mode:
+            # Just created by us and not a symlink, so following is moot; Linux has no lchmod.
+            os.chmod(name, node.mode, dir_fd=dir_fd)
+        os.utime(name, ns=(node.atime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     # -- content and metadata -----------------------------------------------------------
 

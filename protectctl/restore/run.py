@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from protectctl.engine.ids import BlobId
@@ -19,7 +20,7 @@ from protectctl.errors import RestoreError
 from protectctl.progress import NullProgress, Progress
 from protectctl.provider import RestoreOutcome
 from protectctl.restore.fs import FsRestorer, RestoreReport
-from protectctl.restore.selection import count, select
+from protectctl.restore.selection import Selected, count, select
 
 _ERRORS_SHOWN = 20
 
@@ -58,19 +59,18 @@ def restore_tree(
     progress.finish()
     if report.errors:
         shown = "; ".join(report.errors[:_ERRORS_SHOWN])
-        more = f" (and {len(report.errors) - _ERRORS_SHOWN} more)" if len(report.errors) > _ERRORS_SHOWN else ""
+        more = (
+            f" (and {len(report.errors) - _ERRORS_SHOWN} more)" if len(report.errors) > _ERRORS_SHOWN else ""
+        )
         raise RestoreError(
             f"{len(report.errors)} entr{'y' if len(report.errors) == 1 else 'ies'} could not be restored"
             f" to {target}: {shown}{more}",
             hint=f"the other {report.files} files were restored and verified",
         )
-    return RestoreOutcome(
-        target=target,
+    return replace(
+        plan,
         files=report.files,
         dirs=report.dirs,
-        bytes_total=totals.bytes_total,
-        bytes_needed=totals.bytes_needed,
-        bytes_free=free,
         verified=report.verified,
         written=True,
         notes=tuple(report.notes),
@@ -79,7 +79,7 @@ def restore_tree(
 
 def _write(
     repo: Repository,
-    selection: Sequence[object],
+    selection: Sequence[Selected],
     target: Path,
     overwrite: bool,
     root_meta: Mapping[str, object] | None,
@@ -92,7 +92,7 @@ def _write(
         raise RestoreError(f"cannot use {target} as the restore target: {err.strerror}") from err
     try:
         restorer = FsRestorer(repo, repo.content_hasher, overwrite=overwrite, progress=progress)
-        report = restorer.run(root_fd, selection)  # type: ignore[arg-type]
+        report = restorer.run(root_fd, selection)
         if root_meta is not None:
             _apply_root(root_fd, root_meta, report)
     finally:
@@ -104,11 +104,18 @@ def _apply_root(fd: int, meta: Mapping[str, object], report: RestoreReport) -> N
     """The source directory's own metadata goes to the target (whole-tree restores only)."""
     try:
         if os.geteuid() == 0:
-            os.fchown(fd, int(meta["uid"]), int(meta["gid"]))  # type: ignore[call-overload]
-        os.fchmod(fd, int(meta["mode"]))  # type: ignore[call-overload]
-        os.utime(fd, ns=(int(meta["atime_ns"]), int(meta["mtime_ns"])))  # type: ignore[call-overload]
-    except (KeyError, TypeError, ValueError, OSError) as err:
+            os.fchown(fd, _int(meta, "uid"), _int(meta, "gid"))
+        os.fchmod(fd, _int(meta, "mode"))
+        os.utime(fd, ns=(_int(meta, "atime_ns"), _int(meta, "mtime_ns")))
+    except (KeyError, TypeError, OSError) as err:
         report.notes.append(f"metadata of the target directory not restored: {err}")
+
+
+def _int(meta: Mapping[str, object], key: str) -> int:
+    value = meta[key]
+    if not isinstance(value, int):
+        raise TypeError(f"{key} is not an integer")
+    return value
 
 
 def _refuse_unsafe_target(target: Path, *, overwrite: bool, needed: int, free: int | None) -> None:

@@ -30,7 +30,9 @@ def split_subpath(subpath: str) -> tuple[str, ...]:
     """Components of a user-given path inside the point ("docs/a.txt"); raises RestoreError."""
     parts = tuple(p for p in subpath.strip().strip("/").split("/") if p not in ("", "."))
     if any(p == ".." for p in parts):
-        raise RestoreError(f"path {subpath!r} leaves the recovery point", hint="give a path inside the source")
+        raise RestoreError(
+            f"path {subpath!r} leaves the recovery point", hint="give a path inside the source"
+        )
     return parts
 
 

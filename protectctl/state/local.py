@@ -118,6 +118,6 @@ class LocalStateBackend:
                     ) from None
         finally:
             os.close(fd)
-        who = self.holder() or "a stale lock"
+        who = self.holder() or "no lock was held"
         self.lock_path.unlink(missing_ok=True)
         return who

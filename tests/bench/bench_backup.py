@@ -37,8 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,9 @@ class Measure:
         return d
 
 
-def run_measured(argv: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 3600) -> Measure:
+def run_measured(
+    argv: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 3600
+) -> Measure:
     """Run argv, return wall time, exit code, peak RSS (KiB) and CPU times of that command."""
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         out_path, err_path, time_path = (Path(tmp, n) for n in ("out", "err", "time"))
@@ -120,8 +123,13 @@ def run_measured(argv: list[str], env: dict[str, str], cwd: Path | None = None, 
             finally:
                 elapsed = time.perf_counter() - start
             proc.returncode = os.waitstatus_to_exitcode(status)
-        m = Measure(argv=argv, seconds=elapsed, rc=proc.returncode,
-                    stdout=out_path.read_text(errors="replace"), stderr=err_path.read_text(errors="replace"))
+        m = Measure(
+            argv=argv,
+            seconds=elapsed,
+            rc=proc.returncode,
+            stdout=out_path.read_text(errors="replace"),
+            stderr=err_path.read_text(errors="replace"),
+        )
         m.max_rss_kib, m.user_s, m.sys_s = usage.ru_maxrss, usage.ru_utime, usage.ru_stime
         if GNU_TIME and time_path.exists():
             lines = [ln for ln in time_path.read_text().splitlines() if ln.strip()]
@@ -229,8 +237,9 @@ class Protectctl(Tool):
         key = self.base / "passphrase"
         key.write_text(PASSPHRASE + "\n")
         key.chmod(0o600)
-        (self.policy / "protect.yaml").write_text(POLICY_TEMPLATE.format(
-            root=self.base / "root", passphrase=key, repo=self.repo, source=source))
+        (self.policy / "protect.yaml").write_text(
+            POLICY_TEMPLATE.format(root=self.base / "root", passphrase=key, repo=self.repo, source=source)
+        )
 
     @classmethod
     def find(cls) -> str | None:
@@ -254,13 +263,27 @@ class Protectctl(Tool):
         doc = last_json(m.stdout)
         if isinstance(doc, dict) and doc.get("results"):
             r = doc["results"][0]
-            m.extra = {k: r.get(k) for k in ("kind", "point_id", "files", "bytes_total", "bytes_read",
-                                             "bytes_added", "chunks_new", "duration_s", "complete")}
+            m.extra = {
+                k: r.get(k)
+                for k in (
+                    "kind",
+                    "point_id",
+                    "files",
+                    "bytes_total",
+                    "bytes_read",
+                    "bytes_added",
+                    "chunks_new",
+                    "duration_s",
+                    "complete",
+                )
+            }
         return m
 
     def restore(self, target: Path) -> tuple[Measure, Path]:
-        m = run_measured(self.cli("--json", "restore", "bench/data", "--to-time", "latest",
-                                  "--target", str(target)), self.env)
+        m = run_measured(
+            self.cli("--json", "restore", "bench/data", "--to-time", "latest", "--target", str(target)),
+            self.env,
+        )
         doc = last_json(m.stdout)
         if isinstance(doc, dict):
             m.extra = {k: doc.get(k) for k in ("point_id", "files", "bytes_total", "verified")}
@@ -321,11 +344,18 @@ class Restic(Tool):
     def __init__(self, workdir: Path, source: Path) -> None:
         super().__init__(workdir, source)
         self.exe = self.find() or "restic"
-        self.env.update({"RESTIC_PASSWORD": PASSPHRASE, "RESTIC_REPOSITORY": str(self.repo),
-                         "RESTIC_CACHE_DIR": str(self.base / "cache")})
+        self.env.update(
+            {
+                "RESTIC_PASSWORD": PASSPHRASE,
+                "RESTIC_REPOSITORY": str(self.repo),
+                "RESTIC_CACHE_DIR": str(self.base / "cache"),
+            }
+        )
 
     def version(self) -> str:
-        return subprocess.run([self.exe, "version"], capture_output=True, text=True, env=self.env).stdout.strip()
+        return subprocess.run(
+            [self.exe, "version"], capture_output=True, text=True, env=self.env
+        ).stdout.strip()
 
     def startup(self) -> Measure:
         return run_measured([self.exe, "version"], self.env)
@@ -335,17 +365,39 @@ class Restic(Tool):
         return run_measured([self.exe, "init", "--repository-version", "2"], self.env)
 
     def backup(self) -> Measure:
-        m = run_measured([self.exe, "backup", "--json", "--quiet", "--compression", "auto",
-                          "--host", "bench", str(self.source)], self.env)
+        m = run_measured(
+            [
+                self.exe,
+                "backup",
+                "--json",
+                "--quiet",
+                "--compression",
+                "auto",
+                "--host",
+                "bench",
+                str(self.source),
+            ],
+            self.env,
+        )
         for line in reversed(m.stdout.splitlines()):
             try:
                 doc = json.loads(line)
             except ValueError:
                 continue
             if doc.get("message_type") == "summary":
-                m.extra = {k: doc.get(k) for k in ("snapshot_id", "files_new", "files_changed", "files_unmodified",
-                                                   "data_added", "total_files_processed",
-                                                   "total_bytes_processed", "total_duration")}
+                m.extra = {
+                    k: doc.get(k)
+                    for k in (
+                        "snapshot_id",
+                        "files_new",
+                        "files_changed",
+                        "files_unmodified",
+                        "data_added",
+                        "total_files_processed",
+                        "total_bytes_processed",
+                        "total_duration",
+                    )
+                }
                 break
         return m
 
@@ -363,13 +415,21 @@ class Borg(Tool):
     def __init__(self, workdir: Path, source: Path) -> None:
         super().__init__(workdir, source)
         self.exe = self.find() or "borg"
-        self.env.update({"BORG_PASSPHRASE": PASSPHRASE, "BORG_REPO": str(self.repo),
-                         "BORG_BASE_DIR": str(self.base / "home"), "BORG_DISPLAY_PASSPHRASE": "no",
-                         "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"})
+        self.env.update(
+            {
+                "BORG_PASSPHRASE": PASSPHRASE,
+                "BORG_REPO": str(self.repo),
+                "BORG_BASE_DIR": str(self.base / "home"),
+                "BORG_DISPLAY_PASSPHRASE": "no",
+                "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+            }
+        )
         self.last = ""
 
     def version(self) -> str:
-        return subprocess.run([self.exe, "--version"], capture_output=True, text=True, env=self.env).stdout.strip()
+        return subprocess.run(
+            [self.exe, "--version"], capture_output=True, text=True, env=self.env
+        ).stdout.strip()
 
     def startup(self) -> Measure:
         return run_measured([self.exe, "--version"], self.env)
@@ -380,8 +440,9 @@ class Borg(Tool):
     def backup(self) -> Measure:
         self.count += 1
         name = f"bench-{self.count}"
-        m = run_measured([self.exe, "create", "--json", "--compression", "zstd", f"::{name}", str(self.source)],
-                         self.env)
+        m = run_measured(
+            [self.exe, "create", "--json", "--compression", "zstd", f"::{name}", str(self.source)], self.env
+        )
         doc = last_json(m.stdout)
         if m.ok:
             self.last = name
@@ -420,7 +481,7 @@ def log(msg: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def fmt_s(m: dict | None) -> str:
+def fmt_s(m: dict[str, Any] | None) -> str:
     if not m:
         return "-"
     return f"{m['seconds']:.2f} s" if m["ok"] else "FAILED"
@@ -432,11 +493,11 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
-def secs(m: dict | None) -> float | None:
+def secs(m: dict[str, Any] | None) -> float | None:
     return m["seconds"] if m and m["ok"] else None
 
 
-def render_table(results: dict) -> str:
+def render_table(results: dict[str, Any]) -> str:
     tools = results["tools"]
     phases = results["phases"]
     cols = list(tools)
@@ -450,19 +511,37 @@ def render_table(results: dict) -> str:
         rows.append(row)
     # repository size
     sizes = {t: results["repository"].get(t, {}).get("apparent_bytes") for t in cols}
-    rows.append(["repository size (du -sb)", *[dataset.human(sizes[t]) if sizes[t] else "-" for t in cols],
-                 *[fmt_ratio(sizes["protectctl"], sizes[t]) for t in ratio_cols]])
+    rows.append(
+        [
+            "repository size (du -sb)",
+            *[dataset.human(sizes[t]) if sizes[t] else "-" for t in cols],
+            *[fmt_ratio(sizes["protectctl"], sizes[t]) for t in ratio_cols],
+        ]
+    )
     # peak RSS over every phase
-    peak = {}
+    peak: dict[str, float | None] = {}
     for t in cols:
-        vals = [phases[k][t]["max_rss_kib"] for k, _ in PHASES
-                if phases.get(k, {}).get(t) and phases[k][t]["max_rss_kib"] is not None]
+        vals = [
+            phases[k][t]["max_rss_kib"]
+            for k, _ in PHASES
+            if phases.get(k, {}).get(t) and phases[k][t]["max_rss_kib"] is not None
+        ]
         peak[t] = max(vals) * 1024 if vals else None
-    rows.append(["peak RSS (max over phases)", *[f"{peak[t] / 1e6:.0f} MB" if peak[t] else "-" for t in cols],
-                 *[fmt_ratio(peak["protectctl"], peak[t]) for t in ratio_cols]])
+    rows.append(
+        [
+            "peak RSS (max over phases)",
+            *[f"{(peak[t] or 0) / 1e6:.0f} MB" if peak[t] else "-" for t in cols],
+            *[fmt_ratio(peak["protectctl"], peak[t]) for t in ratio_cols],
+        ]
+    )
     restore_ok = {t: results["verify"].get(t, {}).get("ok") for t in cols}
-    rows.append(["restore verified", *["yes" if restore_ok[t] else ("NO" if restore_ok[t] is False else "-")
-                                       for t in cols], *["" for _ in ratio_cols]])
+    rows.append(
+        [
+            "restore verified",
+            *["yes" if restore_ok[t] else ("NO" if restore_ok[t] is False else "-") for t in cols],
+            *["" for _ in ratio_cols],
+        ]
+    )
 
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -482,15 +561,19 @@ def render_table(results: dict) -> str:
             if not m or m["max_rss_kib"] is None:
                 r.append("-")
             else:
-                r.append(f"{m['max_rss_kib'] * 1024 / 1e6:.0f} MB / {(m['user_s'] or 0) + (m['sys_s'] or 0):.2f} s")
+                r.append(
+                    f"{m['max_rss_kib'] * 1024 / 1e6:.0f} MB / {(m['user_s'] or 0) + (m['sys_s'] or 0):.2f} s"
+                )
         rows2.append(r)
     widths2 = [max(len(r[i]) for r in [header2, *rows2]) for i in range(len(header2))]
-    out += ["  ".join(c.ljust(widths2[0]) if i == 0 else c.rjust(widths2[i]) for i, c in enumerate(r))
-            for r in [header2, *rows2]]
+    out += [
+        "  ".join(c.ljust(widths2[0]) if i == 0 else c.rjust(widths2[i]) for i, c in enumerate(r))
+        for r in [header2, *rows2]
+    ]
     return "\n".join(out)
 
 
-def targets(results: dict) -> list[dict]:
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's performance targets, each with its verdict (None when a figure is missing)."""
     p = results["phases"]
 
@@ -503,31 +586,57 @@ def targets(results: dict) -> list[dict]:
             a, b, other = t(key, "protectctl"), t(key, "borg"), "borg"
         else:
             a, b, other = t(key, "protectctl"), t(key, "restic"), "restic"
-        checks.append({"target": f"{label}: faster than {other}", "protectctl": a, other: b,
-                       "met": None if a is None or b is None else a < b})
+        checks.append(
+            {
+                "target": f"{label}: faster than {other}",
+                "protectctl": a,
+                other: b,
+                "met": None if a is None or b is None else a < b,
+            }
+        )
     rp = results["repository"].get("protectctl", {}).get("apparent_bytes")
     rr = results["repository"].get("restic", {}).get("apparent_bytes")
-    checks.append({"target": "repository no larger than restic's", "protectctl": rp, "restic": rr,
-                   "met": None if rp is None or rr is None else rp <= rr})
-    rss = [p[k]["protectctl"]["max_rss_kib"] for k, _ in PHASES
-           if p.get(k, {}).get("protectctl") and p[k]["protectctl"]["max_rss_kib"] is not None]
+    checks.append(
+        {
+            "target": "repository no larger than restic's",
+            "protectctl": rp,
+            "restic": rr,
+            "met": None if rp is None or rr is None else rp <= rr,
+        }
+    )
+    rss = [
+        p[k]["protectctl"]["max_rss_kib"]
+        for k, _ in PHASES
+        if p.get(k, {}).get("protectctl") and p[k]["protectctl"]["max_rss_kib"] is not None
+    ]
     peak = max(rss) * 1024 if rss else None
-    checks.append({"target": "peak RSS under 150 MB", "protectctl": peak,
-                   "met": None if peak is None else peak < 150e6})
+    checks.append(
+        {"target": "peak RSS under 150 MB", "protectctl": peak, "met": None if peak is None else peak < 150e6}
+    )
     return checks
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="protectctl vs restic vs borg backup benchmark",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description="protectctl vs restic vs borg backup benchmark",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     ap.add_argument("--size", default="1GiB", help="dataset size, e.g. 1GiB, 64MiB (default 1GiB)")
     ap.add_argument("--seed", type=int, default=dataset.DEFAULT_SEED)
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="parent of the temporary work directory (default: /tmp)")
-    ap.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated subset of protectctl,restic,borg")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="parent of the temporary work directory (default: /tmp)"
+    )
+    ap.add_argument(
+        "--tools", default=",".join(ALL_TOOLS), help="comma-separated subset of protectctl,restic,borg"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory (dataset, repositories)")
-    ap.add_argument("--output", type=Path, default=None,
-                    help="JSON results file (default tests/bench/results/backup-<timestamp>.json)")
+    ap.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="JSON results file (default tests/bench/results/backup-<timestamp>.json)",
+    )
     ap.add_argument("--timeout", type=float, default=3600, help="per-command timeout in seconds")
     args = ap.parse_args(argv)
 
@@ -549,16 +658,27 @@ def main(argv: list[str] | None = None) -> int:
     parent = args.workdir or Path("/tmp")
     parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="protectctl-bench-", dir=parent))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     output = args.output or RESULTS_DIR / f"backup-{stamp}.json"
     source = workdir / "data"
     results: dict[str, Any] = {
         "format": "protectctl-bench-backup/1",
-        "started": datetime.now(timezone.utc).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "cpu": _cpu_model(), "mem_total_kib": _mem_total()},
-        "settings": {"size": size, "seed": args.seed, "workdir": str(workdir), "tools": tools_wanted,
-                     "rss_source": "/usr/bin/time %M" if GNU_TIME else "wait4 ru_maxrss"},
+        "started": datetime.now(UTC).isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu": _cpu_model(),
+            "mem_total_kib": _mem_total(),
+            "loadavg_start": os.getloadavg(),
+        },
+        "settings": {
+            "size": size,
+            "seed": args.seed,
+            "workdir": str(workdir),
+            "tools": tools_wanted,
+            "rss_source": "/usr/bin/time %M" if GNU_TIME else "wait4 ru_maxrss",
+        },
         "notes": [
             "warm page cache: the cache cannot be dropped reliably, so the dataset is read once before "
             "the first phase and the tools run back to back within each phase, in the order listed",
@@ -582,15 +702,17 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         results["dataset"] = dataset.build(source, size, args.seed)
         results["dataset"]["build_seconds"] = round(time.perf_counter() - t0, 2)
-        log(f"dataset: {results['dataset']['files']} files, {dataset.human(results['dataset']['bytes'])} "
-            f"in {results['dataset']['build_seconds']} s")
+        log(
+            f"dataset: {results['dataset']['files']} files, {dataset.human(results['dataset']['bytes'])} "
+            f"in {results['dataset']['build_seconds']} s"
+        )
         results["dataset"]["warm_seconds"] = round(warm(source), 2)
 
         tools = {name: TOOLS[name](workdir, source) for name in tools_wanted}
         for name, tool in tools.items():
             results["tools"][name] = {"version": tool.version()}
 
-        def phase(key: str, fn) -> None:
+        def phase(key: str, fn: Callable[[Tool], Any]) -> None:
             results["phases"][key] = {}
             for name, tool in tools.items():
                 if name in failed:
@@ -600,18 +722,23 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(m, tuple):
                     m, restored = m
                 results["phases"][key][name] = m.public()
-                status = f"{m.seconds:.2f} s, {(m.max_rss_kib or 0) * 1024 / 1e6:.0f} MB" if m.ok else \
-                    f"FAILED rc={m.rc}: {(m.stderr.strip() or m.stdout.strip())[-600:]}"
+                status = (
+                    f"{m.seconds:.2f} s, {(m.max_rss_kib or 0) * 1024 / 1e6:.0f} MB"
+                    if m.ok
+                    else f"FAILED rc={m.rc}: {(m.stderr.strip() or m.stdout.strip())[-600:]}"
+                )
                 log(f"{key:9s} {name:10s} {status}")
                 if not m.ok and key in ("init", "first"):
                     failed.add(name)
                 if restored is not None and m.ok:
                     results["verify"][name] = verify(expected, restored)
                     v = results["verify"][name]
-                    log(f"{'':9s} {name:10s} restore verification: {'ok' if v['ok'] else 'FAILED'} "
-                        f"({v['files']} files{'; ' + '; '.join(v['problems'][:3]) if v['problems'] else ''})")
+                    log(
+                        f"{'':9s} {name:10s} restore verification: {'ok' if v['ok'] else 'FAILED'} "
+                        f"({v['files']} files{'; ' + '; '.join(v['problems'][:3]) if v['problems'] else ''})"
+                    )
 
-        expected: dict = {}
+        expected: dict[str, tuple[int, str]] = {}
         phase("startup", lambda t: t.startup())
         phase("init", lambda t: t.init())
         phase("first", lambda t: t.backup())
@@ -626,8 +753,11 @@ def main(argv: list[str] | None = None) -> int:
         phase("change10", lambda t: t.backup())
         for name, tool in tools.items():
             a, b = tree_size(tool.repo)
-            results["repository"][name] = {"apparent_bytes": a, "allocated_bytes": b,
-                                           "files": sum(len(f) for _, _, f in os.walk(tool.repo))}
+            results["repository"][name] = {
+                "apparent_bytes": a,
+                "allocated_bytes": b,
+                "files": sum(len(f) for _, _, f in os.walk(tool.repo)),
+            }
             results["local_state"][name] = sum(tree_size(p)[0] for p in tool.local_state() if p.exists())
         expected = dataset.manifest(source)
         targets_dirs = {}
@@ -641,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted")
         exit_code = 130
     finally:
-        results["finished"] = datetime.now(timezone.utc).isoformat()
+        results["finished"] = datetime.now(UTC).isoformat()
+        results["machine"]["loadavg_end"] = os.getloadavg()
         results["targets"] = targets(results) if results["phases"] else []
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")
@@ -652,8 +783,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if results["phases"]:
         print()
-        print(f"dataset {dataset.human(results['dataset'].get('bytes', 0))}, {results['dataset'].get('files')} "
-              f"files (seed {args.seed}); {os.cpu_count()} CPUs; warm page cache")
+        print(
+            f"dataset {dataset.human(results['dataset'].get('bytes', 0))}, {results['dataset'].get('files')} "
+            f"files (seed {args.seed}); {os.cpu_count()} CPUs; warm page cache; load average "
+            f"{results['machine']['loadavg_start'][0]:.1f} at start, "
+            f"{results['machine']['loadavg_end'][0]:.1f} at end"
+        )
         print(render_table(results))
         print()
         for c in results["targets"]:
@@ -667,13 +802,18 @@ def main(argv: list[str] | None = None) -> int:
     return exit_code
 
 
-def verify(expected: dict[str, tuple[int, str]], restored: Path) -> dict:
+def verify(expected: dict[str, tuple[int, str]], restored: Path) -> dict[str, Any]:
     if not restored.is_dir():
         return {"ok": False, "files": 0, "problems": [f"restored tree not found at {restored}"]}
     actual = dataset.manifest(restored)
     problems = dataset.compare(expected, actual)
-    return {"ok": not problems, "files": len(actual), "bytes": sum(s for s, _ in actual.values()),
-            "method": "size + sha256 of every file", "problems": problems}
+    return {
+        "ok": not problems,
+        "files": len(actual),
+        "bytes": sum(s for s, _ in actual.values()),
+        "method": "size + sha256 of every file",
+        "problems": problems,
+    }
 
 
 def _cpu_model() -> str:

@@ -18,6 +18,8 @@ Targets (issue 2): validate + plan well under 2 s for 1,000 groups x 3 members;
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -89,13 +91,29 @@ def generate_policy(directory: Path, groups: int, members: int = 3, files: int =
     return directory
 
 
-def median_s(fn: Callable[[], object], runs: int) -> float:
-    times = []
+Timing = tuple[float, float]  # (wall, cpu) seconds
+
+
+def _cpu_s() -> float:
+    """CPU time of this process and of its finished children: robust on a busy machine."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def median_s(fn: Callable[[], object], runs: int) -> Timing:
+    """Median wall-clock and median CPU seconds of `runs` calls."""
+    walls, cpus = [], []
     for _ in range(runs):
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), _cpu_s()
         fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(_cpu_s() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def total(*timings: Timing) -> Timing:
+    return sum(t[0] for t in timings), sum(t[1] for t in timings)
 
 
 def protectctl_argv() -> list[str]:
@@ -127,10 +145,13 @@ def write_matching_state(directory: Path) -> int:
     return len(state.resources)
 
 
-def bench(groups: int, members: int, files: int, runs: int) -> list[tuple[str, float, float | None]]:
+Row = tuple[str, Timing, float | None]  # name, (wall, cpu), target seconds
+
+
+def bench(groups: int, members: int, files: int, runs: int) -> list[Row]:
     from protectctl import api
 
-    rows: list[tuple[str, float, float | None]] = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="protectctl-bench-") as tmp:
         directory = generate_policy(Path(tmp) / "policy", groups, members, files)
         cli = [*protectctl_argv(), "-C", str(directory)]
@@ -139,11 +160,11 @@ def bench(groups: int, members: int, files: int, runs: int) -> list[tuple[str, f
         validate = median_s(lambda: api.validate(directory), runs)
         plan_new = median_s(lambda: api.plan(directory), runs)
         rows += [("validate (in-process)", validate, None), ("plan, all new (in-process)", plan_new, None),
-                 ("validate + plan (in-process)", validate + plan_new, PLAN_TARGET_S)]
+                 ("validate + plan (in-process)", total(validate, plan_new), PLAN_TARGET_S)]
         cli_validate = median_s(lambda: run([*cli, "validate"]), runs)
         cli_plan_new = median_s(lambda: run([*cli, "plan"]), runs)
         rows += [("protectctl validate", cli_validate, None), ("protectctl plan, all new", cli_plan_new, None),
-                 ("protectctl validate + plan", cli_validate + cli_plan_new, PLAN_TARGET_S)]
+                 ("protectctl validate + plan", total(cli_validate, cli_plan_new), PLAN_TARGET_S)]
 
         write_matching_state(directory)
         plan_same = median_s(lambda: api.plan(directory), runs)
@@ -158,17 +179,18 @@ def bench(groups: int, members: int, files: int, runs: int) -> list[tuple[str, f
     return rows
 
 
-def print_table(title: str, rows: Sequence[tuple[str, float, float | None]]) -> bool:
+def print_table(title: str, rows: Sequence[Row]) -> bool:
+    """The table; a target is met when the wall-clock median is under it."""
     width = max(len(name) for name, _, _ in rows)
     print(title)
-    print(f"{'measure':<{width}}  {'median':>9}  {'target':>8}  ok")
+    print(f"{'measure':<{width}}  {'wall':>9}  {'cpu':>9}  {'target':>8}  ok")
     all_ok = True
-    for name, seconds, target in rows:
-        ok = target is None or seconds < target
+    for name, (wall, cpu), target in rows:
+        ok = target is None or wall < target
         all_ok &= ok
         target_text = f"< {target:.1f} s" if target is not None else ""
         mark = "" if target is None else ("yes" if ok else "NO")
-        print(f"{name:<{width}}  {seconds:>7.3f} s  {target_text:>8}  {mark}")
+        print(f"{name:<{width}}  {wall:>7.3f} s  {cpu:>7.3f} s  {target_text:>8}  {mark}")
     return all_ok
 
 
@@ -185,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ok = print_table(f"protectctl {__version__}: {args.groups} groups x {args.members} members in "
                      f"{min(args.files, args.groups)} file(s); median of {args.runs} runs; "
-                     f"Python {sys.version.split()[0]}", rows)
+                     f"Python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f} "
+                     f"on {os.cpu_count()} CPU(s)", rows)
     return 0 if ok or not args.check else 1
 
 

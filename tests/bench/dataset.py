@@ -179,7 +179,7 @@ def layout(size: int, seed: int = DEFAULT_SEED) -> list[FileSpec]:
     return specs
 
 
-def build(root: Path, size: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED) -> dict:
+def build(root: Path, size: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED) -> dict[str, int]:
     """Create the dataset under ``root`` (which must be empty or absent). Returns a summary."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -222,7 +222,7 @@ class MutationReport:
     def changed_bytes(self) -> int:
         return self.overwritten_bytes + self.appended_bytes + self.added_bytes
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, object]:
         d = asdict(self)
         d.pop("changed")
         d["changed_bytes"] = self.changed_bytes
@@ -301,8 +301,8 @@ def mutate(root: Path, fraction: float, step: int, seed: int = DEFAULT_SEED) -> 
     while log_budget > 0 and small_txt:
         rel, _ = small_txt[rnd.randrange(len(small_txt))]
         n = min(rnd.randint(256, 8 * KiB), log_budget)
-        with open(root / rel, "ab") as f:
-            f.write(content(seed, key("ap", rel, log_budget), n, True))
+        with open(root / rel, "ab") as fa:
+            fa.write(content(seed, key("ap", rel, log_budget), n, True))
         rep.appended_bytes += n
         log_budget -= n
         append_budget -= n
@@ -310,8 +310,8 @@ def mutate(root: Path, fraction: float, step: int, seed: int = DEFAULT_SEED) -> 
     while append_budget > 0 and big:
         rel, _ = big[rnd.randrange(len(big))]
         n = min(rnd.randint(max(4 * KiB, region_max // 8), max(8 * KiB, region_max)), append_budget)
-        with open(root / rel, "ab") as f:
-            f.write(content(seed, key("ap", rel, append_budget), n, rel.endswith(".txt")))
+        with open(root / rel, "ab") as fa:
+            fa.write(content(seed, key("ap", rel, append_budget), n, rel.endswith(".txt")))
         rep.appended_bytes += n
         append_budget -= n
         appended.add(rel)
@@ -367,7 +367,9 @@ def manifest(root: Path, hash_files: bool = True) -> dict[str, tuple[int, str]]:
     return out
 
 
-def compare(expected: dict[str, tuple[int, str]], actual: dict[str, tuple[int, str]], limit: int = 10) -> list[str]:
+def compare(
+    expected: dict[str, tuple[int, str]], actual: dict[str, tuple[int, str]], limit: int = 10
+) -> list[str]:
     """Differences between two manifests, at most ``limit`` lines (empty: identical)."""
     problems = []
     for rel in sorted(expected.keys() - actual.keys()):

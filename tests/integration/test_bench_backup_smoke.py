@@ -39,9 +39,26 @@ def test_bench_backup_smoke(tmp_path: Path) -> None:
     tools = ["protectctl"] + [t for t, exe in (("restic", "restic"), ("borg", "borg")) if shutil.which(exe)]
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(HARNESS), "--size", "8MiB", "--tools", ",".join(tools),
-         "--workdir", str(tmp_path / "work"), "--output", str(out), "--timeout", "120"],
-        capture_output=True, text=True, timeout=240, cwd=REPO, check=False)
+        [
+            sys.executable,
+            str(HARNESS),
+            "--size",
+            "8MiB",
+            "--tools",
+            ",".join(tools),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--output",
+            str(out),
+            "--timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode == 0, f"harness exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
     results = json.loads(out.read_text())
     assert results["dataset"]["bytes"] == 8 << 20

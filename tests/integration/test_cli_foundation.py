@@ -122,7 +122,7 @@ def test_quickstart_lifecycle(quickstart: Path) -> None:
     changed = sorted(str(p.relative_to(root)) for p in after if before.get(p) != after[p])
     # updates rewrite only what changed
     assert changed == ["etc/protectctl/sources/docs--home.yaml", f"{UNITS}/protectctl-docs-home-sync.timer"]
-    assert "OnCalendar=*-*-* *:00/30:00" in after[root / UNITS / "protectctl-docs-home-sync.timer"].decode()
+    assert "OnCalendar=*-*-* *:00,30:00" in after[root / UNITS / "protectctl-docs-home-sync.timer"].decode()
     run_cli(quickstart, "plan", "--detailed-exitcode")
 
     # destroy removes what apply made, keeps the repository (and the passphrase it needs)
@@ -155,7 +155,7 @@ def test_saved_plan_applies_exactly(applied: Path) -> None:
     proc = run_cli(applied, "apply", str(plan_file))
     assert "Apply complete: 2 applied" in proc.stdout
     timer = (root_of(applied) / UNITS / "protectctl-docs-home-sync.timer").read_text()
-    assert "00/30" in timer
+    assert "*:00,30:00" in timer
     doc = plan_json(applied, "--detailed-exitcode", expect=2)
     assert changes(doc) == [("source.docs/home", "update"), ("schedule.docs/home/sync", "update")]
 
@@ -210,7 +210,7 @@ def test_state_commands(applied: Path) -> None:
     assert "removed schedule.docs/home/sync" in proc.stderr
     assert changes(plan_json(applied)) == [("schedule.docs/home/sync", "create")]
     assert "not in the state" in run_cli(applied, "state", "rm", "schedule.docs/home/sync", expect=1).stderr
-    assert "no lock" in run_cli(applied, "state", "unlock").stderr
+    assert "no lock" in run_cli(applied, "state", "unlock").stderr  # released normally: nothing stale
 
 
 HOLDER = """

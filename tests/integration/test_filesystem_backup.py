@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from protectctl.engine.storage.local import LocalStorage
 from protectctl.errors import ProviderError, RestoreError
 
 PASS = b"correct horse"
-T0 = datetime(2026, 8, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 8, 1, 12, 0, tzinfo=UTC)
 
 
 class Clock:
@@ -164,24 +163,14 @@ def test_full_detects_silent_change(tmp_path: Path) -> None:
     job = make_job(tmp_path, src)
     clock = Clock()
     run_backup(job, "sync", now=clock)
+    # A silent change: new content under the same size and mtime (the bit rot or the tool
+    # that restores mtimes a sync cannot see). ctime cannot be reset from user space, so
+    # the journal's recorded identity is pinned to the file's new one instead.
     before = victim.stat()
-    # Same size, same mtime and (below) same ctime is impossible to fake from user space,
-    # so what a real bit flip looks like is reproduced by bypassing the ctime check: write
-    # in place, restore the mtime, and recreate the journal identity expectation by a sync.
-    with open(victim, "r+b") as handle:
-        handle.write(b"B")
-    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
-    clock.tick(minutes=15)
-    run_backup(job, "sync", now=clock)  # ctime changed: the sync re-reads it (content B...)
-    # Now flip content again without any identity change the sync could see: the journal
-    # is rewritten with the current identity, then content changes under the same identity.
-    from protectctl.agent.journal import FileIdentity
-
-    ident = FileIdentity.of(victim.stat())
     with open(victim, "r+b") as handle:
         handle.write(b"C")
-    os.utime(victim, ns=(ident.mtime_ns, ident.mtime_ns))
-    _pin_identity(tmp_path, job, "data.bin", victim)
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    _pin_identity(tmp_path, "data.bin", victim)
     clock.tick(minutes=15)
     sync = run_backup(job, "sync", now=clock)
     assert sync.bytes_read == 0  # identity unchanged: a sync cannot see it
@@ -189,15 +178,16 @@ def test_full_detects_silent_change(tmp_path: Path) -> None:
     full = run_backup(job, "full", now=clock)
     assert full.kind == "full" and full.silent_changes == 1
     assert full.bytes_read == 100_000 + len("unchanged")
+    assert full.chunks_new == 1  # only the changed content is stored
     with Repository.open(job.storage, PASS) as repo:
         point = repo.load_point(full.point_id)
     assert point.extra["silent_changes"] == 1 and point.extra["silent_changed"] == ["data.bin"]
     out = tmp_path / "out"
     restore(job, "latest", target=out)
-    assert (out / "data.bin").read_bytes()[:1] == b"C"
+    assert (out / "data.bin").read_bytes() == b"C" + b"A" * 99_999
 
 
-def _pin_identity(tmp: Path, job: SourceJob, rel: str, path: Path) -> None:
+def _pin_identity(tmp: Path, rel: str, path: Path) -> None:
     """Rewrite the journal entry's identity to the file's current one (what a silent change keeps).
 
     ctime cannot be set from user space, so the test edits the agent's journal instead of
@@ -318,7 +308,10 @@ def test_scripts_succeeding_wrap_the_snapshot(tmp_path: Path) -> None:
     (src / "f").write_text("x")
     log = tmp_path / "log"
     job = make_job(
-        tmp_path, src, pre_script=f"sh -c 'echo pre >> {log}'", post_script=f"sh -c 'echo post $PROTECTCTL_STATUS >> {log}'"
+        tmp_path,
+        src,
+        pre_script=f"sh -c 'echo pre >> {log}'",
+        post_script=f"sh -c 'echo post $PROTECTCTL_STATUS >> {log}'",
     )
     assert run_backup(job, "sync", now=Clock()).ok
     assert log.read_text().split("\n")[:2] == ["pre", "post success"]
@@ -356,7 +349,12 @@ def test_restore_subpaths_dry_run_and_non_empty_target(tmp_path: Path) -> None:
     assert plan.dry_run and plan.files == 6 and plan.fits and not out.exists()
     assert plan.bytes_needed < plan.bytes_total  # holes and the hard link are not needed
     part = restore(job, "latest", target=out, subpaths=["sub/deep", "exec.sh"])
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["exec.sh", "sub", "sub/deep", "sub/deep/c.txt"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "exec.sh",
+        "sub",
+        "sub/deep",
+        "sub/deep/c.txt",
+    ]
     assert part.files == 2
     with pytest.raises(RestoreError, match="not empty"):
         restore(job, "latest", target=out)
@@ -415,9 +413,11 @@ def test_second_run_is_refused_naming_the_holder(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     job = make_job(tmp_path, src)
-    with source_lock(job.state_dir, job.source, "protectctl run sync docs/home"):
-        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
-            run_backup(job, "sync", now=Clock())
+    with (
+        source_lock(job.state_dir, job.source, "protectctl run sync docs/home"),
+        pytest.raises(LockedError, match=f"pid {os.getpid()}"),
+    ):
+        run_backup(job, "sync", now=Clock())
     assert run_backup(job, "sync", now=Clock()).ok
 
 

@@ -23,8 +23,21 @@ def _file_node(repo: Repository, writer: object, name: str, data: bytes) -> Node
     blob, _ = writer.add(BlobKind.DATA, data)  # type: ignore[attr-defined]
     hasher = repo.content_hasher()
     hasher.update(data)
-    return Node(name, NodeType.FILE, 0o644, 0, 0, None, None, 0, 0, 0, len(data), chunks=(blob,),
-                content_hash=hasher.digest())
+    return Node(
+        name,
+        NodeType.FILE,
+        0o644,
+        0,
+        0,
+        None,
+        None,
+        0,
+        0,
+        0,
+        len(data),
+        chunks=(blob,),
+        content_hash=hasher.digest(),
+    )
 
 
 class CraftedTrees:
@@ -76,9 +89,23 @@ def test_stored_escape_name_cannot_be_restored(tmp_path: Path) -> None:
     with Repository.open(job.storage, PASS) as repo:
         with repo.writer() as writer:
             node = _file_node(repo, writer, "placeholder", b"pwned")
-            document = {"v": 1, "nodes": [{"name": "../escape", "type": "file", "mode": 420, "uid": 0, "gid": 0,
-                                           "mtime_ns": 0, "atime_ns": 0, "ctime_ns": 0, "size": 5,
-                                           "chunks": [node.chunks[0].hex()]}]}
+            document = {
+                "v": 1,
+                "nodes": [
+                    {
+                        "name": "../escape",
+                        "type": "file",
+                        "mode": 420,
+                        "uid": 0,
+                        "gid": 0,
+                        "mtime_ns": 0,
+                        "atime_ns": 0,
+                        "ctime_ns": 0,
+                        "size": 5,
+                        "chunks": [node.chunks[0].hex()],
+                    }
+                ],
+            }
             tree, _ = writer.add(BlobKind.TREE, json.dumps(document).encode())
         repo.save_point(Point(new_point_id(), job.source, T0, "full", None, tree, PointStats(), True))
     target = tmp_path / "deep" / "target"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from protectctl.catalog import TimeSpecError, parse_time, select_point
 from protectctl.errors import RestoreError
 
-NOW = datetime(2026, 8, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 8, 20, 12, 0, tzinfo=UTC)
 PLUS2 = timezone(timedelta(hours=2))
 
 
@@ -30,11 +30,9 @@ def test_relative_forms() -> None:
 
 
 def test_iso_with_and_without_zone() -> None:
-    assert parse_time("2026-08-01T10:00:00Z", now=NOW) == datetime(2026, 8, 1, 10, tzinfo=timezone.utc)
-    assert parse_time("2026-08-01T10:00", now=NOW, local_tz=PLUS2) == datetime(
-        2026, 8, 1, 8, tzinfo=timezone.utc
-    )
-    assert parse_time("2026-08-01", now=NOW, local_tz=timezone.utc) == datetime(2026, 8, 1, tzinfo=timezone.utc)
+    assert parse_time("2026-08-01T10:00:00Z", now=NOW) == datetime(2026, 8, 1, 10, tzinfo=UTC)
+    assert parse_time("2026-08-01T10:00", now=NOW, local_tz=PLUS2) == datetime(2026, 8, 1, 8, tzinfo=UTC)
+    assert parse_time("2026-08-01", now=NOW, local_tz=UTC) == datetime(2026, 8, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("text", ["yesterday", "-2", "2h", "-2x", "2026-13-01", ""])
@@ -47,10 +45,10 @@ def test_bad_times_are_clear_errors(text: str) -> None:
 @given(st.text(max_size=30))
 def test_parse_time_never_raises_other_errors(text: str) -> None:
     try:
-        result = parse_time(text, now=NOW, local_tz=timezone.utc)
+        result = parse_time(text, now=NOW, local_tz=UTC)
     except TimeSpecError:
         return
-    assert result == "latest" or result.tzinfo is not None  # type: ignore[union-attr]
+    assert result == "latest" or result.tzinfo is not None
 
 
 def test_select_point_newest_at_or_before() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from protectctl.agent.throttle import ThrottledStorage, TokenBucket
@@ -35,8 +35,11 @@ def test_storage_throttles_only_inside_window(tmp_path: Path) -> None:
     bucket = TokenBucket(100, burst_bytes=100, clock=clock, sleep=clock.sleep)
     inside = [True]
     storage = ThrottledStorage(
-        LocalStorage(tmp_path), 100, window=lambda _: inside[0], bucket=bucket,
-        now=lambda: datetime(2026, 1, 1, tzinfo=timezone.utc),
+        LocalStorage(tmp_path),
+        100,
+        window=lambda _: inside[0],
+        bucket=bucket,
+        now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
     )
     storage.put(ObjectKind.DATA, "aa11", b"x" * 300)
     assert clock.t == 2.0

@@ -1,0 +1,244 @@
+"""The tape catalog: what each cartridge holds and where it is; a cache of the cartridges.
+
+Stored as JSON (`DIR/tape/catalog.json` beside the state file) through `fsutil.atomic_write`.
+Everything in it except vault names and location history can be rebuilt from the
+cartridges alone (`tape inventory --rebuild`); the cartridges are the truth. Expiry and
+recycling decisions are pure functions of the catalog values (`expiry_of`, `recyclable`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from protectctl.errors import TapeError
+from protectctl.fsutil import atomic_write
+
+CATALOG_FORMAT = "1.0"
+
+
+class CartridgeState(StrEnum):
+    SCRATCH = "scratch"  # labelled, holds nothing: free for its pool
+    FILLING = "filling"  # holds points, room left: the pool appends here
+    FULL = "full"  # end of media reached
+
+
+class LocationKind(StrEnum):
+    SLOT = "slot"
+    DRIVE = "drive"
+    VAULT = "vault"
+    TRANSIT = "in-transit"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    kind: LocationKind
+    name: str = ""  # slot/drive number, vault name
+
+    def __str__(self) -> str:
+        if self.kind is LocationKind.TRANSIT:
+            return f"in-transit to {self.name}" if self.name else "in-transit"
+        return f"{self.kind.value} {self.name}".strip()
+
+    @property
+    def in_library(self) -> bool:
+        return self.kind in (LocationKind.SLOT, LocationKind.DRIVE)
+
+    @staticmethod
+    def parse(text: str) -> Location:
+        """`vault-east`, `vault:east`, `in-transit[:vault-east]`, `library`/`slot`."""
+        head, _, rest = text.partition(":")
+        if head in ("library", "slot"):
+            return Location(LocationKind.SLOT, rest)
+        if head in ("in-transit", "transit"):
+            return Location(LocationKind.TRANSIT, rest)
+        if head == "vault":
+            if not rest:
+                raise TapeError("a vault needs a name: --to vault-east or --to vault:east")
+            return Location(LocationKind.VAULT, rest)
+        return Location(LocationKind.VAULT, text)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    time: datetime
+    location: str
+    note: str = ""
+
+
+@dataclass(slots=True)
+class Cartridge:
+    barcode: str
+    library: str
+    pool: str
+    state: CartridgeState
+    key_id: str
+    vid: str
+    labelled_at: datetime
+    capacity_bytes: int
+    bytes_used: int = 0
+    files: int = 0  # point segments written (tape files 1..files)
+    location: Location = field(default_factory=lambda: Location(LocationKind.SLOT))
+    history: list[Move] = field(default_factory=list)
+
+    def moved(self, location: Location, now: datetime, note: str = "") -> None:
+        if location != self.location or note:
+            self.location = location
+            self.history.append(Move(now, str(location), note))
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    barcode: str
+    file: int
+    part: int
+
+
+@dataclass(slots=True)
+class Copy:
+    """One recovery point on tape (possibly spanning cartridges)."""
+
+    point_id: str
+    source: str
+    point_time: datetime
+    point_kind: str
+    pool: str
+    library: str
+    retention_s: int
+    copied_at: datetime
+    parts: list[Part] = field(default_factory=list)
+    complete: bool = False  # the trailer was written
+    bytes_plain: int = 0
+    blobs: int = 0
+
+    @property
+    def expires(self) -> datetime:
+        from datetime import timedelta
+
+        return self.point_time + timedelta(seconds=self.retention_s)
+
+
+@dataclass(slots=True)
+class Catalog:
+    cartridges: dict[str, Cartridge] = field(default_factory=dict)
+    copies: dict[str, Copy] = field(default_factory=dict)  # by point id
+
+    def copies_on(self, barcode: str) -> list[Copy]:
+        return [c for c in self.copies.values() if any(p.barcode == barcode for p in c.parts)]
+
+    def cartridge(self, barcode: str) -> Cartridge:
+        found = self.cartridges.get(barcode)
+        if found is None:
+            known = ", ".join(sorted(self.cartridges)) or "none"
+            raise TapeError(f"no cartridge {barcode!r} in the tape catalog", hint=f"cartridges: {known}")
+        return found
+
+
+# -- pure decisions -----------------------------------------------------------------------------
+
+
+def expiry_of(copies: Iterable[Copy]) -> datetime | None:
+    """A cartridge expires when the last thing it holds does (None: holds nothing)."""
+    ends = [c.expires for c in copies]
+    return max(ends) if ends else None
+
+
+def recyclable(catalog: Catalog, now: datetime) -> list[str]:
+    """Barcodes whose every copy has expired (cartridges that hold something)."""
+    out = []
+    for barcode, cart in sorted(catalog.cartridges.items()):
+        if cart.state is CartridgeState.SCRATCH:
+            continue
+        expires = expiry_of(catalog.copies_on(barcode))
+        if expires is not None and expires <= now:
+            out.append(barcode)
+    return out
+
+
+# -- JSON -----------------------------------------------------------------------------------
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _dt(value: Any) -> datetime:
+    return datetime.fromisoformat(str(value)).astimezone(UTC)
+
+
+def catalog_to_json(catalog: Catalog) -> dict[str, object]:
+    carts = {}
+    for b, c in sorted(catalog.cartridges.items()):
+        carts[b] = {
+            "barcode": c.barcode, "library": c.library, "pool": c.pool, "state": c.state.value,
+            "key_id": c.key_id, "vid": c.vid, "labelled_at": _iso(c.labelled_at),
+            "capacity_bytes": c.capacity_bytes, "bytes_used": c.bytes_used, "files": c.files,
+            "location": {"kind": c.location.kind.value, "name": c.location.name},
+            "history": [{"time": _iso(m.time), "location": m.location, "note": m.note} for m in c.history],
+        }
+    copies = []
+    for cp in sorted(catalog.copies.values(), key=lambda c: (c.source, c.point_time, c.point_id)):
+        copies.append({
+            "point_id": cp.point_id, "source": cp.source, "point_time": _iso(cp.point_time),
+            "point_kind": cp.point_kind, "pool": cp.pool, "library": cp.library, "retention_s": cp.retention_s,
+            "expires": _iso(cp.expires), "copied_at": _iso(cp.copied_at), "complete": cp.complete,
+            "bytes_plain": cp.bytes_plain, "blobs": cp.blobs,
+            "parts": [{"barcode": p.barcode, "file": p.file, "part": p.part} for p in cp.parts],
+        })
+    return {"format_version": CATALOG_FORMAT, "cartridges": carts, "copies": copies}
+
+
+def catalog_from_json(doc: dict[str, Any]) -> Catalog:
+    catalog = Catalog()
+    for b, c in doc["cartridges"].items():
+        catalog.cartridges[b] = Cartridge(
+            barcode=c["barcode"], library=c["library"], pool=c["pool"], state=CartridgeState(c["state"]),
+            key_id=c["key_id"], vid=c["vid"], labelled_at=_dt(c["labelled_at"]),
+            capacity_bytes=int(c["capacity_bytes"]), bytes_used=int(c["bytes_used"]), files=int(c["files"]),
+            location=Location(LocationKind(c["location"]["kind"]), str(c["location"]["name"])),
+            history=[Move(_dt(m["time"]), str(m["location"]), str(m["note"])) for m in c["history"]],
+        )
+    for cp in doc["copies"]:
+        catalog.copies[cp["point_id"]] = Copy(
+            point_id=cp["point_id"], source=cp["source"], point_time=_dt(cp["point_time"]),
+            point_kind=cp["point_kind"], pool=cp["pool"], library=cp["library"],
+            retention_s=int(cp["retention_s"]), copied_at=_dt(cp["copied_at"]),
+            parts=[Part(p["barcode"], int(p["file"]), int(p["part"])) for p in cp["parts"]],
+            complete=bool(cp["complete"]), bytes_plain=int(cp["bytes_plain"]), blobs=int(cp["blobs"]),
+        )
+    return catalog
+
+
+def load_catalog(path: Path) -> Catalog:
+    """The catalog at `path` (empty when there is none); TapeError when it is damaged."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Catalog()
+    except OSError as err:
+        raise TapeError(f"reading tape catalog {path}: {err.strerror}") from err
+    try:
+        doc = json.loads(raw)
+        if str(doc["format_version"]).split(".")[0] != CATALOG_FORMAT.split(".")[0]:
+            raise ValueError(f"format {doc['format_version']}")
+        return catalog_from_json(doc)
+    except (ValueError, KeyError, TypeError) as err:
+        raise TapeError(f"tape catalog {path} is damaged ({err})",
+                        hint="rebuild it from the cartridges with `protectctl tape inventory --rebuild`") from err
+
+
+def save_catalog(path: Path, catalog: Catalog) -> None:
+    try:
+        atomic_write(path, json.dumps(catalog_to_json(catalog), indent=1, sort_keys=True).encode() + b"\n",
+                     mode=0o600)
+    except OSError as err:
+        raise TapeError(f"writing tape catalog {path}: {err.strerror}") from err
+
+
+def sorted_cartridges(catalog: Catalog, pool: str | None = None) -> Sequence[Cartridge]:
+    return [c for _, c in sorted(catalog.cartridges.items()) if pool is None or c.pool == pool]

@@ -1,0 +1,305 @@
+"""The protectctl tape format, version 1 (documented in docs/tape-format.md).
+
+Owns the byte layout of every record on a cartridge and its cryptography: the clear label
+(file 0) carrying the per-cartridge data key wrapped by a key-encryption key, and sealed
+records (AES-256-GCM) bound to the cartridge's volume id, barcode, file and record number
+and record type, so a record moved, reordered, swapped to another cartridge or altered
+fails authentication. No I/O: bytes in, values out (randomness only for keys and nonces).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+
+import zstandard
+
+from protectctl.engine.crypto import Sealer, aad
+from protectctl.engine.ids import BlobId
+from protectctl.engine.points import Point, PointStats
+from protectctl.errors import CorruptionError, TapeError, WrongKeyError
+
+FORMAT_NAME = "protectctl-tape"
+FORMAT_VERSION = 1
+LABEL_TYPE = b"L"
+# Records of ~4 MiB: big enough that per-record costs (framing, GCM tag, a syscall) vanish,
+# small enough to hold one record per blob in memory; LTO drives stream at 256 KiB+ blocks.
+RECORD_TARGET_BYTES = 4 << 20
+_ZSTD_LEVEL = 3
+_BLOB_ENTRY = 1 + 32 + 4
+
+
+class RecordType(Enum):
+    HEADER = b"H"  # a point segment begins: point manifest, part number
+    DATA = b"D"  # tree and data blobs
+    TRAILER = b"T"  # the point's last segment ends: totals
+    END_OF_VOLUME = b"V"  # the writer hit end of media; the point continues elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """File 0 of a cartridge, in clear; its fields are bound into the wrapped key's AAD."""
+
+    barcode: str
+    vid: str  # random 32 hex, new at every labelling: a recycled cartridge is a new volume
+    pool: str
+    key_id: str
+    key_name: str
+    library: str
+    labelled_at: datetime
+    wrapped_key: bytes = field(repr=False)
+
+    def identity(self) -> dict[str, object]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "barcode": self.barcode,
+            "vid": self.vid,
+            "pool": self.pool,
+            "key_id": self.key_id,
+            "key_name": self.key_name,
+            "library": self.library,
+            "labelled_at": self.labelled_at.astimezone(UTC).isoformat(),
+        }
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def new_label(
+    barcode: str, pool: str, key_id: str, key_name: str, kek: bytes, library: str, now: datetime
+) -> tuple[Label, bytes]:
+    """A fresh label and its data key (random, 32 bytes), wrapped under `kek`."""
+    data_key = os.urandom(32)
+    unwrapped = Label(barcode, os.urandom(16).hex(), pool, key_id, key_name, library, now, b"")
+    wrapped = Sealer(kek).seal(data_key, aad("tape-label", _canonical(unwrapped.identity())))
+    return Label(barcode, unwrapped.vid, pool, key_id, key_name, library, now, wrapped), data_key
+
+
+def unwrap_data_key(label: Label, kek: bytes) -> bytes:
+    """The cartridge's data key; WrongKeyError if `kek` is not the label's key or the label was altered."""
+    try:
+        return Sealer(kek).open(label.wrapped_key, aad("tape-label", _canonical(label.identity())),
+                                f"label of {label.barcode}")
+    except CorruptionError as err:
+        raise WrongKeyError(
+            f"cartridge {label.barcode}: key {label.key_id} does not open its label (wrong key or altered label)"
+        ) from err
+
+
+def encode_label(label: Label) -> bytes:
+    doc = {**label.identity(), "wrapped_key": base64.b64encode(label.wrapped_key).decode()}
+    return LABEL_TYPE + json.dumps(doc, sort_keys=True, indent=1).encode()
+
+
+def decode_label(raw: bytes, where: str) -> Label:
+    """Parse a label record; TapeError when it is not a protectctl label of a known version."""
+    if not raw.startswith(LABEL_TYPE):
+        raise TapeError(f"{where}: the first record is not a protectctl tape label")
+    try:
+        d = json.loads(raw[1:])
+        if d["format"] != FORMAT_NAME:
+            raise ValueError("not a protectctl tape")
+        if d["version"] != FORMAT_VERSION:
+            raise TapeError(f"{where}: tape format version {d['version']} is not supported "
+                            f"(this protectctl reads version {FORMAT_VERSION})")
+        return Label(str(d["barcode"]), str(d["vid"]), str(d["pool"]), str(d["key_id"]), str(d["key_name"]),
+                     str(d["library"]), _utc(d["labelled_at"]), base64.b64decode(d["wrapped_key"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise TapeError(f"{where}: damaged or foreign tape label ({err})") from err
+
+
+class VolumeCipher:
+    """Seals and opens the records of one cartridge volume."""
+
+    def __init__(self, label: Label, data_key: bytes) -> None:
+        self.label = label
+        self._sealer = Sealer(data_key)
+        self._vid = label.vid.encode()
+        self._barcode = label.barcode.encode()
+
+    def _aad(self, kind: RecordType, file_no: int, record_no: int) -> bytes:
+        return aad("tape-record", self._vid, self._barcode, file_no.to_bytes(4, "big"),
+                   record_no.to_bytes(4, "big"), kind.value)
+
+    def seal(self, kind: RecordType, file_no: int, record_no: int, plaintext: bytes) -> bytes:
+        return kind.value + self._sealer.seal(plaintext, self._aad(kind, file_no, record_no))
+
+    def open(self, raw: bytes, file_no: int, record_no: int) -> tuple[RecordType, bytes]:
+        """Type and plaintext; CorruptionError naming the cartridge and position."""
+        where = f"cartridge {self.label.barcode} file {file_no} record {record_no}"
+        kind = record_type(raw, where)
+        return kind, self._sealer.open(raw[1:], self._aad(kind, file_no, record_no), where)
+
+
+def record_type(raw: bytes, where: str) -> RecordType:
+    """The record's type byte (in clear, but authenticated: it is part of the AAD)."""
+    try:
+        return RecordType(raw[:1])
+    except ValueError:
+        raise CorruptionError(f"{where}: unknown record type {raw[:1]!r} (damaged or tampered)") from None
+
+
+# -- headers, data records, trailers ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    """What opens every segment of a copied point (part 1, 2, ... when it spans cartridges)."""
+
+    point: Point
+    part: int
+    repository_id: str
+    id_key: bytes = field(repr=False)  # to verify blob ids and file hashes without the repository
+    retention_s: int
+    copied_at: datetime
+    previous_barcode: str | None = None  # where part-1 lies, for a continuation
+
+    @property
+    def expires(self) -> datetime:
+        from datetime import timedelta
+
+        return self.point.time + timedelta(seconds=self.retention_s)
+
+
+def point_to_json(point: Point) -> dict[str, object]:
+    return {
+        "id": point.id,
+        "source": point.source,
+        "time": point.time.astimezone(UTC).isoformat(),
+        "kind": point.kind,
+        "parent": point.parent,
+        "tree": point.tree.hex() if point.tree is not None else None,
+        "stats": {f: getattr(point.stats, f) for f in point.stats.__dataclass_fields__},
+        "complete": point.complete,
+        "errors": list(point.errors),
+        "host": point.host,
+        "tags": dict(point.tags),
+        "extra": dict(point.extra),
+    }
+
+
+def point_from_json(d: Mapping[str, object]) -> Point:
+    tree = d["tree"]
+    stats = d["stats"]
+    tags = d["tags"]
+    extra = d["extra"]
+    errors = d["errors"]
+    assert isinstance(stats, dict) and isinstance(tags, dict) and isinstance(extra, dict)
+    assert isinstance(errors, list)
+    return Point(
+        id=str(d["id"]), source=str(d["source"]), time=_utc(str(d["time"])), kind=str(d["kind"]),
+        parent=str(d["parent"]) if d["parent"] is not None else None,
+        tree=BlobId(bytes.fromhex(tree)) if isinstance(tree, str) else None,
+        stats=PointStats(**stats), complete=bool(d["complete"]), errors=tuple(str(e) for e in errors),
+        host=str(d["host"]), tags={str(k): str(v) for k, v in tags.items()}, extra=dict(extra),
+    )
+
+
+def encode_header(h: SegmentHeader) -> bytes:
+    return _canonical({
+        "v": FORMAT_VERSION, "part": h.part, "point": point_to_json(h.point),
+        "repository": {"id": h.repository_id, "id_key": base64.b64encode(h.id_key).decode()},
+        "retention_s": h.retention_s, "copied_at": h.copied_at.astimezone(UTC).isoformat(),
+        "previous_barcode": h.previous_barcode,
+    })
+
+
+def decode_header(plain: bytes, where: str) -> SegmentHeader:
+    try:
+        d = json.loads(plain)
+        if d["v"] != FORMAT_VERSION:
+            raise ValueError(f"header version {d['v']}")
+        repo = d["repository"]
+        return SegmentHeader(
+            point=point_from_json(d["point"]), part=int(d["part"]), repository_id=str(repo["id"]),
+            id_key=base64.b64decode(repo["id_key"]), retention_s=int(d["retention_s"]),
+            copied_at=_utc(d["copied_at"]), previous_barcode=d["previous_barcode"],
+        )
+    except (ValueError, KeyError, TypeError, AssertionError) as err:
+        raise CorruptionError(f"{where}: malformed point header ({err})") from err
+
+
+@dataclass(frozen=True, slots=True)
+class Trailer:
+    point_id: str
+    parts: int
+    blobs: int
+    bytes_plain: int
+
+
+def encode_trailer(t: Trailer) -> bytes:
+    return _canonical({"v": FORMAT_VERSION, "point_id": t.point_id, "parts": t.parts, "blobs": t.blobs,
+                       "bytes_plain": t.bytes_plain})
+
+
+def decode_trailer(plain: bytes, where: str) -> Trailer:
+    try:
+        d = json.loads(plain)
+        return Trailer(str(d["point_id"]), int(d["parts"]), int(d["blobs"]), int(d["bytes_plain"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise CorruptionError(f"{where}: malformed point trailer ({err})") from err
+
+
+def encode_end_of_volume(point_id: str, part: int) -> bytes:
+    return _canonical({"v": FORMAT_VERSION, "point_id": point_id, "part": part})
+
+
+@dataclass(frozen=True, slots=True)
+class TapeBlob:
+    kind: int  # 0 data, 1 tree (engine.pack.BlobKind values)
+    blob_id: BlobId
+    data: bytes = field(repr=False)
+
+
+def encode_blobs(blobs: Sequence[TapeBlob]) -> bytes:
+    """A data record's plaintext: zstd(u32 n || n * (kind, id, len) || payloads)."""
+    table = bytearray(len(blobs).to_bytes(4, "big"))
+    for blob in blobs:
+        table += bytes([blob.kind]) + bytes(blob.blob_id) + len(blob.data).to_bytes(4, "big")
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(bytes(table) + b"".join(b.data for b in blobs))
+
+
+def decode_blobs(plain: bytes, where: str) -> list[TapeBlob]:
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(plain, max_output_size=64 << 20)
+        count = int.from_bytes(raw[:4], "big")
+        pos = 4 + count * _BLOB_ENTRY
+        out = []
+        for i in range(count):
+            entry = raw[4 + i * _BLOB_ENTRY: 4 + (i + 1) * _BLOB_ENTRY]
+            length = int.from_bytes(entry[33:37], "big")
+            out.append(TapeBlob(entry[0], BlobId(entry[1:33]), raw[pos:pos + length]))
+            pos += length
+        if pos != len(raw) or len(out) != count:
+            raise ValueError("blob table does not match the payload")
+        return out
+    except (zstandard.ZstdError, ValueError, IndexError) as err:
+        raise CorruptionError(f"{where}: malformed data record ({err})") from err
+
+
+def batch_blobs(blobs: Iterable[TapeBlob], target_bytes: int = RECORD_TARGET_BYTES) -> Iterable[list[TapeBlob]]:
+    """Group blobs into records of about `target_bytes` (a bigger blob gets a record of its own)."""
+    batch: list[TapeBlob] = []
+    size = 0
+    for blob in blobs:
+        if batch and size + len(blob.data) > target_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(blob)
+        size += len(blob.data)
+    if batch:
+        yield batch
+
+
+def _utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError("time without a zone")
+    return value.astimezone(UTC)
