@@ -427,13 +427,32 @@ def passphrase_reader(storage: dict[str, Any]) -> Callable[[], bytes]:
 
 def run_backup(policy_dir: Path, kind: str, group: str, member: str | None, *,
                agent_config: Path | None, progress: Any) -> list[Any]:
-    """Run sync or full for the chosen sources; one result per source (errors as results)."""
+    """Run sync or full for the chosen sources; one result per source, a failure included, so
+    that one member's failure (a busy lock, a failed pre script) does not stop the others."""
     from protectctl.agent.jobs import run_backup as run
 
-    results = []
+    results: list[Any] = []
     for target in sources(policy_dir, agent_config=agent_config, group=group, member=member):
-        results.append(run(source_job(target), kind, progress=progress))  # type: ignore[arg-type]
+        try:
+            results.append(run(source_job(target), kind, progress=progress))  # type: ignore[arg-type]
+        except ProtectctlError as err:
+            results.append(BackupFailure(str(target.inputs["source"]), kind, err.message, err.hint))
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class BackupFailure:
+    """A backup job that produced no recovery point."""
+
+    source: str
+    requested_kind: str
+    message: str
+    hint: str | None = None
+    ok: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {"source": self.source, "requested_kind": self.requested_kind, "ok": False,
+                "error": self.message, "hint": self.hint}
 
 
 def storages_of(targets: Sequence[SourceTarget]) -> dict[str, dict[str, Any]]:

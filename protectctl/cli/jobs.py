@@ -210,6 +210,9 @@ def _run_backup(env: Env, kind: str, group: str, member: str | None) -> None:
 
 
 def backup_line(r: Any) -> str:
+    if not hasattr(r, "point_id"):  # api.BackupFailure
+        hint = f"\n  hint: {r.hint}" if r.hint else ""
+        return f"{r.source}: {r.requested_kind} FAILED: {r.message}{hint}"
     state = "complete" if r.complete else f"INCOMPLETE ({len(r.errors)} file(s) missed)"
     line = (f"{r.source}: {r.kind} point {r.point_id[:12]} at {r.time:%Y-%m-%d %H:%M:%S}Z, {state}: "
             f"{r.files:,} files, {human_bytes(r.bytes_total)}, read {human_bytes(r.bytes_read)}, "

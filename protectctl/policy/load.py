@@ -12,6 +12,7 @@ line and column of each one (`Locator`).
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -140,15 +141,17 @@ class Locator:
 
 
 def policy_files(policy_dir: Path) -> list[Path]:
-    """Every *.yaml / *.yml under the directory, recursively, in a stable order."""
+    """Every *.yaml / *.yml under the directory, recursively, in a stable order.
+
+    Hidden and tool directories are pruned, not walked: the quick start keeps its repository
+    (thousands of pack files after a while) under ./.protectctl. Hidden files are skipped too
+    (a policy repository's .gitlab-ci.yml is no policy).
+    """
     found: list[Path] = []
-    for path in sorted(policy_dir.rglob("*")):
-        rel = path.relative_to(policy_dir).parts
-        if any(part in SKIP_DIRS or part.startswith(".") for part in rel[:-1]):
-            continue
-        if path.suffix in (".yaml", ".yml") and path.is_file():
-            found.append(path)
-    return found
+    for top, dirs, files in os.walk(policy_dir):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
+        found += [Path(top, f) for f in files if f.endswith((".yaml", ".yml")) and not f.startswith(".")]
+    return sorted(found)
 
 
 def load_policy(policy_dir: Path) -> Policy:
