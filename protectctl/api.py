@@ -240,7 +240,8 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
         return pure_plan(
             resources(policy), state, now=now or datetime.now(UTC), version=__version__,
             policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observed,
-            estimates=[] if destroy else estimates(policy), warnings=[str(w) for w in policy.warnings])
+            estimates=[] if destroy else estimates(policy),
+            warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy))
 
 
 def plan(policy_dir: Path, *, out: Path | None = None, destroy: bool = False, delete_data: bool = False,
@@ -319,6 +320,10 @@ def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[
         state = backend.read()
         if plan_file is not None:
             the_plan = read_plan(plan_file)
+            if the_plan.serial == 0 and not backend.path.exists():
+                # planned before any state was written (the first GitOps merge): the empty state
+                # read then had a lineage of its own that was never saved; this one is its twin
+                state.lineage = the_plan.lineage
             plan_is_applicable(the_plan, state)
         else:
             the_plan = make_plan(policy_dir, state, policy=policy, destroy=destroy, delete_data=delete_data,
@@ -476,7 +481,9 @@ def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | 
 
 def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path | None,
             target: str | None, subpaths: Sequence[str], dry_run: bool, overwrite: bool,
-            progress: Any) -> Any:
+            progress: Any, from_tape: bool = False, options: dict[str, object] | None = None) -> Any:
+    """Restore a source to a time. `options` are provider restore options (postgresql: port,
+    database, as_name), passed through untouched."""
     from protectctl.agent.jobs import restore as run_restore
     from protectctl.catalog.timespec import parse_time
     from protectctl.errors import RestoreError
@@ -496,8 +503,25 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
                                    hint="restore to a path on this machine")
             target = rest
         path = Path(target).absolute()
-    return run_restore(source_job(job_target), when, target=path, subpaths=subpaths, dry_run=dry_run,
-                       overwrite=overwrite, progress=progress)
+    job = source_job(job_target)
+    copy = _tape_copy_for_restore(policy_dir, job, when, from_tape=from_tape)
+    if copy is not None:
+        return tape_service(policy_dir).restore(job, copy, target=path, subpaths=subpaths, dry_run=dry_run,
+                                                overwrite=overwrite, progress=progress)
+    return run_restore(job, when, target=path, subpaths=subpaths, dry_run=dry_run,
+                       overwrite=overwrite, progress=progress, options=options)
+
+
+def recovery_windows(points: Sequence[Any]) -> dict[str, list[str]]:
+    """For sources whose provider rolls logs forward: source → lines describing the recoverable
+    time spans, gaps and dropped logs (what `points list` and `status` show under the table)."""
+    from providers.postgresql_catalog import build_catalog, describe_windows
+
+    by_source: dict[str, list[Any]] = {}
+    for p in points:
+        if p.tags.get("provider") == "postgresql":
+            by_source.setdefault(p.source, []).append(p)
+    return {source: describe_windows(build_catalog(pts)) for source, pts in sorted(by_source.items())}
 
 
 def prune(policy_dir: Path, group: str | None, *, agent_config: Path | None, dry_run: bool,
@@ -566,3 +590,150 @@ def status(policy_dir: Path, group: str | None, *, agent_config: Path | None) ->
 
     targets = sources(policy_dir, agent_config=agent_config, group=group)
     return job_status([source_job(t) for t in targets], now=datetime.now(UTC))
+
+
+# --- tape and keys (protectctl.tape) ---------------------------------------------------------
+
+
+def tape_service(policy_dir: Path, policy: Policy | None = None) -> Any:
+    """A protectctl.tape.service.TapeService for the policy: catalog and keys beside the state file."""
+    from protectctl.tape.service import TapeService, context_from_policy
+
+    policy = policy or load(policy_dir)
+    home = state_backend(policy_dir, policy).path.parent
+    return TapeService(context_from_policy(policy, home), now=datetime.now(UTC))
+
+
+def tape_key_warnings(policy_dir: Path, policy: Policy) -> list[str]:
+    """Plan warnings: tape keys protecting data that were never exported (empty without tape)."""
+    from protectctl.policy.model import Kind
+
+    if not policy.of(Kind.TAPE_LIBRARY):
+        return []
+    try:
+        return list(tape_service(policy_dir, policy).key_warnings())
+    except ProtectctlError as err:
+        return [f"tape keys could not be checked: {err.message}"]
+
+
+def _tape_copy_for_restore(policy_dir: Path, job: Any, when: Any, *, from_tape: bool) -> Any:
+    """The tape copy to restore from: asked for, or the disk has no point for `when` (or is gone)."""
+    from protectctl.catalog.select import select_point
+    from protectctl.errors import RepositoryError, RestoreError
+    from protectctl.policy.model import Kind
+
+    policy = load(policy_dir)
+    if not policy.of(Kind.TAPE_LIBRARY):
+        if from_tape:
+            raise RestoreError("the policy has no TapeLibrary", hint="restore from disk (drop --from tape)")
+        return None
+    service = tape_service(policy_dir, policy)
+    if from_tape:
+        return service.choose(job.source, when)
+    if not service.copies_of(job.source):
+        return None
+    try:
+        from protectctl.agent.jobs import list_points as disk_points
+
+        on_disk = [p for p in disk_points(job.storage, job.passphrase(), job.source) if p.source == job.source]
+    except RepositoryError:
+        on_disk = []
+    try:
+        tape_copy = service.choose(job.source, when)
+    except RestoreError:
+        return None
+    try:
+        disk_point = select_point(on_disk, when, source=job.source)
+    except RestoreError:
+        return tape_copy
+    return tape_copy if tape_copy.point_time > disk_point.time else None
+
+
+def run_tape(policy_dir: Path, group: str, member: str | None, *, all_points: bool = False,
+             progress: Any = None) -> Any:
+    """D2D2T (or D2T): copy the group's points that are not on tape yet to its SLA's pool."""
+    from protectctl.tape.service import group_target
+
+    policy = load(policy_dir)
+    target, copy_from = group_target(policy, group)
+    jobs = [source_job(t) for t in sources(policy_dir, agent_config=None, group=group, member=member)]
+    return tape_service(policy_dir, policy).copy_group(group, target, jobs, all_points=all_points,
+                                                       copy_from=copy_from, progress=progress)
+
+
+def tape_list(policy_dir: Path, pool: str | None = None) -> list[Any]:
+    return list(tape_service(policy_dir).rows(pool))
+
+
+def tape_label(policy_dir: Path, count: int, pool: str, library: str | None = None) -> list[Any]:
+    service = tape_service(policy_dir)
+    made = {c.barcode for c in service.label(count, pool, library)}
+    return [r for r in service.rows() if r.barcode in made]
+
+
+def tape_move(policy_dir: Path, barcode: str, to: str) -> Any:
+    service = tape_service(policy_dir)
+    service.move(barcode, to)
+    return next(r for r in service.rows() if r.barcode == barcode)
+
+
+def tape_recycle(policy_dir: Path, *, dry_run: bool = False) -> Any:
+    return tape_service(policy_dir).recycle(dry_run=dry_run)
+
+
+def tape_inventory(policy_dir: Path, *, rebuild: bool = False) -> Any:
+    return tape_service(policy_dir).inventory(rebuild=rebuild)
+
+
+def keys_list(policy_dir: Path) -> list[dict[str, object]]:
+    from protectctl.tape.service import key_rows
+
+    service = tape_service(policy_dir)
+    return key_rows(service.keys.infos(), service.cartridges_by_key())
+
+
+def keys_rotate(policy_dir: Path, name: str) -> dict[str, object]:
+    service = tape_service(policy_dir)
+    return dict(service.keys.rotate(name, now=service.now).to_json())
+
+
+def _passphrase_file(path: Path) -> bytes:
+    from protectctl.secret import SecretRef
+
+    return SecretRef(file=path).resolve().value
+
+
+def keys_export(policy_dir: Path, key: str, dest: Path, *, passphrase_file: Path | None = None) -> list[str]:
+    """Export KEY (an id, or an EncryptionKey name: all its keys) to a passphrase-protected file."""
+    from protectctl.errors import TapeError
+
+    service = tape_service(policy_dir)
+    keys = service.keys.resolve(key)
+    names = {k.name for k in keys}
+    if passphrase_file is not None:
+        passphrase = _passphrase_file(passphrase_file)
+    else:
+        (name,) = names
+        passphrase = service.ctx.passphrases[name]() if name in service.ctx.passphrases else b""
+        if not passphrase:
+            raise TapeError(f"no passphrase for EncryptionKey {name}", hint="give --passphrase-file")
+    service.keys.export(keys, dest, passphrase, now=service.now)
+    return [k.id for k in keys]
+
+
+def keys_import(policy_dir: Path, source: Path, *, passphrase_file: Path | None = None) -> list[str]:
+    """Import keys exported at another site; they are re-wrapped under the local passphrase."""
+    from protectctl.errors import TapeError
+
+    service = tape_service(policy_dir)
+
+    def opener(name: str) -> bytes:
+        if passphrase_file is not None:
+            return _passphrase_file(passphrase_file)
+        resolver = service.ctx.passphrases.get(name)
+        if resolver is None:
+            raise TapeError(f"the export holds keys of EncryptionKey {name}, which this policy lacks",
+                             hint="add that EncryptionKey, or give --passphrase-file")
+        return bytes(resolver())
+
+    return [k.id for k in service.keys.import_file(source, opener, now=service.now)]

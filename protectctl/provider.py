@@ -17,6 +17,7 @@ import importlib.metadata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from protectctl.errors import ProviderError
@@ -25,12 +26,16 @@ from protectctl.progress import NullProgress, Progress
 if TYPE_CHECKING:
     from protectctl.engine.ids import BlobId
     from protectctl.engine.repository import BlobWriter, Point, Repository
+    from protectctl.restore.selection import PointReader
 
 ENTRY_POINT_GROUP = "protectctl.providers"
 
 # Used when protectctl runs from a source checkout that was never pip-installed, so its
 # own entry points are not registered; installed entry points always win.
-_BUILTIN = {"filesystem": "providers.filesystem:FilesystemProvider"}
+_BUILTIN = {
+    "filesystem": "providers.filesystem:FilesystemProvider",
+    "postgresql": "providers.postgresql:PostgresqlProvider",
+}
 
 SnapshotKind = Literal["sync", "full"]
 
@@ -74,12 +79,17 @@ class RestoreRequest:
     source: str
     spec: Mapping[str, object]
     point: Point
-    repo: Repository
+    repo: Repository | PointReader  # a PointReader when the point is read back from tape
     target: Path | None  # None: the original place
     subpaths: Sequence[str] = ()
     dry_run: bool = False
     overwrite: bool = False
     progress: Progress = field(default_factory=NullProgress)
+    # The instant asked for (UTC) or "latest"; None when the caller picked the point itself.
+    to_time: datetime | Literal["latest"] | None = None
+    # Provider-specific restore options from the CLI (postgresql: port, database, as_name).
+    options: Mapping[str, object] = field(default_factory=dict)
+    state_dir: Path | None = None  # the agent's per-host state (where a provider keeps its spool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,7 @@ class RestoreOutcome:
     verified: int  # files whose content matched their stored hash
     written: bool  # False for a dry run
     notes: tuple[str, ...] = ()
+    details: Mapping[str, object] = field(default_factory=dict)  # provider facts, JSON values
 
 
 class Provider(Protocol):
@@ -115,12 +126,36 @@ class Provider(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class PrepareRequest:
+    source: str  # "group/member"
+    spec: Mapping[str, object]  # the member spec, snake_case
+    state_dir: Path  # the agent's per-host state directory on that host
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareOutcome:
+    changes: tuple[str, ...] = ()  # what was changed, one sentence each
+    warnings: tuple[str, ...] = ()  # what the operator must know or do (e.g. a restart is pending)
+
+
 @runtime_checkable
 class HostPreparer(Protocol):
     """A provider that must configure the host before protecting it (e.g. WAL archiving)."""
 
-    def prepare_host(self, spec: Mapping[str, object]) -> list[str]:
-        """Make the host ready; returns what was changed, raises ProviderError."""
+    def prepare_host(self, request: PrepareRequest) -> PrepareOutcome:
+        """Make the host ready (idempotent); raises ProviderError."""
+        ...
+
+
+@runtime_checkable
+class PointChooser(Protocol):
+    """A provider that picks the point to restore itself (e.g. base backup + logs for a time)."""
+
+    def choose_point(
+        self, points: Sequence[Point], to_time: datetime | Literal["latest"], *, source: str
+    ) -> Point:
+        """The point a restore to `to_time` starts from; raises RestoreError saying why none fits."""
         ...
 
 

@@ -39,17 +39,31 @@ def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(directory: Path | None, *args: str, expect: int | None = 0, env: Mapping[str, str] | None = None,
-            timeout: float = 60, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    directory: Path | None,
+    *args: str,
+    expect: int | None = 0,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+    stdin: int | None = subprocess.DEVNULL,
+) -> subprocess.CompletedProcess[str]:
     """Run `protectctl [-C DIR] ARGS` as a subprocess; assert the exit code and that no traceback leaked."""
-    proc = subprocess.run(cli_argv(directory, *args), capture_output=True, text=True, timeout=timeout,
-                          env=cli_env(env), stdin=stdin, check=False)
+    proc = subprocess.run(
+        cli_argv(directory, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(env),
+        stdin=stdin,
+        check=False,
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "internal error" not in proc.stderr, proc.stderr
     if expect is not None:
         assert proc.returncode == expect, (
             f"protectctl {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
-            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
     return proc
 
 

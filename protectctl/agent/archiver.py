@@ -12,8 +12,9 @@ but whose content differs changed behind the filesystem's back (a silent change)
 counted and named in the result. Entries that vanish or cannot be read are listed as errors
 (the point will be incomplete) and left out of the tree; the walk goes on.
 
-It never prints; it reports to the Progress protocol. It holds no file content beyond the
-chunk being handed over: the writer bounds the data in flight.
+It never prints; it reports to the Progress protocol. It holds no file content beyond one
+reused read buffer (chunks are views of it): the writer copies new chunks and bounds the
+data in flight.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from protectctl.progress import NullProgress, Progress
 log = logging.getLogger(__name__)
 
 _SILENT_NAMED = 100  # silent changes named in the point; all are counted
-# Files up to this size are read with one pread and chunked from memory (bounded: 8 MiB).
-_SMALL_FILE = 8 << 20
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -102,6 +101,8 @@ class Archiver:
         self.progress = progress or NullProgress()
         self.result = ArchiveResult()
         self._chunker = repo.chunker()
+        # One read buffer for every file: chunks are views of it (the writer copies new ones).
+        self._buf = self._chunker.read_buffer()
         self._links: dict[tuple[int, int], Content] = {}
         self._root_dev = 0
         self._noatime = True
@@ -275,11 +276,7 @@ class Archiver:
             if not stat.S_ISREG(st.st_mode):  # replaced by something else since the lstat
                 self.result.errors.append(f"{rel}: changed type while being read")
                 return None
-            content = (
-                self._read_small(fd, st)
-                if _dense(st) and st.st_size <= _SMALL_FILE
-                else self._read_stream(fd, st)
-            )
+            content = self._read_content(fd, st)
         except OSError as err:
             self._error(rel, err)
             return None
@@ -288,23 +285,14 @@ class Archiver:
         self.result.files_read += 1
         return content, st
 
-    def _read_small(self, fd: int, st: os.stat_result) -> Content:
-        """One pread and one buffer to chunk: the common small file costs a handful of syscalls."""
-        data = os.pread(fd, st.st_size, 0)
-        hasher = self.repo.content_hasher()
-        hasher.update(data)
-        chunks = tuple(self.writer.add(BlobKind.DATA, piece)[0] for piece in self._chunker.iter_buffer(data))
-        self.result.bytes_read += len(data)
-        return Content(len(data), chunks, (), hasher.digest())
-
-    def _read_stream(self, fd: int, st: os.stat_result) -> Content:
+    def _read_content(self, fd: int, st: os.stat_result) -> Content:
+        """Hash, chunk and store the file's data: one reused buffer, a few large reads, no copies
+        (a file that fits the buffer is read whole with one preadv)."""
         hasher = self.repo.content_hasher()
         reader = DataReader(fd, st.st_size, hasher, detect_holes=not _dense(st))
-        chunks = tuple(
-            self.writer.add(BlobKind.DATA, data)[0]
-            # DataReader is file-like where the chunker needs it (readinto), not a full BinaryIO.
-            for data in self._chunker.iter_stream(reader)  # type: ignore[arg-type]
-        )
+        add = self.writer.add
+        pieces = self._chunker.iter_reader(reader.readinto, self._buf)
+        chunks = tuple(add(BlobKind.DATA, piece)[0] for piece in pieces)
         self.result.bytes_read += reader.bytes_read
         return Content(reader.limit, chunks, tuple(reader.holes), hasher.digest())
 

@@ -30,12 +30,13 @@ from protectctl.agent.scripts import run_script
 from protectctl.agent.status import JobRecord, read_status, record_job
 from protectctl.agent.throttle import ThrottledStorage
 from protectctl.catalog.select import select_point
+from protectctl.engine.memory import tune_malloc
 from protectctl.engine.points import Point, PointStats, new_point_id
 from protectctl.engine.repository import Repository
 from protectctl.engine.storage.base import ObjectKind, StorageBackend
 from protectctl.errors import ProtectctlError, ProviderError
 from protectctl.progress import NullProgress, Progress
-from protectctl.provider import RestoreRequest, SnapshotOutcome, SnapshotRequest, load_provider
+from protectctl.provider import PointChooser, RestoreRequest, SnapshotOutcome, SnapshotRequest, load_provider
 
 __all__ = [
     "BackupResult",
@@ -139,6 +140,7 @@ class RestoreResult:
     bytes_free: int | None
     verified: int
     notes: tuple[str, ...] = ()
+    details: Mapping[str, object] = field(default_factory=dict)  # provider facts (e.g. PostgreSQL replay)
 
     @property
     def fits(self) -> bool | None:
@@ -147,6 +149,7 @@ class RestoreResult:
     def to_json(self) -> dict[str, object]:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
         out.update(point_time=_json_time(self.point_time), target=str(self.target), notes=list(self.notes))
+        out["details"] = dict(self.details)
         out["fits"] = self.fits
         return out
 
@@ -231,6 +234,7 @@ def _storage_for(job: SourceJob, now: Callable[[], datetime]) -> StorageBackend:
 
 def open_repository(storage: StorageBackend, passphrase: bytes) -> Repository:
     """Open an existing repository (apply creates them); raises RepositoryError."""
+    tune_malloc()  # before scrypt's 32 MiB work area is freed (engine/memory.py says why)
     return Repository.open(storage, passphrase)
 
 
@@ -417,14 +421,23 @@ def restore(
     dry_run: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> RestoreResult:
-    """Restore the newest point at or before `to_time`; raises RestoreError (earliest point named)."""
+    """Restore the newest point at or before `to_time`; raises RestoreError (earliest point named).
+
+    A provider that rolls logs forward (a `PointChooser`) picks the point itself: the newest
+    base backup from which `to_time` can be reached.
+    """
     provider = load_provider(job.provider)
     with (
         open_repository(job.storage, job.passphrase()) as repo,
         repo.lock(exclusive=False, command=f"restore {job.source}"),
     ):
-        point = select_point(repo.list_points(job.source), to_time, source=job.source)
+        points = repo.list_points(job.source)
+        if isinstance(provider, PointChooser):
+            point = provider.choose_point(points, to_time, source=job.source)
+        else:
+            point = select_point(points, to_time, source=job.source)
         outcome = provider.restore(
             RestoreRequest(
                 job.source,
@@ -436,6 +449,9 @@ def restore(
                 dry_run,
                 overwrite,
                 progress or NullProgress(),
+                to_time=to_time,
+                options=dict(options or {}),
+                state_dir=job.state_dir,
             )
         )
     return RestoreResult(
@@ -453,6 +469,7 @@ def restore(
         bytes_free=outcome.bytes_free,
         verified=outcome.verified,
         notes=outcome.notes,
+        details=dict(outcome.details),
     )
 
 

@@ -200,11 +200,34 @@ class SourceEffect(FilesEffect):
     def files(self, inputs: Inputs) -> dict[str, bytes]:
         return {inputs["config_path"]: render_source_config(inputs).encode()}
 
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        outputs = super().create(inputs, ctx)
+        prepared = prepare_source(inputs, ctx)
+        if prepared:
+            outputs["prepared"] = prepared
+        return outputs
+
     def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
         # the host root is not in a source's inputs; stop removing empty dirs at the sources dir
         conn = ctx.host(self.host_name(inputs))
         for path in outputs.get("files", {}):
             conn.remove_file(path)
+
+
+def prepare_source(inputs: Inputs, ctx: ApplyContext) -> list[str]:
+    """Let a provider that needs it prepare the host (e.g. PostgreSQL WAL archiving); returns its changes."""
+    from protectctl.plan.resources import STATE_DIR, host_path
+    from protectctl.provider import HostPreparer, PrepareRequest, load_provider
+
+    provider = load_provider(str(inputs["provider"]))
+    if not isinstance(provider, HostPreparer):
+        return []
+    root = str(ctx.hosts.get(str(inputs["host"]), {}).get("root", "/"))
+    outcome = provider.prepare_host(PrepareRequest(str(inputs["source"]), dict(inputs["spec"]),
+                                                   Path(host_path(root, STATE_DIR))))
+    for warning in outcome.warnings:
+        ctx.warn(warning)
+    return list(outcome.changes)
 
 
 class ScheduleEffect(FilesEffect):

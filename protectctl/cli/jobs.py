@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     @app.command()
     def run(ctx: typer.Context, job: Annotated[Job, typer.Argument(help="sync, full, prune, verify or tape")],
             group: Annotated[str, typer.Argument(help="Protection group.")], member: MemberOpt = None,
+            all_points: Annotated[bool, typer.Option("--all", help="tape: every point not on tape yet, "
+                                                     "not only the newest.")] = False,
             json_mode: JsonOpt = False) -> None:
         """Run a protection job now (what the timers run)."""
         env = env_of(ctx, json_mode)
@@ -50,9 +52,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         elif job is Job.VERIFY:
             _verify(env, group, member)
         else:
-            from protectctl.errors import TapeError
-
-            raise TapeError("tape jobs are not available in this version", hint="see the tape issue")
+            _run_tape(env, group, member, all_points)
 
     points_app = typer.Typer(help="Recovery points.", no_args_is_help=True)
     app.add_typer(points_app, name="points")
@@ -66,14 +66,18 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
 
         env = env_of(ctx, json_mode)
         points = api.list_points(env.policy_dir, selector, agent_config=env.agent_config)
+        windows = api.recovery_windows(points)
         if env.output.json_mode:
-            env.output.document({"format_version": "1.0", "points": [point_json(p) for p in points]})
+            env.output.document({"format_version": "1.0", "points": [point_json(p) for p in points],
+                                 "recovery_windows": windows})
             return
         env.output.table(
             ["time", "source", "kind", "id", "files", "size", "added", "duration", "complete"],
             [(p.time.strftime("%Y-%m-%dT%H:%M:%SZ"), p.source, p.kind, p.id[:8], f"{p.stats.files:,}",
               human_bytes(p.stats.bytes_total), human_bytes(p.stats.bytes_added), f"{p.stats.duration_s:.1f}s",
               "yes" if p.complete else f"NO ({len(p.errors)} error(s))") for p in points])
+        for source, lines in windows.items():
+            env.output.text("\n".join([f"{source}:", *(f"  {line}" for line in lines)]))
 
     @app.command()
     def restore(
@@ -85,14 +89,26 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         paths: Annotated[list[str] | None, typer.Option("--path", help="Only this subpath (repeatable).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be restored.")] = False,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty target.")] = False,
+        from_: Annotated[str | None, typer.Option("--from", help="tape: read the point from tape (default: disk, "
+                                                  "or tape when the disk no longer has it).")] = None,
+        port: Annotated[int | None, typer.Option("--port", help="postgresql: port of the restored cluster "
+                                                 "(with --database: of the running cluster to load into).")] = None,
+        database: Annotated[str | None, typer.Option("--database", help="postgresql: restore only this database "
+                                                     "(needs --as).")] = None,
+        as_name: Annotated[str | None, typer.Option("--as", help="postgresql: the new name of --database.")] = None,
         json_mode: JsonOpt = False,
     ) -> None:
         """Bring a source back as it was at a time."""
         from protectctl import api
 
         env = env_of(ctx, json_mode)
+        if from_ not in (None, "disk", "tape"):
+            from protectctl.errors import RestoreError
+
+            raise RestoreError(f"--from {from_!r}: expected disk or tape")
         result = api.restore(env.policy_dir, source, to_time, agent_config=env.agent_config, target=target,
-                             subpaths=paths or [], dry_run=dry_run, overwrite=overwrite, progress=progress_of(env))
+                             subpaths=paths or [], dry_run=dry_run, overwrite=overwrite, progress=progress_of(env),
+                             from_tape=from_ == "tape", options=_restore_options(port, database, as_name))
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", **result.to_json()})
         else:
@@ -136,6 +152,21 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
                               "problems"], [_status_row(r) for r in rows])
         if not all(r.sla_met for r in rows):
             raise typer.Exit(1)
+
+
+def _restore_options(port: int | None, database: str | None, as_name: str | None) -> dict[str, object]:
+    options: dict[str, object] = {}
+    if database:
+        options.update(database=database, as_name=as_name or "")
+        if port is not None:
+            options["into_port"] = port
+    elif port is not None:
+        options["port"] = port
+    if as_name and not database:
+        from protectctl.errors import RestoreError
+
+        raise RestoreError("--as names the restored copy of --database; give --database too")
+    return options
 
 
 def _status_row(r: Any) -> tuple[object, ...]:
@@ -233,6 +264,17 @@ def _prune(env: Env, group: str | None, member: str | None, *, dry_run: bool) ->
         return
     for r in results:
         env.output.text(prune_summary(r))
+
+
+def _run_tape(env: Env, group: str, member: str | None, all_points: bool) -> None:
+    from protectctl import api
+    from protectctl.cli.tape import tape_run_summary
+
+    result = api.run_tape(env.policy_dir, group, member, all_points=all_points, progress=progress_of(env))
+    if env.output.json_mode:
+        env.output.document({"format_version": "1.0", **result.to_json()})
+    else:
+        env.output.text(tape_run_summary(result))
 
 
 def _verify(env: Env, group: str, member: str | None) -> None:

@@ -69,11 +69,13 @@ def root(
 
 
 def _register() -> None:
-    from protectctl.cli import jobs, plan, state
+    from protectctl.cli import agent, jobs, plan, state, tape
 
     plan.register(app)
     state.register(app)
     jobs.register(app)
+    tape.register(app)
+    agent.register(app)
 
 
 _register()

@@ -2,11 +2,15 @@
 
 Owns the chunk-size defaults and the secret gear seed plumbing. A `Chunker` makes a fresh
 pyfastcdc object per call because those objects are not safe to share between threads.
+
+Chunks are handed out as memoryviews, never copied: of a caller's buffer (`iter_buffer`),
+or of a reusable read buffer (`iter_reader`), where a view is valid until the next chunk is
+requested. The writer copies only chunks that turn out to be new.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +35,7 @@ class ChunkerParams:
 
 
 class Chunker:
-    """Cuts byte streams into content-defined chunks; every chunk is returned as bytes."""
+    """Cuts byte streams into content-defined chunks, as memoryviews."""
 
     def __init__(self, params: ChunkerParams, seed: int) -> None:
         self.params = params
@@ -41,15 +45,51 @@ class Chunker:
         p = self.params
         return pyfastcdc.FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size, seed=self._seed)
 
-    def iter_buffer(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+    def read_buffer(self) -> bytearray:
+        """A buffer for `iter_reader`; allocate once and reuse it for every file."""
+        return bytearray(max(3 * self.params.max_size, 8 << 20))
+
+    def iter_buffer(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
         for chunk in self._cdc().cut_buf(data):
-            yield bytes(chunk.data)
+            yield chunk.data
 
-    def iter_stream(self, stream: BinaryIO) -> Iterator[bytes]:
-        # cut_stream reuses its buffer: copy each chunk before the next is cut.
-        for chunk in self._cdc().cut_stream(stream):
-            yield bytes(chunk.data)
+    def iter_reader(self, readinto: Callable[[memoryview], int], buf: bytearray) -> Iterator[memoryview]:
+        """Chunks of what `readinto` delivers (0 = end), read into `buf` (see `read_buffer`).
 
-    def iter_file(self, path: Path) -> Iterator[bytes]:
+        Each view is valid until the next chunk is requested. Boundaries equal those of
+        `iter_buffer` over the whole stream: a chunk is handed out only when `max_size` bytes
+        after its start were in the buffer (or the stream ended), which is all FastCDC looks at.
+        """
+        max_size = self.params.max_size
+        if len(buf) < 2 * max_size:
+            raise ValueError("iter_reader needs a buffer of at least twice the maximum chunk size")
+        view = memoryview(buf)
+        cdc = self._cdc()
+        filled = 0
+        eof = False
+        while True:
+            while not eof and filled < len(view):
+                got = readinto(view[filled:])
+                if got <= 0:
+                    eof = True
+                else:
+                    filled += got
+            if filled == 0:
+                return
+            done = 0
+            for chunk in cdc.cut_buf(view[:filled]):
+                if not eof and chunk.offset + max_size > filled:
+                    break  # its cut point may lie beyond what is buffered: cut it again after a refill
+                yield chunk.data
+                done = chunk.offset + chunk.length
+            if eof:
+                return
+            view[: filled - done] = view[done:filled]
+            filled -= done
+
+    def iter_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
+        yield from self.iter_reader(stream.readinto, self.read_buffer())
+
+    def iter_file(self, path: Path) -> Iterator[memoryview]:
         with open(path, "rb") as handle:
             yield from self.iter_stream(handle)

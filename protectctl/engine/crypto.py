@@ -73,12 +73,21 @@ class Sealer:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
-    def open(self, sealed: bytes, aad: bytes, what: str) -> bytes:
+    def seal_into(self, plaintext: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+        """`seal`, written into `out` (exactly NONCE_SIZE + len(plaintext) + TAG_SIZE bytes): no copy."""
+        if len(out) != NONCE_SIZE + len(plaintext) + TAG_SIZE:
+            raise ValueError("seal_into: the output buffer has the wrong size")
+        nonce = os.urandom(NONCE_SIZE)
+        out[:NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
+
+    def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         """Decrypt and authenticate; raises CorruptionError naming `what`."""
         if len(sealed) < NONCE_SIZE + TAG_SIZE:
             raise CorruptionError(f"{what}: too short to be an encrypted object ({len(sealed)} bytes)")
+        view = memoryview(sealed)
         try:
-            return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+            return self._aead.decrypt(bytes(view[:NONCE_SIZE]), view[NONCE_SIZE:], aad)
         except InvalidTag as err:
             raise CorruptionError(f"{what}: authentication failed (damaged or tampered)") from err
 

@@ -11,12 +11,13 @@ means a record copied to another offset, pack or id fails authentication.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 
 import zstandard
 
-from protectctl.engine.crypto import Sealer, aad
+from protectctl.engine.crypto import NONCE_SIZE, TAG_SIZE, Sealer, aad
 from protectctl.engine.ids import BlobId
 from protectctl.errors import CorruptionError
 
@@ -64,22 +65,72 @@ def blob_aad(kind: BlobKind, blob_id: BlobId) -> bytes:
     return aad("blob", bytes([_KIND_CODE[kind]]), blob_id)
 
 
+# One compressor and decompressor per thread: a zstd context costs ~1-3 MiB to set up at
+# level 3, so a fresh one per blob churns the allocator (and RSS) for nothing.
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    cctx: zstandard.ZstdCompressor | None = getattr(_local, "cctx", None)
+    if cctx is None:
+        cctx = _local.cctx = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return cctx
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def frame(data: bytes | bytearray | memoryview) -> bytearray:
+    """A private copy of `data` behind a stored-flag byte, ready for `blob_body`."""
+    framed = bytearray(1 + len(data))
+    framed[1:] = data
+    return framed
+
+
+def blob_body(framed: bytearray) -> bytes | bytearray:
+    """The plaintext of a record from `frame(data)`: flag 1 || zstd(data) when that is smaller,
+    else `framed` itself (flag 0 || data, no copy).
+
+    Thread-safe (a compressor per thread); zstd releases the GIL, so callers run this in a pool.
+    """
+    framed[0] = _FLAG_STORED
+    data = memoryview(framed)[1:]
+    compressed = _compressor().compress(data)
+    if len(compressed) < len(data):
+        return b"\x01" + compressed
+    return framed
+
+
+def record_size(body_length: int) -> int:
+    """Stored size of a record whose plaintext (flag included) has `body_length` bytes."""
+    return NONCE_SIZE + body_length + TAG_SIZE
+
+
+def seal_record_into(
+    sealer: Sealer, kind: BlobKind, blob_id: BlobId, body: bytes | bytearray, out: memoryview
+) -> None:
+    """Encrypt `body` (from `blob_body`) into `out`, which is exactly `record_size(len(body))` long."""
+    sealer.seal_into(body, blob_aad(kind, blob_id), out)
+
+
 def seal_blob(sealer: Sealer, kind: BlobKind, blob_id: BlobId, data: bytes) -> bytes:
-    """Compress (when it helps) and encrypt one blob. Thread-safe: zstd and AES release the GIL."""
-    compressed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
-    body = bytes([_FLAG_ZSTD]) + compressed if len(compressed) < len(data) else bytes([_FLAG_STORED]) + data
-    return sealer.seal(body, blob_aad(kind, blob_id))
+    """Compress (when it helps) and encrypt one blob."""
+    return sealer.seal(bytes(blob_body(frame(data))), blob_aad(kind, blob_id))
 
 
-def open_blob(sealer: Sealer, entry: PackEntry, stored: bytes, what: str) -> bytes:
+def open_blob(sealer: Sealer, entry: PackEntry, stored: bytes | memoryview, what: str) -> bytes:
     """Decrypt and decompress one record; raises CorruptionError naming `what`."""
     body = sealer.open(stored, blob_aad(entry.kind, entry.blob_id), what)
-    flag, payload = body[:1], body[1:]
-    if flag == bytes([_FLAG_STORED]):
-        data = payload
-    elif flag == bytes([_FLAG_ZSTD]):
+    flag = body[0] if body else -1
+    if flag == _FLAG_STORED:
+        data = body[1:]
+    elif flag == _FLAG_ZSTD:
         try:
-            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=entry.raw_length)
+            data = _decompressor().decompress(memoryview(body)[1:], max_output_size=entry.raw_length)
         except zstandard.ZstdError as err:
             raise CorruptionError(f"{what}: zstd data is damaged") from err
     else:
@@ -101,6 +152,11 @@ def decode_entries(raw: bytes, count: int, what: str) -> list[PackEntry]:
     for blob_id, code, offset, length, raw_length in ENTRY.iter_unpack(raw):
         entries.append(PackEntry(BlobId(blob_id), kind_from_code(code, what), offset, length, raw_length))
     return entries
+
+
+def sealed_header_size(count: int) -> int:
+    """Bytes `seal_pack_header` produces for `count` entries, trailer included."""
+    return NONCE_SIZE + len(_HEADER_MAGIC) + 4 + count * ENTRY.size + TAG_SIZE + _TRAILER.size
 
 
 def seal_pack_header(sealer: Sealer, entries: list[PackEntry]) -> bytes:

@@ -1,10 +1,12 @@
 """`BlobWriter`: one write session that dedups, compresses, encrypts and packs blobs.
 
 Pipeline: `add` hashes in the caller's thread and asks the repository whether the id is
-known; a new blob is sealed (zstd + AES-GCM, both release the GIL) in a small thread pool;
-the caller's thread collects sealed records into one open pack per blob kind and hands
-full packs to a single upload thread. In-flight seals and queued uploads are bounded, so
-memory stays at a few packs whatever the input size. On a normal exit the writer flushes
+known; only a new blob is copied (the caller's buffer may be reused for the next chunk) and
+compressed in a small thread pool (zstd releases the GIL); the caller's thread encrypts each
+compressed record straight into the open pack's buffer (AES-GCM `encrypt_into`, no copy) and
+hands full packs to a single upload thread. Pack buffers are reused: at most one pack is
+being uploaded while the next one fills, and in-flight compressions are bounded, so memory
+stays at about two packs plus a few chunks whatever the input size. On a normal exit the writer flushes
 the open packs, waits for every upload and then writes an index object for its packs; on
 an exception it stops and writes nothing further (uploaded packs without an index are
 harmless: gc condemns and later deletes them).
@@ -17,12 +19,21 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, cast
 
 from protectctl.engine.crypto import Sealer, content_name
 from protectctl.engine.ids import BlobId
 from protectctl.engine.index import IndexFile, encode_index
-from protectctl.engine.pack import BlobKind, PackEntry, seal_blob, seal_pack_header
+from protectctl.engine.pack import (
+    BlobKind,
+    PackEntry,
+    blob_body,
+    frame,
+    record_size,
+    seal_pack_header,
+    seal_record_into,
+    sealed_header_size,
+)
 from protectctl.engine.storage.base import ObjectKind, StorageBackend
 from protectctl.progress import NullProgress, Progress
 
@@ -32,7 +43,12 @@ DEFAULT_PACK_SIZE = 16 << 20
 # Write an index every 64 packs (~1 GiB) so an interrupted first backup can reuse what it
 # already uploaded, without an index object per pack.
 INDEX_EVERY_PACKS = 64
-_UPLOADS_QUEUED = 2
+# Packs being uploaded while the caller fills the next one. One keeps the disk busy while
+# the CPUs seal; more only holds more 16 MiB buffers (peak RSS) without going faster.
+_UPLOADS_QUEUED = 1
+# Pack buffers start here and double up to the pack size: a tree pack of a small source
+# never costs a full pack of memory.
+_INITIAL_BUFFER = 1 << 20
 
 
 class WriterHost(Protocol):
@@ -53,7 +69,9 @@ class WriterHost(Protocol):
 
 @dataclass(slots=True)
 class _OpenPack:
-    records: list[bytes] = field(default_factory=list)
+    """Records sealed in place into `buf`; the header is sealed behind them at upload."""
+
+    buf: bytearray = field(default_factory=bytearray)
     entries: list[PackEntry] = field(default_factory=list)
     size: int = 0
 
@@ -81,8 +99,9 @@ class BlobWriter:
         self._workers = workers or min(4, os.cpu_count() or 1)
         self._seal_pool: ThreadPoolExecutor | None = None
         self._upload_pool: ThreadPoolExecutor | None = None
-        self._sealing: deque[tuple[BlobKind, BlobId, int, Future[bytes]]] = deque()
-        self._uploads: deque[Future[tuple[str, list[PackEntry]]]] = deque()
+        self._sealing: deque[tuple[BlobKind, BlobId, int, Future[bytes | bytearray]]] = deque()
+        self._uploads: deque[Future[tuple[str, list[PackEntry], bytearray]]] = deque()
+        self._spare: bytearray | None = None  # a full-size pack buffer back from the uploader
         self._open: dict[BlobKind, _OpenPack] = {kind: _OpenPack() for kind in BlobKind}
         self._unindexed: dict[str, list[PackEntry]] = {}
         self._claimed: set[BlobId] = set()
@@ -106,8 +125,12 @@ class BlobWriter:
         else:
             self.abort()
 
-    def add(self, kind: BlobKind, data: bytes) -> tuple[BlobId, bool]:
-        """Store `data` unless the repository already has it; returns (id, was_new)."""
+    def add(self, kind: BlobKind, data: bytes | bytearray | memoryview) -> tuple[BlobId, bool]:
+        """Store `data` unless the repository already has it; returns (id, was_new).
+
+        `data` may be a view of a buffer the caller reuses once `add` returns: a new blob is
+        copied before it is queued, a known one is never copied.
+        """
         if self._seal_pool is None or self._closed:
             raise RuntimeError("BlobWriter.add outside its `with` block")
         blob_id = self._host.blob_id(data)
@@ -115,7 +138,7 @@ class BlobWriter:
         if not self._host._claim_new(blob_id):
             return blob_id, False
         self._claimed.add(blob_id)
-        future = self._seal_pool.submit(seal_blob, self._sealer, kind, blob_id, bytes(data))
+        future = self._seal_pool.submit(blob_body, frame(data))
         self._sealing.append((kind, blob_id, len(data), future))
         self._drain_sealed(block_over=2 * self._workers)
         return blob_id, True
@@ -155,22 +178,38 @@ class BlobWriter:
         self._progress.finish()
 
     def _drain_sealed(self, *, block_over: int) -> None:
-        # Collect finished seals in order; block on the oldest while too many are in flight.
+        # Collect finished compressions in order; block on the oldest while too many are in flight.
         while self._sealing and (len(self._sealing) > block_over or self._sealing[0][3].done()):
             kind, blob_id, raw_length, future = self._sealing.popleft()
             self._append(kind, blob_id, raw_length, future.result())
 
-    def _append(self, kind: BlobKind, blob_id: BlobId, raw_length: int, record: bytes) -> None:
+    def _append(self, kind: BlobKind, blob_id: BlobId, raw_length: int, body: bytes | bytearray) -> None:
+        length = record_size(len(body))
         pack = self._open[kind]
-        pack.entries.append(PackEntry(blob_id, kind, pack.size, len(record), raw_length))
-        pack.records.append(record)
-        pack.size += len(record)
-        self.bytes_added += len(record)
+        if pack.entries and pack.size + length + sealed_header_size(len(pack.entries) + 1) > self._pack_size:
+            self._finish_pack(kind)
+            pack = self._open[kind]
+        self._reserve(pack, pack.size + length + sealed_header_size(len(pack.entries) + 1))
+        seal_record_into(
+            self._sealer, kind, blob_id, body, memoryview(pack.buf)[pack.size : pack.size + length]
+        )
+        pack.entries.append(PackEntry(blob_id, kind, pack.size, length, raw_length))
+        pack.size += length
+        self.bytes_added += length
         self.blobs_new += 1
         if kind is BlobKind.DATA:
             self.chunks_new += 1
-        if pack.size >= self._pack_size:
-            self._finish_pack(kind)
+
+    def _reserve(self, pack: _OpenPack, needed: int) -> None:
+        """Make `pack.buf` at least `needed` bytes: reuse a spare pack buffer, else grow by doubling."""
+        if needed <= len(pack.buf):
+            return
+        if not pack.buf and self._spare is not None and len(self._spare) >= needed:
+            pack.buf, self._spare = self._spare, None
+            return
+        grown = bytearray(max(needed, min(2 * len(pack.buf), self._pack_size), _INITIAL_BUFFER))
+        grown[: pack.size] = memoryview(pack.buf)[: pack.size]
+        pack.buf = grown
 
     def _finish_pack(self, kind: BlobKind) -> None:
         pack = self._open[kind]
@@ -181,15 +220,25 @@ class BlobWriter:
         self._uploads.append(self._upload_pool.submit(self._upload, pack))
         self._drain_uploads(block_over=_UPLOADS_QUEUED)
 
-    def _upload(self, pack: _OpenPack) -> tuple[str, list[PackEntry]]:
-        body = b"".join(pack.records) + seal_pack_header(self._sealer, pack.entries)
-        name = content_name(body)
-        self._host.storage.put(ObjectKind.DATA, name, body)
-        return name, pack.entries
+    def _upload(self, pack: _OpenPack) -> tuple[str, list[PackEntry], bytearray]:
+        # The header goes behind the records, in the room `_append` reserved for it.
+        header = seal_pack_header(self._sealer, pack.entries)
+        end = pack.size + len(header)
+        pack.buf[pack.size : end] = header
+        body = memoryview(pack.buf)[:end]
+        try:
+            name = content_name(body)
+            # A view, not a 16 MiB copy: `put` only reads `data` while it runs (storage.base).
+            self._host.storage.put(ObjectKind.DATA, name, cast(bytes, body))
+        finally:
+            body.release()
+        return name, pack.entries, pack.buf
 
     def _drain_uploads(self, *, block_over: int) -> None:
         while self._uploads and (len(self._uploads) > block_over or self._uploads[0].done()):
-            name, entries = self._uploads.popleft().result()
+            name, entries, buf = self._uploads.popleft().result()
+            if len(buf) >= self._pack_size and (self._spare is None or len(buf) > len(self._spare)):
+                self._spare = buf  # the next pack fills it: no new 16 MiB allocation, no page faults
             self._unindexed[name] = entries
             self.packs_written += 1
             self._host._packs_stored(name, entries)

@@ -120,7 +120,8 @@ class Locator:
             nodes = list(YAML(typ="rt").compose_all(ref.file.read_text(encoding="utf-8")))
             mark = nodes[ref.index].start_mark
             return mark.line, mark.column
-        except (YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError, IndexError, AttributeError):
+        except (YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError, IndexError,
+                AttributeError):
             return 0, 0
 
     @staticmethod
@@ -300,9 +301,9 @@ def _user_path(raw: object, loc: Sequence[str | int]) -> KeyPath:
     out: list[str | int] = []
     node: Any = raw
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node):
+        in_map = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node)
+        if in_map or in_list:
             node = node[part]
         elif _is_tag(part):
             continue

@@ -221,13 +221,30 @@ class FilesystemMember(CamelSpec):
     one_file_system: bool = False
 
 
-PROVIDER_FIELDS: tuple[str, ...] = ("filesystem",)
+class PostgresqlMember(CamelSpec):
+    data_dir: str = Field(pattern=r"^/", description="the cluster's absolute data directory")
+    port: int = Field(5432, ge=1, le=65535)
+    socket_dir: str = Field("/var/run/postgresql", pattern=r"^/", description="unix_socket_directories entry")
+    os_user: str = Field("postgres", description="the OS user PostgreSQL runs as; its binaries never run as root")
+    bin_dir: str = Field("/usr/lib/postgresql/15/bin", pattern=r"^/")
+    allow_restart: bool = Field(False, description="apply may restart the cluster when archiving needs it")
+    spool_dir: str | None = Field(None, pattern=r"^/", description="where archive_command spools WAL for the "
+                                  "agent (default: <host root>/var/lib/protectctl-spool/<group>--<member>)")
+    spool_limit: SizeText = Field(default_factory=lambda: ByteSize.parse("4GiB"),
+                                  description="past this, segments are dropped loudly instead of filling the disk")
+    streaming: bool = Field(False, description="stream WAL with pg_receivewal (RPO of seconds)")
+    hosts: tuple[Name, ...] = Field((), description="a primary/standby pair protected as one source")
+    backup_from: Literal["primary", "standby"] = "primary"
+
+
+PROVIDER_FIELDS: tuple[str, ...] = ("filesystem", "postgresql")
 
 
 class MemberSpec(CamelSpec):
     name: Name
     host: Name
     filesystem: FilesystemMember | None = None
+    postgresql: PostgresqlMember | None = None
 
     @model_validator(mode="after")
     def _one_provider(self) -> MemberSpec:

@@ -5,10 +5,15 @@ lands outside the target. File content is laid out around the stored holes (pwri
 the data ranges, ftruncate for the size), so sparse files stay sparse. Each file's logical
 content is hashed as it is written and compared with the hash stored at backup time.
 Owners are restored only when running as root (by name when the name exists here, else by
-number, as tar does). Directory metadata is applied after their children, since creating a
-child changes the parent's mtime and a read-only directory could not receive children.
-Blobs are fetched a few ahead in a small thread pool: decryption and decompression release
-the GIL, so they overlap with the writes.
+number, as tar does). Directory metadata is applied at the end, deepest first, since
+creating a child changes the parent's mtime and a read-only directory could not receive
+children.
+
+Regular files are written by a small pool of threads, one file per task: the walk (trees,
+directories, links, specials) stays in the calling thread and queues files a bounded number
+ahead, so file creation, reads, decompression, hashing and writes of several files overlap
+(they release the GIL) and memory stays at a few chunks per thread. Hard-linked files are
+written in the walk's thread, in order, so a link always finds its first name complete.
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ from protectctl.progress import NullProgress, Progress
 from protectctl.restore.safety import check_name, make_dir, open_dir_path, remove_entry
 from protectctl.restore.selection import Selected, TreeReader
 
-_PREFETCH = 6
+# File tasks in flight: each holds one chunk at a time (<= 4 MiB plaintext), so memory stays
+# at a few MiB per thread. Creating a file costs ~1 ms on some filesystems: more threads than
+# cores hide that latency.
+_WORKERS = min(8, 2 * (os.cpu_count() or 1) + 2)
+_QUEUED = 2 * _WORKERS
 _ZEROS = bytes(1 << 20)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _XATTR_SKIP = {errno.ENOTSUP, errno.EPERM, errno.EACCES}
@@ -84,20 +93,26 @@ class FsRestorer:
         self.owners = os.geteuid() == 0
         self.report = RestoreReport()
         self._links: dict[tuple[int, int], tuple[str, ...]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-fetch")
+        self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="restore")
+        self._tasks: deque[tuple[tuple[str, ...], Node, Future[bytes | None]]] = deque()
+        self._dirs: dict[tuple[str, ...], Node] = {}  # metadata applied at the end
         self._root_fd = -1
+        # Blobs of a file whose whole content is hashed and checked need no id re-hash each.
+        self._load_for_file: Callable[[BlobId], bytes] = getattr(
+            reader, "load_blob_unchecked", reader.load_blob
+        )
 
     def run(self, root_fd: int, selection: Sequence[Selected]) -> RestoreReport:
         self._root_fd = root_fd
         try:
-            parents: dict[tuple[str, ...], Node] = {}
             for item in selection:
-                self._restore_selected(item, parents)
-            # Deepest first: a parent's mtime must be set after its children's changes.
-            for parts in sorted(parents, key=len, reverse=True):
-                self._guard(parts, partial(self._apply_dir_meta_at, parts, parents[parts]))
+                self._restore_selected(item, self._dirs)
+            self._wait_files(0)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        # Deepest first: a parent's mtime must be set after its children's changes.
+        for parts in sorted(self._dirs, key=len, reverse=True):
+            self._guard(parts, partial(self._apply_dir_meta_at, parts, self._dirs[parts]))
         return self.report
 
     def _restore_selected(self, item: Selected, parents: dict[tuple[str, ...], Node]) -> None:
@@ -148,9 +163,9 @@ class FsRestorer:
                 for child in self.reader.load_tree(node.subtree).nodes:
                     child_parts = parts + (child.name,)
                     self._guard(child_parts, partial(self._restore_node, fd, child, child_parts))
-            self._apply_fd_meta(fd, node, parts)
         finally:
             os.close(fd)
+        self._dirs[parts] = node
         self.report.dirs += 1
         self.progress.advance(files=1)
 
@@ -173,8 +188,39 @@ class FsRestorer:
 
     def _restore_file(self, dir_fd: int, name: str, node: Node, parts: tuple[str, ...]) -> None:
         key = (node.dev, node.inode)
-        if node.nlink > 1 and key in self._links and self._link(dir_fd, name, self._links[key]):
+        if node.nlink > 1:
+            # In this thread and in walk order: a later name links to a first that is complete.
+            if key in self._links and self._link(dir_fd, name, self._links[key]):
+                return
+            self._finish_file(parts, node, self._write_file(dir_fd, name, node, parts))
+            self._links.setdefault(key, parts)
             return
+        task_fd = os.dup(dir_fd)
+        try:
+            future = self._pool.submit(self._file_task, task_fd, name, node, parts)
+        except BaseException:
+            os.close(task_fd)
+            raise
+        self._tasks.append((parts, node, future))
+        self._wait_files(_QUEUED)
+
+    def _file_task(self, dir_fd: int, name: str, node: Node, parts: tuple[str, ...]) -> bytes | None:
+        try:
+            return self._write_file(dir_fd, name, node, parts)
+        finally:
+            os.close(dir_fd)
+
+    def _wait_files(self, keep: int) -> None:
+        """Collect finished file tasks in order; block on the oldest while more than `keep` are queued."""
+        while self._tasks and (len(self._tasks) > keep or self._tasks[0][2].done()):
+            parts, node, future = self._tasks.popleft()
+            try:
+                self._finish_file(parts, node, future.result())
+            except (OSError, ProtectctlError) as err:
+                self._fail(parts, err)
+
+    def _write_file(self, dir_fd: int, name: str, node: Node, parts: tuple[str, ...]) -> bytes | None:
+        """Create and fill one file, apply its metadata; the digest of what was written."""
         holder: list[int] = []
         self._create(dir_fd, name, lambda: holder.append(os.open(name, _CREATE, 0o600, dir_fd=dir_fd)))
         fd = holder[0]
@@ -183,13 +229,15 @@ class FsRestorer:
             self._apply_fd_meta(fd, node, parts)
         finally:
             os.close(fd)
+        return digest
+
+    def _finish_file(self, parts: tuple[str, ...], node: Node, digest: bytes | None) -> None:
         if node.content_hash is not None:
             if digest != node.content_hash:
                 raise RestoreError("restored content does not match the stored hash")
             self.report.verified += 1
-        if node.nlink > 1:
-            self._links.setdefault(key, parts)
         self.report.files += 1
+        self.report.bytes_written += node.size - sum(length for _, length in node.holes)
         self.progress.advance(files=1, bytes_done=node.size)
 
     def _link(self, dir_fd: int, name: str, first: tuple[str, ...]) -> bool:
@@ -242,9 +290,14 @@ class FsRestorer:
     # -- content and metadata -----------------------------------------------------------
 
     def _write_content(self, fd: int, node: Node) -> bytes:
-        """Lay the chunks out around the holes; returns the hash of the logical content."""
+        """Lay the chunks out around the holes; returns the hash of the logical content.
+
+        Runs in a pool thread. With a stored whole-file hash, chunks are read without an id
+        re-hash each: the file's hash, checked by the caller, covers every byte written.
+        """
         hasher = self.new_hasher()
-        blobs = self._fetch(node.chunks)
+        load = self._load_for_file if node.content_hash is not None else self.reader.load_blob
+        blobs = iter(node.chunks)
         pending = memoryview(b"")
         for offset, length, is_hole in _segments(node.size, node.holes):
             if is_hole:
@@ -252,33 +305,22 @@ class FsRestorer:
                 continue
             while length:
                 if not pending:
-                    pending = memoryview(next(blobs, b""))
-                    if not pending:
+                    blob_id = next(blobs, None)
+                    if blob_id is None:
                         raise RestoreError("stored content is shorter than the file")
+                    pending = memoryview(load(blob_id))
+                    if not pending:
+                        continue
                 take = min(length, len(pending))
                 piece = pending[:take]
                 _pwrite_all(fd, piece, offset)
                 hasher.update(piece)
-                self.report.bytes_written += take
                 pending, offset, length = pending[take:], offset + take, length - take
         if pending or next(blobs, None) is not None:
             raise RestoreError("stored content is longer than the file")
-        os.ftruncate(fd, node.size)
+        if node.holes:
+            os.ftruncate(fd, node.size)  # a hole at the end has no data to extend the file
         return hasher.digest()
-
-    def _fetch(self, ids: Sequence[BlobId]) -> Iterator[bytes]:
-        window: deque[Future[bytes]] = deque()
-        queue = iter(ids)
-        for blob_id in queue:
-            window.append(self._pool.submit(self.reader.load_blob, blob_id))
-            if len(window) >= _PREFETCH:
-                break
-        while window:
-            data = window.popleft().result()
-            nxt = next(queue, None)
-            if nxt is not None:
-                window.append(self._pool.submit(self.reader.load_blob, nxt))
-            yield data
 
     def _apply_fd_meta(self, fd: int, node: Node, parts: tuple[str, ...]) -> None:
         """Owner, then mode (chown clears set-id bits), xattrs, and times last."""

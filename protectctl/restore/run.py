@@ -10,23 +10,53 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from protectctl.agent.sparse import Hasher
 from protectctl.engine.ids import BlobId
-from protectctl.engine.repository import Repository
+from protectctl.engine.tree import Tree
 from protectctl.errors import RestoreError
 from protectctl.progress import NullProgress, Progress
 from protectctl.provider import RestoreOutcome
 from protectctl.restore.fs import FsRestorer, RestoreReport
-from protectctl.restore.selection import Selected, count, select
+from protectctl.restore.selection import PointReader, Selected, count, select
 
 _ERRORS_SHOWN = 20
+# Decoded trees kept for the walks after the first (a tree is ~0.5 KB per entry: 4096 trees of
+# 100 entries is ~200 MB at worst, typically far less). Beyond it trees are read again.
+_TREES_CACHED = 4096
+
+
+class CachedTrees:
+    """A PointReader whose decoded trees are memoised (up to `_TREES_CACHED`, first come)."""
+
+    def __init__(self, reader: PointReader) -> None:
+        self._reader = reader
+        self._trees: dict[BlobId, Tree] = {}
+        # Restore checks each file's whole content hash, so blobs need no id re-hash each.
+        self.load_blob_unchecked: Callable[[BlobId], bytes] = getattr(
+            reader, "load_blob_unchecked", reader.load_blob
+        )
+
+    def load_tree(self, blob_id: BlobId) -> Tree:
+        tree = self._trees.get(blob_id)
+        if tree is None:
+            tree = self._reader.load_tree(blob_id)
+            if len(self._trees) < _TREES_CACHED:
+                self._trees[blob_id] = tree
+        return tree
+
+    def load_blob(self, blob_id: BlobId) -> bytes:
+        return self._reader.load_blob(blob_id)
+
+    def content_hasher(self) -> Hasher:
+        return self._reader.content_hasher()
 
 
 def restore_tree(
-    repo: Repository,
+    repo: PointReader,
     tree: BlobId,
     target: Path,
     *,
@@ -38,6 +68,7 @@ def restore_tree(
 ) -> RestoreOutcome:
     """Restore `tree` (or its `subpaths`) below `target`; raises RestoreError."""
     progress = progress or NullProgress()
+    repo = CachedTrees(repo)  # selecting, counting and writing each walk the same trees
     selection = select(repo, tree, subpaths)
     totals = count(repo, selection)
     free = free_bytes(target)
@@ -78,7 +109,7 @@ def restore_tree(
 
 
 def _write(
-    repo: Repository,
+    repo: PointReader,
     selection: Sequence[Selected],
     target: Path,
     overwrite: bool,

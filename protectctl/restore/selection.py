@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from protectctl.agent.sparse import Hasher
 from protectctl.engine.ids import BlobId
 from protectctl.engine.tree import Node, NodeType, Tree
 from protectctl.errors import RestoreError
@@ -21,6 +22,12 @@ class TreeReader(Protocol):
     def load_tree(self, blob_id: BlobId) -> Tree: ...
 
     def load_blob(self, blob_id: BlobId) -> bytes: ...
+
+
+class PointReader(TreeReader, Protocol):
+    """What a restore reads a point from: the repository, or a copy read back from tape."""
+
+    def content_hasher(self) -> Hasher: ...
 
 
 @dataclass(frozen=True, slots=True)

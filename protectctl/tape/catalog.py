@@ -175,21 +175,38 @@ def catalog_to_json(catalog: Catalog) -> dict[str, object]:
     carts = {}
     for b, c in sorted(catalog.cartridges.items()):
         carts[b] = {
-            "barcode": c.barcode, "library": c.library, "pool": c.pool, "state": c.state.value,
-            "key_id": c.key_id, "vid": c.vid, "labelled_at": _iso(c.labelled_at),
-            "capacity_bytes": c.capacity_bytes, "bytes_used": c.bytes_used, "files": c.files,
+            "barcode": c.barcode,
+            "library": c.library,
+            "pool": c.pool,
+            "state": c.state.value,
+            "key_id": c.key_id,
+            "vid": c.vid,
+            "labelled_at": _iso(c.labelled_at),
+            "capacity_bytes": c.capacity_bytes,
+            "bytes_used": c.bytes_used,
+            "files": c.files,
             "location": {"kind": c.location.kind.value, "name": c.location.name},
             "history": [{"time": _iso(m.time), "location": m.location, "note": m.note} for m in c.history],
         }
     copies = []
     for cp in sorted(catalog.copies.values(), key=lambda c: (c.source, c.point_time, c.point_id)):
-        copies.append({
-            "point_id": cp.point_id, "source": cp.source, "point_time": _iso(cp.point_time),
-            "point_kind": cp.point_kind, "pool": cp.pool, "library": cp.library, "retention_s": cp.retention_s,
-            "expires": _iso(cp.expires), "copied_at": _iso(cp.copied_at), "complete": cp.complete,
-            "bytes_plain": cp.bytes_plain, "blobs": cp.blobs,
-            "parts": [{"barcode": p.barcode, "file": p.file, "part": p.part} for p in cp.parts],
-        })
+        copies.append(
+            {
+                "point_id": cp.point_id,
+                "source": cp.source,
+                "point_time": _iso(cp.point_time),
+                "point_kind": cp.point_kind,
+                "pool": cp.pool,
+                "library": cp.library,
+                "retention_s": cp.retention_s,
+                "expires": _iso(cp.expires),
+                "copied_at": _iso(cp.copied_at),
+                "complete": cp.complete,
+                "bytes_plain": cp.bytes_plain,
+                "blobs": cp.blobs,
+                "parts": [{"barcode": p.barcode, "file": p.file, "part": p.part} for p in cp.parts],
+            }
+        )
     return {"format_version": CATALOG_FORMAT, "cartridges": carts, "copies": copies}
 
 
@@ -197,19 +214,33 @@ def catalog_from_json(doc: dict[str, Any]) -> Catalog:
     catalog = Catalog()
     for b, c in doc["cartridges"].items():
         catalog.cartridges[b] = Cartridge(
-            barcode=c["barcode"], library=c["library"], pool=c["pool"], state=CartridgeState(c["state"]),
-            key_id=c["key_id"], vid=c["vid"], labelled_at=_dt(c["labelled_at"]),
-            capacity_bytes=int(c["capacity_bytes"]), bytes_used=int(c["bytes_used"]), files=int(c["files"]),
+            barcode=c["barcode"],
+            library=c["library"],
+            pool=c["pool"],
+            state=CartridgeState(c["state"]),
+            key_id=c["key_id"],
+            vid=c["vid"],
+            labelled_at=_dt(c["labelled_at"]),
+            capacity_bytes=int(c["capacity_bytes"]),
+            bytes_used=int(c["bytes_used"]),
+            files=int(c["files"]),
             location=Location(LocationKind(c["location"]["kind"]), str(c["location"]["name"])),
             history=[Move(_dt(m["time"]), str(m["location"]), str(m["note"])) for m in c["history"]],
         )
     for cp in doc["copies"]:
         catalog.copies[cp["point_id"]] = Copy(
-            point_id=cp["point_id"], source=cp["source"], point_time=_dt(cp["point_time"]),
-            point_kind=cp["point_kind"], pool=cp["pool"], library=cp["library"],
-            retention_s=int(cp["retention_s"]), copied_at=_dt(cp["copied_at"]),
+            point_id=cp["point_id"],
+            source=cp["source"],
+            point_time=_dt(cp["point_time"]),
+            point_kind=cp["point_kind"],
+            pool=cp["pool"],
+            library=cp["library"],
+            retention_s=int(cp["retention_s"]),
+            copied_at=_dt(cp["copied_at"]),
             parts=[Part(p["barcode"], int(p["file"]), int(p["part"])) for p in cp["parts"]],
-            complete=bool(cp["complete"]), bytes_plain=int(cp["bytes_plain"]), blobs=int(cp["blobs"]),
+            complete=bool(cp["complete"]),
+            bytes_plain=int(cp["bytes_plain"]),
+            blobs=int(cp["blobs"]),
         )
     return catalog
 
@@ -228,14 +259,17 @@ def load_catalog(path: Path) -> Catalog:
             raise ValueError(f"format {doc['format_version']}")
         return catalog_from_json(doc)
     except (ValueError, KeyError, TypeError) as err:
-        raise TapeError(f"tape catalog {path} is damaged ({err})",
-                        hint="rebuild it from the cartridges with `protectctl tape inventory --rebuild`") from err
+        raise TapeError(
+            f"tape catalog {path} is damaged ({err})",
+            hint="rebuild it from the cartridges with `protectctl tape inventory --rebuild`",
+        ) from err
 
 
 def save_catalog(path: Path, catalog: Catalog) -> None:
     try:
-        atomic_write(path, json.dumps(catalog_to_json(catalog), indent=1, sort_keys=True).encode() + b"\n",
-                     mode=0o600)
+        atomic_write(
+            path, json.dumps(catalog_to_json(catalog), indent=1, sort_keys=True).encode() + b"\n", mode=0o600
+        )
     except OSError as err:
         raise TapeError(f"writing tape catalog {path}: {err.strerror}") from err
 

@@ -85,11 +85,12 @@ def new_label(
 def unwrap_data_key(label: Label, kek: bytes) -> bytes:
     """The cartridge's data key; WrongKeyError if `kek` is not the label's key or the label was altered."""
     try:
-        return Sealer(kek).open(label.wrapped_key, aad("tape-label", _canonical(label.identity())),
-                                f"label of {label.barcode}")
+        return Sealer(kek).open(
+            label.wrapped_key, aad("tape-label", _canonical(label.identity())), f"label of {label.barcode}"
+        )
     except CorruptionError as err:
         raise WrongKeyError(
-            f"cartridge {label.barcode}: key {label.key_id} does not open its label (wrong key or altered label)"
+            f"cartridge {label.barcode}: key {label.key_id} does not open its label (wrong key, or altered)"
         ) from err
 
 
@@ -107,10 +108,20 @@ def decode_label(raw: bytes, where: str) -> Label:
         if d["format"] != FORMAT_NAME:
             raise ValueError("not a protectctl tape")
         if d["version"] != FORMAT_VERSION:
-            raise TapeError(f"{where}: tape format version {d['version']} is not supported "
-                            f"(this protectctl reads version {FORMAT_VERSION})")
-        return Label(str(d["barcode"]), str(d["vid"]), str(d["pool"]), str(d["key_id"]), str(d["key_name"]),
-                     str(d["library"]), _utc(d["labelled_at"]), base64.b64decode(d["wrapped_key"]))
+            raise TapeError(
+                f"{where}: tape format version {d['version']} is not supported "
+                f"(this protectctl reads version {FORMAT_VERSION})"
+            )
+        return Label(
+            str(d["barcode"]),
+            str(d["vid"]),
+            str(d["pool"]),
+            str(d["key_id"]),
+            str(d["key_name"]),
+            str(d["library"]),
+            _utc(d["labelled_at"]),
+            base64.b64decode(d["wrapped_key"]),
+        )
     except (ValueError, KeyError, TypeError) as err:
         raise TapeError(f"{where}: damaged or foreign tape label ({err})") from err
 
@@ -125,8 +136,14 @@ class VolumeCipher:
         self._barcode = label.barcode.encode()
 
     def _aad(self, kind: RecordType, file_no: int, record_no: int) -> bytes:
-        return aad("tape-record", self._vid, self._barcode, file_no.to_bytes(4, "big"),
-                   record_no.to_bytes(4, "big"), kind.value)
+        return aad(
+            "tape-record",
+            self._vid,
+            self._barcode,
+            file_no.to_bytes(4, "big"),
+            record_no.to_bytes(4, "big"),
+            kind.value,
+        )
 
     def seal(self, kind: RecordType, file_no: int, record_no: int, plaintext: bytes) -> bytes:
         return kind.value + self._sealer.seal(plaintext, self._aad(kind, file_no, record_no))
@@ -194,21 +211,33 @@ def point_from_json(d: Mapping[str, object]) -> Point:
     assert isinstance(stats, dict) and isinstance(tags, dict) and isinstance(extra, dict)
     assert isinstance(errors, list)
     return Point(
-        id=str(d["id"]), source=str(d["source"]), time=_utc(str(d["time"])), kind=str(d["kind"]),
+        id=str(d["id"]),
+        source=str(d["source"]),
+        time=_utc(str(d["time"])),
+        kind=str(d["kind"]),
         parent=str(d["parent"]) if d["parent"] is not None else None,
         tree=BlobId(bytes.fromhex(tree)) if isinstance(tree, str) else None,
-        stats=PointStats(**stats), complete=bool(d["complete"]), errors=tuple(str(e) for e in errors),
-        host=str(d["host"]), tags={str(k): str(v) for k, v in tags.items()}, extra=dict(extra),
+        stats=PointStats(**stats),
+        complete=bool(d["complete"]),
+        errors=tuple(str(e) for e in errors),
+        host=str(d["host"]),
+        tags={str(k): str(v) for k, v in tags.items()},
+        extra=dict(extra),
     )
 
 
 def encode_header(h: SegmentHeader) -> bytes:
-    return _canonical({
-        "v": FORMAT_VERSION, "part": h.part, "point": point_to_json(h.point),
-        "repository": {"id": h.repository_id, "id_key": base64.b64encode(h.id_key).decode()},
-        "retention_s": h.retention_s, "copied_at": h.copied_at.astimezone(UTC).isoformat(),
-        "previous_barcode": h.previous_barcode,
-    })
+    return _canonical(
+        {
+            "v": FORMAT_VERSION,
+            "part": h.part,
+            "point": point_to_json(h.point),
+            "repository": {"id": h.repository_id, "id_key": base64.b64encode(h.id_key).decode()},
+            "retention_s": h.retention_s,
+            "copied_at": h.copied_at.astimezone(UTC).isoformat(),
+            "previous_barcode": h.previous_barcode,
+        }
+    )
 
 
 def decode_header(plain: bytes, where: str) -> SegmentHeader:
@@ -218,9 +247,13 @@ def decode_header(plain: bytes, where: str) -> SegmentHeader:
             raise ValueError(f"header version {d['v']}")
         repo = d["repository"]
         return SegmentHeader(
-            point=point_from_json(d["point"]), part=int(d["part"]), repository_id=str(repo["id"]),
-            id_key=base64.b64decode(repo["id_key"]), retention_s=int(d["retention_s"]),
-            copied_at=_utc(d["copied_at"]), previous_barcode=d["previous_barcode"],
+            point=point_from_json(d["point"]),
+            part=int(d["part"]),
+            repository_id=str(repo["id"]),
+            id_key=base64.b64decode(repo["id_key"]),
+            retention_s=int(d["retention_s"]),
+            copied_at=_utc(d["copied_at"]),
+            previous_barcode=d["previous_barcode"],
         )
     except (ValueError, KeyError, TypeError, AssertionError) as err:
         raise CorruptionError(f"{where}: malformed point header ({err})") from err
@@ -235,8 +268,15 @@ class Trailer:
 
 
 def encode_trailer(t: Trailer) -> bytes:
-    return _canonical({"v": FORMAT_VERSION, "point_id": t.point_id, "parts": t.parts, "blobs": t.blobs,
-                       "bytes_plain": t.bytes_plain})
+    return _canonical(
+        {
+            "v": FORMAT_VERSION,
+            "point_id": t.point_id,
+            "parts": t.parts,
+            "blobs": t.blobs,
+            "bytes_plain": t.bytes_plain,
+        }
+    )
 
 
 def decode_trailer(plain: bytes, where: str) -> Trailer:
@@ -263,7 +303,9 @@ def encode_blobs(blobs: Sequence[TapeBlob]) -> bytes:
     table = bytearray(len(blobs).to_bytes(4, "big"))
     for blob in blobs:
         table += bytes([blob.kind]) + bytes(blob.blob_id) + len(blob.data).to_bytes(4, "big")
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(bytes(table) + b"".join(b.data for b in blobs))
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(
+        bytes(table) + b"".join(b.data for b in blobs)
+    )
 
 
 def decode_blobs(plain: bytes, where: str) -> list[TapeBlob]:
@@ -273,9 +315,9 @@ def decode_blobs(plain: bytes, where: str) -> list[TapeBlob]:
         pos = 4 + count * _BLOB_ENTRY
         out = []
         for i in range(count):
-            entry = raw[4 + i * _BLOB_ENTRY: 4 + (i + 1) * _BLOB_ENTRY]
+            entry = raw[4 + i * _BLOB_ENTRY : 4 + (i + 1) * _BLOB_ENTRY]
             length = int.from_bytes(entry[33:37], "big")
-            out.append(TapeBlob(entry[0], BlobId(entry[1:33]), raw[pos:pos + length]))
+            out.append(TapeBlob(entry[0], BlobId(entry[1:33]), raw[pos : pos + length]))
             pos += length
         if pos != len(raw) or len(out) != count:
             raise ValueError("blob table does not match the payload")
@@ -284,7 +326,9 @@ def decode_blobs(plain: bytes, where: str) -> list[TapeBlob]:
         raise CorruptionError(f"{where}: malformed data record ({err})") from err
 
 
-def batch_blobs(blobs: Iterable[TapeBlob], target_bytes: int = RECORD_TARGET_BYTES) -> Iterable[list[TapeBlob]]:
+def batch_blobs(
+    blobs: Iterable[TapeBlob], target_bytes: int = RECORD_TARGET_BYTES
+) -> Iterable[list[TapeBlob]]:
     """Group blobs into records of about `target_bytes` (a bigger blob gets a record of its own)."""
     batch: list[TapeBlob] = []
     size = 0

@@ -38,10 +38,14 @@ class KeyInfo:
     exported: datetime | None = None  # last `keys export`
 
     def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "created": self.created.isoformat(),
-                "rotated": self.rotated.isoformat() if self.rotated else None,
-                "exported": self.exported.isoformat() if self.exported else None,
-                "current": self.rotated is None}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "created": self.created.isoformat(),
+            "rotated": self.rotated.isoformat() if self.rotated else None,
+            "exported": self.exported.isoformat() if self.exported else None,
+            "current": self.rotated is None,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +70,9 @@ def _key_aad(info: KeyInfo) -> bytes:
 class KeyStore:
     """Keys under `directory`; `passphrases` maps an EncryptionKey name to a resolver."""
 
-    def __init__(self, directory: Path, passphrases: Mapping[str, Callable[[], bytes]], *,
-                 kdf_n: int = DEFAULT_KDF_N) -> None:
+    def __init__(
+        self, directory: Path, passphrases: Mapping[str, Callable[[], bytes]], *, kdf_n: int = DEFAULT_KDF_N
+    ) -> None:
         self.directory = directory
         self._passphrases = passphrases
         self._kdf_n = kdf_n
@@ -84,8 +89,13 @@ class KeyStore:
             if d["format"] != KEY_FORMAT or d["version"] != VERSION:
                 raise ValueError("not a protectctl key file of a known version")
             kdf = d["kdf"]
-            info = KeyInfo(str(d["id"]), str(d["name"]), _time(d["created"]) or datetime.now(UTC),
-                           _time(d.get("rotated")), _time(d.get("exported")))
+            info = KeyInfo(
+                str(d["id"]),
+                str(d["name"]),
+                _time(d["created"]) or datetime.now(UTC),
+                _time(d.get("rotated")),
+                _time(d.get("exported")),
+            )
             params = KdfParams(int(kdf["n"]), int(kdf["r"]), int(kdf["p"]), base64.b64decode(kdf["salt"]))
             return _Stored(info, params, base64.b64decode(d["sealed"]))
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -93,9 +103,13 @@ class KeyStore:
 
     def _write(self, stored: _Stored) -> None:
         info, kdf = stored.info, stored.kdf
-        doc = {"format": KEY_FORMAT, "version": VERSION, **info.to_json(),
-               "kdf": {"name": "scrypt", "n": kdf.n, "r": kdf.r, "p": kdf.p, "salt": _b64(kdf.salt)},
-               "sealed": _b64(stored.sealed)}
+        doc = {
+            "format": KEY_FORMAT,
+            "version": VERSION,
+            **info.to_json(),
+            "kdf": {"name": "scrypt", "n": kdf.n, "r": kdf.r, "p": kdf.p, "salt": _b64(kdf.salt)},
+            "sealed": _b64(stored.sealed),
+        }
         doc.pop("current")
         try:
             atomic_write(self._path(info.id), json.dumps(doc, indent=1, sort_keys=True).encode(), mode=0o600)
@@ -107,24 +121,24 @@ class KeyStore:
             return []
         return [self._read(p) for p in sorted(self.directory.glob("*.json"))]
 
-    def list(self) -> list[KeyInfo]:
+    def infos(self) -> list[KeyInfo]:
         """Every key, by name then creation."""
         return sorted((s.info for s in self._all()), key=lambda k: (k.name, k.created, k.id))
 
     def get(self, key_id: str) -> KeyInfo:
         path = self._path(key_id)
         if not path.exists():
-            known = ", ".join(k.id for k in self.list()) or "none"
+            known = ", ".join(k.id for k in self.infos()) or "none"
             raise TapeError(f"no key {key_id!r} in {self.directory}", hint=f"keys here: {known}")
         return self._read(path).info
 
     def current(self, name: str) -> KeyInfo | None:
-        mine = [k for k in self.list() if k.name == name and k.rotated is None]
+        mine = [k for k in self.infos() if k.name == name and k.rotated is None]
         return mine[-1] if mine else None
 
     def resolve(self, key: str) -> list[KeyInfo]:
         """KEY as given on the command line: a key id, or an EncryptionKey name (all its keys)."""
-        by_name = [k for k in self.list() if k.name == key]
+        by_name = [k for k in self.infos() if k.name == key]
         return by_name or [self.get(key)]
 
     # -- creating -----------------------------------------------------------------------------
@@ -132,8 +146,10 @@ class KeyStore:
     def _passphrase(self, name: str) -> bytes:
         resolver = self._passphrases.get(name)
         if resolver is None:
-            raise TapeError(f"no EncryptionKey named {name!r} in the policy",
-                            hint="a key is wrapped by the passphrase of the EncryptionKey of that name")
+            raise TapeError(
+                f"no EncryptionKey named {name!r} in the policy",
+                hint="a key is wrapped by the passphrase of the EncryptionKey of that name",
+            )
         return resolver()
 
     def _seal(self, info: KeyInfo, kek: bytes, passphrase: bytes) -> _Stored:
@@ -170,8 +186,10 @@ class KeyStore:
             return cached
         path = self._path(key_id)
         if not path.exists():
-            raise TapeError(f"key {key_id} is not in the key store {self.directory}",
-                            hint="import it with `protectctl keys import FILE` (from the site that exported it)")
+            raise TapeError(
+                f"key {key_id} is not in the key store {self.directory}",
+                hint="import it with `protectctl keys import FILE` (from the site that exported it)",
+            )
         stored = self._read(path)
         kek = self._unseal(stored, self._passphrase(stored.info.name), f"key {key_id}")
         self._open[key_id] = kek
@@ -182,8 +200,10 @@ class KeyStore:
         try:
             return Sealer(stored.kdf.derive(passphrase)).open(stored.sealed, _key_aad(stored.info), what)
         except CorruptionError as err:
-            raise WrongKeyError(f"the passphrase does not open {what} ({stored.info.name})",
-                                hint=f"check the passphrase of EncryptionKey {stored.info.name}") from err
+            raise WrongKeyError(
+                f"the passphrase does not open {what} ({stored.info.name})",
+                hint=f"check the passphrase of EncryptionKey {stored.info.name}",
+            ) from err
 
     # -- export and import ----------------------------------------------------------------------
 
@@ -193,11 +213,24 @@ class KeyStore:
         for info in keys:
             kek = self.kek(info.id)
             sealed = self._seal(info, kek, passphrase)
-            entries.append({**info.to_json(), "kdf": {"n": sealed.kdf.n, "r": sealed.kdf.r, "p": sealed.kdf.p,
-                                                     "salt": _b64(sealed.kdf.salt)},
-                            "sealed": _b64(sealed.sealed)})
-        doc = {"format": EXPORT_FORMAT, "version": VERSION, "exported": now.astimezone(UTC).isoformat(),
-               "keys": entries}
+            entries.append(
+                {
+                    **info.to_json(),
+                    "kdf": {
+                        "n": sealed.kdf.n,
+                        "r": sealed.kdf.r,
+                        "p": sealed.kdf.p,
+                        "salt": _b64(sealed.kdf.salt),
+                    },
+                    "sealed": _b64(sealed.sealed),
+                }
+            )
+        doc = {
+            "format": EXPORT_FORMAT,
+            "version": VERSION,
+            "exported": now.astimezone(UTC).isoformat(),
+            "keys": entries,
+        }
         try:
             atomic_write(dest, json.dumps(doc, indent=1, sort_keys=True).encode(), mode=0o600)
         except OSError as err:
@@ -206,7 +239,9 @@ class KeyStore:
             stored = self._read(self._path(info.id))
             self._write(replace(stored, info=replace(stored.info, exported=now.astimezone(UTC))))
 
-    def import_file(self, source: Path, passphrase: Callable[[str], bytes], *, now: datetime) -> list[KeyInfo]:
+    def import_file(
+        self, source: Path, passphrase: Callable[[str], bytes], *, now: datetime
+    ) -> list[KeyInfo]:
         """Read an export; `passphrase(name)` opens it. Keys are re-wrapped under the local passphrase."""
         try:
             doc = json.loads(source.read_bytes())
@@ -217,11 +252,19 @@ class KeyStore:
             raise TapeError(f"{source} is not a protectctl key export: {err}") from err
         imported = []
         for entry in entries:
-            info = KeyInfo(str(entry["id"]), str(entry["name"]), _time(entry["created"]) or now,
-                           _time(entry.get("rotated")), _time(entry.get("exported")))
+            info = KeyInfo(
+                str(entry["id"]),
+                str(entry["name"]),
+                _time(entry["created"]) or now,
+                _time(entry.get("rotated")),
+                _time(entry.get("exported")),
+            )
             kdf = entry["kdf"]
-            stored = _Stored(info, KdfParams(int(kdf["n"]), int(kdf["r"]), int(kdf["p"]),
-                                             base64.b64decode(kdf["salt"])), base64.b64decode(entry["sealed"]))
+            stored = _Stored(
+                info,
+                KdfParams(int(kdf["n"]), int(kdf["r"]), int(kdf["p"]), base64.b64decode(kdf["salt"])),
+                base64.b64decode(entry["sealed"]),
+            )
             kek = self._unseal(stored, passphrase(info.name), f"key {info.id} in {source}")
             if self._path(info.id).exists():
                 imported.append(self.get(info.id))
@@ -247,7 +290,9 @@ def unexported_warnings(keys: Sequence[KeyInfo], cartridges_by_key: Mapping[str,
             continue
         held = cartridges_by_key.get(key.id, 0)
         what = f"{held} cartridge(s)" if held else "tape data"
-        out.append(f"tape key {key.id} (EncryptionKey {key.name}, created {key.created:%Y-%m-%d}) protects "
-                   f"{what} but was never exported; a key on one machine dies with it: run "
-                   f"`protectctl keys export {key.id} --to FILE` and keep FILE off-site")
+        out.append(
+            f"tape key {key.id} (EncryptionKey {key.name}, created {key.created:%Y-%m-%d}) protects "
+            f"{what} but was never exported; a key on one machine dies with it: run "
+            f"`protectctl keys export {key.id} --to FILE` and keep FILE off-site"
+        )
     return out

@@ -187,9 +187,17 @@ class VirtualDrive:
         return self._file, self._record
 
     def seek_file(self, file_no: int) -> None:
-        if file_no != 0 and not self._path(file_no).exists():
+        if file_no != 0 and not self._path(file_no).exists() and not self._closed(file_no - 1):
             raise MediaError(f"cartridge {self._barcode} has no file {file_no}")
         self._file, self._record, self._offset = file_no, 0, 0
+
+    def _closed(self, file_no: int) -> bool:
+        """Whether tape file `file_no` exists and ends with a filemark (so file_no + 1 is end of data)."""
+        path = self._path(file_no)
+        if not path.exists():
+            return False
+        frames = _frames(path)
+        return bool(frames) and frames[-1][1] == _FRAME_MARK
 
     def seek_end_of_data(self) -> None:
         files = self._files()
@@ -303,7 +311,9 @@ class VirtualLibrary:
 
     def __init__(self, path: Path, *, slots: int, drives: int, capacity_bytes: int) -> None:
         if capacity_bytes < 4096:
-            raise TapeError(f"a virtual cartridge needs at least 4096 bytes of capacity, not {capacity_bytes}")
+            raise TapeError(
+                f"a virtual cartridge needs at least 4096 bytes of capacity, not {capacity_bytes}"
+            )
         self.path = path
         self._slots = slots
         self._drives = drives
@@ -365,7 +375,9 @@ class VirtualLibrary:
 
     @staticmethod
     def _free(layout: dict[str, dict[str, str | None]], kind: str) -> str | None:
-        return next((k for k, v in sorted(layout[kind].items(), key=lambda kv: int(kv[0])) if v is None), None)
+        return next(
+            (k for k, v in sorted(layout[kind].items(), key=lambda kv: int(kv[0])) if v is None), None
+        )
 
     def add_cartridge(self, barcode: str) -> int:
         if not BARCODE_PATTERN.match(barcode):
@@ -376,10 +388,14 @@ class VirtualLibrary:
             raise MediaError(f"cartridge {barcode} already exists in library {self.path}")
         slot = self._free(layout, "slots")
         if slot is None:
-            raise MediaError(f"library {self.path} has no free slot for {barcode}",
-                             hint="export full cartridges to a vault with `protectctl tape move`")
+            raise MediaError(
+                f"library {self.path} has no free slot for {barcode}",
+                hint="export full cartridges to a vault with `protectctl tape move`",
+            )
         directory.mkdir()
-        atomic_write(directory / _META, json.dumps({"barcode": barcode, "capacity": self.capacity_bytes}).encode())
+        atomic_write(
+            directory / _META, json.dumps({"barcode": barcode, "capacity": self.capacity_bytes}).encode()
+        )
         layout["slots"][slot] = barcode
         self._save(layout)
         return int(slot)
@@ -433,8 +449,9 @@ class VirtualLibrary:
             self._save(layout)
         handle = self._loaded.get(int(key))
         if handle is None or handle.barcode != barcode:
-            handle = VirtualDrive(self.path / "cartridges" / barcode, barcode, self._capacity_of(barcode),
-                                  self.reserve_bytes)
+            handle = VirtualDrive(
+                self.path / "cartridges" / barcode, barcode, self._capacity_of(barcode), self.reserve_bytes
+            )
             self._loaded[int(key)] = handle
         handle.rewind()
         return handle

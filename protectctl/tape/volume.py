@@ -23,8 +23,9 @@ from protectctl.tape.format import (
 from protectctl.tape.library import EndOfDataError, TapeDrive
 
 
-def write_label(drive: TapeDrive, pool: str, key_id: str, key_name: str, kek: bytes, library: str,
-                now: datetime) -> VolumeCipher:
+def write_label(
+    drive: TapeDrive, pool: str, key_id: str, key_name: str, kek: bytes, library: str, now: datetime
+) -> VolumeCipher:
     """Erase the cartridge and label it as a new volume; returns its cipher."""
     label, data_key = new_label(drive.barcode, pool, key_id, key_name, kek, library, now)
     drive.erase()
@@ -39,14 +40,17 @@ def read_label(drive: TapeDrive) -> Label:
     try:
         raw = drive.read_record()
     except EndOfDataError:
-        raise TapeError(f"cartridge {drive.barcode} is blank (no label)",
-                        hint="label it with `protectctl tape label`") from None
+        raise TapeError(
+            f"cartridge {drive.barcode} is blank (no label)", hint="label it with `protectctl tape label`"
+        ) from None
     if raw is None:
         raise TapeError(f"cartridge {drive.barcode} starts with a filemark: not a protectctl tape")
     label = decode_label(raw, f"cartridge {drive.barcode}")
     if label.barcode != drive.barcode:
-        raise TapeError(f"cartridge {drive.barcode} carries the label of {label.barcode}",
-                        hint="its barcode sticker and its recorded label disagree; check the cartridge")
+        raise TapeError(
+            f"cartridge {drive.barcode} carries the label of {label.barcode}",
+            hint="its barcode sticker and its recorded label disagree; check the cartridge",
+        )
     return label
 
 

@@ -70,11 +70,13 @@ spec:
   members:
 {members}"""
 
-MEMBER = "    - {{name: {name}, host: local, filesystem: {{path: ./data/{group}/{name}, exclude: ['*.tmp']}}}}\n"
+MEMBER = (
+    "    - {{name: {name}, host: local, filesystem: {{path: ./data/{group}/{name}, exclude: ['*.tmp']}}}}\n"
+)
 
 
 def generate_policy(directory: Path, groups: int, members: int = 3, files: int = 10) -> Path:
-    """Write a valid policy of `groups` groups x `members` members into `files` files; return the directory."""
+    """Write a valid policy of `groups` groups x `members` members into `files` files; return its dir."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "common.yaml").write_text(COMMON, encoding="utf-8")
     files = max(1, min(files, groups))
@@ -82,8 +84,9 @@ def generate_policy(directory: Path, groups: int, members: int = 3, files: int =
     for i in range(groups):
         group = f"g{i:05d}"
         body = "".join(MEMBER.format(name=f"m{j}", group=group) for j in range(members))
-        chunks[i % files].append(GROUP.format(name=group, sla=("tier1", "gold", "silver")[i % 3],
-                                              size=10 + i % 90, members=body))
+        chunks[i % files].append(
+            GROUP.format(name=group, sla=("tier1", "gold", "silver")[i % 3], size=10 + i % 90, members=body)
+        )
     width = len(str(files))
     for n, docs in enumerate(chunks):
         (directory / "groups" / f"groups-{n:0{width}d}.yaml").parent.mkdir(exist_ok=True)
@@ -124,7 +127,9 @@ def protectctl_argv() -> list[str]:
 def run(argv: Sequence[str], ok: Sequence[int] = (0,)) -> None:
     proc = subprocess.run(argv, capture_output=True, check=False)
     if proc.returncode not in ok:
-        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
+        raise SystemExit(
+            f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}"
+        )
 
 
 def write_matching_state(directory: Path) -> int:
@@ -138,8 +143,14 @@ def write_matching_state(directory: Path) -> int:
     state = State()
     for res in api.resources(policy):
         state.resources[str(res.address)] = ResourceState(
-            kind=res.address.kind, inputs=dict(res.inputs), inputs_hash=inputs_hash(res.inputs),
-            depends_on=[str(d) for d in res.depends_on], host=res.host, holds_data=res.holds_data, updated_at=now)
+            kind=res.address.kind,
+            inputs=dict(res.inputs),
+            inputs_hash=inputs_hash(res.inputs),
+            depends_on=[str(d) for d in res.depends_on],
+            host=res.host,
+            holds_data=res.holds_data,
+            updated_at=now,
+        )
     state.serial = len(state.resources)
     api.state_backend(directory, policy).write(state)
     return len(state.resources)
@@ -159,23 +170,36 @@ def bench(groups: int, members: int, files: int, runs: int) -> list[Row]:
 
         validate = median_s(lambda: api.validate(directory), runs)
         plan_new = median_s(lambda: api.plan(directory), runs)
-        rows += [("validate (in-process)", validate, None), ("plan, all new (in-process)", plan_new, None),
-                 ("validate + plan (in-process)", total(validate, plan_new), PLAN_TARGET_S)]
+        rows += [
+            ("validate (in-process)", validate, None),
+            ("plan, all new (in-process)", plan_new, None),
+            ("validate + plan (in-process)", total(validate, plan_new), PLAN_TARGET_S),
+        ]
         cli_validate = median_s(lambda: run([*cli, "validate"]), runs)
         cli_plan_new = median_s(lambda: run([*cli, "plan"]), runs)
-        rows += [("protectctl validate", cli_validate, None), ("protectctl plan, all new", cli_plan_new, None),
-                 ("protectctl validate + plan", total(cli_validate, cli_plan_new), PLAN_TARGET_S)]
+        rows += [
+            ("protectctl validate", cli_validate, None),
+            ("protectctl plan, all new", cli_plan_new, None),
+            ("protectctl validate + plan", total(cli_validate, cli_plan_new), PLAN_TARGET_S),
+        ]
 
         write_matching_state(directory)
         plan_same = median_s(lambda: api.plan(directory), runs)
         cli_plan_same = median_s(lambda: run([*cli, "plan", "--detailed-exitcode"]), runs)
-        rows += [("plan, no changes (in-process)", plan_same, None),
-                 ("protectctl plan, no changes", cli_plan_same, None)]
+        rows += [
+            ("plan, no changes (in-process)", plan_same, None),
+            ("protectctl plan, no changes", cli_plan_same, None),
+        ]
 
     version_runs = max(runs, 7)
     rows.append(("python -c pass", median_s(lambda: run([sys.executable, "-c", "pass"]), version_runs), None))
-    rows.append(("protectctl --version", median_s(lambda: run([*protectctl_argv(), "--version"]), version_runs),
-                 VERSION_TARGET_S))
+    rows.append(
+        (
+            "protectctl --version",
+            median_s(lambda: run([*protectctl_argv(), "--version"]), version_runs),
+            VERSION_TARGET_S,
+        )
+    )
     return rows
 
 
@@ -205,10 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = bench(args.groups, args.members, args.files, args.runs)
     from protectctl import __version__
 
-    ok = print_table(f"protectctl {__version__}: {args.groups} groups x {args.members} members in "
-                     f"{min(args.files, args.groups)} file(s); median of {args.runs} runs; "
-                     f"Python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f} "
-                     f"on {os.cpu_count()} CPU(s)", rows)
+    ok = print_table(
+        f"protectctl {__version__}: {args.groups} groups x {args.members} members in "
+        f"{min(args.files, args.groups)} file(s); median of {args.runs} runs; "
+        f"Python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPU(s)",
+        rows,
+    )
     return 0 if ok or not args.check else 1
 
 

@@ -63,8 +63,9 @@ def test_validate(quickstart: Path) -> None:
 
 
 def test_validate_from_inside_the_directory(quickstart: Path) -> None:
-    proc = subprocess.run(cli_argv(None, "validate"), cwd=quickstart, capture_output=True, text=True,
-                          env=cli_env(), check=False)
+    proc = subprocess.run(
+        cli_argv(None, "validate"), cwd=quickstart, capture_output=True, text=True, env=cli_env(), check=False
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -109,8 +110,10 @@ def test_quickstart_lifecycle(quickstart: Path) -> None:
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     doc = plan_json(quickstart, "--detailed-exitcode", expect=2)
     assert changes(doc) == [("source.docs/home", "update"), ("schedule.docs/home/sync", "update")]
-    attrs = {c["address"]: [(a["path"], a["before"], a["after"]) for a in c["attributes"]]  # type: ignore
-             for c in doc["changes"]}  # type: ignore[union-attr]
+    attrs = {
+        c["address"]: [(a["path"], a["before"], a["after"]) for a in c["attributes"]]  # type: ignore
+        for c in doc["changes"]
+    }  # type: ignore[union-attr]
     assert attrs["schedule.docs/home/sync"] == [("schedule", "every 15m", "every 30m")]
     assert attrs["source.docs/home"] == [("sync_interval_s", 900, 1800)]
     text = run_cli(quickstart, "plan", expect=0).stdout
@@ -224,8 +227,11 @@ with LocalStateBackend(Path(sys.argv[1])).lock("apply --from-test", 0):
 
 
 def hold_lock(directory: Path, seconds: float) -> subprocess.Popen[str]:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory / ".protectctl/state.json"),
-                               str(seconds)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory / ".protectctl/state.json"), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -234,8 +240,10 @@ def test_state_lock(quickstart: Path) -> None:
     holder = hold_lock(quickstart, 60)
     try:
         proc = run_cli(quickstart, "plan", expect=1)
-        assert f"the state is locked by pid {holder.pid} on {socket.gethostname()} (apply --from-test, since" \
+        assert (
+            f"the state is locked by pid {holder.pid} on {socket.gethostname()} (apply --from-test, since"
             in proc.stderr
+        )
         assert "--lock-timeout" in proc.stderr
         run_cli(quickstart, "apply", "--auto-approve", expect=1)
         assert "held by a live process" in run_cli(quickstart, "state", "unlock", expect=1).stderr
@@ -292,7 +300,8 @@ def test_removing_a_member_keeps_its_points(applied: Path) -> None:
 def test_state_location_from_settings(quickstart: Path) -> None:
     (quickstart / "settings.yaml").write_text(
         "apiVersion: protectctl/v1\nkind: Settings\nmetadata: {name: settings}\nspec:\n"
-        "  state: {path: ../shared-state/protectctl.json}\n")
+        "  state: {path: ../shared-state/protectctl.json}\n"
+    )
     run_cli(quickstart, "apply", "--auto-approve")
     assert (quickstart.parent / "shared-state" / "protectctl.json").exists()
     assert not (quickstart / ".protectctl" / "state.json").exists()
@@ -328,8 +337,12 @@ def test_kill_apply_midway(tmp_path: Path) -> None:
     directory = generate_policy(tmp_path / "fleet", groups=30, members=1)
     total = len(changes(plan_json(directory)))
     state_file = directory / ".protectctl/state.json"
-    proc = subprocess.Popen(cli_argv(directory, "apply", "--auto-approve", "--parallelism", "1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
+    proc = subprocess.Popen(
+        cli_argv(directory, "apply", "--auto-approve", "--parallelism", "1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(),
+    )
     try:
         _wait_for_partial_state(state_file, proc, minimum=20)
         os.kill(proc.pid, signal.SIGKILL)

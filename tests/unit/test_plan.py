@@ -35,8 +35,14 @@ def applied(plan: Plan, state: State) -> State:
         else:
             assert change.after is not None
             out.resources[change.address] = ResourceState(
-                kind=change.kind, inputs=change.after, inputs_hash=inputs_hash(change.after),
-                depends_on=change.depends_on, host=change.host, holds_data=change.holds_data, updated_at=NOW)
+                kind=change.kind,
+                inputs=change.after,
+                inputs_hash=inputs_hash(change.after),
+                depends_on=change.depends_on,
+                host=change.host,
+                holds_data=change.holds_data,
+                updated_at=NOW,
+            )
         out.serial += 1
     return out
 
@@ -83,8 +89,13 @@ def test_weekly_full_estimate(quickstart: Path) -> None:
 
 
 def test_capacity_without_size_hint() -> None:
-    e = capacity.estimate(size=None, change_rate=None, sync=Schedule.parse("every 1h"),
-                          full=Schedule.parse("daily at 21:00"), disk_retention=Duration.parse("14d"))
+    e = capacity.estimate(
+        size=None,
+        change_rate=None,
+        sync=Schedule.parse("every 1h"),
+        full=Schedule.parse("daily at 21:00"),
+        disk_retention=Duration.parse("14d"),
+    )
     assert e.bytes_per_full is None and e.disk_bytes is None
     assert e.points_per_snapshot == 25 and e.snapshots_retained == 14
 
@@ -97,15 +108,28 @@ def test_plan_is_deterministic(quickstart: Path) -> None:
     first = api.make_plan(quickstart, state, now=NOW).model_dump_json(indent=2)
     second = api.make_plan(quickstart, state.model_copy(deep=True), now=NOW).model_dump_json(indent=2)
     assert first == second
-    assert render_markdown(Plan.model_validate_json(first)) == render_markdown(Plan.model_validate_json(second))
+    assert render_markdown(Plan.model_validate_json(first)) == render_markdown(
+        Plan.model_validate_json(second)
+    )
 
 
 def test_plan_json_is_versioned_and_round_trips(quickstart: Path) -> None:
     plan = api.make_plan(quickstart, State(), now=NOW)
     doc = json.loads(plan.model_dump_json())
     assert doc["format_version"] == PLAN_FORMAT == "1.0"
-    assert set(doc) >= {"format_version", "protectctl_version", "created_at", "lineage", "serial", "policy_dir",
-                        "destroy", "delete_data", "changes", "estimates", "warnings"}
+    assert set(doc) >= {
+        "format_version",
+        "protectctl_version",
+        "created_at",
+        "lineage",
+        "serial",
+        "policy_dir",
+        "destroy",
+        "delete_data",
+        "changes",
+        "estimates",
+        "warnings",
+    }
     assert Plan.model_validate_json(plan.model_dump_json()) == plan
     key = next(c for c in doc["changes"] if c["kind"] == "key")
     assert key["after"]["passphrase"] == {"file": str(quickstart.resolve() / ".protectctl" / "passphrase")}
@@ -152,12 +176,16 @@ def test_sla_sync_edit_touches_only_its_schedule_and_source(quickstart: Path) ->
     edit(quickstart, "sync: every 15m", "sync: every 30m")
     plan = api.make_plan(quickstart, state, now=NOW)
     assert [(c.address, c.action) for c in plan.changes] == [
-        ("source.docs/home", Action.UPDATE), ("schedule.docs/home/sync", Action.UPDATE)]
+        ("source.docs/home", Action.UPDATE),
+        ("schedule.docs/home/sync", Action.UPDATE),
+    ]
     by = {c.address: c for c in plan.changes}
     assert [(a.path, a.before, a.after) for a in by["source.docs/home"].attributes] == [
-        ("sync_interval_s", 900, 1800)]
+        ("sync_interval_s", 900, 1800)
+    ]
     assert [(a.path, a.before, a.after) for a in by["schedule.docs/home/sync"].attributes] == [
-        ("schedule", "every 15m", "every 30m")]
+        ("schedule", "every 15m", "every 30m")
+    ]
 
 
 def test_removed_source_keeps_its_points(quickstart: Path) -> None:
@@ -165,13 +193,16 @@ def test_removed_source_keeps_its_points(quickstart: Path) -> None:
     edit(quickstart, "    - name: home", "    - name: house")
     plan = api.make_plan(quickstart, state, now=NOW)
     gone = {c.address: c for c in plan.changes if c.action is Action.DELETE}
-    assert set(gone) == {"source.docs/home"} | {f"schedule.docs/home/{j}" for j in ("sync", "full", "prune", "verify")}
+    assert set(gone) == {"source.docs/home"} | {
+        f"schedule.docs/home/{j}" for j in ("sync", "full", "prune", "verify")
+    }
     assert gone["source.docs/home"].reason is Reason.REMOVED
     assert any("recovery points are kept" in n for n in gone["source.docs/home"].notes)
     # deletions come after creations, dependants (schedules) before what they depend on
     order = [c.address for c in plan.changes]
-    assert order.index("source.docs/home") > max(order.index(f"schedule.docs/home/{j}")
-                                                  for j in ("sync", "full", "prune", "verify"))
+    assert order.index("source.docs/home") > max(
+        order.index(f"schedule.docs/home/{j}") for j in ("sync", "full", "prune", "verify")
+    )
     assert order.index("source.docs/house") < order.index("schedule.docs/house/sync")
 
 
@@ -181,8 +212,16 @@ def test_destroy_refused_when_repository_holds_points(quickstart: Path) -> None:
     observed = Observations(storage_points={"storage.primary": 3})
     with pytest.raises(PlanError, match=r"storage.primary \(3 recovery points\).*key.repo-key"):
         make_plan(resources, state, now=NOW, version="t", policy_dir="p", destroy=True, observed=observed)
-    plan = make_plan(resources, state, now=NOW, version="t", policy_dir="p", destroy=True, delete_data=True,
-                     observed=observed)
+    plan = make_plan(
+        resources,
+        state,
+        now=NOW,
+        version="t",
+        policy_dir="p",
+        destroy=True,
+        delete_data=True,
+        observed=observed,
+    )
     assert {c.address for c in plan.changes if c.delete_data} == {"storage.primary", "key.repo-key"}
     assert "DELETES PROTECTED DATA" in "\n".join(line for _, line in render_text(plan))
     assert ":red_circle:" in render_markdown(plan)
@@ -196,7 +235,9 @@ def test_destroy_without_points_keeps_data(quickstart: Path) -> None:
     storage = next(c for c in plan.changes if c.address == "storage.primary")
     assert any("data kept" in n for n in storage.notes)
     order = [c.address for c in plan.changes]
-    assert order.index("schedule.docs/home/sync") < order.index("source.docs/home") < order.index("agent.local")
+    assert (
+        order.index("schedule.docs/home/sync") < order.index("source.docs/home") < order.index("agent.local")
+    )
     assert order.index("storage.primary") < order.index("key.repo-key")
 
 
@@ -216,9 +257,14 @@ def test_stale_plan_is_refused(quickstart: Path) -> None:
 
 def test_graph_edges(quickstart: Path) -> None:
     graph = build_graph(api.resources(api.load(quickstart)))
-    for edge in [("key.repo-key", "storage.primary"), ("host.local", "agent.local"),
-                 ("agent.local", "source.docs/home"), ("storage.primary", "source.docs/home"),
-                 ("source.docs/home", "schedule.docs/home/sync"), ("group.docs", "source.docs/home")]:
+    for edge in [
+        ("key.repo-key", "storage.primary"),
+        ("host.local", "agent.local"),
+        ("agent.local", "source.docs/home"),
+        ("storage.primary", "source.docs/home"),
+        ("source.docs/home", "schedule.docs/home/sync"),
+        ("group.docs", "source.docs/home"),
+    ]:
         assert graph.has_edge(*edge), edge
     check_acyclic(graph)
     dot = api.graph_dot(quickstart)
@@ -226,12 +272,15 @@ def test_graph_edges(quickstart: Path) -> None:
 
 
 def test_cycle_is_named(tmp_path: Path) -> None:
-    docs = "".join(f"""---
+    docs = "".join(
+        f"""---
 apiVersion: protectctl/v1
 kind: Host
 metadata: {{name: {name}}}
 spec: {{address: local, gateway: {gateway}}}
-""" for name, gateway in (("a", "b"), ("b", "a")))
+"""
+        for name, gateway in (("a", "b"), ("b", "a"))
+    )
     (tmp_path / "hosts.yaml").write_text(docs)
     with pytest.raises(PlanError, match=r"dependency cycle: host\.(a|b) -> host\.(a|b) -> host\.\1"):
         api.make_plan(tmp_path, State(), now=NOW)
@@ -242,5 +291,11 @@ def test_ordered_is_stable() -> None:
         def __init__(self, address: str, action: str, deps: tuple[str, ...] = ()) -> None:
             self.address, self.action, self.depends_on = address, action, deps
 
-    changes = [C("b", "create", ("a",)), C("a", "create"), C("z", "delete", ("y",)), C("y", "delete"), C("c", "create")]
+    changes = [
+        C("b", "create", ("a",)),
+        C("a", "create"),
+        C("z", "delete", ("y",)),
+        C("y", "delete"),
+        C("c", "create"),
+    ]
     assert ordered(changes) == ["a", "b", "c", "z", "y"]

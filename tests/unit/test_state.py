@@ -50,7 +50,10 @@ def test_write_read_backup_and_mode(tmp_path: Path) -> None:
     assert backend.backup_path.read_bytes() == first
     assert stat.S_IMODE(backend.backup_path.stat().st_mode) == 0o600
     assert backend.read().serial == 2
-    assert sorted(p.name for p in path.parent.iterdir()) == ["state.json", "state.json.backup"]  # no temp files
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "state.json",
+        "state.json.backup",
+    ]  # no temp files
 
 
 def test_damaged_state_names_the_backup(tmp_path: Path) -> None:
@@ -68,13 +71,21 @@ def test_unreadable_state_is_a_state_error(tmp_path: Path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(resources=st.dictionaries(
-    st.from_regex(r"(group|source|schedule)\.[a-z]{1,8}(/[a-z]{1,8})?", fullmatch=True),
-    st.dictionaries(st.text(max_size=8), st.one_of(st.none(), st.integers(), st.text(max_size=10),
-                                                   st.lists(st.integers(), max_size=3)), max_size=4),
-    max_size=5), serial=st.integers(0, 10**9))
-def test_state_round_trip(tmp_path_factory: pytest.TempPathFactory, resources: dict[str, dict[str, object]],
-                          serial: int) -> None:
+@given(
+    resources=st.dictionaries(
+        st.from_regex(r"(group|source|schedule)\.[a-z]{1,8}(/[a-z]{1,8})?", fullmatch=True),
+        st.dictionaries(
+            st.text(max_size=8),
+            st.one_of(st.none(), st.integers(), st.text(max_size=10), st.lists(st.integers(), max_size=3)),
+            max_size=4,
+        ),
+        max_size=5,
+    ),
+    serial=st.integers(0, 10**9),
+)
+def test_state_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, resources: dict[str, dict[str, object]], serial: int
+) -> None:
     backend = LocalStateBackend(tmp_path_factory.mktemp("rt") / "state.json")
     state = State(serial=serial, resources={a: record(**i) for a, i in resources.items()})
     backend.write(state)
@@ -86,11 +97,12 @@ def test_lock_names_its_holder(tmp_path: Path) -> None:
     backend = LocalStateBackend(tmp_path / "state.json")
     other = LocalStateBackend(tmp_path / "state.json")
     with backend.lock("apply", 0):
-        with pytest.raises(StateLockedError) as info:
-            with other.lock("plan", 0):
-                pass
+        with pytest.raises(StateLockedError) as info, other.lock("plan", 0):
+            pass
         message = str(info.value)
-        assert f"pid {os.getpid()}" in message and socket.gethostname() in message and "(apply, since" in message
+        assert (
+            f"pid {os.getpid()}" in message and socket.gethostname() in message and "(apply, since" in message
+        )
         assert "--lock-timeout" in (info.value.hint or "")
     with other.lock("plan", 0):  # released
         pass

@@ -40,7 +40,11 @@ class StorageBackend(Protocol):
     """Named objects in one place; every write is all-or-nothing."""
 
     def put(self, kind: ObjectKind, name: str, data: bytes) -> None:
-        """Store `data` under (kind, name), replacing any old object atomically."""
+        """Store `data` under (kind, name), replacing any old object atomically.
+
+        `data` may be a memoryview of a buffer the caller reuses once `put` returns (the
+        writer's pack buffers): a backend reads it during the call and never keeps it.
+        """
 
     def get(self, kind: ObjectKind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """The object's bytes from `offset` (`length` of them, or to the end); raises ObjectMissingError."""

@@ -5,13 +5,22 @@ Layout: `config/<name>`, `keys/<name>`, `index/<name>`, `points/<name>`, `locks/
 256 directories of ~400 entries). Every put goes through `fsutil.atomic_write`, so a
 crash leaves the old object or the new one, and temporary files start with "." and are
 never listed. OS errors become `RepositoryError`s whose text says what happened.
+
+Reads of packs (`data/`) go through a small cache of open file descriptors and `pread`:
+a restore reads thousands of blobs from a few dozen packs, and opening the pack again for
+each blob cost as much as reading it. Packs are immutable (named by their content hash),
+so a cached descriptor can never show other bytes than the name promises; `delete` drops
+the descriptor so this process sees its own deletes at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -25,17 +34,37 @@ from protectctl.fsutil import atomic_write, fsync_dir
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+# Open pack descriptors kept per storage object (least recently used closed first).
+_OPEN_PACKS = 32
+
+
+class _OpenFile:
+    """An open descriptor, closed when the last user lets go (eviction never races a read)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, TypeError):
+            os.close(self.fd)
+
+
 class LocalStorage:
     """Objects as files under one directory."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._packs: OrderedDict[str, _OpenFile] = OrderedDict()
+        self._packs_lock = threading.Lock()
 
     def describe(self) -> str:
         return f"local:{self.path}"
 
     def put(self, kind: ObjectKind, name: str, data: bytes) -> None:
         target = self._file(kind, name)
+        self._forget_pack(kind, name)
         try:
             atomic_write(target, data, mode=0o600)
         except OSError as err:
@@ -45,6 +74,8 @@ class LocalStorage:
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
         target = self._file(kind, name)
+        if kind is ObjectKind.DATA:
+            return self._get_pack(target, name, offset, length)
         try:
             with open(target, "rb") as handle:
                 handle.seek(offset)
@@ -54,6 +85,34 @@ class LocalStorage:
         except OSError as err:
             raise self._os_error("reading", target, err) from err
 
+    def _get_pack(self, target: Path, name: str, offset: int, length: int | None) -> bytes:
+        try:
+            with self._packs_lock:
+                handle = self._packs.get(name)
+                if handle is not None:
+                    self._packs.move_to_end(name)
+            if handle is None:
+                handle = _OpenFile(os.open(target, os.O_RDONLY | os.O_CLOEXEC))
+                with self._packs_lock:
+                    self._packs[name] = handle
+                    while len(self._packs) > _OPEN_PACKS:
+                        self._packs.popitem(last=False)
+            if length is None:
+                length = max(os.fstat(handle.fd).st_size - offset, 0)
+            data = os.pread(handle.fd, length, offset)
+        except FileNotFoundError as err:
+            raise ObjectMissingError(f"{self.describe()}: {ObjectKind.DATA}/{name} does not exist") from err
+        except OSError as err:
+            raise self._os_error("reading", target, err) from err
+        if len(data) != length:
+            raise RepositoryError(f"reading {target}: wanted {length} bytes, the object is shorter")
+        return data
+
+    def _forget_pack(self, kind: ObjectKind, name: str) -> None:
+        if kind is ObjectKind.DATA:
+            with self._packs_lock:
+                self._packs.pop(name, None)
+
     def list(self, kind: ObjectKind) -> Iterator[ObjectInfo]:
         base = self.path / kind.value
         dirs = _shard_dirs(base) if kind is ObjectKind.DATA else [base]
@@ -62,6 +121,7 @@ class LocalStorage:
 
     def delete(self, kind: ObjectKind, name: str) -> None:
         target = self._file(kind, name)
+        self._forget_pack(kind, name)
         try:
             target.unlink()
         except FileNotFoundError as err:

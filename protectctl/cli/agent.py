@@ -1,0 +1,48 @@
+"""`protectctl agent ...`: hidden commands PostgreSQL runs on a protected host.
+
+`wal-push` is an archive_command, `wal-fetch` a restore_command: both only move files
+between PostgreSQL and a spool/staging directory (protectctl.agent.wal), so they need no
+key and no repository. Apply installs a stdlib-only copy of the same code beside the spool,
+because the PostgreSQL OS user usually cannot run this installation of protectctl.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    agent_app = typer.Typer(help="Commands run by PostgreSQL on a protected host.", no_args_is_help=True)
+    app.add_typer(agent_app, name="agent", hidden=True)
+
+    @agent_app.command("wal-push")
+    def wal_push(
+        path: Annotated[Path, typer.Argument(help="%p: the WAL file to archive")],
+        spool: Annotated[Path, typer.Option("--spool", help="The spool directory the agent drains.")],
+        max_bytes: Annotated[int, typer.Option("--max-bytes", help="Spool bound; past it segments are dropped "
+                                               "loudly.")] = 4 << 30,
+    ) -> None:
+        """archive_command: spool one WAL file (exit 0 once it is durable or loudly dropped)."""
+        from protectctl.agent.wal import push
+
+        status, message = push(path, spool, max_bytes)
+        if message:
+            typer.echo(message, err=True)
+        raise typer.Exit(status)
+
+    @agent_app.command("wal-fetch")
+    def wal_fetch(
+        name: Annotated[str, typer.Argument(help="%f: the WAL file name PostgreSQL wants")],
+        dest: Annotated[Path, typer.Argument(help="%p: where to put it")],
+        directory: Annotated[Path, typer.Option("--dir", help="The staging directory of a running restore.")],
+    ) -> None:
+        """restore_command: hand PostgreSQL a WAL file the restore staged (exit 1: no such file)."""
+        from protectctl.agent.wal import fetch
+
+        status, message = fetch(name, dest, directory)
+        if message:
+            typer.echo(message, err=True)
+        raise typer.Exit(status)

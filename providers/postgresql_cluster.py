@@ -1,0 +1,234 @@
+"""Talking to one PostgreSQL cluster: the one process gateway of the postgresql provider.
+
+Every PostgreSQL binary runs as the cluster's OS user (initdb, pg_ctl and the server refuse
+root; peer authentication over the Unix socket needs that user anyway): when protectctl
+runs as root, argv is prefixed with `runuser -u USER --`. Commands are argv lists, never
+shell strings. Failures become ProviderError naming the command and the tail of stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from protectctl.errors import ProviderError
+
+_UNIT = "\x1f"  # psql field separator: never inside the values we read
+_SENTINEL = "__protectctl_end__"
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    data_dir: Path
+    port: int
+    socket_dir: Path
+    os_user: str
+    bin_dir: Path
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, object], **override: object) -> Cluster:
+        values: dict[str, object] = {
+            "data_dir": Path(str(spec["data_dir"])),
+            "port": int(str(spec.get("port", 5432))),
+            "socket_dir": Path(str(spec.get("socket_dir") or "/var/run/postgresql")),
+            "os_user": str(spec.get("os_user") or "postgres"),
+            "bin_dir": Path(str(spec.get("bin_dir") or "/usr/lib/postgresql/15/bin")),
+        }
+        values.update(override)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def bin(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def ids(self) -> tuple[int, int]:
+        """(uid, gid) of the OS user; ProviderError when the user does not exist."""
+        try:
+            entry = pwd.getpwnam(self.os_user)
+        except KeyError:
+            raise ProviderError(f"OS user {self.os_user!r} does not exist on this host",
+                                hint="set osUser to the user PostgreSQL runs as") from None
+        return entry.pw_uid, entry.pw_gid
+
+
+def as_user(cluster: Cluster, argv: Sequence[str]) -> list[str]:
+    """argv run as the cluster's OS user (through runuser when we are root and someone else)."""
+    if os.geteuid() == 0 and pwd.getpwuid(0).pw_name != cluster.os_user:
+        return ["runuser", "-u", cluster.os_user, "--", *argv]
+    return list(argv)
+
+
+def run(cluster: Cluster, argv: Sequence[str], *, timeout_s: float = 600, check: bool = True,
+        env: Mapping[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    full = as_user(cluster, argv)
+    merged = {**os.environ, "LC_ALL": "C", **(env or {})}
+    try:
+        result = subprocess.run(full, capture_output=True, text=True, timeout=timeout_s, env=merged,
+                                input=stdin.decode() if stdin is not None else None, check=False, cwd="/")
+    except FileNotFoundError as err:
+        raise ProviderError(f"{argv[0]} not found", hint="check binDir in the member spec") from err
+    except subprocess.TimeoutExpired as err:
+        raise ProviderError(f"{' '.join(argv[:2])} did not finish within {timeout_s:.0f} s") from err
+    if check and result.returncode != 0:
+        raise ProviderError(f"{Path(argv[0]).name} failed (exit {result.returncode}): {_tail(result.stderr)}")
+    return result
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return " | ".join(line for line in text.strip().splitlines()[-lines:]) or "(no message)"
+
+
+def psql_argv(cluster: Cluster, database: str = "postgres") -> list[str]:
+    return [cluster.bin("psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-F", _UNIT,
+            "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-d", database]
+
+
+def query(cluster: Cluster, sql: str, *, database: str = "postgres", timeout_s: float = 600) -> list[list[str]]:
+    """Rows of `sql` as text fields; ProviderError when the cluster cannot be reached or the SQL fails."""
+    result = run(cluster, [*psql_argv(cluster, database), "-c", sql], timeout_s=timeout_s, check=False)
+    if result.returncode != 0:
+        raise ProviderError(f"PostgreSQL at {cluster.socket_dir}:{cluster.port}: {_tail(result.stderr)}")
+    return [line.split(_UNIT) for line in result.stdout.splitlines() if line != ""]
+
+
+def scalar(cluster: Cluster, sql: str, *, database: str = "postgres") -> str:
+    rows = query(cluster, sql, database=database)
+    return rows[0][0] if rows and rows[0] else ""
+
+
+def reachable(cluster: Cluster) -> bool:
+    try:
+        query(cluster, "SELECT 1", timeout_s=30)
+    except ProviderError:
+        return False
+    return True
+
+
+class Session:
+    """One psql connection held open (the low-level backup API needs one session)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        argv = as_user(cluster, psql_argv(cluster))
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, cwd="/",
+                                      env={**os.environ, "LC_ALL": "C"})
+
+    def query(self, sql: str) -> list[list[str]]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(f"{sql.rstrip(';')};\n\\echo {_SENTINEL}\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        rows: list[list[str]] = []
+        for line in self._proc.stdout:
+            line = line.rstrip("\n")
+            if line == _SENTINEL:
+                return rows
+            if line:
+                rows.append(line.split(_UNIT))
+        self._proc.wait()
+        stderr = self._proc.stderr.read() if self._proc.stderr else ""
+        raise ProviderError(f"PostgreSQL at {self.cluster.socket_dir}:{self.cluster.port}: {_tail(stderr)}")
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            try:
+                self._proc.stdin.close()
+                self._proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- LSNs and WAL content ----------------------------------------------------------------
+
+
+def parse_lsn(text: str) -> int:
+    high, _, low = text.strip().partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+_XACT = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: (?:COMMIT|ABORT)(?:_PREPARED)?"
+                   r"(?: \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+
+
+def xact_times(bin_dir: Path, directory: Path, first: str, last: str) -> list[tuple[int, datetime]]:
+    """(LSN, time) of every commit and abort record in segments first..last of `directory`.
+
+    pg_waldump stops with an error at the end of valid WAL (a record continuing into a
+    segment not here yet); the records before it are still good, so stdout is read anyway.
+    """
+    argv = [str(bin_dir / "pg_waldump"), "-r", "Transaction", "-p", str(directory), first, last]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False,
+                                env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
+    except (FileNotFoundError, subprocess.TimeoutExpired) as err:
+        raise ProviderError(f"pg_waldump could not read {directory}: {err}") from err
+    out = []
+    for m in _XACT.finditer(result.stdout):
+        when = datetime.fromisoformat(m.group(2)).replace(tzinfo=UTC)
+        out.append((parse_lsn(m.group(1)), when))
+    return out
+
+
+# -- server control ----------------------------------------------------------------------
+
+
+def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120) -> None:
+    """Wait until the archiver has archived `segment` (or a later one); ProviderError on timeout."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.02
+    while True:
+        row = query(cluster, "SELECT coalesce(last_archived_wal, ''), failed_count, "
+                             "coalesce(last_failed_wal, '') FROM pg_stat_archiver")[0]
+        archived = row[0]
+        if archived and archived[8:24] >= segment[8:24] and not archived.endswith(".history"):
+            return
+        if time.monotonic() > deadline:
+            failing = f"; the archiver fails on {row[2]} ({row[1]} failures)" if row[2] else ""
+            raise ProviderError(f"WAL segment {segment} was not archived within {timeout_s:.0f} s{failing}",
+                                hint="check archive_command with `protectctl apply` and the PostgreSQL log")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def start(cluster: Cluster, log_file: Path, *, wait: bool = False, timeout_s: float = 600) -> None:
+    argv = [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "-l", str(log_file), "-s"]
+    argv += ["-w", "-t", str(int(timeout_s))] if wait else ["-W"]
+    run(cluster, [*argv, "start"], timeout_s=timeout_s + 30)
+
+
+def stop(cluster: Cluster, *, mode: str = "fast", timeout_s: float = 300) -> None:
+    run(cluster, [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "-m", mode, "-w", "-s",
+                  "-t", str(int(timeout_s)), "stop"], timeout_s=timeout_s + 30)
+
+
+def running(cluster: Cluster) -> bool:
+    result = run(cluster, [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "status"], check=False)
+    return result.returncode == 0
+
+
+def restart(cluster: Cluster, *, log_file: Path, timeout_s: float = 300) -> None:
+    # pg_ctl restart reuses postmaster.opts, so a cluster started with -c config_file=... keeps it;
+    # -l: without it the server would inherit our pipes and the call would never return
+    run(cluster, [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "-l", str(log_file), "-m", "fast", "-w",
+                  "-s", "-t", str(int(timeout_s)), "restart"], timeout_s=timeout_s + 30)

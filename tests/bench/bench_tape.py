@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Tape benchmark: protectctl tape write and read throughput against plain `tar`, in one run.
+
+One run builds the deterministic dataset (tests/bench/dataset.py), backs it up into a fresh
+repository (not timed), then measures on the same disk:
+
+    tape write    PoolWriter.copy_point: read + decrypt from the repository, zstd, re-encrypt,
+                  write records to a virtual cartridge
+    tape read     read the cartridge (authenticate every record, spool ciphertext) and restore
+                  through the filesystem restorer, verified against stored hashes
+    tar write     tar -cf of the dataset directory
+    tar read      tar -xf into an empty directory
+
+Throughput is logical dataset bytes per second. tar neither compresses nor encrypts nor
+verifies, so it is the floor of what the disk allows, not a like-for-like competitor.
+Warm cache, as in bench_backup.py.
+
+    python tests/bench/bench_tape.py                  # 256 MiB
+    python tests/bench/bench_tape.py --size 1GiB --workdir /var/tmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent.parent
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.bench import dataset  # noqa: E402
+
+RESULTS_DIR = HERE / "results"
+PASS = b"protectctl-bench-passphrase"
+
+
+def _timed(action: object) -> float:
+    started = time.perf_counter()
+    action()  # type: ignore[operator]
+    return time.perf_counter() - started
+
+
+def run(size: int, workdir: Path) -> dict[str, object]:
+    from protectctl.agent.jobs import RetentionSpec, SourceJob, run_backup
+    from protectctl.engine.repository import Repository
+    from protectctl.engine.storage.local import LocalStorage
+    from protectctl.progress import NullProgress
+    from protectctl.restore.run import restore_tree
+    from protectctl.tape.catalog import Catalog
+    from protectctl.tape.copy import PoolTarget, PoolWriter
+    from protectctl.tape.keys import KeyStore
+    from protectctl.tape.library import VirtualLibrary
+    from protectctl.tape.reader import TapePointReader
+    from protectctl.tape.volume import Volume, open_volume, write_label
+
+    data = workdir / "data"
+    dataset.build(data, size)
+    logical = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    storage = LocalStorage(workdir / "repo")
+    Repository.init(storage, PASS, kdf_n=2**10)
+    job = SourceJob(
+        source="bench/data",
+        provider="filesystem",
+        spec={"path": str(data)},
+        storage=storage,
+        passphrase=lambda: PASS,
+        state_dir=workdir / "state",
+        host="bench",
+        retention=RetentionSpec(keep_within_s=86400),
+    )
+    point_id = run_backup(job, "full").point_id
+
+    now = datetime.now(UTC)
+    library = VirtualLibrary(workdir / "lib", slots=4, drives=1, capacity_bytes=4 * size + (64 << 20))
+    keys = KeyStore(workdir / "keys", {"kek": lambda: PASS}, kdf_n=2**10)
+    key = keys.create("kek", now=now)
+    catalog = Catalog()
+    from protectctl.tape.catalog import Cartridge, CartridgeState
+
+    library.add_cartridge("BENCH1L9")
+    drive = library.load("BENCH1L9")
+    cipher = write_label(drive, "bench", key.id, "kek", keys.kek(key.id), "lib", now)
+    library.unload(1)
+    catalog.cartridges["BENCH1L9"] = Cartridge(
+        "BENCH1L9",
+        "lib",
+        "bench",
+        CartridgeState.SCRATCH,
+        key.id,
+        cipher.label.vid,
+        now,
+        library.capacity_bytes,
+    )
+    catalog.cartridges["BENCH1L9"].state = CartridgeState.FILLING
+    writer = PoolWriter(
+        library, PoolTarget("lib", "bench", "kek", 86400), catalog, keys, lambda: None, now, NullProgress()
+    )
+    with Repository.open(storage, PASS) as repo:
+        point = repo.load_point(point_id)
+        tape_write_s = _timed(lambda: (writer.copy_point(repo, point), writer.close()))
+    copy = catalog.copies[point_id]
+    tape_bytes = sum(p.stat().st_size for p in (workdir / "lib" / "cartridges").rglob("f*"))
+
+    def mount(barcode: str) -> tuple[Volume, object]:
+        d = library.load(barcode)
+        return Volume(d, open_volume(d, keys.kek)), lambda: library.unload(1)
+
+    def tape_read() -> None:
+        with TapePointReader(workdir) as reader:
+            reader.read_parts(point_id, copy.parts, mount)  # type: ignore[arg-type]
+            assert point.tree is not None
+            outcome = restore_tree(reader, point.tree, workdir / "from-tape")
+            assert outcome.verified == point.stats.files
+
+    tape_read_s = _timed(tape_read)
+    tar_file = workdir / "data.tar"
+    tar_write_s = _timed(
+        lambda: subprocess.run(["tar", "-cf", str(tar_file), "-C", str(data), "."], check=True)
+    )
+    (workdir / "from-tar").mkdir()
+    tar_read_s = _timed(
+        lambda: subprocess.run(["tar", "-xf", str(tar_file), "-C", str(workdir / "from-tar")], check=True)
+    )
+    assert dataset.manifest(workdir / "from-tape") == dataset.manifest(data)
+    mib = 1 << 20
+    return {
+        "time": now.isoformat(),
+        "dataset_bytes": logical,
+        "files": point.stats.files,
+        "tape_bytes": tape_bytes,
+        "tar_bytes": tar_file.stat().st_size,
+        "seconds": {
+            "tape_write": tape_write_s,
+            "tape_read": tape_read_s,
+            "tar_write": tar_write_s,
+            "tar_read": tar_read_s,
+        },
+        "mib_per_s": {
+            "tape_write": logical / mib / tape_write_s,
+            "tape_read": logical / mib / tape_read_s,
+            "tar_write": logical / mib / tar_write_s,
+            "tar_read": logical / mib / tar_read_s,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="256MiB", help="dataset size (default 256MiB)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to work (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default tests/bench/results/)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-tape-", dir=args.workdir))
+    try:
+        result = run(dataset.parse_size(args.size), work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    out = args.out or RESULTS_DIR / f"tape-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    rates = result["mib_per_s"]
+    secs = result["seconds"]
+    assert isinstance(rates, dict) and isinstance(secs, dict)
+    sizes = {k: dataset.human(float(str(result[k]))) for k in ("dataset_bytes", "tape_bytes", "tar_bytes")}
+    print(
+        f"dataset {sizes['dataset_bytes']}, {result['files']} files; "
+        f"on tape {sizes['tape_bytes']}, tar {sizes['tar_bytes']}"
+    )
+    for name in ("tape_write", "tape_read", "tar_write", "tar_read"):
+        print(f"  {name:<10} {rates[name]:8.1f} MiB/s  ({secs[name]:.2f} s)")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
