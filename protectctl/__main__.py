@@ -1,5 +1,5 @@
 """`python -m protectctl`: how agents and timers start the CLI."""
 
-from protectctl.cli.main import main
+from protectctl.cli import main
 
 main()

@@ -589,7 +589,40 @@ def status(policy_dir: Path, group: str | None, *, agent_config: Path | None) ->
     from protectctl.agent.jobs import status as job_status
 
     targets = sources(policy_dir, agent_config=agent_config, group=group)
-    return job_status([source_job(t) for t in targets], now=datetime.now(UTC))
+    rows = job_status([source_job(t) for t in targets], now=datetime.now(UTC))
+    return _with_log_problems(targets, rows)
+
+
+def _with_log_problems(targets: Sequence[SourceTarget], rows: list[Any]) -> list[Any]:
+    """PostgreSQL sources: WAL gaps and spool drops make a source out of SLA, said plainly."""
+    from dataclasses import replace
+
+    pg_targets = {str(t.inputs["source"]): t for t in targets if t.inputs.get("provider") == "postgresql"}
+    if not pg_targets:
+        return rows
+    from providers.postgresql import status_problems
+
+    points: list[Any] = []
+    for storage in storages_of(list(pg_targets.values())).values():
+        try:
+            points += list_points_of_storage(storage)
+        except ProtectctlError:
+            continue  # the status row already says the repository cannot be read
+    out = []
+    for row in rows:
+        target = pg_targets.get(row.source)
+        if target is not None:
+            extra = status_problems(row.source, target.inputs["spec"], points, target.state_dir)
+            if extra:
+                row = replace(row, problems=(*row.problems, *extra), sla_met=False)
+        out.append(row)
+    return out
+
+
+def list_points_of_storage(storage: dict[str, Any]) -> list[Any]:
+    from protectctl.agent.jobs import list_points as points_of
+
+    return points_of(open_storage(storage), passphrase_reader(storage)(), None)
 
 
 # --- tape and keys (protectctl.tape) ---------------------------------------------------------

@@ -209,7 +209,7 @@ class PostgresqlProvider:
                                 hint="run `protectctl apply` to configure WAL archiving")
         if request.kind == "full":
             return _FullBackup(request, cluster, spool).run()
-        return _ship(request, cluster, spool, switch=True, extra_base=None)
+        return _ship(request, cluster, spool)
 
     # -- choosing and restoring ----------------------------------------------------------
 
@@ -219,14 +219,22 @@ class PostgresqlProvider:
         return next(p for p in points if p.id == plan.base.point_id)
 
     def restore(self, request: RestoreRequest) -> RestoreOutcome:
-        points = request.repo.list_points(request.source)
+        repo = _repository(request)
+        points = repo.list_points(request.source)
         catalog = build_catalog(points)
         to_time = request.to_time if request.to_time is not None else "latest"
         plan = plan_restore(catalog, to_time, source=request.source)
         database = request.options.get("database")
         if database:
             return _restore_database(request, catalog, plan, str(database), str(request.options.get("as_name") or ""))
-        return _ClusterRestore(request, catalog, plan).run()
+        return _ClusterRestore(request, catalog, plan, points).run()
+
+
+def _repository(request: RestoreRequest) -> Repository:
+    if not isinstance(request.repo, Repository):
+        raise RestoreError("a PostgreSQL restore reads base backup and WAL from the disk repository",
+                           hint="restoring PostgreSQL from tape is not supported yet")
+    return request.repo
 
 
 def _literal(text: str) -> str:
@@ -262,10 +270,29 @@ class _Shipped:
     drop_files: list[Path]
 
 
-def _segment_size(cluster: Cluster) -> int:
-    with contextlib.suppress(ProviderError, ValueError):
-        return int(pg.scalar(cluster, "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))
-    return 16 << 20
+_FACTS_SQL = ("SELECT current_setting('archive_mode'), pg_is_in_recovery(), "
+              "(SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), "
+              "(SELECT system_identifier::text FROM pg_control_system()), current_setting('server_version_num')")
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    archive_mode: str
+    in_recovery: bool
+    segment_size: int
+    system_identifier: str
+    server_version_num: str
+
+
+def _facts(session: pg.Session) -> _Facts:
+    row = session.query(_FACTS_SQL)[0]
+    return _Facts(row[0], row[1] == "t", int(row[2]), row[3], row[4])
+
+
+def _require_archiving(facts: _Facts, what: str) -> None:
+    if facts.archive_mode == "off":
+        raise ProviderError(f"WAL archiving is off on this cluster, so {what}",
+                            hint="run `protectctl apply` (and restart the cluster if it says so)")
 
 
 def _claim_drops(spool: Path) -> list[Path]:
@@ -358,29 +385,32 @@ def _finish_drain(shipped: _Shipped) -> None:
             f.unlink()
 
 
-def _switch_and_wait(cluster: Cluster, progress: Progress) -> dict[str, object]:
-    """Close the current segment and wait until it is spooled: the sync's recovery horizon."""
-    if not pg.reachable(cluster):
-        progress.note(f"PostgreSQL at {cluster.socket_dir}:{cluster.port} is not reachable: shipping the spool only")
-        return {}
-    mode = pg.scalar(cluster, "SHOW archive_mode")
-    if mode == "off":
-        raise ProviderError("WAL archiving is off on this cluster",
-                            hint="run `protectctl apply` (and restart the cluster if it says so)")
-    if pg.scalar(cluster, "SELECT pg_is_in_recovery()") == "t":
-        return {}
-    before = datetime.now(UTC)
-    segment = pg.scalar(cluster, "SELECT pg_walfile_name(pg_switch_wal())")
-    pg.wait_archived(cluster, segment)
-    seg = walspool.SegmentName.parse(segment, _segment_size(cluster))
-    return {"covered_until": _utc(before), "covered_through_segno": seg.segno if seg else None,
-            "covered_through": segment}
+def _switch_and_wait(cluster: Cluster, progress: Progress) -> tuple[dict[str, object], int]:
+    """Close the current segment and wait until it is spooled: the sync's recovery horizon.
+
+    Returns the coverage facts and the WAL segment size. One psql session for all of it:
+    each new connection through runuser costs ~50 ms.
+    """
+    with pg.Session(cluster) as session:
+        try:
+            facts = _facts(session)
+        except ProviderError:
+            progress.note(f"PostgreSQL at {cluster.socket_dir}:{cluster.port} is not reachable: "
+                          "shipping the spool only")
+            return {}, 16 << 20
+        _require_archiving(facts, "there is no WAL to ship")
+        if facts.in_recovery:
+            return {}, facts.segment_size
+        before = datetime.now(UTC)
+        segment = session.scalar("SELECT pg_walfile_name(pg_switch_wal())")
+        pg.wait_archived(cluster, segment, session=session)
+    seg = walspool.SegmentName.parse(segment, facts.segment_size)
+    return ({"covered_until": _utc(before), "covered_through_segno": seg.segno if seg else None,
+             "covered_through": segment}, facts.segment_size)
 
 
-def _ship(request: SnapshotRequest, cluster: Cluster, spool: Path, *, switch: bool,
-          extra_base: dict[str, object] | None) -> SnapshotOutcome:
-    coverage = _switch_and_wait(cluster, request.progress) if switch else {}
-    segment_size = _segment_size(cluster) if pg.reachable(cluster) else 16 << 20
+def _ship(request: SnapshotRequest, cluster: Cluster, spool: Path) -> SnapshotOutcome:
+    coverage, segment_size = _switch_and_wait(cluster, request.progress)
     shipped = drain_spool(request.repo, request.writer, cluster, spool, segment_size, request.progress)
     root = request.repo.save_tree(request.writer, Tree((_dir_node("wal", spool, shipped.tree),)))
     pg_extra = {**shipped.extra, **coverage}
@@ -409,7 +439,7 @@ class _RacyAwareArchiver(Archiver):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._distrust_from_ns = distrust_from_ns
 
-    def _content(self, path, name, rel, here, st):  # type: ignore[no-untyped-def,override]
+    def _content(self, path, name, rel, here, st):  # type: ignore[no-untyped-def]
         previous = here.known.get(name)
         if previous is not None and previous.identity.mtime_ns >= self._distrust_from_ns:
             here.known.pop(name, None)
@@ -433,15 +463,6 @@ class _FullBackup:
 
     def run(self) -> SnapshotOutcome:
         request, cluster = self.request, self.cluster
-        if not pg.reachable(cluster):
-            raise ProviderError(f"cannot reach PostgreSQL at {cluster.socket_dir} port {cluster.port}",
-                                hint="a full backup needs the cluster running")
-        if pg.scalar(cluster, "SHOW archive_mode") == "off":
-            raise ProviderError("WAL archiving is off on this cluster, so a base backup could not be recovered",
-                                hint="run `protectctl apply` (and restart the cluster if it says so)")
-        segment_size = _segment_size(cluster)
-        facts = pg.query(cluster, "SELECT system_identifier::text, current_setting('server_version_num') "
-                                  "FROM pg_control_system()")[0]
         distrust = self._distrust_from()
         journal = Journal(request.state_dir / "journal" / f"{safe_name(request.source)}.{request.repo.id}.db",
                           repo_id=request.repo.id)
@@ -449,6 +470,9 @@ class _FullBackup:
         label = f"protectctl {request.source} {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
         try:
             with pg.Session(cluster) as session:
+                facts = _facts(session)
+                _require_archiving(facts, "a base backup could not be recovered")
+                segment_size = facts.segment_size
                 start_lsn, start_wal = session.query(
                     f"SELECT lsn, pg_walfile_name(lsn) FROM pg_backup_start({_literal(label)}, true) AS lsn")[0]
                 walk_started = time.time_ns()
@@ -464,8 +488,8 @@ class _FullBackup:
                     "translate(encode(convert_to(labelfile, 'UTF8'), 'base64'), E'\\n', ''), "
                     "translate(encode(convert_to(coalesce(spcmapfile, ''), 'UTF8'), 'base64'), E'\\n', '') "
                     "FROM pg_backup_stop(false)")[0]
-            stop_time = datetime.now(UTC)
-            pg.wait_archived(cluster, stop_wal)
+                stop_time = datetime.now(UTC)
+                pg.wait_archived(cluster, stop_wal, session=session)
             labelfile = base64.b64decode(label64)
             spcmap = base64.b64decode(map64)
             data_tree = self._with_label(memo.last, labelfile, spcmap)
@@ -484,7 +508,7 @@ class _FullBackup:
                 "stop_segno": stop_seg.segno,
                 "timeline": int(tl_match.group(1)) if tl_match else start_seg.timeline,
                 "start_time": _utc(start_time), "stop_time": _utc(stop_time), "walk_started_ns": walk_started,
-                "system_identifier": facts[0], "server_version_num": facts[1],
+                "system_identifier": facts.system_identifier, "server_version_num": facts.server_version_num,
                 "backup_label": labelfile.decode(errors="replace")}
         root = request.repo.save_tree(request.writer, Tree((
             _dir_node("data", cluster.data_dir, data_tree), _dir_node("wal", self.spool, shipped.tree))))
@@ -667,7 +691,8 @@ class _ClusterRestore:
         self.request = request
         self.catalog = catalog
         self.plan = plan
-        self.points = {p.id: p for p in (points or request.repo.list_points(request.source))}
+        self.repo = _repository(request)
+        self.points = {p.id: p for p in (points or self.repo.list_points(request.source))}
         self.source = Cluster.from_spec(request.spec)
         self.target = request.target if request.target is not None else self.source.data_dir
         self.in_place = self.target.absolute() == self.source.data_dir.absolute()
@@ -677,8 +702,8 @@ class _ClusterRestore:
         if given:
             port = int(str(given))
             if not self.request.dry_run and _port_in_use(self.source.socket_dir, port):
-                raise RestoreError(f"port {port} is in use (a server listens on {self.source.socket_dir}/.s.PGSQL.{port})",
-                                   hint="choose another with --port")
+                raise RestoreError(f"port {port} is in use (a server listens on "
+                                   f"{self.source.socket_dir}/.s.PGSQL.{port})", hint="choose another with --port")
             return port
         if self.in_place:
             return self.source.port
@@ -709,7 +734,7 @@ class _ClusterRestore:
             "base_point": base_point.id, "base_consistent_at": _utc(plan.base.stop_time), "mode": plan.mode,
             "target_time": _utc(plan.target) if plan.target else None, "port": port, "wal_files": len(plan.files),
             "wal_files_from_source": len(local)}
-        data = _data_subtree(request.repo, base_point)
+        data = _data_subtree(self.repo, base_point)
         from protectctl.restore.run import restore_tree
 
         root = base_point.extra.get("root")
@@ -723,7 +748,7 @@ class _ClusterRestore:
         os.chmod(self.target, 0o700)
         staging = self._prepare_staging(cluster, local, uid, gid)
         self._write_config(cluster, staging, uid, gid)
-        stager = _Stager(request.repo, self.points, plan.files, local, staging, uid, gid)
+        stager = _Stager(self.repo, self.points, plan.files, local, staging, uid, gid)
         stager.start()
         log_file = self.target / "protectctl-restore.log"
         request.progress.note(f"starting PostgreSQL on port {port} for {self.describe_target()}")
@@ -936,3 +961,20 @@ def _restore_database(request: RestoreRequest, catalog: Catalog, plan: RestorePl
                 if (work / "data" / "postmaster.pid").exists() and pg.running(leftover):
                     pg.stop(leftover, mode="immediate")
         shutil.rmtree(work, ignore_errors=True)
+
+
+def status_problems(source: str, spec: Mapping[str, object], points: Sequence[Point], state_dir: Path) -> list[str]:
+    """What `status` must say of a PostgreSQL source beyond point ages: WAL gaps and drops that
+    make part of the retained time unrecoverable, and drops still waiting in the spool."""
+    catalog = build_catalog([p for p in points if p.source == source])
+    problems = [f"point-in-time recovery gap: {g.describe()}" for g in catalog.gaps]
+    problems += [f"WAL segment {d.get('name')} was dropped by the full spool ({d.get('reason')})"
+                 for d in catalog.drops]
+    spool = spool_dir(spec, source, state_dir)
+    pending = walspool.read_drops(spool / walspool.DROPPED)
+    for f in sorted(spool.glob("dropped.*.draining.jsonl")):
+        pending += walspool.read_drops(f)
+    if pending:
+        problems.append(f"{len(pending)} WAL segment(s) dropped by the full spool {spool} since the last sync "
+                        f"(first {pending[0].get('name')}): recovery has a gap until the next full")
+    return problems

@@ -170,7 +170,8 @@ def build_catalog(points: Iterable[PointLike]) -> Catalog:
             f = WalFile(str(raw["name"]), int(str(raw["timeline"])), int(str(raw["segno"])),
                         _dt(raw.get("first_xact")), _dt(raw.get("last_xact")), point.id)
             files.setdefault(f.segno, {})[f.name] = f  # a later copy of the same name wins
-        for name in pg.get("history") or []:
+        names = pg.get("history")
+        for name in names if isinstance(names, list) else []:
             history[str(name)] = point.id
         drops += _maps(pg.get("dropped"))
         until, through = _dt(pg.get("covered_until")), pg.get("covered_through_segno")

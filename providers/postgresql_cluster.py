@@ -120,6 +120,10 @@ class Session:
                                       stderr=subprocess.PIPE, text=True, cwd="/",
                                       env={**os.environ, "LC_ALL": "C"})
 
+    def scalar(self, sql: str) -> str:
+        rows = self.query(sql)
+        return rows[0][0] if rows and rows[0] else ""
+
     def query(self, sql: str) -> list[list[str]]:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
@@ -193,13 +197,18 @@ def xact_times(bin_dir: Path, directory: Path, first: str, last: str) -> list[tu
 # -- server control ----------------------------------------------------------------------
 
 
-def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120) -> None:
+def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120,
+                  session: Session | None = None) -> None:
     """Wait until the archiver has archived `segment` (or a later one); ProviderError on timeout."""
     deadline = time.monotonic() + timeout_s
-    delay = 0.02
+    delay = 0.01
+    ask = session.query if session is not None else (lambda sql: query(cluster, sql))
     while True:
-        row = query(cluster, "SELECT coalesce(last_archived_wal, ''), failed_count, "
-                             "coalesce(last_failed_wal, '') FROM pg_stat_archiver")[0]
+        # pg_stat_archiver is a statistics snapshot: clear it, or a session sees the first value forever
+        if session is not None:
+            session.query("SELECT pg_stat_clear_snapshot()")
+        row = ask("SELECT coalesce(last_archived_wal, ''), failed_count, "
+                  "coalesce(last_failed_wal, '') FROM pg_stat_archiver")[0]
         archived = row[0]
         if archived and archived[8:24] >= segment[8:24] and not archived.endswith(".history"):
             return
@@ -208,7 +217,7 @@ def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120) -> 
             raise ProviderError(f"WAL segment {segment} was not archived within {timeout_s:.0f} s{failing}",
                                 hint="check archive_command with `protectctl apply` and the PostgreSQL log")
         time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+        delay = min(delay * 1.5, 0.25)
 
 
 def start(cluster: Cluster, log_file: Path, *, wait: bool = False, timeout_s: float = 600) -> None:

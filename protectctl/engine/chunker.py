@@ -10,6 +10,7 @@ requested. The writer copies only chunks that turn out to be new.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,15 +46,18 @@ class Chunker:
         p = self.params
         return pyfastcdc.FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size, seed=self._seed)
 
-    def read_buffer(self) -> bytearray:
-        """A buffer for `iter_reader`; allocate once and reuse it for every file."""
-        return bytearray(max(3 * self.params.max_size, 8 << 20))
+    def read_buffer(self) -> mmap.mmap:
+        """A buffer for `iter_reader`; allocate once and reuse it for every file. An anonymous
+        mmap: its pages cost memory only once a file large enough has been read into them."""
+        return mmap.mmap(-1, max(3 * self.params.max_size, 8 << 20))
 
     def iter_buffer(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
         for chunk in self._cdc().cut_buf(data):
             yield chunk.data
 
-    def iter_reader(self, readinto: Callable[[memoryview], int], buf: bytearray) -> Iterator[memoryview]:
+    def iter_reader(
+        self, readinto: Callable[[memoryview], int], buf: bytearray | mmap.mmap
+    ) -> Iterator[memoryview]:
         """Chunks of what `readinto` delivers (0 = end), read into `buf` (see `read_buffer`).
 
         Each view is valid until the next chunk is requested. Boundaries equal those of

@@ -81,6 +81,16 @@ class Sealer:
         out[:NONCE_SIZE] = nonce
         self._aead.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
 
+    def open_into(self, sealed: bytes | memoryview, aad: bytes, out: memoryview, what: str) -> None:
+        """`open`, written into `out` (exactly len(sealed) - NONCE_SIZE - TAG_SIZE bytes)."""
+        if len(sealed) < NONCE_SIZE + TAG_SIZE:
+            raise CorruptionError(f"{what}: too short to be an encrypted object ({len(sealed)} bytes)")
+        view = memoryview(sealed)
+        try:
+            self._aead.decrypt_into(bytes(view[:NONCE_SIZE]), view[NONCE_SIZE:], aad, out)
+        except InvalidTag as err:
+            raise CorruptionError(f"{what}: authentication failed (damaged or tampered)") from err
+
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         """Decrypt and authenticate; raises CorruptionError naming `what`."""
         if len(sealed) < NONCE_SIZE + TAG_SIZE:

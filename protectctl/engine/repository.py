@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import blake3
 
+from protectctl.engine.buffers import BlobScratch
 from protectctl.engine.chunker import Chunker, ChunkerParams
 from protectctl.engine.crypto import (
     DEFAULT_KDF_N,
@@ -34,7 +35,7 @@ from protectctl.engine.crypto import (
 from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.index import Index, IndexEntry, IndexFile, load_index
 from protectctl.engine.locks import DEFAULT_LEASE_S, LeaseLock
-from protectctl.engine.pack import BlobKind, PackEntry, open_blob
+from protectctl.engine.pack import BlobKind, PackEntry, open_blob, open_blob_into
 from protectctl.engine.points import Point, PointStats, decode_point, encode_point, new_point_id
 from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend
 from protectctl.engine.tree import Tree, decode_tree, encode_tree
@@ -247,6 +248,29 @@ class Repository:
         """
         located = self._locate(blob_id)
         return self.read_entry(located.pack, located.entry, verify_id=False)
+
+    def load_blob_into(self, blob_id: BlobId, scratch: BlobScratch, *, verify_id: bool = True) -> memoryview:
+        """`load_blob` (or, `verify_id=False`, `load_blob_unchecked`) into one thread's scratch
+        buffers: no allocation per blob. The view is valid until `scratch` is used again."""
+        located = self._locate(blob_id)
+        pack, entry = located.pack, located.entry
+        what = f"pack {pack} (blob {short_id(entry.blob_id)})"
+        stored = scratch.stored.view(entry.length)
+        # Optional backend capability (LocalStorage): read straight into our buffer.
+        get_into = getattr(self.storage, "get_into", None)
+        try:
+            if get_into is not None:
+                get_into(ObjectKind.DATA, pack, entry.offset, stored)
+            else:
+                stored = memoryview(self.storage.get(ObjectKind.DATA, pack, entry.offset, entry.length))
+        except ObjectMissingError as err:
+            raise CorruptionError(f"{what}: the pack is missing") from err
+        except RepositoryError as err:
+            raise CorruptionError(f"{what}: {err.message}") from err
+        data = open_blob_into(self.sealer, entry, stored, scratch, what)
+        if verify_id and self.blob_id(data) != entry.blob_id:
+            raise CorruptionError(f"{what}: content does not match its id")
+        return data
 
     def _locate(self, blob_id: BlobId) -> IndexEntry:
         located = self._lookup(blob_id)

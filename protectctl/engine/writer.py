@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, cast
 
+from protectctl.engine.buffers import BufferPool, Scratch
 from protectctl.engine.crypto import Sealer, content_name
 from protectctl.engine.ids import BlobId
 from protectctl.engine.index import IndexFile, encode_index
@@ -99,7 +100,8 @@ class BlobWriter:
         self._workers = workers or min(4, os.cpu_count() or 1)
         self._seal_pool: ThreadPoolExecutor | None = None
         self._upload_pool: ThreadPoolExecutor | None = None
-        self._sealing: deque[tuple[BlobKind, BlobId, int, Future[bytes | bytearray]]] = deque()
+        self._sealing: deque[tuple[BlobKind, BlobId, int, Scratch, Scratch, Future[memoryview]]] = deque()
+        self._buffers = BufferPool()  # chunk copies and compressed records, reused (engine/buffers.py)
         self._uploads: deque[Future[tuple[str, list[PackEntry], bytearray]]] = deque()
         self._spare: bytearray | None = None  # a full-size pack buffer back from the uploader
         self._open: dict[BlobKind, _OpenPack] = {kind: _OpenPack() for kind in BlobKind}
@@ -138,8 +140,9 @@ class BlobWriter:
         if not self._host._claim_new(blob_id):
             return blob_id, False
         self._claimed.add(blob_id)
-        future = self._seal_pool.submit(blob_body, frame(data))
-        self._sealing.append((kind, blob_id, len(data), future))
+        copy, out = self._buffers.take(), self._buffers.take()
+        future = self._seal_pool.submit(blob_body, frame(data, copy), out)
+        self._sealing.append((kind, blob_id, len(data), copy, out, future))
         self._drain_sealed(block_over=2 * self._workers)
         return blob_id, True
 
@@ -179,11 +182,15 @@ class BlobWriter:
 
     def _drain_sealed(self, *, block_over: int) -> None:
         # Collect finished compressions in order; block on the oldest while too many are in flight.
-        while self._sealing and (len(self._sealing) > block_over or self._sealing[0][3].done()):
-            kind, blob_id, raw_length, future = self._sealing.popleft()
-            self._append(kind, blob_id, raw_length, future.result())
+        while self._sealing and (len(self._sealing) > block_over or self._sealing[0][-1].done()):
+            kind, blob_id, raw_length, copy, out, future = self._sealing.popleft()
+            body = future.result()
+            self._append(kind, blob_id, raw_length, body)
+            body.release()
+            self._buffers.give(copy)
+            self._buffers.give(out)
 
-    def _append(self, kind: BlobKind, blob_id: BlobId, raw_length: int, body: bytes | bytearray) -> None:
+    def _append(self, kind: BlobKind, blob_id: BlobId, raw_length: int, body: memoryview) -> None:
         length = record_size(len(body))
         pack = self._open[kind]
         if pack.entries and pack.size + length + sealed_header_size(len(pack.entries) + 1) > self._pack_size:

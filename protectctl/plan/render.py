@@ -65,6 +65,12 @@ def _change_text(change: Change) -> list[Line]:
     verb = "will be destroyed WITH ITS DATA" if change.delete_data else VERB[change.action]
     lines: list[Line] = [("dim", f"  # {change.address} {verb}{why}"),
                          (style, f"  {SYMBOL[change.action]} {change.address}")]
+    if change.action is Action.CREATE:
+        lines += [("add", f"      + {k} = {value(v)}") for k, v in sorted((change.after or {}).items())
+                  if v is not None]
+    elif change.action is Action.DELETE:
+        lines += [("destroy", f"      - {k} = {value(v)}") for k, v in sorted((change.before or {}).items())
+                  if v is not None]
     for attr in change.attributes:
         lines.append(_attribute_line(change.action, attr))
     lines += [("dim", f"      # {note}") for note in change.notes]

@@ -8,6 +8,7 @@ and never hold a secret: a passphrase appears only as where it lives (env name o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
@@ -101,10 +102,15 @@ def build_resources(policy: Policy, facts: Mapping[str, HostFacts]) -> list[Reso
 
 def resolve_path(doc: Document, path: str) -> str:
     """A policy path made absolute against the directory of its file (lexically)."""
-    expanded = path
-    if posixpath.isabs(expanded) or doc.ref.shipped:
-        return posixpath.normpath(expanded)
-    return posixpath.normpath(posixpath.join(str(doc.ref.file.parent), expanded))
+    if posixpath.isabs(path) or doc.ref.shipped:
+        return posixpath.normpath(path)
+    return _joined(str(doc.ref.file.parent), path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _joined(directory: str, path: str) -> str:
+    # the same few paths recur for every member of a big policy (tests/bench/bench_plan.py)
+    return posixpath.normpath(posixpath.join(directory, path))
 
 
 def host_path(root: str, rel: str) -> str:

@@ -26,6 +26,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from protectctl.errors import Diagnostic, Location, PolicyError, Severity
+from protectctl.policy import fastyaml
 from protectctl.policy.model import SPEC_MODELS, CamelSpec, Header, Kind, Metadata
 
 KeyPath = tuple[str | int, ...]
@@ -227,6 +228,9 @@ def _parse(text: str) -> list[Any]:
     flow-mapping plain scalar (`tape: {schedule: weekly on sun at 02:00}`, the DESIGN example);
     the pure parser then decides, and its error (if any) is the one reported.
     """
+    fast = fastyaml.load_all(text)
+    if fast is not None:
+        return fast
     try:
         return list(YAML(typ="safe").load_all(text))
     except MarkedYAMLError:

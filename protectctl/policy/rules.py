@@ -149,6 +149,13 @@ def _groups(policy: Policy) -> Iterator[Problem]:
                               f"member name {member.name!r} is used twice in group {doc.name!r}",
                               "member names are unique within a group")
             seen.setdefault(member.name, i)
+            pg = member.postgresql
+            if pg is not None and not pg.allow_restart:
+                yield Problem(doc.ref, ("spec", "members", i, "postgresql", "allowRestart"),
+                              f"{doc.name}/{member.name}: apply will not restart PostgreSQL; if wal_level or "
+                              "archive_mode must change, WAL archiving (and so point-in-time recovery) starts "
+                              "only at the cluster's next restart",
+                              "set `allowRestart: true` to let apply restart it", Severity.WARNING)
         sla_doc = policy.get(Kind.SLA, spec.sla)
         if sla_doc is not None:
             assert isinstance(sla_doc.spec, SLASpec)

@@ -23,6 +23,7 @@ import grp
 import os
 import pwd
 import stat
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
 from protectctl.agent.sparse import Hasher
+from protectctl.engine.buffers import BlobScratch
 from protectctl.engine.ids import BlobId
 from protectctl.engine.tree import Node, NodeType
 from protectctl.errors import ProtectctlError, RestoreError
@@ -101,6 +103,9 @@ class FsRestorer:
         self._load_for_file: Callable[[BlobId], bytes] = getattr(
             reader, "load_blob_unchecked", reader.load_blob
         )
+        # Optional reader capability (the repository): blobs into per-thread scratch buffers.
+        self._load_into: Callable[..., memoryview] | None = getattr(reader, "load_blob_into", None)
+        self._scratch = threading.local()
 
     def run(self, root_fd: int, selection: Sequence[Selected]) -> RestoreReport:
         self._root_fd = root_fd
@@ -296,7 +301,18 @@ class FsRestorer:
         re-hash each: the file's hash, checked by the caller, covers every byte written.
         """
         hasher = self.new_hasher()
-        load = self._load_for_file if node.content_hash is not None else self.reader.load_blob
+        checked = node.content_hash is not None
+        load_into = self._load_into
+        if load_into is not None:
+            scratch = getattr(self._scratch, "buffers", None)
+            if scratch is None:
+                scratch = self._scratch.buffers = BlobScratch()
+
+            def load(blob_id: BlobId) -> bytes | memoryview:
+                return load_into(blob_id, scratch, verify_id=not checked)
+
+        else:
+            load = self._load_for_file if checked else self.reader.load_blob
         blobs = iter(node.chunks)
         pending = memoryview(b"")
         for offset, length, is_hole in _segments(node.size, node.holes):

@@ -40,6 +40,10 @@ class CachedTrees:
             reader, "load_blob_unchecked", reader.load_blob
         )
 
+        into = getattr(reader, "load_blob_into", None)
+        if into is not None:
+            self.load_blob_into: Callable[..., memoryview] = into
+
     def load_tree(self, blob_id: BlobId) -> Tree:
         tree = self._trees.get(blob_id)
         if tree is None:

@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             pgbr_target = base / "pgbr-restored"
             pgbr_target.mkdir(mode=0o700)
             os.chown(pgbr_target, cluster.uid, cluster.gid)
-            t_restore, _ = timed(lambda: pgbr.run("restore", "--type=time", f"--target={target.isoformat()}",
+            when = target.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "+00"
+            t_restore, _ = timed(lambda: pgbr.run("restore", "--type=time", f"--target={when}",
                                                   "--target-action=promote", f"--pg1-path={pgbr_target}"))
             port2 = pgcluster.free_port(28000)
             t_promote, _ = timed(lambda: start_and_promote(pgbr_target, cluster.sock, port2,

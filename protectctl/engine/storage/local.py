@@ -85,18 +85,37 @@ class LocalStorage:
         except OSError as err:
             raise self._os_error("reading", target, err) from err
 
+    def get_into(self, kind: ObjectKind, name: str, offset: int, out: memoryview) -> None:
+        """Read exactly len(out) bytes of a pack from `offset` into `out` (no allocation)."""
+        if kind is not ObjectKind.DATA or offset < 0:
+            raise ValueError("get_into reads packs, from a non-negative offset")
+        target = self._file(kind, name)
+        try:
+            handle = self._pack_handle(target, name)
+            got = os.preadv(handle.fd, [out], offset)
+        except FileNotFoundError as err:
+            raise ObjectMissingError(f"{self.describe()}: {ObjectKind.DATA}/{name} does not exist") from err
+        except OSError as err:
+            raise self._os_error("reading", target, err) from err
+        if got != len(out):
+            raise RepositoryError(f"reading {target}: wanted {len(out)} bytes, the object is shorter")
+
+    def _pack_handle(self, target: Path, name: str) -> _OpenFile:
+        with self._packs_lock:
+            handle = self._packs.get(name)
+            if handle is not None:
+                self._packs.move_to_end(name)
+                return handle
+        handle = _OpenFile(os.open(target, os.O_RDONLY | os.O_CLOEXEC))
+        with self._packs_lock:
+            self._packs[name] = handle
+            while len(self._packs) > _OPEN_PACKS:
+                self._packs.popitem(last=False)
+        return handle
+
     def _get_pack(self, target: Path, name: str, offset: int, length: int | None) -> bytes:
         try:
-            with self._packs_lock:
-                handle = self._packs.get(name)
-                if handle is not None:
-                    self._packs.move_to_end(name)
-            if handle is None:
-                handle = _OpenFile(os.open(target, os.O_RDONLY | os.O_CLOEXEC))
-                with self._packs_lock:
-                    self._packs[name] = handle
-                    while len(self._packs) > _OPEN_PACKS:
-                        self._packs.popitem(last=False)
+            handle = self._pack_handle(target, name)
             if length is None:
                 length = max(os.fstat(handle.fd).st_size - offset, 0)
             data = os.pread(handle.fd, length, offset)
