@@ -99,6 +99,7 @@ def resources(policy: Policy) -> list[Resource]:
 
 def estimates(policy: Policy) -> list[GroupEstimate]:
     from protectctl.plan.capacity import estimate
+    from protectctl.policy.rules import long_term_snapshots
     from protectctl.plan.model import GroupEstimate
     from protectctl.policy.model import Kind, ProtectionGroupSpec, SLASpec
 
@@ -110,7 +111,7 @@ def estimates(policy: Policy) -> list[GroupEstimate]:
         assert sla_doc is not None and isinstance(sla_doc.spec, SLASpec)
         sla = sla_doc.spec
         e = estimate(size=spec.size_hint, change_rate=spec.change_rate, sync=sla.sync, full=sla.full,
-                     disk_retention=sla.retention.disk)
+                     disk_retention=sla.retention.disk, long_term=long_term_snapshots(sla))
         n = len(spec.members)
         out.append(GroupEstimate(
             group=doc.name, sla=spec.sla, sources=n, bytes_per_full=e.bytes_per_full,

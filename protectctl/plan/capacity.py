@@ -95,10 +95,16 @@ def estimate(
     sync: Schedule,
     full: Schedule,
     disk_retention: Duration,
+    long_term: int = 0,
 ) -> CapacityEstimate:
-    """Everything `plan` reports for one group; byte figures need both size and change rate."""
+    """Everything `plan` reports for one group; byte figures need both size and change rate.
+
+    `long_term` snapshots (the retention's weekly/monthly/yearly counts) are kept beyond the
+    disk retention one point each: they add to the snapshots, not whole snapshots of syncs.
+    """
     per_snapshot = points_per_snapshot(sync, full)
-    snapshots = snapshots_retained(full, disk_retention)
+    within = snapshots_retained(full, disk_retention)
+    snapshots = within + long_term
     moved: int | None = None
     disk: int | None = None
     if size is not None and change_rate is not None:
@@ -108,7 +114,7 @@ def estimate(
         bytes_per_full=moved,
         points_per_snapshot=per_snapshot,
         snapshots_retained=snapshots,
-        points_total=total_points(per_snapshot, snapshots),
+        points_total=total_points(per_snapshot, within) + long_term,
         disk_bytes=disk,
         syncs_per_day=sync.runs_per_day(),
         fulls_per_day=full.runs_per_day(),

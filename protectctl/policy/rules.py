@@ -5,7 +5,6 @@ Pure: values in, `Problem`s out (their line:col is resolved by the loader).
 
 from __future__ import annotations
 
-import math
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,11 +179,17 @@ def _sla_fits_members(doc: Document, group: ProtectionGroupSpec, sla: SLASpec,
                           "shorten retention.disk, take fulls less often, or raise Settings.budgets")
 
 
+def long_term_snapshots(sla: SLASpec) -> int:
+    """Snapshots kept past the disk retention by the weekly/monthly/yearly counts."""
+    keep = sla.retention
+    return (keep.weekly or 0) + (keep.monthly or 0) + (keep.yearly or 0)
+
+
 def snapshots_retained(sla: SLASpec) -> int:
     """Snapshots (fulls) kept: those within disk retention plus the long-term bucket counts."""
-    within = math.ceil(sla.retention.disk.seconds / sla.full.max_interval_s())
-    keep = sla.retention
-    return within + (keep.weekly or 0) + (keep.monthly or 0) + (keep.yearly or 0)
+    from protectctl.plan.capacity import snapshots_retained as within
+
+    return within(sla.full, sla.retention.disk) + long_term_snapshots(sla)
 
 
 def _sources_unique(policy: Policy) -> Iterator[Problem]:
