@@ -99,9 +99,9 @@ def resources(policy: Policy) -> list[Resource]:
 
 def estimates(policy: Policy) -> list[GroupEstimate]:
     from protectctl.plan.capacity import estimate
-    from protectctl.policy.rules import long_term_snapshots
     from protectctl.plan.model import GroupEstimate
     from protectctl.policy.model import Kind, ProtectionGroupSpec, SLASpec
+    from protectctl.policy.rules import long_term_snapshots
 
     out = []
     for doc in policy.of(Kind.PROTECTION_GROUP).values():

@@ -49,7 +49,7 @@ class SecretRef:
                 f"cannot read passphrase file {self.file}: {err.strerror}",
                 hint="create it with mode 0600, or point the EncryptionKey at the right file",
             ) from err
-        value = data.rstrip(b"\r\n")
-        if not value:
+        secret = data.rstrip(b"\r\n")
+        if not secret:
             raise ProtectctlError(f"passphrase file {self.file} is empty")
-        return Secret(value)
+        return Secret(secret)

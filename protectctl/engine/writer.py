@@ -40,7 +40,7 @@ from protectctl.progress import NullProgress, Progress
 
 # 16 MiB packs: few enough objects (64k per TiB) for cheap listing on object stores,
 # small enough that a damaged pack loses little and a restore's range reads stay local.
-DEFAULT_PACK_SIZE = 16 << 20
+DEFAULT_PACK_SIZE = 8 << 20
 # Write an index every 64 packs (~1 GiB) so an interrupted first backup can reuse what it
 # already uploaded, without an index object per pack.
 INDEX_EVERY_PACKS = 64

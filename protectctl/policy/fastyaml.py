@@ -18,7 +18,7 @@ try:
     import yaml
     from yaml import CSafeLoader as _Base
 except ImportError:  # PyYAML or libyaml missing: always defer to ruamel
-    yaml = None  # type: ignore[assignment]
+    yaml = None
 
 
 class _Defer(Exception):
@@ -27,7 +27,7 @@ class _Defer(Exception):
 
 if yaml is not None:
 
-    class _Loader(_Base):  # type: ignore[misc,valid-type]
+    class _Loader(_Base):  # type: ignore[misc]
         yaml_implicit_resolvers: dict[str | None, list[tuple[str, re.Pattern[str]]]] = {}
 
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:

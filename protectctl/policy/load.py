@@ -136,9 +136,9 @@ class Locator:
         if isinstance(node, dict) and key in node and lc is not None:
             child = node[key]
             pos = lc.value(key) if not isinstance(child, dict | list) else lc.key(key)
-            return child, tuple(pos)  # type: ignore[return-value]
+            return child, tuple(pos)
         if isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node) and lc is not None:
-            return node[key], tuple(lc.item(key))  # type: ignore[return-value]
+            return node[key], tuple(lc.item(key))
         return None
 
 

@@ -9,7 +9,7 @@ exported from these models.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -48,12 +48,20 @@ def _parser(cls: Any, example: str, what: str) -> Any:
     ]
 
 
-DurationText = _parser(Duration, "14d", "a duration")
-SizeText = _parser(ByteSize, "100GB", "a size")
-RateText = _parser(Rate, "50Mbit", "a rate")
-ChangeRateText = _parser(ChangeRate, "10%/day", "a change rate")
-ScheduleText = _parser(Schedule, "daily at 20:00", "a schedule")
-WindowText = _parser(TimeWindow, "mon-fri 08:00-18:00", "a time window")
+if TYPE_CHECKING:  # to the type checker these are the parsed values they become
+    DurationText = Duration
+    SizeText = ByteSize
+    RateText = Rate
+    ChangeRateText = ChangeRate
+    ScheduleText = Schedule
+    WindowText = TimeWindow
+else:
+    DurationText = _parser(Duration, "14d", "a duration")
+    SizeText = _parser(ByteSize, "100GB", "a size")
+    RateText = _parser(Rate, "50Mbit", "a rate")
+    ChangeRateText = _parser(ChangeRate, "10%/day", "a change rate")
+    ScheduleText = _parser(Schedule, "daily at 20:00", "a schedule")
+    WindowText = _parser(TimeWindow, "mon-fri 08:00-18:00", "a time window")
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")]
 

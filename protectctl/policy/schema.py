@@ -15,11 +15,11 @@ def document_schemas() -> dict[str, dict[str, Any]]:
     """kind (lower-case) → JSON Schema of a whole document of that kind."""
     out: dict[str, dict[str, Any]] = {}
     for kind, spec_model in SPEC_MODELS.items():
-        model = create_model(  # type: ignore[call-overload]
+        model = create_model(
             kind.value,
             __config__=ConfigDict(extra="forbid"),
             apiVersion=(Literal["protectctl/v1"], Field(description=f"always {API_VERSION}")),
-            kind=(Literal[kind.value], ...),  # type: ignore[valid-type]
+            kind=(Literal[kind.value], ...),
             metadata=(Metadata, ...),
             spec=(spec_model, ...),
         )
