@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from protectctl.errors import ProtectctlError, RepositoryError
 from protectctl.provision.config import render_agent_config, render_source_config
-from protectctl.provision.host import HostConnection, connect
+from protectctl.provision.host import HostConnection, LocalHost, connect
 from protectctl.secret import SecretRef
 
 Inputs = Mapping[str, Any]
@@ -33,12 +34,15 @@ class ApplyContext:
     hosts: Mapping[str, Mapping[str, Any]]  # host name → host inputs (address, root, ...)
     warn: Callable[[str], None]
     _connections: dict[str, HostConnection] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def host(self, name: str) -> HostConnection:
-        if name not in self._connections:
-            address = str(self.hosts.get(name, {}).get("address", "local"))
-            self._connections[name] = connect(name, address)
-        return self._connections[name]
+        # one connection per host, shared by the walk's threads (an SshHost is thread-safe)
+        with self._lock:
+            if name not in self._connections:
+                inputs = self.hosts.get(name, {})
+                self._connections[name] = connect(name, str(inputs.get("address", "local")), inputs, self.hosts)
+            return self._connections[name]
 
 
 class Effect(Protocol):
@@ -189,8 +193,37 @@ class FilesEffect:
 
 
 class AgentEffect(FilesEffect):
+    """The agent's config; on SSH hosts also its venv (provision/agent_install.py)."""
+
     def files(self, inputs: Inputs) -> dict[str, bytes]:
         return {inputs["config_path"]: render_agent_config(inputs).encode()}
+
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        installed = None
+        if inputs.get("install"):
+            from protectctl.provision.agent_install import install
+
+            installed = install(ctx.host(self.host_name(inputs)), inputs["install"]["venv"],  # type: ignore[arg-type]
+                                digest=inputs["install"]["digest"])
+        outputs = super().create(inputs, ctx)
+        if installed is not None:
+            outputs["install"] = installed
+        return outputs
+
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
+        new = super().update(inputs, outputs, ctx)
+        old_venv = (outputs.get("install") or {}).get("venv") or ((self._before or {}).get("venv"))
+        del old_venv  # the venv path follows root, whose change is a replace (delete + create)
+        return new
+
+    _before: dict[str, Any] | None = None
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        super().delete(inputs, outputs, ctx, delete_data=delete_data)
+        if inputs.get("install") and outputs.get("install"):
+            from protectctl.provision.agent_install import uninstall
+
+            uninstall(ctx.host(self.host_name(inputs)), inputs["install"]["venv"])  # type: ignore[arg-type]
 
     def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
         ctx.host(self.host_name(inputs)).make_dirs(inputs["state_dir"], mode=0o700)
@@ -239,15 +272,21 @@ class ScheduleEffect(FilesEffect):
         return {path: text.encode() for path, text in schedule_files(inputs).items()}
 
     def _systemd_live(self, inputs: Inputs, ctx: ApplyContext) -> bool:
-        return (inputs["scheduler"] == "systemd" and inputs["root"] == "/"
-                and Path("/run/systemd/system").is_dir() and ctx.host(inputs["host"]).has_command("systemctl"))
+        if inputs["scheduler"] != "systemd" or inputs["root"] != "/":
+            return False
+        conn = ctx.host(inputs["host"])
+        if isinstance(conn, LocalHost):
+            return Path("/run/systemd/system").is_dir() and conn.has_command("systemctl")
+        # on an SSH host: systemd runs there when /run/systemd/system exists (sd_booted)
+        return conn.run(("test", "-d", "/run/systemd/system")).status == 0 and conn.has_command("systemctl")
 
     def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
         if inputs["scheduler"] != "systemd":
             return
         if not self._systemd_live(inputs, ctx):
             if inputs["root"] == "/":
-                ctx.warn(f"{inputs['name']}.timer written but not enabled: systemd is not running here; "
+                ctx.warn(f"{inputs['name']}.timer written but not enabled: systemd is not running on host "
+                         f"{inputs['host']}; "
                          f"run `systemctl daemon-reload && systemctl enable --now {inputs['name']}.timer`")
             return
         conn = ctx.host(inputs["host"])

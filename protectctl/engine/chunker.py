@@ -14,9 +14,10 @@ import mmap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import pyfastcdc
+if TYPE_CHECKING:
+    import pyfastcdc
 
 # pyfastcdc's mean chunk is avg_size + min_size (its docs, "cut-point skipping").
 # Measured on 256 MiB of random data: avg_size 768 KiB + min 256 KiB gives a mean of
@@ -43,6 +44,8 @@ class Chunker:
         self._seed = seed
 
     def _cdc(self) -> pyfastcdc.FastCDC:
+        import pyfastcdc  # here: a sync that reads no file never pays for the import
+
         p = self.params
         return pyfastcdc.FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size, seed=self._seed)
 
@@ -92,7 +95,7 @@ class Chunker:
             filled -= done
 
     def iter_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
-        yield from self.iter_reader(stream.readinto, self.read_buffer())
+        yield from self.iter_reader(stream.readinto, self.read_buffer())  # type: ignore[attr-defined]
 
     def iter_file(self, path: Path) -> Iterator[memoryview]:
         with open(path, "rb") as handle:

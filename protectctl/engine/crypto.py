@@ -114,7 +114,7 @@ def keyed_hasher(id_key: bytes) -> blake3.blake3:
     return blake3.blake3(key=id_key)
 
 
-def content_name(data: bytes) -> str:
+def content_name(data: bytes | memoryview) -> str:
     """Name of a content-addressed object (pack, index): unkeyed BLAKE3 of its stored bytes.
 
     Unkeyed on purpose: the stored bytes are ciphertext, so the hash reveals nothing, and

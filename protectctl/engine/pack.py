@@ -149,7 +149,8 @@ def blob_body(framed: memoryview, out: Scratch | None = None) -> memoryview:
         return framed
     body = (out or Scratch()).view(len(framed))
     sink = _Sink(body[1 : len(data)])  # compressed must be smaller than data to be worth it
-    with _compressor().stream_writer(sink, size=len(data), closefd=False) as writer:
+    # _Sink is the only file-like method stream_writer calls (write); not a full IO[bytes].
+    with _compressor().stream_writer(sink, size=len(data), closefd=False) as writer:  # type: ignore[arg-type]
         writer.write(data)
     if sink.over:
         return framed

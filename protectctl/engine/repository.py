@@ -143,7 +143,7 @@ class Repository:
 
     # -- ids and chunking -------------------------------------------------------------------
 
-    def blob_id(self, data: bytes) -> BlobId:
+    def blob_id(self, data: bytes | bytearray | memoryview) -> BlobId:
         """Keyed BLAKE3 of `data`: equal content, equal id; ids reveal nothing without the key."""
         hasher = keyed_hasher(self._keys.id_key)
         hasher.update(data)

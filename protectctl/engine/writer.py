@@ -38,8 +38,10 @@ from protectctl.engine.pack import (
 from protectctl.engine.storage.base import ObjectKind, StorageBackend
 from protectctl.progress import NullProgress, Progress
 
-# 16 MiB packs: few enough objects (64k per TiB) for cheap listing on object stores,
-# small enough that a damaged pack loses little and a restore's range reads stay local.
+# 8 MiB packs: few enough objects (128k per TiB) for cheap listing on object stores, small
+# enough that a damaged pack loses little. The writer holds two pack buffers (one filling,
+# one uploading), so the pack size is most of a backup's memory beyond the interpreter:
+# 16 MiB packs measured ~20 MB more peak RSS than 8 MiB for no gain in speed.
 DEFAULT_PACK_SIZE = 8 << 20
 # Write an index every 64 packs (~1 GiB) so an interrupted first backup can reuse what it
 # already uploaded, without an index object per pack.
@@ -57,7 +59,7 @@ class WriterHost(Protocol):
 
     storage: StorageBackend
 
-    def blob_id(self, data: bytes) -> BlobId: ...
+    def blob_id(self, data: bytes | bytearray | memoryview) -> BlobId: ...
 
     def _claim_new(self, blob_id: BlobId) -> bool: ...
 
@@ -143,7 +145,7 @@ class BlobWriter:
         copy, out = self._buffers.take(), self._buffers.take()
         future = self._seal_pool.submit(blob_body, frame(data, copy), out)
         self._sealing.append((kind, blob_id, len(data), copy, out, future))
-        self._drain_sealed(block_over=2 * self._workers)
+        self._drain_sealed(block_over=self._workers + 2)
         return blob_id, True
 
     def commit(self) -> None:

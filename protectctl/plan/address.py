@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RESOURCE_KINDS = ("key", "storage", "library", "host", "agent", "group", "source", "schedule")
+RESOURCE_KINDS = ("key", "storage", "library", "host", "agent", "group", "source", "schedule", "access")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -26,6 +26,7 @@ from protectctl.policy.model import (
     SettingsSpec,
     SLASpec,
     StorageSpec,
+    StorageType,
     TapeLibrarySpec,
 )
 from protectctl.policy.rules import settings_of
@@ -37,6 +38,8 @@ Inputs = Mapping[str, JsonValue]
 AGENT_CONFIG = "etc/protectctl/agent.yaml"
 SOURCES_DIR = "etc/protectctl/sources"
 STATE_DIR = "var/lib/protectctl"
+AGENT_VENV = "opt/protectctl"  # SSH hosts: the agent's virtualenv, installed offline by apply
+AGENT_KEYS_DIR = "etc/protectctl/ssh"  # SSH keys an agent uses to reach sftp storage
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class HostFacts:
 
     agent_argv: tuple[str, ...]  # how the agent is started on the host, e.g. (python, -m, protectctl)
     version: str
+    digest: str = ""  # SSH hosts: digest of the protectctl source the agent wheel is built from
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +140,16 @@ def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
     doc = policy.get(Kind.STORAGE, name)
     assert doc is not None and isinstance(doc.spec, StorageSpec)
     spec = doc.spec
-    return {"type": spec.type.value, "path": resolve_path(doc, spec.path), "key": spec.encryption.key,
-            "passphrase": _passphrase_ref(policy, spec.encryption.key)}
+    out: dict[str, object] = {"type": spec.type.value, "path": resolve_path(doc, spec.path),
+                              "key": spec.encryption.key, "passphrase": _passphrase_ref(policy, spec.encryption.key)}
+    if spec.type is StorageType.SFTP and spec.host:
+        host_doc = policy.get(Kind.HOST, spec.host)
+        assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
+        out["path"] = posixpath.normpath(spec.path)  # a path on the backup server, never resolved here
+        out["host"] = spec.host
+        out["ssh"] = ssh_inputs(host_doc)
+        out["serve"] = host_path(host_root(host_doc), f"{AGENT_VENV}/bin/protectctl")
+    return out
 
 
 def _storage(b: _Builder, doc: Document) -> None:
@@ -146,6 +158,8 @@ def _storage(b: _Builder, doc: Document) -> None:
     deps = [Address("key", spec.encryption.key)]
     if spec.host:
         deps.append(Address("host", spec.host))
+        if spec.type is StorageType.SFTP:
+            deps.append(Address("agent", spec.host))  # `protectctl serve` runs from the host's agent
     b.add(Resource(Address("storage", doc.name), _storage_inputs(b.policy, doc.name), tuple(deps),
                    replace_on=("type", "path"), holds_data=True))
 
@@ -164,21 +178,42 @@ def host_root(doc: Document) -> str:
     return resolve_path(doc, doc.spec.root)
 
 
+def _policy_file_path(doc: Document, path: str | None) -> str | None:
+    """A control-machine path from the policy: `~` kept for the user's home, else resolved."""
+    if path is None or path.startswith("~"):
+        return path
+    return resolve_path(doc, path)
+
+
+def ssh_inputs(doc: Document) -> dict[str, object]:
+    """How to reach an SSH host (no secret: a key is named by its file)."""
+    spec = doc.spec
+    assert isinstance(spec, HostSpec)
+    return {"address": spec.address, "port": spec.port, "user": spec.user,
+            "identity_file": _policy_file_path(doc, spec.identity_file), "host_key": spec.host_key,
+            "known_hosts": _policy_file_path(doc, spec.known_hosts), "become": spec.become}
+
+
 def _host(b: _Builder, doc: Document) -> None:
     spec = doc.spec
     assert isinstance(spec, HostSpec)
     root = host_root(doc)
     deps = (Address("host", spec.gateway),) if spec.gateway else ()
-    b.add(Resource(Address("host", doc.name),
-                   {"address": spec.address, "port": spec.port, "user": spec.user, "root": root,
-                    "scheduler": spec.scheduler.value, "gateway": spec.gateway},
-                   deps, host=doc.name, replace_on=("address", "root")))
+    inputs: dict[str, object] = {"address": spec.address, "port": spec.port, "user": spec.user, "root": root,
+                                 "scheduler": spec.scheduler.value, "gateway": spec.gateway}
+    if not spec.is_local:  # local hosts keep their inputs (and so their plans) unchanged
+        inputs.update(ssh_inputs(doc))
+        inputs["authorized_keys"] = spec.authorized_keys
+    b.add(Resource(Address("host", doc.name), inputs, deps, host=doc.name, replace_on=("address", "root")))
     facts = b.facts[doc.name]
-    b.add(Resource(Address("agent", doc.name),
-                   {"host": doc.name, "root": root, "version": facts.version, "exec": list(facts.agent_argv),
-                    "config_path": host_path(root, AGENT_CONFIG), "state_dir": host_path(root, STATE_DIR),
-                    "sources_dir": host_path(root, SOURCES_DIR)},
-                   (Address("host", doc.name),), host=doc.name, replace_on=("root",)))
+    agent: dict[str, object] = {
+        "host": doc.name, "root": root, "version": facts.version, "exec": list(facts.agent_argv),
+        "config_path": host_path(root, AGENT_CONFIG), "state_dir": host_path(root, STATE_DIR),
+        "sources_dir": host_path(root, SOURCES_DIR)}
+    if not spec.is_local:
+        agent["install"] = {"venv": host_path(root, AGENT_VENV), "digest": facts.digest}
+    b.add(Resource(Address("agent", doc.name), agent, (Address("host", doc.name),), host=doc.name,
+                   replace_on=("root",)))
 
 
 def _group(b: _Builder, doc: Document) -> None:
@@ -206,10 +241,16 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
     if host_doc.spec.is_local and isinstance(spec.get("path"), str):
         spec["path"] = resolve_path(doc, str(spec["path"]))  # local sources resolve like other paths
     throttle = group.throttle
+    storage = {"name": group.storage, **_storage_inputs(b.policy, group.storage)}
+    deps = [Address("group", doc.name), Address("agent", member.host), Address("storage", group.storage)]
+    if storage["type"] == StorageType.SFTP.value:
+        access = _access(b, group.storage, member.host, root, storage)
+        storage["identity_file"] = access.inputs["key_path"]  # the agent's own, append-only key
+        deps.append(access.address)
     b.add(Resource(address, {
         "source": source, "group": doc.name, "member": member.name, "host": member.host,
         "provider": member.provider, "spec": spec,
-        "storage": {"name": group.storage, **_storage_inputs(b.policy, group.storage)},
+        "storage": storage,
         "retention": {"keep_within_s": keep.disk.seconds, "daily": keep.daily or 0, "weekly": keep.weekly or 0,
                       "monthly": keep.monthly or 0, "yearly": keep.yearly or 0},
         "scripts": {"pre": scripts.pre, "post": scripts.post, "timeout_s": scripts.timeout.seconds}
@@ -218,9 +259,28 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
                      "during": str(throttle.during) if throttle.during else None} if throttle else None,
         "sync_interval_s": sla.sync.max_interval_s(), "full_interval_s": sla.full.max_interval_s(),
         "config_path": host_path(root, f"{SOURCES_DIR}/{doc.name}--{member.name}.yaml"),
-    }, (Address("group", doc.name), Address("agent", member.host), Address("storage", group.storage)),
-        host=member.host, replace_on=("host", "config_path")))
+    }, tuple(deps), host=member.host, replace_on=("host", "config_path")))
     _schedules(b, source, member.host, host_doc.spec, root, sla)
+
+
+def _access(b: _Builder, storage_name: str, host: str, root: str, storage: Mapping[str, object]) -> Resource:
+    """The append-only SSH key of the agent on `host` for an sftp storage (one per pair)."""
+    address = Address("access", f"{storage_name}/{host}")
+    for existing in b.out:
+        if existing.address == address:
+            return existing
+    backup = str(storage["host"])
+    backup_doc = b.policy.get(Kind.HOST, backup)
+    assert backup_doc is not None and isinstance(backup_doc.spec, HostSpec)
+    res = Resource(address, {
+        "host": host, "root": root, "storage": storage_name, "backup_host": backup,
+        "repo": storage["path"], "serve": storage["serve"],
+        "key_path": host_path(root, f"{AGENT_KEYS_DIR}/{storage_name}_ed25519"),
+        "authorized_keys": backup_doc.spec.authorized_keys,
+    }, (Address("agent", host), Address("storage", storage_name), Address("host", backup)), host=host,
+        replace_on=("host", "root", "backup_host", "repo"))
+    b.add(res)
+    return res
 
 
 def _jobs(b: _Builder, sla: SLASpec) -> list[tuple[str, str]]:

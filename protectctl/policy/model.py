@@ -118,6 +118,10 @@ class HostSpec(CamelSpec):
     become: Literal["sudo"] | None = None
     scheduler: Scheduler = Scheduler.SYSTEMD
     root: str = Field("/", description="every path protectctl writes on this host lives under root")
+    authorized_keys: str = Field(
+        ".ssh/authorized_keys",
+        description="SSH hosts holding sftp storage: the login user's authorized_keys file (relative to its "
+                    "home); apply adds each agent's append-only key here")
 
     @property
     def is_local(self) -> bool:

@@ -84,10 +84,11 @@ def _hosts(policy: Policy) -> Iterator[Problem]:
         spec = doc.spec
         assert isinstance(spec, HostSpec)
         yield from _ref(policy, doc, ("spec", "gateway"), Kind.HOST, spec.gateway)
-        if not spec.is_local:
+        if not spec.is_local and not spec.host_key and not spec.known_hosts:
             yield Problem(doc.ref, ("spec", "address"),
-                          f"host {spec.address!r}: SSH hosts are not supported by this version",
-                          "use `address: local` (fleet provisioning over SSH is planned)")
+                          f"host {doc.name!r} is reached over SSH but its host key is not pinned",
+                          "add `hostKey: \"ssh-ed25519 AAAA...\"` (from the host's /etc/ssh/ssh_host_*_key.pub) "
+                          "or `knownHosts: path`; unknown host keys are refused")
 
 
 def _storages(policy: Policy) -> Iterator[Problem]:
@@ -96,10 +97,13 @@ def _storages(policy: Policy) -> Iterator[Problem]:
         assert isinstance(spec, StorageSpec)
         yield from _ref(policy, doc, ("spec", "encryption", "key"), Kind.ENCRYPTION_KEY, spec.encryption.key)
         yield from _ref(policy, doc, ("spec", "host"), Kind.HOST, spec.host)
-        if spec.type is not StorageType.LOCAL:
+        if spec.type is StorageType.S3:
             yield Problem(doc.ref, ("spec", "type"),
                           f"storage type {spec.type.value!r} is not supported by this version",
-                          "use `type: local`")
+                          "use `type: local` or `type: sftp`")
+        if spec.type is StorageType.SFTP and not posixpath.isabs(spec.path):
+            yield Problem(doc.ref, ("spec", "path"), f"sftp storage path {spec.path!r} is not absolute",
+                          "give the repository's absolute path on the backup server")
 
 
 def _libraries(policy: Policy) -> Iterator[Problem]:

@@ -12,7 +12,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from protectctl.errors import RemoteError
 from protectctl.fsutil import atomic_write
@@ -104,8 +105,16 @@ class LocalHost:
         return shutil.which(name) is not None
 
 
-def connect(name: str, address: str) -> HostConnection:
-    """A connection to the host (only `local` in this version)."""
+def connect(name: str, address: str, inputs: Mapping[str, Any] | None = None,
+            hosts: Mapping[str, Mapping[str, Any]] | None = None) -> HostConnection:
+    """A connection to the host: `LocalHost` for `local`, else an `SshHost` (provision/ssh.py).
+
+    `inputs` are the Host resource's inputs (port, user, identity_file, host_key, ...);
+    `hosts` holds every host's inputs, for a gateway. Connecting is lazy: the first command
+    or file operation opens the SSH connection.
+    """
     if address == "local":
         return LocalHost(name)
-    raise RemoteError(f"host {name}: SSH hosts are not supported by this version (address {address!r})")
+    from protectctl.provision.ssh import SshHost, SshParams
+
+    return SshHost(SshParams.from_inputs(name, {**(inputs or {}), "address": address}, hosts))

@@ -312,7 +312,10 @@ class FsRestorer:
                 return load_into(blob_id, scratch, verify_id=not checked)
 
         else:
-            load = self._load_for_file if checked else self.reader.load_blob
+
+            def load(blob_id: BlobId) -> bytes | memoryview:
+                return self._load_for_file(blob_id) if checked else self.reader.load_blob(blob_id)
+
         blobs = iter(node.chunks)
         pending = memoryview(b"")
         for offset, length, is_hole in _segments(node.size, node.holes):

@@ -203,7 +203,11 @@ def test_unit_name_is_injective_across_parts() -> None:
 
 @given(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=4))
 def test_unit_names_are_safe(parts: list[str]) -> None:
-    name = unit_name(*parts)
+    try:
+        name = unit_name(*parts)
+    except JobError as err:  # exotic text can escape past systemd's name limit: refused, clearly
+        assert "longer than" in str(err)
+        return
     assert all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
 
 
