@@ -210,14 +210,6 @@ class AgentEffect(FilesEffect):
             outputs["install"] = installed
         return outputs
 
-    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
-        new = super().update(inputs, outputs, ctx)
-        old_venv = (outputs.get("install") or {}).get("venv") or ((self._before or {}).get("venv"))
-        del old_venv  # the venv path follows root, whose change is a replace (delete + create)
-        return new
-
-    _before: dict[str, Any] | None = None
-
     def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
         super().delete(inputs, outputs, ctx, delete_data=delete_data)
         if inputs.get("install") and outputs.get("install"):
