@@ -88,7 +88,20 @@ def host_facts(policy: Policy) -> dict[str, HostFacts]:
     # (otherwise every schedule shows an update when CI and a shell start protectctl differently)
     script = Path(sys.executable).parent / "protectctl"
     argv = (str(script),) if script.is_file() else (sys.executable, "-m", "protectctl")
-    return {name: HostFacts(agent_argv=argv, version=__version__) for name in policy.of(Kind.HOST)}
+    facts = {}
+    for name, doc in policy.of(Kind.HOST).items():
+        facts[name] = HostFacts(agent_argv=argv, version=__version__) if doc.spec.is_local \
+            else _ssh_host_facts(doc)  # type: ignore[union-attr]
+    return facts
+
+
+def _ssh_host_facts(doc: Any) -> HostFacts:
+    """An SSH host runs the agent apply installs: ROOT/opt/protectctl/bin/protectctl."""
+    from protectctl.plan.resources import AGENT_VENV, HostFacts, host_path, host_root
+    from protectctl.provision.agent_install import source_digest
+
+    venv = host_path(host_root(doc), AGENT_VENV)
+    return HostFacts(agent_argv=(f"{venv}/bin/protectctl",), version=__version__, digest=source_digest())
 
 
 def resources(policy: Policy) -> list[Resource]:
@@ -203,28 +216,71 @@ def observe(state: State) -> Observations:
     return Observations(storage_points=points)
 
 
-def drift(state: State) -> dict[str, str]:
-    """What differs on the hosts from what apply wrote: address → description (`--refresh`)."""
-    from protectctl.apply.effects import digest
+def drift(state: State, warnings: list[str] | None = None) -> dict[str, str]:
+    """What differs on the hosts from what apply wrote: address → description (`--refresh`).
+
+    Hosts are read in parallel; an unreachable host is reported in `warnings` and its
+    resources are left out (the plan leaves them untouched).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from protectctl.errors import RemoteError
     from protectctl.provision.host import connect
 
     hosts = {a.split(".", 1)[1]: rec.inputs for a, rec in state.resources.items() if rec.kind == "host"}
-    found: dict[str, str] = {}
+    by_host: dict[str, list[tuple[str, Any]]] = {}
     for address, rec in state.resources.items():
-        files: dict[str, str] = rec.outputs.get("files", {})
-        if not files or rec.host is None:
-            continue
-        conn = connect(rec.host, str(hosts.get(rec.host, {}).get("address", "local")))
-        problems = []
-        for path, want in sorted(files.items()):
-            data = conn.read_file(path)
-            if data is None:
-                problems.append(f"{path} is missing")
-            elif digest(data) != want:
-                problems.append(f"{path} was changed on the host")
-        if problems:
-            found[address] = "; ".join(problems)
-    return found
+        if rec.host is not None and (rec.outputs.get("files") or rec.outputs.get("install")):
+            by_host.setdefault(rec.host, []).append((address, rec))
+
+    def read_host(host: str) -> tuple[dict[str, str], str | None]:
+        inputs = hosts.get(host, {})
+        conn = connect(host, str(inputs.get("address", "local")), inputs, hosts)
+        found: dict[str, str] = {}
+        try:
+            for address, rec in by_host[host]:
+                problems = _drift_of(conn, rec)
+                if problems:
+                    found[address] = "; ".join(problems)
+        except RemoteError as err:
+            return {}, f"host {host} could not be refreshed, its resources are left as they are: {err.message}"
+        finally:
+            close = getattr(conn, "close", None)
+            if close is not None:
+                close()
+        return found, None
+
+    drifted: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(by_host)))) as pool:
+        for found, warning in pool.map(read_host, sorted(by_host)):
+            drifted.update(found)
+            if warning and warnings is not None:
+                warnings.append(warning)
+    return drifted
+
+
+def _drift_of(conn: Any, rec: Any) -> list[str]:
+    from protectctl.apply.effects import digest
+
+    problems = []
+    installed = rec.outputs.get("install")
+    venv = (rec.inputs.get("install") or {}).get("venv")
+    if installed and venv:
+        from protectctl.provision.agent_install import read_marker
+
+        marker = read_marker(conn, str(venv))
+        if marker is None:
+            problems.append(f"the agent in {venv} is missing")
+        elif marker != installed:
+            problems.append(f"the agent in {venv} is {marker.get('version')} (digest {marker.get('digest')}), "
+                            f"apply installed {installed.get('version')} (digest {installed.get('digest')})")
+    for path, want in sorted(rec.outputs.get("files", {}).items()):
+        data = conn.read_file(path)
+        if data is None:
+            problems.append(f"{path} is missing")
+        elif digest(data) != want:
+            problems.append(f"{path} was changed on the host")
+    return problems
 
 
 def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, destroy: bool = False,
@@ -235,14 +291,16 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
 
     policy = policy or load(policy_dir)
     observed = observe(state)
+    refresh_warnings: list[str] = []
     if refresh:
-        observed = replace(observed, drifted=drift(state))
+        observed = replace(observed, drifted=drift(state, refresh_warnings))
     with _gc_paused():
         return pure_plan(
             resources(policy), state, now=now or datetime.now(UTC), version=__version__,
             policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observed,
             estimates=[] if destroy else estimates(policy),
-            warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy))
+            warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy)
+            + refresh_warnings)
 
 
 def plan(policy_dir: Path, *, out: Path | None = None, destroy: bool = False, delete_data: bool = False,
@@ -355,9 +413,13 @@ class SourceTarget:
 
 
 def sources(policy_dir: Path, *, agent_config: Path | None, group: str | None = None,
-            member: str | None = None) -> list[SourceTarget]:
-    """The sources a job acts on: from the agent config on a host, or from the policy."""
-    found = _sources_from_agent(agent_config) if agent_config else _sources_from_policy(policy_dir)
+            member: str | None = None, include_remote: bool = False) -> list[SourceTarget]:
+    """The sources a job acts on: from the agent config on a host, or from the policy.
+
+    `include_remote` (restore, points): also sources of SSH hosts, read from the control
+    machine with its own rights on the repository (sftp storage)."""
+    found = _sources_from_agent(agent_config) if agent_config \
+        else _sources_from_policy(policy_dir, include_remote=include_remote)
     chosen = [s for s in found if (group is None or s.inputs["group"] == group)
               and (member is None or s.inputs["member"] == member)]
     if not chosen:
@@ -367,8 +429,9 @@ def sources(policy_dir: Path, *, agent_config: Path | None, group: str | None = 
     return chosen
 
 
-def _sources_from_policy(policy_dir: Path) -> list[SourceTarget]:
-    all_resources = resources(load(policy_dir))
+def _sources_from_policy(policy_dir: Path, *, include_remote: bool = False) -> list[SourceTarget]:
+    policy = load(policy_dir)
+    all_resources = resources(policy)
     agents = {r.address.name: r.inputs for r in all_resources if r.address.kind == "agent"}
     hosts = {r.address.name: r.inputs for r in all_resources if r.address.kind == "host"}
     out = []
@@ -377,6 +440,10 @@ def _sources_from_policy(policy_dir: Path) -> list[SourceTarget]:
             continue
         host = str(r.inputs["host"])
         if hosts[host]["address"] != "local":
+            if include_remote:
+                inputs = dict(r.inputs)
+                inputs["storage"] = {k: v for k, v in inputs["storage"].items() if k != "identity_file"}
+                out.append(SourceTarget(inputs, policy.root / ".protectctl" / "remote" / host, host))
             continue  # jobs run on the host that holds the data
         out.append(SourceTarget(dict(r.inputs), Path(str(agents[host]["state_dir"])), host))
     return out
@@ -419,6 +486,10 @@ def source_job(target: SourceTarget) -> Any:
 def open_storage(storage: dict[str, Any]) -> Any:
     from protectctl.engine.storage.local import LocalStorage
 
+    if storage["type"] == "sftp":
+        from protectctl.provision.ssh import open_remote_storage
+
+        return open_remote_storage(storage)
     if storage["type"] != "local":
         raise ProtectctlError(f"storage type {storage['type']!r} is not supported by this version")
     return LocalStorage(Path(str(storage["path"])))
@@ -471,7 +542,7 @@ def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | 
 
     ref = SourceRef.parse(selector) if selector else None
     targets = sources(policy_dir, agent_config=agent_config, group=ref.group if ref else None,
-                      member=ref.member if ref else None)
+                      member=ref.member if ref else None, include_remote=True)
     allowed = {str(t.inputs["source"]) for t in targets}
     out = []
     for storage in storages_of(targets).values():
@@ -493,7 +564,8 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
     ref = SourceRef.parse(source)
     if ref.member is None:
         raise RestoreError(f"restore needs one source, GROUP/MEMBER, not {source!r}")
-    (job_target,) = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member)
+    (job_target,) = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
+                            include_remote=True)
     when = parse_time(to_time, now=datetime.now(UTC))
     path = None
     if target:
@@ -529,7 +601,10 @@ def prune(policy_dir: Path, group: str | None, *, agent_config: Path | None, dry
           member: str | None = None, progress: Any = None) -> list[Any]:
     from protectctl.agent.jobs import prune as run_prune
 
-    targets = sources(policy_dir, agent_config=agent_config, group=group, member=member)
+    # from the control machine, remote sources too: prune needs the full rights an agent's
+    # append-only key lacks (sftp storage)
+    targets = sources(policy_dir, agent_config=agent_config, group=group, member=member,
+                      include_remote=agent_config is None)
     by_storage: dict[str, list[SourceTarget]] = {}
     for t in targets:
         by_storage.setdefault(str(t.inputs["storage"]["path"]), []).append(t)
@@ -771,3 +846,102 @@ def keys_import(policy_dir: Path, source: Path, *, passphrase_file: Path | None 
         return bytes(resolver())
 
     return [k.id for k in service.keys.import_file(source, opener, now=service.now)]
+
+
+# --- hosts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostCheck:
+    """`hosts check` of one host: each check is (what, ok, detail)."""
+
+    host: str
+    address: str
+    checks: tuple[tuple[str, bool, str], ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+    def to_json(self) -> dict[str, object]:
+        return {"host": self.host, "address": self.address, "ok": self.ok,
+                "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in self.checks]}
+
+    def text(self) -> str:
+        lines = [f"{self.host} ({self.address}): {'ok' if self.ok else 'PROBLEMS'}"]
+        lines += [f"  {'ok ' if ok else 'BAD'} {c}: {d}" for c, ok, d in self.checks]
+        return "\n".join(lines)
+
+
+def hosts_check(policy_dir: Path, name: str | None = None) -> list[HostCheck]:
+    """Check every Host (or one): reachable with the pinned key, python, agent, timers, disk."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    policy = load(policy_dir)
+    all_resources = resources(policy)
+    hosts = {r.address.name: dict(r.inputs) for r in all_resources if r.address.kind == "host"}
+    if name is not None and name not in hosts:
+        raise ProtectctlError(f"no Host named {name!r}", hint=f"hosts: {', '.join(sorted(hosts)) or 'none'}")
+    state = state_backend(policy_dir, policy).read()
+    agents = {r.address.name: dict(r.inputs) for r in all_resources if r.address.kind == "agent"}
+    chosen = [name] if name else sorted(hosts)
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(chosen)))) as pool:
+        return list(pool.map(lambda h: _check_host(h, hosts, agents[h], state), chosen))
+
+
+def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, Any], state: State) -> HostCheck:
+    from protectctl.errors import RemoteError
+    from protectctl.provision.host import connect
+
+    inputs = hosts[name]
+    address = str(inputs["address"])
+    conn = connect(name, address, inputs, hosts)
+    checks: list[tuple[str, bool, str]] = []
+    try:
+        result = conn.run(("python3", "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"))
+        checks.append(("reachable", True, "local" if address == "local" else
+                       f"{inputs.get('user') or 'root'}@{address}:{inputs.get('port', 22)}, host key verified"))
+        checks.append(("python", result.status == 0, result.stdout.strip() or result.stderr.strip()[-200:]))
+        checks.append(_check_agent(conn, agent))
+        checks.append(_check_timers(conn, name, state))
+        df = conn.run(("df", "-Pk", str(inputs["root"])))
+        fields = df.stdout.splitlines()[-1].split() if df.status == 0 and df.stdout.strip() else []
+        if len(fields) >= 5:
+            free = int(fields[3]) * 1024
+            checks.append(("disk", free > 1 << 30, f"{free / (1 << 30):.1f} GiB free under {inputs['root']} "
+                           f"({fields[4]} used)"))
+        else:
+            checks.append(("disk", False, f"df failed: {df.stderr.strip()[-200:]}"))
+    except RemoteError as err:
+        checks.append(("reachable", False, err.message + (f" ({err.hint})" if err.hint else "")))
+    finally:
+        close = getattr(conn, "close", None)
+        if close is not None:
+            close()
+    return HostCheck(name, address, tuple(checks))
+
+
+def _check_agent(conn: Any, agent: dict[str, Any]) -> tuple[str, bool, str]:
+    install = agent.get("install")
+    if not install:
+        return ("agent", True, f"protectctl {__version__} (this installation)")
+    from protectctl.provision.agent_install import read_marker
+
+    marker = read_marker(conn, str(install["venv"]))
+    if marker is None:
+        return ("agent", False, f"not installed in {install['venv']} (run apply)")
+    current = marker.get("version") == __version__ and marker.get("digest") == install["digest"]
+    return ("agent", current, f"protectctl {marker.get('version')} (digest {marker.get('digest')})"
+            + ("" if current else f"; the policy wants {__version__} (digest {install['digest']}): run apply"))
+
+
+def _check_timers(conn: Any, host: str, state: State) -> tuple[str, bool, str]:
+    from protectctl.apply.effects import digest
+
+    files = {p: d for rec in state.resources.values() if rec.kind == "schedule" and rec.host == host
+             for p, d in rec.outputs.get("files", {}).items()}
+    bad = [p for p, want in sorted(files.items()) if (data := conn.read_file(p)) is None or digest(data) != want]
+    if bad:
+        return ("timers", False, f"{len(bad)} of {len(files)} schedule file(s) missing or changed: "
+                f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} (plan --refresh shows them)")
+    return ("timers", True, f"{len(files)} schedule file(s) in place")

@@ -100,7 +100,12 @@ class StorageEffect:
 
         path = Path(inputs["path"])
         passphrase = secret_ref(inputs["passphrase"]).resolve().value
-        storage = LocalStorage(path)
+        if inputs["type"] == "sftp":
+            from protectctl.provision.ssh import open_remote_storage
+
+            storage: Any = open_remote_storage(inputs)  # full rights: the backup Host's own credentials
+        else:
+            storage = LocalStorage(path)
         if Repository.exists(storage):
             repo = Repository.open(storage, passphrase)
             return {"repository_id": repo.id, "initialised": False}
@@ -113,6 +118,12 @@ class StorageEffect:
     def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
         if not delete_data:
             ctx.warn(f"storage at {inputs['path']} is no longer managed; its data is kept")
+            return
+        if inputs["type"] == "sftp":
+            conn = ctx.host(str(inputs["host"]))
+            if conn.read_file(f"{inputs['path']}/config/config") is None:
+                return
+            conn.remove_tree(str(inputs["path"]))  # type: ignore[attr-defined]
             return
         path = Path(inputs["path"])
         if not (path / "config").exists():
@@ -292,6 +303,63 @@ class ScheduleEffect(FilesEffect):
             ctx.host(inputs["host"]).run(("systemctl", "disable", "--now", f"{inputs['name']}.timer"))
 
 
+_authorized_keys_locks: dict[str, threading.Lock] = {}
+_authorized_keys_guard = threading.Lock()
+
+
+def _authorized_keys_lock(host: str) -> threading.Lock:
+    # agents on many hosts add their keys to one backup server's file in parallel
+    with _authorized_keys_guard:
+        return _authorized_keys_locks.setdefault(host, threading.Lock())
+
+
+class AccessEffect:
+    """An agent's own SSH key for an sftp storage, authorised on the backup server only as
+    `restrict,command="… serve --append-only --repo PATH"` (docs/fleet.md)."""
+
+    def _tag(self, inputs: Inputs) -> str:
+        return f"protectctl-agent:{inputs['storage']}/{inputs['host']}"
+
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        from protectctl.provision.keys import authorized_line, new_key_pair, public_key_of
+
+        conn = ctx.host(str(inputs["host"]))
+        key_path = str(inputs["key_path"])
+        private = conn.read_file(key_path)
+        if private is None:
+            private, public = new_key_pair(self._tag(inputs))
+            conn.make_dirs(str(PurePosixPath(key_path).parent), mode=0o700)
+            conn.write_file(key_path, private, mode=0o600)
+        else:
+            public = public_key_of(private, self._tag(inputs))
+        conn.write_file(key_path + ".pub", public.encode() + b"\n", mode=0o644)
+        line = authorized_line(public, str(inputs["serve"]), str(inputs["repo"]))
+        self._edit_authorized(inputs, ctx, line)
+        return {"public_key": public, "authorized_keys": inputs["authorized_keys"]}
+
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
+        return self.create(inputs, ctx)
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        self._edit_authorized(inputs, ctx, None)
+        conn = ctx.host(str(inputs["host"]))
+        conn.remove_file(str(inputs["key_path"]))
+        conn.remove_file(str(inputs["key_path"]) + ".pub")
+
+    def _edit_authorized(self, inputs: Inputs, ctx: ApplyContext, line: str | None) -> None:
+        backup = ctx.host(str(inputs["backup_host"]))
+        path = str(inputs["authorized_keys"])
+        tag = self._tag(inputs)
+        with _authorized_keys_lock(str(inputs["backup_host"])):
+            old = (backup.read_file(path) or b"").decode()
+            kept = [entry for entry in old.splitlines() if not entry.rstrip().endswith(" " + tag)]
+            if line is not None:
+                kept.append(line)
+            new = "".join(f"{entry}\n" for entry in kept)
+            if new != old:
+                backup.write_file(path, new.encode(), mode=0o600)
+
+
 class LogicalEffect:
     """A resource that exists only in the state (a protection group)."""
 
@@ -328,4 +396,5 @@ EFFECTS: dict[str, Effect] = {
     "group": LogicalEffect(),
     "source": SourceEffect(),
     "schedule": ScheduleEffect(),
+    "access": AccessEffect(),
 }

@@ -31,9 +31,9 @@ def progress_of(env: Env) -> Progress:
 
 
 def human_bytes(n: int | float | None) -> str:
-    from protectctl.plan.render import size
+    from protectctl.humanize import human_bytes as size
 
-    return size(int(n)) if n is not None else "-"
+    return size(n) if n is not None else "-"
 
 
 def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per command

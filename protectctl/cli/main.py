@@ -69,13 +69,15 @@ def root(
 
 
 def _register() -> None:
-    from protectctl.cli import agent, jobs, plan, state, tape
+    from protectctl.cli import agent, hosts, jobs, plan, serve, state, tape
 
     plan.register(app)
     state.register(app)
     jobs.register(app)
     tape.register(app)
     agent.register(app)
+    hosts.register(app)
+    serve.register(app)
 
 
 _register()

@@ -13,7 +13,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 
 def _bytes(n: int) -> str:
-    from protectctl.plan.render import size
+    from protectctl.humanize import human_bytes as size
 
     return size(n)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from protectctl.humanize import human_bytes as size
 from protectctl.plan.model import Action, AttributeChange, Change, GroupEstimate, Plan
 
 Line = tuple[str, str]  # (style, text)
@@ -28,16 +29,6 @@ def summary_line(plan: Plan) -> str:
 def value(v: Any) -> str:
     text = json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else json.dumps(v)
     return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."
-
-
-def size(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n = n / 1000  # type: ignore[assignment]
-    return str(n)
 
 
 def render_text(plan: Plan) -> list[Line]:

@@ -338,3 +338,63 @@ def _drain(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
         if not progressed:
             time.sleep(0.002)
     return b"".join(out), b"".join(err)
+
+
+class ChannelStream:
+    """A byte stream over one SSH exec channel (for `protectctl serve`)."""
+
+    def __init__(self, channel: paramiko.Channel, owner: SshHost) -> None:
+        self._channel = channel
+        self._owner = owner
+
+    def send(self, data: bytes) -> None:
+        self._channel.sendall(data)
+
+    def recv(self, size: int) -> bytes:
+        return self._channel.recv(size)
+
+    def close(self) -> None:
+        self._channel.close()
+        self._owner.close()
+
+
+def open_stream(conn: SshHost, argv: Sequence[str], *, timeout_s: float = 300) -> ChannelStream:
+    """Start argv on the host and return its stdin/stdout as a stream (stderr is discarded)."""
+    import paramiko
+
+    transport = conn.connection().client.get_transport()
+    try:
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("connection lost")
+        channel = transport.open_session(timeout=conn.params.connect_timeout_s)
+        channel.settimeout(timeout_s)
+        channel.set_combine_stderr(False)
+        channel.exec_command(conn.command_line(argv))
+    except (paramiko.SSHException, OSError, EOFError) as err:
+        conn.close()
+        raise RemoteError(f"host {conn.name}: cannot start `{masked(argv)}`: {err}") from err
+    return ChannelStream(channel, conn)
+
+
+def open_remote_storage(storage: Mapping[str, Any]) -> Any:
+    """A RemoteStorage for an sftp Storage's inputs.
+
+    With `identity_file` at the top level (a source's storage, on an agent host) the agent's
+    own key is used, and the backup server forces `serve --append-only` whatever is asked;
+    without, the control machine connects with the backup Host's own credentials and full
+    rights (init, prune, check)."""
+    from protectctl.engine.storage.sftp import RemoteStorage
+
+    host = str(storage["host"])
+    ssh = dict(storage["ssh"])
+    agent_key = storage.get("identity_file")
+    argv = [str(storage["serve"]), "serve", "--repo", str(storage["path"])]
+    if agent_key:
+        ssh.update(identity_file=agent_key, become=None)
+        argv.insert(2, "--append-only")
+    params = SshParams.from_inputs(host, ssh)
+
+    def connect() -> ChannelStream:
+        return open_stream(SshHost(params), argv)
+
+    return RemoteStorage(connect, f"{host}:{storage['path']}")

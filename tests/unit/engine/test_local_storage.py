@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from protectctl.engine.storage.base import ObjectKind, StorageBackend
+from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend
 from protectctl.engine.storage.local import LocalStorage
+from protectctl.errors import RepositoryError
 from tests.unit.engine.storage_suite import PACK_A, StorageSuite
 
 
@@ -46,3 +47,17 @@ def test_unreadable_directory_becomes_repository_error(tmp_path: Path) -> None:
 
     with pytest.raises(RepositoryError):
         storage.put(ObjectKind.CONFIG, "config", b"x")
+
+
+def test_cached_pack_reads_see_deletes_and_read_into_buffers(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put(ObjectKind.DATA, PACK_A, b"0123456789")
+    assert storage.get(ObjectKind.DATA, PACK_A, 2, 3) == b"234"  # opens and caches the pack
+    out = bytearray(4)
+    storage.get_into(ObjectKind.DATA, PACK_A, 6, memoryview(out))
+    assert out == b"6789"
+    with pytest.raises(RepositoryError):
+        storage.get_into(ObjectKind.DATA, PACK_A, 8, memoryview(bytearray(4)))  # past the end
+    storage.delete(ObjectKind.DATA, PACK_A)
+    with pytest.raises(ObjectMissingError):
+        storage.get(ObjectKind.DATA, PACK_A, 0, 1)

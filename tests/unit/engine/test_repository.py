@@ -176,3 +176,38 @@ def test_chunks_reassemble(data: bytes) -> None:
     chunks = list(Chunker(SMALL_CHUNKS, seed=42).iter_buffer(data))
     assert b"".join(chunks) == data
     assert all(len(c) <= SMALL_CHUNKS.max_size for c in chunks)
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.binary(max_size=300_000), read=st.integers(min_value=1, max_value=70_000))
+def test_chunks_of_a_reader_equal_chunks_of_the_buffer(data: bytes, read: int) -> None:
+    """iter_reader (reused buffer, short reads) cuts exactly where iter_buffer does."""
+    import io
+
+    from protectctl.engine.chunker import Chunker
+    from tests.unit.engine.conftest import SMALL_CHUNKS
+
+    chunker = Chunker(SMALL_CHUNKS, seed=42)
+    stream = io.BytesIO(data)
+
+    def readinto(view: memoryview) -> int:
+        piece = stream.read(min(read, len(view)))
+        view[: len(piece)] = piece
+        return len(piece)
+
+    expected = [bytes(c) for c in chunker.iter_buffer(data)]
+    buf = bytearray(2 * SMALL_CHUNKS.max_size)
+    assert [bytes(c) for c in chunker.iter_reader(readinto, buf)] == expected
+
+
+def test_incompressible_chunks_are_stored_and_read_back(repo: Repository) -> None:
+    from protectctl.engine.buffers import BlobScratch
+
+    noise, text = os.urandom(600_000), b"all work and no play " * 30_000
+    with repo.writer() as writer:
+        ids = [writer.add(BlobKind.DATA, memoryview(d))[0] for d in (noise, text)]
+    scratch = BlobScratch()
+    for blob_id, data in zip(ids, (noise, text), strict=True):
+        assert repo.load_blob(blob_id) == data
+        assert bytes(repo.load_blob_into(blob_id, scratch)) == data
+        assert repo.load_blob_unchecked(blob_id) == data
