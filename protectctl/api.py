@@ -577,7 +577,11 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
             target = rest
         path = Path(target).absolute()
     job = source_job(job_target)
-    copy = _tape_copy_for_restore(policy_dir, job, when, from_tape=from_tape)
+    if agent_config is not None and from_tape:
+        raise RestoreError("restores from tape run on the control machine, which holds the tape catalog",
+                           hint="run `protectctl -C POLICY_DIR restore ... --from tape` there")
+    # an agent (--agent-config) restores from its repository; tapes are the control machine's
+    copy = None if agent_config is not None else _tape_copy_for_restore(policy_dir, job, when, from_tape=from_tape)
     if copy is not None:
         return tape_service(policy_dir).restore(job, copy, target=path, subpaths=subpaths, dry_run=dry_run,
                                                 overwrite=overwrite, progress=progress)
