@@ -261,8 +261,7 @@ class Protectctl(Tool):
         if self.entry == "policy":
             return self.cli(*args)
         agent_config = self.base / "root" / "etc" / "protectctl" / "agent.yaml"
-        # -C too: `restore` still consults the policy for tape copies (api._tape_copy_for_restore).
-        return [*self.argv0, "-C", str(self.policy), "--agent-config", str(agent_config), *args]
+        return [*self.argv0, "--agent-config", str(agent_config), *args]
 
     def version(self) -> str:
         p = subprocess.run([*self.argv0, "--version"], capture_output=True, text=True, env=self.env)
