@@ -90,8 +90,8 @@ def host_facts(policy: Policy) -> dict[str, HostFacts]:
     argv = (str(script),) if script.is_file() else (sys.executable, "-m", "protectctl")
     facts = {}
     for name, doc in policy.of(Kind.HOST).items():
-        facts[name] = HostFacts(agent_argv=argv, version=__version__) if doc.spec.is_local \
-            else _ssh_host_facts(doc)  # type: ignore[union-attr]
+        local = getattr(doc.spec, "is_local", True)
+        facts[name] = HostFacts(agent_argv=argv, version=__version__) if local else _ssh_host_facts(doc)
     return facts
 
 
@@ -354,9 +354,17 @@ class ApplyReport:
     def failed(self) -> bool:
         return any(r.outcome != "ok" for r in self.results)
 
+    def by_host(self) -> dict[str, dict[str, int]]:
+        """Per host (or "-" for resources on no host): how many resources ok, failed, skipped."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.results:
+            counts = out.setdefault(r.host or "-", {"ok": 0, "failed": 0, "skipped": 0})
+            counts[r.outcome.value] += 1
+        return dict(sorted(out.items()))
+
     def to_json(self) -> dict[str, object]:
         return {
-            "format_version": "1.0", "applied": self.applied, "failed": self.failed,
+            "format_version": "1.0", "applied": self.applied, "failed": self.failed, "hosts": self.by_host(),
             "results": [{"address": r.address, "action": r.action.value, "outcome": r.outcome.value,
                          "host": r.host, "message": r.message, "duration_s": round(r.duration_s, 3)}
                         for r in self.results],
@@ -441,8 +449,8 @@ def _sources_from_policy(policy_dir: Path, *, include_remote: bool = False) -> l
         host = str(r.inputs["host"])
         if hosts[host]["address"] != "local":
             if include_remote:
-                inputs = dict(r.inputs)
-                inputs["storage"] = {k: v for k, v in inputs["storage"].items() if k != "identity_file"}
+                inputs: dict[str, Any] = dict(r.inputs)
+                inputs["storage"] = {k: v for k, v in dict(inputs["storage"]).items() if k != "identity_file"}
                 out.append(SourceTarget(inputs, policy.root / ".protectctl" / "remote" / host, host))
             continue  # jobs run on the host that holds the data
         out.append(SourceTarget(dict(r.inputs), Path(str(agents[host]["state_dir"])), host))

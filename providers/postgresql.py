@@ -837,8 +837,10 @@ class _ClusterRestore:
 
     def _wait_promoted(self, cluster: Cluster, log_file: Path, stager: _Stager) -> None:
         timeout_s = float(str(self.request.options.get("timeout_s") or 24 * 3600))
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         delay = 0.05
+        seen = False  # pg_ctl start -W returns before the postmaster writes its pid file
         while True:
             if stager.error is not None:
                 raise RestoreError(f"reading WAL from the repository failed: {stager.error}")
@@ -847,7 +849,9 @@ class _ClusterRestore:
                 state = pg.scalar(cluster, "SELECT pg_is_in_recovery()")
             if state == "f":
                 return
-            if state is None and not pg.running(cluster):
+            alive = state is not None or pg.running(cluster)
+            seen = seen or alive
+            if not alive and (seen or time.monotonic() - started > 30):
                 raise RestoreError(f"the restored cluster stopped during recovery: {_log_tail(log_file)}",
                                    hint=f"the full log is {log_file}; the restored files are left in {self.target}")
             if time.monotonic() > deadline:

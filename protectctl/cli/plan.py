@@ -200,6 +200,12 @@ def _report(env: Env, report: ApplyReport) -> None:
     skipped = sum(r.outcome.value == "skipped" for r in report.results)
     if not env.output.json_mode:
         env.output.text(f"Apply complete: {ok} applied, {len(failed)} failed, {skipped} skipped.")
+        hosts = report.by_host()
+        if len(hosts) > 1 and (failed or skipped):
+            for host, counts in hosts.items():
+                state = "FAILED" if counts["failed"] or counts["skipped"] else "ok"
+                env.output.text(f"  host {host}: {state} ({counts['ok']} applied, {counts['failed']} failed, "
+                                f"{counts['skipped']} skipped)")
     if failed:
         lines = "; ".join(f"{r.address}: {r.message}" for r in failed)
         raise ApplyError(f"{len(failed)} resource(s) failed: {lines}",

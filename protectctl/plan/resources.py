@@ -204,6 +204,7 @@ def _host(b: _Builder, doc: Document) -> None:
     if not spec.is_local:  # local hosts keep their inputs (and so their plans) unchanged
         inputs.update(ssh_inputs(doc))
         inputs["authorized_keys"] = spec.authorized_keys
+        inputs["name"] = doc.name  # HostEffect acts on this host (effects see inputs only)
     b.add(Resource(Address("host", doc.name), inputs, deps, host=doc.name, replace_on=("address", "root")))
     facts = b.facts[doc.name]
     agent: dict[str, object] = {

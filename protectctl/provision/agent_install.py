@@ -61,6 +61,10 @@ def project_dir() -> Path | None:
 def source_digest() -> str:
     """Digest of the protectctl source the agent is built from: changes whenever the code does,
     even when the version does not (development trees), so apply upgrades the agents."""
+    given = os.environ.get("PROTECTCTL_WHEELHOUSE")
+    if given:  # a ready-made wheelhouse: what gets installed is its protectctl wheel
+        wheels = sorted(Path(given).glob("protectctl-*.whl"))
+        return hashlib.sha256(wheels[-1].read_bytes()).hexdigest()[:16] if wheels else "none"
     root = project_dir()
     if root is None:
         return f"release-{__version__}"
@@ -148,7 +152,7 @@ def check_python(conn: SshHost) -> str:
     """The host's python3; raises RemoteError unless its version matches the control machine's
     (the wheelhouse holds binary wheels for that version)."""
     status, out, err = conn.exec_bytes(("python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"))
-    want = "%d.%d" % python_version()
+    want = "{}.{}".format(*python_version())
     if status != 0:
         raise RemoteError(f"host {conn.name}: no python3 ({err.decode(errors='replace').strip()[-200:]})",
                           hint=f"install Python {want} on the host")

@@ -10,9 +10,9 @@ import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from protectctl.errors import RemoteError

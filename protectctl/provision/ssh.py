@@ -165,7 +165,7 @@ class SshHost:
         conn = fabric.Connection(params.address, user=params.user or "root", port=params.port, config=config,
                                  connect_timeout=params.connect_timeout_s, connect_kwargs=connect_kwargs,
                                  gateway=gateway or False, inline_ssh_env=True)
-        conn.client.set_missing_host_key_policy(_PinnedKeyPolicy(params))  # type: ignore[arg-type]
+        conn.client.set_missing_host_key_policy(_PinnedKeyPolicy(params))
         return conn
 
     def connection(self) -> fabric.Connection:
@@ -239,7 +239,7 @@ class SshHost:
             channel.shutdown_write()
             out, err_ = _drain(channel, time.monotonic() + timeout)
             status = channel.recv_exit_status()
-        except (socket.timeout, TimeoutError) as err:
+        except TimeoutError as err:
             raise RemoteError(f"host {self.name}: `{masked(argv)}` timed out after {timeout:g}s") from err
         except (paramiko.SSHException, OSError, EOFError) as err:
             self.close()
@@ -351,7 +351,8 @@ class ChannelStream:
         self._channel.sendall(data)
 
     def recv(self, size: int) -> bytes:
-        return self._channel.recv(size)
+        data: bytes = self._channel.recv(size)
+        return data
 
     def close(self) -> None:
         self._channel.close()

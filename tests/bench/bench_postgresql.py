@@ -101,11 +101,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--transactions", type=int, default=10000)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--no-pgbackrest", action="store_true", help="protectctl only (the smoke test)")
     args = parser.parse_args(argv)
     reason = pgcluster.available()
     if reason:
         raise SystemExit(reason)
-    have_pgbr = shutil.which("pgbackrest") is not None
+    have_pgbr = shutil.which("pgbackrest") is not None and not args.no_pgbackrest
 
     from protectctl.agent.jobs import RetentionSpec, SourceJob, restore, run_backup
     from protectctl.engine.repository import Repository
@@ -130,6 +131,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         cluster.sql(f"ALTER SYSTEM SET archive_command = '{quoted}'")
         cluster.stop()
         cluster.start()
+        if pgbr:
+            # before any WAL is archived: archive-push fails without a stanza, and three failures
+            # make PostgreSQL's archiver pause for a minute
+            pgbr.run("stanza-create")
         t_init, _ = timed(lambda: cluster.pgbench("-i", "-q", "-s", str(args.scale)))
         cluster.sql("CREATE TABLE marker (id int, at timestamptz DEFAULT clock_timestamp())")
         cluster.sql("CHECKPOINT")
@@ -139,8 +144,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         Repository.init(storage, PASS)
         job = SourceJob(source=source, provider="postgresql", spec=spec, storage=storage, passphrase=lambda: PASS,
                         state_dir=state_dir, host="local", retention=RetentionSpec(keep_within_s=86400))
-        if pgbr:
-            pgbr.run("stanza-create")
         cluster.sql("SELECT pg_switch_wal()")
         rows: dict[str, dict[str, object]] = {}
 

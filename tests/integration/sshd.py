@@ -8,6 +8,7 @@ touches a system sshd, and no packet leaves the machine (127.0.0.0/8 is loopback
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,8 +16,11 @@ import socket
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SFTP_SERVER = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
@@ -138,10 +142,8 @@ class SshdServer:
         if self.pid is None:
             return
         for pid in [self.pid, *self.descendants()]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.pid = None
 
     def host_doc(self, *, identity_file: Path, scheduler: str = "systemd", host_key: str | None = None,
@@ -174,3 +176,25 @@ def start_fleet(base: Path, names: list[str], client_public_key: str, first_octe
             server.stop()
         raise
     return servers
+
+
+@pytest.fixture(scope="session")
+def pinned_wheelhouse() -> Iterator[Path]:
+    """The agent wheelhouse, built once (cached across sessions) and pinned for the session:
+    other work in the tree must not make every plan show an agent upgrade mid-test."""
+    from protectctl.provision.agent_install import wheelhouse
+
+    before = os.environ.pop("PROTECTCTL_WHEELHOUSE", None)
+    path = wheelhouse().path
+    os.environ["PROTECTCTL_WHEELHOUSE"] = str(path)
+    from protectctl.provision.agent_install import source_digest
+
+    source_digest.cache_clear()
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop("PROTECTCTL_WHEELHOUSE", None)
+        else:
+            os.environ["PROTECTCTL_WHEELHOUSE"] = before
+        source_digest.cache_clear()

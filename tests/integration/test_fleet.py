@@ -62,10 +62,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    from protectctl.provision.agent_install import wheelhouse
-
-    wheelhouse()  # once per machine and version (cached)
+def fleet(tmp_path_factory: pytest.TempPathFactory, pinned_wheelhouse: Path) -> Iterator[Fleet]:
     base = tmp_path_factory.mktemp("fleet")
     client_key = base / "client_ed25519"
     public = keygen(client_key, "protectctl-control")

@@ -175,7 +175,8 @@ class ProcessStream:
 
     def recv(self, size: int) -> bytes:
         assert self._proc.stdout is not None
-        return self._proc.stdout.read1(size)
+        data: bytes = self._proc.stdout.read1(size)  # type: ignore[attr-defined]
+        return data
 
     def close(self) -> None:
         if self._proc.stdin:
