@@ -36,7 +36,14 @@ from protectctl.engine.repository import Repository
 from protectctl.engine.storage.base import ObjectKind, StorageBackend
 from protectctl.errors import ProtectctlError, ProviderError
 from protectctl.progress import NullProgress, Progress
-from protectctl.provider import PointChooser, RestoreRequest, SnapshotOutcome, SnapshotRequest, load_provider
+from protectctl.provider import (
+    PointChooser,
+    RestoreOutcome,
+    RestoreRequest,
+    SnapshotOutcome,
+    SnapshotRequest,
+    load_provider,
+)
 
 __all__ = [
     "BackupResult",
@@ -145,6 +152,16 @@ class RestoreResult:
     @property
     def fits(self) -> bool | None:
         return None if self.bytes_free is None else self.bytes_needed <= self.bytes_free
+
+    @classmethod
+    def of(cls, source: str, point: Point, outcome: RestoreOutcome, *, dry_run: bool,
+           notes: tuple[str, ...] = ()) -> RestoreResult:
+        """The result of a provider's restore of `point` (from disk or from tape)."""
+        return cls(source=source, point_id=point.id, point_time=point.time, point_kind=point.kind,
+                   point_complete=point.complete, target=outcome.target, dry_run=dry_run, files=outcome.files,
+                   dirs=outcome.dirs, bytes_total=outcome.bytes_total, bytes_needed=outcome.bytes_needed,
+                   bytes_free=outcome.bytes_free, verified=outcome.verified, notes=(*outcome.notes, *notes),
+                   details=dict(outcome.details))
 
     def to_json(self) -> dict[str, object]:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -454,23 +471,7 @@ def restore(
                 state_dir=job.state_dir,
             )
         )
-    return RestoreResult(
-        source=job.source,
-        point_id=point.id,
-        point_time=point.time,
-        point_kind=point.kind,
-        point_complete=point.complete,
-        target=outcome.target,
-        dry_run=dry_run,
-        files=outcome.files,
-        dirs=outcome.dirs,
-        bytes_total=outcome.bytes_total,
-        bytes_needed=outcome.bytes_needed,
-        bytes_free=outcome.bytes_free,
-        verified=outcome.verified,
-        notes=outcome.notes,
-        details=dict(outcome.details),
-    )
+    return RestoreResult.of(job.source, point, outcome, dry_run=dry_run)
 
 
 # -- prune ---------------------------------------------------------------------------------

@@ -506,22 +506,8 @@ class TapeService:
                     job.source, job.spec, point, reader, target, tuple(subpaths), dry_run, overwrite, progress
                 )
             )
-        return RestoreResult(
-            source=job.source,
-            point_id=point.id,
-            point_time=point.time,
-            point_kind=point.kind,
-            point_complete=point.complete,
-            target=outcome.target,
-            dry_run=dry_run,
-            files=outcome.files,
-            dirs=outcome.dirs,
-            bytes_total=outcome.bytes_total,
-            bytes_needed=outcome.bytes_needed,
-            bytes_free=outcome.bytes_free,
-            verified=outcome.verified,
-            notes=(*outcome.notes, f"read from tape: {', '.join(p.barcode for p in copy.parts)}"),
-        )
+        return RestoreResult.of(job.source, point, outcome, dry_run=dry_run,
+                                notes=(f"read from tape: {', '.join(p.barcode for p in copy.parts)}",))
 
     # -- recycle and inventory -------------------------------------------------------------------------
 
