@@ -59,6 +59,9 @@ def _gc_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        # what was built stays alive: move it out of the collector's sight, or the first
+        # collection after re-enabling walks it all once more (0.7 s for 1,000 groups)
+        gc.freeze()
         if was_enabled:
             gc.enable()
 
