@@ -261,7 +261,10 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
         "sync_interval_s": sla.sync.max_interval_s(), "full_interval_s": sla.full.max_interval_s(),
         "config_path": host_path(root, f"{SOURCES_DIR}/{doc.name}--{member.name}.yaml"),
     }, tuple(deps), host=member.host, replace_on=("host", "config_path")))
-    _schedules(b, source, member.host, host_doc.spec, root, sla)
+    storage_doc = b.policy.get(Kind.STORAGE, group.storage)
+    local_storage = storage_doc is not None and isinstance(storage_doc.spec, StorageSpec) \
+        and storage_doc.spec.type is StorageType.LOCAL
+    _schedules(b, source, member.host, host_doc.spec, root, sla, local_storage=local_storage)
 
 
 def _access(b: _Builder, storage_name: str, host: str, root: str, storage: Mapping[str, object]) -> Resource:
@@ -297,7 +300,16 @@ def _jobs(b: _Builder, sla: SLASpec) -> list[tuple[str, str]]:
     return jobs
 
 
-def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, sla: SLASpec) -> None:
+def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, sla: SLASpec, *,
+               local_storage: bool) -> None:
+    """The timers of one source on its host.
+
+    Prune runs where the repository may be pruned: an agent's key to a remote repository is
+    append-only, so for sftp storage prune runs from the control machine (`protectctl prune`),
+    not from a timer on the agent. Tape jobs need the library and the tape catalog, which live
+    with the policy on the control machine: their timer runs `-C POLICY_DIR` there, so only
+    sources of local hosts get one.
+    """
     settings = b.settings
     group, member = source.split("/", 1)
     agent = b.facts[host]
@@ -306,11 +318,14 @@ def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: s
     # (unit_name(a, b, job) == unit_name(a, b) + "-" + job for a job name of letters)
     prefix = unit_name("protectctl", group, member)
     for job, schedule in _jobs(b, sla):
+        if (job == "prune" and not local_storage) or (job == "tape" and not host_spec.is_local):
+            continue
+        where = ["-C", str(b.policy.root)] if job == "tape" else ["--agent-config", config]
         b.add(Resource(Address("schedule", f"{source}/{job}"), {
             "host": host, "root": root, "scheduler": host_spec.scheduler.value,
             "name": f"{prefix}-{job}",
             "description": f"protectctl {job} of {source}",
-            "argv": [*agent.agent_argv, "--agent-config", config, "run", job, group, "--member", member],
+            "argv": [*agent.agent_argv, *where, "run", job, group, "--member", member],
             "schedule": schedule,
             "randomized_delay_s": settings.schedules.randomized_delay.seconds if job in ("sync", "full") else 0,
         }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
