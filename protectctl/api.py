@@ -8,7 +8,7 @@ Heavy modules are imported inside functions so that `protectctl --version` and
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -293,7 +293,7 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
     from protectctl.plan.diff import make_plan as pure_plan
 
     policy = policy or load(policy_dir)
-    observed = observe(state)
+    observed = replace(observe(state), **tape_observations(policy_dir, policy, state, now or datetime.now(UTC)))
     refresh_warnings: list[str] = []
     if refresh:
         observed = replace(observed, drifted=drift(state, refresh_warnings))
@@ -302,7 +302,7 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
             resources(policy), state, now=now or datetime.now(UTC), version=__version__,
             policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observed,
             estimates=[] if destroy else estimates(policy),
-            warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy)
+            warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy, observed.storage_points)
             + refresh_warnings)
 
 
@@ -728,16 +728,46 @@ def tape_service(policy_dir: Path, policy: Policy | None = None) -> Any:
     return TapeService(context_from_policy(policy, home), now=datetime.now(UTC))
 
 
-def tape_key_warnings(policy_dir: Path, policy: Policy) -> list[str]:
-    """Plan warnings: tape keys protecting data that were never exported (empty without tape)."""
+def tape_observations(policy_dir: Path, policy: Policy, state: State, now: datetime) -> dict[str, Any]:
+    """Observations fields from the tape catalog: keys and libraries unexpired cartridges need.
+
+    Read even when the policy no longer has a TapeLibrary (that is when it matters most)."""
+    from protectctl.tape.catalog import load_catalog
+    from protectctl.tape.guard import keys_in_use, libraries_in_use
+    from protectctl.tape.keys import KeyStore
+
+    home = state_backend(policy_dir, policy).path.parent
+    catalog = load_catalog(home / "tape" / "catalog.json")  # TapeError when damaged: plan stops
+    if not catalog.cartridges:
+        return {}
+    key_names = {k.id: k.name for k in KeyStore(home / "keys", {}).infos()}
+    library_keys = {a.split(".", 1)[1]: str(r.inputs.get("key")) for a, r in state.resources.items()
+                    if r.kind == "library"}
+    return {"keys_in_use": keys_in_use(catalog, key_names, library_keys, now),
+            "libraries_in_use": libraries_in_use(catalog, now)}
+
+
+def tape_key_warnings(policy_dir: Path, policy: Policy, points: Mapping[str, int] | None = None) -> list[str]:
+    """Plan warnings: tape keys protecting data, and key files of repositories holding points
+    (`points`: storage address → recovery points), that were never exported."""
     from protectctl.policy.model import Kind
 
-    if not policy.of(Kind.TAPE_LIBRARY):
-        return []
-    try:
-        return list(tape_service(policy_dir, policy).key_warnings())
-    except ProtectctlError as err:
-        return [f"tape keys could not be checked: {err.message}"]
+    out: list[str] = []
+    if policy.of(Kind.TAPE_LIBRARY):
+        try:
+            out += tape_service(policy_dir, policy).key_warnings()
+        except ProtectctlError as err:
+            out.append(f"tape keys could not be checked: {err.message}")
+    if points is not None and any(points.values()):
+        from protectctl.tape import repokeys
+
+        try:
+            home = state_backend(policy_dir, policy).path.parent
+            out += repokeys.unexported_warnings(
+                repokeys.rows(repository_key_targets(policy_dir, policy), home), points)
+        except ProtectctlError as err:
+            out.append(f"repository keys could not be checked: {err.message}")
+    return out
 
 
 def _tape_copy_for_restore(policy_dir: Path, job: Any, when: Any, *, from_tape: bool) -> Any:
@@ -809,16 +839,62 @@ def tape_inventory(policy_dir: Path, *, rebuild: bool = False) -> Any:
     return tape_service(policy_dir).inventory(rebuild=rebuild)
 
 
+def repository_key_targets(policy_dir: Path, policy: Policy | None = None) -> list[Any]:
+    """The policy's local Storages as protectctl.tape.repokeys targets (sftp ones are skipped)."""
+    from protectctl.plan.resources import _storage_inputs
+    from protectctl.policy.model import Kind
+    from protectctl.tape.repokeys import RepoKeyTarget
+
+    policy = policy or load(policy_dir)
+    out = []
+    for name in sorted(policy.of(Kind.STORAGE)):
+        inputs = _storage_inputs(policy, name)
+        if inputs["type"] != "local":
+            continue
+        ref = dict(inputs["passphrase"])  # type: ignore[call-overload]
+        source = f"env {ref['env']}" if ref.get("env") else f"file {ref.get('file')}"
+        out.append(RepoKeyTarget(name, str(inputs["key"]), source, open_storage(inputs),
+                                 passphrase_reader(inputs), Path(str(inputs["path"]))))
+    return out
+
+
 def keys_list(policy_dir: Path) -> list[dict[str, object]]:
+    """Tape keys, then every key file of the policy's (local) repositories."""
+    from protectctl.tape import repokeys
     from protectctl.tape.service import key_rows
 
-    service = tape_service(policy_dir)
-    return key_rows(service.keys.infos(), service.cartridges_by_key())
+    policy = load(policy_dir)
+    service = tape_service(policy_dir, policy)
+    return key_rows(service.keys.infos(), service.cartridges_by_key()) + repokeys.rows(
+        repository_key_targets(policy_dir, policy), service.ctx.home)
 
 
-def keys_rotate(policy_dir: Path, name: str) -> dict[str, object]:
-    service = tape_service(policy_dir)
-    return dict(service.keys.rotate(name, now=service.now).to_json())
+def keys_rotate(policy_dir: Path, name: str, *, old_passphrase_file: Path | None = None) -> dict[str, object]:
+    """Tape: a new current KEK for `name` (and, given the old passphrase, older KEKs re-wrapped under
+    the current one). Repositories whose Storage uses `name`: the master key re-wrapped under the
+    passphrase `name` now gives (a new key file; the old passphrase's files removed), no data rewritten."""
+    from protectctl.errors import TapeError
+    from protectctl.policy.model import Kind
+    from protectctl.tape import repokeys
+
+    policy = load(policy_dir)
+    service = tape_service(policy_dir, policy)
+    if name not in service.ctx.passphrases:
+        raise TapeError(f"no EncryptionKey named {name!r} in the policy")
+    old = _passphrase_file(old_passphrase_file) if old_passphrase_file is not None else None
+    out: dict[str, object] = {"id": None, "rewrapped": [], "repositories": []}
+    uses_tape = any(c.key_name == name for c in service.ctx.libraries.values()) or any(
+        k.name == name for k in service.keys.infos())
+    if uses_tape:
+        if old is not None:
+            out["rewrapped"] = service.keys.rewrap(name, old)
+        out.update(service.keys.rotate(name, now=service.now).to_json())
+    repos = [t for t in repository_key_targets(policy_dir, policy) if t.key_name == name]
+    out["repositories"] = [repokeys.rotate(t, old) for t in repos]
+    if not uses_tape and not repos:
+        raise TapeError(f"EncryptionKey {name} protects no TapeLibrary and no local Storage",
+                        hint=f"libraries: {len(policy.of(Kind.TAPE_LIBRARY))}")
+    return out
 
 
 def _passphrase_file(path: Path) -> bytes:
@@ -828,10 +904,21 @@ def _passphrase_file(path: Path) -> bytes:
 
 
 def keys_export(policy_dir: Path, key: str, dest: Path, *, passphrase_file: Path | None = None) -> list[str]:
-    """Export KEY (an id, or an EncryptionKey name: all its keys) to a passphrase-protected file."""
+    """Export KEY (a tape key id or EncryptionKey name: all its tape keys; a Storage name or one of its
+    repository key ids: that repository's master key, re-wrapped) to a passphrase-protected file."""
     from protectctl.errors import TapeError
+    from protectctl.tape import repokeys
 
-    service = tape_service(policy_dir)
+    policy = load(policy_dir)
+    service = tape_service(policy_dir, policy)
+    targets = repository_key_targets(policy_dir, policy)
+    repo = [t for t in targets if t.storage_name == key]
+    if not repo:
+        repo = [t for t in targets if any(r["id"] == key for r in repokeys.rows([t], service.ctx.home))]
+    if repo:
+        (target,) = repo[:1]
+        passphrase = _passphrase_file(passphrase_file) if passphrase_file is not None else target.passphrase()
+        return repokeys.export(target, dest, passphrase, service.ctx.home, now=service.now)
     keys = service.keys.resolve(key)
     names = {k.name for k in keys}
     if passphrase_file is not None:
@@ -848,8 +935,10 @@ def keys_export(policy_dir: Path, key: str, dest: Path, *, passphrase_file: Path
 def keys_import(policy_dir: Path, source: Path, *, passphrase_file: Path | None = None) -> list[str]:
     """Import keys exported at another site; they are re-wrapped under the local passphrase."""
     from protectctl.errors import TapeError
+    from protectctl.tape import repokeys
 
-    service = tape_service(policy_dir)
+    policy = load(policy_dir)
+    service = tape_service(policy_dir, policy)
 
     def opener(name: str) -> bytes:
         if passphrase_file is not None:
@@ -860,6 +949,8 @@ def keys_import(policy_dir: Path, source: Path, *, passphrase_file: Path | None 
                              hint="add that EncryptionKey, or give --passphrase-file")
         return bytes(resolver())
 
+    if repokeys.is_export(source):
+        return repokeys.import_file(source, repository_key_targets(policy_dir, policy), opener)
     return [k.id for k in service.keys.import_file(source, opener, now=service.now)]
 
 

@@ -53,7 +53,7 @@ def tape_run_summary(r: Any) -> str:
 
 def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per command
     tape_app = typer.Typer(help="Tape libraries, cartridges and pools.", no_args_is_help=True)
-    keys_app = typer.Typer(help="Tape encryption keys: list, rotate, export, import.", no_args_is_help=True)
+    keys_app = typer.Typer(help="Tape keys and repository master keys: list, rotate, export, import.", no_args_is_help=True)
     app.add_typer(tape_app, name="tape")
     app.add_typer(keys_app, name="keys")
 
@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
 
     @keys_app.command("list")
     def keys_list(ctx: typer.Context, json_mode: JsonOpt = False) -> None:
-        """Tape keys: id, EncryptionKey, created, current, exported, cartridges."""
+        """Tape keys and repository master keys: id, key, storage, created, passphrase, exported."""
         from protectctl import api
 
         env = env_of(ctx, json_mode)
@@ -150,15 +150,18 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             env.output.document({"format_version": "1.0", "keys": rows})
             return
         env.output.table(
-            ["id", "encryption key", "created", "current", "exported", "cartridges"],
+            ["kind", "id", "encryption key", "storage", "created", "current", "passphrase", "exported", "cartridges"],
             [
                 (
+                    r["kind"],
                     r["id"],
                     r["name"],
-                    str(r["created"])[:19],
+                    r.get("storage") or "-",
+                    str(r["created"])[:19] if r["created"] else "-",
                     "yes" if r["current"] else "no",
+                    r.get("passphrase") or "-",
                     str(r["exported"])[:19] if r["exported"] else "NEVER",
-                    r["cartridges"],
+                    r["cartridges"] if r["kind"] == "tape" else "-",
                 )
                 for r in rows
             ],
@@ -168,25 +171,43 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     def keys_rotate(
         ctx: typer.Context,
         key: Annotated[str, typer.Argument(help="EncryptionKey name.")],
+        old_passphrase_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--old-passphrase-file",
+                help="The passphrase before the change: keys under it are re-wrapped under the current one.",
+            ),
+        ] = None,
         json_mode: JsonOpt = False,
     ) -> None:
-        """New cartridges use a new key; cartridges under older keys stay readable."""
+        """Tape: new cartridges use a new key (old ones stay readable). Repositories: the master key is
+        re-wrapped under the passphrase the EncryptionKey now gives (no data rewritten)."""
         from protectctl import api
 
         env = env_of(ctx, json_mode)
-        info = api.keys_rotate(env.policy_dir, key)
+        info = api.keys_rotate(env.policy_dir, key, old_passphrase_file=old_passphrase_file)
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", "key": info})
-        else:
-            env.output.text(
-                f"new key {info['id']} is current for {key}; export it: "
-                f"protectctl keys export {info['id']} --to FILE"
-            )
+            return
+        lines = []
+        if info.get("id"):
+            lines.append(f"new tape key {info['id']} is current for {key}; export it: "
+                         f"protectctl keys export {info['id']} --to FILE")
+        if info.get("rewrapped"):
+            lines.append(f"tape keys re-wrapped under the current passphrase: {', '.join(info['rewrapped'])}")
+        for r in info.get("repositories", []):
+            if r.get("added"):
+                lines.append(f"repository {r['storage']}: new key file {r['added']}"
+                             + (f", removed {', '.join(r['removed'])}" if r["removed"] else "")
+                             + f"; export it: protectctl keys export {r['storage']} --to FILE")
+            else:
+                lines.append(f"repository {r['storage']}: {r.get('note', 'unchanged')}")
+        env.output.text("\n".join(lines))
 
     @keys_app.command("export")
     def keys_export(
         ctx: typer.Context,
-        key: Annotated[str, typer.Argument(help="Key id or EncryptionKey name.")],
+        key: Annotated[str, typer.Argument(help="Tape key id or EncryptionKey name; or a Storage name or repository key id.")],
         to: Annotated[Path, typer.Option("--to", help="File to write (mode 0600).")],
         passphrase_file: Annotated[
             Path | None,

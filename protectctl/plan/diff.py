@@ -24,6 +24,10 @@ class Observations:
 
     storage_points: Mapping[str, int] = field(default_factory=dict)  # storage address → recovery points
     drifted: Mapping[str, str] = field(default_factory=dict)  # address → what differs on the host
+    # key address → why unexpired tape cartridges still need it (never deleted or replaced)
+    keys_in_use: Mapping[str, str] = field(default_factory=dict)
+    # library address → its unexpired cartridges (kept unless --delete-data)
+    libraries_in_use: Mapping[str, str] = field(default_factory=dict)
 
 
 def make_plan(
@@ -52,6 +56,7 @@ def make_plan(
         if address not in desired:
             changes.append(_delete(address, rec, Reason.DESTROY if destroy else Reason.REMOVED,
                                    delete_data, observed, state))
+    _refuse_key_loss(changes, observed)
     if destroy and not delete_data:
         _refuse_data_loss(state, observed)
     order = {addr: i for i, addr in enumerate(ordered(changes))}
@@ -108,6 +113,10 @@ def _delete(address: str, rec: ResourceState, reason: Reason, delete_data: bool,
                      "pass --delete-data to delete it")
     if rec.kind == "source":
         notes.append("its recovery points are kept until their retention ends")
+    cartridges = observed.libraries_in_use.get(address)
+    if cartridges:
+        notes.append(f"{cartridges}; they are deleted with it" if data and delete_data
+                     else f"cartridges kept ({cartridges}); pass --delete-data to delete them")
     return _change(address=address, kind=rec.kind, action=Action.DELETE, reason=reason, before=rec.inputs,
                    depends_on=list(rec.depends_on), host=rec.host, holds_data=data,
                    delete_data=data and delete_data, notes=notes)
@@ -125,6 +134,20 @@ def _refuse_data_loss(state: State, observed: Observations) -> None:
             f"destroy would delete protected data or the keys it needs: {', '.join(guarded)}",
             hint="pass --delete-data to delete repositories, their recovery points and keys; to stop "
                  "protecting but keep the data, remove the groups from the policy and apply instead",
+        )
+
+
+def _refuse_key_loss(changes: Sequence[Change], observed: Observations) -> None:
+    """Deleting or replacing a key that unexpired tape cartridges need is refused, --delete-data
+    or not: such a key can only go once its cartridges have expired (`tape recycle`)."""
+    lost = [f"{c.address} ({c.action.value}): {observed.keys_in_use[c.address]}" for c in changes
+            if c.address in observed.keys_in_use and c.action in (Action.DELETE, Action.REPLACE)]
+    if lost:
+        raise PlanError(
+            "the plan would delete or replace an encryption key that unexpired tape cartridges need: "
+            + "; ".join(lost),
+            hint="keep the EncryptionKey (and its passphrase) in the policy until those cartridges expire "
+                 "and `protectctl tape recycle` returns them to scratch; --delete-data does not override this",
         )
 
 

@@ -177,6 +177,20 @@ class KeyStore:
             self._passphrase(name)  # raises, naming the problem
         return self.create(name, now=now)
 
+    def rewrap(self, name: str, old_passphrase: bytes) -> list[str]:
+        """Keys of `name` sealed under `old_passphrase`, re-sealed under its current passphrase."""
+        done = []
+        for stored in self._all():
+            if stored.info.name != name:
+                continue
+            try:
+                kek = Sealer(stored.kdf.derive(old_passphrase)).open(stored.sealed, _key_aad(stored.info), "key")
+            except CorruptionError:
+                continue  # not under the old passphrase (already re-wrapped, or another one)
+            self._write(self._seal(stored.info, kek, self._passphrase(name)))
+            done.append(stored.info.id)
+        return done
+
     # -- opening ------------------------------------------------------------------------------
 
     def kek(self, key_id: str) -> bytes:

@@ -643,7 +643,7 @@ def _copied(copy: Copy) -> CopiedPoint:
 
 
 def key_rows(keys: Sequence[KeyInfo], cartridges_by_key: Mapping[str, int]) -> list[dict[str, object]]:
-    return [{**k.to_json(), "cartridges": cartridges_by_key.get(k.id, 0)} for k in keys]
+    return [{"kind": "tape", **k.to_json(), "cartridges": cartridges_by_key.get(k.id, 0)} for k in keys]
 
 
 def read_label_only(lib: TapeLibrary, barcode: str) -> str:

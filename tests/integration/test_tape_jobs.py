@@ -1,0 +1,77 @@
+"""Issue 6: the tape timer's own command line, one member at a time; D2T (`copyFrom: source`)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from protectctl import api
+from protectctl.engine.repository import Repository
+from protectctl.engine.storage.local import LocalStorage
+from tests.conftest import REPO, cli_env, write_policy
+from tests.integration.test_tape import POLICY, snapshot, write_data
+
+TWO_MEMBERS = POLICY.format(capacity="10MB").replace(
+    "      filesystem: {path: ./data}\n",
+    "      filesystem: {path: ./data}\n    - name: etc\n      host: local\n      filesystem: {path: ./etc}\n",
+)
+
+
+def _site(tmp_path: Path, policy: str) -> Path:
+    site = write_policy(tmp_path / "site", policy)
+    write_data(site / "data", seed=1, big_files=0)
+    write_data(site / "etc", seed=2, big_files=0)
+    api.apply(site, confirm=lambda _plan: True)
+    return site
+
+
+def _cron_argv(site: Path, address: str) -> list[str]:
+    """The command of the cron line apply rendered for `address` (`m h dom mon dow user CMD`)."""
+    (path,) = api.read_state(site).resources[address].outputs["files"]
+    (line,) = [ln for ln in Path(path).read_text().splitlines() if ln and not ln.startswith("#") and "=" not in ln]
+    argv = shlex.split(line)[6:]
+    assert argv[:3] == ["nice", "-n", "19"]
+    return argv[3:]
+
+
+def test_the_rendered_tape_timer_command_copies_that_member(tmp_path: Path) -> None:
+    site = _site(tmp_path, TWO_MEMBERS)
+    api.tape_label(site, 1, "monthly")
+    for member in ("home", "etc"):
+        (r,) = api.run_backup(site, "full", "docs", member, agent_config=None, progress=None)
+        assert r.ok
+    argv = _cron_argv(site, "schedule.docs/home/tape")
+    assert argv[1:] == ["-C", str(site), "run", "tape", "docs", "--member", "home"]
+    # argv[0] is the agent's protectctl entry point; run this checkout's module with the same arguments
+    proc = subprocess.run([sys.executable, "-m", "protectctl", *argv[1:]], capture_output=True, text=True,
+                          timeout=120, env=cli_env({"PYTHONPATH": str(REPO)}), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 point(s) copied" in proc.stdout and "docs/home" in proc.stdout
+    assert {c.source for c in api.tape_service(site).catalog.copies.values()} == {"docs/home"}
+    # the other member's timer copies the other member
+    argv = _cron_argv(site, "schedule.docs/etc/tape")
+    assert argv[-2:] == ["--member", "etc"]
+    api_result = api.run_tape(site, "docs", "etc")
+    assert [c.source for c in api_result.copied] == ["docs/etc"]
+
+
+def test_d2t_copies_straight_from_the_source(tmp_path: Path) -> None:
+    site = _site(tmp_path, POLICY.format(capacity="10MB").replace("copyFrom: disk", "copyFrom: source"))
+    api.tape_label(site, 1, "monthly")
+    original = snapshot(site / "data")
+    (copied,) = api.run_tape(site, "docs", "home").copied
+    assert copied.source == "docs/home"
+    # nothing went through the disk repository
+    passphrase = (site / ".protectctl/passphrase").read_bytes().strip()
+    with Repository.open(LocalStorage(site / ".protectctl/repo"), passphrase) as repo:
+        assert repo.list_points() == []
+    write_data(site / "data", seed=9, big_files=0)  # the source moves on; the tape copy does not
+    result = api.restore(site, "docs/home", "latest", agent_config=None, target=str(tmp_path / "r"), subpaths=[],
+                         dry_run=False, overwrite=False, progress=None, from_tape=True)
+    assert result.point_id == copied.point_id
+    assert snapshot(tmp_path / "r") == original
+    # a second D2T run writes a new point (a full backup each time)
+    (again,) = api.run_tape(site, "docs", "home").copied
+    assert again.point_id != copied.point_id
