@@ -53,7 +53,9 @@ def tape_run_summary(r: Any) -> str:
 
 def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per command
     tape_app = typer.Typer(help="Tape libraries, cartridges and pools.", no_args_is_help=True)
-    keys_app = typer.Typer(help="Tape keys and repository master keys: list, rotate, export, import.", no_args_is_help=True)
+    keys_app = typer.Typer(
+        help="Tape keys and repository master keys: list, rotate, export, import.", no_args_is_help=True
+    )
     app.add_typer(tape_app, name="tape")
     app.add_typer(keys_app, name="keys")
 
@@ -185,7 +187,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         from protectctl import api
 
         env = env_of(ctx, json_mode)
-        info = api.keys_rotate(env.policy_dir, key, old_passphrase_file=old_passphrase_file)
+        info: dict[str, Any] = api.keys_rotate(env.policy_dir, key, old_passphrase_file=old_passphrase_file)
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", "key": info})
             return
@@ -207,7 +209,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     @keys_app.command("export")
     def keys_export(
         ctx: typer.Context,
-        key: Annotated[str, typer.Argument(help="Tape key id or EncryptionKey name; or a Storage name or repository key id.")],
+        key: Annotated[
+            str, typer.Argument(help="Tape key id or EncryptionKey name; or a Storage name or repository key id.")
+        ],
         to: Annotated[Path, typer.Option("--to", help="File to write (mode 0600).")],
         passphrase_file: Annotated[
             Path | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from protectctl.tape.catalog import Catalog, CartridgeState, expiry_of
+from protectctl.tape.catalog import CartridgeState, Catalog, expiry_of
 
 
 def unexpired_cartridges(catalog: Catalog, now: datetime) -> dict[str, datetime]:

@@ -135,7 +135,7 @@ def export(t: RepoKeyTarget, dest: Path, passphrase: bytes, home: Path, *, now: 
 
 def is_export(path: Path) -> bool:
     try:
-        return json.loads(path.read_bytes()).get("format") == EXPORT_FORMAT
+        return bool(json.loads(path.read_bytes()).get("format") == EXPORT_FORMAT)
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -10,8 +10,8 @@ import pytest
 
 from protectctl import api
 from protectctl.errors import PlanError
-from tests.integration.test_tape import POLICY, backup, write_data
 from tests.conftest import REPO, cli_env, write_policy
+from tests.integration.test_tape import POLICY, backup, write_data
 
 
 def cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,9 @@ from protectctl import api
 from protectctl.engine.repository import Repository
 from protectctl.engine.storage.local import LocalStorage
 from protectctl.errors import WrongKeyError
+from tests.conftest import write_policy
 from tests.integration.test_tape import POLICY, backup, write_data
 from tests.integration.test_tape_guard import cli
-from tests.conftest import write_policy
 
 
 @pytest.fixture
