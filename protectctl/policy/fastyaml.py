@@ -31,14 +31,15 @@ if yaml is not None:
         yaml_implicit_resolvers: dict[str | None, list[tuple[str, re.Pattern[str]]]] = {}
 
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-            keys = set()
-            for key_node, _ in node.value:
+            # one pass that builds the mapping and refuses what ruamel would read differently:
+            # duplicate or complex keys, and merge keys (`<<`), which it reports with a position
+            mapping: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
                 key = self.construct_object(key_node, deep=True)
-                if not isinstance(key, str | int | float | bool) or key in keys:
-                    raise _Defer  # duplicate or complex key: ruamel reports it with its position
-                keys.add(key)
-            result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-            return result
+                if not isinstance(key, str | int | float | bool) or key in mapping or key == "<<":
+                    raise _Defer
+                mapping[key] = self.construct_object(value_node, deep=deep)
+            return mapping
 
     def _resolver(tag: str, pattern: str, first: str) -> None:
         _Loader.add_implicit_resolver(tag, re.compile(pattern, re.X), list(first))
