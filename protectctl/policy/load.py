@@ -160,7 +160,11 @@ def load_policy(policy_dir: Path) -> Policy:
     """Load and validate the documents of a directory; raises PolicyError with every problem."""
     from protectctl.policy.rules import check_rules  # rules need the whole policy
 
-    policy_dir = policy_dir.resolve()
+    try:
+        policy_dir = policy_dir.resolve()
+    except OSError as err:  # e.g. `-C .` inside a directory that was deleted
+        raise PolicyError([Diagnostic(Severity.ERROR, f"cannot open policy directory {policy_dir}: {err.strerror}",
+                                      detail="pass -C DIR with an existing directory")]) from None
     if not policy_dir.is_dir():
         raise PolicyError([Diagnostic(Severity.ERROR, f"policy directory {policy_dir} does not exist")])
     files = policy_files(policy_dir)
