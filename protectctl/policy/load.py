@@ -30,6 +30,7 @@ from protectctl.policy import fastyaml
 from protectctl.policy.model import SPEC_MODELS, CamelSpec, Header, Kind, Metadata
 
 KeyPath = tuple[str | int, ...]
+GENERATED_KINDS = frozenset({"AgentConfig", "SourceConfig"})  # written by apply on hosts
 SKIP_DIRS = frozenset({".git", ".protectctl", "node_modules", "__pycache__", ".venv"})
 
 
@@ -220,6 +221,8 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
                         "expected apiVersion, kind, metadata and spec")
             )
             continue
+        if raw.get("kind") in GENERATED_KINDS:
+            continue  # a host root inside the policy directory: what apply wrote is not policy
         doc = _validate_document(raw, ref, problems, policy.broken)
         if doc is not None:
             _register(policy, doc, problems)
