@@ -221,7 +221,8 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
                         "expected apiVersion, kind, metadata and spec")
             )
             continue
-        if raw.get("kind") in GENERATED_KINDS:
+        kind = raw.get("kind")
+        if isinstance(kind, str) and kind in GENERATED_KINDS:
             continue  # a host root inside the policy directory: what apply wrote is not policy
         doc = _validate_document(raw, ref, problems, policy.broken)
         if doc is not None:
