@@ -69,6 +69,12 @@ class SshdServer:
         return self.base / "authorized_keys"
 
     @property
+    def home(self) -> Path:
+        """The sessions' HOME: a fresh host's, so this machine's ~/.bashrc (pyenv init, whose
+        rehash lock a killed session would leave behind) is not run by every command."""
+        return self.base / "home"
+
+    @property
     def log(self) -> Path:
         return self.base / "sshd.log"
 
@@ -98,7 +104,9 @@ class SshdServer:
             MaxSessions 100
             Subsystem sftp {SFTP_SERVER}
             LogLevel VERBOSE
+            SetEnv HOME={self.home}
             """))
+        self.home.mkdir(exist_ok=True)
 
     def start(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

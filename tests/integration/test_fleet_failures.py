@@ -106,7 +106,7 @@ def test_a_host_killed_mid_apply_leaves_the_others_complete(servers: tuple[Path,
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, out + err
     assert "Traceback" not in err
-    assert "host k3: FAILED" in out and "host k1: ok" in out and "host k2: ok" in out
+    assert "host k3: FAILED" in out and "host k1: ok" in out and "host k2: ok" in out, out + err
     resources = state_exact(policy)
     for h in ("k1", "k2"):
         assert f"agent.{h}" in resources and f"source.g/{h}" in resources
