@@ -203,19 +203,38 @@ def state_unlock(policy_dir: Path, force: bool) -> str:
 # --- plan and apply -------------------------------------------------------------------
 
 
-def observe(state: State) -> Observations:
-    """Cheap facts from the repositories in the state (how many points each holds)."""
+def observe(state: State, *, remote: bool = False) -> Observations:
+    """Facts from the repositories in the state (how many points each holds): local ones always
+    (cheap), remote ones (sftp, over SSH) only when asked, for destroy's data guard; a remote
+    repository that cannot be read then stops the plan rather than count as empty."""
     from protectctl.engine.storage.base import ObjectKind
-    from protectctl.errors import RepositoryError
+    from protectctl.errors import PlanError, RepositoryError
     from protectctl.plan.diff import Observations
 
     points: dict[str, int] = {}
     for address, rec in state.resources.items():
-        if rec.kind == "storage" and rec.inputs.get("type") == "local":
+        if rec.kind != "storage":
+            continue
+        kind = rec.inputs.get("type")
+        if kind == "local":
             try:
                 points[address] = sum(1 for _ in open_storage(rec.inputs).list(ObjectKind.POINTS))
             except (RepositoryError, OSError):
                 points[address] = 0
+        elif remote:
+            try:
+                storage = open_storage(rec.inputs)
+                try:
+                    points[address] = sum(1 for _ in storage.list(ObjectKind.POINTS))
+                finally:
+                    close = getattr(storage, "close", None)
+                    if close is not None:
+                        close()
+            except (ProtectctlError, OSError) as err:
+                why = err.message if isinstance(err, ProtectctlError) else (err.strerror or str(err))
+                raise PlanError(f"cannot tell whether {address} holds recovery points: {why}",
+                                hint="make its host reachable, or pass --delete-data to destroy it with its data") \
+                    from None
     return Observations(storage_points=points)
 
 
@@ -233,7 +252,8 @@ def drift(state: State, warnings: list[str] | None = None) -> dict[str, str]:
     hosts = {a.split(".", 1)[1]: rec.inputs for a, rec in state.resources.items() if rec.kind == "host"}
     by_host: dict[str, list[tuple[str, Any]]] = {}
     for address, rec in state.resources.items():
-        if rec.host is not None and (rec.outputs.get("files") or rec.outputs.get("install")):
+        if rec.host is not None and (rec.outputs.get("files") or rec.outputs.get("install")
+                                     or rec.outputs.get("secret_files")):
             by_host.setdefault(rec.host, []).append((address, rec))
 
     def read_host(host: str) -> tuple[dict[str, str], str | None]:
@@ -283,6 +303,10 @@ def _drift_of(conn: Any, rec: Any) -> list[str]:
             problems.append(f"{path} is missing")
         elif digest(data) != want:
             problems.append(f"{path} was changed on the host")
+    if rec.outputs.get("secret_files"):
+        from protectctl.apply.effects import secret_drift
+
+        problems += secret_drift(conn, rec)
     return problems
 
 
@@ -293,7 +317,8 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
     from protectctl.plan.diff import make_plan as pure_plan
 
     policy = policy or load(policy_dir)
-    observed = replace(observe(state), **tape_observations(policy_dir, policy, state, now or datetime.now(UTC)))
+    observed = replace(observe(state, remote=destroy and not delete_data),
+                       **tape_observations(policy_dir, policy, state, now or datetime.now(UTC)))
     refresh_warnings: list[str] = []
     if refresh:
         observed = replace(observed, drifted=drift(state, refresh_warnings))
@@ -522,10 +547,60 @@ def run_backup(policy_dir: Path, kind: str, group: str, member: str | None, *,
     results: list[Any] = []
     for target in sources(policy_dir, agent_config=agent_config, group=group, member=member):
         try:
-            results.append(run(source_job(target), kind, progress=progress))  # type: ignore[arg-type]
+            placed = _placed(target, kind)
+            if isinstance(placed, BackupSkipped):
+                results.append(placed)
+                continue
+            results.append(run(source_job(placed), kind, progress=progress))  # type: ignore[arg-type]
         except ProtectctlError as err:
             results.append(BackupFailure(str(target.inputs["source"]), kind, err.message, err.hint))
     return results
+
+
+def _placed(target: SourceTarget, kind: str) -> SourceTarget | BackupSkipped:
+    """The target on the node that must run `kind` (a primary/standby pair), or why not here."""
+    from protectctl.provider import JobPlacer, load_provider
+
+    provider = load_provider(str(target.inputs["provider"]))
+    if not isinstance(provider, JobPlacer):
+        return target
+    placement = provider.place_job(str(target.inputs["source"]), target.inputs["spec"], kind,  # type: ignore[arg-type]
+                                   target.state_dir)
+    if placement.spec is None:
+        return BackupSkipped(str(target.inputs["source"]), kind, placement.reason)
+    return SourceTarget({**target.inputs, "spec": dict(placement.spec)}, placement.state_dir or target.state_dir,
+                        placement.host or target.host)
+
+
+def stream_wal(policy_dir: Path, group: str, member: str, *, agent_config: Path | None,
+               log: Callable[[str], None]) -> None:
+    """Run a PostgreSQL source's WAL receiver (`streaming: true`) until SIGTERM: the agent's service."""
+    from providers import postgresql_pair, postgresql_stream
+
+    (target,) = sources(policy_dir, agent_config=agent_config, group=group, member=member)
+    spec = postgresql_pair.node_spec(target.inputs["spec"])
+    if target.inputs["provider"] != "postgresql" or not spec.get("streaming"):
+        raise ProtectctlError(f"{group}/{member} does not stream WAL",
+                              hint="set `streaming: true` in its postgresql spec")
+    if postgresql_pair.is_pair(spec):
+        raise ProtectctlError(f"{group}/{member} is a pair: its receiver runs on each host",
+                              hint="run it with --agent-config on the host (apply installs the service there)")
+    postgresql_stream.run_receiver(spec, str(target.inputs["source"]), target.state_dir, log)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSkipped:
+    """A backup job this host does not run now (a standby of a pair backed up on its primary)."""
+
+    source: str
+    requested_kind: str
+    reason: str
+    ok: bool = True
+    skipped: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        return {"source": self.source, "requested_kind": self.requested_kind, "ok": True, "skipped": True,
+                "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,8 +669,9 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
     # an agent (--agent-config) restores from its repository; tapes are the control machine's
     copy = None if agent_config is not None else _tape_copy_for_restore(policy_dir, job, when, from_tape=from_tape)
     if copy is not None:
-        return tape_service(policy_dir).restore(job, copy, target=path, subpaths=subpaths, dry_run=dry_run,
-                                                overwrite=overwrite, progress=progress)
+        with tape_session(policy_dir, f"restore {source} from tape") as service:
+            return service.restore(job, copy, target=path, subpaths=subpaths, dry_run=dry_run,
+                                   overwrite=overwrite, progress=progress)
     return run_restore(job, when, target=path, subpaths=subpaths, dry_run=dry_run,
                        overwrite=overwrite, progress=progress, options=options)
 
@@ -728,18 +804,41 @@ def tape_service(policy_dir: Path, policy: Policy | None = None) -> Any:
     return TapeService(context_from_policy(policy, home), now=datetime.now(UTC))
 
 
+TAPE_LOCK_TIMEOUT_S = 10.0  # interactive tape commands
+TAPE_JOB_LOCK_TIMEOUT_S = 4 * 3600.0  # `run tape`: the tape timers of a group's members fire together
+
+
+@contextmanager
+def tape_session(policy_dir: Path, command: str, policy: Policy | None = None, *,
+                 timeout_s: float = TAPE_LOCK_TIMEOUT_S) -> Iterator[Any]:
+    """A TapeService that may move cartridges and change the catalog: one at a time per policy.
+
+    Two runs must not load cartridges into the same drives or write the catalog over each other
+    (each reads it at the start and writes it back); the lock (flock, released the moment its
+    holder dies) is held from the catalog read to the last write. Readers (`tape list`, `keys
+    list`, plan) need no lock: the catalog is replaced atomically."""
+    from protectctl.agent.lock import source_lock
+
+    policy = policy or load(policy_dir)
+    home = state_backend(policy_dir, policy).path.parent
+    with source_lock(home / "tape", "library", command, timeout_s=timeout_s,
+                     what="the tape libraries of this policy"):
+        yield tape_service(policy_dir, policy)
+
+
 def tape_observations(policy_dir: Path, policy: Policy, state: State, now: datetime) -> dict[str, Any]:
     """Observations fields from the tape catalog: keys and libraries unexpired cartridges need.
 
     Read even when the policy no longer has a TapeLibrary (that is when it matters most)."""
     from protectctl.tape.catalog import load_catalog
     from protectctl.tape.guard import keys_in_use, libraries_in_use
-    from protectctl.tape.keys import KeyStore
 
     home = state_backend(policy_dir, policy).path.parent
     catalog = load_catalog(home / "tape" / "catalog.json")  # TapeError when damaged: plan stops
     if not catalog.cartridges:
         return {}
+    from protectctl.tape.keys import KeyStore  # imports cryptography: only when cartridges exist
+
     key_names = {k.id: k.name for k in KeyStore(home / "keys", {}).infos()}
     library_keys = {a.split(".", 1)[1]: str(r.inputs.get("key")) for a, r in state.resources.items()
                     if r.kind == "library"}
@@ -764,7 +863,7 @@ def tape_key_warnings(policy_dir: Path, policy: Policy, points: Mapping[str, int
         try:
             home = state_backend(policy_dir, policy).path.parent
             out += repokeys.unexported_warnings(
-                repokeys.rows(repository_key_targets(policy_dir, policy), home), points)
+                repokeys.rows(repository_key_targets(policy_dir, policy, remote=False), home), points)
         except ProtectctlError as err:
             out.append(f"repository keys could not be checked: {err.message}")
     return out
@@ -804,15 +903,16 @@ def _tape_copy_for_restore(policy_dir: Path, job: Any, when: Any, *, from_tape: 
 
 
 def run_tape(policy_dir: Path, group: str, member: str | None, *, all_points: bool = False,
-             progress: Any = None) -> Any:
+             progress: Any = None, lock_timeout_s: float = TAPE_JOB_LOCK_TIMEOUT_S) -> Any:
     """D2D2T (or D2T): copy the group's points that are not on tape yet to its SLA's pool."""
     from protectctl.tape.service import group_target
 
     policy = load(policy_dir)
     target, copy_from = group_target(policy, group)
     jobs = [source_job(t) for t in sources(policy_dir, agent_config=None, group=group, member=member)]
-    return tape_service(policy_dir, policy).copy_group(group, target, jobs, all_points=all_points,
-                                                       copy_from=copy_from, progress=progress)
+    with tape_session(policy_dir, f"tape copy of {group}", policy, timeout_s=lock_timeout_s) as service:
+        return service.copy_group(group, target, jobs, all_points=all_points, copy_from=copy_from,
+                                  progress=progress)
 
 
 def tape_list(policy_dir: Path, pool: str | None = None) -> list[Any]:
@@ -820,27 +920,30 @@ def tape_list(policy_dir: Path, pool: str | None = None) -> list[Any]:
 
 
 def tape_label(policy_dir: Path, count: int, pool: str, library: str | None = None) -> list[Any]:
-    service = tape_service(policy_dir)
-    made = {c.barcode for c in service.label(count, pool, library)}
-    return [r for r in service.rows() if r.barcode in made]
+    with tape_session(policy_dir, "tape label") as service:
+        made = {c.barcode for c in service.label(count, pool, library)}
+        return [r for r in service.rows() if r.barcode in made]
 
 
 def tape_move(policy_dir: Path, barcode: str, to: str) -> Any:
-    service = tape_service(policy_dir)
-    service.move(barcode, to)
-    return next(r for r in service.rows() if r.barcode == barcode)
+    with tape_session(policy_dir, f"tape move {barcode}") as service:
+        service.move(barcode, to)
+        return next(r for r in service.rows() if r.barcode == barcode)
 
 
 def tape_recycle(policy_dir: Path, *, dry_run: bool = False) -> Any:
-    return tape_service(policy_dir).recycle(dry_run=dry_run)
+    with tape_session(policy_dir, "tape recycle") as service:
+        return service.recycle(dry_run=dry_run)
 
 
 def tape_inventory(policy_dir: Path, *, rebuild: bool = False) -> Any:
-    return tape_service(policy_dir).inventory(rebuild=rebuild)
+    with tape_session(policy_dir, "tape inventory") as service:
+        return service.inventory(rebuild=rebuild)
 
 
-def repository_key_targets(policy_dir: Path, policy: Policy | None = None) -> list[Any]:
-    """The policy's local Storages as protectctl.tape.repokeys targets (sftp ones are skipped)."""
+def repository_key_targets(policy_dir: Path, policy: Policy | None = None, *, remote: bool = True) -> list[Any]:
+    """The policy's Storages as protectctl.tape.repokeys targets; sftp ones (reached over SSH with
+    the backup Host's own credentials) unless `remote` is False, as for plan, which stays offline."""
     from protectctl.plan.resources import _storage_inputs
     from protectctl.policy.model import Kind
     from protectctl.tape.repokeys import RepoKeyTarget
@@ -849,12 +952,13 @@ def repository_key_targets(policy_dir: Path, policy: Policy | None = None) -> li
     out = []
     for name in sorted(policy.of(Kind.STORAGE)):
         inputs = _storage_inputs(policy, name)
-        if inputs["type"] != "local":
+        local = inputs["type"] == "local"
+        if not local and not remote:
             continue
         ref = dict(inputs["passphrase"])  # type: ignore[call-overload]
         source = f"env {ref['env']}" if ref.get("env") else f"file {ref.get('file')}"
         out.append(RepoKeyTarget(name, str(inputs["key"]), source, open_storage(inputs),
-                                 passphrase_reader(inputs), Path(str(inputs["path"]))))
+                                 passphrase_reader(inputs), Path(str(inputs["path"])) if local else None))
     return out
 
 

@@ -159,6 +159,26 @@ class PointChooser(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class JobPlacement:
+    """Where a backup job of a source held by several hosts (a primary/standby pair) runs."""
+
+    spec: Mapping[str, object] | None  # the spec of the chosen node; None: not on this host now (exit 0)
+    state_dir: Path | None = None  # that node's agent state, when it differs from the caller's
+    reason: str = ""  # why this node, or why none here: one sentence for the operator
+    host: str | None = None  # the Host of the chosen node (recorded in the point), when it differs
+
+
+@runtime_checkable
+class JobPlacer(Protocol):
+    """A provider whose sources may span hosts: it picks the node a sync or full runs against."""
+
+    def place_job(self, source: str, spec: Mapping[str, object], kind: SnapshotKind,
+                  state_dir: Path) -> JobPlacement:
+        """The node to run `kind` on now; raises ProviderError when none can be reached."""
+        ...
+
+
 @runtime_checkable
 class LogShipper(Protocol):
     """A provider that ships application logs between snapshots for roll-forward."""

@@ -28,6 +28,7 @@ import base64
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import socket
 import stat
@@ -35,7 +36,9 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +56,7 @@ from protectctl.engine.tree import Node, NodeType, Tree
 from protectctl.errors import ProtectctlError, ProviderError, RestoreError
 from protectctl.progress import Progress
 from protectctl.provider import (
+    JobPlacement,
     PrepareOutcome,
     PrepareRequest,
     RestoreOutcome,
@@ -62,11 +66,13 @@ from protectctl.provider import (
     SnapshotStats,
 )
 from providers import postgresql_cluster as pg
+from providers import postgresql_pair as pair
+from providers import postgresql_stream as stream
 from providers.postgresql_catalog import Catalog, RestorePlan, build_catalog, plan_restore
 from providers.postgresql_cluster import Cluster
 
 _FIELDS = {"data_dir", "port", "socket_dir", "os_user", "bin_dir", "allow_restart", "spool_dir", "spool_limit",
-           "streaming", "hosts", "backup_from"}
+           "streaming", "backup_from", "per_host", "nodes", "node", "pair_node"}
 DEFAULT_SPOOL_LIMIT = 4 << 30
 SCRIPT_NAME = ".protectctl-wal.py"
 STAGING = ".protectctl-restore"
@@ -154,6 +160,9 @@ class PostgresqlProvider:
     # -- prepare (apply) -----------------------------------------------------------------
 
     def prepare_host(self, request: PrepareRequest) -> PrepareOutcome:
+        from dataclasses import replace
+
+        request = replace(request, spec=pair.node_spec(request.spec))  # a pair: this host's cluster
         cluster = Cluster.from_spec(request.spec)
         if not pg.reachable(cluster):
             raise ProviderError(
@@ -193,6 +202,9 @@ class PostgresqlProvider:
             pg.restart(cluster, log_file=log_file)
             changes.append(f"(the server's output now goes to {log_file})")
             changes.append("cluster restarted to apply wal_level/archive_mode")
+        if pg.scalar(cluster, "SELECT pg_is_in_recovery()") == "t":
+            changes.append("a standby: it archives into its spool once promoted")
+            return PrepareOutcome(tuple(changes), tuple(warnings))
         time.sleep(0.2)  # the archiver re-reads archive_command on the reload's SIGHUP
         segment = pg.scalar(cluster, "SELECT pg_walfile_name(pg_switch_wal())")
         pg.wait_archived(cluster, segment, timeout_s=60)
@@ -211,6 +223,10 @@ class PostgresqlProvider:
             return _FullBackup(request, cluster, spool).run()
         return _ship(request, cluster, spool)
 
+    def place_job(self, source: str, spec: Mapping[str, object], kind: Literal["sync", "full"],
+                  state_dir: Path) -> JobPlacement:
+        return pair.place_job(source, spec, kind, state_dir)
+
     # -- choosing and restoring ----------------------------------------------------------
 
     def choose_point(self, points: Sequence[Point], to_time: datetime | Literal["latest"], *,
@@ -219,6 +235,7 @@ class PostgresqlProvider:
         return next(p for p in points if p.id == plan.base.point_id)
 
     def restore(self, request: RestoreRequest) -> RestoreOutcome:
+        request = pair.restore_request(request)
         repo = _repository(request)
         points = repo.list_points(request.source)
         catalog = build_catalog(points)
@@ -303,8 +320,20 @@ def _claim_drops(spool: Path) -> list[Path]:
     return sorted(spool.glob("dropped.*.draining.jsonl"))
 
 
-def _store_file(repo: Repository, writer: BlobWriter, path: Path) -> tuple[Node, os.stat_result, bytes]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+@dataclass(frozen=True, slots=True)
+class _ReadFile:
+    path: Path
+    st: os.stat_result
+    data: bytes
+    digest: bytes  # the content hash stored in the node
+
+
+def _read_hashed(repo: Repository, path: Path) -> _ReadFile | None:
+    """A spooled file's content and content hash; None when it is gone (drained by a concurrent run)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
     try:
         st = os.fstat(fd)
         data = os.pread(fd, st.st_size, 0)
@@ -312,31 +341,53 @@ def _store_file(repo: Repository, writer: BlobWriter, path: Path) -> tuple[Node,
         os.close(fd)
     hasher = repo.content_hasher()
     hasher.update(data)
-    chunks = tuple(writer.add(BlobKind.DATA, piece)[0] for piece in repo.chunker().iter_buffer(data))
-    node = base_node(path.name, st, NodeType.FILE, (), size=len(data), chunks=chunks, content_hash=hasher.digest())
-    return node, st, data
+    return _ReadFile(path, st, data, hasher.digest())
+
+
+def _store_read(repo: Repository, writer: BlobWriter, read: _ReadFile) -> Node:
+    chunks = tuple(writer.add(BlobKind.DATA, piece)[0] for piece in repo.chunker().iter_buffer(read.data))
+    return base_node(read.path.name, read.st, NodeType.FILE, (), size=len(read.data), chunks=chunks,
+                     content_hash=read.digest)
+
+
+# Files read and hashed ahead of the one being chunked and stored (16 MiB each by default).
+_READ_AHEAD = 2
 
 
 def drain_spool(repo: Repository, writer: BlobWriter, cluster: Cluster, spool: Path, segment_size: int,
                 progress: Progress) -> _Shipped:
-    """Store every WAL file in the spool (and its transaction times) as one `wal/` tree."""
+    """Store every WAL file in the spool (and its transaction times) as one `wal/` tree.
+
+    Three things overlap: pg_waldump finding the transaction times (another process), reading
+    and hashing the next files (a thread; both release the GIL), and chunking and storing this
+    one (the writer compresses and encrypts in its own threads).
+    """
     drop_files = _claim_drops(spool)
     drops: list[dict[str, object]] = []
     for f in drop_files:
         drops += walspool.read_drops(f)
     files = walspool.spooled_files(spool)
-    times = _xact_times(cluster, spool, [f.name for f in files], segment_size)
+    stored: list[tuple[Node, Path, int, int]] = []  # node, path, inode, mtime_ns (not the content)
+    with ThreadPoolExecutor(2, thread_name_prefix="wal-drain") as pool:
+        pending_times = pool.submit(_xact_times, cluster, spool, [f.name for f in files], segment_size)
+        ahead: deque[Future[_ReadFile | None]] = deque()
+        queue = iter(files)
+        while True:
+            while len(ahead) <= _READ_AHEAD and (path := next(queue, None)) is not None:
+                ahead.append(pool.submit(_read_hashed, repo, path))
+            if not ahead:
+                break
+            read = ahead.popleft().result()
+            if read is not None:
+                stored.append((_store_read(repo, writer, read), read.path, read.st.st_ino, read.st.st_mtime_ns))
+                progress.advance(files=1)
+        times = pending_times.result()
     nodes, done, wal, history, other = [], [], [], [], []
     total = 0
-    for path in files:
-        try:
-            node, st, data = _store_file(repo, writer, path)
-        except FileNotFoundError:
-            continue
+    for node, path, ino, mtime_ns in stored:
         nodes.append(node)
-        done.append((path, st.st_ino, st.st_mtime_ns))
-        total += len(data)
-        progress.advance(files=1)
+        done.append((path, ino, mtime_ns))
+        total += node.size
         seg = walspool.SegmentName.parse(path.name, segment_size)
         if seg is not None:
             found = times.get(seg.segno, [])
@@ -410,7 +461,9 @@ def _switch_and_wait(cluster: Cluster, progress: Progress) -> tuple[dict[str, ob
 
 
 def _ship(request: SnapshotRequest, cluster: Cluster, spool: Path) -> SnapshotOutcome:
-    coverage, segment_size = _switch_and_wait(cluster, request.progress)
+    streamed = stream.stage_streamed(cluster, spool, request.source, request.progress) \
+        if request.spec.get("streaming") else None
+    coverage, segment_size = streamed or _switch_and_wait(cluster, request.progress)
     shipped = drain_spool(request.repo, request.writer, cluster, spool, segment_size, request.progress)
     root = request.repo.save_tree(request.writer, Tree((_dir_node("wal", spool, shipped.tree),)))
     pg_extra = {**shipped.extra, **coverage}
@@ -472,9 +525,10 @@ class _FullBackup:
             with pg.Session(cluster) as session:
                 facts = _facts(session)
                 _require_archiving(facts, "a base backup could not be recovered")
+                walfile = pair.walfile_sql if facts.in_recovery else (lambda lsn: f"pg_walfile_name({lsn})")
                 segment_size = facts.segment_size
                 start_lsn, start_wal = session.query(
-                    f"SELECT lsn, pg_walfile_name(lsn) FROM pg_backup_start({_literal(label)}, true) AS lsn")[0]
+                    f"SELECT lsn, {walfile('lsn')} FROM pg_backup_start({_literal(label)}, true) AS lsn")[0]
                 walk_started = time.time_ns()
                 start_time = datetime.now(UTC)
                 memo = _TreeMemo(request.repo)
@@ -483,13 +537,17 @@ class _FullBackup:
                     ArchiveOptions(root=cluster.data_dir, filter=PathFilter([], list(_EXCLUDE)),
                                    verify_all=distrust < 0),
                     request.progress, distrust_from_ns=max(distrust, 0)).run()
+                if facts.in_recovery and memo.last is not None:  # a standby (pair, backupFrom: standby)
+                    memo.last = pair.control_file_last(request.repo, request.writer, memo.last, memo.trees,
+                                                       cluster.data_dir)
                 stop_lsn, stop_wal, label64, map64 = session.query(
-                    "SELECT lsn, pg_walfile_name(lsn), "
+                    f"SELECT lsn, {walfile('lsn')}, "
                     "translate(encode(convert_to(labelfile, 'UTF8'), 'base64'), E'\\n', ''), "
                     "translate(encode(convert_to(coalesce(spcmapfile, ''), 'UTF8'), 'base64'), E'\\n', '') "
                     "FROM pg_backup_stop(false)")[0]
                 stop_time = datetime.now(UTC)
-                pg.wait_archived(cluster, stop_wal, session=session)
+                if not facts.in_recovery:  # a standby does not archive: the primary's syncs ship this WAL
+                    pg.wait_archived(cluster, stop_wal, session=session)
             labelfile = base64.b64decode(label64)
             spcmap = base64.b64decode(map64)
             data_tree = self._with_label(memo.last, labelfile, spcmap)
@@ -562,10 +620,13 @@ class _TreeMemo:
     def __init__(self, repo: Repository) -> None:
         self._repo = repo
         self.last: Tree | None = None
+        self.trees: dict[BlobId, Tree] = {}
 
     def save_tree(self, writer: BlobWriter, tree: Tree) -> BlobId:
         self.last = tree
-        return self._repo.save_tree(writer, tree)
+        tree_id = self._repo.save_tree(writer, tree)
+        self.trees[tree_id] = tree
+        return tree_id
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._repo, name)
@@ -635,6 +696,7 @@ class _Stager:
     gid: int
     error: BaseException | None = None
     staged: int = 0
+    cancelled: bool = False
     _trees: dict[str, Mapping[str, Node]] = field(default_factory=dict)
     _thread: threading.Thread | None = None
 
@@ -646,11 +708,21 @@ class _Stager:
         if self._thread is not None:
             self._thread.join()
 
+    def cancel(self) -> None:
+        """Stop after the file in hand; restore_command then answers "no such file" at once."""
+        self.cancelled = True
+        (self.staging / walspool.FETCHING_MARK).unlink(missing_ok=True)
+        self.join()
+
     def _run(self) -> None:
         try:
             for name, point_id in self.files:
+                if self.cancelled:
+                    return
                 self._stage_stored(name, point_id)
             for path in self.local:
+                if self.cancelled:
+                    return
                 with contextlib.suppress(FileNotFoundError):
                     _write_owned(self.staging / path.name, path.read_bytes(), self.uid, self.gid)
                     self.staged += 1
@@ -696,6 +768,7 @@ class _ClusterRestore:
         self.source = Cluster.from_spec(request.spec)
         self.target = request.target if request.target is not None else self.source.data_dir
         self.in_place = self.target.absolute() == self.source.data_dir.absolute()
+        self.fast_promote = False  # paused at the target, then pg_promote() (see _write_config)
 
     def _port(self) -> int:
         given = self.request.options.get("port")
@@ -738,29 +811,40 @@ class _ClusterRestore:
         from protectctl.restore.run import restore_tree
 
         root = base_point.extra.get("root")
-        outcome = restore_tree(request.repo, data, self.target, dry_run=request.dry_run, overwrite=request.overwrite,
-                               root_meta=root if isinstance(root, Mapping) else None, progress=request.progress)
+        root_meta = root if isinstance(root, Mapping) else None
         if request.dry_run:
+            outcome = restore_tree(request.repo, data, self.target, dry_run=True, overwrite=request.overwrite,
+                                   root_meta=root_meta, progress=request.progress)
             return RestoreOutcome(self.target, outcome.files, outcome.dirs, outcome.bytes_total, outcome.bytes_needed,
                                   outcome.bytes_free, 0, False, tuple(notes), details)
         uid, gid = cluster.ids()
-        _chown_tree(self.target, uid, gid)
-        os.chmod(self.target, 0o700)
-        staging = self._prepare_staging(cluster, local, uid, gid)
-        self._write_config(cluster, staging, uid, gid)
+        # The WAL is decrypted while the data directory is written (the tree restore mostly waits
+        # on the disk), beside the target rather than in it: PostgreSQL fsyncs all of its data
+        # directory before recovery, and would flush the staged WAL too.
+        staging = self._prepare_staging(local, uid, gid)
         stager = _Stager(self.repo, self.points, plan.files, local, staging, uid, gid)
         stager.start()
+        try:
+            outcome = restore_tree(request.repo, data, self.target, overwrite=request.overwrite,
+                                   root_meta=root_meta, progress=request.progress)
+            _chown_tree(self.target, uid, gid)
+            os.chmod(self.target, 0o700)
+            self._write_config(cluster, staging, uid, gid)
+        except BaseException:
+            stager.cancel()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         log_file = self.target / "protectctl-restore.log"
         request.progress.note(f"starting PostgreSQL on port {port} for {self.describe_target()}")
         try:
             pg.start(cluster, log_file)
             self._wait_promoted(cluster, log_file, stager)
         except BaseException:
-            (staging / walspool.FETCHING_MARK).unlink(missing_ok=True)
-            stager.join()
+            stager.cancel()
             with contextlib.suppress(ProviderError):
                 if pg.running(cluster):
                     pg.stop(cluster, mode="immediate")
+            shutil.rmtree(staging, ignore_errors=True)
             raise
         stager.join()
         details.update(self._facts(cluster, log_file))
@@ -791,9 +875,10 @@ class _ClusterRestore:
                 found[path.name] = path
         return [found[n] for n in sorted(found)]
 
-    def _prepare_staging(self, cluster: Cluster, local: Sequence[Path], uid: int, gid: int) -> Path:
-        staging = self.target / STAGING
+    def _prepare_staging(self, local: Sequence[Path], uid: int, gid: int) -> Path:
+        staging = self.target.parent / f".{self.target.name}{STAGING}"
         shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir(mode=0o700)
         os.chown(staging, uid, gid)
         names = [n for n, _ in self.plan.files] + [p.name for p in local]
@@ -814,18 +899,23 @@ class _ClusterRestore:
             notes_conf = "minimal postgresql.conf written"
         if not (target / "pg_hba.conf").exists():
             _write_owned(target / "pg_hba.conf", b"local all all peer\n", uid, gid)
-        restore_cmd = (f"'{_python_for_os_user()}' -I '{staging / 'wal.py'}' fetch --dir '{staging}' %f %p")
         settings = {"archive_mode": "off", "archive_command": "", "port": str(cluster.port),
-                    "restore_command": restore_cmd, "recovery_target_timeline": "latest"}
+                    "restore_command": restore_command(staging), "recovery_target_timeline": "latest"}
         if self.plan.mode == "time" and self.plan.target is not None:
             # explicit offset: the instant is never read in the server's zone
             settings["recovery_target_time"] = self.plan.target.astimezone(UTC).isoformat(sep=" ")
-            settings["recovery_target_action"] = "promote"
             settings["recovery_target_inclusive"] = "on"
+            # PostgreSQL promotes itself at the target only after a full end-of-recovery checkpoint
+            # (0.8 s at pgbench scale 50, more under load); paused there, pg_promote() promotes at
+            # once and checkpoints in the background. 14+ tells a reached target ('paused') apart.
+            self.fast_promote = _major_version(target) >= 14
+            settings["recovery_target_action"] = "pause" if self.fast_promote else "promote"
+            if self.fast_promote:
+                settings["hot_standby"] = "on"  # without it, pause at the target means shut down
         auto = target / "postgresql.auto.conf"
         old = auto.read_text(encoding="utf-8") if auto.exists() else ""
         lines = _conf_lines_without(old, [*_RECOVERY_KEYS, "archive_mode", "archive_command", "archive_library",
-                                          "port", "primary_conninfo", "primary_slot_name"])
+                                          "port", "primary_conninfo", "primary_slot_name", "hot_standby"])
         lines.append(f"# protectctl restore of {self.request.source}: {self.describe_target()}; "
                      "archiving off so this copy never writes into the source's repository")
         lines += [f"{k} = {_literal(v)}" for k, v in settings.items()]
@@ -836,29 +926,64 @@ class _ClusterRestore:
             self.request.progress.note(notes_conf)
 
     def _wait_promoted(self, cluster: Cluster, log_file: Path, stager: _Stager) -> None:
+        """Poll (over one held connection once the server accepts them) until promoted.
+
+        With fast promotion the server pauses at the target and this promotes it (pg_promote).
+        """
         timeout_s = float(str(self.request.options.get("timeout_s") or 24 * 3600))
         started = time.monotonic()
         deadline = started + timeout_s
         delay = 0.05
         seen = False  # pg_ctl start -W returns before the postmaster writes its pid file
-        while True:
-            if stager.error is not None:
-                raise RestoreError(f"reading WAL from the repository failed: {stager.error}")
-            state = None
-            with contextlib.suppress(ProviderError):
-                state = pg.scalar(cluster, "SELECT pg_is_in_recovery()")
-            if state == "f":
-                return
-            alive = state is not None or pg.running(cluster)
-            seen = seen or alive
-            if not alive and (seen or time.monotonic() - started > 30):
-                raise RestoreError(f"the restored cluster stopped during recovery: {_log_tail(log_file)}",
-                                   hint=f"the full log is {log_file}; the restored files are left in {self.target}")
-            if time.monotonic() > deadline:
-                raise RestoreError(f"the restored cluster was not promoted within {timeout_s:.0f} s",
-                                   hint=f"see {log_file}")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+        pause = "pg_get_wal_replay_pause_state()" if self.fast_promote else "''"  # an error once promoted
+        sql = f"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {pause} ELSE '' END"
+        session: pg.Session | None = None
+        promote_requested = False
+        try:
+            while True:
+                if stager.error is not None:
+                    raise RestoreError(f"reading WAL from the repository failed: {stager.error}")
+                row: list[str] | None = None
+                try:
+                    session = session or pg.Session(cluster)
+                    row = session.query(sql)[0]
+                except ProviderError:  # not accepting connections (yet), or stopped
+                    if session is not None:
+                        session.close()
+                    session = None
+                if row is not None and row[0] == "f":
+                    if promote_requested:
+                        self._check_target_reached(log_file)
+                    return
+                if self.fast_promote and session is not None and row is not None and not promote_requested:
+                    # Requested early: archive recovery (no standby.signal) acts on it only where it
+                    # pauses, at the target, and then at once. Asked once paused, the startup process
+                    # sees it within its 1 s pause-loop sleep. _check_target_reached guards the rest.
+                    session.query("SELECT pg_promote(false)")
+                    promote_requested = True
+                alive = row is not None or pg.running(cluster)
+                seen = seen or alive
+                if not alive and (seen or time.monotonic() - started > 30):
+                    raise RestoreError(f"the restored cluster stopped during recovery: {_log_tail(log_file)}",
+                                       hint=f"the full log is {log_file}; the restored files are left in "
+                                            f"{self.target}")
+                if time.monotonic() > deadline:
+                    raise RestoreError(f"the restored cluster was not promoted within {timeout_s:.0f} s",
+                                       hint=f"see {log_file}")
+                # a held connection polls for ~1 ms; a new one (runuser, psql) costs ~50 ms
+                time.sleep(0.02 if session is not None else delay)
+                delay = min(delay * 1.5, 0.25)
+        finally:
+            if session is not None:
+                session.close()
+
+    def _check_target_reached(self, log_file: Path) -> None:
+        """A promotion requested early must not have ended recovery before the target."""
+        log = log_file.read_text(encoding="utf-8", errors="replace") if log_file.exists() else ""
+        if "recovery stopping" not in log:
+            raise RestoreError("the restored cluster was promoted before recovery reached the target time",
+                               hint=f"this PostgreSQL version acts on promotion during archive recovery; see "
+                                    f"{log_file}; the restored files are left in {self.target}")
 
     def _facts(self, cluster: Cluster, log_file: Path) -> dict[str, object]:
         row = pg.query(cluster, "SELECT coalesce(pg_last_xact_replay_timestamp()::text, ''), "
@@ -878,6 +1003,29 @@ class _ClusterRestore:
         lines = _conf_lines_without(auto.read_text(encoding="utf-8"), _RECOVERY_KEYS)
         _write_owned(auto, ("\n".join(lines) + "\n").encode(), uid, gid)
         pg.query(cluster, "SELECT pg_reload_conf()")
+
+
+def restore_command(staging: Path) -> str:
+    """The restore_command of a restored cluster: a staged file by `cp`, else the stdlib script.
+
+    PostgreSQL runs it once per WAL file and once per probe (history files, the segment after
+    the last): a Python start costs 50-100 ms each, `cp` ~2 ms. Staged files appear by rename,
+    so `cp` sees all of a file or none; a name not staged yet but announced goes to the script,
+    which waits for it; any other name is "no such file" (exit 1) without starting Python.
+    """
+    q = shlex.quote
+    names = staging / walspool.NAMES
+    script = (f"{q(_python_for_os_user())} -I {q(str(staging / 'wal.py'))} fetch --dir {q(str(staging))} "
+              f"\"%f\" \"%p\"")
+    return (f"cp {q(str(staging))}/\"%f\" \"%p\" 2>/dev/null || "
+            f"{{ grep -qxF \"%f\" {q(str(names))} && {script}; }}")
+
+
+def _major_version(data_dir: Path) -> int:
+    try:
+        return int((data_dir / "PG_VERSION").read_text(encoding="ascii").strip().split(".")[0])
+    except (OSError, ValueError):
+        return 0
 
 
 def _pg_timestamp(text: str) -> str:

@@ -210,7 +210,11 @@ def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120,
         row = ask("SELECT coalesce(last_archived_wal, ''), failed_count, "
                   "coalesce(last_failed_wal, '') FROM pg_stat_archiver")[0]
         archived = row[0]
-        if archived and archived[8:24] >= segment[8:24] and not archived.endswith(".history"):
+        # only a whole segment counts: after a promotion the archiver's last file may be the old
+        # timeline's `.partial` (or a `.history`), which holds none of the new timeline's WAL
+        # (a `.backup` file names the segment it was written in; the archiver takes that segment first)
+        whole = len(archived) == 24 or archived.endswith(".backup")
+        if whole and archived[8:24] >= segment[8:24] and archived[:8] >= segment[:8]:
             return
         if time.monotonic() > deadline:
             failing = f"; the archiver fails on {row[2]} ({row[1]} failures)" if row[2] else ""

@@ -7,6 +7,19 @@ hands them to the engine's writer, which stores only chunks the repository lacks
 are saved bottom-up. So a sync with nothing changed costs an lstat, an xattr list and a
 journal lookup per file, never a read.
 
+Unchanged directories cost less still: the journal keeps, per directory, the tree blob the
+last point stored and a key of every input that tree was built from (each entry's name and
+lstat facts as the tree records them, and each subdirectory's tree id). A sync whose lstats
+give the same key reuses that tree after checking the repository still has it and every
+chunk its files name: no xattr reads, no journal entry decoding, no tree encoding, hashing
+or storing, and the directory's journal rows are carried over in one statement. Content
+and xattrs are covered by the key as by the per-file journal: any change to either moves
+the inode's ctime, which is in the key. In a directory that must be rebuilt (a file in it
+changed), each entry whose facts are unchanged reuses its encoded node from the journal the
+same way, so only changed entries are captured (xattrs, journal checks) and encoded again.
+A `full` never reuses (it reads everything), nor does a subclass that overrides `_content`
+(it decides per file what to trust).
+
 A `full` reads every file and compares it with the journal: a file whose identity matches
 but whose content differs changed behind the filesystem's back (a silent change); those are
 counted and named in the result. Entries that vanish or cannot be read are listed as errors
@@ -23,16 +36,19 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protectctl.agent.fsmeta import base_node, node_type, read_xattrs
+import blake3
+
+from protectctl.agent.fsmeta import base_node, group_name, node_type, read_xattrs, user_name
 from protectctl.agent.journal import FileIdentity, Journal, JournalEntry, JournalWriter
 from protectctl.agent.patterns import PathFilter
 from protectctl.agent.sparse import DataReader
 from protectctl.engine.ids import BlobId
 from protectctl.engine.repository import BlobKind, BlobWriter, Repository
-from protectctl.engine.tree import Node, NodeType, Tree
+from protectctl.engine.tree import Node, NodeType, Tree, assemble_tree, encode_node
 from protectctl.errors import ProviderError
 from protectctl.progress import NullProgress, Progress
 
@@ -66,11 +82,25 @@ class _Dir:
     known: dict[str, JournalEntry]
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A directory entry kept by the scan: lstat facts and, for a directory, its saved tree."""
+
+    name: str
+    path: bytes
+    rel: str
+    st: os.stat_result
+    kind: NodeType
+    subtree: BlobId | None = None
+
+
 @dataclass(slots=True)
 class ArchiveResult:
     tree: BlobId | None = None
     files: int = 0
     dirs: int = 0
+    dirs_reused: int = 0  # directories whose tree was reused from the journal
+    nodes_reused: int = 0  # entries of rebuilt directories whose encoded node was reused
     bytes_total: int = 0
     bytes_read: int = 0
     files_read: int = 0
@@ -106,6 +136,10 @@ class Archiver:
         self._links: dict[tuple[int, int], Content] = {}
         self._root_dev = 0
         self._noatime = True
+        # A subclass overriding `_content` (providers/postgresql.py) vets journal entries file by
+        # file: neither a directory's tree nor an entry's node may be reused behind its back.
+        self._plain = type(self)._content is Archiver._content
+        self._reuse_dirs = self._plain and not options.verify_all
 
     def run(self) -> ArchiveResult:
         """Archive the root; raises ProviderError when the root itself is unusable."""
@@ -129,18 +163,132 @@ class Archiver:
 
     def _archive_dir(self, path: bytes, rel: str, *, included: bool) -> BlobId | None:
         """Save the tree of `path`; None when include patterns select nothing in or below it."""
-        nodes: list[Node] = []
-        # One journal query per directory, not per file: a no-change sync is lookup-bound.
-        here = _Dir(rel, self.journal.directory(rel))
-        for name, entry_path in self._list(path, rel):
-            child_rel = f"{rel}/{name}" if rel else name
-            node = self._entry(entry_path, name, child_rel, here, included=included)
-            if node is not None:
-                nodes.append(node)
+        errors = len(self.result.errors)
+        entries = self._scan(path, rel, included=included)
+        if not entries and not included:
+            return None
+        if not self._plain:
+            return self._save_nodes(rel, entries, included=included)
+        facts = [_entry_facts(e) for e in entries]
+        if self._reuse_dirs:
+            reused = self._reuse(rel, _key(facts), entries)
+            if reused is not None:
+                return reused
+        return self._save_encoded(rel, entries, facts, included=included, errors=errors)
+
+    def _save_nodes(self, rel: str, entries: Sequence[_Entry], *, included: bool) -> BlobId | None:
+        """The tree built node by node and encoded whole (for a subclass vetting journal entries)."""
+        here = _Dir(rel, self.journal.directory(rel))  # one journal query per directory, not per file
+        nodes = [node for entry in entries if (node := self._node(entry, here)) is not None]
         if not nodes and not included:
             return None
         nodes.sort(key=lambda n: n.name)
         return self.repo.save_tree(self.writer, Tree(tuple(nodes)))
+
+    def _save_encoded(
+        self, rel: str, entries: Sequence[_Entry], facts: Sequence[bytes], *, included: bool, errors: int
+    ) -> BlobId | None:
+        """The tree from each entry's encoded node: reused from the journal when the entry's facts
+        did not change, else captured and encoded now. Remembers facts and encodings for next time."""
+        here = _Dir(rel, self.journal.directory(rel))
+        known = self.journal.directory_nodes(rel) if self._reuse_dirs else {}
+        kept: list[tuple[str, bytes, str]] = []  # (name, facts digest, encoded node), in name order
+        for entry, fact in zip(entries, facts, strict=True):
+            encoded = self._reuse_node(entry, fact, here, known.get(entry.name))
+            if encoded is None:
+                node = self._node(entry, here)
+                if node is None:
+                    continue
+                fact, encoded = _node_facts(node), encode_node(node)
+            kept.append((entry.name, fact, encoded))
+        if not kept and not included:
+            return None
+        tree, _ = self.writer.add(BlobKind.TREE, assemble_tree([encoded for _, _, encoded in kept]))
+        if len(self.result.errors) == errors:  # nothing lost here or below: reusable next time
+            self.journal_out.add_directory(rel, _key([fact for _, fact, _ in kept]), tree)
+            for name, fact, encoded in kept:
+                self.journal_out.add_node(rel, name, fact, encoded)
+        return tree
+
+    def _reuse_node(
+        self, entry: _Entry, fact: bytes, here: _Dir, known: tuple[bytes, str] | None
+    ) -> str | None:
+        """The encoded node the last point stored for `entry` when its facts are unchanged (for a
+        file: its journal entry matches and every chunk is still in the repository)."""
+        if known is None or known[0] != fact:
+            return None
+        if entry.kind is NodeType.FILE:
+            previous = here.known.get(entry.name)
+            if (
+                previous is None
+                or previous.identity != FileIdentity.of(entry.st)
+                or not self.repo.has_blobs(previous.chunks)
+            ):
+                return None
+            self.journal_out.add(here.rel, entry.name, previous)
+            self.result.files += 1
+            self.result.files_reused += 1
+            self.result.bytes_total += previous.identity.size
+            self.progress.advance(files=1)
+        elif entry.kind is NodeType.DIR:
+            self.result.dirs += 1
+        self.result.nodes_reused += 1
+        return known[1]
+
+    def _scan(self, path: bytes, rel: str, *, included: bool) -> list[_Entry]:
+        """lstat and filter the entries of `path`, archiving subdirectories on the way (bottom-up)."""
+        entries: list[_Entry] = []
+        filt = self.options.filter
+        for name, entry_path in self._list(path, rel):
+            child_rel = f"{rel}/{name}" if rel else name
+            try:
+                st = os.lstat(entry_path)
+            except OSError as err:
+                self._error(child_rel, err)
+                continue
+            kind = node_type(st.st_mode)
+            if kind is None:
+                continue
+            is_dir = kind is NodeType.DIR
+            if filt.excluded(child_rel, is_dir):
+                continue
+            child_included = included or filt.included(child_rel, is_dir)
+            if is_dir:
+                subtree = self._subtree(entry_path, child_rel, st, included=child_included)
+                if subtree is not None:
+                    entries.append(_Entry(name, entry_path, child_rel, st, kind, subtree))
+            elif child_included:
+                entries.append(_Entry(name, entry_path, child_rel, st, kind))
+        return entries
+
+    def _subtree(self, path: bytes, rel: str, st: os.stat_result, *, included: bool) -> BlobId | None:
+        if self.options.one_file_system and st.st_dev != self._root_dev:
+            # A mount point: keep the directory itself, not the other filesystem's content.
+            return self.repo.save_tree(self.writer, Tree(()))
+        return self._archive_dir(path, rel, included=included)
+
+    def _reuse(self, rel: str, key: bytes, entries: Sequence[_Entry]) -> BlobId | None:
+        """The tree the last point stored for `rel` when nothing it was built from changed."""
+        stored = self.journal.directory_tree(rel)
+        if stored is None or stored[0] != key:
+            return None
+        tree = BlobId(stored[1])
+        # A prune may have removed the tree or chunks since the journal was written.
+        chunk_lists = self.journal.directory_chunks(rel)
+        if chunk_lists is None or not self.repo.has_blobs([tree, *_split_ids(chunk_lists)]):
+            return None
+        if not self.journal_out.copy_directory(rel):
+            return None
+        self.journal_out.add_directory(rel, stored[0], tree)
+        files = [e for e in entries if e.kind is NodeType.FILE]
+        self.result.files += len(files)
+        self.result.files_reused += len(files)
+        self.result.bytes_total += sum(e.st.st_size for e in files)
+        self.result.dirs += sum(1 for e in entries if e.kind is NodeType.DIR)
+        self.result.dirs_reused += 1
+        if files:
+            self.progress.advance(files=len(files))
+        return tree
 
     def _list(self, path: bytes, rel: str) -> list[tuple[str, bytes]]:
         try:
@@ -151,47 +299,21 @@ class Archiver:
             return []
         return sorted(found)
 
-    def _entry(self, path: bytes, name: str, rel: str, here: _Dir, *, included: bool) -> Node | None:
+    def _node(self, entry: _Entry, here: _Dir) -> Node | None:
+        """The tree node of one scanned entry; None (and an error) when it cannot be captured."""
+        if entry.kind is NodeType.DIR:
+            try:
+                xattrs = read_xattrs(os.fsdecode(entry.path))
+            except OSError as err:
+                self._error(entry.rel, err)
+                return None
+            self.result.dirs += 1
+            return base_node(entry.name, entry.st, NodeType.DIR, xattrs, subtree=entry.subtree)
         try:
-            st = os.lstat(path)
+            return self._leaf_node(entry.path, entry.name, entry.rel, here, entry.st, entry.kind)
         except OSError as err:
-            self._error(rel, err)
+            self._error(entry.rel, err)
             return None
-        kind = node_type(st.st_mode)
-        if kind is None:
-            return None
-        is_dir = kind is NodeType.DIR
-        filt = self.options.filter
-        if filt.excluded(rel, is_dir):
-            return None
-        included = included or filt.included(rel, is_dir)
-        if is_dir:
-            return self._dir_node(path, name, rel, st, included=included)
-        if not included:
-            return None
-        try:
-            return self._leaf_node(path, name, rel, here, st, kind)
-        except OSError as err:
-            self._error(rel, err)
-            return None
-
-    def _dir_node(
-        self, path: bytes, name: str, rel: str, st: os.stat_result, *, included: bool
-    ) -> Node | None:
-        if self.options.one_file_system and st.st_dev != self._root_dev:
-            # A mount point: keep the directory itself, not the other filesystem's content.
-            subtree: BlobId | None = self.repo.save_tree(self.writer, Tree(()))
-        else:
-            subtree = self._archive_dir(path, rel, included=included)
-        if subtree is None:
-            return None
-        try:
-            xattrs = read_xattrs(os.fsdecode(path))
-        except OSError as err:
-            self._error(rel, err)
-            return None
-        self.result.dirs += 1
-        return base_node(name, st, NodeType.DIR, xattrs, subtree=subtree)
 
     # -- leaves --------------------------------------------------------------------------
 
@@ -313,6 +435,47 @@ class Archiver:
         what = "vanished during the backup" if err.errno == errno.ENOENT else (err.strerror or str(err))
         self.result.errors.append(f"{rel}: {what}")
         self.progress.note(f"{rel}: {what}")
+
+
+# -- directory keys ------------------------------------------------------------------------
+# An entry's facts are exactly the metadata its tree node records from lstat (what
+# `base_node` takes) plus a directory's subtree id; a directory's key is a digest of its
+# entries' facts in name order (facts are kept as digests). `_node_facts` computes them from a node just built,
+# `_entry_facts` from the lstat of a later walk: both must agree field by field
+# (tests/unit/test_archiver_reuse.py compares reused trees with trees built from scratch).
+_KEY_VERSION = b"protectctl-dir-key/3\n"
+
+
+def _node_facts(n: Node) -> bytes:
+    subtree = None if n.subtree is None else bytes(n.subtree)
+    return _digest((n.name, n.type.value, n.mode, n.uid, n.gid, n.user, n.group, n.mtime_ns, n.atime_ns,
+                    n.ctime_ns, n.size, n.rdev, n.inode, n.dev, n.nlink, subtree))
+
+
+def _entry_facts(e: _Entry) -> bytes:
+    st, kind = e.st, e.kind
+    subtree = None if e.subtree is None else bytes(e.subtree)
+    return _digest((
+        e.name, kind.value, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, user_name(st.st_uid),
+        group_name(st.st_gid), st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns,
+        st.st_size if kind is NodeType.FILE or kind is NodeType.SYMLINK else 0,
+        st.st_rdev if kind is NodeType.CHARDEV or kind is NodeType.BLOCKDEV else 0,
+        st.st_ino, st.st_dev, st.st_nlink if kind is NodeType.FILE else 1, subtree,
+    ))
+
+
+def _digest(facts: tuple[object, ...]) -> bytes:
+    # repr of str, int, bytes and None is stable across runs and Python versions; 16 bytes keep
+    # the journal small (one per entry) and collisions out of reach.
+    return blake3.blake3(_KEY_VERSION + repr(facts).encode("utf-8", "surrogatepass")).digest(16)
+
+
+def _key(facts: Sequence[bytes]) -> bytes:
+    return blake3.blake3(_KEY_VERSION + b"".join(facts)).digest()
+
+
+def _split_ids(chunk_lists: Sequence[bytes]) -> list[bytes]:
+    return [raw[i : i + 32] for raw in chunk_lists for i in range(0, len(raw), 32)]
 
 
 def _dense(st: os.stat_result) -> bool:

@@ -13,7 +13,14 @@ trusted blindly: the caller checks the repository still has every chunk before r
 (a prune may have run since), and the journal is bound to one repository by its id.
 
 Format: SQLite (stdlib), one table keyed by (directory, name) relative to the source root,
-so a walk fetches a whole directory's entries with one query.
+so a walk fetches a whole directory's entries with one query, and one table keyed by
+directory holding the tree blob the last point stored for it and a key of everything that
+tree was built from (see agent/archiver.py): a sync finding the same key reuses that tree
+and copies the directory's rows into the next journal in one statement, instead of
+rebuilding, re-encoding and re-hashing it. A third table keeps, per entry, the facts its
+tree node was built from and the node's encoding, so a directory that must be rebuilt
+(one file in it changed) re-encodes only the entries that changed. A journal written before
+those tables existed simply has nothing to reuse.
 """
 
 from __future__ import annotations
@@ -79,6 +86,10 @@ CREATE TABLE files (
     dir TEXT NOT NULL, name TEXT NOT NULL, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
     ctime_ns INTEGER, chunks BLOB, holes BLOB, content_hash BLOB, PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
+CREATE TABLE dirs (dir TEXT PRIMARY KEY, key BLOB NOT NULL, tree BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE nodes (
+    dir TEXT NOT NULL, name TEXT NOT NULL, facts BLOB NOT NULL, encoded TEXT NOT NULL, PRIMARY KEY (dir, name)
+) WITHOUT ROWID;
 """
 
 
@@ -136,32 +147,73 @@ class Journal:
             for row in rows
         }
 
+    def directory_tree(self, rel_dir: str) -> tuple[bytes, bytes] | None:
+        """(key, tree blob id) the last point stored for `rel_dir`; None when unknown."""
+        if self._conn is None:
+            return None
+        try:
+            row = self._conn.execute("SELECT key, tree FROM dirs WHERE dir = ?", (rel_dir,)).fetchone()
+        except sqlite3.Error:  # a journal from before the dirs table: nothing to reuse
+            return None
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
+    def directory_nodes(self, rel_dir: str) -> dict[str, tuple[bytes, str]]:
+        """name -> (facts digest, encoded node) of every entry the last point stored in `rel_dir`."""
+        if self._conn is None:
+            return {}
+        try:
+            rows = self._conn.execute("SELECT name, facts, encoded FROM nodes WHERE dir = ?", (rel_dir,)).fetchall()
+        except sqlite3.Error:
+            return {}
+        return {row[0]: (bytes(row[1]), row[2]) for row in rows}
+
+    def directory_chunks(self, rel_dir: str) -> list[bytes] | None:
+        """The chunk ids of every file directly in `rel_dir`, as one concatenated blob per file."""
+        if self._conn is None:
+            return None
+        try:
+            rows = self._conn.execute("SELECT chunks FROM files WHERE dir = ?", (rel_dir,)).fetchall()
+        except sqlite3.Error:
+            return None
+        return [bytes(row[0]) for row in rows]
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     def begin(self) -> JournalWriter:
-        """Start the next journal beside this one."""
-        return JournalWriter(self.path, repo_id=self.repo_id)
+        """Start the next journal beside this one (able to copy rows from this one)."""
+        return JournalWriter(self.path, repo_id=self.repo_id, previous=self.path if self._conn else None)
 
 
 class JournalWriter:
     """The next journal, invisible until `commit`."""
 
-    def __init__(self, path: Path, *, repo_id: str) -> None:
+    def __init__(self, path: Path, *, repo_id: str, previous: Path | None = None) -> None:
         self.path = path
         self._tmp = path.with_name(path.name + ".new")
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()  # left by a killed run
-        self._conn = sqlite3.connect(self._tmp, check_same_thread=False)
+        # A URI (quoted, see Journal._open) so that ATTACH below may open the previous one read-only.
+        self._conn = sqlite3.connect(f"file:{urllib.parse.quote(str(self._tmp))}", check_same_thread=False, uri=True)
         # Durability comes from fsync + rename at commit, not from SQLite's own journal.
         self._conn.execute("PRAGMA journal_mode=OFF")
         self._conn.execute("PRAGMA synchronous=OFF")
         self._conn.executescript(_SCHEMA)
         self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id}
         self._pending: list[tuple[object, ...]] = []
+        self._dirs: list[tuple[str, bytes, bytes]] = []
+        self._nodes: list[tuple[str, str, bytes, str]] = []
+        self._previous = False
+        if previous is not None:
+            try:
+                uri = f"file:{urllib.parse.quote(str(previous))}?mode=ro"
+                self._conn.execute("ATTACH DATABASE ? AS previous", (uri,))
+                self._previous = True
+            except sqlite3.Error:
+                pass
 
     def add(self, rel_dir: str, name: str, entry: JournalEntry) -> None:
         ident = entry.identity
@@ -182,11 +234,41 @@ class JournalWriter:
         if len(self._pending) >= _BATCH:
             self._flush()
 
+    def add_directory(self, rel_dir: str, key: bytes, tree: bytes) -> None:
+        """Remember the tree stored for `rel_dir` and the key it was built from."""
+        self._dirs.append((rel_dir, key, tree))
+        if len(self._dirs) >= _BATCH:
+            self._flush()
+
+    def add_node(self, rel_dir: str, name: str, facts: bytes, encoded: str) -> None:
+        """Remember what the tree node of `name` was built from and how it encoded."""
+        self._nodes.append((rel_dir, name, facts, encoded))
+        if len(self._nodes) >= _BATCH:
+            self._flush()
+
+    def copy_directory(self, rel_dir: str) -> bool:
+        """Carry the file rows of `rel_dir` over from the journal this one follows; False when
+        that journal cannot be read (the caller then must not reuse the directory)."""
+        if not self._previous:
+            return False
+        try:
+            for table in ("files", "nodes"):
+                self._conn.execute(
+                    f"INSERT OR REPLACE INTO {table} SELECT * FROM previous.{table} WHERE dir = ?", (rel_dir,)
+                )
+        except sqlite3.Error:
+            return False
+        return True
+
     def _flush(self) -> None:
         self._conn.executemany(
             "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
         )
         self._pending.clear()
+        self._conn.executemany("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)", self._dirs)
+        self._dirs.clear()
+        self._conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", self._nodes)
+        self._nodes.clear()
 
     def commit(self, meta: Mapping[str, str]) -> None:
         """Make this the journal; call only after the point it describes is saved."""
@@ -194,6 +276,8 @@ class JournalWriter:
         rows = {**self._meta, **meta}
         self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(rows.items()))
         self._conn.commit()
+        if self._previous:
+            self._conn.execute("DETACH DATABASE previous")
         self._conn.close()
         fd = os.open(self._tmp, os.O_RDONLY)
         try:

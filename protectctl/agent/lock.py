@@ -49,13 +49,15 @@ def source_lock(
     *,
     timeout_s: float = 0.0,
     sleep: Callable[[float], None] = time.sleep,
+    what: str | None = None,
 ) -> Iterator[None]:
-    """Hold the lock of `source`; wait up to `timeout_s`, then raise LockedError naming the holder."""
+    """Hold the lock of `source`; wait up to `timeout_s`, then raise LockedError naming the holder.
+    `what` names the locked thing in messages (default: `source SOURCE`)."""
     path = state_dir / "locks" / f"{safe_name(source)}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        _acquire(fd, path, source, timeout_s, sleep)
+        _acquire(fd, path, what or f"source {source}", timeout_s, sleep)
         _report_stale(fd, source)
         _write_holder(fd, command)
         try:
@@ -68,7 +70,7 @@ def source_lock(
         os.close(fd)
 
 
-def _acquire(fd: int, path: Path, source: str, timeout_s: float, sleep: Callable[[float], None]) -> None:
+def _acquire(fd: int, path: Path, what: str, timeout_s: float, sleep: Callable[[float], None]) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -80,7 +82,7 @@ def _acquire(fd: int, path: Path, source: str, timeout_s: float, sleep: Callable
         if time.monotonic() >= deadline:
             holder = describe_holder(_read_holder(fd))
             raise LockedError(
-                f"source {source} is busy: another run holds its lock ({holder})",
+                f"{what} is busy: another run holds its lock ({holder})",
                 hint="wait for it to finish; the lock is released the moment that process ends",
             )
         sleep(_POLL_S)

@@ -237,8 +237,12 @@ class SourceEffect(FilesEffect):
         return {inputs["config_path"]: render_source_config(inputs).encode()}
 
     def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
-        outputs = super().create(inputs, ctx)
-        prepared = prepare_source(inputs, ctx)
+        first, *others = source_nodes(inputs)
+        outputs = super().create(first, ctx)
+        prepared = prepare_source(first, ctx)
+        for node in others:  # a primary/standby pair: every host gets its config and is prepared
+            outputs.setdefault("node_files", {})[node["host"]] = super().create(node, ctx)["files"]
+            prepared += [f"{node['host']}: {change}" for change in prepare_source(node, ctx)]
         if prepared:
             outputs["prepared"] = prepared
         return outputs
@@ -248,6 +252,18 @@ class SourceEffect(FilesEffect):
         conn = ctx.host(self.host_name(inputs))
         for path in outputs.get("files", {}):
             conn.remove_file(path)
+        for host, files in outputs.get("node_files", {}).items():
+            for path in files:
+                ctx.host(host).remove_file(path)
+
+
+def source_nodes(inputs: Inputs) -> list[dict[str, Any]]:
+    """A source's inputs per host: itself, or for a pair (`nodes`) one per host, whose spec names its node."""
+    nodes = inputs.get("nodes")
+    if not nodes:
+        return [dict(inputs)]
+    return [{**inputs, "host": n["host"], "config_path": n["config_path"],
+             "spec": {**inputs["spec"], "node": n["host"]}} for n in nodes]
 
 
 def prepare_source(inputs: Inputs, ctx: ApplyContext) -> list[str]:
@@ -288,19 +304,19 @@ class ScheduleEffect(FilesEffect):
             return
         if not self._systemd_live(inputs, ctx):
             if inputs["root"] == "/":
-                ctx.warn(f"{inputs['name']}.timer written but not enabled: systemd is not running on host "
+                ctx.warn(f"{unit_of(inputs)} written but not enabled: systemd is not running on host "
                          f"{inputs['host']}; "
-                         f"run `systemctl daemon-reload && systemctl enable --now {inputs['name']}.timer`")
+                         f"run `systemctl daemon-reload && systemctl enable --now {unit_of(inputs)}`")
             return
         conn = ctx.host(inputs["host"])
-        for argv in (("systemctl", "daemon-reload"), ("systemctl", "enable", "--now", f"{inputs['name']}.timer")):
+        for argv in (("systemctl", "daemon-reload"), ("systemctl", "enable", "--now", unit_of(inputs))):
             result = conn.run(argv)
             if result.status != 0:
                 raise ProtectctlError(f"{' '.join(argv)} failed: {result.stderr.strip()[-300:]}")
 
     def before_remove(self, inputs: Inputs, ctx: ApplyContext) -> None:
         if self._systemd_live(inputs, ctx):
-            ctx.host(inputs["host"]).run(("systemctl", "disable", "--now", f"{inputs['name']}.timer"))
+            ctx.host(inputs["host"]).run(("systemctl", "disable", "--now", unit_of(inputs)))
 
 
 _authorized_keys_locks: dict[str, threading.Lock] = {}
@@ -333,6 +349,11 @@ class AccessEffect:
         else:
             public = public_key_of(private, self._tag(inputs))
         conn.write_file(key_path + ".pub", public.encode() + b"\n", mode=0o644)
+        if inputs.get("known_hosts_copy"):
+            conn.write_file(str(inputs["known_hosts_copy"]), _known_hosts_entries(inputs["known_hosts"]), mode=0o644)
+        for hop in inputs.get("jump", []):
+            self._edit_authorized_on(str(hop["host"]), str(hop["authorized_keys"]), self._tag(inputs),
+                                     tunnel_line(public, str(hop["permit"])), ctx)
         line = authorized_line(public, str(inputs["serve"]), str(inputs["repo"]))
         self._edit_authorized(inputs, ctx, line)
         return {"public_key": public, "authorized_keys": inputs["authorized_keys"]}
@@ -342,15 +363,23 @@ class AccessEffect:
 
     def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
         self._edit_authorized(inputs, ctx, None)
+        for hop in inputs.get("jump", []):
+            self._edit_authorized_on(str(hop["host"]), str(hop["authorized_keys"]), self._tag(inputs), None, ctx)
         conn = ctx.host(str(inputs["host"]))
         conn.remove_file(str(inputs["key_path"]))
         conn.remove_file(str(inputs["key_path"]) + ".pub")
+        if inputs.get("known_hosts_copy"):
+            conn.remove_file(str(inputs["known_hosts_copy"]))
 
     def _edit_authorized(self, inputs: Inputs, ctx: ApplyContext, line: str | None) -> None:
-        backup = ctx.host(str(inputs["backup_host"]))
-        path = str(inputs["authorized_keys"])
-        tag = self._tag(inputs)
-        with _authorized_keys_lock(str(inputs["backup_host"])):
+        self._edit_authorized_on(str(inputs["backup_host"]), str(inputs["authorized_keys"]), self._tag(inputs),
+                                 line, ctx)
+
+    @staticmethod
+    def _edit_authorized_on(host: str, path: str, tag: str, line: str | None, ctx: ApplyContext) -> None:
+        """Replace (or with None remove) the line tagged `tag` in `host`'s authorized_keys."""
+        backup = ctx.host(host)
+        with _authorized_keys_lock(host):
             old = (backup.read_file(path) or b"").decode()
             kept = [entry for entry in old.splitlines() if not entry.rstrip().endswith(" " + tag)]
             if line is not None:
@@ -358,6 +387,76 @@ class AccessEffect:
             new = "".join(f"{entry}\n" for entry in kept)
             if new != old:
                 backup.write_file(path, new.encode(), mode=0o600)
+
+
+class SecretEffect:
+    """A key's passphrase copied to an SSH host, so that its agent can open the repository:
+    root-only (0600 in a 0700 directory); nothing about the value is recorded."""
+
+    def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
+        value = secret_ref(inputs["passphrase"]).resolve().value
+        conn = ctx.host(str(inputs["host"]))
+        path = str(inputs["path"])
+        conn.make_dirs(str(PurePosixPath(path).parent), mode=0o700)
+        if conn.read_file(path) != value + b"\n":
+            conn.write_file(path, value + b"\n", mode=0o600)
+        return {"secret_files": [path]}
+
+    def update(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext) -> Outputs:
+        new = self.create(inputs, ctx)
+        for stale in set(outputs.get("secret_files", [])) - set(new["secret_files"]):
+            ctx.host(str(inputs["host"])).remove_file(stale)
+        return new
+
+    def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
+        conn = ctx.host(str(inputs["host"]))
+        for path in outputs.get("secret_files", []):
+            conn.remove_file(path)
+            conn.remove_empty_dirs(str(PurePosixPath(path).parent), str(inputs["root"]))
+
+
+def secret_drift(conn: Any, rec: Any) -> list[str]:
+    """What differs between the passphrase copies on a host and their source on this machine;
+    the values are compared here in constant time and never shown."""
+    import hmac
+
+    problems = []
+    for path in rec.outputs.get("secret_files", []):
+        data = conn.read_file(path)
+        if data is None:
+            problems.append(f"{path} is missing")
+            continue
+        try:
+            want = secret_ref(rec.inputs["passphrase"]).resolve().value
+        except ProtectctlError:
+            continue  # not readable here (e.g. env not set for a refresh): existence is all we can check
+        if not hmac.compare_digest(data.rstrip(b"\r\n"), want):
+            problems.append(f"{path} no longer holds the passphrase of key {rec.inputs['key']}")
+    return problems
+
+
+def tunnel_line(public: str, permit: str) -> str:
+    """An agent's key on a jump host: it may open a tunnel to `permit` (HOST:PORT) and nothing else."""
+    if '"' in permit or "\\" in permit or "," in permit:
+        raise ValueError(f"cannot put {permit!r} in an authorized_keys permitopen")
+    return f'restrict,port-forwarding,permitopen="{permit}",command="/bin/false" {public}'
+
+
+def _known_hosts_entries(wanted: Any) -> bytes:
+    """The knownHosts lines an agent needs, read from the control machine's files."""
+    import paramiko
+
+    lines: list[str] = []
+    for entry in wanted:
+        try:
+            keys = paramiko.HostKeys(os.path.expanduser(str(entry["file"]))).lookup(str(entry["name"])) or {}
+        except (OSError, paramiko.SSHException) as err:
+            raise ProtectctlError(f"cannot read knownHosts {entry['file']}: {err}") from None
+        if not keys:
+            raise ProtectctlError(f"knownHosts {entry['file']} has no key for {entry['name']}",
+                                  hint=f"add `{entry['name']} <key type> <key>` to it, or pin `hostKey:` instead")
+        lines += [f"{entry['name']} {kind} {key.get_base64()}" for kind, key in sorted(keys.items())]
+    return "".join(f"{line}\n" for line in lines).encode()
 
 
 class LogicalEffect:
@@ -373,11 +472,20 @@ class LogicalEffect:
         return None
 
 
+def unit_of(inputs: Inputs) -> str:
+    """The systemd unit apply enables: the timer of a schedule, the service of a daemon (`daemon: true`)."""
+    return f"{inputs['name']}.{'service' if inputs.get('daemon') else 'timer'}"
+
+
 def schedule_files(inputs: Inputs) -> dict[str, str]:
     """The rendered schedule files of a schedule resource, by absolute path on the host."""
-    from protectctl.provision.schedulers.base import ScheduledJob, renderer_for
+    from protectctl.provision.schedulers.base import DaemonJob, ScheduledJob, render_daemon, renderer_for
     from protectctl.units import Schedule
 
+    if inputs.get("daemon"):  # a long-running service (e.g. WAL streaming), not a timer
+        files = render_daemon(inputs["scheduler"], DaemonJob(inputs["name"], inputs["description"],
+                                                             tuple(inputs["argv"])))
+        return {str(PurePosixPath(inputs["root"]) / rel): text for rel, text in files.items()}
     job = ScheduledJob(
         name=inputs["name"], description=inputs["description"], argv=tuple(inputs["argv"]),
         schedule=Schedule.parse(inputs["schedule"]), randomized_delay_s=int(inputs["randomized_delay_s"]),
@@ -397,4 +505,5 @@ EFFECTS: dict[str, Effect] = {
     "source": SourceEffect(),
     "schedule": ScheduleEffect(),
     "access": AccessEffect(),
+    "secret": SecretEffect(),
 }

@@ -46,3 +46,17 @@ def register(app: typer.Typer) -> None:
         if message:
             typer.echo(message, err=True)
         raise typer.Exit(status)
+
+    @agent_app.command("wal-stream")
+    def wal_stream(
+        ctx: typer.Context,
+        group: Annotated[str, typer.Argument(help="Protection group.")],
+        member: Annotated[str, typer.Option("--member", "-m", help="The PostgreSQL member with streaming: true.")],
+    ) -> None:
+        """The WAL receiver service of a `streaming: true` member: pg_receivewal, supervised, until SIGTERM."""
+        from protectctl import api
+        from protectctl.cli.main import env_of
+
+        env = env_of(ctx, False)
+        api.stream_wal(env.policy_dir, group, member, agent_config=env.agent_config,
+                       log=lambda line: typer.echo(f"protectctl wal-stream {group}/{member}: {line}", err=True))

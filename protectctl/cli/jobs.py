@@ -42,6 +42,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             group: Annotated[str, typer.Argument(help="Protection group.")], member: MemberOpt = None,
             all_points: Annotated[bool, typer.Option("--all", help="tape: every point not on tape yet, "
                                                      "not only the newest.")] = False,
+            lock_timeout: Annotated[str, typer.Option(
+                "--lock-timeout", help="tape: wait this long for another run using the libraries (e.g. 30s).")] = "4h",
             json_mode: JsonOpt = False) -> None:
         """Run a protection job now (what the timers run)."""
         env = env_of(ctx, json_mode)
@@ -52,7 +54,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         elif job is Job.VERIFY:
             _verify(env, group, member)
         else:
-            _run_tape(env, group, member, all_points)
+            from protectctl.cli.plan import lock_seconds
+
+            _run_tape(env, group, member, all_points, lock_seconds(lock_timeout))
 
     points_app = typer.Typer(help="Recovery points.", no_args_is_help=True)
     app.add_typer(points_app, name="points")
@@ -241,6 +245,8 @@ def _run_backup(env: Env, kind: str, group: str, member: str | None) -> None:
 
 
 def backup_line(r: Any) -> str:
+    if getattr(r, "skipped", False):  # api.BackupSkipped
+        return f"{r.source}: {r.requested_kind} not run here: {r.reason}"
     if not hasattr(r, "point_id"):  # api.BackupFailure
         hint = f"\n  hint: {r.hint}" if r.hint else ""
         return f"{r.source}: {r.requested_kind} FAILED: {r.message}{hint}"
@@ -266,11 +272,12 @@ def _prune(env: Env, group: str | None, member: str | None, *, dry_run: bool) ->
         env.output.text(prune_summary(r))
 
 
-def _run_tape(env: Env, group: str, member: str | None, all_points: bool) -> None:
+def _run_tape(env: Env, group: str, member: str | None, all_points: bool, lock_timeout_s: float) -> None:
     from protectctl import api
     from protectctl.cli.tape import tape_run_summary
 
-    result = api.run_tape(env.policy_dir, group, member, all_points=all_points, progress=progress_of(env))
+    result = api.run_tape(env.policy_dir, group, member, all_points=all_points, progress=progress_of(env),
+                          lock_timeout_s=lock_timeout_s)
     if env.output.json_mode:
         env.output.document({"format_version": "1.0", **result.to_json()})
     else:

@@ -61,7 +61,8 @@ class Output:
         if not sys.stdout.isatty():
             # no colour to add: plain text, as rich costs ~0.2 ms a line (a 1,000-group plan is
             # 180,000 lines: 35 s through rich; see tests/bench/bench_plan.py)
-            sys.stdout.write("".join(f"{line}\n" for _style, line in lines))
+            texts = [line for _style, line in lines]
+            sys.stdout.write("\n".join(texts) + "\n" if texts else "")
             sys.stdout.flush()
             return
         from rich.text import Text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 from dataclasses import dataclass
 
 import blake3
@@ -59,6 +60,37 @@ class KdfParams:
         return Scrypt(salt=self.salt, length=32, n=self.n, r=self.r, p=self.p).derive(passphrase)
 
 
+# Random nonces are drawn from the OS CSPRNG this many at a time: one getrandom(2) per 256
+# records instead of one per record. Each syscall releases the GIL, and on a busy backup
+# (compression threads, the uploader) getting it back cost ~0.15 ms per record (cProfile
+# of a 10 % sync: 513 urandom calls, 78 ms). Slicing one larger draw is exactly as random.
+_NONCE_BATCH = 256
+
+
+class _NonceSource:
+    """Random 96-bit nonces from batched os.urandom draws; thread-safe and fork-safe (a child
+    process never reuses a nonce its parent drew: the batch is dropped when the pid changes)."""
+
+    __slots__ = ("_batch", "_lock", "_pid", "_pos")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._batch = b""
+        self._pos = 0
+        self._pid = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            pos, pid = self._pos, os.getpid()
+            if pos + NONCE_SIZE > len(self._batch) or pid != self._pid:
+                self._batch, self._pid, pos = os.urandom(NONCE_SIZE * _NONCE_BATCH), pid, 0
+            self._pos = pos + NONCE_SIZE
+            return self._batch[pos : pos + NONCE_SIZE]
+
+
+_nonces = _NonceSource()
+
+
 class Sealer:
     """AES-256-GCM with a random 96-bit nonce; output is nonce || ciphertext || tag.
 
@@ -70,14 +102,14 @@ class Sealer:
         self._aead = AESGCM(key)
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        nonce = os.urandom(NONCE_SIZE)
+        nonce = _nonces.take()
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def seal_into(self, plaintext: bytes | memoryview, aad: bytes, out: memoryview) -> None:
         """`seal`, written into `out` (exactly NONCE_SIZE + len(plaintext) + TAG_SIZE bytes): no copy."""
         if len(out) != NONCE_SIZE + len(plaintext) + TAG_SIZE:
             raise ValueError("seal_into: the output buffer has the wrong size")
-        nonce = os.urandom(NONCE_SIZE)
+        nonce = _nonces.take()
         out[:NONCE_SIZE] = nonce
         self._aead.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
 

@@ -178,6 +178,12 @@ class Repository:
         with self._mutex:
             return blob_id in self._pending or self._loaded_index().has_live(blob_id)
 
+    def has_blobs(self, blob_ids: Iterable[bytes]) -> bool:
+        """`has_blob` for every id, under one lock acquisition (a directory's chunks at once)."""
+        with self._mutex:
+            pending, live = self._pending, self._loaded_index().live
+            return all(b in pending or b in live for b in blob_ids)
+
     def _lookup(self, blob_id: BlobId) -> IndexEntry | None:
         with self._mutex:
             return self._stored.get(blob_id) or self._loaded_index().lookup(blob_id)

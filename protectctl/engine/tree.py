@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
@@ -88,8 +88,23 @@ def encode_tree(tree: Tree) -> bytes:
     for before, after in zip(nodes, nodes[1:], strict=False):
         if before.name == after.name:
             raise ValueError(f"duplicate name {before.name!r} in a tree")
-    document = {"v": TREE_FORMAT_VERSION, "nodes": [_encode_node(n) for n in nodes]}
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return assemble_tree([encode_node(n) for n in nodes])
+
+
+def encode_node(node: Node) -> str:
+    """The canonical JSON of one node, as it appears inside `encode_tree`'s output."""
+    return json.dumps(_encode_node(node), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+# With sorted keys, "nodes" comes before "v": the document is this prefix, the nodes, this suffix.
+_TREE_PREFIX = '{"nodes":['
+_TREE_SUFFIX = f'],"v":{TREE_FORMAT_VERSION}}}'
+
+
+def assemble_tree(encoded_nodes: Sequence[str]) -> bytes:
+    """`encode_tree` from nodes already encoded by `encode_node`, which the caller gives sorted by
+    name and unique (the archiver reuses the encoding of unchanged entries)."""
+    return (_TREE_PREFIX + ",".join(encoded_nodes) + _TREE_SUFFIX).encode("ascii")
 
 
 def _encode_node(node: Node) -> dict[str, object]:

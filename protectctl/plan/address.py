@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RESOURCE_KINDS = ("key", "storage", "library", "host", "agent", "group", "source", "schedule", "access")
+RESOURCE_KINDS = ("key", "storage", "library", "host", "agent", "group", "source", "schedule", "access", "secret")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -13,7 +13,16 @@ from typing import Any
 
 from protectctl.errors import PlanError
 from protectctl.plan.graph import check_resources_acyclic, ordered
-from protectctl.plan.model import Action, AttributeChange, Change, GroupEstimate, Plan, Reason
+from protectctl.plan.model import (
+    PLAN_FORMAT,
+    Action,
+    AttributeChange,
+    Change,
+    GroupEstimate,
+    Plan,
+    Reason,
+    trusted,
+)
 from protectctl.plan.resources import Resource
 from protectctl.state.model import ResourceState, State
 
@@ -45,11 +54,19 @@ def make_plan(
 ) -> Plan:
     """Raises PlanError for a dependency cycle or a refused deletion of data."""
     observed = observed or Observations()
-    check_resources_acyclic(resources)
-    desired = {} if destroy else {str(r.address): r for r in resources}
+    # each address and dependency list made once, for the cycle check and the changes
+    by_address: dict[str, Resource] = {}
+    depends_on: dict[str, list[str]] = {}
+    for res in resources:
+        address = str(res.address)
+        by_address[address] = res
+        depends_on[address] = [str(d) for d in res.depends_on]
+    check_resources_acyclic(resources, depends_on)
+    desired = {} if destroy else by_address
     changes: list[Change] = []
+    recorded = state.resources
     for address, res in desired.items():
-        change = _change_for(res, state.resources.get(address), observed)
+        change = _change_for(res, address, depends_on[address], recorded.get(address), observed)
         if change is not None:
             changes.append(change)
     for address, rec in state.resources.items():
@@ -61,19 +78,17 @@ def make_plan(
         _refuse_data_loss(state, observed)
     order = {addr: i for i, addr in enumerate(ordered(changes))}
     changes.sort(key=lambda c: order[c.address])
-    return Plan(protectctl_version=version, created_at=now, lineage=state.lineage, serial=state.serial,
-                policy_dir=policy_dir, destroy=destroy, delete_data=delete_data, changes=changes,
-                estimates=list(estimates), warnings=list(warnings))
+    return trusted(Plan, {
+        "format_version": PLAN_FORMAT, "protectctl_version": version, "created_at": now, "lineage": state.lineage,
+        "serial": state.serial, "policy_dir": policy_dir, "destroy": destroy, "delete_data": delete_data,
+        "changes": changes, "estimates": list(estimates), "warnings": [str(w) for w in warnings]})
 
 
-def _change_for(res: Resource, rec: ResourceState | None, observed: Observations) -> Change | None:
-    address = str(res.address)
+def _change_for(res: Resource, address: str, depends_on: list[str], rec: ResourceState | None,
+                observed: Observations) -> Change | None:
     after = dict(res.inputs)
     common: dict[str, Any] = {"address": address, "kind": res.address.kind, "after": after,
-                              "depends_on": [str(d) for d in res.depends_on], "host": res.host,
-                              "holds_data": res.holds_data}
-    # Changes are built from values this module made itself: model_construct skips pydantic's
-    # re-validation, which was a third of `plan` for 1,000 groups (tests/bench/bench_plan.py).
+                              "depends_on": depends_on, "host": res.host, "holds_data": res.holds_data}
     if rec is None:
         return _change(action=Action.CREATE, reason=Reason.NEW, **common)
     if rec.inputs == after:
@@ -94,12 +109,16 @@ def _change_for(res: Resource, rec: ResourceState | None, observed: Observations
     return _change(action=Action.UPDATE, reason=Reason.CHANGED, before=rec.inputs, attributes=attrs, **common)
 
 
-def _change(**fields: Any) -> Change:
-    """A Change without re-validation; every field is passed, since pydantic's model_construct
-    resolves a missing default_factory through inspect.signature, slower than validating."""
-    defaults: dict[str, Any] = {"before": None, "after": None, "attributes": [], "depends_on": [],
-                                "host": None, "holds_data": False, "delete_data": False, "notes": []}
-    return Change.model_construct(**{**defaults, **fields})
+def _change(*, address: str, kind: str, action: Action, reason: Reason, before: dict[str, Any] | None = None,
+            after: dict[str, Any] | None = None, attributes: list[AttributeChange] | None = None,
+            depends_on: list[str] | None = None, host: str | None = None, holds_data: bool = False,
+            delete_data: bool = False, notes: list[str] | None = None) -> Change:
+    """A Change from values this module made itself: pydantic's re-validation of 16,000 of them
+    was a third of `plan` for 1,000 groups (tests/bench/bench_plan.py)."""
+    return trusted(Change, {
+        "address": address, "kind": kind, "action": action, "reason": reason, "before": before, "after": after,
+        "attributes": [] if attributes is None else attributes, "depends_on": [] if depends_on is None else depends_on,
+        "host": host, "holds_data": holds_data, "delete_data": delete_data, "notes": [] if notes is None else notes})
 
 
 def _delete(address: str, rec: ResourceState, reason: Reason, delete_data: bool,
@@ -164,7 +183,8 @@ def diff_attributes(before: Mapping[str, Any], after: Mapping[str, Any],
         if isinstance(old, dict) and isinstance(new, dict) and not forces:
             out.extend(diff_attributes(old, new, (), prefix=f"{path}."))
         else:
-            out.append(AttributeChange.model_construct(path=path, before=old, after=new, forces_replace=forces))
+            out.append(trusted(AttributeChange, {"path": path, "before": old, "after": new,
+                                                 "forces_replace": forces}))
     return out
 
 

@@ -59,13 +59,7 @@ def topological(depends_on: Mapping[str, Iterable[str]]) -> list[str] | None:
     """
     import heapq
 
-    dependants: dict[str, list[str]] = {node: [] for node in depends_on}
-    waiting: dict[str, int] = dict.fromkeys(dependants, 0)
-    for node, deps in depends_on.items():
-        for dep in set(deps):
-            if dep in dependants:
-                dependants[dep].append(node)
-                waiting[node] += 1
+    dependants, waiting = _edges(depends_on)
     ready = [node for node, n in waiting.items() if n == 0]
     heapq.heapify(ready)
     order: list[str] = []
@@ -79,9 +73,43 @@ def topological(depends_on: Mapping[str, Iterable[str]]) -> list[str] | None:
     return order if len(order) == len(waiting) else None
 
 
-def check_resources_acyclic(resources: Sequence[Resource]) -> None:
-    """PlanError naming a cycle among the resources; networkx only when there is one to name."""
-    if topological({str(r.address): [str(d) for d in r.depends_on] for r in resources}) is None:
+def _edges(depends_on: Mapping[str, Iterable[str]]) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Each node's dependants, and how many dependencies it waits for (a repeated dependency
+    counts as many times as it is listed, on both sides, so the counts stay consistent)."""
+    dependants: dict[str, list[str]] = {node: [] for node in depends_on}
+    waiting: dict[str, int] = dict.fromkeys(dependants, 0)
+    for node, deps in depends_on.items():
+        for dep in deps:
+            if dep in dependants:
+                dependants[dep].append(node)
+                waiting[node] += 1
+    return dependants, waiting
+
+
+def is_acyclic(depends_on: Mapping[str, Iterable[str]]) -> bool:
+    """Kahn's algorithm without the order: a stack instead of a heap."""
+    dependants, waiting = _edges(depends_on)
+    ready = [node for node, n in waiting.items() if n == 0]
+    done = 0
+    while ready:
+        node = ready.pop()
+        done += 1
+        for nxt in dependants[node]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                ready.append(nxt)
+    return done == len(waiting)
+
+
+def check_resources_acyclic(resources: Sequence[Resource],
+                            depends_on: Mapping[str, Iterable[str]] | None = None) -> None:
+    """PlanError naming a cycle among the resources; networkx only when there is one to name.
+
+    `depends_on` (address -> dependency addresses), when the caller has it, saves making it again.
+    """
+    if depends_on is None:
+        depends_on = {str(r.address): [str(d) for d in r.depends_on] for r in resources}
+    if not is_acyclic(depends_on):
         check_acyclic(build_graph(resources))
 
 

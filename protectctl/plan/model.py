@@ -8,11 +8,28 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 PLAN_FORMAT = "1.0"
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def trusted(cls: type[_Model], values: dict[str, Any]) -> _Model:
+    """An instance of `cls` from values this package built itself, one per field: no validation.
+
+    The object pydantic's `model_construct` makes, without its per-field alias and default
+    lookups (25 us a Change, against 2 us here): `plan` builds 16,000 Changes for 1,000 groups
+    (tests/bench/bench_plan.py). `values` must name every field of `cls`, already typed.
+    """
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
 
 
 class Action(StrEnum):

@@ -40,6 +40,7 @@ SOURCES_DIR = "etc/protectctl/sources"
 STATE_DIR = "var/lib/protectctl"
 AGENT_VENV = "opt/protectctl"  # SSH hosts: the agent's virtualenv, installed offline by apply
 AGENT_KEYS_DIR = "etc/protectctl/ssh"  # SSH keys an agent uses to reach sftp storage
+AGENT_SECRETS_DIR = "etc/protectctl/keys"  # SSH hosts: passphrases apply copies for the agent (0600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class _Builder:
     out: list[Resource] = field(default_factory=list)
     settings: SettingsSpec = field(init=False)
     jobs: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    by_address: dict[Address, Resource] = field(default_factory=dict)  # shared resources (access, secret)
 
     def __post_init__(self) -> None:
         self.settings = settings_of(self.policy)
@@ -108,13 +110,14 @@ def resolve_path(doc: Document, path: str) -> str:
     """A policy path made absolute against the directory of its file (lexically)."""
     if posixpath.isabs(path) or doc.ref.shipped:
         return posixpath.normpath(path)
-    return _joined(str(doc.ref.file.parent), path)
+    return _joined(doc.ref.file, path)
 
 
 @functools.lru_cache(maxsize=4096)
-def _joined(directory: str, path: str) -> str:
-    # the same few paths recur for every member of a big policy (tests/bench/bench_plan.py)
-    return posixpath.normpath(posixpath.join(directory, path))
+def _joined(file: Path, path: str) -> str:
+    # the same few paths recur for every member of a big policy, and pathlib's `parent` and
+    # `str` cost more than the join itself (tests/bench/bench_plan.py)
+    return posixpath.normpath(posixpath.join(str(file.parent), path))
 
 
 def host_path(root: str, rel: str) -> str:
@@ -148,8 +151,23 @@ def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
         out["path"] = posixpath.normpath(spec.path)  # a path on the backup server, never resolved here
         out["host"] = spec.host
         out["ssh"] = ssh_inputs(host_doc)
+        if host_doc.spec.gateway:  # reached through jump hosts: how to reach each of them too
+            out["ssh"]["gateway"] = host_doc.spec.gateway  # type: ignore[index]
+            out["ssh_hosts"] = _gateway_chain(policy, host_doc.spec.gateway)
         out["serve"] = host_path(host_root(host_doc), f"{AGENT_VENV}/bin/protectctl")
     return out
+
+
+def _gateway_chain(policy: Policy, first: str) -> dict[str, dict[str, object]]:
+    """SSH inputs of a jump host and of the jump hosts before it, by name (the rules refuse loops)."""
+    chain: dict[str, dict[str, object]] = {}
+    name: str | None = first
+    while name is not None and name not in chain:
+        doc = policy.get(Kind.HOST, name)
+        assert doc is not None and isinstance(doc.spec, HostSpec)
+        chain[name] = {**ssh_inputs(doc), "gateway": doc.spec.gateway}
+        name = doc.spec.gateway
+    return chain
 
 
 def _storage(b: _Builder, doc: Document) -> None:
@@ -231,7 +249,8 @@ def _group(b: _Builder, doc: Document) -> None:
 
 def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec, member_name: str) -> None:
     member = next(m for m in group.members if m.name == member_name)
-    host_doc = b.policy.get(Kind.HOST, member.host)
+    host_name = member.main_host
+    host_doc = b.policy.get(Kind.HOST, host_name)
     assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
     root = host_root(host_doc)
     source = f"{doc.name}/{member.name}"
@@ -239,17 +258,29 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
     keep = sla.retention
     scripts = group.scripts
     spec = member.provider_spec()
+    per_host = spec.pop("per_host", None)
+    if member.hosts is not None:
+        spec["nodes"] = _pair_nodes(b, member.hosts, spec, per_host)
     if host_doc.spec.is_local and isinstance(spec.get("path"), str):
         spec["path"] = resolve_path(doc, str(spec["path"]))  # local sources resolve like other paths
     throttle = group.throttle
     storage = {"name": group.storage, **_storage_inputs(b.policy, group.storage)}
-    deps = [Address("group", doc.name), Address("agent", member.host), Address("storage", group.storage)]
+    deps = [Address("group", doc.name), *(Address("agent", h) for h in member.all_hosts),
+            Address("storage", group.storage)]
     if storage["type"] == StorageType.SFTP.value:
-        access = _access(b, group.storage, member.host, root, storage)
+        access = _access(b, group.storage, host_name, root, storage)
         storage["identity_file"] = access.inputs["key_path"]  # the agent's own, append-only key
         deps.append(access.address)
+        if not host_doc.spec.is_local and access.inputs.get("known_hosts_copy"):
+            _point_at_known_hosts_copy(storage, str(access.inputs["known_hosts_copy"]))
+    if not host_doc.spec.is_local:
+        secret = _secret(b, str(storage["key"]), host_name, root)
+        storage["passphrase"] = {"file": secret.inputs["path"]}  # the agent reads its own copy
+        deps.append(secret.address)
     b.add(Resource(address, {
-        "source": source, "group": doc.name, "member": member.name, "host": member.host,
+        "source": source, "group": doc.name, "member": member.name, "host": host_name,
+        **({"nodes": [{"host": h, "config_path": _source_config_path(b, h, source)} for h in member.hosts]}
+           if member.hosts is not None else {}),
         "provider": member.provider, "spec": spec,
         "storage": storage,
         "retention": {"keep_within_s": keep.disk.seconds, "daily": keep.daily or 0, "weekly": keep.weekly or 0,
@@ -260,30 +291,136 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
                      "during": str(throttle.during) if throttle.during else None} if throttle else None,
         "sync_interval_s": sla.sync.max_interval_s(), "full_interval_s": sla.full.max_interval_s(),
         "config_path": host_path(root, f"{SOURCES_DIR}/{doc.name}--{member.name}.yaml"),
-    }, tuple(deps), host=member.host, replace_on=("host", "config_path")))
+    }, tuple(deps), host=host_name, replace_on=("host", "config_path")))
     storage_doc = b.policy.get(Kind.STORAGE, group.storage)
     local_storage = storage_doc is not None and isinstance(storage_doc.spec, StorageSpec) \
         and storage_doc.spec.type is StorageType.LOCAL
-    _schedules(b, source, member.host, host_doc.spec, root, sla, local_storage=local_storage)
+    for host in member.all_hosts:  # a pair: every host has the timers; the job itself picks the node
+        other = b.policy.get(Kind.HOST, host)
+        assert other is not None and isinstance(other.spec, HostSpec)
+        suffix = "" if host == host_name else f"@{host}"
+        _schedules(b, source, host, other.spec, host_root(other), sla, local_storage=local_storage, suffix=suffix)
+        if spec.get("streaming"):
+            _stream_service(b, source, host, other.spec, host_root(other), suffix)
+
+
+def _pair_nodes(b: _Builder, hosts: Sequence[str], spec: Mapping[str, object],
+                per_host: object) -> list[dict[str, object]]:
+    """Each host of a primary/standby pair: its cluster (member defaults + perHost) and where its agent keeps
+    state. Which node is primary is only known when a job runs."""
+    overrides = per_host if isinstance(per_host, Mapping) else {}
+    nodes = []
+    for host in hosts:
+        host_doc = b.policy.get(Kind.HOST, host)
+        assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
+        root = host_root(host_doc)
+        own = overrides.get(host)
+        own = own if isinstance(own, Mapping) else {}
+        node: dict[str, object] = {"host": host}
+        for key in ("data_dir", "port", "socket_dir", "spool_dir"):
+            value = own.get(key)
+            node[key] = value if value is not None else spec.get(key)
+        node["state_dir"] = host_path(root, STATE_DIR)
+        nodes.append(node)
+    return nodes
+
+
+def _source_config_path(b: _Builder, host: str, source: str) -> str:
+    host_doc = b.policy.get(Kind.HOST, host)
+    assert host_doc is not None
+    group, member = source.split("/", 1)
+    return host_path(host_root(host_doc), f"{SOURCES_DIR}/{group}--{member}.yaml")
 
 
 def _access(b: _Builder, storage_name: str, host: str, root: str, storage: Mapping[str, object]) -> Resource:
     """The append-only SSH key of the agent on `host` for an sftp storage (one per pair)."""
     address = Address("access", f"{storage_name}/{host}")
-    for existing in b.out:
-        if existing.address == address:
-            return existing
+    existing = b.by_address.get(address)
+    if existing is not None:
+        return existing
     backup = str(storage["host"])
     backup_doc = b.policy.get(Kind.HOST, backup)
     assert backup_doc is not None and isinstance(backup_doc.spec, HostSpec)
-    res = Resource(address, {
+    inputs: dict[str, object] = {
         "host": host, "root": root, "storage": storage_name, "backup_host": backup,
         "repo": storage["path"], "serve": storage["serve"],
         "key_path": host_path(root, f"{AGENT_KEYS_DIR}/{storage_name}_ed25519"),
         "authorized_keys": backup_doc.spec.authorized_keys,
-    }, (Address("agent", host), Address("storage", storage_name), Address("host", backup)), host=host,
-        replace_on=("host", "root", "backup_host", "repo"))
+    }
+    deps = [Address("agent", host), Address("storage", storage_name), Address("host", backup)]
+    hops = _hops(b.policy, backup_doc)  # agent → jump hosts → backup server
+    if len(hops) > 1:
+        # on each jump host the agent's key may only open a tunnel to the next hop
+        inputs["jump"] = [{"host": hop.name, "authorized_keys": _spec(hop).authorized_keys,
+                           "permit": _hostport(nxt)} for hop, nxt in zip(hops, hops[1:], strict=False)]
+        deps += [Address("host", hop.name) for hop in hops[:-1]]
+    host_doc = b.policy.get(Kind.HOST, host)
+    assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
+    pinned_by_file = [hop for hop in hops if _spec(hop).known_hosts]
+    if pinned_by_file and not host_doc.spec.is_local:
+        # the agent cannot read the control machine's knownHosts: it gets the entries it needs
+        inputs["known_hosts_copy"] = host_path(root, f"{AGENT_KEYS_DIR}/known_hosts")
+        inputs["known_hosts"] = [{"file": _policy_file_path(hop, _spec(hop).known_hosts),
+                                  "name": _known_hosts_name(hop)} for hop in pinned_by_file]
+    res = Resource(address, inputs, tuple(deps), host=host, replace_on=("host", "root", "backup_host", "repo"))
     b.add(res)
+    b.by_address[address] = res
+    return res
+
+
+def _spec(doc: Document) -> HostSpec:
+    assert isinstance(doc.spec, HostSpec)
+    return doc.spec
+
+
+def _hops(policy: Policy, backup_doc: Document) -> list[Document]:
+    """The hosts an agent goes through to the backup server, first jump host first."""
+    hops = [backup_doc]
+    seen = {backup_doc.name}
+    while _spec(hops[0]).gateway and _spec(hops[0]).gateway not in seen:
+        gateway = policy.get(Kind.HOST, str(_spec(hops[0]).gateway))
+        assert gateway is not None
+        seen.add(gateway.name)
+        hops.insert(0, gateway)
+    return hops
+
+
+def _hostport(doc: Document) -> str:
+    return f"{_spec(doc).address}:{_spec(doc).port}"
+
+
+def _known_hosts_name(doc: Document) -> str:
+    spec = _spec(doc)
+    return spec.address if spec.port == 22 else f"[{spec.address}]:{spec.port}"
+
+
+def _point_at_known_hosts_copy(storage: dict[str, object], copy: str) -> None:
+    """A source's storage inputs as its agent sees them: knownHosts files replaced by the copy."""
+    ssh = dict(storage["ssh"])  # type: ignore[call-overload]
+    if ssh.get("known_hosts"):
+        ssh["known_hosts"] = copy
+    storage["ssh"] = ssh
+    hops = storage.get("ssh_hosts")
+    if isinstance(hops, dict):
+        storage["ssh_hosts"] = {name: {**hop, "known_hosts": copy if hop.get("known_hosts") else None}
+                                for name, hop in hops.items()}
+
+
+def _secret(b: _Builder, key_name: str, host: str, root: str) -> Resource:
+    """The passphrase of `key_name` copied to an SSH host for its agent (one per key and host).
+
+    The inputs say where the passphrase lives on the control machine and where the copy goes;
+    the value itself never enters inputs, outputs, plans or logs."""
+    address = Address("secret", f"{key_name}/{host}")
+    existing = b.by_address.get(address)
+    if existing is not None:
+        return existing
+    res = Resource(address, {
+        "host": host, "root": root, "key": key_name, "passphrase": _passphrase_ref(b.policy, key_name),
+        "path": host_path(root, f"{AGENT_SECRETS_DIR}/{key_name}.passphrase"),
+    }, (Address("agent", host), Address("key", key_name)), host=host, replace_on=("host", "path"))
+    b.add(res)
+    b.by_address[address] = res
     return res
 
 
@@ -301,7 +438,7 @@ def _jobs(b: _Builder, sla: SLASpec) -> list[tuple[str, str]]:
 
 
 def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, sla: SLASpec, *,
-               local_storage: bool) -> None:
+               local_storage: bool, suffix: str = "") -> None:
     """The timers of one source on its host.
 
     Prune runs where the repository may be pruned: an agent's key to a remote repository is
@@ -320,8 +457,10 @@ def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: s
     for job, schedule in _jobs(b, sla):
         if (job == "prune" and not local_storage) or (job == "tape" and not host_spec.is_local):
             continue
+        if suffix and job not in ("sync", "full"):
+            continue  # the other hosts of a pair back up (on the right node); prune, verify, tape run once
         where = ["-C", str(b.policy.root)] if job == "tape" else ["--agent-config", config]
-        b.add(Resource(Address("schedule", f"{source}/{job}"), {
+        b.add(Resource(Address("schedule", f"{source}/{job}{suffix}"), {
             "host": host, "root": root, "scheduler": host_spec.scheduler.value,
             "name": f"{prefix}-{job}",
             "description": f"protectctl {job} of {source}",
@@ -329,6 +468,19 @@ def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: s
             "schedule": schedule,
             "randomized_delay_s": settings.schedules.randomized_delay.seconds if job in ("sync", "full") else 0,
         }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
+
+
+def _stream_service(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, suffix: str) -> None:
+    """`streaming: true`: the agent's WAL receiver (pg_receivewal, supervised) kept running on the host."""
+    group, member = source.split("/", 1)
+    agent = b.facts[host]
+    b.add(Resource(Address("schedule", f"{source}/stream{suffix}"), {
+        "host": host, "root": root, "scheduler": host_spec.scheduler.value, "daemon": True,
+        "name": f"{unit_name('protectctl', group, member)}-stream",
+        "description": f"protectctl WAL streaming of {source}",
+        "argv": [*agent.agent_argv, "--agent-config", host_path(root, AGENT_CONFIG), "agent", "wal-stream", group,
+                 "--member", member],
+    }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
 
 
 def resource_index(resources: Sequence[Resource]) -> dict[str, Resource]:

@@ -4,9 +4,9 @@ Effects: reads files. Every problem becomes a `Diagnostic` naming file:line:col,
 wrong and what would be right; all problems of a run are raised together.
 
 Speed: timers run the CLI every few minutes on every host, and policies of a thousand
-groups must validate in well under a second, so files are parsed with ruamel's C safe
-loader. Only when a file has problems is it parsed again in round-trip mode to find the
-line and column of each one (`Locator`).
+groups must validate in well under a second, so files are read by `fastyaml` (libyaml),
+and ruamel (the reader of record) is imported and used only for what fastyaml defers, and
+when a file has problems, to find the line and column of each one (`Locator`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from protectctl.errors import Diagnostic, Location, PolicyError, Severity
 from protectctl.policy import fastyaml
 from protectctl.policy.model import SPEC_MODELS, CamelSpec, Header, Kind, Metadata
+
+if typing.TYPE_CHECKING:
+    from ruamel.yaml.error import MarkedYAMLError
 
 KeyPath = tuple[str | int, ...]
 GENERATED_KINDS = frozenset({"AgentConfig", "SourceConfig"})  # written by apply on hosts
@@ -108,6 +109,9 @@ class Locator:
         return Location(ref.file, line + 1, col + 1)
 
     def _load(self, file: Path) -> list[Any]:
+        from ruamel.yaml import YAML
+        from ruamel.yaml.error import YAMLError
+
         if file not in self._docs:
             try:
                 self._docs[file] = list(YAML(typ="rt").load_all(file.read_text(encoding="utf-8")))
@@ -118,6 +122,9 @@ class Locator:
     @staticmethod
     def _doc_start(ref: DocRef) -> tuple[int, int]:
         """Where a document without positions of its own (a scalar, say) starts."""
+        from ruamel.yaml import YAML
+        from ruamel.yaml.error import YAMLError
+
         try:
             nodes = list(YAML(typ="rt").compose_all(ref.file.read_text(encoding="utf-8")))
             mark = nodes[ref.index].start_mark
@@ -204,13 +211,14 @@ def resolve(problems: Sequence[Problem]) -> list[Diagnostic]:
 def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list[Diagnostic]) -> None:
     try:
         text = file.read_text(encoding="utf-8")
-        raw_docs = _parse(text)
-    except MarkedYAMLError as err:
-        syntax.append(_yaml_diagnostic(file, err))
-        return
-    except (YAMLError, UnicodeDecodeError, OSError, RecursionError, ValueError) as err:
+    except (UnicodeDecodeError, OSError) as err:
         syntax.append(Diagnostic(Severity.ERROR, f"cannot read YAML: {err}", Location(file, 1, 1)))
         return
+    raw_docs = fastyaml.load_all(text)
+    if raw_docs is None:
+        raw_docs = _parse_or_report(file, text, syntax)
+        if raw_docs is None:
+            return
     for index, raw in enumerate(raw_docs):
         if raw is None:
             continue
@@ -229,16 +237,35 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
             _register(policy, doc, problems)
 
 
+def _parse_or_report(file: Path, text: str, syntax: list[Diagnostic]) -> list[Any] | None:
+    """The documents of a text fastyaml deferred, or None with the syntax error added to `syntax`."""
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        return _parse_with_ruamel(text)
+    except MarkedYAMLError as err:
+        syntax.append(_yaml_diagnostic(file, err))
+    except (YAMLError, RecursionError, ValueError) as err:
+        syntax.append(Diagnostic(Severity.ERROR, f"cannot read YAML: {err}", Location(file, 1, 1)))
+    return None
+
+
 def _parse(text: str) -> list[Any]:
-    """All documents of a file: the fast C parser, or the pure one where libyaml falls short.
+    """All documents of a file: fastyaml's reading, or ruamel's where fastyaml defers."""
+    fast = fastyaml.load_all(text)
+    return fast if fast is not None else _parse_with_ruamel(text)
+
+
+def _parse_with_ruamel(text: str) -> list[Any]:
+    """ruamel's C parser, or its pure one where libyaml falls short.
 
     libyaml refuses some valid YAML 1.2 that the round-trip locator accepts, e.g. a ':' inside a
     flow-mapping plain scalar (`tape: {schedule: weekly on sun at 02:00}`, the DESIGN example);
     the pure parser then decides, and its error (if any) is the one reported.
     """
-    fast = fastyaml.load_all(text)
-    if fast is not None:
-        return fast
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError
+
     try:
         return list(YAML(typ="safe").load_all(text))
     except MarkedYAMLError:
@@ -255,7 +282,7 @@ def _add_shipped(policy: Policy) -> None:
         if not entry.name.endswith(".yaml"):
             continue
         path = Path(str(entry))
-        for index, raw in enumerate(YAML(typ="safe").load_all(entry.read_text(encoding="utf-8"))):
+        for index, raw in enumerate(_parse(entry.read_text(encoding="utf-8"))):
             if not isinstance(raw, dict):
                 continue
             doc = _validate_document(raw, DocRef(path, index, shipped=True), [])

@@ -30,15 +30,26 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 def _parser(cls: Any, example: str, what: str) -> Any:
     """An Annotated type that parses text into a units value once, at load time."""
 
+    # values are immutable, and a big policy repeats the same few texts (`5%/day` in each of
+    # 1,000 groups: 10 % of validate, tests/bench/bench_plan.py), so each text is parsed once
+    parsed: dict[str, object] = {}
+
     def parse(value: object) -> object:
         if isinstance(value, cls):
             return value
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise ValueError(f"expected {what} as text, like {example!r}")
+        text = str(value)
+        found = parsed.get(text)
+        if found is not None:
+            return found
         try:
-            return cls.parse(str(value))
+            found = cls.parse(text)
         except UnitError as err:
             raise ValueError(str(err)) from None
+        if len(parsed) < 4096:
+            parsed[text] = found
+        return found
 
     return Annotated[
         cls,
@@ -233,6 +244,15 @@ class FilesystemMember(CamelSpec):
     one_file_system: bool = False
 
 
+class PostgresqlNodeSpec(CamelSpec):
+    """One host of a primary/standby pair where its cluster differs from the member's defaults."""
+
+    data_dir: str | None = Field(None, pattern=r"^/")
+    port: int | None = Field(None, ge=1, le=65535)
+    socket_dir: str | None = Field(None, pattern=r"^/")
+    spool_dir: str | None = Field(None, pattern=r"^/")
+
+
 class PostgresqlMember(CamelSpec):
     data_dir: str = Field(pattern=r"^/", description="the cluster's absolute data directory")
     port: int = Field(5432, ge=1, le=65535)
@@ -245,8 +265,12 @@ class PostgresqlMember(CamelSpec):
     spool_limit: SizeText = Field(default_factory=lambda: ByteSize.parse("4GiB"),
                                   description="past this, segments are dropped loudly instead of filling the disk")
     streaming: bool = Field(False, description="stream WAL with pg_receivewal (RPO of seconds)")
-    hosts: tuple[Name, ...] = Field((), description="a primary/standby pair protected as one source")
-    backup_from: Literal["primary", "standby"] = "primary"
+    backup_from: Literal["primary", "standby"] = Field(
+        "primary", description="a member with `hosts:` (a primary/standby pair): base backups run on the node "
+        "that is primary now, or on a standby; WAL always ships from the primary")
+    per_host: dict[Name, PostgresqlNodeSpec] = Field(
+        default_factory=dict, description="a member with `hosts:`: what differs on one host of the pair "
+        "(dataDir, port, socketDir, spoolDir); the other fields apply to every host")
 
 
 PROVIDER_FIELDS: tuple[str, ...] = ("filesystem", "postgresql")
@@ -254,12 +278,18 @@ PROVIDER_FIELDS: tuple[str, ...] = ("filesystem", "postgresql")
 
 class MemberSpec(CamelSpec):
     name: Name
-    host: Name
+    host: Name | None = Field(None, description="the Host holding the data")
+    hosts: tuple[Name, ...] | None = Field(
+        None, description="instead of `host:`, a PostgreSQL primary/standby pair protected as one source "
+        "(docs/postgresql.md)")
     filesystem: FilesystemMember | None = None
     postgresql: PostgresqlMember | None = None
 
     @model_validator(mode="after")
     def _one_provider(self) -> MemberSpec:
+        if (self.host is None) == (self.hosts is None):
+            raise ValueError("a member needs exactly one of `host: NAME` or `hosts: [NAME, NAME]` "
+                             "(a PostgreSQL primary/standby pair)")
         given = [f for f in PROVIDER_FIELDS if getattr(self, f) is not None]
         if len(given) != 1:
             raise ValueError(
@@ -271,6 +301,15 @@ class MemberSpec(CamelSpec):
     @property
     def provider(self) -> str:
         return next(f for f in PROVIDER_FIELDS if getattr(self, f) is not None)
+
+    @property
+    def all_hosts(self) -> tuple[str, ...]:
+        """Every Host of the member: its one `host`, or the hosts of a pair (first: the resource's host)."""
+        return self.hosts if self.hosts is not None else (self.host or "",)
+
+    @property
+    def main_host(self) -> str:
+        return self.all_hosts[0] if self.all_hosts else ""
 
     def provider_spec(self) -> dict[str, object]:
         """The member's data-source spec in snake_case, as providers receive it."""

@@ -15,6 +15,7 @@ from protectctl.policy.load import Document, Policy, Problem
 from protectctl.policy.model import (
     HostSpec,
     Kind,
+    MemberSpec,
     ProtectionGroupSpec,
     SettingsSpec,
     SLASpec,
@@ -147,6 +148,7 @@ def _groups(policy: Policy) -> Iterator[Problem]:
         seen: dict[str, int] = {}
         for i, member in enumerate(spec.members):
             yield from _ref(policy, doc, ("spec", "members", i, "host"), Kind.HOST, member.host)
+            yield from _pair(policy, doc, i)
             if member.name in seen:
                 yield Problem(doc.ref, ("spec", "members", i, "name"),
                               f"member name {member.name!r} is used twice in group {doc.name!r}",
@@ -163,6 +165,34 @@ def _groups(policy: Policy) -> Iterator[Problem]:
         if sla_doc is not None:
             assert isinstance(sla_doc.spec, SLASpec)
             yield from _sla_fits_members(doc, spec, sla_doc.spec, budgets.file_source, budgets.application_source)
+
+
+def _pair(policy: Policy, doc: Document, i: int) -> Iterator[Problem]:
+    """`hosts:` (a primary/standby pair): PostgreSQL only, distinct Hosts that exist, perHost among them."""
+    spec = doc.spec
+    assert isinstance(spec, ProtectionGroupSpec)
+    member = spec.members[i]
+    if member.hosts is None:
+        if member.postgresql is not None and member.postgresql.per_host:
+            yield Problem(doc.ref, ("spec", "members", i, "postgresql", "perHost"),
+                          "perHost is for a member with `hosts:` (a primary/standby pair)",
+                          "move the values into the member's postgresql fields")
+        return
+    where = ("spec", "members", i, "hosts")
+    if member.postgresql is None:
+        yield Problem(doc.ref, where, f"`hosts:` is for PostgreSQL primary/standby pairs; member "
+                      f"{member.name!r} is a {member.provider} source", "use `host: NAME`")
+        return
+    if len(member.hosts) < 2 or len(set(member.hosts)) != len(member.hosts):
+        yield Problem(doc.ref, where, f"the hosts of a pair must be two or more different Hosts, not "
+                      f"{list(member.hosts)}", "e.g. `hosts: [db1, db2]`")
+    for j, host in enumerate(member.hosts):
+        yield from _ref(policy, doc, (*where, j), Kind.HOST, host)
+    for host in member.postgresql.per_host:
+        if host not in member.hosts:
+            yield Problem(doc.ref, ("spec", "members", i, "postgresql", "perHost", host),
+                          f"perHost names {host!r}, which is not one of the pair's hosts",
+                          f"use one of: {', '.join(member.hosts)}")
 
 
 def _sla_fits_members(doc: Document, group: ProtectionGroupSpec, sla: SLASpec,
@@ -203,15 +233,30 @@ def _sources_unique(policy: Policy) -> Iterator[Problem]:
         spec = doc.spec
         assert isinstance(spec, ProtectionGroupSpec)
         for i, member in enumerate(spec.members):
-            identity = (member.host, member.provider, _source_identity(member.provider_spec()))
-            owner = owners.get(identity)
             here = f"{doc.name}/{member.name}"
-            if owner is not None:
-                yield Problem(doc.ref, ("spec", "members", i), f"data source {identity[2]!r} on host "
-                              f"{member.host!r} is already protected by {owner}",
-                              "a data source belongs to one protection group only", Severity.ERROR)
-            else:
-                owners[identity] = here
+            for host, data in _identities(member):
+                identity = (host, member.provider, data)
+                owner = owners.get(identity)
+                if owner is not None and owner != here:
+                    yield Problem(doc.ref, ("spec", "members", i), f"data source {data!r} on host "
+                                  f"{host!r} is already protected by {owner}",
+                                  "a data source belongs to one protection group only", Severity.ERROR)
+                else:
+                    owners[identity] = here
+
+
+def _identities(member: MemberSpec) -> list[tuple[str, str]]:
+    """(host, data identity) of each host of a member (a pair's hosts may override dataDir)."""
+    spec = member.provider_spec()
+    overrides = spec.pop("per_host", None) or {}
+    out = []
+    for host in member.all_hosts:
+        node = overrides.get(host) if isinstance(overrides, dict) else None
+        if isinstance(node, dict) and node.get("data_dir"):
+            out.append((host, _source_identity({"data_dir": node["data_dir"]})))
+        else:
+            out.append((host, _source_identity(spec)))
+    return out
 
 
 def _source_identity(spec: dict[str, object]) -> str:

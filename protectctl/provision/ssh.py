@@ -388,12 +388,14 @@ def open_remote_storage(storage: Mapping[str, Any]) -> Any:
 
     host = str(storage["host"])
     ssh = dict(storage["ssh"])
+    hops = {name: dict(hop) for name, hop in (storage.get("ssh_hosts") or {}).items()}  # jump hosts
     agent_key = storage.get("identity_file")
     argv = [str(storage["serve"]), "serve", "--repo", str(storage["path"])]
-    if agent_key:
-        ssh.update(identity_file=agent_key, become=None)
+    if agent_key:  # the agent's own key everywhere: a tunnel on each jump host, serve on the server
+        for inputs in (ssh, *hops.values()):
+            inputs.update(identity_file=agent_key, become=None)
         argv.insert(2, "--append-only")
-    params = SshParams.from_inputs(host, ssh)
+    params = SshParams.from_inputs(host, ssh, hops)
 
     def connect() -> ChannelStream:
         return open_stream(SshHost(params), argv)

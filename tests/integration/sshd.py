@@ -59,6 +59,7 @@ class SshdServer:
     host_key: str = ""  # "ssh-ed25519 AAAA..." as a Host's hostKey
     pid: int | None = None
     children_seen: set[int] = field(default_factory=set)
+    log_level: str = "VERBOSE"  # DEBUG1 logs each forwarded (direct-tcpip) connection
 
     @property
     def root(self) -> Path:
@@ -103,7 +104,7 @@ class SshdServer:
             MaxStartups 100:30:200
             MaxSessions 100
             Subsystem sftp {SFTP_SERVER}
-            LogLevel VERBOSE
+            LogLevel {self.log_level}
             SetEnv HOME={self.home}
             """))
         self.home.mkdir(exist_ok=True)
@@ -206,3 +207,40 @@ def pinned_wheelhouse() -> Iterator[Path]:
         else:
             os.environ["PROTECTCTL_WHEELHOUSE"] = before
         source_digest.cache_clear()
+
+
+def one_member_docs(storage: str, storage_spec: str, host: str, data: Path) -> str:
+    """Policy documents around one filesystem member `g/m` on `host`: EncryptionKey `k` (a file
+    passphrase the first apply creates), the Storage `storage` with `storage_spec` (its spec
+    lines, without the encryption line), SLA `daily`."""
+    spec = textwrap.indent(textwrap.dedent(storage_spec).strip() + "\nencryption: {key: k}", "  ")
+    return textwrap.dedent("""\
+        apiVersion: protectctl/v1
+        kind: EncryptionKey
+        metadata: {name: k}
+        spec:
+          passphrase: {file: ./passphrase}
+        ---
+        apiVersion: protectctl/v1
+        kind: Storage
+        metadata: {name: STORAGE}
+        spec:
+        SPEC
+        ---
+        apiVersion: protectctl/v1
+        kind: SLA
+        metadata: {name: daily}
+        spec:
+          sync: every 1h
+          full: daily at 20:00
+          retention: {disk: 7d}
+        ---
+        apiVersion: protectctl/v1
+        kind: ProtectionGroup
+        metadata: {name: g}
+        spec:
+          sla: daily
+          storage: STORAGE
+          members:
+            - {name: m, host: HOST, filesystem: {path: DATA}}
+        """).replace("STORAGE", storage).replace("SPEC", spec).replace("HOST", host).replace("DATA", str(data))

@@ -134,6 +134,18 @@ def test_one_apply_provisions_three_hosts_in_parallel(fleet: Fleet) -> None:
     # the three agent installs ran side by side, not one after another
     installs = [r for r in report["results"] if r["address"].startswith("agent.")]
     assert len(installs) == 3
+    # each protected host got its own root-only copy of the passphrase, and its source config
+    # points there; the backup server (no agent job needs the key there) got none
+    passphrase = (fleet.policy / "passphrase").read_bytes().strip()
+    for name in ("h1", "h2"):
+        copy = fleet.servers[name].root / "etc" / "protectctl" / "keys" / "repo-key.passphrase"
+        assert copy.read_bytes().strip() == passphrase
+        assert copy.stat().st_mode & 0o777 == 0o600 and copy.parent.stat().st_mode & 0o777 == 0o700
+        source = (fleet.servers[name].root / "etc" / "protectctl" / "sources").glob("*.yaml")
+        assert str(copy) in next(source).read_text()
+    assert not (fleet.servers["b1"].root / "etc" / "protectctl" / "keys").exists()
+    assert passphrase.decode() not in result.stdout + result.stderr
+    assert passphrase.decode() not in (fleet.policy / ".protectctl" / "state.json").read_text()
 
 
 def test_second_plan_has_no_changes(fleet: Fleet) -> None:
@@ -168,6 +180,19 @@ def test_agent_version_drift_is_found(fleet: Fleet) -> None:
         marker.write_text(original)
 
 
+def test_passphrase_copy_changed_on_a_host_is_found_and_repaired(fleet: Fleet) -> None:
+    copy = fleet.servers["h2"].root / "etc" / "protectctl" / "keys" / "repo-key.passphrase"
+    original = copy.read_bytes()
+    copy.write_bytes(b"not-the-passphrase\n")
+    refreshed = cli(fleet.policy, "plan", "--refresh", "--detailed-exitcode")
+    assert refreshed.returncode == 2, refreshed.stdout + refreshed.stderr
+    assert "secret.repo-key/h2" in refreshed.stdout and "no longer holds the passphrase" in refreshed.stdout
+    assert "not-the-passphrase" not in refreshed.stdout + refreshed.stderr
+    applied = cli(fleet.policy, "apply", "--refresh", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert copy.read_bytes() == original
+
+
 def test_hosts_check(fleet: Fleet) -> None:
     result = cli(fleet.policy, "hosts", "check", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -186,9 +211,15 @@ def run_on(fleet: Fleet, host: str, *args: str) -> tuple[int, str, str]:
 
 
 def test_two_agents_sync_into_one_remote_repository_and_restore_elsewhere(fleet: Fleet, tmp_path: Path) -> None:
-    for host, member in (("h1", "m1"), ("h2", "m2")):
-        status, out, err = run_on(fleet, host, "run", "sync", "docs", "--member", member)
-        assert status == 0, out + err
+    # the agents read their own copies of the passphrase, not the control machine's file
+    control_copy = fleet.policy / "passphrase"
+    hidden = control_copy.rename(tmp_path / "passphrase")
+    try:
+        for host, member in (("h1", "m1"), ("h2", "m2")):
+            status, out, err = run_on(fleet, host, "run", "sync", "docs", "--member", member)
+            assert status == 0, out + err
+    finally:
+        hidden.rename(control_copy)
     repo = fleet.servers["b1"].root / "srv" / "repo"
     assert len(list((repo / "points").iterdir())) == 2
     target = tmp_path / "restored"
@@ -236,3 +267,35 @@ def test_an_agent_key_cannot_delete_or_overwrite_a_pack(fleet: Fleet) -> None:
     # the control machine, with the backup host's own key, has full rights (prune, check)
     check = cli(fleet.policy, "check", "central")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_keys_of_a_remote_repository_are_listed_and_exported(fleet: Fleet, tmp_path: Path) -> None:
+    listed = cli(fleet.policy, "keys", "list", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    (row,) = [r for r in json.loads(listed.stdout)["keys"] if r["kind"] == "repository"]
+    assert row["storage"] == "central" and row["name"] == "repo-key" and row["exported"] is None
+    export_pass = tmp_path / "export-pass"
+    export_pass.write_text("an export passphrase\n")
+    dest = tmp_path / "central.key"
+    exported = cli(fleet.policy, "keys", "export", "central", "--to", str(dest), "--passphrase-file", str(export_pass))
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert dest.exists() and (fleet.policy / "passphrase").read_text().strip() not in dest.read_text()
+    again = json.loads(cli(fleet.policy, "keys", "list", "--json").stdout)["keys"]
+    assert [r["exported"] for r in again if r["kind"] == "repository"] != [None]
+
+
+def test_destroy_counts_the_points_of_a_remote_repository(fleet: Fleet) -> None:
+    refused = cli(fleet.policy, "destroy", "--auto-approve")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "storage.central (2 recovery points)" in refused.stderr
+    assert (fleet.servers["h1"].root / "opt" / "protectctl" / "bin" / "protectctl").exists()  # nothing touched
+    backup = fleet.servers["b1"]
+    backup.stop()
+    try:
+        blind = cli(fleet.policy, "destroy", "--auto-approve")
+        assert blind.returncode == 1, blind.stdout + blind.stderr
+        assert "cannot tell whether storage.central holds recovery points" in blind.stderr
+        assert "Traceback" not in blind.stderr
+    finally:
+        backup.start()
+    assert cli(fleet.policy, "plan", "--detailed-exitcode").returncode == 0

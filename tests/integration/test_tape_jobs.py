@@ -75,3 +75,44 @@ def test_d2t_copies_straight_from_the_source(tmp_path: Path) -> None:
     # a second D2T run writes a new point (a full backup each time)
     (again,) = api.run_tape(site, "docs", "home").copied
     assert again.point_id != copied.point_id
+
+
+def test_tape_runs_take_turns_and_a_refused_one_names_the_holder(tmp_path: Path) -> None:
+    """Two runs never drive the library or rewrite the catalog at once: a run waits for the one
+    before it (the members' tape timers fire together); one that gives up names the holder."""
+    site = _site(tmp_path, TWO_MEMBERS)
+    api.tape_label(site, 1, "monthly")
+    for member in ("home", "etc"):
+        (r,) = api.run_backup(site, "full", "docs", member, agent_config=None, progress=None)
+        assert r.ok
+    env = cli_env({"PYTHONPATH": str(REPO)})
+
+    def hold(seconds: float) -> subprocess.Popen[str]:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time; from pathlib import Path; from protectctl import api\n"
+             "with api.tape_session(Path(sys.argv[1]), 'tape copy of docs'):\n"
+             "    print('held', flush=True); time.sleep(float(sys.argv[2]))", str(site), str(seconds)],
+            stdout=subprocess.PIPE, text=True, env=env)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        return holder
+
+    def run_tape(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "protectctl", "-C", str(site), "run", "tape", "docs", *extra],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    holder = hold(60)
+    try:
+        refused = run_tape("--member", "home", "--lock-timeout", "1s")
+        assert refused.returncode != 0
+        assert "tape libraries of this policy is busy" in refused.stderr and f"pid {holder.pid}" in refused.stderr
+        assert "tape copy of docs" in refused.stderr and "Traceback" not in refused.stderr
+        assert not api.tape_service(site).catalog.copies  # nothing was written
+    finally:
+        holder.kill()  # a holder that dies releases the lock at once
+        holder.wait()
+    assert run_tape("--member", "home").returncode == 0
+    holder = hold(2)  # by default a run waits for the one before it
+    waited = run_tape("--member", "etc")
+    holder.wait()
+    assert waited.returncode == 0, waited.stderr
+    assert sorted(c.source for c in api.tape_service(site).catalog.copies.values()) == ["docs/etc", "docs/home"]

@@ -161,3 +161,35 @@ def _environment() -> jinja2.Environment:
 def render_template(name: str, **context: object) -> str:
     """Render `templates/NAME` with values already quoted for the target format."""
     return _environment().get_template(name).render(header=MANAGED_HEADER, **context)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonJob:
+    """A command a host keeps running (started at boot, restarted when it stops), e.g. WAL streaming."""
+
+    name: str
+    description: str
+    argv: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.fullmatch(self.name) or len(self.name) > _MAX_NAME:
+            raise JobError(f"{self.name!r} is not a usable unit name; use letters, digits and :_.-")
+        if not self.argv or not self.argv[0].startswith("/"):
+            raise JobError(f"a service's command must start with an absolute path, got {self.argv!r}")
+        _check_text("the description", self.description)
+        for arg in self.argv:
+            _check_text("the argument", arg)
+
+
+def render_daemon(kind: str, job: DaemonJob) -> dict[PurePosixPath, str]:
+    """The files that keep `job` running under a Host's `scheduler`: a systemd service with
+    Restart=always, or a cron.d `@reboot` line (the command supervises itself); JobError otherwise."""
+    if kind == "systemd":
+        from protectctl.provision.schedulers.systemd import render_service
+
+        return render_service(job)
+    if kind == "cron":
+        from protectctl.provision.schedulers.cron import render_reboot
+
+        return render_reboot(job)
+    raise JobError(f"unknown scheduler {kind!r}; expected systemd or cron")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import PurePosixPath
 
-from protectctl.provision.schedulers.base import JobError, ScheduledJob, render_template
+from protectctl.provision.schedulers.base import DaemonJob, JobError, ScheduledJob, render_template
 
 __all__ = ["CronRenderer", "cron_command", "cron_file_name", "DEFAULT_PATH"]
 
@@ -67,3 +67,11 @@ class CronRenderer:
             command=cron_command(job.argv, job.randomized_delay_s),
         )
         return {CRON_DIR / cron_file_name(job.name): text}
+
+
+def render_reboot(job: DaemonJob) -> dict[PurePosixPath, str]:
+    """`etc/cron.d/<name>` starting the command at boot; it must supervise itself (cron never restarts it)."""
+    text = render_template(
+        "cron.j2", description=job.description, schedule="at boot, kept running by itself", path=DEFAULT_PATH,
+        environment=[], lines=["@reboot"], user=_DEFAULT_USER, command=shlex.join(job.argv).replace("%", "\\%"))
+    return {CRON_DIR / cron_file_name(job.name): text}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from protectctl.provision.schedulers.base import ScheduledJob, render_template
+from protectctl.provision.schedulers.base import DaemonJob, ScheduledJob, render_template
 
 __all__ = ["SystemdRenderer", "environment_assignment", "exec_arg", "exec_line"]
 
@@ -68,3 +68,10 @@ class SystemdRenderer:
             UNIT_DIR / f"{job.name}.service": service,
             UNIT_DIR / f"{job.name}.timer": timer,
         }
+
+
+def render_service(job: DaemonJob) -> dict[PurePosixPath, str]:
+    """`<name>.service`: a long-running command, restarted when it stops, started at boot."""
+    text = render_template("systemd.daemon.service.j2", description=_specifiers(job.description),
+                           exec_start=exec_line(job.argv))
+    return {UNIT_DIR / f"{job.name}.service": text}

@@ -1,0 +1,44 @@
+"""`assemble_tree` over `encode_node` fragments is byte for byte the canonical whole-document JSON."""
+
+from __future__ import annotations
+
+import json
+
+from protectctl.engine.ids import BlobId
+from protectctl.engine.tree import (
+    TREE_FORMAT_VERSION,
+    Node,
+    NodeType,
+    Tree,
+    _encode_node,
+    assemble_tree,
+    decode_tree,
+    encode_node,
+    encode_tree,
+)
+
+
+def _node(name: str, kind: NodeType, **extra: object) -> Node:
+    base: dict[str, object] = dict(name=name, type=kind, mode=0o644, uid=1000, gid=0, user="é\u2603", group=None,
+                                   mtime_ns=1, atime_ns=2, ctime_ns=3, size=0)
+    base.update(extra)
+    return Node(**base)  # type: ignore[arg-type]
+
+
+def test_fragments_assemble_to_the_canonical_document() -> None:
+    nodes = [
+        _node("b\udcff", NodeType.FILE, size=9, chunks=(BlobId(b"\x01" * 32),), holes=((0, 4),),
+              xattrs=(("user.x", b"\x00\xff"),), content_hash=b"h" * 32, nlink=2, inode=7, dev=9),
+        _node("a dir", NodeType.DIR, subtree=BlobId(b"\x02" * 32)),
+        _node("link", NodeType.SYMLINK, link_target='../"quoted"\n'),
+        _node("dev", NodeType.CHARDEV, rdev=259),
+    ]
+    ordered = sorted(nodes, key=lambda n: n.name)
+    reference = json.dumps(
+        {"v": TREE_FORMAT_VERSION, "nodes": [_encode_node(n) for n in ordered]},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+    ).encode("ascii")
+    assembled = assemble_tree([encode_node(n) for n in ordered])
+    assert assembled == reference == encode_tree(Tree(tuple(nodes)))
+    assert decode_tree(assembled) == Tree(tuple(ordered))
+    assert assemble_tree([]) == encode_tree(Tree(()))
