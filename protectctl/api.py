@@ -446,6 +446,7 @@ class SourceTarget:
     inputs: dict[str, Any]
     state_dir: Path
     host: str
+    remote: bool = False  # an SSH host's source, seen from the control machine (its data is not here)
 
 
 def sources(policy_dir: Path, *, agent_config: Path | None, group: str | None = None,
@@ -477,9 +478,14 @@ def _sources_from_policy(policy_dir: Path, *, include_remote: bool = False) -> l
         host = str(r.inputs["host"])
         if hosts[host]["address"] != "local":
             if include_remote:
+                from protectctl.plan.resources import _storage_inputs
+
+                # the control machine's view of the storage: its own credentials, knownHosts and
+                # passphrase, not the agent's (append-only key, copies under the host root)
                 inputs: dict[str, Any] = dict(r.inputs)
-                inputs["storage"] = {k: v for k, v in dict(inputs["storage"]).items() if k != "identity_file"}
-                out.append(SourceTarget(inputs, policy.root / ".protectctl" / "remote" / host, host))
+                name = str(inputs["storage"]["name"])
+                inputs["storage"] = {"name": name, **_storage_inputs(policy, name)}
+                out.append(SourceTarget(inputs, policy.root / ".protectctl" / "remote" / host, host, remote=True))
             continue  # jobs run on the host that holds the data
         out.append(SourceTarget(dict(r.inputs), Path(str(agents[host]["state_dir"])), host))
     return out
@@ -494,6 +500,22 @@ def _sources_from_agent(agent_config: Path) -> list[SourceTarget]:
         inputs = read_yaml_mapping(path, "source config")
         out.append(SourceTarget(inputs, Path(str(agent["state_dir"])), str(agent["host"])))
     return out
+
+
+def prepare_on_agent(source_config: Path, *, agent_config: Path | None) -> Any:
+    """`agent prepare`: run the provider's host preparation for one source config of this agent."""
+    from protectctl.provider import HostPreparer, PrepareOutcome, PrepareRequest, load_provider
+    from protectctl.provision.config import read_yaml_mapping
+
+    if agent_config is None:
+        raise ProtectctlError("agent prepare runs on a provisioned host", hint="pass --agent-config")
+    agent = read_yaml_mapping(agent_config, "agent config")
+    inputs = read_yaml_mapping(source_config, "source config")
+    provider = load_provider(str(inputs["provider"]))
+    if not isinstance(provider, HostPreparer):
+        return PrepareOutcome()
+    return provider.prepare_host(PrepareRequest(str(inputs["source"]), dict(inputs["spec"]),
+                                                Path(str(agent["state_dir"]))))
 
 
 def source_job(target: SourceTarget) -> Any:
@@ -657,11 +679,19 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
     if target:
         host, colon, rest = target.partition(":")
         if colon and "/" not in host:
-            if host not in ("local", job_target.host):
+            if host != "local" and (host != job_target.host or job_target.remote):
                 raise RestoreError(f"restore to host {host!r} is not supported by this version",
-                                   hint="restore to a path on this machine")
+                                   hint="restore to a path on this machine, or run the restore on that host "
+                                        "with its agent (`protectctl --agent-config ... restore`)")
             target = rest
         path = Path(target).absolute()
+    elif job_target.remote:
+        raise RestoreError(f"{source} lives on host {job_target.host}: restoring it to its original place from "
+                           "here would write on this machine",
+                           hint="give --target PATH (on this machine), or run the restore on that host with its "
+                                "agent (`protectctl --agent-config ... restore`)")
+    if job_target.remote:  # the WAL still on that host cannot be read from here (PostgreSQL `latest`)
+        options = {**(options or {}), "source_host_reachable": False}
     job = source_job(job_target)
     if agent_config is not None and from_tape:
         raise RestoreError("restores from tape run on the control machine, which holds the tape catalog",

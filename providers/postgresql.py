@@ -860,6 +860,8 @@ class _ClusterRestore:
 
     def _source_wal(self) -> list[Path]:
         """WAL files on the source host not in the repository: the spool, then pg_wal."""
+        if self.request.options.get("source_host_reachable") is False:
+            return []  # the source is another machine's: its files are not the ones at these paths
         stored = {name for name, _ in self.plan.files}
         found: dict[str, Path] = {}
         candidates = [self.source.data_dir / "pg_wal"]

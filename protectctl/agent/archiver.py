@@ -207,15 +207,16 @@ class Archiver:
         if len(self.result.errors) == errors:  # nothing lost here or below: reusable next time
             self.journal_out.add_directory(rel, _key([fact for _, fact, _ in kept]), tree)
             for name, fact, encoded in kept:
-                self.journal_out.add_node(rel, name, fact, encoded)
+                self.journal_out.add_node(rel, name, _seal(fact, encoded), encoded)
         return tree
 
     def _reuse_node(
         self, entry: _Entry, fact: bytes, here: _Dir, known: tuple[bytes, str] | None
     ) -> str | None:
         """The encoded node the last point stored for `entry` when its facts are unchanged (for a
-        file: its journal entry matches and every chunk is still in the repository)."""
-        if known is None or known[0] != fact:
+        file: its journal entry matches and every chunk is still in the repository). The stored
+        seal binds the facts to the encoding, so a damaged journal row is rebuilt, never stored."""
+        if known is None or not known[1].isascii() or known[0] != _seal(fact, known[1]):
             return None
         if entry.kind is NodeType.FILE:
             previous = here.known.get(entry.name)
@@ -468,6 +469,11 @@ def _digest(facts: tuple[object, ...]) -> bytes:
     # repr of str, int, bytes and None is stable across runs and Python versions; 16 bytes keep
     # the journal small (one per entry) and collisions out of reach.
     return blake3.blake3(_KEY_VERSION + repr(facts).encode("utf-8", "surrogatepass")).digest(16)
+
+
+def _seal(fact: bytes, encoded: str) -> bytes:
+    """What the journal keeps beside an encoded node: a digest of its facts and its encoding."""
+    return blake3.blake3(fact + encoded.encode("ascii")).digest(16)
 
 
 def _key(facts: Sequence[bytes]) -> bytes:

@@ -509,13 +509,22 @@ def prune(
     )
 
 
+def point_role(point: Point) -> str:
+    """Where a point stands in a log chain, for retention: a PostgreSQL base backup ("base"),
+    WAL shipped by a sync ("log"), or a point that restores on its own ("point")."""
+    pg = point.extra.get("pg")
+    if not isinstance(pg, dict):
+        return "point"
+    return "base" if pg.get("base") else "log"
+
+
 def _forget_expired(
     repo: Repository, jobs: Sequence[SourceJob], now: datetime, dry_run: bool
 ) -> tuple[list[PointSummary], list[PointSummary]]:
     specs = {job.source: job.retention for job in jobs}
     points = [p for p in repo.list_points() if p.source in specs]
     by_id = {p.id: p for p in points}
-    refs = [PointRef(p.id, p.source, p.time, p.complete) for p in points]
+    refs = [PointRef(p.id, p.source, p.time, p.complete, point_role(p)) for p in points]
     gone: list[PointSummary] = []
     stay: list[PointSummary] = []
     for decisions in plan_prune(refs, specs, now=now).values():

@@ -17,10 +17,11 @@ so a walk fetches a whole directory's entries with one query, and one table keye
 directory holding the tree blob the last point stored for it and a key of everything that
 tree was built from (see agent/archiver.py): a sync finding the same key reuses that tree
 and copies the directory's rows into the next journal in one statement, instead of
-rebuilding, re-encoding and re-hashing it. A third table keeps, per entry, the facts its
-tree node was built from and the node's encoding, so a directory that must be rebuilt
-(one file in it changed) re-encodes only the entries that changed. A journal written before
-those tables existed simply has nothing to reuse.
+rebuilding, re-encoding and re-hashing it. A third table keeps, per entry, the node's
+encoding and a seal (a digest of what the node was built from and of that encoding), so a
+directory that must be rebuilt (one file in it changed) re-encodes only the entries that
+changed, and a damaged row is rebuilt rather than stored. A journal written before those
+tables existed simply has nothing to reuse.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ CREATE TABLE files (
 ) WITHOUT ROWID;
 CREATE TABLE dirs (dir TEXT PRIMARY KEY, key BLOB NOT NULL, tree BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE nodes (
-    dir TEXT NOT NULL, name TEXT NOT NULL, facts BLOB NOT NULL, encoded TEXT NOT NULL, PRIMARY KEY (dir, name)
+    dir TEXT NOT NULL, name TEXT NOT NULL, seal BLOB NOT NULL, encoded TEXT NOT NULL, PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
 """
 
@@ -155,17 +156,22 @@ class Journal:
             row = self._conn.execute("SELECT key, tree FROM dirs WHERE dir = ?", (rel_dir,)).fetchone()
         except sqlite3.Error:  # a journal from before the dirs table: nothing to reuse
             return None
-        return None if row is None else (bytes(row[0]), bytes(row[1]))
+        if row is None or not isinstance(row[0], bytes) or not isinstance(row[1], bytes):
+            return None
+        return (row[0], row[1])
 
     def directory_nodes(self, rel_dir: str) -> dict[str, tuple[bytes, str]]:
-        """name -> (facts digest, encoded node) of every entry the last point stored in `rel_dir`."""
+        """name -> (seal, encoded node) of every entry the last point stored in `rel_dir`."""
         if self._conn is None:
             return {}
         try:
-            rows = self._conn.execute("SELECT name, facts, encoded FROM nodes WHERE dir = ?", (rel_dir,)).fetchall()
+            rows = self._conn.execute("SELECT name, seal, encoded FROM nodes WHERE dir = ?", (rel_dir,)).fetchall()
         except sqlite3.Error:
             return {}
-        return {row[0]: (bytes(row[1]), row[2]) for row in rows}
+        # Rows of an unexpected shape (a damaged or foreign journal) are skipped: rebuilt, not trusted.
+        return {
+            row[0]: (row[1], row[2]) for row in rows if isinstance(row[1], bytes) and isinstance(row[2], str)
+        }
 
     def directory_chunks(self, rel_dir: str) -> list[bytes] | None:
         """The chunk ids of every file directly in `rel_dir`, as one concatenated blob per file."""
@@ -175,7 +181,9 @@ class Journal:
             rows = self._conn.execute("SELECT chunks FROM files WHERE dir = ?", (rel_dir,)).fetchall()
         except sqlite3.Error:
             return None
-        return [bytes(row[0]) for row in rows]
+        if not all(isinstance(row[0], bytes) and len(row[0]) % _ID_LEN == 0 for row in rows):
+            return None  # damaged: the caller rebuilds the directory
+        return [row[0] for row in rows]
 
     def close(self) -> None:
         if self._conn is not None:
@@ -240,9 +248,9 @@ class JournalWriter:
         if len(self._dirs) >= _BATCH:
             self._flush()
 
-    def add_node(self, rel_dir: str, name: str, facts: bytes, encoded: str) -> None:
-        """Remember what the tree node of `name` was built from and how it encoded."""
-        self._nodes.append((rel_dir, name, facts, encoded))
+    def add_node(self, rel_dir: str, name: str, seal: bytes, encoded: str) -> None:
+        """Remember how the tree node of `name` encoded, sealed with what it was built from."""
+        self._nodes.append((rel_dir, name, seal, encoded))
         if len(self._nodes) >= _BATCH:
             self._flush()
 

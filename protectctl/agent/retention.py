@@ -10,6 +10,16 @@ Pure: values in, values out; no repository, no clock. Rules, per source:
 
 A point is forgotten only if no rule keeps it. Sources are planned independently: a
 source's decision depends on its own points only, and a source without a spec is untouched.
+
+Sources whose points form a log chain (PostgreSQL: base backups, then WAL points that roll a
+base forward) keep what recovery *to any time in the window* needs, not just points in it:
+
+- the calendar rules and "newest complete" pick base backups only (a lone WAL point restores
+  nothing; a base backup holds the WAL of its own consistency point);
+- the newest base backup at or before the horizon is kept ("window base"), so that the
+  window starts at the horizon, not at the first base backup inside it;
+- every log point from the window base on is kept ("log of the window"); older log points
+  only ever rolled forward bases that are gone, and are forgotten.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ class PointRef:
     source: str
     time: datetime
     complete: bool = True
+    role: str = "point"  # "point" (stands alone), "base" or "log" (a log chain's base backup / log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +83,9 @@ def plan_source(
     if not ordered:
         return []
     reasons[ordered[0].id].append("newest")
-    newest_complete = next((p for p in ordered if p.complete), None)
+    chain = any(p.role == "log" for p in ordered)
+    restorable = [p for p in ordered if p.role != "log"] if chain else list(ordered)
+    newest_complete = next((p for p in restorable if p.complete), None)
     if newest_complete is not None:
         reasons[newest_complete.id].append("newest complete")
     horizon = now - timedelta(seconds=spec.keep_within_s)
@@ -81,9 +94,24 @@ def plan_source(
             reasons[point.id].append("within")
     counts = {"daily": spec.daily, "weekly": spec.weekly, "monthly": spec.monthly, "yearly": spec.yearly}
     for rule, bucket_of in _BUCKETS:
-        for point in _newest_per_bucket(ordered, bucket_of, counts[rule], tz):
+        for point in _newest_per_bucket(restorable, bucket_of, counts[rule], tz):
             reasons[point.id].append(rule)
+    if chain:
+        _keep_log_chain(ordered, horizon, reasons)
     return [Decision(p, tuple(reasons[p.id])) for p in ordered]
+
+
+def _keep_log_chain(ordered: Sequence[PointRef], horizon: datetime, reasons: dict[str, list[str]]) -> None:
+    """The window base and every log point after it (`ordered` is newest first)."""
+    bases = [p for p in ordered if p.role == "base" and p.complete]
+    if not bases:
+        return  # nothing to roll forward: log points are kept only by the rules above
+    anchor = next((b for b in bases if b.time <= horizon), bases[-1])
+    if anchor.time <= horizon:
+        reasons[anchor.id].append("window base")
+    for point in ordered:
+        if point.role == "log" and point.time >= anchor.time and "within" not in reasons[point.id]:
+            reasons[point.id].append("log of the window")
 
 
 def _newest_per_bucket(

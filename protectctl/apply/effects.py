@@ -274,12 +274,40 @@ def prepare_source(inputs: Inputs, ctx: ApplyContext) -> list[str]:
     provider = load_provider(str(inputs["provider"]))
     if not isinstance(provider, HostPreparer):
         return []
-    root = str(ctx.hosts.get(str(inputs["host"]), {}).get("root", "/"))
+    host = ctx.hosts.get(str(inputs["host"]), {})
+    root = str(host.get("root", "/"))
+    if str(host.get("address", "local")) != "local":
+        return _prepare_remote(inputs, ctx, root)
     outcome = provider.prepare_host(PrepareRequest(str(inputs["source"]), dict(inputs["spec"]),
                                                    Path(host_path(root, STATE_DIR))))
     for warning in outcome.warnings:
         ctx.warn(warning)
     return list(outcome.changes)
+
+
+def _prepare_remote(inputs: Inputs, ctx: ApplyContext, root: str) -> list[str]:
+    """Prepare an SSH host through its agent (`agent prepare`), which reads the source config
+    apply has just written there and acts on that host's own PostgreSQL."""
+    import json
+
+    from protectctl.errors import RemoteError
+    from protectctl.plan.resources import AGENT_CONFIG, AGENT_VENV, host_path
+
+    conn = ctx.host(str(inputs["host"]))
+    argv = (host_path(root, f"{AGENT_VENV}/bin/protectctl"), "--agent-config", host_path(root, AGENT_CONFIG),
+            "agent", "prepare", str(inputs["config_path"]))
+    result = conn.run(argv, timeout_s=600)
+    try:
+        outcome = json.loads(result.stdout)
+    except ValueError:
+        outcome = None
+    if result.status != 0 or not isinstance(outcome, dict):
+        said = (result.stderr or result.stdout).strip().splitlines()
+        raise RemoteError(f"host {inputs['host']}: preparing {inputs['source']} failed: "
+                          f"{' '.join(said[-3:]) or f'exit {result.status}'}")
+    for warning in outcome.get("warnings", []):
+        ctx.warn(f"host {inputs['host']}: {warning}")
+    return [str(c) for c in outcome.get("changes", [])]
 
 
 class ScheduleEffect(FilesEffect):

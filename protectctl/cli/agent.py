@@ -47,6 +47,22 @@ def register(app: typer.Typer) -> None:
             typer.echo(message, err=True)
         raise typer.Exit(status)
 
+    @agent_app.command("prepare")
+    def prepare(
+        ctx: typer.Context,
+        source_config: Annotated[Path, typer.Argument(help="The source config apply wrote on this host.")],
+    ) -> None:
+        """Apply, on an SSH host: let the source's provider prepare this host (e.g. PostgreSQL WAL
+        archiving); prints {"changes": [...], "warnings": [...]} as JSON."""
+        import json
+
+        from protectctl import api
+        from protectctl.cli.main import env_of
+
+        env = env_of(ctx, True)
+        outcome = api.prepare_on_agent(source_config, agent_config=env.agent_config)
+        typer.echo(json.dumps({"changes": list(outcome.changes), "warnings": list(outcome.warnings)}))
+
     @agent_app.command("wal-stream")
     def wal_stream(
         ctx: typer.Context,

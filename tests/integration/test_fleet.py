@@ -223,10 +223,22 @@ def test_two_agents_sync_into_one_remote_repository_and_restore_elsewhere(fleet:
     repo = fleet.servers["b1"].root / "srv" / "repo"
     assert len(list((repo / "points").iterdir())) == 2
     target = tmp_path / "restored"
-    result = cli(fleet.policy, "restore", "docs/m2", "--to-time", "latest", "--target", str(target))
+    # the control machine restores with its own passphrase, not the agent's copy
+    agent_copy = fleet.servers["h2"].root / "etc" / "protectctl" / "keys" / "repo-key.passphrase"
+    moved = agent_copy.rename(tmp_path / "agent-copy")
+    try:
+        result = cli(fleet.policy, "restore", "docs/m2", "--to-time", "latest", "--target", str(target))
+    finally:
+        moved.rename(agent_copy)
     assert result.returncode == 0, result.stdout + result.stderr
     for rel in ("hello.txt", "sub/blob.bin"):
         assert (target / rel).read_bytes() == (fleet.data["h2"] / rel).read_bytes()
+    # the data of m2 lives on h2: never restored onto this machine by mistake
+    in_place = cli(fleet.policy, "restore", "docs/m2", "--to-time", "latest")
+    assert in_place.returncode == 1 and "lives on host h2" in in_place.stderr, in_place.stdout + in_place.stderr
+    elsewhere = cli(fleet.policy, "restore", "docs/m2", "--to-time", "latest", "--target", f"h2:{tmp_path / 'x'}")
+    assert elsewhere.returncode == 1 and "restore to host 'h2'" in elsewhere.stderr, elsewhere.stderr
+    assert not (tmp_path / "x").exists() and "Traceback" not in in_place.stderr + elsewhere.stderr
     points = cli(fleet.policy, "points", "list", "docs", "--json")
     assert points.returncode == 0, points.stderr
 

@@ -200,3 +200,17 @@ def test_reused_tree_keeps_every_node_type(ws: _Workspace) -> None:
     assert (restored / "a" / "to-three").is_symlink()
     assert os.stat(restored / "sparse").st_size == (1 << 20) + 4
     assert (restored / "a" / "deep" / "two.bin").read_bytes() == (ws.src / "a" / "deep" / "two.bin").read_bytes()
+
+
+def test_a_damaged_encoded_node_is_rebuilt_never_stored(ws: _Workspace) -> None:
+    first = ws.settle()
+    (ws.src / "a" / "one.txt").write_bytes(b"changed")  # "a" must be rebuilt, entry by entry
+    conn = sqlite3.connect(ws.journal_path)
+    conn.execute("""UPDATE nodes SET encoded = replace(encoded, '"size"', '"sizf"') WHERE dir = 'a'""")
+    conn.execute("UPDATE nodes SET seal = 'not a blob' WHERE dir = ''")  # a foreign row shape
+    conn.commit()
+    conn.close()
+    result = ws.sync()
+    assert result.nodes_reused == 0 and result.tree != first.tree
+    assert _tree_node(ws.repo, result.tree, "a").nodes  # decodes: nothing damaged reached the tree
+    assert ws.sync(reuse=False).tree == result.tree

@@ -1,0 +1,154 @@
+"""PostgreSQL on an SSH host, over real sshd: apply prepares WAL archiving through the host's
+agent (`agent prepare`, run over SSH on the host that holds the cluster, never on the control
+machine), the agent's full and sync store points, and the control machine restores to a time.
+
+The cluster and the sshd "host" share this machine (loopback), so what proves the path is the
+agent: the archive_command apply installs points at the spool under the SSH host's root and
+the state records the changes the agent reported.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env
+from tests.integration import pgcluster
+from tests.integration.pgcluster import PgCluster
+from tests.integration.sshd import SshdServer, keygen, sshd_available
+
+pytestmark = [
+    pytest.mark.skipif(pgcluster.available() is not None, reason=str(pgcluster.available())),
+    pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available())),
+]
+
+
+def cli(policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True,
+                          text=True, timeout=300, env=cli_env(), stdin=subprocess.DEVNULL, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def site(pinned_wheelhouse: Path) -> Iterator[tuple[Path, PgCluster, SshdServer, Path]]:
+    base = pgcluster.base_dir("protectctl-pgssh-")  # 0755: the PostgreSQL OS user reaches the spool
+    cluster = PgCluster(base).init().start()
+    key = base / "client_ed25519"
+    server = SshdServer("db1", "127.0.0.31", base / "db1", keygen(key, "protectctl-control"))
+    server.start()
+    try:
+        cluster.sql("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz)")
+        policy = base / "site"
+        policy.mkdir()
+        (policy / "policy.yaml").write_text(server.host_doc(identity_file=key, scheduler="cron") + textwrap.dedent(f"""\
+            ---
+            apiVersion: protectctl/v1
+            kind: EncryptionKey
+            metadata: {{name: k}}
+            spec:
+              passphrase: {{file: ./passphrase}}
+            ---
+            apiVersion: protectctl/v1
+            kind: Storage
+            metadata: {{name: repo}}
+            spec: {{type: local, path: {base}/repo, encryption: {{key: k}}}}
+            ---
+            apiVersion: protectctl/v1
+            kind: SLA
+            metadata: {{name: db-tier}}
+            spec:
+              sync: every 5m
+              full: daily at 20:00
+              retention: {{disk: 14d}}
+            ---
+            apiVersion: protectctl/v1
+            kind: ProtectionGroup
+            metadata: {{name: finance}}
+            spec:
+              sla: db-tier
+              storage: repo
+              members:
+                - name: ledger-db
+                  host: db1
+                  postgresql:
+                    dataDir: {cluster.data}
+                    port: {cluster.port}
+                    socketDir: {cluster.sock}
+                    osUser: {pgcluster.OS_USER}
+                    binDir: {pgcluster.PG_BIN}
+                    allowRestart: true
+                    spoolLimit: 64MiB
+            """))
+        yield policy, cluster, server, key
+    finally:
+        server.stop()
+        for data in base.iterdir():
+            if data.is_dir():
+                pgcluster.stop_dir(data)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def on_host(server: SshdServer, key: Path, *args: str) -> tuple[int, str]:
+    from protectctl.provision.ssh import SshHost, SshParams
+
+    conn = SshHost(SshParams("db1", server.address, server.port, "root", str(key), server.host_key))
+    try:
+        status, out, err = conn.exec_bytes((str(server.root / "opt/protectctl/bin/protectctl"), "--agent-config",
+                                            str(server.root / "etc/protectctl/agent.yaml"), *args), timeout_s=300)
+    finally:
+        conn.close()
+    return status, (out + err).decode()
+
+
+def test_postgresql_on_an_ssh_host_is_prepared_backed_up_and_restored(
+        site: tuple[Path, PgCluster, SshdServer, Path]) -> None:
+    policy, cluster, server, key = site
+    applied = cli(policy, "apply", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert cluster.sql("SHOW archive_mode") == "on"
+    assert str(server.root) in cluster.sql("SHOW archive_command")  # the spool under the SSH host's root
+    state = json.loads((policy / ".protectctl" / "state.json").read_text())
+    prepared = state["resources"]["source.finance/ledger-db"]["outputs"]["prepared"]
+    assert any("archive_mode" in change for change in prepared), prepared
+    assert cli(policy, "plan", "--detailed-exitcode").returncode == 0
+
+    def insert(ids: range) -> datetime:
+        for row in ids:
+            cluster.sql(f"INSERT INTO ledger VALUES ({row}, clock_timestamp())")
+            time.sleep(0.02)
+        time.sleep(0.05)
+        return datetime.now(UTC)
+
+    insert(range(1, 4))
+    status, said = on_host(server, key, "run", "full", "finance")
+    assert status == 0, said
+    between = insert(range(4, 7))
+    time.sleep(0.1)
+    insert(range(7, 10))
+    status, said = on_host(server, key, "run", "sync", "finance")
+    assert status == 0, said
+
+    listed = cli(policy, "points", "list", "finance/ledger-db", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [p["kind"] for p in json.loads(listed.stdout)["points"]] == ["full", "sync"]
+    port = pgcluster.free_port(27100)
+    target = cluster.base / "restored"
+    restored = cli(policy, "restore", "finance/ledger-db", "--to-time", between.isoformat(), "--target", str(target),
+                   "--port", str(port))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    copy = PgCluster(cluster.base, port, "restored")
+    try:
+        out = copy.sql("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ledger", port=port)
+        assert [int(x) for x in out.split(",") if x] == [1, 2, 3, 4, 5, 6]
+    finally:
+        copy.stop("immediate")
