@@ -514,6 +514,21 @@ class _FullBackup:
                 return int(base["walk_started_ns"]) - _RACY_SLACK_NS
         return -1  # no previous full: read everything
 
+    def _discard_unreplayable(self, start_wal: str, segment_size: int) -> None:
+        """The source's first base backup: WAL spooled before it can roll nothing forward (there
+        is no earlier base), so it is removed rather than stored (after `pgbench -i` or a bulk
+        load that is most of the spool). Later fulls keep it: it continues the previous window."""
+        start = walspool.SegmentName.parse(start_wal, segment_size)
+        if start is None or self.request.repo.list_points(self.request.source):
+            return
+        old = [path for path in walspool.spooled_files(self.spool)
+               if (seg := walspool.SegmentName.parse(path.name, segment_size)) is not None and seg.segno < start.segno]
+        for path in old:
+            path.unlink(missing_ok=True)
+        if old:
+            self.request.progress.note(f"{len(old)} WAL segment(s) spooled before the first base backup were "
+                                       "discarded: no base backup precedes them, nothing could replay them")
+
     def run(self) -> SnapshotOutcome:
         request, cluster = self.request, self.cluster
         distrust = self._distrust_from()
@@ -531,6 +546,8 @@ class _FullBackup:
                     f"SELECT lsn, {walfile('lsn')} FROM pg_backup_start({_literal(label)}, true) AS lsn")[0]
                 walk_started = time.time_ns()
                 start_time = datetime.now(UTC)
+                if not facts.in_recovery:
+                    self._discard_unreplayable(start_wal, segment_size)
                 memo = _TreeMemo(request.repo)
                 result = _RacyAwareArchiver(
                     memo, request.writer, journal, journal_out,
