@@ -676,20 +676,25 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
                             include_remote=True)
     when = parse_time(to_time, now=datetime.now(UTC))
     path = None
+    on_host: str | None = job_target.host if job_target.remote and not target else None
     if target:
         host, colon, rest = target.partition(":")
         if colon and "/" not in host:
             if host != "local" and (host != job_target.host or job_target.remote):
-                raise RestoreError(f"restore to host {host!r} is not supported by this version",
-                                   hint="restore to a path on this machine, or run the restore on that host "
-                                        "with its agent (`protectctl --agent-config ... restore`)")
+                on_host = host  # another machine: its agent restores there
             target = rest
-        path = Path(target).absolute()
-    elif job_target.remote:
-        raise RestoreError(f"{source} lives on host {job_target.host}: restoring it to its original place from "
-                           "here would write on this machine",
-                           hint="give --target PATH (on this machine), or run the restore on that host with its "
-                                "agent (`protectctl --agent-config ... restore`)")
+        if on_host is None:
+            path = Path(target).absolute()
+        elif not target.startswith("/"):
+            raise RestoreError(f"--target {host}:{target}: a path on another host must be absolute")
+        else:
+            path = Path(target)
+    if on_host is not None:
+        if from_tape:
+            raise RestoreError("restores from tape write on this machine (the library is here)",
+                               hint="restore to a path here (--target PATH), then copy")
+        return _restore_on_host(policy_dir, job_target, on_host, when, target=path, subpaths=subpaths,
+                                dry_run=dry_run, overwrite=overwrite, options=options or {})
     if job_target.remote:  # the WAL still on that host cannot be read from here (PostgreSQL `latest`)
         options = {**(options or {}), "source_host_reachable": False}
     job = source_job(job_target)
@@ -704,6 +709,85 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
                                    overwrite=overwrite, progress=progress)
     return run_restore(job, when, target=path, subpaths=subpaths, dry_run=dry_run,
                        overwrite=overwrite, progress=progress, options=options)
+
+
+def _restore_on_host(policy_dir: Path, job_target: SourceTarget, host: str, when: Any, *, target: Path | None,
+                     subpaths: Sequence[str], dry_run: bool, overwrite: bool, options: Mapping[str, object]) -> Any:
+    """A restore onto an SSH host, run there by its agent (`agent restore`) with that host's own
+    access to the storage: its append-only key (reads are allowed) and its passphrase copy. The
+    control machine sends the source's inputs and the instant, already resolved to UTC."""
+    import json
+
+    from protectctl.agent.jobs import RestoreResult
+    from protectctl.errors import RestoreError
+    from protectctl.plan.address import Address
+    from protectctl.plan.resources import (
+        AGENT_CONFIG,
+        AGENT_VENV,
+        _point_at_known_hosts_copy,
+        _storage_inputs,
+        host_path,
+    )
+    from protectctl.provision.host import connect
+
+    policy = load(policy_dir)
+    by_address = {r.address: r for r in resources(policy)}
+    host_res = by_address.get(Address("host", host))
+    if host_res is None:
+        raise RestoreError(f"no Host named {host!r} in the policy")
+    host_inputs = dict(host_res.inputs)
+    if str(host_inputs.get("address")) == "local":
+        raise RestoreError(f"host {host} is this machine: give --target PATH")
+    name = str(job_target.inputs["storage"]["name"])
+    storage: dict[str, Any] = {"name": name, **_storage_inputs(policy, name)}
+    access = by_address.get(Address("access", f"{name}/{host}"))
+    secret = by_address.get(Address("secret", f"{storage['key']}/{host}"))
+    if storage["type"] != "sftp" or access is None or secret is None:
+        why = (f"storage {name} is a path on this machine" if storage["type"] == "local"
+               else f"host {host} has no key to storage {name} (no member of it is protected there)")
+        raise RestoreError(f"host {host} cannot read {job_target.inputs['source']}'s recovery points: {why}",
+                           hint="restore here with --target PATH and copy the result over")
+    storage["identity_file"] = access.inputs["key_path"]
+    if access.inputs.get("known_hosts_copy"):
+        _point_at_known_hosts_copy(storage, str(access.inputs["known_hosts_copy"]))
+    storage["passphrase"] = {"file": secret.inputs["path"]}
+    request = {"inputs": {**job_target.inputs, "storage": storage},
+               "to_time": when if isinstance(when, str) else when.astimezone(UTC).isoformat(),
+               "target": str(target) if target is not None else None, "subpaths": list(subpaths),
+               "dry_run": dry_run, "overwrite": overwrite,
+               "options": {**options, "source_host_reachable": host == job_target.host}}
+    root = str(host_inputs.get("root") or "/")
+    argv = (host_path(root, f"{AGENT_VENV}/bin/protectctl"), "--agent-config", host_path(root, AGENT_CONFIG),
+            "agent", "restore")
+    hosts = {a.name: dict(r.inputs) for a, r in by_address.items() if a.kind == "host"}
+    conn = connect(host, str(host_inputs["address"]), host_inputs, hosts)
+    try:
+        status, out, err = conn.exec_bytes(argv, stdin=json.dumps(request).encode(),  # type: ignore[attr-defined]
+                                           timeout_s=7 * 86400)
+    finally:
+        close = getattr(conn, "close", None)
+        if close is not None:
+            close()
+    if status != 0:
+        said = [line.removeprefix("Error: ") for line in err.decode(errors="replace").strip().splitlines()]
+        raise RestoreError(f"host {host}: {' '.join(said[:3]) or f'the agent restore exited {status}'}")
+    return RestoreResult.from_json(json.loads(out))
+
+
+def restore_on_agent(request: Mapping[str, Any], *, agent_config: Path | None) -> Any:
+    """`agent restore`: a restore the control machine sent to this host (see _restore_on_host)."""
+    from protectctl.agent.jobs import restore as run_restore
+    from protectctl.provision.config import read_yaml_mapping
+
+    if agent_config is None:
+        raise ProtectctlError("agent restore runs on a provisioned host", hint="pass --agent-config")
+    agent = read_yaml_mapping(agent_config, "agent config")
+    target = SourceTarget(dict(request["inputs"]), Path(str(agent["state_dir"])), str(agent["host"]))
+    when = request["to_time"]
+    return run_restore(source_job(target), when if when == "latest" else datetime.fromisoformat(when),
+                       target=Path(request["target"]) if request.get("target") else None,
+                       subpaths=list(request.get("subpaths") or []), dry_run=bool(request.get("dry_run")),
+                       overwrite=bool(request.get("overwrite")), options=dict(request.get("options") or {}))
 
 
 def recovery_windows(points: Sequence[Any]) -> dict[str, list[str]]:

@@ -843,7 +843,7 @@ class _ClusterRestore:
         stager.start()
         try:
             outcome = restore_tree(request.repo, data, self.target, overwrite=request.overwrite,
-                                   root_meta=root_meta, progress=request.progress)
+                                   root_meta=root_meta, progress=request.progress, writeback=True)
             _chown_tree(self.target, uid, gid)
             os.chmod(self.target, 0o700)
             self._write_config(cluster, staging, uid, gid)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from protectctl.agent.lock import source_lock
 from protectctl.agent.retention import PointRef, RetentionSpec, plan_prune
@@ -169,6 +169,14 @@ class RestoreResult:
         out["details"] = dict(self.details)
         out["fits"] = self.fits
         return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RestoreResult:
+        """The result an agent printed (`agent restore`), read back on the control machine."""
+        fields = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
+        fields.update(point_time=datetime.fromisoformat(str(data["point_time"])), target=Path(str(data["target"])),
+                      notes=tuple(data.get("notes") or ()), details=dict(data.get("details") or {}))
+        return cls(**fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,24 @@ def register(app: typer.Typer) -> None:
         outcome = api.prepare_on_agent(source_config, agent_config=env.agent_config)
         typer.echo(json.dumps({"changes": list(outcome.changes), "warnings": list(outcome.warnings)}))
 
+    @agent_app.command("restore")
+    def restore(ctx: typer.Context) -> None:
+        """A restore sent by the control machine (JSON on stdin) onto this host; prints the result."""
+        import json
+        import sys
+
+        from protectctl import api
+        from protectctl.cli.main import env_of
+        from protectctl.errors import RestoreError
+
+        env = env_of(ctx, True)
+        try:
+            request = json.loads(sys.stdin.buffer.read())
+        except ValueError as err:
+            raise RestoreError(f"agent restore: the request on stdin is not JSON ({err})") from None
+        result = api.restore_on_agent(request, agent_config=env.agent_config)
+        typer.echo(json.dumps(result.to_json()))
+
     @agent_app.command("wal-stream")
     def wal_stream(
         ctx: typer.Context,

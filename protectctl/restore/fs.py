@@ -15,10 +15,11 @@ ahead, so file creation, reads, decompression, hashing and writes of several fil
 (they release the GIL) and memory stays at a few chunks per thread. Hard-linked files are
 written in the walk's thread, in order, so a link always finds its first name complete.
 
-Written data is handed to the disk as it goes (Linux sync_file_range, asynchronous, as
-PostgreSQL's own writeback does), not left dirty in the page cache: whatever makes the
-restore durable next (PostgreSQL fsyncs the whole data directory before recovery) then
-finds little left to write, instead of waiting for all of it at once.
+With `writeback` (PostgreSQL restores), written data is handed to the disk as it goes
+(Linux sync_file_range, asynchronous, as PostgreSQL's own writeback does), not left dirty in
+the page cache: the fsync of the whole data directory before recovery then finds little left
+to write, instead of waiting for all of it at once. Plain file restores leave writeback to
+the kernel (starting it early only slows a restore nobody fsyncs).
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ class FsRestorer:
         *,
         overwrite: bool,
         progress: Progress | None = None,
+        writeback: bool = False,
     ) -> None:
         self.reader = reader
+        self._writeback = _start_writeback if writeback else None
         self.new_hasher = new_hasher
         self.overwrite = overwrite
         self.progress = progress or NullProgress()
@@ -366,13 +369,13 @@ class FsRestorer:
                 _pwrite_all(fd, piece, offset)
                 hasher.update(piece)
                 pending, offset, length = pending[take:], offset + take, length - take
-                if offset - flushed >= _WRITEBACK_BYTES:
-                    _start_writeback(fd, flushed, offset - flushed)
+                if self._writeback is not None and offset - flushed >= _WRITEBACK_BYTES:
+                    self._writeback(fd, flushed, offset - flushed)
                     flushed = offset
         if pending or next(blobs, None) is not None:
             raise RestoreError("stored content is longer than the file")
-        if flushed:
-            _start_writeback(fd, flushed, 0)  # the tail of a large file (length 0: to its end)
+        if flushed and self._writeback is not None:
+            self._writeback(fd, flushed, 0)  # the tail of a large file (length 0: to its end)
         if node.holes:
             os.ftruncate(fd, node.size)  # a hole at the end has no data to extend the file
         return hasher.digest()

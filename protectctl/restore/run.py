@@ -69,8 +69,10 @@ def restore_tree(
     overwrite: bool = False,
     root_meta: Mapping[str, object] | None = None,
     progress: Progress | None = None,
+    writeback: bool = False,
 ) -> RestoreOutcome:
-    """Restore `tree` (or its `subpaths`) below `target`; raises RestoreError."""
+    """Restore `tree` (or its `subpaths`) below `target`; raises RestoreError. `writeback`: start
+    writing data to disk as it is restored (for a caller that fsyncs it all next)."""
     progress = progress or NullProgress()
     repo = CachedTrees(repo)  # selecting, counting and writing each walk the same trees
     selection = select(repo, tree, subpaths)
@@ -90,7 +92,7 @@ def restore_tree(
         return plan
     _refuse_unsafe_target(target, overwrite=overwrite, needed=totals.bytes_needed, free=free)
     progress.start("restore", total_bytes=totals.bytes_total, total_files=totals.files + totals.dirs)
-    report = _write(repo, selection, target, overwrite, root_meta if not subpaths else None, progress)
+    report = _write(repo, selection, target, overwrite, root_meta if not subpaths else None, progress, writeback)
     progress.finish()
     if report.errors:
         shown = "; ".join(report.errors[:_ERRORS_SHOWN])
@@ -119,6 +121,7 @@ def _write(
     overwrite: bool,
     root_meta: Mapping[str, object] | None,
     progress: Progress,
+    writeback: bool = False,
 ) -> RestoreReport:
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -126,7 +129,7 @@ def _write(
     except OSError as err:
         raise RestoreError(f"cannot use {target} as the restore target: {err.strerror}") from err
     try:
-        restorer = FsRestorer(repo, repo.content_hasher, overwrite=overwrite, progress=progress)
+        restorer = FsRestorer(repo, repo.content_hasher, overwrite=overwrite, progress=progress, writeback=writeback)
         report = restorer.run(root_fd, selection)
         if root_meta is not None:
             _apply_root(root_fd, root_meta, report)

@@ -233,14 +233,36 @@ def test_two_agents_sync_into_one_remote_repository_and_restore_elsewhere(fleet:
     assert result.returncode == 0, result.stdout + result.stderr
     for rel in ("hello.txt", "sub/blob.bin"):
         assert (target / rel).read_bytes() == (fleet.data["h2"] / rel).read_bytes()
-    # the data of m2 lives on h2: never restored onto this machine by mistake
-    in_place = cli(fleet.policy, "restore", "docs/m2", "--to-time", "latest")
-    assert in_place.returncode == 1 and "lives on host h2" in in_place.stderr, in_place.stdout + in_place.stderr
-    elsewhere = cli(fleet.policy, "restore", "docs/m2", "--to-time", "latest", "--target", f"h2:{tmp_path / 'x'}")
-    assert elsewhere.returncode == 1 and "restore to host 'h2'" in elsewhere.stderr, elsewhere.stderr
-    assert not (tmp_path / "x").exists() and "Traceback" not in in_place.stderr + elsewhere.stderr
     points = cli(fleet.policy, "points", "list", "docs", "--json")
     assert points.returncode == 0, points.stderr
+
+
+def sessions(server: SshdServer) -> int:
+    return server.log.read_text().count("Starting session: command")
+
+
+def test_restores_onto_ssh_hosts_run_there_by_their_agents(fleet: Fleet, tmp_path: Path) -> None:
+    h2 = fleet.servers["h2"]
+    # m1's data (from h1) onto h2: h2's agent restores it with its own key and passphrase copy
+    before = sessions(h2)
+    target = tmp_path / "m1-on-h2"
+    moved = cli(fleet.policy, "restore", "docs/m1", "--to-time", "latest", "--target", f"h2:{target}", "--json")
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert json.loads(moved.stdout)["target"] == str(target) and sessions(h2) > before
+    for rel in ("hello.txt", "sub/blob.bin"):
+        assert (target / rel).read_bytes() == (fleet.data["h1"] / rel).read_bytes()
+    # m2 to its original place (on h2): its agent there, and a non-empty place needs --overwrite
+    (fleet.data["h2"] / "hello.txt").write_text("damaged\n")
+    refused = cli(fleet.policy, "restore", "docs/m2", "--to-time", "latest")
+    assert refused.returncode == 1 and "host h2:" in refused.stderr and "Traceback" not in refused.stderr
+    assert (fleet.data["h2"] / "hello.txt").read_text() == "damaged\n"
+    back = cli(fleet.policy, "restore", "docs/m2", "--to-time", "latest", "--overwrite")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert (fleet.data["h2"] / "hello.txt").read_text() == "hello from h2\n"
+    # b1 protects nothing in `central`: it has no key to read it, and says so
+    nokey = cli(fleet.policy, "restore", "docs/m1", "--to-time", "latest", "--target", f"b1:{tmp_path / 'b'}")
+    assert nokey.returncode == 1 and "host b1 has no key to storage central" in nokey.stderr, nokey.stderr
+    assert not (tmp_path / "b").exists()
 
 
 def test_an_agent_key_cannot_delete_or_overwrite_a_pack(fleet: Fleet) -> None:

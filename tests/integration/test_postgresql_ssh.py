@@ -152,3 +152,10 @@ def test_postgresql_on_an_ssh_host_is_prepared_backed_up_and_restored(
         assert [int(x) for x in out.split(",") if x] == [1, 2, 3, 4, 5, 6]
     finally:
         copy.stop("immediate")
+
+    # onto the SSH host itself (db1:PATH) its agent would restore, but the repository here is a
+    # path on this machine, which that host cannot read: refused, saying so, nothing written
+    there = cli(policy, "restore", "finance/ledger-db", "--to-time", between.isoformat(), "--target",
+                f"db1:{cluster.base / 'on-db1'}", "--port", str(pgcluster.free_port(27200)))
+    assert there.returncode == 1 and "storage repo is a path on this machine" in there.stderr, there.stderr
+    assert not (cluster.base / "on-db1").exists()
