@@ -213,11 +213,13 @@ def load_provider(kind: str) -> Provider:
 
 
 def _find(kind: str) -> Callable[[], Callable[[], Provider]] | None:
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == kind:
-            return ep.load
+    """Built-in kinds first (no entry-point scan, ~50 ms of every agent run), then plug-ins;
+    a plug-in cannot replace a built-in kind."""
     spec = _BUILTIN.get(kind)
     if spec is None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == kind:
+                return ep.load
         return None
     module_name, _, attr = spec.partition(":")
 

@@ -58,6 +58,8 @@ def _escape_part(part: str) -> str:
     `_xx` per UTF-8 byte (so '_' itself is `_5f`). Without this, group "a-b" member "c" and
     group "a" member "b-c" would share one timer.
     """
+    if part.isascii() and part.isalnum():
+        return part  # the common case, and what the loop below would return
     out: list[str] = []
     last = len(part) - 1
     for i, char in enumerate(part):
