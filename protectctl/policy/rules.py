@@ -154,6 +154,7 @@ def _groups(policy: Policy) -> Iterator[Problem]:
                               f"member name {member.name!r} is used twice in group {doc.name!r}",
                               "member names are unique within a group")
             seen.setdefault(member.name, i)
+            yield from _local_storage_on_ssh_host(policy, doc, spec, i)
             pg = member.postgresql
             if pg is not None and not pg.allow_restart:
                 yield Problem(doc.ref, ("spec", "members", i, "postgresql", "allowRestart"),
@@ -165,6 +166,25 @@ def _groups(policy: Policy) -> Iterator[Problem]:
         if sla_doc is not None:
             assert isinstance(sla_doc.spec, SLASpec)
             yield from _sla_fits_members(doc, spec, sla_doc.spec, budgets.file_source, budgets.application_source)
+
+
+def _local_storage_on_ssh_host(policy: Policy, doc: Document, spec: ProtectionGroupSpec, i: int) -> Iterator[Problem]:
+    """A `type: local` Storage is a path on the machine each agent runs on: a member on an SSH
+    host writes its points there, on that host, not into the control machine's repository."""
+    storage = policy.get(Kind.STORAGE, spec.storage)
+    if storage is None or not isinstance(storage.spec, StorageSpec) or storage.spec.type is not StorageType.LOCAL:
+        return
+    member = spec.members[i]
+    for name in member.all_hosts:
+        host = policy.get(Kind.HOST, name)
+        if host is not None and isinstance(host.spec, HostSpec) and not host.spec.is_local:
+            yield Problem(doc.ref, ("spec", "members", i, "host"),
+                          f"{doc.name}/{member.name} on SSH host {name!r} backs up into local storage "
+                          f"{spec.storage!r}: its agent writes to {storage.spec.path} on {name}, not on this "
+                          "machine (only right when that path is shared storage mounted on both)",
+                          "use a `type: sftp` Storage on a backup-server Host for a repository that "
+                          "agents on several hosts share", Severity.WARNING)
+            return
 
 
 def _pair(policy: Policy, doc: Document, i: int) -> Iterator[Problem]:

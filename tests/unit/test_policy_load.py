@@ -502,3 +502,15 @@ def test_flow_mapping_with_colon_in_plain_scalar(tmp_path: Path) -> None:
 )
 def test_pathological_yaml(tmp_path: Path, text: str) -> None:
     _check_load(tmp_path, text)
+
+
+def test_local_storage_used_by_a_member_on_an_ssh_host_is_a_warning_with_its_position(tmp_path: Path) -> None:
+    host = ("apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: s1}\nspec:\n  address: 10.0.0.9\n"
+            '  hostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDxqKSTM4mqUClowJzXBY6H4+n4Gru4x2Bi2DH/nsJ1C"\n')
+    quickstart = (QUICKSTART / "protect.yaml").read_text()
+    assert "host: local" in quickstart
+    policy = load_policy(write_policy(tmp_path, [host, quickstart.replace("host: local", "host: s1")]))
+    (warning,) = [w for w in policy.warnings if "SSH host 's1'" in w.summary]
+    assert warning.severity is Severity.WARNING and "local storage" in warning.summary
+    assert warning.location is not None and "protect.yaml" in str(warning.location)
+    assert not [w for w in load_policy(QUICKSTART).warnings if "SSH host" in w.summary]
