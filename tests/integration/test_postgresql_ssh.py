@@ -13,7 +13,6 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from tests.conftest import cli_env
 from tests.integration import pgcluster
 from tests.integration.pgcluster import PgCluster
 from tests.integration.sshd import SshdServer, keygen, sshd_available
+from tests.integration.test_postgresql_cli import policy_text
 
 pytestmark = [
     pytest.mark.skipif(pgcluster.available() is not None, reason=str(pgcluster.available())),
@@ -50,45 +50,10 @@ def site(pinned_wheelhouse: Path) -> Iterator[tuple[Path, PgCluster, SshdServer,
         cluster.sql("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz)")
         policy = base / "site"
         policy.mkdir()
-        (policy / "policy.yaml").write_text(server.host_doc(identity_file=key, scheduler="cron") + textwrap.dedent(f"""\
-            ---
-            apiVersion: protectctl/v1
-            kind: EncryptionKey
-            metadata: {{name: k}}
-            spec:
-              passphrase: {{file: ./passphrase}}
-            ---
-            apiVersion: protectctl/v1
-            kind: Storage
-            metadata: {{name: repo}}
-            spec: {{type: local, path: {base}/repo, encryption: {{key: k}}}}
-            ---
-            apiVersion: protectctl/v1
-            kind: SLA
-            metadata: {{name: db-tier}}
-            spec:
-              sync: every 5m
-              full: daily at 20:00
-              retention: {{disk: 14d}}
-            ---
-            apiVersion: protectctl/v1
-            kind: ProtectionGroup
-            metadata: {{name: finance}}
-            spec:
-              sla: db-tier
-              storage: repo
-              members:
-                - name: ledger-db
-                  host: db1
-                  postgresql:
-                    dataDir: {cluster.data}
-                    port: {cluster.port}
-                    socketDir: {cluster.sock}
-                    osUser: {pgcluster.OS_USER}
-                    binDir: {pgcluster.PG_BIN}
-                    allowRestart: true
-                    spoolLimit: 64MiB
-            """))
+        # test_postgresql_cli's policy, with its member's Host an SSH host instead of `local`
+        text = policy_text(cluster)
+        (policy / "policy.yaml").write_text(server.host_doc(identity_file=key, scheduler="cron")
+                                            + text[text.index("---\n"):])
         yield policy, cluster, server, key
     finally:
         server.stop()
@@ -157,5 +122,5 @@ def test_postgresql_on_an_ssh_host_is_prepared_backed_up_and_restored(
     # path on this machine, which that host cannot read: refused, saying so, nothing written
     there = cli(policy, "restore", "finance/ledger-db", "--to-time", between.isoformat(), "--target",
                 f"db1:{cluster.base / 'on-db1'}", "--port", str(pgcluster.free_port(27200)))
-    assert there.returncode == 1 and "storage repo is a path on this machine" in there.stderr, there.stderr
+    assert there.returncode == 1 and "storage primary is a path on this machine" in there.stderr, there.stderr
     assert not (cluster.base / "on-db1").exists()
