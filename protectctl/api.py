@@ -227,15 +227,20 @@ def observe(state: State, *, remote: bool = False) -> Observations:
                 try:
                     points[address] = sum(1 for _ in storage.list(ObjectKind.POINTS))
                 finally:
-                    close = getattr(storage, "close", None)
-                    if close is not None:
-                        close()
+                    _close(storage)
             except (ProtectctlError, OSError) as err:
                 why = err.message if isinstance(err, ProtectctlError) else (err.strerror or str(err))
                 raise PlanError(f"cannot tell whether {address} holds recovery points: {why}",
                                 hint="make its host reachable, or pass --delete-data to destroy it with its data") \
                     from None
     return Observations(storage_points=points)
+
+
+def _close(resource: object) -> None:
+    """Close a host connection or storage if it holds one (SSH); local ones have nothing to close."""
+    close = getattr(resource, "close", None)
+    if close is not None:
+        close()
 
 
 def drift(state: State, warnings: list[str] | None = None) -> dict[str, str]:
@@ -268,9 +273,7 @@ def drift(state: State, warnings: list[str] | None = None) -> dict[str, str]:
         except RemoteError as err:
             return {}, f"host {host} could not be refreshed, its resources are left as they are: {err.message}"
         finally:
-            close = getattr(conn, "close", None)
-            if close is not None:
-                close()
+            _close(conn)
         return found, None
 
     drifted: dict[str, str] = {}
@@ -721,13 +724,7 @@ def _restore_on_host(policy_dir: Path, job_target: SourceTarget, host: str, when
     from protectctl.agent.jobs import RestoreResult
     from protectctl.errors import RestoreError
     from protectctl.plan.address import Address
-    from protectctl.plan.resources import (
-        AGENT_CONFIG,
-        AGENT_VENV,
-        _point_at_known_hosts_copy,
-        _storage_inputs,
-        host_path,
-    )
+    from protectctl.plan.resources import _storage_inputs, agent_command, agent_storage
     from protectctl.provision.host import connect
 
     policy = load(policy_dir)
@@ -747,27 +744,19 @@ def _restore_on_host(policy_dir: Path, job_target: SourceTarget, host: str, when
                else f"host {host} has no key to storage {name} (no member of it is protected there)")
         raise RestoreError(f"host {host} cannot read {job_target.inputs['source']}'s recovery points: {why}",
                            hint="restore here with --target PATH and copy the result over")
-    storage["identity_file"] = access.inputs["key_path"]
-    if access.inputs.get("known_hosts_copy"):
-        _point_at_known_hosts_copy(storage, str(access.inputs["known_hosts_copy"]))
-    storage["passphrase"] = {"file": secret.inputs["path"]}
-    request = {"inputs": {**job_target.inputs, "storage": storage},
+    request = {"inputs": {**job_target.inputs, "storage": agent_storage(storage, access, secret)},
                "to_time": when if isinstance(when, str) else when.astimezone(UTC).isoformat(),
                "target": str(target) if target is not None else None, "subpaths": list(subpaths),
                "dry_run": dry_run, "overwrite": overwrite,
                "options": {**options, "source_host_reachable": host == job_target.host}}
-    root = str(host_inputs.get("root") or "/")
-    argv = (host_path(root, f"{AGENT_VENV}/bin/protectctl"), "--agent-config", host_path(root, AGENT_CONFIG),
-            "agent", "restore")
+    argv = agent_command(str(host_inputs.get("root") or "/"), "agent", "restore")
     hosts = {a.name: dict(r.inputs) for a, r in by_address.items() if a.kind == "host"}
     conn = connect(host, str(host_inputs["address"]), host_inputs, hosts)
     try:
         status, out, err = conn.exec_bytes(argv, stdin=json.dumps(request).encode(),  # type: ignore[attr-defined]
                                            timeout_s=7 * 86400)
     finally:
-        close = getattr(conn, "close", None)
-        if close is not None:
-            close()
+        _close(conn)
     if status != 0:
         said = [line.removeprefix("Error: ") for line in err.decode(errors="replace").strip().splitlines()]
         raise RestoreError(f"host {host}: {' '.join(said[:3]) or f'the agent restore exited {status}'}")
@@ -1239,9 +1228,7 @@ def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, An
     except RemoteError as err:
         checks.append(("reachable", False, err.message + (f" ({err.hint})" if err.hint else "")))
     finally:
-        close = getattr(conn, "close", None)
-        if close is not None:
-            close()
+        _close(conn)
     return HostCheck(name, address, tuple(checks))
 
 

@@ -83,8 +83,7 @@ def plan_source(
     if not ordered:
         return []
     reasons[ordered[0].id].append("newest")
-    chain = any(p.role == "log" for p in ordered)
-    restorable = [p for p in ordered if p.role != "log"] if chain else list(ordered)
+    restorable = [p for p in ordered if p.role != "log"]  # all of them, unless a log chain
     newest_complete = next((p for p in restorable if p.complete), None)
     if newest_complete is not None:
         reasons[newest_complete.id].append("newest complete")
@@ -96,7 +95,7 @@ def plan_source(
     for rule, bucket_of in _BUCKETS:
         for point in _newest_per_bucket(restorable, bucket_of, counts[rule], tz):
             reasons[point.id].append(rule)
-    if chain:
+    if len(restorable) < len(ordered):
         _keep_log_chain(ordered, horizon, reasons)
     return [Decision(p, tuple(reasons[p.id])) for p in ordered]
 

@@ -291,11 +291,10 @@ def _prepare_remote(inputs: Inputs, ctx: ApplyContext, root: str) -> list[str]:
     import json
 
     from protectctl.errors import RemoteError
-    from protectctl.plan.resources import AGENT_CONFIG, AGENT_VENV, host_path
+    from protectctl.plan.resources import agent_command
 
     conn = ctx.host(str(inputs["host"]))
-    argv = (host_path(root, f"{AGENT_VENV}/bin/protectctl"), "--agent-config", host_path(root, AGENT_CONFIG),
-            "agent", "prepare", str(inputs["config_path"]))
+    argv = agent_command(root, "agent", "prepare", str(inputs["config_path"]))
     result = conn.run(argv, timeout_s=600)
     try:
         outcome = json.loads(result.stdout)
@@ -365,7 +364,7 @@ class AccessEffect:
         return f"protectctl-agent:{inputs['storage']}/{inputs['host']}"
 
     def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
-        from protectctl.provision.keys import authorized_line, new_key_pair, public_key_of
+        from protectctl.provision.keys import authorized_line, new_key_pair, public_key_of, tunnel_line
 
         conn = ctx.host(str(inputs["host"]))
         key_path = str(inputs["key_path"])
@@ -463,27 +462,18 @@ def secret_drift(conn: Any, rec: Any) -> list[str]:
     return problems
 
 
-def tunnel_line(public: str, permit: str) -> str:
-    """An agent's key on a jump host: it may open a tunnel to `permit` (HOST:PORT) and nothing else."""
-    if '"' in permit or "\\" in permit or "," in permit:
-        raise ValueError(f"cannot put {permit!r} in an authorized_keys permitopen")
-    return f'restrict,port-forwarding,permitopen="{permit}",command="/bin/false" {public}'
-
-
 def _known_hosts_entries(wanted: Any) -> bytes:
     """The knownHosts lines an agent needs, read from the control machine's files."""
-    import paramiko
+    from protectctl.provision.ssh import known_host_keys
 
     lines: list[str] = []
     for entry in wanted:
-        try:
-            keys = paramiko.HostKeys(os.path.expanduser(str(entry["file"]))).lookup(str(entry["name"])) or {}
-        except (OSError, paramiko.SSHException) as err:
-            raise ProtectctlError(f"cannot read knownHosts {entry['file']}: {err}") from None
+        name = str(entry["name"])
+        keys = known_host_keys(str(entry["file"]), name, host=name)
         if not keys:
-            raise ProtectctlError(f"knownHosts {entry['file']} has no key for {entry['name']}",
-                                  hint=f"add `{entry['name']} <key type> <key>` to it, or pin `hostKey:` instead")
-        lines += [f"{entry['name']} {kind} {key.get_base64()}" for kind, key in sorted(keys.items())]
+            raise ProtectctlError(f"knownHosts {entry['file']} has no key for {name}",
+                                  hint=f"add `{name} <key type> <key>` to it, or pin `hostKey:` instead")
+        lines += [f"{name} {key}" for key in keys]
     return "".join(f"{line}\n" for line in lines).encode()
 
 

@@ -267,16 +267,11 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
     storage = {"name": group.storage, **_storage_inputs(b.policy, group.storage)}
     deps = [Address("group", doc.name), *(Address("agent", h) for h in member.all_hosts),
             Address("storage", group.storage)]
-    if storage["type"] == StorageType.SFTP.value:
-        access = _access(b, group.storage, host_name, root, storage)
-        storage["identity_file"] = access.inputs["key_path"]  # the agent's own, append-only key
-        deps.append(access.address)
-        if not host_doc.spec.is_local and access.inputs.get("known_hosts_copy"):
-            _point_at_known_hosts_copy(storage, str(access.inputs["known_hosts_copy"]))
-    if not host_doc.spec.is_local:
-        secret = _secret(b, str(storage["key"]), host_name, root)
-        storage["passphrase"] = {"file": secret.inputs["path"]}  # the agent reads its own copy
-        deps.append(secret.address)
+    access = _access(b, group.storage, host_name, root, storage) if storage["type"] == StorageType.SFTP.value \
+        else None
+    secret = None if host_doc.spec.is_local else _secret(b, str(storage["key"]), host_name, root)
+    storage = agent_storage(storage, access, secret)
+    deps += [r.address for r in (access, secret) if r is not None]
     b.add(Resource(address, {
         "source": source, "group": doc.name, "member": member.name, "host": host_name,
         **({"nodes": [{"host": h, "config_path": _source_config_path(b, h, source)} for h in member.hosts]}
@@ -394,16 +389,31 @@ def _known_hosts_name(doc: Document) -> str:
     return spec.address if spec.port == 22 else f"[{spec.address}]:{spec.port}"
 
 
-def _point_at_known_hosts_copy(storage: dict[str, object], copy: str) -> None:
-    """A source's storage inputs as its agent sees them: knownHosts files replaced by the copy."""
-    ssh = dict(storage["ssh"])  # type: ignore[call-overload]
-    if ssh.get("known_hosts"):
-        ssh["known_hosts"] = copy
-    storage["ssh"] = ssh
-    hops = storage.get("ssh_hosts")
-    if isinstance(hops, dict):
-        storage["ssh_hosts"] = {name: {**hop, "known_hosts": copy if hop.get("known_hosts") else None}
-                                for name, hop in hops.items()}
+def agent_storage(storage: Mapping[str, object], access: Resource | None, secret: Resource | None) -> dict[str, object]:
+    """A storage's inputs as the agent of a host uses them: its own append-only key (`access`,
+    sftp), the knownHosts entries apply copied to it, its own passphrase copy (`secret`, SSH
+    hosts). Used for its sources' configs and for restores sent to it."""
+    out = dict(storage)
+    if access is not None:
+        out["identity_file"] = access.inputs["key_path"]
+        copy = access.inputs.get("known_hosts_copy")  # only for SSH hosts, when a hop is pinned by file
+        if copy:
+            ssh = dict(out["ssh"])  # type: ignore[call-overload]
+            if ssh.get("known_hosts"):
+                ssh["known_hosts"] = copy
+            out["ssh"] = ssh
+            hops = out.get("ssh_hosts")
+            if isinstance(hops, dict):
+                out["ssh_hosts"] = {name: {**hop, "known_hosts": copy if hop.get("known_hosts") else None}
+                                    for name, hop in hops.items()}
+    if secret is not None:
+        out["passphrase"] = {"file": secret.inputs["path"]}
+    return out
+
+
+def agent_command(root: str, *args: str) -> tuple[str, ...]:
+    """How the control machine runs the agent installed under an SSH host's `root`."""
+    return (host_path(root, f"{AGENT_VENV}/bin/protectctl"), "--agent-config", host_path(root, AGENT_CONFIG), *args)
 
 
 def _secret(b: _Builder, key_name: str, host: str, root: str) -> Resource:

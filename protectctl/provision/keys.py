@@ -39,3 +39,11 @@ def authorized_line(public: str, serve: str, repo: str) -> str:
     if '"' in command or "\\" in command:
         raise ValueError(f"cannot put {command!r} in an authorized_keys command")
     return f'restrict,command="{command}" {public}'
+
+
+def tunnel_line(public: str, permit: str) -> str:
+    """An agent's key on a jump host: `restrict,port-forwarding,permitopen="HOST:PORT",command="/bin/false"`
+    — it may open a tunnel to `permit` (the next hop) and nothing else."""
+    if '"' in permit or "\\" in permit or "," in permit:
+        raise ValueError(f"cannot put {permit!r} in an authorized_keys permitopen")
+    return f'restrict,port-forwarding,permitopen="{permit}",command="/bin/false" {public}'

@@ -105,6 +105,18 @@ def _expand(path: str) -> str:
     return posixpath.expanduser(path)
 
 
+def known_host_keys(known_hosts: str, name: str, *, host: str) -> list[str]:
+    """The keys (`TYPE BASE64`) a knownHosts file lists for `name` (`ADDR` or `[ADDR]:PORT`);
+    HostKeyRefusedError, naming `host`, if the file cannot be read."""
+    import paramiko
+
+    try:
+        entries = paramiko.HostKeys(_expand(known_hosts)).lookup(name) or {}
+    except (OSError, paramiko.SSHException) as err:
+        raise HostKeyRefusedError(f"host {host}: cannot read knownHosts {known_hosts}: {err}") from err
+    return [f"{kind} {key.get_base64()}" for kind, key in sorted(entries.items())]
+
+
 class _PinnedKeyPolicy:
     """A MissingHostKeyPolicy that accepts only the pinned key or a known_hosts entry."""
 
@@ -112,19 +124,13 @@ class _PinnedKeyPolicy:
         self.params = params
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        import paramiko
-
         p = self.params
         offered = f"{key.get_name()} {key.get_base64()}"
         trusted: list[str] = []
         if p.host_key:
             trusted.append(" ".join(p.host_key.split()[:2]))
         if p.known_hosts:
-            try:
-                entries = paramiko.HostKeys(_expand(p.known_hosts)).lookup(p.known_hosts_name) or {}
-            except (OSError, paramiko.SSHException) as err:
-                raise HostKeyRefusedError(f"host {p.name}: cannot read knownHosts {p.known_hosts}: {err}") from err
-            trusted += [f"{kind} {k.get_base64()}" for kind, k in entries.items()]
+            trusted += known_host_keys(p.known_hosts, p.known_hosts_name, host=p.name)
         if offered in trusted:
             return
         fp = fingerprint(key)

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,11 +209,13 @@ def pinned_wheelhouse() -> Iterator[Path]:
         source_digest.cache_clear()
 
 
-def one_member_docs(storage: str, storage_spec: str, host: str, data: Path) -> str:
-    """Policy documents around one filesystem member `g/m` on `host`: EncryptionKey `k` (a file
-    passphrase the first apply creates), the Storage `storage` with `storage_spec` (its spec
-    lines, without the encryption line), SLA `daily`."""
+def group_docs(storage: str, storage_spec: str, members: Sequence[tuple[str, str, Path]]) -> str:
+    """Policy documents around group `g` of filesystem members (name, host, path): EncryptionKey
+    `k` (a file passphrase the first apply creates), the Storage `storage` with `storage_spec`
+    (its spec lines, without the encryption line), SLA `daily`."""
     spec = textwrap.indent(textwrap.dedent(storage_spec).strip() + "\nencryption: {key: k}", "  ")
+    listed = "\n".join(f"    - {{name: {name}, host: {host}, filesystem: {{path: {path}}}}}"
+                       for name, host, path in members)
     return textwrap.dedent("""\
         apiVersion: protectctl/v1
         kind: EncryptionKey
@@ -242,5 +244,10 @@ def one_member_docs(storage: str, storage_spec: str, host: str, data: Path) -> s
           sla: daily
           storage: STORAGE
           members:
-            - {name: m, host: HOST, filesystem: {path: DATA}}
-        """).replace("STORAGE", storage).replace("SPEC", spec).replace("HOST", host).replace("DATA", str(data))
+        MEMBERS
+        """).replace("STORAGE", storage).replace("SPEC", spec).replace("MEMBERS", listed)
+
+
+def one_member_docs(storage: str, storage_spec: str, host: str, data: Path) -> str:
+    """`group_docs` with one member, `g/m` on `host`."""
+    return group_docs(storage, storage_spec, [("m", host, data)])

@@ -6,14 +6,13 @@ import hashlib
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.sshd import SshdServer, keygen, sshd_available, start_fleet
+from tests.integration.sshd import SshdServer, group_docs, keygen, sshd_available, start_fleet
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
 
@@ -24,39 +23,8 @@ def cli(policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def write_policy(policy: Path, hosts: list[str], data: Path) -> None:
-    members = "\n".join(f"    - {{name: {h}, host: {h}, filesystem: {{path: {data}}}}}" for h in
-                        [h.split("metadata: {name: ")[1].split("}")[0] for h in hosts])
-    docs = [textwrap.dedent("""\
-        apiVersion: protectctl/v1
-        kind: EncryptionKey
-        metadata: {name: k}
-        spec:
-          passphrase: {file: ./passphrase}
-        ---
-        apiVersion: protectctl/v1
-        kind: Storage
-        metadata: {name: repo}
-        spec:
-          type: local
-          path: ./repo
-          encryption: {key: k}
-        ---
-        apiVersion: protectctl/v1
-        kind: SLA
-        metadata: {name: hourly}
-        spec:
-          sync: every 1h
-          full: daily at 20:00
-          retention: {disk: 7d}
-        """), *hosts, textwrap.dedent("""\
-        apiVersion: protectctl/v1
-        kind: ProtectionGroup
-        metadata: {name: g}
-        spec:
-          sla: hourly
-          storage: repo
-          members:
-        """) + members + "\n"]
+    names = [h.split("metadata: {name: ")[1].split("}")[0] for h in hosts]
+    docs = [*hosts, group_docs("repo", "type: local\npath: ./repo", [(name, name, data) for name in names])]
     policy.mkdir(parents=True, exist_ok=True)
     (policy / "policy.yaml").write_text("---\n".join(d if d.endswith("\n") else d + "\n" for d in docs))
 
