@@ -1110,37 +1110,74 @@ def _passphrase_file(path: Path) -> bytes:
     return SecretRef(file=path).resolve().value
 
 
+BUNDLE_FORMAT = "protectctl-key-bundle"
+
+
 def keys_export(policy_dir: Path, key: str, dest: Path, *, passphrase_file: Path | None = None) -> list[str]:
-    """Export KEY (a tape key id or EncryptionKey name: all its tape keys; a Storage name or one of its
-    repository key ids: that repository's master key, re-wrapped) to a passphrase-protected file."""
+    """Export KEY to a passphrase-protected file: an EncryptionKey name (every repository master key
+    and tape key it protects, in one bundle), a tape key id, a Storage name or one of its repository
+    key ids (that repository's master key, re-wrapped)."""
+    import json
+
     from protectctl.errors import TapeError
+    from protectctl.fsutil import atomic_write
+    from protectctl.policy.model import Kind
     from protectctl.tape import repokeys
 
     policy = load(policy_dir)
     service = tape_service(policy_dir, policy)
     targets = repository_key_targets(policy_dir, policy)
-    repo = [t for t in targets if t.storage_name == key]
-    if not repo:
-        repo = [t for t in targets if any(r["id"] == key for r in repokeys.rows([t], service.ctx.home))]
-    if repo:
-        (target,) = repo[:1]
-        passphrase = _passphrase_file(passphrase_file) if passphrase_file is not None else target.passphrase()
-        return repokeys.export(target, dest, passphrase, service.ctx.home, now=service.now)
-    keys = service.keys.resolve(key)
-    names = {k.name for k in keys}
-    if passphrase_file is not None:
-        passphrase = _passphrase_file(passphrase_file)
+    by_key = policy.get(Kind.ENCRYPTION_KEY, key) is not None
+    if by_key:
+        # repositories not initialised yet hold no master key to export
+        repo = [t for t in targets if t.key_name == key and repokeys.rows([t], service.ctx.home)]
+        tape_keys = [k for k in service.keys.infos() if k.name == key]
+        names = {key}
     else:
-        (name,) = names
-        passphrase = service.ctx.passphrases[name]() if name in service.ctx.passphrases else b""
-        if not passphrase:
+        repo = [t for t in targets if t.storage_name == key]
+        if not repo:
+            repo = [t for t in targets if any(r["id"] == key for r in repokeys.rows([t], service.ctx.home))]
+        tape_keys = [] if repo else service.keys.resolve(key)
+        names = {k.name for k in tape_keys} | {t.key_name for t in repo}
+    if not repo and not tape_keys:
+        raise TapeError(f"EncryptionKey {key} protects nothing yet: no repository was initialised with it and "
+                        "no tape key was made under it", hint="run `protectctl apply` first")
+
+    def passphrase_for(name: str, fallback: Callable[[], bytes] | None) -> bytes:
+        if passphrase_file is not None:
+            return _passphrase_file(passphrase_file)
+        resolver = service.ctx.passphrases.get(name) or fallback
+        value = bytes(resolver()) if resolver is not None else b""
+        if not value:
             raise TapeError(f"no passphrase for EncryptionKey {name}", hint="give --passphrase-file")
-    service.keys.export(keys, dest, passphrase, now=service.now)
-    return [k.id for k in keys]
+        return value
+
+    parts: list[dict[str, object]] = []
+    repo_ids: list[str] = []
+    for target in repo:
+        doc, opened = repokeys.export_doc(target, passphrase_for(target.key_name, target.passphrase), now=service.now)
+        parts.append(doc)
+        repo_ids.extend(opened)
+    if tape_keys:
+        (name,) = names if len(names) == 1 else (sorted(names)[0],)
+        parts.append(service.keys.export_doc(tape_keys, passphrase_for(name, None), now=service.now))
+    doc = parts[0] if len(parts) == 1 else {"format": BUNDLE_FORMAT, "version": 1, "parts": parts}
+    try:
+        atomic_write(dest, json.dumps(doc, indent=1, sort_keys=True).encode(), mode=0o600)
+    except OSError as err:
+        raise TapeError(f"writing {dest}: {err.strerror}") from err
+    if repo_ids:
+        repokeys.mark_exported(service.ctx.home, repo_ids, service.now)
+    if tape_keys:
+        service.keys.mark_exported(tape_keys, now=service.now)
+    return repo_ids + [k.id for k in tape_keys]
 
 
 def keys_import(policy_dir: Path, source: Path, *, passphrase_file: Path | None = None) -> list[str]:
-    """Import keys exported at another site; they are re-wrapped under the local passphrase."""
+    """Import keys exported at another site (one export or a bundle); they are re-wrapped under the
+    local passphrase."""
+    import json
+
     from protectctl.errors import TapeError
     from protectctl.tape import repokeys
 
@@ -1156,9 +1193,23 @@ def keys_import(policy_dir: Path, source: Path, *, passphrase_file: Path | None 
                              hint="add that EncryptionKey, or give --passphrase-file")
         return bytes(resolver())
 
-    if repokeys.is_export(source):
-        return repokeys.import_file(source, repository_key_targets(policy_dir, policy), opener)
-    return [k.id for k in service.keys.import_file(source, opener, now=service.now)]
+    try:
+        doc = json.loads(source.read_bytes())
+    except (OSError, ValueError) as err:
+        raise TapeError(f"{source} is not a protectctl key export: {err}") from err
+    if not isinstance(doc, dict):
+        raise TapeError(f"{source} is not a protectctl key export")
+    parts = doc.get("parts") if doc.get("format") == BUNDLE_FORMAT else [doc]
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+        raise TapeError(f"{source} is not a protectctl key export: a bundle without parts")
+    imported: list[str] = []
+    for part in parts:
+        if part.get("format") == repokeys.EXPORT_FORMAT:
+            imported += repokeys.import_doc(part, repository_key_targets(policy_dir, policy), opener,
+                                            origin=str(source))
+        else:
+            imported += [k.id for k in service.keys.import_doc(part, opener, now=service.now, origin=str(source))]
+    return imported
 
 
 # --- hosts -------------------------------------------------------------------------------

@@ -13,9 +13,11 @@ from typing import Annotated
 
 import typer
 
+from protectctl.cli.helpformat import HelpGroup
+
 
 def register(app: typer.Typer) -> None:
-    agent_app = typer.Typer(help="Commands run by PostgreSQL on a protected host.", no_args_is_help=True)
+    agent_app = typer.Typer(cls=HelpGroup, help="Commands run by PostgreSQL on a protected host.", no_args_is_help=True)
     app.add_typer(agent_app, name="agent", hidden=True)
 
     @agent_app.command("wal-push")

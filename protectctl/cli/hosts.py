@@ -6,9 +6,11 @@ from typing import Annotated
 
 import typer
 
+from protectctl.cli.helpformat import HelpGroup
+
 
 def register(app: typer.Typer) -> None:
-    hosts_app = typer.Typer(help="Inspect the hosts of the policy.", no_args_is_help=True)
+    hosts_app = typer.Typer(cls=HelpGroup, help="Inspect the hosts of the policy.", no_args_is_help=True)
     app.add_typer(hosts_app, name="hosts")
 
     @hosts_app.command("check")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from protectctl.cli.helpformat import HelpGroup
 from protectctl.cli.main import Env, env_of
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
 
             _run_tape(env, group, member, all_points, lock_seconds(lock_timeout))
 
-    points_app = typer.Typer(help="Recovery points.", no_args_is_help=True)
+    points_app = typer.Typer(cls=HelpGroup, help="Recovery points.", no_args_is_help=True)
     app.add_typer(points_app, name="points")
 
     @points_app.command("list")
@@ -104,8 +105,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     ) -> None:
         """Bring a source back as it was at a time."""
         from protectctl import api
+        from protectctl.cli.interrupt import on_interrupt
 
         env = env_of(ctx, json_mode)
+        if not dry_run:
+            on_interrupt(f"the restore of {source} stopped part-way: {target or 'the original place'} holds only "
+                         "part of the point; run the same command again with --overwrite to finish it")
         if from_ not in (None, "disk", "tape"):
             from protectctl.errors import RestoreError
 
@@ -232,6 +237,11 @@ def show_result(env: Env, result: Any) -> None:
 
 def _run_backup(env: Env, kind: str, group: str, member: str | None) -> None:
     from protectctl import api
+    from protectctl.cli.interrupt import on_interrupt
+
+    again = f"protectctl run {kind} {group}" + (f" --member {member}" if member else "")
+    on_interrupt(f"the {kind} stopped before its recovery point was saved, so no point was published; the data "
+                 f"it already stored is kept and reused: run `{again}` again")
 
     results = api.run_backup(env.policy_dir, kind, group, member, agent_config=env.agent_config,
                              progress=progress_of(env))
@@ -262,6 +272,10 @@ def backup_line(r: Any) -> str:
 
 def _prune(env: Env, group: str | None, member: str | None, *, dry_run: bool) -> None:
     from protectctl import api
+    from protectctl.cli.interrupt import on_interrupt
+
+    on_interrupt("prune stopped: points it already forgot are gone, and nothing a kept point needs was deleted; "
+                 "run prune again to finish collecting unreferenced data")
 
     results = api.prune(env.policy_dir, group, agent_config=env.agent_config, dry_run=dry_run, member=member,
                         progress=progress_of(env))

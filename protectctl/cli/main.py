@@ -18,13 +18,14 @@ from typing import Annotated
 import typer
 
 from protectctl import __version__
+from protectctl.cli.helpformat import HelpGroup
 from protectctl.cli.output import Output
 
-app = typer.Typer(
+app = typer.Typer(cls=HelpGroup,
     name="protectctl",
     help="Declarative, policy-as-code data protection for Linux fleets.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh and fish
     pretty_exceptions_enable=False,  # tracebacks never reach users, and never with locals
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -62,14 +63,31 @@ def root(
     agent_config: Annotated[Path | None, typer.Option(
         "--agent-config", envvar="PROTECTCTL_AGENT_CONFIG",
         help="Agent configuration written by apply (what timers use instead of -C).")] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True,
+                                         help="More log lines on stderr (-v: progress events, -vv: debug).")] = 0,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (also: the NO_COLOR variable).")] = False,
+    version: Annotated[bool, typer.Option("-V", "--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
+    if no_color:
+        os.environ["NO_COLOR"] = "1"  # every rich console made from here on (tables, progress) honours it
+    if verbose:
+        _log_to_stderr(verbose)
     ctx.obj = Env(directory, Output(json_mode=json_mode, quiet=quiet), debug, agent_config)
 
 
+def _log_to_stderr(verbosity: int) -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root_logger = logging.getLogger("protectctl")
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+
+
 def _register() -> None:
-    from protectctl.cli import agent, hosts, jobs, plan, serve, state, tape
+    from protectctl.cli import agent, hosts, jobs, manpage, plan, serve, state, tape
 
     plan.register(app)
     state.register(app)
@@ -78,9 +96,13 @@ def _register() -> None:
     agent.register(app)
     hosts.register(app)
     serve.register(app)
+    manpage.register(app)
 
 
 _register()
+
+
+INTERRUPTED = 130  # the shell's code for SIGINT; no command exits 130 for another reason
 
 
 def _log_crash() -> Path:
@@ -110,14 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     except ProtectctlError as err:
         output.error(err)
         sys.exit(err.exit_code)
-    except typer.Abort:
-        output.info("Aborted.")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        output.info("Interrupted.")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        from protectctl.cli.interrupt import interrupt_message
+
+        output.info(interrupt_message(), always=True)  # even under --quiet: the user must know what was left
+        sys.exit(INTERRUPTED)
     except typer.Exit as err:
-        sys.exit(err.exit_code)
+        code = err.exit_code
     except typer.TyperException as err:  # usage errors: bad option values, missing arguments
         show = getattr(err, "show", None)
         if callable(show):
@@ -134,4 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"protectctl: internal error (a bug): {type(err).__name__}: {err}\n"
                          f"  details: {where} (or rerun with --debug)\n")
         sys.exit(70)
+    if code == INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130) before it reaches us
+        from protectctl.cli.interrupt import interrupt_message
+
+        output.info(interrupt_message(), always=True)
     sys.exit(code if isinstance(code, int) else 0)

@@ -48,6 +48,11 @@ class Output:
     def interactive(self) -> bool:
         return sys.stdin.isatty() and sys.stdout.isatty()
 
+    @property
+    def can_prompt(self) -> bool:
+        """A question can be answered: stdin is a terminal (the question itself goes to stderr)."""
+        return sys.stdin.isatty()
+
     def document(self, doc: Mapping[str, Any]) -> None:
         """One JSON document on stdout."""
         sys.stdout.write(json.dumps(doc, indent=2, default=str, ensure_ascii=False) + "\n")
@@ -80,8 +85,8 @@ class Output:
             table.add_row(*("" if v is None else str(v) for v in row))
         self.out.print(table)
 
-    def info(self, message: str) -> None:
-        if not self.quiet:
+    def info(self, message: str, *, always: bool = False) -> None:
+        if always or not self.quiet:
             self.err.print(message, markup=False, highlight=False)
 
     def warn(self, message: str) -> None:

@@ -159,15 +159,21 @@ def _run_apply(env: Env, *, plan_file: Path | None, auto_approve: bool, parallel
             show_plan(env, plan, PlanFormat.TEXT)
         if auto_approve:
             return True
-        if not env.output.interactive:
+        if not env.output.can_prompt:
             raise ApplyError("refusing to apply without confirmation: stdin is not a terminal",
                              hint="pass --auto-approve, or apply a saved plan file")
+        # the question goes to stderr, so `apply | tee log` still asks on the terminal
         answer = typer.prompt("\nDo you want to perform these actions? Only 'yes' will be accepted",
-                              default="", show_default=False)
+                              default="", show_default=False, err=True)
         if answer.strip() != "yes":
             env.output.info("Apply cancelled.")
             return False
         return True
+
+    from protectctl.cli.interrupt import on_interrupt
+
+    on_interrupt("apply stopped: the state records every resource applied so far (none half-recorded); run "
+                 "`protectctl apply` again to finish")
 
     def progress(result: ResourceResult) -> None:
         if env.output.json_mode:
@@ -194,7 +200,7 @@ def _report(env: Env, report: ApplyReport) -> None:
             env.output.text("No changes. The hosts match the policy.")
         return
     if not report.applied:
-        raise typer.Exit(0)
+        raise typer.Exit(1)  # cancelled at the prompt: nothing was applied (Terraform exits 1 too)
     ok = sum(r.outcome.value == "ok" for r in report.results)
     failed = [r for r in report.results if r.outcome.value == "failed"]
     skipped = sum(r.outcome.value == "skipped" for r in report.results)

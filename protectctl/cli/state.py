@@ -6,12 +6,13 @@ from typing import Annotated
 
 import typer
 
+from protectctl.cli.helpformat import HelpGroup
 from protectctl.cli.main import env_of
 from protectctl.errors import StateError
 
 
 def register(app: typer.Typer) -> None:
-    state_app = typer.Typer(help="Inspect and repair the recorded state.", no_args_is_help=True)
+    state_app = typer.Typer(cls=HelpGroup, help="Inspect and repair the recorded state.", no_args_is_help=True)
     app.add_typer(state_app, name="state")
 
     @state_app.command("list")
@@ -29,16 +30,18 @@ def register(app: typer.Typer) -> None:
             env.output.text(address)
 
     @state_app.command("show")
-    def show(ctx: typer.Context, address: str) -> None:
-        """One resource: inputs, outputs, when it was applied."""
+    def show(ctx: typer.Context, address: str,
+             json_mode: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+        """One resource as JSON: inputs, outputs, when it was applied."""
         from protectctl import api
 
-        env = env_of(ctx)
+        env = env_of(ctx, json_mode)
         state = api.read_state(env.policy_dir)
         rec = state.resources.get(address)
         if rec is None:
             raise StateError(f"{address} is not in the state", hint="see `protectctl state list`")
-        env.output.document({"address": address, **rec.model_dump(mode="json")})
+        # one JSON document with or without --json: scripts have always parsed this output
+        env.output.document({"format_version": "1.0", "address": address, **rec.model_dump(mode="json")})
 
     @state_app.command("rm")
     def rm(ctx: typer.Context, addresses: Annotated[list[str], typer.Argument(help="Resource addresses.")],

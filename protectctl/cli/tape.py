@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from protectctl.cli.helpformat import HelpGroup
 from protectctl.cli.main import Env, env_of
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -52,8 +53,8 @@ def tape_run_summary(r: Any) -> str:
 
 
 def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per command
-    tape_app = typer.Typer(help="Tape libraries, cartridges and pools.", no_args_is_help=True)
-    keys_app = typer.Typer(
+    tape_app = typer.Typer(cls=HelpGroup, help="Tape libraries, cartridges and pools.", no_args_is_help=True)
+    keys_app = typer.Typer(cls=HelpGroup,
         help="Tape keys and repository master keys: list, rotate, export, import.", no_args_is_help=True
     )
     app.add_typer(tape_app, name="tape")

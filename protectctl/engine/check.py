@@ -108,7 +108,8 @@ def _check_pack_presence(index: Index, sizes: Mapping[str, int], found: _Finding
             found.damage(pack, f"pack {pack}: shorter than its index entries say (truncated?)")
     unindexed = len(set(sizes) - indexed)
     if unindexed:
-        found.warnings.append(f"{unindexed} pack(s) are in no index (an interrupted write); gc removes them")
+        found.warnings.append(f"{unindexed} pack(s) are in no index (an interrupted write); "
+                                 "`protectctl prune` removes them")
 
 
 def _read_all_packs(

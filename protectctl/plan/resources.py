@@ -134,8 +134,10 @@ def _passphrase_ref(policy: Policy, key_name: str) -> dict[str, object]:
 def _key(b: _Builder, doc: Document) -> None:
     spec = doc.spec
     assert isinstance(spec, EncryptionKeySpec)
-    b.add(Resource(Address("key", doc.name),
-                   {"passphrase": _passphrase_ref(b.policy, doc.name), "generate": spec.generate},
+    ref = _passphrase_ref(b.policy, doc.name)
+    # `generate` means something only for a file passphrase (apply never invents an env variable)
+    inputs = {"passphrase": ref, "generate": spec.generate} if "file" in ref else {"passphrase": ref}
+    b.add(Resource(Address("key", doc.name), inputs,
                    replace_on=("passphrase",), holds_data=True))
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from protectctl.engine.crypto import DEFAULT_KDF_N, KdfParams, Sealer, aad
 from protectctl.errors import CorruptionError, TapeError, WrongKeyError
@@ -221,8 +222,8 @@ class KeyStore:
 
     # -- export and import ----------------------------------------------------------------------
 
-    def export(self, keys: Sequence[KeyInfo], dest: Path, passphrase: bytes, *, now: datetime) -> None:
-        """Write `keys` to `dest`, sealed under `passphrase` (scrypt); marks them exported."""
+    def export_doc(self, keys: Sequence[KeyInfo], passphrase: bytes, *, now: datetime) -> dict[str, object]:
+        """The export document of `keys`, sealed under `passphrase` (scrypt)."""
         entries = []
         for info in keys:
             kek = self.kek(info.id)
@@ -239,19 +240,27 @@ class KeyStore:
                     "sealed": _b64(sealed.sealed),
                 }
             )
-        doc = {
+        return {
             "format": EXPORT_FORMAT,
             "version": VERSION,
             "exported": now.astimezone(UTC).isoformat(),
             "keys": entries,
         }
+
+    def mark_exported(self, keys: Sequence[KeyInfo], *, now: datetime) -> None:
+        """Record that `keys` were exported (after the export file is safely written)."""
+        for info in keys:
+            stored = self._read(self._path(info.id))
+            self._write(replace(stored, info=replace(stored.info, exported=now.astimezone(UTC))))
+
+    def export(self, keys: Sequence[KeyInfo], dest: Path, passphrase: bytes, *, now: datetime) -> None:
+        """Write `keys` to `dest`, sealed under `passphrase` (scrypt); marks them exported."""
+        doc = self.export_doc(keys, passphrase, now=now)
         try:
             atomic_write(dest, json.dumps(doc, indent=1, sort_keys=True).encode(), mode=0o600)
         except OSError as err:
             raise TapeError(f"writing {dest}: {err.strerror}") from err
-        for info in keys:
-            stored = self._read(self._path(info.id))
-            self._write(replace(stored, info=replace(stored.info, exported=now.astimezone(UTC))))
+        self.mark_exported(keys, now=now)
 
     def import_file(
         self, source: Path, passphrase: Callable[[str], bytes], *, now: datetime
@@ -259,10 +268,20 @@ class KeyStore:
         """Read an export; `passphrase(name)` opens it. Keys are re-wrapped under the local passphrase."""
         try:
             doc = json.loads(source.read_bytes())
+        except (OSError, ValueError) as err:
+            raise TapeError(f"{source} is not a protectctl key export: {err}") from err
+        return self.import_doc(doc, passphrase, now=now, origin=str(source))
+
+    def import_doc(
+        self, doc: Mapping[str, Any], passphrase: Callable[[str], bytes], *, now: datetime, origin: str
+    ) -> list[KeyInfo]:
+        """`import_file` of an export document already read (`origin` names it in errors)."""
+        source = origin
+        try:
             if doc["format"] != EXPORT_FORMAT or doc["version"] != VERSION:
                 raise ValueError("not a protectctl key export")
             entries = list(doc["keys"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError) as err:
             raise TapeError(f"{source} is not a protectctl key export: {err}") from err
         imported = []
         for entry in entries:

@@ -116,15 +116,27 @@ def _open_master(t: RepoKeyTarget, repo_id: str, passphrase: bytes) -> tuple[Mas
     return keys, opened
 
 
-def export(t: RepoKeyTarget, dest: Path, passphrase: bytes, home: Path, *, now: datetime,
-           kdf_n: int = DEFAULT_KDF_N) -> list[str]:
-    """Write the master key of `t`'s repository wrapped under `passphrase`; marks its key files exported."""
+def export_doc(t: RepoKeyTarget, passphrase: bytes, *, now: datetime,
+               kdf_n: int = DEFAULT_KDF_N) -> tuple[dict[str, Any], list[str]]:
+    """The export document of `t`'s master key wrapped under `passphrase`, and the key files it came from."""
     repo_id = _repo_id(t)
     keys, opened = _open_master(t, repo_id, t.passphrase())
     name = os.urandom(16).hex()
     doc = {"format": EXPORT_FORMAT, "version": VERSION, "exported": now.astimezone(UTC).isoformat(),
            "storage": t.storage_name, "encryption_key": t.key_name, "repository": repo_id, "key_name": name,
            "wrapped": base64.b64encode(wrap_keys(keys, passphrase, repo_id, name, KdfParams.fresh(kdf_n))).decode()}
+    return doc, opened
+
+
+def mark_exported(home: Path, ids: Sequence[str], now: datetime) -> None:
+    """Record that the key files `ids` were exported (after the export file is safely written)."""
+    _mark_exported(home, ids, now)
+
+
+def export(t: RepoKeyTarget, dest: Path, passphrase: bytes, home: Path, *, now: datetime,
+           kdf_n: int = DEFAULT_KDF_N) -> list[str]:
+    """Write the master key of `t`'s repository wrapped under `passphrase`; marks its key files exported."""
+    doc, opened = export_doc(t, passphrase, now=now, kdf_n=kdf_n)
     try:
         atomic_write(dest, json.dumps(doc, indent=1, sort_keys=True).encode(), mode=0o600)
     except OSError as err:
@@ -145,9 +157,18 @@ def import_file(source: Path, targets: Sequence[RepoKeyTarget], passphrase: Call
     """Add a key file for the exported master key to the storage holding that repository id."""
     try:
         doc: dict[str, Any] = json.loads(source.read_bytes())
-        repo_id, name, wrapped = str(doc["repository"]), str(doc["key_name"]), base64.b64decode(doc["wrapped"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise TapeError(f"{source} is not a protectctl repository key export: {err}") from err
+    return import_doc(doc, targets, passphrase, origin=str(source), kdf_n=kdf_n)
+
+
+def import_doc(doc: Mapping[str, Any], targets: Sequence[RepoKeyTarget], passphrase: Callable[[str], bytes], *,
+               origin: str, kdf_n: int = DEFAULT_KDF_N) -> list[str]:
+    """`import_file` of an export document already read (`origin` names it in errors)."""
+    try:
+        repo_id, name, wrapped = str(doc["repository"]), str(doc["key_name"]), base64.b64decode(doc["wrapped"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise TapeError(f"{origin} is not a protectctl repository key export: {err}") from err
     keys = unwrap_keys(wrapped, passphrase(str(doc.get("encryption_key", ""))), repo_id, name)
     for t in targets:
         try:

@@ -87,3 +87,39 @@ def test_tape_key_passphrase_change_rewraps_old_keys(site: Path, tmp_path: Path)
                          dry_run=False, overwrite=False, progress=None, from_tape=True)
     assert result.ok if hasattr(result, "ok") else True
     assert (tmp_path / "r" / "notes.txt").exists()
+
+
+def test_export_by_encryption_key_name_bundles_repository_and_tape_keys(site: Path, tmp_path: Path) -> None:
+    """The README's `keys export KEY` with the EncryptionKey's own name: everything that key protects."""
+    (tmp_path / "export-pass").write_bytes(b"export secret\n")
+    proc = cli(site, "keys", "export", "repo-key", "--to", str(tmp_path / "repo.keys"),
+               "--passphrase-file", str(tmp_path / "export-pass"))
+    assert proc.returncode == 0, proc.stderr  # before: "no key 'repo-key' in .../keys"
+    assert json.loads((tmp_path / "repo.keys").read_text())["format"] == "protectctl-repository-key-export"
+    # one EncryptionKey for both the repository and the tape library: one bundle holds both
+    policy = site / "protect.yaml"
+    policy.write_text(policy.read_text().replace("encryption: {key: tape-kek}", "encryption: {key: repo-key}"))
+    api.tape_label(site, 1, "monthly")
+    backup(site)
+    api.run_tape(site, "docs", None)
+    proc = cli(site, "keys", "export", "repo-key", "--to", str(tmp_path / "all.keys"),
+               "--passphrase-file", str(tmp_path / "export-pass"))
+    assert proc.returncode == 0, proc.stderr
+    bundle = json.loads((tmp_path / "all.keys").read_text())
+    formats = sorted(part["format"] for part in bundle["parts"])
+    assert bundle["format"] == "protectctl-key-bundle"
+    assert formats == ["protectctl-key-export", "protectctl-repository-key-export"]
+    assert not any("never exported" in w for w in api.plan(site).warnings)
+    # the bundle imports whole: the repository opens under a new local passphrase
+    _repo_passphrase(site).write_bytes(b"another passphrase\n")
+    added = api.keys_import(site, tmp_path / "all.keys", passphrase_file=tmp_path / "export-pass")
+    assert added and _opens(site, b"another passphrase")
+
+
+def test_export_of_an_unused_encryption_key_says_so(tmp_path: Path) -> None:
+    policy_dir = write_policy(tmp_path / "site", POLICY.format(capacity="10MB"))
+    (policy_dir / ".protectctl").mkdir()
+    for name in ("passphrase", "tape-passphrase"):
+        (policy_dir / ".protectctl" / name).write_bytes(b"secret\n")
+    proc = cli(policy_dir, "keys", "export", "repo-key", "--to", str(tmp_path / "k"))
+    assert proc.returncode == 1 and "protects nothing yet" in proc.stderr and "Traceback" not in proc.stderr
