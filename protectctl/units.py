@@ -724,7 +724,8 @@ _SCHEDULE_HINT = (
 )
 _FRIENDLY_RE = re.compile(
     r"(?P<form>every|hourly|daily|weekly|monthly)"
-    r"(?:\s+(?!on\s|at\s)(?P<every>\S+))?"
+    # `every 15m`, and as people write it: `every 15 minutes`, `every 1 hour`, `every hour`
+    r"(?:\s+(?!on\s|at\s)(?P<every>[0-9.]+\s+[a-z]+|\S+))?"
     r"(?:\s+on\s+(?P<on>\S+))?"
     r"(?:\s+at\s+(?P<at>\S+))?"
 )
@@ -758,6 +759,8 @@ def _nearest_every(minutes: float) -> str:
 def _parse_every(value: str | None, whole: str) -> tuple[int, ...]:
     if value is None:
         raise UnitError(f"{_quote(whole)} needs an interval, like every 15m or every 2h")
+    if value in _DURATION_UNITS:  # `every hour`, `every minute`, `every day`
+        value = f"1{value}"
     seconds = _duration_seconds(value)
     minutes = seconds / MINUTE
     if minutes.denominator == 1 and int(minutes) in _VALID_EVERY_MIN:

@@ -513,3 +513,28 @@ def test_cron_and_on_calendar_agree(schedule: Schedule | None) -> None:
         from_calendar = set().union(*(oncalendar_minutes(e, day) for e in schedule.on_calendar_lines()))
         assert from_cron == expected, day
         assert from_calendar == expected, day
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("every 15 minutes", "every 15m"),
+        ("every 1 hour", "every 1h"),
+        ("every 2 hours", "every 2h"),
+        ("every hour", "every 1h"),
+        ("every minute", "every 1m"),
+        ("every day", "every 1d"),
+        ("every 30min", "every 30m"),
+        ("Every 15 Minutes", "every 15m"),
+    ],
+)
+def test_schedule_accepts_natural_spellings(text: str, canonical: str) -> None:
+    """The spellings people write are accepted consistently (`14 days` always was; `every 15
+    minutes` was refused while `every 30min` passed)."""
+    assert str(Schedule.parse(text)) == canonical
+    assert Schedule.parse(text) == Schedule.parse(canonical)
+
+
+@pytest.mark.parametrize(("text", "canonical"), [("14 days", "14d"), ("1 hour 30 minutes", "1h30m"), ("7 years", "7y")])
+def test_duration_accepts_natural_spellings(text: str, canonical: str) -> None:
+    assert str(Duration.parse(text)) == canonical
