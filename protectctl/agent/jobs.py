@@ -375,7 +375,10 @@ def contain_damage(repo: Repository, points: Sequence[Point], damaged: Sequence[
     for name in sorted(repo.index_damage()):
         notes.append(f"index object {name} is damaged; {REPAIR_INDEX_HINT}")
     if repair is not None and repair.packs_reindexed:
-        notes.append(f"{repair.packs_reindexed} pack(s) re-indexed from their own headers")
+        notes.append(
+            f"the index missed {repair.packs_reindexed} pack(s) (an index object damaged or lost): "
+            "re-indexed them from their own headers"
+        )
     return notes
 
 
@@ -558,10 +561,10 @@ def prune(
         totals[0] += report.packs_deleted
         totals[1] += report.bytes_deleted
         totals[2] += report.packs_condemned
-        if report.deferred_because:
-            deferred.append(report.deferred_because)
         if report.damaged:
             problems.append(f"{repo.storage.describe()}: nothing deleted: {report.deferred_because}")
+        elif report.deferred_because:
+            deferred.append(report.deferred_because)
     return PruneResult(
         dry_run, tuple(forgotten), tuple(kept), totals[0], totals[1], totals[2], tuple(deferred), tuple(problems)
     )

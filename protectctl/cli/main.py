@@ -69,11 +69,12 @@ def root(
 
 
 def _register() -> None:
-    from protectctl.cli import agent, hosts, jobs, plan, serve, state, tape
+    from protectctl.cli import agent, hosts, jobs, plan, repair, serve, state, tape
 
     plan.register(app)
     state.register(app)
     jobs.register(app)
+    repair.register(app)
     tape.register(app)
     agent.register(app)
     hosts.register(app)
