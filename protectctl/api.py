@@ -19,16 +19,16 @@ from protectctl import __version__
 from protectctl.errors import PlanError, ProtectctlError, StateError
 
 if TYPE_CHECKING:
+    from protectctl.agent.jobs import PointListing
     from protectctl.apply.walk import ResourceResult
+    from protectctl.engine.points import DamagedPoint
+    from protectctl.engine.repair import IndexRepair
     from protectctl.plan.diff import Observations
     from protectctl.plan.model import GroupEstimate, Plan
     from protectctl.plan.resources import HostFacts, Resource
     from protectctl.policy.load import Policy
     from protectctl.state.local import LocalStateBackend
     from protectctl.state.model import State
-    from protectctl.agent.jobs import PointListing
-    from protectctl.engine.points import DamagedPoint
-    from protectctl.engine.repair import IndexRepair
 
 DEFAULT_LOCK_TIMEOUT_S = 0.0
 

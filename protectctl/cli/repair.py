@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from protectctl.cli.main import env_of
+
+if TYPE_CHECKING:
+    from protectctl.engine.points import DamagedPoint
 
 StorageArg = Annotated[str | None, typer.Argument(help="Storage name (default: every Storage in the policy).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -65,12 +69,16 @@ def register(app: typer.Typer) -> None:
             env.output.document({"format_version": "1.0", "forgotten": forget_damaged, "repositories": [
                 {"storage": where, "damaged_points": [{"id": d.id, "problem": d.problem} for d in damaged]}
                 for where, damaged in results]})
-        for where, damaged in [] if env.output.json_mode else results:
-            verb = "forgot" if forget_damaged else "found"
-            lines = [f"{where}: {verb} {len(damaged)} damaged point manifest(s)"]
-            lines += [f"  {d.problem}" for d in damaged]
-            if damaged and not forget_damaged:
-                lines.append("  forget them with `protectctl repair points --forget-damaged`")
-            env.output.text("\n".join(lines))
+        else:
+            for where, damaged in results:
+                env.output.text(_damaged_points_text(where, damaged, forgotten=forget_damaged))
         if not forget_damaged and any(damaged for _where, damaged in results):
             raise typer.Exit(1)
+
+
+def _damaged_points_text(where: str, damaged: Sequence[DamagedPoint], *, forgotten: bool) -> str:
+    lines = [f"{where}: {'forgot' if forgotten else 'found'} {len(damaged)} damaged point manifest(s)"]
+    lines += [f"  {d.problem}" for d in damaged]
+    if damaged and not forgotten:
+        lines.append("  forget them with `protectctl repair points --forget-damaged`")
+    return "\n".join(lines)
