@@ -19,7 +19,10 @@ from protectctl import __version__
 from protectctl.errors import PlanError, ProtectctlError, StateError
 
 if TYPE_CHECKING:
+    from protectctl.agent.jobs import PointListing
     from protectctl.apply.walk import ResourceResult
+    from protectctl.engine.points import DamagedPoint
+    from protectctl.engine.repair import IndexRepair
     from protectctl.plan.diff import Observations
     from protectctl.plan.model import GroupEstimate, Plan
     from protectctl.plan.resources import HostFacts, Resource
@@ -647,8 +650,10 @@ def storages_of(targets: Sequence[SourceTarget]) -> dict[str, dict[str, Any]]:
     return {str(t.inputs["storage"]["path"]): t.inputs["storage"] for t in targets}
 
 
-def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None) -> list[Any]:
-    from protectctl.agent.jobs import list_points as points_of
+def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None) -> PointListing:
+    """Readable points of the selected sources, oldest first; damaged manifests as problems."""
+    from protectctl.agent.jobs import PointListing
+    from protectctl.agent.jobs import scan_points as points_of
     from protectctl.plan.address import SourceRef
 
     ref = SourceRef.parse(selector) if selector else None
@@ -656,10 +661,12 @@ def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | 
                       member=ref.member if ref else None, include_remote=True)
     allowed = {str(t.inputs["source"]) for t in targets}
     out = []
+    problems: list[str] = []
     for storage in storages_of(targets).values():
-        pts = points_of(open_storage(storage), passphrase_reader(storage)(), None)
-        out += [p for p in pts if p.source in allowed]
-    return sorted(out, key=lambda p: p.time)
+        listing = points_of(open_storage(storage), passphrase_reader(storage)(), None)
+        out += [p for p in listing.points if p.source in allowed]
+        problems += listing.problems
+    return PointListing(sorted(out, key=lambda p: p.time), tuple(problems))
 
 
 def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path | None,
@@ -819,6 +826,7 @@ class CheckResult:
         r = self.report
         return {"storage": self.storage, "ok": self.ok, "read_data": r.read_data, "errors": list(r.errors),
                 "warnings": list(r.warnings), "damaged_packs": {k: list(v) for k, v in r.damaged_packs.items()},
+                "damaged_points": list(r.damaged_points),
                 "affected_points": list(r.affected_points), "points_checked": r.points_checked,
                 "packs_checked": r.packs_checked, "blobs_checked": r.blobs_checked}
 
@@ -828,6 +836,8 @@ class CheckResult:
                  f"checked{' (every byte read)' if r.read_data else ''}"]
         lines += [f"  warning: {w}" for w in r.warnings]
         lines += [f"  ERROR: {e}" for e in r.errors]
+        if r.damaged_points:
+            lines.append(f"  damaged point manifests: {', '.join(r.damaged_points)}")
         if r.affected_points:
             lines.append(f"  affected recovery points: {', '.join(r.affected_points)}")
         lines.append("  no problems found" if self.ok else f"  {len(r.errors)} problem(s) found")
@@ -845,14 +855,47 @@ def check_storage(storage: dict[str, Any], *, read_data: bool, progress: Any) ->
 
 
 def check(policy_dir: Path, storage_name: str, *, read_data: bool, progress: Any) -> CheckResult:
-    policy = load(policy_dir)
-    res = next((r for r in resources(policy) if str(r.address) == f"storage.{storage_name}"), None)
-    if res is None:
-        from protectctl.policy.model import Kind
+    (storage,) = _named_storages(policy_dir, storage_name)
+    return check_storage(storage, read_data=read_data, progress=progress)
 
+
+def _named_storages(policy_dir: Path, storage_name: str | None) -> list[dict[str, Any]]:
+    """The inputs of the Storage named `storage_name`, or of every Storage in the policy."""
+    from protectctl.policy.model import Kind
+
+    policy = load(policy_dir)
+    found = [dict(r.inputs) for r in resources(policy) if r.address.kind == "storage"
+             and (storage_name is None or r.address.name == storage_name)]
+    if not found:
         known = ", ".join(sorted(policy.of(Kind.STORAGE))) or "none"
-        raise ProtectctlError(f"no Storage named {storage_name!r}", hint=f"storages: {known}")
-    return check_storage(dict(res.inputs), read_data=read_data, progress=progress)
+        what = f"no Storage named {storage_name!r}" if storage_name else "the policy has no Storage"
+        raise ProtectctlError(what, hint=f"storages: {known}")
+    return found
+
+
+def repair_index(policy_dir: Path, storage_name: str | None, *, progress: Any) -> list[tuple[str, IndexRepair]]:
+    """`repair index`: rebuild each storage's index from its packs' headers (see engine/repair.py)."""
+    from protectctl.engine.repository import Repository
+
+    out = []
+    for storage in _named_storages(policy_dir, storage_name):
+        backend = open_storage(storage)
+        with Repository.open(backend, passphrase_reader(storage)()) as repo:
+            out.append((backend.describe(), repo.repair_index(progress=progress)))
+    return out
+
+
+def repair_points(policy_dir: Path, storage_name: str | None, *,
+                  forget: bool) -> list[tuple[str, list[DamagedPoint]]]:
+    """`repair points`: the manifests that do not open, per storage; forgotten with `forget`."""
+    from protectctl.engine.repository import Repository
+
+    out = []
+    for storage in _named_storages(policy_dir, storage_name):
+        backend = open_storage(storage)
+        with Repository.open(backend, passphrase_reader(storage)()) as repo:
+            out.append((backend.describe(), repo.forget_damaged_points(dry_run=not forget)))
+    return out
 
 
 def status(policy_dir: Path, group: str | None, *, agent_config: Path | None) -> list[Any]:

@@ -53,3 +53,19 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
     atomic_write(path, text.encode("utf-8"), mode=mode)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temporary files `atomic_write(path, ...)` leaves when killed mid-write.
+
+    Only for a caller that holds the lock every writer of `path` takes (so no temp file of
+    a live writer can match); returns what was removed.
+    """
+    removed: list[Path] = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in path.parent.iterdir():
+            if entry.name.startswith(f".{path.name}.") and entry.name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed

@@ -31,7 +31,7 @@ from protectctl.agent.status import JobRecord, read_status, record_job
 from protectctl.agent.throttle import ThrottledStorage
 from protectctl.catalog.select import select_point
 from protectctl.engine.memory import tune_malloc
-from protectctl.engine.points import Point, PointStats, new_point_id
+from protectctl.engine.points import DamagedPoint, Point, PointStats, new_point_id
 from protectctl.engine.repository import Repository
 from protectctl.engine.storage.base import ObjectKind, StorageBackend
 from protectctl.errors import ProtectctlError, ProviderError
@@ -52,7 +52,9 @@ __all__ = [
     "RetentionSpec",
     "SourceJob",
     "SourceStatus",
+    "PointListing",
     "list_points",
+    "scan_points",
     "prune",
     "restore",
     "run_backup",
@@ -208,6 +210,11 @@ class PruneResult:
     bytes_deleted: int
     packs_condemned: int
     gc_deferred_because: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # damage found (and contained): the run needs attention
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -218,6 +225,8 @@ class PruneResult:
             "bytes_deleted": self.bytes_deleted,
             "packs_condemned": self.packs_condemned,
             "gc_deferred_because": list(self.gc_deferred_because),
+            "problems": list(self.problems),
+            "ok": self.ok,
         }
 
 
@@ -320,7 +329,9 @@ def _backup_locked(
         open_repository(_storage_for(job, now), job.passphrase()) as repo,
         repo.lock(exclusive=False, command=f"{kind} {job.source}"),
     ):
-        previous = repo.list_points(job.source)
+        scan = repo.scan_points(job.source)
+        previous = scan.points
+        damage = contain_damage(repo, scan.points, scan.damaged)
         actual = "full" if not previous else kind
         point_time = now()
         outcome, writer_stats, warnings = _snapshot_with_scripts(job, repo, actual, progress)
@@ -352,7 +363,27 @@ def _backup_locked(
             outcome.finish(None)
             raise
         outcome.finish(point.id)
-    return _result(point, kind, outcome, warnings)
+    return _result(point, kind, outcome, (*damage, *warnings))
+
+
+def contain_damage(repo: Repository, points: Sequence[Point], damaged: Sequence[DamagedPoint]) -> list[str]:
+    """Warnings for damage a job works around: damaged manifests (skipped) and a damaged or
+    lost index (re-indexed from the packs' headers when nobody else uses the repository,
+    read through them in memory otherwise)."""
+    notes = [f"{bad.problem}: skipped; {FORGET_DAMAGED_HINT}" for bad in damaged]
+    repair = repo.repair_index_if_safe(points)
+    for name in sorted(repo.index_damage()):
+        notes.append(f"index object {name} is damaged; {REPAIR_INDEX_HINT}")
+    if repair is not None and repair.packs_reindexed:
+        notes.append(
+            f"the index missed {repair.packs_reindexed} pack(s) (an index object damaged or lost): "
+            "re-indexed them from their own headers"
+        )
+    return notes
+
+
+FORGET_DAMAGED_HINT = "forget it with `protectctl repair points --forget-damaged`"
+REPAIR_INDEX_HINT = "its packs are read through their own headers; `protectctl repair index` removes it"
 
 
 def _snapshot_with_scripts(
@@ -429,12 +460,26 @@ def _result(
 
 def list_points(storage: StorageBackend, passphrase: bytes, source_prefix: str | None = None) -> list[Point]:
     """Points of every source matching "group" or "group/member" (or all), oldest first."""
+    return scan_points(storage, passphrase, source_prefix).points
+
+
+@dataclass(frozen=True, slots=True)
+class PointListing:
+    """Readable points, oldest first, and problems found on the way (damaged manifests)."""
+
+    points: list[Point]
+    problems: tuple[str, ...] = ()
+
+
+def scan_points(storage: StorageBackend, passphrase: bytes, source_prefix: str | None = None) -> PointListing:
+    """`list_points`, plus one problem per manifest that does not open (it is skipped)."""
     with open_repository(storage, passphrase) as repo:
-        points = repo.list_points()
+        scan = repo.scan_points()
+    problems = tuple(f"{storage.describe()}: {bad.problem}; {FORGET_DAMAGED_HINT}" for bad in scan.damaged)
     if source_prefix is None:
-        return points
+        return PointListing(scan.points, problems)
     prefix = source_prefix.rstrip("/")
-    return [p for p in points if p.source == prefix or p.source.startswith(prefix + "/")]
+    return PointListing([p for p in scan.points if p.source == prefix or p.source.startswith(prefix + "/")], problems)
 
 
 def restore(
@@ -458,7 +503,9 @@ def restore(
         open_repository(job.storage, job.passphrase()) as repo,
         repo.lock(exclusive=False, command=f"restore {job.source}"),
     ):
-        points = repo.list_points(job.source)
+        scan = repo.scan_points(job.source)
+        points = scan.points
+        damage = tuple(contain_damage(repo, points, scan.damaged))
         if isinstance(provider, PointChooser):
             point = provider.choose_point(points, to_time, source=job.source)
         else:
@@ -479,7 +526,7 @@ def restore(
                 state_dir=job.state_dir,
             )
         )
-    return RestoreResult.of(job.source, point, outcome, dry_run=dry_run)
+    return RestoreResult.of(job.source, point, outcome, dry_run=dry_run, notes=damage)
 
 
 # -- prune ---------------------------------------------------------------------------------
@@ -501,19 +548,25 @@ def prune(
     kept: list[PointSummary] = []
     totals = [0, 0, 0]
     deferred: list[str] = []
+    problems: list[str] = []
     for group in _by_storage(jobs):
         with open_repository(group[0].storage, group[0].passphrase()) as repo:
-            gone, stay = _forget_expired(repo, group, now, dry_run)
+            scan = repo.scan_points()
+            gone, stay = _forget_expired(repo, scan.points, group, now, dry_run)
             forgotten += gone
             kept += stay
+            if not dry_run:
+                problems += contain_damage(repo, scan.points, scan.damaged)
             report = repo.gc(dry_run=dry_run, progress=progress)
         totals[0] += report.packs_deleted
         totals[1] += report.bytes_deleted
         totals[2] += report.packs_condemned
-        if report.deferred_because:
+        if report.damaged:
+            problems.append(f"{repo.storage.describe()}: nothing deleted: {report.deferred_because}")
+        elif report.deferred_because:
             deferred.append(report.deferred_because)
     return PruneResult(
-        dry_run, tuple(forgotten), tuple(kept), totals[0], totals[1], totals[2], tuple(deferred)
+        dry_run, tuple(forgotten), tuple(kept), totals[0], totals[1], totals[2], tuple(deferred), tuple(problems)
     )
 
 
@@ -527,10 +580,10 @@ def point_role(point: Point) -> str:
 
 
 def _forget_expired(
-    repo: Repository, jobs: Sequence[SourceJob], now: datetime, dry_run: bool
+    repo: Repository, listed: Sequence[Point], jobs: Sequence[SourceJob], now: datetime, dry_run: bool
 ) -> tuple[list[PointSummary], list[PointSummary]]:
     specs = {job.source: job.retention for job in jobs}
-    points = [p for p in repo.list_points() if p.source in specs]
+    points = [p for p in listed if p.source in specs]
     by_id = {p.id: p for p in points}
     refs = [PointRef(p.id, p.source, p.time, p.complete, point_role(p)) for p in points]
     gone: list[PointSummary] = []
@@ -552,33 +605,43 @@ def status(jobs: Sequence[SourceJob], *, now: datetime) -> list[SourceStatus]:
     """SLA compliance of each source: newest good points against the sync and full intervals."""
     out: list[SourceStatus] = []
     for group in _by_storage(jobs):
-        points, repo_bytes, problem = _repository_facts(group[0])
-        out += [_source_status(job, points, repo_bytes, problem, now) for job in group]
+        facts = _repository_facts(group[0])
+        out += [_source_status(job, facts, now) for job in group]
     return out
 
 
-def _repository_facts(job: SourceJob) -> tuple[list[Point], int | None, str | None]:
+@dataclass(frozen=True, slots=True)
+class _RepositoryFacts:
+    points: list[Point]
+    size: int | None
+    problems: tuple[str, ...]  # damaged manifests
+    unreadable: str | None = None  # why the repository could not be read at all
+
+
+def _repository_facts(job: SourceJob) -> _RepositoryFacts:
     try:
         with open_repository(job.storage, job.passphrase()) as repo:
-            points = repo.list_points()
+            scan = repo.scan_points()
         size = sum(info.size for kind in ObjectKind for info in job.storage.list(kind))
     except ProtectctlError as err:
-        return [], None, f"repository cannot be read: {err.message}"
-    return points, size, None
+        return _RepositoryFacts([], None, (), f"repository cannot be read: {err.message}")
+    problems = tuple(f"{bad.problem}; {FORGET_DAMAGED_HINT}" for bad in scan.damaged)
+    return _RepositoryFacts(scan.points, size, problems)
 
 
-def _source_status(
-    job: SourceJob, all_points: Sequence[Point], repo_bytes: int | None, problem: str | None, now: datetime
-) -> SourceStatus:
+def _source_status(job: SourceJob, facts: _RepositoryFacts, now: datetime) -> SourceStatus:
+    all_points, repo_bytes = facts.points, facts.size
     points = [p for p in all_points if p.source == job.source]
     good = [p for p in points if p.complete]
     fulls = [p for p in good if p.kind == "full"]
     last = points[-1] if points else None
     sync_age = (now - good[-1].time).total_seconds() if good else None
     full_age = (now - fulls[-1].time).total_seconds() if fulls else None
-    problems = [problem] if problem else []
-    problems += _sla_problems("recovery point", sync_age, job.sync_interval_s)
-    problems += _sla_problems("full", full_age, job.full_interval_s)
+    if facts.unreadable is not None:
+        problems = [facts.unreadable]  # what its points are is unknown, not "none yet"
+    else:
+        problems = [*facts.problems, *_sla_problems("recovery point", sync_age, job.sync_interval_s)]
+        problems += _sla_problems("full", full_age, job.full_interval_s)
     failure = read_status(job.state_dir, job.source).get("last_failure")
     failure_time = failure_message = None
     if isinstance(failure, dict) and isinstance(failure.get("time"), str):

@@ -70,12 +70,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         from protectctl import api
 
         env = env_of(ctx, json_mode)
-        points = api.list_points(env.policy_dir, selector, agent_config=env.agent_config)
+        listing = api.list_points(env.policy_dir, selector, agent_config=env.agent_config)
+        points = listing.points
         windows = api.recovery_windows(points)
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", "points": [point_json(p) for p in points],
-                                 "recovery_windows": windows})
+                                 "recovery_windows": windows, "problems": list(listing.problems)})
             return
+        for problem in listing.problems:
+            env.output.warn(problem)
         env.output.table(
             ["time", "source", "kind", "id", "files", "size", "added", "duration", "complete"],
             [(p.time.strftime("%Y-%m-%dT%H:%M:%SZ"), p.source, p.kind, p.id[:8], f"{p.stats.files:,}",
@@ -214,6 +217,7 @@ def prune_summary(r: Any) -> str:
         lines.append(f"  deleted {r.packs_deleted} pack(s), {human_bytes(r.bytes_deleted)}; "
                      f"{r.packs_condemned} pack(s) wait for running backups to finish")
     lines += [f"  data cleanup deferred: {why}" for why in r.gc_deferred_because]
+    lines += [f"  PROBLEM: {problem}" for problem in r.problems]
     return "\n".join(lines)
 
 
@@ -281,9 +285,11 @@ def _prune(env: Env, group: str | None, member: str | None, *, dry_run: bool) ->
                         progress=progress_of(env))
     if env.output.json_mode:
         env.output.document({"format_version": "1.0", "results": [r.to_json() for r in results]})
-        return
-    for r in results:
-        env.output.text(prune_summary(r))
+    else:
+        for r in results:
+            env.output.text(prune_summary(r))
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 def _run_tape(env: Env, group: str, member: str | None, all_points: bool, lock_timeout_s: float) -> None:

@@ -87,11 +87,12 @@ def _log_to_stderr(verbosity: int) -> None:
 
 
 def _register() -> None:
-    from protectctl.cli import agent, hosts, jobs, manpage, plan, serve, state, tape
+    from protectctl.cli import agent, hosts, jobs, manpage, plan, repair, serve, state, tape
 
     plan.register(app)
     state.register(app)
     jobs.register(app)
+    repair.register(app)
     tape.register(app)
     agent.register(app)
     hosts.register(app)

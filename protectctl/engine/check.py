@@ -18,6 +18,7 @@ from protectctl.engine.crypto import content_name
 from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.index import Index, decode_index
 from protectctl.engine.pack import TRAILER_SIZE, PackEntry, header_length, open_blob, open_pack_header
+from protectctl.engine.repair import read_unindexed
 from protectctl.engine.storage.base import ObjectKind, ObjectMissingError
 from protectctl.engine.tree import decode_tree
 from protectctl.errors import CorruptionError, RepositoryError
@@ -35,7 +36,8 @@ class CheckReport:
     errors: tuple[str, ...]
     warnings: tuple[str, ...]
     damaged_packs: Mapping[str, tuple[str, ...]]  # pack -> ids of the points that need it
-    affected_points: tuple[str, ...]
+    damaged_points: tuple[str, ...]  # manifests that do not open
+    affected_points: tuple[str, ...]  # every point damage touches, damaged manifests included
     points_checked: int
     packs_checked: int
     blobs_checked: int
@@ -52,6 +54,8 @@ class _Findings:
     bad_packs: set[str] = field(default_factory=set)  # missing, unreadable or failing blobs
     bad_blobs: dict[BlobId, str] = field(default_factory=dict)  # blob -> its pack
     users: dict[str, set[str]] = field(default_factory=dict)  # bad pack -> point ids
+    unindexed_needed: set[str] = field(default_factory=set)  # packs a point needs that no index lists
+    damaged_points: set[str] = field(default_factory=set)  # manifests that do not open
     blobs_checked: int = 0
 
     def damage(self, pack: str, message: str) -> None:
@@ -66,15 +70,18 @@ def check_repository(repo: Repository, *, read_data: bool, progress: Progress | 
     index = _check_index(repo, found, progress)
     sizes = {info.name: info.size for info in repo.storage.list(ObjectKind.DATA)}
     _check_pack_presence(index, sizes, found)
+    _add_unindexed(repo, index, sizes, found)
     if read_data:
         _read_all_packs(repo, index, sizes, found, progress)
     points = _check_points(repo, index, found, progress)
-    affected = sorted({p for users in found.users.values() for p in users})
+    _report_unindexed_needed(found)
+    affected = sorted({p for users in found.users.values() for p in users} | found.damaged_points)
     return CheckReport(
         read_data=read_data,
         errors=tuple(found.errors),
         warnings=tuple(found.warnings),
         damaged_packs={pack: tuple(sorted(found.users.get(pack, ()))) for pack in sorted(found.bad_packs)},
+        damaged_points=tuple(sorted(found.damaged_points)),
         affected_points=tuple(affected),
         points_checked=points,
         packs_checked=len(sizes),
@@ -93,9 +100,31 @@ def _check_index(repo: Repository, found: _Findings, progress: Progress) -> Inde
         except ObjectMissingError:
             continue  # replaced by a concurrent gc
         except CorruptionError as err:
-            found.errors.append(f"{err.message} (its packs are still found through their own headers)")
+            found.errors.append(
+                f"{err.message} (its packs are still found through their own headers; "
+                "`protectctl repair index` rebuilds the index from them)"
+            )
     progress.finish()
     return index
+
+
+def _add_unindexed(repo: Repository, index: Index, sizes: Mapping[str, int], found: _Findings) -> None:
+    """Blobs of packs no readable index lists, from the packs' headers (a lost or damaged
+    index object, or an interrupted write), so a point needing them is told from lost data."""
+    recovery = read_unindexed(repo.storage, repo.sealer, index.indexed_packs(), sizes)
+    for pack, entries in recovery.packs.items():
+        index.add_recovered(pack, entries)
+    for pack, why in recovery.unreadable.items():
+        found.warnings.append(f"{why} (the pack is in no index; gc keeps it, since what it holds is unknown)")
+
+
+def _report_unindexed_needed(found: _Findings) -> None:
+    for pack in sorted(found.unindexed_needed):
+        users = sorted(found.users.get(f"unindexed:{pack}", ()))
+        found.errors.append(
+            f"pack {pack}: {len(users)} point(s) need blobs that only the pack's own header lists "
+            "(an index object is damaged or missing); run `protectctl repair index`"
+        )
 
 
 def _check_pack_presence(index: Index, sizes: Mapping[str, int], found: _Findings) -> None:
@@ -108,8 +137,11 @@ def _check_pack_presence(index: Index, sizes: Mapping[str, int], found: _Finding
             found.damage(pack, f"pack {pack}: shorter than its index entries say (truncated?)")
     unindexed = len(set(sizes) - indexed)
     if unindexed:
-        found.warnings.append(f"{unindexed} pack(s) are in no index (an interrupted write); "
-                                 "`protectctl prune` removes them")
+        found.warnings.append(
+            f"{unindexed} pack(s) are in no readable index (an interrupted write, or an index object "
+            "damaged or lost): `protectctl repair index` indexes those that hold data, `protectctl prune` "
+            "removes those no point needs"
+        )
 
 
 def _read_all_packs(
@@ -166,7 +198,11 @@ def _check_points(repo: Repository, index: Index, found: _Findings, progress: Pr
         except ObjectMissingError:
             continue
         except CorruptionError as err:
-            found.errors.append(err.message)
+            found.errors.append(
+                f"{err.message}; this point cannot be read (forget it with "
+                "`protectctl repair points --forget-damaged`)"
+            )
+            found.damaged_points.add(info.name)
             continue
         count += 1
         if point.tree is None:
@@ -192,6 +228,9 @@ def _blob_damage(index: Index, blob_id: BlobId, found: _Findings) -> frozenset[s
         return frozenset({located.pack})
     if blob_id in found.bad_blobs:
         return frozenset({found.bad_blobs[blob_id]})
+    if located.pack in index.recovered:
+        found.unindexed_needed.add(located.pack)
+        return frozenset({f"unindexed:{located.pack}"})
     return _NO_DAMAGE
 
 
@@ -224,8 +263,8 @@ def _load_tree_damage(
     repo: Repository, index: Index, tree_id: BlobId, found: _Findings
 ) -> tuple[frozenset[str], list[BlobId]]:
     damage = set(_blob_damage(index, tree_id, found))
-    if damage:
-        return frozenset(damage), []
+    if any(not d.startswith("unindexed:") for d in damage):
+        return frozenset(damage), []  # cannot be read: what is below it is lost with it
     located = index.lookup(tree_id)
     assert located is not None
     try:

@@ -180,23 +180,34 @@ def wrap_keys(keys: MasterKeys, passphrase: bytes, repo_id: str, key_name: str, 
         sort_keys=True,
     ).encode()
     sealed = Sealer(kdf.derive(passphrase)).seal(payload, aad("keys", repo_id.encode(), key_name.encode()))
-    document = {
+    document: dict[str, object] = {
         "version": 1,
         "kdf": {"name": "scrypt", "n": kdf.n, "r": kdf.r, "p": kdf.p, "salt": _b64(kdf.salt)},
         "sealed": _b64(sealed),
     }
+    document["checksum"] = _key_checksum(document)
     return json.dumps(document, sort_keys=True, indent=1).encode()
+
+
+def _key_checksum(document: dict[str, object]) -> str:
+    """Unkeyed BLAKE3 of the KDF parameters and the sealed keys: lets a damaged key file be told
+    from a wrong passphrase (both fail authentication alike). Key files written before it
+    have none and cannot tell the two apart."""
+    covered = {"version": document.get("version"), "kdf": document.get("kdf"), "sealed": document.get("sealed")}
+    return blake3.blake3(json.dumps(covered, sort_keys=True).encode()).hexdigest()
 
 
 def unwrap_keys(stored: bytes, passphrase: bytes, repo_id: str, key_name: str) -> MasterKeys:
     """Open a key file; raises WrongKeyError if the passphrase does not open it."""
     what = f"keys/{key_name}"
-    kdf, sealed = _parse_key_file(stored, what)
+    kdf, sealed, intact = _parse_key_file(stored, what)
     try:
         plain = Sealer(kdf.derive(passphrase)).open(
             sealed, aad("keys", repo_id.encode(), key_name.encode()), what
         )
     except CorruptionError as err:
+        if intact is False:
+            raise CorruptionError(f"{what}: the key file is damaged (its checksum does not match)") from err
         raise WrongKeyError(
             "the passphrase does not open this repository",
             hint="check the EncryptionKey the Storage refers to",
@@ -204,16 +215,21 @@ def unwrap_keys(stored: bytes, passphrase: bytes, repo_id: str, key_name: str) -
     return _parse_master(plain, repo_id, what)
 
 
-def _parse_key_file(stored: bytes, what: str) -> tuple[KdfParams, bytes]:
+def _parse_key_file(stored: bytes, what: str) -> tuple[KdfParams, bytes, bool | None]:
+    """KDF parameters, sealed keys, and whether the checksum matches (None: the file has none)."""
     try:
         document = json.loads(stored)
         kdf = document["kdf"]
         if kdf["name"] != "scrypt" or document["version"] != 1:
             raise RepositoryError(f"{what}: unsupported key format {kdf['name']!r} v{document['version']}")
+        checksum = document.get("checksum")
+        intact = None if checksum is None else checksum == _key_checksum(document)
         params = KdfParams(n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"]), salt=_unb64(kdf["salt"], what))
-        return params, _unb64(document["sealed"], what)
-    except (ValueError, KeyError, TypeError) as err:
-        raise CorruptionError(f"{what}: not a protectctl key file") from err
+        if not (1 < params.n <= 2**24 and params.n & (params.n - 1) == 0 and 0 < params.r <= 64 and 0 < params.p <= 16):
+            raise ValueError("KDF parameters out of range")
+        return params, _unb64(document["sealed"], what), intact
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise CorruptionError(f"{what}: the key file is damaged (not a protectctl key file)") from err
 
 
 def _parse_master(plain: bytes, repo_id: str, what: str) -> MasterKeys:

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from protectctl.engine.ids import BlobId, short_id
-from protectctl.engine.index import Index, IndexFile, encode_index, load_index
+from protectctl.engine.index import Index, load_index
 from protectctl.engine.locks import LeaseLock, is_stale, read_locks
 from protectctl.engine.marks import BlobSet, mark_tree
-from protectctl.engine.pack import TRAILER_SIZE, PackEntry, header_length, open_pack_header
+from protectctl.engine.pack import PackEntry
+from protectctl.engine.points import Point
+from protectctl.engine.repair import Recovery, read_unindexed, write_index_objects
 from protectctl.engine.storage.base import ObjectKind, ObjectMissingError
 from protectctl.engine.tree import Tree, decode_tree
 from protectctl.errors import CorruptionError, LockedError, RepositoryError
@@ -31,10 +33,6 @@ from protectctl.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
     from protectctl.engine.repository import Repository
-
-# Index objects written by gc hold at most this many entries (~3 MB sealed each).
-_ENTRIES_PER_INDEX = 65536
-
 
 @dataclass(frozen=True, slots=True)
 class GcReport:
@@ -49,6 +47,8 @@ class GcReport:
     blobs_referenced: int
     index_files_replaced: int
     deferred_because: str | None = None
+    unreadable_packs: int = 0  # in no index and their header does not open: kept, check reports them
+    damaged: bool = False  # gc deleted nothing because of damage (deferred_because says which)
 
 
 @dataclass(slots=True)
@@ -61,10 +61,15 @@ class _Plan:
     resurrected: int = 0
     partly_used: int = 0
     dropped_condemned: int = 0
+    unreadable: int = 0
 
 
 def collect_garbage(repo: Repository, *, dry_run: bool, progress: Progress | None) -> GcReport:
-    """Run one gc; raises LockedError if another gc runs, RepositoryError if a point is damaged."""
+    """Run one gc; raises LockedError if another gc runs.
+
+    Damage (a manifest or index object that does not open, a tree that cannot be read)
+    makes gc delete nothing and say why in `deferred_because`; `damaged` is then true.
+    """
     progress = progress or NullProgress()
     own_lease = _gc_lease(repo)
     try:
@@ -85,9 +90,23 @@ def _gc_lease(repo: Repository) -> LeaseLock:
     return lease
 
 
-def _foreign_locks(repo: Repository, own_lease: str) -> set[str]:
+def _foreign_locks(repo: Repository, own_lease: str) -> dict[str, str]:
+    """Live locks of other processes: name -> the command holding it."""
     ignore = repo.held_exclusive_locks() | {own_lease}
-    return {r.name for r in read_locks(repo.storage, repo.sealer) if not is_stale(r) and r.name not in ignore}
+    return {
+        r.name: r.command
+        for r in read_locks(repo.storage, repo.sealer)
+        if not is_stale(r) and r.name not in ignore
+    }
+
+
+def _users(commands: Iterable[str]) -> str:
+    """Why condemned data waits, naming what held the repository (a restore is not a writer)."""
+    shown = sorted(set(commands))
+    return (
+        f"other processes used the repository during gc ({', '.join(shown)}); "
+        "unreferenced data goes at a later prune"
+    )
 
 
 def _collect(repo: Repository, own_lease: str, dry_run: bool, progress: Progress) -> GcReport:
@@ -98,9 +117,23 @@ def _collect(repo: Repository, own_lease: str, dry_run: bool, progress: Progress
     points_start = {info.name for info in storage.list(ObjectKind.POINTS)}
     index = load_index(storage, repo.sealer)
     packs_start = {info.name: info.size for info in storage.list(ObjectKind.DATA)}
+    points, damaged = _load_points(repo, points_start)
+    unverified = _unverified(index, damaged)
+    if unverified is not None:
+        # What a damaged manifest needs is unknown, and a damaged index object hides which
+        # packs it listed: deleting anything could delete what a surviving point needs.
+        return _refused(len(points_start), len(packs_start), unverified, dry_run)
+    # Unindexed packs (crash garbage, a running writer's, or an index lost): their headers
+    # classify them, and marking finds trees in them, so a lost index object stops nothing.
+    unindexed = read_unindexed(storage, repo.sealer, index.indexed_packs(), packs_start)
+    for pack, entries in unindexed.packs.items():
+        index.add_recovered(pack, entries)
     with tempfile.TemporaryDirectory(prefix="protectctl-gc-") as tmp, BlobSet(Path(tmp)) as marks:
-        _mark(repo, index, points_start, marks, progress)
-        plan = _classify(repo, index, packs_start, marks, locks_start)
+        try:
+            _mark(repo, index, points, marks, progress)
+        except RepositoryError as err:
+            return _refused(len(points_start), len(packs_start), err.message, dry_run)
+        plan = _classify(index, unindexed, packs_start, marks, set(locks_start))
         referenced = marks.count()
     stats = _Stats(len(points_start), len(packs_start), referenced)
     if dry_run:
@@ -108,6 +141,54 @@ def _collect(repo: Repository, own_lease: str, dry_run: bool, progress: Progress
     if not _needs_rewrite(index, plan):
         return _report(plan, stats, deleted=0, freed=0, replaced=0, deferred=None)
     return _apply(repo, own_lease, index, plan, packs_start, points_start, locks_start, progress, stats)
+
+
+def _load_points(repo: Repository, point_ids: Iterable[str]) -> tuple[list[Point], dict[str, str]]:
+    """The listed points, and the manifests that did not open (id -> why)."""
+    points: list[Point] = []
+    damaged: dict[str, str] = {}
+    for point_id in sorted(point_ids):
+        try:
+            points.append(repo.load_point(point_id))
+        except ObjectMissingError:
+            continue  # forgotten meanwhile: its data may go
+        except CorruptionError as err:
+            damaged[point_id] = err.message
+    return points, damaged
+
+
+def _unverified(index: Index, damaged_points: dict[str, str]) -> str | None:
+    """Why gc may not delete anything now, or None."""
+    if damaged_points:
+        names = ", ".join(f"points/{p}" for p in sorted(damaged_points))
+        return (
+            f"damaged point manifest(s) {names}: what they need is unknown, so nothing is deleted; "
+            "forget them with `protectctl repair points --forget-damaged` (or restore the objects)"
+        )
+    if index.damaged:
+        names = ", ".join(f"index/{name}" for name in sorted(index.damaged))
+        return (
+            f"damaged index object(s) {names}: the index cannot be fully verified, so nothing is "
+            "deleted; run `protectctl repair index`"
+        )
+    return None
+
+
+def _refused(points: int, packs: int, why: str, dry_run: bool) -> GcReport:
+    return GcReport(
+        dry_run=dry_run,
+        points=points,
+        packs_before=packs,
+        packs_deleted=0,
+        bytes_deleted=0,
+        packs_condemned=0,
+        packs_resurrected=0,
+        packs_partly_used=0,
+        blobs_referenced=0,
+        index_files_replaced=0,
+        deferred_because=why,
+        damaged=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +213,11 @@ def _report(
         blobs_referenced=stats.blobs_referenced,
         index_files_replaced=replaced,
         deferred_because=deferred,
+        unreadable_packs=plan.unreadable,
     )
 
 
-def _dry_report(plan: _Plan, packs_start: dict[str, int], locks_start: set[str], stats: _Stats) -> GcReport:
+def _dry_report(plan: _Plan, packs_start: dict[str, int], locks_start: dict[str, str], stats: _Stats) -> GcReport:
     doomed = set(plan.sweep) | (set() if locks_start else set(plan.new_condemned))
     waiting = sum(len(group) for group in plan.condemned.values()) + (
         len(plan.new_condemned) if locks_start else 0
@@ -151,7 +233,8 @@ def _dry_report(plan: _Plan, packs_start: dict[str, int], locks_start: set[str],
         packs_partly_used=plan.partly_used,
         blobs_referenced=stats.blobs_referenced,
         index_files_replaced=0,
-        deferred_because="writers are active" if locks_start and plan.new_condemned else None,
+        deferred_because=_users(locks_start.values()) if locks_start and plan.new_condemned else None,
+        unreadable_packs=plan.unreadable,
     )
 
 
@@ -162,9 +245,7 @@ def _needs_rewrite(index: Index, plan: _Plan) -> bool:
     return bool(changed) or live_files > 1
 
 
-def _mark(
-    repo: Repository, index: Index, point_ids: Iterable[str], marks: BlobSet, progress: Progress
-) -> None:
+def _mark(repo: Repository, index: Index, points: Iterable[Point], marks: BlobSet, progress: Progress) -> None:
     progress.start("gc: mark", total_files=None)
 
     def load_tree(tree_id: BlobId) -> Tree:
@@ -177,23 +258,19 @@ def _mark(
             )
         return decode_tree(repo.read_entry(located.pack, located.entry))
 
-    for point_id in sorted(point_ids):
-        try:
-            point = repo.load_point(point_id)
-        except ObjectMissingError:
-            continue  # forgotten meanwhile: its data may go
+    for point in points:
         if point.tree is not None:
             try:
                 mark_tree(point.tree, load_tree, marks, progress)
             except CorruptionError as err:
                 raise RepositoryError(
-                    f"point {point_id}: {err.message}; gc stopped, nothing deleted"
+                    f"point {point.id}: {err.message}; gc stopped, nothing deleted"
                 ) from err
     progress.finish()
 
 
 def _classify(
-    repo: Repository, index: Index, packs_start: dict[str, int], marks: BlobSet, locks_start: set[str]
+    index: Index, unindexed: Recovery, packs_start: dict[str, int], marks: BlobSet, locks_start: set[str]
 ) -> _Plan:
     plan = _Plan()
     condemned_locks = index.condemned_packs()
@@ -215,31 +292,16 @@ def _classify(
             plan.sweep[pack] = entries  # every writer that could have seen it is gone
         else:
             plan.condemned.setdefault(condemned_locks[pack], {})[pack] = entries
-    indexed = {pack for pack, _entries, _condemned in index.packs()}
-    for pack, size in packs_start.items():
-        if pack in indexed:
-            continue
-        entries = _read_header(repo, pack, size)
+    # A pack whose header does not open may hold blobs a point needs (a damaged header says
+    # nothing about its records): never deleted, left unindexed for check to report.
+    plan.unreadable = len(unindexed.unreadable)
+    for pack, entries in unindexed.packs.items():
         if marks.any_of(e.blob_id for e in entries):
             plan.live[pack] = entries
             plan.resurrected += 1
         else:
             plan.new_condemned[pack] = entries  # unindexed: a crashed writer's, or a running one's
     return plan
-
-
-def _read_header(repo: Repository, pack: str, size: int) -> list[PackEntry]:
-    """A pack's own header, or [] if it cannot be read (such a pack is junk for gc)."""
-    what = f"pack {pack}"
-    try:
-        tail = repo.storage.get(ObjectKind.DATA, pack, max(size - TRAILER_SIZE, 0), TRAILER_SIZE)
-        length = header_length(tail, size, what)
-        sealed = repo.storage.get(ObjectKind.DATA, pack, size - TRAILER_SIZE - length, length)
-        return open_pack_header(repo.sealer, sealed, size, what)
-    except (CorruptionError, ObjectMissingError):
-        return []
-    except RepositoryError:
-        return []
 
 
 def _apply(
@@ -249,13 +311,13 @@ def _apply(
     plan: _Plan,
     packs_start: dict[str, int],
     points_start: set[str],
-    locks_start: set[str],
+    locks_start: dict[str, str],
     progress: Progress,
     stats: _Stats,
 ) -> GcReport:
     storage = repo.storage
     progress.start("gc: sweep")
-    written = _write_index_files(repo, plan.live, condemned=False, locks=())
+    written = write_index_objects(repo, plan.live, condemned=False, locks=())
     for name in index.files:
         if name not in written:
             with contextlib.suppress(ObjectMissingError):
@@ -268,38 +330,15 @@ def _apply(
     if quiet:
         plan.sweep.update(plan.new_condemned)
     else:
-        plan.condemned.setdefault(tuple(sorted(locks_now | locks_start)), {}).update(plan.new_condemned)
+        plan.condemned.setdefault(tuple(sorted(set(locks_now) | set(locks_start))), {}).update(plan.new_condemned)
     for locks, packs in plan.condemned.items():
-        written |= _write_index_files(repo, packs, condemned=True, locks=locks)
+        written |= write_index_objects(repo, packs, condemned=True, locks=locks)
     _protect_newly_indexed(repo, set(index.files) | written, plan)
     deleted, freed = _delete_packs(repo, plan.sweep, packs_start, progress)
     repo.invalidate_index()
     progress.finish()
-    deferred = None if quiet or not plan.new_condemned else "writers were active during gc"
+    deferred = None if quiet or not plan.new_condemned else _users([*locks_start.values(), *locks_now.values()])
     return _report(plan, stats, deleted=deleted, freed=freed, replaced=len(index.files), deferred=deferred)
-
-
-def _write_index_files(
-    repo: Repository, packs: dict[str, list[PackEntry]], *, condemned: bool, locks: tuple[str, ...]
-) -> set[str]:
-    names: set[str] = set()
-    batch = IndexFile(condemned=condemned, locks=locks)
-    count = 0
-    for pack, entries in sorted(packs.items()):
-        batch.packs[pack] = entries
-        count += len(entries)
-        if count >= _ENTRIES_PER_INDEX:
-            names.add(_put_index(repo, batch))
-            batch, count = IndexFile(condemned=condemned, locks=locks), 0
-    if batch.packs:
-        names.add(_put_index(repo, batch))
-    return names
-
-
-def _put_index(repo: Repository, index: IndexFile) -> str:
-    name, stored = encode_index(repo.sealer, index)
-    repo.storage.put(ObjectKind.INDEX, name, stored)
-    return name
 
 
 def _protect_newly_indexed(repo: Repository, known: set[str], plan: _Plan) -> None:
@@ -308,6 +347,9 @@ def _protect_newly_indexed(repo: Repository, known: set[str], plan: _Plan) -> No
     if not fresh:
         return
     newer = load_index(repo.storage, repo.sealer, fresh)
+    if newer.damaged:
+        plan.sweep.clear()  # cannot tell which packs it names: delete nothing this time
+        return
     for pack in newer.live_packs:
         plan.sweep.pop(pack, None)
 

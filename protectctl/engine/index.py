@@ -107,6 +107,8 @@ class Index:
         self.condemned: dict[BlobId, IndexEntry] = {}
         self.live_packs: set[str] = set()
         self.files: dict[str, IndexFile] = {}
+        self.damaged: dict[str, str] = {}  # index object -> why it was not read (its packs unindexed)
+        self.recovered: set[str] = set()  # packs added from their own headers, in memory only
 
     def add_file(self, name: str, index: IndexFile) -> None:
         self.files[name] = index
@@ -123,6 +125,16 @@ class Index:
     def lookup(self, blob_id: BlobId) -> IndexEntry | None:
         """Where to read a blob: live first, then packs gc has condemned but not yet deleted."""
         return self.live.get(blob_id) or self.condemned.get(blob_id)
+
+    def add_recovered(self, pack: str, entries: Iterable[PackEntry]) -> None:
+        """A pack found through its own header: readers find its blobs, writers do not dedup
+        against them (it is in no index object, so gc may still judge it garbage)."""
+        self.recovered.add(pack)
+        self.add_pack(pack, entries, condemned=True)
+
+    def indexed_packs(self) -> set[str]:
+        """Packs any readable index object names."""
+        return {pack for index in self.files.values() for pack in index.packs}
 
     def has_live(self, blob_id: BlobId) -> bool:
         entry = self.live.get(blob_id)
@@ -152,20 +164,31 @@ class Index:
 
 
 def load_index(storage: StorageBackend, sealer: Sealer, names: Iterable[str] | None = None) -> Index:
-    """Read index objects (all, or `names`) into an Index; raises CorruptionError.
+    """Read index objects (all, or `names`) into an Index.
 
-    gc writes its consolidated index before deleting the ones it replaces, so an object
-    that vanished between list and get means a newer one exists: list again and retry.
+    A damaged object does not stop the others: it is recorded in `Index.damaged` (the packs
+    it listed are then unindexed, and found again through their own headers), and callers
+    that delete data refuse to while any is recorded. gc writes its consolidated index
+    before deleting the ones it replaces, so an object that vanished between list and get
+    means a newer one exists: list again and retry.
     """
     for _attempt in range(5):
         listed = list(names) if names is not None else [i.name for i in storage.list(ObjectKind.INDEX)]
         index = Index()
         try:
             for name in listed:
-                index.add_file(name, decode_index(sealer, name, storage.get(ObjectKind.INDEX, name)))
+                _add_object(index, storage, sealer, name)
         except ObjectMissingError:
             if names is not None:
                 raise
             continue
         return index
     raise RepositoryError("the index kept changing while it was read; is gc running in a loop?")
+
+
+def _add_object(index: Index, storage: StorageBackend, sealer: Sealer, name: str) -> None:
+    stored = storage.get(ObjectKind.INDEX, name)
+    try:
+        index.add_file(name, decode_index(sealer, name, stored))
+    except CorruptionError as err:
+        index.damaged[name] = err.message

@@ -47,6 +47,20 @@ class Point:
     extra: Mapping[str, object] = field(default_factory=dict)  # JSON-serialisable, for providers
 
 
+@dataclass(frozen=True, slots=True)
+class DamagedPoint:
+    """A manifest that did not open: its object name and why (it is skipped, never guessed at)."""
+
+    id: str
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class PointScan:
+    points: list[Point]  # oldest first
+    damaged: tuple[DamagedPoint, ...]
+
+
 def new_point_id() -> str:
     """A fresh random point id (32 hex digits)."""
     return os.urandom(16).hex()
@@ -103,7 +117,7 @@ def decode_point(sealer: Sealer, point_id: str, stored: bytes) -> Point:
             tags={str(k): str(v) for k, v in d["tags"].items()},
             extra=dict(d["extra"]),
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise CorruptionError(f"{what}: malformed manifest ({err})") from err
 
 

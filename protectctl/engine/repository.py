@@ -36,11 +36,21 @@ from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.index import Index, IndexEntry, IndexFile, load_index
 from protectctl.engine.locks import DEFAULT_LEASE_S, LeaseLock
 from protectctl.engine.pack import BlobKind, PackEntry, open_blob, open_blob_into
-from protectctl.engine.points import Point, PointStats, decode_point, encode_point, new_point_id
+from protectctl.engine.points import (
+    DamagedPoint,
+    Point,
+    PointScan,
+    PointStats,
+    decode_point,
+    encode_point,
+    new_point_id,
+    valid_point_id,
+)
+from protectctl.engine.repair import IndexRepair, rebuild_index, recover_unindexed
 from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend
 from protectctl.engine.tree import Tree, decode_tree, encode_tree
 from protectctl.engine.writer import DEFAULT_PACK_SIZE, BlobWriter
-from protectctl.errors import CorruptionError, RepositoryError, WrongKeyError
+from protectctl.errors import CorruptionError, LockedError, RepositoryError, WrongKeyError
 from protectctl.progress import Progress
 
 if TYPE_CHECKING:
@@ -50,7 +60,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BlobKind",
     "BlobWriter",
+    "DamagedPoint",
     "Point",
+    "PointScan",
     "PointStats",
     "Repository",
     "new_point_id",
@@ -76,6 +88,7 @@ class Repository:
         self.sealer = Sealer(keys.encryption)
         self._mutex = threading.RLock()
         self._index: Index | None = None
+        self._recovered = False  # unindexed packs' headers already added to self._index
         self._pending: set[BlobId] = set()  # claimed by active writers, not yet indexed
         self._stored: dict[BlobId, IndexEntry] = {}  # uploaded by active writers, not yet indexed
         self._sessions = 0
@@ -165,13 +178,57 @@ class Repository:
     def _loaded_index(self) -> Index:
         with self._mutex:
             if self._index is None:
-                self._index = load_index(self.storage, self.sealer)
+                self._index, self._recovered = load_index(self.storage, self.sealer), False
+                if self._index.damaged:
+                    self._recover_unindexed()  # the damaged objects' packs, through their headers
             return self._index
+
+    def _recover_unindexed(self) -> None:
+        """Find blobs of packs no readable index object lists, in memory (nothing written)."""
+        with self._mutex:
+            if self._index is not None and not self._recovered:
+                recover_unindexed(self.storage, self.sealer, self._index)
+                self._recovered = True
 
     def invalidate_index(self) -> None:
         """Forget the cached index; it is re-read on next use."""
         with self._mutex:
             self._index = None
+
+    def index_damage(self) -> dict[str, str]:
+        """Index objects that did not open (name -> why); their packs are read through their headers."""
+        return dict(self._loaded_index().damaged)
+
+    def index_incomplete(self, points: Iterable[Point]) -> bool:
+        """Whether the index is damaged, or misses the tree of one of `points` (objects lost)."""
+        index = self._loaded_index()
+        if index.damaged:
+            return True
+        return any(p.tree is not None and index.lookup(p.tree) is None for p in points)
+
+    def repair_index(self, *, remove_damaged: bool = True, progress: Progress | None = None) -> IndexRepair:
+        """`protectctl repair index`: under the exclusive lock, index every pack no readable
+        index object lists, from its own header; then delete the damaged index objects.
+        Packs are never deleted. Raises LockedError while anyone else uses the repository."""
+        with self.lock(exclusive=True, command="repair index"):
+            return rebuild_index(self, remove_damaged=remove_damaged, progress=progress)
+
+    def repair_index_if_safe(self, points: Iterable[Point]) -> IndexRepair | None:
+        """The automatic repair of sync, restore and prune: when the index is damaged or lost
+        and nobody else uses the repository, re-index the unindexed packs (deleting nothing).
+
+        None when there was nothing to do or the repository is busy (reads then find blobs
+        through the packs' headers in memory, and gc deletes nothing while damage remains).
+        """
+        if not self.index_incomplete(points):
+            return None
+        with self._mutex:  # our own shared lock (a sync's, a restore's) does not stand in the way
+            own = {lease.name for lease in [*self._held, *([self._implicit] if self._implicit else [])]}
+        try:
+            with self._locked(True, "repair index (automatic)", ignore=own):
+                return rebuild_index(self, remove_damaged=False)
+        except LockedError:
+            return None
 
     def has_blob(self, blob_id: BlobId) -> bool:
         """Whether a writer may reference `blob_id` without storing it again."""
@@ -284,6 +341,9 @@ class Repository:
             self.invalidate_index()  # gc may have moved it since we loaded the index
             located = self._lookup(blob_id)
         if located is None:
+            self._recover_unindexed()  # an index object lost: the pack's own header knows
+            located = self._lookup(blob_id)
+        if located is None:
             raise CorruptionError(
                 f"blob {short_id(blob_id)} is not in the index of {self.storage.describe()}"
             )
@@ -338,18 +398,52 @@ class Repository:
                 )
 
     def list_points(self, source: str | None = None) -> list[Point]:
-        """Points (of `source`, or all), oldest first."""
-        points = []
-        for info in self.storage.list(ObjectKind.POINTS):
+        """Points (of `source`, or all), oldest first; damaged manifests are skipped (see scan_points)."""
+        return self.scan_points(source).points
+
+    def scan_points(self, source: str | None = None) -> PointScan:
+        """Points (of `source`, or all), oldest first, and every manifest that did not open.
+
+        A damaged manifest does not stop the others: it is reported (its source is unknown,
+        so for every `source`) and can be forgotten with `forget_damaged_points`.
+        """
+        points: list[Point] = []
+        damaged: list[DamagedPoint] = []
+        for info in sorted(self.storage.list(ObjectKind.POINTS), key=lambda i: i.name):
             try:
                 point = self.load_point(info.name)
             except ObjectMissingError:
                 continue  # forgotten while we listed
+            except CorruptionError as err:
+                damaged.append(DamagedPoint(info.name, err.message))
+                continue
             if source is None or point.source == source:
                 points.append(point)
-        return sorted(points, key=lambda p: (p.time, p.id))
+        return PointScan(sorted(points, key=lambda p: (p.time, p.id)), tuple(damaged))
+
+    def forget_damaged_points(self, *, dry_run: bool = False) -> list[DamagedPoint]:
+        """Delete every manifest that does not open (read again right before, so a manifest
+        repaired meanwhile stays). Their data goes at the next gc, unless a point needs it."""
+        damaged = self.scan_points().damaged
+        gone: list[DamagedPoint] = []
+        for bad in damaged:
+            try:
+                self.load_point(bad.id)
+                continue
+            except ObjectMissingError:
+                continue
+            except CorruptionError:
+                pass
+            if not dry_run:
+                with contextlib.suppress(ObjectMissingError):
+                    self.storage.delete(ObjectKind.POINTS, bad.id)
+            gone.append(bad)
+        return gone
 
     def load_point(self, point_id: str) -> Point:
+        """One point; CorruptionError names a manifest that does not open."""
+        if not valid_point_id(point_id):
+            raise CorruptionError(f"points/{point_id}: not a point id (8-64 lowercase hex digits)")
         try:
             stored = self.storage.get(ObjectKind.POINTS, point_id)
         except ValueError as err:
@@ -383,11 +477,11 @@ class Repository:
         return self._locked(exclusive, command)
 
     @contextlib.contextmanager
-    def _locked(self, exclusive: bool, command: str) -> Iterator[None]:
+    def _locked(self, exclusive: bool, command: str, ignore: set[str] | None = None) -> Iterator[None]:
         lease = LeaseLock(
             self.storage, self.sealer, exclusive=exclusive, command=command, lease_s=self.lock_lease_s
         )
-        lease.acquire()
+        lease.acquire(ignore=ignore)
         with self._mutex:
             self._held.append(lease)
             if self._sessions == 0:
@@ -434,21 +528,58 @@ def _decode_config(raw: bytes, where: str) -> tuple[str, ChunkerParams, int]:
                 f"(this protectctl reads version {FORMAT_VERSION})"
             )
         c = d["chunker"]
+        _require_supported(d, where)
         params = ChunkerParams(min_size=int(c["min"]), avg_size=int(c["avg"]), max_size=int(c["max"]))
         return str(d["id"]), params, int(d["pack_size"])
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise CorruptionError(f"{where}: config is not a protectctl repository config ({err})") from err
 
 
+# The only algorithms this version reads; a config naming anything else (a typo included) is
+# refused at open rather than read with the wrong one.
+_SUPPORTED = {"compression": "zstd", "encryption": "aes-256-gcm", "id_hash": "blake3-keyed"}
+_CHUNKER = "fastcdc2020"
+
+
+def _require_supported(d: dict[str, object], where: str) -> None:
+    found = {key: d.get(key) for key in _SUPPORTED}
+    chunker = d["chunker"]
+    found_chunker = chunker.get("algorithm") if isinstance(chunker, dict) else None
+    wrong = [f'"{k}": {v!r} (supported: {_SUPPORTED[k]!r})' for k, v in found.items() if v != _SUPPORTED[k]]
+    if found_chunker != _CHUNKER:
+        wrong.append(f'"chunker.algorithm": {found_chunker!r} (supported: {_CHUNKER!r})')
+    if wrong:
+        raise RepositoryError(
+            f"{where}: the repository config names what this protectctl does not support: {'; '.join(wrong)}",
+            hint="the config object may be damaged or edited; it must name the algorithms the repository "
+            "was created with",
+        )
+
+
 def _unlock(storage: StorageBackend, passphrase: bytes, repo_id: str) -> MasterKeys:
+    """The master keys from the first key file the passphrase opens.
+
+    A damaged key file does not stop the others; if none opens and some are damaged, the
+    error names them (the passphrase may well be right), else it is WrongKeyError.
+    """
     names = sorted(info.name for info in storage.list(ObjectKind.KEYS))
     if not names:
         raise RepositoryError(f"{storage.describe()} has no key files; it cannot be opened")
+    damaged: list[str] = []
     for name in names:
         try:
             return unwrap_keys(storage.get(ObjectKind.KEYS, name), passphrase, repo_id, name)
         except WrongKeyError:
             continue
+        except CorruptionError as err:
+            damaged.append(err.message)
+    if damaged:
+        raise CorruptionError(
+            f"no key file of {storage.describe()} opens, and {len(damaged)} of {len(names)} are damaged: "
+            + "; ".join(damaged),
+            hint="restore the damaged key file from a copy (`protectctl keys export` makes one), "
+            "or open the repository with another key's passphrase",
+        )
     raise WrongKeyError(
         f"the passphrase does not open the repository at {storage.describe()}",
         hint="check the EncryptionKey the Storage refers to",

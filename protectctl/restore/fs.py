@@ -263,15 +263,35 @@ class FsRestorer:
         self._create(dir_fd, name, lambda: holder.append(os.open(name, _CREATE, 0o600, dir_fd=dir_fd)))
         fd = holder[0]
         try:
-            digest = self._write_content(fd, node)
+            try:
+                digest = self._write_content(fd, node)
+                if node.content_hash is not None and digest != node.content_hash:
+                    raise RestoreError("restored content does not match the stored hash")
+            except (OSError, ProtectctlError) as err:
+                raise self._discard_partial(dir_fd, name, parts, err) from err
             self._apply_fd_meta(fd, node, parts)
         finally:
             os.close(fd)
         return digest
 
+    def _discard_partial(
+        self, dir_fd: int, name: str, parts: tuple[str, ...], err: OSError | ProtectctlError
+    ) -> RestoreError:
+        """Remove a file whose content could not be restored (we created it, O_EXCL), so no
+        half-written 0600 file passes for a restored one; the error says what became of it."""
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError as unlink_err:
+            return RestoreError(
+                f"{reason}; the partial file {'/'.join(parts)} is left (mode 0600, incomplete): "
+                f"{unlink_err.strerror}"
+            )
+        return RestoreError(f"{reason}; the partial file was removed")
+
     def _finish_file(self, parts: tuple[str, ...], node: Node, digest: bytes | None) -> None:
         if node.content_hash is not None:
-            if digest != node.content_hash:
+            if digest != node.content_hash:  # checked in _write_file, which removes such a file
                 raise RestoreError("restored content does not match the stored hash")
             self.report.verified += 1
         self.report.files += 1

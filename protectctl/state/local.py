@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from protectctl.errors import StateError, StateLockedError
-from protectctl.fsutil import atomic_write
+from protectctl.fsutil import atomic_write, remove_stale_temps
 from protectctl.state.model import State
 
 
@@ -70,6 +70,7 @@ class LocalStateBackend:
                       "time": datetime.now(UTC).isoformat(timespec="seconds")}
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
+            self._remove_stale_temps()
             try:
                 yield
             finally:
@@ -77,6 +78,14 @@ class LocalStateBackend:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of a writer killed mid-write (every writer holds this lock, so none is live)."""
+        try:
+            remove_stale_temps(self.path)
+            remove_stale_temps(self.backup_path)
+        except OSError as err:
+            raise StateError(f"removing stale temporary files beside {self.path}: {err.strerror}") from err
 
     def _acquire(self, fd: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -182,3 +182,33 @@ def test_hard_link_to_symlink_target_stays_inside(tmp_path: Path) -> None:
     assert not report.errors and report.links == 1
     assert outside.read_text() == "precious"
     assert (target / "first").stat().st_ino == (target / "second").stat().st_ino
+
+
+def test_a_failed_restore_leaves_no_partial_file_and_names_each_one(tmp_path: Path) -> None:
+    """Damaged data fails the files it holds; each is named and removed, the rest restore."""
+    from protectctl.engine.storage.base import ObjectKind
+
+    src = tmp_path / "src"
+    src.mkdir()
+    contents = {f"f{i}.bin": os.urandom(200_000) for i in range(6)}
+    for name, data in contents.items():
+        (src / name).write_bytes(data)
+    job = make_job(tmp_path, src)
+    run_backup(job, "full")
+    storage = job.storage
+    largest = max(storage.list(ObjectKind.DATA), key=lambda info: info.size).name  # data, not trees
+    data = bytearray(storage.get(ObjectKind.DATA, largest))
+    data[100] ^= 0x01  # inside the pack's first record
+    storage.put(ObjectKind.DATA, largest, bytes(data))
+    target = tmp_path / "target"
+    with pytest.raises(RestoreError) as caught:
+        restore(job, "latest", target=target)
+    message = caught.value.message
+    failed = [name for name in contents if f"{name}:" in message]
+    assert failed and "the partial file was removed" in message
+    for name, data in contents.items():
+        path = target / name
+        if name in failed:
+            assert not path.exists()
+        else:
+            assert path.read_bytes() == data
