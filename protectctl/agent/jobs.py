@@ -27,7 +27,7 @@ from typing import Any, Literal
 from protectctl.agent.lock import source_lock
 from protectctl.agent.retention import PointRef, RetentionSpec, plan_prune
 from protectctl.agent.scripts import run_script
-from protectctl.agent.status import JobRecord, read_status, record_job
+from protectctl.agent.status import JobRecord, MetricsTarget, default_metrics_path, read_status, record_job
 from protectctl.agent.throttle import ThrottledStorage
 from protectctl.catalog.select import select_point
 from protectctl.engine.memory import tune_malloc
@@ -91,6 +91,7 @@ class SourceJob:
     sync_interval_s: int = 900
     full_interval_s: int = 86400
     lock_timeout_s: float = 0.0  # how long a second run of this source waits for the first
+    metrics: MetricsTarget | None = None  # the Host's textfile; None: STATE_DIR/metrics/protectctl.prom
 
 
 def _json_time(value: datetime | None) -> str | None:
@@ -308,7 +309,11 @@ def run_backup(
 
 def _record(job: SourceJob, record: JobRecord) -> None:
     try:
-        record_job(job.state_dir, job.source, record)
+        from protectctl import __version__
+
+        metrics = job.metrics or MetricsTarget(default_metrics_path(job.state_dir), job.host, __version__)
+        record_job(job.state_dir, job.source, record, metrics=metrics,
+                   sla_s={"sync": job.sync_interval_s, "full": job.full_interval_s})
     except OSError as err:  # status is a report; failing to write it must not hide the job's outcome
         log.error("status.write_failed", extra={"source": job.source, "error": str(err)})
 
