@@ -225,7 +225,7 @@ class PruneResult:
 @dataclass(frozen=True, slots=True)
 class SourceStatus:
     source: str
-    points: int
+    points: int | None  # None: the repository could not be read, so the count is unknown
     last_point_id: str | None
     last_point_time: datetime | None
     last_point_kind: str | None
@@ -575,27 +575,39 @@ def _repository_facts(job: SourceJob) -> tuple[list[Point], int | None, str | No
 def _source_status(
     job: SourceJob, all_points: Sequence[Point], repo_bytes: int | None, problem: str | None, now: datetime
 ) -> SourceStatus:
+    """One source's status; its `problems` are the one list both the table and `--json` show."""
+    recorded = read_status(job.state_dir, job.source)
     points = [p for p in all_points if p.source == job.source]
     good = [p for p in points if p.complete]
     fulls = [p for p in good if p.kind == "full"]
     last = points[-1] if points else None
-    sync_age = (now - good[-1].time).total_seconds() if good else None
-    full_age = (now - fulls[-1].time).total_seconds() if fulls else None
+    if problem is None:
+        sync_time = good[-1].time if good else None
+        full_time = fulls[-1].time if fulls else None
+    else:  # the repository cannot be read (e.g. no passphrase): what the agent recorded, not "never"
+        sync_time = _recorded_time(recorded, "last_sync_success", "last_full_success")
+        full_time = _recorded_time(recorded, "last_full_success")
+    sync_age = (now - sync_time).total_seconds() if sync_time else None
+    full_age = (now - full_time).total_seconds() if full_time else None
     problems = [problem] if problem else []
     problems += _sla_problems("recovery point", sync_age, job.sync_interval_s)
     problems += _sla_problems("full", full_age, job.full_interval_s)
-    failure = read_status(job.state_dir, job.source).get("last_failure")
+    failure = recorded.get("last_failure")
     failure_time = failure_message = None
     if isinstance(failure, dict) and isinstance(failure.get("time"), str):
         failure_time = datetime.fromisoformat(failure["time"])
         failure_message = str(failure.get("message") or "")
+        success_time = _recorded_time(recorded, "last_success")
+        if success_time is None or failure_time > success_time:  # a later success settles it
+            problems.append(f"the last {failure.get('kind', 'job')} failed at {failure_time:%Y-%m-%d %H:%M}Z: "
+                            f"{failure_message or 'no reason recorded'}")
     return SourceStatus(
         source=job.source,
-        points=len(points),
+        points=len(points) if problem is None else None,
         last_point_id=last.id if last else None,
         last_point_time=last.time if last else None,
         last_point_kind=last.kind if last else None,
-        last_full_time=fulls[-1].time if fulls else None,
+        last_full_time=full_time,
         sync_age_s=sync_age,
         full_age_s=full_age,
         sync_interval_s=job.sync_interval_s,
@@ -607,6 +619,16 @@ def _source_status(
         sla_met=not problems,
         problems=tuple(problems),
     )
+
+
+def _recorded_time(recorded: Mapping[str, object], *keys: str) -> datetime | None:
+    """The newest time among the status file's records `keys`."""
+    times = []
+    for key in keys:
+        record = recorded.get(key)
+        if isinstance(record, Mapping) and isinstance(record.get("time"), str):
+            times.append(datetime.fromisoformat(str(record["time"])))
+    return max(times, default=None)
 
 
 def _sla_problems(what: str, age_s: float | None, interval_s: int) -> list[str]:
