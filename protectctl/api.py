@@ -107,6 +107,31 @@ def _installed_agent_facts(doc: Any) -> HostFacts:
     return HostFacts(agent_argv=(f"{venv}/bin/protectctl",), version=__version__, digest=source_digest())
 
 
+def alerts(policy_dir: Path, out: Path | None = None) -> str:
+    """`protectctl alerts`: Prometheus alerting rules derived from each SLA (policy/alerts.py), as YAML;
+    also written to `out` when given."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    from protectctl.fsutil import atomic_write
+    from protectctl.policy.alerts import alert_rules
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.width = 4096
+    buffer = io.StringIO()
+    buffer.write("# Prometheus alerting rules written by `protectctl alerts` (docs/monitoring.md)\n")
+    yaml.dump(alert_rules(load(policy_dir)), buffer)
+    text = buffer.getvalue()
+    if out is not None:
+        try:
+            atomic_write(out, text.encode("utf-8"))
+        except OSError as err:
+            raise ProtectctlError(f"writing {out}: {err.strerror}") from err
+    return text
+
+
 def resources(policy: Policy) -> list[Resource]:
     from protectctl.plan.resources import build_resources
 

@@ -69,7 +69,7 @@ def root(
 
 
 def _register() -> None:
-    from protectctl.cli import agent, hosts, jobs, plan, serve, state, tape
+    from protectctl.cli import agent, hosts, jobs, monitoring, plan, serve, state, tape
 
     plan.register(app)
     state.register(app)
@@ -78,6 +78,7 @@ def _register() -> None:
     agent.register(app)
     hosts.register(app)
     serve.register(app)
+    monitoring.register(app)
 
 
 _register()
