@@ -95,3 +95,18 @@ def test_alerts_on_stdout_match_the_file(quickstart: Path, tmp_path: Path) -> No
     rules = tmp_path / "rules.yml"
     run_cli(quickstart, "alerts", "--out", str(rules))
     assert run_cli(quickstart, "alerts").stdout == rules.read_text()
+
+
+def test_grafana_dashboard_queries_only_metrics_the_agent_writes() -> None:
+    """examples/monitoring/grafana-dashboard.json: valid JSON whose queries name only our metrics."""
+    import json
+    import re
+
+    from protectctl.agent.status import METRICS
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "examples/monitoring/grafana-dashboard.json")
+                           .read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    named = {m for e in exprs for m in re.findall(r"\bprotectctl_[a-z_]+", e)}
+    assert named and named <= set(METRICS), named - set(METRICS)
