@@ -24,10 +24,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Protocol
 
 from protectctl import __version__

@@ -15,14 +15,20 @@ import pytest
 from protectctl.agent.jobs import run_backup, status
 from protectctl.agent.lock import source_lock
 from protectctl.agent.status import MetricsTarget, render_metrics
-from protectctl.cli.main import app  # noqa: F401  (registers the commands first: cli.jobs imports main)
-from protectctl.cli.jobs import _status_row  # noqa: E402
 from protectctl.errors import LockedError, ProtectctlError
 from tests.integration.test_filesystem_backup import T0, Clock, make_job
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian package "
                                     "`prometheus`; .ci/run installs it)")
+
+
+def _status_row(row: object) -> tuple[object, ...]:
+    """The status table's row, as the CLI renders it (imported late: cli.jobs needs cli.main first)."""
+    import protectctl.cli.main  # noqa: F401
+    from protectctl.cli.jobs import _status_row as render
+
+    return render(row)
 
 
 def _source(tmp_path: Path) -> Path:
