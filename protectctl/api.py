@@ -86,7 +86,7 @@ def validate(policy_dir: Path) -> ValidateResult:
 
 
 def host_facts(policy: Policy) -> dict[str, HostFacts]:
-    from protectctl.plan.resources import HostFacts
+    from protectctl.plan.resources import HostFacts, installs_agent
     from protectctl.policy.model import Kind
 
     # the local agent is this install: its console script beside the interpreter running us, so
@@ -96,18 +96,43 @@ def host_facts(policy: Policy) -> dict[str, HostFacts]:
     argv = (str(script),) if script.is_file() else (sys.executable, "-m", "protectctl")
     facts = {}
     for name, doc in policy.of(Kind.HOST).items():
-        local = getattr(doc.spec, "is_local", True)
-        facts[name] = HostFacts(agent_argv=argv, version=__version__) if local else _ssh_host_facts(doc)
+        facts[name] = _installed_agent_facts(doc) if installs_agent(doc) else HostFacts(argv, __version__)
     return facts
 
 
-def _ssh_host_facts(doc: Any) -> HostFacts:
-    """An SSH host runs the agent apply installs: ROOT/opt/protectctl/bin/protectctl."""
+def _installed_agent_facts(doc: Any) -> HostFacts:
+    """An SSH host, or the local host with root /, runs the agent apply installs:
+    ROOT/opt/protectctl/bin/protectctl."""
     from protectctl.plan.resources import AGENT_VENV, HostFacts, host_path, host_root
     from protectctl.provision.agent_install import source_digest
 
     venv = host_path(host_root(doc), AGENT_VENV)
     return HostFacts(agent_argv=(f"{venv}/bin/protectctl",), version=__version__, digest=source_digest())
+
+
+def alerts(policy_dir: Path, out: Path | None = None) -> str:
+    """`protectctl alerts`: Prometheus alerting rules derived from each SLA (policy/alerts.py), as YAML;
+    also written to `out` when given."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    from protectctl.fsutil import atomic_write
+    from protectctl.policy.alerts import alert_rules
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.width = 4096
+    buffer = io.StringIO()
+    buffer.write("# Prometheus alerting rules written by `protectctl alerts` (docs/monitoring.md)\n")
+    yaml.dump(alert_rules(load(policy_dir)), buffer)
+    text = buffer.getvalue()
+    if out is not None:
+        try:
+            atomic_write(out, text.encode("utf-8"))
+        except OSError as err:
+            raise ProtectctlError(f"writing {out}: {err.strerror}") from err
+    return text
 
 
 def resources(policy: Policy) -> list[Resource]:
@@ -383,6 +408,8 @@ class ApplyReport:
     results: list[ResourceResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     applied: bool = False
+    # host → (why, units): schedules written there that will not run
+    inactive_schedules: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -403,6 +430,8 @@ class ApplyReport:
                          "host": r.host, "message": r.message, "duration_s": round(r.duration_s, 3)}
                         for r in self.results],
             "warnings": self.warnings,
+            "inactive_schedules": [{"host": host, "reason": why, "units": sorted(units)}
+                                   for host, (why, units) in sorted(self.inactive_schedules.items())],
         }
 
 
@@ -438,6 +467,7 @@ def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[
                 hosts.setdefault(address.split(".", 1)[1], rec.inputs)
         ctx = ApplyContext(hosts=hosts, warn=report.warnings.append)
         report.results = apply_plan(the_plan, state, backend, ctx, parallelism=parallelism, on_result=on_result)
+        report.inactive_schedules = ctx.inactive
         report.applied = True
     return report
 
@@ -453,6 +483,7 @@ class SourceTarget:
     state_dir: Path
     host: str
     remote: bool = False  # an SSH host's source, seen from the control machine (its data is not here)
+    metrics_path: Path | None = None  # the agent's Prometheus textfile (None: under state_dir)
 
 
 def sources(policy_dir: Path, *, agent_config: Path | None, group: str | None = None,
@@ -493,8 +524,14 @@ def _sources_from_policy(policy_dir: Path, *, include_remote: bool = False) -> l
                 inputs["storage"] = {"name": name, **_storage_inputs(policy, name)}
                 out.append(SourceTarget(inputs, policy.root / ".protectctl" / "remote" / host, host, remote=True))
             continue  # jobs run on the host that holds the data
-        out.append(SourceTarget(dict(r.inputs), Path(str(agents[host]["state_dir"])), host))
+        out.append(SourceTarget(dict(r.inputs), Path(str(agents[host]["state_dir"])), host,
+                                metrics_path=_metrics_path(agents[host])))
     return out
+
+
+def _metrics_path(agent: Mapping[str, Any]) -> Path | None:
+    path = agent.get("metrics_path")
+    return Path(str(path)) if path else None
 
 
 def _sources_from_agent(agent_config: Path) -> list[SourceTarget]:
@@ -504,7 +541,8 @@ def _sources_from_agent(agent_config: Path) -> list[SourceTarget]:
     out = []
     for path in sorted(Path(str(agent["sources_dir"])).glob("*.yaml")):
         inputs = read_yaml_mapping(path, "source config")
-        out.append(SourceTarget(inputs, Path(str(agent["state_dir"])), str(agent["host"])))
+        out.append(SourceTarget(inputs, Path(str(agent["state_dir"])), str(agent["host"]),
+                                metrics_path=_metrics_path(agent)))
     return out
 
 
@@ -528,6 +566,7 @@ def source_job(target: SourceTarget) -> Any:
     """A SourceJob for the agent's job runner."""
     from protectctl.agent.jobs import SourceJob
     from protectctl.agent.retention import RetentionSpec
+    from protectctl.agent.status import MetricsTarget
 
     i = target.inputs
     scripts = i.get("scripts") or {}
@@ -544,7 +583,8 @@ def source_job(target: SourceTarget) -> Any:
         pre_script=scripts.get("pre"), post_script=scripts.get("post"),
         script_timeout_s=int(scripts.get("timeout_s", 600)),
         throttle_bps=throttle.get("rate_bps"), throttle_window=window,
-        sync_interval_s=int(i["sync_interval_s"]), full_interval_s=int(i["full_interval_s"]))
+        sync_interval_s=int(i["sync_interval_s"]), full_interval_s=int(i["full_interval_s"]),
+        metrics=MetricsTarget(target.metrics_path, target.host, __version__) if target.metrics_path else None)
 
 
 def open_storage(storage: dict[str, Any]) -> Any:
@@ -597,7 +637,7 @@ def _placed(target: SourceTarget, kind: str) -> SourceTarget | BackupSkipped:
     if placement.spec is None:
         return BackupSkipped(str(target.inputs["source"]), kind, placement.reason)
     return SourceTarget({**target.inputs, "spec": dict(placement.spec)}, placement.state_dir or target.state_dir,
-                        placement.host or target.host)
+                        placement.host or target.host, metrics_path=target.metrics_path)
 
 
 def stream_wal(policy_dir: Path, group: str, member: str, *, agent_config: Path | None,

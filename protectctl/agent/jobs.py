@@ -27,7 +27,7 @@ from typing import Any, Literal
 from protectctl.agent.lock import source_lock
 from protectctl.agent.retention import PointRef, RetentionSpec, plan_prune
 from protectctl.agent.scripts import run_script
-from protectctl.agent.status import JobRecord, read_status, record_job
+from protectctl.agent.status import JobRecord, MetricsTarget, default_metrics_path, read_status, record_job
 from protectctl.agent.throttle import ThrottledStorage
 from protectctl.catalog.select import select_point
 from protectctl.engine.memory import tune_malloc
@@ -93,6 +93,7 @@ class SourceJob:
     sync_interval_s: int = 900
     full_interval_s: int = 86400
     lock_timeout_s: float = 0.0  # how long a second run of this source waits for the first
+    metrics: MetricsTarget | None = None  # the Host's textfile; None: STATE_DIR/metrics/protectctl.prom
 
 
 def _json_time(value: datetime | None) -> str | None:
@@ -233,7 +234,7 @@ class PruneResult:
 @dataclass(frozen=True, slots=True)
 class SourceStatus:
     source: str
-    points: int
+    points: int | None  # None: the repository could not be read, so the count is unknown
     last_point_id: str | None
     last_point_time: datetime | None
     last_point_kind: str | None
@@ -317,7 +318,11 @@ def run_backup(
 
 def _record(job: SourceJob, record: JobRecord) -> None:
     try:
-        record_job(job.state_dir, job.source, record)
+        from protectctl import __version__
+
+        metrics = job.metrics or MetricsTarget(default_metrics_path(job.state_dir), job.host, __version__)
+        record_job(job.state_dir, job.source, record, metrics=metrics,
+                   sla_s={"sync": job.sync_interval_s, "full": job.full_interval_s})
     except OSError as err:  # status is a report; failing to write it must not hide the job's outcome
         log.error("status.write_failed", extra={"source": job.source, "error": str(err)})
 
@@ -630,30 +635,40 @@ def _repository_facts(job: SourceJob) -> _RepositoryFacts:
 
 
 def _source_status(job: SourceJob, facts: _RepositoryFacts, now: datetime) -> SourceStatus:
-    all_points, repo_bytes = facts.points, facts.size
+    """One source's status; its `problems` are the one list both the table and `--json` show."""
+    all_points, repo_bytes, problem = facts.points, facts.size, facts.unreadable
+    recorded = read_status(job.state_dir, job.source)
     points = [p for p in all_points if p.source == job.source]
     good = [p for p in points if p.complete]
     fulls = [p for p in good if p.kind == "full"]
     last = points[-1] if points else None
-    sync_age = (now - good[-1].time).total_seconds() if good else None
-    full_age = (now - fulls[-1].time).total_seconds() if fulls else None
-    if facts.unreadable is not None:
-        problems = [facts.unreadable]  # what its points are is unknown, not "none yet"
-    else:
-        problems = [*facts.problems, *_sla_problems("recovery point", sync_age, job.sync_interval_s)]
-        problems += _sla_problems("full", full_age, job.full_interval_s)
-    failure = read_status(job.state_dir, job.source).get("last_failure")
+    if problem is None:
+        sync_time = good[-1].time if good else None
+        full_time = fulls[-1].time if fulls else None
+    else:  # the repository cannot be read (e.g. no passphrase): what the agent recorded, not "never"
+        sync_time = _recorded_time(recorded, "last_sync_success", "last_full_success")
+        full_time = _recorded_time(recorded, "last_full_success")
+    sync_age = (now - sync_time).total_seconds() if sync_time else None
+    full_age = (now - full_time).total_seconds() if full_time else None
+    problems = [problem] if problem else [*facts.problems]
+    problems += _sla_problems("recovery point", sync_age, job.sync_interval_s)
+    problems += _sla_problems("full", full_age, job.full_interval_s)
+    failure = recorded.get("last_failure")
     failure_time = failure_message = None
     if isinstance(failure, dict) and isinstance(failure.get("time"), str):
         failure_time = datetime.fromisoformat(failure["time"])
         failure_message = str(failure.get("message") or "")
+        success_time = _recorded_time(recorded, "last_success")
+        if success_time is None or failure_time > success_time:  # a later success settles it
+            problems.append(f"the last {failure.get('kind', 'job')} failed at {failure_time:%Y-%m-%d %H:%M}Z: "
+                            f"{failure_message or 'no reason recorded'}")
     return SourceStatus(
         source=job.source,
-        points=len(points),
+        points=len(points) if problem is None else None,
         last_point_id=last.id if last else None,
         last_point_time=last.time if last else None,
         last_point_kind=last.kind if last else None,
-        last_full_time=fulls[-1].time if fulls else None,
+        last_full_time=full_time,
         sync_age_s=sync_age,
         full_age_s=full_age,
         sync_interval_s=job.sync_interval_s,
@@ -665,6 +680,16 @@ def _source_status(job: SourceJob, facts: _RepositoryFacts, now: datetime) -> So
         sla_met=not problems,
         problems=tuple(problems),
     )
+
+
+def _recorded_time(recorded: Mapping[str, object], *keys: str) -> datetime | None:
+    """The newest time among the status file's records `keys`."""
+    times = []
+    for key in keys:
+        record = recorded.get(key)
+        if isinstance(record, Mapping) and isinstance(record.get("time"), str):
+            times.append(datetime.fromisoformat(str(record["time"])))
+    return max(times, default=None)
 
 
 def _sla_problems(what: str, age_s: float | None, interval_s: int) -> list[str]:

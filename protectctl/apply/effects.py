@@ -33,8 +33,15 @@ class ApplyContext:
 
     hosts: Mapping[str, Mapping[str, Any]]  # host name → host inputs (address, root, ...)
     warn: Callable[[str], None]
+    # host → (why its schedules do not run, units written there that nothing enables)
+    inactive: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
     _connections: dict[str, HostConnection] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note_inactive(self, host: str, unit: str, reason: str) -> None:
+        """A schedule was written on `host` but will not run: said once per host in apply's summary."""
+        with self._lock:
+            self.inactive.setdefault(host, (reason, []))[1].append(unit)
 
     def host(self, name: str) -> HostConnection:
         # one connection per host, shared by the walk's threads (an SshHost is thread-safe)
@@ -229,7 +236,33 @@ class AgentEffect(FilesEffect):
             uninstall(ctx.host(self.host_name(inputs)), inputs["install"]["venv"])  # type: ignore[arg-type]
 
     def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
-        ctx.host(self.host_name(inputs)).make_dirs(inputs["state_dir"], mode=0o700)
+        conn = ctx.host(self.host_name(inputs))
+        conn.make_dirs(inputs["state_dir"], mode=0o700)
+        if inputs.get("metrics_path"):
+            _metrics_dir(conn, str(PurePosixPath(inputs["metrics_path"]).parent), str(inputs["metrics_group"]),
+                         self.host_name(inputs), ctx)
+
+
+def _metrics_dir(conn: HostConnection, path: str, group: str, host: str, ctx: ApplyContext) -> None:
+    """The directory of the metrics textfile, readable by node_exporter's group.
+
+    A directory apply creates is root:GROUP 2750: setgid, so the file the agent writes there
+    (0640) belongs to GROUP without the agent needing CAP_CHOWN inside its sandbox. An existing
+    directory (a package's) is left as it is, but gets the setgid bit when its group is GROUP."""
+    existed = conn.run(("test", "-d", path)).status == 0
+    conn.make_dirs(path, mode=0o750)
+    if conn.run(("getent", "group", group)).status != 0:
+        ctx.warn(f"host {host}: group {group!r} does not exist, so node_exporter cannot read {path}; "
+                 "set the Host's metrics.group to the group node_exporter runs as")
+        return
+    if existed and conn.run(("stat", "-c", "%G", path)).stdout.strip() != group:
+        ctx.warn(f"host {host}: {path} exists and does not belong to group {group!r}; the metrics file in it "
+                 f"is 0640 root:root unless you run `chgrp {group} {path} && chmod g+s {path}`")
+        return
+    for argv in (("chgrp", group, path), ("chmod", "2750" if not existed else "g+s", path)):
+        result = conn.run(argv)
+        if result.status != 0:
+            raise ProtectctlError(f"host {host}: {' '.join(argv)} failed: {result.stderr.strip()[-300:]}")
 
 
 class SourceEffect(FilesEffect):
@@ -327,16 +360,19 @@ class ScheduleEffect(FilesEffect):
         return conn.run(("test", "-d", "/run/systemd/system")).status == 0 and conn.has_command("systemctl")
 
     def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
+        host, unit = str(inputs["host"]), unit_of(inputs)
+        if inputs["root"] != "/":
+            ctx.note_inactive(host, unit, f"its root is {inputs['root']}, not /: {inputs['scheduler']} reads "
+                                          "only the real /etc, so these files are never run")
+            return
         if inputs["scheduler"] != "systemd":
-            return
+            return  # cron reads /etc/cron.d by itself
         if not self._systemd_live(inputs, ctx):
-            if inputs["root"] == "/":
-                ctx.warn(f"{unit_of(inputs)} written but not enabled: systemd is not running on host "
-                         f"{inputs['host']}; "
-                         f"run `systemctl daemon-reload && systemctl enable --now {unit_of(inputs)}`")
+            ctx.note_inactive(host, unit, "systemd is not running there; run `systemctl daemon-reload && "
+                                          "systemctl enable --now UNIT` for each, once it is")
             return
-        conn = ctx.host(inputs["host"])
-        for argv in (("systemctl", "daemon-reload"), ("systemctl", "enable", "--now", unit_of(inputs))):
+        conn = ctx.host(host)
+        for argv in (("systemctl", "daemon-reload"), ("systemctl", "enable", "--now", unit)):
             result = conn.run(argv)
             if result.status != 0:
                 raise ProtectctlError(f"{' '.join(argv)} failed: {result.stderr.strip()[-300:]}")
@@ -497,16 +533,24 @@ def unit_of(inputs: Inputs) -> str:
 
 def schedule_files(inputs: Inputs) -> dict[str, str]:
     """The rendered schedule files of a schedule resource, by absolute path on the host."""
-    from protectctl.provision.schedulers.base import DaemonJob, ScheduledJob, render_daemon, renderer_for
+    from protectctl.provision.schedulers.base import DaemonJob, Sandbox, ScheduledJob, render_daemon, renderer_for
     from protectctl.units import Schedule
 
     if inputs.get("daemon"):  # a long-running service (e.g. WAL streaming), not a timer
         files = render_daemon(inputs["scheduler"], DaemonJob(inputs["name"], inputs["description"],
                                                              tuple(inputs["argv"])))
         return {str(PurePosixPath(inputs["root"]) / rel): text for rel, text in files.items()}
+    box = inputs.get("sandbox")
+    sandbox = None if box is None else Sandbox(
+        write_paths=None if box["write_paths"] is None else tuple(box["write_paths"]),
+        capabilities=None if box["capabilities"] is None else tuple(box["capabilities"]),
+        filter_syscalls=bool(box["filter_syscalls"]), change_user=bool(box["change_user"]),
+        devices=bool(box["devices"]))
     job = ScheduledJob(
         name=inputs["name"], description=inputs["description"], argv=tuple(inputs["argv"]),
         schedule=Schedule.parse(inputs["schedule"]), randomized_delay_s=int(inputs["randomized_delay_s"]),
+        timeout_s=int(inputs.get("timeout_s", 0)), sandbox=sandbox, on_failure=inputs.get("on_failure"),
+        mailto=inputs.get("mailto"), ac_power=bool(inputs.get("ac_power")), inhibit=bool(inputs.get("inhibit")),
     )
     rendered = renderer_for(inputs["scheduler"]).render(job)
     root = PurePosixPath(inputs["root"])

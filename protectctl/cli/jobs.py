@@ -187,11 +187,14 @@ def _status_row(r: Any) -> tuple[object, ...]:
             return "-"
         return f"{seconds / 3600:.1f}h" if seconds >= 3600 else f"{seconds / 60:.0f}m"
 
-    last = f"{r.last_point_time:%Y-%m-%d %H:%M}Z ({r.last_point_kind})" if r.last_point_time else "never"
-    failure = r.last_failure_message or ""
-    why = "; ".join(r.problems)
-    return (r.source, "yes" if r.sla_met else "NO", last, age(r.sync_age_s), age(r.full_age_s), r.points,
-            human_bytes(r.source_bytes_added), why or failure)
+    if r.last_point_time:
+        last = f"{r.last_point_time:%Y-%m-%d %H:%M}Z ({r.last_point_kind})"
+    else:
+        last = "never" if r.points is not None else "unknown"
+    points = "?" if r.points is None else r.points
+    # the same problems as --json: a failure shows until a later success settles it
+    return (r.source, "yes" if r.sla_met else "NO", last, age(r.sync_age_s), age(r.full_age_s), points,
+            human_bytes(r.source_bytes_added), "; ".join(r.problems))
 
 
 def restore_summary(r: Any) -> str:

@@ -87,7 +87,7 @@ def _log_to_stderr(verbosity: int) -> None:
 
 
 def _register() -> None:
-    from protectctl.cli import agent, hosts, jobs, manpage, plan, repair, serve, state, tape
+    from protectctl.cli import agent, hosts, jobs, manpage, monitoring, plan, repair, serve, state, tape
 
     plan.register(app)
     state.register(app)
@@ -98,6 +98,7 @@ def _register() -> None:
     hosts.register(app)
     serve.register(app)
     manpage.register(app)
+    monitoring.register(app)
 
 
 _register()

@@ -212,6 +212,8 @@ def _report(env: Env, report: ApplyReport) -> None:
                 state = "FAILED" if counts["failed"] or counts["skipped"] else "ok"
                 env.output.text(f"  host {host}: {state} ({counts['ok']} applied, {counts['failed']} failed, "
                                 f"{counts['skipped']} skipped)")
+        for host, (why, units) in sorted(report.inactive_schedules.items()):
+            env.output.text(f"  host {host}: {len(units)} schedule(s) written but NOT ACTIVE: {why}")
     if failed:
         lines = "; ".join(f"{r.address}: {r.message}" for r in failed)
         raise ApplyError(f"{len(failed)} resource(s) failed: {lines}",

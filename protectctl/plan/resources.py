@@ -193,6 +193,20 @@ def _library(b: _Builder, doc: Document) -> None:
     }, (Address("key", spec.encryption.key),), replace_on=("type", "path"), holds_data=True))
 
 
+def installs_agent(doc: Document) -> bool:
+    """Whether apply installs the agent into ROOT/opt/protectctl: on SSH hosts, and on the local
+    host when its timers are live (root /), so that no schedule runs from the environment that
+    happened to run apply (deleting that venv would break every timer)."""
+    assert isinstance(doc.spec, HostSpec)
+    return not doc.spec.is_local or host_root(doc) == "/"
+
+
+def metrics_path(doc: Document) -> str:
+    """Where the agent of a Host writes its Prometheus textfile (its `metrics.path` under its root)."""
+    assert isinstance(doc.spec, HostSpec)
+    return host_path(host_root(doc), doc.spec.metrics.path.lstrip("/"))
+
+
 def host_root(doc: Document) -> str:
     assert isinstance(doc.spec, HostSpec)
     return resolve_path(doc, doc.spec.root)
@@ -230,8 +244,9 @@ def _host(b: _Builder, doc: Document) -> None:
     agent: dict[str, object] = {
         "host": doc.name, "root": root, "version": facts.version, "exec": list(facts.agent_argv),
         "config_path": host_path(root, AGENT_CONFIG), "state_dir": host_path(root, STATE_DIR),
-        "sources_dir": host_path(root, SOURCES_DIR)}
-    if not spec.is_local:
+        "sources_dir": host_path(root, SOURCES_DIR),
+        "metrics_path": metrics_path(doc), "metrics_group": spec.metrics.group}
+    if installs_agent(doc):
         agent["install"] = {"venv": host_path(root, AGENT_VENV), "digest": facts.digest}
     b.add(Resource(Address("agent", doc.name), agent, (Address("host", doc.name),), host=doc.name,
                    replace_on=("root",)))
@@ -271,7 +286,11 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
             Address("storage", group.storage)]
     access = _access(b, group.storage, host_name, root, storage) if storage["type"] == StorageType.SFTP.value \
         else None
-    secret = None if host_doc.spec.is_local else _secret(b, str(storage["key"]), host_name, root)
+    # an SSH host's agent cannot read the control machine's passphrase; a local host's timers
+    # run without the environment of the shell that applied: both get a root-only copy
+    ref = storage["passphrase"]
+    needs_copy = not host_doc.spec.is_local or (isinstance(ref, Mapping) and ref.get("env") is not None)
+    secret = _secret(b, str(storage["key"]), host_name, root) if needs_copy else None
     storage = agent_storage(storage, access, secret)
     deps += [r.address for r in (access, secret) if r is not None]
     b.add(Resource(address, {
@@ -296,7 +315,13 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
         other = b.policy.get(Kind.HOST, host)
         assert other is not None and isinstance(other.spec, HostSpec)
         suffix = "" if host == host_name else f"@{host}"
-        _schedules(b, source, host, other.spec, host_root(other), sla, local_storage=local_storage, suffix=suffix)
+        other_root = host_root(other)
+        writes = [host_path(other_root, STATE_DIR), posixpath.dirname(metrics_path(other))]
+        if local_storage:
+            writes.append(str(storage["path"]))
+        facts = JobFacts(member.provider, bool(scripts and (scripts.pre or scripts.post)), tuple(writes))
+        _schedules(b, source, host, other.spec, other_root, sla, local_storage=local_storage, suffix=suffix,
+                   job_facts=facts)
         if spec.get("streaming"):
             _stream_service(b, source, host, other.spec, host_root(other), suffix)
 
@@ -450,7 +475,7 @@ def _jobs(b: _Builder, sla: SLASpec) -> list[tuple[str, str]]:
 
 
 def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, sla: SLASpec, *,
-               local_storage: bool, suffix: str = "") -> None:
+               local_storage: bool, suffix: str = "", job_facts: JobFacts) -> None:
     """The timers of one source on its host.
 
     Prune runs where the repository may be pruned: an agent's key to a remote repository is
@@ -459,7 +484,7 @@ def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: s
     with the policy on the control machine: their timer runs `-C POLICY_DIR` there, so only
     sources of local hosts get one.
     """
-    settings = b.settings
+    settings = b.settings.schedules
     group, member = source.split("/", 1)
     agent = b.facts[host]
     config = host_path(root, AGENT_CONFIG)
@@ -478,8 +503,43 @@ def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: s
             "description": f"protectctl {job} of {source}",
             "argv": [*agent.agent_argv, *where, "run", job, group, "--member", member],
             "schedule": schedule,
-            "randomized_delay_s": settings.schedules.randomized_delay.seconds if job in ("sync", "full") else 0,
+            # every kind, so that a fleet's prunes and verifies do not hit one server at once
+            "randomized_delay_s": settings.randomized_delay.seconds,
+            "timeout_s": getattr(settings.timeouts, job).seconds,
+            "sandbox": _sandbox(job, job_facts),
+            "on_failure": settings.on_failure, "mailto": settings.mailto,
+            "ac_power": settings.ac_power, "inhibit": settings.inhibit,
         }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
+
+
+@dataclass(frozen=True, slots=True)
+class JobFacts:
+    """What decides how tightly a source's jobs can be confined (provision/schedulers/base.py Sandbox)."""
+
+    provider: str
+    scripts: bool  # the group runs pre/post scripts: they may need anything
+    write_paths: tuple[str, ...]  # state dir, metrics dir, a local repository
+
+
+# Providers whose jobs only read files in-process and write the repository and the state dir.
+# Any other provider (PostgreSQL runs its tools as the cluster's user through runuser, and
+# writes a spool that user owns) gets a sandbox that does not bound capabilities or writes.
+_FILE_READING_PROVIDERS = frozenset({"filesystem"})
+
+
+def _sandbox(job: str, facts: JobFacts) -> dict[str, object]:
+    """The Sandbox of one job, as JSON inputs (the fields of Sandbox)."""
+    strict: dict[str, object] = {"write_paths": list(facts.write_paths),
+                                 "capabilities": ["CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER"],
+                                 "filter_syscalls": True, "change_user": False, "devices": False}
+    loose = {"write_paths": None, "capabilities": None}
+    if facts.scripts and job in ("sync", "full"):
+        return {**loose, "filter_syscalls": False, "change_user": True, "devices": True}
+    if job == "tape":  # the control machine's policy dir, library paths, perhaps a tape device
+        return {**loose, "filter_syscalls": True, "change_user": False, "devices": True}
+    if job in ("sync", "full") and facts.provider not in _FILE_READING_PROVIDERS:
+        return {**loose, "filter_syscalls": True, "change_user": True, "devices": False}
+    return strict
 
 
 def _stream_service(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, suffix: str) -> None:

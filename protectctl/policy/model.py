@@ -118,6 +118,16 @@ class Kind(StrEnum):
 # --- Host -----------------------------------------------------------------------------
 
 
+class MetricsSpec(CamelSpec):
+    """The agent's Prometheus textfile, for node_exporter's textfile collector."""
+
+    path: str = Field("/var/lib/prometheus/node-exporter/protectctl.prom", pattern=r"^/[^\s\"'\\]*\.prom$",
+                      description="absolute path on the host (under its root); node_exporter reads *.prom files "
+                                  "of its --collector.textfile.directory")
+    group: str = Field("prometheus", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+                       description="the group node_exporter runs as: it may read the file (0640), nobody else")
+
+
 class HostSpec(CamelSpec):
     address: str = Field(description="`local` for the machine running protectctl, else a name or IP")
     port: int = Field(22, ge=1, le=65535)
@@ -129,6 +139,8 @@ class HostSpec(CamelSpec):
     become: Literal["sudo"] | None = None
     scheduler: Scheduler = Scheduler.SYSTEMD
     root: str = Field("/", description="every path protectctl writes on this host lives under root")
+    metrics: MetricsSpec = Field(default_factory=lambda: MetricsSpec(),
+                                 description="where the agent writes its Prometheus textfile (docs/monitoring.md)")
     authorized_keys: str = Field(
         ".ssh/authorized_keys",
         description="SSH hosts holding sftp storage: the login user's authorized_keys file (relative to its "
@@ -341,10 +353,31 @@ class BudgetSettings(CamelSpec):
     file_source: int = Field(64, ge=1)
 
 
+class JobTimeouts(CamelSpec):
+    """How long each kind of scheduled job may run before it is stopped (and counted failed)."""
+
+    sync: DurationText = Field(default_factory=lambda: Duration.parse("6h"))
+    full: DurationText = Field(default_factory=lambda: Duration.parse("1d"))
+    prune: DurationText = Field(default_factory=lambda: Duration.parse("6h"))
+    verify: DurationText = Field(default_factory=lambda: Duration.parse("12h"))
+    tape: DurationText = Field(default_factory=lambda: Duration.parse("2d"))
+
+
 class ScheduleDefaults(CamelSpec):
-    randomized_delay: DurationText = Field(default_factory=lambda: Duration.parse("2m"))
+    randomized_delay: DurationText = Field(default_factory=lambda: Duration.parse("2m"),
+                                           description="every timer starts up to this much later, at random")
     prune: ScheduleText = Field(default_factory=lambda: Schedule.parse("daily at 04:00"))
     verify: ScheduleText = Field(default_factory=lambda: Schedule.parse("weekly on sat at 05:00"))
+    timeouts: JobTimeouts = Field(default_factory=JobTimeouts)
+    on_failure: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9:_.@%\\-]+\.(service|target)$",
+        description="systemd hosts: a unit started when a job fails, e.g. 'notify-email@%n.service'")
+    mailto: str = Field("root", pattern=r"^[^\x00-\x1f\x7f]*$",
+                        description="cron hosts: who gets mail about failed runs ('' for nobody); "
+                                    "successful runs print nothing")
+    ac_power: bool = Field(False, description="run jobs only on AC power (on battery a run is skipped)")
+    inhibit: bool = Field(False, description="hold a systemd-inhibit lock against sleep and shutdown "
+                                             "while a job runs")
 
 
 class SettingsSpec(CamelSpec):

@@ -24,16 +24,28 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from protectctl import __version__
 from protectctl.errors import ProtectctlError, RemoteError
 
-if TYPE_CHECKING:
-    from protectctl.provision.ssh import SshHost
+
+class SshHost(Protocol):
+    """What an install needs of a host: an SshHost, or the LocalHost when its root is / (the
+    local agent is installed too, so that timers never run from the venv that ran apply)."""
+
+    name: str
+
+    def read_file(self, path: str) -> bytes | None: ...
+    def write_file(self, path: str, data: bytes, *, mode: int) -> None: ...
+    def remove_tree(self, path: str) -> None: ...
+    def upload(self, local_path: str, remote_path: str) -> None: ...
+    def exec_bytes(self, argv: Sequence[str], *, stdin: bytes = b"",
+                   timeout_s: float | None = None) -> tuple[int, bytes, bytes]: ...
 
 MARKER = ".protectctl-install.json"
 WHEELHOUSE_DIR = "wheelhouse"  # inside the venv, so uninstall removes it with the venv

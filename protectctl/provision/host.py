@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,6 +103,32 @@ class LocalHost:
 
     def has_command(self, name: str) -> bool:
         return shutil.which(name) is not None
+
+    # what the agent install needs (provision/agent_install.py), as on an SshHost
+
+    def exec_bytes(self, argv: Sequence[str], *, stdin: bytes = b"",
+                   timeout_s: float | None = None) -> tuple[int, bytes, bytes]:
+        try:
+            proc = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout_s or 600,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise RemoteError(f"host {self.name}: running {argv[0]}: {err}") from err
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def remove_tree(self, path: str) -> None:
+        """Remove one directory tree (the agent venv); refuses '/' and relative paths."""
+        if not os.path.isabs(path) or os.path.normpath(path) == "/":
+            raise RemoteError(f"host {self.name}: refusing to remove {path!r}")
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise RemoteError(f"host {self.name}: removing {path}: {err.strerror}") from err
+
+    def upload(self, local_path: str, remote_path: str) -> None:
+        with open(local_path, "rb") as handle:
+            self.write_file(remote_path, handle.read(), mode=0o644)
 
 
 def connect(name: str, address: str, inputs: Mapping[str, Any] | None = None,

@@ -240,7 +240,7 @@ def test_vanished_file_makes_incomplete_point(tmp_path: Path) -> None:
     statuses = status([job], now=T0)
     assert statuses[0].last_failure_message and "vanished" in statuses[0].last_failure_message
     metrics = (tmp_path / "state" / "metrics" / "protectctl.prom").read_text()
-    assert 'protectctl_last_point_complete{source="docs/home"} 0' in metrics
+    assert 'protectctl_last_point_complete{host="testhost",source="docs/home"} 0' in metrics
 
 
 def test_unreadable_file_makes_incomplete_point(tmp_path: Path) -> None:
@@ -433,5 +433,7 @@ def test_status_and_metrics(tmp_path: Path) -> None:
     assert not late.sla_met and late.problems
     assert late.to_json()["last_point_time"] == T0.isoformat()
     metrics = (tmp_path / "state" / "metrics" / "protectctl.prom").read_text()
-    assert 'protectctl_last_success_timestamp_seconds{source="docs/home",kind="full"}' in metrics
-    assert 'protectctl_last_job_success{source="docs/home"} 1' in metrics
+    stamp = int(T0.timestamp())  # exact, not 6 significant digits
+    assert f'protectctl_last_success_timestamp_seconds{{host="testhost",source="docs/home",kind="full"}} {stamp}' \
+        in metrics
+    assert 'protectctl_last_job_success{host="testhost",source="docs/home",kind="full"} 1' in metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -30,10 +31,14 @@ def _site(tmp_path: Path, policy: str) -> Path:
 def _cron_argv(site: Path, address: str) -> list[str]:
     """The command of the cron line apply rendered for `address` (`m h dom mon dow user CMD`)."""
     (path,) = api.read_state(site).resources[address].outputs["files"]
-    (line,) = [ln for ln in Path(path).read_text().splitlines() if ln and not ln.startswith("#") and "=" not in ln]
-    argv = shlex.split(line)[6:]
-    assert argv[:3] == ["nice", "-n", "19"]
-    return argv[3:]
+    (line,) = [ln for ln in Path(path).read_text().splitlines()
+               if ln and not ln.startswith("#") and not re.match(r"[A-Z_]+=", ln)]
+    # the run's output is kept and printed only on failure: out=$( timeout … nice -n 19 ARGV 2>&1 ) || …
+    match = re.search(r"out=\$\( (.*) 2>&1 \) \|\|", line.split(None, 6)[6])
+    assert match, line
+    argv = shlex.split(match.group(1))
+    assert argv[:4] == ["timeout", "-k", "60", str(2 * 86400)] and argv[4:7] == ["nice", "-n", "19"]
+    return argv[7:]
 
 
 def test_the_rendered_tape_timer_command_copies_that_member(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protectctl.provision.schedulers import JobError, ScheduledJob, renderer_for, unit_name
+from protectctl.provision.schedulers.base import Sandbox
 from protectctl.provision.schedulers.cron import cron_command
 from protectctl.provision.schedulers.systemd import exec_line
 from protectctl.units import Schedule
@@ -75,7 +76,8 @@ SHELL=/bin/sh
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PROTECTCTL_CONFIG=/etc/protectctl/agent.yaml
 */15 * * * * root sleep $(( $(od -An -N4 -tu4 /dev/urandom) \\% 60 )) && \
-nice -n 19 /usr/bin/protectctl -C /etc/protectctl run sync docs --member home
+out=$( nice -n 19 /usr/bin/protectctl -C /etc/protectctl run sync docs --member home 2>&1 ) || \
+{ s=$?; printf '\\%s\\n' "$out"; exit $s; }
 """
 
 AWKWARD_EXEC = (
@@ -121,10 +123,8 @@ def test_cron_awkward_job() -> None:
     jobs = [
         line for line in text.splitlines() if line and not line.startswith("#") and "=" not in line.split()[0]
     ]
-    assert jobs == [
-        f"0 8 * * * backup {AWKWARD_CRON_COMMAND}",
-        f"30 20 * * * backup {AWKWARD_CRON_COMMAND}",
-    ]
+    quiet = f"out=$( {AWKWARD_CRON_COMMAND} 2>&1 ) || {{ s=$?; printf '\\%s\\n' \"$out\"; exit $s; }}"
+    assert jobs == [f"0 8 * * * backup {quiet}", f"30 20 * * * backup {quiet}"]
     assert "sleep" not in text
 
 
@@ -243,3 +243,61 @@ def test_cron_file_name_has_no_dots() -> None:
     )
     (path,) = renderer_for("cron").render(job)
     assert "." not in path.name and ":" not in path.name
+
+
+# ---- options: timeouts, failure hooks, power, mail, sandbox
+
+
+def _options_job(**extra: object) -> ScheduledJob:
+    fields: dict[str, object] = {"name": "protectctl-x-y-sync", "description": "d", "argv": ("/bin/true",),
+                                 "schedule": Schedule.parse("hourly")}
+    return ScheduledJob(**(fields | extra))  # type: ignore[arg-type]
+
+
+def test_systemd_options_render() -> None:
+    job = _options_job(timeout_s=600, on_failure="notify@%n.service", ac_power=True, inhibit=True,
+                       sandbox=Sandbox(write_paths=("/var/lib/protectctl",)))
+    service = next(t for p, t in renderer_for("systemd").render(job).items() if p.suffix == ".service")
+    lines = service.splitlines()
+    for expected in ("TimeoutStartSec=600", "OnFailure=notify@%n.service", "ConditionACPower=true",
+                     "ProtectSystem=strict", "ReadWritePaths=-/var/lib/protectctl", "NoNewPrivileges=yes",
+                     "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER"):
+        assert expected in lines, expected
+    (exec_start,) = [line for line in lines if line.startswith("ExecStart=")]
+    assert systemd_split(exec_start.removeprefix("ExecStart="))[0] == "/usr/bin/systemd-inhibit"
+
+
+def test_relaxed_sandbox_keeps_capabilities_and_writes() -> None:
+    service = next(t for p, t in renderer_for("systemd").render(_options_job(sandbox=Sandbox.relaxed())).items()
+                   if p.suffix == ".service")
+    assert "ProtectSystem=full" in service and "CapabilityBoundingSet" not in service
+    assert "SystemCallFilter" not in service and "PrivateDevices" not in service
+
+
+@pytest.mark.parametrize("changes", [{"write_paths": ("/a b",)}, {"write_paths": ("relative",)},
+                                     {"capabilities": ("DAC",)}])
+def test_sandbox_validation(changes: dict[str, object]) -> None:
+    with pytest.raises(JobError):
+        Sandbox(**changes)  # type: ignore[arg-type]
+
+
+def test_on_failure_must_be_a_unit() -> None:
+    with pytest.raises(JobError, match="onFailure"):
+        _options_job(on_failure="rm -rf /")
+
+
+def test_cron_mailto_and_timeout() -> None:
+    (text,) = renderer_for("cron").render(_options_job(mailto="", timeout_s=600)).values()
+    assert 'MAILTO=""' in text.splitlines()
+    assert "timeout -k 60 600 nice -n 19 /bin/true" in text
+
+
+@pytest.mark.parametrize(("script", "status", "printed"), [("echo fine", 0, ""), ("echo broke; exit 3", 3, "broke\n")])
+def test_cron_runs_print_only_when_they_fail(script: str, status: int, printed: str) -> None:
+    import subprocess
+
+    (text,) = renderer_for("cron").render(_options_job(argv=("/bin/sh", "-c", script))).values()
+    (line,) = [line for line in text.splitlines() if line.startswith("0 * ")]
+    command = line.split(None, 6)[6].replace("\\%", "%")
+    run = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=30, check=False)
+    assert (run.returncode, run.stdout) == (status, printed)

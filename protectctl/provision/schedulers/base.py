@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MANAGED_HEADER",
     "JobError",
+    "Sandbox",
     "ScheduledJob",
     "SchedulerRenderer",
     "render_template",
@@ -37,6 +38,11 @@ _NAME_RE = re.compile(r"[A-Za-z0-9:_.-]+")
 _MAX_NAME = 255 - len(".service")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# A unit started when a job fails, e.g. `notify-email@%n.service`: specifiers are kept on purpose.
+_ON_FAILURE_RE = re.compile(r"[A-Za-z0-9:_.@%\\-]+\.(service|target)")
+_CAPABILITY_RE = re.compile(r"CAP_[A-Z_]+")
+# Written to by every job: status, metrics, locks, the repository of a local storage.
+_PATH_RE = re.compile(r"/[^\s\"'\\]*")
 # A newline or other control character would end a unit-file line or a cron line early
 # and let the rest be read as a new directive.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -88,6 +94,40 @@ def _check_text(what: str, value: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Sandbox:
+    """How tightly systemd confines a job (systemd.exec(5)); cron cannot confine and ignores it.
+
+    `write_paths`: a tuple makes everything else read-only (ProtectSystem=strict, ProtectHome=
+    read-only, these paths ReadWritePaths=); None lets the job write outside /usr, /boot and
+    /etc (ProtectSystem=full), for jobs whose writes we cannot list (user scripts, tape).
+    `capabilities`: the bounding set (reading any file needs CAP_DAC_READ_SEARCH); None keeps
+    root's. `filter_syscalls`: the @system-service allow-list, minus @privileged and
+    @resources unless `change_user` (a job that runs commands as another user, via runuser).
+    `devices`: the job may use /dev (an LVM snapshot in a pre script); else PrivateDevices.
+    """
+
+    write_paths: tuple[str, ...] | None = ()
+    capabilities: tuple[str, ...] | None = ("CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER")
+    filter_syscalls: bool = True
+    change_user: bool = False
+    devices: bool = False
+
+    def __post_init__(self) -> None:
+        for path in self.write_paths or ():
+            if not _PATH_RE.fullmatch(path):
+                raise JobError(f"{path!r} is not a path a unit can name; expected an absolute path "
+                               "without spaces or quotes")
+        for cap in self.capabilities or ():
+            if not _CAPABILITY_RE.fullmatch(cap):
+                raise JobError(f"{cap!r} is not a capability; expected e.g. CAP_DAC_READ_SEARCH")
+
+    @classmethod
+    def relaxed(cls) -> Sandbox:
+        """For jobs that run the user's scripts: they may need devices, mounts, any capability."""
+        return cls(write_paths=None, capabilities=None, filter_syscalls=False, devices=True)
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduledJob:
     """One command a host runs on a schedule. Never carries a secret: it lands in plain files."""
 
@@ -98,6 +138,12 @@ class ScheduledJob:
     randomized_delay_s: int = 0
     user: str | None = None
     environment: tuple[tuple[str, str], ...] = ()
+    timeout_s: int = 0  # 0: no limit; else systemd TimeoutStartSec=, cron `timeout`
+    sandbox: Sandbox | None = None  # systemd only; None: unconfined
+    on_failure: str | None = None  # systemd: a unit started when the job fails
+    mailto: str | None = None  # cron: who gets mail about failures ("" for nobody; None: cron's default)
+    ac_power: bool = False  # run only on AC power (skipped, not failed, on battery)
+    inhibit: bool = False  # hold a systemd-inhibit lock against sleep and shutdown while running
 
     def __post_init__(self) -> None:
         if not _NAME_RE.fullmatch(self.name) or len(self.name) > _MAX_NAME:
@@ -105,6 +151,13 @@ class ScheduledJob:
                 f"{self.name!r} is not a usable unit name; use letters, digits and :_.- "
                 f"(at most {_MAX_NAME} characters), e.g. via unit_name()"
             )
+        if self.timeout_s < 0:
+            raise JobError(f"timeout_s must be 0 or more, got {self.timeout_s}")
+        if self.on_failure is not None and not _ON_FAILURE_RE.fullmatch(self.on_failure):
+            raise JobError(f"onFailure {self.on_failure!r} is not a unit name; expected e.g. "
+                           "notify-email@%n.service")
+        if self.mailto is not None:
+            _check_text("mailto", self.mailto)
         if not self.argv or not self.argv[0].startswith("/"):
             raise JobError(f"a job's command must start with an absolute path, got {self.argv!r}")
         _check_text("the description", self.description)
@@ -120,6 +173,17 @@ class ScheduledJob:
                     f"{key!r} is not a valid environment variable name; expected e.g. PROTECTCTL_CONFIG"
                 )
             _check_text(f"the value of {key}", value)
+
+
+INHIBIT = "/usr/bin/systemd-inhibit"
+
+
+def command_argv(job: ScheduledJob) -> tuple[str, ...]:
+    """The argv a scheduler starts: the job's, inside a sleep/shutdown inhibitor lock when asked."""
+    if not job.inhibit:
+        return job.argv
+    return (INHIBIT, "--what=sleep:shutdown", "--who=protectctl", f"--why={job.description}", "--mode=block",
+            *job.argv)
 
 
 class SchedulerRenderer(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from protectctl.provision.schedulers.base import DaemonJob, ScheduledJob, render_template
+from protectctl.provision.schedulers.base import DaemonJob, ScheduledJob, command_argv, render_template
 
 __all__ = ["SystemdRenderer", "environment_assignment", "exec_arg", "exec_line"]
 
@@ -50,12 +50,19 @@ class SystemdRenderer:
     """Renders `<name>.service` (Type=oneshot, idle priority) and `<name>.timer`."""
 
     def render(self, job: ScheduledJob) -> dict[PurePosixPath, str]:
+        sandbox = job.sandbox
         service = render_template(
             "systemd.service.j2",
             description=_specifiers(job.description),
-            exec_start=exec_line(job.argv),
+            exec_start=exec_line(command_argv(job)),
             user=job.user,
             environment=[environment_assignment(k, v) for k, v in job.environment],
+            timeout_s=job.timeout_s,
+            on_failure=job.on_failure,
+            ac_power=job.ac_power,
+            sandbox=sandbox,
+            read_write_paths=" ".join(f"-{_specifiers(p)}" for p in (sandbox.write_paths or ()))
+            if sandbox is not None else "",
         )
         timer = render_template(
             "systemd.timer.j2",
