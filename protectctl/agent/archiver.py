@@ -47,8 +47,8 @@ from protectctl.agent.journal import FileIdentity, Journal, JournalEntry, Journa
 from protectctl.agent.patterns import PathFilter
 from protectctl.agent.sparse import DataReader
 from protectctl.engine.ids import BlobId
-from protectctl.engine.repository import BlobKind, BlobWriter, Repository
 from protectctl.engine.names import name_text, show_name
+from protectctl.engine.repository import BlobKind, BlobWriter, Repository
 from protectctl.engine.tree import HashScheme, Node, NodeType, Tree, assemble_tree, encode_node, extents_hash
 from protectctl.errors import ProviderError
 from protectctl.progress import NullProgress, Progress

@@ -21,11 +21,13 @@ from __future__ import annotations
 import re
 
 _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def show_name(raw: bytes) -> str:
-    """`raw` for messages and listings: UTF-8 where it is, other bytes as ``\\xNN``."""
-    return raw.decode("utf-8", "backslashreplace")
+    """`raw` for messages and listings: UTF-8 where it is, other bytes and control characters
+    (a newline in a name must not forge a line of output) as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", raw.decode("utf-8", "backslashreplace"))
 
 
 def name_text(raw: bytes) -> str:

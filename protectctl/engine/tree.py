@@ -134,14 +134,14 @@ def encode_tree(tree: Tree) -> bytes:
     nodes = sorted(tree.nodes, key=lambda n: n.name)
     for before, after in zip(nodes, nodes[1:], strict=False):
         if before.name == after.name:
-            raise ValueError(f"duplicate name {show_name(before.name)!r} in a tree")
+            raise ValueError(f"duplicate name '{show_name(before.name)}' in a tree")
     return assemble_tree([encode_node(n) for n in nodes])
 
 
 def encode_node(node: Node) -> str:
     """The canonical JSON of one node, as it appears inside `encode_tree`'s output."""
     if node.damage is not None:
-        raise ValueError(f"node {show_name(node.name)!r} cannot be encoded: {node.damage}")
+        raise ValueError(f"node '{show_name(node.name)}' cannot be encoded: {node.damage}")
     return json.dumps(_encode_node(node), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
@@ -197,7 +197,7 @@ def decode_tree(data: bytes) -> Tree:
     # Format 1 sorted names as text (undecodable bytes as surrogates), format 2 as bytes.
     for (before, _), (after, node) in zip(decoded, decoded[1:], strict=False):
         if not before < after:  # type: ignore[operator]  # both str (format 1) or both bytes
-            raise CorruptionError(f"tree nodes are not sorted and unique at {show_name(node.name)!r}")
+            raise CorruptionError(f"tree nodes are not sorted and unique at '{show_name(node.name)}'")
     return Tree(tuple(sorted((node for _, node in decoded), key=lambda n: n.name)))
 
 

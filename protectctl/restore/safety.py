@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Sequence
 
-from protectctl.engine.names import show_name, text_name
+from protectctl.engine.names import show_name, show_text, text_name
 from protectctl.errors import RestoreError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -25,7 +25,7 @@ def check_name(name: bytes) -> bytes:
     """`name` if it is one safe path component; raises RestoreError otherwise."""
     if not name or name in (b".", b"..") or b"/" in name or b"\x00" in name:
         raise RestoreError(
-            f"refusing to restore an entry named {show_name(name)!r}: it could escape the target"
+            f"refusing to restore an entry named '{show_name(name)}': it could escape the target"
         )
     return name
 
@@ -39,11 +39,11 @@ def split_subpath(subpath: str) -> tuple[bytes, ...]:
     try:
         raw = text_name(subpath.strip())
     except ValueError as err:
-        raise RestoreError(f"path {subpath!r}: {err}", hint="give a path inside the source") from err
+        raise RestoreError(f"path '{show_text(subpath)}': {err}", hint="give a path inside the source") from err
     parts = tuple(p for p in raw.strip(b"/").split(b"/") if p not in (b"", b"."))
     if any(p == b".." for p in parts):
         raise RestoreError(
-            f"path {show_name(raw)!r} leaves the recovery point", hint="give a path inside the source"
+            f"path '{show_name(raw)}' leaves the recovery point", hint="give a path inside the source"
         )
     return parts
 
@@ -79,7 +79,7 @@ def make_dir(parent_fd: int, name: bytes, *, replace: bool) -> int:
         except OSError as err:
             if err.errno not in (errno.ELOOP, errno.ENOTDIR) or not replace:
                 raise RestoreError(
-                    f"{show_name(name)!r} exists in the target and is not a directory"
+                    f"'{show_name(name)}' exists in the target and is not a directory"
                 ) from err
         remove_entry(parent_fd, name)
         os.mkdir(name, 0o700, dir_fd=parent_fd)

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from protectctl.agent.sparse import Hasher
 from protectctl.engine.ids import BlobId
-from protectctl.engine.names import unescape_name
+from protectctl.engine.names import show_text, unescape_name
 from protectctl.engine.tree import Node, NodeType, Tree
 from protectctl.errors import RestoreError
 from protectctl.restore.safety import split_subpath
@@ -77,7 +77,7 @@ def _find(reader: TreeReader, root: BlobId, parts: tuple[bytes, ...], subpath: s
             return Selected(tuple(parents), node)
         parents.append(node)
         tree_id = node.subtree if node.type is NodeType.DIR else None
-    raise RestoreError(f"{subpath!r} is not in this recovery point", hint="`points list` shows the points")
+    raise RestoreError(f"'{show_text(subpath)}' is not in this recovery point", hint="`points list` shows the points")
 
 
 def _child(tree: Tree, name: bytes) -> Node | None:

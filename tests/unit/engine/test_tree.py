@@ -6,7 +6,6 @@ import contextlib
 import json
 
 import blake3
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,12 +64,9 @@ def _fifo(name: bytes) -> Node:
 
 
 def _v1_doc(*names: str) -> bytes:
-    nodes = ",".join(
-        '{"atime_ns":0,"ctime_ns":0,"gid":0,"mode":0,"mtime_ns":0,"name":%s,"size":0,"type":"fifo","uid":0}'
-        % json.dumps(n)
-        for n in names
-    )
-    return ('{"nodes":[%s],"v":1}' % nodes).encode()
+    head = '{"atime_ns":0,"ctime_ns":0,"gid":0,"mode":0,"mtime_ns":0,"name":'
+    nodes = ",".join(head + json.dumps(n) + ',"size":0,"type":"fifo","uid":0}' for n in names)
+    return ('{"nodes":[' + nodes + '],"v":1}').encode()
 
 
 def test_utf8_trees_are_written_exactly_as_format_1_was() -> None:
