@@ -25,6 +25,10 @@ but whose content differs changed behind the filesystem's back (a silent change)
 counted and named in the result. Entries that vanish or cannot be read are listed as errors
 (the point will be incomplete) and left out of the tree; the walk goes on.
 
+Names are bytes from the directory walk to the tree and the journal, never decoded (a
+name that is not UTF-8 is stored and restored exactly); they become text only in messages
+(`show_name`) and for include/exclude patterns (`name_text`).
+
 It never prints; it reports to the Progress protocol. It holds no file content beyond one
 reused read buffer (chunks are views of it): the writer copies new chunks and bounds the
 data in flight.

@@ -248,3 +248,27 @@ def test_sparse_files_are_verified_from_their_extents(tmp_path: Path) -> None:
     result = restore(job, "latest", target=tmp_path / "t")
     assert result.verified == 1
     assert (tmp_path / "t" / "disk.img").read_bytes() == (src / "disk.img").read_bytes()
+
+
+def test_patterns_see_an_undecodable_byte_as_one_character(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    populate(src)
+    job = make_job(tmp_path, src, spec={"path": str(src), "exclude": ["/d?/f?", "caf?"]})
+    assert run_backup(job, "sync", now=Clock()).ok
+    restore(job, "latest", target=tmp_path / "t")
+    assert sorted(os.listdir(os.fsencode(tmp_path / "t"))) == [DIR, LINK]
+    assert os.listdir(os.fsencode(tmp_path / "t") + b"/" + DIR) == []
+
+
+def test_errors_of_older_points_list_printably(tmp_path: Path) -> None:
+    job = make_job(tmp_path, tmp_path)
+    with Repository.open(job.storage, PASS) as repo:
+        with repo.writer() as writer:
+            root = repo.save_tree(writer, Tree(()))
+        # What an earlier release recorded for an unreadable file named b"x\xff".
+        repo.save_point(Point(new_point_id(), job.source, T0, "sync", None, root, PointStats(), False,
+                              errors=("x\udcff: Permission denied",)))
+        (point,) = repo.list_points(job.source)
+    assert point.errors == ("x\\xff: Permission denied",)
+    json.dumps(list(point.errors), ensure_ascii=False).encode("utf-8")  # printable: no lone surrogate
