@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 from protectctl.agent.journal import FileIdentity, Journal, JournalEntry
+from protectctl.engine.tree import HashScheme
 
 
 def _entry(size: int) -> JournalEntry:
@@ -69,3 +71,26 @@ def test_a_journal_from_before_the_directory_table_is_still_read(tmp_path: Path)
     journal = Journal(path, repo_id="r1")
     assert journal.directory_tree(b"d") is None
     assert journal.directory(b"d") == {b"a": _entry(1), b"b": _entry(2)}
+
+
+def test_keys_are_text_when_utf8_and_raw_bytes_otherwise(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    writer = Journal(path, repo_id="r1").begin()
+    writer.add(b"d\xff", b"f\xfe", _entry(1))
+    writer.add(b"d\xff", "café".encode(), _entry(2))
+    writer.add(b"d", b"caf\xe9", _entry(3))
+    sparse = replace(_entry(4), holes=((0, 1 << 50),), hash_scheme=HashScheme.EXTENTS)
+    writer.add(b"d", b"sparse", sparse)
+    writer.add_directory(b"d\xff", b"k" * 32, b"t" * 32)
+    writer.commit({"point_id": "p1"})
+    journal = Journal(path, repo_id="r1")
+    assert journal.directory(b"d\xff") == {b"f\xfe": _entry(1), "café".encode(): _entry(2)}
+    assert journal.directory(b"d") == {b"caf\xe9": _entry(3), b"sparse": sparse}
+    assert journal.directory_tree(b"d\xff") == (b"k" * 32, b"t" * 32)
+    journal.close()
+    conn = sqlite3.connect(path)
+    kinds = set(conn.execute("SELECT dir, typeof(dir), typeof(name) FROM files").fetchall())
+    conn.close()
+    # UTF-8 keys stay TEXT, as every earlier journal stored them (those journals stay usable).
+    assert kinds == {(b"d\xff", "blob", "blob"), (b"d\xff", "blob", "text"), ("d", "text", "blob"),
+                     ("d", "text", "text")}
