@@ -347,8 +347,8 @@ class FsRestorer:
         re-hash each: the file's hash, checked by the caller, covers every byte written.
         """
         hasher = self.new_hasher()
+        checked = _checkable(node)
         zeros_hashed = node.hash_scheme is HashScheme.CONTENT
-        checked = node.content_hash is not None and (not zeros_hashed or _hole_bytes(node) <= _ZERO_HASH_LIMIT)
         load_into = self._load_into
         if load_into is not None:
             scratch = getattr(self._scratch, "buffers", None)
@@ -395,9 +395,8 @@ class FsRestorer:
             os.ftruncate(fd, node.size)  # a hole at the end has no data to extend the file
         if not checked:
             return None
-        if zeros_hashed:
-            return hasher.digest()
-        return extents_hash(self.new_hasher(), node.size, node.holes, hasher.digest())
+        return hasher.digest() if zeros_hashed else extents_hash(self.new_hasher(), node.size, node.holes,
+                                                                  hasher.digest())
 
     def _apply_fd_meta(self, fd: int, node: Node, parts: tuple[bytes, ...]) -> None:
         """Owner, then mode (chown clears set-id bits), xattrs, and times last."""
@@ -422,6 +421,13 @@ def _shown(parts: Sequence[bytes]) -> str:
 
 def _hole_bytes(node: Node) -> int:
     return sum(length for _, length in node.holes)
+
+
+def _checkable(node: Node) -> bool:
+    """The file's whole-content hash can be checked at a cost bounded by its data (or a little more)."""
+    if node.content_hash is None:
+        return False
+    return node.hash_scheme is HashScheme.EXTENTS or _hole_bytes(node) <= _ZERO_HASH_LIMIT
 
 
 def _segments(size: int, holes: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, bool]]:
