@@ -346,7 +346,7 @@ def _read_hashed(repo: Repository, path: Path) -> _ReadFile | None:
 
 def _store_read(repo: Repository, writer: BlobWriter, read: _ReadFile) -> Node:
     chunks = tuple(writer.add(BlobKind.DATA, piece)[0] for piece in repo.chunker().iter_buffer(read.data))
-    return base_node(read.path.name, read.st, NodeType.FILE, (), size=len(read.data), chunks=chunks,
+    return base_node(os.fsencode(read.path.name), read.st, NodeType.FILE, (), size=len(read.data), chunks=chunks,
                      content_hash=read.digest)
 
 
@@ -479,7 +479,7 @@ def _ship(request: SnapshotRequest, cluster: Cluster, spool: Path) -> SnapshotOu
 
 
 def _dir_node(name: str, like: Path, subtree: BlobId) -> Node:
-    return base_node(name, os.stat(like), NodeType.DIR, (), subtree=subtree)
+    return base_node(name.encode(), os.stat(like), NodeType.DIR, (), subtree=subtree)
 
 
 # -- full ------------------------------------------------------------------------------------
@@ -625,7 +625,7 @@ class _FullBackup:
             hasher = repo.content_hasher()
             hasher.update(content)
             chunk = writer.add(BlobKind.DATA, content)[0]
-            nodes = [n for n in nodes if n.name != name]
+            nodes = [n for n in nodes if n.name != name.encode()]
             nodes.append(_file_node(name, st, content, (chunk,), hasher.digest()))
         return repo.save_tree(writer, Tree(tuple(sorted(nodes, key=lambda n: n.name))))
 
@@ -650,7 +650,7 @@ class _TreeMemo:
 
 
 def _file_node(name: str, like: os.stat_result, content: bytes, chunks: tuple[BlobId, ...], digest: bytes) -> Node:
-    node = base_node(name, like, NodeType.FILE, (), size=len(content), chunks=chunks, content_hash=digest)
+    node = base_node(name.encode(), like, NodeType.FILE, (), size=len(content), chunks=chunks, content_hash=digest)
     return node
 
 
@@ -754,9 +754,9 @@ class _Stager:
             point = self.points[point_id]
             assert point.tree is not None
             root = {n.name: n for n in self.repo.load_tree(point.tree).nodes}
-            wal = root.get("wal")
+            wal = root.get(b"wal")
             nodes = self.repo.load_tree(wal.subtree).nodes if wal is not None and wal.subtree else ()
-            self._trees[point_id] = {n.name: n for n in nodes}
+            self._trees[point_id] = {os.fsdecode(n.name): n for n in nodes}  # WAL file names are ASCII
         return self._trees[point_id]
 
     def _stage_stored(self, name: str, point_id: str) -> None:
@@ -1069,7 +1069,7 @@ def _data_subtree(repo: Repository, point: Point) -> BlobId:
     if point.tree is None:
         raise RestoreError(f"point {point.id} has no content")
     for node in repo.load_tree(point.tree).nodes:
-        if node.name == "data" and node.subtree is not None:
+        if node.name == b"data" and node.subtree is not None:
             return node.subtree
     raise RestoreError(f"point {point.id} is not a PostgreSQL base backup")
 

@@ -160,7 +160,7 @@ def control_file_last(repo: Repository, writer: BlobWriter, root: Tree, trees: M
     so pg_control must be read after every other file, as pg_basebackup does: read earlier, it
     could declare the copy consistent before pages read later are replayed.
     """
-    folder = next((n for n in root.nodes if n.name == "global"), None)
+    folder = next((n for n in root.nodes if n.name == b"global"), None)
     inner = trees.get(folder.subtree) if folder is not None and folder.subtree is not None else None
     if folder is None or inner is None:
         raise ProviderError(f"the base backup of {data_dir} has no global/ directory")
@@ -170,8 +170,8 @@ def control_file_last(repo: Repository, writer: BlobWriter, root: Tree, trees: M
         data = handle.read()
     hasher = repo.content_hasher()
     hasher.update(data)
-    control = base_node("pg_control", st, NodeType.FILE, (), size=len(data),
+    control = base_node(b"pg_control", st, NodeType.FILE, (), size=len(data),
                         chunks=(writer.add(BlobKind.DATA, data)[0],), content_hash=hasher.digest())
-    inside = [n for n in inner.nodes if n.name != "pg_control"] + [control]
+    inside = [n for n in inner.nodes if n.name != b"pg_control"] + [control]
     subtree = repo.save_tree(writer, Tree(tuple(sorted(inside, key=lambda n: n.name))))
     return Tree(tuple(replace(n, subtree=subtree) if n is folder else n for n in root.nodes))

@@ -25,6 +25,10 @@ but whose content differs changed behind the filesystem's back (a silent change)
 counted and named in the result. Entries that vanish or cannot be read are listed as errors
 (the point will be incomplete) and left out of the tree; the walk goes on.
 
+Names are bytes from the directory walk to the tree and the journal, never decoded (a
+name that is not UTF-8 is stored and restored exactly); they become text only in messages
+(`show_name`) and for include/exclude patterns (`name_text`).
+
 It never prints; it reports to the Progress protocol. It holds no file content beyond one
 reused read buffer (chunks are views of it): the writer copies new chunks and bounds the
 data in flight.
@@ -47,8 +51,9 @@ from protectctl.agent.journal import FileIdentity, Journal, JournalEntry, Journa
 from protectctl.agent.patterns import PathFilter
 from protectctl.agent.sparse import DataReader
 from protectctl.engine.ids import BlobId
+from protectctl.engine.names import name_text, show_name
 from protectctl.engine.repository import BlobKind, BlobWriter, Repository
-from protectctl.engine.tree import Node, NodeType, Tree, assemble_tree, encode_node
+from protectctl.engine.tree import HashScheme, Node, NodeType, Tree, assemble_tree, encode_node, extents_hash
 from protectctl.errors import ProviderError
 from protectctl.progress import NullProgress, Progress
 
@@ -72,23 +77,25 @@ class Content:
     chunks: tuple[BlobId, ...]
     holes: tuple[tuple[int, int], ...]
     content_hash: bytes
+    hash_scheme: HashScheme = HashScheme.CONTENT
 
 
 @dataclass(frozen=True, slots=True)
 class _Dir:
-    """The directory being walked: its path from the root and its journal entries."""
+    """The directory being walked: its path from the root (raw names joined by "/") and its
+    journal entries."""
 
-    rel: str
-    known: dict[str, JournalEntry]
+    rel: bytes
+    known: dict[bytes, JournalEntry]
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     """A directory entry kept by the scan: lstat facts and, for a directory, its saved tree."""
 
-    name: str
+    name: bytes
     path: bytes
-    rel: str
+    rel: bytes
     st: os.stat_result
     kind: NodeType
     subtree: BlobId | None = None
@@ -106,7 +113,7 @@ class ArchiveResult:
     files_read: int = 0
     files_reused: int = 0
     silent_changes: int = 0
-    silent_changed: list[str] = field(default_factory=list)
+    silent_changed: list[str] = field(default_factory=list)  # paths as show_name prints them
     errors: list[str] = field(default_factory=list)
     root: os.stat_result | None = None
 
@@ -153,7 +160,7 @@ class Archiver:
         self._root_dev = st.st_dev
         self.result.root = st
         self.result.tree = self._archive_dir(
-            os.fsencode(root), "", included=not self.options.filter.has_includes
+            os.fsencode(root), b"", included=not self.options.filter.has_includes
         )
         if self.result.tree is None:  # includes matched nothing: an empty point, not no point
             self.result.tree = self.repo.save_tree(self.writer, Tree(()))
@@ -161,7 +168,7 @@ class Archiver:
 
     # -- directories ---------------------------------------------------------------------
 
-    def _archive_dir(self, path: bytes, rel: str, *, included: bool) -> BlobId | None:
+    def _archive_dir(self, path: bytes, rel: bytes, *, included: bool) -> BlobId | None:
         """Save the tree of `path`; None when include patterns select nothing in or below it."""
         errors = len(self.result.errors)
         entries = self._scan(path, rel, included=included)
@@ -176,7 +183,7 @@ class Archiver:
                 return reused
         return self._save_encoded(rel, entries, facts, included=included, errors=errors)
 
-    def _save_nodes(self, rel: str, entries: Sequence[_Entry], *, included: bool) -> BlobId | None:
+    def _save_nodes(self, rel: bytes, entries: Sequence[_Entry], *, included: bool) -> BlobId | None:
         """The tree built node by node and encoded whole (for a subclass vetting journal entries)."""
         here = _Dir(rel, self.journal.directory(rel))  # one journal query per directory, not per file
         nodes = [node for entry in entries if (node := self._node(entry, here)) is not None]
@@ -186,13 +193,13 @@ class Archiver:
         return self.repo.save_tree(self.writer, Tree(tuple(nodes)))
 
     def _save_encoded(
-        self, rel: str, entries: Sequence[_Entry], facts: Sequence[bytes], *, included: bool, errors: int
+        self, rel: bytes, entries: Sequence[_Entry], facts: Sequence[bytes], *, included: bool, errors: int
     ) -> BlobId | None:
         """The tree from each entry's encoded node: reused from the journal when the entry's facts
         did not change, else captured and encoded now. Remembers facts and encodings for next time."""
         here = _Dir(rel, self.journal.directory(rel))
         known = self.journal.directory_nodes(rel) if self._reuse_dirs else {}
-        kept: list[tuple[str, bytes, str]] = []  # (name, facts digest, encoded node), in name order
+        kept: list[tuple[bytes, bytes, str]] = []  # (name, facts digest, encoded node), in name order
         for entry, fact in zip(entries, facts, strict=True):
             encoded = self._reuse_node(entry, fact, here, known.get(entry.name))
             if encoded is None:
@@ -236,12 +243,12 @@ class Archiver:
         self.result.nodes_reused += 1
         return known[1]
 
-    def _scan(self, path: bytes, rel: str, *, included: bool) -> list[_Entry]:
+    def _scan(self, path: bytes, rel: bytes, *, included: bool) -> list[_Entry]:
         """lstat and filter the entries of `path`, archiving subdirectories on the way (bottom-up)."""
         entries: list[_Entry] = []
         filt = self.options.filter
         for name, entry_path in self._list(path, rel):
-            child_rel = f"{rel}/{name}" if rel else name
+            child_rel = rel + b"/" + name if rel else name
             try:
                 st = os.lstat(entry_path)
             except OSError as err:
@@ -251,9 +258,10 @@ class Archiver:
             if kind is None:
                 continue
             is_dir = kind is NodeType.DIR
-            if filt.excluded(child_rel, is_dir):
+            pattern_path = name_text(child_rel)  # patterns are text: each undecodable byte is one character
+            if filt.excluded(pattern_path, is_dir):
                 continue
-            child_included = included or filt.included(child_rel, is_dir)
+            child_included = included or filt.included(pattern_path, is_dir)
             if is_dir:
                 subtree = self._subtree(entry_path, child_rel, st, included=child_included)
                 if subtree is not None:
@@ -262,13 +270,13 @@ class Archiver:
                 entries.append(_Entry(name, entry_path, child_rel, st, kind))
         return entries
 
-    def _subtree(self, path: bytes, rel: str, st: os.stat_result, *, included: bool) -> BlobId | None:
+    def _subtree(self, path: bytes, rel: bytes, st: os.stat_result, *, included: bool) -> BlobId | None:
         if self.options.one_file_system and st.st_dev != self._root_dev:
             # A mount point: keep the directory itself, not the other filesystem's content.
             return self.repo.save_tree(self.writer, Tree(()))
         return self._archive_dir(path, rel, included=included)
 
-    def _reuse(self, rel: str, key: bytes, entries: Sequence[_Entry]) -> BlobId | None:
+    def _reuse(self, rel: bytes, key: bytes, entries: Sequence[_Entry]) -> BlobId | None:
         """The tree the last point stored for `rel` when nothing it was built from changed."""
         stored = self.journal.directory_tree(rel)
         if stored is None or stored[0] != key:
@@ -291,12 +299,13 @@ class Archiver:
             self.progress.advance(files=len(files))
         return tree
 
-    def _list(self, path: bytes, rel: str) -> list[tuple[str, bytes]]:
+    def _list(self, path: bytes, rel: bytes) -> list[tuple[bytes, bytes]]:
+        """(name, path) of each entry, sorted by name as trees are: names are bytes, never decoded."""
         try:
             with os.scandir(path) as entries:
-                found = [(os.fsdecode(e.name), e.path) for e in entries]
+                found = [(e.name, e.path) for e in entries]
         except OSError as err:
-            self._error(rel or ".", err)
+            self._error(rel, err)
             return []
         return sorted(found)
 
@@ -304,7 +313,7 @@ class Archiver:
         """The tree node of one scanned entry; None (and an error) when it cannot be captured."""
         if entry.kind is NodeType.DIR:
             try:
-                xattrs = read_xattrs(os.fsdecode(entry.path))
+                xattrs = read_xattrs(entry.path)
             except OSError as err:
                 self._error(entry.rel, err)
                 return None
@@ -319,11 +328,11 @@ class Archiver:
     # -- leaves --------------------------------------------------------------------------
 
     def _leaf_node(
-        self, path: bytes, name: str, rel: str, here: _Dir, st: os.stat_result, kind: NodeType
+        self, path: bytes, name: bytes, rel: bytes, here: _Dir, st: os.stat_result, kind: NodeType
     ) -> Node | None:
-        xattrs = read_xattrs(os.fsdecode(path))
+        xattrs = read_xattrs(path)
         if kind is NodeType.SYMLINK:
-            return base_node(name, st, kind, xattrs, link_target=os.fsdecode(os.readlink(path)))
+            return base_node(name, st, kind, xattrs, link_target=os.readlink(path))
         if kind is not NodeType.FILE:
             return base_node(name, st, kind, xattrs)
         content, st = self._content(path, name, rel, here, st)
@@ -341,10 +350,11 @@ class Archiver:
             chunks=content.chunks,
             holes=content.holes,
             content_hash=content.content_hash,
+            hash_scheme=content.hash_scheme,
         )
 
     def _content(
-        self, path: bytes, name: str, rel: str, here: _Dir, st: os.stat_result
+        self, path: bytes, name: bytes, rel: bytes, here: _Dir, st: os.stat_result
     ) -> tuple[Content | None, os.stat_result]:
         """The file's stored content: reused from a hard link or the journal, or read now."""
         link_key = (st.st_dev, st.st_ino)
@@ -357,7 +367,9 @@ class Archiver:
         reusable = previous is not None and previous.identity == identity and self._present(previous.chunks)
         if reusable and not self.options.verify_all:
             assert previous is not None
-            content = Content(identity.size, _ids(previous.chunks), previous.holes, previous.content_hash)
+            content = Content(
+                identity.size, _ids(previous.chunks), previous.holes, previous.content_hash, previous.hash_scheme
+            )
             self.result.files_reused += 1
         else:
             read = self._read(path, rel)
@@ -365,7 +377,7 @@ class Archiver:
                 return None, st
             content, st = read
             identity = FileIdentity.of(st)
-            if reusable and previous is not None and previous.content_hash != content.content_hash:
+            if reusable and previous is not None and _differs(previous, content):
                 self._silent_change(rel)
         if st.st_nlink > 1:
             self._links[link_key] = content
@@ -376,18 +388,17 @@ class Archiver:
         # A prune may have removed chunks since the journal was written: never trust it blindly.
         return all(self.repo.has_blob(BlobId(c)) for c in chunks)
 
-    def _remember(self, rel_dir: str, name: str, identity: FileIdentity, content: Content) -> None:
-        self.journal_out.add(
-            rel_dir, name, JournalEntry(identity, content.chunks, content.holes, content.content_hash)
-        )
+    def _remember(self, rel_dir: bytes, name: bytes, identity: FileIdentity, content: Content) -> None:
+        entry = JournalEntry(identity, content.chunks, content.holes, content.content_hash, content.hash_scheme)
+        self.journal_out.add(rel_dir, name, entry)
 
-    def _silent_change(self, rel: str) -> None:
+    def _silent_change(self, rel: bytes) -> None:
         self.result.silent_changes += 1
         if len(self.result.silent_changed) < _SILENT_NAMED:
-            self.result.silent_changed.append(rel)
-        log.warning("archive.silent_change", extra={"path": rel})
+            self.result.silent_changed.append(show_name(rel))
+        log.warning("archive.silent_change", extra={"path": show_name(rel)})
 
-    def _read(self, path: bytes, rel: str) -> tuple[Content, os.stat_result] | None:
+    def _read(self, path: bytes, rel: bytes) -> tuple[Content, os.stat_result] | None:
         """Read, chunk and store one file; None (and an error) when it cannot be read."""
         try:
             fd = self._open(path)
@@ -397,7 +408,7 @@ class Archiver:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):  # replaced by something else since the lstat
-                self.result.errors.append(f"{rel}: changed type while being read")
+                self.result.errors.append(f"{show_name(rel)}: changed type while being read")
                 return None
             content = self._read_content(fd, st)
         except OSError as err:
@@ -410,14 +421,20 @@ class Archiver:
 
     def _read_content(self, fd: int, st: os.stat_result) -> Content:
         """Hash, chunk and store the file's data: one reused buffer, a few large reads, no copies
-        (a file that fits the buffer is read whole with one preadv)."""
+        (a file that fits the buffer is read whole with one preadv). A file with holes gets an
+        EXTENTS hash (its holes cost nothing to hash, here or at restore), any other the plain
+        CONTENT hash earlier releases wrote, so its node is unchanged."""
         hasher = self.repo.content_hasher()
         reader = DataReader(fd, st.st_size, hasher, detect_holes=not _dense(st))
         add = self.writer.add
         pieces = self._chunker.iter_reader(reader.readinto, self._buf)
         chunks = tuple(add(BlobKind.DATA, piece)[0] for piece in pieces)
         self.result.bytes_read += reader.bytes_read
-        return Content(reader.limit, chunks, tuple(reader.holes), hasher.digest())
+        holes = tuple(reader.holes)
+        if not holes:
+            return Content(reader.limit, chunks, holes, hasher.digest())
+        digest = extents_hash(self.repo.content_hasher(), reader.limit, holes, hasher.digest())
+        return Content(reader.limit, chunks, holes, digest, HashScheme.EXTENTS)
 
     def _open(self, path: bytes) -> int:
         # O_NOATIME keeps a backup from touching every file's atime; only the owner or root
@@ -432,10 +449,11 @@ class Archiver:
                 self._noatime = False
         return os.open(path, _READ_FLAGS)
 
-    def _error(self, rel: str, err: OSError) -> None:
+    def _error(self, rel: bytes, err: OSError) -> None:
         what = "vanished during the backup" if err.errno == errno.ENOENT else (err.strerror or str(err))
-        self.result.errors.append(f"{rel}: {what}")
-        self.progress.note(f"{rel}: {what}")
+        shown = show_name(rel) if rel else "."
+        self.result.errors.append(f"{shown}: {what}")
+        self.progress.note(f"{shown}: {what}")
 
 
 # -- directory keys ------------------------------------------------------------------------
@@ -447,9 +465,11 @@ class Archiver:
 _KEY_VERSION = b"protectctl-dir-key/3\n"
 
 
+# Names enter the digest as `name_text` (exact and reversible), which is what earlier releases
+# hashed for every UTF-8 name: their journals' keys stay valid.
 def _node_facts(n: Node) -> bytes:
     subtree = None if n.subtree is None else bytes(n.subtree)
-    return _digest((n.name, n.type.value, n.mode, n.uid, n.gid, n.user, n.group, n.mtime_ns, n.atime_ns,
+    return _digest((name_text(n.name), n.type.value, n.mode, n.uid, n.gid, n.user, n.group, n.mtime_ns, n.atime_ns,
                     n.ctime_ns, n.size, n.rdev, n.inode, n.dev, n.nlink, subtree))
 
 
@@ -457,7 +477,7 @@ def _entry_facts(e: _Entry) -> bytes:
     st, kind = e.st, e.kind
     subtree = None if e.subtree is None else bytes(e.subtree)
     return _digest((
-        e.name, kind.value, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, user_name(st.st_uid),
+        name_text(e.name), kind.value, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, user_name(st.st_uid),
         group_name(st.st_gid), st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns,
         st.st_size if kind is NodeType.FILE or kind is NodeType.SYMLINK else 0,
         st.st_rdev if kind is NodeType.CHARDEV or kind is NodeType.BLOCKDEV else 0,
@@ -482,6 +502,15 @@ def _key(facts: Sequence[bytes]) -> bytes:
 
 def _split_ids(chunk_lists: Sequence[bytes]) -> list[bytes]:
     return [raw[i : i + 32] for raw in chunk_lists for i in range(0, len(raw), 32)]
+
+
+def _differs(previous: JournalEntry, content: Content) -> bool:
+    """The content read differs from what the journal recorded for the same identity. Hashes of
+    different schemes or hole maps cannot be compared without hashing holes: not claimed."""
+    same_scheme = previous.hash_scheme is content.hash_scheme
+    if same_scheme and (content.hash_scheme is HashScheme.CONTENT or previous.holes == content.holes):
+        return previous.content_hash != content.content_hash
+    return False
 
 
 def _dense(st: os.stat_result) -> bool:

@@ -16,7 +16,7 @@ import stat
 from functools import lru_cache
 
 from protectctl.engine.ids import BlobId
-from protectctl.engine.tree import Node, NodeType
+from protectctl.engine.tree import HashScheme, Node, NodeType
 
 _IGNORED_XATTR_ERRNOS = {errno.ENOTSUP, errno.ENODATA, errno.EPERM, errno.EACCES, errno.E2BIG}
 
@@ -56,15 +56,17 @@ def group_name(gid: int) -> str | None:
         return None
 
 
-def read_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
-    """The entry's extended attributes, sorted by name, without following a symlink."""
+def read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """The entry's extended attributes (raw names), sorted by name, without following a symlink."""
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        # listxattr gives text decoded by os.fsdecode whatever `path` is; os.fsencode is its
+        # exact inverse, so the raw name comes back even when it is not UTF-8.
+        names = [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False)]
     except OSError as err:
         if err.errno in _IGNORED_XATTR_ERRNOS:
             return ()
         raise
-    out: list[tuple[str, bytes]] = []
+    out: list[tuple[bytes, bytes]] = []
     for name in sorted(names):
         try:
             out.append((name, os.getxattr(path, name, follow_symlinks=False)))
@@ -75,17 +77,18 @@ def read_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
 
 
 def base_node(
-    name: str,
+    name: bytes,
     st: os.stat_result,
     kind: NodeType,
-    xattrs: tuple[tuple[str, bytes], ...],
+    xattrs: tuple[tuple[bytes, bytes], ...],
     *,
     size: int | None = None,
     chunks: tuple[BlobId, ...] = (),
     holes: tuple[tuple[int, int], ...] = (),
     content_hash: bytes | None = None,
     subtree: BlobId | None = None,
-    link_target: str | None = None,
+    link_target: bytes | None = None,
+    hash_scheme: HashScheme = HashScheme.CONTENT,
 ) -> Node:
     """A node from lstat facts plus what the caller knows of its content."""
     if size is None:
@@ -113,4 +116,5 @@ def base_node(
         nlink=st.st_nlink if kind is NodeType.FILE else 1,
         xattrs=xattrs,
         content_hash=content_hash,
+        hash_scheme=hash_scheme,
     )

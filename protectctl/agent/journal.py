@@ -22,6 +22,13 @@ encoding and a seal (a digest of what the node was built from and of that encodi
 directory that must be rebuilt (one file in it changed) re-encodes only the entries that
 changed, and a damaged row is rebuilt rather than stored. A journal written before those
 tables existed simply has nothing to reuse.
+
+Names are bytes (engine/names.py). A `dir` or `name` key is stored as TEXT when it is valid
+UTF-8 (as journals before bytes names stored every key, so they stay usable) and as a BLOB
+of its raw bytes otherwise; SQLite keeps the two storage classes apart (a TEXT never equals
+a BLOB), so the mapping is exact and reversible. `dir` is the names from the source root
+joined by "/", "" for the root. `content_hash` is 32 bytes for a HashScheme.CONTENT hash,
+and a 0x01 byte then 32 for an EXTENTS one.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from protectctl.engine.tree import HashScheme
 from protectctl.fsutil import fsync_dir
 
 FORMAT_VERSION = "2"
@@ -63,6 +71,44 @@ class JournalEntry:
     chunks: tuple[bytes, ...]
     holes: tuple[tuple[int, int], ...]
     content_hash: bytes
+    hash_scheme: HashScheme = HashScheme.CONTENT
+
+
+def _db_key(raw: bytes) -> str | bytes:
+    """How a name or a directory path is stored: TEXT when UTF-8, else a BLOB (see above)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _raw_key(stored: object) -> bytes:
+    if isinstance(stored, str):
+        return stored.encode("utf-8")
+    if isinstance(stored, bytes):
+        return stored
+    raise TypeError(f"a journal key is TEXT or BLOB, not {type(stored).__name__}")
+
+
+_EXTENTS_MARK = b"\x01"
+
+
+def _pack_hash(content_hash: bytes, scheme: HashScheme) -> bytes:
+    return _EXTENTS_MARK + content_hash if scheme is HashScheme.EXTENTS else content_hash
+
+
+def _unpack_hash(stored: bytes) -> tuple[bytes, HashScheme]:
+    if len(stored) == _ID_LEN + 1 and stored[:1] == _EXTENTS_MARK:
+        return stored[1:], HashScheme.EXTENTS
+    return stored, HashScheme.CONTENT
+
+
+def _entry(
+    dev: int, ino: int, size: int, mtime_ns: int, ctime_ns: int, chunks: bytes, holes: bytes, stored_hash: bytes
+) -> JournalEntry:
+    content_hash, scheme = _unpack_hash(bytes(stored_hash))
+    identity = FileIdentity(dev, ino, size, mtime_ns, ctime_ns)
+    return JournalEntry(identity, _unpack_chunks(chunks), _unpack_holes(holes), content_hash, scheme)
 
 
 def _pack_chunks(chunks: tuple[bytes, ...]) -> bytes:
@@ -129,56 +175,55 @@ class Journal:
     def point_id(self) -> str | None:
         return self.meta.get("point_id")
 
-    def directory(self, rel_dir: str) -> dict[str, JournalEntry]:
-        """The entries of the files directly in `rel_dir` ("" for the root), by name."""
+    def directory(self, rel_dir: bytes) -> dict[bytes, JournalEntry]:
+        """The entries of the files directly in `rel_dir` (b"" for the root), by name."""
         if self._conn is None:
             return {}
         try:
             rows = self._conn.execute(
                 "SELECT name, dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash"
                 " FROM files WHERE dir = ?",
-                (rel_dir,),
+                (_db_key(rel_dir),),
             ).fetchall()
         except sqlite3.Error:
             return {}
-        return {
-            row[0]: JournalEntry(
-                FileIdentity(*row[1:6]), _unpack_chunks(row[6]), _unpack_holes(row[7]), bytes(row[8])
-            )
-            for row in rows
-        }
+        return {_raw_key(row[0]): _entry(*row[1:]) for row in rows}
 
-    def directory_tree(self, rel_dir: str) -> tuple[bytes, bytes] | None:
+    def directory_tree(self, rel_dir: bytes) -> tuple[bytes, bytes] | None:
         """(key, tree blob id) the last point stored for `rel_dir`; None when unknown."""
         if self._conn is None:
             return None
         try:
-            row = self._conn.execute("SELECT key, tree FROM dirs WHERE dir = ?", (rel_dir,)).fetchone()
+            row = self._conn.execute("SELECT key, tree FROM dirs WHERE dir = ?", (_db_key(rel_dir),)).fetchone()
         except sqlite3.Error:  # a journal from before the dirs table: nothing to reuse
             return None
         if row is None or not isinstance(row[0], bytes) or not isinstance(row[1], bytes):
             return None
         return (row[0], row[1])
 
-    def directory_nodes(self, rel_dir: str) -> dict[str, tuple[bytes, str]]:
+    def directory_nodes(self, rel_dir: bytes) -> dict[bytes, tuple[bytes, str]]:
         """name -> (seal, encoded node) of every entry the last point stored in `rel_dir`."""
         if self._conn is None:
             return {}
         try:
-            rows = self._conn.execute("SELECT name, seal, encoded FROM nodes WHERE dir = ?", (rel_dir,)).fetchall()
+            rows = self._conn.execute(
+                "SELECT name, seal, encoded FROM nodes WHERE dir = ?", (_db_key(rel_dir),)
+            ).fetchall()
         except sqlite3.Error:
             return {}
         # Rows of an unexpected shape (a damaged or foreign journal) are skipped: rebuilt, not trusted.
         return {
-            row[0]: (row[1], row[2]) for row in rows if isinstance(row[1], bytes) and isinstance(row[2], str)
+            _raw_key(row[0]): (row[1], row[2])
+            for row in rows
+            if isinstance(row[0], str | bytes) and isinstance(row[1], bytes) and isinstance(row[2], str)
         }
 
-    def directory_chunks(self, rel_dir: str) -> list[bytes] | None:
+    def directory_chunks(self, rel_dir: bytes) -> list[bytes] | None:
         """The chunk ids of every file directly in `rel_dir`, as one concatenated blob per file."""
         if self._conn is None:
             return None
         try:
-            rows = self._conn.execute("SELECT chunks FROM files WHERE dir = ?", (rel_dir,)).fetchall()
+            rows = self._conn.execute("SELECT chunks FROM files WHERE dir = ?", (_db_key(rel_dir),)).fetchall()
         except sqlite3.Error:
             return None
         if not all(isinstance(row[0], bytes) and len(row[0]) % _ID_LEN == 0 for row in rows):
@@ -212,8 +257,8 @@ class JournalWriter:
         self._conn.executescript(_SCHEMA)
         self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id}
         self._pending: list[tuple[object, ...]] = []
-        self._dirs: list[tuple[str, bytes, bytes]] = []
-        self._nodes: list[tuple[str, str, bytes, str]] = []
+        self._dirs: list[tuple[str | bytes, bytes, bytes]] = []
+        self._nodes: list[tuple[str | bytes, str | bytes, bytes, str]] = []
         self._previous = False
         if previous is not None:
             try:
@@ -223,12 +268,12 @@ class JournalWriter:
             except sqlite3.Error:
                 pass
 
-    def add(self, rel_dir: str, name: str, entry: JournalEntry) -> None:
+    def add(self, rel_dir: bytes, name: bytes, entry: JournalEntry) -> None:
         ident = entry.identity
         self._pending.append(
             (
-                rel_dir,
-                name,
+                _db_key(rel_dir),
+                _db_key(name),
                 ident.dev,
                 ident.ino,
                 ident.size,
@@ -236,25 +281,25 @@ class JournalWriter:
                 ident.ctime_ns,
                 _pack_chunks(entry.chunks),
                 _pack_holes(entry.holes),
-                entry.content_hash,
+                _pack_hash(entry.content_hash, entry.hash_scheme),
             )
         )
         if len(self._pending) >= _BATCH:
             self._flush()
 
-    def add_directory(self, rel_dir: str, key: bytes, tree: bytes) -> None:
+    def add_directory(self, rel_dir: bytes, key: bytes, tree: bytes) -> None:
         """Remember the tree stored for `rel_dir` and the key it was built from."""
-        self._dirs.append((rel_dir, key, tree))
+        self._dirs.append((_db_key(rel_dir), key, tree))
         if len(self._dirs) >= _BATCH:
             self._flush()
 
-    def add_node(self, rel_dir: str, name: str, seal: bytes, encoded: str) -> None:
+    def add_node(self, rel_dir: bytes, name: bytes, seal: bytes, encoded: str) -> None:
         """Remember how the tree node of `name` encoded, sealed with what it was built from."""
-        self._nodes.append((rel_dir, name, seal, encoded))
+        self._nodes.append((_db_key(rel_dir), _db_key(name), seal, encoded))
         if len(self._nodes) >= _BATCH:
             self._flush()
 
-    def copy_directory(self, rel_dir: str) -> bool:
+    def copy_directory(self, rel_dir: bytes) -> bool:
         """Carry the file rows of `rel_dir` over from the journal this one follows; False when
         that journal cannot be read (the caller then must not reuse the directory)."""
         if not self._previous:
@@ -262,7 +307,8 @@ class JournalWriter:
         try:
             for table in ("files", "nodes"):
                 self._conn.execute(
-                    f"INSERT OR REPLACE INTO {table} SELECT * FROM previous.{table} WHERE dir = ?", (rel_dir,)
+                    f"INSERT OR REPLACE INTO {table} SELECT * FROM previous.{table} WHERE dir = ?",
+                    (_db_key(rel_dir),),
                 )
         except sqlite3.Error:
             return False

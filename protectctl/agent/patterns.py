@@ -1,6 +1,8 @@
 """Include/exclude patterns for a filesystem source, in the spirit of .gitignore.
 
-Pure. Paths are relative to the source root, POSIX-style, without a leading slash.
+Pure. Paths are relative to the source root, POSIX-style, without a leading slash. Names
+are bytes; the archiver matches their `engine.names.name_text` form, so a byte that is not
+UTF-8 is one character (``?`` matches it, ``*`` spans it).
 
 - ``*.tmp``    no slash: matches the name at any depth;
 - ``cache/``   a trailing slash: directories only;

@@ -3,8 +3,9 @@
 `DataReader` is a stream of the file's *data* bytes only: it asks the filesystem where data
 lies (SEEK_DATA/SEEK_HOLE) and skips the holes, recording them as (offset, length). So a
 100 GiB sparse image with 1 GiB written is read, chunked and stored as 1 GiB, and restore
-recreates the holes. While reading it hashes the *logical* content (holes as zeros), so the
-content hash does not depend on how a filesystem happened to allocate blocks.
+recreates the holes. While reading it hashes the data bytes only: a hole costs nothing,
+however long (the caller turns that digest and the hole map into the node's EXTENTS hash,
+see engine/tree.py; hashing a 1 PiB hole as zeros would take hours).
 
 Reading is capped at the size seen when the file was opened: a file growing during the
 backup is stored as it was at that size; one shrinking ends early (its logical size is
@@ -18,8 +19,6 @@ import errno
 import os
 from collections.abc import Callable
 from typing import Protocol
-
-_ZEROS = bytes(1 << 20)
 
 
 class Hasher(Protocol):
@@ -114,8 +113,3 @@ class DataReader:
 
     def _hole(self, offset: int, length: int) -> None:
         self.holes.append((offset, length))
-        remaining = length
-        while remaining:
-            step = min(remaining, len(_ZEROS))
-            self.hasher.update(memoryview(_ZEROS)[:step])
-            remaining -= step

@@ -114,7 +114,7 @@ def _add_unindexed(repo: Repository, index: Index, sizes: Mapping[str, int], fou
     recovery = read_unindexed(repo.storage, repo.sealer, index.indexed_packs(), sizes)
     for pack, entries in recovery.packs.items():
         index.add_recovered(pack, entries)
-    for pack, why in recovery.unreadable.items():
+    for why in recovery.unreadable.values():
         found.warnings.append(f"{why} (the pack is in no index; gc keeps it, since what it holds is unknown)")
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from protectctl.engine.crypto import Sealer, aad
 from protectctl.engine.ids import BlobId, blob_id_from_hex
+from protectctl.engine.names import show_text
 from protectctl.errors import CorruptionError
 
 POINT_FORMAT_VERSION = 1
@@ -112,7 +113,8 @@ def decode_point(sealer: Sealer, point_id: str, stored: bytes) -> Point:
             tree=blob_id_from_hex(d["tree"]) if d["tree"] is not None else None,
             stats=PointStats(**d["stats"]),
             complete=bool(d["complete"]),
-            errors=tuple(str(e) for e in d["errors"]),
+            # Points of earlier releases may name files with lone surrogates: printable here.
+            errors=tuple(show_text(str(e)) for e in d["errors"]),
             host=str(d["host"]),
             tags={str(k): str(v) for k, v in d["tags"].items()},
             extra=dict(d["extra"]),

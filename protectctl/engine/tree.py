@@ -3,24 +3,36 @@
 Owned by the engine (not the archiver) so gc and check can walk every point's trees.
 Encoding: canonical JSON (sorted keys, no spaces, ASCII only, fields equal to their
 default omitted, bytes as base64, blob ids as hex). Canonical means the same Tree always
-encodes to the same bytes, so an unchanged directory dedups to the same tree blob. Names
-are `str` as `os.fsdecode` gives them; undecodable bytes survive as surrogate escapes,
-which ASCII-only JSON keeps. `decode_tree` validates everything and raises CorruptionError.
+encodes to the same bytes, so an unchanged directory dedups to the same tree blob.
+
+Names, symlink targets and xattr names are `bytes` (see engine/names.py). In JSON one is a
+string when it is valid UTF-8, else ``{"b64": "..."}`` of its raw bytes. A tree is written
+as format 1 when it needs nothing newer (every name UTF-8, no extents hash), so such trees
+are byte for byte what earlier releases wrote and they still read them; otherwise format 2,
+which earlier releases refuse rather than misread. Format 1 trees written before names were
+bytes hold undecodable bytes as surrogate escapes, which decode to the same bytes.
+`decode_tree` validates the structure and raises CorruptionError; a node whose stored name
+(or link target, or xattr name) cannot be bytes is kept with `damage` saying why, so a
+restore refuses that entry alone. Whether a name is safe to create is the restore's call.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from protectctl.engine.ids import BLOB_ID_SIZE, BlobId
+from protectctl.engine.names import show_name
 from protectctl.errors import CorruptionError
 
-TREE_FORMAT_VERSION = 1
+TREE_FORMAT_VERSION = 2  # the newest this module reads and writes; see the module docstring
+_READABLE_VERSIONS = (1, 2)
 
 T = TypeVar("T")
 
@@ -35,9 +47,36 @@ class NodeType(StrEnum):
     SOCKET = "socket"
 
 
+class HashScheme(StrEnum):
+    """What a FILE node's `content_hash` is a keyed BLAKE3 of."""
+
+    # The logical content, holes as zeros (format 1): checking it costs the file's whole size.
+    CONTENT = "content"
+    # The size, the hole map and the keyed hash of the data bytes (`extents_hash`): holes
+    # cost nothing to check, so a 1 PiB sparse file verifies as fast as its data.
+    EXTENTS = "extents"
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> object: ...
+
+    def digest(self) -> bytes: ...
+
+
+_EXTENTS_TAG = b"protectctl/extents-hash/1\0"
+
+
+def extents_hash(hasher: Hasher, size: int, holes: Sequence[tuple[int, int]], data_digest: bytes) -> bytes:
+    """The EXTENTS content hash, with a fresh keyed `hasher`: fixed-width fields, so unambiguous."""
+    hasher.update(_EXTENTS_TAG + struct.pack("<QQ", size, len(holes)))
+    hasher.update(b"".join(struct.pack("<QQ", start, length) for start, length in holes))
+    hasher.update(data_digest)
+    return hasher.digest()
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
-    name: str
+    name: bytes
     type: NodeType
     mode: int
     uid: int
@@ -52,18 +91,22 @@ class Node:
     # Sparse files: (offset, length) ranges of zeros not stored; chunks cover the rest in order.
     holes: tuple[tuple[int, int], ...] = ()
     subtree: BlobId | None = None  # DIR
-    link_target: str | None = None  # SYMLINK
+    link_target: bytes | None = None  # SYMLINK
     rdev: int = 0
     inode: int = 0
     dev: int = 0
     nlink: int = 1  # hard links: same (dev, inode) within a point
-    xattrs: tuple[tuple[str, bytes], ...] = ()
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()  # (name, value), sorted by name
     content_hash: bytes | None = None  # keyed hash of the whole content, for restore verification
+    hash_scheme: HashScheme = HashScheme.CONTENT
+    # Set only by decode_tree: why this stored entry cannot be restored as it is (its name,
+    # link target or an xattr name is text that stands for no bytes). Never encoded.
+    damage: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Tree:
-    nodes: tuple[Node, ...]  # sorted by name, names unique
+    nodes: tuple[Node, ...]  # sorted by name (bytes), names unique
 
 
 _INT_FIELDS = (
@@ -80,35 +123,46 @@ _INT_FIELDS = (
     "nlink",
 )
 _DEFAULTS: Mapping[str, object] = {"rdev": 0, "inode": 0, "dev": 0, "nlink": 1}
+# An encoded node needs format 2 exactly when it holds one of these. Inside a JSON string
+# every '"' is escaped, so these spellings can only be structure, never text in a value.
+_FORMAT_2_MARKS = ('{"b64":', '"hash_scheme":')
 
 
 def encode_tree(tree: Tree) -> bytes:
-    """Canonical bytes of `tree`; nodes are written sorted by name. Raises ValueError on duplicates."""
+    """Canonical bytes of `tree`; nodes are written sorted by name. Raises ValueError on duplicates
+    or on a damaged node (one decoded from a tree it could not be read faithfully from)."""
     nodes = sorted(tree.nodes, key=lambda n: n.name)
     for before, after in zip(nodes, nodes[1:], strict=False):
         if before.name == after.name:
-            raise ValueError(f"duplicate name {before.name!r} in a tree")
+            raise ValueError(f"duplicate name '{show_name(before.name)}' in a tree")
     return assemble_tree([encode_node(n) for n in nodes])
 
 
 def encode_node(node: Node) -> str:
     """The canonical JSON of one node, as it appears inside `encode_tree`'s output."""
+    if node.damage is not None:
+        raise ValueError(f"node '{show_name(node.name)}' cannot be encoded: {node.damage}")
     return json.dumps(_encode_node(node), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-# With sorted keys, "nodes" comes before "v": the document is this prefix, the nodes, this suffix.
-_TREE_PREFIX = '{"nodes":['
-_TREE_SUFFIX = f'],"v":{TREE_FORMAT_VERSION}}}'
 
 
 def assemble_tree(encoded_nodes: Sequence[str]) -> bytes:
     """`encode_tree` from nodes already encoded by `encode_node`, which the caller gives sorted by
     name and unique (the archiver reuses the encoding of unchanged entries)."""
-    return (_TREE_PREFIX + ",".join(encoded_nodes) + _TREE_SUFFIX).encode("ascii")
+    version = 2 if any(mark in text for text in encoded_nodes for mark in _FORMAT_2_MARKS) else 1
+    # With sorted keys, "nodes" comes before "v": the document is a prefix, the nodes, a suffix.
+    return ('{"nodes":[' + ",".join(encoded_nodes) + f'],"v":{version}}}').encode("ascii")
+
+
+def _bytes_json(raw: bytes) -> object:
+    """A name as JSON: text when it is UTF-8 (as format 1 wrote it), else its bytes in base64."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(raw).decode("ascii")}
 
 
 def _encode_node(node: Node) -> dict[str, object]:
-    out: dict[str, object] = {"name": node.name, "type": node.type.value}
+    out: dict[str, object] = {"name": _bytes_json(node.name), "type": node.type.value}
     for field in _INT_FIELDS:
         value = getattr(node, field)
         if _DEFAULTS.get(field) != value:
@@ -119,9 +173,10 @@ def _encode_node(node: Node) -> dict[str, object]:
         "chunks": [c.hex() for c in node.chunks] or None,
         "holes": [list(h) for h in node.holes] or None,
         "subtree": node.subtree.hex() if node.subtree is not None else None,
-        "link_target": node.link_target,
-        "xattrs": [[k, base64.b64encode(v).decode("ascii")] for k, v in node.xattrs] or None,
+        "link_target": _bytes_json(node.link_target) if node.link_target is not None else None,
+        "xattrs": [[_bytes_json(k), base64.b64encode(v).decode("ascii")] for k, v in node.xattrs] or None,
         "content_hash": node.content_hash.hex() if node.content_hash is not None else None,
+        "hash_scheme": node.hash_scheme.value if node.hash_scheme is not HashScheme.CONTENT else None,
     }
     out.update({k: v for k, v in optional.items() if v is not None})
     return out
@@ -133,27 +188,29 @@ def decode_tree(data: bytes) -> Tree:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:
         raise CorruptionError(f"tree is not valid JSON: {err}") from err
-    if not isinstance(document, dict) or document.get("v") != TREE_FORMAT_VERSION:
+    if not isinstance(document, dict) or document.get("v") not in _READABLE_VERSIONS:
         raise CorruptionError("tree has an unknown format version")
     raw_nodes = document.get("nodes")
     if not isinstance(raw_nodes, list):
         raise CorruptionError("tree has no node list")
-    nodes = tuple(_decode_node(raw) for raw in raw_nodes)
-    for before, after in zip(nodes, nodes[1:], strict=False):
-        if not before.name < after.name:
-            raise CorruptionError(f"tree nodes are not sorted and unique at {after.name!r}")
-    return Tree(nodes=nodes)
+    decoded = [_decode_node(raw, document["v"]) for raw in raw_nodes]
+    # Format 1 sorted names as text (undecodable bytes as surrogates), format 2 as bytes.
+    for (before, _), (after, node) in zip(decoded, decoded[1:], strict=False):
+        if not before < after:  # type: ignore[operator]  # both str (format 1) or both bytes
+            raise CorruptionError(f"tree nodes are not sorted and unique at '{show_name(node.name)}'")
+    return Tree(tuple(sorted((node for _, node in decoded), key=lambda n: n.name)))
 
 
-def _decode_node(raw: object) -> Node:
+def _decode_node(raw: object, version: int) -> tuple[str | bytes, Node]:
+    """The node and the key it was sorted by when written: format 1, its name as text."""
     if not isinstance(raw, dict):
         raise CorruptionError("tree node is not an object")
     try:
-        name = _text(raw, "name")
-        if not name or "/" in name or name in (".", "..") or "\x00" in name:
-            raise CorruptionError(f"tree node has an unsafe name {name!r}")
+        damage: list[str] = []
+        name = _as_bytes(raw["name"], "name", damage)
+        key: str | bytes = _text(raw, "name") if version == 1 else name
         ints = {f: _int(raw, f, _DEFAULTS.get(f)) for f in _INT_FIELDS}
-        return Node(
+        node = Node(
             name=name,
             type=NodeType(_text(raw, "type")),
             user=_opt(raw, "user", _as_text),
@@ -161,13 +218,30 @@ def _decode_node(raw: object) -> Node:
             chunks=tuple(_as_id(c) for c in _list(raw, "chunks")),
             holes=tuple(_as_hole(h) for h in _list(raw, "holes")),
             subtree=_opt(raw, "subtree", _as_id),
-            link_target=_opt(raw, "link_target", _as_text),
-            xattrs=tuple(_as_xattr(x) for x in _list(raw, "xattrs")),
+            link_target=_opt(raw, "link_target", lambda v: _as_bytes(v, "link target", damage)),
+            xattrs=tuple(_as_xattr(x, damage) for x in _list(raw, "xattrs")),
             content_hash=_opt(raw, "content_hash", _as_hex),
+            hash_scheme=HashScheme(raw.get("hash_scheme", HashScheme.CONTENT.value)),
+            damage="; ".join(damage) or None,
             **ints,
         )
-    except (ValueError, TypeError, KeyError) as err:
+    except (ValueError, TypeError, KeyError, binascii.Error) as err:
         raise CorruptionError(f"tree node is malformed: {err}") from err
+    return key, node
+
+
+def _as_bytes(value: object, what: str, damage: list[str]) -> bytes:
+    """A name as stored: text (UTF-8; format 1 also surrogate escapes) or {"b64": ...}."""
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        return base64.b64decode(_as_text(value["b64"]), validate=True)
+    text = _as_text(value)
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # Text no file name could have become (a crafted or damaged tree): keep the node, so
+        # gc still sees its blobs and a restore refuses just this entry.
+        damage.append(f"its {what} is not a valid file name (a lone surrogate)")
+        return text.encode("utf-8", "surrogatepass")
 
 
 def _text(raw: Mapping[str, object], key: str) -> str:
@@ -217,7 +291,7 @@ def _as_hole(value: object) -> tuple[int, int]:
     return (value[0], value[1])
 
 
-def _as_xattr(value: object) -> tuple[str, bytes]:
+def _as_xattr(value: object, damage: list[str]) -> tuple[bytes, bytes]:
     if not isinstance(value, list) or len(value) != 2:
         raise ValueError("xattr must be [name, base64 value]")
-    return (_as_text(value[0]), base64.b64decode(_as_text(value[1]), validate=True))
+    return (_as_bytes(value[0], "xattr name", damage), base64.b64decode(_as_text(value[1]), validate=True))

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from protectctl.agent.sparse import Hasher
 from protectctl.engine.ids import BlobId
+from protectctl.engine.names import show_text, unescape_name
 from protectctl.engine.tree import Node, NodeType, Tree
 from protectctl.errors import RestoreError
 from protectctl.restore.safety import split_subpath
@@ -38,7 +39,7 @@ class Selected:
     node: Node
 
     @property
-    def parts(self) -> tuple[str, ...]:
+    def parts(self) -> tuple[bytes, ...]:
         return tuple(p.name for p in self.parents) + (self.node.name,)
 
 
@@ -63,20 +64,27 @@ def select(reader: TreeReader, root: BlobId, subpaths: Sequence[str]) -> list[Se
     return _drop_nested(chosen)
 
 
-def _find(reader: TreeReader, root: BlobId, parts: tuple[str, ...], subpath: str) -> Selected:
+def _find(reader: TreeReader, root: BlobId, parts: tuple[bytes, ...], subpath: str) -> Selected:
     parents: list[Node] = []
     tree_id: BlobId | None = root
     for depth, name in enumerate(parts):
         if tree_id is None:
             break
-        node = next((n for n in reader.load_tree(tree_id).nodes if n.name == name), None)
+        node = _child(reader.load_tree(tree_id), name)
         if node is None:
             break
         if depth == len(parts) - 1:
             return Selected(tuple(parents), node)
         parents.append(node)
         tree_id = node.subtree if node.type is NodeType.DIR else None
-    raise RestoreError(f"{subpath!r} is not in this recovery point", hint="`points list` shows the points")
+    raise RestoreError(f"'{show_text(subpath)}' is not in this recovery point", hint="`points list` shows the points")
+
+
+def _child(tree: Tree, name: bytes) -> Node | None:
+    """The node named `name`, or else the one named what `name` spells with ``\\xNN`` escapes
+    (as listings and messages show undecodable bytes): the exact name always wins."""
+    by_name = {n.name: n for n in tree.nodes}
+    return by_name.get(name) or by_name.get(unescape_name(name))
 
 
 def _drop_nested(chosen: list[Selected]) -> list[Selected]:

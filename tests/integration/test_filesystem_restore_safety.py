@@ -24,7 +24,7 @@ def _file_node(repo: Repository, writer: object, name: str, data: bytes) -> Node
     hasher = repo.content_hasher()
     hasher.update(data)
     return Node(
-        name,
+        name.encode(),
         NodeType.FILE,
         0o644,
         0,
@@ -66,7 +66,7 @@ def test_restorer_refuses_unsafe_names(tmp_path: Path, evil: str) -> None:
     with Repository.open(job.storage, PASS) as repo, repo.writer() as writer:
         node = _file_node(repo, writer, evil, b"pwned")
         inner = BlobId(b"\x01" * 32)
-        nested = Node("d", NodeType.DIR, 0o755, 0, 0, None, None, 0, 0, 0, 0, subtree=inner)
+        nested = Node(b"d", NodeType.DIR, 0o755, 0, 0, None, None, 0, 0, 0, 0, subtree=inner)
     with Repository.open(job.storage, PASS) as repo:
         reader = CraftedTrees(repo, {inner: Tree((node,))})
         before = {p.name for p in tmp_path.iterdir()}
@@ -170,8 +170,8 @@ def test_hard_link_to_symlink_target_stays_inside(tmp_path: Path) -> None:
         from dataclasses import replace
 
         a = replace(first, nlink=2, inode=7, dev=1)
-        b = replace(first, name="second", nlink=2, inode=7, dev=1)
-        link = Node("link", NodeType.SYMLINK, 0o777, 0, 0, None, None, 0, 0, 0, 0, link_target=str(outside))
+        b = replace(first, name=b"second", nlink=2, inode=7, dev=1)
+        link = Node(b"link", NodeType.SYMLINK, 0o777, 0, 0, None, None, 0, 0, 0, 0, link_target=bytes(outside))
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
         try:
             report = FsRestorer(CraftedTrees(repo, {}), repo.content_hasher, overwrite=True).run(

@@ -81,7 +81,7 @@ def _tree_node(repo: Repository, tree: BlobId | None, *path: str) -> Tree:
     assert tree is not None
     current = repo.load_tree(tree)
     for name in path:
-        node = next(n for n in current.nodes if n.name == name)
+        node = next(n for n in current.nodes if n.name == name.encode())
         assert node.subtree is not None
         current = repo.load_tree(node.subtree)
     return current
@@ -140,8 +140,8 @@ def test_an_xattr_change_is_not_hidden_by_reuse(ws: _Workspace) -> None:
     except OSError as err:
         pytest.skip(f"no user xattrs here: {err}")
     result = ws.sync()
-    node = next(n for n in _tree_node(ws.repo, result.tree, "b").nodes if n.name == "three.txt")
-    assert node.xattrs == (("user.note", b"v1"),)
+    node = next(n for n in _tree_node(ws.repo, result.tree, "b").nodes if n.name == b"three.txt")
+    assert node.xattrs == ((b"user.note", b"v1"),)
 
 
 def test_a_tree_or_chunk_missing_from_the_repository_is_not_reused(ws: _Workspace) -> None:
@@ -194,7 +194,7 @@ def test_reused_tree_keeps_every_node_type(ws: _Workspace) -> None:
     ws.settle()
     result = ws.sync()
     assert result.dirs_reused == 5
-    types = {n.name: n.type for n in _tree_node(ws.repo, result.tree, "b").nodes}
+    types = {n.name.decode(): n.type for n in _tree_node(ws.repo, result.tree, "b").nodes}
     assert types == {"empty-file": NodeType.FILE, "fifo": NodeType.FIFO, "three.txt": NodeType.FILE}
     restored = ws.restored(result.tree, "r")
     assert (restored / "a" / "to-three").is_symlink()

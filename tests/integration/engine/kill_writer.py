@@ -28,7 +28,7 @@ def main() -> None:
                 chunks.append(writer.add(BlobKind.DATA, os.urandom(20_000))[0])
                 print(f"add {round_no} {i}", flush=True)
             node = Node(
-                f"f{round_no}",
+                f"f{round_no}".encode(),
                 NodeType.FILE,
                 0o644,
                 0,

@@ -39,7 +39,7 @@ def repo(tmp_path: Path) -> Iterator[Repository]:
 
 def file_node(name: str, chunks: Sequence[BlobId], size: int) -> Node:
     return Node(
-        name=name,
+        name=name.encode(),
         type=NodeType.FILE,
         mode=0o100644,
         uid=1000,
@@ -56,7 +56,7 @@ def file_node(name: str, chunks: Sequence[BlobId], size: int) -> Node:
 
 def dir_node(name: str, subtree: BlobId) -> Node:
     return Node(
-        name=name,
+        name=name.encode(),
         type=NodeType.DIR,
         mode=0o40755,
         uid=0,
@@ -101,7 +101,7 @@ def restore(repo: Repository, point: Point) -> dict[str, bytes]:
     (sub,) = root.nodes
     assert sub.subtree is not None
     return {
-        node.name: b"".join(repo.load_blob(c) for c in node.chunks)
+        node.name.decode(): b"".join(repo.load_blob(c) for c in node.chunks)
         for node in repo.load_tree(sub.subtree).nodes
     }
 
