@@ -324,16 +324,20 @@ def merge_scans(scans: Sequence[ScanResult], catalog: Catalog) -> tuple[Catalog,
         out.cartridges[scan.cartridge.barcode] = scan.cartridge
     for barcode, cart in catalog.cartridges.items():
         out.cartridges.setdefault(barcode, cart)
-    problems = []
+    broken = {}
     for copy in catalog.copies.values():
         why = confirm(copy, by_barcode)
         if why is None:
             out.copies[copy.point_id] = copy
         elif copy.complete:
-            problems.append(f"copy of {copy.source} point {copy.point_id[:12]} is not whole on tape ({why})")
+            broken[copy.point_id] = f"copy of {copy.source} point {copy.point_id[:12]} is not whole on tape ({why})"
     for point_id, copy in whole_copies(scans).items():
         if point_id not in out.copies:
             out.copies[point_id] = copy
+    problems = [
+        why + ("; the catalog now uses the whole copy the tape holds" if point_id in out.copies else "; dropped")
+        for point_id, why in broken.items()
+    ]
     used = used_files(out.copies.values())
     for scan in scans:
         scan.cartridge.partial = leftovers(scan, used)
