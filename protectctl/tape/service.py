@@ -582,6 +582,12 @@ class TapeService:
             try:
                 scan = scan_volume(volume, cart.library, where)
                 latest = max((seg.header.expires for seg in scan.segments), default=None)
+                damaged = [f.file for f in scan.faults] + [
+                    seg.file for seg in scan.segments if seg.fault is PartialKind.DAMAGED
+                ]
+                if damaged:  # what it holds cannot all be read: its expiry cannot be confirmed
+                    refused.append(f"{barcode}: damaged tape file(s) {sorted(set(damaged))}; expiry not confirmed")
+                    continue
                 if latest is not None and latest > self.now:
                     refused.append(f"{barcode}: holds data until {latest:%Y-%m-%d}")
                     continue
@@ -699,7 +705,7 @@ class TapeService:
     def verify_pool(self, group: str, target: PoolTarget, sources: Sequence[str]) -> TapeVerifyResult:
         """Read back every cartridge of the pool that holds a copy of `sources` or is being filled:
         each copy the catalog counts on must be whole on tape; partial segments are listed."""
-        wanted = [c for c in self.catalog.copies.values() if c.source in sources]
+        wanted = [c for c in self.catalog.copies.values() if c.source in sources and c.complete]
         barcodes = {p.barcode for c in wanted for p in c.parts} | {
             b for b, c in self.catalog.cartridges.items()
             if c.pool == target.pool and c.library == target.library_name and c.state is CartridgeState.FILLING

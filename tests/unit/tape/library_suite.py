@@ -9,11 +9,11 @@ process (nothing unloaded, flushed or closed). All run as pytest tests through
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
-from protectctl.tape.library import EndOfDataError, EndOfMediaError, MediaError, TapeLibrary
+from protectctl.tape.library import EndOfDataError, EndOfMediaError, MediaError, TapeDrive, TapeLibrary
 
 Factory = Callable[[], TapeLibrary]
 Reopen = Callable[[TapeLibrary], TapeLibrary]
@@ -132,15 +132,21 @@ def check_export_import(make: Factory) -> None:
     assert lib.load("AAA001L9").barcode == "AAA001L9"
 
 
-def check_locate(make: Factory) -> None:
-    lib = make()
+def _written(lib: TapeLibrary, *files: Sequence[bytes], closed: bool = True) -> TapeDrive:
+    """Cartridge AAA001L9 loaded, with one tape file per item of `files` (the last without its
+    filemark unless `closed`)."""
     lib.add_cartridge("AAA001L9")
     drive = lib.load("AAA001L9")
-    drive.write_record(b"label")
-    drive.write_filemark()
-    for record in (b"a", b"b", b"c"):
-        drive.write_record(record)
-    drive.write_filemark()
+    for i, records in enumerate(files):
+        for record in records:
+            drive.write_record(record)
+        if closed or i < len(files) - 1:
+            drive.write_filemark()
+    return drive
+
+
+def check_locate(make: Factory) -> None:
+    drive = _written(make(), [b"label"], [b"a", b"b", b"c"])
     drive.locate(1, 2)
     assert drive.position() == (1, 2)
     assert drive.read_record() == b"c"
@@ -163,14 +169,7 @@ def check_unterminated_file_after_a_crash(make: Factory, reopen: Reopen) -> None
     """A writer killed mid-file: end of data is inside that file, which reads to EndOfDataError
     (not a filemark); writing from its first record replaces it; closed files stay."""
     lib = make()
-    lib.add_cartridge("AAA001L9")
-    drive = lib.load("AAA001L9")
-    drive.write_record(b"label")
-    drive.write_filemark()
-    drive.write_record(b"kept")
-    drive.write_filemark()
-    drive.write_record(b"partial-1")
-    drive.write_record(b"partial-2")
+    _written(lib, [b"label"], [b"kept"], [b"partial-1", b"partial-2"], closed=False)
     lib = reopen(lib)  # the writer died: no filemark, no unload
     drive = lib.load("AAA001L9")
     drive.seek_end_of_data()
@@ -196,12 +195,7 @@ def check_unterminated_file_after_a_crash(make: Factory, reopen: Reopen) -> None
 def check_filemarks_survive_a_crash(make: Factory, reopen: Reopen) -> None:
     """Everything before a filemark is on the media once write_filemark returns."""
     lib = make()
-    lib.add_cartridge("AAA001L9")
-    drive = lib.load("AAA001L9")
-    drive.write_record(b"label")
-    drive.write_filemark()
-    drive.write_record(b"one")
-    drive.write_filemark()
+    _written(lib, [b"label"], [b"one"])
     lib = reopen(lib)
     drive = lib.load("AAA001L9")  # still in its drive: loading it again is allowed
     drive.seek_end_of_data()
