@@ -1009,7 +1009,9 @@ def tape_session(policy_dir: Path, command: str, policy: Policy | None = None, *
     home = state_backend(policy_dir, policy).path.parent
     with source_lock(home / "tape", "library", command, timeout_s=timeout_s,
                      what="the tape libraries of this policy"):
-        yield tape_service(policy_dir, policy)
+        service = tape_service(policy_dir, policy)
+        service.release_drives()  # cartridges a killed run left loaded: nobody else holds the lock
+        yield service
 
 
 def tape_observations(policy_dir: Path, policy: Policy, state: State, now: datetime) -> dict[str, Any]:
@@ -1099,6 +1101,20 @@ def run_tape(policy_dir: Path, group: str, member: str | None, *, all_points: bo
     with tape_session(policy_dir, f"tape copy of {group}", policy, timeout_s=lock_timeout_s) as service:
         return service.copy_group(group, target, jobs, all_points=all_points, copy_from=copy_from,
                                   progress=progress)
+
+
+def verify_tape(policy_dir: Path, group: str, member: str | None) -> Any:
+    """Read back the cartridges holding the group's tape copies (and its pool's filling ones):
+    a protectctl.tape.service.TapeVerifyResult, or None when the group's SLA has no tape copy."""
+    from protectctl.tape.service import group_target, has_tape_copy
+
+    policy = load(policy_dir)
+    if not has_tape_copy(policy, group):
+        return None
+    target, _copy_from = group_target(policy, group)
+    names = [str(t.inputs["source"]) for t in sources(policy_dir, agent_config=None, group=group, member=member)]
+    with tape_session(policy_dir, f"verify tape copies of {group}", policy) as service:
+        return service.verify_pool(group, target, names)
 
 
 def tape_list(policy_dir: Path, pool: str | None = None) -> list[Any]:

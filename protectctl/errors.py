@@ -131,3 +131,11 @@ class RestoreError(ProtectctlError):
 
 class TapeError(ProtectctlError):
     """A tape library, cartridge or tape format problem."""
+
+
+class TapeCorruptionError(TapeError, CorruptionError):
+    """A record on a cartridge failed authentication, is malformed or is not where it belongs."""
+
+
+class TapeKeyError(TapeError, WrongKeyError):
+    """A key does not open a cartridge's label (wrong key, or the label was altered)."""

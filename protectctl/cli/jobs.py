@@ -316,5 +316,15 @@ def _verify(env: Env, group: str, member: str | None) -> None:
         report = api.check_storage(storage, read_data=False, progress=progress_of(env))
         show_result(env, report)
         failed = failed or not report.ok
+    if env.agent_config is None:  # tapes are the control machine's
+        from protectctl.cli.tape import tape_verify_summary
+
+        tape = api.verify_tape(env.policy_dir, group, member)
+        if tape is not None:
+            if env.output.json_mode:
+                env.output.document({"format_version": "1.0", "tape": tape.to_json()})
+            else:
+                env.output.text(tape_verify_summary(tape))
+            failed = failed or not tape.ok
     if failed:
         raise typer.Exit(1)

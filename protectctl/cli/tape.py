@@ -39,6 +39,10 @@ def _rows(env: Env, rows: list[Any]) -> None:
             for r in rows
         ],
     )
+    partial = [line for r in rows for line in r.partial_lines()]
+    if partial:
+        env.output.text("\n".join([f"{len(partial)} partial segment(s), holding no usable copy:",
+                                   *(f"  {line}" for line in partial)]))
 
 
 def tape_run_summary(r: Any) -> str:
@@ -49,6 +53,18 @@ def tape_run_summary(r: Any) -> str:
         for c in r.copied
     ]
     lines += [f"  {s}" for s in r.skipped]
+    lines += [f"  repaired: {s}" for s in r.repaired]
+    return "\n".join(lines)
+
+
+def tape_verify_summary(r: Any) -> str:
+    """`run verify`: the group's tape copies read back."""
+    verdict = "ok" if r.ok else f"{len(r.bad)} copy(ies) NOT restorable"
+    lines = [f"tape pool {r.pool}: {r.copies_ok} copy(ies) of {r.group} whole on {len(r.scanned)} "
+             f"cartridge(s) read back; {verdict}"]
+    lines += [f"  BAD: {b}" for b in r.bad]
+    lines += [f"  partial: {p}" for p in r.partial]
+    lines += [f"  not read: {n}" for n in r.not_read]
     return "\n".join(lines)
 
 
@@ -138,6 +154,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         else:
             lines = [f"scanned {len(r.scanned)} cartridge(s); the catalog holds {r.copies} point copies"]
             lines += [f"  problem: {p}" for p in r.problems]
+            lines += [f"  partial: {p}" for p in r.partial]
             env.output.text("\n".join(lines))
         if r.problems:
             raise typer.Exit(1)

@@ -19,7 +19,7 @@ from typing import Any
 from protectctl.errors import TapeError
 from protectctl.fsutil import atomic_write
 
-CATALOG_FORMAT = "1.0"
+CATALOG_FORMAT = "1.1"  # 1.1: cartridges list their partial segments (1.0 catalogs read as none)
 
 
 class CartridgeState(StrEnum):
@@ -64,6 +64,49 @@ class Location:
         return Location(LocationKind.VAULT, text)
 
 
+class PartialKind(StrEnum):
+    """Why a segment on a cartridge holds no usable copy."""
+
+    WRITING = "writing"  # marked before a run writes it; still there only if that run died
+    UNTERMINATED = "unterminated"  # read back without a filemark: its run stopped mid-write
+    ABANDONED = "abandoned"  # another header follows in the same tape file (pre-fix appends)
+    UNUSED = "unused"  # closed, but no complete copy uses it (unrecorded, or its span is broken)
+    DAMAGED = "damaged"  # a record failed authentication or is malformed
+
+
+@dataclass(frozen=True, slots=True)
+class PartialSegment:
+    """A tape file (or part of one) on a cartridge that no copy counts on."""
+
+    file: int
+    kind: PartialKind
+    point_id: str  # "" when no header could be read
+    part: int
+    detail: str = ""
+
+    def describe(self, barcode: str) -> str:
+        point = f" of point {self.point_id[:12]} part {self.part}" if self.point_id else ""
+        why = {
+            PartialKind.WRITING: "was being written when its run stopped; the next append replaces it",
+            PartialKind.UNTERMINATED: "has no filemark (its run stopped mid-write); the next append replaces it",
+            PartialKind.ABANDONED: "is an abandoned attempt followed by another segment in the same tape file",
+            PartialKind.UNUSED: "is closed but no complete copy uses it",
+            PartialKind.DAMAGED: "is damaged",
+        }[self.kind]
+        return f"{barcode} file {self.file}: partial segment{point} {why}" + (
+            f" ({self.detail})" if self.detail else ""
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "kind": self.kind.value,
+            "point_id": self.point_id,
+            "part": self.part,
+            "detail": self.detail,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class Move:
     time: datetime
@@ -82,9 +125,10 @@ class Cartridge:
     labelled_at: datetime
     capacity_bytes: int
     bytes_used: int = 0
-    files: int = 0  # point segments written (tape files 1..files)
+    files: int = 0  # closed tape files after the label the catalog accounts for (1..files)
     location: Location = field(default_factory=lambda: Location(LocationKind.SLOT))
     history: list[Move] = field(default_factory=list)
+    partial: list[PartialSegment] = field(default_factory=list)  # segments no copy counts on
 
     def moved(self, location: Location, now: datetime, note: str = "") -> None:
         if location != self.location or note:
@@ -187,6 +231,7 @@ def catalog_to_json(catalog: Catalog) -> dict[str, object]:
             "files": c.files,
             "location": {"kind": c.location.kind.value, "name": c.location.name},
             "history": [{"time": _iso(m.time), "location": m.location, "note": m.note} for m in c.history],
+            "partial": [p.to_json() for p in c.partial],
         }
     copies = []
     for cp in sorted(catalog.copies.values(), key=lambda c: (c.source, c.point_time, c.point_id)):
@@ -226,6 +271,11 @@ def catalog_from_json(doc: dict[str, Any]) -> Catalog:
             files=int(c["files"]),
             location=Location(LocationKind(c["location"]["kind"]), str(c["location"]["name"])),
             history=[Move(_dt(m["time"]), str(m["location"]), str(m["note"])) for m in c["history"]],
+            partial=[
+                PartialSegment(int(p["file"]), PartialKind(p["kind"]), str(p["point_id"]), int(p["part"]),
+                               str(p.get("detail", "")))
+                for p in c.get("partial", [])
+            ],
         )
     for cp in doc["copies"]:
         catalog.copies[cp["point_id"]] = Copy(

@@ -3,9 +3,13 @@
 Owns the write path: pick the pool's partly used cartridge (else a scratch one, relabelled
 under the current key), append each point as a segment (header, data records, trailer,
 filemark), and span to the next cartridge at end of media (end-of-volume record, then a
-continuation header naming the part). The catalog is saved after every point and every
-cartridge change, so a crash loses at most the point being written (its partial segment
-stays on tape without a trailer and is ignored).
+continuation header naming the part).
+
+Crash safety: appends start after the last filemark (a partial last file, left by a run that
+died, is replaced); before each segment the catalog marks it as being written; a closed
+segment is read back (its header, its closing record, the filemark) before it counts, and a
+copy is recorded only once its last segment read back. A crash therefore loses at most the
+point being written, and its remains are named in the catalog until the next append.
 """
 
 from __future__ import annotations
@@ -14,13 +18,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from protectctl import crashpoint
 from protectctl.engine.ids import BlobId
 from protectctl.engine.points import Point
 from protectctl.engine.repository import Repository
 from protectctl.engine.tree import NodeType, decode_tree
 from protectctl.errors import TapeError
 from protectctl.progress import Progress
-from protectctl.tape.catalog import Cartridge, CartridgeState, Catalog, Copy, Location, LocationKind, Part
+from protectctl.tape.catalog import (
+    Cartridge,
+    CartridgeState,
+    Catalog,
+    Copy,
+    Location,
+    LocationKind,
+    Part,
+    PartialKind,
+    PartialSegment,
+)
 from protectctl.tape.format import (
     RECORD_TARGET_BYTES,
     RecordType,
@@ -29,13 +44,14 @@ from protectctl.tape.format import (
     Trailer,
     VolumeCipher,
     batch_blobs,
+    decode_header,
     encode_blobs,
     encode_end_of_volume,
     encode_header,
     encode_trailer,
 )
 from protectctl.tape.keys import KeyStore
-from protectctl.tape.library import EndOfMediaError, TapeDrive, TapeLibrary
+from protectctl.tape.library import EndOfDataError, EndOfMediaError, TapeDrive, TapeLibrary
 from protectctl.tape.volume import Volume, open_volume, read_label, write_label
 
 KIND_DATA = 0
@@ -94,10 +110,10 @@ class PoolWriter:
         self.save = save
         self.now = now
         self.progress = progress
+        self.repaired: list[str] = []  # partial segments of interrupted runs this run replaced
         self._volume: Volume | None = None
         self._drive_no: int | None = None
         self._cart: Cartridge | None = None
-        self._records_in_segment = 0
 
     # -- cartridges --------------------------------------------------------------------------------
 
@@ -124,6 +140,18 @@ class PoolWriter:
         cart = candidates[0]
         drive = self.library.load(cart.barcode)
         self._drive_no = _drive_of(self.library, cart.barcode)
+        try:
+            volume = self._prepare(drive, cart)
+        except BaseException:
+            self.library.unload(self._drive_no)
+            self._drive_no = None
+            raise
+        self._volume, self._cart = volume, cart
+        crashpoint.reached("tape.mounted")
+        return volume
+
+    def _prepare(self, drive: TapeDrive, cart: Cartridge) -> Volume:
+        """The loaded cartridge's volume, relabelled if scratch, positioned to append."""
         if cart.state is CartridgeState.SCRATCH:
             cipher = self._relabel(drive, cart)
         else:
@@ -134,35 +162,75 @@ class PoolWriter:
                     f"expects {cart.vid}",
                     hint="run `protectctl tape inventory --rebuild`",
                 )
-        drive.seek_end_of_data()
-        self._volume, self._cart = Volume(drive, cipher), cart
-        return self._volume
+        volume = Volume(drive, cipher)
+        self._position_for_append(volume, cart)
+        return volume
 
     def _relabel(self, drive: TapeDrive, cart: Cartridge) -> VolumeCipher:
-        """A scratch cartridge gets a fresh volume under the current key; refuses one holding data."""
-        label = read_label(drive)
+        """A scratch cartridge gets a fresh volume under the current key, recorded as filling before
+        anything else is written. Refuses one holding a closed tape file after its label (data the
+        catalog does not know); a partial file of a run that died before this rule is erased."""
+        drive.rewind()
+        try:
+            drive.read_record()
+            pool = read_label(drive).pool  # not ours or unreadable: refused here
+        except EndOfDataError:  # blank: a relabelling was cut off between its erase and its label
+            pool = cart.pool
         drive.seek_end_of_data()
-        if drive.position()[0] > 1 or drive.position()[1] > 0:
+        if drive.position()[0] > 1:
             raise TapeError(
                 f"cartridge {cart.barcode} is marked scratch but holds data; not overwriting it",
                 hint="run `protectctl tape inventory --rebuild`",
             )
         key = self.keys.ensure(self.target.key_name, now=self.now)
         cipher = write_label(
-            drive, label.pool, key.id, key.name, self.keys.kek(key.id), self.target.library_name, self.now
+            drive, pool, key.id, key.name, self.keys.kek(key.id), self.target.library_name, self.now
         )
+        crashpoint.reached("tape.relabelled")
         cart.key_id, cart.vid, cart.labelled_at = key.id, cipher.label.vid, self.now
-        cart.files, cart.bytes_used = 0, drive.used_bytes
+        cart.state, cart.files, cart.bytes_used, cart.partial = CartridgeState.FILLING, 0, drive.used_bytes, []
+        self.save()  # the new volume id before its first segment: a crash from here on leaves a filling cartridge
         return cipher
+
+    def _position_for_append(self, volume: Volume, cart: Cartridge) -> None:
+        """Position after the last filemark, as a drive does after a power cut; a partial last
+        file (no filemark: its run died) is replaced by what this run writes."""
+        drive = volume.drive
+        drive.seek_end_of_data()
+        file_no, record_no = drive.position()
+        if file_no == 0:
+            raise TapeError(f"cartridge {cart.barcode}: its label has no filemark",
+                            hint="run `protectctl tape inventory --rebuild`")
+        if file_no - 1 < cart.files:
+            raise TapeError(
+                f"cartridge {cart.barcode} ends after tape file {file_no - 1}, but the catalog records "
+                f"{cart.files} file(s) on it; not appending",
+                hint="run `protectctl tape inventory --rebuild` to read what it holds",
+            )
+        if record_no > 0:
+            self.repaired.append(
+                f"{cart.barcode} file {file_no}: replaced the partial segment{_first_header(volume, file_no)} "
+                "left by an interrupted run"
+            )
+            drive.seek_file(file_no)  # the next write discards the partial file
+        kept = []
+        for mark in cart.partial:
+            if mark.file >= file_no:
+                continue  # replaced (or never reached the tape)
+            if mark.kind is PartialKind.WRITING:  # its run closed the file but died before recording it
+                mark = PartialSegment(mark.file, PartialKind.UNUSED, mark.point_id, mark.part,
+                                      "closed by a run that stopped before recording it")
+            kept.append(mark)
+        cart.partial = kept
 
     def _dismount(self, state: CartridgeState) -> None:
         if self._cart is not None and self._volume is not None:
             self._cart.state = state
             self._cart.bytes_used = self._volume.drive.used_bytes
+        self.save()
         if self._drive_no is not None:
             self.library.unload(self._drive_no)
         self._volume, self._cart, self._drive_no = None, None, None
-        self.save()
 
     def close(self) -> None:
         if self._volume is not None:
@@ -174,18 +242,62 @@ class PoolWriter:
         volume = self._mount()
         assert self._cart is not None
         file_no = volume.drive.position()[0]
+        self._cart.partial = [p for p in self._cart.partial if p.file < file_no]
+        self._cart.partial.append(
+            PartialSegment(file_no, PartialKind.WRITING, header.point.id, header.part,
+                           f"run started {self.now:%Y-%m-%d %H:%M:%S}Z")
+        )
+        self.save()  # tape list names the segment in progress, and what is left if this run dies
         volume.write(RecordType.HEADER, encode_header(header))
-        self._records_in_segment = 0
+        crashpoint.reached("tape.header")
         copy.parts.append(Part(volume.barcode, file_no, header.part))
-        self._cart.state = CartridgeState.FILLING
 
-    def _end_volume(self, copy: Copy, part: int) -> None:
-        volume = self._volume
-        assert volume is not None and self._cart is not None
-        volume.write(RecordType.END_OF_VOLUME, encode_end_of_volume(copy.point_id, part), use_reserve=True)
+    def _close_file(self, file_no: int) -> None:
+        """A closed and verified tape file: no longer partial, counted on the cartridge."""
+        assert self._cart is not None
+        self._cart.partial = [p for p in self._cart.partial if p.file != file_no]
+        self._cart.files = file_no
+
+    def _close_volume(self, point_id: str, header: SegmentHeader | None) -> None:
+        """End of media: an end-of-volume record in the reserve, a filemark, read back; the cartridge is full."""
+        volume = self._volume_or_fail()
+        file_no, record_no = volume.drive.position()
+        plain = encode_end_of_volume(point_id, header.part if header else 0)
+        volume.write(RecordType.END_OF_VOLUME, plain, use_reserve=True)
+        crashpoint.reached("tape.end-of-volume")
         volume.drive.write_filemark()
-        self._cart.files += 1
+        crashpoint.reached("tape.volume-closed")
+        if header is not None:
+            self._verify_segment(file_no, header, record_no, RecordType.END_OF_VOLUME, plain)
+        self._close_file(file_no)
         self._dismount(CartridgeState.FULL)
+
+    def _verify_segment(
+        self, file_no: int, header: SegmentHeader, closing_at: int, closing: RecordType, plain: bytes
+    ) -> None:
+        """Read back a closed segment's header, its closing record and the filemark after it (two
+        locates, not a re-read of the data); TapeError when the tape does not say what was written."""
+        volume = self._volume_or_fail()
+        where = f"cartridge {volume.barcode} file {file_no}"
+        try:
+            volume.drive.locate(file_no, 0)
+            first = volume.read()
+            got = decode_header(first[1], where) if first and first[0] is RecordType.HEADER else None
+            if got is None or (got.point.id, got.part, got.copied_at) != (
+                header.point.id, header.part, header.copied_at
+            ):
+                raise TapeError(f"{where} does not start with this segment's header")
+            volume.drive.locate(file_no, closing_at)
+            last = volume.read()
+            if last is None or last[0] is not closing or last[1] != plain:
+                raise TapeError(f"{where}: record {closing_at} is not the {closing.name} just written")
+            if volume.read() is not None:
+                raise TapeError(f"{where}: no filemark after its {closing.name}")
+        except TapeError as err:
+            raise TapeError(
+                f"the copy of point {header.point.id[:12]} did not read back: {err.message}; it is not recorded",
+                hint="run `protectctl tape inventory --rebuild`, then `protectctl run tape` again",
+            ) from err
 
     def _write(
         self, kind: RecordType, plaintext: bytes, header: SegmentHeader, copy: Copy
@@ -195,12 +307,12 @@ class PoolWriter:
         assert volume is not None
         try:
             size = volume.write(kind, plaintext)
-            self._records_in_segment += 1
+            crashpoint.reached(f"tape.{kind.name.lower()}")
             return header, size
         except EndOfMediaError:
             pass
         previous = volume.barcode
-        self._end_volume(copy, header.part)
+        self._close_volume(copy.point_id, header)
         header = SegmentHeader(
             header.point,
             header.part + 1,
@@ -219,7 +331,7 @@ class PoolWriter:
                 f"{self.target.pool}",
                 hint="use media with more capacity",
             ) from err
-        self._records_in_segment += 1
+        crashpoint.reached(f"tape.{kind.name.lower()}")
         return header, size
 
     def _volume_or_fail(self) -> Volume:
@@ -233,19 +345,14 @@ class PoolWriter:
             return
         except EndOfMediaError:
             pass
-        volume = self._volume_or_fail()
-        volume.write(RecordType.END_OF_VOLUME, encode_end_of_volume(copy.point_id, 0), use_reserve=True)
-        volume.drive.write_filemark()
-        assert self._cart is not None
-        self._cart.files += 1
-        self._dismount(CartridgeState.FULL)
+        self._close_volume(copy.point_id, None)
         try:
             self._start_segment(header, copy)
         except EndOfMediaError as err:
             raise TapeError("a point header does not fit on an empty cartridge") from err
 
     def copy_point(self, repo: Repository, point: Point) -> Copy:
-        """Write `point` (all its blobs, re-encrypted) and record it in the catalog."""
+        """Write `point` (all its blobs, re-encrypted); record it once its trailer reads back."""
         header = SegmentHeader(point, 1, repo.id, repo.id_key(), self.target.retention_s, self.now)
         copy = Copy(
             point.id,
@@ -270,17 +377,35 @@ class PoolWriter:
             copy.bytes_plain += plain
             self.progress.advance(bytes_done=sum(len(b.data) for b in batch if b.kind == KIND_DATA))
         trailer = Trailer(point.id, header.part, copy.blobs, copy.bytes_plain)
-        header, _ = self._write(RecordType.TRAILER, encode_trailer(trailer), header, copy)
+        plain_trailer = encode_trailer(trailer)
+        header, _ = self._write(RecordType.TRAILER, plain_trailer, header, copy)
         volume = self._volume_or_fail()
+        file_no, after_trailer = volume.drive.position()
         volume.drive.write_filemark()
+        crashpoint.reached("tape.filemark")
+        self._verify_segment(file_no, header, after_trailer - 1, RecordType.TRAILER, plain_trailer)
+        self._close_file(file_no)
         assert self._cart is not None
-        self._cart.files += 1
         self._cart.bytes_used = volume.drive.used_bytes
         copy.complete = True
         self.catalog.copies[point.id] = copy
         self.progress.finish()
         self.save()
+        crashpoint.reached("tape.recorded")
         return copy
+
+
+def _first_header(volume: Volume, file_no: int) -> str:
+    """` of point P part N` when the first record of a tape file is a readable header, else ``."""
+    try:
+        volume.drive.seek_file(file_no)
+        first = volume.read()
+        if first is not None and first[0] is RecordType.HEADER:
+            head = decode_header(first[1], f"cartridge {volume.barcode} file {file_no}")
+            return f" of point {head.point.id[:12]} part {head.part}"
+    except TapeError:
+        pass
+    return ""
 
 
 def _drive_of(library: TapeLibrary, barcode: str) -> int:

@@ -22,7 +22,7 @@ import zstandard
 from protectctl.engine.crypto import Sealer, aad
 from protectctl.engine.ids import BlobId
 from protectctl.engine.points import Point, PointStats
-from protectctl.errors import CorruptionError, TapeError, WrongKeyError
+from protectctl.errors import CorruptionError, TapeCorruptionError, TapeError, TapeKeyError
 
 FORMAT_NAME = "protectctl-tape"
 FORMAT_VERSION = 1
@@ -32,6 +32,9 @@ LABEL_TYPE = b"L"
 RECORD_TARGET_BYTES = 4 << 20
 _ZSTD_LEVEL = 3
 _BLOB_ENTRY = 1 + 32 + 4
+# what parsing damaged JSON of the right MAC-less shape can raise (labels are in clear; a
+# header or trailer that authenticates but was written by a buggy writer): all become TapeErrors
+_MALFORMED = (ValueError, KeyError, TypeError, AssertionError, OverflowError, RecursionError)
 
 
 class RecordType(Enum):
@@ -89,7 +92,7 @@ def unwrap_data_key(label: Label, kek: bytes) -> bytes:
             label.wrapped_key, aad("tape-label", _canonical(label.identity())), f"label of {label.barcode}"
         )
     except CorruptionError as err:
-        raise WrongKeyError(
+        raise TapeKeyError(
             f"cartridge {label.barcode}: key {label.key_id} does not open its label (wrong key, or altered)"
         ) from err
 
@@ -122,7 +125,7 @@ def decode_label(raw: bytes, where: str) -> Label:
             _utc(d["labelled_at"]),
             base64.b64decode(d["wrapped_key"]),
         )
-    except (ValueError, KeyError, TypeError) as err:
+    except _MALFORMED as err:
         raise TapeError(f"{where}: damaged or foreign tape label ({err})") from err
 
 
@@ -149,10 +152,13 @@ class VolumeCipher:
         return kind.value + self._sealer.seal(plaintext, self._aad(kind, file_no, record_no))
 
     def open(self, raw: bytes, file_no: int, record_no: int) -> tuple[RecordType, bytes]:
-        """Type and plaintext; CorruptionError naming the cartridge and position."""
+        """Type and plaintext; TapeCorruptionError naming the cartridge and position."""
         where = f"cartridge {self.label.barcode} file {file_no} record {record_no}"
         kind = record_type(raw, where)
-        return kind, self._sealer.open(raw[1:], self._aad(kind, file_no, record_no), where)
+        try:
+            return kind, self._sealer.open(raw[1:], self._aad(kind, file_no, record_no), where)
+        except CorruptionError as err:
+            raise TapeCorruptionError(err.message) from err
 
 
 def record_type(raw: bytes, where: str) -> RecordType:
@@ -160,7 +166,7 @@ def record_type(raw: bytes, where: str) -> RecordType:
     try:
         return RecordType(raw[:1])
     except ValueError:
-        raise CorruptionError(f"{where}: unknown record type {raw[:1]!r} (damaged or tampered)") from None
+        raise TapeCorruptionError(f"{where}: unknown record type {raw[:1]!r} (damaged or tampered)") from None
 
 
 # -- headers, data records, trailers ---------------------------------------------------------
@@ -253,10 +259,10 @@ def decode_header(plain: bytes, where: str) -> SegmentHeader:
             id_key=base64.b64decode(repo["id_key"]),
             retention_s=int(d["retention_s"]),
             copied_at=_utc(d["copied_at"]),
-            previous_barcode=d["previous_barcode"],
+            previous_barcode=_optional_str(d["previous_barcode"]),
         )
-    except (ValueError, KeyError, TypeError, AssertionError) as err:
-        raise CorruptionError(f"{where}: malformed point header ({err})") from err
+    except _MALFORMED as err:
+        raise TapeCorruptionError(f"{where}: malformed point header ({err})") from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +289,8 @@ def decode_trailer(plain: bytes, where: str) -> Trailer:
     try:
         d = json.loads(plain)
         return Trailer(str(d["point_id"]), int(d["parts"]), int(d["blobs"]), int(d["bytes_plain"]))
-    except (ValueError, KeyError, TypeError) as err:
-        raise CorruptionError(f"{where}: malformed point trailer ({err})") from err
+    except _MALFORMED as err:
+        raise TapeCorruptionError(f"{where}: malformed point trailer ({err})") from err
 
 
 def encode_end_of_volume(point_id: str, part: int) -> bytes:
@@ -322,8 +328,8 @@ def decode_blobs(plain: bytes, where: str) -> list[TapeBlob]:
         if pos != len(raw) or len(out) != count:
             raise ValueError("blob table does not match the payload")
         return out
-    except (zstandard.ZstdError, ValueError, IndexError) as err:
-        raise CorruptionError(f"{where}: malformed data record ({err})") from err
+    except (zstandard.ZstdError, ValueError, IndexError, MemoryError) as err:
+        raise TapeCorruptionError(f"{where}: malformed data record ({err})") from err
 
 
 def batch_blobs(
@@ -340,6 +346,12 @@ def batch_blobs(
         size += len(blob.data)
     if batch:
         yield batch
+
+
+def _optional_str(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"expected a string, not {value!r}")
+    return value
 
 
 def _utc(text: str) -> datetime:

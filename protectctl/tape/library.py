@@ -8,6 +8,12 @@ followed; writing past the early-warning point raises `EndOfMediaError` (nothing
 after which small records may still go into the reserve (`use_reserve=True`) so the writer
 can close the volume, as real drives allow between early warning and physical end.
 
+After a crash (power loss, a killed writer) the media keep what reached them: the last tape
+file may lack its filemark, and a record cut off mid-write is not a record (end of data lies
+before it). `seek_end_of_data` then stops inside that unterminated file; a writer that wants
+whole files seeks back to its first record (`seek_file`) and writes from there, which
+discards the partial file, as a real drive does when told to write after the last filemark.
+
 This module knows nothing of the tape format, encryption or the catalog. The conformance
 suite every implementation must pass is tests/unit/tape/library_suite.py.
 
@@ -80,8 +86,14 @@ class TapeDrive(Protocol):
         """Position at the first record of file `file_no`; MediaError if it does not exist."""
         ...
 
+    def locate(self, file_no: int, record_no: int) -> None:
+        """Position before record `record_no` of file `file_no` (SCSI LOCATE); `record_no` may be
+        the file's record count (at its filemark or end). MediaError when there is no such place."""
+        ...
+
     def seek_end_of_data(self) -> None:
-        """Position after the last record or filemark, ready to append."""
+        """Position after the last record or filemark, ready to append. After an interrupted
+        write this is inside the last file (record number > 0): it has no filemark."""
         ...
 
     def write_record(self, data: bytes, *, use_reserve: bool = False) -> None:
@@ -91,7 +103,8 @@ class TapeDrive(Protocol):
     def write_filemark(self) -> None: ...
 
     def read_record(self) -> bytes | None:
-        """The next record; None when a filemark was passed; EndOfDataError at end of data."""
+        """The next record; None when a filemark was passed; EndOfDataError at end of data
+        (also at the end of an unterminated file, and at a record cut off by a crash)."""
         ...
 
     def erase(self) -> None:
@@ -191,6 +204,18 @@ class VirtualDrive:
             raise MediaError(f"cartridge {self._barcode} has no file {file_no}")
         self._file, self._record, self._offset = file_no, 0, 0
 
+    def locate(self, file_no: int, record_no: int) -> None:
+        self.seek_file(file_no)
+        path = self._path(file_no)
+        frames = _frames(path) if path.exists() else []
+        records = [f for f in frames if f[1] == _FRAME_RECORD]
+        if record_no < 0 or record_no > len(records):
+            raise MediaError(
+                f"cartridge {self._barcode} file {file_no} has {len(records)} record(s), not {record_no + 1}"
+            )
+        offset = 0 if record_no == 0 else records[record_no - 1][0] + 5 + records[record_no - 1][2]
+        self._file, self._record, self._offset = file_no, record_no, offset
+
     def _closed(self, file_no: int) -> bool:
         """Whether tape file `file_no` exists and ends with a filemark (so file_no + 1 is end of data)."""
         path = self._path(file_no)
@@ -205,22 +230,25 @@ class VirtualDrive:
             self.rewind()
             return
         last = files[-1]
-        frames = list(_frames(self._path(last)))
+        frames = _frames(self._path(last))
         if frames and frames[-1][1] == _FRAME_MARK:
             self._file, self._record, self._offset = last + 1, 0, 0
-        else:
+        else:  # unterminated: end of data is after its last whole record
             end = frames[-1][0] + 5 + frames[-1][2] if frames else 0
             self._file, self._record, self._offset = last, len(frames), end
 
     def _truncate_here(self) -> None:
         """Writing in the middle of a tape discards everything after the head."""
-        for file_no in self._files():
-            if file_no > self._file:
-                self._path(file_no).unlink()
+        later = [file_no for file_no in self._files() if file_no > self._file]
+        for file_no in later:
+            self._path(file_no).unlink()
+        removed = bool(later)
         path = self._path(self._file)
         if path.exists() and path.stat().st_size > self._offset:
             os.truncate(path, self._offset)
-        self._used = self._measure()
+            removed = True
+        if removed:
+            self._used = self._measure()
 
     def write_record(self, data: bytes, *, use_reserve: bool = False) -> None:
         if not data:
@@ -238,7 +266,10 @@ class VirtualDrive:
     def write_filemark(self) -> None:
         self._truncate_here()
         self._append(_FRAME_MARK)
+        # a filemark is where a writer counts on its records being on the media: file and the
+        # directory entry of a new tape file survive a power cut from here on
         self._fsync(self._path(self._file))
+        self._fsync(self._dir)
         self._file, self._record, self._offset = self._file + 1, 0, 0
 
     def _append(self, frame: bytes) -> None:
@@ -258,19 +289,20 @@ class VirtualDrive:
         path = self._path(self._file)
         try:
             with open(path, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
                 src.seek(self._offset)
                 kind = src.read(1)
                 if kind == _FRAME_MARK:
                     self._file, self._record, self._offset = self._file + 1, 0, 0
                     return None
-                if kind != _FRAME_RECORD:
-                    raise EndOfDataError(f"end of data on cartridge {self._barcode}")
-                length = int.from_bytes(src.read(4), "big")
+                prefix = src.read(4)
+                length = int.from_bytes(prefix, "big")
+                # anything but a whole record frame (a record cut off by a crash) is end of data
+                if kind != _FRAME_RECORD or len(prefix) != 4 or self._offset + 5 + length > size:
+                    raise EndOfDataError(f"end of data on cartridge {self._barcode} (file {self._file})")
                 data = src.read(length)
         except FileNotFoundError:
             raise EndOfDataError(f"end of data on cartridge {self._barcode}") from None
-        if len(data) != length:
-            raise MediaError(f"cartridge {self._barcode}: record {self._file}/{self._record} is truncated")
         self._offset += 5 + length
         self._record += 1
         return data
@@ -288,7 +320,10 @@ class VirtualDrive:
 
 
 def _frames(path: Path) -> list[tuple[int, bytes, int]]:
-    """(offset, kind, payload length) of every frame in a tape file."""
+    """(offset, kind, payload length) of every whole frame in a tape file, up to its filemark.
+
+    A frame cut off by a crash (its length runs past the end of the file) and anything that
+    is not a frame end the list: that is where the recorded data ends."""
     out: list[tuple[int, bytes, int]] = []
     size = path.stat().st_size
     with open(path, "rb") as src:
@@ -298,9 +333,12 @@ def _frames(path: Path) -> list[tuple[int, bytes, int]]:
             kind = src.read(1)
             if kind == _FRAME_MARK:
                 out.append((offset, kind, 0))
-                offset += 1
-                continue
+                break
+            if kind != _FRAME_RECORD:
+                break
             length = int.from_bytes(src.read(4), "big")
+            if offset + 5 + length > size:
+                break
             out.append((offset, kind, length))
             offset += 5 + length
     return out

@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import blake3
@@ -23,7 +24,7 @@ import blake3
 from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.points import Point
 from protectctl.engine.tree import Tree, decode_tree
-from protectctl.errors import CorruptionError, TapeError
+from protectctl.errors import TapeCorruptionError, TapeError
 from protectctl.progress import NullProgress, Progress
 from protectctl.tape.catalog import Part
 from protectctl.tape.format import (
@@ -66,13 +67,25 @@ class TapePointReader:
         self._lock = threading.Lock()
         self.header: SegmentHeader | None = None
         self.bytes_read = 0
+        self._copied_at: datetime | None = None
 
     # -- reading the tape ------------------------------------------------------------------------
 
     def read_parts(
-        self, point_id: str, parts: Sequence[Part], mount: MountFn, progress: Progress | None = None
+        self,
+        point_id: str,
+        parts: Sequence[Part],
+        mount: MountFn,
+        progress: Progress | None = None,
+        *,
+        copied_at: datetime | None = None,
     ) -> None:
-        """Read every part in order; TapeError/CorruptionError on a gap, damage or an incomplete copy."""
+        """Read every part in order; TapeError on a gap, damage or an incomplete copy.
+
+        With `copied_at`, each part is the segment of that writing run: an abandoned attempt
+        earlier in the same tape file (left by an interrupted run, before appends started
+        after the last filemark) is passed over."""
+        self._copied_at = copied_at
         progress = progress or NullProgress()
         progress.start("tape read")
         done = False
@@ -92,18 +105,36 @@ class TapePointReader:
                 "been interrupted, restore another point",
             )
 
-    def _read_part(self, volume: Volume, point_id: str, part: Part, progress: Progress) -> bool:
+    def _find_header(self, volume: Volume, point_id: str, part: Part) -> SegmentHeader:
+        """The part's header: the first record of its file, or a later one after an abandoned attempt."""
         where = f"cartridge {part.barcode} file {part.file}"
         volume.drive.seek_file(part.file)
-        first = volume.read()
-        if first is None or first[0] is not RecordType.HEADER:
-            raise CorruptionError(f"{where}: does not start with a point header")
-        header = decode_header(first[1], where)
-        if header.point.id != point_id or header.part != part.part:
-            raise CorruptionError(
-                f"{where}: holds point {header.point.id} part {header.part}, "
-                f"expected {point_id} part {part.part}"
-            )
+        seen: SegmentHeader | None = None
+        while True:
+            file_no, record_no = volume.drive.position()
+            try:
+                raw = volume.drive.read_record()
+            except EndOfDataError:
+                raw = None
+            if raw is None:
+                if seen is None:
+                    raise TapeCorruptionError(f"{where}: does not start with a point header")
+                raise TapeCorruptionError(
+                    f"{where}: holds point {seen.point.id} part {seen.part}, expected {point_id} part {part.part}"
+                )
+            if raw[:1] != RecordType.HEADER.value:
+                if seen is None:
+                    raise TapeCorruptionError(f"{where}: does not start with a point header")
+                continue
+            _kind, plain = volume.cipher.open(raw, file_no, record_no)
+            seen = decode_header(plain, where)
+            same_run = self._copied_at is None or seen.copied_at == self._copied_at
+            if seen.point.id == point_id and seen.part == part.part and same_run:
+                return seen
+
+    def _read_part(self, volume: Volume, point_id: str, part: Part, progress: Progress) -> bool:
+        where = f"cartridge {part.barcode} file {part.file}"
+        header = self._find_header(volume, point_id, part)
         if self.header is None:
             self.header = header
         blobs = 0
@@ -121,14 +152,14 @@ class TapePointReader:
             elif kind is RecordType.TRAILER:
                 trailer = decode_trailer(plain, where)
                 if trailer.point_id != point_id or trailer.blobs != len(self._where):
-                    raise CorruptionError(
+                    raise TapeCorruptionError(
                         f"{where}: the trailer counts {trailer.blobs} blobs, the tape held {len(self._where)}"
                     )
                 return True
             elif kind is RecordType.END_OF_VOLUME:
                 return False
             else:
-                raise CorruptionError(f"{where}: unexpected {kind.name} record inside a point")
+                raise TapeCorruptionError(f"{where}: unexpected {kind.name} record inside a point")
 
     def _spool_record(self, volume: Volume, plain: bytes, raw: bytes) -> int:
         file_no, record_no = volume.drive.position()
@@ -175,12 +206,12 @@ class TapePointReader:
     def load_blob(self, blob_id: BlobId) -> bytes:
         located = self._where.get(blob_id)
         if located is None:
-            raise CorruptionError(f"blob {short_id(blob_id)} is not in the copy on tape")
+            raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the copy on tape")
         blob = self._record(located[0])[located[1]]
         hasher = self.content_hasher()
         hasher.update(blob.data)
         if hasher.digest() != blob_id:
-            raise CorruptionError(f"blob {short_id(blob_id)} on tape does not match its id")
+            raise TapeCorruptionError(f"blob {short_id(blob_id)} on tape does not match its id")
         return blob.data
 
     def load_tree(self, blob_id: BlobId) -> Tree:

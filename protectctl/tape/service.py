@@ -26,6 +26,8 @@ from protectctl.tape.catalog import (
     Copy,
     Location,
     LocationKind,
+    PartialKind,
+    PartialSegment,
     expiry_of,
     load_catalog,
     recyclable,
@@ -33,7 +35,7 @@ from protectctl.tape.catalog import (
     sorted_cartridges,
 )
 from protectctl.tape.copy import PoolTarget, PoolWriter, location_in
-from protectctl.tape.inventory import merge_scans, scan_volume
+from protectctl.tape.inventory import ScanResult, confirm, leftovers, merge_scans, scan_volume, used_files
 from protectctl.tape.keys import KeyInfo, KeyStore, unexported_warnings
 from protectctl.tape.library import TapeLibrary, VirtualLibrary
 from protectctl.tape.reader import TapePointReader
@@ -126,11 +128,16 @@ class CartridgeRow:
     bytes_used: int
     capacity_bytes: int
     points: int
+    partial: tuple[PartialSegment, ...] = ()  # segments no copy counts on (interrupted runs, damage)
 
     def to_json(self) -> dict[str, object]:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
         out["expires"] = _iso(self.expires)
+        out["partial"] = [p.to_json() for p in self.partial]
         return out
+
+    def partial_lines(self) -> list[str]:
+        return [p.describe(self.barcode) for p in self.partial]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +165,7 @@ class TapeRunResult:
     copied: tuple[CopiedPoint, ...]
     skipped: tuple[str, ...]  # why a source had nothing to copy
     duration_s: float
+    repaired: tuple[str, ...] = ()  # partial segments of interrupted runs replaced by this one
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -165,6 +173,7 @@ class TapeRunResult:
             "pool": self.pool,
             "copied": [c.to_json() for c in self.copied],
             "skipped": list(self.skipped),
+            "repaired": list(self.repaired),
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -191,13 +200,44 @@ class InventoryResult:
     problems: tuple[str, ...]
     copies: int
     rebuilt: bool
+    partial: tuple[str, ...] = ()  # partial segments found, one sentence each
 
     def to_json(self) -> dict[str, object]:
         return {
             "scanned": list(self.scanned),
             "problems": list(self.problems),
+            "partial": list(self.partial),
             "copies": self.copies,
             "rebuilt": self.rebuilt,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TapeVerifyResult:
+    """`run verify` of a group's tape copies: every record of the pool's cartridges read back."""
+
+    group: str
+    pool: str
+    scanned: tuple[str, ...]
+    copies_ok: int
+    bad: tuple[str, ...]  # copies the catalog counts on that are not whole on tape
+    partial: tuple[str, ...]  # segments no copy counts on
+    not_read: tuple[str, ...]  # cartridges outside the library, or unreadable
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "group": self.group,
+            "pool": self.pool,
+            "ok": self.ok,
+            "scanned": list(self.scanned),
+            "copies_ok": self.copies_ok,
+            "bad": list(self.bad),
+            "partial": list(self.partial),
+            "not_read": list(self.not_read),
         }
 
 
@@ -257,6 +297,21 @@ class TapeService:
             )
             self._libraries[name] = lib
         return lib
+
+    def release_drives(self) -> list[str]:
+        """Unload what runs that died left in the drives (call holding the tape lock: no live run
+        has a cartridge loaded then). Returns the barcodes unloaded."""
+        released = []
+        for name in sorted(self.ctx.libraries):
+            try:
+                lib = self.library(name)
+                for element in lib.elements():
+                    if element.kind == "drive" and element.barcode is not None:
+                        lib.unload(element.index)
+                        released.append(element.barcode)
+            except TapeError:
+                continue  # an unusable library: the command that needs it says why
+        return released
 
     def location_of(self, cart: Cartridge) -> Location:
         """Live for cartridges inside their library, from the catalog otherwise."""
@@ -343,6 +398,7 @@ class TapeService:
                     cart.bytes_used,
                     cart.capacity_bytes,
                     len(copies),
+                    tuple(cart.partial),
                 )
             )
         return out
@@ -408,7 +464,8 @@ class TapeService:
                         copied.append(_copied(writer.copy_point(repo, point)))
         finally:
             writer.close()
-        return TapeRunResult(group, target.pool, tuple(copied), tuple(skipped), time.monotonic() - started)
+        return TapeRunResult(group, target.pool, tuple(copied), tuple(skipped), time.monotonic() - started,
+                             tuple(writer.repaired))
 
     def _points_to_copy(self, points: Sequence[Point], all_points: bool) -> list[Point]:
         """Complete points not on tape; without all_points only the newest, if newer than any on tape."""
@@ -499,6 +556,7 @@ class TapeService:
                 copy.parts,
                 lambda barcode: self._mount(self.catalog.cartridge(barcode)),
                 progress,
+                copied_at=copy.copied_at,
             )
             point = reader.point
             outcome = provider.restore(
@@ -523,12 +581,19 @@ class TapeService:
             volume, release = self._mount(cart)
             try:
                 scan = scan_volume(volume, cart.library, where)
-                latest = max((h.expires for _f, h, _t in scan.segments), default=None)
+                latest = max((seg.header.expires for seg in scan.segments), default=None)
+                damaged = [f.file for f in scan.faults] + [
+                    seg.file for seg in scan.segments if seg.fault is PartialKind.DAMAGED
+                ]
+                if damaged:  # what it holds cannot all be read: its expiry cannot be confirmed
+                    refused.append(f"{barcode}: damaged tape file(s) {sorted(set(damaged))}; expiry not confirmed")
+                    continue
                 if latest is not None and latest > self.now:
                     refused.append(f"{barcode}: holds data until {latest:%Y-%m-%d}")
                     continue
                 if not dry_run:
                     self._relabel_scratch(volume, cart)
+                    self.save()  # the new volume id at once: the catalog never names an erased volume
             finally:
                 release()
             recycled.append(barcode)
@@ -550,17 +615,20 @@ class TapeService:
             cipher.label.vid,
             self.now,
         )
-        cart.files, cart.bytes_used = 0, volume.drive.used_bytes
+        cart.files, cart.bytes_used, cart.partial = 0, volume.drive.used_bytes, []
         cart.moved(cart.location, self.now, "recycled")
 
     def inventory(self, *, rebuild: bool) -> InventoryResult:
         """Read every cartridge in the libraries.
 
-        Without `rebuild`, labels only: locations are refreshed and cartridges whose label the
-        catalog does not know are reported. With `rebuild`, every record is read and the entries
-        of the scanned cartridges are replaced by what they say (off-site ones are kept).
-        """
-        scans, problems, scanned = [], [], []
+        Without `rebuild`, labels and end of data only: locations are refreshed, and cartridges
+        the catalog does not know, files it does not account for and a partial last file are
+        reported. With `rebuild`, every record is read: copies still whole on tape are kept, whole
+        copies the catalog lacks are added, and each cartridge lists its partial segments
+        (off-site cartridges and their copies are kept as they are)."""
+        scans: list[ScanResult] = []
+        problems: list[str] = []
+        scanned: list[str] = []
         for name in sorted(self.ctx.libraries):
             lib = self.library(name)
             for element in lib.elements():
@@ -583,14 +651,21 @@ class TapeService:
                 except ProtectctlError as err:
                     problems.append(f"{element.barcode}: {err.message}")
         if rebuild:
-            self.catalog = merge_scans(scans, self.catalog, keep_copies_on=lambda _barcode: True)
+            self.catalog, dropped = merge_scans(scans, self.catalog)
+            problems += dropped
             for scan in scans:
                 self.catalog.cartridges[scan.cartridge.barcode].location = (
                     location_in(self.library(scan.cartridge.library), scan.cartridge.barcode)
                     or scan.cartridge.location
                 )
         self.save()
-        return InventoryResult(tuple(scanned), tuple(problems), len(self.catalog.copies), rebuild)
+        partial = [
+            p.describe(barcode)
+            for barcode in scanned
+            if barcode in self.catalog.cartridges
+            for p in self.catalog.cartridges[barcode].partial
+        ]
+        return InventoryResult(tuple(scanned), tuple(problems), len(self.catalog.copies), rebuild, tuple(partial))
 
     def _check_label(self, volume: Volume, location: Location) -> list[str]:
         label = volume.cipher.label
@@ -604,7 +679,67 @@ class TapeService:
                 f"{label.barcode}: relabelled since the catalog was written; run `tape inventory --rebuild`"
             ]
         cart.moved(location, self.now)
-        return []
+        return self._check_end_of_data(volume, cart)
+
+    @staticmethod
+    def _check_end_of_data(volume: Volume, cart: Cartridge) -> list[str]:
+        """Where the tape ends against what the catalog accounts for (one space-to-end-of-data)."""
+        volume.drive.seek_end_of_data()
+        file_no, record_no = volume.drive.position()
+        closed = max(file_no - 1, 0)
+        out = []
+        if record_no > 0 and not any(p.file == file_no for p in cart.partial):
+            cart.partial.append(PartialSegment(file_no, PartialKind.UNTERMINATED, "", 0,
+                                               f"{record_no} record(s) without a filemark"))
+        if closed > cart.files and not all(any(p.file == f for p in cart.partial)
+                                           for f in range(cart.files + 1, closed + 1)):
+            out.append(f"{cart.barcode}: holds {closed} closed tape file(s), the catalog accounts for "
+                       f"{cart.files}; run `tape inventory --rebuild` to read them")
+        if closed < cart.files:
+            out.append(f"{cart.barcode}: ends after tape file {closed}, the catalog records {cart.files}; "
+                       "copies on it may be lost: run `tape inventory --rebuild`")
+        return out
+
+    # -- verify ----------------------------------------------------------------------------------
+
+    def verify_pool(self, group: str, target: PoolTarget, sources: Sequence[str]) -> TapeVerifyResult:
+        """Read back every cartridge of the pool that holds a copy of `sources` or is being filled:
+        each copy the catalog counts on must be whole on tape; partial segments are listed."""
+        wanted = [c for c in self.catalog.copies.values() if c.source in sources and c.complete]
+        barcodes = {p.barcode for c in wanted for p in c.parts} | {
+            b for b, c in self.catalog.cartridges.items()
+            if c.pool == target.pool and c.library == target.library_name and c.state is CartridgeState.FILLING
+        }
+        scans: dict[str, ScanResult] = {}
+        not_read = []
+        for barcode in sorted(barcodes):
+            cart = self.catalog.cartridge(barcode)
+            where = self.location_of(cart)
+            if not where.in_library:
+                not_read.append(f"{barcode} ({where})")
+                continue
+            try:
+                volume, release = self._mount(cart)
+                try:
+                    scans[barcode] = scan_volume(volume, cart.library, where)
+                finally:
+                    release()
+            except ProtectctlError as err:
+                not_read.append(f"{barcode}: {err.message}")
+        bad = []
+        for copy in sorted(wanted, key=lambda c: (c.source, c.point_time)):
+            why = confirm(copy, scans)
+            if why is not None:
+                bad.append(f"{copy.source} point {copy.point_id[:12]} of {copy.point_time:%Y-%m-%d %H:%M:%S}Z: {why}")
+        used = used_files(self.catalog.copies.values())
+        partial = []
+        for barcode, scan in sorted(scans.items()):
+            found = leftovers(scan, used)
+            self.catalog.cartridges[barcode].partial = found
+            partial += [p.describe(barcode) for p in found]
+        self.save()
+        return TapeVerifyResult(group, target.pool, tuple(sorted(scans)), len(wanted) - len(bad), tuple(bad),
+                                tuple(partial), tuple(not_read))
 
     # -- keys --------------------------------------------------------------------------------------
 
@@ -655,6 +790,17 @@ def read_label_only(lib: TapeLibrary, barcode: str) -> str:
         for e in lib.elements():
             if e.kind == "drive" and e.barcode == barcode:
                 lib.unload(e.index)
+
+
+def has_tape_copy(policy: Policy, group: str) -> bool:
+    """Whether the group's SLA copies to tape."""
+    from protectctl.policy.model import Kind, ProtectionGroupSpec, SLASpec
+
+    doc = policy.get(Kind.PROTECTION_GROUP, group)
+    if doc is None or not isinstance(doc.spec, ProtectionGroupSpec):
+        return False
+    sla_doc = policy.get(Kind.SLA, doc.spec.sla)
+    return sla_doc is not None and isinstance(sla_doc.spec, SLASpec) and sla_doc.spec.tape is not None
 
 
 def group_target(policy: Policy, group: str) -> tuple[PoolTarget, Literal["disk", "source"]]:

@@ -316,3 +316,20 @@ def test_no_cartridge_is_a_clear_error(site: Path) -> None:
     assert "no cartridge" in proc.stderr
     shutil.rmtree(site / ".protectctl/tape", ignore_errors=True)
     assert os.path.isdir(site / "data")
+
+
+def test_recycle_refuses_a_cartridge_it_cannot_read_whole(site: Path) -> None:
+    """The re-read before recycling is the check against a catalog that lies: damage that hides
+    what a cartridge holds refuses the recycle instead of passing it."""
+    api.tape_label(site, 1, "monthly")
+    backup(site)
+    (copy,) = api.run_tape(site, "docs", None).copied
+    damaged = site / ".protectctl/tape/lib1/cartridges" / copy.barcodes[0] / "f000001"
+    raw = bytearray(damaged.read_bytes())
+    raw[40] ^= 0x01  # inside the point header
+    damaged.write_bytes(bytes(raw))
+    service = api.tape_service(site)
+    service.now = service.now + timedelta(days=8 * 366)
+    result = service.recycle()
+    assert result.recycled == () and "damaged" in result.refused[0]
+    assert bytes(raw) == damaged.read_bytes()

@@ -1,19 +1,22 @@
 """The conformance suite every TapeLibrary implementation must pass.
 
-`run_suite(make)` takes a factory returning a fresh, empty library with at least 3 slots,
-1 drive and a capacity of 64 KiB per cartridge; each check is also a pytest test through
+Each check in CHECKS takes a factory returning a fresh, empty library with at least 3 slots,
+1 drive and a capacity of 64 KiB per cartridge. Each check in CRASH_CHECKS also takes
+`reopen(lib)`: a new handle on the same library and media as after a power cut or a killed
+process (nothing unloaded, flushed or closed). All run as pytest tests through
 `tests/unit/tape/test_virtual_library.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
-from protectctl.tape.library import EndOfDataError, EndOfMediaError, MediaError, TapeLibrary
+from protectctl.tape.library import EndOfDataError, EndOfMediaError, MediaError, TapeDrive, TapeLibrary
 
 Factory = Callable[[], TapeLibrary]
+Reopen = Callable[[TapeLibrary], TapeLibrary]
 CAPACITY = 64 * 1024
 
 
@@ -129,6 +132,80 @@ def check_export_import(make: Factory) -> None:
     assert lib.load("AAA001L9").barcode == "AAA001L9"
 
 
+def _written(lib: TapeLibrary, *files: Sequence[bytes], closed: bool = True) -> TapeDrive:
+    """Cartridge AAA001L9 loaded, with one tape file per item of `files` (the last without its
+    filemark unless `closed`)."""
+    lib.add_cartridge("AAA001L9")
+    drive = lib.load("AAA001L9")
+    for i, records in enumerate(files):
+        for record in records:
+            drive.write_record(record)
+        if closed or i < len(files) - 1:
+            drive.write_filemark()
+    return drive
+
+
+def check_locate(make: Factory) -> None:
+    drive = _written(make(), [b"label"], [b"a", b"b", b"c"])
+    drive.locate(1, 2)
+    assert drive.position() == (1, 2)
+    assert drive.read_record() == b"c"
+    drive.locate(1, 3)  # the place of the filemark
+    assert drive.read_record() is None
+    assert drive.position() == (2, 0)
+    drive.locate(1, 0)
+    assert drive.read_record() == b"a"
+    with pytest.raises(MediaError):
+        drive.locate(1, 4)
+    with pytest.raises(MediaError):
+        drive.seek_file(5)  # beyond end of data
+
+
+def _in_drive(lib: TapeLibrary, barcode: str) -> int:
+    return next(e.index for e in lib.elements() if e.kind == "drive" and e.barcode == barcode)
+
+
+def check_unterminated_file_after_a_crash(make: Factory, reopen: Reopen) -> None:
+    """A writer killed mid-file: end of data is inside that file, which reads to EndOfDataError
+    (not a filemark); writing from its first record replaces it; closed files stay."""
+    lib = make()
+    _written(lib, [b"label"], [b"kept"], [b"partial-1", b"partial-2"], closed=False)
+    lib = reopen(lib)  # the writer died: no filemark, no unload
+    drive = lib.load("AAA001L9")
+    drive.seek_end_of_data()
+    assert drive.position() == (2, 2)  # inside the unterminated file
+    drive.seek_file(2)
+    assert drive.read_record() == b"partial-1"
+    assert drive.read_record() == b"partial-2"
+    with pytest.raises(EndOfDataError):
+        drive.read_record()
+    drive.seek_file(2)  # append after the last complete filemark
+    drive.write_record(b"fresh")
+    drive.write_filemark()
+    drive.seek_end_of_data()
+    assert drive.position() == (3, 0)
+    drive.seek_file(1)
+    assert [drive.read_record(), drive.read_record()] == [b"kept", None]
+    assert [drive.read_record(), drive.read_record()] == [b"fresh", None]
+    with pytest.raises(EndOfDataError):
+        drive.read_record()
+    assert drive.used_bytes == len(b"label") + len(b"kept") + len(b"fresh")
+
+
+def check_filemarks_survive_a_crash(make: Factory, reopen: Reopen) -> None:
+    """Everything before a filemark is on the media once write_filemark returns."""
+    lib = make()
+    _written(lib, [b"label"], [b"one"])
+    lib = reopen(lib)
+    drive = lib.load("AAA001L9")  # still in its drive: loading it again is allowed
+    drive.seek_end_of_data()
+    assert drive.position() == (2, 0)
+    lib.unload(_in_drive(lib, "AAA001L9"))
+    assert any(e.kind == "slot" and e.barcode == "AAA001L9" for e in lib.elements())
+
+
+CRASH_CHECKS = [check_unterminated_file_after_a_crash, check_filemarks_survive_a_crash]
+
 CHECKS = [
     check_slots_and_barcodes,
     check_load_unload,
@@ -137,4 +214,5 @@ CHECKS = [
     check_capacity_and_reserve,
     check_persistence_across_loads,
     check_export_import,
+    check_locate,
 ]
