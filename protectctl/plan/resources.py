@@ -22,6 +22,7 @@ from protectctl.policy.model import (
     EncryptionKeySpec,
     HostSpec,
     Kind,
+    MemberSpec,
     ProtectionGroupSpec,
     SettingsSpec,
     SLASpec,
@@ -30,6 +31,7 @@ from protectctl.policy.model import (
     TapeLibrarySpec,
 )
 from protectctl.policy.rules import settings_of
+from protectctl.provider import Provider, Service, ServiceContributor, SourceSpecBuilder, load_provider
 from protectctl.provision.schedulers.base import unit_name
 
 JsonValue = object
@@ -257,10 +259,8 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
     address = Address("source", source)
     keep = sla.retention
     scripts = group.scripts
-    spec = member.provider_spec()
-    per_host = spec.pop("per_host", None)
-    if member.hosts is not None:
-        spec["nodes"] = _pair_nodes(b, member.hosts, spec, per_host)
+    provider = load_provider(member.provider)
+    spec = _source_spec(b, provider, member)
     if host_doc.spec.is_local and isinstance(spec.get("path"), str):
         spec["path"] = resolve_path(doc, str(spec["path"]))  # local sources resolve like other paths
     throttle = group.throttle
@@ -295,29 +295,24 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
         assert other is not None and isinstance(other.spec, HostSpec)
         suffix = "" if host == host_name else f"@{host}"
         _schedules(b, source, host, other.spec, host_root(other), sla, local_storage=local_storage, suffix=suffix)
-        if spec.get("streaming"):
-            _stream_service(b, source, host, other.spec, host_root(other), suffix)
+        for service in provider.services(spec) if isinstance(provider, ServiceContributor) else ():
+            _service(b, source, host, other.spec, host_root(other), suffix, service)
 
 
-def _pair_nodes(b: _Builder, hosts: Sequence[str], spec: Mapping[str, object],
-                per_host: object) -> list[dict[str, object]]:
-    """Each host of a primary/standby pair: its cluster (member defaults + perHost) and where its agent keeps
-    state. Which node is primary is only known when a job runs."""
-    overrides = per_host if isinstance(per_host, Mapping) else {}
-    nodes = []
-    for host in hosts:
-        host_doc = b.policy.get(Kind.HOST, host)
-        assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
-        root = host_root(host_doc)
-        own = overrides.get(host)
-        own = own if isinstance(own, Mapping) else {}
-        node: dict[str, object] = {"host": host}
-        for key in ("data_dir", "port", "socket_dir", "spool_dir"):
-            value = own.get(key)
-            node[key] = value if value is not None else spec.get(key)
-        node["state_dir"] = host_path(root, STATE_DIR)
-        nodes.append(node)
-    return nodes
+def _source_spec(b: _Builder, provider: Provider, member: MemberSpec) -> dict[str, object]:
+    """The member's spec as its agents receive it: shaped by the provider (SourceSpecBuilder),
+    which for a member with `hosts:` learns where each host's agent keeps its state."""
+    spec = member.provider_spec()
+    if not isinstance(provider, SourceSpecBuilder):
+        return spec
+    hosts = None
+    if member.hosts is not None:
+        hosts = {}
+        for host in member.hosts:
+            host_doc = b.policy.get(Kind.HOST, host)
+            assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
+            hosts[host] = host_path(host_root(host_doc), STATE_DIR)
+    return provider.source_spec(spec, hosts)
 
 
 def _source_config_path(b: _Builder, host: str, source: str) -> str:
@@ -480,16 +475,18 @@ def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: s
         }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
 
 
-def _stream_service(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, suffix: str) -> None:
-    """`streaming: true`: the agent's WAL receiver (pg_receivewal, supervised) kept running on the host."""
+def _service(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, suffix: str,
+             service: Service) -> None:
+    """A service the source's provider needs (ServiceContributor, e.g. a log receiver), kept running
+    on the host: `protectctl agent <command> GROUP --member MEMBER`, supervised."""
     group, member = source.split("/", 1)
     agent = b.facts[host]
-    b.add(Resource(Address("schedule", f"{source}/stream{suffix}"), {
+    b.add(Resource(Address("schedule", f"{source}/{service.name}{suffix}"), {
         "host": host, "root": root, "scheduler": host_spec.scheduler.value, "daemon": True,
-        "name": f"{unit_name('protectctl', group, member)}-stream",
-        "description": f"protectctl WAL streaming of {source}",
-        "argv": [*agent.agent_argv, "--agent-config", host_path(root, AGENT_CONFIG), "agent", "wal-stream", group,
-                 "--member", member],
+        "name": f"{unit_name('protectctl', group, member)}-{service.name}",
+        "description": f"protectctl {service.description} of {source}",
+        "argv": [*agent.agent_argv, "--agent-config", host_path(root, AGENT_CONFIG), "agent", *service.command,
+                 group, "--member", member],
     }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
 
 
