@@ -17,9 +17,9 @@ point back, and three services: `archive` (a directory tree into the sink, with 
 journal), `restore_tree` (a stored tree onto a directory) and the node helpers. Nothing
 else of `agent`, `engine` or `restore` is theirs to import.
 
-This module imports neither a provider nor the engine at import time (the CLI imports it
-for `validate`, which must start fast): providers load when first asked for, the services
-import their implementation when called.
+This module imports no provider and, of the engine, only its value types (ids, trees) at
+import time (`validate` imports it and must start fast): providers load when first asked
+for, `Point` and the services import their implementation when used.
 """
 
 from __future__ import annotations

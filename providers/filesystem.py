@@ -16,6 +16,7 @@ from __future__ import annotations
 import posixpath
 import stat
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -45,6 +46,12 @@ class FilesystemMember(CamelSpec):
     one_file_system: bool = False
 
 
+@lru_cache(maxsize=4096)
+def _pattern_problems(pattern: str) -> tuple[str, ...]:
+    # a big policy repeats the same few patterns in every group: each is compiled once
+    return tuple(p.removeprefix("_[0] ") for p in validate_patterns([pattern], "_"))
+
+
 class FilesystemProvider:
     """Directories on a host's filesystem."""
 
@@ -56,9 +63,10 @@ class FilesystemProvider:
         assert isinstance(spec, FilesystemMember)
         problems = []
         for name in ("include", "exclude"):
-            patterns = getattr(spec, name)
-            for index, problem in enumerate(validate_patterns(list(patterns), name)):
-                problems.append(SpecProblem((name, index), problem, "use gitignore-style patterns, e.g. '*.tmp'"))
+            for index, pattern in enumerate(getattr(spec, name)):
+                problems += [SpecProblem((name, index), f"{name}[{index}] {problem}",
+                                         "use gitignore-style patterns, e.g. '*.tmp'")
+                             for problem in _pattern_problems(pattern)]
         return problems
 
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:
