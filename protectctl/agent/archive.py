@@ -57,13 +57,12 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) 
     repo = sink.repo
     book = Journal(journal_path(request.state_dir, journal, repo.id), repo_id=repo.id)
     out = book.begin()
-    reread = options.reread
     try:
         result = Archiver(repo, sink.writer, book, out, ArchiverOptions(
             root=Path(options.root),
             filter=PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude]),
             one_file_system=options.one_file_system, verify_all=options.verify_all,
-            reread=(lambda rel, st: reread(rel, st)) if reread is not None else None,
+            reread=options.reread,
             keep_trees=options.keep_trees,
         ), request.progress).run()
     except BaseException:
