@@ -1,0 +1,1 @@
+"""Shipped policy documents (tiers.yaml), installed as `protectctl.policies`."""

@@ -640,20 +640,18 @@ def _placed(target: SourceTarget, kind: str) -> SourceTarget | BackupSkipped:
                         placement.host or target.host, metrics_path=target.metrics_path)
 
 
-def stream_wal(policy_dir: Path, group: str, member: str, *, agent_config: Path | None,
-               log: Callable[[str], None]) -> None:
-    """Run a PostgreSQL source's WAL receiver (`streaming: true`) until SIGTERM: the agent's service."""
-    from providers import postgresql_pair, postgresql_stream
+def stream_logs(policy_dir: Path, group: str, member: str, *, agent_config: Path | None,
+                log: Callable[[str], None]) -> None:
+    """Run a source's log receiver until SIGTERM (the agent's `wal-stream` service), for a
+    provider that streams logs (LogStreamer)."""
+    from protectctl.provider import LogStreamer, load_provider
 
     (target,) = sources(policy_dir, agent_config=agent_config, group=group, member=member)
-    spec = postgresql_pair.node_spec(target.inputs["spec"])
-    if target.inputs["provider"] != "postgresql" or not spec.get("streaming"):
-        raise ProtectctlError(f"{group}/{member} does not stream WAL",
-                              hint="set `streaming: true` in its postgresql spec")
-    if postgresql_pair.is_pair(spec):
-        raise ProtectctlError(f"{group}/{member} is a pair: its receiver runs on each host",
-                              hint="run it with --agent-config on the host (apply installs the service there)")
-    postgresql_stream.run_receiver(spec, str(target.inputs["source"]), target.state_dir, log)
+    kind = str(target.inputs["provider"])
+    provider = load_provider(kind)
+    if not isinstance(provider, LogStreamer):
+        raise ProtectctlError(f"{group}/{member} does not stream logs", hint=f"{kind} sources have no log streaming")
+    provider.stream_logs(str(target.inputs["source"]), target.inputs["spec"], target.state_dir, log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,18 +710,20 @@ def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | 
 def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path | None,
             target: str | None, subpaths: Sequence[str], dry_run: bool, overwrite: bool,
             progress: Any, from_tape: bool = False, options: dict[str, object] | None = None) -> Any:
-    """Restore a source to a time. `options` are provider restore options (postgresql: port,
-    database, as_name), passed through untouched."""
+    """Restore a source to a time. `options` are the restore options its provider takes
+    (RestoreOptions); any other is refused before anything runs."""
     from protectctl.agent.jobs import restore as run_restore
     from protectctl.catalog.timespec import parse_time
     from protectctl.errors import RestoreError
     from protectctl.plan.address import SourceRef
+    from protectctl.provider import check_restore_options
 
     ref = SourceRef.parse(source)
     if ref.member is None:
         raise RestoreError(f"restore needs one source, GROUP/MEMBER, not {source!r}")
     (job_target,) = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
                             include_remote=True)
+    check_restore_options(str(job_target.inputs["provider"]), source, options or {})
     when = parse_time(to_time, now=datetime.now(UTC))
     path = None
     on_host: str | None = job_target.host if job_target.remote and not target else None
@@ -745,7 +745,7 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
                                hint="restore to a path here (--target PATH), then copy")
         return _restore_on_host(policy_dir, job_target, on_host, when, target=path, subpaths=subpaths,
                                 dry_run=dry_run, overwrite=overwrite, options=options or {})
-    if job_target.remote:  # the WAL still on that host cannot be read from here (PostgreSQL `latest`)
+    if job_target.remote:  # what is still on that host (e.g. logs not yet shipped) cannot be read from here
         options = {**(options or {}), "source_host_reachable": False}
     job = source_job(job_target)
     if agent_config is not None and from_tape:
@@ -827,15 +827,33 @@ def restore_on_agent(request: Mapping[str, Any], *, agent_config: Path | None) -
 
 
 def recovery_windows(points: Sequence[Any]) -> dict[str, list[str]]:
-    """For sources whose provider rolls logs forward: source → lines describing the recoverable
-    time spans, gaps and dropped logs (what `points list` and `status` show under the table)."""
-    from providers.postgresql_catalog import build_catalog, describe_windows
+    """For sources whose provider rolls logs forward (RecoveryWindows): source → lines describing
+    the recoverable time spans, gaps and dropped logs (what `points list` shows under the table)."""
+    from protectctl.provider import RecoveryWindows
 
     by_source: dict[str, list[Any]] = {}
+    kinds: dict[str, str] = {}
     for p in points:
-        if p.tags.get("provider") == "postgresql":
+        kind = p.tags.get("provider")
+        if kind:
             by_source.setdefault(p.source, []).append(p)
-    return {source: describe_windows(build_catalog(pts)) for source, pts in sorted(by_source.items())}
+            kinds[p.source] = str(kind)
+    out = {}
+    for source, pts in sorted(by_source.items()):
+        provider = _provider_or_none(kinds[source])
+        if isinstance(provider, RecoveryWindows):
+            out[source] = provider.recovery_windows(pts)
+    return out
+
+
+def _provider_or_none(kind: str) -> Any:
+    """The provider of `kind`, or None when it is not installed here (points of a removed plug-in)."""
+    from protectctl.provider import load_provider
+
+    try:
+        return load_provider(kind)
+    except ProtectctlError:
+        return None
 
 
 def prune(policy_dir: Path, group: str | None, *, agent_config: Path | None, dry_run: bool,
@@ -947,25 +965,28 @@ def status(policy_dir: Path, group: str | None, *, agent_config: Path | None) ->
 
 
 def _with_log_problems(targets: Sequence[SourceTarget], rows: list[Any]) -> list[Any]:
-    """PostgreSQL sources: WAL gaps and spool drops make a source out of SLA, said plainly."""
+    """Sources whose provider reports more than point ages (StatusReporter, e.g. gaps in the logs
+    that make part of the retained time unrecoverable): out of SLA, said plainly."""
     from dataclasses import replace
 
-    pg_targets = {str(t.inputs["source"]): t for t in targets if t.inputs.get("provider") == "postgresql"}
-    if not pg_targets:
-        return rows
-    from providers.postgresql import status_problems
+    from protectctl.provider import StatusReporter, load_provider
 
+    reporters = {str(t.inputs["source"]): (t, provider) for t in targets
+                 if isinstance(provider := load_provider(str(t.inputs["provider"])), StatusReporter)}
+    if not reporters:
+        return rows
     points: list[Any] = []
-    for storage in storages_of(list(pg_targets.values())).values():
+    for storage in storages_of([t for t, _ in reporters.values()]).values():
         try:
             points += list_points_of_storage(storage)
         except ProtectctlError:
             continue  # the status row already says the repository cannot be read
     out = []
     for row in rows:
-        target = pg_targets.get(row.source)
-        if target is not None:
-            extra = status_problems(row.source, target.inputs["spec"], points, target.state_dir)
+        found = reporters.get(row.source)
+        if found is not None:
+            target, reporter = found
+            extra = reporter.status_problems(row.source, target.inputs["spec"], points, target.state_dir)
             if extra:
                 row = replace(row, problems=(*row.problems, *extra), sla_met=False)
         out.append(row)

@@ -1,43 +1,125 @@
-"""The data-source provider Protocol, and how providers are found.
+"""The data-source provider contract, the registry that finds providers, and the engine
+services a provider may use: everything a provider imports from protectctl.
 
-A provider is one class per data-source kind (filesystem, postgresql, ...), found through
-the `protectctl.providers` entry-point group so a third party adds one by installing a
-package. The Protocol is deliberately small: validate a member spec, take a snapshot into
-the repository, restore a point. Optional abilities (preparing a host, shipping logs) are
-separate runtime-checkable Protocols a provider may also satisfy.
+A provider is one class per data-source kind (filesystem, postgresql, a third party's),
+found through the `protectctl.providers` entry-point group, so a third party adds one by
+installing a package (docs/architecture.md, "How to write a provider"). It owns its member
+kind: `kind`, `spec_model` (the pydantic model of `<kind>: {...}` in a ProtectionGroup
+member), `traits` (what the policy rules must know of it), and the two jobs every provider
+does: `snapshot` and `restore`. What only some providers do is an optional ability, each a
+small runtime-checkable Protocol below (prepare a host, stream logs, choose the point to
+restore from, report recovery windows or status problems, contribute services, ...):
+callers ask the registry for the provider and check the ability they need.
 
-This module owns the contract only; it does not import any provider or the engine at
-import time (the CLI imports it for `validate`, which must start fast).
+Providers see the engine through narrow interfaces, the way restic's archiver sees only
+`archiverRepo`: a `SnapshotSink` to store content and trees into, a `PointReader` to read a
+point back, and three services: `archive` (a directory tree into the sink, with the change
+journal), `restore_tree` (a stored tree onto a directory) and the node helpers. Nothing
+else of `agent`, `engine` or `restore` is theirs to import.
+
+This module imports no provider and, of the engine, only its value types (ids, trees) at
+import time (`validate` imports it and must start fast): providers load when first asked
+for, `Point` and the services import their implementation when used.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from protectctl.errors import ProviderError
+from protectctl.engine.ids import BlobId
+from protectctl.engine.tree import Node, NodeType, Tree
+from protectctl.errors import ProviderError, RestoreError
 from protectctl.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
-    from protectctl.engine.ids import BlobId
-    from protectctl.engine.repository import BlobWriter, Point, Repository
-    from protectctl.restore.selection import PointReader
+    from pydantic import BaseModel
+
+    from protectctl.engine.points import Point
+    from protectctl.policy.model import CamelSpec
+
+__all__ = [
+    "BlobId", "Node", "NodeType", "Tree", "Point",
+    "SnapshotKind", "SnapshotRequest", "SnapshotStats", "SnapshotOutcome", "SnapshotSink",
+    "RestoreRequest", "RestoreOutcome", "PointReader", "Traits", "SpecProblem", "Provider",
+    "PrepareRequest", "PrepareOutcome", "HostPreparer", "PointChooser", "JobPlacement", "JobPlacer",
+    "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
+    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions",
+    "ArchiveOptions", "Archived", "archive", "restore_tree", "file_node", "dir_node", "node_name", "safe_name",
+    "validate_patterns", "journal_path",
+    "ENTRY_POINT_GROUP", "builtin_kinds", "available_kinds", "load_provider", "spec_model", "traits",
+    "check_restore_options",
+]
 
 ENTRY_POINT_GROUP = "protectctl.providers"
-
-# Used when protectctl runs from a source checkout that was never pip-installed, so its
-# own entry points are not registered; installed entry points always win.
-_BUILTIN = {
-    "filesystem": "providers.filesystem:FilesystemProvider",
-    "postgresql": "providers.postgresql:PostgresqlProvider",
-}
+BUILTIN_INDEX = "protectctl.providers"  # its BUILTIN maps kind -> "module:Class"
 
 SnapshotKind = Literal["sync", "full"]
+
+
+def __getattr__(name: str) -> object:
+    # Point lives with the repository format (it imports the crypto layer): loaded on first use
+    if name == "Point":
+        from protectctl.engine.points import Point
+
+        return Point
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- the engine as a provider sees it -------------------------------------------------------
+
+
+class SnapshotSink(Protocol):
+    """Where a snapshot's content goes: one write session of the repository."""
+
+    @property
+    def repository_id(self) -> str:
+        """The repository's id (e.g. to key state a provider keeps per repository)."""
+        ...
+
+    def hash_content(self, data: bytes) -> bytes:
+        """The keyed content hash a file node records (restore verifies against it); thread-safe."""
+        ...
+
+    def store_content(self, data: bytes) -> tuple[BlobId, ...]:
+        """Cut `data` into chunks and store those the repository lacks; returns the chunk ids."""
+        ...
+
+    def save_tree(self, tree: Tree) -> BlobId:
+        """Store a tree (its subtrees first) and return its id."""
+        ...
+
+    def has_blob(self, blob: BlobId) -> bool:
+        ...
+
+    def list_points(self, source: str) -> list[Point]:
+        """The recovery points of `source` already in the repository, oldest first."""
+        ...
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> object: ...
+
+    def digest(self) -> bytes: ...
+
+
+class PointReader(Protocol):
+    """A point read back: from the repository, or from tape."""
+
+    def load_tree(self, blob_id: BlobId) -> Tree: ...
+
+    def load_blob(self, blob_id: BlobId) -> bytes: ...
+
+    def content_hasher(self) -> Hasher: ...
+
+
+# -- the contract -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +129,7 @@ class SnapshotRequest:
     source: str  # "group/member"
     spec: Mapping[str, object]  # the member spec, snake_case
     kind: SnapshotKind
-    repo: Repository
-    writer: BlobWriter
+    sink: SnapshotSink
     state_dir: Path  # the agent's per-host state; change tracking lives under it
     progress: Progress = field(default_factory=NullProgress)
 
@@ -79,7 +160,7 @@ class RestoreRequest:
     source: str
     spec: Mapping[str, object]
     point: Point
-    repo: Repository | PointReader  # a PointReader when the point is read back from tape
+    reader: PointReader
     target: Path | None  # None: the original place
     subpaths: Sequence[str] = ()
     dry_run: bool = False
@@ -87,9 +168,12 @@ class RestoreRequest:
     progress: Progress = field(default_factory=NullProgress)
     # The instant asked for (UTC) or "latest"; None when the caller picked the point itself.
     to_time: datetime | Literal["latest"] | None = None
-    # Provider-specific restore options from the CLI (postgresql: port, database, as_name).
+    # Restore options the provider accepts (RestoreOptions), plus the caller's facts
+    # (`source_host_reachable`: False when the source's host is another machine).
     options: Mapping[str, object] = field(default_factory=dict)
     state_dir: Path | None = None  # the agent's per-host state (where a provider keeps its spool)
+    points: Sequence[Point] = ()  # every point of the source in the repository; empty from tape
+    from_tape: bool = False  # `reader` is a point read back from tape (no other point is at hand)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,24 +190,126 @@ class RestoreOutcome:
     details: Mapping[str, object] = field(default_factory=dict)  # provider facts, JSON values
 
 
+@dataclass(frozen=True, slots=True)
+class Traits:
+    """What the policy rules and the plan must know of a provider."""
+
+    application: bool = False  # counts against the application snapshot budget (512) instead of files (64)
+    continuous_log_shipping: bool = False  # ships logs continuously: may sync more often than every 15m
+    multi_host: bool = False  # a member may name several hosts (`hosts: [a, b]`, e.g. a primary/standby pair)
+    # its sync and full only read files in-process and write the repository and the agent's state:
+    # they run in the tightest sandbox (no other user, bounded capabilities and writable paths)
+    confined_jobs: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SpecProblem:
+    """A problem with a member's spec; `path` is relative to the spec (YAML keys, camelCase)."""
+
+    path: tuple[str | int, ...]
+    summary: str
+    detail: str | None = None
+    warning: bool = False
+
+
 class Provider(Protocol):
     """One kind of data source."""
 
     kind: str
-    application: bool  # counts against the application recovery-point budget
-    continuous_log_shipping: bool  # sync ships logs rather than taking a snapshot
-
-    def validate(self, spec: Mapping[str, object]) -> list[str]:
-        """Problems with a member spec, each a sentence naming the field; empty when fine."""
-        ...
+    spec_model: type[CamelSpec]  # `<kind>: {...}` of a member: camelCase aliases, extra fields forbidden
+    traits: Traits
 
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
-        """Write the source's content to the repository; raises ProviderError."""
+        """Write the source's content to the sink; raises ProviderError."""
         ...
 
     def restore(self, request: RestoreRequest) -> RestoreOutcome:
         """Bring a point back (or, dry run, say what that would take); raises RestoreError."""
         ...
+
+
+# -- optional abilities ---------------------------------------------------------------------
+
+
+@runtime_checkable
+class MemberChecker(Protocol):
+    """Checks of a member spec beyond its model (run by `validate`, located at file:line:col)."""
+
+    def check_member(self, spec: BaseModel, *, source: str, hosts: tuple[str, ...] | None) -> list[SpecProblem]:
+        """Problems with `spec` (an instance of spec_model) of member `source`; `hosts` when
+        the member is declared with `hosts:`."""
+        ...
+
+
+@runtime_checkable
+class SourceSpecBuilder(Protocol):
+    """A provider that shapes the spec its agents receive (e.g. one entry per host of a pair)."""
+
+    def source_spec(self, spec: Mapping[str, object], hosts: Mapping[str, str] | None) -> dict[str, object]:
+        """The spec as the agent receives it, from the member's (snake_case); `hosts`: for a member
+        with `hosts:`, each host and its agent's state directory, in the member's order."""
+        ...
+
+
+@runtime_checkable
+class SourceIdentity(Protocol):
+    """What names a provider's data on a host, so two groups cannot protect the same data."""
+
+    def source_identity(self, spec: Mapping[str, object], host: str) -> str:
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A long-running agent process a source needs beside its timers (a supervised service)."""
+
+    name: str  # the unit's suffix and the schedule address's last part, e.g. "stream"
+    description: str  # e.g. "WAL streaming": the unit says "protectctl <description> of <source>"
+    command: tuple[str, ...]  # the `protectctl agent ...` subcommand, e.g. ("wal-stream",)
+
+
+@runtime_checkable
+class ServiceContributor(Protocol):
+    """A provider whose sources need a service on their hosts (e.g. a log receiver)."""
+
+    def services(self, spec: Mapping[str, object]) -> list[Service]:
+        ...
+
+
+@runtime_checkable
+class LogStreamer(Protocol):
+    """A provider that streams logs continuously (the agent's `wal-stream` service)."""
+
+    def stream_logs(self, source: str, spec: Mapping[str, object], state_dir: Path,
+                    log: Callable[[str], None]) -> None:
+        """Receive logs until SIGTERM or SIGINT; raises ProtectctlError when `spec` does not stream."""
+        ...
+
+
+@runtime_checkable
+class RecoveryWindows(Protocol):
+    """A provider that rolls logs forward: the time spans its points can be restored to."""
+
+    def recovery_windows(self, points: Sequence[Point]) -> list[str]:
+        """Lines describing the recoverable spans, gaps and dropped logs of one source's points."""
+        ...
+
+
+@runtime_checkable
+class StatusReporter(Protocol):
+    """A provider that knows more of a source's health than its points' ages."""
+
+    def status_problems(self, source: str, spec: Mapping[str, object], points: Sequence[Point],
+                        state_dir: Path) -> list[str]:
+        """Problems that put `source` out of SLA (one sentence each); empty when none."""
+        ...
+
+
+@runtime_checkable
+class RestoreOptions(Protocol):
+    """A provider that takes restore options (`restore --port/--database/--as`)."""
+
+    restore_options: frozenset[str]  # option names as the CLI passes them: port, database, as_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +327,7 @@ class PrepareOutcome:
 
 @runtime_checkable
 class HostPreparer(Protocol):
-    """A provider that must configure the host before protecting it (e.g. WAL archiving)."""
+    """A provider that must configure the host before protecting it (e.g. log archiving)."""
 
     def prepare_host(self, request: PrepareRequest) -> PrepareOutcome:
         """Make the host ready (idempotent); raises ProviderError."""
@@ -179,52 +365,193 @@ class JobPlacer(Protocol):
         ...
 
 
-@runtime_checkable
-class LogShipper(Protocol):
-    """A provider that ships application logs between snapshots for roll-forward."""
+# -- engine services ------------------------------------------------------------------------
 
-    def ship_logs(self, request: SnapshotRequest) -> SnapshotOutcome:
-        """Store the logs written since the last point."""
-        ...
+
+@dataclass(frozen=True, slots=True)
+class ArchiveOptions:
+    """What `archive` reads: a directory tree, filtered, with the change journal."""
+
+    root: Path
+    include: Sequence[str] = ()  # gitignore-style patterns (see validate_patterns)
+    exclude: Sequence[str] = ()
+    one_file_system: bool = False
+    verify_all: bool = False  # read every file and compare with the journal (a full)
+    # Per file (path relative to root, lstat): True to read it even though the journal says it
+    # is unchanged (e.g. modified too close to the previous backup to trust its identity).
+    # Given, no directory or entry is reused from the journal without asking.
+    reread: Callable[[bytes, os.stat_result], bool] | None = None
+    keep_trees: bool = False  # return every tree saved (they cannot be read back before the commit)
+
+
+@dataclass(frozen=True, slots=True)
+class Archived:
+    """What `archive` stored; `finish` must be called once the point is saved (or not)."""
+
+    tree: BlobId
+    files: int
+    dirs: int
+    bytes_total: int
+    bytes_read: int
+    files_read: int
+    files_reused: int
+    silent_changes: int  # files whose content changed while their identity did not (a full)
+    silent_changed: tuple[str, ...]  # the first of them, by path
+    errors: tuple[str, ...]  # entries that vanished or could not be read
+    root: os.stat_result  # the root directory's lstat
+    trees: Mapping[BlobId, Tree]  # with keep_trees: every tree saved, by id
+    finish: Callable[[str | None], None]  # commits the journal (point id) or drops it (None)
+
+
+def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str | None = None) -> Archived:
+    """Archive `options.root` into `request.sink`, reading only what changed since the journal
+    of `journal` (default: the request's source) was last committed; raises ProviderError when
+    the root cannot be read."""
+    from protectctl.agent.archive import archive as run
+
+    return run(request, options, journal=journal or request.source)
+
+
+def journal_path(state_dir: Path, source: str, repository_id: str) -> Path:
+    """Where `archive` keeps the change journal of `source` in a repository."""
+    return state_dir / "journal" / f"{safe_name(source)}.{repository_id}.db"
+
+
+def restore_tree(reader: PointReader, tree: BlobId, target: Path, *, subpaths: Sequence[str] = (),
+                 dry_run: bool = False, overwrite: bool = False, root_meta: Mapping[str, object] | None = None,
+                 progress: Progress | None = None, writeback: bool = False) -> RestoreOutcome:
+    """Restore `tree` (or its `subpaths`) below `target`, every file verified against its hash;
+    raises RestoreError. `writeback`: start writing data to disk early (the caller fsyncs next)."""
+    from protectctl.restore.run import restore_tree as run
+
+    return run(reader, tree, target, subpaths=subpaths, dry_run=dry_run, overwrite=overwrite,
+               root_meta=root_meta, progress=progress, writeback=writeback)
+
+
+def node_name(name: str | bytes) -> bytes:
+    """A tree node's name as stored: bytes (a text name is its UTF-8 spelling, undecodable
+    bytes kept as they came through surrogateescape)."""
+    return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+
+
+def file_node(name: str | bytes, st: os.stat_result, *, size: int, chunks: tuple[BlobId, ...],
+              content_hash: bytes) -> Node:
+    """A file's tree node: `st`'s metadata (no xattrs) and the stored content."""
+    from protectctl.agent.fsmeta import base_node
+
+    return base_node(node_name(name), st, NodeType.FILE, (), size=size, chunks=chunks, content_hash=content_hash)
+
+
+def dir_node(name: str | bytes, st: os.stat_result, subtree: BlobId) -> Node:
+    """A directory's tree node: `st`'s metadata (no xattrs) and its stored tree."""
+    from protectctl.agent.fsmeta import base_node
+
+    return base_node(node_name(name), st, NodeType.DIR, (), subtree=subtree)
+
+
+def safe_name(source: str) -> str:
+    """A file-name-safe, collision-free spelling of a source name."""
+    from protectctl.agent.lock import safe_name as spell
+
+    return spell(source)
+
+
+def validate_patterns(patterns: Sequence[object], field_name: str) -> list[str]:
+    """Problems with include/exclude patterns (empty = fine)."""
+    from protectctl.agent.patterns import validate_patterns as check
+
+    return check(patterns, field_name)
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+
+def builtin_kinds() -> tuple[str, ...]:
+    """The kinds shipped with protectctl, found without an entry-point scan."""
+    return tuple(sorted(_builtin()))
 
 
 def available_kinds() -> list[str]:
-    """Every provider kind that can be loaded here."""
-    names = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    return sorted(names | set(_BUILTIN))
+    """Every provider kind that can be loaded here (scans the entry points)."""
+    return sorted(set(_plugins()) | set(_builtin()))
 
 
 def load_provider(kind: str) -> Provider:
     """The provider of `kind`; raises ProviderError naming the kinds that exist."""
-    target = _find(kind)
-    if target is None:
-        known = ", ".join(available_kinds()) or "none"
-        raise ProviderError(
-            f"no provider for data-source kind {kind!r}",
-            hint=f"known kinds: {known}; a third-party provider registers in the"
-            f" {ENTRY_POINT_GROUP!r} entry-point group",
-        )
+    return _load(kind)
+
+
+def spec_model(kind: str) -> type[CamelSpec]:
+    """The pydantic model of `kind`'s member spec; raises ProviderError."""
+    return _load(kind).spec_model
+
+
+def traits(kind: str) -> Traits:
+    """What the rules must know of `kind`; raises ProviderError."""
+    return _load(kind).traits
+
+
+_FLAGS = {"as_name": "--as"}
+
+
+def check_restore_options(kind: str, source: str, options: Mapping[str, object]) -> None:
+    """Refuse restore options the provider of `kind` does not take (RestoreError)."""
+    given = sorted(k for k, v in options.items() if v is not None)
+    if not given:
+        return
+    provider = _load(kind)
+    accepted = provider.restore_options if isinstance(provider, RestoreOptions) else frozenset()
+    refused = [k for k in given if k not in accepted]
+    if refused:
+        flags = ", ".join(_FLAGS.get(k, "--" + k.replace("_", "-")) for k in refused)
+        takes = ", ".join(_FLAGS.get(k, "--" + k.replace("_", "-")) for k in sorted(accepted)) or "none"
+        raise RestoreError(f"{source} is a {kind} source: its restore takes no {flags}",
+                           hint=f"restore options of {kind} sources: {takes}")
+
+
+@cache
+def _builtin() -> dict[str, str]:
+    index: dict[str, str] = getattr(importlib.import_module(BUILTIN_INDEX), "BUILTIN", {})
+    return dict(index)
+
+
+@cache
+def _plugins() -> dict[str, Callable[[], object]]:
+    """kind -> loader of the class, from the entry points (~50 ms: only when a kind is not built in)."""
+    import importlib.metadata
+
+    found: dict[str, Callable[[], object]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.load)
+    return found
+
+
+@cache
+def _load(kind: str) -> Provider:
+    """Built-in kinds first (no entry-point scan), then plug-ins; a plug-in cannot replace a
+    built-in kind. One instance per kind and process: providers keep no state of their own."""
+    target = _builtin().get(kind)
     try:
-        factory = target()
+        if target is not None:
+            module_name, _, attr = target.partition(":")
+            factory = getattr(importlib.import_module(module_name), attr)
+        else:
+            loader = _plugins().get(kind)
+            if loader is None:
+                known = ", ".join(available_kinds()) or "none"
+                raise ProviderError(
+                    f"no provider for data-source kind {kind!r}",
+                    hint=f"known kinds: {known}; a third-party provider registers in the"
+                    f" {ENTRY_POINT_GROUP!r} entry-point group",
+                )
+            factory = loader()
+        provider: Provider = factory()
+    except ProviderError:
+        raise
     except Exception as err:  # a broken plug-in must not crash the CLI with a traceback
         raise ProviderError(f"provider {kind!r} cannot be loaded: {err}") from err
-    provider: Provider = factory()
+    missing = [a for a in ("kind", "spec_model", "traits", "snapshot", "restore") if not hasattr(provider, a)]
+    if missing:
+        raise ProviderError(f"provider {kind!r} is incomplete: it has no {', '.join(missing)}",
+                            hint="see docs/architecture.md, \"How to write a provider\"")
     return provider
-
-
-def _find(kind: str) -> Callable[[], Callable[[], Provider]] | None:
-    """Built-in kinds first (no entry-point scan, ~50 ms of every agent run), then plug-ins;
-    a plug-in cannot replace a built-in kind."""
-    spec = _BUILTIN.get(kind)
-    if spec is None:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == kind:
-                return ep.load
-        return None
-    module_name, _, attr = spec.partition(":")
-
-    def load() -> Callable[[], Provider]:
-        factory: Callable[[], Provider] = getattr(importlib.import_module(module_name), attr)
-        return factory
-
-    return load

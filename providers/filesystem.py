@@ -1,91 +1,84 @@
 """The filesystem provider: protect a directory tree, bring back any point of it.
 
-Member spec (snake_case): ``path`` (absolute, required), ``include`` and ``exclude``
-(gitignore-style patterns, see protectctl.agent.patterns), ``one_file_system`` (bool).
+Member spec (`filesystem:` in a ProtectionGroup member): ``path`` (the directory; relative
+paths of a local host resolve against the policy file), ``include`` and ``exclude``
+(gitignore-style patterns), ``oneFileSystem``.
 
-Snapshots go through the agent's archiver with a per-source change journal kept under the
-agent's state directory (journal/<source>.<repository id>.db), so a sync reads only files
-whose identity changed. Restores go through protectctl.restore, which keeps every write
-inside the target and verifies each file against its stored hash.
+Snapshots go through protectctl's `archive` service with a per-source change journal kept
+under the agent's state directory, so a sync reads only files whose identity changed.
+Restores go through `restore_tree`, which keeps every write inside the target and verifies
+each file against its stored hash. Everything from protectctl comes through
+protectctl.provider (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import os
+import posixpath
 import stat
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
-from protectctl.agent.archiver import ArchiveOptions, Archiver, ArchiveResult
-from protectctl.agent.journal import Journal
-from protectctl.agent.lock import safe_name
-from protectctl.agent.patterns import PathFilter, validate_patterns
+from pydantic import BaseModel
+
 from protectctl.errors import ProtectctlError, RestoreError
+from protectctl.policy.model import CamelSpec
 from protectctl.provider import (
+    Archived,
+    ArchiveOptions,
     RestoreOutcome,
     RestoreRequest,
     SnapshotOutcome,
     SnapshotRequest,
     SnapshotStats,
+    SpecProblem,
+    Traits,
+    archive,
+    restore_tree,
+    validate_patterns,
 )
 
-_FIELDS = {"path", "include", "exclude", "one_file_system"}
+
+class FilesystemMember(CamelSpec):
+    path: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    one_file_system: bool = False
+
+
+@lru_cache(maxsize=4096)
+def _pattern_problems(pattern: str) -> tuple[str, ...]:
+    # a big policy repeats the same few patterns in every group: each is compiled once
+    return tuple(p.removeprefix("_[0] ") for p in validate_patterns([pattern], "_"))
 
 
 class FilesystemProvider:
     """Directories on a host's filesystem."""
 
     kind = "filesystem"
-    application = False
-    continuous_log_shipping = False
+    spec_model = FilesystemMember
+    traits = Traits(application=False, continuous_log_shipping=False, confined_jobs=True)
 
-    def validate(self, spec: Mapping[str, object]) -> list[str]:
-        problems = [
-            f"unknown field {key!r} (known: {', '.join(sorted(_FIELDS))})"
-            for key in spec
-            if key not in _FIELDS
-        ]
-        path = spec.get("path")
-        if not isinstance(path, str) or not path:
-            problems.append("path is required: the absolute directory to protect, e.g. /srv/docs")
-        elif not os.path.isabs(path):
-            problems.append(f"path {path!r} must be absolute, e.g. /srv/docs")
+    def check_member(self, spec: BaseModel, *, source: str, hosts: tuple[str, ...] | None) -> list[SpecProblem]:
+        assert isinstance(spec, FilesystemMember)
+        problems = []
         for name in ("include", "exclude"):
-            value = spec.get(name, [])
-            if not isinstance(value, list):
-                problems.append(f"{name} must be a list of patterns, e.g. ['*.tmp', 'cache/']")
-            else:
-                problems.extend(validate_patterns(value, name))
-        if not isinstance(spec.get("one_file_system", False), bool):
-            problems.append("one_file_system must be true or false")
+            for index, pattern in enumerate(getattr(spec, name)):
+                problems += [SpecProblem((name, index), f"{name}[{index}] {problem}",
+                                         "use gitignore-style patterns, e.g. '*.tmp'")
+                             for problem in _pattern_problems(pattern)]
         return problems
+
+    def source_identity(self, spec: Mapping[str, object], host: str) -> str:
+        path = spec.get("path")
+        return posixpath.normpath(str(path)) if path else repr(sorted(spec.items()))
 
     # -- snapshot ------------------------------------------------------------------------
 
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
         options = _options(request.spec, verify_all=request.kind == "full")
-        journal = Journal(
-            journal_path(request.state_dir, request.source, request.repo.id), repo_id=request.repo.id
-        )
-        journal_out = journal.begin()
-        try:
-            # No phase of our own: the writer's "upload" phase frames the snapshot; we add files.
-            result = Archiver(
-                request.repo, request.writer, journal, journal_out, options, request.progress
-            ).run()
-        except BaseException:
-            journal_out.abort()
-            journal.close()
-            raise
-        journal.close()
-        assert result.tree is not None
-
-        def finish(point_id: str | None) -> None:
-            if point_id is None:
-                journal_out.abort()
-            else:
-                journal_out.commit({"point_id": point_id, "source": request.source})
-
+        # No phase of our own: the writer's "upload" phase frames the snapshot; we add files.
+        result = archive(request, options)
         return SnapshotOutcome(
             tree=result.tree,
             stats=SnapshotStats(
@@ -94,22 +87,20 @@ class FilesystemProvider:
                 bytes_total=result.bytes_total,
                 bytes_read=result.bytes_read,
             ),
-            errors=tuple(result.errors),
+            errors=result.errors,
             extra=_extra(result, options),
-            finish=finish,
+            finish=result.finish,
         )
 
     # -- restore -------------------------------------------------------------------------
 
     def restore(self, request: RestoreRequest) -> RestoreOutcome:
-        from protectctl.restore.run import restore_tree
-
         target = request.target if request.target is not None else Path(str(request.spec["path"]))
         if request.point.tree is None:
             raise RestoreError(f"point {request.point.id} has no content to restore")
         root = request.point.extra.get("root")
         return restore_tree(
-            request.repo,
+            request.reader,
             request.point.tree,
             target,
             subpaths=request.subpaths,
@@ -120,25 +111,21 @@ class FilesystemProvider:
         )
 
 
-def journal_path(state_dir: Path, source: str, repo_id: str) -> Path:
-    """Where the change journal of `source` in repository `repo_id` lives."""
-    return state_dir / "journal" / f"{safe_name(source)}.{repo_id}.db"
-
-
 def _options(spec: Mapping[str, object], *, verify_all: bool) -> ArchiveOptions:
     include = spec.get("include") or []
     exclude = spec.get("exclude") or []
-    if not isinstance(include, list) or not isinstance(exclude, list):
+    if not isinstance(include, list | tuple) or not isinstance(exclude, list | tuple):
         raise ProtectctlError("include and exclude must be lists of patterns")
     return ArchiveOptions(
         root=Path(str(spec["path"])),
-        filter=PathFilter([str(p) for p in include], [str(p) for p in exclude]),
+        include=[str(p) for p in include],
+        exclude=[str(p) for p in exclude],
         one_file_system=bool(spec.get("one_file_system", False)),
         verify_all=verify_all,
     )
 
 
-def _extra(result: ArchiveResult, options: ArchiveOptions) -> dict[str, object]:
+def _extra(result: Archived, options: ArchiveOptions) -> dict[str, object]:
     extra: dict[str, object] = {
         "path": str(options.root),
         "files_read": result.files_read,
@@ -147,13 +134,12 @@ def _extra(result: ArchiveResult, options: ArchiveOptions) -> dict[str, object]:
     }
     if result.silent_changed:
         extra["silent_changed"] = list(result.silent_changed)
-    if result.root is not None:
-        st = result.root
-        extra["root"] = {
-            "mode": stat.S_IMODE(st.st_mode),
-            "uid": st.st_uid,
-            "gid": st.st_gid,
-            "atime_ns": st.st_atime_ns,
-            "mtime_ns": st.st_mtime_ns,
-        }
+    st = result.root
+    extra["root"] = {
+        "mode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "atime_ns": st.st_atime_ns,
+        "mtime_ns": st.st_mtime_ns,
+    }
     return extra

@@ -17,7 +17,7 @@ and xattrs are covered by the key as by the per-file journal: any change to eith
 the inode's ctime, which is in the key. In a directory that must be rebuilt (a file in it
 changed), each entry whose facts are unchanged reuses its encoded node from the journal the
 same way, so only changed entries are captured (xattrs, journal checks) and encoded again.
-A `full` never reuses (it reads everything), nor does a subclass that overrides `_content`
+A `full` never reuses (it reads everything), nor does an archive with a `reread` policy
 (it decides per file what to trust).
 
 A `full` reads every file and compares it with the journal: a file whose identity matches
@@ -40,7 +40,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +69,9 @@ class ArchiveOptions:
     filter: PathFilter
     one_file_system: bool = False
     verify_all: bool = False  # full: read every file and compare with the journal
+    # (path relative to root, lstat) -> read the file although the journal says it is unchanged
+    reread: Callable[[bytes, os.stat_result], bool] | None = None
+    keep_trees: bool = False  # remember every tree saved (ArchiveResult.trees)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,7 @@ class ArchiveResult:
     silent_changed: list[str] = field(default_factory=list)  # paths as show_name prints them
     errors: list[str] = field(default_factory=list)
     root: os.stat_result | None = None
+    trees: dict[BlobId, Tree] = field(default_factory=dict)  # with keep_trees
 
 
 class Archiver:
@@ -143,9 +147,9 @@ class Archiver:
         self._links: dict[tuple[int, int], Content] = {}
         self._root_dev = 0
         self._noatime = True
-        # A subclass overriding `_content` (providers/postgresql.py) vets journal entries file by
-        # file: neither a directory's tree nor an entry's node may be reused behind its back.
-        self._plain = type(self)._content is Archiver._content
+        # A `reread` policy vets journal entries file by file: neither a directory's tree nor an
+        # entry's node may be reused behind its back. Kept trees are built node by node.
+        self._plain = options.reread is None and not options.keep_trees
         self._reuse_dirs = self._plain and not options.verify_all
 
     def run(self) -> ArchiveResult:
@@ -184,13 +188,17 @@ class Archiver:
         return self._save_encoded(rel, entries, facts, included=included, errors=errors)
 
     def _save_nodes(self, rel: bytes, entries: Sequence[_Entry], *, included: bool) -> BlobId | None:
-        """The tree built node by node and encoded whole (for a subclass vetting journal entries)."""
+        """The tree built node by node and encoded whole (for a `reread` policy, or to keep trees)."""
         here = _Dir(rel, self.journal.directory(rel))  # one journal query per directory, not per file
         nodes = [node for entry in entries if (node := self._node(entry, here)) is not None]
         if not nodes and not included:
             return None
         nodes.sort(key=lambda n: n.name)
-        return self.repo.save_tree(self.writer, Tree(tuple(nodes)))
+        tree = Tree(tuple(nodes))
+        tree_id = self.repo.save_tree(self.writer, tree)
+        if self.options.keep_trees:
+            self.result.trees[tree_id] = tree
+        return tree_id
 
     def _save_encoded(
         self, rel: bytes, entries: Sequence[_Entry], facts: Sequence[bytes], *, included: bool, errors: int
@@ -363,6 +371,8 @@ class Archiver:
             self._remember(here.rel, name, FileIdentity.of(st), content)
             return content, st
         previous = here.known.get(name)
+        if previous is not None and self.options.reread is not None and self.options.reread(rel, st):
+            previous = None  # the caller distrusts the journal for this file: read it
         identity = FileIdentity.of(st)
         reusable = previous is not None and previous.identity == identity and self._present(previous.chunks)
         if reusable and not self.options.verify_all:

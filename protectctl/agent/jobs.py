@@ -422,12 +422,14 @@ def _snapshot(
     job: SourceJob, repo: Repository, kind: BackupKind, progress: Progress
 ) -> tuple[SnapshotOutcome, tuple[int, int]]:
     """The provider's snapshot inside one write session; the journal is dropped if the commit fails."""
+    from protectctl.agent.archive import RepositorySink  # the archiver: only when a snapshot runs
+
     provider = load_provider(job.provider)
     outcome: SnapshotOutcome | None = None
     try:
         with repo.writer(progress) as writer:
             outcome = provider.snapshot(
-                SnapshotRequest(job.source, job.spec, kind, repo, writer, job.state_dir, progress)
+                SnapshotRequest(job.source, job.spec, kind, RepositorySink(repo, writer), job.state_dir, progress)
             )
     except BaseException:
         if outcome is not None:
@@ -529,6 +531,7 @@ def restore(
                 to_time=to_time,
                 options=dict(options or {}),
                 state_dir=job.state_dir,
+                points=points,
             )
         )
     return RestoreResult.of(job.source, point, outcome, dry_run=dry_run, notes=damage)

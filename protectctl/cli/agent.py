@@ -1,9 +1,8 @@
-"""`protectctl agent ...`: hidden commands PostgreSQL runs on a protected host.
+"""`protectctl agent ...`: hidden commands run on a protected host by apply, by the control
+machine (over SSH) and by the services apply installs there.
 
-`wal-push` is an archive_command, `wal-fetch` a restore_command: both only move files
-between PostgreSQL and a spool/staging directory (protectctl.agent.wal), so they need no
-key and no repository. Apply installs a stdlib-only copy of the same code beside the spool,
-because the PostgreSQL OS user usually cannot run this installation of protectctl.
+What a provider's data source runs itself (e.g. an archive_command) is the provider's own:
+it installs it on the host when it prepares it.
 """
 
 from __future__ import annotations
@@ -17,37 +16,9 @@ from protectctl.cli.helpformat import HelpGroup
 
 
 def register(app: typer.Typer) -> None:
-    agent_app = typer.Typer(cls=HelpGroup, help="Commands run by PostgreSQL on a protected host.", no_args_is_help=True)
+    agent_app = typer.Typer(cls=HelpGroup, help="Commands run on a protected host by apply and its services.",
+                            no_args_is_help=True)
     app.add_typer(agent_app, name="agent", hidden=True)
-
-    @agent_app.command("wal-push")
-    def wal_push(
-        path: Annotated[Path, typer.Argument(help="%p: the WAL file to archive")],
-        spool: Annotated[Path, typer.Option("--spool", help="The spool directory the agent drains.")],
-        max_bytes: Annotated[int, typer.Option("--max-bytes", help="Spool bound; past it segments are dropped "
-                                               "loudly.")] = 4 << 30,
-    ) -> None:
-        """archive_command: spool one WAL file (exit 0 once it is durable or loudly dropped)."""
-        from protectctl.agent.wal import push
-
-        status, message = push(path, spool, max_bytes)
-        if message:
-            typer.echo(message, err=True)
-        raise typer.Exit(status)
-
-    @agent_app.command("wal-fetch")
-    def wal_fetch(
-        name: Annotated[str, typer.Argument(help="%f: the WAL file name PostgreSQL wants")],
-        dest: Annotated[Path, typer.Argument(help="%p: where to put it")],
-        directory: Annotated[Path, typer.Option("--dir", help="The staging directory of a running restore.")],
-    ) -> None:
-        """restore_command: hand PostgreSQL a WAL file the restore staged (exit 1: no such file)."""
-        from protectctl.agent.wal import fetch
-
-        status, message = fetch(name, dest, directory)
-        if message:
-            typer.echo(message, err=True)
-        raise typer.Exit(status)
 
     @agent_app.command("prepare")
     def prepare(
@@ -87,12 +58,12 @@ def register(app: typer.Typer) -> None:
     def wal_stream(
         ctx: typer.Context,
         group: Annotated[str, typer.Argument(help="Protection group.")],
-        member: Annotated[str, typer.Option("--member", "-m", help="The PostgreSQL member with streaming: true.")],
+        member: Annotated[str, typer.Option("--member", "-m", help="The member whose logs stream.")],
     ) -> None:
-        """The WAL receiver service of a `streaming: true` member: pg_receivewal, supervised, until SIGTERM."""
+        """The log receiver service of a member whose provider streams logs, supervised, until SIGTERM."""
         from protectctl import api
         from protectctl.cli.main import env_of
 
         env = env_of(ctx, False)
-        api.stream_wal(env.policy_dir, group, member, agent_config=env.agent_config,
+        api.stream_logs(env.policy_dir, group, member, agent_config=env.agent_config,
                        log=lambda line: typer.echo(f"protectctl wal-stream {group}/{member}: {line}", err=True))

@@ -99,11 +99,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty target.")] = False,
         from_: Annotated[str | None, typer.Option("--from", help="tape: read the point from tape (default: disk, "
                                                   "or tape when the disk no longer has it).")] = None,
-        port: Annotated[int | None, typer.Option("--port", help="postgresql: port of the restored cluster "
-                                                 "(with --database: of the running cluster to load into).")] = None,
-        database: Annotated[str | None, typer.Option("--database", help="postgresql: restore only this database "
-                                                     "(needs --as).")] = None,
-        as_name: Annotated[str | None, typer.Option("--as", help="postgresql: the new name of --database.")] = None,
+        port: Annotated[int | None, typer.Option("--port", help="Database sources: port of the restored server "
+                                                 "(with --database: of the running one to load into).")] = None,
+        database: Annotated[str | None, typer.Option("--database", help="Database sources: restore only this "
+                                                     "database (needs --as).")] = None,
+        as_name: Annotated[str | None, typer.Option("--as", help="Database sources: the new name of --database.")]
+        = None,
         json_mode: JsonOpt = False,
     ) -> None:
         """Bring a source back as it was at a time."""
@@ -120,7 +121,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             raise RestoreError(f"--from {from_!r}: expected disk or tape")
         result = api.restore(env.policy_dir, source, to_time, agent_config=env.agent_config, target=target,
                              subpaths=paths or [], dry_run=dry_run, overwrite=overwrite, progress=progress_of(env),
-                             from_tape=from_ == "tape", options=_restore_options(port, database, as_name))
+                             from_tape=from_ == "tape",
+                             options={k: v for k, v in (("port", port), ("database", database), ("as_name", as_name))
+                                      if v is not None})
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", **result.to_json()})
         else:
@@ -164,21 +167,6 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
                               "problems"], [_status_row(r) for r in rows])
         if not all(r.sla_met for r in rows):
             raise typer.Exit(1)
-
-
-def _restore_options(port: int | None, database: str | None, as_name: str | None) -> dict[str, object]:
-    options: dict[str, object] = {}
-    if database:
-        options.update(database=database, as_name=as_name or "")
-        if port is not None:
-            options["into_port"] = port
-    elif port is not None:
-        options["port"] = port
-    if as_name and not database:
-        from protectctl.errors import RestoreError
-
-        raise RestoreError("--as names the restored copy of --database; give --database too")
-    return options
 
 
 def _status_row(r: Any) -> tuple[object, ...]:

@@ -22,6 +22,7 @@ from protectctl.policy.model import (
     EncryptionKeySpec,
     HostSpec,
     Kind,
+    MemberSpec,
     ProtectionGroupSpec,
     SettingsSpec,
     SLASpec,
@@ -30,6 +31,7 @@ from protectctl.policy.model import (
     TapeLibrarySpec,
 )
 from protectctl.policy.rules import settings_of
+from protectctl.provider import Service, ServiceContributor, SourceSpecBuilder, load_provider
 from protectctl.provision.schedulers.base import unit_name
 
 JsonValue = object
@@ -274,10 +276,7 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
     address = Address("source", source)
     keep = sla.retention
     scripts = group.scripts
-    spec = member.provider_spec()
-    per_host = spec.pop("per_host", None)
-    if member.hosts is not None:
-        spec["nodes"] = _pair_nodes(b, member.hosts, spec, per_host)
+    spec = _source_spec(b, member)
     if host_doc.spec.is_local and isinstance(spec.get("path"), str):
         spec["path"] = resolve_path(doc, str(spec["path"]))  # local sources resolve like other paths
     throttle = group.throttle
@@ -319,32 +318,43 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
         writes = [host_path(other_root, STATE_DIR), posixpath.dirname(metrics_path(other))]
         if local_storage:
             writes.append(str(storage["path"]))
-        facts = JobFacts(member.provider, bool(scripts and (scripts.pre or scripts.post)), tuple(writes))
+        confined = load_provider(member.provider).traits.confined_jobs
+        facts = JobFacts(confined, bool(scripts and (scripts.pre or scripts.post)), tuple(writes))
         _schedules(b, source, host, other.spec, other_root, sla, local_storage=local_storage, suffix=suffix,
                    job_facts=facts)
-        if spec.get("streaming"):
-            _stream_service(b, source, host, other.spec, host_root(other), suffix)
+        contributor = _contributor(member.provider)
+        for service in contributor.services(spec) if contributor is not None else ():
+            _service(b, source, host, other.spec, other_root, suffix, service)
 
 
-def _pair_nodes(b: _Builder, hosts: Sequence[str], spec: Mapping[str, object],
-                per_host: object) -> list[dict[str, object]]:
-    """Each host of a primary/standby pair: its cluster (member defaults + perHost) and where its agent keeps
-    state. Which node is primary is only known when a job runs."""
-    overrides = per_host if isinstance(per_host, Mapping) else {}
-    nodes = []
-    for host in hosts:
-        host_doc = b.policy.get(Kind.HOST, host)
-        assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
-        root = host_root(host_doc)
-        own = overrides.get(host)
-        own = own if isinstance(own, Mapping) else {}
-        node: dict[str, object] = {"host": host}
-        for key in ("data_dir", "port", "socket_dir", "spool_dir"):
-            value = own.get(key)
-            node[key] = value if value is not None else spec.get(key)
-        node["state_dir"] = host_path(root, STATE_DIR)
-        nodes.append(node)
-    return nodes
+def _source_spec(b: _Builder, member: MemberSpec) -> dict[str, object]:
+    """The member's spec as its agents receive it: shaped by the provider (SourceSpecBuilder),
+    which for a member with `hosts:` learns where each host's agent keeps its state."""
+    spec = member.provider_spec()
+    provider = _spec_builder(member.provider)
+    if provider is None:
+        return spec
+    hosts = None
+    if member.hosts is not None:
+        hosts = {}
+        for host in member.hosts:
+            host_doc = b.policy.get(Kind.HOST, host)
+            assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
+            hosts[host] = host_path(host_root(host_doc), STATE_DIR)
+    return provider.source_spec(spec, hosts)
+
+
+# isinstance against a runtime-checkable Protocol costs ~30 µs: asked once per kind, not per source
+@functools.cache
+def _spec_builder(kind: str) -> SourceSpecBuilder | None:
+    provider = load_provider(kind)
+    return provider if isinstance(provider, SourceSpecBuilder) else None
+
+
+@functools.cache
+def _contributor(kind: str) -> ServiceContributor | None:
+    provider = load_provider(kind)
+    return provider if isinstance(provider, ServiceContributor) else None
 
 
 def _source_config_path(b: _Builder, host: str, source: str) -> str:
@@ -516,15 +526,9 @@ def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: s
 class JobFacts:
     """What decides how tightly a source's jobs can be confined (provision/schedulers/base.py Sandbox)."""
 
-    provider: str
+    confined: bool  # the provider's Traits.confined_jobs: sync/full only read files in-process
     scripts: bool  # the group runs pre/post scripts: they may need anything
     write_paths: tuple[str, ...]  # state dir, metrics dir, a local repository
-
-
-# Providers whose jobs only read files in-process and write the repository and the state dir.
-# Any other provider (PostgreSQL runs its tools as the cluster's user through runuser, and
-# writes a spool that user owns) gets a sandbox that does not bound capabilities or writes.
-_FILE_READING_PROVIDERS = frozenset({"filesystem"})
 
 
 def _sandbox(job: str, facts: JobFacts) -> dict[str, object]:
@@ -537,21 +541,24 @@ def _sandbox(job: str, facts: JobFacts) -> dict[str, object]:
         return {**loose, "filter_syscalls": False, "change_user": True, "devices": True}
     if job == "tape":  # the control machine's policy dir, library paths, perhaps a tape device
         return {**loose, "filter_syscalls": True, "change_user": False, "devices": True}
-    if job in ("sync", "full") and facts.provider not in _FILE_READING_PROVIDERS:
+    if job in ("sync", "full") and not facts.confined:
+        # e.g. an application's tools run as its own user, writing files that user owns
         return {**loose, "filter_syscalls": True, "change_user": True, "devices": False}
     return strict
 
 
-def _stream_service(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, suffix: str) -> None:
-    """`streaming: true`: the agent's WAL receiver (pg_receivewal, supervised) kept running on the host."""
+def _service(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, suffix: str,
+             service: Service) -> None:
+    """A service the source's provider needs (ServiceContributor, e.g. a log receiver), kept running
+    on the host: `protectctl agent <command> GROUP --member MEMBER`, supervised."""
     group, member = source.split("/", 1)
     agent = b.facts[host]
-    b.add(Resource(Address("schedule", f"{source}/stream{suffix}"), {
+    b.add(Resource(Address("schedule", f"{source}/{service.name}{suffix}"), {
         "host": host, "root": root, "scheduler": host_spec.scheduler.value, "daemon": True,
-        "name": f"{unit_name('protectctl', group, member)}-stream",
-        "description": f"protectctl WAL streaming of {source}",
-        "argv": [*agent.agent_argv, "--agent-config", host_path(root, AGENT_CONFIG), "agent", "wal-stream", group,
-                 "--member", member],
+        "name": f"{unit_name('protectctl', group, member)}-{service.name}",
+        "description": f"protectctl {service.description} of {source}",
+        "argv": [*agent.agent_argv, "--agent-config", host_path(root, AGENT_CONFIG), "agent", *service.command,
+                 group, "--member", member],
     }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
 
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from protectctl.errors import Diagnostic, Location, PolicyError, Severity
 from protectctl.policy import fastyaml
-from protectctl.policy.model import SPEC_MODELS, CamelSpec, Header, Kind, Metadata
+from protectctl.policy.model import CamelSpec, Header, Kind, Metadata, spec_model_for
 
 if typing.TYPE_CHECKING:
     from ruamel.yaml.error import MarkedYAMLError
@@ -275,7 +275,7 @@ def _parse_with_ruamel(text: str) -> list[Any]:
 def _add_shipped(policy: Policy) -> None:
     """Shipped tiers (policies/*.yaml) are available by name unless the user defines them."""
     try:
-        pkg = resources.files("policies")
+        pkg = resources.files("protectctl.policies")
     except ModuleNotFoundError:
         return
     for entry in sorted(pkg.iterdir(), key=lambda e: e.name):
@@ -311,7 +311,7 @@ def _validate_document(raw: dict[Any, Any], ref: DocRef, problems: list[Problem]
     except ValidationError as err:
         problems.extend(_from_validation(err, ref, (), Header, raw))
         return None
-    model = SPEC_MODELS[header.kind]
+    model = spec_model_for(header.kind, header.spec)
     try:
         spec = model.model_validate(header.spec)
     except ValidationError as err:

@@ -3,13 +3,16 @@
 Pure: no I/O. YAML keys are camelCase (the DESIGN contract) through aliases; unknown
 fields are errors. Durations, sizes, rates and schedules are parsed once here into the
 typed values of `protectctl.units` and never re-parsed. The JSON Schema in `schemas/` is
-exported from these models.
+exported from these models. A member's data source is its provider's own spec model (the
+protectctl.provider registry): `group_model` builds the ProtectionGroup model of a set of
+provider kinds.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -18,6 +21,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     WithJsonSchema,
+    create_model,
     model_validator,
 )
 
@@ -249,70 +253,38 @@ class ThrottleSpec(CamelSpec):
     during: WindowText | None = None
 
 
-class FilesystemMember(CamelSpec):
-    path: str
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    one_file_system: bool = False
-
-
-class PostgresqlNodeSpec(CamelSpec):
-    """One host of a primary/standby pair where its cluster differs from the member's defaults."""
-
-    data_dir: str | None = Field(None, pattern=r"^/")
-    port: int | None = Field(None, ge=1, le=65535)
-    socket_dir: str | None = Field(None, pattern=r"^/")
-    spool_dir: str | None = Field(None, pattern=r"^/")
-
-
-class PostgresqlMember(CamelSpec):
-    data_dir: str = Field(pattern=r"^/", description="the cluster's absolute data directory")
-    port: int = Field(5432, ge=1, le=65535)
-    socket_dir: str = Field("/var/run/postgresql", pattern=r"^/", description="unix_socket_directories entry")
-    os_user: str = Field("postgres", description="the OS user PostgreSQL runs as; its binaries never run as root")
-    bin_dir: str = Field("/usr/lib/postgresql/15/bin", pattern=r"^/")
-    allow_restart: bool = Field(False, description="apply may restart the cluster when archiving needs it")
-    spool_dir: str | None = Field(None, pattern=r"^/", description="where archive_command spools WAL for the "
-                                  "agent (default: <host root>/var/lib/protectctl-spool/<group>--<member>)")
-    spool_limit: SizeText = Field(default_factory=lambda: ByteSize.parse("4GiB"),
-                                  description="past this, segments are dropped loudly instead of filling the disk")
-    streaming: bool = Field(False, description="stream WAL with pg_receivewal (RPO of seconds)")
-    backup_from: Literal["primary", "standby"] = Field(
-        "primary", description="a member with `hosts:` (a primary/standby pair): base backups run on the node "
-        "that is primary now, or on a standby; WAL always ships from the primary")
-    per_host: dict[Name, PostgresqlNodeSpec] = Field(
-        default_factory=dict, description="a member with `hosts:`: what differs on one host of the pair "
-        "(dataDir, port, socketDir, spoolDir); the other fields apply to every host")
-
-
-PROVIDER_FIELDS: tuple[str, ...] = ("filesystem", "postgresql")
-
-
 class MemberSpec(CamelSpec):
+    """A member: a name, its Host(s) and one data source, `<provider kind>: {...}`.
+
+    This base has no data-source field: `group_model` derives the model a policy is read with,
+    one optional field per installed provider kind holding that provider's `spec_model`.
+    """
+
+    provider_kinds: ClassVar[tuple[str, ...]] = ()  # set on each derived model
+
     name: Name
     host: Name | None = Field(None, description="the Host holding the data")
     hosts: tuple[Name, ...] | None = Field(
-        None, description="instead of `host:`, a PostgreSQL primary/standby pair protected as one source "
-        "(docs/postgresql.md)")
-    filesystem: FilesystemMember | None = None
-    postgresql: PostgresqlMember | None = None
+        None, description="instead of `host:`, the Hosts of one source that spans several (for providers "
+        "with multi-host sources, e.g. a primary/standby pair of database servers)")
 
     @model_validator(mode="after")
     def _one_provider(self) -> MemberSpec:
         if (self.host is None) == (self.hosts is None):
             raise ValueError("a member needs exactly one of `host: NAME` or `hosts: [NAME, NAME]` "
-                             "(a PostgreSQL primary/standby pair)")
-        given = [f for f in PROVIDER_FIELDS if getattr(self, f) is not None]
+                             "(a source that spans several hosts, e.g. a primary/standby pair)")
+        kinds = type(self).provider_kinds
+        given = [k for k in kinds if getattr(self, _field_name(k), None) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"a member needs exactly one data source ({', '.join(PROVIDER_FIELDS)}); found "
+                f"a member needs exactly one data source ({', '.join(kinds)}); found "
                 + (", ".join(given) if given else "none")
             )
         return self
 
     @property
     def provider(self) -> str:
-        return next(f for f in PROVIDER_FIELDS if getattr(self, f) is not None)
+        return next(k for k in type(self).provider_kinds if getattr(self, _field_name(k), None) is not None)
 
     @property
     def all_hosts(self) -> tuple[str, ...]:
@@ -323,11 +295,15 @@ class MemberSpec(CamelSpec):
     def main_host(self) -> str:
         return self.all_hosts[0] if self.all_hosts else ""
 
+    def source(self) -> BaseModel:
+        """The member's data-source spec, an instance of its provider's spec model."""
+        spec = getattr(self, _field_name(self.provider))
+        assert isinstance(spec, BaseModel)
+        return spec
+
     def provider_spec(self) -> dict[str, object]:
         """The member's data-source spec in snake_case, as providers receive it."""
-        spec = getattr(self, self.provider)
-        assert isinstance(spec, BaseModel)
-        return spec.model_dump(mode="json", by_alias=False)
+        return self.source().model_dump(mode="json", by_alias=False)
 
 
 class ProtectionGroupSpec(CamelSpec):
@@ -338,6 +314,55 @@ class ProtectionGroupSpec(CamelSpec):
     scripts: ScriptsSpec | None = None
     throttle: ThrottleSpec | None = None
     members: tuple[MemberSpec, ...] = Field(min_length=1)
+
+
+MEMBER_FIELDS = frozenset({"name", "host", "hosts"})  # a member's keys besides its data source
+
+
+def _field_name(kind: str) -> str:
+    return kind.replace("-", "_")
+
+
+@cache
+def group_model(kinds: tuple[str, ...]) -> type[ProtectionGroupSpec]:
+    """The ProtectionGroup spec model of a set of provider kinds: each member takes one
+    `<kind>: {...}` validated by that provider's spec model (raises ProviderError)."""
+    from protectctl.provider import spec_model
+
+    fields: dict[str, Any] = {
+        _field_name(kind): (spec_model(kind) | None, Field(None, alias=kind, description=f"a {kind} data source"))
+        for kind in kinds
+    }
+    member = create_model("MemberSpec", __base__=MemberSpec, __module__=__name__, **fields)
+    member.provider_kinds = kinds
+    members = (tuple[member, ...], Field(min_length=1))
+    return create_model("ProtectionGroupSpec", __base__=ProtectionGroupSpec, __module__=__name__, members=members)
+
+
+def member_kinds(spec: object) -> tuple[str, ...]:
+    """The provider kinds a ProtectionGroup spec (as read) is validated with: the built-in ones,
+    and every installed one when a member has a key that is neither a member field nor a
+    built-in kind (the entry-point scan costs ~50 ms, so only then)."""
+    from protectctl.provider import available_kinds, builtin_kinds
+
+    builtin = builtin_kinds()
+    members = spec.get("members") if isinstance(spec, dict) else None
+    for member in members if isinstance(members, list) else ():
+        if isinstance(member, dict) and any(k not in MEMBER_FIELDS and k not in builtin for k in member):
+            return tuple(available_kinds())
+    return builtin
+
+
+def spec_model_for(kind: Kind, spec: object = None, *, installed: bool = False) -> type[CamelSpec]:
+    """The model a document's spec is validated with; a ProtectionGroup's depends on the
+    provider kinds its members name (`installed`: every installed kind, for the JSON Schema)."""
+    if kind is not Kind.PROTECTION_GROUP:
+        return SPEC_MODELS[kind]
+    if installed:
+        from protectctl.provider import available_kinds
+
+        return group_model(tuple(available_kinds()))
+    return group_model(member_kinds(spec))
 
 
 # --- Settings -------------------------------------------------------------------------

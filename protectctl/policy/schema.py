@@ -1,4 +1,5 @@
-"""JSON Schema of every document kind, exported from the pydantic models (pure)."""
+"""JSON Schema of every document kind, exported from the pydantic models (pure); a
+ProtectionGroup's members take the spec of every installed provider."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, create_model
 
-from protectctl.policy.model import API_VERSION, SPEC_MODELS, Metadata
+from protectctl.policy.model import API_VERSION, SPEC_MODELS, Metadata, spec_model_for
 
 SCHEMA_ID = "https://protectctl.dev/schemas/v1"
 
@@ -14,7 +15,8 @@ SCHEMA_ID = "https://protectctl.dev/schemas/v1"
 def document_schemas() -> dict[str, dict[str, Any]]:
     """kind (lower-case) → JSON Schema of a whole document of that kind."""
     out: dict[str, dict[str, Any]] = {}
-    for kind, spec_model in SPEC_MODELS.items():
+    for kind in SPEC_MODELS:
+        spec_model = spec_model_for(kind, installed=True)
         model = create_model(
             kind.value,
             __config__=ConfigDict(extra="forbid"),

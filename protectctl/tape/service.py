@@ -561,7 +561,8 @@ class TapeService:
             point = reader.point
             outcome = provider.restore(
                 RestoreRequest(
-                    job.source, job.spec, point, reader, target, tuple(subpaths), dry_run, overwrite, progress
+                    job.source, job.spec, point, reader, target, tuple(subpaths), dry_run, overwrite, progress,
+                    from_tape=True,
                 )
             )
         return RestoreResult.of(job.source, point, outcome, dry_run=dry_run,

@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     from protectctl.agent.jobs import RetentionSpec, SourceJob, restore, run_backup
     from protectctl.engine.repository import Repository
     from protectctl.engine.storage.local import LocalStorage
-    from providers.postgresql import archive_command, install_spool, spool_dir
-    from providers.postgresql_cluster import Cluster
+    from protectctl.providers.postgresql.cluster import Cluster
+    from protectctl.providers.postgresql.spool import archive_command, install_spool, spool_dir
 
     base = pgcluster.base_dir("protectctl-bench-pg-")
     cluster = PgCluster(base).init(max_wal_size="'2GB'", checkpoint_timeout="'30min'", fsync="on").start()

@@ -318,7 +318,7 @@ def test_pair_validation_says_what_is_wrong(tmp_path: Path) -> None:
     assert "must be two or more different Hosts" in out, out
     assert "Host 'db9' is not defined" in out, out
     assert "perHost names 'db7'" in out, out
-    assert "`hosts:` is for PostgreSQL primary/standby pairs" in out, out
+    assert "`hosts:` is for sources that span several hosts (postgresql)" in out, out
     policy = write_policy(tmp_path / "good", good)
     (policy / "passphrase").write_text("x\n")
     plan = json.loads(cli(policy, "plan", "--json", expect=0).stdout)

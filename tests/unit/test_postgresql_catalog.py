@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from protectctl.agent import wal
 from protectctl.errors import RestoreError
-from providers.postgresql_catalog import build_catalog, describe_windows, plan_restore
+from protectctl.providers.postgresql import wal
+from protectctl.providers.postgresql.catalog import build_catalog, describe_windows, plan_restore
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 SEG = 16 << 20

@@ -39,11 +39,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from protectctl.agent import wal as walspool
 from protectctl.errors import ProviderError
 from protectctl.progress import Progress
-from providers import postgresql_cluster as pg
-from providers.postgresql_cluster import Cluster
+from protectctl.providers.postgresql import cluster as pg
+from protectctl.providers.postgresql import wal as walspool
+from protectctl.providers.postgresql.cluster import Cluster
 
 STREAM = "stream"
 WAIT_S = 30.0
@@ -119,7 +119,7 @@ def supervise(cluster: Cluster, spool: Path, slot: str, *, stop: threading.Event
 
 def run_receiver(spec: Mapping[str, object], source: str, state_dir: Path, log: Callable[[str], None]) -> None:
     """The agent's `wal-stream` command: supervise the receiver until SIGTERM or SIGINT."""
-    from providers.postgresql import spool_dir
+    from protectctl.providers.postgresql.spool import spool_dir
 
     cluster = Cluster.from_spec(spec)
     spool = spool_dir(spec, source, state_dir)

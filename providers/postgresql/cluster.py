@@ -245,3 +245,16 @@ def restart(cluster: Cluster, *, log_file: Path, timeout_s: float = 300) -> None
     # -l: without it the server would inherit our pipes and the call would never return
     run(cluster, [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "-l", str(log_file), "-m", "fast", "-w",
                   "-s", "-t", str(int(timeout_s)), "restart"], timeout_s=timeout_s + 30)
+
+
+def literal(text: str) -> str:
+    """`text` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def iso_utc(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def show_time(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else "?"

@@ -18,7 +18,7 @@ so a failover needs no apply: the next sync and full run on the promoted node.
 * restore starts from the node that is primary now (for ``latest``'s WAL still on the host,
   and the cluster a ``--database --as`` restore loads into), else the first reachable one.
 
-Everything PostgreSQL runs goes through providers/postgresql_cluster.py.
+Everything PostgreSQL runs goes through cluster.py.
 """
 
 from __future__ import annotations
@@ -29,14 +29,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from protectctl.agent.fsmeta import base_node
-from protectctl.engine.ids import BlobId
-from protectctl.engine.repository import BlobKind, BlobWriter, Repository
-from protectctl.engine.tree import NodeType, Tree
 from protectctl.errors import ProviderError
-from protectctl.provider import JobPlacement, RestoreRequest, SnapshotKind
-from providers import postgresql_cluster as pg
-from providers.postgresql_cluster import Cluster
+from protectctl.provider import BlobId, JobPlacement, RestoreRequest, SnapshotKind, SnapshotSink, Tree, file_node
+from protectctl.providers.postgresql import cluster as pg
+from protectctl.providers.postgresql.cluster import Cluster
 
 Role = Literal["primary", "standby"]
 _NODE_KEYS = ("data_dir", "port", "socket_dir", "spool_dir")
@@ -124,8 +120,8 @@ def _said(found: Role | None) -> str:
 
 
 def _spool_holds_wal(source: str, node: Node, state_dir: Path) -> bool:
-    from protectctl.agent import wal as walspool
-    from providers.postgresql import spool_dir
+    from protectctl.providers.postgresql import wal as walspool
+    from protectctl.providers.postgresql.spool import spool_dir
 
     return bool(walspool.spooled_files(spool_dir(node.spec, source, node.state_dir or state_dir)))
 
@@ -151,8 +147,7 @@ def walfile_sql(lsn: str) -> str:
             f"lpad(upper(to_hex({segno} / {per})), 8, '0') || lpad(upper(to_hex({segno} % {per})), 8, '0'))")
 
 
-def control_file_last(repo: Repository, writer: BlobWriter, root: Tree, trees: Mapping[BlobId, Tree],
-                      data_dir: Path) -> Tree:
+def control_file_last(sink: SnapshotSink, root: Tree, trees: Mapping[BlobId, Tree], data_dir: Path) -> Tree:
     """`root` (the data directory's tree) with global/pg_control read again now.
 
     A base backup taken on a standby is consistent once recovery reaches the minRecoveryPoint
@@ -168,10 +163,8 @@ def control_file_last(repo: Repository, writer: BlobWriter, root: Tree, trees: M
     with path.open("rb") as handle:  # 8 KiB: one chunk
         st = os.fstat(handle.fileno())
         data = handle.read()
-    hasher = repo.content_hasher()
-    hasher.update(data)
-    control = base_node(b"pg_control", st, NodeType.FILE, (), size=len(data),
-                        chunks=(writer.add(BlobKind.DATA, data)[0],), content_hash=hasher.digest())
+    control = file_node("pg_control", st, size=len(data), chunks=sink.store_content(data),
+                        content_hash=sink.hash_content(data))
     inside = [n for n in inner.nodes if n.name != b"pg_control"] + [control]
-    subtree = repo.save_tree(writer, Tree(tuple(sorted(inside, key=lambda n: n.name))))
+    subtree = sink.save_tree(Tree(tuple(sorted(inside, key=lambda n: n.name))))
     return Tree(tuple(replace(n, subtree=subtree) if n is folder else n for n in root.nodes))

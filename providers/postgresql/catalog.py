@@ -1,7 +1,7 @@
 """The PostgreSQL recovery catalog: base backups, shipped WAL, recoverable windows, gaps.
 
 Pure: recovery points in (anything with `id`, `time`, `kind`, `extra`), values out. The
-facts come from each point's `extra["pg"]` (written by providers/postgresql.py):
+facts come from each point's `extra["pg"]` (written by backup.py):
 
     base            a base backup: start/stop LSN and WAL segment, timeline, label, stop time
     wal             WAL segments stored in this point: name, timeline, segno, first/last

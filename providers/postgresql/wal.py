@@ -18,7 +18,7 @@ That user cannot read the repository key, so archiving is split in two:
 
 Stdlib only, and runnable as a script (`python3 -I wal.py push ...`): apply installs a copy
 readable by the PostgreSQL OS user, which usually cannot import protectctl (a virtualenv
-under /root). `protectctl agent wal-push` / `wal-fetch` call the same functions.
+under /root).
 """
 
 from __future__ import annotations

@@ -1,0 +1,87 @@
+"""The engine services providers use (protectctl.provider): the sink a snapshot writes into,
+and `archive`, a directory tree into that sink with the change journal opened, kept and
+committed here, so no provider touches the archiver, the journal or the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from protectctl.agent.archiver import ArchiveOptions as ArchiverOptions
+from protectctl.agent.archiver import Archiver
+from protectctl.agent.journal import Journal
+from protectctl.agent.patterns import PathFilter
+from protectctl.engine.ids import BlobId
+from protectctl.engine.points import Point
+from protectctl.engine.repository import BlobKind, BlobWriter, Repository
+from protectctl.engine.tree import Tree
+from protectctl.provider import Archived, ArchiveOptions, SnapshotRequest, journal_path
+
+
+class RepositorySink:
+    """A repository's write session as a provider's `SnapshotSink`."""
+
+    def __init__(self, repo: Repository, writer: BlobWriter) -> None:
+        self.repo = repo
+        self.writer = writer
+        self._chunker = repo.chunker()
+
+    @property
+    def repository_id(self) -> str:
+        return self.repo.id
+
+    def hash_content(self, data: bytes) -> bytes:
+        hasher = self.repo.content_hasher()
+        hasher.update(data)
+        return hasher.digest()
+
+    def store_content(self, data: bytes) -> tuple[BlobId, ...]:
+        return tuple(self.writer.add(BlobKind.DATA, piece)[0] for piece in self._chunker.iter_buffer(data))
+
+    def save_tree(self, tree: Tree) -> BlobId:
+        return self.repo.save_tree(self.writer, tree)
+
+    def has_blob(self, blob: BlobId) -> bool:
+        return self.repo.has_blob(blob)
+
+    def list_points(self, source: str) -> list[Point]:
+        return self.repo.list_points(source)
+
+
+def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) -> Archived:
+    """See protectctl.provider.archive."""
+    sink = request.sink
+    if not isinstance(sink, RepositorySink):
+        raise TypeError("archive() writes into the sink the agent handed the provider")
+    repo = sink.repo
+    book = Journal(journal_path(request.state_dir, journal, repo.id), repo_id=repo.id)
+    out = book.begin()
+    try:
+        result = Archiver(repo, sink.writer, book, out, ArchiverOptions(
+            root=Path(options.root),
+            filter=PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude]),
+            one_file_system=options.one_file_system, verify_all=options.verify_all,
+            reread=options.reread,
+            keep_trees=options.keep_trees,
+        ), request.progress).run()
+    except BaseException:
+        out.abort()
+        book.close()
+        raise
+    book.close()
+    assert result.tree is not None and result.root is not None
+
+    def finish(point_id: str | None) -> None:
+        if point_id is None:
+            out.abort()
+        else:
+            out.commit({"point_id": point_id, "source": request.source})
+
+    root: os.stat_result = result.root
+    return Archived(
+        tree=result.tree, files=result.files, dirs=result.dirs, bytes_total=result.bytes_total,
+        bytes_read=result.bytes_read, files_read=result.files_read, files_reused=result.files_reused,
+        silent_changes=result.silent_changes, silent_changed=tuple(result.silent_changed),
+        errors=tuple(result.errors), root=root, trees=dict(result.trees), finish=finish,
+    )

@@ -1,0 +1,40 @@
+"""The `postgresql:` member spec: its model only (pydantic and protectctl's pure policy
+helpers), so a policy validates without importing the rest of the provider."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from protectctl.policy.model import CamelSpec, Name, SizeText
+from protectctl.units import ByteSize
+
+
+class PostgresqlNodeSpec(CamelSpec):
+    """One host of a primary/standby pair where its cluster differs from the member's defaults."""
+
+    data_dir: str | None = Field(None, pattern=r"^/")
+    port: int | None = Field(None, ge=1, le=65535)
+    socket_dir: str | None = Field(None, pattern=r"^/")
+    spool_dir: str | None = Field(None, pattern=r"^/")
+
+
+class PostgresqlMember(CamelSpec):
+    data_dir: str = Field(pattern=r"^/", description="the cluster's absolute data directory")
+    port: int = Field(5432, ge=1, le=65535)
+    socket_dir: str = Field("/var/run/postgresql", pattern=r"^/", description="unix_socket_directories entry")
+    os_user: str = Field("postgres", description="the OS user PostgreSQL runs as; its binaries never run as root")
+    bin_dir: str = Field("/usr/lib/postgresql/15/bin", pattern=r"^/")
+    allow_restart: bool = Field(False, description="apply may restart the cluster when archiving needs it")
+    spool_dir: str | None = Field(None, pattern=r"^/", description="where archive_command spools WAL for the "
+                                  "agent (default: <host root>/var/lib/protectctl-spool/<group>--<member>)")
+    spool_limit: SizeText = Field(default_factory=lambda: ByteSize.parse("4GiB"),
+                                  description="past this, segments are dropped loudly instead of filling the disk")
+    streaming: bool = Field(False, description="stream WAL with pg_receivewal (RPO of seconds)")
+    backup_from: Literal["primary", "standby"] = Field(
+        "primary", description="a member with `hosts:` (a primary/standby pair): base backups run on the node "
+        "that is primary now, or on a standby; WAL always ships from the primary")
+    per_host: dict[Name, PostgresqlNodeSpec] = Field(
+        default_factory=dict, description="a member with `hosts:`: what differs on one host of the pair "
+        "(dataDir, port, socketDir, spoolDir); the other fields apply to every host")
