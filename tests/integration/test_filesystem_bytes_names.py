@@ -23,7 +23,7 @@ from protectctl.engine.points import Point, PointStats, new_point_id
 from protectctl.engine.repository import BlobKind, Repository
 from protectctl.engine.tree import HashScheme, Node, NodeType, Tree, extents_hash
 from protectctl.errors import RestoreError
-from protectctl.providers.filesystem import journal_path
+from protectctl.provider import journal_path
 from tests.conftest import copy_example, run_cli
 from tests.integration.test_filesystem_backup import PASS, T0, Clock, make_job
 
