@@ -183,13 +183,22 @@ def write_schemas(out_dir: Path) -> list[Path]:
     import json
 
     from protectctl.fsutil import atomic_write_text
+    from protectctl.policy.schema import combined_schema
 
     written = []
-    for name, schema in schema_documents().items():
+    schemas = schema_documents()
+    for name, schema in [*schemas.items(), ("protectctl", combined_schema(schemas))]:
         path = out_dir / f"{name}.json"
         atomic_write_text(path, json.dumps(schema, indent=2, sort_keys=True) + "\n")
         written.append(path)
     return written
+
+
+def combined_schema() -> dict[str, Any]:
+    """One JSON Schema for any document, chosen by `kind` (schemas/protectctl.json)."""
+    from protectctl.policy.schema import combined_schema as combine
+
+    return combine(schema_documents())
 
 
 # --- state ----------------------------------------------------------------------------

@@ -1010,3 +1010,45 @@ def _single(lines: tuple[str, ...], what: str, schedule: Schedule) -> str:
             f"the schedule {_quote(str(schedule))} needs {len(lines)} {what} expressions: {', '.join(lines)}"
         )
     return lines[0]
+
+
+# --------------------------------------------------------------------------- JSON Schema patterns
+# Patterns an editor checks while a policy is typed (the JSON Schemas in schemas/). Built from
+# the same unit tables the parsers use, in the regex subset JSON Schema shares with Python
+# (ECMA-262: no inline flags, so case-insensitive words are spelled as character classes).
+# They must never refuse what a parser accepts (tests/unit/test_schema_patterns.py checks it);
+# they may accept a little more (e.g. `every 7m`, refused later with the nearest valid interval).
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+def _alternatives(words: Iterable[str], *, any_case: bool = False) -> str:
+    ordered = sorted(set(words), key=lambda w: (-len(w), w))  # longest first: `mins` before `m`
+    return "(?:" + "|".join(_any_case(w) if any_case else re.escape(w) for w in ordered) + ")"
+
+
+_JSON_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+_JSON_DURATION_UNIT = _alternatives(_DURATION_UNITS)
+_SIZE_UNIT_PATTERN = r"(?:[bB](?:[yY][tT][eE][sS]?)?|[kKmMgGtTpPeE][iI]?[bB])"
+_CRON_FIELD = r"[0-9*,/a-zA-Z-]+"
+
+
+def _schedule_pattern() -> str:
+    unit = _alternatives(_DURATION_UNITS, any_case=True)
+    every = rf"{_any_case('every')}\s+(?:{_JSON_NUMBER}\s*{unit}|{unit})"
+    forms = "|".join([every, *(_any_case(w) for w in ("hourly", "daily", "weekly", "monthly"))])
+    friendly = rf"(?:{forms})(?:\s+{_any_case('on')}\s+\S+)?(?:\s+{_any_case('at')}\s+\S+)?"
+    cron = rf"[0-9*,/-]{_CRON_FIELD[:-1]}*(?:\s+{_CRON_FIELD}){{4}}"
+    return rf"^\s*(?:{friendly}|{cron})\s*$"
+
+
+JSON_PATTERNS: dict[type, str] = {
+    Duration: rf"^\s*(?:0|(?:{_JSON_NUMBER}\s*{_JSON_DURATION_UNIT}\s*)+)\s*$",
+    ByteSize: rf"^\s*{_JSON_NUMBER}\s*{_SIZE_UNIT_PATTERN}?\s*$",
+    Rate: "^" + _RATE_RE.pattern + "$",
+    ChangeRate: rf"^\s*{_JSON_NUMBER}\s*%\s*/\s*{_alternatives(_CHANGE_PERIODS)}\s*$",
+    TimeWindow: "^" + _WINDOW_RE.pattern + "$",
+    Schedule: _schedule_pattern(),
+}

@@ -136,14 +136,17 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     @app.command()
     def schema(
         ctx: typer.Context,
-        out: Annotated[Path | None, typer.Option("--out", help="Write one file per kind here.")] = None,
+        out: Annotated[Path | None, typer.Option(
+            "--out", help="Write one file per kind here, and protectctl.json for any kind.")] = None,
+        combined: Annotated[bool, typer.Option(
+            "--combined", help="Print the one schema for any document (chosen by its kind).")] = False,
     ) -> None:
         """JSON Schema of every document kind."""
         from protectctl import api
 
         env = env_of(ctx)
         if out is None:
-            env.output.document(api.schema_documents())
+            env.output.document(api.combined_schema() if combined else api.schema_documents())
             return
         for path in api.write_schemas(out):
             env.output.info(f"wrote {path}")

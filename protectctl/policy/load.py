@@ -326,12 +326,24 @@ def _from_validation(
     err: ValidationError, ref: DocRef, prefix: KeyPath, model: type[BaseModel], raw: object
 ) -> list[Problem]:
     problems = []
-    for item in err.errors(include_url=False):
+    items = err.errors(include_url=False)
+    for item in items:
+        if _cascade(item, items):
+            continue
         loc = _user_path(raw, item["loc"])
         path = prefix + loc
         summary, detail = _explain(item, loc, model)
         problems.append(Problem(ref, path, summary, detail))
     return problems
+
+
+def _cascade(item: Any, items: Sequence[Any]) -> bool:
+    """An error that only follows from another one: pydantic reports a sequence as too short when
+    one of its items failed (a misspelled `filesytem:` is not also "needs at least one member")."""
+    if item["type"] != "too_short":
+        return False
+    where = tuple(item["loc"])
+    return any(len(other["loc"]) > len(where) and tuple(other["loc"][: len(where)]) == where for other in items)
 
 
 def _user_path(raw: object, loc: Sequence[str | int]) -> KeyPath:

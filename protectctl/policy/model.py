@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from protectctl.units import ByteSize, ChangeRate, Duration, Rate, Schedule, TimeWindow, UnitError
+from protectctl.units import JSON_PATTERNS, ByteSize, ChangeRate, Duration, Rate, Schedule, TimeWindow, UnitError
 
 API_VERSION = "protectctl/v1"
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -59,7 +59,8 @@ def _parser(cls: Any, example: str, what: str) -> Any:
         cls,
         BeforeValidator(parse),
         PlainSerializer(str, return_type=str),
-        WithJsonSchema({"type": "string", "description": f"{what}, e.g. {example!r}", "examples": [example]}),
+        WithJsonSchema({"type": "string", "description": f"{what}, e.g. {example!r}", "examples": [example],
+                        "pattern": JSON_PATTERNS[cls]}),
     ]
 
 
@@ -125,7 +126,7 @@ class Kind(StrEnum):
 class MetricsSpec(CamelSpec):
     """The agent's Prometheus textfile, for node_exporter's textfile collector."""
 
-    path: str = Field("/var/lib/prometheus/node-exporter/protectctl.prom", pattern=r"^/[^\s\"'\\]*\.prom$",
+    path: str = Field("/var/lib/prometheus/node-exporter/protectctl.prom", pattern="^/[^\\s\"'\\\\]*\\.prom$",
                       description="absolute path on the host (under its root); node_exporter reads *.prom files "
                                   "of its --collector.textfile.directory")
     group: str = Field("prometheus", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",

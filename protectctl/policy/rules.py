@@ -147,7 +147,7 @@ def _groups(policy: Policy) -> Iterator[Problem]:
         sla_doc = policy.get(Kind.SLA, spec.sla)
         if sla_doc is not None:
             assert isinstance(sla_doc.spec, SLASpec)
-            yield from _sla_fits_members(doc, spec, sla_doc.spec, budgets.file_source, budgets.application_source)
+            yield from _sla_fits_members(doc, spec, sla_doc, budgets.file_source, budgets.application_source)
 
 
 def _local_storage_on_ssh_host(policy: Policy, doc: Document, spec: ProtectionGroupSpec, i: int) -> Iterator[Problem]:
@@ -201,13 +201,21 @@ def _pair(policy: Policy, doc: Document, i: int) -> Iterator[Problem]:
         yield from _ref(policy, doc, (*where, j), Kind.HOST, host)
 
 
-def _sla_fits_members(doc: Document, group: ProtectionGroupSpec, sla: SLASpec,
+def _sla_fits_members(doc: Document, group: ProtectionGroupSpec, sla_doc: Document,
                       file_budget: int, app_budget: int) -> Iterator[Problem]:
+    sla = sla_doc.spec
+    assert isinstance(sla, SLASpec)
     traits: list[Traits] = [load_provider(m.provider).traits for m in group.members]
     if sla.sync.min_interval_s() < MIN_SYNC_S and not all(t.continuous_log_shipping for t in traits):
+        hint = "only providers with continuous log shipping may sync more often; use `every 15m` or less"
         yield Problem(doc.ref, ("spec", "sla"),
-                      f"SLA {group.sla!r} syncs `{sla.sync}`, more often than every 15m",
-                      "only providers with continuous log shipping may sync more often; use `every 15m` or less")
+                      f"SLA {group.sla!r} syncs `{sla.sync}`, more often than every 15m", hint)
+        if not sla_doc.ref.shipped:  # both places: the line to change is the SLA's own `sync:`
+            plain = sorted({m.provider for m, t in zip(group.members, traits, strict=True)
+                            if not t.continuous_log_shipping})
+            yield Problem(sla_doc.ref, ("spec", "sync"),
+                          f"`{sla.sync}` is more often than every 15m, and group {doc.name!r} uses this SLA "
+                          f"for {', '.join(plain)} sources", hint)
     snapshots = snapshots_retained(sla)
     for t in set(traits):
         budget = app_budget if t.application else file_budget

@@ -198,9 +198,20 @@ def test_member_names_unique(tmp_path: Path) -> None:
 def test_filesystem_sync_more_often_than_15m(tmp_path: Path) -> None:
     write_policy(tmp_path, base(group(), sla_doc=sla(sync="every 5m")))
     errors = errors_of(tmp_path)
-    assert len(errors) == 1 and "more often than every 15m" in errors[0].summary
-    assert errors[0].location is not None
-    assert errors[0].location.line == line_of(tmp_path / "protect.yaml", "sla: tier1")
+    assert len(errors) == 2 and all("more often than every 15m" in e.summary for e in errors)
+    lines = sorted(e.location.line for e in errors if e.location is not None)
+    # both places: the group that uses the SLA, and the SLA's own `sync:` line (the one to change)
+    assert lines == sorted([line_of(tmp_path / "protect.yaml", "sla: tier1"),
+                            line_of(tmp_path / "protect.yaml", "sync: every 5m")])
+
+
+def test_misspelled_data_source_is_one_error_not_a_cascade(tmp_path: Path) -> None:
+    write_policy(tmp_path, base(group()))
+    policy = tmp_path / "protect.yaml"
+    policy.write_text(policy.read_text().replace("filesystem:", "filesytem:"))
+    errors = errors_of(tmp_path)
+    assert [e.summary for e in errors] == ["unknown field `filesytem`"]
+    assert "did you mean `filesystem`" in (errors[0].detail or "")
 
 
 def test_full_less_often_than_weekly(tmp_path: Path) -> None:
