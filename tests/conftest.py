@@ -88,6 +88,17 @@ def cli() -> CliRunner:
     return run_cli
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout_s`. Tests wait for
+    an event this way, never for a fixed time: a loaded machine is slow, not wrong."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting until {what}"
+        time.sleep(0.01)
+
+
 def write_policy(directory: Path, documents: Sequence[str] | str, name: str = "protect.yaml") -> Path:
     """Write YAML documents (joined with ---) into directory/name and return the directory."""
     directory.mkdir(parents=True, exist_ok=True)

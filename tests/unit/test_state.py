@@ -108,23 +108,32 @@ def test_lock_names_its_holder(tmp_path: Path) -> None:
         pass
 
 
-def test_lock_timeout_waits(tmp_path: Path) -> None:
-    backend = LocalStateBackend(tmp_path / "state.json")
-    held = threading.Event()
+def test_lock_timeout_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter polls while the lock is held and takes it once released: proven by events (the
+    waiter has polled, the holder let go), not by how long either took."""
+    import protectctl.state.local as local
 
-    def hold() -> None:
-        with backend.lock("apply", 0):
-            held.set()
-            time.sleep(0.5)
+    polled = threading.Event()
+    real_sleep = time.sleep
 
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait()
-    started = time.monotonic()
-    with LocalStateBackend(tmp_path / "state.json").lock("plan", 10):
-        waited = time.monotonic() - started
-    thread.join()
-    assert 0.2 < waited < 5
+    def sleep(seconds: float) -> None:
+        polled.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(local.time, "sleep", sleep)
+    acquired = threading.Event()
+
+    def wait_for_lock() -> None:
+        with LocalStateBackend(tmp_path / "state.json").lock("plan", 60):
+            acquired.set()
+
+    with LocalStateBackend(tmp_path / "state.json").lock("apply", 0):
+        waiter = threading.Thread(target=wait_for_lock)
+        waiter.start()
+        assert polled.wait(60), "the waiter never polled"
+        assert not acquired.is_set()
+    waiter.join(60)
+    assert acquired.is_set()
 
 
 def test_unlock(tmp_path: Path) -> None:
