@@ -21,7 +21,9 @@ from pydantic import ValidationError
 
 from protectctl.errors import StateError, StateLockedError
 from protectctl.fsutil import atomic_write
-from protectctl.state.model import State
+from protectctl.state.model import STATE_FORMAT, State
+
+REQUIRED_FIELDS = ("format_version", "lineage", "serial", "resources")
 
 
 class LocalStateBackend:
@@ -41,12 +43,28 @@ class LocalStateBackend:
         except OSError as err:
             raise StateError(f"reading state {self.path}: {err.strerror}") from err
         try:
-            return State.model_validate_json(raw)
+            state = State.model_validate_json(raw)
         except ValidationError as err:
-            raise StateError(
-                f"state file {self.path} is damaged or not a protectctl state ({err.error_count()} problem(s))",
-                hint=f"restore it from {self.backup_path} if that one is intact",
-            ) from None
+            raise self._damaged(f"{err.error_count()} problem(s)") from None
+        # Every state protectctl writes carries all of these. One without them (`{}`, a file
+        # truncated and "repaired" by hand) is damaged, not empty: read as empty, plan would
+        # offer to create everything again and apply would overwrite what is left.
+        missing = [name for name in REQUIRED_FIELDS if name not in state.model_fields_set]
+        if missing:
+            raise self._damaged(f"no {', '.join(missing)}")
+        if not state.lineage or state.serial < 0:
+            raise self._damaged("an empty lineage or a negative serial")
+        if state.format_version != STATE_FORMAT:
+            raise StateError(f"state file {self.path} has format {state.format_version}; this protectctl reads "
+                             f"{STATE_FORMAT}", hint="use the protectctl version that wrote it")
+        return state
+
+    def _damaged(self, why: str) -> StateError:
+        return StateError(
+            f"state file {self.path} is damaged or not a protectctl state ({why})",
+            hint=f"restore it from {self.backup_path} if that one is intact; a missing state file, not an "
+                 "empty one, is how a policy without state starts",
+        )
 
     def write(self, state: State) -> None:
         data = state.model_dump_json(indent=2).encode() + b"\n"

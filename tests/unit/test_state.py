@@ -147,3 +147,28 @@ def test_unlock(tmp_path: Path) -> None:
         with pytest.raises(StateLockedError, match="held by a live process"):
             LocalStateBackend(tmp_path / "state.json").unlock()
         assert "apply" in LocalStateBackend(tmp_path / "state.json").unlock(force=True)
+
+
+@pytest.mark.parametrize("text", [
+    "{}",  # once read as an empty state: plan offered to create everything, apply rewrote it
+    '{"resources": {}}',
+    '{"format_version": 1, "serial": 3, "resources": {}}',  # no lineage
+    '{"format_version": 1, "lineage": "x", "resources": {}}',  # no serial
+    '{"format_version": 1, "lineage": "", "serial": 0, "resources": {}}',
+    '{"format_version": 1, "lineage": "x", "serial": -1, "resources": {}}',
+    "", "null", "[]",
+])
+def test_a_state_without_lineage_or_serial_is_damaged_not_empty(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    with pytest.raises(StateError, match="damaged") as info:
+        LocalStateBackend(path).read()
+    assert "state.json.backup" in (info.value.hint or "")
+    assert path.read_text() == text  # left as it was, for the user to look at
+
+
+def test_a_state_of_another_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"format_version": 2, "lineage": "x", "serial": 1, "resources": {}}')
+    with pytest.raises(StateError, match="format 2"):
+        LocalStateBackend(path).read()
