@@ -12,12 +12,13 @@ inside the target and verifies each file against its stored hash.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from protectctl.agent.archiver import ArchiveOptions, Archiver, ArchiveResult
-from protectctl.agent.journal import Journal
+from protectctl.agent.journal import Journal, writing_error
 from protectctl.agent.lock import safe_name
 from protectctl.agent.patterns import PathFilter, validate_patterns
 from protectctl.errors import ProtectctlError, RestoreError
@@ -67,12 +68,20 @@ class FilesystemProvider:
         journal = Journal(
             journal_path(request.state_dir, request.source, request.repo.id), repo_id=request.repo.id
         )
-        journal_out = journal.begin()
+        try:
+            journal_out = journal.begin()
+        except (sqlite3.Error, OSError) as err:
+            journal.close()
+            raise writing_error(journal.path, err) from err
         try:
             # No phase of our own: the writer's "upload" phase frames the snapshot; we add files.
             result = Archiver(
                 request.repo, request.writer, journal, journal_out, options, request.progress
             ).run()
+        except sqlite3.Error as err:  # the next journal cannot be written: a full disk
+            journal_out.abort()
+            journal.close()
+            raise writing_error(journal.path, err) from err
         except BaseException:
             journal_out.abort()
             journal.close()

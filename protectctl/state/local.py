@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from protectctl.errors import StateError, StateLockedError
-from protectctl.fsutil import atomic_write
+from protectctl.fsutil import atomic_write, os_error_text
 from protectctl.state.model import STATE_FORMAT, State
 
 REQUIRED_FIELDS = ("format_version", "lineage", "serial", "resources")
@@ -73,7 +73,9 @@ class LocalStateBackend:
                 atomic_write(self.backup_path, self.path.read_bytes(), mode=0o600)
             atomic_write(self.path, data, mode=0o600)
         except OSError as err:
-            raise StateError(f"writing state {self.path}: {err.strerror}") from err
+            raise StateError(f"writing state {self.path}: {os_error_text(err)}",
+                             hint=f"free space where the state lives ({self.path.parent}); the state "
+                                  "is as the last successful write left it") from err
 
     @contextlib.contextmanager
     def lock(self, command: str, timeout_s: float) -> Iterator[None]:
@@ -81,20 +83,28 @@ class LocalStateBackend:
             self.lock_path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as err:
-            raise StateError(f"creating state lock {self.lock_path}: {err.strerror}") from err
+            raise StateError(f"creating state lock {self.lock_path}: {os_error_text(err)}") from err
         try:
             self._acquire(fd, timeout_s)
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                      "time": datetime.now(UTC).isoformat(timespec="seconds")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
             try:
+                self._record_holder(fd, command)
                 yield
             finally:
-                os.ftruncate(fd, 0)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _record_holder(self, fd: int, command: str) -> None:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                  "time": datetime.now(UTC).isoformat(timespec="seconds")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError as err:  # a full disk, typically: nothing that needs the state could go on
+            raise StateError(f"recording the lock holder in {self.lock_path}: {os_error_text(err)}",
+                             hint=f"free space where the state lives ({self.lock_path.parent}), then retry") from err
 
     def _acquire(self, fd: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
