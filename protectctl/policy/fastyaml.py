@@ -16,8 +16,9 @@ Text where the two parsers themselves disagree is deferred before parsing: any t
 takes `0<TAB>`, `a: b<TAB>#c` or `a<TAB>: b`, which ruamel refuses as a syntax error), the
 YAML 1.1 line breaks NEL, LS and PS (line breaks to libyaml, not to YAML 1.2), a byte order mark
 anywhere but at the start (libyaml drops it), and a block scalar header followed by `#` with no
-space (`|#`: a comment to libyaml, an error to ruamel) or standing as a whole document. Found by tests/unit/test_policy_fastyaml.py
-(random text against ruamel); policies rarely hold any of these, so the common case stays fast.
+space (`|#`: a comment to libyaml, an error to ruamel) or standing as a whole document. Found by
+tests/unit/test_policy_fastyaml.py (random text against ruamel); policies rarely hold any of
+these, so the common case stays fast.
 """
 
 from __future__ import annotations
