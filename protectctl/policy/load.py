@@ -291,6 +291,7 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
         if raw_docs is None:
             return 0
     seen = 0
+    may_hold_nul = "\\" in text  # only a double-quoted escape (`"\0"`) can make a NUL
     for index, raw in enumerate(raw_docs):
         if raw is None:
             continue
@@ -306,8 +307,8 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
         if isinstance(kind, str) and kind in GENERATED_KINDS:
             seen -= 1
             continue  # a host root inside the policy directory: what apply wrote is not policy
-        if "\\" in text and _nul_problems(raw, ref, (), problems):
-            continue  # only a double-quoted escape (`"\0"`) can make a NUL: look only then
+        if may_hold_nul and _nul_problems(raw, ref, (), problems):
+            continue
         doc = _validate_document(raw, ref, problems, policy.broken)
         if doc is not None:
             _register(policy, doc, problems)
