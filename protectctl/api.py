@@ -69,11 +69,11 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load(policy_dir: Path) -> Policy:
+def load(policy_dir: Path, *, allow_empty: bool = False) -> Policy:
     from protectctl.policy.load import load_policy
 
     with _gc_paused():
-        return load_policy(policy_dir)
+        return load_policy(policy_dir, allow_empty=allow_empty)
 
 
 def validate(policy_dir: Path) -> ValidateResult:
@@ -373,7 +373,7 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
 
 def plan(policy_dir: Path, *, out: Path | None = None, destroy: bool = False, delete_data: bool = False,
          refresh: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Plan:
-    policy = load(policy_dir)
+    policy = load(policy_dir, allow_empty=destroy)
     backend = state_backend(policy_dir, policy)
     with backend.lock("plan", lock_timeout_s):
         result = make_plan(policy_dir, backend.read(), policy=policy, destroy=destroy, delete_data=delete_data,
@@ -446,14 +446,18 @@ class ApplyReport:
 
 def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[[Plan], bool],
           parallelism: int = 10, destroy: bool = False, delete_data: bool = False, refresh: bool = False,
-          lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+          allow_remove_all: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
           on_result: Callable[[ResourceResult], None] = lambda r: None) -> ApplyReport:
-    """Plan (or read a saved plan), confirm, then execute it under the state lock."""
+    """Plan (or read a saved plan), confirm, then execute it under the state lock.
+
+    Raises PlanError for a plan (not a destroy) that removes every schedule, unless
+    `allow_remove_all`."""
     from protectctl.apply.effects import ApplyContext
     from protectctl.apply.walk import apply_plan
     from protectctl.plan.diff import plan_is_applicable
 
-    policy = load(policy_dir)
+    # destroy needs no policy; a saved plan is what is applied (the policy only names hosts)
+    policy = load(policy_dir, allow_empty=destroy or plan_file is not None)
     backend = state_backend(policy_dir, policy)
     with backend.lock("destroy" if destroy else "apply", lock_timeout_s):
         state = backend.read()
@@ -467,6 +471,8 @@ def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[
         else:
             the_plan = make_plan(policy_dir, state, policy=policy, destroy=destroy, delete_data=delete_data,
                                  refresh=refresh)
+        if not the_plan.destroy and not allow_remove_all:
+            _refuse_stopping_all_protection(the_plan, state)
         report = ApplyReport(the_plan)
         if not the_plan.changes or not confirm(the_plan):
             return report
@@ -479,6 +485,16 @@ def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[
         report.inactive_schedules = ctx.inactive
         report.applied = True
     return report
+
+
+def _refuse_stopping_all_protection(the_plan: Plan, state: State) -> None:
+    from protectctl.plan.diff import stops_all_protection
+
+    stopped = stops_all_protection(the_plan.changes, state)
+    if stopped is not None:
+        raise PlanError(f"refusing to apply: {stopped}",
+                        hint="if the policy was emptied by mistake, restore it; to stop protecting everything, run "
+                             "`protectctl destroy`, or pass --allow-remove-all to apply")
 
 
 # --- the data path: run, points, restore, prune, check, status -------------------------

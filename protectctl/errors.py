@@ -44,14 +44,32 @@ class Severity(StrEnum):
     WARNING = "warning"
 
 
+# What a diagnostic may echo of the user's input: a 10 MB name was once printed whole.
+MAX_DIAGNOSTIC_CHARS = 400
+
+
+def clip(text: str, limit: int = MAX_DIAGNOSTIC_CHARS) -> str:
+    """`text` cut to about `limit` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}…[{len(text) - 2 * keep:,} characters cut]…{text[-keep:]}"
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
-    """One problem found in the policy: where, what is wrong, what would be right."""
+    """One problem found in the policy: where, what is wrong, what would be right (each text
+    bounded: whatever of the policy it quotes is clipped)."""
 
     severity: Severity
     summary: str
     location: Location | None = None
     detail: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "summary", clip(self.summary))
+        if self.detail is not None:
+            object.__setattr__(self, "detail", clip(self.detail))
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""

@@ -9,9 +9,19 @@ backend all write through here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def os_error_text(err: OSError) -> str:
+    """An OSError as users should read it: a full disk named as such."""
+    if err.errno in DISK_FULL_ERRNOS:
+        return "no space left: the filesystem is full"
+    return err.strerror or str(err)
 
 
 def fsync_dir(path: Path) -> None:

@@ -10,6 +10,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# One hypothesis policy for everyone, CI and `python -m pytest` on a fresh clone alike: examples
+# derived from each test (not from a random seed), no example database carried between runs, no
+# wall-clock deadline (2 shared cores), and a failure printed with the blob that replays it
+# (`@reproduce_failure`). HYPOTHESIS_PROFILE=explore searches afresh and deeper, for a local hunt.
+settings.register_profile("protectctl", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, deadline=None, print_blob=True,
+                          max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "protectctl"))
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -78,9 +88,43 @@ def cli() -> CliRunner:
     return run_cli
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout_s`. Tests wait for
+    an event this way, never for a fixed time: a loaded machine is slow, not wrong."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting until {what}"
+        time.sleep(0.01)
+
+
 def write_policy(directory: Path, documents: Sequence[str] | str, name: str = "protect.yaml") -> Path:
     """Write YAML documents (joined with ---) into directory/name and return the directory."""
     directory.mkdir(parents=True, exist_ok=True)
     text = documents if isinstance(documents, str) else "---\n".join(documents)
     (directory / name).write_text(text, encoding="utf-8")
     return directory
+
+
+def _random_order_line(config: pytest.Config) -> str | None:
+    """How to replay this run's test order (pytest-randomly), or None when it is off."""
+    if not config.pluginmanager.hasplugin("randomly"):
+        return None
+    seed = config.getoption("randomly_seed", None)
+    return f"random test order: --randomly-seed={seed} replays it; -p no:randomly turns it off"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # pytest-randomly says its seed in the header, which -q (our addopts) hides: say it here, and
+    # again at the end, so a failure in any run can be replayed in the same order.
+    line = _random_order_line(session.config)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if line and reporter is not None:
+        reporter.write_line(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    line = _random_order_line(config)
+    if line:
+        terminalreporter.write_line(line)

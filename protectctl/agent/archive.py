@@ -6,11 +6,12 @@ committed here, so no provider touches the archiver, the journal or the reposito
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 from protectctl.agent.archiver import ArchiveOptions as ArchiverOptions
 from protectctl.agent.archiver import Archiver
-from protectctl.agent.journal import Journal
+from protectctl.agent.journal import Journal, writing_error
 from protectctl.agent.patterns import PathFilter
 from protectctl.engine.ids import BlobId
 from protectctl.engine.points import Point
@@ -56,7 +57,11 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) 
         raise TypeError("archive() writes into the sink the agent handed the provider")
     repo = sink.repo
     book = Journal(journal_path(request.state_dir, journal, repo.id), repo_id=repo.id)
-    out = book.begin()
+    try:
+        out = book.begin()
+    except (sqlite3.Error, OSError) as err:
+        book.close()
+        raise writing_error(book.path, err) from err
     try:
         result = Archiver(repo, sink.writer, book, out, ArchiverOptions(
             root=Path(options.root),
@@ -65,6 +70,10 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) 
             reread=options.reread,
             keep_trees=options.keep_trees,
         ), request.progress).run()
+    except sqlite3.Error as err:  # the next journal cannot be written: a full disk
+        out.abort()
+        book.close()
+        raise writing_error(book.path, err) from err
     except BaseException:
         out.abort()
         book.close()

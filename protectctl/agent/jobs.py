@@ -118,6 +118,7 @@ class BackupResult:
     duration_s: float
     silent_changes: int = 0
     warnings: tuple[str, ...] = ()  # e.g. a failed post script
+    notes: tuple[str, ...] = ()  # what went wrong after the point was saved; the run still succeeded
 
     @property
     def ok(self) -> bool:
@@ -129,7 +130,8 @@ class BackupResult:
 
     def to_json(self) -> dict[str, object]:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        out.update(time=_json_time(self.time), errors=list(self.errors), warnings=list(self.warnings))
+        out.update(time=_json_time(self.time), errors=list(self.errors), warnings=list(self.warnings),
+                   notes=list(self.notes))
         out.update(ok=self.ok, exit_code=self.exit_code)
         return out
 
@@ -367,8 +369,22 @@ def _backup_locked(
         except BaseException:
             outcome.finish(None)
             raise
+        notes = _finish_saved(outcome, point)
+    return _result(point, kind, outcome, (*damage, *warnings), notes)
+
+
+def _finish_saved(outcome: SnapshotOutcome, point: Point) -> tuple[str, ...]:
+    """The provider's bookkeeping once the point is saved (the change journal's commit).
+
+    The point is valid and restorable whatever happens here, so a failure (a full disk) is a
+    note on a successful run, never a failed run: once it failed the run after the point was
+    saved, and monitoring counted a saved point as missed."""
+    try:
         outcome.finish(point.id)
-    return _result(point, kind, outcome, (*damage, *warnings))
+    except ProtectctlError as err:
+        log.warning("point.finish_failed", extra={"source": point.source, "point": point.id, "error": err.message})
+        return (f"point {point.id[:12]} is saved, but {err.message}",)
+    return ()
 
 
 def contain_damage(repo: Repository, points: Sequence[Point], damaged: Sequence[DamagedPoint]) -> list[str]:
@@ -439,7 +455,7 @@ def _snapshot(
 
 
 def _result(
-    point: Point, requested: str, outcome: SnapshotOutcome, warnings: tuple[str, ...]
+    point: Point, requested: str, outcome: SnapshotOutcome, warnings: tuple[str, ...], notes: tuple[str, ...] = ()
 ) -> BackupResult:
     silent = outcome.extra.get("silent_changes", 0)
     return BackupResult(
@@ -459,6 +475,7 @@ def _result(
         duration_s=point.stats.duration_s,
         silent_changes=silent if isinstance(silent, int) else 0,
         warnings=warnings,
+        notes=notes,
     )
 
 

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protectctl.engine.tree import HashScheme
-from protectctl.fsutil import fsync_dir
+from protectctl.errors import StateError
+from protectctl.fsutil import fsync_dir, os_error_text
 
 FORMAT_VERSION = "2"
 _ID_LEN = 32
@@ -325,7 +326,20 @@ class JournalWriter:
         self._nodes.clear()
 
     def commit(self, meta: Mapping[str, str]) -> None:
-        """Make this the journal; call only after the point it describes is saved."""
+        """Make this the journal; call only after the point it describes is saved.
+
+        Raises StateError when it cannot be written (a full disk): the next journal is then
+        removed, never left behind (its megabytes once kept the disk full for every later sync),
+        and the journal in place stays, matching an older point, which is merely less helpful."""
+        try:
+            self._publish(meta)
+        except (sqlite3.Error, OSError) as err:
+            self.abort()
+            raise StateError(f"the change journal {self.path} was not updated: {_error_text(err)}",
+                             hint="free space in the agent's state directory; the next sync reads "
+                                  "the files this journal would have let it skip") from err
+
+    def _publish(self, meta: Mapping[str, str]) -> None:
         self._flush()
         rows = {**self._meta, **meta}
         self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(rows.items()))
@@ -346,3 +360,17 @@ class JournalWriter:
             self._conn.close()
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()
+
+
+def writing_error(path: Path, err: sqlite3.Error | OSError) -> StateError:
+    """A failure to write the next journal while a snapshot runs (a full disk), for users."""
+    return StateError(f"writing the change journal {path}.new: {_error_text(err)}",
+                      hint="free space in the agent's state directory; no recovery point was saved")
+
+
+def _error_text(err: sqlite3.Error | OSError) -> str:
+    if isinstance(err, OSError):
+        return os_error_text(err)
+    if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return "no space left: the filesystem is full"
+    return str(err)

@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from protectctl.errors import LockedError
+from protectctl.errors import LockedError, StateError
+from protectctl.fsutil import os_error_text
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,16 @@ def source_lock(
     """Hold the lock of `source`; wait up to `timeout_s`, then raise LockedError naming the holder.
     `what` names the locked thing in messages (default: `source SOURCE`)."""
     path = state_dir / "locks" / f"{safe_name(source)}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise _state_dir_error(f"creating lock {path}", err) from err
     try:
         _acquire(fd, path, what or f"source {source}", timeout_s, sleep)
         _report_stale(fd, source)
-        _write_holder(fd, command)
         try:
+            _write_holder(fd, path, command)
             yield
         finally:
             with contextlib.suppress(OSError):
@@ -68,6 +72,13 @@ def source_lock(
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _state_dir_error(what: str, err: OSError) -> StateError:
+    """The agent's state directory cannot be written (a full disk, typically): nothing ran yet."""
+    return StateError(f"{what}: {os_error_text(err)}",
+                      hint="free space in the agent's state directory (locks, journals, status); "
+                           "no recovery point was started")
 
 
 def _acquire(fd: int, path: Path, what: str, timeout_s: float, sleep: Callable[[float], None]) -> None:
@@ -116,7 +127,7 @@ def _report_stale(fd: int, source: str) -> None:
         )
 
 
-def _write_holder(fd: int, command: str) -> None:
+def _write_holder(fd: int, path: Path, command: str) -> None:
     holder = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -124,5 +135,8 @@ def _write_holder(fd: int, command: str) -> None:
         "since": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     data = json.dumps(holder).encode("utf-8")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError as err:  # a full disk: once an "internal error" (exit 70)
+        raise _state_dir_error(f"recording the lock holder in {path}", err) from err

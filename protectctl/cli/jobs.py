@@ -260,6 +260,7 @@ def backup_line(r: Any) -> str:
             f"{r.files:,} files, {human_bytes(r.bytes_total)}, read {human_bytes(r.bytes_read)}, "
             f"stored {human_bytes(r.bytes_added)} new, {r.duration_s:.1f}s")
     extra = [f"  missed: {e}" for e in r.errors[:20]] + [f"  warning: {w}" for w in r.warnings]
+    extra += [f"  note: {n}" for n in getattr(r, "notes", ())]
     if r.silent_changes:
         extra.append(f"  {r.silent_changes} file(s) changed without a new mtime (caught by the full)")
     return "\n".join([line, *extra])

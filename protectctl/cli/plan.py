@@ -101,6 +101,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             "--delete-data", help="Let deletions remove repositories and keys that hold data.")] = False,
         refresh: Annotated[bool, typer.Option("--refresh", help="Also repair what was changed by hand.")]
         = False,
+        allow_remove_all: Annotated[bool, typer.Option(
+            "--allow-remove-all", help="Apply a plan that removes every schedule (otherwise refused; "
+                                       "`destroy` is the usual way).")] = False,
         json_mode: JsonOpt = False,
         lock_timeout: LockTimeout = "0",
     ) -> None:
@@ -108,7 +111,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         env = env_of(ctx, json_mode)
         _run_apply(env, plan_file=plan_file, auto_approve=auto_approve or plan_file is not None,
                    parallelism=parallelism, destroy=False, delete_data=delete_data, lock_timeout=lock_timeout,
-                   refresh=refresh)
+                   refresh=refresh, allow_remove_all=allow_remove_all)
 
     @app.command()
     def destroy(
@@ -153,7 +156,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
 
 
 def _run_apply(env: Env, *, plan_file: Path | None, auto_approve: bool, parallelism: int, destroy: bool,
-               delete_data: bool, lock_timeout: str, refresh: bool) -> None:
+               delete_data: bool, lock_timeout: str, refresh: bool, allow_remove_all: bool = False) -> None:
     from protectctl import api
     from protectctl.errors import ApplyError
 
@@ -186,7 +189,7 @@ def _run_apply(env: Env, *, plan_file: Path | None, auto_approve: bool, parallel
         env.output.info(f"{result.address}: {result.action.value} {mark} ({result.duration_s:.1f}s){detail}")
 
     report = api.apply(env.policy_dir, plan_file=plan_file, confirm=confirm, parallelism=parallelism,
-                       destroy=destroy, delete_data=delete_data, refresh=refresh,
+                       destroy=destroy, delete_data=delete_data, refresh=refresh, allow_remove_all=allow_remove_all,
                        lock_timeout_s=lock_seconds(lock_timeout), on_result=progress)
     _report(env, report)
 

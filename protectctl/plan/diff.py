@@ -76,6 +76,10 @@ def make_plan(
     _refuse_key_loss(changes, observed)
     if destroy and not delete_data:
         _refuse_data_loss(state, observed)
+    stopped = None if destroy else stops_all_protection(changes, state)
+    if stopped is not None:
+        warnings = [*warnings, f"{stopped}: apply refuses this plan unless given --allow-remove-all "
+                               "(or run `protectctl destroy`)"]
     order = {addr: i for i, addr in enumerate(ordered(changes))}
     changes.sort(key=lambda c: order[c.address])
     return trusted(Plan, {
@@ -188,6 +192,23 @@ def diff_attributes(before: Mapping[str, Any], after: Mapping[str, Any],
     return out
 
 
+def stops_all_protection(changes: Sequence[Change], state: State) -> str | None:
+    """What the changes stop when they leave no schedule where the state has some, else None.
+
+    Such a plan is what an emptied or truncated policy makes: it removes every timer (and
+    the agent configs) and protects nothing any more. Only `destroy`, or apply's
+    --allow-remove-all, may carry it out (as Terraform asks for `destroy`)."""
+    schedules = {a for a, rec in state.resources.items() if rec.kind == "schedule"}
+    if not schedules:
+        return None
+    deleted = {c.address for c in changes if c.action is Action.DELETE}
+    if any(c.kind == "schedule" and c.action is not Action.DELETE for c in changes) or schedules - deleted:
+        return None
+    agents = sum(1 for c in changes if c.kind == "agent" and c.action is Action.DELETE)
+    also = f" and {agents} agent config(s)" if agents else ""
+    return f"this plan removes all {len(schedules)} schedule(s){also} and creates none: nothing would be protected"
+
+
 def plan_is_applicable(plan: Plan, state: State) -> None:
     """Raise StalePlanError when the state moved since the plan was made."""
     from protectctl.errors import StalePlanError
@@ -204,4 +225,4 @@ def plan_is_applicable(plan: Plan, state: State) -> None:
         )
 
 
-__all__ = ["Observations", "PlanError", "diff_attributes", "make_plan", "plan_is_applicable"]
+__all__ = ["Observations", "PlanError", "diff_attributes", "make_plan", "plan_is_applicable", "stops_all_protection"]

@@ -11,6 +11,14 @@ Anything this reader might read differently from ruamel makes it give up (return
 tags, anchors and aliases, `%YAML`/`%TAG` directives, duplicate, complex or null keys, merge
 keys (`<<`), timestamps, and every error. The caller then reads the file with ruamel, whose
 answer (or error, with its position) is the one that counts.
+
+Text where the two parsers themselves disagree is deferred before parsing: any tab (libyaml
+takes `0<TAB>`, `a: b<TAB>#c` or `a<TAB>: b`, which ruamel refuses as a syntax error), the
+YAML 1.1 line breaks NEL, LS and PS (line breaks to libyaml, not to YAML 1.2), a byte order mark
+anywhere but at the start (libyaml drops it), and a block scalar header followed by `#` with no
+space (`|#`: a comment to libyaml, an error to ruamel) or standing as a whole document. Found by
+tests/unit/test_policy_fastyaml.py (random text against ruamel); policies rarely hold any of
+these, so the common case stays fast.
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ _WORDS: dict[str, Any] = {"true": True, "True": True, "TRUE": True, "false": Fal
 _NUMBER_START = frozenset("-+0123456789.")
 _SPECIAL = frozenset({"<<", "="})  # ruamel's merge and value tags
 _NO_KEY = object()  # a mapping waiting for its next key
+# characters libyaml and ruamel treat differently (see the module docstring); all but the tab
+# are non-ASCII, so an ASCII text (`str.isascii` is O(1)) needs only the tab check
+_DISPUTED_NON_ASCII = re.compile("[\x85\u2028\u2029]|(?<!^)\ufeff")
+_BLOCK_HEADER_COMMENT = re.compile(r"[|>][-+0-9]*#")
 
 
 def _plain(text: str) -> Any:
@@ -81,7 +93,12 @@ def _plain(text: str) -> Any:
     return text
 
 
-def _documents(parser: Any) -> list[Any]:
+def _disputed(text: str) -> bool:
+    """True when `text` holds something libyaml and ruamel may read differently."""
+    return "\t" in text or (not text.isascii() and _DISPUTED_NON_ASCII.search(text) is not None)
+
+
+def _documents(parser: Any, text: str) -> list[Any]:
     """Every document of the event stream, as dicts, lists and scalars.
 
     One loop over the events; `stack` holds the open collections, each as [collection, pending
@@ -96,7 +113,15 @@ def _documents(parser: Any) -> list[Any]:
         if cls is ScalarEvent:
             if event.tag is not None or event.anchor is not None:
                 raise _Defer
-            value = _plain(event.value) if event.style == "" else event.value
+            if event.style == "":
+                value = _plain(event.value)
+            else:
+                if event.style in "|>" and (not stack or _BLOCK_HEADER_COMMENT.match(text, event.start_mark.index)):
+                    # `|#`: libyaml reads a comment, ruamel refuses the header; a block scalar as a
+                    # whole document: libyaml takes a `#` line at column 0 for a comment, ruamel
+                    # for content (no policy document is a scalar: ruamel reports it either way)
+                    raise _Defer
+                value = event.value
         elif cls is MappingStartEvent or cls is SequenceStartEvent:
             if event.tag is not None or event.anchor is not None:
                 raise _Defer
@@ -134,11 +159,11 @@ def _documents(parser: Any) -> list[Any]:
 
 def load_all(text: str) -> list[Any] | None:
     """Every document of `text`, or None when ruamel must read it."""
-    if CParser is None:
+    if CParser is None or _disputed(text):
         return None
     parser = CParser(text)
     try:
-        return _documents(parser)
+        return _documents(parser, text)
     except (_Defer, YAMLError, ValueError, TypeError, RecursionError):
         return None
     finally:

@@ -12,7 +12,9 @@ when a file has problems, to find the line and column of each one (`Locator`).
 from __future__ import annotations
 
 import difflib
+import errno
 import os
+import stat
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -31,6 +33,9 @@ if typing.TYPE_CHECKING:
     from ruamel.yaml.error import MarkedYAMLError
 
 KeyPath = tuple[str | int, ...]
+# A policy file bigger than this is refused unread: a 1,000-group policy is 0.4 MB in all
+# (tests/bench/bench_plan.py), and a symlink to /dev/zero once read until MemoryError.
+MAX_FILE_BYTES = 16 << 20
 GENERATED_KINDS = frozenset({"AgentConfig", "SourceConfig"})  # written by apply on hosts
 SKIP_DIRS = frozenset({".git", ".protectctl", "node_modules", "__pycache__", ".venv"})
 
@@ -114,8 +119,8 @@ class Locator:
 
         if file not in self._docs:
             try:
-                self._docs[file] = list(YAML(typ="rt").load_all(file.read_text(encoding="utf-8")))
-            except (YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError):
+                self._docs[file] = list(YAML(typ="rt").load_all(read_policy_file(file)))
+            except (YAMLError, _Unreadable, RecursionError, ValueError, AssertionError):
                 self._docs[file] = []
         return self._docs[file]
 
@@ -126,11 +131,11 @@ class Locator:
         from ruamel.yaml.error import YAMLError
 
         try:
-            nodes = list(YAML(typ="rt").compose_all(ref.file.read_text(encoding="utf-8")))
+            nodes = list(YAML(typ="rt").compose_all(read_policy_file(ref.file)))
             mark = nodes[ref.index].start_mark
             return mark.line, mark.column
-        except (YAMLError, OSError, UnicodeDecodeError, RecursionError, ValueError, IndexError,
-                AttributeError):
+        except (YAMLError, _Unreadable, RecursionError, ValueError, IndexError,
+                AttributeError, AssertionError):
             return 0, 0
 
     @staticmethod
@@ -164,8 +169,11 @@ def policy_files(policy_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def load_policy(policy_dir: Path) -> Policy:
-    """Load and validate the documents of a directory; raises PolicyError with every problem."""
+def load_policy(policy_dir: Path, *, allow_empty: bool = False) -> Policy:
+    """Load and validate the documents of a directory; raises PolicyError with every problem.
+
+    A directory whose files hold no document is an error unless `allow_empty` (destroy: the
+    policy is gone, what apply made must go too)."""
     from protectctl.policy.rules import check_rules  # rules need the whole policy
 
     try:
@@ -189,8 +197,14 @@ def load_policy(policy_dir: Path) -> Policy:
     policy = Policy(root=policy_dir)
     problems: list[Problem] = []
     syntax: list[Diagnostic] = []
-    for file in files:
-        _load_file(file, policy, problems, syntax)
+    seen = sum(_load_file(file, policy, problems, syntax) for file in files)
+    if not seen and not syntax and not allow_empty:
+        # Empty files (or nothing but `---`) are no policy: read as one, apply would remove
+        # every timer and agent config that an earlier policy made.
+        syntax.append(Diagnostic(Severity.ERROR, f"the policy has no documents: {len(files)} file(s) under "
+                                 f"{policy_dir}, all empty", Location(files[0], 1, 1),
+                                 "write its documents, as in examples/quickstart/protect.yaml; to remove "
+                                 "everything apply made, run `protectctl destroy`"))
     _add_shipped(policy)
     problems.extend(check_rules(policy))
     diagnostics = syntax + resolve(problems)
@@ -208,20 +222,80 @@ def resolve(problems: Sequence[Problem]) -> list[Diagnostic]:
     ]
 
 
-def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list[Diagnostic]) -> None:
+class _Unreadable(Exception):
+    """A policy file that must not or cannot be read; the message says why."""
+
+
+def read_policy_file(file: Path) -> str:
+    """The text of one policy file; raises _Unreadable for anything but a regular UTF-8 file of
+    at most MAX_FILE_BYTES (a FIFO would block the loader, a device never end)."""
     try:
-        text = file.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as err:
-        syntax.append(Diagnostic(Severity.ERROR, f"cannot read YAML: {err}", Location(file, 1, 1)))
-        return
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise _Unreadable(f"cannot open: {err.strerror}") from None
+    try:
+        st = os.fstat(fd)  # of what was opened: no race with a rename or a new symlink
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unreadable(f"not a regular file ({_file_type(st.st_mode)}); a policy file must be one")
+        if st.st_size > MAX_FILE_BYTES:
+            raise _Unreadable(f"{st.st_size:,} bytes, more than the {MAX_FILE_BYTES >> 20} MiB a policy file may hold")
+        data = _read_at_most(fd, MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise _Unreadable(f"cannot read: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:  # grew while we read
+        raise _Unreadable(f"more than the {MAX_FILE_BYTES >> 20} MiB a policy file may hold")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _Unreadable(f"not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        try:
+            chunk = os.read(fd, min(1 << 20, limit - size))
+        except BlockingIOError:  # O_NONBLOCK on a regular file never blocks; be safe anyway
+            raise OSError(errno.EAGAIN, "the file would block") from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list[Diagnostic]) -> int:
+    """Load one file's documents into `policy`; returns how many policy documents it holds
+    (valid or not; empty ones and what apply generated not counted)."""
+    try:
+        text = read_policy_file(file)
+    except _Unreadable as err:
+        syntax.append(Diagnostic(Severity.ERROR, f"cannot read policy file: {err}", Location(file, 1, 1),
+                                 "policy files are regular UTF-8 YAML files"))
+        return 0
     raw_docs = fastyaml.load_all(text)
     if raw_docs is None:
         raw_docs = _parse_or_report(file, text, syntax)
         if raw_docs is None:
-            return
+            return 0
+    seen = 0
+    may_hold_nul = "\\" in text  # only a double-quoted escape (`"\0"`) can make a NUL
     for index, raw in enumerate(raw_docs):
         if raw is None:
             continue
+        seen += 1
         ref = DocRef(file, index)
         if not isinstance(raw, dict):
             problems.append(
@@ -231,10 +305,39 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
             continue
         kind = raw.get("kind")
         if isinstance(kind, str) and kind in GENERATED_KINDS:
+            seen -= 1
             continue  # a host root inside the policy directory: what apply wrote is not policy
+        if may_hold_nul and _nul_problems(raw, ref, (), problems):
+            continue
         doc = _validate_document(raw, ref, problems, policy.broken)
         if doc is not None:
             _register(policy, doc, problems)
+    return seen
+
+
+def _nul_problems(node: Any, ref: DocRef, path: KeyPath, problems: list[Problem]) -> bool:
+    """Report every key or value holding a NUL character; True when there was one.
+
+    No path, name, pattern or command can hold a NUL (the OS takes them as C strings): once a
+    member path `/srv/a\\0b` passed validate, plan and apply, and every sync then failed."""
+    found = False
+    if isinstance(node, str):
+        if "\0" in node:
+            problems.append(Problem(ref, path, f"`{_dotted(path) or 'value'}` contains a NUL character (\\0)",
+                                    "no path, name, pattern or command can hold one; remove it"))
+            return True
+        return False
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(key, str) and "\0" in key:
+                problems.append(Problem(ref, path, f"a key in `{_dotted(path) or 'the document'}` contains a NUL "
+                                        "character (\\0)", "remove it"))
+                found = True
+            found = _nul_problems(value, ref, (*path, key), problems) or found
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found = _nul_problems(value, ref, (*path, index), problems) or found
+    return found
 
 
 def _parse_or_report(file: Path, text: str, syntax: list[Diagnostic]) -> list[Any] | None:
@@ -247,7 +350,22 @@ def _parse_or_report(file: Path, text: str, syntax: list[Diagnostic]) -> list[An
         syntax.append(_yaml_diagnostic(file, err))
     except (YAMLError, RecursionError, ValueError) as err:
         syntax.append(Diagnostic(Severity.ERROR, f"cannot read YAML: {err}", Location(file, 1, 1)))
+    except AssertionError as err:  # ruamel asserts what it cannot read, e.g. `%YAML 1.3`
+        syntax.append(_unsupported_yaml(file, text, err))
     return None
+
+
+def _unsupported_yaml(file: Path, text: str, err: AssertionError) -> Diagnostic:
+    """ruamel's assertion about a construct it does not support, located at a `%YAML` directive
+    when there is one (the known case)."""
+    import re
+
+    match = re.search(r"^%YAML[ \t]+(\S*)", text, re.MULTILINE)
+    if match is not None:
+        line = text.count("\n", 0, match.start()) + 1
+        return Diagnostic(Severity.ERROR, f"unsupported YAML version {match.group(1)!r}", Location(file, line, 1),
+                          "policies are YAML 1.2: write `%YAML 1.2` or leave the directive out")
+    return Diagnostic(Severity.ERROR, f"cannot read YAML: {err or 'unsupported construct'}", Location(file, 1, 1))
 
 
 def _parse(text: str) -> list[Any]:

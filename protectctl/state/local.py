@@ -20,8 +20,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from protectctl.errors import StateError, StateLockedError
-from protectctl.fsutil import atomic_write, remove_stale_temps
-from protectctl.state.model import State
+from protectctl.fsutil import atomic_write, os_error_text, remove_stale_temps
+from protectctl.state.model import STATE_FORMAT, State
+
+REQUIRED_FIELDS = ("format_version", "lineage", "serial", "resources")
 
 
 class LocalStateBackend:
@@ -41,12 +43,28 @@ class LocalStateBackend:
         except OSError as err:
             raise StateError(f"reading state {self.path}: {err.strerror}") from err
         try:
-            return State.model_validate_json(raw)
+            state = State.model_validate_json(raw)
         except ValidationError as err:
-            raise StateError(
-                f"state file {self.path} is damaged or not a protectctl state ({err.error_count()} problem(s))",
-                hint=f"restore it from {self.backup_path} if that one is intact",
-            ) from None
+            raise self._damaged(f"{err.error_count()} problem(s)") from None
+        # Every state protectctl writes carries all of these. One without them (`{}`, a file
+        # truncated and "repaired" by hand) is damaged, not empty: read as empty, plan would
+        # offer to create everything again and apply would overwrite what is left.
+        missing = [name for name in REQUIRED_FIELDS if name not in state.model_fields_set]
+        if missing:
+            raise self._damaged(f"no {', '.join(missing)}")
+        if not state.lineage or state.serial < 0:
+            raise self._damaged("an empty lineage or a negative serial")
+        if state.format_version != STATE_FORMAT:
+            raise StateError(f"state file {self.path} has format {state.format_version}; this protectctl reads "
+                             f"{STATE_FORMAT}", hint="use the protectctl version that wrote it")
+        return state
+
+    def _damaged(self, why: str) -> StateError:
+        return StateError(
+            f"state file {self.path} is damaged or not a protectctl state ({why})",
+            hint=f"restore it from {self.backup_path} if that one is intact; a missing state file, not an "
+                 "empty one, is how a policy without state starts",
+        )
 
     def write(self, state: State) -> None:
         data = state.model_dump_json(indent=2).encode() + b"\n"
@@ -55,7 +73,9 @@ class LocalStateBackend:
                 atomic_write(self.backup_path, self.path.read_bytes(), mode=0o600)
             atomic_write(self.path, data, mode=0o600)
         except OSError as err:
-            raise StateError(f"writing state {self.path}: {err.strerror}") from err
+            raise StateError(f"writing state {self.path}: {os_error_text(err)}",
+                             hint=f"free space where the state lives ({self.path.parent}); the state "
+                                  "is as the last successful write left it") from err
 
     @contextlib.contextmanager
     def lock(self, command: str, timeout_s: float) -> Iterator[None]:
@@ -63,18 +83,16 @@ class LocalStateBackend:
             self.lock_path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as err:
-            raise StateError(f"creating state lock {self.lock_path}: {err.strerror}") from err
+            raise StateError(f"creating state lock {self.lock_path}: {os_error_text(err)}") from err
         try:
             self._acquire(fd, timeout_s)
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                      "time": datetime.now(UTC).isoformat(timespec="seconds")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
             self._remove_stale_temps()
             try:
+                self._record_holder(fd, command)
                 yield
             finally:
-                os.ftruncate(fd, 0)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -85,7 +103,17 @@ class LocalStateBackend:
             remove_stale_temps(self.path)
             remove_stale_temps(self.backup_path)
         except OSError as err:
-            raise StateError(f"removing stale temporary files beside {self.path}: {err.strerror}") from err
+            raise StateError(f"removing stale temporary files beside {self.path}: {os_error_text(err)}") from err
+
+    def _record_holder(self, fd: int, command: str) -> None:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                  "time": datetime.now(UTC).isoformat(timespec="seconds")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError as err:  # a full disk, typically: nothing that needs the state could go on
+            raise StateError(f"recording the lock holder in {self.lock_path}: {os_error_text(err)}",
+                             hint=f"free space where the state lives ({self.lock_path.parent}), then retry") from err
 
     def _acquire(self, fd: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

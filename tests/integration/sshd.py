@@ -86,8 +86,9 @@ class SshdServer:
         if not key.exists():
             keygen(key, f"host-{self.name}")
         self.host_key = " ".join(Path(f"{key}.pub").read_text().split()[:2])
-        self.authorized_keys.write_text(self.client_public_key + "\n")
-        self.authorized_keys.chmod(0o600)
+        if not self.authorized_keys.exists():  # a restarted host keeps the keys apply added, as a real one does
+            self.authorized_keys.write_text(self.client_public_key + "\n")
+            self.authorized_keys.chmod(0o600)
         if not self.port:
             self.port = free_port(self.address)
         (self.base / "sshd_config").write_text(textwrap.dedent(f"""\

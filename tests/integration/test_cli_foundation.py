@@ -217,18 +217,20 @@ def test_state_commands(applied: Path) -> None:
 
 
 HOLDER = """
-import sys, time
+import sys
 from pathlib import Path
 from protectctl.state.local import LocalStateBackend
 with LocalStateBackend(Path(sys.argv[1])).lock("apply --from-test", 0):
     print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    sys.stdin.readline()  # held until the test writes a line (or closes stdin)
 """
 
 
-def hold_lock(directory: Path, seconds: float) -> subprocess.Popen[str]:
+def hold_lock(directory: Path) -> subprocess.Popen[str]:
+    """A process holding the state lock until `release(holder)`."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(directory / ".protectctl/state.json"), str(seconds)],
+        [sys.executable, "-c", HOLDER, str(directory / ".protectctl/state.json")],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -236,8 +238,14 @@ def hold_lock(directory: Path, seconds: float) -> subprocess.Popen[str]:
     return holder
 
 
+def release(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None
+    holder.stdin.close()
+    assert holder.wait(60) == 0
+
+
 def test_state_lock(quickstart: Path) -> None:
-    holder = hold_lock(quickstart, 60)
+    holder = hold_lock(quickstart)
     try:
         proc = run_cli(quickstart, "plan", expect=1)
         assert (
@@ -256,13 +264,17 @@ def test_state_lock(quickstart: Path) -> None:
 
 
 def test_lock_timeout_waits(quickstart: Path) -> None:
-    holder = hold_lock(quickstart, 1.5)
+    """`--lock-timeout` waits for the holder instead of failing (the waiting itself is proven by
+    events in tests/unit/test_state.py; here: the CLI wiring, without any fixed sleep)."""
+    holder = hold_lock(quickstart)
     try:
-        started = time.monotonic()
-        run_cli(quickstart, "plan", "--lock-timeout", "30s", "--detailed-exitcode", expect=2)
-        assert time.monotonic() - started > 0.5
+        waiter = subprocess.Popen(cli_argv(quickstart, "plan", "--lock-timeout", "60s", "--detailed-exitcode"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env())
+        assert holder.poll() is None  # still held when the waiter was started
     finally:
-        holder.wait()
+        release(holder)
+    _, stderr = waiter.communicate(timeout=120)
+    assert waiter.returncode == 2, stderr  # planned (changes), not refused as locked
     proc = run_cli(quickstart, "plan", "--lock-timeout", "soon", expect=1)
     assert "--lock-timeout" in proc.stderr
 

@@ -53,6 +53,7 @@ class Fleet:
     servers: dict[str, SshdServer]
     client_key: Path
     data: dict[str, Path]
+    applied: subprocess.CompletedProcess[str]  # the fixture's `apply --json`
 
     def ssh(self, name: str) -> object:
         from protectctl.provision.ssh import SshHost, SshParams
@@ -101,15 +102,22 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pinned_wheelhouse: Path) -> 
                 - {{name: m2, host: h2, filesystem: {{path: {data['h2']}}}}}
             """))
         (policy / "fleet.yaml").write_text("---\n".join(docs))
-        yield Fleet(policy, by_name, client_key, data)
+        # Applied, and one point per member taken, here rather than by the first tests: every test
+        # needs them, and the suite runs in a random order.
+        applied = cli(policy, "apply", "--auto-approve", "--json")
+        assert applied.returncode == 0, applied.stderr + applied.stdout
+        fleet = Fleet(policy, by_name, client_key, data, applied)
+        for host, member in (("h1", "m1"), ("h2", "m2")):
+            status, out, err = run_on(fleet, host, "run", "sync", "docs", "--member", member)
+            assert status == 0, out + err
+        yield fleet
     finally:
         for s in servers:
             s.stop()
 
 
 def test_one_apply_provisions_three_hosts_in_parallel(fleet: Fleet) -> None:
-    result = cli(fleet.policy, "apply", "--auto-approve", "--json")
-    assert result.returncode == 0, result.stderr + result.stdout
+    result = fleet.applied
     report = json.loads(result.stdout)
     assert not report["failed"]
     for name, server in fleet.servers.items():
@@ -213,6 +221,8 @@ def run_on(fleet: Fleet, host: str, *args: str) -> tuple[int, str, str]:
 def test_two_agents_sync_into_one_remote_repository_and_restore_elsewhere(fleet: Fleet, tmp_path: Path) -> None:
     # the agents read their own copies of the passphrase, not the control machine's file
     control_copy = fleet.policy / "passphrase"
+    repo = fleet.servers["b1"].root / "srv" / "repo"
+    before = len(list((repo / "points").iterdir()))
     hidden = control_copy.rename(tmp_path / "passphrase")
     try:
         for host, member in (("h1", "m1"), ("h2", "m2")):
@@ -220,8 +230,7 @@ def test_two_agents_sync_into_one_remote_repository_and_restore_elsewhere(fleet:
             assert status == 0, out + err
     finally:
         hidden.rename(control_copy)
-    repo = fleet.servers["b1"].root / "srv" / "repo"
-    assert len(list((repo / "points").iterdir())) == 2
+    assert len(list((repo / "points").iterdir())) == before + 2  # one repository, a point from each
     target = tmp_path / "restored"
     # the control machine restores with its own passphrase, not the agent's copy
     agent_copy = fleet.servers["h2"].root / "etc" / "protectctl" / "keys" / "repo-key.passphrase"
@@ -319,9 +328,10 @@ def test_keys_of_a_remote_repository_are_listed_and_exported(fleet: Fleet, tmp_p
 
 
 def test_destroy_counts_the_points_of_a_remote_repository(fleet: Fleet) -> None:
+    points = len(list((fleet.servers["b1"].root / "srv" / "repo" / "points").iterdir()))
     refused = cli(fleet.policy, "destroy", "--auto-approve")
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "storage.central (2 recovery points)" in refused.stderr
+    assert f"storage.central ({points} recovery points)" in refused.stderr
     assert (fleet.servers["h1"].root / "opt" / "protectctl" / "bin" / "protectctl").exists()  # nothing touched
     backup = fleet.servers["b1"]
     backup.stop()

@@ -88,12 +88,18 @@ def policy_for(base: Path, server: SshdServer, key: Path, *, become: bool) -> Pa
 
 def test_without_become_the_unprivileged_login_cannot_provision(ops_host: tuple[SshdServer, Path, Path]) -> None:
     server, key, base = ops_host
+    before = _tree(server.root)  # empty, or what the become test made (the tests run in any order)
     result = cli(policy_for(base, server, key, become=False), "apply", "--auto-approve")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     said = result.stdout + result.stderr
     assert "host.s1: create FAILED" in said and ("Permission denied" in said or "not permitted" in said), said
-    assert not any(server.root.iterdir())  # nothing written
+    assert _tree(server.root) == before  # nothing written
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` with its size and mtime."""
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
 
 
 def test_become_sudo_provisions_as_root_and_the_agent_runs(ops_host: tuple[SshdServer, Path, Path]) -> None:

@@ -6,12 +6,12 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.integration.sshd import SshdServer, group_docs, keygen, sshd_available, start_fleet
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
@@ -62,14 +62,11 @@ def test_a_host_killed_mid_apply_leaves_the_others_complete(servers: tuple[Path,
     write_policy(policy, [s.host_doc(identity_file=key) for s in hosts], data)
     proc = subprocess.Popen([sys.executable, "-m", "protectctl", "-C", str(policy), "apply", "--auto-approve"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state_file = policy / ".protectctl" / "state.json"
-    deadline = time.monotonic() + 60
     victim = hosts[2]
-    while time.monotonic() < deadline:  # kill k3 once apply has started working on it
-        if state_file.exists() and "host.k3" in state_file.read_text():
-            break
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the agent install (upload of the wheelhouse)
+    house = victim.root / "opt" / "protectctl" / "wheelhouse"
+    # kill k3 inside its agent install: once the first wheel of the wheelhouse is on it (an event,
+    # not a delay: a fixed sleep after `host.k3` reached the state could land after the install)
+    wait_until(lambda: house.is_dir() and any(house.iterdir()), "the wheelhouse upload to k3 begins")
     victim.stop()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, out + err

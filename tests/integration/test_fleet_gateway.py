@@ -87,6 +87,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, pinned_wheelhouse: Path) -> I
             one_member_docs("vault", f"type: sftp\nhost: bk\npath: {repo}", "a1", data),
         ]
         (policy / "site.yaml").write_text("---\n".join(docs))
+        # applied here, not by a test: every test needs it, and the tests run in any order
+        applied = cli(policy, "apply", "--auto-approve")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
         yield Site(policy, servers, key, data)
     finally:
         for server in servers.values():
@@ -94,8 +97,6 @@ def site(tmp_path_factory: pytest.TempPathFactory, pinned_wheelhouse: Path) -> I
 
 
 def test_agent_backs_up_through_the_jump_host(site: Site, tmp_path: Path) -> None:
-    applied = cli(site.policy, "apply", "--auto-approve")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
     gw, bk, a1 = site.servers["gw"], site.servers["bk"], site.servers["a1"]
     # the agent's key on the jump host: a tunnel to the backup server's sshd, nothing else
     tunnel = [line for line in gw.authorized_keys.read_text().splitlines() if "protectctl-agent:" in line]

@@ -2,9 +2,10 @@
 restore to several times, `latest` with WAL still on the source, a renamed single-database
 restore, and a sync killed with SIGKILL.
 
-One cluster serves the module (initdb and a restart cost seconds); each test adds rows with
-the time they were committed and checks a restore brings back exactly the rows committed up
-to the instant asked for.
+One cluster serves the module (initdb and a restart cost seconds), prepared for archiving and
+with a first base backup by its fixture, so that each test stands alone in any order (the
+suite runs in a random one): each adds rows with the time they were committed and checks a
+restore brings back exactly the rows committed up to the instant asked for.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +50,7 @@ class Env:
                              retention=RetentionSpec(keep_within_s=14 * 86400))
         self.committed: list[tuple[int, datetime]] = []  # (row id, an instant after its commit)
         self.next_id = 1
+        self.first_prepare: object = None  # what preparing the cluster for archiving changed
 
     def write(self, n: int, gap_s: float = 0.03) -> None:
         """n rows, one transaction each; remember an instant between each commit and the next."""
@@ -74,7 +77,11 @@ def env() -> Iterator[Env]:
     cluster.sql("CREATE TABLE orders (id int, item text)", database="shop")
     cluster.sql("INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, 100) g", database="shop")
     try:
-        yield Env(base, cluster)
+        env = Env(base, cluster)
+        env.first_prepare = load_provider("postgresql").prepare_host(  # type: ignore[attr-defined]
+            PrepareRequest(SOURCE, env.job.spec, env.state_dir))
+        assert run_backup(env.job, "full").ok  # the base backup every test may restore from
+        yield env
     finally:
         for data in base.iterdir():
             if data.is_dir():
@@ -90,7 +97,7 @@ def rows_in(cluster: PgCluster, port: int) -> list[int]:
 def test_1_apply_configures_archiving(env: Env) -> None:
     provider = load_provider("postgresql")
     provider.spec_model.model_validate(env.job.spec)  # the job's spec is a valid member spec
-    outcome = provider.prepare_host(PrepareRequest(SOURCE, env.job.spec, env.state_dir))  # type: ignore[attr-defined]
+    outcome: Any = env.first_prepare  # made by the fixture, before any other test
     assert any("archive_mode" in c for c in outcome.changes), outcome
     assert any("restarted" in c for c in outcome.changes)
     assert any("archiving checked" in c for c in outcome.changes)
@@ -100,6 +107,7 @@ def test_1_apply_configures_archiving(env: Env) -> None:
 
 
 def test_2_restore_to_several_times_brings_back_exactly_the_committed_rows(env: Env) -> None:
+    start = len(env.committed)  # rows other tests committed before (any order) come back too
     env.write(3)
     full = run_backup(env.job, "full")
     assert full.ok and full.kind == "full", full
@@ -107,14 +115,17 @@ def test_2_restore_to_several_times_brings_back_exactly_the_committed_rows(env: 
     first_sync = run_backup(env.job, "sync")
     assert first_sync.ok and first_sync.kind == "sync"
     env.write(4)
-    assert run_backup(env.job, "sync").ok
+    second_sync = run_backup(env.job, "sync")
+    assert second_sync.ok
     env.write(3)
-    assert run_backup(env.job, "sync").ok
+    third_sync = run_backup(env.job, "sync")
+    assert third_sync.ok
 
-    points = list_points(env.job.storage, PASS, "finance")
-    assert [p.kind for p in points] == ["full", "sync", "sync", "sync"]
-    for index in (3, 6, 9, 12):  # after row 4, 7, 10 and 13 committed
-        row_id, when = env.committed[index]
+    ours = [full.point_id, first_sync.point_id, second_sync.point_id, third_sync.point_id]
+    kinds = {p.id: p.kind for p in list_points(env.job.storage, PASS, "finance")}
+    assert [kinds[i] for i in ours] == ["full", "sync", "sync", "sync"]
+    for index in (3, 6, 9, 12):  # after our 4th, 7th, 10th and 13th row committed
+        row_id, when = env.committed[start + index]
         result, restored = env.restore_to(when, f"r{index}")
         try:
             assert rows_in(restored, restored.port) == list(range(1, row_id + 1)), (index, result)
@@ -151,9 +162,10 @@ def test_4_latest_rolls_forward_wal_still_on_the_source(env: Env) -> None:
 
 
 def test_5_single_database_restored_under_a_new_name(env: Env) -> None:
+    env.write(1)
+    mistake = env.committed[-1][1]  # before the DELETE: the last ledger row was committed earlier
     env.cluster.sql("DELETE FROM orders WHERE id > 10", database="shop")  # the mistake
     run_backup(env.job, "sync")
-    mistake = env.committed[-1][1]  # before the DELETE: the last ledger row was committed earlier
     result = restore(env.job, mistake, target=env.base / "dbwork",
                      options={"database": "shop", "as_name": "shop_restored"})
     assert result.details["as"] == "shop_restored"  # type: ignore[attr-defined]

@@ -107,13 +107,12 @@ def test_cli_single_database_restored_under_new_name(site: tuple[Path, PgCluster
     assert "nosuch_copy" not in databases(cluster)
     assert leftovers(cluster) == []
 
-    # an --as that already exists: refused before anything is restored
-    started = time.monotonic()
+    # an --as that already exists: refused before anything is restored (no timed bound here: a
+    # loaded machine is slow, not wrong; the untouched database and no leftovers say it)
     taken = cli(policy, "restore", SOURCE, "--to-time", t.isoformat(), "--database", "ledger",
                 "--as", "ledger_restored", expect=1)
     assert "database 'ledger_restored' already exists" in taken.stderr, taken.stderr
     assert "--as" in taken.stderr
-    assert time.monotonic() - started < 20
     assert ids_in(cluster, "ledger_restored") == list(range(1, 7))
     assert leftovers(cluster) == []
 

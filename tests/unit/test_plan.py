@@ -299,3 +299,24 @@ def test_ordered_is_stable() -> None:
         C("c", "create"),
     ]
     assert ordered(changes) == ["a", "b", "c", "z", "y"]
+
+
+def _recorded(kind: str) -> ResourceState:
+    return ResourceState(kind=kind, inputs={}, inputs_hash="h", updated_at=NOW)
+
+
+def test_a_plan_that_leaves_no_schedule_says_so_and_a_destroy_does_not() -> None:
+    from protectctl.plan.diff import stops_all_protection
+
+    state = State(resources={"agent.local": _recorded("agent"), "schedule.docs/home/sync": _recorded("schedule"),
+                             "schedule.docs/home/full": _recorded("schedule")})
+    emptied = make_plan([], state, now=NOW, version="t", policy_dir="/p")
+    assert stops_all_protection(emptied.changes, state) == (
+        "this plan removes all 2 schedule(s) and 1 agent config(s) and creates none: nothing would be protected")
+    assert any("apply refuses this plan unless given --allow-remove-all" in w for w in emptied.warnings)
+    destroyed = make_plan([], state, now=NOW, version="t", policy_dir="/p", destroy=True)
+    assert not any("--allow-remove-all" in w for w in destroyed.warnings)
+    # one schedule left, or none to begin with: nothing to say
+    kept = [c for c in emptied.changes if c.address != "schedule.docs/home/full"]
+    assert stops_all_protection(kept, state) is None
+    assert stops_all_protection([], State(resources={"agent.local": _recorded("agent")})) is None

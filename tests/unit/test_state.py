@@ -108,23 +108,32 @@ def test_lock_names_its_holder(tmp_path: Path) -> None:
         pass
 
 
-def test_lock_timeout_waits(tmp_path: Path) -> None:
-    backend = LocalStateBackend(tmp_path / "state.json")
-    held = threading.Event()
+def test_lock_timeout_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter polls while the lock is held and takes it once released: proven by events (the
+    waiter has polled, the holder let go), not by how long either took."""
+    import protectctl.state.local as local
 
-    def hold() -> None:
-        with backend.lock("apply", 0):
-            held.set()
-            time.sleep(0.5)
+    polled = threading.Event()
+    real_sleep = time.sleep
 
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait()
-    started = time.monotonic()
-    with LocalStateBackend(tmp_path / "state.json").lock("plan", 10):
-        waited = time.monotonic() - started
-    thread.join()
-    assert 0.2 < waited < 5
+    def sleep(seconds: float) -> None:
+        polled.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(local.time, "sleep", sleep)
+    acquired = threading.Event()
+
+    def wait_for_lock() -> None:
+        with LocalStateBackend(tmp_path / "state.json").lock("plan", 60):
+            acquired.set()
+
+    with LocalStateBackend(tmp_path / "state.json").lock("apply", 0):
+        waiter = threading.Thread(target=wait_for_lock)
+        waiter.start()
+        assert polled.wait(60), "the waiter never polled"
+        assert not acquired.is_set()
+    waiter.join(60)
+    assert acquired.is_set()
 
 
 def test_unlock(tmp_path: Path) -> None:
@@ -138,3 +147,28 @@ def test_unlock(tmp_path: Path) -> None:
         with pytest.raises(StateLockedError, match="held by a live process"):
             LocalStateBackend(tmp_path / "state.json").unlock()
         assert "apply" in LocalStateBackend(tmp_path / "state.json").unlock(force=True)
+
+
+@pytest.mark.parametrize("text", [
+    "{}",  # once read as an empty state: plan offered to create everything, apply rewrote it
+    '{"resources": {}}',
+    '{"format_version": 1, "serial": 3, "resources": {}}',  # no lineage
+    '{"format_version": 1, "lineage": "x", "resources": {}}',  # no serial
+    '{"format_version": 1, "lineage": "", "serial": 0, "resources": {}}',
+    '{"format_version": 1, "lineage": "x", "serial": -1, "resources": {}}',
+    "", "null", "[]",
+])
+def test_a_state_without_lineage_or_serial_is_damaged_not_empty(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    with pytest.raises(StateError, match="damaged") as info:
+        LocalStateBackend(path).read()
+    assert "state.json.backup" in (info.value.hint or "")
+    assert path.read_text() == text  # left as it was, for the user to look at
+
+
+def test_a_state_of_another_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"format_version": 2, "lineage": "x", "serial": 1, "resources": {}}')
+    with pytest.raises(StateError, match="format 2"):
+        LocalStateBackend(path).read()

@@ -14,6 +14,7 @@ from protectctl.engine.locks import LeaseLock, LockRecord, decode_lock, encode_l
 from protectctl.engine.repository import BlobKind, Point, PointStats, Repository, new_point_id
 from protectctl.engine.storage.base import ObjectKind
 from protectctl.errors import LockedError, RepositoryError
+from tests.conftest import wait_until
 from tests.unit.engine.conftest import PASSPHRASE
 
 
@@ -104,9 +105,12 @@ def test_held_lock_is_refreshed(repo: Repository) -> None:
     repo.lock_lease_s = 0.2
     with repo.lock(exclusive=True, command="gc"):
         (info,) = repo.storage.list(ObjectKind.LOCKS)
-        time.sleep(0.3)
-        record = decode_lock(repo.sealer, info.name, repo.storage.get(ObjectKind.LOCKS, info.name))
-        assert record.refreshed > record.created
+
+        def refreshed() -> bool:
+            record = decode_lock(repo.sealer, info.name, repo.storage.get(ObjectKind.LOCKS, info.name))
+            return record.refreshed > record.created
+
+        wait_until(refreshed, "the background thread refreshes the lock")  # every lease/4, however loaded
 
 
 def test_a_lost_lock_stops_the_point(repo: Repository) -> None:
@@ -114,7 +118,8 @@ def test_a_lost_lock_stops_the_point(repo: Repository) -> None:
     with repo.lock(exclusive=False, command="sync"):
         (info,) = repo.storage.list(ObjectKind.LOCKS)
         repo.storage.delete(ObjectKind.LOCKS, info.name)  # as a gc that judged it expired would
-        time.sleep(0.2)
+        wait_until(lambda: any(lease.lost for lease in repo._held + [repo._implicit] if lease),
+                   "the refresh thread notices the lock is gone")
         with pytest.raises(RepositoryError, match="taken over"):
             repo.save_point(Point(new_point_id(), "a/b", _now(), "sync", None, None, PointStats(), True))
 
