@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+
+from tests.seaweed import Seaweed
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -84,3 +86,19 @@ def write_policy(directory: Path, documents: Sequence[str] | str, name: str = "p
     text = documents if isinstance(documents, str) else "---\n".join(documents)
     (directory / name).write_text(text, encoding="utf-8")
     return directory
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[Seaweed]:
+    """ONE real SeaweedFS S3 server on loopback for the whole session; tests make their own buckets."""
+    from tests import seaweed as weed
+
+    why = weed.available()
+    if why:
+        pytest.skip(why)
+    server = weed.start_seaweed()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.base, ignore_errors=True)
