@@ -548,15 +548,9 @@ def source_job(target: SourceTarget) -> Any:
 
 
 def open_storage(storage: dict[str, Any]) -> Any:
-    from protectctl.engine.storage.local import LocalStorage
+    from protectctl.engine.storage.factory import open_storage as open_any
 
-    if storage["type"] == "sftp":
-        from protectctl.provision.ssh import open_remote_storage
-
-        return open_remote_storage(storage)
-    if storage["type"] != "local":
-        raise ProtectctlError(f"storage type {storage['type']!r} is not supported by this version")
-    return LocalStorage(Path(str(storage["path"])))
+    return open_any(storage)
 
 
 def passphrase_reader(storage: dict[str, Any]) -> Callable[[], bytes]:
@@ -746,12 +740,16 @@ def _restore_on_host(policy_dir: Path, job_target: SourceTarget, host: str, when
     storage: dict[str, Any] = {"name": name, **_storage_inputs(policy, name)}
     access = by_address.get(Address("access", f"{name}/{host}"))
     secret = by_address.get(Address("secret", f"{storage['key']}/{host}"))
-    if storage["type"] != "sftp" or access is None or secret is None:
+    creds = [by_address.get(Address("secret", f"{name}-s3-{f}/{host}")) for f in ("access-key-id", "secret-access-key")]
+    s3_ready = storage["type"] == "s3" and secret is not None \
+        and (all(creds) or not (storage.get("agent_credentials") or storage.get("credentials")))
+    if not s3_ready and (storage["type"] != "sftp" or access is None or secret is None):
         why = (f"storage {name} is a path on this machine" if storage["type"] == "local"
                else f"host {host} has no key to storage {name} (no member of it is protected there)")
         raise RestoreError(f"host {host} cannot read {job_target.inputs['source']}'s recovery points: {why}",
                            hint="restore here with --target PATH and copy the result over")
-    request = {"inputs": {**job_target.inputs, "storage": agent_storage(storage, access, secret)},
+    request = {"inputs": {**job_target.inputs, "storage": agent_storage(storage, access, secret,
+                                                                             [c for c in creds if c] or None)},
                "to_time": when if isinstance(when, str) else when.astimezone(UTC).isoformat(),
                "target": str(target) if target is not None else None, "subpaths": list(subpaths),
                "dry_run": dry_run, "overwrite": overwrite,

@@ -219,6 +219,23 @@ class S3Storage:
             return False
         return True
 
+    def check_bucket(self) -> None:
+        """RepositoryError unless the bucket exists and, with `lock`, has object lock enabled."""
+        bucket = self.location.bucket
+        self._call("checking bucket", ObjectKind.CONFIG, "", lambda: self._client.head_bucket(Bucket=bucket))
+        if self.lock is None:
+            return
+        try:
+            reply = self._call("checking object lock of", ObjectKind.CONFIG, "",
+                               lambda: self._client.get_object_lock_configuration(Bucket=bucket))
+        except RepositoryError:
+            reply = {}
+        enabled = (reply.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
+        if not enabled:
+            raise RepositoryError(f"{self.describe()}: bucket {bucket!r} does not have object lock enabled",
+                                  hint="object lock is set when a bucket is created: create one with it "
+                                       "(docs/object-storage.md), or drop `objectLock` from the Storage")
+
     # --- object lock ------------------------------------------------------------------
 
     def retained_until(self, kind: ObjectKind, name: str) -> datetime | None:
