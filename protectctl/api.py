@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from protectctl.plan.model import GroupEstimate, Plan
     from protectctl.plan.resources import HostFacts, Resource
     from protectctl.policy.load import Policy
-    from protectctl.state.local import LocalStateBackend
+    from protectctl.state.backend import StateBackend
     from protectctl.state.model import State
 
 DEFAULT_LOCK_TIMEOUT_S = 0.0
@@ -170,15 +170,41 @@ def write_schemas(out_dir: Path) -> list[Path]:
 # --- state ----------------------------------------------------------------------------
 
 
-def state_backend(policy_dir: Path, policy: Policy | None = None) -> LocalStateBackend:
+def state_backend(policy_dir: Path, policy: Policy | None = None) -> StateBackend:
     from protectctl.policy.rules import settings_of
-    from protectctl.state.local import LocalStateBackend
+    from protectctl.state.factory import open_state_backend
 
     if policy is None:
         policy = load(policy_dir)
-    rel = settings_of(policy).state.path
-    path = Path(rel) if Path(rel).is_absolute() else policy.root / rel
-    return LocalStateBackend(path)
+    return open_state_backend(policy, settings_of(policy).state)
+
+
+def state_home(policy_dir: Path, policy: Policy | None = None) -> Path:
+    """Where this machine keeps its own files beside the state (tape catalog, remote sources' views):
+    the local state file's directory, whichever backend holds the state."""
+    from protectctl.policy.rules import settings_of
+    from protectctl.state.factory import local_state_path
+
+    if policy is None:
+        policy = load(policy_dir)
+    return local_state_path(policy, settings_of(policy).state).parent
+
+
+def state_migrate(policy_dir: Path, to: str, lock_timeout_s: float) -> tuple[str, str, str, int]:
+    """Copy the state from the configured backend to `to` (its fields from the same Settings), with
+    its lineage and serial; returns (from, to, lineage, serial)."""
+    from protectctl.policy.rules import settings_of
+    from protectctl.state.factory import migrate, open_state_backend
+
+    policy = load(policy_dir)
+    settings = settings_of(policy).state
+    if to == settings.backend:
+        raise StateError(f"the state is already in the {to} backend",
+                         hint="name another backend with --to; set its fields in Settings.spec.state first")
+    source = open_state_backend(policy, settings)
+    target = open_state_backend(policy, settings, to)
+    lineage, serial = migrate(source, target, lock_timeout_s=lock_timeout_s)
+    return source.describe(), target.describe(), lineage, serial
 
 
 def read_state(policy_dir: Path) -> State:
@@ -421,7 +447,7 @@ def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[
         state = backend.read()
         if plan_file is not None:
             the_plan = read_plan(plan_file)
-            if the_plan.serial == 0 and not backend.path.exists():
+            if the_plan.serial == 0 and not backend.exists():
                 # planned before any state was written (the first GitOps merge): the empty state
                 # read then had a lineage of its own that was never saved; this one is its twin
                 state.lineage = the_plan.lineage
@@ -944,7 +970,7 @@ def tape_service(policy_dir: Path, policy: Policy | None = None) -> Any:
     from protectctl.tape.service import TapeService, context_from_policy
 
     policy = policy or load(policy_dir)
-    home = state_backend(policy_dir, policy).path.parent
+    home = state_home(policy_dir, policy)
     return TapeService(context_from_policy(policy, home), now=datetime.now(UTC))
 
 
@@ -964,7 +990,7 @@ def tape_session(policy_dir: Path, command: str, policy: Policy | None = None, *
     from protectctl.agent.lock import source_lock
 
     policy = policy or load(policy_dir)
-    home = state_backend(policy_dir, policy).path.parent
+    home = state_home(policy_dir, policy)
     with source_lock(home / "tape", "library", command, timeout_s=timeout_s,
                      what="the tape libraries of this policy"):
         yield tape_service(policy_dir, policy)
@@ -977,7 +1003,7 @@ def tape_observations(policy_dir: Path, policy: Policy, state: State, now: datet
     from protectctl.tape.catalog import load_catalog
     from protectctl.tape.guard import keys_in_use, libraries_in_use
 
-    home = state_backend(policy_dir, policy).path.parent
+    home = state_home(policy_dir, policy)
     catalog = load_catalog(home / "tape" / "catalog.json")  # TapeError when damaged: plan stops
     if not catalog.cartridges:
         return {}
@@ -1005,7 +1031,7 @@ def tape_key_warnings(policy_dir: Path, policy: Policy, points: Mapping[str, int
         from protectctl.tape import repokeys
 
         try:
-            home = state_backend(policy_dir, policy).path.parent
+            home = state_home(policy_dir, policy)
             out += repokeys.unexported_warnings(
                 repokeys.rows(repository_key_targets(policy_dir, policy, remote=False), home), points)
         except ProtectctlError as err:

@@ -48,6 +48,9 @@ class LocalStateBackend:
                 hint=f"restore it from {self.backup_path} if that one is intact",
             ) from None
 
+    def exists(self) -> bool:
+        return self.path.exists()
+
     def write(self, state: State) -> None:
         data = state.model_dump_json(indent=2).encode() + b"\n"
         try:
