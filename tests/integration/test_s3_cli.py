@@ -69,3 +69,28 @@ def test_missing_credentials_are_named_not_a_traceback(seaweed: Seaweed, tmp_pat
     policy = s3_policy(tmp_path / "p", seaweed.endpoint, seaweed.new_bucket())
     proc = run_cli(policy, "apply", "--auto-approve", expect=1, env={"S3_ADMIN_KEY": ADMIN[0]})
     assert "S3_ADMIN_SECRET" in proc.stderr
+
+
+SETTINGS = ("apiVersion: protectctl/v1\nkind: Settings\nmetadata: {{name: settings}}\n"
+            "spec:\n  state: {{backend: {backend}, storage: {storage}, key: state/prod.json}}\n")
+
+
+def test_state_migrates_to_s3_with_its_lineage_and_an_unreachable_backend_is_never_bypassed(
+        seaweed: Seaweed, tmp_path: Path) -> None:
+    bucket = seaweed.new_bucket()
+    policy = s3_policy(tmp_path / "p", seaweed.endpoint, bucket,
+                       state=SETTINGS.format(backend="local", storage="objects"))
+    run_cli(policy, "apply", "--auto-approve", env=ENV)
+    local = json.loads((policy / ".protectctl" / "state.json").read_text())
+    moved = json.loads(run_cli(policy, "state", "migrate", "--to", "s3", "--json", env=ENV).stdout)
+    assert moved["lineage"] == local["lineage"] and moved["serial"] == local["serial"]
+    text = (policy / "protect.yaml").read_text().replace("backend: local", "backend: s3")
+    (policy / "protect.yaml").write_text(text)
+    assert "No changes" in run_cli(policy, "plan", env=ENV).stdout
+    stored = seaweed.client().get_object(Bucket=bucket, Key="site-a/state/prod.json")["Body"].read()
+    assert json.loads(stored)["lineage"] == local["lineage"]
+    # the state backend unreachable: a clear error, never the local file read instead
+    dead = text.replace(seaweed.endpoint, "http://127.0.0.1:9")
+    (policy / "protect.yaml").write_text(dead)
+    proc = run_cli(policy, "plan", expect=1, env=ENV)
+    assert "state backend s3:" in proc.stderr and "Could not connect" in proc.stderr

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend
+from protectctl.engine.storage.base import ObjectKind, ObjectLockedError, ObjectMissingError, StorageBackend
 from protectctl.errors import ProtectctlError, RepositoryError
 from protectctl.secret import SecretRef
 
@@ -76,8 +76,6 @@ def prepare_bucket(storage: Any) -> None:
 
 def delete_repository(storage: StorageBackend) -> None:
     """Every object of the repository (destroy --delete-data); locked ones stay and are named."""
-    from protectctl.engine.storage.s3 import ObjectLockedError
-
     locked = 0
     for kind in ObjectKind:
         for info in list(storage.list(kind)):

@@ -11,7 +11,7 @@ times; a permanent error (403, 404, a bad request) stops at once. Objects past
 `MULTIPART_THRESHOLD` go up in parallel parts (s3transfer). Listing pages through
 ListObjectsV2 1,000 keys at a time, yielding as it goes: memory stays flat at millions.
 
-Object lock (`ObjectLock`): every object but a lease lock is written with a retention
+Object lock (`ObjectLock`): every object but a lease lock or an index is written with a retention
 (COMPLIANCE or GOVERNANCE) until `now + retain_s`; the bucket is versioned, so a delete by
 an agent's key only adds a delete marker and an overwrite only adds a version: the first
 version of a name is the one the repository wrote (every name but a lock's is written
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from protectctl.engine.storage.base import ObjectInfo, ObjectKind, ObjectMissingError
+from protectctl.engine.storage.base import ObjectInfo, ObjectKind, ObjectLockedError, ObjectMissingError
 from protectctl.errors import RepositoryError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -46,14 +46,14 @@ DEFAULT_MAX_ATTEMPTS = 6
 # does not fill a link with ~10 ms of latency; four do (tests/bench/bench_s3.py).
 PUT_PARALLELISM = 4
 
+# Never locked, read at their latest version: lease locks are rewritten in place (refreshes),
+# and gc replaces index objects (which `repair` can always rebuild from the packs' headers).
+_UNLOCKED = (ObjectKind.LOCKS, ObjectKind.INDEX)
+
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
            "SignatureDoesNotMatch"}
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
-
-
-class ObjectLockedError(RepositoryError):
-    """The object (or one of its versions) is under object-lock retention and cannot be deleted yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +196,7 @@ class S3Storage:
 
     def delete(self, kind: ObjectKind, name: str) -> None:
         key = self._key(kind, name)
-        if self.lock is None:
+        if not self._versioned_read(kind):
             if not self.exists(kind, name):
                 raise ObjectMissingError(f"{self.describe()}: {kind}/{name} does not exist")
             self._call("deleting", kind, name, lambda: self._client.delete_object(
@@ -272,13 +272,12 @@ class S3Storage:
     # --- internals ----------------------------------------------------------------------
 
     def _lock_args(self, kind: ObjectKind) -> dict[str, Any]:
-        if self.lock is None or kind is ObjectKind.LOCKS:
+        if self.lock is None or kind in _UNLOCKED:
             return {}
         return {"ObjectLockMode": self.lock.mode.upper(), "ObjectLockRetainUntilDate": self.lock.until()}
 
     def _versioned_read(self, kind: ObjectKind) -> bool:
-        # lease locks are rewritten in place (refreshes): their latest version is the one
-        return self.lock is not None and kind is not ObjectKind.LOCKS
+        return self.lock is not None and kind not in _UNLOCKED
 
     def _first_version(self, kind: ObjectKind, name: str, key: str) -> tuple[str, int]:
         with self._versions_lock:
