@@ -360,7 +360,24 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
             policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observed,
             estimates=[] if destroy else estimates(policy),
             warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy, observed.storage_points)
+            + object_lock_notes(policy)
             + refresh_warnings)
+
+
+def object_lock_notes(policy: Policy) -> list[str]:
+    """What each object-locked Storage will lock, for the plan: its mode and the longest lock it sets."""
+    from protectctl.plan.resources import lock_retention_s
+    from protectctl.policy.model import Kind, StorageSpec
+    from protectctl.units import Duration
+
+    notes = []
+    for doc in policy.of(Kind.STORAGE).values():
+        spec = doc.spec
+        if isinstance(spec, StorageSpec) and spec.object_lock is not None:
+            longest = Duration(lock_retention_s(policy, doc.name))
+            notes.append(f"storage.{doc.name}: object lock {spec.object_lock.mode}: every object a point needs is "
+                         f"locked until the point's retention ends (longest lock set: {longest})")
+    return notes
 
 
 def plan(policy_dir: Path, *, out: Path | None = None, destroy: bool = False, delete_data: bool = False,

@@ -94,3 +94,12 @@ def test_state_migrates_to_s3_with_its_lineage_and_an_unreachable_backend_is_nev
     (policy / "protect.yaml").write_text(dead)
     proc = run_cli(policy, "plan", expect=1, env=ENV)
     assert "state backend s3:" in proc.stderr and "Could not connect" in proc.stderr
+
+
+def test_plan_shows_the_lock_and_apply_refuses_a_bucket_that_cannot_lock(seaweed: Seaweed, tmp_path: Path) -> None:
+    policy = s3_policy(tmp_path / "p", seaweed.endpoint, seaweed.new_bucket(),
+                       extra_storage="  objectLock: {mode: compliance}\n")
+    plan = run_cli(policy, "plan", env=ENV)
+    assert "object lock compliance" in plan.stdout + plan.stderr and "14d" in plan.stdout + plan.stderr
+    proc = run_cli(policy, "apply", "--auto-approve", expect=1, env=ENV)
+    assert "does not have object lock enabled" in proc.stdout + proc.stderr
