@@ -129,9 +129,9 @@ class StateSuite:
             assert f"pid {proc.pid}" in str(info.value) and "(apply, since" in str(info.value)
             with pytest.raises(StateLockedError, match="live process"):
                 build(spec).unlock()
-            with pytest.raises(StateLockedError):  # still held: unlock refused did not break it
-                with build(spec).lock("plan", 0):
-                    pass
+            # still held: the refused unlock did not break it
+            with pytest.raises(StateLockedError), build(spec).lock("plan", 0):
+                pass
         with build(spec).lock("plan", 10):  # released when its holder finished
             pass
 
