@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from protectctl.plan.model import GroupEstimate, Plan
     from protectctl.plan.resources import HostFacts, Resource
     from protectctl.policy.load import Policy
-    from protectctl.state.local import LocalStateBackend
+    from protectctl.state.backend import StateBackend
     from protectctl.state.model import State
 
 DEFAULT_LOCK_TIMEOUT_S = 0.0
@@ -204,15 +204,41 @@ def combined_schema() -> dict[str, Any]:
 # --- state ----------------------------------------------------------------------------
 
 
-def state_backend(policy_dir: Path, policy: Policy | None = None) -> LocalStateBackend:
+def state_backend(policy_dir: Path, policy: Policy | None = None) -> StateBackend:
     from protectctl.policy.rules import settings_of
-    from protectctl.state.local import LocalStateBackend
+    from protectctl.state.factory import open_state_backend
 
     if policy is None:
         policy = load(policy_dir)
-    rel = settings_of(policy).state.path
-    path = Path(rel) if Path(rel).is_absolute() else policy.root / rel
-    return LocalStateBackend(path)
+    return open_state_backend(policy, settings_of(policy).state)
+
+
+def state_home(policy_dir: Path, policy: Policy | None = None) -> Path:
+    """Where this machine keeps its own files beside the state (tape catalog, remote sources' views):
+    the local state file's directory, whichever backend holds the state."""
+    from protectctl.policy.rules import settings_of
+    from protectctl.state.factory import local_state_path
+
+    if policy is None:
+        policy = load(policy_dir)
+    return local_state_path(policy, settings_of(policy).state).parent
+
+
+def state_migrate(policy_dir: Path, to: str, lock_timeout_s: float) -> tuple[str, str, str, int]:
+    """Copy the state from the configured backend to `to` (its fields from the same Settings), with
+    its lineage and serial; returns (from, to, lineage, serial)."""
+    from protectctl.policy.rules import settings_of
+    from protectctl.state.factory import migrate, open_state_backend
+
+    policy = load(policy_dir)
+    settings = settings_of(policy).state
+    if to == settings.backend:
+        raise StateError(f"the state is already in the {to} backend",
+                         hint="name another backend with --to; set its fields in Settings.spec.state first")
+    source = open_state_backend(policy, settings)
+    target = open_state_backend(policy, settings, to)
+    lineage, serial = migrate(source, target, lock_timeout_s=lock_timeout_s)
+    return source.describe(), target.describe(), lineage, serial
 
 
 def read_state(policy_dir: Path) -> State:
@@ -368,7 +394,24 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
             policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observed,
             estimates=[] if destroy else estimates(policy),
             warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy, observed.storage_points)
+            + object_lock_notes(policy)
             + refresh_warnings)
+
+
+def object_lock_notes(policy: Policy) -> list[str]:
+    """What each object-locked Storage will lock, for the plan: its mode and the longest lock it sets."""
+    from protectctl.plan.resources import lock_retention_s
+    from protectctl.policy.model import Kind, StorageSpec
+    from protectctl.units import Duration
+
+    notes = []
+    for doc in policy.of(Kind.STORAGE).values():
+        spec = doc.spec
+        if isinstance(spec, StorageSpec) and spec.object_lock is not None:
+            longest = Duration(lock_retention_s(policy, doc.name))
+            notes.append(f"storage.{doc.name}: object lock {spec.object_lock.mode}: every object a point needs is "
+                         f"locked until the point's retention ends (longest lock set: {longest})")
+    return notes
 
 
 def plan(policy_dir: Path, *, out: Path | None = None, destroy: bool = False, delete_data: bool = False,
@@ -463,7 +506,7 @@ def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[
         state = backend.read()
         if plan_file is not None:
             the_plan = read_plan(plan_file)
-            if the_plan.serial == 0 and not backend.path.exists():
+            if the_plan.serial == 0 and not backend.exists():
                 # planned before any state was written (the first GitOps merge): the empty state
                 # read then had a lineage of its own that was never saved; this one is its twin
                 state.lineage = the_plan.lineage
@@ -613,15 +656,9 @@ def source_job(target: SourceTarget) -> Any:
 
 
 def open_storage(storage: dict[str, Any]) -> Any:
-    from protectctl.engine.storage.local import LocalStorage
+    from protectctl.engine.storage.factory import open_storage as open_any
 
-    if storage["type"] == "sftp":
-        from protectctl.provision.ssh import open_remote_storage
-
-        return open_remote_storage(storage)
-    if storage["type"] != "local":
-        raise ProtectctlError(f"storage type {storage['type']!r} is not supported by this version")
-    return LocalStorage(Path(str(storage["path"])))
+    return open_any(storage)
 
 
 def passphrase_reader(storage: dict[str, Any]) -> Callable[[], bytes]:
@@ -811,12 +848,16 @@ def _restore_on_host(policy_dir: Path, job_target: SourceTarget, host: str, when
     storage: dict[str, Any] = {"name": name, **_storage_inputs(policy, name)}
     access = by_address.get(Address("access", f"{name}/{host}"))
     secret = by_address.get(Address("secret", f"{storage['key']}/{host}"))
-    if storage["type"] != "sftp" or access is None or secret is None:
+    creds = [by_address.get(Address("secret", f"{name}-s3-{f}/{host}")) for f in ("access-key-id", "secret-access-key")]
+    s3_ready = storage["type"] == "s3" and secret is not None \
+        and (all(creds) or not (storage.get("agent_credentials") or storage.get("credentials")))
+    if not s3_ready and (storage["type"] != "sftp" or access is None or secret is None):
         why = (f"storage {name} is a path on this machine" if storage["type"] == "local"
                else f"host {host} has no key to storage {name} (no member of it is protected there)")
         raise RestoreError(f"host {host} cannot read {job_target.inputs['source']}'s recovery points: {why}",
                            hint="restore here with --target PATH and copy the result over")
-    request = {"inputs": {**job_target.inputs, "storage": agent_storage(storage, access, secret)},
+    request = {"inputs": {**job_target.inputs, "storage": agent_storage(storage, access, secret,
+                                                                             [c for c in creds if c] or None)},
                "to_time": when if isinstance(when, str) else when.astimezone(UTC).isoformat(),
                "target": str(target) if target is not None else None, "subpaths": list(subpaths),
                "dry_run": dry_run, "overwrite": overwrite,
@@ -1032,7 +1073,7 @@ def tape_service(policy_dir: Path, policy: Policy | None = None) -> Any:
     from protectctl.tape.service import TapeService, context_from_policy
 
     policy = policy or load(policy_dir)
-    home = state_backend(policy_dir, policy).path.parent
+    home = state_home(policy_dir, policy)
     return TapeService(context_from_policy(policy, home), now=datetime.now(UTC))
 
 
@@ -1052,7 +1093,7 @@ def tape_session(policy_dir: Path, command: str, policy: Policy | None = None, *
     from protectctl.agent.lock import source_lock
 
     policy = policy or load(policy_dir)
-    home = state_backend(policy_dir, policy).path.parent
+    home = state_home(policy_dir, policy)
     with source_lock(home / "tape", "library", command, timeout_s=timeout_s,
                      what="the tape libraries of this policy"):
         service = tape_service(policy_dir, policy)
@@ -1067,7 +1108,7 @@ def tape_observations(policy_dir: Path, policy: Policy, state: State, now: datet
     from protectctl.tape.catalog import load_catalog
     from protectctl.tape.guard import keys_in_use, libraries_in_use
 
-    home = state_backend(policy_dir, policy).path.parent
+    home = state_home(policy_dir, policy)
     catalog = load_catalog(home / "tape" / "catalog.json")  # TapeError when damaged: plan stops
     if not catalog.cartridges:
         return {}
@@ -1095,7 +1136,7 @@ def tape_key_warnings(policy_dir: Path, policy: Policy, points: Mapping[str, int
         from protectctl.tape import repokeys
 
         try:
-            home = state_backend(policy_dir, policy).path.parent
+            home = state_home(policy_dir, policy)
             out += repokeys.unexported_warnings(
                 repokeys.rows(repository_key_targets(policy_dir, policy, remote=False), home), points)
         except ProtectctlError as err:

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,8 @@ settings.register_profile("protectctl", derandomize=True, database=None, deadlin
 settings.register_profile("explore", derandomize=False, database=None, deadline=None, print_blob=True,
                           max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "protectctl"))
+
+from tests.seaweed import Seaweed
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -128,3 +130,19 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     line = _random_order_line(config)
     if line:
         terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[Seaweed]:
+    """ONE real SeaweedFS S3 server on loopback for the whole session; tests make their own buckets."""
+    from tests import seaweed as weed
+
+    why = weed.available()
+    if why:
+        pytest.skip(why)
+    server = weed.start_seaweed()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.base, ignore_errors=True)

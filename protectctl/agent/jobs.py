@@ -583,6 +583,11 @@ def prune(
             if not dry_run:
                 problems += contain_damage(repo, scan.points, scan.damaged)
             report = repo.gc(dry_run=dry_run, progress=progress)
+            lock = getattr(repo.storage, "lock", None)
+            if lock is not None and not dry_run:
+                from protectctl.engine.objectlock import extend_locks
+
+                extend_locks(repo, lock.retain_s)  # what a later point reuses stays locked as long as it
         totals[0] += report.packs_deleted
         totals[1] += report.bytes_deleted
         totals[2] += report.packs_condemned

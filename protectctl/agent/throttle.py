@@ -77,6 +77,10 @@ class ThrottledStorage:
         self._now = now
         self.waited_s = 0.0
 
+    @property
+    def put_parallelism(self) -> int:
+        return int(getattr(self.inner, "put_parallelism", 1))
+
     def put(self, kind: ObjectKind, name: str, data: bytes) -> None:
         if self._window(self._now()):
             self.waited_s += self.bucket.consume(len(data))

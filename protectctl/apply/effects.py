@@ -103,16 +103,15 @@ class StorageEffect:
 
     def create(self, inputs: Inputs, ctx: ApplyContext) -> Outputs:
         from protectctl.engine.repository import Repository
-        from protectctl.engine.storage.local import LocalStorage
+        from protectctl.engine.storage.factory import open_storage
 
-        path = Path(inputs["path"])
         passphrase = secret_ref(inputs["passphrase"]).resolve().value
-        if inputs["type"] == "sftp":
-            from protectctl.provision.ssh import open_remote_storage
+        # full rights: the control machine's credentials (sftp: the backup Host's; s3: `credentials`)
+        storage: Any = open_storage(inputs)
+        if inputs["type"] == "s3":
+            from protectctl.engine.storage.factory import prepare_bucket
 
-            storage: Any = open_remote_storage(inputs)  # full rights: the backup Host's own credentials
-        else:
-            storage = LocalStorage(path)
+            prepare_bucket(storage)
         if Repository.exists(storage):
             repo = Repository.open(storage, passphrase)
             return {"repository_id": repo.id, "initialised": False}
@@ -125,6 +124,11 @@ class StorageEffect:
     def delete(self, inputs: Inputs, outputs: Outputs, ctx: ApplyContext, *, delete_data: bool) -> None:
         if not delete_data:
             ctx.warn(f"storage at {inputs['path']} is no longer managed; its data is kept")
+            return
+        if inputs["type"] == "s3":
+            from protectctl.engine.storage.factory import delete_repository, open_storage
+
+            delete_repository(open_storage(inputs))
             return
         if inputs["type"] == "sftp":
             conn = ctx.host(str(inputs["host"]))

@@ -62,3 +62,22 @@ def register(app: typer.Typer) -> None:
 
         env = env_of(ctx)
         env.output.info(f"unlocked ({api.state_unlock(env.policy_dir, force)})")
+
+    @state_app.command("migrate")
+    def migrate(ctx: typer.Context,
+                to: Annotated[str, typer.Option("--to", help="local | s3 | postgres (its fields in Settings.spec.state).")],
+                lock_timeout: Annotated[str, typer.Option("--lock-timeout")] = "0",
+                json_mode: Annotated[bool, typer.Option("--json")] = False) -> None:
+        """Copy the state, with its lineage and serial, to another backend; then set `backend:` to it."""
+        from protectctl import api
+        from protectctl.cli.plan import lock_seconds
+
+        env = env_of(ctx, json_mode)
+        source, target, lineage, serial = api.state_migrate(env.policy_dir, to, lock_seconds(lock_timeout))
+        if env.output.json_mode:
+            env.output.document({"format_version": "1.0", "from": source, "to": target, "lineage": lineage,
+                                 "serial": serial})
+            return
+        env.output.info(f"copied the state (lineage {lineage}, serial {serial}) from {source} to {target}",
+                        always=True)
+        env.output.info(f"now set `backend: {to}` in Settings.spec.state; the old copy is kept", always=True)

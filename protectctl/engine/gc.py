@@ -26,7 +26,7 @@ from protectctl.engine.marks import BlobSet, mark_tree
 from protectctl.engine.pack import PackEntry
 from protectctl.engine.points import Point
 from protectctl.engine.repair import Recovery, read_unindexed, write_index_objects
-from protectctl.engine.storage.base import ObjectKind, ObjectMissingError
+from protectctl.engine.storage.base import ObjectKind, ObjectLockedError, ObjectMissingError
 from protectctl.engine.tree import Tree, decode_tree
 from protectctl.errors import CorruptionError, LockedError, RepositoryError
 from protectctl.progress import NullProgress, Progress
@@ -361,8 +361,8 @@ def _delete_packs(
     for pack in sorted(doomed):
         try:
             repo.storage.delete(ObjectKind.DATA, pack)
-        except ObjectMissingError:
-            continue
+        except (ObjectMissingError, ObjectLockedError):
+            continue  # locked (s3 objectLock): a later prune deletes it once its retention ends
         deleted += 1
         freed += sizes.get(pack, 0)
         progress.advance(bytes_done=sizes.get(pack, 0))

@@ -47,7 +47,7 @@ from protectctl.engine.points import (
     valid_point_id,
 )
 from protectctl.engine.repair import IndexRepair, rebuild_index, recover_unindexed
-from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend
+from protectctl.engine.storage.base import ObjectKind, ObjectLockedError, ObjectMissingError, StorageBackend
 from protectctl.engine.tree import Tree, decode_tree, encode_tree
 from protectctl.engine.writer import DEFAULT_PACK_SIZE, BlobWriter
 from protectctl.errors import CorruptionError, LockedError, RepositoryError, WrongKeyError
@@ -457,7 +457,8 @@ class Repository:
         if missing:
             raise RepositoryError(f"no such point(s): {', '.join(missing)}")
         for point_id in ids:
-            with contextlib.suppress(ObjectMissingError):
+            # a point still under object-lock retention (s3 `objectLock`) stays until it ends
+            with contextlib.suppress(ObjectMissingError, ObjectLockedError):
                 self.storage.delete(ObjectKind.POINTS, point_id)
 
     # -- maintenance ------------------------------------------------------------------------

@@ -117,7 +117,9 @@ class BlobWriter:
 
     def __enter__(self) -> BlobWriter:
         self._seal_pool = ThreadPoolExecutor(self._workers, thread_name_prefix="seal")
-        self._upload_pool = ThreadPoolExecutor(1, thread_name_prefix="upload")
+        # A backend with latency per request (s3) says how many PUTs to keep in flight.
+        self._parallel_puts = max(1, int(getattr(self._host.storage, "put_parallelism", 1)))
+        self._upload_pool = ThreadPoolExecutor(self._parallel_puts, thread_name_prefix="upload")
         self._progress.start("upload")
         return self
 
@@ -227,7 +229,7 @@ class BlobWriter:
         self._open[kind] = _OpenPack()
         assert self._upload_pool is not None
         self._uploads.append(self._upload_pool.submit(self._upload, pack))
-        self._drain_uploads(block_over=_UPLOADS_QUEUED)
+        self._drain_uploads(block_over=_UPLOADS_QUEUED * self._parallel_puts)
 
     def _upload(self, pack: _OpenPack) -> tuple[str, list[PackEntry], bytearray]:
         # The header goes behind the records, in the room `_append` reserved for it.

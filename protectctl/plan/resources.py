@@ -24,6 +24,7 @@ from protectctl.policy.model import (
     Kind,
     MemberSpec,
     ProtectionGroupSpec,
+    S3CredentialsSpec,
     SettingsSpec,
     SLASpec,
     StorageSpec,
@@ -147,7 +148,9 @@ def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
     doc = policy.get(Kind.STORAGE, name)
     assert doc is not None and isinstance(doc.spec, StorageSpec)
     spec = doc.spec
-    out: dict[str, object] = {"type": spec.type.value, "path": resolve_path(doc, spec.path),
+    if spec.type is StorageType.S3:
+        return _s3_inputs(policy, doc, spec)
+    out: dict[str, object] = {"type": spec.type.value, "path": resolve_path(doc, spec.path or ""),
                               "key": spec.encryption.key, "passphrase": _passphrase_ref(policy, spec.encryption.key)}
     if spec.type is StorageType.SFTP and spec.host:
         host_doc = policy.get(Kind.HOST, spec.host)
@@ -160,6 +163,42 @@ def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
             out["ssh_hosts"] = _gateway_chain(policy, host_doc.spec.gateway)
         out["serve"] = host_path(host_root(host_doc), f"{AGENT_VENV}/bin/protectctl")
     return out
+
+
+def _s3_inputs(policy: Policy, doc: Document, spec: StorageSpec) -> dict[str, object]:
+    """An s3 Storage as apply and the agents use it: where, and each credential by reference only."""
+    out: dict[str, object] = {
+        "type": "s3", "path": f"s3://{spec.bucket}/{spec.prefix}", "endpoint": spec.endpoint,
+        "region": spec.region, "bucket": spec.bucket, "prefix": spec.prefix,
+        "credentials": _s3_credentials(doc, spec.credentials),
+        "key": spec.encryption.key, "passphrase": _passphrase_ref(policy, spec.encryption.key)}
+    if spec.agent_credentials is not None:
+        out["agent_credentials"] = _s3_credentials(doc, spec.agent_credentials)
+    if spec.object_lock is not None:
+        out["object_lock"] = {"mode": spec.object_lock.mode, "retain_s": lock_retention_s(policy, doc.name)}
+    return out
+
+
+def _s3_credentials(doc: Document, creds: S3CredentialsSpec | None) -> dict[str, object] | None:
+    if creds is None:
+        return None
+    return {field: {"env": ref.env} if ref.env else {"file": resolve_path(doc, ref.file or "")}
+            for field, ref in (("access_key_id", creds.access_key_id),
+                               ("secret_access_key", creds.secret_access_key))}
+
+
+def lock_retention_s(policy: Policy, storage: str) -> int:
+    """How long an object-locked Storage locks what it writes: the longest disk retention of the
+    groups backing up into it (a day if none does yet), so no point's data unlocks before its
+    retention ends; prune extends the locks of objects a later point reuses."""
+    longest = 0
+    for group in policy.of(Kind.PROTECTION_GROUP).values():
+        spec = group.spec
+        assert isinstance(spec, ProtectionGroupSpec)
+        sla = policy.get(Kind.SLA, spec.sla) if spec.storage == storage else None
+        if sla is not None and isinstance(sla.spec, SLASpec):
+            longest = max(longest, int(sla.spec.retention.disk.seconds))
+    return longest or 86400
 
 
 def _gateway_chain(policy: Policy, first: str) -> dict[str, dict[str, object]]:
@@ -290,8 +329,10 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
     ref = storage["passphrase"]
     needs_copy = not host_doc.spec.is_local or (isinstance(ref, Mapping) and ref.get("env") is not None)
     secret = _secret(b, str(storage["key"]), host_name, root) if needs_copy else None
-    storage = agent_storage(storage, access, secret)
-    deps += [r.address for r in (access, secret) if r is not None]
+    creds = None if host_doc.spec.is_local or storage["type"] != StorageType.S3.value \
+        else _s3_secrets(b, group.storage, storage, host_name, root)
+    storage = agent_storage(storage, access, secret, creds)
+    deps += [r.address for r in (access, secret, *(creds or ())) if r is not None]
     b.add(Resource(address, {
         "source": source, "group": doc.name, "member": member.name, "host": host_name,
         **({"nodes": [{"host": h, "config_path": _source_config_path(b, h, source)} for h in member.hosts]}
@@ -426,11 +467,19 @@ def _known_hosts_name(doc: Document) -> str:
     return spec.address if spec.port == 22 else f"[{spec.address}]:{spec.port}"
 
 
-def agent_storage(storage: Mapping[str, object], access: Resource | None, secret: Resource | None) -> dict[str, object]:
+def agent_storage(storage: Mapping[str, object], access: Resource | None, secret: Resource | None,
+                  creds: Sequence[Resource] | None = None) -> dict[str, object]:
     """A storage's inputs as the agent of a host uses them: its own append-only key (`access`,
     sftp), the knownHosts entries apply copied to it, its own passphrase copy (`secret`, SSH
-    hosts). Used for its sources' configs and for restores sent to it."""
+    hosts), the s3 agent key (`agentCredentials`, else the Storage's) and, on SSH hosts, the
+    copies of it apply made (`creds`). Used for its sources' configs and for restores sent to it."""
     out = dict(storage)
+    if out.get("type") == StorageType.S3.value:
+        agent_creds = out.pop("agent_credentials", None)
+        if agent_creds is not None:
+            out["credentials"] = agent_creds
+        if creds:
+            out["credentials"] = {str(r.inputs["field"]): {"file": r.inputs["path"]} for r in creds}
     if access is not None:
         out["identity_file"] = access.inputs["key_path"]
         copy = access.inputs.get("known_hosts_copy")  # only for SSH hosts, when a hop is pinned by file
@@ -469,6 +518,28 @@ def _secret(b: _Builder, key_name: str, host: str, root: str) -> Resource:
     b.add(res)
     b.by_address[address] = res
     return res
+
+
+def _s3_secrets(b: _Builder, storage_name: str, storage: Mapping[str, object], host: str,
+                root: str) -> list[Resource] | None:
+    """The agent key of an s3 Storage copied to an SSH host (both halves, 0600 root-only), like
+    a passphrase copy; none when the Storage names no key (the host's own role or profile)."""
+    creds = storage.get("agent_credentials") or storage.get("credentials")
+    if not isinstance(creds, Mapping):
+        return None
+    out = []
+    for field in ("access_key_id", "secret_access_key"):
+        address = Address("secret", f"{storage_name}-s3-{field.replace('_', '-')}/{host}")
+        existing = b.by_address.get(address)
+        if existing is None:
+            existing = Resource(address, {
+                "host": host, "root": root, "key": storage_name, "field": field, "passphrase": creds[field],
+                "path": host_path(root, f"{AGENT_SECRETS_DIR}/{storage_name}.s3-{field.replace('_', '-')}"),
+            }, (Address("agent", host), Address("storage", storage_name)), host=host, replace_on=("host", "path"))
+            b.add(existing)
+            b.by_address[address] = existing
+        out.append(existing)
+    return out
 
 
 def _jobs(b: _Builder, sla: SLASpec) -> list[tuple[str, str]]:

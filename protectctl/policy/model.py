@@ -184,16 +184,57 @@ class EncryptionRef(CamelSpec):
     key: Name
 
 
+class S3CredentialsSpec(CamelSpec):
+    """An S3 key pair, each half by reference (`env:` or `file:`), never the value."""
+
+    access_key_id: PassphraseRef
+    secret_access_key: PassphraseRef
+
+
+class ObjectLockSpec(CamelSpec):
+    mode: Literal["compliance", "governance"] = Field(
+        description="compliance: no one can delete a locked object before its retention ends; governance: "
+                    "keys with s3:BypassGovernanceRetention can")
+
+
+S3_FIELDS: tuple[str, ...] = ("endpoint", "bucket", "prefix", "credentials", "agent_credentials", "object_lock")
+
+
 class StorageSpec(CamelSpec):
     type: StorageType
-    path: str
+    path: str | None = Field(None, description="local and sftp: the repository's directory")
     host: Name | None = Field(None, description="for sftp: the Host holding the repository")
+    endpoint: str | None = Field(None, pattern=r"^https?://", description="s3: any S3-compatible endpoint; "
+                                 "omit for AWS")
+    region: str = Field("us-east-1", description="s3: the bucket's region")
+    bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="s3: the bucket")
+    prefix: str = Field("", pattern=r"^([A-Za-z0-9._-]+/)*$", description="s3: keys start with this, e.g. site-a/")
+    credentials: S3CredentialsSpec | None = Field(
+        None, description="s3: the control machine's key (init, prune, check, restore); omit to use the "
+                          "AWS default chain (environment, profile, instance role)")
+    agent_credentials: S3CredentialsSpec | None = Field(
+        None, description="s3: the key agents get (apply copies it to SSH hosts, root-only); a least-privilege "
+                          "key that can write but not destroy locked points")
+    object_lock: ObjectLockSpec | None = Field(
+        None, description="s3: lock every object a point needs until the point's retention ends (the bucket "
+                          "must have object lock enabled)")
     encryption: EncryptionRef
 
     @model_validator(mode="after")
-    def _host_for_sftp(self) -> StorageSpec:
+    def _fields_of_type(self) -> StorageSpec:
         if self.type is StorageType.SFTP and self.host is None:
             raise ValueError("an sftp Storage needs `host:` naming the backup server Host")
+        if self.type is StorageType.S3:
+            if self.bucket is None:
+                raise ValueError("an s3 Storage needs `bucket:`")
+            if self.path is not None or self.host is not None:
+                raise ValueError("an s3 Storage takes `bucket:` and `prefix:`, not `path:` or `host:`")
+        else:
+            if self.path is None:
+                raise ValueError(f"a {self.type.value} Storage needs `path:`")
+            given = [camel(f) for f in S3_FIELDS if getattr(self, f) not in (None, "")]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for `type: s3`")
         return self
 
 
@@ -370,8 +411,24 @@ def spec_model_for(kind: Kind, spec: object = None, *, installed: bool = False) 
 
 
 class StateSettings(CamelSpec):
-    backend: Literal["local"] = "local"
-    path: str = ".protectctl/state.json"
+    backend: Literal["local", "s3", "postgres"] = "local"
+    path: str = Field(".protectctl/state.json", description="local: the state file")
+    storage: Name | None = Field(None, description="s3: a Storage of type s3; the state lives under its prefix")
+    key: str = Field("state/default.json", pattern=r"^[A-Za-z0-9._/-]+$",
+                     description="s3: the state object's key below the Storage's prefix")
+    dsn: PassphraseRef | None = Field(None, description="postgres: the connection string, by `env:` or `file:`")
+    schema_: str = Field("protectctl", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                         description="postgres: the schema holding the state table")
+    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$",
+                      description="postgres: the state's name (one row per name), like a workspace")
+
+    @model_validator(mode="after")
+    def _fields_of_backend(self) -> StateSettings:
+        if self.backend == "s3" and self.storage is None:
+            raise ValueError("the s3 state backend needs `storage:` naming a Storage of type s3")
+        if self.backend == "postgres" and self.dsn is None:
+            raise ValueError("the postgres state backend needs `dsn: {env: VARIABLE}` (or `file:`)")
+        return self
 
 
 class BudgetSettings(CamelSpec):

@@ -66,6 +66,15 @@ def _settings(policy: Policy) -> Iterator[Problem]:
     for extra in docs[1:]:
         yield Problem(extra.ref, ("kind",), "more than one Settings document",
                       f"keep one (the first is {docs[0].name!r})")
+    if docs:
+        state = settings_of(policy).state
+        yield from _ref(policy, docs[0], ("spec", "state", "storage"), Kind.STORAGE, state.storage)
+        storage = policy.get(Kind.STORAGE, state.storage) if state.storage else None
+        if state.backend == "s3" and storage is not None and isinstance(storage.spec, StorageSpec) \
+                and storage.spec.type is not StorageType.S3:
+            yield Problem(docs[0].ref, ("spec", "state", "storage"),
+                          f"the s3 state backend needs a Storage of type s3; {state.storage!r} is "
+                          f"{storage.spec.type.value}", "name a `type: s3` Storage")
 
 
 def _hosts(policy: Policy) -> Iterator[Problem]:
@@ -86,11 +95,7 @@ def _storages(policy: Policy) -> Iterator[Problem]:
         assert isinstance(spec, StorageSpec)
         yield from _ref(policy, doc, ("spec", "encryption", "key"), Kind.ENCRYPTION_KEY, spec.encryption.key)
         yield from _ref(policy, doc, ("spec", "host"), Kind.HOST, spec.host)
-        if spec.type is StorageType.S3:
-            yield Problem(doc.ref, ("spec", "type"),
-                          f"storage type {spec.type.value!r} is not supported by this version",
-                          "use `type: local` or `type: sftp`")
-        if spec.type is StorageType.SFTP and not posixpath.isabs(spec.path):
+        if spec.type is StorageType.SFTP and spec.path and not posixpath.isabs(spec.path):
             yield Problem(doc.ref, ("spec", "path"), f"sftp storage path {spec.path!r} is not absolute",
                           "give the repository's absolute path on the backup server")
 

@@ -1,4 +1,4 @@
-"""The state backend interface: read, write, lock. Local file now; shared backends later."""
+"""The state backend interface: read, write, lock. Local file, s3 object, postgres table."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from protectctl.state.model import State
 class StateBackend(Protocol):
     def read(self) -> State:
         """The current state (an empty one with a new lineage if none was written)."""
+
+    def exists(self) -> bool:
+        """Whether a state was ever written."""
 
     def write(self, state: State) -> None:
         """Persist all-or-nothing, keeping the previous state as a backup."""

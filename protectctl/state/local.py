@@ -66,6 +66,9 @@ class LocalStateBackend:
                  "empty one, is how a policy without state starts",
         )
 
+    def exists(self) -> bool:
+        return self.path.exists()
+
     def write(self, state: State) -> None:
         data = state.model_dump_json(indent=2).encode() + b"\n"
         try:

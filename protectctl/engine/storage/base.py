@@ -36,6 +36,10 @@ class ObjectMissingError(RepositoryError):
     """The named object does not exist (get/delete of a missing name)."""
 
 
+class ObjectLockedError(RepositoryError):
+    """The object is under object-lock retention (s3 `objectLock`) and cannot be deleted yet."""
+
+
 class StorageBackend(Protocol):
     """Named objects in one place; every write is all-or-nothing."""
 
