@@ -1,10 +1,12 @@
 """Agent install on SSH hosts: a wheelhouse built on the control machine, a venv on the host.
 
-Hosts need no internet: the control machine builds wheels of protectctl and every dependency
-(`pip wheel`, for its own platform and Python; the host must match them, which `install`
-checks first), uploads them, creates `ROOT/opt/protectctl` with `python3 -m venv
---without-pip`, and installs offline with the pip wheel shipped in the wheelhouse
-(`python pip.whl/pip install --no-index --find-links`). A marker file in the venv records
+Hosts need no internet: the control machine makes wheels of protectctl and every dependency,
+for its own platform and Python (the host must match them, which `install` checks first):
+from a source tree, `pip wheel` builds them; from a normal install (a wheel, as pip and pipx
+do), each installed distribution is packed back into its wheel, needing no index at all. It
+uploads them, creates `ROOT/opt/protectctl` with `python3 -m venv --without-pip`, and installs
+offline with the pip wheel shipped in the wheelhouse (`python pip.whl/pip install --no-index
+--find-links`). A marker file in the venv records
 version, source digest and wheelhouse digest: the same marker means nothing to do, another
 means upgrade in place, and uninstall removes exactly the venv and the uploaded wheelhouse.
 
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -78,8 +81,14 @@ def source_digest() -> str:
         wheels = sorted(Path(given).glob("protectctl-*.whl"))
         return hashlib.sha256(wheels[-1].read_bytes()).hexdigest()[:16] if wheels else "none"
     root = project_dir()
-    if root is None:
-        return f"release-{__version__}"
+    if root is None:  # installed: its RECORD lists every file with its hash
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            record = distribution("protectctl").read_text("RECORD") or ""
+        except PackageNotFoundError:
+            record = ""
+        return hashlib.sha256(record.encode()).hexdigest()[:16] if record else f"release-{__version__}"
     h = hashlib.sha256()
     for part in _SOURCE_PARTS:
         for path in sorted((root / part).rglob("*")):
@@ -121,28 +130,125 @@ def wheelhouse() -> Wheelhouse:
 
 
 def _build(target: Path) -> None:
-    root = project_dir()
-    if root is None:
-        raise ProtectctlError("cannot build the agent wheelhouse: protectctl is not running from a source tree",
-                              hint="set PROTECTCTL_WHEELHOUSE to a directory of wheels (`pip wheel protectctl pip`)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
-        src = Path(tmp) / "src"
         out = Path(tmp) / "wheels"
-        # a copy, so that building never writes build/ or egg-info into the working tree
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md"):
-            if (root / name).exists():
-                shutil.copy2(root / name, src / name)
-        for part in _SOURCE_PARTS:
-            shutil.copytree(root / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        _pip(["wheel", "--quiet", "--wheel-dir", str(out), str(src), "pip"])
+        root = project_dir()
+        if root is not None:
+            _build_from_source(root, Path(tmp), out)
+        else:
+            _build_from_installed(Path(tmp), out)
         (out / ".complete").write_text(_digest_of(out) + "\n")
         try:
             os.rename(out, target)
         except OSError:
             if not (target / ".complete").exists():  # lost a race with another apply: theirs is as good
                 raise
+
+
+def _build_from_source(root: Path, tmp: Path, out: Path) -> None:
+    """A development tree: protectctl built from its source, dependencies from the index/cache."""
+    src = tmp / "src"
+    # a copy, so that building never writes build/ or egg-info into the working tree
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        if (root / name).exists():
+            shutil.copy2(root / name, src / name)
+    for part in _SOURCE_PARTS:
+        shutil.copytree(root / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _pip(["wheel", "--quiet", "--wheel-dir", str(out), str(src), "pip"])
+
+
+# What an installed distribution adds that its wheel did not hold (RECORD is written anew).
+_INSTALL_ONLY = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
+
+
+def _build_from_installed(tmp: Path, out: Path) -> None:
+    """protectctl installed the normal way (a wheel: pip, pipx): every wheel of the agent is packed
+    again from the installed files of protectctl, each dependency and pip itself, so a control
+    machine without a source tree or a package index still provisions hosts. A distribution that
+    was not installed from a wheel (no WHEEL file, or editable) comes from the index/cache instead."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    out.mkdir()
+    dists = []
+    for name in sorted(_closure("protectctl") | {"pip"}):
+        try:
+            dists.append(distribution(name))
+        except PackageNotFoundError:
+            continue  # an optional dependency not installed here: its marker excluded it
+    # one `wheel pack` process per distribution (~40), four at a time
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        packed = list(pool.map(lambda d: _repack(d, tmp / "unpacked" / d.metadata["Name"], out), dists))
+    fetch = [f"{d.metadata['Name']}=={d.version}" for d, ok in zip(dists, packed, strict=True) if not ok]
+    if fetch:
+        _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), *fetch])
+
+
+def _editable(direct_url: str | None) -> bool:
+    try:
+        return bool(json.loads(direct_url or "{}").get("dir_info", {}).get("editable"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def _closure(root: str) -> set[str]:
+    """`root` and every distribution it requires here (markers evaluated, extras not taken)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [root]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue
+        for text in requires:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                continue
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def _repack(dist: object, unpacked: Path, out: Path) -> bool:
+    """Pack `dist`'s installed files back into its wheel (`wheel pack`); False when it cannot be."""
+    from importlib.metadata import Distribution
+
+    assert isinstance(dist, Distribution)
+    if dist.read_text("WHEEL") is None or _editable(dist.read_text("direct_url.json")):
+        return False
+    for file in dist.files or ():
+        rel = Path(str(file))
+        if rel.parts[0] == ".." or "__pycache__" in rel.parts or rel.suffix == ".pyc":
+            continue  # scripts (made again from entry points at install) and caches
+        if rel.parent.name.endswith(".dist-info") and rel.name in _INSTALL_ONLY:
+            continue
+        source = Path(str(dist.locate_file(file)))
+        if not source.is_file():
+            return False  # an installed file went missing: do not ship a wheel without it
+        dest = unpacked / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest)
+    # `wheel pack` through its command line: its Python API is private (it moved in wheel 0.46)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(out), str(unpacked)],
+                              capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ProtectctlError(f"packing the agent wheel of {dist.metadata['Name']}: {err}") from err
+    if proc.returncode != 0:
+        raise ProtectctlError(f"packing the agent wheel of {dist.metadata['Name']} failed: "
+                              f"{proc.stderr.strip()[-400:]}")
+    return True
 
 
 def _pip(args: list[str]) -> None:
