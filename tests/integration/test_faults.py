@@ -129,5 +129,6 @@ def test_a_member_path_with_a_nul_is_refused_by_validate(quickstart: Path, escap
     # once: validate, plan and apply passed, and the sync failed with "embedded null byte"
     stderr = _only_error(quickstart)
     assert "`spec.members[0].filesystem.path` contains a NUL character" in stderr
-    assert "protect.yaml:44:26: error" in stderr  # the line and column of the path
+    line = next(i for i, text in enumerate(text.splitlines(), 1) if "{path: ./data," in text)
+    assert f"protect.yaml:{line}:26: error" in stderr  # the line and column of the path
     run_cli(quickstart, "apply", "--auto-approve", expect=1)
