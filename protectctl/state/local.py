@@ -89,9 +89,9 @@ class LocalStateBackend:
             raise StateError(f"creating state lock {self.lock_path}: {os_error_text(err)}") from err
         try:
             self._acquire(fd, timeout_s)
-            self._remove_stale_temps()
             try:
                 self._record_holder(fd, command)
+                self._remove_stale_temps()
                 yield
             finally:
                 with contextlib.suppress(OSError):
@@ -112,8 +112,9 @@ class LocalStateBackend:
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                   "time": datetime.now(UTC).isoformat(timespec="seconds")}
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            record = json.dumps(holder).encode()
+            os.pwrite(fd, record, 0)  # written, then cut: a reader never sees an empty record
+            os.ftruncate(fd, len(record))
         except OSError as err:  # a full disk, typically: nothing that needs the state could go on
             raise StateError(f"recording the lock holder in {self.lock_path}: {os_error_text(err)}",
                              hint=f"free space where the state lives ({self.lock_path.parent}), then retry") from err
@@ -127,11 +128,20 @@ class LocalStateBackend:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise StateLockedError(
-                        f"the state is locked by {self.holder() or 'another process'}",
+                        f"the state is locked by {self._holder_once_recorded() or 'another process'}",
                         hint="wait for it to finish, pass --lock-timeout 5m, or `protectctl state unlock` "
                              "if that process is gone",
                     ) from None
                 time.sleep(0.1)
+
+    def _holder_once_recorded(self) -> str | None:
+        """The holder, waiting a moment for a lock taken an instant ago to be signed by its taker."""
+        for _ in range(20):
+            who = self.holder()
+            if who:
+                return who
+            time.sleep(0.05)
+        return None
 
     def holder(self) -> str | None:
         try:
