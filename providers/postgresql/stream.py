@@ -60,8 +60,8 @@ def stream_dir(spool: Path) -> Path:
 
 
 def receiver_argv(cluster: Cluster, directory: Path, slot: str) -> list[str]:
-    return [cluster.bin("pg_receivewal"), "-D", str(directory), "-S", slot, "-h", str(cluster.socket_dir),
-            "-p", str(cluster.port), "--synchronous", "-s", "1", "-n", "--no-password"]
+    return [cluster.bin("pg_receivewal"), "-D", str(directory), "-S", slot, *pg.conn_args(cluster),
+            "--synchronous", "-s", "1", "-n", "--no-password"]
 
 
 def ensure_slot(cluster: Cluster, slot: str) -> None:
