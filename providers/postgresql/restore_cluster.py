@@ -271,7 +271,8 @@ class ClusterRestore:
         log_file = self.target / "protectctl-restore.log"
         request.progress.note(f"starting PostgreSQL on port {port} (socket {cluster.socket_dir}, "
                               f"{LISTEN_ADDRESS}) for {self.describe_target()}")
-        options = server_options(port=port, socket_dir=cluster.socket_dir, hba_file=self.target / "pg_hba.conf")
+        options = server_options(port=port, socket_dir=cluster.socket_dir,
+                                 hba_file=None if self.in_place else self.target / "pg_hba.conf")
         try:
             pg.start(cluster, log_file, server_options=options)
             self._wait_promoted(cluster, log_file, stager)
@@ -338,11 +339,20 @@ class ClusterRestore:
                 "# written by protectctl restore: the source's configuration lives outside its data directory\n"
                 f"unix_socket_directories = {pg.literal(str(cluster.socket_dir))}\n").encode(), uid, gid)
             notes_conf = "minimal postgresql.conf written"
-        self._write_hba(uid, gid)
-        # The server's command line (server_options) decides where this start listens; the same in
-        # postgresql.auto.conf (read after postgresql.conf) keeps a later plain `pg_ctl start` there too.
-        settings = {"archive_mode": "off", "archive_command": "", "port": str(cluster.port),
-                    "listen_addresses": LISTEN_ADDRESS, "unix_socket_directories": str(cluster.socket_dir),
+        # The server's command line (server_options) decides where this start listens; for a copy the
+        # same in postgresql.auto.conf (read after postgresql.conf) keeps a later plain `pg_ctl start`
+        # there too. Restored in place, the cluster is the source again: its files keep its choices.
+        listen = {} if self.in_place else {"listen_addresses": LISTEN_ADDRESS,
+                                           "unix_socket_directories": str(cluster.socket_dir)}
+        if self.in_place:
+            self.config_notes.append("restored in place: pg_hba.conf and the listen settings in its files are the "
+                                     f"source's; it listens on {LISTEN_ADDRESS} and {cluster.socket_dir} only until "
+                                     "its next restart")
+            if not (target / "pg_hba.conf").exists():
+                _write_owned(target / "pg_hba.conf", b"local all all peer\n", uid, gid)
+        else:
+            self._write_hba(uid, gid)
+        settings = {"archive_mode": "off", "archive_command": "", "port": str(cluster.port), **listen,
                     "restore_command": restore_command(staging), "recovery_target_timeline": "latest"}
         if self.plan.mode == "time" and self.plan.target is not None:
             # explicit offset: the instant is never read in the server's zone
@@ -358,8 +368,7 @@ class ClusterRestore:
         auto = target / "postgresql.auto.conf"
         old = auto.read_text(encoding="utf-8") if auto.exists() else ""
         lines = _conf_lines_without(old, [*_RECOVERY_KEYS, "archive_mode", "archive_command", "archive_library",
-                                          "port", "primary_conninfo", "primary_slot_name", "hot_standby",
-                                          "listen_addresses", "unix_socket_directories"])
+                                          "port", "primary_conninfo", "primary_slot_name", "hot_standby", *listen])
         lines.append(f"# protectctl restore of {self.request.source}: {self.describe_target()}; "
                      "archiving off so this copy never writes into the source's repository")
         lines += [f"{k} = {pg.literal(v)}" for k, v in settings.items()]

@@ -36,14 +36,15 @@ def socket_dir_problem(path: str) -> str | None:
     return None
 
 
-def server_options(*, port: int, socket_dir: Path, hba_file: Path, listen: str = LISTEN_ADDRESS) -> str:
+def server_options(*, port: int, socket_dir: Path, hba_file: Path | None, listen: str = LISTEN_ADDRESS) -> str:
     """`pg_ctl -o` text: settings on the server's command line, one shell word each.
 
     pg_ctl hands this string to /bin/sh, so every word is shell-quoted. `lc_messages=C`: the
     server's messages are read by protectctl (a connection's FATAL line, "recovery stopping").
+    `hba_file` None: the one the configuration names (an in-place restore: the source itself).
     """
     settings = {"port": str(port), "listen_addresses": listen, "unix_socket_directories": str(socket_dir),
-                "hba_file": str(hba_file), "lc_messages": "C"}
+                **({"hba_file": str(hba_file)} if hba_file is not None else {}), "lc_messages": "C"}
     return " ".join(f"-c {shlex.quote(f'{name}={value}')}" for name, value in settings.items())
 
 

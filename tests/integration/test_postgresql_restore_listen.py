@@ -153,15 +153,22 @@ def test_a_copy_protectctl_cannot_find_ends_with_its_log(site: Site, monkeypatch
     assert not (target / "postmaster.pid").exists()
 
 
+def protectctl(policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True,
+                          text=True, timeout=120, env=cli_env(None), stdin=subprocess.DEVNULL, check=False)
+
+
 def test_cli_apply_says_why_it_cannot_connect(site: Site) -> None:
     from tests.integration.test_postgresql_cli import policy_text
 
     text = re.sub(r"( +)socketDir: .*", lambda m: f"{m[1]}socketDir: {site.sock}\n{m[1]}user: nosuch_role",
                   policy_text(site.cluster))
-    policy = write_policy(site.base / "site", text)
+    policy = write_policy(site.base / "site", text.replace("user: nosuch_role", "user: -U"))
     (policy / "passphrase").write_bytes(PASS + b"\n")  # the module's repository
-    proc = subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), "apply", "--auto-approve"],
-                          capture_output=True, text=True, timeout=120, env=cli_env(None), stdin=subprocess.DEVNULL,
-                          check=False)
+    proc = protectctl(policy, "validate")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "user" in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
+    write_policy(site.base / "site", text)
+    proc = protectctl(policy, "apply", "--auto-approve")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert 'FATAL: role "nosuch_role" does not exist' in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -28,6 +28,8 @@ def test_server_options_are_shell_words_that_set_where_the_copy_listens() -> Non
     assert words[::2] == ["-c"] * 5
     assert pairs == {"port": "5444", "listen_addresses": "127.0.0.1", "unix_socket_directories": "/run/pg sock",
                      "hba_file": "/srv/it's/pg_hba.conf", "lc_messages": "C"}
+    in_place = server_options(port=5432, socket_dir=Path("/run/pg"), hba_file=None)  # the source's own hba_file
+    assert "hba_file" not in in_place and "listen_addresses=127.0.0.1" in in_place
 
 
 def test_socket_dirs_the_command_line_cannot_carry_are_refused() -> None:
@@ -140,3 +142,14 @@ def test_user_is_a_validated_role_passed_to_every_client() -> None:
     for bad in ("-U", "a b", "x;y", "", "r" * 64):
         with pytest.raises(ValueError):
             PostgresqlMember.model_validate({"dataDir": "/d", "user": bad})
+
+
+def test_validate_refuses_a_socket_dir_the_command_line_cannot_carry() -> None:
+    from protectctl.provider import load_provider
+
+    provider = load_provider("postgresql")
+    spec = PostgresqlMember.model_validate({"dataDir": "/d", "socketDir": "/run/a,b", "allowRestart": True,
+                                            "perHost": {"db2": {"socketDir": '/run/"q"'}}})
+    problems = provider.check_member(spec, source="g/m", hosts=("db1", "db2"))  # type: ignore[attr-defined]
+    paths = {p.path for p in problems if not p.warning}
+    assert paths == {("socketDir",), ("perHost", "db2", "socketDir")}, problems
