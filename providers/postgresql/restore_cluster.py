@@ -453,6 +453,10 @@ class ClusterRestore:
                 now = time.monotonic()
                 watch.observe(now, lsn=row[2] if row else None, xact_time=row[3] if row else None,
                               log_text=log.read_new(), staged=stager.staged)
+                if now >= report_at:
+                    self.request.progress.note(f"waiting for recovery ({watch.describe()}; "
+                                               f"{now - started:.0f} s)")
+                    report_at = now + PROGRESS_EVERY_S
                 if row is not None and row[0] == "f":
                     if promote_requested:
                         self._check_target_reached(log_file)
@@ -478,10 +482,6 @@ class ClusterRestore:
                         f"({watch.describe()}){reach}; end of its log: {_log_tail(log_file, 6, plain=True)}",
                         hint=f"the full log is {log_file}; if recovery is only slow, raise recoveryTimeout "
                              f"(now {_seconds(timeout_s)}); the restored files are left in {self.target}")
-                if now >= report_at:
-                    self.request.progress.note(f"waiting for recovery ({watch.describe()}; "
-                                               f"{now - started:.0f} s)")
-                    report_at = now + PROGRESS_EVERY_S
                 # a held connection polls for ~1 ms; a new one (runuser, psql) costs ~50 ms
                 time.sleep(0.02 if session is not None else delay)
                 delay = min(delay * 1.5, 0.25)

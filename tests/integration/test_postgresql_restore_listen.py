@@ -25,6 +25,7 @@ from protectctl.agent.jobs import RetentionSpec, SourceJob, restore, run_backup
 from protectctl.engine.repository import Repository
 from protectctl.engine.storage.local import LocalStorage
 from protectctl.errors import ProviderError, RestoreError
+from protectctl.progress import NullProgress
 from protectctl.provider import PrepareRequest, load_provider
 from protectctl.providers.postgresql import restore_cluster, restore_config
 from tests.conftest import cli_env, write_policy
@@ -87,10 +88,22 @@ def psql(site: Site, port: int, sql: str, *, host: str | None = None) -> subproc
                               "-d", "postgres", "-c", sql])
 
 
-def test_the_copy_listens_where_protectctl_chose_and_tcp_is_not_trusted(site: Site) -> None:
+class Notes(NullProgress):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_the_copy_listens_where_protectctl_chose_and_tcp_is_not_trusted(site: Site,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(restore_cluster, "PROGRESS_EVERY_S", 0.0)  # a progress line at every poll
     target = site.target()
     port = pgcluster.free_port(27000)
-    outcome = restore(site.job, "latest", target=target, options={"port": port})
+    notes = Notes()
+    outcome = restore(site.job, "latest", target=target, options={"port": port}, progress=notes)
+    assert any(line.startswith("waiting for recovery (") for line in notes.lines), notes.lines
     try:
         assert (site.sock / f".s.PGSQL.{port}").exists()  # the socket directory of the spec
         assert not (site.cluster.sock / f".s.PGSQL.{port}").exists()  # not the one postgresql.conf names
