@@ -48,4 +48,5 @@ class PostgresqlMember(CamelSpec):
     recovery_timeout: DurationText = Field(
         default_factory=lambda: Duration.parse("10m"),
         description="a restore gives up when the restored cluster makes no recovery progress (no WAL replayed, "
-        "no log line) for this long, showing the end of its log; slow but moving recovery never times out")
+        "restored or decrypted, no new recovery stage) for this long, showing the end of its log; "
+        "slow but moving recovery never times out")
