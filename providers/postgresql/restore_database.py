@@ -17,6 +17,8 @@ from protectctl.providers.postgresql.catalog import Catalog, RestorePlan
 from protectctl.providers.postgresql.cluster import Cluster
 from protectctl.providers.postgresql.restore_cluster import ClusterRestore, free_port
 
+_DAY_S = 24 * 3600.0
+
 
 def restore_database(request: RestoreRequest, catalog: Catalog, plan: RestorePlan, database: str,
                      as_name: str) -> RestoreOutcome:
@@ -53,13 +55,14 @@ def restore_database(request: RestoreRequest, catalog: Catalog, plan: RestorePla
             raise RestoreError(f"database {database!r} did not exist at that time",
                                hint=f"databases then: {', '.join(names)}")
         dump = work / "database.dump"
+        # dump and load take as long as the database is big: pg.run's 10-minute default would cut them
         pg.run(temp, [temp.bin("pg_dump"), "-Fc", *pg.conn_args(temp), "-f", str(dump),
-                      database])
+                      database], timeout_s=_DAY_S)
         encoding, collate, ctype = row[0]
         pg.run(into, [into.bin("createdb"), *pg.conn_args(into), "-T", "template0",
                       "-E", encoding, "--lc-collate", collate, "--lc-ctype", ctype, as_name])
         pg.run(into, [into.bin("pg_restore"), *pg.conn_args(into), "-d", as_name,
-                      "--no-password", str(dump)])
+                      "--no-password", str(dump)], timeout_s=_DAY_S)
         details = {**restored.details, "database": database, "as": as_name, "loaded_into_port": into.port}
         notes = (*restored.notes[:2], f"database {database} loaded as {as_name} into the cluster on port "
                  f"{into.port}; the temporary cluster was removed")
