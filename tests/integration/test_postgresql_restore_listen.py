@@ -159,8 +159,9 @@ def test_a_copy_protectctl_cannot_find_ends_with_its_log(site: Site, monkeypatch
 
     monkeypatch.setattr(restore_cluster, "server_options", astray)
     target = site.target()
+    # how far the copy got before the 2 s without progress depends on the machine's load: not asserted
     with pytest.raises(RestoreError, match=r"made no recovery progress for 2 s .*connecting says: .*No such file"
-                                           r".*end of its log: .*ready to accept connections"):
+                                           r".*; end of its log: "):
         restore(site.job, "latest", target=target, options={"port": pgcluster.free_port(27400),
                                                             "recovery_timeout_s": 2})
     assert not (target / "postmaster.pid").exists()
