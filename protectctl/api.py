@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from protectctl.plan.model import GroupEstimate, Plan
     from protectctl.plan.resources import HostFacts, Resource
     from protectctl.policy.load import Policy
+    from protectctl.provision.sources import SourcePath
     from protectctl.state.backend import StateBackend
     from protectctl.state.model import State
 
@@ -385,12 +386,16 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
     policy = policy or load(policy_dir)
     observed = replace(observe(state, remote=destroy and not delete_data),
                        **tape_observations(policy_dir, policy, state, now or datetime.now(UTC)))
+    desired = resources(policy)
     refresh_warnings: list[str] = []
     if refresh:
+        from protectctl.provision.sources import source_warnings
+
         observed = replace(observed, drifted=drift(state, refresh_warnings))
+        refresh_warnings += source_warnings(desired)  # a mistyped path shows now, not at the first sync
     with _gc_paused():
         return pure_plan(
-            resources(policy), state, now=now or datetime.now(UTC), version=__version__,
+            desired, state, now=now or datetime.now(UTC), version=__version__,
             policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observed,
             estimates=[] if destroy else estimates(policy),
             warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy, observed.storage_points)
@@ -1424,8 +1429,11 @@ class HostCheck:
 
 
 def hosts_check(policy_dir: Path, name: str | None = None) -> list[HostCheck]:
-    """Check every Host (or one): reachable with the pinned key, python, agent, timers, disk."""
+    """Check every Host (or one): reachable with the pinned key, python, agent, timers, disk,
+    and the paths its sources read."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from protectctl.provision.sources import wanted_paths
 
     policy = load(policy_dir)
     all_resources = resources(policy)
@@ -1435,13 +1443,16 @@ def hosts_check(policy_dir: Path, name: str | None = None) -> list[HostCheck]:
     state = state_backend(policy_dir, policy).read()
     agents = {r.address.name: dict(r.inputs) for r in all_resources if r.address.kind == "agent"}
     chosen = [name] if name else sorted(hosts)
+    paths = wanted_paths(all_resources)
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(chosen)))) as pool:
-        return list(pool.map(lambda h: _check_host(h, hosts, agents[h], state), chosen))
+        return list(pool.map(lambda h: _check_host(h, hosts, agents[h], state, paths.get(h, [])), chosen))
 
 
-def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, Any], state: State) -> HostCheck:
+def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, Any], state: State,
+                paths: Sequence[SourcePath] = ()) -> HostCheck:
     from protectctl.errors import RemoteError
     from protectctl.provision.host import connect
+    from protectctl.provision.sources import missing_sources
 
     inputs = hosts[name]
     address = str(inputs["address"])
@@ -1462,6 +1473,10 @@ def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, An
                            f"({fields[4]} used)"))
         else:
             checks.append(("disk", False, f"df failed: {df.stderr.strip()[-200:]}"))
+        if paths:
+            missing = missing_sources(conn, paths)
+            checks.append(("sources", not missing, "; ".join(missing) if missing
+                           else f"{len(paths)} source path(s) present"))
     except RemoteError as err:
         checks.append(("reachable", False, err.message + (f" ({err.hint})" if err.hint else "")))
     finally:
