@@ -657,7 +657,8 @@ def source_job(target: SourceTarget) -> Any:
         script_timeout_s=int(scripts.get("timeout_s", 600)),
         throttle_bps=throttle.get("rate_bps"), throttle_window=window,
         sync_interval_s=int(i["sync_interval_s"]), full_interval_s=int(i["full_interval_s"]),
-        metrics=MetricsTarget(target.metrics_path, target.host, __version__) if target.metrics_path else None)
+        metrics=MetricsTarget(target.metrics_path, target.host, __version__) if target.metrics_path else None,
+        remote=target.remote)
 
 
 def open_storage(storage: dict[str, Any]) -> Any:

@@ -13,7 +13,8 @@ import re
 from collections.abc import Sequence
 
 from protectctl.policy.load import Policy
-from protectctl.policy.model import Kind, ProtectionGroupSpec, SLASpec
+from protectctl.policy.model import Kind, ProtectionGroupSpec, RetentionSpec, SLASpec
+from protectctl.policy.rules import settings_of
 
 GRACE = 1.5  # the same as agent/jobs.py SLA_GRACE: late by half an interval is not yet missed
 
@@ -32,11 +33,13 @@ def _selector(sources: Sequence[str]) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """A duration for people: 22m30s, 1h, 36h."""
+    """A duration for people: 22m30s, 1h, 36h, 15d12h (days from two on)."""
     whole = int(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    days, hours = divmod(hours, 24) if hours >= 48 else (0, hours)
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes else "",
+             f"{secs}s" if secs else ""]
     return "".join(parts) or "0s"
 
 
@@ -96,9 +99,77 @@ def _failing(sources: str, sla: str) -> dict[str, object]:
     }
 
 
+_DAY = 86400
+# the longest a calendar rule keeps a point: N periods, plus the one it started in
+_PERIODS: tuple[tuple[str, int], ...] = (("daily", _DAY), ("weekly", 7 * _DAY), ("monthly", 31 * _DAY),
+                                         ("yearly", 366 * _DAY))
+
+
+def retention_limit_s(retention: RetentionSpec, full_interval_s: int) -> int:
+    """The oldest a point may be when a prune has just run: the longest any retention rule keeps
+    one, plus 1.5 full intervals (a log chain keeps the base backup its window starts from)."""
+    keep = max([retention.disk.seconds] + [(count + 1) * period for name, period in _PERIODS
+                                           if (count := getattr(retention, name) or 0)])
+    return int(keep + GRACE * full_interval_s)
+
+
+def _out_of_retention(sources: str, limit_s: int, sla: str) -> dict[str, object]:
+    """Prune ran but left a point older than the retention keeps any: it is not deleting
+    (a damaged repository, an object lock, points kept for a reason to look at)."""
+    sel = f'{{source=~"{sources}"}}'
+    return {
+        "alert": "ProtectctlOutOfRetention",
+        "expr": f"protectctl_last_prune_timestamp_seconds{sel} - protectctl_oldest_point_timestamp_seconds{sel}"
+                f" > {limit_s}",
+        "for": "0m",
+        "labels": {"severity": "warning", "sla": sla},
+        "annotations": {
+            "summary": "{{ $labels.source }} on {{ $labels.host }}: points older than its retention are kept",
+            "description": f"SLA {sla} keeps no point past {_duration(limit_s)}; after the last prune the oldest "
+                           "was older. `protectctl prune --dry-run` says why each point is kept.",
+        },
+    }
+
+
+def _prune_overdue(sources: str, limit_s: int, sla: str) -> dict[str, object]:
+    return {
+        "alert": "ProtectctlPruneOverdue",
+        "expr": f'time() - protectctl_last_prune_timestamp_seconds{{source=~"{sources}"}} > {limit_s}',
+        "for": "5m",
+        "labels": {"severity": "warning", "sla": sla},
+        "annotations": {
+            "summary": "{{ $labels.source }} on {{ $labels.host }}: its retention has not been applied lately",
+            "description": f"Prune is scheduled at least every {_duration(limit_s / GRACE)}; the last one that "
+                           f"reached this source is older than {_duration(limit_s)}, so expired points keep using "
+                           "the disk.",
+        },
+    }
+
+
+def _tape_overdue(sources: str, limit_s: int, sla: str, pool: str) -> dict[str, object]:
+    """No tape run has left the newest point on tape lately; or the source has had points for
+    longer than that and never had a tape copy."""
+    sel = f'{{source=~"{sources}"}}'
+    return {
+        "alert": "ProtectctlTapeCopyOverdue",
+        "expr": f"(time() - protectctl_last_tape_copy_timestamp_seconds{sel} > {limit_s}) or "
+                f"((protectctl_oldest_point_timestamp_seconds{sel} < time() - {limit_s}) "
+                f"unless on (host, source) protectctl_last_tape_copy_timestamp_seconds{sel})",
+        "for": "5m",
+        "labels": {"severity": "warning", "sla": sla},
+        "annotations": {
+            "summary": "{{ $labels.source }} on {{ $labels.host }}: no recent tape copy",
+            "description": f"SLA {sla} copies to tape pool {pool} every {_duration(limit_s / GRACE)}; the last tape "
+                           f"copy is older than {_duration(limit_s)} (or there is none). `protectctl run tape` "
+                           "and `protectctl tape list` say more.",
+        },
+    }
+
+
 def alert_rules(policy: Policy) -> dict[str, object]:
     """The rules document (`groups:`) for every SLA that protects at least one source."""
     groups = []
+    prune_s = settings_of(policy).schedules.prune.max_interval_s()
     for sla_name, members in sorted(_sources_by_sla(policy).items()):
         doc = policy.get(Kind.SLA, sla_name)
         assert doc is not None and isinstance(doc.spec, SLASpec)
@@ -109,6 +180,11 @@ def alert_rules(policy: Policy) -> dict[str, object]:
             _missed("full", sources, GRACE * sla.full.max_interval_s(), sla_name, "full"),
             _incomplete(sources, sla_name),
             _failing(sources, sla_name),
+            _out_of_retention(sources, retention_limit_s(sla.retention, sla.full.max_interval_s()), sla_name),
+            _prune_overdue(sources, int(GRACE * prune_s), sla_name),
         ]
+        if sla.tape is not None:
+            rules.append(_tape_overdue(sources, int(GRACE * sla.tape.schedule.max_interval_s()), sla_name,
+                                       sla.tape.pool))
         groups.append({"name": f"protectctl-sla-{sla_name}", "rules": rules})
     return {"groups": groups}
