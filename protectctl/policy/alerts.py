@@ -52,6 +52,19 @@ def _sources_by_sla(policy: Policy) -> dict[str, list[str]]:
     return out
 
 
+def _rule(alert: str, expr: str, *, wait: str, severity: str, sla: str, summary: str,
+          description: str) -> dict[str, object]:
+    """One alerting rule of an SLA's group; `summary` follows "SOURCE on HOST: "."""
+    return {
+        "alert": alert,
+        "expr": expr,
+        "for": wait,
+        "labels": {"severity": severity, "sla": sla},
+        "annotations": {"summary": "{{ $labels.source }} on {{ $labels.host }}: " + summary,
+                        "description": description},
+    }
+
+
 def _missed(kind: str, sources: str, limit_s: float, sla: str, counted: str) -> dict[str, object]:
     """A source whose newest good point of `counted` kinds is older than the limit, or that has none."""
     stamps = f'protectctl_last_success_timestamp_seconds{{source=~"{sources}",kind=~"{counted}"}}'
@@ -59,44 +72,24 @@ def _missed(kind: str, sources: str, limit_s: float, sla: str, counted: str) -> 
     expr = (f"(time() - max by (host, source) ({stamps}) > {limit_s:g}) or "
             f"(max by (host, source) ({target}) unless on (host, source) {stamps})")
     what = "recovery point" if kind == "sync" else "full"
-    return {
-        "alert": f"ProtectctlMissed{kind.title()}",
-        "expr": expr,
-        "for": "5m",
-        "labels": {"severity": "critical" if kind == "sync" else "warning", "sla": sla},
-        "annotations": {
-            "summary": f"{{{{ $labels.source }}}} on {{{{ $labels.host }}}}: no good {what} within its SLA",
-            "description": f"SLA {sla} wants a good {what} every {_duration(limit_s / GRACE)}; the newest is "
-                           f"older than {_duration(limit_s)} (or there is none). `protectctl status` says why.",
-        },
-    }
+    return _rule(f"ProtectctlMissed{kind.title()}", expr, wait="5m",
+                 severity="critical" if kind == "sync" else "warning", sla=sla,
+                 summary=f"no good {what} within its SLA",
+                 description=f"SLA {sla} wants a good {what} every {_duration(limit_s / GRACE)}; the newest is "
+                             f"older than {_duration(limit_s)} (or there is none). `protectctl status` says why.")
 
 
 def _incomplete(sources: str, sla: str) -> dict[str, object]:
-    return {
-        "alert": "ProtectctlPointIncomplete",
-        "expr": f'protectctl_last_point_complete{{source=~"{sources}"}} == 0',
-        "for": "0m",
-        "labels": {"severity": "warning", "sla": sla},
-        "annotations": {
-            "summary": "{{ $labels.source }} on {{ $labels.host }}: the last recovery point is incomplete",
-            "description": "Some files could not be read; `protectctl points list` and the job's log name them.",
-        },
-    }
+    return _rule("ProtectctlPointIncomplete", f'protectctl_last_point_complete{{source=~"{sources}"}} == 0',
+                 wait="0m", severity="warning", sla=sla, summary="the last recovery point is incomplete",
+                 description="Some files could not be read; `protectctl points list` and the job's log name them.")
 
 
 def _failing(sources: str, sla: str) -> dict[str, object]:
     """Not an SLA breach yet, but the job that keeps the SLA keeps failing."""
-    return {
-        "alert": "ProtectctlJobFailing",
-        "expr": f'protectctl_last_job_success{{source=~"{sources}"}} == 0',
-        "for": "1h",
-        "labels": {"severity": "warning", "sla": sla},
-        "annotations": {
-            "summary": "{{ $labels.source }} on {{ $labels.host }}: its last {{ $labels.kind }} failed",
-            "description": "`protectctl status` shows the reason; the SLA alerts fire if it stays so.",
-        },
-    }
+    return _rule("ProtectctlJobFailing", f'protectctl_last_job_success{{source=~"{sources}"}} == 0',
+                 wait="1h", severity="warning", sla=sla, summary="its last {{ $labels.kind }} failed",
+                 description="`protectctl status` shows the reason; the SLA alerts fire if it stays so.")
 
 
 _DAY = 86400
@@ -117,53 +110,35 @@ def _out_of_retention(sources: str, limit_s: int, sla: str) -> dict[str, object]
     """Prune ran but left a point older than the retention keeps any: it is not deleting
     (a damaged repository, an object lock, points kept for a reason to look at)."""
     sel = f'{{source=~"{sources}"}}'
-    return {
-        "alert": "ProtectctlOutOfRetention",
-        "expr": f"protectctl_last_prune_timestamp_seconds{sel} - protectctl_oldest_point_timestamp_seconds{sel}"
-                f" > {limit_s}",
-        "for": "0m",
-        "labels": {"severity": "warning", "sla": sla},
-        "annotations": {
-            "summary": "{{ $labels.source }} on {{ $labels.host }}: points older than its retention are kept",
-            "description": f"SLA {sla} keeps no point past {_duration(limit_s)}; after the last prune the oldest "
-                           "was older. `protectctl prune --dry-run` says why each point is kept.",
-        },
-    }
+    return _rule("ProtectctlOutOfRetention",
+                 f"protectctl_last_prune_timestamp_seconds{sel} - protectctl_oldest_point_timestamp_seconds{sel}"
+                 f" > {limit_s}", wait="0m", severity="warning", sla=sla,
+                 summary="points older than its retention are kept",
+                 description=f"SLA {sla} keeps no point past {_duration(limit_s)}; after the last prune the oldest "
+                             "was older. `protectctl prune --dry-run` says why each point is kept.")
 
 
 def _prune_overdue(sources: str, limit_s: int, sla: str) -> dict[str, object]:
-    return {
-        "alert": "ProtectctlPruneOverdue",
-        "expr": f'time() - protectctl_last_prune_timestamp_seconds{{source=~"{sources}"}} > {limit_s}',
-        "for": "5m",
-        "labels": {"severity": "warning", "sla": sla},
-        "annotations": {
-            "summary": "{{ $labels.source }} on {{ $labels.host }}: its retention has not been applied lately",
-            "description": f"Prune is scheduled at least every {_duration(limit_s / GRACE)}; the last one that "
-                           f"reached this source is older than {_duration(limit_s)}, so expired points keep using "
-                           "the disk.",
-        },
-    }
+    return _rule("ProtectctlPruneOverdue",
+                 f'time() - protectctl_last_prune_timestamp_seconds{{source=~"{sources}"}} > {limit_s}',
+                 wait="5m", severity="warning", sla=sla, summary="its retention has not been applied lately",
+                 description=f"Prune is scheduled at least every {_duration(limit_s / GRACE)}; the last one that "
+                             f"reached this source is older than {_duration(limit_s)}, so expired points keep "
+                             "using the disk.")
 
 
 def _tape_overdue(sources: str, limit_s: int, sla: str, pool: str) -> dict[str, object]:
     """No tape run has left the newest point on tape lately; or the source has had points for
     longer than that and never had a tape copy."""
     sel = f'{{source=~"{sources}"}}'
-    return {
-        "alert": "ProtectctlTapeCopyOverdue",
-        "expr": f"(time() - protectctl_last_tape_copy_timestamp_seconds{sel} > {limit_s}) or "
-                f"((protectctl_oldest_point_timestamp_seconds{sel} < time() - {limit_s}) "
-                f"unless on (host, source) protectctl_last_tape_copy_timestamp_seconds{sel})",
-        "for": "5m",
-        "labels": {"severity": "warning", "sla": sla},
-        "annotations": {
-            "summary": "{{ $labels.source }} on {{ $labels.host }}: no recent tape copy",
-            "description": f"SLA {sla} copies to tape pool {pool} every {_duration(limit_s / GRACE)}; the last tape "
-                           f"copy is older than {_duration(limit_s)} (or there is none). `protectctl run tape` "
-                           "and `protectctl tape list` say more.",
-        },
-    }
+    return _rule("ProtectctlTapeCopyOverdue",
+                 f"(time() - protectctl_last_tape_copy_timestamp_seconds{sel} > {limit_s}) or "
+                 f"((protectctl_oldest_point_timestamp_seconds{sel} < time() - {limit_s}) "
+                 f"unless on (host, source) protectctl_last_tape_copy_timestamp_seconds{sel})",
+                 wait="5m", severity="warning", sla=sla, summary="no recent tape copy",
+                 description=f"SLA {sla} copies to tape pool {pool} every {_duration(limit_s / GRACE)}; the last "
+                             f"tape copy is older than {_duration(limit_s)} (or there is none). "
+                             "`protectctl run tape` and `protectctl tape list` say more.")
 
 
 def alert_rules(policy: Policy) -> dict[str, object]:
