@@ -389,10 +389,15 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
     desired = resources(policy)
     refresh_warnings: list[str] = []
     if refresh:
+        from concurrent.futures import ThreadPoolExecutor
+
         from protectctl.provision.sources import source_warnings
 
-        observed = replace(observed, drifted=drift(state, refresh_warnings))
-        refresh_warnings += source_warnings(desired)  # a mistyped path shows now, not at the first sync
+        # beside the drift read, not after it: an unreachable host costs one connect timeout, not two
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            paths = pool.submit(source_warnings, [] if destroy else desired)  # a mistyped path shows now
+            observed = replace(observed, drifted=drift(state, refresh_warnings))
+            refresh_warnings += paths.result()
     with _gc_paused():
         return pure_plan(
             desired, state, now=now or datetime.now(UTC), version=__version__,
