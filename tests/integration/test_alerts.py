@@ -211,28 +211,29 @@ def test_retention_prune_and_tape_rules_check_and_behave(quickstart: Path, tmp_p
 
 
 def test_prune_and_tape_runs_record_what_the_alerts_read(quickstart: Path) -> None:
-    """The facts behind those rules, from real jobs: exact values in the agent's textfile."""
-    import json
+    """The facts behind those rules, from real jobs (in-process: the CLI adds only start-up time
+    here): exact values in the agent's textfile, which promtool accepts."""
     from datetime import UTC, datetime
 
+    from protectctl import api
     from protectctl.agent.status import _number
 
     _with_tape(quickstart)
-    run_cli(quickstart, "apply", "--auto-approve")
-    run_cli(quickstart, "run", "sync", "docs")
-    run_cli(quickstart, "tape", "label", "--count", "1", "--pool", "monthly")
+    api.apply(quickstart, confirm=lambda _plan: True)
+    (backup,) = api.run_backup(quickstart, "sync", "docs", None, agent_config=None, progress=None)
+    assert backup.ok
+    api.tape_label(quickstart, 1, "monthly")
     before = datetime.now(UTC).timestamp()
-    run_cli(quickstart, "prune")
-    run_cli(quickstart, "run", "tape", "docs")
+    api.prune(quickstart, None, agent_config=None, dry_run=False)
+    api.run_tape(quickstart, "docs", None)
     after = datetime.now(UTC).timestamp()
-    points = json.loads(run_cli(quickstart, "points", "list", "--json").stdout)["points"]
-    oldest = min(datetime.fromisoformat(p["time"]).timestamp() for p in points)
+    (point,) = api.list_points(quickstart, "docs/home", agent_config=None).points
     (metrics,) = (quickstart / ".protectctl" / "root").rglob("protectctl.prom")
     text = metrics.read_text()
     values = {line.split("{")[0]: line.rsplit(" ", 1)[1] for line in text.splitlines()
               if line.startswith("protectctl_") and 'source="docs/home"' in line}
-    assert values["protectctl_points"] == str(len(points)) == "1"
-    assert values["protectctl_oldest_point_timestamp_seconds"] == _number(oldest)
+    assert values["protectctl_points"] == "1"
+    assert values["protectctl_oldest_point_timestamp_seconds"] == _number(point.time.timestamp())
     assert before <= float(values["protectctl_last_prune_timestamp_seconds"]) <= after
     assert before <= float(values["protectctl_last_tape_copy_timestamp_seconds"]) <= after
     assert PROMTOOL is not None
