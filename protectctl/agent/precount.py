@@ -99,7 +99,9 @@ class PreCount:
         except OSError:
             return
         filt = self.filter
-        for name, entry_path in listed:
+        for index, (name, entry_path) in enumerate(listed):
+            if index % 4096 == 4095 and self._stop.is_set():
+                return  # a huge directory: the backup is over, stop now, not after its last lstat
             try:
                 st = os.lstat(entry_path)
             except OSError:
