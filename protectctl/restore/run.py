@@ -91,7 +91,7 @@ def restore_tree(
     if dry_run:
         return plan
     _refuse_unsafe_target(target, overwrite=overwrite, needed=totals.bytes_needed, free=free)
-    progress.start("restore", total_bytes=totals.bytes_total, total_files=totals.files + totals.dirs)
+    progress.start("restore", total_bytes=totals.bytes_total, total_files=totals.files)  # files as a point counts them
     report = _write(repo, selection, target, overwrite, root_meta if not subpaths else None, progress, writeback)
     progress.finish()
     if report.errors:
