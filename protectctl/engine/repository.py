@@ -35,7 +35,7 @@ from protectctl.engine.crypto import (
 from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.index import Index, IndexEntry, IndexFile, load_index
 from protectctl.engine.locks import DEFAULT_LEASE_S, LeaseLock
-from protectctl.engine.pack import BlobKind, PackEntry, open_blob, open_blob_into
+from protectctl.engine.pack import BlobKind, PackEntry, open_blob, open_blob_into, open_body
 from protectctl.engine.points import (
     DamagedPoint,
     Point,
@@ -366,6 +366,24 @@ class Repository:
         if verify_id and self.blob_id(data) != entry.blob_id:
             raise CorruptionError(f"{what}: content does not match its id")
         return data
+
+    def blob_entry(self, blob_id: BlobId) -> PackEntry:
+        """Where a blob is stored and how long it is (stored and plain), without reading it."""
+        return self._locate(blob_id).entry
+
+    def load_blob_body(self, blob_id: BlobId) -> tuple[PackEntry, bytes]:
+        """A blob decrypted and authenticated but not decoded: its index entry and its body
+        (`flag || payload`, still compressed), for copies that keep the encoding (tape)."""
+        located = self._locate(blob_id)
+        pack, entry = located.pack, located.entry
+        what = f"pack {pack} (blob {short_id(entry.blob_id)})"
+        try:
+            stored = self._read_stored(pack, entry)
+        except ObjectMissingError as err:
+            raise CorruptionError(f"{what}: the pack is missing") from err
+        except RepositoryError as err:
+            raise CorruptionError(f"{what}: {err.message}") from err
+        return entry, open_body(self.sealer, entry, stored, what)
 
     def _read_stored(self, pack: str, entry: PackEntry) -> bytes | memoryview:
         """A blob's stored bytes; on a store whose requests are costly (`read_ahead_bytes`, s3)
