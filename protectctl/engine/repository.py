@@ -356,13 +356,7 @@ class Repository:
     def read_entry(self, pack: str, entry: PackEntry, *, verify_id: bool = True) -> bytes:
         """Read the blob described by `entry` from `pack` and verify its id."""
         what = f"pack {pack} (blob {short_id(entry.blob_id)})"
-        try:
-            stored = self._read_stored(pack, entry)
-        except ObjectMissingError as err:
-            raise CorruptionError(f"{what}: the pack is missing") from err
-        except RepositoryError as err:
-            raise CorruptionError(f"{what}: {err.message}") from err
-        data = open_blob(self.sealer, entry, stored, what)
+        data = open_blob(self.sealer, entry, self._stored_or_corrupt(pack, entry, what), what)
         if verify_id and self.blob_id(data) != entry.blob_id:
             raise CorruptionError(f"{what}: content does not match its id")
         return data
@@ -377,13 +371,16 @@ class Repository:
         located = self._locate(blob_id)
         pack, entry = located.pack, located.entry
         what = f"pack {pack} (blob {short_id(entry.blob_id)})"
+        return entry, open_body(self.sealer, entry, self._stored_or_corrupt(pack, entry, what), what)
+
+    def _stored_or_corrupt(self, pack: str, entry: PackEntry, what: str) -> bytes | memoryview:
+        """`_read_stored`, a missing or unreadable pack reported as damage to `what`."""
         try:
-            stored = self._read_stored(pack, entry)
+            return self._read_stored(pack, entry)
         except ObjectMissingError as err:
             raise CorruptionError(f"{what}: the pack is missing") from err
         except RepositoryError as err:
             raise CorruptionError(f"{what}: {err.message}") from err
-        return entry, open_body(self.sealer, entry, stored, what)
 
     def _read_stored(self, pack: str, entry: PackEntry) -> bytes | memoryview:
         """A blob's stored bytes; on a store whose requests are costly (`read_ahead_bytes`, s3)

@@ -76,30 +76,6 @@ class PoolTarget:
     retention_s: int
 
 
-def point_blobs(repo: Repository, point: Point) -> Iterator[TapeBlob]:
-    """Every blob a point needs, each once, in restore order (a tree, then what it names)."""
-    if point.tree is None:
-        return
-    seen: set[BlobId] = set()
-    stack: list[BlobId] = [point.tree]
-    while stack:
-        tree_id = stack.pop()
-        if tree_id in seen:
-            continue
-        seen.add(tree_id)
-        raw = repo.load_blob(tree_id)
-        yield TapeBlob(KIND_TREE, tree_id, raw)
-        subtrees = []
-        for node in decode_tree(raw).nodes:
-            if node.type is NodeType.DIR and node.subtree is not None:
-                subtrees.append(node.subtree)
-            for chunk in node.chunks:
-                if chunk not in seen:
-                    seen.add(chunk)
-                    yield TapeBlob(KIND_DATA, chunk, repo.load_blob(chunk))
-        stack.extend(reversed(subtrees))
-
-
 @dataclass(frozen=True, slots=True)
 class _Ref:
     """A blob to copy: sized from the index before it is read (trees are read by the walk)."""
@@ -112,7 +88,8 @@ class _Ref:
 
 
 def point_refs(repo: Repository, point: Point) -> Iterator[_Ref]:
-    """`point_blobs` for format 2: each blob once, in restore order, data blobs not yet read."""
+    """Every blob a point needs, each once, in restore order (a tree, then what it names); trees
+    come with their body (the walk reads them), data blobs are only located."""
     if point.tree is None:
         return
     seen: set[BlobId] = set()
@@ -135,6 +112,12 @@ def point_refs(repo: Repository, point: Point) -> Iterator[_Ref]:
                     located = repo.blob_entry(chunk)
                     yield _Ref(KIND_DATA, chunk, located.raw_length, located.length - NONCE_SIZE - TAG_SIZE)
         stack.extend(reversed(subtrees))
+
+
+def point_blobs(repo: Repository, point: Point) -> Iterator[TapeBlob]:
+    """`point_refs` decoded and id-checked, for format 1."""
+    for ref in point_refs(repo, point):
+        yield TapeBlob(ref.kind, ref.blob_id, repo.load_blob(ref.blob_id))
 
 
 def _batches(refs: Iterator[_Ref], target_bytes: int) -> Iterator[list[_Ref]]:

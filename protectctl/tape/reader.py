@@ -199,11 +199,7 @@ class TapePointReader:
         volume.drive.seek_file(part.file)
         seen: SegmentHeader | None = None
         while True:
-            file_no, record_no = volume.drive.position()
-            try:
-                raw = volume.drive.read_record()
-            except EndOfDataError:
-                raw = None
+            file_no, record_no, raw = _next_raw(volume)
             if raw is None:
                 if seen is None:
                     raise TapeCorruptionError(f"{where}: does not start with a point header")
@@ -340,15 +336,20 @@ def _raw_records(volume: Volume) -> Iterator[tuple[int, int, bytes] | None]:
     """(file, record, raw) from the drive's position on, in the caller's thread; None ends it
     (a filemark or the end of data)."""
     while True:
-        file_no, record_no = volume.drive.position()
-        try:
-            raw = volume.drive.read_record()
-        except EndOfDataError:
-            raw = None
+        file_no, record_no, raw = _next_raw(volume)
         if raw is None:
             yield None
             return
         yield file_no, record_no, raw
+
+
+def _next_raw(volume: Volume) -> tuple[int, int, bytes | None]:
+    """The position and raw bytes of the next record (None at a filemark or the end of data)."""
+    file_no, record_no = volume.drive.position()
+    try:
+        return file_no, record_no, volume.drive.read_record()
+    except EndOfDataError:
+        return file_no, record_no, None
 
 
 def _open_record(cipher: VolumeCipher, item: tuple[int, int, bytes] | None, where: str) -> _Opened | None:

@@ -16,7 +16,8 @@ from protectctl.engine.index import decode_index
 from protectctl.engine.repository import Repository
 from protectctl.engine.storage.base import ObjectKind
 from protectctl.engine.storage.s3 import S3Credentials, S3Location, S3Storage
-from tests.conftest import cli_argv, cli_env, run_cli, write_policy
+from tests.conftest import cli_argv, cli_env, run_cli
+from tests.integration.test_s3_cli import s3_policy
 from tests.seaweed import ADMIN, Seaweed
 
 ENV = {"S3_ADMIN_KEY": ADMIN[0], "S3_ADMIN_SECRET": ADMIN[1]}
@@ -26,20 +27,7 @@ SHARED = os.urandom(1 << 20)  # one file every source holds (two chunks or so)
 
 def _policy(directory: Path, endpoint: str, bucket: str) -> Path:
     members = "".join(f"    - {{name: m{i}, host: local, filesystem: {{path: ./data{i}}}}}\n" for i in range(AGENTS))
-    return write_policy(directory, [
-        "apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: local}\n"
-        "spec: {address: local, root: ./.protectctl/root}\n",
-        "apiVersion: protectctl/v1\nkind: EncryptionKey\nmetadata: {name: repo-key}\n"
-        "spec: {passphrase: {file: ./.protectctl/passphrase}}\n",
-        "apiVersion: protectctl/v1\nkind: Storage\nmetadata: {name: objects}\nspec:\n  type: s3\n"
-        f"  endpoint: {endpoint}\n  region: us-east-1\n  bucket: {bucket}\n  prefix: many/\n"
-        "  credentials:\n    accessKeyId: {env: S3_ADMIN_KEY}\n    secretAccessKey: {env: S3_ADMIN_SECRET}\n"
-        "  encryption: {key: repo-key}\n",
-        "apiVersion: protectctl/v1\nkind: SLA\nmetadata: {name: tier1}\n"
-        "spec: {sync: every 15m, full: daily at 20:00, retention: {disk: 14d}}\n",
-        "apiVersion: protectctl/v1\nkind: ProtectionGroup\nmetadata: {name: docs}\n"
-        f"spec:\n  sla: tier1\n  storage: objects\n  members:\n{members}",
-    ])
+    return s3_policy(directory, endpoint, bucket, members=members)
 
 
 def _write_sources(policy: Path, round_: int) -> None:
@@ -99,7 +87,7 @@ def test_four_agents_and_a_prune_share_one_bucket(seaweed: Seaweed, tmp_path: Pa
         run_cli(policy, "restore", f"docs/m{i}", "--to-time", "latest", "--target", str(target), env=ENV)
         diff = filecmp.dircmp(policy / f"data{i}", target)
         assert not diff.diff_files and not diff.left_only and not diff.right_only
-    storage = S3Storage(S3Location(bucket, "many/", seaweed.endpoint), S3Credentials(*ADMIN))
+    storage = S3Storage(S3Location(bucket, "site-a/", seaweed.endpoint), S3Credentials(*ADMIN))
     per_source, copies = _points_and_copies(storage, policy)
     assert per_source == {"docs/m0": 2, **{f"docs/m{i}": 1 for i in range(1, AGENTS)}}
     assert copies and all(n == 1 for n in copies), copies
