@@ -165,7 +165,7 @@ class VolumeCipher:
         where = f"cartridge {self.label.barcode} file {file_no} record {record_no}"
         kind = record_type(raw, where)
         try:
-            return kind, self._sealer.open(raw[1:], self._aad(kind, file_no, record_no), where)
+            return kind, self._sealer.open(memoryview(raw)[1:], self._aad(kind, file_no, record_no), where)
         except CorruptionError as err:
             raise TapeCorruptionError(err.message) from err
 

@@ -71,6 +71,7 @@ class TapePointReader:
         self._where: dict[BlobId, tuple[int, int]] = {}  # blob → (record index, index in record)
         self._cache: OrderedDict[int, list[TapeBlob] | list[TapeBody]] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[int, threading.Event] = {}  # records being opened by one thread
         self.header: SegmentHeader | None = None
         self.bytes_read = 0
         self._copied_at: datetime | None = None
@@ -274,24 +275,54 @@ class TapePointReader:
         return blake3.blake3(key=self.header.id_key)
 
     def _record(self, index: int) -> list[TapeBlob] | list[TapeBody]:
+        """A spooled record, opened once however many restore threads want its blobs at the same
+        time (the others wait for that one decryption instead of repeating it)."""
         with self._lock:
-            cached = self._cache.get(index)
-            if cached is not None:
-                self._cache.move_to_end(index)
-                return cached
+            while True:
+                cached = self._cache.get(index)
+                if cached is not None:
+                    self._cache.move_to_end(index)
+                    return cached
+                loading = self._loading.get(index)
+                if loading is None:
+                    break
+                self._lock.release()
+                try:
+                    loading.wait()
+                finally:
+                    self._lock.acquire()
+                if index not in self._cache:  # it failed there: try (and fail) here too
+                    break
+            self._loading[index] = done = threading.Event()
             spooled = self._records[index]
             self._spool.seek(spooled.offset)
             raw = self._spool.read(spooled.length)
-        kind, plain = spooled.cipher.open(raw, spooled.file_no, spooled.record_no)
-        where = f"cartridge {spooled.cipher.label.barcode} file {spooled.file_no}"
-        blobs = decode_bodies(plain, where) if kind is RecordType.BODIES else decode_blobs(plain, where)
-        with self._lock:
-            self._cache[index] = blobs
-            while len(self._cache) > _CACHED_RECORDS:
-                self._cache.popitem(last=False)
-        return blobs
+        try:
+            kind, plain = spooled.cipher.open(raw, spooled.file_no, spooled.record_no)
+            where = f"cartridge {spooled.cipher.label.barcode} file {spooled.file_no}"
+            blobs = decode_bodies(plain, where) if kind is RecordType.BODIES else decode_blobs(plain, where)
+            with self._lock:
+                self._cache[index] = blobs
+                while len(self._cache) > _CACHED_RECORDS:
+                    self._cache.popitem(last=False)
+            return blobs
+        finally:
+            with self._lock:
+                self._loading.pop(index, None)
+            done.set()
 
     def load_blob(self, blob_id: BlobId) -> bytes:
+        """A blob's plaintext, its keyed hash checked against its id."""
+        data = self.load_blob_unchecked(blob_id)
+        hasher = self.content_hasher()
+        hasher.update(data)
+        if hasher.digest() != blob_id:
+            raise TapeCorruptionError(f"blob {short_id(blob_id)} on tape does not match its id")
+        return data
+
+    def load_blob_unchecked(self, blob_id: BlobId) -> bytes:
+        """`load_blob` without the id check, for a restore that checks each file's whole hash
+        (its records are authenticated all the same)."""
         blob: TapeBlob | TapeBody
         if self._at is not None:
             at = self._at.get(blob_id)
@@ -306,12 +337,7 @@ class TapePointReader:
             if located is None:
                 raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the copy on tape")
             blob = self._record(located[0])[located[1]]
-        data = blob.plaintext("tape") if isinstance(blob, TapeBody) else blob.data
-        hasher = self.content_hasher()
-        hasher.update(data)
-        if hasher.digest() != blob_id:
-            raise TapeCorruptionError(f"blob {short_id(blob_id)} on tape does not match its id")
-        return data
+        return blob.plaintext("tape") if isinstance(blob, TapeBody) else blob.data
 
     def load_tree(self, blob_id: BlobId) -> Tree:
         return decode_tree(self.load_blob(blob_id))
