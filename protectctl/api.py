@@ -962,7 +962,9 @@ class CheckResult:
         return {"storage": self.storage, "ok": self.ok, "read_data": r.read_data, "errors": list(r.errors),
                 "warnings": list(r.warnings), "damaged_packs": {k: list(v) for k, v in r.damaged_packs.items()},
                 "damaged_points": list(r.damaged_points),
-                "affected_points": list(r.affected_points), "points_checked": r.points_checked,
+                "affected_points": list(r.affected_points),
+                "affected": [{"id": a.id, "source": a.source, "time": a.time.isoformat() if a.time else None}
+                             for a in r.affected], "points_checked": r.points_checked,
                 "packs_checked": r.packs_checked, "blobs_checked": r.blobs_checked}
 
     def summary(self) -> str:
@@ -973,8 +975,9 @@ class CheckResult:
         lines += [f"  ERROR: {e}" for e in r.errors]
         if r.damaged_points:
             lines.append(f"  damaged point manifests: {', '.join(r.damaged_points)}")
-        if r.affected_points:
-            lines.append(f"  affected recovery points: {', '.join(r.affected_points)}")
+        if r.affected:
+            lines.append("  affected recovery points:")
+            lines += [f"    {a.describe()}" for a in r.affected]
         lines.append("  no problems found" if self.ok else f"  {len(r.errors)} problem(s) found")
         return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from protectctl.engine.crypto import content_name
@@ -31,6 +32,20 @@ _NO_DAMAGE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
+class AffectedPoint:
+    """A recovery point damage touches, named the way an operator knows it."""
+
+    id: str
+    source: str | None  # None when the manifest itself does not open
+    time: datetime | None
+
+    def describe(self) -> str:
+        if self.source is None or self.time is None:
+            return f"{self.id} (manifest damaged)"
+        return f"{self.id} ({self.source} at {self.time.strftime('%Y-%m-%d %H:%M:%SZ')})"
+
+
+@dataclass(frozen=True, slots=True)
 class CheckReport:
     read_data: bool
     errors: tuple[str, ...]
@@ -38,6 +53,7 @@ class CheckReport:
     damaged_packs: Mapping[str, tuple[str, ...]]  # pack -> ids of the points that need it
     damaged_points: tuple[str, ...]  # manifests that do not open
     affected_points: tuple[str, ...]  # every point damage touches, damaged manifests included
+    affected: tuple[AffectedPoint, ...]  # the same points with their source and time
     points_checked: int
     packs_checked: int
     blobs_checked: int
@@ -56,6 +72,7 @@ class _Findings:
     users: dict[str, set[str]] = field(default_factory=dict)  # bad pack -> point ids
     unindexed_needed: set[str] = field(default_factory=set)  # packs a point needs that no index lists
     damaged_points: set[str] = field(default_factory=set)  # manifests that do not open
+    named: dict[str, tuple[str, datetime]] = field(default_factory=dict)  # point id -> (source, time)
     blobs_checked: int = 0
 
     def damage(self, pack: str, message: str) -> None:
@@ -83,6 +100,7 @@ def check_repository(repo: Repository, *, read_data: bool, progress: Progress | 
         damaged_packs={pack: tuple(sorted(found.users.get(pack, ()))) for pack in sorted(found.bad_packs)},
         damaged_points=tuple(sorted(found.damaged_points)),
         affected_points=tuple(affected),
+        affected=tuple(AffectedPoint(p, *found.named.get(p, (None, None))) for p in affected),
         points_checked=points,
         packs_checked=len(sizes),
         blobs_checked=found.blobs_checked,
@@ -205,6 +223,7 @@ def _check_points(repo: Repository, index: Index, found: _Findings, progress: Pr
             found.damaged_points.add(info.name)
             continue
         count += 1
+        found.named[point.id] = (point.source, point.time)
         if point.tree is None:
             continue
         for pack in _damage_under(repo, index, point.tree, memo, found):

@@ -177,19 +177,29 @@ def seal_blob(sealer: Sealer, kind: BlobKind, blob_id: BlobId, data: bytes) -> b
 
 def open_blob(sealer: Sealer, entry: PackEntry, stored: bytes | memoryview, what: str) -> bytes:
     """Decrypt and decompress one record; raises CorruptionError naming `what`."""
-    body = sealer.open(stored, blob_aad(entry.kind, entry.blob_id), what)
-    flag = body[0] if body else -1
+    return decode_body(sealer.open(stored, blob_aad(entry.kind, entry.blob_id), what), entry.raw_length, what)
+
+
+def open_body(sealer: Sealer, entry: PackEntry, stored: bytes | memoryview, what: str) -> bytes:
+    """Decrypt one record without decoding it: its body, `flag || payload` (for a copy that
+    keeps the compression, as a tape copy does); raises CorruptionError naming `what`."""
+    return sealer.open(stored, blob_aad(entry.kind, entry.blob_id), what)
+
+
+def decode_body(body: bytes | memoryview, raw_length: int, what: str) -> bytes:
+    """A blob's plaintext from its body (`flag || payload`); CorruptionError naming `what`."""
+    flag = body[0] if len(body) else -1
     if flag == _FLAG_STORED:
-        data = body[1:]
+        data = bytes(body[1:])
     elif flag == _FLAG_ZSTD:
         try:
-            data = _decompressor().decompress(memoryview(body)[1:], max_output_size=entry.raw_length)
+            data = _decompressor().decompress(memoryview(body)[1:], max_output_size=raw_length)
         except zstandard.ZstdError as err:
             raise CorruptionError(f"{what}: zstd data is damaged") from err
     else:
         raise CorruptionError(f"{what}: unknown blob encoding")
-    if len(data) != entry.raw_length:
-        raise CorruptionError(f"{what}: length {len(data)} differs from the index's {entry.raw_length}")
+    if len(data) != raw_length:
+        raise CorruptionError(f"{what}: length {len(data)} differs from the index's {raw_length}")
     return data
 
 

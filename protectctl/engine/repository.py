@@ -35,7 +35,7 @@ from protectctl.engine.crypto import (
 from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.index import Index, IndexEntry, IndexFile, load_index
 from protectctl.engine.locks import DEFAULT_LEASE_S, LeaseLock
-from protectctl.engine.pack import BlobKind, PackEntry, open_blob, open_blob_into
+from protectctl.engine.pack import BlobKind, PackEntry, open_blob, open_blob_into, open_body
 from protectctl.engine.points import (
     DamagedPoint,
     Point,
@@ -46,6 +46,7 @@ from protectctl.engine.points import (
     new_point_id,
     valid_point_id,
 )
+from protectctl.engine.readahead import PackReadAhead
 from protectctl.engine.repair import IndexRepair, rebuild_index, recover_unindexed
 from protectctl.engine.storage.base import ObjectKind, ObjectLockedError, ObjectMissingError, StorageBackend
 from protectctl.engine.tree import Tree, decode_tree, encode_tree
@@ -94,6 +95,9 @@ class Repository:
         self._sessions = 0
         self._held: list[LeaseLock] = []
         self._implicit: LeaseLock | None = None
+        self._ahead: PackReadAhead | None = None  # remote stores only (engine/readahead.py)
+        self._blob_ends: dict[str, list[int]] = {}
+        self._blob_ends_of: Index | None = None
 
     # -- creating and opening -------------------------------------------------------------
 
@@ -325,7 +329,7 @@ class Repository:
             if get_into is not None:
                 get_into(ObjectKind.DATA, pack, entry.offset, stored)
             else:
-                stored = memoryview(self.storage.get(ObjectKind.DATA, pack, entry.offset, entry.length))
+                stored = memoryview(self._read_stored(pack, entry))
         except ObjectMissingError as err:
             raise CorruptionError(f"{what}: the pack is missing") from err
         except RepositoryError as err:
@@ -352,16 +356,55 @@ class Repository:
     def read_entry(self, pack: str, entry: PackEntry, *, verify_id: bool = True) -> bytes:
         """Read the blob described by `entry` from `pack` and verify its id."""
         what = f"pack {pack} (blob {short_id(entry.blob_id)})"
+        data = open_blob(self.sealer, entry, self._stored_or_corrupt(pack, entry, what), what)
+        if verify_id and self.blob_id(data) != entry.blob_id:
+            raise CorruptionError(f"{what}: content does not match its id")
+        return data
+
+    def blob_entry(self, blob_id: BlobId) -> PackEntry:
+        """Where a blob is stored and how long it is (stored and plain), without reading it."""
+        return self._locate(blob_id).entry
+
+    def load_blob_body(self, blob_id: BlobId) -> tuple[PackEntry, bytes]:
+        """A blob decrypted and authenticated but not decoded: its index entry and its body
+        (`flag || payload`, still compressed), for copies that keep the encoding (tape)."""
+        located = self._locate(blob_id)
+        pack, entry = located.pack, located.entry
+        what = f"pack {pack} (blob {short_id(entry.blob_id)})"
+        return entry, open_body(self.sealer, entry, self._stored_or_corrupt(pack, entry, what), what)
+
+    def _stored_or_corrupt(self, pack: str, entry: PackEntry, what: str) -> bytes | memoryview:
+        """`_read_stored`, a missing or unreadable pack reported as damage to `what`."""
         try:
-            stored = self.storage.get(ObjectKind.DATA, pack, entry.offset, entry.length)
+            return self._read_stored(pack, entry)
         except ObjectMissingError as err:
             raise CorruptionError(f"{what}: the pack is missing") from err
         except RepositoryError as err:
             raise CorruptionError(f"{what}: {err.message}") from err
-        data = open_blob(self.sealer, entry, stored, what)
-        if verify_id and self.blob_id(data) != entry.blob_id:
-            raise CorruptionError(f"{what}: content does not match its id")
-        return data
+
+    def _read_stored(self, pack: str, entry: PackEntry) -> bytes | memoryview:
+        """A blob's stored bytes; on a store whose requests are costly (`read_ahead_bytes`, s3)
+        through a read-ahead window, since blobs are mostly read in the order they were written."""
+        window = getattr(self.storage, "read_ahead_bytes", 0)
+        if not window:
+            return self.storage.get(ObjectKind.DATA, pack, entry.offset, entry.length)
+        with self._mutex:
+            if self._ahead is None:
+                self._ahead = PackReadAhead(self.storage, self._pack_blob_ends, window_bytes=window)
+            ahead = self._ahead
+        return ahead.read(pack, entry.offset, entry.length)
+
+    def _pack_blob_ends(self, pack: str) -> list[int]:
+        """Where each blob of `pack` ends, ascending (empty for a pack in no index object)."""
+        index = self._loaded_index()
+        with self._mutex:
+            if self._blob_ends_of is not index:
+                self._blob_ends, self._blob_ends_of = {}, index
+            ends = self._blob_ends.get(pack)
+            if ends is None:
+                entries = next((f.packs[pack] for f in index.files.values() if pack in f.packs), [])
+                ends = self._blob_ends[pack] = sorted(e.offset + e.length for e in entries)
+            return ends
 
     def load_tree(self, blob_id: BlobId) -> Tree:
         try:

@@ -18,8 +18,11 @@ from typing import Any
 
 from protectctl.errors import TapeError
 from protectctl.fsutil import atomic_write
+from protectctl.tape.format import IndexRun
 
-CATALOG_FORMAT = "1.1"  # 1.1: cartridges list their partial segments (1.0 catalogs read as none)
+# 1.1: cartridges list their partial segments (1.0 catalogs read as none)
+# 1.2: copies name their index records (tape format 2; older catalogs read as none)
+CATALOG_FORMAT = "1.2"
 
 
 class CartridgeState(StrEnum):
@@ -159,6 +162,7 @@ class Copy:
     complete: bool = False  # the trailer was written
     bytes_plain: int = 0
     blobs: int = 0
+    index: list[IndexRun] = field(default_factory=list)  # tape format 2: where its `I` records are
 
     @property
     def expires(self) -> datetime:
@@ -250,6 +254,7 @@ def catalog_to_json(catalog: Catalog) -> dict[str, object]:
                 "bytes_plain": cp.bytes_plain,
                 "blobs": cp.blobs,
                 "parts": [{"barcode": p.barcode, "file": p.file, "part": p.part} for p in cp.parts],
+                **({"index": [[r.part, r.record, r.count] for r in cp.index]} if cp.index else {}),
             }
         )
     return {"format_version": CATALOG_FORMAT, "cartridges": carts, "copies": copies}
@@ -291,6 +296,7 @@ def catalog_from_json(doc: dict[str, Any]) -> Catalog:
             complete=bool(cp["complete"]),
             bytes_plain=int(cp["bytes_plain"]),
             blobs=int(cp["blobs"]),
+            index=[IndexRun(int(p), int(r), int(n)) for p, r, n in cp.get("index", [])],
         )
     return catalog
 

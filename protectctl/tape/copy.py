@@ -14,12 +14,15 @@ point being written, and its remains are named in the catalog until the next app
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 from protectctl import crashpoint
+from protectctl.engine.crypto import NONCE_SIZE, TAG_SIZE
 from protectctl.engine.ids import BlobId
+from protectctl.engine.pack import decode_body
 from protectctl.engine.points import Point
 from protectctl.engine.repository import Repository
 from protectctl.engine.tree import NodeType, decode_tree
@@ -37,21 +40,28 @@ from protectctl.tape.catalog import (
     PartialSegment,
 )
 from protectctl.tape.format import (
+    FORMAT_VERSION,
     RECORD_TARGET_BYTES,
+    IndexRun,
     RecordType,
     SegmentHeader,
     TapeBlob,
+    TapeBody,
     Trailer,
     VolumeCipher,
     batch_blobs,
     decode_header,
     encode_blobs,
+    encode_bodies,
     encode_end_of_volume,
     encode_header,
+    encode_index,
     encode_trailer,
+    index_entries_per_record,
 )
 from protectctl.tape.keys import KeyStore
 from protectctl.tape.library import EndOfDataError, EndOfMediaError, TapeDrive, TapeLibrary
+from protectctl.tape.pipeline import default_workers, ordered_map
 from protectctl.tape.volume import Volume, open_volume, read_label, write_label
 
 KIND_DATA = 0
@@ -66,8 +76,20 @@ class PoolTarget:
     retention_s: int
 
 
-def point_blobs(repo: Repository, point: Point) -> Iterator[TapeBlob]:
-    """Every blob a point needs, each once, in restore order (a tree, then what it names)."""
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    """A blob to copy: sized from the index before it is read (trees are read by the walk)."""
+
+    kind: int
+    blob_id: BlobId
+    raw_length: int
+    body_length: int
+    body: bytes | None = None
+
+
+def point_refs(repo: Repository, point: Point) -> Iterator[_Ref]:
+    """Every blob a point needs, each once, in restore order (a tree, then what it names); trees
+    come with their body (the walk reads them), data blobs are only located."""
     if point.tree is None:
         return
     seen: set[BlobId] = set()
@@ -77,8 +99,9 @@ def point_blobs(repo: Repository, point: Point) -> Iterator[TapeBlob]:
         if tree_id in seen:
             continue
         seen.add(tree_id)
-        raw = repo.load_blob(tree_id)
-        yield TapeBlob(KIND_TREE, tree_id, raw)
+        entry, body = repo.load_blob_body(tree_id)
+        raw = decode_body(body, entry.raw_length, f"tree {tree_id.hex()[:12]}")
+        yield _Ref(KIND_TREE, tree_id, entry.raw_length, len(body), body)
         subtrees = []
         for node in decode_tree(raw).nodes:
             if node.type is NodeType.DIR and node.subtree is not None:
@@ -86,12 +109,48 @@ def point_blobs(repo: Repository, point: Point) -> Iterator[TapeBlob]:
             for chunk in node.chunks:
                 if chunk not in seen:
                     seen.add(chunk)
-                    yield TapeBlob(KIND_DATA, chunk, repo.load_blob(chunk))
+                    located = repo.blob_entry(chunk)
+                    yield _Ref(KIND_DATA, chunk, located.raw_length, located.length - NONCE_SIZE - TAG_SIZE)
         stack.extend(reversed(subtrees))
+
+
+def point_blobs(repo: Repository, point: Point) -> Iterator[TapeBlob]:
+    """`point_refs` decoded and id-checked, for format 1."""
+    for ref in point_refs(repo, point):
+        yield TapeBlob(ref.kind, ref.blob_id, repo.load_blob(ref.blob_id))
+
+
+def _batches(refs: Iterator[_Ref], target_bytes: int) -> Iterator[list[_Ref]]:
+    batch: list[_Ref] = []
+    size = 0
+    for ref in refs:
+        if batch and size + ref.body_length > target_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(ref)
+        size += ref.body_length
+    if batch:
+        yield batch
+
+
+def _fetch(repo: Repository, batch: list[_Ref]) -> list[TapeBody]:
+    """The batch's bodies, decrypted from the repository and still compressed (a pipeline stage)."""
+    out = []
+    for ref in batch:
+        body = ref.body if ref.body is not None else repo.load_blob_body(ref.blob_id)[1]
+        out.append(TapeBody(ref.kind, ref.blob_id, ref.raw_length, body))
+    return out
+
+
+def _phase(kind: RecordType) -> str:
+    """The crash point of a record write (format 2 body records keep format 1's `tape.data`)."""
+    return "tape.data" if kind is RecordType.BODIES else f"tape.{kind.name.lower()}"
 
 
 class PoolWriter:
     """Appends points to the cartridges of one pool; one drive at a time."""
+
+    format_version = FORMAT_VERSION  # 1 only to make old-format cartridges (compatibility tests)
 
     def __init__(
         self,
@@ -102,7 +161,13 @@ class PoolWriter:
         save: Callable[[], None],
         now: datetime,
         progress: Progress,
+        *,
+        format_version: int | None = None,
+        workers: int | None = None,
     ) -> None:
+        if format_version is not None:
+            self.format_version = format_version
+        self.workers = default_workers() if workers is None else workers
         self.library = library
         self.target = target
         self.catalog = catalog
@@ -307,7 +372,7 @@ class PoolWriter:
         assert volume is not None
         try:
             size = volume.write(kind, plaintext)
-            crashpoint.reached(f"tape.{kind.name.lower()}")
+            crashpoint.reached(_phase(kind))
             return header, size
         except EndOfMediaError:
             pass
@@ -331,7 +396,7 @@ class PoolWriter:
                 f"{self.target.pool}",
                 hint="use media with more capacity",
             ) from err
-        crashpoint.reached(f"tape.{kind.name.lower()}")
+        crashpoint.reached(_phase(kind))
         return header, size
 
     def _volume_or_fail(self) -> Volume:
@@ -370,13 +435,13 @@ class PoolWriter:
         record_bytes = min(
             RECORD_TARGET_BYTES, max(64 << 10, self._volume_or_fail().drive.capacity_bytes // 16)
         )
-        for batch in batch_blobs(point_blobs(repo, point), record_bytes):
-            header, _ = self._write(RecordType.DATA, encode_blobs(batch), header, copy)
-            copy.blobs += len(batch)
-            plain = sum(len(b.data) for b in batch)
-            copy.bytes_plain += plain
-            self.progress.advance(bytes_done=sum(len(b.data) for b in batch if b.kind == KIND_DATA))
-        trailer = Trailer(point.id, header.part, copy.blobs, copy.bytes_plain)
+        if self.format_version == 1:
+            header = self._write_v1(repo, point, header, copy, record_bytes)
+            index: tuple[IndexRun, ...] = ()
+        else:
+            header, index = self._write_bodies(repo, point, header, copy, record_bytes)
+        trailer = Trailer(point.id, header.part, copy.blobs, copy.bytes_plain, index)
+        copy.index = list(index)
         plain_trailer = encode_trailer(trailer)
         header, _ = self._write(RecordType.TRAILER, plain_trailer, header, copy)
         volume = self._volume_or_fail()
@@ -393,6 +458,47 @@ class PoolWriter:
         self.save()
         crashpoint.reached("tape.recorded")
         return copy
+
+
+    def _write_v1(
+        self, repo: Repository, point: Point, header: SegmentHeader, copy: Copy, record_bytes: int
+    ) -> SegmentHeader:
+        """Format 1: blobs decoded from the repository, zstd again per record (slow; kept for tests
+        that make old cartridges)."""
+        for batch in batch_blobs(point_blobs(repo, point), record_bytes):
+            header, _ = self._write(RecordType.DATA, encode_blobs(batch), header, copy)
+            copy.blobs += len(batch)
+            copy.bytes_plain += sum(len(b.data) for b in batch)
+            self.progress.advance(bytes_done=sum(len(b.data) for b in batch if b.kind == KIND_DATA))
+        return header
+
+    def _write_bodies(
+        self, repo: Repository, point: Point, header: SegmentHeader, copy: Copy, record_bytes: int
+    ) -> tuple[SegmentHeader, tuple[IndexRun, ...]]:
+        """Format 2: the repository's blob bodies (decrypted, never decompressed nor recompressed)
+        re-encrypted under the cartridge key, read ahead by a pipeline of `workers` threads while the
+        drive writes; then the index of where each blob went."""
+        where: list[tuple[BlobId, int, int]] = []
+        batches = _batches(point_refs(repo, point), record_bytes)
+        with contextlib.closing(ordered_map(lambda b: _fetch(repo, b), batches, workers=self.workers)) as bodies:
+            for batch in bodies:
+                header, _ = self._write(RecordType.BODIES, encode_bodies(batch), header, copy)
+                record_no = self._volume_or_fail().drive.position()[1] - 1
+                where.extend((b.blob_id, header.part, record_no) for b in batch)
+                copy.blobs += len(batch)
+                copy.bytes_plain += sum(b.raw_length for b in batch)
+                self.progress.advance(bytes_done=sum(b.raw_length for b in batch if b.kind == KIND_DATA))
+        runs: list[IndexRun] = []
+        per_record = index_entries_per_record(record_bytes)
+        for start in range(0, len(where), per_record):
+            header, _ = self._write(RecordType.INDEX, encode_index(where[start : start + per_record]), header, copy)
+            record_no = self._volume_or_fail().drive.position()[1] - 1
+            last = runs[-1] if runs else None
+            if last is not None and last.part == header.part and last.record + last.count == record_no:
+                runs[-1] = IndexRun(last.part, last.record, last.count + 1)
+            else:
+                runs.append(IndexRun(header.part, record_no, 1))
+        return header, tuple(runs)
 
 
 def _first_header(volume: Volume, file_no: int) -> str:

@@ -1,4 +1,4 @@
-"""The protectctl tape format, version 1 (documented in docs/tape-format.md).
+"""The protectctl tape format, version 2 (documented in docs/tape-format.md); version 1 is read.
 
 Owns the byte layout of every record on a cartridge and its cryptography: the clear label
 (file 0) carrying the per-cartridge data key wrapped by a key-encryption key, and sealed
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,25 +22,33 @@ import zstandard
 
 from protectctl.engine.crypto import Sealer, aad
 from protectctl.engine.ids import BlobId
+from protectctl.engine.pack import decode_body
 from protectctl.engine.points import Point, PointStats
 from protectctl.errors import CorruptionError, TapeCorruptionError, TapeError, TapeKeyError
 
 FORMAT_NAME = "protectctl-tape"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# 2: blob bodies copied in the repository's encoding (`B` records, no zstd pass of their own)
+# and an index of where each blob sits (`I` records, before the trailer). 1: `D` records.
+READABLE_VERSIONS = (1, 2)
 LABEL_TYPE = b"L"
 # Records of ~4 MiB: big enough that per-record costs (framing, GCM tag, a syscall) vanish,
 # small enough to hold one record per blob in memory; LTO drives stream at 256 KiB+ blocks.
 RECORD_TARGET_BYTES = 4 << 20
 _ZSTD_LEVEL = 3
 _BLOB_ENTRY = 1 + 32 + 4
+_BODY_ENTRY = struct.Struct(">B32sII")  # kind, blob id, raw length, body length
+_INDEX_ENTRY = struct.Struct(">32sHI")  # blob id, part, record number in that part's tape file
 # what parsing damaged JSON of the right MAC-less shape can raise (labels are in clear; a
 # header or trailer that authenticates but was written by a buggy writer): all become TapeErrors
-_MALFORMED = (ValueError, KeyError, TypeError, AssertionError, OverflowError, RecursionError)
+_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, AssertionError, OverflowError, RecursionError)
 
 
 class RecordType(Enum):
     HEADER = b"H"  # a point segment begins: point manifest, part number
-    DATA = b"D"  # tree and data blobs
+    DATA = b"D"  # tree and data blobs, zstd as a whole (version 1)
+    BODIES = b"B"  # tree and data blobs in the repository's encoding (version 2)
+    INDEX = b"I"  # where each blob of the copy sits: (id, part, record) (version 2)
     TRAILER = b"T"  # the point's last segment ends: totals
     END_OF_VOLUME = b"V"  # the writer hit end of media; the point continues elsewhere
 
@@ -110,10 +119,10 @@ def decode_label(raw: bytes, where: str) -> Label:
         d = json.loads(raw[1:])
         if d["format"] != FORMAT_NAME:
             raise ValueError("not a protectctl tape")
-        if d["version"] != FORMAT_VERSION:
+        if d["version"] not in READABLE_VERSIONS:
             raise TapeError(
                 f"{where}: tape format version {d['version']} is not supported "
-                f"(this protectctl reads version {FORMAT_VERSION})"
+                f"(this protectctl reads versions {', '.join(map(str, READABLE_VERSIONS))})"
             )
         return Label(
             str(d["barcode"]),
@@ -156,7 +165,7 @@ class VolumeCipher:
         where = f"cartridge {self.label.barcode} file {file_no} record {record_no}"
         kind = record_type(raw, where)
         try:
-            return kind, self._sealer.open(raw[1:], self._aad(kind, file_no, record_no), where)
+            return kind, self._sealer.open(memoryview(raw)[1:], self._aad(kind, file_no, record_no), where)
         except CorruptionError as err:
             raise TapeCorruptionError(err.message) from err
 
@@ -249,7 +258,7 @@ def encode_header(h: SegmentHeader) -> bytes:
 def decode_header(plain: bytes, where: str) -> SegmentHeader:
     try:
         d = json.loads(plain)
-        if d["v"] != FORMAT_VERSION:
+        if d["v"] not in READABLE_VERSIONS:
             raise ValueError(f"header version {d['v']}")
         repo = d["repository"]
         return SegmentHeader(
@@ -266,29 +275,41 @@ def decode_header(plain: bytes, where: str) -> SegmentHeader:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexRun:
+    """`count` consecutive `I` records from `record` of the tape file of part `part`."""
+
+    part: int
+    record: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Trailer:
     point_id: str
     parts: int
     blobs: int
     bytes_plain: int
+    index: tuple[IndexRun, ...] = ()  # version 2: where the copy's index records are
 
 
 def encode_trailer(t: Trailer) -> bytes:
-    return _canonical(
-        {
-            "v": FORMAT_VERSION,
-            "point_id": t.point_id,
-            "parts": t.parts,
-            "blobs": t.blobs,
-            "bytes_plain": t.bytes_plain,
-        }
-    )
+    doc: dict[str, object] = {
+        "v": FORMAT_VERSION,
+        "point_id": t.point_id,
+        "parts": t.parts,
+        "blobs": t.blobs,
+        "bytes_plain": t.bytes_plain,
+    }
+    if t.index:
+        doc["index"] = [[r.part, r.record, r.count] for r in t.index]
+    return _canonical(doc)
 
 
 def decode_trailer(plain: bytes, where: str) -> Trailer:
     try:
         d = json.loads(plain)
-        return Trailer(str(d["point_id"]), int(d["parts"]), int(d["blobs"]), int(d["bytes_plain"]))
+        index = tuple(IndexRun(int(p), int(r), int(c)) for p, r, c in d.get("index", []))
+        return Trailer(str(d["point_id"]), int(d["parts"]), int(d["blobs"]), int(d["bytes_plain"]), index)
     except _MALFORMED as err:
         raise TapeCorruptionError(f"{where}: malformed point trailer ({err})") from err
 
@@ -346,6 +367,76 @@ def batch_blobs(
         size += len(blob.data)
     if batch:
         yield batch
+
+
+# -- version 2: bodies and index -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TapeBody:
+    """A blob as the repository stores it, decrypted but not decoded: `flag || payload`."""
+
+    kind: int  # 0 data, 1 tree
+    blob_id: BlobId
+    raw_length: int
+    body: bytes | memoryview = field(repr=False)
+
+    def plaintext(self, where: str) -> bytes:
+        """Decode the body (zstd or stored); TapeCorruptionError when it does not decode."""
+        try:
+            return decode_body(self.body, self.raw_length, f"{where} (blob {self.blob_id.hex()[:12]})")
+        except CorruptionError as err:
+            raise TapeCorruptionError(err.message) from err
+
+
+def encode_bodies(bodies: Sequence[TapeBody]) -> bytes:
+    """A `B` record's plaintext: u32 n || n * (kind u8, id, u32 raw length, u32 body length) || bodies.
+    No compression pass: the bodies keep the repository's (zstd where it paid)."""
+    parts: list[bytes | memoryview] = [len(bodies).to_bytes(4, "big")]
+    parts += [_BODY_ENTRY.pack(b.kind, bytes(b.blob_id), b.raw_length, len(b.body)) for b in bodies]
+    parts += [b.body for b in bodies]
+    return b"".join(parts)
+
+
+def decode_bodies(plain: bytes | memoryview, where: str) -> list[TapeBody]:
+    """The bodies of a `B` record (views into `plain`); TapeCorruptionError when malformed."""
+    view = memoryview(plain)
+    try:
+        count = int.from_bytes(view[:4], "big")
+        pos = 4 + count * _BODY_ENTRY.size
+        if pos > len(view):
+            raise ValueError("blob table runs past the record")
+        out = []
+        for i in range(count):
+            kind, blob_id, raw_length, length = _BODY_ENTRY.unpack_from(view, 4 + i * _BODY_ENTRY.size)
+            out.append(TapeBody(kind, BlobId(blob_id), raw_length, view[pos : pos + length]))
+            pos += length
+        if pos != len(view):
+            raise ValueError("blob table does not match the payload")
+        return out
+    except (ValueError, struct.error) as err:
+        raise TapeCorruptionError(f"{where}: malformed data record ({err})") from err
+
+
+def encode_index(entries: Sequence[tuple[BlobId, int, int]]) -> bytes:
+    """An `I` record's plaintext: u32 n || n * (blob id, u16 part, u32 record)."""
+    return len(entries).to_bytes(4, "big") + b"".join(
+        _INDEX_ENTRY.pack(bytes(blob_id), part, record) for blob_id, part, record in entries
+    )
+
+
+def decode_index(plain: bytes, where: str) -> list[tuple[BlobId, int, int]]:
+    try:
+        count = int.from_bytes(plain[:4], "big")
+        if len(plain) != 4 + count * _INDEX_ENTRY.size:
+            raise ValueError("entry count does not match the record")
+        return [(BlobId(b), part, record) for b, part, record in _INDEX_ENTRY.iter_unpack(plain[4:])]
+    except (ValueError, struct.error) as err:
+        raise TapeCorruptionError(f"{where}: malformed index record ({err})") from err
+
+
+def index_entries_per_record(record_bytes: int) -> int:
+    return max(1, (record_bytes - 4) // _INDEX_ENTRY.size)
 
 
 def _optional_str(value: object) -> str | None:

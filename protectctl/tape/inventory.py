@@ -34,7 +34,9 @@ from protectctl.tape.format import (
     SegmentHeader,
     Trailer,
     decode_blobs,
+    decode_bodies,
     decode_header,
+    decode_index,
     decode_trailer,
 )
 from protectctl.tape.library import EndOfDataError, MediaError
@@ -149,6 +151,10 @@ class _FileScan:
             seg.fault, seg.detail = PartialKind.DAMAGED, f"a {kind.name} record follows its {seg.closing.name}"
         elif kind is RecordType.DATA:
             seg.blobs += len(decode_blobs(plain, self.where))
+        elif kind is RecordType.BODIES:
+            seg.blobs += len(decode_bodies(plain, self.where))
+        elif kind is RecordType.INDEX:
+            decode_index(plain, self.where)  # malformed: the segment is damaged
         elif kind is RecordType.TRAILER:
             seg.closing, seg.trailer = kind, decode_trailer(plain, self.where)
         else:
@@ -242,6 +248,7 @@ def _copy_of(parts: Sequence[tuple[str, Segment]], pool: str, library: str) -> C
     copy = Copy(p.id, p.source, p.time, p.kind, pool, library, head.retention_s, head.copied_at)
     copy.parts = [Part(barcode, seg.file, seg.header.part) for barcode, seg in parts]
     copy.complete, copy.blobs, copy.bytes_plain = True, trailer.blobs, trailer.bytes_plain
+    copy.index = list(trailer.index)
     return copy
 
 

@@ -10,11 +10,12 @@ with the repository id key carried in the point header. Plaintext never touches 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,15 +29,20 @@ from protectctl.errors import TapeCorruptionError, TapeError
 from protectctl.progress import NullProgress, Progress
 from protectctl.tape.catalog import Part
 from protectctl.tape.format import (
+    IndexRun,
     RecordType,
     SegmentHeader,
     TapeBlob,
+    TapeBody,
     VolumeCipher,
     decode_blobs,
+    decode_bodies,
     decode_header,
+    decode_index,
     decode_trailer,
 )
 from protectctl.tape.library import EndOfDataError
+from protectctl.tape.pipeline import default_workers, ordered_map
 from protectctl.tape.volume import Volume
 
 _CACHED_RECORDS = 8
@@ -63,11 +69,22 @@ class TapePointReader:
         self._spool = open(self._spool_path, "w+b")  # noqa: SIM115 - lives as long as the reader
         self._records: list[_Spooled] = []
         self._where: dict[BlobId, tuple[int, int]] = {}  # blob → (record index, index in record)
-        self._cache: OrderedDict[int, list[TapeBlob]] = OrderedDict()
+        self._cache: OrderedDict[int, list[TapeBlob] | list[TapeBody]] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[int, threading.Event] = {}  # records being opened by one thread
         self.header: SegmentHeader | None = None
         self.bytes_read = 0
         self._copied_at: datetime | None = None
+        self._last_header: SegmentHeader | None = None
+        self.workers = default_workers()
+        # partial reads (`read_index`): blob → (part, record), the parts, what is mounted
+        self._at: dict[BlobId, tuple[int, int]] | None = None
+        self._parts: dict[int, Part] = {}
+        self._mount_fn: MountFn | None = None
+        self._mounted: tuple[int, Volume, Callable[[], None]] | None = None
+        self._drive_lock = threading.Lock()
+        self._partial_cache: OrderedDict[tuple[int, int], list[TapeBody]] = OrderedDict()
+        self.records_read = 0  # data records read from tape (partial reads: only those needed)
 
     # -- reading the tape ------------------------------------------------------------------------
 
@@ -105,17 +122,85 @@ class TapePointReader:
                 "been interrupted, restore another point",
             )
 
+    def read_index(
+        self,
+        point_id: str,
+        parts: Sequence[Part],
+        index: Sequence[IndexRun],
+        mount: MountFn,
+        *,
+        copied_at: datetime | None = None,
+    ) -> None:
+        """Prepare to read only what is asked (a `--path` restore of a format-2 copy): the point's
+        header and its index records, located directly; blobs are then read record by record, on
+        demand (`load_blob`), each record authenticated as it is read."""
+        self._copied_at = copied_at
+        self._parts = {p.part: p for p in parts}
+        if sorted(self._parts) != list(range(1, len(parts) + 1)) or not index:
+            raise TapeError(f"point {point_id}: the catalog does not locate its parts and index on tape")
+        self._mount_fn = mount
+        at: dict[BlobId, tuple[int, int]] = {}
+        with self._drive_lock:
+            self.header = self._find_header(self._volume_of(1), point_id, self._parts[1])
+            for run in index:
+                part = self._parts.get(run.part)
+                if part is None:
+                    raise TapeError(f"point {point_id}: its index names part {run.part}, which the catalog lacks")
+                volume = self._volume_of(run.part)
+                where = f"cartridge {part.barcode} file {part.file}"
+                volume.drive.locate(part.file, run.record)
+                for _ in range(run.count):
+                    record = volume.read()
+                    if record is None or record[0] is not RecordType.INDEX:
+                        raise TapeCorruptionError(f"{where}: record {run.record} is not the index the catalog names")
+                    at.update((blob_id, (p, r)) for blob_id, p, r in decode_index(record[1], where))
+        self._at = at
+
+    def _volume_of(self, part_no: int) -> Volume:
+        """The cartridge of part `part_no`, mounted (another one released first); under `_drive_lock`."""
+        if self._mounted is not None and self._mounted[0] == part_no:
+            return self._mounted[1]
+        self._release()
+        assert self._mount_fn is not None
+        volume, release = self._mount_fn(self._parts[part_no].barcode)
+        self._mounted = (part_no, volume, release)
+        return volume
+
+    def _release(self) -> None:
+        if self._mounted is not None:
+            mounted, self._mounted = self._mounted, None
+            mounted[2]()
+
+    def _located_record(self, part_no: int, record_no: int) -> list[TapeBody]:
+        """One `B` record of the copy, read from its cartridge (a few are kept for the next blobs)."""
+        key = (part_no, record_no)
+        with self._drive_lock:
+            cached = self._partial_cache.get(key)
+            if cached is not None:
+                self._partial_cache.move_to_end(key)
+                return cached
+            part = self._parts[part_no]
+            where = f"cartridge {part.barcode} file {part.file}"
+            volume = self._volume_of(part_no)
+            volume.drive.locate(part.file, record_no)
+            record = volume.read()
+            self.records_read += 1
+            if record is None or record[0] is not RecordType.BODIES:
+                raise TapeCorruptionError(f"{where}: record {record_no} is not the data record the index names")
+            self.bytes_read += len(record[2])
+            bodies = decode_bodies(record[1], where)
+            self._partial_cache[key] = bodies
+            while len(self._partial_cache) > _CACHED_RECORDS:
+                self._partial_cache.popitem(last=False)
+            return bodies
+
     def _find_header(self, volume: Volume, point_id: str, part: Part) -> SegmentHeader:
         """The part's header: the first record of its file, or a later one after an abandoned attempt."""
         where = f"cartridge {part.barcode} file {part.file}"
         volume.drive.seek_file(part.file)
         seen: SegmentHeader | None = None
         while True:
-            file_no, record_no = volume.drive.position()
-            try:
-                raw = volume.drive.read_record()
-            except EndOfDataError:
-                raw = None
+            file_no, record_no, raw = _next_raw(volume)
             if raw is None:
                 if seen is None:
                     raise TapeCorruptionError(f"{where}: does not start with a point header")
@@ -130,48 +215,51 @@ class TapePointReader:
             seen = decode_header(plain, where)
             same_run = self._copied_at is None or seen.copied_at == self._copied_at
             if seen.point.id == point_id and seen.part == part.part and same_run:
+                self._last_header = seen
                 return seen
 
     def _read_part(self, volume: Volume, point_id: str, part: Part, progress: Progress) -> bool:
+        """The part's records after its header, authenticated and decoded by a pipeline of threads
+        while the drive reads on, spooled in order; whether the point's trailer was reached."""
         where = f"cartridge {part.barcode} file {part.file}"
-        header = self._find_header(volume, point_id, part)
+        self._find_header(volume, point_id, part)
         if self.header is None:
-            self.header = header
-        blobs = 0
-        while True:
-            try:
-                record = volume.read()
-            except EndOfDataError:
-                return False
-            if record is None:
-                return False
-            kind, plain, raw = record
-            if kind is RecordType.DATA:
-                blobs += self._spool_record(volume, plain, raw)
-                progress.advance(bytes_done=len(raw))
-            elif kind is RecordType.TRAILER:
-                trailer = decode_trailer(plain, where)
-                if trailer.point_id != point_id or trailer.blobs != len(self._where):
-                    raise TapeCorruptionError(
-                        f"{where}: the trailer counts {trailer.blobs} blobs, the tape held {len(self._where)}"
-                    )
-                return True
-            elif kind is RecordType.END_OF_VOLUME:
-                return False
-            else:
-                raise TapeCorruptionError(f"{where}: unexpected {kind.name} record inside a point")
+            self.header = self._last_header
+        opened = ordered_map(lambda raw: _open_record(volume.cipher, raw, where), _raw_records(volume),
+                             workers=self.workers)
+        with contextlib.closing(opened):
+            for record in opened:
+                if record is None:
+                    return False  # a filemark or the end of data before the closing record
+                kind, plain, raw, blobs = record
+                if kind in (RecordType.DATA, RecordType.BODIES):
+                    self._spool_record(volume.cipher, raw, blobs)
+                    progress.advance(bytes_done=len(raw[2]))
+                elif kind is RecordType.INDEX:
+                    continue  # the spool knows where every blob is; the index serves partial reads
+                elif kind is RecordType.TRAILER:
+                    trailer = decode_trailer(plain, where)
+                    if trailer.point_id != point_id or trailer.blobs != len(self._where):
+                        raise TapeCorruptionError(
+                            f"{where}: the trailer counts {trailer.blobs} blobs, the tape held {len(self._where)}"
+                        )
+                    return True
+                elif kind is RecordType.END_OF_VOLUME:
+                    return False
+                else:
+                    raise TapeCorruptionError(f"{where}: unexpected {kind.name} record inside a point")
+        return False
 
-    def _spool_record(self, volume: Volume, plain: bytes, raw: bytes) -> int:
-        file_no, record_no = volume.drive.position()
-        blobs = decode_blobs(plain, f"cartridge {volume.barcode} file {file_no}")
+    def _spool_record(self, cipher: VolumeCipher, raw: tuple[int, int, bytes],
+                      blobs: Sequence[TapeBlob | TapeBody]) -> None:
+        file_no, record_no, data = raw
         index = len(self._records)
         offset = self._spool.seek(0, os.SEEK_END)
-        self._spool.write(raw)
-        self._records.append(_Spooled(volume.cipher, file_no, record_no - 1, offset, len(raw)))
+        self._spool.write(data)
+        self._records.append(_Spooled(cipher, file_no, record_no, offset, len(data)))
         for i, blob in enumerate(blobs):
             self._where[blob.blob_id] = (index, i)
-        self.bytes_read += len(raw)
-        return len(blobs)
+        self.bytes_read += len(data)
 
     # -- what the restorer asks -------------------------------------------------------------------
 
@@ -186,38 +274,77 @@ class TapePointReader:
             raise TapeError("no point has been read")
         return blake3.blake3(key=self.header.id_key)
 
-    def _record(self, index: int) -> list[TapeBlob]:
+    def _record(self, index: int) -> list[TapeBlob] | list[TapeBody]:
+        """A spooled record, opened once however many restore threads want its blobs at the same
+        time (the others wait for that one decryption instead of repeating it)."""
         with self._lock:
-            cached = self._cache.get(index)
-            if cached is not None:
-                self._cache.move_to_end(index)
-                return cached
+            while True:
+                cached = self._cache.get(index)
+                if cached is not None:
+                    self._cache.move_to_end(index)
+                    return cached
+                loading = self._loading.get(index)
+                if loading is None:
+                    break
+                self._lock.release()
+                try:
+                    loading.wait()
+                finally:
+                    self._lock.acquire()
+                if index not in self._cache:  # it failed there: try (and fail) here too
+                    break
+            self._loading[index] = done = threading.Event()
             spooled = self._records[index]
             self._spool.seek(spooled.offset)
             raw = self._spool.read(spooled.length)
-        _kind, plain = spooled.cipher.open(raw, spooled.file_no, spooled.record_no)
-        blobs = decode_blobs(plain, f"cartridge {spooled.cipher.label.barcode} file {spooled.file_no}")
-        with self._lock:
-            self._cache[index] = blobs
-            while len(self._cache) > _CACHED_RECORDS:
-                self._cache.popitem(last=False)
-        return blobs
+        try:
+            kind, plain = spooled.cipher.open(raw, spooled.file_no, spooled.record_no)
+            where = f"cartridge {spooled.cipher.label.barcode} file {spooled.file_no}"
+            blobs = decode_bodies(plain, where) if kind is RecordType.BODIES else decode_blobs(plain, where)
+            with self._lock:
+                self._cache[index] = blobs
+                while len(self._cache) > _CACHED_RECORDS:
+                    self._cache.popitem(last=False)
+            return blobs
+        finally:
+            with self._lock:
+                self._loading.pop(index, None)
+            done.set()
 
     def load_blob(self, blob_id: BlobId) -> bytes:
-        located = self._where.get(blob_id)
-        if located is None:
-            raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the copy on tape")
-        blob = self._record(located[0])[located[1]]
+        """A blob's plaintext, its keyed hash checked against its id."""
+        data = self.load_blob_unchecked(blob_id)
         hasher = self.content_hasher()
-        hasher.update(blob.data)
+        hasher.update(data)
         if hasher.digest() != blob_id:
             raise TapeCorruptionError(f"blob {short_id(blob_id)} on tape does not match its id")
-        return blob.data
+        return data
+
+    def load_blob_unchecked(self, blob_id: BlobId) -> bytes:
+        """`load_blob` without the id check, for a restore that checks each file's whole hash
+        (its records are authenticated all the same)."""
+        blob: TapeBlob | TapeBody
+        if self._at is not None:
+            at = self._at.get(blob_id)
+            if at is None:
+                raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the index of the copy on tape")
+            found = next((b for b in self._located_record(*at) if b.blob_id == blob_id), None)
+            if found is None:
+                raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the record its index names")
+            blob = found
+        else:
+            located = self._where.get(blob_id)
+            if located is None:
+                raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the copy on tape")
+            blob = self._record(located[0])[located[1]]
+        return blob.plaintext("tape") if isinstance(blob, TapeBody) else blob.data
 
     def load_tree(self, blob_id: BlobId) -> Tree:
         return decode_tree(self.load_blob(blob_id))
 
     def close(self) -> None:
+        with self._drive_lock:
+            self._release()
         self._spool.close()
         self._tmp.cleanup()
 
@@ -226,3 +353,40 @@ class TapePointReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_Opened = tuple[RecordType, bytes, tuple[int, int, bytes], "list[TapeBlob] | list[TapeBody]"]
+
+
+def _raw_records(volume: Volume) -> Iterator[tuple[int, int, bytes] | None]:
+    """(file, record, raw) from the drive's position on, in the caller's thread; None ends it
+    (a filemark or the end of data)."""
+    while True:
+        file_no, record_no, raw = _next_raw(volume)
+        if raw is None:
+            yield None
+            return
+        yield file_no, record_no, raw
+
+
+def _next_raw(volume: Volume) -> tuple[int, int, bytes | None]:
+    """The position and raw bytes of the next record (None at a filemark or the end of data)."""
+    file_no, record_no = volume.drive.position()
+    try:
+        return file_no, record_no, volume.drive.read_record()
+    except EndOfDataError:
+        return file_no, record_no, None
+
+
+def _open_record(cipher: VolumeCipher, item: tuple[int, int, bytes] | None, where: str) -> _Opened | None:
+    """Authenticate a record and decode its blob table (a pipeline stage, on a worker thread)."""
+    if item is None:
+        return None
+    file_no, record_no, raw = item
+    kind, plain = cipher.open(raw, file_no, record_no)
+    blobs: list[TapeBlob] | list[TapeBody] = []
+    if kind is RecordType.BODIES:
+        blobs = decode_bodies(plain, where)
+    elif kind is RecordType.DATA:
+        blobs = decode_blobs(plain, where)
+    return kind, plain, item, blobs

@@ -561,13 +561,11 @@ class TapeService:
         progress = progress or NullProgress()
         provider = load_provider(job.provider)
         with TapePointReader() as reader:
-            reader.read_parts(
-                copy.point_id,
-                copy.parts,
-                lambda barcode: self._mount(self.catalog.cartridge(barcode)),
-                progress,
-                copied_at=copy.copied_at,
-            )
+            mount = lambda barcode: self._mount(self.catalog.cartridge(barcode))  # noqa: E731
+            if subpaths and copy.index:  # read only the records the paths need (format 2)
+                reader.read_index(copy.point_id, copy.parts, copy.index, mount, copied_at=copy.copied_at)
+            else:
+                reader.read_parts(copy.point_id, copy.parts, mount, progress, copied_at=copy.copied_at)
             point = reader.point
             outcome = provider.restore(
                 RestoreRequest(

@@ -4,12 +4,18 @@
 One run builds the deterministic dataset (tests/bench/dataset.py), backs it up into a fresh
 repository (not timed), then measures on the same disk:
 
-    tape write    PoolWriter.copy_point: read + decrypt from the repository, zstd, re-encrypt,
-                  write records to a virtual cartridge
+    tape write    PoolWriter.copy_point: read + decrypt the blob bodies from the repository
+                  (format 2: no decompress/recompress), re-encrypt under the cartridge key,
+                  write records to a virtual cartridge, through the tape pipeline
     tape read     read the cartridge (authenticate every record, spool ciphertext) and restore
                   through the filesystem restorer, verified against stored hashes
     tar write     tar -cf of the dataset directory
     tar read      tar -xf into an empty directory
+
+and, in the same run, the machine's limits for the same work: AES-256-GCM sealing of 4 MiB
+records (one thread, and as many threads as the pipeline uses), BLAKE3 hashing (what a
+restore verifies with), and `dd` writing (with fsync) and reading 4 MiB blocks on the work
+disk. A copy cannot beat the slowest of those it needs; the table says which one binds.
 
 Throughput is logical dataset bytes per second. tar neither compresses nor encrypts nor
 verifies, so it is the floor of what the disk allows, not a like-for-like competitor.
@@ -17,6 +23,8 @@ Warm cache, as in bench_backup.py.
 
     python tests/bench/bench_tape.py                  # 256 MiB
     python tests/bench/bench_tape.py --size 1GiB --workdir /var/tmp
+    python tests/bench/bench_tape.py --workers 0      # the pipeline off (all in one thread)
+    python tests/bench/bench_tape.py --format 1       # the old format (zstd per record)
 """
 
 from __future__ import annotations
@@ -42,13 +50,68 @@ RESULTS_DIR = HERE / "results"
 PASS = b"protectctl-bench-passphrase"
 
 
+_CPU: dict[float, float] = {}  # wall seconds of a _timed call -> CPU seconds it used (this process + children)
+
+
 def _timed(action: object) -> float:
+    """Wall seconds of `action`; the CPU seconds it used (all threads, and children) go to _CPU."""
+    import resource
+
+    def cpu() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    before = cpu()
     started = time.perf_counter()
     action()  # type: ignore[operator]
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    _CPU[wall] = cpu() - before
+    return wall
 
 
-def run(size: int, workdir: Path) -> dict[str, object]:
+def limits(workdir: Path, workers: int, total: int = 256 << 20) -> dict[str, float]:
+    """MiB/s this machine allows for each step of a tape copy, measured now."""
+    import os
+    import threading
+
+    import blake3
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    record = os.urandom(4 << 20)
+    count = max(4, total // len(record))
+    aes = AESGCM(os.urandom(32))
+    nonce = os.urandom(12)
+
+    def seal(n: int) -> None:
+        for _ in range(n):
+            aes.encrypt(nonce, record, b"aad")
+
+    def threaded(n_threads: int) -> float:
+        threads = [threading.Thread(target=seal, args=(count // n_threads,)) for _ in range(n_threads)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return (count // n_threads) * n_threads * 4 / (time.perf_counter() - started)
+
+    mib = 1 << 20
+    out = {"aes_gcm_1_thread": count * 4 / _timed(lambda: seal(count))}
+    out[f"aes_gcm_{max(workers, 1)}_threads"] = threaded(max(workers, 1))
+    out["blake3"] = count * 4 / _timed(lambda: [blake3.blake3(record).digest() for _ in range(count)])
+    target = workdir / "dd.bin"
+    blocks = max(4, total // (4 * mib))
+    out["dd_write_fsync"] = blocks * 4 / _timed(lambda: subprocess.run(
+        ["dd", "if=/dev/zero", f"of={target}", "bs=4M", f"count={blocks}", "conv=fsync"],
+        check=True, capture_output=True))
+    out["dd_read"] = blocks * 4 / _timed(lambda: subprocess.run(
+        ["dd", f"if={target}", "of=/dev/null", "bs=4M"], check=True, capture_output=True))
+    target.unlink()
+    return out
+
+
+def run(size: int, workdir: Path, *, workers: int | None = None, format_version: int | None = None
+        ) -> dict[str, object]:
     from protectctl.agent.jobs import RetentionSpec, SourceJob, run_backup
     from protectctl.engine.repository import Repository
     from protectctl.engine.storage.local import LocalStorage
@@ -101,7 +164,8 @@ def run(size: int, workdir: Path) -> dict[str, object]:
     )
     catalog.cartridges["BENCH1L9"].state = CartridgeState.FILLING
     writer = PoolWriter(
-        library, PoolTarget("lib", "bench", "kek", 86400), catalog, keys, lambda: None, now, NullProgress()
+        library, PoolTarget("lib", "bench", "kek", 86400), catalog, keys, lambda: None, now, NullProgress(),
+        workers=workers, format_version=format_version,
     )
     with Repository.open(storage, PASS) as repo:
         point = repo.load_point(point_id)
@@ -115,6 +179,8 @@ def run(size: int, workdir: Path) -> dict[str, object]:
 
     def tape_read() -> None:
         with TapePointReader(workdir) as reader:
+            if workers is not None:
+                reader.workers = workers
             reader.read_parts(point_id, copy.parts, mount)  # type: ignore[arg-type]
             assert point.tree is not None
             outcome = restore_tree(reader, point.tree, workdir / "from-tape")
@@ -131,8 +197,15 @@ def run(size: int, workdir: Path) -> dict[str, object]:
     )
     assert dataset.manifest(workdir / "from-tape") == dataset.manifest(data)
     mib = 1 << 20
+    import os
+
     return {
         "time": now.isoformat(),
+        "format": writer.format_version,
+        "workers": writer.workers,
+        "load": os.getloadavg(),
+        # as many bytes as the copy (8-256 MiB), so a smoke run stays quick
+        "limits_mib_per_s": limits(workdir, writer.workers, total=min(256 << 20, max(8 << 20, logical))),
         "dataset_bytes": logical,
         "files": point.stats.files,
         "tape_bytes": tape_bytes,
@@ -142,6 +215,13 @@ def run(size: int, workdir: Path) -> dict[str, object]:
             "tape_read": tape_read_s,
             "tar_write": tar_write_s,
             "tar_read": tar_read_s,
+        },
+        # CPU seconds per phase: on a shared, loaded machine wall time mostly measures the queue
+        "cpu_seconds": {
+            "tape_write": _CPU[tape_write_s],
+            "tape_read": _CPU[tape_read_s],
+            "tar_write": _CPU[tar_write_s],
+            "tar_read": _CPU[tar_read_s],
         },
         "mib_per_s": {
             "tape_write": logical / mib / tape_write_s,
@@ -158,10 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where to work (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default tests/bench/results/)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--workers", type=int, default=None, help="pipeline threads (0: none; default per core)")
+    parser.add_argument("--format", type=int, default=None, choices=(1, 2), help="tape format to write")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-tape-", dir=args.workdir))
     try:
-        result = run(dataset.parse_size(args.size), work)
+        result = run(dataset.parse_size(args.size), work, workers=args.workers, format_version=args.format)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -176,8 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         f"dataset {sizes['dataset_bytes']}, {result['files']} files; "
         f"on tape {sizes['tape_bytes']}, tar {sizes['tar_bytes']}"
     )
+    print(f"format {result['format']}, {result['workers']} pipeline worker(s), "
+          f"load {' '.join(f'{x:.2f}' for x in result['load'])}")  # type: ignore[union-attr]
     for name in ("tape_write", "tape_read", "tar_write", "tar_read"):
-        print(f"  {name:<10} {rates[name]:8.1f} MiB/s  ({secs[name]:.2f} s)")
+        cpu = result["cpu_seconds"][name]  # type: ignore[index]
+        print(f"  {name:<10} {rates[name]:8.1f} MiB/s  ({secs[name]:.2f} s; {cpu:.2f} s CPU)")
+    print("machine limits, same run:")
+    for name, rate in result["limits_mib_per_s"].items():  # type: ignore[union-attr]
+        print(f"  {name:<18} {rate:8.1f} MiB/s")
     print(f"results: {out}")
     return 0
 

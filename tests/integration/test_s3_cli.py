@@ -14,7 +14,12 @@ from tests.seaweed import ADMIN, Seaweed
 ENV = {"S3_ADMIN_KEY": ADMIN[0], "S3_ADMIN_SECRET": ADMIN[1]}
 
 
-def s3_policy(directory: Path, endpoint: str, bucket: str, *, extra_storage: str = "", state: str = "") -> Path:
+HOME = "    - {name: home, host: local, filesystem: {path: ./data}}\n"
+
+
+def s3_policy(directory: Path, endpoint: str, bucket: str, *, extra_storage: str = "", state: str = "",
+              members: str = HOME) -> Path:
+    """A policy with one s3 Storage (prefix site-a/) and group docs of `members` (YAML list items)."""
     (directory / "data").mkdir(parents=True, exist_ok=True)
     return write_policy(directory, [
         "apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: local}\n"
@@ -28,8 +33,7 @@ def s3_policy(directory: Path, endpoint: str, bucket: str, *, extra_storage: str
         "apiVersion: protectctl/v1\nkind: SLA\nmetadata: {name: tier1}\n"
         "spec: {sync: every 15m, full: daily at 20:00, retention: {disk: 14d}}\n",
         "apiVersion: protectctl/v1\nkind: ProtectionGroup\nmetadata: {name: docs}\n"
-        "spec:\n  sla: tier1\n  storage: objects\n  members:\n    - {name: home, host: local, "
-        "filesystem: {path: ./data}}\n",
+        f"spec:\n  sla: tier1\n  storage: objects\n  members:\n{members}",
         *([state] if state else []),
     ])
 

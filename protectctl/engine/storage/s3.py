@@ -45,6 +45,9 @@ DEFAULT_MAX_ATTEMPTS = 6
 # Concurrent pack uploads per writer (engine/writer.py asks `put_parallelism`): one 8 MiB PUT
 # does not fill a link with ~10 ms of latency; four do (tests/bench/bench_s3.py).
 PUT_PARALLELISM = 4
+# Blob reads fetch this much of a pack in one ranged GET and serve the next blobs from it
+# (engine/readahead.py): a request costs ~40 ms on a loaded SeaweedFS whatever its size.
+READ_AHEAD_BYTES = 4 << 20
 
 # Never locked, read at their latest version: lease locks are rewritten in place (refreshes),
 # and gc replaces index objects (which `repair` can always rebuild from the packs' headers).
@@ -121,6 +124,7 @@ class S3Storage:
     """Objects as keys under one prefix of one bucket."""
 
     put_parallelism = PUT_PARALLELISM
+    read_ahead_bytes = READ_AHEAD_BYTES
 
     def __init__(self, location: S3Location, credentials: S3Credentials | None = None, *,
                  lock: ObjectLock | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,

@@ -43,6 +43,9 @@ def test_flipped_byte_is_found_and_names_the_affected_point(repo: Repository) ->
     assert report.damaged_packs == {pack: (hurt.id,)}
     assert report.affected_points == (hurt.id,)
     assert safe.id not in report.affected_points
+    (named,) = report.affected
+    assert (named.id, named.source, named.time) == (hurt.id, hurt.source, hurt.time)
+    assert named.describe().startswith(f"{hurt.id} ({hurt.source} at ")
     assert any(pack in e for e in report.errors)
 
 

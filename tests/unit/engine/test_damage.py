@@ -61,6 +61,7 @@ def test_a_damaged_manifest_is_skipped_reported_and_blocks_nothing(repo: Reposit
         assert restore(fresh, point) == files
     report = fresh.check()
     assert oldest.id in report.affected_points and report.damaged_points == (oldest.id,)
+    assert f"{oldest.id} (manifest damaged)" in [a.describe() for a in report.affected]
     assert any(f"points/{oldest.id}" in e for e in report.errors)
 
 

@@ -32,7 +32,9 @@ from protectctl.tape.format import (
     Trailer,
     VolumeCipher,
     decode_blobs,
+    decode_bodies,
     decode_header,
+    decode_index,
     decode_label,
     decode_trailer,
     encode_blobs,
@@ -189,6 +191,8 @@ def test_random_bytes_as_records_give_only_tape_errors(raw: bytes, file_no: int,
         lambda: decode_trailer(raw, "fuzz"),
         lambda: decode_blobs(raw, "fuzz"),
         lambda: decode_blobs(zstandard.ZstdCompressor().compress(raw), "fuzz"),
+        lambda: [b.plaintext("fuzz") for b in decode_bodies(raw, "fuzz")],
+        lambda: decode_index(raw, "fuzz"),
     ):
         with contextlib.suppress(TapeError):
             parse()
