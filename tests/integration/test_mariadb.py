@@ -1,0 +1,201 @@
+"""MariaDB through the real CLI, against one real mariadbd (tests/integration/mariadb_server.py)
+shared by the module: `apply` checks binary logging, `run full` streams mariadb-backup into the
+repository, `run sync` ships closed binlogs, and restores bring back exactly the rows committed
+by T: a new server on --port (across several binlogs), one database under a new name into the
+running server, and `latest` after `kill -9` of the source (binlogs never shipped replayed).
+
+Binlog times are whole seconds: T is taken more than a second after the last row it must
+include, and the rows it must exclude are committed after T.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env, write_policy
+from tests.integration import mariadb_server
+from tests.integration.mariadb_server import MariadbServer, stop_restored
+
+pytestmark = pytest.mark.skipif(mariadb_server.available() is not None, reason=str(mariadb_server.available()))
+
+GROUP = "shop"
+MEMBER = "shop-db"
+SOURCE = f"{GROUP}/{MEMBER}"
+
+
+def cli(policy: Path, *args: str, expect: int = 0, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True,
+                          text=True, timeout=timeout, env=cli_env(), stdin=subprocess.DEVNULL, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == expect, (f"protectctl {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
+                                       f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return proc
+
+
+def policy_text(server: MariadbServer) -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: protectctl/v1
+        kind: Host
+        metadata: {{name: db1}}
+        spec: {{address: local, root: {server.base}/hostroot}}
+        ---
+        apiVersion: protectctl/v1
+        kind: EncryptionKey
+        metadata: {{name: repo-key}}
+        spec:
+          passphrase: {{file: ./passphrase}}
+        ---
+        apiVersion: protectctl/v1
+        kind: Storage
+        metadata: {{name: primary}}
+        spec: {{type: local, path: {server.base}/repo, encryption: {{key: repo-key}}}}
+        ---
+        apiVersion: protectctl/v1
+        kind: SLA
+        metadata: {{name: db-tier}}
+        spec:
+          sync: every 5m
+          full: daily at 20:00
+          retention: {{disk: 14d}}
+        ---
+        apiVersion: protectctl/v1
+        kind: ProtectionGroup
+        metadata: {{name: {GROUP}}}
+        spec:
+          sla: db-tier
+          storage: primary
+          members:
+            - name: {MEMBER}
+              host: db1
+              mariadb:
+                dataDir: {server.data}
+                socket: {server.sock}
+                osUser: {mariadb_server.OS_USER}
+                serverBin: {mariadb_server.SERVER}
+                allowRestart: false
+        """)
+
+
+def insert(server: MariadbServer, ids: range) -> None:
+    for row in ids:  # one transaction each
+        server.sql(f"INSERT INTO shop.orders VALUES ({row}, NOW(6))")
+
+
+def rows(server: MariadbServer, sock: Path, database: str = "shop") -> list[int]:
+    out = server.sql(f"SELECT id FROM {database}.orders ORDER BY id", sock=sock)
+    return [int(x) for x in out.split()]
+
+
+@dataclass
+class Site:
+    policy: Path
+    server: MariadbServer
+    t: datetime  # rows 1..6 committed before, 7..9 after
+    points: list[dict[str, object]]
+    windows: list[str]
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    server = MariadbServer()
+    try:
+        server.init().start()
+        server.sql("CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY, at DATETIME(6))")
+        policy = write_policy(server.base / "site", policy_text(server))
+        (policy / "passphrase").write_text("mariadb test passphrase\n")
+        (policy / "passphrase").chmod(0o600)
+        applied = cli(policy, "apply", "--auto-approve")
+        assert "0 failed" in applied.stdout, applied.stdout  # binary logging is on: nothing to change
+        insert(server, range(1, 4))
+        assert f"{SOURCE}: full point" in cli(policy, "run", "full", GROUP).stdout
+        insert(server, range(4, 6))
+        server.sql("FLUSH BINARY LOGS")  # the rows of T span several binlogs
+        insert(server, range(6, 7))
+        time.sleep(1.1)  # binlog times are whole seconds
+        t = datetime.now(UTC)
+        insert(server, range(7, 10))
+        assert f"{SOURCE}: sync point" in cli(policy, "run", "sync", GROUP).stdout
+        insert(server, range(10, 12))  # committed, never shipped
+        listed = json.loads(cli(policy, "points", "list", SOURCE, "--json").stdout)
+        yield Site(policy, server, t, listed["points"], listed["recovery_windows"][SOURCE])
+    finally:
+        for target in server.base.iterdir():
+            if target.is_dir():
+                stop_restored(target)
+        server.remove()
+
+
+def test_points_show_one_window_over_t(site: Site) -> None:
+    assert [p["kind"] for p in site.points] == ["full", "sync"]
+    full, sync = (p["extra"]["mariadb"] for p in site.points)  # type: ignore[index]
+    assert full["base"]["binlog_file"].startswith("mariadb-bin.") and full["base"]["gtid"]
+    assert len(sync["binlogs"]) >= 2  # the flushed one and the sync's own
+    (window,) = site.windows
+    _, _, start, _, end = window.split()
+    assert datetime.fromisoformat(start.replace("Z", "+00:00")) < site.t < \
+        datetime.fromisoformat(end.replace("Z", "+00:00")) + timedelta(seconds=1), window
+
+
+def test_restore_to_time_is_a_new_server_with_exactly_the_rows_of_t(site: Site) -> None:
+    target = site.server.base / "restored"
+    port = mariadb_server.free_port(34000)
+    try:
+        out = json.loads(cli(site.policy, "restore", SOURCE, "--to-time", site.t.isoformat(), "--target",
+                             str(target), "--port", str(port), "--json").stdout)
+        details = out["details"]
+        assert details["mode"] == "time" and details["port"] == port and details["binlogs"] >= 2, details
+        assert rows(site.server, target / "mysqld.sock") == list(range(1, 7))
+        assert site.server.sql("SELECT @@port, @@bind_address, @@log_bin", sock=target / "mysqld.sock").split() == \
+            [str(port), "127.0.0.1", "0"]
+    finally:
+        stop_restored(target)
+    assert rows(site.server, site.server.sock) == list(range(1, 12))  # the source is untouched
+
+
+def test_one_database_restored_under_a_new_name(site: Site) -> None:
+    out = cli(site.policy, "restore", SOURCE, "--to-time", site.t.isoformat(), "--database", "shop",
+              "--as", "shop_restored", "--target", str(site.server.base / "scratch"))
+    assert "loaded as shop_restored" in out.stdout, out.stdout
+    assert rows(site.server, site.server.sock, "shop_restored") == list(range(1, 7))
+    assert rows(site.server, site.server.sock) == list(range(1, 12))
+    assert list((site.server.base / "scratch").iterdir()) == []  # the temporary server is gone
+    again = cli(site.policy, "restore", SOURCE, "--to-time", site.t.isoformat(), "--database", "shop",
+                "--as", "shop_restored", expect=1)
+    assert "already exists" in again.stderr
+
+
+def test_bad_input_is_refused_before_anything_is_written(site: Site) -> None:
+    early = (site.t - timedelta(hours=1)).isoformat()
+    never = site.server.base / "never"
+    refused = cli(site.policy, "restore", SOURCE, "--to-time", early, "--target", str(never), expect=1)
+    assert "before the first full backup" in refused.stderr and "recoverable:" in refused.stderr
+    into_source = cli(site.policy, "restore", SOURCE, "--to-time", "latest", "--target", str(site.server.data),
+                      expect=1)
+    assert "source's data directory" in into_source.stderr
+    busy = cli(site.policy, "restore", SOURCE, "--to-time", "latest", "--target", str(never), "--port",
+               str(site.server.port), expect=1)
+    assert f"port {site.server.port} is in use" in busy.stderr
+    assert not never.exists()
+
+
+def test_latest_after_kill_replays_the_binlogs_never_shipped(site: Site) -> None:
+    target = site.server.base / "latest"
+    site.server.kill()
+    try:
+        out = json.loads(cli(site.policy, "restore", SOURCE, "--to-time", "latest", "--target", str(target),
+                             "--json").stdout)
+        assert out["details"]["binlogs_from_source"] >= 1, out["details"]
+        assert rows(site.server, target / "mysqld.sock") == list(range(1, 12))  # every committed row
+    finally:
+        stop_restored(target)
+        site.server.start()  # crash recovery: the other tests find it running
