@@ -3,6 +3,7 @@ shared by the module: `apply` checks binary logging, `run full` streams mariadb-
 repository, `run sync` ships closed binlogs, and restores bring back exactly the rows committed
 by T: a new server on --port (across several binlogs), one database under a new name into the
 running server, and `latest` after `kill -9` of the source (binlogs never shipped replayed).
+A sync killed after it stored a binlog leaves no gap: the next sync ships it again.
 
 Binlog times are whole seconds: T is taken more than a second after the last row it must
 include, and the rows it must exclude are committed after T.
@@ -96,6 +97,19 @@ def rows(server: MariadbServer, sock: Path, database: str = "shop") -> list[int]
     return [int(x) for x in out.split()]
 
 
+def killed_sync(policy: Path) -> None:
+    """`run sync` SIGKILLed right after it stored a binlog, before its point is saved."""
+    proc = subprocess.Popen([sys.executable, "-m", "protectctl", "-C", str(policy), "run", "sync", GROUP],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("binlog ") and "shipped" in line:
+            proc.kill()
+            break
+    assert proc.wait() == -9, "the sync finished before it could be killed"
+
+
 @dataclass
 class Site:
     policy: Path
@@ -120,6 +134,7 @@ def site() -> Iterator[Site]:
         assert f"{SOURCE}: full point" in cli(policy, "run", "full", GROUP).stdout
         insert(server, range(4, 6))
         server.sql("FLUSH BINARY LOGS")  # the rows of T span several binlogs
+        killed_sync(policy)  # the next sync ships what it stored: the chain stays whole
         insert(server, range(6, 7))
         time.sleep(1.1)  # binlog times are whole seconds
         t = datetime.now(UTC)
