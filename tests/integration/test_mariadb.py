@@ -189,17 +189,26 @@ def test_one_database_restored_under_a_new_name(site: Site) -> None:
     assert "already exists" in again.stderr
 
 
-def test_bad_input_is_refused_before_anything_is_written(site: Site) -> None:
+def refused_in_process(policy: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The CLI in this process (no interpreter start): exit 1 and the one-line message on stderr."""
+    from protectctl.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["-C", str(policy), *args])
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_input_is_refused_before_anything_is_written(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     early = (site.t - timedelta(hours=1)).isoformat()
     never = site.server.base / "never"
-    refused = cli(site.policy, "restore", SOURCE, "--to-time", early, "--target", str(never), expect=1)
-    assert "before the first full backup" in refused.stderr and "recoverable:" in refused.stderr
-    into_source = cli(site.policy, "restore", SOURCE, "--to-time", "latest", "--target", str(site.server.data),
-                      expect=1)
-    assert "source's data directory" in into_source.stderr
-    busy = cli(site.policy, "restore", SOURCE, "--to-time", "latest", "--target", str(never), "--port",
-               str(site.server.port), expect=1)
-    assert f"port {site.server.port} is in use" in busy.stderr
+    refused = refused_in_process(site.policy, capsys, "restore", SOURCE, "--to-time", early, "--target", str(never))
+    assert "before the first full backup" in refused and "recoverable:" in refused
+    busy = refused_in_process(site.policy, capsys, "restore", SOURCE, "--to-time", "latest", "--target", str(never),
+                              "--port", str(site.server.port))
+    assert f"port {site.server.port} is in use" in busy
     assert not never.exists()
 
 

@@ -183,3 +183,14 @@ def test_local_binlogs_continue_the_shipped_chain(tmp_path: Path) -> None:
     # a file that does not continue the chain's GTIDs stops it
     (tmp_path / "mariadb-bin.000005").write_bytes(binlog_bytes(T0 + 50, [(0, 1, 2)], []))
     assert local_binlogs(tmp_path, last) == []
+
+
+def test_restore_options_are_checked_before_anything_is_read(tmp_path: Path) -> None:
+    from protectctl.provider import RestoreRequest
+
+    provider = load_provider("mariadb")
+    spec = {"data_dir": str(tmp_path / "data")}
+    for options, message in (({"as_name": "x"}, "give --database too"), ({"database": "x"}, "needs --as")):
+        request = RestoreRequest("shop/db", spec, None, None, tmp_path / "t", options=options)  # type: ignore[arg-type]
+        with pytest.raises(RestoreError, match=message):
+            provider.restore(request)
