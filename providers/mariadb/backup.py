@@ -55,6 +55,11 @@ class ServerFacts:
     page_size: int
     gtid_binlog_pos: str
 
+    @property
+    def origin(self) -> str:
+        """Who wrote the binlogs: numbering and GTID continuity are per server (a pair has two)."""
+        return f"{self.server_id}:{self.basename.name if self.basename else ''}"
+
 
 def server_facts(c: Client) -> ServerFacts:
     v = c.variables("log_bin", "log_bin_basename", "server_id", "version", "innodb_page_size", "gtid_binlog_pos")
@@ -87,7 +92,8 @@ def ship_binlogs(request: SnapshotRequest, c: Client, facts: ServerFacts, *, fro
     closed = names[:-1]  # the last one is the server's active file
     catalog = build_catalog(request.sink.list_points(request.source))
     shipped = catalog.shipped()
-    floor = min(catalog.binlogs) if catalog.binlogs else from_seq
+    first = catalog.first_seq(facts.origin)
+    floor = first if first is not None else from_seq
     directory = facts.basename.parent
     nodes: list[Node] = []
     records: list[dict[str, object]] = []
@@ -97,7 +103,7 @@ def ship_binlogs(request: SnapshotRequest, c: Client, facts: ServerFacts, *, fro
         if seq is None or (floor is not None and seq < floor):
             continue
         path = directory / name
-        if (name, _created(path)) in shipped:
+        if (facts.origin, name, _created(path)) in shipped:
             continue
         node, record = _store_binlog(request, path)
         nodes.append(node)
@@ -163,7 +169,7 @@ def ship(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
 
 
 def _log_extra(shipped: Shipped, facts: ServerFacts) -> dict[str, object]:
-    return {"binlogs": list(shipped.records),
+    return {"origin": facts.origin, "binlogs": list(shipped.records),
             "covered_until": my.iso_utc(shipped.covered_until) if shipped.covered_until else None,
             "covered_through_seq": shipped.covered_through_seq, "server_id": facts.server_id,
             "gtid_binlog_pos": facts.gtid_binlog_pos,

@@ -43,6 +43,7 @@ class PointLike(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Binlog:
+    origin: str  # the server that wrote it ("server_id:basename"): numbering is per origin
     name: str
     seq: int
     created: int
@@ -55,9 +56,19 @@ class Binlog:
 
 
 @dataclass(frozen=True, slots=True)
+class Link:
+    """One binlog of a window's chain. `after` is set where the chain moves to another server's
+    binlogs (a failover): replay of this file starts after the transactions of that GTID state."""
+
+    binlog: Binlog
+    after: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Base:
     point_id: str
     point_time: datetime
+    origin: str
     binlog_file: str | None  # None: the server had binary logging off
     binlog_pos: int
     gtid: str
@@ -73,7 +84,7 @@ class Window:
     base: Base
     start: datetime
     end: datetime
-    last_seq: int | None  # the last binlog of the continuous run from the base's file
+    chain: tuple[Link, ...]  # the continuous binlogs from the base's file on
 
     def contains(self, when: datetime) -> bool:
         return self.start <= when <= self.end
@@ -93,10 +104,13 @@ class Gap:
                 "replayed)")
 
 
+Key = tuple[str, int]  # (origin, sequence number)
+
+
 @dataclass(frozen=True, slots=True)
 class Catalog:
     bases: tuple[Base, ...]
-    binlogs: Mapping[int, Binlog]  # sequence number → the newest stored copy
+    binlogs: Mapping[Key, Binlog]  # the newest stored copy of each
     windows: tuple[Window, ...]
     gaps: tuple[Gap, ...]
 
@@ -109,9 +123,13 @@ class Catalog:
                 spans.append((w.start, w.end))
         return spans
 
-    def shipped(self) -> set[tuple[str, int]]:
-        """(name, created) of every stored binlog: a sync ships what is not among them."""
-        return {(b.name, b.created) for b in self.binlogs.values()}
+    def shipped(self) -> set[tuple[str, str, int]]:
+        """(origin, name, created) of every stored binlog: a sync ships what is not among them."""
+        return {(b.origin, b.name, b.created) for b in self.binlogs.values()}
+
+    def first_seq(self, origin: str) -> int | None:
+        seqs = [s for o, s in self.binlogs if o == origin]
+        return min(seqs) if seqs else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +138,7 @@ class RestorePlan:
     window: Window
     mode: Literal["time", "end", "latest"]  # time: stop before `stop_before`; end/latest: replay all
     target: datetime | None
-    files: tuple[Binlog, ...]  # to replay, in order (the first from the base's position)
+    files: tuple[Link, ...]  # to replay, in order (the first from the base's position)
     stop_before: int | None  # epoch seconds: no transaction started at or after it is replayed
     note: str = ""
 
@@ -158,76 +176,113 @@ def _strs(value: object) -> tuple[str, ...]:
 def build_catalog(points: Iterable[PointLike]) -> Catalog:
     """The catalog of one MariaDB source from its points (any order)."""
     bases: list[Base] = []
-    files: dict[int, Binlog] = {}
-    coverage: list[tuple[int, datetime]] = []
+    files: dict[Key, Binlog] = {}
+    coverage: list[tuple[Key, datetime]] = []
     for point in sorted(points, key=lambda p: p.time):
         facts = _facts(point)
         if facts is None or not point.complete:
             continue
+        origin = str(facts.get("origin") or "")
         base = facts.get("base")
         if isinstance(base, Mapping):
-            bases.append(Base(point.id, point.time, str(base["binlog_file"]) if base.get("binlog_file") else None,
+            bases.append(Base(point.id, point.time, origin,
+                              str(base["binlog_file"]) if base.get("binlog_file") else None,
                               int(str(base.get("binlog_pos") or 0)), str(base.get("gtid") or ""),
                               _dt(base.get("consistent_at")) or point.time))
         for raw in _maps(facts.get("binlogs")):
             seq = _seq(str(raw["name"]))
             if seq is None:
                 continue
-            files[seq] = Binlog(str(raw["name"]), seq, int(str(raw.get("created") or 0)),
-                                _epoch(raw.get("first_time")), _epoch(raw.get("last_time")),
-                                _strs(raw.get("start_state")), _strs(raw.get("end_state")),
-                                int(str(raw.get("size") or 0)), point.id)
+            files[(origin, seq)] = Binlog(origin, str(raw["name"]), seq, int(str(raw.get("created") or 0)),
+                                          _epoch(raw.get("first_time")), _epoch(raw.get("last_time")),
+                                          _strs(raw.get("start_state")), _strs(raw.get("end_state")),
+                                          int(str(raw.get("size") or 0)), point.id)
         until, through = _dt(facts.get("covered_until")), facts.get("covered_through_seq")
         if until is not None and isinstance(through, int):
-            coverage.append((through, until))
+            coverage.append(((origin, through), until))
     windows = tuple(_window(b, files, coverage) for b in bases)
     return Catalog(tuple(bases), files, windows, tuple(_gaps(files, bases)))
 
 
+def state_map(state: Sequence[str]) -> dict[int, int]:
+    """A GTID state as domain → sequence number (the server part names who wrote it: a
+    failover changes it, the numbering of the domain goes on)."""
+    out: dict[int, int] = {}
+    for gtid in state:
+        parts = gtid.split("-")
+        if len(parts) == 3 and parts[0].isdigit() and parts[2].isdigit():
+            out[int(parts[0])] = int(parts[2])
+    return out
+
+
 def continues(prev: Binlog, nxt: Binlog) -> bool:
-    """Whether `nxt` follows `prev` with nothing lost between them."""
-    if nxt.seq != prev.seq + 1:
+    """Whether `nxt` follows `prev` of the same server with nothing lost between them."""
+    if nxt.origin != prev.origin or nxt.seq != prev.seq + 1:
         return False
     # each file starts with the GTID state the previous one ended with (per replication domain)
     return set(nxt.start_state) == set(prev.end_state)
 
 
-def _window(base: Base, files: Mapping[int, Binlog], coverage: Sequence[tuple[int, datetime]]) -> Window:
+def takes_over(state: Sequence[str], other: Binlog) -> bool:
+    """Whether `other` (another server's binlog: a replica that logs what it replicates) holds
+    the transactions that come after `state`: it starts at or before it and ends beyond it."""
+    have, start, end = state_map(state), state_map(other.start_state), state_map(other.end_state)
+    if not have or not end:
+        return False
+    not_after = all(start.get(d, 0) <= n for d, n in have.items())
+    return not_after and any(n > have.get(d, 0) for d, n in end.items())
+
+
+def _hop(last: Binlog, files: Mapping[Key, Binlog]) -> Binlog | None:
+    """The first binlog of another server that continues the chain after `last`."""
+    found = [f for f in files.values() if f.origin != last.origin and takes_over(last.end_state, f)]
+    return min(found, key=lambda f: (f.origin, f.seq)) if found else None
+
+
+def _window(base: Base, files: Mapping[Key, Binlog], coverage: Sequence[tuple[Key, datetime]]) -> Window:
     seq = base.seq
-    if seq is None or seq not in files:
-        return Window(base, base.consistent_at, base.consistent_at, None)
+    if seq is None or (base.origin, seq) not in files:
+        return Window(base, base.consistent_at, base.consistent_at, ())
     end = base.consistent_at
-    last = files[seq]
+    last = files[(base.origin, seq)]
+    chain = [Link(last)]
+    seen = {(last.origin, last.seq)}
     while True:
         if last.last_time is not None:
             end = max(end, last.last_time)
-        nxt = files.get(last.seq + 1)
-        if nxt is None or not continues(last, nxt):
-            break
-        last = nxt
-    for through, until in coverage:
-        if through <= last.seq and until > end:
-            end = until
-    return Window(base, base.consistent_at, end, last.seq)
-
-
-def _gaps(files: Mapping[int, Binlog], bases: Sequence[Base]) -> list[Gap]:
-    firsts = [b.seq for b in bases if b.seq is not None]
-    if not files or not firsts:
-        return []
-    present = sorted(s for s in files if s >= min(firsts))
-    gaps = []
-    for before, after in zip(present, present[1:], strict=False):
-        a, b = files[before], files[after]
-        if continues(a, b):
-            continue
-        stem = a.name.rpartition(".")[0]
-        width = len(a.name.rpartition(".")[2])
-        if after > before + 1:
-            first, last = f"{stem}.{before + 1:0{width}d}", f"{stem}.{after - 1:0{width}d}"
+        nxt = files.get((last.origin, last.seq + 1))
+        if nxt is not None and continues(last, nxt):
+            chain.append(Link(nxt))
+        elif (other := _hop(last, files)) is not None and (other.origin, other.seq) not in seen:
+            chain.append(Link(other, last.end_state))
+            nxt = other
         else:
-            first = last = f"between {a.name} and {b.name} (GTIDs do not continue)"
-        gaps.append(Gap(first, last, a.last_time, b.first_time))
+            break
+        seen.add((nxt.origin, nxt.seq))
+        last = nxt
+    tips = {link.binlog.origin: link.binlog.seq for link in chain}
+    for (origin, through), until in coverage:
+        if origin in tips and through <= tips[origin] and until > end:
+            end = until
+    return Window(base, base.consistent_at, end, tuple(chain))
+
+
+def _gaps(files: Mapping[Key, Binlog], bases: Sequence[Base]) -> list[Gap]:
+    gaps = []
+    for origin in sorted({o for o, _ in files}):
+        firsts = [b.seq for b in bases if b.seq is not None and b.origin == origin]
+        present = sorted(s for o, s in files if o == origin and (not firsts or s >= min(firsts)))
+        for before, after in zip(present, present[1:], strict=False):
+            a, b = files[(origin, before)], files[(origin, after)]
+            if continues(a, b):
+                continue
+            stem = a.name.rpartition(".")[0]
+            width = len(a.name.rpartition(".")[2])
+            if after > before + 1:
+                first, last = f"{stem}.{before + 1:0{width}d}", f"{stem}.{after - 1:0{width}d}"
+            else:
+                first = last = f"between {a.name} and {b.name} (GTIDs do not continue)"
+            gaps.append(Gap(first, last, a.last_time, b.first_time))
     return gaps
 
 
@@ -248,17 +303,16 @@ def plan_restore(catalog: Catalog, to_time: datetime | Literal["latest"], *, sou
                            hint="run `protectctl run full` first")
     if to_time == "latest":
         window = max(catalog.windows, key=lambda w: (w.end, w.base.consistent_at))
-        return RestorePlan(window.base, window, "latest", None, _files(catalog, window, window.last_seq), None)
+        return RestorePlan(window.base, window, "latest", None, window.chain, None)
     candidates = [w for w in catalog.windows if w.contains(to_time)]
     if not candidates:
         raise refusal(catalog, to_time, what)
     window = max(candidates, key=lambda w: w.base.consistent_at)
     stop = stop_second(to_time)
-    files = _files(catalog, window, window.last_seq)
-    needed: list[Binlog] = []
-    for f in files:
-        needed.append(f)
-        if f.last_time is not None and f.last_time.timestamp() >= stop:
+    needed: list[Link] = []
+    for link in window.chain:
+        needed.append(link)
+        if link.binlog.last_time is not None and link.binlog.last_time.timestamp() >= stop:
             break
     else:
         note = (f"no transaction started between the last shipped one and {_t(to_time)}: "
@@ -282,13 +336,6 @@ def refusal(catalog: Catalog, to_time: datetime, what: str) -> RestoreError:
     gaps = "; ".join(g.describe() for g in catalog.gaps)
     return RestoreError(f"{_t(to_time)} falls in a gap of the shipped binlogs{what}" + (f": {gaps}" if gaps else ""),
                         hint=f"recoverable: {listed}")
-
-
-def _files(catalog: Catalog, window: Window, last: int | None) -> tuple[Binlog, ...]:
-    first = window.base.seq
-    if first is None or last is None:
-        return ()
-    return tuple(catalog.binlogs[s] for s in range(first, last + 1))
 
 
 def describe_windows(catalog: Catalog) -> list[str]:

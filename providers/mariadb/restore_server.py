@@ -33,7 +33,7 @@ from protectctl.errors import ProviderError, RestoreError
 from protectctl.provider import Node, Point, PointReader, RestoreOutcome, RestoreRequest
 from protectctl.providers.mariadb import binlog as bl
 from protectctl.providers.mariadb import server as my
-from protectctl.providers.mariadb.catalog import Binlog, Catalog, RestorePlan, continues
+from protectctl.providers.mariadb.catalog import Binlog, Catalog, RestorePlan, state_map, takes_over
 from protectctl.providers.mariadb.server import Server
 
 _SOCKET_MAX = 107  # sun_path
@@ -116,33 +116,55 @@ class Staged:
     path: Path
     facts: bl.BinlogFacts
     local: bool  # still on the source host, not in the repository
+    start: int | None = None  # replay of a new run starts here (the full's position, or after a failover)
 
 
-def local_binlogs(directory: Path, after: Binlog | None) -> list[tuple[Path, bl.BinlogFacts]]:
-    """The binlogs on the source host that continue the shipped chain after `after`, each cut
-    to its whole events (a server killed mid-write leaves a torn last one)."""
+def first_after(facts: bl.BinlogFacts, state: Sequence[str]) -> int | None:
+    """The offset of the first transaction of `facts` beyond GTID `state` (per domain)."""
+    have = state_map(state)
+    for t in facts.transactions:
+        domain, seqno = t.gtid.partition("-")[0], t.gtid.rpartition("-")[2]
+        if int(seqno) > have.get(int(domain), 0):
+            return t.offset
+    return None
+
+
+def local_binlogs(directory: Path, after: Binlog | None) -> list[tuple[Path, bl.BinlogFacts, int | None]]:
+    """The binlogs on the source host that continue the shipped chain after `after` (the same
+    server's next files, or after a failover the files of this one that hold what came next),
+    each cut to its whole events (a server killed mid-write leaves a torn last one)."""
     if after is None or not directory.is_dir():
         return []
-    stem = after.name.rpartition(".")[0]
-    found = []
+    candidates: list[tuple[Path, Binlog, bl.BinlogFacts]] = []
+    for path in directory.iterdir():
+        seq = bl.sequence(path.name)
+        if seq is None or not path.is_file():
+            continue
+        try:
+            with path.open("rb") as handle:
+                facts = bl.read_facts(handle.read())
+        except (OSError, ValueError):
+            continue
+        here = Binlog("local", path.name, seq, facts.created, None, None, facts.start_state, facts.last_gtids,
+                      facts.size, "")
+        candidates.append((path, here, facts))
+    candidates.sort(key=lambda c: c[1].seq)
+    found: list[tuple[Path, bl.BinlogFacts, int | None]] = []
     prev = after
-    seq = after.seq + 1
-    while True:
-        path = directory / f"{stem}.{seq:0{len(after.name.rpartition('.')[2])}d}"
-        try:
-            data = path.read_bytes()
-        except OSError:
-            break
-        try:
-            facts = bl.read_facts(data)
-        except ValueError:
-            break
-        here = Binlog(path.name, seq, facts.created, None, None, facts.start_state, facts.last_gtids, len(data), "")
-        if not continues(prev, here):
-            break
-        found.append((path, facts))
+    stem = after.name.rpartition(".")[0]
+    for path, here, facts in candidates:
+        if found:
+            if here.seq != prev.seq + 1 or set(here.start_state) != set(prev.end_state):
+                break
+            found.append((path, facts, None))
+        elif here.name.rpartition(".")[0] == stem and here.seq == after.seq + 1 and \
+                set(here.start_state) == set(after.end_state):
+            found.append((path, facts, None))  # the same server's next file
+        elif takes_over(after.end_state, here):
+            found.append((path, facts, first_after(facts, after.end_state)))  # after a failover
+        else:
+            continue
         prev = here
-        seq += 1
     return found
 
 
@@ -232,12 +254,12 @@ class ServerRestore:
 
     # -- steps ---------------------------------------------------------------------------
 
-    def _local(self) -> list[tuple[Path, bl.BinlogFacts]]:
+    def _local(self) -> list[tuple[Path, bl.BinlogFacts, int | None]]:
         if self.request.options.get("source_host_reachable") is False:
             return []
-        last = self.catalog.binlogs.get(self.plan.window.last_seq) if self.plan.window.last_seq else None
+        chain = self.plan.window.chain
         directory = self._binlog_dir()
-        return local_binlogs(directory, last) if directory is not None else []
+        return local_binlogs(directory, chain[-1].binlog) if directory is not None and chain else []
 
     def _binlog_dir(self) -> Path | None:
         for point in sorted(self.points.values(), key=lambda p: p.time, reverse=True):
@@ -246,24 +268,34 @@ class ServerRestore:
                 return Path(basename).parent
         return self.source.data_dir
 
-    def _stage_binlogs(self, staging: Path, local: Sequence[tuple[Path, bl.BinlogFacts]],
+    def _stage_binlogs(self, staging: Path, local: Sequence[tuple[Path, bl.BinlogFacts, int | None]],
                        uid: int, gid: int) -> list[Staged]:
+        """Decrypt the window's binlogs (and copy those still on the source) into `staging`,
+        numbered in replay order: two servers of a pair may use the same file names."""
         staged: list[Staged] = []
         trees: dict[str, dict[str, Node]] = {}
-        for f in self.plan.files:
+        for link in self.plan.files:
+            f = link.binlog
             if f.point_id not in trees:
                 trees[f.point_id] = subtree(self.reader, self.points[f.point_id], b"binlog")
             node = trees[f.point_id].get(f.name)
             if node is None:
                 raise RestoreError(f"binlog {f.name} is not in point {f.point_id} although its catalog lists it")
             data = read_verified(self.reader, node, f"binlog {f.name} of point {f.point_id[:12]}")
-            _write_owned(staging / f.name, data, uid, gid)
-            staged.append(Staged(staging / f.name, bl.read_facts(data), False))
-        for path, facts in local:
-            with path.open("rb") as handle:
+            path = staging / f"{len(staged):04d}.{f.name}"
+            _write_owned(path, data, uid, gid)
+            facts = bl.read_facts(data)
+            start = self.plan.base.binlog_pos if not staged else \
+                (first_after(facts, link.after) if link.after is not None else None)
+            if staged and link.after is not None and start is None:
+                continue  # another server's file with nothing beyond what is replayed already
+            staged.append(Staged(path, facts, False, start))
+        for source_path, facts, start in local:
+            with source_path.open("rb") as handle:
                 data = handle.read(facts.valid_end)
-            _write_owned(staging / path.name, data, uid, gid)
-            staged.append(Staged(staging / path.name, bl.read_facts(data), True))
+            path = staging / f"{len(staged):04d}.{source_path.name}"
+            _write_owned(path, data, uid, gid)
+            staged.append(Staged(path, bl.read_facts(data), True, start))
         return staged
 
     def _extract(self, point: Point, uid: int, gid: int) -> int:
@@ -320,21 +352,33 @@ class ServerRestore:
 
     def _replay(self, c: my.Client, staged: Sequence[Staged]) -> dict[str, object]:
         plan = self.plan
-        if not staged:
-            return {"last_replayed_gtid": plan.base.gtid or None, "last_replayed_time": None}
         files = list(staged)
+        if not files:
+            return {"last_replayed_gtid": plan.base.gtid or None, "last_replayed_time": None}
+        starts = [s.start if s.start is not None else (plan.base.binlog_pos if i == 0 else 0)
+                  for i, s in enumerate(files)]
         stop = None
         if plan.mode == "time" and plan.stop_before is not None:
             for i, s in enumerate(files):
-                offset = bl.stop_offset(s.facts, plan.stop_before, start=plan.base.binlog_pos if i == 0 else 0)
+                offset = bl.stop_offset(s.facts, plan.stop_before, start=starts[i])
                 if offset is not None:
                     files, stop = files[:i + 1], offset
                     break
-        last = _last_applied(files, plan.base.binlog_pos, stop)
-        argv = [self.server.bin("mariadb-binlog"), "--no-defaults", f"--start-position={plan.base.binlog_pos}",
-                *([f"--stop-position={stop}"] if stop is not None else []), *(str(s.path) for s in files)]
+        last = _last_applied(files, starts, stop)
+        runs = _runs(files, starts)
         self.request.progress.note(f"replaying {len(files)} binlog(s)" + (f" up to {files[-1].path.name}:{stop}"
                                                                            if stop is not None else ""))
+        for k, (start, run) in enumerate(runs):
+            self._replay_run(c, start, run, stop if k == len(runs) - 1 else None)
+        return {"last_replayed_gtid": last[0] if last else (plan.base.gtid or None),
+                "last_replayed_time": datetime.fromtimestamp(last[1], UTC).isoformat() if last else None,
+                "stop_position": f"{files[-1].path.name}:{stop}" if stop is not None else None,
+                "replay_runs": len(runs)}
+
+    def _replay_run(self, c: my.Client, start: int, files: Sequence[Staged], stop: int | None) -> None:
+        """One mariadb-binlog over consecutive files of one server, piped into the new server."""
+        argv = [self.server.bin("mariadb-binlog"), "--no-defaults", f"--start-position={start}",
+                *([f"--stop-position={stop}"] if stop is not None else []), *(str(s.path) for s in files)]
         dump = subprocess.Popen(my.as_user(self.server, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, cwd="/", env={**os.environ, "TZ": "UTC"})
         apply_argv = my.as_user(self.server, c.argv("--binary-mode", "--batch"))
@@ -347,17 +391,26 @@ class ServerRestore:
             raise ProviderError(f"mariadb-binlog failed (exit {dump_status}): {my.tail(dump_err)}")
         if load.returncode != 0:
             raise ProviderError(f"replaying the binlogs failed: {my.tail(load.stderr.decode(errors='replace'))}")
-        return {"last_replayed_gtid": last[0] if last else (plan.base.gtid or None),
-                "last_replayed_time": datetime.fromtimestamp(last[1], UTC).isoformat() if last else None,
-                "stop_position": f"{files[-1].path.name}:{stop}" if stop is not None else None}
 
 
-def _last_applied(files: Sequence[Staged], start: int, stop: int | None) -> tuple[str, int] | None:
+def _runs(files: Sequence[Staged], starts: Sequence[int]) -> list[tuple[int, list[Staged]]]:
+    """Consecutive files replayed by one mariadb-binlog: a new run where replay starts at a
+    position (the full's, or after a failover): --start-position applies to the first file only."""
+    runs: list[tuple[int, list[Staged]]] = []
+    for i, s in enumerate(files):
+        if i == 0 or s.start is not None:
+            runs.append((starts[i], [s]))
+        else:
+            runs[-1][1].append(s)
+    return runs
+
+
+def _last_applied(files: Sequence[Staged], starts: Sequence[int], stop: int | None) -> tuple[str, int] | None:
     """The GTID and time of the last transaction the replay applies."""
     last = None
     for i, s in enumerate(files):
         for t in s.facts.transactions:
-            if i == 0 and t.offset < start:
+            if t.offset < starts[i]:
                 continue
             if i == len(files) - 1 and stop is not None and t.offset >= stop:
                 break

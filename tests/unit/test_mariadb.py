@@ -103,9 +103,9 @@ def test_one_window_from_the_full_to_the_sync_that_covers_it() -> None:
                                          f"{at(60):%Y-%m-%dT%H:%M:%SZ}"]
     plan = plan_restore(catalog, at(20) + timedelta(milliseconds=300))
     assert plan.mode == "time" and plan.base.point_id == "f1" and plan.stop_before == T0 + 20
-    assert [f.name for f in plan.files] == ["mariadb-bin.000002", "mariadb-bin.000003"]  # 4 starts after T
+    assert [f.binlog.name for f in plan.files] == ["mariadb-bin.000002", "mariadb-bin.000003"]  # 4 is after T
     latest = plan_restore(catalog, "latest")
-    assert latest.mode == "latest" and [f.seq for f in latest.files] == [2, 3, 4]
+    assert latest.mode == "latest" and [f.binlog.seq for f in latest.files] == [2, 3, 4]
     quiet = plan_restore(catalog, at(55))  # after the last transaction, before the sync's flush
     assert quiet.mode == "end" and quiet.stop_before is None and len(quiet.files) == 3
 
@@ -135,6 +135,21 @@ def test_a_missing_binlog_is_a_gap_and_ends_the_window() -> None:
     # GTIDs that do not continue (RESET MASTER between two files) are a gap too
     reset = [CHAIN[0], sync("s1", 60, [record(3, 10, 30, "", "0-1-1")], 3)]
     assert build_catalog(reset).gaps and build_catalog(reset).windows[0].end == at(10)
+
+
+def test_after_a_failover_the_chain_goes_on_in_the_new_primarys_binlogs() -> None:
+    a, b = "1:mariadb-bin", "2:mariadb-bin"  # the old primary, the replica promoted (it logs what it replicates)
+    base = full("f1", 10, 2, [record(2, 5, 9, "0-1-2", "0-1-3")])
+    old = sync("s1", 40, [record(3, 10, 30, "0-1-3", "0-1-10")], 3)
+    new = sync("s2", 90, [record(1, 1, 20, "", "0-1-8"), record(2, 21, 80, "0-1-8", "0-2-15")], 2)
+    points = [P(p.id, p.time, p.kind, {"mariadb": {**p.extra["mariadb"], "origin": o}})  # type: ignore[dict-item]
+              for p, o in ((base, a), (old, a), (new, b))]
+    catalog = build_catalog(points)
+    (window,) = catalog.windows
+    assert [(link.binlog.origin, link.binlog.seq, link.after) for link in window.chain] == [
+        (a, 2, None), (a, 3, None), (b, 2, ("0-1-10",))]
+    assert window.end == at(90) and not catalog.gaps
+    assert [link.binlog.seq for link in plan_restore(catalog, at(50)).files] == [2, 3, 2]
 
 
 def test_roles_for_prune_and_the_provider_abilities() -> None:
@@ -172,13 +187,13 @@ def test_target_checks(tmp_path: Path) -> None:
 
 def test_local_binlogs_continue_the_shipped_chain(tmp_path: Path) -> None:
     catalog = build_catalog(CHAIN)
-    last = catalog.binlogs[4]
+    last = catalog.binlogs[("", 4)]
     (tmp_path / "mariadb-bin.000005").write_bytes(binlog_bytes(T0 + 50, [(0, 1, 20)], [(T0 + 70, 21)]))
     active = binlog_bytes(T0 + 80, [(0, 1, 21)], [(T0 + 81, 22)], in_use=True)
     (tmp_path / "mariadb-bin.000006").write_bytes(active + b"\x01\x02\x03")  # a torn tail
     (tmp_path / "mariadb-bin.000008").write_bytes(binlog_bytes(T0 + 90, [(0, 1, 30)], []))  # after a gap
     found = local_binlogs(tmp_path, last)
-    assert [p.name for p, _ in found] == ["mariadb-bin.000005", "mariadb-bin.000006"]
+    assert [p.name for p, _, _ in found] == ["mariadb-bin.000005", "mariadb-bin.000006"]
     assert found[1][1].valid_end == len(active)
     # a file that does not continue the chain's GTIDs stops it
     (tmp_path / "mariadb-bin.000005").write_bytes(binlog_bytes(T0 + 50, [(0, 1, 2)], []))
