@@ -9,6 +9,7 @@ This class is thin: each job lives in its module, imported when the job runs, so
 provider (as `validate` does) costs its spec model only.
 
 * prepare (apply): prepare.py: binary logging on (log_bin, ROW format, a server_id).
+* a primary/replica pair (`hosts:`): pair.py picks the server a job or a restore runs against.
 * full and sync: backup.py (mariadb-backup's stream through the dedup engine; binlog shipping).
 * restore: catalog.py plans it (full + binlogs for the time asked), restore_server.py restores
   a new server, restore_database.py one database under a new name into the running server.
@@ -28,6 +29,7 @@ from pydantic import BaseModel
 
 from protectctl.errors import RestoreError
 from protectctl.provider import (
+    JobPlacement,
     PrepareOutcome,
     PrepareRequest,
     RestoreOutcome,
@@ -48,7 +50,7 @@ class MariadbProvider:
 
     kind = "mariadb"
     spec_model = MariadbMember
-    traits = Traits(application=True, continuous_log_shipping=True)
+    traits = Traits(application=True, continuous_log_shipping=True, multi_host=True)
     restore_options = frozenset({"port", "database", "as_name"})
 
     # -- validate ------------------------------------------------------------------------
@@ -56,9 +58,14 @@ class MariadbProvider:
     def check_member(self, spec: BaseModel, *, source: str, hosts: tuple[str, ...] | None) -> list[SpecProblem]:
         assert isinstance(spec, MariadbMember)
         problems: list[SpecProblem] = []
-        if hosts is not None:
-            problems.append(SpecProblem(("dataDir",), "a mariadb member protects one server: give it `host:`",
-                                        "declare each server as its own member"))
+        if hosts is None and spec.per_host:
+            problems.append(SpecProblem(("perHost",), "perHost is for a member with `hosts:` (a primary/replica pair)",
+                                        "move the values into the member's mariadb fields"))
+        for host in spec.per_host if hosts is not None else ():
+            if host not in (hosts or ()):
+                problems.append(SpecProblem(("perHost", host),
+                                            f"perHost names {host!r}, which is not one of the pair's hosts",
+                                            f"use one of: {', '.join(hosts or ())}"))
         if not spec.restart_command:
             problems.append(SpecProblem(("restartCommand",), "restartCommand must name a program"))
         if not spec.allow_restart:
@@ -68,17 +75,51 @@ class MariadbProvider:
                 warning=True))
         return problems
 
+    def source_spec(self, spec: Mapping[str, object], hosts: Mapping[str, str] | None) -> dict[str, object]:
+        """A pair's spec gets `nodes`: each host's server (member defaults + perHost) and where its
+        agent keeps state. Which server is primary is only known when a job runs (pair.py)."""
+        from protectctl.providers.mariadb.pair import NODE_KEYS
+
+        out = dict(spec)
+        per_host = out.pop("per_host", None)
+        if hosts is None:
+            return out
+        overrides = per_host if isinstance(per_host, Mapping) else {}
+        nodes: list[dict[str, object]] = []
+        for host, state_dir in hosts.items():
+            own = overrides.get(host)
+            own = own if isinstance(own, Mapping) else {}
+            node: dict[str, object] = {"host": host, "state_dir": state_dir}
+            for key in NODE_KEYS:
+                value = own.get(key)
+                node[key] = value if value is not None else out.get(key)
+            nodes.append(node)
+        out["nodes"] = nodes
+        return out
+
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:
         import posixpath
 
-        return posixpath.normpath(str(spec.get("data_dir") or ""))
+        per_host = spec.get("per_host")
+        node = per_host.get(host) if isinstance(per_host, Mapping) else None
+        data_dir = node.get("data_dir") if isinstance(node, Mapping) else None
+        return posixpath.normpath(str(data_dir or spec.get("data_dir") or ""))
+
+    def place_job(self, source: str, spec: Mapping[str, object], kind: Literal["sync", "full"],
+                  state_dir: Path) -> JobPlacement:
+        from protectctl.providers.mariadb import pair
+
+        return pair.place_job(source, spec, kind, state_dir)
 
     # -- prepare (apply) -----------------------------------------------------------------
 
     def prepare_host(self, request: PrepareRequest) -> PrepareOutcome:
+        from dataclasses import replace
+
+        from protectctl.providers.mariadb.pair import node_spec
         from protectctl.providers.mariadb.prepare import prepare_host
 
-        return prepare_host(request)
+        return prepare_host(replace(request, spec=node_spec(request.spec)))
 
     # -- backups -------------------------------------------------------------------------
 
@@ -120,6 +161,7 @@ class MariadbProvider:
         return next(p for p in points if p.id == plan.base.point_id)
 
     def restore(self, request: RestoreRequest) -> RestoreOutcome:
+        from protectctl.providers.mariadb import pair
         from protectctl.providers.mariadb.catalog import build_catalog, plan_restore
         from protectctl.providers.mariadb.restore_database import restore_database
         from protectctl.providers.mariadb.restore_server import ServerRestore
@@ -131,6 +173,7 @@ class MariadbProvider:
         if database and not as_name:
             raise RestoreError("--database needs --as NAME: the database is restored under a new name "
                                "into the running server")
+        request = pair.restore_request(request)
         catalog = build_catalog(request.points)
         to_time = request.to_time if request.to_time is not None else "latest"
         plan = plan_restore(catalog, to_time, source=request.source)

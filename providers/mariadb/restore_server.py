@@ -262,6 +262,15 @@ class ServerRestore:
         return local_binlogs(directory, chain[-1].binlog) if directory is not None and chain else []
 
     def _binlog_dir(self) -> Path | None:
+        """Where the source keeps its binlogs: asked of it (in a pair, the server chosen now), else
+        as the newest point recorded it (a server that crashed)."""
+        try:
+            with my.client(self.source) as c:
+                basename = c.variables("log_bin_basename")["log_bin_basename"]
+            if basename and basename != "NULL":
+                return Path(basename).parent
+        except ProviderError:
+            pass
         for point in sorted(self.points.values(), key=lambda p: p.time, reverse=True):
             basename = _mapping(point.extra.get("mariadb")).get("binlog_basename")
             if isinstance(basename, str) and basename:

@@ -3,14 +3,23 @@ so a policy validates without importing the rest of the provider."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
-from protectctl.policy.model import CamelSpec
+from protectctl.policy.model import CamelSpec, Name
 
 
 class MariadbCredentials(CamelSpec):
     file: str = Field(pattern=r"^/", description="an option file with a [client] group (user, password): read by "
                       "protectctl and handed to the MariaDB tools in a private copy, never on a command line")
+
+
+class MariadbNodeSpec(CamelSpec):
+    """One host of a primary/replica pair where its server differs from the member's defaults."""
+
+    data_dir: str | None = Field(None, pattern=r"^/")
+    socket: str | None = Field(None, pattern=r"^/")
 
 
 class MariadbMember(CamelSpec):
@@ -29,3 +38,10 @@ class MariadbMember(CamelSpec):
                              description="the option file apply writes log_bin, binlog_format and server_id into")
     credentials: MariadbCredentials | None = Field(
         None, description="default: Unix-socket authentication as osUser")
+    backup_from: Literal["primary", "replica"] = Field(
+        "primary", description="a member with `hosts:` (a primary/replica pair, GTID replication, log_slave_updates "
+        "on the replica): fulls run on the server that is primary now, or on a replica; binlogs always ship "
+        "from the primary")
+    per_host: dict[Name, MariadbNodeSpec] = Field(
+        default_factory=dict, description="a member with `hosts:`: what differs on one host of the pair (dataDir, "
+        "socket); the other fields apply to every host")

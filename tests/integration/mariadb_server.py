@@ -37,13 +37,19 @@ def available() -> str | None:
     return None
 
 
+_GIVEN: set[int] = set()  # ports handed out in this process, for servers that have not bound them yet
+
+
 def free_port(start: int = 33060) -> int:
     for port in range(start + os.getpid() % 1000, start + 5000):
+        if port in _GIVEN:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _GIVEN.add(port)
         return port
     raise RuntimeError("no free port")
 
@@ -64,6 +70,7 @@ class MariadbServer:
         self.sock = self.base / "mysqld.sock"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: tuple[str, ...] = ()  # options of the first start, kept for a restart
 
     def spec(self) -> dict[str, object]:
         return {"data_dir": str(self.data), "socket": str(self.sock), "os_user": OS_USER, "server_bin": str(SERVER)}
@@ -74,12 +81,29 @@ class MariadbServer:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         return self
 
+    def copy_of(self, other: MariadbServer) -> MariadbServer:
+        """This server's data directory as a copy of `other`'s freshly installed one (before
+        either started): a replica to be, without a second mariadb-install-db."""
+        subprocess.run(["cp", "-a", str(other.data), str(self.data)], check=True)
+        return self
+
+    def replicate_from(self, primary: MariadbServer) -> None:
+        """GTID replication from `primary` (which has the `repl` user), from its first binlog on."""
+        self.sql(f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl', "
+                 "MASTER_PASSWORD='repl-pass', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE")
+
+    def caught_up(self, primary: MariadbServer) -> None:
+        pos = primary.sql("SELECT @@gtid_binlog_pos")
+        assert self.sql(f"SELECT MASTER_GTID_WAIT('{pos}', 60)") == "0", f"replica did not reach {pos}"
+
     def start(self, *extra: str) -> MariadbServer:
+        extra = extra or self.extra
+        self.extra = extra
         argv = [str(SERVER), "--no-defaults", f"--user={OS_USER}", f"--datadir={self.data}", f"--socket={self.sock}",
                 f"--port={self.port}", "--bind-address=127.0.0.1", "--log-bin=mariadb-bin", "--server-id=1",
                 "--binlog-format=ROW", f"--pid-file={self.base / 'mysqld.pid'}",
                 f"--log-error={self.base / 'mysqld.err'}", "--innodb-buffer-pool-size=32M",
-                "--skip-name-resolve", *extra]
+                "--skip-name-resolve", "--log-slave-updates", *extra]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, cwd="/", start_new_session=True)
         self.wait_ready(self.sock)

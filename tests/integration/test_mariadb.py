@@ -1,9 +1,13 @@
-"""MariaDB through the real CLI, against one real mariadbd (tests/integration/mariadb_server.py)
-shared by the module: `apply` checks binary logging, `run full` streams mariadb-backup into the
-repository, `run sync` ships closed binlogs, and restores bring back exactly the rows committed
-by T: a new server on --port (across several binlogs), one database under a new name into the
-running server, and `latest` after `kill -9` of the source (binlogs never shipped replayed).
-A sync killed after it stored a binlog leaves no gap: the next sync ships it again.
+"""MariaDB through the real CLI, against a real primary/replica pair of mariadbd
+(tests/integration/mariadb_server.py: GTID replication, log_slave_updates) shared by the
+module and declared as one source (`hosts: [db1, db2]`): `apply` checks binary logging on
+both, `run full` streams mariadb-backup of the primary into the repository, `run sync` ships
+its closed binlogs, and restores bring back exactly the rows committed by T: a new server on
+--port (across several binlogs), one database under a new name into the running primary, and
+`latest` after `kill -9` of the primary (the binlogs never shipped, read on the replica). A
+sync killed after it stored a binlog leaves no gap: the next sync ships it again. After a
+failover (the replica promoted, the old primary made its replica) syncs follow the new
+primary and a restore rolls forward through both servers' binlogs.
 
 Binlog times are whole seconds: T is taken more than a second after the last row it must
 include, and the rows it must exclude are committed after T.
@@ -43,12 +47,17 @@ def cli(policy: Path, *args: str, expect: int = 0, timeout: float = 180) -> subp
     return proc
 
 
-def policy_text(server: MariadbServer) -> str:
+def policy_text(server: MariadbServer, replica: MariadbServer) -> str:
     return textwrap.dedent(f"""\
         apiVersion: protectctl/v1
         kind: Host
         metadata: {{name: db1}}
-        spec: {{address: local, root: {server.base}/hostroot}}
+        spec: {{address: local, root: {server.base}/db1root}}
+        ---
+        apiVersion: protectctl/v1
+        kind: Host
+        metadata: {{name: db2}}
+        spec: {{address: local, root: {server.base}/db2root}}
         ---
         apiVersion: protectctl/v1
         kind: EncryptionKey
@@ -77,23 +86,25 @@ def policy_text(server: MariadbServer) -> str:
           storage: primary
           members:
             - name: {MEMBER}
-              host: db1
+              hosts: [db1, db2]
               mariadb:
                 dataDir: {server.data}
                 socket: {server.sock}
                 osUser: {mariadb_server.OS_USER}
                 serverBin: {mariadb_server.SERVER}
                 allowRestart: false
+                perHost:
+                  db2: {{dataDir: {replica.data}, socket: {replica.sock}}}
         """)
 
 
-def insert(server: MariadbServer, ids: range) -> None:
+def insert(server: MariadbServer, ids: range, table: str = "orders") -> None:
     for row in ids:  # one transaction each
-        server.sql(f"INSERT INTO shop.orders VALUES ({row}, NOW(6))")
+        server.sql(f"INSERT INTO shop.{table} VALUES ({row}, NOW(6))")
 
 
-def rows(server: MariadbServer, sock: Path, database: str = "shop") -> list[int]:
-    out = server.sql(f"SELECT id FROM {database}.orders ORDER BY id", sock=sock)
+def rows(server: MariadbServer, sock: Path, database: str = "shop", table: str = "orders") -> list[int]:
+    out = server.sql(f"SELECT id FROM {database}.{table} ORDER BY id", sock=sock)
     return [int(x) for x in out.split()]
 
 
@@ -113,19 +124,33 @@ def killed_sync(policy: Path) -> None:
 @dataclass
 class Site:
     policy: Path
-    server: MariadbServer
+    server: MariadbServer  # the first primary
+    replica: MariadbServer
     t: datetime  # rows 1..6 committed before, 7..9 after
     points: list[dict[str, object]]
     windows: list[str]
+
+    @property
+    def servers(self) -> tuple[MariadbServer, MariadbServer]:
+        """(primary, replica) now: a test may have failed over."""
+        if self.replica.sql("SHOW ALL SLAVES STATUS"):
+            return self.server, self.replica
+        return self.replica, self.server
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     server = MariadbServer()
+    replica = MariadbServer()
     try:
-        server.init().start()
+        server.init()
+        replica.copy_of(server).start("--server-id=2")
+        server.start()
+        server.sql("CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'repl-pass'; "
+                   "GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1'")
+        replica.replicate_from(server)
         server.sql("CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY, at DATETIME(6))")
-        policy = write_policy(server.base / "site", policy_text(server))
+        policy = write_policy(server.base / "site", policy_text(server, replica))
         (policy / "passphrase").write_text("mariadb test passphrase\n")
         (policy / "passphrase").chmod(0o600)
         applied = cli(policy, "apply", "--auto-approve")
@@ -142,11 +167,12 @@ def site() -> Iterator[Site]:
         assert f"{SOURCE}: sync point" in cli(policy, "run", "sync", GROUP).stdout
         insert(server, range(10, 12))  # committed, never shipped
         listed = json.loads(cli(policy, "points", "list", SOURCE, "--json").stdout)
-        yield Site(policy, server, t, listed["points"], listed["recovery_windows"][SOURCE])
+        yield Site(policy, server, replica, t, listed["points"], listed["recovery_windows"][SOURCE])
     finally:
         for target in server.base.iterdir():
             if target.is_dir():
                 stop_restored(target)
+        replica.remove()
         server.remove()
 
 
@@ -174,15 +200,17 @@ def test_restore_to_time_is_a_new_server_with_exactly_the_rows_of_t(site: Site) 
             [str(port), "127.0.0.1", "0"]
     finally:
         stop_restored(target)
-    assert rows(site.server, site.server.sock) == list(range(1, 12))  # the source is untouched
+    primary, _ = site.servers
+    assert rows(primary, primary.sock) == list(range(1, 12))  # the source is untouched
 
 
 def test_one_database_restored_under_a_new_name(site: Site) -> None:
     out = cli(site.policy, "restore", SOURCE, "--to-time", site.t.isoformat(), "--database", "shop",
               "--as", "shop_restored", "--target", str(site.server.base / "scratch"))
     assert "loaded as shop_restored" in out.stdout, out.stdout
-    assert rows(site.server, site.server.sock, "shop_restored") == list(range(1, 7))
-    assert rows(site.server, site.server.sock) == list(range(1, 12))
+    primary, _ = site.servers  # loaded into the server that is primary now
+    assert rows(primary, primary.sock, "shop_restored") == list(range(1, 7))
+    assert rows(primary, primary.sock) == list(range(1, 12))
     assert list((site.server.base / "scratch").iterdir()) == []  # the temporary server is gone
     again = cli(site.policy, "restore", SOURCE, "--to-time", site.t.isoformat(), "--database", "shop",
                 "--as", "shop_restored", expect=1)
@@ -214,12 +242,35 @@ def test_bad_input_is_refused_before_anything_is_written(site: Site, capsys: pyt
 
 def test_latest_after_kill_replays_the_binlogs_never_shipped(site: Site) -> None:
     target = site.server.base / "latest"
-    site.server.kill()
+    primary, replica = site.servers
+    replica.caught_up(primary)
+    primary.kill()
     try:
         out = json.loads(cli(site.policy, "restore", SOURCE, "--to-time", "latest", "--target", str(target),
                              "--json").stdout)
-        assert out["details"]["binlogs_from_source"] >= 1, out["details"]
-        assert rows(site.server, target / "mysqld.sock") == list(range(1, 12))  # every committed row
+        assert out["details"]["binlogs_from_source"] >= 1, out["details"]  # read on the replica
+        assert rows(replica, target / "mysqld.sock") == list(range(1, 12))  # every committed row
     finally:
         stop_restored(target)
-        site.server.start()  # crash recovery: the other tests find it running
+        primary.start()  # crash recovery: the other tests find it running
+
+
+def test_after_a_failover_syncs_follow_the_new_primary_and_restores_cross_it(site: Site) -> None:
+    old, new = site.servers
+    new.caught_up(old)
+    new.sql("STOP SLAVE; RESET SLAVE ALL")  # promoted
+    old.replicate_from(new)  # the old primary follows it
+    new.sql("CREATE TABLE shop.after_failover (id INT PRIMARY KEY, at DATETIME(6))")
+    insert(new, range(1, 3), "after_failover")
+    time.sleep(1.1)  # binlog times are whole seconds
+    t2 = datetime.now(UTC)
+    insert(new, range(3, 4), "after_failover")
+    assert f"{SOURCE}: sync point" in cli(site.policy, "run", "sync", GROUP).stdout
+    target = site.server.base / "after-failover"
+    try:
+        cli(site.policy, "restore", SOURCE, "--to-time", t2.isoformat(), "--target", str(target))
+        sock = target / "mysqld.sock"
+        assert rows(new, sock) == list(range(1, 12))
+        assert rows(new, sock, table="after_failover") == [1, 2]
+    finally:
+        stop_restored(target)
