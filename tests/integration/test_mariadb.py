@@ -243,6 +243,10 @@ def test_bad_input_is_refused_before_anything_is_written(site: Site, capsys: pyt
 def test_latest_after_kill_replays_the_binlogs_never_shipped(site: Site) -> None:
     target = site.server.base / "latest"
     primary, replica = site.servers
+    # committed and never shipped, whatever ran before (the fixture's rows 10 and 11 may be shipped by now)
+    primary.sql("CREATE TABLE IF NOT EXISTS shop.late (id INT PRIMARY KEY, at DATETIME(6))")
+    late = len(rows(primary, primary.sock, table="late")) + 1
+    insert(primary, range(late, late + 1), "late")
     replica.caught_up(primary)
     primary.kill()
     try:
@@ -250,6 +254,7 @@ def test_latest_after_kill_replays_the_binlogs_never_shipped(site: Site) -> None
                              "--json").stdout)
         assert out["details"]["binlogs_from_source"] >= 1, out["details"]  # read on the replica
         assert rows(replica, target / "mysqld.sock") == list(range(1, 12))  # every committed row
+        assert rows(replica, target / "mysqld.sock", table="late") == list(range(1, late + 1))
     finally:
         stop_restored(target)
         primary.start()  # crash recovery: the other tests find it running
