@@ -79,7 +79,8 @@ def role(spec: Mapping[str, object]) -> Role | None:
             rows = c.query("SHOW ALL SLAVES STATUS", timeout_s=30)
     except ProviderError:
         return None
-    return "replica" if any(r and r[0] != "" for r in rows) else "primary"
+    return "replica" if any(r for r in rows) else "primary"  # the default connection's name is ''
+
 
 
 def place_job(source: str, spec: Mapping[str, object], kind: SnapshotKind, state_dir: Path) -> JobPlacement:

@@ -273,7 +273,9 @@ def test_after_a_failover_syncs_follow_the_new_primary_and_restores_cross_it(sit
     assert f"{SOURCE}: sync point" in cli(site.policy, "run", "sync", GROUP).stdout
     target = site.server.base / "after-failover"
     try:
-        cli(site.policy, "restore", SOURCE, "--to-time", t2.isoformat(), "--target", str(target))
+        out = json.loads(cli(site.policy, "restore", SOURCE, "--to-time", t2.isoformat(), "--target", str(target),
+                             "--json").stdout)
+        assert out["details"]["replay_runs"] == 2, out["details"]  # the old primary's binlogs, then the new one's
         sock = target / "mysqld.sock"
         assert rows(new, sock) == list(range(1, 12))
         assert rows(new, sock, table="after_failover") == [1, 2]
