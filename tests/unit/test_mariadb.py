@@ -209,3 +209,22 @@ def test_restore_options_are_checked_before_anything_is_read(tmp_path: Path) -> 
         request = RestoreRequest("shop/db", spec, None, None, tmp_path / "t", options=options)  # type: ignore[arg-type]
         with pytest.raises(RestoreError, match=message):
             provider.restore(request)
+
+
+def test_a_pair_is_one_source_with_a_node_per_host() -> None:
+    from protectctl.providers.mariadb.pair import node_spec, nodes
+    from protectctl.providers.mariadb.spec import MariadbMember
+
+    provider = load_provider("mariadb")
+    member = {"data_dir": "/srv/a", "socket": "/run/a.sock", "per_host": {"db2": {"data_dir": "/srv/b",
+                                                                               "socket": None}}}
+    spec = provider.source_spec(member, {"db1": "/s1", "db2": "/s2"})  # type: ignore[attr-defined]
+    assert [(n.host, n.spec["data_dir"], n.spec["socket"], n.state_dir) for n in nodes(spec)] == [
+        ("db1", "/srv/a", "/run/a.sock", Path("/s1")), ("db2", "/srv/b", "/run/a.sock", Path("/s2"))]
+    assert node_spec({**spec, "node": "db2"})["data_dir"] == "/srv/b"
+    assert provider.source_identity(member, "db2") == "/srv/b"  # type: ignore[attr-defined]
+    model = MariadbMember.model_validate({"dataDir": "/srv/a", "perHost": {"db3": {"dataDir": "/x"}}})
+    problems = provider.check_member(model, source="shop/db", hosts=("db1", "db2"))  # type: ignore[attr-defined]
+    assert any("not one of the pair's hosts" in p.summary for p in problems)
+    alone = provider.check_member(model, source="shop/db", hosts=None)  # type: ignore[attr-defined]
+    assert any("perHost is for a member with `hosts:`" in p.summary for p in alone)
