@@ -42,7 +42,7 @@ from protectctl.providers.mariadb import server as my
 from protectctl.providers.mariadb.catalog import build_catalog
 from protectctl.providers.mariadb.server import Client, Server
 
-PART_BYTES = 64 << 20  # one stored file of the stream: bounded memory, ~1 chunk of dedup lost per part
+PART_BYTES = 64 << 20  # about one stored file of the stream: bounded memory
 _BINLOG_POS = re.compile(r"filename '([^']+)', position '(\d+)'(?:, GTID of the last change '([^']*)')?")
 
 
@@ -183,9 +183,23 @@ def _dir(name: str, like: Path, subtree: BlobId) -> Node:
 # -- full ------------------------------------------------------------------------------------
 
 
+XBSTREAM_MAGIC = b"XBSTCK01"  # each chunk of an mbstream starts with it
+
+
+def cut_at(buffer: bytes | bytearray, size: int) -> int | None:
+    """Where a part of `buffer` ends: at the first mbstream chunk header at or past `size`
+    bytes, so parts start where the stream's own chunks do (a shift earlier in the stream, a
+    file grown or a redo log copied longer, moves the cut with the content and the next full
+    still finds the same parts); None while no header is past `size` yet."""
+    if len(buffer) < size:
+        return None
+    at = buffer.find(XBSTREAM_MAGIC, size)
+    return at if at > 0 else None
+
+
 class _Reader(threading.Thread):
-    """Drains a pipe into parts of `size` bytes (a bounded queue: at most two parts in memory
-    besides the one being stored)."""
+    """Drains a pipe into parts of about `size` bytes, cut at mbstream chunk headers (a bounded
+    queue: at most two parts in memory besides the one being stored)."""
 
     def __init__(self, stream: object, size: int) -> None:
         super().__init__(name="mbstream-reader", daemon=True)
@@ -195,11 +209,20 @@ class _Reader(threading.Thread):
 
     def run(self) -> None:
         try:
+            buffer = bytearray()
             while True:
-                data = self.stream.read(self.size)  # type: ignore[attr-defined]
+                data = self.stream.read(1 << 20)  # type: ignore[attr-defined]
                 if not data:
                     break
-                self.parts.put(bytes(data))
+                buffer += data
+                at = cut_at(buffer, self.size)
+                if at is None and len(buffer) >= 2 * self.size:
+                    at = len(buffer)  # no header for a whole part: cut anyway (bounded memory)
+                if at is not None:
+                    self.parts.put(bytes(buffer[:at]))
+                    del buffer[:at]
+            if buffer:
+                self.parts.put(bytes(buffer))
             self.parts.put(None)
         except BaseException as err:  # handed to the storing thread
             self.parts.put(err)

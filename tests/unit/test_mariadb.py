@@ -228,3 +228,14 @@ def test_a_pair_is_one_source_with_a_node_per_host() -> None:
     assert any("not one of the pair's hosts" in p.summary for p in problems)
     alone = provider.check_member(model, source="shop/db", hosts=None)  # type: ignore[attr-defined]
     assert any("perHost is for a member with `hosts:`" in p.summary for p in alone)
+
+
+def test_stream_parts_are_cut_at_the_streams_own_chunk_headers() -> None:
+    from protectctl.providers.mariadb.backup import XBSTREAM_MAGIC, cut_at
+
+    stream = b"".join(XBSTREAM_MAGIC + bytes([n]) * 90 for n in range(10))  # ten 98-byte chunks
+    assert cut_at(stream[:150], 200) is None  # not a part yet
+    assert cut_at(stream, 200) == 294  # the first header at or past 200
+    shifted = b"x" * 7 + stream  # content moved: the cut is still at a header, the parts after it the same
+    at = cut_at(shifted, 200)
+    assert at is not None and shifted[at:] == stream[at - 7:] and stream[at - 7:].startswith(XBSTREAM_MAGIC)
