@@ -50,7 +50,7 @@ __all__ = [
     "RestoreRequest", "RestoreOutcome", "PointReader", "Traits", "SpecProblem", "Provider",
     "PrepareRequest", "PrepareOutcome", "HostPreparer", "PointChooser", "JobPlacement", "JobPlacer",
     "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
-    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourcePaths",
+    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourcePaths", "LogChain",
     "ArchiveOptions", "Archived", "archive", "restore_tree", "file_node", "dir_node", "node_name", "safe_name",
     "validate_patterns", "journal_path",
     "ENTRY_POINT_GROUP", "builtin_kinds", "available_kinds", "load_provider", "spec_model", "traits",
@@ -321,6 +321,17 @@ class RestoreOptions(Protocol):
     """A provider that takes restore options (`restore --port/--database/--as`)."""
 
     restore_options: frozenset[str]  # option names as the CLI passes them: port, database, as_name
+
+
+@runtime_checkable
+class LogChain(Protocol):
+    """A provider whose points form a log chain (full backups rolled forward by log points):
+    prune keeps the log points a kept base needs, not only the points the rules pick."""
+
+    def point_role(self, point: Point) -> Literal["base", "log", "point"]:
+        """The point's role: a full the logs roll forward ("base"), logs shipped by a sync ("log"),
+        or a point that restores on its own ("point")."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from protectctl.engine.storage.base import ObjectKind, StorageBackend
 from protectctl.errors import ProtectctlError, ProviderError
 from protectctl.progress import NullProgress, Progress
 from protectctl.provider import (
+    LogChain,
     PointChooser,
     RestoreOutcome,
     RestoreRequest,
@@ -647,13 +648,23 @@ def point_role(point: Point) -> str:
     return "base" if pg.get("base") else "log"
 
 
+def _role(point: Point, kind: str) -> str:
+    """The point's role in its source's log chain: the provider's word when it keeps one (LogChain)."""
+    try:
+        provider = load_provider(kind)
+    except ProviderError:  # not installed where prune runs: the points' own facts decide
+        return point_role(point)
+    return provider.point_role(point) if isinstance(provider, LogChain) else point_role(point)
+
+
 def _forget_expired(
     repo: Repository, listed: Sequence[Point], jobs: Sequence[SourceJob], now: datetime, dry_run: bool
 ) -> tuple[list[PointSummary], list[PointSummary]]:
     specs = {job.source: job.retention for job in jobs}
+    kinds = {job.source: job.provider for job in jobs}
     points = [p for p in listed if p.source in specs]
     by_id = {p.id: p for p in points}
-    refs = [PointRef(p.id, p.source, p.time, p.complete, point_role(p)) for p in points]
+    refs = [PointRef(p.id, p.source, p.time, p.complete, _role(p, kinds[p.source])) for p in points]
     gone: list[PointSummary] = []
     stay: list[PointSummary] = []
     for decisions in plan_prune(refs, specs, now=now).values():

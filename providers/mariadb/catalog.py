@@ -1,0 +1,355 @@
+"""The MariaDB recovery catalog: full backups, shipped binlogs, recoverable windows, gaps.
+
+Pure: recovery points in (anything with `id`, `time`, `kind`, `extra`, `complete`), values
+out. The facts come from each point's `extra["mariadb"]` (written by backup.py):
+
+    base            a full backup: the binlog file and position it is consistent with, its GTID
+                    state, and `consistent_at` (an instant after mariadb-backup's commit lock)
+    binlogs         binlog files stored in this point: name, sequence number, creation time,
+                    first/last transaction time (whole seconds), GTID state at its start and end
+    covered_until   every transaction committed before this instant is in the binlogs shipped so
+                    far (the sync flushed the binary log first)
+
+A full F can be restored to any instant from its consistency point for as long as the
+binlogs are continuous from the file holding F's position: the window is [F.consistent_at,
+end], end the last transaction time (or coverage instant) of that continuous run. A missing
+file ends the run, so a gap is never hidden: it shrinks the window and is reported. Files are
+followed by sequence number; a file whose head GTID state does not continue the previous
+file's (RESET MASTER, a purged file renamed) is a gap too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from protectctl.errors import RestoreError
+
+
+class PointLike(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def time(self) -> datetime: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def extra(self) -> Mapping[str, object]: ...
+    @property
+    def complete(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Binlog:
+    origin: str  # the server that wrote it ("server_id:basename"): numbering is per origin
+    name: str
+    seq: int
+    created: int
+    first_time: datetime | None
+    last_time: datetime | None
+    start_state: tuple[str, ...]
+    end_state: tuple[str, ...]
+    size: int
+    point_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One binlog of a window's chain. `after` is set where the chain moves to another server's
+    binlogs (a failover): replay of this file starts after the transactions of that GTID state."""
+
+    binlog: Binlog
+    after: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Base:
+    point_id: str
+    point_time: datetime
+    origin: str
+    binlog_file: str | None  # None: the server had binary logging off
+    binlog_pos: int
+    gtid: str
+    consistent_at: datetime
+
+    @property
+    def seq(self) -> int | None:
+        return _seq(self.binlog_file) if self.binlog_file else None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    base: Base
+    start: datetime
+    end: datetime
+    chain: tuple[Link, ...]  # the continuous binlogs from the base's file on
+
+    def contains(self, when: datetime) -> bool:
+        return self.start <= when <= self.end
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    first_missing: str
+    last_missing: str
+    after: datetime | None  # the last transaction before the gap
+    before: datetime | None  # the first one after it
+
+    def describe(self) -> str:
+        span = self.first_missing if self.first_missing == self.last_missing else \
+            f"{self.first_missing}..{self.last_missing}"
+        return (f"binlog {span} missing (transactions from {_t(self.after)} to {_t(self.before)} cannot be "
+                "replayed)")
+
+
+Key = tuple[str, int]  # (origin, sequence number)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    bases: tuple[Base, ...]
+    binlogs: Mapping[Key, Binlog]  # the newest stored copy of each
+    windows: tuple[Window, ...]
+    gaps: tuple[Gap, ...]
+
+    def merged(self) -> list[tuple[datetime, datetime]]:
+        spans: list[tuple[datetime, datetime]] = []
+        for w in sorted(self.windows, key=lambda w: w.start):
+            if spans and w.start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], w.end))
+            else:
+                spans.append((w.start, w.end))
+        return spans
+
+    def shipped(self) -> set[tuple[str, str, int]]:
+        """(origin, name, created) of every stored binlog: a sync ships what is not among them."""
+        return {(b.origin, b.name, b.created) for b in self.binlogs.values()}
+
+    def first_seq(self, origin: str) -> int | None:
+        seqs = [s for o, s in self.binlogs if o == origin]
+        return min(seqs) if seqs else None
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePlan:
+    base: Base
+    window: Window
+    mode: Literal["time", "end", "latest"]  # time: stop before `stop_before`; end/latest: replay all
+    target: datetime | None
+    files: tuple[Link, ...]  # to replay, in order (the first from the base's position)
+    stop_before: int | None  # epoch seconds: no transaction started at or after it is replayed
+    note: str = ""
+
+
+def _dt(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+
+
+def _epoch(value: object) -> datetime | None:
+    return datetime.fromtimestamp(int(value), UTC) if isinstance(value, int) and value > 0 else None
+
+
+def _t(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else "?"
+
+
+def _seq(name: str) -> int | None:
+    _, dot, suffix = name.rpartition(".")
+    return int(suffix) if dot and suffix.isdigit() else None
+
+
+def _facts(point: PointLike) -> Mapping[str, object] | None:
+    facts = point.extra.get("mariadb")
+    return facts if isinstance(facts, Mapping) else None
+
+
+def _maps(value: object) -> list[Mapping[str, object]]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _strs(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+
+
+def build_catalog(points: Iterable[PointLike]) -> Catalog:
+    """The catalog of one MariaDB source from its points (any order)."""
+    bases: list[Base] = []
+    files: dict[Key, Binlog] = {}
+    coverage: list[tuple[Key, datetime]] = []
+    for point in sorted(points, key=lambda p: p.time):
+        facts = _facts(point)
+        if facts is None or not point.complete:
+            continue
+        origin = str(facts.get("origin") or "")
+        base = facts.get("base")
+        if isinstance(base, Mapping):
+            bases.append(Base(point.id, point.time, origin,
+                              str(base["binlog_file"]) if base.get("binlog_file") else None,
+                              int(str(base.get("binlog_pos") or 0)), str(base.get("gtid") or ""),
+                              _dt(base.get("consistent_at")) or point.time))
+        for raw in _maps(facts.get("binlogs")):
+            seq = _seq(str(raw["name"]))
+            if seq is None:
+                continue
+            files[(origin, seq)] = Binlog(origin, str(raw["name"]), seq, int(str(raw.get("created") or 0)),
+                                          _epoch(raw.get("first_time")), _epoch(raw.get("last_time")),
+                                          _strs(raw.get("start_state")), _strs(raw.get("end_state")),
+                                          int(str(raw.get("size") or 0)), point.id)
+        until, through = _dt(facts.get("covered_until")), facts.get("covered_through_seq")
+        if until is not None and isinstance(through, int):
+            coverage.append(((origin, through), until))
+    windows = tuple(_window(b, files, coverage) for b in bases)
+    return Catalog(tuple(bases), files, windows, tuple(_gaps(files, bases)))
+
+
+def state_map(state: Sequence[str]) -> dict[int, int]:
+    """A GTID state as domain → sequence number (the server part names who wrote it: a
+    failover changes it, the numbering of the domain goes on)."""
+    out: dict[int, int] = {}
+    for gtid in state:
+        parts = gtid.split("-")
+        if len(parts) == 3 and parts[0].isdigit() and parts[2].isdigit():
+            out[int(parts[0])] = int(parts[2])
+    return out
+
+
+def continues(prev: Binlog, nxt: Binlog) -> bool:
+    """Whether `nxt` follows `prev` of the same server with nothing lost between them."""
+    if nxt.origin != prev.origin or nxt.seq != prev.seq + 1:
+        return False
+    # each file starts with the GTID state the previous one ended with (per replication domain)
+    return set(nxt.start_state) == set(prev.end_state)
+
+
+def takes_over(state: Sequence[str], other: Binlog) -> bool:
+    """Whether `other` (another server's binlog: a replica that logs what it replicates) holds
+    the transactions that come after `state`: it starts at or before it and ends beyond it."""
+    have, start, end = state_map(state), state_map(other.start_state), state_map(other.end_state)
+    if not have or not end:
+        return False
+    not_after = all(start.get(d, 0) <= n for d, n in have.items())
+    return not_after and any(n > have.get(d, 0) for d, n in end.items())
+
+
+def _hop(last: Binlog, files: Mapping[Key, Binlog]) -> Binlog | None:
+    """The first binlog of another server that continues the chain after `last`."""
+    found = [f for f in files.values() if f.origin != last.origin and takes_over(last.end_state, f)]
+    return min(found, key=lambda f: (f.origin, f.seq)) if found else None
+
+
+def _window(base: Base, files: Mapping[Key, Binlog], coverage: Sequence[tuple[Key, datetime]]) -> Window:
+    seq = base.seq
+    if seq is None or (base.origin, seq) not in files:
+        return Window(base, base.consistent_at, base.consistent_at, ())
+    end = base.consistent_at
+    last = files[(base.origin, seq)]
+    chain = [Link(last)]
+    seen = {(last.origin, last.seq)}
+    while True:
+        if last.last_time is not None:
+            end = max(end, last.last_time)
+        nxt = files.get((last.origin, last.seq + 1))
+        if nxt is not None and continues(last, nxt):
+            chain.append(Link(nxt))
+        elif (other := _hop(last, files)) is not None and (other.origin, other.seq) not in seen:
+            chain.append(Link(other, last.end_state))
+            nxt = other
+        else:
+            break
+        seen.add((nxt.origin, nxt.seq))
+        last = nxt
+    tips = {link.binlog.origin: link.binlog.seq for link in chain}
+    for (origin, through), until in coverage:
+        if origin in tips and through <= tips[origin] and until > end:
+            end = until
+    return Window(base, base.consistent_at, end, tuple(chain))
+
+
+def _gaps(files: Mapping[Key, Binlog], bases: Sequence[Base]) -> list[Gap]:
+    gaps = []
+    for origin in sorted({o for o, _ in files}):
+        firsts = [b.seq for b in bases if b.seq is not None and b.origin == origin]
+        present = sorted(s for o, s in files if o == origin and (not firsts or s >= min(firsts)))
+        for before, after in zip(present, present[1:], strict=False):
+            a, b = files[(origin, before)], files[(origin, after)]
+            if continues(a, b):
+                continue
+            stem = a.name.rpartition(".")[0]
+            width = len(a.name.rpartition(".")[2])
+            if after > before + 1:
+                first, last = f"{stem}.{before + 1:0{width}d}", f"{stem}.{after - 1:0{width}d}"
+            else:
+                first = last = f"between {a.name} and {b.name} (GTIDs do not continue)"
+            gaps.append(Gap(first, last, a.last_time, b.first_time))
+    return gaps
+
+
+# -- choosing what a restore needs ---------------------------------------------------------
+
+
+def stop_second(to_time: datetime) -> int:
+    """Binlog times are whole seconds: a restore to T replays the transactions of the seconds
+    before T's, never one that may have started after T."""
+    return int(to_time.timestamp() // 1)
+
+
+def plan_restore(catalog: Catalog, to_time: datetime | Literal["latest"], *, source: str = "") -> RestorePlan:
+    """The full and binlogs for a restore to `to_time`; RestoreError says why not."""
+    what = f" of {source}" if source else ""
+    if not catalog.windows:
+        raise RestoreError(f"nothing{what} can be restored: there is no full backup yet",
+                           hint="run `protectctl run full` first")
+    if to_time == "latest":
+        window = max(catalog.windows, key=lambda w: (w.end, w.base.consistent_at))
+        return RestorePlan(window.base, window, "latest", None, window.chain, None)
+    candidates = [w for w in catalog.windows if w.contains(to_time)]
+    if not candidates:
+        raise refusal(catalog, to_time, what)
+    window = max(candidates, key=lambda w: w.base.consistent_at)
+    stop = stop_second(to_time)
+    needed: list[Link] = []
+    for link in window.chain:
+        needed.append(link)
+        if link.binlog.last_time is not None and link.binlog.last_time.timestamp() >= stop:
+            break
+    else:
+        note = (f"no transaction started between the last shipped one and {_t(to_time)}: "
+                "replaying all shipped binlogs of this window")
+        return RestorePlan(window.base, window, "end", to_time, tuple(needed), None, note)
+    return RestorePlan(window.base, window, "time", to_time, tuple(needed), stop)
+
+
+def refusal(catalog: Catalog, to_time: datetime, what: str) -> RestoreError:
+    spans = catalog.merged()
+    listed = ", ".join(f"{_t(a)} to {_t(b)}" for a, b in spans)
+    if to_time < spans[0][0]:
+        return RestoreError(f"{_t(to_time)} is before the first full backup{what} was consistent "
+                            f"({_t(spans[0][0])})", hint=f"recoverable: {listed}")
+    if to_time > spans[-1][1]:
+        return RestoreError(
+            f"{_t(to_time)} is after the last shipped binlog{what}: the newest recoverable instant is "
+            f"{_t(spans[-1][1])}",
+            hint="restore to a time up to then, run `protectctl run sync` first, or use `--to-time latest` "
+                 "to also replay the binlogs still on the source host")
+    gaps = "; ".join(g.describe() for g in catalog.gaps)
+    return RestoreError(f"{_t(to_time)} falls in a gap of the shipped binlogs{what}" + (f": {gaps}" if gaps else ""),
+                        hint=f"recoverable: {listed}")
+
+
+def describe_windows(catalog: Catalog) -> list[str]:
+    """Lines for `points list`: the recoverable spans, then every gap."""
+    lines = [f"recoverable from {_t(a)} to {_t(b)}" for a, b in catalog.merged()]
+    lines += [f"gap: {g.describe()}" for g in catalog.gaps]
+    lines += [f"full {b.point_id[:12]} ({_t(b.consistent_at)}): binary logging was off, it restores to its "
+              "own instant only" for b in catalog.bases if b.binlog_file is None]
+    return lines
+
+
+def point_role(point: PointLike) -> Literal["base", "log", "point"]:
+    """A full is a base of the binlog chain, a sync a log point."""
+    facts = _facts(point)
+    if facts is None:
+        return "point"
+    return "base" if isinstance(facts.get("base"), Mapping) else "log"
