@@ -9,4 +9,5 @@ pyproject.toml, the way a third-party provider registers.
 BUILTIN: dict[str, str] = {
     "filesystem": "protectctl.providers.filesystem:FilesystemProvider",
     "postgresql": "protectctl.providers.postgresql:PostgresqlProvider",
+    "vmImage": "protectctl.providers.vmimage:VmImageProvider",
 }
