@@ -67,7 +67,7 @@ def run(argv: Sequence[str], what: str) -> str:
         lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"exit status {done.returncode}"
         hint = None
-        if "lock" in reason.lower():
+        if "lock" in reason.lower() or "another process" in reason.lower():
             hint = "the image is in use (a running VM?): stop it, or name its libvirt `domain`"
         raise ProviderError(f"{what}: {reason}", hint=hint)
     return done.stdout
