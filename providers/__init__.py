@@ -9,5 +9,6 @@ pyproject.toml, the way a third-party provider registers.
 BUILTIN: dict[str, str] = {
     "filesystem": "protectctl.providers.filesystem:FilesystemProvider",
     "postgresql": "protectctl.providers.postgresql:PostgresqlProvider",
+    "systemState": "protectctl.providers.systemstate:SystemStateProvider",
     "vmImage": "protectctl.providers.vmimage:VmImageProvider",
 }

@@ -57,9 +57,11 @@ class VmImageProvider:
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
         from protectctl.providers.vmimage.backup import snapshot
 
-        return snapshot(request)
+        outcome: SnapshotOutcome = snapshot(request)
+        return outcome
 
     def restore(self, request: RestoreRequest) -> RestoreOutcome:
         from protectctl.providers.vmimage.restore import restore
 
-        return restore(request)
+        outcome: RestoreOutcome = restore(request)
+        return outcome
