@@ -18,6 +18,8 @@ import errno
 import hashlib
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -193,7 +195,7 @@ def _read_qcow2(request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chun
         for index in wanted & zero:
             _set(run, index, ZERO_ID, tracked is not None and index not in dirty)
         with NbdClient(ex.socket, qemu.EXPORT) as client:
-            pieces = client.read_ranges(read_ranges(wanted - zero, chunk, size))
+            pieces = _prefetch(client.read_ranges(read_ranges(wanted - zero, chunk, size)))
             _store(request.sink, run, pieces, chunk, lambda i: tracked is not None and i not in dirty)
     return run
 
@@ -224,7 +226,7 @@ def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int
                     buf += bytes(length - len(buf))
                 yield offset, buf
 
-        _store(request.sink, run, pieces(), chunk, lambda i: False)
+        _store(request.sink, run, _prefetch(pieces()), chunk, lambda i: False)
     except OSError as err:
         raise ProviderError(f"{request.source}: reading {path} failed: {err.strerror}") from err
     finally:
@@ -257,6 +259,49 @@ def _data_chunks(fd: int, size: int, chunk: int, count: int) -> set[int]:
 
 
 # -- storing ---------------------------------------------------------------------------------
+
+
+_DONE = object()
+
+
+Piece = tuple[int, bytearray | bytes]  # (offset, data) read from the image
+
+
+def _prefetch(pieces: Iterator[Piece], depth: int = 8) -> Iterator[Piece]:
+    """`pieces`, read ahead by a thread (the reads wait on I/O while this thread hashes and stores)."""
+    box: queue.Queue[object] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in pieces:
+                while not stop.is_set():
+                    try:
+                        box.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(_DONE)
+        except BaseException as err:  # handed to the consumer, raised there
+            box.put(err)
+
+    worker = threading.Thread(target=pump, name="vmimage-read", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = box.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        worker.join()
+
+
 
 
 def _set(run: _Run, index: int, blob: bytes, unmarked: bool) -> None:

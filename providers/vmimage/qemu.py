@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -106,41 +106,49 @@ class Export:
 
 @contextlib.contextmanager
 def export(path: Path, fmt: str, bitmap: str | None) -> Iterator[Export]:
-    """A read-only `qemu-nbd` export of the image (with `bitmap`'s dirty map), on a private socket."""
+    """A read-only `qemu-nbd` export of the image (with `bitmap`'s dirty map), on a private socket.
+
+    qemu-nbd runs as our child (not --fork), so stopping it reaps it at once."""
     need("qemu-nbd", "qemu-utils")
     with tempfile.TemporaryDirectory(prefix="protectctl-nbd-") as tmp:
-        sock, pidfile = os.path.join(tmp, "s"), os.path.join(tmp, "pid")
+        sock = os.path.join(tmp, "s")
         argv = ["qemu-nbd", "--read-only", "--persistent", "--shared=4", f"--format={fmt}", f"--export-name={EXPORT}",
-                f"--socket={sock}", f"--pid-file={pidfile}", "--fork"]
+                f"--socket={sock}"]
         if bitmap is not None:
             argv.append(f"--bitmap={bitmap}")
-        run([*argv, "--", str(path)], f"cannot export {path} through qemu-nbd")
-        pid = _read_pid(pidfile)
         try:
+            server = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True)
+        except OSError as err:
+            raise ProviderError(f"cannot export {path} through qemu-nbd: {err.strerror}") from err
+        try:
+            _wait_ready(server, sock, path)
             yield Export(sock, f"nbd+unix:///{EXPORT}?socket={sock}")
         finally:
-            _stop(pid)
+            if server.poll() is None:
+                server.terminate()
+            try:
+                server.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.communicate()
 
 
-def _read_pid(pidfile: str) -> int:
-    for _ in range(100):
-        with contextlib.suppress(OSError, ValueError):
-            return int(Path(pidfile).read_text().strip())
-        time.sleep(0.01)
-    raise ProviderError("qemu-nbd started but wrote no pid file")
-
-
-def _stop(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    for _ in range(500):  # it is not our child (--fork): wait for it to go
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.01)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+def _wait_ready(server: subprocess.Popen[str], sock: str, path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            _out, err = server.communicate()
+            lines = [ln.strip() for ln in (err or "").splitlines() if ln.strip()]
+            reason = lines[-1] if lines else f"exit status {server.returncode}"
+            hint = "the image is in use (a running VM?)" if "lock" in reason or "another process" in reason else None
+            raise ProviderError(f"cannot export {path} through qemu-nbd: {reason}", hint=hint)
+        if os.path.exists(sock):
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(sock)  # listening (bound is not enough)
+                return
+        time.sleep(0.005)
+    raise ProviderError(f"qemu-nbd did not start serving {path} within 30 s")
 
 
 def extent_map(uri: str, context: str | None = None) -> list[tuple[int, int, int]]:
