@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def _job(tmp: Path, image: Path, source: str = "vms/web1") -> SourceJob:
                      retention=RetentionSpec(keep_within_s=86400))
 
 
-def _io(image: Path, *commands: str, fmt: str = "qcow2") -> None:
+def _io(image: Path | str, *commands: str, fmt: str = "qcow2") -> None:
     argv = ["qemu-io", "-f", fmt]
     for command in commands:
         argv += ["-c", command]
@@ -126,6 +127,61 @@ def test_qcow2_syncs_read_only_dirty_clusters_and_every_point_restores(tmp_path:
         restore(job, "latest", target=raw)
     with pytest.raises(RestoreError, match="--path inside an image"):
         restore(job, "latest", target=tmp_path / "x.qcow2", subpaths=["etc/hosts"])
+
+
+class _Guest:
+    """A writer through a read-write qemu-nbd export, as a running guest writes its disk: qemu
+    keeps the image's persistent bitmaps while it runs and stores them when it exits cleanly."""
+
+    def __init__(self, image: Path, sock: Path) -> None:
+        self.sock = sock
+        self.server = subprocess.Popen(["qemu-nbd", "--persistent", "-f", "qcow2", "-k", str(sock), str(image)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(500):
+            if sock.exists():
+                break
+            time.sleep(0.01)
+
+    def write(self, *commands: str) -> None:
+        _io(f"nbd+unix:///?socket={self.sock}", *commands, fmt="raw")
+
+    def stop(self, *, crash: bool) -> None:
+        if crash:
+            self.server.kill()
+        else:
+            self.server.terminate()
+        self.server.wait()
+
+
+def test_writes_through_qemu_nbd_are_tracked_and_a_crashed_writer_is_detected(tmp_path: Path) -> None:
+    image = tmp_path / "app1.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(8 << 20)], check=True)
+    _io(image, f"write -P 0x31 0 {1 << 20}")
+    job = _job(tmp_path, image, "vms/app1")
+    assert run_backup(job, "sync").ok
+
+    guest = _Guest(image, tmp_path / "g1")
+    guest.write(f"write -P 0x41 {2 << 20} {C}", f"write -P 0x42 {5 << 20} {2 * C}")
+    guest.stop(crash=False)
+    clean = run_backup(job, "sync")
+    assert _extra(job, clean)["read_all_reason"] is None and clean.bytes_read == 3 * C
+    at_clean = _copy(image, tmp_path / "clean.qcow2")
+
+    guest = _Guest(image, tmp_path / "g2")
+    guest.write(f"write -P 0x43 {7 << 20} {C}")
+    guest.stop(crash=True)  # the bitmap is left "in-use": what it holds cannot be trusted
+    after_crash = run_backup(job, "sync")
+    reason = str(_extra(job, after_crash)["read_all_reason"])
+    assert "in-use" in reason and after_crash.bytes_read == (1 << 20) + 4 * C
+    restore(job, "latest", target=tmp_path / "crash.qcow2")
+    _identical(image, tmp_path / "crash.qcow2")
+    points = list_points(job.storage, PASS)
+    restore(job, next(p for p in points if p.id == clean.point_id).time, target=tmp_path / "r-clean.qcow2")
+    _identical(at_clean, tmp_path / "r-clean.qcow2")
+    # and the sync after that trusts its fresh bitmap again
+    _io(image, f"write -P 0x44 {6 << 20} {C}")
+    again = run_backup(job, "sync")
+    assert _extra(job, again)["read_all_reason"] is None and again.bytes_read == C
 
 
 def test_raw_images_stay_sparse_and_store_only_new_chunks(tmp_path: Path) -> None:
