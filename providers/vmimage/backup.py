@@ -1,5 +1,6 @@
 """A vmImage sync or full: read the chunks that changed (qcow2: the persistent dirty bitmap;
-raw: the data extents), store them uncut, and reference the previous point's chunks for the rest.
+raw: the data extents, none when the file is untouched since the last point), store them
+uncut, and reference the previous point's chunks for the rest.
 
 The bitmap rotation is ordered so a crash anywhere loses no change:
 1. add a new bitmap (it tracks every write from now on);
@@ -99,13 +100,23 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     count = chunk_count(info.virtual_size, chunk)
     where = state_path(request.state_dir, request.source, sink.repository_id)
     tracked, reason = _previous(request, where, info, chunk)
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, time.time_ns())
+    new_bitmap: str | None
+    old_bitmap: str | None
     if info.format == "qcow2":
         run, new_bitmap, old_bitmap = _qcow2(request, path, info, chunk, count, tracked, reason)
         tracking = "bitmap"
     else:
-        run, new_bitmap, old_bitmap = _raw(request, path, info.virtual_size, chunk, count, tracked), None, None
-        tracking = "none"
-        reason = reason or "a raw image has no dirty bitmap: every data extent is read (only new chunks are stored)"
+        new_bitmap = old_bitmap = None
+        tracking = "identity"
+        if tracked is not None and request.kind == "sync" and _unchanged(tracked, identity):
+            run = _Run(bytearray(tracked.ids))  # not written since the last point read it: nothing to read
+        else:
+            run = _raw(request, path, info.virtual_size, chunk, count)
+            reason = reason or ("a raw image has no dirty bitmap: it changed since the last point, so every data"
+                                " extent was read (only new chunks are stored)")
+    if request.kind == "full":
+        reason = reason or "a full reads every chunk (and counts the changes tracking missed)"
     tree = _tree(sink, st, info.virtual_size, chunk, run.ids)
     extra: dict[str, object] = {
         "path": str(path), "format": info.format, "virtual_size": info.virtual_size,
@@ -119,7 +130,7 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
 
     def finish(point_id: str | None) -> None:
         _finish(point_id, path, where, Tracked(point_id or "", new_bitmap, info.format, info.virtual_size, chunk,
-                                               bytes(run.ids)), old_bitmap)
+                                               bytes(run.ids), identity), old_bitmap)
 
     return SnapshotOutcome(
         tree=tree,
@@ -210,7 +221,20 @@ def _quietly_remove(path: Path, bitmap: str) -> None:
 # -- raw ---------------------------------------------------------------------------------------
 
 
-def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int, tracked: Tracked | None) -> _Run:
+_SETTLED_NS = 2_000_000_000  # a change this close to the last read may share its timestamps: read again
+
+
+def _unchanged(tracked: Tracked, identity: tuple[int, ...]) -> bool:
+    """The raw image is the one the last point read, untouched since: same device, inode, size,
+    mtime and ctime, and its last change well before that read began (a write in the same
+    timestamp tick as the read could otherwise go unseen)."""
+    before = tracked.identity
+    if before is None or len(before) != 6 or tuple(before[:5]) != identity[:5]:
+        return False
+    return bool(before[5] - identity[4] > _SETTLED_NS)
+
+
+def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int) -> _Run:
     run = _Run(bytearray(count * ID_SIZE))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOATIME if os.geteuid() == 0 else os.O_RDONLY)

@@ -98,10 +98,13 @@ class Tracked:
     virtual_size: int
     chunk_size: int
     ids: bytes  # the chunk map
+    # raw images: (dev, inode, size, mtime_ns, ctime_ns) of the image and when the read began (ns)
+    identity: tuple[int, ...] | None = None
 
     def header(self) -> dict[str, object]:
         return {"format_version": STATE_FORMAT, "point_id": self.point_id, "bitmap": self.bitmap,
-                "format": self.format, "virtual_size": self.virtual_size, "chunk_size": self.chunk_size}
+                "format": self.format, "virtual_size": self.virtual_size, "chunk_size": self.chunk_size,
+                "identity": list(self.identity) if self.identity is not None else None}
 
 
 def load_tracked(path: Path) -> Tracked | None | str:
@@ -118,7 +121,8 @@ def load_tracked(path: Path) -> Tracked | None | str:
         if not isinstance(h, dict) or h.get("format_version") != STATE_FORMAT:
             raise ValueError("unknown format")
         tracked = Tracked(str(h["point_id"]), h["bitmap"] if h.get("bitmap") is None else str(h["bitmap"]),
-                          str(h["format"]), int(h["virtual_size"]), int(h["chunk_size"]), ids)
+                          str(h["format"]), int(h["virtual_size"]), int(h["chunk_size"]), ids,
+                          tuple(int(v) for v in h["identity"]) if h.get("identity") else None)
     except (ValueError, KeyError, TypeError):
         return f"its change-tracking state {path} is damaged"
     if tracked.chunk_size <= 0 or len(ids) != ID_SIZE * chunk_count(tracked.virtual_size, tracked.chunk_size):
