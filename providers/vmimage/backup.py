@@ -206,7 +206,7 @@ def _read_qcow2(request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chun
         for index in wanted & zero:
             _set(run, index, ZERO_ID, tracked is not None and index not in dirty)
         with NbdClient(ex.socket, qemu.EXPORT) as client:
-            pieces = _prefetch(client.read_ranges(read_ranges(wanted - zero, chunk, size)))
+            pieces = prefetch(client.read_ranges(read_ranges(wanted - zero, chunk, size)))
             _store(request.sink, run, pieces, chunk, lambda i: tracked is not None and i not in dirty)
     return run
 
@@ -250,7 +250,7 @@ def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int
                     buf += bytes(length - len(buf))
                 yield offset, buf
 
-        _store(request.sink, run, _prefetch(pieces()), chunk, lambda i: False)
+        _store(request.sink, run, prefetch(pieces()), chunk, lambda i: False)
     except OSError as err:
         raise ProviderError(f"{request.source}: reading {path} failed: {err.strerror}") from err
     finally:
@@ -291,7 +291,7 @@ _DONE = object()
 Piece = tuple[int, bytearray | bytes]  # (offset, data) read from the image
 
 
-def _prefetch(pieces: Iterator[Piece], depth: int = 8) -> Iterator[Piece]:
+def prefetch(pieces: Iterator[Piece], depth: int = 8) -> Iterator[Piece]:
     """`pieces`, read ahead by a thread (the reads wait on I/O while this thread hashes and stores)."""
     box: queue.Queue[object] = queue.Queue(depth)
     stop = threading.Event()

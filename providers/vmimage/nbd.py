@@ -1,8 +1,9 @@
 """A minimal NBD client (fixed newstyle, NBD_OPT_GO, simple replies): enough to read an
 export of `qemu-nbd` over its Unix socket without a binding to libnbd.
 
-Only READ is used. Requests are pipelined up to a small depth; replies may come back in any
-order (qemu-nbd answers each as it completes): they are matched by handle.
+READ, WRITE (a restore into a new image) and FLUSH. Requests are pipelined up to a small
+depth; replies may come back in any order (qemu-nbd answers each as it completes): they are
+matched by handle.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ _INFO_EXPORT = 0
 _REQUEST_MAGIC = 0x25609513
 _SIMPLE_REPLY_MAGIC = 0x67446698
 _CMD_READ = 0
+_CMD_WRITE = 1
 _CMD_DISC = 2
+_CMD_FLUSH = 3
 MAX_READ = 32 << 20  # qemu-nbd's largest request
 
 
@@ -124,3 +127,33 @@ class NbdClient:
                 arrived[got] = self._recv(asked[2])
             pending.popleft()
             yield offset, arrived.pop(handle)
+
+    def write_ranges(self, pieces: Iterable[tuple[int, bytes | bytearray | memoryview]]) -> int:
+        """Write each (offset, data), a few requests in flight, then flush; returns bytes written."""
+        pending: dict[int, int] = {}  # handle -> offset
+        written = 0
+        for offset, data in pieces:
+            if len(data) > MAX_READ or offset + len(data) > self.size:
+                raise ProviderError(f"write of {len(data)} bytes at {offset} is past the image or too long")
+            while len(pending) >= self._depth:
+                self._acknowledge(pending, "writing")
+            self._handle += 1
+            self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_WRITE, self._handle, offset, len(data)))
+            self._sock.sendall(data)
+            pending[self._handle] = offset
+            written += len(data)
+        while pending:
+            self._acknowledge(pending, "writing")
+        self._handle += 1
+        self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_FLUSH, self._handle, 0, 0))
+        pending[self._handle] = 0
+        self._acknowledge(pending, "flushing")
+        return written
+
+    def _acknowledge(self, pending: dict[int, int], doing: str) -> None:
+        magic, error, handle = struct.unpack(">IIQ", self._recv(16))
+        if magic != _SIMPLE_REPLY_MAGIC or handle not in pending:
+            raise ProviderError(f"the NBD server sent an unexpected reply (magic {magic:#x})")
+        offset = pending.pop(handle)
+        if error:
+            raise ProviderError(f"{doing} the image at offset {offset} failed (NBD error {error})")

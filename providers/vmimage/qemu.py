@@ -105,15 +105,18 @@ class Export:
 
 
 @contextlib.contextmanager
-def export(path: Path, fmt: str, bitmap: str | None) -> Iterator[Export]:
-    """A read-only `qemu-nbd` export of the image (with `bitmap`'s dirty map), on a private socket.
+def export(path: Path, fmt: str, bitmap: str | None, *, writable: bool = False) -> Iterator[Export]:
+    """A read-only `qemu-nbd` export of the image (with `bitmap`'s dirty map), on a private socket;
+    `writable`: read-write, for a restore writing a new image (stopped cleanly, so qemu stores it).
 
     qemu-nbd runs as our child (not --fork), so stopping it reaps it at once."""
     need("qemu-nbd", "qemu-utils")
     with tempfile.TemporaryDirectory(prefix="protectctl-nbd-") as tmp:
         sock = os.path.join(tmp, "s")
-        argv = ["qemu-nbd", "--read-only", "--persistent", "--shared=4", f"--format={fmt}", f"--export-name={EXPORT}",
+        argv = ["qemu-nbd", "--persistent", "--shared=4", f"--format={fmt}", f"--export-name={EXPORT}",
                 f"--socket={sock}"]
+        if not writable:
+            argv.append("--read-only")
         if bitmap is not None:
             argv.append(f"--bitmap={bitmap}")
         try:
@@ -128,10 +131,12 @@ def export(path: Path, fmt: str, bitmap: str | None) -> Iterator[Export]:
             if server.poll() is None:
                 server.terminate()
             try:
-                server.communicate(timeout=30)
+                _out, said = server.communicate(timeout=60)
             except subprocess.TimeoutExpired:
                 server.kill()
-                server.communicate()
+                _out, said = server.communicate()
+            if writable and server.returncode not in (0, -15):
+                raise ProviderError(f"qemu-nbd did not close {path} cleanly: {(said or '').strip()[-300:]}")
 
 
 def _wait_ready(server: subprocess.Popen[str], sock: str, path: Path) -> None:

@@ -9,6 +9,7 @@ libvirtd, which these machines do not run: its test is skipped and says what sta
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import subprocess
@@ -48,8 +49,6 @@ def _io(image: Path | str, *commands: str, fmt: str = "qcow2") -> None:
 
 
 def _bitmaps(image: Path) -> list[str]:
-    import json
-
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True,
                                      capture_output=True, text=True).stdout)
     return [b["name"] for b in info["format-specific"]["data"].get("bitmaps", [])]
@@ -118,6 +117,9 @@ def test_qcow2_syncs_read_only_dirty_clusters_and_every_point_restores(tmp_path:
         result = restore(job, points[point_id].time, target=out)
         assert result.point_id == point_id
         _identical(copy, out)
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(out)], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["actual-size"] < SIZE // 2 and info["cluster-size"] == C  # sparse stays sparse in qcow2 too
     raw = tmp_path / "restored.raw"
     restore(job, "latest", target=raw)
     _identical(image, raw)
