@@ -2,13 +2,14 @@
 """vmImage benchmark: protectctl against restic (and a plain `qemu-img convert` copy) on one
 qcow2 image, the issue's scenario (issue 17):
 
-    first backup      protectctl run sync (a full) | restic backup IMAGE | qemu-img convert IMAGE copy
+    first backup      protectctl run sync (a full) | restic backup IMAGE | qemu-img convert IMAGE COPY
     sync after 1 %    1 % of the clusters rewritten through qemu-nbd (random data), then the same again
     bytes read        what protectctl's sync read, against the bytes the 1 % rewrote
-    restore           protectctl restore --target NEW.qcow2 | restic restore | qemu-img convert copy back
+    restore           protectctl restore --target NEW.qcow2 | restic restore | qemu-img convert IMAGE NEW
 
 The image is deterministic (seeded): three quarters random data, one quarter never written
-(sparse). Every restore is checked with `qemu-img compare`. Warm cache, like bench_backup.py.
+(sparse). Every restore is checked with `qemu-img compare`, then deleted (an 8 GiB run peaks at
+about 4 times the image's data on disk). Warm cache, like bench_backup.py.
 
     python tests/bench/bench_vmimage.py --size 256MiB          # quick
     python tests/bench/bench_vmimage.py --size 8GiB            # the issue's size
@@ -163,13 +164,15 @@ def main() -> int:
         timed(["restic", "init", "--repository-version", "2"], env)
         subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)  # warm the cache for all
 
+        restic_backup = ["restic", "backup", "--quiet", "--compression", "auto", "--host", "b", str(image)]
         log("first backup")
         results["first"] = {
             "protectctl": timed([*pctl, "run", "sync", "vms"], env)[0],
-            "restic": timed(["restic", "backup", "--quiet", "--compression", "auto", "--host", "b", str(image)], env)[0],
+            "restic": timed(restic_backup, env)[0],
             "qemu-img convert": timed(["qemu-img", "convert", "-O", "qcow2", str(image), str(work / "copy.qcow2")],
                                       env)[0],
         }
+        (work / "copy.qcow2").unlink()  # disk space: every copy goes as soon as it is measured
         log(f"rewriting {args.change:.0%} of the clusters through qemu-nbd")
         changed = rewrite_clusters(image, args.change, args.seed, work)
         log("sync")
@@ -177,19 +180,24 @@ def main() -> int:
         point = json.loads(out)["results"][0]
         results["sync"] = {
             "protectctl": seconds,
-            "restic": timed(["restic", "backup", "--quiet", "--compression", "auto", "--host", "b", str(image)], env)[0],
+            "restic": timed(restic_backup, env)[0],
         }
         results["bytes"] = {"changed": changed, "read": point["bytes_read"], "added": point["bytes_added"]}
         log("restore")
         target = work / "restored.qcow2"
         restic_target = work / "restic-restore"
-        results["restore"] = {
-            "protectctl": timed([*pctl, "restore", "vms/web1", "--to-time", "latest", "--target", str(target)], env)[0],
-            "restic": timed(["restic", "restore", "latest", "--quiet", "--target", str(restic_target)], env)[0],
-            "qemu-img convert": timed(["qemu-img", "convert", "-O", "qcow2", str(work / "copy.qcow2"),
-                                       str(work / "back.qcow2")], env)[0],
-        }
-        results["restore_identical"] = same(image, target) and same(image, restic_target / str(image).lstrip("/"))
+        restored = {
+            "protectctl": timed([*pctl, "restore", "vms/web1", "--to-time", "latest", "--target", str(target)], env)[0]}
+        identical = same(image, target)
+        target.unlink()
+        restored["restic"] = timed(["restic", "restore", "latest", "--quiet", "--target", str(restic_target)], env)[0]
+        identical = identical and same(image, restic_target / str(image).lstrip("/"))
+        shutil.rmtree(restic_target)
+        restored["qemu-img convert"] = timed(["qemu-img", "convert", "-O", "qcow2", str(image),
+                                              str(work / "back.qcow2")], env)[0]
+        (work / "back.qcow2").unlink()
+        results["restore"] = restored
+        results["restore_identical"] = identical
         results["load_end"] = os.getloadavg()
     finally:
         if not args.keep:
