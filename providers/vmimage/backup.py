@@ -8,8 +8,8 @@ The bitmap rotation is ordered so a crash anywhere loses no change:
 3. once the point is saved, record the new bitmap as the one to follow, then remove the old.
 A crash before 3 leaves the old bitmap recorded (it still holds every change): the next sync
 reads what it marks and removes the leftover new one. When tracking cannot be trusted (no
-state, a bitmap gone or left inconsistent, the last point not the one the state followed, the
-image resized, a chunk pruned away), the sync reads every chunk and the point says why.
+state, a bitmap gone or left inconsistent, the state's point or one of its chunks pruned away,
+the image resized), the sync reads every chunk and the point says why.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     new_bitmap: str | None
     old_bitmap: str | None
     if info.format == "qcow2":
-        run, new_bitmap, old_bitmap = _qcow2(request, path, info, chunk, count, tracked, reason)
+        run, new_bitmap, old_bitmap = _qcow2(request, path, info, chunk, count, tracked)
         tracking = "bitmap"
     else:
         new_bitmap = old_bitmap = None
@@ -150,11 +150,11 @@ def _previous(request: SnapshotRequest, where: Path, info: qemu.ImageInfo,
         return None, "first backup of this image into this repository"
     if isinstance(tracked, str):
         return None, tracked
-    points = request.sink.list_points(request.source)
-    if not points or points[-1].id != tracked.point_id:
-        last = points[-1].id if points else "none"
-        return None, (f"the last point of {request.source} ({last}) is not the one change tracking followed"
-                      f" ({tracked.point_id})")
+    # The state's chunk map plus what its bitmap marks is the image now, whatever points came
+    # after (one saved by a run that crashed before recording its own state): only its point
+    # must still be there, with its chunks.
+    if tracked.point_id not in {p.id for p in request.sink.list_points(request.source)}:
+        return None, f"the point change tracking followed ({tracked.point_id}) is no longer in the repository"
     if (tracked.format, tracked.virtual_size, tracked.chunk_size) != (info.format, info.virtual_size, chunk):
         return None, (f"the image changed shape since the last point ({tracked.format}, {tracked.virtual_size} bytes"
                       f" -> {info.format}, {info.virtual_size} bytes)")
@@ -176,7 +176,7 @@ def _previous(request: SnapshotRequest, where: Path, info: qemu.ImageInfo,
 
 
 def _qcow2(request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chunk: int, count: int,
-           tracked: Tracked | None, reason: str | None) -> tuple[_Run, str, str | None]:
+           tracked: Tracked | None) -> tuple[_Run, str, str | None]:
     tag = bitmap_tag(request.source, request.sink.repository_id)
     old = tracked.bitmap if tracked is not None else None
     for leftover in info.bitmaps:  # ours, from a sync that crashed or a point never saved

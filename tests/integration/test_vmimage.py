@@ -186,6 +186,27 @@ def test_writes_through_qemu_nbd_are_tracked_and_a_crashed_writer_is_detected(tm
     assert _extra(job, again)["read_all_reason"] is None and again.bytes_read == C
 
 
+def test_a_run_that_saved_its_point_but_not_its_state_loses_no_change(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "db2.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(8 << 20)], check=True)
+    _io(image, f"write -P 0x51 0 {C}")
+    job = _job(tmp_path, image, "vms/db2")
+    assert run_backup(job, "sync").ok
+    _io(image, f"write -P 0x52 {2 << 20} {C}")
+    with monkeypatch.context() as patch:  # the point is saved, then the agent dies: no state, no rotation
+        patch.setattr("protectctl.providers.vmimage.backup._finish", lambda *args: None)
+        assert run_backup(job, "sync").ok
+    assert len([b for b in _bitmaps(image) if b.startswith("protectctl-")]) == 2
+    _io(image, f"write -P 0x53 {4 << 20} {C}")
+    after = run_backup(job, "sync")
+    assert _extra(job, after)["read_all_reason"] is None
+    assert after.bytes_read == 2 * C  # what the recorded bitmap holds: both writes since the state's point
+    assert len([b for b in _bitmaps(image) if b.startswith("protectctl-")]) == 1  # the leftover is gone
+    restore(job, "latest", target=tmp_path / "db2-restored.qcow2")
+    _identical(image, tmp_path / "db2-restored.qcow2")
+
+
 def test_raw_images_stay_sparse_and_store_only_new_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image = tmp_path / "db1.img"
     with open(image, "wb") as f:
