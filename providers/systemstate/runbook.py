@@ -120,7 +120,10 @@ def render(manifest: Mapping[str, object], *, point: str) -> str:
 
     out.append('\nstep "packages"\n')
     if "packages/dpkg-selections.txt" in files:
-        out.append('in_root dpkg --set-selections <"$HERE/state/packages/dpkg-selections.txt"\n'
+        out.append('if [ -d "$HERE/etc/apt" ]; then  # the captured sources and keys, so the same packages are found\n'
+                   '  run cp -a --remove-destination "$HERE/etc/apt/." "$ROOT/etc/apt/"\n'
+                   "fi\n"
+                   'in_root dpkg --set-selections <"$HERE/state/packages/dpkg-selections.txt"\n'
                    "in_root apt-get update\n"
                    "in_root apt-get -y -o Dpkg::Options::=--force-confold dselect-upgrade\n")
         if "packages/apt-manual.txt" in files:
