@@ -80,7 +80,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
         shutil.rmtree(work, ignore_errors=True)
     notes = (*notes, "each chunk was checked against its id (an image has no whole-file hash)")
     return RestoreOutcome(target=target, files=1, dirs=0, bytes_total=node.size, bytes_needed=needed,
-                          bytes_free=_free(target.parent), verified=0, written=True, notes=notes, details=details)
+                          bytes_free=_free(target.parent), verified=1, written=True, notes=notes, details=details)
 
 
 def _write_qcow2(request: RestoreRequest, node: Node, made: Path, cluster: int) -> None:
