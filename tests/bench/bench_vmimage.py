@@ -117,15 +117,17 @@ def rewrite_clusters(image: Path, fraction: float, seed: int, work: Path) -> int
         src.write_bytes(rng.randbytes(CLUSTER))
         commands += ["-c", f"write -q -s {src} {cluster * CLUSTER} {CLUSTER}"]
     sock = work / "nbd.sock"
-    server = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "-k", str(sock), str(image)])
+    server = subprocess.Popen(["qemu-nbd", "--persistent", "-f", "qcow2", "-k", str(sock), str(image)])
     try:
         for _ in range(500):
             if sock.exists():
                 break
             time.sleep(0.01)
         for at in range(0, len(commands), 2000):  # argv stays reasonable
-            subprocess.run(["qemu-io", "-f", "raw", *commands[at:at + 2000], f"nbd+unix:///?socket={sock}"],
-                           check=True, capture_output=True)
+            done = subprocess.run(["qemu-io", "-f", "raw", *commands[at:at + 2000], f"nbd+unix:///?socket={sock}"],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"qemu-io failed: {done.stderr.strip()[-500:]}")
     finally:
         server.terminate()  # a clean exit stores the bitmaps (a killed server leaves them in use)
         server.wait()
@@ -173,6 +175,7 @@ def main() -> int:
                                       env)[0],
         }
         (work / "copy.qcow2").unlink()  # disk space: every copy goes as soon as it is measured
+        log(f"first backup: {results['first']}")
         log(f"rewriting {args.change:.0%} of the clusters through qemu-nbd")
         changed = rewrite_clusters(image, args.change, args.seed, work)
         log("sync")
@@ -183,6 +186,7 @@ def main() -> int:
             "restic": timed(restic_backup, env)[0],
         }
         results["bytes"] = {"changed": changed, "read": point["bytes_read"], "added": point["bytes_added"]}
+        log(f"sync: {results['sync']}, bytes: {results['bytes']}")
         log("restore")
         target = work / "restored.qcow2"
         restic_target = work / "restic-restore"
