@@ -34,7 +34,8 @@ class Captured:
 
 def _run(argv: Sequence[str]) -> tuple[bool, str]:
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=_TIMEOUT_S, check=False,
+        done = subprocess.run(list(argv), capture_output=True, text=True, errors="surrogateescape",
+                              timeout=_TIMEOUT_S, check=False,
                               env={**os.environ, "LC_ALL": "C"})
     except (OSError, subprocess.TimeoutExpired) as err:
         return False, str(err)
