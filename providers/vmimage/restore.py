@@ -15,6 +15,7 @@ from protectctl.errors import ProtectctlError, RestoreError
 from protectctl.provider import Node, RestoreOutcome, RestoreRequest, restore_tree
 from protectctl.providers.vmimage import qemu
 from protectctl.providers.vmimage.backup import NODE_NAME, prefetch
+from protectctl.providers.vmimage.chunkmap import fsync_path
 from protectctl.providers.vmimage.nbd import NbdClient
 
 
@@ -69,9 +70,9 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             outcome = restore_tree(request.reader, point.tree, work, progress=request.progress)
             made = work / NODE_NAME.decode()
             notes = outcome.notes
-        _fsync(made)
+        fsync_path(made)
         os.replace(made, target)
-        _fsync_dir(target.parent)
+        fsync_path(target.parent)
     except ProtectctlError as err:
         raise RestoreError(err.message, hint=err.hint) from err
     except OSError as err:
@@ -140,18 +141,3 @@ def _free(path: Path) -> int | None:
         return st.f_bavail * st.f_frsize
     return None
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
