@@ -9,9 +9,11 @@ libvirtd, which these machines do not run: its test is skipped and says what sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -131,6 +133,15 @@ def test_qcow2_syncs_read_only_dirty_clusters_and_every_point_restores(tmp_path:
         restore(job, "latest", target=tmp_path / "x.qcow2", subpaths=["etc/hosts"])
 
 
+def _wait_listening(sock: Path) -> None:
+    for _ in range(1000):
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(sock))
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"qemu-nbd never listened on {sock}")
+
+
 class _Guest:
     """A writer through a read-write qemu-nbd export, as a running guest writes its disk: qemu
     keeps the image's persistent bitmaps while it runs and stores them when it exits cleanly."""
@@ -139,10 +150,7 @@ class _Guest:
         self.sock = sock
         self.server = subprocess.Popen(["qemu-nbd", "--persistent", "-f", "qcow2", "-k", str(sock), str(image)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(500):
-            if sock.exists():
-                break
-            time.sleep(0.01)
+        _wait_listening(sock)
 
     def write(self, *commands: str) -> None:
         _io(f"nbd+unix:///?socket={self.sock}", *commands, fmt="raw")
@@ -240,13 +248,10 @@ def test_an_image_in_use_is_refused_with_a_clear_message(tmp_path: Path) -> None
     image = tmp_path / "busy.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "4M"], check=True)
     sock = tmp_path / "s"
-    server = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "-k", str(sock), str(image)],
+    server = subprocess.Popen(["qemu-nbd", "--persistent", "-f", "qcow2", "-k", str(sock), str(image)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            if sock.exists():
-                break
-            time.sleep(0.02)
+        _wait_listening(sock)
         with pytest.raises(ProviderError, match="another process|lock") as caught:
             run_backup(_job(tmp_path, image, "vms/busy"), "sync")
         assert "in use" in (caught.value.hint or "")
