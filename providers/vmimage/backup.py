@@ -115,6 +115,8 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
             run = _raw(request, path, info.virtual_size, chunk, count)
             reason = reason or ("a raw image has no dirty bitmap: it changed since the last point, so every data"
                                 " extent was read (only new chunks are stored)")
+    if tracked is None and isinstance(reason, str) and not reason.startswith("first backup"):
+        log.warning("vmimage.read_all", extra={"source": request.source, "reason": reason})
     if request.kind == "full":
         reason = reason or "a full reads every chunk (and counts the changes tracking missed)"
     tree = _tree(sink, st, info.virtual_size, chunk, run.ids)
