@@ -91,6 +91,11 @@ class SnapshotSink(Protocol):
         """Cut `data` into chunks and store those the repository lacks; returns the chunk ids."""
         ...
 
+    def store_chunk(self, data: bytes | bytearray | memoryview) -> tuple[BlobId, bool]:
+        """Store `data` as one chunk, uncut (a block-level source cuts its own, e.g. at an image's
+        clusters) unless the repository has it; returns its id and whether it was new."""
+        ...
+
     def save_tree(self, tree: Tree) -> BlobId:
         """Store a tree (its subtrees first) and return its id."""
         ...

@@ -10,4 +10,6 @@ BUILTIN: dict[str, str] = {
     "filesystem": "protectctl.providers.filesystem:FilesystemProvider",
     "postgresql": "protectctl.providers.postgresql:PostgresqlProvider",
     "mariadb": "protectctl.providers.mariadb:MariadbProvider",
+    "systemState": "protectctl.providers.systemstate:SystemStateProvider",
+    "vmImage": "protectctl.providers.vmimage:VmImageProvider",
 }

@@ -42,6 +42,9 @@ class RepositorySink:
     def store_content(self, data: bytes) -> tuple[BlobId, ...]:
         return tuple(self.writer.add(BlobKind.DATA, piece)[0] for piece in self._chunker.iter_buffer(data))
 
+    def store_chunk(self, data: bytes | bytearray | memoryview) -> tuple[BlobId, bool]:
+        return self.writer.add(BlobKind.DATA, data)
+
     def save_tree(self, tree: Tree) -> BlobId:
         return self.repo.save_tree(self.writer, tree)
 

@@ -1,0 +1,379 @@
+"""A vmImage sync or full: read the chunks that changed (qcow2: the persistent dirty bitmap;
+raw: the data extents, none when the file is untouched since the last point), store them
+uncut, and reference the previous point's chunks for the rest.
+
+The bitmap rotation is ordered so a crash anywhere loses no change:
+1. add a new bitmap (it tracks every write from now on);
+2. read what the old bitmap marks dirty (a superset of what changed since the last point);
+3. once the point is saved, record the new bitmap as the one to follow, then remove the old.
+A crash before 3 leaves the old bitmap recorded (it still holds every change): the next sync
+reads what it marks and removes the leftover new one. When tracking cannot be trusted (no
+state, a bitmap gone or left inconsistent, the state's point or one of its chunks pruned away,
+the image resized), the sync reads every chunk and the point says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from protectctl.errors import ProviderError
+from protectctl.provider import (
+    BlobId,
+    SnapshotOutcome,
+    SnapshotRequest,
+    SnapshotSink,
+    SnapshotStats,
+    Tree,
+    file_node,
+    safe_name,
+)
+from protectctl.providers.vmimage import qemu
+from protectctl.providers.vmimage.chunkmap import (
+    ID_SIZE,
+    ZERO_ID,
+    Tracked,
+    all_zero,
+    chunk_count,
+    chunk_size_for,
+    is_zero,
+    layout,
+    load_tracked,
+    read_ranges,
+    save_tracked,
+    touched,
+)
+from protectctl.providers.vmimage.nbd import NbdClient
+
+log = logging.getLogger(__name__)
+
+NODE_NAME = b"disk.raw"  # the guest's view of the disk, whatever the image format
+
+
+def state_path(state_dir: Path, source: str, repository_id: str) -> Path:
+    return state_dir / "vmimage" / f"{safe_name(source)}.{repository_id}.map"
+
+
+def bitmap_tag(source: str, repository_id: str) -> str:
+    """The prefix of this source's bitmaps in this repository (another repository keeps its own)."""
+    digest = hashlib.sha256(f"{source}\0{repository_id}".encode()).hexdigest()[:12]
+    return f"{qemu.BITMAP_PREFIX}{digest}-"
+
+
+@dataclasses.dataclass(slots=True)
+class _Run:
+    """What one snapshot found and read."""
+
+    ids: bytearray
+    bytes_read: int = 0
+    bytes_added: int = 0
+    chunks_read: int = 0
+    chunks_new: int = 0
+    silent: int = 0  # chunks a full found changed that the tracking did not mark
+
+
+def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
+    spec = request.spec
+    if spec.get("domain"):
+        raise ProviderError(
+            f"{request.source}: libvirt domain mode (virsh backup-begin with checkpoints) is not available here",
+            hint="see docs/vm-images.md: protect the image of a shut-off guest (leave `domain` out) until it is")
+    path = Path(str(spec["path"]))
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise ProviderError(f"{request.source}: cannot read the image {path}: {err.strerror}") from err
+    info = qemu.image_info(path)
+    if info.format not in ("qcow2", "raw"):
+        raise ProviderError(f"{request.source}: {path} is a {info.format} image; vmImage reads qcow2 and raw images",
+                            hint=f"convert it: qemu-img convert -O qcow2 {path} NEW.qcow2")
+    sink = request.sink
+    chunk = chunk_size_for(info.cluster_size if info.format == "qcow2" else 0)
+    count = chunk_count(info.virtual_size, chunk)
+    where = state_path(request.state_dir, request.source, sink.repository_id)
+    tracked, reason = _previous(request, where, info, chunk)
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, time.time_ns())
+    new_bitmap: str | None
+    old_bitmap: str | None
+    if info.format == "qcow2":
+        run, new_bitmap, old_bitmap = _qcow2(request, path, info, chunk, count, tracked)
+        tracking = "bitmap"
+    else:
+        new_bitmap = old_bitmap = None
+        tracking = "identity"
+        if tracked is not None and request.kind == "sync" and _unchanged(tracked, identity):
+            run = _Run(bytearray(tracked.ids))  # not written since the last point read it: nothing to read
+        else:
+            run = _raw(request, path, info.virtual_size, chunk, count)
+            reason = reason or ("a raw image has no dirty bitmap: it changed since the last point, so every data"
+                                " extent was read (only new chunks are stored)")
+    if tracked is None and isinstance(reason, str) and not reason.startswith("first backup"):
+        log.warning("vmimage.read_all", extra={"source": request.source, "reason": reason})
+    if request.kind == "full":
+        reason = reason or "a full reads every chunk (and counts the changes tracking missed)"
+    tree = _tree(sink, st, info.virtual_size, chunk, run.ids)
+    extra: dict[str, object] = {
+        "path": str(path), "format": info.format, "virtual_size": info.virtual_size,
+        "cluster_size": info.cluster_size, "chunk_size": chunk, "tracking": tracking,
+        "chunks_total": count, "chunks_read": run.chunks_read, "chunks_new": run.chunks_new,
+        "read_all_reason": reason, "silent_changes": run.silent,
+        "consistency": "crash-consistent: the image was not in use (no domain)",
+    }
+    if new_bitmap:
+        extra["bitmap"] = new_bitmap
+
+    def finish(point_id: str | None) -> None:
+        _finish(point_id, path, where, Tracked(point_id or "", new_bitmap, info.format, info.virtual_size, chunk,
+                                               bytes(run.ids), identity), old_bitmap)
+
+    return SnapshotOutcome(
+        tree=tree,
+        stats=SnapshotStats(files=1, bytes_total=info.virtual_size, bytes_read=run.bytes_read,
+                            bytes_added=run.bytes_added, chunks_new=run.chunks_new),
+        errors=(), extra=extra, finish=finish)
+
+
+# -- what the last point left ----------------------------------------------------------------
+
+
+def _previous(request: SnapshotRequest, where: Path, info: qemu.ImageInfo,
+              chunk: int) -> tuple[Tracked | None, str | None]:
+    """The tracked state when it can be followed, else None and why every chunk is read."""
+    tracked = load_tracked(where)
+    if tracked is None:
+        return None, "first backup of this image into this repository"
+    if isinstance(tracked, str):
+        return None, tracked
+    # The state's chunk map plus what its bitmap marks is the image now, whatever points came
+    # after (one saved by a run that crashed before recording its own state): only its point
+    # must still be there, with its chunks.
+    if tracked.point_id not in {p.id for p in request.sink.list_points(request.source)}:
+        return None, f"the point change tracking followed ({tracked.point_id}) is no longer in the repository"
+    if (tracked.format, tracked.virtual_size, tracked.chunk_size) != (info.format, info.virtual_size, chunk):
+        return None, (f"the image changed shape since the last point ({tracked.format}, {tracked.virtual_size} bytes"
+                      f" -> {info.format}, {info.virtual_size} bytes)")
+    for blob in {bytes(tracked.ids[i:i + ID_SIZE]) for i in range(0, len(tracked.ids), ID_SIZE)} - {ZERO_ID}:
+        if not request.sink.has_blob(blob):  # type: ignore[arg-type]
+            return None, "chunks of the last point are no longer in the repository"
+    if info.format == "qcow2":
+        bitmap = info.bitmap(tracked.bitmap or "")
+        if bitmap is None:
+            return None, (f"the dirty bitmap {tracked.bitmap} is gone from the image (removed, or the image"
+                          " replaced): changes since the last point cannot be known")
+        if not bitmap.consistent:
+            return None, (f"the dirty bitmap {tracked.bitmap} is {' and '.join(bitmap.flags) or 'disabled'}"
+                          " (a writer crashed or stopped tracking): changes since the last point cannot be known")
+    return tracked, None
+
+
+# -- qcow2 -----------------------------------------------------------------------------------
+
+
+def _qcow2(request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chunk: int, count: int,
+           tracked: Tracked | None) -> tuple[_Run, str, str | None]:
+    tag = bitmap_tag(request.source, request.sink.repository_id)
+    old = tracked.bitmap if tracked is not None else None
+    for leftover in info.bitmaps:  # ours, from a sync that crashed or a point never saved
+        if leftover.name.startswith(tag) and leftover.name != old:
+            qemu.bitmap_remove(path, leftover.name)
+    new = f"{tag}{time.time_ns():x}"
+    qemu.bitmap_add(path, new)  # from here on every write is tracked by `new` (and `old`)
+    try:
+        run = _read_qcow2(request, path, info, chunk, count, tracked, old)
+    except BaseException:
+        _quietly_remove(path, new)
+        raise
+    return run, new, old
+
+
+def _read_qcow2(request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chunk: int, count: int,
+                tracked: Tracked | None, old: str | None) -> _Run:
+    size = info.virtual_size
+    with qemu.export(path, "qcow2", old if tracked is not None else None) as ex:
+        zero = all_zero(qemu.extent_map(ex.uri), chunk, size)
+        if tracked is not None:
+            dirty = touched(qemu.extent_map(ex.uri, f"qemu:dirty-bitmap:{old}"), chunk, count)
+            run = _Run(bytearray(tracked.ids))
+        else:
+            dirty, run = set(range(count)), _Run(bytearray(count * ID_SIZE))
+        wanted = set(range(count)) if request.kind == "full" else dirty
+        for index in wanted & zero:
+            _set(run, index, ZERO_ID, tracked is not None and index not in dirty)
+        with NbdClient(ex.socket, qemu.EXPORT) as client:
+            pieces = prefetch(client.read_ranges(read_ranges(wanted - zero, chunk, size)))
+            _store(request.sink, run, pieces, chunk, lambda i: tracked is not None and i not in dirty)
+    return run
+
+
+def _quietly_remove(path: Path, bitmap: str) -> None:
+    try:
+        qemu.bitmap_remove(path, bitmap)
+    except ProviderError as err:
+        log.warning("vmimage.bitmap_left", extra={"path": str(path), "bitmap": bitmap, "error": err.message})
+
+
+# -- raw ---------------------------------------------------------------------------------------
+
+
+_SETTLED_NS = 2_000_000_000  # a change this close to the last read may share its timestamps: read again
+
+
+def _unchanged(tracked: Tracked, identity: tuple[int, ...]) -> bool:
+    """The raw image is the one the last point read, untouched since: same device, inode, size,
+    mtime and ctime, and its last change well before that read began (a write in the same
+    timestamp tick as the read could otherwise go unseen)."""
+    before = tracked.identity
+    if before is None or len(before) != 6 or tuple(before[:5]) != identity[:5]:
+        return False
+    return bool(before[5] - identity[4] > _SETTLED_NS)
+
+
+def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int) -> _Run:
+    run = _Run(bytearray(count * ID_SIZE))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOATIME if os.geteuid() == 0 else os.O_RDONLY)
+    except OSError as err:
+        raise ProviderError(f"{request.source}: cannot open {path}: {err.strerror}") from err
+    try:
+        data = _data_chunks(fd, size, chunk, count)
+
+        def pieces() -> Iterator[tuple[int, bytes]]:
+            for offset, length in read_ranges(data, chunk, size):
+                buf = os.pread(fd, length, offset)
+                if len(buf) < length:  # the file is shorter than it was: the rest reads as zeros
+                    buf += bytes(length - len(buf))
+                yield offset, buf
+
+        _store(request.sink, run, prefetch(pieces()), chunk, lambda i: False)
+    except OSError as err:
+        raise ProviderError(f"{request.source}: reading {path} failed: {err.strerror}") from err
+    finally:
+        os.close(fd)
+    return run
+
+
+def _data_chunks(fd: int, size: int, chunk: int, count: int) -> set[int]:
+    """Chunks that hold data by SEEK_DATA/SEEK_HOLE (all of them where the filesystem cannot say)."""
+    out: set[int] = set()
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # no data past pos
+                    break
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if start >= size:
+                break
+            out.update(range(start // chunk, min(count, -(-end // chunk))))
+            pos = end
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        return set(range(count))
+    return out
+
+
+# -- storing ---------------------------------------------------------------------------------
+
+
+_DONE = object()
+
+
+Piece = tuple[int, bytearray | bytes]  # (offset, data) read from the image
+
+
+def prefetch(pieces: Iterator[Piece], depth: int = 8) -> Iterator[Piece]:
+    """`pieces`, read ahead by a thread (the reads wait on I/O while this thread hashes and stores)."""
+    box: queue.Queue[object] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in pieces:
+                while not stop.is_set():
+                    try:
+                        box.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(_DONE)
+        except BaseException as err:  # handed to the consumer, raised there
+            box.put(err)
+
+    worker = threading.Thread(target=pump, name="vmimage-read", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = box.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        worker.join()
+
+
+
+
+def _set(run: _Run, index: int, blob: bytes, unmarked: bool) -> None:
+    at = index * ID_SIZE
+    if unmarked and run.ids[at:at + ID_SIZE] != blob:
+        run.silent += 1
+    run.ids[at:at + ID_SIZE] = blob
+
+
+def _store(sink: SnapshotSink, run: _Run, pieces: Iterable[tuple[int, bytes | bytearray]], chunk: int,
+           unmarked: Callable[[int], bool]) -> None:
+    """Cut each read at chunk boundaries (reads start on one), store the chunks, note their ids."""
+    for offset, data in pieces:
+        run.bytes_read += len(data)
+        view = memoryview(data)
+        for at in range(0, len(data), chunk):
+            piece = view[at:at + chunk]
+            index = (offset + at) // chunk
+            run.chunks_read += 1
+            if is_zero(data[at:at + chunk] if len(data) > chunk else data):  # a zero chunk stays a hole
+                _set(run, index, ZERO_ID, unmarked(index))
+                continue
+            blob, new = sink.store_chunk(piece)
+            if new:
+                run.chunks_new += 1
+                run.bytes_added += len(piece)
+            _set(run, index, blob, unmarked(index))
+
+
+def _tree(sink: SnapshotSink, st: os.stat_result, size: int, chunk: int, ids: bytearray) -> BlobId:
+    chunks, holes = layout(ids, chunk, size)
+    node = file_node(NODE_NAME, st, size=size, chunks=chunks, content_hash=b"")
+    # Each chunk is checked against its id on restore; a whole-image hash would cost a full read.
+    node = dataclasses.replace(node, holes=holes, content_hash=None)
+    return sink.save_tree(Tree((node,)))
+
+
+def _finish(point_id: str | None, path: Path, where: Path, tracked: Tracked, old: str | None) -> None:
+    if point_id is None:  # no point: the old bitmap (still recorded) keeps every change
+        if tracked.bitmap:
+            _quietly_remove(path, tracked.bitmap)
+        return
+    try:
+        save_tracked(where, tracked)
+    except OSError as err:  # the next sync finds the state behind the last point and reads everything
+        log.warning("vmimage.state_unsaved", extra={"path": str(where), "error": err.strerror})
+        return
+    if old:
+        _quietly_remove(path, old)
