@@ -1493,3 +1493,99 @@ def _check_timers(conn: Any, host: str, state: State) -> tuple[str, bool, str]:
         return ("timers", False, f"{len(bad)} of {len(files)} schedule file(s) missing or changed: "
                 f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} (plan --refresh shows them)")
     return ("timers", True, f"{len(files)} schedule file(s) in place")
+
+
+# --- browsing: ls, cat, versions, diff, find, mount (protectctl/browse) -------------------
+
+
+def browse_sources(policy_dir: Path, selector: str, *, agent_config: Path | None) -> list[Any]:
+    """GROUP[/MEMBER] as `BrowseSource`s: the policy's sources, else those of a group removed from
+    the policy whose points are still in one of its storages."""
+    from protectctl.plan.address import SourceRef
+
+    try:
+        ref = SourceRef.parse(selector)
+    except ValueError as err:
+        raise ProtectctlError(str(err)) from err
+    try:
+        targets = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
+                          include_remote=True)
+    except ProtectctlError as err:
+        if agent_config is not None:
+            raise
+        removed = [s for s in removed_sources(policy_dir) if s.source == str(ref)
+                   or (ref.member is None and s.source.startswith(f"{ref.group}/"))]
+        if not removed:
+            raise err from None
+        return removed
+    return [_browse_source(t.inputs["source"], t.inputs["provider"], t.inputs["spec"], t.inputs["storage"])
+            for t in targets]
+
+
+def _browse_source(source: object, provider: object, spec: Mapping[str, Any], storage: Mapping[str, Any],
+                   in_policy: bool = True) -> Any:
+    from protectctl.agent.jobs import open_repository
+    from protectctl.browse.service import BrowseSource
+
+    stored = dict(storage)
+    return BrowseSource(str(source), str(provider), dict(spec), stored,
+                        lambda: open_repository(open_storage(stored), passphrase_reader(stored)()), in_policy)
+
+
+def removed_sources(policy_dir: Path) -> list[Any]:
+    """Sources with points in the policy's storages but no longer in the policy (a group or member
+    removed): reachable by GROUP/MEMBER for as long as their points exist."""
+    from protectctl.agent.jobs import scan_points
+    from protectctl.plan.resources import _storage_inputs
+    from protectctl.policy.model import Kind
+
+    policy = load(policy_dir)
+    current = {str(r.inputs["source"]) for r in resources(policy) if r.address.kind == "source"}
+    found: dict[str, Any] = {}
+    for name in sorted(policy.documents.get(Kind.STORAGE, {})):
+        storage: dict[str, Any] = {"name": name, **_storage_inputs(policy, name)}
+        try:
+            listing = scan_points(open_storage(storage), passphrase_reader(storage)(), None)
+        except ProtectctlError:
+            continue  # a storage not created yet, or unreachable: it holds nothing we can show
+        for p in listing.points:
+            if p.source not in current and p.source not in found:
+                found[p.source] = _browse_source(p.source, p.tags.get("provider", ""), {}, storage, in_policy=False)
+    return list(found.values())
+
+
+def browse_ls(policy_dir: Path, source: str, path: str, to_time: str, *, agent_config: Path | None) -> Any:
+    from protectctl.browse import service
+
+    return service.ls(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source),
+                      path, to_time)
+
+
+def browse_cat(policy_dir: Path, source: str, path: str, to_time: str, write: Callable[[bytes], object], *,
+               agent_config: Path | None) -> int:
+    from protectctl.browse import service
+
+    return service.cat(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source),
+                       path, to_time, write)
+
+
+def browse_versions(policy_dir: Path, source: str, path: str, *, agent_config: Path | None) -> Any:
+    from protectctl.browse import service
+
+    return service.versions(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config),
+                                               source), path)
+
+
+def browse_diff(policy_dir: Path, source: str, before: str, after: str, *, agent_config: Path | None) -> Any:
+    from protectctl.browse import service
+
+    return service.diff(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source),
+                        before, after)
+
+
+def browse_find(policy_dir: Path, selector: str, pattern: str, *, since: str | None, until: str | None,
+                agent_config: Path | None) -> Any:
+    from protectctl.browse import service
+
+    return service.find(browse_sources(policy_dir, selector, agent_config=agent_config), selector, pattern,
+                        since=since, until=until)

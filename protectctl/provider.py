@@ -50,7 +50,7 @@ __all__ = [
     "RestoreRequest", "RestoreOutcome", "PointReader", "Traits", "SpecProblem", "Provider",
     "PrepareRequest", "PrepareOutcome", "HostPreparer", "PointChooser", "JobPlacement", "JobPlacer",
     "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
-    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions",
+    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourceRoot",
     "ArchiveOptions", "Archived", "archive", "restore_tree", "file_node", "dir_node", "node_name", "safe_name",
     "validate_patterns", "journal_path",
     "ENTRY_POINT_GROUP", "builtin_kinds", "available_kinds", "load_provider", "spec_model", "traits",
@@ -310,6 +310,17 @@ class RestoreOptions(Protocol):
     """A provider that takes restore options (`restore --port/--database/--as`)."""
 
     restore_options: frozenset[str]  # option names as the CLI passes them: port, database, as_name
+
+
+@runtime_checkable
+class SourceRoot(Protocol):
+    """A provider whose points hold a directory tree with an absolute place on its host, so a
+    path can be given as it was protected (`--path /etc/hostname` of a source of `/etc`)."""
+
+    def source_root(self, spec: Mapping[str, object], point: Point | None) -> str | None:
+        """The absolute path the point's tree root stood for (the point's own record first,
+        else the spec's), or None when it has none."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from protectctl.agent.retention import PointRef, RetentionSpec, plan_prune
 from protectctl.agent.scripts import run_script
 from protectctl.agent.status import JobRecord, MetricsTarget, default_metrics_path, read_status, record_job
 from protectctl.agent.throttle import ThrottledStorage
+from protectctl.browse.paths import point_relative
 from protectctl.catalog.select import select_point
 from protectctl.engine.memory import tune_malloc
 from protectctl.engine.points import DamagedPoint, Point, PointStats, new_point_id
@@ -42,6 +43,7 @@ from protectctl.provider import (
     RestoreRequest,
     SnapshotOutcome,
     SnapshotRequest,
+    SourceRoot,
     load_provider,
 )
 
@@ -534,6 +536,9 @@ def restore(
             point = provider.choose_point(points, to_time, source=job.source)
         else:
             point = select_point(points, to_time, source=job.source)
+        if subpaths and isinstance(provider, SourceRoot):  # paths may be given as they were protected
+            root = provider.source_root(job.spec, point)
+            subpaths = [point_relative(path, root) for path in subpaths]
         outcome = provider.restore(
             RestoreRequest(
                 job.source,
