@@ -750,23 +750,72 @@ def storages_of(targets: Sequence[SourceTarget]) -> dict[str, dict[str, Any]]:
     return {str(t.inputs["storage"]["path"]): t.inputs["storage"] for t in targets}
 
 
-def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None) -> PointListing:
-    """Readable points of the selected sources, oldest first; damaged manifests as problems."""
+def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None,
+                include_removed: bool = False) -> PointListing:
+    """Readable points of the selected sources, oldest first; damaged manifests as problems.
+
+    Points of a source no longer in the policy (its group or member removed) are listed when
+    `include_removed` (`points list --all`) or when the selector names it; `removed` names them."""
     from protectctl.agent.jobs import PointListing
+
+    found, problems, removed = _scan_points(policy_dir, selector, agent_config=agent_config,
+                                            include_removed=include_removed)
+    return PointListing(sorted((p for p, _ in found), key=lambda p: p.time), problems, tuple(sorted(removed)))
+
+
+def _scan_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None, include_removed: bool
+                 ) -> tuple[list[tuple[Any, dict[str, Any]]], tuple[str, ...], set[str]]:
+    """(point, its storage) of the selected sources, the problems met, the removed sources seen."""
     from protectctl.agent.jobs import scan_points as points_of
     from protectctl.plan.address import SourceRef
 
     ref = SourceRef.parse(selector) if selector else None
-    targets = sources(policy_dir, agent_config=agent_config, group=ref.group if ref else None,
-                      member=ref.member if ref else None, include_remote=True)
-    allowed = {str(t.inputs["source"]) for t in targets}
-    out = []
+    every = _sources_from_agent(agent_config) if agent_config else _sources_from_policy(policy_dir, include_remote=True)
+    current = {str(t.inputs["source"]) for t in every}
+    targets = [t for t in every if _selected(str(t.inputs["source"]), ref)]
+    chosen = {str(t.inputs["source"]) for t in targets}
+    needed = storages_of(targets)
+    storages = dict(needed)
+    if agent_config is None and (include_removed or (ref is not None and not targets)):
+        storages = {**_policy_storages(policy_dir), **needed}
+    out: list[tuple[Any, dict[str, Any]]] = []
+    removed: set[str] = set()
     problems: list[str] = []
-    for storage in storages_of(targets).values():
-        listing = points_of(open_storage(storage), passphrase_reader(storage)(), None)
-        out += [p for p in listing.points if p.source in allowed]
+    for key, storage in storages.items():
+        try:
+            listing = points_of(open_storage(storage), passphrase_reader(storage)(), None)
+        except ProtectctlError:
+            if key in needed:
+                raise
+            continue  # a storage no selected source uses, not created yet or unreachable
+        for p in listing.points:
+            if p.source not in current and _selected(p.source, ref):
+                removed.add(p.source)
+                out.append((p, storage))
+            elif p.source in chosen:
+                out.append((p, storage))
         problems += listing.problems
-    return PointListing(sorted(out, key=lambda p: p.time), tuple(problems))
+    if ref is not None and not targets and not removed:
+        sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member)  # raises: none matches
+    return out, tuple(problems), removed
+
+
+def _selected(source: str, ref: Any) -> bool:
+    """`source` (GROUP/MEMBER) is what `ref` (a SourceRef or None: all) selects."""
+    return ref is None or source == str(ref) or (ref.member is None and source.startswith(f"{ref.group}/"))
+
+
+def _policy_storages(policy_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every Storage of the policy, as the control machine reaches it (path -> inputs)."""
+    from protectctl.plan.resources import _storage_inputs
+    from protectctl.policy.model import Kind
+
+    policy = load(policy_dir)
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(policy.documents.get(Kind.STORAGE, {})):
+        storage: dict[str, Any] = {"name": name, **_storage_inputs(policy, name)}
+        out[str(storage["path"])] = storage
+    return out
 
 
 def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path | None,
@@ -783,8 +832,13 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
     ref = SourceRef.parse(source)
     if ref.member is None:
         raise RestoreError(f"restore needs one source, GROUP/MEMBER, not {source!r}")
-    (job_target,) = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
-                            include_remote=True)
+    try:
+        (job_target,) = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
+                                include_remote=True)
+    except ProtectctlError:
+        if agent_config is not None:
+            raise
+        job_target = _removed_target(policy_dir, source, target)
     check_restore_options(str(job_target.inputs["provider"]), source, options or {})
     when = parse_time(to_time, now=datetime.now(UTC))
     path = None
@@ -821,6 +875,26 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
                                    overwrite=overwrite, progress=progress)
     return run_restore(job, when, target=path, subpaths=subpaths, dry_run=dry_run,
                        overwrite=overwrite, progress=progress, options=options)
+
+
+def _removed_target(policy_dir: Path, source: str, target: str | None) -> SourceTarget:
+    """A source whose group (or member) was removed from the policy, restorable while its points
+    exist: to a --target only, since the policy no longer says where it belongs."""
+    from protectctl.browse.service import source_root
+    from protectctl.errors import RestoreError
+
+    (found,) = browse_sources(policy_dir, source, agent_config=None)  # raises: no source matches
+    if not target:
+        with found.open_repository() as repo:
+            points = repo.scan_points(found.source).points
+        root = source_root(found.provider, {}, points[-1]) if points else None
+        raise RestoreError(f"{source} is no longer in the policy: restore it with --target PATH",
+                           hint=f"it was protected at {root}" if root else "`points list --all` shows its points")
+    group, _, member = found.source.partition("/")
+    inputs: dict[str, Any] = {"source": found.source, "group": group, "member": member, "provider": found.provider,
+                              "spec": {}, "storage": dict(found.storage), "retention": {"keep_within_s": 0},
+                              "sync_interval_s": 900, "full_interval_s": 86400}
+    return SourceTarget(inputs, load(policy_dir).root / ".protectctl" / "removed", "local")
 
 
 def _restore_on_host(policy_dir: Path, job_target: SourceTarget, host: str, when: Any, *, target: Path | None,
@@ -1513,8 +1587,7 @@ def browse_sources(policy_dir: Path, selector: str, *, agent_config: Path | None
     except ProtectctlError as err:
         if agent_config is not None:
             raise
-        removed = [s for s in removed_sources(policy_dir) if s.source == str(ref)
-                   or (ref.member is None and s.source.startswith(f"{ref.group}/"))]
+        removed = removed_sources(policy_dir, selector)
         if not removed:
             raise err from None
         return removed
@@ -1532,26 +1605,15 @@ def _browse_source(source: object, provider: object, spec: Mapping[str, Any], st
                         lambda: open_repository(open_storage(stored), passphrase_reader(stored)()), in_policy)
 
 
-def removed_sources(policy_dir: Path) -> list[Any]:
+def removed_sources(policy_dir: Path, selector: str | None = None) -> list[Any]:
     """Sources with points in the policy's storages but no longer in the policy (a group or member
     removed): reachable by GROUP/MEMBER for as long as their points exist."""
-    from protectctl.agent.jobs import scan_points
-    from protectctl.plan.resources import _storage_inputs
-    from protectctl.policy.model import Kind
-
-    policy = load(policy_dir)
-    current = {str(r.inputs["source"]) for r in resources(policy) if r.address.kind == "source"}
-    found: dict[str, Any] = {}
-    for name in sorted(policy.documents.get(Kind.STORAGE, {})):
-        storage: dict[str, Any] = {"name": name, **_storage_inputs(policy, name)}
-        try:
-            listing = scan_points(open_storage(storage), passphrase_reader(storage)(), None)
-        except ProtectctlError:
-            continue  # a storage not created yet, or unreachable: it holds nothing we can show
-        for p in listing.points:
-            if p.source not in current and p.source not in found:
-                found[p.source] = _browse_source(p.source, p.tags.get("provider", ""), {}, storage, in_policy=False)
-    return list(found.values())
+    found, _, removed = _scan_points(policy_dir, selector, agent_config=None, include_removed=True)
+    out: dict[str, Any] = {}
+    for p, storage in found:
+        if p.source in removed and p.source not in out:
+            out[p.source] = _browse_source(p.source, p.tags.get("provider", ""), {}, storage, in_policy=False)
+    return list(out.values())
 
 
 def browse_ls(policy_dir: Path, source: str, path: str, to_time: str, *, agent_config: Path | None) -> Any:

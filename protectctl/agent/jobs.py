@@ -495,6 +495,7 @@ class PointListing:
 
     points: list[Point]
     problems: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()  # sources of these points no longer in the policy
 
 
 def scan_points(storage: StorageBackend, passphrase: bytes, source_prefix: str | None = None) -> PointListing:

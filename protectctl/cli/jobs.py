@@ -65,17 +65,23 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     @points_app.command("list")
     def points_list(ctx: typer.Context,
                     selector: Annotated[str | None, typer.Argument(help="GROUP or GROUP/MEMBER")] = None,
+                    all_sources: Annotated[bool, typer.Option("--all", help="Also sources no longer in the policy "
+                                                              "(a removed group's points).")] = False,
                     json_mode: JsonOpt = False) -> None:
         """Recovery points, newest last."""
         from protectctl import api
 
         env = env_of(ctx, json_mode)
-        listing = api.list_points(env.policy_dir, selector, agent_config=env.agent_config)
+        listing = api.list_points(env.policy_dir, selector, agent_config=env.agent_config,
+                                  include_removed=all_sources)
         points = listing.points
         windows = api.recovery_windows(points)
+        gone = set(listing.removed)
         if env.output.json_mode:
-            env.output.document({"format_version": "1.0", "points": [point_json(p) for p in points],
-                                 "recovery_windows": windows, "problems": list(listing.problems)})
+            env.output.document({"format_version": "1.0",
+                                 "points": [{**point_json(p), "in_policy": p.source not in gone} for p in points],
+                                 "recovery_windows": windows, "problems": list(listing.problems),
+                                 "removed_sources": sorted(gone)})
             return
         for problem in listing.problems:
             env.output.warn(problem)
@@ -84,6 +90,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             [(p.time.strftime("%Y-%m-%dT%H:%M:%SZ"), p.source, p.kind, p.id[:8], f"{p.stats.files:,}",
               human_bytes(p.stats.bytes_total), human_bytes(p.stats.bytes_added), f"{p.stats.duration_s:.1f}s",
               "yes" if p.complete else f"NO ({len(p.errors)} error(s))") for p in points])
+        for source in sorted(gone):
+            env.output.text(f"{source}: no longer in the policy (its points stay in the repository: "
+                            "browse it with `protectctl ls`, restore it with --target PATH)")
         for source, lines in windows.items():
             env.output.text("\n".join([f"{source}:", *(f"  {line}" for line in lines)]))
 

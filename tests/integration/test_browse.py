@@ -33,6 +33,7 @@ class History:
     policy: Path
     data: Path
     points: list[str]  # point ids, oldest first
+    times: list[str]  # their times (ISO 8601)
     a_texts: dict[int, bytes]  # a.txt's content at each point
 
 
@@ -88,7 +89,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         f.write(b"tail")
     _write(data / "m.txt", b"before\n", mtime)
     _write(data / "gone.txt", b"will go\n", mtime)
-    ids = []
+    ids: list[str] = []
+    times: list[str] = []
     text = b""
     for i in range(POINTS):
         if i in A_CHANGES:
@@ -102,7 +104,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         (result,) = api.run_backup(policy, "sync", "docs", None, agent_config=None, progress=NullProgress())
         assert result.ok, result
         ids.append(result.point_id)
-    yield History(policy, data, ids, texts)
+        times.append(result.time.isoformat())
+    yield History(policy, data, ids, times, texts)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -223,3 +226,25 @@ def test_restore_takes_absolute_paths_as_protected(history: History, tmp_path: P
     cli(capsysbinary, history.policy, "restore", "docs/home", "--to-time", "latest", "--path", absolute,
             "--target", str(tmp_path / "t"))
     assert (tmp_path / "t" / "keep" / "same.txt").read_bytes() == b"never changes\n"
+
+
+def test_a_removed_group_stays_reachable(history: History, tmp_path: Path, capsysbinary: Capture) -> None:
+    policy = tmp_path / "qs"
+    shutil.copytree(history.policy, policy, symlinks=True)
+    text = (policy / "protect.yaml").read_text()
+    group = text.index("kind: ProtectionGroup")
+    (policy / "protect.yaml").write_text(text[: text.rindex("---", 0, group)])
+    listed, _ = cli(capsysbinary, policy, "points", "list")
+    assert "docs/home" not in listed
+    listed, _ = cli(capsysbinary, policy, "points", "list", "--all")
+    assert listed.count("docs/home") >= POINTS and "docs/home: no longer in the policy" in listed
+    doc = json.loads(cli(capsysbinary, policy, "points", "list", "--all", "--json")[0])
+    assert doc["removed_sources"] == ["docs/home"] and not any(p["in_policy"] for p in doc["points"])
+    assert len(json.loads(cli(capsysbinary, policy, "points", "list", "docs/home", "--json")[0])["points"]) == POINTS
+    assert "keep/" in cli(capsysbinary, policy, "ls", "docs/home")[0].split()
+    _, err = cli(capsysbinary, policy, "restore", "docs/home", "--to-time", "latest", expect=1)
+    assert "no longer in the policy" in err and str(history.data.resolve()) in err
+    cli(capsysbinary, policy, "restore", "docs/home", "--to-time", history.times[10], "--target", str(tmp_path / "t"))
+    assert (tmp_path / "t" / "gone.txt").read_bytes() == b"will go\n"
+    _, err = cli(capsysbinary, policy, "ls", "nobody/home", expect=1)
+    assert "no source matches" in err
