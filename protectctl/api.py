@@ -820,9 +820,11 @@ def _policy_storages(policy_dir: Path) -> dict[str, dict[str, Any]]:
 
 def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path | None,
             target: str | None, subpaths: Sequence[str], dry_run: bool, overwrite: bool,
-            progress: Any, from_tape: bool = False, options: dict[str, object] | None = None) -> Any:
+            progress: Any, from_tape: bool = False, options: dict[str, object] | None = None,
+            delete: bool = False, resume: bool = False) -> Any:
     """Restore a source to a time. `options` are the restore options its provider takes
-    (RestoreOptions); any other is refused before anything runs."""
+    (RestoreOptions); any other is refused before anything runs. `delete`: remove what the target
+    holds beyond the point (with `overwrite`); `resume`: continue an unfinished restore there."""
     from protectctl.agent.jobs import restore as run_restore
     from protectctl.catalog.timespec import parse_time
     from protectctl.errors import RestoreError
@@ -855,6 +857,9 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
             raise RestoreError(f"--target {host}:{target}: a path on another host must be absolute")
         else:
             path = Path(target)
+    if (delete or resume) and (on_host is not None or from_tape):
+        raise RestoreError("--delete and --resume work for restores from disk onto this machine",
+                           hint="restore here with --target PATH, then copy")
     if on_host is not None:
         if from_tape:
             raise RestoreError("restores from tape write on this machine (the library is here)",
@@ -869,12 +874,15 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
                            hint="run `protectctl -C POLICY_DIR restore ... --from tape` there")
     # an agent (--agent-config) restores from its repository; tapes are the control machine's
     copy = None if agent_config is not None else _tape_copy_for_restore(policy_dir, job, when, from_tape=from_tape)
+    if copy is not None and (delete or resume):
+        raise RestoreError("--delete and --resume work for restores from disk",
+                           hint="the point is read from tape here: restore to an empty --target")
     if copy is not None:
         with tape_session(policy_dir, f"restore {source} from tape") as service:
             return service.restore(job, copy, target=path, subpaths=subpaths, dry_run=dry_run,
                                    overwrite=overwrite, progress=progress)
     return run_restore(job, when, target=path, subpaths=subpaths, dry_run=dry_run,
-                       overwrite=overwrite, progress=progress, options=options)
+                       overwrite=overwrite, progress=progress, options=options, delete=delete, resume=resume)
 
 
 def _removed_target(policy_dir: Path, source: str, target: str | None) -> SourceTarget:

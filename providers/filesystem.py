@@ -117,6 +117,8 @@ class FilesystemProvider:
             overwrite=request.overwrite,
             root_meta=root if isinstance(root, Mapping) else None,
             progress=request.progress,
+            delete=request.delete,
+            resume=request.resume,
         )
 
 

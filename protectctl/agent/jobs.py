@@ -519,6 +519,8 @@ def restore(
     overwrite: bool = False,
     progress: Progress | None = None,
     options: Mapping[str, object] | None = None,
+    delete: bool = False,
+    resume: bool = False,
 ) -> RestoreResult:
     """Restore the newest point at or before `to_time`; raises RestoreError (earliest point named).
 
@@ -555,6 +557,8 @@ def restore(
                 options=dict(options or {}),
                 state_dir=job.state_dir,
                 points=points,
+                delete=delete,
+                resume=resume,
             )
         )
     return RestoreResult.of(job.source, point, outcome, dry_run=dry_run, notes=damage)

@@ -105,7 +105,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         = None,
         paths: Annotated[list[str] | None, typer.Option("--path", help="Only this subpath (repeatable).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be restored.")] = False,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty target.")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty target: replace what "
+                                                "differs.")] = False,
+        delete: Annotated[bool, typer.Option("--delete", help="With --overwrite: also remove what the target "
+                                             "holds that the point does not (within the target).")] = False,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted restore of the same point "
+                                             "into the target, keeping the files it finished.")] = False,
         from_: Annotated[str | None, typer.Option("--from", help="tape: read the point from tape (default: disk, "
                                                   "or tape when the disk no longer has it).")] = None,
         port: Annotated[int | None, typer.Option("--port", help="Database sources: port of the restored server "
@@ -123,7 +128,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         env = env_of(ctx, json_mode)
         if not dry_run:
             on_interrupt(f"the restore of {source} stopped part-way: {target or 'the original place'} holds only "
-                         "part of the point; run the same command again with --overwrite to finish it")
+                         "part of the point; run the same command again with --resume to finish it")
         if from_ not in (None, "disk", "tape"):
             from protectctl.errors import RestoreError
 
@@ -132,7 +137,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
                              subpaths=paths or [], dry_run=dry_run, overwrite=overwrite, progress=progress_of(env),
                              from_tape=from_ == "tape",
                              options={k: v for k, v in (("port", port), ("database", database), ("as_name", as_name))
-                                      if v is not None})
+                                      if v is not None}, delete=delete, resume=resume)
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", **result.to_json()})
         else:
@@ -206,7 +211,15 @@ def restore_summary(r: Any) -> str:
     if not r.point_complete:
         lines.append("  note: this recovery point is incomplete (some files were missed when it was taken)")
     lines += [f"  {n}" for n in r.notes]
+    doomed = r.details.get("would_delete") if isinstance(r.details, dict) else None
+    if doomed:
+        lines += [f"  would delete: {p}" for p in doomed[:_DELETIONS_SHOWN]]
+        if len(doomed) > _DELETIONS_SHOWN:
+            lines.append(f"  ... and {len(doomed) - _DELETIONS_SHOWN:,} more (--json lists them all)")
     return "\n".join(lines)
+
+
+_DELETIONS_SHOWN = 200
 
 
 def prune_summary(r: Any) -> str:

@@ -248,3 +248,59 @@ def test_a_removed_group_stays_reachable(history: History, tmp_path: Path, capsy
     assert (tmp_path / "t" / "gone.txt").read_bytes() == b"will go\n"
     _, err = cli(capsysbinary, policy, "ls", "nobody/home", expect=1)
     assert "no source matches" in err
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*")) if p.name != ".protectctl-restore"}
+
+
+def test_restore_delete_says_then_removes_only_inside_the_target(history: History, tmp_path: Path,
+                                                                 capsysbinary: Capture) -> None:
+    target, outside = tmp_path / "t", tmp_path / "outside.txt"
+    outside.write_bytes(b"not the restore's")
+    latest = ("restore", "docs/home", "--to-time", "latest", "--target", str(target))
+    cli(capsysbinary, history.policy, *latest)
+    (target / "extra.txt").write_bytes(b"x")
+    (target / "keep" / "deeper").mkdir()
+    (target / "keep" / "deeper" / "y").write_bytes(b"y")
+    _, err = cli(capsysbinary, history.policy, *latest, expect=1)
+    assert "is not empty" in err and "--overwrite" in err
+    out, _ = cli(capsysbinary, history.policy, *latest, "--overwrite", "--delete", "--dry-run")
+    assert "would delete: extra.txt" in out and "would delete: keep/deeper" in out and "keep/deeper/y" not in out
+    assert (target / "extra.txt").exists()
+    doc = json.loads(cli(capsysbinary, history.policy, *latest, "--overwrite", "--delete", "--json")[0])
+    assert doc["details"]["deleted"] == ["extra.txt", "keep/deeper"]
+    assert _tree(target) == _tree(history.data) and outside.read_bytes() == b"not the restore's"
+    # back to point 10: what came later goes, what was there comes back
+    cli(capsysbinary, history.policy, "restore", "docs/home", "--to-time", history.times[10], "--target",
+        str(target), "--overwrite", "--delete")
+    assert not (target / "new").exists() and (target / "gone.txt").read_bytes() == b"will go\n"
+    assert (target / "m.txt").read_bytes() == b"before\n"
+    _, err = cli(capsysbinary, history.policy, *latest, "--delete", expect=1)
+    assert "needs --overwrite" in err
+
+
+def test_an_unfinished_restore_resumes(history: History, tmp_path: Path, capsysbinary: Capture) -> None:
+    target = tmp_path / "t"
+    latest = ("restore", "docs/home", "--to-time", "latest", "--target", str(target))
+    _, err = cli(capsysbinary, history.policy, *latest, "--resume", expect=1)
+    assert "no unfinished restore" in err
+    cli(capsysbinary, history.policy, *latest)
+    assert not (target / ".protectctl-restore").exists()
+    # as a restore interrupted part-way leaves it: its marker, files missing, one half written
+    from protectctl.restore.progress_marker import write_marker
+
+    with api.browse_sources(history.policy, "docs/home", agent_config=None)[0].open_repository() as repo:
+        tree = repo.scan_points("docs/home").points[-1].tree
+    assert tree is not None
+    write_marker(target, tree, [])
+    (target / "a.txt").unlink()
+    (target / "big.bin").write_bytes(BIG[:1000])
+    doc = json.loads(cli(capsysbinary, history.policy, *latest, "--json")[0])  # a plain rerun continues
+    assert any("resumed" in n for n in doc["notes"])
+    assert _tree(target) == _tree(history.data) and not (target / ".protectctl-restore").exists()
+    write_marker(target, tree, [])
+    (target / "m.txt").unlink()
+    out, _ = cli(capsysbinary, history.policy, *latest, "--resume")
+    assert "already restored were kept" in out and (target / "m.txt").read_bytes() == b"after!\n"
