@@ -1659,3 +1659,26 @@ def browse_find(policy_dir: Path, selector: str, pattern: str, *, since: str | N
 
     return service.find(browse_sources(policy_dir, selector, agent_config=agent_config), selector, pattern,
                         since=since, until=until)
+
+
+def browse_mount(policy_dir: Path, mountpoint: Path, selector: str | None, *, allow_other: bool,
+                 agent_config: Path | None, ready: Callable[[], None] | None = None) -> None:
+    """`protectctl mount`: the points of the selected sources (default: every source, removed ones
+    included) as a read-only filesystem, served until unmounted or interrupted."""
+    from protectctl.browse.mount import MountError, serve
+
+    if selector:
+        chosen = browse_sources(policy_dir, selector, agent_config=agent_config)
+    else:
+        every = _sources_from_agent(agent_config) if agent_config else _sources_from_policy(policy_dir,
+                                                                                            include_remote=True)
+        chosen = [_browse_source(t.inputs["source"], t.inputs["provider"], t.inputs["spec"], t.inputs["storage"])
+                  for t in every] + ([] if agent_config else removed_sources(policy_dir))
+    if not chosen:
+        raise MountError("there is no source to mount", hint="protect a group first (apply, then run sync)")
+    storages = {repr(sorted(s.storage.items())) for s in chosen}
+    if len(storages) > 1:
+        raise MountError(f"the sources selected are in {len(storages)} storages; one mount serves one storage",
+                         hint="mount each group on its own mountpoint: protectctl mount MOUNTPOINT GROUP")
+    with chosen[0].open_repository() as repo:
+        serve(repo, [s.source for s in chosen], str(mountpoint.absolute()), allow_other=allow_other, ready=ready)

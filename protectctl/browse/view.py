@@ -170,12 +170,33 @@ class FileContent:
             self._chunk_starts = starts
         return self._chunk_starts
 
+    def _data_offset(self, offset: int) -> int | None:
+        """The offset among the data bytes (holes excluded) of file offset `offset`; None in a hole."""
+        before = 0
+        for start, length in self._extents:
+            if offset < start:
+                return None
+            if offset < start + length:
+                return before + offset - start
+            before += length
+        return None
+
+    def chunk_after(self, offset: int) -> BlobId | None:
+        """The chunk after the one holding file offset `offset` (what a sequential reader wants next)."""
+        data_offset = self._data_offset(offset)
+        if data_offset is None:
+            return None
+        index = bisect.bisect_right(self._starts(), data_offset)
+        return self.node.chunks[index] if index < len(self.node.chunks) else None
+
     def read(self, offset: int, size: int, load: LoadBlob | None = None) -> bytes:
         """Up to `size` bytes from `offset` (fewer at the end of the file)."""
         end = min(self.node.size, offset + size)
         if offset >= end:
             return b""
         load = load or self._reader.load_blob
+        if len(self._extents) == 1 and self._extents[0] == (0, self.node.size):
+            return self._data(offset, end - offset, load)  # no holes: file offsets are data offsets
         out = bytearray()
         data_before = 0  # data bytes in extents before the current one
         for start, length in self._extents:
@@ -197,6 +218,11 @@ class FileContent:
         """`size` bytes of the concatenated chunks from `data_offset`."""
         starts = self._starts()
         index = bisect.bisect_right(starts, data_offset) - 1
+        if 0 <= index < len(starts):
+            blob = load(self.node.chunks[index])
+            skip = data_offset - starts[index]
+            if skip + size <= len(blob):  # within one chunk, the common case: one copy
+                return blob[skip: skip + size]
         out = bytearray()
         while size > 0 and 0 <= index < len(starts):
             blob = load(self.node.chunks[index])

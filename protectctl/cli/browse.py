@@ -103,3 +103,28 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             env.output.info(f"nothing matches {pattern!r} in {found.points_searched} point(s)")
         if not found.matches:
             raise typer.Exit(1)
+
+    @app.command("mount")
+    def mount_command(ctx: typer.Context,
+                      mountpoint: Annotated[str, typer.Argument(help="An empty directory to mount on.")],
+                      selector: Annotated[str | None, typer.Argument(help="GROUP or GROUP/MEMBER (default: every "
+                                                                     "source).")] = None,
+                      allow_other: Annotated[bool, typer.Option("--allow-other", help="Let other users in; the "
+                                                                "stored owners and modes decide what each reads.")]
+                      = False) -> None:
+        """Recovery points as a read-only filesystem: SOURCE/by-time/TIME/... and SOURCE/latest/...;
+        runs until unmounted (fusermount3 -u MOUNTPOINT) or interrupted."""
+        from pathlib import Path
+
+        from protectctl import api
+        from protectctl.cli.interrupt import on_interrupt
+
+        env = env_of(ctx)
+        on_interrupt(f"{mountpoint} was unmounted")
+
+        def ready() -> None:
+            env.output.info(f"mounting recovery points on {mountpoint} (read-only); fusermount3 -u {mountpoint} or "
+                            "Ctrl-C unmounts")
+
+        api.browse_mount(env.policy_dir, Path(mountpoint), selector, allow_other=allow_other,
+                         agent_config=env.agent_config, ready=ready)
