@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from protectctl.browse.paths import Pattern, shown_path
 from protectctl.browse.view import PointTrees, root_node
 from protectctl.engine.ids import BlobId
-from protectctl.engine.names import show_name
+from protectctl.engine.names import show_name, text_name
 from protectctl.engine.points import Point
 from protectctl.engine.tree import Node, NodeType
 from protectctl.errors import ProtectctlError
@@ -301,40 +301,40 @@ class Found:
 
 
 class Finder:
-    """Searches points of one repository; each (subtree, place) is searched once."""
+    """Searches points of one repository; each (subtree, place) is searched once. Paths are
+    exact text (`name_text`) until the end, where they become bytes again."""
 
     def __init__(self, trees: PointTrees, pattern: Pattern) -> None:
         self.trees = trees
         self.pattern = pattern
-        self._memo: dict[tuple[BlobId, bytes], list[tuple[bytes, str]]] = {}
+        self._memo: dict[tuple[bytes, str], list[tuple[str, str]]] = {}  # (subtree hex, path) -> found
 
-    def search(self, tree: BlobId, prefix: bytes = b"") -> list[tuple[bytes, str]]:
+    def search(self, tree: BlobId, prefix: str = "") -> list[tuple[str, str]]:
         """(path, type) of every matching entry below `tree`, whose path is `prefix`."""
-        key = (tree, prefix)
-        found = self._memo.get(key)
-        if found is not None:
-            return found
-        found = []
-        whole, pattern = self.pattern.whole_path, self.pattern
-        for brief in self.trees.briefs(tree):
-            path = prefix + b"/" + brief.name if prefix else brief.name
-            if (pattern.matches_path(path) if whole else pattern.matches_name(brief.name)):
-                found.append((path, brief.type))
-            if brief.subtree is not None:
-                found.extend(self.search(brief.subtree, path))
-        self._memo[key] = found
+        found: list[tuple[str, str]] = []
+        matches, memo = self.pattern.matches, self._memo
+        for name, kind, subtree in self.trees.briefs(tree):
+            path = f"{prefix}/{name}" if prefix else name
+            if matches(name, path):
+                found.append((path, kind))
+            if subtree is not None:
+                below = memo.get((subtree, path))
+                if below is None:
+                    below = memo[(subtree, path)] = self.search(BlobId(bytes.fromhex(subtree.decode("ascii"))), path)
+                found.extend(below)
         return found
 
 
 def find(finder: Finder, points: Sequence[Point]) -> list[Match]:
     """Matches in `points` (one source's, oldest first), each with the points that hold it."""
-    by_path: dict[tuple[bytes, str], Match] = {}
+    by_path: dict[tuple[str, str], list[Point]] = {}
     for point in points:
         if point.tree is None:
             continue
-        for path, kind in finder.search(point.tree):
-            match = by_path.get((path, kind))
-            if match is None:
-                match = by_path[(path, kind)] = Match(path, kind)
-            match.points.append(point)
-    return [by_path[k] for k in sorted(by_path)]
+        for found in finder.search(point.tree):
+            holding = by_path.get(found)
+            if holding is None:
+                holding = by_path[found] = []
+            holding.append(point)
+    return sorted((Match(text_name(path), kind, holding) for (path, kind), holding in by_path.items()),
+                  key=lambda m: (m.path, m.type))

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protectctl.engine.names import name_text, show_text, text_name
+from protectctl.engine.names import show_text, text_name
 from protectctl.errors import ProtectctlError
 
 
@@ -83,8 +83,7 @@ class Pattern:
         regex = re.compile(fnmatch.translate(body), re.DOTALL)
         return cls(text, whole, regex.match)
 
-    def matches_name(self, name: bytes) -> bool:
-        return not self.whole_path and self.match(name_text(name)) is not None
-
-    def matches_path(self, path: bytes) -> bool:
-        return self.whole_path and self.match(name_text(path)) is not None
+    def matches(self, name: str, path: str) -> bool:
+        """Whether an entry matches: its name and its path from the point's root, both as exact
+        text (engine/names.py `name_text`)."""
+        return self.match(path if self.whole_path else name) is not None
