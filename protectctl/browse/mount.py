@@ -47,8 +47,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 256 << 20
 _RESCAN_S = 30.0
+_CONTENTS_KEPT = 1024  # files whose chunk offsets are kept between opens
 _DIR_MODE = stat.S_IFDIR | 0o555
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_TIME_FORMAT_US = "%Y-%m-%dT%H:%M:%S.%fZ"
 _TYPE_BITS = {NodeType.FILE: stat.S_IFREG, NodeType.DIR: stat.S_IFDIR, NodeType.SYMLINK: stat.S_IFLNK,
               NodeType.FIFO: stat.S_IFIFO, NodeType.CHARDEV: stat.S_IFCHR, NodeType.BLOCKDEV: stat.S_IFBLK,
               NodeType.SOCKET: stat.S_IFSOCK}
@@ -106,6 +108,14 @@ class ChunkCache:
 
 
 @dataclass(slots=True)
+class _Open:
+    """An open file: its content, and how far it was read (to tell a sequential reader)."""
+
+    content: FileContent
+    end: int = 0
+
+
+@dataclass(slots=True)
 class _Source:
     name: str  # group/member
     points: list[Point]
@@ -130,14 +140,23 @@ def _gid(name: str | None, fallback: int) -> int:
 
 
 def point_names(points: Sequence[Point]) -> dict[str, Point]:
-    """by-time names: the time to the second (UTC); points in the same second get their id too."""
-    seen: dict[str, int] = {}
-    for p in points:
-        seen[p.time.strftime(_TIME_FORMAT)] = seen.get(p.time.strftime(_TIME_FORMAT), 0) + 1
+    """by-time names, oldest first: the time to the second (UTC); points in the same second to the
+    microsecond (names still sort by time), and in the same microsecond with their id too."""
+    def counts(names: list[str]) -> dict[str, int]:
+        seen: dict[str, int] = {}
+        for name in names:
+            seen[name] = seen.get(name, 0) + 1
+        return seen
+
+    seconds = [p.time.strftime(_TIME_FORMAT) for p in points]
+    micros = [p.time.strftime(_TIME_FORMAT_US) for p in points]
+    by_second, by_micro = counts(seconds), counts(micros)
     out: dict[str, Point] = {}
-    for p in points:
-        base = p.time.strftime(_TIME_FORMAT)
-        out[base if seen[base] == 1 else f"{base}-{p.id[:8]}"] = p
+    for p, second, micro in zip(points, seconds, micros, strict=True):
+        if by_second[second] == 1:
+            out[second] = p
+        else:
+            out[micro if by_micro[micro] == 1 else f"{micro}-{p.id[:8]}"] = p
     return out
 
 
@@ -150,16 +169,24 @@ class PointsFilesystem:
     def __init__(self, repo: Repository, sources: Sequence[str], *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.repo = repo
         self.trees = PointTrees(repo)
-        self.cache = ChunkCache(repo.load_blob, cache_bytes)
+        # blobs are authenticated on decryption (their id is in the AEAD's associated data), so
+        # the id is not hashed again on every chunk a reader pulls: ~1 ms per chunk saved
+        self.cache = ChunkCache(getattr(repo, "load_blob_unchecked", repo.load_blob), cache_bytes)
         self._prefetch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
         self._mutex = threading.Lock()
         self._names = tuple(sources)
         self._sources: dict[str, _Source] = {}
-        self._files: dict[int, FileContent] = {}
+        self._files: dict[int, _Open] = {}
+        self._contents: OrderedDict[tuple[bytes, int, int], FileContent] = OrderedDict()
         self._next_fh = 1
         self._mounted_at = time.time_ns()
         self.mounted = False
         self._scan(force=True)
+        # before the mount is up: the index (read on the first blob) and each newest root tree,
+        # so the first look into the mount does not wait for them
+        for source in self._sources.values():
+            if source.points and source.points[-1].tree is not None:
+                self.trees.tree(source.points[-1].tree)
 
     # -- points ---------------------------------------------------------------------------
 
@@ -257,23 +284,35 @@ class PointsFilesystem:
         kind, what = self._resolve(path)
         if kind != "node" or what.type is not NodeType.FILE:
             raise OSError(errno.EISDIR if kind == "dir" else errno.EINVAL, "not a regular file")
+        key = (what.content_hash or b"".join(what.chunks[:4]), what.size, len(what.chunks))
         with self._mutex:
+            content = self._contents.get(key)  # a file opened again: its chunk offsets are known
+            if content is None:
+                content = self._contents[key] = FileContent(self.repo, what)
+                while len(self._contents) > _CONTENTS_KEPT:
+                    self._contents.popitem(last=False)
+            self._contents.move_to_end(key)
             fh = self._next_fh
             self._next_fh += 1
-            self._files[fh] = FileContent(self.repo, what)
+            self._files[fh] = _Open(content)
         return fh
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         with self._mutex:
-            content = self._files.get(fh)
-        if content is None:
+            opened = self._files.get(fh)
+        if opened is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         try:
-            data = content.read(offset, size, self.cache.get)
+            data = opened.content.read(offset, size, self.cache.get)
         except ProtectctlError as err:
             log.error("read %s at %d: %s", path, offset, err.message)
             raise OSError(errno.EIO, os.strerror(errno.EIO)) from err
-        self._read_ahead(content, offset + len(data))
+        # read ahead only for a reader going forward: a random reader would pay for chunks it never
+        # reads (the kernel's own readahead asks a little past each read, hence the slack)
+        sequential = opened.end <= offset <= opened.end + (1 << 20) and offset > 0
+        opened.end = max(opened.end, offset + len(data))
+        if sequential:
+            self._read_ahead(opened.content, offset + len(data))
         return data
 
     def _read_ahead(self, content: FileContent, end: int) -> None:

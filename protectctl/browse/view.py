@@ -160,16 +160,22 @@ class FileContent:
         if pos < node.size:
             extents.append((pos, node.size - pos))
         self._extents = extents
-        self._chunk_starts: list[int] | None = None  # data offsets (holes excluded) of each chunk
+        self._chunk_starts: list[int] | None = None  # data offsets (holes excluded) of the chunks known
+        self._next_start = 0  # where the chunk after the last known one starts
 
-    def _starts(self) -> list[int]:
-        if self._chunk_starts is None:
-            starts, pos = [], 0
-            for blob in self.node.chunks:
-                starts.append(pos)
-                pos += self._reader.blob_size(blob)
-            self._chunk_starts = starts
-        return self._chunk_starts
+    def _starts(self, data_offset: int | None = None) -> list[int]:
+        """Data offsets of the chunks, known at least up to the chunk holding `data_offset` (all of
+        them when None): sizes are asked of the index as a reader gets there, so opening a 1 GiB
+        file and reading its first bytes looks up one chunk, not ~1,400."""
+        starts = self._chunk_starts
+        if starts is None:
+            starts = self._chunk_starts = []
+            self._next_start = 0
+        chunks = self.node.chunks
+        while len(starts) < len(chunks) and (data_offset is None or self._next_start <= data_offset):
+            starts.append(self._next_start)
+            self._next_start += self._reader.blob_size(chunks[len(starts) - 1])
+        return starts
 
     def _data_offset(self, offset: int) -> int | None:
         """The offset among the data bytes (holes excluded) of file offset `offset`; None in a hole."""
@@ -187,7 +193,7 @@ class FileContent:
         data_offset = self._data_offset(offset)
         if data_offset is None:
             return None
-        index = bisect.bisect_right(self._starts(), data_offset)
+        index = bisect.bisect_right(self._starts(data_offset), data_offset)
         return self.node.chunks[index] if index < len(self.node.chunks) else None
 
     def read(self, offset: int, size: int, load: LoadBlob | None = None) -> bytes:
@@ -217,7 +223,7 @@ class FileContent:
 
     def _data(self, data_offset: int, size: int, load: LoadBlob) -> bytes:
         """`size` bytes of the concatenated chunks from `data_offset`."""
-        starts = self._starts()
+        starts = self._starts(data_offset + size)
         index = bisect.bisect_right(starts, data_offset) - 1
         out = bytearray()
         while size > 0 and 0 <= index < len(starts):

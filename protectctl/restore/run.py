@@ -104,7 +104,7 @@ def restore_tree(
         written=False,
     )
     if dry_run:
-        return _dry_run(repo, plan, target, scopes, resuming)
+        return _dry_run(repo, plan, target, scopes, resuming=resuming, overwrite=overwrite)
     _refuse_unsafe_target(target, overwrite=overwrite or resuming, needed=totals.bytes_needed, free=free)
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,8 @@ def _delete_scopes(tree: BlobId, selection: Sequence[Selected], subpaths: Sequen
 
 
 def _dry_run(repo: PointReader, plan: RestoreOutcome, target: Path,
-             scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]], resuming: bool) -> RestoreOutcome:
+             scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]], *, resuming: bool, overwrite: bool
+             ) -> RestoreOutcome:
     """What a real run would do, said: the entries --delete would remove, whether it would resume."""
     notes: list[str] = []
     details: dict[str, object] = {}
@@ -169,7 +170,8 @@ def _dry_run(repo: PointReader, plan: RestoreOutcome, target: Path,
     if resuming:
         notes.append("would resume the unfinished restore of this point in the target")
     elif target.is_dir() and any(p.name != MARKER for p in target.iterdir()):
-        notes.append("the target is not empty: a real run needs --overwrite (which replaces what differs)")
+        notes.append("the target is not empty: a real run would replace what differs" if overwrite
+                     else "the target is not empty: a real run needs --overwrite (which replaces what differs)")
     return replace(plan, notes=tuple(notes), details=details)
 
 

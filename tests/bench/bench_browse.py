@@ -129,6 +129,8 @@ def serve(repo_dir: str, mountpoint: str) -> None:
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    """Until `path` shows in the mount, then a moment for the mount process to settle (both are
+    measured as a user meets them: a mount that is up, a file not read yet)."""
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         if proc.poll() is not None:
@@ -136,6 +138,7 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout_s: float = 120)
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} did not appear")
         time.sleep(0.05)
+    time.sleep(1.0)
 
 
 def _read_figures(path: Path, size: int) -> dict[str, float]:

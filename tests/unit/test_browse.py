@@ -163,11 +163,13 @@ def test_find_searches_shared_subtrees_once() -> None:
 
 
 def test_by_time_names_and_the_bounded_chunk_cache() -> None:
-    a, b, c = (_point(0, BlobId(bytes(32))), _point(0, BlobId(bytes(32))), _point(1, BlobId(bytes(32))))
-    b = Point("f" * 32, b.source, b.time, b.kind, None, b.tree, b.stats, True)
-    names = point_names([a, b, c])
-    assert list(names) == [f"2026-12-01T00:00:00Z-{a.id[:8]}", "2026-12-01T00:00:00Z-ffffffff",
-                           "2026-12-01T01:00:00Z"]
+    tree = BlobId(bytes(32))
+    a, c = _point(0, tree), _point(1, tree)
+    b = Point("f" * 32, a.source, a.time, a.kind, None, tree, a.stats, True)
+    later = Point("e" * 32, a.source, a.time + timedelta(microseconds=5), a.kind, None, tree, a.stats, True)
+    names = point_names([a, b, later, c])
+    assert list(names) == [f"2026-12-01T00:00:00.000000Z-{a.id[:8]}", "2026-12-01T00:00:00.000000Z-ffffffff",
+                           "2026-12-01T00:00:00.000005Z", "2026-12-01T01:00:00Z"]
     loads: list[BlobId] = []
     blobs = {BlobId(bytes([i]) * 32): bytes(100) for i in range(10)}
     cache = ChunkCache(lambda blob: loads.append(blob) or blobs[blob], limit_bytes=350)
