@@ -769,7 +769,10 @@ def _scan_points(policy_dir: Path, selector: str | None, *, agent_config: Path |
     from protectctl.agent.jobs import scan_points as points_of
     from protectctl.plan.address import SourceRef
 
-    ref = SourceRef.parse(selector) if selector else None
+    try:
+        ref = SourceRef.parse(selector) if selector else None
+    except ValueError as err:
+        raise ProtectctlError(str(err)) from err
     every = _sources_from_agent(agent_config) if agent_config else _sources_from_policy(policy_dir, include_remote=True)
     current = {str(t.inputs["source"]) for t in every}
     targets = [t for t in every if _selected(str(t.inputs["source"]), ref)]
@@ -831,7 +834,10 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
     from protectctl.plan.address import SourceRef
     from protectctl.provider import check_restore_options
 
-    ref = SourceRef.parse(source)
+    try:
+        ref = SourceRef.parse(source)
+    except ValueError as err:
+        raise RestoreError(str(err)) from err
     if ref.member is None:
         raise RestoreError(f"restore needs one source, GROUP/MEMBER, not {source!r}")
     try:

@@ -209,6 +209,8 @@ def test_bad_input_is_one_clear_line(history: History, capsysbinary: Capture) ->
     for args, words in ((("ls", "docs/home", "no/such"), "is not in the point"),
                         (("ls", "docs/nobody"), "no source matches"),
                         (("ls", "docs/home/x"), "is not a source"),
+                        (("points", "list", "a/b/c"), "is not a source"),
+                        (("restore", "a/b/c", "--to-time", "latest"), "is not a source"),
                         (("ls", "docs/home", "--to-time", "yesterday-ish"), "cannot read time"),
                         (("ls", "docs/home", "--to-time", "2001-01-01"), "no recovery point"),
                         (("cat", "docs/home", "keep"), "not a file"),
