@@ -112,8 +112,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
                       allow_other: Annotated[bool, typer.Option("--allow-other", help="Let other users in; the "
                                                                 "stored owners and modes decide what each reads.")]
                       = False) -> None:
-        """Recovery points as a read-only filesystem: SOURCE/by-time/TIME/... and SOURCE/latest/...;
-        runs until unmounted (fusermount3 -u MOUNTPOINT) or interrupted."""
+        """Recovery points as a read-only filesystem: SOURCE/by-time/TIME and SOURCE/latest.
+
+        Runs in the foreground until unmounted (fusermount3 -u MOUNTPOINT) or interrupted."""
         from pathlib import Path
 
         from protectctl import api
