@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from protectctl import api
 from protectctl.browse.view import FileContent, PointTrees
 from protectctl.progress import NullProgress
-from tests.conftest import cli_argv, cli_env, copy_example, run_cli
+from tests.conftest import copy_example, run_cli
 
 Capture = pytest.CaptureFixture[bytes]
 POINTS = 20
@@ -164,12 +163,13 @@ def test_find_says_which_points_hold_a_path(history: History, capsysbinary: Capt
     assert "nothing matches" in err
 
 
-def test_cat_is_byte_exact_at_any_time(history: History, tmp_path: Path, capsysbinary: Capture) -> None:
-    out = tmp_path / "out"
-    with out.open("wb") as f:
-        proc = subprocess.run(cli_argv(history.policy, "cat", "docs/home", "big.bin"), stdout=f, check=True,
-                              env=cli_env())
-    assert proc.returncode == 0 and out.read_bytes() == BIG
+def test_cat_is_byte_exact_at_any_time(history: History, capsysbinary: Capture) -> None:
+    from protectctl.cli.main import main
+
+    capsysbinary.readouterr()
+    with pytest.raises(SystemExit) as ended:
+        main(["-C", str(history.policy), "cat", "docs/home", "big.bin"])
+    assert ended.value.code == 0 and capsysbinary.readouterr().out == BIG
     for i in (0, 5, 19):
         got = cli(capsysbinary, history.policy, "cat", "docs/home", "a.txt", "--to-time", history.points[i])[0]
         assert got.encode() == history.a_texts[i]
