@@ -162,20 +162,23 @@ class FileContent:
         self._extents = extents
         self._chunk_starts: list[int] | None = None  # data offsets (holes excluded) of the chunks known
         self._next_start = 0  # where the chunk after the last known one starts
+        self._mutex = threading.Lock()
 
     def _starts(self, data_offset: int | None = None) -> list[int]:
         """Data offsets of the chunks, known at least up to the chunk holding `data_offset` (all of
         them when None): sizes are asked of the index as a reader gets there, so opening a 1 GiB
         file and reading its first bytes looks up one chunk, not ~1,400."""
-        starts = self._chunk_starts
-        if starts is None:
-            starts = self._chunk_starts = []
-            self._next_start = 0
-        chunks = self.node.chunks
-        while len(starts) < len(chunks) and (data_offset is None or self._next_start <= data_offset):
-            starts.append(self._next_start)
-            self._next_start += self._reader.blob_size(chunks[len(starts) - 1])
-        return starts
+        with self._mutex:  # the mount reads one file from several threads (the kernel's readahead)
+            starts = self._chunk_starts
+            if starts is None:
+                starts = self._chunk_starts = []
+                self._next_start = 0
+            chunks = self.node.chunks
+            while len(starts) < len(chunks) and (data_offset is None or self._next_start <= data_offset):
+                size = self._reader.blob_size(chunks[len(starts)])
+                starts.append(self._next_start)
+                self._next_start += size
+            return starts
 
     def _data_offset(self, offset: int) -> int | None:
         """The offset among the data bytes (holes excluded) of file offset `offset`; None in a hole."""
