@@ -37,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
+from protectctl import crashpoint
 from protectctl.agent.sparse import Hasher
 from protectctl.engine.buffers import BlobScratch
 from protectctl.engine.ids import BlobId
@@ -321,6 +322,7 @@ class FsRestorer:
         self.report.files += 1
         self.report.bytes_written += node.size - _hole_bytes(node)
         self.progress.advance(files=1, bytes_done=node.size)
+        crashpoint.reached("restore-file")  # a file restored and verified (tests stop a restore here)
 
     def _link(self, dir_fd: int, name: bytes, first: tuple[bytes, ...]) -> bool:
         """Hard-link `name` to the already restored `first`; False to write a copy instead."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 from protectctl import api
 from protectctl.browse.view import FileContent, PointTrees
 from protectctl.progress import NullProgress
-from tests.conftest import copy_example, run_cli
+from tests.conftest import cli_argv, cli_env, copy_example, run_cli, wait_until
 
 Capture = pytest.CaptureFixture[bytes]
 POINTS = 20
@@ -306,3 +308,24 @@ def test_an_unfinished_restore_resumes(history: History, tmp_path: Path, capsysb
     (target / "m.txt").unlink()
     out, _ = cli(capsysbinary, history.policy, *latest, "--resume")
     assert "already restored were kept" in out and (target / "m.txt").read_bytes() == b"after!\n"
+
+
+def test_an_interrupted_restore_says_so_and_resumes(history: History, tmp_path: Path,
+                                                     capsysbinary: Capture) -> None:
+    """Ctrl-C in the middle of a real restore (stopped at its 3rd verified file: deterministic)."""
+    target, announce = tmp_path / "t", tmp_path / "announce"
+    env = cli_env({"PROTECTCTL_CRASH_POINT": "restore-file#3", "PROTECTCTL_CRASH_ANNOUNCE": str(announce)})
+    proc = subprocess.Popen(cli_argv(history.policy, "restore", "docs/home", "--to-time", "latest", "--target",
+                                     str(target)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: proc.poll() is not None or announce.exists() and announce.read_text().endswith("\n"),
+               "the restore reaches its 3rd file")
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "Interrupted: the restore of docs/home stopped part-way" in err and "--resume" in err
+    assert (target / ".protectctl-restore").exists()  # what it wrote is recorded as unfinished
+    out, _ = cli(capsysbinary, history.policy, "restore", "docs/home", "--to-time", "latest", "--target",
+                 str(target), "--resume")
+    assert "already restored were kept" in out
+    assert _tree(target) == _tree(history.data) and not (target / ".protectctl-restore").exists()
