@@ -761,41 +761,103 @@ def storages_of(targets: Sequence[SourceTarget]) -> dict[str, dict[str, Any]]:
     return {str(t.inputs["storage"]["path"]): t.inputs["storage"] for t in targets}
 
 
-def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None) -> PointListing:
-    """Readable points of the selected sources, oldest first; damaged manifests as problems."""
+def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None,
+                include_removed: bool = False) -> PointListing:
+    """Readable points of the selected sources, oldest first; damaged manifests as problems.
+
+    Points of a source no longer in the policy (its group or member removed) are listed when
+    `include_removed` (`points list --all`) or when the selector names it; `removed` names them."""
     from protectctl.agent.jobs import PointListing
+
+    found, problems, removed = _scan_points(policy_dir, selector, agent_config=agent_config,
+                                            include_removed=include_removed)
+    return PointListing(sorted((p for p, _ in found), key=lambda p: p.time), problems, tuple(sorted(removed)))
+
+
+def _scan_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None, include_removed: bool
+                 ) -> tuple[list[tuple[Any, dict[str, Any]]], tuple[str, ...], set[str]]:
+    """(point, its storage) of the selected sources, the problems met, the removed sources seen."""
     from protectctl.agent.jobs import scan_points as points_of
     from protectctl.plan.address import SourceRef
 
-    ref = SourceRef.parse(selector) if selector else None
-    targets = sources(policy_dir, agent_config=agent_config, group=ref.group if ref else None,
-                      member=ref.member if ref else None, include_remote=True)
-    allowed = {str(t.inputs["source"]) for t in targets}
-    out = []
+    try:
+        ref = SourceRef.parse(selector) if selector else None
+    except ValueError as err:
+        raise ProtectctlError(str(err)) from err
+    every = _sources_from_agent(agent_config) if agent_config else _sources_from_policy(policy_dir, include_remote=True)
+    current = {str(t.inputs["source"]) for t in every}
+    targets = [t for t in every if _selected(str(t.inputs["source"]), ref)]
+    chosen = {str(t.inputs["source"]) for t in targets}
+    needed = storages_of(targets)
+    storages = dict(needed)
+    if agent_config is None and (include_removed or (ref is not None and not targets)):
+        storages = {**_policy_storages(policy_dir), **needed}
+    out: list[tuple[Any, dict[str, Any]]] = []
+    removed: set[str] = set()
     problems: list[str] = []
-    for storage in storages_of(targets).values():
-        listing = points_of(open_storage(storage), passphrase_reader(storage)(), None)
-        out += [p for p in listing.points if p.source in allowed]
+    for key, storage in storages.items():
+        try:
+            listing = points_of(open_storage(storage), passphrase_reader(storage)(), None)
+        except ProtectctlError:
+            if key in needed:
+                raise
+            continue  # a storage no selected source uses, not created yet or unreachable
+        for p in listing.points:
+            if p.source not in current and _selected(p.source, ref):
+                removed.add(p.source)
+                out.append((p, storage))
+            elif p.source in chosen:
+                out.append((p, storage))
         problems += listing.problems
-    return PointListing(sorted(out, key=lambda p: p.time), tuple(problems))
+    if ref is not None and not targets and not removed:
+        sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member)  # raises: none matches
+    return out, tuple(problems), removed
+
+
+def _selected(source: str, ref: Any) -> bool:
+    """`source` (GROUP/MEMBER) is what `ref` (a SourceRef or None: all) selects."""
+    return ref is None or source == str(ref) or (ref.member is None and source.startswith(f"{ref.group}/"))
+
+
+def _policy_storages(policy_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every Storage of the policy, as the control machine reaches it (path -> inputs)."""
+    from protectctl.plan.resources import _storage_inputs
+    from protectctl.policy.model import Kind
+
+    policy = load(policy_dir)
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(policy.documents.get(Kind.STORAGE, {})):
+        storage: dict[str, Any] = {"name": name, **_storage_inputs(policy, name)}
+        out[str(storage["path"])] = storage
+    return out
 
 
 def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path | None,
             target: str | None, subpaths: Sequence[str], dry_run: bool, overwrite: bool,
-            progress: Any, from_tape: bool = False, options: dict[str, object] | None = None) -> Any:
+            progress: Any, from_tape: bool = False, options: dict[str, object] | None = None,
+            delete: bool = False, resume: bool = False) -> Any:
     """Restore a source to a time. `options` are the restore options its provider takes
-    (RestoreOptions); any other is refused before anything runs."""
+    (RestoreOptions); any other is refused before anything runs. `delete`: remove what the target
+    holds beyond the point (with `overwrite`); `resume`: continue an unfinished restore there."""
     from protectctl.agent.jobs import restore as run_restore
     from protectctl.catalog.timespec import parse_time
     from protectctl.errors import RestoreError
     from protectctl.plan.address import SourceRef
     from protectctl.provider import check_restore_options
 
-    ref = SourceRef.parse(source)
+    try:
+        ref = SourceRef.parse(source)
+    except ValueError as err:
+        raise RestoreError(str(err)) from err
     if ref.member is None:
         raise RestoreError(f"restore needs one source, GROUP/MEMBER, not {source!r}")
-    (job_target,) = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
-                            include_remote=True)
+    try:
+        (job_target,) = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
+                                include_remote=True)
+    except ProtectctlError:
+        if agent_config is not None:
+            raise
+        job_target = _removed_target(policy_dir, source, target)
     check_restore_options(str(job_target.inputs["provider"]), source, options or {})
     when = parse_time(to_time, now=datetime.now(UTC))
     path = None
@@ -812,6 +874,9 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
             raise RestoreError(f"--target {host}:{target}: a path on another host must be absolute")
         else:
             path = Path(target)
+    if (delete or resume) and (on_host is not None or from_tape):
+        raise RestoreError("--delete and --resume work for restores from disk onto this machine",
+                           hint="restore here with --target PATH, then copy")
     if on_host is not None:
         if from_tape:
             raise RestoreError("restores from tape write on this machine (the library is here)",
@@ -826,12 +891,35 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
                            hint="run `protectctl -C POLICY_DIR restore ... --from tape` there")
     # an agent (--agent-config) restores from its repository; tapes are the control machine's
     copy = None if agent_config is not None else _tape_copy_for_restore(policy_dir, job, when, from_tape=from_tape)
+    if copy is not None and (delete or resume):
+        raise RestoreError("--delete and --resume work for restores from disk",
+                           hint="the point is read from tape here: restore to an empty --target")
     if copy is not None:
         with tape_session(policy_dir, f"restore {source} from tape") as service:
             return service.restore(job, copy, target=path, subpaths=subpaths, dry_run=dry_run,
                                    overwrite=overwrite, progress=progress)
     return run_restore(job, when, target=path, subpaths=subpaths, dry_run=dry_run,
-                       overwrite=overwrite, progress=progress, options=options)
+                       overwrite=overwrite, progress=progress, options=options, delete=delete, resume=resume)
+
+
+def _removed_target(policy_dir: Path, source: str, target: str | None) -> SourceTarget:
+    """A source whose group (or member) was removed from the policy, restorable while its points
+    exist: to a --target only, since the policy no longer says where it belongs."""
+    from protectctl.browse.service import source_root
+    from protectctl.errors import RestoreError
+
+    (found,) = browse_sources(policy_dir, source, agent_config=None)  # raises: no source matches
+    if not target:
+        with found.open_repository() as repo:
+            points = repo.scan_points(found.source).points
+        root = source_root(found.provider, {}, points[-1]) if points else None
+        raise RestoreError(f"{source} is no longer in the policy: restore it with --target PATH",
+                           hint=f"it was protected at {root}" if root else "`points list --all` shows its points")
+    group, _, member = found.source.partition("/")
+    inputs: dict[str, Any] = {"source": found.source, "group": group, "member": member, "provider": found.provider,
+                              "spec": {}, "storage": dict(found.storage), "retention": {"keep_within_s": 0},
+                              "sync_interval_s": 900, "full_interval_s": 86400}
+    return SourceTarget(inputs, load(policy_dir).root / ".protectctl" / "removed", "local")
 
 
 def _restore_on_host(policy_dir: Path, job_target: SourceTarget, host: str, when: Any, *, target: Path | None,
@@ -1517,3 +1605,110 @@ def _check_timers(conn: Any, host: str, state: State) -> tuple[str, bool, str]:
         return ("timers", False, f"{len(bad)} of {len(files)} schedule file(s) missing or changed: "
                 f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} (plan --refresh shows them)")
     return ("timers", True, f"{len(files)} schedule file(s) in place")
+
+
+# --- browsing: ls, cat, versions, diff, find, mount (protectctl/browse) -------------------
+
+
+def browse_sources(policy_dir: Path, selector: str, *, agent_config: Path | None) -> list[Any]:
+    """GROUP[/MEMBER] as `BrowseSource`s: the policy's sources, else those of a group removed from
+    the policy whose points are still in one of its storages."""
+    from protectctl.plan.address import SourceRef
+
+    try:
+        ref = SourceRef.parse(selector)
+    except ValueError as err:
+        raise ProtectctlError(str(err)) from err
+    try:
+        targets = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
+                          include_remote=True)
+    except ProtectctlError as err:
+        if agent_config is not None:
+            raise
+        removed = removed_sources(policy_dir, selector)
+        if not removed:
+            raise err from None
+        return removed
+    return [_browse_source(t.inputs["source"], t.inputs["provider"], t.inputs["spec"], t.inputs["storage"])
+            for t in targets]
+
+
+def _browse_source(source: object, provider: object, spec: Mapping[str, Any], storage: Mapping[str, Any],
+                   in_policy: bool = True) -> Any:
+    from protectctl.agent.jobs import open_repository
+    from protectctl.browse.service import BrowseSource
+
+    stored = dict(storage)
+    return BrowseSource(str(source), str(provider), dict(spec), stored,
+                        lambda: open_repository(open_storage(stored), passphrase_reader(stored)()), in_policy)
+
+
+def removed_sources(policy_dir: Path, selector: str | None = None) -> list[Any]:
+    """Sources with points in the policy's storages but no longer in the policy (a group or member
+    removed): reachable by GROUP/MEMBER for as long as their points exist."""
+    found, _, removed = _scan_points(policy_dir, selector, agent_config=None, include_removed=True)
+    out: dict[str, Any] = {}
+    for p, storage in found:
+        if p.source in removed and p.source not in out:
+            out[p.source] = _browse_source(p.source, p.tags.get("provider", ""), {}, storage, in_policy=False)
+    return list(out.values())
+
+
+def browse_ls(policy_dir: Path, source: str, path: str, to_time: str, *, agent_config: Path | None) -> Any:
+    from protectctl.browse import service
+
+    return service.ls(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source),
+                      path, to_time)
+
+
+def browse_cat(policy_dir: Path, source: str, path: str, to_time: str, write: Callable[[bytes], object], *,
+               agent_config: Path | None) -> int:
+    from protectctl.browse import service
+
+    return service.cat(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source),
+                       path, to_time, write)
+
+
+def browse_versions(policy_dir: Path, source: str, path: str, *, agent_config: Path | None) -> Any:
+    from protectctl.browse import service
+
+    return service.versions(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config),
+                                               source), path)
+
+
+def browse_diff(policy_dir: Path, source: str, before: str, after: str, *, agent_config: Path | None) -> Any:
+    from protectctl.browse import service
+
+    return service.diff(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source),
+                        before, after)
+
+
+def browse_find(policy_dir: Path, selector: str, pattern: str, *, since: str | None, until: str | None,
+                agent_config: Path | None) -> Any:
+    from protectctl.browse import service
+
+    return service.find(browse_sources(policy_dir, selector, agent_config=agent_config), selector, pattern,
+                        since=since, until=until)
+
+
+def browse_mount(policy_dir: Path, mountpoint: Path, selector: str | None, *, allow_other: bool,
+                 agent_config: Path | None, ready: Callable[[], None] | None = None) -> None:
+    """`protectctl mount`: the points of the selected sources (default: every source, removed ones
+    included) as a read-only filesystem, served until unmounted or interrupted."""
+    from protectctl.browse.mount import MountError, serve
+
+    if selector:
+        chosen = browse_sources(policy_dir, selector, agent_config=agent_config)
+    else:
+        every = _sources_from_agent(agent_config) if agent_config else _sources_from_policy(policy_dir,
+                                                                                            include_remote=True)
+        chosen = [_browse_source(t.inputs["source"], t.inputs["provider"], t.inputs["spec"], t.inputs["storage"])
+                  for t in every] + ([] if agent_config else removed_sources(policy_dir))
+    if not chosen:
+        raise MountError("there is no source to mount", hint="protect a group first (apply, then run sync)")
+    storages = {repr(sorted(s.storage.items())) for s in chosen}
+    if len(storages) > 1:
+        raise MountError(f"the sources selected are in {len(storages)} storages; one mount serves one storage",
+                         hint="mount each group on its own mountpoint: protectctl mount MOUNTPOINT GROUP")
+    with chosen[0].open_repository() as repo:
+        serve(repo, [s.source for s in chosen], str(mountpoint.absolute()), allow_other=allow_other, ready=ready)

@@ -51,6 +51,7 @@ __all__ = [
     "PrepareRequest", "PrepareOutcome", "HostPreparer", "PointChooser", "JobPlacement", "JobPlacer",
     "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
     "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourcePaths", "LogChain",
+    "SourceRoot",
     "ArchiveOptions", "Archived", "archive", "restore_tree", "file_node", "dir_node", "node_name", "safe_name",
     "validate_patterns", "journal_path",
     "ENTRY_POINT_GROUP", "builtin_kinds", "available_kinds", "load_provider", "spec_model", "traits",
@@ -179,6 +180,8 @@ class RestoreRequest:
     state_dir: Path | None = None  # the agent's per-host state (where a provider keeps its spool)
     points: Sequence[Point] = ()  # every point of the source in the repository; empty from tape
     from_tape: bool = False  # `reader` is a point read back from tape (no other point is at hand)
+    delete: bool = False  # also remove what the target holds that the point does not (with overwrite)
+    resume: bool = False  # continue an unfinished restore of this point into the target
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +342,17 @@ class LogChain(Protocol):
         ...
 
 
+@runtime_checkable
+class SourceRoot(Protocol):
+    """A provider whose points hold a directory tree with an absolute place on its host, so a
+    path can be given as it was protected (`--path /etc/hostname` of a source of `/etc`)."""
+
+    def source_root(self, spec: Mapping[str, object], point: Point | None) -> str | None:
+        """The absolute path the point's tree root stood for (the point's own record first,
+        else the spec's), or None when it has none."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class PrepareRequest:
     source: str  # "group/member"
@@ -446,13 +460,15 @@ def journal_path(state_dir: Path, source: str, repository_id: str) -> Path:
 
 def restore_tree(reader: PointReader, tree: BlobId, target: Path, *, subpaths: Sequence[str] = (),
                  dry_run: bool = False, overwrite: bool = False, root_meta: Mapping[str, object] | None = None,
-                 progress: Progress | None = None, writeback: bool = False) -> RestoreOutcome:
+                 progress: Progress | None = None, writeback: bool = False, delete: bool = False,
+                 resume: bool = False) -> RestoreOutcome:
     """Restore `tree` (or its `subpaths`) below `target`, every file verified against its hash;
-    raises RestoreError. `writeback`: start writing data to disk early (the caller fsyncs next)."""
+    raises RestoreError. `writeback`: start writing data to disk early (the caller fsyncs next).
+    `delete`, `resume`: as in RestoreRequest."""
     from protectctl.restore.run import restore_tree as run
 
     return run(reader, tree, target, subpaths=subpaths, dry_run=dry_run, overwrite=overwrite,
-               root_meta=root_meta, progress=progress, writeback=writeback)
+               root_meta=root_meta, progress=progress, writeback=writeback, delete=delete, resume=resume)
 
 
 def node_name(name: str | bytes) -> bytes:

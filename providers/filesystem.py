@@ -18,6 +18,7 @@ import stat
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -37,6 +38,9 @@ from protectctl.provider import (
     restore_tree,
     validate_patterns,
 )
+
+if TYPE_CHECKING:
+    from protectctl.provider import Point
 
 
 class FilesystemMember(CamelSpec):
@@ -77,6 +81,11 @@ class FilesystemProvider:
         path = spec.get("path")
         return posixpath.normpath(str(path)) if path else repr(sorted(spec.items()))
 
+    def source_root(self, spec: Mapping[str, object], point: Point | None) -> str | None:
+        recorded = point.extra.get("path") if point is not None else None
+        root = recorded if isinstance(recorded, str) else spec.get("path")
+        return posixpath.normpath(str(root)) if root else None
+
     # -- snapshot ------------------------------------------------------------------------
 
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
@@ -112,6 +121,8 @@ class FilesystemProvider:
             overwrite=request.overwrite,
             root_meta=root if isinstance(root, Mapping) else None,
             progress=request.progress,
+            delete=request.delete,
+            resume=request.resume,
         )
 
 

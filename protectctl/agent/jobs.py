@@ -37,6 +37,7 @@ from protectctl.agent.status import (
     record_tape_copy,
 )
 from protectctl.agent.throttle import ThrottledStorage
+from protectctl.browse.paths import point_relative
 from protectctl.catalog.select import select_point
 from protectctl.engine.memory import tune_malloc
 from protectctl.engine.points import DamagedPoint, Point, PointStats, new_point_id
@@ -51,6 +52,7 @@ from protectctl.provider import (
     RestoreRequest,
     SnapshotOutcome,
     SnapshotRequest,
+    SourceRoot,
     load_provider,
 )
 
@@ -531,6 +533,7 @@ class PointListing:
 
     points: list[Point]
     problems: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()  # sources of these points no longer in the policy
 
 
 def scan_points(storage: StorageBackend, passphrase: bytes, source_prefix: str | None = None) -> PointListing:
@@ -554,6 +557,8 @@ def restore(
     overwrite: bool = False,
     progress: Progress | None = None,
     options: Mapping[str, object] | None = None,
+    delete: bool = False,
+    resume: bool = False,
 ) -> RestoreResult:
     """Restore the newest point at or before `to_time`; raises RestoreError (earliest point named).
 
@@ -572,6 +577,9 @@ def restore(
             point = provider.choose_point(points, to_time, source=job.source)
         else:
             point = select_point(points, to_time, source=job.source)
+        if subpaths and isinstance(provider, SourceRoot):  # paths may be given as they were protected
+            root = provider.source_root(job.spec, point)
+            subpaths = [point_relative(path, root) for path in subpaths]
         outcome = provider.restore(
             RestoreRequest(
                 job.source,
@@ -587,6 +595,8 @@ def restore(
                 options=dict(options or {}),
                 state_dir=job.state_dir,
                 points=points,
+                delete=delete,
+                resume=resume,
             )
         )
     return RestoreResult.of(job.source, point, outcome, dry_run=dry_run, notes=damage)

@@ -65,17 +65,23 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     @points_app.command("list")
     def points_list(ctx: typer.Context,
                     selector: Annotated[str | None, typer.Argument(help="GROUP or GROUP/MEMBER")] = None,
+                    all_sources: Annotated[bool, typer.Option("--all", help="Also sources no longer in the policy "
+                                                              "(a removed group's points).")] = False,
                     json_mode: JsonOpt = False) -> None:
         """Recovery points, newest last."""
         from protectctl import api
 
         env = env_of(ctx, json_mode)
-        listing = api.list_points(env.policy_dir, selector, agent_config=env.agent_config)
+        listing = api.list_points(env.policy_dir, selector, agent_config=env.agent_config,
+                                  include_removed=all_sources)
         points = listing.points
         windows = api.recovery_windows(points)
+        gone = set(listing.removed)
         if env.output.json_mode:
-            env.output.document({"format_version": "1.0", "points": [point_json(p) for p in points],
-                                 "recovery_windows": windows, "problems": list(listing.problems)})
+            env.output.document({"format_version": "1.0",
+                                 "points": [{**point_json(p), "in_policy": p.source not in gone} for p in points],
+                                 "recovery_windows": windows, "problems": list(listing.problems),
+                                 "removed_sources": sorted(gone)})
             return
         for problem in listing.problems:
             env.output.warn(problem)
@@ -84,6 +90,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             [(p.time.strftime("%Y-%m-%dT%H:%M:%SZ"), p.source, p.kind, p.id[:8], f"{p.stats.files:,}",
               human_bytes(p.stats.bytes_total), human_bytes(p.stats.bytes_added), f"{p.stats.duration_s:.1f}s",
               "yes" if p.complete else f"NO ({len(p.errors)} error(s))") for p in points])
+        for source in sorted(gone):
+            env.output.text(f"{source}: no longer in the policy (its points stay in the repository: "
+                            "browse it with `protectctl ls`, restore it with --target PATH)")
         for source, lines in windows.items():
             env.output.text("\n".join([f"{source}:", *(f"  {line}" for line in lines)]))
 
@@ -96,7 +105,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         = None,
         paths: Annotated[list[str] | None, typer.Option("--path", help="Only this subpath (repeatable).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be restored.")] = False,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty target.")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty target: replace what "
+                                                "differs.")] = False,
+        delete: Annotated[bool, typer.Option("--delete", help="With --overwrite: also remove what the target "
+                                             "holds that the point does not (within the target).")] = False,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted restore of the same point "
+                                             "into the target, keeping the files it finished.")] = False,
         from_: Annotated[str | None, typer.Option("--from", help="tape: read the point from tape (default: disk, "
                                                   "or tape when the disk no longer has it).")] = None,
         port: Annotated[int | None, typer.Option("--port", help="Database sources: port of the restored server "
@@ -114,7 +128,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         env = env_of(ctx, json_mode)
         if not dry_run:
             on_interrupt(f"the restore of {source} stopped part-way: {target or 'the original place'} holds only "
-                         "part of the point; run the same command again with --overwrite to finish it")
+                         "part of the point; run the same command again with --resume to finish it")
         if from_ not in (None, "disk", "tape"):
             from protectctl.errors import RestoreError
 
@@ -123,7 +137,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
                              subpaths=paths or [], dry_run=dry_run, overwrite=overwrite, progress=progress_of(env),
                              from_tape=from_ == "tape",
                              options={k: v for k, v in (("port", port), ("database", database), ("as_name", as_name))
-                                      if v is not None})
+                                      if v is not None}, delete=delete, resume=resume)
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", **result.to_json()})
         else:
@@ -197,7 +211,15 @@ def restore_summary(r: Any) -> str:
     if not r.point_complete:
         lines.append("  note: this recovery point is incomplete (some files were missed when it was taken)")
     lines += [f"  {n}" for n in r.notes]
+    doomed = r.details.get("would_delete") if isinstance(r.details, dict) else None
+    if doomed:
+        lines += [f"  would delete: {p}" for p in doomed[:_DELETIONS_SHOWN]]
+        if len(doomed) > _DELETIONS_SHOWN:
+            lines.append(f"  ... and {len(doomed) - _DELETIONS_SHOWN:,} more (--json lists them all)")
     return "\n".join(lines)
+
+
+_DELETIONS_SHOWN = 200
 
 
 def prune_summary(r: Any) -> str:

@@ -87,11 +87,12 @@ def _log_to_stderr(verbosity: int) -> None:
 
 
 def _register() -> None:
-    from protectctl.cli import agent, hosts, jobs, manpage, monitoring, plan, repair, serve, state, tape
+    from protectctl.cli import agent, browse, hosts, jobs, manpage, monitoring, plan, repair, serve, state, tape
 
     plan.register(app)
     state.register(app)
     jobs.register(app)
+    browse.register(app)
     repair.register(app)
     tape.register(app)
     agent.register(app)

@@ -239,6 +239,11 @@ class Repository:
         with self._mutex:
             return blob_id in self._pending or self._loaded_index().has_live(blob_id)
 
+    def blob_size(self, blob_id: BlobId) -> int:
+        """The plaintext length of a stored blob, from the index (nothing is read); raises
+        CorruptionError when no index lists it. Lets a reader seek into a file by its chunks."""
+        return self._locate(blob_id).entry.raw_length
+
     def has_blobs(self, blob_ids: Iterable[bytes]) -> bool:
         """`has_blob` for every id, under one lock acquisition (a directory's chunks at once)."""
         with self._mutex:

@@ -37,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
+from protectctl import crashpoint
 from protectctl.agent.sparse import Hasher
 from protectctl.engine.buffers import BlobScratch
 from protectctl.engine.ids import BlobId
@@ -44,6 +45,7 @@ from protectctl.engine.names import show_name
 from protectctl.engine.tree import HashScheme, Node, NodeType, extents_hash
 from protectctl.errors import ProtectctlError, RestoreError
 from protectctl.progress import NullProgress, Progress
+from protectctl.restore.progress_marker import already_restored
 from protectctl.restore.safety import check_name, make_dir, open_dir_path, remove_entry
 from protectctl.restore.selection import Selected, TreeReader
 
@@ -94,6 +96,7 @@ class RestoreReport:
     specials: int = 0
     bytes_written: int = 0
     verified: int = 0
+    skipped: int = 0  # files a resumed restore found already restored
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -125,8 +128,10 @@ class FsRestorer:
         overwrite: bool,
         progress: Progress | None = None,
         writeback: bool = False,
+        keep_done: bool = False,
     ) -> None:
         self.reader = reader
+        self.keep_done = keep_done  # resuming: keep files an earlier run of this restore finished
         self._writeback = _start_writeback if writeback else None
         self.new_hasher = new_hasher
         self.overwrite = overwrite
@@ -231,6 +236,14 @@ class FsRestorer:
 
     def _restore_file(self, dir_fd: int, name: bytes, node: Node, parts: tuple[bytes, ...]) -> None:
         key = (node.dev, node.inode)
+        if self.keep_done and already_restored(dir_fd, name, node):
+            if node.nlink > 1:
+                self._links.setdefault(key, parts)
+            self.report.skipped += 1
+            self.report.files += 1
+            self.report.verified += node.content_hash is not None  # it was, when it was written
+            self.progress.advance(files=1, bytes_done=node.size)
+            return
         if node.nlink > 1:
             # In this thread and in walk order: a later name links to a first that is complete.
             if key in self._links and self._link(dir_fd, name, self._links[key], node.size):
@@ -308,6 +321,7 @@ class FsRestorer:
         self.report.files += 1
         self.report.bytes_written += node.size - _hole_bytes(node)
         self.progress.advance(files=1, bytes_done=node.size)
+        crashpoint.reached("restore-file")  # a file restored and verified (tests stop a restore here)
 
     def _link(self, dir_fd: int, name: bytes, first: tuple[bytes, ...], size: int) -> bool:
         """Hard-link `name` to the already restored `first`; False to write a copy instead."""

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from protectctl.agent.sparse import Hasher
 from protectctl.engine.ids import BlobId
-from protectctl.engine.tree import Tree
+from protectctl.engine.names import show_name
+from protectctl.engine.tree import NodeType, Tree
 from protectctl.errors import RestoreError
 from protectctl.progress import NullProgress, Progress
 from protectctl.provider import RestoreOutcome
 from protectctl.restore.fs import FsRestorer, RestoreReport
+from protectctl.restore.progress_marker import MARKER, clear_marker, extras, read_marker, write_marker
 from protectctl.restore.selection import PointReader, Selected, count, select
 
 _ERRORS_SHOWN = 20
@@ -70,14 +72,27 @@ def restore_tree(
     root_meta: Mapping[str, object] | None = None,
     progress: Progress | None = None,
     writeback: bool = False,
+    delete: bool = False,
+    resume: bool = False,
 ) -> RestoreOutcome:
     """Restore `tree` (or its `subpaths`) below `target`; raises RestoreError. `writeback`: start
-    writing data to disk as it is restored (for a caller that fsyncs it all next)."""
+    writing data to disk as it is restored (for a caller that fsyncs it all next). `delete`: also
+    remove what the target holds that the point does not (needs `overwrite`). `resume`: continue
+    an unfinished restore of the same point into `target` (progress_marker)."""
     progress = progress or NullProgress()
     repo = CachedTrees(repo)  # selecting, counting and writing each walk the same trees
     selection = select(repo, tree, subpaths)
     totals = count(repo, selection)
     free = free_bytes(target)
+    if delete and not overwrite:
+        raise RestoreError("--delete removes what the target holds beyond the point: it needs --overwrite")
+    marker = read_marker(target)
+    resuming = marker is not None and marker.same_restore(tree, subpaths)
+    if resume and not resuming:
+        raise RestoreError(f"{target} holds no unfinished restore of this point to resume",
+                           hint="restore to an empty directory with --target, or pass --overwrite to replace "
+                                "what is there")
+    scopes = _delete_scopes(tree, selection, subpaths) if delete else []
     plan = RestoreOutcome(
         target=target,
         files=totals.files,
@@ -89,10 +104,16 @@ def restore_tree(
         written=False,
     )
     if dry_run:
-        return plan
-    _refuse_unsafe_target(target, overwrite=overwrite, needed=totals.bytes_needed, free=free)
+        return _dry_run(repo, plan, target, scopes, resuming=resuming, overwrite=overwrite)
+    _refuse_unsafe_target(target, overwrite=overwrite or resuming, needed=totals.bytes_needed, free=free)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RestoreError(f"cannot use {target} as the restore target: {err.strerror}") from err
+    write_marker(target, tree, subpaths)
     progress.start("restore", total_bytes=totals.bytes_total, total_files=totals.files)  # files as a point counts them
-    report = _write(repo, selection, target, overwrite, root_meta if not subpaths else None, progress, writeback)
+    report, deleted = _write(repo, selection, target, overwrite or resuming, root_meta if not subpaths else None,
+                             progress, writeback, scopes=scopes, resuming=resuming)
     progress.finish()
     if report.errors:
         shown = "; ".join(report.errors[:_ERRORS_SHOWN])
@@ -102,16 +123,60 @@ def restore_tree(
         raise RestoreError(
             f"{len(report.errors)} entr{'y' if len(report.errors) == 1 else 'ies'} could not be restored"
             f" to {target}: {shown}{more}",
-            hint=f"the other {report.files} files were restored and verified",
+            hint=f"the other {report.files} files were restored and verified; once the cause is fixed, the same "
+                 "command with --resume finishes the restore",
         )
+    clear_marker(target)
+    notes = list(report.notes)
+    if resuming:
+        notes.append(f"resumed an unfinished restore: {report.skipped:,} file(s) already restored were kept")
+    if deleted:
+        notes.append(f"deleted {len(deleted):,} entr{'y' if len(deleted) == 1 else 'ies'} the point does not hold")
     return replace(
         plan,
         files=report.files,
         dirs=report.dirs,
         verified=report.verified,
         written=True,
-        notes=tuple(report.notes),
+        notes=tuple(notes),
+        details={"deleted": [_shown(p) for p in deleted]} if delete else {},
     )
+
+
+def _delete_scopes(tree: BlobId, selection: Sequence[Selected], subpaths: Sequence[str]
+                   ) -> list[tuple[tuple[bytes, ...], BlobId | None]]:
+    """The target directories `--delete` cleans, with the tree each must match: the whole target
+    for a whole-point restore, else each selected directory (never a parent of a subpath)."""
+    if not subpaths:
+        return [((), tree)]
+    return [(item.parts, item.node.subtree) for item in selection if item.node.type is NodeType.DIR]
+
+
+def _dry_run(repo: PointReader, plan: RestoreOutcome, target: Path,
+             scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]], *, resuming: bool, overwrite: bool
+             ) -> RestoreOutcome:
+    """What a real run would do, said: the entries --delete would remove, whether it would resume."""
+    notes: list[str] = []
+    details: dict[str, object] = {}
+    if scopes and target.is_dir():
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            doomed = extras(repo, fd, scopes, remove=False)
+        finally:
+            os.close(fd)
+        details["would_delete"] = [_shown(p) for p in doomed]
+        notes.append(f"would delete {len(doomed):,} entr{'y' if len(doomed) == 1 else 'ies'} the point does not hold"
+                     + (" (listed below)" if doomed else ""))
+    if resuming:
+        notes.append("would resume the unfinished restore of this point in the target")
+    elif target.is_dir() and any(p.name != MARKER for p in target.iterdir()):
+        notes.append("the target is not empty: a real run would replace what differs" if overwrite
+                     else "the target is not empty: a real run needs --overwrite (which replaces what differs)")
+    return replace(plan, notes=tuple(notes), details=details)
+
+
+def _shown(parts: Sequence[bytes]) -> str:
+    return show_name(b"/".join(parts))
 
 
 def _write(
@@ -122,20 +187,28 @@ def _write(
     root_meta: Mapping[str, object] | None,
     progress: Progress,
     writeback: bool = False,
-) -> RestoreReport:
+    *,
+    scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]] = (),
+    resuming: bool = False,
+) -> tuple[RestoreReport, list[tuple[bytes, ...]]]:
     try:
         target.mkdir(parents=True, exist_ok=True)
         root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
         raise RestoreError(f"cannot use {target} as the restore target: {err.strerror}") from err
     try:
-        restorer = FsRestorer(repo, repo.content_hasher, overwrite=overwrite, progress=progress, writeback=writeback)
+        # first, so that directory times set at the end of the restore stay as stored
+        deleted = extras(repo, root_fd, scopes, remove=True) if scopes else []
+        restorer = FsRestorer(repo, repo.content_hasher, overwrite=overwrite, progress=progress, writeback=writeback,
+                              keep_done=resuming)
         report = restorer.run(root_fd, selection)
         if root_meta is not None:
             _apply_root(root_fd, root_meta, report)
+    except OSError as err:
+        raise RestoreError(f"restoring into {target}: {err.strerror}") from err
     finally:
         os.close(root_fd)
-    return report
+    return report, deleted
 
 
 def _apply_root(fd: int, meta: Mapping[str, object], report: RestoreReport) -> None:
@@ -160,10 +233,11 @@ def _refuse_unsafe_target(target: Path, *, overwrite: bool, needed: int, free: i
     if not overwrite and target.exists():
         if not target.is_dir():
             raise RestoreError(f"restore target {target} exists and is not a directory")
-        if any(target.iterdir()):
+        if any(p.name != MARKER for p in target.iterdir()):
             raise RestoreError(
                 f"restore target {target} is not empty",
-                hint="restore to an empty directory with --target, or allow overwriting",
+                hint="restore to an empty directory with --target, or pass --overwrite to replace what differs "
+                     "(with --delete: also remove what the point does not hold; --dry-run shows it first)",
             )
     if free is not None and needed > free and not overwrite:
         raise RestoreError(

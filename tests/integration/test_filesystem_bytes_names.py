@@ -169,7 +169,8 @@ def test_crafted_names_fail_entry_by_entry_and_the_rest_restores(tmp_path: Path)
     message = str(caught.value)
     assert "5 entries could not be restored" in message
     assert "sub/\\xed\\xa0\\x80bad: refusing to restore this entry" in message
-    assert sorted(os.listdir(os.fsencode(target))) == [b"good\xff", b"sub"]
+    # the marker of the unfinished restore stays, for a rerun with --resume (restore/progress_marker.py)
+    assert sorted(os.listdir(os.fsencode(target))) == [b".protectctl-restore", b"good\xff", b"sub"]
     assert os.listdir(os.fsencode(target / "sub")) == [b"ok"]
     assert (target / "sub" / "ok").read_bytes() == b"kept"
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["target"]
