@@ -20,6 +20,9 @@ same way, so only changed entries are captured (xattrs, journal checks) and enco
 A `full` never reuses (it reads everything), nor does an archive with a `reread` policy
 (it decides per file what to trust).
 
+A file changed within its timestamp's granularity of the previous sync's start is never
+trusted (journal.py, racily clean): it is read again, and its directory is not reused.
+
 A `full` reads every file and compares it with the journal: a file whose identity matches
 but whose content differs changed behind the filesystem's back (a silent change); those are
 counted and named in the result. Entries that vanish or cannot be read are listed as errors
@@ -151,6 +154,7 @@ class Archiver:
         # entry's node may be reused behind its back. Kept trees are built node by node.
         self._plain = options.reread is None and not options.keep_trees
         self._reuse_dirs = self._plain and not options.verify_all
+        self._racy_after = journal.racy_after_ns
 
     def run(self) -> ArchiveResult:
         """Archive the root; raises ProviderError when the root itself is unusable."""
@@ -238,6 +242,7 @@ class Archiver:
             if (
                 previous is None
                 or previous.identity != FileIdentity.of(entry.st)
+                or self._racy(entry.st)
                 or not self.repo.has_blobs(previous.chunks)
             ):
                 return None
@@ -286,6 +291,8 @@ class Archiver:
 
     def _reuse(self, rel: bytes, key: bytes, entries: Sequence[_Entry]) -> BlobId | None:
         """The tree the last point stored for `rel` when nothing it was built from changed."""
+        if any(self._racy(e.st) for e in entries if e.kind is NodeType.FILE):
+            return None
         stored = self.journal.directory_tree(rel)
         if stored is None or stored[0] != key:
             return None
@@ -373,6 +380,8 @@ class Archiver:
         previous = here.known.get(name)
         if previous is not None and self.options.reread is not None and self.options.reread(rel, st):
             previous = None  # the caller distrusts the journal for this file: read it
+        if previous is not None and self._racy(st):
+            previous = None  # changed too close to the last sync to trust its timestamps
         identity = FileIdentity.of(st)
         reusable = previous is not None and previous.identity == identity and self._present(previous.chunks)
         if reusable and not self.options.verify_all:
@@ -393,6 +402,10 @@ class Archiver:
             self._links[link_key] = content
         self._remember(here.rel, name, identity, content)
         return content, st
+
+    def _racy(self, st: os.stat_result) -> bool:
+        after = self._racy_after
+        return after is not None and (st.st_mtime_ns >= after or st.st_ctime_ns >= after)
 
     def _present(self, chunks: tuple[bytes, ...]) -> bool:
         # A prune may have removed chunks since the journal was written: never trust it blindly.

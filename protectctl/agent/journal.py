@@ -23,6 +23,17 @@ directory that must be rebuilt (one file in it changed) re-encodes only the entr
 changed, and a damaged row is rebuilt rather than stored. A journal written before those
 tables existed simply has nothing to reuse.
 
+Racily clean files: a file's identity holds timestamps of the filesystem's granularity (a
+clock tick, a second on some filesystems). A file rewritten, size unchanged, within the same
+tick as the sync that read it keeps its identity, and the next sync would reuse the old
+content. So the journal records when its run started (`started_ns`, taken before the walk
+reads anything) and the next run distrusts every entry whose mtime or ctime is within
+RACY_SLACK_NS of that instant (or after it): it is read again (`racy_after_ns`). Such a
+re-read costs little (only files touched right before or during the previous sync) and the
+journal written by that run trusts the file again. A journal without `started_ns` (written
+before) trusts its entries as it always did. PROTECTCTL_RACY_SLACK_NS overrides the slack
+(tests that count bytes read set it to 0; a filesystem with coarser timestamps may need more).
+
 Names are bytes (engine/names.py). A `dir` or `name` key is stored as TEXT when it is valid
 UTF-8 (as journals before bytes names stored every key, so they stay usable) and as a BLOB
 of its raw bytes otherwise; SQLite keeps the two storage classes apart (a TEXT never equals
@@ -37,6 +48,7 @@ import contextlib
 import os
 import sqlite3
 import struct
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +61,19 @@ from protectctl.fsutil import fsync_dir, os_error_text
 FORMAT_VERSION = "2"
 _ID_LEN = 32
 _BATCH = 2000
+# Larger than any timestamp granularity of a Linux filesystem the agent backs up (ext4 with
+# 128-byte inodes and NFS servers keep seconds) and than clock skew between a file server and us.
+RACY_SLACK_NS = 2_000_000_000
+_SLACK_ENV = "PROTECTCTL_RACY_SLACK_NS"
+
+
+def racy_slack_ns() -> int:
+    """The racy-clean slack in force (RACY_SLACK_NS unless PROTECTCTL_RACY_SLACK_NS says otherwise)."""
+    raw = os.environ.get(_SLACK_ENV, "")
+    try:
+        return max(0, int(raw)) if raw else RACY_SLACK_NS
+    except ValueError:
+        return RACY_SLACK_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +201,16 @@ class Journal:
     def point_id(self) -> str | None:
         return self.meta.get("point_id")
 
+    @property
+    def racy_after_ns(self) -> int | None:
+        """Entries whose mtime or ctime is at or after this instant may have changed unseen within
+        their timestamp's granularity: read them again (None: the journal does not know)."""
+        try:
+            started = int(self.meta["started_ns"])
+        except (KeyError, ValueError):
+            return None
+        return started - racy_slack_ns()
+
     def directory(self, rel_dir: bytes) -> dict[bytes, JournalEntry]:
         """The entries of the files directly in `rel_dir` (b"" for the root), by name."""
         if self._conn is None:
@@ -236,15 +271,21 @@ class Journal:
             self._conn.close()
             self._conn = None
 
-    def begin(self) -> JournalWriter:
-        """Start the next journal beside this one (able to copy rows from this one)."""
-        return JournalWriter(self.path, repo_id=self.repo_id, previous=self.path if self._conn else None)
+    def begin(self, *, started_ns: int | None = None) -> JournalWriter:
+        """Start the next journal beside this one (able to copy rows from this one); `started_ns`:
+        when the content it describes was captured, if earlier than now (a snapshot's instant)."""
+        return JournalWriter(self.path, repo_id=self.repo_id, previous=self.path if self._conn else None,
+                             started_ns=started_ns)
 
 
 class JournalWriter:
     """The next journal, invisible until `commit`."""
 
-    def __init__(self, path: Path, *, repo_id: str, previous: Path | None = None) -> None:
+    def __init__(
+        self, path: Path, *, repo_id: str, previous: Path | None = None, started_ns: int | None = None
+    ) -> None:
+        # Before anything of the run is read: the next run distrusts files changed since (racy).
+        self.started_ns = time.time_ns() if started_ns is None else started_ns
         self.path = path
         self._tmp = path.with_name(path.name + ".new")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +297,7 @@ class JournalWriter:
         self._conn.execute("PRAGMA journal_mode=OFF")
         self._conn.execute("PRAGMA synchronous=OFF")
         self._conn.executescript(_SCHEMA)
-        self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id}
+        self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id, "started_ns": str(self.started_ns)}
         self._pending: list[tuple[object, ...]] = []
         self._dirs: list[tuple[str | bytes, bytes, bytes]] = []
         self._nodes: list[tuple[str | bytes, str | bytes, bytes, str]] = []
