@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from protectctl.agent.archiver import ArchiveOptions as ArchiverOptions
-from protectctl.agent.archiver import Archiver
+from protectctl.agent.archiver import Archiver, BigFileReader
 from protectctl.agent.journal import Journal, writing_error
 from protectctl.agent.patterns import PathFilter
 from protectctl.engine.ids import BlobId
@@ -50,15 +50,17 @@ class RepositorySink:
         return self.repo.list_points(source)
 
 
-def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) -> Archived:
-    """See protectctl.provider.archive."""
+def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str, device: int | None = None,
+            started_ns: int | None = None, big_files: BigFileReader | None = None) -> Archived:
+    """See protectctl.provider.archive; the keywords come from agent/tracking.py (a snapshot's
+    device number and instant, the big-file reader)."""
     sink = request.sink
     if not isinstance(sink, RepositorySink):
         raise TypeError("archive() writes into the sink the agent handed the provider")
     repo = sink.repo
     book = Journal(journal_path(request.state_dir, journal, repo.id), repo_id=repo.id)
     try:
-        out = book.begin()
+        out = book.begin(started_ns=started_ns)
     except (sqlite3.Error, OSError) as err:
         book.close()
         raise writing_error(book.path, err) from err
@@ -68,7 +70,7 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) 
             filter=PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude]),
             one_file_system=options.one_file_system, verify_all=options.verify_all,
             reread=options.reread,
-            keep_trees=options.keep_trees,
+            keep_trees=options.keep_trees, device=device, big_files=big_files,
         ), request.progress).run()
     except sqlite3.Error as err:  # the next journal cannot be written: a full disk
         out.abort()

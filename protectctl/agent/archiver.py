@@ -46,6 +46,7 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import blake3
 
@@ -75,6 +76,21 @@ class ArchiveOptions:
     # (path relative to root, lstat) -> read the file although the journal says it is unchanged
     reread: Callable[[bytes, os.stat_result], bool] | None = None
     keep_trees: bool = False  # remember every tree saved (ArchiveResult.trees)
+    # Reading from a snapshot: the live source's device number, recorded instead of the snapshot's.
+    device: int | None = None
+    big_files: BigFileReader | None = None  # reads big files its own way (agent/tracking.py)
+
+
+class BigFileReader(Protocol):
+    """Reads a big file's content (a reflink clone, changed blocks only): agent/tracking.py."""
+
+    min_size: int
+
+    def read(
+        self, archiver: Archiver, fd: int, st: os.stat_result, rel: bytes, previous: JournalEntry | None
+    ) -> Content | None:
+        """The stored content of the open file `fd`, or None to leave it to the archiver."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +176,7 @@ class Archiver:
         """Archive the root; raises ProviderError when the root itself is unusable."""
         root = self.options.root
         try:
-            st = os.stat(root)
+            st = self._on_device(os.stat(root))
         except OSError as err:
             raise ProviderError(f"source path {root} cannot be read: {err.strerror}") from err
         if not stat.S_ISDIR(st.st_mode):
@@ -263,7 +279,7 @@ class Archiver:
         for name, entry_path in self._list(path, rel):
             child_rel = rel + b"/" + name if rel else name
             try:
-                st = os.lstat(entry_path)
+                st = self._on_device(os.lstat(entry_path))
             except OSError as err:
                 self._error(child_rel, err)
                 continue
@@ -391,7 +407,7 @@ class Archiver:
             )
             self.result.files_reused += 1
         else:
-            read = self._read(path, rel)
+            read = self._read(path, rel, here.known.get(name))
             if read is None:
                 return None, st
             content, st = read
@@ -421,7 +437,9 @@ class Archiver:
             self.result.silent_changed.append(show_name(rel))
         log.warning("archive.silent_change", extra={"path": show_name(rel)})
 
-    def _read(self, path: bytes, rel: bytes) -> tuple[Content, os.stat_result] | None:
+    def _read(
+        self, path: bytes, rel: bytes, previous: JournalEntry | None = None
+    ) -> tuple[Content, os.stat_result] | None:
         """Read, chunk and store one file; None (and an error) when it cannot be read."""
         try:
             fd = self._open(path)
@@ -429,11 +447,16 @@ class Archiver:
             self._error(rel, err)
             return None
         try:
-            st = os.fstat(fd)
+            st = self._on_device(os.fstat(fd))
             if not stat.S_ISREG(st.st_mode):  # replaced by something else since the lstat
                 self.result.errors.append(f"{show_name(rel)}: changed type while being read")
                 return None
-            content = self._read_content(fd, st)
+            big = self.options.big_files
+            content = None
+            if big is not None and st.st_size >= big.min_size:
+                content = big.read(self, fd, st, rel, previous)
+            if content is None:
+                content = self._read_content(fd, st)
         except OSError as err:
             self._error(rel, err)
             return None
@@ -458,6 +481,13 @@ class Archiver:
             return Content(reader.limit, chunks, holes, hasher.digest())
         digest = extents_hash(self.repo.content_hasher(), reader.limit, holes, hasher.digest())
         return Content(reader.limit, chunks, holes, digest, HashScheme.EXTENTS)
+
+    def _on_device(self, st: os.stat_result) -> os.stat_result:
+        """`st` as the live source has it: a snapshot's entries get the source's device number."""
+        dev = self.options.device
+        if dev is None or st.st_dev == dev:
+            return st
+        return _with_device(st, dev)
 
     def _open(self, path: bytes) -> int:
         # O_NOATIME keeps a backup from touching every file's atime; only the owner or root
@@ -539,6 +569,20 @@ def _differs(previous: JournalEntry, content: Content) -> bool:
 def _dense(st: os.stat_result) -> bool:
     """No holes possible: the file has at least as many blocks allocated as its size needs."""
     return st.st_blocks * 512 >= st.st_size
+
+
+_STAT_SEQUENCE = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size")
+_STAT_EXTRA = tuple(
+    name for name in dir(os.stat_result) if name.startswith("st_") and name not in _STAT_SEQUENCE
+    and name not in ("st_atime", "st_mtime", "st_ctime")
+)
+
+
+def _with_device(st: os.stat_result, dev: int) -> os.stat_result:
+    seq = tuple(st)
+    extra = {name: getattr(st, name) for name in _STAT_EXTRA}
+    extra.update(st_atime=st.st_atime, st_mtime=st.st_mtime, st_ctime=st.st_ctime)
+    return os.stat_result((*seq[:2], dev, *seq[3:]), extra)
 
 
 def _ids(chunks: tuple[bytes, ...]) -> tuple[BlobId, ...]:

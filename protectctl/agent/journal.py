@@ -39,7 +39,8 @@ UTF-8 (as journals before bytes names stored every key, so they stay usable) and
 of its raw bytes otherwise; SQLite keeps the two storage classes apart (a TEXT never equals
 a BLOB), so the mapping is exact and reversible. `dir` is the names from the source root
 joined by "/", "" for the root. `content_hash` is 32 bytes for a HashScheme.CONTENT hash,
-and a 0x01 byte then 32 for an EXTENTS one.
+a 0x01 byte then 32 for an EXTENTS one, a 0x02 byte then 32 for a BLOCKS one (format 3;
+format 2 journals, which have none, are read as they are).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ from protectctl.engine.tree import HashScheme
 from protectctl.errors import StateError
 from protectctl.fsutil import fsync_dir, os_error_text
 
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
+_READABLE_FORMATS = ("2", "3")
 _ID_LEN = 32
 _BATCH = 2000
 # Larger than any timestamp granularity of a Linux filesystem the agent backs up (ext4 with
@@ -116,16 +118,17 @@ def _raw_key(stored: object) -> bytes:
     raise TypeError(f"a journal key is TEXT or BLOB, not {type(stored).__name__}")
 
 
-_EXTENTS_MARK = b"\x01"
+_MARKS = {HashScheme.EXTENTS: b"\x01", HashScheme.BLOCKS: b"\x02"}
+_SCHEMES = {mark: scheme for scheme, mark in _MARKS.items()}
 
 
 def _pack_hash(content_hash: bytes, scheme: HashScheme) -> bytes:
-    return _EXTENTS_MARK + content_hash if scheme is HashScheme.EXTENTS else content_hash
+    return _MARKS.get(scheme, b"") + content_hash
 
 
 def _unpack_hash(stored: bytes) -> tuple[bytes, HashScheme]:
-    if len(stored) == _ID_LEN + 1 and stored[:1] == _EXTENTS_MARK:
-        return stored[1:], HashScheme.EXTENTS
+    if len(stored) == _ID_LEN + 1 and stored[:1] in _SCHEMES:
+        return stored[1:], _SCHEMES[stored[:1]]
     return stored, HashScheme.CONTENT
 
 
@@ -174,7 +177,7 @@ class Journal:
         self.repo_id = repo_id
         self._conn = self._open()
         self.meta: dict[str, str] = self._read_meta()
-        if self.meta.get("format") != FORMAT_VERSION or self.meta.get("repo_id") != repo_id:
+        if self.meta.get("format") not in _READABLE_FORMATS or self.meta.get("repo_id") != repo_id:
             # Another repository (re-created, or a restored state dir): nothing here is ours.
             self.close()
             self.meta = {}
