@@ -92,6 +92,15 @@ def test_blocks_nodes_need_format_3_and_their_hash_covers_lengths_and_ids() -> N
     assert one != blocks_hash(blake3.blake3(key=key), 5, ((0, 1),), [(5, bytes(chunk))])
 
 
+def test_points_list_names_the_capture() -> None:
+    import protectctl.cli.main  # noqa: F401  (the CLI modules load through it)
+    from protectctl.cli.jobs import tracking_cell
+
+    assert tracking_cell({}) == "-"
+    assert tracking_cell({"snapshot": "btrfs", "tracking": "blocks"}) == "btrfs+blocks"
+    assert tracking_cell({"snapshot": "none", "tracking": "off"}) == "none"
+
+
 def test_the_journal_keeps_a_blocks_hash_and_its_start_time(tmp_path: Path) -> None:
     writer = JournalWriter(tmp_path / "j.db", repo_id="r", started_ns=10**18)
     entry = _entry(1, ())
