@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from protectctl.agent.archiver import ArchiveOptions as ArchiverOptions
-from protectctl.agent.archiver import Archiver, BigFileReader
+from protectctl.agent.archiver import Archiver, BigFileReader, SnapshotView
 from protectctl.agent.journal import Journal, writing_error
 from protectctl.agent.patterns import PathFilter
 from protectctl.engine.ids import BlobId
@@ -50,10 +50,11 @@ class RepositorySink:
         return self.repo.list_points(source)
 
 
-def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str, device: int | None = None,
-            started_ns: int | None = None, big_files: BigFileReader | None = None) -> Archived:
-    """See protectctl.provider.archive; the keywords come from agent/tracking.py (a snapshot's
-    device number and instant, the big-file reader)."""
+def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str, snapshot: SnapshotView | None = None,
+            started_ns: int | None = None, big_files: BigFileReader | None = None,
+            live_subvolumes: list[str] | None = None) -> Archived:
+    """See protectctl.provider.archive; the keywords come from agent/tracking.py (the snapshot read
+    and its instant, the big-file reader; `live_subvolumes` gets the nested subvolumes read live)."""
     sink = request.sink
     if not isinstance(sink, RepositorySink):
         raise TypeError("archive() writes into the sink the agent handed the provider")
@@ -70,7 +71,7 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str, 
             filter=PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude]),
             one_file_system=options.one_file_system, verify_all=options.verify_all,
             reread=options.reread,
-            keep_trees=options.keep_trees, device=device, big_files=big_files,
+            keep_trees=options.keep_trees, snapshot=snapshot, big_files=big_files,
         ), request.progress).run()
     except sqlite3.Error as err:  # the next journal cannot be written: a full disk
         out.abort()
@@ -82,6 +83,8 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str, 
         raise
     book.close()
     assert result.tree is not None and result.root is not None
+    if live_subvolumes is not None:
+        live_subvolumes += result.live_subvolumes
 
     def finish(point_id: str | None) -> None:
         if point_id is None:

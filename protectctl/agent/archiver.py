@@ -76,9 +76,24 @@ class ArchiveOptions:
     # (path relative to root, lstat) -> read the file although the journal says it is unchanged
     reread: Callable[[bytes, os.stat_result], bool] | None = None
     keep_trees: bool = False  # remember every tree saved (ArchiveResult.trees)
-    # Reading from a snapshot: the live source's device number, recorded instead of the snapshot's.
-    device: int | None = None
+    snapshot: SnapshotView | None = None  # the tree is read from a btrfs snapshot of the source
     big_files: BigFileReader | None = None  # reads big files its own way (agent/tracking.py)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotView:
+    """The walk reads a btrfs snapshot of the source (agent/snapshots.py). Entries of the snapshot
+    are recorded with the live source's device number (each snapshot gets its own, and trees and
+    the journal hold it). A nested subvolume is an empty placeholder in a snapshot (inode 2 on
+    another device): it is read live, from the same place below `live_root`."""
+
+    snapshot_dev: int
+    live_dev: int
+    live_root: bytes
+    snapshot_root: bytes  # where the walk starts, inside the snapshot
+
+
+_BTRFS_PLACEHOLDER_INO = 2  # BTRFS_EMPTY_SUBVOL_DIR_OBJECTID
 
 
 class BigFileReader(Protocol):
@@ -139,6 +154,7 @@ class ArchiveResult:
     errors: list[str] = field(default_factory=list)
     root: os.stat_result | None = None
     trees: dict[BlobId, Tree] = field(default_factory=dict)  # with keep_trees
+    live_subvolumes: list[str] = field(default_factory=list)  # read live: not in the snapshot
 
 
 class Archiver:
@@ -290,6 +306,16 @@ class Archiver:
             pattern_path = name_text(child_rel)  # patterns are text: each undecodable byte is one character
             if filt.excluded(pattern_path, is_dir):
                 continue
+            view = self.options.snapshot
+            if (is_dir and view is not None and st.st_ino == _BTRFS_PLACEHOLDER_INO and st.st_dev != view.live_dev
+                    and entry_path.startswith(view.snapshot_root + b"/")):
+                try:  # a nested subvolume, which the snapshot does not hold: read it live
+                    entry_path = view.live_root + b"/" + child_rel
+                    st = os.lstat(entry_path)
+                except OSError as err:
+                    self._error(child_rel, err)
+                    continue
+                self.result.live_subvolumes.append(show_name(child_rel))
             child_included = included or filt.included(pattern_path, is_dir)
             if is_dir:
                 subtree = self._subtree(entry_path, child_rel, st, included=child_included)
@@ -484,10 +510,10 @@ class Archiver:
 
     def _on_device(self, st: os.stat_result) -> os.stat_result:
         """`st` as the live source has it: a snapshot's entries get the source's device number."""
-        dev = self.options.device
-        if dev is None or st.st_dev == dev:
+        view = self.options.snapshot
+        if view is None or st.st_dev != view.snapshot_dev:
             return st
-        return _with_device(st, dev)
+        return _with_device(st, view.live_dev)
 
     def _open(self, path: bytes) -> int:
         # O_NOATIME keeps a backup from touching every file's atime; only the owner or root

@@ -11,7 +11,9 @@ which (`snapshot`) and why (`snapshot_note`):
   upload, so an application is quiesced for milliseconds. The snapshot is deleted once the
   walk is over, and a killed run's leftover is deleted by the next run of the source (and
   `status` names it meanwhile). Files keep the device number of the live source in the point
-  (a snapshot gets its own), so the journal and directory keys stay valid across syncs.
+  (a snapshot gets its own), so the journal and directory keys stay valid across syncs. A
+  nested subvolume is not in a snapshot (an empty placeholder): it is read live, and the
+  point's note says how many were.
 - reflink (XFS with reflink=1, btrfs): each big file is cloned (FICLONE) when the sync
   reaches it and read from the clone, so a file being written is stored as one instant
   (agent/tracking.py); the tree as a whole is not one instant.
@@ -39,6 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protectctl.agent.archiver import SnapshotView
 from protectctl.errors import ProviderError
 
 SNAPSHOT_MODES = ("auto", "btrfs", "reflink", "none")
@@ -222,7 +225,7 @@ class Capture:
     note: str
     mount: Mount
     started_ns: int  # before the snapshot: a change after it is racy for the next sync
-    device: int | None = None  # the live source's st_dev, for entries read from a snapshot
+    view: SnapshotView | None = None  # with a btrfs snapshot: how the archiver reads it
     work_dir: Path | None = None  # this run's clones (same filesystem as the files)
     reflink: bool = False  # files here can be cloned (FICLONE) into work_dir
     snapshot: Path | None = None
@@ -327,8 +330,13 @@ def _try_btrfs(cap: Capture, root: Path, tag: str) -> str | None:
         return f"btrfs snapshot of {subvolume} failed: {err.strerror}"
     cap.timings["snapshot_create_s"] = time.monotonic() - started
     cap.snapshot = target
-    cap.device = os.stat(root).st_dev
-    cap.root = target / os.path.relpath(os.path.realpath(root), subvolume)
+    real = os.path.realpath(root)
+    cap.root = target / os.path.relpath(real, subvolume)
+    try:
+        cap.view = SnapshotView(os.stat(cap.root).st_dev, os.stat(real).st_dev, os.fsencode(real),
+                                os.fsencode(cap.root))
+    except OSError as err:
+        return f"the snapshot {target} cannot be read: {err.strerror}"
     cap.mode = "btrfs"
     cap.note = f"read-only btrfs snapshot of subvolume {subvolume}, deleted after the sync"
     return None

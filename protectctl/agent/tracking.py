@@ -79,8 +79,9 @@ def archive_captured(request: SnapshotRequest, options: ArchiveOptions, *, journ
         inner = replace(options, root=cap.root, exclude=(*options.exclude, *INTERNAL_EXCLUDES),
                         snapshot="none", change_tracking="off")
         try:
-            result = run(request, inner, journal=journal, device=cap.device, started_ns=cap.started_ns,
-                         big_files=big)
+            live: list[str] = []
+            result = run(request, inner, journal=journal, snapshot=cap.view, started_ns=cap.started_ns,
+                         big_files=big, live_subvolumes=live)
             if big is not None:
                 big.stash()
         except BaseException:
@@ -88,6 +89,9 @@ def archive_captured(request: SnapshotRequest, options: ArchiveOptions, *, journ
                 big.abort()
             raise
     facts = cap.facts()
+    if live:
+        facts["snapshot_live_subvolumes"] = live[:20]
+        facts["snapshot_note"] = f"{facts['snapshot_note']}; {len(live)} nested subvolume(s) read live"
     if big is not None and tracking:
         facts.update(big.facts())
     else:

@@ -4,6 +4,8 @@ what a filesystem without snapshots says."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,6 +36,10 @@ def test_btrfs_point_is_the_instant_of_its_snapshot_taken_between_pre_and_post(
     (src / "a.txt").write_text("before the snapshot")
     (src / "sub").mkdir()
     (src / "sub" / "b.bin").write_bytes(os.urandom(100_000))
+    nested = shutil.which("btrfs") is not None  # a nested subvolume is not in a snapshot: read live
+    if nested:
+        subprocess.run(["btrfs", "subvolume", "create", str(src / "nested")], check=True, capture_output=True)
+        (src / "nested" / "n.txt").write_text("in a nested subvolume")
     seen = tmp_path / "seen-by-post"
     # The post script runs right after the snapshot: it sees it, and what it writes is not in the point.
     post = f"sh -c 'ls -a {btrfs_mount} > {seen}; echo after the snapshot > {src}/a.txt'"
@@ -49,6 +55,9 @@ def test_btrfs_point_is_the_instant_of_its_snapshot_taken_between_pre_and_post(
     restore(job, first.time + timedelta(seconds=1), target=out)
     assert (out / "a.txt").read_text() == "before the snapshot"
     assert (out / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
+    if nested:
+        assert (out / "nested" / "n.txt").read_text() == "in a nested subvolume"
+        assert extra["snapshot_live_subvolumes"] == ["nested"]
     # Read from a new snapshot each time, files keep their identity: an unchanged file is not read.
     seen.unlink()
     clock.tick(hours=1)
