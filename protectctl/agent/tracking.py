@@ -39,6 +39,7 @@ from pathlib import Path
 
 import blake3
 
+from protectctl import crashpoint
 from protectctl.agent.archiver import Archiver, Content
 from protectctl.agent.extents import Extent, blocks_of, changed_ranges, clone, extent_map
 from protectctl.agent.journal import JournalEntry
@@ -319,11 +320,13 @@ class BigFiles:
         for pending in self._pending:
             os.replace(work / pending.key, self.ref_dir / (pending.key + ".new"))
         self._stashed = True
+        crashpoint.reached("tracking.stashed")  # the point is not saved yet
 
     def commit(self) -> None:
         """The point is saved and the journal committed: the clones become the references."""
         if not self.tracking:
             return
+        crashpoint.reached("tracking.commit")  # the point is saved and the journal committed
         for pending in self._pending:
             os.replace(self.ref_dir / (pending.key + ".new"), self.ref_dir / pending.key)
             self._manifest[pending.key] = {"rel": pending.rel.hex(), "hash": pending.content_hash.hex(),

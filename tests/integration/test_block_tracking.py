@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -167,3 +171,57 @@ def test_tracking_off_reads_whole_files_and_drops_the_references(xfs_mount: Path
     extra = _extra(off, point.point_id)
     assert extra["tracking"] == "off" and extra["snapshot"] == "reflink"
     assert not refs.exists()
+
+
+# One sync of a source, as a process a test can SIGKILL at a crash point (protectctl/crashpoint.py).
+DRIVER = """
+import sys
+from pathlib import Path
+from tests.integration.test_block_tracking import _job
+from protectctl.agent.jobs import run_backup
+from tests.integration.test_filesystem_backup import Clock
+clock = Clock()
+clock.tick(hours=int(sys.argv[3]))
+sys.exit(run_backup(_job(Path(sys.argv[1]), Path(sys.argv[2])), "sync", now=clock).exit_code)
+"""
+
+
+@pytest.mark.parametrize("point", ["tracking.stashed", "tracking.commit"])
+def test_a_sync_killed_around_the_reference_move_loses_no_change(
+    xfs_mount: Path, tmp_path: Path, point: str  # noqa: F811
+) -> None:
+    """Killed before the point is saved (clones stashed) or after the journal commit (references
+    not moved yet): the next sync sees every change and its point restores byte-exact."""
+    src = fresh_dir(xfs_mount, "kill")
+    rng = random.Random(11)
+    disk = src / "disk.img"
+    disk.write_bytes(rng.randbytes(SIZE))
+    job, clock = _job(tmp_path, src), Clock()
+    assert run_backup(job, "sync", now=clock).ok
+    _scatter(disk, 5, rng)
+    announce = tmp_path / "announce"
+    env = {**os.environ, "PROTECTCTL_CRASH_POINT": point, "PROTECTCTL_CRASH_ANNOUNCE": str(announce),
+           "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), str(src), "1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (announce.exists() and announce.read_text().endswith("\n")):
+        if proc.poll() is not None:
+            stderr = proc.stderr.read() if proc.stderr else ""
+            pytest.fail(f"the sync ended ({proc.returncode}) before {point}: {stderr}")
+        assert time.monotonic() < deadline, f"{point} not reached"
+        time.sleep(0.01)  # polling what the run announced, not waiting for it
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    _scatter(disk, 5, rng)
+    clock.tick(hours=2)
+    after = run_backup(job, "sync", now=clock)
+    assert after.ok
+    extra = _extra(job, after.point_id)
+    if point == "tracking.commit":  # the journal moved on, the reference did not: not trusted
+        assert extra["tracked_whole"] == 1 and "out of step" in json.dumps(extra["tracking_fallbacks"])
+    else:  # nothing was committed: the old reference still matches the old journal
+        assert extra["tracked_files"] == 1
+    assert _restored(job, after, tmp_path / "out") == disk.read_bytes()
+    assert not list(_references(xfs_mount, job).glob("*.new"))
+    assert not [p for p in xfs_mount.iterdir() if p.name.startswith(".protectctl-snapshot-")]
