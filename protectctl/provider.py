@@ -51,7 +51,7 @@ __all__ = [
     "PrepareRequest", "PrepareOutcome", "HostPreparer", "PointChooser", "JobPlacement", "JobPlacer",
     "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
     "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions",
-    "ArchiveOptions", "Archived", "archive", "snapshot_leftovers", "restore_tree", "file_node", "dir_node",
+    "ArchiveOptions", "Archived", "archive", "snapshot_problems", "restore_tree", "file_node", "dir_node",
     "node_name", "safe_name",
     "validate_patterns", "journal_path",
     "ENTRY_POINT_GROUP", "builtin_kinds", "available_kinds", "load_provider", "spec_model", "traits",
@@ -428,11 +428,12 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str |
     return run(request, options, journal=journal or request.source)
 
 
-def snapshot_leftovers(root: Path, source: str) -> list[str]:
-    """Snapshots or clones a killed sync of `source` left beside `root` (the next sync deletes them)."""
-    from protectctl.agent.snapshots import leftovers
+def snapshot_problems(root: Path, source: str, mode: str) -> list[str]:
+    """What keeps `source` from the consistent captures `mode` asks for (one sentence each): a
+    snapshot a killed sync left, an explicit snapshot kind the filesystem under `root` lacks."""
+    from protectctl.agent.snapshots import capture_problems
 
-    return [str(path) for path in leftovers(root, source)]
+    return capture_problems(root, source, mode)
 
 
 def journal_path(state_dir: Path, source: str, repository_id: str) -> Path:

@@ -39,7 +39,7 @@ from protectctl.provider import (
     Traits,
     archive,
     restore_tree,
-    snapshot_leftovers,
+    snapshot_problems,
     validate_patterns,
 )
 from protectctl.units import ByteSize, UnitError
@@ -133,8 +133,7 @@ class FilesystemProvider:
         path = spec.get("path")
         if not path:
             return []
-        return [f"a snapshot left by a killed sync: {left} (the next sync deletes it)"
-                for left in snapshot_leftovers(Path(str(path)), source)]
+        return snapshot_problems(Path(str(path)), source, str(spec.get("snapshot") or "auto"))
 
 
 def _valid_block(size: int) -> bool:

@@ -201,6 +201,22 @@ def leftovers(root: Path, source: str) -> list[Path]:
     return found
 
 
+def capture_problems(root: Path, source: str, mode: str) -> list[str]:
+    """For `status`: leftovers of killed runs, and an explicit `mode` this filesystem cannot do
+    (every sync fails then). Looks, never writes; a path absent here says nothing."""
+    if not os.path.isdir(root):
+        return []
+    problems = [f"a snapshot left by a killed sync: {path} (the next sync deletes it)"
+                for path in leftovers(root, source)]
+    fstype = mount_of(root).fstype
+    if mode == "btrfs" and fstype != "btrfs":
+        problems.append(f"snapshot: btrfs, but {root} is on {fstype}: every sync fails; use snapshot: auto")
+    if mode == "reflink" and fstype not in REFLINK_FILESYSTEMS:
+        problems.append(f"snapshot: reflink, but {root} is on {fstype}, which cannot clone files: "
+                        "every sync fails; use snapshot: auto")
+    return problems
+
+
 def clean_leftovers(root: Path, source: str) -> list[str]:
     """Delete what killed runs of `source` left; the notes say what was deleted (or not)."""
     notes = []

@@ -94,3 +94,5 @@ def test_ext4_points_say_they_are_not_snapshots_and_btrfs_cannot_be_forced(tmp_p
     forced = make_job(tmp_path, src, spec={"path": str(src), "snapshot": "btrfs"})
     with pytest.raises(ProviderError, match="no btrfs snapshot of .*: ext4 is not btrfs"):
         run_backup(forced, "sync", now=Clock(result.time + timedelta(hours=1)))
+    (problem,) = FilesystemProvider().status_problems(forced.source, forced.spec, [], tmp_path / "state")
+    assert "snapshot: btrfs, but" in problem and "every sync fails" in problem
