@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -152,17 +153,29 @@ def btrfs_delete(target: Path) -> None:
 
 
 def _remove(path: Path) -> None:
-    """A leftover: a btrfs snapshot (subvolume root) or a directory of clones."""
+    """A leftover: a btrfs snapshot (subvolume root) or a directory of clones. Only what this
+    user owns is deleted (a name like ours made by someone else is left alone)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if st.st_ino == _BTRFS_FIRST_FREE_OBJECTID:
+    if st.st_uid != os.geteuid():
+        raise PermissionError(errno.EPERM, "not made by this agent (another owner)")
+    if stat.S_ISDIR(st.st_mode) and st.st_ino == _BTRFS_FIRST_FREE_OBJECTID:
         btrfs_delete(path)
-    elif os.path.isdir(path):
+    elif stat.S_ISDIR(st.st_mode):
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def private_dir(path: Path) -> bool:
+    """`path` is a real directory (not a symlink) of this user that nobody else may write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 # -- leftovers ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ is deleted at the next commit, and all of them when tracking is turned off.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -43,7 +44,14 @@ from protectctl import crashpoint
 from protectctl.agent.archiver import Archiver, Content
 from protectctl.agent.extents import Extent, blocks_of, changed_ranges, clone, extent_map
 from protectctl.agent.journal import JournalEntry
-from protectctl.agent.snapshots import INTERNAL_EXCLUDES, REFERENCE_PREFIX, Capture, capture, source_tag
+from protectctl.agent.snapshots import (
+    INTERNAL_EXCLUDES,
+    REFERENCE_PREFIX,
+    Capture,
+    capture,
+    private_dir,
+    source_tag,
+)
 from protectctl.engine.ids import BlobId
 from protectctl.engine.names import show_name
 from protectctl.engine.repository import BlobKind
@@ -68,10 +76,14 @@ def archive_captured(request: SnapshotRequest, options: ArchiveOptions, *, journ
                  want_clones=tracking_wanted) as cap:
         ref_dir = cap.mount.point / (REFERENCE_PREFIX + source_tag(request.source + "\0" + request.sink.repository_id))
         notes: list[str] = []
-        if not tracking_wanted and ref_dir.exists():
+        if not tracking_wanted and private_dir(ref_dir):
             shutil.rmtree(ref_dir, ignore_errors=True)
             notes.append(f"change tracking is off: deleted its reference copies in {ref_dir}")
         tracking = tracking_wanted and cap.reflink
+        if tracking and os.path.lexists(ref_dir) and not private_dir(ref_dir):
+            # Someone else's (or a symlink): never written into nor trusted.
+            notes.append(f"{ref_dir} is not a private directory of this agent: change tracking is off")
+            tracking = False
         big = None
         if tracking or cap.mode == "reflink":
             big = BigFiles(cap, live_root, ref_dir, tracking=tracking, verify=options.verify_all,
@@ -97,8 +109,12 @@ def archive_captured(request: SnapshotRequest, options: ArchiveOptions, *, journ
         facts.update(big.facts())
     else:
         facts["tracking"] = "off"
-        facts["tracking_note"] = ("turned off (changeTracking: off)" if not tracking_wanted
-                                  else f"{cap.mount.fstype}: no reflink clones, big files are read whole")
+        if not tracking_wanted:
+            facts["tracking_note"] = "turned off (changeTracking: off)"
+        elif cap.reflink:
+            facts["tracking_note"] = "the reference directory is not private to this agent: big files are read whole"
+        else:
+            facts["tracking_note"] = f"{cap.mount.fstype}: no reflink clones, big files are read whole"
     if notes:
         facts["tracking_cleanup"] = notes
     inner_finish = result.finish
@@ -319,6 +335,8 @@ class BigFiles:
         work = self.cap.work_dir
         assert work is not None
         self.ref_dir.mkdir(mode=0o700, exist_ok=True)
+        if not private_dir(self.ref_dir):
+            raise PermissionError(errno.EPERM, f"{self.ref_dir} is not a private directory of this agent")
         for pending in self._pending:
             os.replace(work / pending.key, self.ref_dir / (pending.key + ".new"))
         self._stashed = True
