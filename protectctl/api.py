@@ -1143,12 +1143,18 @@ def _with_log_problems(targets: Sequence[SourceTarget], rows: list[Any]) -> list
                  if isinstance(provider := load_provider(str(t.inputs["provider"])), StatusReporter)}
     if not reporters:
         return rows
-    points: list[Any] = []
-    for storage in storages_of([t for t, _ in reporters.values()]).values():
-        try:
-            points += list_points_of_storage(storage)
-        except ProtectctlError:
-            continue  # the status row already says the repository cannot be read
+    loaded: list[Any] = []
+
+    def load_points() -> list[Any]:
+        # Read only when a reporter looks at them (the filesystem's leftover check never does).
+        for storage in storages_of([t for t, _ in reporters.values()]).values():
+            try:
+                loaded.extend(list_points_of_storage(storage))
+            except ProtectctlError:
+                continue  # the status row already says the repository cannot be read
+        return loaded
+
+    points = _Lazy(load_points)
     out = []
     for row in rows:
         found = reporters.get(row.source)
@@ -1159,6 +1165,25 @@ def _with_log_problems(targets: Sequence[SourceTarget], rows: list[Any]) -> list
                 row = replace(row, problems=(*row.problems, *extra), sla_met=False)
         out.append(row)
     return out
+
+
+class _Lazy(Sequence[Any]):
+    """A list computed on first use."""
+
+    def __init__(self, load: Callable[[], list[Any]]) -> None:
+        self._load = load
+        self._items: list[Any] | None = None
+
+    def _all(self) -> list[Any]:
+        if self._items is None:
+            self._items = self._load()
+        return self._items
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 def list_points_of_storage(storage: dict[str, Any]) -> list[Any]:

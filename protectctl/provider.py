@@ -52,7 +52,8 @@ __all__ = [
     "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
     "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourcePaths", "LogChain",
     "SourceRoot",
-    "ArchiveOptions", "Archived", "archive", "restore_tree", "file_node", "dir_node", "node_name", "safe_name",
+    "ArchiveOptions", "Archived", "archive", "snapshot_problems", "restore_tree", "file_node", "dir_node",
+    "node_name", "safe_name",
     "validate_patterns", "journal_path",
     "ENTRY_POINT_GROUP", "builtin_kinds", "available_kinds", "load_provider", "spec_model", "traits",
     "check_restore_options",
@@ -138,6 +139,9 @@ class SnapshotRequest:
     sink: SnapshotSink
     state_dir: Path  # the agent's per-host state; change tracking lives under it
     progress: Progress = field(default_factory=NullProgress)
+    # Call once the source is frozen (a snapshot taken): the group's post script runs then,
+    # not after the upload. Not called: it runs after the snapshot, as always.
+    frozen: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +427,12 @@ class ArchiveOptions:
     # Given, no directory or entry is reused from the journal without asking.
     reread: Callable[[bytes, os.stat_result], bool] | None = None
     keep_trees: bool = False  # return every tree saved (they cannot be read back before the commit)
+    # How the sync sees the tree (agent/snapshots.py): auto | btrfs | reflink | none.
+    snapshot: str = "none"
+    # Block-level change tracking of big files (agent/tracking.py): auto | off; sizes in bytes.
+    change_tracking: str = "off"
+    tracking_min_size: int | None = None
+    tracking_block_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,15 +452,29 @@ class Archived:
     root: os.stat_result  # the root directory's lstat
     trees: Mapping[BlobId, Tree]  # with keep_trees: every tree saved, by id
     finish: Callable[[str | None], None]  # commits the journal (point id) or drops it (None)
+    # How the tree was captured and big files tracked (snapshot kind and why, block tracking).
+    capture: Mapping[str, object] = field(default_factory=dict)
 
 
 def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str | None = None) -> Archived:
     """Archive `options.root` into `request.sink`, reading only what changed since the journal
     of `journal` (default: the request's source) was last committed; raises ProviderError when
     the root cannot be read."""
+    if options.snapshot != "none" or options.change_tracking != "off":
+        from protectctl.agent.tracking import archive_captured
+
+        return archive_captured(request, options, journal=journal or request.source)
     from protectctl.agent.archive import archive as run
 
     return run(request, options, journal=journal or request.source)
+
+
+def snapshot_problems(root: Path, source: str, mode: str) -> list[str]:
+    """What keeps `source` from the consistent captures `mode` asks for (one sentence each): a
+    snapshot a killed sync left, an explicit snapshot kind the filesystem under `root` lacks."""
+    from protectctl.agent.snapshots import capture_problems
+
+    return capture_problems(root, source, mode)
 
 
 def journal_path(state_dir: Path, source: str, repository_id: str) -> Path:

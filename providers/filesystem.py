@@ -2,7 +2,10 @@
 
 Member spec (`filesystem:` in a ProtectionGroup member): ``path`` (the directory; relative
 paths of a local host resolve against the policy file), ``include`` and ``exclude``
-(gitignore-style patterns), ``oneFileSystem``.
+(gitignore-style patterns), ``oneFileSystem``, ``snapshot`` (auto | btrfs | reflink | none:
+how a sync freezes the tree, docs/change-tracking.md), ``changeTracking`` (auto | off:
+block-level tracking of big files), ``changeTrackingMinSize`` (default 64MiB) and
+``changeTrackingBlockSize`` (default 16KiB, a power of two from 4KiB to 1MiB).
 
 Snapshots go through protectctl's `archive` service with a per-source change journal kept
 under the agent's state directory, so a sync reads only files whose identity changed.
@@ -18,12 +21,12 @@ import stat
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
 from protectctl.errors import ProtectctlError, RestoreError
-from protectctl.policy.model import CamelSpec
+from protectctl.policy.model import CamelSpec, SizeText
 from protectctl.provider import (
     Archived,
     ArchiveOptions,
@@ -36,8 +39,10 @@ from protectctl.provider import (
     Traits,
     archive,
     restore_tree,
+    snapshot_problems,
     validate_patterns,
 )
+from protectctl.units import ByteSize, UnitError
 
 if TYPE_CHECKING:
     from protectctl.provider import Point
@@ -48,8 +53,13 @@ class FilesystemMember(CamelSpec):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     one_file_system: bool = False
+    snapshot: Literal["auto", "btrfs", "reflink", "none"] = "auto"
+    change_tracking: Literal["auto", "off"] = "auto"
+    change_tracking_min_size: SizeText | None = None
+    change_tracking_block_size: SizeText | None = None
 
 
+_MIN_BLOCK, _MAX_BLOCK = 4 << 10, 1 << 20
 @lru_cache(maxsize=4096)
 def _pattern_problems(pattern: str) -> tuple[str, ...]:
     # a big policy repeats the same few patterns in every group: each is compiled once
@@ -71,6 +81,11 @@ class FilesystemProvider:
                 problems += [SpecProblem((name, index), f"{name}[{index}] {problem}",
                                          "use gitignore-style patterns, e.g. '*.tmp'")
                              for problem in _pattern_problems(pattern)]
+        block = spec.change_tracking_block_size
+        if block is not None and not _valid_block(block.bytes):
+            problems.append(SpecProblem(("changeTrackingBlockSize",),
+                                        f"changeTrackingBlockSize {block} is not a power of two from 4KiB to 1MiB",
+                                        "use e.g. 16KiB (smaller reads less of a changed file, stores more chunks)"))
         return problems
 
     def source_paths(self, spec: Mapping[str, object]) -> list[str]:
@@ -126,6 +141,34 @@ class FilesystemProvider:
         )
 
 
+    # -- status --------------------------------------------------------------------------
+
+    def status_problems(self, source: str, spec: Mapping[str, object], points: object, state_dir: Path) -> list[str]:
+        path = spec.get("path")
+        if not path:
+            return []
+        return snapshot_problems(Path(str(path)), source, str(spec.get("snapshot") or "auto"))
+
+
+def _valid_block(size: int) -> bool:
+    return _MIN_BLOCK <= size <= _MAX_BLOCK and size & (size - 1) == 0
+
+
+def _size(spec: Mapping[str, object], key: str) -> int | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    try:
+        return value if isinstance(value, int) else ByteSize.parse(str(value)).bytes
+    except UnitError as err:
+        raise ProtectctlError(f"{key}: {err}") from err
+
+
+def _block_size(spec: Mapping[str, object]) -> int | None:
+    block = _size(spec, "change_tracking_block_size")
+    return block if block is not None and _valid_block(block) else None
+
+
 def _options(spec: Mapping[str, object], *, verify_all: bool) -> ArchiveOptions:
     include = spec.get("include") or []
     exclude = spec.get("exclude") or []
@@ -137,6 +180,10 @@ def _options(spec: Mapping[str, object], *, verify_all: bool) -> ArchiveOptions:
         exclude=[str(p) for p in exclude],
         one_file_system=bool(spec.get("one_file_system", False)),
         verify_all=verify_all,
+        snapshot=str(spec.get("snapshot") or "auto"),
+        change_tracking=str(spec.get("change_tracking") or "auto"),
+        tracking_min_size=_size(spec, "change_tracking_min_size"),
+        tracking_block_size=_block_size(spec),
     )
 
 
@@ -149,6 +196,7 @@ def _extra(result: Archived, options: ArchiveOptions) -> dict[str, object]:
     }
     if result.silent_changed:
         extra["silent_changed"] = list(result.silent_changed)
+    extra.update(result.capture)
     st = result.root
     extra["root"] = {
         "mode": stat.S_IMODE(st.st_mode),

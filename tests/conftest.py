@@ -91,6 +91,14 @@ def cli() -> CliRunner:
     return run_cli
 
 
+@pytest.fixture
+def no_racy_slack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust files written just before a sync (agent/journal.py distrusts a change within
+    RACY_SLACK_NS of the last sync's start): for tests that count what a second sync reads.
+    Set in the environment, so CLI subprocesses see it too."""
+    monkeypatch.setenv("PROTECTCTL_RACY_SLACK_NS", "0")
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
     """Poll `condition` until it holds; fail naming `what` after `timeout_s`. Tests wait for
     an event this way, never for a fixed time: a loaded machine is slow, not wrong."""

@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from protectctl.agent.archiver import ArchiveOptions as ArchiverOptions
-from protectctl.agent.archiver import Archiver
+from protectctl.agent.archiver import Archiver, BigFileReader, SnapshotView
 from protectctl.agent.journal import Journal, writing_error
 from protectctl.agent.patterns import PathFilter
 from protectctl.agent.precount import PreCount
@@ -55,15 +55,18 @@ class RepositorySink:
         return self.repo.list_points(source)
 
 
-def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) -> Archived:
-    """See protectctl.provider.archive."""
+def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str, snapshot: SnapshotView | None = None,
+            started_ns: int | None = None, big_files: BigFileReader | None = None,
+            live_subvolumes: list[str] | None = None) -> Archived:
+    """See protectctl.provider.archive; the keywords come from agent/tracking.py (the snapshot read
+    and its instant, the big-file reader; `live_subvolumes` gets the nested subvolumes read live)."""
     sink = request.sink
     if not isinstance(sink, RepositorySink):
         raise TypeError("archive() writes into the sink the agent handed the provider")
     repo = sink.repo
     book = Journal(journal_path(request.state_dir, journal, repo.id), repo_id=repo.id)
     try:
-        out = book.begin()
+        out = book.begin(started_ns=started_ns)
     except (sqlite3.Error, OSError) as err:
         book.close()
         raise writing_error(book.path, err) from err
@@ -79,7 +82,7 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) 
             filter=path_filter,
             one_file_system=options.one_file_system, verify_all=options.verify_all,
             reread=options.reread,
-            keep_trees=options.keep_trees,
+            keep_trees=options.keep_trees, snapshot=snapshot, big_files=big_files,
         ), request.progress).run()
     except sqlite3.Error as err:  # the next journal cannot be written: a full disk
         out.abort()
@@ -94,6 +97,8 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) 
             count.stop()
     book.close()
     assert result.tree is not None and result.root is not None
+    if live_subvolumes is not None:
+        live_subvolumes += result.live_subvolumes
 
     def finish(point_id: str | None) -> None:
         if point_id is None:

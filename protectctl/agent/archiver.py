@@ -20,6 +20,9 @@ same way, so only changed entries are captured (xattrs, journal checks) and enco
 A `full` never reuses (it reads everything), nor does an archive with a `reread` policy
 (it decides per file what to trust).
 
+A file changed within its timestamp's granularity of the previous sync's start is never
+trusted (journal.py, racily clean): it is read again, and its directory is not reused.
+
 A `full` reads every file and compares it with the journal: a file whose identity matches
 but whose content differs changed behind the filesystem's back (a silent change); those are
 counted and named in the result. Entries that vanish or cannot be read are listed as errors
@@ -43,6 +46,7 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import blake3
 
@@ -72,6 +76,36 @@ class ArchiveOptions:
     # (path relative to root, lstat) -> read the file although the journal says it is unchanged
     reread: Callable[[bytes, os.stat_result], bool] | None = None
     keep_trees: bool = False  # remember every tree saved (ArchiveResult.trees)
+    snapshot: SnapshotView | None = None  # the tree is read from a btrfs snapshot of the source
+    big_files: BigFileReader | None = None  # reads big files its own way (agent/tracking.py)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotView:
+    """The walk reads a btrfs snapshot of the source (agent/snapshots.py). Entries of the snapshot
+    are recorded with the live source's device number (each snapshot gets its own, and trees and
+    the journal hold it). A nested subvolume is an empty placeholder in a snapshot (inode 2 on
+    another device): it is read live, from the same place below `live_root`."""
+
+    snapshot_dev: int
+    live_dev: int
+    live_root: bytes
+    snapshot_root: bytes  # where the walk starts, inside the snapshot
+
+
+_BTRFS_PLACEHOLDER_INO = 2  # BTRFS_EMPTY_SUBVOL_DIR_OBJECTID
+
+
+class BigFileReader(Protocol):
+    """Reads a big file's content (a reflink clone, changed blocks only): agent/tracking.py."""
+
+    min_size: int
+
+    def read(
+        self, archiver: Archiver, fd: int, st: os.stat_result, rel: bytes, previous: JournalEntry | None
+    ) -> Content | None:
+        """The stored content of the open file `fd`, or None to leave it to the archiver."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +154,7 @@ class ArchiveResult:
     errors: list[str] = field(default_factory=list)
     root: os.stat_result | None = None
     trees: dict[BlobId, Tree] = field(default_factory=dict)  # with keep_trees
+    live_subvolumes: list[str] = field(default_factory=list)  # read live: not in the snapshot
 
 
 class Archiver:
@@ -151,12 +186,13 @@ class Archiver:
         # entry's node may be reused behind its back. Kept trees are built node by node.
         self._plain = options.reread is None and not options.keep_trees
         self._reuse_dirs = self._plain and not options.verify_all
+        self._racy_after = journal.racy_after_ns
 
     def run(self) -> ArchiveResult:
         """Archive the root; raises ProviderError when the root itself is unusable."""
         root = self.options.root
         try:
-            st = os.stat(root)
+            st = self._on_device(os.stat(root))
         except OSError as err:
             raise ProviderError(f"source path {root} cannot be read: {err.strerror}") from err
         if not stat.S_ISDIR(st.st_mode):
@@ -238,6 +274,7 @@ class Archiver:
             if (
                 previous is None
                 or previous.identity != FileIdentity.of(entry.st)
+                or self._racy(entry.st)
                 or not self.repo.has_blobs(previous.chunks)
             ):
                 return None
@@ -258,7 +295,7 @@ class Archiver:
         for name, entry_path in self._list(path, rel):
             child_rel = rel + b"/" + name if rel else name
             try:
-                st = os.lstat(entry_path)
+                st = self._on_device(os.lstat(entry_path))
             except OSError as err:
                 self._error(child_rel, err)
                 continue
@@ -269,6 +306,16 @@ class Archiver:
             pattern_path = name_text(child_rel)  # patterns are text: each undecodable byte is one character
             if filt.excluded(pattern_path, is_dir):
                 continue
+            view = self.options.snapshot
+            if (is_dir and view is not None and st.st_ino == _BTRFS_PLACEHOLDER_INO and st.st_dev != view.live_dev
+                    and entry_path.startswith(view.snapshot_root + b"/")):
+                try:  # a nested subvolume, which the snapshot does not hold: read it live
+                    entry_path = view.live_root + b"/" + child_rel
+                    st = os.lstat(entry_path)
+                except OSError as err:
+                    self._error(child_rel, err)
+                    continue
+                self.result.live_subvolumes.append(show_name(child_rel))
             child_included = included or filt.included(pattern_path, is_dir)
             if is_dir:
                 subtree = self._subtree(entry_path, child_rel, st, included=child_included)
@@ -286,6 +333,8 @@ class Archiver:
 
     def _reuse(self, rel: bytes, key: bytes, entries: Sequence[_Entry]) -> BlobId | None:
         """The tree the last point stored for `rel` when nothing it was built from changed."""
+        if any(self._racy(e.st) for e in entries if e.kind is NodeType.FILE):
+            return None
         stored = self.journal.directory_tree(rel)
         if stored is None or stored[0] != key:
             return None
@@ -377,6 +426,8 @@ class Archiver:
         previous = here.known.get(name)
         if previous is not None and self.options.reread is not None and self.options.reread(rel, st):
             previous = None  # the caller distrusts the journal for this file: read it
+        if previous is not None and self._racy(st):
+            previous = None  # changed too close to the last sync to trust its timestamps
         identity = FileIdentity.of(st)
         reusable = previous is not None and previous.identity == identity and self._present(previous.chunks)
         if reusable and not self.options.verify_all:
@@ -386,7 +437,7 @@ class Archiver:
             )
             self.result.files_reused += 1
         else:
-            read = self._read(path, rel)
+            read = self._read(path, rel, here.known.get(name))
             if read is None:
                 return None, st
             content, st = read
@@ -397,6 +448,10 @@ class Archiver:
             self._links[link_key] = content
         self._remember(here.rel, name, identity, content)
         return content, st
+
+    def _racy(self, st: os.stat_result) -> bool:
+        after = self._racy_after
+        return after is not None and (st.st_mtime_ns >= after or st.st_ctime_ns >= after)
 
     def _present(self, chunks: tuple[bytes, ...]) -> bool:
         # A prune may have removed chunks since the journal was written: never trust it blindly.
@@ -412,7 +467,9 @@ class Archiver:
             self.result.silent_changed.append(show_name(rel))
         log.warning("archive.silent_change", extra={"path": show_name(rel)})
 
-    def _read(self, path: bytes, rel: bytes) -> tuple[Content, os.stat_result] | None:
+    def _read(
+        self, path: bytes, rel: bytes, previous: JournalEntry | None = None
+    ) -> tuple[Content, os.stat_result] | None:
         """Read, chunk and store one file; None (and an error) when it cannot be read."""
         try:
             fd = self._open(path)
@@ -420,11 +477,16 @@ class Archiver:
             self._error(rel, err)
             return None
         try:
-            st = os.fstat(fd)
+            st = self._on_device(os.fstat(fd))
             if not stat.S_ISREG(st.st_mode):  # replaced by something else since the lstat
                 self.result.errors.append(f"{show_name(rel)}: changed type while being read")
                 return None
-            content = self._read_content(fd, st)
+            big = self.options.big_files
+            content = None
+            if big is not None and st.st_size >= big.min_size:
+                content = big.read(self, fd, st, rel, previous)
+            if content is None:
+                content = self._read_content(fd, st)
         except OSError as err:
             self._error(rel, err)
             return None
@@ -449,6 +511,13 @@ class Archiver:
             return Content(reader.limit, chunks, holes, hasher.digest())
         digest = extents_hash(self.repo.content_hasher(), reader.limit, holes, hasher.digest())
         return Content(reader.limit, chunks, holes, digest, HashScheme.EXTENTS)
+
+    def _on_device(self, st: os.stat_result) -> os.stat_result:
+        """`st` as the live source has it: a snapshot's entries get the source's device number."""
+        view = self.options.snapshot
+        if view is None or st.st_dev != view.snapshot_dev:
+            return st
+        return _with_device(st, view.live_dev)
 
     def _open(self, path: bytes) -> int:
         # O_NOATIME keeps a backup from touching every file's atime; only the owner or root
@@ -530,6 +599,20 @@ def _differs(previous: JournalEntry, content: Content) -> bool:
 def _dense(st: os.stat_result) -> bool:
     """No holes possible: the file has at least as many blocks allocated as its size needs."""
     return st.st_blocks * 512 >= st.st_size
+
+
+_STAT_SEQUENCE = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size")
+_STAT_EXTRA = tuple(
+    name for name in dir(os.stat_result) if name.startswith("st_") and name not in _STAT_SEQUENCE
+    and name not in ("st_atime", "st_mtime", "st_ctime")
+)
+
+
+def _with_device(st: os.stat_result, dev: int) -> os.stat_result:
+    seq = tuple(st)
+    extra = {name: getattr(st, name) for name in _STAT_EXTRA}
+    extra.update(st_atime=st.st_atime, st_mtime=st.st_mtime, st_ctime=st.st_ctime)
+    return os.stat_result((*seq[:2], dev, *seq[3:]), extra)
 
 
 def _ids(chunks: tuple[bytes, ...]) -> tuple[BlobId, ...]:

@@ -454,15 +454,27 @@ def _snapshot_with_scripts(
     env = {"PROTECTCTL_SOURCE": job.source, "PROTECTCTL_KIND": kind}
     warnings: list[str] = []
     outcome_status = "failure"
+    post_ran = False
+
+    def frozen() -> None:
+        """The provider froze the source (a snapshot): the post script may release it now."""
+        nonlocal post_ran
+        if job.post_script and not post_ran:
+            post_ran = True
+            post = run_script("post", job.post_script, timeout_s=job.script_timeout_s,
+                              env={**env, "PROTECTCTL_STATUS": "success", "PROTECTCTL_FROZEN": "1"})
+            if not post.ok:
+                warnings.append(post.describe())
+
     try:
         if job.pre_script:
             pre = run_script("pre", job.pre_script, timeout_s=job.script_timeout_s, env=env)
             if not pre.ok:
                 raise ProviderError(pre.describe(), hint="no recovery point was made; fix the pre script")
-        outcome, writer_stats = _snapshot(job, repo, kind, progress)
+        outcome, writer_stats = _snapshot(job, repo, kind, progress, frozen)
         outcome_status = "success"
     finally:
-        if job.post_script:
+        if job.post_script and not post_ran:
             post = run_script(
                 "post",
                 job.post_script,
@@ -475,7 +487,8 @@ def _snapshot_with_scripts(
 
 
 def _snapshot(
-    job: SourceJob, repo: Repository, kind: BackupKind, progress: Progress
+    job: SourceJob, repo: Repository, kind: BackupKind, progress: Progress,
+    frozen: Callable[[], None] | None = None,
 ) -> tuple[SnapshotOutcome, tuple[int, int]]:
     """The provider's snapshot inside one write session; the journal is dropped if the commit fails."""
     from protectctl.agent.archive import RepositorySink  # the archiver: only when a snapshot runs
@@ -485,7 +498,8 @@ def _snapshot(
     try:
         with repo.writer(progress) as writer:
             outcome = provider.snapshot(
-                SnapshotRequest(job.source, job.spec, kind, RepositorySink(repo, writer), job.state_dir, progress)
+                SnapshotRequest(job.source, job.spec, kind, RepositorySink(repo, writer), job.state_dir, progress,
+                                frozen=frozen)
             )
     except BaseException:
         if outcome is not None:

@@ -23,12 +23,24 @@ directory that must be rebuilt (one file in it changed) re-encodes only the entr
 changed, and a damaged row is rebuilt rather than stored. A journal written before those
 tables existed simply has nothing to reuse.
 
+Racily clean files: a file's identity holds timestamps of the filesystem's granularity (a
+clock tick, a second on some filesystems). A file rewritten, size unchanged, within the same
+tick as the sync that read it keeps its identity, and the next sync would reuse the old
+content. So the journal records when its run started (`started_ns`, taken before the walk
+reads anything) and the next run distrusts every entry whose mtime or ctime is within
+RACY_SLACK_NS of that instant (or after it): it is read again (`racy_after_ns`). Such a
+re-read costs little (only files touched right before or during the previous sync) and the
+journal written by that run trusts the file again. A journal without `started_ns` (written
+before) trusts its entries as it always did. PROTECTCTL_RACY_SLACK_NS overrides the slack
+(tests that count bytes read set it to 0; a filesystem with coarser timestamps may need more).
+
 Names are bytes (engine/names.py). A `dir` or `name` key is stored as TEXT when it is valid
 UTF-8 (as journals before bytes names stored every key, so they stay usable) and as a BLOB
 of its raw bytes otherwise; SQLite keeps the two storage classes apart (a TEXT never equals
 a BLOB), so the mapping is exact and reversible. `dir` is the names from the source root
 joined by "/", "" for the root. `content_hash` is 32 bytes for a HashScheme.CONTENT hash,
-and a 0x01 byte then 32 for an EXTENTS one.
+a 0x01 byte then 32 for an EXTENTS one, a 0x02 byte then 32 for a BLOCKS one (format 3;
+format 2 journals, which have none, are read as they are).
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import contextlib
 import os
 import sqlite3
 import struct
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,9 +59,23 @@ from protectctl.engine.tree import HashScheme
 from protectctl.errors import StateError
 from protectctl.fsutil import fsync_dir, os_error_text
 
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
+_READABLE_FORMATS = ("2", "3")
 _ID_LEN = 32
 _BATCH = 2000
+# Larger than any timestamp granularity of a Linux filesystem the agent backs up (ext4 with
+# 128-byte inodes and NFS servers keep seconds) and than clock skew between a file server and us.
+RACY_SLACK_NS = 2_000_000_000
+_SLACK_ENV = "PROTECTCTL_RACY_SLACK_NS"
+
+
+def racy_slack_ns() -> int:
+    """The racy-clean slack in force (RACY_SLACK_NS unless PROTECTCTL_RACY_SLACK_NS says otherwise)."""
+    raw = os.environ.get(_SLACK_ENV, "")
+    try:
+        return max(0, int(raw)) if raw else RACY_SLACK_NS
+    except ValueError:
+        return RACY_SLACK_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +118,17 @@ def _raw_key(stored: object) -> bytes:
     raise TypeError(f"a journal key is TEXT or BLOB, not {type(stored).__name__}")
 
 
-_EXTENTS_MARK = b"\x01"
+_MARKS = {HashScheme.EXTENTS: b"\x01", HashScheme.BLOCKS: b"\x02"}
+_SCHEMES = {mark: scheme for scheme, mark in _MARKS.items()}
 
 
 def _pack_hash(content_hash: bytes, scheme: HashScheme) -> bytes:
-    return _EXTENTS_MARK + content_hash if scheme is HashScheme.EXTENTS else content_hash
+    return _MARKS.get(scheme, b"") + content_hash
 
 
 def _unpack_hash(stored: bytes) -> tuple[bytes, HashScheme]:
-    if len(stored) == _ID_LEN + 1 and stored[:1] == _EXTENTS_MARK:
-        return stored[1:], HashScheme.EXTENTS
+    if len(stored) == _ID_LEN + 1 and stored[:1] in _SCHEMES:
+        return stored[1:], _SCHEMES[stored[:1]]
     return stored, HashScheme.CONTENT
 
 
@@ -149,7 +177,7 @@ class Journal:
         self.repo_id = repo_id
         self._conn = self._open()
         self.meta: dict[str, str] = self._read_meta()
-        if self.meta.get("format") != FORMAT_VERSION or self.meta.get("repo_id") != repo_id:
+        if self.meta.get("format") not in _READABLE_FORMATS or self.meta.get("repo_id") != repo_id:
             # Another repository (re-created, or a restored state dir): nothing here is ours.
             self.close()
             self.meta = {}
@@ -175,6 +203,16 @@ class Journal:
     @property
     def point_id(self) -> str | None:
         return self.meta.get("point_id")
+
+    @property
+    def racy_after_ns(self) -> int | None:
+        """Entries whose mtime or ctime is at or after this instant may have changed unseen within
+        their timestamp's granularity: read them again (None: the journal does not know)."""
+        try:
+            started = int(self.meta["started_ns"])
+        except (KeyError, ValueError):
+            return None
+        return started - racy_slack_ns()
 
     def directory(self, rel_dir: bytes) -> dict[bytes, JournalEntry]:
         """The entries of the files directly in `rel_dir` (b"" for the root), by name."""
@@ -236,15 +274,21 @@ class Journal:
             self._conn.close()
             self._conn = None
 
-    def begin(self) -> JournalWriter:
-        """Start the next journal beside this one (able to copy rows from this one)."""
-        return JournalWriter(self.path, repo_id=self.repo_id, previous=self.path if self._conn else None)
+    def begin(self, *, started_ns: int | None = None) -> JournalWriter:
+        """Start the next journal beside this one (able to copy rows from this one); `started_ns`:
+        when the content it describes was captured, if earlier than now (a snapshot's instant)."""
+        return JournalWriter(self.path, repo_id=self.repo_id, previous=self.path if self._conn else None,
+                             started_ns=started_ns)
 
 
 class JournalWriter:
     """The next journal, invisible until `commit`."""
 
-    def __init__(self, path: Path, *, repo_id: str, previous: Path | None = None) -> None:
+    def __init__(
+        self, path: Path, *, repo_id: str, previous: Path | None = None, started_ns: int | None = None
+    ) -> None:
+        # Before anything of the run is read: the next run distrusts files changed since (racy).
+        self.started_ns = time.time_ns() if started_ns is None else started_ns
         self.path = path
         self._tmp = path.with_name(path.name + ".new")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +300,7 @@ class JournalWriter:
         self._conn.execute("PRAGMA journal_mode=OFF")
         self._conn.execute("PRAGMA synchronous=OFF")
         self._conn.executescript(_SCHEMA)
-        self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id}
+        self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id, "started_ns": str(self.started_ns)}
         self._pending: list[tuple[object, ...]] = []
         self._dirs: list[tuple[str | bytes, bytes, bytes]] = []
         self._nodes: list[tuple[str | bytes, str | bytes, bytes, str]] = []

@@ -86,9 +86,10 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         for problem in listing.problems:
             env.output.warn(problem)
         env.output.table(
-            ["time", "source", "kind", "id", "files", "size", "added", "duration", "complete"],
+            ["time", "source", "kind", "id", "files", "size", "read", "added", "duration", "tracking", "complete"],
             [(p.time.strftime("%Y-%m-%dT%H:%M:%SZ"), p.source, p.kind, p.id[:8], f"{p.stats.files:,}",
-              human_bytes(p.stats.bytes_total), human_bytes(p.stats.bytes_added), f"{p.stats.duration_s:.1f}s",
+              human_bytes(p.stats.bytes_total), human_bytes(p.stats.bytes_read), human_bytes(p.stats.bytes_added),
+              f"{p.stats.duration_s:.1f}s", tracking_cell(p.extra),
               "yes" if p.complete else f"NO ({len(p.errors)} error(s))") for p in points])
         for source in sorted(gone):
             env.output.text(f"{source}: no longer in the policy (its points stay in the repository: "
@@ -232,6 +233,15 @@ def prune_summary(r: Any) -> str:
     lines += [f"  data cleanup deferred: {why}" for why in r.gc_deferred_because]
     lines += [f"  PROBLEM: {problem}" for problem in r.problems]
     return "\n".join(lines)
+
+
+def tracking_cell(extra: Any) -> str:
+    """How a point's source was captured: its snapshot kind, `+blocks` with block tracking
+    (docs/change-tracking.md); "-" for points that say nothing of it."""
+    snapshot, tracking = extra.get("snapshot"), extra.get("tracking")
+    if snapshot is None and tracking is None:
+        return "-"
+    return f"{snapshot or 'none'}{'+blocks' if tracking == 'blocks' else ''}"
 
 
 def point_json(p: Any) -> dict[str, Any]:

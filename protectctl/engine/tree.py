@@ -9,7 +9,8 @@ Names, symlink targets and xattr names are `bytes` (see engine/names.py). In JSO
 string when it is valid UTF-8, else ``{"b64": "..."}`` of its raw bytes. A tree is written
 as format 1 when it needs nothing newer (every name UTF-8, no extents hash), so such trees
 are byte for byte what earlier releases wrote and they still read them; otherwise format 2,
-which earlier releases refuse rather than misread. Format 1 trees written before names were
+which earlier releases refuse rather than misread; format 3 when a node has a BLOCKS hash
+(block-level change tracking), which format-2 readers refuse. Format 1 trees written before names were
 bytes hold undecodable bytes as surrogate escapes, which decode to the same bytes.
 `decode_tree` validates the structure and raises CorruptionError; a node whose stored name
 (or link target, or xattr name) cannot be bytes is kept with `damage` saying why, so a
@@ -31,8 +32,8 @@ from protectctl.engine.ids import BLOB_ID_SIZE, BlobId
 from protectctl.engine.names import show_name
 from protectctl.errors import CorruptionError
 
-TREE_FORMAT_VERSION = 2  # the newest this module reads and writes; see the module docstring
-_READABLE_VERSIONS = (1, 2)
+TREE_FORMAT_VERSION = 3  # the newest this module reads and writes; see the module docstring
+_READABLE_VERSIONS = (1, 2, 3)
 
 T = TypeVar("T")
 
@@ -55,6 +56,11 @@ class HashScheme(StrEnum):
     # The size, the hole map and the keyed hash of the data bytes (`extents_hash`): holes
     # cost nothing to check, so a 1 PiB sparse file verifies as fast as its data.
     EXTENTS = "extents"
+    # The size, the hole map and each stored chunk's length and id (`blocks_hash`), for a file
+    # kept in fixed blocks by block-level change tracking: a sync that reads only changed blocks
+    # still knows the whole file's hash, since a chunk id is the keyed hash of its bytes. A
+    # restore checks every chunk against its id and this hash against the chunks it wrote.
+    BLOCKS = "blocks"
 
 
 class Hasher(Protocol):
@@ -71,6 +77,20 @@ def extents_hash(hasher: Hasher, size: int, holes: Sequence[tuple[int, int]], da
     hasher.update(_EXTENTS_TAG + struct.pack("<QQ", size, len(holes)))
     hasher.update(b"".join(struct.pack("<QQ", start, length) for start, length in holes))
     hasher.update(data_digest)
+    return hasher.digest()
+
+
+_BLOCKS_TAG = b"protectctl/blocks-hash/1\0"
+
+
+def blocks_hash(
+    hasher: Hasher, size: int, holes: Sequence[tuple[int, int]], pieces: Sequence[tuple[int, bytes]]
+) -> bytes:
+    """The BLOCKS content hash, with a fresh keyed `hasher`: size, holes, then (length, id) of
+    every chunk in order (fixed-width fields, so unambiguous)."""
+    hasher.update(_BLOCKS_TAG + struct.pack("<QQQ", size, len(holes), len(pieces)))
+    hasher.update(b"".join(struct.pack("<QQ", start, length) for start, length in holes))
+    hasher.update(b"".join(struct.pack("<Q", length) + bytes(chunk) for length, chunk in pieces))
     return hasher.digest()
 
 
@@ -126,6 +146,7 @@ _DEFAULTS: Mapping[str, object] = {"rdev": 0, "inode": 0, "dev": 0, "nlink": 1}
 # An encoded node needs format 2 exactly when it holds one of these. Inside a JSON string
 # every '"' is escaped, so these spellings can only be structure, never text in a value.
 _FORMAT_2_MARKS = ('{"b64":', '"hash_scheme":')
+_FORMAT_3_MARK = '"hash_scheme":"blocks"'
 
 
 def encode_tree(tree: Tree) -> bytes:
@@ -149,6 +170,8 @@ def assemble_tree(encoded_nodes: Sequence[str]) -> bytes:
     """`encode_tree` from nodes already encoded by `encode_node`, which the caller gives sorted by
     name and unique (the archiver reuses the encoding of unchanged entries)."""
     version = 2 if any(mark in text for text in encoded_nodes for mark in _FORMAT_2_MARKS) else 1
+    if version == 2 and any(_FORMAT_3_MARK in text for text in encoded_nodes):
+        version = 3
     # With sorted keys, "nodes" comes before "v": the document is a prefix, the nodes, a suffix.
     return ('{"nodes":[' + ",".join(encoded_nodes) + f'],"v":{version}}}').encode("ascii")
 

@@ -42,7 +42,7 @@ from protectctl.agent.sparse import Hasher
 from protectctl.engine.buffers import BlobScratch
 from protectctl.engine.ids import BlobId
 from protectctl.engine.names import show_name
-from protectctl.engine.tree import HashScheme, Node, NodeType, extents_hash
+from protectctl.engine.tree import HashScheme, Node, NodeType, blocks_hash, extents_hash
 from protectctl.errors import ProtectctlError, RestoreError
 from protectctl.progress import NullProgress, Progress
 from protectctl.restore.progress_marker import already_restored
@@ -383,6 +383,10 @@ class FsRestorer:
         hasher = self.new_hasher()
         checked = _checkable(node)
         zeros_hashed = node.hash_scheme is HashScheme.CONTENT
+        # BLOCKS: each chunk is checked against its id and the file's hash covers (length, id) of each.
+        blocks = node.hash_scheme is HashScheme.BLOCKS
+        pieces: list[tuple[int, bytes]] = []
+        verify_each = not checked or blocks
         load_into = self._load_into
         if load_into is not None:
             scratch = getattr(self._scratch, "buffers", None)
@@ -390,12 +394,12 @@ class FsRestorer:
                 scratch = self._scratch.buffers = BlobScratch()
 
             def load(blob_id: BlobId) -> bytes | memoryview:
-                return load_into(blob_id, scratch, verify_id=not checked)
+                return load_into(blob_id, scratch, verify_id=verify_each)
 
         else:
 
             def load(blob_id: BlobId) -> bytes | memoryview:
-                return self._load_for_file(blob_id) if checked else self.reader.load_blob(blob_id)
+                return self._load_for_file(blob_id) if not verify_each else self.reader.load_blob(blob_id)
 
         blobs = iter(node.chunks)
         pending = memoryview(b"")
@@ -411,6 +415,8 @@ class FsRestorer:
                     if blob_id is None:
                         raise RestoreError("stored content is shorter than the file")
                     pending = memoryview(load(blob_id))
+                    if blocks:
+                        pieces.append((len(pending), bytes(blob_id)))
                     if not pending:
                         continue
                 take = min(length, len(pending))
@@ -429,6 +435,8 @@ class FsRestorer:
             os.ftruncate(fd, node.size)  # a hole at the end has no data to extend the file
         if not checked:
             return None
+        if blocks:
+            return blocks_hash(self.new_hasher(), node.size, node.holes, pieces)
         return hasher.digest() if zeros_hashed else extents_hash(self.new_hasher(), node.size, node.holes,
                                                                   hasher.digest())
 
@@ -461,7 +469,7 @@ def _checkable(node: Node) -> bool:
     """The file's whole-content hash can be checked at a cost bounded by its data (or a little more)."""
     if node.content_hash is None:
         return False
-    return node.hash_scheme is HashScheme.EXTENTS or _hole_bytes(node) <= _ZERO_HASH_LIMIT
+    return node.hash_scheme is not HashScheme.CONTENT or _hole_bytes(node) <= _ZERO_HASH_LIMIT
 
 
 def _segments(size: int, holes: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, bool]]:

@@ -14,6 +14,9 @@ from protectctl.engine.repository import Repository
 from protectctl.engine.storage.local import LocalStorage
 from protectctl.errors import ProviderError, RestoreError
 
+# Files are written right before each sync: trust them at the next one (agent/journal.py).
+pytestmark = pytest.mark.usefixtures("no_racy_slack")
+
 PASS = b"correct horse"
 T0 = datetime(2026, 8, 1, 12, 0, tzinfo=UTC)
 
@@ -202,6 +205,8 @@ def _pin_identity(tmp: Path, rel: str, path: Path) -> None:
         "UPDATE files SET dev=?, ino=?, size=?, mtime_ns=?, ctime_ns=? WHERE dir='' AND name=?",
         (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, rel),
     )
+    # and as if that sync had started after the change (else the change is racy: re-read)
+    conn.execute("UPDATE meta SET value=? WHERE key='started_ns'", (str(st.st_ctime_ns + 1),))
     conn.commit()
     conn.close()
 

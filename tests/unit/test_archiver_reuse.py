@@ -24,6 +24,9 @@ from protectctl.engine.tree import NodeType, Tree
 from protectctl.restore.run import restore_tree
 from tests.unit.engine.conftest import make_repo
 
+# Files are written right before each sync: trust them at the next one (agent/journal.py).
+pytestmark = pytest.mark.usefixtures("no_racy_slack")
+
 
 class _Workspace:
     def __init__(self, tmp_path: Path) -> None:

@@ -149,7 +149,7 @@ def test_junk_raises_corruption_error_only(junk: bytes) -> None:
         b'"mtime_ns":0,"atime_ns":0,"ctime_ns":0,"size":0}]}',
         b'{"v":1,"nodes":[{"name":"x","type":"file","mode":0,"uid":0,"gid":0,'
         b'"mtime_ns":0,"atime_ns":0,"ctime_ns":0,"size":0,"chunks":["abcd"]}]}',
-        b'{"v":3,"nodes":[]}',
+        b'{"v":4,"nodes":[]}',
     ],
 )
 def test_invalid_trees_are_refused(doc: bytes) -> None:

@@ -1,0 +1,111 @@
+"""The pure logic of block tracking: extent comparison, block layouts, the BLOCKS hash and format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import blake3
+
+from protectctl.agent.extents import (
+    FIEMAP_EXTENT_DELALLOC,
+    FIEMAP_EXTENT_ENCODED,
+    FIEMAP_EXTENT_LAST,
+    FIEMAP_EXTENT_SHARED,
+    FIEMAP_EXTENT_UNWRITTEN,
+    Extent,
+    blocks_of,
+    changed_ranges,
+)
+from protectctl.agent.journal import FileIdentity, Journal, JournalEntry, JournalWriter
+from protectctl.agent.tracking import _hole_blocks, _previous_blocks
+from protectctl.engine.ids import BlobId
+from protectctl.engine.tree import HashScheme, Node, NodeType, Tree, blocks_hash, decode_tree, encode_tree
+
+K = 4096
+S = FIEMAP_EXTENT_SHARED
+
+
+def test_identical_maps_have_no_changes_whatever_the_bookkeeping_flags() -> None:
+    ref = [Extent(0, 100 * K, 64 * K, S), Extent(64 * K, 500 * K, 64 * K, S | FIEMAP_EXTENT_LAST)]
+    cur = [Extent(0, 100 * K, 128 * K, S | FIEMAP_EXTENT_LAST)]  # merged in one record: same bytes
+    assert changed_ranges(cur, ref, 128 * K) == [(64 * K, 64 * K)]  # ...but not the same physical run
+    assert changed_ranges(ref, ref, 128 * K) == []
+
+
+def test_a_copy_on_write_in_the_middle_of_an_extent_is_the_only_change() -> None:
+    ref = [Extent(0, 1000 * K, 100 * K, S)]
+    cur = [Extent(0, 1000 * K, 10 * K, S), Extent(10 * K, 7 * K, K, 0), Extent(11 * K, 1011 * K, 89 * K, S)]
+    assert changed_ranges(cur, ref, 100 * K) == [(10 * K, K)]
+
+
+def test_growth_holes_and_untrusted_extents() -> None:
+    ref = [Extent(0, 1000 * K, 8 * K, 0)]
+    grown = [Extent(0, 1000 * K, 8 * K, 0), Extent(8 * K, 50 * K, 8 * K, 0)]
+    assert changed_ranges(grown, ref, 16 * K) == [(8 * K, 8 * K)]
+    assert changed_ranges([], [], 16 * K) == []  # holes on both sides
+    assert changed_ranges([Extent(0, 1000 * K, 8 * K, FIEMAP_EXTENT_DELALLOC)], ref, 8 * K) == [(0, 8 * K)]
+    unwritten = [Extent(0, 1000 * K, 8 * K, FIEMAP_EXTENT_UNWRITTEN)]
+    assert changed_ranges(unwritten, ref, 8 * K) == [(0, 8 * K)]  # written since: its flags differ
+
+
+def test_encoded_extents_compare_as_whole_records() -> None:
+    rec = Extent(0, 1000 * K, 32 * K, FIEMAP_EXTENT_ENCODED)
+    assert changed_ranges([rec], [rec], 32 * K) == []
+    moved = [Extent(0, 1000 * K, 16 * K, FIEMAP_EXTENT_ENCODED),
+             Extent(16 * K, 1000 * K, 16 * K, FIEMAP_EXTENT_ENCODED)]
+    assert changed_ranges(moved, [rec], 32 * K) == [(0, 32 * K)]
+
+
+def test_blocks_of_ranges() -> None:
+    assert list(blocks_of([(0, 1), (4095, 2), (5 * K, 3 * K)], K)) == [0, 1, 5, 6, 7]
+    assert list(blocks_of([(0, 0)], K)) == []
+
+
+def _entry(chunks: int, holes: tuple[tuple[int, int], ...]) -> JournalEntry:
+    ids = tuple(bytes([i]) * 32 for i in range(chunks))
+    return JournalEntry(FileIdentity(1, 2, 0, 0, 0), ids, holes, b"h" * 32, HashScheme.BLOCKS)
+
+
+def test_previous_block_layout_with_holes_and_a_short_tail() -> None:
+    size = 4 * K + 100
+    blocks = _previous_blocks(size, _entry(3, ((K, 2 * K),)), 2 * K)  # blocks: data, hole, data(100)... see below
+    assert blocks is None  # a hole from K to 3K ends inside the second block: not a block layout
+    blocks = _previous_blocks(size, _entry(2, ((2 * K, 2 * K),)), 2 * K)
+    assert blocks == [(2 * K, b"\0" * 32), None, (100, b"\1" * 32)]
+    assert _previous_blocks(size, _entry(3, ((2 * K, 2 * K),)), 2 * K) is None  # a chunk too many
+
+
+def test_hole_blocks_are_blocks_no_extent_touches() -> None:
+    extents = [Extent(K, 0, 10, 0), Extent(6 * K, 0, 2 * K, 0)]
+    assert _hole_blocks(extents, 8 * K, 2 * K) == {1, 2}
+
+
+def test_blocks_nodes_need_format_3_and_their_hash_covers_lengths_and_ids() -> None:
+    chunk = BlobId(b"\1" * 32)
+    node = Node(b"disk", NodeType.FILE, 0o644, 0, 0, None, None, 1, 1, 1, 5, chunks=(chunk,),
+                content_hash=b"\2" * 32, hash_scheme=HashScheme.BLOCKS)
+    encoded = encode_tree(Tree((node,)))
+    assert encoded.endswith(b'"v":3}') and decode_tree(encoded).nodes[0] == node
+    key = b"k" * 32
+    one = blocks_hash(blake3.blake3(key=key), 5, (), [(5, bytes(chunk))])
+    assert one != blocks_hash(blake3.blake3(key=key), 5, (), [(4, bytes(chunk))])
+    assert one != blocks_hash(blake3.blake3(key=key), 5, ((0, 1),), [(5, bytes(chunk))])
+
+
+def test_points_list_names_the_capture() -> None:
+    import protectctl.cli.main  # noqa: F401  (the CLI modules load through it)
+    from protectctl.cli.jobs import tracking_cell
+
+    assert tracking_cell({}) == "-"
+    assert tracking_cell({"snapshot": "btrfs", "tracking": "blocks"}) == "btrfs+blocks"
+    assert tracking_cell({"snapshot": "none", "tracking": "off"}) == "none"
+
+
+def test_the_journal_keeps_a_blocks_hash_and_its_start_time(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path / "j.db", repo_id="r", started_ns=10**18)
+    entry = _entry(1, ())
+    writer.add(b"", b"f", entry)
+    writer.commit({"point_id": "p"})
+    journal = Journal(tmp_path / "j.db", repo_id="r")
+    assert journal.directory(b"")[b"f"] == entry
+    assert journal.racy_after_ns is not None and journal.racy_after_ns < 10**18
