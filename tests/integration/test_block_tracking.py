@@ -225,3 +225,16 @@ def test_a_sync_killed_around_the_reference_move_loses_no_change(
     assert _restored(job, after, tmp_path / "out") == disk.read_bytes()
     assert not list(_references(xfs_mount, job).glob("*.new"))
     assert not [p for p in xfs_mount.iterdir() if p.name.startswith(".protectctl-snapshot-")]
+
+
+def test_a_reference_directory_others_may_write_is_never_used(xfs_mount: Path, tmp_path: Path) -> None:  # noqa: F811
+    src = fresh_dir(xfs_mount, "shared")
+    (src / "disk.img").write_bytes(os.urandom(2 * MiB))
+    job = _job(tmp_path, src)
+    refs = _references(xfs_mount, job)
+    refs.mkdir(mode=0o777)
+    refs.chmod(0o777)
+    point = run_backup(job, "sync", now=Clock())
+    extra = _extra(job, point.point_id)
+    assert point.ok and extra["tracking"] == "off" and "not private" in str(extra["tracking_note"])
+    assert list(refs.iterdir()) == []
