@@ -238,3 +238,36 @@ def test_a_reference_directory_others_may_write_is_never_used(xfs_mount: Path, t
     extra = _extra(job, point.point_id)
     assert point.ok and extra["tracking"] == "off" and "not private" in str(extra["tracking_note"])
     assert list(refs.iterdir()) == []
+
+
+def test_holes_growth_and_shrinking_of_a_tracked_file_restore_exactly(xfs_mount: Path, tmp_path: Path) -> None:  # noqa: F811
+    src = fresh_dir(xfs_mount, "sparse")
+    disk = src / "disk.img"
+    rng = random.Random(5)
+    with open(disk, "wb") as handle:
+        handle.truncate(6 * MiB)
+        handle.seek(MiB)
+        handle.write(rng.randbytes(MiB))
+        handle.seek(4 * MiB + 5000)
+        handle.write(rng.randbytes(70_000))
+    job, clock = _job(tmp_path, src), Clock()
+    points = []
+
+    def sync() -> dict[str, object]:
+        clock.tick(hours=1)
+        result = run_backup(job, "sync", now=clock)
+        assert result.ok, result.errors
+        points.append((result, disk.read_bytes()))
+        return _extra(job, result.point_id)
+
+    assert sync()["blocks_read"] == 64 + 5  # holes are neither read nor stored
+    with open(disk, "r+b") as handle:
+        handle.seek(3 * MiB)
+        handle.write(b"x" * 5000)  # into a hole
+    assert sync()["blocks_read"] == 1
+    os.truncate(disk, 6 * MiB + 12345)  # grows by a hole
+    assert sync()["blocks_read"] == 0
+    os.truncate(disk, 5 * MiB + 100)
+    assert sync()["blocks_read"] == 0
+    for n, (point, expected) in enumerate(points):
+        assert _restored(job, point, tmp_path / f"out{n}") == expected
