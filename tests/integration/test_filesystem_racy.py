@@ -15,7 +15,7 @@ from protectctl.agent.journal import Journal
 from protectctl.agent.patterns import PathFilter
 from protectctl.engine.repository import Repository
 from protectctl.restore.run import restore_tree
-from tests.integration.loopfs import ext4_seconds_mount, fresh_dir  # noqa: F401  (fixture)
+from tests.integration.loopfs import fresh_dir
 from tests.unit.engine.conftest import make_repo
 
 
@@ -44,7 +44,7 @@ class _Syncs:
 
 
 def test_a_file_rewritten_within_the_same_second_as_its_sync_is_read_again(
-    ext4_seconds_mount: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    ext4_seconds_mount: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On ext4 with whole-second timestamps: write, sync, rewrite (same size) in the same second.
     Without the racy check the second sync reuses the first content and the point is wrong."""
