@@ -348,7 +348,10 @@ def capture(root: Path, source: str, mode: str, *, frozen: Callable[[], None] | 
 def _try_btrfs(cap: Capture, root: Path, tag: str) -> str | None:
     if cap.mount.fstype != "btrfs":
         return f"{cap.mount.fstype} is not btrfs"
-    subvolume = subvolume_root(root, cap.mount)
+    try:
+        subvolume = subvolume_root(root, cap.mount)
+    except OSError as err:  # the path is missing: the walk says so, in its own words
+        return f"{root} cannot be read: {err.strerror}"
     if subvolume is None:
         return "no btrfs subvolume found above the path"
     target = subvolume / tag

@@ -24,7 +24,7 @@ import pytest
 from protectctl.agent.jobs import BackupResult, SourceJob, restore, run_backup
 from protectctl.agent.snapshots import REFERENCE_PREFIX, source_tag
 from protectctl.engine.repository import Repository
-from tests.integration.loopfs import btrfs_mount, fresh_dir, xfs_mount  # noqa: F401  (fixtures)
+from tests.integration.loopfs import fresh_dir
 from tests.integration.test_filesystem_backup import PASS, Clock, make_job
 
 pytestmark = pytest.mark.usefixtures("no_racy_slack")
@@ -104,7 +104,7 @@ def test_scattered_rewrites_read_only_changed_blocks_and_every_point_restores(co
 
 
 def test_a_file_written_during_the_sync_loses_no_change(
-    xfs_mount: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    xfs_mount: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On XFS (on btrfs the snapshot already freezes the file): the clone is one instant. A write
     right after the sync's fstat may share its timestamp tick: the racy slack must be in force."""
@@ -138,7 +138,7 @@ def test_a_file_written_during_the_sync_loses_no_change(
     assert _restored(job, after, tmp_path / "after") == disk.read_bytes()
 
 
-def test_a_reference_out_of_step_with_the_journal_is_not_trusted(xfs_mount: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_reference_out_of_step_with_the_journal_is_not_trusted(xfs_mount: Path, tmp_path: Path) -> None:
     src = fresh_dir(xfs_mount, "step")
     rng = random.Random(3)
     disk = src / "disk.img"
@@ -158,7 +158,7 @@ def test_a_reference_out_of_step_with_the_journal_is_not_trusted(xfs_mount: Path
     assert _restored(job, second, tmp_path / "out") == disk.read_bytes()
 
 
-def test_tracking_off_reads_whole_files_and_drops_the_references(xfs_mount: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_tracking_off_reads_whole_files_and_drops_the_references(xfs_mount: Path, tmp_path: Path) -> None:
     src = fresh_dir(xfs_mount, "off")
     (src / "disk.img").write_bytes(os.urandom(2 * MiB))
     job, clock = _job(tmp_path, src), Clock()
@@ -188,7 +188,7 @@ sys.exit(run_backup(_job(Path(sys.argv[1]), Path(sys.argv[2])), "sync", now=cloc
 
 @pytest.mark.parametrize("point", ["tracking.stashed", "tracking.commit"])
 def test_a_sync_killed_around_the_reference_move_loses_no_change(
-    xfs_mount: Path, tmp_path: Path, point: str  # noqa: F811
+    xfs_mount: Path, tmp_path: Path, point: str
 ) -> None:
     """Killed before the point is saved (clones stashed) or after the journal commit (references
     not moved yet): the next sync sees every change and its point restores byte-exact."""
@@ -225,3 +225,49 @@ def test_a_sync_killed_around_the_reference_move_loses_no_change(
     assert _restored(job, after, tmp_path / "out") == disk.read_bytes()
     assert not list(_references(xfs_mount, job).glob("*.new"))
     assert not [p for p in xfs_mount.iterdir() if p.name.startswith(".protectctl-snapshot-")]
+
+
+def test_a_reference_directory_others_may_write_is_never_used(xfs_mount: Path, tmp_path: Path) -> None:
+    src = fresh_dir(xfs_mount, "shared")
+    (src / "disk.img").write_bytes(os.urandom(2 * MiB))
+    job = _job(tmp_path, src)
+    refs = _references(xfs_mount, job)
+    refs.mkdir(mode=0o777)
+    refs.chmod(0o777)
+    point = run_backup(job, "sync", now=Clock())
+    extra = _extra(job, point.point_id)
+    assert point.ok and extra["tracking"] == "off" and "not private" in str(extra["tracking_note"])
+    assert list(refs.iterdir()) == []
+
+
+def test_holes_growth_and_shrinking_of_a_tracked_file_restore_exactly(xfs_mount: Path, tmp_path: Path) -> None:
+    src = fresh_dir(xfs_mount, "sparse")
+    disk = src / "disk.img"
+    rng = random.Random(5)
+    with open(disk, "wb") as handle:
+        handle.truncate(6 * MiB)
+        handle.seek(MiB)
+        handle.write(rng.randbytes(MiB))
+        handle.seek(4 * MiB + 5000)
+        handle.write(rng.randbytes(70_000))
+    job, clock = _job(tmp_path, src), Clock()
+    points = []
+
+    def sync() -> dict[str, object]:
+        clock.tick(hours=1)
+        result = run_backup(job, "sync", now=clock)
+        assert result.ok, result.errors
+        points.append((result, disk.read_bytes()))
+        return _extra(job, result.point_id)
+
+    assert sync()["blocks_read"] == 64 + 5  # holes are neither read nor stored
+    with open(disk, "r+b") as handle:
+        handle.seek(3 * MiB)
+        handle.write(b"x" * 5000)  # into a hole
+    assert sync()["blocks_read"] == 1
+    os.truncate(disk, 6 * MiB + 12345)  # grows by a hole
+    assert sync()["blocks_read"] == 0
+    os.truncate(disk, 5 * MiB + 100)
+    assert sync()["blocks_read"] == 0
+    for n, (point, expected) in enumerate(points):
+        assert _restored(job, point, tmp_path / f"out{n}") == expected

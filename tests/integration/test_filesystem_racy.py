@@ -15,7 +15,7 @@ from protectctl.agent.journal import Journal
 from protectctl.agent.patterns import PathFilter
 from protectctl.engine.repository import Repository
 from protectctl.restore.run import restore_tree
-from tests.integration.loopfs import ext4_seconds_mount, fresh_dir  # noqa: F401  (fixture)
+from tests.integration.loopfs import fresh_dir
 from tests.unit.engine.conftest import make_repo
 
 
@@ -44,10 +44,11 @@ class _Syncs:
 
 
 def test_a_file_rewritten_within_the_same_second_as_its_sync_is_read_again(
-    ext4_seconds_mount: Path, tmp_path: Path  # noqa: F811
+    ext4_seconds_mount: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On ext4 with whole-second timestamps: write, sync, rewrite (same size) in the same second.
     Without the racy check the second sync reuses the first content and the point is wrong."""
+    monkeypatch.delenv("PROTECTCTL_RACY_SLACK_NS", raising=False)  # the default slack is under test
     for _ in range(5):  # a second boundary between write and rewrite spoils an attempt: retry
         src = fresh_dir(ext4_seconds_mount, "racy")
         syncs = _Syncs(src, tmp_path / src.name)
@@ -66,11 +67,8 @@ def test_a_file_rewritten_within_the_same_second_as_its_sync_is_read_again(
     second = syncs.sync()
     assert (syncs.restored(second, "second") / "f").read_bytes() == b"later version"
     # Once the previous sync lies far enough back, the file is trusted again (nothing read).
-    os.environ["PROTECTCTL_RACY_SLACK_NS"] = "0"
-    try:
-        third = syncs.sync()
-    finally:
-        del os.environ["PROTECTCTL_RACY_SLACK_NS"]
+    monkeypatch.setenv("PROTECTCTL_RACY_SLACK_NS", "0")
+    third = syncs.sync()
     assert third.files_read == 0 and third.files_reused == 2
 
 

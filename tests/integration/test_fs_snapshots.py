@@ -16,7 +16,7 @@ from protectctl.agent.snapshots import SNAPSHOT_PREFIX, btrfs_snapshot, source_t
 from protectctl.engine.repository import Repository
 from protectctl.errors import ProviderError
 from providers.filesystem import FilesystemProvider
-from tests.integration.loopfs import btrfs_mount, fresh_dir  # noqa: F401  (fixture)
+from tests.integration.loopfs import fresh_dir
 from tests.integration.test_filesystem_backup import PASS, Clock, make_job
 
 pytestmark = pytest.mark.usefixtures("no_racy_slack")
@@ -30,7 +30,7 @@ def _extra(job: object, point_id: str) -> dict[str, object]:
 
 
 def test_btrfs_point_is_the_instant_of_its_snapshot_taken_between_pre_and_post(
-    btrfs_mount: Path, tmp_path: Path  # noqa: F811
+    btrfs_mount: Path, tmp_path: Path
 ) -> None:
     src = fresh_dir(btrfs_mount, "snap")
     (src / "a.txt").write_text("before the snapshot")
@@ -66,7 +66,7 @@ def test_btrfs_point_is_the_instant_of_its_snapshot_taken_between_pre_and_post(
 
 
 def test_a_killed_runs_snapshot_is_shown_by_status_and_deleted_by_the_next_sync(
-    btrfs_mount: Path, tmp_path: Path  # noqa: F811
+    btrfs_mount: Path, tmp_path: Path
 ) -> None:
     src = fresh_dir(btrfs_mount, "left")
     (src / "f").write_text("x")
