@@ -104,3 +104,12 @@ def test_runbook_with_disks_is_shellcheck_clean(tmp_path: Path) -> None:
     assert "root=/dev/sda2 ro" in dry
     bad = subprocess.run([str(script), "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
+
+
+def test_exclude_patterns_are_checked_by_validate() -> None:
+    from protectctl.providers.systemstate import SystemStateProvider
+    from protectctl.providers.systemstate.spec import SystemStateMember
+
+    spec = SystemStateMember.model_validate({"exclude": ["ssl/private/", "!"]})
+    (problem,) = SystemStateProvider().check_member(spec, source="hosts/system", hosts=None)
+    assert problem.path == ("exclude", 1) and "empty pattern" in problem.summary
