@@ -260,6 +260,36 @@ def test_an_image_in_use_is_refused_with_a_clear_message(tmp_path: Path) -> None
         server.wait()
 
 
+def test_the_cli_end_to_end(tmp_path: Path) -> None:
+    """apply, run sync, restore --target NEW.qcow2 (a file, not a directory) through the real CLI."""
+    import os
+
+    from tests.bench.bench_vmimage import POLICY
+
+    image = tmp_path / "web1.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(8 << 20)], check=True)
+    _io(image, f"write -P 0x61 0 {C}")
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "vms.yaml").write_text(POLICY.format(image="../web1.qcow2"))
+    env = {**os.environ, "PROTECTCTL_PASSPHRASE": "cli passphrase"}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(["protectctl", "-C", str(tmp_path / "policy"), *args], env=env, capture_output=True,
+                              text=True)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return done.stdout
+
+    cli("apply", "--auto-approve")
+    (result,) = json.loads(cli("run", "sync", "vms", "--json"))["results"]
+    assert result["ok"] and result["bytes_read"] == C
+    cli("restore", "vms/web1", "--to-time", "latest", "--target", str(tmp_path / "restored.qcow2"))
+    _identical(image, tmp_path / "restored.qcow2")
+    refused = subprocess.run(["protectctl", "-C", str(tmp_path / "policy"), "restore", "vms/web1", "--to-time",
+                              "latest", "--target", str(tmp_path)], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "give the path of the new image file" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_libvirt_domain_mode() -> None:
     if shutil.which("virsh") is None or shutil.which("libvirtd") is None:
         pytest.skip("libvirt (virsh, libvirtd) is not installed here: domain mode (virsh backup-begin with "
