@@ -75,6 +75,7 @@ def test_qcow2_syncs_read_only_dirty_clusters_and_every_point_restores(tmp_path:
     image = tmp_path / "web1.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(SIZE)], check=True)
     _io(image, f"write -P 0x11 0 {2 << 20}", f"write -P 0x5a {20 << 20} {C}")
+    image.chmod(0o640)
     job = _job(tmp_path, image)
     copies: list[tuple[str, Path]] = []
 
@@ -122,6 +123,7 @@ def test_qcow2_syncs_read_only_dirty_clusters_and_every_point_restores(tmp_path:
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(out)], check=True,
                                      capture_output=True, text=True).stdout)
     assert info["actual-size"] < SIZE // 2 and info["cluster-size"] == C  # sparse stays sparse in qcow2 too
+    assert out.stat().st_mode & 0o777 == 0o640  # the image's mode (and owner) come back
     raw = tmp_path / "restored.raw"
     restore(job, "latest", target=raw)
     _identical(image, raw)
