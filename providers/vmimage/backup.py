@@ -101,20 +101,14 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     where = state_path(request.state_dir, request.source, sink.repository_id)
     tracked, reason = _previous(request, where, info, chunk)
     identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, time.time_ns())
-    new_bitmap: str | None
-    old_bitmap: str | None
+    new_bitmap: str | None = None
+    old_bitmap: str | None = None
     if info.format == "qcow2":
         run, new_bitmap, old_bitmap = _qcow2(request, path, info, chunk, count, tracked)
         tracking = "bitmap"
     else:
-        new_bitmap = old_bitmap = None
-        tracking = "identity"
-        if tracked is not None and request.kind == "sync" and _unchanged(tracked, identity):
-            run = _Run(bytearray(tracked.ids))  # not written since the last point read it: nothing to read
-        else:
-            run = _raw(request, path, info.virtual_size, chunk, count)
-            reason = reason or ("a raw image has no dirty bitmap: it changed since the last point, so every data"
-                                " extent was read (only new chunks are stored)")
+        run, raw_reason = _raw_sync(request, path, info.virtual_size, chunk, count, tracked, identity)
+        reason, tracking = reason or raw_reason, "identity"
     if tracked is None and isinstance(reason, str) and not reason.startswith("first backup"):
         log.warning("vmimage.read_all", extra={"source": request.source, "reason": reason})
     if request.kind == "full":
@@ -234,6 +228,16 @@ def _unchanged(tracked: Tracked, identity: tuple[int, ...]) -> bool:
     if before is None or len(before) != 6 or tuple(before[:5]) != identity[:5]:
         return False
     return bool(before[5] - identity[4] > _SETTLED_NS)
+
+
+def _raw_sync(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int, tracked: Tracked | None,
+              identity: tuple[int, ...]) -> tuple[_Run, str | None]:
+    """Nothing read when the image is untouched since the tracked read, else every data extent."""
+    if tracked is not None and request.kind == "sync" and _unchanged(tracked, identity):
+        return _Run(bytearray(tracked.ids)), None
+    return _raw(request, path, size, chunk, count), ("a raw image has no dirty bitmap: it changed since the last"
+                                                      " point, so every data extent was read (only new chunks"
+                                                      " are stored)")
 
 
 def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int) -> _Run:
