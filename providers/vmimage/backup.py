@@ -233,6 +233,10 @@ def _unchanged(tracked: Tracked, identity: tuple[int, ...]) -> bool:
 def _raw_sync(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int, tracked: Tracked | None,
               identity: tuple[int, ...]) -> tuple[_Run, str | None]:
     """Nothing read when the image is untouched since the tracked read, else every data extent."""
+    if not path.is_file():  # a block device's times do not follow writes to it
+        return _raw(request, path, size, chunk, count), ("a raw image on a block device has no dirty bitmap and"
+                                                          " no reliable times: every data extent was read (only"
+                                                          " new chunks are stored)")
     if tracked is not None and request.kind == "sync" and _unchanged(tracked, identity):
         return _Run(bytearray(tracked.ids)), None
     return _raw(request, path, size, chunk, count), ("a raw image has no dirty bitmap: it changed since the last"

@@ -56,6 +56,10 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
 
 
 def _check_target(target: Path, *, overwrite: bool) -> None:
+    if target.is_block_device():
+        raise RestoreError(f"{target} is a block device; restore writes a new image file",
+                           hint=f"restore to a file, then copy it onto the device: qemu-img convert -n -O raw FILE"
+                           f" {target}")
     if target.is_dir():
         raise RestoreError(f"the target {target} is a directory; give the path of the new image file",
                            hint=f"e.g. --target {target / 'restored.qcow2'}")
