@@ -91,14 +91,14 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
         st = os.stat(path)
     except OSError as err:
         raise ProviderError(f"{request.source}: cannot read the image {path}: {err.strerror}") from err
-    info = qemu.image_info(path)
+    where = state_path(request.state_dir, request.source, request.sink.repository_id)
+    info = qemu.image_info(path, _format(request, path, where))
     if info.format not in ("qcow2", "raw"):
         raise ProviderError(f"{request.source}: {path} is a {info.format} image; vmImage reads qcow2 and raw images",
                             hint=f"convert it: qemu-img convert -O qcow2 {path} NEW.qcow2")
     sink = request.sink
     chunk = chunk_size_for(info.cluster_size if info.format == "qcow2" else 0)
     count = chunk_count(info.virtual_size, chunk)
-    where = state_path(request.state_dir, request.source, sink.repository_id)
     tracked, reason = _previous(request, where, info, chunk)
     identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, time.time_ns())
     new_bitmap: str | None = None
@@ -136,6 +136,24 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
 
 
 # -- what the last point left ----------------------------------------------------------------
+
+
+def _format(request: SnapshotRequest, path: Path, where: Path) -> str | None:
+    """The format to open the image as: the spec's, else the one found at the first backup, so a
+    raw image whose guest wrote a qcow2 header is never taken for one; None: probe it (first)."""
+    fmt = str(request.spec.get("format") or "auto")
+    if fmt != "auto":
+        return fmt
+    tracked = load_tracked(where)
+    if not isinstance(tracked, Tracked):
+        return None
+    probed = qemu.image_info(path).format
+    if probed != tracked.format:
+        raise ProviderError(
+            f"{request.source}: {path} was a {tracked.format} image at the last backup and now reads as {probed}",
+            hint=f"if the image was converted, set `format: {probed}`; a raw image's guest can write what looks"
+                 " like a qcow2 header: then set `format: raw`")
+    return str(tracked.format)
 
 
 def _previous(request: SnapshotRequest, where: Path, info: qemu.ImageInfo,

@@ -10,6 +10,7 @@ libvirtd, which these machines do not run: its test is skipped and says what sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import shutil
@@ -244,6 +245,16 @@ def test_raw_images_stay_sparse_and_store_only_new_chunks(tmp_path: Path, monkey
     restore(job, "latest", target=out)
     assert out.read_bytes() == image.read_bytes()
     assert out.stat().st_blocks * 512 <= 8 * C
+
+    # the guest writes a qcow2 header at the start of its raw disk: the image is not taken for one
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "hdr.qcow2"), "1M"], check=True)
+    with open(image, "r+b") as f:
+        f.write((tmp_path / "hdr.qcow2").read_bytes()[:512])
+    with pytest.raises(ProviderError, match="was a raw image at the last backup and now reads as qcow2") as caught:
+        run_backup(job, "sync")
+    assert "format: raw" in (caught.value.hint or "")
+    pinned = dataclasses.replace(job, spec={"path": str(image), "format": "raw"})
+    assert run_backup(pinned, "sync").ok
 
 
 def test_an_image_in_use_is_refused_with_a_clear_message(tmp_path: Path) -> None:
