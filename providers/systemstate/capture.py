@@ -68,6 +68,9 @@ class _Capture:
         return text
 
     def packages(self) -> None:
+        if not (self.root / "var/lib/dpkg/status").is_file():
+            self.got.gaps.append(f"packages: no dpkg database under {self.root} (not a Debian system?)")
+            return
         admin = ["--admindir", str(self.root / "var/lib/dpkg")]
         self.command("packages/dpkg-selections.txt", "package selections", ["dpkg", *admin, "--get-selections"])
         installed = self.command("packages/installed.tsv", "installed package versions", [

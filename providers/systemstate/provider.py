@@ -17,6 +17,8 @@ import posixpath
 from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from protectctl.errors import ProtectctlError, RestoreError
 from protectctl.provider import (
     ArchiveOptions,
@@ -25,12 +27,14 @@ from protectctl.provider import (
     SnapshotOutcome,
     SnapshotRequest,
     SnapshotStats,
+    SpecProblem,
     Traits,
     Tree,
     archive,
     dir_node,
     restore_tree,
     safe_name,
+    validate_patterns,
 )
 from protectctl.providers.systemstate.spec import SystemStateMember
 
@@ -43,6 +47,13 @@ class SystemStateProvider:
     kind = "systemState"
     spec_model = SystemStateMember
     traits = Traits(application=False, continuous_log_shipping=False, confined_jobs=False)
+
+    def check_member(self, spec: BaseModel, *, source: str, hosts: tuple[str, ...] | None) -> list[SpecProblem]:
+        assert isinstance(spec, SystemStateMember)
+        return [SpecProblem(("exclude", index), f"exclude[{index}] {problem.removeprefix('_[0] ')}",
+                            "use gitignore-style patterns relative to /etc, e.g. 'ssl/private/'")
+                for index, pattern in enumerate(spec.exclude)
+                for problem in validate_patterns([pattern], "_")]
 
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:
         return f"system-state:{posixpath.normpath(str(spec.get('root') or '/'))}"

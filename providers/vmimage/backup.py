@@ -91,30 +91,24 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
         st = os.stat(path)
     except OSError as err:
         raise ProviderError(f"{request.source}: cannot read the image {path}: {err.strerror}") from err
-    info = qemu.image_info(path)
+    where = state_path(request.state_dir, request.source, request.sink.repository_id)
+    info = qemu.image_info(path, _format(request, path, where))
     if info.format not in ("qcow2", "raw"):
         raise ProviderError(f"{request.source}: {path} is a {info.format} image; vmImage reads qcow2 and raw images",
                             hint=f"convert it: qemu-img convert -O qcow2 {path} NEW.qcow2")
     sink = request.sink
     chunk = chunk_size_for(info.cluster_size if info.format == "qcow2" else 0)
     count = chunk_count(info.virtual_size, chunk)
-    where = state_path(request.state_dir, request.source, sink.repository_id)
     tracked, reason = _previous(request, where, info, chunk)
     identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, time.time_ns())
-    new_bitmap: str | None
-    old_bitmap: str | None
+    new_bitmap: str | None = None
+    old_bitmap: str | None = None
     if info.format == "qcow2":
         run, new_bitmap, old_bitmap = _qcow2(request, path, info, chunk, count, tracked)
         tracking = "bitmap"
     else:
-        new_bitmap = old_bitmap = None
-        tracking = "identity"
-        if tracked is not None and request.kind == "sync" and _unchanged(tracked, identity):
-            run = _Run(bytearray(tracked.ids))  # not written since the last point read it: nothing to read
-        else:
-            run = _raw(request, path, info.virtual_size, chunk, count)
-            reason = reason or ("a raw image has no dirty bitmap: it changed since the last point, so every data"
-                                " extent was read (only new chunks are stored)")
+        run, raw_reason = _raw_sync(request, path, info.virtual_size, chunk, count, tracked, identity)
+        reason, tracking = reason or raw_reason, "identity"
     if tracked is None and isinstance(reason, str) and not reason.startswith("first backup"):
         log.warning("vmimage.read_all", extra={"source": request.source, "reason": reason})
     if request.kind == "full":
@@ -142,6 +136,24 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
 
 
 # -- what the last point left ----------------------------------------------------------------
+
+
+def _format(request: SnapshotRequest, path: Path, where: Path) -> str | None:
+    """The format to open the image as: the spec's, else the one found at the first backup, so a
+    raw image whose guest wrote a qcow2 header is never taken for one; None: probe it (first)."""
+    fmt = str(request.spec.get("format") or "auto")
+    if fmt != "auto":
+        return fmt
+    tracked = load_tracked(where)
+    if not isinstance(tracked, Tracked):
+        return None
+    probed = qemu.image_info(path).format
+    if probed != tracked.format:
+        raise ProviderError(
+            f"{request.source}: {path} was a {tracked.format} image at the last backup and now reads as {probed}",
+            hint=f"if the image was converted, set `format: {probed}`; a raw image's guest can write what looks"
+                 " like a qcow2 header: then set `format: raw`")
+    return str(tracked.format)
 
 
 def _previous(request: SnapshotRequest, where: Path, info: qemu.ImageInfo,
@@ -234,6 +246,20 @@ def _unchanged(tracked: Tracked, identity: tuple[int, ...]) -> bool:
     if before is None or len(before) != 6 or tuple(before[:5]) != identity[:5]:
         return False
     return bool(before[5] - identity[4] > _SETTLED_NS)
+
+
+def _raw_sync(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int, tracked: Tracked | None,
+              identity: tuple[int, ...]) -> tuple[_Run, str | None]:
+    """Nothing read when the image is untouched since the tracked read, else every data extent."""
+    if not path.is_file():  # a block device's times do not follow writes to it
+        return _raw(request, path, size, chunk, count), ("a raw image on a block device has no dirty bitmap and"
+                                                          " no reliable times: every data extent was read (only"
+                                                          " new chunks are stored)")
+    if tracked is not None and request.kind == "sync" and _unchanged(tracked, identity):
+        return _Run(bytearray(tracked.ids)), None
+    return _raw(request, path, size, chunk, count), ("a raw image has no dirty bitmap: it changed since the last"
+                                                      " point, so every data extent was read (only new chunks"
+                                                      " are stored)")
 
 
 def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int) -> _Run:

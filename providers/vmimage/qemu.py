@@ -73,10 +73,12 @@ def run(argv: Sequence[str], what: str) -> str:
     return done.stdout
 
 
-def image_info(path: Path) -> ImageInfo:
-    """Facts of the image; `-U` is not used, so an image open for writing elsewhere fails here."""
+def image_info(path: Path, fmt: str | None = None) -> ImageInfo:
+    """Facts of the image (its format probed unless `fmt`); `-U` is not used, so an image open
+    for writing elsewhere fails here."""
     need("qemu-img", "qemu-utils")
-    text = run(["qemu-img", "info", "--output=json", "--", str(path)], f"cannot inspect {path}")
+    given = ["-f", fmt] if fmt else []
+    text = run(["qemu-img", "info", "--output=json", *given, "--", str(path)], f"cannot inspect {path}")
     try:
         info = json.loads(text)
         fmt = str(info["format"])

@@ -36,17 +36,9 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     if request.subpaths:
         raise RestoreError("a vmImage point restores as a whole image: --path inside an image is not supported",
                            hint="restore the image, then mount it (e.g. guestmount or qemu-nbd) to pick files")
-    extra = point.extra
     target = request.target if request.target is not None else Path(str(request.spec["path"]))
-    fmt = target_format(target, str(extra.get("format", "raw")))
-    if target.is_dir():
-        raise RestoreError(f"the target {target} is a directory; give the path of the new image file",
-                           hint=f"e.g. --target {target / 'restored.qcow2'}")
-    if (target.exists() or target.is_symlink()) and not request.overwrite:
-        raise RestoreError(f"{target} exists; restore writes a new image",
-                           hint="choose another --target, or pass --overwrite (the VM using it must be off)")
-    if not target.parent.is_dir():
-        raise RestoreError(f"the directory {target.parent} does not exist")
+    fmt = target_format(target, str(point.extra.get("format", "raw")))
+    _check_target(target, overwrite=request.overwrite)
     tree = request.reader.load_tree(point.tree)
     node = next((n for n in tree.nodes if n.name == NODE_NAME), None)
     if node is None:
@@ -54,20 +46,44 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     needed = node.size - sum(length for _, length in node.holes)
     details: dict[str, object] = {"format": fmt, "virtual_size": node.size, "data_bytes": needed,
                                   "image": str(target)}
-    if request.dry_run:
-        return RestoreOutcome(target=target, files=1, dirs=0, bytes_total=node.size, bytes_needed=needed,
-                              bytes_free=_free(target.parent), verified=0, written=False, details=details)
+    notes: tuple[str, ...] = ()
+    if not request.dry_run:
+        notes = (*_write(request, node, target, fmt),
+                 "each chunk was checked against its id (an image has no whole-file hash)")
+    return RestoreOutcome(target=target, files=1, dirs=0, bytes_total=node.size, bytes_needed=needed,
+                          bytes_free=_free(target.parent), verified=0 if request.dry_run else 1,
+                          written=not request.dry_run, notes=notes, details=details)
+
+
+def _check_target(target: Path, *, overwrite: bool) -> None:
+    if target.is_block_device():
+        raise RestoreError(f"{target} is a block device; restore writes a new image file",
+                           hint=f"restore to a file, then copy it onto the device: qemu-img convert -n -O raw FILE"
+                           f" {target}")
+    if target.is_dir():
+        raise RestoreError(f"the target {target} is a directory; give the path of the new image file",
+                           hint=f"e.g. --target {target / 'restored.qcow2'}")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise RestoreError(f"{target} exists; restore writes a new image",
+                           hint="choose another --target, or pass --overwrite (the VM using it must be off)")
+    if not target.parent.is_dir():
+        raise RestoreError(f"the directory {target.parent} does not exist")
+
+
+def _write(request: RestoreRequest, node: Node, target: Path, fmt: str) -> tuple[str, ...]:
+    """The image, written beside `target` and renamed into place once complete; the restore's notes."""
+    assert request.point.tree is not None
     if fmt == "qcow2":
         qemu.need("qemu-img", "qemu-utils")
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
     try:
         if fmt == "qcow2":
             made = work / "image.qcow2"
-            cluster = int(str(extra.get("cluster_size") or 0))
-            _write_qcow2(request, node, made, cluster)
+            _write_qcow2(request, node, made, int(str(request.point.extra.get("cluster_size") or 0)))
+            _own_like(made, node)
             notes: tuple[str, ...] = ()
         else:
-            outcome = restore_tree(request.reader, point.tree, work, progress=request.progress)
+            outcome = restore_tree(request.reader, request.point.tree, work, progress=request.progress)
             made = work / NODE_NAME.decode()
             notes = outcome.notes
         fsync_path(made)
@@ -79,9 +95,14 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
         raise RestoreError(f"cannot write {target}: {err.strerror}") from err
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    notes = (*notes, "each chunk was checked against its id (an image has no whole-file hash)")
-    return RestoreOutcome(target=target, files=1, dirs=0, bytes_total=node.size, bytes_needed=needed,
-                          bytes_free=_free(target.parent), verified=1, written=True, notes=notes, details=details)
+    return notes
+
+
+def _own_like(path: Path, node: Node) -> None:
+    """The original image's mode (and, as root, its owner: e.g. libvirt-qemu)."""
+    if os.geteuid() == 0:
+        os.chown(path, node.uid, node.gid)
+    os.chmod(path, node.mode & 0o7777)
 
 
 def _write_qcow2(request: RestoreRequest, node: Node, made: Path, cluster: int) -> None:

@@ -10,6 +10,7 @@ libvirtd, which these machines do not run: its test is skipped and says what sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import shutil
@@ -75,6 +76,7 @@ def test_qcow2_syncs_read_only_dirty_clusters_and_every_point_restores(tmp_path:
     image = tmp_path / "web1.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(SIZE)], check=True)
     _io(image, f"write -P 0x11 0 {2 << 20}", f"write -P 0x5a {20 << 20} {C}")
+    image.chmod(0o640)
     job = _job(tmp_path, image)
     copies: list[tuple[str, Path]] = []
 
@@ -122,6 +124,7 @@ def test_qcow2_syncs_read_only_dirty_clusters_and_every_point_restores(tmp_path:
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(out)], check=True,
                                      capture_output=True, text=True).stdout)
     assert info["actual-size"] < SIZE // 2 and info["cluster-size"] == C  # sparse stays sparse in qcow2 too
+    assert out.stat().st_mode & 0o777 == 0o640  # the image's mode (and owner) come back
     raw = tmp_path / "restored.raw"
     restore(job, "latest", target=raw)
     _identical(image, raw)
@@ -243,6 +246,16 @@ def test_raw_images_stay_sparse_and_store_only_new_chunks(tmp_path: Path, monkey
     assert out.read_bytes() == image.read_bytes()
     assert out.stat().st_blocks * 512 <= 8 * C
 
+    # the guest writes a qcow2 header at the start of its raw disk: the image is not taken for one
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "hdr.qcow2"), "1M"], check=True)
+    with open(image, "r+b") as f:
+        f.write((tmp_path / "hdr.qcow2").read_bytes()[:512])
+    with pytest.raises(ProviderError, match="was a raw image at the last backup and now reads as qcow2") as caught:
+        run_backup(job, "sync")
+    assert "format: raw" in (caught.value.hint or "")
+    pinned = dataclasses.replace(job, spec={"path": str(image), "format": "raw"})
+    assert run_backup(pinned, "sync").ok
+
 
 def test_an_image_in_use_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     image = tmp_path / "busy.qcow2"
@@ -258,6 +271,36 @@ def test_an_image_in_use_is_refused_with_a_clear_message(tmp_path: Path) -> None
     finally:
         server.terminate()
         server.wait()
+
+
+def test_the_cli_end_to_end(tmp_path: Path) -> None:
+    """apply, run sync, restore --target NEW.qcow2 (a file, not a directory) through the real CLI."""
+    import os
+
+    from tests.bench.bench_vmimage import POLICY
+
+    image = tmp_path / "web1.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(8 << 20)], check=True)
+    _io(image, f"write -P 0x61 0 {C}")
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "vms.yaml").write_text(POLICY.format(image="../web1.qcow2"))
+    env = {**os.environ, "PROTECTCTL_PASSPHRASE": "cli passphrase"}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(["protectctl", "-C", str(tmp_path / "policy"), *args], env=env, capture_output=True,
+                              text=True)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return done.stdout
+
+    cli("apply", "--auto-approve")
+    (result,) = json.loads(cli("run", "sync", "vms", "--json"))["results"]
+    assert result["ok"] and result["bytes_read"] == C
+    cli("restore", "vms/web1", "--to-time", "latest", "--target", str(tmp_path / "restored.qcow2"))
+    _identical(image, tmp_path / "restored.qcow2")
+    refused = subprocess.run(["protectctl", "-C", str(tmp_path / "policy"), "restore", "vms/web1", "--to-time",
+                              "latest", "--target", str(tmp_path)], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "give the path of the new image file" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_libvirt_domain_mode() -> None:
