@@ -239,3 +239,16 @@ def test_stream_parts_are_cut_at_the_streams_own_chunk_headers() -> None:
     shifted = b"x" * 7 + stream  # content moved: the cut is still at a header, the parts after it the same
     at = cut_at(shifted, 200)
     assert at is not None and shifted[at:] == stream[at - 7:] and stream[at - 7:].startswith(XBSTREAM_MAGIC)
+
+
+def test_prune_keeps_the_binlogs_the_kept_full_needs() -> None:
+    from protectctl.agent.jobs import _role
+    from protectctl.agent.retention import PointRef, RetentionSpec, plan_source
+
+    points = [full("f1", 0, 2, []), sync("s1", 3600, [], 2), full("f2", 7200, 3, []), sync("s2", 9000, [], 3)]
+    refs = [PointRef(p.id, "shop/db", p.time, True, _role(p, "mariadb")) for p in points]  # type: ignore[arg-type]
+    assert [r.role for r in refs] == ["base", "log", "base", "log"]
+    now = at(9000) + timedelta(seconds=600)
+    kept = {d.point.id: d.reasons for d in plan_source(refs, RetentionSpec(keep_within_s=2400), now=now)}
+    # the horizon (8400) falls after f2: f2 is the window base and s2 rolls it forward; f1 and s1 go
+    assert kept["f2"] and kept["s2"] and not kept["f1"] and not kept["s1"]
