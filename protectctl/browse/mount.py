@@ -26,6 +26,7 @@ import logging
 import os
 import pwd
 import stat
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 256 << 20
 _RESCAN_S = 30.0
+_SWITCH_INTERVAL_S = 0.0005
 _CONTENTS_KEPT = 1024  # files whose chunk offsets are kept between opens
 _DIR_MODE = stat.S_IFDIR | 0o555
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -402,6 +404,9 @@ def serve(repo: Repository, sources: Sequence[str], mountpoint: str, *, allow_ot
         raise MountError("/dev/fuse is missing: FUSE is not available here", hint="load the fuse module, or install "
                          "fuse3")
     operations = PointsFilesystem(repo, sources, cache_bytes=cache_bytes)
+    # libfuse answers each request on its own thread; they share the GIL, whose default 5 ms
+    # switch interval would make a request wait behind another's chunk decryption
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     options: dict[str, Any] = {"foreground": True, "ro": True, "default_permissions": True, "kernel_cache": True,
                                "fsname": "protectctl", "subtype": "protectctl"}
     if allow_other:
