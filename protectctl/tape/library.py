@@ -96,7 +96,7 @@ class TapeDrive(Protocol):
         write this is inside the last file (record number > 0): it has no filemark."""
         ...
 
-    def write_record(self, data: bytes, *, use_reserve: bool = False) -> None:
+    def write_record(self, data: bytes | bytearray, *, use_reserve: bool = False) -> None:
         """Write one record; EndOfMediaError when it would pass early warning (unless use_reserve)."""
         ...
 
@@ -250,7 +250,7 @@ class VirtualDrive:
         if removed:
             self._used = self._measure()
 
-    def write_record(self, data: bytes, *, use_reserve: bool = False) -> None:
+    def write_record(self, data: bytes | bytearray, *, use_reserve: bool = False) -> None:
         if not data:
             raise MediaError("a tape record cannot be empty")
         self._truncate_here()
@@ -259,7 +259,7 @@ class VirtualDrive:
             raise EndOfMediaError(
                 f"cartridge {self._barcode} is full ({self._used} of {self._capacity} bytes used)"
             )
-        self._append(_FRAME_RECORD + len(data).to_bytes(4, "big") + data)
+        self._append(_FRAME_RECORD + len(data).to_bytes(4, "big"), data)
         self._used += len(data)
         self._record += 1
 
@@ -272,10 +272,12 @@ class VirtualDrive:
         self._fsync(self._dir)
         self._file, self._record, self._offset = self._file + 1, 0, 0
 
-    def _append(self, frame: bytes) -> None:
+    def _append(self, *frame: bytes | bytearray) -> None:
+        """Append a frame given in pieces (a record's data is not copied to prefix its length)."""
         with open(self._path(self._file), "ab") as out:
-            out.write(frame)
-        self._offset += len(frame)
+            for piece in frame:
+                out.write(piece)
+        self._offset += sum(len(piece) for piece in frame)
 
     @staticmethod
     def _fsync(path: Path) -> None:
