@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from protectctl.plan.model import GroupEstimate, Plan
     from protectctl.plan.resources import HostFacts, Resource
     from protectctl.policy.load import Policy
+    from protectctl.provision.sources import SourcePath
     from protectctl.state.backend import StateBackend
     from protectctl.state.model import State
 
@@ -385,12 +386,21 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
     policy = policy or load(policy_dir)
     observed = replace(observe(state, remote=destroy and not delete_data),
                        **tape_observations(policy_dir, policy, state, now or datetime.now(UTC)))
+    desired = resources(policy)
     refresh_warnings: list[str] = []
     if refresh:
-        observed = replace(observed, drifted=drift(state, refresh_warnings))
+        from concurrent.futures import ThreadPoolExecutor
+
+        from protectctl.provision.sources import source_warnings
+
+        # beside the drift read, not after it: an unreachable host costs one connect timeout, not two
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            paths = pool.submit(source_warnings, [] if destroy else desired)  # a mistyped path shows now
+            observed = replace(observed, drifted=drift(state, refresh_warnings))
+            refresh_warnings += paths.result()
     with _gc_paused():
         return pure_plan(
-            resources(policy), state, now=now or datetime.now(UTC), version=__version__,
+            desired, state, now=now or datetime.now(UTC), version=__version__,
             policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observed,
             estimates=[] if destroy else estimates(policy),
             warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy, observed.storage_points)
@@ -652,7 +662,8 @@ def source_job(target: SourceTarget) -> Any:
         script_timeout_s=int(scripts.get("timeout_s", 600)),
         throttle_bps=throttle.get("rate_bps"), throttle_window=window,
         sync_interval_s=int(i["sync_interval_s"]), full_interval_s=int(i["full_interval_s"]),
-        metrics=MetricsTarget(target.metrics_path, target.host, __version__) if target.metrics_path else None)
+        metrics=MetricsTarget(target.metrics_path, target.host, __version__) if target.metrics_path else None,
+        remote=target.remote)
 
 
 def open_storage(storage: dict[str, Any]) -> Any:
@@ -1512,8 +1523,11 @@ class HostCheck:
 
 
 def hosts_check(policy_dir: Path, name: str | None = None) -> list[HostCheck]:
-    """Check every Host (or one): reachable with the pinned key, python, agent, timers, disk."""
+    """Check every Host (or one): reachable with the pinned key, python, agent, timers, disk,
+    and the paths its sources read."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from protectctl.provision.sources import wanted_paths
 
     policy = load(policy_dir)
     all_resources = resources(policy)
@@ -1523,13 +1537,16 @@ def hosts_check(policy_dir: Path, name: str | None = None) -> list[HostCheck]:
     state = state_backend(policy_dir, policy).read()
     agents = {r.address.name: dict(r.inputs) for r in all_resources if r.address.kind == "agent"}
     chosen = [name] if name else sorted(hosts)
+    paths = wanted_paths(all_resources)
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(chosen)))) as pool:
-        return list(pool.map(lambda h: _check_host(h, hosts, agents[h], state), chosen))
+        return list(pool.map(lambda h: _check_host(h, hosts, agents[h], state, paths.get(h, [])), chosen))
 
 
-def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, Any], state: State) -> HostCheck:
+def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, Any], state: State,
+                paths: Sequence[SourcePath] = ()) -> HostCheck:
     from protectctl.errors import RemoteError
     from protectctl.provision.host import connect
+    from protectctl.provision.sources import missing_sources
 
     inputs = hosts[name]
     address = str(inputs["address"])
@@ -1550,6 +1567,10 @@ def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, An
                            f"({fields[4]} used)"))
         else:
             checks.append(("disk", False, f"df failed: {df.stderr.strip()[-200:]}"))
+        if paths:
+            missing = missing_sources(conn, paths)
+            checks.append(("sources", not missing, "; ".join(missing) if missing
+                           else f"{len(paths)} source path(s) present"))
     except RemoteError as err:
         checks.append(("reachable", False, err.message + (f" ({err.hint})" if err.hint else "")))
     finally:

@@ -50,7 +50,7 @@ __all__ = [
     "RestoreRequest", "RestoreOutcome", "PointReader", "Traits", "SpecProblem", "Provider",
     "PrepareRequest", "PrepareOutcome", "HostPreparer", "PointChooser", "JobPlacement", "JobPlacer",
     "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
-    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourceRoot",
+    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourcePaths", "SourceRoot",
     "ArchiveOptions", "Archived", "archive", "restore_tree", "file_node", "dir_node", "node_name", "safe_name",
     "validate_patterns", "journal_path",
     "ENTRY_POINT_GROUP", "builtin_kinds", "available_kinds", "load_provider", "spec_model", "traits",
@@ -240,6 +240,17 @@ class MemberChecker(Protocol):
     def check_member(self, spec: BaseModel, *, source: str, hosts: tuple[str, ...] | None) -> list[SpecProblem]:
         """Problems with `spec` (an instance of spec_model) of member `source`; `hosts` when
         the member is declared with `hosts:`."""
+        ...
+
+
+@runtime_checkable
+class SourcePaths(Protocol):
+    """A provider whose sources read paths on their host: `plan --refresh` and `hosts check`
+    say when one is missing, before the first sync fails on it."""
+
+    def source_paths(self, spec: Mapping[str, object]) -> list[str]:
+        """The directories a member reads on its host, from its spec as the agent receives it
+        (snake_case, a local host's relative path already resolved)."""
         ...
 
 

@@ -73,6 +73,10 @@ class FilesystemProvider:
                              for problem in _pattern_problems(pattern)]
         return problems
 
+    def source_paths(self, spec: Mapping[str, object]) -> list[str]:
+        path = spec.get("path")
+        return [str(path)] if path else []
+
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:
         path = spec.get("path")
         return posixpath.normpath(str(path)) if path else repr(sorted(spec.items()))

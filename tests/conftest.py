@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.seaweed import Seaweed
+
 # One hypothesis policy for everyone, CI and `python -m pytest` on a fresh clone alike: examples
 # derived from each test (not from a random seed), no example database carried between runs, no
 # wall-clock deadline (2 shared cores), and a failure printed with the blob that replays it
@@ -21,7 +23,6 @@ settings.register_profile("explore", derandomize=False, database=None, deadline=
                           max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "protectctl"))
 
-from tests.seaweed import Seaweed
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

@@ -13,10 +13,12 @@ from protectctl.agent.archiver import ArchiveOptions as ArchiverOptions
 from protectctl.agent.archiver import Archiver
 from protectctl.agent.journal import Journal, writing_error
 from protectctl.agent.patterns import PathFilter
+from protectctl.agent.precount import PreCount
 from protectctl.engine.ids import BlobId
 from protectctl.engine.points import Point
 from protectctl.engine.repository import BlobKind, BlobWriter, Repository
 from protectctl.engine.tree import Tree
+from protectctl.progress import wants_totals
 from protectctl.provider import Archived, ArchiveOptions, SnapshotRequest, journal_path
 
 
@@ -62,10 +64,16 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) 
     except (sqlite3.Error, OSError) as err:
         book.close()
         raise writing_error(book.path, err) from err
+    path_filter = PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude])
+    # the totals a renderer shows (percentage, ETA) are counted alongside, never before
+    count = PreCount(Path(options.root), path_filter, request.progress, one_file_system=options.one_file_system) \
+        if wants_totals(request.progress) else None
     try:
+        if count is not None:
+            count.start()
         result = Archiver(repo, sink.writer, book, out, ArchiverOptions(
             root=Path(options.root),
-            filter=PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude]),
+            filter=path_filter,
             one_file_system=options.one_file_system, verify_all=options.verify_all,
             reread=options.reread,
             keep_trees=options.keep_trees,
@@ -78,6 +86,9 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str) 
         out.abort()
         book.close()
         raise
+    finally:
+        if count is not None:
+            count.stop()
     book.close()
     assert result.tree is not None and result.root is not None
 

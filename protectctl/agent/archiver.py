@@ -245,7 +245,7 @@ class Archiver:
             self.result.files += 1
             self.result.files_reused += 1
             self.result.bytes_total += previous.identity.size
-            self.progress.advance(files=1)
+            self.progress.advance(files=1, bytes_done=previous.identity.size)  # done, never read
         elif entry.kind is NodeType.DIR:
             self.result.dirs += 1
         self.result.nodes_reused += 1
@@ -300,11 +300,12 @@ class Archiver:
         files = [e for e in entries if e.kind is NodeType.FILE]
         self.result.files += len(files)
         self.result.files_reused += len(files)
-        self.result.bytes_total += sum(e.st.st_size for e in files)
+        reused_bytes = sum(e.st.st_size for e in files)
+        self.result.bytes_total += reused_bytes
         self.result.dirs += sum(1 for e in entries if e.kind is NodeType.DIR)
         self.result.dirs_reused += 1
         if files:
-            self.progress.advance(files=len(files))
+            self.progress.advance(files=len(files), bytes_done=reused_bytes)
         return tree
 
     def _list(self, path: bytes, rel: bytes) -> list[tuple[bytes, bytes]]:
@@ -343,12 +344,15 @@ class Archiver:
             return base_node(name, st, kind, xattrs, link_target=os.readlink(path))
         if kind is not NodeType.FILE:
             return base_node(name, st, kind, xattrs)
+        read_before = self.result.bytes_read
         content, st = self._content(path, name, rel, here, st)
         if content is None:
             return None
         self.result.files += 1
         self.result.bytes_total += content.size
-        self.progress.advance(files=1)
+        # The writer counted the data it was handed; the rest of the file (reused from the
+        # journal or a hard link, or holes) is done too: progress counts logical bytes.
+        self.progress.advance(files=1, bytes_done=max(0, content.size - (self.result.bytes_read - read_before)))
         return base_node(
             name,
             st,

@@ -27,7 +27,15 @@ from typing import Any, Literal
 from protectctl.agent.lock import source_lock
 from protectctl.agent.retention import PointRef, RetentionSpec, plan_prune
 from protectctl.agent.scripts import run_script
-from protectctl.agent.status import JobRecord, MetricsTarget, default_metrics_path, read_status, record_job
+from protectctl.agent.status import (
+    JobRecord,
+    MetricsTarget,
+    default_metrics_path,
+    read_status,
+    record_job,
+    record_retention,
+    record_tape_copy,
+)
 from protectctl.agent.throttle import ThrottledStorage
 from protectctl.browse.paths import point_relative
 from protectctl.catalog.select import select_point
@@ -96,6 +104,7 @@ class SourceJob:
     full_interval_s: int = 86400
     lock_timeout_s: float = 0.0  # how long a second run of this source waits for the first
     metrics: MetricsTarget | None = None  # the Host's textfile; None: STATE_DIR/metrics/protectctl.prom
+    remote: bool = False  # an SSH host's source seen from the control machine: its agent keeps the status
 
 
 def _json_time(value: datetime | None) -> str | None:
@@ -322,13 +331,41 @@ def run_backup(
 
 def _record(job: SourceJob, record: JobRecord) -> None:
     try:
-        from protectctl import __version__
-
-        metrics = job.metrics or MetricsTarget(default_metrics_path(job.state_dir), job.host, __version__)
-        record_job(job.state_dir, job.source, record, metrics=metrics,
+        record_job(job.state_dir, job.source, record, metrics=_metrics_of(job),
                    sla_s={"sync": job.sync_interval_s, "full": job.full_interval_s})
     except OSError as err:  # status is a report; failing to write it must not hide the job's outcome
         log.error("status.write_failed", extra={"source": job.source, "error": str(err)})
+
+
+def _metrics_of(job: SourceJob) -> MetricsTarget:
+    from protectctl import __version__
+
+    return job.metrics or MetricsTarget(default_metrics_path(job.state_dir), job.host, __version__)
+
+
+def _record_retention(jobs: Sequence[SourceJob], kept: Sequence[PointSummary], now: datetime) -> None:
+    """What prune left of each source, for the retention alerts (docs/monitoring.md)."""
+    for job in jobs:
+        if job.remote:
+            continue
+        times = [p.time for p in kept if p.source == job.source]
+        try:
+            record_retention(job.state_dir, job.source, points=len(times), oldest=min(times, default=None),
+                             pruned_at=now, metrics=_metrics_of(job))
+        except OSError as err:
+            log.error("status.write_failed", extra={"source": job.source, "error": str(err)})
+
+
+def record_tape_copies(jobs: Sequence[SourceJob], current: Sequence[str], now: datetime) -> None:
+    """A tape run left the newest complete point of each source in `current` on tape: recorded
+    for the tape copy alert (docs/monitoring.md)."""
+    for job in jobs:
+        if job.source not in current or job.remote:
+            continue
+        try:
+            record_tape_copy(job.state_dir, job.source, copied_at=now, metrics=_metrics_of(job))
+        except OSError as err:
+            log.error("status.write_failed", extra={"source": job.source, "error": str(err)})
 
 
 def _backup_locked(
@@ -592,6 +629,7 @@ def prune(
             kept += stay
             if not dry_run:
                 problems += contain_damage(repo, scan.points, scan.damaged)
+                _record_retention(group, stay, now)
             report = repo.gc(dry_run=dry_run, progress=progress)
             lock = getattr(repo.storage, "lock", None)
             if lock is not None and not dry_run:

@@ -92,6 +92,36 @@ def record_job(state_dir: Path, source: str, record: JobRecord, *, sla_s: Mappin
         status[key] = (previous if isinstance(previous, int) else 0) + int(value)
     if sla_s is not None:
         status["sla_s"] = dict(sla_s)
+    _save(state_dir, source, status, metrics)
+
+
+def record_retention(state_dir: Path, source: str, *, points: int, oldest: datetime | None, pruned_at: datetime,
+                     metrics: MetricsTarget | None = None) -> None:
+    """What a prune left of the source (its points, the oldest one's time) and when it ran;
+    refreshes the metrics file (the retention alerts read these)."""
+    status = read_status(state_dir, source)
+    status["source"] = source
+    status["retention"] = {"points": points, "oldest_point_time": _iso(oldest), "last_prune_time": _iso(pruned_at)}
+    _save(state_dir, source, status, metrics)
+
+
+def record_tape_copy(state_dir: Path, source: str, *, copied_at: datetime,
+                     metrics: MetricsTarget | None = None) -> None:
+    """A tape run that left the source's newest complete point on tape (copied now or before);
+    refreshes the metrics file (the tape copy alert reads it)."""
+    status = read_status(state_dir, source)
+    status["source"] = source
+    status["last_tape_copy"] = {"time": _iso(copied_at)}
+    _save(state_dir, source, status, metrics)
+
+
+def _iso(value: datetime | None) -> str | None:
+    from datetime import UTC
+
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def _save(state_dir: Path, source: str, status: Mapping[str, object], metrics: MetricsTarget | None) -> None:
     atomic_write(status_path(state_dir, source), json.dumps(status, indent=1, sort_keys=True).encode("utf-8"))
     write_metrics(state_dir, metrics)
 
@@ -143,6 +173,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "protectctl_jobs_total": ("counter", "Jobs of the source that ended, by kind and outcome."),
     "protectctl_read_bytes_total": ("counter", "Bytes the source's jobs read from the source."),
     "protectctl_added_bytes_total": ("counter", "Bytes the source's jobs added to the repository."),
+    "protectctl_points": ("gauge", "Recovery points of the source the last prune kept."),
+    "protectctl_oldest_point_timestamp_seconds": ("gauge", "Time of the source's oldest recovery point the last "
+                                                           "prune kept."),
+    "protectctl_last_prune_timestamp_seconds": ("gauge", "When the last prune applied the source's retention."),
+    "protectctl_last_tape_copy_timestamp_seconds": ("gauge", "End of the last tape run that left the source's "
+                                                             "newest complete point on tape."),
     "protectctl_sla_target_seconds": ("gauge", "Longest time the SLA allows between good points, by kind."),
     "protectctl_sla_met": ("gauge", "1 when the newest good point of the kind was within 1.5 SLA targets "
                                     "when the file was written, else 0."),
@@ -203,7 +239,24 @@ def _source_samples(status: Mapping[str, object], labels: dict[str, str], now: d
         total = status.get(key)
         if isinstance(total, int):
             add(f"protectctl_{key}", labels, total)
+    _retention_samples(status, labels, add)
     _sla_samples(status.get("sla_s"), success, labels, now, add)
+
+
+def _retention_samples(status: Mapping[str, object], labels: dict[str, str],
+                       add: Callable[[str, Mapping[str, str], float], None]) -> None:
+    retention = status.get("retention")
+    if isinstance(retention, Mapping):
+        if isinstance(retention.get("points"), int):
+            add("protectctl_points", labels, int(retention["points"]))
+        for key, name in (("oldest_point_time", "protectctl_oldest_point_timestamp_seconds"),
+                          ("last_prune_time", "protectctl_last_prune_timestamp_seconds")):
+            stamp = _timestamp({"time": retention.get(key)})
+            if stamp is not None:
+                add(name, labels, stamp)
+    stamp = _timestamp(status.get("last_tape_copy"))
+    if stamp is not None:
+        add("protectctl_last_tape_copy_timestamp_seconds", labels, stamp)
 
 
 def _sla_samples(sla_s: object, success: Mapping[str, float], labels: dict[str, str], now: datetime | None,

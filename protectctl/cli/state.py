@@ -65,7 +65,8 @@ def register(app: typer.Typer) -> None:
 
     @state_app.command("migrate")
     def migrate(ctx: typer.Context,
-                to: Annotated[str, typer.Option("--to", help="local | s3 | postgres (its fields in Settings.spec.state).")],
+                to: Annotated[str, typer.Option(
+                    "--to", help="local | s3 | postgres (its fields in Settings.spec.state).")],
                 lock_timeout: Annotated[str, typer.Option("--lock-timeout")] = "0",
                 json_mode: Annotated[bool, typer.Option("--json")] = False) -> None:
         """Copy the state, with its lineage and serial, to another backend; then set `backend:` to it."""

@@ -43,6 +43,9 @@ class _LatestUser(BlobSet):
         self.until: datetime | None = None
         self.packs: dict[str, datetime] = {}
 
+    def __enter__(self) -> _LatestUser:
+        return self
+
     def add_many(self, ids: Iterable[BlobId]) -> None:
         fresh = [i for i in ids if not self.contains(i)]
         for blob in fresh:

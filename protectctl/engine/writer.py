@@ -140,7 +140,8 @@ class BlobWriter:
         if self._seal_pool is None or self._closed:
             raise RuntimeError("BlobWriter.add outside its `with` block")
         blob_id = self._host.blob_id(data)
-        self._progress.advance(bytes_done=len(data))
+        if kind is BlobKind.DATA:  # progress counts content (tree blobs are bookkeeping)
+            self._progress.advance(bytes_done=len(data))
         if not self._host._claim_new(blob_id):
             return blob_id, False
         self._claimed.add(blob_id)

@@ -155,7 +155,7 @@ def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
     if spec.type is StorageType.SFTP and spec.host:
         host_doc = policy.get(Kind.HOST, spec.host)
         assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
-        out["path"] = posixpath.normpath(spec.path)  # a path on the backup server, never resolved here
+        out["path"] = posixpath.normpath(spec.path or "")  # a path on the backup server, never resolved here
         out["host"] = spec.host
         out["ssh"] = ssh_inputs(host_doc)
         if host_doc.spec.gateway:  # reached through jump hosts: how to reach each of them too
@@ -528,13 +528,13 @@ def _s3_secrets(b: _Builder, storage_name: str, storage: Mapping[str, object], h
     if not isinstance(creds, Mapping):
         return None
     out = []
-    for field in ("access_key_id", "secret_access_key"):
-        address = Address("secret", f"{storage_name}-s3-{field.replace('_', '-')}/{host}")
+    for half in ("access_key_id", "secret_access_key"):
+        address = Address("secret", f"{storage_name}-s3-{half.replace('_', '-')}/{host}")
         existing = b.by_address.get(address)
         if existing is None:
             existing = Resource(address, {
-                "host": host, "root": root, "key": storage_name, "field": field, "passphrase": creds[field],
-                "path": host_path(root, f"{AGENT_SECRETS_DIR}/{storage_name}.s3-{field.replace('_', '-')}"),
+                "host": host, "root": root, "key": storage_name, "field": half, "passphrase": creds[half],
+                "path": host_path(root, f"{AGENT_SECRETS_DIR}/{storage_name}.s3-{half.replace('_', '-')}"),
             }, (Address("agent", host), Address("storage", storage_name)), host=host, replace_on=("host", "path"))
             b.add(existing)
             b.by_address[address] = existing

@@ -42,7 +42,7 @@ try:
         StreamStartEvent,
     )
 except ImportError:  # PyYAML or libyaml missing: always defer to ruamel
-    CParser = None
+    CParser = None  # type: ignore[misc,assignment]  # checked before use
 
 
 class _Defer(Exception):

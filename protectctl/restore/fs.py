@@ -216,7 +216,6 @@ class FsRestorer:
             os.close(fd)
         self._dirs[parts] = node
         self.report.dirs += 1
-        self.progress.advance(files=1)
 
     def _apply_dir_meta_at(self, parts: tuple[bytes, ...], node: Node) -> None:
         fd = open_dir_path(self._root_fd, parts)
@@ -247,7 +246,7 @@ class FsRestorer:
             return
         if node.nlink > 1:
             # In this thread and in walk order: a later name links to a first that is complete.
-            if key in self._links and self._link(dir_fd, name, self._links[key]):
+            if key in self._links and self._link(dir_fd, name, self._links[key], node.size):
                 return
             self._finish_file(parts, node, self._write_file(dir_fd, name, node, parts))
             self._links.setdefault(key, parts)
@@ -324,7 +323,7 @@ class FsRestorer:
         self.progress.advance(files=1, bytes_done=node.size)
         crashpoint.reached("restore-file")  # a file restored and verified (tests stop a restore here)
 
-    def _link(self, dir_fd: int, name: bytes, first: tuple[bytes, ...]) -> bool:
+    def _link(self, dir_fd: int, name: bytes, first: tuple[bytes, ...], size: int) -> bool:
         """Hard-link `name` to the already restored `first`; False to write a copy instead."""
         src_fd = open_dir_path(self._root_fd, first[:-1])
         try:
@@ -341,6 +340,7 @@ class FsRestorer:
             os.close(src_fd)
         self.report.links += 1
         self.report.files += 1
+        self.progress.advance(files=1, bytes_done=size)  # count() counts each name's bytes
         return True
 
     def _restore_symlink(self, dir_fd: int, name: bytes, node: Node) -> None:

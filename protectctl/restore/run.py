@@ -111,7 +111,7 @@ def restore_tree(
     except OSError as err:
         raise RestoreError(f"cannot use {target} as the restore target: {err.strerror}") from err
     write_marker(target, tree, subpaths)
-    progress.start("restore", total_bytes=totals.bytes_total, total_files=totals.files + totals.dirs)
+    progress.start("restore", total_bytes=totals.bytes_total, total_files=totals.files)  # files as a point counts them
     report, deleted = _write(repo, selection, target, overwrite or resuming, root_meta if not subpaths else None,
                              progress, writeback, scopes=scopes, resuming=resuming)
     progress.finish()

@@ -6,6 +6,7 @@ Used by every command that reads or writes the state (api.py `state_backend`) an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from protectctl.errors import StateError
@@ -48,7 +49,8 @@ def _s3(policy: Policy, settings: StateSettings) -> StateBackend:
     inputs = _storage_inputs(policy, doc.name)
     location = s3_location(inputs)
     key = location.prefix + ("" if not location.prefix or location.prefix.endswith("/") else "/") + settings.key
-    client = make_client(location, s3_credentials(inputs.get("credentials")), max_attempts=3)
+    creds = inputs.get("credentials")
+    client = make_client(location, s3_credentials(creds if isinstance(creds, Mapping) else None), max_attempts=3)
     return S3StateBackend(client, location.bucket, key, where=f"s3://{location.bucket}/{key}")
 
 

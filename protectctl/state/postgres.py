@@ -148,7 +148,7 @@ class PostgresStateBackend:
 
         try:
             with conn.cursor() as cur:
-                cur.execute(sql, params)  # type: ignore[arg-type]
+                cur.execute(sql, params)
                 return cur.fetchone() if cur.description else None
         except psycopg.errors.UniqueViolation:
             return None  # two first runs creating the schema at once: the other one made it

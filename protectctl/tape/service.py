@@ -444,26 +444,36 @@ class TapeService:
         )
         copied: list[CopiedPoint] = []
         skipped: list[str] = []
+        current: list[str] = []  # sources whose newest complete point is on tape after this run
         try:
             for job in jobs:
                 if copy_from == "source":
                     copied += self._copy_direct(job, writer, progress)
+                    current.append(job.source)
                     continue
                 with (
                     Repository.open(job.storage, job.passphrase()) as repo,
                     repo.lock(exclusive=False, command=f"tape {job.source}"),
                 ):
-                    todo = self._points_to_copy(repo.list_points(job.source), all_points)
+                    listed = repo.list_points(job.source)
+                    todo = self._points_to_copy(listed, all_points)
                     if not todo:
                         skipped.append(
                             f"{job.source}: every complete point is already on tape"
-                            if repo.list_points(job.source)
+                            if listed
                             else f"{job.source}: no recovery point yet"
                         )
+                        if any(p.complete for p in listed):
+                            current.append(job.source)
                     for point in todo:
                         copied.append(_copied(writer.copy_point(repo, point)))
+                    if todo:
+                        current.append(job.source)
         finally:
             writer.close()
+        from protectctl.agent.jobs import record_tape_copies
+
+        record_tape_copies(jobs, current, self.now)
         return TapeRunResult(group, target.pool, tuple(copied), tuple(skipped), time.monotonic() - started,
                              tuple(writer.repaired))
 

@@ -89,9 +89,9 @@ def _switch_and_wait(cluster: Cluster, progress: Progress) -> tuple[dict[str, ob
     with pg.Session(cluster) as session:
         try:
             facts = _facts(session)
-        except ProviderError:
-            progress.note(f"PostgreSQL at {cluster.socket_dir}:{cluster.port} is not reachable: "
-                          "shipping the spool only")
+        except ProviderError as err:
+            why = err.detail if isinstance(err, pg.SessionError) else str(err)
+            progress.note(f"PostgreSQL at {pg.where(cluster)} is not reachable ({why}): shipping the spool only")
             return {}, 16 << 20
         _require_archiving(facts, "there is no WAL to ship")
         if facts.in_recovery:

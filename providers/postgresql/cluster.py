@@ -31,6 +31,8 @@ class Cluster:
     socket_dir: Path
     os_user: str
     bin_dir: Path
+    user: str | None = None  # the database role clients connect as (-U); None: libpq's default
+
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, object], **override: object) -> Cluster:
@@ -40,6 +42,7 @@ class Cluster:
             "socket_dir": Path(str(spec.get("socket_dir") or "/var/run/postgresql")),
             "os_user": str(spec.get("os_user") or "postgres"),
             "bin_dir": Path(str(spec.get("bin_dir") or "/usr/lib/postgresql/15/bin")),
+            "user": str(spec["user"]) if spec.get("user") else None,
         }
         values.update(override)
         return cls(**values)  # type: ignore[arg-type]
@@ -84,9 +87,19 @@ def _tail(text: str, lines: int = 6) -> str:
     return " | ".join(line for line in text.strip().splitlines()[-lines:]) or "(no message)"
 
 
+def conn_args(cluster: Cluster) -> list[str]:
+    """Where and as whom every client tool connects: the socket directory, the port, the role."""
+    return ["-h", str(cluster.socket_dir), "-p", str(cluster.port), *(["-U", cluster.user] if cluster.user else [])]
+
+
 def psql_argv(cluster: Cluster, database: str = "postgres") -> list[str]:
-    return [cluster.bin("psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-F", _UNIT,
-            "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-d", database]
+    return [cluster.bin("psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-F", _UNIT, *conn_args(cluster),
+            "-d", database]
+
+
+def where(cluster: Cluster) -> str:
+    """The cluster as messages name it: `/run/pg port 5432 as role backup`."""
+    return f"{cluster.socket_dir} port {cluster.port}" + (f" as role {cluster.user}" if cluster.user else "")
 
 
 def query(cluster: Cluster, sql: str, *, database: str = "postgres", timeout_s: float = 600) -> list[list[str]]:
@@ -103,11 +116,39 @@ def scalar(cluster: Cluster, sql: str, *, database: str = "postgres") -> str:
 
 
 def reachable(cluster: Cluster) -> bool:
+    return connect_error(cluster) is None
+
+
+def connect_error(cluster: Cluster, *, timeout_s: float = 30) -> str | None:
+    """None when a session opens, else why not in the server's (or libpq's) own words, e.g.
+    `FATAL:  role "backup" does not exist` or `No such file or directory ... Is the server running ...`."""
     try:
-        query(cluster, "SELECT 1", timeout_s=30)
-    except ProviderError:
-        return False
-    return True
+        result = run(cluster, [*psql_argv(cluster), "-c", "SELECT 1"], timeout_s=timeout_s, check=False)
+    except ProviderError as err:
+        return str(err)
+    if result.returncode == 0:
+        return None
+    return server_message(result.stderr)
+
+
+def server_message(stderr: str) -> str:
+    """psql's error text, shortened to what names the cause: the server's FATAL/ERROR line when
+    there is one (`FATAL:  role "x" does not exist`), else libpq's last lines."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        found = re.search(r"\b(FATAL|ERROR|PANIC):\s+(.*)", line)
+        if found:
+            return f"{found.group(1)}: {found.group(2)}"
+    text = " | ".join(lines[-3:])
+    return re.sub(r"^psql: error: ", "", text) or "(no message)"
+
+
+class SessionError(ProviderError):
+    """A session could not open, or its SQL failed; `detail` is the server's (or libpq's) message."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"PostgreSQL at {where}: {detail}")
+        self.detail = detail
 
 
 class Session:
@@ -140,7 +181,7 @@ class Session:
                 rows.append(line.split(_UNIT))
         self._proc.wait()
         stderr = self._proc.stderr.read() if self._proc.stderr else ""
-        raise ProviderError(f"PostgreSQL at {self.cluster.socket_dir}:{self.cluster.port}: {_tail(stderr)}")
+        raise SessionError(where(self.cluster), server_message(stderr))
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -224,8 +265,13 @@ def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120,
         delay = min(delay * 1.5, 0.25)
 
 
-def start(cluster: Cluster, log_file: Path, *, wait: bool = False, timeout_s: float = 600) -> None:
+def start(cluster: Cluster, log_file: Path, *, wait: bool = False, timeout_s: float = 600,
+          server_options: str = "") -> None:
+    """pg_ctl start; `server_options` goes to the server's command line (pg_ctl -o: one shell-quoted
+    string, see restore_config.server_options), where it beats every configuration file."""
     argv = [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "-l", str(log_file), "-s"]
+    if server_options:
+        argv += ["-o", server_options]
     argv += ["-w", "-t", str(int(timeout_s))] if wait else ["-W"]
     run(cluster, [*argv, "start"], timeout_s=timeout_s + 30)
 

@@ -23,10 +23,11 @@ from protectctl.providers.postgresql.spool import archive_command, install_spool
 def prepare_host(request: PrepareRequest) -> PrepareOutcome:
     request = replace(request, spec=pair.node_spec(request.spec))  # a pair: this host's cluster
     cluster = Cluster.from_spec(request.spec)
-    if not pg.reachable(cluster):
+    problem = pg.connect_error(cluster)
+    if problem is not None:
         raise ProviderError(
-            f"cannot reach PostgreSQL of {request.source} at {cluster.socket_dir} port {cluster.port}",
-            hint="start the cluster (or fix port/socketDir/osUser), then run apply again")
+            f"cannot reach PostgreSQL of {request.source} at {pg.where(cluster)}: {problem}",
+            hint="start the cluster (or fix port/socketDir/osUser/user), then run apply again")
     spool = spool_dir(request.spec, request.source, request.state_dir)
     install_spool(cluster, spool)
     want = archive_command(spool, spool_limit(request.spec))

@@ -1,10 +1,11 @@
 """The PostgreSQL provider: application-consistent base backups, WAL shipping, restore to any time.
 
 Member spec (`postgresql:`, spec.py): ``dataDir`` (absolute, required), ``port``,
-``socketDir``, ``osUser``, ``binDir``, ``allowRestart``, ``spoolDir`` (default: beside the
-agent's state, ``<root>/var/lib/protectctl-spool/<group>--<member>``), ``spoolLimit`` (a
-size), ``streaming``; with ``hosts:`` (a primary/standby pair) ``backupFrom`` and
-``perHost`` (see docs/postgresql.md).
+``socketDir``, ``osUser``, ``user`` (the database role), ``binDir``, ``allowRestart``,
+``spoolDir`` (default: beside the agent's state,
+``<root>/var/lib/protectctl-spool/<group>--<member>``), ``spoolLimit`` (a size),
+``streaming``, ``recoveryTimeout`` (a restore's limit without progress); with ``hosts:``
+(a primary/standby pair) ``backupFrom`` and ``perHost`` (see docs/postgresql.md).
 
 This class is thin: each job lives in its module, imported when the job runs, so loading the
 provider (as `validate` does) costs its spec model only.
@@ -67,6 +68,15 @@ class PostgresqlProvider:
             if "'" in str(getattr(spec, key) or ""):
                 problems.append(SpecProblem((camel(key),), f"{camel(key)} must not contain a single quote",
                                             "it goes into archive_command; choose a path without one"))
+        from protectctl.providers.postgresql.restore_config import socket_dir_problem
+
+        socket_dirs = [(("socketDir",), spec.socket_dir)] + [(("perHost", host, "socketDir"), node.socket_dir)
+                                                             for host, node in spec.per_host.items() if node.socket_dir]
+        for path, value in socket_dirs:
+            why = socket_dir_problem(value)
+            if why is not None:
+                problems.append(SpecProblem(path, f"socketDir {value!r} cannot be used: {why}",
+                                            "a restored copy is started with it on the server's command line"))
         if hosts is None and spec.per_host:
             problems.append(SpecProblem(("perHost",), "perHost is for a member with `hosts:` (a primary/standby pair)",
                                         "move the values into the member's postgresql fields"))

@@ -35,6 +35,17 @@ from protectctl.providers.postgresql import cluster as pg
 from protectctl.providers.postgresql import wal as walspool
 from protectctl.providers.postgresql.catalog import Catalog, RestorePlan
 from protectctl.providers.postgresql.cluster import Cluster
+from protectctl.providers.postgresql.restore_config import (
+    LISTEN_ADDRESS,
+    TCP_TRUST_REPLACEMENT,
+    RecoveryWatch,
+    conf_setting,
+    hba_without_tcp_trust,
+    permanent_connect_error,
+    recovery_timeout_s,
+    server_options,
+    socket_dir_problem,
+)
 from protectctl.providers.postgresql.spool import STAGING, python_for_os_user, spool_dir
 
 _RECOVERY_KEYS = ("restore_command", "recovery_target_time", "recovery_target_action", "recovery_target_timeline",
@@ -42,22 +53,35 @@ _RECOVERY_KEYS = ("restore_command", "recovery_target_time", "recovery_target_ac
                   "recovery_target_inclusive")
 
 
+PROGRESS_EVERY_S = 10.0  # a "waiting for recovery" line this often while the restored copy recovers
+
+
 def free_port(socket_dir: Path, start: int) -> int:
     """A TCP port nobody listens on (loopback) whose Unix socket name is free in `socket_dir`."""
     for port in range(start, start + 200):
-        if (socket_dir / f".s.PGSQL.{port}").exists():
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+        if port_user(socket_dir, port) is None:
+            return port
     raise RestoreError(f"no free port found from {start}", hint="choose one with --port")
 
 
-def _port_in_use(socket_dir: Path, port: int) -> bool:
-    return (socket_dir / f".s.PGSQL.{port}").exists()
+def port_user(socket_dir: Path, port: int) -> str | None:
+    """Who holds `port` where a restored copy would listen (its socket in `socket_dir`, or
+    127.0.0.1), said for a message; None when both are free. A socket file nobody answers on
+    is a dead server's leftover, which PostgreSQL replaces: free."""
+    path = socket_dir / f".s.PGSQL.{port}"
+    if path.exists():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                return f"a server listens on {path}"
+            except OSError:
+                pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((LISTEN_ADDRESS, port))
+        except OSError:
+            return f"something listens on {LISTEN_ADDRESS}:{port}"
+    return None
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
@@ -171,18 +195,28 @@ class ClusterRestore:
         self.target = request.target if request.target is not None else self.source.data_dir
         self.in_place = self.target.absolute() == self.source.data_dir.absolute()
         self.fast_promote = False  # paused at the target, then pg_promote() (see _write_config)
+        self.config_notes: list[str] = []  # what _write_config changed beyond the recovery settings
+        self.hba_changed: tuple[int, ...] = ()
 
     def _port(self) -> int:
+        """The port the copy listens on (its socket in socketDir, and 127.0.0.1), refused when taken."""
+        socket_dir = self.source.socket_dir
+        problem = socket_dir_problem(str(socket_dir))
+        if problem is not None:
+            raise RestoreError(f"socketDir {socket_dir} cannot be given to the restored server: {problem}")
+        if not self.request.dry_run and not socket_dir.is_dir():
+            raise RestoreError(f"socketDir {socket_dir} does not exist: the restored server could not listen there",
+                               hint="create it (owned by osUser), or set socketDir to where PostgreSQL's "
+                                    "sockets live on this host")
         given = self.request.options.get("port")
-        if given:
-            port = int(str(given))
-            if not self.request.dry_run and _port_in_use(self.source.socket_dir, port):
-                raise RestoreError(f"port {port} is in use (a server listens on "
-                                   f"{self.source.socket_dir}/.s.PGSQL.{port})", hint="choose another with --port")
-            return port
-        if self.in_place:
-            return self.source.port
-        return free_port(self.source.socket_dir, self.source.port + 1)
+        if not given and not self.in_place:
+            return free_port(socket_dir, self.source.port + 1)
+        port = int(str(given)) if given else self.source.port
+        holder = None if self.request.dry_run else port_user(socket_dir, port)
+        if holder is not None:
+            raise RestoreError(f"port {port} is in use ({holder}): the restored server cannot listen on it",
+                               hint="choose another with --port" + ("" if given else ", or stop what holds it"))
+        return port
 
     def describe_target(self) -> str:
         plan = self.plan
@@ -235,9 +269,12 @@ class ClusterRestore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         log_file = self.target / "protectctl-restore.log"
-        request.progress.note(f"starting PostgreSQL on port {port} for {self.describe_target()}")
+        request.progress.note(f"starting PostgreSQL on port {port} (socket {cluster.socket_dir}, "
+                              f"{LISTEN_ADDRESS}) for {self.describe_target()}")
+        options = server_options(port=port, socket_dir=cluster.socket_dir,
+                                 hba_file=None if self.in_place else self.target / "pg_hba.conf")
         try:
-            pg.start(cluster, log_file)
+            pg.start(cluster, log_file, server_options=options)
             self._wait_promoted(cluster, log_file, stager)
         except BaseException:
             stager.cancel()
@@ -253,8 +290,11 @@ class ClusterRestore:
         notes.append(f"promoted on timeline {details.get('timeline')}; last transaction replayed: "
                      f"{details.get('last_replayed_xact_time') or 'none'}"
                      + (f" ({details['recovery_stop']})" if details.get("recovery_stop") else ""))
-        notes.append(f"running on port {port} (socket {cluster.socket_dir}); archive_mode is off there, so it "
-                     "never writes into the source's repository")
+        notes.append(f"running on port {port} (socket {cluster.socket_dir}, {LISTEN_ADDRESS}); archive_mode is off "
+                     "there, so it never writes into the source's repository")
+        notes.extend(self.config_notes)
+        details.update({"socket_dir": str(cluster.socket_dir), "listen_addresses": LISTEN_ADDRESS,
+                        "hba_trust_rewritten": len(self.hba_changed)})
         return RestoreOutcome(self.target, outcome.files, outcome.dirs, outcome.bytes_total, outcome.bytes_needed,
                               outcome.bytes_free, outcome.verified, True, tuple(notes), details)
 
@@ -299,9 +339,20 @@ class ClusterRestore:
                 "# written by protectctl restore: the source's configuration lives outside its data directory\n"
                 f"unix_socket_directories = {pg.literal(str(cluster.socket_dir))}\n").encode(), uid, gid)
             notes_conf = "minimal postgresql.conf written"
-        if not (target / "pg_hba.conf").exists():
-            _write_owned(target / "pg_hba.conf", b"local all all peer\n", uid, gid)
-        settings = {"archive_mode": "off", "archive_command": "", "port": str(cluster.port),
+        # The server's command line (server_options) decides where this start listens; for a copy the
+        # same in postgresql.auto.conf (read after postgresql.conf) keeps a later plain `pg_ctl start`
+        # there too. Restored in place, the cluster is the source again: its files keep its choices.
+        listen = {} if self.in_place else {"listen_addresses": LISTEN_ADDRESS,
+                                           "unix_socket_directories": str(cluster.socket_dir)}
+        if self.in_place:
+            self.config_notes.append("restored in place: pg_hba.conf and the listen settings in its files are the "
+                                     f"source's; it listens on {LISTEN_ADDRESS} and {cluster.socket_dir} only until "
+                                     "its next restart")
+            if not (target / "pg_hba.conf").exists():
+                _write_owned(target / "pg_hba.conf", b"local all all peer\n", uid, gid)
+        else:
+            self._write_hba(uid, gid)
+        settings = {"archive_mode": "off", "archive_command": "", "port": str(cluster.port), **listen,
                     "restore_command": restore_command(staging), "recovery_target_timeline": "latest"}
         if self.plan.mode == "time" and self.plan.target is not None:
             # explicit offset: the instant is never read in the server's zone
@@ -317,7 +368,7 @@ class ClusterRestore:
         auto = target / "postgresql.auto.conf"
         old = auto.read_text(encoding="utf-8") if auto.exists() else ""
         lines = _conf_lines_without(old, [*_RECOVERY_KEYS, "archive_mode", "archive_command", "archive_library",
-                                          "port", "primary_conninfo", "primary_slot_name", "hot_standby"])
+                                          "port", "primary_conninfo", "primary_slot_name", "hot_standby", *listen])
         lines.append(f"# protectctl restore of {self.request.source}: {self.describe_target()}; "
                      "archiving off so this copy never writes into the source's repository")
         lines += [f"{k} = {pg.literal(v)}" for k, v in settings.items()]
@@ -327,20 +378,59 @@ class ClusterRestore:
         if notes_conf:
             self.request.progress.note(notes_conf)
 
+    def _write_hba(self, uid: int, gid: int) -> None:
+        """The copy's own pg_hba.conf (the server is started with hba_file pointing at it): the
+        restored one, else the file the copied configuration names (read if it is on this host),
+        else `local all all peer`; in every case without `trust` for TCP (restore_config)."""
+        target = self.target
+        hba = target / "pg_hba.conf"
+        confs = [(target / n).read_text(encoding="utf-8", errors="replace")
+                 for n in ("postgresql.conf", "postgresql.auto.conf") if (target / n).exists()]
+        named = conf_setting(confs, "hba_file")
+        origin = "the restored pg_hba.conf"
+        if hba.exists():
+            text = hba.read_text(encoding="utf-8", errors="surrogateescape")
+        elif named and Path(named).is_file():
+            text = Path(named).read_text(encoding="utf-8", errors="surrogateescape")
+            origin = f"a copy of {named} (the source's hba_file)"
+        else:
+            text = "local all all peer\n"
+            origin = "a minimal pg_hba.conf (local all all peer)"
+        rewrite = hba_without_tcp_trust(text)
+        _write_owned(hba, rewrite.text.encode("utf-8", errors="surrogateescape"), uid, gid)
+        self.hba_changed = rewrite.changed
+        said = f"authentication: {origin}"
+        if rewrite.changed:
+            said += (f", with `trust` for TCP made {TCP_TRUST_REPLACEMENT} on line(s) "
+                     f"{', '.join(map(str, rewrite.changed))} (the copy listens on {LISTEN_ADDRESS})")
+        if rewrite.includes:
+            said += (f"; its include directive(s) on line(s) {', '.join(map(str, rewrite.includes))} are read as "
+                     "they are: check them for `trust`")
+        if named and named != str(hba):
+            said += f"; the copied configuration names hba_file {named}, overridden on the server's command line"
+        self.config_notes.append(said)
+
     def _wait_promoted(self, cluster: Cluster, log_file: Path, stager: Stager) -> None:
         """Poll (over one held connection once the server accepts them) until promoted.
 
         With fast promotion the server pauses at the target and this promotes it (pg_promote).
+        The wait is bounded by recoveryTimeout without progress (restore_config.RecoveryWatch),
+        says how far recovery went every PROGRESS_EVERY_S, and stops at once on a connection
+        error waiting cannot fix (a missing role, authentication), in the server's words.
         """
-        timeout_s = float(str(self.request.options.get("timeout_s") or 24 * 3600))
+        timeout_s = recovery_timeout_s(self.request.spec, self.request.options)
         started = time.monotonic()
-        deadline = started + timeout_s
+        watch = RecoveryWatch(timeout_s, started)
+        log = _LogFollower(log_file)
+        report_at = started + PROGRESS_EVERY_S
         delay = 0.05
         seen = False  # pg_ctl start -W returns before the postmaster writes its pid file
         pause = "pg_get_wal_replay_pause_state()" if self.fast_promote else "''"  # an error once promoted
-        sql = f"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {pause} ELSE '' END"
+        sql = (f"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {pause} ELSE '' END, "
+               "coalesce(pg_last_wal_replay_lsn()::text, ''), coalesce(pg_last_xact_replay_timestamp()::text, '')")
         session: pg.Session | None = None
         promote_requested = False
+        connect_problem = ""
         try:
             while True:
                 if stager.error is not None:
@@ -349,10 +439,24 @@ class ClusterRestore:
                 try:
                     session = session or pg.Session(cluster)
                     row = session.query(sql)[0]
-                except ProviderError:  # not accepting connections (yet), or stopped
+                except pg.SessionError as err:  # not accepting connections (yet), stopped, or refused
                     if session is not None:
                         session.close()
                     session = None
+                    connect_problem = err.detail
+                    if permanent_connect_error(err.detail):
+                        raise RestoreError(
+                            f"the restored cluster runs but protectctl cannot connect to it ({pg.where(cluster)}): "
+                            f"{err.detail}", hint="check `user:` (the role protectctl connects as, which must exist "
+                            f"at the time restored) and {self.target / 'pg_hba.conf'}; the server log is "
+                            f"{log_file}") from None
+                now = time.monotonic()
+                watch.observe(now, lsn=row[2] if row else None, xact_time=row[3] if row else None,
+                              log_text=log.read_new(), staged=stager.staged)
+                if now >= report_at:
+                    self.request.progress.note(f"waiting for recovery ({watch.describe()}; "
+                                               f"{now - started:.0f} s)")
+                    report_at = now + PROGRESS_EVERY_S
                 if row is not None and row[0] == "f":
                     if promote_requested:
                         self._check_target_reached(log_file)
@@ -365,13 +469,19 @@ class ClusterRestore:
                     promote_requested = True
                 alive = row is not None or pg.running(cluster)
                 seen = seen or alive
-                if not alive and (seen or time.monotonic() - started > 30):
+                if not alive and (seen or now - started > 30):
                     raise RestoreError(f"the restored cluster stopped during recovery: {_log_tail(log_file)}",
                                        hint=f"the full log is {log_file}; the restored files are left in "
                                             f"{self.target}")
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"the restored cluster was not promoted within {timeout_s:.0f} s",
-                                       hint=f"see {log_file}")
+                if watch.stalled(now):
+                    reach = f"; connecting says: {connect_problem}" if row is None and connect_problem else ""
+                    if row is None and watch.stage == "ready":
+                        reach = f"; its log says it accepts connections, but not at {pg.where(cluster)}" + reach
+                    raise RestoreError(
+                        f"the restored cluster made no recovery progress for {_seconds(timeout_s)} "
+                        f"({watch.describe()}){reach}; end of its log: {_log_tail(log_file, 6, plain=True)}",
+                        hint=f"the full log is {log_file}; if recovery is only slow, raise recoveryTimeout "
+                             f"(now {_seconds(timeout_s)}); the restored files are left in {self.target}")
                 # a held connection polls for ~1 ms; a new one (runuser, psql) costs ~50 ms
                 time.sleep(0.02 if session is not None else delay)
                 delay = min(delay * 1.5, 0.25)
@@ -438,14 +548,46 @@ def _pg_timestamp(text: str) -> str:
     return text
 
 
-def _log_tail(log_file: Path, lines: int = 4) -> str:
+def _log_tail(log_file: Path, lines: int = 4, *, plain: bool = False) -> str:
+    """The log's last FATAL/PANIC/ERROR lines (`plain`: its last lines), without the noise of
+    protectctl's own connection attempts to a server still starting."""
     try:
         text = log_file.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return "(no log)"
-    important = [line for line in text.splitlines() if "FATAL" in line or "PANIC" in line or "ERROR" in line]
-    chosen = important[-lines:] or text.splitlines()[-lines:]
-    return " | ".join(line.strip() for line in chosen)
+    kept = [line for line in text.splitlines()
+            if line.strip() and not (("FATAL" in line and not permanent_connect_error(_fatal_part(line)))
+                                     and "the database system is" in line)]
+    important = [line for line in kept if "FATAL" in line or "PANIC" in line or "ERROR" in line]
+    chosen = (kept if plain else important or kept)[-lines:]
+    return " | ".join(line.strip() for line in chosen) or "(empty)"
+
+
+def _fatal_part(line: str) -> str:
+    found = re.search(r"FATAL:\s+(.*)", line)
+    return f"FATAL: {found.group(1)}" if found else line
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s" if value < 120 else f"{value / 60:g} min"
+
+
+class _LogFollower:
+    """The server log's new text at each call (it is only appended to)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read_new(self) -> str:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(1 << 20)
+        except OSError:
+            return ""
+        self.offset += len(data)
+        return data.decode("utf-8", errors="replace")
 
 
 def _data_subtree(repo: PointReader, point: Point) -> BlobId:

@@ -17,6 +17,8 @@ from protectctl.providers.postgresql.catalog import Catalog, RestorePlan
 from protectctl.providers.postgresql.cluster import Cluster
 from protectctl.providers.postgresql.restore_cluster import ClusterRestore, free_port
 
+_DAY_S = 24 * 3600.0
+
 
 def restore_database(request: RestoreRequest, catalog: Catalog, plan: RestorePlan, database: str,
                      as_name: str) -> RestoreOutcome:
@@ -26,8 +28,10 @@ def restore_database(request: RestoreRequest, catalog: Catalog, plan: RestorePla
     # with --database, --port names the running cluster to load into
     into = Cluster.from_spec(request.spec, port=int(str(request.options.get("port") or
                                                        request.spec.get("port", 5432))))
-    if not pg.reachable(into):
-        raise RestoreError(f"the cluster to load into ({into.socket_dir} port {into.port}) is not running")
+    problem = pg.connect_error(into)
+    if problem is not None:
+        raise RestoreError(f"cannot reach the cluster to load into ({pg.where(into)}): {problem}",
+                           hint="start it, or fix port/socketDir/user (with --database, --port names it)")
     if pg.query(into, f"SELECT 1 FROM pg_database WHERE datname = {pg.literal(as_name)}"):
         raise RestoreError(f"database {as_name!r} already exists in the cluster on port {into.port}",
                            hint="choose another name with --as")
@@ -39,7 +43,7 @@ def restore_database(request: RestoreRequest, catalog: Catalog, plan: RestorePla
     temp = None
     try:
         port = free_port(into.socket_dir, into.port + 1)
-        sub = replace(request, target=work / "data", options={"port": port}, overwrite=False)
+        sub = replace(request, target=work / "data", options={**request.options, "port": port}, overwrite=False)
         restored = ClusterRestore(sub, catalog, plan).run()
         if request.dry_run:
             return replace(restored, notes=(*restored.notes, f"then database {database} would be loaded as {as_name}"))
@@ -51,13 +55,14 @@ def restore_database(request: RestoreRequest, catalog: Catalog, plan: RestorePla
             raise RestoreError(f"database {database!r} did not exist at that time",
                                hint=f"databases then: {', '.join(names)}")
         dump = work / "database.dump"
-        pg.run(temp, [temp.bin("pg_dump"), "-Fc", "-h", str(temp.socket_dir), "-p", str(port), "-f", str(dump),
-                      database])
+        # dump and load take as long as the database is big: pg.run's 10-minute default would cut them
+        pg.run(temp, [temp.bin("pg_dump"), "-Fc", *pg.conn_args(temp), "-f", str(dump),
+                      database], timeout_s=_DAY_S)
         encoding, collate, ctype = row[0]
-        pg.run(into, [into.bin("createdb"), "-h", str(into.socket_dir), "-p", str(into.port), "-T", "template0",
+        pg.run(into, [into.bin("createdb"), *pg.conn_args(into), "-T", "template0",
                       "-E", encoding, "--lc-collate", collate, "--lc-ctype", ctype, as_name])
-        pg.run(into, [into.bin("pg_restore"), "-h", str(into.socket_dir), "-p", str(into.port), "-d", as_name,
-                      "--no-password", str(dump)])
+        pg.run(into, [into.bin("pg_restore"), *pg.conn_args(into), "-d", as_name,
+                      "--no-password", str(dump)], timeout_s=_DAY_S)
         details = {**restored.details, "database": database, "as": as_name, "loaded_into_port": into.port}
         notes = (*restored.notes[:2], f"database {database} loaded as {as_name} into the cluster on port "
                  f"{into.port}; the temporary cluster was removed")

@@ -7,8 +7,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from protectctl.policy.model import CamelSpec, Name, SizeText
-from protectctl.units import ByteSize
+from protectctl.policy.model import CamelSpec, DurationText, Name, SizeText
+from protectctl.units import ByteSize, Duration
+
+# A role name as protectctl passes it (`-U ROLE` to every client): PostgreSQL's unquoted identifiers plus
+# the characters roles commonly carry (`app.reader`, `backup@corp`, `etl-1`); at most 63 bytes.
+ROLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.@$-]{0,62}$"
 
 
 class PostgresqlNodeSpec(CamelSpec):
@@ -25,6 +29,9 @@ class PostgresqlMember(CamelSpec):
     port: int = Field(5432, ge=1, le=65535)
     socket_dir: str = Field("/var/run/postgresql", pattern=r"^/", description="unix_socket_directories entry")
     os_user: str = Field("postgres", description="the OS user PostgreSQL runs as; its binaries never run as root")
+    user: str | None = Field(None, pattern=ROLE_PATTERN, description="the database role protectctl connects as "
+                             "(`-U` to psql, pg_dump, pg_receivewal, ...; default: the role named like osUser); "
+                             "it needs the rights of a backup role (pg_backup_start, pg_switch_wal, ...)")
     bin_dir: str = Field("/usr/lib/postgresql/15/bin", pattern=r"^/")
     allow_restart: bool = Field(False, description="apply may restart the cluster when archiving needs it")
     spool_dir: str | None = Field(None, pattern=r"^/", description="where archive_command spools WAL for the "
@@ -38,3 +45,8 @@ class PostgresqlMember(CamelSpec):
     per_host: dict[Name, PostgresqlNodeSpec] = Field(
         default_factory=dict, description="a member with `hosts:`: what differs on one host of the pair "
         "(dataDir, port, socketDir, spoolDir); the other fields apply to every host")
+    recovery_timeout: DurationText = Field(
+        default_factory=lambda: Duration.parse("10m"),
+        description="a restore gives up when the restored cluster makes no recovery progress (no WAL replayed, "
+        "restored or decrypted, no new recovery stage) for this long, showing the end of its log; "
+        "slow but moving recovery never times out")

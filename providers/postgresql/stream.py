@@ -60,8 +60,8 @@ def stream_dir(spool: Path) -> Path:
 
 
 def receiver_argv(cluster: Cluster, directory: Path, slot: str) -> list[str]:
-    return [cluster.bin("pg_receivewal"), "-D", str(directory), "-S", slot, "-h", str(cluster.socket_dir),
-            "-p", str(cluster.port), "--synchronous", "-s", "1", "-n", "--no-password"]
+    return [cluster.bin("pg_receivewal"), "-D", str(directory), "-S", slot, *pg.conn_args(cluster),
+            "--synchronous", "-s", "1", "-n", "--no-password"]
 
 
 def ensure_slot(cluster: Cluster, slot: str) -> None:
@@ -83,11 +83,14 @@ def supervise(cluster: Cluster, spool: Path, slot: str, *, stop: threading.Event
     backoff = 1.0
     while not stop.is_set():
         state = None
-        with contextlib.suppress(ProviderError):
+        why = ""
+        try:
             state = pg.scalar(cluster, "SELECT pg_is_in_recovery()")
+        except ProviderError as err:
+            why = f" ({pg.server_message(str(err))})"
         if state != "f":
-            log(f"PostgreSQL at {cluster.socket_dir}:{cluster.port} is "
-                f"{'a standby' if state == 't' else 'not reachable'}: waiting to stream")
+            log(f"PostgreSQL at {pg.where(cluster)} is "
+                f"{'a standby' if state == 't' else 'not reachable' + why}: waiting to stream")
             stop.wait(10)
             continue
         try:

@@ -89,3 +89,45 @@ def test_manpage_is_valid_roff_with_every_command(tmp_path: Path) -> None:
     text = page.read_text()
     for command in ("protectctl validate", "protectctl restore", "protectctl tape list", "protectctl keys export"):
         assert f".SS {command}".replace("-", "\\-") in text
+
+
+def test_a_missing_source_path_is_named_by_plan_refresh_and_hosts_check(quickstart: Path) -> None:
+    """A mistyped `path:` once passed validate, plan and apply and failed at the first sync."""
+    _edit(quickstart, "path: ./data", "path: ./datta")
+    missing = quickstart / "datta"
+    plan = run_cli(quickstart, "plan", "--refresh")
+    assert f"source docs/home: {missing} does not exist on host local" in plan.stdout + plan.stderr
+    check = run_cli(quickstart, "hosts", "check", expect=None)
+    assert check.returncode == 1 and f"BAD sources: docs/home: {missing} does not exist" in check.stdout
+    _edit(quickstart, "path: ./datta", "path: ./data")
+    check = run_cli(quickstart, "hosts", "check", "--json", expect=None)
+    (host,) = json.loads(check.stdout)["hosts"]
+    assert {"check": "sources", "ok": True, "detail": "1 source path(s) present"} in host["checks"]
+
+
+def test_a_missing_source_path_on_an_ssh_host(tmp_path: Path) -> None:
+    from tests.integration.sshd import SshdServer, keygen, one_member_docs, sshd_available
+
+    if (why := sshd_available()) is not None:
+        pytest.skip(why)
+    key = tmp_path / "client_ed25519"
+    server = SshdServer("s1", "127.0.0.41", tmp_path / "s1", keygen(key, "protectctl-control"))
+    server.start()
+    try:
+        not_a_dir = tmp_path / "a-file"
+        not_a_dir.write_text("x")
+        policy = tmp_path / "policy"
+        policy.mkdir()
+        docs = one_member_docs("repo", "type: local\npath: ./repo", "s1", tmp_path / "gone")
+        docs += f"    - {{name: n, host: s1, filesystem: {{path: {not_a_dir}}}}}\n"
+        (policy / "policy.yaml").write_text(server.host_doc(identity_file=key) + "---\n" + docs)
+        plan = run_cli(policy, "plan", "--refresh")
+        out = plan.stdout + plan.stderr
+        assert f"source g/m: {tmp_path / 'gone'} does not exist on host s1" in out
+        assert f"source g/n: {not_a_dir} is not a directory on host s1" in out
+        check = run_cli(policy, "hosts", "check", "--json", expect=None)
+        (host,) = json.loads(check.stdout)["hosts"]
+        sources = next(c for c in host["checks"] if c["check"] == "sources")
+        assert not sources["ok"] and f"g/m: {tmp_path / 'gone'} does not exist" in sources["detail"]
+    finally:
+        server.stop()

@@ -207,7 +207,7 @@ def test_hosts_check(fleet: Fleet) -> None:
     hosts = {h["host"]: h for h in json.loads(result.stdout)["hosts"]}
     assert set(hosts) == {"h1", "h2", "b1"}
     checks = {c["check"] for c in hosts["h1"]["checks"]}
-    assert checks == {"reachable", "python", "agent", "timers", "disk"}
+    assert checks == {"reachable", "python", "agent", "timers", "disk", "sources"}
 
 
 def run_on(fleet: Fleet, host: str, *args: str) -> tuple[int, str, str]:

@@ -49,6 +49,9 @@ PUT_PARALLELISM = 4
 # Never locked, read at their latest version: lease locks are rewritten in place (refreshes),
 # and gc replaces index objects (which `repair` can always rebuild from the packs' headers).
 _UNLOCKED = (ObjectKind.LOCKS, ObjectKind.INDEX)
+# (version id, size, is a delete marker, modified) by key; named here because inside S3Storage
+# `list` is its method, not the builtin
+_Versions = dict[str, list[tuple[str, int, bool, datetime]]]
 
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
@@ -172,7 +175,7 @@ class S3Storage:
         if offset or length is not None:
             args["Range"] = f"bytes={offset}-" + ("" if length is None else str(offset + length - 1))
         try:
-            body = self._call("reading", kind, name, lambda: self._read(args))
+            body: bytes = self._call("reading", kind, name, lambda: self._read(args))
         except _RangeError:
             body = b""
         if length is not None and len(body) != length:
@@ -305,13 +308,13 @@ class S3Storage:
         return out
 
     def _versions_of(self, kind: ObjectKind, key: str | None = None
-                     ) -> dict[str, list[tuple[str, int, bool, datetime]]]:
+                     ) -> _Versions:
         """Every version of each key under the kind (or of `key`): (id, size, is delete marker,
         modified), newest first as S3 lists them."""
         prefix = key if key is not None else self._kind_prefix(kind)
         pages = self._client.get_paginator("list_object_versions").paginate(
             Bucket=self.location.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
-        out: dict[str, list[tuple[str, int, bool, datetime]]] = {}
+        out: _Versions = {}
         for page in self._pages(kind, pages):
             for v in page.get("Versions", ()):
                 if key is None or v["Key"] == key:

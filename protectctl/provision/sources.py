@@ -1,0 +1,104 @@
+"""Whether the paths each source reads are there on its host: `plan --refresh` warns and
+`hosts check` reports a "sources" line, so a mistyped `path:` shows before the first sync
+fails on it (issue 11). Providers name the paths through the optional `SourcePaths` ability.
+
+The check runs on the host itself (locally, or over the host's SSH connection): one
+`python3 -c` per host whatever the number of paths, argv only, no shell.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from protectctl.errors import ProtectctlError, RemoteError
+from protectctl.plan.resources import Resource
+from protectctl.provider import SourcePaths, load_provider
+from protectctl.provision.host import HostConnection, connect
+
+# stat (following symlinks, as the archiver opens its root), then the access the agent needs
+_CHECK = """\
+import json, os, stat, sys
+out = {}
+for p in sys.argv[1:]:
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        out[p] = "does not exist" if e.errno == 2 else "cannot be read: " + (e.strerror or str(e))
+        continue
+    if not stat.S_ISDIR(st.st_mode):
+        out[p] = "is not a directory"
+    elif not os.access(p, os.R_OK | os.X_OK):
+        out[p] = "cannot be read: permission denied"
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePath:
+    source: str  # "group/member"
+    path: str
+
+
+def wanted_paths(resources: Iterable[Resource]) -> dict[str, list[SourcePath]]:
+    """The paths each host's sources read, by host name (providers with `SourcePaths` only)."""
+    out: dict[str, list[SourcePath]] = {}
+    for r in resources:
+        if r.address.kind != "source" or r.host is None:
+            continue
+        provider = load_provider(str(r.inputs["provider"]))
+        spec = r.inputs.get("spec")
+        if isinstance(provider, SourcePaths) and isinstance(spec, Mapping):
+            out.setdefault(r.host, []).extend(SourcePath(str(r.inputs["source"]), p)
+                                              for p in provider.source_paths(spec))
+    return out
+
+
+def path_problems(conn: HostConnection, paths: Sequence[str]) -> dict[str, str]:
+    """Each path that is missing, not a directory or unreadable on the host, with why; raises
+    RemoteError when the host cannot be asked."""
+    if not paths:
+        return {}
+    result = conn.run(("python3", "-c", _CHECK, *sorted(set(paths))))
+    try:
+        found = json.loads(result.stdout) if result.status == 0 else None
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise RemoteError(f"host {conn.name}: checking the source paths failed: "
+                          f"{result.stderr.strip()[-200:] or f'exit status {result.status}'}")
+    return {str(k): str(v) for k, v in found.items()}
+
+
+def missing_sources(conn: HostConnection, wanted: Sequence[SourcePath]) -> list[str]:
+    """`SOURCE: PATH PROBLEM` for each source path that is not usable on the host."""
+    problems = path_problems(conn, [w.path for w in wanted])
+    return [f"{w.source}: {w.path} {problems[w.path]}" for w in wanted if w.path in problems]
+
+
+def source_warnings(resources: Sequence[Resource]) -> list[str]:
+    """Plan warnings (`plan --refresh`) for source paths missing on their hosts, every host
+    asked in parallel; a host that cannot be asked is a warning too."""
+    wanted = wanted_paths(resources)
+    hosts = {r.address.name: dict(r.inputs) for r in resources if r.address.kind == "host"}
+
+    def check(host: str) -> list[str]:
+        inputs: Mapping[str, Any] = hosts.get(host, {})
+        conn = connect(host, str(inputs.get("address", "local")), inputs, hosts)
+        try:
+            return [f"source {line} on host {host}: its syncs will fail until it is there"
+                    for line in missing_sources(conn, wanted[host])]
+        except ProtectctlError as err:
+            return [f"host {host}: its source paths could not be checked: {err.message}"]
+        finally:
+            close = getattr(conn, "close", None)
+            if close is not None:
+                close()
+
+    if not wanted:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(wanted)))) as pool:
+        return [line for lines in pool.map(check, sorted(wanted)) for line in lines]
