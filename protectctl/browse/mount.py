@@ -14,7 +14,8 @@ A read fetches only the chunks covering the range asked for (chunk sizes come fr
 index), through a cache of decrypted chunks bounded in bytes (256 MiB by default), and starts
 fetching the next chunk of a file read sequentially, so decryption overlaps the reader. Trees
 are decoded once and shared by every point that holds them. Points are read again at most
-every `_RESCAN_S` seconds, when a source directory is listed, so new points appear.
+every `_RESCAN_S` seconds, when a source directory is listed or `latest` is looked up, so new
+points appear.
 """
 
 from __future__ import annotations
@@ -231,7 +232,11 @@ class PointsFilesystem:
             raise _enoent()
         if len(parts) == 2:
             return "dir", ["by-time", "latest"] if source.points else ["by-time"]
-        if parts[2] == "latest" and len(parts) == 3 and source.points:
+        if parts[2] == "latest" and len(parts) == 3:
+            self._scan()  # `latest` follows new points even when nobody lists a directory
+            source = self._source(group, parts[1]) or source
+            if not source.points:
+                raise _enoent()
             newest = next(reversed(source.by_time))
             return "link", f"by-time/{newest}"
         if parts[2] != "by-time":

@@ -37,11 +37,12 @@ class Site:
     policy: Path
 
 
-def _user(name: str) -> pwd.struct_passwd:
+def _user(name: str, created: list[str]) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
         subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+        created.append(name)
         return pwd.getpwnam(name)
 
 
@@ -56,8 +57,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     shared = data / "shared"
     shared.mkdir(mode=0o755)
     shared.chmod(0o755)
+    created: list[str] = []
     for name in USERS:
-        user = _user(name)
+        user = _user(name, created)
         mine = shared / f"{name}.txt"
         mine.write_text(f"{name}'s own notes\n")
         mine.chmod(0o600)
@@ -68,6 +70,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     assert first.ok and second.ok
     yield Site(policy)
     shutil.rmtree(base, ignore_errors=True)
+    for name in created:  # the users this test made go with it
+        subprocess.run(["userdel", name], capture_output=True, check=False)
 
 
 @pytest.fixture
