@@ -46,12 +46,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BlobId", "Node", "NodeType", "Tree", "Point",
+    "LogChain",
     "SnapshotKind", "SnapshotRequest", "SnapshotStats", "SnapshotOutcome", "SnapshotSink",
     "RestoreRequest", "RestoreOutcome", "PointReader", "Traits", "SpecProblem", "Provider",
     "PrepareRequest", "PrepareOutcome", "HostPreparer", "PointChooser", "JobPlacement", "JobPlacer",
     "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
     "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions",
-    "LogChain",
     "ArchiveOptions", "Archived", "archive", "restore_tree", "file_node", "dir_node", "node_name", "safe_name",
     "validate_patterns", "journal_path",
     "ENTRY_POINT_GROUP", "builtin_kinds", "available_kinds", "load_provider", "spec_model", "traits",
