@@ -46,11 +46,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BlobId", "Node", "NodeType", "Tree", "Point",
+    "LogChain",
     "SnapshotKind", "SnapshotRequest", "SnapshotStats", "SnapshotOutcome", "SnapshotSink",
     "RestoreRequest", "RestoreOutcome", "PointReader", "Traits", "SpecProblem", "Provider",
     "PrepareRequest", "PrepareOutcome", "HostPreparer", "PointChooser", "JobPlacement", "JobPlacer",
     "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
-    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourcePaths", "LogChain",
+    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourcePaths",
     "SourceRoot",
     "ArchiveOptions", "Archived", "archive", "snapshot_problems", "restore_tree", "file_node", "dir_node",
     "node_name", "safe_name",

@@ -11,10 +11,11 @@ about --size-mib. Measured, in this order:
                   | zstd -q` (level 3) into a file
   second full     the same again, nothing changed (protectctl stores only what it lacks)
   1% changed      after UPDATEs of --change-pct % of the rows, in 64 runs scattered over each
-                  table: the same two commands; then a `sync` (binlog shipping)
-  restore         protectctl `restore --to-time T` (extract, --prepare, start a server on a port,
-                  replay the binlogs to T) vs `zstd -d | mbstream -x`, `mariadb-backup --prepare`,
-                  `mariadb-backup --copy-back` (no server start, no roll-forward)
+                  table: the same two commands; then a few marker rows around T and a `sync`
+  restore         protectctl `restore --to-time T` (from the last full: extract, --prepare, start a
+                  server on a port, replay the binlogs to T) vs `zstd -d | mbstream -x`,
+                  `mariadb-backup --prepare`, `mariadb-backup --copy-back` of that full (no server
+                  start, no roll-forward)
 
 protectctl runs through its job API (the CLI adds ~0.3 s of interpreter start). The restore
 is checked: the marker rows committed before T, none after. Prints a table (with the load
@@ -148,11 +149,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         step("second full (no change)", lambda: run_backup(job, "full"), theirs_full)
         loads.append(os.getloadavg()[0])
         scatter_change(server, args.tables, rows, args.change_pct)
+        step(f"full after {args.change_pct:g}% changed", lambda: run_backup(job, "full"), theirs_full)
+        # T after the last full, as the baseline restores that full: a roll-forward of a few transactions
         server.sql("INSERT INTO shop.marker VALUES (1), (2)")
         time.sleep(1.1)  # binlog times are whole seconds
         target = datetime.now(UTC)
         server.sql("INSERT INTO shop.marker VALUES (3)")
-        step(f"full after {args.change_pct:g}% changed", lambda: run_backup(job, "full"), theirs_full)
         step("sync (binlogs)", lambda: run_backup(job, "sync"), None)
         loads.append(os.getloadavg()[0])
 
