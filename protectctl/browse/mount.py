@@ -378,7 +378,9 @@ def clear_stale_mount(mountpoint: str) -> bool:
     import subprocess
 
     try:
-        os.stat(mountpoint)
+        # statfs always asks the filesystem (a stat of the root may be answered from the kernel's
+        # attribute cache for a second after the daemon died, and a mount would then stack on top)
+        os.statvfs(mountpoint)
         return False
     except OSError as err:
         if err.errno != errno.ENOTCONN:
