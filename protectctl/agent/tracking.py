@@ -458,14 +458,19 @@ def _prefetch(fd: int, blocks: Sequence[int], block: int, size: int) -> None:
 
 
 def _hole_blocks(extents: Sequence[Extent], size: int, block: int) -> set[int]:
-    """Blocks no extent touches (holes: read as zeros, stored as holes)."""
-    holes = set(range(-(-size // block)))
-    for extent in extents:
-        if extent.logical >= size:
+    """Blocks no extent touches (holes: read as zeros, stored as holes), from the gaps between
+    extents (sorted, as FIEMAP gives them): no work per data block."""
+    holes: set[int] = set()
+    pos = 0  # everything before this offset is covered by an extent or already counted
+    for extent in (*extents, None):
+        gap_end = size if extent is None else min(extent.logical, size)
+        if gap_end > pos:
+            first = -(-pos // block)  # the first block starting at or after the gap's start
+            last = gap_end // block if gap_end < size else -(-size // block)  # blocks ending inside
+            holes.update(range(first, last))
+        if extent is None or extent.logical >= size:
             break
-        first = extent.logical // block
-        last = (min(extent.end, size) - 1) // block
-        holes.difference_update(range(first, last + 1))
+        pos = max(pos, extent.end)
     return holes
 
 
