@@ -142,7 +142,11 @@ def encode_node(node: Node) -> str:
     """The canonical JSON of one node, as it appears inside `encode_tree`'s output."""
     if node.damage is not None:
         raise ValueError(f"node '{show_name(node.name)}' cannot be encoded: {node.damage}")
-    return json.dumps(_encode_node(node), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _NODE_JSON(_encode_node(node))
+
+
+# One encoder for every node: json.dumps with options builds a new JSONEncoder per call.
+_NODE_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 
 
 def assemble_tree(encoded_nodes: Sequence[str]) -> bytes:
