@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown tool(s): {', '.join(unknown)}")
     tools_wanted = [t for t in wanted if t == "protectctl" or bb.TOOLS[t].find() is not None]
     parent = args.workdir or Path("/tmp")
+    parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="protectctl-smallfiles-", dir=parent))
     source = workdir / "data"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
