@@ -662,6 +662,7 @@ def source_job(target: SourceTarget) -> Any:
         script_timeout_s=int(scripts.get("timeout_s", 600)),
         throttle_bps=throttle.get("rate_bps"), throttle_window=window,
         sync_interval_s=int(i["sync_interval_s"]), full_interval_s=int(i["full_interval_s"]),
+        parallelism=int(i["parallelism"]) if i.get("parallelism") else None,
         metrics=MetricsTarget(target.metrics_path, target.host, __version__) if target.metrics_path else None,
         remote=target.remote)
 

@@ -179,6 +179,8 @@ class Archiver:
         self._chunker = repo.chunker()
         # One read buffer for every file: chunks are views of it (the writer copies new ones).
         self._buf = self._chunker.read_buffer()
+        # A file up to the smallest chunk is one chunk: read whole, no chunker (_read_small).
+        self._one_chunk = min(repo.chunker_params.min_size, len(self._buf))
         self._links: dict[tuple[int, int], Content] = {}
         self._root_dev = 0
         self._noatime = True
@@ -500,6 +502,8 @@ class Archiver:
         (a file that fits the buffer is read whole with one preadv). A file with holes gets an
         EXTENTS hash (its holes cost nothing to hash, here or at restore), any other the plain
         CONTENT hash earlier releases wrote, so its node is unchanged."""
+        if st.st_size <= self._one_chunk and _dense(st):
+            return self._read_small(fd, st.st_size)
         hasher = self.repo.content_hasher()
         reader = DataReader(fd, st.st_size, hasher, detect_holes=not _dense(st))
         add = self.writer.add
@@ -518,6 +522,23 @@ class Archiver:
         if view is None or st.st_dev != view.snapshot_dev:
             return st
         return _with_device(st, view.live_dev)
+
+    def _read_small(self, fd: int, size: int) -> Content:
+        """A dense file no larger than the smallest chunk: one read, one blob, no chunker. Its
+        one chunk is the whole content, so its content hash (the same keyed BLAKE3) is the
+        blob id: the node equals what the chunked path builds. Capped at `size` like DataReader."""
+        view = memoryview(self._buf)[:size]
+        got = 0
+        while got < size:
+            n = os.preadv(fd, [view[got:]], got)
+            if n <= 0:  # shrank under us: store what is there
+                break
+            got += n
+        self.result.bytes_read += got
+        if not got:
+            return Content(0, (), (), self.repo.content_hasher().digest())
+        blob_id, _ = self.writer.add(BlobKind.DATA, view[:got])
+        return Content(got, (blob_id,), (), bytes(blob_id))
 
     def _open(self, path: bytes) -> int:
         # O_NOATIME keeps a backup from touching every file's atime; only the owner or root

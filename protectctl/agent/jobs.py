@@ -104,6 +104,7 @@ class SourceJob:
     sync_interval_s: int = 900
     full_interval_s: int = 86400
     lock_timeout_s: float = 0.0  # how long a second run of this source waits for the first
+    parallelism: int | None = None  # Settings `parallelism`: the writer's compression threads (None: its default)
     metrics: MetricsTarget | None = None  # the Host's textfile; None: STATE_DIR/metrics/protectctl.prom
     remote: bool = False  # an SSH host's source seen from the control machine: its agent keeps the status
 
@@ -496,7 +497,7 @@ def _snapshot(
     provider = load_provider(job.provider)
     outcome: SnapshotOutcome | None = None
     try:
-        with repo.writer(progress) as writer:
+        with repo.writer(progress, workers=job.parallelism) as writer:
             outcome = provider.snapshot(
                 SnapshotRequest(job.source, job.spec, kind, RepositorySink(repo, writer), job.state_dir, progress,
                                 frozen=frozen)

@@ -163,7 +163,11 @@ def encode_node(node: Node) -> str:
     """The canonical JSON of one node, as it appears inside `encode_tree`'s output."""
     if node.damage is not None:
         raise ValueError(f"node '{show_name(node.name)}' cannot be encoded: {node.damage}")
-    return json.dumps(_encode_node(node), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _NODE_JSON(_encode_node(node))
+
+
+# One encoder for every node: json.dumps with options builds a new JSONEncoder per call.
+_NODE_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 
 
 def assemble_tree(encoded_nodes: Sequence[str]) -> bytes:
@@ -185,23 +189,40 @@ def _bytes_json(raw: bytes) -> object:
 
 
 def _encode_node(node: Node) -> dict[str, object]:
-    out: dict[str, object] = {"name": _bytes_json(node.name), "type": node.type.value}
-    for field in _INT_FIELDS:
-        value = getattr(node, field)
-        if _DEFAULTS.get(field) != value:
-            out[field] = value
-    optional: dict[str, object | None] = {
-        "user": node.user,
-        "group": node.group,
-        "chunks": [c.hex() for c in node.chunks] or None,
-        "holes": [list(h) for h in node.holes] or None,
-        "subtree": node.subtree.hex() if node.subtree is not None else None,
-        "link_target": _bytes_json(node.link_target) if node.link_target is not None else None,
-        "xattrs": [[_bytes_json(k), base64.b64encode(v).decode("ascii")] for k, v in node.xattrs] or None,
-        "content_hash": node.content_hash.hex() if node.content_hash is not None else None,
-        "hash_scheme": node.hash_scheme.value if node.hash_scheme is not HashScheme.CONTENT else None,
+    # Field by field rather than a loop over _INT_FIELDS (this runs once per file of a backup);
+    # key order does not matter, the encoder sorts keys. An int field is written unless it has
+    # its default (_DEFAULTS), an optional one unless it is None or empty.
+    out: dict[str, object] = {
+        "name": _bytes_json(node.name), "type": node.type.value, "mode": node.mode, "uid": node.uid,
+        "gid": node.gid, "mtime_ns": node.mtime_ns, "atime_ns": node.atime_ns, "ctime_ns": node.ctime_ns,
+        "size": node.size,
     }
-    out.update({k: v for k, v in optional.items() if v is not None})
+    if node.rdev != 0:
+        out["rdev"] = node.rdev
+    if node.inode != 0:
+        out["inode"] = node.inode
+    if node.dev != 0:
+        out["dev"] = node.dev
+    if node.nlink != 1:
+        out["nlink"] = node.nlink
+    if node.user is not None:
+        out["user"] = node.user
+    if node.group is not None:
+        out["group"] = node.group
+    if node.chunks:
+        out["chunks"] = [c.hex() for c in node.chunks]
+    if node.holes:
+        out["holes"] = [list(h) for h in node.holes]
+    if node.subtree is not None:
+        out["subtree"] = node.subtree.hex()
+    if node.link_target is not None:
+        out["link_target"] = _bytes_json(node.link_target)
+    if node.xattrs:
+        out["xattrs"] = [[_bytes_json(k), base64.b64encode(v).decode("ascii")] for k, v in node.xattrs]
+    if node.content_hash is not None:
+        out["content_hash"] = node.content_hash.hex()
+    if node.hash_scheme is not HashScheme.CONTENT:
+        out["hash_scheme"] = node.hash_scheme.value
     return out
 
 

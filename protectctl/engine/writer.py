@@ -2,7 +2,8 @@
 
 Pipeline: `add` hashes in the caller's thread and asks the repository whether the id is
 known; only a new blob is copied (the caller's buffer may be reused for the next chunk) and
-compressed in a small thread pool (zstd releases the GIL); the caller's thread encrypts each
+compressed in a small thread pool (zstd releases the GIL) — a small one (`INLINE_MAX`: small
+files, trees) is compressed right in the caller's thread, cheaper than a hand-off; the caller's thread encrypts each
 compressed record straight into the open pack's buffer (AES-GCM `encrypt_into`, no copy) and
 hands full packs to a single upload thread. Pack buffers are reused: at most one pack is
 being uploaded while the next one fills, and in-flight compressions are bounded, so memory
@@ -34,6 +35,7 @@ from protectctl.engine.pack import (
     seal_pack_header,
     seal_record_into,
     sealed_header_size,
+    small_body,
 )
 from protectctl.engine.storage.base import ObjectKind, StorageBackend
 from protectctl.progress import NullProgress, Progress
@@ -52,6 +54,10 @@ _UPLOADS_QUEUED = 1
 # Pack buffers start here and double up to the pack size: a tree pack of a small source
 # never costs a full pack of memory.
 _INITIAL_BUFFER = 1 << 20
+# Blobs up to this size (small files, the tails of large ones, trees) are compressed in the
+# caller's thread: a thread-pool hand-off (submit, wake-up, future, GIL hand-back) costs more
+# than compressing a few KiB. Measured on 20,000 files of 1-3 KiB: see docs/performance.md.
+INLINE_MAX = 64 << 10
 
 
 class WriterHost(Protocol):
@@ -102,7 +108,10 @@ class BlobWriter:
         self._workers = workers or min(4, os.cpu_count() or 1)
         self._seal_pool: ThreadPoolExecutor | None = None
         self._upload_pool: ThreadPoolExecutor | None = None
-        self._sealing: deque[tuple[BlobKind, BlobId, int, Scratch, Scratch, Future[memoryview]]] = deque()
+        # (kind, id, raw length, buffers to give back, body or its future), in add order.
+        self._sealing: deque[
+            tuple[BlobKind, BlobId, int, tuple[Scratch, ...], Future[memoryview] | bytes]
+        ] = deque()
         self._buffers = BufferPool()  # chunk copies and compressed records, reused (engine/buffers.py)
         self._uploads: deque[Future[tuple[str, list[PackEntry], bytearray]]] = deque()
         self._spare: bytearray | None = None  # a full-size pack buffer back from the uploader
@@ -145,9 +154,16 @@ class BlobWriter:
         if not self._host._claim_new(blob_id):
             return blob_id, False
         self._claimed.add(blob_id)
-        copy, out = self._buffers.take(), self._buffers.take()
-        future = self._seal_pool.submit(blob_body, frame(data, copy), out)
-        self._sealing.append((kind, blob_id, len(data), copy, out, future))
+        if len(data) <= INLINE_MAX:
+            body = small_body(data)
+            if not self._sealing:  # nothing queued before it: straight into the pack
+                self._append(kind, blob_id, len(data), body)
+                return blob_id, True
+            self._sealing.append((kind, blob_id, len(data), (), body))
+        else:
+            copy, out = self._buffers.take(), self._buffers.take()
+            future = self._seal_pool.submit(blob_body, frame(data, copy), out)
+            self._sealing.append((kind, blob_id, len(data), (copy, out), future))
         self._drain_sealed(block_over=self._workers + 2)
         return blob_id, True
 
@@ -187,15 +203,18 @@ class BlobWriter:
 
     def _drain_sealed(self, *, block_over: int) -> None:
         # Collect finished compressions in order; block on the oldest while too many are in flight.
-        while self._sealing and (len(self._sealing) > block_over or self._sealing[0][-1].done()):
-            kind, blob_id, raw_length, copy, out, future = self._sealing.popleft()
-            body = future.result()
+        while self._sealing and (len(self._sealing) > block_over or _done(self._sealing[0][-1])):
+            kind, blob_id, raw_length, buffers, pending = self._sealing.popleft()
+            if isinstance(pending, bytes):
+                self._append(kind, blob_id, raw_length, pending)
+                continue
+            body = pending.result()
             self._append(kind, blob_id, raw_length, body)
             body.release()
-            self._buffers.give(copy)
-            self._buffers.give(out)
+            for scratch in buffers:
+                self._buffers.give(scratch)
 
-    def _append(self, kind: BlobKind, blob_id: BlobId, raw_length: int, body: memoryview) -> None:
+    def _append(self, kind: BlobKind, blob_id: BlobId, raw_length: int, body: memoryview | bytes) -> None:
         length = record_size(len(body))
         pack = self._open[kind]
         if pack.entries and pack.size + length + sealed_header_size(len(pack.entries) + 1) > self._pack_size:
@@ -267,3 +286,7 @@ class BlobWriter:
             self._claimed.difference_update(e.blob_id for e in entries)
         self._unindexed.clear()
         self._host._packs_indexed(name, index)
+
+
+def _done(pending: Future[memoryview] | bytes) -> bool:
+    return isinstance(pending, bytes) or pending.done()

@@ -346,6 +346,8 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
         "throttle": {"rate_bps": int(throttle.rate.bytes_per_second),
                      "during": str(throttle.during) if throttle.during else None} if throttle else None,
         "sync_interval_s": sla.sync.max_interval_s(), "full_interval_s": sla.full.max_interval_s(),
+        # only when set: a policy without it plans exactly as before
+        **({"parallelism": b.settings.parallelism} if b.settings.parallelism is not None else {}),
         "config_path": host_path(root, f"{SOURCES_DIR}/{doc.name}--{member.name}.yaml"),
     }, tuple(deps), host=host_name, replace_on=("host", "config_path")))
     storage_doc = b.policy.get(Kind.STORAGE, group.storage)

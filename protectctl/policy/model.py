@@ -467,6 +467,10 @@ class SettingsSpec(CamelSpec):
     state: StateSettings = Field(default_factory=StateSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     schedules: ScheduleDefaults = Field(default_factory=ScheduleDefaults)
+    parallelism: int | None = Field(
+        None, ge=1, le=256,
+        description="CPU threads a backup job may use for compression and encryption (default: the "
+                    "host's cores, at most 4); 1 keeps a protected server's other cores free")
 
 
 # --- Documents ------------------------------------------------------------------------
