@@ -1,0 +1,45 @@
+"""vmImage's read-ahead thread: a consumer that stops early never waits on it forever."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from protectctl.providers.vmimage.backup import prefetch
+
+
+def _closes_within(pieces: Iterator[tuple[int, bytes]], exhausted: threading.Event) -> bool:
+    """Take one piece, wait until the source is used up (the queue full behind it), then stop."""
+    def consume() -> None:
+        gen = prefetch(pieces, depth=1)
+        next(gen)
+        exhausted.wait(10)
+        gen.close()
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    worker.join(10)
+    return not worker.is_alive()
+
+
+def test_stopping_after_the_source_ended_does_not_hang() -> None:
+    exhausted = threading.Event()
+
+    def pieces() -> Iterator[tuple[int, bytes]]:
+        yield 0, b"a"
+        yield 1, b"b"
+        exhausted.set()
+
+    assert _closes_within(pieces(), exhausted)
+
+
+def test_stopping_after_the_source_failed_does_not_hang() -> None:
+    exhausted = threading.Event()
+
+    def pieces() -> Iterator[tuple[int, bytes]]:
+        yield 0, b"a"
+        yield 1, b"b"
+        exhausted.set()
+        raise OSError("read failed")
+
+    assert _closes_within(pieces(), exhausted)
