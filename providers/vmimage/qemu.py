@@ -126,9 +126,11 @@ def export(path: Path, fmt: str, bitmap: str | None, *, writable: bool = False) 
                                       stderr=subprocess.PIPE, text=True)
         except OSError as err:
             raise ProviderError(f"cannot export {path} through qemu-nbd: {err.strerror}") from err
+        failed = True
         try:
             _wait_ready(server, sock, path)
             yield Export(sock, f"nbd+unix:///{EXPORT}?socket={sock}")
+            failed = False
         finally:
             if server.poll() is None:
                 server.terminate()
@@ -137,7 +139,8 @@ def export(path: Path, fmt: str, bitmap: str | None, *, writable: bool = False) 
             except subprocess.TimeoutExpired:
                 server.kill()
                 _out, said = server.communicate()
-            if writable and server.returncode not in (0, -15):
+            # an unclean exit spoils what was written; but never hide the error already raised
+            if writable and not failed and server.returncode not in (0, -15):
                 raise ProviderError(f"qemu-nbd did not close {path} cleanly: {(said or '').strip()[-300:]}")
 
 
