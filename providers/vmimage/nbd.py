@@ -50,7 +50,7 @@ class NbdClient:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_DISC, 0, 0, 0))
+            self._request(_CMD_DISC, 0, 0)
         self._sock.close()
 
     def __enter__(self) -> NbdClient:
@@ -58,6 +58,12 @@ class NbdClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _request(self, command: int, offset: int, length: int) -> int:
+        """Send a request header (a write's data follows it); returns the request's handle."""
+        self._handle += 1
+        self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, command, self._handle, offset, length))
+        return self._handle
 
     def _recv(self, n: int) -> bytearray:
         buf = bytearray(n)
@@ -111,9 +117,7 @@ class NbdClient:
                 offset, length = item
                 if length > MAX_READ or offset + length > self.size:
                     raise ProviderError(f"read of {length} bytes at {offset} is past the image or too long")
-                self._handle += 1
-                self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_READ, self._handle, offset, length))
-                pending.append((self._handle, offset, length))
+                pending.append((self._request(_CMD_READ, offset, length), offset, length))
             if not pending:
                 return
             handle, offset, length = pending[0]
@@ -137,16 +141,12 @@ class NbdClient:
                 raise ProviderError(f"write of {len(data)} bytes at {offset} is past the image or too long")
             while len(pending) >= self._depth:
                 self._acknowledge(pending, "writing")
-            self._handle += 1
-            self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_WRITE, self._handle, offset, len(data)))
+            pending[self._request(_CMD_WRITE, offset, len(data))] = offset
             self._sock.sendall(data)
-            pending[self._handle] = offset
             written += len(data)
         while pending:
             self._acknowledge(pending, "writing")
-        self._handle += 1
-        self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_FLUSH, self._handle, 0, 0))
-        pending[self._handle] = 0
+        pending[self._request(_CMD_FLUSH, 0, 0)] = 0
         self._acknowledge(pending, "flushing")
         return written
 
