@@ -1,9 +1,14 @@
-"""vmImage's read-ahead thread: a consumer that stops early never waits on it forever."""
+"""vmImage's read-ahead thread (a consumer that stops early never waits on it forever), and a
+restore's errors."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from protectctl.providers.vmimage.backup import prefetch
 
@@ -43,3 +48,17 @@ def test_stopping_after_the_source_failed_does_not_hang() -> None:
         raise OSError("read failed")
 
     assert _closes_within(pieces(), exhausted)
+
+
+def test_a_target_directory_that_cannot_be_written_is_one_clear_error(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from protectctl.errors import RestoreError
+    from protectctl.providers.vmimage import restore
+
+    def refused(**_kw: object) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(restore.tempfile, "mkdtemp", refused)  # as a non-root user in a read-only directory
+    request = SimpleNamespace(point=SimpleNamespace(tree=b"t"))
+    with pytest.raises(RestoreError, match="cannot write beside .*: Permission denied"):
+        restore._write(request, None, tmp_path / "vm.raw", "raw")  # type: ignore[arg-type]
