@@ -62,3 +62,37 @@ def test_a_target_directory_that_cannot_be_written_is_one_clear_error(tmp_path: 
     request = SimpleNamespace(point=SimpleNamespace(tree=b"t"))
     with pytest.raises(RestoreError, match="cannot write beside .*: Permission denied"):
         restore._write(request, None, tmp_path / "vm.raw", "raw")  # type: ignore[arg-type]
+
+
+def test_a_qemu_nbd_that_goes_away_is_one_clear_error(tmp_path: Path) -> None:
+    import socket
+    import struct
+
+    from protectctl.errors import ProviderError
+    from protectctl.providers.vmimage.nbd import NbdClient
+
+    path = str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen()
+
+        def serve() -> None:  # the handshake of a 1 MiB export, then a reset instead of a reply
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"NBDMAGIC" + b"IHAVEOPT" + struct.pack(">H", 3))
+                conn.recv(4)
+                head = conn.recv(16)
+                conn.recv(struct.unpack(">I", head[12:16])[0])
+                info = struct.pack(">HQH", 0, 1 << 20, 0)
+                for kind, body in ((3, info), (1, b"")):
+                    conn.sendall(struct.pack(">QIII", 0x3E889045565A9, 7, kind, len(body)) + body)
+                conn.recv(28)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+        worker = threading.Thread(target=serve, daemon=True)
+        worker.start()
+        with NbdClient(path, "img") as client:
+            assert client.size == 1 << 20
+            with pytest.raises(ProviderError, match="qemu-nbd"):
+                list(client.read_ranges([(0, 4096)]))
+        worker.join(10)
