@@ -90,6 +90,9 @@ class _Capture:
             for entry in base.iterdir():
                 if entry.is_dir() and entry.name.endswith((".wants", ".requires")):
                     found.update(link.name for link in entry.iterdir() if link.is_symlink())
+        except FileNotFoundError:  # a system without systemd: nothing missed, nothing to enable
+            self.got.gaps.append(f"enabled systemd units: no {base} (not a systemd system?)")
+            return
         except OSError as err:
             self.got.errors.append(f"enabled systemd units: {base}: {err.strerror}")
             return
