@@ -9,9 +9,12 @@ collector never reads a torn file, and a monitoring system sees the same facts a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -73,8 +76,12 @@ def record_job(state_dir: Path, source: str, record: JobRecord, *, sla_s: Mappin
     """Add `record` to the source's status and refresh the metrics file.
 
     `sla_s`: the longest time allowed between good points, by kind (`sync`, `full`)."""
-    status = read_status(state_dir, source)
-    status["source"] = source
+    with _updating(state_dir, source) as status:
+        _add_job(status, record, sla_s)
+    write_metrics(state_dir, metrics)
+
+
+def _add_job(status: dict[str, object], record: JobRecord, sla_s: Mapping[str, int] | None) -> None:
     status["last_attempt"] = asdict(record)
     outcome = "success" if record.ok else "failure"
     if record.ok:
@@ -92,27 +99,25 @@ def record_job(state_dir: Path, source: str, record: JobRecord, *, sla_s: Mappin
         status[key] = (previous if isinstance(previous, int) else 0) + int(value)
     if sla_s is not None:
         status["sla_s"] = dict(sla_s)
-    _save(state_dir, source, status, metrics)
 
 
 def record_retention(state_dir: Path, source: str, *, points: int, oldest: datetime | None, pruned_at: datetime,
                      metrics: MetricsTarget | None = None) -> None:
     """What a prune left of the source (its points, the oldest one's time) and when it ran;
     refreshes the metrics file (the retention alerts read these)."""
-    status = read_status(state_dir, source)
-    status["source"] = source
-    status["retention"] = {"points": points, "oldest_point_time": _iso(oldest), "last_prune_time": _iso(pruned_at)}
-    _save(state_dir, source, status, metrics)
+    with _updating(state_dir, source) as status:
+        status["retention"] = {"points": points, "oldest_point_time": _iso(oldest),
+                               "last_prune_time": _iso(pruned_at)}
+    write_metrics(state_dir, metrics)
 
 
 def record_tape_copy(state_dir: Path, source: str, *, copied_at: datetime,
                      metrics: MetricsTarget | None = None) -> None:
     """A tape run that left the source's newest complete point on tape (copied now or before);
     refreshes the metrics file (the tape copy alert reads it)."""
-    status = read_status(state_dir, source)
-    status["source"] = source
-    status["last_tape_copy"] = {"time": _iso(copied_at)}
-    _save(state_dir, source, status, metrics)
+    with _updating(state_dir, source) as status:
+        status["last_tape_copy"] = {"time": _iso(copied_at)}
+    write_metrics(state_dir, metrics)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -121,9 +126,22 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-def _save(state_dir: Path, source: str, status: Mapping[str, object], metrics: MetricsTarget | None) -> None:
-    atomic_write(status_path(state_dir, source), json.dumps(status, indent=1, sort_keys=True).encode("utf-8"))
-    write_metrics(state_dir, metrics)
+@contextlib.contextmanager
+def _updating(state_dir: Path, source: str) -> Iterator[dict[str, object]]:
+    """The source's status to change, written back (atomically) when the block ends. Read and
+    write hold an flock: a backup's record (written after its source lock is released), a
+    prune's and a tape run's come from separate processes and must not drop each other's."""
+    path = status_path(state_dir, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.stem}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held for a read and a small write; dropped if we die
+        status = read_status(state_dir, source)
+        status["source"] = source
+        yield status
+        atomic_write(path, json.dumps(status, indent=1, sort_keys=True).encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def _all_status(state_dir: Path) -> list[dict[str, object]]:

@@ -75,12 +75,19 @@ class Tally:
         return 100.0  # nothing to do is all done
 
     def eta_s(self) -> float | None:
+        """Seconds left at the rate so far, by the same measure as `percent` (bytes, or files
+        when there are no bytes); None while the totals or a rate are not known."""
         if not self.final:
             return None
-        left = (self.total_bytes or 0) - self.bytes_done
+        if self.total_bytes:
+            left, done = self.total_bytes - self.bytes_done, self.bytes_done
+        elif self.total_files:
+            left, done = self.total_files - self.files, self.files
+        else:
+            return 0.0
         if left <= 0:
             return 0.0
-        rate = self.rate_bps()
+        rate = done / self.elapsed()
         return left / rate if rate > 0 else None
 
     def describe(self) -> str:

@@ -87,8 +87,9 @@ def source_warnings(resources: Sequence[Resource]) -> list[str]:
 
     def check(host: str) -> list[str]:
         inputs: Mapping[str, Any] = hosts.get(host, {})
-        conn = connect(host, str(inputs.get("address", "local")), inputs, hosts)
-        try:
+        conn: HostConnection | None = None
+        try:  # connect too: bad connection settings (an unknown gateway) are this host's warning
+            conn = connect(host, str(inputs.get("address", "local")), inputs, hosts)
             return [f"source {line} on host {host}: its syncs will fail until it is there"
                     for line in missing_sources(conn, wanted[host])]
         except ProtectctlError as err:

@@ -33,7 +33,6 @@ class Cluster:
     bin_dir: Path
     user: str | None = None  # the database role clients connect as (-U); None: libpq's default
 
-
     @classmethod
     def from_spec(cls, spec: Mapping[str, object], **override: object) -> Cluster:
         values: dict[str, object] = {

@@ -90,6 +90,9 @@ class _Capture:
             for entry in base.iterdir():
                 if entry.is_dir() and entry.name.endswith((".wants", ".requires")):
                     found.update(link.name for link in entry.iterdir() if link.is_symlink())
+        except FileNotFoundError:  # a system without systemd: nothing missed, nothing to enable
+            self.got.gaps.append(f"enabled systemd units: no {base} (not a systemd system?)")
+            return
         except OSError as err:
             self.got.errors.append(f"enabled systemd units: {base}: {err.strerror}")
             return
@@ -112,7 +115,7 @@ class _Capture:
             if dev.get("type") != "disk" or not dev.get("pttype"):
                 continue
             name = str(dev["name"])
-            if self.command(f"disks/{name}.sfdisk", f"partition table of {dev['path']}",
+            if self.command(dump_file(name), f"partition table of {dev['path']}",
                             ["sfdisk", "-d", str(dev["path"])]) is not None:
                 self.got.disks.append({"name": name, "path": dev["path"], "size": dev.get("size"),
                                        "pttype": dev["pttype"]})
@@ -144,6 +147,12 @@ class _Capture:
             found = True
         if not found:
             self.got.gaps.append("boot loader: no grub.cfg under /boot (its settings in /etc/default are in etc/)")
+
+
+def dump_file(disk: str) -> str:
+    """Where a disk's partition table is saved under state/ (the runbook reads it there): one
+    file whatever the disk's name (`cciss/c0d0` would otherwise make a directory)."""
+    return "disks/" + "".join(c for c in disk if c.isalnum() or c in "-_.") + ".sfdisk"
 
 
 def _auto_installed(path: Path) -> set[str]:

@@ -74,8 +74,13 @@ class SystemStateProvider:
         except BaseException:
             etc.finish(None)
             raise
-        tree = request.sink.save_tree(Tree((dir_node("etc", etc.root, etc.tree), dir_node("state", state.root,
-                                                                                            state.tree))))
+        try:
+            tree = request.sink.save_tree(Tree((dir_node("etc", etc.root, etc.tree),
+                                                dir_node("state", state.root, state.tree))))
+        except BaseException:  # no point: both journals are dropped, as the agent would on a failed job
+            etc.finish(None)
+            state.finish(None)
+            raise
 
         def finish(point_id: str | None) -> None:
             etc.finish(point_id)
@@ -112,7 +117,10 @@ class SystemStateProvider:
         script = target / RUNBOOK
         tmp = target / f".{RUNBOOK}.tmp"
         try:
-            tmp.write_text(render(manifest, point=request.point.id))
+            tmp.unlink(missing_ok=True)  # a leftover, or a link planted there: never written through
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(render(manifest, point=request.point.id))
             os.chmod(tmp, 0o700)
             os.replace(tmp, script)
         except OSError as err:

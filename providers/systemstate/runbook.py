@@ -13,6 +13,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 
+from protectctl.providers.systemstate.capture import dump_file
+
 STEPS = ("partition tables", "packages", "restore /etc", "users and groups", "systemd units", "boot loader")
 
 _HEAD = r"""#!/bin/bash
@@ -114,7 +116,7 @@ def render(manifest: Mapping[str, object], *, point: str) -> str:
     out.append('\nstep "partition tables"\n')
     for disk in disks:
         name = str(disk.get("name"))
-        out.append(f'partition_disk {q(str(disk.get("path")))} "$HERE/state/disks/{_safe(name)}.sfdisk"\n')
+        out.append(f'partition_disk {q(str(disk.get("path")))} "$HERE/state/{dump_file(name)}"\n')
     if not disks:
         out.append('echo "   none captured (no disk had a partition table)"\n')
 
@@ -164,7 +166,3 @@ def render(manifest: Mapping[str, object], *, point: str) -> str:
         out.append(f'echo "   if {path} is the boot disk: grub-install {path}"\n')
     out.append(_TAIL)
     return "".join(out)
-
-
-def _safe(name: str) -> str:
-    return "".join(c for c in name if c.isalnum() or c in "-_.")

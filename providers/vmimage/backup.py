@@ -324,20 +324,24 @@ def prefetch(pieces: Iterator[Piece], depth: int = 8) -> Iterator[Piece]:
     box: queue.Queue[object] = queue.Queue(depth)
     stop = threading.Event()
 
+    def hand(item: object) -> bool:
+        """Queue `item` unless the consumer has stopped (then no put may block: it joins us)."""
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def pump() -> None:
         try:
             for item in pieces:
-                while not stop.is_set():
-                    try:
-                        box.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand(item):
                     return
-            box.put(_DONE)
+            hand(_DONE)
         except BaseException as err:  # handed to the consumer, raised there
-            box.put(err)
+            hand(err)
 
     worker = threading.Thread(target=pump, name="vmimage-read", daemon=True)
     worker.start()
@@ -352,8 +356,6 @@ def prefetch(pieces: Iterator[Piece], depth: int = 8) -> Iterator[Piece]:
     finally:
         stop.set()
         worker.join()
-
-
 
 
 def _set(run: _Run, index: int, blob: bytes, unmarked: bool) -> None:

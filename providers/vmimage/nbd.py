@@ -32,6 +32,7 @@ _CMD_WRITE = 1
 _CMD_DISC = 2
 _CMD_FLUSH = 3
 MAX_READ = 32 << 20  # qemu-nbd's largest request
+_TIMEOUT_S = 600  # for one reply, as qemu.run allows one command
 
 
 class NbdClient:
@@ -39,6 +40,7 @@ class NbdClient:
 
     def __init__(self, socket_path: str, export: str, *, depth: int = 8) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(_TIMEOUT_S)  # a qemu-nbd that hangs never hangs the job
         self._depth = depth
         self._handle = 0
         try:
@@ -49,8 +51,8 @@ class NbdClient:
             raise ProviderError(f"cannot read the image through qemu-nbd: {err}") from err
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_DISC, 0, 0, 0))
+        with contextlib.suppress(ProviderError):  # a goodbye to a server already gone
+            self._request(_CMD_DISC, 0, 0)
         self._sock.close()
 
     def __enter__(self) -> NbdClient:
@@ -59,12 +61,27 @@ class NbdClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _request(self, command: int, offset: int, length: int) -> int:
+        """Send a request header (a write's data follows it); returns the request's handle."""
+        self._handle += 1
+        self._send(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, command, self._handle, offset, length))
+        return self._handle
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as err:  # qemu-nbd died or stopped answering: one clear line, not a traceback
+            raise ProviderError(f"the connection to qemu-nbd failed: {err.strerror or err}") from err
+
     def _recv(self, n: int) -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
         while got < n:
-            k = self._sock.recv_into(view[got:])
+            try:
+                k = self._sock.recv_into(view[got:])
+            except OSError as err:
+                raise ProviderError(f"the connection to qemu-nbd failed: {err.strerror or err}") from err
             if k == 0:
                 raise ProviderError("qemu-nbd closed the connection")
             got += k
@@ -111,9 +128,7 @@ class NbdClient:
                 offset, length = item
                 if length > MAX_READ or offset + length > self.size:
                     raise ProviderError(f"read of {length} bytes at {offset} is past the image or too long")
-                self._handle += 1
-                self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_READ, self._handle, offset, length))
-                pending.append((self._handle, offset, length))
+                pending.append((self._request(_CMD_READ, offset, length), offset, length))
             if not pending:
                 return
             handle, offset, length = pending[0]
@@ -137,16 +152,12 @@ class NbdClient:
                 raise ProviderError(f"write of {len(data)} bytes at {offset} is past the image or too long")
             while len(pending) >= self._depth:
                 self._acknowledge(pending, "writing")
-            self._handle += 1
-            self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_WRITE, self._handle, offset, len(data)))
-            self._sock.sendall(data)
-            pending[self._handle] = offset
+            pending[self._request(_CMD_WRITE, offset, len(data))] = offset
+            self._send(data)
             written += len(data)
         while pending:
             self._acknowledge(pending, "writing")
-        self._handle += 1
-        self._sock.sendall(struct.pack(">IHHQQI", _REQUEST_MAGIC, 0, _CMD_FLUSH, self._handle, 0, 0))
-        pending[self._handle] = 0
+        pending[self._request(_CMD_FLUSH, 0, 0)] = 0
         self._acknowledge(pending, "flushing")
         return written
 

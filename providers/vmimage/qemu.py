@@ -64,13 +64,17 @@ def run(argv: Sequence[str], what: str) -> str:
     except OSError as err:
         raise ProviderError(f"{what}: cannot run {argv[0]}: {err.strerror}") from err
     if done.returncode != 0:
-        lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"exit status {done.returncode}"
-        hint = None
-        if "lock" in reason.lower() or "another process" in reason.lower():
-            hint = "the image is in use (a running VM?): stop it, or name its libvirt `domain`"
+        reason, hint = _failure(done.stderr, done.returncode)
         raise ProviderError(f"{what}: {reason}", hint=hint)
     return done.stdout
+
+
+def _failure(stderr: str | None, returncode: int | None) -> tuple[str, str | None]:
+    """A qemu tool's failure as (its last stderr line, a hint when the image is locked by another user)."""
+    lines = [ln.strip() for ln in (stderr or "").splitlines() if ln.strip()]
+    reason = lines[-1] if lines else f"exit status {returncode}"
+    in_use = "lock" in reason.lower() or "another process" in reason.lower()
+    return reason, "the image is in use (a running VM?): stop it first" if in_use else None
 
 
 def image_info(path: Path, fmt: str | None = None) -> ImageInfo:
@@ -126,9 +130,11 @@ def export(path: Path, fmt: str, bitmap: str | None, *, writable: bool = False) 
                                       stderr=subprocess.PIPE, text=True)
         except OSError as err:
             raise ProviderError(f"cannot export {path} through qemu-nbd: {err.strerror}") from err
+        failed = True
         try:
             _wait_ready(server, sock, path)
             yield Export(sock, f"nbd+unix:///{EXPORT}?socket={sock}")
+            failed = False
         finally:
             if server.poll() is None:
                 server.terminate()
@@ -137,7 +143,8 @@ def export(path: Path, fmt: str, bitmap: str | None, *, writable: bool = False) 
             except subprocess.TimeoutExpired:
                 server.kill()
                 _out, said = server.communicate()
-            if writable and server.returncode not in (0, -15):
+            # an unclean exit spoils what was written; but never hide the error already raised
+            if writable and not failed and server.returncode not in (0, -15):
                 raise ProviderError(f"qemu-nbd did not close {path} cleanly: {(said or '').strip()[-300:]}")
 
 
@@ -146,9 +153,7 @@ def _wait_ready(server: subprocess.Popen[str], sock: str, path: Path) -> None:
     while time.monotonic() < deadline:
         if server.poll() is not None:
             _out, err = server.communicate()
-            lines = [ln.strip() for ln in (err or "").splitlines() if ln.strip()]
-            reason = lines[-1] if lines else f"exit status {server.returncode}"
-            hint = "the image is in use (a running VM?)" if "lock" in reason or "another process" in reason else None
+            reason, hint = _failure(err, server.returncode)
             raise ProviderError(f"cannot export {path} through qemu-nbd: {reason}", hint=hint)
         if os.path.exists(sock):
             with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

@@ -75,7 +75,10 @@ def _write(request: RestoreRequest, node: Node, target: Path, fmt: str) -> tuple
     assert request.point.tree is not None
     if fmt == "qcow2":
         qemu.need("qemu-img", "qemu-utils")
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
+    except OSError as err:
+        raise RestoreError(f"cannot write beside {target}: {err.strerror}") from err
     try:
         if fmt == "qcow2":
             made = work / "image.qcow2"

@@ -153,7 +153,18 @@ class _Guest:
         self.sock = sock
         self.server = subprocess.Popen(["qemu-nbd", "--persistent", "-f", "qcow2", "-k", str(sock), str(image)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_listening(sock)
+        try:
+            _wait_listening(sock)
+        except BaseException:
+            self.stop(crash=True)
+            raise
+
+    def __enter__(self) -> _Guest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server.poll() is None:  # a failed step: never leave qemu-nbd holding the image
+            self.stop(crash=True)
 
     def write(self, *commands: str) -> None:
         _io(f"nbd+unix:///?socket={self.sock}", *commands, fmt="raw")
@@ -173,16 +184,16 @@ def test_writes_through_qemu_nbd_are_tracked_and_a_crashed_writer_is_detected(tm
     job = _job(tmp_path, image, "vms/app1")
     assert run_backup(job, "sync").ok
 
-    guest = _Guest(image, tmp_path / "g1")
-    guest.write(f"write -P 0x41 {2 << 20} {C}", f"write -P 0x42 {5 << 20} {2 * C}")
-    guest.stop(crash=False)
+    with _Guest(image, tmp_path / "g1") as guest:
+        guest.write(f"write -P 0x41 {2 << 20} {C}", f"write -P 0x42 {5 << 20} {2 * C}")
+        guest.stop(crash=False)
     clean = run_backup(job, "sync")
     assert _extra(job, clean)["read_all_reason"] is None and clean.bytes_read == 3 * C
     at_clean = _copy(image, tmp_path / "clean.qcow2")
 
-    guest = _Guest(image, tmp_path / "g2")
-    guest.write(f"write -P 0x43 {7 << 20} {C}")
-    guest.stop(crash=True)  # the bitmap is left "in-use": what it holds cannot be trusted
+    with _Guest(image, tmp_path / "g2") as guest:
+        guest.write(f"write -P 0x43 {7 << 20} {C}")
+        guest.stop(crash=True)  # the bitmap is left "in-use": what it holds cannot be trusted
     after_crash = run_backup(job, "sync")
     reason = str(_extra(job, after_crash)["read_all_reason"])
     assert "in-use" in reason and after_crash.bytes_read == (1 << 20) + 4 * C
