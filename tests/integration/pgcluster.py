@@ -34,9 +34,14 @@ def ensure_user() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(OS_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OS_USER],
-                       check=True)
-        entry = pwd.getpwnam(OS_USER)
+        # not check=True: another pytest-xdist worker may have created it in between (exit 9);
+        # getpwnam below still fails when the user really could not be made
+        made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OS_USER],
+                              capture_output=True, text=True, check=False)
+        try:
+            entry = pwd.getpwnam(OS_USER)
+        except KeyError:
+            raise AssertionError(f"useradd {OS_USER} failed: {made.stderr.strip()}") from None
     return entry.pw_uid, entry.pw_gid
 
 

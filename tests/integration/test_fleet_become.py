@@ -22,7 +22,9 @@ import pytest
 from tests.integration.sshd import SshdServer, keygen, one_member_docs, sshd_available
 
 OPS_USER = "protectctl-ops"
-SUDOERS = Path("/etc/sudoers.d/protectctl-test-ops")
+# one file per pytest-xdist worker: a module-scoped fixture runs on every worker that got one of this
+# module's tests, and one worker's teardown must not take sudo away from the other's test
+SUDOERS = Path(f"/etc/sudoers.d/protectctl-test-ops-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
 
 pytestmark = [
     pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available())),
@@ -40,7 +42,9 @@ def ops_host(pinned_wheelhouse: Path) -> Iterator[tuple[SshdServer, Path, Path]]
     try:
         pwd.getpwnam(OPS_USER)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", OPS_USER], check=True)
+        # another pytest-xdist worker may create it in between: "already exists" (9) is fine
+        made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", OPS_USER], check=False)
+        assert made.returncode in (0, 9), made
     # no password, but not locked ("!"): sshd refuses key logins to locked accounts
     subprocess.run(["usermod", "-p", "*", OPS_USER], check=True)
     SUDOERS.write_text(f"{OPS_USER} ALL=(root) NOPASSWD: ALL\n")
