@@ -674,9 +674,10 @@ def open_storage(storage: dict[str, Any]) -> Any:
 
 
 def passphrase_reader(storage: dict[str, Any]) -> Callable[[], bytes]:
-    from protectctl.apply.effects import secret_ref
+    from protectctl.secret import SecretRef  # not apply.effects: a timer-started job needs no apply code
 
-    ref = secret_ref(storage["passphrase"])
+    given = storage["passphrase"]
+    ref = SecretRef(env=given.get("env"), file=Path(given["file"]) if given.get("file") else None)
     return lambda: ref.resolve().value
 
 
