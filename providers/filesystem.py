@@ -39,7 +39,6 @@ from protectctl.provider import (
     snapshot_problems,
     validate_patterns,
 )
-from protectctl.units import ByteSize, UnitError
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -169,6 +168,8 @@ def _size(spec: Mapping[str, object], key: str) -> int | None:
     value = spec.get(key)
     if value is None:
         return None
+    from protectctl.units import ByteSize, UnitError  # only here: its import compiles a dozen regexes
+
     try:
         return value if isinstance(value, int) else ByteSize.parse(str(value)).bytes
     except UnitError as err:
