@@ -562,6 +562,7 @@ class SourceTarget:
     host: str
     remote: bool = False  # an SSH host's source, seen from the control machine (its data is not here)
     metrics_path: Path | None = None  # the agent's Prometheus textfile (None: under state_dir)
+    agent: bool = False  # read from an agent config: the job may cache its derived key (engine/keycache.py)
 
 
 def sources(policy_dir: Path, *, agent_config: Path | None, group: str | None = None,
@@ -620,7 +621,7 @@ def _sources_from_agent(agent_config: Path) -> list[SourceTarget]:
     for path in sorted(Path(str(agent["sources_dir"])).glob("*.yaml")):
         inputs = read_yaml_mapping(path, "source config")
         out.append(SourceTarget(inputs, Path(str(agent["state_dir"])), str(agent["host"]),
-                                metrics_path=_metrics_path(agent)))
+                                metrics_path=_metrics_path(agent), agent=True))
     return out
 
 
@@ -664,7 +665,18 @@ def source_job(target: SourceTarget) -> Any:
         sync_interval_s=int(i["sync_interval_s"]), full_interval_s=int(i["full_interval_s"]),
         parallelism=int(i["parallelism"]) if i.get("parallelism") else None,
         metrics=MetricsTarget(target.metrics_path, target.host, __version__) if target.metrics_path else None,
-        remote=target.remote)
+        remote=target.remote, key_cache=_agent_key_cache(i["storage"], target.state_dir) if target.agent else None)
+
+
+def _agent_key_cache(storage: dict[str, Any], state_dir: Path) -> Any:
+    """The agent's cache of the keys derived from its root-only passphrase copy, in its state
+    directory (engine/keycache.py); None when the passphrase is not a file (e.g. `env:`)."""
+    ref = storage.get("passphrase")
+    if not isinstance(ref, dict) or not ref.get("file"):
+        return None
+    from protectctl.engine.keycache import DerivedKeyCache, cache_path_for
+
+    return DerivedKeyCache(cache_path_for(state_dir, str(ref["file"])))
 
 
 def open_storage(storage: dict[str, Any]) -> Any:
@@ -674,9 +686,10 @@ def open_storage(storage: dict[str, Any]) -> Any:
 
 
 def passphrase_reader(storage: dict[str, Any]) -> Callable[[], bytes]:
-    from protectctl.apply.effects import secret_ref
+    from protectctl.secret import SecretRef  # not apply.effects: a timer-started job needs no apply code
 
-    ref = secret_ref(storage["passphrase"])
+    given = storage["passphrase"]
+    ref = SecretRef(env=given.get("env"), file=Path(given["file"]) if given.get("file") else None)
     return lambda: ref.resolve().value
 
 
@@ -711,7 +724,7 @@ def _placed(target: SourceTarget, kind: str) -> SourceTarget | BackupSkipped:
     if placement.spec is None:
         return BackupSkipped(str(target.inputs["source"]), kind, placement.reason)
     return SourceTarget({**target.inputs, "spec": dict(placement.spec)}, placement.state_dir or target.state_dir,
-                        placement.host or target.host, metrics_path=target.metrics_path)
+                        placement.host or target.host, metrics_path=target.metrics_path, agent=target.agent)
 
 
 def stream_logs(policy_dir: Path, group: str, member: str, *, agent_config: Path | None,

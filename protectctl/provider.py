@@ -25,6 +25,7 @@ for, `Point` and the services import their implementation when used.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -594,6 +595,9 @@ def _plugins() -> dict[str, Callable[[], object]]:
     return found
 
 
+_ABSENT = object()
+
+
 @cache
 def _load(kind: str) -> Provider:
     """Built-in kinds first (no entry-point scan), then plug-ins; a plug-in cannot replace a
@@ -618,7 +622,9 @@ def _load(kind: str) -> Provider:
         raise
     except Exception as err:  # a broken plug-in must not crash the CLI with a traceback
         raise ProviderError(f"provider {kind!r} cannot be loaded: {err}") from err
-    missing = [a for a in ("kind", "spec_model", "traits", "snapshot", "restore") if not hasattr(provider, a)]
+    # looked up statically: a provider may build its spec_model on first use (no pydantic on the job path)
+    missing = [a for a in ("kind", "spec_model", "traits", "snapshot", "restore")
+               if inspect.getattr_static(provider, a, _ABSENT) is _ABSENT]
     if missing:
         raise ProviderError(f"provider {kind!r} is incomplete: it has no {', '.join(missing)}",
                             hint="see docs/architecture.md, \"How to write a provider\"")

@@ -39,6 +39,7 @@ from protectctl.agent.status import (
 from protectctl.agent.throttle import ThrottledStorage
 from protectctl.browse.paths import point_relative
 from protectctl.catalog.select import select_point
+from protectctl.engine.keycache import DerivedKeyCache
 from protectctl.engine.memory import tune_malloc
 from protectctl.engine.points import DamagedPoint, Point, PointStats, new_point_id
 from protectctl.engine.repository import Repository
@@ -107,6 +108,7 @@ class SourceJob:
     parallelism: int | None = None  # Settings `parallelism`: the writer's compression threads (None: its default)
     metrics: MetricsTarget | None = None  # the Host's textfile; None: STATE_DIR/metrics/protectctl.prom
     remote: bool = False  # an SSH host's source seen from the control machine: its agent keeps the status
+    key_cache: DerivedKeyCache | None = field(default=None, repr=False)  # the agent's derived keys (no scrypt)
 
 
 def _json_time(value: datetime | None) -> str | None:
@@ -282,10 +284,11 @@ def _storage_for(job: SourceJob, now: Callable[[], datetime]) -> StorageBackend:
     return job.storage
 
 
-def open_repository(storage: StorageBackend, passphrase: bytes) -> Repository:
-    """Open an existing repository (apply creates them); raises RepositoryError."""
+def open_repository(storage: StorageBackend, passphrase: bytes, key_cache: DerivedKeyCache | None = None) -> Repository:
+    """Open an existing repository (apply creates them); raises RepositoryError. `key_cache`:
+    the agent's cache of derived keys, so a timer-started job skips scrypt (engine/keycache.py)."""
     tune_malloc()  # before scrypt's 32 MiB work area is freed (engine/memory.py says why)
-    return Repository.open(storage, passphrase)
+    return Repository.open(storage, passphrase, key_cache=key_cache)
 
 
 def run_backup(
@@ -374,7 +377,7 @@ def _backup_locked(
     job: SourceJob, kind: BackupKind, progress: Progress, now: Callable[[], datetime], started: float
 ) -> BackupResult:
     with (
-        open_repository(_storage_for(job, now), job.passphrase()) as repo,
+        open_repository(_storage_for(job, now), job.passphrase(), job.key_cache) as repo,
         repo.lock(exclusive=False, command=f"{kind} {job.source}"),
     ):
         scan = repo.scan_points(job.source)
@@ -582,7 +585,7 @@ def restore(
     """
     provider = load_provider(job.provider)
     with (
-        open_repository(job.storage, job.passphrase()) as repo,
+        open_repository(job.storage, job.passphrase(), job.key_cache) as repo,
         repo.lock(exclusive=False, command=f"restore {job.source}"),
     ):
         scan = repo.scan_points(job.source)
@@ -638,7 +641,7 @@ def prune(
     deferred: list[str] = []
     problems: list[str] = []
     for group in _by_storage(jobs):
-        with open_repository(group[0].storage, group[0].passphrase()) as repo:
+        with open_repository(group[0].storage, group[0].passphrase(), group[0].key_cache) as repo:
             scan = repo.scan_points()
             gone, stay = _forget_expired(repo, scan.points, group, now, dry_run)
             forgotten += gone
@@ -724,7 +727,7 @@ class _RepositoryFacts:
 
 def _repository_facts(job: SourceJob) -> _RepositoryFacts:
     try:
-        with open_repository(job.storage, job.passphrase()) as repo:
+        with open_repository(job.storage, job.passphrase(), job.key_cache) as repo:
             scan = repo.scan_points()
         size = sum(info.size for kind in ObjectKind for info in job.storage.list(kind))
     except ProtectctlError as err:

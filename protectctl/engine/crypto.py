@@ -14,6 +14,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -21,6 +22,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from protectctl.errors import CorruptionError, RepositoryError, WrongKeyError
+
+if TYPE_CHECKING:
+    from protectctl.engine.keycache import DerivedKeyCache
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -197,14 +201,30 @@ def _key_checksum(document: dict[str, object]) -> str:
     return blake3.blake3(json.dumps(covered, sort_keys=True).encode()).hexdigest()
 
 
-def unwrap_keys(stored: bytes, passphrase: bytes, repo_id: str, key_name: str) -> MasterKeys:
-    """Open a key file; raises WrongKeyError if the passphrase does not open it."""
+def unwrap_keys(stored: bytes, passphrase: bytes, repo_id: str, key_name: str,
+                cache: DerivedKeyCache | None = None) -> MasterKeys:
+    """Open a key file; raises WrongKeyError if the passphrase does not open it.
+
+    With `cache` (an agent's, engine/keycache.py), a derived key cached for this key file's
+    KDF parameters is tried first; if there is none or it does not open the file, scrypt runs
+    as without a cache, and a key that opens the file is cached for the next run."""
     what = f"keys/{key_name}"
     kdf, sealed, intact = _parse_key_file(stored, what)
+    associated = aad("keys", repo_id.encode(), key_name.encode())
+    fingerprint = None
+    if cache is not None:
+        from protectctl.engine.keycache import kdf_fingerprint
+
+        fingerprint = kdf_fingerprint(kdf.n, kdf.r, kdf.p, kdf.salt)
+        cached = cache.lookup(fingerprint, passphrase)
+        if cached is not None:
+            try:
+                return _parse_master(Sealer(cached).open(sealed, associated, what), repo_id, what)
+            except CorruptionError:
+                pass  # a stale or damaged entry: derive the key as without a cache
     try:
-        plain = Sealer(kdf.derive(passphrase)).open(
-            sealed, aad("keys", repo_id.encode(), key_name.encode()), what
-        )
+        derived = kdf.derive(passphrase)
+        plain = Sealer(derived).open(sealed, associated, what)
     except CorruptionError as err:
         if intact is False:
             raise CorruptionError(f"{what}: the key file is damaged (its checksum does not match)") from err
@@ -212,7 +232,10 @@ def unwrap_keys(stored: bytes, passphrase: bytes, repo_id: str, key_name: str) -
             "the passphrase does not open this repository",
             hint="check the EncryptionKey the Storage refers to",
         ) from err
-    return _parse_master(plain, repo_id, what)
+    keys = _parse_master(plain, repo_id, what)
+    if cache is not None and fingerprint is not None:
+        cache.store(fingerprint, passphrase, derived)
+    return keys
 
 
 def _parse_key_file(stored: bytes, what: str) -> tuple[KdfParams, bytes, bool | None]:

@@ -57,6 +57,7 @@ from protectctl.progress import Progress
 if TYPE_CHECKING:
     from protectctl.engine.check import CheckReport
     from protectctl.engine.gc import GcReport
+    from protectctl.engine.keycache import DerivedKeyCache
 
 __all__ = [
     "BlobKind",
@@ -131,8 +132,10 @@ class Repository:
         return cls(storage, repo_id, keys, params, pack_size)
 
     @classmethod
-    def open(cls, storage: StorageBackend, passphrase: bytes) -> Repository:
-        """Open with a passphrase; WrongKeyError if no key file opens, RepositoryError if none."""
+    def open(cls, storage: StorageBackend, passphrase: bytes, *,
+             key_cache: DerivedKeyCache | None = None) -> Repository:
+        """Open with a passphrase; WrongKeyError if no key file opens, RepositoryError if none.
+        `key_cache`: an agent's cache of derived keys (engine/keycache.py), to skip scrypt."""
         try:
             config = storage.get(ObjectKind.CONFIG, CONFIG_NAME)
         except ObjectMissingError as err:
@@ -140,7 +143,7 @@ class Repository:
                 f"{storage.describe()} holds no repository", hint="create it with `protectctl apply`"
             ) from err
         repo_id, params, pack_size = _decode_config(config, storage.describe())
-        keys = _unlock(storage, passphrase, repo_id)
+        keys = _unlock(storage, passphrase, repo_id, key_cache)
         return cls(storage, repo_id, keys, params, pack_size)
 
     def close(self) -> None:
@@ -605,7 +608,8 @@ def _require_supported(d: dict[str, object], where: str) -> None:
         )
 
 
-def _unlock(storage: StorageBackend, passphrase: bytes, repo_id: str) -> MasterKeys:
+def _unlock(storage: StorageBackend, passphrase: bytes, repo_id: str,
+            key_cache: DerivedKeyCache | None = None) -> MasterKeys:
     """The master keys from the first key file the passphrase opens.
 
     A damaged key file does not stop the others; if none opens and some are damaged, the
@@ -617,7 +621,7 @@ def _unlock(storage: StorageBackend, passphrase: bytes, repo_id: str) -> MasterK
     damaged: list[str] = []
     for name in names:
         try:
-            return unwrap_keys(storage.get(ObjectKind.KEYS, name), passphrase, repo_id, name)
+            return unwrap_keys(storage.get(ObjectKind.KEYS, name), passphrase, repo_id, name, key_cache)
         except WrongKeyError:
             continue
         except CorruptionError as err:
