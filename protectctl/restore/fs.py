@@ -156,7 +156,10 @@ class FsRestorer:
         self.reader = reader
         self.keep_done = keep_done  # resuming: keep files an earlier run of this restore finished
         self._writeback = _start_writeback if writeback else None
-        self.new_hasher = new_hasher
+        # A copy of a keyed hasher made once: cheaper per file than keying one anew.
+        template = new_hasher()
+        copy = getattr(template, "copy", None)
+        self.new_hasher: Callable[[], Hasher] = copy if callable(copy) else new_hasher
         self.overwrite = overwrite
         self.progress = progress or NullProgress()
         self.owners = os.geteuid() == 0
