@@ -9,11 +9,16 @@ number, as tar does). Directory metadata is applied at the end, deepest first, s
 creating a child changes the parent's mtime and a read-only directory could not receive
 children.
 
-Regular files are written by a small pool of threads, one file per task: the walk (trees,
-directories, links, specials) stays in the calling thread and queues files a bounded number
-ahead, so file creation, reads, decompression, hashing and writes of several files overlap
-(they release the GIL) and memory stays at a few chunks per thread. Hard-linked files are
-written in the walk's thread, in order, so a link always finds its first name complete.
+Regular files are written by pools of threads: the walk (trees, directories, links, specials)
+stays in the calling thread and queues work a bounded number of tasks ahead, so file creation,
+reads, decompression, hashing and writes overlap (they release the GIL) and memory stays at a
+few chunks per thread. A large file is one task on the file pool. Small files are batched, many
+per task, on a pool of at most one thread per core: one file is ~10 short system calls, and with
+one file per task and more threads than cores, the threads spent more time handing the GIL to
+each other (futex storms, system time) than writing. Results are collected in walk order, so the
+report, the progress and the `restore-file` crashpoint see files in the same order as before.
+Hard-linked files are written in the walk's thread, in order, so a link always finds its first
+name complete. Trees are released once the write walk has used them (bounded memory).
 
 With `writeback` (PostgreSQL restores), written data is handed to the disk as it goes
 (Linux sync_file_range, asynchronous, as PostgreSQL's own writeback does), not left dirty in
@@ -54,6 +59,11 @@ from protectctl.restore.selection import Selected, TreeReader
 # cores hide that latency.
 _WORKERS = min(8, 2 * (os.cpu_count() or 1) + 2)
 _QUEUED = 2 * _WORKERS
+# Small files: batched, at most this many files or bytes per task, on one thread per core (max 4).
+_SMALL_FILE = 256 << 10
+_BATCH_FILES = 128
+_BATCH_BYTES = 4 << 20
+_SMALL_WORKERS = max(1, min(4, os.cpu_count() or 1))
 _ZEROS = bytes(1 << 20)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _XATTR_SKIP = {errno.ENOTSUP, errno.EPERM, errno.EACCES}
@@ -86,6 +96,19 @@ def _writeback_function() -> Callable[[int, int, int], None]:
 
 
 _start_writeback = _writeback_function()
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One regular file for a pool thread to write: where (a dir fd the task owns), what, its path."""
+
+    dir_fd: int
+    name: bytes
+    node: Node
+    parts: tuple[bytes, ...]
+
+
+_Outcome = bytes | None | OSError | ProtectctlError
 
 
 @dataclass(slots=True)
@@ -133,14 +156,25 @@ class FsRestorer:
         self.reader = reader
         self.keep_done = keep_done  # resuming: keep files an earlier run of this restore finished
         self._writeback = _start_writeback if writeback else None
-        self.new_hasher = new_hasher
+        # A copy of a keyed hasher made once: cheaper per file than keying one anew.
+        template = new_hasher()
+        copy = getattr(template, "copy", None)
+        self.new_hasher: Callable[[], Hasher] = copy if callable(copy) else new_hasher
         self.overwrite = overwrite
         self.progress = progress or NullProgress()
         self.owners = os.geteuid() == 0
         self.report = RestoreReport()
         self._links: dict[tuple[int, int], tuple[bytes, ...]] = {}
         self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="restore")
-        self._tasks: deque[tuple[tuple[bytes, ...], Node, Future[bytes | None]]] = deque()
+        self._small_pool = ThreadPoolExecutor(max_workers=_SMALL_WORKERS, thread_name_prefix="restore-small")
+        # Submitted work in walk order: each task's files and its future (a list of outcomes).
+        self._tasks: deque[tuple[list[_Item], Future[list[_Outcome]], bool]] = deque()
+        self._batch: list[_Item] = []  # small files not yet submitted
+        self._batch_bytes = 0
+        self._batch_fds: dict[int, int] = {}  # walk's dir fd -> the batch's own dup of it
+        self._small_queued = 0
+        # Optional reader capability (CachedTrees): drop a tree once the write walk has used it.
+        self._forget_tree: Callable[[BlobId], None] | None = getattr(reader, "forget_tree", None)
         self._dirs: dict[tuple[bytes, ...], Node] = {}  # metadata applied at the end
         self._root_fd = -1
         # Blobs of a file whose whole content is hashed and checked need no id re-hash each.
@@ -156,8 +190,11 @@ class FsRestorer:
         try:
             for item in selection:
                 self._restore_selected(item, self._dirs)
+            self._submit_batch()
             self._wait_files(0)
         finally:
+            self._drop_batch()
+            self._small_pool.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
         # Deepest first: a parent's mtime must be set after its children's changes.
         for parts in sorted(self._dirs, key=len, reverse=True):
@@ -176,6 +213,7 @@ class FsRestorer:
         except (OSError, ProtectctlError) as err:
             self._fail(item.parts, err)
         finally:
+            self._batch_fds_release(fd)  # before the number can name another directory
             os.close(fd)
 
     def _guard(self, parts: tuple[bytes, ...], action: Callable[[], None]) -> None:
@@ -209,10 +247,14 @@ class FsRestorer:
         fd = make_dir(dir_fd, node.name, replace=self.overwrite)
         try:
             if node.subtree is not None:
-                for child in self.reader.load_tree(node.subtree).nodes:
+                nodes = self.reader.load_tree(node.subtree).nodes
+                if self._forget_tree is not None:
+                    self._forget_tree(node.subtree)  # this walk is the last to need it
+                for child in nodes:
                     child_parts = parts + (child.name,)
                     self._guard(child_parts, partial(self._restore_node, fd, child, child_parts))
         finally:
+            self._batch_fds_release(fd)
             os.close(fd)
         self._dirs[parts] = node
         self.report.dirs += 1
@@ -251,29 +293,102 @@ class FsRestorer:
             self._finish_file(parts, node, self._write_file(dir_fd, name, node, parts))
             self._links.setdefault(key, parts)
             return
+        if node.size <= _SMALL_FILE:
+            self._add_small(dir_fd, name, node, parts)
+            return
+        self._submit_batch()  # walk order: the small files before this one go first
         task_fd = os.dup(dir_fd)
+        item = _Item(task_fd, name, node, parts)
         try:
-            future = self._pool.submit(self._file_task, task_fd, name, node, parts)
+            future = self._pool.submit(self._files_task, [item], close=True)
         except BaseException:
             os.close(task_fd)
             raise
-        self._tasks.append((parts, node, future))
+        self._tasks.append(([item], future, False))
         self._wait_files(_QUEUED)
 
-    def _file_task(self, dir_fd: int, name: bytes, node: Node, parts: tuple[bytes, ...]) -> bytes | None:
-        try:
-            return self._write_file(dir_fd, name, node, parts)
-        finally:
-            os.close(dir_fd)
+    def _add_small(self, dir_fd: int, name: bytes, node: Node, parts: tuple[bytes, ...]) -> None:
+        task_fd = self._batch_fds.get(dir_fd)
+        if task_fd is None:
+            task_fd = self._batch_fds[dir_fd] = os.dup(dir_fd)
+        self._batch.append(_Item(task_fd, name, node, parts))
+        self._batch_bytes += node.size
+        if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
+            self._submit_batch()
 
-    def _wait_files(self, keep: int) -> None:
-        """Collect finished file tasks in order; block on the oldest while more than `keep` are queued."""
-        while self._tasks and (len(self._tasks) > keep or self._tasks[0][2].done()):
-            parts, node, future = self._tasks.popleft()
+    def _batch_fds_release(self, dir_fd: int) -> None:
+        """The walk closes `dir_fd`: the batch holding files in it goes (it owns its own dup), as
+        the batch's fds are found by the walk's fd number, which the kernel reuses."""
+        if dir_fd in self._batch_fds:
+            self._submit_batch()
+
+    def _submit_batch(self) -> None:
+        if not self._batch:
+            return
+        items, fds = self._batch, list(self._batch_fds.values())
+        self._batch, self._batch_bytes, self._batch_fds = [], 0, {}
+        try:
+            future = self._small_pool.submit(self._batch_task, items, fds)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._small_queued += 1
+        self._tasks.append((items, future, True))
+        self._wait_files(_QUEUED, small=2 * _SMALL_WORKERS)
+
+    def _drop_batch(self) -> None:
+        """Close the fds of a batch never submitted (the walk failed)."""
+        for fd in self._batch_fds.values():
+            os.close(fd)
+        self._batch, self._batch_bytes, self._batch_fds = [], 0, {}
+
+    def _batch_task(self, items: list[_Item], fds: list[int]) -> list[_Outcome]:
+        try:
+            return self._files_task(items, close=False)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _files_task(self, items: list[_Item], *, close: bool) -> list[_Outcome]:
+        """Write each file of `items` (in a pool thread); one outcome each: a digest or the error."""
+        outcomes: list[_Outcome] = []
+        try:
+            for item in items:
+                try:
+                    outcomes.append(self._write_file(item.dir_fd, item.name, item.node, item.parts))
+                except (OSError, ProtectctlError) as err:
+                    outcomes.append(err)
+        finally:
+            if close:
+                for item in items:
+                    os.close(item.dir_fd)
+        return outcomes
+
+    def _wait_files(self, keep: int, *, small: int | None = None) -> None:
+        """Collect finished tasks in order; block on the oldest while more than `keep` tasks (or
+        more than `small` batches of small files) are queued."""
+        while self._tasks and (
+            len(self._tasks) > keep
+            or (small is not None and self._small_queued > small)
+            or self._tasks[0][1].done()
+        ):
+            items, future, is_batch = self._tasks.popleft()
+            self._small_queued -= is_batch
+            self._collect(items, future)
+
+    def _collect(self, items: list[_Item], future: Future[list[_Outcome]]) -> None:
+        try:
+            outcomes: list[_Outcome] = future.result()
+        except (OSError, ProtectctlError) as err:
+            outcomes = [err] * len(items)
+        for item, outcome in zip(items, outcomes, strict=True):
             try:
-                self._finish_file(parts, node, future.result())
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self._finish_file(item.parts, item.node, outcome)
             except (OSError, ProtectctlError) as err:
-                self._fail(parts, err)
+                self._fail(item.parts, err)
 
     def _write_file(self, dir_fd: int, name: bytes, node: Node, parts: tuple[bytes, ...]) -> bytes | None:
         """Create and fill one file, apply its metadata; the digest of what was written (None when

@@ -54,6 +54,10 @@ class CachedTrees:
                 self._trees[blob_id] = tree
         return tree
 
+    def forget_tree(self, blob_id: BlobId) -> None:
+        """The last walk is done with this tree: free it (memory bounded whatever the tree count)."""
+        self._trees.pop(blob_id, None)
+
     def load_blob(self, blob_id: BlobId) -> bytes:
         return self._reader.load_blob(blob_id)
 

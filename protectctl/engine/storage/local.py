@@ -89,16 +89,20 @@ class LocalStorage:
         """Read exactly len(out) bytes of a pack from `offset` into `out` (no allocation)."""
         if kind is not ObjectKind.DATA or offset < 0:
             raise ValueError("get_into reads packs, from a non-negative offset")
-        target = self._file(kind, name)
+        with self._packs_lock:  # an open pack: no path built per blob (restores read many small ones)
+            handle = self._packs.get(name)
+            if handle is not None:
+                self._packs.move_to_end(name)
         try:
-            handle = self._pack_handle(target, name)
+            if handle is None:
+                handle = self._pack_handle(self._file(kind, name), name)
             got = os.preadv(handle.fd, [out], offset)
         except FileNotFoundError as err:
             raise ObjectMissingError(f"{self.describe()}: {ObjectKind.DATA}/{name} does not exist") from err
         except OSError as err:
-            raise self._os_error("reading", target, err) from err
+            raise self._os_error("reading", self._file(kind, name), err) from err
         if got != len(out):
-            raise RepositoryError(f"reading {target}: wanted {len(out)} bytes, the object is shorter")
+            raise RepositoryError(f"reading {self._file(kind, name)}: wanted {len(out)} bytes, the object is shorter")
 
     def _pack_handle(self, target: Path, name: str) -> _OpenFile:
         with self._packs_lock:
