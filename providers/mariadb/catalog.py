@@ -23,22 +23,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal
 
 from protectctl.errors import RestoreError
-
-
-class PointLike(Protocol):
-    @property
-    def id(self) -> str: ...
-    @property
-    def time(self) -> datetime: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def extra(self) -> Mapping[str, object]: ...
-    @property
-    def complete(self) -> bool: ...
+from protectctl.providers._common import PointLike, merged_spans
+from protectctl.providers._common import iso_time as _dt
+from protectctl.providers._common import maps as _maps
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +105,7 @@ class Catalog:
     gaps: tuple[Gap, ...]
 
     def merged(self) -> list[tuple[datetime, datetime]]:
-        spans: list[tuple[datetime, datetime]] = []
-        for w in sorted(self.windows, key=lambda w: w.start):
-            if spans and w.start <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], max(spans[-1][1], w.end))
-            else:
-                spans.append((w.start, w.end))
-        return spans
+        return merged_spans([(w.start, w.end) for w in self.windows])
 
     def shipped(self) -> set[tuple[str, str, int]]:
         """(origin, name, created) of every stored binlog: a sync ships what is not among them."""
@@ -143,10 +127,6 @@ class RestorePlan:
     note: str = ""
 
 
-def _dt(value: object) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
-
-
 def _epoch(value: object) -> datetime | None:
     return datetime.fromtimestamp(int(value), UTC) if isinstance(value, int) and value > 0 else None
 
@@ -163,10 +143,6 @@ def _seq(name: str) -> int | None:
 def _facts(point: PointLike) -> Mapping[str, object] | None:
     facts = point.extra.get("mariadb")
     return facts if isinstance(facts, Mapping) else None
-
-
-def _maps(value: object) -> list[Mapping[str, object]]:
-    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
 
 
 def _strs(value: object) -> tuple[str, ...]:

@@ -20,12 +20,13 @@ what it replicates (``log_slave_updates``), so its binlogs continue the primary'
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from protectctl.errors import ProviderError
 from protectctl.provider import JobPlacement, RestoreRequest, SnapshotKind
+from protectctl.providers._common import Node, is_pair, pair_node_spec, pair_nodes
 from protectctl.providers.mariadb import server as my
 from protectctl.providers.mariadb.server import Server
 
@@ -33,42 +34,13 @@ Role = Literal["primary", "replica"]
 NODE_KEYS = ("data_dir", "socket")
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    host: str
-    spec: dict[str, object]  # one server's spec, as the provider's other code takes it
-    state_dir: Path | None
-
-
-def is_pair(spec: Mapping[str, object]) -> bool:
-    return isinstance(spec.get("nodes"), list) and bool(spec.get("nodes"))
-
-
 def nodes(spec: Mapping[str, object]) -> list[Node]:
-    raw = spec.get("nodes")
-    base = {k: v for k, v in spec.items() if k not in ("nodes", "node")}
-    out = []
-    for entry in raw if isinstance(raw, list) else []:
-        if not isinstance(entry, Mapping):
-            continue
-        own = dict(base)
-        for key in NODE_KEYS:
-            if entry.get(key) is not None:
-                own[key] = entry[key]
-        state = entry.get("state_dir")
-        out.append(Node(str(entry["host"]), own, Path(str(state)) if state else None))
-    return out
+    return pair_nodes(spec, NODE_KEYS)
 
 
 def node_spec(spec: Mapping[str, object]) -> Mapping[str, object]:
     """The spec of the node a host's source config names (apply's prepare); else `spec` itself."""
-    here = spec.get("node")
-    if not is_pair(spec) or here is None:
-        return spec
-    for node in nodes(spec):
-        if node.host == here:
-            return node.spec
-    raise ProviderError(f"host {here!r} is not one of the pair's hosts")
+    return pair_node_spec(spec, NODE_KEYS)
 
 
 def role(spec: Mapping[str, object]) -> Role | None:

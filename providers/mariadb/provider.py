@@ -39,6 +39,7 @@ from protectctl.provider import (
     SpecProblem,
     Traits,
 )
+from protectctl.providers._common import data_dir_identity, pair_source_spec
 from protectctl.providers.mariadb.spec import MariadbMember
 
 if TYPE_CHECKING:
@@ -80,30 +81,10 @@ class MariadbProvider:
         agent keeps state. Which server is primary is only known when a job runs (pair.py)."""
         from protectctl.providers.mariadb.pair import NODE_KEYS
 
-        out = dict(spec)
-        per_host = out.pop("per_host", None)
-        if hosts is None:
-            return out
-        overrides = per_host if isinstance(per_host, Mapping) else {}
-        nodes: list[dict[str, object]] = []
-        for host, state_dir in hosts.items():
-            own = overrides.get(host)
-            own = own if isinstance(own, Mapping) else {}
-            node: dict[str, object] = {"host": host, "state_dir": state_dir}
-            for key in NODE_KEYS:
-                value = own.get(key)
-                node[key] = value if value is not None else out.get(key)
-            nodes.append(node)
-        out["nodes"] = nodes
-        return out
+        return pair_source_spec(spec, hosts, NODE_KEYS, state_dir_first=True)
 
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:
-        import posixpath
-
-        per_host = spec.get("per_host")
-        node = per_host.get(host) if isinstance(per_host, Mapping) else None
-        data_dir = node.get("data_dir") if isinstance(node, Mapping) else None
-        return posixpath.normpath(str(data_dir or spec.get("data_dir") or ""))
+        return data_dir_identity(spec, host)
 
     def place_job(self, source: str, spec: Mapping[str, object], kind: Literal["sync", "full"],
                   state_dir: Path) -> JobPlacement:

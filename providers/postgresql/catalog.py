@@ -26,24 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal
 
 from protectctl.errors import RestoreError
+from protectctl.providers._common import PointLike, merged_spans
+from protectctl.providers._common import iso_time as _dt
+from protectctl.providers._common import maps as _maps
 
 DEFAULT_SEGMENT_SIZE = 16 << 20
-
-
-class PointLike(Protocol):
-    @property
-    def id(self) -> str: ...
-    @property
-    def time(self) -> datetime: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def extra(self) -> Mapping[str, object]: ...
-    @property
-    def complete(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +99,7 @@ class Catalog:
 
     def merged(self) -> list[tuple[datetime, datetime]]:
         """The recoverable time spans, overlapping windows merged."""
-        spans: list[tuple[datetime, datetime]] = []
-        for w in sorted(self.windows, key=lambda w: w.start):
-            if spans and w.start <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], max(spans[-1][1], w.end))
-            else:
-                spans.append((w.start, w.end))
-        return spans
+        return merged_spans([(w.start, w.end) for w in self.windows])
 
     def wal_point_of(self, name: str) -> str | None:
         for files in self.files.values():
@@ -134,10 +118,6 @@ class RestorePlan:
     files: tuple[tuple[str, str], ...]  # (WAL file name, point id holding it) to stage, in order
     note: str = ""
     extra_names: tuple[str, ...] = field(default=())
-
-
-def _dt(value: object) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
 
 
 def _t(value: datetime | None) -> str:
@@ -188,10 +168,6 @@ def build_catalog(points: Iterable[PointLike]) -> Catalog:
     dropped_names = {str(d.get("name")) for d in drops}
     return Catalog(segment_size, tuple(bases), by_segno, history, tuple(windows),
                    tuple(_gaps(by_segno, bases, segment_size, dropped_names)), tuple(drops), tuple(unusable))
-
-
-def _maps(value: object) -> list[Mapping[str, object]]:
-    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
 
 
 def _base(point: PointLike, base: Mapping[str, object]) -> BaseBackup:

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from protectctl.errors import ProviderError
 from protectctl.provider import BlobId, JobPlacement, RestoreRequest, SnapshotKind, SnapshotSink, Tree, file_node
+from protectctl.providers._common import Node, is_pair, pair_node_spec, pair_nodes
 from protectctl.providers.postgresql import cluster as pg
 from protectctl.providers.postgresql.cluster import Cluster
 
@@ -38,44 +39,14 @@ Role = Literal["primary", "standby"]
 _NODE_KEYS = ("data_dir", "port", "socket_dir", "spool_dir")
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    host: str
-    spec: dict[str, object]  # a single cluster's spec, as the provider's other code takes it
-    state_dir: Path | None
-
-
-def is_pair(spec: Mapping[str, object]) -> bool:
-    return isinstance(spec.get("nodes"), list) and bool(spec.get("nodes"))
-
-
 def nodes(spec: Mapping[str, object]) -> list[Node]:
     """The pair's nodes, each with its own single-cluster spec."""
-    raw = spec.get("nodes")
-    base = {k: v for k, v in spec.items() if k not in ("nodes", "node")}
-    out = []
-    for entry in raw if isinstance(raw, list) else []:
-        if not isinstance(entry, Mapping):
-            continue
-        own = dict(base)
-        for key in _NODE_KEYS:
-            if entry.get(key) is not None:
-                own[key] = entry[key]
-        own["pair_node"] = str(entry["host"])
-        state = entry.get("state_dir")
-        out.append(Node(str(entry["host"]), own, Path(str(state)) if state else None))
-    return out
+    return pair_nodes(spec, _NODE_KEYS, mark=True)
 
 
 def node_spec(spec: Mapping[str, object]) -> Mapping[str, object]:
     """The spec of the node a host's source config names (for apply's prepare); else `spec` itself."""
-    here = spec.get("node")
-    if not is_pair(spec) or here is None:
-        return spec
-    for node in nodes(spec):
-        if node.host == here:
-            return node.spec
-    raise ProviderError(f"host {here!r} is not one of the pair's hosts")
+    return pair_node_spec(spec, _NODE_KEYS, mark=True)
 
 
 def role(cluster: Cluster) -> Role | None:

@@ -42,6 +42,7 @@ from protectctl.provider import (
     SpecProblem,
     Traits,
 )
+from protectctl.providers._common import data_dir_identity, pair_source_spec
 from protectctl.providers.postgresql.spec import PostgresqlMember
 
 if TYPE_CHECKING:
@@ -96,31 +97,10 @@ class PostgresqlProvider:
     def source_spec(self, spec: Mapping[str, object], hosts: Mapping[str, str] | None) -> dict[str, object]:
         """A pair's spec gets `nodes`: each host's cluster (member defaults + perHost) and where its
         agent keeps state. Which node is primary is only known when a job runs (pair.py)."""
-        out = dict(spec)
-        per_host = out.pop("per_host", None)
-        if hosts is None:
-            return out
-        overrides = per_host if isinstance(per_host, Mapping) else {}
-        nodes: list[dict[str, object]] = []
-        for host, state_dir in hosts.items():
-            own = overrides.get(host)
-            own = own if isinstance(own, Mapping) else {}
-            node: dict[str, object] = {"host": host}
-            for key in _NODE_KEYS:
-                value = own.get(key)
-                node[key] = value if value is not None else out.get(key)
-            node["state_dir"] = state_dir
-            nodes.append(node)
-        out["nodes"] = nodes
-        return out
+        return pair_source_spec(spec, hosts, _NODE_KEYS)
 
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:
-        import posixpath
-
-        per_host = spec.get("per_host")
-        node = per_host.get(host) if isinstance(per_host, Mapping) else None
-        data_dir = node.get("data_dir") if isinstance(node, Mapping) else None
-        return posixpath.normpath(str(data_dir or spec.get("data_dir") or ""))
+        return data_dir_identity(spec, host)
 
     def services(self, spec: Mapping[str, object]) -> list[Service]:
         return [Service("stream", "WAL streaming", ("wal-stream",))] if spec.get("streaming") else []
