@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import grp
 import logging
 import os
-import pwd
 import stat
 import sys
 import threading
@@ -34,7 +32,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from protectctl.browse.view import FileContent, PointTrees
@@ -44,6 +41,7 @@ from protectctl.engine.points import Point
 from protectctl.engine.repository import Repository
 from protectctl.engine.tree import Node, NodeType
 from protectctl.errors import ProtectctlError
+from protectctl.restore.fs import stored_gid, stored_uid
 
 log = logging.getLogger(__name__)
 
@@ -124,22 +122,6 @@ class _Source:
     points: list[Point]
     by_time: dict[str, Point]
     scanned: float
-
-
-@lru_cache(maxsize=4096)
-def _uid(name: str | None, fallback: int) -> int:
-    try:
-        return pwd.getpwnam(name).pw_uid if name else fallback
-    except KeyError:
-        return fallback
-
-
-@lru_cache(maxsize=4096)
-def _gid(name: str | None, fallback: int) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid if name else fallback
-    except KeyError:
-        return fallback
 
 
 def point_names(points: Sequence[Point]) -> dict[str, Point]:
@@ -366,7 +348,7 @@ def _enoent() -> OSError:
 def _stat(node: Node) -> dict[str, int]:
     blocks = (node.size - sum(length for _, length in node.holes) + 511) // 512
     return {"st_mode": _TYPE_BITS[node.type] | stat.S_IMODE(node.mode), "st_nlink": max(node.nlink, 1),
-            "st_uid": _uid(node.user, node.uid), "st_gid": _gid(node.group, node.gid),
+            "st_uid": stored_uid(node.user, node.uid), "st_gid": stored_gid(node.group, node.gid),
             "st_size": len(node.link_target) if node.type is NodeType.SYMLINK and node.link_target else node.size,
             "st_blocks": blocks, "st_mtime": node.mtime_ns, "st_atime": node.atime_ns, "st_ctime": node.ctime_ns,
             "st_rdev": node.rdev}

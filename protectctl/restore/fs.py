@@ -125,7 +125,8 @@ class RestoreReport:
 
 
 @lru_cache(maxsize=4096)
-def _uid(name: str | None, fallback: int) -> int:
+def stored_uid(name: str | None, fallback: int) -> int:
+    """The uid of a node's stored owner name on this host, else its stored number (restore, mount)."""
     try:
         return pwd.getpwnam(name).pw_uid if name else fallback
     except KeyError:
@@ -133,7 +134,8 @@ def _uid(name: str | None, fallback: int) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _gid(name: str | None, fallback: int) -> int:
+def stored_gid(name: str | None, fallback: int) -> int:
+    """The gid of a node's stored group name on this host, else its stored number."""
     try:
         return grp.getgrnam(name).gr_gid if name else fallback
     except KeyError:
@@ -479,7 +481,7 @@ class FsRestorer:
     def _apply_name_meta(self, dir_fd: int, name: bytes, node: Node, *, mode: bool) -> None:
         """Metadata of an entry that cannot be opened for it (a symlink, a FIFO, a device)."""
         if self.owners:
-            uid, gid = _uid(node.user, node.uid), _gid(node.group, node.gid)
+            uid, gid = stored_uid(node.user, node.uid), stored_gid(node.group, node.gid)
             os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
         if mode:
             # Just created by us and not a symlink, so following is moot; Linux has no lchmod.
@@ -558,7 +560,7 @@ class FsRestorer:
     def _apply_fd_meta(self, fd: int, node: Node, parts: tuple[bytes, ...]) -> None:
         """Owner, then mode (chown clears set-id bits), xattrs, and times last."""
         if self.owners:
-            os.fchown(fd, _uid(node.user, node.uid), _gid(node.group, node.gid))
+            os.fchown(fd, stored_uid(node.user, node.uid), stored_gid(node.group, node.gid))
         os.fchmod(fd, node.mode)
         for key, value in node.xattrs:
             try:
