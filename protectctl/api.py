@@ -44,8 +44,13 @@ class ValidateResult:
     warnings: tuple[str, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {"format_version": "1.0", "valid": True, "policy_dir": str(self.policy_dir),
-                "documents": self.documents, "warnings": list(self.warnings)}
+        return {
+            "format_version": "1.0",
+            "valid": True,
+            "policy_dir": str(self.policy_dir),
+            "documents": self.documents,
+            "warnings": list(self.warnings),
+        }
 
 
 @contextmanager
@@ -155,14 +160,28 @@ def estimates(policy: Policy) -> list[GroupEstimate]:
         sla_doc = policy.get(Kind.SLA, spec.sla)
         assert sla_doc is not None and isinstance(sla_doc.spec, SLASpec)
         sla = sla_doc.spec
-        e = estimate(size=spec.size_hint, change_rate=spec.change_rate, sync=sla.sync, full=sla.full,
-                     disk_retention=sla.retention.disk, long_term=long_term_snapshots(sla))
+        e = estimate(
+            size=spec.size_hint,
+            change_rate=spec.change_rate,
+            sync=sla.sync,
+            full=sla.full,
+            disk_retention=sla.retention.disk,
+            long_term=long_term_snapshots(sla),
+        )
         n = len(spec.members)
-        out.append(GroupEstimate(
-            group=doc.name, sla=spec.sla, sources=n, bytes_per_full=e.bytes_per_full,
-            points_per_snapshot=e.points_per_snapshot, snapshots_retained=e.snapshots_retained,
-            points_total=e.points_total, points_all_sources=e.points_total * n,
-            disk_bytes=e.disk_bytes * n if e.disk_bytes is not None else None))
+        out.append(
+            GroupEstimate(
+                group=doc.name,
+                sla=spec.sla,
+                sources=n,
+                bytes_per_full=e.bytes_per_full,
+                points_per_snapshot=e.points_per_snapshot,
+                snapshots_retained=e.snapshots_retained,
+                points_total=e.points_total,
+                points_all_sources=e.points_total * n,
+                disk_bytes=e.disk_bytes * n if e.disk_bytes is not None else None,
+            )
+        )
     return out
 
 
@@ -234,8 +253,10 @@ def state_migrate(policy_dir: Path, to: str, lock_timeout_s: float) -> tuple[str
     policy = load(policy_dir)
     settings = settings_of(policy).state
     if to == settings.backend:
-        raise StateError(f"the state is already in the {to} backend",
-                         hint="name another backend with --to; set its fields in Settings.spec.state first")
+        raise StateError(
+            f"the state is already in the {to} backend",
+            hint="name another backend with --to; set its fields in Settings.spec.state first",
+        )
     source = open_state_backend(policy, settings)
     target = open_state_backend(policy, settings, to)
     lineage, serial = migrate(source, target, lock_timeout_s=lock_timeout_s)
@@ -294,9 +315,10 @@ def observe(state: State, *, remote: bool = False) -> Observations:
                     _close(storage)
             except (ProtectctlError, OSError) as err:
                 why = err.message if isinstance(err, ProtectctlError) else (err.strerror or str(err))
-                raise PlanError(f"cannot tell whether {address} holds recovery points: {why}",
-                                hint="make its host reachable, or pass --delete-data to destroy it with its data") \
-                    from None
+                raise PlanError(
+                    f"cannot tell whether {address} holds recovery points: {why}",
+                    hint="make its host reachable, or pass --delete-data to destroy it with its data",
+                ) from None
     return Observations(storage_points=points)
 
 
@@ -321,8 +343,9 @@ def drift(state: State, warnings: list[str] | None = None) -> dict[str, str]:
     hosts = {a.split(".", 1)[1]: rec.inputs for a, rec in state.resources.items() if rec.kind == "host"}
     by_host: dict[str, list[tuple[str, Any]]] = {}
     for address, rec in state.resources.items():
-        if rec.host is not None and (rec.outputs.get("files") or rec.outputs.get("install")
-                                     or rec.outputs.get("secret_files")):
+        if rec.host is not None and (
+            rec.outputs.get("files") or rec.outputs.get("install") or rec.outputs.get("secret_files")
+        ):
             by_host.setdefault(rec.host, []).append((address, rec))
 
     def read_host(host: str) -> tuple[dict[str, str], str | None]:
@@ -362,8 +385,10 @@ def _drift_of(conn: Any, rec: Any) -> list[str]:
         if marker is None:
             problems.append(f"the agent in {venv} is missing")
         elif marker != installed:
-            problems.append(f"the agent in {venv} is {marker.get('version')} (digest {marker.get('digest')}), "
-                            f"apply installed {installed.get('version')} (digest {installed.get('digest')})")
+            problems.append(
+                f"the agent in {venv} is {marker.get('version')} (digest {marker.get('digest')}), "
+                f"apply installed {installed.get('version')} (digest {installed.get('digest')})"
+            )
     for path, want in sorted(rec.outputs.get("files", {}).items()):
         data = conn.read_file(path)
         if data is None:
@@ -377,15 +402,25 @@ def _drift_of(conn: Any, rec: Any) -> list[str]:
     return problems
 
 
-def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, destroy: bool = False,
-              delete_data: bool = False, refresh: bool = False, now: datetime | None = None) -> Plan:
+def make_plan(
+    policy_dir: Path,
+    state: State,
+    *,
+    policy: Policy | None = None,
+    destroy: bool = False,
+    delete_data: bool = False,
+    refresh: bool = False,
+    now: datetime | None = None,
+) -> Plan:
     from dataclasses import replace
 
     from protectctl.plan.diff import make_plan as pure_plan
 
     policy = policy or load(policy_dir)
-    observed = replace(observe(state, remote=destroy and not delete_data),
-                       **tape_observations(policy_dir, policy, state, now or datetime.now(UTC)))
+    observed = replace(
+        observe(state, remote=destroy and not delete_data),
+        **tape_observations(policy_dir, policy, state, now or datetime.now(UTC)),
+    )
     desired = resources(policy)
     refresh_warnings: list[str] = []
     if refresh:
@@ -400,12 +435,20 @@ def make_plan(policy_dir: Path, state: State, *, policy: Policy | None = None, d
             refresh_warnings += paths.result()
     with _gc_paused():
         return pure_plan(
-            desired, state, now=now or datetime.now(UTC), version=__version__,
-            policy_dir=str(policy.root), destroy=destroy, delete_data=delete_data, observed=observed,
+            desired,
+            state,
+            now=now or datetime.now(UTC),
+            version=__version__,
+            policy_dir=str(policy.root),
+            destroy=destroy,
+            delete_data=delete_data,
+            observed=observed,
             estimates=[] if destroy else estimates(policy),
-            warnings=[str(w) for w in policy.warnings] + tape_key_warnings(policy_dir, policy, observed.storage_points)
+            warnings=[str(w) for w in policy.warnings]
+            + tape_key_warnings(policy_dir, policy, observed.storage_points)
             + object_lock_notes(policy)
-            + refresh_warnings)
+            + refresh_warnings,
+        )
 
 
 def object_lock_notes(policy: Policy) -> list[str]:
@@ -419,18 +462,28 @@ def object_lock_notes(policy: Policy) -> list[str]:
         spec = doc.spec
         if isinstance(spec, StorageSpec) and spec.object_lock is not None:
             longest = Duration(lock_retention_s(policy, doc.name))
-            notes.append(f"storage.{doc.name}: object lock {spec.object_lock.mode}: every object a point needs is "
-                         f"locked until the point's retention ends (longest lock set: {longest})")
+            notes.append(
+                f"storage.{doc.name}: object lock {spec.object_lock.mode}: every object a point needs is "
+                f"locked until the point's retention ends (longest lock set: {longest})"
+            )
     return notes
 
 
-def plan(policy_dir: Path, *, out: Path | None = None, destroy: bool = False, delete_data: bool = False,
-         refresh: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Plan:
+def plan(
+    policy_dir: Path,
+    *,
+    out: Path | None = None,
+    destroy: bool = False,
+    delete_data: bool = False,
+    refresh: bool = False,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+) -> Plan:
     policy = load(policy_dir, allow_empty=destroy)
     backend = state_backend(policy_dir, policy)
     with backend.lock("plan", lock_timeout_s):
-        result = make_plan(policy_dir, backend.read(), policy=policy, destroy=destroy, delete_data=delete_data,
-                           refresh=refresh)
+        result = make_plan(
+            policy_dir, backend.read(), policy=policy, destroy=destroy, delete_data=delete_data, refresh=refresh
+        )
     if out is not None:
         save_plan(result, out)
     return result
@@ -457,8 +510,9 @@ def read_plan(path: Path) -> Plan:
     try:
         result = Plan.model_validate_json(raw)
     except ValidationError:
-        raise PlanError(f"{path} is not a protectctl plan file",
-                        hint="make one with `protectctl plan --out FILE`") from None
+        raise PlanError(
+            f"{path} is not a protectctl plan file", hint="make one with `protectctl plan --out FILE`"
+        ) from None
     if result.format_version.split(".")[0] != PLAN_FORMAT.split(".")[0]:
         raise PlanError(f"plan {path} has format {result.format_version}; this protectctl reads {PLAN_FORMAT}")
     return result
@@ -487,20 +541,42 @@ class ApplyReport:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "format_version": "1.0", "applied": self.applied, "failed": self.failed, "hosts": self.by_host(),
-            "results": [{"address": r.address, "action": r.action.value, "outcome": r.outcome.value,
-                         "host": r.host, "message": r.message, "duration_s": round(r.duration_s, 3)}
-                        for r in self.results],
+            "format_version": "1.0",
+            "applied": self.applied,
+            "failed": self.failed,
+            "hosts": self.by_host(),
+            "results": [
+                {
+                    "address": r.address,
+                    "action": r.action.value,
+                    "outcome": r.outcome.value,
+                    "host": r.host,
+                    "message": r.message,
+                    "duration_s": round(r.duration_s, 3),
+                }
+                for r in self.results
+            ],
             "warnings": self.warnings,
-            "inactive_schedules": [{"host": host, "reason": why, "units": sorted(units)}
-                                   for host, (why, units) in sorted(self.inactive_schedules.items())],
+            "inactive_schedules": [
+                {"host": host, "reason": why, "units": sorted(units)}
+                for host, (why, units) in sorted(self.inactive_schedules.items())
+            ],
         }
 
 
-def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[[Plan], bool],
-          parallelism: int = 10, destroy: bool = False, delete_data: bool = False, refresh: bool = False,
-          allow_remove_all: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
-          on_result: Callable[[ResourceResult], None] = lambda r: None) -> ApplyReport:
+def apply(
+    policy_dir: Path,
+    *,
+    plan_file: Path | None = None,
+    confirm: Callable[[Plan], bool],
+    parallelism: int = 10,
+    destroy: bool = False,
+    delete_data: bool = False,
+    refresh: bool = False,
+    allow_remove_all: bool = False,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    on_result: Callable[[ResourceResult], None] = lambda r: None,
+) -> ApplyReport:
     """Plan (or read a saved plan), confirm, then execute it under the state lock.
 
     Raises PlanError for a plan (not a destroy) that removes every schedule, unless
@@ -522,8 +598,9 @@ def apply(policy_dir: Path, *, plan_file: Path | None = None, confirm: Callable[
                 state.lineage = the_plan.lineage
             plan_is_applicable(the_plan, state)
         else:
-            the_plan = make_plan(policy_dir, state, policy=policy, destroy=destroy, delete_data=delete_data,
-                                 refresh=refresh)
+            the_plan = make_plan(
+                policy_dir, state, policy=policy, destroy=destroy, delete_data=delete_data, refresh=refresh
+            )
         if not the_plan.destroy and not allow_remove_all:
             _refuse_stopping_all_protection(the_plan, state)
         report = ApplyReport(the_plan)
@@ -545,9 +622,11 @@ def _refuse_stopping_all_protection(the_plan: Plan, state: State) -> None:
 
     stopped = stops_all_protection(the_plan.changes, state)
     if stopped is not None:
-        raise PlanError(f"refusing to apply: {stopped}",
-                        hint="if the policy was emptied by mistake, restore it; to stop protecting everything, run "
-                             "`protectctl destroy`, or pass --allow-remove-all to apply")
+        raise PlanError(
+            f"refusing to apply: {stopped}",
+            hint="if the policy was emptied by mistake, restore it; to stop protecting everything, run "
+            "`protectctl destroy`, or pass --allow-remove-all to apply",
+        )
 
 
 # --- the data path: run, points, restore, prune, check, status -------------------------
@@ -565,19 +644,31 @@ class SourceTarget:
     agent: bool = False  # read from an agent config: the job may cache its derived key (engine/keycache.py)
 
 
-def sources(policy_dir: Path, *, agent_config: Path | None, group: str | None = None,
-            member: str | None = None, include_remote: bool = False) -> list[SourceTarget]:
+def sources(
+    policy_dir: Path,
+    *,
+    agent_config: Path | None,
+    group: str | None = None,
+    member: str | None = None,
+    include_remote: bool = False,
+) -> list[SourceTarget]:
     """The sources a job acts on: from the agent config on a host, or from the policy.
 
     `include_remote` (restore, points): also sources of SSH hosts, read from the control
     machine with its own rights on the repository (sftp storage)."""
-    found = _sources_from_agent(agent_config) if agent_config \
+    found = (
+        _sources_from_agent(agent_config)
+        if agent_config
         else _sources_from_policy(policy_dir, include_remote=include_remote)
-    chosen = [s for s in found if (group is None or s.inputs["group"] == group)
-              and (member is None or s.inputs["member"] == member)]
+    )
+    chosen = [
+        s
+        for s in found
+        if (group is None or s.inputs["group"] == group) and (member is None or s.inputs["member"] == member)
+    ]
     if not chosen:
         what = f"{group}/{member}" if member else (group or "any source")
-        known = ", ".join(sorted({str(s.inputs['source']) for s in found})) or "none"
+        known = ", ".join(sorted({str(s.inputs["source"]) for s in found})) or "none"
         raise ProtectctlError(f"no source matches {what}", hint=f"sources here: {known}")
     return chosen
 
@@ -603,8 +694,11 @@ def _sources_from_policy(policy_dir: Path, *, include_remote: bool = False) -> l
                 inputs["storage"] = {"name": name, **_storage_inputs(policy, name)}
                 out.append(SourceTarget(inputs, policy.root / ".protectctl" / "remote" / host, host, remote=True))
             continue  # jobs run on the host that holds the data
-        out.append(SourceTarget(dict(r.inputs), Path(str(agents[host]["state_dir"])), host,
-                                metrics_path=_metrics_path(agents[host])))
+        out.append(
+            SourceTarget(
+                dict(r.inputs), Path(str(agents[host]["state_dir"])), host, metrics_path=_metrics_path(agents[host])
+            )
+        )
     return out
 
 
@@ -620,8 +714,11 @@ def _sources_from_agent(agent_config: Path) -> list[SourceTarget]:
     out = []
     for path in sorted(Path(str(agent["sources_dir"])).glob("*.yaml")):
         inputs = read_yaml_mapping(path, "source config")
-        out.append(SourceTarget(inputs, Path(str(agent["state_dir"])), str(agent["host"]),
-                                metrics_path=_metrics_path(agent), agent=True))
+        out.append(
+            SourceTarget(
+                inputs, Path(str(agent["state_dir"])), str(agent["host"]), metrics_path=_metrics_path(agent), agent=True
+            )
+        )
     return out
 
 
@@ -637,8 +734,9 @@ def prepare_on_agent(source_config: Path, *, agent_config: Path | None) -> Any:
     provider = load_provider(str(inputs["provider"]))
     if not isinstance(provider, HostPreparer):
         return PrepareOutcome()
-    return provider.prepare_host(PrepareRequest(str(inputs["source"]), dict(inputs["spec"]),
-                                                Path(str(agent["state_dir"]))))
+    return provider.prepare_host(
+        PrepareRequest(str(inputs["source"]), dict(inputs["spec"]), Path(str(agent["state_dir"])))
+    )
 
 
 def source_job(target: SourceTarget) -> Any:
@@ -656,16 +754,26 @@ def source_job(target: SourceTarget) -> Any:
 
         window = TimeWindow.parse(str(throttle["during"])).contains
     return SourceJob(
-        source=str(i["source"]), provider=str(i["provider"]), spec=dict(i["spec"]),
-        storage=open_storage(i["storage"]), passphrase=passphrase_reader(i["storage"]),
-        state_dir=target.state_dir, host=target.host, retention=RetentionSpec(**i["retention"]),
-        pre_script=scripts.get("pre"), post_script=scripts.get("post"),
+        source=str(i["source"]),
+        provider=str(i["provider"]),
+        spec=dict(i["spec"]),
+        storage=open_storage(i["storage"]),
+        passphrase=passphrase_reader(i["storage"]),
+        state_dir=target.state_dir,
+        host=target.host,
+        retention=RetentionSpec(**i["retention"]),
+        pre_script=scripts.get("pre"),
+        post_script=scripts.get("post"),
         script_timeout_s=int(scripts.get("timeout_s", 600)),
-        throttle_bps=throttle.get("rate_bps"), throttle_window=window,
-        sync_interval_s=int(i["sync_interval_s"]), full_interval_s=int(i["full_interval_s"]),
+        throttle_bps=throttle.get("rate_bps"),
+        throttle_window=window,
+        sync_interval_s=int(i["sync_interval_s"]),
+        full_interval_s=int(i["full_interval_s"]),
         parallelism=int(i["parallelism"]) if i.get("parallelism") else None,
         metrics=MetricsTarget(target.metrics_path, target.host, __version__) if target.metrics_path else None,
-        remote=target.remote, key_cache=_agent_key_cache(i["storage"], target.state_dir) if target.agent else None)
+        remote=target.remote,
+        key_cache=_agent_key_cache(i["storage"], target.state_dir) if target.agent else None,
+    )
 
 
 def _agent_key_cache(storage: dict[str, Any], state_dir: Path) -> Any:
@@ -693,8 +801,9 @@ def passphrase_reader(storage: dict[str, Any]) -> Callable[[], bytes]:
     return lambda: ref.resolve().value
 
 
-def run_backup(policy_dir: Path, kind: str, group: str, member: str | None, *,
-               agent_config: Path | None, progress: Any) -> list[Any]:
+def run_backup(
+    policy_dir: Path, kind: str, group: str, member: str | None, *, agent_config: Path | None, progress: Any
+) -> list[Any]:
     """Run sync or full for the chosen sources; one result per source, a failure included, so
     that one member's failure (a busy lock, a failed pre script) does not stop the others."""
     from protectctl.agent.jobs import run_backup as run
@@ -719,16 +828,26 @@ def _placed(target: SourceTarget, kind: str) -> SourceTarget | BackupSkipped:
     provider = load_provider(str(target.inputs["provider"]))
     if not isinstance(provider, JobPlacer):
         return target
-    placement = provider.place_job(str(target.inputs["source"]), target.inputs["spec"], kind,  # type: ignore[arg-type]
-                                   target.state_dir)
+    placement = provider.place_job(
+        str(target.inputs["source"]),
+        target.inputs["spec"],
+        kind,  # type: ignore[arg-type]
+        target.state_dir,
+    )
     if placement.spec is None:
         return BackupSkipped(str(target.inputs["source"]), kind, placement.reason)
-    return SourceTarget({**target.inputs, "spec": dict(placement.spec)}, placement.state_dir or target.state_dir,
-                        placement.host or target.host, metrics_path=target.metrics_path, agent=target.agent)
+    return SourceTarget(
+        {**target.inputs, "spec": dict(placement.spec)},
+        placement.state_dir or target.state_dir,
+        placement.host or target.host,
+        metrics_path=target.metrics_path,
+        agent=target.agent,
+    )
 
 
-def stream_logs(policy_dir: Path, group: str, member: str, *, agent_config: Path | None,
-                log: Callable[[str], None]) -> None:
+def stream_logs(
+    policy_dir: Path, group: str, member: str, *, agent_config: Path | None, log: Callable[[str], None]
+) -> None:
     """Run a source's log receiver until SIGTERM (the agent's `wal-stream` service), for a
     provider that streams logs (LogStreamer)."""
     from protectctl.provider import LogStreamer, load_provider
@@ -752,8 +871,13 @@ class BackupSkipped:
     skipped: bool = True
 
     def to_json(self) -> dict[str, object]:
-        return {"source": self.source, "requested_kind": self.requested_kind, "ok": True, "skipped": True,
-                "reason": self.reason}
+        return {
+            "source": self.source,
+            "requested_kind": self.requested_kind,
+            "ok": True,
+            "skipped": True,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -767,29 +891,37 @@ class BackupFailure:
     ok: bool = False
 
     def to_json(self) -> dict[str, object]:
-        return {"source": self.source, "requested_kind": self.requested_kind, "ok": False,
-                "error": self.message, "hint": self.hint}
+        return {
+            "source": self.source,
+            "requested_kind": self.requested_kind,
+            "ok": False,
+            "error": self.message,
+            "hint": self.hint,
+        }
 
 
 def storages_of(targets: Sequence[SourceTarget]) -> dict[str, dict[str, Any]]:
     return {str(t.inputs["storage"]["path"]): t.inputs["storage"] for t in targets}
 
 
-def list_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None,
-                include_removed: bool = False) -> PointListing:
+def list_points(
+    policy_dir: Path, selector: str | None, *, agent_config: Path | None, include_removed: bool = False
+) -> PointListing:
     """Readable points of the selected sources, oldest first; damaged manifests as problems.
 
     Points of a source no longer in the policy (its group or member removed) are listed when
     `include_removed` (`points list --all`) or when the selector names it; `removed` names them."""
     from protectctl.agent.jobs import PointListing
 
-    found, problems, removed = _scan_points(policy_dir, selector, agent_config=agent_config,
-                                            include_removed=include_removed)
+    found, problems, removed = _scan_points(
+        policy_dir, selector, agent_config=agent_config, include_removed=include_removed
+    )
     return PointListing(sorted((p for p, _ in found), key=lambda p: p.time), problems, tuple(sorted(removed)))
 
 
-def _scan_points(policy_dir: Path, selector: str | None, *, agent_config: Path | None, include_removed: bool
-                 ) -> tuple[list[tuple[Any, dict[str, Any]]], tuple[str, ...], set[str]]:
+def _scan_points(
+    policy_dir: Path, selector: str | None, *, agent_config: Path | None, include_removed: bool
+) -> tuple[list[tuple[Any, dict[str, Any]]], tuple[str, ...], set[str]]:
     """(point, its storage) of the selected sources, the problems met, the removed sources seen."""
     from protectctl.agent.jobs import scan_points as points_of
     from protectctl.plan.address import SourceRef
@@ -846,10 +978,22 @@ def _policy_storages(policy_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path | None,
-            target: str | None, subpaths: Sequence[str], dry_run: bool, overwrite: bool,
-            progress: Any, from_tape: bool = False, options: dict[str, object] | None = None,
-            delete: bool = False, resume: bool = False) -> Any:
+def restore(
+    policy_dir: Path,
+    source: str,
+    to_time: str,
+    *,
+    agent_config: Path | None,
+    target: str | None,
+    subpaths: Sequence[str],
+    dry_run: bool,
+    overwrite: bool,
+    progress: Any,
+    from_tape: bool = False,
+    options: dict[str, object] | None = None,
+    delete: bool = False,
+    resume: bool = False,
+) -> Any:
     """Restore a source to a time. `options` are the restore options its provider takes
     (RestoreOptions); any other is refused before anything runs. `delete`: remove what the target
     holds beyond the point (with `overwrite`); `resume`: continue an unfinished restore there."""
@@ -866,8 +1010,9 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
     if ref.member is None:
         raise RestoreError(f"restore needs one source, GROUP/MEMBER, not {source!r}")
     try:
-        (job_target,) = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
-                                include_remote=True)
+        (job_target,) = sources(
+            policy_dir, agent_config=agent_config, group=ref.group, member=ref.member, include_remote=True
+        )
     except ProtectctlError:
         if agent_config is not None:
             raise
@@ -889,31 +1034,59 @@ def restore(policy_dir: Path, source: str, to_time: str, *, agent_config: Path |
         else:
             path = Path(target)
     if (delete or resume) and (on_host is not None or from_tape):
-        raise RestoreError("--delete and --resume work for restores from disk onto this machine",
-                           hint="restore here with --target PATH, then copy")
+        raise RestoreError(
+            "--delete and --resume work for restores from disk onto this machine",
+            hint="restore here with --target PATH, then copy",
+        )
     if on_host is not None:
         if from_tape:
-            raise RestoreError("restores from tape write on this machine (the library is here)",
-                               hint="restore to a path here (--target PATH), then copy")
-        return _restore_on_host(policy_dir, job_target, on_host, when, target=path, subpaths=subpaths,
-                                dry_run=dry_run, overwrite=overwrite, options=options or {})
+            raise RestoreError(
+                "restores from tape write on this machine (the library is here)",
+                hint="restore to a path here (--target PATH), then copy",
+            )
+        return _restore_on_host(
+            policy_dir,
+            job_target,
+            on_host,
+            when,
+            target=path,
+            subpaths=subpaths,
+            dry_run=dry_run,
+            overwrite=overwrite,
+            options=options or {},
+        )
     if job_target.remote:  # what is still on that host (e.g. logs not yet shipped) cannot be read from here
         options = {**(options or {}), "source_host_reachable": False}
     job = source_job(job_target)
     if agent_config is not None and from_tape:
-        raise RestoreError("restores from tape run on the control machine, which holds the tape catalog",
-                           hint="run `protectctl -C POLICY_DIR restore ... --from tape` there")
+        raise RestoreError(
+            "restores from tape run on the control machine, which holds the tape catalog",
+            hint="run `protectctl -C POLICY_DIR restore ... --from tape` there",
+        )
     # an agent (--agent-config) restores from its repository; tapes are the control machine's
     copy = None if agent_config is not None else _tape_copy_for_restore(policy_dir, job, when, from_tape=from_tape)
     if copy is not None and (delete or resume):
-        raise RestoreError("--delete and --resume work for restores from disk",
-                           hint="the point is read from tape here: restore to an empty --target")
+        raise RestoreError(
+            "--delete and --resume work for restores from disk",
+            hint="the point is read from tape here: restore to an empty --target",
+        )
     if copy is not None:
         with tape_session(policy_dir, f"restore {source} from tape") as service:
-            return service.restore(job, copy, target=path, subpaths=subpaths, dry_run=dry_run,
-                                   overwrite=overwrite, progress=progress)
-    return run_restore(job, when, target=path, subpaths=subpaths, dry_run=dry_run,
-                       overwrite=overwrite, progress=progress, options=options, delete=delete, resume=resume)
+            return service.restore(
+                job, copy, target=path, subpaths=subpaths, dry_run=dry_run, overwrite=overwrite, progress=progress
+            )
+    return run_restore(
+        job,
+        when,
+        target=path,
+        subpaths=subpaths,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        progress=progress,
+        options=options,
+        delete=delete,
+        resume=resume,
+    )
 
 
 def _removed_target(policy_dir: Path, source: str, target: str | None) -> SourceTarget:
@@ -927,17 +1100,37 @@ def _removed_target(policy_dir: Path, source: str, target: str | None) -> Source
         with found.open_repository() as repo:
             points = repo.scan_points(found.source).points
         root = source_root(found.provider, {}, points[-1]) if points else None
-        raise RestoreError(f"{source} is no longer in the policy: restore it with --target PATH",
-                           hint=f"it was protected at {root}" if root else "`points list --all` shows its points")
+        raise RestoreError(
+            f"{source} is no longer in the policy: restore it with --target PATH",
+            hint=f"it was protected at {root}" if root else "`points list --all` shows its points",
+        )
     group, _, member = found.source.partition("/")
-    inputs: dict[str, Any] = {"source": found.source, "group": group, "member": member, "provider": found.provider,
-                              "spec": {}, "storage": dict(found.storage), "retention": {"keep_within_s": 0},
-                              "sync_interval_s": 900, "full_interval_s": 86400}
+    inputs: dict[str, Any] = {
+        "source": found.source,
+        "group": group,
+        "member": member,
+        "provider": found.provider,
+        "spec": {},
+        "storage": dict(found.storage),
+        "retention": {"keep_within_s": 0},
+        "sync_interval_s": 900,
+        "full_interval_s": 86400,
+    }
     return SourceTarget(inputs, load(policy_dir).root / ".protectctl" / "removed", "local")
 
 
-def _restore_on_host(policy_dir: Path, job_target: SourceTarget, host: str, when: Any, *, target: Path | None,
-                     subpaths: Sequence[str], dry_run: bool, overwrite: bool, options: Mapping[str, object]) -> Any:
+def _restore_on_host(
+    policy_dir: Path,
+    job_target: SourceTarget,
+    host: str,
+    when: Any,
+    *,
+    target: Path | None,
+    subpaths: Sequence[str],
+    dry_run: bool,
+    overwrite: bool,
+    options: Mapping[str, object],
+) -> Any:
     """A restore onto an SSH host, run there by its agent (`agent restore`) with that host's own
     access to the storage: its append-only key (reads are allowed) and its passphrase copy. The
     control machine sends the source's inputs and the instant, already resolved to UTC."""
@@ -962,25 +1155,42 @@ def _restore_on_host(policy_dir: Path, job_target: SourceTarget, host: str, when
     access = by_address.get(Address("access", f"{name}/{host}"))
     secret = by_address.get(Address("secret", f"{storage['key']}/{host}"))
     creds = [by_address.get(Address("secret", f"{name}-s3-{f}/{host}")) for f in ("access-key-id", "secret-access-key")]
-    s3_ready = storage["type"] == "s3" and secret is not None \
+    s3_ready = (
+        storage["type"] == "s3"
+        and secret is not None
         and (all(creds) or not (storage.get("agent_credentials") or storage.get("credentials")))
+    )
     if not s3_ready and (storage["type"] != "sftp" or access is None or secret is None):
-        why = (f"storage {name} is a path on this machine" if storage["type"] == "local"
-               else f"host {host} has no key to storage {name} (no member of it is protected there)")
-        raise RestoreError(f"host {host} cannot read {job_target.inputs['source']}'s recovery points: {why}",
-                           hint="restore here with --target PATH and copy the result over")
-    request = {"inputs": {**job_target.inputs, "storage": agent_storage(storage, access, secret,
-                                                                             [c for c in creds if c] or None)},
-               "to_time": when if isinstance(when, str) else when.astimezone(UTC).isoformat(),
-               "target": str(target) if target is not None else None, "subpaths": list(subpaths),
-               "dry_run": dry_run, "overwrite": overwrite,
-               "options": {**options, "source_host_reachable": host == job_target.host}}
+        why = (
+            f"storage {name} is a path on this machine"
+            if storage["type"] == "local"
+            else f"host {host} has no key to storage {name} (no member of it is protected there)"
+        )
+        raise RestoreError(
+            f"host {host} cannot read {job_target.inputs['source']}'s recovery points: {why}",
+            hint="restore here with --target PATH and copy the result over",
+        )
+    request = {
+        "inputs": {
+            **job_target.inputs,
+            "storage": agent_storage(storage, access, secret, [c for c in creds if c] or None),
+        },
+        "to_time": when if isinstance(when, str) else when.astimezone(UTC).isoformat(),
+        "target": str(target) if target is not None else None,
+        "subpaths": list(subpaths),
+        "dry_run": dry_run,
+        "overwrite": overwrite,
+        "options": {**options, "source_host_reachable": host == job_target.host},
+    }
     argv = agent_command(str(host_inputs.get("root") or "/"), "agent", "restore")
     hosts = {a.name: dict(r.inputs) for a, r in by_address.items() if a.kind == "host"}
     conn = connect(host, str(host_inputs["address"]), host_inputs, hosts)
     try:
-        status, out, err = conn.exec_bytes(argv, stdin=json.dumps(request).encode(),  # type: ignore[attr-defined]
-                                           timeout_s=7 * 86400)
+        status, out, err = conn.exec_bytes(  # type: ignore[attr-defined]
+            argv,
+            stdin=json.dumps(request).encode(),
+            timeout_s=7 * 86400,
+        )
     finally:
         _close(conn)
     if status != 0:
@@ -999,10 +1209,15 @@ def restore_on_agent(request: Mapping[str, Any], *, agent_config: Path | None) -
     agent = read_yaml_mapping(agent_config, "agent config")
     target = SourceTarget(dict(request["inputs"]), Path(str(agent["state_dir"])), str(agent["host"]))
     when = request["to_time"]
-    return run_restore(source_job(target), when if when == "latest" else datetime.fromisoformat(when),
-                       target=Path(request["target"]) if request.get("target") else None,
-                       subpaths=list(request.get("subpaths") or []), dry_run=bool(request.get("dry_run")),
-                       overwrite=bool(request.get("overwrite")), options=dict(request.get("options") or {}))
+    return run_restore(
+        source_job(target),
+        when if when == "latest" else datetime.fromisoformat(when),
+        target=Path(request["target"]) if request.get("target") else None,
+        subpaths=list(request.get("subpaths") or []),
+        dry_run=bool(request.get("dry_run")),
+        overwrite=bool(request.get("overwrite")),
+        options=dict(request.get("options") or {}),
+    )
 
 
 def recovery_windows(points: Sequence[Any]) -> dict[str, list[str]]:
@@ -1035,19 +1250,29 @@ def _provider_or_none(kind: str) -> Any:
         return None
 
 
-def prune(policy_dir: Path, group: str | None, *, agent_config: Path | None, dry_run: bool,
-          member: str | None = None, progress: Any = None) -> list[Any]:
+def prune(
+    policy_dir: Path,
+    group: str | None,
+    *,
+    agent_config: Path | None,
+    dry_run: bool,
+    member: str | None = None,
+    progress: Any = None,
+) -> list[Any]:
     from protectctl.agent.jobs import prune as run_prune
 
     # from the control machine, remote sources too: prune needs the full rights an agent's
     # append-only key lacks (sftp storage)
-    targets = sources(policy_dir, agent_config=agent_config, group=group, member=member,
-                      include_remote=agent_config is None)
+    targets = sources(
+        policy_dir, agent_config=agent_config, group=group, member=member, include_remote=agent_config is None
+    )
     by_storage: dict[str, list[SourceTarget]] = {}
     for t in targets:
         by_storage.setdefault(str(t.inputs["storage"]["path"]), []).append(t)
-    return [run_prune([source_job(t) for t in group_targets], now=datetime.now(UTC), dry_run=dry_run,
-                      progress=progress) for group_targets in by_storage.values()]
+    return [
+        run_prune([source_job(t) for t in group_targets], now=datetime.now(UTC), dry_run=dry_run, progress=progress)
+        for group_targets in by_storage.values()
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1061,18 +1286,29 @@ class CheckResult:
 
     def to_json(self) -> dict[str, object]:
         r = self.report
-        return {"storage": self.storage, "ok": self.ok, "read_data": r.read_data, "errors": list(r.errors),
-                "warnings": list(r.warnings), "damaged_packs": {k: list(v) for k, v in r.damaged_packs.items()},
-                "damaged_points": list(r.damaged_points),
-                "affected_points": list(r.affected_points),
-                "affected": [{"id": a.id, "source": a.source, "time": a.time.isoformat() if a.time else None}
-                             for a in r.affected], "points_checked": r.points_checked,
-                "packs_checked": r.packs_checked, "blobs_checked": r.blobs_checked}
+        return {
+            "storage": self.storage,
+            "ok": self.ok,
+            "read_data": r.read_data,
+            "errors": list(r.errors),
+            "warnings": list(r.warnings),
+            "damaged_packs": {k: list(v) for k, v in r.damaged_packs.items()},
+            "damaged_points": list(r.damaged_points),
+            "affected_points": list(r.affected_points),
+            "affected": [
+                {"id": a.id, "source": a.source, "time": a.time.isoformat() if a.time else None} for a in r.affected
+            ],
+            "points_checked": r.points_checked,
+            "packs_checked": r.packs_checked,
+            "blobs_checked": r.blobs_checked,
+        }
 
     def summary(self) -> str:
         r = self.report
-        lines = [f"{self.storage}: {r.points_checked} points, {r.packs_checked} packs, {r.blobs_checked} blobs "
-                 f"checked{' (every byte read)' if r.read_data else ''}"]
+        lines = [
+            f"{self.storage}: {r.points_checked} points, {r.packs_checked} packs, {r.blobs_checked} blobs "
+            f"checked{' (every byte read)' if r.read_data else ''}"
+        ]
         lines += [f"  warning: {w}" for w in r.warnings]
         lines += [f"  ERROR: {e}" for e in r.errors]
         if r.damaged_points:
@@ -1088,8 +1324,7 @@ def check_storage(storage: dict[str, Any], *, read_data: bool, progress: Any) ->
     from protectctl.engine.repository import Repository
 
     backend = open_storage(storage)
-    with Repository.open(backend, passphrase_reader(storage)()) as repo, \
-            repo.lock(exclusive=False, command="check"):
+    with Repository.open(backend, passphrase_reader(storage)()) as repo, repo.lock(exclusive=False, command="check"):
         report = repo.check(read_data=read_data, progress=progress)
     return CheckResult(backend.describe(), report)
 
@@ -1104,8 +1339,11 @@ def _named_storages(policy_dir: Path, storage_name: str | None) -> list[dict[str
     from protectctl.policy.model import Kind
 
     policy = load(policy_dir)
-    found = [dict(r.inputs) for r in resources(policy) if r.address.kind == "storage"
-             and (storage_name is None or r.address.name == storage_name)]
+    found = [
+        dict(r.inputs)
+        for r in resources(policy)
+        if r.address.kind == "storage" and (storage_name is None or r.address.name == storage_name)
+    ]
     if not found:
         known = ", ".join(sorted(policy.of(Kind.STORAGE))) or "none"
         what = f"no Storage named {storage_name!r}" if storage_name else "the policy has no Storage"
@@ -1125,8 +1363,7 @@ def repair_index(policy_dir: Path, storage_name: str | None, *, progress: Any) -
     return out
 
 
-def repair_points(policy_dir: Path, storage_name: str | None, *,
-                  forget: bool) -> list[tuple[str, list[DamagedPoint]]]:
+def repair_points(policy_dir: Path, storage_name: str | None, *, forget: bool) -> list[tuple[str, list[DamagedPoint]]]:
     """`repair points`: the manifests that do not open, per storage; forgotten with `forget`."""
     from protectctl.engine.repository import Repository
 
@@ -1153,8 +1390,11 @@ def _with_log_problems(targets: Sequence[SourceTarget], rows: list[Any]) -> list
 
     from protectctl.provider import StatusReporter, load_provider
 
-    reporters = {str(t.inputs["source"]): (t, provider) for t in targets
-                 if isinstance(provider := load_provider(str(t.inputs["provider"])), StatusReporter)}
+    reporters = {
+        str(t.inputs["source"]): (t, provider)
+        for t in targets
+        if isinstance(provider := load_provider(str(t.inputs["provider"])), StatusReporter)
+    }
     if not reporters:
         return rows
     loaded: list[Any] = []
@@ -1223,8 +1463,9 @@ TAPE_JOB_LOCK_TIMEOUT_S = 4 * 3600.0  # `run tape`: the tape timers of a group's
 
 
 @contextmanager
-def tape_session(policy_dir: Path, command: str, policy: Policy | None = None, *,
-                 timeout_s: float = TAPE_LOCK_TIMEOUT_S) -> Iterator[Any]:
+def tape_session(
+    policy_dir: Path, command: str, policy: Policy | None = None, *, timeout_s: float = TAPE_LOCK_TIMEOUT_S
+) -> Iterator[Any]:
     """A TapeService that may move cartridges and change the catalog: one at a time per policy.
 
     Two runs must not load cartridges into the same drives or write the catalog over each other
@@ -1235,8 +1476,7 @@ def tape_session(policy_dir: Path, command: str, policy: Policy | None = None, *
 
     policy = policy or load(policy_dir)
     home = state_home(policy_dir, policy)
-    with source_lock(home / "tape", "library", command, timeout_s=timeout_s,
-                     what="the tape libraries of this policy"):
+    with source_lock(home / "tape", "library", command, timeout_s=timeout_s, what="the tape libraries of this policy"):
         service = tape_service(policy_dir, policy)
         service.release_drives()  # cartridges a killed run left loaded: nobody else holds the lock
         yield service
@@ -1256,10 +1496,13 @@ def tape_observations(policy_dir: Path, policy: Policy, state: State, now: datet
     from protectctl.tape.keys import KeyStore  # imports cryptography: only when cartridges exist
 
     key_names = {k.id: k.name for k in KeyStore(home / "keys", {}).infos()}
-    library_keys = {a.split(".", 1)[1]: str(r.inputs.get("key")) for a, r in state.resources.items()
-                    if r.kind == "library"}
-    return {"keys_in_use": keys_in_use(catalog, key_names, library_keys, now),
-            "libraries_in_use": libraries_in_use(catalog, now)}
+    library_keys = {
+        a.split(".", 1)[1]: str(r.inputs.get("key")) for a, r in state.resources.items() if r.kind == "library"
+    }
+    return {
+        "keys_in_use": keys_in_use(catalog, key_names, library_keys, now),
+        "libraries_in_use": libraries_in_use(catalog, now),
+    }
 
 
 def tape_key_warnings(policy_dir: Path, policy: Policy, points: Mapping[str, int] | None = None) -> list[str]:
@@ -1279,7 +1522,8 @@ def tape_key_warnings(policy_dir: Path, policy: Policy, points: Mapping[str, int
         try:
             home = state_home(policy_dir, policy)
             out += repokeys.unexported_warnings(
-                repokeys.rows(repository_key_targets(policy_dir, policy, remote=False), home), points)
+                repokeys.rows(repository_key_targets(policy_dir, policy, remote=False), home), points
+            )
         except ProtectctlError as err:
             out.append(f"repository keys could not be checked: {err.message}")
     return out
@@ -1318,8 +1562,15 @@ def _tape_copy_for_restore(policy_dir: Path, job: Any, when: Any, *, from_tape: 
     return tape_copy if tape_copy.point_time > disk_point.time else None
 
 
-def run_tape(policy_dir: Path, group: str, member: str | None, *, all_points: bool = False,
-             progress: Any = None, lock_timeout_s: float = TAPE_JOB_LOCK_TIMEOUT_S) -> Any:
+def run_tape(
+    policy_dir: Path,
+    group: str,
+    member: str | None,
+    *,
+    all_points: bool = False,
+    progress: Any = None,
+    lock_timeout_s: float = TAPE_JOB_LOCK_TIMEOUT_S,
+) -> Any:
     """D2D2T (or D2T): copy the group's points that are not on tape yet to its SLA's pool."""
     from protectctl.tape.service import group_target
 
@@ -1327,8 +1578,7 @@ def run_tape(policy_dir: Path, group: str, member: str | None, *, all_points: bo
     target, copy_from = group_target(policy, group)
     jobs = [source_job(t) for t in sources(policy_dir, agent_config=None, group=group, member=member)]
     with tape_session(policy_dir, f"tape copy of {group}", policy, timeout_s=lock_timeout_s) as service:
-        return service.copy_group(group, target, jobs, all_points=all_points, copy_from=copy_from,
-                                  progress=progress)
+        return service.copy_group(group, target, jobs, all_points=all_points, copy_from=copy_from, progress=progress)
 
 
 def verify_tape(policy_dir: Path, group: str, member: str | None) -> Any:
@@ -1387,8 +1637,16 @@ def repository_key_targets(policy_dir: Path, policy: Policy | None = None, *, re
             continue
         ref = dict(inputs["passphrase"])  # type: ignore[call-overload]
         source = f"env {ref['env']}" if ref.get("env") else f"file {ref.get('file')}"
-        out.append(RepoKeyTarget(name, str(inputs["key"]), source, open_storage(inputs),
-                                 passphrase_reader(inputs), Path(str(inputs["path"])) if local else None))
+        out.append(
+            RepoKeyTarget(
+                name,
+                str(inputs["key"]),
+                source,
+                open_storage(inputs),
+                passphrase_reader(inputs),
+                Path(str(inputs["path"])) if local else None,
+            )
+        )
     return out
 
 
@@ -1400,7 +1658,8 @@ def keys_list(policy_dir: Path) -> list[dict[str, object]]:
     policy = load(policy_dir)
     service = tape_service(policy_dir, policy)
     return key_rows(service.keys.infos(), service.cartridges_by_key()) + repokeys.rows(
-        repository_key_targets(policy_dir, policy), service.ctx.home)
+        repository_key_targets(policy_dir, policy), service.ctx.home
+    )
 
 
 def keys_rotate(policy_dir: Path, name: str, *, old_passphrase_file: Path | None = None) -> dict[str, object]:
@@ -1418,7 +1677,8 @@ def keys_rotate(policy_dir: Path, name: str, *, old_passphrase_file: Path | None
     old = _passphrase_file(old_passphrase_file) if old_passphrase_file is not None else None
     out: dict[str, object] = {"id": None, "rewrapped": [], "repositories": []}
     uses_tape = any(c.key_name == name for c in service.ctx.libraries.values()) or any(
-        k.name == name for k in service.keys.infos())
+        k.name == name for k in service.keys.infos()
+    )
     if uses_tape:
         if old is not None:
             out["rewrapped"] = service.keys.rewrap(name, old)
@@ -1426,8 +1686,10 @@ def keys_rotate(policy_dir: Path, name: str, *, old_passphrase_file: Path | None
     repos = [t for t in repository_key_targets(policy_dir, policy) if t.key_name == name]
     out["repositories"] = [repokeys.rotate(t, old) for t in repos]
     if not uses_tape and not repos:
-        raise TapeError(f"EncryptionKey {name} protects no TapeLibrary and no local Storage",
-                        hint=f"libraries: {len(policy.of(Kind.TAPE_LIBRARY))}")
+        raise TapeError(
+            f"EncryptionKey {name} protects no TapeLibrary and no local Storage",
+            hint=f"libraries: {len(policy.of(Kind.TAPE_LIBRARY))}",
+        )
     return out
 
 
@@ -1467,8 +1729,11 @@ def keys_export(policy_dir: Path, key: str, dest: Path, *, passphrase_file: Path
         tape_keys = [] if repo else service.keys.resolve(key)
         names = {k.name for k in tape_keys} | {t.key_name for t in repo}
     if not repo and not tape_keys:
-        raise TapeError(f"EncryptionKey {key} protects nothing yet: no repository was initialised with it and "
-                        "no tape key was made under it", hint="run `protectctl apply` first")
+        raise TapeError(
+            f"EncryptionKey {key} protects nothing yet: no repository was initialised with it and "
+            "no tape key was made under it",
+            hint="run `protectctl apply` first",
+        )
 
     def passphrase_for(name: str, fallback: Callable[[], bytes] | None) -> bytes:
         if passphrase_file is not None:
@@ -1516,8 +1781,10 @@ def keys_import(policy_dir: Path, source: Path, *, passphrase_file: Path | None 
             return _passphrase_file(passphrase_file)
         resolver = service.ctx.passphrases.get(name)
         if resolver is None:
-            raise TapeError(f"the export holds keys of EncryptionKey {name}, which this policy lacks",
-                             hint="add that EncryptionKey, or give --passphrase-file")
+            raise TapeError(
+                f"the export holds keys of EncryptionKey {name}, which this policy lacks",
+                hint="add that EncryptionKey, or give --passphrase-file",
+            )
         return bytes(resolver())
 
     try:
@@ -1532,8 +1799,9 @@ def keys_import(policy_dir: Path, source: Path, *, passphrase_file: Path | None 
     imported: list[str] = []
     for part in parts:
         if part.get("format") == repokeys.EXPORT_FORMAT:
-            imported += repokeys.import_doc(part, repository_key_targets(policy_dir, policy), opener,
-                                            origin=str(source))
+            imported += repokeys.import_doc(
+                part, repository_key_targets(policy_dir, policy), opener, origin=str(source)
+            )
         else:
             imported += [k.id for k in service.keys.import_doc(part, opener, now=service.now, origin=str(source))]
     return imported
@@ -1555,8 +1823,12 @@ class HostCheck:
         return all(ok for _, ok, _ in self.checks)
 
     def to_json(self) -> dict[str, object]:
-        return {"host": self.host, "address": self.address, "ok": self.ok,
-                "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in self.checks]}
+        return {
+            "host": self.host,
+            "address": self.address,
+            "ok": self.ok,
+            "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in self.checks],
+        }
 
     def text(self) -> str:
         lines = [f"{self.host} ({self.address}): {'ok' if self.ok else 'PROBLEMS'}"]
@@ -1584,8 +1856,9 @@ def hosts_check(policy_dir: Path, name: str | None = None) -> list[HostCheck]:
         return list(pool.map(lambda h: _check_host(h, hosts, agents[h], state, paths.get(h, [])), chosen))
 
 
-def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, Any], state: State,
-                paths: Sequence[SourcePath] = ()) -> HostCheck:
+def _check_host(
+    name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, Any], state: State, paths: Sequence[SourcePath] = ()
+) -> HostCheck:
     from protectctl.errors import RemoteError
     from protectctl.provision.host import connect
     from protectctl.provision.sources import missing_sources
@@ -1596,8 +1869,15 @@ def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, An
     checks: list[tuple[str, bool, str]] = []
     try:
         result = conn.run(("python3", "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"))
-        checks.append(("reachable", True, "local" if address == "local" else
-                       f"{inputs.get('user') or 'root'}@{address}:{inputs.get('port', 22)}, host key verified"))
+        checks.append(
+            (
+                "reachable",
+                True,
+                "local"
+                if address == "local"
+                else f"{inputs.get('user') or 'root'}@{address}:{inputs.get('port', 22)}, host key verified",
+            )
+        )
         checks.append(("python", result.status == 0, result.stdout.strip() or result.stderr.strip()[-200:]))
         checks.append(_check_agent(conn, agent))
         checks.append(_check_timers(conn, name, state))
@@ -1605,14 +1885,16 @@ def _check_host(name: str, hosts: dict[str, dict[str, Any]], agent: dict[str, An
         fields = df.stdout.splitlines()[-1].split() if df.status == 0 and df.stdout.strip() else []
         if len(fields) >= 5:
             free = int(fields[3]) * 1024
-            checks.append(("disk", free > 1 << 30, f"{free / (1 << 30):.1f} GiB free under {inputs['root']} "
-                           f"({fields[4]} used)"))
+            checks.append(
+                ("disk", free > 1 << 30, f"{free / (1 << 30):.1f} GiB free under {inputs['root']} ({fields[4]} used)")
+            )
         else:
             checks.append(("disk", False, f"df failed: {df.stderr.strip()[-200:]}"))
         if paths:
             missing = missing_sources(conn, paths)
-            checks.append(("sources", not missing, "; ".join(missing) if missing
-                           else f"{len(paths)} source path(s) present"))
+            checks.append(
+                ("sources", not missing, "; ".join(missing) if missing else f"{len(paths)} source path(s) present")
+            )
     except RemoteError as err:
         checks.append(("reachable", False, err.message + (f" ({err.hint})" if err.hint else "")))
     finally:
@@ -1630,19 +1912,31 @@ def _check_agent(conn: Any, agent: dict[str, Any]) -> tuple[str, bool, str]:
     if marker is None:
         return ("agent", False, f"not installed in {install['venv']} (run apply)")
     current = marker.get("version") == __version__ and marker.get("digest") == install["digest"]
-    return ("agent", current, f"protectctl {marker.get('version')} (digest {marker.get('digest')})"
-            + ("" if current else f"; the policy wants {__version__} (digest {install['digest']}): run apply"))
+    return (
+        "agent",
+        current,
+        f"protectctl {marker.get('version')} (digest {marker.get('digest')})"
+        + ("" if current else f"; the policy wants {__version__} (digest {install['digest']}): run apply"),
+    )
 
 
 def _check_timers(conn: Any, host: str, state: State) -> tuple[str, bool, str]:
     from protectctl.apply.effects import digest
 
-    files = {p: d for rec in state.resources.values() if rec.kind == "schedule" and rec.host == host
-             for p, d in rec.outputs.get("files", {}).items()}
+    files = {
+        p: d
+        for rec in state.resources.values()
+        if rec.kind == "schedule" and rec.host == host
+        for p, d in rec.outputs.get("files", {}).items()
+    }
     bad = [p for p, want in sorted(files.items()) if (data := conn.read_file(p)) is None or digest(data) != want]
     if bad:
-        return ("timers", False, f"{len(bad)} of {len(files)} schedule file(s) missing or changed: "
-                f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} (plan --refresh shows them)")
+        return (
+            "timers",
+            False,
+            f"{len(bad)} of {len(files)} schedule file(s) missing or changed: "
+            f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} (plan --refresh shows them)",
+        )
     return ("timers", True, f"{len(files)} schedule file(s) in place")
 
 
@@ -1659,8 +1953,9 @@ def browse_sources(policy_dir: Path, selector: str, *, agent_config: Path | None
     except ValueError as err:
         raise ProtectctlError(str(err)) from err
     try:
-        targets = sources(policy_dir, agent_config=agent_config, group=ref.group, member=ref.member,
-                          include_remote=True)
+        targets = sources(
+            policy_dir, agent_config=agent_config, group=ref.group, member=ref.member, include_remote=True
+        )
     except ProtectctlError as err:
         if agent_config is not None:
             raise
@@ -1668,18 +1963,26 @@ def browse_sources(policy_dir: Path, selector: str, *, agent_config: Path | None
         if not removed:
             raise err from None
         return removed
-    return [_browse_source(t.inputs["source"], t.inputs["provider"], t.inputs["spec"], t.inputs["storage"])
-            for t in targets]
+    return [
+        _browse_source(t.inputs["source"], t.inputs["provider"], t.inputs["spec"], t.inputs["storage"]) for t in targets
+    ]
 
 
-def _browse_source(source: object, provider: object, spec: Mapping[str, Any], storage: Mapping[str, Any],
-                   in_policy: bool = True) -> Any:
+def _browse_source(
+    source: object, provider: object, spec: Mapping[str, Any], storage: Mapping[str, Any], in_policy: bool = True
+) -> Any:
     from protectctl.agent.jobs import open_repository
     from protectctl.browse.service import BrowseSource
 
     stored = dict(storage)
-    return BrowseSource(str(source), str(provider), dict(spec), stored,
-                        lambda: open_repository(open_storage(stored), passphrase_reader(stored)()), in_policy)
+    return BrowseSource(
+        str(source),
+        str(provider),
+        dict(spec),
+        stored,
+        lambda: open_repository(open_storage(stored), passphrase_reader(stored)()),
+        in_policy,
+    )
 
 
 def removed_sources(policy_dir: Path, selector: str | None = None) -> list[Any]:
@@ -1696,42 +1999,62 @@ def removed_sources(policy_dir: Path, selector: str | None = None) -> list[Any]:
 def browse_ls(policy_dir: Path, source: str, path: str, to_time: str, *, agent_config: Path | None) -> Any:
     from protectctl.browse import service
 
-    return service.ls(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source),
-                      path, to_time)
+    return service.ls(
+        service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source), path, to_time
+    )
 
 
-def browse_cat(policy_dir: Path, source: str, path: str, to_time: str, write: Callable[[bytes], object], *,
-               agent_config: Path | None) -> int:
+def browse_cat(
+    policy_dir: Path,
+    source: str,
+    path: str,
+    to_time: str,
+    write: Callable[[bytes], object],
+    *,
+    agent_config: Path | None,
+) -> int:
     from protectctl.browse import service
 
-    return service.cat(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source),
-                       path, to_time, write)
+    return service.cat(
+        service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source), path, to_time, write
+    )
 
 
 def browse_versions(policy_dir: Path, source: str, path: str, *, agent_config: Path | None) -> Any:
     from protectctl.browse import service
 
-    return service.versions(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config),
-                                               source), path)
+    return service.versions(
+        service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source), path
+    )
 
 
 def browse_diff(policy_dir: Path, source: str, before: str, after: str, *, agent_config: Path | None) -> Any:
     from protectctl.browse import service
 
-    return service.diff(service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source),
-                        before, after)
+    return service.diff(
+        service.one_source(browse_sources(policy_dir, source, agent_config=agent_config), source), before, after
+    )
 
 
-def browse_find(policy_dir: Path, selector: str, pattern: str, *, since: str | None, until: str | None,
-                agent_config: Path | None) -> Any:
+def browse_find(
+    policy_dir: Path, selector: str, pattern: str, *, since: str | None, until: str | None, agent_config: Path | None
+) -> Any:
     from protectctl.browse import service
 
-    return service.find(browse_sources(policy_dir, selector, agent_config=agent_config), selector, pattern,
-                        since=since, until=until)
+    return service.find(
+        browse_sources(policy_dir, selector, agent_config=agent_config), selector, pattern, since=since, until=until
+    )
 
 
-def browse_mount(policy_dir: Path, mountpoint: Path, selector: str | None, *, allow_other: bool,
-                 agent_config: Path | None, ready: Callable[[], None] | None = None) -> None:
+def browse_mount(
+    policy_dir: Path,
+    mountpoint: Path,
+    selector: str | None,
+    *,
+    allow_other: bool,
+    agent_config: Path | None,
+    ready: Callable[[], None] | None = None,
+) -> None:
     """`protectctl mount`: the points of the selected sources (default: every source, removed ones
     included) as a read-only filesystem, served until unmounted or interrupted."""
     from protectctl.browse.mount import MountError, serve
@@ -1739,15 +2062,20 @@ def browse_mount(policy_dir: Path, mountpoint: Path, selector: str | None, *, al
     if selector:
         chosen = browse_sources(policy_dir, selector, agent_config=agent_config)
     else:
-        every = _sources_from_agent(agent_config) if agent_config else _sources_from_policy(policy_dir,
-                                                                                            include_remote=True)
-        chosen = [_browse_source(t.inputs["source"], t.inputs["provider"], t.inputs["spec"], t.inputs["storage"])
-                  for t in every] + ([] if agent_config else removed_sources(policy_dir))
+        every = (
+            _sources_from_agent(agent_config) if agent_config else _sources_from_policy(policy_dir, include_remote=True)
+        )
+        chosen = [
+            _browse_source(t.inputs["source"], t.inputs["provider"], t.inputs["spec"], t.inputs["storage"])
+            for t in every
+        ] + ([] if agent_config else removed_sources(policy_dir))
     if not chosen:
         raise MountError("there is no source to mount", hint="protect a group first (apply, then run sync)")
     storages = {repr(sorted(s.storage.items())) for s in chosen}
     if len(storages) > 1:
-        raise MountError(f"the sources selected are in {len(storages)} storages; one mount serves one storage",
-                         hint="mount each group on its own mountpoint: protectctl mount MOUNTPOINT GROUP")
+        raise MountError(
+            f"the sources selected are in {len(storages)} storages; one mount serves one storage",
+            hint="mount each group on its own mountpoint: protectctl mount MOUNTPOINT GROUP",
+        )
     with chosen[0].open_repository() as repo:
         serve(repo, [s.source for s in chosen], str(mountpoint.absolute()), allow_other=allow_other, ready=ready)

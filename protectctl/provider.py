@@ -46,18 +46,57 @@ if TYPE_CHECKING:
     from protectctl.policy.model import CamelSpec
 
 __all__ = [
-    "BlobId", "Node", "NodeType", "Tree", "Point",
+    "BlobId",
+    "Node",
+    "NodeType",
+    "Tree",
+    "Point",
     "LogChain",
-    "SnapshotKind", "SnapshotRequest", "SnapshotStats", "SnapshotOutcome", "SnapshotSink",
-    "RestoreRequest", "RestoreOutcome", "PointReader", "Traits", "SpecProblem", "Provider",
-    "PrepareRequest", "PrepareOutcome", "HostPreparer", "PointChooser", "JobPlacement", "JobPlacer",
-    "MemberChecker", "SourceSpecBuilder", "SourceIdentity", "Service", "ServiceContributor",
-    "LogStreamer", "RecoveryWindows", "StatusReporter", "RestoreOptions", "SourcePaths",
+    "SnapshotKind",
+    "SnapshotRequest",
+    "SnapshotStats",
+    "SnapshotOutcome",
+    "SnapshotSink",
+    "RestoreRequest",
+    "RestoreOutcome",
+    "PointReader",
+    "Traits",
+    "SpecProblem",
+    "Provider",
+    "PrepareRequest",
+    "PrepareOutcome",
+    "HostPreparer",
+    "PointChooser",
+    "JobPlacement",
+    "JobPlacer",
+    "MemberChecker",
+    "SourceSpecBuilder",
+    "SourceIdentity",
+    "Service",
+    "ServiceContributor",
+    "LogStreamer",
+    "RecoveryWindows",
+    "StatusReporter",
+    "RestoreOptions",
+    "SourcePaths",
     "SourceRoot",
-    "ArchiveOptions", "Archived", "archive", "snapshot_problems", "restore_tree", "file_node", "dir_node",
-    "node_name", "safe_name",
-    "validate_patterns", "journal_path",
-    "ENTRY_POINT_GROUP", "builtin_kinds", "available_kinds", "load_provider", "spec_model", "traits",
+    "ArchiveOptions",
+    "Archived",
+    "archive",
+    "snapshot_problems",
+    "restore_tree",
+    "file_node",
+    "dir_node",
+    "node_name",
+    "safe_name",
+    "validate_patterns",
+    "journal_path",
+    "ENTRY_POINT_GROUP",
+    "builtin_kinds",
+    "available_kinds",
+    "load_provider",
+    "spec_model",
+    "traits",
     "check_restore_options",
 ]
 
@@ -104,8 +143,7 @@ class SnapshotSink(Protocol):
         """Store a tree (its subtrees first) and return its id."""
         ...
 
-    def has_blob(self, blob: BlobId) -> bool:
-        ...
+    def has_blob(self, blob: BlobId) -> bool: ...
 
     def list_points(self, source: str) -> list[Point]:
         """The recovery points of `source` already in the repository, oldest first."""
@@ -280,8 +318,7 @@ class SourceSpecBuilder(Protocol):
 class SourceIdentity(Protocol):
     """What names a provider's data on a host, so two groups cannot protect the same data."""
 
-    def source_identity(self, spec: Mapping[str, object], host: str) -> str:
-        ...
+    def source_identity(self, spec: Mapping[str, object], host: str) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,16 +334,14 @@ class Service:
 class ServiceContributor(Protocol):
     """A provider whose sources need a service on their hosts (e.g. a log receiver)."""
 
-    def services(self, spec: Mapping[str, object]) -> list[Service]:
-        ...
+    def services(self, spec: Mapping[str, object]) -> list[Service]: ...
 
 
 @runtime_checkable
 class LogStreamer(Protocol):
     """A provider that streams logs continuously (the agent's `wal-stream` service)."""
 
-    def stream_logs(self, source: str, spec: Mapping[str, object], state_dir: Path,
-                    log: Callable[[str], None]) -> None:
+    def stream_logs(self, source: str, spec: Mapping[str, object], state_dir: Path, log: Callable[[str], None]) -> None:
         """Receive logs until SIGTERM or SIGINT; raises ProtectctlError when `spec` does not stream."""
         ...
 
@@ -324,8 +359,9 @@ class RecoveryWindows(Protocol):
 class StatusReporter(Protocol):
     """A provider that knows more of a source's health than its points' ages."""
 
-    def status_problems(self, source: str, spec: Mapping[str, object], points: Sequence[Point],
-                        state_dir: Path) -> list[str]:
+    def status_problems(
+        self, source: str, spec: Mapping[str, object], points: Sequence[Point], state_dir: Path
+    ) -> list[str]:
         """Problems that put `source` out of SLA (one sentence each); empty when none."""
         ...
 
@@ -385,9 +421,7 @@ class HostPreparer(Protocol):
 class PointChooser(Protocol):
     """A provider that picks the point to restore itself (e.g. base backup + logs for a time)."""
 
-    def choose_point(
-        self, points: Sequence[Point], to_time: datetime | Literal["latest"], *, source: str
-    ) -> Point:
+    def choose_point(self, points: Sequence[Point], to_time: datetime | Literal["latest"], *, source: str) -> Point:
         """The point a restore to `to_time` starts from; raises RestoreError saying why none fits."""
         ...
 
@@ -406,8 +440,7 @@ class JobPlacement:
 class JobPlacer(Protocol):
     """A provider whose sources may span hosts: it picks the node a sync or full runs against."""
 
-    def place_job(self, source: str, spec: Mapping[str, object], kind: SnapshotKind,
-                  state_dir: Path) -> JobPlacement:
+    def place_job(self, source: str, spec: Mapping[str, object], kind: SnapshotKind, state_dir: Path) -> JobPlacement:
         """The node to run `kind` on now; raises ProviderError when none can be reached."""
         ...
 
@@ -484,17 +517,38 @@ def journal_path(state_dir: Path, source: str, repository_id: str) -> Path:
     return state_dir / "journal" / f"{safe_name(source)}.{repository_id}.db"
 
 
-def restore_tree(reader: PointReader, tree: BlobId, target: Path, *, subpaths: Sequence[str] = (),
-                 dry_run: bool = False, overwrite: bool = False, root_meta: Mapping[str, object] | None = None,
-                 progress: Progress | None = None, writeback: bool = False, delete: bool = False,
-                 resume: bool = False) -> RestoreOutcome:
+def restore_tree(
+    reader: PointReader,
+    tree: BlobId,
+    target: Path,
+    *,
+    subpaths: Sequence[str] = (),
+    dry_run: bool = False,
+    overwrite: bool = False,
+    root_meta: Mapping[str, object] | None = None,
+    progress: Progress | None = None,
+    writeback: bool = False,
+    delete: bool = False,
+    resume: bool = False,
+) -> RestoreOutcome:
     """Restore `tree` (or its `subpaths`) below `target`, every file verified against its hash;
     raises RestoreError. `writeback`: start writing data to disk early (the caller fsyncs next).
     `delete`, `resume`: as in RestoreRequest."""
     from protectctl.restore.run import restore_tree as run
 
-    return run(reader, tree, target, subpaths=subpaths, dry_run=dry_run, overwrite=overwrite,
-               root_meta=root_meta, progress=progress, writeback=writeback, delete=delete, resume=resume)
+    return run(
+        reader,
+        tree,
+        target,
+        subpaths=subpaths,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        root_meta=root_meta,
+        progress=progress,
+        writeback=writeback,
+        delete=delete,
+        resume=resume,
+    )
 
 
 def node_name(name: str | bytes) -> bytes:
@@ -503,8 +557,9 @@ def node_name(name: str | bytes) -> bytes:
     return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
 
 
-def file_node(name: str | bytes, st: os.stat_result, *, size: int, chunks: tuple[BlobId, ...],
-              content_hash: bytes) -> Node:
+def file_node(
+    name: str | bytes, st: os.stat_result, *, size: int, chunks: tuple[BlobId, ...], content_hash: bytes
+) -> Node:
     """A file's tree node: `st`'s metadata (no xattrs) and the stored content."""
     from protectctl.agent.fsmeta import base_node
 
@@ -574,8 +629,10 @@ def check_restore_options(kind: str, source: str, options: Mapping[str, object])
     if refused:
         flags = ", ".join(_FLAGS.get(k, "--" + k.replace("_", "-")) for k in refused)
         takes = ", ".join(_FLAGS.get(k, "--" + k.replace("_", "-")) for k in sorted(accepted)) or "none"
-        raise RestoreError(f"{source} is a {kind} source: its restore takes no {flags}",
-                           hint=f"restore options of {kind} sources: {takes}")
+        raise RestoreError(
+            f"{source} is a {kind} source: its restore takes no {flags}",
+            hint=f"restore options of {kind} sources: {takes}",
+        )
 
 
 @cache
@@ -623,9 +680,14 @@ def _load(kind: str) -> Provider:
     except Exception as err:  # a broken plug-in must not crash the CLI with a traceback
         raise ProviderError(f"provider {kind!r} cannot be loaded: {err}") from err
     # looked up statically: a provider may build its spec_model on first use (no pydantic on the job path)
-    missing = [a for a in ("kind", "spec_model", "traits", "snapshot", "restore")
-               if inspect.getattr_static(provider, a, _ABSENT) is _ABSENT]
+    missing = [
+        a
+        for a in ("kind", "spec_model", "traits", "snapshot", "restore")
+        if inspect.getattr_static(provider, a, _ABSENT) is _ABSENT
+    ]
     if missing:
-        raise ProviderError(f"provider {kind!r} is incomplete: it has no {', '.join(missing)}",
-                            hint="see docs/architecture.md, \"How to write a provider\"")
+        raise ProviderError(
+            f"provider {kind!r} is incomplete: it has no {', '.join(missing)}",
+            hint='see docs/architecture.md, "How to write a provider"',
+        )
     return provider

@@ -69,18 +69,38 @@ def _fraction(number: str) -> Fraction:
 # --------------------------------------------------------------------------- Duration
 
 _DURATION_UNITS: dict[str, int] = {
-    "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
-    "m": MINUTE, "min": MINUTE, "mins": MINUTE, "minute": MINUTE, "minutes": MINUTE,
-    "h": HOUR, "hr": HOUR, "hrs": HOUR, "hour": HOUR, "hours": HOUR,
-    "d": DAY, "day": DAY, "days": DAY,
-    "w": 7 * DAY, "wk": 7 * DAY, "week": 7 * DAY, "weeks": 7 * DAY,
-    "mo": 30 * DAY, "month": 30 * DAY, "months": 30 * DAY,
-    "y": 365 * DAY, "yr": 365 * DAY, "year": 365 * DAY, "years": 365 * DAY,
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": MINUTE,
+    "min": MINUTE,
+    "mins": MINUTE,
+    "minute": MINUTE,
+    "minutes": MINUTE,
+    "h": HOUR,
+    "hr": HOUR,
+    "hrs": HOUR,
+    "hour": HOUR,
+    "hours": HOUR,
+    "d": DAY,
+    "day": DAY,
+    "days": DAY,
+    "w": 7 * DAY,
+    "wk": 7 * DAY,
+    "week": 7 * DAY,
+    "weeks": 7 * DAY,
+    "mo": 30 * DAY,
+    "month": 30 * DAY,
+    "months": 30 * DAY,
+    "y": 365 * DAY,
+    "yr": 365 * DAY,
+    "year": 365 * DAY,
+    "years": 365 * DAY,
 }
 _DURATION_TOKEN = re.compile(_NUMBER + r"\s*([a-z]+)\s*")
-_DURATION_HINT = (
-    "expected a number and a unit, like 15m, 14d, 7y or 1h30m (units: s, m, h, d, w, mo, y)"
-)
+_DURATION_HINT = "expected a number and a unit, like 15m, 14d, 7y or 1h30m (units: s, m, h, d, w, mo, y)"
 # Far beyond any retention anyone keeps; the cap keeps float conversions (days) finite.
 _MAX_DURATION_S = 1000 * 365 * DAY
 
@@ -98,9 +118,7 @@ def _duration_seconds(text: str) -> Fraction:
             raise UnitError(f"{_quote(text)} is not a duration; {_DURATION_HINT}")
         number, unit = match.groups()
         if unit not in _DURATION_UNITS:
-            raise UnitError(
-                f"{_quote(text)} is not a duration: unknown unit {_quote(unit)}; {_DURATION_HINT}"
-            )
+            raise UnitError(f"{_quote(text)} is not a duration: unknown unit {_quote(unit)}; {_DURATION_HINT}")
         total += _fraction(number) * _DURATION_UNITS[unit]
         pos = match.end()
     if pos == 0:
@@ -126,8 +144,7 @@ class Duration:
             raise UnitError(f"{_quote(text)} is too long; a duration is at most 1000y")
         if seconds.denominator != 1:
             raise UnitError(
-                f"{_quote(text)} is not a whole number of seconds; "
-                f"write it with a smaller unit, e.g. {round(seconds)}s"
+                f"{_quote(text)} is not a whole number of seconds; write it with a smaller unit, e.g. {round(seconds)}s"
             )
         return cls(int(seconds))
 
@@ -183,8 +200,7 @@ def _size_factor(text: str, unit: str) -> int:
         prefix = unit.upper()[0]
         number = text.strip()[: -len(unit)].strip()
         raise UnitError(
-            f"{_quote(text)} is ambiguous; write {number}{prefix}B (decimal) "
-            f"or {number}{prefix}iB (binary)"
+            f"{_quote(text)} is ambiguous; write {number}{prefix}B (decimal) or {number}{prefix}iB (binary)"
         )
     raise UnitError(f"{_quote(text)} is not a size: unknown unit {_quote(unit)}; {_SIZE_HINT}")
 
@@ -231,15 +247,18 @@ class ByteSize:
 
 # --------------------------------------------------------------------------- Rate
 
-_RATE_RE = re.compile(
-    r"\s*" + _NUMBER + r"\s*([kKmMgGtTpP]i?)?(bits?|b|B|bytes?)(ps|/s|/sec)?\s*"
-)
+_RATE_RE = re.compile(r"\s*" + _NUMBER + r"\s*([kKmMgGtTpP]i?)?(bits?|b|B|bytes?)(ps|/s|/sec)?\s*")
 _RATE_HINT = "expected a bandwidth like 50Mbit, 100Mbps, 10MB/s or 1GiB/s (b/bit = bits, B = bytes)"
 _MAX_BITS_PER_S = 10**18
 # Canonical text prefers decimal bits (how links are sold), then binary bytes (how disks are).
 _RATE_UNITS_DESC = (
-    ("Tbit/s", 10**12), ("Gbit/s", 10**9), ("Mbit/s", 10**6),
-    ("TiB/s", 8 * 2**40), ("GiB/s", 8 * 2**30), ("MiB/s", 8 * 2**20), ("KiB/s", 8 * 2**10),
+    ("Tbit/s", 10**12),
+    ("Gbit/s", 10**9),
+    ("Mbit/s", 10**6),
+    ("TiB/s", 8 * 2**40),
+    ("GiB/s", 8 * 2**30),
+    ("MiB/s", 8 * 2**20),
+    ("KiB/s", 8 * 2**10),
     ("kbit/s", 10**3),
 )
 
@@ -299,9 +318,14 @@ class Rate:
 
 _CHANGE_RE = re.compile(r"\s*" + _NUMBER + r"\s*%\s*/\s*([a-z]+)\s*")
 _CHANGE_PERIODS: dict[str, Fraction] = {
-    "h": Fraction(24), "hr": Fraction(24), "hour": Fraction(24),
-    "d": Fraction(1), "day": Fraction(1),
-    "w": Fraction(1, 7), "wk": Fraction(1, 7), "week": Fraction(1, 7),
+    "h": Fraction(24),
+    "hr": Fraction(24),
+    "hour": Fraction(24),
+    "d": Fraction(1),
+    "day": Fraction(1),
+    "w": Fraction(1, 7),
+    "wk": Fraction(1, 7),
+    "week": Fraction(1, 7),
 }
 _CHANGE_HINT = "expected a percentage per period, like 10%/day, 5%/d, 2%/hour or 30%/week"
 # Percent per day is kept to 9 decimals: far below any estimate's precision, and it makes
@@ -339,9 +363,7 @@ class ChangeRate:
             raise UnitError(f"{_quote(text)} is not a change rate; {_CHANGE_HINT}")
         number, period = match.groups()
         if period not in _CHANGE_PERIODS:
-            raise UnitError(
-                f"{_quote(text)} is not a change rate: unknown period {_quote(period)}; {_CHANGE_HINT}"
-            )
+            raise UnitError(f"{_quote(text)} is not a change rate: unknown period {_quote(period)}; {_CHANGE_HINT}")
         percent = _quantised_percent(_fraction(number) * _CHANGE_PERIODS[period])
         if percent > _MAX_PERCENT_PER_DAY:
             raise UnitError(f"{_quote(text)} is too large; a change rate is at most 100000%/day")
@@ -365,10 +387,7 @@ class ChangeRate:
 # Monday = 0 as in date.weekday(); cron's Sunday = 0 is converted at the cron boundary.
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WEEKDAY_NAMES = {name: i for i, name in enumerate(_WEEKDAYS)} | {
-    full: i
-    for i, full in enumerate(
-        ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-    )
+    full: i for i, full in enumerate(("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
 }
 _DAY_SETS = {
     "daily": frozenset(range(7)),
@@ -383,9 +402,7 @@ def _weekday(text: str, whole: str) -> int:
     try:
         return _WEEKDAY_NAMES[text]
     except KeyError:
-        raise UnitError(
-            f"{_quote(whole)}: {_quote(text)} is not a day of the week; {_DAYS_HINT}"
-        ) from None
+        raise UnitError(f"{_quote(whole)}: {_quote(text)} is not a day of the week; {_DAYS_HINT}") from None
 
 
 def _parse_weekdays(text: str, whole: str) -> frozenset[int]:
@@ -429,9 +446,7 @@ def _runs(values: list[int]) -> list[tuple[int, int]]:
 
 _CLOCK_RE = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 _WINDOW_RE = re.compile(r"\s*(\S+)\s+([0-9]{1,2}:[0-9]{2})\s*-\s*([0-9]{1,2}:[0-9]{2})\s*")
-_WINDOW_HINT = (
-    'expected days and hours, like "mon-fri 08:00-18:00", "sat,sun 00:00-24:00" or "daily 22:00-06:00"'
-)
+_WINDOW_HINT = 'expected days and hours, like "mon-fri 08:00-18:00", "sat,sun 00:00-24:00" or "daily 22:00-06:00"'
 
 
 def _clock_minutes(text: str, whole: str, *, allow_24: bool) -> int:
@@ -608,7 +623,7 @@ class _Field:
     name: str
     low: int
     high: int
-    names: tuple[str, ...] = ()   # names[i] is value low + i
+    names: tuple[str, ...] = ()  # names[i] is value low + i
     example: str = ""
 
 
@@ -631,8 +646,7 @@ def _cron_value(text: str, spec: _Field, whole: str) -> int:
         return int(lowered)
     names = f" or a name ({', '.join(spec.names[:3])}, ...)" if spec.names else ""
     raise UnitError(
-        f"{_quote(whole)}: {_quote(text)} is not a valid {spec.name}; "
-        f"expected {spec.low}-{spec.high}{names}"
+        f"{_quote(whole)}: {_quote(text)} is not a valid {spec.name}; expected {spec.low}-{spec.high}{names}"
     )
 
 
@@ -642,9 +656,7 @@ def _cron_item(item: str, spec: _Field, whole: str) -> set[int]:
     step = 1
     if slash:
         if not _is_number(step_text) or int(step_text) == 0:
-            raise UnitError(
-                f"{_quote(whole)}: the step in {_quote(item)} must be a positive number, like */15"
-            )
+            raise UnitError(f"{_quote(whole)}: the step in {_quote(item)} must be a positive number, like */15")
         step = int(step_text)
     if base == "*":
         low, high = spec.low, spec.high
@@ -654,8 +666,7 @@ def _cron_item(item: str, spec: _Field, whole: str) -> set[int]:
         high = _cron_value(last, spec, whole) if dash else low
         if slash and not dash:
             raise UnitError(
-                f"{_quote(whole)}: {_quote(item)} needs a range before the step, "
-                f"like {first}-{spec.high}/{step}"
+                f"{_quote(whole)}: {_quote(item)} needs a range before the step, like {first}-{spec.high}/{step}"
             )
         if high < low:
             raise UnitError(
@@ -672,8 +683,7 @@ def _cron_field(text: str, spec: _Field, whole: str) -> tuple[frozenset[int], bo
         raise UnitError(f"{_quote(whole)}: the {spec.name} field {_quote(text)} has an empty list item")
     if len(items) > 1 and any(item.startswith("*") for item in items):
         raise UnitError(
-            f"{_quote(whole)}: '*' must stand alone in the {spec.name} field, "
-            f"not in a list like {_quote(text)}"
+            f"{_quote(whole)}: '*' must stand alone in the {spec.name} field, not in a list like {_quote(text)}"
         )
     values: set[int] = set()
     for item in items:
@@ -773,8 +783,7 @@ def _parse_every(value: str | None, whole: str) -> tuple[int, ...]:
             "use weekly on DAY at HH:MM or monthly on N at HH:MM"
         )
     raise UnitError(
-        f"{_quote(whole)} does not divide the hour or the day evenly; nearest valid: "
-        f"{_nearest_every(float(minutes))}"
+        f"{_quote(whole)} does not divide the hour or the day evenly; nearest valid: {_nearest_every(float(minutes))}"
     )
 
 
@@ -791,9 +800,7 @@ def _parse_minutes_past(text: str | None, whole: str) -> tuple[int, ...]:
     minutes: set[int] = set()
     for item in text.split(","):
         if not re.fullmatch(r":[0-9]{2}", item) or int(item[1:]) > 59:
-            raise UnitError(
-                f"{_quote(whole)}: {_quote(item)} is not a minute past the hour; expected :00 to :59"
-            )
+            raise UnitError(f"{_quote(whole)}: {_quote(item)} is not a minute past the hour; expected :00 to :59")
         minutes.add(int(item[1:]))
     return tuple(sorted(h * 60 + m for h in range(24) for m in minutes))
 
@@ -845,9 +852,7 @@ def _group_times(times: tuple[int, ...]) -> list[tuple[frozenset[int], frozenset
     by_minutes: dict[frozenset[int], set[int]] = {}
     for hour, minutes in by_hour.items():
         by_minutes.setdefault(frozenset(minutes), set()).add(hour)
-    return sorted(
-        ((frozenset(hours), minutes) for minutes, hours in by_minutes.items()), key=lambda pair: min(pair[0])
-    )
+    return sorted(((frozenset(hours), minutes) for minutes, hours in by_minutes.items()), key=lambda pair: min(pair[0]))
 
 
 def _calendar_set(values: frozenset[int], low: int, high: int) -> str:
@@ -954,11 +959,13 @@ class Schedule:
         """5-field cron expressions whose runs together are exactly this schedule's."""
         days = self.days
         cron_dows = frozenset((d + 1) % 7 for d in days.weekdays)
-        day_fields = " ".join((
-            _format_cron_set(days.days_of_month, 1, 31, days.dom_star),
-            _format_cron_set(days.months, 1, 12, False),
-            _format_cron_set(cron_dows, 0, 6, days.dow_star),
-        ))
+        day_fields = " ".join(
+            (
+                _format_cron_set(days.days_of_month, 1, 31, days.dom_star),
+                _format_cron_set(days.months, 1, 12, False),
+                _format_cron_set(cron_dows, 0, 6, days.dow_star),
+            )
+        )
         return tuple(
             f"{_format_cron_set(minutes, 0, 59, False)} {_format_cron_set(hours, 0, 23, False)} {day_fields}"
             for hours, minutes in _group_times(self.times)

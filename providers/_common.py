@@ -89,8 +89,7 @@ def pair_nodes(spec: Mapping[str, object], node_keys: Sequence[str], *, mark: bo
     return out
 
 
-def pair_node_spec(spec: Mapping[str, object], node_keys: Sequence[str], *,
-                   mark: bool = False) -> Mapping[str, object]:
+def pair_node_spec(spec: Mapping[str, object], node_keys: Sequence[str], *, mark: bool = False) -> Mapping[str, object]:
     """The spec of the node a host's source config names (apply's prepare); else `spec` itself."""
     here = spec.get("node")
     if not is_pair(spec) or here is None:
@@ -101,8 +100,13 @@ def pair_node_spec(spec: Mapping[str, object], node_keys: Sequence[str], *,
     raise ProviderError(f"host {here!r} is not one of the pair's hosts")
 
 
-def pair_source_spec(spec: Mapping[str, object], hosts: Mapping[str, str] | None, node_keys: Sequence[str], *,
-                     state_dir_first: bool = False) -> dict[str, object]:
+def pair_source_spec(
+    spec: Mapping[str, object],
+    hosts: Mapping[str, str] | None,
+    node_keys: Sequence[str],
+    *,
+    state_dir_first: bool = False,
+) -> dict[str, object]:
     """A pair's spec gets `nodes`: each host's server (member defaults + perHost's `node_keys`)
     and where its agent keeps state. `state_dir_first` keeps a provider's key order."""
     out = dict(spec)

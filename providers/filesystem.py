@@ -68,6 +68,8 @@ class _SpecModel:
 
 
 _MIN_BLOCK, _MAX_BLOCK = 4 << 10, 1 << 20
+
+
 @lru_cache(maxsize=4096)
 def _pattern_problems(pattern: str) -> tuple[str, ...]:
     # a big policy repeats the same few patterns in every group: each is compiled once
@@ -88,14 +90,21 @@ class FilesystemProvider:
         problems = []
         for name in ("include", "exclude"):
             for index, pattern in enumerate(getattr(spec, name)):
-                problems += [SpecProblem((name, index), f"{name}[{index}] {problem}",
-                                         "use gitignore-style patterns, e.g. '*.tmp'")
-                             for problem in _pattern_problems(pattern)]
+                problems += [
+                    SpecProblem(
+                        (name, index), f"{name}[{index}] {problem}", "use gitignore-style patterns, e.g. '*.tmp'"
+                    )
+                    for problem in _pattern_problems(pattern)
+                ]
         block = spec.change_tracking_block_size
         if block is not None and not _valid_block(block.bytes):
-            problems.append(SpecProblem(("changeTrackingBlockSize",),
-                                        f"changeTrackingBlockSize {block} is not a power of two from 4KiB to 1MiB",
-                                        "use e.g. 16KiB (smaller reads less of a changed file, stores more chunks)"))
+            problems.append(
+                SpecProblem(
+                    ("changeTrackingBlockSize",),
+                    f"changeTrackingBlockSize {block} is not a power of two from 4KiB to 1MiB",
+                    "use e.g. 16KiB (smaller reads less of a changed file, stores more chunks)",
+                )
+            )
         return problems
 
     def source_paths(self, spec: Mapping[str, object]) -> list[str]:
@@ -149,7 +158,6 @@ class FilesystemProvider:
             delete=request.delete,
             resume=request.resume,
         )
-
 
     # -- status --------------------------------------------------------------------------
 

@@ -19,8 +19,15 @@ from tests.seaweed import Seaweed
 # wall-clock deadline (2 shared cores), and a failure printed with the blob that replays it
 # (`@reproduce_failure`). HYPOTHESIS_PROFILE=explore searches afresh and deeper, for a local hunt.
 settings.register_profile("protectctl", derandomize=True, database=None, deadline=None, print_blob=True)
-settings.register_profile("explore", derandomize=False, database=None, deadline=None, print_blob=True,
-                          max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "explore",
+    derandomize=False,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    max_examples=2000,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "protectctl"))
 
 

@@ -57,13 +57,26 @@ def _free(port: int) -> bool:
 
 def identities(agent_buckets: str = AGENT_BUCKETS) -> dict[str, Any]:
     scope = agent_buckets
-    return {"identities": [
-        {"name": "admin", "credentials": [{"accessKey": ADMIN[0], "secretKey": ADMIN[1]}],
-         "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
-        {"name": "agent", "credentials": [{"accessKey": AGENT[0], "secretKey": AGENT[1]}],
-         "actions": [f"Read:{scope}", f"List:{scope}", f"Write:{scope}", f"PutObjectRetention:{scope}",
-                     f"GetObjectRetention:{scope}"]},
-    ]}
+    return {
+        "identities": [
+            {
+                "name": "admin",
+                "credentials": [{"accessKey": ADMIN[0], "secretKey": ADMIN[1]}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            },
+            {
+                "name": "agent",
+                "credentials": [{"accessKey": AGENT[0], "secretKey": AGENT[1]}],
+                "actions": [
+                    f"Read:{scope}",
+                    f"List:{scope}",
+                    f"Write:{scope}",
+                    f"PutObjectRetention:{scope}",
+                    f"GetObjectRetention:{scope}",
+                ],
+            },
+        ]
+    }
 
 
 @dataclass(slots=True)
@@ -86,13 +99,28 @@ class Seaweed:
             self._ports = _free_ports(6)
         s3, master, volume, filer, admin, metrics = self._ports
         self.s3_port = s3
-        argv = ["weed", "mini", f"-dir={self.base / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-s3.config={config}", f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
-                f"-filer.port={filer}", f"-admin.port={admin}", f"-debug.port={metrics}", "-admin.ui=false",
-                "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        argv = [
+            "weed",
+            "mini",
+            f"-dir={self.base / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={config}",
+            f"-s3.port={s3}",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-admin.port={admin}",
+            f"-debug.port={metrics}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
         log = open(self.base / "weed.log", "ab")  # noqa: SIM115 (the child keeps it)
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.base, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.base, start_new_session=True
+        )
         log.close()
         self._wait(timeout_s)
 
@@ -114,8 +142,9 @@ class Seaweed:
                 return
             except Exception as err:
                 if time.monotonic() >= deadline:
-                    raise RuntimeError(f"weed did not serve S3 in {timeout_s:.0f} s: {err}\n{self.log_tail()}") \
-                        from None
+                    raise RuntimeError(
+                        f"weed did not serve S3 in {timeout_s:.0f} s: {err}\n{self.log_tail()}"
+                    ) from None
                 time.sleep(0.3)
 
     def log_tail(self) -> str:
@@ -148,11 +177,18 @@ class Seaweed:
 
         key, secret = AGENT if agent else ADMIN
         return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id=key,
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=key,
             aws_secret_access_key=secret,
-            config=Config(retries={"mode": "standard", "max_attempts": attempts}, s3={"addressing_style": "path"},
-                          request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required"))
+            config=Config(
+                retries={"mode": "standard", "max_attempts": attempts},
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
 
     def new_bucket(self, *, lock: bool = False, agent: bool = False) -> str:
         """A fresh bucket (object lock and versioning with `lock`); `agent`: one the agent key may use."""

@@ -55,9 +55,16 @@ class RepositorySink:
         return self.repo.list_points(source)
 
 
-def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str, snapshot: SnapshotView | None = None,
-            started_ns: int | None = None, big_files: BigFileReader | None = None,
-            live_subvolumes: list[str] | None = None) -> Archived:
+def archive(
+    request: SnapshotRequest,
+    options: ArchiveOptions,
+    *,
+    journal: str,
+    snapshot: SnapshotView | None = None,
+    started_ns: int | None = None,
+    big_files: BigFileReader | None = None,
+    live_subvolumes: list[str] | None = None,
+) -> Archived:
     """See protectctl.provider.archive; the keywords come from agent/tracking.py (the snapshot read
     and its instant, the big-file reader; `live_subvolumes` gets the nested subvolumes read live)."""
     sink = request.sink
@@ -72,18 +79,31 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str, 
         raise writing_error(book.path, err) from err
     path_filter = PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude])
     # the totals a renderer shows (percentage, ETA) are counted alongside, never before
-    count = PreCount(Path(options.root), path_filter, request.progress, one_file_system=options.one_file_system) \
-        if wants_totals(request.progress) else None
+    count = (
+        PreCount(Path(options.root), path_filter, request.progress, one_file_system=options.one_file_system)
+        if wants_totals(request.progress)
+        else None
+    )
     try:
         if count is not None:
             count.start()
-        result = Archiver(repo, sink.writer, book, out, ArchiverOptions(
-            root=Path(options.root),
-            filter=path_filter,
-            one_file_system=options.one_file_system, verify_all=options.verify_all,
-            reread=options.reread,
-            keep_trees=options.keep_trees, snapshot=snapshot, big_files=big_files,
-        ), request.progress).run()
+        result = Archiver(
+            repo,
+            sink.writer,
+            book,
+            out,
+            ArchiverOptions(
+                root=Path(options.root),
+                filter=path_filter,
+                one_file_system=options.one_file_system,
+                verify_all=options.verify_all,
+                reread=options.reread,
+                keep_trees=options.keep_trees,
+                snapshot=snapshot,
+                big_files=big_files,
+            ),
+            request.progress,
+        ).run()
     except sqlite3.Error as err:  # the next journal cannot be written: a full disk
         out.abort()
         book.close()
@@ -108,8 +128,17 @@ def archive(request: SnapshotRequest, options: ArchiveOptions, *, journal: str, 
 
     root: os.stat_result = result.root
     return Archived(
-        tree=result.tree, files=result.files, dirs=result.dirs, bytes_total=result.bytes_total,
-        bytes_read=result.bytes_read, files_read=result.files_read, files_reused=result.files_reused,
-        silent_changes=result.silent_changes, silent_changed=tuple(result.silent_changed),
-        errors=tuple(result.errors), root=root, trees=dict(result.trees), finish=finish,
+        tree=result.tree,
+        files=result.files,
+        dirs=result.dirs,
+        bytes_total=result.bytes_total,
+        bytes_read=result.bytes_read,
+        files_read=result.files_read,
+        files_reused=result.files_reused,
+        silent_changes=result.silent_changes,
+        silent_changed=tuple(result.silent_changed),
+        errors=tuple(result.errors),
+        root=root,
+        trees=dict(result.trees),
+        finish=finish,
     )

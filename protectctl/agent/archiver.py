@@ -201,9 +201,7 @@ class Archiver:
             raise ProviderError(f"source path {root} is not a directory")
         self._root_dev = st.st_dev
         self.result.root = st
-        self.result.tree = self._archive_dir(
-            os.fsencode(root), b"", included=not self.options.filter.has_includes
-        )
+        self.result.tree = self._archive_dir(os.fsencode(root), b"", included=not self.options.filter.has_includes)
         if self.result.tree is None:  # includes matched nothing: an empty point, not no point
             self.result.tree = self.repo.save_tree(self.writer, Tree(()))
         return self.result
@@ -263,9 +261,7 @@ class Archiver:
                 self.journal_out.add_node(rel, name, _seal(fact, encoded), encoded)
         return tree
 
-    def _reuse_node(
-        self, entry: _Entry, fact: bytes, here: _Dir, known: tuple[bytes, str] | None
-    ) -> str | None:
+    def _reuse_node(self, entry: _Entry, fact: bytes, here: _Dir, known: tuple[bytes, str] | None) -> str | None:
         """The encoded node the last point stored for `entry` when its facts are unchanged (for a
         file: its journal entry matches and every chunk is still in the repository). The stored
         seal binds the facts to the encoding, so a damaged journal row is rebuilt, never stored."""
@@ -309,8 +305,13 @@ class Archiver:
             if filt.excluded(pattern_path, is_dir):
                 continue
             view = self.options.snapshot
-            if (is_dir and view is not None and st.st_ino == _BTRFS_PLACEHOLDER_INO and st.st_dev != view.live_dev
-                    and entry_path.startswith(view.snapshot_root + b"/")):
+            if (
+                is_dir
+                and view is not None
+                and st.st_ino == _BTRFS_PLACEHOLDER_INO
+                and st.st_dev != view.live_dev
+                and entry_path.startswith(view.snapshot_root + b"/")
+            ):
                 try:  # a nested subvolume, which the snapshot does not hold: read it live
                     entry_path = view.live_root + b"/" + child_rel
                     st = os.lstat(entry_path)
@@ -573,20 +574,51 @@ _KEY_VERSION = b"protectctl-dir-key/3\n"
 # hashed for every UTF-8 name: their journals' keys stay valid.
 def _node_facts(n: Node) -> bytes:
     subtree = None if n.subtree is None else bytes(n.subtree)
-    return _digest((name_text(n.name), n.type.value, n.mode, n.uid, n.gid, n.user, n.group, n.mtime_ns, n.atime_ns,
-                    n.ctime_ns, n.size, n.rdev, n.inode, n.dev, n.nlink, subtree))
+    return _digest(
+        (
+            name_text(n.name),
+            n.type.value,
+            n.mode,
+            n.uid,
+            n.gid,
+            n.user,
+            n.group,
+            n.mtime_ns,
+            n.atime_ns,
+            n.ctime_ns,
+            n.size,
+            n.rdev,
+            n.inode,
+            n.dev,
+            n.nlink,
+            subtree,
+        )
+    )
 
 
 def _entry_facts(e: _Entry) -> bytes:
     st, kind = e.st, e.kind
     subtree = None if e.subtree is None else bytes(e.subtree)
-    return _digest((
-        name_text(e.name), kind.value, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, user_name(st.st_uid),
-        group_name(st.st_gid), st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns,
-        st.st_size if kind is NodeType.FILE or kind is NodeType.SYMLINK else 0,
-        st.st_rdev if kind is NodeType.CHARDEV or kind is NodeType.BLOCKDEV else 0,
-        st.st_ino, st.st_dev, st.st_nlink if kind is NodeType.FILE else 1, subtree,
-    ))
+    return _digest(
+        (
+            name_text(e.name),
+            kind.value,
+            stat.S_IMODE(st.st_mode),
+            st.st_uid,
+            st.st_gid,
+            user_name(st.st_uid),
+            group_name(st.st_gid),
+            st.st_mtime_ns,
+            st.st_atime_ns,
+            st.st_ctime_ns,
+            st.st_size if kind is NodeType.FILE or kind is NodeType.SYMLINK else 0,
+            st.st_rdev if kind is NodeType.CHARDEV or kind is NodeType.BLOCKDEV else 0,
+            st.st_ino,
+            st.st_dev,
+            st.st_nlink if kind is NodeType.FILE else 1,
+            subtree,
+        )
+    )
 
 
 def _digest(facts: tuple[object, ...]) -> bytes:
@@ -624,8 +656,9 @@ def _dense(st: os.stat_result) -> bool:
 
 _STAT_SEQUENCE = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size")
 _STAT_EXTRA = tuple(
-    name for name in dir(os.stat_result) if name.startswith("st_") and name not in _STAT_SEQUENCE
-    and name not in ("st_atime", "st_mtime", "st_ctime")
+    name
+    for name in dir(os.stat_result)
+    if name.startswith("st_") and name not in _STAT_SEQUENCE and name not in ("st_atime", "st_mtime", "st_ctime")
 )
 
 

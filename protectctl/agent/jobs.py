@@ -145,8 +145,9 @@ class BackupResult:
 
     def to_json(self) -> dict[str, object]:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        out.update(time=_json_time(self.time), errors=list(self.errors), warnings=list(self.warnings),
-                   notes=list(self.notes))
+        out.update(
+            time=_json_time(self.time), errors=list(self.errors), warnings=list(self.warnings), notes=list(self.notes)
+        )
         out.update(ok=self.ok, exit_code=self.exit_code)
         return out
 
@@ -174,14 +175,27 @@ class RestoreResult:
         return None if self.bytes_free is None else self.bytes_needed <= self.bytes_free
 
     @classmethod
-    def of(cls, source: str, point: Point, outcome: RestoreOutcome, *, dry_run: bool,
-           notes: tuple[str, ...] = ()) -> RestoreResult:
+    def of(
+        cls, source: str, point: Point, outcome: RestoreOutcome, *, dry_run: bool, notes: tuple[str, ...] = ()
+    ) -> RestoreResult:
         """The result of a provider's restore of `point` (from disk or from tape)."""
-        return cls(source=source, point_id=point.id, point_time=point.time, point_kind=point.kind,
-                   point_complete=point.complete, target=outcome.target, dry_run=dry_run, files=outcome.files,
-                   dirs=outcome.dirs, bytes_total=outcome.bytes_total, bytes_needed=outcome.bytes_needed,
-                   bytes_free=outcome.bytes_free, verified=outcome.verified, notes=(*outcome.notes, *notes),
-                   details=dict(outcome.details))
+        return cls(
+            source=source,
+            point_id=point.id,
+            point_time=point.time,
+            point_kind=point.kind,
+            point_complete=point.complete,
+            target=outcome.target,
+            dry_run=dry_run,
+            files=outcome.files,
+            dirs=outcome.dirs,
+            bytes_total=outcome.bytes_total,
+            bytes_needed=outcome.bytes_needed,
+            bytes_free=outcome.bytes_free,
+            verified=outcome.verified,
+            notes=(*outcome.notes, *notes),
+            details=dict(outcome.details),
+        )
 
     def to_json(self) -> dict[str, object]:
         out = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -194,8 +208,12 @@ class RestoreResult:
     def from_json(cls, data: Mapping[str, Any]) -> RestoreResult:
         """The result an agent printed (`agent restore`), read back on the control machine."""
         fields = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
-        fields.update(point_time=datetime.fromisoformat(str(data["point_time"])), target=Path(str(data["target"])),
-                      notes=tuple(data.get("notes") or ()), details=dict(data.get("details") or {}))
+        fields.update(
+            point_time=datetime.fromisoformat(str(data["point_time"])),
+            target=Path(str(data["target"])),
+            notes=tuple(data.get("notes") or ()),
+            details=dict(data.get("details") or {}),
+        )
         return cls(**fields)
 
 
@@ -336,8 +354,13 @@ def run_backup(
 
 def _record(job: SourceJob, record: JobRecord) -> None:
     try:
-        record_job(job.state_dir, job.source, record, metrics=_metrics_of(job),
-                   sla_s={"sync": job.sync_interval_s, "full": job.full_interval_s})
+        record_job(
+            job.state_dir,
+            job.source,
+            record,
+            metrics=_metrics_of(job),
+            sla_s={"sync": job.sync_interval_s, "full": job.full_interval_s},
+        )
     except OSError as err:  # status is a report; failing to write it must not hide the job's outcome
         log.error("status.write_failed", extra={"source": job.source, "error": str(err)})
 
@@ -355,8 +378,14 @@ def _record_retention(jobs: Sequence[SourceJob], kept: Sequence[PointSummary], n
             continue
         times = [p.time for p in kept if p.source == job.source]
         try:
-            record_retention(job.state_dir, job.source, points=len(times), oldest=min(times, default=None),
-                             pruned_at=now, metrics=_metrics_of(job))
+            record_retention(
+                job.state_dir,
+                job.source,
+                points=len(times),
+                oldest=min(times, default=None),
+                pruned_at=now,
+                metrics=_metrics_of(job),
+            )
         except OSError as err:
             log.error("status.write_failed", extra={"source": job.source, "error": str(err)})
 
@@ -465,8 +494,12 @@ def _snapshot_with_scripts(
         nonlocal post_ran
         if job.post_script and not post_ran:
             post_ran = True
-            post = run_script("post", job.post_script, timeout_s=job.script_timeout_s,
-                              env={**env, "PROTECTCTL_STATUS": "success", "PROTECTCTL_FROZEN": "1"})
+            post = run_script(
+                "post",
+                job.post_script,
+                timeout_s=job.script_timeout_s,
+                env={**env, "PROTECTCTL_STATUS": "success", "PROTECTCTL_FROZEN": "1"},
+            )
             if not post.ok:
                 warnings.append(post.describe())
 
@@ -491,7 +524,10 @@ def _snapshot_with_scripts(
 
 
 def _snapshot(
-    job: SourceJob, repo: Repository, kind: BackupKind, progress: Progress,
+    job: SourceJob,
+    repo: Repository,
+    kind: BackupKind,
+    progress: Progress,
     frozen: Callable[[], None] | None = None,
 ) -> tuple[SnapshotOutcome, tuple[int, int]]:
     """The provider's snapshot inside one write session; the journal is dropped if the commit fails."""
@@ -502,8 +538,9 @@ def _snapshot(
     try:
         with repo.writer(progress, workers=job.parallelism) as writer:
             outcome = provider.snapshot(
-                SnapshotRequest(job.source, job.spec, kind, RepositorySink(repo, writer), job.state_dir, progress,
-                                frozen=frozen)
+                SnapshotRequest(
+                    job.source, job.spec, kind, RepositorySink(repo, writer), job.state_dir, progress, frozen=frozen
+                )
             )
     except BaseException:
         if outcome is not None:
@@ -762,8 +799,10 @@ def _source_status(job: SourceJob, facts: _RepositoryFacts, now: datetime) -> So
         failure_message = str(failure.get("message") or "")
         success_time = _recorded_time(recorded, "last_success")
         if success_time is None or failure_time > success_time:  # a later success settles it
-            problems.append(f"the last {failure.get('kind', 'job')} failed at {failure_time:%Y-%m-%d %H:%M}Z: "
-                            f"{failure_message or 'no reason recorded'}")
+            problems.append(
+                f"the last {failure.get('kind', 'job')} failed at {failure_time:%Y-%m-%d %H:%M}Z: "
+                f"{failure_message or 'no reason recorded'}"
+            )
     return SourceStatus(
         source=job.source,
         points=len(points) if problem is None else None,
@@ -798,7 +837,5 @@ def _sla_problems(what: str, age_s: float | None, interval_s: int) -> list[str]:
     if age_s is None:
         return [f"no complete {what} yet"]
     if age_s > SLA_GRACE * interval_s:
-        return [
-            f"newest complete {what} is {age_s / 3600:.1f} h old; the SLA allows {interval_s / 3600:.1f} h"
-        ]
+        return [f"newest complete {what} is {age_s / 3600:.1f} h old; the SLA allows {interval_s / 3600:.1f} h"]
     return []

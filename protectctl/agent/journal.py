@@ -220,8 +220,7 @@ class Journal:
             return {}
         try:
             rows = self._conn.execute(
-                "SELECT name, dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash"
-                " FROM files WHERE dir = ?",
+                "SELECT name, dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash FROM files WHERE dir = ?",
                 (_db_key(rel_dir),),
             ).fetchall()
         except sqlite3.Error:
@@ -277,8 +276,9 @@ class Journal:
     def begin(self, *, started_ns: int | None = None) -> JournalWriter:
         """Start the next journal beside this one (able to copy rows from this one); `started_ns`:
         when the content it describes was captured, if earlier than now (a snapshot's instant)."""
-        return JournalWriter(self.path, repo_id=self.repo_id, previous=self.path if self._conn else None,
-                             started_ns=started_ns)
+        return JournalWriter(
+            self.path, repo_id=self.repo_id, previous=self.path if self._conn else None, started_ns=started_ns
+        )
 
 
 class JournalWriter:
@@ -360,9 +360,7 @@ class JournalWriter:
         return True
 
     def _flush(self) -> None:
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
-        )
+        self._conn.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending)
         self._pending.clear()
         self._conn.executemany("INSERT OR REPLACE INTO dirs VALUES (?, ?, ?)", self._dirs)
         self._dirs.clear()
@@ -379,9 +377,11 @@ class JournalWriter:
             self._publish(meta)
         except (sqlite3.Error, OSError) as err:
             self.abort()
-            raise StateError(f"the change journal {self.path} was not updated: {_error_text(err)}",
-                             hint="free space in the agent's state directory; the next sync reads "
-                                  "the files this journal would have let it skip") from err
+            raise StateError(
+                f"the change journal {self.path} was not updated: {_error_text(err)}",
+                hint="free space in the agent's state directory; the next sync reads "
+                "the files this journal would have let it skip",
+            ) from err
 
     def _publish(self, meta: Mapping[str, str]) -> None:
         self._flush()
@@ -408,8 +408,10 @@ class JournalWriter:
 
 def writing_error(path: Path, err: sqlite3.Error | OSError) -> StateError:
     """A failure to write the next journal while a snapshot runs (a full disk), for users."""
-    return StateError(f"writing the change journal {path}.new: {_error_text(err)}",
-                      hint="free space in the agent's state directory; no recovery point was saved")
+    return StateError(
+        f"writing the change journal {path}.new: {_error_text(err)}",
+        hint="free space in the agent's state directory; no recovery point was saved",
+    )
 
 
 def _error_text(err: sqlite3.Error | OSError) -> str:

@@ -76,9 +76,10 @@ def source_lock(
 
 def _state_dir_error(what: str, err: OSError) -> StateError:
     """The agent's state directory cannot be written (a full disk, typically): nothing ran yet."""
-    return StateError(f"{what}: {os_error_text(err)}",
-                      hint="free space in the agent's state directory (locks, journals, status); "
-                           "no recovery point was started")
+    return StateError(
+        f"{what}: {os_error_text(err)}",
+        hint="free space in the agent's state directory (locks, journals, status); no recovery point was started",
+    )
 
 
 def _acquire(fd: int, path: Path, what: str, timeout_s: float, sleep: Callable[[float], None]) -> None:
@@ -111,10 +112,7 @@ def _read_holder(fd: int) -> dict[str, object]:
 def describe_holder(holder: dict[str, object]) -> str:
     if not holder:
         return "holder unknown"
-    return (
-        f"pid {holder.get('pid')} on {holder.get('host')}, {holder.get('command')!s},"
-        f" since {holder.get('since')}"
-    )
+    return f"pid {holder.get('pid')} on {holder.get('host')}, {holder.get('command')!s}, since {holder.get('since')}"
 
 
 def _report_stale(fd: int, source: str) -> None:

@@ -33,8 +33,9 @@ _NICE = 10  # the count yields the CPU to the backup it describes
 class PreCount:
     """Count `root` in a daemon thread; `stop()` ends it (and waits) once the archive is done."""
 
-    def __init__(self, root: Path, path_filter: PathFilter, progress: Progress, *,
-                 one_file_system: bool = False) -> None:
+    def __init__(
+        self, root: Path, path_filter: PathFilter, progress: Progress, *, one_file_system: bool = False
+    ) -> None:
         self.root = root
         self.filter = path_filter
         self.progress = progress
@@ -91,8 +92,9 @@ class PreCount:
                 self.progress.total(files=self.files, bytes_total=self.bytes_total, final=False)
         return True
 
-    def _directory(self, path: bytes, rel: bytes, included: bool, root_dev: int,
-                   stack: list[tuple[bytes, bytes, bool]]) -> None:
+    def _directory(
+        self, path: bytes, rel: bytes, included: bool, root_dev: int, stack: list[tuple[bytes, bytes, bool]]
+    ) -> None:
         try:
             with os.scandir(path) as entries:
                 listed = [(e.name, e.path) for e in entries]

@@ -74,9 +74,7 @@ _BUCKETS: tuple[tuple[str, _Bucket], ...] = (
 )
 
 
-def plan_source(
-    points: Sequence[PointRef], spec: RetentionSpec, *, now: datetime, tz: tzinfo = UTC
-) -> list[Decision]:
+def plan_source(points: Sequence[PointRef], spec: RetentionSpec, *, now: datetime, tz: tzinfo = UTC) -> list[Decision]:
     """Decide every point of one source; newest first."""
     ordered = sorted(points, key=lambda p: (p.time, p.id), reverse=True)
     reasons: dict[str, list[str]] = {p.id: [] for p in ordered}
@@ -113,9 +111,7 @@ def _keep_log_chain(ordered: Sequence[PointRef], horizon: datetime, reasons: dic
             reasons[point.id].append("log of the window")
 
 
-def _newest_per_bucket(
-    ordered: Sequence[PointRef], bucket_of: _Bucket, count: int, tz: tzinfo
-) -> list[PointRef]:
+def _newest_per_bucket(ordered: Sequence[PointRef], bucket_of: _Bucket, count: int, tz: tzinfo) -> list[PointRef]:
     """The newest point of each of the `count` most recent buckets (`ordered` is newest first)."""
     kept: list[PointRef] = []
     last: tuple[int, ...] | None = None
@@ -141,6 +137,4 @@ def plan_prune(
     for point in points:
         if point.source in specs:
             by_source[point.source].append(point)
-    return {
-        source: plan_source(by_source.get(source, []), spec, now=now, tz=tz) for source, spec in specs.items()
-    }
+    return {source: plan_source(by_source.get(source, []), spec, now=now, tz=tz) for source, spec in specs.items()}

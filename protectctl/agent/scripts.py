@@ -43,9 +43,7 @@ class ScriptResult:
         return f"{self.phase} script {self.argv[0]} {what}" + (f": {tail}" if tail else "")
 
 
-def run_script(
-    phase: str, command: str, *, timeout_s: float, env: Mapping[str, str] | None = None
-) -> ScriptResult:
+def run_script(phase: str, command: str, *, timeout_s: float, env: Mapping[str, str] | None = None) -> ScriptResult:
     """Run `command`; raises ProviderError only when it cannot be started."""
     try:
         argv = tuple(shlex.split(command))

@@ -219,14 +219,17 @@ def capture_problems(root: Path, source: str, mode: str) -> list[str]:
     (every sync fails then). Looks, never writes; a path absent here says nothing."""
     if not os.path.isdir(root):
         return []
-    problems = [f"a snapshot left by a killed sync: {path} (the next sync deletes it)"
-                for path in leftovers(root, source)]
+    problems = [
+        f"a snapshot left by a killed sync: {path} (the next sync deletes it)" for path in leftovers(root, source)
+    ]
     fstype = mount_of(root).fstype
     if mode == "btrfs" and fstype != "btrfs":
         problems.append(f"snapshot: btrfs, but {root} is on {fstype}: every sync fails; use snapshot: auto")
     if mode == "reflink" and fstype not in REFLINK_FILESYSTEMS:
-        problems.append(f"snapshot: reflink, but {root} is on {fstype}, which cannot clone files: "
-                        "every sync fails; use snapshot: auto")
+        problems.append(
+            f"snapshot: reflink, but {root} is on {fstype}, which cannot clone files: "
+            "every sync fails; use snapshot: auto"
+        )
     return problems
 
 
@@ -311,8 +314,9 @@ def probe_reflink(directory: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def capture(root: Path, source: str, mode: str, *, frozen: Callable[[], None] | None = None,
-            want_clones: bool = False) -> Iterator[Capture]:
+def capture(
+    root: Path, source: str, mode: str, *, frozen: Callable[[], None] | None = None, want_clones: bool = False
+) -> Iterator[Capture]:
     """The view of `root` one sync reads (see the module docstring); released on exit.
     `want_clones`: a work directory for clones is wanted even without `reflink` (block tracking).
     Raises ProviderError when an explicit mode cannot be had here."""
@@ -327,8 +331,10 @@ def capture(root: Path, source: str, mode: str, *, frozen: Callable[[], None] | 
         if mode in ("auto", "btrfs"):
             why = _try_btrfs(cap, root, tag)
             if why is not None and mode == "btrfs":
-                raise ProviderError(f"no btrfs snapshot of {root}: {why}",
-                                    hint="use `snapshot: reflink` or `snapshot: none` for this path")
+                raise ProviderError(
+                    f"no btrfs snapshot of {root}: {why}",
+                    hint="use `snapshot: reflink` or `snapshot: none` for this path",
+                )
             if why is not None:
                 cap.note = why
         if mode == "none":
@@ -365,8 +371,9 @@ def _try_btrfs(cap: Capture, root: Path, tag: str) -> str | None:
     real = os.path.realpath(root)
     cap.root = target / os.path.relpath(real, subvolume)
     try:
-        cap.view = SnapshotView(os.stat(cap.root).st_dev, os.stat(real).st_dev, os.fsencode(real),
-                                os.fsencode(cap.root))
+        cap.view = SnapshotView(
+            os.stat(cap.root).st_dev, os.stat(real).st_dev, os.fsencode(real), os.fsencode(cap.root)
+        )
     except OSError as err:
         return f"the snapshot {target} cannot be read: {err.strerror}"
     cap.mode = "btrfs"
@@ -394,7 +401,9 @@ def _try_clones(cap: Capture, mode: str, tag: str) -> None:
             cap.note = f"{cap.mount.fstype}: big files are reflink-cloned and read from the clone (each one instant)"
         return
     if mode == "reflink":
-        raise ProviderError(f"no reflink clones for {cap.root} ({cap.mount.fstype}): {refused}",
-                            hint="use `snapshot: none` for this path")
+        raise ProviderError(
+            f"no reflink clones for {cap.root} ({cap.mount.fstype}): {refused}",
+            hint="use `snapshot: none` for this path",
+        )
     if cap.mode == "none" and mode != "none":
         cap.note = f"{cap.mount.fstype}: not a snapshot, files are read live ({refused})"

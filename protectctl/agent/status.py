@@ -71,8 +71,14 @@ def default_metrics_path(state_dir: Path) -> Path:
     return state_dir / "metrics" / METRICS_FILE
 
 
-def record_job(state_dir: Path, source: str, record: JobRecord, *, sla_s: Mapping[str, int] | None = None,
-               metrics: MetricsTarget | None = None) -> None:
+def record_job(
+    state_dir: Path,
+    source: str,
+    record: JobRecord,
+    *,
+    sla_s: Mapping[str, int] | None = None,
+    metrics: MetricsTarget | None = None,
+) -> None:
     """Add `record` to the source's status and refresh the metrics file.
 
     `sla_s`: the longest time allowed between good points, by kind (`sync`, `full`)."""
@@ -101,18 +107,25 @@ def _add_job(status: dict[str, object], record: JobRecord, sla_s: Mapping[str, i
         status["sla_s"] = dict(sla_s)
 
 
-def record_retention(state_dir: Path, source: str, *, points: int, oldest: datetime | None, pruned_at: datetime,
-                     metrics: MetricsTarget | None = None) -> None:
+def record_retention(
+    state_dir: Path,
+    source: str,
+    *,
+    points: int,
+    oldest: datetime | None,
+    pruned_at: datetime,
+    metrics: MetricsTarget | None = None,
+) -> None:
     """What a prune left of the source (its points, the oldest one's time) and when it ran;
     refreshes the metrics file (the retention alerts read these)."""
     with _updating(state_dir, source) as status:
-        status["retention"] = {"points": points, "oldest_point_time": _iso(oldest),
-                               "last_prune_time": _iso(pruned_at)}
+        status["retention"] = {"points": points, "oldest_point_time": _iso(oldest), "last_prune_time": _iso(pruned_at)}
     write_metrics(state_dir, metrics)
 
 
-def record_tape_copy(state_dir: Path, source: str, *, copied_at: datetime,
-                     metrics: MetricsTarget | None = None) -> None:
+def record_tape_copy(
+    state_dir: Path, source: str, *, copied_at: datetime, metrics: MetricsTarget | None = None
+) -> None:
     """A tape run that left the source's newest complete point on tape (copied now or before);
     refreshes the metrics file (the tape copy alert reads it)."""
     with _updating(state_dir, source) as status:
@@ -192,22 +205,29 @@ METRICS: dict[str, tuple[str, str]] = {
     "protectctl_read_bytes_total": ("counter", "Bytes the source's jobs read from the source."),
     "protectctl_added_bytes_total": ("counter", "Bytes the source's jobs added to the repository."),
     "protectctl_points": ("gauge", "Recovery points of the source the last prune kept."),
-    "protectctl_oldest_point_timestamp_seconds": ("gauge", "Time of the source's oldest recovery point the last "
-                                                           "prune kept."),
+    "protectctl_oldest_point_timestamp_seconds": (
+        "gauge",
+        "Time of the source's oldest recovery point the last prune kept.",
+    ),
     "protectctl_last_prune_timestamp_seconds": ("gauge", "When the last prune applied the source's retention."),
-    "protectctl_last_tape_copy_timestamp_seconds": ("gauge", "End of the last tape run that left the source's "
-                                                             "newest complete point on tape."),
+    "protectctl_last_tape_copy_timestamp_seconds": (
+        "gauge",
+        "End of the last tape run that left the source's newest complete point on tape.",
+    ),
     "protectctl_sla_target_seconds": ("gauge", "Longest time the SLA allows between good points, by kind."),
-    "protectctl_sla_met": ("gauge", "1 when the newest good point of the kind was within 1.5 SLA targets "
-                                    "when the file was written, else 0."),
+    "protectctl_sla_met": (
+        "gauge",
+        "1 when the newest good point of the kind was within 1.5 SLA targets when the file was written, else 0.",
+    ),
 }
 # A good full is also a good point for the sync SLA (jobs.py SourceStatus counts it the same way).
 _SLA_KINDS: dict[str, tuple[str, ...]] = {"sync": ("sync", "full"), "full": ("full",)}
 SLA_GRACE = 1.5
 
 
-def render_metrics(statuses: Sequence[Mapping[str, object]], *, host: str = "", version: str = "",
-                   now: datetime | None = None) -> str:
+def render_metrics(
+    statuses: Sequence[Mapping[str, object]], *, host: str = "", version: str = "", now: datetime | None = None
+) -> str:
     """Prometheus text exposition format of the given status documents. Pure."""
     samples: dict[str, list[str]] = {name: [] for name in METRICS}
 
@@ -225,8 +245,12 @@ def render_metrics(statuses: Sequence[Mapping[str, object]], *, host: str = "", 
     return "\n".join(lines) + "\n"
 
 
-def _source_samples(status: Mapping[str, object], labels: dict[str, str], now: datetime | None,
-                    add: Callable[[str, Mapping[str, str], float], None]) -> None:
+def _source_samples(
+    status: Mapping[str, object],
+    labels: dict[str, str],
+    now: datetime | None,
+    add: Callable[[str, Mapping[str, str], float], None],
+) -> None:
     success: dict[str, float] = {}
     for kind in ("sync", "full"):
         stamp = _timestamp(status.get(f"last_{kind}_success"))
@@ -261,14 +285,17 @@ def _source_samples(status: Mapping[str, object], labels: dict[str, str], now: d
     _sla_samples(status.get("sla_s"), success, labels, now, add)
 
 
-def _retention_samples(status: Mapping[str, object], labels: dict[str, str],
-                       add: Callable[[str, Mapping[str, str], float], None]) -> None:
+def _retention_samples(
+    status: Mapping[str, object], labels: dict[str, str], add: Callable[[str, Mapping[str, str], float], None]
+) -> None:
     retention = status.get("retention")
     if isinstance(retention, Mapping):
         if isinstance(retention.get("points"), int):
             add("protectctl_points", labels, int(retention["points"]))
-        for key, name in (("oldest_point_time", "protectctl_oldest_point_timestamp_seconds"),
-                          ("last_prune_time", "protectctl_last_prune_timestamp_seconds")):
+        for key, name in (
+            ("oldest_point_time", "protectctl_oldest_point_timestamp_seconds"),
+            ("last_prune_time", "protectctl_last_prune_timestamp_seconds"),
+        ):
             stamp = _timestamp({"time": retention.get(key)})
             if stamp is not None:
                 add(name, labels, stamp)
@@ -277,8 +304,13 @@ def _retention_samples(status: Mapping[str, object], labels: dict[str, str],
         add("protectctl_last_tape_copy_timestamp_seconds", labels, stamp)
 
 
-def _sla_samples(sla_s: object, success: Mapping[str, float], labels: dict[str, str], now: datetime | None,
-                 add: Callable[[str, Mapping[str, str], float], None]) -> None:
+def _sla_samples(
+    sla_s: object,
+    success: Mapping[str, float],
+    labels: dict[str, str],
+    now: datetime | None,
+    add: Callable[[str, Mapping[str, str], float], None],
+) -> None:
     if not isinstance(sla_s, Mapping):
         return
     for kind, counted in _SLA_KINDS.items():
@@ -299,7 +331,11 @@ def write_metrics(state_dir: Path, metrics: MetricsTarget | None = None) -> Path
     from datetime import UTC
 
     path = metrics.path if metrics is not None else default_metrics_path(state_dir)
-    text = render_metrics(_all_status(state_dir), host=metrics.host if metrics else "",
-                          version=metrics.version if metrics else "", now=datetime.now(UTC))
+    text = render_metrics(
+        _all_status(state_dir),
+        host=metrics.host if metrics else "",
+        version=metrics.version if metrics else "",
+        now=datetime.now(UTC),
+    )
     atomic_write(path, text.encode("utf-8"), mode=0o640)
     return path

@@ -72,8 +72,9 @@ def archive_captured(request: SnapshotRequest, options: ArchiveOptions, *, journ
 
     tracking_wanted = options.change_tracking == "auto"
     live_root = Path(options.root)
-    with capture(live_root, request.source, options.snapshot, frozen=request.frozen,
-                 want_clones=tracking_wanted) as cap:
+    with capture(
+        live_root, request.source, options.snapshot, frozen=request.frozen, want_clones=tracking_wanted
+    ) as cap:
         ref_dir = cap.mount.point / (REFERENCE_PREFIX + source_tag(request.source + "\0" + request.sink.repository_id))
         notes: list[str] = []
         if not tracking_wanted and private_dir(ref_dir):
@@ -86,15 +87,33 @@ def archive_captured(request: SnapshotRequest, options: ArchiveOptions, *, journ
             tracking = False
         big = None
         if tracking or cap.mode == "reflink":
-            big = BigFiles(cap, live_root, ref_dir, tracking=tracking, verify=options.verify_all,
-                           min_size=options.tracking_min_size or DEFAULT_MIN_SIZE,
-                           block_size=options.tracking_block_size or DEFAULT_BLOCK_SIZE)
-        inner = replace(options, root=cap.root, exclude=(*options.exclude, *INTERNAL_EXCLUDES),
-                        snapshot="none", change_tracking="off")
+            big = BigFiles(
+                cap,
+                live_root,
+                ref_dir,
+                tracking=tracking,
+                verify=options.verify_all,
+                min_size=options.tracking_min_size or DEFAULT_MIN_SIZE,
+                block_size=options.tracking_block_size or DEFAULT_BLOCK_SIZE,
+            )
+        inner = replace(
+            options,
+            root=cap.root,
+            exclude=(*options.exclude, *INTERNAL_EXCLUDES),
+            snapshot="none",
+            change_tracking="off",
+        )
         try:
             live: list[str] = []
-            result = run(request, inner, journal=journal, snapshot=cap.view, started_ns=cap.started_ns,
-                         big_files=big, live_subvolumes=live)
+            result = run(
+                request,
+                inner,
+                journal=journal,
+                snapshot=cap.view,
+                started_ns=cap.started_ns,
+                big_files=big,
+                live_subvolumes=live,
+            )
             if big is not None:
                 big.stash()
         except BaseException:
@@ -160,8 +179,17 @@ class _Pending:
 class BigFiles:
     """The archiver's `BigFileReader` for one run."""
 
-    def __init__(self, cap: Capture, live_root: Path, ref_dir: Path, *, tracking: bool, verify: bool,
-                 min_size: int, block_size: int) -> None:
+    def __init__(
+        self,
+        cap: Capture,
+        live_root: Path,
+        ref_dir: Path,
+        *,
+        tracking: bool,
+        verify: bool,
+        min_size: int,
+        block_size: int,
+    ) -> None:
         self.cap = cap
         self.live_root = live_root
         self.ref_dir = ref_dir
@@ -181,8 +209,9 @@ class BigFiles:
 
     # -- the archiver's side --------------------------------------------------------------
 
-    def read(self, archiver: Archiver, fd: int, st: os.stat_result, rel: bytes,
-             previous: JournalEntry | None) -> Content | None:
+    def read(
+        self, archiver: Archiver, fd: int, st: os.stat_result, rel: bytes, previous: JournalEntry | None
+    ) -> Content | None:
         work = self.cap.work_dir
         if work is None or not self.cap.reflink:
             return None
@@ -209,8 +238,7 @@ class BigFiles:
         finally:
             os.close(cfd)
 
-    def _blocks(self, archiver: Archiver, cfd: int, key: str, rel: bytes,
-                previous: JournalEntry | None) -> Content:
+    def _blocks(self, archiver: Archiver, cfd: int, key: str, rel: bytes, previous: JournalEntry | None) -> Content:
         started = time.monotonic()
         block = self.block_size
         size = os.fstat(cfd).st_size
@@ -267,9 +295,12 @@ class BigFiles:
                 continue
             # Read this block and the next ones that must be read too, in one call.
             end = index + 1
-            while (end < count and end - index < _READ_SPAN // block and end not in hole_blocks
-                   and (self.verify or changed is None or end in changed or end >= len(reused)
-                        or reused[end] is None)):
+            while (
+                end < count
+                and end - index < _READ_SPAN // block
+                and end not in hole_blocks
+                and (self.verify or changed is None or end in changed or end >= len(reused) or reused[end] is None)
+            ):
                 end += 1
             span = min(end * block, size) - start
             view = memoryview(buf)[:span]
@@ -284,15 +315,22 @@ class BigFiles:
                 pieces.append((len(piece), bytes(blob)))
                 self.stats.blocks_read += 1
                 before = reused[i] if i < len(reused) else None
-                if (self.verify and changed is not None and i not in changed and before is not None
-                        and before[0] == len(piece) and before[1] != bytes(blob)):
+                if (
+                    self.verify
+                    and changed is not None
+                    and i not in changed
+                    and before is not None
+                    and before[0] == len(piece)
+                    and before[1] != bytes(blob)
+                ):
                     self._mismatch(rel)
             index = end
         digest = blocks_hash(archiver.repo.content_hasher(), size, holes, pieces)
         return Content(size, tuple(chunks), tuple(holes), digest, HashScheme.BLOCKS)
 
-    def _reusable(self, archiver: Archiver, key: str, previous: JournalEntry | None
-                  ) -> list[tuple[int, bytes] | None] | None:
+    def _reusable(
+        self, archiver: Archiver, key: str, previous: JournalEntry | None
+    ) -> list[tuple[int, bytes] | None] | None:
         """Per block of the previous point's content: (length, chunk id), None for a hole; None
         when the reference cannot vouch for that content (the file is then read whole)."""
         entry = self._manifest.get(key)
@@ -349,8 +387,12 @@ class BigFiles:
         crashpoint.reached("tracking.commit")  # the point is saved and the journal committed
         for pending in self._pending:
             os.replace(self.ref_dir / (pending.key + ".new"), self.ref_dir / pending.key)
-            self._manifest[pending.key] = {"rel": pending.rel.hex(), "hash": pending.content_hash.hex(),
-                                           "size": pending.size, "block": self.block_size}
+            self._manifest[pending.key] = {
+                "rel": pending.rel.hex(),
+                "hash": pending.content_hash.hex(),
+                "size": pending.size,
+                "block": self.block_size,
+            }
         self._forget_gone({p.key for p in self._pending})
         if self._pending or self.ref_dir.exists():
             self.ref_dir.mkdir(mode=0o700, exist_ok=True)
@@ -359,8 +401,10 @@ class BigFiles:
 
     def abort(self) -> None:
         for pending in self._pending:
-            for path in (self.ref_dir / (pending.key + ".new"),
-                         *(() if self.cap.work_dir is None else (self.cap.work_dir / pending.key,))):
+            for path in (
+                self.ref_dir / (pending.key + ".new"),
+                *(() if self.cap.work_dir is None else (self.cap.work_dir / pending.key,)),
+            ):
                 with contextlib.suppress(OSError):
                     path.unlink()
         self._pending = []
@@ -385,7 +429,7 @@ class BigFiles:
         out: dict[str, object] = {
             "tracking": "blocks",
             "tracking_note": f"files of {self.min_size >> 20} MiB or more: extent maps compared with "
-                             f"a reflink reference, {self.block_size >> 10} KiB blocks",
+            f"a reflink reference, {self.block_size >> 10} KiB blocks",
             "tracking_block_size": self.block_size,
             "tracked_files": s.files_tracked,
             "tracked_whole": s.files_whole,

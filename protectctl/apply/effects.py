@@ -73,8 +73,10 @@ class KeyEffect:
         ref = inputs["passphrase"]
         if ref.get("file") and not Path(ref["file"]).exists():
             if not inputs.get("generate", True):
-                raise ProtectctlError(f"passphrase file {ref['file']} does not exist",
-                                      hint="create it (mode 0600) or set `generate: true`")
+                raise ProtectctlError(
+                    f"passphrase file {ref['file']} does not exist",
+                    hint="create it (mode 0600) or set `generate: true`",
+                )
             path = Path(ref["file"])
             passphrase = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +85,10 @@ class KeyEffect:
                 out.write(passphrase + b"\n")
                 out.flush()
                 os.fsync(out.fileno())
-            ctx.warn(f"generated a new passphrase in {path} (mode 0600): keep a copy somewhere safe; "
-                     "without it the repository cannot be read")
+            ctx.warn(
+                f"generated a new passphrase in {path} (mode 0600): keep a copy somewhere safe; "
+                "without it the repository cannot be read"
+            )
             return {"generated": True}
         secret_ref(ref).resolve()  # fail now, clearly, if the env var or file is missing
         return {"generated": False}
@@ -225,8 +229,11 @@ class AgentEffect(FilesEffect):
         if inputs.get("install"):
             from protectctl.provision.agent_install import install
 
-            installed = install(ctx.host(self.host_name(inputs)), inputs["install"]["venv"],  # type: ignore[arg-type]
-                                digest=inputs["install"]["digest"])
+            installed = install(
+                ctx.host(self.host_name(inputs)),  # type: ignore[arg-type]
+                inputs["install"]["venv"],
+                digest=inputs["install"]["digest"],
+            )
         outputs = super().create(inputs, ctx)
         if installed is not None:
             outputs["install"] = installed
@@ -243,8 +250,13 @@ class AgentEffect(FilesEffect):
         conn = ctx.host(self.host_name(inputs))
         conn.make_dirs(inputs["state_dir"], mode=0o700)
         if inputs.get("metrics_path"):
-            _metrics_dir(conn, str(PurePosixPath(inputs["metrics_path"]).parent), str(inputs["metrics_group"]),
-                         self.host_name(inputs), ctx)
+            _metrics_dir(
+                conn,
+                str(PurePosixPath(inputs["metrics_path"]).parent),
+                str(inputs["metrics_group"]),
+                self.host_name(inputs),
+                ctx,
+            )
 
 
 def _metrics_dir(conn: HostConnection, path: str, group: str, host: str, ctx: ApplyContext) -> None:
@@ -256,12 +268,16 @@ def _metrics_dir(conn: HostConnection, path: str, group: str, host: str, ctx: Ap
     existed = conn.run(("test", "-d", path)).status == 0
     conn.make_dirs(path, mode=0o750)
     if conn.run(("getent", "group", group)).status != 0:
-        ctx.warn(f"host {host}: group {group!r} does not exist, so node_exporter cannot read {path}; "
-                 "set the Host's metrics.group to the group node_exporter runs as")
+        ctx.warn(
+            f"host {host}: group {group!r} does not exist, so node_exporter cannot read {path}; "
+            "set the Host's metrics.group to the group node_exporter runs as"
+        )
         return
     if existed and conn.run(("stat", "-c", "%G", path)).stdout.strip() != group:
-        ctx.warn(f"host {host}: {path} exists and does not belong to group {group!r}; the metrics file in it "
-                 f"is 0640 root:root unless you run `chgrp {group} {path} && chmod g+s {path}`")
+        ctx.warn(
+            f"host {host}: {path} exists and does not belong to group {group!r}; the metrics file in it "
+            f"is 0640 root:root unless you run `chgrp {group} {path} && chmod g+s {path}`"
+        )
         return
     for argv in (("chgrp", group, path), ("chmod", "2750" if not existed else "g+s", path)):
         result = conn.run(argv)
@@ -299,8 +315,10 @@ def source_nodes(inputs: Inputs) -> list[dict[str, Any]]:
     nodes = inputs.get("nodes")
     if not nodes:
         return [dict(inputs)]
-    return [{**inputs, "host": n["host"], "config_path": n["config_path"],
-             "spec": {**inputs["spec"], "node": n["host"]}} for n in nodes]
+    return [
+        {**inputs, "host": n["host"], "config_path": n["config_path"], "spec": {**inputs["spec"], "node": n["host"]}}
+        for n in nodes
+    ]
 
 
 def prepare_source(inputs: Inputs, ctx: ApplyContext) -> list[str]:
@@ -315,8 +333,9 @@ def prepare_source(inputs: Inputs, ctx: ApplyContext) -> list[str]:
     root = str(host.get("root", "/"))
     if str(host.get("address", "local")) != "local":
         return _prepare_remote(inputs, ctx, root)
-    outcome = provider.prepare_host(PrepareRequest(str(inputs["source"]), dict(inputs["spec"]),
-                                                   Path(host_path(root, STATE_DIR))))
+    outcome = provider.prepare_host(
+        PrepareRequest(str(inputs["source"]), dict(inputs["spec"]), Path(host_path(root, STATE_DIR)))
+    )
     for warning in outcome.warnings:
         ctx.warn(warning)
     return list(outcome.changes)
@@ -339,8 +358,10 @@ def _prepare_remote(inputs: Inputs, ctx: ApplyContext, root: str) -> list[str]:
         outcome = None
     if result.status != 0 or not isinstance(outcome, dict):
         said = (result.stderr or result.stdout).strip().splitlines()
-        raise RemoteError(f"host {inputs['host']}: preparing {inputs['source']} failed: "
-                          f"{' '.join(said[-3:]) or f'exit {result.status}'}")
+        raise RemoteError(
+            f"host {inputs['host']}: preparing {inputs['source']} failed: "
+            f"{' '.join(said[-3:]) or f'exit {result.status}'}"
+        )
     for warning in outcome.get("warnings", []):
         ctx.warn(f"host {inputs['host']}: {warning}")
     return [str(c) for c in outcome.get("changes", [])]
@@ -366,14 +387,22 @@ class ScheduleEffect(FilesEffect):
     def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
         host, unit = str(inputs["host"]), unit_of(inputs)
         if inputs["root"] != "/":
-            ctx.note_inactive(host, unit, f"its root is {inputs['root']}, not /: {inputs['scheduler']} reads "
-                                          "only the real /etc, so these files are never run")
+            ctx.note_inactive(
+                host,
+                unit,
+                f"its root is {inputs['root']}, not /: {inputs['scheduler']} reads "
+                "only the real /etc, so these files are never run",
+            )
             return
         if inputs["scheduler"] != "systemd":
             return  # cron reads /etc/cron.d by itself
         if not self._systemd_live(inputs, ctx):
-            ctx.note_inactive(host, unit, "systemd is not running there; run `systemctl daemon-reload && "
-                                          "systemctl enable --now UNIT` for each, once it is")
+            ctx.note_inactive(
+                host,
+                unit,
+                "systemd is not running there; run `systemctl daemon-reload && "
+                "systemctl enable --now UNIT` for each, once it is",
+            )
             return
         conn = ctx.host(host)
         for argv in (("systemctl", "daemon-reload"), ("systemctl", "enable", "--now", unit)):
@@ -419,8 +448,13 @@ class AccessEffect:
         if inputs.get("known_hosts_copy"):
             conn.write_file(str(inputs["known_hosts_copy"]), _known_hosts_entries(inputs["known_hosts"]), mode=0o644)
         for hop in inputs.get("jump", []):
-            self._edit_authorized_on(str(hop["host"]), str(hop["authorized_keys"]), self._tag(inputs),
-                                     tunnel_line(public, str(hop["permit"])), ctx)
+            self._edit_authorized_on(
+                str(hop["host"]),
+                str(hop["authorized_keys"]),
+                self._tag(inputs),
+                tunnel_line(public, str(hop["permit"])),
+                ctx,
+            )
         line = authorized_line(public, str(inputs["serve"]), str(inputs["repo"]))
         self._edit_authorized(inputs, ctx, line)
         return {"public_key": public, "authorized_keys": inputs["authorized_keys"]}
@@ -439,8 +473,9 @@ class AccessEffect:
             conn.remove_file(str(inputs["known_hosts_copy"]))
 
     def _edit_authorized(self, inputs: Inputs, ctx: ApplyContext, line: str | None) -> None:
-        self._edit_authorized_on(str(inputs["backup_host"]), str(inputs["authorized_keys"]), self._tag(inputs),
-                                 line, ctx)
+        self._edit_authorized_on(
+            str(inputs["backup_host"]), str(inputs["authorized_keys"]), self._tag(inputs), line, ctx
+        )
 
     @staticmethod
     def _edit_authorized_on(host: str, path: str, tag: str, line: str | None, ctx: ApplyContext) -> None:
@@ -511,8 +546,10 @@ def _known_hosts_entries(wanted: Any) -> bytes:
         name = str(entry["name"])
         keys = known_host_keys(str(entry["file"]), name, host=name)
         if not keys:
-            raise ProtectctlError(f"knownHosts {entry['file']} has no key for {name}",
-                                  hint=f"add `{name} <key type> <key>` to it, or pin `hostKey:` instead")
+            raise ProtectctlError(
+                f"knownHosts {entry['file']} has no key for {name}",
+                hint=f"add `{name} <key type> <key>` to it, or pin `hostKey:` instead",
+            )
         lines += [f"{name} {key}" for key in keys]
     return "".join(f"{line}\n" for line in lines).encode()
 
@@ -541,20 +578,34 @@ def schedule_files(inputs: Inputs) -> dict[str, str]:
     from protectctl.units import Schedule
 
     if inputs.get("daemon"):  # a long-running service (e.g. WAL streaming), not a timer
-        files = render_daemon(inputs["scheduler"], DaemonJob(inputs["name"], inputs["description"],
-                                                             tuple(inputs["argv"])))
+        files = render_daemon(
+            inputs["scheduler"], DaemonJob(inputs["name"], inputs["description"], tuple(inputs["argv"]))
+        )
         return {str(PurePosixPath(inputs["root"]) / rel): text for rel, text in files.items()}
     box = inputs.get("sandbox")
-    sandbox = None if box is None else Sandbox(
-        write_paths=None if box["write_paths"] is None else tuple(box["write_paths"]),
-        capabilities=None if box["capabilities"] is None else tuple(box["capabilities"]),
-        filter_syscalls=bool(box["filter_syscalls"]), change_user=bool(box["change_user"]),
-        devices=bool(box["devices"]))
+    sandbox = (
+        None
+        if box is None
+        else Sandbox(
+            write_paths=None if box["write_paths"] is None else tuple(box["write_paths"]),
+            capabilities=None if box["capabilities"] is None else tuple(box["capabilities"]),
+            filter_syscalls=bool(box["filter_syscalls"]),
+            change_user=bool(box["change_user"]),
+            devices=bool(box["devices"]),
+        )
+    )
     job = ScheduledJob(
-        name=inputs["name"], description=inputs["description"], argv=tuple(inputs["argv"]),
-        schedule=Schedule.parse(inputs["schedule"]), randomized_delay_s=int(inputs["randomized_delay_s"]),
-        timeout_s=int(inputs.get("timeout_s", 0)), sandbox=sandbox, on_failure=inputs.get("on_failure"),
-        mailto=inputs.get("mailto"), ac_power=bool(inputs.get("ac_power")), inhibit=bool(inputs.get("inhibit")),
+        name=inputs["name"],
+        description=inputs["description"],
+        argv=tuple(inputs["argv"]),
+        schedule=Schedule.parse(inputs["schedule"]),
+        randomized_delay_s=int(inputs["randomized_delay_s"]),
+        timeout_s=int(inputs.get("timeout_s", 0)),
+        sandbox=sandbox,
+        on_failure=inputs.get("on_failure"),
+        mailto=inputs.get("mailto"),
+        ac_power=bool(inputs.get("ac_power")),
+        inhibit=bool(inputs.get("inhibit")),
     )
     rendered = renderer_for(inputs["scheduler"]).render(job)
     root = PurePosixPath(inputs["root"])

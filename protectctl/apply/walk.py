@@ -60,8 +60,14 @@ def _waits_for(plan: Plan) -> dict[str, set[str]]:
 
 
 class _Walker:
-    def __init__(self, plan: Plan, state: State, backend: StateBackend, ctx: ApplyContext,
-                 on_result: Callable[[ResourceResult], None]) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        state: State,
+        backend: StateBackend,
+        ctx: ApplyContext,
+        on_result: Callable[[ResourceResult], None],
+    ) -> None:
         self.plan = plan
         self.state = state
         self.backend = backend
@@ -80,13 +86,11 @@ class _Walker:
             return self._result(change, Outcome.FAILED, f"{err.strerror or err}", started)
         except Exception as err:  # noqa: BLE001 - a bug in one effect must not strand the others
             log.exception("apply of %s failed", change.address)
-            return self._result(change, Outcome.FAILED, f"internal error (a bug): {type(err).__name__}: {err}",
-                                started)
+            return self._result(change, Outcome.FAILED, f"internal error (a bug): {type(err).__name__}: {err}", started)
         return self._result(change, Outcome.OK, "", started)
 
     def _result(self, change: Change, outcome: Outcome, message: str, started: float) -> ResourceResult:
-        return ResourceResult(change.address, change.action, outcome, change.host, message,
-                              time.monotonic() - started)
+        return ResourceResult(change.address, change.action, outcome, change.host, message, time.monotonic() - started)
 
     def _execute(self, change: Change) -> None:
         effect = EFFECTS[change.kind]
@@ -106,10 +110,19 @@ class _Walker:
             outputs = effect.create(change.after, self.ctx)
         else:
             outputs = effect.update(change.after, outputs, self.ctx)
-        self._save(change.address, ResourceState(
-            kind=change.kind, inputs=change.after, inputs_hash=inputs_hash(change.after), outputs=outputs,
-            depends_on=change.depends_on, host=change.host, holds_data=change.holds_data,
-            updated_at=datetime.now(UTC)))
+        self._save(
+            change.address,
+            ResourceState(
+                kind=change.kind,
+                inputs=change.after,
+                inputs_hash=inputs_hash(change.after),
+                outputs=outputs,
+                depends_on=change.depends_on,
+                host=change.host,
+                holds_data=change.holds_data,
+                updated_at=datetime.now(UTC),
+            ),
+        )
 
     def _save(self, address: str, record: ResourceState | None) -> None:
         with self.lock:
@@ -121,9 +134,15 @@ class _Walker:
             self.backend.write(self.state)
 
 
-def apply_plan(plan: Plan, state: State, backend: StateBackend, ctx: ApplyContext, *,
-               parallelism: int = 10,
-               on_result: Callable[[ResourceResult], None] = lambda r: None) -> list[ResourceResult]:
+def apply_plan(
+    plan: Plan,
+    state: State,
+    backend: StateBackend,
+    ctx: ApplyContext,
+    *,
+    parallelism: int = 10,
+    on_result: Callable[[ResourceResult], None] = lambda r: None,
+) -> list[ResourceResult]:
     """Run every change of the plan; returns one result per change, in completion order."""
     walker = _Walker(plan, state, backend, ctx, on_result)
     changes = {c.address: c for c in plan.changes}
@@ -146,8 +165,15 @@ def apply_plan(plan: Plan, state: State, backend: StateBackend, ctx: ApplyContex
                 blockers = waits[address]
                 if any(done.get(b) in (Outcome.FAILED, Outcome.SKIPPED) for b in blockers):
                     failed = sorted(b for b in blockers if b in done and done[b] is not Outcome.OK)
-                    finish(ResourceResult(address, changes[address].action, Outcome.SKIPPED,
-                                          changes[address].host, f"skipped: {', '.join(failed)} did not apply"))
+                    finish(
+                        ResourceResult(
+                            address,
+                            changes[address].action,
+                            Outcome.SKIPPED,
+                            changes[address].host,
+                            f"skipped: {', '.join(failed)} did not apply",
+                        )
+                    )
                 elif all(done.get(b) is Outcome.OK for b in blockers) and len(running) < parallelism:
                     running[pool.submit(walker.run_one, changes[address])] = address
             if not running:

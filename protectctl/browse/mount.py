@@ -52,9 +52,15 @@ _CONTENTS_KEPT = 1024  # files whose chunk offsets are kept between opens
 _DIR_MODE = stat.S_IFDIR | 0o555
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _TIME_FORMAT_US = "%Y-%m-%dT%H:%M:%S.%fZ"
-_TYPE_BITS = {NodeType.FILE: stat.S_IFREG, NodeType.DIR: stat.S_IFDIR, NodeType.SYMLINK: stat.S_IFLNK,
-              NodeType.FIFO: stat.S_IFIFO, NodeType.CHARDEV: stat.S_IFCHR, NodeType.BLOCKDEV: stat.S_IFBLK,
-              NodeType.SOCKET: stat.S_IFSOCK}
+_TYPE_BITS = {
+    NodeType.FILE: stat.S_IFREG,
+    NodeType.DIR: stat.S_IFDIR,
+    NodeType.SYMLINK: stat.S_IFLNK,
+    NodeType.FIFO: stat.S_IFIFO,
+    NodeType.CHARDEV: stat.S_IFCHR,
+    NodeType.BLOCKDEV: stat.S_IFBLK,
+    NodeType.SOCKET: stat.S_IFSOCK,
+}
 
 
 class MountError(ProtectctlError):
@@ -127,6 +133,7 @@ class _Source:
 def point_names(points: Sequence[Point]) -> dict[str, Point]:
     """by-time names, oldest first: the time to the second (UTC); points in the same second to the
     microsecond (names still sort by time), and in the same microsecond with their id too."""
+
     def counts(names: list[str]) -> dict[str, int]:
         seen: dict[str, int] = {}
         for name in names:
@@ -240,12 +247,27 @@ class PointsFilesystem:
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         kind, what = self._resolve(path)
         if kind == "dir":
-            return {"st_mode": _DIR_MODE, "st_nlink": 2, "st_uid": 0, "st_gid": 0, "st_size": 0,
-                    "st_mtime": self._mounted_at, "st_ctime": self._mounted_at, "st_atime": self._mounted_at}
+            return {
+                "st_mode": _DIR_MODE,
+                "st_nlink": 2,
+                "st_uid": 0,
+                "st_gid": 0,
+                "st_size": 0,
+                "st_mtime": self._mounted_at,
+                "st_ctime": self._mounted_at,
+                "st_atime": self._mounted_at,
+            }
         if kind == "link":
-            return {"st_mode": stat.S_IFLNK | 0o777, "st_nlink": 1, "st_uid": 0, "st_gid": 0,
-                    "st_size": len(what), "st_mtime": self._mounted_at, "st_ctime": self._mounted_at,
-                    "st_atime": self._mounted_at}
+            return {
+                "st_mode": stat.S_IFLNK | 0o777,
+                "st_nlink": 1,
+                "st_uid": 0,
+                "st_gid": 0,
+                "st_size": len(what),
+                "st_mtime": self._mounted_at,
+                "st_ctime": self._mounted_at,
+                "st_atime": self._mounted_at,
+            }
         return _stat(what)
 
     def readdir(self, path: str, fh: int) -> list[str]:
@@ -347,11 +369,18 @@ def _enoent() -> OSError:
 
 def _stat(node: Node) -> dict[str, int]:
     blocks = (node.size - sum(length for _, length in node.holes) + 511) // 512
-    return {"st_mode": _TYPE_BITS[node.type] | stat.S_IMODE(node.mode), "st_nlink": max(node.nlink, 1),
-            "st_uid": stored_uid(node.user, node.uid), "st_gid": stored_gid(node.group, node.gid),
-            "st_size": len(node.link_target) if node.type is NodeType.SYMLINK and node.link_target else node.size,
-            "st_blocks": blocks, "st_mtime": node.mtime_ns, "st_atime": node.atime_ns, "st_ctime": node.ctime_ns,
-            "st_rdev": node.rdev}
+    return {
+        "st_mode": _TYPE_BITS[node.type] | stat.S_IMODE(node.mode),
+        "st_nlink": max(node.nlink, 1),
+        "st_uid": stored_uid(node.user, node.uid),
+        "st_gid": stored_gid(node.group, node.gid),
+        "st_size": len(node.link_target) if node.type is NodeType.SYMLINK and node.link_target else node.size,
+        "st_blocks": blocks,
+        "st_mtime": node.mtime_ns,
+        "st_atime": node.atime_ns,
+        "st_ctime": node.ctime_ns,
+        "st_rdev": node.rdev,
+    }
 
 
 def clear_stale_mount(mountpoint: str) -> bool:
@@ -377,8 +406,15 @@ def clear_stale_mount(mountpoint: str) -> bool:
     return False
 
 
-def serve(repo: Repository, sources: Sequence[str], mountpoint: str, *, allow_other: bool,
-          cache_bytes: int = DEFAULT_CACHE_BYTES, ready: Callable[[], None] | None = None) -> None:
+def serve(
+    repo: Repository,
+    sources: Sequence[str],
+    mountpoint: str,
+    *,
+    allow_other: bool,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ready: Callable[[], None] | None = None,
+) -> None:
     """Mount and serve in the foreground until unmounted or interrupted; raises MountError."""
     try:
         import mfusepy
@@ -390,14 +426,21 @@ def serve(repo: Repository, sources: Sequence[str], mountpoint: str, *, allow_ot
     if not os.path.isdir(mountpoint):
         raise MountError(f"mountpoint {mountpoint} is not a directory", hint="create it first (mkdir)")
     if not os.path.exists("/dev/fuse"):
-        raise MountError("/dev/fuse is missing: FUSE is not available here", hint="load the fuse module, or install "
-                         "fuse3")
+        raise MountError(
+            "/dev/fuse is missing: FUSE is not available here", hint="load the fuse module, or install fuse3"
+        )
     operations = PointsFilesystem(repo, sources, cache_bytes=cache_bytes)
     # libfuse answers each request on its own thread; they share the GIL, whose default 5 ms
     # switch interval would make a request wait behind another's chunk decryption
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
-    options: dict[str, Any] = {"foreground": True, "ro": True, "default_permissions": True, "kernel_cache": True,
-                               "fsname": "protectctl", "subtype": "protectctl"}
+    options: dict[str, Any] = {
+        "foreground": True,
+        "ro": True,
+        "default_permissions": True,
+        "kernel_cache": True,
+        "fsname": "protectctl",
+        "subtype": "protectctl",
+    }
     if allow_other:
         options["allow_other"] = True
     if ready is not None:
@@ -409,6 +452,7 @@ def serve(repo: Repository, sources: Sequence[str], mountpoint: str, *, allow_ot
             # libfuse ends its loop with an error code when a signal (SIGINT, SIGTERM) stopped it;
             # it has unmounted by then: an interruption, not a failure
             raise KeyboardInterrupt from None
-        raise MountError(f"mounting {mountpoint} failed (libfuse said {err})",
-                         hint="is it already mounted, or not empty? --allow-other needs root or "
-                              "user_allow_other in /etc/fuse.conf") from err
+        raise MountError(
+            f"mounting {mountpoint} failed (libfuse said {err})",
+            hint="is it already mounted, or not empty? --allow-other needs root or user_allow_other in /etc/fuse.conf",
+        ) from err

@@ -32,8 +32,10 @@ class NotInPointError(ProtectctlError):
 def point_root(point: Point) -> Node:
     """The DIR node of a point's root; raises ProtectctlError for a point without a tree."""
     if point.tree is None:
-        raise ProtectctlError(f"point {point.id[:12]} of {point.source} holds no file tree",
-                              hint="its provider stores something else (e.g. a database)")
+        raise ProtectctlError(
+            f"point {point.id[:12]} of {point.source} holds no file tree",
+            hint="its provider stores something else (e.g. a database)",
+        )
     meta = point.extra.get("root")
     return root_node(point.tree, meta if isinstance(meta, dict) else None)
 
@@ -56,9 +58,16 @@ class Entry:
     def to_json(self, root: str | None) -> dict[str, object]:
         n = self.node
         doc: dict[str, object] = {
-            "name": show_name(n.name), "path": shown_path(self.path, root), "type": n.type.value,
-            "mode": f"{stat.S_IMODE(n.mode):04o}", "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group,
-            "size": n.size, "mtime": _time(n.mtime_ns),
+            "name": show_name(n.name),
+            "path": shown_path(self.path, root),
+            "type": n.type.value,
+            "mode": f"{stat.S_IMODE(n.mode):04o}",
+            "uid": n.uid,
+            "gid": n.gid,
+            "user": n.user,
+            "group": n.group,
+            "size": n.size,
+            "mtime": _time(n.mtime_ns),
         }
         if n.link_target is not None:
             doc["link_target"] = show_name(n.link_target)
@@ -78,9 +87,15 @@ class Entry:
 
 
 def _type_bits(kind: NodeType) -> int:
-    return {NodeType.FILE: stat.S_IFREG, NodeType.DIR: stat.S_IFDIR, NodeType.SYMLINK: stat.S_IFLNK,
-            NodeType.FIFO: stat.S_IFIFO, NodeType.CHARDEV: stat.S_IFCHR, NodeType.BLOCKDEV: stat.S_IFBLK,
-            NodeType.SOCKET: stat.S_IFSOCK}[kind]
+    return {
+        NodeType.FILE: stat.S_IFREG,
+        NodeType.DIR: stat.S_IFDIR,
+        NodeType.SYMLINK: stat.S_IFLNK,
+        NodeType.FIFO: stat.S_IFIFO,
+        NodeType.CHARDEV: stat.S_IFCHR,
+        NodeType.BLOCKDEV: stat.S_IFBLK,
+        NodeType.SOCKET: stat.S_IFSOCK,
+    }[kind]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +107,13 @@ class Listing:
     entries: tuple[Entry, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {"format_version": FORMAT_VERSION, "source": self.source, "point": _point_json(self.point),
-                "path": shown_path(self.path, self.root), "entries": [e.to_json(self.root) for e in self.entries]}
+        return {
+            "format_version": FORMAT_VERSION,
+            "source": self.source,
+            "point": _point_json(self.point),
+            "path": shown_path(self.path, self.root),
+            "entries": [e.to_json(self.root) for e in self.entries],
+        }
 
 
 def ls(trees: PointTrees, source: str, point: Point, parts: tuple[bytes, ...], root: str | None) -> Listing:
@@ -110,9 +130,10 @@ def locate(trees: PointTrees, point: Point, parts: tuple[bytes, ...], root: str 
     node = trees.lookup(point_root(point), parts)
     if node is None:
         where = f"; paths are relative to the source or absolute under {root}" if root else ""
-        raise NotInPointError(f"'{shown_path(parts, root)}' is not in the point of "
-                              f"{point.time:%Y-%m-%d %H:%M:%S}Z of {point.source}",
-                              hint=f"`protectctl ls {point.source}` lists the point's top level{where}")
+        raise NotInPointError(
+            f"'{shown_path(parts, root)}' is not in the point of {point.time:%Y-%m-%d %H:%M:%S}Z of {point.source}",
+            hint=f"`protectctl ls {point.source}` lists the point's top level{where}",
+        )
     return node
 
 
@@ -130,10 +151,16 @@ class Version:
 
     def to_json(self) -> dict[str, object]:
         n = self.node
-        return {"type": n.type.value, "size": n.size, "mtime": _time(n.mtime_ns),
-                "mode": f"{stat.S_IMODE(n.mode):04o}",
-                "content_hash": n.content_hash.hex() if n.content_hash is not None else None,
-                "first_point": _point_json(self.first), "last_point": _point_json(self.last), "points": self.points}
+        return {
+            "type": n.type.value,
+            "size": n.size,
+            "mtime": _time(n.mtime_ns),
+            "mode": f"{stat.S_IMODE(n.mode):04o}",
+            "content_hash": n.content_hash.hex() if n.content_hash is not None else None,
+            "first_point": _point_json(self.first),
+            "last_point": _point_json(self.last),
+            "points": self.points,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +172,13 @@ class History:
     points_searched: int
 
     def to_json(self) -> dict[str, object]:
-        return {"format_version": FORMAT_VERSION, "source": self.source, "path": shown_path(self.path, self.root),
-                "points_searched": self.points_searched, "versions": [v.to_json() for v in self.versions]}
+        return {
+            "format_version": FORMAT_VERSION,
+            "source": self.source,
+            "path": shown_path(self.path, self.root),
+            "points_searched": self.points_searched,
+            "versions": [v.to_json() for v in self.versions],
+        }
 
 
 def _content_key(node: Node) -> tuple[object, ...]:
@@ -154,8 +186,9 @@ def _content_key(node: Node) -> tuple[object, ...]:
     return (node.type, content, node.size, node.link_target, node.mode, node.uid, node.gid)
 
 
-def versions(trees: PointTrees, source: str, points: Sequence[Point], parts: tuple[bytes, ...],
-             root: str | None) -> History:
+def versions(
+    trees: PointTrees, source: str, points: Sequence[Point], parts: tuple[bytes, ...], root: str | None
+) -> History:
     """Each distinct version of the path, oldest first: a new version starts where the content,
     type, mode or owner changes, or where the path comes back after being absent."""
     out: list[Version] = []
@@ -175,8 +208,10 @@ def versions(trees: PointTrees, source: str, points: Sequence[Point], parts: tup
             out.append(Version(node, point, point))
         previous_present = True
     if not out:
-        raise NotInPointError(f"'{shown_path(parts, root)}' is in none of the {len(points)} point(s) of {source}",
-                              hint=f"`protectctl find {source} PATTERN` searches by name")
+        raise NotInPointError(
+            f"'{shown_path(parts, root)}' is in none of the {len(points)} point(s) of {source}",
+            hint=f"`protectctl find {source} PATTERN` searches by name",
+        )
     return History(source, parts, root, tuple(out), len(points))
 
 
@@ -197,10 +232,15 @@ class Changes:
         def shown(parts: tuple[bytes, ...]) -> str:
             return shown_path(parts, self.root)
 
-        return {"format_version": FORMAT_VERSION, "source": self.source, "before": _point_json(self.before),
-                "after": _point_json(self.after), "added": [shown(p) for p in self.added],
-                "removed": [shown(p) for p in self.removed],
-                "modified": [{"path": shown(p), "what": list(what)} for p, what in self.modified]}
+        return {
+            "format_version": FORMAT_VERSION,
+            "source": self.source,
+            "before": _point_json(self.before),
+            "after": _point_json(self.after),
+            "added": [shown(p) for p in self.added],
+            "removed": [shown(p) for p in self.removed],
+            "modified": [{"path": shown(p), "what": list(what)} for p, what in self.modified],
+        }
 
     def lines(self) -> list[str]:
         rows = [(p, "+", "") for p in self.added] + [(p, "-", "") for p in self.removed]
@@ -216,8 +256,7 @@ def diff(trees: PointTrees, source: str, before: Point, after: Point, root: str 
     return changes
 
 
-def _diff_dirs(trees: PointTrees, a: BlobId | None, b: BlobId | None, prefix: tuple[bytes, ...],
-               out: Changes) -> None:
+def _diff_dirs(trees: PointTrees, a: BlobId | None, b: BlobId | None, prefix: tuple[bytes, ...], out: Changes) -> None:
     if a == b:
         return
     old = {n.name: n for n in (trees.tree(a).nodes if a is not None else ())}
@@ -249,8 +288,10 @@ def _all_below(trees: PointTrees, node: Node, path: tuple[bytes, ...], into: lis
 def _what_changed(was: Node, now: Node) -> tuple[str, ...]:
     what = []
     if was.type is not NodeType.DIR and (
-        (was.content_hash or was.chunks) != (now.content_hash or now.chunks) or was.size != now.size
-        or was.link_target != now.link_target or was.rdev != now.rdev
+        (was.content_hash or was.chunks) != (now.content_hash or now.chunks)
+        or was.size != now.size
+        or was.link_target != now.link_target
+        or was.rdev != now.rdev
     ):
         what.append("content")
     if stat.S_IMODE(was.mode) != stat.S_IMODE(now.mode):
@@ -281,11 +322,23 @@ class Found:
     roots: dict[str, str | None]
 
     def to_json(self) -> dict[str, object]:
-        return {"format_version": FORMAT_VERSION, "selector": self.selector, "pattern": self.pattern,
-                "points_searched": self.points_searched,
-                "matches": [{"source": source, "path": self._shown(source, m), "type": m.type,
-                             "first_point": _point_json(m.points[0]), "last_point": _point_json(m.points[-1]),
-                             "points": [p.id for p in m.points]} for source, m in self.matches]}
+        return {
+            "format_version": FORMAT_VERSION,
+            "selector": self.selector,
+            "pattern": self.pattern,
+            "points_searched": self.points_searched,
+            "matches": [
+                {
+                    "source": source,
+                    "path": self._shown(source, m),
+                    "type": m.type,
+                    "first_point": _point_json(m.points[0]),
+                    "last_point": _point_json(m.points[-1]),
+                    "points": [p.id for p in m.points],
+                }
+                for source, m in self.matches
+            ],
+        }
 
     def _shown(self, source: str, m: Match) -> str:
         return shown_path(tuple(m.path.split(b"/")), self.roots.get(source))
@@ -336,5 +389,7 @@ def find(finder: Finder, points: Sequence[Point]) -> list[Match]:
             if holding is None:
                 holding = by_path[found] = []
             holding.append(point)
-    return sorted((Match(text_name(path), kind, holding) for (path, kind), holding in by_path.items()),
-                  key=lambda m: (m.path, m.type))
+    return sorted(
+        (Match(text_name(path), kind, holding) for (path, kind), holding in by_path.items()),
+        key=lambda m: (m.path, m.type),
+    )

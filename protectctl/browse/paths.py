@@ -35,7 +35,7 @@ def point_relative(text: str, root: str | None) -> str:
         if base == "/":
             return norm.lstrip("/")
         if norm.startswith(base + "/"):
-            return norm[len(base) + 1:]
+            return norm[len(base) + 1 :]
     return value.lstrip("/")
 
 
@@ -48,8 +48,9 @@ def split_path(text: str, root: str | None = None) -> tuple[bytes, ...]:
         raise BrowsePathError(f"path '{show_text(text)}': {err}") from err
     parts = tuple(p for p in raw.split(b"/") if p not in (b"", b"."))
     if b".." in parts:
-        raise BrowsePathError(f"path '{show_text(text)}' leaves the recovery point",
-                              hint="give a path inside the source")
+        raise BrowsePathError(
+            f"path '{show_text(text)}' leaves the recovery point", hint="give a path inside the source"
+        )
     return parts
 
 
@@ -76,8 +77,10 @@ class Pattern:
     @classmethod
     def parse(cls, text: str, root: str | None = None) -> Pattern:
         if not text or "\x00" in text:
-            raise BrowsePathError(f"pattern {text!r} is empty or holds a NUL byte",
-                                  hint="give shell wildcards, e.g. '*.conf' or 'etc/*/hosts'")
+            raise BrowsePathError(
+                f"pattern {text!r} is empty or holds a NUL byte",
+                hint="give shell wildcards, e.g. '*.conf' or 'etc/*/hosts'",
+            )
         whole = "/" in text.strip("/") or text.startswith("/")
         body = point_relative(text, root) if whole else text
         regex = re.compile(fnmatch.translate(body), re.DOTALL)

@@ -71,10 +71,13 @@ def pick_point(points: Sequence[Point], when: str, *, source: str, now: datetime
         if len(by_id) > 1:
             raise ProtectctlError(f"point id {text!r} is ambiguous in {source}", hint="give more of the id")
     if not [p for p in points if p.tree is not None]:
-        raise ProtectctlError(f"{source} has no recovery point with a file tree",
-                              hint="run a sync first; database sources are browsed with `points list`")
-    return select_point([p for p in points if p.tree is not None],
-                        parse_time(text, now=now or datetime.now(UTC)), source=source)
+        raise ProtectctlError(
+            f"{source} has no recovery point with a file tree",
+            hint="run a sync first; database sources are browsed with `points list`",
+        )
+    return select_point(
+        [p for p in points if p.tree is not None], parse_time(text, now=now or datetime.now(UTC)), source=source
+    )
 
 
 @contextlib.contextmanager
@@ -118,8 +121,9 @@ def cat(source: BrowseSource, path: str, to_time: str, write: Callable[[bytes], 
         parts = split_path(path, root)
         node = ops.locate(o.trees, point, parts, root)
         if node.type is not NodeType.FILE:
-            raise ProtectctlError(f"'{path}' is a {node.type.value}, not a file",
-                                  hint=f"`protectctl ls {source.source} {path}` lists it")
+            raise ProtectctlError(
+                f"'{path}' is a {node.type.value}, not a file", hint=f"`protectctl ls {source.source} {path}` lists it"
+            )
         written = 0
         for piece in FileContent(o.repo, node).chunks_in_order():
             write(piece)
@@ -127,8 +131,9 @@ def cat(source: BrowseSource, path: str, to_time: str, write: Callable[[bytes], 
         return written
 
 
-def find(sources: Sequence[BrowseSource], selector: str, pattern_text: str, *, since: str | None,
-         until: str | None) -> ops.Found:
+def find(
+    sources: Sequence[BrowseSource], selector: str, pattern_text: str, *, since: str | None, until: str | None
+) -> ops.Found:
     """Matches of the pattern in every point (between `since` and `until`) of the sources."""
     now = datetime.now(UTC)
     lo = _instant(since, now)
@@ -144,15 +149,22 @@ def find(sources: Sequence[BrowseSource], selector: str, pattern_text: str, *, s
             scan = repo.scan_points()
             trees = PointTrees(repo)
             for s in group:
-                points = [p for p in scan.points if p.source == s.source and p.tree is not None
-                          and (lo is None or p.time >= lo) and (hi is None or p.time <= hi)]
+                points = [
+                    p
+                    for p in scan.points
+                    if p.source == s.source
+                    and p.tree is not None
+                    and (lo is None or p.time >= lo)
+                    and (hi is None or p.time <= hi)
+                ]
                 root = source_root(s.provider, s.spec, points[-1] if points else None)
                 roots[s.source] = root
                 finder = ops.Finder(trees, Pattern.parse(pattern_text, root))
                 matches += [(s.source, m) for m in ops.find(finder, points)]
                 searched += len(points)
-    return ops.Found(selector, pattern_text, searched, tuple(sorted(matches, key=lambda sm: (sm[0], sm[1].path))),
-                     roots)
+    return ops.Found(
+        selector, pattern_text, searched, tuple(sorted(matches, key=lambda sm: (sm[0], sm[1].path))), roots
+    )
 
 
 def _instant(text: str | None, now: datetime) -> datetime | None:

@@ -122,22 +122,42 @@ class PointTrees:
                 if end < 0 or b"\\" in piece[:end] or kind_at < len(_TYPE):
                     break
                 sub_at = piece.find(_SUBTREE, end, kind_at)
-                out.append((piece[:end].decode("ascii"), piece[kind_at: piece.find(b'"', kind_at)].decode("ascii"),
-                            piece[sub_at + len(_SUBTREE): sub_at + len(_SUBTREE) + 64] if sub_at >= 0 else None))
+                out.append(
+                    (
+                        piece[:end].decode("ascii"),
+                        piece[kind_at : piece.find(b'"', kind_at)].decode("ascii"),
+                        piece[sub_at + len(_SUBTREE) : sub_at + len(_SUBTREE) + 64] if sub_at >= 0 else None,
+                    )
+                )
             else:
                 return out
-        return [(name_text(n.name), n.type.value, n.subtree.hex().encode() if n.subtree is not None else None)
-                for n in self.tree(tree_id).nodes]
+        return [
+            (name_text(n.name), n.type.value, n.subtree.hex().encode() if n.subtree is not None else None)
+            for n in self.tree(tree_id).nodes
+        ]
 
 
 def root_node(tree: BlobId, meta: Mapping[str, object] | None) -> Node:
     """A DIR node standing for a point's root (its metadata from the point, when recorded)."""
+
     def number(key: str, default: int) -> int:
         value = (meta or {}).get(key, default)
         return value if isinstance(value, int) and not isinstance(value, bool) else default
 
-    return Node(b"", NodeType.DIR, number("mode", 0o755), number("uid", 0), number("gid", 0), None, None,
-                number("mtime_ns", 0), number("atime_ns", 0), number("mtime_ns", 0), 0, subtree=tree)
+    return Node(
+        b"",
+        NodeType.DIR,
+        number("mode", 0o755),
+        number("uid", 0),
+        number("gid", 0),
+        None,
+        None,
+        number("mtime_ns", 0),
+        number("atime_ns", 0),
+        number("mtime_ns", 0),
+        0,
+        subtree=tree,
+    )
 
 
 class FileContent:
@@ -233,8 +253,8 @@ class FileContent:
             blob = load(self.node.chunks[index])
             skip = data_offset - starts[index]
             if not out and skip + size <= len(blob):  # within one chunk, the common case: one copy
-                return blob[skip: skip + size]
-            piece = blob[skip: skip + size]
+                return blob[skip : skip + size]
+            piece = blob[skip : skip + size]
             if not piece:
                 break
             out += piece
@@ -242,8 +262,9 @@ class FileContent:
             data_offset += len(piece)
             index += 1
         if size > 0:
-            raise CorruptionError(f"stored content of '{self.node.name.decode(errors='replace')}' is shorter "
-                                  "than its size")
+            raise CorruptionError(
+                f"stored content of '{self.node.name.decode(errors='replace')}' is shorter than its size"
+            )
         return bytes(out)
 
     def chunks_in_order(self, load: LoadBlob | None = None) -> Iterator[bytes]:

@@ -16,8 +16,9 @@ from protectctl.cli.helpformat import HelpGroup
 
 
 def register(app: typer.Typer) -> None:
-    agent_app = typer.Typer(cls=HelpGroup, help="Commands run on a protected host by apply and its services.",
-                            no_args_is_help=True)
+    agent_app = typer.Typer(
+        cls=HelpGroup, help="Commands run on a protected host by apply and its services.", no_args_is_help=True
+    )
     app.add_typer(agent_app, name="agent", hidden=True)
 
     @agent_app.command("prepare")
@@ -65,5 +66,10 @@ def register(app: typer.Typer) -> None:
         from protectctl.cli.main import env_of
 
         env = env_of(ctx, False)
-        api.stream_logs(env.policy_dir, group, member, agent_config=env.agent_config,
-                       log=lambda line: typer.echo(f"protectctl wal-stream {group}/{member}: {line}", err=True))
+        api.stream_logs(
+            env.policy_dir,
+            group,
+            member,
+            agent_config=env.agent_config,
+            log=lambda line: typer.echo(f"protectctl wal-stream {group}/{member}: {line}", err=True),
+        )

@@ -39,13 +39,20 @@ def human_bytes(n: int | float | None) -> str:
 
 def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per command
     @app.command()
-    def run(ctx: typer.Context, job: Annotated[Job, typer.Argument(help="sync, full, prune, verify or tape")],
-            group: Annotated[str, typer.Argument(help="Protection group.")], member: MemberOpt = None,
-            all_points: Annotated[bool, typer.Option("--all", help="tape: every point not on tape yet, "
-                                                     "not only the newest.")] = False,
-            lock_timeout: Annotated[str, typer.Option(
-                "--lock-timeout", help="tape: wait this long for another run using the libraries (e.g. 30s).")] = "4h",
-            json_mode: JsonOpt = False) -> None:
+    def run(
+        ctx: typer.Context,
+        job: Annotated[Job, typer.Argument(help="sync, full, prune, verify or tape")],
+        group: Annotated[str, typer.Argument(help="Protection group.")],
+        member: MemberOpt = None,
+        all_points: Annotated[
+            bool, typer.Option("--all", help="tape: every point not on tape yet, not only the newest.")
+        ] = False,
+        lock_timeout: Annotated[
+            str,
+            typer.Option("--lock-timeout", help="tape: wait this long for another run using the libraries (e.g. 30s)."),
+        ] = "4h",
+        json_mode: JsonOpt = False,
+    ) -> None:
         """Run a protection job now (what the timers run)."""
         env = env_of(ctx, json_mode)
         if job in (Job.SYNC, Job.FULL):
@@ -63,37 +70,59 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     app.add_typer(points_app, name="points")
 
     @points_app.command("list")
-    def points_list(ctx: typer.Context,
-                    selector: Annotated[str | None, typer.Argument(help="GROUP or GROUP/MEMBER")] = None,
-                    all_sources: Annotated[bool, typer.Option("--all", help="Also sources no longer in the policy "
-                                                              "(a removed group's points).")] = False,
-                    json_mode: JsonOpt = False) -> None:
+    def points_list(
+        ctx: typer.Context,
+        selector: Annotated[str | None, typer.Argument(help="GROUP or GROUP/MEMBER")] = None,
+        all_sources: Annotated[
+            bool, typer.Option("--all", help="Also sources no longer in the policy (a removed group's points).")
+        ] = False,
+        json_mode: JsonOpt = False,
+    ) -> None:
         """Recovery points, newest last."""
         from protectctl import api
 
         env = env_of(ctx, json_mode)
-        listing = api.list_points(env.policy_dir, selector, agent_config=env.agent_config,
-                                  include_removed=all_sources)
+        listing = api.list_points(env.policy_dir, selector, agent_config=env.agent_config, include_removed=all_sources)
         points = listing.points
         windows = api.recovery_windows(points)
         gone = set(listing.removed)
         if env.output.json_mode:
-            env.output.document({"format_version": "1.0",
-                                 "points": [{**point_json(p), "in_policy": p.source not in gone} for p in points],
-                                 "recovery_windows": windows, "problems": list(listing.problems),
-                                 "removed_sources": sorted(gone)})
+            env.output.document(
+                {
+                    "format_version": "1.0",
+                    "points": [{**point_json(p), "in_policy": p.source not in gone} for p in points],
+                    "recovery_windows": windows,
+                    "problems": list(listing.problems),
+                    "removed_sources": sorted(gone),
+                }
+            )
             return
         for problem in listing.problems:
             env.output.warn(problem)
         env.output.table(
             ["time", "source", "kind", "id", "files", "size", "read", "added", "duration", "tracking", "complete"],
-            [(p.time.strftime("%Y-%m-%dT%H:%M:%SZ"), p.source, p.kind, p.id[:8], f"{p.stats.files:,}",
-              human_bytes(p.stats.bytes_total), human_bytes(p.stats.bytes_read), human_bytes(p.stats.bytes_added),
-              f"{p.stats.duration_s:.1f}s", tracking_cell(p.extra),
-              "yes" if p.complete else f"NO ({len(p.errors)} error(s))") for p in points])
+            [
+                (
+                    p.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    p.source,
+                    p.kind,
+                    p.id[:8],
+                    f"{p.stats.files:,}",
+                    human_bytes(p.stats.bytes_total),
+                    human_bytes(p.stats.bytes_read),
+                    human_bytes(p.stats.bytes_added),
+                    f"{p.stats.duration_s:.1f}s",
+                    tracking_cell(p.extra),
+                    "yes" if p.complete else f"NO ({len(p.errors)} error(s))",
+                )
+                for p in points
+            ],
+        )
         for source in sorted(gone):
-            env.output.text(f"{source}: no longer in the policy (its points stay in the repository: "
-                            "browse it with `protectctl ls`, restore it with --target PATH)")
+            env.output.text(
+                f"{source}: no longer in the policy (its points stay in the repository: "
+                "browse it with `protectctl ls`, restore it with --target PATH)"
+            )
         for source, lines in windows.items():
             env.output.text("\n".join([f"{source}:", *(f"  {line}" for line in lines)]))
 
@@ -102,24 +131,47 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         ctx: typer.Context,
         source: Annotated[str, typer.Argument(help="GROUP/MEMBER")],
         to_time: Annotated[str, typer.Option("--to-time", help="ISO 8601, relative (-2h) or latest.")],
-        target: Annotated[str | None, typer.Option("--target", help="[HOST:]PATH (default: the original path)")]
-        = None,
+        target: Annotated[str | None, typer.Option("--target", help="[HOST:]PATH (default: the original path)")] = None,
         paths: Annotated[list[str] | None, typer.Option("--path", help="Only this subpath (repeatable).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be restored.")] = False,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty target: replace what "
-                                                "differs.")] = False,
-        delete: Annotated[bool, typer.Option("--delete", help="With --overwrite: also remove what the target "
-                                             "holds that the point does not (within the target).")] = False,
-        resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted restore of the same point "
-                                             "into the target, keeping the files it finished.")] = False,
-        from_: Annotated[str | None, typer.Option("--from", help="tape: read the point from tape (default: disk, "
-                                                  "or tape when the disk no longer has it).")] = None,
-        port: Annotated[int | None, typer.Option("--port", help="Database sources: port of the restored server "
-                                                 "(with --database: of the running one to load into).")] = None,
-        database: Annotated[str | None, typer.Option("--database", help="Database sources: restore only this "
-                                                     "database (needs --as).")] = None,
-        as_name: Annotated[str | None, typer.Option("--as", help="Database sources: the new name of --database.")]
-        = None,
+        overwrite: Annotated[
+            bool, typer.Option("--overwrite", help="Allow a non-empty target: replace what differs.")
+        ] = False,
+        delete: Annotated[
+            bool,
+            typer.Option(
+                "--delete",
+                help="With --overwrite: also remove what the target holds that the point does not (within the target).",
+            ),
+        ] = False,
+        resume: Annotated[
+            bool,
+            typer.Option(
+                "--resume",
+                help="Continue an interrupted restore of the same point "
+                "into the target, keeping the files it finished.",
+            ),
+        ] = False,
+        from_: Annotated[
+            str | None,
+            typer.Option(
+                "--from", help="tape: read the point from tape (default: disk, or tape when the disk no longer has it)."
+            ),
+        ] = None,
+        port: Annotated[
+            int | None,
+            typer.Option(
+                "--port",
+                help="Database sources: port of the restored server "
+                "(with --database: of the running one to load into).",
+            ),
+        ] = None,
+        database: Annotated[
+            str | None, typer.Option("--database", help="Database sources: restore only this database (needs --as).")
+        ] = None,
+        as_name: Annotated[
+            str | None, typer.Option("--as", help="Database sources: the new name of --database.")
+        ] = None,
         json_mode: JsonOpt = False,
     ) -> None:
         """Bring a source back as it was at a time."""
@@ -128,17 +180,29 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
 
         env = env_of(ctx, json_mode)
         if not dry_run:
-            on_interrupt(f"the restore of {source} stopped part-way: {target or 'the original place'} holds only "
-                         "part of the point; run the same command again with --resume to finish it")
+            on_interrupt(
+                f"the restore of {source} stopped part-way: {target or 'the original place'} holds only "
+                "part of the point; run the same command again with --resume to finish it"
+            )
         if from_ not in (None, "disk", "tape"):
             from protectctl.errors import RestoreError
 
             raise RestoreError(f"--from {from_!r}: expected disk or tape")
-        result = api.restore(env.policy_dir, source, to_time, agent_config=env.agent_config, target=target,
-                             subpaths=paths or [], dry_run=dry_run, overwrite=overwrite, progress=progress_of(env),
-                             from_tape=from_ == "tape",
-                             options={k: v for k, v in (("port", port), ("database", database), ("as_name", as_name))
-                                      if v is not None}, delete=delete, resume=resume)
+        result = api.restore(
+            env.policy_dir,
+            source,
+            to_time,
+            agent_config=env.agent_config,
+            target=target,
+            subpaths=paths or [],
+            dry_run=dry_run,
+            overwrite=overwrite,
+            progress=progress_of(env),
+            from_tape=from_ == "tape",
+            options={k: v for k, v in (("port", port), ("database", database), ("as_name", as_name)) if v is not None},
+            delete=delete,
+            resume=resume,
+        )
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", **result.to_json()})
         else:
@@ -147,17 +211,23 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             raise typer.Exit(1)
 
     @app.command()
-    def prune(ctx: typer.Context, group: Annotated[str | None, typer.Argument(help="Protection group.")] = None,
-              dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go.")] = False,
-              json_mode: JsonOpt = False) -> None:
+    def prune(
+        ctx: typer.Context,
+        group: Annotated[str | None, typer.Argument(help="Protection group.")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go.")] = False,
+        json_mode: JsonOpt = False,
+    ) -> None:
         """Apply the SLA retention: delete expired points, then unreferenced data."""
         env = env_of(ctx, json_mode)
         _prune(env, group, None, dry_run=dry_run)
 
     @app.command()
-    def check(ctx: typer.Context, storage: Annotated[str, typer.Argument(help="Storage name.")],
-              read_data: Annotated[bool, typer.Option("--read-data", help="Decrypt and hash every byte.")] = False,
-              json_mode: JsonOpt = False) -> None:
+    def check(
+        ctx: typer.Context,
+        storage: Annotated[str, typer.Argument(help="Storage name.")],
+        read_data: Annotated[bool, typer.Option("--read-data", help="Decrypt and hash every byte.")] = False,
+        json_mode: JsonOpt = False,
+    ) -> None:
         """Verify a repository (structure; every byte with --read-data)."""
         from protectctl import api
 
@@ -168,8 +238,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             raise typer.Exit(1)
 
     @app.command()
-    def status(ctx: typer.Context, group: Annotated[str | None, typer.Argument(help="Protection group.")] = None,
-               json_mode: JsonOpt = False) -> None:
+    def status(
+        ctx: typer.Context,
+        group: Annotated[str | None, typer.Argument(help="Protection group.")] = None,
+        json_mode: JsonOpt = False,
+    ) -> None:
         """SLA compliance per source; exit 1 when any source is out of SLA."""
         from protectctl import api
 
@@ -178,8 +251,10 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         if env.output.json_mode:
             env.output.document({"format_version": "1.0", "sources": [r.to_json() for r in rows]})
         else:
-            env.output.table(["source", "SLA met", "last point", "sync age", "full age", "points", "stored",
-                              "problems"], [_status_row(r) for r in rows])
+            env.output.table(
+                ["source", "SLA met", "last point", "sync age", "full age", "points", "stored", "problems"],
+                [_status_row(r) for r in rows],
+            )
         if not all(r.sla_met for r in rows):
             raise typer.Exit(1)
 
@@ -196,14 +271,24 @@ def _status_row(r: Any) -> tuple[object, ...]:
         last = "never" if r.points is not None else "unknown"
     points = "?" if r.points is None else r.points
     # the same problems as --json: a failure shows until a later success settles it
-    return (r.source, "yes" if r.sla_met else "NO", last, age(r.sync_age_s), age(r.full_age_s), points,
-            human_bytes(r.source_bytes_added), "; ".join(r.problems))
+    return (
+        r.source,
+        "yes" if r.sla_met else "NO",
+        last,
+        age(r.sync_age_s),
+        age(r.full_age_s),
+        points,
+        human_bytes(r.source_bytes_added),
+        "; ".join(r.problems),
+    )
 
 
 def restore_summary(r: Any) -> str:
     what = "would restore" if r.dry_run else "restored"
-    lines = [f"{r.source}: {what} {r.point_kind} point {r.point_id[:12]} of {r.point_time:%Y-%m-%d %H:%M:%S}Z "
-             f"to {r.target}: {r.files:,} files, {r.dirs:,} dirs, {human_bytes(r.bytes_total)}"]
+    lines = [
+        f"{r.source}: {what} {r.point_kind} point {r.point_id[:12]} of {r.point_time:%Y-%m-%d %H:%M:%S}Z "
+        f"to {r.target}: {r.files:,} files, {r.dirs:,} dirs, {human_bytes(r.bytes_total)}"
+    ]
     if r.dry_run:
         room = {True: "enough room", False: "NOT ENOUGH ROOM", None: "free space unknown"}[r.fits]
         lines.append(f"  needs {human_bytes(r.bytes_needed)}, {human_bytes(r.bytes_free)} free: {room}")
@@ -228,8 +313,10 @@ def prune_summary(r: Any) -> str:
     lines = [f"{verb} {len(r.forgotten)} point(s), kept {len(r.kept)}"]
     lines += [f"  - {p.source} {p.kind} {p.id[:12]} {p.time:%Y-%m-%d %H:%M:%S}Z" for p in r.forgotten]
     if not r.dry_run:
-        lines.append(f"  deleted {r.packs_deleted} pack(s), {human_bytes(r.bytes_deleted)}; "
-                     f"{r.packs_condemned} pack(s) wait for running backups to finish")
+        lines.append(
+            f"  deleted {r.packs_deleted} pack(s), {human_bytes(r.bytes_deleted)}; "
+            f"{r.packs_condemned} pack(s) wait for running backups to finish"
+        )
     lines += [f"  data cleanup deferred: {why}" for why in r.gc_deferred_because]
     lines += [f"  PROBLEM: {problem}" for problem in r.problems]
     return "\n".join(lines)
@@ -245,12 +332,26 @@ def tracking_cell(extra: Any) -> str:
 
 
 def point_json(p: Any) -> dict[str, Any]:
-    return {"id": p.id, "source": p.source, "time": p.time.isoformat(), "kind": p.kind, "parent": p.parent,
-            "complete": p.complete, "errors": list(p.errors), "host": p.host,
-            "stats": {"files": p.stats.files, "dirs": p.stats.dirs, "bytes_total": p.stats.bytes_total,
-                      "bytes_read": p.stats.bytes_read, "bytes_added": p.stats.bytes_added,
-                      "chunks_new": p.stats.chunks_new, "duration_s": p.stats.duration_s},
-            "extra": dict(p.extra)}
+    return {
+        "id": p.id,
+        "source": p.source,
+        "time": p.time.isoformat(),
+        "kind": p.kind,
+        "parent": p.parent,
+        "complete": p.complete,
+        "errors": list(p.errors),
+        "host": p.host,
+        "stats": {
+            "files": p.stats.files,
+            "dirs": p.stats.dirs,
+            "bytes_total": p.stats.bytes_total,
+            "bytes_read": p.stats.bytes_read,
+            "bytes_added": p.stats.bytes_added,
+            "chunks_new": p.stats.chunks_new,
+            "duration_s": p.stats.duration_s,
+        },
+        "extra": dict(p.extra),
+    }
 
 
 def show_result(env: Env, result: Any) -> None:
@@ -267,11 +368,14 @@ def _run_backup(env: Env, kind: str, group: str, member: str | None) -> None:
     from protectctl.cli.interrupt import on_interrupt
 
     again = f"protectctl run {kind} {group}" + (f" --member {member}" if member else "")
-    on_interrupt(f"the {kind} stopped before its recovery point was saved, so no point was published; the data "
-                 f"it already stored is kept and reused: run `{again}` again")
+    on_interrupt(
+        f"the {kind} stopped before its recovery point was saved, so no point was published; the data "
+        f"it already stored is kept and reused: run `{again}` again"
+    )
 
-    results = api.run_backup(env.policy_dir, kind, group, member, agent_config=env.agent_config,
-                             progress=progress_of(env))
+    results = api.run_backup(
+        env.policy_dir, kind, group, member, agent_config=env.agent_config, progress=progress_of(env)
+    )
     if env.output.json_mode:
         env.output.document({"format_version": "1.0", "results": [r.to_json() for r in results]})
     else:
@@ -288,9 +392,11 @@ def backup_line(r: Any) -> str:
         hint = f"\n  hint: {r.hint}" if r.hint else ""
         return f"{r.source}: {r.requested_kind} FAILED: {r.message}{hint}"
     state = "complete" if r.complete else f"INCOMPLETE ({len(r.errors)} file(s) missed)"
-    line = (f"{r.source}: {r.kind} point {r.point_id[:12]} at {r.time:%Y-%m-%d %H:%M:%S}Z, {state}: "
-            f"{r.files:,} files, {human_bytes(r.bytes_total)}, read {human_bytes(r.bytes_read)}, "
-            f"stored {human_bytes(r.bytes_added)} new, {r.duration_s:.1f}s")
+    line = (
+        f"{r.source}: {r.kind} point {r.point_id[:12]} at {r.time:%Y-%m-%d %H:%M:%S}Z, {state}: "
+        f"{r.files:,} files, {human_bytes(r.bytes_total)}, read {human_bytes(r.bytes_read)}, "
+        f"stored {human_bytes(r.bytes_added)} new, {r.duration_s:.1f}s"
+    )
     extra = [f"  missed: {e}" for e in r.errors[:20]] + [f"  warning: {w}" for w in r.warnings]
     extra += [f"  note: {n}" for n in getattr(r, "notes", ())]
     if r.silent_changes:
@@ -302,11 +408,14 @@ def _prune(env: Env, group: str | None, member: str | None, *, dry_run: bool) ->
     from protectctl import api
     from protectctl.cli.interrupt import on_interrupt
 
-    on_interrupt("prune stopped: points it already forgot are gone, and nothing a kept point needs was deleted; "
-                 "run prune again to finish collecting unreferenced data")
+    on_interrupt(
+        "prune stopped: points it already forgot are gone, and nothing a kept point needs was deleted; "
+        "run prune again to finish collecting unreferenced data"
+    )
 
-    results = api.prune(env.policy_dir, group, agent_config=env.agent_config, dry_run=dry_run, member=member,
-                        progress=progress_of(env))
+    results = api.prune(
+        env.policy_dir, group, agent_config=env.agent_config, dry_run=dry_run, member=member, progress=progress_of(env)
+    )
     if env.output.json_mode:
         env.output.document({"format_version": "1.0", "results": [r.to_json() for r in results]})
     else:
@@ -320,8 +429,9 @@ def _run_tape(env: Env, group: str, member: str | None, all_points: bool, lock_t
     from protectctl import api
     from protectctl.cli.tape import tape_run_summary
 
-    result = api.run_tape(env.policy_dir, group, member, all_points=all_points, progress=progress_of(env),
-                          lock_timeout_s=lock_timeout_s)
+    result = api.run_tape(
+        env.policy_dir, group, member, all_points=all_points, progress=progress_of(env), lock_timeout_s=lock_timeout_s
+    )
     if env.output.json_mode:
         env.output.document({"format_version": "1.0", **result.to_json()})
     else:

@@ -62,14 +62,22 @@ def root(
     json_mode: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show internal tracebacks.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Fewer messages.")] = False,
-    agent_config: Annotated[Path | None, typer.Option(
-        "--agent-config", envvar="PROTECTCTL_AGENT_CONFIG",
-        help="Agent configuration written by apply (what timers use instead of -C).")] = None,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True,
-                                         help="More log lines on stderr (-v: progress events, -vv: debug).")] = 0,
+    agent_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--agent-config",
+            envvar="PROTECTCTL_AGENT_CONFIG",
+            help="Agent configuration written by apply (what timers use instead of -C).",
+        ),
+    ] = None,
+    verbose: Annotated[
+        int,
+        typer.Option("-v", "--verbose", count=True, help="More log lines on stderr (-v: progress events, -vv: debug)."),
+    ] = 0,
     no_color: Annotated[bool, typer.Option("--no-color", help="No colour (also: the NO_COLOR variable).")] = False,
-    version: Annotated[bool, typer.Option("-V", "--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("-V", "--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     if no_color:
         os.environ["NO_COLOR"] = "1"  # every rich console made from here on (tables, progress) honours it
@@ -197,8 +205,10 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         where = _log_crash()
-        sys.stderr.write(f"protectctl: internal error (a bug): {type(err).__name__}: {err}\n"
-                         f"  details: {where} (or rerun with --debug)\n")
+        sys.stderr.write(
+            f"protectctl: internal error (a bug): {type(err).__name__}: {err}\n"
+            f"  details: {where} (or rerun with --debug)\n"
+        )
         sys.exit(70)
     if code == INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130) before it reaches us
         from protectctl.cli.interrupt import interrupt_message

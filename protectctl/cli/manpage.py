@@ -71,17 +71,27 @@ def render(root: Command, context: ContextFactory, *, version: str, today: datet
         ".SH COMMANDS",
     ]
     for path, command in _commands(root, "", context):
-        usage = [(p.name or "").upper() if p.required else f"[{(p.name or '').upper()}]"
-                 for p in command.params if p.param_type_name == "argument"]
-        lines += [".SS " + _escape(" ".join([f"protectctl {path}", *usage])), _escape(command.help or ""),
-                  *_option_lines(command, context)]
+        usage = [
+            (p.name or "").upper() if p.required else f"[{(p.name or '').upper()}]"
+            for p in command.params
+            if p.param_type_name == "argument"
+        ]
+        lines += [
+            ".SS " + _escape(" ".join([f"protectctl {path}", *usage])),
+            _escape(command.help or ""),
+            *_option_lines(command, context),
+        ]
     lines += [
         ".SH EXIT STATUS",
         "0 success or no changes; 1 error; 2 changes present (\\fBplan \\-\\-detailed\\-exitcode\\fR); "
         "130 interrupted.",
         ".SH ENVIRONMENT",
-        ".TP", "\\fBNO_COLOR\\fR", "No colour in any output.",
-        ".TP", "\\fBPROTECTCTL_AGENT_CONFIG\\fR", "The agent configuration (what timers use instead of \\-C).",
+        ".TP",
+        "\\fBNO_COLOR\\fR",
+        "No colour in any output.",
+        ".TP",
+        "\\fBPROTECTCTL_AGENT_CONFIG\\fR",
+        "The agent configuration (what timers use instead of \\-C).",
         ".SH SEE ALSO",
         "The README and docs/ of the protectctl repository.",
     ]

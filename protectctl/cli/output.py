@@ -16,8 +16,16 @@ if TYPE_CHECKING:
 
     from protectctl.errors import ProtectctlError
 
-STYLES = {"add": "green", "change": "yellow", "destroy": "red", "danger": "bold red", "dim": "dim",
-          "bold": "bold", "warn": "yellow", "": ""}
+STYLES = {
+    "add": "green",
+    "change": "yellow",
+    "destroy": "red",
+    "danger": "bold red",
+    "dim": "dim",
+    "bold": "bold",
+    "warn": "yellow",
+    "": "",
+}
 
 
 class Output:
@@ -99,9 +107,15 @@ class Output:
 
         diagnostics = list(err.diagnostics) if isinstance(err, PolicyError) else []
         if self.json_mode:
-            doc: dict[str, Any] = {"format_version": "1.0", "error": {
-                "type": type(err).__name__, "message": err.message, "hint": err.hint,
-                "diagnostics": [d.to_json() for d in diagnostics]}}
+            doc: dict[str, Any] = {
+                "format_version": "1.0",
+                "error": {
+                    "type": type(err).__name__,
+                    "message": err.message,
+                    "hint": err.hint,
+                    "diagnostics": [d.to_json() for d in diagnostics],
+                },
+            }
             sys.stderr.write(json.dumps(doc, indent=2) + "\n")
             return
         from rich.text import Text

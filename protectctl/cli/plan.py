@@ -71,21 +71,30 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         out: Annotated[Path | None, typer.Option("--out", help="Save the plan for `apply PLANFILE`.")] = None,
         fmt: Annotated[PlanFormat, typer.Option("--format", help="text, markdown or json.")] = PlanFormat.TEXT,
         json_mode: JsonOpt = False,
-        detailed_exitcode: Annotated[bool, typer.Option(
-            "--detailed-exitcode", help="Exit 0 without changes, 2 with changes, 1 on error.")] = False,
+        detailed_exitcode: Annotated[
+            bool, typer.Option("--detailed-exitcode", help="Exit 0 without changes, 2 with changes, 1 on error.")
+        ] = False,
         destroy: Annotated[bool, typer.Option("--destroy", help="Plan to destroy everything.")] = False,
-        delete_data: Annotated[bool, typer.Option(
-            "--delete-data", help="Let deletions remove repositories and keys that hold data.")] = False,
-        refresh: Annotated[bool, typer.Option(
-            "--refresh", help="Read the hosts' files and plan repairs for what was changed by hand.")] = False,
+        delete_data: Annotated[
+            bool, typer.Option("--delete-data", help="Let deletions remove repositories and keys that hold data.")
+        ] = False,
+        refresh: Annotated[
+            bool, typer.Option("--refresh", help="Read the hosts' files and plan repairs for what was changed by hand.")
+        ] = False,
         lock_timeout: LockTimeout = "0",
     ) -> None:
         """Show what apply would change (no host is touched, and none read unless --refresh)."""
         from protectctl import api
 
         env = env_of(ctx, json_mode)
-        result = api.plan(env.policy_dir, out=out, destroy=destroy, delete_data=delete_data, refresh=refresh,
-                          lock_timeout_s=lock_seconds(lock_timeout))
+        result = api.plan(
+            env.policy_dir,
+            out=out,
+            destroy=destroy,
+            delete_data=delete_data,
+            refresh=refresh,
+            lock_timeout_s=lock_seconds(lock_timeout),
+        )
         show_plan(env, result, fmt)
         if out is not None and not env.output.json_mode:
             env.output.info(f"Saved the plan to {out}; apply exactly it with `protectctl apply {out}`.")
@@ -97,36 +106,57 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         plan_file: Annotated[Path | None, typer.Argument(help="A plan saved by `plan --out`.")] = None,
         auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask.")] = False,
         parallelism: Parallelism = 10,
-        delete_data: Annotated[bool, typer.Option(
-            "--delete-data", help="Let deletions remove repositories and keys that hold data.")] = False,
-        refresh: Annotated[bool, typer.Option("--refresh", help="Also repair what was changed by hand.")]
-        = False,
-        allow_remove_all: Annotated[bool, typer.Option(
-            "--allow-remove-all", help="Apply a plan that removes every schedule (otherwise refused; "
-                                       "`destroy` is the usual way).")] = False,
+        delete_data: Annotated[
+            bool, typer.Option("--delete-data", help="Let deletions remove repositories and keys that hold data.")
+        ] = False,
+        refresh: Annotated[bool, typer.Option("--refresh", help="Also repair what was changed by hand.")] = False,
+        allow_remove_all: Annotated[
+            bool,
+            typer.Option(
+                "--allow-remove-all",
+                help="Apply a plan that removes every schedule (otherwise refused; `destroy` is the usual way).",
+            ),
+        ] = False,
         json_mode: JsonOpt = False,
         lock_timeout: LockTimeout = "0",
     ) -> None:
         """Make the hosts match the policy (or a saved plan)."""
         env = env_of(ctx, json_mode)
-        _run_apply(env, plan_file=plan_file, auto_approve=auto_approve or plan_file is not None,
-                   parallelism=parallelism, destroy=False, delete_data=delete_data, lock_timeout=lock_timeout,
-                   refresh=refresh, allow_remove_all=allow_remove_all)
+        _run_apply(
+            env,
+            plan_file=plan_file,
+            auto_approve=auto_approve or plan_file is not None,
+            parallelism=parallelism,
+            destroy=False,
+            delete_data=delete_data,
+            lock_timeout=lock_timeout,
+            refresh=refresh,
+            allow_remove_all=allow_remove_all,
+        )
 
     @app.command()
     def destroy(
         ctx: typer.Context,
         auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask.")] = False,
         parallelism: Parallelism = 10,
-        delete_data: Annotated[bool, typer.Option(
-            "--delete-data", help="Also delete repositories, their recovery points and keys.")] = False,
+        delete_data: Annotated[
+            bool, typer.Option("--delete-data", help="Also delete repositories, their recovery points and keys.")
+        ] = False,
         json_mode: JsonOpt = False,
         lock_timeout: LockTimeout = "0",
     ) -> None:
         """Remove everything apply made (data only with --delete-data)."""
         env = env_of(ctx, json_mode)
-        _run_apply(env, plan_file=None, auto_approve=auto_approve, parallelism=parallelism, destroy=True,
-                   delete_data=delete_data, lock_timeout=lock_timeout, refresh=False)
+        _run_apply(
+            env,
+            plan_file=None,
+            auto_approve=auto_approve,
+            parallelism=parallelism,
+            destroy=True,
+            delete_data=delete_data,
+            lock_timeout=lock_timeout,
+            refresh=False,
+        )
 
     @app.command()
     def graph(ctx: typer.Context) -> None:
@@ -139,10 +169,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     @app.command()
     def schema(
         ctx: typer.Context,
-        out: Annotated[Path | None, typer.Option(
-            "--out", help="Write one file per kind here, and protectctl.json for any kind.")] = None,
-        combined: Annotated[bool, typer.Option(
-            "--combined", help="Print the one schema for any document (chosen by its kind).")] = False,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Write one file per kind here, and protectctl.json for any kind.")
+        ] = None,
+        combined: Annotated[
+            bool, typer.Option("--combined", help="Print the one schema for any document (chosen by its kind).")
+        ] = False,
     ) -> None:
         """JSON Schema of every document kind."""
         from protectctl import api
@@ -155,8 +187,18 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             env.output.info(f"wrote {path}")
 
 
-def _run_apply(env: Env, *, plan_file: Path | None, auto_approve: bool, parallelism: int, destroy: bool,
-               delete_data: bool, lock_timeout: str, refresh: bool, allow_remove_all: bool = False) -> None:
+def _run_apply(
+    env: Env,
+    *,
+    plan_file: Path | None,
+    auto_approve: bool,
+    parallelism: int,
+    destroy: bool,
+    delete_data: bool,
+    lock_timeout: str,
+    refresh: bool,
+    allow_remove_all: bool = False,
+) -> None:
     from protectctl import api
     from protectctl.errors import ApplyError
 
@@ -166,11 +208,17 @@ def _run_apply(env: Env, *, plan_file: Path | None, auto_approve: bool, parallel
         if auto_approve:
             return True
         if not env.output.can_prompt:
-            raise ApplyError("refusing to apply without confirmation: stdin is not a terminal",
-                             hint="pass --auto-approve, or apply a saved plan file")
+            raise ApplyError(
+                "refusing to apply without confirmation: stdin is not a terminal",
+                hint="pass --auto-approve, or apply a saved plan file",
+            )
         # the question goes to stderr, so `apply | tee log` still asks on the terminal
-        answer = typer.prompt("\nDo you want to perform these actions? Only 'yes' will be accepted",
-                              default="", show_default=False, err=True)
+        answer = typer.prompt(
+            "\nDo you want to perform these actions? Only 'yes' will be accepted",
+            default="",
+            show_default=False,
+            err=True,
+        )
         if answer.strip() != "yes":
             env.output.info("Apply cancelled.")
             return False
@@ -178,8 +226,10 @@ def _run_apply(env: Env, *, plan_file: Path | None, auto_approve: bool, parallel
 
     from protectctl.cli.interrupt import on_interrupt
 
-    on_interrupt("apply stopped: the state records every resource applied so far (none half-recorded); run "
-                 "`protectctl apply` again to finish")
+    on_interrupt(
+        "apply stopped: the state records every resource applied so far (none half-recorded); run "
+        "`protectctl apply` again to finish"
+    )
 
     def progress(result: ResourceResult) -> None:
         if env.output.json_mode:
@@ -188,9 +238,18 @@ def _run_apply(env: Env, *, plan_file: Path | None, auto_approve: bool, parallel
         detail = f": {result.message}" if result.message else ""
         env.output.info(f"{result.address}: {result.action.value} {mark} ({result.duration_s:.1f}s){detail}")
 
-    report = api.apply(env.policy_dir, plan_file=plan_file, confirm=confirm, parallelism=parallelism,
-                       destroy=destroy, delete_data=delete_data, refresh=refresh, allow_remove_all=allow_remove_all,
-                       lock_timeout_s=lock_seconds(lock_timeout), on_result=progress)
+    report = api.apply(
+        env.policy_dir,
+        plan_file=plan_file,
+        confirm=confirm,
+        parallelism=parallelism,
+        destroy=destroy,
+        delete_data=delete_data,
+        refresh=refresh,
+        allow_remove_all=allow_remove_all,
+        lock_timeout_s=lock_seconds(lock_timeout),
+        on_result=progress,
+    )
     _report(env, report)
 
 
@@ -216,11 +275,15 @@ def _report(env: Env, report: ApplyReport) -> None:
         if len(hosts) > 1 and (failed or skipped):
             for host, counts in hosts.items():
                 state = "FAILED" if counts["failed"] or counts["skipped"] else "ok"
-                env.output.text(f"  host {host}: {state} ({counts['ok']} applied, {counts['failed']} failed, "
-                                f"{counts['skipped']} skipped)")
+                env.output.text(
+                    f"  host {host}: {state} ({counts['ok']} applied, {counts['failed']} failed, "
+                    f"{counts['skipped']} skipped)"
+                )
         for host, (why, units) in sorted(report.inactive_schedules.items()):
             env.output.text(f"  host {host}: {len(units)} schedule(s) written but NOT ACTIVE: {why}")
     if failed:
         lines = "; ".join(f"{r.address}: {r.message}" for r in failed)
-        raise ApplyError(f"{len(failed)} resource(s) failed: {lines}",
-                         hint="fix the cause and run apply again; the state records what succeeded")
+        raise ApplyError(
+            f"{len(failed)} resource(s) failed: {lines}",
+            hint="fix the cause and run apply again; the state records what succeeded",
+        )

@@ -95,10 +95,13 @@ class Tally:
         far while the total is being counted."""
         rate = f"{human_bytes(self.rate_bps())}/s"
         if self.final:
-            parts = [self._of(self.files, self.total_files, "files"),
-                     f"{human_bytes(self.bytes_done)}" + (f" of {human_bytes(self.total_bytes)}"
-                                                          if self.total_bytes is not None else ""),
-                     f"{self.percent():.0f}%", rate]
+            parts = [
+                self._of(self.files, self.total_files, "files"),
+                f"{human_bytes(self.bytes_done)}"
+                + (f" of {human_bytes(self.total_bytes)}" if self.total_bytes is not None else ""),
+                f"{self.percent():.0f}%",
+                rate,
+            ]
             eta = self.eta_s()
             parts.append(f"ETA {clock(eta)}" if eta is not None else "ETA unknown")
             return ", ".join(parts)
@@ -109,8 +112,10 @@ class Tally:
 
     def done_line(self) -> str:
         """The phase's last line: `upload done: 5,000 files, 4.0 GB in 0:12 (330.0 MB/s)`."""
-        return (f"{self.task} done: {self.files:,} files, {human_bytes(self.bytes_done)} in {clock(self.elapsed())}"
-                f" ({human_bytes(self.rate_bps())}/s)")
+        return (
+            f"{self.task} done: {self.files:,} files, {human_bytes(self.bytes_done)} in {clock(self.elapsed())}"
+            f" ({human_bytes(self.rate_bps())}/s)"
+        )
 
     @staticmethod
     def _of(done: int, total: int | None, what: str) -> str:
@@ -134,16 +139,21 @@ class RichProgress:
         class _Bar(ProgressColumn):
             def render(self, task: Task) -> ProgressBar:
                 pct = tally.percent()
-                return ProgressBar(total=100.0 if pct is not None else None, completed=pct or 0.0, width=30,
-                                   pulse=pct is None, animation_time=task.get_time())
+                return ProgressBar(
+                    total=100.0 if pct is not None else None,
+                    completed=pct or 0.0,
+                    width=30,
+                    pulse=pct is None,
+                    animation_time=task.get_time(),
+                )
 
         class _Figures(ProgressColumn):
             def render(self, task: Task) -> Text:
                 return Text(tally.describe())
 
         self._bar: RichBar = Progress(
-            TextColumn("[bold]{task.description}"), _Bar(), _Figures(),
-            console=Console(stderr=True), transient=True)
+            TextColumn("[bold]{task.description}"), _Bar(), _Figures(), console=Console(stderr=True), transient=True
+        )
         self._task: TaskID | None = None
 
     def start(self, task: str, *, total_bytes: int | None = None, total_files: int | None = None) -> None:
@@ -230,8 +240,15 @@ class JsonLinesProgress:
         self._emit({"type": "note", "message": message})
 
     def finish(self) -> None:
-        self._emit({"type": "finish", "task": self._tally.task, "files": self._tally.files,
-                    "bytes": self._tally.bytes_done, "duration_s": round(self._tally.elapsed(), 3)})
+        self._emit(
+            {
+                "type": "finish",
+                "task": self._tally.task,
+                "files": self._tally.files,
+                "bytes": self._tally.bytes_done,
+                "duration_s": round(self._tally.elapsed(), 3),
+            }
+        )
 
     @staticmethod
     def _emit(doc: dict[str, object]) -> None:

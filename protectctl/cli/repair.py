@@ -33,15 +33,29 @@ def register(app: typer.Typer) -> None:
         env = env_of(ctx, json_mode)
         results = api.repair_index(env.policy_dir, storage, progress=progress_of(env))
         if env.output.json_mode:
-            env.output.document({"format_version": "1.0", "repositories": [
-                {"storage": where, "damaged_index": dict(r.damaged_index), "packs_reindexed": r.packs_reindexed,
-                 "blobs_reindexed": r.blobs_reindexed, "unreadable_packs": dict(r.unreadable_packs),
-                 "index_written": list(r.index_written), "index_removed": list(r.index_removed)}
-                for where, r in results]})
+            env.output.document(
+                {
+                    "format_version": "1.0",
+                    "repositories": [
+                        {
+                            "storage": where,
+                            "damaged_index": dict(r.damaged_index),
+                            "packs_reindexed": r.packs_reindexed,
+                            "blobs_reindexed": r.blobs_reindexed,
+                            "unreadable_packs": dict(r.unreadable_packs),
+                            "index_written": list(r.index_written),
+                            "index_removed": list(r.index_removed),
+                        }
+                        for where, r in results
+                    ],
+                }
+            )
         else:
             for where, r in results:
-                lines = [f"{where}: {r.packs_reindexed} pack(s) re-indexed from their headers "
-                         f"({r.blobs_reindexed} blobs), {len(r.index_removed)} damaged index object(s) removed"]
+                lines = [
+                    f"{where}: {r.packs_reindexed} pack(s) re-indexed from their headers "
+                    f"({r.blobs_reindexed} blobs), {len(r.index_removed)} damaged index object(s) removed"
+                ]
                 lines += [f"  removed {why}" for _name, why in sorted(r.damaged_index.items())]
                 lines += [f"  NOT indexed, kept: {why}" for why in r.unreadable_packs.values()]
                 if not r.changed:
@@ -51,11 +65,17 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @repair_app.command("points")
-    def points(ctx: typer.Context, storage: StorageArg = None,
-               forget_damaged: Annotated[bool, typer.Option(
-                   "--forget-damaged", help="Delete the manifests that do not open (without it: only list them).")]
-               = False,
-               json_mode: JsonOpt = False) -> None:
+    def points(
+        ctx: typer.Context,
+        storage: StorageArg = None,
+        forget_damaged: Annotated[
+            bool,
+            typer.Option(
+                "--forget-damaged", help="Delete the manifests that do not open (without it: only list them)."
+            ),
+        ] = False,
+        json_mode: JsonOpt = False,
+    ) -> None:
         """List point manifests that do not open; --forget-damaged deletes them.
 
         A damaged manifest is skipped by every command; forgetting it lets prune delete data
@@ -66,9 +86,16 @@ def register(app: typer.Typer) -> None:
         env = env_of(ctx, json_mode)
         results = api.repair_points(env.policy_dir, storage, forget=forget_damaged)
         if env.output.json_mode:
-            env.output.document({"format_version": "1.0", "forgotten": forget_damaged, "repositories": [
-                {"storage": where, "damaged_points": [{"id": d.id, "problem": d.problem} for d in damaged]}
-                for where, damaged in results]})
+            env.output.document(
+                {
+                    "format_version": "1.0",
+                    "forgotten": forget_damaged,
+                    "repositories": [
+                        {"storage": where, "damaged_points": [{"id": d.id, "problem": d.problem} for d in damaged]}
+                        for where, damaged in results
+                    ],
+                }
+            )
         else:
             for where, damaged in results:
                 env.output.text(_damaged_points_text(where, damaged, forgotten=forget_damaged))

@@ -18,8 +18,9 @@ def register(app: typer.Typer) -> None:
     @app.command("serve", hidden=True)
     def serve(
         repo: Annotated[Path, typer.Option("--repo", help="The repository directory to serve.")],
-        append_only: Annotated[bool, typer.Option("--append-only", help="Refuse deletes and overwrites "
-                                                  "(lock objects excepted).")] = False,
+        append_only: Annotated[
+            bool, typer.Option("--append-only", help="Refuse deletes and overwrites (lock objects excepted).")
+        ] = False,
     ) -> None:
         """Serve one repository on stdin/stdout (run by sshd as a forced command)."""
         import sys

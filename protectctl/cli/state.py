@@ -23,15 +23,24 @@ def register(app: typer.Typer) -> None:
         env = env_of(ctx, json_mode)
         state = api.read_state(env.policy_dir)
         if env.output.json_mode:
-            env.output.document({"format_version": "1.0", "lineage": state.lineage, "serial": state.serial,
-                                 "resources": sorted(state.resources)})
+            env.output.document(
+                {
+                    "format_version": "1.0",
+                    "lineage": state.lineage,
+                    "serial": state.serial,
+                    "resources": sorted(state.resources),
+                }
+            )
             return
         for address in sorted(state.resources):
             env.output.text(address)
 
     @state_app.command("show")
-    def show(ctx: typer.Context, address: str,
-             json_mode: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    def show(
+        ctx: typer.Context,
+        address: str,
+        json_mode: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
         """One resource as JSON: inputs, outputs, when it was applied."""
         from protectctl import api
 
@@ -44,8 +53,11 @@ def register(app: typer.Typer) -> None:
         env.output.document({"format_version": "1.0", "address": address, **rec.model_dump(mode="json")})
 
     @state_app.command("rm")
-    def rm(ctx: typer.Context, addresses: Annotated[list[str], typer.Argument(help="Resource addresses.")],
-           lock_timeout: Annotated[str, typer.Option("--lock-timeout")] = "0") -> None:
+    def rm(
+        ctx: typer.Context,
+        addresses: Annotated[list[str], typer.Argument(help="Resource addresses.")],
+        lock_timeout: Annotated[str, typer.Option("--lock-timeout")] = "0",
+    ) -> None:
         """Forget resources without touching the hosts (apply will create them again)."""
         from protectctl import api
         from protectctl.cli.plan import lock_seconds
@@ -55,8 +67,9 @@ def register(app: typer.Typer) -> None:
             env.output.info(f"removed {address} from the state")
 
     @state_app.command("unlock")
-    def unlock(ctx: typer.Context,
-               force: Annotated[bool, typer.Option("--force", help="Break a live holder's lock.")] = False) -> None:
+    def unlock(
+        ctx: typer.Context, force: Annotated[bool, typer.Option("--force", help="Break a live holder's lock.")] = False
+    ) -> None:
         """Remove a state lock left behind."""
         from protectctl import api
 
@@ -64,11 +77,12 @@ def register(app: typer.Typer) -> None:
         env.output.info(f"unlocked ({api.state_unlock(env.policy_dir, force)})")
 
     @state_app.command("migrate")
-    def migrate(ctx: typer.Context,
-                to: Annotated[str, typer.Option(
-                    "--to", help="local | s3 | postgres (its fields in Settings.spec.state).")],
-                lock_timeout: Annotated[str, typer.Option("--lock-timeout")] = "0",
-                json_mode: Annotated[bool, typer.Option("--json")] = False) -> None:
+    def migrate(
+        ctx: typer.Context,
+        to: Annotated[str, typer.Option("--to", help="local | s3 | postgres (its fields in Settings.spec.state).")],
+        lock_timeout: Annotated[str, typer.Option("--lock-timeout")] = "0",
+        json_mode: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
         """Copy the state, with its lineage and serial, to another backend; then set `backend:` to it."""
         from protectctl import api
         from protectctl.cli.plan import lock_seconds
@@ -76,9 +90,9 @@ def register(app: typer.Typer) -> None:
         env = env_of(ctx, json_mode)
         source, target, lineage, serial = api.state_migrate(env.policy_dir, to, lock_seconds(lock_timeout))
         if env.output.json_mode:
-            env.output.document({"format_version": "1.0", "from": source, "to": target, "lineage": lineage,
-                                 "serial": serial})
+            env.output.document(
+                {"format_version": "1.0", "from": source, "to": target, "lineage": lineage, "serial": serial}
+            )
             return
-        env.output.info(f"copied the state (lineage {lineage}, serial {serial}) from {source} to {target}",
-                        always=True)
+        env.output.info(f"copied the state (lineage {lineage}, serial {serial}) from {source} to {target}", always=True)
         env.output.info(f"now set `backend: {to}` in Settings.spec.state; the old copy is kept", always=True)

@@ -41,8 +41,11 @@ def _rows(env: Env, rows: list[Any]) -> None:
     )
     partial = [line for r in rows for line in r.partial_lines()]
     if partial:
-        env.output.text("\n".join([f"{len(partial)} partial segment(s), holding no usable copy:",
-                                   *(f"  {line}" for line in partial)]))
+        env.output.text(
+            "\n".join(
+                [f"{len(partial)} partial segment(s), holding no usable copy:", *(f"  {line}" for line in partial)]
+            )
+        )
 
 
 def tape_run_summary(r: Any) -> str:
@@ -60,8 +63,10 @@ def tape_run_summary(r: Any) -> str:
 def tape_verify_summary(r: Any) -> str:
     """`run verify`: the group's tape copies read back."""
     verdict = "ok" if r.ok else f"{len(r.bad)} copy(ies) NOT restorable"
-    lines = [f"tape pool {r.pool}: {r.copies_ok} copy(ies) of {r.group} whole on {len(r.scanned)} "
-             f"cartridge(s) read back; {verdict}"]
+    lines = [
+        f"tape pool {r.pool}: {r.copies_ok} copy(ies) of {r.group} whole on {len(r.scanned)} "
+        f"cartridge(s) read back; {verdict}"
+    ]
     lines += [f"  BAD: {b}" for b in r.bad]
     lines += [f"  partial: {p}" for p in r.partial]
     lines += [f"  not read: {n}" for n in r.not_read]
@@ -70,8 +75,8 @@ def tape_verify_summary(r: Any) -> str:
 
 def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per command
     tape_app = typer.Typer(cls=HelpGroup, help="Tape libraries, cartridges and pools.", no_args_is_help=True)
-    keys_app = typer.Typer(cls=HelpGroup,
-        help="Tape keys and repository master keys: list, rotate, export, import.", no_args_is_help=True
+    keys_app = typer.Typer(
+        cls=HelpGroup, help="Tape keys and repository master keys: list, rotate, export, import.", no_args_is_help=True
     )
     app.add_typer(tape_app, name="tape")
     app.add_typer(keys_app, name="keys")
@@ -211,15 +216,19 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             return
         lines = []
         if info.get("id"):
-            lines.append(f"new tape key {info['id']} is current for {key}; export it: "
-                         f"protectctl keys export {info['id']} --to FILE")
+            lines.append(
+                f"new tape key {info['id']} is current for {key}; export it: "
+                f"protectctl keys export {info['id']} --to FILE"
+            )
         if info.get("rewrapped"):
             lines.append(f"tape keys re-wrapped under the current passphrase: {', '.join(info['rewrapped'])}")
         for r in info.get("repositories", []):
             if r.get("added"):
-                lines.append(f"repository {r['storage']}: new key file {r['added']}"
-                             + (f", removed {', '.join(r['removed'])}" if r["removed"] else "")
-                             + f"; export it: protectctl keys export {r['storage']} --to FILE")
+                lines.append(
+                    f"repository {r['storage']}: new key file {r['added']}"
+                    + (f", removed {', '.join(r['removed'])}" if r["removed"] else "")
+                    + f"; export it: protectctl keys export {r['storage']} --to FILE"
+                )
             else:
                 lines.append(f"repository {r['storage']}: {r.get('note', 'unchanged')}")
         env.output.text("\n".join(lines))
@@ -233,9 +242,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         to: Annotated[Path, typer.Option("--to", help="File to write (mode 0600).")],
         passphrase_file: Annotated[
             Path | None,
-            typer.Option(
-                "--passphrase-file", help="Protect the file with this passphrase instead of the key's."
-            ),
+            typer.Option("--passphrase-file", help="Protect the file with this passphrase instead of the key's."),
         ] = None,
         json_mode: JsonOpt = False,
     ) -> None:

@@ -178,9 +178,7 @@ def _read_all_packs(
     progress.finish()
 
 
-def _verify_pack(
-    repo: Repository, pack: str, data: bytes, indexed: list[PackEntry], found: _Findings
-) -> None:
+def _verify_pack(repo: Repository, pack: str, data: bytes, indexed: list[PackEntry], found: _Findings) -> None:
     if content_name(data) != pack:
         found.damage(pack, f"pack {pack}: content does not match its name (damaged on storage)")
     what = f"pack {pack}"
@@ -217,8 +215,7 @@ def _check_points(repo: Repository, index: Index, found: _Findings, progress: Pr
             continue
         except CorruptionError as err:
             found.errors.append(
-                f"{err.message}; this point cannot be read (forget it with "
-                "`protectctl repair points --forget-damaged`)"
+                f"{err.message}; this point cannot be read (forget it with `protectctl repair points --forget-damaged`)"
             )
             found.damaged_points.add(info.name)
             continue

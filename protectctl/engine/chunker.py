@@ -58,9 +58,7 @@ class Chunker:
         for chunk in self._cdc().cut_buf(data):
             yield chunk.data
 
-    def iter_reader(
-        self, readinto: Callable[[memoryview], int], buf: bytearray | mmap.mmap
-    ) -> Iterator[memoryview]:
+    def iter_reader(self, readinto: Callable[[memoryview], int], buf: bytearray | mmap.mmap) -> Iterator[memoryview]:
         """Chunks of what `readinto` delivers (0 = end), read into `buf` (see `read_buffer`).
 
         Each view is valid until the next chunk is requested. Boundaries equal those of

@@ -201,8 +201,9 @@ def _key_checksum(document: dict[str, object]) -> str:
     return blake3.blake3(json.dumps(covered, sort_keys=True).encode()).hexdigest()
 
 
-def unwrap_keys(stored: bytes, passphrase: bytes, repo_id: str, key_name: str,
-                cache: DerivedKeyCache | None = None) -> MasterKeys:
+def unwrap_keys(
+    stored: bytes, passphrase: bytes, repo_id: str, key_name: str, cache: DerivedKeyCache | None = None
+) -> MasterKeys:
     """Open a key file; raises WrongKeyError if the passphrase does not open it.
 
     With `cache` (an agent's, engine/keycache.py), a derived key cached for this key file's

@@ -34,6 +34,7 @@ from protectctl.progress import NullProgress, Progress
 if TYPE_CHECKING:
     from protectctl.engine.repository import Repository
 
+
 @dataclass(frozen=True, slots=True)
 class GcReport:
     dry_run: bool
@@ -94,9 +95,7 @@ def _foreign_locks(repo: Repository, own_lease: str) -> dict[str, str]:
     """Live locks of other processes: name -> the command holding it."""
     ignore = repo.held_exclusive_locks() | {own_lease}
     return {
-        r.name: r.command
-        for r in read_locks(repo.storage, repo.sealer)
-        if not is_stale(r) and r.name not in ignore
+        r.name: r.command for r in read_locks(repo.storage, repo.sealer) if not is_stale(r) and r.name not in ignore
     }
 
 
@@ -104,8 +103,7 @@ def _users(commands: Iterable[str]) -> str:
     """Why condemned data waits, naming what held the repository (a restore is not a writer)."""
     shown = sorted(set(commands))
     return (
-        f"other processes used the repository during gc ({', '.join(shown)}); "
-        "unreferenced data goes at a later prune"
+        f"other processes used the repository during gc ({', '.join(shown)}); unreferenced data goes at a later prune"
     )
 
 
@@ -198,9 +196,7 @@ class _Stats:
     blobs_referenced: int
 
 
-def _report(
-    plan: _Plan, stats: _Stats, *, deleted: int, freed: int, replaced: int, deferred: str | None
-) -> GcReport:
+def _report(plan: _Plan, stats: _Stats, *, deleted: int, freed: int, replaced: int, deferred: str | None) -> GcReport:
     return GcReport(
         dry_run=False,
         points=stats.points,
@@ -219,9 +215,7 @@ def _report(
 
 def _dry_report(plan: _Plan, packs_start: dict[str, int], locks_start: dict[str, str], stats: _Stats) -> GcReport:
     doomed = set(plan.sweep) | (set() if locks_start else set(plan.new_condemned))
-    waiting = sum(len(group) for group in plan.condemned.values()) + (
-        len(plan.new_condemned) if locks_start else 0
-    )
+    waiting = sum(len(group) for group in plan.condemned.values()) + (len(plan.new_condemned) if locks_start else 0)
     return GcReport(
         dry_run=True,
         points=stats.points,
@@ -252,8 +246,7 @@ def _mark(repo: Repository, index: Index, points: Iterable[Point], marks: BlobSe
         located = index.lookup(tree_id)
         if located is None:
             raise RepositoryError(
-                f"tree {short_id(tree_id)} needed by a point is not in the index; gc stopped, "
-                "nothing deleted",
+                f"tree {short_id(tree_id)} needed by a point is not in the index; gc stopped, nothing deleted",
                 hint="run `protectctl check` to see which points are damaged",
             )
         return decode_tree(repo.read_entry(located.pack, located.entry))
@@ -263,9 +256,7 @@ def _mark(repo: Repository, index: Index, points: Iterable[Point], marks: BlobSe
             try:
                 mark_tree(point.tree, load_tree, marks, progress)
             except CorruptionError as err:
-                raise RepositoryError(
-                    f"point {point.id}: {err.message}; gc stopped, nothing deleted"
-                ) from err
+                raise RepositoryError(f"point {point.id}: {err.message}; gc stopped, nothing deleted") from err
     progress.finish()
 
 

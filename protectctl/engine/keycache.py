@@ -57,8 +57,9 @@ class DerivedKeyCache:
                 return None
             from protectctl.engine.crypto import Sealer
 
-            derived = Sealer(_seal_key(passphrase)).open(base64.b64decode(sealed, validate=True),
-                                                          _aad(fingerprint), "kdf cache")
+            derived = Sealer(_seal_key(passphrase)).open(
+                base64.b64decode(sealed, validate=True), _aad(fingerprint), "kdf cache"
+            )
             return derived if len(derived) == 32 else None
         except Exception:  # noqa: BLE001 - a cache never stops a job: derive the key instead
             return None
@@ -90,8 +91,11 @@ class DerivedKeyCache:
                 document = json.loads(f.read(1 << 20))
         finally:
             os.close(fd)
-        if not isinstance(document, dict) or document.get("version") != 1 or not isinstance(
-                document.get("entries"), dict):
+        if (
+            not isinstance(document, dict)
+            or document.get("version") != 1
+            or not isinstance(document.get("entries"), dict)
+        ):
             raise ValueError("kdf cache: unknown format")
         entries: dict[str, object] = document["entries"]
         return entries

@@ -83,8 +83,9 @@ def extend_locks(repo: Repository, retain_s: int) -> LockReport:
         needed.update({(ObjectKind.DATA, pack): until for pack, until in marks.packs.items()})
     if points:
         newest = points[0].time + keep  # the repository itself lives as long as its newest point
-        needed.update({(kind, info.name): newest for kind in (ObjectKind.CONFIG, ObjectKind.KEYS)
-                       for info in storage.list(kind)})
+        needed.update(
+            {(kind, info.name): newest for kind in (ObjectKind.CONFIG, ObjectKind.KEYS) for info in storage.list(kind)}
+        )
     return _extend(storage, needed, keep)
 
 

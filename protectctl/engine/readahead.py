@@ -44,8 +44,14 @@ class _Window:
 class PackReadAhead:
     """`read(pack, offset, length)` for DATA objects through windows of `window_bytes`."""
 
-    def __init__(self, storage: StorageBackend, blob_ends: Callable[[str], Sequence[int]], *,
-                 window_bytes: int = DEFAULT_WINDOW, budget_bytes: int = DEFAULT_BUDGET) -> None:
+    def __init__(
+        self,
+        storage: StorageBackend,
+        blob_ends: Callable[[str], Sequence[int]],
+        *,
+        window_bytes: int = DEFAULT_WINDOW,
+        budget_bytes: int = DEFAULT_BUDGET,
+    ) -> None:
         self._storage = storage
         self._blob_ends = blob_ends  # pack -> the end offsets of its blobs, ascending
         self._window = window_bytes

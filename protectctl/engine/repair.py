@@ -97,9 +97,7 @@ class IndexRepair:
         return bool(self.index_written or self.index_removed)
 
 
-def rebuild_index(
-    repo: Repository, *, remove_damaged: bool, progress: Progress | None = None
-) -> IndexRepair:
+def rebuild_index(repo: Repository, *, remove_damaged: bool, progress: Progress | None = None) -> IndexRepair:
     """Index every pack no readable index object lists, from its own header.
 
     The caller holds the exclusive lock. Packs are never deleted; damaged index objects are

@@ -125,15 +125,14 @@ class Repository:
         key_name = os.urandom(16).hex()
         # Key first, config last: a crash in between leaves no repository, only an orphan
         # key that no later config's id can open (the id is in the key's AAD).
-        storage.put(
-            ObjectKind.KEYS, key_name, wrap_keys(keys, passphrase, repo_id, key_name, KdfParams.fresh(kdf_n))
-        )
+        storage.put(ObjectKind.KEYS, key_name, wrap_keys(keys, passphrase, repo_id, key_name, KdfParams.fresh(kdf_n)))
         storage.put(ObjectKind.CONFIG, CONFIG_NAME, _encode_config(repo_id, params, pack_size))
         return cls(storage, repo_id, keys, params, pack_size)
 
     @classmethod
-    def open(cls, storage: StorageBackend, passphrase: bytes, *,
-             key_cache: DerivedKeyCache | None = None) -> Repository:
+    def open(
+        cls, storage: StorageBackend, passphrase: bytes, *, key_cache: DerivedKeyCache | None = None
+    ) -> Repository:
         """Open with a passphrase; WrongKeyError if no key file opens, RepositoryError if none.
         `key_cache`: an agent's cache of derived keys (engine/keycache.py), to skip scrypt."""
         try:
@@ -356,9 +355,7 @@ class Repository:
             self._recover_unindexed()  # an index object lost: the pack's own header knows
             located = self._lookup(blob_id)
         if located is None:
-            raise CorruptionError(
-                f"blob {short_id(blob_id)} is not in the index of {self.storage.describe()}"
-            )
+            raise CorruptionError(f"blob {short_id(blob_id)} is not in the index of {self.storage.describe()}")
         return located
 
     def read_entry(self, pack: str, entry: PackEntry, *, verify_id: bool = True) -> bytes:
@@ -530,9 +527,7 @@ class Repository:
 
     @contextlib.contextmanager
     def _locked(self, exclusive: bool, command: str, ignore: set[str] | None = None) -> Iterator[None]:
-        lease = LeaseLock(
-            self.storage, self.sealer, exclusive=exclusive, command=command, lease_s=self.lock_lease_s
-        )
+        lease = LeaseLock(self.storage, self.sealer, exclusive=exclusive, command=command, lease_s=self.lock_lease_s)
         lease.acquire(ignore=ignore)
         with self._mutex:
             self._held.append(lease)
@@ -608,8 +603,9 @@ def _require_supported(d: dict[str, object], where: str) -> None:
         )
 
 
-def _unlock(storage: StorageBackend, passphrase: bytes, repo_id: str,
-            key_cache: DerivedKeyCache | None = None) -> MasterKeys:
+def _unlock(
+    storage: StorageBackend, passphrase: bytes, repo_id: str, key_cache: DerivedKeyCache | None = None
+) -> MasterKeys:
     """The master keys from the first key file the passphrase opens.
 
     A damaged key file does not stop the others; if none opens and some are damaged, the

@@ -193,8 +193,14 @@ def _encode_node(node: Node) -> dict[str, object]:
     # key order does not matter, the encoder sorts keys. An int field is written unless it has
     # its default (_DEFAULTS), an optional one unless it is None or empty.
     out: dict[str, object] = {
-        "name": _bytes_json(node.name), "type": node.type.value, "mode": node.mode, "uid": node.uid,
-        "gid": node.gid, "mtime_ns": node.mtime_ns, "atime_ns": node.atime_ns, "ctime_ns": node.ctime_ns,
+        "name": _bytes_json(node.name),
+        "type": node.type.value,
+        "mode": node.mode,
+        "uid": node.uid,
+        "gid": node.gid,
+        "mtime_ns": node.mtime_ns,
+        "atime_ns": node.atime_ns,
+        "ctime_ns": node.ctime_ns,
         "size": node.size,
     }
     if node.rdev != 0:

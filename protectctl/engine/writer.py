@@ -109,9 +109,7 @@ class BlobWriter:
         self._seal_pool: ThreadPoolExecutor | None = None
         self._upload_pool: ThreadPoolExecutor | None = None
         # (kind, id, raw length, buffers to give back, body or its future), in add order.
-        self._sealing: deque[
-            tuple[BlobKind, BlobId, int, tuple[Scratch, ...], Future[memoryview] | bytes]
-        ] = deque()
+        self._sealing: deque[tuple[BlobKind, BlobId, int, tuple[Scratch, ...], Future[memoryview] | bytes]] = deque()
         self._buffers = BufferPool()  # chunk copies and compressed records, reused (engine/buffers.py)
         self._uploads: deque[Future[tuple[str, list[PackEntry], bytearray]]] = deque()
         self._spare: bytearray | None = None  # a full-size pack buffer back from the uploader
@@ -221,9 +219,7 @@ class BlobWriter:
             self._finish_pack(kind)
             pack = self._open[kind]
         self._reserve(pack, pack.size + length + sealed_header_size(len(pack.entries) + 1))
-        seal_record_into(
-            self._sealer, kind, blob_id, body, memoryview(pack.buf)[pack.size : pack.size + length]
-        )
+        seal_record_into(self._sealer, kind, blob_id, body, memoryview(pack.buf)[pack.size : pack.size + length])
         pack.entries.append(PackEntry(blob_id, kind, pack.size, length, raw_length))
         pack.size += length
         self.bytes_added += length

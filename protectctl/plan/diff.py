@@ -71,28 +71,50 @@ def make_plan(
             changes.append(change)
     for address, rec in state.resources.items():
         if address not in desired:
-            changes.append(_delete(address, rec, Reason.DESTROY if destroy else Reason.REMOVED,
-                                   delete_data, observed, state))
+            changes.append(
+                _delete(address, rec, Reason.DESTROY if destroy else Reason.REMOVED, delete_data, observed, state)
+            )
     _refuse_key_loss(changes, observed)
     if destroy and not delete_data:
         _refuse_data_loss(state, observed)
     stopped = None if destroy else stops_all_protection(changes, state)
     if stopped is not None:
-        warnings = [*warnings, f"{stopped}: apply refuses this plan unless given --allow-remove-all "
-                               "(or run `protectctl destroy`)"]
+        warnings = [
+            *warnings,
+            f"{stopped}: apply refuses this plan unless given --allow-remove-all (or run `protectctl destroy`)",
+        ]
     order = {addr: i for i, addr in enumerate(ordered(changes))}
     changes.sort(key=lambda c: order[c.address])
-    return trusted(Plan, {
-        "format_version": PLAN_FORMAT, "protectctl_version": version, "created_at": now, "lineage": state.lineage,
-        "serial": state.serial, "policy_dir": policy_dir, "destroy": destroy, "delete_data": delete_data,
-        "changes": changes, "estimates": list(estimates), "warnings": [str(w) for w in warnings]})
+    return trusted(
+        Plan,
+        {
+            "format_version": PLAN_FORMAT,
+            "protectctl_version": version,
+            "created_at": now,
+            "lineage": state.lineage,
+            "serial": state.serial,
+            "policy_dir": policy_dir,
+            "destroy": destroy,
+            "delete_data": delete_data,
+            "changes": changes,
+            "estimates": list(estimates),
+            "warnings": [str(w) for w in warnings],
+        },
+    )
 
 
-def _change_for(res: Resource, address: str, depends_on: list[str], rec: ResourceState | None,
-                observed: Observations) -> Change | None:
+def _change_for(
+    res: Resource, address: str, depends_on: list[str], rec: ResourceState | None, observed: Observations
+) -> Change | None:
     after = dict(res.inputs)
-    common: dict[str, Any] = {"address": address, "kind": res.address.kind, "after": after,
-                              "depends_on": depends_on, "host": res.host, "holds_data": res.holds_data}
+    common: dict[str, Any] = {
+        "address": address,
+        "kind": res.address.kind,
+        "after": after,
+        "depends_on": depends_on,
+        "host": res.host,
+        "holds_data": res.holds_data,
+    }
     if rec is None:
         return _change(action=Action.CREATE, reason=Reason.NEW, **common)
     if rec.inputs == after:
@@ -101,48 +123,97 @@ def _change_for(res: Resource, address: str, depends_on: list[str], rec: Resourc
         attrs = diff_attributes(rec.inputs, after, res.replace_on)
     if not attrs:
         if address in observed.drifted:
-            return _change(action=Action.UPDATE, reason=Reason.DRIFT, before=rec.inputs,
-                           notes=[f"drift: {observed.drifted[address]}"], **common)
+            return _change(
+                action=Action.UPDATE,
+                reason=Reason.DRIFT,
+                before=rec.inputs,
+                notes=[f"drift: {observed.drifted[address]}"],
+                **common,
+            )
         return None
     if any(a.forces_replace for a in attrs):
         notes = []
         if res.holds_data:
             notes.append("the old one is forgotten, not deleted: its data stays where it is")
-        return _change(action=Action.REPLACE, reason=Reason.FORCED_REPLACE, before=rec.inputs,
-                       attributes=attrs, notes=notes, **common)
+        return _change(
+            action=Action.REPLACE,
+            reason=Reason.FORCED_REPLACE,
+            before=rec.inputs,
+            attributes=attrs,
+            notes=notes,
+            **common,
+        )
     return _change(action=Action.UPDATE, reason=Reason.CHANGED, before=rec.inputs, attributes=attrs, **common)
 
 
-def _change(*, address: str, kind: str, action: Action, reason: Reason, before: dict[str, Any] | None = None,
-            after: dict[str, Any] | None = None, attributes: list[AttributeChange] | None = None,
-            depends_on: list[str] | None = None, host: str | None = None, holds_data: bool = False,
-            delete_data: bool = False, notes: list[str] | None = None) -> Change:
+def _change(
+    *,
+    address: str,
+    kind: str,
+    action: Action,
+    reason: Reason,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    attributes: list[AttributeChange] | None = None,
+    depends_on: list[str] | None = None,
+    host: str | None = None,
+    holds_data: bool = False,
+    delete_data: bool = False,
+    notes: list[str] | None = None,
+) -> Change:
     """A Change from values this module made itself: pydantic's re-validation of 16,000 of them
     was a third of `plan` for 1,000 groups (tests/bench/bench_plan.py)."""
-    return trusted(Change, {
-        "address": address, "kind": kind, "action": action, "reason": reason, "before": before, "after": after,
-        "attributes": [] if attributes is None else attributes, "depends_on": [] if depends_on is None else depends_on,
-        "host": host, "holds_data": holds_data, "delete_data": delete_data, "notes": [] if notes is None else notes})
+    return trusted(
+        Change,
+        {
+            "address": address,
+            "kind": kind,
+            "action": action,
+            "reason": reason,
+            "before": before,
+            "after": after,
+            "attributes": [] if attributes is None else attributes,
+            "depends_on": [] if depends_on is None else depends_on,
+            "host": host,
+            "holds_data": holds_data,
+            "delete_data": delete_data,
+            "notes": [] if notes is None else notes,
+        },
+    )
 
 
-def _delete(address: str, rec: ResourceState, reason: Reason, delete_data: bool,
-            observed: Observations, state: State) -> Change:
+def _delete(
+    address: str, rec: ResourceState, reason: Reason, delete_data: bool, observed: Observations, state: State
+) -> Change:
     notes: list[str] = []
     data = rec.holds_data
     if data and not delete_data:
         points = observed.storage_points.get(address)
         held = f" ({points} recovery point(s))" if points else ""
-        notes.append(f"data kept{held}: recovery points stay until their retention ends; "
-                     "pass --delete-data to delete it")
+        notes.append(
+            f"data kept{held}: recovery points stay until their retention ends; pass --delete-data to delete it"
+        )
     if rec.kind == "source":
         notes.append("its recovery points are kept until their retention ends")
     cartridges = observed.libraries_in_use.get(address)
     if cartridges:
-        notes.append(f"{cartridges}; they are deleted with it" if data and delete_data
-                     else f"cartridges kept ({cartridges}); pass --delete-data to delete them")
-    return _change(address=address, kind=rec.kind, action=Action.DELETE, reason=reason, before=rec.inputs,
-                   depends_on=list(rec.depends_on), host=rec.host, holds_data=data,
-                   delete_data=data and delete_data, notes=notes)
+        notes.append(
+            f"{cartridges}; they are deleted with it"
+            if data and delete_data
+            else f"cartridges kept ({cartridges}); pass --delete-data to delete them"
+        )
+    return _change(
+        address=address,
+        kind=rec.kind,
+        action=Action.DELETE,
+        reason=reason,
+        before=rec.inputs,
+        depends_on=list(rec.depends_on),
+        host=rec.host,
+        holds_data=data,
+        delete_data=data and delete_data,
+        notes=notes,
+    )
 
 
 def _refuse_data_loss(state: State, observed: Observations) -> None:
@@ -150,32 +221,38 @@ def _refuse_data_loss(state: State, observed: Observations) -> None:
     guarded: list[str] = []
     for address, rec in state.resources.items():
         if rec.kind == "storage" and observed.storage_points.get(address, 0) > 0:
-            guarded += [f"{address} ({observed.storage_points[address]} recovery points)",
-                        f"key.{rec.inputs.get('key')}"]
+            guarded += [
+                f"{address} ({observed.storage_points[address]} recovery points)",
+                f"key.{rec.inputs.get('key')}",
+            ]
     if guarded:
         raise PlanError(
             f"destroy would delete protected data or the keys it needs: {', '.join(guarded)}",
             hint="pass --delete-data to delete repositories, their recovery points and keys; to stop "
-                 "protecting but keep the data, remove the groups from the policy and apply instead",
+            "protecting but keep the data, remove the groups from the policy and apply instead",
         )
 
 
 def _refuse_key_loss(changes: Sequence[Change], observed: Observations) -> None:
     """Deleting or replacing a key that unexpired tape cartridges need is refused, --delete-data
     or not: such a key can only go once its cartridges have expired (`tape recycle`)."""
-    lost = [f"{c.address} ({c.action.value}): {observed.keys_in_use[c.address]}" for c in changes
-            if c.address in observed.keys_in_use and c.action in (Action.DELETE, Action.REPLACE)]
+    lost = [
+        f"{c.address} ({c.action.value}): {observed.keys_in_use[c.address]}"
+        for c in changes
+        if c.address in observed.keys_in_use and c.action in (Action.DELETE, Action.REPLACE)
+    ]
     if lost:
         raise PlanError(
             "the plan would delete or replace an encryption key that unexpired tape cartridges need: "
             + "; ".join(lost),
             hint="keep the EncryptionKey (and its passphrase) in the policy until those cartridges expire "
-                 "and `protectctl tape recycle` returns them to scratch; --delete-data does not override this",
+            "and `protectctl tape recycle` returns them to scratch; --delete-data does not override this",
         )
 
 
-def diff_attributes(before: Mapping[str, Any], after: Mapping[str, Any],
-                    replace_on: Sequence[str], prefix: str = "") -> list[AttributeChange]:
+def diff_attributes(
+    before: Mapping[str, Any], after: Mapping[str, Any], replace_on: Sequence[str], prefix: str = ""
+) -> list[AttributeChange]:
     """Attribute-level differences, nested mappings flattened to dotted paths."""
     out: list[AttributeChange] = []
     for key in sorted(set(before) | set(after)):
@@ -183,12 +260,11 @@ def diff_attributes(before: Mapping[str, Any], after: Mapping[str, Any],
         old, new = before.get(key), after.get(key)
         if old == new:
             continue
-        forces = (prefix == "" and key in replace_on)
+        forces = prefix == "" and key in replace_on
         if isinstance(old, dict) and isinstance(new, dict) and not forces:
             out.extend(diff_attributes(old, new, (), prefix=f"{path}."))
         else:
-            out.append(trusted(AttributeChange, {"path": path, "before": old, "after": new,
-                                                 "forces_replace": forces}))
+            out.append(trusted(AttributeChange, {"path": path, "before": old, "after": new, "forces_replace": forces}))
     return out
 
 

@@ -101,8 +101,9 @@ def is_acyclic(depends_on: Mapping[str, Iterable[str]]) -> bool:
     return done == len(waiting)
 
 
-def check_resources_acyclic(resources: Sequence[Resource],
-                            depends_on: Mapping[str, Iterable[str]] | None = None) -> None:
+def check_resources_acyclic(
+    resources: Sequence[Resource], depends_on: Mapping[str, Iterable[str]] | None = None
+) -> None:
     """PlanError naming a cycle among the resources; networkx only when there is one to name.
 
     `depends_on` (address -> dependency addresses), when the caller has it, saves making it again.
@@ -118,8 +119,10 @@ def ordered(changes: Iterable[_Change]) -> list[str]:
     items = list(changes)
     topo = topological({c.address: c.depends_on for c in items})
     if topo is None:
-        raise PlanError("dependency cycle among the planned changes",
-                        hint="`protectctl state list` and `state rm` the resources in the cycle")
+        raise PlanError(
+            "dependency cycle among the planned changes",
+            hint="`protectctl state list` and `state rm` the resources in the cycle",
+        )
     deleting = {c.address for c in items if c.action == "delete"}
     return [a for a in topo if a not in deleting] + [a for a in reversed(topo) if a in deleting]
 
@@ -135,8 +138,16 @@ class _Change(Protocol):
 
 def to_dot(graph: nx.DiGraph) -> str:
     """DOT text of the graph (no pydot needed)."""
-    colours = {"key": "gold", "storage": "lightblue", "library": "lightblue", "host": "grey85",
-               "agent": "grey70", "group": "palegreen", "source": "lightgreen", "schedule": "white"}
+    colours = {
+        "key": "gold",
+        "storage": "lightblue",
+        "library": "lightblue",
+        "host": "grey85",
+        "agent": "grey70",
+        "group": "palegreen",
+        "source": "lightgreen",
+        "schedule": "white",
+    }
     lines = ["digraph protectctl {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled"];']
     for node, data in sorted(graph.nodes(data=True)):
         lines.append(f'  "{node}" [fillcolor={colours.get(data.get("kind", ""), "white")}];')

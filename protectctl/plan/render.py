@@ -18,8 +18,12 @@ Line = tuple[str, str]  # (style, text)
 
 SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.DELETE: "-"}
 STYLE = {Action.CREATE: "add", Action.UPDATE: "change", Action.REPLACE: "change", Action.DELETE: "destroy"}
-VERB = {Action.CREATE: "will be created", Action.UPDATE: "will be updated in-place",
-        Action.REPLACE: "must be replaced", Action.DELETE: "will be destroyed"}
+VERB = {
+    Action.CREATE: "will be created",
+    Action.UPDATE: "will be updated in-place",
+    Action.REPLACE: "must be replaced",
+    Action.DELETE: "will be destroyed",
+}
 MAX_VALUE = 120
 
 
@@ -91,14 +95,18 @@ def _change_text(change: Change) -> list[Line]:
     style = "danger" if change.delete_data else STYLE[change.action]
     why = f" ({change.reason.value.replace('_', ' ')})" if change.action is not Action.CREATE else ""
     verb = "will be destroyed WITH ITS DATA" if change.delete_data else VERB[change.action]
-    lines: list[Line] = [("dim", f"  # {change.address} {verb}{why}"),
-                         (style, f"  {SYMBOL[change.action]} {change.address}")]
+    lines: list[Line] = [
+        ("dim", f"  # {change.address} {verb}{why}"),
+        (style, f"  {SYMBOL[change.action]} {change.address}"),
+    ]
     if change.action is Action.CREATE:
-        lines += [("add", f"      + {k} = {value(v)}") for k, v in sorted((change.after or {}).items())
-                  if v is not None]
+        lines += [
+            ("add", f"      + {k} = {value(v)}") for k, v in sorted((change.after or {}).items()) if v is not None
+        ]
     elif change.action is Action.DELETE:
-        lines += [("destroy", f"      - {k} = {value(v)}") for k, v in sorted((change.before or {}).items())
-                  if v is not None]
+        lines += [
+            ("destroy", f"      - {k} = {value(v)}") for k, v in sorted((change.before or {}).items()) if v is not None
+        ]
     for attr in change.attributes:
         lines.append(_attribute_line(change.action, attr))
     lines += [("dim", f"      # {note}") for note in change.notes]
@@ -119,11 +127,16 @@ def _estimates_text(estimates: list[GroupEstimate]) -> list[Line]:
         return []
     lines: list[Line] = [("", ""), ("bold", "Capacity and recovery points per group:")]
     for e in estimates:
-        lines.append(("", f"  {e.group} (SLA {e.sla}, {e.sources} source(s)): "
-                          f"{size(e.bytes_per_full)} moved per full; "
-                          f"{e.points_per_snapshot:,} recovery points per snapshot x {e.snapshots_retained} "
-                          f"snapshots = {e.points_total:,} per source ({e.points_all_sources:,} in all); "
-                          f"est. disk use over retention {size(e.disk_bytes)}"))
+        lines.append(
+            (
+                "",
+                f"  {e.group} (SLA {e.sla}, {e.sources} source(s)): "
+                f"{size(e.bytes_per_full)} moved per full; "
+                f"{e.points_per_snapshot:,} recovery points per snapshot x {e.snapshots_retained} "
+                f"snapshots = {e.points_total:,} per source ({e.points_all_sources:,} in all); "
+                f"est. disk use over retention {size(e.disk_bytes)}",
+            )
+        )
     return lines
 
 
@@ -147,10 +160,15 @@ def render_markdown(plan: Plan) -> str:
             out += [text for _style, text in _change_text(c)]
         out += ["```", "", "</details>"]
     if plan.estimates:
-        out += ["", "| group | SLA | per full | points / snapshot | snapshots | points / source | est. disk |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "",
+            "| group | SLA | per full | points / snapshot | snapshots | points / source | est. disk |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for e in plan.estimates:
-            out.append(f"| {e.group} | {e.sla} | {size(e.bytes_per_full)} | {e.points_per_snapshot:,} | "
-                       f"{e.snapshots_retained} | {e.points_total:,} | {size(e.disk_bytes)} |")
+            out.append(
+                f"| {e.group} | {e.sla} | {size(e.bytes_per_full)} | {e.points_per_snapshot:,} | "
+                f"{e.snapshots_retained} | {e.points_total:,} | {size(e.disk_bytes)} |"
+            )
     _ = (add, change, destroy)
     return "\n".join(out) + "\n"

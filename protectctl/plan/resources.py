@@ -140,8 +140,7 @@ def _key(b: _Builder, doc: Document) -> None:
     ref = _passphrase_ref(b.policy, doc.name)
     # `generate` means something only for a file passphrase (apply never invents an env variable)
     inputs = {"passphrase": ref, "generate": spec.generate} if "file" in ref else {"passphrase": ref}
-    b.add(Resource(Address("key", doc.name), inputs,
-                   replace_on=("passphrase",), holds_data=True))
+    b.add(Resource(Address("key", doc.name), inputs, replace_on=("passphrase",), holds_data=True))
 
 
 def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
@@ -150,8 +149,12 @@ def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
     spec = doc.spec
     if spec.type is StorageType.S3:
         return _s3_inputs(policy, doc, spec)
-    out: dict[str, object] = {"type": spec.type.value, "path": resolve_path(doc, spec.path or ""),
-                              "key": spec.encryption.key, "passphrase": _passphrase_ref(policy, spec.encryption.key)}
+    out: dict[str, object] = {
+        "type": spec.type.value,
+        "path": resolve_path(doc, spec.path or ""),
+        "key": spec.encryption.key,
+        "passphrase": _passphrase_ref(policy, spec.encryption.key),
+    }
     if spec.type is StorageType.SFTP and spec.host:
         host_doc = policy.get(Kind.HOST, spec.host)
         assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
@@ -168,10 +171,16 @@ def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
 def _s3_inputs(policy: Policy, doc: Document, spec: StorageSpec) -> dict[str, object]:
     """An s3 Storage as apply and the agents use it: where, and each credential by reference only."""
     out: dict[str, object] = {
-        "type": "s3", "path": f"s3://{spec.bucket}/{spec.prefix}", "endpoint": spec.endpoint,
-        "region": spec.region, "bucket": spec.bucket, "prefix": spec.prefix,
+        "type": "s3",
+        "path": f"s3://{spec.bucket}/{spec.prefix}",
+        "endpoint": spec.endpoint,
+        "region": spec.region,
+        "bucket": spec.bucket,
+        "prefix": spec.prefix,
         "credentials": _s3_credentials(doc, spec.credentials),
-        "key": spec.encryption.key, "passphrase": _passphrase_ref(policy, spec.encryption.key)}
+        "key": spec.encryption.key,
+        "passphrase": _passphrase_ref(policy, spec.encryption.key),
+    }
     if spec.agent_credentials is not None:
         out["agent_credentials"] = _s3_credentials(doc, spec.agent_credentials)
     if spec.object_lock is not None:
@@ -182,9 +191,10 @@ def _s3_inputs(policy: Policy, doc: Document, spec: StorageSpec) -> dict[str, ob
 def _s3_credentials(doc: Document, creds: S3CredentialsSpec | None) -> dict[str, object] | None:
     if creds is None:
         return None
-    return {field: {"env": ref.env} if ref.env else {"file": resolve_path(doc, ref.file or "")}
-            for field, ref in (("access_key_id", creds.access_key_id),
-                               ("secret_access_key", creds.secret_access_key))}
+    return {
+        field: {"env": ref.env} if ref.env else {"file": resolve_path(doc, ref.file or "")}
+        for field, ref in (("access_key_id", creds.access_key_id), ("secret_access_key", creds.secret_access_key))
+    }
 
 
 def lock_retention_s(policy: Policy, storage: str) -> int:
@@ -221,17 +231,36 @@ def _storage(b: _Builder, doc: Document) -> None:
         deps.append(Address("host", spec.host))
         if spec.type is StorageType.SFTP:
             deps.append(Address("agent", spec.host))  # `protectctl serve` runs from the host's agent
-    b.add(Resource(Address("storage", doc.name), _storage_inputs(b.policy, doc.name), tuple(deps),
-                   replace_on=("type", "path"), holds_data=True))
+    b.add(
+        Resource(
+            Address("storage", doc.name),
+            _storage_inputs(b.policy, doc.name),
+            tuple(deps),
+            replace_on=("type", "path"),
+            holds_data=True,
+        )
+    )
 
 
 def _library(b: _Builder, doc: Document) -> None:
     spec = doc.spec
     assert isinstance(spec, TapeLibrarySpec)
-    b.add(Resource(Address("library", doc.name), {
-        "type": spec.type, "path": resolve_path(doc, spec.path), "slots": spec.slots, "drives": spec.drives,
-        "media": {"type": spec.media.type, "capacity": str(spec.media.capacity)}, "key": spec.encryption.key,
-    }, (Address("key", spec.encryption.key),), replace_on=("type", "path"), holds_data=True))
+    b.add(
+        Resource(
+            Address("library", doc.name),
+            {
+                "type": spec.type,
+                "path": resolve_path(doc, spec.path),
+                "slots": spec.slots,
+                "drives": spec.drives,
+                "media": {"type": spec.media.type, "capacity": str(spec.media.capacity)},
+                "key": spec.encryption.key,
+            },
+            (Address("key", spec.encryption.key),),
+            replace_on=("type", "path"),
+            holds_data=True,
+        )
+    )
 
 
 def installs_agent(doc: Document) -> bool:
@@ -264,9 +293,15 @@ def ssh_inputs(doc: Document) -> dict[str, object]:
     """How to reach an SSH host (no secret: a key is named by its file)."""
     spec = doc.spec
     assert isinstance(spec, HostSpec)
-    return {"address": spec.address, "port": spec.port, "user": spec.user,
-            "identity_file": _policy_file_path(doc, spec.identity_file), "host_key": spec.host_key,
-            "known_hosts": _policy_file_path(doc, spec.known_hosts), "become": spec.become}
+    return {
+        "address": spec.address,
+        "port": spec.port,
+        "user": spec.user,
+        "identity_file": _policy_file_path(doc, spec.identity_file),
+        "host_key": spec.host_key,
+        "known_hosts": _policy_file_path(doc, spec.known_hosts),
+        "become": spec.become,
+    }
 
 
 def _host(b: _Builder, doc: Document) -> None:
@@ -274,8 +309,14 @@ def _host(b: _Builder, doc: Document) -> None:
     assert isinstance(spec, HostSpec)
     root = host_root(doc)
     deps = (Address("host", spec.gateway),) if spec.gateway else ()
-    inputs: dict[str, object] = {"address": spec.address, "port": spec.port, "user": spec.user, "root": root,
-                                 "scheduler": spec.scheduler.value, "gateway": spec.gateway}
+    inputs: dict[str, object] = {
+        "address": spec.address,
+        "port": spec.port,
+        "user": spec.user,
+        "root": root,
+        "scheduler": spec.scheduler.value,
+        "gateway": spec.gateway,
+    }
     if not spec.is_local:  # local hosts keep their inputs (and so their plans) unchanged
         inputs.update(ssh_inputs(doc))
         inputs["authorized_keys"] = spec.authorized_keys
@@ -283,14 +324,21 @@ def _host(b: _Builder, doc: Document) -> None:
     b.add(Resource(Address("host", doc.name), inputs, deps, host=doc.name, replace_on=("address", "root")))
     facts = b.facts[doc.name]
     agent: dict[str, object] = {
-        "host": doc.name, "root": root, "version": facts.version, "exec": list(facts.agent_argv),
-        "config_path": host_path(root, AGENT_CONFIG), "state_dir": host_path(root, STATE_DIR),
+        "host": doc.name,
+        "root": root,
+        "version": facts.version,
+        "exec": list(facts.agent_argv),
+        "config_path": host_path(root, AGENT_CONFIG),
+        "state_dir": host_path(root, STATE_DIR),
         "sources_dir": host_path(root, SOURCES_DIR),
-        "metrics_path": metrics_path(doc), "metrics_group": spec.metrics.group}
+        "metrics_path": metrics_path(doc),
+        "metrics_group": spec.metrics.group,
+    }
     if installs_agent(doc):
         agent["install"] = {"venv": host_path(root, AGENT_VENV), "digest": facts.digest}
-    b.add(Resource(Address("agent", doc.name), agent, (Address("host", doc.name),), host=doc.name,
-                   replace_on=("root",)))
+    b.add(
+        Resource(Address("agent", doc.name), agent, (Address("host", doc.name),), host=doc.name, replace_on=("root",))
+    )
 
 
 def _group(b: _Builder, doc: Document) -> None:
@@ -298,9 +346,13 @@ def _group(b: _Builder, doc: Document) -> None:
     assert isinstance(spec, ProtectionGroupSpec)
     sla_doc = b.policy.get(Kind.SLA, spec.sla)
     assert sla_doc is not None and isinstance(sla_doc.spec, SLASpec)
-    b.add(Resource(Address("group", doc.name),
-                   {"sla": spec.sla, "storage": spec.storage, "members": [m.name for m in spec.members]},
-                   (Address("storage", spec.storage),)))
+    b.add(
+        Resource(
+            Address("group", doc.name),
+            {"sla": spec.sla, "storage": spec.storage, "members": [m.name for m in spec.members]},
+            (Address("storage", spec.storage),),
+        )
+    )
     for member in spec.members:
         _source(b, doc, spec, sla_doc.spec, member.name)
 
@@ -320,39 +372,73 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
         spec["path"] = resolve_path(doc, str(spec["path"]))  # local sources resolve like other paths
     throttle = group.throttle
     storage = {"name": group.storage, **_storage_inputs(b.policy, group.storage)}
-    deps = [Address("group", doc.name), *(Address("agent", h) for h in member.all_hosts),
-            Address("storage", group.storage)]
-    access = _access(b, group.storage, host_name, root, storage) if storage["type"] == StorageType.SFTP.value \
-        else None
+    deps = [
+        Address("group", doc.name),
+        *(Address("agent", h) for h in member.all_hosts),
+        Address("storage", group.storage),
+    ]
+    access = _access(b, group.storage, host_name, root, storage) if storage["type"] == StorageType.SFTP.value else None
     # an SSH host's agent cannot read the control machine's passphrase; a local host's timers
     # run without the environment of the shell that applied: both get a root-only copy
     ref = storage["passphrase"]
     needs_copy = not host_doc.spec.is_local or (isinstance(ref, Mapping) and ref.get("env") is not None)
     secret = _secret(b, str(storage["key"]), host_name, root) if needs_copy else None
-    creds = None if host_doc.spec.is_local or storage["type"] != StorageType.S3.value \
+    creds = (
+        None
+        if host_doc.spec.is_local or storage["type"] != StorageType.S3.value
         else _s3_secrets(b, group.storage, storage, host_name, root)
+    )
     storage = agent_storage(storage, access, secret, creds)
     deps += [r.address for r in (access, secret, *(creds or ())) if r is not None]
-    b.add(Resource(address, {
-        "source": source, "group": doc.name, "member": member.name, "host": host_name,
-        **({"nodes": [{"host": h, "config_path": _source_config_path(b, h, source)} for h in member.hosts]}
-           if member.hosts is not None else {}),
-        "provider": member.provider, "spec": spec,
-        "storage": storage,
-        "retention": {"keep_within_s": keep.disk.seconds, "daily": keep.daily or 0, "weekly": keep.weekly or 0,
-                      "monthly": keep.monthly or 0, "yearly": keep.yearly or 0},
-        "scripts": {"pre": scripts.pre, "post": scripts.post, "timeout_s": scripts.timeout.seconds}
-        if scripts else None,
-        "throttle": {"rate_bps": int(throttle.rate.bytes_per_second),
-                     "during": str(throttle.during) if throttle.during else None} if throttle else None,
-        "sync_interval_s": sla.sync.max_interval_s(), "full_interval_s": sla.full.max_interval_s(),
-        # only when set: a policy without it plans exactly as before
-        **({"parallelism": b.settings.parallelism} if b.settings.parallelism is not None else {}),
-        "config_path": host_path(root, f"{SOURCES_DIR}/{doc.name}--{member.name}.yaml"),
-    }, tuple(deps), host=host_name, replace_on=("host", "config_path")))
+    b.add(
+        Resource(
+            address,
+            {
+                "source": source,
+                "group": doc.name,
+                "member": member.name,
+                "host": host_name,
+                **(
+                    {"nodes": [{"host": h, "config_path": _source_config_path(b, h, source)} for h in member.hosts]}
+                    if member.hosts is not None
+                    else {}
+                ),
+                "provider": member.provider,
+                "spec": spec,
+                "storage": storage,
+                "retention": {
+                    "keep_within_s": keep.disk.seconds,
+                    "daily": keep.daily or 0,
+                    "weekly": keep.weekly or 0,
+                    "monthly": keep.monthly or 0,
+                    "yearly": keep.yearly or 0,
+                },
+                "scripts": {"pre": scripts.pre, "post": scripts.post, "timeout_s": scripts.timeout.seconds}
+                if scripts
+                else None,
+                "throttle": {
+                    "rate_bps": int(throttle.rate.bytes_per_second),
+                    "during": str(throttle.during) if throttle.during else None,
+                }
+                if throttle
+                else None,
+                "sync_interval_s": sla.sync.max_interval_s(),
+                "full_interval_s": sla.full.max_interval_s(),
+                # only when set: a policy without it plans exactly as before
+                **({"parallelism": b.settings.parallelism} if b.settings.parallelism is not None else {}),
+                "config_path": host_path(root, f"{SOURCES_DIR}/{doc.name}--{member.name}.yaml"),
+            },
+            tuple(deps),
+            host=host_name,
+            replace_on=("host", "config_path"),
+        )
+    )
     storage_doc = b.policy.get(Kind.STORAGE, group.storage)
-    local_storage = storage_doc is not None and isinstance(storage_doc.spec, StorageSpec) \
+    local_storage = (
+        storage_doc is not None
+        and isinstance(storage_doc.spec, StorageSpec)
         and storage_doc.spec.type is StorageType.LOCAL
+    )
     for host in member.all_hosts:  # a pair: every host has the timers; the job itself picks the node
         other = b.policy.get(Kind.HOST, host)
         assert other is not None and isinstance(other.spec, HostSpec)
@@ -363,8 +449,9 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
             writes.append(str(storage["path"]))
         confined = load_provider(member.provider).traits.confined_jobs
         facts = JobFacts(confined, bool(scripts and (scripts.pre or scripts.post)), tuple(writes))
-        _schedules(b, source, host, other.spec, other_root, sla, local_storage=local_storage, suffix=suffix,
-                   job_facts=facts)
+        _schedules(
+            b, source, host, other.spec, other_root, sla, local_storage=local_storage, suffix=suffix, job_facts=facts
+        )
         contributor = _contributor(member.provider)
         for service in contributor.services(spec) if contributor is not None else ():
             _service(b, source, host, other.spec, other_root, suffix, service)
@@ -417,8 +504,12 @@ def _access(b: _Builder, storage_name: str, host: str, root: str, storage: Mappi
     backup_doc = b.policy.get(Kind.HOST, backup)
     assert backup_doc is not None and isinstance(backup_doc.spec, HostSpec)
     inputs: dict[str, object] = {
-        "host": host, "root": root, "storage": storage_name, "backup_host": backup,
-        "repo": storage["path"], "serve": storage["serve"],
+        "host": host,
+        "root": root,
+        "storage": storage_name,
+        "backup_host": backup,
+        "repo": storage["path"],
+        "serve": storage["serve"],
         "key_path": host_path(root, f"{AGENT_KEYS_DIR}/{storage_name}_ed25519"),
         "authorized_keys": backup_doc.spec.authorized_keys,
     }
@@ -426,8 +517,10 @@ def _access(b: _Builder, storage_name: str, host: str, root: str, storage: Mappi
     hops = _hops(b.policy, backup_doc)  # agent → jump hosts → backup server
     if len(hops) > 1:
         # on each jump host the agent's key may only open a tunnel to the next hop
-        inputs["jump"] = [{"host": hop.name, "authorized_keys": _spec(hop).authorized_keys,
-                           "permit": _hostport(nxt)} for hop, nxt in zip(hops, hops[1:], strict=False)]
+        inputs["jump"] = [
+            {"host": hop.name, "authorized_keys": _spec(hop).authorized_keys, "permit": _hostport(nxt)}
+            for hop, nxt in zip(hops, hops[1:], strict=False)
+        ]
         deps += [Address("host", hop.name) for hop in hops[:-1]]
     host_doc = b.policy.get(Kind.HOST, host)
     assert host_doc is not None and isinstance(host_doc.spec, HostSpec)
@@ -435,8 +528,10 @@ def _access(b: _Builder, storage_name: str, host: str, root: str, storage: Mappi
     if pinned_by_file and not host_doc.spec.is_local:
         # the agent cannot read the control machine's knownHosts: it gets the entries it needs
         inputs["known_hosts_copy"] = host_path(root, f"{AGENT_KEYS_DIR}/known_hosts")
-        inputs["known_hosts"] = [{"file": _policy_file_path(hop, _spec(hop).known_hosts),
-                                  "name": _known_hosts_name(hop)} for hop in pinned_by_file]
+        inputs["known_hosts"] = [
+            {"file": _policy_file_path(hop, _spec(hop).known_hosts), "name": _known_hosts_name(hop)}
+            for hop in pinned_by_file
+        ]
     res = Resource(address, inputs, tuple(deps), host=host, replace_on=("host", "root", "backup_host", "repo"))
     b.add(res)
     b.by_address[address] = res
@@ -469,8 +564,12 @@ def _known_hosts_name(doc: Document) -> str:
     return spec.address if spec.port == 22 else f"[{spec.address}]:{spec.port}"
 
 
-def agent_storage(storage: Mapping[str, object], access: Resource | None, secret: Resource | None,
-                  creds: Sequence[Resource] | None = None) -> dict[str, object]:
+def agent_storage(
+    storage: Mapping[str, object],
+    access: Resource | None,
+    secret: Resource | None,
+    creds: Sequence[Resource] | None = None,
+) -> dict[str, object]:
     """A storage's inputs as the agent of a host uses them: its own append-only key (`access`,
     sftp), the knownHosts entries apply copied to it, its own passphrase copy (`secret`, SSH
     hosts), the s3 agent key (`agentCredentials`, else the Storage's) and, on SSH hosts, the
@@ -492,8 +591,9 @@ def agent_storage(storage: Mapping[str, object], access: Resource | None, secret
             out["ssh"] = ssh
             hops = out.get("ssh_hosts")
             if isinstance(hops, dict):
-                out["ssh_hosts"] = {name: {**hop, "known_hosts": copy if hop.get("known_hosts") else None}
-                                    for name, hop in hops.items()}
+                out["ssh_hosts"] = {
+                    name: {**hop, "known_hosts": copy if hop.get("known_hosts") else None} for name, hop in hops.items()
+                }
     if secret is not None:
         out["passphrase"] = {"file": secret.inputs["path"]}
     return out
@@ -513,17 +613,27 @@ def _secret(b: _Builder, key_name: str, host: str, root: str) -> Resource:
     existing = b.by_address.get(address)
     if existing is not None:
         return existing
-    res = Resource(address, {
-        "host": host, "root": root, "key": key_name, "passphrase": _passphrase_ref(b.policy, key_name),
-        "path": host_path(root, f"{AGENT_SECRETS_DIR}/{key_name}.passphrase"),
-    }, (Address("agent", host), Address("key", key_name)), host=host, replace_on=("host", "path"))
+    res = Resource(
+        address,
+        {
+            "host": host,
+            "root": root,
+            "key": key_name,
+            "passphrase": _passphrase_ref(b.policy, key_name),
+            "path": host_path(root, f"{AGENT_SECRETS_DIR}/{key_name}.passphrase"),
+        },
+        (Address("agent", host), Address("key", key_name)),
+        host=host,
+        replace_on=("host", "path"),
+    )
     b.add(res)
     b.by_address[address] = res
     return res
 
 
-def _s3_secrets(b: _Builder, storage_name: str, storage: Mapping[str, object], host: str,
-                root: str) -> list[Resource] | None:
+def _s3_secrets(
+    b: _Builder, storage_name: str, storage: Mapping[str, object], host: str, root: str
+) -> list[Resource] | None:
     """The agent key of an s3 Storage copied to an SSH host (both halves, 0600 root-only), like
     a passphrase copy; none when the Storage names no key (the host's own role or profile)."""
     creds = storage.get("agent_credentials") or storage.get("credentials")
@@ -534,10 +644,20 @@ def _s3_secrets(b: _Builder, storage_name: str, storage: Mapping[str, object], h
         address = Address("secret", f"{storage_name}-s3-{half.replace('_', '-')}/{host}")
         existing = b.by_address.get(address)
         if existing is None:
-            existing = Resource(address, {
-                "host": host, "root": root, "key": storage_name, "field": half, "passphrase": creds[half],
-                "path": host_path(root, f"{AGENT_SECRETS_DIR}/{storage_name}.s3-{half.replace('_', '-')}"),
-            }, (Address("agent", host), Address("storage", storage_name)), host=host, replace_on=("host", "path"))
+            existing = Resource(
+                address,
+                {
+                    "host": host,
+                    "root": root,
+                    "key": storage_name,
+                    "field": half,
+                    "passphrase": creds[half],
+                    "path": host_path(root, f"{AGENT_SECRETS_DIR}/{storage_name}.s3-{half.replace('_', '-')}"),
+                },
+                (Address("agent", host), Address("storage", storage_name)),
+                host=host,
+                replace_on=("host", "path"),
+            )
             b.add(existing)
             b.by_address[address] = existing
         out.append(existing)
@@ -549,16 +669,30 @@ def _jobs(b: _Builder, sla: SLASpec) -> list[tuple[str, str]]:
     jobs = b.jobs.get(id(sla))
     if jobs is None:
         settings = b.settings
-        jobs = [("sync", str(sla.sync)), ("full", str(sla.full)), ("prune", str(settings.schedules.prune)),
-                ("verify", str(settings.schedules.verify))]
+        jobs = [
+            ("sync", str(sla.sync)),
+            ("full", str(sla.full)),
+            ("prune", str(settings.schedules.prune)),
+            ("verify", str(settings.schedules.verify)),
+        ]
         if sla.tape is not None:
             jobs.append(("tape", str(sla.tape.schedule)))
         b.jobs[id(sla)] = jobs
     return jobs
 
 
-def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, sla: SLASpec, *,
-               local_storage: bool, suffix: str = "", job_facts: JobFacts) -> None:
+def _schedules(
+    b: _Builder,
+    source: str,
+    host: str,
+    host_spec: HostSpec,
+    root: str,
+    sla: SLASpec,
+    *,
+    local_storage: bool,
+    suffix: str = "",
+    job_facts: JobFacts,
+) -> None:
     """The timers of one source on its host.
 
     Prune runs where the repository may be pruned: an agent's key to a remote repository is
@@ -580,19 +714,31 @@ def _schedules(b: _Builder, source: str, host: str, host_spec: HostSpec, root: s
         if suffix and job not in ("sync", "full"):
             continue  # the other hosts of a pair back up (on the right node); prune, verify, tape run once
         where = ["-C", str(b.policy.root)] if job == "tape" else ["--agent-config", config]
-        b.add(Resource(Address("schedule", f"{source}/{job}{suffix}"), {
-            "host": host, "root": root, "scheduler": host_spec.scheduler.value,
-            "name": f"{prefix}-{job}",
-            "description": f"protectctl {job} of {source}",
-            "argv": [*agent.agent_argv, *where, "run", job, group, "--member", member],
-            "schedule": schedule,
-            # every kind, so that a fleet's prunes and verifies do not hit one server at once
-            "randomized_delay_s": settings.randomized_delay.seconds,
-            "timeout_s": getattr(settings.timeouts, job).seconds,
-            "sandbox": _sandbox(job, job_facts),
-            "on_failure": settings.on_failure, "mailto": settings.mailto,
-            "ac_power": settings.ac_power, "inhibit": settings.inhibit,
-        }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
+        b.add(
+            Resource(
+                Address("schedule", f"{source}/{job}{suffix}"),
+                {
+                    "host": host,
+                    "root": root,
+                    "scheduler": host_spec.scheduler.value,
+                    "name": f"{prefix}-{job}",
+                    "description": f"protectctl {job} of {source}",
+                    "argv": [*agent.agent_argv, *where, "run", job, group, "--member", member],
+                    "schedule": schedule,
+                    # every kind, so that a fleet's prunes and verifies do not hit one server at once
+                    "randomized_delay_s": settings.randomized_delay.seconds,
+                    "timeout_s": getattr(settings.timeouts, job).seconds,
+                    "sandbox": _sandbox(job, job_facts),
+                    "on_failure": settings.on_failure,
+                    "mailto": settings.mailto,
+                    "ac_power": settings.ac_power,
+                    "inhibit": settings.inhibit,
+                },
+                (Address("source", source),),
+                host=host,
+                replace_on=("scheduler", "root", "name"),
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,9 +752,13 @@ class JobFacts:
 
 def _sandbox(job: str, facts: JobFacts) -> dict[str, object]:
     """The Sandbox of one job, as JSON inputs (the fields of Sandbox)."""
-    strict: dict[str, object] = {"write_paths": list(facts.write_paths),
-                                 "capabilities": ["CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER"],
-                                 "filter_syscalls": True, "change_user": False, "devices": False}
+    strict: dict[str, object] = {
+        "write_paths": list(facts.write_paths),
+        "capabilities": ["CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER"],
+        "filter_syscalls": True,
+        "change_user": False,
+        "devices": False,
+    }
     loose = {"write_paths": None, "capabilities": None}
     if facts.scripts and job in ("sync", "full"):
         return {**loose, "filter_syscalls": False, "change_user": True, "devices": True}
@@ -620,19 +770,39 @@ def _sandbox(job: str, facts: JobFacts) -> dict[str, object]:
     return strict
 
 
-def _service(b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, suffix: str,
-             service: Service) -> None:
+def _service(
+    b: _Builder, source: str, host: str, host_spec: HostSpec, root: str, suffix: str, service: Service
+) -> None:
     """A service the source's provider needs (ServiceContributor, e.g. a log receiver), kept running
     on the host: `protectctl agent <command> GROUP --member MEMBER`, supervised."""
     group, member = source.split("/", 1)
     agent = b.facts[host]
-    b.add(Resource(Address("schedule", f"{source}/{service.name}{suffix}"), {
-        "host": host, "root": root, "scheduler": host_spec.scheduler.value, "daemon": True,
-        "name": f"{unit_name('protectctl', group, member)}-{service.name}",
-        "description": f"protectctl {service.description} of {source}",
-        "argv": [*agent.agent_argv, "--agent-config", host_path(root, AGENT_CONFIG), "agent", *service.command,
-                 group, "--member", member],
-    }, (Address("source", source),), host=host, replace_on=("scheduler", "root", "name")))
+    b.add(
+        Resource(
+            Address("schedule", f"{source}/{service.name}{suffix}"),
+            {
+                "host": host,
+                "root": root,
+                "scheduler": host_spec.scheduler.value,
+                "daemon": True,
+                "name": f"{unit_name('protectctl', group, member)}-{service.name}",
+                "description": f"protectctl {service.description} of {source}",
+                "argv": [
+                    *agent.agent_argv,
+                    "--agent-config",
+                    host_path(root, AGENT_CONFIG),
+                    "agent",
+                    *service.command,
+                    group,
+                    "--member",
+                    member,
+                ],
+            },
+            (Address("source", source),),
+            host=host,
+            replace_on=("scheduler", "root", "name"),
+        )
+    )
 
 
 def resource_index(resources: Sequence[Resource]) -> dict[str, Resource]:

@@ -38,8 +38,12 @@ def _duration(seconds: float) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     days, hours = divmod(hours, 24) if hours >= 48 else (0, hours)
-    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes else "",
-             f"{secs}s" if secs else ""]
+    parts = [
+        f"{days}d" if days else "",
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
     return "".join(parts) or "0s"
 
 
@@ -52,16 +56,19 @@ def _sources_by_sla(policy: Policy) -> dict[str, list[str]]:
     return out
 
 
-def _rule(alert: str, expr: str, *, wait: str, severity: str, sla: str, summary: str,
-          description: str) -> dict[str, object]:
+def _rule(
+    alert: str, expr: str, *, wait: str, severity: str, sla: str, summary: str, description: str
+) -> dict[str, object]:
     """One alerting rule of an SLA's group; `summary` follows "SOURCE on HOST: "."""
     return {
         "alert": alert,
         "expr": expr,
         "for": wait,
         "labels": {"severity": severity, "sla": sla},
-        "annotations": {"summary": "{{ $labels.source }} on {{ $labels.host }}: " + summary,
-                        "description": description},
+        "annotations": {
+            "summary": "{{ $labels.source }} on {{ $labels.host }}: " + summary,
+            "description": description,
+        },
     }
 
 
@@ -69,40 +76,65 @@ def _missed(kind: str, sources: str, limit_s: float, sla: str, counted: str) -> 
     """A source whose newest good point of `counted` kinds is older than the limit, or that has none."""
     stamps = f'protectctl_last_success_timestamp_seconds{{source=~"{sources}",kind=~"{counted}"}}'
     target = f'protectctl_sla_target_seconds{{source=~"{sources}",kind="{kind}"}}'
-    expr = (f"(time() - max by (host, source) ({stamps}) > {limit_s:g}) or "
-            f"(max by (host, source) ({target}) unless on (host, source) {stamps})")
+    expr = (
+        f"(time() - max by (host, source) ({stamps}) > {limit_s:g}) or "
+        f"(max by (host, source) ({target}) unless on (host, source) {stamps})"
+    )
     what = "recovery point" if kind == "sync" else "full"
-    return _rule(f"ProtectctlMissed{kind.title()}", expr, wait="5m",
-                 severity="critical" if kind == "sync" else "warning", sla=sla,
-                 summary=f"no good {what} within its SLA",
-                 description=f"SLA {sla} wants a good {what} every {_duration(limit_s / GRACE)}; the newest is "
-                             f"older than {_duration(limit_s)} (or there is none). `protectctl status` says why.")
+    return _rule(
+        f"ProtectctlMissed{kind.title()}",
+        expr,
+        wait="5m",
+        severity="critical" if kind == "sync" else "warning",
+        sla=sla,
+        summary=f"no good {what} within its SLA",
+        description=f"SLA {sla} wants a good {what} every {_duration(limit_s / GRACE)}; the newest is "
+        f"older than {_duration(limit_s)} (or there is none). `protectctl status` says why.",
+    )
 
 
 def _incomplete(sources: str, sla: str) -> dict[str, object]:
-    return _rule("ProtectctlPointIncomplete", f'protectctl_last_point_complete{{source=~"{sources}"}} == 0',
-                 wait="0m", severity="warning", sla=sla, summary="the last recovery point is incomplete",
-                 description="Some files could not be read; `protectctl points list` and the job's log name them.")
+    return _rule(
+        "ProtectctlPointIncomplete",
+        f'protectctl_last_point_complete{{source=~"{sources}"}} == 0',
+        wait="0m",
+        severity="warning",
+        sla=sla,
+        summary="the last recovery point is incomplete",
+        description="Some files could not be read; `protectctl points list` and the job's log name them.",
+    )
 
 
 def _failing(sources: str, sla: str) -> dict[str, object]:
     """Not an SLA breach yet, but the job that keeps the SLA keeps failing."""
-    return _rule("ProtectctlJobFailing", f'protectctl_last_job_success{{source=~"{sources}"}} == 0',
-                 wait="1h", severity="warning", sla=sla, summary="its last {{ $labels.kind }} failed",
-                 description="`protectctl status` shows the reason; the SLA alerts fire if it stays so.")
+    return _rule(
+        "ProtectctlJobFailing",
+        f'protectctl_last_job_success{{source=~"{sources}"}} == 0',
+        wait="1h",
+        severity="warning",
+        sla=sla,
+        summary="its last {{ $labels.kind }} failed",
+        description="`protectctl status` shows the reason; the SLA alerts fire if it stays so.",
+    )
 
 
 _DAY = 86400
 # the longest a calendar rule keeps a point: N periods, plus the one it started in
-_PERIODS: tuple[tuple[str, int], ...] = (("daily", _DAY), ("weekly", 7 * _DAY), ("monthly", 31 * _DAY),
-                                         ("yearly", 366 * _DAY))
+_PERIODS: tuple[tuple[str, int], ...] = (
+    ("daily", _DAY),
+    ("weekly", 7 * _DAY),
+    ("monthly", 31 * _DAY),
+    ("yearly", 366 * _DAY),
+)
 
 
 def retention_limit_s(retention: RetentionSpec, full_interval_s: int) -> int:
     """The oldest a point may be when a prune has just run: the longest any retention rule keeps
     one, plus 1.5 full intervals (a log chain keeps the base backup its window starts from)."""
-    keep = max([retention.disk.seconds] + [(count + 1) * period for name, period in _PERIODS
-                                           if (count := getattr(retention, name) or 0)])
+    keep = max(
+        [retention.disk.seconds]
+        + [(count + 1) * period for name, period in _PERIODS if (count := getattr(retention, name) or 0)]
+    )
     return int(keep + GRACE * full_interval_s)
 
 
@@ -110,35 +142,49 @@ def _out_of_retention(sources: str, limit_s: int, sla: str) -> dict[str, object]
     """Prune ran but left a point older than the retention keeps any: it is not deleting
     (a damaged repository, an object lock, points kept for a reason to look at)."""
     sel = f'{{source=~"{sources}"}}'
-    return _rule("ProtectctlOutOfRetention",
-                 f"protectctl_last_prune_timestamp_seconds{sel} - protectctl_oldest_point_timestamp_seconds{sel}"
-                 f" > {limit_s}", wait="0m", severity="warning", sla=sla,
-                 summary="points older than its retention are kept",
-                 description=f"SLA {sla} keeps no point past {_duration(limit_s)}; after the last prune the oldest "
-                             "was older. `protectctl prune --dry-run` says why each point is kept.")
+    return _rule(
+        "ProtectctlOutOfRetention",
+        f"protectctl_last_prune_timestamp_seconds{sel} - protectctl_oldest_point_timestamp_seconds{sel} > {limit_s}",
+        wait="0m",
+        severity="warning",
+        sla=sla,
+        summary="points older than its retention are kept",
+        description=f"SLA {sla} keeps no point past {_duration(limit_s)}; after the last prune the oldest "
+        "was older. `protectctl prune --dry-run` says why each point is kept.",
+    )
 
 
 def _prune_overdue(sources: str, limit_s: int, sla: str) -> dict[str, object]:
-    return _rule("ProtectctlPruneOverdue",
-                 f'time() - protectctl_last_prune_timestamp_seconds{{source=~"{sources}"}} > {limit_s}',
-                 wait="5m", severity="warning", sla=sla, summary="its retention has not been applied lately",
-                 description=f"Prune is scheduled at least every {_duration(limit_s / GRACE)}; the last one that "
-                             f"reached this source is older than {_duration(limit_s)}, so expired points keep "
-                             "using the disk.")
+    return _rule(
+        "ProtectctlPruneOverdue",
+        f'time() - protectctl_last_prune_timestamp_seconds{{source=~"{sources}"}} > {limit_s}',
+        wait="5m",
+        severity="warning",
+        sla=sla,
+        summary="its retention has not been applied lately",
+        description=f"Prune is scheduled at least every {_duration(limit_s / GRACE)}; the last one that "
+        f"reached this source is older than {_duration(limit_s)}, so expired points keep "
+        "using the disk.",
+    )
 
 
 def _tape_overdue(sources: str, limit_s: int, sla: str, pool: str) -> dict[str, object]:
     """No tape run has left the newest point on tape lately; or the source has had points for
     longer than that and never had a tape copy."""
     sel = f'{{source=~"{sources}"}}'
-    return _rule("ProtectctlTapeCopyOverdue",
-                 f"(time() - protectctl_last_tape_copy_timestamp_seconds{sel} > {limit_s}) or "
-                 f"((protectctl_oldest_point_timestamp_seconds{sel} < time() - {limit_s}) "
-                 f"unless on (host, source) protectctl_last_tape_copy_timestamp_seconds{sel})",
-                 wait="5m", severity="warning", sla=sla, summary="no recent tape copy",
-                 description=f"SLA {sla} copies to tape pool {pool} every {_duration(limit_s / GRACE)}; the last "
-                             f"tape copy is older than {_duration(limit_s)} (or there is none). "
-                             "`protectctl run tape` and `protectctl tape list` say more.")
+    return _rule(
+        "ProtectctlTapeCopyOverdue",
+        f"(time() - protectctl_last_tape_copy_timestamp_seconds{sel} > {limit_s}) or "
+        f"((protectctl_oldest_point_timestamp_seconds{sel} < time() - {limit_s}) "
+        f"unless on (host, source) protectctl_last_tape_copy_timestamp_seconds{sel})",
+        wait="5m",
+        severity="warning",
+        sla=sla,
+        summary="no recent tape copy",
+        description=f"SLA {sla} copies to tape pool {pool} every {_duration(limit_s / GRACE)}; the last "
+        f"tape copy is older than {_duration(limit_s)} (or there is none). "
+        "`protectctl run tape` and `protectctl tape list` say more.",
+    )
 
 
 def alert_rules(policy: Policy) -> dict[str, object]:
@@ -159,7 +205,8 @@ def alert_rules(policy: Policy) -> dict[str, object]:
             _prune_overdue(sources, int(GRACE * prune_s), sla_name),
         ]
         if sla.tape is not None:
-            rules.append(_tape_overdue(sources, int(GRACE * sla.tape.schedule.max_interval_s()), sla_name,
-                                       sla.tape.pool))
+            rules.append(
+                _tape_overdue(sources, int(GRACE * sla.tape.schedule.max_interval_s()), sla_name, sla.tape.pool)
+            )
         groups.append({"name": f"protectctl-sla-{sla_name}", "rules": rules})
     return {"groups": groups}

@@ -51,15 +51,29 @@ class _Defer(Exception):
 
 # YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution), plain scalars only
 _INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
-_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+|\.[0-9]+(?:[eE][-+][0-9]+)?"
-                    r"|\.(?:inf|Inf|INF))|\.(?:nan|NaN|NAN)")
+_FLOAT = re.compile(
+    r"[-+]?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+|\.[0-9]+(?:[eE][-+][0-9]+)?"
+    r"|\.(?:inf|Inf|INF))|\.(?:nan|NaN|NAN)"
+)
 # what ruamel also reads as a number (`1_000`, `-0x1F`, `0b101`): defer rather than imitate
-_OTHER_NUMBER = re.compile(r"[-+]?(?:0b[0-1_]+|0o?[0-7_]+|[0-9_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*\.[0-9_]*"
-                           r"(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+][0-9]+)?)")
+_OTHER_NUMBER = re.compile(
+    r"[-+]?(?:0b[0-1_]+|0o?[0-7_]+|[0-9_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*\.[0-9_]*"
+    r"(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+][0-9]+)?)"
+)
 # ruamel reads timestamps as dates: rare in policies, so defer too
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}")
-_WORDS: dict[str, Any] = {"true": True, "True": True, "TRUE": True, "false": False, "False": False,
-                          "FALSE": False, "~": None, "null": None, "Null": None, "NULL": None}
+_WORDS: dict[str, Any] = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+    "~": None,
+    "null": None,
+    "Null": None,
+    "NULL": None,
+}
 _NUMBER_START = frozenset("-+0123456789.")
 _SPECIAL = frozenset({"<<", "="})  # ruamel's merge and value tags
 _NO_KEY = object()  # a mapping waiting for its next key
@@ -168,4 +182,3 @@ def load_all(text: str) -> list[Any] | None:
         return None
     finally:
         parser.dispose()
-

@@ -134,8 +134,7 @@ class Locator:
             nodes = list(YAML(typ="rt").compose_all(read_policy_file(ref.file)))
             mark = nodes[ref.index].start_mark
             return mark.line, mark.column
-        except (YAMLError, _Unreadable, RecursionError, ValueError, IndexError,
-                AttributeError, AssertionError):
+        except (YAMLError, _Unreadable, RecursionError, ValueError, IndexError, AttributeError, AssertionError):
             return 0, 0
 
     @staticmethod
@@ -179,8 +178,15 @@ def load_policy(policy_dir: Path, *, allow_empty: bool = False) -> Policy:
     try:
         policy_dir = policy_dir.resolve()
     except OSError as err:  # e.g. `-C .` inside a directory that was deleted
-        raise PolicyError([Diagnostic(Severity.ERROR, f"cannot open policy directory {policy_dir}: {err.strerror}",
-                                      detail="pass -C DIR with an existing directory")]) from None
+        raise PolicyError(
+            [
+                Diagnostic(
+                    Severity.ERROR,
+                    f"cannot open policy directory {policy_dir}: {err.strerror}",
+                    detail="pass -C DIR with an existing directory",
+                )
+            ]
+        ) from None
     if not policy_dir.is_dir():
         raise PolicyError([Diagnostic(Severity.ERROR, f"policy directory {policy_dir} does not exist")])
     files = policy_files(policy_dir)
@@ -201,10 +207,15 @@ def load_policy(policy_dir: Path, *, allow_empty: bool = False) -> Policy:
     if not seen and not syntax and not allow_empty:
         # Empty files (or nothing but `---`) are no policy: read as one, apply would remove
         # every timer and agent config that an earlier policy made.
-        syntax.append(Diagnostic(Severity.ERROR, f"the policy has no documents: {len(files)} file(s) under "
-                                 f"{policy_dir}, all empty", Location(files[0], 1, 1),
-                                 "write its documents, as in examples/quickstart/protect.yaml; to remove "
-                                 "everything apply made, run `protectctl destroy`"))
+        syntax.append(
+            Diagnostic(
+                Severity.ERROR,
+                f"the policy has no documents: {len(files)} file(s) under {policy_dir}, all empty",
+                Location(files[0], 1, 1),
+                "write its documents, as in examples/quickstart/protect.yaml; to remove "
+                "everything apply made, run `protectctl destroy`",
+            )
+        )
     _add_shipped(policy)
     problems.extend(check_rules(policy))
     diagnostics = syntax + resolve(problems)
@@ -216,10 +227,7 @@ def load_policy(policy_dir: Path, *, allow_empty: bool = False) -> Policy:
 
 def resolve(problems: Sequence[Problem]) -> list[Diagnostic]:
     locator = Locator()
-    return [
-        Diagnostic(p.severity, p.summary, locator.locate(p.ref, p.path), p.detail)
-        for p in problems
-    ]
+    return [Diagnostic(p.severity, p.summary, locator.locate(p.ref, p.path), p.detail) for p in problems]
 
 
 class _Unreadable(Exception):
@@ -269,8 +277,13 @@ def _read_at_most(fd: int, limit: int) -> bytes:
 
 
 def _file_type(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -282,8 +295,14 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
     try:
         text = read_policy_file(file)
     except _Unreadable as err:
-        syntax.append(Diagnostic(Severity.ERROR, f"cannot read policy file: {err}", Location(file, 1, 1),
-                                 "policy files are regular UTF-8 YAML files"))
+        syntax.append(
+            Diagnostic(
+                Severity.ERROR,
+                f"cannot read policy file: {err}",
+                Location(file, 1, 1),
+                "policy files are regular UTF-8 YAML files",
+            )
+        )
         return 0
     raw_docs = fastyaml.load_all(text)
     if raw_docs is None:
@@ -299,8 +318,12 @@ def _load_file(file: Path, policy: Policy, problems: list[Problem], syntax: list
         ref = DocRef(file, index)
         if not isinstance(raw, dict):
             problems.append(
-                Problem(ref, (), f"a document must be a mapping, not {_type_name(raw)}",
-                        "expected apiVersion, kind, metadata and spec")
+                Problem(
+                    ref,
+                    (),
+                    f"a document must be a mapping, not {_type_name(raw)}",
+                    "expected apiVersion, kind, metadata and spec",
+                )
             )
             continue
         kind = raw.get("kind")
@@ -323,15 +346,27 @@ def _nul_problems(node: Any, ref: DocRef, path: KeyPath, problems: list[Problem]
     found = False
     if isinstance(node, str):
         if "\0" in node:
-            problems.append(Problem(ref, path, f"`{_dotted(path) or 'value'}` contains a NUL character (\\0)",
-                                    "no path, name, pattern or command can hold one; remove it"))
+            problems.append(
+                Problem(
+                    ref,
+                    path,
+                    f"`{_dotted(path) or 'value'}` contains a NUL character (\\0)",
+                    "no path, name, pattern or command can hold one; remove it",
+                )
+            )
             return True
         return False
     if isinstance(node, dict):
         for key, value in node.items():
             if isinstance(key, str) and "\0" in key:
-                problems.append(Problem(ref, path, f"a key in `{_dotted(path) or 'the document'}` contains a NUL "
-                                        "character (\\0)", "remove it"))
+                problems.append(
+                    Problem(
+                        ref,
+                        path,
+                        f"a key in `{_dotted(path) or 'the document'}` contains a NUL character (\\0)",
+                        "remove it",
+                    )
+                )
                 found = True
             found = _nul_problems(value, ref, (*path, key), problems) or found
     elif isinstance(node, list):
@@ -363,8 +398,12 @@ def _unsupported_yaml(file: Path, text: str, err: AssertionError) -> Diagnostic:
     match = re.search(r"^%YAML[ \t]+(\S*)", text, re.MULTILINE)
     if match is not None:
         line = text.count("\n", 0, match.start()) + 1
-        return Diagnostic(Severity.ERROR, f"unsupported YAML version {match.group(1)!r}", Location(file, line, 1),
-                          "policies are YAML 1.2: write `%YAML 1.2` or leave the directive out")
+        return Diagnostic(
+            Severity.ERROR,
+            f"unsupported YAML version {match.group(1)!r}",
+            Location(file, line, 1),
+            "policies are YAML 1.2: write `%YAML 1.2` or leave the directive out",
+        )
     return Diagnostic(Severity.ERROR, f"cannot read YAML: {err or 'unsupported construct'}", Location(file, 1, 1))
 
 
@@ -415,15 +454,20 @@ def _register(policy: Policy, doc: Document, problems: list[Problem]) -> None:
     first = by_name.get(doc.name)
     if first is not None:
         problems.append(
-            Problem(doc.ref, ("metadata", "name"), f"duplicate {doc.kind.value} name {doc.name!r}",
-                    f"first defined in {first.ref.file}; names are unique per kind")
+            Problem(
+                doc.ref,
+                ("metadata", "name"),
+                f"duplicate {doc.kind.value} name {doc.name!r}",
+                f"first defined in {first.ref.file}; names are unique per kind",
+            )
         )
         return
     by_name[doc.name] = doc
 
 
-def _validate_document(raw: dict[Any, Any], ref: DocRef, problems: list[Problem],
-                       broken: set[tuple[Kind, str]] | None = None) -> Document | None:
+def _validate_document(
+    raw: dict[Any, Any], ref: DocRef, problems: list[Problem], broken: set[tuple[Kind, str]] | None = None
+) -> Document | None:
     try:
         header = Header.model_validate(raw)
     except ValidationError as err:
@@ -501,10 +545,15 @@ def _explain(item: Any, loc: KeyPath, model: type[BaseModel]) -> tuple[str, str 
         close = difflib.get_close_matches(unknown, allowed, n=1)
         hint = f"did you mean `{close[0]}`? " if close else ""
         return f"unknown field `{unknown}`", hint + (f"expected one of: {', '.join(allowed)}" if allowed else "")
-    if kind == "string_pattern_mismatch" and loc and loc[-1] in ("name", "host", "sla", "storage", "key",
-                                                               "library", "pool", "gateway"):
-        return (f"`{where}`: {item.get('input')!r} is not a valid name",
-                "use lower-case letters, digits and '-', starting and ending with a letter or digit")
+    if (
+        kind == "string_pattern_mismatch"
+        and loc
+        and loc[-1] in ("name", "host", "sla", "storage", "key", "library", "pool", "gateway")
+    ):
+        return (
+            f"`{where}`: {item.get('input')!r} is not a valid name",
+            "use lower-case letters, digits and '-', starting and ending with a letter or digit",
+        )
     if kind == "literal_error" and loc == ("apiVersion",):
         return f"unsupported apiVersion {item.get('input')!r}", "use `apiVersion: protectctl/v1`"
     if kind == "enum" and loc == ("kind",):
@@ -562,7 +611,9 @@ def _yaml_diagnostic(file: Path, err: MarkedYAMLError) -> Diagnostic:
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     problem = err.problem or "invalid YAML"
     context = f" ({err.context})" if err.context else ""
-    detail = "keys must be unique within a mapping" if "duplicate key" in str(err) else (
-        "check indentation, quoting and brackets"
+    detail = (
+        "keys must be unique within a mapping"
+        if "duplicate key" in str(err)
+        else ("check indentation, quoting and brackets")
     )
     return Diagnostic(Severity.ERROR, f"YAML syntax: {problem}{context}", Location(file, line, col), detail)

@@ -59,8 +59,14 @@ def _parser(cls: Any, example: str, what: str) -> Any:
         cls,
         BeforeValidator(parse),
         PlainSerializer(str, return_type=str),
-        WithJsonSchema({"type": "string", "description": f"{what}, e.g. {example!r}", "examples": [example],
-                        "pattern": JSON_PATTERNS[cls]}),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "description": f"{what}, e.g. {example!r}",
+                "examples": [example],
+                "pattern": JSON_PATTERNS[cls],
+            }
+        ),
     ]
 
 
@@ -94,9 +100,7 @@ def camel(name: str) -> str:
 
 
 class CamelSpec(Spec):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, alias_generator=camel
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=camel)
 
 
 class Scheduler(StrEnum):
@@ -126,11 +130,17 @@ class Kind(StrEnum):
 class MetricsSpec(CamelSpec):
     """The agent's Prometheus textfile, for node_exporter's textfile collector."""
 
-    path: str = Field("/var/lib/prometheus/node-exporter/protectctl.prom", pattern="^/[^\\s\"'\\\\]*\\.prom$",
-                      description="absolute path on the host (under its root); node_exporter reads *.prom files "
-                                  "of its --collector.textfile.directory")
-    group: str = Field("prometheus", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
-                       description="the group node_exporter runs as: it may read the file (0640), nobody else")
+    path: str = Field(
+        "/var/lib/prometheus/node-exporter/protectctl.prom",
+        pattern="^/[^\\s\"'\\\\]*\\.prom$",
+        description="absolute path on the host (under its root); node_exporter reads *.prom files "
+        "of its --collector.textfile.directory",
+    )
+    group: str = Field(
+        "prometheus",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        description="the group node_exporter runs as: it may read the file (0640), nobody else",
+    )
 
 
 class HostSpec(CamelSpec):
@@ -144,12 +154,15 @@ class HostSpec(CamelSpec):
     become: Literal["sudo"] | None = None
     scheduler: Scheduler = Scheduler.SYSTEMD
     root: str = Field("/", description="every path protectctl writes on this host lives under root")
-    metrics: MetricsSpec = Field(default_factory=lambda: MetricsSpec(),
-                                 description="where the agent writes its Prometheus textfile (docs/monitoring.md)")
+    metrics: MetricsSpec = Field(
+        default_factory=lambda: MetricsSpec(),
+        description="where the agent writes its Prometheus textfile (docs/monitoring.md)",
+    )
     authorized_keys: str = Field(
         ".ssh/authorized_keys",
         description="SSH hosts holding sftp storage: the login user's authorized_keys file (relative to its "
-                    "home); apply adds each agent's append-only key here")
+        "home); apply adds each agent's append-only key here",
+    )
 
     @property
     def is_local(self) -> bool:
@@ -194,7 +207,8 @@ class S3CredentialsSpec(CamelSpec):
 class ObjectLockSpec(CamelSpec):
     mode: Literal["compliance", "governance"] = Field(
         description="compliance: no one can delete a locked object before its retention ends; governance: "
-                    "keys with s3:BypassGovernanceRetention can")
+        "keys with s3:BypassGovernanceRetention can"
+    )
 
 
 S3_FIELDS: tuple[str, ...] = ("endpoint", "bucket", "prefix", "credentials", "agent_credentials", "object_lock")
@@ -204,20 +218,27 @@ class StorageSpec(CamelSpec):
     type: StorageType
     path: str | None = Field(None, description="local and sftp: the repository's directory")
     host: Name | None = Field(None, description="for sftp: the Host holding the repository")
-    endpoint: str | None = Field(None, pattern=r"^https?://", description="s3: any S3-compatible endpoint; "
-                                 "omit for AWS")
+    endpoint: str | None = Field(
+        None, pattern=r"^https?://", description="s3: any S3-compatible endpoint; omit for AWS"
+    )
     region: str = Field("us-east-1", description="s3: the bucket's region")
     bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="s3: the bucket")
     prefix: str = Field("", pattern=r"^([A-Za-z0-9._-]+/)*$", description="s3: keys start with this, e.g. site-a/")
     credentials: S3CredentialsSpec | None = Field(
-        None, description="s3: the control machine's key (init, prune, check, restore); omit to use the "
-                          "AWS default chain (environment, profile, instance role)")
+        None,
+        description="s3: the control machine's key (init, prune, check, restore); omit to use the "
+        "AWS default chain (environment, profile, instance role)",
+    )
     agent_credentials: S3CredentialsSpec | None = Field(
-        None, description="s3: the key agents get (apply copies it to SSH hosts, root-only); a least-privilege "
-                          "key that can write but not destroy locked points")
+        None,
+        description="s3: the key agents get (apply copies it to SSH hosts, root-only); a least-privilege "
+        "key that can write but not destroy locked points",
+    )
     object_lock: ObjectLockSpec | None = Field(
-        None, description="s3: lock every object a point needs until the point's retention ends (the bucket "
-                          "must have object lock enabled)")
+        None,
+        description="s3: lock every object a point needs until the point's retention ends (the bucket "
+        "must have object lock enabled)",
+    )
     encryption: EncryptionRef
 
     @model_validator(mode="after")
@@ -307,14 +328,18 @@ class MemberSpec(CamelSpec):
     name: Name
     host: Name | None = Field(None, description="the Host holding the data")
     hosts: tuple[Name, ...] | None = Field(
-        None, description="instead of `host:`, the Hosts of one source that spans several (for providers "
-        "with multi-host sources, e.g. a primary/standby pair of database servers)")
+        None,
+        description="instead of `host:`, the Hosts of one source that spans several (for providers "
+        "with multi-host sources, e.g. a primary/standby pair of database servers)",
+    )
 
     @model_validator(mode="after")
     def _one_provider(self) -> MemberSpec:
         if (self.host is None) == (self.hosts is None):
-            raise ValueError("a member needs exactly one of `host: NAME` or `hosts: [NAME, NAME]` "
-                             "(a source that spans several hosts, e.g. a primary/standby pair)")
+            raise ValueError(
+                "a member needs exactly one of `host: NAME` or `hosts: [NAME, NAME]` "
+                "(a source that spans several hosts, e.g. a primary/standby pair)"
+            )
         kinds = type(self).provider_kinds
         given = [k for k in kinds if getattr(self, _field_name(k), None) is not None]
         if len(given) != 1:
@@ -414,13 +439,23 @@ class StateSettings(CamelSpec):
     backend: Literal["local", "s3", "postgres"] = "local"
     path: str = Field(".protectctl/state.json", description="local: the state file")
     storage: Name | None = Field(None, description="s3: a Storage of type s3; the state lives under its prefix")
-    key: str = Field("state/default.json", pattern=r"^[A-Za-z0-9._/-]+$",
-                     description="s3: the state object's key below the Storage's prefix")
+    key: str = Field(
+        "state/default.json",
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        description="s3: the state object's key below the Storage's prefix",
+    )
     dsn: PassphraseRef | None = Field(None, description="postgres: the connection string, by `env:` or `file:`")
-    schema_: str = Field("protectctl", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
-                         description="postgres: the schema holding the state table")
-    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$",
-                      description="postgres: the state's name (one row per name), like a workspace")
+    schema_: str = Field(
+        "protectctl",
+        alias="schema",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="postgres: the schema holding the state table",
+    )
+    name: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="postgres: the state's name (one row per name), like a workspace",
+    )
 
     @model_validator(mode="after")
     def _fields_of_backend(self) -> StateSettings:
@@ -447,20 +482,24 @@ class JobTimeouts(CamelSpec):
 
 
 class ScheduleDefaults(CamelSpec):
-    randomized_delay: DurationText = Field(default_factory=lambda: Duration.parse("2m"),
-                                           description="every timer starts up to this much later, at random")
+    randomized_delay: DurationText = Field(
+        default_factory=lambda: Duration.parse("2m"), description="every timer starts up to this much later, at random"
+    )
     prune: ScheduleText = Field(default_factory=lambda: Schedule.parse("daily at 04:00"))
     verify: ScheduleText = Field(default_factory=lambda: Schedule.parse("weekly on sat at 05:00"))
     timeouts: JobTimeouts = Field(default_factory=JobTimeouts)
     on_failure: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9:_.@%\\-]+\.(service|target)$",
-        description="systemd hosts: a unit started when a job fails, e.g. 'notify-email@%n.service'")
-    mailto: str = Field("root", pattern=r"^[^\x00-\x1f\x7f]*$",
-                        description="cron hosts: who gets mail about failed runs ('' for nobody); "
-                                    "successful runs print nothing")
+        None,
+        pattern=r"^[A-Za-z0-9:_.@%\\-]+\.(service|target)$",
+        description="systemd hosts: a unit started when a job fails, e.g. 'notify-email@%n.service'",
+    )
+    mailto: str = Field(
+        "root",
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="cron hosts: who gets mail about failed runs ('' for nobody); successful runs print nothing",
+    )
     ac_power: bool = Field(False, description="run jobs only on AC power (on battery a run is skipped)")
-    inhibit: bool = Field(False, description="hold a systemd-inhibit lock against sleep and shutdown "
-                                             "while a job runs")
+    inhibit: bool = Field(False, description="hold a systemd-inhibit lock against sleep and shutdown while a job runs")
 
 
 class SettingsSpec(CamelSpec):
@@ -468,9 +507,12 @@ class SettingsSpec(CamelSpec):
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     schedules: ScheduleDefaults = Field(default_factory=ScheduleDefaults)
     parallelism: int | None = Field(
-        None, ge=1, le=256,
+        None,
+        ge=1,
+        le=256,
         description="CPU threads a backup job may use for compression and encryption (default: the "
-                    "host's cores, at most 4); 1 keeps a protected server's other cores free")
+        "host's cores, at most 4); 1 keeps a protected server's other cores free",
+    )
 
 
 # --- Documents ------------------------------------------------------------------------

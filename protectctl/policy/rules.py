@@ -52,8 +52,13 @@ def check_rules(policy: Policy) -> list[Problem]:
     return problems
 
 
-def _ref(policy: Policy, doc: Document, path: tuple[str | int, ...], kind: Kind, name: str | None,
-         ) -> Iterator[Problem]:
+def _ref(
+    policy: Policy,
+    doc: Document,
+    path: tuple[str | int, ...],
+    kind: Kind,
+    name: str | None,
+) -> Iterator[Problem]:
     if name is None or policy.get(kind, name) is not None or (kind, name) in policy.broken:
         return
     known = sorted(policy.of(kind))
@@ -64,17 +69,25 @@ def _ref(policy: Policy, doc: Document, path: tuple[str | int, ...], kind: Kind,
 def _settings(policy: Policy) -> Iterator[Problem]:
     docs = list(policy.of(Kind.SETTINGS).values())
     for extra in docs[1:]:
-        yield Problem(extra.ref, ("kind",), "more than one Settings document",
-                      f"keep one (the first is {docs[0].name!r})")
+        yield Problem(
+            extra.ref, ("kind",), "more than one Settings document", f"keep one (the first is {docs[0].name!r})"
+        )
     if docs:
         state = settings_of(policy).state
         yield from _ref(policy, docs[0], ("spec", "state", "storage"), Kind.STORAGE, state.storage)
         storage = policy.get(Kind.STORAGE, state.storage) if state.storage else None
-        if state.backend == "s3" and storage is not None and isinstance(storage.spec, StorageSpec) \
-                and storage.spec.type is not StorageType.S3:
-            yield Problem(docs[0].ref, ("spec", "state", "storage"),
-                          f"the s3 state backend needs a Storage of type s3; {state.storage!r} is "
-                          f"{storage.spec.type.value}", "name a `type: s3` Storage")
+        if (
+            state.backend == "s3"
+            and storage is not None
+            and isinstance(storage.spec, StorageSpec)
+            and storage.spec.type is not StorageType.S3
+        ):
+            yield Problem(
+                docs[0].ref,
+                ("spec", "state", "storage"),
+                f"the s3 state backend needs a Storage of type s3; {state.storage!r} is {storage.spec.type.value}",
+                "name a `type: s3` Storage",
+            )
 
 
 def _hosts(policy: Policy) -> Iterator[Problem]:
@@ -83,10 +96,13 @@ def _hosts(policy: Policy) -> Iterator[Problem]:
         assert isinstance(spec, HostSpec)
         yield from _ref(policy, doc, ("spec", "gateway"), Kind.HOST, spec.gateway)
         if not spec.is_local and not spec.host_key and not spec.known_hosts:
-            yield Problem(doc.ref, ("spec", "address"),
-                          f"host {doc.name!r} is reached over SSH but its host key is not pinned",
-                          "add `hostKey: \"ssh-ed25519 AAAA...\"` (from the host's /etc/ssh/ssh_host_*_key.pub) "
-                          "or `knownHosts: path`; unknown host keys are refused")
+            yield Problem(
+                doc.ref,
+                ("spec", "address"),
+                f"host {doc.name!r} is reached over SSH but its host key is not pinned",
+                'add `hostKey: "ssh-ed25519 AAAA..."` (from the host\'s /etc/ssh/ssh_host_*_key.pub) '
+                "or `knownHosts: path`; unknown host keys are refused",
+            )
 
 
 def _storages(policy: Policy) -> Iterator[Problem]:
@@ -96,8 +112,12 @@ def _storages(policy: Policy) -> Iterator[Problem]:
         yield from _ref(policy, doc, ("spec", "encryption", "key"), Kind.ENCRYPTION_KEY, spec.encryption.key)
         yield from _ref(policy, doc, ("spec", "host"), Kind.HOST, spec.host)
         if spec.type is StorageType.SFTP and spec.path and not posixpath.isabs(spec.path):
-            yield Problem(doc.ref, ("spec", "path"), f"sftp storage path {spec.path!r} is not absolute",
-                          "give the repository's absolute path on the backup server")
+            yield Problem(
+                doc.ref,
+                ("spec", "path"),
+                f"sftp storage path {spec.path!r} is not absolute",
+                "give the repository's absolute path on the backup server",
+            )
 
 
 def _libraries(policy: Policy) -> Iterator[Problem]:
@@ -115,20 +135,35 @@ def _slas(policy: Policy) -> Iterator[Problem]:
             continue
         full_max, full_min = spec.full.max_interval_s(), spec.full.min_interval_s()
         if full_max > MAX_FULL_S:
-            yield Problem(doc.ref, ("spec", "full"), f"full backup `{spec.full}` runs less often than weekly",
-                          "a full must run at least weekly, e.g. `weekly on sun at 02:00`")
+            yield Problem(
+                doc.ref,
+                ("spec", "full"),
+                f"full backup `{spec.full}` runs less often than weekly",
+                "a full must run at least weekly, e.g. `weekly on sun at 02:00`",
+            )
         if full_min < MIN_FULL_S:
-            yield Problem(doc.ref, ("spec", "full"), f"full backup `{spec.full}` runs more often than hourly",
-                          "fulls run from hourly to weekly; use `sync` for frequent protection")
+            yield Problem(
+                doc.ref,
+                ("spec", "full"),
+                f"full backup `{spec.full}` runs more often than hourly",
+                "fulls run from hourly to weekly; use `sync` for frequent protection",
+            )
         if spec.sync.max_interval_s() > full_max:
-            yield Problem(doc.ref, ("spec", "sync"), f"sync `{spec.sync}` runs less often than the full",
-                          "sync at least as often as the full backup")
+            yield Problem(
+                doc.ref,
+                ("spec", "sync"),
+                f"sync `{spec.sync}` runs less often than the full",
+                "sync at least as often as the full backup",
+            )
         if spec.tape is not None:
             yield from _ref(policy, doc, ("spec", "tape", "library"), Kind.TAPE_LIBRARY, spec.tape.library)
             if spec.tape.retention <= spec.retention.disk:
-                yield Problem(doc.ref, ("spec", "tape", "retention"),
-                              f"tape retention {spec.tape.retention} is not longer than disk retention "
-                              f"{spec.retention.disk}", "keep tapes longer than disk, e.g. `7y`")
+                yield Problem(
+                    doc.ref,
+                    ("spec", "tape", "retention"),
+                    f"tape retention {spec.tape.retention} is not longer than disk retention {spec.retention.disk}",
+                    "keep tapes longer than disk, e.g. `7y`",
+                )
 
 
 def _groups(policy: Policy) -> Iterator[Problem]:
@@ -143,9 +178,12 @@ def _groups(policy: Policy) -> Iterator[Problem]:
             yield from _ref(policy, doc, ("spec", "members", i, "host"), Kind.HOST, member.host)
             yield from _pair(policy, doc, i)
             if member.name in seen:
-                yield Problem(doc.ref, ("spec", "members", i, "name"),
-                              f"member name {member.name!r} is used twice in group {doc.name!r}",
-                              "member names are unique within a group")
+                yield Problem(
+                    doc.ref,
+                    ("spec", "members", i, "name"),
+                    f"member name {member.name!r} is used twice in group {doc.name!r}",
+                    "member names are unique within a group",
+                )
             seen.setdefault(member.name, i)
             yield from _local_storage_on_ssh_host(policy, doc, spec, i)
             yield from _provider_checks(doc, spec, i)
@@ -165,12 +203,16 @@ def _local_storage_on_ssh_host(policy: Policy, doc: Document, spec: ProtectionGr
     for name in member.all_hosts:
         host = policy.get(Kind.HOST, name)
         if host is not None and isinstance(host.spec, HostSpec) and not host.spec.is_local:
-            yield Problem(doc.ref, ("spec", "members", i, "host"),
-                          f"{doc.name}/{member.name} on SSH host {name!r} backs up into local storage "
-                          f"{spec.storage!r}: its agent writes to {storage.spec.path} on {name}, not on this "
-                          "machine (only right when that path is shared storage mounted on both)",
-                          "use a `type: sftp` Storage on a backup-server Host for a repository that "
-                          "agents on several hosts share", Severity.WARNING)
+            yield Problem(
+                doc.ref,
+                ("spec", "members", i, "host"),
+                f"{doc.name}/{member.name} on SSH host {name!r} backs up into local storage "
+                f"{spec.storage!r}: its agent writes to {storage.spec.path} on {name}, not on this "
+                "machine (only right when that path is shared storage mounted on both)",
+                "use a `type: sftp` Storage on a backup-server Host for a repository that "
+                "agents on several hosts share",
+                Severity.WARNING,
+            )
             return
 
 
@@ -181,8 +223,13 @@ def _provider_checks(doc: Document, spec: ProtectionGroupSpec, i: int) -> Iterat
     if provider is None:
         return
     for p in provider.check_member(member.source(), source=f"{doc.name}/{member.name}", hosts=member.hosts):
-        yield Problem(doc.ref, ("spec", "members", i, member.provider, *p.path), p.summary, p.detail,
-                      Severity.WARNING if p.warning else Severity.ERROR)
+        yield Problem(
+            doc.ref,
+            ("spec", "members", i, member.provider, *p.path),
+            p.summary,
+            p.detail,
+            Severity.WARNING if p.warning else Severity.ERROR,
+        )
 
 
 def _pair(policy: Policy, doc: Document, i: int) -> Iterator[Problem]:
@@ -196,40 +243,59 @@ def _pair(policy: Policy, doc: Document, i: int) -> Iterator[Problem]:
     where = ("spec", "members", i, "hosts")
     if not load_provider(member.provider).traits.multi_host:
         kinds = [k for k in builtin_kinds() if load_provider(k).traits.multi_host]
-        yield Problem(doc.ref, where, f"`hosts:` is for sources that span several hosts ({', '.join(kinds)}); "
-                      f"member {member.name!r} is a {member.provider} source, which has one", "use `host: NAME`")
+        yield Problem(
+            doc.ref,
+            where,
+            f"`hosts:` is for sources that span several hosts ({', '.join(kinds)}); "
+            f"member {member.name!r} is a {member.provider} source, which has one",
+            "use `host: NAME`",
+        )
         return
     if len(member.hosts) < 2 or len(set(member.hosts)) != len(member.hosts):
-        yield Problem(doc.ref, where, f"the hosts of a pair must be two or more different Hosts, not "
-                      f"{list(member.hosts)}", "e.g. `hosts: [db1, db2]`")
+        yield Problem(
+            doc.ref,
+            where,
+            f"the hosts of a pair must be two or more different Hosts, not {list(member.hosts)}",
+            "e.g. `hosts: [db1, db2]`",
+        )
     for j, host in enumerate(member.hosts):
         yield from _ref(policy, doc, (*where, j), Kind.HOST, host)
 
 
-def _sla_fits_members(doc: Document, group: ProtectionGroupSpec, sla_doc: Document,
-                      file_budget: int, app_budget: int) -> Iterator[Problem]:
+def _sla_fits_members(
+    doc: Document, group: ProtectionGroupSpec, sla_doc: Document, file_budget: int, app_budget: int
+) -> Iterator[Problem]:
     sla = sla_doc.spec
     assert isinstance(sla, SLASpec)
     traits: list[Traits] = [load_provider(m.provider).traits for m in group.members]
     if sla.sync.min_interval_s() < MIN_SYNC_S and not all(t.continuous_log_shipping for t in traits):
         hint = "only providers with continuous log shipping may sync more often; use `every 15m` or less"
-        yield Problem(doc.ref, ("spec", "sla"),
-                      f"SLA {group.sla!r} syncs `{sla.sync}`, more often than every 15m", hint)
+        yield Problem(
+            doc.ref, ("spec", "sla"), f"SLA {group.sla!r} syncs `{sla.sync}`, more often than every 15m", hint
+        )
         if not sla_doc.ref.shipped:  # both places: the line to change is the SLA's own `sync:`
-            plain = sorted({m.provider for m, t in zip(group.members, traits, strict=True)
-                            if not t.continuous_log_shipping})
-            yield Problem(sla_doc.ref, ("spec", "sync"),
-                          f"`{sla.sync}` is more often than every 15m, and group {doc.name!r} uses this SLA "
-                          f"for {', '.join(plain)} sources", hint)
+            plain = sorted(
+                {m.provider for m, t in zip(group.members, traits, strict=True) if not t.continuous_log_shipping}
+            )
+            yield Problem(
+                sla_doc.ref,
+                ("spec", "sync"),
+                f"`{sla.sync}` is more often than every 15m, and group {doc.name!r} uses this SLA "
+                f"for {', '.join(plain)} sources",
+                hint,
+            )
     snapshots = snapshots_retained(sla)
     for t in set(traits):
         budget = app_budget if t.application else file_budget
         if snapshots > budget:
             what = "application" if t.application else "file"
-            yield Problem(doc.ref, ("spec", "sla"),
-                          f"SLA {group.sla!r} keeps {snapshots} snapshots per source, over the budget of "
-                          f"{budget} per {what} source",
-                          "shorten retention.disk, take fulls less often, or raise Settings.budgets")
+            yield Problem(
+                doc.ref,
+                ("spec", "sla"),
+                f"SLA {group.sla!r} keeps {snapshots} snapshots per source, over the budget of "
+                f"{budget} per {what} source",
+                "shorten retention.disk, take fulls less often, or raise Settings.budgets",
+            )
 
 
 def long_term_snapshots(sla: SLASpec) -> int:
@@ -257,9 +323,13 @@ def _sources_unique(policy: Policy) -> Iterator[Problem]:
                 identity = (host, member.provider, data)
                 owner = owners.get(identity)
                 if owner is not None and owner != here:
-                    yield Problem(doc.ref, ("spec", "members", i), f"data source {data!r} on host "
-                                  f"{host!r} is already protected by {owner}",
-                                  "a data source belongs to one protection group only", Severity.ERROR)
+                    yield Problem(
+                        doc.ref,
+                        ("spec", "members", i),
+                        f"data source {data!r} on host {host!r} is already protected by {owner}",
+                        "a data source belongs to one protection group only",
+                        Severity.ERROR,
+                    )
                 else:
                     owners[identity] = here
 

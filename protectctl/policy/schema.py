@@ -44,8 +44,9 @@ def combined_schema(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
             defs[f"{name}.{def_name}"] = _rebase(definition, name)
         defs[name] = _rebase(body, name)
         kind = schema["properties"]["kind"]["const"]
-        branches.append({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
-                         "then": {"$ref": f"#/$defs/{name}"}})
+        branches.append(
+            {"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": {"$ref": f"#/$defs/{name}"}}
+        )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"{SCHEMA_ID}/protectctl.json",
@@ -61,8 +62,14 @@ def combined_schema(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _rebase(node: Any, kind: str) -> Any:
     """`#/$defs/X` references of one kind's schema, pointed at its hoisted `#/$defs/KIND.X`."""
     if isinstance(node, dict):
-        return {k: (f"#/$defs/{kind}.{v.removeprefix('#/$defs/')}" if k == "$ref" and isinstance(v, str)
-                    and v.startswith("#/$defs/") else _rebase(v, kind)) for k, v in node.items()}
+        return {
+            k: (
+                f"#/$defs/{kind}.{v.removeprefix('#/$defs/')}"
+                if k == "$ref" and isinstance(v, str) and v.startswith("#/$defs/")
+                else _rebase(v, kind)
+            )
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_rebase(v, kind) for v in node]
     return node

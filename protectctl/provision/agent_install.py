@@ -47,8 +47,10 @@ class SshHost(Protocol):
     def write_file(self, path: str, data: bytes, *, mode: int) -> None: ...
     def remove_tree(self, path: str) -> None: ...
     def upload(self, local_path: str, remote_path: str) -> None: ...
-    def exec_bytes(self, argv: Sequence[str], *, stdin: bytes = b"",
-                   timeout_s: float | None = None) -> tuple[int, bytes, bytes]: ...
+    def exec_bytes(
+        self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float | None = None
+    ) -> tuple[int, bytes, bytes]: ...
+
 
 MARKER = ".protectctl-install.json"
 WHEELHOUSE_DIR = "wheelhouse"  # inside the venv, so uninstall removes it with the venv
@@ -241,25 +243,34 @@ def _repack(dist: object, unpacked: Path, out: Path) -> bool:
         shutil.copy2(source, dest)
     # `wheel pack` through its command line: its Python API is private (it moved in wheel 0.46)
     try:
-        proc = subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(out), str(unpacked)],
-                              capture_output=True, text=True, timeout=300, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "wheel", "pack", "--dest-dir", str(out), str(unpacked)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ProtectctlError(f"packing the agent wheel of {dist.metadata['Name']}: {err}") from err
     if proc.returncode != 0:
-        raise ProtectctlError(f"packing the agent wheel of {dist.metadata['Name']} failed: "
-                              f"{proc.stderr.strip()[-400:]}")
+        raise ProtectctlError(
+            f"packing the agent wheel of {dist.metadata['Name']} failed: {proc.stderr.strip()[-400:]}"
+        )
     return True
 
 
 def _pip(args: list[str]) -> None:
     try:
-        proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=900,
-                              check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=900, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ProtectctlError(f"building the agent wheelhouse: {err}") from err
     if proc.returncode != 0:
-        raise ProtectctlError(f"building the agent wheelhouse failed: {proc.stderr.strip()[-600:]}",
-                              hint="the control machine needs a package index (or a pip cache) once per version")
+        raise ProtectctlError(
+            f"building the agent wheelhouse failed: {proc.stderr.strip()[-600:]}",
+            hint="the control machine needs a package index (or a pip cache) once per version",
+        )
 
 
 def python_version() -> tuple[int, int]:
@@ -272,12 +283,16 @@ def check_python(conn: SshHost) -> str:
     status, out, err = conn.exec_bytes(("python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"))
     want = "{}.{}".format(*python_version())
     if status != 0:
-        raise RemoteError(f"host {conn.name}: no python3 ({err.decode(errors='replace').strip()[-200:]})",
-                          hint=f"install Python {want} on the host")
+        raise RemoteError(
+            f"host {conn.name}: no python3 ({err.decode(errors='replace').strip()[-200:]})",
+            hint=f"install Python {want} on the host",
+        )
     have = out.decode().strip()
     if have != want:
-        raise RemoteError(f"host {conn.name}: python3 is {have}; the agent needs {want} (the control machine's)",
-                          hint=f"install python{want} on the host, or run protectctl under Python {have}")
+        raise RemoteError(
+            f"host {conn.name}: python3 is {have}; the agent needs {want} (the control machine's)",
+            hint=f"install python{want} on the host, or run protectctl under Python {have}",
+        )
     return have
 
 
@@ -315,10 +330,25 @@ def install(conn: SshHost, venv: str, *, digest: str) -> dict[str, str]:
     if pip is None:
         raise ProtectctlError(f"the wheelhouse {house.path} has no pip wheel")
     # --no-compile: byte-compiling every dependency doubled the install time (docs/fleet.md)
-    _run(conn, (python, posixpath.join(remote_house, pip, "pip"), "install", "--quiet", "--no-index",
-                "--find-links", remote_house, "--no-compile", "--upgrade", "--force-reinstall", "--no-deps",
-                *[posixpath.join(remote_house, w.name) for w in house.wheels() if not w.name.startswith("pip-")]),
-         "installing the agent", timeout_s=600)
+    _run(
+        conn,
+        (
+            python,
+            posixpath.join(remote_house, pip, "pip"),
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            remote_house,
+            "--no-compile",
+            "--upgrade",
+            "--force-reinstall",
+            "--no-deps",
+            *[posixpath.join(remote_house, w.name) for w in house.wheels() if not w.name.startswith("pip-")],
+        ),
+        "installing the agent",
+        timeout_s=600,
+    )
     conn.write_file(marker_path(venv), json.dumps(want, sort_keys=True).encode() + b"\n", mode=0o644)
     return want
 
@@ -333,5 +363,6 @@ def uninstall(conn: SshHost, venv: str) -> None:
 def _run(conn: SshHost, argv: tuple[str, ...], what: str, *, timeout_s: float = 120) -> None:
     status, _, err = conn.exec_bytes(argv, timeout_s=timeout_s)
     if status != 0:
-        raise RemoteError(f"host {conn.name}: {what} failed (exit {status}): "
-                          f"{err.decode(errors='replace').strip()[-400:]}")
+        raise RemoteError(
+            f"host {conn.name}: {what} failed (exit {status}): {err.decode(errors='replace').strip()[-400:]}"
+        )

@@ -50,8 +50,9 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ProtectctlError(f"{what} {path} does not exist",
-                              hint="run `protectctl apply` to provision this host") from None
+        raise ProtectctlError(
+            f"{what} {path} does not exist", hint="run `protectctl apply` to provision this host"
+        ) from None
     except (OSError, ValueError) as err:
         raise ProtectctlError(f"cannot read {what} {path}: {err}") from None
     documents = load_all(text)

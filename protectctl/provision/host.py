@@ -106,11 +106,11 @@ class LocalHost:
 
     # what the agent install needs (provision/agent_install.py), as on an SshHost
 
-    def exec_bytes(self, argv: Sequence[str], *, stdin: bytes = b"",
-                   timeout_s: float | None = None) -> tuple[int, bytes, bytes]:
+    def exec_bytes(
+        self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float | None = None
+    ) -> tuple[int, bytes, bytes]:
         try:
-            proc = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout_s or 600,
-                                  check=False)
+            proc = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout_s or 600, check=False)
         except (OSError, subprocess.TimeoutExpired) as err:
             raise RemoteError(f"host {self.name}: running {argv[0]}: {err}") from err
         return proc.returncode, proc.stdout, proc.stderr
@@ -131,8 +131,12 @@ class LocalHost:
             self.write_file(remote_path, handle.read(), mode=0o644)
 
 
-def connect(name: str, address: str, inputs: Mapping[str, Any] | None = None,
-            hosts: Mapping[str, Mapping[str, Any]] | None = None) -> HostConnection:
+def connect(
+    name: str,
+    address: str,
+    inputs: Mapping[str, Any] | None = None,
+    hosts: Mapping[str, Mapping[str, Any]] | None = None,
+) -> HostConnection:
     """A connection to the host: `LocalHost` for `local`, else an `SshHost` (provision/ssh.py).
 
     `inputs` are the Host resource's inputs (port, user, identity_file, host_key, ...);

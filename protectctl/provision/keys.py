@@ -12,8 +12,9 @@ def new_key_pair(comment: str) -> tuple[bytes, str]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     return private, _public_line(key, comment)
 
 
@@ -27,8 +28,11 @@ def public_key_of(private: bytes, comment: str) -> str:
 def _public_line(key: object, comment: str) -> str:
     from cryptography.hazmat.primitives import serialization
 
-    public = key.public_key().public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    public = (
+        key.public_key()  # type: ignore[attr-defined]
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     return f"{public} {comment}"
 
 

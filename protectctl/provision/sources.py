@@ -52,8 +52,9 @@ def wanted_paths(resources: Iterable[Resource]) -> dict[str, list[SourcePath]]:
         provider = load_provider(str(r.inputs["provider"]))
         spec = r.inputs.get("spec")
         if isinstance(provider, SourcePaths) and isinstance(spec, Mapping):
-            out.setdefault(r.host, []).extend(SourcePath(str(r.inputs["source"]), p)
-                                              for p in provider.source_paths(spec))
+            out.setdefault(r.host, []).extend(
+                SourcePath(str(r.inputs["source"]), p) for p in provider.source_paths(spec)
+            )
     return out
 
 
@@ -68,8 +69,10 @@ def path_problems(conn: HostConnection, paths: Sequence[str]) -> dict[str, str]:
     except ValueError:
         found = None
     if not isinstance(found, dict):
-        raise RemoteError(f"host {conn.name}: checking the source paths failed: "
-                          f"{result.stderr.strip()[-200:] or f'exit status {result.status}'}")
+        raise RemoteError(
+            f"host {conn.name}: checking the source paths failed: "
+            f"{result.stderr.strip()[-200:] or f'exit status {result.status}'}"
+        )
     return {str(k): str(v) for k, v in found.items()}
 
 
@@ -90,8 +93,10 @@ def source_warnings(resources: Sequence[Resource]) -> list[str]:
         conn: HostConnection | None = None
         try:  # connect too: bad connection settings (an unknown gateway) are this host's warning
             conn = connect(host, str(inputs.get("address", "local")), inputs, hosts)
-            return [f"source {line} on host {host}: its syncs will fail until it is there"
-                    for line in missing_sources(conn, wanted[host])]
+            return [
+                f"source {line} on host {host}: its syncs will fail until it is there"
+                for line in missing_sources(conn, wanted[host])
+            ]
         except ProtectctlError as err:
             return [f"host {host}: its source paths could not be checked: {err.message}"]
         finally:

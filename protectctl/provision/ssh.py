@@ -83,18 +83,30 @@ class SshParams:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
 
     @classmethod
-    def from_inputs(cls, name: str, inputs: Mapping[str, Any],
-                    hosts: Mapping[str, Mapping[str, Any]] | None = None, _seen: tuple[str, ...] = ()) -> SshParams:
+    def from_inputs(
+        cls,
+        name: str,
+        inputs: Mapping[str, Any],
+        hosts: Mapping[str, Mapping[str, Any]] | None = None,
+        _seen: tuple[str, ...] = (),
+    ) -> SshParams:
         gateway = None
         gw_name = inputs.get("gateway")
         if gw_name:
             if gw_name in _seen or hosts is None or gw_name not in hosts:
                 raise RemoteError(f"host {name}: gateway {gw_name!r} is unknown or forms a loop")
             gateway = cls.from_inputs(str(gw_name), hosts[str(gw_name)], hosts, (*_seen, name))
-        return cls(name=name, address=str(inputs["address"]), port=int(inputs.get("port") or 22),
-                   user=inputs.get("user"), identity_file=inputs.get("identity_file"),
-                   host_key=inputs.get("host_key"), known_hosts=inputs.get("known_hosts"),
-                   become=inputs.get("become"), gateway=gateway)
+        return cls(
+            name=name,
+            address=str(inputs["address"]),
+            port=int(inputs.get("port") or 22),
+            user=inputs.get("user"),
+            identity_file=inputs.get("identity_file"),
+            host_key=inputs.get("host_key"),
+            known_hosts=inputs.get("known_hosts"),
+            become=inputs.get("become"),
+            gateway=gateway,
+        )
 
     @property
     def known_hosts_name(self) -> str:
@@ -138,12 +150,14 @@ class _PinnedKeyPolicy:
             raise HostKeyRefusedError(
                 f"host {p.name} ({p.known_hosts_name}): unknown host key {key.get_name()} {fp}; refused",
                 hint=f"check the fingerprint out of band (ssh-keygen -lf on the host), then pin it with "
-                     f"`hostKey: \"{offered}\"` or add `{p.known_hosts_name} {offered}` to a knownHosts file")
+                f'`hostKey: "{offered}"` or add `{p.known_hosts_name} {offered}` to a knownHosts file',
+            )
         raise HostKeyRefusedError(
             f"host {p.name} ({p.known_hosts_name}): host key MISMATCH: the server offered {key.get_name()} {fp}, "
             f"which is not the pinned/known key; refused (nothing was sent to it)",
             hint="if the host was reinstalled, verify the new fingerprint out of band and update `hostKey` "
-                 f"(or knownHosts) to \"{offered}\"; otherwise treat this as an attack")
+            f'(or knownHosts) to "{offered}"; otherwise treat this as an attack',
+        )
 
 
 class SshHost:
@@ -161,16 +175,26 @@ class SshHost:
     def _fabric(self, params: SshParams) -> fabric.Connection:
         import fabric
 
-        connect_kwargs: dict[str, Any] = {"allow_agent": False, "look_for_keys": False,
-                                          "banner_timeout": params.connect_timeout_s,
-                                          "auth_timeout": params.connect_timeout_s}
+        connect_kwargs: dict[str, Any] = {
+            "allow_agent": False,
+            "look_for_keys": False,
+            "banner_timeout": params.connect_timeout_s,
+            "auth_timeout": params.connect_timeout_s,
+        }
         if params.identity_file:
             connect_kwargs["key_filename"] = [_expand(params.identity_file)]
         config = fabric.Config(overrides={"load_ssh_configs": False})
         gateway = self._fabric(params.gateway) if params.gateway else None
-        conn = fabric.Connection(params.address, user=params.user or "root", port=params.port, config=config,
-                                 connect_timeout=params.connect_timeout_s, connect_kwargs=connect_kwargs,
-                                 gateway=gateway or False, inline_ssh_env=True)
+        conn = fabric.Connection(
+            params.address,
+            user=params.user or "root",
+            port=params.port,
+            config=config,
+            connect_timeout=params.connect_timeout_s,
+            connect_kwargs=connect_kwargs,
+            gateway=gateway or False,
+            inline_ssh_env=True,
+        )
         conn.client.set_missing_host_key_policy(_PinnedKeyPolicy(params))
         return conn
 
@@ -197,8 +221,10 @@ class SshHost:
         if isinstance(err, RemoteError):
             return err
         if isinstance(err, paramiko.AuthenticationException):
-            return RemoteError(f"{where}: authentication failed", hint="check `user` and `identityFile`, and that "
-                               "the public key is in the host's authorized_keys")
+            return RemoteError(
+                f"{where}: authentication failed",
+                hint="check `user` and `identityFile`, and that the public key is in the host's authorized_keys",
+            )
         if isinstance(err, paramiko.BadHostKeyException):
             return HostKeyRefusedError(f"{where}: host key mismatch: {err}")
         if isinstance(err, (socket.timeout, TimeoutError)):
@@ -221,8 +247,9 @@ class SshHost:
         line = shlex.join(argv)
         return f"sudo -n -- {line}" if self.params.become == "sudo" else line
 
-    def exec_bytes(self, argv: Sequence[str], *, stdin: bytes = b"",
-                   timeout_s: float | None = None) -> tuple[int, bytes, bytes]:
+    def exec_bytes(
+        self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float | None = None
+    ) -> tuple[int, bytes, bytes]:
         """Run argv on the host; (status, stdout, stderr). Raises RemoteError if it cannot run."""
         import paramiko
 
@@ -235,8 +262,9 @@ class SshHost:
             channel = transport.open_session(timeout=timeout)
         except (paramiko.SSHException, OSError, EOFError) as err:
             self.close()
-            raise RemoteError(f"host {self.name}: connection lost: {err}",
-                              hint="is the host up and sshd running?") from err
+            raise RemoteError(
+                f"host {self.name}: connection lost: {err}", hint="is the host up and sshd running?"
+            ) from err
         try:
             channel.settimeout(timeout)
             channel.exec_command(self.command_line(argv))
@@ -259,12 +287,12 @@ class SshHost:
         status, out, err = self.exec_bytes(argv, timeout_s=timeout_s)
         return CommandResult(tuple(argv), status, out.decode(errors="replace"), err.decode(errors="replace"))
 
-    def _checked(self, argv: Sequence[str], what: str, *, stdin: bytes = b"",
-                 timeout_s: float | None = None) -> bytes:
+    def _checked(self, argv: Sequence[str], what: str, *, stdin: bytes = b"", timeout_s: float | None = None) -> bytes:
         status, out, err = self.exec_bytes(argv, stdin=stdin, timeout_s=timeout_s)
         if status != 0:
-            raise RemoteError(f"host {self.name}: {what} failed (exit {status}): "
-                              f"{err.decode(errors='replace').strip()[-300:]}")
+            raise RemoteError(
+                f"host {self.name}: {what} failed (exit {status}): {err.decode(errors='replace').strip()[-300:]}"
+            )
         return out
 
     def has_command(self, name: str) -> bool:
@@ -275,8 +303,10 @@ class SshHost:
 
     def write_file(self, path: str, data: bytes, *, mode: int) -> None:
         # temp name beside the target, then rename: a reader sees the old file or the new one
-        script = ('set -e; d=$(dirname "$1"); mkdir -p "$d"; t="$d/.$(basename "$1").tmp.$$"; '
-                  'umask 077; cat > "$t"; chmod "$2" "$t"; sync "$t" 2>/dev/null || true; mv -f "$t" "$1"')
+        script = (
+            'set -e; d=$(dirname "$1"); mkdir -p "$d"; t="$d/.$(basename "$1").tmp.$$"; '
+            'umask 077; cat > "$t"; chmod "$2" "$t"; sync "$t" 2>/dev/null || true; mv -f "$t" "$1"'
+        )
         self._checked(("sh", "-c", script, "sh", path, f"{mode:o}"), f"writing {path}", stdin=data)
 
     def read_file(self, path: str) -> bytes | None:
@@ -288,8 +318,7 @@ class SshHost:
         return out
 
     def remove_file(self, path: str) -> bool:
-        status, _, err = self.exec_bytes(("sh", "-c", 'test -e "$1" || test -L "$1" || exit 3; rm -f "$1"',
-                                          "sh", path))
+        status, _, err = self.exec_bytes(("sh", "-c", 'test -e "$1" || test -L "$1" || exit 3; rm -f "$1"', "sh", path))
         if status == 3:
             return False
         if status != 0:
@@ -297,13 +326,14 @@ class SshHost:
         return True
 
     def remove_empty_dirs(self, path: str, stop_at: str) -> None:
-        script = ('p="$1"; s="$2"; while [ "$p" != "$s" ] && [ "${p#"$s"/}" != "$p" ]; do '
-                  'rmdir "$p" 2>/dev/null || exit 0; p=$(dirname "$p"); done')
+        script = (
+            'p="$1"; s="$2"; while [ "$p" != "$s" ] && [ "${p#"$s"/}" != "$p" ]; do '
+            'rmdir "$p" 2>/dev/null || exit 0; p=$(dirname "$p"); done'
+        )
         self.exec_bytes(("sh", "-c", script, "sh", posixpath.normpath(path), posixpath.normpath(stop_at)))
 
     def make_dirs(self, path: str, *, mode: int = 0o755) -> None:
-        self._checked(("sh", "-c", 'mkdir -p "$1" && chmod "$2" "$1"', "sh", path, f"{mode:o}"),
-                      f"creating {path}")
+        self._checked(("sh", "-c", 'mkdir -p "$1" && chmod "$2" "$1"', "sh", path, f"{mode:o}"), f"creating {path}")
 
     def remove_tree(self, path: str) -> None:
         """rm -rf one directory (the agent venv); refuses '/' and relative paths."""

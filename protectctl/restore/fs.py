@@ -180,9 +180,7 @@ class FsRestorer:
         self._dirs: dict[tuple[bytes, ...], Node] = {}  # metadata applied at the end
         self._root_fd = -1
         # Blobs of a file whose whole content is hashed and checked need no id re-hash each.
-        self._load_for_file: Callable[[BlobId], bytes] = getattr(
-            reader, "load_blob_unchecked", reader.load_blob
-        )
+        self._load_for_file: Callable[[BlobId], bytes] = getattr(reader, "load_blob_unchecked", reader.load_blob)
         # Optional reader capability (the repository): blobs into per-thread scratch buffers.
         self._load_into: Callable[..., memoryview] | None = getattr(reader, "load_blob_into", None)
         self._scratch = threading.local()
@@ -371,9 +369,7 @@ class FsRestorer:
         """Collect finished tasks in order; block on the oldest while more than `keep` tasks (or
         more than `small` batches of small files) are queued."""
         while self._tasks and (
-            len(self._tasks) > keep
-            or (small is not None and self._small_queued > small)
-            or self._tasks[0][1].done()
+            len(self._tasks) > keep or (small is not None and self._small_queued > small) or self._tasks[0][1].done()
         ):
             items, future, is_batch = self._tasks.popleft()
             self._small_queued -= is_batch
@@ -420,8 +416,7 @@ class FsRestorer:
             os.unlink(name, dir_fd=dir_fd)
         except OSError as unlink_err:
             return RestoreError(
-                f"{reason}; the partial file {_shown(parts)} is left (mode 0600, incomplete): "
-                f"{unlink_err.strerror}"
+                f"{reason}; the partial file {_shown(parts)} is left (mode 0600, incomplete): {unlink_err.strerror}"
             )
         return RestoreError(f"{reason}; the partial file was removed")
 
@@ -554,8 +549,9 @@ class FsRestorer:
             return None
         if blocks:
             return blocks_hash(self.new_hasher(), node.size, node.holes, pieces)
-        return hasher.digest() if zeros_hashed else extents_hash(self.new_hasher(), node.size, node.holes,
-                                                                  hasher.digest())
+        return (
+            hasher.digest() if zeros_hashed else extents_hash(self.new_hasher(), node.size, node.holes, hasher.digest())
+        )
 
     def _apply_fd_meta(self, fd: int, node: Node, parts: tuple[bytes, ...]) -> None:
         """Owner, then mode (chown clears set-id bits), xattrs, and times last."""
@@ -568,9 +564,7 @@ class FsRestorer:
             except OSError as err:
                 if err.errno not in _XATTR_SKIP:
                     raise
-                self.report.notes.append(
-                    f"{_shown(parts)}: xattr {show_name(key)} not restored ({err.strerror})"
-                )
+                self.report.notes.append(f"{_shown(parts)}: xattr {show_name(key)} not restored ({err.strerror})")
         os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
 
 

@@ -79,8 +79,9 @@ def already_restored(dir_fd: int, name: bytes, node: Node) -> bool:
 # -- --delete ------------------------------------------------------------------------------
 
 
-def extras(reader: TreeReader, root_fd: int, scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]],
-           *, remove: bool) -> list[tuple[bytes, ...]]:
+def extras(
+    reader: TreeReader, root_fd: int, scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]], *, remove: bool
+) -> list[tuple[bytes, ...]]:
     """Entries below each scope (a target directory, as parts, and the tree it must match) that the
     tree does not hold, topmost only (a directory's content goes with it); removed when `remove`."""
     found: list[tuple[bytes, ...]] = []
@@ -95,8 +96,9 @@ def extras(reader: TreeReader, root_fd: int, scopes: Sequence[tuple[tuple[bytes,
     return found
 
 
-def _extras_in(reader: TreeReader, fd: int, parts: tuple[bytes, ...], tree: BlobId | None, *, remove: bool,
-               top: bool) -> list[tuple[bytes, ...]]:
+def _extras_in(
+    reader: TreeReader, fd: int, parts: tuple[bytes, ...], tree: BlobId | None, *, remove: bool, top: bool
+) -> list[tuple[bytes, ...]]:
     nodes = {n.name: n for n in (reader.load_tree(tree).nodes if tree is not None else ())}
     found: list[tuple[bytes, ...]] = []
     for name in sorted(_entries(fd)):

@@ -38,9 +38,7 @@ class CachedTrees:
         self._reader = reader
         self._trees: dict[BlobId, Tree] = {}
         # Restore checks each file's whole content hash, so blobs need no id re-hash each.
-        self.load_blob_unchecked: Callable[[BlobId], bytes] = getattr(
-            reader, "load_blob_unchecked", reader.load_blob
-        )
+        self.load_blob_unchecked: Callable[[BlobId], bytes] = getattr(reader, "load_blob_unchecked", reader.load_blob)
 
         into = getattr(reader, "load_blob_into", None)
         if into is not None:
@@ -93,9 +91,10 @@ def restore_tree(
     marker = read_marker(target)
     resuming = marker is not None and marker.same_restore(tree, subpaths)
     if resume and not resuming:
-        raise RestoreError(f"{target} holds no unfinished restore of this point to resume",
-                           hint="restore to an empty directory with --target, or pass --overwrite to replace "
-                                "what is there")
+        raise RestoreError(
+            f"{target} holds no unfinished restore of this point to resume",
+            hint="restore to an empty directory with --target, or pass --overwrite to replace what is there",
+        )
     scopes = _delete_scopes(tree, selection, subpaths) if delete else []
     plan = RestoreOutcome(
         target=target,
@@ -116,19 +115,26 @@ def restore_tree(
         raise RestoreError(f"cannot use {target} as the restore target: {err.strerror}") from err
     write_marker(target, tree, subpaths)
     progress.start("restore", total_bytes=totals.bytes_total, total_files=totals.files)  # files as a point counts them
-    report, deleted = _write(repo, selection, target, overwrite or resuming, root_meta if not subpaths else None,
-                             progress, writeback, scopes=scopes, resuming=resuming)
+    report, deleted = _write(
+        repo,
+        selection,
+        target,
+        overwrite or resuming,
+        root_meta if not subpaths else None,
+        progress,
+        writeback,
+        scopes=scopes,
+        resuming=resuming,
+    )
     progress.finish()
     if report.errors:
         shown = "; ".join(report.errors[:_ERRORS_SHOWN])
-        more = (
-            f" (and {len(report.errors) - _ERRORS_SHOWN} more)" if len(report.errors) > _ERRORS_SHOWN else ""
-        )
+        more = f" (and {len(report.errors) - _ERRORS_SHOWN} more)" if len(report.errors) > _ERRORS_SHOWN else ""
         raise RestoreError(
             f"{len(report.errors)} entr{'y' if len(report.errors) == 1 else 'ies'} could not be restored"
             f" to {target}: {shown}{more}",
             hint=f"the other {report.files} files were restored and verified; once the cause is fixed, the same "
-                 "command with --resume finishes the restore",
+            "command with --resume finishes the restore",
         )
     clear_marker(target)
     notes = list(report.notes)
@@ -147,8 +153,9 @@ def restore_tree(
     )
 
 
-def _delete_scopes(tree: BlobId, selection: Sequence[Selected], subpaths: Sequence[str]
-                   ) -> list[tuple[tuple[bytes, ...], BlobId | None]]:
+def _delete_scopes(
+    tree: BlobId, selection: Sequence[Selected], subpaths: Sequence[str]
+) -> list[tuple[tuple[bytes, ...], BlobId | None]]:
     """The target directories `--delete` cleans, with the tree each must match: the whole target
     for a whole-point restore, else each selected directory (never a parent of a subpath)."""
     if not subpaths:
@@ -156,9 +163,15 @@ def _delete_scopes(tree: BlobId, selection: Sequence[Selected], subpaths: Sequen
     return [(item.parts, item.node.subtree) for item in selection if item.node.type is NodeType.DIR]
 
 
-def _dry_run(repo: PointReader, plan: RestoreOutcome, target: Path,
-             scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]], *, resuming: bool, overwrite: bool
-             ) -> RestoreOutcome:
+def _dry_run(
+    repo: PointReader,
+    plan: RestoreOutcome,
+    target: Path,
+    scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]],
+    *,
+    resuming: bool,
+    overwrite: bool,
+) -> RestoreOutcome:
     """What a real run would do, said: the entries --delete would remove, whether it would resume."""
     notes: list[str] = []
     details: dict[str, object] = {}
@@ -169,13 +182,18 @@ def _dry_run(repo: PointReader, plan: RestoreOutcome, target: Path,
         finally:
             os.close(fd)
         details["would_delete"] = [_shown(p) for p in doomed]
-        notes.append(f"would delete {len(doomed):,} entr{'y' if len(doomed) == 1 else 'ies'} the point does not hold"
-                     + (" (listed below)" if doomed else ""))
+        notes.append(
+            f"would delete {len(doomed):,} entr{'y' if len(doomed) == 1 else 'ies'} the point does not hold"
+            + (" (listed below)" if doomed else "")
+        )
     if resuming:
         notes.append("would resume the unfinished restore of this point in the target")
     elif target.is_dir() and any(p.name != MARKER for p in target.iterdir()):
-        notes.append("the target is not empty: a real run would replace what differs" if overwrite
-                     else "the target is not empty: a real run needs --overwrite (which replaces what differs)")
+        notes.append(
+            "the target is not empty: a real run would replace what differs"
+            if overwrite
+            else "the target is not empty: a real run needs --overwrite (which replaces what differs)"
+        )
     return replace(plan, notes=tuple(notes), details=details)
 
 
@@ -203,8 +221,9 @@ def _write(
     try:
         # first, so that directory times set at the end of the restore stay as stored
         deleted = extras(repo, root_fd, scopes, remove=True) if scopes else []
-        restorer = FsRestorer(repo, repo.content_hasher, overwrite=overwrite, progress=progress, writeback=writeback,
-                              keep_done=resuming)
+        restorer = FsRestorer(
+            repo, repo.content_hasher, overwrite=overwrite, progress=progress, writeback=writeback, keep_done=resuming
+        )
         report = restorer.run(root_fd, selection)
         if root_meta is not None:
             _apply_root(root_fd, root_meta, report)
@@ -241,7 +260,7 @@ def _refuse_unsafe_target(target: Path, *, overwrite: bool, needed: int, free: i
             raise RestoreError(
                 f"restore target {target} is not empty",
                 hint="restore to an empty directory with --target, or pass --overwrite to replace what differs "
-                     "(with --delete: also remove what the point does not hold; --dry-run shows it first)",
+                "(with --delete: also remove what the point does not hold; --dry-run shows it first)",
             )
     if free is not None and needed > free and not overwrite:
         raise RestoreError(

@@ -24,9 +24,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def check_name(name: bytes) -> bytes:
     """`name` if it is one safe path component; raises RestoreError otherwise."""
     if not name or name in (b".", b"..") or b"/" in name or b"\x00" in name:
-        raise RestoreError(
-            f"refusing to restore an entry named '{show_name(name)}': it could escape the target"
-        )
+        raise RestoreError(f"refusing to restore an entry named '{show_name(name)}': it could escape the target")
     return name
 
 
@@ -42,9 +40,7 @@ def split_subpath(subpath: str) -> tuple[bytes, ...]:
         raise RestoreError(f"path '{show_text(subpath)}': {err}", hint="give a path inside the source") from err
     parts = tuple(p for p in raw.strip(b"/").split(b"/") if p not in (b"", b"."))
     if any(p == b".." for p in parts):
-        raise RestoreError(
-            f"path '{show_name(raw)}' leaves the recovery point", hint="give a path inside the source"
-        )
+        raise RestoreError(f"path '{show_name(raw)}' leaves the recovery point", hint="give a path inside the source")
     return parts
 
 
@@ -78,9 +74,7 @@ def make_dir(parent_fd: int, name: bytes, *, replace: bool) -> int:
             return open_dir(parent_fd, name)
         except OSError as err:
             if err.errno not in (errno.ELOOP, errno.ENOTDIR) or not replace:
-                raise RestoreError(
-                    f"'{show_name(name)}' exists in the target and is not a directory"
-                ) from err
+                raise RestoreError(f"'{show_name(name)}' exists in the target and is not a directory") from err
         remove_entry(parent_fd, name)
         os.mkdir(name, 0o700, dir_fd=parent_fd)
     return open_dir(parent_fd, name)

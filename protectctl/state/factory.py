@@ -44,8 +44,9 @@ def _s3(policy: Policy, settings: StateSettings) -> StateBackend:
 
     doc = policy.get(Kind.STORAGE, settings.storage) if settings.storage else None
     if doc is None or not isinstance(doc.spec, StorageSpec) or doc.spec.type is not StorageType.S3:
-        raise StateError(f"the s3 state backend needs `storage:` naming a Storage of type s3 "
-                         f"(got {settings.storage!r})")
+        raise StateError(
+            f"the s3 state backend needs `storage:` naming a Storage of type s3 (got {settings.storage!r})"
+        )
     inputs = _storage_inputs(policy, doc.name)
     location = s3_location(inputs)
     key = location.prefix + ("" if not location.prefix or location.prefix.endswith("/") else "/") + settings.key
@@ -76,10 +77,14 @@ def migrate(source: StateBackend, target: StateBackend, *, lock_timeout_s: float
         if target.exists():
             there = target.read()
             if there.lineage != state.lineage:
-                raise StateError(f"{target.describe()} already holds another state (lineage {there.lineage})",
-                                 hint="point the settings at an empty key/name, or remove that state first")
+                raise StateError(
+                    f"{target.describe()} already holds another state (lineage {there.lineage})",
+                    hint="point the settings at an empty key/name, or remove that state first",
+                )
             if there.serial > state.serial:
-                raise StateError(f"{target.describe()} holds a newer serial ({there.serial} > {state.serial}) "
-                                 "of this state", hint="it was already migrated and used: switch `backend:` to it")
+                raise StateError(
+                    f"{target.describe()} holds a newer serial ({there.serial} > {state.serial}) of this state",
+                    hint="it was already migrated and used: switch `backend:` to it",
+                )
         target.write(state)
         return state.lineage, state.serial

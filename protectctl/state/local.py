@@ -55,15 +55,17 @@ class LocalStateBackend:
         if not state.lineage or state.serial < 0:
             raise self._damaged("an empty lineage or a negative serial")
         if state.format_version != STATE_FORMAT:
-            raise StateError(f"state file {self.path} has format {state.format_version}; this protectctl reads "
-                             f"{STATE_FORMAT}", hint="use the protectctl version that wrote it")
+            raise StateError(
+                f"state file {self.path} has format {state.format_version}; this protectctl reads {STATE_FORMAT}",
+                hint="use the protectctl version that wrote it",
+            )
         return state
 
     def _damaged(self, why: str) -> StateError:
         return StateError(
             f"state file {self.path} is damaged or not a protectctl state ({why})",
             hint=f"restore it from {self.backup_path} if that one is intact; a missing state file, not an "
-                 "empty one, is how a policy without state starts",
+            "empty one, is how a policy without state starts",
         )
 
     def exists(self) -> bool:
@@ -76,9 +78,11 @@ class LocalStateBackend:
                 atomic_write(self.backup_path, self.path.read_bytes(), mode=0o600)
             atomic_write(self.path, data, mode=0o600)
         except OSError as err:
-            raise StateError(f"writing state {self.path}: {os_error_text(err)}",
-                             hint=f"free space where the state lives ({self.path.parent}); the state "
-                                  "is as the last successful write left it") from err
+            raise StateError(
+                f"writing state {self.path}: {os_error_text(err)}",
+                hint=f"free space where the state lives ({self.path.parent}); the state "
+                "is as the last successful write left it",
+            ) from err
 
     @contextlib.contextmanager
     def lock(self, command: str, timeout_s: float) -> Iterator[None]:
@@ -109,15 +113,21 @@ class LocalStateBackend:
             raise StateError(f"removing stale temporary files beside {self.path}: {os_error_text(err)}") from err
 
     def _record_holder(self, fd: int, command: str) -> None:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                  "time": datetime.now(UTC).isoformat(timespec="seconds")}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         try:
             record = json.dumps(holder).encode()
             os.pwrite(fd, record, 0)  # written, then cut: a reader never sees an empty record
             os.ftruncate(fd, len(record))
         except OSError as err:  # a full disk, typically: nothing that needs the state could go on
-            raise StateError(f"recording the lock holder in {self.lock_path}: {os_error_text(err)}",
-                             hint=f"free space where the state lives ({self.lock_path.parent}), then retry") from err
+            raise StateError(
+                f"recording the lock holder in {self.lock_path}: {os_error_text(err)}",
+                hint=f"free space where the state lives ({self.lock_path.parent}), then retry",
+            ) from err
 
     def _acquire(self, fd: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -130,7 +140,7 @@ class LocalStateBackend:
                     raise StateLockedError(
                         f"the state is locked by {self._holder_once_recorded() or 'another process'}",
                         hint="wait for it to finish, pass --lock-timeout 5m, or `protectctl state unlock` "
-                             "if that process is gone",
+                        "if that process is gone",
                     ) from None
                 time.sleep(0.1)
 

@@ -44,18 +44,21 @@ class PostgresStateBackend:
         try:
             return State.model_validate_json(row[0])
         except ValidationError as err:
-            raise StateError(f"state {self.describe()} is damaged or not a protectctl state "
-                             f"({err.error_count()} problem(s))") from None
+            raise StateError(
+                f"state {self.describe()} is damaged or not a protectctl state ({err.error_count()} problem(s))"
+            ) from None
 
     def exists(self) -> bool:
         return self._one(f"SELECT 1 FROM {self.schema}.states WHERE name = %s", (self.name,)) is not None
 
     def write(self, state: State) -> None:
         data = state.model_dump_json(indent=2)
-        self._run(f"INSERT INTO {self.schema}.states (name, lineage, serial, data, updated_at) "
-                  "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (name) DO UPDATE SET lineage = EXCLUDED.lineage, "
-                  "serial = EXCLUDED.serial, data = EXCLUDED.data, updated_at = now()",
-                  (self.name, state.lineage, state.serial, data))
+        self._run(
+            f"INSERT INTO {self.schema}.states (name, lineage, serial, data, updated_at) "
+            "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (name) DO UPDATE SET lineage = EXCLUDED.lineage, "
+            "serial = EXCLUDED.serial, data = EXCLUDED.data, updated_at = now()",
+            (self.name, state.lineage, state.serial, data),
+        )
 
     # --- lock -------------------------------------------------------------------------
 
@@ -64,18 +67,28 @@ class PostgresStateBackend:
         conn = self._connect()
         try:
             self._acquire(conn, timeout_s)
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                      "time": datetime.now(UTC).isoformat(timespec="seconds")}
-            self._execute(conn, f"INSERT INTO {self.schema}.locks (name, holder, backend_pid) "
-                                "VALUES (%s, %s, pg_backend_pid()) ON CONFLICT (name) DO UPDATE SET "
-                                "holder = EXCLUDED.holder, backend_pid = EXCLUDED.backend_pid",
-                          (self.name, json.dumps(holder)))
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": command,
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            self._execute(
+                conn,
+                f"INSERT INTO {self.schema}.locks (name, holder, backend_pid) "
+                "VALUES (%s, %s, pg_backend_pid()) ON CONFLICT (name) DO UPDATE SET "
+                "holder = EXCLUDED.holder, backend_pid = EXCLUDED.backend_pid",
+                (self.name, json.dumps(holder)),
+            )
             try:
                 yield
             finally:
                 with contextlib.suppress(StateError):
-                    self._execute(conn, f"DELETE FROM {self.schema}.locks WHERE name = %s "
-                                        "AND backend_pid = pg_backend_pid()", (self.name,))
+                    self._execute(
+                        conn,
+                        f"DELETE FROM {self.schema}.locks WHERE name = %s AND backend_pid = pg_backend_pid()",
+                        (self.name,),
+                    )
                     self._execute(conn, "SELECT pg_advisory_unlock(hashtext(%s))", (self._lock_name(),))
         finally:
             conn.close()
@@ -90,7 +103,8 @@ class PostgresStateBackend:
                 raise StateLockedError(
                     f"the state is locked by {self.holder() or 'another session'}",
                     hint="wait for it to finish, pass --lock-timeout 5m, or `protectctl state unlock` if that "
-                         "process is gone (a dead holder's session ends and frees the lock)")
+                    "process is gone (a dead holder's session ends and frees the lock)",
+                )
             time.sleep(0.2)
 
     def holder(self) -> str | None:
@@ -110,10 +124,13 @@ class PostgresStateBackend:
                 self._execute(conn, f"DELETE FROM {self.schema}.locks WHERE name = %s", (self.name,))
                 return who or "no lock"
             if not force:
-                raise StateLockedError(f"the lock is held by a live process: {who}",
-                                       hint="stop that process first, or pass --force to break the lock")
-            self._execute(conn, f"SELECT pg_terminate_backend(backend_pid) FROM {self.schema}.locks "
-                                "WHERE name = %s", (self.name,))
+                raise StateLockedError(
+                    f"the lock is held by a live process: {who}",
+                    hint="stop that process first, or pass --force to break the lock",
+                )
+            self._execute(
+                conn, f"SELECT pg_terminate_backend(backend_pid) FROM {self.schema}.locks WHERE name = %s", (self.name,)
+            )
             self._execute(conn, f"DELETE FROM {self.schema}.locks WHERE name = %s", (self.name,))
             return who or "a session without a holder record"
         finally:
@@ -130,16 +147,24 @@ class PostgresStateBackend:
         try:
             conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
         except psycopg.Error as err:
-            raise StateError(f"cannot reach the postgres state backend: {_first_line(err)}",
-                             hint="the state lives only there: make the database reachable (nothing was "
-                                  "read from or written to a local copy)") from None
+            raise StateError(
+                f"cannot reach the postgres state backend: {_first_line(err)}",
+                hint="the state lives only there: make the database reachable (nothing was "
+                "read from or written to a local copy)",
+            ) from None
         if not self._ready:
             self._execute(conn, f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-            self._execute(conn, f"CREATE TABLE IF NOT EXISTS {self.schema}.states (name text PRIMARY KEY, "
-                                "lineage text NOT NULL, serial bigint NOT NULL, data text NOT NULL, "
-                                "updated_at timestamptz NOT NULL)")
-            self._execute(conn, f"CREATE TABLE IF NOT EXISTS {self.schema}.locks (name text PRIMARY KEY, "
-                                "holder text NOT NULL, backend_pid integer NOT NULL)")
+            self._execute(
+                conn,
+                f"CREATE TABLE IF NOT EXISTS {self.schema}.states (name text PRIMARY KEY, "
+                "lineage text NOT NULL, serial bigint NOT NULL, data text NOT NULL, "
+                "updated_at timestamptz NOT NULL)",
+            )
+            self._execute(
+                conn,
+                f"CREATE TABLE IF NOT EXISTS {self.schema}.locks (name text PRIMARY KEY, "
+                "holder text NOT NULL, backend_pid integer NOT NULL)",
+            )
             self._ready = True
         return conn
 

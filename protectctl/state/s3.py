@@ -53,17 +53,22 @@ class S3StateBackend:
         try:
             return State.model_validate_json(raw[0])
         except ValidationError as err:
-            raise StateError(f"state object {self.describe()} is damaged or not a protectctl state "
-                             f"({err.error_count()} problem(s))",
-                             hint="restore an earlier version of it (a versioned bucket keeps them)") from None
+            raise StateError(
+                f"state object {self.describe()} is damaged or not a protectctl state ({err.error_count()} problem(s))",
+                hint="restore an earlier version of it (a versioned bucket keeps them)",
+            ) from None
 
     def exists(self) -> bool:
         return self._get(self.key) is not None
 
     def write(self, state: State) -> None:
         data = state.model_dump_json(indent=2).encode() + b"\n"
-        self._request("writing the state", lambda: self._client.put_object(
-            Bucket=self.bucket, Key=self.key, Body=data, ContentType="application/json"))
+        self._request(
+            "writing the state",
+            lambda: self._client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=data, ContentType="application/json"
+            ),
+        )
 
     # --- lock -------------------------------------------------------------------------
 
@@ -86,8 +91,10 @@ class S3StateBackend:
             return "no lock"
         info = _parse(found[0])
         if not force and not _stale(info, self.lease_s):
-            raise StateLockedError(f"the lock is held by a live process: {_describe(info)}",
-                                   hint="stop that process first, or pass --force to break the lock")
+            raise StateLockedError(
+                f"the lock is held by a live process: {_describe(info)}",
+                hint="stop that process first, or pass --force to break the lock",
+            )
         self._request("removing the lock", lambda: self._client.delete_object(Bucket=self.bucket, Key=self.lock_key))
         return _describe(info)
 
@@ -97,8 +104,9 @@ class S3StateBackend:
         from botocore.exceptions import ClientError
 
         try:
-            reply = self._request(f"reading {key}", lambda: self._client.get_object(Bucket=self.bucket, Key=key),
-                                  passthrough=True)
+            reply = self._request(
+                f"reading {key}", lambda: self._client.get_object(Bucket=self.bucket, Key=key), passthrough=True
+            )
         except ClientError as err:
             if _code(err) in ("NoSuchKey", "404"):
                 return None
@@ -114,8 +122,11 @@ class S3StateBackend:
         from botocore.exceptions import ClientError
 
         try:
-            reply = self._request("writing the lock", lambda: self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, **condition), passthrough=True)
+            reply = self._request(
+                "writing the lock",
+                lambda: self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **condition),
+                passthrough=True,
+            )
         except ClientError as err:
             if _code(err) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 return None
@@ -132,14 +143,18 @@ class S3StateBackend:
                 raise
             raise self._error(what, err) from None
         except BotoCoreError as err:
-            raise StateError(f"state backend {self.describe()}: {what}: {err}",
-                             hint="the state lives only there: make the endpoint reachable (nothing was "
-                                  "read from or written to a local copy)") from None
+            raise StateError(
+                f"state backend {self.describe()}: {what}: {err}",
+                hint="the state lives only there: make the endpoint reachable (nothing was "
+                "read from or written to a local copy)",
+            ) from None
 
     def _error(self, what: str, err: Any) -> StateError:
-        return StateError(f"state backend {self.describe()}: {what}: {_code(err)}: "
-                          f"{err.response.get('Error', {}).get('Message', '')}".rstrip(": "),
-                          hint="check the bucket and the Storage's credentials")
+        return StateError(
+            f"state backend {self.describe()}: {what}: {_code(err)}: "
+            f"{err.response.get('Error', {}).get('Message', '')}".rstrip(": "),
+            hint="check the bucket and the Storage's credentials",
+        )
 
 
 class _Holder:
@@ -148,9 +163,16 @@ class _Holder:
     def __init__(self, backend: S3StateBackend, command: str) -> None:
         self.backend = backend
         pid = os.getpid()
-        self.info = {"pid": pid, "pid_start": process_start(pid), "host": socket.gethostname(),
-                     "command": command, "time": datetime.now(UTC).isoformat(timespec="seconds"),
-                     "id": os.urandom(8).hex(), "lease_s": backend.lease_s, "refreshed": time.time()}
+        self.info = {
+            "pid": pid,
+            "pid_start": process_start(pid),
+            "host": socket.gethostname(),
+            "command": command,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "id": os.urandom(8).hex(),
+            "lease_s": backend.lease_s,
+            "refreshed": time.time(),
+        }
         self.etag: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -178,7 +200,8 @@ class _Holder:
                     raise StateLockedError(
                         f"the state is locked by {_describe(other)}",
                         hint="wait for it to finish, pass --lock-timeout 5m, or `protectctl state unlock` "
-                             "if that process is gone (a dead holder's lock is taken over when its lease ends)")
+                        "if that process is gone (a dead holder's lock is taken over when its lease ends)",
+                    )
             time.sleep(0.2)
         self._thread = threading.Thread(target=self._refresh, name="state-lock", daemon=True)
         self._thread.start()
@@ -200,13 +223,17 @@ class _Holder:
             self._thread.join()
         b = self.backend
         with contextlib.suppress(ClientError, StateError):
-            b._request("releasing the lock", lambda: b._client.delete_object(
-                Bucket=b.bucket, Key=b.lock_key, IfMatch=self.etag or ""), passthrough=True)
+            b._request(
+                "releasing the lock",
+                lambda: b._client.delete_object(Bucket=b.bucket, Key=b.lock_key, IfMatch=self.etag or ""),
+                passthrough=True,
+            )
 
 
 def _code(err: Any) -> str:
-    return str(err.response.get("Error", {}).get("Code", "")) or \
-        str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return str(err.response.get("Error", {}).get("Code", "")) or str(
+        err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+    )
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
@@ -221,8 +248,11 @@ def _stale(info: dict[str, Any], lease_s: float) -> bool:
     """The holder is gone (its process, on this host) or silent past its lease."""
     if not info:
         return True  # not a lock we can read: written by no protectctl
-    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) \
-            and not _pid_alive(info["pid"], info.get("pid_start")):
+    if (
+        info.get("host") == socket.gethostname()
+        and isinstance(info.get("pid"), int)
+        and not _pid_alive(info["pid"], info.get("pid_start"))
+    ):
         return True
     lease = float(info.get("lease_s") or lease_s)
     return time.time() - float(info.get("refreshed") or 0) > lease

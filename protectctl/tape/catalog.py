@@ -277,8 +277,9 @@ def catalog_from_json(doc: dict[str, Any]) -> Catalog:
             location=Location(LocationKind(c["location"]["kind"]), str(c["location"]["name"])),
             history=[Move(_dt(m["time"]), str(m["location"]), str(m["note"])) for m in c["history"]],
             partial=[
-                PartialSegment(int(p["file"]), PartialKind(p["kind"]), str(p["point_id"]), int(p["part"]),
-                               str(p.get("detail", "")))
+                PartialSegment(
+                    int(p["file"]), PartialKind(p["kind"]), str(p["point_id"]), int(p["part"]), str(p.get("detail", ""))
+                )
                 for p in c.get("partial", [])
             ],
         )
@@ -323,9 +324,7 @@ def load_catalog(path: Path) -> Catalog:
 
 def save_catalog(path: Path, catalog: Catalog) -> None:
     try:
-        atomic_write(
-            path, json.dumps(catalog_to_json(catalog), indent=1, sort_keys=True).encode() + b"\n", mode=0o600
-        )
+        atomic_write(path, json.dumps(catalog_to_json(catalog), indent=1, sort_keys=True).encode() + b"\n", mode=0o600)
     except OSError as err:
         raise TapeError(f"writing tape catalog {path}: {err.strerror}") from err
 

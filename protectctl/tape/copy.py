@@ -223,8 +223,7 @@ class PoolWriter:
             cipher = open_volume(drive, self.keys.kek)
             if cipher.label.vid != cart.vid:
                 raise TapeError(
-                    f"cartridge {cart.barcode} holds volume {cipher.label.vid}, the catalog "
-                    f"expects {cart.vid}",
+                    f"cartridge {cart.barcode} holds volume {cipher.label.vid}, the catalog expects {cart.vid}",
                     hint="run `protectctl tape inventory --rebuild`",
                 )
         volume = Volume(drive, cipher)
@@ -248,9 +247,7 @@ class PoolWriter:
                 hint="run `protectctl tape inventory --rebuild`",
             )
         key = self.keys.ensure(self.target.key_name, now=self.now)
-        cipher = write_label(
-            drive, pool, key.id, key.name, self.keys.kek(key.id), self.target.library_name, self.now
-        )
+        cipher = write_label(drive, pool, key.id, key.name, self.keys.kek(key.id), self.target.library_name, self.now)
         crashpoint.reached("tape.relabelled")
         cart.key_id, cart.vid, cart.labelled_at = key.id, cipher.label.vid, self.now
         cart.state, cart.files, cart.bytes_used, cart.partial = CartridgeState.FILLING, 0, drive.used_bytes, []
@@ -264,8 +261,9 @@ class PoolWriter:
         drive.seek_end_of_data()
         file_no, record_no = drive.position()
         if file_no == 0:
-            raise TapeError(f"cartridge {cart.barcode}: its label has no filemark",
-                            hint="run `protectctl tape inventory --rebuild`")
+            raise TapeError(
+                f"cartridge {cart.barcode}: its label has no filemark", hint="run `protectctl tape inventory --rebuild`"
+            )
         if file_no - 1 < cart.files:
             raise TapeError(
                 f"cartridge {cart.barcode} ends after tape file {file_no - 1}, but the catalog records "
@@ -283,8 +281,13 @@ class PoolWriter:
             if mark.file >= file_no:
                 continue  # replaced (or never reached the tape)
             if mark.kind is PartialKind.WRITING:  # its run closed the file but died before recording it
-                mark = PartialSegment(mark.file, PartialKind.UNUSED, mark.point_id, mark.part,
-                                      "closed by a run that stopped before recording it")
+                mark = PartialSegment(
+                    mark.file,
+                    PartialKind.UNUSED,
+                    mark.point_id,
+                    mark.part,
+                    "closed by a run that stopped before recording it",
+                )
             kept.append(mark)
         cart.partial = kept
 
@@ -309,8 +312,9 @@ class PoolWriter:
         file_no = volume.drive.position()[0]
         self._cart.partial = [p for p in self._cart.partial if p.file < file_no]
         self._cart.partial.append(
-            PartialSegment(file_no, PartialKind.WRITING, header.point.id, header.part,
-                           f"run started {self.now:%Y-%m-%d %H:%M:%S}Z")
+            PartialSegment(
+                file_no, PartialKind.WRITING, header.point.id, header.part, f"run started {self.now:%Y-%m-%d %H:%M:%S}Z"
+            )
         )
         self.save()  # tape list names the segment in progress, and what is left if this run dies
         volume.write(RecordType.HEADER, encode_header(header))
@@ -349,7 +353,9 @@ class PoolWriter:
             first = volume.read()
             got = decode_header(first[1], where) if first and first[0] is RecordType.HEADER else None
             if got is None or (got.point.id, got.part, got.copied_at) != (
-                header.point.id, header.part, header.copied_at
+                header.point.id,
+                header.part,
+                header.copied_at,
             ):
                 raise TapeError(f"{where} does not start with this segment's header")
             volume.drive.locate(file_no, closing_at)
@@ -392,8 +398,7 @@ class PoolWriter:
             size = self._volume_or_fail().write(kind, plaintext)
         except EndOfMediaError as err:
             raise TapeError(
-                f"a record of {len(plaintext)} bytes does not fit on an empty cartridge of pool "
-                f"{self.target.pool}",
+                f"a record of {len(plaintext)} bytes does not fit on an empty cartridge of pool {self.target.pool}",
                 hint="use media with more capacity",
             ) from err
         crashpoint.reached(_phase(kind))
@@ -432,9 +437,7 @@ class PoolWriter:
         self._begin(header, copy)
         self.progress.start(f"tape {point.source}", total_bytes=point.stats.bytes_total)
         # large records, but at most 1/16 of a cartridge so small media still fill up evenly
-        record_bytes = min(
-            RECORD_TARGET_BYTES, max(64 << 10, self._volume_or_fail().drive.capacity_bytes // 16)
-        )
+        record_bytes = min(RECORD_TARGET_BYTES, max(64 << 10, self._volume_or_fail().drive.capacity_bytes // 16))
         if self.format_version == 1:
             header = self._write_v1(repo, point, header, copy, record_bytes)
             index: tuple[IndexRun, ...] = ()
@@ -458,7 +461,6 @@ class PoolWriter:
         self.save()
         crashpoint.reached("tape.recorded")
         return copy
-
 
     def _write_v1(
         self, repo: Repository, point: Point, header: SegmentHeader, copy: Copy, record_bytes: int

@@ -334,9 +334,7 @@ def encode_blobs(blobs: Sequence[TapeBlob]) -> bytes:
     table = bytearray(len(blobs).to_bytes(4, "big"))
     for blob in blobs:
         table += bytes([blob.kind]) + bytes(blob.blob_id) + len(blob.data).to_bytes(4, "big")
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(
-        bytes(table) + b"".join(b.data for b in blobs)
-    )
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(bytes(table) + b"".join(b.data for b in blobs))
 
 
 def decode_blobs(plain: bytes, where: str) -> list[TapeBlob]:
@@ -357,9 +355,7 @@ def decode_blobs(plain: bytes, where: str) -> list[TapeBlob]:
         raise TapeCorruptionError(f"{where}: malformed data record ({err})") from err
 
 
-def batch_blobs(
-    blobs: Iterable[TapeBlob], target_bytes: int = RECORD_TARGET_BYTES
-) -> Iterable[list[TapeBlob]]:
+def batch_blobs(blobs: Iterable[TapeBlob], target_bytes: int = RECORD_TARGET_BYTES) -> Iterable[list[TapeBlob]]:
     """Group blobs into records of about `target_bytes` (a bigger blob gets a record of its own)."""
     batch: list[TapeBlob] = []
     size = 0

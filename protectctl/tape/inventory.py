@@ -144,8 +144,13 @@ class _FileScan:
                 self.end_of_volume = True
             else:
                 self.result.faults.append(
-                    PartialSegment(self.file_no, PartialKind.DAMAGED, "", 0,
-                                   f"record {self.records} is a {kind.name} record outside any point segment")
+                    PartialSegment(
+                        self.file_no,
+                        PartialKind.DAMAGED,
+                        "",
+                        0,
+                        f"record {self.records} is a {kind.name} record outside any point segment",
+                    )
                 )
         elif seg.closing is not None:
             seg.fault, seg.detail = PartialKind.DAMAGED, f"a {kind.name} record follows its {seg.closing.name}"
@@ -235,8 +240,10 @@ def _chain_problem(parts: Sequence[tuple[str, Segment]]) -> str | None:
     assert trailer is not None
     blobs = sum(seg.blobs for _b, seg in parts)
     if trailer.point_id != parts[0][1].header.point.id or trailer.parts != len(parts) or trailer.blobs != blobs:
-        return f"the trailer counts {trailer.parts} part(s) and {trailer.blobs} blobs, the tape holds " \
-               f"{len(parts)} and {blobs}"
+        return (
+            f"the trailer counts {trailer.parts} part(s) and {trailer.blobs} blobs, the tape holds "
+            f"{len(parts)} and {blobs}"
+        )
     return None
 
 
@@ -290,8 +297,10 @@ def confirm(copy: Copy, scans: Mapping[str, ScanResult]) -> str | None:
             return f"{where}: {why}" + (f" ({found[-1].detail})" if found and found[-1].detail else "")
         head = seg.header
         if (head.point.id, head.part, head.copied_at) != (copy.point_id, part.part, copy.copied_at):
-            return (f"{where} holds point {head.point.id[:12]} part {head.part} copied at "
-                    f"{head.copied_at:%Y-%m-%d %H:%M:%S}, not this copy's part {part.part}")
+            return (
+                f"{where} holds point {head.point.id[:12]} part {head.part} copied at "
+                f"{head.copied_at:%Y-%m-%d %H:%M:%S}, not this copy's part {part.part}"
+            )
         last = i == len(parts) - 1
         if seg.closing is not (RecordType.TRAILER if last else RecordType.END_OF_VOLUME):
             return f"{where} ends with {seg.closing}, expected {'a trailer' if last else 'end of volume'}"

@@ -262,9 +262,7 @@ class KeyStore:
             raise TapeError(f"writing {dest}: {err.strerror}") from err
         self.mark_exported(keys, now=now)
 
-    def import_file(
-        self, source: Path, passphrase: Callable[[str], bytes], *, now: datetime
-    ) -> list[KeyInfo]:
+    def import_file(self, source: Path, passphrase: Callable[[str], bytes], *, now: datetime) -> list[KeyInfo]:
         """Read an export; `passphrase(name)` opens it. Keys are re-wrapped under the local passphrase."""
         try:
             doc = json.loads(source.read_bytes())

@@ -256,9 +256,7 @@ class VirtualDrive:
         self._truncate_here()
         limit = self._capacity if use_reserve else self._capacity - self._reserve
         if self._used + len(data) > limit:
-            raise EndOfMediaError(
-                f"cartridge {self._barcode} is full ({self._used} of {self._capacity} bytes used)"
-            )
+            raise EndOfMediaError(f"cartridge {self._barcode} is full ({self._used} of {self._capacity} bytes used)")
         self._append(_FRAME_RECORD + len(data).to_bytes(4, "big"), data)
         self._used += len(data)
         self._record += 1
@@ -351,9 +349,7 @@ class VirtualLibrary:
 
     def __init__(self, path: Path, *, slots: int, drives: int, capacity_bytes: int) -> None:
         if capacity_bytes < 4096:
-            raise TapeError(
-                f"a virtual cartridge needs at least 4096 bytes of capacity, not {capacity_bytes}"
-            )
+            raise TapeError(f"a virtual cartridge needs at least 4096 bytes of capacity, not {capacity_bytes}")
         self.path = path
         self._slots = slots
         self._drives = drives
@@ -415,9 +411,7 @@ class VirtualLibrary:
 
     @staticmethod
     def _free(layout: dict[str, dict[str, str | None]], kind: str) -> str | None:
-        return next(
-            (k for k, v in sorted(layout[kind].items(), key=lambda kv: int(kv[0])) if v is None), None
-        )
+        return next((k for k, v in sorted(layout[kind].items(), key=lambda kv: int(kv[0])) if v is None), None)
 
     def add_cartridge(self, barcode: str) -> int:
         if not BARCODE_PATTERN.match(barcode):
@@ -433,9 +427,7 @@ class VirtualLibrary:
                 hint="export full cartridges to a vault with `protectctl tape move`",
             )
         directory.mkdir()
-        atomic_write(
-            directory / _META, json.dumps({"barcode": barcode, "capacity": self.capacity_bytes}).encode()
-        )
+        atomic_write(directory / _META, json.dumps({"barcode": barcode, "capacity": self.capacity_bytes}).encode())
         layout["slots"][slot] = barcode
         self._save(layout)
         return int(slot)

@@ -35,8 +35,9 @@ def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 1))
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, depth: int | None = None
-                ) -> Generator[R, None, None]:
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], *, workers: int, depth: int | None = None
+) -> Generator[R, None, None]:
     """`map(fn, items)` on `workers` threads, in order, at most `depth` items in flight."""
     if workers <= 0:
         yield from map(fn, items)

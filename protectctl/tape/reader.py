@@ -225,8 +225,9 @@ class TapePointReader:
         self._find_header(volume, point_id, part)
         if self.header is None:
             self.header = self._last_header
-        opened = ordered_map(lambda raw: _open_record(volume.cipher, raw, where), _raw_records(volume),
-                             workers=self.workers)
+        opened = ordered_map(
+            lambda raw: _open_record(volume.cipher, raw, where), _raw_records(volume), workers=self.workers
+        )
         with contextlib.closing(opened):
             for record in opened:
                 if record is None:
@@ -250,8 +251,9 @@ class TapePointReader:
                     raise TapeCorruptionError(f"{where}: unexpected {kind.name} record inside a point")
         return False
 
-    def _spool_record(self, cipher: VolumeCipher, raw: tuple[int, int, bytes],
-                      blobs: Sequence[TapeBlob | TapeBody]) -> None:
+    def _spool_record(
+        self, cipher: VolumeCipher, raw: tuple[int, int, bytes], blobs: Sequence[TapeBlob | TapeBody]
+    ) -> None:
         file_no, record_no, data = raw
         index = len(self._records)
         offset = self._spool.seek(0, os.SEEK_END)

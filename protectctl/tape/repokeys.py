@@ -94,9 +94,20 @@ def rows(targets: Sequence[RepoKeyTarget], home: Path) -> list[dict[str, object]
             if t.local_path is not None and (t.local_path / "keys" / name).exists():
                 mtime = (t.local_path / "keys" / name).stat().st_mtime
                 created = datetime.fromtimestamp(mtime, UTC).isoformat()
-            out.append({"kind": "repository", "id": name, "name": t.key_name, "storage": t.storage_name,
-                        "repository": repo_id, "created": created, "passphrase": t.passphrase_source,
-                        "exported": marks.get(name), "current": True, "cartridges": 0})
+            out.append(
+                {
+                    "kind": "repository",
+                    "id": name,
+                    "name": t.key_name,
+                    "storage": t.storage_name,
+                    "repository": repo_id,
+                    "created": created,
+                    "passphrase": t.passphrase_source,
+                    "exported": marks.get(name),
+                    "current": True,
+                    "cartridges": 0,
+                }
+            )
     return out
 
 
@@ -111,20 +122,30 @@ def _open_master(t: RepoKeyTarget, repo_id: str, passphrase: bytes) -> tuple[Mas
         except WrongKeyError:
             continue
     if keys is None:
-        raise WrongKeyError(f"the passphrase does not open repository {t.storage_name}",
-                            hint=f"check the passphrase of EncryptionKey {t.key_name}")
+        raise WrongKeyError(
+            f"the passphrase does not open repository {t.storage_name}",
+            hint=f"check the passphrase of EncryptionKey {t.key_name}",
+        )
     return keys, opened
 
 
-def export_doc(t: RepoKeyTarget, passphrase: bytes, *, now: datetime,
-               kdf_n: int = DEFAULT_KDF_N) -> tuple[dict[str, Any], list[str]]:
+def export_doc(
+    t: RepoKeyTarget, passphrase: bytes, *, now: datetime, kdf_n: int = DEFAULT_KDF_N
+) -> tuple[dict[str, Any], list[str]]:
     """The export document of `t`'s master key wrapped under `passphrase`, and the key files it came from."""
     repo_id = _repo_id(t)
     keys, opened = _open_master(t, repo_id, t.passphrase())
     name = os.urandom(16).hex()
-    doc = {"format": EXPORT_FORMAT, "version": VERSION, "exported": now.astimezone(UTC).isoformat(),
-           "storage": t.storage_name, "encryption_key": t.key_name, "repository": repo_id, "key_name": name,
-           "wrapped": base64.b64encode(wrap_keys(keys, passphrase, repo_id, name, KdfParams.fresh(kdf_n))).decode()}
+    doc = {
+        "format": EXPORT_FORMAT,
+        "version": VERSION,
+        "exported": now.astimezone(UTC).isoformat(),
+        "storage": t.storage_name,
+        "encryption_key": t.key_name,
+        "repository": repo_id,
+        "key_name": name,
+        "wrapped": base64.b64encode(wrap_keys(keys, passphrase, repo_id, name, KdfParams.fresh(kdf_n))).decode(),
+    }
     return doc, opened
 
 
@@ -133,8 +154,9 @@ def mark_exported(home: Path, ids: Sequence[str], now: datetime) -> None:
     _mark_exported(home, ids, now)
 
 
-def export(t: RepoKeyTarget, dest: Path, passphrase: bytes, home: Path, *, now: datetime,
-           kdf_n: int = DEFAULT_KDF_N) -> list[str]:
+def export(
+    t: RepoKeyTarget, dest: Path, passphrase: bytes, home: Path, *, now: datetime, kdf_n: int = DEFAULT_KDF_N
+) -> list[str]:
     """Write the master key of `t`'s repository wrapped under `passphrase`; marks its key files exported."""
     doc, opened = export_doc(t, passphrase, now=now, kdf_n=kdf_n)
     try:
@@ -152,8 +174,9 @@ def is_export(path: Path) -> bool:
         return False
 
 
-def import_file(source: Path, targets: Sequence[RepoKeyTarget], passphrase: Callable[[str], bytes], *,
-                kdf_n: int = DEFAULT_KDF_N) -> list[str]:
+def import_file(
+    source: Path, targets: Sequence[RepoKeyTarget], passphrase: Callable[[str], bytes], *, kdf_n: int = DEFAULT_KDF_N
+) -> list[str]:
     """Add a key file for the exported master key to the storage holding that repository id."""
     try:
         doc: dict[str, Any] = json.loads(source.read_bytes())
@@ -162,8 +185,14 @@ def import_file(source: Path, targets: Sequence[RepoKeyTarget], passphrase: Call
     return import_doc(doc, targets, passphrase, origin=str(source), kdf_n=kdf_n)
 
 
-def import_doc(doc: Mapping[str, Any], targets: Sequence[RepoKeyTarget], passphrase: Callable[[str], bytes], *,
-               origin: str, kdf_n: int = DEFAULT_KDF_N) -> list[str]:
+def import_doc(
+    doc: Mapping[str, Any],
+    targets: Sequence[RepoKeyTarget],
+    passphrase: Callable[[str], bytes],
+    *,
+    origin: str,
+    kdf_n: int = DEFAULT_KDF_N,
+) -> list[str]:
     """`import_file` of an export document already read (`origin` names it in errors)."""
     try:
         repo_id, name, wrapped = str(doc["repository"]), str(doc["key_name"]), base64.b64decode(doc["wrapped"])
@@ -185,8 +214,10 @@ def import_doc(doc: Mapping[str, Any], targets: Sequence[RepoKeyTarget], passphr
         new = os.urandom(16).hex()
         t.storage.put(ObjectKind.KEYS, new, wrap_keys(keys, local, repo_id, new, KdfParams.fresh(kdf_n)))
         return [new]
-    raise TapeError(f"no Storage of this policy holds repository {repo_id} (exported from {doc.get('storage')})",
-                    hint="copy the repository first, point a Storage at it, then import")
+    raise TapeError(
+        f"no Storage of this policy holds repository {repo_id} (exported from {doc.get('storage')})",
+        hint="copy the repository first, point a Storage at it, then import",
+    )
 
 
 def rotate(t: RepoKeyTarget, old_passphrase: bytes | None, *, kdf_n: int = DEFAULT_KDF_N) -> dict[str, object]:
@@ -200,8 +231,10 @@ def rotate(t: RepoKeyTarget, old_passphrase: bytes | None, *, kdf_n: int = DEFAU
     except WrongKeyError:
         already = []
         if old_passphrase is None:
-            raise TapeError(f"the current passphrase of {t.key_name} does not open repository {t.storage_name}",
-                            hint="give the previous one with --old-passphrase-file") from None
+            raise TapeError(
+                f"the current passphrase of {t.key_name} does not open repository {t.storage_name}",
+                hint="give the previous one with --old-passphrase-file",
+            ) from None
     keys, old_files = _open_master(t, repo_id, old_passphrase or new)
     name = os.urandom(16).hex()
     t.storage.put(ObjectKind.KEYS, name, wrap_keys(keys, new, repo_id, name, KdfParams.fresh(kdf_n)))
@@ -218,7 +251,9 @@ def unexported_warnings(rows_: Sequence[Mapping[str, object]], points: Mapping[s
         held = points.get(f"storage.{r['storage']}", 0)
         if r["exported"] or not held:
             continue
-        out.append(f"repository key {r['id']} (Storage {r['storage']}, EncryptionKey {r['name']}) protects "
-                   f"{held} recovery point(s) but was never exported; a key on one machine dies with it: run "
-                   f"`protectctl keys export {r['storage']} --to FILE` and keep FILE off-site")
+        out.append(
+            f"repository key {r['id']} (Storage {r['storage']}, EncryptionKey {r['name']}) protects "
+            f"{held} recovery point(s) but was never exported; a key on one machine dies with it: run "
+            f"`protectctl keys export {r['storage']} --to FILE` and keep FILE off-site"
+        )
     return out

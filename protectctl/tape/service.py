@@ -284,8 +284,7 @@ class TapeService:
             config = self.ctx.libraries.get(name)
             if config is None:
                 raise TapeError(
-                    f"cartridges of library {name!r} are in the catalog, but the policy has no "
-                    "TapeLibrary of that name"
+                    f"cartridges of library {name!r} are in the catalog, but the policy has no TapeLibrary of that name"
                 )
             if config.type != "virtual":
                 raise TapeError(
@@ -315,11 +314,7 @@ class TapeService:
 
     def location_of(self, cart: Cartridge) -> Location:
         """Live for cartridges inside their library, from the catalog otherwise."""
-        live = (
-            location_in(self.library(cart.library), cart.barcode)
-            if cart.library in self.ctx.libraries
-            else None
-        )
+        live = location_in(self.library(cart.library), cart.barcode) if cart.library in self.ctx.libraries else None
         if live is not None:
             return live
         if cart.location.in_library:
@@ -474,8 +469,9 @@ class TapeService:
         from protectctl.agent.jobs import record_tape_copies
 
         record_tape_copies(jobs, current, self.now)
-        return TapeRunResult(group, target.pool, tuple(copied), tuple(skipped), time.monotonic() - started,
-                             tuple(writer.repaired))
+        return TapeRunResult(
+            group, target.pool, tuple(copied), tuple(skipped), time.monotonic() - started, tuple(writer.repaired)
+        )
 
     def _points_to_copy(self, points: Sequence[Point], all_points: bool) -> list[Point]:
         """Complete points not on tape; without all_points only the newest, if newer than any on tape."""
@@ -484,9 +480,7 @@ class TapeService:
         if all_points:
             return fresh
         on_tape = [
-            c.point_time
-            for c in self.catalog.copies.values()
-            if c.complete and points and c.source == points[0].source
+            c.point_time for c in self.catalog.copies.values() if c.complete and points and c.source == points[0].source
         ]
         newest = fresh[-1:]
         if newest and on_tape and newest[0].time <= max(on_tape):
@@ -554,8 +548,7 @@ class TapeService:
                 away.append(f"{part.barcode} ({where})")
         if away:
             raise TapeError(
-                f"restoring {copy.source} from tape needs cartridge(s) outside the library: "
-                f"{', '.join(away)}",
+                f"restoring {copy.source} from tape needs cartridge(s) outside the library: {', '.join(away)}",
                 hint="bring them back and run `protectctl tape move BARCODE --to library`",
             )
         progress = progress or NullProgress()
@@ -569,12 +562,25 @@ class TapeService:
             point = reader.point
             outcome = provider.restore(
                 RestoreRequest(
-                    job.source, job.spec, point, reader, target, tuple(subpaths), dry_run, overwrite, progress,
+                    job.source,
+                    job.spec,
+                    point,
+                    reader,
+                    target,
+                    tuple(subpaths),
+                    dry_run,
+                    overwrite,
+                    progress,
                     from_tape=True,
                 )
             )
-        return RestoreResult.of(job.source, point, outcome, dry_run=dry_run,
-                                notes=(f"read from tape: {', '.join(p.barcode for p in copy.parts)}",))
+        return RestoreResult.of(
+            job.source,
+            point,
+            outcome,
+            dry_run=dry_run,
+            notes=(f"read from tape: {', '.join(p.barcode for p in copy.parts)}",),
+        )
 
     # -- recycle and inventory -------------------------------------------------------------------------
 
@@ -613,9 +619,7 @@ class TapeService:
     def _relabel_scratch(self, volume: Volume, cart: Cartridge) -> None:
         config = self.ctx.libraries[cart.library]
         key = self.keys.ensure(config.key_name, now=self.now)
-        cipher = write_label(
-            volume.drive, cart.pool, key.id, key.name, self.keys.kek(key.id), cart.library, self.now
-        )
+        cipher = write_label(volume.drive, cart.pool, key.id, key.name, self.keys.kek(key.id), cart.library, self.now)
         for copy in self.catalog.copies_on(cart.barcode):
             del self.catalog.copies[copy.point_id]
         cart.state, cart.key_id, cart.vid, cart.labelled_at = (
@@ -664,8 +668,7 @@ class TapeService:
             problems += dropped
             for scan in scans:
                 self.catalog.cartridges[scan.cartridge.barcode].location = (
-                    location_in(self.library(scan.cartridge.library), scan.cartridge.barcode)
-                    or scan.cartridge.location
+                    location_in(self.library(scan.cartridge.library), scan.cartridge.barcode) or scan.cartridge.location
                 )
         self.save()
         partial = [
@@ -680,13 +683,9 @@ class TapeService:
         label = volume.cipher.label
         cart = self.catalog.cartridges.get(label.barcode)
         if cart is None:
-            return [
-                f"{label.barcode}: not in the catalog (pool {label.pool}); run `tape inventory --rebuild`"
-            ]
+            return [f"{label.barcode}: not in the catalog (pool {label.pool}); run `tape inventory --rebuild`"]
         if cart.vid != label.vid:
-            return [
-                f"{label.barcode}: relabelled since the catalog was written; run `tape inventory --rebuild`"
-            ]
+            return [f"{label.barcode}: relabelled since the catalog was written; run `tape inventory --rebuild`"]
         cart.moved(location, self.now)
         return self._check_end_of_data(volume, cart)
 
@@ -698,15 +697,21 @@ class TapeService:
         closed = max(file_no - 1, 0)
         out = []
         if record_no > 0 and not any(p.file == file_no for p in cart.partial):
-            cart.partial.append(PartialSegment(file_no, PartialKind.UNTERMINATED, "", 0,
-                                               f"{record_no} record(s) without a filemark"))
-        if closed > cart.files and not all(any(p.file == f for p in cart.partial)
-                                           for f in range(cart.files + 1, closed + 1)):
-            out.append(f"{cart.barcode}: holds {closed} closed tape file(s), the catalog accounts for "
-                       f"{cart.files}; run `tape inventory --rebuild` to read them")
+            cart.partial.append(
+                PartialSegment(file_no, PartialKind.UNTERMINATED, "", 0, f"{record_no} record(s) without a filemark")
+            )
+        if closed > cart.files and not all(
+            any(p.file == f for p in cart.partial) for f in range(cart.files + 1, closed + 1)
+        ):
+            out.append(
+                f"{cart.barcode}: holds {closed} closed tape file(s), the catalog accounts for "
+                f"{cart.files}; run `tape inventory --rebuild` to read them"
+            )
         if closed < cart.files:
-            out.append(f"{cart.barcode}: ends after tape file {closed}, the catalog records {cart.files}; "
-                       "copies on it may be lost: run `tape inventory --rebuild`")
+            out.append(
+                f"{cart.barcode}: ends after tape file {closed}, the catalog records {cart.files}; "
+                "copies on it may be lost: run `tape inventory --rebuild`"
+            )
         return out
 
     # -- verify ----------------------------------------------------------------------------------
@@ -716,7 +721,8 @@ class TapeService:
         each copy the catalog counts on must be whole on tape; partial segments are listed."""
         wanted = [c for c in self.catalog.copies.values() if c.source in sources and c.complete]
         barcodes = {p.barcode for c in wanted for p in c.parts} | {
-            b for b, c in self.catalog.cartridges.items()
+            b
+            for b, c in self.catalog.cartridges.items()
             if c.pool == target.pool and c.library == target.library_name and c.state is CartridgeState.FILLING
         }
         scans: dict[str, ScanResult] = {}
@@ -747,8 +753,15 @@ class TapeService:
             self.catalog.cartridges[barcode].partial = found
             partial += [p.describe(barcode) for p in found]
         self.save()
-        return TapeVerifyResult(group, target.pool, tuple(sorted(scans)), len(wanted) - len(bad), tuple(bad),
-                                tuple(partial), tuple(not_read))
+        return TapeVerifyResult(
+            group,
+            target.pool,
+            tuple(sorted(scans)),
+            len(wanted) - len(bad),
+            tuple(bad),
+            tuple(partial),
+            tuple(not_read),
+        )
 
     # -- keys --------------------------------------------------------------------------------------
 

@@ -64,9 +64,14 @@ class ServerFacts:
 def server_facts(c: Client) -> ServerFacts:
     v = c.variables("log_bin", "log_bin_basename", "server_id", "version", "innodb_page_size", "gtid_binlog_pos")
     basename = v["log_bin_basename"]
-    return ServerFacts(v["log_bin"] == "1", Path(basename) if basename not in ("", "NULL") else None,
-                       int(v["server_id"]), v["version"], int(v["innodb_page_size"]),
-                       "" if v["gtid_binlog_pos"] == "NULL" else v["gtid_binlog_pos"])
+    return ServerFacts(
+        v["log_bin"] == "1",
+        Path(basename) if basename not in ("", "NULL") else None,
+        int(v["server_id"]),
+        v["version"],
+        int(v["innodb_page_size"]),
+        "" if v["gtid_binlog_pos"] == "NULL" else v["gtid_binlog_pos"],
+    )
 
 
 # -- binlog shipping -------------------------------------------------------------------------
@@ -132,18 +137,25 @@ def _store_binlog(request: SnapshotRequest, path: Path) -> tuple[Node, dict[str,
         st = os.stat(path)
         data = path.read_bytes()
     except OSError as err:
-        raise ProviderError(f"reading binlog {path}: {err.strerror}",
-                            hint="the binlogs were purged before they were shipped? see `points list`") from err
+        raise ProviderError(
+            f"reading binlog {path}: {err.strerror}",
+            hint="the binlogs were purged before they were shipped? see `points list`",
+        ) from err
     try:
         facts = bl.read_facts(data)
     except ValueError as err:
         raise ProviderError(f"{path}: {err}") from err
-    node = file_node(path.name, st, size=len(data), chunks=sink.store_content(data),
-                     content_hash=sink.hash_content(data))
+    node = file_node(
+        path.name, st, size=len(data), chunks=sink.store_content(data), content_hash=sink.hash_content(data)
+    )
     record: dict[str, object] = {
-        "name": path.name, "created": facts.created, "size": len(data),
-        "first_time": facts.first_time, "last_time": facts.last_time,
-        "start_state": list(facts.start_state), "end_state": list(facts.last_gtids),
+        "name": path.name,
+        "created": facts.created,
+        "size": len(data),
+        "first_time": facts.first_time,
+        "last_time": facts.last_time,
+        "start_state": list(facts.start_state),
+        "end_state": list(facts.last_gtids),
         "transactions": len(facts.transactions),
     }
     return node, record
@@ -154,26 +166,37 @@ def ship(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
         try:
             facts = server_facts(c)
         except ProviderError as err:
-            raise ProviderError(f"{server.describe()} is not reachable: {err}",
-                                hint="start the server, or fix socket/osUser/credentials") from None
+            raise ProviderError(
+                f"{server.describe()} is not reachable: {err}",
+                hint="start the server, or fix socket/osUser/credentials",
+            ) from None
         if not facts.log_bin:
-            raise ProviderError("binary logging is off on this server, so there is no binlog to ship",
-                                hint="run `protectctl apply` (with allowRestart, or restart the server yourself)")
+            raise ProviderError(
+                "binary logging is off on this server, so there is no binlog to ship",
+                hint="run `protectctl apply` (with allowRestart, or restart the server yourself)",
+            )
         shipped = ship_binlogs(request, c, facts, from_seq=None)
     extra = {"mariadb": _log_extra(shipped, facts), "data_dir": str(server.data_dir)}
-    root = request.sink.save_tree(Tree((_dir("binlog", server.data_dir, request.sink.save_tree(
-        Tree(shipped.nodes))),)))
-    return SnapshotOutcome(tree=root, stats=SnapshotStats(files=len(shipped.nodes), bytes_total=shipped.bytes_total,
-                                                          bytes_read=shipped.bytes_total),
-                           errors=(), extra=extra, finish=lambda point_id: None)
+    root = request.sink.save_tree(Tree((_dir("binlog", server.data_dir, request.sink.save_tree(Tree(shipped.nodes))),)))
+    return SnapshotOutcome(
+        tree=root,
+        stats=SnapshotStats(files=len(shipped.nodes), bytes_total=shipped.bytes_total, bytes_read=shipped.bytes_total),
+        errors=(),
+        extra=extra,
+        finish=lambda point_id: None,
+    )
 
 
 def _log_extra(shipped: Shipped, facts: ServerFacts) -> dict[str, object]:
-    return {"origin": facts.origin, "binlogs": list(shipped.records),
-            "covered_until": my.iso_utc(shipped.covered_until) if shipped.covered_until else None,
-            "covered_through_seq": shipped.covered_through_seq, "server_id": facts.server_id,
-            "gtid_binlog_pos": facts.gtid_binlog_pos,
-            "binlog_basename": str(facts.basename) if facts.basename else None}
+    return {
+        "origin": facts.origin,
+        "binlogs": list(shipped.records),
+        "covered_until": my.iso_utc(shipped.covered_until) if shipped.covered_until else None,
+        "covered_through_seq": shipped.covered_through_seq,
+        "server_id": facts.server_id,
+        "gtid_binlog_pos": facts.gtid_binlog_pos,
+        "binlog_basename": str(facts.basename) if facts.basename else None,
+    }
 
 
 def _dir(name: str, like: Path, subtree: BlobId) -> Node:
@@ -234,11 +257,20 @@ def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
         try:
             facts = server_facts(c)
         except ProviderError as err:
-            raise ProviderError(f"{server.describe()} is not reachable: {err}",
-                                hint="start the server, or fix socket/osUser/credentials") from None
+            raise ProviderError(
+                f"{server.describe()} is not reachable: {err}",
+                hint="start the server, or fix socket/osUser/credentials",
+            ) from None
         work = c.options.parent  # private to the OS user: mariadb-backup's scratch and lsn dir
-        argv = [server.bin("mariadb-backup"), f"--defaults-file={c.options}", "--backup", "--stream=mbstream",
-                f"--target-dir={work}", f"--extra-lsndir={work}", f"--datadir={server.data_dir}"]
+        argv = [
+            server.bin("mariadb-backup"),
+            f"--defaults-file={c.options}",
+            "--backup",
+            "--stream=mbstream",
+            f"--target-dir={work}",
+            f"--extra-lsndir={work}",
+            f"--datadir={server.data_dir}",
+        ]
         started = datetime.now(UTC)
         request.progress.note(f"mariadb-backup of {server.data_dir} streaming into the repository")
         st = os.stat(server.data_dir)
@@ -249,25 +281,48 @@ def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
         from_seq = bl.sequence(str(base["binlog_file"])) if base.get("binlog_file") else None
         shipped = ship_binlogs(request, c, facts, from_seq=from_seq)
     base_tree = sink.save_tree(Tree(tuple(parts)))
-    root = sink.save_tree(Tree((_dir("base", server.data_dir, base_tree),
-                                _dir("binlog", server.data_dir, sink.save_tree(Tree(shipped.nodes))))))
+    root = sink.save_tree(
+        Tree(
+            (
+                _dir("base", server.data_dir, base_tree),
+                _dir("binlog", server.data_dir, sink.save_tree(Tree(shipped.nodes))),
+            )
+        )
+    )
     extra = {"mariadb": {**_log_extra(shipped, facts), "base": base}, "data_dir": str(server.data_dir)}
     if not facts.log_bin:
-        request.progress.note("binary logging is off: this full restores to its own instant only "
-                              "(run `protectctl apply` to turn it on)")
-    return SnapshotOutcome(tree=root, stats=SnapshotStats(
-        files=len(parts) + len(shipped.nodes), dirs=2, bytes_total=size + shipped.bytes_total,
-        bytes_read=size + shipped.bytes_total), errors=(), extra=extra, finish=lambda point_id: None)
+        request.progress.note(
+            "binary logging is off: this full restores to its own instant only (run `protectctl apply` to turn it on)"
+        )
+    return SnapshotOutcome(
+        tree=root,
+        stats=SnapshotStats(
+            files=len(parts) + len(shipped.nodes),
+            dirs=2,
+            bytes_total=size + shipped.bytes_total,
+            bytes_read=size + shipped.bytes_total,
+        ),
+        errors=(),
+        extra=extra,
+        finish=lambda point_id: None,
+    )
 
 
-def _stream_parts(request: SnapshotRequest, server: Server, argv: list[str], work: Path,
-                  st: os.stat_result) -> tuple[list[Node], int]:
+def _stream_parts(
+    request: SnapshotRequest, server: Server, argv: list[str], work: Path, st: os.stat_result
+) -> tuple[list[Node], int]:
     sink = request.sink
     err_log = work / "mariadb-backup.log"
     with err_log.open("wb") as log:
         try:
-            proc = subprocess.Popen(my.as_user(server, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=log, cwd="/", env={**os.environ, "LC_ALL": "C", "TZ": "UTC"})
+            proc = subprocess.Popen(
+                my.as_user(server, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd="/",
+                env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
+            )
         except FileNotFoundError as err:
             raise ProviderError(f"{argv[0]} not found", hint="check binDir in the member spec") from err
         reader = _Reader(proc.stdout, PART_BYTES)
@@ -281,8 +336,15 @@ def _stream_parts(request: SnapshotRequest, server: Server, argv: list[str], wor
                     break
                 if isinstance(item, BaseException):
                     raise ProviderError(f"reading mariadb-backup's stream: {item}")
-                parts.append(file_node(f"part-{len(parts):06d}", st, size=len(item),
-                                       chunks=sink.store_content(item), content_hash=sink.hash_content(item)))
+                parts.append(
+                    file_node(
+                        f"part-{len(parts):06d}",
+                        st,
+                        size=len(item),
+                        chunks=sink.store_content(item),
+                        content_hash=sink.hash_content(item),
+                    )
+                )
                 size += len(item)
                 request.progress.note(f"{size >> 20} MiB of the backup stream stored")
         except BaseException:
@@ -296,15 +358,24 @@ def _stream_parts(request: SnapshotRequest, server: Server, argv: list[str], wor
     return parts, size
 
 
-def _base_facts(info: str, facts: ServerFacts, started: datetime, consistent_at: datetime, parts: int,
-                size: int) -> dict[str, object]:
+def _base_facts(
+    info: str, facts: ServerFacts, started: datetime, consistent_at: datetime, parts: int, size: int
+) -> dict[str, object]:
     match = _BINLOG_POS.search(info)
     binlog_file = match.group(1) if match and facts.log_bin else None
-    return {"binlog_file": binlog_file, "binlog_pos": int(match.group(2)) if match else 0,
-            "gtid": (match.group(3) or "") if match else "", "started_at": my.iso_utc(started),
-            "consistent_at": my.iso_utc(consistent_at), "server_id": facts.server_id,
-            "server_version": facts.version, "page_size": facts.page_size, "parts": parts, "stream_bytes": size,
-            "format": "mbstream"}
+    return {
+        "binlog_file": binlog_file,
+        "binlog_pos": int(match.group(2)) if match else 0,
+        "gtid": (match.group(3) or "") if match else "",
+        "started_at": my.iso_utc(started),
+        "consistent_at": my.iso_utc(consistent_at),
+        "server_id": facts.server_id,
+        "server_version": facts.version,
+        "page_size": facts.page_size,
+        "parts": parts,
+        "stream_bytes": size,
+        "format": "mbstream",
+    }
 
 
 def base_of(extra: Mapping[str, object]) -> Mapping[str, object] | None:

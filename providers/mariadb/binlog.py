@@ -89,7 +89,7 @@ def read_facts(data: bytes) -> BinlogFacts:
     end = len(MAGIC) if data.startswith(MAGIC) else 0
     for event in events(data):
         end = event.offset + event.length
-        body = data[event.offset + HEADER.size:end]
+        body = data[event.offset + HEADER.size : end]
         if event.type == FORMAT_DESCRIPTION:
             created = event.timestamp
             in_use = bool(event.flags & IN_USE)

@@ -88,10 +88,12 @@ class Gap:
     before: datetime | None  # the first one after it
 
     def describe(self) -> str:
-        span = self.first_missing if self.first_missing == self.last_missing else \
-            f"{self.first_missing}..{self.last_missing}"
-        return (f"binlog {span} missing (transactions from {_t(self.after)} to {_t(self.before)} cannot be "
-                "replayed)")
+        span = (
+            self.first_missing
+            if self.first_missing == self.last_missing
+            else f"{self.first_missing}..{self.last_missing}"
+        )
+        return f"binlog {span} missing (transactions from {_t(self.after)} to {_t(self.before)} cannot be replayed)"
 
 
 Key = tuple[str, int]  # (origin, sequence number)
@@ -161,18 +163,33 @@ def build_catalog(points: Iterable[PointLike]) -> Catalog:
         origin = str(facts.get("origin") or "")
         base = facts.get("base")
         if isinstance(base, Mapping):
-            bases.append(Base(point.id, point.time, origin,
-                              str(base["binlog_file"]) if base.get("binlog_file") else None,
-                              int(str(base.get("binlog_pos") or 0)), str(base.get("gtid") or ""),
-                              _dt(base.get("consistent_at")) or point.time))
+            bases.append(
+                Base(
+                    point.id,
+                    point.time,
+                    origin,
+                    str(base["binlog_file"]) if base.get("binlog_file") else None,
+                    int(str(base.get("binlog_pos") or 0)),
+                    str(base.get("gtid") or ""),
+                    _dt(base.get("consistent_at")) or point.time,
+                )
+            )
         for raw in _maps(facts.get("binlogs")):
             seq = _seq(str(raw["name"]))
             if seq is None:
                 continue
-            files[(origin, seq)] = Binlog(origin, str(raw["name"]), seq, int(str(raw.get("created") or 0)),
-                                          _epoch(raw.get("first_time")), _epoch(raw.get("last_time")),
-                                          _strs(raw.get("start_state")), _strs(raw.get("end_state")),
-                                          int(str(raw.get("size") or 0)), point.id)
+            files[(origin, seq)] = Binlog(
+                origin,
+                str(raw["name"]),
+                seq,
+                int(str(raw.get("created") or 0)),
+                _epoch(raw.get("first_time")),
+                _epoch(raw.get("last_time")),
+                _strs(raw.get("start_state")),
+                _strs(raw.get("end_state")),
+                int(str(raw.get("size") or 0)),
+                point.id,
+            )
         until, through = _dt(facts.get("covered_until")), facts.get("covered_through_seq")
         if until is not None and isinstance(through, int):
             coverage.append(((origin, through), until))
@@ -275,8 +292,9 @@ def plan_restore(catalog: Catalog, to_time: datetime | Literal["latest"], *, sou
     """The full and binlogs for a restore to `to_time`; RestoreError says why not."""
     what = f" of {source}" if source else ""
     if not catalog.windows:
-        raise RestoreError(f"nothing{what} can be restored: there is no full backup yet",
-                           hint="run `protectctl run full` first")
+        raise RestoreError(
+            f"nothing{what} can be restored: there is no full backup yet", hint="run `protectctl run full` first"
+        )
     if to_time == "latest":
         window = max(catalog.windows, key=lambda w: (w.end, w.base.consistent_at))
         return RestorePlan(window.base, window, "latest", None, window.chain, None)
@@ -291,8 +309,10 @@ def plan_restore(catalog: Catalog, to_time: datetime | Literal["latest"], *, sou
         if link.binlog.last_time is not None and link.binlog.last_time.timestamp() >= stop:
             break
     else:
-        note = (f"no transaction started between the last shipped one and {_t(to_time)}: "
-                "replaying all shipped binlogs of this window")
+        note = (
+            f"no transaction started between the last shipped one and {_t(to_time)}: "
+            "replaying all shipped binlogs of this window"
+        )
         return RestorePlan(window.base, window, "end", to_time, tuple(needed), None, note)
     return RestorePlan(window.base, window, "time", to_time, tuple(needed), stop)
 
@@ -301,25 +321,33 @@ def refusal(catalog: Catalog, to_time: datetime, what: str) -> RestoreError:
     spans = catalog.merged()
     listed = ", ".join(f"{_t(a)} to {_t(b)}" for a, b in spans)
     if to_time < spans[0][0]:
-        return RestoreError(f"{_t(to_time)} is before the first full backup{what} was consistent "
-                            f"({_t(spans[0][0])})", hint=f"recoverable: {listed}")
+        return RestoreError(
+            f"{_t(to_time)} is before the first full backup{what} was consistent ({_t(spans[0][0])})",
+            hint=f"recoverable: {listed}",
+        )
     if to_time > spans[-1][1]:
         return RestoreError(
             f"{_t(to_time)} is after the last shipped binlog{what}: the newest recoverable instant is "
             f"{_t(spans[-1][1])}",
             hint="restore to a time up to then, run `protectctl run sync` first, or use `--to-time latest` "
-                 "to also replay the binlogs still on the source host")
+            "to also replay the binlogs still on the source host",
+        )
     gaps = "; ".join(g.describe() for g in catalog.gaps)
-    return RestoreError(f"{_t(to_time)} falls in a gap of the shipped binlogs{what}" + (f": {gaps}" if gaps else ""),
-                        hint=f"recoverable: {listed}")
+    return RestoreError(
+        f"{_t(to_time)} falls in a gap of the shipped binlogs{what}" + (f": {gaps}" if gaps else ""),
+        hint=f"recoverable: {listed}",
+    )
 
 
 def describe_windows(catalog: Catalog) -> list[str]:
     """Lines for `points list`: the recoverable spans, then every gap."""
     lines = [f"recoverable from {_t(a)} to {_t(b)}" for a, b in catalog.merged()]
     lines += [f"gap: {g.describe()}" for g in catalog.gaps]
-    lines += [f"full {b.point_id[:12]} ({_t(b.consistent_at)}): binary logging was off, it restores to its "
-              "own instant only" for b in catalog.bases if b.binlog_file is None]
+    lines += [
+        f"full {b.point_id[:12]} ({_t(b.consistent_at)}): binary logging was off, it restores to its own instant only"
+        for b in catalog.bases
+        if b.binlog_file is None
+    ]
     return lines
 
 

@@ -54,7 +54,6 @@ def role(spec: Mapping[str, object]) -> Role | None:
     return "replica" if any(r for r in rows) else "primary"  # the default connection's name is ''
 
 
-
 def place_job(source: str, spec: Mapping[str, object], kind: SnapshotKind, state_dir: Path) -> JobPlacement:
     if not is_pair(spec):
         return JobPlacement(spec)
@@ -67,13 +66,15 @@ def place_job(source: str, spec: Mapping[str, object], kind: SnapshotKind, state
     for node in candidates:
         if roles[node.host] == wanted:
             return JobPlacement(node.spec, node.state_dir, f"{node.host} is the {wanted}", node.host)
-    seen = ", ".join(f"{n.host} is {'not reachable' if roles[n.host] is None else 'the ' + str(roles[n.host])}"
-                     for n in candidates)
+    seen = ", ".join(
+        f"{n.host} is {'not reachable' if roles[n.host] is None else 'the ' + str(roles[n.host])}" for n in candidates
+    )
     rule = "binlogs ship from the primary" if kind == "sync" else f"fulls come from the {wanted} (backupFrom)"
     if here is not None:
         return JobPlacement(None, reason=f"not the backup node: {seen}; {rule}")
-    raise ProviderError(f"no server of {source} is the {wanted} now ({seen})",
-                        hint=f"{rule}; start it, or promote the replica")
+    raise ProviderError(
+        f"no server of {source} is the {wanted} now ({seen})", hint=f"{rule}; start it, or promote the replica"
+    )
 
 
 def restore_request(request: RestoreRequest) -> RestoreRequest:
@@ -82,6 +83,7 @@ def restore_request(request: RestoreRequest) -> RestoreRequest:
         return request
     found = nodes(request.spec)
     roles = {n.host: role(n.spec) for n in found}
-    chosen = next((n for n in found if roles[n.host] == "primary"), None) \
-        or next((n for n in found if roles[n.host] is not None), found[0])
+    chosen = next((n for n in found if roles[n.host] == "primary"), None) or next(
+        (n for n in found if roles[n.host] is not None), found[0]
+    )
     return replace(request, spec=chosen.spec, state_dir=chosen.state_dir or request.state_dir)

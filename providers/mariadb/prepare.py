@@ -52,15 +52,18 @@ def refusal(source: str, settings: list[Setting], config_file: str) -> ProviderE
     return ProviderError(
         f"{source}: binary logging is off and turning it on needs a restart of MariaDB: set {exact} under "
         f"[mariadbd] (e.g. in {config_file}) and restart the server",
-        hint="or set `allowRestart: true` in the member's mariadb spec to let apply do it")
+        hint="or set `allowRestart: true` in the member's mariadb spec to let apply do it",
+    )
 
 
 def prepare_host(request: PrepareRequest) -> PrepareOutcome:
     server = Server.from_spec(request.spec)
     with my.client(server) as c:
         if not c.reachable():
-            raise ProviderError(f"cannot reach MariaDB of {request.source} at {server.socket}",
-                                hint="start the server (or fix socket/osUser/credentials), then run apply again")
+            raise ProviderError(
+                f"cannot reach MariaDB of {request.source} at {server.socket}",
+                hint="start the server (or fix socket/osUser/credentials), then run apply again",
+            )
         running = c.variables("log_bin", "binlog_format", "server_id")
         settings = needed(running)
         if not settings:
@@ -112,5 +115,7 @@ def _restart(server: Server, spec: Mapping[str, object], source: str) -> None:
                 raise ProviderError(f"{source}: MariaDB did not come back within 120 s after the restart")
             time.sleep(0.5)
         if c.variables("log_bin")["log_bin"] != "1":
-            raise ProviderError(f"{source}: binary logging is still off after the restart",
-                                hint="check that the server reads the configFile (an !includedir of its directory)")
+            raise ProviderError(
+                f"{source}: binary logging is still off after the restart",
+                hint="check that the server reads the configFile (an !includedir of its directory)",
+            )

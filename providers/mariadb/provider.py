@@ -60,20 +60,34 @@ class MariadbProvider:
         assert isinstance(spec, MariadbMember)
         problems: list[SpecProblem] = []
         if hosts is None and spec.per_host:
-            problems.append(SpecProblem(("perHost",), "perHost is for a member with `hosts:` (a primary/replica pair)",
-                                        "move the values into the member's mariadb fields"))
+            problems.append(
+                SpecProblem(
+                    ("perHost",),
+                    "perHost is for a member with `hosts:` (a primary/replica pair)",
+                    "move the values into the member's mariadb fields",
+                )
+            )
         for host in spec.per_host if hosts is not None else ():
             if host not in (hosts or ()):
-                problems.append(SpecProblem(("perHost", host),
-                                            f"perHost names {host!r}, which is not one of the pair's hosts",
-                                            f"use one of: {', '.join(hosts or ())}"))
+                problems.append(
+                    SpecProblem(
+                        ("perHost", host),
+                        f"perHost names {host!r}, which is not one of the pair's hosts",
+                        f"use one of: {', '.join(hosts or ())}",
+                    )
+                )
         if not spec.restart_command:
             problems.append(SpecProblem(("restartCommand",), "restartCommand must name a program"))
         if not spec.allow_restart:
-            problems.append(SpecProblem(
-                ("allowRestart",), f"{source}: apply will not restart MariaDB; if binary logging is off, apply "
-                "refuses and names the setting to change", "set `allowRestart: true` to let apply turn it on",
-                warning=True))
+            problems.append(
+                SpecProblem(
+                    ("allowRestart",),
+                    f"{source}: apply will not restart MariaDB; if binary logging is off, apply "
+                    "refuses and names the setting to change",
+                    "set `allowRestart: true` to let apply turn it on",
+                    warning=True,
+                )
+            )
         return problems
 
     def source_spec(self, spec: Mapping[str, object], hosts: Mapping[str, str] | None) -> dict[str, object]:
@@ -86,8 +100,9 @@ class MariadbProvider:
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:
         return data_dir_identity(spec, host)
 
-    def place_job(self, source: str, spec: Mapping[str, object], kind: Literal["sync", "full"],
-                  state_dir: Path) -> JobPlacement:
+    def place_job(
+        self, source: str, spec: Mapping[str, object], kind: Literal["sync", "full"], state_dir: Path
+    ) -> JobPlacement:
         from protectctl.providers.mariadb import pair
 
         return pair.place_job(source, spec, kind, state_dir)
@@ -120,8 +135,9 @@ class MariadbProvider:
 
         return describe_windows(build_catalog(points))
 
-    def status_problems(self, source: str, spec: Mapping[str, object], points: Sequence[Point],
-                        state_dir: Path) -> list[str]:
+    def status_problems(
+        self, source: str, spec: Mapping[str, object], points: Sequence[Point], state_dir: Path
+    ) -> list[str]:
         from protectctl.providers.mariadb.catalog import build_catalog
 
         catalog = build_catalog([p for p in points if p.source == source])
@@ -134,8 +150,7 @@ class MariadbProvider:
 
     # -- choosing and restoring ----------------------------------------------------------
 
-    def choose_point(self, points: Sequence[Point], to_time: datetime | Literal["latest"], *,
-                     source: str) -> Point:
+    def choose_point(self, points: Sequence[Point], to_time: datetime | Literal["latest"], *, source: str) -> Point:
         from protectctl.providers.mariadb.catalog import build_catalog, plan_restore
 
         plan = plan_restore(build_catalog(points), to_time, source=source)
@@ -152,8 +167,9 @@ class MariadbProvider:
         if as_name and not database:
             raise RestoreError("--as names the restored copy of --database; give --database too")
         if database and not as_name:
-            raise RestoreError("--database needs --as NAME: the database is restored under a new name "
-                               "into the running server")
+            raise RestoreError(
+                "--database needs --as NAME: the database is restored under a new name into the running server"
+            )
         request = pair.restore_request(request)
         catalog = build_catalog(request.points)
         to_time = request.to_time if request.to_time is not None else "latest"

@@ -65,18 +65,24 @@ def _inside(path: Path, parent: Path) -> bool:
 def check_target(target: Path | None, source: Server, *, overwrite: bool) -> Path:
     """The target directory of a new server; RestoreError when it is missing, the source's, or not empty."""
     if target is None:
-        raise RestoreError("a MariaDB restore starts a new server in a directory of its own: give --target DIR",
-                           hint="the source's data directory is never overwritten")
+        raise RestoreError(
+            "a MariaDB restore starts a new server in a directory of its own: give --target DIR",
+            hint="the source's data directory is never overwritten",
+        )
     target = Path(os.path.abspath(target))
     data = Path(os.path.abspath(source.data_dir))
     if _inside(target, data) or _inside(data, target):
-        raise RestoreError(f"{target} holds or is inside the source's data directory {data}",
-                           hint="restore into a directory of its own with --target")
+        raise RestoreError(
+            f"{target} holds or is inside the source's data directory {data}",
+            hint="restore into a directory of its own with --target",
+        )
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise RestoreError(f"{target} exists and is not empty", hint="choose an empty or new directory")
     if len(str(target / "mysqld.sock")) > _SOCKET_MAX:
-        raise RestoreError(f"{target}/mysqld.sock is longer than a Unix socket path may be ({_SOCKET_MAX})",
-                           hint="choose a shorter --target")
+        raise RestoreError(
+            f"{target}/mysqld.sock is longer than a Unix socket path may be ({_SOCKET_MAX})",
+            hint="choose a shorter --target",
+        )
     return target
 
 
@@ -147,8 +153,9 @@ def local_binlogs(directory: Path, after: Binlog | None) -> list[tuple[Path, bl.
                 facts = bl.read_facts(handle.read())
         except (OSError, ValueError):
             continue
-        here = Binlog("local", path.name, seq, facts.created, None, None, facts.start_state, facts.last_gtids,
-                      facts.size, "")
+        here = Binlog(
+            "local", path.name, seq, facts.created, None, None, facts.start_state, facts.last_gtids, facts.size, ""
+        )
         candidates.append((path, here, facts))
     candidates.sort(key=lambda c: c[1].seq)
     found: list[tuple[Path, bl.BinlogFacts, int | None]] = []
@@ -159,8 +166,11 @@ def local_binlogs(directory: Path, after: Binlog | None) -> list[tuple[Path, bl.
             if here.seq != prev.seq + 1 or set(here.start_state) != set(prev.end_state):
                 break
             found.append((path, facts, None))
-        elif here.name.rpartition(".")[0] == stem and here.seq == after.seq + 1 and \
-                set(here.start_state) == set(after.end_state):
+        elif (
+            here.name.rpartition(".")[0] == stem
+            and here.seq == after.seq + 1
+            and set(here.start_state) == set(after.end_state)
+        ):
             found.append((path, facts, None))  # the same server's next file
         elif takes_over(after.end_state, here):
             found.append((path, facts, first_after(facts, after.end_state)))  # after a failover
@@ -178,14 +188,15 @@ class ServerRestore:
         self.catalog = catalog
         self.plan = plan
         if request.from_tape:
-            raise RestoreError("a MariaDB restore reads its full backup and binlogs from the disk repository",
-                               hint="restoring MariaDB from tape is not supported yet")
+            raise RestoreError(
+                "a MariaDB restore reads its full backup and binlogs from the disk repository",
+                hint="restoring MariaDB from tape is not supported yet",
+            )
         self.reader = request.reader
         self.points = {p.id: p for p in request.points}
         self.source = Server.from_spec(request.spec)
         self.target = check_target(request.target, self.source, overwrite=request.overwrite)
-        self.server = Server.from_spec(request.spec, data_dir=self.target / "data",
-                                       socket=self.target / "mysqld.sock")
+        self.server = Server.from_spec(request.spec, data_dir=self.target / "data", socket=self.target / "mysqld.sock")
 
     def _port(self) -> int:
         given = self.request.options.get("port")
@@ -210,14 +221,23 @@ class ServerRestore:
         base_point = self.points[plan.base.point_id]
         base_facts = _mapping(_mapping(base_point.extra.get("mariadb")).get("base"))
         local = self._local() if plan.mode == "latest" else []
-        notes = [f"full {base_point.id[:12]} consistent at {my.show_time(plan.base.consistent_at)}, "
-                 f"{len(plan.files)} binlog(s) from the repository"
-                 + (f" + {len(local)} still on the source host" if local else ""), self.describe_target()]
+        notes = [
+            f"full {base_point.id[:12]} consistent at {my.show_time(plan.base.consistent_at)}, "
+            f"{len(plan.files)} binlog(s) from the repository"
+            + (f" + {len(local)} still on the source host" if local else ""),
+            self.describe_target(),
+        ]
         details: dict[str, object] = {
-            "base_point": base_point.id, "base_consistent_at": my.iso_utc(plan.base.consistent_at),
-            "mode": plan.mode, "target_time": my.iso_utc(plan.target) if plan.target else None, "port": port,
-            "binlogs": len(plan.files), "binlogs_from_source": len(local), "socket": str(self.server.socket),
-            "data_dir": str(self.server.data_dir)}
+            "base_point": base_point.id,
+            "base_consistent_at": my.iso_utc(plan.base.consistent_at),
+            "mode": plan.mode,
+            "target_time": my.iso_utc(plan.target) if plan.target else None,
+            "port": port,
+            "binlogs": len(plan.files),
+            "binlogs_from_source": len(local),
+            "socket": str(self.server.socket),
+            "data_dir": str(self.server.data_dir),
+        }
         size = int(str(base_facts.get("stream_bytes") or 0))
         if request.dry_run:
             return RestoreOutcome(self.target, 0, 0, size, size, _free(self.target), 0, False, tuple(notes), details)
@@ -229,8 +249,11 @@ class ServerRestore:
         staged = self._stage_binlogs(staging, local, uid, gid)
         files = self._extract(base_point, uid, gid)
         request.progress.note("mariadb-backup --prepare")
-        my.run(self.server, [self.server.bin("mariadb-backup"), "--no-defaults", "--prepare",
-                             f"--target-dir={self.server.data_dir}"], timeout_s=24 * 3600)
+        my.run(
+            self.server,
+            [self.server.bin("mariadb-backup"), "--no-defaults", "--prepare", f"--target-dir={self.server.data_dir}"],
+            timeout_s=24 * 3600,
+        )
         self._write_config(port, base_facts, uid, gid)
         log_file = self.target / "mysqld.err"
         request.progress.note(f"starting mariadbd on 127.0.0.1:{port}")
@@ -246,13 +269,16 @@ class ServerRestore:
             raise
         shutil.rmtree(staging, ignore_errors=True)
         details.update(replayed)
-        notes.append(f"last transaction replayed: {replayed.get('last_replayed_gtid') or 'none'}"
-                     + (f" at {replayed['last_replayed_time']}" if replayed.get("last_replayed_time") else ""))
-        notes.append(f"running on 127.0.0.1:{port}, socket {self.server.socket} (binary logging off): connect with "
-                     f"`mariadb -S {self.server.socket}`; stop with `kill $(cat {self.target}/mysqld.pid)`, start "
-                     f"again with `mariadbd --defaults-file={self.target}/my.cnf`")
-        return RestoreOutcome(self.target, files, 1, size, size, _free(self.target), files, True, tuple(notes),
-                              details)
+        notes.append(
+            f"last transaction replayed: {replayed.get('last_replayed_gtid') or 'none'}"
+            + (f" at {replayed['last_replayed_time']}" if replayed.get("last_replayed_time") else "")
+        )
+        notes.append(
+            f"running on 127.0.0.1:{port}, socket {self.server.socket} (binary logging off): connect with "
+            f"`mariadb -S {self.server.socket}`; stop with `kill $(cat {self.target}/mysqld.pid)`, start "
+            f"again with `mariadbd --defaults-file={self.target}/my.cnf`"
+        )
+        return RestoreOutcome(self.target, files, 1, size, size, _free(self.target), files, True, tuple(notes), details)
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -279,8 +305,9 @@ class ServerRestore:
                 return Path(basename).parent
         return self.source.data_dir
 
-    def _stage_binlogs(self, staging: Path, local: Sequence[tuple[Path, bl.BinlogFacts, int | None]],
-                       uid: int, gid: int) -> list[Staged]:
+    def _stage_binlogs(
+        self, staging: Path, local: Sequence[tuple[Path, bl.BinlogFacts, int | None]], uid: int, gid: int
+    ) -> list[Staged]:
         """Decrypt the window's binlogs (and copy those still on the source) into `staging`,
         numbered in replay order: two servers of a pair may use the same file names."""
         staged: list[Staged] = []
@@ -296,8 +323,11 @@ class ServerRestore:
             path = staging / f"{len(staged):04d}.{f.name}"
             _write_owned(path, data, uid, gid)
             facts = bl.read_facts(data)
-            start = self.plan.base.binlog_pos if not staged else \
-                (first_after(facts, link.after) if link.after is not None else None)
+            start = (
+                self.plan.base.binlog_pos
+                if not staged
+                else (first_after(facts, link.after) if link.after is not None else None)
+            )
             if staged and link.after is not None and start is None:
                 continue  # another server's file with nothing beyond what is replayed already
             staged.append(Staged(path, facts, False, start))
@@ -315,12 +345,10 @@ class ServerRestore:
             raise RestoreError(f"point {point.id} is not a MariaDB full backup")
         argv = my.as_user(self.server, [self.server.bin("mbstream"), "-x", "-C", str(self.server.data_dir)])
         self.request.progress.note(f"extracting {len(parts)} part(s) of the backup stream")
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                cwd="/")
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/")
         assert proc.stdin is not None and proc.stderr is not None
         errors: list[bytes] = []
-        drain = threading.Thread(target=lambda: errors.append(proc.stderr.read() if proc.stderr else b""),
-                                 daemon=True)
+        drain = threading.Thread(target=lambda: errors.append(proc.stderr.read() if proc.stderr else b""), daemon=True)
         drain.start()
         try:
             _write_parts(self.reader, [parts[name] for name in sorted(parts)], proc.stdin, point.id)
@@ -365,32 +393,47 @@ class ServerRestore:
         files = list(staged)
         if not files:
             return {"last_replayed_gtid": plan.base.gtid or None, "last_replayed_time": None}
-        starts = [s.start if s.start is not None else (plan.base.binlog_pos if i == 0 else 0)
-                  for i, s in enumerate(files)]
+        starts = [
+            s.start if s.start is not None else (plan.base.binlog_pos if i == 0 else 0) for i, s in enumerate(files)
+        ]
         stop = None
         if plan.mode == "time" and plan.stop_before is not None:
             for i, s in enumerate(files):
                 offset = bl.stop_offset(s.facts, plan.stop_before, start=starts[i])
                 if offset is not None:
-                    files, stop = files[:i + 1], offset
+                    files, stop = files[: i + 1], offset
                     break
         last = _last_applied(files, starts, stop)
         runs = _runs(files, starts)
-        self.request.progress.note(f"replaying {len(files)} binlog(s)" + (f" up to {files[-1].path.name}:{stop}"
-                                                                           if stop is not None else ""))
+        self.request.progress.note(
+            f"replaying {len(files)} binlog(s)" + (f" up to {files[-1].path.name}:{stop}" if stop is not None else "")
+        )
         for k, (start, run) in enumerate(runs):
             self._replay_run(c, start, run, stop if k == len(runs) - 1 else None)
-        return {"last_replayed_gtid": last[0] if last else (plan.base.gtid or None),
-                "last_replayed_time": datetime.fromtimestamp(last[1], UTC).isoformat() if last else None,
-                "stop_position": f"{files[-1].path.name}:{stop}" if stop is not None else None,
-                "replay_runs": len(runs)}
+        return {
+            "last_replayed_gtid": last[0] if last else (plan.base.gtid or None),
+            "last_replayed_time": datetime.fromtimestamp(last[1], UTC).isoformat() if last else None,
+            "stop_position": f"{files[-1].path.name}:{stop}" if stop is not None else None,
+            "replay_runs": len(runs),
+        }
 
     def _replay_run(self, c: my.Client, start: int, files: Sequence[Staged], stop: int | None) -> None:
         """One mariadb-binlog over consecutive files of one server, piped into the new server."""
-        argv = [self.server.bin("mariadb-binlog"), "--no-defaults", f"--start-position={start}",
-                *([f"--stop-position={stop}"] if stop is not None else []), *(str(s.path) for s in files)]
-        dump = subprocess.Popen(my.as_user(self.server, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, cwd="/", env={**os.environ, "TZ": "UTC"})
+        argv = [
+            self.server.bin("mariadb-binlog"),
+            "--no-defaults",
+            f"--start-position={start}",
+            *([f"--stop-position={stop}"] if stop is not None else []),
+            *(str(s.path) for s in files),
+        ]
+        dump = subprocess.Popen(
+            my.as_user(self.server, argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd="/",
+            env={**os.environ, "TZ": "UTC"},
+        )
         apply_argv = my.as_user(self.server, c.argv("--binary-mode", "--batch"))
         load = subprocess.run(apply_argv, stdin=dump.stdout, capture_output=True, check=False, cwd="/")
         assert dump.stdout is not None and dump.stderr is not None

@@ -63,8 +63,9 @@ class Server:
         try:
             entry = pwd.getpwnam(self.os_user)
         except KeyError:
-            raise ProviderError(f"OS user {self.os_user!r} does not exist on this host",
-                                hint="set osUser to the user MariaDB runs as") from None
+            raise ProviderError(
+                f"OS user {self.os_user!r} does not exist on this host", hint="set osUser to the user MariaDB runs as"
+            ) from None
         return entry.pw_uid, entry.pw_gid
 
     def describe(self) -> str:
@@ -103,18 +104,27 @@ def option_file(server: Server, work: Path | None = None) -> Iterator[Path]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-def run(server: Server, argv: Sequence[str], *, timeout_s: float = 600, check: bool = True,
-        stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(
+    server: Server, argv: Sequence[str], *, timeout_s: float = 600, check: bool = True, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     try:
-        result = subprocess.run(as_user(server, argv), capture_output=True, timeout=timeout_s, input=stdin,
-                                check=False, cwd="/", env={**os.environ, "LC_ALL": "C", "TZ": "UTC"})
+        result = subprocess.run(
+            as_user(server, argv),
+            capture_output=True,
+            timeout=timeout_s,
+            input=stdin,
+            check=False,
+            cwd="/",
+            env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
+        )
     except FileNotFoundError as err:
         raise ProviderError(f"{argv[0]} not found", hint="check binDir in the member spec") from err
     except subprocess.TimeoutExpired as err:
         raise ProviderError(f"{Path(argv[0]).name} did not finish within {timeout_s:.0f} s") from err
     if check and result.returncode != 0:
-        raise ProviderError(f"{Path(argv[0]).name} failed (exit {result.returncode}): "
-                            f"{tail(result.stderr.decode(errors='replace'))}")
+        raise ProviderError(
+            f"{Path(argv[0]).name} failed (exit {result.returncode}): {tail(result.stderr.decode(errors='replace'))}"
+        )
     return result
 
 
@@ -182,14 +192,16 @@ def start_detached(server: Server, defaults_file: Path, log_file: Path) -> subpr
         argv.append(f"--user={server.os_user}")
     try:
         with log_file.open("ab") as log:
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
-                                    start_new_session=True, close_fds=True)
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", start_new_session=True, close_fds=True
+            )
     except FileNotFoundError as err:
         raise ProviderError(f"{server.server_bin} not found", hint="set serverBin in the member spec") from err
 
 
-def wait_ready(server: Server, proc: subprocess.Popen[bytes], ping: Client, error_log: Path,
-               timeout_s: float = 300) -> None:
+def wait_ready(
+    server: Server, proc: subprocess.Popen[bytes], ping: Client, error_log: Path, timeout_s: float = 300
+) -> None:
     """Wait until the started server answers; ProviderError with its log when it exits or hangs."""
     deadline = time.monotonic() + timeout_s
     delay = 0.05
@@ -197,8 +209,9 @@ def wait_ready(server: Server, proc: subprocess.Popen[bytes], ping: Client, erro
         if server.socket.exists() and ping.reachable():
             return
         if proc.poll() is not None:
-            raise ProviderError(f"mariadbd exited (status {proc.returncode}) before it was ready: "
-                                f"{log_tail(error_log)}")
+            raise ProviderError(
+                f"mariadbd exited (status {proc.returncode}) before it was ready: {log_tail(error_log)}"
+            )
         if time.monotonic() > deadline:
             raise ProviderError(f"mariadbd did not answer within {timeout_s:.0f} s: {log_tail(error_log)}")
         time.sleep(delay)

@@ -45,19 +45,37 @@ from protectctl.providers.postgresql.spool import STAGING, drain_spool, finish_d
 
 # Copied by pg_basebackup's rules: runtime state a restored cluster must not inherit.
 _EXCLUDE = (
-    "/pg_wal/*", "/pg_replslot/*", "/pg_dynshmem/*", "/pg_notify/*", "/pg_serial/*", "/pg_snapshots/*",
-    "/pg_stat_tmp/*", "/pg_subtrans/*", "pgsql_tmp*", "pg_internal.init", "/postmaster.pid", "/postmaster.opts",
-    "/backup_label", "/backup_label.old", "/tablespace_map", "/backup_manifest", "/recovery.signal",
-    "/standby.signal", f"/{STAGING}", "/protectctl-restore.log",
+    "/pg_wal/*",
+    "/pg_replslot/*",
+    "/pg_dynshmem/*",
+    "/pg_notify/*",
+    "/pg_serial/*",
+    "/pg_snapshots/*",
+    "/pg_stat_tmp/*",
+    "/pg_subtrans/*",
+    "pgsql_tmp*",
+    "pg_internal.init",
+    "/postmaster.pid",
+    "/postmaster.opts",
+    "/backup_label",
+    "/backup_label.old",
+    "/tablespace_map",
+    "/backup_manifest",
+    "/recovery.signal",
+    "/standby.signal",
+    f"/{STAGING}",
+    "/protectctl-restore.log",
 )
 # A file modified this close to (or after) the start of the previous full may have changed
 # again within the same mtime tick after it was read (ext4's clock is jiffy-coarse): read it.
 _RACY_SLACK_NS = 2_000_000_000
 
 
-_FACTS_SQL = ("SELECT current_setting('archive_mode'), pg_is_in_recovery(), "
-              "(SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), "
-              "(SELECT system_identifier::text FROM pg_control_system()), current_setting('server_version_num')")
+_FACTS_SQL = (
+    "SELECT current_setting('archive_mode'), pg_is_in_recovery(), "
+    "(SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), "
+    "(SELECT system_identifier::text FROM pg_control_system()), current_setting('server_version_num')"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +94,10 @@ def _facts(session: pg.Session) -> _Facts:
 
 def _require_archiving(facts: _Facts, what: str) -> None:
     if facts.archive_mode == "off":
-        raise ProviderError(f"WAL archiving is off on this cluster, so {what}",
-                            hint="run `protectctl apply` (and restart the cluster if it says so)")
+        raise ProviderError(
+            f"WAL archiving is off on this cluster, so {what}",
+            hint="run `protectctl apply` (and restart the cluster if it says so)",
+        )
 
 
 def _switch_and_wait(cluster: Cluster, progress: Progress) -> tuple[dict[str, object], int]:
@@ -100,13 +120,22 @@ def _switch_and_wait(cluster: Cluster, progress: Progress) -> tuple[dict[str, ob
         segment = session.scalar("SELECT pg_walfile_name(pg_switch_wal())")
         pg.wait_archived(cluster, segment, session=session)
     seg = walspool.SegmentName.parse(segment, facts.segment_size)
-    return ({"covered_until": pg.iso_utc(before), "covered_through_segno": seg.segno if seg else None,
-             "covered_through": segment}, facts.segment_size)
+    return (
+        {
+            "covered_until": pg.iso_utc(before),
+            "covered_through_segno": seg.segno if seg else None,
+            "covered_through": segment,
+        },
+        facts.segment_size,
+    )
 
 
 def ship(request: SnapshotRequest, cluster: Cluster, spool: Path) -> SnapshotOutcome:
-    streamed = stream.stage_streamed(cluster, spool, request.source, request.progress) \
-        if request.spec.get("streaming") else None
+    streamed = (
+        stream.stage_streamed(cluster, spool, request.source, request.progress)
+        if request.spec.get("streaming")
+        else None
+    )
     coverage, segment_size = streamed or _switch_and_wait(cluster, request.progress)
     shipped = drain_spool(request.sink, cluster, spool, segment_size, request.progress)
     root = request.sink.save_tree(Tree((_dir_node("wal", spool, shipped.tree),)))
@@ -119,7 +148,10 @@ def ship(request: SnapshotRequest, cluster: Cluster, spool: Path) -> SnapshotOut
     return SnapshotOutcome(
         tree=root,
         stats=SnapshotStats(files=shipped.nodes, bytes_total=shipped.bytes_total, bytes_read=shipped.bytes_total),
-        errors=(), extra={"pg": pg_extra, "data_dir": str(cluster.data_dir)}, finish=finish)
+        errors=(),
+        extra={"pg": pg_extra, "data_dir": str(cluster.data_dir)},
+        finish=finish,
+    )
 
 
 def _dir_node(name: str, like: Path, subtree: BlobId) -> Node:
@@ -151,13 +183,18 @@ class FullBackup:
         start = walspool.SegmentName.parse(start_wal, segment_size)
         if start is None or self.request.sink.list_points(self.request.source):
             return
-        old = [path for path in walspool.spooled_files(self.spool)
-               if (seg := walspool.SegmentName.parse(path.name, segment_size)) is not None and seg.segno < start.segno]
+        old = [
+            path
+            for path in walspool.spooled_files(self.spool)
+            if (seg := walspool.SegmentName.parse(path.name, segment_size)) is not None and seg.segno < start.segno
+        ]
         for path in old:
             path.unlink(missing_ok=True)
         if old:
-            self.request.progress.note(f"{len(old)} WAL segment(s) spooled before the first base backup were "
-                                       "discarded: no base backup precedes them, nothing could replay them")
+            self.request.progress.note(
+                f"{len(old)} WAL segment(s) spooled before the first base backup were "
+                "discarded: no base backup precedes them, nothing could replay them"
+            )
 
     def run(self) -> SnapshotOutcome:
         request, cluster = self.request, self.cluster
@@ -171,14 +208,22 @@ class FullBackup:
                 walfile = pair.walfile_sql if facts.in_recovery else (lambda lsn: f"pg_walfile_name({lsn})")
                 segment_size = facts.segment_size
                 start_lsn, start_wal = session.query(
-                    f"SELECT lsn, {walfile('lsn')} FROM pg_backup_start({pg.literal(label)}, true) AS lsn")[0]
+                    f"SELECT lsn, {walfile('lsn')} FROM pg_backup_start({pg.literal(label)}, true) AS lsn"
+                )[0]
                 walk_started = time.time_ns()
                 start_time = datetime.now(UTC)
                 if not facts.in_recovery:
                     self._discard_unreplayable(start_wal, segment_size)
-                archived = archive(request, ArchiveOptions(
-                    root=cluster.data_dir, exclude=_EXCLUDE, verify_all=distrust < 0,
-                    reread=_modified_since(max(distrust, 0)), keep_trees=True))
+                archived = archive(
+                    request,
+                    ArchiveOptions(
+                        root=cluster.data_dir,
+                        exclude=_EXCLUDE,
+                        verify_all=distrust < 0,
+                        reread=_modified_since(max(distrust, 0)),
+                        keep_trees=True,
+                    ),
+                )
                 data = archived.trees.get(archived.tree)
                 if facts.in_recovery and data is not None:  # a standby (pair, backupFrom: standby)
                     data = pair.control_file_last(request.sink, data, archived.trees, cluster.data_dir)
@@ -186,7 +231,8 @@ class FullBackup:
                     f"SELECT lsn, {walfile('lsn')}, "
                     "translate(encode(convert_to(labelfile, 'UTF8'), 'base64'), E'\\n', ''), "
                     "translate(encode(convert_to(coalesce(spcmapfile, ''), 'UTF8'), 'base64'), E'\\n', '') "
-                    "FROM pg_backup_stop(false)")[0]
+                    "FROM pg_backup_stop(false)"
+                )[0]
                 stop_time = datetime.now(UTC)
                 if not facts.in_recovery:  # a standby does not archive: the primary's syncs ship this WAL
                     pg.wait_archived(cluster, stop_wal, session=session)
@@ -202,26 +248,47 @@ class FullBackup:
         start_seg = walspool.SegmentName.parse(start_wal, segment_size)
         stop_seg = walspool.SegmentName.parse(stop_wal, segment_size)
         assert start_seg is not None and stop_seg is not None
-        base = {"label": label, "start_lsn": pg.parse_lsn(start_lsn), "stop_lsn": pg.parse_lsn(stop_lsn),
-                "start_wal": start_wal, "stop_wal": stop_wal, "start_segno": start_seg.segno,
-                "stop_segno": stop_seg.segno,
-                "timeline": int(tl_match.group(1)) if tl_match else start_seg.timeline,
-                "start_time": pg.iso_utc(start_time), "stop_time": pg.iso_utc(stop_time),
-                "walk_started_ns": walk_started,
-                "system_identifier": facts.system_identifier, "server_version_num": facts.server_version_num,
-                "backup_label": labelfile.decode(errors="replace")}
-        root = request.sink.save_tree(Tree((
-            _dir_node("data", cluster.data_dir, data_tree), _dir_node("wal", self.spool, shipped.tree))))
+        base = {
+            "label": label,
+            "start_lsn": pg.parse_lsn(start_lsn),
+            "stop_lsn": pg.parse_lsn(stop_lsn),
+            "start_wal": start_wal,
+            "stop_wal": stop_wal,
+            "start_segno": start_seg.segno,
+            "stop_segno": stop_seg.segno,
+            "timeline": int(tl_match.group(1)) if tl_match else start_seg.timeline,
+            "start_time": pg.iso_utc(start_time),
+            "stop_time": pg.iso_utc(stop_time),
+            "walk_started_ns": walk_started,
+            "system_identifier": facts.system_identifier,
+            "server_version_num": facts.server_version_num,
+            "backup_label": labelfile.decode(errors="replace"),
+        }
+        root = request.sink.save_tree(
+            Tree((_dir_node("data", cluster.data_dir, data_tree), _dir_node("wal", self.spool, shipped.tree)))
+        )
         vanished = [e for e in archived.errors if e.endswith("vanished during the backup")]
         errors = tuple(e for e in archived.errors if e not in vanished)
         root_st = archived.root
         extra: dict[str, object] = {
-            "pg": {**shipped.extra, "base": base, "covered_until": pg.iso_utc(stop_time),
-                   "covered_through_segno": stop_seg.segno, "covered_through": stop_wal},
-            "data_dir": str(cluster.data_dir), "files_read": archived.files_read,
-            "files_reused": archived.files_reused, "vanished": len(vanished),
-            "root": {"mode": stat.S_IMODE(root_st.st_mode), "uid": root_st.st_uid, "gid": root_st.st_gid,
-                     "atime_ns": root_st.st_atime_ns, "mtime_ns": root_st.st_mtime_ns},
+            "pg": {
+                **shipped.extra,
+                "base": base,
+                "covered_until": pg.iso_utc(stop_time),
+                "covered_through_segno": stop_seg.segno,
+                "covered_through": stop_wal,
+            },
+            "data_dir": str(cluster.data_dir),
+            "files_read": archived.files_read,
+            "files_reused": archived.files_reused,
+            "vanished": len(vanished),
+            "root": {
+                "mode": stat.S_IMODE(root_st.st_mode),
+                "uid": root_st.st_uid,
+                "gid": root_st.st_gid,
+                "atime_ns": root_st.st_atime_ns,
+                "mtime_ns": root_st.st_mtime_ns,
+            },
         }
         journal_done = archived.finish
 
@@ -232,10 +299,16 @@ class FullBackup:
 
         return SnapshotOutcome(
             tree=root,
-            stats=SnapshotStats(files=archived.files + shipped.nodes, dirs=archived.dirs,
-                                bytes_total=archived.bytes_total + shipped.bytes_total,
-                                bytes_read=archived.bytes_read + shipped.bytes_total),
-            errors=errors, extra=extra, finish=finish)
+            stats=SnapshotStats(
+                files=archived.files + shipped.nodes,
+                dirs=archived.dirs,
+                bytes_total=archived.bytes_total + shipped.bytes_total,
+                bytes_read=archived.bytes_read + shipped.bytes_total,
+            ),
+            errors=errors,
+            extra=extra,
+            finish=finish,
+        )
 
     def _with_label(self, tree: Tree | None, labelfile: bytes, spcmap: bytes) -> BlobId:
         """The data directory's tree plus backup_label (and tablespace_map): what makes it a base backup."""
@@ -246,12 +319,18 @@ class FullBackup:
             if not content:
                 continue
             nodes = [n for n in nodes if n.name != node_name(name)]
-            nodes.append(file_node(name, st, size=len(content), chunks=sink.store_content(content),
-                                   content_hash=sink.hash_content(content)))
+            nodes.append(
+                file_node(
+                    name,
+                    st,
+                    size=len(content),
+                    chunks=sink.store_content(content),
+                    content_hash=sink.hash_content(content),
+                )
+            )
         return sink.save_tree(Tree(tuple(sorted(nodes, key=lambda n: n.name))))
 
 
 def _modified_since(distrust_from_ns: int) -> Callable[[bytes, os.stat_result], bool]:
     """Journal entries are distrusted for files modified near or after the previous full began."""
     return lambda rel, st: st.st_mtime_ns >= distrust_from_ns
-

@@ -80,8 +80,11 @@ class Gap:
 
     def describe(self) -> str:
         what = "dropped by the full spool" if self.dropped else "missing"
-        span = self.first_missing if self.first_missing == self.last_missing else \
-            f"{self.first_missing}..{self.last_missing}"
+        span = (
+            self.first_missing
+            if self.first_missing == self.last_missing
+            else f"{self.first_missing}..{self.last_missing}"
+        )
         times = f" (transactions from {_t(self.after)} to {_t(self.before)} cannot be replayed)"
         return f"WAL {span} {what}{times}"
 
@@ -147,8 +150,14 @@ def build_catalog(points: Iterable[PointLike]) -> Catalog:
         if isinstance(base, Mapping):
             bases.append(_base(point, base))
         for raw in _maps(pg.get("wal")):
-            f = WalFile(str(raw["name"]), int(str(raw["timeline"])), int(str(raw["segno"])),
-                        _dt(raw.get("first_xact")), _dt(raw.get("last_xact")), point.id)
+            f = WalFile(
+                str(raw["name"]),
+                int(str(raw["timeline"])),
+                int(str(raw["segno"])),
+                _dt(raw.get("first_xact")),
+                _dt(raw.get("last_xact")),
+                point.id,
+            )
             files.setdefault(f.segno, {})[f.name] = f  # a later copy of the same name wins
         names = pg.get("history")
         for name in names if isinstance(names, list) else []:
@@ -166,19 +175,36 @@ def build_catalog(points: Iterable[PointLike]) -> Catalog:
         else:
             windows.append(window)
     dropped_names = {str(d.get("name")) for d in drops}
-    return Catalog(segment_size, tuple(bases), by_segno, history, tuple(windows),
-                   tuple(_gaps(by_segno, bases, segment_size, dropped_names)), tuple(drops), tuple(unusable))
+    return Catalog(
+        segment_size,
+        tuple(bases),
+        by_segno,
+        history,
+        tuple(windows),
+        tuple(_gaps(by_segno, bases, segment_size, dropped_names)),
+        tuple(drops),
+        tuple(unusable),
+    )
 
 
 def _base(point: PointLike, base: Mapping[str, object]) -> BaseBackup:
     stop = _dt(base.get("stop_time")) or point.time
-    return BaseBackup(point.id, point.time, str(base.get("label", "")), int(str(base["timeline"])),
-                      int(str(base["start_segno"])), int(str(base["stop_segno"])), int(str(base["start_lsn"])),
-                      int(str(base["stop_lsn"])), stop)
+    return BaseBackup(
+        point.id,
+        point.time,
+        str(base.get("label", "")),
+        int(str(base["timeline"])),
+        int(str(base["start_segno"])),
+        int(str(base["stop_segno"])),
+        int(str(base["start_lsn"])),
+        int(str(base["stop_lsn"])),
+        stop,
+    )
 
 
-def _window(base: BaseBackup, files: Mapping[int, Sequence[WalFile]],
-            coverage: Sequence[tuple[int, datetime]]) -> Window | None:
+def _window(
+    base: BaseBackup, files: Mapping[int, Sequence[WalFile]], coverage: Sequence[tuple[int, datetime]]
+) -> Window | None:
     segno = base.start_segno
     end = base.stop_time
     while any(f.timeline >= base.timeline for f in files.get(segno, ())):
@@ -195,8 +221,9 @@ def _window(base: BaseBackup, files: Mapping[int, Sequence[WalFile]],
     return Window(base, base.stop_time, end, last)
 
 
-def _gaps(files: Mapping[int, Sequence[WalFile]], bases: Sequence[BaseBackup], segment_size: int,
-          dropped: set[str]) -> list[Gap]:
+def _gaps(
+    files: Mapping[int, Sequence[WalFile]], bases: Sequence[BaseBackup], segment_size: int, dropped: set[str]
+) -> list[Gap]:
     if not files or not bases:
         return []
     first = min(b.start_segno for b in bases)
@@ -207,8 +234,15 @@ def _gaps(files: Mapping[int, Sequence[WalFile]], bases: Sequence[BaseBackup], s
             continue
         tl = files[before][-1].timeline
         missing = [_name(tl, s, segment_size) for s in range(before + 1, after)]
-        gaps.append(Gap(missing[0], missing[-1], _last_xact(files, before, down=True),
-                        _last_xact(files, after, down=False), any(m in dropped for m in missing)))
+        gaps.append(
+            Gap(
+                missing[0],
+                missing[-1],
+                _last_xact(files, before, down=True),
+                _last_xact(files, after, down=False),
+                any(m in dropped for m in missing),
+            )
+        )
     return gaps
 
 
@@ -247,8 +281,10 @@ def plan_restore(catalog: Catalog, to_time: datetime | Literal["latest"], *, sou
     window = max(candidates, key=lambda w: w.base.stop_time)
     stop_at = _segment_after(catalog, window, to_time)
     if stop_at is None:
-        note = (f"no transaction committed between the last shipped one and {_t(to_time)}: "
-                "replaying all shipped WAL of this window")
+        note = (
+            f"no transaction committed between the last shipped one and {_t(to_time)}: "
+            "replaying all shipped WAL of this window"
+        )
         return RestorePlan(window.base, window, "end", to_time, _files(catalog, window, window.last_segno), note)
     last = min(stop_at + 1, window.last_segno)  # the commit record may continue into the next segment
     return RestorePlan(window.base, window, "time", to_time, _files(catalog, window, last))
@@ -261,16 +297,19 @@ def _refusal(catalog: Catalog, to_time: datetime, what: str) -> RestoreError:
     if to_time < first:
         return RestoreError(
             f"{_t(to_time)} is before the first base backup{what} was consistent ({_t(first)})",
-            hint=f"recoverable: {listed}")
+            hint=f"recoverable: {listed}",
+        )
     if to_time > spans[-1][1]:
         return RestoreError(
-            f"{_t(to_time)} is after the last shipped WAL{what}: the newest recoverable instant is "
-            f"{_t(spans[-1][1])}",
+            f"{_t(to_time)} is after the last shipped WAL{what}: the newest recoverable instant is {_t(spans[-1][1])}",
             hint="restore to a time up to then, run `protectctl run sync` first, or use `--to-time latest` "
-                 "to also roll forward the WAL still on the source host")
+            "to also roll forward the WAL still on the source host",
+        )
     gaps = "; ".join(g.describe() for g in catalog.gaps)
-    return RestoreError(f"{_t(to_time)} falls in a gap of the shipped WAL{what}" + (f": {gaps}" if gaps else ""),
-                        hint=f"recoverable: {listed}")
+    return RestoreError(
+        f"{_t(to_time)} falls in a gap of the shipped WAL{what}" + (f": {gaps}" if gaps else ""),
+        hint=f"recoverable: {listed}",
+    )
 
 
 def _segment_after(catalog: Catalog, window: Window, to_time: datetime) -> int | None:

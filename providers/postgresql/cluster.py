@@ -54,8 +54,10 @@ class Cluster:
         try:
             entry = pwd.getpwnam(self.os_user)
         except KeyError:
-            raise ProviderError(f"OS user {self.os_user!r} does not exist on this host",
-                                hint="set osUser to the user PostgreSQL runs as") from None
+            raise ProviderError(
+                f"OS user {self.os_user!r} does not exist on this host",
+                hint="set osUser to the user PostgreSQL runs as",
+            ) from None
         return entry.pw_uid, entry.pw_gid
 
 
@@ -66,13 +68,28 @@ def as_user(cluster: Cluster, argv: Sequence[str]) -> list[str]:
     return list(argv)
 
 
-def run(cluster: Cluster, argv: Sequence[str], *, timeout_s: float = 600, check: bool = True,
-        env: Mapping[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    cluster: Cluster,
+    argv: Sequence[str],
+    *,
+    timeout_s: float = 600,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
     full = as_user(cluster, argv)
     merged = {**os.environ, "LC_ALL": "C", **(env or {})}
     try:
-        result = subprocess.run(full, capture_output=True, text=True, timeout=timeout_s, env=merged,
-                                input=stdin.decode() if stdin is not None else None, check=False, cwd="/")
+        result = subprocess.run(
+            full,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=merged,
+            input=stdin.decode() if stdin is not None else None,
+            check=False,
+            cwd="/",
+        )
     except FileNotFoundError as err:
         raise ProviderError(f"{argv[0]} not found", hint="check binDir in the member spec") from err
     except subprocess.TimeoutExpired as err:
@@ -92,8 +109,19 @@ def conn_args(cluster: Cluster) -> list[str]:
 
 
 def psql_argv(cluster: Cluster, database: str = "postgres") -> list[str]:
-    return [cluster.bin("psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-F", _UNIT, *conn_args(cluster),
-            "-d", database]
+    return [
+        cluster.bin("psql"),
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-F",
+        _UNIT,
+        *conn_args(cluster),
+        "-d",
+        database,
+    ]
 
 
 def where(cluster: Cluster) -> str:
@@ -156,9 +184,15 @@ class Session:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         argv = as_user(cluster, psql_argv(cluster))
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, cwd="/",
-                                      env={**os.environ, "LC_ALL": "C"})
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+            env={**os.environ, "LC_ALL": "C"},
+        )
 
     def scalar(self, sql: str) -> str:
         rows = self.query(sql)
@@ -211,8 +245,10 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-_XACT = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: (?:COMMIT|ABORT)(?:_PREPARED)?"
-                   r"(?: \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+_XACT = re.compile(
+    r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: (?:COMMIT|ABORT)(?:_PREPARED)?"
+    r"(?: \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC"
+)
 
 
 def xact_times(bin_dir: Path, directory: Path, first: str, last: str) -> list[tuple[int, datetime]]:
@@ -223,8 +259,14 @@ def xact_times(bin_dir: Path, directory: Path, first: str, last: str) -> list[tu
     """
     argv = [str(bin_dir / "pg_waldump"), "-r", "Transaction", "-p", str(directory), first, last]
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False,
-                                env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
+        )
     except (FileNotFoundError, subprocess.TimeoutExpired) as err:
         raise ProviderError(f"pg_waldump could not read {directory}: {err}") from err
     out = []
@@ -237,8 +279,7 @@ def xact_times(bin_dir: Path, directory: Path, first: str, last: str) -> list[tu
 # -- server control ----------------------------------------------------------------------
 
 
-def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120,
-                  session: Session | None = None) -> None:
+def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120, session: Session | None = None) -> None:
     """Wait until the archiver has archived `segment` (or a later one); ProviderError on timeout."""
     deadline = time.monotonic() + timeout_s
     delay = 0.01
@@ -247,8 +288,9 @@ def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120,
         # pg_stat_archiver is a statistics snapshot: clear it, or a session sees the first value forever
         if session is not None:
             session.query("SELECT pg_stat_clear_snapshot()")
-        row = ask("SELECT coalesce(last_archived_wal, ''), failed_count, "
-                  "coalesce(last_failed_wal, '') FROM pg_stat_archiver")[0]
+        row = ask(
+            "SELECT coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') FROM pg_stat_archiver"
+        )[0]
         archived = row[0]
         # only a whole segment counts: after a promotion the archiver's last file may be the old
         # timeline's `.partial` (or a `.history`), which holds none of the new timeline's WAL
@@ -258,14 +300,17 @@ def wait_archived(cluster: Cluster, segment: str, *, timeout_s: float = 120,
             return
         if time.monotonic() > deadline:
             failing = f"; the archiver fails on {row[2]} ({row[1]} failures)" if row[2] else ""
-            raise ProviderError(f"WAL segment {segment} was not archived within {timeout_s:.0f} s{failing}",
-                                hint="check archive_command with `protectctl apply` and the PostgreSQL log")
+            raise ProviderError(
+                f"WAL segment {segment} was not archived within {timeout_s:.0f} s{failing}",
+                hint="check archive_command with `protectctl apply` and the PostgreSQL log",
+            )
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
 
 
-def start(cluster: Cluster, log_file: Path, *, wait: bool = False, timeout_s: float = 600,
-          server_options: str = "") -> None:
+def start(
+    cluster: Cluster, log_file: Path, *, wait: bool = False, timeout_s: float = 600, server_options: str = ""
+) -> None:
     """pg_ctl start; `server_options` goes to the server's command line (pg_ctl -o: one shell-quoted
     string, see restore_config.server_options), where it beats every configuration file."""
     argv = [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "-l", str(log_file), "-s"]
@@ -276,8 +321,11 @@ def start(cluster: Cluster, log_file: Path, *, wait: bool = False, timeout_s: fl
 
 
 def stop(cluster: Cluster, *, mode: str = "fast", timeout_s: float = 300) -> None:
-    run(cluster, [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "-m", mode, "-w", "-s",
-                  "-t", str(int(timeout_s)), "stop"], timeout_s=timeout_s + 30)
+    run(
+        cluster,
+        [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "-m", mode, "-w", "-s", "-t", str(int(timeout_s)), "stop"],
+        timeout_s=timeout_s + 30,
+    )
 
 
 def running(cluster: Cluster) -> bool:
@@ -288,8 +336,24 @@ def running(cluster: Cluster) -> bool:
 def restart(cluster: Cluster, *, log_file: Path, timeout_s: float = 300) -> None:
     # pg_ctl restart reuses postmaster.opts, so a cluster started with -c config_file=... keeps it;
     # -l: without it the server would inherit our pipes and the call would never return
-    run(cluster, [cluster.bin("pg_ctl"), "-D", str(cluster.data_dir), "-l", str(log_file), "-m", "fast", "-w",
-                  "-s", "-t", str(int(timeout_s)), "restart"], timeout_s=timeout_s + 30)
+    run(
+        cluster,
+        [
+            cluster.bin("pg_ctl"),
+            "-D",
+            str(cluster.data_dir),
+            "-l",
+            str(log_file),
+            "-m",
+            "fast",
+            "-w",
+            "-s",
+            "-t",
+            str(int(timeout_s)),
+            "restart",
+        ],
+        timeout_s=timeout_s + 30,
+    )
 
 
 def literal(text: str) -> str:

@@ -63,8 +63,7 @@ def place_job(source: str, spec: Mapping[str, object], kind: SnapshotKind, state
     machine finds no node in the role the job needs."""
     if not is_pair(spec):
         return JobPlacement(spec)
-    wanted: Role = "primary" if kind == "sync" else ("standby" if spec.get("backup_from") == "standby"
-                                                     else "primary")
+    wanted: Role = "primary" if kind == "sync" else ("standby" if spec.get("backup_from") == "standby" else "primary")
     here = spec.get("node")
     candidates = [n for n in nodes(spec) if here is None or n.host == here]
     if not candidates:
@@ -76,14 +75,19 @@ def place_job(source: str, spec: Mapping[str, object], kind: SnapshotKind, state
     if kind == "sync":  # WAL a former primary archived (its shutdown switches the segment) is shipped
         for node in candidates:
             if roles[node.host] != "primary" and _spool_holds_wal(source, node, state_dir):
-                return JobPlacement(node.spec, node.state_dir, f"{node.host} is {_said(roles[node.host])}; its "
-                                    "spool still holds WAL it archived as primary", node.host)
+                return JobPlacement(
+                    node.spec,
+                    node.state_dir,
+                    f"{node.host} is {_said(roles[node.host])}; its spool still holds WAL it archived as primary",
+                    node.host,
+                )
     seen = ", ".join(f"{n.host} is {_said(roles[n.host])}" for n in candidates)
     rule = "WAL ships from the primary" if kind == "sync" else f"base backups come from the {wanted} (backupFrom)"
     if here is not None:
         return JobPlacement(None, reason=f"not the backup node: {seen}; {rule}")
-    raise ProviderError(f"no node of {source} is the {wanted} now ({seen})",
-                        hint=f"{rule}; start it, or promote a standby")
+    raise ProviderError(
+        f"no node of {source} is the {wanted} now ({seen})", hint=f"{rule}; start it, or promote a standby"
+    )
 
 
 def _said(found: Role | None) -> str:
@@ -103,8 +107,9 @@ def restore_request(request: RestoreRequest) -> RestoreRequest:
         return request
     found = nodes(request.spec)
     roles = {n.host: role(Cluster.from_spec(n.spec)) for n in found}
-    chosen = next((n for n in found if roles[n.host] == "primary"), None) \
-        or next((n for n in found if roles[n.host] is not None), found[0])
+    chosen = next((n for n in found if roles[n.host] == "primary"), None) or next(
+        (n for n in found if roles[n.host] is not None), found[0]
+    )
     return replace(request, spec=chosen.spec, state_dir=chosen.state_dir or request.state_dir)
 
 
@@ -114,8 +119,10 @@ def walfile_sql(lsn: str) -> str:
     size = "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
     segno = f"floor(({lsn} - '0/0'::pg_lsn) / {size})::bigint"
     per = f"(4294967296 / {size})"
-    return (f"(lpad(upper(to_hex((SELECT timeline_id FROM pg_control_checkpoint()))), 8, '0') || "
-            f"lpad(upper(to_hex({segno} / {per})), 8, '0') || lpad(upper(to_hex({segno} % {per})), 8, '0'))")
+    return (
+        f"(lpad(upper(to_hex((SELECT timeline_id FROM pg_control_checkpoint()))), 8, '0') || "
+        f"lpad(upper(to_hex({segno} / {per})), 8, '0') || lpad(upper(to_hex({segno} % {per})), 8, '0'))"
+    )
 
 
 def control_file_last(sink: SnapshotSink, root: Tree, trees: Mapping[BlobId, Tree], data_dir: Path) -> Tree:
@@ -134,8 +141,9 @@ def control_file_last(sink: SnapshotSink, root: Tree, trees: Mapping[BlobId, Tre
     with path.open("rb") as handle:  # 8 KiB: one chunk
         st = os.fstat(handle.fileno())
         data = handle.read()
-    control = file_node("pg_control", st, size=len(data), chunks=sink.store_content(data),
-                        content_hash=sink.hash_content(data))
+    control = file_node(
+        "pg_control", st, size=len(data), chunks=sink.store_content(data), content_hash=sink.hash_content(data)
+    )
     inside = [n for n in inner.nodes if n.name != b"pg_control"] + [control]
     subtree = sink.save_tree(Tree(tuple(sorted(inside, key=lambda n: n.name))))
     return Tree(tuple(replace(n, subtree=subtree) if n is folder else n for n in root.nodes))

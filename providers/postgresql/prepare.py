@@ -27,13 +27,18 @@ def prepare_host(request: PrepareRequest) -> PrepareOutcome:
     if problem is not None:
         raise ProviderError(
             f"cannot reach PostgreSQL of {request.source} at {pg.where(cluster)}: {problem}",
-            hint="start the cluster (or fix port/socketDir/osUser/user), then run apply again")
+            hint="start the cluster (or fix port/socketDir/osUser/user), then run apply again",
+        )
     spool = spool_dir(request.spec, request.source, request.state_dir)
     install_spool(cluster, spool)
     want = archive_command(spool, spool_limit(request.spec))
-    running = dict((r[0], r[1]) for r in pg.query(
-        cluster, "SELECT name, setting FROM pg_settings WHERE name IN "
-                 "('wal_level', 'archive_mode', 'archive_command')"))
+    running = dict(
+        (r[0], r[1])
+        for r in pg.query(
+            cluster,
+            "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'archive_mode', 'archive_command')",
+        )
+    )
     changes: list[str] = []
     needs_restart = False
     if running.get("wal_level") == "minimal":
@@ -54,7 +59,8 @@ def prepare_host(request: PrepareRequest) -> PrepareOutcome:
             warnings.append(
                 f"{request.source}: WAL archiving is configured but starts only at the next restart of the "
                 f"cluster ({' and '.join(changes[:2])} need one; allowRestart is false). Until then no "
-                "WAL is shipped and point-in-time recovery is not possible")
+                "WAL is shipped and point-in-time recovery is not possible"
+            )
             return PrepareOutcome(tuple(changes), tuple(warnings))
         log_file = spool.parent / f"{safe_name(request.source)}.postgresql.log"
         log_file.touch(mode=0o600)
@@ -70,4 +76,3 @@ def prepare_host(request: PrepareRequest) -> PrepareOutcome:
     pg.wait_archived(cluster, segment, timeout_s=60)
     changes.append(f"archiving checked: {segment} reached the spool")
     return PrepareOutcome(tuple(changes), tuple(warnings))
-

@@ -67,31 +67,56 @@ class PostgresqlProvider:
         problems: list[SpecProblem] = []
         for key in _QUOTED:
             if "'" in str(getattr(spec, key) or ""):
-                problems.append(SpecProblem((camel(key),), f"{camel(key)} must not contain a single quote",
-                                            "it goes into archive_command; choose a path without one"))
+                problems.append(
+                    SpecProblem(
+                        (camel(key),),
+                        f"{camel(key)} must not contain a single quote",
+                        "it goes into archive_command; choose a path without one",
+                    )
+                )
         from protectctl.providers.postgresql.restore_config import socket_dir_problem
 
-        socket_dirs = [(("socketDir",), spec.socket_dir)] + [(("perHost", host, "socketDir"), node.socket_dir)
-                                                             for host, node in spec.per_host.items() if node.socket_dir]
+        socket_dirs = [(("socketDir",), spec.socket_dir)] + [
+            (("perHost", host, "socketDir"), node.socket_dir) for host, node in spec.per_host.items() if node.socket_dir
+        ]
         for path, value in socket_dirs:
             why = socket_dir_problem(value)
             if why is not None:
-                problems.append(SpecProblem(path, f"socketDir {value!r} cannot be used: {why}",
-                                            "a restored copy is started with it on the server's command line"))
+                problems.append(
+                    SpecProblem(
+                        path,
+                        f"socketDir {value!r} cannot be used: {why}",
+                        "a restored copy is started with it on the server's command line",
+                    )
+                )
         if hosts is None and spec.per_host:
-            problems.append(SpecProblem(("perHost",), "perHost is for a member with `hosts:` (a primary/standby pair)",
-                                        "move the values into the member's postgresql fields"))
+            problems.append(
+                SpecProblem(
+                    ("perHost",),
+                    "perHost is for a member with `hosts:` (a primary/standby pair)",
+                    "move the values into the member's postgresql fields",
+                )
+            )
         for host in spec.per_host if hosts is not None else ():
             if hosts is not None and host not in hosts:
-                problems.append(SpecProblem(("perHost", host),
-                                            f"perHost names {host!r}, which is not one of the pair's hosts",
-                                            f"use one of: {', '.join(hosts or ())}"))
+                problems.append(
+                    SpecProblem(
+                        ("perHost", host),
+                        f"perHost names {host!r}, which is not one of the pair's hosts",
+                        f"use one of: {', '.join(hosts or ())}",
+                    )
+                )
         if not spec.allow_restart:
-            problems.append(SpecProblem(
-                ("allowRestart",), f"{source}: apply will not restart PostgreSQL; if wal_level or "
-                "archive_mode must change, WAL archiving (and so point-in-time recovery) starts "
-                "only at the cluster's next restart", "set `allowRestart: true` to let apply restart it",
-                warning=True))
+            problems.append(
+                SpecProblem(
+                    ("allowRestart",),
+                    f"{source}: apply will not restart PostgreSQL; if wal_level or "
+                    "archive_mode must change, WAL archiving (and so point-in-time recovery) starts "
+                    "only at the cluster's next restart",
+                    "set `allowRestart: true` to let apply restart it",
+                    warning=True,
+                )
+            )
         return problems
 
     def source_spec(self, spec: Mapping[str, object], hosts: Mapping[str, str] | None) -> dict[str, object]:
@@ -122,20 +147,22 @@ class PostgresqlProvider:
         cluster = Cluster.from_spec(request.spec)
         spool = spool_dir(request.spec, request.source, request.state_dir)
         if not spool.is_dir():
-            raise ProviderError(f"the WAL spool {spool} of {request.source} does not exist",
-                                hint="run `protectctl apply` to configure WAL archiving")
+            raise ProviderError(
+                f"the WAL spool {spool} of {request.source} does not exist",
+                hint="run `protectctl apply` to configure WAL archiving",
+            )
         if request.kind == "full":
             return backup.FullBackup(request, cluster, spool).run()
         return backup.ship(request, cluster, spool)
 
-    def place_job(self, source: str, spec: Mapping[str, object], kind: Literal["sync", "full"],
-                  state_dir: Path) -> JobPlacement:
+    def place_job(
+        self, source: str, spec: Mapping[str, object], kind: Literal["sync", "full"], state_dir: Path
+    ) -> JobPlacement:
         from protectctl.providers.postgresql import pair
 
         return pair.place_job(source, spec, kind, state_dir)
 
-    def stream_logs(self, source: str, spec: Mapping[str, object], state_dir: Path,
-                    log: Callable[[str], None]) -> None:
+    def stream_logs(self, source: str, spec: Mapping[str, object], state_dir: Path, log: Callable[[str], None]) -> None:
         """Run the source's WAL receiver (`streaming: true`) until SIGTERM: the agent's service."""
         from protectctl.providers.postgresql import pair, stream
 
@@ -143,8 +170,10 @@ class PostgresqlProvider:
         if not spec.get("streaming"):
             raise ProtectctlError(f"{source} does not stream WAL", hint="set `streaming: true` in its postgresql spec")
         if pair.is_pair(spec):
-            raise ProtectctlError(f"{source} is a pair: its receiver runs on each host",
-                                  hint="run it with --agent-config on the host (apply installs the service there)")
+            raise ProtectctlError(
+                f"{source} is a pair: its receiver runs on each host",
+                hint="run it with --agent-config on the host (apply installs the service there)",
+            )
         stream.run_receiver(spec, source, state_dir, log)
 
     # -- points, status ------------------------------------------------------------------
@@ -154,16 +183,16 @@ class PostgresqlProvider:
 
         return describe_windows(build_catalog(points))
 
-    def status_problems(self, source: str, spec: Mapping[str, object], points: Sequence[Point],
-                        state_dir: Path) -> list[str]:
+    def status_problems(
+        self, source: str, spec: Mapping[str, object], points: Sequence[Point], state_dir: Path
+    ) -> list[str]:
         from protectctl.providers.postgresql.status import status_problems
 
         return status_problems(source, spec, points, state_dir)
 
     # -- choosing and restoring ----------------------------------------------------------
 
-    def choose_point(self, points: Sequence[Point], to_time: datetime | Literal["latest"], *,
-                     source: str) -> Point:
+    def choose_point(self, points: Sequence[Point], to_time: datetime | Literal["latest"], *, source: str) -> Point:
         from protectctl.providers.postgresql.catalog import build_catalog, plan_restore
 
         plan = plan_restore(build_catalog(points), to_time, source=source)

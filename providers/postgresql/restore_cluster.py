@@ -48,9 +48,17 @@ from protectctl.providers.postgresql.restore_config import (
 )
 from protectctl.providers.postgresql.spool import STAGING, python_for_os_user, spool_dir
 
-_RECOVERY_KEYS = ("restore_command", "recovery_target_time", "recovery_target_action", "recovery_target_timeline",
-                  "recovery_target", "recovery_target_lsn", "recovery_target_xid", "recovery_target_name",
-                  "recovery_target_inclusive")
+_RECOVERY_KEYS = (
+    "restore_command",
+    "recovery_target_time",
+    "recovery_target_action",
+    "recovery_target_timeline",
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_xid",
+    "recovery_target_name",
+    "recovery_target_inclusive",
+)
 
 
 PROGRESS_EVERY_S = 10.0  # a "waiting for recovery" line this often while the restored copy recovers
@@ -184,8 +192,9 @@ class Stager:
 class ClusterRestore:
     """Base backup + WAL roll-forward into a data directory, started, promoted, verified."""
 
-    def __init__(self, request: RestoreRequest, catalog: Catalog, plan: RestorePlan,
-                 points: Sequence[Point] | None = None) -> None:
+    def __init__(
+        self, request: RestoreRequest, catalog: Catalog, plan: RestorePlan, points: Sequence[Point] | None = None
+    ) -> None:
         self.request = request
         self.catalog = catalog
         self.plan = plan
@@ -205,17 +214,20 @@ class ClusterRestore:
         if problem is not None:
             raise RestoreError(f"socketDir {socket_dir} cannot be given to the restored server: {problem}")
         if not self.request.dry_run and not socket_dir.is_dir():
-            raise RestoreError(f"socketDir {socket_dir} does not exist: the restored server could not listen there",
-                               hint="create it (owned by osUser), or set socketDir to where PostgreSQL's "
-                                    "sockets live on this host")
+            raise RestoreError(
+                f"socketDir {socket_dir} does not exist: the restored server could not listen there",
+                hint="create it (owned by osUser), or set socketDir to where PostgreSQL's sockets live on this host",
+            )
         given = self.request.options.get("port")
         if not given and not self.in_place:
             return free_port(socket_dir, self.source.port + 1)
         port = int(str(given)) if given else self.source.port
         holder = None if self.request.dry_run else port_user(socket_dir, port)
         if holder is not None:
-            raise RestoreError(f"port {port} is in use ({holder}): the restored server cannot listen on it",
-                               hint="choose another with --port" + ("" if given else ", or stop what holds it"))
+            raise RestoreError(
+                f"port {port} is in use ({holder}): the restored server cannot listen on it",
+                hint="choose another with --port" + ("" if given else ", or stop what holds it"),
+            )
         return port
 
     def describe_target(self) -> str:
@@ -229,28 +241,54 @@ class ClusterRestore:
     def run(self) -> RestoreOutcome:
         request, plan = self.request, self.plan
         if self.in_place and not request.dry_run and pg.running(self.source):
-            raise RestoreError(f"the source cluster is running in {self.target}",
-                               hint="stop it first, or restore elsewhere with --target")
+            raise RestoreError(
+                f"the source cluster is running in {self.target}",
+                hint="stop it first, or restore elsewhere with --target",
+            )
         port = self._port()
         cluster = Cluster.from_spec(request.spec, data_dir=self.target, port=port)
         local = self._source_wal() if plan.mode == "latest" else []
         base_point = self.points[plan.base.point_id]
-        notes = [f"base backup {base_point.id[:12]} consistent at {pg.show_time(plan.base.stop_time)}, "
-                 f"{len(plan.files)} WAL file(s) from the repository"
-                 + (f" + {len(local)} still on the source host" if local else ""),
-                 self.describe_target()]
+        notes = [
+            f"base backup {base_point.id[:12]} consistent at {pg.show_time(plan.base.stop_time)}, "
+            f"{len(plan.files)} WAL file(s) from the repository"
+            + (f" + {len(local)} still on the source host" if local else ""),
+            self.describe_target(),
+        ]
         details: dict[str, object] = {
-            "base_point": base_point.id, "base_consistent_at": pg.iso_utc(plan.base.stop_time), "mode": plan.mode,
-            "target_time": pg.iso_utc(plan.target) if plan.target else None, "port": port, "wal_files": len(plan.files),
-            "wal_files_from_source": len(local)}
+            "base_point": base_point.id,
+            "base_consistent_at": pg.iso_utc(plan.base.stop_time),
+            "mode": plan.mode,
+            "target_time": pg.iso_utc(plan.target) if plan.target else None,
+            "port": port,
+            "wal_files": len(plan.files),
+            "wal_files_from_source": len(local),
+        }
         data = _data_subtree(self.repo, base_point)
         root = base_point.extra.get("root")
         root_meta = root if isinstance(root, Mapping) else None
         if request.dry_run:
-            outcome = restore_tree(request.reader, data, self.target, dry_run=True, overwrite=request.overwrite,
-                                   root_meta=root_meta, progress=request.progress)
-            return RestoreOutcome(self.target, outcome.files, outcome.dirs, outcome.bytes_total, outcome.bytes_needed,
-                                  outcome.bytes_free, 0, False, tuple(notes), details)
+            outcome = restore_tree(
+                request.reader,
+                data,
+                self.target,
+                dry_run=True,
+                overwrite=request.overwrite,
+                root_meta=root_meta,
+                progress=request.progress,
+            )
+            return RestoreOutcome(
+                self.target,
+                outcome.files,
+                outcome.dirs,
+                outcome.bytes_total,
+                outcome.bytes_needed,
+                outcome.bytes_free,
+                0,
+                False,
+                tuple(notes),
+                details,
+            )
         uid, gid = cluster.ids()
         # The WAL is decrypted while the data directory is written (the tree restore mostly waits
         # on the disk), beside the target rather than in it: PostgreSQL fsyncs all of its data
@@ -259,8 +297,15 @@ class ClusterRestore:
         stager = Stager(self.repo, self.points, plan.files, local, staging, uid, gid)
         stager.start()
         try:
-            outcome = restore_tree(request.reader, data, self.target, overwrite=request.overwrite,
-                                   root_meta=root_meta, progress=request.progress, writeback=True)
+            outcome = restore_tree(
+                request.reader,
+                data,
+                self.target,
+                overwrite=request.overwrite,
+                root_meta=root_meta,
+                progress=request.progress,
+                writeback=True,
+            )
             _chown_tree(self.target, uid, gid)
             os.chmod(self.target, 0o700)
             self._write_config(cluster, staging, uid, gid)
@@ -269,10 +314,13 @@ class ClusterRestore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         log_file = self.target / "protectctl-restore.log"
-        request.progress.note(f"starting PostgreSQL on port {port} (socket {cluster.socket_dir}, "
-                              f"{LISTEN_ADDRESS}) for {self.describe_target()}")
-        options = server_options(port=port, socket_dir=cluster.socket_dir,
-                                 hba_file=None if self.in_place else self.target / "pg_hba.conf")
+        request.progress.note(
+            f"starting PostgreSQL on port {port} (socket {cluster.socket_dir}, "
+            f"{LISTEN_ADDRESS}) for {self.describe_target()}"
+        )
+        options = server_options(
+            port=port, socket_dir=cluster.socket_dir, hba_file=None if self.in_place else self.target / "pg_hba.conf"
+        )
         try:
             pg.start(cluster, log_file, server_options=options)
             self._wait_promoted(cluster, log_file, stager)
@@ -287,16 +335,35 @@ class ClusterRestore:
         details.update(self._facts(cluster, log_file))
         self._reset_recovery_settings(cluster, uid, gid)
         shutil.rmtree(staging, ignore_errors=True)
-        notes.append(f"promoted on timeline {details.get('timeline')}; last transaction replayed: "
-                     f"{details.get('last_replayed_xact_time') or 'none'}"
-                     + (f" ({details['recovery_stop']})" if details.get("recovery_stop") else ""))
-        notes.append(f"running on port {port} (socket {cluster.socket_dir}, {LISTEN_ADDRESS}); archive_mode is off "
-                     "there, so it never writes into the source's repository")
+        notes.append(
+            f"promoted on timeline {details.get('timeline')}; last transaction replayed: "
+            f"{details.get('last_replayed_xact_time') or 'none'}"
+            + (f" ({details['recovery_stop']})" if details.get("recovery_stop") else "")
+        )
+        notes.append(
+            f"running on port {port} (socket {cluster.socket_dir}, {LISTEN_ADDRESS}); archive_mode is off "
+            "there, so it never writes into the source's repository"
+        )
         notes.extend(self.config_notes)
-        details.update({"socket_dir": str(cluster.socket_dir), "listen_addresses": LISTEN_ADDRESS,
-                        "hba_trust_rewritten": len(self.hba_changed)})
-        return RestoreOutcome(self.target, outcome.files, outcome.dirs, outcome.bytes_total, outcome.bytes_needed,
-                              outcome.bytes_free, outcome.verified, True, tuple(notes), details)
+        details.update(
+            {
+                "socket_dir": str(cluster.socket_dir),
+                "listen_addresses": LISTEN_ADDRESS,
+                "hba_trust_rewritten": len(self.hba_changed),
+            }
+        )
+        return RestoreOutcome(
+            self.target,
+            outcome.files,
+            outcome.dirs,
+            outcome.bytes_total,
+            outcome.bytes_needed,
+            outcome.bytes_free,
+            outcome.verified,
+            True,
+            tuple(notes),
+            details,
+        )
 
     def _source_wal(self) -> list[Path]:
         """WAL files on the source host not in the repository: the spool, then pg_wal."""
@@ -335,25 +402,42 @@ class ClusterRestore:
         if not (target / "postgresql.conf").exists():
             # The source keeps its configuration outside the data directory (Debian's /etc/postgresql):
             # a minimal one, so the copy starts, and never the source's (its data_directory is the source).
-            _write_owned(target / "postgresql.conf", (
-                "# written by protectctl restore: the source's configuration lives outside its data directory\n"
-                f"unix_socket_directories = {pg.literal(str(cluster.socket_dir))}\n").encode(), uid, gid)
+            _write_owned(
+                target / "postgresql.conf",
+                (
+                    "# written by protectctl restore: the source's configuration lives outside its data directory\n"
+                    f"unix_socket_directories = {pg.literal(str(cluster.socket_dir))}\n"
+                ).encode(),
+                uid,
+                gid,
+            )
             notes_conf = "minimal postgresql.conf written"
         # The server's command line (server_options) decides where this start listens; for a copy the
         # same in postgresql.auto.conf (read after postgresql.conf) keeps a later plain `pg_ctl start`
         # there too. Restored in place, the cluster is the source again: its files keep its choices.
-        listen = {} if self.in_place else {"listen_addresses": LISTEN_ADDRESS,
-                                           "unix_socket_directories": str(cluster.socket_dir)}
+        listen = (
+            {}
+            if self.in_place
+            else {"listen_addresses": LISTEN_ADDRESS, "unix_socket_directories": str(cluster.socket_dir)}
+        )
         if self.in_place:
-            self.config_notes.append("restored in place: pg_hba.conf and the listen settings in its files are the "
-                                     f"source's; it listens on {LISTEN_ADDRESS} and {cluster.socket_dir} only until "
-                                     "its next restart")
+            self.config_notes.append(
+                "restored in place: pg_hba.conf and the listen settings in its files are the "
+                f"source's; it listens on {LISTEN_ADDRESS} and {cluster.socket_dir} only until "
+                "its next restart"
+            )
             if not (target / "pg_hba.conf").exists():
                 _write_owned(target / "pg_hba.conf", b"local all all peer\n", uid, gid)
         else:
             self._write_hba(uid, gid)
-        settings = {"archive_mode": "off", "archive_command": "", "port": str(cluster.port), **listen,
-                    "restore_command": restore_command(staging), "recovery_target_timeline": "latest"}
+        settings = {
+            "archive_mode": "off",
+            "archive_command": "",
+            "port": str(cluster.port),
+            **listen,
+            "restore_command": restore_command(staging),
+            "recovery_target_timeline": "latest",
+        }
         if self.plan.mode == "time" and self.plan.target is not None:
             # explicit offset: the instant is never read in the server's zone
             settings["recovery_target_time"] = self.plan.target.astimezone(UTC).isoformat(sep=" ")
@@ -367,10 +451,24 @@ class ClusterRestore:
                 settings["hot_standby"] = "on"  # without it, pause at the target means shut down
         auto = target / "postgresql.auto.conf"
         old = auto.read_text(encoding="utf-8") if auto.exists() else ""
-        lines = _conf_lines_without(old, [*_RECOVERY_KEYS, "archive_mode", "archive_command", "archive_library",
-                                          "port", "primary_conninfo", "primary_slot_name", "hot_standby", *listen])
-        lines.append(f"# protectctl restore of {self.request.source}: {self.describe_target()}; "
-                     "archiving off so this copy never writes into the source's repository")
+        lines = _conf_lines_without(
+            old,
+            [
+                *_RECOVERY_KEYS,
+                "archive_mode",
+                "archive_command",
+                "archive_library",
+                "port",
+                "primary_conninfo",
+                "primary_slot_name",
+                "hot_standby",
+                *listen,
+            ],
+        )
+        lines.append(
+            f"# protectctl restore of {self.request.source}: {self.describe_target()}; "
+            "archiving off so this copy never writes into the source's repository"
+        )
         lines += [f"{k} = {pg.literal(v)}" for k, v in settings.items()]
         _write_owned(auto, ("\n".join(lines) + "\n").encode(), uid, gid)
         (target / "standby.signal").unlink(missing_ok=True)
@@ -384,8 +482,11 @@ class ClusterRestore:
         else `local all all peer`; in every case without `trust` for TCP (restore_config)."""
         target = self.target
         hba = target / "pg_hba.conf"
-        confs = [(target / n).read_text(encoding="utf-8", errors="replace")
-                 for n in ("postgresql.conf", "postgresql.auto.conf") if (target / n).exists()]
+        confs = [
+            (target / n).read_text(encoding="utf-8", errors="replace")
+            for n in ("postgresql.conf", "postgresql.auto.conf")
+            if (target / n).exists()
+        ]
         named = conf_setting(confs, "hba_file")
         origin = "the restored pg_hba.conf"
         if hba.exists():
@@ -401,11 +502,15 @@ class ClusterRestore:
         self.hba_changed = rewrite.changed
         said = f"authentication: {origin}"
         if rewrite.changed:
-            said += (f", with `trust` for TCP made {TCP_TRUST_REPLACEMENT} on line(s) "
-                     f"{', '.join(map(str, rewrite.changed))} (the copy listens on {LISTEN_ADDRESS})")
+            said += (
+                f", with `trust` for TCP made {TCP_TRUST_REPLACEMENT} on line(s) "
+                f"{', '.join(map(str, rewrite.changed))} (the copy listens on {LISTEN_ADDRESS})"
+            )
         if rewrite.includes:
-            said += (f"; its include directive(s) on line(s) {', '.join(map(str, rewrite.includes))} are read as "
-                     "they are: check them for `trust`")
+            said += (
+                f"; its include directive(s) on line(s) {', '.join(map(str, rewrite.includes))} are read as "
+                "they are: check them for `trust`"
+            )
         if named and named != str(hba):
             said += f"; the copied configuration names hba_file {named}, overridden on the server's command line"
         self.config_notes.append(said)
@@ -426,8 +531,10 @@ class ClusterRestore:
         delay = 0.05
         seen = False  # pg_ctl start -W returns before the postmaster writes its pid file
         pause = "pg_get_wal_replay_pause_state()" if self.fast_promote else "''"  # an error once promoted
-        sql = (f"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {pause} ELSE '' END, "
-               "coalesce(pg_last_wal_replay_lsn()::text, ''), coalesce(pg_last_xact_replay_timestamp()::text, '')")
+        sql = (
+            f"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {pause} ELSE '' END, "
+            "coalesce(pg_last_wal_replay_lsn()::text, ''), coalesce(pg_last_xact_replay_timestamp()::text, '')"
+        )
         session: pg.Session | None = None
         promote_requested = False
         connect_problem = ""
@@ -447,15 +554,21 @@ class ClusterRestore:
                     if permanent_connect_error(err.detail):
                         raise RestoreError(
                             f"the restored cluster runs but protectctl cannot connect to it ({pg.where(cluster)}): "
-                            f"{err.detail}", hint="check `user:` (the role protectctl connects as, which must exist "
+                            f"{err.detail}",
+                            hint="check `user:` (the role protectctl connects as, which must exist "
                             f"at the time restored) and {self.target / 'pg_hba.conf'}; the server log is "
-                            f"{log_file}") from None
+                            f"{log_file}",
+                        ) from None
                 now = time.monotonic()
-                watch.observe(now, lsn=row[2] if row else None, xact_time=row[3] if row else None,
-                              log_text=log.read_new(), staged=stager.staged)
+                watch.observe(
+                    now,
+                    lsn=row[2] if row else None,
+                    xact_time=row[3] if row else None,
+                    log_text=log.read_new(),
+                    staged=stager.staged,
+                )
                 if now >= report_at:
-                    self.request.progress.note(f"waiting for recovery ({watch.describe()}; "
-                                               f"{now - started:.0f} s)")
+                    self.request.progress.note(f"waiting for recovery ({watch.describe()}; {now - started:.0f} s)")
                     report_at = now + PROGRESS_EVERY_S
                 if row is not None and row[0] == "f":
                     if promote_requested:
@@ -470,9 +583,10 @@ class ClusterRestore:
                 alive = row is not None or pg.running(cluster)
                 seen = seen or alive
                 if not alive and (seen or now - started > 30):
-                    raise RestoreError(f"the restored cluster stopped during recovery: {_log_tail(log_file)}",
-                                       hint=f"the full log is {log_file}; the restored files are left in "
-                                            f"{self.target}")
+                    raise RestoreError(
+                        f"the restored cluster stopped during recovery: {_log_tail(log_file)}",
+                        hint=f"the full log is {log_file}; the restored files are left in {self.target}",
+                    )
                 if watch.stalled(now):
                     reach = f"; connecting says: {connect_problem}" if row is None and connect_problem else ""
                     if row is None and watch.stage == "ready":
@@ -481,7 +595,8 @@ class ClusterRestore:
                         f"the restored cluster made no recovery progress for {_seconds(timeout_s)} "
                         f"({watch.describe()}){reach}; end of its log: {_log_tail(log_file, 6, plain=True)}",
                         hint=f"the full log is {log_file}; if recovery is only slow, raise recoveryTimeout "
-                             f"(now {_seconds(timeout_s)}); the restored files are left in {self.target}")
+                        f"(now {_seconds(timeout_s)}); the restored files are left in {self.target}",
+                    )
                 # a held connection polls for ~1 ms; a new one (runuser, psql) costs ~50 ms
                 time.sleep(0.02 if session is not None else delay)
                 delay = min(delay * 1.5, 0.25)
@@ -493,13 +608,18 @@ class ClusterRestore:
         """A promotion requested early must not have ended recovery before the target."""
         log = log_file.read_text(encoding="utf-8", errors="replace") if log_file.exists() else ""
         if "recovery stopping" not in log:
-            raise RestoreError("the restored cluster was promoted before recovery reached the target time",
-                               hint=f"this PostgreSQL version acts on promotion during archive recovery; see "
-                                    f"{log_file}; the restored files are left in {self.target}")
+            raise RestoreError(
+                "the restored cluster was promoted before recovery reached the target time",
+                hint=f"this PostgreSQL version acts on promotion during archive recovery; see "
+                f"{log_file}; the restored files are left in {self.target}",
+            )
 
     def _facts(self, cluster: Cluster, log_file: Path) -> dict[str, object]:
-        row = pg.query(cluster, "SELECT coalesce(pg_last_xact_replay_timestamp()::text, ''), "
-                                "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")[0]
+        row = pg.query(
+            cluster,
+            "SELECT coalesce(pg_last_xact_replay_timestamp()::text, ''), "
+            "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+        )[0]
         last = row[0]
         last_utc = None
         if last:
@@ -507,8 +627,11 @@ class ClusterRestore:
                 last_utc = pg.iso_utc(datetime.fromisoformat(_pg_timestamp(last)))
         log = log_file.read_text(encoding="utf-8", errors="replace") if log_file.exists() else ""
         stop = re.findall(r"(recovery stopping [^\n]*)", log)
-        return {"last_replayed_xact_time": last_utc, "timeline": int(row[1], 16) if row[1] else None,
-                "recovery_stop": stop[-1].strip() if stop else None}
+        return {
+            "last_replayed_xact_time": last_utc,
+            "timeline": int(row[1], 16) if row[1] else None,
+            "recovery_stop": stop[-1].strip() if stop else None,
+        }
 
     def _reset_recovery_settings(self, cluster: Cluster, uid: int, gid: int) -> None:
         auto = self.target / "postgresql.auto.conf"
@@ -527,10 +650,8 @@ def restore_command(staging: Path) -> str:
     """
     q = shlex.quote
     names = staging / walspool.NAMES
-    script = (f"{q(python_for_os_user())} -I {q(str(staging / 'wal.py'))} fetch --dir {q(str(staging))} "
-              f"\"%f\" \"%p\"")
-    return (f"cp {q(str(staging))}/\"%f\" \"%p\" 2>/dev/null || "
-            f"{{ grep -qxF \"%f\" {q(str(names))} && {script}; }}")
+    script = f'{q(python_for_os_user())} -I {q(str(staging / "wal.py"))} fetch --dir {q(str(staging))} "%f" "%p"'
+    return f'cp {q(str(staging))}/"%f" "%p" 2>/dev/null || {{ grep -qxF "%f" {q(str(names))} && {script}; }}'
 
 
 def _major_version(data_dir: Path) -> int:
@@ -555,9 +676,14 @@ def _log_tail(log_file: Path, lines: int = 4, *, plain: bool = False) -> str:
         text = log_file.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return "(no log)"
-    kept = [line for line in text.splitlines()
-            if line.strip() and not (("FATAL" in line and not permanent_connect_error(_fatal_part(line)))
-                                     and "the database system is" in line)]
+    kept = [
+        line
+        for line in text.splitlines()
+        if line.strip()
+        and not (
+            ("FATAL" in line and not permanent_connect_error(_fatal_part(line))) and "the database system is" in line
+        )
+    ]
     important = [line for line in kept if "FATAL" in line or "PANIC" in line or "ERROR" in line]
     chosen = (kept if plain else important or kept)[-lines:]
     return " | ".join(line.strip() for line in chosen) or "(empty)"
@@ -606,6 +732,8 @@ def check_readable(request: RestoreRequest) -> None:
 
 def _repository(request: RestoreRequest) -> PointReader:
     if request.from_tape:
-        raise RestoreError("a PostgreSQL restore reads base backup and WAL from the disk repository",
-                           hint="restoring PostgreSQL from tape is not supported yet")
+        raise RestoreError(
+            "a PostgreSQL restore reads base backup and WAL from the disk repository",
+            hint="restoring PostgreSQL from tape is not supported yet",
+        )
     return request.reader

@@ -21,8 +21,24 @@ from pathlib import Path
 LISTEN_ADDRESS = "127.0.0.1"
 TCP_TRUST_REPLACEMENT = "scram-sha-256"
 _HOST_TYPES = frozenset({"host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc"})
-_METHODS = frozenset({"trust", "reject", "scram-sha-256", "md5", "password", "gss", "sspi", "ident", "peer",
-                      "pam", "ldap", "radius", "cert", "bsd"})
+_METHODS = frozenset(
+    {
+        "trust",
+        "reject",
+        "scram-sha-256",
+        "md5",
+        "password",
+        "gss",
+        "sspi",
+        "ident",
+        "peer",
+        "pam",
+        "ldap",
+        "radius",
+        "cert",
+        "bsd",
+    }
+)
 _ELEMENT = r'(?:"(?:[^"]|"")*"|[^\s"#,]+)'
 _TOKEN = re.compile(_ELEMENT + r"(?:\s*,\s*" + _ELEMENT + ")*")  # `db1, db2` is one field
 
@@ -43,8 +59,13 @@ def server_options(*, port: int, socket_dir: Path, hba_file: Path | None, listen
     server's messages are read by protectctl (a connection's FATAL line, "recovery stopping").
     `hba_file` None: the one the configuration names (an in-place restore: the source itself).
     """
-    settings = {"port": str(port), "listen_addresses": listen, "unix_socket_directories": str(socket_dir),
-                **({"hba_file": str(hba_file)} if hba_file is not None else {}), "lc_messages": "C"}
+    settings = {
+        "port": str(port),
+        "listen_addresses": listen,
+        "unix_socket_directories": str(socket_dir),
+        **({"hba_file": str(hba_file)} if hba_file is not None else {}),
+        "lc_messages": "C",
+    }
     return " ".join(f"-c {shlex.quote(f'{name}={value}')}" for name, value in settings.items())
 
 
@@ -131,15 +152,23 @@ def _method_token(tokens: list[tuple[int, int, str]]) -> tuple[int, int, str] | 
 # What a connection to a server still starting, recovering without hot standby or shutting down is
 # told (lc_messages=C): worth another try. Any other FATAL (a missing role, authentication, no
 # pg_hba.conf entry, a missing database) will be said again at every try: reported at once.
-_TRANSIENT = re.compile(r"the database system is (starting up|not yet accepting connections|not accepting "
-                        r"connections|in recovery mode|shutting down)|too many clients|"
-                        r"consistent recovery state has not been yet reached", re.IGNORECASE)
+_TRANSIENT = re.compile(
+    r"the database system is (starting up|not yet accepting connections|not accepting "
+    r"connections|in recovery mode|shutting down)|too many clients|"
+    r"consistent recovery state has not been yet reached",
+    re.IGNORECASE,
+)
 _RESTORED = re.compile(r'restored log file "([0-9A-F]{24}(?:\.partial)?)" from archive')
 _REDO = re.compile(r"redo in progress, elapsed time: [^,]*, current LSN: ([0-9A-F]+/[0-9A-F]+)")
-_STAGES = (("consistent recovery state reached", "consistent"), ("redo starts at", "replaying"),
-           ("recovery stopping", "target reached"), ("pausing at the end of recovery", "paused at the target"),
-           ("selected new timeline ID", "promoting"), ("archive recovery complete", "promoting"),
-           ("database system is ready to accept connections", "ready"))
+_STAGES = (
+    ("consistent recovery state reached", "consistent"),
+    ("redo starts at", "replaying"),
+    ("recovery stopping", "target reached"),
+    ("pausing at the end of recovery", "paused at the target"),
+    ("selected new timeline ID", "promoting"),
+    ("archive recovery complete", "promoting"),
+    ("database system is ready to accept connections", "ready"),
+)
 
 
 def permanent_connect_error(message: str) -> bool:
@@ -169,8 +198,15 @@ class RecoveryWatch:
     def __post_init__(self) -> None:
         self.last_change = self.started
 
-    def observe(self, now: float, *, lsn: str | None = None, xact_time: str | None = None,
-                log_text: str = "", staged: int | None = None) -> None:
+    def observe(
+        self,
+        now: float,
+        *,
+        lsn: str | None = None,
+        xact_time: str | None = None,
+        log_text: str = "",
+        staged: int | None = None,
+    ) -> None:
         before = (self.lsn, self.xact_time, self.wal_file, self.stage, self.staged)
         if lsn and _lsn_value(lsn) > _lsn_value(self.lsn):
             self.lsn = lsn

@@ -28,6 +28,7 @@ DEFAULT_SPOOL_LIMIT = 4 << 30
 SCRIPT_NAME = ".protectctl-wal.py"
 STAGING = ".protectctl-restore"
 
+
 def spool_dir(spec: Mapping[str, object], source: str, state_dir: Path) -> Path:
     given = spec.get("spool_dir")
     if isinstance(given, str) and given:
@@ -55,8 +56,7 @@ def python_for_os_user() -> str:
 
 
 def archive_command(spool: Path, limit: int) -> str:
-    return (f"'{python_for_os_user()}' -I '{spool / SCRIPT_NAME}' push --spool '{spool}' "
-            f"--max-bytes {limit} '%p'")
+    return f"'{python_for_os_user()}' -I '{spool / SCRIPT_NAME}' push --spool '{spool}' --max-bytes {limit} '%p'"
 
 
 def install_spool(cluster: Cluster, spool: Path) -> None:
@@ -119,16 +119,16 @@ def _read_hashed(sink: SnapshotSink, path: Path) -> _ReadFile | None:
 
 
 def _store_read(sink: SnapshotSink, read: _ReadFile) -> Node:
-    return file_node(read.path.name, read.st, size=len(read.data), chunks=sink.store_content(read.data),
-                     content_hash=read.digest)
+    return file_node(
+        read.path.name, read.st, size=len(read.data), chunks=sink.store_content(read.data), content_hash=read.digest
+    )
 
 
 # Files read and hashed ahead of the one being chunked and stored (16 MiB each by default).
 _READ_AHEAD = 2
 
 
-def drain_spool(sink: SnapshotSink, cluster: Cluster, spool: Path, segment_size: int,
-                progress: Progress) -> Shipped:
+def drain_spool(sink: SnapshotSink, cluster: Cluster, spool: Path, segment_size: int, progress: Progress) -> Shipped:
     """Store every WAL file in the spool (and its transaction times) as one `wal/` tree.
 
     Three things overlap: pg_waldump finding the transaction times (another process), reading
@@ -165,10 +165,18 @@ def drain_spool(sink: SnapshotSink, cluster: Cluster, spool: Path, segment_size:
         if seg is not None:
             found = times.get(seg.segno, [])
             start = seg.segno * segment_size
-            wal.append({"name": path.name, "timeline": seg.timeline, "segno": seg.segno,
-                        "start_lsn": pg.format_lsn(start), "end_lsn": pg.format_lsn(start + segment_size),
-                        "first_xact": pg.iso_utc(min(found)) if found else None,
-                        "last_xact": pg.iso_utc(max(found)) if found else None, "xacts": len(found)})
+            wal.append(
+                {
+                    "name": path.name,
+                    "timeline": seg.timeline,
+                    "segno": seg.segno,
+                    "start_lsn": pg.format_lsn(start),
+                    "end_lsn": pg.format_lsn(start + segment_size),
+                    "first_xact": pg.iso_utc(min(found)) if found else None,
+                    "last_xact": pg.iso_utc(max(found)) if found else None,
+                    "xacts": len(found),
+                }
+            )
         elif path.name.endswith(".history"):
             history.append(path.name)
         else:
@@ -176,15 +184,21 @@ def drain_spool(sink: SnapshotSink, cluster: Cluster, spool: Path, segment_size:
     for d in drops:
         progress.note(f"WAL segment {d.get('name')} was DROPPED by the full spool: {d.get('reason')}")
     tree = sink.save_tree(Tree(tuple(sorted(nodes, key=lambda n: n.name))))
-    extra: dict[str, object] = {"wal": wal, "history": history, "other": other, "dropped": drops,
-                                "wal_segment_size": segment_size}
+    extra: dict[str, object] = {
+        "wal": wal,
+        "history": history,
+        "other": other,
+        "dropped": drops,
+        "wal_segment_size": segment_size,
+    }
     return Shipped(tree, len(nodes), total, extra, done, drop_files)
 
 
 def _xact_times(cluster: Cluster, spool: Path, names: Sequence[str], segment_size: int) -> dict[int, list[datetime]]:
     """Transaction times per segment number, one pg_waldump per run of consecutive segments."""
-    segs = sorted((s.timeline, s.segno, n) for n in names
-                  if (s := walspool.SegmentName.parse(n, segment_size)) is not None)
+    segs = sorted(
+        (s.timeline, s.segno, n) for n in names if (s := walspool.SegmentName.parse(n, segment_size)) is not None
+    )
     runs: list[list[tuple[int, int, str]]] = []
     for item in segs:
         if runs and runs[-1][-1][0] == item[0] and runs[-1][-1][1] + 1 == item[1]:
@@ -207,4 +221,3 @@ def finish_drain(shipped: Shipped) -> None:
     for f in shipped.drop_files:
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
-

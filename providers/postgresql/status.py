@@ -16,13 +16,16 @@ def status_problems(source: str, spec: Mapping[str, object], points: Sequence[Po
     make part of the retained time unrecoverable, and drops still waiting in the spool."""
     catalog = build_catalog([p for p in points if p.source == source])
     problems = [f"point-in-time recovery gap: {g.describe()}" for g in catalog.gaps]
-    problems += [f"WAL segment {d.get('name')} was dropped by the full spool ({d.get('reason')})"
-                 for d in catalog.drops]
+    problems += [
+        f"WAL segment {d.get('name')} was dropped by the full spool ({d.get('reason')})" for d in catalog.drops
+    ]
     spool = spool_dir(spec, source, state_dir)
     pending = walspool.read_drops(spool / walspool.DROPPED)
     for f in sorted(spool.glob("dropped.*.draining.jsonl")):
         pending += walspool.read_drops(f)
     if pending:
-        problems.append(f"{len(pending)} WAL segment(s) dropped by the full spool {spool} since the last sync "
-                        f"(first {pending[0].get('name')}): recovery has a gap until the next full")
+        problems.append(
+            f"{len(pending)} WAL segment(s) dropped by the full spool {spool} since the last sync "
+            f"(first {pending[0].get('name')}): recovery has a gap until the next full"
+        )
     return problems

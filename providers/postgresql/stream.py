@@ -60,8 +60,19 @@ def stream_dir(spool: Path) -> Path:
 
 
 def receiver_argv(cluster: Cluster, directory: Path, slot: str) -> list[str]:
-    return [cluster.bin("pg_receivewal"), "-D", str(directory), "-S", slot, *pg.conn_args(cluster),
-            "--synchronous", "-s", "1", "-n", "--no-password"]
+    return [
+        cluster.bin("pg_receivewal"),
+        "-D",
+        str(directory),
+        "-S",
+        slot,
+        *pg.conn_args(cluster),
+        "--synchronous",
+        "-s",
+        "1",
+        "-n",
+        "--no-password",
+    ]
 
 
 def ensure_slot(cluster: Cluster, slot: str) -> None:
@@ -77,8 +88,7 @@ def _prepare_dir(cluster: Cluster, spool: Path) -> Path:
     return directory
 
 
-def supervise(cluster: Cluster, spool: Path, slot: str, *, stop: threading.Event,
-              log: Callable[[str], None]) -> None:
+def supervise(cluster: Cluster, spool: Path, slot: str, *, stop: threading.Event, log: Callable[[str], None]) -> None:
     """Keep pg_receivewal running into `<spool>/stream` until `stop` is set."""
     backoff = 1.0
     while not stop.is_set():
@@ -89,8 +99,10 @@ def supervise(cluster: Cluster, spool: Path, slot: str, *, stop: threading.Event
         except ProviderError as err:
             why = f" ({pg.server_message(str(err))})"
         if state != "f":
-            log(f"PostgreSQL at {pg.where(cluster)} is "
-                f"{'a standby' if state == 't' else 'not reachable' + why}: waiting to stream")
+            log(
+                f"PostgreSQL at {pg.where(cluster)} is "
+                f"{'a standby' if state == 't' else 'not reachable' + why}: waiting to stream"
+            )
             stop.wait(10)
             continue
         try:
@@ -102,8 +114,12 @@ def supervise(cluster: Cluster, spool: Path, slot: str, *, stop: threading.Event
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
             continue
         started = time.monotonic()
-        proc = subprocess.Popen(pg.as_user(cluster, receiver_argv(cluster, directory, slot)), cwd="/",
-                                env={**os.environ, "PGAPPNAME": slot, "LC_ALL": "C"}, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            pg.as_user(cluster, receiver_argv(cluster, directory, slot)),
+            cwd="/",
+            env={**os.environ, "PGAPPNAME": slot, "LC_ALL": "C"},
+            stdin=subprocess.DEVNULL,
+        )
         log(f"pg_receivewal started (pid {proc.pid}, slot {slot}) into {directory}")
         while proc.poll() is None and not stop.wait(0.5):
             pass
@@ -127,8 +143,10 @@ def run_receiver(spec: Mapping[str, object], source: str, state_dir: Path, log: 
     cluster = Cluster.from_spec(spec)
     spool = spool_dir(spec, source, state_dir)
     if not spool.is_dir():
-        raise ProviderError(f"the WAL spool {spool} of {source} does not exist",
-                            hint="run `protectctl apply` to configure WAL archiving")
+        raise ProviderError(
+            f"the WAL spool {spool} of {source} does not exist",
+            hint="run `protectctl apply` to configure WAL archiving",
+        )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -142,15 +160,17 @@ def run_receiver(spec: Mapping[str, object], source: str, state_dir: Path, log: 
             signal.signal(s, handler)
 
 
-def stage_streamed(cluster: Cluster, spool: Path, source: str,
-                   progress: Progress) -> tuple[dict[str, object], int] | None:
+def stage_streamed(
+    cluster: Cluster, spool: Path, source: str, progress: Progress
+) -> tuple[dict[str, object], int] | None:
     """Move what the receiver got into the spool (see the module docstring); returns the sync's
     coverage and the segment size, or None when the receiver is not streaming (the caller switches WAL)."""
     slot = slot_name(source)
     with pg.Session(cluster) as session:
         try:
-            row = session.query("SELECT pg_is_in_recovery(), "
-                                "(SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')")[0]
+            row = session.query(
+                "SELECT pg_is_in_recovery(), (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')"
+            )[0]
         except ProviderError:
             return None
         if row[0] == "t":
@@ -159,19 +179,33 @@ def stage_streamed(cluster: Cluster, spool: Path, source: str,
         before = datetime.now(UTC)
         target = session.scalar("SELECT pg_current_wal_flush_lsn()")
         deadline = time.monotonic() + WAIT_S
-        while session.scalar(f"SELECT coalesce(bool_or(write_lsn >= '{target}'::pg_lsn), false) "
-                             f"FROM pg_stat_replication WHERE application_name = '{slot}'") != "t":
+        while (
+            session.scalar(
+                f"SELECT coalesce(bool_or(write_lsn >= '{target}'::pg_lsn), false) "
+                f"FROM pg_stat_replication WHERE application_name = '{slot}'"
+            )
+            != "t"
+        ):
             if time.monotonic() > deadline:
-                progress.note(f"pg_receivewal of {source} has not received up to {target} within {WAIT_S:.0f} s "
-                              "(is `protectctl agent wal-stream` running?): switching WAL instead")
+                progress.note(
+                    f"pg_receivewal of {source} has not received up to {target} within {WAIT_S:.0f} s "
+                    "(is `protectctl agent wal-stream` running?): switching WAL instead"
+                )
                 return None
             time.sleep(0.02)
     current = _move_received(stream_dir(spool), spool, segment_size)
     if current is None:
         return None
     seg = walspool.SegmentName.parse(current, segment_size)
-    return ({"covered_until": before.isoformat(), "covered_through_segno": seg.segno if seg else None,
-             "covered_through": current, "streamed": True}, segment_size)
+    return (
+        {
+            "covered_until": before.isoformat(),
+            "covered_through_segno": seg.segno if seg else None,
+            "covered_through": current,
+            "streamed": True,
+        },
+        segment_size,
+    )
 
 
 def _move_received(directory: Path, spool: Path, segment_size: int) -> str | None:

@@ -119,8 +119,9 @@ def copy_durably(source: Path, dest: Path, *, mode: int = 0o600) -> None:
 
 
 def record_drop(spool: Path, name: str, size: int, reason: str, now: float | None = None) -> None:
-    line = json.dumps({"name": name, "time": now if now is not None else time.time(), "bytes": size,
-                       "reason": reason}, sort_keys=True)
+    line = json.dumps(
+        {"name": name, "time": now if now is not None else time.time(), "bytes": size, "reason": reason}, sort_keys=True
+    )
     fd = os.open(spool / DROPPED, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(fd, (line + "\n").encode())
@@ -157,8 +158,10 @@ def push(source: Path, spool: Path, max_bytes: int) -> tuple[int, str]:
         used = spool_bytes(spool)
         if used + size > max_bytes:
             record_drop(spool, name, size, f"spool full: {used} + {size} bytes > limit {max_bytes}")
-            return 0, (f"protectctl wal-push: WARNING: spool {spool} is full ({used} of {max_bytes} bytes); "
-                       f"DROPPED {name}: point-in-time recovery has a gap here until the next full backup")
+            return 0, (
+                f"protectctl wal-push: WARNING: spool {spool} is full ({used} of {max_bytes} bytes); "
+                f"DROPPED {name}: point-in-time recovery has a gap here until the next full backup"
+            )
         copy_durably(source, dest)
     except OSError as err:
         return 1, f"protectctl wal-push: {name}: {err.strerror or err}"

@@ -34,9 +34,15 @@ class Captured:
 
 def _run(argv: Sequence[str]) -> tuple[bool, str]:
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, errors="surrogateescape",
-                              timeout=_TIMEOUT_S, check=False,
-                              env={**os.environ, "LC_ALL": "C"})
+        done = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            errors="surrogateescape",
+            timeout=_TIMEOUT_S,
+            check=False,
+            env={**os.environ, "LC_ALL": "C"},
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         return False, str(err)
     if done.returncode != 0:
@@ -73,12 +79,16 @@ class _Capture:
             return
         admin = ["--admindir", str(self.root / "var/lib/dpkg")]
         self.command("packages/dpkg-selections.txt", "package selections", ["dpkg", *admin, "--get-selections"])
-        installed = self.command("packages/installed.tsv", "installed package versions", [
-            "dpkg-query", *admin, "-W", "-f", "${Package}\t${Version}\t${Architecture}\t${db:Status-Status}\n"])
+        installed = self.command(
+            "packages/installed.tsv",
+            "installed package versions",
+            ["dpkg-query", *admin, "-W", "-f", "${Package}\t${Version}\t${Architecture}\t${db:Status-Status}\n"],
+        )
         if installed is not None:  # what `apt-mark showmanual` prints, without its second of start-up
             auto = _auto_installed(self.root / "var/lib/apt/extended_states")
-            names = sorted({line.split("\t")[0] for line in installed.splitlines()
-                            if line.endswith("\tinstalled")} - auto)
+            names = sorted(
+                {line.split("\t")[0] for line in installed.splitlines() if line.endswith("\tinstalled")} - auto
+            )
             self.save("packages/apt-manual.txt", "packages marked manually installed", "".join(f"{n}\n" for n in names))
 
     def units(self) -> None:
@@ -98,12 +108,16 @@ class _Capture:
             return
         masked = {e.name for e in base.iterdir() if e.is_symlink() and os.readlink(e) == "/dev/null"}
         self.got.units = sorted(found - masked)
-        self.save("systemd/enabled-units.txt", "enabled systemd units and timers",
-                  "".join(f"{u}\n" for u in self.got.units))
+        self.save(
+            "systemd/enabled-units.txt", "enabled systemd units and timers", "".join(f"{u}\n" for u in self.got.units)
+        )
 
     def disks(self) -> None:
-        text = self.command("disks/lsblk.json", "block devices", ["lsblk", "-J", "-b", "-o",
-                            "NAME,PATH,TYPE,SIZE,FSTYPE,UUID,PARTUUID,LABEL,PTTYPE,MOUNTPOINT"])
+        text = self.command(
+            "disks/lsblk.json",
+            "block devices",
+            ["lsblk", "-J", "-b", "-o", "NAME,PATH,TYPE,SIZE,FSTYPE,UUID,PARTUUID,LABEL,PTTYPE,MOUNTPOINT"],
+        )
         if text is None:
             return
         try:
@@ -115,16 +129,19 @@ class _Capture:
             if dev.get("type") != "disk" or not dev.get("pttype"):
                 continue
             name = str(dev["name"])
-            if self.command(dump_file(name), f"partition table of {dev['path']}",
-                            ["sfdisk", "-d", str(dev["path"])]) is not None:
-                self.got.disks.append({"name": name, "path": dev["path"], "size": dev.get("size"),
-                                       "pttype": dev["pttype"]})
+            if (
+                self.command(dump_file(name), f"partition table of {dev['path']}", ["sfdisk", "-d", str(dev["path"])])
+                is not None
+            ):
+                self.got.disks.append(
+                    {"name": name, "path": dev["path"], "size": dev.get("size"), "pttype": dev["pttype"]}
+                )
         if not self.got.disks:
             self.got.gaps.append("partition tables: no disk here has one")
-        self.command("raid/mdadm-detail-scan.txt", "software RAID arrays", ["mdadm", "--detail", "--scan"],
-                     needed=False)
-        self.command("lvm/vgs.txt", "LVM volume groups", ["vgs", "--noheadings", "-o", "vg_name,vg_uuid"],
-                     needed=False)
+        self.command(
+            "raid/mdadm-detail-scan.txt", "software RAID arrays", ["mdadm", "--detail", "--scan"], needed=False
+        )
+        self.command("lvm/vgs.txt", "LVM volume groups", ["vgs", "--noheadings", "-o", "vg_name,vg_uuid"], needed=False)
         self.command("lvm/lvs.txt", "LVM logical volumes", ["lvs", "-a", "-o", "+devices"], needed=False)
 
     def live(self) -> None:
@@ -182,12 +199,28 @@ def capture(root: Path, out: Path) -> Captured:
         run.disks()
         run.live()
     else:
-        run.got.gaps.append(f"disks, partition tables, RAID, LVM, kernel command line: {root} is not the running"
-                            " system")
+        run.got.gaps.append(
+            f"disks, partition tables, RAID, LVM, kernel command line: {root} is not the running system"
+        )
     run.boot()
     got = run.got
-    run.save("manifest.json", "what was captured", json.dumps({
-        "format": FORMAT, "hostname": socket.gethostname() if live else None, "root": str(root),
-        "files": got.files, "gaps": got.gaps, "errors": got.errors, "disks": got.disks, "units": got.units,
-    }, indent=2, sort_keys=True) + "\n")
+    run.save(
+        "manifest.json",
+        "what was captured",
+        json.dumps(
+            {
+                "format": FORMAT,
+                "hostname": socket.gethostname() if live else None,
+                "root": str(root),
+                "files": got.files,
+                "gaps": got.gaps,
+                "errors": got.errors,
+                "disks": got.disks,
+                "units": got.units,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n",
+    )
     return got

@@ -50,10 +50,15 @@ class SystemStateProvider:
 
     def check_member(self, spec: BaseModel, *, source: str, hosts: tuple[str, ...] | None) -> list[SpecProblem]:
         assert isinstance(spec, SystemStateMember)
-        return [SpecProblem(("exclude", index), f"exclude[{index}] {problem.removeprefix('_[0] ')}",
-                            "use gitignore-style patterns relative to /etc, e.g. 'ssl/private/'")
-                for index, pattern in enumerate(spec.exclude)
-                for problem in validate_patterns([pattern], "_")]
+        return [
+            SpecProblem(
+                ("exclude", index),
+                f"exclude[{index}] {problem.removeprefix('_[0] ')}",
+                "use gitignore-style patterns relative to /etc, e.g. 'ssl/private/'",
+            )
+            for index, pattern in enumerate(spec.exclude)
+            for problem in validate_patterns([pattern], "_")
+        ]
 
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:
         return f"system-state:{posixpath.normpath(str(spec.get('root') or '/'))}"
@@ -67,16 +72,20 @@ class SystemStateProvider:
         staging = request.state_dir / "systemstate" / f"{safe_name(request.source)}.capture"
         got = capture(root, staging)
         exclude = [str(p) for p in request.spec.get("exclude") or ()]  # type: ignore[attr-defined]
-        etc = archive(request, ArchiveOptions(root=root / "etc", exclude=exclude, verify_all=request.kind == "full"),
-                      journal=f"{request.source}#etc")
+        etc = archive(
+            request,
+            ArchiveOptions(root=root / "etc", exclude=exclude, verify_all=request.kind == "full"),
+            journal=f"{request.source}#etc",
+        )
         try:
             state = archive(request, ArchiveOptions(root=staging), journal=f"{request.source}#state")
         except BaseException:
             etc.finish(None)
             raise
         try:
-            tree = request.sink.save_tree(Tree((dir_node("etc", etc.root, etc.tree),
-                                                dir_node("state", state.root, state.tree))))
+            tree = request.sink.save_tree(
+                Tree((dir_node("etc", etc.root, etc.tree), dir_node("state", state.root, state.tree)))
+            )
         except BaseException:  # no point: both journals are dropped, as the agent would on a failed job
             etc.finish(None)
             state.finish(None)
@@ -88,12 +97,21 @@ class SystemStateProvider:
 
         return SnapshotOutcome(
             tree=tree,
-            stats=SnapshotStats(files=etc.files + state.files, dirs=etc.dirs + state.dirs + 1,
-                                bytes_total=etc.bytes_total + state.bytes_total,
-                                bytes_read=etc.bytes_read + state.bytes_read),
+            stats=SnapshotStats(
+                files=etc.files + state.files,
+                dirs=etc.dirs + state.dirs + 1,
+                bytes_total=etc.bytes_total + state.bytes_total,
+                bytes_read=etc.bytes_read + state.bytes_read,
+            ),
             errors=(*got.errors, *(f"/etc: {e}" for e in etc.errors), *state.errors),
-            extra={"root": str(root), "captured": sorted(got.files), "gaps": got.gaps, "units": len(got.units),
-                   "disks": [str(d["path"]) for d in got.disks], "files_read": etc.files_read + state.files_read},
+            extra={
+                "root": str(root),
+                "captured": sorted(got.files),
+                "gaps": got.gaps,
+                "units": len(got.units),
+                "disks": [str(d["path"]) for d in got.disks],
+                "files_read": etc.files_read + state.files_read,
+            },
             finish=finish,
         )
 
@@ -101,13 +119,22 @@ class SystemStateProvider:
         from protectctl.providers.systemstate.runbook import render
 
         if request.target is None:
-            raise RestoreError(f"{request.source}: system state restores into a directory, never onto the live system",
-                               hint="pass --target DIR, then review and run DIR/recover.sh")
+            raise RestoreError(
+                f"{request.source}: system state restores into a directory, never onto the live system",
+                hint="pass --target DIR, then review and run DIR/recover.sh",
+            )
         if request.point.tree is None:
             raise RestoreError(f"point {request.point.id} has no content to restore")
         target = request.target
-        outcome = restore_tree(request.reader, request.point.tree, target, subpaths=request.subpaths,
-                               dry_run=request.dry_run, overwrite=request.overwrite, progress=request.progress)
+        outcome = restore_tree(
+            request.reader,
+            request.point.tree,
+            target,
+            subpaths=request.subpaths,
+            dry_run=request.dry_run,
+            overwrite=request.overwrite,
+            progress=request.progress,
+        )
         if request.dry_run or request.subpaths:
             return outcome
         try:
@@ -126,7 +153,15 @@ class SystemStateProvider:
         except OSError as err:
             raise RestoreError(f"cannot write {script}: {err.strerror}") from err
         notes = (*outcome.notes, f"review, then run {script} (--dry-run lists its steps); it changes nothing by itself")
-        return RestoreOutcome(target=outcome.target, files=outcome.files + 1, dirs=outcome.dirs,
-                              bytes_total=outcome.bytes_total, bytes_needed=outcome.bytes_needed,
-                              bytes_free=outcome.bytes_free, verified=outcome.verified, written=True, notes=notes,
-                              details={**outcome.details, "runbook": str(script), "gaps": manifest.get("gaps", [])})
+        return RestoreOutcome(
+            target=outcome.target,
+            files=outcome.files + 1,
+            dirs=outcome.dirs,
+            bytes_total=outcome.bytes_total,
+            bytes_needed=outcome.bytes_needed,
+            bytes_free=outcome.bytes_free,
+            verified=outcome.verified,
+            written=True,
+            notes=notes,
+            details={**outcome.details, "runbook": str(script), "gaps": manifest.get("gaps", [])},
+        )

@@ -122,45 +122,52 @@ def render(manifest: Mapping[str, object], *, point: str) -> str:
 
     out.append('\nstep "packages"\n')
     if "packages/dpkg-selections.txt" in files:
-        out.append('if [ -d "$HERE/etc/apt" ]; then  # the captured sources and keys, so the same packages are found\n'
-                   '  run cp -a --remove-destination "$HERE/etc/apt/." "$ROOT/etc/apt/"\n'
-                   "fi\n"
-                   'in_root dpkg --set-selections <"$HERE/state/packages/dpkg-selections.txt"\n'
-                   "in_root apt-get update\n"
-                   "in_root apt-get -y -o Dpkg::Options::=--force-confold dselect-upgrade\n")
+        out.append(
+            'if [ -d "$HERE/etc/apt" ]; then  # the captured sources and keys, so the same packages are found\n'
+            '  run cp -a --remove-destination "$HERE/etc/apt/." "$ROOT/etc/apt/"\n'
+            "fi\n"
+            'in_root dpkg --set-selections <"$HERE/state/packages/dpkg-selections.txt"\n'
+            "in_root apt-get update\n"
+            "in_root apt-get -y -o Dpkg::Options::=--force-confold dselect-upgrade\n"
+        )
         if "packages/apt-manual.txt" in files:
             out.append('in_root xargs -r apt-mark manual <"$HERE/state/packages/apt-manual.txt"\n')
     else:
         out.append('echo "   no package selections were captured"\n')
 
-    out.append('\nstep "restore /etc"\n'
-               'run cp -a --remove-destination "$HERE/etc/." "$ROOT/etc/"\n')
+    out.append('\nstep "restore /etc"\nrun cp -a --remove-destination "$HERE/etc/." "$ROOT/etc/"\n')
 
-    out.append('\nstep "users and groups"\n'
-               "for file in passwd group shadow gshadow; do\n"
-               '  if [ -e "$HERE/etc/$file" ]; then\n'
-               '    run cp -p "$HERE/etc/$file" "$ROOT/etc/$file"\n'
-               "  fi\n"
-               "done\n"
-               'in_root pwck -r -q || echo "   pwck reported problems (above)"\n')
+    out.append(
+        '\nstep "users and groups"\n'
+        "for file in passwd group shadow gshadow; do\n"
+        '  if [ -e "$HERE/etc/$file" ]; then\n'
+        '    run cp -p "$HERE/etc/$file" "$ROOT/etc/$file"\n'
+        "  fi\n"
+        "done\n"
+        'in_root pwck -r -q || echo "   pwck reported problems (above)"\n'
+    )
 
     out.append('\nstep "systemd units"\n')
     if units:
-        out.append("run systemctl --root=\"$ROOT\" enable -- \\\n")
+        out.append('run systemctl --root="$ROOT" enable -- \\\n')
         out.append(" \\\n".join(f"  {q(u)}" for u in units) + "\n")
     else:
         out.append('echo "   no enabled units were captured"\n')
 
-    out.append('\nstep "boot loader"\n'
-               'if [ -x "$ROOT/usr/sbin/update-initramfs" ]; then\n'
-               "  in_root update-initramfs -u -k all\n"
-               "fi\n"
-               'if [ -x "$ROOT/usr/sbin/update-grub" ]; then\n'
-               "  in_root update-grub\n"
-               "fi\n")
+    out.append(
+        '\nstep "boot loader"\n'
+        'if [ -x "$ROOT/usr/sbin/update-initramfs" ]; then\n'
+        "  in_root update-initramfs -u -k all\n"
+        "fi\n"
+        'if [ -x "$ROOT/usr/sbin/update-grub" ]; then\n'
+        "  in_root update-grub\n"
+        "fi\n"
+    )
     if "kernel/cmdline" in files:
-        out.append('echo "   the captured kernel command line (compare with /etc/default/grub):"\n'
-                   'sed "s/^/     /" "$HERE/state/kernel/cmdline"\n')
+        out.append(
+            'echo "   the captured kernel command line (compare with /etc/default/grub):"\n'
+            'sed "s/^/     /" "$HERE/state/kernel/cmdline"\n'
+        )
     for disk in disks:
         path = q(str(disk.get("path")))
         out.append(f'echo "   if {path} is the boot disk: grub-install {path}"\n')

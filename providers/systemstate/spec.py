@@ -8,6 +8,10 @@ from protectctl.policy.model import CamelSpec
 
 
 class SystemStateMember(CamelSpec):
-    root: str = Field("/", pattern=r"^/", description="the system's root directory: / for the running system, or "
-                      "a mounted one (its disks and kernel are then not captured)")
+    root: str = Field(
+        "/",
+        pattern=r"^/",
+        description="the system's root directory: / for the running system, or "
+        "a mounted one (its disks and kernel are then not captured)",
+    )
     exclude: tuple[str, ...] = Field((), description="gitignore-style patterns of files under /etc not to capture")

@@ -85,7 +85,8 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     if spec.get("domain"):
         raise ProviderError(
             f"{request.source}: libvirt domain mode (virsh backup-begin with checkpoints) is not available here",
-            hint="see docs/vm-images.md: protect the image of a shut-off guest (leave `domain` out) until it is")
+            hint="see docs/vm-images.md: protect the image of a shut-off guest (leave `domain` out) until it is",
+        )
     path = Path(str(spec["path"]))
     try:
         st = os.stat(path)
@@ -94,8 +95,10 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
     where = state_path(request.state_dir, request.source, request.sink.repository_id)
     info = qemu.image_info(path, _format(request, path, where))
     if info.format not in ("qcow2", "raw"):
-        raise ProviderError(f"{request.source}: {path} is a {info.format} image; vmImage reads qcow2 and raw images",
-                            hint=f"convert it: qemu-img convert -O qcow2 {path} NEW.qcow2")
+        raise ProviderError(
+            f"{request.source}: {path} is a {info.format} image; vmImage reads qcow2 and raw images",
+            hint=f"convert it: qemu-img convert -O qcow2 {path} NEW.qcow2",
+        )
     sink = request.sink
     chunk = chunk_size_for(info.cluster_size if info.format == "qcow2" else 0)
     count = chunk_count(info.virtual_size, chunk)
@@ -115,24 +118,44 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
         reason = reason or "a full reads every chunk (and counts the changes tracking missed)"
     tree = _tree(sink, st, info.virtual_size, chunk, run.ids)
     extra: dict[str, object] = {
-        "path": str(path), "format": info.format, "virtual_size": info.virtual_size,
-        "cluster_size": info.cluster_size, "chunk_size": chunk, "tracking": tracking,
-        "chunks_total": count, "chunks_read": run.chunks_read, "chunks_new": run.chunks_new,
-        "read_all_reason": reason, "silent_changes": run.silent,
+        "path": str(path),
+        "format": info.format,
+        "virtual_size": info.virtual_size,
+        "cluster_size": info.cluster_size,
+        "chunk_size": chunk,
+        "tracking": tracking,
+        "chunks_total": count,
+        "chunks_read": run.chunks_read,
+        "chunks_new": run.chunks_new,
+        "read_all_reason": reason,
+        "silent_changes": run.silent,
         "consistency": "crash-consistent: the image was not in use (no domain)",
     }
     if new_bitmap:
         extra["bitmap"] = new_bitmap
 
     def finish(point_id: str | None) -> None:
-        _finish(point_id, path, where, Tracked(point_id or "", new_bitmap, info.format, info.virtual_size, chunk,
-                                               bytes(run.ids), identity), old_bitmap)
+        _finish(
+            point_id,
+            path,
+            where,
+            Tracked(point_id or "", new_bitmap, info.format, info.virtual_size, chunk, bytes(run.ids), identity),
+            old_bitmap,
+        )
 
     return SnapshotOutcome(
         tree=tree,
-        stats=SnapshotStats(files=1, bytes_total=info.virtual_size, bytes_read=run.bytes_read,
-                            bytes_added=run.bytes_added, chunks_new=run.chunks_new),
-        errors=(), extra=extra, finish=finish)
+        stats=SnapshotStats(
+            files=1,
+            bytes_total=info.virtual_size,
+            bytes_read=run.bytes_read,
+            bytes_added=run.bytes_added,
+            chunks_new=run.chunks_new,
+        ),
+        errors=(),
+        extra=extra,
+        finish=finish,
+    )
 
 
 # -- what the last point left ----------------------------------------------------------------
@@ -152,12 +175,14 @@ def _format(request: SnapshotRequest, path: Path, where: Path) -> str | None:
         raise ProviderError(
             f"{request.source}: {path} was a {tracked.format} image at the last backup and now reads as {probed}",
             hint=f"if the image was converted, set `format: {probed}`; a raw image's guest can write what looks"
-                 " like a qcow2 header: then set `format: raw`")
+            " like a qcow2 header: then set `format: raw`",
+        )
     return str(tracked.format)
 
 
-def _previous(request: SnapshotRequest, where: Path, info: qemu.ImageInfo,
-              chunk: int) -> tuple[Tracked | None, str | None]:
+def _previous(
+    request: SnapshotRequest, where: Path, info: qemu.ImageInfo, chunk: int
+) -> tuple[Tracked | None, str | None]:
     """The tracked state when it can be followed, else None and why every chunk is read."""
     tracked = load_tracked(where)
     if tracked is None:
@@ -170,27 +195,34 @@ def _previous(request: SnapshotRequest, where: Path, info: qemu.ImageInfo,
     if tracked.point_id not in {p.id for p in request.sink.list_points(request.source)}:
         return None, f"the point change tracking followed ({tracked.point_id}) is no longer in the repository"
     if (tracked.format, tracked.virtual_size, tracked.chunk_size) != (info.format, info.virtual_size, chunk):
-        return None, (f"the image changed shape since the last point ({tracked.format}, {tracked.virtual_size} bytes"
-                      f" -> {info.format}, {info.virtual_size} bytes)")
-    for blob in {bytes(tracked.ids[i:i + ID_SIZE]) for i in range(0, len(tracked.ids), ID_SIZE)} - {ZERO_ID}:
+        return None, (
+            f"the image changed shape since the last point ({tracked.format}, {tracked.virtual_size} bytes"
+            f" -> {info.format}, {info.virtual_size} bytes)"
+        )
+    for blob in {bytes(tracked.ids[i : i + ID_SIZE]) for i in range(0, len(tracked.ids), ID_SIZE)} - {ZERO_ID}:
         if not request.sink.has_blob(blob):  # type: ignore[arg-type]
             return None, "chunks of the last point are no longer in the repository"
     if info.format == "qcow2":
         bitmap = info.bitmap(tracked.bitmap or "")
         if bitmap is None:
-            return None, (f"the dirty bitmap {tracked.bitmap} is gone from the image (removed, or the image"
-                          " replaced): changes since the last point cannot be known")
+            return None, (
+                f"the dirty bitmap {tracked.bitmap} is gone from the image (removed, or the image"
+                " replaced): changes since the last point cannot be known"
+            )
         if not bitmap.consistent:
-            return None, (f"the dirty bitmap {tracked.bitmap} is {' and '.join(bitmap.flags) or 'disabled'}"
-                          " (a writer crashed or stopped tracking): changes since the last point cannot be known")
+            return None, (
+                f"the dirty bitmap {tracked.bitmap} is {' and '.join(bitmap.flags) or 'disabled'}"
+                " (a writer crashed or stopped tracking): changes since the last point cannot be known"
+            )
     return tracked, None
 
 
 # -- qcow2 -----------------------------------------------------------------------------------
 
 
-def _qcow2(request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chunk: int, count: int,
-           tracked: Tracked | None) -> tuple[_Run, str, str | None]:
+def _qcow2(
+    request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chunk: int, count: int, tracked: Tracked | None
+) -> tuple[_Run, str, str | None]:
     tag = bitmap_tag(request.source, request.sink.repository_id)
     old = tracked.bitmap if tracked is not None else None
     for leftover in info.bitmaps:  # ours, from a sync that crashed or a point never saved
@@ -206,8 +238,15 @@ def _qcow2(request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chunk: in
     return run, new, old
 
 
-def _read_qcow2(request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chunk: int, count: int,
-                tracked: Tracked | None, old: str | None) -> _Run:
+def _read_qcow2(
+    request: SnapshotRequest,
+    path: Path,
+    info: qemu.ImageInfo,
+    chunk: int,
+    count: int,
+    tracked: Tracked | None,
+    old: str | None,
+) -> _Run:
     size = info.virtual_size
     with qemu.export(path, "qcow2", old if tracked is not None else None) as ex:
         zero = all_zero(qemu.extent_map(ex.uri), chunk, size)
@@ -248,18 +287,29 @@ def _unchanged(tracked: Tracked, identity: tuple[int, ...]) -> bool:
     return bool(before[5] - identity[4] > _SETTLED_NS)
 
 
-def _raw_sync(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int, tracked: Tracked | None,
-              identity: tuple[int, ...]) -> tuple[_Run, str | None]:
+def _raw_sync(
+    request: SnapshotRequest,
+    path: Path,
+    size: int,
+    chunk: int,
+    count: int,
+    tracked: Tracked | None,
+    identity: tuple[int, ...],
+) -> tuple[_Run, str | None]:
     """Nothing read when the image is untouched since the tracked read, else every data extent."""
     if not path.is_file():  # a block device's times do not follow writes to it
-        return _raw(request, path, size, chunk, count), ("a raw image on a block device has no dirty bitmap and"
-                                                          " no reliable times: every data extent was read (only"
-                                                          " new chunks are stored)")
+        return _raw(request, path, size, chunk, count), (
+            "a raw image on a block device has no dirty bitmap and"
+            " no reliable times: every data extent was read (only"
+            " new chunks are stored)"
+        )
     if tracked is not None and request.kind == "sync" and _unchanged(tracked, identity):
         return _Run(bytearray(tracked.ids)), None
-    return _raw(request, path, size, chunk, count), ("a raw image has no dirty bitmap: it changed since the last"
-                                                      " point, so every data extent was read (only new chunks"
-                                                      " are stored)")
+    return _raw(request, path, size, chunk, count), (
+        "a raw image has no dirty bitmap: it changed since the last"
+        " point, so every data extent was read (only new chunks"
+        " are stored)"
+    )
 
 
 def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int) -> _Run:
@@ -360,22 +410,27 @@ def prefetch(pieces: Iterator[Piece], depth: int = 8) -> Iterator[Piece]:
 
 def _set(run: _Run, index: int, blob: bytes, unmarked: bool) -> None:
     at = index * ID_SIZE
-    if unmarked and run.ids[at:at + ID_SIZE] != blob:
+    if unmarked and run.ids[at : at + ID_SIZE] != blob:
         run.silent += 1
-    run.ids[at:at + ID_SIZE] = blob
+    run.ids[at : at + ID_SIZE] = blob
 
 
-def _store(sink: SnapshotSink, run: _Run, pieces: Iterable[tuple[int, bytes | bytearray]], chunk: int,
-           unmarked: Callable[[int], bool]) -> None:
+def _store(
+    sink: SnapshotSink,
+    run: _Run,
+    pieces: Iterable[tuple[int, bytes | bytearray]],
+    chunk: int,
+    unmarked: Callable[[int], bool],
+) -> None:
     """Cut each read at chunk boundaries (reads start on one), store the chunks, note their ids."""
     for offset, data in pieces:
         run.bytes_read += len(data)
         view = memoryview(data)
         for at in range(0, len(data), chunk):
-            piece = view[at:at + chunk]
+            piece = view[at : at + chunk]
             index = (offset + at) // chunk
             run.chunks_read += 1
-            if is_zero(data[at:at + chunk] if len(data) > chunk else data):  # a zero chunk stays a hole
+            if is_zero(data[at : at + chunk] if len(data) > chunk else data):  # a zero chunk stays a hole
                 _set(run, index, ZERO_ID, unmarked(index))
                 continue
             blob, new = sink.store_chunk(piece)

@@ -75,7 +75,7 @@ def layout(ids: bytes | bytearray, chunk: int, size: int) -> tuple[tuple[BlobId,
     chunks: list[BlobId] = []
     holes: list[tuple[int, int]] = []
     for index in range(len(ids) // ID_SIZE):
-        blob = bytes(ids[index * ID_SIZE:(index + 1) * ID_SIZE])
+        blob = bytes(ids[index * ID_SIZE : (index + 1) * ID_SIZE])
         if blob != ZERO_ID:
             chunks.append(BlobId(blob))
             continue
@@ -102,9 +102,15 @@ class Tracked:
     identity: tuple[int, ...] | None = None
 
     def header(self) -> dict[str, object]:
-        return {"format_version": STATE_FORMAT, "point_id": self.point_id, "bitmap": self.bitmap,
-                "format": self.format, "virtual_size": self.virtual_size, "chunk_size": self.chunk_size,
-                "identity": list(self.identity) if self.identity is not None else None}
+        return {
+            "format_version": STATE_FORMAT,
+            "point_id": self.point_id,
+            "bitmap": self.bitmap,
+            "format": self.format,
+            "virtual_size": self.virtual_size,
+            "chunk_size": self.chunk_size,
+            "identity": list(self.identity) if self.identity is not None else None,
+        }
 
 
 def load_tracked(path: Path) -> Tracked | None | str:
@@ -120,9 +126,15 @@ def load_tracked(path: Path) -> Tracked | None | str:
         h = json.loads(head) if sep else None
         if not isinstance(h, dict) or h.get("format_version") != STATE_FORMAT:
             raise ValueError("unknown format")
-        tracked = Tracked(str(h["point_id"]), h["bitmap"] if h.get("bitmap") is None else str(h["bitmap"]),
-                          str(h["format"]), int(h["virtual_size"]), int(h["chunk_size"]), ids,
-                          tuple(int(v) for v in h["identity"]) if h.get("identity") else None)
+        tracked = Tracked(
+            str(h["point_id"]),
+            h["bitmap"] if h.get("bitmap") is None else str(h["bitmap"]),
+            str(h["format"]),
+            int(h["virtual_size"]),
+            int(h["chunk_size"]),
+            ids,
+            tuple(int(v) for v in h["identity"]) if h.get("identity") else None,
+        )
     except (ValueError, KeyError, TypeError):
         return f"its change-tracking state {path} is damaged"
     if tracked.chunk_size <= 0 or len(ids) != ID_SIZE * chunk_count(tracked.virtual_size, tracked.chunk_size):

@@ -44,10 +44,14 @@ class VmImageProvider:
         assert isinstance(spec, VmImageMember)
         problems: list[SpecProblem] = []
         if spec.domain is not None:
-            problems.append(SpecProblem(
-                ("domain",), f"{source}: libvirt domain mode is not available in this build: its syncs will fail",
-                "leave `domain` out and protect the image while the guest is shut off (docs/vm-images.md)",
-                warning=True))
+            problems.append(
+                SpecProblem(
+                    ("domain",),
+                    f"{source}: libvirt domain mode is not available in this build: its syncs will fail",
+                    "leave `domain` out and protect the image while the guest is shut off (docs/vm-images.md)",
+                    warning=True,
+                )
+            )
         return problems
 
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:

@@ -87,10 +87,17 @@ def image_info(path: Path, fmt: str | None = None) -> ImageInfo:
         info = json.loads(text)
         fmt = str(info["format"])
         data = (info.get("format-specific") or {}).get("data") or {}
-        bitmaps = tuple(Bitmap(str(b["name"]), tuple(str(f) for f in b.get("flags", ())), int(b.get("granularity", 0)))
-                        for b in data.get("bitmaps") or ())
-        return ImageInfo(fmt, int(info["virtual-size"]), int(info.get("cluster-size") or 0), bitmaps,
-                         info.get("full-backing-filename") or info.get("backing-filename"))
+        bitmaps = tuple(
+            Bitmap(str(b["name"]), tuple(str(f) for f in b.get("flags", ())), int(b.get("granularity", 0)))
+            for b in data.get("bitmaps") or ()
+        )
+        return ImageInfo(
+            fmt,
+            int(info["virtual-size"]),
+            int(info.get("cluster-size") or 0),
+            bitmaps,
+            info.get("full-backing-filename") or info.get("backing-filename"),
+        )
     except (ValueError, KeyError, TypeError) as err:
         raise ProviderError(f"cannot inspect {path}: qemu-img said something unexpected ({err})") from err
 
@@ -100,8 +107,10 @@ def bitmap_add(path: Path, name: str) -> None:
 
 
 def bitmap_remove(path: Path, name: str) -> None:
-    run(["qemu-img", "bitmap", "--remove", "-f", "qcow2", "--", str(path), name],
-        f"cannot remove bitmap {name} from {path}")
+    run(
+        ["qemu-img", "bitmap", "--remove", "-f", "qcow2", "--", str(path), name],
+        f"cannot remove bitmap {name} from {path}",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +128,26 @@ def export(path: Path, fmt: str, bitmap: str | None, *, writable: bool = False) 
     need("qemu-nbd", "qemu-utils")
     with tempfile.TemporaryDirectory(prefix="protectctl-nbd-") as tmp:
         sock = os.path.join(tmp, "s")
-        argv = ["qemu-nbd", "--persistent", "--shared=4", f"--format={fmt}", f"--export-name={EXPORT}",
-                f"--socket={sock}"]
+        argv = [
+            "qemu-nbd",
+            "--persistent",
+            "--shared=4",
+            f"--format={fmt}",
+            f"--export-name={EXPORT}",
+            f"--socket={sock}",
+        ]
         if not writable:
             argv.append("--read-only")
         if bitmap is not None:
             argv.append(f"--bitmap={bitmap}")
         try:
-            server = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True)
+            server = subprocess.Popen(
+                [*argv, "--", str(path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         except OSError as err:
             raise ProviderError(f"cannot export {path} through qemu-nbd: {err.strerror}") from err
         failed = True

@@ -34,8 +34,10 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     if point.tree is None:
         raise RestoreError(f"point {point.id} has no content to restore")
     if request.subpaths:
-        raise RestoreError("a vmImage point restores as a whole image: --path inside an image is not supported",
-                           hint="restore the image, then mount it (e.g. guestmount or qemu-nbd) to pick files")
+        raise RestoreError(
+            "a vmImage point restores as a whole image: --path inside an image is not supported",
+            hint="restore the image, then mount it (e.g. guestmount or qemu-nbd) to pick files",
+        )
     target = request.target if request.target is not None else Path(str(request.spec["path"]))
     fmt = target_format(target, str(point.extra.get("format", "raw")))
     _check_target(target, overwrite=request.overwrite)
@@ -44,28 +46,43 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     if node is None:
         raise RestoreError(f"point {point.id} holds no disk image")
     needed = node.size - sum(length for _, length in node.holes)
-    details: dict[str, object] = {"format": fmt, "virtual_size": node.size, "data_bytes": needed,
-                                  "image": str(target)}
+    details: dict[str, object] = {"format": fmt, "virtual_size": node.size, "data_bytes": needed, "image": str(target)}
     notes: tuple[str, ...] = ()
     if not request.dry_run:
-        notes = (*_write(request, node, target, fmt),
-                 "each chunk was checked against its id (an image has no whole-file hash)")
-    return RestoreOutcome(target=target, files=1, dirs=0, bytes_total=node.size, bytes_needed=needed,
-                          bytes_free=_free(target.parent), verified=0 if request.dry_run else 1,
-                          written=not request.dry_run, notes=notes, details=details)
+        notes = (
+            *_write(request, node, target, fmt),
+            "each chunk was checked against its id (an image has no whole-file hash)",
+        )
+    return RestoreOutcome(
+        target=target,
+        files=1,
+        dirs=0,
+        bytes_total=node.size,
+        bytes_needed=needed,
+        bytes_free=_free(target.parent),
+        verified=0 if request.dry_run else 1,
+        written=not request.dry_run,
+        notes=notes,
+        details=details,
+    )
 
 
 def _check_target(target: Path, *, overwrite: bool) -> None:
     if target.is_block_device():
-        raise RestoreError(f"{target} is a block device; restore writes a new image file",
-                           hint=f"restore to a file, then copy it onto the device: qemu-img convert -n -O raw FILE"
-                           f" {target}")
+        raise RestoreError(
+            f"{target} is a block device; restore writes a new image file",
+            hint=f"restore to a file, then copy it onto the device: qemu-img convert -n -O raw FILE {target}",
+        )
     if target.is_dir():
-        raise RestoreError(f"the target {target} is a directory; give the path of the new image file",
-                           hint=f"e.g. --target {target / 'restored.qcow2'}")
+        raise RestoreError(
+            f"the target {target} is a directory; give the path of the new image file",
+            hint=f"e.g. --target {target / 'restored.qcow2'}",
+        )
     if (target.exists() or target.is_symlink()) and not overwrite:
-        raise RestoreError(f"{target} exists; restore writes a new image",
-                           hint="choose another --target, or pass --overwrite (the VM using it must be off)")
+        raise RestoreError(
+            f"{target} exists; restore writes a new image",
+            hint="choose another --target, or pass --overwrite (the VM using it must be off)",
+        )
     if not target.parent.is_dir():
         raise RestoreError(f"the directory {target.parent} does not exist")
 
@@ -112,8 +129,10 @@ def _write_qcow2(request: RestoreRequest, node: Node, made: Path, cluster: int) 
     """A new qcow2 of the image's size, its data written through a read-write qemu-nbd export:
     holes are never written (a new qcow2 reads as zeros there), so sparse stays sparse."""
     options = ["-o", f"cluster_size={cluster}"] if cluster else []
-    qemu.run(["qemu-img", "create", "-q", "-f", "qcow2", *options, "--", str(made), str(node.size)],
-             f"cannot create the qcow2 image {made}")
+    qemu.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", *options, "--", str(made), str(node.size)],
+        f"cannot create the qcow2 image {made}",
+    )
     with qemu.export(made, "qcow2", None, writable=True) as ex, NbdClient(ex.socket, qemu.EXPORT) as client:
         if client.size != node.size:
             raise RestoreError(f"the new image has {client.size} bytes, not {node.size}")
@@ -164,4 +183,3 @@ def _free(path: Path) -> int | None:
         st = os.statvfs(path)
         return st.f_bavail * st.f_frsize
     return None
-

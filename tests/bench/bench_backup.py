@@ -97,9 +97,7 @@ class Measure:
         return d
 
 
-def run_measured(
-    argv: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 3600
-) -> Measure:
+def run_measured(argv: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 3600) -> Measure:
     """Run argv, return wall time, exit code, peak RSS (KiB) and CPU times of that command."""
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         out_path, err_path, time_path = (Path(tmp, n) for n in ("out", "err", "time"))
@@ -368,9 +366,7 @@ class Restic(Tool):
         )
 
     def version(self) -> str:
-        return subprocess.run(
-            [self.exe, "version"], capture_output=True, text=True, env=self.env
-        ).stdout.strip()
+        return subprocess.run([self.exe, "version"], capture_output=True, text=True, env=self.env).stdout.strip()
 
     def startup(self) -> Measure:
         return run_measured([self.exe, "version"], self.env)
@@ -442,9 +438,7 @@ class Borg(Tool):
         self.last = ""
 
     def version(self) -> str:
-        return subprocess.run(
-            [self.exe, "--version"], capture_output=True, text=True, env=self.env
-        ).stdout.strip()
+        return subprocess.run([self.exe, "--version"], capture_output=True, text=True, env=self.env).stdout.strip()
 
     def startup(self) -> Measure:
         return run_measured([self.exe, "--version"], self.env)
@@ -587,9 +581,7 @@ def render_table(results: dict[str, Any]) -> str:
             if not m or m["max_rss_kib"] is None:
                 r.append("-")
             else:
-                r.append(
-                    f"{m['max_rss_kib'] * 1024 / 1e6:.0f} MB / {(m['user_s'] or 0) + (m['sys_s'] or 0):.2f} s"
-                )
+                r.append(f"{m['max_rss_kib'] * 1024 / 1e6:.0f} MB / {(m['user_s'] or 0) + (m['sys_s'] or 0):.2f} s")
         rows2.append(r)
     widths2 = [max(len(r[i]) for r in [header2, *rows2]) for i in range(len(header2))]
     out += [
@@ -650,12 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--size", default="1GiB", help="dataset size, e.g. 1GiB, 64MiB (default 1GiB)")
     ap.add_argument("--seed", type=int, default=dataset.DEFAULT_SEED)
-    ap.add_argument(
-        "--workdir", type=Path, default=None, help="parent of the temporary work directory (default: /tmp)"
-    )
-    ap.add_argument(
-        "--tools", default=",".join(ALL_TOOLS), help="comma-separated subset of protectctl,restic,borg"
-    )
+    ap.add_argument("--workdir", type=Path, default=None, help="parent of the temporary work directory (default: /tmp)")
+    ap.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated subset of protectctl,restic,borg")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (dataset, repositories)")
     ap.add_argument(
         "--output",

@@ -76,26 +76,68 @@ def build_points(repo_dir: Path, points: int, files: int, changes: int = 10) -> 
             blob, _ = writer.add(BlobKind.DATA, b"bench file content\n")
 
             def file_node(d: int, i: int, version: int) -> Node:
-                return Node(f"f{d:05d}-{i:03d}.dat".encode(), NodeType.FILE, 0o644, 1000, 1000, None, None,
-                            1_700_000_000_000_000_000 + version, 0, 0, 19 + version, chunks=(blob,))
+                return Node(
+                    f"f{d:05d}-{i:03d}.dat".encode(),
+                    NodeType.FILE,
+                    0o644,
+                    1000,
+                    1000,
+                    None,
+                    None,
+                    1_700_000_000_000_000_000 + version,
+                    0,
+                    0,
+                    19 + version,
+                    chunks=(blob,),
+                )
 
             versions = [[0] * FILES_PER_DIR for _ in range(dirs)]
-            dir_trees = [repo.save_tree(writer, Tree(tuple(file_node(d, i, 0) for i in range(FILES_PER_DIR))))
-                         for d in range(dirs)]
+            dir_trees = [
+                repo.save_tree(writer, Tree(tuple(file_node(d, i, 0) for i in range(FILES_PER_DIR))))
+                for d in range(dirs)
+            ]
             roots = []
             for p in range(points):
                 if p:
                     for _ in range(changes):
                         d, i = rng.randrange(dirs), rng.randrange(FILES_PER_DIR)
                         versions[d][i] = p
-                        dir_trees[d] = repo.save_tree(writer, Tree(tuple(
-                            file_node(d, j, versions[d][j]) for j in range(FILES_PER_DIR))))
-                top = Tree(tuple(Node(f"d{d:05d}".encode(), NodeType.DIR, 0o755, 1000, 1000, None, None, 0, 0, 0, 0,
-                                      subtree=dir_trees[d]) for d in range(dirs)))
+                        dir_trees[d] = repo.save_tree(
+                            writer, Tree(tuple(file_node(d, j, versions[d][j]) for j in range(FILES_PER_DIR)))
+                        )
+                top = Tree(
+                    tuple(
+                        Node(
+                            f"d{d:05d}".encode(),
+                            NodeType.DIR,
+                            0o755,
+                            1000,
+                            1000,
+                            None,
+                            None,
+                            0,
+                            0,
+                            0,
+                            0,
+                            subtree=dir_trees[d],
+                        )
+                        for d in range(dirs)
+                    )
+                )
                 roots.append(repo.save_tree(writer, top))
         for p, root in enumerate(roots):
-            repo.save_point(Point(new_point_id(), "bench/data", t0 + timedelta(hours=p), "sync", None, root,
-                                  PointStats(files=files), True))
+            repo.save_point(
+                Point(
+                    new_point_id(),
+                    "bench/data",
+                    t0 + timedelta(hours=p),
+                    "sync",
+                    None,
+                    root,
+                    PointStats(files=files),
+                    True,
+                )
+            )
 
 
 def time_find(repo_dir: Path, pattern: str) -> tuple[float, float, int, int]:
@@ -171,8 +213,12 @@ def _read_figures(path: Path, size: int, pid: int) -> dict[str, float]:
             total += len(chunk)
     seconds = time.perf_counter() - began
     assert total == size, (total, size)
-    return {"ttfb_ms": ttfb * 1000, "seek_ttfb_ms": statistics.median(seeks) * 1000,
-            "mib_per_s": size / (1 << 20) / seconds, "cpu_s_per_gib": (_cpu_s(pid) - cpu) / (size / (1 << 30))}
+    return {
+        "ttfb_ms": ttfb * 1000,
+        "seek_ttfb_ms": statistics.median(seeks) * 1000,
+        "mib_per_s": size / (1 << 20) / seconds,
+        "cpu_s_per_gib": (_cpu_s(pid) - cpu) / (size / (1 << 30)),
+    }
 
 
 def _unmount(mountpoint: Path, proc: subprocess.Popen[bytes]) -> None:
@@ -201,23 +247,32 @@ def bench_mount(workdir: Path, size: int) -> dict[str, dict[str, float]]:
             left -= step
     storage = LocalStorage(workdir / "pc-repo")
     Repository.init(storage, PASS, kdf_n=2**10)
-    job = SourceJob(source="bench/data", provider="filesystem", spec={"path": str(src)}, storage=storage,
-                    passphrase=lambda: PASS, state_dir=workdir / "state", host="bench",
-                    retention=RetentionSpec(keep_within_s=86400))
+    job = SourceJob(
+        source="bench/data",
+        provider="filesystem",
+        spec={"path": str(src)},
+        storage=storage,
+        passphrase=lambda: PASS,
+        state_dir=workdir / "state",
+        host="bench",
+        retention=RetentionSpec(keep_within_s=86400),
+    )
     run_backup(job, "full")
     env = {**os.environ, "RESTIC_PASSWORD": PASS.decode(), "RESTIC_CACHE_DIR": str(workdir / "restic-cache")}
     restic_repo = str(workdir / "restic-repo")
     subprocess.run(["restic", "-q", "-r", restic_repo, "init"], env=env, check=True, capture_output=True)
-    subprocess.run(["restic", "-q", "-r", restic_repo, "backup", str(src)], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(["restic", "-q", "-r", restic_repo, "backup", str(src)], env=env, check=True, capture_output=True)
     subprocess.run(["sync"], check=False)
     out: dict[str, dict[str, float]] = {}
 
     mp = workdir / "mnt-pc"
     mp.mkdir()
     log = (workdir / "mount-pc.log").open("wb")  # a file, not a pipe nobody reads (it would fill and block)
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(workdir / "pc-repo"),
-                             str(mp)], stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve", str(workdir / "pc-repo"), str(mp)],
+        stdout=log,
+        stderr=log,
+    )
     try:
         _wait_for(mp / "bench" / "data" / "latest", proc)
         out["protectctl"] = _read_figures(mp / "bench" / "data" / "latest" / "big.bin", size, proc.pid)
@@ -259,21 +314,33 @@ def main(argv: list[str] | None = None) -> int:
         build_s = time.perf_counter() - started
         find_s, find_cpu_s, matches, points = time_find(workdir / "find-repo", args.pattern)
         result: dict[str, object] = {
-            "when": datetime.now(UTC).isoformat(timespec="seconds"), "load": os.getloadavg(),
-            "find": {"points": points, "files": args.files, "pattern": args.pattern, "matches": matches,
-                     "seconds": round(find_s, 3), "cpu_seconds": round(find_cpu_s, 3),
-                     "build_seconds": round(build_s, 1)},
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "load": os.getloadavg(),
+            "find": {
+                "points": points,
+                "files": args.files,
+                "pattern": args.pattern,
+                "matches": matches,
+                "seconds": round(find_s, 3),
+                "cpu_seconds": round(find_cpu_s, 3),
+                "build_seconds": round(build_s, 1),
+            },
         }
-        print(f"find: {points} points x {args.files:,} files, {matches:,} matching paths: {find_s:.2f} s "
-              f"({find_cpu_s:.2f} s of CPU; repository built in {build_s:.0f} s)")
+        print(
+            f"find: {points} points x {args.files:,} files, {matches:,} matching paths: {find_s:.2f} s "
+            f"({find_cpu_s:.2f} s of CPU; repository built in {build_s:.0f} s)"
+        )
         if not args.skip_mount:
             if shutil.which("restic") is None or not os.path.exists("/dev/fuse"):
                 print("mount: skipped (needs restic and /dev/fuse)")
             else:
                 figures = bench_mount(workdir, _size(args.file_size))
                 pc, rs = figures["protectctl"], figures["restic"]
-                result["mount"] = {"file_size": args.file_size, **figures,
-                                   "ratio": {k: round(pc[k] / rs[k], 2) for k in pc}}
+                result["mount"] = {
+                    "file_size": args.file_size,
+                    **figures,
+                    "ratio": {k: round(pc[k] / rs[k], 2) for k in pc},
+                }
                 for k in pc:
                     print(f"mount {k:<13} protectctl {pc[k]:9.1f}   restic {rs[k]:9.1f}   ratio {pc[k] / rs[k]:.2f}")
         print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

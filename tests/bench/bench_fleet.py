@@ -46,16 +46,22 @@ def _policy(directory: Path, host_docs: list[str], data: Path) -> None:
         metadata: {name: hourly}
         spec: {sync: every 1h, full: daily at 20:00, retention: {disk: 7d}}
         """)
-    group = "apiVersion: protectctl/v1\nkind: ProtectionGroup\nmetadata: {name: g}\n" \
-            "spec:\n  sla: hourly\n  storage: repo\n  members:\n" + members + "\n"
+    group = (
+        "apiVersion: protectctl/v1\nkind: ProtectionGroup\nmetadata: {name: g}\n"
+        "spec:\n  sla: hourly\n  storage: repo\n  members:\n" + members + "\n"
+    )
     directory.mkdir(parents=True)
     (directory / "policy.yaml").write_text("---\n".join([head, *host_docs, group]))
 
 
 def _apply(policy: Path) -> float:
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), "apply", "--auto-approve",
-                           "--json"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), "apply", "--auto-approve", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"apply failed: {proc.stderr[-2000:]}")
@@ -75,8 +81,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         base = Path(tmp)
         key = base / "client"
-        servers = start_fleet(base / "hosts", [f"b{i}" for i in range(args.hosts + 1)], keygen(key, "bench"),
-                              first_octet=20)
+        servers = start_fleet(
+            base / "hosts", [f"b{i}" for i in range(args.hosts + 1)], keygen(key, "bench"), first_octet=20
+        )
         try:
             data = base / "data"
             data.mkdir()
@@ -86,8 +93,12 @@ def main() -> None:
         finally:
             for s in servers:
                 s.stop()
-    result = {"hosts_1_s": round(one, 2), f"hosts_{args.hosts}_s": round(many, 2),
-              "ratio": round(many / one, 2), "cpus": os.cpu_count()}
+    result = {
+        "hosts_1_s": round(one, 2),
+        f"hosts_{args.hosts}_s": round(many, 2),
+        "ratio": round(many / one, 2),
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(result))
 
 

@@ -52,8 +52,13 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def shell_as_user(script: str) -> None:
     """A pipeline run as the server's OS user (the baseline's commands, as an operator would type them)."""
-    result = subprocess.run(["runuser", "-u", OS_USER, "--", "bash", "-o", "pipefail", "-c", script],
-                            capture_output=True, text=True, cwd="/", check=False)
+    result = subprocess.run(
+        ["runuser", "-u", OS_USER, "--", "bash", "-o", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        check=False,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{script[:80]}: {result.stderr[-2000:]}")
 
@@ -62,14 +67,19 @@ def fill(server: MariadbServer, size_mib: int, tables: int) -> int:
     """sysbench-like tables of random rows until ~size_mib of InnoDB data; returns rows per table."""
     rows = max(1000, size_mib * (1 << 20) // 260 // tables)  # ~260 bytes a row on disk, measured at 64 MiB
     for i in range(1, tables + 1):
-        server.sql(f"CREATE TABLE shop.sbtest{i} (id INT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, "
-                   "pad CHAR(60) NOT NULL, KEY k (k)) ENGINE=InnoDB")
+        server.sql(
+            f"CREATE TABLE shop.sbtest{i} (id INT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, "
+            "pad CHAR(60) NOT NULL, KEY k (k)) ENGINE=InnoDB"
+        )
         done = 0
         while done < rows:  # batches keep each transaction (and the binlog event) bounded
             n = min(200_000, rows - done)
-            server.sql(f"INSERT INTO shop.sbtest{i} SELECT seq, FLOOR(RAND() * {rows}), "
-                       "LEFT(CONCAT(SHA2(RAND(), 512), SHA2(RAND(), 512)), 120), LEFT(SHA2(RAND(), 256), 60) "
-                       f"FROM seq_{done + 1}_to_{done + n}", database="shop")
+            server.sql(
+                f"INSERT INTO shop.sbtest{i} SELECT seq, FLOOR(RAND() * {rows}), "
+                "LEFT(CONCAT(SHA2(RAND(), 512), SHA2(RAND(), 512)), 120), LEFT(SHA2(RAND(), 256), 60) "
+                f"FROM seq_{done + 1}_to_{done + n}",
+                database="shop",
+            )
             done += n
     return rows
 
@@ -81,8 +91,10 @@ def scatter_change(server: MariadbServer, tables: int, rows: int, pct: float) ->
     for i in range(1, tables + 1):
         for r in range(runs):
             first = 1 + (r * rows) // runs + (r * 7919) % max(1, rows // runs - length)
-            server.sql(f"UPDATE shop.sbtest{i} SET c = LEFT(SHA2(RAND(), 512), 120), k = k + 1 "
-                       f"WHERE id BETWEEN {first} AND {first + length - 1}")
+            server.sql(
+                f"UPDATE shop.sbtest{i} SET c = LEFT(SHA2(RAND(), 512), 120), k = k + 1 "
+                f"WHERE id BETWEEN {first} AND {first + length - 1}"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -108,8 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     results: dict[str, object] = {"size_mib": args.size_mib, "tables": args.tables, "change_pct": args.change_pct}
     loads = [os.getloadavg()[0]]
     try:
-        server.init().start("--innodb-buffer-pool-size=256M", "--innodb-log-file-size=512M",
-                            "--max-binlog-size=256M")
+        server.init().start("--innodb-buffer-pool-size=256M", "--innodb-log-file-size=512M", "--max-binlog-size=256M")
         server.sql("CREATE DATABASE shop; CREATE TABLE shop.marker (id INT PRIMARY KEY)")
         t_fill, rows = timed(lambda: fill(server, args.size_mib, args.tables))
         results["fill_s"] = round(t_fill, 1)
@@ -118,9 +129,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         storage = LocalStorage(base / "repo")
         Repository.init(storage, PASS)
         state_dir = base / "state"
-        job = SourceJob(source="bench/db", provider="mariadb", spec=server.spec(), storage=storage,
-                        passphrase=lambda: PASS, state_dir=state_dir, host="local",
-                        retention=RetentionSpec(keep_within_s=86400))
+        job = SourceJob(
+            source="bench/db",
+            provider="mariadb",
+            spec=server.spec(),
+            storage=storage,
+            passphrase=lambda: PASS,
+            state_dir=state_dir,
+            host="local",
+            retention=RetentionSpec(keep_within_s=86400),
+        )
         theirs_dir = base / "theirs"
         theirs_dir.mkdir()
         os.chown(theirs_dir, *server.data.stat()[4:6])
@@ -129,9 +147,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         def theirs_full() -> None:
             n[0] += 1
             scratch = theirs_dir / f"scratch{n[0]}"
-            shell_as_user(f"mkdir -p {scratch} && mariadb-backup --no-defaults --backup --stream=mbstream "
-                          f"--socket={server.sock} --datadir={server.data} --target-dir={scratch} 2>/dev/null "
-                          f"| zstd -q > {theirs_dir}/full{n[0]}.mbs.zst && rm -rf {scratch}")
+            shell_as_user(
+                f"mkdir -p {scratch} && mariadb-backup --no-defaults --backup --stream=mbstream "
+                f"--socket={server.sock} --datadir={server.data} --target-dir={scratch} 2>/dev/null "
+                f"| zstd -q > {theirs_dir}/full{n[0]}.mbs.zst && rm -rf {scratch}"
+            )
 
         table: dict[str, dict[str, object]] = {}
 
@@ -168,15 +188,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         their_restore = theirs_dir / "restore"
 
         def theirs_restore() -> None:
-            shell_as_user(f"mkdir -p {their_restore}/x {their_restore}/data && zstd -dc {theirs_dir}/full{n[0]}.mbs.zst"
-                          f" | mbstream -x -C {their_restore}/x && mariadb-backup --no-defaults --prepare "
-                          f"--target-dir={their_restore}/x 2>/dev/null && mariadb-backup --no-defaults --copy-back "
-                          f"--target-dir={their_restore}/x --datadir={their_restore}/data 2>/dev/null")
+            shell_as_user(
+                f"mkdir -p {their_restore}/x {their_restore}/data && zstd -dc {theirs_dir}/full{n[0]}.mbs.zst"
+                f" | mbstream -x -C {their_restore}/x && mariadb-backup --no-defaults --prepare "
+                f"--target-dir={their_restore}/x 2>/dev/null && mariadb-backup --no-defaults --copy-back "
+                f"--target-dir={their_restore}/x --datadir={their_restore}/data 2>/dev/null"
+            )
 
         t_theirs, _ = timed(theirs_restore)
-        table["restore to time"] = {"protectctl_s": round(t_ours, 2), "mariadb_backup_s": round(t_theirs, 2),
-                                    "detail": "protectctl: extract + prepare + start + binlog replay; "
-                                              "mariadb-backup: zstd -d | mbstream -x + prepare + copy-back"}
+        table["restore to time"] = {
+            "protectctl_s": round(t_ours, 2),
+            "mariadb_backup_s": round(t_theirs, 2),
+            "detail": "protectctl: extract + prepare + start + binlog replay; "
+            "mariadb-backup: zstd -d | mbstream -x + prepare + copy-back",
+        }
         results["protectctl_restore_details"] = dict(getattr(res, "details", {}))
         loads.append(os.getloadavg()[0])
         results["rows"] = table
@@ -195,16 +220,20 @@ def render(results: dict[str, object]) -> str:
     def mib(n: object) -> str:
         return f"{n / 2**20:,.1f} MiB" if isinstance(n, int) else "-"
 
-    lines = [f"{results['tables']} sysbench-like tables, {mib(results.get('innodb_bytes'))} of InnoDB files "
-             f"(filled in {results.get('fill_s')} s); load average {results.get('load_average')}",
-             f"{'step':<26} {'protectctl':>11} {'mariadb-backup':>15} {'ratio':>6} {'stored':>12} {'their file':>12}"]
+    lines = [
+        f"{results['tables']} sysbench-like tables, {mib(results.get('innodb_bytes'))} of InnoDB files "
+        f"(filled in {results.get('fill_s')} s); load average {results.get('load_average')}",
+        f"{'step':<26} {'protectctl':>11} {'mariadb-backup':>15} {'ratio':>6} {'stored':>12} {'their file':>12}",
+    ]
     rows = results.get("rows", {})
     assert isinstance(rows, dict)
     for name, row in rows.items():
         ours, theirs = row.get("protectctl_s"), row.get("mariadb_backup_s")
         ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
-        lines.append(f"{name:<26} {ours!s:>9} s {theirs!s:>13} s {ratio:>6} {mib(row.get('stored_bytes')):>12} "
-                     f"{mib(row.get('mariadb_backup_bytes')):>12}")
+        lines.append(
+            f"{name:<26} {ours!s:>9} s {theirs!s:>13} s {ratio:>6} {mib(row.get('stored_bytes')):>12} "
+            f"{mib(row.get('mariadb_backup_bytes')):>12}"
+        )
     return "\n".join(lines)
 
 

@@ -72,9 +72,7 @@ spec:
   members:
 {members}"""
 
-MEMBER = (
-    "    - {{name: {name}, host: local, filesystem: {{path: ./data/{group}/{name}, exclude: ['*.tmp']}}}}\n"
-)
+MEMBER = "    - {{name: {name}, host: local, filesystem: {{path: ./data/{group}/{name}, exclude: ['*.tmp']}}}}\n"
 
 
 def generate_policy(directory: Path, groups: int, members: int = 3, files: int = 10) -> Path:
@@ -129,9 +127,7 @@ def protectctl_argv() -> list[str]:
 def run(argv: Sequence[str], ok: Sequence[int] = (0,)) -> None:
     proc = subprocess.run(argv, capture_output=True, check=False)
     if proc.returncode not in ok:
-        raise SystemExit(
-            f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}"
-        )
+        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr.decode(errors='replace')}")
 
 
 def write_matching_state(directory: Path) -> int:
@@ -165,8 +161,9 @@ def ruamel_read(directory: Path) -> int:
     """What the established YAML reader alone takes to read the policy files (C safe loader)."""
     from ruamel.yaml import YAML
 
-    return sum(len(list(YAML(typ="safe").load_all(f.read_text(encoding="utf-8"))))
-               for f in sorted(directory.rglob("*.yaml")))
+    return sum(
+        len(list(YAML(typ="safe").load_all(f.read_text(encoding="utf-8")))) for f in sorted(directory.rglob("*.yaml"))
+    )
 
 
 def bench(groups: int, members: int, files: int, runs: int) -> list[Row]:

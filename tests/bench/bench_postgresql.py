@@ -72,7 +72,8 @@ class PgBackRest:
             "repo1-retention-full=10\ncompress-type=zst\nprocess-max=2\nstart-fast=y\nlog-level-console=warn\n"
             f"log-path={self.base / 'log'}\nlock-path={self.base / 'lock'}\nspool-path={self.base / 'spool'}\n"
             "[bench]\n"
-            f"pg1-path={cluster.data}\npg1-port={cluster.port}\npg1-socket-path={cluster.sock}\n")
+            f"pg1-path={cluster.data}\npg1-port={cluster.port}\npg1-socket-path={cluster.sock}\n"
+        )
         subprocess.run(["chown", "-R", f"{OS_USER}:", str(self.base)], check=True)
         self.cluster = cluster
 
@@ -87,12 +88,37 @@ class PgBackRest:
 
 
 def start_and_promote(data: Path, sock: Path, port: int, log: Path) -> None:
-    run_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-W", "-s", "-o",
-              f"-c port={port} -c archive_mode=off -c unix_socket_directories='{sock}'", "start"])
+    run_user(
+        [
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-W",
+            "-s",
+            "-o",
+            f"-c port={port} -c archive_mode=off -c unix_socket_directories='{sock}'",
+            "start",
+        ]
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        r = pgcluster.as_user([str(PG_BIN / "psql"), "-X", "-At", "-h", str(sock), "-p", str(port), "-d", "postgres",
-                               "-c", "SELECT pg_is_in_recovery()"])
+        r = pgcluster.as_user(
+            [
+                str(PG_BIN / "psql"),
+                "-X",
+                "-At",
+                "-h",
+                str(sock),
+                "-p",
+                str(port),
+                "-d",
+                "postgres",
+                "-c",
+                "SELECT pg_is_in_recovery()",
+            ]
+        )
         if r.returncode == 0 and r.stdout.strip() == "f":
             return
         time.sleep(0.05)
@@ -105,11 +131,13 @@ def pgbackrest_restore(pgbr: PgBackRest, cluster: PgCluster, base: Path, target:
     pgbr_target.mkdir(mode=0o700)
     os.chown(pgbr_target, cluster.uid, cluster.gid)
     when = target.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "+00"
-    t_restore, _ = timed(lambda: pgbr.run("restore", "--type=time", f"--target={when}",
-                                          "--target-action=promote", f"--pg1-path={pgbr_target}"))
+    t_restore, _ = timed(
+        lambda: pgbr.run(
+            "restore", "--type=time", f"--target={when}", "--target-action=promote", f"--pg1-path={pgbr_target}"
+        )
+    )
     port = pgcluster.free_port(28000)
-    t_promote, _ = timed(lambda: start_and_promote(pgbr_target, cluster.sock, port,
-                                                   cluster.sock / "pgbr-restored.log"))
+    t_promote, _ = timed(lambda: start_and_promote(pgbr_target, cluster.sock, port, cluster.sock / "pgbr-restored.log"))
     got = cluster.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM marker", port=port)
     assert got == "0,1,2", f"pgBackRest restored markers {got!r}"
     pgcluster.stop_dir(pgbr_target)
@@ -165,8 +193,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         results["pgbench_init_s"] = round(t_init, 1)
         storage = LocalStorage(base / "repo")
         Repository.init(storage, PASS)
-        job = SourceJob(source=source, provider="postgresql", spec=spec, storage=storage, passphrase=lambda: PASS,
-                        state_dir=state_dir, host="local", retention=RetentionSpec(keep_within_s=86400))
+        job = SourceJob(
+            source=source,
+            provider="postgresql",
+            spec=spec,
+            storage=storage,
+            passphrase=lambda: PASS,
+            state_dir=state_dir,
+            host="local",
+            retention=RetentionSpec(keep_within_s=86400),
+        )
         cluster.sql("SELECT pg_switch_wal()")
         rows: dict[str, dict[str, object]] = {}
         loads = [os.getloadavg()[0]]
@@ -221,10 +257,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             t_promote = statistics.median(p for _, p in theirs)
             rows["restore to time + promote"].update(
                 pgbackrest_s=round(statistics.median(r + p for r, p in theirs), 2),
-                pgbackrest_detail=f"restore {t_restore:.2f} s + promote {t_promote:.2f} s (medians)")
+                pgbackrest_detail=f"restore {t_restore:.2f} s + promote {t_promote:.2f} s (medians)",
+            )
         if len(ours_s) > 1:
-            rows["restore to time + promote"]["runs"] = {"protectctl": [round(x, 2) for x in ours_s],
-                                                         "pgbackrest": [round(r + p, 2) for r, p in theirs]}
+            rows["restore to time + promote"]["runs"] = {
+                "protectctl": [round(x, 2) for x in ours_s],
+                "pgbackrest": [round(r + p, 2) for r, p in theirs],
+            }
         loads.append(os.getloadavg()[0])
         results["rows"] = rows
         results["load_average"] = loads
@@ -245,18 +284,22 @@ def render(results: dict[str, object]) -> str:
     def mib(n: object) -> str:
         return f"{n / 2**20:,.1f} MiB" if isinstance(n, int) else "-"
 
-    lines = [f"pgbench scale {results['scale']}: {mib(results['data_dir_bytes'])} of cluster files; "
-             f"{results['transactions']} transactions between the fulls ({results.get('pgbench_run_s')} s); "
-             f"load average {results.get('load_average')}",
-             f"{'step':<30} {'protectctl':>11} {'pgBackRest':>11} {'ratio':>6} {'repo protectctl':>16} "
-             f"{'repo pgBackRest':>16}"]
+    lines = [
+        f"pgbench scale {results['scale']}: {mib(results['data_dir_bytes'])} of cluster files; "
+        f"{results['transactions']} transactions between the fulls ({results.get('pgbench_run_s')} s); "
+        f"load average {results.get('load_average')}",
+        f"{'step':<30} {'protectctl':>11} {'pgBackRest':>11} {'ratio':>6} {'repo protectctl':>16} "
+        f"{'repo pgBackRest':>16}",
+    ]
     rows = results.get("rows", {})
     assert isinstance(rows, dict)
     for name, row in rows.items():
         ours, theirs = row.get("protectctl_s"), row.get("pgbackrest_s")
         ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
-        lines.append(f"{name:<30} {ours!s:>9} s {theirs!s:>9} s {ratio:>6} {mib(row.get('protectctl_repo')):>16} "
-                     f"{mib(row.get('pgbackrest_repo')):>16}")
+        lines.append(
+            f"{name:<30} {ours!s:>9} s {theirs!s:>9} s {ratio:>6} {mib(row.get('protectctl_repo')):>16} "
+            f"{mib(row.get('pgbackrest_repo')):>16}"
+        )
         if row.get("pgbackrest_detail"):
             lines.append(f"{'':<30} pgBackRest: {row['pgbackrest_detail']}")
     return "\n".join(lines)

@@ -103,8 +103,14 @@ class Tool:
         self.base.mkdir(parents=True, exist_ok=True)
         self.server = server
         self.env = base_env()
-        self.env.update({"S3_KEY": weed.ADMIN[0], "S3_SECRET": weed.ADMIN[1],
-                         "AWS_ACCESS_KEY_ID": weed.ADMIN[0], "AWS_SECRET_ACCESS_KEY": weed.ADMIN[1]})
+        self.env.update(
+            {
+                "S3_KEY": weed.ADMIN[0],
+                "S3_SECRET": weed.ADMIN[1],
+                "AWS_ACCESS_KEY_ID": weed.ADMIN[0],
+                "AWS_SECRET_ACCESS_KEY": weed.ADMIN[1],
+            }
+        )
 
     def setup(self, tag: str, sources: list[Path]) -> Measure:
         """A fresh bucket for `sources` (named m0, m1, ...); the init's measure."""
@@ -135,11 +141,18 @@ class Protectctl(Tool):
     def setup(self, tag: str, sources: list[Path]) -> Measure:
         self.site = self.base / tag
         (self.site / "policy").mkdir(parents=True)
-        members = "".join(f"    - {{name: m{i}, host: local, filesystem: {{path: {s}}}}}\n"
-                          for i, s in enumerate(sources))
-        (self.site / "policy" / "protect.yaml").write_text(POLICY.format(
-            root=self.site / "root", passphrase=self.key, endpoint=self.server.endpoint,
-            bucket=self.server.new_bucket(), members=members))
+        members = "".join(
+            f"    - {{name: m{i}, host: local, filesystem: {{path: {s}}}}}\n" for i, s in enumerate(sources)
+        )
+        (self.site / "policy" / "protect.yaml").write_text(
+            POLICY.format(
+                root=self.site / "root",
+                passphrase=self.key,
+                endpoint=self.server.endpoint,
+                bucket=self.server.new_bucket(),
+                members=members,
+            )
+        )
         return run_measured([*self.argv0, "-C", str(self.site / "policy"), "apply", "--auto-approve"], self.env)
 
     def _agent(self, *args: str) -> list[str]:
@@ -164,8 +177,16 @@ class Restic(Tool):
         return run_measured(["restic", "init", "--repository-version", "2"], self.env)
 
     def backup_argv(self, member: int) -> list[str]:
-        return ["restic", "backup", "--quiet", "--compression", "auto", "--host", f"m{member}",
-                str(self.sources[member])]
+        return [
+            "restic",
+            "backup",
+            "--quiet",
+            "--compression",
+            "auto",
+            "--host",
+            f"m{member}",
+            str(self.sources[member]),
+        ]
 
     def restore_argv(self, target: Path) -> list[str]:
         return ["restic", "restore", "latest", "--host", "m0", "--quiet", "--target", str(target)]
@@ -177,8 +198,10 @@ class Restic(Tool):
 def at_once(argvs: list[list[str]], env: dict[str, str]) -> dict[str, Any]:
     """Run every argv at the same moment; the wall time until the last ends."""
     start = time.perf_counter()
-    procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
-             for a in argvs]
+    procs = [
+        subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        for a in argvs
+    ]
     failed = []
     for argv, proc in zip(argvs, procs, strict=True):
         _, err = proc.communicate()
@@ -188,8 +211,12 @@ def at_once(argvs: list[list[str]], env: dict[str, str]) -> dict[str, Any]:
 
 
 def measured(m: Measure) -> dict[str, Any]:
-    d = {"seconds": round(m.seconds, 3), "ok": m.ok, "cpu_s": round((m.user_s or 0) + (m.sys_s or 0), 2),
-         "max_rss_kib": m.max_rss_kib}
+    d = {
+        "seconds": round(m.seconds, 3),
+        "ok": m.ok,
+        "cpu_s": round((m.user_s or 0) + (m.sys_s or 0), 2),
+        "max_rss_kib": m.max_rss_kib,
+    }
     if not m.ok:
         d["stderr"] = m.stderr[-2000:]
     return d
@@ -216,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
     precompile_protectctl()
     server = weed.start_seaweed(work / "weed")
     results: dict[str, Any] = {
-        "benchmark": "s3", "when": datetime.now(UTC).isoformat(timespec="seconds"), "size_bytes": size,
-        "agents": args.agents, "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                         "load_before": os.getloadavg()},
+        "benchmark": "s3",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "size_bytes": size,
+        "agents": args.agents,
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_before": os.getloadavg()},
         "phases": {},
     }
     try:
@@ -266,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
             before = os.times()
             value = at_once([tool.backup_argv(i) for i in range(args.agents)], tool.env)
             after = os.times()
-            value["cpu_s"] = round(after.children_user + after.children_system
-                                   - before.children_user - before.children_system, 2)
+            value["cpu_s"] = round(
+                after.children_user + after.children_system - before.children_user - before.children_system, 2
+            )
             put("agentsN", tool, value)
         results["host"]["load_after"] = os.getloadavg()
     finally:
@@ -286,9 +316,13 @@ def render(results: dict[str, Any]) -> str:
     phases = results["phases"]
     cols = [t for t in ALL_TOOLS if any(t in p for p in phases.values())]
     n = results["agents"]
-    labels = [("first", "first backup"), ("change1", "sync after 1 % change"), ("restore", "full restore"),
-              ("agents1", f"1 agent ({dataset.human(results['size_bytes'] // n)})"),
-              ("agentsN", f"{n} agents at once, one bucket")]
+    labels = [
+        ("first", "first backup"),
+        ("change1", "sync after 1 % change"),
+        ("restore", "full restore"),
+        ("agents1", f"1 agent ({dataset.human(results['size_bytes'] // n)})"),
+        ("agentsN", f"{n} agents at once, one bucket"),
+    ]
     head = ["step", *[f"{t} (wall / cpu)" for t in cols]]
     if "restic" in cols and "protectctl" in cols:
         head.append("protectctl / restic")
@@ -297,8 +331,7 @@ def render(results: dict[str, Any]) -> str:
         row = [label]
         for t in cols:
             v = phases.get(key, {}).get(t)
-            row.append("-" if not v else (f"{v['seconds']:.2f} s / {v.get('cpu_s', 0):.1f} s" if v["ok"]
-                                          else "FAILED"))
+            row.append("-" if not v else (f"{v['seconds']:.2f} s / {v.get('cpu_s', 0):.1f} s" if v["ok"] else "FAILED"))
         if len(head) > len(cols) + 1:
             a, b = phases.get(key, {}).get("protectctl"), phases.get(key, {}).get("restic")
             row.append(f"{a['seconds'] / b['seconds']:.2f}x" if a and b and a["ok"] and b["ok"] else "-")
@@ -306,13 +339,16 @@ def render(results: dict[str, Any]) -> str:
     for t in cols:
         one, many = phases.get("agents1", {}).get(t), phases.get("agentsN", {}).get(t)
         if one and many and one["ok"] and many["ok"]:
-            rows.append([f"{t}: {n} agents / 1 agent", f"{many['seconds'] / one['seconds']:.2f}x"] +
-                        [""] * (len(head) - 2))
+            rows.append(
+                [f"{t}: {n} agents / 1 agent", f"{many['seconds'] / one['seconds']:.2f}x"] + [""] * (len(head) - 2)
+            )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     load = results["host"]
-    lines.append(f"\n{results['host']['cpus']} cpus; load before {load['load_before'][0]:.2f}, "
-                 f"after {load.get('load_after', [0])[0]:.2f}")
+    lines.append(
+        f"\n{results['host']['cpus']} cpus; load before {load['load_before'][0]:.2f}, "
+        f"after {load.get('load_after', [0])[0]:.2f}"
+    )
     return "\n".join(lines)
 
 

@@ -101,17 +101,31 @@ def limits(workdir: Path, workers: int, total: int = 256 << 20) -> dict[str, flo
     out["blake3"] = count * 4 / _timed(lambda: [blake3.blake3(record).digest() for _ in range(count)])
     target = workdir / "dd.bin"
     blocks = max(4, total // (4 * mib))
-    out["dd_write_fsync"] = blocks * 4 / _timed(lambda: subprocess.run(
-        ["dd", "if=/dev/zero", f"of={target}", "bs=4M", f"count={blocks}", "conv=fsync"],
-        check=True, capture_output=True))
-    out["dd_read"] = blocks * 4 / _timed(lambda: subprocess.run(
-        ["dd", f"if={target}", "of=/dev/null", "bs=4M"], check=True, capture_output=True))
+    out["dd_write_fsync"] = (
+        blocks
+        * 4
+        / _timed(
+            lambda: subprocess.run(
+                ["dd", "if=/dev/zero", f"of={target}", "bs=4M", f"count={blocks}", "conv=fsync"],
+                check=True,
+                capture_output=True,
+            )
+        )
+    )
+    out["dd_read"] = (
+        blocks
+        * 4
+        / _timed(
+            lambda: subprocess.run(["dd", f"if={target}", "of=/dev/null", "bs=4M"], check=True, capture_output=True)
+        )
+    )
     target.unlink()
     return out
 
 
-def run(size: int, workdir: Path, *, workers: int | None = None, format_version: int | None = None
-        ) -> dict[str, object]:
+def run(
+    size: int, workdir: Path, *, workers: int | None = None, format_version: int | None = None
+) -> dict[str, object]:
     from protectctl.agent.jobs import RetentionSpec, SourceJob, run_backup
     from protectctl.engine.repository import Repository
     from protectctl.engine.storage.local import LocalStorage
@@ -164,8 +178,15 @@ def run(size: int, workdir: Path, *, workers: int | None = None, format_version:
     )
     catalog.cartridges["BENCH1L9"].state = CartridgeState.FILLING
     writer = PoolWriter(
-        library, PoolTarget("lib", "bench", "kek", 86400), catalog, keys, lambda: None, now, NullProgress(),
-        workers=workers, format_version=format_version,
+        library,
+        PoolTarget("lib", "bench", "kek", 86400),
+        catalog,
+        keys,
+        lambda: None,
+        now,
+        NullProgress(),
+        workers=workers,
+        format_version=format_version,
     )
     with Repository.open(storage, PASS) as repo:
         point = repo.load_point(point_id)
@@ -188,9 +209,7 @@ def run(size: int, workdir: Path, *, workers: int | None = None, format_version:
 
     tape_read_s = _timed(tape_read)
     tar_file = workdir / "data.tar"
-    tar_write_s = _timed(
-        lambda: subprocess.run(["tar", "-cf", str(tar_file), "-C", str(data), "."], check=True)
-    )
+    tar_write_s = _timed(lambda: subprocess.run(["tar", "-cf", str(tar_file), "-C", str(data), "."], check=True))
     (workdir / "from-tar").mkdir()
     tar_read_s = _timed(
         lambda: subprocess.run(["tar", "-xf", str(tar_file), "-C", str(workdir / "from-tar")], check=True)
@@ -258,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         f"dataset {sizes['dataset_bytes']}, {result['files']} files; "
         f"on tape {sizes['tape_bytes']}, tar {sizes['tar_bytes']}"
     )
-    print(f"format {result['format']}, {result['workers']} pipeline worker(s), "
-          f"load {' '.join(f'{x:.2f}' for x in result['load'])}")  # type: ignore[union-attr]
+    print(
+        f"format {result['format']}, {result['workers']} pipeline worker(s), "
+        f"load {' '.join(f'{x:.2f}' for x in result['load'])}"
+    )  # type: ignore[union-attr]
     for name in ("tape_write", "tape_read", "tar_write", "tar_read"):
         cpu = result["cpu_seconds"][name]  # type: ignore[index]
         print(f"  {name:<10} {rates[name]:8.1f} MiB/s  ({secs[name]:.2f} s; {cpu:.2f} s CPU)")

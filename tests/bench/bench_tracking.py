@@ -52,14 +52,20 @@ class TrackedProtectctl(Protectctl):
         text = (self.policy / "protect.yaml").read_text()
         old = f"filesystem: {{path: {source}}}"
         assert old in text
-        new = (f"filesystem: {{path: {source}, changeTrackingMinSize: {min_size}, "
-               f"changeTrackingBlockSize: {block_size}}}")
+        new = (
+            f"filesystem: {{path: {source}, changeTrackingMinSize: {min_size}, changeTrackingBlockSize: {block_size}}}"
+        )
         (self.policy / "protect.yaml").write_text(text.replace(old, new))
         assert POLICY_TEMPLATE  # the template this edits
 
     def last_point_extra(self) -> dict[str, object]:
-        p = subprocess.run(self.job_cli("--json", "points", "list", "bench/data"), capture_output=True,
-                           text=True, env=self.env, check=False)
+        p = subprocess.run(
+            self.job_cli("--json", "points", "list", "bench/data"),
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=False,
+        )
         try:
             points = json.loads(p.stdout)["points"]
         except (ValueError, KeyError):
@@ -131,8 +137,11 @@ def bench_fs(kind: str, args: argparse.Namespace, work: Path) -> dict[str, objec
         for name in args.tools:
             base = work / f"{kind}-{name}"
             base.mkdir()
-            tool = (TrackedProtectctl(base, source, block_size=args.block_size, min_size=args.min_size)
-                    if name == "protectctl" else Restic(base, source))
+            tool = (
+                TrackedProtectctl(base, source, block_size=args.block_size, min_size=args.min_size)
+                if name == "protectctl"
+                else Restic(base, source)
+            )
             init = tool.init()
             if not init.ok:
                 raise SystemExit(f"{name} init failed: {init.stderr[-2000:]}")
@@ -151,9 +160,21 @@ def bench_fs(kind: str, args: argparse.Namespace, work: Path) -> dict[str, objec
                 if name == "protectctl":
                     row["bytes_read"] = (m.extra or {}).get("bytes_read")
                     extra = tool.last_point_extra()  # type: ignore[attr-defined]
-                    row["point"] = {k: extra.get(k) for k in (
-                        "snapshot", "tracking", "tracked_files", "tracked_whole", "blocks_read", "blocks_reused",
-                        "bytes_changed", "tracking_seconds", "snapshot_create_s", "snapshot_delete_s")}
+                    row["point"] = {
+                        k: extra.get(k)
+                        for k in (
+                            "snapshot",
+                            "tracking",
+                            "tracked_files",
+                            "tracked_whole",
+                            "blocks_read",
+                            "blocks_reused",
+                            "bytes_changed",
+                            "tracking_seconds",
+                            "snapshot_create_s",
+                            "snapshot_delete_s",
+                        )
+                    }
             phases[phase] = row
         out["phases"] = phases
         if kind == "btrfs":
@@ -172,8 +193,11 @@ def table(results: list[dict[str, object]]) -> str:
             p, r = row.get("protectctl_s"), row.get("restic_s")
             ratio = f"{p / r:.2f}x" if isinstance(p, float) and isinstance(r, float) and r else "-"
             read, changed = row.get("bytes_read"), row.get("bytes_changed")
-            amp = f"{read / changed:.1f}x ({read:,} / {changed:,})" if isinstance(read, int) and changed else (
-                f"{read:,} read" if isinstance(read, int) else "-")
+            amp = (
+                f"{read / changed:.1f}x ({read:,} / {changed:,})"
+                if isinstance(read, int) and changed
+                else (f"{read:,} read" if isinstance(read, int) else "-")
+            )
             restic = f"{r} s" if r is not None else "-"
             lines.append(f"| {res['filesystem']} | {phase} | {p} s | {restic} | {ratio} | {amp} |")
         if "snapshot_create_delete_s" in res:
@@ -196,19 +220,30 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_tracking needs root for loop mounts", file=sys.stderr)
         return 2
-    missing = [exe for exe in ("mkfs.xfs", "mkfs.btrfs", *(["restic"] if "restic" in args.tools else []))
-               if shutil.which(exe) is None]
+    missing = [
+        exe
+        for exe in ("mkfs.xfs", "mkfs.btrfs", *(["restic"] if "restic" in args.tools else []))
+        if shutil.which(exe) is None
+    ]
     if missing:
         print(f"missing: {', '.join(missing)} (apt-get install xfsprogs btrfs-progs restic)", file=sys.stderr)
         return 2
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-tracking-"))
     work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    results = [bench_fs(kind, args, work / kind) if (work / kind).mkdir() is None else {}
-               for kind in args.fs.split(",") if kind]
-    doc = {"size": args.size, "block_size": args.block_size, "rewrite": args.rewrite,
-           "load_before": [round(x, 2) for x in load], "load_after": [round(x, 2) for x in os.getloadavg()],
-           "results": results}
+    results = [
+        bench_fs(kind, args, work / kind) if (work / kind).mkdir() is None else {}
+        for kind in args.fs.split(",")
+        if kind
+    ]
+    doc = {
+        "size": args.size,
+        "block_size": args.block_size,
+        "rewrite": args.rewrite,
+        "load_before": [round(x, 2) for x in load],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "results": results,
+    }
     print(table(results))
     print(f"load average before {doc['load_before']}, after {doc['load_after']}")
     if args.output:

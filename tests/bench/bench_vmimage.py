@@ -105,8 +105,11 @@ def rewrite_clusters(image: Path, fraction: float, seed: int, work: Path) -> int
     """Rewrite `fraction` of the clusters with random data through a read-write qemu-nbd export
     (the image's persistent bitmaps track the writes, as under a running guest); returns bytes written."""
     rng = random.Random(seed + 1)
-    size = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True,
-                                     capture_output=True, text=True).stdout)["virtual-size"]
+    size = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(image)], check=True, capture_output=True, text=True
+        ).stdout
+    )["virtual-size"]
     count = max(1, int(size // CLUSTER * fraction))
     clusters = sorted(rng.sample(range(size // CLUSTER), count))
     data_dir = work / "writes"
@@ -124,8 +127,11 @@ def rewrite_clusters(image: Path, fraction: float, seed: int, work: Path) -> int
                 break
             time.sleep(0.01)
         for at in range(0, len(commands), 2000):  # argv stays reasonable
-            done = subprocess.run(["qemu-io", "-f", "raw", *commands[at:at + 2000], f"nbd+unix:///?socket={sock}"],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                ["qemu-io", "-f", "raw", *commands[at : at + 2000], f"nbd+unix:///?socket={sock}"],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 raise SystemExit(f"qemu-io failed: {done.stderr.strip()[-500:]}")
     finally:
@@ -163,8 +169,13 @@ def main() -> int:
             raise SystemExit(f"{tool} is not installed")
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="bench-vmimage-", dir=args.workdir))
-    env = {**os.environ, "PROTECTCTL_PASSPHRASE": PASSPHRASE, "RESTIC_PASSWORD": PASSPHRASE,
-           "RESTIC_REPOSITORY": str(work / "restic"), "RESTIC_CACHE_DIR": str(work / "restic-cache")}
+    env = {
+        **os.environ,
+        "PROTECTCTL_PASSPHRASE": PASSPHRASE,
+        "RESTIC_PASSWORD": PASSPHRASE,
+        "RESTIC_REPOSITORY": str(work / "restic"),
+        "RESTIC_CACHE_DIR": str(work / "restic-cache"),
+    }
     results: dict[str, Any] = {"size": size, "change": args.change, "load_start": os.getloadavg()}
     try:
         image = work / "web1.qcow2"
@@ -182,8 +193,9 @@ def main() -> int:
         results["first"] = {
             "protectctl": timed([*pctl, "run", "sync", "vms"], env)[0],
             "restic": timed(restic_backup, env)[0],
-            "qemu-img convert": timed(["qemu-img", "convert", "-O", "qcow2", str(image), str(work / "copy.qcow2")],
-                                      env)[0],
+            "qemu-img convert": timed(
+                ["qemu-img", "convert", "-O", "qcow2", str(image), str(work / "copy.qcow2")], env
+            )[0],
         }
         (work / "copy.qcow2").unlink()  # disk space: every copy goes as soon as it is measured
         log(f"first backup: {results['first']}")
@@ -195,21 +207,27 @@ def main() -> int:
         restic_seconds, restic_out = timed(restic_backup, env)
         results["sync"] = {"protectctl": seconds, "restic": restic_seconds}
         # stored by the sync: fixed cluster-aligned chunks (protectctl) against restic's content-defined ones
-        results["bytes"] = {"changed": changed, "read": point["bytes_read"], "added": point["bytes_added"],
-                            "restic_added": _restic_added(restic_out)}
+        results["bytes"] = {
+            "changed": changed,
+            "read": point["bytes_read"],
+            "added": point["bytes_added"],
+            "restic_added": _restic_added(restic_out),
+        }
         log(f"sync: {results['sync']}, bytes: {results['bytes']}")
         log("restore")
         target = work / "restored.qcow2"
         restic_target = work / "restic-restore"
         restored = {
-            "protectctl": timed([*pctl, "restore", "vms/web1", "--to-time", "latest", "--target", str(target)], env)[0]}
+            "protectctl": timed([*pctl, "restore", "vms/web1", "--to-time", "latest", "--target", str(target)], env)[0]
+        }
         identical = same(image, target)
         target.unlink()
         restored["restic"] = timed(["restic", "restore", "latest", "--quiet", "--target", str(restic_target)], env)[0]
         identical = identical and same(image, restic_target / str(image).lstrip("/"))
         shutil.rmtree(restic_target)
-        restored["qemu-img convert"] = timed(["qemu-img", "convert", "-O", "qcow2", str(image),
-                                              str(work / "back.qcow2")], env)[0]
+        restored["qemu-img convert"] = timed(
+            ["qemu-img", "convert", "-O", "qcow2", str(image), str(work / "back.qcow2")], env
+        )[0]
         (work / "back.qcow2").unlink()
         results["restore"] = restored
         results["restore_identical"] = identical
@@ -226,19 +244,26 @@ def render(r: dict[str, Any]) -> str:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.3f}x" if b else "-"
 
-    lines = [f"image {r['size'] / 2**30:.2f} GiB, {r['change']:.0%} of clusters rewritten;"
-             f" load {r['load_start'][0]:.1f} -> {r.get('load_end', [0])[0]:.1f}",
-             "| phase | protectctl | restic | qemu-img convert | protectctl/restic |", "|---|---|---|---|---|"]
+    lines = [
+        f"image {r['size'] / 2**30:.2f} GiB, {r['change']:.0%} of clusters rewritten;"
+        f" load {r['load_start'][0]:.1f} -> {r.get('load_end', [0])[0]:.1f}",
+        "| phase | protectctl | restic | qemu-img convert | protectctl/restic |",
+        "|---|---|---|---|---|",
+    ]
     for phase in ("first", "sync", "restore"):
         row = r[phase]
         convert = f"{row['qemu-img convert']:.2f} s" if "qemu-img convert" in row else "-"
-        lines.append(f"| {phase} | {row['protectctl']:.2f} s | {row['restic']:.2f} s | {convert} |"
-                     f" {ratio(row['protectctl'], row['restic'])} |")
+        lines.append(
+            f"| {phase} | {row['protectctl']:.2f} s | {row['restic']:.2f} s | {convert} |"
+            f" {ratio(row['protectctl'], row['restic'])} |"
+        )
     b = r["bytes"]
     lines.append(f"| bytes read / changed | {b['read']} / {b['changed']} | | | {ratio(b['read'], b['changed'])} |")
     if b.get("restic_added"):
-        lines.append(f"| bytes stored by the sync (fixed 64 KiB chunks / restic CDC) | {b['added']} |"
-                     f" {b['restic_added']} | | {ratio(b['added'], b['restic_added'])} |")
+        lines.append(
+            f"| bytes stored by the sync (fixed 64 KiB chunks / restic CDC) | {b['added']} |"
+            f" {b['restic_added']} | | {ratio(b['added'], b['restic_added'])} |"
+        )
     lines.append(f"restores identical (qemu-img compare): {r['restore_identical']}")
     return "\n".join(lines)
 

@@ -367,9 +367,7 @@ def manifest(root: Path, hash_files: bool = True) -> dict[str, tuple[int, str]]:
     return out
 
 
-def compare(
-    expected: dict[str, tuple[int, str]], actual: dict[str, tuple[int, str]], limit: int = 10
-) -> list[str]:
+def compare(expected: dict[str, tuple[int, str]], actual: dict[str, tuple[int, str]], limit: int = 10) -> list[str]:
     """Differences between two manifests, at most ``limit`` lines (empty: identical)."""
     problems = []
     for rel in sorted(expected.keys() - actual.keys()):

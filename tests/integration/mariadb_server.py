@@ -55,14 +55,14 @@ def free_port(start: int = 33060) -> int:
 
 
 def as_user(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", OS_USER, "--", *argv], capture_output=True, text=True, cwd="/",
-                          **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(["runuser", "-u", OS_USER, "--", *argv], capture_output=True, text=True, cwd="/", **kwargs)  # type: ignore[call-overload]
 
 
 class MariadbServer:
     def __init__(self, base: Path | None = None) -> None:
-        self.base = base or Path(tempfile.mkdtemp(prefix="protectctl-my-", dir=os.environ.get("PROTECTCTL_MY_TMP",
-                                                                                              "/tmp")))
+        self.base = base or Path(
+            tempfile.mkdtemp(prefix="protectctl-my-", dir=os.environ.get("PROTECTCTL_MY_TMP", "/tmp"))
+        )
         entry = pwd.getpwnam(OS_USER)
         os.chmod(self.base, 0o755)
         os.chown(self.base, entry.pw_uid, entry.pw_gid)
@@ -76,8 +76,16 @@ class MariadbServer:
         return {"data_dir": str(self.data), "socket": str(self.sock), "os_user": OS_USER, "server_bin": str(SERVER)}
 
     def init(self) -> MariadbServer:
-        result = as_user(["mariadb-install-db", "--no-defaults", f"--datadir={self.data}",
-                          "--auth-root-authentication-method=socket", "--skip-test-db", "--skip-name-resolve"])
+        result = as_user(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={self.data}",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+                "--skip-name-resolve",
+            ]
+        )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         return self
 
@@ -89,8 +97,10 @@ class MariadbServer:
 
     def replicate_from(self, primary: MariadbServer) -> None:
         """GTID replication from `primary` (which has the `repl` user), from its first binlog on."""
-        self.sql(f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl', "
-                 "MASTER_PASSWORD='repl-pass', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE")
+        self.sql(
+            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl', "
+            "MASTER_PASSWORD='repl-pass', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE"
+        )
 
     def caught_up(self, primary: MariadbServer) -> None:
         pos = primary.sql("SELECT @@gtid_binlog_pos")
@@ -99,13 +109,32 @@ class MariadbServer:
     def start(self, *extra: str) -> MariadbServer:
         extra = extra or self.extra
         self.extra = extra
-        argv = [str(SERVER), "--no-defaults", f"--user={OS_USER}", f"--datadir={self.data}", f"--socket={self.sock}",
-                f"--port={self.port}", "--bind-address=127.0.0.1", "--log-bin=mariadb-bin", "--server-id=1",
-                "--binlog-format=ROW", f"--pid-file={self.base / 'mysqld.pid'}",
-                f"--log-error={self.base / 'mysqld.err'}", "--innodb-buffer-pool-size=32M",
-                "--skip-name-resolve", "--log-slave-updates", *extra]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, cwd="/", start_new_session=True)
+        argv = [
+            str(SERVER),
+            "--no-defaults",
+            f"--user={OS_USER}",
+            f"--datadir={self.data}",
+            f"--socket={self.sock}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            "--log-bin=mariadb-bin",
+            "--server-id=1",
+            "--binlog-format=ROW",
+            f"--pid-file={self.base / 'mysqld.pid'}",
+            f"--log-error={self.base / 'mysqld.err'}",
+            "--innodb-buffer-pool-size=32M",
+            "--skip-name-resolve",
+            "--log-slave-updates",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            start_new_session=True,
+        )
         self.wait_ready(self.sock)
         return self
 

@@ -36,8 +36,12 @@ def ensure_user() -> tuple[int, int]:
     except KeyError:
         # not check=True: another pytest-xdist worker may have created it in between (exit 9);
         # getpwnam below still fails when the user really could not be made
-        made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OS_USER],
-                              capture_output=True, text=True, check=False)
+        made = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OS_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         try:
             entry = pwd.getpwnam(OS_USER)
         except KeyError:
@@ -67,8 +71,7 @@ def free_port(start: int = 25432) -> int:
 
 
 def as_user(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", OS_USER, "--", *argv], capture_output=True, text=True, cwd="/",
-                          **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(["runuser", "-u", OS_USER, "--", *argv], capture_output=True, text=True, cwd="/", **kwargs)  # type: ignore[call-overload]
 
 
 class PgCluster:
@@ -80,26 +83,51 @@ class PgCluster:
         self.uid, self.gid = ensure_user()
 
     def spec(self, **extra: object) -> dict[str, object]:
-        return {"data_dir": str(self.data), "port": self.port, "socket_dir": str(self.sock), "os_user": OS_USER,
-                "bin_dir": str(PG_BIN), "allow_restart": True, **extra}
+        return {
+            "data_dir": str(self.data),
+            "port": self.port,
+            "socket_dir": str(self.sock),
+            "os_user": OS_USER,
+            "bin_dir": str(PG_BIN),
+            "allow_restart": True,
+            **extra,
+        }
 
     def init(self, **settings: str) -> PgCluster:
         self.sock.mkdir(exist_ok=True)
         os.chown(self.sock, self.uid, self.gid)
         self.data.mkdir(mode=0o700)
         os.chown(self.data, self.uid, self.gid)
-        result = as_user([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "--no-sync", "-E", "UTF8",
-                          "--locale", "C"])
+        result = as_user(
+            [str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "--no-sync", "-E", "UTF8", "--locale", "C"]
+        )
         assert result.returncode == 0, result.stderr
-        conf = {"port": str(self.port), "unix_socket_directories": f"'{self.sock}'", "listen_addresses": "''",
-                "fsync": "off", "full_page_writes": "on", "max_wal_senders": "4", **settings}
+        conf = {
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.sock}'",
+            "listen_addresses": "''",
+            "fsync": "off",
+            "full_page_writes": "on",
+            "max_wal_senders": "4",
+            **settings,
+        }
         with (self.data / "postgresql.conf").open("a") as handle:
             handle.write("".join(f"{k} = {v}\n" for k, v in conf.items()))
         return self
 
     def start(self) -> PgCluster:
-        result = as_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.sock / f"{self.data.name}.log"),
-                          "-w", "-s", "start"])
+        result = as_user(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.sock / f"{self.data.name}.log"),
+                "-w",
+                "-s",
+                "start",
+            ]
+        )
         assert result.returncode == 0, result.stderr + self.log_tail()
         return self
 
@@ -112,8 +140,23 @@ class PgCluster:
         return log.read_text()[-2000:] if log.exists() else ""
 
     def sql(self, sql: str, database: str = "postgres", port: int | None = None) -> str:
-        result = as_user([str(PG_BIN / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.sock), "-p",
-                          str(port or self.port), "-d", database, "-c", sql])
+        result = as_user(
+            [
+                str(PG_BIN / "psql"),
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.sock),
+                "-p",
+                str(port or self.port),
+                "-d",
+                database,
+                "-c",
+                sql,
+            ]
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 

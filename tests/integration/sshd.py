@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-SFTP_SERVER = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
-                    if os.path.exists(p)), "internal-sftp")
+SFTP_SERVER = next(
+    (p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server") if os.path.exists(p)),
+    "internal-sftp",
+)
 
 
 def sshd_available() -> str | None:
@@ -44,8 +46,9 @@ def free_port(address: str) -> int:
 
 def keygen(path: Path, comment: str = "") -> str:
     """A new ed25519 key pair at path (and path.pub); returns the public line."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True, capture_output=True
+    )
     return Path(f"{path}.pub").read_text().strip()
 
 
@@ -91,10 +94,11 @@ class SshdServer:
             self.authorized_keys.chmod(0o600)
         if not self.port:
             self.port = free_port(self.address)
-        (self.base / "sshd_config").write_text(textwrap.dedent(f"""\
+        (self.base / "sshd_config").write_text(
+            textwrap.dedent(f"""\
             ListenAddress {self.address}:{self.port}
             HostKey {key}
-            PidFile {self.base / 'sshd.pid'}
+            PidFile {self.base / "sshd.pid"}
             AuthorizedKeysFile {self.authorized_keys}
             StrictModes no
             PermitRootLogin prohibit-password
@@ -107,7 +111,8 @@ class SshdServer:
             Subsystem sftp {SFTP_SERVER}
             LogLevel {self.log_level}
             SetEnv HOME={self.home}
-            """))
+            """)
+        )
         self.home.mkdir(exist_ok=True)
 
     def start(self) -> None:
@@ -136,7 +141,7 @@ class SshdServer:
             if entry.isdigit():
                 try:
                     stat = Path(f"/proc/{entry}/stat").read_text()
-                    parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                    parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
                 except (OSError, ValueError):
                     continue
         out, frontier = [], [self.pid]
@@ -156,9 +161,11 @@ class SshdServer:
                 os.kill(pid, signal.SIGKILL)
         self.pid = None
 
-    def host_doc(self, *, identity_file: Path, scheduler: str = "systemd", host_key: str | None = None,
-                 extra: str = "") -> str:
-        return textwrap.dedent(f"""\
+    def host_doc(
+        self, *, identity_file: Path, scheduler: str = "systemd", host_key: str | None = None, extra: str = ""
+    ) -> str:
+        return (
+            textwrap.dedent(f"""\
             apiVersion: protectctl/v1
             kind: Host
             metadata: {{name: {self.name}}}
@@ -171,7 +178,9 @@ class SshdServer:
               scheduler: {scheduler}
               root: {self.root}
               authorizedKeys: {self.authorized_keys}
-            """) + extra
+            """)
+            + extra
+        )
 
 
 def start_fleet(base: Path, names: list[str], client_public_key: str, first_octet: int = 2) -> list[SshdServer]:
@@ -215,9 +224,11 @@ def group_docs(storage: str, storage_spec: str, members: Sequence[tuple[str, str
     `k` (a file passphrase the first apply creates), the Storage `storage` with `storage_spec`
     (its spec lines, without the encryption line), SLA `daily`."""
     spec = textwrap.indent(textwrap.dedent(storage_spec).strip() + "\nencryption: {key: k}", "  ")
-    listed = "\n".join(f"    - {{name: {name}, host: {host}, filesystem: {{path: {path}}}}}"
-                       for name, host, path in members)
-    return textwrap.dedent("""\
+    listed = "\n".join(
+        f"    - {{name: {name}, host: {host}, filesystem: {{path: {path}}}}}" for name, host, path in members
+    )
+    return (
+        textwrap.dedent("""\
         apiVersion: protectctl/v1
         kind: EncryptionKey
         metadata: {name: k}
@@ -246,7 +257,11 @@ def group_docs(storage: str, storage_spec: str, members: Sequence[tuple[str, str
           storage: STORAGE
           members:
         MEMBERS
-        """).replace("STORAGE", storage).replace("SPEC", spec).replace("MEMBERS", listed)
+        """)
+        .replace("STORAGE", storage)
+        .replace("SPEC", spec)
+        .replace("MEMBERS", listed)
+    )
 
 
 def one_member_docs(storage: str, storage_spec: str, host: str, data: Path) -> str:

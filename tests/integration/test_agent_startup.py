@@ -38,9 +38,14 @@ print(json.dumps({"code": code, "kdf": len(calls), "modules": sorted(sys.modules
 
 
 def _run(agent_config: Path) -> dict[str, object]:
-    proc = subprocess.run([sys.executable, "-c", PROBE, "--agent-config", str(agent_config), "run", "sync", "docs",
-                           "--member", "home"], capture_output=True, text=True, timeout=120, env=cli_env(),
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, "--agent-config", str(agent_config), "run", "sync", "docs", "--member", "home"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
+        check=False,
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
     result: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
     assert result["code"] == 0, proc.stdout + proc.stderr

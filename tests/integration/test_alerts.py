@@ -12,8 +12,9 @@ import pytest
 from tests.conftest import run_cli
 
 PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian package "
-                                "`prometheus`; .ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (Debian package `prometheus`; .ci/run installs it)"
+)
 
 # quickstart: SLA tier1, sync every 15m (missed after 22m30s), full daily (missed after 36h).
 # Series are sampled every minute; the agent's last good sync ended at t=0 (epoch 0).
@@ -68,8 +69,10 @@ tests:
 """
 
 
-MISSED_SYNC = ("'SLA tier1 wants a good recovery point every 15m; the newest is older than 22m30s "
-               "(or there is none). `protectctl status` says why.'")
+MISSED_SYNC = (
+    "'SLA tier1 wants a good recovery point every 15m; the newest is older than 22m30s "
+    "(or there is none). `protectctl status` says why.'"
+)
 
 
 def _members(quickstart: Path) -> None:
@@ -77,8 +80,9 @@ def _members(quickstart: Path) -> None:
     text = file.read_text()
     member = "    - name: home\n      host: local\n"
     assert member in text
-    file.write_text(text.replace(member, "    - name: other\n      host: local\n      filesystem: {path: ./other}\n"
-                                         + member))
+    file.write_text(
+        text.replace(member, "    - name: other\n      host: local\n      filesystem: {path: ./other}\n" + member)
+    )
 
 
 def test_rules_check_and_behave(quickstart: Path, tmp_path: Path) -> None:
@@ -86,12 +90,14 @@ def test_rules_check_and_behave(quickstart: Path, tmp_path: Path) -> None:
     _members(quickstart)
     rules = tmp_path / "rules.yml"
     run_cli(quickstart, "alerts", "--out", str(rules))
-    check = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60,
-                           check=False)
+    check = subprocess.run(
+        [PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     (tmp_path / "tests.yml").write_text(TESTS.replace("@MISSED_SYNC@", MISSED_SYNC))
-    test = subprocess.run([PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60, check=False)
+    test = subprocess.run(
+        [PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
     assert test.returncode == 0, test.stdout + test.stderr
 
 
@@ -108,8 +114,9 @@ def test_grafana_dashboard_queries_only_metrics_the_agent_writes() -> None:
 
     from protectctl.agent.status import METRICS
 
-    dashboard = json.loads((Path(__file__).resolve().parents[2] / "examples/monitoring/grafana-dashboard.json")
-                           .read_text())
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "examples/monitoring/grafana-dashboard.json").read_text()
+    )
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
     named = {m for e in exprs for m in re.findall(r"\bprotectctl_[a-z_]+", e)}
@@ -118,9 +125,11 @@ def test_grafana_dashboard_queries_only_metrics_the_agent_writes() -> None:
 
 # -- beyond the anchors: retention, prune and tape copies --------------------------------------
 
-TAPE_SLA = ("  retention: {disk: 14d}\n",
-            "  retention: {disk: 14d}\n  tape: {library: lib1, pool: monthly, schedule: weekly on sun at 02:00, "
-            "retention: 7y}\n")
+TAPE_SLA = (
+    "  retention: {disk: 14d}\n",
+    "  retention: {disk: 14d}\n  tape: {library: lib1, pool: monthly, schedule: weekly on sun at 02:00, "
+    "retention: 7y}\n",
+)
 LIBRARY = """\
 ---
 apiVersion: protectctl/v1
@@ -152,8 +161,10 @@ def _expected(rule: dict[str, object], host: str, source: str) -> dict[str, obje
     """The alert promtool must see for (host, source): the rule's labels and its annotations
     with the label templates filled in."""
     labels = dict(rule["labels"])  # type: ignore[call-overload]
-    annotations = {k: str(v).replace("{{ $labels.source }}", source).replace("{{ $labels.host }}", host)
-                   for k, v in dict(rule["annotations"]).items()}  # type: ignore[call-overload]
+    annotations = {
+        k: str(v).replace("{{ $labels.source }}", source).replace("{{ $labels.host }}", host)
+        for k, v in dict(rule["annotations"]).items()
+    }  # type: ignore[call-overload]
     return {"exp_labels": {"host": host, "source": source, **labels}, "exp_annotations": annotations}
 
 
@@ -168,8 +179,9 @@ def test_retention_prune_and_tape_rules_check_and_behave(quickstart: Path, tmp_p
     _with_tape(quickstart)
     rules_file = tmp_path / "rules.yml"
     run_cli(quickstart, "alerts", "--out", str(rules_file))
-    check = subprocess.run([PROMTOOL, "check", "rules", str(rules_file)], capture_output=True, text=True,
-                           timeout=60, check=False)
+    check = subprocess.run(
+        [PROMTOOL, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     (group,) = yaml.safe_load(rules_file.read_text())["groups"]
     rule = {r["alert"]: r for r in group["rules"]}
@@ -181,32 +193,51 @@ def test_retention_prune_and_tape_rules_check_and_behave(quickstart: Path, tmp_p
         return {"series": f'{name}{{host="local",source="{source}"}}', "values": values}
 
     home, other = "docs/home", "docs/other"
-    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1h", "tests": [{
-        "interval": "1h",
-        "input_series": [
-            # both pruned at t=0 only; home's oldest point is 100 s past the limit, other's within it
-            series("protectctl_last_prune_timestamp_seconds", home, "0x300"),
-            series("protectctl_last_prune_timestamp_seconds", other, "0x300"),
-            series("protectctl_oldest_point_timestamp_seconds", home, "-1339300x300"),
-            series("protectctl_oldest_point_timestamp_seconds", other, "-1000000x300"),
-            # home copied to tape at t=0; other never (and its points are older than 907,200 s)
-            series("protectctl_last_tape_copy_timestamp_seconds", home, "0x300"),
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1h",
+        "tests": [
+            {
+                "interval": "1h",
+                "input_series": [
+                    # both pruned at t=0 only; home's oldest point is 100 s past the limit, other's within it
+                    series("protectctl_last_prune_timestamp_seconds", home, "0x300"),
+                    series("protectctl_last_prune_timestamp_seconds", other, "0x300"),
+                    series("protectctl_oldest_point_timestamp_seconds", home, "-1339300x300"),
+                    series("protectctl_oldest_point_timestamp_seconds", other, "-1000000x300"),
+                    # home copied to tape at t=0; other never (and its points are older than 907,200 s)
+                    series("protectctl_last_tape_copy_timestamp_seconds", home, "0x300"),
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "1h",
+                        "alertname": "ProtectctlOutOfRetention",
+                        "exp_alerts": [_expected(rule["ProtectctlOutOfRetention"], "local", home)],
+                    },
+                    {"eval_time": "35h", "alertname": "ProtectctlPruneOverdue", "exp_alerts": []},
+                    {
+                        "eval_time": "38h",
+                        "alertname": "ProtectctlPruneOverdue",
+                        "exp_alerts": [_expected(rule["ProtectctlPruneOverdue"], "local", s) for s in (home, other)],
+                    },
+                    {
+                        "eval_time": "2h",
+                        "alertname": "ProtectctlTapeCopyOverdue",
+                        "exp_alerts": [_expected(rule["ProtectctlTapeCopyOverdue"], "local", other)],
+                    },
+                    {
+                        "eval_time": "254h",
+                        "alertname": "ProtectctlTapeCopyOverdue",
+                        "exp_alerts": [_expected(rule["ProtectctlTapeCopyOverdue"], "local", s) for s in (home, other)],
+                    },
+                ],
+            }
         ],
-        "alert_rule_test": [
-            {"eval_time": "1h", "alertname": "ProtectctlOutOfRetention",
-             "exp_alerts": [_expected(rule["ProtectctlOutOfRetention"], "local", home)]},
-            {"eval_time": "35h", "alertname": "ProtectctlPruneOverdue", "exp_alerts": []},
-            {"eval_time": "38h", "alertname": "ProtectctlPruneOverdue",
-             "exp_alerts": [_expected(rule["ProtectctlPruneOverdue"], "local", s) for s in (home, other)]},
-            {"eval_time": "2h", "alertname": "ProtectctlTapeCopyOverdue",
-             "exp_alerts": [_expected(rule["ProtectctlTapeCopyOverdue"], "local", other)]},
-            {"eval_time": "254h", "alertname": "ProtectctlTapeCopyOverdue",
-             "exp_alerts": [_expected(rule["ProtectctlTapeCopyOverdue"], "local", s) for s in (home, other)]},
-        ],
-    }]}
+    }
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
-    test = subprocess.run([PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60, check=False)
+    test = subprocess.run(
+        [PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
     assert test.returncode == 0, test.stdout + test.stderr
 
 
@@ -230,13 +261,17 @@ def test_prune_and_tape_runs_record_what_the_alerts_read(quickstart: Path) -> No
     (point,) = api.list_points(quickstart, "docs/home", agent_config=None).points
     (metrics,) = (quickstart / ".protectctl" / "root").rglob("protectctl.prom")
     text = metrics.read_text()
-    values = {line.split("{")[0]: line.rsplit(" ", 1)[1] for line in text.splitlines()
-              if line.startswith("protectctl_") and 'source="docs/home"' in line}
+    values = {
+        line.split("{")[0]: line.rsplit(" ", 1)[1]
+        for line in text.splitlines()
+        if line.startswith("protectctl_") and 'source="docs/home"' in line
+    }
     assert values["protectctl_points"] == "1"
     assert values["protectctl_oldest_point_timestamp_seconds"] == _number(point.time.timestamp())
     assert before <= float(values["protectctl_last_prune_timestamp_seconds"]) <= after
     assert before <= float(values["protectctl_last_tape_copy_timestamp_seconds"]) <= after
     assert PROMTOOL is not None
-    check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
-                           check=False)
+    check = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr

@@ -21,9 +21,25 @@ REPO = Path(__file__).resolve().parents[2]
 def test_bench_smallfiles_smoke(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "bench" / "bench_smallfiles.py"), "--files", "300",
-         "--tools", "protectctl", "--workdir", str(tmp_path / "work"), "--output", str(out), "--timeout", "120"],
-        capture_output=True, text=True, timeout=240, cwd=REPO, check=False,
+        [
+            sys.executable,
+            str(REPO / "tests" / "bench" / "bench_smallfiles.py"),
+            "--files",
+            "300",
+            "--tools",
+            "protectctl",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--output",
+            str(out),
+            "--timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        check=False,
     )
     assert proc.returncode == 0, f"harness exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
     results = json.loads(out.read_text())

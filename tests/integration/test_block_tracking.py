@@ -187,9 +187,7 @@ sys.exit(run_backup(_job(Path(sys.argv[1]), Path(sys.argv[2])), "sync", now=cloc
 
 
 @pytest.mark.parametrize("point", ["tracking.stashed", "tracking.commit"])
-def test_a_sync_killed_around_the_reference_move_loses_no_change(
-    xfs_mount: Path, tmp_path: Path, point: str
-) -> None:
+def test_a_sync_killed_around_the_reference_move_loses_no_change(xfs_mount: Path, tmp_path: Path, point: str) -> None:
     """Killed before the point is saved (clones stashed) or after the journal commit (references
     not moved yet): the next sync sees every change and its point restores byte-exact."""
     src = fresh_dir(xfs_mount, "kill")
@@ -200,10 +198,19 @@ def test_a_sync_killed_around_the_reference_move_loses_no_change(
     assert run_backup(job, "sync", now=clock).ok
     _scatter(disk, 5, rng)
     announce = tmp_path / "announce"
-    env = {**os.environ, "PROTECTCTL_CRASH_POINT": point, "PROTECTCTL_CRASH_ANNOUNCE": str(announce),
-           "PYTHONPATH": str(Path(__file__).parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), str(src), "1"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PROTECTCTL_CRASH_POINT": point,
+        "PROTECTCTL_CRASH_ANNOUNCE": str(announce),
+        "PYTHONPATH": str(Path(__file__).parents[2]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path), str(src), "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (announce.exists() and announce.read_text().endswith("\n")):
         if proc.poll() is not None:

@@ -138,8 +138,9 @@ def test_versions_lists_each_distinct_version(history: History, capsysbinary: Ca
 
 
 def test_diff_matches_the_change_set(history: History, capsysbinary: Capture) -> None:
-    doc = json.loads(cli(capsysbinary, history.policy, "diff", "docs/home", history.points[10], history.points[11],
-                             "--json")[0])
+    doc = json.loads(
+        cli(capsysbinary, history.policy, "diff", "docs/home", history.points[10], history.points[11], "--json")[0]
+    )
     assert doc["format_version"] == "1.0"
     root = str(history.data.resolve())
     assert doc["added"] == [f"{root}/new", f"{root}/new/x.txt"]
@@ -199,7 +200,7 @@ def test_random_reads_fetch_the_right_bytes(history: History, capsysbinary: Capt
         assert len(node.chunks) >= 2
         for offset, size in ((0, 10), (1 << 20, 300_000), (len(BIG) - 5, 100), (3 << 20, 1 << 20), (7, 0)):
             loads.clear()
-            assert content.read(offset, size, load) == BIG[offset: offset + size]
+            assert content.read(offset, size, load) == BIG[offset : offset + size]
             assert len(loads) <= 2  # only the chunks that cover the range
             assert len(loads) == {0: 0, 10: 1}.get(size, len(loads))
         sparse = FileContent(repo, locate(trees, points[-1], (b"sparse.img",), None))
@@ -208,16 +209,18 @@ def test_random_reads_fetch_the_right_bytes(history: History, capsysbinary: Capt
 
 
 def test_bad_input_is_one_clear_line(history: History, capsysbinary: Capture) -> None:
-    for args, words in ((("ls", "docs/home", "no/such"), "is not in the point"),
-                        (("ls", "docs/nobody"), "no source matches"),
-                        (("ls", "docs/home/x"), "is not a source"),
-                        (("points", "list", "a/b/c"), "is not a source"),
-                        (("restore", "a/b/c", "--to-time", "latest"), "is not a source"),
-                        (("ls", "docs/home", "--to-time", "yesterday-ish"), "cannot read time"),
-                        (("ls", "docs/home", "--to-time", "2001-01-01"), "no recovery point"),
-                        (("cat", "docs/home", "keep"), "not a file"),
-                        (("versions", "docs/home", "../etc/passwd"), "leaves the recovery point"),
-                        (("find", "docs", ""), "empty")):
+    for args, words in (
+        (("ls", "docs/home", "no/such"), "is not in the point"),
+        (("ls", "docs/nobody"), "no source matches"),
+        (("ls", "docs/home/x"), "is not a source"),
+        (("points", "list", "a/b/c"), "is not a source"),
+        (("restore", "a/b/c", "--to-time", "latest"), "is not a source"),
+        (("ls", "docs/home", "--to-time", "yesterday-ish"), "cannot read time"),
+        (("ls", "docs/home", "--to-time", "2001-01-01"), "no recovery point"),
+        (("cat", "docs/home", "keep"), "not a file"),
+        (("versions", "docs/home", "../etc/passwd"), "leaves the recovery point"),
+        (("find", "docs", ""), "empty"),
+    ):
         _, err = cli(capsysbinary, history.policy, *args, expect=1)
         assert words in err, (args, err)
         assert len(err.strip().splitlines()) <= 2, err
@@ -227,8 +230,18 @@ def test_bad_input_is_one_clear_line(history: History, capsysbinary: Capture) ->
 
 def test_restore_takes_absolute_paths_as_protected(history: History, tmp_path: Path, capsysbinary: Capture) -> None:
     absolute = str(history.data.resolve() / "keep" / "same.txt")
-    cli(capsysbinary, history.policy, "restore", "docs/home", "--to-time", "latest", "--path", absolute,
-            "--target", str(tmp_path / "t"))
+    cli(
+        capsysbinary,
+        history.policy,
+        "restore",
+        "docs/home",
+        "--to-time",
+        "latest",
+        "--path",
+        absolute,
+        "--target",
+        str(tmp_path / "t"),
+    )
     assert (tmp_path / "t" / "keep" / "same.txt").read_bytes() == b"never changes\n"
 
 
@@ -255,12 +268,16 @@ def test_a_removed_group_stays_reachable(history: History, tmp_path: Path, capsy
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(root.rglob("*")) if p.name != ".protectctl-restore"}
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+        if p.name != ".protectctl-restore"
+    }
 
 
-def test_restore_delete_says_then_removes_only_inside_the_target(history: History, tmp_path: Path,
-                                                                 capsysbinary: Capture) -> None:
+def test_restore_delete_says_then_removes_only_inside_the_target(
+    history: History, tmp_path: Path, capsysbinary: Capture
+) -> None:
     target, outside = tmp_path / "t", tmp_path / "outside.txt"
     outside.write_bytes(b"not the restore's")
     latest = ("restore", "docs/home", "--to-time", "latest", "--target", str(target))
@@ -277,8 +294,18 @@ def test_restore_delete_says_then_removes_only_inside_the_target(history: Histor
     assert doc["details"]["deleted"] == ["extra.txt", "keep/deeper"]
     assert _tree(target) == _tree(history.data) and outside.read_bytes() == b"not the restore's"
     # back to point 10: what came later goes, what was there comes back
-    cli(capsysbinary, history.policy, "restore", "docs/home", "--to-time", history.times[10], "--target",
-        str(target), "--overwrite", "--delete")
+    cli(
+        capsysbinary,
+        history.policy,
+        "restore",
+        "docs/home",
+        "--to-time",
+        history.times[10],
+        "--target",
+        str(target),
+        "--overwrite",
+        "--delete",
+    )
     assert not (target / "new").exists() and (target / "gone.txt").read_bytes() == b"will go\n"
     assert (target / "m.txt").read_bytes() == b"before\n"
     _, err = cli(capsysbinary, history.policy, *latest, "--delete", expect=1)
@@ -310,22 +337,29 @@ def test_an_unfinished_restore_resumes(history: History, tmp_path: Path, capsysb
     assert "already restored were kept" in out and (target / "m.txt").read_bytes() == b"after!\n"
 
 
-def test_an_interrupted_restore_says_so_and_resumes(history: History, tmp_path: Path,
-                                                     capsysbinary: Capture) -> None:
+def test_an_interrupted_restore_says_so_and_resumes(history: History, tmp_path: Path, capsysbinary: Capture) -> None:
     """Ctrl-C in the middle of a real restore (stopped at its 3rd verified file: deterministic)."""
     target, announce = tmp_path / "t", tmp_path / "announce"
     env = cli_env({"PROTECTCTL_CRASH_POINT": "restore-file#3", "PROTECTCTL_CRASH_ANNOUNCE": str(announce)})
-    proc = subprocess.Popen(cli_argv(history.policy, "restore", "docs/home", "--to-time", "latest", "--target",
-                                     str(target)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: proc.poll() is not None or announce.exists() and announce.read_text().endswith("\n"),
-               "the restore reaches its 3rd file")
+    proc = subprocess.Popen(
+        cli_argv(history.policy, "restore", "docs/home", "--to-time", "latest", "--target", str(target)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(
+        lambda: proc.poll() is not None or announce.exists() and announce.read_text().endswith("\n"),
+        "the restore reaches its 3rd file",
+    )
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert "Interrupted: the restore of docs/home stopped part-way" in err and "--resume" in err
     assert (target / ".protectctl-restore").exists()  # what it wrote is recorded as unfinished
-    out, _ = cli(capsysbinary, history.policy, "restore", "docs/home", "--to-time", "latest", "--target",
-                 str(target), "--resume")
+    out, _ = cli(
+        capsysbinary, history.policy, "restore", "docs/home", "--to-time", "latest", "--target", str(target), "--resume"
+    )
     assert "already restored were kept" in out
     assert _tree(target) == _tree(history.data) and not (target / ".protectctl-restore").exists()

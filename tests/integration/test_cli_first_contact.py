@@ -25,8 +25,14 @@ def test_apply_asks_on_the_terminal_even_with_stdout_piped_and_no_exits_1(quicks
     """`apply | tee log` asks (stdin is the terminal); answering anything but yes exits 1, like Terraform."""
     leader, follower = pty.openpty()
     try:
-        child = subprocess.Popen(cli_argv(quickstart, "apply"), stdin=follower, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=cli_env())
+        child = subprocess.Popen(
+            cli_argv(quickstart, "apply"),
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
         os.write(leader, b"no\n")
         out, err = child.communicate(timeout=60)
     finally:

@@ -268,8 +268,13 @@ def test_lock_timeout_waits(quickstart: Path) -> None:
     events in tests/unit/test_state.py; here: the CLI wiring, without any fixed sleep)."""
     holder = hold_lock(quickstart)
     try:
-        waiter = subprocess.Popen(cli_argv(quickstart, "plan", "--lock-timeout", "60s", "--detailed-exitcode"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env())
+        waiter = subprocess.Popen(
+            cli_argv(quickstart, "plan", "--lock-timeout", "60s", "--detailed-exitcode"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
         assert holder.poll() is None  # still held when the waiter was started
     finally:
         release(holder)

@@ -32,8 +32,12 @@ def small_fs() -> Iterator[Mount]:
 
     def mount(where: Path, size: str) -> Path:
         where.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs for a full-disk test (needs root): {proc.stderr.strip()}")
         mounted.append(where)
@@ -106,7 +110,8 @@ def test_control_state_dir_full_is_a_clear_error(quickstart: Path, small_fs: Mou
     state = quickstart / ".protectctl" / "state"
     (quickstart / "settings.yaml").write_text(
         "apiVersion: protectctl/v1\nkind: Settings\nmetadata: {name: settings}\n"
-        f"spec: {{state: {{path: {state}/state.json}}}}\n")
+        f"spec: {{state: {{path: {state}/state.json}}}}\n"
+    )
     small_fs(state, "64k")
     filler = fill(state)
     for command in (["plan"], ["apply", "--auto-approve"]):

@@ -156,11 +156,23 @@ def test_an_installed_provider_protects_and_restores(tmp_path: Path, plugin: dic
     done = json.loads(run_cli(policy, "run", "sync", "notes", "--json", env=plugin, timeout=120).stdout)
     assert json.dumps(done).count('"ok": true') >= 1, done
     target = tmp_path / "restored"
-    run_cli(policy, "restore", "notes/texts", "--to-time", "latest", "--target", str(target), env=plugin,
-            timeout=120)
+    run_cli(policy, "restore", "notes/texts", "--to-time", "latest", "--target", str(target), env=plugin, timeout=120)
     assert sorted(p.name for p in target.iterdir()) == ["a.txt", "b.txt"]
     for name in ("a.txt", "b.txt"):
         assert (target / name).read_bytes() == (data / name).read_bytes()
-    refused = run_cli(policy, "restore", "notes/texts", "--to-time", "latest", "--target", str(tmp_path / "r2"),
-                      "--database", "x", "--as", "y", expect=1, env=plugin).stderr
+    refused = run_cli(
+        policy,
+        "restore",
+        "notes/texts",
+        "--to-time",
+        "latest",
+        "--target",
+        str(tmp_path / "r2"),
+        "--database",
+        "x",
+        "--as",
+        "y",
+        expect=1,
+        env=plugin,
+    ).stderr
     assert "notes/texts is a textfiles source: its restore takes no --as, --database" in refused, refused

@@ -115,7 +115,8 @@ def test_an_unsupported_yaml_version_is_located(quickstart: Path) -> None:
 def test_a_huge_value_is_not_echoed_whole(quickstart: Path) -> None:
     name = "x" * 1_000_000  # once: printed whole (10 MB then); 1 MB is 500x the bound below
     (quickstart / "more.yaml").write_text(
-        f"apiVersion: protectctl/v1\nkind: Host\nmetadata: {{name: {name}X}}\nspec: {{address: local}}\n")
+        f"apiVersion: protectctl/v1\nkind: Host\nmetadata: {{name: {name}X}}\nspec: {{address: local}}\n"
+    )
     stderr = _only_error(quickstart)
     assert "is not a valid name" in stderr and "characters cut" in stderr
     assert len(stderr) < 2000

@@ -439,6 +439,8 @@ def test_status_and_metrics(tmp_path: Path) -> None:
     assert late.to_json()["last_point_time"] == T0.isoformat()
     metrics = (tmp_path / "state" / "metrics" / "protectctl.prom").read_text()
     stamp = int(T0.timestamp())  # exact, not 6 significant digits
-    assert f'protectctl_last_success_timestamp_seconds{{host="testhost",source="docs/home",kind="full"}} {stamp}' \
+    assert (
+        f'protectctl_last_success_timestamp_seconds{{host="testhost",source="docs/home",kind="full"}} {stamp}'
         in metrics
+    )
     assert 'protectctl_last_job_success{host="testhost",source="docs/home",kind="full"} 1' in metrics

@@ -66,8 +66,10 @@ def snapshot(root: bytes) -> dict[bytes, tuple[object, ...]]:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
             rel = os.path.relpath(path, root)
-            xattrs = sorted((os.fsencode(k), os.getxattr(path, k, follow_symlinks=False))
-                            for k in os.listxattr(path, follow_symlinks=False))
+            xattrs = sorted(
+                (os.fsencode(k), os.getxattr(path, k, follow_symlinks=False))
+                for k in os.listxattr(path, follow_symlinks=False)
+            )
             if stat.S_ISLNK(st.st_mode):
                 out[rel] = ("link", os.readlink(path), st.st_mtime_ns)
             elif stat.S_ISDIR(st.st_mode):
@@ -129,11 +131,30 @@ def test_cli_syncs_lists_and_restores_names_that_are_not_utf8(tmp_path: Path) ->
     run_cli(site, "restore", "docs/home", "--to-time", "latest", "--target", str(whole))
     assert snapshot(os.fsencode(whole)) == snapshot(os.fsencode(data))
     part = tmp_path / "part"
-    run_cli(site, "restore", "docs/home", "--to-time", "latest", "--target", str(part),
-            "--path", os.fsdecode(DIR + b"/" + FILE))
+    run_cli(
+        site,
+        "restore",
+        "docs/home",
+        "--to-time",
+        "latest",
+        "--target",
+        str(part),
+        "--path",
+        os.fsdecode(DIR + b"/" + FILE),
+    )
     assert os.listdir(os.fsencode(part)) == [DIR]
-    missing = run_cli(site, "restore", "docs/home", "--to-time", "latest", "--target", str(tmp_path / "none"),
-                      "--path", os.fsdecode(b"no\xffthere"), expect=1)
+    missing = run_cli(
+        site,
+        "restore",
+        "docs/home",
+        "--to-time",
+        "latest",
+        "--target",
+        str(tmp_path / "none"),
+        "--path",
+        os.fsdecode(b"no\xffthere"),
+        expect=1,
+    )
     assert "no\\xffthere" in missing.stderr  # shown escaped, never a crash
 
 
@@ -141,8 +162,9 @@ def _file(repo: Repository, writer: object, name: bytes, data: bytes) -> Node:
     blob, _ = writer.add(BlobKind.DATA, data)  # type: ignore[attr-defined]
     hasher = repo.content_hasher()
     hasher.update(data)
-    return Node(name, NodeType.FILE, 0o644, 0, 0, None, None, 0, 0, 0, len(data), chunks=(blob,),
-                content_hash=hasher.digest())
+    return Node(
+        name, NodeType.FILE, 0o644, 0, 0, None, None, 0, 0, 0, len(data), chunks=(blob,), content_hash=hasher.digest()
+    )
 
 
 def _publish(repo: Repository, source: str, tree: BlobId) -> None:
@@ -156,12 +178,35 @@ def test_crafted_names_fail_entry_by_entry_and_the_rest_restores(tmp_path: Path)
             good = _file(repo, writer, b"good\xff", b"kept")
             evil = [_file(repo, writer, name, b"pwned") for name in (b"a/b", b"..", b"x\x00y", b"/abs")]
             # Format 1 text no bytes can spell (a lone surrogate), written as a tree blob as is.
-            stored = {"v": 1, "nodes": [
-                {"name": "ok", "type": "file", "mode": 420, "uid": 0, "gid": 0, "mtime_ns": 0, "atime_ns": 0,
-                 "ctime_ns": 0, "size": 4, "chunks": [good.chunks[0].hex()]},
-                {"name": "\ud800bad", "type": "file", "mode": 420, "uid": 0, "gid": 0, "mtime_ns": 0,
-                 "atime_ns": 0, "ctime_ns": 0, "size": 4, "chunks": [good.chunks[0].hex()]},
-            ]}
+            stored = {
+                "v": 1,
+                "nodes": [
+                    {
+                        "name": "ok",
+                        "type": "file",
+                        "mode": 420,
+                        "uid": 0,
+                        "gid": 0,
+                        "mtime_ns": 0,
+                        "atime_ns": 0,
+                        "ctime_ns": 0,
+                        "size": 4,
+                        "chunks": [good.chunks[0].hex()],
+                    },
+                    {
+                        "name": "\ud800bad",
+                        "type": "file",
+                        "mode": 420,
+                        "uid": 0,
+                        "gid": 0,
+                        "mtime_ns": 0,
+                        "atime_ns": 0,
+                        "ctime_ns": 0,
+                        "size": 4,
+                        "chunks": [good.chunks[0].hex()],
+                    },
+                ],
+            }
             inner, _ = writer.add(BlobKind.TREE, json.dumps(stored).encode())
             sub = Node(b"sub", NodeType.DIR, 0o755, 0, 0, None, None, 0, 0, 0, 0, subtree=inner)
             root = repo.save_tree(writer, Tree((good, sub, *evil)))
@@ -215,11 +260,26 @@ def test_a_pebibyte_of_holes_restores_as_a_sparse_file_at_once(tmp_path: Path) -
     holes = ((0, PIB),)
     with Repository.open(job.storage, PASS) as repo:
         digest = extents_hash(repo.content_hasher(), PIB, holes, repo.content_hasher().digest())
-        sparse = Node(b"huge", NodeType.FILE, 0o600, 0, 0, None, None, 0, 0, 0, PIB, holes=holes,
-                      content_hash=digest, hash_scheme=HashScheme.EXTENTS)
+        sparse = Node(
+            b"huge",
+            NodeType.FILE,
+            0o600,
+            0,
+            0,
+            None,
+            None,
+            0,
+            0,
+            0,
+            PIB,
+            holes=holes,
+            content_hash=digest,
+            hash_scheme=HashScheme.EXTENTS,
+        )
         # The same file as an older point stored it: a hash of the zeros (here not even right).
-        legacy = Node(b"legacy", NodeType.FILE, 0o600, 0, 0, None, None, 0, 0, 0, PIB, holes=holes,
-                      content_hash=b"\x00" * 32)
+        legacy = Node(
+            b"legacy", NodeType.FILE, 0o600, 0, 0, None, None, 0, 0, 0, PIB, holes=holes, content_hash=b"\x00" * 32
+        )
         with repo.writer() as writer:
             root = repo.save_tree(writer, Tree((sparse, legacy)))
         _publish(repo, job.source, root)
@@ -271,8 +331,19 @@ def test_errors_of_older_points_list_printably(tmp_path: Path) -> None:
         with repo.writer() as writer:
             root = repo.save_tree(writer, Tree(()))
         # What an earlier release recorded for an unreadable file named b"x\xff".
-        repo.save_point(Point(new_point_id(), job.source, T0, "sync", None, root, PointStats(), False,
-                              errors=("x\udcff: Permission denied",)))
+        repo.save_point(
+            Point(
+                new_point_id(),
+                job.source,
+                T0,
+                "sync",
+                None,
+                root,
+                PointStats(),
+                False,
+                errors=("x\udcff: Permission denied",),
+            )
+        )
         (point,) = repo.list_points(job.source)
     assert point.errors == ("x\\xff: Permission denied",)
     json.dumps(list(point.errors), ensure_ascii=False).encode("utf-8")  # printable: no lone surrogate

@@ -30,8 +30,9 @@ class _Syncs:
         journal = Journal(self.journal_path, repo_id=self.repo.id)
         out = journal.begin()
         with self.repo.writer() as writer:
-            result = Archiver(self.repo, writer, journal, out,
-                              ArchiveOptions(root=self.src, filter=PathFilter([], []))).run()
+            result = Archiver(
+                self.repo, writer, journal, out, ArchiveOptions(root=self.src, filter=PathFilter([], []))
+            ).run()
         journal.close()
         out.commit({"point_id": "p"})
         return result

@@ -24,12 +24,14 @@ pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_av
 
 
 def cli(policy: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def common_docs(storage: str) -> str:
-    return textwrap.dedent("""\
+    return (
+        textwrap.dedent("""\
         apiVersion: protectctl/v1
         kind: EncryptionKey
         metadata: {name: repo-key}
@@ -44,7 +46,10 @@ def common_docs(storage: str) -> str:
           full: daily at 20:00
           retention: {disk: 7d}
         ---
-        """) + storage + "\n"
+        """)
+        + storage
+        + "\n"
+    )
 
 
 @dataclass
@@ -90,7 +95,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pinned_wheelhouse: Path) -> 
               path: {repo}
               encryption: {{key: repo-key}}""")
         docs = [common_docs(storage)] + [s.host_doc(identity_file=client_key) for s in servers]
-        docs.append(textwrap.dedent(f"""\
+        docs.append(
+            textwrap.dedent(f"""\
             apiVersion: protectctl/v1
             kind: ProtectionGroup
             metadata: {{name: docs}}
@@ -98,9 +104,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pinned_wheelhouse: Path) -> 
               sla: hourly
               storage: central
               members:
-                - {{name: m1, host: h1, filesystem: {{path: {data['h1']}}}}}
-                - {{name: m2, host: h2, filesystem: {{path: {data['h2']}}}}}
-            """))
+                - {{name: m1, host: h1, filesystem: {{path: {data["h1"]}}}}}
+                - {{name: m2, host: h2, filesystem: {{path: {data["h2"]}}}}}
+            """)
+        )
         (policy / "fleet.yaml").write_text("---\n".join(docs))
         # Applied, and one point per member taken, here rather than by the first tests: every test
         # needs them, and the suite runs in a random order.
@@ -212,8 +219,12 @@ def test_hosts_check(fleet: Fleet) -> None:
 
 def run_on(fleet: Fleet, host: str, *args: str) -> tuple[int, str, str]:
     root = fleet.servers[host].root
-    argv = (str(root / "opt/protectctl/bin/protectctl"), "--agent-config", str(root / "etc/protectctl/agent.yaml"),
-            *args)
+    argv = (
+        str(root / "opt/protectctl/bin/protectctl"),
+        "--agent-config",
+        str(root / "etc/protectctl/agent.yaml"),
+        *args,
+    )
     status, out, err = fleet.ssh(host).exec_bytes(argv, timeout_s=120)  # type: ignore[attr-defined]
     return status, out.decode(), err.decode()
 

@@ -33,8 +33,9 @@ pytestmark = [
 
 
 def cli(policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,8 @@ def policy_for(base: Path, server: SshdServer, key: Path, *, become: bool) -> Pa
     (data / "f.txt").write_text("provisioned through sudo\n")
     policy = base / ("policy-become" if become else "policy-plain")
     policy.mkdir(exist_ok=True)
-    (policy / "p.yaml").write_text(textwrap.dedent(f"""\
+    (policy / "p.yaml").write_text(
+        textwrap.dedent(f"""\
         apiVersion: protectctl/v1
         kind: Host
         metadata: {{name: s1}}
@@ -85,8 +87,11 @@ def policy_for(base: Path, server: SshdServer, key: Path, *, become: bool) -> Pa
           hostKey: "{server.host_key}"
           scheduler: cron
           root: {server.root}
-        """) + ("  become: sudo\n" if become else "") + "---\n" + one_member_docs(
-        "repo", "type: local\npath: ./repo", "s1", data))
+        """)
+        + ("  become: sudo\n" if become else "")
+        + "---\n"
+        + one_member_docs("repo", "type: local\npath: ./repo", "s1", data)
+    )
     return policy
 
 
@@ -123,8 +128,9 @@ def test_become_sudo_provisions_as_root_and_the_agent_runs(ops_host: tuple[SshdS
     from protectctl.provision.ssh import SshHost, SshParams
 
     conn = SshHost(SshParams("s1", server.address, server.port, OPS_USER, str(key), server.host_key, become="sudo"))
-    status, out, err = conn.exec_bytes((str(venv / "bin" / "protectctl"), "--agent-config", str(config),
-                                        "run", "sync", "g"), timeout_s=120)
+    status, out, err = conn.exec_bytes(
+        (str(venv / "bin" / "protectctl"), "--agent-config", str(config), "run", "sync", "g"), timeout_s=120
+    )
     conn.close()
     assert status == 0, (out + err).decode()
     assert os.listdir(policy / "repo" / "points")

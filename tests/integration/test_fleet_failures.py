@@ -18,8 +18,9 @@ pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_av
 
 
 def cli(policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def write_policy(policy: Path, hosts: list[str], data: Path) -> None:
@@ -30,8 +31,9 @@ def write_policy(policy: Path, hosts: list[str], data: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory,
-            pinned_wheelhouse: Path) -> Iterator[tuple[Path, list[SshdServer]]]:
+def servers(
+    tmp_path_factory: pytest.TempPathFactory, pinned_wheelhouse: Path
+) -> Iterator[tuple[Path, list[SshdServer]]]:
     base = tmp_path_factory.mktemp("fleetfail")
     key = base / "client_ed25519"
     public = keygen(key, "protectctl-control")
@@ -52,16 +54,21 @@ def state_exact(policy: Path) -> dict[str, object]:
     return dict(state["resources"])
 
 
-def test_a_host_killed_mid_apply_leaves_the_others_complete(servers: tuple[Path, list[SshdServer]],
-                                                            tmp_path: Path) -> None:
+def test_a_host_killed_mid_apply_leaves_the_others_complete(
+    servers: tuple[Path, list[SshdServer]], tmp_path: Path
+) -> None:
     key, hosts = servers
     data = tmp_path / "data"
     data.mkdir()
     (data / "f").write_text("x")
     policy = tmp_path / "policy"
     write_policy(policy, [s.host_doc(identity_file=key) for s in hosts], data)
-    proc = subprocess.Popen([sys.executable, "-m", "protectctl", "-C", str(policy), "apply", "--auto-approve"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), "apply", "--auto-approve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     victim = hosts[2]
     house = victim.root / "opt" / "protectctl" / "wheelhouse"
     # kill k3 inside its agent install: once the first wheel of the wheelhouse is on it (an event,
@@ -95,8 +102,9 @@ def test_a_host_killed_mid_apply_leaves_the_others_complete(servers: tuple[Path,
         victim.start()
 
 
-def test_a_host_whose_key_does_not_match_is_refused_and_untouched(servers: tuple[Path, list[SshdServer]],
-                                                                  tmp_path: Path) -> None:
+def test_a_host_whose_key_does_not_match_is_refused_and_untouched(
+    servers: tuple[Path, list[SshdServer]], tmp_path: Path
+) -> None:
     key, hosts = servers
     impostor = SshdServer("bad", hosts[0].address, tmp_path / "bad", "", port=hosts[0].port)
     impostor.host_key = hosts[0].host_key
@@ -104,8 +112,11 @@ def test_a_host_whose_key_does_not_match_is_refused_and_untouched(servers: tuple
     data.mkdir()
     policy = tmp_path / "policy"
     # k1's address, but the key pinned is k2's: as if k1 had been replaced by another machine
-    doc = hosts[0].host_doc(identity_file=key, host_key=hosts[1].host_key).replace(
-        f"root: {hosts[0].root}", f"root: {tmp_path / 'untouched'}")
+    doc = (
+        hosts[0]
+        .host_doc(identity_file=key, host_key=hosts[1].host_key)
+        .replace(f"root: {hosts[0].root}", f"root: {tmp_path / 'untouched'}")
+    )
     write_policy(policy, [doc], data)
     result = cli(policy, "apply", "--auto-approve")
     assert result.returncode == 1

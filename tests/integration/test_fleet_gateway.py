@@ -23,8 +23,9 @@ pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_av
 
 
 def cli(policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @dataclass
@@ -44,7 +45,8 @@ class Site:
 def host_doc(server: SshdServer, key: Path, known_hosts: Path | None = None, gateway: str | None = None) -> str:
     pin = f"knownHosts: {known_hosts}" if known_hosts else f'hostKey: "{server.host_key}"'
     jump = f"\n  gateway: {gateway}" if gateway else ""
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         apiVersion: protectctl/v1
         kind: Host
         metadata: {{name: {server.name}}}
@@ -56,7 +58,10 @@ def host_doc(server: SshdServer, key: Path, known_hosts: Path | None = None, gat
           {pin}
           scheduler: cron
           root: {server.root}
-          authorizedKeys: {server.authorized_keys}""") + jump + "\n"
+          authorizedKeys: {server.authorized_keys}""")
+        + jump
+        + "\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +72,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, pinned_wheelhouse: Path) -> I
     servers: dict[str, SshdServer] = {}
     try:
         for i, name in enumerate(("a1", "gw", "bk")):
-            server = SshdServer(name, f"127.0.0.{11 + i}", base / "hosts" / name, public,
-                                log_level="DEBUG1" if name == "gw" else "VERBOSE")
+            server = SshdServer(
+                name,
+                f"127.0.0.{11 + i}",
+                base / "hosts" / name,
+                public,
+                log_level="DEBUG1" if name == "gw" else "VERBOSE",
+            )
             server.start()
             servers[name] = server
         known_hosts = base / "known_hosts"
@@ -100,16 +110,25 @@ def test_agent_backs_up_through_the_jump_host(site: Site, tmp_path: Path) -> Non
     gw, bk, a1 = site.servers["gw"], site.servers["bk"], site.servers["a1"]
     # the agent's key on the jump host: a tunnel to the backup server's sshd, nothing else
     tunnel = [line for line in gw.authorized_keys.read_text().splitlines() if "protectctl-agent:" in line]
-    assert tunnel == [line for line in tunnel if line.startswith(
-        f'restrict,port-forwarding,permitopen="{bk.address}:{bk.port}",command="/bin/false" ')]
+    assert tunnel == [
+        line
+        for line in tunnel
+        if line.startswith(f'restrict,port-forwarding,permitopen="{bk.address}:{bk.port}",command="/bin/false" ')
+    ]
     assert len(tunnel) == 1
     # both hops pinned on the agent's host by the entries apply copied there
     copied = (a1.root / "etc" / "protectctl" / "ssh" / "known_hosts").read_text()
     assert gw.host_key in copied and bk.host_key in copied and a1.host_key not in copied
 
     root = a1.root
-    argv = (str(root / "opt/protectctl/bin/protectctl"), "--agent-config", str(root / "etc/protectctl/agent.yaml"),
-            "run", "sync", "g")
+    argv = (
+        str(root / "opt/protectctl/bin/protectctl"),
+        "--agent-config",
+        str(root / "etc/protectctl/agent.yaml"),
+        "run",
+        "sync",
+        "g",
+    )
     status, out, err = site.ssh("a1").exec_bytes(argv, timeout_s=120)  # type: ignore[attr-defined]
     assert status == 0, (out + err).decode()
     assert f"target {bk.address} port {bk.port}" in gw.log.read_text()  # it went through the tunnel

@@ -47,10 +47,22 @@ class TestSftpOverSsh(StorageSuite):
         from protectctl.provision.ssh import open_remote_storage
 
         server, key = sshd
-        storage = open_remote_storage({
-            "host": "s1", "path": str(tmp_path / "repo"), "serve": PROTECTCTL,
-            "ssh": {"address": server.address, "port": server.port, "user": "root", "identity_file": str(key),
-                    "host_key": server.host_key, "known_hosts": None, "become": None}})
+        storage = open_remote_storage(
+            {
+                "host": "s1",
+                "path": str(tmp_path / "repo"),
+                "serve": PROTECTCTL,
+                "ssh": {
+                    "address": server.address,
+                    "port": server.port,
+                    "user": "root",
+                    "identity_file": str(key),
+                    "host_key": server.host_key,
+                    "known_hosts": None,
+                    "become": None,
+                },
+            }
+        )
         yield storage
         storage.close()
 
@@ -72,15 +84,18 @@ def test_append_only_refuses_delete_and_overwrite_but_not_add(tmp_path: Path) ->
     local.put(ObjectKind.POINTS, "p1", b"point")
     server = Server(local, append_only=True)
     put = lambda kind, name, data: frame({"op": "put", "kind": kind, "name": name, "size": len(data)}, data)  # noqa: E731
-    replies = _talk(server,
-                    frame({"op": "delete", "kind": "data", "name": PACK_A}),
-                    put("data", PACK_A, b"evil"),
-                    frame({"op": "delete", "kind": "points", "name": "p1"}),
-                    put("points", "p1", b"forged"),
-                    put("config", "config", b"new"),  # a new name: allowed
-                    put("data", PACK_A, b"pack"),  # an identical retry: allowed
-                    put("locks", "l1", b"a"), put("locks", "l1", b"b"),  # locks: the carve-out
-                    frame({"op": "delete", "kind": "locks", "name": "l1"}))
+    replies = _talk(
+        server,
+        frame({"op": "delete", "kind": "data", "name": PACK_A}),
+        put("data", PACK_A, b"evil"),
+        frame({"op": "delete", "kind": "points", "name": "p1"}),
+        put("points", "p1", b"forged"),
+        put("config", "config", b"new"),  # a new name: allowed
+        put("data", PACK_A, b"pack"),  # an identical retry: allowed
+        put("locks", "l1", b"a"),
+        put("locks", "l1", b"b"),  # locks: the carve-out
+        frame({"op": "delete", "kind": "locks", "name": "l1"}),
+    )
     assert [r.get("error") for r in replies[:4]] == ["refused"] * 4
     assert all(r["ok"] for r in replies[4:])
     assert local.get(ObjectKind.DATA, PACK_A) == b"pack"

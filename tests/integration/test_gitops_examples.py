@@ -39,10 +39,7 @@ def protectctl_lines(script: Any) -> list[str]:
     """Lines of a run/script value (a string or a list of strings) that start with `protectctl `."""
     chunks = script if isinstance(script, list) else [script]
     return [
-        line.strip()
-        for chunk in chunks
-        for line in str(chunk).splitlines()
-        if line.strip().startswith("protectctl ")
+        line.strip() for chunk in chunks for line in str(chunk).splitlines() if line.strip().startswith("protectctl ")
     ]
 
 
@@ -56,13 +53,24 @@ def github_pipeline() -> Pipeline:
     lines: dict[str, list[str]] = {"review": [], "merge": [], "replan": []}
     for job in doc["jobs"].values():
         when = job["if"]
-        stage = ("review" if "pull_request" in when else "replan" if "workflow_dispatch" in when
-                 else "merge" if "'push'" in when and "refs/heads/main" in when else None)
+        stage = (
+            "review"
+            if "pull_request" in when
+            else "replan"
+            if "workflow_dispatch" in when
+            else "merge"
+            if "'push'" in when and "refs/heads/main" in when
+            else None
+        )
         assert stage is not None, when
         for step in job["steps"]:
             lines[stage] += protectctl_lines(step.get("run", ""))
-    return Pipeline(tuple(lines["review"]), tuple(lines["merge"]), tuple(lines["replan"]),
-                    {k: str(v) for k, v in doc["env"].items()})
+    return Pipeline(
+        tuple(lines["review"]),
+        tuple(lines["merge"]),
+        tuple(lines["replan"]),
+        {k: str(v) for k, v in doc["env"].items()},
+    )
 
 
 def gitlab_pipeline() -> Pipeline:
@@ -78,16 +86,18 @@ def gitlab_pipeline() -> Pipeline:
                 lines["merge"] += found
             if '"web"' in rules:
                 lines["replan"] += found
-    return Pipeline(tuple(lines["review"]), tuple(lines["merge"]), tuple(lines["replan"]),
-                    {k: str(v) for k, v in doc["variables"].items()})
+    return Pipeline(
+        tuple(lines["review"]),
+        tuple(lines["merge"]),
+        tuple(lines["replan"]),
+        {k: str(v) for k, v in doc["variables"].items()},
+    )
 
 
 PIPELINES = {"github": github_pipeline, "gitlab": gitlab_pipeline}
 
 
-def run_line(
-    line: str, policy_dir: Path, workdir: Path, pipeline: Pipeline
-) -> subprocess.CompletedProcess[str]:
+def run_line(line: str, policy_dir: Path, workdir: Path, pipeline: Pipeline) -> subprocess.CompletedProcess[str]:
     """One line, as the CI shell runs it (variables, quoting, redirections), with our protectctl."""
     env = cli_env({**pipeline.env, "POLICY_DIR": str(policy_dir)})
     if PROTECTCTL:
@@ -99,9 +109,7 @@ def run_line(
     return proc
 
 
-def run_stage(
-    lines: tuple[str, ...], policy_dir: Path, workdir: Path, pipeline: Pipeline, detailed: int = 0
-) -> None:
+def run_stage(lines: tuple[str, ...], policy_dir: Path, workdir: Path, pipeline: Pipeline, detailed: int = 0) -> None:
     """Run the lines; `--detailed-exitcode` lines must exit `detailed`, the others 0."""
     for line in lines:
         proc = run_line(line, policy_dir, workdir, pipeline)
@@ -132,8 +140,9 @@ def test_github_actions_pinned_by_sha_one_comment_and_concurrency_per_pull_reque
     assert uses and all(re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", u) for u in uses), uses
     plan_job = doc["jobs"]["plan"]
     assert "pull_request.number" in plan_job["concurrency"]["group"]
-    assert all(job["concurrency"]["cancel-in-progress"] is False
-               for name, job in doc["jobs"].items() if name != "plan")  # never cancel an apply
+    assert all(
+        job["concurrency"]["cancel-in-progress"] is False for name, job in doc["jobs"].items() if name != "plan"
+    )  # never cancel an apply
     script = next(s["with"]["script"] for s in plan_job["steps"] if "github-script" in s.get("uses", ""))
     assert "updateComment" in script and "<!-- protectctl-plan -->" in script
 
@@ -147,10 +156,7 @@ def test_pipeline_on_quickstart(name: str, quickstart: Path, tmp_path: Path) -> 
     # a pull request against an empty state: valid, with changes, posted as markdown, plan saved
     run_stage(pipeline.review, quickstart, workdir, pipeline, detailed=2)
     comment = (workdir / "plan.md").read_text()
-    assert (
-        comment.startswith("### protectctl plan")
-        and "**Plan: 10 to add, 0 to change, 0 to destroy.**" in comment
-    )
+    assert comment.startswith("### protectctl plan") and "**Plan: 10 to add, 0 to change, 0 to destroy.**" in comment
     assert (workdir / "plan.json").exists()
 
     # merged: the reviewed plan (the artifact, here the same directory) is applied as it is
@@ -208,9 +214,19 @@ def test_reviewed_plan_refused_when_another_merge_applied_first(quickstart: Path
 
 
 def _git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
-                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    )
     return proc.stdout
 
 
@@ -233,8 +249,15 @@ def test_github_merge_applies_only_the_policy_tree_that_was_planned(tmp_path: Pa
         env["PATH"] = f"{Path(PROTECTCTL).parent}{os.pathsep}{env.get('PATH', '')}"
 
     def step(job: str, name: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", "-e", "-c", _step_script(job, name)], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            ["bash", "-e", "-c", _step_script(job, name)],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     planned = step("plan", "Plan")
     assert planned.returncode == 0, planned.stderr
@@ -278,8 +301,12 @@ def test_gitops_dir_itself_is_not_read_as_policy() -> None:
 
 
 def _shell_scripts() -> list[tuple[str, str]]:
-    out = [(f"github {job}/{step.get('name', '?')}", str(step["run"]))
-           for job, doc in github_workflow()["jobs"].items() for step in doc["steps"] if "run" in step]
+    out = [
+        (f"github {job}/{step.get('name', '?')}", str(step["run"]))
+        for job, doc in github_workflow()["jobs"].items()
+        for step in doc["steps"]
+        if "run" in step
+    ]
     gitlab = YAML(typ="safe").load(GITLAB.read_text())
     for job, doc in gitlab.items():
         if isinstance(doc, dict) and "script" in doc:
@@ -290,6 +317,5 @@ def _shell_scripts() -> list[tuple[str, str]]:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt: shellcheck)")
 @pytest.mark.parametrize(("where", "script"), [pytest.param(w, s, id=w.replace(" ", "-")) for w, s in _shell_scripts()])
 def test_pipeline_scripts_pass_shellcheck(where: str, script: str) -> None:
-    proc = subprocess.run(["shellcheck", "-s", "bash", "-"], input=script, capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(["shellcheck", "-s", "bash", "-"], input=script, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"{where}:\n{proc.stdout}"

@@ -39,11 +39,20 @@ SOURCE = f"{GROUP}/{MEMBER}"
 
 
 def cli(policy: Path, *args: str, expect: int = 0, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True,
-                          text=True, timeout=timeout, env=cli_env(), stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == expect, (f"protectctl {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
-                                       f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    assert proc.returncode == expect, (
+        f"protectctl {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
+        f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    )
     return proc
 
 
@@ -110,9 +119,14 @@ def rows(server: MariadbServer, sock: Path, database: str = "shop", table: str =
 
 def killed_sync(policy: Path) -> None:
     """`run sync` SIGKILLed right after it stored a binlog, before its point is saved."""
-    proc = subprocess.Popen([sys.executable, "-m", "protectctl", "-C", str(policy), "run", "sync", GROUP],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=cli_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), "run", "sync", GROUP],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     assert proc.stderr is not None
     for line in proc.stderr:
         if line.startswith("binlog ") and "shipped" in line:
@@ -146,8 +160,9 @@ def site() -> Iterator[Site]:
         server.init()
         replica.copy_of(server).start("--server-id=2")
         server.start()
-        server.sql("CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'repl-pass'; "
-                   "GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1'")
+        server.sql(
+            "CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'repl-pass'; GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1'"
+        )
         replica.replicate_from(server)
         server.sql("CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY, at DATETIME(6))")
         policy = write_policy(server.base / "site", policy_text(server, replica))
@@ -183,21 +198,39 @@ def test_points_show_one_window_over_t(site: Site) -> None:
     assert len(sync["binlogs"]) >= 2  # the flushed one and the sync's own
     (window,) = site.windows
     _, _, start, _, end = window.split()
-    assert datetime.fromisoformat(start.replace("Z", "+00:00")) < site.t < \
-        datetime.fromisoformat(end.replace("Z", "+00:00")) + timedelta(seconds=1), window
+    assert (
+        datetime.fromisoformat(start.replace("Z", "+00:00"))
+        < site.t
+        < datetime.fromisoformat(end.replace("Z", "+00:00")) + timedelta(seconds=1)
+    ), window
 
 
 def test_restore_to_time_is_a_new_server_with_exactly_the_rows_of_t(site: Site) -> None:
     target = site.server.base / "restored"
     port = mariadb_server.free_port(34000)
     try:
-        out = json.loads(cli(site.policy, "restore", SOURCE, "--to-time", site.t.isoformat(), "--target",
-                             str(target), "--port", str(port), "--json").stdout)
+        out = json.loads(
+            cli(
+                site.policy,
+                "restore",
+                SOURCE,
+                "--to-time",
+                site.t.isoformat(),
+                "--target",
+                str(target),
+                "--port",
+                str(port),
+                "--json",
+            ).stdout
+        )
         details = out["details"]
         assert details["mode"] == "time" and details["port"] == port and details["binlogs"] >= 2, details
         assert rows(site.server, target / "mysqld.sock") == list(range(1, 7))
-        assert site.server.sql("SELECT @@port, @@bind_address, @@log_bin", sock=target / "mysqld.sock").split() == \
-            [str(port), "127.0.0.1", "0"]
+        assert site.server.sql("SELECT @@port, @@bind_address, @@log_bin", sock=target / "mysqld.sock").split() == [
+            str(port),
+            "127.0.0.1",
+            "0",
+        ]
     finally:
         stop_restored(target)
     primary, _ = site.servers
@@ -205,15 +238,36 @@ def test_restore_to_time_is_a_new_server_with_exactly_the_rows_of_t(site: Site) 
 
 
 def test_one_database_restored_under_a_new_name(site: Site) -> None:
-    out = cli(site.policy, "restore", SOURCE, "--to-time", site.t.isoformat(), "--database", "shop",
-              "--as", "shop_restored", "--target", str(site.server.base / "scratch"))
+    out = cli(
+        site.policy,
+        "restore",
+        SOURCE,
+        "--to-time",
+        site.t.isoformat(),
+        "--database",
+        "shop",
+        "--as",
+        "shop_restored",
+        "--target",
+        str(site.server.base / "scratch"),
+    )
     assert "loaded as shop_restored" in out.stdout, out.stdout
     primary, _ = site.servers  # loaded into the server that is primary now
     assert rows(primary, primary.sock, "shop_restored") == list(range(1, 7))
     assert rows(primary, primary.sock) == list(range(1, 12))
     assert list((site.server.base / "scratch").iterdir()) == []  # the temporary server is gone
-    again = cli(site.policy, "restore", SOURCE, "--to-time", site.t.isoformat(), "--database", "shop",
-                "--as", "shop_restored", expect=1)
+    again = cli(
+        site.policy,
+        "restore",
+        SOURCE,
+        "--to-time",
+        site.t.isoformat(),
+        "--database",
+        "shop",
+        "--as",
+        "shop_restored",
+        expect=1,
+    )
     assert "already exists" in again.stderr
 
 
@@ -234,8 +288,18 @@ def test_bad_input_is_refused_before_anything_is_written(site: Site, capsys: pyt
     never = site.server.base / "never"
     refused = refused_in_process(site.policy, capsys, "restore", SOURCE, "--to-time", early, "--target", str(never))
     assert "before the first full backup" in refused and "recoverable:" in refused
-    busy = refused_in_process(site.policy, capsys, "restore", SOURCE, "--to-time", "latest", "--target", str(never),
-                              "--port", str(site.server.port))
+    busy = refused_in_process(
+        site.policy,
+        capsys,
+        "restore",
+        SOURCE,
+        "--to-time",
+        "latest",
+        "--target",
+        str(never),
+        "--port",
+        str(site.server.port),
+    )
     assert f"port {site.server.port} is in use" in busy
     assert not never.exists()
 
@@ -250,8 +314,9 @@ def test_latest_after_kill_replays_the_binlogs_never_shipped(site: Site) -> None
     replica.caught_up(primary)
     primary.kill()
     try:
-        out = json.loads(cli(site.policy, "restore", SOURCE, "--to-time", "latest", "--target", str(target),
-                             "--json").stdout)
+        out = json.loads(
+            cli(site.policy, "restore", SOURCE, "--to-time", "latest", "--target", str(target), "--json").stdout
+        )
         assert out["details"]["binlogs_from_source"] >= 1, out["details"]  # read on the replica
         assert rows(replica, target / "mysqld.sock") == list(range(1, 12))  # every committed row
         assert rows(replica, target / "mysqld.sock", table="late") == list(range(1, late + 1))
@@ -273,8 +338,9 @@ def test_after_a_failover_syncs_follow_the_new_primary_and_restores_cross_it(sit
     assert f"{SOURCE}: sync point" in cli(site.policy, "run", "sync", GROUP).stdout
     target = site.server.base / "after-failover"
     try:
-        out = json.loads(cli(site.policy, "restore", SOURCE, "--to-time", t2.isoformat(), "--target", str(target),
-                             "--json").stdout)
+        out = json.loads(
+            cli(site.policy, "restore", SOURCE, "--to-time", t2.isoformat(), "--target", str(target), "--json").stdout
+        )
         assert out["details"]["replay_runs"] == 2, out["details"]  # the old primary's binlogs, then the new one's
         sock = target / "mysqld.sock"
         assert rows(new, sock) == list(range(1, 12))

@@ -25,11 +25,12 @@ from tests.integration.test_browse import fast_repository
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
-    reason="needs root, /dev/fuse and fusermount3 (apt-get install fuse3)")
+    reason="needs root, /dev/fuse and fusermount3 (apt-get install fuse3)",
+)
 
 USERS = ("pc-browse-alice", "pc-browse-bob")
 OLD = os.urandom(5 << 20)
-NEW = OLD[: 2 << 20] + os.urandom(1 << 20) + OLD[3 << 20:]
+NEW = OLD[: 2 << 20] + os.urandom(1 << 20) + OLD[3 << 20 :]
 
 
 @dataclass
@@ -87,10 +88,15 @@ def mountpoint() -> Iterator[Path]:
 
 
 def _mount(site: Site, mountpoint: Path, *extra: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cli_argv(site.policy, "mount", str(mountpoint), "docs/home", *extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
-    wait_until(lambda: proc.poll() is not None or os.path.exists(mountpoint / "docs" / "home" / "latest"),
-               "the mount is up")
+    proc = subprocess.Popen(
+        cli_argv(site.policy, "mount", str(mountpoint), "docs/home", *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    wait_until(
+        lambda: proc.poll() is not None or os.path.exists(mountpoint / "docs" / "home" / "latest"), "the mount is up"
+    )
     assert proc.poll() is None, proc.communicate()
     return proc
 
@@ -104,7 +110,7 @@ def test_reads_are_byte_exact_a_killed_mount_is_reusable_and_ctrl_c_unmounts(sit
     assert (home / "by-time" / first / "big.bin").read_bytes() == OLD
     with (home / "by-time" / first / "big.bin").open("rb") as f:  # a read in the middle
         f.seek(3 << 20)
-        assert f.read(4096) == OLD[3 << 20: (3 << 20) + 4096]
+        assert f.read(4096) == OLD[3 << 20 : (3 << 20) + 4096]
     assert sorted(os.listdir(home / "latest")) == ["big.bin", "hello.txt", "report.txt", "shared"]
     with pytest.raises(OSError) as refused:
         (home / "latest" / "new.txt").write_bytes(b"x")

@@ -18,8 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tree_files(part: str, prefix: str) -> set[str]:
-    return {f"{prefix}/{p.relative_to(ROOT / part).as_posix()}" for p in (ROOT / part).rglob("*")
-            if p.is_file() and p.suffix in (".py", ".yaml", ".j2", ".typed") and "__pycache__" not in p.parts}
+    return {
+        f"{prefix}/{p.relative_to(ROOT / part).as_posix()}"
+        for p in (ROOT / part).rglob("*")
+        if p.is_file() and p.suffix in (".py", ".yaml", ".j2", ".typed") and "__pycache__" not in p.parts
+    }
 
 
 def test_the_wheel_maps_providers_and_policies_under_protectctl(tmp_path: Path) -> None:
@@ -30,13 +33,20 @@ def test_the_wheel_maps_providers_and_policies_under_protectctl(tmp_path: Path) 
     for part in ("protectctl", "providers", "policies"):
         shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(src)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = out.glob("protectctl-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     # every source file of the three folders is in the wheel (pyproject's package list is explicit)
-    expected = (_tree_files("protectctl", "protectctl") | _tree_files("providers", "protectctl/providers")
-                | _tree_files("policies", "protectctl/policies"))
+    expected = (
+        _tree_files("protectctl", "protectctl")
+        | _tree_files("providers", "protectctl/providers")
+        | _tree_files("policies", "protectctl/policies")
+    )
     assert expected <= names, sorted(expected - names)
     assert not [n for n in names if n.split("/")[0] in ("providers", "policies")]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
@@ -45,8 +55,12 @@ def test_the_wheel_maps_providers_and_policies_under_protectctl(tmp_path: Path) 
     assert "postgresql = protectctl.providers.postgresql:PostgresqlProvider" in text, text
 
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
-                    str(wheel)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert sorted(p.name for p in site.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "protectctl"]
     probe = (
         "import importlib, importlib.resources as r, protectctl.providers.filesystem as f, "
@@ -62,6 +76,13 @@ def test_the_wheel_maps_providers_and_policies_under_protectctl(tmp_path: Path) 
         "    raise SystemExit(f'a top-level {name} is importable')\n"
     )
     # run outside the source tree, with the installed copy first on the path
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site)},
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr

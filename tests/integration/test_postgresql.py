@@ -45,9 +45,16 @@ class Env:
         storage = LocalStorage(base / "repo")
         if not Repository.exists(storage):
             Repository.init(storage, PASS, kdf_n=2**10)
-        self.job = SourceJob(source=SOURCE, provider="postgresql", spec=cluster.spec(spool_limit="64MiB"),
-                             storage=storage, passphrase=lambda: PASS, state_dir=self.state_dir, host="local",
-                             retention=RetentionSpec(keep_within_s=14 * 86400))
+        self.job = SourceJob(
+            source=SOURCE,
+            provider="postgresql",
+            spec=cluster.spec(spool_limit="64MiB"),
+            storage=storage,
+            passphrase=lambda: PASS,
+            state_dir=self.state_dir,
+            host="local",
+            retention=RetentionSpec(keep_within_s=14 * 86400),
+        )
         self.committed: list[tuple[int, datetime]] = []  # (row id, an instant after its commit)
         self.next_id = 1
         self.first_prepare: object = None  # what preparing the cluster for archiving changed
@@ -79,7 +86,8 @@ def env() -> Iterator[Env]:
     try:
         env = Env(base, cluster)
         env.first_prepare = load_provider("postgresql").prepare_host(  # type: ignore[attr-defined]
-            PrepareRequest(SOURCE, env.job.spec, env.state_dir))
+            PrepareRequest(SOURCE, env.job.spec, env.state_dir)
+        )
         assert run_backup(env.job, "full").ok  # the base backup every test may restore from
         yield env
     finally:
@@ -166,8 +174,9 @@ def test_5_single_database_restored_under_a_new_name(env: Env) -> None:
     mistake = env.committed[-1][1]  # before the DELETE: the last ledger row was committed earlier
     env.cluster.sql("DELETE FROM orders WHERE id > 10", database="shop")  # the mistake
     run_backup(env.job, "sync")
-    result = restore(env.job, mistake, target=env.base / "dbwork",
-                     options={"database": "shop", "as_name": "shop_restored"})
+    result = restore(
+        env.job, mistake, target=env.base / "dbwork", options={"database": "shop", "as_name": "shop_restored"}
+    )
     assert result.details["as"] == "shop_restored"  # type: ignore[attr-defined]
     assert env.cluster.sql("SELECT count(*) FROM orders", database="shop_restored") == "100"
     assert env.cluster.sql("SELECT count(*) FROM orders", database="shop") == "10"
@@ -182,8 +191,9 @@ def test_6_sigkill_during_a_sync_loses_nothing(env: Env) -> None:
         "from tests.integration.test_postgresql import kill_target\n"
         "kill_target(sys.argv[1], sys.argv[2])\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(env.base), str(env.cluster.port)],
-                            cwd=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(env.base), str(env.cluster.port)], cwd=str(Path(__file__).resolve().parents[2])
+    )
     time.sleep(1.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -207,7 +217,14 @@ def kill_target(base: str, port: str) -> None:
             super().put(kind, name, data)
 
     cluster = PgCluster(Path(base), int(port))
-    job = SourceJob(source=SOURCE, provider="postgresql", spec=cluster.spec(spool_limit="64MiB"),
-                    storage=Slow(Path(base) / "repo"), passphrase=lambda: PASS, state_dir=Path(base) / "state",
-                    host="local", retention=RetentionSpec(keep_within_s=14 * 86400))
+    job = SourceJob(
+        source=SOURCE,
+        provider="postgresql",
+        spec=cluster.spec(spool_limit="64MiB"),
+        storage=Slow(Path(base) / "repo"),
+        passphrase=lambda: PASS,
+        state_dir=Path(base) / "state",
+        host="local",
+        retention=RetentionSpec(keep_within_s=14 * 86400),
+    )
     run_backup(job, "sync")

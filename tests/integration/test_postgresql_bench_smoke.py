@@ -10,8 +10,10 @@ import pytest
 
 from tests.integration import pgcluster
 
-pytestmark = [pytest.mark.bench,
-              pytest.mark.skipif(pgcluster.available() is not None, reason=str(pgcluster.available()))]
+pytestmark = [
+    pytest.mark.bench,
+    pytest.mark.skipif(pgcluster.available() is not None, reason=str(pgcluster.available())),
+]
 
 
 def test_bench_postgresql_smoke(capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,13 +32,23 @@ GROUP = "finance"
 MEMBER = "ledger-db"
 
 
-def cli(policy: Path, *args: str, expect: int = 0, env: dict[str, str] | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True,
-                          text=True, timeout=timeout, env=cli_env(env), stdin=subprocess.DEVNULL, check=False)
+def cli(
+    policy: Path, *args: str, expect: int = 0, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(env),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == expect, (f"protectctl {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
-                                       f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    assert proc.returncode == expect, (
+        f"protectctl {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
+        f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    )
     return proc
 
 
@@ -151,8 +161,16 @@ def test_cli_apply_backup_points_and_restore_to_time(site: tuple[Path, PgCluster
     assert start < between < end, (window, between)
 
     # a time before the first base backup is refused before anything is written
-    early = cli(policy, "restore", source, "--to-time", (start - timedelta(hours=1)).isoformat(),
-                "--target", str(cluster.base / "never"), expect=1)
+    early = cli(
+        policy,
+        "restore",
+        source,
+        "--to-time",
+        (start - timedelta(hours=1)).isoformat(),
+        "--target",
+        str(cluster.base / "never"),
+        expect=1,
+    )
     assert "before the first base backup" in early.stderr and "recoverable:" in early.stderr
     assert not (cluster.base / "never").exists()
 
@@ -161,8 +179,21 @@ def test_cli_apply_backup_points_and_restore_to_time(site: tuple[Path, PgCluster
     local_t = between.astimezone(timezone(timedelta(hours=5, minutes=30))).replace(tzinfo=None)
     target = cluster.base / "restored"
     port = pgcluster.free_port(27000)
-    result = json.loads(cli(policy, "restore", source, "--to-time", local_t.isoformat(), "--target", str(target),
-                            "--port", str(port), "--json", env={"TZ": zone}).stdout)
+    result = json.loads(
+        cli(
+            policy,
+            "restore",
+            source,
+            "--to-time",
+            local_t.isoformat(),
+            "--target",
+            str(target),
+            "--port",
+            str(port),
+            "--json",
+            env={"TZ": zone},
+        ).stdout
+    )
     details = result["details"]
     assert details["mode"] == "time" and details["target_time"] == between.isoformat(), details
     assert details["port"] == port and details["last_replayed_xact_time"] is not None

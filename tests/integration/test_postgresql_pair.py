@@ -56,8 +56,22 @@ def make_standby(primary: PgCluster) -> PgCluster:
     assert standby.port != primary.port
     standby.data.mkdir(mode=0o700)
     os.chown(standby.data, standby.uid, standby.gid)
-    made = pgcluster.as_user([str(PG_BIN / "pg_basebackup"), "-h", str(primary.sock), "-p", str(primary.port),
-                              "-D", str(standby.data), "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"])
+    made = pgcluster.as_user(
+        [
+            str(PG_BIN / "pg_basebackup"),
+            "-h",
+            str(primary.sock),
+            "-p",
+            str(primary.port),
+            "-D",
+            str(standby.data),
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--no-sync",
+        ]
+    )
     assert made.returncode == 0, made.stderr
     with (standby.data / "postgresql.conf").open("a") as conf:
         conf.write(f"port = {standby.port}\nhot_standby = on\n")
@@ -66,13 +80,16 @@ def make_standby(primary: PgCluster) -> PgCluster:
 
 
 def policy_text(primary: PgCluster, standby: PgCluster, backup_from: str) -> str:
-    hosts = "".join(textwrap.dedent(f"""\
+    hosts = "".join(
+        textwrap.dedent(f"""\
         apiVersion: protectctl/v1
         kind: Host
         metadata: {{name: {name}}}
         spec: {{address: local, root: {primary.base}/{name}root}}
         ---
-        """) for name in ("db1", "db2"))
+        """)
+        for name in ("db1", "db2")
+    )
     return hosts + textwrap.dedent(f"""\
         apiVersion: protectctl/v1
         kind: EncryptionKey
@@ -174,8 +191,21 @@ def restore_rows(pair: Pair, when: datetime | str, name: str) -> tuple[list[int]
     port = pgcluster.free_port(27000)
     when_text = when if isinstance(when, str) else when.isoformat()
     try:
-        result = json.loads(cli(pair.policy, "restore", SOURCE, "--to-time", when_text, "--target",
-                                str(pair.base / name), "--port", str(port), "--json", timeout=120).stdout)
+        result = json.loads(
+            cli(
+                pair.policy,
+                "restore",
+                SOURCE,
+                "--to-time",
+                when_text,
+                "--target",
+                str(pair.base / name),
+                "--port",
+                str(port),
+                "--json",
+                timeout=120,
+            ).stdout
+        )
     except Exception:  # the restored server's own words, for whoever reads the failure
         log = pair.base / name / "protectctl-restore.log"
         print(log.read_text()[-5000:] if log.exists() else "(no restore log)")
@@ -192,8 +222,12 @@ def assert_one_source_both_hosts(pair: Pair) -> None:
     state = cli(pair.policy, "state", "list").stdout.split()
     assert [a for a in state if a.startswith("source.")] == [f"source.{SOURCE}"]
     schedules = {a for a in state if a.startswith("schedule.")}
-    assert {f"schedule.{SOURCE}/sync", f"schedule.{SOURCE}/full", f"schedule.{SOURCE}/sync@db2",
-            f"schedule.{SOURCE}/full@db2"} <= schedules, schedules
+    assert {
+        f"schedule.{SOURCE}/sync",
+        f"schedule.{SOURCE}/full",
+        f"schedule.{SOURCE}/sync@db2",
+        f"schedule.{SOURCE}/full@db2",
+    } <= schedules, schedules
     for host in ("db1", "db2"):
         timers = list((pair.base / f"{host}root").rglob("*-sync.timer"))
         assert timers, f"no sync timer on {host}"
@@ -220,8 +254,7 @@ def test_pair_backs_up_the_primary_and_follows_a_failover(pair: Pair) -> None:
     t1 = insert(primary, range(4, 7))
     time.sleep(0.1)
     insert(primary, range(7, 10))
-    assert f"{SOURCE}: sync point" in cli(pair.policy, "--agent-config", pair.agent("db1"), "run", "sync",
-                                          GROUP).stdout
+    assert f"{SOURCE}: sync point" in cli(pair.policy, "--agent-config", pair.agent("db1"), "run", "sync", GROUP).stdout
     assert len(points(pair)[0]) == 2
 
     # failover: the primary stops, the standby is promoted (a new timeline). WAL written since
@@ -248,8 +281,10 @@ def test_pair_backs_up_the_primary_and_follows_a_failover(pair: Pair) -> None:
     assert [p["kind"] for p in listed] == ["full", "sync", "sync", "sync"]
     assert [p["host"] for p in listed] == ["db1", "db1", "db1", "db2"]  # one series of points from both nodes
     shipped = [(w["name"], p["host"]) for p in listed for w in p["extra"]["pg"]["wal"]]
-    assert any(name.startswith("00000002") and host == "db2" for name, host in shipped), \
-        (shipped, [p["extra"]["pg"]["history"] for p in listed])
+    assert any(name.startswith("00000002") and host == "db2" for name, host in shipped), (
+        shipped,
+        [p["extra"]["pg"]["history"] for p in listed],
+    )
     assert len(windows) == 1 and windows[0].startswith("recoverable from"), windows  # continuous, no gap
 
     rows, details = restore_rows(pair, t1, "before")
@@ -299,7 +334,8 @@ def test_pair_validation_says_what_is_wrong(tmp_path: Path) -> None:
     cluster = PgCluster(tmp_path, port=5999)  # not started: validate reads the policy only
     good = policy_text(cluster, cluster, "primary")
     broken = good.replace("hosts: [db1, db2]", "hosts: [db1, db1, db9]\n      host: db1").replace(
-        "db2: {dataDir", "db7: {dataDir") + textwrap.dedent("""\
+        "db2: {dataDir", "db7: {dataDir"
+    ) + textwrap.dedent("""\
             ---
             apiVersion: protectctl/v1
             kind: ProtectionGroup

@@ -39,9 +39,16 @@ def site() -> Iterator[tuple[PgCluster, SourceJob]]:
     cluster.sql("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz)")
     storage = LocalStorage(base / "repo")
     Repository.init(storage, PASS, kdf_n=2**10)
-    job = SourceJob(source=SOURCE, provider="postgresql", spec=cluster.spec(spool_limit="64MiB"), storage=storage,
-                    passphrase=lambda: PASS, state_dir=base / "state", host="local",
-                    retention=RetentionSpec(keep_within_s=14 * 86400))
+    job = SourceJob(
+        source=SOURCE,
+        provider="postgresql",
+        spec=cluster.spec(spool_limit="64MiB"),
+        storage=storage,
+        passphrase=lambda: PASS,
+        state_dir=base / "state",
+        host="local",
+        retention=RetentionSpec(keep_within_s=14 * 86400),
+    )
     load_provider("postgresql").prepare_host(PrepareRequest(SOURCE, job.spec, job.state_dir))  # type: ignore[attr-defined]
     try:
         yield cluster, job
@@ -53,7 +60,8 @@ def site() -> Iterator[tuple[PgCluster, SourceJob]]:
 
 
 def test_prune_keeps_the_window_base_and_its_wal_and_restore_inside_the_window_works(
-        site: tuple[PgCluster, SourceJob]) -> None:
+    site: tuple[PgCluster, SourceJob],
+) -> None:
     cluster, job = site
     committed: list[tuple[int, datetime]] = []
 

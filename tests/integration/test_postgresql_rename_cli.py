@@ -26,8 +26,9 @@ pytestmark = pytest.mark.skipif(pgcluster.available() is not None, reason=str(pg
 SOURCE = f"{GROUP}/{MEMBER}"
 
 
-def pg_site(prefix: str, edit: Callable[[str], str] = str, *,
-            setup: Sequence[tuple[str, str]] = ()) -> Iterator[tuple[Path, PgCluster]]:
+def pg_site(
+    prefix: str, edit: Callable[[str], str] = str, *, setup: Sequence[tuple[str, str]] = ()
+) -> Iterator[tuple[Path, PgCluster]]:
     """A running cluster (after `setup`: (sql, database) pairs) and a policy protecting it
     (test_postgresql_cli's, changed by `edit`); everything is stopped and removed afterwards."""
     base = pgcluster.base_dir(prefix)
@@ -48,9 +49,13 @@ def pg_site(prefix: str, edit: Callable[[str], str] = str, *,
 
 @pytest.fixture
 def site() -> Iterator[tuple[Path, PgCluster]]:
-    yield from pg_site("protectctl-pgren-", setup=[
-        ("CREATE DATABASE ledger", "postgres"),
-        ("CREATE TABLE entries (id int PRIMARY KEY, at timestamptz)", "ledger")])
+    yield from pg_site(
+        "protectctl-pgren-",
+        setup=[
+            ("CREATE DATABASE ledger", "postgres"),
+            ("CREATE TABLE entries (id int PRIMARY KEY, at timestamptz)", "ledger"),
+        ],
+    )
 
 
 def insert(cluster: PgCluster, ids: range) -> datetime:
@@ -86,10 +91,21 @@ def test_cli_single_database_restored_under_new_name(site: tuple[Path, PgCluster
     cluster.sql("UPDATE entries SET at = now() WHERE id = 1", database="ledger")  # a change after T
     cli(policy, "run", "sync", GROUP)
 
-    done = cli(policy, "restore", SOURCE, "--to-time", t.isoformat(), "--database", "ledger",
-               "--as", "ledger_restored", timeout=300)
-    assert f"database ledger loaded as ledger_restored into the cluster on port {cluster.port}" in done.stdout, \
+    done = cli(
+        policy,
+        "restore",
+        SOURCE,
+        "--to-time",
+        t.isoformat(),
+        "--database",
+        "ledger",
+        "--as",
+        "ledger_restored",
+        timeout=300,
+    )
+    assert f"database ledger loaded as ledger_restored into the cluster on port {cluster.port}" in done.stdout, (
         done.stdout
+    )
     assert ids_in(cluster, "ledger_restored") == list(range(1, 7))
     # the row changed after T is as it was at T in the copy, changed in the original
     changed = "SELECT at > (SELECT max(at) FROM entries WHERE id BETWEEN 2 AND 9) FROM entries WHERE id = 1"
@@ -100,8 +116,19 @@ def test_cli_single_database_restored_under_new_name(site: tuple[Path, PgCluster
     assert leftovers(cluster) == []  # the temporary cluster is stopped and removed
 
     # a database that did not exist at T: a clear refusal naming the ones that did
-    missing = cli(policy, "restore", SOURCE, "--to-time", t.isoformat(), "--database", "nosuch",
-                  "--as", "nosuch_copy", expect=1, timeout=300)
+    missing = cli(
+        policy,
+        "restore",
+        SOURCE,
+        "--to-time",
+        t.isoformat(),
+        "--database",
+        "nosuch",
+        "--as",
+        "nosuch_copy",
+        expect=1,
+        timeout=300,
+    )
     assert "database 'nosuch' did not exist at that time" in missing.stderr, missing.stderr
     assert "ledger" in missing.stderr  # the hint lists the databases there were
     assert "nosuch_copy" not in databases(cluster)
@@ -109,8 +136,18 @@ def test_cli_single_database_restored_under_new_name(site: tuple[Path, PgCluster
 
     # an --as that already exists: refused before anything is restored (no timed bound here: a
     # loaded machine is slow, not wrong; the untouched database and no leftovers say it)
-    taken = cli(policy, "restore", SOURCE, "--to-time", t.isoformat(), "--database", "ledger",
-                "--as", "ledger_restored", expect=1)
+    taken = cli(
+        policy,
+        "restore",
+        SOURCE,
+        "--to-time",
+        t.isoformat(),
+        "--database",
+        "ledger",
+        "--as",
+        "ledger_restored",
+        expect=1,
+    )
     assert "database 'ledger_restored' already exists" in taken.stderr, taken.stderr
     assert "--as" in taken.stderr
     assert ids_in(cluster, "ledger_restored") == list(range(1, 7))

@@ -49,10 +49,16 @@ class Site:
         self.restores = 0
 
     def job_with(self, **spec: object) -> SourceJob:
-        return SourceJob(source=SOURCE, provider="postgresql",
-                         spec=self.cluster.spec(socket_dir=str(self.sock), spool_limit="64MiB", **spec),
-                         storage=LocalStorage(self.base / "repo"), passphrase=lambda: PASS,
-                         state_dir=self.base / "state", host="local", retention=RetentionSpec(keep_within_s=86400))
+        return SourceJob(
+            source=SOURCE,
+            provider="postgresql",
+            spec=self.cluster.spec(socket_dir=str(self.sock), spool_limit="64MiB", **spec),
+            storage=LocalStorage(self.base / "repo"),
+            passphrase=lambda: PASS,
+            state_dir=self.base / "state",
+            host="local",
+            retention=RetentionSpec(keep_within_s=86400),
+        )
 
     def target(self) -> Path:
         self.restores += 1
@@ -67,13 +73,26 @@ def site() -> Iterator[Site]:
     cmdline_sock.mkdir()
     shutil.chown(cmdline_sock, pgcluster.OS_USER)
     try:
-        result = pgcluster.as_user([str(PG_BIN / "pg_ctl"), "-D", str(cluster.data), "-l",
-                                    str(cmdline_sock / "source.log"), "-o", f"-k {cmdline_sock}", "-w", "-s", "start"])
+        result = pgcluster.as_user(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(cluster.data),
+                "-l",
+                str(cmdline_sock / "source.log"),
+                "-o",
+                f"-k {cmdline_sock}",
+                "-w",
+                "-s",
+                "start",
+            ]
+        )
         assert result.returncode == 0, result.stderr
         assert not (cluster.sock / f".s.PGSQL.{cluster.port}").exists()  # postgresql.conf's directory: unused
         site = Site(base, cluster, cmdline_sock)
         load_provider("postgresql").prepare_host(  # type: ignore[attr-defined]
-            PrepareRequest(SOURCE, site.job.spec, base / "state"))
+            PrepareRequest(SOURCE, site.job.spec, base / "state")
+        )
         assert run_backup(site.job, "full").ok
         yield site
     finally:
@@ -84,8 +103,22 @@ def site() -> Iterator[Site]:
 
 
 def psql(site: Site, port: int, sql: str, *, host: str | None = None) -> subprocess.CompletedProcess[str]:
-    return pgcluster.as_user([str(PG_BIN / "psql"), "-X", "-At", "-w", "-h", host or str(site.sock), "-p", str(port),
-                              "-d", "postgres", "-c", sql])
+    return pgcluster.as_user(
+        [
+            str(PG_BIN / "psql"),
+            "-X",
+            "-At",
+            "-w",
+            "-h",
+            host or str(site.sock),
+            "-p",
+            str(port),
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]
+    )
 
 
 class Notes(NullProgress):
@@ -96,8 +129,9 @@ class Notes(NullProgress):
         self.lines.append(message)
 
 
-def test_the_copy_listens_where_protectctl_chose_and_tcp_is_not_trusted(site: Site,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_copy_listens_where_protectctl_chose_and_tcp_is_not_trusted(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(restore_cluster, "PROGRESS_EVERY_S", 0.0)  # a progress line at every poll
     target = site.target()
     port = pgcluster.free_port(27000)
@@ -113,8 +147,11 @@ def test_the_copy_listens_where_protectctl_chose_and_tcp_is_not_trusted(site: Si
         assert outcome.details["hba_trust_rewritten"] >= 1
         over_tcp = psql(site, port, "SELECT 1", host="127.0.0.1")
         assert over_tcp.returncode != 0 and "password" in over_tcp.stderr, over_tcp.stderr
-        records = [line.split() for line in (target / "pg_hba.conf").read_text().splitlines()
-                   if line.strip() and not line.lstrip().startswith("#")]
+        records = [
+            line.split()
+            for line in (target / "pg_hba.conf").read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
         assert ["local", "all", "all", "trust"] in records  # the socket's trust stays
         assert not [r for r in records if r[0].startswith("host") and "trust" in r]
         assert any("scram-sha-256" in note for note in outcome.notes)
@@ -137,10 +174,12 @@ def test_a_port_in_use_is_refused_before_anything_is_written(site: Site) -> None
 
 def test_a_missing_role_is_reported_in_the_servers_words(site: Site) -> None:
     job = site.job_with(user="nosuch_role")
-    with pytest.raises(ProviderError, match='cannot reach PostgreSQL .* as role nosuch_role: FATAL: role '
-                                            '"nosuch_role" does not exist'):
+    with pytest.raises(
+        ProviderError, match='cannot reach PostgreSQL .* as role nosuch_role: FATAL: role "nosuch_role" does not exist'
+    ):
         load_provider("postgresql").prepare_host(  # type: ignore[attr-defined]
-            PrepareRequest(SOURCE, job.spec, site.base / "state"))
+            PrepareRequest(SOURCE, job.spec, site.base / "state")
+        )
     target = site.target()
     with pytest.raises(RestoreError, match='cannot connect to it .*FATAL: role "nosuch_role" does not exist'):
         restore(job, "latest", target=target, options={"port": pgcluster.free_port(27200)})
@@ -160,23 +199,37 @@ def test_a_copy_protectctl_cannot_find_ends_with_its_log(site: Site, monkeypatch
     monkeypatch.setattr(restore_cluster, "server_options", astray)
     target = site.target()
     # how far the copy got before the 2 s without progress depends on the machine's load: not asserted
-    with pytest.raises(RestoreError, match=r"made no recovery progress for 2 s .*connecting says: .*No such file"
-                                           r".*; end of its log: "):
-        restore(site.job, "latest", target=target, options={"port": pgcluster.free_port(27400),
-                                                            "recovery_timeout_s": 2})
+    with pytest.raises(
+        RestoreError,
+        match=r"made no recovery progress for 2 s .*connecting says: .*No such file"
+        r".*; end of its log: ",
+    ):
+        restore(
+            site.job, "latest", target=target, options={"port": pgcluster.free_port(27400), "recovery_timeout_s": 2}
+        )
     assert not (target / "postmaster.pid").exists()
 
 
 def protectctl(policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True,
-                          text=True, timeout=120, env=cli_env(None), stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(None),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def test_cli_apply_says_why_it_cannot_connect(site: Site) -> None:
     from tests.integration.test_postgresql_cli import policy_text
 
-    text = re.sub(r"( +)socketDir: .*", lambda m: f"{m[1]}socketDir: {site.sock}\n{m[1]}user: nosuch_role",
-                  policy_text(site.cluster))
+    text = re.sub(
+        r"( +)socketDir: .*",
+        lambda m: f"{m[1]}socketDir: {site.sock}\n{m[1]}user: nosuch_role",
+        policy_text(site.cluster),
+    )
     policy = write_policy(site.base / "site", text.replace("user: nosuch_role", "user: -U"))
     (policy / "passphrase").write_bytes(PASS + b"\n")  # the module's repository
     proc = protectctl(policy, "validate")

@@ -33,8 +33,15 @@ pytestmark = [
 
 
 def cli(policy: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "protectctl", "-C", str(policy), *args], capture_output=True,
-                          text=True, timeout=300, env=cli_env(), stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 
@@ -52,8 +59,9 @@ def site(pinned_wheelhouse: Path) -> Iterator[tuple[Path, PgCluster, SshdServer,
         policy.mkdir()
         # test_postgresql_cli's policy, with its member's Host an SSH host instead of `local`
         text = policy_text(cluster)
-        (policy / "policy.yaml").write_text(server.host_doc(identity_file=key, scheduler="cron")
-                                            + text[text.index("---\n"):])
+        (policy / "policy.yaml").write_text(
+            server.host_doc(identity_file=key, scheduler="cron") + text[text.index("---\n") :]
+        )
         yield policy, cluster, server, key
     finally:
         server.stop()
@@ -68,15 +76,23 @@ def on_host(server: SshdServer, key: Path, *args: str) -> tuple[int, str]:
 
     conn = SshHost(SshParams("db1", server.address, server.port, "root", str(key), server.host_key))
     try:
-        status, out, err = conn.exec_bytes((str(server.root / "opt/protectctl/bin/protectctl"), "--agent-config",
-                                            str(server.root / "etc/protectctl/agent.yaml"), *args), timeout_s=300)
+        status, out, err = conn.exec_bytes(
+            (
+                str(server.root / "opt/protectctl/bin/protectctl"),
+                "--agent-config",
+                str(server.root / "etc/protectctl/agent.yaml"),
+                *args,
+            ),
+            timeout_s=300,
+        )
     finally:
         conn.close()
     return status, (out + err).decode()
 
 
 def test_postgresql_on_an_ssh_host_is_prepared_backed_up_and_restored(
-        site: tuple[Path, PgCluster, SshdServer, Path]) -> None:
+    site: tuple[Path, PgCluster, SshdServer, Path],
+) -> None:
     policy, cluster, server, key = site
     applied = cli(policy, "apply", "--auto-approve")
     assert applied.returncode == 0, applied.stdout + applied.stderr
@@ -108,8 +124,17 @@ def test_postgresql_on_an_ssh_host_is_prepared_backed_up_and_restored(
     assert [p["kind"] for p in json.loads(listed.stdout)["points"]] == ["full", "sync"]
     port = pgcluster.free_port(27100)
     target = cluster.base / "restored"
-    restored = cli(policy, "restore", "finance/ledger-db", "--to-time", between.isoformat(), "--target", str(target),
-                   "--port", str(port))
+    restored = cli(
+        policy,
+        "restore",
+        "finance/ledger-db",
+        "--to-time",
+        between.isoformat(),
+        "--target",
+        str(target),
+        "--port",
+        str(port),
+    )
     assert restored.returncode == 0, restored.stdout + restored.stderr
     copy = PgCluster(cluster.base, port, "restored")
     try:
@@ -120,7 +145,16 @@ def test_postgresql_on_an_ssh_host_is_prepared_backed_up_and_restored(
 
     # onto the SSH host itself (db1:PATH) its agent would restore, but the repository here is a
     # path on this machine, which that host cannot read: refused, saying so, nothing written
-    there = cli(policy, "restore", "finance/ledger-db", "--to-time", between.isoformat(), "--target",
-                f"db1:{cluster.base / 'on-db1'}", "--port", str(pgcluster.free_port(27200)))
+    there = cli(
+        policy,
+        "restore",
+        "finance/ledger-db",
+        "--to-time",
+        between.isoformat(),
+        "--target",
+        f"db1:{cluster.base / 'on-db1'}",
+        "--port",
+        str(pgcluster.free_port(27200)),
+    )
     assert there.returncode == 1 and "storage primary is a path on this machine" in there.stderr, there.stderr
     assert not (cluster.base / "on-db1").exists()

@@ -43,9 +43,26 @@ def site() -> Iterator[tuple[Path, PgCluster]]:
 def start_receiver(policy: Path, agent_config: Path, log: Path) -> subprocess.Popen[bytes]:
     """The command apply put in the stream service, started as systemd would."""
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "protectctl", "-C", str(policy), "--agent-config",
-                                 str(agent_config), "agent", "wal-stream", GROUP, "--member", MEMBER],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=cli_env(None))
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "protectctl",
+                "-C",
+                str(policy),
+                "--agent-config",
+                str(agent_config),
+                "agent",
+                "wal-stream",
+                GROUP,
+                "--member",
+                MEMBER,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=cli_env(None),
+        )
 
 
 def wait_streaming(cluster: PgCluster, log: Path) -> None:
@@ -66,8 +83,14 @@ def test_streaming_ships_the_partial_segment_without_switching(site: tuple[Path,
     assert not list(root.glob("etc/systemd/system/*-stream.timer"))
     analyze = shutil.which("systemd-analyze")
     if analyze is not None:  # the unit as systemd reads it: no warning may name it
-        checked = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60,
-                                 env=os.environ | {"SYSTEMD_LOG_LEVEL": "info"}, check=False)
+        checked = subprocess.run(
+            [analyze, "verify", str(unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ | {"SYSTEMD_LOG_LEVEL": "info"},
+            check=False,
+        )
         assert checked.returncode == 0, checked.stderr
         assert not [line for line in checked.stderr.splitlines() if unit.name in line], checked.stderr
 
@@ -75,8 +98,10 @@ def test_streaming_ships_the_partial_segment_without_switching(site: tuple[Path,
     receiver = start_receiver(policy, root / "etc/protectctl/agent.yaml", log)
     try:
         wait_streaming(cluster, log)
-        assert cluster.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = "
-                           "'protectctl_finance_ledger_db'") == "1"
+        assert (
+            cluster.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'protectctl_finance_ledger_db'")
+            == "1"
+        )
         insert(cluster, range(1, 3))
         cli(policy, "run", "full", GROUP)
         insert(cluster, range(3, 9))
@@ -104,8 +129,21 @@ def test_streaming_ships_the_partial_segment_without_switching(site: tuple[Path,
     for leftover in (root / "var/lib/protectctl-spool").rglob("0000*"):
         leftover.unlink()
     port = pgcluster.free_port(27500)
-    result = json.loads(cli(policy, "restore", SOURCE, "--to-time", "latest", "--target", str(cluster.base / "back"),
-                            "--port", str(port), "--json", timeout=300).stdout)
+    result = json.loads(
+        cli(
+            policy,
+            "restore",
+            SOURCE,
+            "--to-time",
+            "latest",
+            "--target",
+            str(cluster.base / "back"),
+            "--port",
+            str(port),
+            "--json",
+            timeout=300,
+        ).stdout
+    )
     assert result["details"]["wal_files_from_source"] == 0, result["details"]
     restored = PgCluster(cluster.base, port, "back")
     try:

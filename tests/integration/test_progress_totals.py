@@ -125,8 +125,9 @@ def test_lines_show_percent_eta_and_the_summary_units(
     upload = [line for line in err if line.startswith("upload: ")]
     assert upload and all(" of " in line and "%" in line and "ETA" in line for line in upload)
     assert "?" not in "\n".join(err)
-    assert upload[-1].startswith(f"upload: {files:,} of {files:,} files, {human_bytes(size)} of {human_bytes(size)},"
-                                 " 100%")
+    assert upload[-1].startswith(
+        f"upload: {files:,} of {files:,} files, {human_bytes(size)} of {human_bytes(size)}, 100%"
+    )
     assert f"upload done: {result.files:,} files, {human_bytes(result.bytes_total)} in " in err[-1]
 
     restored = tmp_path / "out"
@@ -134,8 +135,9 @@ def test_lines_show_percent_eta_and_the_summary_units(
     err = capsys.readouterr().err.splitlines()
     shown = [line for line in err if line.startswith("restore: ")]
     assert shown and all(re.search(r" of \d[\d,]* files, .* of .*, \d+%, .*ETA ", line) for line in shown)
-    assert shown[-1].startswith(f"restore: {files:,} of {files:,} files, {human_bytes(size)} of {human_bytes(size)},"
-                                " 100%")  # files, not files + directories
+    assert shown[-1].startswith(
+        f"restore: {files:,} of {files:,} files, {human_bytes(size)} of {human_bytes(size)}, 100%"
+    )  # files, not files + directories
     assert err[-1].startswith(f"restore done: {files:,} files, {human_bytes(size)} in ")
 
 

@@ -68,8 +68,10 @@ def test_sigkill_mid_parallel_restore_then_resume_is_byte_exact(tmp_path: Path, 
     env = {**os.environ, "PROTECTCTL_CRASH_POINT": f"restore-file#{nth}", "PROTECTCTL_CRASH_ANNOUNCE": str(announce)}
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), str(src), str(target)], cwd=ROOT, env=env)
     try:
-        wait_until(lambda: proc.poll() is not None or announce.exists() and announce.read_text().endswith("\n"),
-                   f"the restore reaches its file {nth}")
+        wait_until(
+            lambda: proc.poll() is not None or announce.exists() and announce.read_text().endswith("\n"),
+            f"the restore reaches its file {nth}",
+        )
         assert proc.poll() is None, "the restore ended before its crashpoint"
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -17,25 +17,29 @@ ENV = {"S3_ADMIN_KEY": ADMIN[0], "S3_ADMIN_SECRET": ADMIN[1]}
 HOME = "    - {name: home, host: local, filesystem: {path: ./data}}\n"
 
 
-def s3_policy(directory: Path, endpoint: str, bucket: str, *, extra_storage: str = "", state: str = "",
-              members: str = HOME) -> Path:
+def s3_policy(
+    directory: Path, endpoint: str, bucket: str, *, extra_storage: str = "", state: str = "", members: str = HOME
+) -> Path:
     """A policy with one s3 Storage (prefix site-a/) and group docs of `members` (YAML list items)."""
     (directory / "data").mkdir(parents=True, exist_ok=True)
-    return write_policy(directory, [
-        "apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: local}\n"
-        "spec: {address: local, root: ./.protectctl/root}\n",
-        "apiVersion: protectctl/v1\nkind: EncryptionKey\nmetadata: {name: repo-key}\n"
-        "spec: {passphrase: {file: ./.protectctl/passphrase}}\n",
-        "apiVersion: protectctl/v1\nkind: Storage\nmetadata: {name: objects}\nspec:\n  type: s3\n"
-        f"  endpoint: {endpoint}\n  region: us-east-1\n  bucket: {bucket}\n  prefix: site-a/\n"
-        "  credentials:\n    accessKeyId: {env: S3_ADMIN_KEY}\n    secretAccessKey: {env: S3_ADMIN_SECRET}\n"
-        f"{extra_storage}  encryption: {{key: repo-key}}\n",
-        "apiVersion: protectctl/v1\nkind: SLA\nmetadata: {name: tier1}\n"
-        "spec: {sync: every 15m, full: daily at 20:00, retention: {disk: 14d}}\n",
-        "apiVersion: protectctl/v1\nkind: ProtectionGroup\nmetadata: {name: docs}\n"
-        f"spec:\n  sla: tier1\n  storage: objects\n  members:\n{members}",
-        *([state] if state else []),
-    ])
+    return write_policy(
+        directory,
+        [
+            "apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: local}\n"
+            "spec: {address: local, root: ./.protectctl/root}\n",
+            "apiVersion: protectctl/v1\nkind: EncryptionKey\nmetadata: {name: repo-key}\n"
+            "spec: {passphrase: {file: ./.protectctl/passphrase}}\n",
+            "apiVersion: protectctl/v1\nkind: Storage\nmetadata: {name: objects}\nspec:\n  type: s3\n"
+            f"  endpoint: {endpoint}\n  region: us-east-1\n  bucket: {bucket}\n  prefix: site-a/\n"
+            "  credentials:\n    accessKeyId: {env: S3_ADMIN_KEY}\n    secretAccessKey: {env: S3_ADMIN_SECRET}\n"
+            f"{extra_storage}  encryption: {{key: repo-key}}\n",
+            "apiVersion: protectctl/v1\nkind: SLA\nmetadata: {name: tier1}\n"
+            "spec: {sync: every 15m, full: daily at 20:00, retention: {disk: 14d}}\n",
+            "apiVersion: protectctl/v1\nkind: ProtectionGroup\nmetadata: {name: docs}\n"
+            f"spec:\n  sla: tier1\n  storage: objects\n  members:\n{members}",
+            *([state] if state else []),
+        ],
+    )
 
 
 def fill(data: Path, seed: int, files: int = 12, size: int = 150_000) -> None:
@@ -75,15 +79,19 @@ def test_missing_credentials_are_named_not_a_traceback(seaweed: Seaweed, tmp_pat
     assert "S3_ADMIN_SECRET" in proc.stderr
 
 
-SETTINGS = ("apiVersion: protectctl/v1\nkind: Settings\nmetadata: {{name: settings}}\n"
-            "spec:\n  state: {{backend: {backend}, storage: {storage}, key: state/prod.json}}\n")
+SETTINGS = (
+    "apiVersion: protectctl/v1\nkind: Settings\nmetadata: {{name: settings}}\n"
+    "spec:\n  state: {{backend: {backend}, storage: {storage}, key: state/prod.json}}\n"
+)
 
 
 def test_state_migrates_to_s3_with_its_lineage_and_an_unreachable_backend_is_never_bypassed(
-        seaweed: Seaweed, tmp_path: Path) -> None:
+    seaweed: Seaweed, tmp_path: Path
+) -> None:
     bucket = seaweed.new_bucket()
-    policy = s3_policy(tmp_path / "p", seaweed.endpoint, bucket,
-                       state=SETTINGS.format(backend="local", storage="objects"))
+    policy = s3_policy(
+        tmp_path / "p", seaweed.endpoint, bucket, state=SETTINGS.format(backend="local", storage="objects")
+    )
     run_cli(policy, "apply", "--auto-approve", env=ENV)
     local = json.loads((policy / ".protectctl" / "state.json").read_text())
     moved = json.loads(run_cli(policy, "state", "migrate", "--to", "s3", "--json", env=ENV).stdout)
@@ -101,8 +109,9 @@ def test_state_migrates_to_s3_with_its_lineage_and_an_unreachable_backend_is_nev
 
 
 def test_plan_shows_the_lock_and_apply_refuses_a_bucket_that_cannot_lock(seaweed: Seaweed, tmp_path: Path) -> None:
-    policy = s3_policy(tmp_path / "p", seaweed.endpoint, seaweed.new_bucket(),
-                       extra_storage="  objectLock: {mode: compliance}\n")
+    policy = s3_policy(
+        tmp_path / "p", seaweed.endpoint, seaweed.new_bucket(), extra_storage="  objectLock: {mode: compliance}\n"
+    )
     plan = run_cli(policy, "plan", env=ENV)
     assert "object lock compliance" in plan.stdout + plan.stderr and "14d" in plan.stdout + plan.stderr
     proc = run_cli(policy, "apply", "--auto-approve", expect=1, env=ENV)

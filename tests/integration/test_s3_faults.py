@@ -43,8 +43,7 @@ def test_server_killed_mid_sync_then_restarted(tmp_path: Path) -> None:
     server = weed.Seaweed(tmp_path / "weed")
     server.start()
     try:
-        storage = S3Storage(S3Location(server.new_bucket(), "", server.endpoint), S3Credentials(*ADMIN),
-                            max_attempts=2)
+        storage = S3Storage(S3Location(server.new_bucket(), "", server.endpoint), S3Credentials(*ADMIN), max_attempts=2)
         Repository.init(storage, PASS, kdf_n=2**10, pack_size=1 << 20).close()
         data = tmp_path / "data"
         data.mkdir()
@@ -52,9 +51,16 @@ def test_server_killed_mid_sync_then_restarted(tmp_path: Path) -> None:
             (data / f"f{i}").write_bytes(os.urandom(1 << 20))
 
         def job(backend: object) -> SourceJob:
-            return SourceJob(source="docs/home", provider="filesystem", spec={"path": str(data)},
-                             storage=backend, passphrase=lambda: PASS, state_dir=tmp_path / "state",  # type: ignore[arg-type]
-                             host="testhost", retention=RetentionSpec(keep_within_s=14 * 86400))
+            return SourceJob(
+                source="docs/home",
+                provider="filesystem",
+                spec={"path": str(data)},
+                storage=backend,
+                passphrase=lambda: PASS,
+                state_dir=tmp_path / "state",  # type: ignore[arg-type]
+                host="testhost",
+                retention=RetentionSpec(keep_within_s=14 * 86400),
+            )
 
         with pytest.raises(ProtectctlError) as info:
             run_backup(job(KillAfter(storage, server, packs=3)), "sync")

@@ -43,8 +43,12 @@ def _all_at_once(policy: Path) -> None:
     """Every agent's sync and a prune, started together; each must succeed."""
     argvs = [cli_argv(policy, "run", "sync", "docs", "--member", f"m{i}") for i in range(AGENTS)]
     argvs.append(cli_argv(policy, "prune", "docs"))
-    procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(ENV),
-                              stdin=subprocess.DEVNULL) for a in argvs]
+    procs = [
+        subprocess.Popen(
+            a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(ENV), stdin=subprocess.DEVNULL
+        )
+        for a in argvs
+    ]
     for argv, proc in zip(argvs, procs, strict=True):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "Traceback" not in err, f"{argv[3:]} exited {proc.returncode}\n{out}\n{err}"

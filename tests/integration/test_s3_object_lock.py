@@ -19,8 +19,10 @@ LOCK = ObjectLock("compliance", 3600)
 
 def storages(seaweed: Seaweed, bucket: str, lock: ObjectLock = LOCK) -> tuple[S3Storage, S3Storage]:
     where = S3Location(bucket, "site-a/", seaweed.endpoint)
-    return (S3Storage(where, S3Credentials(*ADMIN), lock=lock, max_attempts=2),
-            S3Storage(where, S3Credentials(*AGENT), lock=lock, max_attempts=2))
+    return (
+        S3Storage(where, S3Credentials(*ADMIN), lock=lock, max_attempts=2),
+        S3Storage(where, S3Credentials(*AGENT), lock=lock, max_attempts=2),
+    )
 
 
 def test_agent_key_cannot_destroy_locked_points(seaweed: Seaweed) -> None:

@@ -15,16 +15,20 @@ from tests.integration.test_tape import POLICY, snapshot, write_data
 from tests.seaweed import ADMIN, Seaweed
 
 
-def test_a_tape_copy_from_an_s3_repository_restores(seaweed: Seaweed, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_tape_copy_from_an_s3_repository_restores(
+    seaweed: Seaweed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("S3_ADMIN_KEY", ADMIN[0])
     monkeypatch.setenv("S3_ADMIN_SECRET", ADMIN[1])
     bucket = seaweed.new_bucket()
-    s3 = (f"spec:\n  type: s3\n  endpoint: {seaweed.endpoint}\n  bucket: {bucket}\n  prefix: t/\n"
-          "  credentials: {accessKeyId: {env: S3_ADMIN_KEY}, secretAccessKey: {env: S3_ADMIN_SECRET}}\n"
-          "  encryption: {key: repo-key}\n")
+    s3 = (
+        f"spec:\n  type: s3\n  endpoint: {seaweed.endpoint}\n  bucket: {bucket}\n  prefix: t/\n"
+        "  credentials: {accessKeyId: {env: S3_ADMIN_KEY}, secretAccessKey: {env: S3_ADMIN_SECRET}}\n"
+        "  encryption: {key: repo-key}\n"
+    )
     policy = POLICY.format(capacity="10MB").replace(
-        "spec: {type: local, path: ./.protectctl/repo, encryption: {key: repo-key}}\n", s3)
+        "spec: {type: local, path: ./.protectctl/repo, encryption: {key: repo-key}}\n", s3
+    )
     assert "type: s3" in policy
     site = write_policy(tmp_path / "site", policy)
     write_data(site / "data", seed=3)
@@ -41,7 +45,17 @@ def test_a_tape_copy_from_an_s3_repository_restores(seaweed: Seaweed, tmp_path: 
         repo.forget_points([p.id for p in repo.list_points()])
         repo.gc()
     write_data(site / "data", seed=4)  # the source moves on; the tape keeps the point
-    result = api.restore(site, "docs/home", "latest", agent_config=None, target=str(tmp_path / "r"), subpaths=[],
-                         dry_run=False, overwrite=False, progress=None, from_tape=True)
+    result = api.restore(
+        site,
+        "docs/home",
+        "latest",
+        agent_config=None,
+        target=str(tmp_path / "r"),
+        subpaths=[],
+        dry_run=False,
+        overwrite=False,
+        progress=None,
+        from_tape=True,
+    )
     assert result.point_id == copied.point_id
     assert snapshot(tmp_path / "r") == original

@@ -101,8 +101,13 @@ def test_env_passphrase_systemd_sync_runs_from_its_unit(tmp_path: Path) -> None:
     service = root / UNITS / "protectctl-docs-home-sync.service"
     argv, environment = _service_command(service)
     assert "correct horse" not in service.read_text()
-    run = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in environment.items()), *argv],
-                         capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        ["env", "-i", *(f"{k}={v}" for k, v in environment.items()), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     assert len(_points(directory)) == 1
     # the copy the timers read is root-only, and what the plan calls it says where it is
@@ -122,8 +127,13 @@ def test_env_passphrase_cron_sync_runs_from_its_line(tmp_path: Path) -> None:
     command = line.split(None, 6)[6]
     # no random sleep in a test: the line's own delay is rendered from randomizedDelay
     command = re.sub(r"^sleep \$\(\(.*?\)\) && ", "", command)
-    run = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in environment.items()), "/bin/sh", "-c",
-                          command.replace("\\%", "%")], capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        ["env", "-i", *(f"{k}={v}" for k, v in environment.items()), "/bin/sh", "-c", command.replace("\\%", "%")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout == "", "a successful run must print nothing, or cron mails it"
     assert len(_points(directory)) == 1
@@ -134,15 +144,21 @@ def test_apply_says_schedules_under_another_root_are_not_active(tmp_path: Path) 
     directory = _policy(tmp_path, "systemd")
     proc = _apply(directory)
     assert re.search(r"host local: 4 schedule\(s\) written but NOT ACTIVE: its root is \S+/root, not /", proc.stdout)
-    report = json.loads(run_cli(directory, "apply", "--auto-approve", "--json",
-                                env={PASSPHRASE_ENV: "correct horse battery"}).stdout)
+    report = json.loads(
+        run_cli(directory, "apply", "--auto-approve", "--json", env={PASSPHRASE_ENV: "correct horse battery"}).stdout
+    )
     assert report["inactive_schedules"] == []  # nothing written this time: nothing to say
 
 
 def _exposure(path: Path) -> float:
     assert SYSTEMD_ANALYZE is not None
-    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(path)],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
     assert match, result.stdout + result.stderr
     return float(match.group(1))
@@ -154,10 +170,12 @@ def test_generated_units_verify_and_the_sync_service_is_sandboxed(tmp_path: Path
     _apply(directory)
     units = sorted((directory / "root" / UNITS).iterdir())
     assert SYSTEMD_ANALYZE is not None
-    verify = subprocess.run([SYSTEMD_ANALYZE, "verify", *map(str, units)], capture_output=True, text=True,
-                            timeout=120, check=False)
-    assert verify.returncode == 0 and not [line for line in verify.stderr.splitlines()
-                                           if any(u.name in line for u in units)], verify.stderr
+    verify = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", *map(str, units)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert verify.returncode == 0 and not [
+        line for line in verify.stderr.splitlines() if any(u.name in line for u in units)
+    ], verify.stderr
     scores = {unit.name: _exposure(unit) for unit in units if unit.suffix == ".service"}
     assert scores["protectctl-docs-home-sync.service"] <= MAX_EXPOSURE, scores
     assert all(score <= MAX_EXPOSURE for score in scores.values()), scores

@@ -60,16 +60,25 @@ def test_combined_schema_validates_every_shipped_document_with_check_jsonschema(
     """The ecosystem's own validator (check-jsonschema, an ECMA-262 regex engine) on the one schema
     editors use for multi-document files: every example and shipped tier passes; `every fortnight`
     is refused where the policy says it."""
-    files = [REPO / "examples/quickstart/protect.yaml", REPO / "policies/tiers.yaml",
-             *sorted((REPO / "examples/gitops/policy").glob("*.yaml"))]
+    files = [
+        REPO / "examples/quickstart/protect.yaml",
+        REPO / "policies/tiers.yaml",
+        *sorted((REPO / "examples/gitops/policy").glob("*.yaml")),
+    ]
     docs = _documents_as_json(files, tmp_path)
-    check = subprocess.run([sys.executable, "-m", "check_jsonschema", "--schemafile",
-                            str(SCHEMAS / "protectctl.json"), *map(str, docs)], capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--schemafile", str(SCHEMAS / "protectctl.json"), *map(str, docs)],
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     bad = tmp_path / "bad.json"
     sla = json.loads(next(p for p in docs if '"SLA"' in p.read_text()).read_text())
     sla["spec"]["full"] = "every fortnight"
     bad.write_text(json.dumps(sla))
-    check = subprocess.run([sys.executable, "-m", "check_jsonschema", "--schemafile",
-                            str(SCHEMAS / "protectctl.json"), str(bad)], capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--schemafile", str(SCHEMAS / "protectctl.json"), str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 1 and "every fortnight" in check.stdout + check.stderr

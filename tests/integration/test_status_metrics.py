@@ -19,8 +19,9 @@ from protectctl.errors import LockedError, ProtectctlError
 from tests.integration.test_filesystem_backup import T0, Clock, make_job
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian package "
-                                    "`prometheus`; .ci/run installs it)")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (Debian package `prometheus`; .ci/run installs it)"
+)
 
 
 def _status_row(row: object) -> tuple[object, ...]:
@@ -83,16 +84,19 @@ def test_metrics_are_exact_labelled_and_pass_promtool(tmp_path: Path) -> None:
     run_backup(job, "sync", now=clock)
     text = metrics_path.read_text()
     stamp = (T0 + timedelta(seconds=1971.25)).timestamp()
-    assert f'protectctl_last_success_timestamp_seconds{{host="db1",source="docs/home",kind="full"}} {stamp!r}' \
+    assert (
+        f'protectctl_last_success_timestamp_seconds{{host="db1",source="docs/home",kind="full"}} {stamp!r}'
         in text.splitlines()
+    )
     assert "e+" not in text
     assert 'protectctl_build_info{host="db1",version="9.9.9"} 1' in text
     assert 'protectctl_jobs_total{host="db1",source="docs/home",kind="full",outcome="success"} 1' in text
     assert 'protectctl_sla_target_seconds{host="db1",source="docs/home",kind="sync"} 900' in text
     assert stat.S_IMODE(metrics_path.stat().st_mode) == 0o640
     if PROMTOOL is not None:
-        check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True,
-                               timeout=60, check=False)
+        check = subprocess.run(
+            [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+        )
         assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -100,9 +104,17 @@ def test_big_values_print_exactly() -> None:
     status_doc = {
         "source": "docs/home",
         "last_sync_success": {"time": "2026-12-01T10:06:11+00:00"},
-        "last_attempt": {"kind": "sync", "ok": True, "duration_s": 0.5, "bytes_read": 123456789012345,
-                         "bytes_added": 7, "point_id": "p", "files": 1234567, "bytes_total": 98765432109876,
-                         "complete": True},
+        "last_attempt": {
+            "kind": "sync",
+            "ok": True,
+            "duration_s": 0.5,
+            "bytes_read": 123456789012345,
+            "bytes_added": 7,
+            "point_id": "p",
+            "files": 1234567,
+            "bytes_total": 98765432109876,
+            "complete": True,
+        },
     }
     text = render_metrics([status_doc], host="h", version="1")
     assert 'protectctl_last_success_timestamp_seconds{host="h",source="docs/home",kind="sync"} 1796119571' in text
@@ -115,6 +127,7 @@ def test_promtool_is_the_checker() -> None:
     """Guard the guard: promtool refuses what we would never write."""
     assert PROMTOOL is not None
     bad = "# HELP x_total a counter\n# TYPE x_total gauge\nx_total 1\n"
-    check = subprocess.run([PROMTOOL, "check", "metrics"], input=bad, capture_output=True, text=True,
-                           timeout=60, check=False)
+    check = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=bad, capture_output=True, text=True, timeout=60, check=False
+    )
     assert check.returncode != 0 or check.stdout + check.stderr

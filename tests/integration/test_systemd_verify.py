@@ -45,8 +45,16 @@ def _job(schedule: str, **extra: object) -> ScheduledJob:
         "name": unit_name("protectctl", "docs", "home-dir", "sync"),
         "description": f"protectctl test job ({schedule}) 100%",
         "argv": (
-            sys.executable, "-c", "import sys; print(sys.argv)",
-            "a b", "50%", "$HOME", "it's \"q\"", ";", "", "é x",
+            sys.executable,
+            "-c",
+            "import sys; print(sys.argv)",
+            "a b",
+            "50%",
+            "$HOME",
+            'it\'s "q"',
+            ";",
+            "",
+            "é x",
         ),
         "schedule": Schedule.parse(schedule),
         "randomized_delay_s": 90,
@@ -72,7 +80,9 @@ def test_systemd_analyze_verify_accepts_units(tmp_path: Path, schedule: str) -> 
     paths = _write(tmp_path, _job(schedule, user="root"), "systemd")
     result = subprocess.run(
         [SYSTEMD_ANALYZE, "verify", *map(str, paths)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=os.environ | {"SYSTEMD_LOG_LEVEL": "info"},
     )
     # verify also reports lines it ignored, which still exit 0: none may name our files.
@@ -87,9 +97,7 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     assert SYSTEMD_ANALYZE is not None
     (timer,) = [p for p in _write(tmp_path, _job("every 15m"), "systemd") if p.suffix == ".timer"]
     timer.write_text(timer.read_text().replace("OnCalendar=*-*-* *:00/15:00", "OnCalendar=every 15m"))
-    result = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(timer)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(timer)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 or timer.name in result.stderr
 
 
@@ -99,14 +107,20 @@ _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+): \w{3} (\d{4}-\d\d-\d\d \d\d:
 def _systemd_elapses(expression: str, base: datetime, count: int) -> list[datetime]:
     assert SYSTEMD_ANALYZE is not None
     result = subprocess.run(
-        [SYSTEMD_ANALYZE, "calendar", f"--iterations={count}",
-         f"--base-time={base:%Y-%m-%d %H:%M:%S} UTC", f"{expression} UTC"],
-        capture_output=True, text=True, timeout=60, env=os.environ | {"TZ": "UTC"}, check=True,
+        [
+            SYSTEMD_ANALYZE,
+            "calendar",
+            f"--iterations={count}",
+            f"--base-time={base:%Y-%m-%d %H:%M:%S} UTC",
+            f"{expression} UTC",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"TZ": "UTC"},
+        check=True,
     )
-    return [
-        datetime.strptime(m, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-        for m in _ELAPSE.findall(result.stdout)
-    ]
+    return [datetime.strptime(m, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) for m in _ELAPSE.findall(result.stdout)]
 
 
 @needs_systemd
@@ -126,7 +140,8 @@ def test_cron_lines_parse_back_with_our_cron_parser(tmp_path: Path, schedule: st
     job = _job(schedule)
     (path,) = _write(tmp_path, job, "cron")
     lines = [
-        line for line in path.read_text().splitlines()
+        line
+        for line in path.read_text().splitlines()
         if line and not line.startswith("#") and not re.match(r"[A-Z_]+=", line)
     ]
     assert lines, "no job lines"

@@ -24,9 +24,16 @@ def _job(tmp: Path, root: str = "/") -> SourceJob:
     storage = LocalStorage(tmp / "repo")
     if not Repository.exists(storage):
         Repository.init(storage, PASS, kdf_n=2**10)
-    return SourceJob(source="hosts/system", provider="systemState", spec={"root": root},  # type: ignore[call-arg]
-                     storage=storage, passphrase=lambda: PASS, state_dir=tmp / "state", host="app1",
-                     retention=RetentionSpec(keep_within_s=86400))
+    return SourceJob(
+        source="hosts/system",
+        provider="systemState",
+        spec={"root": root},  # type: ignore[call-arg]
+        storage=storage,
+        passphrase=lambda: PASS,
+        state_dir=tmp / "state",
+        host="app1",
+        retention=RetentionSpec(keep_within_s=86400),
+    )
 
 
 def test_capture_this_machine_restore_and_check_the_runbook(tmp_path: Path) -> None:
@@ -58,15 +65,17 @@ def test_capture_this_machine_restore_and_check_the_runbook(tmp_path: Path) -> N
             compared += 1
     assert compared > 50
     assert (out / "etc/shadow").exists() and (out / "etc/shadow").stat().st_mode & 0o077 == (
-        Path("/etc/shadow").stat().st_mode & 0o077)
+        Path("/etc/shadow").stat().st_mode & 0o077
+    )
 
     runbook = out / "recover.sh"
     subprocess.run(["bash", "-n", str(runbook)], check=True)
     if shutil.which("shellcheck"):
         check = subprocess.run(["shellcheck", "-x", str(runbook)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-    dry = subprocess.run([str(runbook), "--dry-run", "--root", str(tmp_path / "newroot")], capture_output=True,
-                         text=True, check=True).stdout
+    dry = subprocess.run(
+        [str(runbook), "--dry-run", "--root", str(tmp_path / "newroot")], capture_output=True, text=True, check=True
+    ).stdout
     for number, name in enumerate(STEPS, 1):
         assert f"== step {number}: {name}" in dry
     assert "would run: cp -a --remove-destination" in dry and "nothing was changed" in dry
@@ -85,10 +94,12 @@ def test_capture_this_machine_restore_and_check_the_runbook(tmp_path: Path) -> N
 def test_runbook_with_disks_is_shellcheck_clean(tmp_path: Path) -> None:
     from protectctl.providers.systemstate.runbook import render
 
-    manifest = {"hostname": "app1", "files": {"packages/dpkg-selections.txt": "", "packages/apt-manual.txt": "",
-                                              "kernel/cmdline": ""},
-                "disks": [{"name": "sda", "path": "/dev/sda", "pttype": "gpt"}],
-                "units": ["ssh.service", "fstrim.timer", "getty@tty1.service"]}
+    manifest = {
+        "hostname": "app1",
+        "files": {"packages/dpkg-selections.txt": "", "packages/apt-manual.txt": "", "kernel/cmdline": ""},
+        "disks": [{"name": "sda", "path": "/dev/sda", "pttype": "gpt"}],
+        "units": ["ssh.service", "fstrim.timer", "getty@tty1.service"],
+    }
     script = tmp_path / "recover.sh"
     script.write_text(render(manifest, point="p1"))
     script.chmod(0o700)

@@ -258,9 +258,7 @@ def test_key_rotation_keeps_old_cartridges_readable(site: Path, tmp_path: Path) 
     assert MARKER.strip() not in (tmp_path / "keys.json").read_bytes()
 
 
-def test_recycle_never_touches_unexpired_media_and_offsite_restore_names_the_vault(
-    site: Path, tmp_path: Path
-) -> None:
+def test_recycle_never_touches_unexpired_media_and_offsite_restore_names_the_vault(site: Path, tmp_path: Path) -> None:
     api.tape_label(site, 3, "monthly")
     backup(site)
     (copy,) = api.run_tape(site, "docs", None).copied
@@ -303,9 +301,7 @@ def test_recycle_never_touches_unexpired_media_and_offsite_restore_names_the_vau
     )
     assert copy2.barcodes[0] in proc.stderr and "vault-east" in proc.stderr
     run_cli(site, "tape", "move", copy2.barcodes[0], "--to", "library")
-    run_cli(
-        site, "restore", "docs/home", "--to-time", "latest", "--from", "tape", "--target", str(tmp_path / "y")
-    )
+    run_cli(site, "restore", "docs/home", "--to-time", "latest", "--from", "tape", "--target", str(tmp_path / "y"))
     hist = api.tape_service(site).catalog.cartridges[copy2.barcodes[0]].history
     assert [m.note for m in hist][-2:] == ["moved to vault-east", "moved to library"]
 

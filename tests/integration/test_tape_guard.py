@@ -17,8 +17,14 @@ from tests.integration.test_tape import POLICY, backup, write_data
 def cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """This checkout's CLI (not whatever `protectctl` is on PATH)."""
     env = cli_env({"PYTHONPATH": str(REPO)})
-    return subprocess.run([sys.executable, "-m", "protectctl", "-C", str(site), *args],
-                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "protectctl", "-C", str(site), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
 
 
 def _without(text: str, *needles: str) -> str:

@@ -31,8 +31,11 @@ def _site(tmp_path: Path, policy: str) -> Path:
 def _cron_argv(site: Path, address: str) -> list[str]:
     """The command of the cron line apply rendered for `address` (`m h dom mon dow user CMD`)."""
     (path,) = api.read_state(site).resources[address].outputs["files"]
-    (line,) = [ln for ln in Path(path).read_text().splitlines()
-               if ln and not ln.startswith("#") and not re.match(r"[A-Z_]+=", ln)]
+    (line,) = [
+        ln
+        for ln in Path(path).read_text().splitlines()
+        if ln and not ln.startswith("#") and not re.match(r"[A-Z_]+=", ln)
+    ]
     # the run's output is kept and printed only on failure: out=$( timeout … nice -n 19 ARGV 2>&1 ) || …
     match = re.search(r"out=\$\( (.*) 2>&1 \) \|\|", line.split(None, 6)[6])
     assert match, line
@@ -50,8 +53,14 @@ def test_the_rendered_tape_timer_command_copies_that_member(tmp_path: Path) -> N
     argv = _cron_argv(site, "schedule.docs/home/tape")
     assert argv[1:] == ["-C", str(site), "run", "tape", "docs", "--member", "home"]
     # argv[0] is the agent's protectctl entry point; run this checkout's module with the same arguments
-    proc = subprocess.run([sys.executable, "-m", "protectctl", *argv[1:]], capture_output=True, text=True,
-                          timeout=120, env=cli_env({"PYTHONPATH": str(REPO)}), check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "protectctl", *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env({"PYTHONPATH": str(REPO)}),
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1 point(s) copied" in proc.stdout and "docs/home" in proc.stdout
     assert {c.source for c in api.tape_service(site).catalog.copies.values()} == {"docs/home"}
@@ -73,8 +82,18 @@ def test_d2t_copies_straight_from_the_source(tmp_path: Path) -> None:
     with Repository.open(LocalStorage(site / ".protectctl/repo"), passphrase) as repo:
         assert repo.list_points() == []
     write_data(site / "data", seed=9, big_files=0)  # the source moves on; the tape copy does not
-    result = api.restore(site, "docs/home", "latest", agent_config=None, target=str(tmp_path / "r"), subpaths=[],
-                         dry_run=False, overwrite=False, progress=None, from_tape=True)
+    result = api.restore(
+        site,
+        "docs/home",
+        "latest",
+        agent_config=None,
+        target=str(tmp_path / "r"),
+        subpaths=[],
+        dry_run=False,
+        overwrite=False,
+        progress=None,
+        from_tape=True,
+    )
     assert result.point_id == copied.point_id
     assert snapshot(tmp_path / "r") == original
     # a second D2T run writes a new point (a full backup each time)
@@ -94,16 +113,30 @@ def test_tape_runs_take_turns_and_a_refused_one_names_the_holder(tmp_path: Path)
 
     def hold(seconds: float) -> subprocess.Popen[str]:
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sys, time; from pathlib import Path; from protectctl import api\n"
-             "with api.tape_session(Path(sys.argv[1]), 'tape copy of docs'):\n"
-             "    print('held', flush=True); time.sleep(float(sys.argv[2]))", str(site), str(seconds)],
-            stdout=subprocess.PIPE, text=True, env=env)
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; from pathlib import Path; from protectctl import api\n"
+                "with api.tape_session(Path(sys.argv[1]), 'tape copy of docs'):\n"
+                "    print('held', flush=True); time.sleep(float(sys.argv[2]))",
+                str(site),
+                str(seconds),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         return holder
 
     def run_tape(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "protectctl", "-C", str(site), "run", "tape", "docs", *extra],
-                              capture_output=True, text=True, timeout=120, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "protectctl", "-C", str(site), "run", "tape", "docs", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
 
     holder = hold(60)
     try:

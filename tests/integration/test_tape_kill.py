@@ -74,8 +74,13 @@ def _kill_at(site: Path, tmp: Path, point: str, passage: int) -> None:
     """Run `protectctl run tape docs --all` until it announces `point`, then SIGKILL it."""
     announce = tmp / f"announce-{point}-{passage}"
     env = cli_env({"PROTECTCTL_CRASH_POINT": f"{point}#{passage}", "PROTECTCTL_CRASH_ANNOUNCE": str(announce)})
-    proc = subprocess.Popen(cli_argv(site, "run", "tape", "docs", "--all"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_argv(site, "run", "tape", "docs", "--all"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (announce.exists() and announce.read_text().endswith("\n")):
         if proc.poll() is not None:
@@ -102,8 +107,9 @@ def _restore_every_copy(site: Path, tmp: Path, expected: dict[str, dict[str, byt
     return len(copies)
 
 
-@pytest.mark.parametrize(("warm", "kills"), [
-    pytest.param(w, k, id=n, marks=() if n in DEFAULT_CASES else _ALL_ONLY) for n, w, k in CASES])
+@pytest.mark.parametrize(
+    ("warm", "kills"), [pytest.param(w, k, id=n, marks=() if n in DEFAULT_CASES else _ALL_ONLY) for n, w, k in CASES]
+)
 def test_sigkill_run_tape_then_every_copy_restores(site: Path, tmp_path: Path, warm: bool, kills: list[Kill]) -> None:
     expected: dict[str, dict[str, bytes]] = {}
     if warm:  # a first copy leaves the pool a filling cartridge
@@ -146,8 +152,17 @@ def test_after_a_kill_the_cli_restores_and_verify_reports_the_partial_segment(si
     assert "1 point(s) copied" in rerun and "repaired:" in rerun and "replaced the partial segment" in rerun
     for point_id, tree in expected.items():
         copy = api.tape_service(site).catalog.copies[point_id]
-        run_cli(site, "restore", "docs/home", "--to-time", copy.point_time.isoformat(), "--from", "tape",
-                "--target", str(tmp_path / point_id))
+        run_cli(
+            site,
+            "restore",
+            "docs/home",
+            "--to-time",
+            copy.point_time.isoformat(),
+            "--from",
+            "tape",
+            "--target",
+            str(tmp_path / point_id),
+        )
         assert snapshot(tmp_path / point_id) == tree
     assert "partial segment" not in run_cli(site, "tape", "list").stdout
     inventory = run_cli(site, "tape", "inventory").stdout

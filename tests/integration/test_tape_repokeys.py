@@ -48,8 +48,9 @@ def test_list_warn_export_import_rotate_repository_keys(site: Path, tmp_path: Pa
 
     old = _repo_passphrase(site).read_bytes().strip()
     (tmp_path / "export-pass").write_bytes(b"export secret\n")
-    assert api.keys_export(site, "primary", tmp_path / "repo.key",
-                           passphrase_file=tmp_path / "export-pass") == [row["id"]]
+    assert api.keys_export(site, "primary", tmp_path / "repo.key", passphrase_file=tmp_path / "export-pass") == [
+        row["id"]
+    ]
     assert not any("repository key" in w for w in api.plan(site).warnings)
     exported = (tmp_path / "repo.key").read_text()
     assert json.loads(exported)["repository"] and old.decode() not in exported
@@ -83,8 +84,18 @@ def test_tape_key_passphrase_change_rewraps_old_keys(site: Path, tmp_path: Path)
     tape_pass.write_bytes(b"new tape passphrase\n")
     out = api.keys_rotate(site, "tape-kek", old_passphrase_file=tmp_path / "old")
     assert len(out["rewrapped"]) == 1 and out["id"]
-    result = api.restore(site, "docs/home", "latest", agent_config=None, target=str(tmp_path / "r"), subpaths=[],
-                         dry_run=False, overwrite=False, progress=None, from_tape=True)
+    result = api.restore(
+        site,
+        "docs/home",
+        "latest",
+        agent_config=None,
+        target=str(tmp_path / "r"),
+        subpaths=[],
+        dry_run=False,
+        overwrite=False,
+        progress=None,
+        from_tape=True,
+    )
     assert result.ok if hasattr(result, "ok") else True
     assert (tmp_path / "r" / "notes.txt").exists()
 
@@ -92,8 +103,16 @@ def test_tape_key_passphrase_change_rewraps_old_keys(site: Path, tmp_path: Path)
 def test_export_by_encryption_key_name_bundles_repository_and_tape_keys(site: Path, tmp_path: Path) -> None:
     """The README's `keys export KEY` with the EncryptionKey's own name: everything that key protects."""
     (tmp_path / "export-pass").write_bytes(b"export secret\n")
-    proc = cli(site, "keys", "export", "repo-key", "--to", str(tmp_path / "repo.keys"),
-               "--passphrase-file", str(tmp_path / "export-pass"))
+    proc = cli(
+        site,
+        "keys",
+        "export",
+        "repo-key",
+        "--to",
+        str(tmp_path / "repo.keys"),
+        "--passphrase-file",
+        str(tmp_path / "export-pass"),
+    )
     assert proc.returncode == 0, proc.stderr  # before: "no key 'repo-key' in .../keys"
     assert json.loads((tmp_path / "repo.keys").read_text())["format"] == "protectctl-repository-key-export"
     # one EncryptionKey for both the repository and the tape library: one bundle holds both
@@ -102,8 +121,16 @@ def test_export_by_encryption_key_name_bundles_repository_and_tape_keys(site: Pa
     api.tape_label(site, 1, "monthly")
     backup(site)
     api.run_tape(site, "docs", None)
-    proc = cli(site, "keys", "export", "repo-key", "--to", str(tmp_path / "all.keys"),
-               "--passphrase-file", str(tmp_path / "export-pass"))
+    proc = cli(
+        site,
+        "keys",
+        "export",
+        "repo-key",
+        "--to",
+        str(tmp_path / "all.keys"),
+        "--passphrase-file",
+        str(tmp_path / "export-pass"),
+    )
     assert proc.returncode == 0, proc.stderr
     bundle = json.loads((tmp_path / "all.keys").read_text())
     formats = sorted(part["format"] for part in bundle["parts"])

@@ -23,13 +23,24 @@ def _backup(site: Path) -> None:
 
 
 def _restore(site: Path, when: str, target: Path, subpaths: list[str] | None = None) -> str:
-    result = api.restore(site, "docs/home", when, agent_config=None, target=str(target), subpaths=subpaths or [],
-                         dry_run=False, overwrite=False, progress=None, from_tape=True)
+    result = api.restore(
+        site,
+        "docs/home",
+        when,
+        agent_config=None,
+        target=str(target),
+        subpaths=subpaths or [],
+        dry_run=False,
+        overwrite=False,
+        progress=None,
+        from_tape=True,
+    )
     return str(result.point_id)
 
 
 def test_format_1_and_2_copies_share_a_cartridge_and_a_path_restore_reads_only_its_records(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     site = write_policy(tmp_path / "site", POLICY.format(capacity="20MB"))
     write_data(site / "data", seed=1)
     api.apply(site, confirm=lambda _plan: True)

@@ -28,7 +28,8 @@ from protectctl.errors import ProviderError, RestoreError
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("qemu-img", "qemu-io", "qemu-nbd", "nbdinfo")),
-    reason="needs qemu-utils and libnbd-bin (.ci/run installs them)")
+    reason="needs qemu-utils and libnbd-bin (.ci/run installs them)",
+)
 
 PASS = b"vm pass"
 C = 64 << 10  # the qcow2 cluster and chunk size
@@ -39,9 +40,16 @@ def _job(tmp: Path, image: Path, source: str = "vms/web1") -> SourceJob:
     storage = LocalStorage(tmp / "repo")
     if not Repository.exists(storage):
         Repository.init(storage, PASS, kdf_n=2**10)
-    return SourceJob(source=source, provider="vmImage", spec={"path": str(image)}, storage=storage,  # type: ignore[call-arg]
-                     passphrase=lambda: PASS, state_dir=tmp / "state", host="kvm1",
-                     retention=RetentionSpec(keep_within_s=86400))
+    return SourceJob(
+        source=source,
+        provider="vmImage",
+        spec={"path": str(image)},
+        storage=storage,  # type: ignore[call-arg]
+        passphrase=lambda: PASS,
+        state_dir=tmp / "state",
+        host="kvm1",
+        retention=RetentionSpec(keep_within_s=86400),
+    )
 
 
 def _io(image: Path | str, *commands: str, fmt: str = "qcow2") -> None:
@@ -52,8 +60,11 @@ def _io(image: Path | str, *commands: str, fmt: str = "qcow2") -> None:
 
 
 def _bitmaps(image: Path) -> list[str]:
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True,
-                                     capture_output=True, text=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(image)], check=True, capture_output=True, text=True
+        ).stdout
+    )
     return [b["name"] for b in info["format-specific"]["data"].get("bitmaps", [])]
 
 
@@ -121,8 +132,11 @@ def test_qcow2_syncs_read_only_dirty_clusters_and_every_point_restores(tmp_path:
         result = restore(job, points[point_id].time, target=out)
         assert result.point_id == point_id
         _identical(copy, out)
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(out)], check=True,
-                                     capture_output=True, text=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(out)], check=True, capture_output=True, text=True
+        ).stdout
+    )
     assert info["actual-size"] < SIZE // 2 and info["cluster-size"] == C  # sparse stays sparse in qcow2 too
     assert out.stat().st_mode & 0o777 == 0o640  # the image's mode (and owner) come back
     raw = tmp_path / "restored.raw"
@@ -151,8 +165,11 @@ class _Guest:
 
     def __init__(self, image: Path, sock: Path) -> None:
         self.sock = sock
-        self.server = subprocess.Popen(["qemu-nbd", "--persistent", "-f", "qcow2", "-k", str(sock), str(image)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.server = subprocess.Popen(
+            ["qemu-nbd", "--persistent", "-f", "qcow2", "-k", str(sock), str(image)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             _wait_listening(sock)
         except BaseException:
@@ -208,8 +225,9 @@ def test_writes_through_qemu_nbd_are_tracked_and_a_crashed_writer_is_detected(tm
     assert _extra(job, again)["read_all_reason"] is None and again.bytes_read == C
 
 
-def test_a_run_that_saved_its_point_but_not_its_state_loses_no_change(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_that_saved_its_point_but_not_its_state_loses_no_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     image = tmp_path / "db2.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(8 << 20)], check=True)
     _io(image, f"write -P 0x51 0 {C}")
@@ -272,8 +290,11 @@ def test_an_image_in_use_is_refused_with_a_clear_message(tmp_path: Path) -> None
     image = tmp_path / "busy.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "4M"], check=True)
     sock = tmp_path / "s"
-    server = subprocess.Popen(["qemu-nbd", "--persistent", "-f", "qcow2", "-k", str(sock), str(image)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["qemu-nbd", "--persistent", "-f", "qcow2", "-k", str(sock), str(image)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_listening(sock)
         with pytest.raises(ProviderError, match="another process|lock") as caught:
@@ -298,8 +319,9 @@ def test_the_cli_end_to_end(tmp_path: Path) -> None:
     env = {**os.environ, "PROTECTCTL_PASSPHRASE": "cli passphrase"}
 
     def cli(*args: str) -> str:
-        done = subprocess.run(["protectctl", "-C", str(tmp_path / "policy"), *args], env=env, capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            ["protectctl", "-C", str(tmp_path / "policy"), *args], env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
         return done.stdout
 
@@ -308,14 +330,30 @@ def test_the_cli_end_to_end(tmp_path: Path) -> None:
     assert result["ok"] and result["bytes_read"] == C
     cli("restore", "vms/web1", "--to-time", "latest", "--target", str(tmp_path / "restored.qcow2"))
     _identical(image, tmp_path / "restored.qcow2")
-    refused = subprocess.run(["protectctl", "-C", str(tmp_path / "policy"), "restore", "vms/web1", "--to-time",
-                              "latest", "--target", str(tmp_path)], env=env, capture_output=True, text=True)
+    refused = subprocess.run(
+        [
+            "protectctl",
+            "-C",
+            str(tmp_path / "policy"),
+            "restore",
+            "vms/web1",
+            "--to-time",
+            "latest",
+            "--target",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert refused.returncode != 0 and "give the path of the new image file" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 
 def test_libvirt_domain_mode() -> None:
     if shutil.which("virsh") is None or shutil.which("libvirtd") is None:
-        pytest.skip("libvirt (virsh, libvirtd) is not installed here: domain mode (virsh backup-begin with "
-                    "checkpoints, guest-agent fsfreeze) stays untested and is refused at sync time")
+        pytest.skip(
+            "libvirt (virsh, libvirtd) is not installed here: domain mode (virsh backup-begin with "
+            "checkpoints, guest-agent fsfreeze) stays untested and is refused at sync time"
+        )
     pytest.skip("domain mode is not implemented in this build (docs/vm-images.md)")

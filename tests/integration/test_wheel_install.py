@@ -44,8 +44,20 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for part in ("protectctl", "providers", "policies"):
         shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # no build isolation: setuptools is here already (an isolated build would fetch it from the index)
-    built = _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                  "--wheel-dir", str(base / "dist"), str(src)])
+    built = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(base / "dist"),
+            str(src),
+        ]
+    )
     assert built.returncode == 0, built.stderr
     venv = base / "venv"
     # without pip of its own (ensurepip is slow): the system pip serves it through system-site-packages
@@ -75,15 +87,18 @@ def test_a_wheel_install_provisions_an_ssh_host_and_its_agent_backs_up(
 ) -> None:
     server, key = host
     python = str(wheel_venv / "bin" / "python")
-    where = _run([python, "-c", "import protectctl, protectctl.providers.filesystem as f; print(protectctl.__file__)"],
-                 cwd=tmp_path)
+    where = _run(
+        [python, "-c", "import protectctl, protectctl.providers.filesystem as f; print(protectctl.__file__)"],
+        cwd=tmp_path,
+    )
     assert where.returncode == 0 and where.stdout.startswith(str(wheel_venv)), where.stdout + where.stderr
     data = tmp_path / "data"
     data.mkdir()
     (data / "f.txt").write_text("installed from a wheel\n")
     policy = tmp_path / "policy"
     policy.mkdir()
-    (policy / "p.yaml").write_text(textwrap.dedent(f"""\
+    (policy / "p.yaml").write_text(
+        textwrap.dedent(f"""\
         apiVersion: protectctl/v1
         kind: Host
         metadata: {{name: w1}}
@@ -95,11 +110,14 @@ def test_a_wheel_install_provisions_an_ssh_host_and_its_agent_backs_up(
           scheduler: cron
           root: {server.root}
         ---
-        """) + one_member_docs("repo", "type: local\npath: ./repo", "w1", data))
+        """)
+        + one_member_docs("repo", "type: local\npath: ./repo", "w1", data)
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PROTECTCTL_WHEELHOUSE", "PROTECTCTL_AGENT_CONFIG")}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # a wheelhouse of its own, packed now
-    applied = _run([str(wheel_venv / "bin" / "protectctl"), "-C", str(policy), "apply", "--auto-approve"],
-                   env=env, cwd=tmp_path)
+    applied = _run(
+        [str(wheel_venv / "bin" / "protectctl"), "-C", str(policy), "apply", "--auto-approve"], env=env, cwd=tmp_path
+    )
     assert applied.returncode == 0, applied.stdout + applied.stderr
     (house,) = (tmp_path / "cache" / "protectctl" / "wheelhouse").iterdir()
     wheels = {p.name.split("-")[0].lower() for p in house.glob("*.whl")}

@@ -43,10 +43,16 @@ def build(spec: dict[str, Any]) -> StateBackend:
         from protectctl.state.s3 import S3StateBackend
 
         location = S3Location(spec["bucket"], "", spec["endpoint"])
-        client = make_client(location, S3Credentials(spec["key_id"], spec["secret"]), max_attempts=2,
-                             connect_timeout_s=2)
-        return S3StateBackend(client, spec["bucket"], spec["key"], where=f"{spec['bucket']}/{spec['key']}",
-                              lease_s=float(spec.get("lease_s", 120)))
+        client = make_client(
+            location, S3Credentials(spec["key_id"], spec["secret"]), max_attempts=2, connect_timeout_s=2
+        )
+        return S3StateBackend(
+            client,
+            spec["bucket"],
+            spec["key"],
+            where=f"{spec['bucket']}/{spec['key']}",
+            lease_s=float(spec.get("lease_s", 120)),
+        )
     if kind == "postgres":
         from protectctl.state.postgres import PostgresStateBackend
 
@@ -72,8 +78,12 @@ lock.__exit__(None, None, None)
 @contextmanager
 def holder(spec: dict[str, Any], command: str, *, die: bool = False) -> Iterator[subprocess.Popen[str]]:
     """A real process holding the lock (alive until the block ends, or SIGKILLed at once with `die`)."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER.format(repo=str(REPO)), json.dumps(spec), command,
-                             "die" if die else "live"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER.format(repo=str(REPO)), json.dumps(spec), command, "die" if die else "live"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
         if die:

@@ -14,8 +14,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # What a provider may import from protectctl: the contract, errors, progress, units, and the
 # spec model base (docs/architecture.md). Its own package is its own business.
-PROVIDER_ALLOWED = ("protectctl.provider", "protectctl.errors", "protectctl.progress", "protectctl.units",
-                    "protectctl.policy.model")
+PROVIDER_ALLOWED = (
+    "protectctl.provider",
+    "protectctl.errors",
+    "protectctl.progress",
+    "protectctl.units",
+    "protectctl.policy.model",
+)
 
 
 def _modules(folder: str) -> Iterator[tuple[Path, ast.Module]]:
@@ -45,23 +50,33 @@ def _docstrings(tree: ast.Module) -> set[int]:
 
 
 def test_no_module_outside_providers_imports_a_provider() -> None:
-    offences = [f"{path.relative_to(ROOT)}:{line}: imports {name}"
-                for path, tree in _modules("protectctl") for line, name in _imports(tree)
-                if name == "providers" or name.startswith(("providers.", "protectctl.providers"))]
+    offences = [
+        f"{path.relative_to(ROOT)}:{line}: imports {name}"
+        for path, tree in _modules("protectctl")
+        for line, name in _imports(tree)
+        if name == "providers" or name.startswith(("providers.", "protectctl.providers"))
+    ]
     assert not offences, "\n".join(offences)
 
 
 # The state backend that keeps protectctl's own state in PostgreSQL (like Terraform's pg backend)
 # is a state seam implementation, not the PostgreSQL data-source provider: its modules may say so.
-STATE_BACKEND_FILES = ("protectctl/state/postgres.py", "protectctl/state/factory.py", "protectctl/cli/state.py",
-                       "protectctl/policy/model.py")
+STATE_BACKEND_FILES = (
+    "protectctl/state/postgres.py",
+    "protectctl/state/factory.py",
+    "protectctl/cli/state.py",
+    "protectctl/policy/model.py",
+)
 _STATE_BACKEND_WORDS = ("postgres", "_postgres", "PostgresStateBackend")
 
 
 def _state_backend_mention(path: Path, text: str) -> bool:
     return path.relative_to(ROOT).as_posix() in STATE_BACKEND_FILES and (
-        text in _STATE_BACKEND_WORDS or text.lower().startswith("postgres:") or "postgres state backend" in text
-        or "s3 | postgres" in text)
+        text in _STATE_BACKEND_WORDS
+        or text.lower().startswith("postgres:")
+        or "postgres state backend" in text
+        or "s3 | postgres" in text
+    )
 
 
 def test_no_module_outside_providers_names_postgresql() -> None:
@@ -78,8 +93,11 @@ def test_no_module_outside_providers_names_postgresql() -> None:
                 text = node.attr
             elif isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef | ast.arg):
                 text = node.name if not isinstance(node, ast.arg) else node.arg
-            if text is not None and ("postgres" in text.lower() or text.lower().startswith("pg_")) \
-                    and not _state_backend_mention(path, text):
+            if (
+                text is not None
+                and ("postgres" in text.lower() or text.lower().startswith("pg_"))
+                and not _state_backend_mention(path, text)
+            ):
                 offences.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}: {text[:60]!r}")
     assert not offences, "\n".join(offences)
 
@@ -92,8 +110,9 @@ def test_providers_import_only_the_provider_seam() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 # `from protectctl import errors` imports protectctl.errors
-                names = [node.module if node.module != "protectctl" else f"protectctl.{alias.name}"
-                         for alias in node.names]
+                names = [
+                    node.module if node.module != "protectctl" else f"protectctl.{alias.name}" for alias in node.names
+                ]
             else:
                 continue
             for name in names:
@@ -106,9 +125,11 @@ def test_providers_import_only_the_provider_seam() -> None:
 
 def test_the_scan_sees_what_it_must_refuse(tmp_path: Path) -> None:
     """The checks above would catch the couplings this issue removed."""
-    bad = ast.parse("from protectctl.providers.postgresql import stream\n"
-                    "def f():\n    from protectctl.agent.archiver import Archiver\n"
-                    "x = 'postgresql'\n")
+    bad = ast.parse(
+        "from protectctl.providers.postgresql import stream\n"
+        "def f():\n    from protectctl.agent.archiver import Archiver\n"
+        "x = 'postgresql'\n"
+    )
     names = {name for _, name in _imports(bad)}
     assert "protectctl.providers.postgresql" in names and "protectctl.agent.archiver" in names
     assert any(isinstance(n, ast.Constant) and n.value == "postgresql" for n in ast.walk(bad))

@@ -36,14 +36,20 @@ class _Workspace:
         self.tmp = tmp_path
 
     def sync(
-        self, *, reuse: bool = True, exclude: tuple[str, ...] = (),
+        self,
+        *,
+        reuse: bool = True,
+        exclude: tuple[str, ...] = (),
         reread: Callable[[bytes, os.stat_result], bool] | None = None,
     ) -> ArchiveResult:
         journal = Journal(self.journal_path, repo_id=self.repo.id)
         out = journal.begin()
         with self.repo.writer() as writer:
             archiver = Archiver(
-                self.repo, writer, journal, out,
+                self.repo,
+                writer,
+                journal,
+                out,
                 ArchiveOptions(root=self.src, filter=PathFilter([], list(exclude)), reread=reread),
             )
             if not reuse:

@@ -44,10 +44,32 @@ class Memory:
         return len(self.blobs[blob_id])
 
 
-def _file(name: bytes, content: bytes = b"", *, mode: int = 0o644, mtime: int = 0, chunks: tuple[BlobId, ...] = (),
-          holes: tuple[tuple[int, int], ...] = (), size: int | None = None) -> Node:
-    return Node(name, NodeType.FILE, mode, 0, 0, None, None, mtime, 0, 0, len(content) if size is None else size,
-                chunks=chunks, holes=holes, content_hash=content or None)
+def _file(
+    name: bytes,
+    content: bytes = b"",
+    *,
+    mode: int = 0o644,
+    mtime: int = 0,
+    chunks: tuple[BlobId, ...] = (),
+    holes: tuple[tuple[int, int], ...] = (),
+    size: int | None = None,
+) -> Node:
+    return Node(
+        name,
+        NodeType.FILE,
+        mode,
+        0,
+        0,
+        None,
+        None,
+        mtime,
+        0,
+        0,
+        len(content) if size is None else size,
+        chunks=chunks,
+        holes=holes,
+        content_hash=content or None,
+    )
 
 
 def _dir(name: bytes, subtree: BlobId) -> Node:
@@ -104,7 +126,7 @@ def test_file_content_reads_any_range_around_chunks_and_holes() -> None:
     for _ in range(300):
         offset = rng.randrange(0, len(logical) + 10)
         size = rng.randrange(0, 4000)
-        assert content.read(offset, size) == bytes(logical[offset: offset + size])
+        assert content.read(offset, size) == bytes(logical[offset : offset + size])
     assert b"".join(content.chunks_in_order()) == bytes(logical)
     memory.loaded.clear()
     assert content.read(1000, 5000) == bytes(5000)  # all hole: nothing fetched
@@ -118,8 +140,10 @@ def test_briefs_read_what_the_full_decoder_reads() -> None:
     nodes = [_file(n) for n in names[:-1]] + [_dir(b"sub", memory.tree(_file(b"x")))]
     trees = PointTrees(memory)
     for tree in (memory.tree(*nodes), memory.tree(*nodes[:1], nodes[-1])):
-        full = [(name_text(n.name), n.type.value, n.subtree.hex().encode() if n.subtree else None)
-                for n in memory.load_tree(tree).nodes]
+        full = [
+            (name_text(n.name), n.type.value, n.subtree.hex().encode() if n.subtree else None)
+            for n in memory.load_tree(tree).nodes
+        ]
         assert trees.briefs(tree) == full
 
 
@@ -128,10 +152,10 @@ def test_diff_and_versions_over_trees() -> None:
     shared = memory.tree(*(_file(f"s{i}".encode(), b"same") for i in range(3)))
     one = memory.tree(_dir(b"shared", shared), _file(b"a", b"v1"), _file(b"gone", b"g"), _file(b"m", b"x"))
     new_dir = memory.tree(_file(b"inner", b"i"))
-    two = memory.tree(_dir(b"new", new_dir), _dir(b"shared", shared), _file(b"a", b"v2"),
-                      _file(b"m", b"x", mode=0o600))
-    three = memory.tree(_dir(b"new", new_dir), _dir(b"shared", shared), _file(b"a", b"v2", mtime=5),
-                        _file(b"m", b"x", mode=0o600))
+    two = memory.tree(_dir(b"new", new_dir), _dir(b"shared", shared), _file(b"a", b"v2"), _file(b"m", b"x", mode=0o600))
+    three = memory.tree(
+        _dir(b"new", new_dir), _dir(b"shared", shared), _file(b"a", b"v2", mtime=5), _file(b"m", b"x", mode=0o600)
+    )
     points = [_point(0, one), _point(1, two), _point(2, three), _point(3, one)]
     trees = PointTrees(memory)
     memory.loaded.clear()
@@ -142,7 +166,10 @@ def test_diff_and_versions_over_trees() -> None:
     assert ops.diff(trees, "g/m", points[1], points[2], None).modified == [((b"a",), ("mtime",))]
     history = ops.versions(trees, "g/m", points, (b"a",), None)
     assert [(v.first.id, v.last.id, v.points) for v in history.versions] == [
-        (points[0].id, points[0].id, 1), (points[1].id, points[2].id, 2), (points[3].id, points[3].id, 1)]
+        (points[0].id, points[0].id, 1),
+        (points[1].id, points[2].id, 2),
+        (points[3].id, points[3].id, 1),
+    ]
     gone = ops.versions(trees, "g/m", points, (b"gone",), None)
     assert [v.first.id for v in gone.versions] == [points[0].id, points[3].id]  # back after an absence
     with pytest.raises(ops.NotInPointError):
@@ -158,8 +185,7 @@ def test_find_searches_shared_subtrees_once() -> None:
     found = ops.find(ops.Finder(trees, Pattern.parse("*.conf")), points)
     assert memory.loaded.count(shared) == 1
     by_path = {m.path: m for m in found}
-    assert len(by_path[b"etc/f3.conf"].points) == 4 and [p.id for p in by_path[b"only2.conf"].points] == [
-        points[2].id]
+    assert len(by_path[b"etc/f3.conf"].points) == 4 and [p.id for p in by_path[b"only2.conf"].points] == [points[2].id]
 
 
 def test_by_time_names_and_the_bounded_chunk_cache() -> None:
@@ -168,8 +194,12 @@ def test_by_time_names_and_the_bounded_chunk_cache() -> None:
     b = Point("f" * 32, a.source, a.time, a.kind, None, tree, a.stats, True)
     later = Point("e" * 32, a.source, a.time + timedelta(microseconds=5), a.kind, None, tree, a.stats, True)
     names = point_names([a, b, later, c])
-    assert list(names) == [f"2026-12-01T00:00:00.000000Z-{a.id[:8]}", "2026-12-01T00:00:00.000000Z-ffffffff",
-                           "2026-12-01T00:00:00.000005Z", "2026-12-01T01:00:00Z"]
+    assert list(names) == [
+        f"2026-12-01T00:00:00.000000Z-{a.id[:8]}",
+        "2026-12-01T00:00:00.000000Z-ffffffff",
+        "2026-12-01T00:00:00.000005Z",
+        "2026-12-01T01:00:00Z",
+    ]
     loads: list[BlobId] = []
     blobs = {BlobId(bytes([i]) * 32): bytes(100) for i in range(10)}
     cache = ChunkCache(lambda blob: loads.append(blob) or blobs[blob], limit_bytes=350)

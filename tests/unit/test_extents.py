@@ -51,8 +51,10 @@ def test_growth_holes_and_untrusted_extents() -> None:
 def test_encoded_extents_compare_as_whole_records() -> None:
     rec = Extent(0, 1000 * K, 32 * K, FIEMAP_EXTENT_ENCODED)
     assert changed_ranges([rec], [rec], 32 * K) == []
-    moved = [Extent(0, 1000 * K, 16 * K, FIEMAP_EXTENT_ENCODED),
-             Extent(16 * K, 1000 * K, 16 * K, FIEMAP_EXTENT_ENCODED)]
+    moved = [
+        Extent(0, 1000 * K, 16 * K, FIEMAP_EXTENT_ENCODED),
+        Extent(16 * K, 1000 * K, 16 * K, FIEMAP_EXTENT_ENCODED),
+    ]
     assert changed_ranges(moved, [rec], 32 * K) == [(0, 32 * K)]
 
 
@@ -82,8 +84,22 @@ def test_hole_blocks_are_blocks_no_extent_touches() -> None:
 
 def test_blocks_nodes_need_format_3_and_their_hash_covers_lengths_and_ids() -> None:
     chunk = BlobId(b"\1" * 32)
-    node = Node(b"disk", NodeType.FILE, 0o644, 0, 0, None, None, 1, 1, 1, 5, chunks=(chunk,),
-                content_hash=b"\2" * 32, hash_scheme=HashScheme.BLOCKS)
+    node = Node(
+        b"disk",
+        NodeType.FILE,
+        0o644,
+        0,
+        0,
+        None,
+        None,
+        1,
+        1,
+        1,
+        5,
+        chunks=(chunk,),
+        content_hash=b"\2" * 32,
+        hash_scheme=HashScheme.BLOCKS,
+    )
     encoded = encode_tree(Tree((node,)))
     assert encoded.endswith(b'"v":3}') and decode_tree(encoded).nodes[0] == node
     key = b"k" * 32

@@ -92,5 +92,9 @@ def test_keys_are_text_when_utf8_and_raw_bytes_otherwise(tmp_path: Path) -> None
     kinds = set(conn.execute("SELECT dir, typeof(dir), typeof(name) FROM files").fetchall())
     conn.close()
     # UTF-8 keys stay TEXT, as every earlier journal stored them (those journals stay usable).
-    assert kinds == {(b"d\xff", "blob", "blob"), (b"d\xff", "blob", "text"), ("d", "text", "blob"),
-                     ("d", "text", "text")}
+    assert kinds == {
+        (b"d\xff", "blob", "blob"),
+        (b"d\xff", "blob", "text"),
+        ("d", "text", "blob"),
+        ("d", "text", "text"),
+    }

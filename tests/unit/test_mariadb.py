@@ -27,8 +27,9 @@ def gtid_event(ts: int, seqno: int, domain: int = 0, server: int = 1) -> bytes:
     return bl.build_event(ts, bl.GTID, server, struct.pack("<QIB", seqno, domain, 0) + b"\0" * 6)
 
 
-def binlog_bytes(created: int, start: list[tuple[int, int, int]], txns: list[tuple[int, int]],
-                 *, in_use: bool = False) -> bytes:
+def binlog_bytes(
+    created: int, start: list[tuple[int, int, int]], txns: list[tuple[int, int]], *, in_use: bool = False
+) -> bytes:
     """A binlog: format description, Gtid_list (domain, server, seqno), then per transaction
     (time, seqno) a GTID event and an XID event."""
     out = bytearray(bl.MAGIC)
@@ -75,20 +76,46 @@ def at(seconds: int) -> datetime:
 
 
 def record(seq: int, first: int, last: int, start: str, end: str) -> dict[str, object]:
-    return {"name": f"mariadb-bin.{seq:06d}", "created": T0 + first, "size": 100, "first_time": T0 + first,
-            "last_time": T0 + last, "start_state": [start] if start else [], "end_state": [end]}
+    return {
+        "name": f"mariadb-bin.{seq:06d}",
+        "created": T0 + first,
+        "size": 100,
+        "first_time": T0 + first,
+        "last_time": T0 + last,
+        "start_state": [start] if start else [],
+        "end_state": [end],
+    }
 
 
 def full(pid: str, when: int, seq: int, binlogs: list[dict[str, object]]) -> P:
-    base = {"binlog_file": f"mariadb-bin.{seq:06d}", "binlog_pos": 400, "gtid": "0-1-3",
-            "consistent_at": at(when).isoformat()}
-    return P(pid, at(when), "full", {"mariadb": {"base": base, "binlogs": binlogs,
-                                                "covered_until": at(when).isoformat(), "covered_through_seq": seq}})
+    base = {
+        "binlog_file": f"mariadb-bin.{seq:06d}",
+        "binlog_pos": 400,
+        "gtid": "0-1-3",
+        "consistent_at": at(when).isoformat(),
+    }
+    return P(
+        pid,
+        at(when),
+        "full",
+        {
+            "mariadb": {
+                "base": base,
+                "binlogs": binlogs,
+                "covered_until": at(when).isoformat(),
+                "covered_through_seq": seq,
+            }
+        },
+    )
 
 
 def sync(pid: str, when: int, binlogs: list[dict[str, object]], through: int) -> P:
-    return P(pid, at(when), "sync", {"mariadb": {"binlogs": binlogs, "covered_until": at(when).isoformat(),
-                                                "covered_through_seq": through}})
+    return P(
+        pid,
+        at(when),
+        "sync",
+        {"mariadb": {"binlogs": binlogs, "covered_until": at(when).isoformat(), "covered_through_seq": through}},
+    )
 
 
 CHAIN = [
@@ -99,8 +126,7 @@ CHAIN = [
 
 def test_one_window_from_the_full_to_the_sync_that_covers_it() -> None:
     catalog = build_catalog(CHAIN)
-    assert describe_windows(catalog) == [f"recoverable from {at(10):%Y-%m-%dT%H:%M:%SZ} to "
-                                         f"{at(60):%Y-%m-%dT%H:%M:%SZ}"]
+    assert describe_windows(catalog) == [f"recoverable from {at(10):%Y-%m-%dT%H:%M:%SZ} to {at(60):%Y-%m-%dT%H:%M:%SZ}"]
     plan = plan_restore(catalog, at(20) + timedelta(milliseconds=300))
     assert plan.mode == "time" and plan.base.point_id == "f1" and plan.stop_before == T0 + 20
     assert [f.binlog.name for f in plan.files] == ["mariadb-bin.000002", "mariadb-bin.000003"]  # 4 is after T
@@ -123,8 +149,11 @@ def test_refusals_say_why() -> None:
 
 
 def test_a_missing_binlog_is_a_gap_and_ends_the_window() -> None:
-    points = [CHAIN[0], sync("s1", 60, [record(4, 30, 50, "0-1-10", "0-1-20")], 4),
-              full("f2", 70, 5, [record(5, 65, 69, "0-1-20", "0-1-22")])]
+    points = [
+        CHAIN[0],
+        sync("s1", 60, [record(4, 30, 50, "0-1-10", "0-1-20")], 4),
+        full("f2", 70, 5, [record(5, 65, 69, "0-1-20", "0-1-22")]),
+    ]
     catalog = build_catalog(points)
     (gap,) = catalog.gaps
     assert gap.first_missing == "mariadb-bin.000003"
@@ -142,12 +171,17 @@ def test_after_a_failover_the_chain_goes_on_in_the_new_primarys_binlogs() -> Non
     base = full("f1", 10, 2, [record(2, 5, 9, "0-1-2", "0-1-3")])
     old = sync("s1", 40, [record(3, 10, 30, "0-1-3", "0-1-10")], 3)
     new = sync("s2", 90, [record(1, 1, 20, "", "0-1-8"), record(2, 21, 80, "0-1-8", "0-2-15")], 2)
-    points = [P(p.id, p.time, p.kind, {"mariadb": {**p.extra["mariadb"], "origin": o}})  # type: ignore[dict-item]
-              for p, o in ((base, a), (old, a), (new, b))]
+    points = [
+        P(p.id, p.time, p.kind, {"mariadb": {**p.extra["mariadb"], "origin": o}})  # type: ignore[dict-item]
+        for p, o in ((base, a), (old, a), (new, b))
+    ]
     catalog = build_catalog(points)
     (window,) = catalog.windows
     assert [(link.binlog.origin, link.binlog.seq, link.after) for link in window.chain] == [
-        (a, 2, None), (a, 3, None), (b, 2, ("0-1-10",))]
+        (a, 2, None),
+        (a, 3, None),
+        (b, 2, ("0-1-10",)),
+    ]
     assert window.end == at(90) and not catalog.gaps
     assert [link.binlog.seq for link in plan_restore(catalog, at(50)).files] == [2, 3, 2]
 
@@ -164,7 +198,10 @@ def test_apply_names_the_exact_setting_when_it_may_not_restart() -> None:
     assert needed({"log_bin": "1", "binlog_format": "ROW", "server_id": "1"}) == []
     settings = needed({"log_bin": "0", "binlog_format": "MIXED", "server_id": "0"})
     assert [(s.name, s.value, s.restart) for s in settings] == [
-        ("log_bin", "mariadb-bin", True), ("binlog_format", "ROW", False), ("server_id", "1", False)]
+        ("log_bin", "mariadb-bin", True),
+        ("binlog_format", "ROW", False),
+        ("server_id", "1", False),
+    ]
     err = refusal("shop/db", settings, "/etc/mysql/mariadb.conf.d/99-protectctl.cnf")
     assert isinstance(err, ProviderError)
     assert "set log_bin = mariadb-bin, binlog_format = ROW, server_id = 1 under [mariadbd]" in str(err)
@@ -216,11 +253,16 @@ def test_a_pair_is_one_source_with_a_node_per_host() -> None:
     from protectctl.providers.mariadb.spec import MariadbMember
 
     provider = load_provider("mariadb")
-    member = {"data_dir": "/srv/a", "socket": "/run/a.sock", "per_host": {"db2": {"data_dir": "/srv/b",
-                                                                               "socket": None}}}
+    member = {
+        "data_dir": "/srv/a",
+        "socket": "/run/a.sock",
+        "per_host": {"db2": {"data_dir": "/srv/b", "socket": None}},
+    }
     spec = provider.source_spec(member, {"db1": "/s1", "db2": "/s2"})  # type: ignore[attr-defined]
     assert [(n.host, n.spec["data_dir"], n.spec["socket"], n.state_dir) for n in nodes(spec)] == [
-        ("db1", "/srv/a", "/run/a.sock", Path("/s1")), ("db2", "/srv/b", "/run/a.sock", Path("/s2"))]
+        ("db1", "/srv/a", "/run/a.sock", Path("/s1")),
+        ("db2", "/srv/b", "/run/a.sock", Path("/s2")),
+    ]
     assert node_spec({**spec, "node": "db2"})["data_dir"] == "/srv/b"
     assert provider.source_identity(member, "db2") == "/srv/b"  # type: ignore[attr-defined]
     model = MariadbMember.model_validate({"dataDir": "/srv/a", "perHost": {"db3": {"dataDir": "/x"}}})
@@ -238,7 +280,7 @@ def test_stream_parts_are_cut_at_the_streams_own_chunk_headers() -> None:
     assert cut_at(stream, 200) == 294  # the first header at or past 200
     shifted = b"x" * 7 + stream  # content moved: the cut is still at a header, the parts after it the same
     at = cut_at(shifted, 200)
-    assert at is not None and shifted[at:] == stream[at - 7:] and stream[at - 7:].startswith(XBSTREAM_MAGIC)
+    assert at is not None and shifted[at:] == stream[at - 7 :] and stream[at - 7 :].startswith(XBSTREAM_MAGIC)
 
 
 def test_prune_keeps_the_binlogs_the_kept_full_needs() -> None:

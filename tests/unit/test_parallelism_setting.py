@@ -17,7 +17,8 @@ def test_parallelism_reaches_the_job_only_when_set(quickstart: Path, tmp_path: P
     before = _sources(quickstart)
     assert before and all("parallelism" not in r.inputs for r in before.values())
     (quickstart / "settings.yaml").write_text(
-        "apiVersion: protectctl/v1\nkind: Settings\nmetadata: {name: settings}\nspec:\n  parallelism: 2\n")
+        "apiVersion: protectctl/v1\nkind: Settings\nmetadata: {name: settings}\nspec:\n  parallelism: 2\n"
+    )
     after = _sources(quickstart)
     assert {r.inputs["parallelism"] for r in after.values()} == {2}
     resource = next(iter(after.values()))

@@ -108,9 +108,7 @@ def test_plan_is_deterministic(quickstart: Path) -> None:
     first = api.make_plan(quickstart, state, now=NOW).model_dump_json(indent=2)
     second = api.make_plan(quickstart, state.model_copy(deep=True), now=NOW).model_dump_json(indent=2)
     assert first == second
-    assert render_markdown(Plan.model_validate_json(first)) == render_markdown(
-        Plan.model_validate_json(second)
-    )
+    assert render_markdown(Plan.model_validate_json(first)) == render_markdown(Plan.model_validate_json(second))
 
 
 def test_plan_json_is_versioned_and_round_trips(quickstart: Path) -> None:
@@ -180,9 +178,7 @@ def test_sla_sync_edit_touches_only_its_schedule_and_source(quickstart: Path) ->
         ("schedule.docs/home/sync", Action.UPDATE),
     ]
     by = {c.address: c for c in plan.changes}
-    assert [(a.path, a.before, a.after) for a in by["source.docs/home"].attributes] == [
-        ("sync_interval_s", 900, 1800)
-    ]
+    assert [(a.path, a.before, a.after) for a in by["source.docs/home"].attributes] == [("sync_interval_s", 900, 1800)]
     assert [(a.path, a.before, a.after) for a in by["schedule.docs/home/sync"].attributes] == [
         ("schedule", "every 15m", "every 30m")
     ]
@@ -193,9 +189,7 @@ def test_removed_source_keeps_its_points(quickstart: Path) -> None:
     edit(quickstart, "    - name: home", "    - name: house")
     plan = api.make_plan(quickstart, state, now=NOW)
     gone = {c.address: c for c in plan.changes if c.action is Action.DELETE}
-    assert set(gone) == {"source.docs/home"} | {
-        f"schedule.docs/home/{j}" for j in ("sync", "full", "prune", "verify")
-    }
+    assert set(gone) == {"source.docs/home"} | {f"schedule.docs/home/{j}" for j in ("sync", "full", "prune", "verify")}
     assert gone["source.docs/home"].reason is Reason.REMOVED
     assert any("recovery points are kept" in n for n in gone["source.docs/home"].notes)
     # deletions come after creations, dependants (schedules) before what they depend on
@@ -235,9 +229,7 @@ def test_destroy_without_points_keeps_data(quickstart: Path) -> None:
     storage = next(c for c in plan.changes if c.address == "storage.primary")
     assert any("data kept" in n for n in storage.notes)
     order = [c.address for c in plan.changes]
-    assert (
-        order.index("schedule.docs/home/sync") < order.index("source.docs/home") < order.index("agent.local")
-    )
+    assert order.index("schedule.docs/home/sync") < order.index("source.docs/home") < order.index("agent.local")
     assert order.index("storage.primary") < order.index("key.repo-key")
 
 
@@ -308,11 +300,17 @@ def _recorded(kind: str) -> ResourceState:
 def test_a_plan_that_leaves_no_schedule_says_so_and_a_destroy_does_not() -> None:
     from protectctl.plan.diff import stops_all_protection
 
-    state = State(resources={"agent.local": _recorded("agent"), "schedule.docs/home/sync": _recorded("schedule"),
-                             "schedule.docs/home/full": _recorded("schedule")})
+    state = State(
+        resources={
+            "agent.local": _recorded("agent"),
+            "schedule.docs/home/sync": _recorded("schedule"),
+            "schedule.docs/home/full": _recorded("schedule"),
+        }
+    )
     emptied = make_plan([], state, now=NOW, version="t", policy_dir="/p")
     assert stops_all_protection(emptied.changes, state) == (
-        "this plan removes all 2 schedule(s) and 1 agent config(s) and creates none: nothing would be protected")
+        "this plan removes all 2 schedule(s) and 1 agent config(s) and creates none: nothing would be protected"
+    )
     assert any("apply refuses this plan unless given --allow-remove-all" in w for w in emptied.warnings)
     destroyed = make_plan([], state, now=NOW, version="t", policy_dir="/p", destroy=True)
     assert not any("--allow-remove-all" in w for w in destroyed.warnings)

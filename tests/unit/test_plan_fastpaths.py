@@ -25,9 +25,11 @@ from tests.bench.bench_plan import generate_policy
 
 _json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10)),
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
-                            st.dictionaries(st.one_of(st.text(max_size=5), st.integers(), st.booleans()), inner,
-                                            max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.one_of(st.text(max_size=5), st.integers(), st.booleans()), inner, max_size=4),
+    ),
     max_leaves=15,
 )
 
@@ -59,10 +61,19 @@ def test_unserialisable_value_raises_as_json_dumps_does() -> None:
 
 def test_trusted_equals_validated() -> None:
     fields: dict[str, Any] = {
-        "address": "source.docs/home", "kind": "source", "action": Action.UPDATE, "reason": Reason.CHANGED,
-        "before": {"a": 1}, "after": {"a": 2, "b": [1, "x"]},
+        "address": "source.docs/home",
+        "kind": "source",
+        "action": Action.UPDATE,
+        "reason": Reason.CHANGED,
+        "before": {"a": 1},
+        "after": {"a": 2, "b": [1, "x"]},
         "attributes": [trusted(AttributeChange, {"path": "a", "before": 1, "after": 2, "forces_replace": False})],
-        "depends_on": ["group.docs"], "host": "local", "holds_data": False, "delete_data": False, "notes": ["n"]}
+        "depends_on": ["group.docs"],
+        "host": "local",
+        "holds_data": False,
+        "delete_data": False,
+        "notes": ["n"],
+    }
     fast = trusted(Change, dict(fields))
     slow = Change.model_validate(fields)
     assert fast == slow

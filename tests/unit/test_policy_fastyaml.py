@@ -69,11 +69,75 @@ def test_generated_big_policy_is_read_fast_and_alike(tmp_path: Path) -> None:
         assert _agrees(file.read_text(encoding="utf-8")), file
 
 
-PLAIN = ["yes", "on", "No", "~", "null", "NULL", "True", "false", "0755", "0o17", "0x1F", "-0", "+12", "00",
-         "1.", ".5", "-.5", "+.5", "1e5", "1E+5", "1e+05", "1.5e-3", "-1E5", ".5e3", ".5e+3", "+.inf", ".Inf", "-.INF",
-         ".nan", ".NaN", "-.nan", "0b101", "+0x1F", "-0x1", "-0o7", "1_000", "1_000.5", "0o1_7", "1__", "0_", ".1_0",
-         "1_0e3", "0x_1", "0.5e", "12e", "0x", "0o", "0o8", "0xG", "0XFF", "1e", "1.2.3", "1e5_0", "_1", "1:30",
-         "12:30:00", "1,000", "2024-01-01", "2024-1-1x", "10GB", "5%/day", "./data", "-C", "=", "<<", "+", "."]
+PLAIN = [
+    "yes",
+    "on",
+    "No",
+    "~",
+    "null",
+    "NULL",
+    "True",
+    "false",
+    "0755",
+    "0o17",
+    "0x1F",
+    "-0",
+    "+12",
+    "00",
+    "1.",
+    ".5",
+    "-.5",
+    "+.5",
+    "1e5",
+    "1E+5",
+    "1e+05",
+    "1.5e-3",
+    "-1E5",
+    ".5e3",
+    ".5e+3",
+    "+.inf",
+    ".Inf",
+    "-.INF",
+    ".nan",
+    ".NaN",
+    "-.nan",
+    "0b101",
+    "+0x1F",
+    "-0x1",
+    "-0o7",
+    "1_000",
+    "1_000.5",
+    "0o1_7",
+    "1__",
+    "0_",
+    ".1_0",
+    "1_0e3",
+    "0x_1",
+    "0.5e",
+    "12e",
+    "0x",
+    "0o",
+    "0o8",
+    "0xG",
+    "0XFF",
+    "1e",
+    "1.2.3",
+    "1e5_0",
+    "_1",
+    "1:30",
+    "12:30:00",
+    "1,000",
+    "2024-01-01",
+    "2024-1-1x",
+    "10GB",
+    "5%/day",
+    "./data",
+    "-C",
+    "=",
+    "<<",
+    "+",
+    ".",
+]
 
 
 @pytest.mark.parametrize("text", PLAIN)
@@ -81,17 +145,20 @@ def test_plain_scalars_as_ruamel_reads_them(text: str) -> None:
     _agrees(f"k: {text}\nl: [{text}]\n")
 
 
-@pytest.mark.parametrize("text", [
-    "a: &x 1\nb: *x\n",  # anchors and aliases
-    "a: !!str 1\n",  # tags
-    "%YAML 1.1\n---\na: yes\n",  # a directive that changes how scalars resolve
-    "a: 1\na: 2\n",  # duplicate keys: ruamel reports them, with their position
-    "<<: {a: 1}\nb: 2\n",  # merge keys
-    "? [a]\n: b\n",  # a collection as a key
-    "~: x\n",  # a null key
-    "when: 2024-01-01\n",  # timestamps
-    "a: [1, 2\n",  # syntax errors: ruamel reports them
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x 1\nb: *x\n",  # anchors and aliases
+        "a: !!str 1\n",  # tags
+        "%YAML 1.1\n---\na: yes\n",  # a directive that changes how scalars resolve
+        "a: 1\na: 2\n",  # duplicate keys: ruamel reports them, with their position
+        "<<: {a: 1}\nb: 2\n",  # merge keys
+        "? [a]\n: b\n",  # a collection as a key
+        "~: x\n",  # a null key
+        "when: 2024-01-01\n",  # timestamps
+        "a: [1, 2\n",  # syntax errors: ruamel reports them
+    ],
+)
 def test_defers_what_it_might_read_differently(text: str) -> None:
     assert fastyaml.load_all(text) is None
 
@@ -99,12 +166,26 @@ def test_defers_what_it_might_read_differently(text: str) -> None:
 # Text libyaml reads but ruamel refuses or reads otherwise (found by the random-text test below).
 DISPUTED = [
     "0\t",  # a tab after a plain scalar: [0] to libyaml, a ScannerError to ruamel
-    "a: 0\t\n", "a:\t1\n", "a\t: b\n", "- a\t\n", "a: b\t#c\n", "0\t#\n",
+    "a: 0\t\n",
+    "a:\t1\n",
+    "a\t: b\n",
+    "- a\t\n",
+    "a: b\t#c\n",
+    "0\t#\n",
     "a: 'x\ty'\n",  # a tab anywhere defers, even where both agree: tabs are rare in policies
-    "|#", ">#1", "|-#\n  a\n", "a: >2#\n  x\n",  # a block scalar header followed by `#`
-    "|\n#x", "|\r#", "|\n#>-1",  # a block scalar as the whole document: `#x` is content to ruamel
-    "\ufeff\ufeff", "\x85\ufeff0", "a: b\ufeffc\n",  # a byte order mark past the start
-    "a: \x85b\n", "\u2028a: 1\n", "a: 1\u2029b: 2\n",  # YAML 1.1 line breaks (NEL, LS, PS)
+    "|#",
+    ">#1",
+    "|-#\n  a\n",
+    "a: >2#\n  x\n",  # a block scalar header followed by `#`
+    "|\n#x",
+    "|\r#",
+    "|\n#>-1",  # a block scalar as the whole document: `#x` is content to ruamel
+    "\ufeff\ufeff",
+    "\x85\ufeff0",
+    "a: b\ufeffc\n",  # a byte order mark past the start
+    "a: \x85b\n",
+    "\u2028a: 1\n",
+    "a: 1\u2029b: 2\n",  # YAML 1.1 line breaks (NEL, LS, PS)
 ]
 
 
@@ -126,14 +207,19 @@ def test_documents_and_empty_ones() -> None:
 
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False, allow_infinity=True),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=False, allow_infinity=True),
     st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12),
     st.sampled_from(PLAIN),
 )
 _values = st.recursive(
     _scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(st.text(max_size=8), st.integers(-5, 5)), inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=8), st.integers(-5, 5)), inner, max_size=4),
+    ),
     max_leaves=20,
 )
 

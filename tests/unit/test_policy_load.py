@@ -201,8 +201,9 @@ def test_filesystem_sync_more_often_than_15m(tmp_path: Path) -> None:
     assert len(errors) == 2 and all("more often than every 15m" in e.summary for e in errors)
     lines = sorted(e.location.line for e in errors if e.location is not None)
     # both places: the group that uses the SLA, and the SLA's own `sync:` line (the one to change)
-    assert lines == sorted([line_of(tmp_path / "protect.yaml", "sla: tier1"),
-                            line_of(tmp_path / "protect.yaml", "sync: every 5m")])
+    assert lines == sorted(
+        [line_of(tmp_path / "protect.yaml", "sla: tier1"), line_of(tmp_path / "protect.yaml", "sync: every 5m")]
+    )
 
 
 def test_misspelled_data_source_is_one_error_not_a_cascade(tmp_path: Path) -> None:
@@ -232,8 +233,7 @@ def test_snapshot_budget_exceeded(tmp_path: Path) -> None:
 
 def test_snapshot_budget_raised_by_settings(tmp_path: Path) -> None:
     settings = (
-        "apiVersion: protectctl/v1\nkind: Settings\nmetadata: {name: settings}\n"
-        "spec:\n  budgets: {fileSource: 100}\n"
+        "apiVersion: protectctl/v1\nkind: Settings\nmetadata: {name: settings}\nspec:\n  budgets: {fileSource: 100}\n"
     )
     write_policy(tmp_path, base(group(), settings, sla_doc=sla(disk="90d")))
     assert isinstance(load_policy(tmp_path), Policy)
@@ -326,9 +326,7 @@ structures = st.recursive(
         st.lists(inner, max_size=4),
         st.dictionaries(
             st.text(max_size=12)
-            | st.sampled_from(
-                ["apiVersion", "kind", "metadata", "spec", "name", "members", "sla", "storage"]
-            ),
+            | st.sampled_from(["apiVersion", "kind", "metadata", "spec", "name", "members", "sla", "storage"]),
             inner,
             max_size=4,
         ),
@@ -488,10 +486,7 @@ def test_flow_mapping_with_colon_in_plain_scalar(tmp_path: Path) -> None:
         "apiVersion: protectctl/v1\nkind: TapeLibrary\nmetadata: {name: lib1}\n"
         "spec: {path: ./tapes, encryption: {key: repo-key}}\n"
     )
-    tape = (
-        "  tape: {library: lib1, pool: monthly, schedule: weekly on sun at 02:00, retention: 7y,"
-        " copyFrom: disk}\n"
-    )
+    tape = "  tape: {library: lib1, pool: monthly, schedule: weekly on sun at 02:00, retention: 7y, copyFrom: disk}\n"
     write_policy(tmp_path, base(group(), library, sla_doc=sla(extra=tape)))
     assert load_policy(tmp_path).get(Kind.SLA, "tier1") is not None
 
@@ -501,11 +496,7 @@ def test_flow_mapping_with_colon_in_plain_scalar(tmp_path: Path) -> None:
     [
         "a: " + "[" * 500 + "]" * 500 + "\n",
         "apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: x}\nspec: " + "[" * 900 + "]" * 900 + "\n",
-        "apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: x}\nspec: "
-        + "{a: " * 900
-        + "1"
-        + "}" * 900
-        + "\n",
+        "apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: x}\nspec: " + "{a: " * 900 + "1" + "}" * 900 + "\n",
         "a: &x [1]\nb: *x\nc: *nope\n",
         "\ufeffapiVersion: protectctl/v1\n\x00\n",
     ],
@@ -516,8 +507,10 @@ def test_pathological_yaml(tmp_path: Path, text: str) -> None:
 
 
 def test_local_storage_used_by_a_member_on_an_ssh_host_is_a_warning_with_its_position(tmp_path: Path) -> None:
-    host = ("apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: s1}\nspec:\n  address: 10.0.0.9\n"
-            '  hostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDxqKSTM4mqUClowJzXBY6H4+n4Gru4x2Bi2DH/nsJ1C"\n')
+    host = (
+        "apiVersion: protectctl/v1\nkind: Host\nmetadata: {name: s1}\nspec:\n  address: 10.0.0.9\n"
+        '  hostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDxqKSTM4mqUClowJzXBY6H4+n4Gru4x2Bi2DH/nsJ1C"\n'
+    )
     quickstart = (QUICKSTART / "protect.yaml").read_text()
     assert "host: local" in quickstart
     policy = load_policy(write_policy(tmp_path, [host, quickstart.replace("host: local", "host: s1")]))

@@ -28,6 +28,7 @@ class P:
 
 def seg(segno: int, first_s: float | None, last_s: float | None, tl: int = 1) -> dict[str, object]:
     name = wal.SegmentName(tl, segno).name(SEG)
+
     def t(s: float | None) -> str | None:
         return (T0 + timedelta(seconds=s)).isoformat() if s is not None else None
 
@@ -35,13 +36,26 @@ def seg(segno: int, first_s: float | None, last_s: float | None, tl: int = 1) ->
 
 
 def base_point(pid: str, at_s: float, start: int, stop: int, wal_files: list[dict[str, object]]) -> P:
-    base = {"timeline": 1, "start_segno": start, "stop_segno": stop, "start_lsn": start * SEG,
-            "stop_lsn": stop * SEG + 100, "stop_time": (T0 + timedelta(seconds=at_s + 1)).isoformat(), "label": "x"}
+    base = {
+        "timeline": 1,
+        "start_segno": start,
+        "stop_segno": stop,
+        "start_lsn": start * SEG,
+        "stop_lsn": stop * SEG + 100,
+        "stop_time": (T0 + timedelta(seconds=at_s + 1)).isoformat(),
+        "label": "x",
+    }
     return P(pid, T0 + timedelta(seconds=at_s), "full", {"pg": {"base": base, "wal": wal_files}})
 
 
-def sync_point(pid: str, at_s: float, wal_files: list[dict[str, object]], covered_s: float | None = None,
-               through: int | None = None, dropped: list[dict[str, object]] | None = None) -> P:
+def sync_point(
+    pid: str,
+    at_s: float,
+    wal_files: list[dict[str, object]],
+    covered_s: float | None = None,
+    through: int | None = None,
+    dropped: list[dict[str, object]] | None = None,
+) -> P:
     pg: dict[str, object] = {"wal": wal_files, "dropped": dropped or []}
     if covered_s is not None:
         pg.update(covered_until=(T0 + timedelta(seconds=covered_s)).isoformat(), covered_through_segno=through)
@@ -53,9 +67,11 @@ def at(s: float) -> datetime:
 
 
 def test_window_runs_from_consistency_to_the_last_shipped_transaction() -> None:
-    points = [base_point("b1", 0, 2, 2, [seg(2, 0.5, 0.8)]),
-              sync_point("s1", 20, [seg(3, 5, 9), seg(4, 10, 19)]),
-              sync_point("s2", 40, [seg(5, 21, 30)], covered_s=39, through=5)]
+    points = [
+        base_point("b1", 0, 2, 2, [seg(2, 0.5, 0.8)]),
+        sync_point("s1", 20, [seg(3, 5, 9), seg(4, 10, 19)]),
+        sync_point("s2", 40, [seg(5, 21, 30)], covered_s=39, through=5),
+    ]
     catalog = build_catalog(points)
     assert catalog.merged() == [(at(1), at(39))]
     plan = plan_restore(catalog, at(12))
@@ -67,8 +83,7 @@ def test_window_runs_from_consistency_to_the_last_shipped_transaction() -> None:
 
 
 def test_refusals_name_the_recoverable_span() -> None:
-    catalog = build_catalog([base_point("b1", 0, 2, 2, [seg(2, 0.5, 0.8)]),
-                             sync_point("s1", 20, [seg(3, 5, 9)])])
+    catalog = build_catalog([base_point("b1", 0, 2, 2, [seg(2, 0.5, 0.8)]), sync_point("s1", 20, [seg(3, 5, 9)])])
     with pytest.raises(RestoreError, match="before the first base backup"):
         plan_restore(catalog, at(-60))
     with pytest.raises(RestoreError, match="after the last shipped WAL") as late:
@@ -79,12 +94,14 @@ def test_refusals_name_the_recoverable_span() -> None:
 
 def test_a_missing_segment_is_a_gap_that_shrinks_the_window() -> None:
     dropped = [{"name": wal.SegmentName(1, 4).name(SEG), "time": at(15).timestamp(), "reason": "spool full"}]
-    catalog = build_catalog([
-        base_point("b1", 0, 2, 2, [seg(2, 0.5, 0.8)]),
-        sync_point("s1", 20, [seg(3, 5, 9), seg(5, 21, 25)], dropped=dropped),
-        base_point("b2", 30, 6, 6, [seg(6, 30.5, 31)]),
-        sync_point("s2", 50, [seg(7, 35, 45)]),
-    ])
+    catalog = build_catalog(
+        [
+            base_point("b1", 0, 2, 2, [seg(2, 0.5, 0.8)]),
+            sync_point("s1", 20, [seg(3, 5, 9), seg(5, 21, 25)], dropped=dropped),
+            base_point("b2", 30, 6, 6, [seg(6, 30.5, 31)]),
+            sync_point("s2", 50, [seg(7, 35, 45)]),
+        ]
+    )
     assert catalog.merged() == [(at(1), at(9)), (at(31), at(45))]
     assert len(catalog.gaps) == 1 and catalog.gaps[0].dropped
     lines = describe_windows(catalog)
@@ -96,10 +113,12 @@ def test_a_missing_segment_is_a_gap_that_shrinks_the_window() -> None:
 
 
 def test_a_later_timeline_continues_the_run() -> None:
-    catalog = build_catalog([
-        base_point("b1", 0, 2, 2, [seg(2, 0.5, 0.8)]),
-        sync_point("s1", 20, [seg(3, 5, 9), seg(3, 10, 12, tl=2), seg(4, 13, 19, tl=2)]),
-    ])
+    catalog = build_catalog(
+        [
+            base_point("b1", 0, 2, 2, [seg(2, 0.5, 0.8)]),
+            sync_point("s1", 20, [seg(3, 5, 9), seg(3, 10, 12, tl=2), seg(4, 13, 19, tl=2)]),
+        ]
+    )
     catalog_history = catalog.history
     assert catalog.merged() == [(at(1), at(19))]
     names = [n for n, _ in plan_restore(catalog, at(15)).files]

@@ -26,8 +26,13 @@ def test_server_options_are_shell_words_that_set_where_the_copy_listens() -> Non
     words = shlex.split(text)  # what /bin/sh (pg_ctl -o) makes of it
     pairs = dict(w.split("=", 1) for w in words if w != "-c")
     assert words[::2] == ["-c"] * 5
-    assert pairs == {"port": "5444", "listen_addresses": "127.0.0.1", "unix_socket_directories": "/run/pg sock",
-                     "hba_file": "/srv/it's/pg_hba.conf", "lc_messages": "C"}
+    assert pairs == {
+        "port": "5444",
+        "listen_addresses": "127.0.0.1",
+        "unix_socket_directories": "/run/pg sock",
+        "hba_file": "/srv/it's/pg_hba.conf",
+        "lc_messages": "C",
+    }
     in_place = server_options(port=5432, socket_dir=Path("/run/pg"), hba_file=None)  # the source's own hba_file
     assert "hba_file" not in in_place and "listen_addresses=127.0.0.1" in in_place
 
@@ -84,25 +89,32 @@ def test_conf_setting_takes_the_last_value_of_the_last_file() -> None:
     assert conf_setting([main], "ident_file") is None
 
 
-@pytest.mark.parametrize(("message", "permanent"), [
-    ('FATAL: role "nobody" does not exist', True),
-    ('FATAL: Peer authentication failed for user "app"', True),
-    ('FATAL: no pg_hba.conf entry for host "[local]", user "x", database "postgres"', True),
-    ("FATAL: the database system is starting up", False),
-    ("FATAL: the database system is not yet accepting connections", False),
-    ("FATAL: the database system is shutting down", False),
-    ('connection to server on socket "/x/.s.PGSQL.5" failed: No such file or directory', False),
-])
+@pytest.mark.parametrize(
+    ("message", "permanent"),
+    [
+        ('FATAL: role "nobody" does not exist', True),
+        ('FATAL: Peer authentication failed for user "app"', True),
+        ('FATAL: no pg_hba.conf entry for host "[local]", user "x", database "postgres"', True),
+        ("FATAL: the database system is starting up", False),
+        ("FATAL: the database system is not yet accepting connections", False),
+        ("FATAL: the database system is shutting down", False),
+        ('connection to server on socket "/x/.s.PGSQL.5" failed: No such file or directory', False),
+    ],
+)
 def test_which_connection_errors_waiting_cannot_fix(message: str, permanent: bool) -> None:
     assert permanent_connect_error(message) is permanent
 
 
 def test_server_message_is_the_servers_own_line() -> None:
-    stderr = ('psql: error: connection to server on socket "/tmp/s/.s.PGSQL.5432" failed: '
-              'FATAL:  role "backup" does not exist\n')
+    stderr = (
+        'psql: error: connection to server on socket "/tmp/s/.s.PGSQL.5432" failed: '
+        'FATAL:  role "backup" does not exist\n'
+    )
     assert pg.server_message(stderr) == 'FATAL: role "backup" does not exist'
-    refused = ('psql: error: connection to server on socket "/tmp/s/.s.PGSQL.5432" failed: No such file or '
-               "directory\n\tIs the server running locally and accepting connections on that socket?\n")
+    refused = (
+        'psql: error: connection to server on socket "/tmp/s/.s.PGSQL.5432" failed: No such file or '
+        "directory\n\tIs the server running locally and accepting connections on that socket?\n"
+    )
     assert pg.server_message(refused).startswith('connection to server on socket "/tmp/s/.s.PGSQL.5432" failed')
     assert "Is the server running" in pg.server_message(refused)
 
@@ -111,7 +123,7 @@ def test_recovery_watch_times_out_only_without_progress() -> None:
     watch = RecoveryWatch(timeout_s=10, started=0.0)
     watch.observe(5.0, log_text='LOG:  restored log file "000000010000000000000003" from archive\nLOG:  red')
     assert watch.wal_file == "000000010000000000000003" and watch.last_change == 5.0
-    watch.observe(9.0, log_text='o starts at 0/3000028\n')  # a line split between two reads
+    watch.observe(9.0, log_text="o starts at 0/3000028\n")  # a line split between two reads
     assert watch.stage == "replaying"
     watch.observe(18.0, lsn="0/3000100", xact_time="2026-12-03 07:00:00+00")
     watch.observe(27.0, lsn="0/3000100", staged=0)  # the same facts again: no progress
@@ -120,8 +132,10 @@ def test_recovery_watch_times_out_only_without_progress() -> None:
     assert not watch.stalled(38.0)
     watch.observe(39.0, lsn="0/9000000", staged=0)  # lower values never move it back
     assert watch.lsn == "0/10000000" and watch.stalled(39.0)
-    assert watch.describe() == ("replaying, replayed up to LSN 0/10000000, last transaction 2026-12-03 "
-                                "07:00:00+00, last WAL file 000000010000000000000003")
+    assert watch.describe() == (
+        "replaying, replayed up to LSN 0/10000000, last transaction 2026-12-03 "
+        "07:00:00+00, last WAL file 000000010000000000000003"
+    )
 
 
 def test_recovery_timeout_from_option_spec_or_default() -> None:
@@ -148,8 +162,9 @@ def test_validate_refuses_a_socket_dir_the_command_line_cannot_carry() -> None:
     from protectctl.provider import load_provider
 
     provider = load_provider("postgresql")
-    spec = PostgresqlMember.model_validate({"dataDir": "/d", "socketDir": "/run/a,b", "allowRestart": True,
-                                            "perHost": {"db2": {"socketDir": '/run/"q"'}}})
+    spec = PostgresqlMember.model_validate(
+        {"dataDir": "/d", "socketDir": "/run/a,b", "allowRestart": True, "perHost": {"db2": {"socketDir": '/run/"q"'}}}
+    )
     problems = provider.check_member(spec, source="g/m", hosts=("db1", "db2"))  # type: ignore[attr-defined]
     paths = {p.path for p in problems if not p.warning}
     assert paths == {("socketDir",), ("perHost", "db2", "socketDir")}, problems

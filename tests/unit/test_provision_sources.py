@@ -10,8 +10,11 @@ from protectctl.provision.sources import source_warnings
 
 
 def _source(host: str, path: Path) -> Resource:
-    return Resource(Address("source", f"g/{host}"), {"provider": "filesystem", "source": f"g/{host}",
-                                                     "spec": {"path": str(path)}}, host=host)
+    return Resource(
+        Address("source", f"g/{host}"),
+        {"provider": "filesystem", "source": f"g/{host}", "spec": {"path": str(path)}},
+        host=host,
+    )
 
 
 def test_missing_paths_and_unusable_connection_settings_are_warnings(tmp_path: Path) -> None:
@@ -23,5 +26,6 @@ def test_missing_paths_and_unusable_connection_settings_are_warnings(tmp_path: P
     ]
     warnings = source_warnings(resources)
     assert any("missing does not exist" in w and "host here" in w for w in warnings), warnings
-    assert any(w.startswith("host far: its source paths could not be checked") and "gateway" in w
-               for w in warnings), warnings
+    assert any(w.startswith("host far: its source paths could not be checked") and "gateway" in w for w in warnings), (
+        warnings
+    )

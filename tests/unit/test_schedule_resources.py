@@ -37,8 +37,11 @@ def test_file_jobs_are_confined_to_their_writes(quickstart: Path) -> None:
     sandbox = res["schedule.docs/home/sync"].inputs["sandbox"]
     assert isinstance(sandbox, dict)
     root = str(quickstart / ".protectctl" / "root")
-    assert sandbox["write_paths"] == [f"{root}/var/lib/protectctl", f"{root}/var/lib/prometheus/node-exporter",
-                                      str(quickstart / ".protectctl" / "repo")]
+    assert sandbox["write_paths"] == [
+        f"{root}/var/lib/protectctl",
+        f"{root}/var/lib/prometheus/node-exporter",
+        str(quickstart / ".protectctl" / "repo"),
+    ]
     assert sandbox["capabilities"] == ["CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER"]
 
 
@@ -56,10 +59,16 @@ def test_settings_reach_every_schedule(quickstart: Path) -> None:
     (quickstart / "settings.yaml").write_text(
         "apiVersion: protectctl/v1\nkind: Settings\nmetadata: {name: settings}\nspec:\n"
         "  schedules: {onFailure: 'notify@%n.service', mailto: '', acPower: true, inhibit: true,"
-        " timeouts: {sync: 30m}}\n")
+        " timeouts: {sync: 30m}}\n"
+    )
     inputs = by_address(quickstart)["schedule.docs/home/sync"].inputs
-    assert (inputs["on_failure"], inputs["mailto"], inputs["ac_power"], inputs["inhibit"], inputs["timeout_s"]) \
-        == ("notify@%n.service", "", True, True, 1800)
+    assert (inputs["on_failure"], inputs["mailto"], inputs["ac_power"], inputs["inhibit"], inputs["timeout_s"]) == (
+        "notify@%n.service",
+        "",
+        True,
+        True,
+        1800,
+    )
 
 
 def test_an_env_passphrase_gets_a_root_only_copy_for_local_timers(quickstart: Path) -> None:

@@ -28,7 +28,15 @@ AWKWARD = ScheduledJob(
     name=unit_name("protectctl", "finance", "ledger-db", "full"),
     description="full of finance/ledger-db at 100%",
     argv=(
-        "/opt/protect ctl/bin/protectctl", "run", "full", "a b", "50%", "$HOME", "it's \"quoted\"", ";", "",
+        "/opt/protect ctl/bin/protectctl",
+        "run",
+        "full",
+        "a b",
+        "50%",
+        "$HOME",
+        'it\'s "quoted"',
+        ";",
+        "",
     ),
     schedule=Schedule.parse("daily at 08:00,20:30"),
     user="backup",
@@ -80,12 +88,9 @@ out=$( nice -n 19 /usr/bin/protectctl -C /etc/protectctl run sync docs --member 
 { s=$?; printf '\\%s\\n' "$out"; exit $s; }
 """
 
-AWKWARD_EXEC = (
-    'ExecStart="/opt/protect ctl/bin/protectctl" run full "a b" 50%% $$HOME "it\'s \\"quoted\\"" \\; ""'
-)
+AWKWARD_EXEC = 'ExecStart="/opt/protect ctl/bin/protectctl" run full "a b" 50%% $$HOME "it\'s \\"quoted\\"" \\; ""'
 AWKWARD_CRON_COMMAND = (
-    "nice -n 19 '/opt/protect ctl/bin/protectctl' run full 'a b' 50\\% '$HOME' "
-    "'it'\"'\"'s \"quoted\"' ';' ''"
+    "nice -n 19 '/opt/protect ctl/bin/protectctl' run full 'a b' 50\\% '$HOME' 'it'\"'\"'s \"quoted\"' ';' ''"
 )
 
 
@@ -118,11 +123,9 @@ def test_systemd_awkward_job() -> None:
 
 
 def test_cron_awkward_job() -> None:
-    (path, text), = renderer_for("cron").render(AWKWARD).items()
+    ((path, text),) = renderer_for("cron").render(AWKWARD).items()
     assert path == PurePosixPath("etc/cron.d/protectctl-finance-ledger--db-full")
-    jobs = [
-        line for line in text.splitlines() if line and not line.startswith("#") and "=" not in line.split()[0]
-    ]
+    jobs = [line for line in text.splitlines() if line and not line.startswith("#") and "=" not in line.split()[0]]
     quiet = f"out=$( {AWKWARD_CRON_COMMAND} 2>&1 ) || {{ s=$?; printf '\\%s\\n' \"$out\"; exit $s; }}"
     assert jobs == [f"0 8 * * * backup {quiet}", f"30 20 * * * backup {quiet}"]
     assert "sleep" not in text
@@ -169,9 +172,7 @@ def cron_shell_argv(command: str) -> list[str]:
     return shlex.split(command.replace("\\%", "%"))
 
 
-_awkward_text = st.text(
-    alphabet=st.sampled_from(list("ab Z09 %$'\"\\;:/=.-_~*?&|<>(){}[]!#é")), max_size=12
-)
+_awkward_text = st.text(alphabet=st.sampled_from(list("ab Z09 %$'\"\\;:/=.-_~*?&|<>(){}[]!#é")), max_size=12)
 
 
 @given(st.lists(_awkward_text, max_size=5))
@@ -226,7 +227,10 @@ def test_unit_names_are_safe(parts: list[str]) -> None:
 )
 def test_job_validation(changes: dict[str, object]) -> None:
     fields: dict[str, object] = {
-        "name": "ok", "description": "d", "argv": ("/bin/true",), "schedule": Schedule.parse("hourly"),
+        "name": "ok",
+        "description": "d",
+        "argv": ("/bin/true",),
+        "schedule": Schedule.parse("hourly"),
     }
     with pytest.raises(JobError):
         ScheduledJob(**(fields | changes))  # type: ignore[arg-type]
@@ -238,9 +242,7 @@ def test_unknown_scheduler() -> None:
 
 
 def test_cron_file_name_has_no_dots() -> None:
-    job = ScheduledJob(
-        name="protectctl.v2:x", description="d", argv=("/bin/true",), schedule=Schedule.parse("hourly")
-    )
+    job = ScheduledJob(name="protectctl.v2:x", description="d", argv=("/bin/true",), schedule=Schedule.parse("hourly"))
     (path,) = renderer_for("cron").render(job)
     assert "." not in path.name and ":" not in path.name
 
@@ -249,33 +251,52 @@ def test_cron_file_name_has_no_dots() -> None:
 
 
 def _options_job(**extra: object) -> ScheduledJob:
-    fields: dict[str, object] = {"name": "protectctl-x-y-sync", "description": "d", "argv": ("/bin/true",),
-                                 "schedule": Schedule.parse("hourly")}
+    fields: dict[str, object] = {
+        "name": "protectctl-x-y-sync",
+        "description": "d",
+        "argv": ("/bin/true",),
+        "schedule": Schedule.parse("hourly"),
+    }
     return ScheduledJob(**(fields | extra))  # type: ignore[arg-type]
 
 
 def test_systemd_options_render() -> None:
-    job = _options_job(timeout_s=600, on_failure="notify@%n.service", ac_power=True, inhibit=True,
-                       sandbox=Sandbox(write_paths=("/var/lib/protectctl",)))
+    job = _options_job(
+        timeout_s=600,
+        on_failure="notify@%n.service",
+        ac_power=True,
+        inhibit=True,
+        sandbox=Sandbox(write_paths=("/var/lib/protectctl",)),
+    )
     service = next(t for p, t in renderer_for("systemd").render(job).items() if p.suffix == ".service")
     lines = service.splitlines()
-    for expected in ("TimeoutStartSec=600", "OnFailure=notify@%n.service", "ConditionACPower=true",
-                     "ProtectSystem=strict", "ReadWritePaths=-/var/lib/protectctl", "NoNewPrivileges=yes",
-                     "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER"):
+    for expected in (
+        "TimeoutStartSec=600",
+        "OnFailure=notify@%n.service",
+        "ConditionACPower=true",
+        "ProtectSystem=strict",
+        "ReadWritePaths=-/var/lib/protectctl",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER",
+    ):
         assert expected in lines, expected
     (exec_start,) = [line for line in lines if line.startswith("ExecStart=")]
     assert systemd_split(exec_start.removeprefix("ExecStart="))[0] == "/usr/bin/systemd-inhibit"
 
 
 def test_relaxed_sandbox_keeps_capabilities_and_writes() -> None:
-    service = next(t for p, t in renderer_for("systemd").render(_options_job(sandbox=Sandbox.relaxed())).items()
-                   if p.suffix == ".service")
+    service = next(
+        t
+        for p, t in renderer_for("systemd").render(_options_job(sandbox=Sandbox.relaxed())).items()
+        if p.suffix == ".service"
+    )
     assert "ProtectSystem=full" in service and "CapabilityBoundingSet" not in service
     assert "SystemCallFilter" not in service and "PrivateDevices" not in service
 
 
-@pytest.mark.parametrize("changes", [{"write_paths": ("/a b",)}, {"write_paths": ("relative",)},
-                                     {"capabilities": ("DAC",)}])
+@pytest.mark.parametrize(
+    "changes", [{"write_paths": ("/a b",)}, {"write_paths": ("relative",)}, {"capabilities": ("DAC",)}]
+)
 def test_sandbox_validation(changes: dict[str, object]) -> None:
     with pytest.raises(JobError):
         Sandbox(**changes)  # type: ignore[arg-type]

@@ -100,9 +100,7 @@ def test_lock_names_its_holder(tmp_path: Path) -> None:
         with pytest.raises(StateLockedError) as info, other.lock("plan", 0):
             pass
         message = str(info.value)
-        assert (
-            f"pid {os.getpid()}" in message and socket.gethostname() in message and "(apply, since" in message
-        )
+        assert f"pid {os.getpid()}" in message and socket.gethostname() in message and "(apply, since" in message
         assert "--lock-timeout" in (info.value.hint or "")
     with other.lock("plan", 0):  # released
         pass
@@ -149,15 +147,20 @@ def test_unlock(tmp_path: Path) -> None:
         assert "apply" in LocalStateBackend(tmp_path / "state.json").unlock(force=True)
 
 
-@pytest.mark.parametrize("text", [
-    "{}",  # once read as an empty state: plan offered to create everything, apply rewrote it
-    '{"resources": {}}',
-    '{"format_version": 1, "serial": 3, "resources": {}}',  # no lineage
-    '{"format_version": 1, "lineage": "x", "resources": {}}',  # no serial
-    '{"format_version": 1, "lineage": "", "serial": 0, "resources": {}}',
-    '{"format_version": 1, "lineage": "x", "serial": -1, "resources": {}}',
-    "", "null", "[]",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{}",  # once read as an empty state: plan offered to create everything, apply rewrote it
+        '{"resources": {}}',
+        '{"format_version": 1, "serial": 3, "resources": {}}',  # no lineage
+        '{"format_version": 1, "lineage": "x", "resources": {}}',  # no serial
+        '{"format_version": 1, "lineage": "", "serial": 0, "resources": {}}',
+        '{"format_version": 1, "lineage": "x", "serial": -1, "resources": {}}',
+        "",
+        "null",
+        "[]",
+    ],
+)
 def test_a_state_without_lineage_or_serial_is_damaged_not_empty(tmp_path: Path, text: str) -> None:
     path = tmp_path / "state.json"
     path.write_text(text)

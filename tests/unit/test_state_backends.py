@@ -29,8 +29,15 @@ class TestLocalState(StateSuite):
 
 
 def s3_spec(seaweed: Seaweed, bucket: str, **extra: object) -> dict[str, Any]:
-    return {"kind": "s3", "endpoint": seaweed.endpoint, "bucket": bucket, "key": "state/prod.json",
-            "key_id": ADMIN[0], "secret": ADMIN[1], **extra}
+    return {
+        "kind": "s3",
+        "endpoint": seaweed.endpoint,
+        "bucket": bucket,
+        "key": "state/prod.json",
+        "key_id": ADMIN[0],
+        "secret": ADMIN[1],
+        **extra,
+    }
 
 
 class TestS3State(StateSuite):
@@ -40,15 +47,22 @@ class TestS3State(StateSuite):
 
     @pytest.fixture
     def unreachable(self) -> StateBackend:
-        return build({"kind": "s3", "endpoint": "http://127.0.0.1:9", "bucket": "b", "key": "k",
-                      "key_id": "k", "secret": "s"})
+        return build(
+            {"kind": "s3", "endpoint": "http://127.0.0.1:9", "bucket": "b", "key": "k", "key_id": "k", "secret": "s"}
+        )
 
 
 def test_s3_lock_of_a_silent_holder_elsewhere_is_taken_over_after_its_lease(seaweed: Seaweed) -> None:
     spec = s3_spec(seaweed, seaweed.new_bucket())
     client = seaweed.client()
-    silent = {"pid": 1, "host": "ci-runner-7", "command": "apply", "time": "t", "lease_s": 60,
-              "refreshed": time.time() - 30}
+    silent = {
+        "pid": 1,
+        "host": "ci-runner-7",
+        "command": "apply",
+        "time": "t",
+        "lease_s": 60,
+        "refreshed": time.time() - 30,
+    }
     client.put_object(Bucket=spec["bucket"], Key="state/prod.json.lock", Body=json.dumps(silent).encode())
     from protectctl.errors import StateLockedError
 
@@ -86,15 +100,17 @@ class TestPostgresState(StateSuite):
 
     @pytest.fixture
     def unreachable(self, tmp_path: Path) -> StateBackend:
-        return build({"kind": "postgres", "dsn": f"host={tmp_path} port=1 dbname=x user=x password=hunter2",
-                      "name": "x"})
+        return build(
+            {"kind": "postgres", "dsn": f"host={tmp_path} port=1 dbname=x user=x password=hunter2", "name": "x"}
+        )
 
 
 def test_postgres_errors_never_show_the_dsn_password(tmp_path: Path) -> None:
     from protectctl.errors import StateError
 
-    backend = build({"kind": "postgres", "dsn": f"host={tmp_path} port=1 dbname=x user=x password=hunter2",
-                     "name": "x"})
+    backend = build(
+        {"kind": "postgres", "dsn": f"host={tmp_path} port=1 dbname=x user=x password=hunter2", "name": "x"}
+    )
     with pytest.raises(StateError) as info:
         backend.read()
     assert "hunter2" not in str(info.value) + str(info.value.hint)

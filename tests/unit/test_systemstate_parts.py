@@ -13,10 +13,13 @@ from protectctl.providers.systemstate import capture
 from protectctl.providers.systemstate.runbook import render
 
 
-def test_the_runbook_reads_each_table_where_the_capture_saved_it(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    disks = [{"name": "cciss/c0d0", "path": "/dev/cciss/c0d0", "type": "disk", "pttype": "dos", "size": 1},
-             {"name": "sda", "path": "/dev/sda", "type": "disk", "pttype": "gpt", "size": 2}]
+def test_the_runbook_reads_each_table_where_the_capture_saved_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disks = [
+        {"name": "cciss/c0d0", "path": "/dev/cciss/c0d0", "type": "disk", "pttype": "dos", "size": 1},
+        {"name": "sda", "path": "/dev/sda", "type": "disk", "pttype": "gpt", "size": 2},
+    ]
 
     def run(argv: Sequence[str]) -> tuple[bool, str]:
         if argv[0] == "lsblk":

@@ -312,7 +312,6 @@ _rates = st.builds(Rate, st.integers(1, 10**18).map(lambda bits: bits / 8))
 _change_rates = st.builds(ChangeRate, st.floats(0, 1000, allow_nan=False))
 
 
-
 def _cron_field(low: int, high: int) -> st.SearchStrategy[str]:
     values = st.integers(low, high)
     single = values.map(str)
@@ -398,7 +397,12 @@ _UNIT_ALPHABET = st.sampled_from(
 )
 _unit_like = st.lists(_UNIT_ALPHABET, max_size=20).map("".join)
 _PARSERS: list[Callable[[str], object]] = [
-    Duration.parse, ByteSize.parse, Rate.parse, ChangeRate.parse, TimeWindow.parse, Schedule.parse,
+    Duration.parse,
+    ByteSize.parse,
+    Rate.parse,
+    ChangeRate.parse,
+    TimeWindow.parse,
+    Schedule.parse,
 ]
 
 
@@ -424,9 +428,7 @@ def _brute_force_gaps(schedule: Schedule, start: datetime, days: int) -> tuple[i
 
 _weekly_schedules = st.one_of(
     friendly_texts.filter(lambda t: not t.startswith("monthly")),
-    st.tuples(_cron_field(0, 59), _cron_field(0, 23), _cron_field(0, 7)).map(
-        lambda f: f"{f[0]} {f[1]} * * {f[2]}"
-    ),
+    st.tuples(_cron_field(0, 59), _cron_field(0, 23), _cron_field(0, 7)).map(lambda f: f"{f[0]} {f[1]} * * {f[2]}"),
 ).map(Schedule.parse)
 
 

@@ -15,6 +15,7 @@ from protectctl.providers.vmimage.backup import prefetch
 
 def _closes_within(pieces: Iterator[tuple[int, bytes]], exhausted: threading.Event) -> bool:
     """Take one piece, wait until the source is used up (the queue full behind it), then stop."""
+
     def consume() -> None:
         gen = prefetch(pieces, depth=1)
         next(gen)
@@ -50,8 +51,9 @@ def test_stopping_after_the_source_failed_does_not_hang() -> None:
     assert _closes_within(pieces(), exhausted)
 
 
-def test_a_target_directory_that_cannot_be_written_is_one_clear_error(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_target_directory_that_cannot_be_written_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from protectctl.errors import RestoreError
     from protectctl.providers.vmimage import restore
 

@@ -52,7 +52,11 @@ def test_zero_chunks_are_only_those_wholly_inside_zero_extents() -> None:
 def test_reads_merge_neighbours_up_to_a_limit_and_stop_at_the_end() -> None:
     c = 64 * K
     assert list(read_ranges([0, 1, 2, 5, 9], c, 9 * c + 7, limit=2 * c)) == [
-        (0, 2 * c), (2 * c, c), (5 * c, c), (9 * c, 7)]
+        (0, 2 * c),
+        (2 * c, c),
+        (5 * c, c),
+        (9 * c, 7),
+    ]
     assert list(read_ranges([], c, c)) == []
 
 
@@ -103,6 +107,7 @@ def test_a_domain_validates_with_a_warning_that_it_is_not_available() -> None:
     provider = VmImageProvider()
     plain = VmImageMember.model_validate({"path": "/var/lib/libvirt/images/web1.qcow2"})
     assert provider.check_member(plain, source="vms/web1", hosts=None) == []
-    (problem,) = provider.check_member(VmImageMember.model_validate({"path": "/x.qcow2", "domain": "web1"}),
-                                       source="vms/web1", hosts=None)
+    (problem,) = provider.check_member(
+        VmImageMember.model_validate({"path": "/x.qcow2", "domain": "web1"}), source="vms/web1", hosts=None
+    )
     assert problem.warning and problem.path == ("domain",)

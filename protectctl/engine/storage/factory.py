@@ -29,15 +29,18 @@ def open_storage(inputs: Mapping[str, Any]) -> Any:
         return open_remote_storage(inputs)
     if kind == "s3":
         return open_s3(inputs)
-    raise ProtectctlError(f"storage type {kind!r} is not supported by this version",
-                          hint="use local, sftp or s3")
+    raise ProtectctlError(f"storage type {kind!r} is not supported by this version", hint="use local, sftp or s3")
 
 
 def s3_location(inputs: Mapping[str, Any]) -> Any:
     from protectctl.engine.storage.s3 import S3Location
 
-    return S3Location(bucket=str(inputs["bucket"]), prefix=str(inputs.get("prefix") or ""),
-                      endpoint=inputs.get("endpoint") or None, region=str(inputs.get("region") or "us-east-1"))
+    return S3Location(
+        bucket=str(inputs["bucket"]),
+        prefix=str(inputs.get("prefix") or ""),
+        endpoint=inputs.get("endpoint") or None,
+        region=str(inputs.get("region") or "us-east-1"),
+    )
 
 
 def s3_credentials(refs: Mapping[str, Any] | None) -> Any:
@@ -55,17 +58,21 @@ def _resolve(ref: Mapping[str, Any], what: str) -> str:
     try:
         return secret_ref.resolve().value.decode()
     except ProtectctlError as err:
-        raise ProtectctlError(f"s3 {what.replace('_', ' ')}: {err.message}",
-                              hint=f"set it ({secret_ref.describe()}); the Storage's `credentials` say where") \
-            from None
+        raise ProtectctlError(
+            f"s3 {what.replace('_', ' ')}: {err.message}",
+            hint=f"set it ({secret_ref.describe()}); the Storage's `credentials` say where",
+        ) from None
 
 
 def open_s3(inputs: Mapping[str, Any]) -> Any:
     from protectctl.engine.storage.s3 import ObjectLock, S3Storage
 
     lock = inputs.get("object_lock")
-    return S3Storage(s3_location(inputs), s3_credentials(inputs.get("credentials")),
-                     lock=ObjectLock(str(lock["mode"]), int(lock["retain_s"])) if lock else None)
+    return S3Storage(
+        s3_location(inputs),
+        s3_credentials(inputs.get("credentials")),
+        lock=ObjectLock(str(lock["mode"]), int(lock["retain_s"])) if lock else None,
+    )
 
 
 def prepare_bucket(storage: Any) -> None:
@@ -86,5 +93,7 @@ def delete_repository(storage: StorageBackend) -> None:
             except ObjectLockedError:
                 locked += 1
     if locked:
-        raise RepositoryError(f"{storage.describe()}: {locked} object(s) are under object-lock retention and stay "
-                              "until it ends", hint="run destroy --delete-data again after the retention ends")
+        raise RepositoryError(
+            f"{storage.describe()}: {locked} object(s) are under object-lock retention and stay until it ends",
+            hint="run destroy --delete-data again after the retention ends",
+        )

@@ -57,8 +57,7 @@ _UNLOCKED = (ObjectKind.LOCKS, ObjectKind.INDEX)
 _Versions = dict[str, list[tuple[str, int, bool, datetime]]]
 
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
-           "SignatureDoesNotMatch"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
@@ -94,8 +93,13 @@ class S3Location:
         return f"{where} at {self.endpoint}" if self.endpoint else where
 
 
-def make_client(location: S3Location, credentials: S3Credentials | None, *,
-                max_attempts: int = DEFAULT_MAX_ATTEMPTS, connect_timeout_s: float = 5.0) -> Any:
+def make_client(
+    location: S3Location,
+    credentials: S3Credentials | None,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    connect_timeout_s: float = 5.0,
+) -> Any:
     """A thread-safe boto3 S3 client with bounded retries (imported here: boto3 costs ~0.3 s)."""
     import boto3
     from botocore.config import Config
@@ -126,15 +130,21 @@ class S3Storage:
     put_parallelism = PUT_PARALLELISM
     read_ahead_bytes = READ_AHEAD_BYTES
 
-    def __init__(self, location: S3Location, credentials: S3Credentials | None = None, *,
-                 lock: ObjectLock | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                 client: Any = None) -> None:
+    def __init__(
+        self,
+        location: S3Location,
+        credentials: S3Credentials | None = None,
+        *,
+        lock: ObjectLock | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        client: Any = None,
+    ) -> None:
         self.location = location
         self.lock = lock
-        self._prefix = location.prefix if not location.prefix or location.prefix.endswith("/") \
-            else location.prefix + "/"
-        self._client = client if client is not None else make_client(location, credentials,
-                                                                     max_attempts=max_attempts)
+        self._prefix = (
+            location.prefix if not location.prefix or location.prefix.endswith("/") else location.prefix + "/"
+        )
+        self._client = client if client is not None else make_client(location, credentials, max_attempts=max_attempts)
         self._attempts = max_attempts
         self._versions: dict[str, tuple[str, int]] = {}  # key -> (first version id, its size)
         self._versions_lock = threading.Lock()
@@ -150,8 +160,12 @@ class S3Storage:
         if len(data) >= MULTIPART_THRESHOLD:
             self._put_multipart(key, data, extra)
             return
-        self._call("writing", kind, name, lambda: self._client.put_object(
-            Bucket=self.location.bucket, Key=key, Body=bytes(data), **extra))
+        self._call(
+            "writing",
+            kind,
+            name,
+            lambda: self._client.put_object(Bucket=self.location.bucket, Key=key, Body=bytes(data), **extra),
+        )
         self._forget(key)
 
     def create(self, kind: ObjectKind, name: str, data: bytes) -> bool:
@@ -159,9 +173,14 @@ class S3Storage:
         False if one does. Two callers racing for one name: exactly one gets True."""
         key = self._key(kind, name)
         try:
-            self._call("creating", kind, name, lambda: self._client.put_object(
-                Bucket=self.location.bucket, Key=key, Body=bytes(data), IfNoneMatch="*",
-                **self._lock_args(kind)))
+            self._call(
+                "creating",
+                kind,
+                name,
+                lambda: self._client.put_object(
+                    Bucket=self.location.bucket, Key=key, Body=bytes(data), IfNoneMatch="*", **self._lock_args(kind)
+                ),
+            )
         except _Conflict:
             return False
         return True
@@ -183,8 +202,9 @@ class S3Storage:
         except _RangeError:
             body = b""
         if length is not None and len(body) != length:
-            raise RepositoryError(f"{self.describe()}: reading {kind}/{name}: wanted {length} bytes, "
-                                  "the object is shorter")
+            raise RepositoryError(
+                f"{self.describe()}: reading {kind}/{name}: wanted {length} bytes, the object is shorter"
+            )
         return body
 
     def list(self, kind: ObjectKind) -> Iterator[ObjectInfo]:
@@ -194,7 +214,8 @@ class S3Storage:
             return
         prefix = self._kind_prefix(kind)
         pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.location.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
+            Bucket=self.location.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}
+        )
         for page in self._pages(kind, pages):
             for item in page.get("Contents", ()):
                 name = item["Key"].rsplit("/", 1)[-1]
@@ -206,8 +227,7 @@ class S3Storage:
         if not self._versioned_read(kind):
             if not self.exists(kind, name):
                 raise ObjectMissingError(f"{self.describe()}: {kind}/{name} does not exist")
-            self._call("deleting", kind, name, lambda: self._client.delete_object(
-                Bucket=self.location.bucket, Key=key))
+            self._call("deleting", kind, name, lambda: self._client.delete_object(Bucket=self.location.bucket, Key=key))
             return
         self._delete_versions(kind, name, key)
 
@@ -220,8 +240,7 @@ class S3Storage:
                 return False
             return True
         try:
-            self._call("checking", kind, name, lambda: self._client.head_object(
-                Bucket=self.location.bucket, Key=key))
+            self._call("checking", kind, name, lambda: self._client.head_object(Bucket=self.location.bucket, Key=key))
         except ObjectMissingError:
             return False
         return True
@@ -233,15 +252,21 @@ class S3Storage:
         if self.lock is None:
             return
         try:
-            reply = self._call("checking object lock of", ObjectKind.CONFIG, "",
-                               lambda: self._client.get_object_lock_configuration(Bucket=bucket))
+            reply = self._call(
+                "checking object lock of",
+                ObjectKind.CONFIG,
+                "",
+                lambda: self._client.get_object_lock_configuration(Bucket=bucket),
+            )
         except RepositoryError:
             reply = {}
         enabled = (reply.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
         if not enabled:
-            raise RepositoryError(f"{self.describe()}: bucket {bucket!r} does not have object lock enabled",
-                                  hint="object lock is set when a bucket is created: create one with it "
-                                       "(docs/object-storage.md), or drop `objectLock` from the Storage")
+            raise RepositoryError(
+                f"{self.describe()}: bucket {bucket!r} does not have object lock enabled",
+                hint="object lock is set when a bucket is created: create one with it "
+                "(docs/object-storage.md), or drop `objectLock` from the Storage",
+            )
 
     # --- object lock ------------------------------------------------------------------
 
@@ -250,8 +275,12 @@ class S3Storage:
         key = self._key(kind, name)
         version, _ = self._first_version(kind, name, key)
         try:
-            reply = self._call("reading retention of", kind, name, lambda: self._client.get_object_retention(
-                Bucket=self.location.bucket, Key=key, VersionId=version))
+            reply = self._call(
+                "reading retention of",
+                kind,
+                name,
+                lambda: self._client.get_object_retention(Bucket=self.location.bucket, Key=key, VersionId=version),
+            )
         except ObjectMissingError:
             return None
         until = (reply.get("Retention") or {}).get("RetainUntilDate")
@@ -261,11 +290,20 @@ class S3Storage:
         """Extend the retention of the object's first version to `until` (never shortened)."""
         if self.lock is None:
             return
+        mode = self.lock.mode.upper()
         key = self._key(kind, name)
         version, _ = self._first_version(kind, name, key)
-        self._call("extending retention of", kind, name, lambda: self._client.put_object_retention(
-            Bucket=self.location.bucket, Key=key, VersionId=version,
-            Retention={"Mode": self.lock.mode.upper(), "RetainUntilDate": until}))  # type: ignore[union-attr]
+        self._call(
+            "extending retention of",
+            kind,
+            name,
+            lambda: self._client.put_object_retention(
+                Bucket=self.location.bucket,
+                Key=key,
+                VersionId=version,
+                Retention={"Mode": mode, "RetainUntilDate": until},
+            ),
+        )
 
     def modified(self, kind: ObjectKind) -> dict[str, datetime]:
         """When each object of `kind` was written (its first version)."""
@@ -311,13 +349,13 @@ class S3Storage:
                     self._versions[key] = out[name]
         return out
 
-    def _versions_of(self, kind: ObjectKind, key: str | None = None
-                     ) -> _Versions:
+    def _versions_of(self, kind: ObjectKind, key: str | None = None) -> _Versions:
         """Every version of each key under the kind (or of `key`): (id, size, is delete marker,
         modified), newest first as S3 lists them."""
         prefix = key if key is not None else self._kind_prefix(kind)
         pages = self._client.get_paginator("list_object_versions").paginate(
-            Bucket=self.location.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
+            Bucket=self.location.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}
+        )
         out: _Versions = {}
         for page in self._pages(kind, pages):
             for v in page.get("Versions", ()):
@@ -337,8 +375,14 @@ class S3Storage:
         locked = []
         for version, _, _, _ in versions:
             try:
-                self._call("deleting", kind, name, lambda v=version: self._client.delete_object(  # type: ignore[misc]
-                    Bucket=self.location.bucket, Key=key, VersionId=v))
+                self._call(
+                    "deleting",
+                    kind,
+                    name,
+                    lambda v=version: self._client.delete_object(  # type: ignore[misc]
+                        Bucket=self.location.bucket, Key=key, VersionId=v
+                    ),
+                )
             except ObjectMissingError:
                 continue
             except RepositoryError as err:
@@ -347,9 +391,10 @@ class S3Storage:
                 locked.append(version)
         self._forget(key)
         if locked:
-            raise ObjectLockedError(f"{self.describe()}: {kind}/{name} is under object-lock retention "
-                                    f"({len(locked)} version(s) kept)",
-                                    hint="it can go once its retention ends; prune retries then")
+            raise ObjectLockedError(
+                f"{self.describe()}: {kind}/{name} is under object-lock retention ({len(locked)} version(s) kept)",
+                hint="it can go once its retention ends; prune retries then",
+            )
 
     def _forget(self, key: str) -> None:
         with self._versions_lock:
@@ -367,10 +412,20 @@ class S3Storage:
     def _put_multipart(self, key: str, data: bytes, extra: dict[str, Any]) -> None:
         from boto3.s3.transfer import TransferConfig
 
-        config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
-                                max_concurrency=4, use_threads=True)
-        self._call("writing", ObjectKind.DATA, key, lambda: self._client.upload_fileobj(
-            io.BytesIO(bytes(data)), self.location.bucket, key, ExtraArgs=extra or None, Config=config))
+        config = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_CHUNK,
+            max_concurrency=4,
+            use_threads=True,
+        )
+        self._call(
+            "writing",
+            ObjectKind.DATA,
+            key,
+            lambda: self._client.upload_fileobj(
+                io.BytesIO(bytes(data)), self.location.bucket, key, ExtraArgs=extra or None, Config=config
+            ),
+        )
         self._forget(key)
 
     def _pages(self, kind: ObjectKind, pages: Any) -> Iterator[dict[str, Any]]:
@@ -393,9 +448,10 @@ class S3Storage:
         except ClientError as err:
             raise self._client_error(verb, kind, name, err) from None
         except BotoCoreError as err:
-            raise RepositoryError(f"{self.describe()}: {verb} {kind}/{name}: {err}",
-                                  hint="is the endpoint reachable? the request was tried "
-                                       f"{self._attempts} times in all, with backoff") from None
+            raise RepositoryError(
+                f"{self.describe()}: {verb} {kind}/{name}: {err}",
+                hint=f"is the endpoint reachable? the request was tried {self._attempts} times in all, with backoff",
+            ) from None
         except Exception as err:  # s3transfer wraps failures of parallel parts in its own errors
             if type(err).__module__.startswith(("s3transfer", "boto3")):
                 raise RepositoryError(f"{self.describe()}: {verb} {kind}/{name}: {err}") from None
@@ -413,12 +469,14 @@ class S3Storage:
         if code in _MISSING or (status == "404" and code not in ("NoSuchBucket",)):
             return ObjectMissingError(f"{what}: does not exist")
         if code == "NoSuchBucket":
-            return RepositoryError(f"{what}: bucket {self.location.bucket!r} does not exist",
-                                   hint="create it (with object lock if the Storage sets objectLock), "
-                                        "see docs/object-storage.md")
+            return RepositoryError(
+                f"{what}: bucket {self.location.bucket!r} does not exist",
+                hint="create it (with object lock if the Storage sets objectLock), see docs/object-storage.md",
+            )
         if code in _DENIED or status == "403":
-            return RepositoryError(f"{what}: permission denied ({code})",
-                                   hint="check the Storage's credentials and what their key may do")
+            return RepositoryError(
+                f"{what}: permission denied ({code})", hint="check the Storage's credentials and what their key may do"
+            )
         return RepositoryError(f"{what}: {code or status}: {error.get('Message', '')}".rstrip(": "))
 
     def _kind_prefix(self, kind: ObjectKind) -> str:
@@ -450,6 +508,7 @@ def wait_for_endpoint(location: S3Location, credentials: S3Credentials | None, t
             return
         except Exception as err:
             if time.monotonic() >= deadline:
-                raise RepositoryError(f"s3 endpoint {location.endpoint} did not answer in {timeout_s:.0f} s: "
-                                      f"{err}") from None
+                raise RepositoryError(
+                    f"s3 endpoint {location.endpoint} did not answer in {timeout_s:.0f} s: {err}"
+                ) from None
             time.sleep(0.2)

@@ -100,8 +100,12 @@ class Server:
     def handle(self, header: dict[str, object], payload: bytes) -> tuple[dict[str, object], bytes]:
         op = header.get("op")
         if op == "hello":
-            return {"ok": True, "version": PROTOCOL_VERSION, "append_only": self.append_only,
-                    "describe": self.storage.describe()}, b""
+            return {
+                "ok": True,
+                "version": PROTOCOL_VERSION,
+                "append_only": self.append_only,
+                "describe": self.storage.describe(),
+            }, b""
         kind = ObjectKind(str(header.get("kind")))
         name = str(header.get("name", ""))
         if op == "list":
@@ -110,8 +114,9 @@ class Server:
             return {"ok": True, "exists": self.storage.exists(kind, name)}, b""
         if op == "get":
             length = header.get("length")
-            data = self.storage.get(kind, name, int(str(header.get("offset", 0))),
-                                    None if length is None else int(str(length)))
+            data = self.storage.get(
+                kind, name, int(str(header.get("offset", 0))), None if length is None else int(str(length))
+            )
             return {"ok": True, "size": len(data)}, data
         if op == "put":
             if not self._already_stored(kind, name, payload):

@@ -25,6 +25,7 @@ class Stream(Protocol):
     def send(self, data: bytes) -> None: ...
     def recv(self, size: int) -> bytes:
         """Up to `size` bytes; b"" at end of stream."""
+
     def close(self) -> None: ...
 
 
@@ -54,8 +55,9 @@ class RemoteStorage:
         _check(name)
         _, body = self._call({"op": "get", "kind": kind.value, "name": name, "offset": offset, "length": length})
         if length is not None and len(body) != length:
-            raise RepositoryError(f"{self.describe()}: reading {kind}/{name}: wanted {length} bytes, "
-                                  "the object is shorter")
+            raise RepositoryError(
+                f"{self.describe()}: reading {kind}/{name}: wanted {length} bytes, the object is shorter"
+            )
         return body
 
     def list(self, kind: ObjectKind) -> Iterator[ObjectInfo]:
@@ -88,9 +90,11 @@ class RemoteStorage:
             self._buffer.clear()
             reply, _ = self._exchange(stream, {"op": "hello"}, b"")
             if reply.get("version") != PROTOCOL_VERSION:
-                raise RepositoryError(f"{self.describe()}: the server speaks serve protocol "
-                                      f"{reply.get('version')}, this protectctl {PROTOCOL_VERSION}",
-                                      hint="upgrade protectctl on the backup server (apply does)")
+                raise RepositoryError(
+                    f"{self.describe()}: the server speaks serve protocol "
+                    f"{reply.get('version')}, this protectctl {PROTOCOL_VERSION}",
+                    hint="upgrade protectctl on the backup server (apply does)",
+                )
             self.append_only = bool(reply.get("append_only"))
         return self._stream
 
@@ -109,14 +113,12 @@ class RemoteStorage:
         if error == "missing":
             raise ObjectMissingError(message)
         if error == "refused":
-            raise AppendOnlyError(message, hint="this key is append-only; prune and check run from the "
-                                  "control machine")
+            raise AppendOnlyError(message, hint="this key is append-only; prune and check run from the control machine")
         if error == "invalid":
             raise ValueError(message)
         raise RepositoryError(message)
 
-    def _exchange(self, stream: Stream, header: dict[str, object], payload: bytes
-                  ) -> tuple[dict[str, object], bytes]:
+    def _exchange(self, stream: Stream, header: dict[str, object], payload: bytes) -> tuple[dict[str, object], bytes]:
         import json
 
         stream.send(frame(header, payload))
@@ -124,8 +126,10 @@ class RemoteStorage:
         try:
             reply = json.loads(line)
         except ValueError:
-            raise RepositoryError(f"{self.describe()}: the server did not answer in the serve protocol: "
-                                  f"{line[:200]!r}", hint="is protectctl installed on the backup server?") from None
+            raise RepositoryError(
+                f"{self.describe()}: the server did not answer in the serve protocol: {line[:200]!r}",
+                hint="is protectctl installed on the backup server?",
+            ) from None
         size = int(reply.get("size") or 0) if reply.get("ok") and header.get("op") == "get" else 0
         return reply, self._read_exact(stream, size)
 
@@ -133,9 +137,11 @@ class RemoteStorage:
         chunk = stream.recv(1 << 20)
         if not chunk:
             self._stream = None
-            raise RepositoryError(f"{self.describe()}: the server closed the connection",
-                                  hint="see the backup server's auth log; a key not authorised for this "
-                                       "repository ends the session at once")
+            raise RepositoryError(
+                f"{self.describe()}: the server closed the connection",
+                hint="see the backup server's auth log; a key not authorised for this "
+                "repository ends the session at once",
+            )
         self._buffer += chunk
 
     def _read_line(self, stream: Stream) -> bytes:

@@ -115,8 +115,9 @@ class Sandbox:
     def __post_init__(self) -> None:
         for path in self.write_paths or ():
             if not _PATH_RE.fullmatch(path):
-                raise JobError(f"{path!r} is not a path a unit can name; expected an absolute path "
-                               "without spaces or quotes")
+                raise JobError(
+                    f"{path!r} is not a path a unit can name; expected an absolute path without spaces or quotes"
+                )
         for cap in self.capabilities or ():
             if not _CAPABILITY_RE.fullmatch(cap):
                 raise JobError(f"{cap!r} is not a capability; expected e.g. CAP_DAC_READ_SEARCH")
@@ -154,8 +155,7 @@ class ScheduledJob:
         if self.timeout_s < 0:
             raise JobError(f"timeout_s must be 0 or more, got {self.timeout_s}")
         if self.on_failure is not None and not _ON_FAILURE_RE.fullmatch(self.on_failure):
-            raise JobError(f"onFailure {self.on_failure!r} is not a unit name; expected e.g. "
-                           "notify-email@%n.service")
+            raise JobError(f"onFailure {self.on_failure!r} is not a unit name; expected e.g. notify-email@%n.service")
         if self.mailto is not None:
             _check_text("mailto", self.mailto)
         if not self.argv or not self.argv[0].startswith("/"):
@@ -169,9 +169,7 @@ class ScheduledJob:
             raise JobError(f"{self.user!r} is not a valid user name; expected e.g. root or backup")
         for key, value in self.environment:
             if not _ENV_KEY_RE.fullmatch(key):
-                raise JobError(
-                    f"{key!r} is not a valid environment variable name; expected e.g. PROTECTCTL_CONFIG"
-                )
+                raise JobError(f"{key!r} is not a valid environment variable name; expected e.g. PROTECTCTL_CONFIG")
             _check_text(f"the value of {key}", value)
 
 
@@ -182,8 +180,7 @@ def command_argv(job: ScheduledJob) -> tuple[str, ...]:
     """The argv a scheduler starts: the job's, inside a sleep/shutdown inhibitor lock when asked."""
     if not job.inhibit:
         return job.argv
-    return (INHIBIT, "--what=sleep:shutdown", "--who=protectctl", f"--why={job.description}", "--mode=block",
-            *job.argv)
+    return (INHIBIT, "--what=sleep:shutdown", "--who=protectctl", f"--why={job.description}", "--mode=block", *job.argv)
 
 
 class SchedulerRenderer(Protocol):

@@ -38,8 +38,10 @@ def _random_delay_prefix(delay_s: int) -> str:
 # On battery when some power supply reports `online` and none is online (no adapter at all:
 # a server, on AC), as systemd's ConditionACPower= decides.
 # On battery the run is skipped quietly (exit 0, no output, so no mail).
-_AC_POWER_GUARD = ("{ ! ls /sys/class/power_supply/*/online >/dev/null 2>&1 || "
-                   "grep -qsx 1 /sys/class/power_supply/*/online; } || exit 0; ")
+_AC_POWER_GUARD = (
+    "{ ! ls /sys/class/power_supply/*/online >/dev/null 2>&1 || "
+    "grep -qsx 1 /sys/class/power_supply/*/online; } || exit 0; "
+)
 # The output of a run is printed (and so mailed) only when it fails, with its exit status.
 _QUIET_START = "out=$( "
 _QUIET_END = " 2>&1 ) || { s=$?; printf '%s\\n' \"$out\"; exit $s; }"
@@ -47,8 +49,14 @@ _QUIET_END = " 2>&1 ) || { s=$?; printf '%s\\n' \"$out\"; exit $s; }"
 _KILL_AFTER_S = 60
 
 
-def cron_command(argv: tuple[str, ...], randomized_delay_s: int = 0, *, timeout_s: int = 0,
-                 ac_power: bool = False, quiet: bool = False) -> str:
+def cron_command(
+    argv: tuple[str, ...],
+    randomized_delay_s: int = 0,
+    *,
+    timeout_s: int = 0,
+    ac_power: bool = False,
+    quiet: bool = False,
+) -> str:
     """The command field of a cron line: nice, quoted argv, `%` escaped for cron."""
     limit = ("timeout", "-k", str(_KILL_AFTER_S), str(timeout_s)) if timeout_s else ()
     run = shlex.join((*limit, "nice", "-n", "19", *argv))
@@ -86,8 +94,9 @@ class CronRenderer:
             environment=environment,
             lines=list(job.schedule.cron_lines()),
             user=job.user or _DEFAULT_USER,
-            command=cron_command(command_argv(job), job.randomized_delay_s, timeout_s=job.timeout_s,
-                                 ac_power=job.ac_power, quiet=True),
+            command=cron_command(
+                command_argv(job), job.randomized_delay_s, timeout_s=job.timeout_s, ac_power=job.ac_power, quiet=True
+            ),
         )
         return {CRON_DIR / cron_file_name(job.name): text}
 
@@ -95,6 +104,13 @@ class CronRenderer:
 def render_reboot(job: DaemonJob) -> dict[PurePosixPath, str]:
     """`etc/cron.d/<name>` starting the command at boot; it must supervise itself (cron never restarts it)."""
     text = render_template(
-        "cron.j2", description=job.description, schedule="at boot, kept running by itself", path=DEFAULT_PATH,
-        environment=[], lines=["@reboot"], user=_DEFAULT_USER, command=shlex.join(job.argv).replace("%", "\\%"))
+        "cron.j2",
+        description=job.description,
+        schedule="at boot, kept running by itself",
+        path=DEFAULT_PATH,
+        environment=[],
+        lines=["@reboot"],
+        user=_DEFAULT_USER,
+        command=shlex.join(job.argv).replace("%", "\\%"),
+    )
     return {CRON_DIR / cron_file_name(job.name): text}

@@ -62,7 +62,8 @@ class SystemdRenderer:
             ac_power=job.ac_power,
             sandbox=sandbox,
             read_write_paths=" ".join(f"-{_specifiers(p)}" for p in (sandbox.write_paths or ()))
-            if sandbox is not None else "",
+            if sandbox is not None
+            else "",
         )
         timer = render_template(
             "systemd.timer.j2",
@@ -79,6 +80,7 @@ class SystemdRenderer:
 
 def render_service(job: DaemonJob) -> dict[PurePosixPath, str]:
     """`<name>.service`: a long-running command, restarted when it stops, started at boot."""
-    text = render_template("systemd.daemon.service.j2", description=_specifiers(job.description),
-                           exec_start=exec_line(job.argv))
+    text = render_template(
+        "systemd.daemon.service.j2", description=_specifiers(job.description), exec_start=exec_line(job.argv)
+    )
     return {UNIT_DIR / f"{job.name}.service": text}

@@ -132,14 +132,15 @@ def test_log_chain_without_a_base_before_the_horizon_keeps_the_oldest_base_and_i
     assert not any("window base" in d.reasons for d in decisions)
 
 
-@given(st.lists(st.tuples(st.integers(0, 24 * 20), st.booleans()), min_size=1, max_size=40),
-       st.integers(1, 10))
+@given(st.lists(st.tuples(st.integers(0, 24 * 20), st.booleans()), min_size=1, max_size=40), st.integers(1, 10))
 def test_log_chain_window_is_always_replayable(raw: list[tuple[int, bool]], keep_days: int) -> None:
     """Property: for any mix of base and WAL points, every instant between the window base and
     now can be reached from a kept base by kept WAL points only (no kept log precedes a needed
     log that was forgotten)."""
-    points = [PointRef(f"p{i}", "s", NOW - timedelta(hours=h), role="base" if is_base else "log")
-              for i, (h, is_base) in enumerate(raw)]
+    points = [
+        PointRef(f"p{i}", "s", NOW - timedelta(hours=h), role="base" if is_base else "log")
+        for i, (h, is_base) in enumerate(raw)
+    ]
     decisions = plan_source(points, RetentionSpec(keep_within_s=keep_days * DAY), now=NOW)
     kept = _kept(decisions)
     bases = sorted((p for p in points if p.role == "base"), key=lambda p: (p.time, p.id))  # ties: by id

@@ -13,8 +13,7 @@ from protectctl.agent import status
 from protectctl.agent.status import JobRecord, read_status, record_job, record_retention
 
 
-def test_a_record_made_while_another_is_being_written_is_kept(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_record_made_while_another_is_being_written_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     metrics = status.MetricsTarget(tmp_path / "m.prom", "h1", "0")
     record_job(tmp_path, "g/a", JobRecord("sync", "2026-12-01T00:00:00+00:00", True, 1.0), metrics=metrics)
     prune_read, release = threading.Event(), threading.Event()
@@ -29,19 +28,23 @@ def test_a_record_made_while_another_is_being_written_is_kept(tmp_path: Path,
 
     monkeypatch.setattr(status, "read_status", slow_read)
     now = datetime(2026, 12, 3, tzinfo=UTC)
-    prune = threading.Thread(name="prune", target=lambda: record_retention(
-        tmp_path, "g/a", points=3, oldest=now, pruned_at=now, metrics=metrics))
+    prune = threading.Thread(
+        name="prune",
+        target=lambda: record_retention(tmp_path, "g/a", points=3, oldest=now, pruned_at=now, metrics=metrics),
+    )
     prune.start()
     assert prune_read.wait(10)
-    backup = threading.Thread(target=lambda: record_job(
-        tmp_path, "g/a", JobRecord("full", "2026-12-03T00:00:00+00:00", True, 2.0), metrics=metrics))
+    backup = threading.Thread(
+        target=lambda: record_job(
+            tmp_path, "g/a", JobRecord("full", "2026-12-03T00:00:00+00:00", True, 2.0), metrics=metrics
+        )
+    )
     backup.start()
     backup.join(0.5)  # with the lock it waits for the prune: this only bounds how long the test waits
     release.set()
     prune.join(10)
     backup.join(10)
     final = read_status(tmp_path, "g/a")
-    assert final["retention"] == {"points": 3, "oldest_point_time": now.isoformat(),
-                                  "last_prune_time": now.isoformat()}
+    assert final["retention"] == {"points": 3, "oldest_point_time": now.isoformat(), "last_prune_time": now.isoformat()}
     assert final["counts"] == {"sync": {"success": 1}, "full": {"success": 1}}
     assert final["last_full_success"]["time"] == "2026-12-03T00:00:00+00:00"  # type: ignore[index]

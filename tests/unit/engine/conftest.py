@@ -25,9 +25,7 @@ SMALL_PACK = 64 << 10
 
 
 def make_repo(path: Path) -> Repository:
-    return Repository.init(
-        LocalStorage(path), PASSPHRASE, kdf_n=2**10, chunker=SMALL_CHUNKS, pack_size=SMALL_PACK
-    )
+    return Repository.init(LocalStorage(path), PASSPHRASE, kdf_n=2**10, chunker=SMALL_CHUNKS, pack_size=SMALL_PACK)
 
 
 @pytest.fixture

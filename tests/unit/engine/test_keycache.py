@@ -45,8 +45,9 @@ def _open(storage: LocalStorage, cache: DerivedKeyCache | None, passphrase: byte
         return repo.blob_id(b"same keys, same ids").hex()
 
 
-def test_a_valid_cache_skips_the_kdf_and_opens_the_same_keys(repo_and_cache: tuple[LocalStorage, DerivedKeyCache],
-                                                            kdf_calls: list[int]) -> None:
+def test_a_valid_cache_skips_the_kdf_and_opens_the_same_keys(
+    repo_and_cache: tuple[LocalStorage, DerivedKeyCache], kdf_calls: list[int]
+) -> None:
     storage, cache = repo_and_cache
     reference = _open(storage, None)
     assert len(kdf_calls) == 1
@@ -59,8 +60,9 @@ def test_a_valid_cache_skips_the_kdf_and_opens_the_same_keys(repo_and_cache: tup
     assert PASS not in data and b"correct" not in data  # the passphrase is not in it
 
 
-def test_a_wrong_passphrase_is_refused_even_with_a_cache(repo_and_cache: tuple[LocalStorage, DerivedKeyCache],
-                                                        kdf_calls: list[int]) -> None:
+def test_a_wrong_passphrase_is_refused_even_with_a_cache(
+    repo_and_cache: tuple[LocalStorage, DerivedKeyCache], kdf_calls: list[int]
+) -> None:
     storage, cache = repo_and_cache
     _open(storage, cache)
     with pytest.raises(WrongKeyError):
@@ -68,8 +70,9 @@ def test_a_wrong_passphrase_is_refused_even_with_a_cache(repo_and_cache: tuple[L
 
 
 @pytest.mark.parametrize("damage", ["garbage", "group-readable", "forged-entry", "other-key-file"])
-def test_a_stale_or_untrusted_cache_is_ignored(repo_and_cache: tuple[LocalStorage, DerivedKeyCache],
-                                              kdf_calls: list[int], tmp_path: Path, damage: str) -> None:
+def test_a_stale_or_untrusted_cache_is_ignored(
+    repo_and_cache: tuple[LocalStorage, DerivedKeyCache], kdf_calls: list[int], tmp_path: Path, damage: str
+) -> None:
     storage, cache = repo_and_cache
     reference = _open(storage, cache)
     if damage == "garbage":

@@ -33,9 +33,7 @@ def test_temporary_files_are_not_listed(tmp_path: Path) -> None:
 
 
 def test_disk_full_becomes_a_clear_repository_error(tmp_path: Path) -> None:
-    error = LocalStorage(tmp_path)._os_error(
-        "writing", tmp_path / "x", OSError(errno.ENOSPC, "No space left")
-    )
+    error = LocalStorage(tmp_path)._os_error("writing", tmp_path / "x", OSError(errno.ENOSPC, "No space left"))
     assert "disk holding the repository is full" in error.message
     assert error.hint
 

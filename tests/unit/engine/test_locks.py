@@ -118,8 +118,10 @@ def test_a_lost_lock_stops_the_point(repo: Repository) -> None:
     with repo.lock(exclusive=False, command="sync"):
         (info,) = repo.storage.list(ObjectKind.LOCKS)
         repo.storage.delete(ObjectKind.LOCKS, info.name)  # as a gc that judged it expired would
-        wait_until(lambda: any(lease.lost for lease in repo._held + [repo._implicit] if lease),
-                   "the refresh thread notices the lock is gone")
+        wait_until(
+            lambda: any(lease.lost for lease in repo._held + [repo._implicit] if lease),
+            "the refresh thread notices the lock is gone",
+        )
         with pytest.raises(RepositoryError, match="taken over"):
             repo.save_point(Point(new_point_id(), "a/b", _now(), "sync", None, None, PointStats(), True))
 

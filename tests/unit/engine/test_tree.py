@@ -77,8 +77,21 @@ def test_utf8_trees_are_written_exactly_as_format_1_was() -> None:
 
 
 def test_names_that_are_not_utf8_are_stored_as_bytes_in_format_2() -> None:
-    link = Node(b"l\xff", NodeType.SYMLINK, 0, 0, 0, None, None, 0, 0, 0, 0, link_target=b"t\xfe/\x80",
-                xattrs=((b"user.\xfa", b"v\xff"),))
+    link = Node(
+        b"l\xff",
+        NodeType.SYMLINK,
+        0,
+        0,
+        0,
+        None,
+        None,
+        0,
+        0,
+        0,
+        0,
+        link_target=b"t\xfe/\x80",
+        xattrs=((b"user.\xfa", b"v\xff"),),
+    )
     tree = Tree((_fifo(b"caf\xe9"), _fifo(b"caf\xc3\xa9"), link))
     data = encode_tree(tree)
     assert data.endswith(b',"v":2}') and b'{"b64":"Y2Fm6Q=="}' in data
@@ -122,8 +135,17 @@ def test_extents_hash_covers_size_holes_and_data() -> None:
 
     base = h(1 << 50, ((0, 1 << 50),), b"d" * 32)
     assert base == h(1 << 50, ((0, 1 << 50),), b"d" * 32)
-    assert len({base, h(1 << 49, ((0, 1 << 49),), b"d" * 32), h(1 << 50, ((1, (1 << 50) - 1),), b"d" * 32),
-                h(1 << 50, ((0, 1 << 50),), b"e" * 32)}) == 4
+    assert (
+        len(
+            {
+                base,
+                h(1 << 49, ((0, 1 << 49),), b"d" * 32),
+                h(1 << 50, ((1, (1 << 50) - 1),), b"d" * 32),
+                h(1 << 50, ((0, 1 << 50),), b"e" * 32),
+            }
+        )
+        == 4
+    )
 
 
 @settings(max_examples=300, derandomize=True)

@@ -130,9 +130,7 @@ def test_expiry_is_the_latest_of_what_a_cartridge_holds_and_recycling_respects_i
     from protectctl.tape.catalog import Cartridge, CartridgeState
 
     for barcode in ("A1", "A2"):
-        catalog.cartridges[barcode] = Cartridge(
-            barcode, "lib1", "monthly", CartridgeState.FULL, "k", "v", T0, 100
-        )
+        catalog.cartridges[barcode] = Cartridge(barcode, "lib1", "monthly", CartridgeState.FULL, "k", "v", T0, 100)
     catalog.copies = {"p1": _copy("p1", "A1", 10), "p2": _copy("p2", "A1", 30), "p3": _copy("p3", "A2", 5)}
     assert expiry_of(catalog.copies_on("A1")) == T0 + timedelta(days=30)
     assert recyclable(catalog, T0 + timedelta(days=20)) == ["A2"]

@@ -53,8 +53,12 @@ KEK = bytes(range(32))
 ID_KEY = bytes(32)
 BARCODE = "PT0001L9"
 CAPACITY = 1 << 20
-FUZZ = settings(derandomize=True, max_examples=200, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    derandomize=True,
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _point(point_id: str) -> Point:
@@ -145,8 +149,13 @@ def _at(data: bytes, fraction: float) -> int:
 
 mutations = st.one_of(
     st.tuples(st.floats(0, 1), st.integers(1, 255)).map(
-        lambda t: lambda d: d[: _at(d, t[0])] + bytes([d[_at(d, t[0])] ^ t[1]]) + d[_at(d, t[0]) + 1 :]
-        if _at(d, t[0]) < len(d) else d
+        lambda t: (
+            lambda d: (
+                d[: _at(d, t[0])] + bytes([d[_at(d, t[0])] ^ t[1]]) + d[_at(d, t[0]) + 1 :]
+                if _at(d, t[0]) < len(d)
+                else d
+            )
+        )
     ),
     st.floats(0, 1).map(lambda f: lambda d: d[: _at(d, f)]),
     st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=40)).map(
@@ -160,9 +169,7 @@ mutations = st.one_of(
 
 
 @FUZZ
-@given(
-    st.lists(st.tuples(st.sampled_from(["f000000", "f000001", "f000002"]), mutations), min_size=1, max_size=3)
-)
+@given(st.lists(st.tuples(st.sampled_from(["f000000", "f000001", "f000002"]), mutations), min_size=1, max_size=3))
 def test_mutated_cartridge_files_give_only_tape_errors(
     pristine: tuple[Path, Copy], changes: list[tuple[str, Mutation]]
 ) -> None:
@@ -218,14 +225,14 @@ def _replace(doc: object, path: list[int], value: object) -> object:
 
 @FUZZ
 @given(st.lists(st.integers(0, 50), max_size=4), json_values)
-def test_authentic_but_malformed_headers_trailers_labels_give_only_tape_errors(
-    path: list[int], value: object
-) -> None:
+def test_authentic_but_malformed_headers_trailers_labels_give_only_tape_errors(path: list[int], value: object) -> None:
     """What a buggy writer could seal: valid JSON of the wrong shape in any field."""
     label, _key = new_label(BARCODE, "monthly", "k1", "tape-kek", KEK, "lib1", T0)
     docs: list[tuple[bytes, Callable[[bytes], object]]] = [
-        (encode_header(SegmentHeader(_point("a" * 32), 1, "repo", ID_KEY, 86400, T0)),
-         lambda raw: decode_header(raw, "fuzz")),
+        (
+            encode_header(SegmentHeader(_point("a" * 32), 1, "repo", ID_KEY, 86400, T0)),
+            lambda raw: decode_header(raw, "fuzz"),
+        ),
         (encode_trailer(Trailer("a" * 32, 1, 5, 100)), lambda raw: decode_trailer(raw, "fuzz")),
         (encode_label(label)[1:], lambda raw: decode_label(b"L" + raw, "fuzz")),
     ]

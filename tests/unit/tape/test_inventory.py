@@ -17,8 +17,16 @@ def _cart(barcode: str) -> Cartridge:
     return Cartridge(barcode, "lib1", "monthly", CartridgeState.FULL, "k", f"vid-{barcode}", T0, 1000)
 
 
-def _seg(file_no: int, point_id: str, part: int, copied_at: datetime, closing: RecordType | None,
-         previous: str | None = None, parts: int = 1, terminated: bool = True) -> Segment:
+def _seg(
+    file_no: int,
+    point_id: str,
+    part: int,
+    copied_at: datetime,
+    closing: RecordType | None,
+    previous: str | None = None,
+    parts: int = 1,
+    terminated: bool = True,
+) -> Segment:
     point = Point(point_id, "docs/home", T0, "full", None, None, PointStats(), True, host="h")
     header = SegmentHeader(point, part, "repo", bytes(32), 86400, copied_at, previous)
     trailer = Trailer(point_id, parts, 2 * parts, 10) if closing is RecordType.TRAILER else None
@@ -32,16 +40,18 @@ def _scan(barcode: str, *segments: Segment) -> ScanResult:
 
 def test_a_copy_spanning_two_cartridges_and_the_newest_of_two_runs() -> None:
     a = _scan("A", _seg(1, "p1", 1, T0, RecordType.TRAILER), _seg(2, "p2", 1, T0, RecordType.END_OF_VOLUME))
-    b = _scan("B", _seg(1, "p2", 2, T0, RecordType.TRAILER, previous="A", parts=2),
-              _seg(2, "p1", 1, T1, RecordType.TRAILER))  # p1 again, by a later run
+    b = _scan(
+        "B", _seg(1, "p2", 2, T0, RecordType.TRAILER, previous="A", parts=2), _seg(2, "p1", 1, T1, RecordType.TRAILER)
+    )  # p1 again, by a later run
     copies = whole_copies([a, b])
     assert [(p.barcode, p.file, p.part) for p in copies["p2"].parts] == [("A", 2, 1), ("B", 1, 2)]
     assert copies["p1"].parts == [Part("B", 2, 1)] and copies["p1"].copied_at == T1
 
 
 def test_broken_spans_and_unterminated_segments_are_no_copies() -> None:
-    a = _scan("A", _seg(1, "p2", 1, T0, RecordType.END_OF_VOLUME), _seg(2, "p3", 1, T0, RecordType.TRAILER,
-                                                                        terminated=False))
+    a = _scan(
+        "A", _seg(1, "p2", 1, T0, RecordType.END_OF_VOLUME), _seg(2, "p3", 1, T0, RecordType.TRAILER, terminated=False)
+    )
     b = _scan("B", _seg(1, "p2", 2, T0, RecordType.TRAILER, previous="Z", parts=2))  # names another cartridge
     assert whole_copies([a, b]) == {}
     catalog, dropped = merge_scans([a, b], Catalog())

@@ -14,9 +14,7 @@ from tests.unit.tape.library_suite import CAPACITY, CHECKS, CRASH_CHECKS
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 def test_virtual_library_suite(check: Callable[..., None], tmp_path: Path) -> None:
     counter = iter(range(1000))
-    check(
-        lambda: VirtualLibrary(tmp_path / f"lib{next(counter)}", slots=4, drives=1, capacity_bytes=CAPACITY)
-    )
+    check(lambda: VirtualLibrary(tmp_path / f"lib{next(counter)}", slots=4, drives=1, capacity_bytes=CAPACITY))
 
 
 def _reopen(lib: TapeLibrary) -> TapeLibrary:
