@@ -184,15 +184,18 @@ class Session:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         argv = as_user(cluster, psql_argv(cluster))
-        self._proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd="/",
-            env={**os.environ, "LC_ALL": "C"},
-        )
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd="/",
+                env={**os.environ, "LC_ALL": "C"},
+            )
+        except OSError as err:  # psql missing or not executable: one line, not a traceback
+            raise SessionError(where(cluster), f"cannot run {argv[0]}: {err.strerror}") from err
 
     def scalar(self, sql: str) -> str:
         rows = self.query(sql)
