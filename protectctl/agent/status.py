@@ -93,6 +93,9 @@ def _add_job(status: dict[str, object], record: JobRecord, sla_s: Mapping[str, i
     if record.ok:
         status["last_success"] = asdict(record)
         status[f"last_{record.kind}_success"] = asdict(record)
+        if record.point_id and "first_point" not in status:
+            # the prune and tape alerts need an age for a source never pruned or never copied
+            status["first_point"] = {"time": record.time}
     else:
         status["last_failure"] = asdict(record)
     counts = status.get("counts") if isinstance(status.get("counts"), dict) else {}
@@ -210,6 +213,10 @@ METRICS: dict[str, tuple[str, str]] = {
         "Time of the source's oldest recovery point the last prune kept.",
     ),
     "protectctl_last_prune_timestamp_seconds": ("gauge", "When the last prune applied the source's retention."),
+    "protectctl_first_point_timestamp_seconds": (
+        "gauge",
+        "When the source's first recovery point this agent recorded was made.",
+    ),
     "protectctl_last_tape_copy_timestamp_seconds": (
         "gauge",
         "End of the last tape run that left the source's newest complete point on tape.",
@@ -299,9 +306,13 @@ def _retention_samples(
             stamp = _timestamp({"time": retention.get(key)})
             if stamp is not None:
                 add(name, labels, stamp)
-    stamp = _timestamp(status.get("last_tape_copy"))
-    if stamp is not None:
-        add("protectctl_last_tape_copy_timestamp_seconds", labels, stamp)
+    for key, name in (
+        ("last_tape_copy", "protectctl_last_tape_copy_timestamp_seconds"),
+        ("first_point", "protectctl_first_point_timestamp_seconds"),
+    ):
+        stamp = _timestamp(status.get(key))
+        if stamp is not None:
+            add(name, labels, stamp)
 
 
 def _sla_samples(

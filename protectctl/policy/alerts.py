@@ -155,16 +155,21 @@ def _out_of_retention(sources: str, limit_s: int, sla: str) -> dict[str, object]
 
 
 def _prune_overdue(sources: str, limit_s: int, sla: str) -> dict[str, object]:
+    """The last prune that reached the source is too old; or the source has had points for
+    longer than that and was never pruned."""
+    sel = f'{{source=~"{sources}"}}'
     return _rule(
         "ProtectctlPruneOverdue",
-        f'time() - protectctl_last_prune_timestamp_seconds{{source=~"{sources}"}} > {limit_s}',
+        f"(time() - protectctl_last_prune_timestamp_seconds{sel} > {limit_s}) or "
+        f"((protectctl_first_point_timestamp_seconds{sel} < time() - {limit_s}) "
+        f"unless on (host, source) protectctl_last_prune_timestamp_seconds{sel})",
         wait="5m",
         severity="warning",
         sla=sla,
         summary="its retention has not been applied lately",
         description=f"Prune is scheduled at least every {_duration(limit_s / GRACE)}; the last one that "
-        f"reached this source is older than {_duration(limit_s)}, so expired points keep "
-        "using the disk.",
+        f"reached this source is older than {_duration(limit_s)} (or none has, and its first point is), "
+        "so expired points keep using the disk.",
     )
 
 
@@ -175,7 +180,7 @@ def _tape_overdue(sources: str, limit_s: int, sla: str, pool: str) -> dict[str, 
     return _rule(
         "ProtectctlTapeCopyOverdue",
         f"(time() - protectctl_last_tape_copy_timestamp_seconds{sel} > {limit_s}) or "
-        f"((protectctl_oldest_point_timestamp_seconds{sel} < time() - {limit_s}) "
+        f"((protectctl_first_point_timestamp_seconds{sel} < time() - {limit_s}) "
         f"unless on (host, source) protectctl_last_tape_copy_timestamp_seconds{sel})",
         wait="5m",
         severity="warning",

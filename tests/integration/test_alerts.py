@@ -189,8 +189,8 @@ def test_retention_prune_and_tape_rules_check_and_behave(quickstart: Path, tmp_p
     assert "129600" in rule["ProtectctlPruneOverdue"]["expr"]
     assert "907200" in rule["ProtectctlTapeCopyOverdue"]["expr"]
 
-    def series(name: str, source: str, values: str) -> dict[str, str]:
-        return {"series": f'{name}{{host="local",source="{source}"}}', "values": values}
+    def series(name: str, source: str, values: str, host: str = "local") -> dict[str, str]:
+        return {"series": f'{name}{{host="{host}",source="{source}"}}', "values": values}
 
     home, other = "docs/home", "docs/other"
     tests = {
@@ -207,6 +207,10 @@ def test_retention_prune_and_tape_rules_check_and_behave(quickstart: Path, tmp_p
                     series("protectctl_oldest_point_timestamp_seconds", other, "-1000000x300"),
                     # home copied to tape at t=0; other never (and its points are older than 907,200 s)
                     series("protectctl_last_tape_copy_timestamp_seconds", home, "0x300"),
+                    series("protectctl_first_point_timestamp_seconds", home, "-1000000x300"),
+                    series("protectctl_first_point_timestamp_seconds", other, "-1000000x300"),
+                    # home on a second host: points for 200,000 s, never pruned, never copied
+                    series("protectctl_first_point_timestamp_seconds", home, "-200000x300", host="fresh"),
                 ],
                 "alert_rule_test": [
                     {
@@ -214,11 +218,16 @@ def test_retention_prune_and_tape_rules_check_and_behave(quickstart: Path, tmp_p
                         "alertname": "ProtectctlOutOfRetention",
                         "exp_alerts": [_expected(rule["ProtectctlOutOfRetention"], "local", home)],
                     },
-                    {"eval_time": "35h", "alertname": "ProtectctlPruneOverdue", "exp_alerts": []},
+                    {
+                        "eval_time": "35h",
+                        "alertname": "ProtectctlPruneOverdue",
+                        "exp_alerts": [_expected(rule["ProtectctlPruneOverdue"], "fresh", home)],
+                    },
                     {
                         "eval_time": "38h",
                         "alertname": "ProtectctlPruneOverdue",
-                        "exp_alerts": [_expected(rule["ProtectctlPruneOverdue"], "local", s) for s in (home, other)],
+                        "exp_alerts": [_expected(rule["ProtectctlPruneOverdue"], "local", s) for s in (home, other)]
+                        + [_expected(rule["ProtectctlPruneOverdue"], "fresh", home)],
                     },
                     {
                         "eval_time": "2h",
@@ -228,7 +237,8 @@ def test_retention_prune_and_tape_rules_check_and_behave(quickstart: Path, tmp_p
                     {
                         "eval_time": "254h",
                         "alertname": "ProtectctlTapeCopyOverdue",
-                        "exp_alerts": [_expected(rule["ProtectctlTapeCopyOverdue"], "local", s) for s in (home, other)],
+                        "exp_alerts": [_expected(rule["ProtectctlTapeCopyOverdue"], "local", s) for s in (home, other)]
+                        + [_expected(rule["ProtectctlTapeCopyOverdue"], "fresh", home)],
                     },
                 ],
             }

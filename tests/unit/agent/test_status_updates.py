@@ -48,3 +48,18 @@ def test_a_record_made_while_another_is_being_written_is_kept(tmp_path: Path, mo
     assert final["retention"] == {"points": 3, "oldest_point_time": now.isoformat(), "last_prune_time": now.isoformat()}
     assert final["counts"] == {"sync": {"success": 1}, "full": {"success": 1}}
     assert final["last_full_success"]["time"] == "2026-12-03T00:00:00+00:00"  # type: ignore[index]
+
+
+def test_the_first_point_time_is_kept_and_exported(tmp_path: Path) -> None:
+    """The prune and tape alerts need an age for sources never pruned: the first job that made a
+    point sets it once; failures and later points leave it alone."""
+    from protectctl.agent.status import render_metrics
+
+    record_job(tmp_path, "g/a", JobRecord("sync", "2026-12-01T00:00:00+00:00", False, 1.0))
+    assert "first_point" not in read_status(tmp_path, "g/a")
+    record_job(tmp_path, "g/a", JobRecord("sync", "2026-12-01T01:00:00+00:00", True, 1.0, point_id="p1"))
+    record_job(tmp_path, "g/a", JobRecord("full", "2026-12-02T01:00:00+00:00", True, 1.0, point_id="p2"))
+    status = read_status(tmp_path, "g/a")
+    assert status["first_point"] == {"time": "2026-12-01T01:00:00+00:00"}
+    text = render_metrics([status], host="h")
+    assert 'protectctl_first_point_timestamp_seconds{host="h",source="g/a"} 1796086800' in text
