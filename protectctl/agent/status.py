@@ -342,11 +342,19 @@ def write_metrics(state_dir: Path, metrics: MetricsTarget | None = None) -> Path
     from datetime import UTC
 
     path = metrics.path if metrics is not None else default_metrics_path(state_dir)
-    text = render_metrics(
-        _all_status(state_dir),
-        host=metrics.host if metrics else "",
-        version=metrics.version if metrics else "",
-        now=datetime.now(UTC),
-    )
-    atomic_write(path, text.encode("utf-8"), mode=0o640)
+    # One renderer at a time: each job renders after writing its own status, so the last
+    # renderer to run has seen every status written before it, and no older view overwrites it.
+    (state_dir / "status").mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "status" / ".metrics.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        text = render_metrics(
+            _all_status(state_dir),
+            host=metrics.host if metrics else "",
+            version=metrics.version if metrics else "",
+            now=datetime.now(UTC),
+        )
+        atomic_write(path, text.encode("utf-8"), mode=0o640)
+    finally:
+        os.close(fd)
     return path
