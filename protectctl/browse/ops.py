@@ -119,6 +119,9 @@ class Listing:
             "read_from": self.read_from,
         }
 
+    def lines(self, long: bool) -> list[str]:
+        return [e.long_line() if long else e.short() for e in self.entries]
+
 
 def ls(trees: PointTrees, source: str, point: Point, parts: tuple[bytes, ...], root: str | None) -> Listing:
     """A directory's entries (or the one entry a file path names); raises NotInPointError."""
@@ -185,6 +188,23 @@ class History:
             "versions": [v.to_json() for v in self.versions],
             "read_from": self.read_from,
         }
+
+    def table(self) -> tuple[list[str], list[tuple[str, ...]]]:
+        return (
+            ["#", "type", "size", "mtime", "first point", "last point", "points"],
+            [
+                (
+                    str(i),
+                    v.node.type.value,
+                    f"{v.node.size:,}",
+                    _time(v.node.mtime_ns),
+                    f"{v.first.time:%Y-%m-%d %H:%M:%S}Z {v.first.id[:8]}",
+                    f"{v.last.time:%Y-%m-%d %H:%M:%S}Z {v.last.id[:8]}",
+                    str(v.points),
+                )
+                for i, v in enumerate(self.versions, 1)
+            ],
+        )
 
 
 def _content_key(node: Node) -> tuple[object, ...]:

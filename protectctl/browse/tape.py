@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from protectctl.browse import ops
+from protectctl.browse import contents, ops
 from protectctl.browse.paths import Pattern, split_path
 from protectctl.browse.service import BrowseSource, source_root
 from protectctl.browse.view import FileContent, PointTrees
@@ -182,11 +182,18 @@ class TapeCopies:
         self.close()
 
 
+def _refuse_lister(source: BrowseSource) -> None:
+    lister = contents.lister_of(source.provider)
+    if lister is not None:
+        raise contents.refuse_tape(lister, source.source)
+
+
 def _root(source: BrowseSource, point: Point) -> str | None:
     return source_root(source.provider or point.tags.get("provider", ""), source.spec, point)
 
 
 def ls(service: TapeService, source: BrowseSource, path: str, to_time: str) -> ops.Listing:
+    _refuse_lister(source)
     with TapeCopies(service) as tapes:
         point = tapes.point(tapes.pick(source.source, to_time))
         root = _root(source, point)
@@ -195,6 +202,7 @@ def ls(service: TapeService, source: BrowseSource, path: str, to_time: str) -> o
 
 
 def versions(service: TapeService, source: BrowseSource, path: str) -> ops.History:
+    _refuse_lister(source)
     with TapeCopies(service) as tapes:
         points = tapes.points(tapes.copies(source.source))
         root = _root(source, points[-1])
@@ -213,6 +221,7 @@ def diff(service: TapeService, source: BrowseSource, before: str, after: str) ->
 
 def cat(service: TapeService, source: BrowseSource, path: str, to_time: str, write: Callable[[bytes], object]) -> int:
     """Write one file's content, read from tape, through `write`; the number of bytes written."""
+    _refuse_lister(source)
     with TapeCopies(service) as tapes:
         point = tapes.point(tapes.pick(source.source, to_time))
         root = _root(source, point)

@@ -112,7 +112,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         if env.output.json_mode:
             env.output.document(listing.to_json())
             return
-        env.output.text("\n".join(e.long_line() if long else e.short() for e in listing.entries))
+        from protectctl.browse.contents import Listing
+
+        if isinstance(listing, Listing):
+            env.output.info(listing.heading())
+            for note in listing.listing.notes:
+                env.output.warn(note)
+        env.output.text("\n".join(listing.lines(long)))
 
     @app.command("cat")
     def cat_command(
@@ -159,21 +165,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         if env.output.json_mode:
             env.output.document(history.to_json())
             return
-        env.output.table(
-            ["#", "type", "size", "mtime", "first point", "last point", "points"],
-            [
-                (
-                    str(i),
-                    v.node.type.value,
-                    f"{v.node.size:,}",
-                    v.to_json()["mtime"],
-                    f"{v.first.time:%Y-%m-%d %H:%M:%S}Z {v.first.id[:8]}",
-                    f"{v.last.time:%Y-%m-%d %H:%M:%S}Z {v.last.id[:8]}",
-                    str(v.points),
-                )
-                for i, v in enumerate(history.versions, 1)
-            ],
-        )
+        env.output.table(*history.table())
 
     @app.command("diff")
     def diff_command(

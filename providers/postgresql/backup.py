@@ -92,6 +92,22 @@ def _facts(session: pg.Session) -> _Facts:
     return _Facts(row[0], row[1] == "t", int(row[2]), row[3], row[4])
 
 
+_DATABASES_SQL = (
+    "SELECT datname, oid, CASE WHEN has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) END "
+    "FROM pg_database WHERE NOT datistemplate ORDER BY datname"
+)
+
+
+def _databases(session: pg.Session) -> list[dict[str, object]]:
+    """The cluster's databases as a base backup starts (name, oid, size in bytes when this role may
+    connect to it): what `protectctl ls` and `versions` of the source show."""
+    out: list[dict[str, object]] = []
+    for row in session.query(_DATABASES_SQL):
+        name, oid, size = (row + ["", "", ""])[:3]
+        out.append({"name": name, "oid": int(oid), "size": int(size) if size.isdigit() else None})
+    return out
+
+
 def _require_archiving(facts: _Facts, what: str) -> None:
     if facts.archive_mode == "off":
         raise ProviderError(
@@ -205,6 +221,7 @@ class FullBackup:
             with pg.Session(cluster) as session:
                 facts = _facts(session)
                 _require_archiving(facts, "a base backup could not be recovered")
+                databases = _databases(session)
                 walfile = pair.walfile_sql if facts.in_recovery else (lambda lsn: f"pg_walfile_name({lsn})")
                 segment_size = facts.segment_size
                 start_lsn, start_wal = session.query(
@@ -263,6 +280,7 @@ class FullBackup:
             "system_identifier": facts.system_identifier,
             "server_version_num": facts.server_version_num,
             "backup_label": labelfile.decode(errors="replace"),
+            "databases": databases,
         }
         root = request.sink.save_tree(
             Tree((_dir_node("data", cluster.data_dir, data_tree), _dir_node("wal", self.spool, shipped.tree)))
