@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from protectctl.browse import contents, ops
@@ -27,6 +28,7 @@ from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.points import Point
 from protectctl.engine.tree import NodeType, Tree, decode_tree
 from protectctl.errors import ProtectctlError, TapeCorruptionError, TapeError
+from protectctl.humanize import human_bytes
 from protectctl.tape.catalog import Copy
 from protectctl.tape.reader import TapePointReader
 from protectctl.tape.service import TapeService
@@ -289,3 +291,107 @@ def _instant(text: str | None, now: datetime) -> datetime | None:
         return None
     value = parse_time(text, now=now)
     return now if value == "latest" else value
+
+
+# -- points list --from tape: the catalog alone -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TapePoint:
+    copy: Copy
+    locations: tuple[str, ...]  # each cartridge of the copy and where it is
+    in_library: bool
+    in_policy: bool
+
+    def to_json(self) -> dict[str, object]:
+        c = self.copy
+        return {
+            "id": c.point_id,
+            "source": c.source,
+            "time": c.point_time.isoformat(),
+            "kind": c.point_kind,
+            "parent": None,
+            "complete": c.complete,
+            "errors": [],
+            "host": "",
+            "stats": {
+                "files": None,
+                "dirs": None,
+                "bytes_total": c.bytes_plain,
+                "bytes_read": None,
+                "bytes_added": None,
+                "chunks_new": None,
+                "duration_s": None,
+            },
+            "extra": {},
+            "in_policy": self.in_policy,
+            "tape": {
+                "library": c.library,
+                "pool": c.pool,
+                "cartridges": list(self.locations),
+                "in_library": self.in_library,
+                "copied_at": c.copied_at.isoformat(),
+                "expires": c.expires.isoformat(),
+                "blobs": c.blobs,
+                "format": 2 if c.index else 1,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TapePoints:
+    points: tuple[TapePoint, ...]  # oldest first
+    removed: tuple[str, ...]  # sources with copies that are no longer in the policy
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "format_version": ops.FORMAT_VERSION,
+            "points": [p.to_json() for p in self.points],
+            "recovery_windows": {},
+            "problems": [],
+            "removed_sources": list(self.removed),
+            "read_from": {"medium": "tape"},
+        }
+
+    def rows(self) -> list[tuple[str, ...]]:
+        return [
+            (
+                f"{p.copy.point_time:%Y-%m-%dT%H:%M:%SZ}",
+                p.copy.source,
+                p.copy.point_kind,
+                p.copy.point_id[:8],
+                human_bytes(p.copy.bytes_plain),
+                p.copy.pool,
+                ", ".join(p.locations),
+                f"{p.copy.expires:%Y-%m-%d}",
+            )
+            for p in self.points
+        ]
+
+
+TAPE_POINT_COLUMNS = ["time", "source", "kind", "id", "size", "pool", "cartridges", "expires"]
+
+
+def points_on_tape(service: TapeService, selector: str | None, in_policy: Callable[[str], bool]) -> TapePoints:
+    """The complete copies in the tape catalog of the selected sources (GROUP or GROUP/MEMBER),
+    oldest first, with where their cartridges are: no cartridge is read."""
+    group, _, member = (selector or "").partition("/")
+    out = []
+    for copy in sorted(service.catalog.copies.values(), key=lambda c: (c.point_time, c.source)):
+        copy_group, _, copy_member = copy.source.partition("/")
+        if not copy.complete or (group and copy_group != group) or (member and copy_member != member):
+            continue
+        where = []
+        inside = True
+        for part in copy.parts:
+            location = service.location_of(service.catalog.cartridge(part.barcode))
+            inside = inside and location.in_library
+            where.append(f"{part.barcode} ({location})")
+        out.append(TapePoint(copy, tuple(where), inside, in_policy(copy.source)))
+    if selector and not out:
+        raise TapeError(
+            f"there is no copy of {selector} on tape",
+            hint="`protectctl tape list` shows what the cartridges hold; `protectctl run tape GROUP` copies",
+        )
+    removed = tuple(sorted({p.copy.source for p in out if not p.in_policy}))
+    return TapePoints(tuple(out), removed)

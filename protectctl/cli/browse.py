@@ -73,6 +73,32 @@ def _tape(env: Env, selector: str, command: str) -> Iterator[tuple[Any, list[Any
         yield service, sources
 
 
+def points_on_tape(env: Env, selector: str | None, from_: str) -> None:
+    """`points list --from tape`: the copies in the tape catalog (no cartridge is read)."""
+    from protectctl import api
+    from protectctl.browse import tape
+    from protectctl.errors import TapeError
+    from protectctl.policy.model import Kind, ProtectionGroupSpec
+
+    _from_tape(from_)
+    if env.agent_config is not None:
+        raise TapeError("the tape catalog is on the control machine", hint="run `protectctl -C POLICY_DIR ...` there")
+    policy = api.load(env.policy_dir)
+    current = set()
+    for doc in policy.of(Kind.PROTECTION_GROUP).values():
+        if isinstance(doc.spec, ProtectionGroupSpec):
+            current |= {f"{doc.name}/{m.name}" for m in doc.spec.members}
+    listing = tape.points_on_tape(api.tape_service(env.policy_dir, policy), selector, current.__contains__)
+    if env.output.json_mode:
+        env.output.document(listing.to_json())
+        return
+    env.output.table(tape.TAPE_POINT_COLUMNS, listing.rows())
+    for source in listing.removed:
+        env.output.text(
+            f"{source}: no longer in the policy (browse its copies with `protectctl ls {source} --from tape`)"
+        )
+
+
 def _skipped(env: Env, read_from: dict[str, object]) -> None:
     skipped = read_from.get("skipped")
     for line in skipped if isinstance(skipped, list) else []:

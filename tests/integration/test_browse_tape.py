@@ -72,6 +72,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "ls": ["ls", "docs/home", "--to-time", second, "--json"],
         "versions": ["versions", "docs/home", "a.txt", "--json"],
         "find": ["find", "docs", "*.bin", "--json"],
+        "points": ["points", "list", "docs/home", "--json"],
     }.items():
         disk[name] = _json_of(main, policy, args)
     shutil.move(policy / ".protectctl" / "repo", base / "repo-away")  # from here on: tape only
@@ -164,3 +165,15 @@ def test_clear_errors_no_copy_no_library_cartridge_in_a_vault(site: Site, capsys
     finally:
         api.tape_move(site.policy, site.barcode, "library")
     assert cli(capsysbinary, site.policy, "cat", "docs/home", "a.txt", "--from", "tape")[0] == "version 2\n"
+
+
+def test_points_list_from_tape_reads_the_catalog_only(site: Site, capsysbinary: Capture) -> None:
+    doc = json.loads(cli(capsysbinary, site.policy, "points", "list", "docs", "--from", "tape", "--json")[0])
+    assert [p["id"] for p in doc["points"]] == site.points and doc["read_from"] == {"medium": "tape"}
+    disk = site.disk["points"]
+    assert set(doc) - {"read_from"} == set(disk) and set(doc["points"][0]) - {"tape"} == set(disk["points"][0])
+    tape = doc["points"][1]["tape"]
+    (where,) = tape["cartridges"]
+    assert where.startswith(f"{site.barcode} (slot ") and tape["format"] == 2 and tape["in_library"]
+    text = cli(capsysbinary, site.policy, "points", "list", "--from", "tape")[0]
+    assert site.points[0][:8] in text and site.disk_only[:8] not in text
