@@ -177,3 +177,15 @@ def test_points_list_from_tape_reads_the_catalog_only(site: Site, capsysbinary: 
     assert where.startswith(f"{site.barcode} (slot ") and tape["format"] == 2 and tape["in_library"]
     text = cli(capsysbinary, site.policy, "points", "list", "--from", "tape")[0]
     assert site.points[0][:8] in text and site.disk_only[:8] not in text
+
+
+def test_a_group_removed_from_the_policy_is_browsed_from_its_copies(site: Site, capsysbinary: Capture) -> None:
+    policy_file = site.policy / "protect.yaml"
+    text = policy_file.read_text()
+    policy_file.write_text(text[: text.index("---\napiVersion: protectctl/v1\nkind: ProtectionGroup")])
+    try:  # its points are gone from disk too (the repository moved away): only the catalog knows it
+        assert cli(capsysbinary, site.policy, "ls", "docs/home", "--from", "tape")[0].split()[0] == "a.txt"
+        doc = json.loads(cli(capsysbinary, site.policy, "points", "list", "--from", "tape", "--json")[0])
+        assert doc["removed_sources"] == ["docs/home"] and not doc["points"][0]["in_policy"]
+    finally:
+        policy_file.write_text(text)
