@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from protectctl.browse import contents, ops
 from protectctl.browse.paths import Pattern, split_path
@@ -32,6 +33,10 @@ from protectctl.humanize import human_bytes
 from protectctl.tape.catalog import Copy
 from protectctl.tape.reader import TapePointReader
 from protectctl.tape.service import TapeService
+
+if TYPE_CHECKING:
+    from protectctl.engine.repository import Repository
+    from protectctl.policy.load import Policy
 
 
 class TapeCopies:
@@ -372,14 +377,41 @@ class TapePoints:
 TAPE_POINT_COLUMNS = ["time", "source", "kind", "id", "size", "pool", "cartridges", "expires"]
 
 
-def points_on_tape(service: TapeService, selector: str | None, in_policy: Callable[[str], bool]) -> TapePoints:
+def _selected(source: str, selector: str | None) -> bool:
+    group, _, member = (selector or "").partition("/")
+    source_group, _, source_member = source.partition("/")
+    return (not group or group == source_group) and (not member or member == source_member)
+
+
+def policy_sources(policy: Policy) -> set[str]:
+    """GROUP/MEMBER of every member of the policy's ProtectionGroups."""
+    from protectctl.policy.model import Kind, ProtectionGroupSpec
+
+    out: set[str] = set()
+    for doc in policy.of(Kind.PROTECTION_GROUP).values():
+        if isinstance(doc.spec, ProtectionGroupSpec):
+            out |= {f"{doc.name}/{m.name}" for m in doc.spec.members}
+    return out
+
+
+def _no_repository() -> Repository:
+    raise ProtectctlError("this source is known from the tape catalog only")
+
+
+def sources_on_tape(service: TapeService, selector: str) -> list[BrowseSource]:
+    """The sources matching GROUP[/MEMBER] the tape catalog holds copies of, for a source the policy
+    and its repositories no longer know (its provider comes from each copy's point header)."""
+    found = sorted({c.source for c in service.catalog.copies.values() if c.complete and _selected(c.source, selector)})
+    return [BrowseSource(s, "", {}, {}, _no_repository, in_policy=False) for s in found]
+
+
+def points_on_tape(service: TapeService, selector: str | None, policy: Policy) -> TapePoints:
     """The complete copies in the tape catalog of the selected sources (GROUP or GROUP/MEMBER),
     oldest first, with where their cartridges are: no cartridge is read."""
-    group, _, member = (selector or "").partition("/")
+    current = policy_sources(policy)
     out = []
     for copy in sorted(service.catalog.copies.values(), key=lambda c: (c.point_time, c.source)):
-        copy_group, _, copy_member = copy.source.partition("/")
-        if not copy.complete or (group and copy_group != group) or (member and copy_member != member):
+        if not copy.complete or not _selected(copy.source, selector):
             continue
         where = []
         inside = True
@@ -387,7 +419,7 @@ def points_on_tape(service: TapeService, selector: str | None, in_policy: Callab
             location = service.location_of(service.catalog.cartridge(part.barcode))
             inside = inside and location.in_library
             where.append(f"{part.barcode} ({location})")
-        out.append(TapePoint(copy, tuple(where), inside, in_policy(copy.source)))
+        out.append(TapePoint(copy, tuple(where), inside, copy.source in current))
     if selector and not out:
         raise TapeError(
             f"there is no copy of {selector} on tape",

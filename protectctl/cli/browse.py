@@ -41,35 +41,23 @@ def _tape(env: Env, selector: str, command: str) -> Iterator[tuple[Any, list[Any
     """The tape service (its lock held: reading loads cartridges) and the selected sources: from
     the policy, else those the tape catalog holds copies of (a group removed, its disk points gone)."""
     from protectctl import api
-    from protectctl.browse.service import BrowseSource
+    from protectctl.browse import tape
     from protectctl.errors import ProtectctlError, TapeError
-    from protectctl.plan.address import SourceRef
 
     if env.agent_config is not None:
         raise TapeError(
             "tape copies are browsed on the control machine, which holds the tape catalog",
             hint="run `protectctl -C POLICY_DIR ... --from tape` there",
         )
-    try:
-        sources = api.browse_sources(env.policy_dir, selector, agent_config=None)
-    except ProtectctlError as err:
-        try:
-            ref = SourceRef.parse(selector)
-        except ValueError:
-            raise err from None
-        on_tape = sorted(
-            {
-                c.source
-                for c in api.tape_service(env.policy_dir).catalog.copies.values()
-                if c.source.partition("/")[0] == ref.group and ref.member in (None, c.source.partition("/")[2])
-            }
-        )
-        if not on_tape:
-            raise err from None
-        sources = [BrowseSource(s, "", {}, {}, _no_repository, in_policy=False) for s in on_tape]
     with api.tape_session(env.policy_dir, f"{command} {selector} from tape") as service:
         if not service.ctx.libraries and not service.catalog.copies:
             raise TapeError("the policy has no TapeLibrary", hint="browse the repository (drop --from tape)")
+        try:
+            sources = api.browse_sources(env.policy_dir, selector, agent_config=None)
+        except ProtectctlError as err:
+            sources = tape.sources_on_tape(service, selector)
+            if not sources:
+                raise err from None
         yield service, sources
 
 
@@ -78,17 +66,12 @@ def points_on_tape(env: Env, selector: str | None, from_: str) -> None:
     from protectctl import api
     from protectctl.browse import tape
     from protectctl.errors import TapeError
-    from protectctl.policy.model import Kind, ProtectionGroupSpec
 
     _from_tape(from_)
     if env.agent_config is not None:
         raise TapeError("the tape catalog is on the control machine", hint="run `protectctl -C POLICY_DIR ...` there")
     policy = api.load(env.policy_dir)
-    current = set()
-    for doc in policy.of(Kind.PROTECTION_GROUP).values():
-        if isinstance(doc.spec, ProtectionGroupSpec):
-            current |= {f"{doc.name}/{m.name}" for m in doc.spec.members}
-    listing = tape.points_on_tape(api.tape_service(env.policy_dir, policy), selector, current.__contains__)
+    listing = tape.points_on_tape(api.tape_service(env.policy_dir, policy), selector, policy)
     if env.output.json_mode:
         env.output.document(listing.to_json())
         return
@@ -103,12 +86,6 @@ def _skipped(env: Env, read_from: dict[str, object]) -> None:
     skipped = read_from.get("skipped")
     for line in skipped if isinstance(skipped, list) else []:
         env.output.warn(f"not read (cartridge outside the library): {line}")
-
-
-def _no_repository() -> Any:
-    from protectctl.errors import ProtectctlError
-
-    raise ProtectctlError("this source is known from the tape catalog only")
 
 
 def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per command
