@@ -1,8 +1,9 @@
 """Browsing tape copies (issue 15, `--from tape`): ls, cat, versions, diff, find read the tape
 catalog and only the records they need, with the disk repository gone.
 
-One site for the module: two points copied to one virtual cartridge (format 2, with an index), a
-third point on disk only; the disk answers are kept, then the repository is moved away, so every
+One site for the module: two points copied to one virtual cartridge (the first in tape format 1,
+read whole; the second in format 2, with an index, read record by record), a third point on disk
+only; the disk answers are kept, then the repository is moved away, so every
 answer below can only come from tape. Tests read it; the one that moves the cartridge to a vault
 moves it back.
 """
@@ -20,6 +21,7 @@ import pytest
 
 from protectctl import api
 from protectctl.tape import reader as tape_reader
+from protectctl.tape.copy import PoolWriter
 from tests.conftest import write_policy
 from tests.integration.test_browse import Capture, cli, fast_repository
 from tests.integration.test_tape import POLICY
@@ -57,7 +59,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     api.apply(policy, confirm=lambda _plan: True)
     api.tape_label(policy, 1, "monthly")
     first = _backup(policy)
-    (copied,) = api.run_tape(policy, "docs", None).copied
+    with pytest.MonkeyPatch.context() as m:  # the first copy in tape format 1 (no index: read whole)
+        m.setattr(PoolWriter, "format_version", 1)
+        (copied,) = api.run_tape(policy, "docs", None).copied
     (data / "a.txt").write_bytes(b"version 2\n")
     (data / "gone.txt").unlink()
     (data / "new.txt").write_bytes(b"added\n")
@@ -172,6 +176,7 @@ def test_points_list_from_tape_reads_the_catalog_only(site: Site, capsysbinary: 
     assert [p["id"] for p in doc["points"]] == site.points and doc["read_from"] == {"medium": "tape"}
     disk = site.disk["points"]
     assert set(doc) - {"read_from"} == set(disk) and set(doc["points"][0]) - {"tape"} == set(disk["points"][0])
+    assert [p["tape"]["format"] for p in doc["points"]] == [1, 2]
     tape = doc["points"][1]["tape"]
     (where,) = tape["cartridges"]
     assert where.startswith(f"{site.barcode} (slot ") and tape["format"] == 2 and tape["in_library"]
