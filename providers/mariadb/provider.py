@@ -144,7 +144,8 @@ class MariadbProvider:
         from protectctl.providers._common import database_listing
         from protectctl.providers.mariadb.catalog import build_catalog, plan_restore, span_of
 
-        return database_listing(points, span_of(plan_restore(build_catalog(points), to_time).window), "mariadb")
+        plan = plan_restore(build_catalog(points), to_time, source=points[0].source if points else "")
+        return database_listing(points, span_of(plan.window), "mariadb")
 
     def content_windows(self, name: str, points: Sequence[Point]) -> list[ContentWindow]:
         """The recoverable windows whose full backup holds database `name` (`versions`)."""

@@ -193,7 +193,8 @@ class PostgresqlProvider:
         from protectctl.providers.postgresql.catalog import build_catalog, plan_restore, span_of
 
         catalog = build_catalog(points)
-        return database_listing(points, span_of(catalog, plan_restore(catalog, to_time).window), "pg")
+        plan = plan_restore(catalog, to_time, source=points[0].source if points else "")
+        return database_listing(points, span_of(catalog, plan.window), "pg")
 
     def content_windows(self, name: str, points: Sequence[Point]) -> list[ContentWindow]:
         """The recoverable windows whose base backup holds database `name` (`versions`)."""
