@@ -125,9 +125,9 @@ class TapeCopies:
         self._points[copy.point_id] = reader.point
         return reader.point
 
-    def points(self, copies: Sequence[Copy]) -> list[Point]:
+    def points(self, copies: Sequence[Copy], *, strict: bool = True) -> list[Point]:
         """The points of the copies that can be read, oldest first; a copy whose cartridge is away
-        is skipped and named in `skipped`. TapeError when none can be read."""
+        is skipped and named in `skipped`. TapeError when none can be read (`strict`)."""
         out = []
         for copy in copies:
             away = self.away(copy)
@@ -135,7 +135,7 @@ class TapeCopies:
                 self.skipped.append(f"{copy.point_id[:12]} of {copy.point_time:%Y-%m-%d %H:%M:%S}Z: {', '.join(away)}")
                 continue
             out.append(self.point(copy))
-        if copies and not out:
+        if strict and copies and not out:
             raise TapeError(
                 f"every tape copy asked for is on cartridges outside the library: {'; '.join(self.skipped)}",
                 hint="bring them back and run `protectctl tape move BARCODE --to library`",
@@ -275,12 +275,17 @@ def find(
                 for c in service.copies_of(s.source)
                 if (lo is None or c.point_time >= lo) and (hi is None or c.point_time <= hi)
             ]
-            points = tapes.points(chosen)
+            points = tapes.points(chosen, strict=False)  # one source's cartridges away: search the others
             root = _root(s, points[-1]) if points else None
             roots[s.source] = root
             finder = ops.Finder(trees, Pattern.parse(pattern_text, root))
             matches += [(s.source, m) for m in ops.find(finder, points)]
             searched += len(points)
+        if not searched and tapes.skipped:
+            raise TapeError(
+                f"every tape copy asked for is on cartridges outside the library: {'; '.join(tapes.skipped)}",
+                hint="bring them back and run `protectctl tape move BARCODE --to library`",
+            )
         return ops.Found(
             selector,
             pattern_text,

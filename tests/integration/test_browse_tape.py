@@ -166,6 +166,8 @@ def test_clear_errors_no_copy_no_library_cartridge_in_a_vault(site: Site, capsys
         assert f"outside the library: {site.barcode} (vault east)" in err and "tape move" in err
         _, err = cli(capsysbinary, site.policy, "versions", "docs/home", "a.txt", "--from", "tape", expect=1)
         assert "every tape copy asked for is on cartridges outside the library" in err
+        _, err = cli(capsysbinary, site.policy, "find", "docs", "*.txt", "--from", "tape", expect=1)
+        assert "every tape copy asked for is on cartridges outside the library" in err
     finally:
         api.tape_move(site.policy, site.barcode, "library")
     assert cli(capsysbinary, site.policy, "cat", "docs/home", "a.txt", "--from", "tape")[0] == "version 2\n"
