@@ -89,8 +89,8 @@ def recorded_databases(point: PointLike, facts_key: str) -> tuple[ContentItem, .
 
 
 _NOT_RECORDED = (
-    "this base backup did not record its databases (it was made before protectctl recorded them): "
-    "the next full backup will"
+    "this base backup did not record its databases (made before protectctl recorded them, or they "
+    "could not be read then): the next full backup will"
 )
 
 

@@ -359,19 +359,28 @@ def _stream_parts(
     return parts, size
 
 
+_SYSTEM_SCHEMAS = "('information_schema', 'performance_schema', 'sys', 'mysql')"
 _DATABASES_SQL = (
     "SELECT s.schema_name, SUM(t.data_length + t.index_length) FROM information_schema.schemata s "
     "LEFT JOIN information_schema.tables t ON t.table_schema = s.schema_name "
-    "WHERE s.schema_name NOT IN ('information_schema', 'performance_schema', 'sys', 'mysql') "
-    "GROUP BY s.schema_name ORDER BY s.schema_name"
+    f"WHERE s.schema_name NOT IN {_SYSTEM_SCHEMAS} GROUP BY s.schema_name ORDER BY s.schema_name"
 )
+_DATABASE_NAMES_SQL = (
+    f"SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT IN {_SYSTEM_SCHEMAS} "
+    "ORDER BY schema_name"
+)
+_SIZES_TIMEOUT_S = 60.0  # sizes open every table's definition: on a server of very many tables, names only
 
 
 def _databases(c: Client) -> list[dict[str, object]]:
     """The server's databases as a full backup starts (name, bytes of data and indexes): what
     `protectctl ls` and `versions` of the source show."""
+    try:
+        rows = c.query(_DATABASES_SQL, timeout_s=_SIZES_TIMEOUT_S)
+    except ProviderError:
+        rows = [[name, ""] for (name, *_rest) in c.query(_DATABASE_NAMES_SQL)]
     out: list[dict[str, object]] = []
-    for row in c.query(_DATABASES_SQL):
+    for row in rows:
         name, size = (row + ["", ""])[:2]
         out.append({"name": name, "size": int(size) if size.isdigit() else None})
     return out

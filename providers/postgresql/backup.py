@@ -98,11 +98,17 @@ _DATABASES_SQL = (
 )
 
 
-def _databases(session: pg.Session) -> list[dict[str, object]]:
+def _databases(cluster: Cluster) -> list[dict[str, object]] | None:
     """The cluster's databases as a base backup starts (name, oid, size in bytes when this role may
-    connect to it): what `protectctl ls` and `versions` of the source show."""
+    connect to it): what `protectctl ls` and `versions` of the source show. Its own session, so
+    a failure here (a database dropped meanwhile) costs the listing (None), never the backup."""
+    try:
+        with pg.Session(cluster) as session:
+            rows = session.query(_DATABASES_SQL)
+    except (ProviderError, OSError):
+        return None
     out: list[dict[str, object]] = []
-    for row in session.query(_DATABASES_SQL):
+    for row in rows:
         name, oid, size = (row + ["", "", ""])[:3]
         out.append({"name": name, "oid": int(oid), "size": int(size) if size.isdigit() else None})
     return out
@@ -217,11 +223,11 @@ class FullBackup:
         distrust = self._distrust_from()
         label = f"protectctl {request.source} {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
         archived = None
+        databases = _databases(cluster)
         try:
             with pg.Session(cluster) as session:
                 facts = _facts(session)
                 _require_archiving(facts, "a base backup could not be recovered")
-                databases = _databases(session)
                 walfile = pair.walfile_sql if facts.in_recovery else (lambda lsn: f"pg_walfile_name({lsn})")
                 segment_size = facts.segment_size
                 start_lsn, start_wal = session.query(
