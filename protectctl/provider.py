@@ -80,6 +80,10 @@ __all__ = [
     "RestoreOptions",
     "SourcePaths",
     "SourceRoot",
+    "ContentItem",
+    "ContentListing",
+    "ContentWindow",
+    "ListsContents",
     "ArchiveOptions",
     "Archived",
     "archive",
@@ -392,6 +396,58 @@ class SourceRoot(Protocol):
     def source_root(self, spec: Mapping[str, object], point: Point | None) -> str | None:
         """The absolute path the point's tree root stood for (the point's own record first,
         else the spec's), or None when it has none."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ContentItem:
+    """One thing a point holds as its provider names it (e.g. a database), as `ls` shows it."""
+
+    name: str
+    size: int | None = None  # bytes, when known
+    details: Mapping[str, object] = field(default_factory=dict)  # JSON values, e.g. {"oid": 16384}
+
+
+@dataclass(frozen=True, slots=True)
+class ContentListing:
+    """What a restore to a time would bring back: the items of the base point it starts from."""
+
+    base: Point  # the point such a restore starts from
+    start: datetime  # the recoverable window the time falls in
+    end: datetime
+    items: tuple[ContentItem, ...]
+    notes: tuple[str, ...] = ()  # e.g. a base point that did not record its items
+
+
+@dataclass(frozen=True, slots=True)
+class ContentWindow:
+    """A span of time an item can be restored to, from one base point (`versions`)."""
+
+    item: ContentItem
+    start: datetime
+    end: datetime
+    base: Point
+    last: Point  # the newest point whose logs the span replays (the base when none)
+    points: int  # the points the span uses, the base included
+
+
+@runtime_checkable
+class ListsContents(Protocol):
+    """A provider whose points hold items other than files to browse (e.g. databases): `ls` and
+    `versions` answer with those items and the windows they can be restored to; `cat` refuses."""
+
+    content_type: str  # what an item is, e.g. "database"
+    # how one item is brought back, `{source}` and `{name}` filled in by the caller, e.g.
+    # "protectctl restore {source} --to-time TIME --database {name} --as NEW_NAME"
+    content_hint: str
+
+    def list_contents(self, points: Sequence[Point], to_time: datetime | Literal["latest"]) -> ContentListing:
+        """The items a restore to `to_time` would hold (of `points`, one source's, oldest first);
+        raises RestoreError when nothing can be restored to that time."""
+        ...
+
+    def content_windows(self, name: str, points: Sequence[Point]) -> list[ContentWindow]:
+        """Each recoverable window whose base point holds the item `name`, oldest first."""
         ...
 
 

@@ -12,9 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from protectctl.errors import ProviderError
+from protectctl.provider import ContentItem, ContentListing, ContentWindow
+
+if TYPE_CHECKING:
+    from protectctl.provider import Point
 
 # -- recovery catalogs --------------------------------------------------------------------
 
@@ -52,6 +56,63 @@ def merged_spans(spans: Sequence[tuple[datetime, datetime]]) -> list[tuple[datet
             out[-1] = (out[-1][0], max(out[-1][1], end))
         else:
             out.append((start, end))
+    return out
+
+
+# -- databases, for `ls` and `versions` (ListsContents) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A recoverable window as browsing sees it: its base point, its times, the points it uses."""
+
+    base_id: str
+    start: datetime
+    end: datetime
+    point_ids: frozenset[str]
+
+
+def recorded_databases(point: PointLike, facts_key: str) -> tuple[ContentItem, ...] | None:
+    """The databases a base point recorded (`extra[facts_key]["base"]["databases"]`: name, size,
+    more facts), by name; None when it recorded none (made before protectctl recorded them)."""
+    facts = point.extra.get(facts_key)
+    base = facts.get("base") if isinstance(facts, Mapping) else None
+    found = base.get("databases") if isinstance(base, Mapping) else None
+    if not isinstance(found, list):
+        return None
+    items = []
+    for entry in maps(found):
+        size = entry.get("size")
+        details = {k: v for k, v in entry.items() if k not in ("name", "size")}
+        items.append(ContentItem(str(entry.get("name")), size if isinstance(size, int) else None, details))
+    return tuple(sorted(items, key=lambda i: i.name))
+
+
+_NOT_RECORDED = (
+    "this base backup did not record its databases (made before protectctl recorded them, or they "
+    "could not be read then): the next full backup will"
+)
+
+
+def database_listing(points: Sequence[Point], span: Span, facts_key: str) -> ContentListing:
+    """The databases of the span's base point: what a restore into that window starts from."""
+    base = next(p for p in points if p.id == span.base_id)
+    items = recorded_databases(base, facts_key)
+    return ContentListing(base, span.start, span.end, items or (), () if items is not None else (_NOT_RECORDED,))
+
+
+def database_windows(name: str, points: Sequence[Point], spans: Sequence[Span], facts_key: str) -> list[ContentWindow]:
+    """The windows whose base point holds database `name`, oldest first."""
+    by_id = {p.id: p for p in points}
+    out = []
+    for span in sorted(spans, key=lambda s: s.start):
+        base = by_id[span.base_id]
+        item = next((i for i in recorded_databases(base, facts_key) or () if i.name == name), None)
+        if item is None:
+            continue
+        used = [by_id[i] for i in span.point_ids | {span.base_id} if i in by_id]
+        last = max(used, key=lambda p: p.time)
+        out.append(ContentWindow(item, span.start, span.end, base, last, len(used)))
     return out
 
 

@@ -23,6 +23,8 @@ from protectctl.engine.tree import Node, NodeType
 from protectctl.errors import ProtectctlError
 
 FORMAT_VERSION = "1.0"
+# Where a result was read from (`read_from` in --json): the repository, or tape (browse/tape.py)
+FROM_DISK: dict[str, object] = {"medium": "disk"}
 
 
 class NotInPointError(ProtectctlError):
@@ -105,6 +107,7 @@ class Listing:
     path: tuple[bytes, ...]
     root: str | None  # the source's root as protected, when its provider has one
     entries: tuple[Entry, ...]
+    read_from: dict[str, object] = field(default_factory=lambda: dict(FROM_DISK))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -113,7 +116,11 @@ class Listing:
             "point": _point_json(self.point),
             "path": shown_path(self.path, self.root),
             "entries": [e.to_json(self.root) for e in self.entries],
+            "read_from": self.read_from,
         }
+
+    def lines(self, long: bool) -> list[str]:
+        return [e.long_line() if long else e.short() for e in self.entries]
 
 
 def ls(trees: PointTrees, source: str, point: Point, parts: tuple[bytes, ...], root: str | None) -> Listing:
@@ -170,6 +177,7 @@ class History:
     root: str | None
     versions: tuple[Version, ...]
     points_searched: int
+    read_from: dict[str, object] = field(default_factory=lambda: dict(FROM_DISK))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -178,7 +186,25 @@ class History:
             "path": shown_path(self.path, self.root),
             "points_searched": self.points_searched,
             "versions": [v.to_json() for v in self.versions],
+            "read_from": self.read_from,
         }
+
+    def table(self) -> tuple[list[str], list[tuple[str, ...]]]:
+        return (
+            ["#", "type", "size", "mtime", "first point", "last point", "points"],
+            [
+                (
+                    str(i),
+                    v.node.type.value,
+                    f"{v.node.size:,}",
+                    _time(v.node.mtime_ns),
+                    f"{v.first.time:%Y-%m-%d %H:%M:%S}Z {v.first.id[:8]}",
+                    f"{v.last.time:%Y-%m-%d %H:%M:%S}Z {v.last.id[:8]}",
+                    str(v.points),
+                )
+                for i, v in enumerate(self.versions, 1)
+            ],
+        )
 
 
 def _content_key(node: Node) -> tuple[object, ...]:
@@ -227,6 +253,7 @@ class Changes:
     added: list[tuple[bytes, ...]] = field(default_factory=list)
     removed: list[tuple[bytes, ...]] = field(default_factory=list)
     modified: list[tuple[tuple[bytes, ...], tuple[str, ...]]] = field(default_factory=list)
+    read_from: dict[str, object] = field(default_factory=lambda: dict(FROM_DISK))
 
     def to_json(self) -> dict[str, object]:
         def shown(parts: tuple[bytes, ...]) -> str:
@@ -240,6 +267,7 @@ class Changes:
             "added": [shown(p) for p in self.added],
             "removed": [shown(p) for p in self.removed],
             "modified": [{"path": shown(p), "what": list(what)} for p, what in self.modified],
+            "read_from": self.read_from,
         }
 
     def lines(self) -> list[str]:
@@ -320,6 +348,7 @@ class Found:
     points_searched: int
     matches: tuple[tuple[str, Match], ...]  # (source, match), by source then path
     roots: dict[str, str | None]
+    read_from: dict[str, object] = field(default_factory=lambda: dict(FROM_DISK))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -338,6 +367,7 @@ class Found:
                 }
                 for source, m in self.matches
             ],
+            "read_from": self.read_from,
         }
 
     def _shown(self, source: str, m: Match) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from protectctl.browse import ops
+from protectctl.browse import contents, ops
 from protectctl.browse.paths import Pattern, split_path
 from protectctl.browse.view import FileContent, PointTrees
 from protectctl.catalog.select import select_point
@@ -94,15 +94,21 @@ def one_source(sources: Sequence[BrowseSource], selector: str) -> BrowseSource:
     return sources[0]
 
 
-def ls(source: BrowseSource, path: str, to_time: str) -> ops.Listing:
+def ls(source: BrowseSource, path: str, to_time: str) -> ops.Listing | contents.Listing:
+    lister = contents.lister_of(source.provider)
     with opened(source) as o:
+        if lister is not None:  # e.g. databases: what the provider lists, not the stored files
+            return contents.ls(lister, source.source, o.points, path, to_time)
         point = o.pick(to_time)
         root = o.root(point)
         return ops.ls(o.trees, source.source, point, split_path(path, root), root)
 
 
-def versions(source: BrowseSource, path: str) -> ops.History:
+def versions(source: BrowseSource, path: str) -> ops.History | contents.History:
+    lister = contents.lister_of(source.provider)
     with opened(source) as o:
+        if lister is not None:
+            return contents.versions(lister, source.source, o.points, path)
         root = o.root(o.points[-1] if o.points else None)
         return ops.versions(o.trees, source.source, o.points, split_path(path, root), root)
 
@@ -115,6 +121,9 @@ def diff(source: BrowseSource, before: str, after: str) -> ops.Changes:
 
 def cat(source: BrowseSource, path: str, to_time: str, write: Callable[[bytes], object]) -> int:
     """Write one file's content through `write`; the number of bytes written."""
+    lister = contents.lister_of(source.provider)
+    if lister is not None:
+        raise contents.refuse_cat(lister, source.source, path)
     with opened(source) as o:
         point = o.pick(to_time)
         root = o.root(point)

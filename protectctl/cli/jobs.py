@@ -76,12 +76,20 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         all_sources: Annotated[
             bool, typer.Option("--all", help="Also sources no longer in the policy (a removed group's points).")
         ] = False,
+        from_: Annotated[
+            str, typer.Option("--from", help="disk (default) or tape: the copies the tape catalog holds.")
+        ] = "disk",
         json_mode: JsonOpt = False,
     ) -> None:
         """Recovery points, newest last."""
         from protectctl import api
 
         env = env_of(ctx, json_mode)
+        if from_ != "disk":
+            from protectctl.cli.browse import points_on_tape
+
+            points_on_tape(env, selector, from_)
+            return
         listing = api.list_points(env.policy_dir, selector, agent_config=env.agent_config, include_removed=all_sources)
         points = listing.points
         windows = api.recovery_windows(points)

@@ -344,6 +344,16 @@ class TapePointReader:
     def load_tree(self, blob_id: BlobId) -> Tree:
         return decode_tree(self.load_blob(blob_id))
 
+    def holds(self, blob_id: BlobId) -> bool:
+        """Whether the copy read (or its index, for a partial read) has the blob."""
+        return blob_id in self._at if self._at is not None else blob_id in self._where
+
+    def unmount(self) -> None:
+        """Give back the cartridge a partial read holds in a drive; the next read mounts it again
+        (browsing reads several copies, one cartridge at a time)."""
+        with self._drive_lock:
+            self._release()
+
     def close(self) -> None:
         with self._drive_lock:
             self._release()

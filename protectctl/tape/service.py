@@ -321,6 +321,10 @@ class TapeService:
             return Location(LocationKind.TRANSIT, "")  # the library no longer has it and nobody said where
         return cart.location
 
+    def mount_cartridge(self, barcode: str) -> tuple[Volume, Callable[[], None]]:
+        """A catalog's cartridge loaded and its volume opened; the callback unloads it."""
+        return self._mount(self.catalog.cartridge(barcode))
+
     def _mount(self, cart: Cartridge) -> tuple[Volume, Callable[[], None]]:
         lib = self.library(cart.library)
         drive = lib.load(cart.barcode)

@@ -261,6 +261,7 @@ def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
                 f"{server.describe()} is not reachable: {err}",
                 hint="start the server, or fix socket/osUser/credentials",
             ) from None
+        databases = _databases(c)
         work = c.options.parent  # private to the OS user: mariadb-backup's scratch and lsn dir
         argv = [
             server.bin("mariadb-backup"),
@@ -277,7 +278,7 @@ def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
         parts, size = _stream_parts(request, server, argv, work, st)
         consistent_at = datetime.now(UTC)
         info = (work / "xtrabackup_info").read_text(encoding="utf-8", errors="replace")
-        base = _base_facts(info, facts, started, consistent_at, len(parts), size)
+        base = {**_base_facts(info, facts, started, consistent_at, len(parts), size), "databases": databases}
         from_seq = bl.sequence(str(base["binlog_file"])) if base.get("binlog_file") else None
         shipped = ship_binlogs(request, c, facts, from_seq=from_seq)
     base_tree = sink.save_tree(Tree(tuple(parts)))
@@ -356,6 +357,33 @@ def _stream_parts(
         text = err_log.read_text(encoding="utf-8", errors="replace")
         raise ProviderError(f"mariadb-backup failed (exit {status}): {my.tail(text)}")
     return parts, size
+
+
+_SYSTEM_SCHEMAS = "('information_schema', 'performance_schema', 'sys', 'mysql')"
+_DATABASES_SQL = (
+    "SELECT s.schema_name, SUM(t.data_length + t.index_length) FROM information_schema.schemata s "
+    "LEFT JOIN information_schema.tables t ON t.table_schema = s.schema_name "
+    f"WHERE s.schema_name NOT IN {_SYSTEM_SCHEMAS} GROUP BY s.schema_name ORDER BY s.schema_name"
+)
+_DATABASE_NAMES_SQL = (
+    f"SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT IN {_SYSTEM_SCHEMAS} "
+    "ORDER BY schema_name"
+)
+_SIZES_TIMEOUT_S = 60.0  # sizes open every table's definition: on a server of very many tables, names only
+
+
+def _databases(c: Client) -> list[dict[str, object]]:
+    """The server's databases as a full backup starts (name, bytes of data and indexes): what
+    `protectctl ls` and `versions` of the source show."""
+    try:
+        rows = c.query(_DATABASES_SQL, timeout_s=_SIZES_TIMEOUT_S)
+    except ProviderError:
+        rows = [[name, ""] for (name, *_rest) in c.query(_DATABASE_NAMES_SQL)]
+    out: list[dict[str, object]] = []
+    for row in rows:
+        name, size = (row + ["", ""])[:2]
+        out.append({"name": name, "size": int(size) if size.isdigit() else None})
+    return out
 
 
 def _base_facts(

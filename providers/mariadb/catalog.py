@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from protectctl.errors import RestoreError
-from protectctl.providers._common import PointLike, merged_spans
+from protectctl.providers._common import PointLike, Span, merged_spans
 from protectctl.providers._common import iso_time as _dt
 from protectctl.providers._common import maps as _maps
 
@@ -336,6 +336,17 @@ def refusal(catalog: Catalog, to_time: datetime, what: str) -> RestoreError:
     return RestoreError(
         f"{_t(to_time)} falls in a gap of the shipped binlogs{what}" + (f": {gaps}" if gaps else ""),
         hint=f"recoverable: {listed}",
+    )
+
+
+def spans(catalog: Catalog) -> list[Span]:
+    """The windows as browsing sees them: base, times, the points holding their binlogs."""
+    return [span_of(w) for w in catalog.windows]
+
+
+def span_of(window: Window) -> Span:
+    return Span(
+        window.base.point_id, window.start, window.end, frozenset(link.binlog.point_id for link in window.chain)
     )
 
 

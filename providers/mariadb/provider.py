@@ -29,6 +29,8 @@ from pydantic import BaseModel
 
 from protectctl.errors import RestoreError
 from protectctl.provider import (
+    ContentListing,
+    ContentWindow,
     JobPlacement,
     PrepareOutcome,
     PrepareRequest,
@@ -53,6 +55,8 @@ class MariadbProvider:
     spec_model = MariadbMember
     traits = Traits(application=True, continuous_log_shipping=True, multi_host=True)
     restore_options = frozenset({"port", "database", "as_name"})
+    content_type = "database"
+    content_hint = "protectctl restore {source} --to-time TIME --database {name} --as NEW_NAME"
 
     # -- validate ------------------------------------------------------------------------
 
@@ -134,6 +138,21 @@ class MariadbProvider:
         from protectctl.providers.mariadb.catalog import build_catalog, describe_windows
 
         return describe_windows(build_catalog(points))
+
+    def list_contents(self, points: Sequence[Point], to_time: datetime | Literal["latest"]) -> ContentListing:
+        """The databases of the full backup a restore to `to_time` starts from (`ls`)."""
+        from protectctl.providers._common import database_listing
+        from protectctl.providers.mariadb.catalog import build_catalog, plan_restore, span_of
+
+        plan = plan_restore(build_catalog(points), to_time, source=points[0].source if points else "")
+        return database_listing(points, span_of(plan.window), "mariadb")
+
+    def content_windows(self, name: str, points: Sequence[Point]) -> list[ContentWindow]:
+        """The recoverable windows whose full backup holds database `name` (`versions`)."""
+        from protectctl.providers._common import database_windows
+        from protectctl.providers.mariadb.catalog import build_catalog, spans
+
+        return database_windows(name, points, spans(build_catalog(points)), "mariadb")
 
     def status_problems(
         self, source: str, spec: Mapping[str, object], points: Sequence[Point], state_dir: Path

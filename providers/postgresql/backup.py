@@ -92,6 +92,28 @@ def _facts(session: pg.Session) -> _Facts:
     return _Facts(row[0], row[1] == "t", int(row[2]), row[3], row[4])
 
 
+_DATABASES_SQL = (
+    "SELECT datname, oid, CASE WHEN has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) END "
+    "FROM pg_database WHERE NOT datistemplate ORDER BY datname"
+)
+
+
+def _databases(cluster: Cluster) -> list[dict[str, object]] | None:
+    """The cluster's databases as a base backup starts (name, oid, size in bytes when this role may
+    connect to it): what `protectctl ls` and `versions` of the source show. Its own session, so
+    a failure here (a database dropped meanwhile) costs the listing (None), never the backup."""
+    try:
+        with pg.Session(cluster) as session:
+            rows = session.query(_DATABASES_SQL)
+    except (ProviderError, OSError):
+        return None
+    out: list[dict[str, object]] = []
+    for row in rows:
+        name, oid, size = (row + ["", "", ""])[:3]
+        out.append({"name": name, "oid": int(oid), "size": int(size) if size.isdigit() else None})
+    return out
+
+
 def _require_archiving(facts: _Facts, what: str) -> None:
     if facts.archive_mode == "off":
         raise ProviderError(
@@ -201,6 +223,7 @@ class FullBackup:
         distrust = self._distrust_from()
         label = f"protectctl {request.source} {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
         archived = None
+        databases = _databases(cluster)
         try:
             with pg.Session(cluster) as session:
                 facts = _facts(session)
@@ -263,6 +286,7 @@ class FullBackup:
             "system_identifier": facts.system_identifier,
             "server_version_num": facts.server_version_num,
             "backup_label": labelfile.decode(errors="replace"),
+            "databases": databases,
         }
         root = request.sink.save_tree(
             Tree((_dir_node("data", cluster.data_dir, data_tree), _dir_node("wal", self.spool, shipped.tree)))

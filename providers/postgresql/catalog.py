@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Literal
 
 from protectctl.errors import RestoreError
-from protectctl.providers._common import PointLike, merged_spans
+from protectctl.providers._common import PointLike, Span, merged_spans
 from protectctl.providers._common import iso_time as _dt
 from protectctl.providers._common import maps as _maps
 
@@ -326,6 +326,16 @@ def _files(catalog: Catalog, window: Window, last: int) -> tuple[tuple[str, str]
     for segno in range(window.base.start_segno, last + 1):
         out += [(f.name, f.point_id) for f in catalog.files.get(segno, ()) if f.timeline >= window.base.timeline]
     return tuple(out)
+
+
+def spans(catalog: Catalog) -> list[Span]:
+    """The windows as browsing sees them: base, times, the points holding their WAL."""
+    return [span_of(catalog, w) for w in catalog.windows]
+
+
+def span_of(catalog: Catalog, window: Window) -> Span:
+    used = frozenset(point for _name, point in _files(catalog, window, window.last_segno))
+    return Span(window.base.point_id, window.start, window.end, used)
 
 
 def describe_windows(catalog: Catalog) -> list[str]:

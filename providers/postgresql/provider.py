@@ -31,6 +31,8 @@ from pydantic import BaseModel
 from protectctl.errors import ProtectctlError, ProviderError, RestoreError
 from protectctl.policy.model import camel
 from protectctl.provider import (
+    ContentListing,
+    ContentWindow,
     JobPlacement,
     PrepareOutcome,
     PrepareRequest,
@@ -59,6 +61,8 @@ class PostgresqlProvider:
     spec_model = PostgresqlMember
     traits = Traits(application=True, continuous_log_shipping=True, multi_host=True)
     restore_options = frozenset({"port", "database", "as_name"})
+    content_type = "database"
+    content_hint = "protectctl restore {source} --to-time TIME --database {name} --as NEW_NAME"
 
     # -- validate ------------------------------------------------------------------------
 
@@ -182,6 +186,22 @@ class PostgresqlProvider:
         from protectctl.providers.postgresql.catalog import build_catalog, describe_windows
 
         return describe_windows(build_catalog(points))
+
+    def list_contents(self, points: Sequence[Point], to_time: datetime | Literal["latest"]) -> ContentListing:
+        """The databases of the base backup a restore to `to_time` starts from (`ls`)."""
+        from protectctl.providers._common import database_listing
+        from protectctl.providers.postgresql.catalog import build_catalog, plan_restore, span_of
+
+        catalog = build_catalog(points)
+        plan = plan_restore(catalog, to_time, source=points[0].source if points else "")
+        return database_listing(points, span_of(catalog, plan.window), "pg")
+
+    def content_windows(self, name: str, points: Sequence[Point]) -> list[ContentWindow]:
+        """The recoverable windows whose base backup holds database `name` (`versions`)."""
+        from protectctl.providers._common import database_windows
+        from protectctl.providers.postgresql.catalog import build_catalog, spans
+
+        return database_windows(name, points, spans(build_catalog(points)), "pg")
 
     def status_problems(
         self, source: str, spec: Mapping[str, object], points: Sequence[Point], state_dir: Path

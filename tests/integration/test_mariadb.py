@@ -347,3 +347,28 @@ def test_after_a_failover_syncs_follow_the_new_primary_and_restores_cross_it(sit
         assert rows(new, sock, table="after_failover") == [1, 2]
     finally:
         stop_restored(target)
+
+
+def test_ls_and_versions_list_databases_and_windows(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    from protectctl.cli.main import main
+
+    def run(*args: str) -> dict[str, object]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(["-C", str(site.policy), *args, "--json"])
+        out = capsys.readouterr().out
+        assert exited.value.code == 0, out
+        doc: dict[str, object] = json.loads(out)
+        return doc
+
+    listing = run("ls", SOURCE, "--to-time", site.t.isoformat())
+    full_id = site.points[0]["id"]
+    assert listing["point"] == {"id": full_id, "time": site.points[0]["time"], "kind": "full"}
+    (shop,) = listing["entries"]  # type: ignore[misc]  # the system schemas are not listed
+    assert shop["name"] == "shop" and shop["type"] == "database" and isinstance(shop["size"], int)
+    history = run("versions", SOURCE, "shop")
+    (window,) = history["versions"]  # type: ignore[misc]
+    assert window["first_point"]["id"] == full_id and window["recoverable_from"] < site.t.isoformat()
+    assert window["last_point"]["id"] != full_id and window["points"] >= 2  # its binlogs' points (a failover adds one)
+    refused = refused_in_process(site.policy, capsys, "cat", SOURCE, "shop")
+    assert "holds databases, not files" in refused and "--database shop --as" in refused

@@ -228,3 +228,38 @@ def kill_target(base: str, port: str) -> None:
         retention=RetentionSpec(keep_within_s=14 * 86400),
     )
     run_backup(job, "sync")
+
+
+def test_7_ls_and_versions_answer_with_databases_and_windows_cat_refuses(env: Env) -> None:
+    from protectctl.browse import contents, service
+    from protectctl.errors import ProtectctlError
+
+    source = service.BrowseSource(
+        SOURCE, "postgresql", env.job.spec, {}, lambda: Repository.open(env.job.storage, PASS)
+    )
+    listing = service.ls(source, "", "latest")
+    assert isinstance(listing, contents.Listing)
+    doc = listing.to_json()
+    by_name = {e["name"]: e for e in doc["entries"]}  # type: ignore[attr-defined]
+    assert {"postgres", "shop"} <= by_name.keys() and not any(n.startswith("template") for n in by_name)
+    assert by_name["shop"]["type"] == "database" and by_name["shop"]["size"] > 1_000_000
+    assert doc["point"]["kind"] == "full" and doc["read_from"] == {"medium": "disk"}  # type: ignore[index]
+    only = service.ls(source, "shop", "latest")
+    assert [e["name"] for e in only.to_json()["entries"]] == ["shop"]  # type: ignore[attr-defined]
+
+    # a database created after a base backup is in the windows of the bases that followed only
+    env.cluster.sql("CREATE DATABASE browse_later")
+    later = run_backup(env.job, "full")
+    assert later.ok
+    history = service.versions(source, "browse_later").to_json()
+    (window,) = history["versions"]  # type: ignore[misc]
+    assert window["first_point"]["id"] == later.point_id and window["type"] == "database"
+    assert window["recoverable_from"] <= window["recoverable_to"]
+    shop = service.versions(source, "shop").to_json()["versions"]
+    assert len(shop) >= 2 and shop[-1]["first_point"]["id"] == later.point_id  # type: ignore[index]
+    with pytest.raises(ProtectctlError) as missing:
+        service.versions(source, "no_such_db")
+    assert "database 'no_such_db' is in no recoverable window" in missing.value.message
+    with pytest.raises(ProtectctlError) as refused:
+        service.cat(source, "shop", "latest", lambda _b: None)
+    assert "holds databases, not files" in refused.value.message and "--database shop" in (refused.value.hint or "")
