@@ -1186,7 +1186,7 @@ def _restore_on_host(
     hosts = {a.name: dict(r.inputs) for a, r in by_address.items() if a.kind == "host"}
     conn = connect(host, str(host_inputs["address"]), host_inputs, hosts)
     try:
-        status, out, err = conn.exec_bytes(  # type: ignore[attr-defined]
+        status, out, err = conn.exec_bytes(
             argv,
             stdin=json.dumps(request).encode(),
             timeout_s=7 * 86400,

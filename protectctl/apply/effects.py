@@ -138,7 +138,7 @@ class StorageEffect:
             conn = ctx.host(str(inputs["host"]))
             if conn.read_file(f"{inputs['path']}/config/config") is None:
                 return
-            conn.remove_tree(str(inputs["path"]))  # type: ignore[attr-defined]
+            conn.remove_tree(str(inputs["path"]))
             return
         path = Path(inputs["path"])
         if not (path / "config").exists():
@@ -230,7 +230,7 @@ class AgentEffect(FilesEffect):
             from protectctl.provision.agent_install import install
 
             installed = install(
-                ctx.host(self.host_name(inputs)),  # type: ignore[arg-type]
+                ctx.host(self.host_name(inputs)),
                 inputs["install"]["venv"],
                 digest=inputs["install"]["digest"],
             )
@@ -244,7 +244,7 @@ class AgentEffect(FilesEffect):
         if inputs.get("install") and outputs.get("install"):
             from protectctl.provision.agent_install import uninstall
 
-            uninstall(ctx.host(self.host_name(inputs)), inputs["install"]["venv"])  # type: ignore[arg-type]
+            uninstall(ctx.host(self.host_name(inputs)), inputs["install"]["venv"])
 
     def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
         conn = ctx.host(self.host_name(inputs))
