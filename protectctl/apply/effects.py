@@ -8,7 +8,6 @@ deleting never removes protected data unless the plan says `delete_data`.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import secrets
 import shutil
@@ -16,12 +15,15 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from protectctl.errors import ProtectctlError, RepositoryError
 from protectctl.provision.config import render_agent_config, render_source_config
-from protectctl.provision.host import HostConnection, LocalHost, connect
+from protectctl.provision.host import HostConnection, LocalHost, connect, digest
 from protectctl.secret import SecretRef
+
+if TYPE_CHECKING:
+    from protectctl.state.model import ResourceState
 
 Inputs = Mapping[str, Any]
 Outputs = dict[str, Any]
@@ -60,10 +62,6 @@ class Effect(Protocol):
 
 def secret_ref(ref: Mapping[str, Any]) -> SecretRef:
     return SecretRef(env=ref.get("env"), file=Path(ref["file"]) if ref.get("file") else None)
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class KeyEffect:
@@ -517,7 +515,7 @@ class SecretEffect:
             conn.remove_empty_dirs(str(PurePosixPath(path).parent), str(inputs["root"]))
 
 
-def secret_drift(conn: Any, rec: Any) -> list[str]:
+def secret_drift(conn: HostConnection, rec: ResourceState) -> list[str]:
     """What differs between the passphrase copies on a host and their source on this machine;
     the values are compared here in constant time and never shown."""
     import hmac

@@ -7,6 +7,7 @@ Commands are argv lists, never shell strings.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +26,11 @@ class CommandResult:
     status: int
     stdout: str
     stderr: str
+
+
+def digest(data: bytes) -> str:
+    """What apply records of each file it writes on a host, and drift and `hosts check` compare."""
+    return hashlib.sha256(data).hexdigest()
 
 
 class HostConnection(Protocol):
