@@ -572,7 +572,8 @@ def unit_of(inputs: Inputs) -> str:
 
 def schedule_files(inputs: Inputs) -> dict[str, str]:
     """The rendered schedule files of a schedule resource, by absolute path on the host."""
-    from protectctl.provision.schedulers.base import DaemonJob, Sandbox, ScheduledJob, render_daemon, renderer_for
+    from protectctl.provision.schedulers.base import DaemonJob, Sandbox, ScheduledJob
+    from protectctl.provision.schedulers.registry import render_daemon, renderer_for
     from protectctl.units import Schedule
 
     if inputs.get("daemon"):  # a long-running service (e.g. WAL streaming), not a timer

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check each host: reachable, host key, python, agent version, timers, disk; exit 1 on a problem."""
         from protectctl import api
-        from protectctl.cli.main import env_of
+        from protectctl.cli.env import env_of
         from protectctl.cli.views import host_check_json, host_check_text
 
         env = env_of(ctx, json_mode)

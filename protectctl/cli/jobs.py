@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from protectctl.cli.env import Env, env_of
 from protectctl.cli.helpformat import HelpGroup
-from protectctl.cli.main import Env, env_of
 
 if TYPE_CHECKING:
     from protectctl.agent.sources import BackupKind, CheckResult

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from protectctl.cli.main import Env, env_of
+from protectctl.cli.env import Env, env_of
 
 if TYPE_CHECKING:
     from protectctl.apply.operations import ApplyReport

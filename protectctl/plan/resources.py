@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protectctl.plan.address import Address
-from protectctl.policy.load import Document, Policy
+from protectctl.policy.document import Document, Policy
 from protectctl.policy.model import (
     EncryptionKeySpec,
     HostSpec,
