@@ -56,7 +56,7 @@ from protectctl.engine.ids import BlobId
 from protectctl.engine.names import show_name
 from protectctl.engine.repository import BlobKind
 from protectctl.engine.tree import HashScheme, blocks_hash
-from protectctl.fsutil import fsync_dir
+from protectctl.fsutil import atomic_write
 from protectctl.provider import Archived, ArchiveOptions, SnapshotRequest
 
 DEFAULT_MIN_SIZE = 64 << 20
@@ -546,10 +546,4 @@ def _load_manifest(path: Path) -> dict[str, dict[str, object]]:
 
 
 def _save_manifest(path: Path, files: dict[str, dict[str, object]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump({"format": 1, "files": files}, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    atomic_write(path, json.dumps({"format": 1, "files": files}, sort_keys=True).encode())

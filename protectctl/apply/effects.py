@@ -8,7 +8,6 @@ deleting never removes protected data unless the plan says `delete_data`.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import secrets
 import shutil
@@ -16,12 +15,15 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from protectctl.errors import ProtectctlError, RepositoryError
 from protectctl.provision.config import render_agent_config, render_source_config
-from protectctl.provision.host import HostConnection, LocalHost, connect
+from protectctl.provision.host import HostConnection, LocalHost, connect, digest
 from protectctl.secret import SecretRef
+
+if TYPE_CHECKING:
+    from protectctl.state.model import ResourceState
 
 Inputs = Mapping[str, Any]
 Outputs = dict[str, Any]
@@ -60,10 +62,6 @@ class Effect(Protocol):
 
 def secret_ref(ref: Mapping[str, Any]) -> SecretRef:
     return SecretRef(env=ref.get("env"), file=Path(ref["file"]) if ref.get("file") else None)
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class KeyEffect:
@@ -138,7 +136,7 @@ class StorageEffect:
             conn = ctx.host(str(inputs["host"]))
             if conn.read_file(f"{inputs['path']}/config/config") is None:
                 return
-            conn.remove_tree(str(inputs["path"]))  # type: ignore[attr-defined]
+            conn.remove_tree(str(inputs["path"]))
             return
         path = Path(inputs["path"])
         if not (path / "config").exists():
@@ -230,7 +228,7 @@ class AgentEffect(FilesEffect):
             from protectctl.provision.agent_install import install
 
             installed = install(
-                ctx.host(self.host_name(inputs)),  # type: ignore[arg-type]
+                ctx.host(self.host_name(inputs)),
                 inputs["install"]["venv"],
                 digest=inputs["install"]["digest"],
             )
@@ -244,7 +242,7 @@ class AgentEffect(FilesEffect):
         if inputs.get("install") and outputs.get("install"):
             from protectctl.provision.agent_install import uninstall
 
-            uninstall(ctx.host(self.host_name(inputs)), inputs["install"]["venv"])  # type: ignore[arg-type]
+            uninstall(ctx.host(self.host_name(inputs)), inputs["install"]["venv"])
 
     def after_write(self, inputs: Inputs, ctx: ApplyContext) -> None:
         conn = ctx.host(self.host_name(inputs))
@@ -517,7 +515,7 @@ class SecretEffect:
             conn.remove_empty_dirs(str(PurePosixPath(path).parent), str(inputs["root"]))
 
 
-def secret_drift(conn: Any, rec: Any) -> list[str]:
+def secret_drift(conn: HostConnection, rec: ResourceState) -> list[str]:
     """What differs between the passphrase copies on a host and their source on this machine;
     the values are compared here in constant time and never shown."""
     import hmac
@@ -574,7 +572,8 @@ def unit_of(inputs: Inputs) -> str:
 
 def schedule_files(inputs: Inputs) -> dict[str, str]:
     """The rendered schedule files of a schedule resource, by absolute path on the host."""
-    from protectctl.provision.schedulers.base import DaemonJob, Sandbox, ScheduledJob, render_daemon, renderer_for
+    from protectctl.provision.schedulers.base import DaemonJob, Sandbox, ScheduledJob
+    from protectctl.provision.schedulers.registry import render_daemon, renderer_for
     from protectctl.units import Schedule
 
     if inputs.get("daemon"):  # a long-running service (e.g. WAL streaming), not a timer

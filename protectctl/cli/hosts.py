@@ -21,13 +21,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check each host: reachable, host key, python, agent version, timers, disk; exit 1 on a problem."""
         from protectctl import api
-        from protectctl.cli.main import env_of
+        from protectctl.cli.env import env_of
+        from protectctl.cli.views import host_check_json, host_check_text
 
         env = env_of(ctx, json_mode)
         reports = api.hosts_check(env.policy_dir, name)
         if env.output.json_mode:
-            env.output.document({"format_version": "1.0", "hosts": [r.to_json() for r in reports]})
+            env.output.document({"format_version": "1.0", "hosts": [host_check_json(r) for r in reports]})
         else:
             for r in reports:
-                env.output.text(r.text())
+                env.output.text(host_check_text(r))
         raise typer.Exit(0 if all(r.ok for r in reports) else 1)

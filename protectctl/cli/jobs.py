@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from protectctl.cli.env import Env, env_of
 from protectctl.cli.helpformat import HelpGroup
-from protectctl.cli.main import Env, env_of
 
 if TYPE_CHECKING:
+    from protectctl.agent.sources import BackupKind, CheckResult
     from protectctl.progress import Progress
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         """Run a protection job now (what the timers run)."""
         env = env_of(ctx, json_mode)
         if job in (Job.SYNC, Job.FULL):
-            _run_backup(env, job.value, group, member)
+            _run_backup(env, "sync" if job is Job.SYNC else "full", group, member)
         elif job is Job.PRUNE:
             _prune(env, group, member, dry_run=False)
         elif job is Job.VERIFY:
@@ -362,18 +363,19 @@ def point_json(p: Any) -> dict[str, Any]:
     }
 
 
-def show_result(env: Env, result: Any) -> None:
-    doc = result.to_json()
+def show_result(env: Env, result: CheckResult) -> None:
+    from protectctl.cli.views import check_json, check_text
+
     if env.output.json_mode:
-        env.output.document({"format_version": "1.0", **doc})
+        env.output.document({"format_version": "1.0", **check_json(result)})
         return
-    summary = getattr(result, "summary", None)
-    env.output.text(summary() if callable(summary) else "\n".join(f"{k}: {v}" for k, v in doc.items()))
+    env.output.text(check_text(result))
 
 
-def _run_backup(env: Env, kind: str, group: str, member: str | None) -> None:
+def _run_backup(env: Env, kind: BackupKind, group: str, member: str | None) -> None:
     from protectctl import api
     from protectctl.cli.interrupt import on_interrupt
+    from protectctl.cli.views import backup_json
 
     again = f"protectctl run {kind} {group}" + (f" --member {member}" if member else "")
     on_interrupt(
@@ -385,7 +387,7 @@ def _run_backup(env: Env, kind: str, group: str, member: str | None) -> None:
         env.policy_dir, kind, group, member, agent_config=env.agent_config, progress=progress_of(env)
     )
     if env.output.json_mode:
-        env.output.document({"format_version": "1.0", "results": [r.to_json() for r in results]})
+        env.output.document({"format_version": "1.0", "results": [backup_json(r) for r in results]})
     else:
         for r in results:
             env.output.text(backup_line(r))

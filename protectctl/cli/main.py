@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from protectctl import __version__
+from protectctl.cli.env import Env, env_of
 from protectctl.cli.helpformat import HelpGroup
 from protectctl.cli.output import Output
 
@@ -32,21 +32,7 @@ _APP_SETTINGS: dict[str, Any] = dict(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app = typer.Typer(**_APP_SETTINGS)
-
-
-@dataclass(slots=True)
-class Env:
-    policy_dir: Path
-    output: Output
-    debug: bool
-    agent_config: Path | None
-
-
-def env_of(ctx: typer.Context, json_mode: bool = False) -> Env:
-    env: Env = ctx.obj
-    if json_mode:
-        env.output.json_mode = True
-    return env
+__all__ = ["Env", "app", "env_of", "main"]  # Env, env_of: cli/env.py's, named here for older callers
 
 
 def _version(value: bool) -> None:

@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
     def manpage(ctx: typer.Context) -> None:
         """Print the man page (roff): `protectctl manpage > protectctl.1; man -l protectctl.1`."""
         from protectctl import __version__
-        from protectctl.cli.main import env_of
+        from protectctl.cli.env import env_of
 
         root = ctx.find_root().command
         env_of(ctx).output.text(render(root, type(ctx), version=__version__, today=datetime.now(UTC)))

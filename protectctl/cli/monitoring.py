@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Prometheus alerting rules derived from each source's SLA (check with `promtool check rules`)."""
         from protectctl import api
-        from protectctl.cli.main import Env
+        from protectctl.cli.env import Env
 
         env: Env = ctx.obj
         text = api.alerts(env.policy_dir, out)

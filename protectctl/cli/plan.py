@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from protectctl.cli.main import Env, env_of
+from protectctl.cli.env import Env, env_of
 
 if TYPE_CHECKING:
-    from protectctl.api import ApplyReport
+    from protectctl.apply.operations import ApplyReport
     from protectctl.apply.walk import ResourceResult
     from protectctl.plan.model import Plan
 
@@ -53,14 +53,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     def validate(ctx: typer.Context, json_mode: JsonOpt = False) -> None:
         """Check the policy: syntax, types and rules, every error with file:line:col."""
         from protectctl import api
+        from protectctl.cli.views import validate_json
 
         env = env_of(ctx, json_mode)
         result = api.validate(env.policy_dir)
         if env.output.json_mode:
-            env.output.document(result.to_json())
+            env.output.document(validate_json(result))
             return
         for w in result.warnings:
-            env.output.warn(w)
+            env.output.warn(str(w))
         total = sum(result.documents.values())
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(result.documents.items()))
         env.output.text(f"The policy is valid: {total} document(s) ({kinds}).")
@@ -254,10 +255,11 @@ def _run_apply(
 
 
 def _report(env: Env, report: ApplyReport) -> None:
+    from protectctl.cli.views import apply_json
     from protectctl.errors import ApplyError
 
     if env.output.json_mode:
-        env.output.document(report.to_json())
+        env.output.document(apply_json(report))
     for w in report.warnings:
         env.output.warn(w)
     if not report.plan.changes:

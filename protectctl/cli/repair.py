@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from protectctl.cli.main import env_of
+from protectctl.cli.env import env_of
 
 if TYPE_CHECKING:
     from protectctl.engine.points import DamagedPoint

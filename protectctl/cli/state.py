@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
+from protectctl.cli.env import env_of
 from protectctl.cli.helpformat import HelpGroup
-from protectctl.cli.main import env_of
 from protectctl.errors import StateError
 
 

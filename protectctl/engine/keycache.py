@@ -31,6 +31,8 @@ from pathlib import Path
 
 import blake3
 
+from protectctl.fsutil import atomic_write
+
 CACHE_SUFFIX = ".kdf-cache"
 _MAX_ENTRIES = 16  # one per repository key file this passphrase opens; a few storages share a key
 _CONTEXT = "protectctl 2026-12 agent kdf cache v1"
@@ -107,23 +109,7 @@ class DerivedKeyCache:
         st = os.stat(parent)
         if st.st_uid != os.geteuid() or st.st_mode & 0o077:
             return  # a directory others can enter: no secret of ours goes there
-        tmp = parent / f".{self.path.name}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb", closefd=False) as f:
-                f.write(data)
-                f.flush()
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        try:
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, data, mode=0o600)  # a private (mkstemp) temporary file, fsync, rename
 
 
 def kdf_fingerprint(n: int, r: int, p: int, salt: bytes) -> str:

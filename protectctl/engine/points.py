@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from protectctl.engine.crypto import Sealer, aad
 from protectctl.engine.ids import BlobId, blob_id_from_hex
@@ -77,8 +78,28 @@ def encode_point(sealer: Sealer, point: Point) -> bytes:
         raise ValueError("Point.time must be timezone-aware")
     if not valid_point_id(point.id):
         raise ValueError(f"point id {point.id!r} must be 8-64 lowercase hex digits")
-    document = {
-        "v": POINT_FORMAT_VERSION,
+    document = {"v": POINT_FORMAT_VERSION, **point_to_json(point)}
+    plain = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return sealer.seal(plain, aad("point", point.id.encode()))
+
+
+def decode_point(sealer: Sealer, point_id: str, stored: bytes) -> Point:
+    """Open and validate a stored point; raises CorruptionError."""
+    what = f"points/{point_id}"
+    plain = sealer.open(stored, aad("point", point_id.encode()), what)
+    try:
+        d = json.loads(plain)
+        if d["v"] != POINT_FORMAT_VERSION or d["id"] != point_id:
+            raise ValueError("unknown version or mismatched id")
+        return point_from_json(d)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise CorruptionError(f"{what}: malformed manifest ({err})") from err
+
+
+def point_to_json(point: Point) -> dict[str, object]:
+    """A point as JSON values: its manifest in the repository (sealed, with a version) and its
+    header on tape (tape/format.py) are both this."""
+    return {
         "id": point.id,
         "source": point.source,
         "time": point.time.astimezone(UTC).isoformat(),
@@ -92,35 +113,26 @@ def encode_point(sealer: Sealer, point: Point) -> bytes:
         "tags": dict(point.tags),
         "extra": dict(point.extra),
     }
-    plain = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-    return sealer.seal(plain, aad("point", point.id.encode()))
 
 
-def decode_point(sealer: Sealer, point_id: str, stored: bytes) -> Point:
-    """Open and validate a stored point; raises CorruptionError."""
-    what = f"points/{point_id}"
-    plain = sealer.open(stored, aad("point", point_id.encode()), what)
-    try:
-        d = json.loads(plain)
-        if d["v"] != POINT_FORMAT_VERSION or d["id"] != point_id:
-            raise ValueError("unknown version or mismatched id")
-        return Point(
-            id=d["id"],
-            source=str(d["source"]),
-            time=_utc(d["time"]),
-            kind=str(d["kind"]),
-            parent=d["parent"],
-            tree=blob_id_from_hex(d["tree"]) if d["tree"] is not None else None,
-            stats=PointStats(**d["stats"]),
-            complete=bool(d["complete"]),
-            # Points of earlier releases may name files with lone surrogates: printable here.
-            errors=tuple(show_text(str(e)) for e in d["errors"]),
-            host=str(d["host"]),
-            tags={str(k): str(v) for k, v in d["tags"].items()},
-            extra=dict(d["extra"]),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
-        raise CorruptionError(f"{what}: malformed manifest ({err})") from err
+def point_from_json(d: Mapping[str, Any]) -> Point:
+    """The Point `point_to_json` made; ValueError, KeyError, TypeError or AttributeError when the
+    values are not a point's."""
+    return Point(
+        id=str(d["id"]),
+        source=str(d["source"]),
+        time=_utc(str(d["time"])),
+        kind=str(d["kind"]),
+        parent=str(d["parent"]) if d["parent"] is not None else None,
+        tree=blob_id_from_hex(d["tree"]) if d["tree"] is not None else None,
+        stats=PointStats(**d["stats"]),
+        complete=bool(d["complete"]),
+        # Points of earlier releases may name files with lone surrogates: printable here.
+        errors=tuple(show_text(str(e)) for e in d["errors"]),
+        host=str(d["host"]),
+        tags={str(k): str(v) for k, v in d["tags"].items()},
+        extra=dict(d["extra"]),
+    )
 
 
 def _utc(text: str) -> datetime:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from protectctl.errors import PlanError
+from protectctl.errors import Diagnostic, PlanError
 from protectctl.plan.graph import check_resources_acyclic, ordered
 from protectctl.plan.model import (
     PLAN_FORMAT,
@@ -20,6 +20,7 @@ from protectctl.plan.model import (
     Change,
     GroupEstimate,
     Plan,
+    PlanWarning,
     Reason,
     trusted,
 )
@@ -50,7 +51,7 @@ def make_plan(
     delete_data: bool = False,
     observed: Observations | None = None,
     estimates: Sequence[GroupEstimate] = (),
-    warnings: Sequence[str] = (),
+    warnings: Sequence[str | Diagnostic] = (),
 ) -> Plan:
     """Raises PlanError for a dependency cycle or a refused deletion of data."""
     observed = observed or Observations()
@@ -99,6 +100,7 @@ def make_plan(
             "changes": changes,
             "estimates": list(estimates),
             "warnings": [str(w) for w in warnings],
+            "diagnostics": [PlanWarning.of(w) for w in warnings],
         },
     )
 

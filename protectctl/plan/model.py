@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from protectctl.errors import Diagnostic
+
 PLAN_FORMAT = "1.0"
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -88,6 +90,50 @@ class GroupEstimate(BaseModel):
     disk_bytes: int | None
 
 
+class PlanWarning(BaseModel):
+    """One plan warning, structured: `message` is the line `warnings` holds; a warning about the
+    policy keeps where it was found (file:line:col), as `validate --json` gives it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message: str
+    severity: str = "warning"
+    summary: str
+    detail: str | None = None
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    @classmethod
+    def of(cls, warning: str | Diagnostic) -> PlanWarning:
+        if isinstance(warning, str):
+            return trusted(
+                cls,
+                {
+                    "message": warning,
+                    "severity": "warning",
+                    "summary": warning,
+                    "detail": None,
+                    "file": None,
+                    "line": None,
+                    "column": None,
+                },
+            )
+        loc = warning.location
+        return trusted(
+            cls,
+            {
+                "message": str(warning),
+                "severity": warning.severity.value,
+                "summary": warning.summary,
+                "detail": warning.detail,
+                "file": str(loc.file) if loc else None,
+                "line": loc.line if loc else None,
+                "column": loc.column if loc else None,
+            },
+        )
+
+
 class Plan(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -101,7 +147,10 @@ class Plan(BaseModel):
     delete_data: bool = False
     changes: list[Change] = Field(default_factory=list)
     estimates: list[GroupEstimate] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # one line each, as the text plan shows them
+    # the same warnings structured, in the same order (file:line:col for those about the policy);
+    # added beside `warnings` so that readers of plan format 1.0 keep working
+    diagnostics: list[PlanWarning] = Field(default_factory=list)
 
     @property
     def has_changes(self) -> bool:

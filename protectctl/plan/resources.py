@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protectctl.plan.address import Address
-from protectctl.policy.load import Document, Policy
+from protectctl.policy.document import Document, Policy
 from protectctl.policy.model import (
     EncryptionKeySpec,
     HostSpec,
@@ -143,7 +143,7 @@ def _key(b: _Builder, doc: Document) -> None:
     b.add(Resource(Address("key", doc.name), inputs, replace_on=("passphrase",), holds_data=True))
 
 
-def _storage_inputs(policy: Policy, name: str) -> dict[str, object]:
+def storage_inputs(policy: Policy, name: str) -> dict[str, object]:
     doc = policy.get(Kind.STORAGE, name)
     assert doc is not None and isinstance(doc.spec, StorageSpec)
     spec = doc.spec
@@ -234,7 +234,7 @@ def _storage(b: _Builder, doc: Document) -> None:
     b.add(
         Resource(
             Address("storage", doc.name),
-            _storage_inputs(b.policy, doc.name),
+            storage_inputs(b.policy, doc.name),
             tuple(deps),
             replace_on=("type", "path"),
             holds_data=True,
@@ -371,7 +371,7 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
     if host_doc.spec.is_local and isinstance(spec.get("path"), str):
         spec["path"] = resolve_path(doc, str(spec["path"]))  # local sources resolve like other paths
     throttle = group.throttle
-    storage = {"name": group.storage, **_storage_inputs(b.policy, group.storage)}
+    storage = {"name": group.storage, **storage_inputs(b.policy, group.storage)}
     deps = [
         Address("group", doc.name),
         *(Address("agent", h) for h in member.all_hosts),

@@ -215,3 +215,18 @@ def alert_rules(policy: Policy) -> dict[str, object]:
             )
         groups.append({"name": f"protectctl-sla-{sla_name}", "rules": rules})
     return {"groups": groups}
+
+
+def rules_yaml(rules: dict[str, object]) -> str:
+    """The rules as the YAML file Prometheus reads, with a line saying who wrote it."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.width = 4096
+    buffer = io.StringIO()
+    buffer.write("# Prometheus alerting rules written by `protectctl alerts` (docs/monitoring.md)\n")
+    yaml.dump(rules, buffer)
+    return buffer.getvalue()

@@ -17,8 +17,7 @@ import os
 import stat
 import types
 import typing
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,71 +26,32 @@ from pydantic import BaseModel, ValidationError
 
 from protectctl.errors import Diagnostic, Location, PolicyError, Severity
 from protectctl.policy import fastyaml
-from protectctl.policy.model import CamelSpec, Header, Kind, Metadata, spec_model_for
+from protectctl.policy.document import DocRef, Document, KeyPath, Policy, Problem
+from protectctl.policy.model import Header, Kind, spec_model_for
+from protectctl.policy.rules import check_rules
+
+__all__ = [  # the types are policy/document.py's, named here too for the callers that load
+    "GENERATED_KINDS",
+    "MAX_FILE_BYTES",
+    "DocRef",
+    "Document",
+    "KeyPath",
+    "Policy",
+    "Problem",
+    "load_policy",
+    "policy_files",
+    "read_policy_file",
+    "resolve",
+]
 
 if typing.TYPE_CHECKING:
     from ruamel.yaml.error import MarkedYAMLError
 
-KeyPath = tuple[str | int, ...]
 # A policy file bigger than this is refused unread: a 1,000-group policy is 0.4 MB in all
 # (tests/bench/bench_plan.py), and a symlink to /dev/zero once read until MemoryError.
 MAX_FILE_BYTES = 16 << 20
 GENERATED_KINDS = frozenset({"AgentConfig", "SourceConfig"})  # written by apply on hosts
 SKIP_DIRS = frozenset({".git", ".protectctl", "node_modules", "__pycache__", ".venv"})
-
-
-@dataclass(frozen=True, slots=True)
-class DocRef:
-    """Where a document came from: its file and its index among the file's documents."""
-
-    file: Path
-    index: int
-    shipped: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    kind: Kind
-    metadata: Metadata
-    spec: CamelSpec
-    ref: DocRef
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A diagnostic whose location is a key path, resolved to line:col only when shown."""
-
-    ref: DocRef
-    path: KeyPath
-    summary: str
-    detail: str | None = None
-    severity: Severity = Severity.ERROR
-
-
-@dataclass(slots=True)
-class Policy:
-    """All documents of a policy directory, by kind and name."""
-
-    root: Path
-    documents: dict[Kind, dict[str, Document]] = field(default_factory=dict)
-    warnings: tuple[Diagnostic, ...] = ()
-    # documents whose envelope is valid but whose spec is not: already reported, so a
-    # reference to one must not be reported again as "not defined"
-    broken: set[tuple[Kind, str]] = field(default_factory=set)
-
-    def of(self, kind: Kind) -> dict[str, Document]:
-        return self.documents.get(kind, {})
-
-    def get(self, kind: Kind, name: str) -> Document | None:
-        return self.documents.get(kind, {}).get(name)
-
-    def all(self) -> Iterator[Document]:
-        for kind in Kind:
-            yield from self.documents.get(kind, {}).values()
 
 
 class Locator:
@@ -173,8 +133,6 @@ def load_policy(policy_dir: Path, *, allow_empty: bool = False) -> Policy:
 
     A directory whose files hold no document is an error unless `allow_empty` (destroy: the
     policy is gone, what apply made must go too)."""
-    from protectctl.policy.rules import check_rules  # rules need the whole policy
-
     try:
         policy_dir = policy_dir.resolve()
     except OSError as err:  # e.g. `-C .` inside a directory that was deleted

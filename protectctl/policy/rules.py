@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from functools import cache
 
 from protectctl.errors import Severity
-from protectctl.policy.load import Document, Policy, Problem
+from protectctl.policy.document import Document, Policy, Problem
 from protectctl.policy.model import (
     HostSpec,
     Kind,

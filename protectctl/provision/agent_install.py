@@ -26,31 +26,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Protocol
 
 from protectctl import __version__
 from protectctl.errors import ProtectctlError, RemoteError
-
-
-class SshHost(Protocol):
-    """What an install needs of a host: an SshHost, or the LocalHost when its root is / (the
-    local agent is installed too, so that timers never run from the venv that ran apply)."""
-
-    name: str
-
-    def read_file(self, path: str) -> bytes | None: ...
-    def write_file(self, path: str, data: bytes, *, mode: int) -> None: ...
-    def remove_tree(self, path: str) -> None: ...
-    def upload(self, local_path: str, remote_path: str) -> None: ...
-    def exec_bytes(
-        self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float | None = None
-    ) -> tuple[int, bytes, bytes]: ...
-
+from protectctl.provision.host import HostConnection
 
 MARKER = ".protectctl-install.json"
 WHEELHOUSE_DIR = "wheelhouse"  # inside the venv, so uninstall removes it with the venv
@@ -277,7 +260,7 @@ def python_version() -> tuple[int, int]:
     return sys.version_info[0], sys.version_info[1]
 
 
-def check_python(conn: SshHost) -> str:
+def check_python(conn: HostConnection) -> str:
     """The host's python3; raises RemoteError unless its version matches the control machine's
     (the wheelhouse holds binary wheels for that version)."""
     status, out, err = conn.exec_bytes(("python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"))
@@ -300,7 +283,7 @@ def marker_path(venv: str) -> str:
     return posixpath.join(venv, MARKER)
 
 
-def read_marker(conn: SshHost, venv: str) -> dict[str, str] | None:
+def read_marker(conn: HostConnection, venv: str) -> dict[str, str] | None:
     data = conn.read_file(marker_path(venv))
     if data is None:
         return None
@@ -311,7 +294,7 @@ def read_marker(conn: SshHost, venv: str) -> dict[str, str] | None:
     return found if isinstance(found, dict) else None
 
 
-def install(conn: SshHost, venv: str, *, digest: str) -> dict[str, str]:
+def install(conn: HostConnection, venv: str, *, digest: str) -> dict[str, str]:
     """Install or upgrade the agent in `venv`; returns the marker (nothing done when it matches)."""
     house = wheelhouse()
     want = {"version": __version__, "digest": digest, "wheelhouse": house.digest}
@@ -353,14 +336,14 @@ def install(conn: SshHost, venv: str, *, digest: str) -> dict[str, str]:
     return want
 
 
-def uninstall(conn: SshHost, venv: str) -> None:
+def uninstall(conn: HostConnection, venv: str) -> None:
     """Remove exactly what install made: the venv (wheelhouse and marker inside it)."""
     if read_marker(conn, venv) is None and conn.read_file(posixpath.join(venv, "bin", "protectctl")) is None:
         return  # not ours (or already gone): never remove what we did not install
     conn.remove_tree(venv)
 
 
-def _run(conn: SshHost, argv: tuple[str, ...], what: str, *, timeout_s: float = 120) -> None:
+def _run(conn: HostConnection, argv: tuple[str, ...], what: str, *, timeout_s: float = 120) -> None:
     status, _, err = conn.exec_bytes(argv, timeout_s=timeout_s)
     if status != 0:
         raise RemoteError(

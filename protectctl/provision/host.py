@@ -7,6 +7,7 @@ Commands are argv lists, never shell strings.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +26,11 @@ class CommandResult:
     status: int
     stdout: str
     stderr: str
+
+
+def digest(data: bytes) -> str:
+    """What apply records of each file it writes on a host, and drift and `hosts check` compare."""
+    return hashlib.sha256(data).hexdigest()
 
 
 class HostConnection(Protocol):
@@ -47,6 +53,20 @@ class HostConnection(Protocol):
     def run(self, argv: tuple[str, ...], *, timeout_s: float = 60) -> CommandResult: ...
 
     def has_command(self, name: str) -> bool: ...
+
+    def exec_bytes(
+        self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """Run argv with `stdin`; (status, stdout, stderr). RemoteError when it cannot run at all."""
+
+    def remove_tree(self, path: str) -> None:
+        """Remove one directory tree (an agent venv, an sftp repository); refuses '/' and relative paths."""
+
+    def upload(self, local_path: str, remote_path: str) -> None:
+        """Copy a local file to the host (mode 0644)."""
+
+    def close(self) -> None:
+        """Release the connection (SSH); a no-op for the local host."""
 
 
 class LocalHost:
@@ -104,8 +124,6 @@ class LocalHost:
     def has_command(self, name: str) -> bool:
         return shutil.which(name) is not None
 
-    # what the agent install needs (provision/agent_install.py), as on an SshHost
-
     def exec_bytes(
         self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float | None = None
     ) -> tuple[int, bytes, bytes]:
@@ -129,6 +147,9 @@ class LocalHost:
     def upload(self, local_path: str, remote_path: str) -> None:
         with open(local_path, "rb") as handle:
             self.write_file(remote_path, handle.read(), mode=0o644)
+
+    def close(self) -> None:
+        return None
 
 
 def connect(

@@ -100,9 +100,8 @@ def source_warnings(resources: Sequence[Resource]) -> list[str]:
         except ProtectctlError as err:
             return [f"host {host}: its source paths could not be checked: {err.message}"]
         finally:
-            close = getattr(conn, "close", None)
-            if close is not None:
-                close()
+            if conn is not None:
+                conn.close()
 
     if not wanted:
         return []

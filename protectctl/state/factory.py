@@ -39,7 +39,7 @@ def local_state_path(policy: Policy, settings: StateSettings) -> Path:
 def _s3(policy: Policy, settings: StateSettings) -> StateBackend:
     from protectctl.engine.storage.factory import s3_credentials, s3_location
     from protectctl.engine.storage.s3 import make_client
-    from protectctl.plan.resources import _storage_inputs
+    from protectctl.plan.resources import storage_inputs
     from protectctl.state.s3 import S3StateBackend
 
     doc = policy.get(Kind.STORAGE, settings.storage) if settings.storage else None
@@ -47,7 +47,7 @@ def _s3(policy: Policy, settings: StateSettings) -> StateBackend:
         raise StateError(
             f"the s3 state backend needs `storage:` naming a Storage of type s3 (got {settings.storage!r})"
         )
-    inputs = _storage_inputs(policy, doc.name)
+    inputs = storage_inputs(policy, doc.name)
     location = s3_location(inputs)
     key = location.prefix + ("" if not location.prefix or location.prefix.endswith("/") else "/") + settings.key
     creds = inputs.get("credentials")

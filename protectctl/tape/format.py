@@ -13,7 +13,7 @@ import base64
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -23,7 +23,7 @@ import zstandard
 from protectctl.engine.crypto import NONCE_SIZE, TAG_SIZE, Sealer, aad
 from protectctl.engine.ids import BlobId
 from protectctl.engine.pack import decode_body
-from protectctl.engine.points import Point, PointStats
+from protectctl.engine.points import Point, point_from_json, point_to_json
 from protectctl.errors import CorruptionError, TapeCorruptionError, TapeError, TapeKeyError
 
 FORMAT_NAME = "protectctl-tape"
@@ -202,47 +202,6 @@ class SegmentHeader:
         from datetime import timedelta
 
         return self.point.time + timedelta(seconds=self.retention_s)
-
-
-def point_to_json(point: Point) -> dict[str, object]:
-    return {
-        "id": point.id,
-        "source": point.source,
-        "time": point.time.astimezone(UTC).isoformat(),
-        "kind": point.kind,
-        "parent": point.parent,
-        "tree": point.tree.hex() if point.tree is not None else None,
-        "stats": {f: getattr(point.stats, f) for f in point.stats.__dataclass_fields__},
-        "complete": point.complete,
-        "errors": list(point.errors),
-        "host": point.host,
-        "tags": dict(point.tags),
-        "extra": dict(point.extra),
-    }
-
-
-def point_from_json(d: Mapping[str, object]) -> Point:
-    tree = d["tree"]
-    stats = d["stats"]
-    tags = d["tags"]
-    extra = d["extra"]
-    errors = d["errors"]
-    assert isinstance(stats, dict) and isinstance(tags, dict) and isinstance(extra, dict)
-    assert isinstance(errors, list)
-    return Point(
-        id=str(d["id"]),
-        source=str(d["source"]),
-        time=_utc(str(d["time"])),
-        kind=str(d["kind"]),
-        parent=str(d["parent"]) if d["parent"] is not None else None,
-        tree=BlobId(bytes.fromhex(tree)) if isinstance(tree, str) else None,
-        stats=PointStats(**stats),
-        complete=bool(d["complete"]),
-        errors=tuple(str(e) for e in errors),
-        host=str(d["host"]),
-        tags={str(k): str(v) for k, v in tags.items()},
-        extra=dict(extra),
-    )
 
 
 def encode_header(h: SegmentHeader) -> bytes:

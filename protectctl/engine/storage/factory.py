@@ -1,22 +1,26 @@
-"""The one place a Storage's inputs (plan/resources.py `_storage_inputs`) become a StorageBackend.
+"""The one place a Storage's inputs (plan/resources.py `storage_inputs`) become a StorageBackend.
 
-The CLI (api.py), apply (apply/effects.py), restore and tape all open storage here. Inputs hold
-secrets only as references (`{env: NAME}` or `{file: PATH}`), resolved now, at the moment of use.
-sftp needs an SSH connection, so that branch imports provision/ssh.py when asked for it.
+The jobs (agent/sources.py), the plan's observation (plan/observe.py), apply (apply/effects.py),
+restore and tape all open storage here. Inputs hold secrets only as references (`{env: NAME}` or
+`{file: PATH}`), resolved now, at the moment of use. sftp needs an SSH connection, so that branch
+imports provision/ssh.py when asked for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protectctl.engine.storage.base import ObjectKind, ObjectLockedError, ObjectMissingError, StorageBackend
 from protectctl.errors import ProtectctlError, RepositoryError
 from protectctl.secret import SecretRef
 
+if TYPE_CHECKING:
+    from protectctl.engine.storage.s3 import S3Storage
 
-def open_storage(inputs: Mapping[str, Any]) -> Any:
+
+def open_storage(inputs: Mapping[str, Any]) -> StorageBackend:
     """A backend for `inputs` (local, sftp or s3); ProtectctlError for an unknown type."""
     kind = inputs.get("type")
     if kind == "local":
@@ -26,10 +30,18 @@ def open_storage(inputs: Mapping[str, Any]) -> Any:
     if kind == "sftp":
         from protectctl.provision.ssh import open_remote_storage
 
-        return open_remote_storage(inputs)
+        remote: StorageBackend = open_remote_storage(inputs)
+        return remote
     if kind == "s3":
         return open_s3(inputs)
     raise ProtectctlError(f"storage type {kind!r} is not supported by this version", hint="use local, sftp or s3")
+
+
+def close_storage(storage: StorageBackend) -> None:
+    """Close a storage that holds a connection (sftp: its SSH session); the others hold none."""
+    close = getattr(storage, "close", None)
+    if close is not None:
+        close()
 
 
 def s3_location(inputs: Mapping[str, Any]) -> Any:
@@ -64,7 +76,7 @@ def _resolve(ref: Mapping[str, Any], what: str) -> str:
         ) from None
 
 
-def open_s3(inputs: Mapping[str, Any]) -> Any:
+def open_s3(inputs: Mapping[str, Any]) -> S3Storage:
     from protectctl.engine.storage.s3 import ObjectLock, S3Storage
 
     lock = inputs.get("object_lock")

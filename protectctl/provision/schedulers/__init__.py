@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from protectctl.provision.schedulers.base import (
-    JobError,
-    ScheduledJob,
-    SchedulerRenderer,
-    renderer_for,
-    unit_name,
-)
+from protectctl.provision.schedulers.base import JobError, ScheduledJob, SchedulerRenderer, unit_name
+from protectctl.provision.schedulers.registry import renderer_for
 
 __all__ = ["JobError", "ScheduledJob", "SchedulerRenderer", "renderer_for", "unit_name"]

@@ -26,7 +26,6 @@ __all__ = [
     "ScheduledJob",
     "SchedulerRenderer",
     "render_template",
-    "renderer_for",
     "unit_name",
 ]
 
@@ -190,19 +189,9 @@ class SchedulerRenderer(Protocol):
         """File contents by path relative to the host's root (e.g. `etc/cron.d/NAME`)."""
         ...
 
-
-def renderer_for(kind: str) -> SchedulerRenderer:
-    """The renderer for a Host's `scheduler` (`systemd` or `cron`); JobError for anything else."""
-    # Imported here so that choosing one scheduler does not import the other.
-    if kind == "systemd":
-        from protectctl.provision.schedulers.systemd import SystemdRenderer
-
-        return SystemdRenderer()
-    if kind == "cron":
-        from protectctl.provision.schedulers.cron import CronRenderer
-
-        return CronRenderer()
-    raise JobError(f"{kind!r} is not a scheduler; expected systemd or cron")
+    def render_daemon(self, job: DaemonJob) -> dict[PurePosixPath, str]:
+        """The files that keep `job` running (started at boot, restarted when it stops)."""
+        ...
 
 
 @cache
@@ -242,17 +231,3 @@ class DaemonJob:
         _check_text("the description", self.description)
         for arg in self.argv:
             _check_text("the argument", arg)
-
-
-def render_daemon(kind: str, job: DaemonJob) -> dict[PurePosixPath, str]:
-    """The files that keep `job` running under a Host's `scheduler`: a systemd service with
-    Restart=always, or a cron.d `@reboot` line (the command supervises itself); JobError otherwise."""
-    if kind == "systemd":
-        from protectctl.provision.schedulers.systemd import render_service
-
-        return render_service(job)
-    if kind == "cron":
-        from protectctl.provision.schedulers.cron import render_reboot
-
-        return render_reboot(job)
-    raise JobError(f"unknown scheduler {kind!r}; expected systemd or cron")

@@ -100,6 +100,9 @@ class CronRenderer:
         )
         return {CRON_DIR / cron_file_name(job.name): text}
 
+    def render_daemon(self, job: DaemonJob) -> dict[PurePosixPath, str]:
+        return render_reboot(job)
+
 
 def render_reboot(job: DaemonJob) -> dict[PurePosixPath, str]:
     """`etc/cron.d/<name>` starting the command at boot; it must supervise itself (cron never restarts it)."""
@@ -114,3 +117,6 @@ def render_reboot(job: DaemonJob) -> dict[PurePosixPath, str]:
         command=shlex.join(job.argv).replace("%", "\\%"),
     )
     return {CRON_DIR / cron_file_name(job.name): text}
+
+
+SCHEDULER = CronRenderer()  # provision/schedulers/registry.py

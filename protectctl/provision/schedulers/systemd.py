@@ -49,6 +49,9 @@ def environment_assignment(key: str, value: str) -> str:
 class SystemdRenderer:
     """Renders `<name>.service` (Type=oneshot, idle priority) and `<name>.timer`."""
 
+    def render_daemon(self, job: DaemonJob) -> dict[PurePosixPath, str]:
+        return render_service(job)
+
     def render(self, job: ScheduledJob) -> dict[PurePosixPath, str]:
         sandbox = job.sandbox
         service = render_template(
@@ -84,3 +87,6 @@ def render_service(job: DaemonJob) -> dict[PurePosixPath, str]:
         "systemd.daemon.service.j2", description=_specifiers(job.description), exec_start=exec_line(job.argv)
     )
     return {UNIT_DIR / f"{job.name}.service": text}
+
+
+SCHEDULER = SystemdRenderer()  # provision/schedulers/registry.py
