@@ -179,14 +179,15 @@ def _read(
     """Begin the pull job (the guest frozen around it when it can be), read, end the job:
     (what was read, "application" or "crash", why, why every chunk was read)."""
     owner = libvirt.qemu_owner(root)
+    marker = request.state_dir / "vmimage" / f"{safe_name(domain)}.frozen"
     try:
         with contextlib.ExitStack() as stack:
-            consistency, why, frozen = _freeze(domain)
+            consistency, why, frozen = _freeze(domain, marker)
             try:
                 export, refused = _begin(stack, domain, disk, tracked, new, owner)
             finally:
                 if frozen:
-                    why = _thaw(domain, why)
+                    why = _thaw(domain, why, marker)
             if request.frozen is not None:
                 request.frozen()
             if refused is not None:
@@ -229,25 +230,34 @@ def _begin(
     ), refused
 
 
-def _freeze(domain: str) -> tuple[str, str, bool]:
-    """Freeze the guest's filesystems when its agent answers: (consistency, why, frozen)."""
+def _freeze(domain: str, marker: Path) -> tuple[str, str, bool]:
+    """Freeze the guest's filesystems when its agent answers: (consistency, why, frozen).
+    `marker` exists while we may have the guest frozen: a run that died then left it so, and
+    the next run thaws it (a guest someone else froze is left as it is)."""
     if not libvirt.agent_answers(domain):
         return "crash", "the guest agent did not answer: the disk was taken as after a power loss", False
-    try:
-        libvirt.fsfreeze(domain)
-    except ProviderError as err:
-        with contextlib.suppress(ProviderError):
+    if marker.exists():
+        if libvirt.frozen(domain):
+            log.warning("vmimage.guest_left_frozen", extra={"domain": domain})
             libvirt.fsthaw(domain)
+        marker.unlink()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    try:
+        libvirt.fsfreeze(domain)  # the agent thaws what it froze when freezing fails
+    except ProviderError as err:
+        marker.unlink()
         return "crash", f"the guest agent could not freeze the filesystems ({err.message})", False
     return "application", "the guest agent froze the filesystems around the checkpoint", True
 
 
-def _thaw(domain: str, why: str) -> str:
+def _thaw(domain: str, why: str, marker: Path) -> str:
     try:
         libvirt.fsthaw(domain)
     except ProviderError as err:  # the checkpoint was taken frozen; the guest must not stay so
         log.error("vmimage.thaw_failed", extra={"domain": domain, "error": err.message})
         return f"{why} (thawing failed: {err.message}; run `virsh domfsthaw {domain}`)"
+    marker.unlink(missing_ok=True)
     return why
 
 

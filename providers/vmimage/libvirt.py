@@ -114,6 +114,23 @@ def agent_answers(domain: str) -> bool:
     return True
 
 
+def frozen(domain: str) -> bool:
+    """Are the guest's filesystems frozen (`guest-fsfreeze-status`)? False when it cannot say."""
+    try:
+        text = virsh(
+            "qemu-agent-command",
+            "--timeout",
+            str(_AGENT_TIMEOUT_S),
+            "--",
+            domain,
+            '{"execute":"guest-fsfreeze-status"}',
+            what=f"the guest agent of {domain}",
+        )
+    except ProviderError:
+        return False
+    return '"frozen"' in text
+
+
 def fsfreeze(domain: str) -> None:
     virsh("domfsfreeze", "--", domain, what=f"cannot freeze the filesystems of {domain}")
 
