@@ -68,6 +68,13 @@ def bitmap_tag(source: str, repository_id: str) -> str:
     return f"{qemu.BITMAP_PREFIX}{digest}-"
 
 
+def checkpoint_tag(source: str, repository_id: str) -> str:
+    """The prefix of this source's libvirt checkpoints in this repository (domain.py); each is
+    also a bitmap of the same name in the image."""
+    digest = hashlib.sha256(f"{source}\0{repository_id}".encode()).hexdigest()[:12]
+    return f"{qemu.BITMAP_PREFIX}cp-{digest}-"
+
+
 @dataclasses.dataclass(slots=True)
 class Run:
     """What one snapshot found and read."""
@@ -190,6 +197,11 @@ def _previous(
     tracked, reason = previous(request, where, info, chunk)
     if tracked is not None and info.format == "qcow2":
         bitmap = info.bitmap(tracked.bitmap or "")
+        if bitmap is None and tracked.domain is not None:
+            return None, (
+                f"the bitmap of the checkpoint {tracked.bitmap} is not in the image (the domain's qemu did"
+                " not stop cleanly, or the image was replaced): changes since the last point cannot be known"
+            )
         if bitmap is None:
             return None, (
                 f"the dirty bitmap {tracked.bitmap} is gone from the image (removed, or the image"
@@ -237,8 +249,11 @@ def _qcow2(
 ) -> tuple[Run, str, str | None]:
     tag = bitmap_tag(request.source, request.sink.repository_id)
     old = tracked.bitmap if tracked is not None else None
-    for leftover in info.bitmaps:  # ours, from a sync that crashed or a point never saved
-        if leftover.name.startswith(tag) and leftover.name != old:
+    # ours, from a sync that crashed or a point never saved; or the bitmap of a checkpoint the
+    # domain took that is not followed (libvirt's record of it is dropped by the next domain sync)
+    ours = (tag, checkpoint_tag(request.source, request.sink.repository_id))
+    for leftover in info.bitmaps:
+        if leftover.name.startswith(ours) and leftover.name != old:
             qemu.bitmap_remove(path, leftover.name)
     new = f"{tag}{time.time_ns():x}"
     qemu.bitmap_add(path, new)  # from here on every write is tracked by `new` (and `old`)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -36,13 +35,6 @@ from protectctl.providers.vmimage import backup, libvirt, qemu
 from protectctl.providers.vmimage.chunkmap import Tracked, chunk_count, chunk_size_for
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_tag(source: str, repository_id: str) -> str:
-    """The prefix of this source's checkpoints in this repository; unlike the image path's
-    bitmaps (backup.bitmap_tag), which a sync of the shut-off domain's file cleans up."""
-    digest = hashlib.sha256(f"{source}\0{repository_id}".encode()).hexdigest()[:12]
-    return f"{qemu.BITMAP_PREFIX}cp-{digest}-"
 
 
 def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
@@ -82,7 +74,7 @@ def _running(request: SnapshotRequest, domain: str, path: Path) -> SnapshotOutco
     chunk = chunk_size_for(info.cluster_size if info.format == "qcow2" else 0)
     count = chunk_count(info.virtual_size, chunk)
     where = backup.state_path(request.state_dir, request.source, request.sink.repository_id)
-    tag = checkpoint_tag(request.source, request.sink.repository_id)
+    tag = backup.checkpoint_tag(request.source, request.sink.repository_id)
     tracked, reason = _previous(request, where, info, chunk, domain, tag)
     new = f"{tag}{time.time_ns():x}" if info.format == "qcow2" else None
     st = os.stat(path)

@@ -245,6 +245,6 @@ def test_a_domain_state_round_trips(tmp_path: Path) -> None:
 
 
 def test_checkpoint_names_differ_per_repository_and_from_image_bitmaps() -> None:
-    a, b = domain.checkpoint_tag("vms/web1", "r1"), domain.checkpoint_tag("vms/web1", "r2")
+    a, b = backup.checkpoint_tag("vms/web1", "r1"), backup.checkpoint_tag("vms/web1", "r2")
     assert a != b and a.startswith("protectctl-cp-")
     assert not a.startswith(backup.bitmap_tag("vms/web1", "r1"))
