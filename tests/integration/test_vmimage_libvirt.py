@@ -14,6 +14,7 @@ tests/unit/test_vmimage_domain.py with a stand-in for virsh.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -153,6 +154,10 @@ def _domain(tmp: Path, name: str) -> Path:
     return image
 
 
+def _qmp(domain: str, command: str, **arguments: object) -> None:
+    _virsh("qemu-monitor-command", domain, json.dumps({"execute": command, "arguments": arguments}))
+
+
 def _write(domain: str, *commands: str) -> None:
     """Write the running disk as the guest would."""
     for command in commands:
@@ -268,6 +273,20 @@ def test_a_running_domain_is_read_through_checkpoints(libvirtd: Path, tmp_path: 
     assert _ours("web1") == [extra["checkpoint"]] and not left.exists()
     assert "Backup" not in _virsh("domjobinfo", "web1")
     copies.append((fourth.point_id, _copy_paused("web1", image, tmp_path / "at3.qcow2")))
+
+    # the checkpoint's bitmap lost from the running disk (libvirt still lists the checkpoint, as
+    # after qemu was killed and the domain restarted): libvirt refuses it, the sync reads all
+    (followed,) = _ours("web1")
+    blocks = json.loads(_virsh("qemu-monitor-command", "web1", '{"execute":"query-block"}'))["return"]
+    node = next(b["inserted"]["node-name"] for b in blocks if b.get("qdev", "").endswith("virtio-disk0/virtio-backend"))
+    _qmp("web1", "block-dirty-bitmap-remove", node=node, name=followed)
+    _write("web1", f"write -P 0x66 {9 << 20} {C}")
+    fifth = run_backup(job, "sync")
+    reason = str(_extra(job, fifth)["read_all_reason"])
+    assert "libvirt could not back up from the checkpoint" in reason and followed in reason
+    assert fifth.bytes_read == (1 << 20) + 5 * C
+    assert len(_ours("web1")) == 1
+    copies.append((fifth.point_id, _copy_paused("web1", image, tmp_path / "at4.qcow2")))
 
     _restores(tmp_path, job, copies)
 
