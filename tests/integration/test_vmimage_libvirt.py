@@ -104,8 +104,14 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             time.sleep(0.1)
         yield d
     finally:
-        for name in _virsh("list", "--all", "--name", check=False).split():
-            _virsh("destroy", name, check=False)
+        names = _virsh("list", "--all", "--name", check=False).split()
+        stopping = [
+            subprocess.Popen(["virsh", "-q", "destroy", n], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for n in names
+        ]
+        for stop in stopping:  # together: each takes about a second
+            stop.wait()
+        for name in names:
             _virsh("undefine", "--checkpoints-metadata", name, check=False)
         daemon.send_signal(signal.SIGTERM)
         try:
