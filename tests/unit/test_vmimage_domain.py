@@ -248,3 +248,14 @@ def test_checkpoint_names_differ_per_repository_and_from_image_bitmaps() -> None
     a, b = backup.checkpoint_tag("vms/web1", "r1"), backup.checkpoint_tag("vms/web1", "r2")
     assert a != b and a.startswith("protectctl-cp-")
     assert not a.startswith(backup.bitmap_tag("vms/web1", "r1"))
+
+
+def test_a_pull_job_works_beside_the_image_unless_it_cannot(tmp_path: Path) -> None:
+    image = tmp_path / "web1.qcow2"
+    image.touch()
+    assert libvirt.job_parent(str(image)) == str(tmp_path)
+    assert libvirt.job_parent("/dev/null") is None  # a device: the temporary directory
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    (deep / "x.qcow2").touch()
+    assert libvirt.job_parent(str(deep / "x.qcow2")) is None  # the socket's path would be too long
