@@ -70,6 +70,9 @@ def _running(request: SnapshotRequest, domain: str, path: Path) -> SnapshotOutco
             " vmImage reads qcow2 and raw"
         )
     _end_leftover_job(domain)
+    for stale in libvirt.stale_job_dirs(domain, disk.source):  # no job runs now: a dead run's
+        log.warning("vmimage.job_dir_left", extra={"domain": domain, "path": stale})
+        shutil.rmtree(stale, ignore_errors=True)
     info = qemu.image_info(path, disk.driver, shared=True)
     chunk = chunk_size_for(info.cluster_size if info.format == "qcow2" else 0)
     count = chunk_count(info.virtual_size, chunk)

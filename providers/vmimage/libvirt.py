@@ -190,16 +190,33 @@ class PullExport:
 
 
 _SOCKET_PATH_MAX = 107  # sun_path, less its NUL
-_JOB_DIR_LEN = len(BACKUP_DIR_PREFIX) + 8 + len("/nbd.sock")  # mkdtemp's 8 random characters
+_JOB_DIR_TAIL = 8 + len("/nbd.sock")  # mkdtemp's 8 random characters, the socket
 
 
-def job_parent(source: str) -> str | None:
+def job_prefix(domain: str) -> str:
+    """The name of a pull job's directory starts so ("@" is in no domain name the spec allows)."""
+    return f"{BACKUP_DIR_PREFIX}{domain}@"
+
+
+def stale_job_dirs(domain: str, source: str) -> list[str]:
+    """This domain's job directories where its jobs go (beside the image, the temporary
+    directory); with no job running, what a run that died left (its scratch file can be big)."""
+    places = {tempfile.gettempdir(), job_parent(source, domain) or tempfile.gettempdir()}
+    prefix = job_prefix(domain)
+    found: list[str] = []
+    for place in sorted(places):
+        with contextlib.suppress(OSError):
+            found += [os.path.join(place, n) for n in os.listdir(place) if n.startswith(prefix)]
+    return found
+
+
+def job_parent(source: str, domain: str) -> str | None:
     """Where a pull job's directory goes: beside the image file (the scratch file holds the old
     content of what the guest rewrites during the read, so it belongs on the images'
     filesystem, not on a /tmp that may be memory); the temporary directory for a block device
     or where the socket's path would be too long for a Unix socket."""
     parent = os.path.dirname(os.path.abspath(source))
-    if not os.path.isfile(source) or len(parent) + 1 + _JOB_DIR_LEN > _SOCKET_PATH_MAX:
+    if not os.path.isfile(source) or len(parent) + 1 + len(job_prefix(domain)) + _JOB_DIR_TAIL > _SOCKET_PATH_MAX:
         return None
     return parent if os.access(parent, os.W_OK) else None
 
@@ -217,7 +234,7 @@ def pull_backup(
     domain's qemu on a private Unix socket (writes the guest makes meanwhile go past it, their
     old content kept in a scratch file), with the dirty map since `incremental` when given; a
     new checkpoint `checkpoint` is taken at the same instant. The job is ended on leaving."""
-    with tempfile.TemporaryDirectory(prefix=BACKUP_DIR_PREFIX, dir=job_parent(disk.source)) as tmp:
+    with tempfile.TemporaryDirectory(prefix=job_prefix(domain), dir=job_parent(disk.source, domain)) as tmp:
         if owner is not None and owner != (os.geteuid(), os.getegid()):
             os.chown(tmp, *owner)  # qemu, running as its own user, creates the socket and scratch here
         sock, scratch = os.path.join(tmp, "nbd.sock"), os.path.join(tmp, "scratch.qcow2")

@@ -259,7 +259,7 @@ def test_a_running_domain_is_read_through_checkpoints(libvirtd: Path, tmp_path: 
     (followed,) = _ours("web1")
     stray = tmp_path / "stray"
     stray.mkdir()
-    left = Path(tempfile.gettempdir()) / f"protectctl-vmbackup-test{os.getpid()}"
+    left = Path(tempfile.gettempdir()) / f"protectctl-vmbackup-web1@test{os.getpid()}"
     left.mkdir()
     (stray / "b.xml").write_text(
         f"<domainbackup mode='pull'><incremental>{followed}</incremental>"

@@ -179,7 +179,7 @@ def test_a_checkpoint_libvirt_refuses_falls_back_to_a_full_read(
 def test_a_backup_job_left_by_a_dead_run_is_ended_and_another_one_is_refused(tmp_path: Path, virsh: Virsh) -> None:
     domain._end_leftover_job("web1")
     assert "domjobabort" not in virsh.calls  # no job
-    left = tmp_path / f"{libvirt.BACKUP_DIR_PREFIX}abc"
+    left = tmp_path / f"{libvirt.job_prefix('web1')}abc"
     left.mkdir()
     virsh.job_socket = str(left / "nbd.sock")
     domain._end_leftover_job("web1")
@@ -253,9 +253,19 @@ def test_checkpoint_names_differ_per_repository_and_from_image_bitmaps() -> None
 def test_a_pull_job_works_beside_the_image_unless_it_cannot(tmp_path: Path) -> None:
     image = tmp_path / "web1.qcow2"
     image.touch()
-    assert libvirt.job_parent(str(image)) == str(tmp_path)
-    assert libvirt.job_parent("/dev/null") is None  # a device: the temporary directory
+    assert libvirt.job_parent(str(image), "web1") == str(tmp_path)
+    assert libvirt.job_parent("/dev/null", "web1") is None  # a device: the temporary directory
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
     (deep / "x.qcow2").touch()
-    assert libvirt.job_parent(str(deep / "x.qcow2")) is None  # the socket's path would be too long
+    assert libvirt.job_parent(str(deep / "x.qcow2"), "web1") is None  # the socket's path would be too long
+
+
+def test_a_dead_runs_job_directories_of_this_domain_only_are_found(tmp_path: Path) -> None:
+    image = tmp_path / "web1.qcow2"
+    image.touch()
+    mine, other = tmp_path / f"{libvirt.job_prefix('web')}x1", tmp_path / f"{libvirt.job_prefix('web-1')}x2"
+    mine.mkdir()
+    other.mkdir()
+    assert str(mine) in libvirt.stale_job_dirs("web", str(image))
+    assert str(other) not in libvirt.stale_job_dirs("web", str(image))
