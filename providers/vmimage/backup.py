@@ -36,7 +36,7 @@ from protectctl.provider import (
     file_node,
     safe_name,
 )
-from protectctl.providers.vmimage import qemu
+from protectctl.providers.vmimage import libvirt, qemu
 from protectctl.providers.vmimage.chunkmap import (
     ID_SIZE,
     ZERO_ID,
@@ -68,8 +68,15 @@ def bitmap_tag(source: str, repository_id: str) -> str:
     return f"{qemu.BITMAP_PREFIX}{digest}-"
 
 
+def checkpoint_tag(source: str, repository_id: str) -> str:
+    """The prefix of this source's libvirt checkpoints in this repository (domain.py); each is
+    also a bitmap of the same name in the image."""
+    digest = hashlib.sha256(f"{source}\0{repository_id}".encode()).hexdigest()[:12]
+    return f"{qemu.BITMAP_PREFIX}cp-{digest}-"
+
+
 @dataclasses.dataclass(slots=True)
-class _Run:
+class Run:
     """What one snapshot found and read."""
 
     ids: bytearray
@@ -80,13 +87,10 @@ class _Run:
     silent: int = 0  # chunks a full found changed that the tracking did not mark
 
 
-def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
+def snapshot(request: SnapshotRequest, *, offline: str | None = None) -> SnapshotOutcome:
+    """A sync or full of the image file (`offline`: why a member with a domain reads its file:
+    the domain is shut off)."""
     spec = request.spec
-    if spec.get("domain"):
-        raise ProviderError(
-            f"{request.source}: libvirt domain mode (virsh backup-begin with checkpoints) is not available here",
-            hint="see docs/vm-images.md: protect the image of a shut-off guest (leave `domain` out) until it is",
-        )
     path = Path(str(spec["path"]))
     try:
         st = os.stat(path)
@@ -116,7 +120,7 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
         log.warning("vmimage.read_all", extra={"source": request.source, "reason": reason})
     if request.kind == "full":
         reason = reason or "a full reads every chunk (and counts the changes tracking missed)"
-    tree = _tree(sink, st, info.virtual_size, chunk, run.ids)
+    tree = image_tree(sink, st, info.virtual_size, chunk, run.ids)
     extra: dict[str, object] = {
         "path": str(path),
         "format": info.format,
@@ -129,10 +133,15 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
         "chunks_new": run.chunks_new,
         "read_all_reason": reason,
         "silent_changes": run.silent,
-        "consistency": "crash-consistent: the image was not in use (no domain)",
+        "consistency": "crash",
+        "consistency_reason": offline or "the image was not in use (no domain)",
     }
     if new_bitmap:
         extra["bitmap"] = new_bitmap
+
+    # the bitmap of a checkpoint the domain took (the last point was read while it ran): its
+    # libvirt record goes with it
+    checkpoint_of = tracked.domain if tracked is not None else None
 
     def finish(point_id: str | None) -> None:
         _finish(
@@ -141,6 +150,7 @@ def snapshot(request: SnapshotRequest) -> SnapshotOutcome:
             where,
             Tracked(point_id or "", new_bitmap, info.format, info.virtual_size, chunk, bytes(run.ids), identity),
             old_bitmap,
+            checkpoint_of,
         )
 
     return SnapshotOutcome(
@@ -184,6 +194,32 @@ def _previous(
     request: SnapshotRequest, where: Path, info: qemu.ImageInfo, chunk: int
 ) -> tuple[Tracked | None, str | None]:
     """The tracked state when it can be followed, else None and why every chunk is read."""
+    tracked, reason = previous(request, where, info, chunk)
+    if tracked is not None and info.format == "qcow2":
+        bitmap = info.bitmap(tracked.bitmap or "")
+        if bitmap is None and tracked.domain is not None:
+            return None, (
+                f"the bitmap of the checkpoint {tracked.bitmap} is not in the image (the domain's qemu did"
+                " not stop cleanly, or the image was replaced): changes since the last point cannot be known"
+            )
+        if bitmap is None:
+            return None, (
+                f"the dirty bitmap {tracked.bitmap} is gone from the image (removed, or the image"
+                " replaced): changes since the last point cannot be known"
+            )
+        if not bitmap.consistent:
+            return None, (
+                f"the dirty bitmap {tracked.bitmap} is {' and '.join(bitmap.flags) or 'disabled'}"
+                " (a writer crashed or stopped tracking): changes since the last point cannot be known"
+            )
+    return tracked, reason
+
+
+def previous(
+    request: SnapshotRequest, where: Path, info: qemu.ImageInfo, chunk: int
+) -> tuple[Tracked | None, str | None]:
+    """The tracked state when its point and chunks are still there and the image kept its shape
+    (whatever tracks the changes since is the caller's to check), else None and why."""
     tracked = load_tracked(where)
     if tracked is None:
         return None, "first backup of this image into this repository"
@@ -202,18 +238,6 @@ def _previous(
     for blob in {bytes(tracked.ids[i : i + ID_SIZE]) for i in range(0, len(tracked.ids), ID_SIZE)} - {ZERO_ID}:
         if not request.sink.has_blob(blob):  # type: ignore[arg-type]
             return None, "chunks of the last point are no longer in the repository"
-    if info.format == "qcow2":
-        bitmap = info.bitmap(tracked.bitmap or "")
-        if bitmap is None:
-            return None, (
-                f"the dirty bitmap {tracked.bitmap} is gone from the image (removed, or the image"
-                " replaced): changes since the last point cannot be known"
-            )
-        if not bitmap.consistent:
-            return None, (
-                f"the dirty bitmap {tracked.bitmap} is {' and '.join(bitmap.flags) or 'disabled'}"
-                " (a writer crashed or stopped tracking): changes since the last point cannot be known"
-            )
     return tracked, None
 
 
@@ -222,18 +246,21 @@ def _previous(
 
 def _qcow2(
     request: SnapshotRequest, path: Path, info: qemu.ImageInfo, chunk: int, count: int, tracked: Tracked | None
-) -> tuple[_Run, str, str | None]:
+) -> tuple[Run, str, str | None]:
     tag = bitmap_tag(request.source, request.sink.repository_id)
     old = tracked.bitmap if tracked is not None else None
-    for leftover in info.bitmaps:  # ours, from a sync that crashed or a point never saved
-        if leftover.name.startswith(tag) and leftover.name != old:
+    # ours, from a sync that crashed or a point never saved; or the bitmap of a checkpoint the
+    # domain took that is not followed (libvirt's record of it is dropped by the next domain sync)
+    ours = (tag, checkpoint_tag(request.source, request.sink.repository_id))
+    for leftover in info.bitmaps:
+        if leftover.name.startswith(ours) and leftover.name != old:
             qemu.bitmap_remove(path, leftover.name)
     new = f"{tag}{time.time_ns():x}"
     qemu.bitmap_add(path, new)  # from here on every write is tracked by `new` (and `old`)
     try:
         run = _read_qcow2(request, path, info, chunk, count, tracked, old)
     except BaseException:
-        _quietly_remove(path, new)
+        quietly_remove(path, new)
         raise
     return run, new, old
 
@@ -246,25 +273,42 @@ def _read_qcow2(
     count: int,
     tracked: Tracked | None,
     old: str | None,
-) -> _Run:
-    size = info.virtual_size
+) -> Run:
     with qemu.export(path, "qcow2", old if tracked is not None else None) as ex:
-        zero = all_zero(qemu.extent_map(ex.uri), chunk, size)
-        if tracked is not None:
-            dirty = touched(qemu.extent_map(ex.uri, f"qemu:dirty-bitmap:{old}"), chunk, count)
-            run = _Run(bytearray(tracked.ids))
-        else:
-            dirty, run = set(range(count)), _Run(bytearray(count * ID_SIZE))
-        wanted = set(range(count)) if request.kind == "full" else dirty
-        for index in wanted & zero:
-            _set(run, index, ZERO_ID, tracked is not None and index not in dirty)
-        with NbdClient(ex.socket, qemu.EXPORT) as client:
-            pieces = prefetch(client.read_ranges(read_ranges(wanted - zero, chunk, size)))
-            _store(request.sink, run, pieces, chunk, lambda i: tracked is not None and i not in dirty)
+        context = f"qemu:dirty-bitmap:{old}" if tracked is not None else None
+        return read_export(request, ex.socket, qemu.EXPORT, context, info.virtual_size, chunk, count, tracked)
+
+
+def read_export(
+    request: SnapshotRequest,
+    sock: str,
+    export: str,
+    dirty_context: str | None,
+    size: int,
+    chunk: int,
+    count: int,
+    tracked: Tracked | None,
+) -> Run:
+    """Read an NBD export of the image: with `tracked`, only the chunks `dirty_context` marks
+    (every chunk for a full), the rest are the tracked point's; zero extents are never read."""
+    uri = f"nbd+unix:///{export}?socket={sock}"
+    zero = all_zero(qemu.extent_map(uri), chunk, size)
+    if tracked is not None and dirty_context is not None:
+        dirty = touched(qemu.extent_map(uri, dirty_context), chunk, count)
+        run = Run(bytearray(tracked.ids))
+        base = True
+    else:
+        dirty, run, base = set(range(count)), Run(bytearray(count * ID_SIZE)), False
+    wanted = set(range(count)) if request.kind == "full" else dirty
+    for index in wanted & zero:
+        _set(run, index, ZERO_ID, base and index not in dirty)
+    with NbdClient(sock, export) as client:
+        pieces = prefetch(client.read_ranges(read_ranges(wanted - zero, chunk, size)))
+        _store(request.sink, run, pieces, chunk, lambda i: base and i not in dirty)
     return run
 
 
-def _quietly_remove(path: Path, bitmap: str) -> None:
+def quietly_remove(path: Path, bitmap: str) -> None:
     try:
         qemu.bitmap_remove(path, bitmap)
     except ProviderError as err:
@@ -295,7 +339,7 @@ def _raw_sync(
     count: int,
     tracked: Tracked | None,
     identity: tuple[int, ...],
-) -> tuple[_Run, str | None]:
+) -> tuple[Run, str | None]:
     """Nothing read when the image is untouched since the tracked read, else every data extent."""
     if not path.is_file():  # a block device's times do not follow writes to it
         return _raw(request, path, size, chunk, count), (
@@ -304,7 +348,7 @@ def _raw_sync(
             " new chunks are stored)"
         )
     if tracked is not None and request.kind == "sync" and _unchanged(tracked, identity):
-        return _Run(bytearray(tracked.ids)), None
+        return Run(bytearray(tracked.ids)), None
     return _raw(request, path, size, chunk, count), (
         "a raw image has no dirty bitmap: it changed since the last"
         " point, so every data extent was read (only new chunks"
@@ -312,8 +356,8 @@ def _raw_sync(
     )
 
 
-def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int) -> _Run:
-    run = _Run(bytearray(count * ID_SIZE))
+def _raw(request: SnapshotRequest, path: Path, size: int, chunk: int, count: int) -> Run:
+    run = Run(bytearray(count * ID_SIZE))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOATIME if os.geteuid() == 0 else os.O_RDONLY)
     except OSError as err:
@@ -408,7 +452,7 @@ def prefetch(pieces: Iterator[Piece], depth: int = 8) -> Iterator[Piece]:
         worker.join()
 
 
-def _set(run: _Run, index: int, blob: bytes, unmarked: bool) -> None:
+def _set(run: Run, index: int, blob: bytes, unmarked: bool) -> None:
     at = index * ID_SIZE
     if unmarked and run.ids[at : at + ID_SIZE] != blob:
         run.silent += 1
@@ -417,7 +461,7 @@ def _set(run: _Run, index: int, blob: bytes, unmarked: bool) -> None:
 
 def _store(
     sink: SnapshotSink,
-    run: _Run,
+    run: Run,
     pieces: Iterable[tuple[int, bytes | bytearray]],
     chunk: int,
     unmarked: Callable[[int], bool],
@@ -440,7 +484,7 @@ def _store(
             _set(run, index, blob, unmarked(index))
 
 
-def _tree(sink: SnapshotSink, st: os.stat_result, size: int, chunk: int, ids: bytearray) -> BlobId:
+def image_tree(sink: SnapshotSink, st: os.stat_result, size: int, chunk: int, ids: bytearray) -> BlobId:
     chunks, holes = layout(ids, chunk, size)
     node = file_node(NODE_NAME, st, size=size, chunks=chunks, content_hash=b"")
     # Each chunk is checked against its id on restore; a whole-image hash would cost a full read.
@@ -448,15 +492,31 @@ def _tree(sink: SnapshotSink, st: os.stat_result, size: int, chunk: int, ids: by
     return sink.save_tree(Tree((node,)))
 
 
-def _finish(point_id: str | None, path: Path, where: Path, tracked: Tracked, old: str | None) -> None:
+def _finish(
+    point_id: str | None, path: Path, where: Path, tracked: Tracked, old: str | None, checkpoint_of: str | None
+) -> None:
     if point_id is None:  # no point: the old bitmap (still recorded) keeps every change
         if tracked.bitmap:
-            _quietly_remove(path, tracked.bitmap)
+            quietly_remove(path, tracked.bitmap)
         return
+    if not save(where, tracked):
+        return
+    if old and checkpoint_of:  # libvirt forgets the checkpoint, then its bitmap goes
+        try:
+            libvirt.checkpoint_delete(checkpoint_of, old, metadata_only=True)
+        except ProviderError as err:
+            log.warning(
+                "vmimage.checkpoint_left", extra={"domain": checkpoint_of, "checkpoint": old, "error": err.message}
+            )
+    if old:
+        quietly_remove(path, old)
+
+
+def save(where: Path, tracked: Tracked) -> bool:
+    """Record the tracked state; False (logged) when it could not be written."""
     try:
         save_tracked(where, tracked)
     except OSError as err:  # the next sync finds the state behind the last point and reads everything
         log.warning("vmimage.state_unsaved", extra={"path": str(where), "error": err.strerror})
-        return
-    if old:
-        _quietly_remove(path, old)
+        return False
+    return True

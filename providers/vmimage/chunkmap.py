@@ -100,6 +100,9 @@ class Tracked:
     ids: bytes  # the chunk map
     # raw images: (dev, inode, size, mtime_ns, ctime_ns) of the image and when the read began (ns)
     identity: tuple[int, ...] | None = None
+    # a libvirt domain's: `bitmap` names its checkpoint (taken by `virsh backup-begin`), not a
+    # bitmap of our own
+    domain: str | None = None
 
     def header(self) -> dict[str, object]:
         return {
@@ -110,6 +113,7 @@ class Tracked:
             "virtual_size": self.virtual_size,
             "chunk_size": self.chunk_size,
             "identity": list(self.identity) if self.identity is not None else None,
+            "domain": self.domain,
         }
 
 
@@ -134,6 +138,7 @@ def load_tracked(path: Path) -> Tracked | None | str:
             int(h["chunk_size"]),
             ids,
             tuple(int(v) for v in h["identity"]) if h.get("identity") else None,
+            None if h.get("domain") is None else str(h["domain"]),
         )
     except (ValueError, KeyError, TypeError):
         return f"its change-tracking state {path} is damaged"

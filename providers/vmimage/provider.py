@@ -1,17 +1,19 @@
 """The vmImage provider: a virtual machine's disk image on its host, protected as one image.
 
 Member spec (`vmImage:`, spec.py): ``path`` (the qcow2 or raw image), ``domain`` (a libvirt
-domain; not available in this build, see docs/vm-images.md).
+domain using it: read while it runs through checkpoints, domain.py).
 
 * sync and full: backup.py. qcow2 images are read through a read-only `qemu-nbd` export;
   a sync reads only the chunks a persistent dirty bitmap marks (`qemu-img bitmap`, mapped
   with `nbdinfo --map=qemu:dirty-bitmap:...`); raw images are read by their data extents
   (SEEK_DATA/SEEK_HOLE). Chunks are fixed-size and cluster-aligned, stored uncut
   (`SnapshotSink.store_chunk`); a point references its predecessor's unchanged chunks.
+* a running libvirt domain's disk: domain.py (`virsh backup-begin` in pull mode with a
+  checkpoint per point, the guest agent's fsfreeze around it when it answers).
 * restore: restore.py, to a new qcow2 or raw image.
 
-The image must not be written during a sync (shut the guest off, or pause it): without a
-domain there is nothing to freeze the guest or give a point-in-time view of a running VM.
+Without a domain the image must not be written during a sync (shut the guest off, or pause
+it): nothing else can freeze the guest or give a point-in-time view of a running VM.
 """
 
 from __future__ import annotations
@@ -42,26 +44,21 @@ class VmImageProvider:
 
     def check_member(self, spec: BaseModel, *, source: str, hosts: tuple[str, ...] | None) -> list[SpecProblem]:
         assert isinstance(spec, VmImageMember)
-        problems: list[SpecProblem] = []
-        if spec.domain is not None:
-            problems.append(
-                SpecProblem(
-                    ("domain",),
-                    f"{source}: libvirt domain mode is not available in this build: its syncs will fail",
-                    "leave `domain` out and protect the image while the guest is shut off (docs/vm-images.md)",
-                    warning=True,
-                )
-            )
-        return problems
+        return []
 
     def source_identity(self, spec: Mapping[str, object], host: str) -> str:
         path = spec.get("path")
         return posixpath.normpath(str(path)) if path else repr(sorted(spec.items()))
 
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
+        if request.spec.get("domain"):
+            from protectctl.providers.vmimage import domain
+
+            outcome: SnapshotOutcome = domain.snapshot(request)
+            return outcome
         from protectctl.providers.vmimage.backup import snapshot
 
-        outcome: SnapshotOutcome = snapshot(request)
+        outcome = snapshot(request)
         return outcome
 
     def restore(self, request: RestoreRequest) -> RestoreOutcome:

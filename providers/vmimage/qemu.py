@@ -77,11 +77,14 @@ def _failure(stderr: str | None, returncode: int | None) -> tuple[str, str | Non
     return reason, "the image is in use (a running VM?): stop it first" if in_use else None
 
 
-def image_info(path: Path, fmt: str | None = None) -> ImageInfo:
-    """Facts of the image (its format probed unless `fmt`); `-U` is not used, so an image open
-    for writing elsewhere fails here."""
+def image_info(path: Path, fmt: str | None = None, *, shared: bool = False) -> ImageInfo:
+    """Facts of the image (its format probed unless `fmt`); without `shared` (`-U`) an image open
+    for writing elsewhere fails here (a running domain's image is read with it: its size and
+    clusters, never its data)."""
     need("qemu-img", "qemu-utils")
     given = ["-f", fmt] if fmt else []
+    if shared:
+        given.append("-U")
     text = run(["qemu-img", "info", "--output=json", *given, "--", str(path)], f"cannot inspect {path}")
     try:
         info = json.loads(text)

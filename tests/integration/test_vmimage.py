@@ -3,8 +3,8 @@
 Each sync must read exactly the clusters written since the last point (the dirty bitmap),
 a bitmap removed behind the provider's back makes the next sync read everything and say why,
 a full finds changes the bitmap missed, and every point restores to an image that
-`qemu-img compare` finds identical to a copy taken at that point. libvirt domain mode needs
-libvirtd, which these machines do not run: its test is skipped and says what stays untested.
+`qemu-img compare` finds identical to a copy taken at that point. libvirt domain mode:
+test_vmimage_libvirt.py.
 """
 
 from __future__ import annotations
@@ -348,12 +348,3 @@ def test_the_cli_end_to_end(tmp_path: Path) -> None:
     )
     assert refused.returncode != 0 and "give the path of the new image file" in refused.stderr
     assert "Traceback" not in refused.stderr
-
-
-def test_libvirt_domain_mode() -> None:
-    if shutil.which("virsh") is None or shutil.which("libvirtd") is None:
-        pytest.skip(
-            "libvirt (virsh, libvirtd) is not installed here: domain mode (virsh backup-begin with "
-            "checkpoints, guest-agent fsfreeze) stays untested and is refused at sync time"
-        )
-    pytest.skip("domain mode is not implemented in this build (docs/vm-images.md)")

@@ -100,14 +100,12 @@ def test_restore_format_follows_the_target_suffix() -> None:
     assert target_format(Path("/x/a"), "qcow2") == "qcow2"
 
 
-def test_a_domain_validates_with_a_warning_that_it_is_not_available() -> None:
+def test_a_domain_validates_without_a_problem() -> None:
     from protectctl.providers.vmimage import VmImageProvider
     from protectctl.providers.vmimage.spec import VmImageMember
 
     provider = VmImageProvider()
     plain = VmImageMember.model_validate({"path": "/var/lib/libvirt/images/web1.qcow2"})
     assert provider.check_member(plain, source="vms/web1", hosts=None) == []
-    (problem,) = provider.check_member(
-        VmImageMember.model_validate({"path": "/x.qcow2", "domain": "web1"}), source="vms/web1", hosts=None
-    )
-    assert problem.warning and problem.path == ("domain",)
+    with_domain = VmImageMember.model_validate({"path": "/x.qcow2", "domain": "web1"})
+    assert provider.check_member(with_domain, source="vms/web1", hosts=None) == []
