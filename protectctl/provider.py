@@ -468,6 +468,8 @@ class ArchiveOptions:
     change_tracking: str = "off"
     tracking_min_size: int | None = None
     tracking_block_size: int | None = None
+    # The change journal (agent/changes.py): "watch" walks only what the watcher saw change.
+    change_journal: str = "off"
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,6 +167,13 @@ CREATE TABLE nodes (
     dir TEXT NOT NULL, name TEXT NOT NULL, seal BLOB NOT NULL, encoded TEXT NOT NULL, PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
 """
+# What a directory's subtree holds (files, directories, bytes below it), so that a sync that
+# reuses a subtree unwalked (agent/changes.py) still counts what the point holds.
+_SUBTOTALS = """
+CREATE TABLE IF NOT EXISTS subtotals (
+    dir TEXT PRIMARY KEY, files INTEGER NOT NULL, dirs INTEGER NOT NULL, bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
 
 
 class Journal:
@@ -268,16 +275,36 @@ class Journal:
             return None  # damaged: the caller rebuilds the directory
         return [row[0] for row in rows]
 
+    def subtotal(self, rel_dir: bytes) -> tuple[int, int, int] | None:
+        """(files, directories, bytes) the last point holds below `rel_dir`; None when unknown."""
+        if self._conn is None:
+            return None
+        try:
+            row = self._conn.execute(
+                "SELECT files, dirs, bytes FROM subtotals WHERE dir = ?", (_db_key(rel_dir),)
+            ).fetchone()
+        except sqlite3.Error:  # a journal from before the subtotals table
+            return None
+        if row is None or not all(isinstance(v, int) for v in row):
+            return None
+        return (row[0], row[1], row[2])
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def begin(self, *, started_ns: int | None = None) -> JournalWriter:
+    def begin(self, *, started_ns: int | None = None, copy: bool = False) -> JournalWriter:
         """Start the next journal beside this one (able to copy rows from this one); `started_ns`:
-        when the content it describes was captured, if earlier than now (a snapshot's instant)."""
+        when the content it describes was captured, if earlier than now (a snapshot's instant).
+        `copy`: the next journal starts as a copy of this one (a journal walk changes only the
+        directories it walks; agent/changes.py)."""
         return JournalWriter(
-            self.path, repo_id=self.repo_id, previous=self.path if self._conn else None, started_ns=started_ns
+            self.path,
+            repo_id=self.repo_id,
+            previous=self.path if self._conn else None,
+            started_ns=started_ns,
+            copy=copy and self._conn is not None,
         )
 
 
@@ -285,7 +312,13 @@ class JournalWriter:
     """The next journal, invisible until `commit`."""
 
     def __init__(
-        self, path: Path, *, repo_id: str, previous: Path | None = None, started_ns: int | None = None
+        self,
+        path: Path,
+        *,
+        repo_id: str,
+        previous: Path | None = None,
+        started_ns: int | None = None,
+        copy: bool = False,
     ) -> None:
         # Before anything of the run is read: the next run distrusts files changed since (racy).
         self.started_ns = time.time_ns() if started_ns is None else started_ns
@@ -294,12 +327,17 @@ class JournalWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()  # left by a killed run
+        if copy and previous is not None:
+            _copy_file(previous, self._tmp)
         # A URI (quoted, see Journal._open) so that ATTACH below may open the previous one read-only.
         self._conn = sqlite3.connect(f"file:{urllib.parse.quote(str(self._tmp))}", check_same_thread=False, uri=True)
         # Durability comes from fsync + rename at commit, not from SQLite's own journal.
         self._conn.execute("PRAGMA journal_mode=OFF")
         self._conn.execute("PRAGMA synchronous=OFF")
-        self._conn.executescript(_SCHEMA)
+        if not copy:
+            self._conn.executescript(_SCHEMA)
+        self._conn.executescript(_SUBTOTALS)
+        self._subtotals: list[tuple[str | bytes, int, int, int]] = []
         self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id, "started_ns": str(self.started_ns)}
         self._pending: list[tuple[object, ...]] = []
         self._dirs: list[tuple[str | bytes, bytes, bytes]] = []
@@ -344,6 +382,29 @@ class JournalWriter:
         if len(self._nodes) >= _BATCH:
             self._flush()
 
+    def add_subtotal(self, rel_dir: bytes, files: int, dirs: int, size: int) -> None:
+        """Remember what the point holds below `rel_dir`."""
+        self._subtotals.append((_db_key(rel_dir), files, dirs, size))
+        if len(self._subtotals) >= _BATCH:
+            self._flush()
+
+    def clear_directory(self, rel_dir: bytes) -> None:
+        """Forget the rows of `rel_dir` itself (a copied journal's directory about to be walked)."""
+        self._flush()
+        key = _db_key(rel_dir)
+        for table in ("files", "nodes", "dirs", "subtotals"):
+            self._conn.execute(f"DELETE FROM {table} WHERE dir = ?", (key,))
+
+    def forget_below(self, rel_dir: bytes) -> None:
+        """Forget `rel_dir` and everything below it (a directory that left)."""
+        self._flush()
+        bounds: list[tuple[str | bytes, str | bytes, str | bytes]] = [(rel_dir, rel_dir + b"/", rel_dir + b"0")]
+        with contextlib.suppress(UnicodeDecodeError):
+            bounds.append((rel_dir.decode(), rel_dir.decode() + "/", rel_dir.decode() + "0"))
+        for table in ("files", "nodes", "dirs", "subtotals"):
+            for exact, low, high in bounds:
+                self._conn.execute(f"DELETE FROM {table} WHERE dir = ? OR (dir >= ? AND dir < ?)", (exact, low, high))
+
     def copy_directory(self, rel_dir: bytes) -> bool:
         """Carry the file rows of `rel_dir` over from the journal this one follows; False when
         that journal cannot be read (the caller then must not reuse the directory)."""
@@ -366,6 +427,8 @@ class JournalWriter:
         self._dirs.clear()
         self._conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", self._nodes)
         self._nodes.clear()
+        self._conn.executemany("INSERT OR REPLACE INTO subtotals VALUES (?, ?, ?, ?)", self._subtotals)
+        self._subtotals.clear()
 
     def commit(self, meta: Mapping[str, str]) -> None:
         """Make this the journal; call only after the point it describes is saved.
@@ -404,6 +467,18 @@ class JournalWriter:
             self._conn.close()
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """`target` as a copy of `source`: a reflink clone where the filesystem has them."""
+    import fcntl
+    import shutil
+
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), 0x40049409, src.fileno())  # FICLONE
+        except OSError:
+            shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def writing_error(path: Path, err: sqlite3.Error | OSError) -> StateError:

@@ -395,7 +395,7 @@ class Watcher:
         return out
 
     def _record(self, records: list[tuple[int, bytes]]) -> None:
-        fresh = [r for r in records if r not in self._written]
+        fresh = [r for r in dict.fromkeys(records) if r not in self._written]
         if not fresh:
             return
         self._written.update(fresh)
