@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +19,8 @@ from protectctl.agent import fanotify
 from protectctl.agent.jobs import BackupResult, SourceJob, restore, run_backup
 from protectctl.agent.watch import DIR, GONE, TREE, Cut, Watcher, read_header, read_records, request_cut, watch_dir
 from protectctl.engine.repository import Repository
+from tests.conftest import wait_until
+from tests.integration.loopfs import fresh_dir
 from tests.integration.test_filesystem_backup import PASS, Clock, make_job, snapshot_tree
 
 _WHY = fanotify.unsupported()
@@ -131,3 +138,139 @@ def test_sync_walks_only_what_changed_and_restores_exactly(tmp_path: Path) -> No
     fourth = run_backup(job, "sync", now=clock)
     assert _point_extra(job, fourth.point_id)["walk_note"] == "the watcher is not running"
     _restores_as(job, fourth, snapshot_tree(src), tmp_path / "r4")
+
+
+# -- the watcher killed at random instants ---------------------------------------------------
+
+_WATCHER = "import sys; from pathlib import Path; from protectctl.agent.watch import watch_source; " + (
+    "watch_source(sys.argv[1], [sys.argv[2]], Path(sys.argv[3]))"
+)
+
+
+class _WatcherProcess:
+    def __init__(self, job: SourceJob, src: Path) -> None:
+        self.job, self.src = job, src
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-c", _WATCHER, self.job.source, str(self.src), str(self.job.state_dir)]
+        self.proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+        wait_until(lambda: isinstance(request_cut(self.job.state_dir, self.job.source, 1.0), Cut), "the watcher")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(10)
+
+
+def _listing(src: Path) -> tuple[list[Path], list[Path]]:
+    dirs, files = [src], []
+    for top, subdirs, names in os.walk(src):
+        dirs += [Path(top) / d for d in sorted(subdirs)]
+        files += [Path(top) / f for f in sorted(names)]
+    return dirs, files
+
+
+def _mutate(src: Path, rng: random.Random, count: int, on_op: Callable[[int], None]) -> None:
+    """`count` seeded changes: creates, appends, renames of files and directories, deletes,
+    nested new directories (the listing is refreshed every few changes; a change whose
+    target has moved since is skipped)."""
+    dirs: list[Path] = []
+    files: list[Path] = []
+    for op in range(count):
+        on_op(op)
+        if op % 10 == 0:
+            dirs, files = _listing(src)
+        shallow = [d for d in dirs if len(d.relative_to(src).parts) <= 3]
+        where = rng.choice(shallow)
+        roll = rng.random()
+        try:
+            if roll < 0.35 or not files:
+                (where / f"f{op}").write_bytes(rng.randbytes(rng.randrange(1, 3000)))
+            elif roll < 0.55:
+                with open(rng.choice(files), "ab") as handle:
+                    handle.write(rng.randbytes(rng.randrange(1, 500)))
+            elif roll < 0.65:
+                os.rename(rng.choice(files), where / f"r{op}")
+            elif roll < 0.75:
+                rng.choice(files).unlink()
+            elif roll < 0.87:
+                deep = where / f"d{op}" / "x" / "y"
+                deep.mkdir(parents=True)
+                (deep / "in").write_bytes(rng.randbytes(100))
+            elif roll < 0.95:
+                moving = rng.choice(dirs)
+                target = rng.choice(shallow[:20]) / f"m{op}"
+                if moving != src and not target.is_relative_to(moving):
+                    os.rename(moving, target)
+            else:
+                gone = rng.choice(dirs)
+                if gone != src:
+                    shutil.rmtree(gone)
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # moved or removed since the listing
+
+
+@pytest.mark.parametrize("seed", [13])
+def test_watcher_killed_at_random_instants_every_point_equals_the_tree(
+    xfs_mount: Path, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    src = fresh_dir(xfs_mount, "watch")
+    job = make_job(tmp_path, src, spec={"path": str(src), "change_journal": "watch", "snapshot": "none"})
+    watcher = _WatcherProcess(job, src)
+    watcher.start()
+    clock = Clock()
+    expected: dict[str, object] = {}
+    walks: list[tuple[str, str]] = []
+    rounds = 6
+    kill_rounds = set(rng.sample(range(1, rounds), 2))  # a kill at a seeded instant of these rounds
+    try:
+        _mutate(src, rng, 200, lambda _op: None)
+        for index in range(rounds):
+            kill_at = rng.randrange(200) if index in kill_rounds else -1
+
+            def maybe_kill(op: int, kill_at: int = kill_at) -> None:
+                if op == kill_at:
+                    watcher.kill()
+                    watcher.start()  # the service manager restarts it: another generation
+
+            _mutate(src, rng, 200, maybe_kill)
+            clock.tick(hours=1)
+            result = run_backup(job, "sync", now=clock)
+            assert result.ok, result.errors
+            expected[result.point_id] = snapshot_tree(src)
+            extra = _point_extra(job, result.point_id)
+            walks.append((str(extra["walk"]), str(extra["walk_note"])))
+            if index in kill_rounds:
+                assert walks[-1] == ("full", "the watcher restarted since the last point")
+            elif index > 0:
+                assert walks[-1][0] == "journal", walks
+        # an overflow: the watcher stopped while more events than its queue holds arrive
+        watcher.kill(signal.SIGSTOP)
+        flood = src / "flood"
+        flood.mkdir()
+        # 17,000 names created and deleted (the kernel merges the two events of one name):
+        # more than the 16,384 events the queue holds
+        for n in range(17_000):
+            os.close(os.open(flood / str(n), os.O_CREAT | os.O_WRONLY, 0o600))
+        for n in range(17_000):
+            os.unlink(flood / str(n))
+        watcher.kill(signal.SIGCONT)
+        clock.tick(hours=1)
+        result = run_backup(job, "sync", now=clock)
+        expected[result.point_id] = snapshot_tree(src)
+        extra = _point_extra(job, result.point_id)
+        assert (extra["walk"], extra["walk_note"]) == ("full", "the watcher's queue overflowed: events were lost")
+    finally:
+        if watcher.proc is not None:
+            watcher.proc.kill()
+            watcher.proc.wait(10)
+    assert sum(1 for walk, _ in walks if walk == "journal") >= rounds - 1 - len(kill_rounds)
+    for number, (point_id, tree) in enumerate(expected.items()):
+        target = tmp_path / f"restore{number}"
+        with Repository.open(job.storage, PASS) as repo:
+            when = repo.load_point(point_id).time
+        restore(job, when + timedelta(seconds=1), target=target)
+        assert snapshot_tree(target) == tree, f"point {number} ({walks[number] if number < len(walks) else 'flood'})"
