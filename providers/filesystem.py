@@ -38,6 +38,7 @@ from protectctl.provider import (
     SpecProblem,
     Traits,
     archive,
+    journal_problems,
     restore_tree,
     snapshot_problems,
     validate_patterns,
@@ -172,7 +173,10 @@ class FilesystemProvider:
         path = spec.get("path")
         if not path:
             return []
-        return snapshot_problems(Path(str(path)), source, str(spec.get("snapshot") or "auto"))
+        problems = snapshot_problems(Path(str(path)), source, str(spec.get("snapshot") or "auto"))
+        if spec.get("change_journal") == "watch":
+            problems += journal_problems(state_dir, source)
+        return problems
 
 
 def _valid_block(size: int) -> bool:

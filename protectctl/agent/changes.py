@@ -52,6 +52,17 @@ def take_cut(state_dir: Path, source: str) -> Cut | str:
     return _request_cut(state_dir, source)
 
 
+def journal_problems(state_dir: Path, source: str) -> list[str]:
+    """What keeps a source's change journal from working (status): no fanotify, no watcher."""
+    why = fanotify.unsupported()
+    if why is not None:
+        return [f"change journal: this host cannot watch ({why}); every sync walks the whole tree"]
+    answer = _request_cut(state_dir, source, 2.0, ping=True)
+    if isinstance(answer, str):
+        return [f"change journal: {answer}; every sync walks the whole tree until it runs"]
+    return []
+
+
 def options_digest(root: Path, include: Iterable[str], exclude: Iterable[str], one_file_system: bool) -> str:
     """What the last point's trees were built with: another digest, another tree."""
     raw = json.dumps([os.path.realpath(root), list(include), list(exclude), one_file_system])

@@ -429,10 +429,14 @@ class Watcher:
                 if uid not in (0, os.geteuid()):
                     return
                 conn.settimeout(2.0)
-                request = conn.recv(_MAX_REQUEST)
-                if request.strip() != b"cut":
+                request = conn.recv(_MAX_REQUEST).strip()
+                if request == b"cut":
+                    reply = self.cut()
+                elif request == b"ping":  # status: alive, nothing drained or cleared
+                    assert self.header is not None
+                    reply = {**self.header.to_json(), "offset": self._offset, "events": self.stats.events}
+                else:
                     return
-                reply = self.cut()
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
                 return
@@ -459,14 +463,15 @@ class Cut:
     offset: int
 
 
-def request_cut(state_dir: Path, source: str, timeout_s: float = _CUT_TIMEOUT_S) -> Cut | str:
-    """The watcher's cut, or why there is none (one sentence)."""
+def request_cut(state_dir: Path, source: str, timeout_s: float = _CUT_TIMEOUT_S, *, ping: bool = False) -> Cut | str:
+    """The watcher's cut, or why there is none (one sentence). `ping`: only whether it runs
+    (the offset answered is then no cut: nothing was drained)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout_s)
     try:
         with sock:
             sock.connect(socket_address(state_dir, source))
-            sock.sendall(b"cut\n")
+            sock.sendall(b"ping\n" if ping else b"cut\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = sock.recv(65536)

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from protectctl.agent import fanotify
+from protectctl.agent.changes import journal_problems
 from protectctl.agent.jobs import BackupResult, SourceJob, restore, run_backup
 from protectctl.agent.watch import DIR, GONE, TREE, Cut, Watcher, read_header, read_records, request_cut, watch_dir
 from protectctl.engine.repository import Repository
-from tests.conftest import wait_until
+from tests.conftest import cli_argv, cli_env, copy_example, run_cli, wait_until
 from tests.integration.loopfs import fresh_dir
+from tests.integration.test_browse import fast_repository
 from tests.integration.test_filesystem_backup import PASS, Clock, make_job, snapshot_tree
 
 _WHY = fanotify.unsupported()
@@ -106,6 +108,7 @@ def test_sync_walks_only_what_changed_and_restores_exactly(tmp_path: Path) -> No
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
     try:
+        assert journal_problems(job.state_dir, job.source) == []
         first = run_backup(job, "sync", now=clock)
         extra = _point_extra(job, first.point_id)
         assert (extra["journal"], extra["walk"]) == ("on", "full")
@@ -133,6 +136,9 @@ def test_sync_walks_only_what_changed_and_restores_exactly(tmp_path: Path) -> No
     finally:
         w.stop()
         thread.join(5)
+    assert journal_problems(job.state_dir, job.source) == [
+        "change journal: the watcher is not running; every sync walks the whole tree until it runs"
+    ]
     clock.tick(hours=1)
     (src / "keep" / "late.txt").write_text("written while no watcher ran")
     fourth = run_backup(job, "sync", now=clock)
@@ -274,3 +280,41 @@ def test_watcher_killed_at_random_instants_every_point_equals_the_tree(
             when = repo.load_point(point_id).time
         restore(job, when + timedelta(seconds=1), target=target)
         assert snapshot_tree(target) == tree, f"point {number} ({walks[number] if number < len(walks) else 'flood'})"
+
+
+# -- through the CLI, as apply installs it ---------------------------------------------------
+
+
+def test_apply_installs_the_watcher_and_syncs_say_how_they_walked(tmp_path: Path) -> None:
+    policy = copy_example("quickstart", tmp_path / "qs")
+    text = (policy / "protect.yaml").read_text()
+    (policy / "protect.yaml").write_text(
+        text.replace('exclude: ["*.tmp"]}', 'exclude: ["*.tmp"], changeJournal: watch}')
+    )
+    fast_repository(policy)
+    run_cli(policy, "-q", "apply", "--auto-approve")
+    root = policy / ".protectctl" / "root"
+    (unit,) = root.glob("etc/systemd/system/*-watch.service")
+    unit_text = unit.read_text()
+    assert "Restart=always" in unit_text and "agent watch docs --member home" in unit_text, unit_text
+    analyze = shutil.which("systemd-analyze")
+    if analyze is not None:  # the unit as systemd reads it: no warning may name it
+        checked = subprocess.run(
+            [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert checked.returncode == 0 and unit.name not in checked.stderr, checked.stderr
+
+    agent_config = next(root.glob("etc/protectctl/agent.yaml"))
+    argv = cli_argv(policy, "--agent-config", str(agent_config), "agent", "watch", "docs", "--member", "home")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
+    try:
+        wait_until(lambda: proc.poll() is not None or any(root.rglob("watch/*/log")), "the watcher is up")
+        assert proc.poll() is None, proc.communicate()
+        run_cli(policy, "-q", "run", "sync", "docs")  # the first point is a full
+        (policy / "data" / "hello.txt").write_text("changed while watched\n")
+        run_cli(policy, "-q", "run", "sync", "docs")
+        listed = run_cli(policy, "points", "list", "docs/home").stdout
+        assert "+journal" in listed and "walk: journal (1 changed directory)" in listed, listed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.communicate()
