@@ -508,13 +508,74 @@ def request_cut(state_dir: Path, source: str, timeout_s: float = _CUT_TIMEOUT_S,
         return "the watcher's answer is not understood"
 
 
+_RESTART_S = 5.0
+
+
 def watch_source(
-    source: str, roots: list[str], state_dir: Path, log: Callable[[str], None] = lambda _line: None
+    source: str,
+    roots: list[str],
+    state_dir: Path,
+    log: Callable[[str], None] = lambda _line: None,
+    *,
+    supervise: bool | None = None,
 ) -> None:
-    """`protectctl agent watch`: watch the source's root until SIGTERM."""
+    """`protectctl agent watch`: watch the source's root until SIGTERM. Under systemd
+    (`Restart=always`) it runs the watcher itself; started otherwise (a cron `@reboot` line,
+    by hand) it supervises the watcher in a child process and restarts it when it dies (each
+    start is a new generation: the next sync walks everything once)."""
     if len(roots) != 1:
         raise ProtectctlError(f"{source} has {len(roots)} paths; the watcher watches sources with one")
-    watcher = Watcher(source, Path(roots[0]), state_dir, log)
+    why = fanotify.unsupported()
+    if why is not None:
+        raise ProtectctlError(f"cannot watch {source}: {why}")
+    if supervise is None:
+        supervise = "INVOCATION_ID" not in os.environ  # systemd sets it for every service it runs
+    if not supervise:
+        _watch(source, Path(roots[0]), state_dir, log)
+        return
+    stopping = False
+    child = 0
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        child = os.fork()
+        if child == 0:  # the watcher
+            code = 0
+            try:
+                _watch(source, Path(roots[0]), state_dir, log)
+            except ProtectctlError as err:
+                log(err.message)
+                code = 1
+            except BaseException as err:  # the supervisor reports and restarts: never a traceback here
+                log(f"the watcher failed: {err!r}")
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(child, 0)
+        child = 0
+        if stopping:
+            break
+        log(f"the watcher stopped ({_status_text(status)}); restarting it in {_RESTART_S:.0f} s")
+        deadline = time.monotonic() + _RESTART_S
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _status_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def _watch(source: str, root: Path, state_dir: Path, log: Callable[[str], None]) -> None:
+    watcher = Watcher(source, root, state_dir, log)
     signal.signal(signal.SIGTERM, watcher.stop)
     signal.signal(signal.SIGINT, watcher.stop)
     watcher.run()

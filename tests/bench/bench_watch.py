@@ -62,7 +62,7 @@ class WatchedProtectctl(Protectctl):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=self.env,
+            env={**self.env, "INVOCATION_ID": "bench"},  # as systemd runs it: no supervisor process
         )
         deadline = time.monotonic() + 120
         while not any((self.base / "root").rglob("watch/*/log")):

@@ -149,7 +149,7 @@ def test_sync_walks_only_what_changed_and_restores_exactly(tmp_path: Path) -> No
 # -- the watcher killed at random instants ---------------------------------------------------
 
 _WATCHER = "import sys; from pathlib import Path; from protectctl.agent.watch import watch_source; " + (
-    "watch_source(sys.argv[1], [sys.argv[2]], Path(sys.argv[3]))"
+    "watch_source(sys.argv[1], [sys.argv[2]], Path(sys.argv[3]), supervise=False)"
 )
 
 
