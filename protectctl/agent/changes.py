@@ -84,7 +84,10 @@ class Decision:
             out["walk_note"] = self.reason or "full walk"
         else:
             out["walk"] = "journal"
-            note = f"{len(self.changes.changed)} changed director{'y' if len(self.changes.changed) == 1 else 'ies'}"
+            changed = len(self.changes.changed - self.changes.linked)
+            note = f"{changed} changed director{'y' if changed == 1 else 'ies'}"
+            if self.changes.linked:
+                note += f", {len(self.changes.linked)} with hard-linked files walked"
             if self.changes.subtrees:
                 note += f", {len(self.changes.subtrees)} new or moved subtree(s) walked whole"
             out["walk_note"] = note
@@ -98,6 +101,7 @@ class Changes:
     changed: set[bytes]  # directories the log names (and hard-link holders)
     subtrees: set[bytes]  # directories to walk whole
     gone: set[bytes]  # directories that left: their journal rows are forgotten
+    linked: set[bytes] = field(default_factory=set)  # directories holding hard-linked files: always walked
     dirty: set[bytes] = field(default_factory=set)  # changed, subtrees and every ancestor
 
 
@@ -156,6 +160,7 @@ def decide(
         linked = [bytes.fromhex(h) for h in json.loads(meta.get(f"{_META}_linked", "[]"))]
     except (ValueError, TypeError):
         return Decision(cut, "the last point's list of hard-linked directories is unreadable")
+    changes.linked.update(linked)
     changes.changed.update(linked)
     for rel in (*changes.changed, *changes.subtrees):
         changes.dirty.add(rel)
