@@ -85,7 +85,7 @@ def archive(
             cut = take_cut(request.state_dir, request.source)
         decision = _decide(request, options, book, cut, live, digest, sink)
     try:
-        out = book.begin(started_ns=started_ns, copy=decision is not None and decision.changes is not None)
+        out = book.begin(started_ns=started_ns, in_place=decision is not None and decision.changes is not None)
         walk = None
         if decision is not None and decision.changes is not None:
             walk = JournalWalk(decision.changes, book, out, repo)

@@ -130,6 +130,8 @@ def decide(
     if meta.get(f"{_META}_boot") != cut.boot_id:
         return Decision(cut, "the host rebooted since the last point")
     if meta.get(f"{_META}_generation") != cut.generation:
+        if cut.rotated_from and meta.get(f"{_META}_generation") == cut.rotated_from:
+            return Decision(cut, "the watcher's log was rotated (it passed 64 MiB)")
         return Decision(cut, "the watcher restarted since the last point")
     if meta.get(f"{_META}_options") != digest:
         return Decision(cut, "the source's path or patterns changed since the last point")
@@ -191,8 +193,8 @@ def _read_range(path: Path, cut: Cut, start: int) -> list[tuple[int, bytes]] | s
 
 
 class JournalWalk:
-    """The archiver's UnchangedTrees for one journal walk; the next journal is a copy of the
-    last one, of which the directories walked are cleared and written again."""
+    """The archiver's UnchangedTrees for one journal walk; the next journal is the last one
+    changed in place (one transaction), of which the directories walked are written again."""
 
     def __init__(self, changes: Changes, journal: Journal, out: JournalWriter, repo: Repository) -> None:
         self.changes = changes

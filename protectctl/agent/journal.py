@@ -55,6 +55,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from protectctl import crashpoint
 from protectctl.engine.tree import HashScheme
 from protectctl.errors import StateError
 from protectctl.fsutil import fsync_dir, os_error_text
@@ -182,6 +183,7 @@ class Journal:
     def __init__(self, path: Path, *, repo_id: str) -> None:
         self.path = path
         self.repo_id = repo_id
+        _recover(path)
         self._conn = self._open()
         self.meta: dict[str, str] = self._read_meta()
         if self.meta.get("format") not in _READABLE_FORMATS or self.meta.get("repo_id") != repo_id:
@@ -294,17 +296,18 @@ class Journal:
             self._conn.close()
             self._conn = None
 
-    def begin(self, *, started_ns: int | None = None, copy: bool = False) -> JournalWriter:
+    def begin(self, *, started_ns: int | None = None, in_place: bool = False) -> JournalWriter:
         """Start the next journal beside this one (able to copy rows from this one); `started_ns`:
         when the content it describes was captured, if earlier than now (a snapshot's instant).
-        `copy`: the next journal starts as a copy of this one (a journal walk changes only the
-        directories it walks; agent/changes.py)."""
+        `in_place`: the next journal is this one changed in one SQLite transaction (a journal
+        walk rewrites only the directories it walks, agent/changes.py; copying the whole
+        journal would cost what the walk saves)."""
         return JournalWriter(
             self.path,
             repo_id=self.repo_id,
             previous=self.path if self._conn else None,
             started_ns=started_ns,
-            copy=copy and self._conn is not None,
+            in_place=in_place and self._conn is not None,
         )
 
 
@@ -318,7 +321,7 @@ class JournalWriter:
         repo_id: str,
         previous: Path | None = None,
         started_ns: int | None = None,
-        copy: bool = False,
+        in_place: bool = False,
     ) -> None:
         # Before anything of the run is read: the next run distrusts files changed since (racy).
         self.started_ns = time.time_ns() if started_ns is None else started_ns
@@ -327,22 +330,34 @@ class JournalWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()  # left by a killed run
-        if copy and previous is not None:
-            _copy_file(previous, self._tmp)
-        # A URI (quoted, see Journal._open) so that ATTACH below may open the previous one read-only.
-        self._conn = sqlite3.connect(f"file:{urllib.parse.quote(str(self._tmp))}", check_same_thread=False, uri=True)
-        # Durability comes from fsync + rename at commit, not from SQLite's own journal.
-        self._conn.execute("PRAGMA journal_mode=OFF")
-        self._conn.execute("PRAGMA synchronous=OFF")
-        if not copy:
-            self._conn.executescript(_SCHEMA)
-        self._conn.executescript(_SUBTOTALS)
+        _recover(path)
+        self._in_place = in_place
+        self._cleared: set[str | bytes] = set()
         self._subtotals: list[tuple[str | bytes, int, int, int]] = []
         self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id, "started_ns": str(self.started_ns)}
         self._pending: list[tuple[object, ...]] = []
         self._dirs: list[tuple[str | bytes, bytes, bytes]] = []
         self._nodes: list[tuple[str | bytes, str | bytes, bytes, str]] = []
         self._previous = False
+        if in_place:
+            # One transaction on the journal itself, committed after the point is saved: the
+            # journal in place (read through another connection, which sees only committed
+            # rows) stays exactly the last one until then, and a kill rolls it back (SQLite's
+            # rollback journal, undone by the next opener: _recover). No spilling of dirty
+            # pages before the commit: readers are never locked out during the walk.
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            for pragma in ("journal_mode=DELETE", "synchronous=FULL", "cache_spill=0", "cache_size=-1048576"):
+                self._conn.execute(f"PRAGMA {pragma}")
+            self._conn.executescript(_SUBTOTALS)
+            self._conn.execute("BEGIN IMMEDIATE")
+            return
+        # A URI (quoted, see Journal._open) so that ATTACH below may open the previous one read-only.
+        self._conn = sqlite3.connect(f"file:{urllib.parse.quote(str(self._tmp))}", check_same_thread=False, uri=True)
+        # Durability comes from fsync + rename at commit, not from SQLite's own journal.
+        self._conn.execute("PRAGMA journal_mode=OFF")
+        self._conn.execute("PRAGMA synchronous=OFF")
+        self._conn.executescript(_SCHEMA)
+        self._conn.executescript(_SUBTOTALS)
         if previous is not None:
             try:
                 uri = f"file:{urllib.parse.quote(str(previous))}?mode=ro"
@@ -351,7 +366,16 @@ class JournalWriter:
             except sqlite3.Error:
                 pass
 
+    def _rewriting(self, key: str | bytes) -> None:
+        """The first row of a cleared directory: its old file and node rows go (see clear_directory)."""
+        if key in self._cleared:
+            self._cleared.discard(key)
+            for table in ("files", "nodes"):
+                self._conn.execute(f"DELETE FROM {table} WHERE dir = ?", (key,))
+
     def add(self, rel_dir: bytes, name: bytes, entry: JournalEntry) -> None:
+        if self._cleared:
+            self._rewriting(_db_key(rel_dir))
         ident = entry.identity
         self._pending.append(
             (
@@ -378,6 +402,8 @@ class JournalWriter:
 
     def add_node(self, rel_dir: bytes, name: bytes, seal: bytes, encoded: str) -> None:
         """Remember how the tree node of `name` encoded, sealed with what it was built from."""
+        if self._cleared:
+            self._rewriting(_db_key(rel_dir))
         self._nodes.append((_db_key(rel_dir), _db_key(name), seal, encoded))
         if len(self._nodes) >= _BATCH:
             self._flush()
@@ -389,11 +415,14 @@ class JournalWriter:
             self._flush()
 
     def clear_directory(self, rel_dir: bytes) -> None:
-        """Forget the rows of `rel_dir` itself (a copied journal's directory about to be walked)."""
+        """`rel_dir` is about to be walked (a journal rewritten in place): its tree and subtotal
+        go now; its file and node rows when the walk writes its first one, or stay when the
+        walk reuses the directory (copy_directory), or go at the commit when it wrote none."""
         self._flush()
         key = _db_key(rel_dir)
-        for table in ("files", "nodes", "dirs", "subtotals"):
+        for table in ("dirs", "subtotals"):
             self._conn.execute(f"DELETE FROM {table} WHERE dir = ?", (key,))
+        self._cleared.add(key)
 
     def forget_below(self, rel_dir: bytes) -> None:
         """Forget `rel_dir` and everything below it (a directory that left)."""
@@ -408,6 +437,9 @@ class JournalWriter:
     def copy_directory(self, rel_dir: bytes) -> bool:
         """Carry the file rows of `rel_dir` over from the journal this one follows; False when
         that journal cannot be read (the caller then must not reuse the directory)."""
+        if self._in_place:
+            self._cleared.discard(_db_key(rel_dir))  # the rows are there: keep them
+            return True
         if not self._previous:
             return False
         try:
@@ -447,9 +479,16 @@ class JournalWriter:
             ) from err
 
     def _publish(self, meta: Mapping[str, str]) -> None:
+        for key in list(self._cleared):  # walked, and nothing written: empty now
+            self._rewriting(key)
         self._flush()
         rows = {**self._meta, **meta}
         self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(rows.items()))
+        if self._in_place:
+            crashpoint.reached("journal.in_place_commit")  # written, not committed: a kill rolls back
+            self._conn.execute("COMMIT")  # synchronous=FULL: durable when it returns
+            self._conn.close()
+            return
         self._conn.commit()
         if self._previous:
             self._conn.execute("DETACH DATABASE previous")
@@ -464,21 +503,28 @@ class JournalWriter:
 
     def abort(self) -> None:
         with contextlib.suppress(sqlite3.Error):
+            if self._in_place:
+                self._conn.execute("ROLLBACK")
             self._conn.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+        if not self._in_place:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
 
 
-def _copy_file(source: Path, target: Path) -> None:
-    """`target` as a copy of `source`: a reflink clone where the filesystem has them."""
-    import fcntl
-    import shutil
-
-    with open(source, "rb") as src, open(target, "wb") as dst:
+def _recover(path: Path) -> None:
+    """Roll back what a killed in-place writer left (SQLite's hot rollback journal): a read-only
+    opener cannot, and a new journal renamed over `path` must never meet an old one's. A
+    read-write open does it (SQLite undoes a hot journal on first access)."""
+    if not os.path.exists(f"{path}-journal") or not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(str(path))
         try:
-            fcntl.ioctl(dst.fileno(), 0x40049409, src.fileno())  # FICLONE
-        except OSError:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            conn.execute("SELECT count(*) FROM meta").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        pass  # a writer holds it (its own transaction, live): nothing to undo
 
 
 def writing_error(path: Path, err: sqlite3.Error | OSError) -> StateError:

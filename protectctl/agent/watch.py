@@ -68,6 +68,9 @@ _SYNC_EVERY_S = 1.0
 # event falls as the rate grows. A cut drains at once, whatever this says.
 _GATHER_S = 0.05
 _PATH_CACHE = 4096
+# A log grows by the directories changed between cuts (a sync consumes its range but the
+# watcher does not know which syncs are done): past this size, a cut starts a new generation.
+ROTATE_BYTES = 64 << 20
 _CUT_TIMEOUT_S = 10.0
 _MAX_REQUEST = 64
 
@@ -138,6 +141,7 @@ class Header:
     root: str
     mounts: tuple[str, ...]
     size: int  # bytes of the header: records start here
+    rotated_from: str = ""  # the generation whose log grew too big (the watcher kept running)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -146,6 +150,7 @@ class Header:
             "started_ns": self.started_ns,
             "root": self.root,
             "mounts": list(self.mounts),
+            "rotated_from": self.rotated_from,
         }
 
 
@@ -163,6 +168,7 @@ def read_header(data: bytes) -> Header | None:
             str(raw["root"]),
             tuple(str(m) for m in raw["mounts"]),
             start + length,
+            str(raw.get("rotated_from", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -247,25 +253,6 @@ class Watcher:
                 raise ProtectctlError(f"cannot watch {os.fsdecode(target)}: {err.strerror}") from err
             if fsid not in self._mount_fds:
                 self._mount_fds[fsid] = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.header = Header(
-            secrets.token_hex(16),
-            boot_id(),
-            time.time_ns(),
-            os.fsdecode(self._root),
-            tuple(os.fsdecode(m) for m in mounts),
-            0,
-        )
-        raw = json.dumps(self.header.to_json()).encode()
-        head = _MAGIC + _LEN.pack(len(raw)) + raw
-        log_path = directory / "log"
-        tmp = directory / "log.new"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        os.write(fd, head)
-        os.fsync(fd)
-        os.replace(tmp, log_path)
-        fsync_dir(directory)
-        self._out = fd
-        self._offset = len(head)
         listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             listen.bind(socket_address(self.state_dir, self.source))
@@ -274,7 +261,29 @@ class Watcher:
             raise ProtectctlError(f"another watcher of {self.source} is running ({err.strerror})") from None
         listen.listen(8)
         self._listen = listen
-        self.log(f"watching {os.fsdecode(self._root)} (generation {self.header.generation[:12]})")
+        header = self._publish(tuple(os.fsdecode(m) for m in mounts), rotated_from="")
+        self.log(f"watching {os.fsdecode(self._root)} (generation {header.generation[:12]})")
+
+    def _publish(self, mounts: tuple[str, ...], *, rotated_from: str) -> Header:
+        """Start a new generation: a new log (header only) replaces the old one atomically."""
+        self.header = Header(
+            secrets.token_hex(16), boot_id(), time.time_ns(), os.fsdecode(self._root), mounts, 0, rotated_from
+        )
+        raw = json.dumps(self.header.to_json()).encode()
+        head = _MAGIC + _LEN.pack(len(raw)) + raw
+        directory = watch_dir(self.state_dir, self.source)
+        tmp = directory / "log.new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.write(fd, head)
+        os.fsync(fd)
+        os.replace(tmp, directory / "log")
+        fsync_dir(directory)
+        if self._out >= 0:
+            os.close(self._out)
+        self._out = fd
+        self._offset = len(head)
+        self._written.clear()
+        return self.header
 
     def stop(self, *_: object) -> None:
         self._stop = True
@@ -459,7 +468,10 @@ class Watcher:
         self._sync()
         self._written.clear()  # a change after the cut must be recorded after it
         assert self.header is not None
-        return {**self.header.to_json(), "offset": self._offset, "events": self.stats.events}
+        header = self.header
+        if self._offset > ROTATE_BYTES:  # the log is replaced; this sync walks everything once
+            header = self._publish(header.mounts, rotated_from=header.generation)
+        return {**header.to_json(), "offset": self._offset, "events": self.stats.events}
 
 
 # -- the sync's side --------------------------------------------------------------------
@@ -473,6 +485,7 @@ class Cut:
     root: str
     mounts: tuple[str, ...]
     offset: int
+    rotated_from: str = ""
 
 
 def request_cut(state_dir: Path, source: str, timeout_s: float = _CUT_TIMEOUT_S, *, ping: bool = False) -> Cut | str:
@@ -503,6 +516,7 @@ def request_cut(state_dir: Path, source: str, timeout_s: float = _CUT_TIMEOUT_S,
             str(raw["root"]),
             tuple(str(m) for m in raw["mounts"]),
             int(raw["offset"]),
+            str(raw.get("rotated_from", "")),
         )
     except (ValueError, KeyError, TypeError):
         return "the watcher's answer is not understood"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from protectctl.agent import fanotify
+from protectctl.agent import fanotify, watch
 from protectctl.agent.changes import journal_problems
 from protectctl.agent.jobs import BackupResult, SourceJob, restore, run_backup
 from protectctl.agent.watch import DIR, GONE, TREE, Cut, Watcher, read_header, read_records, request_cut, watch_dir
@@ -54,7 +54,7 @@ def _records(w: Watcher, start: int, cut: Cut) -> list[tuple[int, bytes]]:
     return found
 
 
-def test_cut_holds_every_change_made_before_it(watcher: Watcher) -> None:
+def test_cut_holds_every_change_made_before_it(watcher: Watcher, monkeypatch: pytest.MonkeyPatch) -> None:
     root = watcher.root
     first = request_cut(watcher.state_dir, watcher.source)
     assert isinstance(first, Cut)
@@ -73,6 +73,10 @@ def test_cut_holds_every_change_made_before_it(watcher: Watcher) -> None:
     assert len(records) == len(_records(watcher, first.offset, cut))
     again = request_cut(watcher.state_dir, watcher.source)
     assert isinstance(again, Cut) and again.offset == cut.offset  # no change: nothing recorded
+    monkeypatch.setattr(watch, "ROTATE_BYTES", 0)  # a log too big: the next cut starts a new one
+    rotated = request_cut(watcher.state_dir, watcher.source)
+    assert isinstance(rotated, Cut) and (rotated.generation, rotated.rotated_from) != (cut.generation, "")
+    assert rotated.rotated_from == cut.generation
 
 
 def test_no_watcher_is_a_reason(tmp_path: Path) -> None:
@@ -318,3 +322,43 @@ def test_apply_installs_the_watcher_and_syncs_say_how_they_walked(tmp_path: Path
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.communicate()
+
+
+_SYNC = (
+    "import sys; from pathlib import Path; from protectctl.agent.jobs import run_backup; "
+    "from tests.integration.test_filesystem_backup import make_job; "
+    "src = Path(sys.argv[2]); "
+    "run_backup(make_job(Path(sys.argv[1]), src, spec={'path': str(src), 'change_journal': 'watch'}), 'sync')"
+)
+
+
+def test_a_sync_killed_before_its_journal_commits_is_replayed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "one").write_text("1")
+    job = make_job(tmp_path, src, spec={"path": str(src), "change_journal": "watch"})
+    w = Watcher(job.source, src, job.state_dir)
+    w.start()
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    try:
+        run_backup(job, "sync")
+        run_backup(job, "sync")  # records a cut
+        (src / "a" / "two").write_text("2")
+        announce = tmp_path / "announce"
+        env = cli_env({"PROTECTCTL_CRASH_POINT": "journal.in_place_commit", "PROTECTCTL_CRASH_ANNOUNCE": str(announce)})
+        proc = subprocess.Popen([sys.executable, "-c", _SYNC, str(tmp_path), str(src)], env=env)
+        wait_until(lambda: announce.exists() or proc.poll() is not None, "the sync reaches its journal commit")
+        proc.kill()
+        proc.wait(10)
+        assert announce.exists()
+        assert list((job.state_dir / "journal").glob("*.db-journal"))  # SQLite's, left by the kill
+        (src / "a" / "three").write_text("3")
+        last = run_backup(job, "sync")
+        extra = _point_extra(job, last.point_id)
+        assert extra["walk"] == "journal", extra["walk_note"]  # the range since the old cut, again
+        assert not list((job.state_dir / "journal").glob("*.db-journal"))
+        _restores_as(job, last, snapshot_tree(src), tmp_path / "r")
+    finally:
+        w.stop()
+        thread.join(5)

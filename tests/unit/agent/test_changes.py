@@ -75,6 +75,15 @@ def test_every_doubt_is_a_full_walk_that_says_why(
     assert decision.facts() == {"journal": "on", "walk": "full", "walk_note": reason}
 
 
+def test_a_rotated_log_says_so(tmp_path: Path) -> None:
+    journal, cut, digest, root = _setup(tmp_path, [])
+    rotated = Cut("g2", cut.boot_id, 2, cut.root, cut.mounts, 100, rotated_from="g1")
+    decision = decide(
+        journal, rotated, state_dir=tmp_path / "state", source=SOURCE, live_root=root, digest=digest, points=["p1"]
+    )
+    assert decision.reason == "the watcher's log was rotated (it passed 64 MiB)"
+
+
 def test_a_damaged_log_is_never_guessed_at(tmp_path: Path) -> None:
     journal, cut, digest, root = _setup(tmp_path, [(DIR, b"a")])
     log = watch_dir(tmp_path / "state", SOURCE) / "log"
