@@ -260,16 +260,18 @@ def table(result: dict[str, object]) -> str:
     if rows:
         lines += [
             "",
-            "| small files MiB/s | writer CPU | writer CPU, watched | watcher CPU | extra CPU |",
-            "|---|---|---|---|---|",
+            "| small files MiB/s | writer CPU | writer CPU, watched | watcher CPU | watcher / writer | "
+            "watcher, % of a core | extra CPU |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in rows:  # type: ignore[union-attr]
-            extra = row.get("extra_cpu")
+            extra, share = row.get("extra_cpu"), row.get("watcher_share")
+            core = float(row["watcher_cpu_s"]) / float(row["wall_watched_s"]) if row.get("wall_watched_s") else 0.0
             lines.append(
                 f"| {row['rate_mib_s']} | {row['writer_cpu_s']} s | {row['writer_cpu_watched_s']} s "
-                f"| {row['watcher_cpu_s']} s | {extra * 100:.1f} % |"
-                if isinstance(extra, float)
-                else f"| {row['rate_mib_s']} | - | - | - | - |"
+                f"| {row['watcher_cpu_s']} s | {share * 100:.1f} % | {core * 100:.1f} % | {extra * 100:.1f} % |"
+                if isinstance(extra, float) and isinstance(share, float)
+                else f"| {row['rate_mib_s']} | - | - | - | - | - | - |"
             )
     return "\n".join(lines)
 
