@@ -20,6 +20,7 @@ from protectctl.engine.ids import BlobId
 from protectctl.engine.points import Point
 from protectctl.engine.repository import BlobKind, BlobWriter, Repository
 from protectctl.engine.tree import Tree
+from protectctl.errors import ProtectctlError
 from protectctl.progress import wants_totals
 from protectctl.provider import Archived, ArchiveOptions, SnapshotRequest, journal_path
 
@@ -182,10 +183,14 @@ def _decide(
         return Decision(cut if isinstance(cut, Cut) else None, "a full reads everything")
     if options.reread is not None or options.keep_trees:
         return Decision(cut if isinstance(cut, Cut) else None, "this provider vets every file")
-    if isinstance(cut, Cut) and book.meta.get("watch_generation") == cut.generation:
-        points = [p.id for p in sink.list_points(request.source)]
-    else:
-        points = []
+    points = []
+    last = book.point_id
+    if isinstance(cut, Cut) and last and book.meta.get("watch_generation") == cut.generation:
+        try:  # one manifest, not the repository's list of points
+            if sink.repo.load_point(last).source == request.source:
+                points.append(last)
+        except ProtectctlError:
+            pass  # gone (pruned) or unreadable: a full walk says so
     return decide(
         book, cut, state_dir=request.state_dir, source=request.source, live_root=live, digest=digest, points=points
     )

@@ -42,7 +42,7 @@ def watcher(tmp_path: Path) -> Iterator[Watcher]:
     thread.start()
     yield w
     w.stop()
-    thread.join(5)
+    thread.join(60)
 
 
 def _records(w: Watcher, start: int, cut: Cut) -> list[tuple[int, bytes]]:
@@ -139,7 +139,8 @@ def test_sync_walks_only_what_changed_and_restores_exactly(tmp_path: Path) -> No
         _restores_as(job, third, snapshot_tree(src), tmp_path / "r3")
     finally:
         w.stop()
-        thread.join(5)
+        thread.join(60)
+    assert not thread.is_alive()
     assert journal_problems(job.state_dir, job.source) == [
         "change journal: the watcher is not running; every sync walks the whole tree until it runs"
     ]
@@ -361,4 +362,4 @@ def test_a_sync_killed_before_its_journal_commits_is_replayed(tmp_path: Path) ->
         _restores_as(job, last, snapshot_tree(src), tmp_path / "r")
     finally:
         w.stop()
-        thread.join(5)
+        thread.join(60)
