@@ -63,10 +63,13 @@ _LEN = struct.Struct("=I")
 _RECORD = struct.Struct("=BI")
 _CRC = struct.Struct("=I")
 _SYNC_EVERY_S = 1.0
-# After a wake-up the watcher lets events gather this long: at a high change rate it reads
-# them in large batches (one handle resolution per directory per batch), so its cost per
-# event falls as the rate grows. A cut drains at once, whatever this says.
-_GATHER_S = 0.05
+# After a wake-up the watcher lets events gather this long: it reads them in large batches
+# (one handle resolution per directory per batch), so its cost follows wake-ups, not events,
+# and falls per event as the rate grows. A busy queue (a batch of _BUSY events or more) is
+# drained again at once so it never nears the kernel's limit (16,384 by default). A cut
+# drains at once, whatever this says.
+_GATHER_S = 0.2
+_BUSY = 2048
 _PATH_CACHE = 4096
 # A log grows by the directories changed between cuts (a sync consumes its range but the
 # watcher does not know which syncs are done): past this size, a cut starts a new generation.
@@ -295,6 +298,9 @@ class Watcher:
         poller.register(self._fan, select.POLLIN)
         assert self._listen is not None
         poller.register(self._listen.fileno(), select.POLLIN)
+        busy = False
+        requests = select.poll()  # while events gather: only a sync's request ends the wait
+        requests.register(self._listen.fileno(), select.POLLIN)
         try:
             while not self._stop:
                 try:
@@ -303,8 +309,9 @@ class Watcher:
                     continue
                 for fd, _ in ready:
                     if fd == self._fan:
-                        time.sleep(_GATHER_S)
-                        self.drain()
+                        if not busy and requests.poll(_GATHER_S * 1000):
+                            self._answer()  # a cut while events gather: it drains them itself
+                        busy = self.drain() >= _BUSY
                     else:
                         self._answer()
                 if self._dirty and time.monotonic() - self._last_sync >= _SYNC_EVERY_S:
@@ -323,12 +330,14 @@ class Watcher:
 
     # -- events ---------------------------------------------------------------------------
 
-    def drain(self) -> None:
-        """Read and record every queued event."""
+    def drain(self) -> int:
+        """Read and record every queued event; how many there were."""
+        count = 0
         while True:
             events = fanotify.read_events(self._fan)
             if not events:
-                return
+                return count
+            count += len(events)
             self.stats.events += len(events)
             self._record(self._place(events))
 
