@@ -88,6 +88,7 @@ __all__ = [
     "Archived",
     "archive",
     "snapshot_problems",
+    "journal_problems",
     "restore_tree",
     "file_node",
     "dir_node",
@@ -524,6 +525,8 @@ class ArchiveOptions:
     change_tracking: str = "off"
     tracking_min_size: int | None = None
     tracking_block_size: int | None = None
+    # The change journal (agent/changes.py): "watch" walks only what the watcher saw change.
+    change_journal: str = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,6 +569,14 @@ def snapshot_problems(root: Path, source: str, mode: str) -> list[str]:
     from protectctl.agent.snapshots import capture_problems
 
     return capture_problems(root, source, mode)
+
+
+def journal_problems(state_dir: Path, source: str) -> list[str]:
+    """What keeps `source`'s change journal (`agent watch`) from working, one sentence each:
+    a host without fanotify, a watcher that is not running."""
+    from protectctl.agent.changes import journal_problems as problems
+
+    return problems(state_dir, source)
 
 
 def journal_path(state_dir: Path, source: str, repository_id: str) -> Path:

@@ -5,7 +5,9 @@ paths of a local host resolve against the policy file), ``include`` and ``exclud
 (gitignore-style patterns), ``oneFileSystem``, ``snapshot`` (auto | btrfs | reflink | none:
 how a sync freezes the tree, docs/change-tracking.md), ``changeTracking`` (auto | off:
 block-level tracking of big files), ``changeTrackingMinSize`` (default 64MiB) and
-``changeTrackingBlockSize`` (default 16KiB, a power of two from 4KiB to 1MiB).
+``changeTrackingBlockSize`` (default 16KiB, a power of two from 4KiB to 1MiB) and
+``changeJournal`` (watch | off, default off: `watch` runs the agent's fanotify watcher as a
+service beside the timers, and a sync walks only the directories it saw change).
 
 Snapshots go through protectctl's `archive` service with a per-source change journal kept
 under the agent's state directory, so a sync reads only files whose identity changed.
@@ -29,12 +31,14 @@ from protectctl.provider import (
     ArchiveOptions,
     RestoreOutcome,
     RestoreRequest,
+    Service,
     SnapshotOutcome,
     SnapshotRequest,
     SnapshotStats,
     SpecProblem,
     Traits,
     archive,
+    journal_problems,
     restore_tree,
     snapshot_problems,
     validate_patterns,
@@ -120,6 +124,10 @@ class FilesystemProvider:
         root = recorded if isinstance(recorded, str) else spec.get("path")
         return posixpath.normpath(str(root)) if root else None
 
+    def services(self, spec: Mapping[str, object]) -> list[Service]:
+        """`changeJournal: watch`: the change journal's watcher (`protectctl agent watch`)."""
+        return [Service("watch", "change journal watcher", ("watch",))] if spec.get("change_journal") == "watch" else []
+
     # -- snapshot ------------------------------------------------------------------------
 
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
@@ -165,7 +173,10 @@ class FilesystemProvider:
         path = spec.get("path")
         if not path:
             return []
-        return snapshot_problems(Path(str(path)), source, str(spec.get("snapshot") or "auto"))
+        problems = snapshot_problems(Path(str(path)), source, str(spec.get("snapshot") or "auto"))
+        if spec.get("change_journal") == "watch":
+            problems += journal_problems(state_dir, source)
+        return problems
 
 
 def _valid_block(size: int) -> bool:
@@ -204,6 +215,7 @@ def _options(spec: Mapping[str, object], *, verify_all: bool) -> ArchiveOptions:
         change_tracking=str(spec.get("change_tracking") or "auto"),
         tracking_min_size=_size(spec, "change_tracking_min_size"),
         tracking_block_size=_block_size(spec),
+        change_journal=str(spec.get("change_journal") or "off"),
     )
 
 

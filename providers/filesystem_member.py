@@ -20,3 +20,4 @@ class FilesystemMember(CamelSpec):
     change_tracking: Literal["auto", "off"] = "auto"
     change_tracking_min_size: SizeText | None = None
     change_tracking_block_size: SizeText | None = None
+    change_journal: Literal["watch", "off"] = "off"

@@ -11,13 +11,16 @@ from pathlib import Path
 
 from protectctl.agent.archiver import ArchiveOptions as ArchiverOptions
 from protectctl.agent.archiver import Archiver, BigFileReader, SnapshotView
+from protectctl.agent.changes import Decision, JournalWalk, cut_meta, decide, options_digest, take_cut
 from protectctl.agent.journal import Journal, writing_error
 from protectctl.agent.patterns import PathFilter
 from protectctl.agent.precount import PreCount
+from protectctl.agent.watch import Cut
 from protectctl.engine.ids import BlobId
 from protectctl.engine.points import Point
 from protectctl.engine.repository import BlobKind, BlobWriter, Repository
 from protectctl.engine.tree import Tree
+from protectctl.errors import ProtectctlError
 from protectctl.progress import wants_totals
 from protectctl.provider import Archived, ArchiveOptions, SnapshotRequest, journal_path
 
@@ -64,16 +67,29 @@ def archive(
     started_ns: int | None = None,
     big_files: BigFileReader | None = None,
     live_subvolumes: list[str] | None = None,
+    cut: Cut | str | None = None,
+    live_root: Path | None = None,
 ) -> Archived:
     """See protectctl.provider.archive; the keywords come from agent/tracking.py (the snapshot read
-    and its instant, the big-file reader; `live_subvolumes` gets the nested subvolumes read live)."""
+    and its instant, the big-file reader; `live_subvolumes` gets the nested subvolumes read live;
+    the watcher's `cut`, taken before the snapshot, and the `live_root` it watches)."""
     sink = request.sink
     if not isinstance(sink, RepositorySink):
         raise TypeError("archive() writes into the sink the agent handed the provider")
     repo = sink.repo
     book = Journal(journal_path(request.state_dir, journal, repo.id), repo_id=repo.id)
+    live = Path(options.root) if live_root is None else live_root
+    digest = options_digest(live, options.include, options.exclude, options.one_file_system)
+    decision = None
+    if options.change_journal == "watch":
+        if cut is None:
+            cut = take_cut(request.state_dir, request.source)
+        decision = _decide(request, options, book, cut, live, digest, sink)
     try:
-        out = book.begin(started_ns=started_ns)
+        out = book.begin(started_ns=started_ns, in_place=decision is not None and decision.changes is not None)
+        walk = None
+        if decision is not None and decision.changes is not None:
+            walk = JournalWalk(decision.changes, book, out, repo)
     except (sqlite3.Error, OSError) as err:
         book.close()
         raise writing_error(book.path, err) from err
@@ -101,6 +117,7 @@ def archive(
                 keep_trees=options.keep_trees,
                 snapshot=snapshot,
                 big_files=big_files,
+                unchanged=walk,
             ),
             request.progress,
         ).run()
@@ -115,8 +132,16 @@ def archive(
     finally:
         if count is not None:
             count.stop()
+    previous_meta = dict(book.meta)
     book.close()
     assert result.tree is not None and result.root is not None
+    meta = {"point_id": "", "source": request.source}
+    facts: dict[str, object] = {}
+    if decision is not None:
+        facts = decision.facts(len(walk.walked) if walk is not None else None)
+        if decision.cut is not None:
+            linked = walk.linked(previous_meta, result.linked_dirs) if walk is not None else result.linked_dirs
+            meta.update(cut_meta(decision.cut, digest, linked))
     if live_subvolumes is not None:
         live_subvolumes += result.live_subvolumes
 
@@ -124,7 +149,7 @@ def archive(
         if point_id is None:
             out.abort()
         else:
-            out.commit({"point_id": point_id, "source": request.source})
+            out.commit({**meta, "point_id": point_id})
 
     root: os.stat_result = result.root
     return Archived(
@@ -141,4 +166,31 @@ def archive(
         root=root,
         trees=dict(result.trees),
         finish=finish,
+        capture=facts,
+    )
+
+
+def _decide(
+    request: SnapshotRequest,
+    options: ArchiveOptions,
+    book: Journal,
+    cut: Cut | str,
+    live: Path,
+    digest: str,
+    sink: RepositorySink,
+) -> Decision:
+    if options.verify_all:
+        return Decision(cut if isinstance(cut, Cut) else None, "a full reads everything")
+    if options.reread is not None or options.keep_trees:
+        return Decision(cut if isinstance(cut, Cut) else None, "this provider vets every file")
+    points = []
+    last = book.point_id
+    if isinstance(cut, Cut) and last and book.meta.get("watch_generation") == cut.generation:
+        try:  # one manifest, not the repository's list of points
+            if sink.repo.load_point(last).source == request.source:
+                points.append(last)
+        except ProtectctlError:
+            pass  # gone (pruned) or unreadable: a full walk says so
+    return decide(
+        book, cut, state_dir=request.state_dir, source=request.source, live_root=live, digest=digest, points=points
     )

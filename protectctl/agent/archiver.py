@@ -78,6 +78,8 @@ class ArchiveOptions:
     keep_trees: bool = False  # remember every tree saved (ArchiveResult.trees)
     snapshot: SnapshotView | None = None  # the tree is read from a btrfs snapshot of the source
     big_files: BigFileReader | None = None  # reads big files its own way (agent/tracking.py)
+    # directories a change journal knows are unchanged: their trees are reused unwalked (agent/changes.py)
+    unchanged: UnchangedTrees | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,16 @@ class SnapshotView:
 
 
 _BTRFS_PLACEHOLDER_INO = 2  # BTRFS_EMPTY_SUBVOL_DIR_OBJECTID
+
+
+class UnchangedTrees(Protocol):
+    """The one hook of a journal walk (agent/changes.py): the walker asks before it enters a
+    directory below the root; everything it is told is unchanged is reused, not walked."""
+
+    def tree(self, rel: bytes) -> tuple[BlobId, int, int, int] | None:
+        """The last point's tree of `rel` and what it holds below it (files, directories, bytes)
+        when nothing in or below `rel` changed since; None: walk it."""
+        ...
 
 
 class BigFileReader(Protocol):
@@ -155,6 +167,7 @@ class ArchiveResult:
     root: os.stat_result | None = None
     trees: dict[BlobId, Tree] = field(default_factory=dict)  # with keep_trees
     live_subvolumes: list[str] = field(default_factory=list)  # read live: not in the snapshot
+    linked_dirs: set[bytes] = field(default_factory=set)  # directories holding files with hard links
 
 
 class Archiver:
@@ -211,17 +224,20 @@ class Archiver:
     def _archive_dir(self, path: bytes, rel: bytes, *, included: bool) -> BlobId | None:
         """Save the tree of `path`; None when include patterns select nothing in or below it."""
         errors = len(self.result.errors)
+        r = self.result
+        before = (r.files, r.dirs, r.bytes_total)
         entries = self._scan(path, rel, included=included)
         if not entries and not included:
             return None
         if not self._plain:
             return self._save_nodes(rel, entries, included=included)
         facts = [_entry_facts(e) for e in entries]
-        if self._reuse_dirs:
-            reused = self._reuse(rel, _key(facts), entries)
-            if reused is not None:
-                return reused
-        return self._save_encoded(rel, entries, facts, included=included, errors=errors)
+        tree = self._reuse(rel, _key(facts), entries) if self._reuse_dirs else None
+        if tree is None:
+            tree = self._save_encoded(rel, entries, facts, included=included, errors=errors)
+        if tree is not None and len(r.errors) == errors:  # what the subtree holds, for a journal walk
+            self.journal_out.add_subtotal(rel, r.files - before[0], r.dirs - before[1], r.bytes_total - before[2])
+        return tree
 
     def _save_nodes(self, rel: bytes, entries: Sequence[_Entry], *, included: bool) -> BlobId | None:
         """The tree built node by node and encoded whole (for a `reread` policy, or to keep trees)."""
@@ -300,6 +316,8 @@ class Archiver:
             kind = node_type(st.st_mode)
             if kind is None:
                 continue
+            if kind is NodeType.FILE and st.st_nlink > 1:
+                self.result.linked_dirs.add(rel)  # a change through another link is seen elsewhere
             is_dir = kind is NodeType.DIR
             pattern_path = name_text(child_rel)  # patterns are text: each undecodable byte is one character
             if filt.excluded(pattern_path, is_dir):
@@ -332,6 +350,17 @@ class Archiver:
         if self.options.one_file_system and st.st_dev != self._root_dev:
             # A mount point: keep the directory itself, not the other filesystem's content.
             return self.repo.save_tree(self.writer, Tree(()))
+        known = self.options.unchanged.tree(rel) if self.options.unchanged is not None else None
+        if known is not None:
+            tree, files, dirs, size = known
+            self.result.files += files
+            self.result.files_reused += files
+            self.result.dirs += dirs
+            self.result.dirs_reused += 1
+            self.result.bytes_total += size
+            if files:
+                self.progress.advance(files=files, bytes_done=size)
+            return tree
         return self._archive_dir(path, rel, included=included)
 
     def _reuse(self, rel: bytes, key: bytes, entries: Sequence[_Entry]) -> BlobId | None:

@@ -55,6 +55,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from protectctl import crashpoint
 from protectctl.engine.tree import HashScheme
 from protectctl.errors import StateError
 from protectctl.fsutil import fsync_dir, os_error_text
@@ -167,6 +168,13 @@ CREATE TABLE nodes (
     dir TEXT NOT NULL, name TEXT NOT NULL, seal BLOB NOT NULL, encoded TEXT NOT NULL, PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
 """
+# What a directory's subtree holds (files, directories, bytes below it), so that a sync that
+# reuses a subtree unwalked (agent/changes.py) still counts what the point holds.
+_SUBTOTALS = """
+CREATE TABLE IF NOT EXISTS subtotals (
+    dir TEXT PRIMARY KEY, files INTEGER NOT NULL, dirs INTEGER NOT NULL, bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
 
 
 class Journal:
@@ -175,6 +183,7 @@ class Journal:
     def __init__(self, path: Path, *, repo_id: str) -> None:
         self.path = path
         self.repo_id = repo_id
+        _recover(path)
         self._conn = self._open()
         self.meta: dict[str, str] = self._read_meta()
         if self.meta.get("format") not in _READABLE_FORMATS or self.meta.get("repo_id") != repo_id:
@@ -268,16 +277,37 @@ class Journal:
             return None  # damaged: the caller rebuilds the directory
         return [row[0] for row in rows]
 
+    def subtotal(self, rel_dir: bytes) -> tuple[int, int, int] | None:
+        """(files, directories, bytes) the last point holds below `rel_dir`; None when unknown."""
+        if self._conn is None:
+            return None
+        try:
+            row = self._conn.execute(
+                "SELECT files, dirs, bytes FROM subtotals WHERE dir = ?", (_db_key(rel_dir),)
+            ).fetchone()
+        except sqlite3.Error:  # a journal from before the subtotals table
+            return None
+        if row is None or not all(isinstance(v, int) for v in row):
+            return None
+        return (row[0], row[1], row[2])
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def begin(self, *, started_ns: int | None = None) -> JournalWriter:
+    def begin(self, *, started_ns: int | None = None, in_place: bool = False) -> JournalWriter:
         """Start the next journal beside this one (able to copy rows from this one); `started_ns`:
-        when the content it describes was captured, if earlier than now (a snapshot's instant)."""
+        when the content it describes was captured, if earlier than now (a snapshot's instant).
+        `in_place`: the next journal is this one changed in one SQLite transaction (a journal
+        walk rewrites only the directories it walks, agent/changes.py; copying the whole
+        journal would cost what the walk saves)."""
         return JournalWriter(
-            self.path, repo_id=self.repo_id, previous=self.path if self._conn else None, started_ns=started_ns
+            self.path,
+            repo_id=self.repo_id,
+            previous=self.path if self._conn else None,
+            started_ns=started_ns,
+            in_place=in_place and self._conn is not None,
         )
 
 
@@ -285,7 +315,13 @@ class JournalWriter:
     """The next journal, invisible until `commit`."""
 
     def __init__(
-        self, path: Path, *, repo_id: str, previous: Path | None = None, started_ns: int | None = None
+        self,
+        path: Path,
+        *,
+        repo_id: str,
+        previous: Path | None = None,
+        started_ns: int | None = None,
+        in_place: bool = False,
     ) -> None:
         # Before anything of the run is read: the next run distrusts files changed since (racy).
         self.started_ns = time.time_ns() if started_ns is None else started_ns
@@ -294,17 +330,34 @@ class JournalWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()  # left by a killed run
+        _recover(path)
+        self._in_place = in_place
+        self._cleared: set[str | bytes] = set()
+        self._subtotals: list[tuple[str | bytes, int, int, int]] = []
+        self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id, "started_ns": str(self.started_ns)}
+        self._pending: list[tuple[object, ...]] = []
+        self._dirs: list[tuple[str | bytes, bytes, bytes]] = []
+        self._nodes: list[tuple[str | bytes, str | bytes, bytes, str]] = []
+        self._previous = False
+        if in_place:
+            # One transaction on the journal itself, committed after the point is saved: the
+            # journal in place (read through another connection, which sees only committed
+            # rows) stays exactly the last one until then, and a kill rolls it back (SQLite's
+            # rollback journal, undone by the next opener: _recover). No spilling of dirty
+            # pages before the commit: readers are never locked out during the walk.
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            for pragma in ("journal_mode=DELETE", "synchronous=FULL", "cache_spill=0", "cache_size=-1048576"):
+                self._conn.execute(f"PRAGMA {pragma}")
+            self._conn.executescript(_SUBTOTALS)
+            self._conn.execute("BEGIN IMMEDIATE")
+            return
         # A URI (quoted, see Journal._open) so that ATTACH below may open the previous one read-only.
         self._conn = sqlite3.connect(f"file:{urllib.parse.quote(str(self._tmp))}", check_same_thread=False, uri=True)
         # Durability comes from fsync + rename at commit, not from SQLite's own journal.
         self._conn.execute("PRAGMA journal_mode=OFF")
         self._conn.execute("PRAGMA synchronous=OFF")
         self._conn.executescript(_SCHEMA)
-        self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id, "started_ns": str(self.started_ns)}
-        self._pending: list[tuple[object, ...]] = []
-        self._dirs: list[tuple[str | bytes, bytes, bytes]] = []
-        self._nodes: list[tuple[str | bytes, str | bytes, bytes, str]] = []
-        self._previous = False
+        self._conn.executescript(_SUBTOTALS)
         if previous is not None:
             try:
                 uri = f"file:{urllib.parse.quote(str(previous))}?mode=ro"
@@ -313,7 +366,16 @@ class JournalWriter:
             except sqlite3.Error:
                 pass
 
+    def _rewriting(self, key: str | bytes) -> None:
+        """The first row of a cleared directory: its old file and node rows go (see clear_directory)."""
+        if key in self._cleared:
+            self._cleared.discard(key)
+            for table in ("files", "nodes"):
+                self._conn.execute(f"DELETE FROM {table} WHERE dir = ?", (key,))
+
     def add(self, rel_dir: bytes, name: bytes, entry: JournalEntry) -> None:
+        if self._cleared:
+            self._rewriting(_db_key(rel_dir))
         ident = entry.identity
         self._pending.append(
             (
@@ -340,13 +402,44 @@ class JournalWriter:
 
     def add_node(self, rel_dir: bytes, name: bytes, seal: bytes, encoded: str) -> None:
         """Remember how the tree node of `name` encoded, sealed with what it was built from."""
+        if self._cleared:
+            self._rewriting(_db_key(rel_dir))
         self._nodes.append((_db_key(rel_dir), _db_key(name), seal, encoded))
         if len(self._nodes) >= _BATCH:
             self._flush()
 
+    def add_subtotal(self, rel_dir: bytes, files: int, dirs: int, size: int) -> None:
+        """Remember what the point holds below `rel_dir`."""
+        self._subtotals.append((_db_key(rel_dir), files, dirs, size))
+        if len(self._subtotals) >= _BATCH:
+            self._flush()
+
+    def clear_directory(self, rel_dir: bytes) -> None:
+        """`rel_dir` is about to be walked (a journal rewritten in place): its tree and subtotal
+        go now; its file and node rows when the walk writes its first one, or stay when the
+        walk reuses the directory (copy_directory), or go at the commit when it wrote none."""
+        self._flush()
+        key = _db_key(rel_dir)
+        for table in ("dirs", "subtotals"):
+            self._conn.execute(f"DELETE FROM {table} WHERE dir = ?", (key,))
+        self._cleared.add(key)
+
+    def forget_below(self, rel_dir: bytes) -> None:
+        """Forget `rel_dir` and everything below it (a directory that left)."""
+        self._flush()
+        bounds: list[tuple[str | bytes, str | bytes, str | bytes]] = [(rel_dir, rel_dir + b"/", rel_dir + b"0")]
+        with contextlib.suppress(UnicodeDecodeError):
+            bounds.append((rel_dir.decode(), rel_dir.decode() + "/", rel_dir.decode() + "0"))
+        for table in ("files", "nodes", "dirs", "subtotals"):
+            for exact, low, high in bounds:
+                self._conn.execute(f"DELETE FROM {table} WHERE dir = ? OR (dir >= ? AND dir < ?)", (exact, low, high))
+
     def copy_directory(self, rel_dir: bytes) -> bool:
         """Carry the file rows of `rel_dir` over from the journal this one follows; False when
         that journal cannot be read (the caller then must not reuse the directory)."""
+        if self._in_place:
+            self._cleared.discard(_db_key(rel_dir))  # the rows are there: keep them
+            return True
         if not self._previous:
             return False
         try:
@@ -366,6 +459,8 @@ class JournalWriter:
         self._dirs.clear()
         self._conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)", self._nodes)
         self._nodes.clear()
+        self._conn.executemany("INSERT OR REPLACE INTO subtotals VALUES (?, ?, ?, ?)", self._subtotals)
+        self._subtotals.clear()
 
     def commit(self, meta: Mapping[str, str]) -> None:
         """Make this the journal; call only after the point it describes is saved.
@@ -384,9 +479,16 @@ class JournalWriter:
             ) from err
 
     def _publish(self, meta: Mapping[str, str]) -> None:
+        for key in list(self._cleared):  # walked, and nothing written: empty now
+            self._rewriting(key)
         self._flush()
         rows = {**self._meta, **meta}
         self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(rows.items()))
+        if self._in_place:
+            crashpoint.reached("journal.in_place_commit")  # written, not committed: a kill rolls back
+            self._conn.execute("COMMIT")  # synchronous=FULL: durable when it returns
+            self._conn.close()
+            return
         self._conn.commit()
         if self._previous:
             self._conn.execute("DETACH DATABASE previous")
@@ -401,9 +503,28 @@ class JournalWriter:
 
     def abort(self) -> None:
         with contextlib.suppress(sqlite3.Error):
+            if self._in_place:
+                self._conn.execute("ROLLBACK")
             self._conn.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+        if not self._in_place:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+
+
+def _recover(path: Path) -> None:
+    """Roll back what a killed in-place writer left (SQLite's hot rollback journal): a read-only
+    opener cannot, and a new journal renamed over `path` must never meet an old one's. A
+    read-write open does it (SQLite undoes a hot journal on first access)."""
+    if not os.path.exists(f"{path}-journal") or not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(str(path))
+        try:
+            conn.execute("SELECT count(*) FROM meta").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        pass  # a writer holds it (its own transaction, live): nothing to undo
 
 
 def writing_error(path: Path, err: sqlite3.Error | OSError) -> StateError:

@@ -72,6 +72,11 @@ def archive_captured(request: SnapshotRequest, options: ArchiveOptions, *, journ
 
     tracking_wanted = options.change_tracking == "auto"
     live_root = Path(options.root)
+    cut = None
+    if options.change_journal == "watch":  # before the snapshot: a change after it is replayed next time
+        from protectctl.agent.changes import take_cut
+
+        cut = take_cut(request.state_dir, request.source)
     with capture(
         live_root, request.source, options.snapshot, frozen=request.frozen, want_clones=tracking_wanted
     ) as cap:
@@ -113,6 +118,8 @@ def archive_captured(request: SnapshotRequest, options: ArchiveOptions, *, journ
                 started_ns=cap.started_ns,
                 big_files=big,
                 live_subvolumes=live,
+                cut=cut,
+                live_root=live_root,
             )
             if big is not None:
                 big.stash()
@@ -151,7 +158,7 @@ def archive_captured(request: SnapshotRequest, options: ArchiveOptions, *, journ
             else:
                 big.commit()
 
-    return replace(result, finish=finish, capture=facts)
+    return replace(result, finish=finish, capture={**result.capture, **facts})
 
 
 @dataclass(slots=True)

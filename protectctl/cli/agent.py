@@ -73,3 +73,33 @@ def register(app: typer.Typer) -> None:
             agent_config=env.agent_config,
             log=lambda line: typer.echo(f"protectctl wal-stream {group}/{member}: {line}", err=True),
         )
+
+    @agent_app.command("watch")
+    def watch(
+        ctx: typer.Context,
+        group: Annotated[str, typer.Argument(help="Protection group.")],
+        member: Annotated[str, typer.Option("--member", "-m", help="The member whose tree is watched.")],
+    ) -> None:
+        """The change journal's watcher of a member (`changeJournal: watch`), supervised, until SIGTERM:
+        records which directories change so a sync walks only those (docs/change-tracking.md)."""
+        from protectctl import api
+        from protectctl.agent.watch import watch_source
+        from protectctl.cli.main import env_of
+        from protectctl.errors import ProtectctlError
+        from protectctl.provider import SourcePaths, load_provider
+
+        env = env_of(ctx, False)
+        (target,) = api.sources(env.policy_dir, agent_config=env.agent_config, group=group, member=member)
+        provider = load_provider(str(target.inputs["provider"]))
+        spec = target.inputs["spec"]
+        if not isinstance(provider, SourcePaths) or spec.get("change_journal") != "watch":
+            raise ProtectctlError(
+                f"{group}/{member} has no change journal to watch",
+                hint="set changeJournal: watch on a filesystem member",
+            )
+        watch_source(
+            str(target.inputs["source"]),
+            provider.source_paths(spec),
+            target.state_dir,
+            log=lambda line: typer.echo(f"protectctl watch {group}/{member}: {line}", err=True),
+        )

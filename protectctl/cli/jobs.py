@@ -127,6 +127,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
                 for p in points
             ],
         )
+        walks = [line for p in points if (line := walk_line(p)) is not None]
+        if walks:
+            env.output.text("\n".join(walks))
         for source in sorted(gone):
             env.output.text(
                 f"{source}: no longer in the policy (its points stay in the repository: "
@@ -337,7 +340,16 @@ def tracking_cell(extra: Any) -> str:
     snapshot, tracking = extra.get("snapshot"), extra.get("tracking")
     if snapshot is None and tracking is None:
         return "-"
-    return f"{snapshot or 'none'}{'+blocks' if tracking == 'blocks' else ''}"
+    walk = {"journal": "+journal", "full": "+walk"}.get(str(extra.get("walk"))) if extra.get("journal") == "on" else ""
+    return f"{snapshot or 'none'}{'+blocks' if tracking == 'blocks' else ''}{walk or ''}"
+
+
+def walk_line(p: Any) -> str | None:
+    """`<id> walk: journal|full (why)` for a point of a source with a change journal."""
+    extra = p.extra
+    if extra.get("journal") != "on":
+        return None
+    return f"{p.source} {p.id[:8]} walk: {extra.get('walk')} ({extra.get('walk_note')})"
 
 
 def point_json(p: Any) -> dict[str, Any]:

@@ -1,0 +1,104 @@
+"""How a sync decides between a journal walk and a full walk (agent/changes.py), and says why."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from protectctl.agent.changes import cut_meta, decide, options_digest
+from protectctl.agent.journal import Journal, JournalWriter
+from protectctl.agent.watch import _LEN, _MAGIC, DIR, GONE, OVERFLOW, TREE, Cut, encode_record, mounts_below, watch_dir
+
+SOURCE = "g/m"
+
+
+def _setup(tmp_path: Path, records: list[tuple[int, bytes]], **meta_changes: str) -> tuple[Journal, Cut, str, Path]:
+    root = tmp_path / "src"
+    root.mkdir(exist_ok=True)
+    state = tmp_path / "state"
+    real = os.path.realpath(root)
+    mounts = tuple(os.fsdecode(m) for m in mounts_below(os.fsencode(real)))
+    header = {"generation": "g1", "boot_id": "b1", "started_ns": 1, "root": real, "mounts": list(mounts)}
+    raw = json.dumps(header).encode()
+    head = _MAGIC + _LEN.pack(len(raw)) + raw
+    first = [encode_record(DIR, b"old")]  # before the last cut: already consumed
+    body = b"".join(encode_record(kind, rel) for kind, rel in records)
+    log = watch_dir(state, SOURCE) / "log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(head + b"".join(first) + body)
+    last_cut = Cut("g1", "b1", 1, real, mounts, len(head) + len(first[0]))
+    digest = options_digest(root, [], [], False)
+    path = tmp_path / "journal.db"
+    writer = JournalWriter(path, repo_id="r")
+    writer.commit({"point_id": "p1", **cut_meta(last_cut, digest, [b"hard"]), **meta_changes})
+    cut = Cut("g1", "b1", 1, real, mounts, len(head) + len(first[0]) + len(body))
+    return Journal(path, repo_id="r"), cut, digest, root
+
+
+def _decide(tmp_path: Path, records: list[tuple[int, bytes]], points: tuple[str, ...] = ("p1",), **meta: str):  # type: ignore[no-untyped-def]
+    journal, cut, digest, root = _setup(tmp_path, records, **meta)
+    return decide(
+        journal, cut, state_dir=tmp_path / "state", source=SOURCE, live_root=root, digest=digest, points=points
+    )
+
+
+def test_the_range_since_the_last_cut_is_walked_with_ancestors_and_hard_link_holders(tmp_path: Path) -> None:
+    decision = _decide(tmp_path, [(DIR, b"a/b/c"), (TREE, b"x/new"), (GONE, b"x/old")])
+    assert decision.reason is None and decision.changes is not None
+    changes = decision.changes
+    assert changes.changed == {b"a/b/c", b"hard"} and changes.subtrees == {b"x/new"} and changes.gone == {b"x/old"}
+    assert changes.dirty == {b"", b"a", b"a/b", b"a/b/c", b"x", b"x/new", b"hard"}  # not b"old": consumed before
+    assert decision.facts()["walk_note"] == (
+        "1 changed directory, 1 with hard-linked files walked, 1 new or moved subtree(s) walked whole"
+    )
+
+
+@pytest.mark.parametrize(
+    ("meta", "records", "points", "reason"),
+    [
+        ({"watch_boot": "b0"}, [], ("p1",), "the host rebooted since the last point"),
+        ({"watch_generation": "g0"}, [], ("p1",), "the watcher restarted since the last point"),
+        ({"watch_options": "other"}, [], ("p1",), "the source's path or patterns changed since the last point"),
+        ({}, [], (), "the last point the journal describes is gone (pruned)"),
+        ({}, [(DIR, b"a"), (OVERFLOW, b"")], ("p1",), "the watcher's queue overflowed: events were lost"),
+        ({"watch_offset": "999999"}, [], ("p1",), "the watcher's log is shorter than the last cut"),
+    ],
+)
+def test_every_doubt_is_a_full_walk_that_says_why(
+    tmp_path: Path, meta: dict[str, str], records: list[tuple[int, bytes]], points: tuple[str, ...], reason: str
+) -> None:
+    decision = _decide(tmp_path, records, points, **meta)
+    assert (decision.changes, decision.reason) == (None, reason)
+    assert decision.facts() == {"journal": "on", "walk": "full", "walk_note": reason}
+
+
+def test_a_rotated_log_says_so(tmp_path: Path) -> None:
+    journal, cut, digest, root = _setup(tmp_path, [])
+    rotated = Cut("g2", cut.boot_id, 2, cut.root, cut.mounts, 100, rotated_from="g1")
+    decision = decide(
+        journal, rotated, state_dir=tmp_path / "state", source=SOURCE, live_root=root, digest=digest, points=["p1"]
+    )
+    assert decision.reason == "the watcher's log was rotated (it passed 64 MiB)"
+
+
+def test_a_damaged_log_is_never_guessed_at(tmp_path: Path) -> None:
+    journal, cut, digest, root = _setup(tmp_path, [(DIR, b"a")])
+    log = watch_dir(tmp_path / "state", SOURCE) / "log"
+    data = bytearray(log.read_bytes())
+    data[-5] ^= 0xFF  # the last record's path
+    log.write_bytes(bytes(data))
+    decision = decide(
+        journal, cut, state_dir=tmp_path / "state", source=SOURCE, live_root=root, digest=digest, points=["p1"]
+    )
+    assert decision.reason == "the watcher's log is damaged"
+
+
+def test_no_watcher_and_no_earlier_cut(tmp_path: Path) -> None:
+    journal, cut, digest, root = _setup(tmp_path, [])
+    kwargs = {"state_dir": tmp_path / "state", "source": SOURCE, "live_root": root, "digest": digest, "points": ["p1"]}
+    assert decide(journal, "the watcher is not running", **kwargs).reason == "the watcher is not running"  # type: ignore[arg-type]
+    empty = Journal(tmp_path / "none.db", repo_id="r")
+    assert decide(empty, cut, **kwargs).reason == "no earlier point recorded a cut of the watcher"  # type: ignore[arg-type]
