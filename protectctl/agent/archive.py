@@ -55,6 +55,12 @@ class RepositorySink:
         return self.repo.list_points(source)
 
 
+def archive_parallelism(setting: int | None) -> int:
+    """Worker processes for a first backup: the `parallelism` setting (by default none yet);
+    1 archives in this process alone."""
+    return max(1, setting if setting is not None else 1)
+
+
 def archive(
     request: SnapshotRequest,
     options: ArchiveOptions,
@@ -101,6 +107,7 @@ def archive(
                 keep_trees=options.keep_trees,
                 snapshot=snapshot,
                 big_files=big_files,
+                parallelism=archive_parallelism(sink.writer.parallelism),
             ),
             request.progress,
         ).run()
