@@ -56,9 +56,9 @@ class RepositorySink:
 
 
 def archive_parallelism(setting: int | None) -> int:
-    """Worker processes for a first backup: the `parallelism` setting (by default none yet);
-    1 archives in this process alone."""
-    return max(1, setting if setting is not None else 1)
+    """Worker processes for a first backup (agent/workers.py): the `parallelism` setting, by
+    default the cores, at most 4 (as the writer's threads); 1 archives in this process alone."""
+    return max(1, setting if setting is not None else min(4, os.cpu_count() or 1))
 
 
 def archive(

@@ -21,9 +21,10 @@ one core. `ParallelWalk` spreads it over worker processes:
 Deterministic: a node is built by the same code from the same lstat and content, a tree from
 the same encoded nodes in name order, so the tree ids do not depend on the parallelism or on
 the order results arrive in (tests/unit/test_archiver_parallel.py). Memory is bounded by the
-tasks in flight (two per worker), the parts in the pipes and the directories still waiting
-for a subdirectory (handed out depth first, so that is about the walk's depth), not by the size
-of the tree.
+tasks in flight (`_TASKS_PER_WORKER`), the answers queued (`_QUEUED_PARTS` per worker, each
+at most `_PART_FILES` files or about `_PART_BYTES`) and the directories still waiting for a
+subdirectory (handed out depth first, so that is about the walk's depth), not by the size of
+the tree.
 
 Start-up: workers are started only once the walk has met `SPAWN_AFTER_FILES` files and has
 more directories queued; until they are ready the parent runs tasks itself with the same code.
@@ -39,7 +40,9 @@ nothing is published.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -78,12 +81,18 @@ if TYPE_CHECKING:
     from protectctl.agent.archiver import SnapshotView
     from protectctl.engine.repository import Repository
 
+log = logging.getLogger(__name__)
+
 # Workers start once the walk has met this many files (and has directories left to hand out):
 # below that, start-up (~0.2 s of CPU per worker) costs more than it saves.
 SPAWN_AFTER_FILES = 2000
 # While the workers start (~0.2 s of CPU each, more under load), the parent runs tasks itself.
 PARENT_WORKS_WHILE_STARTING = True
-_TASKS_PER_WORKER = 2  # in flight per worker: one being worked on, one waiting in its pipe
+# Tasks in flight per worker, and answers a worker may have ready before the parent reads them:
+# on a busy machine the parent is not scheduled for tens of milliseconds at a time, and workers
+# must not run dry meanwhile (a task of 100 small files is ~15 ms of work).
+_TASKS_PER_WORKER = 8
+_QUEUED_PARTS = 16
 _PART_FILES = 256  # entries per message
 _PART_BYTES = 2 << 20  # sealed bytes per message
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ of a worker's answer pipe (the kernel may cap it)
@@ -325,7 +334,7 @@ def worker_main(conn: Connection) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle
     _die_with_parent(int(sys.argv[1]))
-    out = Connection(os.dup(1), readable=False)
+    out = _Sender(Connection(os.dup(1), readable=False))
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # nothing printed may mix with the answers
     os.close(devnull)
@@ -336,16 +345,63 @@ def worker_main(conn: Connection) -> None:
             try:
                 task = conn.recv()
             except EOFError:
-                return
+                break
             if task is None:
-                return
+                break
             reached("archive-worker-task")
             for part in archiver.run_task(*task):
                 out.send(part)
+        out.close()
     except BaseException as err:  # one line for the parent's message; the process ends
         with contextlib.suppress(OSError):
             out.send(("error", f"{type(err).__name__}: {err}"))
+            out.close()
         raise SystemExit(1) from None
+
+
+class _Sender:
+    """Answers go out through a thread with a bounded queue: on a busy machine the parent is not
+    always running, and a worker that had to wait for it at every full pipe would idle too."""
+
+    def __init__(self, conn: Connection) -> None:
+        import queue
+        import threading
+
+        self._conn = conn
+        self._queue: queue.Queue[bytes | None] = queue.Queue(_QUEUED_PARTS)
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="answers", daemon=True)
+        self._thread.start()
+
+    def send(self, message: object) -> None:
+        self._put(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def close(self) -> None:
+        """Wait until everything queued is sent."""
+        self._put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _put(self, item: bytes | None) -> None:
+        import queue
+
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            try:
+                self._conn.send_bytes(data)
+            except OSError as err:  # the parent is gone: the main thread stops at its next send
+                self._error = err
+                return
 
 
 def _die_with_parent(parent: int) -> None:
@@ -478,7 +534,11 @@ class ParallelWalk:
         if len(self._workers) >= self._max_workers or self._files_seen < SPAWN_AFTER_FILES or not self._queue:
             return
         while len(self._workers) < self._max_workers:
-            self._workers.append(self._spawn())
+            try:
+                self._workers.append(self._spawn())
+            except OSError as err:  # no process to be had: this one does the work
+                log.warning("archive.workers_unavailable", extra={"error": str(err)})
+                self._max_workers = len(self._workers)
 
     def _spawn(self) -> _Worker:
         from multiprocessing.connection import Connection
@@ -526,9 +586,12 @@ class ParallelWalk:
             worker = by_conn[cast("Connection", conn)]
             while True:
                 try:
-                    message = worker.answers.recv()
+                    message = pickle.loads(worker.answers.recv_bytes())
                 except (EOFError, OSError):
-                    self._failed(worker, None)
+                    if worker.ready or worker.busy:
+                        self._failed(worker, None)
+                    self._unstarted(worker)  # it never took a task: nothing is lost
+                    break
                 if isinstance(message, _Part):
                     if message.final:
                         worker.busy.remove(message.task)
@@ -539,6 +602,16 @@ class ParallelWalk:
                     self._failed(worker, str(message[1]))
                 if not worker.answers.poll():
                     break
+
+    def _unstarted(self, worker: _Worker) -> None:
+        """A worker that died before it was ready (it could not start): the others, or this process, go on."""
+        code = worker.proc.wait()
+        log.warning("archive.worker_did_not_start", extra={"exit_status": code})
+        self._workers.remove(worker)
+        self._max_workers = len(self._workers)
+        for conn in (worker.tasks, worker.answers):
+            with contextlib.suppress(OSError):
+                conn.close()
 
     def _failed(self, worker: _Worker, why: str | None) -> NoReturn:
         if why is None:

@@ -94,3 +94,21 @@ def test_parallel_first_backup_builds_the_serial_tree(tmp_path: Path, monkeypatc
             assert (tmp_path / "out" / path.relative_to(src)).read_bytes() == path.read_bytes()
     assert os.stat(tmp_path / "out" / "d0" / "link1").st_ino == os.stat(tmp_path / "out" / "d5" / "link2").st_ino
     assert os.getxattr(tmp_path / "out" / "d2", "user.dir") == b"on a directory"
+
+
+def test_workers_that_cannot_start_leave_the_work_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    for d in range(3):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(5):
+            (src / f"d{d}" / f"f{i}").write_text(f"{d}/{i}\n")
+    repo = make_repo(tmp_path / "repo")
+    monkeypatch.setattr(workers, "SPAWN_AFTER_FILES", 0)
+    monkeypatch.setattr(workers, "PARENT_WORKS_WHILE_STARTING", False)
+    monkeypatch.setattr(workers, "_BOOT", "import sys; sys.exit(3)")  # e.g. an interpreter without protectctl
+    _backup(repo, src, tmp_path / "j-settle", 1)  # settles the directories' atimes
+    serial, _ = _backup(repo, src, tmp_path / "j-serial", 1)
+    parallel, _ = _backup(repo, src, tmp_path / "j-parallel", 2)
+    assert parallel.tree == serial.tree and parallel.files == 15 and not parallel.errors
