@@ -74,6 +74,7 @@ from protectctl.engine.pack import BlobKind, blob_body, frame, record_size, seal
 from protectctl.engine.tree import NodeType, Tree, assemble_tree, encode_node, encode_tree
 from protectctl.engine.writer import INLINE_MAX
 from protectctl.errors import ProviderError
+from protectctl.progress import Progress
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -153,18 +154,18 @@ class _Sealing:
     """The archiver's writer in a worker: hashes, compresses and seals every blob it is given
     into the current part; the parent decides which are new."""
 
-    def __init__(self, setup: _Setup, part: _Part) -> None:
+    def __init__(self, setup: _Setup, part: _Part, progress: _Counting) -> None:
         self._sealer = Sealer(setup.encryption_key)
         self._id_key = setup.id_key
         self.part = part
-        self.data_bytes = 0
+        self._progress = progress
 
     def add(self, kind: BlobKind, data: bytes | bytearray | memoryview) -> tuple[BlobId, bool]:
         hasher = blake3.blake3(key=self._id_key)
         hasher.update(data)
         blob_id = BlobId(hasher.digest())
-        if kind is BlobKind.DATA:
-            self.data_bytes += len(data)
+        if kind is BlobKind.DATA:  # as BlobWriter.add counts
+            self._progress.advance(bytes_done=len(data))
         body = small_body(data) if len(data) <= INLINE_MAX else bytes(blob_body(frame(data)))
         record = bytearray(record_size(len(body)))
         seal_record_into(self._sealer, kind, blob_id, body, memoryview(record))
@@ -213,18 +214,23 @@ class _Keys:
 
 
 class _Counting:
-    """Progress in a worker: counted and sent with the part."""
+    """Progress in a worker: counted and sent with the part. In the parent (`forward`), passed on
+    at once, file by file as the serial walk reports it."""
 
     wants_totals = False
 
-    def __init__(self) -> None:
+    def __init__(self, forward: Progress | None = None) -> None:
         self.files = 0
         self.bytes_done = 0
+        self._forward = forward
 
     def start(self, task: str, *, total_bytes: int | None = None, total_files: int | None = None) -> None:
         return None
 
     def advance(self, *, files: int = 0, bytes_done: int = 0) -> None:
+        if self._forward is not None:
+            self._forward.advance(files=files, bytes_done=bytes_done)
+            return
         self.files += files
         self.bytes_done += bytes_done
 
@@ -241,13 +247,13 @@ class _Counting:
 class _TaskArchiver(Archiver):
     """The serial archiver's capture code, one directory at a time, without descending."""
 
-    def __init__(self, setup: _Setup) -> None:
+    def __init__(self, setup: _Setup, progress: Progress | None = None) -> None:
         from protectctl.agent.archiver import ArchiveOptions
 
         self._part = _Part(-1)
-        self._sealing = _Sealing(setup, self._part)
+        self._counting = _Counting(progress)
+        self._sealing = _Sealing(setup, self._part, self._counting)
         self._rows = _Rows(self._part)
-        self._counting = _Counting()
         options = ArchiveOptions(
             root=cast(Any, None),
             filter=setup.filter,
@@ -314,14 +320,13 @@ class _TaskArchiver(Archiver):
         self._part = self._sealing.part = self._rows.part = _Part(task)
         self.result = ArchiveResult()
         self._counting.files = self._counting.bytes_done = 0
-        self._sealing.data_bytes = 0
 
     def _sealed(self, *, final: bool) -> _Part:
         """The part so far, with the counters since the last one; a fresh part for what follows."""
         part, r = self._part, self.result
         part.final = final
         part.counts = (r.files, r.dirs, r.bytes_total, r.bytes_read, r.files_read)
-        part.progress = (self._counting.files, self._counting.bytes_done + self._sealing.data_bytes)
+        part.progress = (self._counting.files, self._counting.bytes_done)
         part.errors = r.errors
         part.live = r.live_subvolumes
         self._start(part.task)
@@ -524,7 +529,7 @@ class ParallelWalk:
         if self._queue:  # no worker ready yet: the parent works itself
             task = self._queue.pop()
             if self._local is None:
-                self._local = _TaskArchiver(self._setup)
+                self._local = _TaskArchiver(self._setup, self._owner.progress)
             pending = self._dirs[task]
             for part in self._local.run_task(task, pending.path, pending.rel, pending.included):
                 self._take(part)
@@ -643,7 +648,7 @@ class ParallelWalk:
         result.bytes_read += bytes_read
         result.files_read += files_read
         result.live_subvolumes += part.live
-        self._files_seen += part.progress[0] + len(part.deferred)
+        self._files_seen += len(part.leaves) + len(part.deferred)
         if part.progress != (0, 0):
             owner.progress.advance(files=part.progress[0], bytes_done=part.progress[1])
         for error in part.errors:
