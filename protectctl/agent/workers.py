@@ -553,6 +553,7 @@ class ParallelWalk:
             [sys.executable, "-I", "-c", _BOOT, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # a worker's failure reaches the parent as one line, in its pipe
             env=env,
             close_fds=True,
         )
