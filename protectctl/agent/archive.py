@@ -58,6 +58,12 @@ class RepositorySink:
         return self.repo.list_points(source)
 
 
+def archive_parallelism(setting: int | None) -> int:
+    """Worker processes for a first backup (agent/workers.py): the `parallelism` setting, by
+    default the cores, at most 4 (as the writer's threads); 1 archives in this process alone."""
+    return max(1, setting if setting is not None else min(4, os.cpu_count() or 1))
+
+
 def archive(
     request: SnapshotRequest,
     options: ArchiveOptions,
@@ -118,6 +124,7 @@ def archive(
                 snapshot=snapshot,
                 big_files=big_files,
                 unchanged=walk,
+                parallelism=archive_parallelism(sink.writer.parallelism),
             ),
             request.progress,
         ).run()

@@ -80,6 +80,8 @@ class ArchiveOptions:
     big_files: BigFileReader | None = None  # reads big files its own way (agent/tracking.py)
     # directories a change journal knows are unchanged: their trees are reused unwalked (agent/changes.py)
     unchanged: UnchangedTrees | None = None
+    # Worker processes a first backup may use (agent/workers.py); 1: this process alone.
+    parallelism: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +216,18 @@ class Archiver:
             raise ProviderError(f"source path {root} is not a directory")
         self._root_dev = st.st_dev
         self.result.root = st
-        self.result.tree = self._archive_dir(os.fsencode(root), b"", included=not self.options.filter.has_includes)
+        included = not self.options.filter.has_includes
+        if self.options.parallelism > 1 and self._plain and self.journal.point_id is None:
+            # Everything is new (no journal): worker processes capture it (agent/workers.py).
+            from protectctl.agent.workers import ParallelWalk
+
+            walk = ParallelWalk(self, self.repo, self.options.parallelism)
+            try:
+                self.result.tree = walk.archive(os.fsencode(root), b"", included=included)
+            finally:
+                walk.close()
+        else:
+            self.result.tree = self._archive_dir(os.fsencode(root), b"", included=included)
         if self.result.tree is None:  # includes matched nothing: an empty point, not no point
             self.result.tree = self.repo.save_tree(self.writer, Tree(()))
         return self.result

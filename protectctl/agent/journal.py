@@ -311,6 +311,23 @@ class Journal:
         )
 
 
+def file_row(rel_dir: bytes, name: bytes, entry: JournalEntry) -> tuple[object, ...]:
+    """The `files` row `JournalWriter.add` stores for `entry`."""
+    ident = entry.identity
+    return (
+        _db_key(rel_dir),
+        _db_key(name),
+        ident.dev,
+        ident.ino,
+        ident.size,
+        ident.mtime_ns,
+        ident.ctime_ns,
+        _pack_chunks(entry.chunks),
+        _pack_holes(entry.holes),
+        _pack_hash(entry.content_hash, entry.hash_scheme),
+    )
+
+
 class JournalWriter:
     """The next journal, invisible until `commit`."""
 
@@ -376,21 +393,16 @@ class JournalWriter:
     def add(self, rel_dir: bytes, name: bytes, entry: JournalEntry) -> None:
         if self._cleared:
             self._rewriting(_db_key(rel_dir))
-        ident = entry.identity
-        self._pending.append(
-            (
-                _db_key(rel_dir),
-                _db_key(name),
-                ident.dev,
-                ident.ino,
-                ident.size,
-                ident.mtime_ns,
-                ident.ctime_ns,
-                _pack_chunks(entry.chunks),
-                _pack_holes(entry.holes),
-                _pack_hash(entry.content_hash, entry.hash_scheme),
-            )
-        )
+        self._pending.append(file_row(rel_dir, name, entry))
+        if len(self._pending) >= _BATCH:
+            self._flush()
+
+    def add_rows(self, files: list[tuple[object, ...]]) -> None:
+        """`add` for rows made by `file_row` elsewhere (an archiver worker process)."""
+        if self._cleared:
+            for row in files:
+                self._rewriting(row[0])  # type: ignore[arg-type]
+        self._pending += files
         if len(self._pending) >= _BATCH:
             self._flush()
 

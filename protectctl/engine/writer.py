@@ -106,6 +106,7 @@ class BlobWriter:
         self._progress = progress or NullProgress()
         self._pack_size = pack_size
         self._workers = workers or min(4, os.cpu_count() or 1)
+        self.parallelism = workers  # the job's `parallelism` setting as given (None: the default)
         self._seal_pool: ThreadPoolExecutor | None = None
         self._upload_pool: ThreadPoolExecutor | None = None
         # (kind, id, raw length, buffers to give back, body or its future), in add order.
@@ -165,6 +166,22 @@ class BlobWriter:
         self._drain_sealed(block_over=self._workers + 2)
         return blob_id, True
 
+    def add_sealed(self, kind: BlobKind, blob_id: BlobId, raw_length: int, record: bytes | bytearray) -> bool:
+        """Store a record another process sealed (`seal_record_into` with this repository's key,
+        by an archiver worker: agent/workers.py) unless the repository has the blob or another
+        writer claimed it; True when it was stored. The caller already counted its progress."""
+        if self._seal_pool is None or self._closed:
+            raise RuntimeError("BlobWriter.add_sealed outside its `with` block")
+        if not self._host._claim_new(blob_id):
+            return False
+        self._claimed.add(blob_id)
+        if self._sealing:  # records keep their add order in the packs
+            self._drain_sealed(block_over=0)
+        pack, out = self._room(kind, len(record))
+        out[:] = record
+        self._entered(pack, kind, blob_id, len(record), raw_length)
+        return True
+
     def commit(self) -> None:
         """Flush open packs, wait for uploads, write the index. Idempotent."""
         if self._closed:
@@ -214,12 +231,20 @@ class BlobWriter:
 
     def _append(self, kind: BlobKind, blob_id: BlobId, raw_length: int, body: memoryview | bytes) -> None:
         length = record_size(len(body))
+        pack, out = self._room(kind, length)
+        seal_record_into(self._sealer, kind, blob_id, body, out)
+        self._entered(pack, kind, blob_id, length, raw_length)
+
+    def _room(self, kind: BlobKind, length: int) -> tuple[_OpenPack, memoryview]:
+        """The open pack of `kind` with room for a record of `length` bytes, and that room."""
         pack = self._open[kind]
         if pack.entries and pack.size + length + sealed_header_size(len(pack.entries) + 1) > self._pack_size:
             self._finish_pack(kind)
             pack = self._open[kind]
         self._reserve(pack, pack.size + length + sealed_header_size(len(pack.entries) + 1))
-        seal_record_into(self._sealer, kind, blob_id, body, memoryview(pack.buf)[pack.size : pack.size + length])
+        return pack, memoryview(pack.buf)[pack.size : pack.size + length]
+
+    def _entered(self, pack: _OpenPack, kind: BlobKind, blob_id: BlobId, length: int, raw_length: int) -> None:
         pack.entries.append(PackEntry(blob_id, kind, pack.size, length, raw_length))
         pack.size += length
         self.bytes_added += length

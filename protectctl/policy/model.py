@@ -510,8 +510,9 @@ class SettingsSpec(CamelSpec):
         None,
         ge=1,
         le=256,
-        description="CPU threads a backup job may use for compression and encryption (default: the "
-        "host's cores, at most 4); 1 keeps a protected server's other cores free",
+        description="CPUs a backup job may use: compression and encryption threads, and worker "
+        "processes for a first backup (default: the host's cores, at most 4); 1 keeps a protected "
+        "server's other cores free",
     )
 
 

@@ -51,6 +51,9 @@ PHASES = [
 ]
 
 
+SETTINGS = "apiVersion: protectctl/v1\nkind: Settings\nmetadata: {{name: bench}}\nspec:\n  parallelism: {parallelism}\n"
+
+
 def build(root: Path, files: int, seed: int) -> dict[str, int]:
     """`files` files of 1-3 KiB in files/100 directories (at least one); deterministic."""
     rnd = random.Random(f"protectctl-smallfiles:{seed}")
@@ -122,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--output", type=Path, default=None)
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument(
+        "--parallelism", type=int, default=None, help="protectctl's Settings `parallelism` (default: not set)"
+    )
     args = ap.parse_args(argv)
     wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in wanted if t not in bb.TOOLS]
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "format": "protectctl-bench-smallfiles/1",
         "started": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
-        "settings": {"files": args.files, "seed": args.seed, "tools": tools_wanted},
+        "settings": {"files": args.files, "seed": args.seed, "tools": tools_wanted, "parallelism": args.parallelism},
         "tools": {},
         "dataset": {},
         "phases": {},
@@ -151,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         bb.log(f"dataset: {args.files} files in {results['dataset']['dirs']} dirs, {time.perf_counter() - t0:.1f} s")
         bb.warm(source)
         tools = {name: bb.TOOLS[name](workdir, source) for name in tools_wanted}
+        if "protectctl" in tools and args.parallelism is not None:
+            policy = tools["protectctl"].base / "policy" / "protect.yaml"
+            with open(policy, "a", encoding="utf-8") as out:
+                out.write(f"---\n{SETTINGS.format(parallelism=args.parallelism)}")
         if "protectctl" in tools:
             bb.precompile_protectctl()
         for name, tool in tools.items():

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from protectctl import api
 from protectctl.plan.resources import Resource
+from protectctl.provision.config import render_source_config
 
 
 def _sources(directory: Path) -> dict[str, Resource]:
@@ -26,3 +29,7 @@ def test_parallelism_reaches_the_job_only_when_set(quickstart: Path, tmp_path: P
     assert job.parallelism == 2
     job = api.source_job(api.SourceTarget(dict(next(iter(before.values())).inputs), tmp_path / "state", "local"))
     assert job.parallelism is None
+    # the agent's source config carries it too (what timers run), and only when set
+    rendered = yaml.safe_load(render_source_config(dict(resource.inputs)))
+    assert rendered["parallelism"] == 2
+    assert "parallelism" not in yaml.safe_load(render_source_config(dict(next(iter(before.values())).inputs)))

@@ -1,0 +1,114 @@
+"""The multi-core first backup (agent/workers.py) builds byte-identical trees whatever the
+parallelism: the same tree ids for parallelism 1 (this process) and 2 (worker processes) on a
+tree with hard links, xattrs, sparse, big and small files, symlinks, empty and excluded
+directories; the journal it writes lets the next sync reuse everything; restore is exact."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from protectctl.agent import workers
+from protectctl.agent.archiver import ArchiveOptions, Archiver, ArchiveResult
+from protectctl.agent.journal import Journal
+from protectctl.agent.patterns import PathFilter
+from protectctl.engine.repository import Repository
+from protectctl.restore.run import restore_tree
+from tests.unit.engine.conftest import make_repo
+
+pytestmark = pytest.mark.usefixtures("no_racy_slack")  # files written right before: trusted next time
+
+
+def _build(src: Path) -> None:
+    for d in range(6):
+        sub = src / f"d{d}" / "inner"
+        sub.mkdir(parents=True)
+        for i in range(40):
+            (src / f"d{d}" / f"f{i:03}.txt").write_bytes(b"line %d of %d\n" % (i, d) * (i + 1))
+        (sub / "same.txt").write_bytes(b"duplicate content\n" * 50)  # one blob, six files
+    (src / "empty").mkdir()
+    (src / "skip").mkdir()
+    (src / "skip" / "x").write_text("excluded")
+    (src / "big.bin").write_bytes(os.urandom(300_000) + b"z" * 900_000)  # chunked by the parent
+    with open(src / "sparse.img", "wb") as f:  # holes: read by the parent
+        f.seek(3 << 20)
+        f.write(b"data after a hole")
+        f.truncate(8 << 20)
+    (src / "d0" / "link1").write_bytes(b"hard linked\n" * 10)
+    os.link(src / "d0" / "link1", src / "d5" / "link2")
+    os.symlink("d0/f000.txt", src / "sym")
+    os.setxattr(src / "d1" / "f001.txt", "user.tag", b"value")
+    os.setxattr(src / "d2", "user.dir", b"on a directory")
+
+
+def _backup(repo: Repository, src: Path, journal: Path, parallelism: int) -> tuple[ArchiveResult, Journal]:
+    book = Journal(journal, repo_id=repo.id)
+    out = book.begin()
+    options = ArchiveOptions(root=src, filter=PathFilter([], ["skip/"]), parallelism=parallelism)
+    with repo.writer() as writer:
+        result = Archiver(repo, writer, book, out, options).run()
+    book.close()
+    out.commit({"point_id": f"p{parallelism}", "source": "test"})
+    return result, Journal(journal, repo_id=repo.id)
+
+
+def test_parallel_first_backup_builds_the_serial_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    try:
+        _build(src)
+    except OSError as err:  # pragma: no cover - a tmp without user xattrs
+        pytest.skip(f"cannot build the tree here: {err}")
+    repo = make_repo(tmp_path / "repo")
+    monkeypatch.setattr(workers, "SPAWN_AFTER_FILES", 0)  # workers from the first task on
+    started: list[int] = []
+    real_close = workers.ParallelWalk.close
+
+    def counting_close(self: workers.ParallelWalk) -> None:
+        started.append(self.started)
+        real_close(self)
+
+    monkeypatch.setattr(workers.ParallelWalk, "close", counting_close)
+    serial, _ = _backup(repo, src, tmp_path / "j-serial", 1)  # settles the directories' atimes too
+    serial, _ = _backup(repo, src, tmp_path / "j-serial2", 1)
+    parallel, journal = _backup(repo, src, tmp_path / "j-parallel", 2)
+    assert started == [2]
+    assert parallel.tree == serial.tree
+    assert (parallel.files, parallel.dirs, parallel.bytes_total) == (serial.files, serial.dirs, serial.bytes_total)
+    assert parallel.errors == [] and serial.errors == []
+
+    # the journal written by the parallel walk lets the next sync reuse every directory, unread
+    out = journal.begin()
+    with repo.writer() as writer:
+        again = Archiver(repo, writer, journal, out, ArchiveOptions(root=src, filter=PathFilter([], ["skip/"]))).run()
+    out.abort()
+    journal.close()
+    assert again.tree == serial.tree and again.bytes_read == 0
+
+    assert parallel.tree is not None
+    restore_tree(repo, parallel.tree, tmp_path / "out")
+    for path in src.rglob("*"):
+        if path.is_file() and not path.is_symlink() and "skip" not in path.parts:
+            assert (tmp_path / "out" / path.relative_to(src)).read_bytes() == path.read_bytes()
+    assert os.stat(tmp_path / "out" / "d0" / "link1").st_ino == os.stat(tmp_path / "out" / "d5" / "link2").st_ino
+    assert os.getxattr(tmp_path / "out" / "d2", "user.dir") == b"on a directory"
+
+
+def test_workers_that_cannot_start_leave_the_work_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    for d in range(3):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(5):
+            (src / f"d{d}" / f"f{i}").write_text(f"{d}/{i}\n")
+    repo = make_repo(tmp_path / "repo")
+    monkeypatch.setattr(workers, "SPAWN_AFTER_FILES", 0)
+    monkeypatch.setattr(workers, "PARENT_WORKS_WHILE_STARTING", False)
+    monkeypatch.setattr(workers, "_BOOT", "import sys; sys.exit(3)")  # e.g. an interpreter without protectctl
+    _backup(repo, src, tmp_path / "j-settle", 1)  # settles the directories' atimes
+    serial, _ = _backup(repo, src, tmp_path / "j-serial", 1)
+    parallel, _ = _backup(repo, src, tmp_path / "j-parallel", 2)
+    assert parallel.tree == serial.tree and parallel.files == 15 and not parallel.errors
