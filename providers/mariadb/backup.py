@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from protectctl.errors import ProviderError
 from protectctl.provider import (
@@ -146,7 +147,11 @@ def _store_binlog(request: SnapshotRequest, path: Path) -> tuple[Node, dict[str,
     except ValueError as err:
         raise ProviderError(f"{path}: {err}") from err
     node = file_node(
-        path.name, st, size=len(data), chunks=sink.store_content(data), content_hash=sink.hash_content(data)
+        path.name,
+        st,
+        size=len(data),
+        chunks=sink.store_content(data, compression="fast"),
+        content_hash=sink.hash_content(data),
     )
     record: dict[str, object] = {
         "name": path.name,
@@ -209,22 +214,28 @@ def _dir(name: str, like: Path, subtree: BlobId) -> Node:
 XBSTREAM_MAGIC = b"XBSTCK01"  # each chunk of an mbstream starts with it
 
 
-def cut_at(buffer: bytes | bytearray, size: int) -> int | None:
-    """Where a part of `buffer` ends: at the first mbstream chunk header at or past `size`
-    bytes, so parts start where the stream's own chunks do (a shift earlier in the stream, a
-    file grown or a redo log copied longer, moves the cut with the content and the next full
-    still finds the same parts); None while no header is past `size` yet."""
-    if len(buffer) < size:
+def cut_at(buffer: bytes | bytearray, size: int, start: int = 0, end: int | None = None) -> int | None:
+    """Where a part of `buffer[:end]` ends: at the first mbstream chunk header at or past
+    `size` bytes, so parts start where the stream's own chunks do (a shift earlier in the
+    stream, a file grown or a redo log copied longer, moves the cut with the content and the
+    next full still finds the same parts); None while no header is past `size` yet. `start`:
+    where to look from (what was scanned before holds none)."""
+    end = len(buffer) if end is None else end
+    if end < size:
         return None
-    at = buffer.find(XBSTREAM_MAGIC, size)
+    at = buffer.find(XBSTREAM_MAGIC, max(size, start), end)
     return at if at > 0 else None
+
+
+_READ = 1 << 20  # one read from the pipe
 
 
 class _Reader(threading.Thread):
     """Drains a pipe into parts of about `size` bytes, cut at mbstream chunk headers (a bounded
-    queue: at most two parts in memory besides the one being stored)."""
+    queue: at most two parts in memory besides the one being stored and the one filling). The
+    pipe is read into one buffer and each part copied out of it once."""
 
-    def __init__(self, stream: object, size: int) -> None:
+    def __init__(self, stream: BinaryIO, size: int) -> None:
         super().__init__(name="mbstream-reader", daemon=True)
         self.stream = stream
         self.size = size
@@ -232,20 +243,25 @@ class _Reader(threading.Thread):
 
     def run(self) -> None:
         try:
-            buffer = bytearray()
+            view = memoryview(bytearray(2 * self.size + _READ))
+            buffer = view.obj
+            assert isinstance(buffer, bytearray)
+            filled = 0
             while True:
-                data = self.stream.read(1 << 20)  # type: ignore[attr-defined]
-                if not data:
+                got = self.stream.readinto(view[filled : filled + _READ])
+                if not got:
                     break
-                buffer += data
-                at = cut_at(buffer, self.size)
-                if at is None and len(buffer) >= 2 * self.size:
-                    at = len(buffer)  # no header for a whole part: cut anyway (bounded memory)
+                scanned = max(0, filled - len(XBSTREAM_MAGIC) + 1)  # a header may straddle two reads
+                filled += got
+                at = cut_at(buffer, self.size, scanned, filled)
+                if at is None and filled >= 2 * self.size:
+                    at = filled  # no header for a whole part: cut anyway (bounded memory)
                 if at is not None:
-                    self.parts.put(bytes(buffer[:at]))
-                    del buffer[:at]
-            if buffer:
-                self.parts.put(bytes(buffer))
+                    self.parts.put(bytes(view[:at]))
+                    view[: filled - at] = view[at:filled]  # the start of the next part (memmove)
+                    filled -= at
+            if filled:
+                self.parts.put(bytes(view[:filled]))
             self.parts.put(None)
         except BaseException as err:  # handed to the storing thread
             self.parts.put(err)
@@ -261,6 +277,11 @@ def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
                 f"{server.describe()} is not reachable: {err}",
                 hint="start the server, or fix socket/osUser/credentials",
             ) from None
+        if facts.log_bin:
+            # The copy's binlog position lands near the head of a fresh file: a first full ships
+            # that file on, not the whole of the one active before (the binlogs written before the
+            # full are of no use to a roll-forward from it; syncs have shipped them already if any ran).
+            c.query("FLUSH BINARY LOGS")
         work = c.options.parent  # private to the OS user: mariadb-backup's scratch and lsn dir
         argv = [
             server.bin("mariadb-backup"),
@@ -325,6 +346,7 @@ def _stream_parts(
             )
         except FileNotFoundError as err:
             raise ProviderError(f"{argv[0]} not found", hint="check binDir in the member spec") from err
+        assert proc.stdout is not None
         reader = _Reader(proc.stdout, PART_BYTES)
         reader.start()
         parts: list[Node] = []
@@ -341,7 +363,7 @@ def _stream_parts(
                         f"part-{len(parts):06d}",
                         st,
                         size=len(item),
-                        chunks=sink.store_content(item),
+                        chunks=sink.store_content(item, compression="fast"),
                         content_hash=sink.hash_content(item),
                     )
                 )

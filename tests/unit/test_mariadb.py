@@ -294,3 +294,22 @@ def test_prune_keeps_the_binlogs_the_kept_full_needs() -> None:
     kept = {d.point.id: d.reasons for d in plan_source(refs, RetentionSpec(keep_within_s=2400), now=now)}
     # the horizon (8400) falls after f2: f2 is the window base and s2 rolls it forward; f1 and s1 go
     assert kept["f2"] and kept["s2"] and not kept["f1"] and not kept["s1"]
+
+
+def test_the_stream_reader_cuts_parts_at_headers_and_loses_no_byte() -> None:
+    import io
+
+    from protectctl.providers.mariadb.backup import XBSTREAM_MAGIC, _Reader
+
+    # chunks of uneven sizes, headers straddling the reader's 1 MiB reads; one long headerless run
+    stream = b"".join(XBSTREAM_MAGIC + bytes([n % 251]) * (70_000 + n * 3_001) for n in range(60))
+    stream += b"z" * 900_000 + XBSTREAM_MAGIC + b"tail"
+    reader = _Reader(io.BufferedReader(io.BytesIO(stream)), 300_000)  # type: ignore[arg-type]
+    reader.start()
+    parts = []
+    while (item := reader.parts.get(timeout=30)) is not None:
+        assert isinstance(item, bytes)
+        parts.append(item)
+    assert b"".join(parts) == stream
+    assert all(p.startswith(XBSTREAM_MAGIC) for p in parts)
+    assert all(len(p) >= 300_000 for p in parts[:-1]) and all(len(p) <= 2 * 300_000 + (1 << 20) for p in parts)
