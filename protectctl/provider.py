@@ -128,11 +128,13 @@ class SnapshotSink(Protocol):
         """The repository's id (e.g. to key state a provider keeps per repository)."""
         ...
 
-    def hash_content(self, data: bytes) -> bytes:
+    def hash_content(self, data: bytes | bytearray | memoryview) -> bytes:
         """The keyed content hash a file node records (restore verifies against it); thread-safe."""
         ...
 
-    def store_content(self, data: bytes, *, compression: Compression = "default") -> tuple[BlobId, ...]:
+    def store_content(
+        self, data: bytes | bytearray | memoryview, *, compression: Compression = "default"
+    ) -> tuple[BlobId, ...]:
         """Cut `data` into chunks and store those the repository lacks; returns the chunk ids.
         `compression="fast"`: a bulk stream whose content compresses about as well at a cheaper
         setting (a database's backup stream): its new chunks cost about half the CPU to store."""

@@ -39,12 +39,14 @@ class RepositorySink:
     def repository_id(self) -> str:
         return self.repo.id
 
-    def hash_content(self, data: bytes) -> bytes:
+    def hash_content(self, data: bytes | bytearray | memoryview) -> bytes:
         hasher = self.repo.content_hasher()
         hasher.update(data)
         return hasher.digest()
 
-    def store_content(self, data: bytes, *, compression: Compression = "default") -> tuple[BlobId, ...]:
+    def store_content(
+        self, data: bytes | bytearray | memoryview, *, compression: Compression = "default"
+    ) -> tuple[BlobId, ...]:
         level = FAST_LEVEL if compression == "fast" else None
         return tuple(self.writer.add(BlobKind.DATA, piece, level=level)[0] for piece in self._chunker.iter_buffer(data))
 

@@ -16,6 +16,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import mmap
 import os
 import queue
 import re
@@ -25,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol, cast
 
 from protectctl.errors import ProviderError
 from protectctl.provider import (
@@ -214,7 +217,7 @@ def _dir(name: str, like: Path, subtree: BlobId) -> Node:
 XBSTREAM_MAGIC = b"XBSTCK01"  # each chunk of an mbstream starts with it
 
 
-def cut_at(buffer: bytes | bytearray, size: int, start: int = 0, end: int | None = None) -> int | None:
+def cut_at(buffer: bytes | bytearray | mmap.mmap, size: int, start: int = 0, end: int | None = None) -> int | None:
     """Where a part of `buffer[:end]` ends: at the first mbstream chunk header at or past
     `size` bytes, so parts start where the stream's own chunks do (a shift earlier in the
     stream, a file grown or a redo log copied longer, moves the cut with the content and the
@@ -228,24 +231,44 @@ def cut_at(buffer: bytes | bytearray, size: int, start: int = 0, end: int | None
 
 
 _READ = 1 << 20  # one read from the pipe
+_BUFFERS = 3  # parts in a reader's hands: one filling, one queued, one being stored
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class _Reader(threading.Thread):
-    """Drains a pipe into parts of about `size` bytes, cut at mbstream chunk headers (a bounded
-    queue: at most two parts in memory besides the one being stored and the one filling). The
-    pipe is read into one buffer and each part copied out of it once."""
+    """Drains a pipe into parts of about `size` bytes, cut at mbstream chunk headers. The pipe
+    is read straight into buffers a part is handed out in, no copy (each buffer back through
+    `release` once stored: the sink copies what it keeps); `_BUFFERS` buffers of 2 x `size`
+    bound the memory, anonymous maps whose pages cost only once a part has filled them."""
 
-    def __init__(self, stream: BinaryIO, size: int) -> None:
+    def __init__(self, stream: Readable, size: int) -> None:
         super().__init__(name="mbstream-reader", daemon=True)
         self.stream = stream
         self.size = size
-        self.parts: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
+        self.parts: queue.Queue[memoryview | BaseException | None] = queue.Queue(maxsize=_BUFFERS - 2)
+        self._free: queue.Queue[mmap.mmap] = queue.Queue()
+        self._made = 0
+
+    def release(self, part: memoryview) -> None:
+        """Give a part's buffer back for the pipe to be read into again."""
+        buffer = part.obj
+        part.release()
+        assert isinstance(buffer, mmap.mmap)
+        self._free.put(buffer)
+
+    def _buffer(self) -> mmap.mmap:
+        if self._made < _BUFFERS and self._free.empty():
+            self._made += 1
+            return mmap.mmap(-1, 2 * self.size + _READ)  # zero pages until written: no memset
+        return self._free.get()
 
     def run(self) -> None:
         try:
-            view = memoryview(bytearray(2 * self.size + _READ))
-            buffer = view.obj
-            assert isinstance(buffer, bytearray)
+            buffer = self._buffer()
+            view = memoryview(buffer)
             filled = 0
             while True:
                 got = self.stream.readinto(view[filled : filled + _READ])
@@ -257,11 +280,13 @@ class _Reader(threading.Thread):
                 if at is None and filled >= 2 * self.size:
                     at = filled  # no header for a whole part: cut anyway (bounded memory)
                 if at is not None:
-                    self.parts.put(bytes(view[:at]))
-                    view[: filled - at] = view[at:filled]  # the start of the next part (memmove)
-                    filled -= at
+                    buffer = self._buffer()
+                    rest = filled - at
+                    buffer[:rest] = bytes(view[at:filled])  # the start of the next part (< 1 read)
+                    self.parts.put(view[:at])
+                    view, filled = memoryview(buffer), rest
             if filled:
-                self.parts.put(bytes(view[:filled]))
+                self.parts.put(view[:filled])
             self.parts.put(None)
         except BaseException as err:  # handed to the storing thread
             self.parts.put(err)
@@ -341,13 +366,16 @@ def _stream_parts(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
+                bufsize=0,  # read straight into the reader's buffers
                 cwd="/",
                 env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
             )
         except FileNotFoundError as err:
             raise ProviderError(f"{argv[0]} not found", hint="check binDir in the member spec") from err
         assert proc.stdout is not None
-        reader = _Reader(proc.stdout, PART_BYTES)
+        with contextlib.suppress(OSError):  # fewer, larger reads (1 MiB: what an unprivileged pipe may hold)
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _READ)
+        reader = _Reader(cast(Readable, proc.stdout), PART_BYTES)
         reader.start()
         parts: list[Node] = []
         size = 0
@@ -368,6 +396,7 @@ def _stream_parts(
                     )
                 )
                 size += len(item)
+                reader.release(item)
                 request.progress.note(f"{size >> 20} MiB of the backup stream stored")
         except BaseException:
             proc.kill()
