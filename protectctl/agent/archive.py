@@ -22,9 +22,9 @@ from protectctl.progress import wants_totals
 from protectctl.provider import Archived, ArchiveOptions, Compression, SnapshotRequest, journal_path
 
 # zstd level of `store_content(compression="fast")`: on a MariaDB backup stream (hex-random rows,
-# InnoDB pages) level 2 took 1.27 CPU s where level 3 took 2.85 for the same size, level 1 0.99 s
-# for 1 % more (docs/mariadb.md).
-FAST_LEVEL = 2
+# InnoDB pages, 609 MiB) level 1 took 0.99 CPU s, level 2 1.27, level 3 (the default) 2.85, for
+# sizes within 1 % (docs/mariadb.md).
+FAST_LEVEL = 1
 
 
 class RepositorySink:
