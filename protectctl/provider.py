@@ -67,6 +67,7 @@ __all__ = [
     "PrepareRequest",
     "PrepareOutcome",
     "HostPreparer",
+    "PreparePreview",
     "PointChooser",
     "JobPlacement",
     "JobPlacer",
@@ -420,6 +421,22 @@ class HostPreparer(Protocol):
 
     def prepare_host(self, request: PrepareRequest) -> PrepareOutcome:
         """Make the host ready (idempotent); raises ProviderError."""
+        ...
+
+
+@runtime_checkable
+class PreparePreview(Protocol):
+    """A HostPreparer that says what its prepare does, for the plan: from the spec alone on every
+    plan (notes on the source's change), and reading the host, changing nothing (`plan --refresh`)."""
+
+    def prepare_notes(self, spec: Mapping[str, object]) -> list[str]:
+        """What apply's prepare does on the source's host(s), one sentence each, from the spec as
+        the agents receive it (pure: nothing is read)."""
+        ...
+
+    def preview_prepare(self, request: PrepareRequest) -> PrepareOutcome:
+        """What prepare would change on this host now (`changes`) and what it would refuse
+        (`warnings`), one sentence each, reading only; raises ProviderError when it cannot tell."""
         ...
 
 

@@ -117,6 +117,19 @@ class MariadbProvider:
 
         return prepare_host(replace(request, spec=node_spec(request.spec)))
 
+    def prepare_notes(self, spec: Mapping[str, object]) -> list[str]:
+        from protectctl.providers.mariadb.prepare import notes
+
+        return notes(spec)
+
+    def preview_prepare(self, request: PrepareRequest) -> PrepareOutcome:
+        from dataclasses import replace
+
+        from protectctl.providers.mariadb.pair import node_spec
+        from protectctl.providers.mariadb.prepare import preview
+
+        return preview(replace(request, spec=node_spec(request.spec)))
+
     # -- backups -------------------------------------------------------------------------
 
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:

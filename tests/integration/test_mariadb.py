@@ -205,6 +205,25 @@ def test_points_show_one_window_over_t(site: Site) -> None:
     ), window
 
 
+def test_plan_says_what_apply_changes_on_the_servers(site: Site) -> None:
+    from protectctl import api
+    from protectctl.state.model import State
+
+    fresh = api.make_plan(site.policy, State())  # as before the first apply: the note on the source's creation
+    (change,) = [c for c in fresh.changes if c.address == f"source.{SOURCE}"]
+    assert any("each server of the pair" in n and "allowRestart: false refuses" in n for n in change.notes)
+    primary, _ = site.servers
+    host = "db1" if primary is site.server else "db2"
+    primary.sql("SET GLOBAL binlog_format = 'MIXED'")
+    try:
+        out = cli(site.policy, "plan", "--refresh")
+        said = out.stdout + out.stderr
+        assert f"source {SOURCE} on host {host}: apply will set binlog_format MIXED -> ROW (at once" in said, said
+        assert "apply will write /etc/mysql" in said and "apply will restart" not in said  # log_bin is on
+    finally:
+        primary.sql("SET GLOBAL binlog_format = 'ROW'")
+
+
 def test_restore_to_time_is_a_new_server_with_exactly_the_rows_of_t(site: Site) -> None:
     target = site.server.base / "restored"
     port = mariadb_server.free_port(34000)

@@ -314,3 +314,12 @@ def test_the_stream_reader_cuts_parts_at_headers_and_loses_no_byte() -> None:
     assert b"".join(parts) == stream
     assert all(p.startswith(XBSTREAM_MAGIC) for p in parts)
     assert all(len(p) >= 300_000 for p in parts[:-1]) and all(len(p) <= 2 * 300_000 + (1 << 20) for p in parts)
+
+
+def test_prepare_notes_say_what_apply_does_and_whether_it_may_restart() -> None:
+    from protectctl.providers.mariadb.prepare import notes
+
+    (allowed,) = notes({"allow_restart": True, "restart_command": ["rc-service", "mariadb", "restart"]})
+    assert "binlog_format = ROW" in allowed and "runs `rc-service mariadb restart` (allowRestart)" in allowed
+    (refused,) = notes({"allow_restart": False, "nodes": [{"host": "db1"}, {"host": "db2"}]})
+    assert "each server of the pair" in refused and "allowRestart: false refuses" in refused
