@@ -444,8 +444,16 @@ class PreparePreview(Protocol):
 class PointChooser(Protocol):
     """A provider that picks the point to restore itself (e.g. base backup + logs for a time)."""
 
-    def choose_point(self, points: Sequence[Point], to_time: datetime | Literal["latest"], *, source: str) -> Point:
-        """The point a restore to `to_time` starts from; raises RestoreError saying why none fits."""
+    def choose_point(
+        self,
+        points: Sequence[Point],
+        to_time: datetime | Literal["latest"],
+        *,
+        source: str,
+        options: Mapping[str, object] | None = None,
+    ) -> Point:
+        """The point a restore to `to_time` starts from; raises RestoreError saying why none fits.
+        `options`: the restore options given (RestoreOptions), e.g. a position that names the instant."""
         ...
 
 
