@@ -22,7 +22,12 @@ from protectctl.engine.repository import BlobKind, BlobWriter, Repository
 from protectctl.engine.tree import Tree
 from protectctl.errors import ProtectctlError
 from protectctl.progress import wants_totals
-from protectctl.provider import Archived, ArchiveOptions, SnapshotRequest, journal_path
+from protectctl.provider import Archived, ArchiveOptions, Compression, SnapshotRequest, journal_path
+
+# zstd level of `store_content(compression="fast")`: on a MariaDB backup stream (hex-random rows,
+# InnoDB pages, 609 MiB) level 1 took 0.99 CPU s, level 2 1.27, level 3 (the default) 2.85, for
+# sizes within 1 % (docs/mariadb.md).
+FAST_LEVEL = 1
 
 
 class RepositorySink:
@@ -37,13 +42,16 @@ class RepositorySink:
     def repository_id(self) -> str:
         return self.repo.id
 
-    def hash_content(self, data: bytes) -> bytes:
+    def hash_content(self, data: bytes | bytearray | memoryview) -> bytes:
         hasher = self.repo.content_hasher()
         hasher.update(data)
         return hasher.digest()
 
-    def store_content(self, data: bytes) -> tuple[BlobId, ...]:
-        return tuple(self.writer.add(BlobKind.DATA, piece)[0] for piece in self._chunker.iter_buffer(data))
+    def store_content(
+        self, data: bytes | bytearray | memoryview, *, compression: Compression = "default"
+    ) -> tuple[BlobId, ...]:
+        level = FAST_LEVEL if compression == "fast" else None
+        return tuple(self.writer.add(BlobKind.DATA, piece, level=level)[0] for piece in self._chunker.iter_buffer(data))
 
     def store_chunk(self, data: bytes | bytearray | memoryview) -> tuple[BlobId, bool]:
         return self.writer.add(BlobKind.DATA, data)

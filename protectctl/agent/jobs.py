@@ -629,7 +629,7 @@ def restore(
         points = scan.points
         damage = tuple(contain_damage(repo, points, scan.damaged))
         if isinstance(provider, PointChooser):
-            point = provider.choose_point(points, to_time, source=job.source)
+            point = provider.choose_point(points, to_time, source=job.source, options=dict(options or {}))
         else:
             point = select_point(points, to_time, source=job.source)
         if subpaths and isinstance(provider, SourceRoot):  # paths may be given as they were protected

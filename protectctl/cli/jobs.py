@@ -142,7 +142,10 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     def restore(
         ctx: typer.Context,
         source: Annotated[str, typer.Argument(help="GROUP/MEMBER")],
-        to_time: Annotated[str, typer.Option("--to-time", help="ISO 8601, relative (-2h) or latest.")],
+        to_time: Annotated[
+            str | None,
+            typer.Option("--to-time", help="ISO 8601, relative (-2h) or latest (required unless --to-gtid)."),
+        ] = None,
         target: Annotated[str | None, typer.Option("--target", help="[HOST:]PATH (default: the original path)")] = None,
         paths: Annotated[list[str] | None, typer.Option("--path", help="Only this subpath (repeatable).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be restored.")] = False,
@@ -184,6 +187,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         as_name: Annotated[
             str | None, typer.Option("--as", help="Database sources: the new name of --database.")
         ] = None,
+        to_gtid: Annotated[
+            str | None,
+            typer.Option(
+                "--to-gtid",
+                help="MariaDB sources: roll forward through this GTID (DOMAIN-SERVER-SEQNO), not to a time.",
+            ),
+        ] = None,
         json_mode: JsonOpt = False,
     ) -> None:
         """Bring a source back as it was at a time."""
@@ -200,10 +210,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             from protectctl.errors import RestoreError
 
             raise RestoreError(f"--from {from_!r}: expected disk or tape")
+        if to_time is None and to_gtid is None:
+            from protectctl.errors import RestoreError
+
+            raise RestoreError("restore needs --to-time (ISO 8601, relative like -2h, or latest)")
+        given = (("port", port), ("database", database), ("as_name", as_name), ("to_gtid", to_gtid))
         result = api.restore(
             env.policy_dir,
             source,
-            to_time,
+            to_time or "latest",  # --to-gtid alone: the provider picks the point by the GTID
             agent_config=env.agent_config,
             target=target,
             subpaths=paths or [],
@@ -211,7 +226,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             overwrite=overwrite,
             progress=progress_of(env),
             from_tape=from_ == "tape",
-            options={k: v for k, v in (("port", port), ("database", database), ("as_name", as_name)) if v is not None},
+            options={k: v for k, v in given if v is not None},
             delete=delete,
             resume=resume,
         )

@@ -27,6 +27,7 @@ from protectctl.engine.crypto import Sealer, content_name
 from protectctl.engine.ids import BlobId
 from protectctl.engine.index import IndexFile, encode_index
 from protectctl.engine.pack import (
+    LEVELS,
     BlobKind,
     PackEntry,
     blob_body,
@@ -139,14 +140,19 @@ class BlobWriter:
         else:
             self.abort()
 
-    def add(self, kind: BlobKind, data: bytes | bytearray | memoryview) -> tuple[BlobId, bool]:
-        """Store `data` unless the repository already has it; returns (id, was_new).
+    def add(
+        self, kind: BlobKind, data: bytes | bytearray | memoryview, *, level: int | None = None
+    ) -> tuple[BlobId, bool]:
+        """Store `data` unless the repository already has it; returns (id, was_new). `level`:
+        the zstd level of a new blob (pack.LEVELS), default the repository's.
 
         `data` may be a view of a buffer the caller reuses once `add` returns: a new blob is
         copied before it is queued, a known one is never copied.
         """
         if self._seal_pool is None or self._closed:
             raise RuntimeError("BlobWriter.add outside its `with` block")
+        if level is not None and level not in LEVELS:
+            raise ValueError(f"zstd level {level} is not one of {LEVELS.start}..{LEVELS.stop - 1}")
         blob_id = self._host.blob_id(data)
         if kind is BlobKind.DATA:  # progress counts content (tree blobs are bookkeeping)
             self._progress.advance(bytes_done=len(data))
@@ -154,14 +160,14 @@ class BlobWriter:
             return blob_id, False
         self._claimed.add(blob_id)
         if len(data) <= INLINE_MAX:
-            body = small_body(data)
+            body = small_body(data, level)
             if not self._sealing:  # nothing queued before it: straight into the pack
                 self._append(kind, blob_id, len(data), body)
                 return blob_id, True
             self._sealing.append((kind, blob_id, len(data), (), body))
         else:
             copy, out = self._buffers.take(), self._buffers.take()
-            future = self._seal_pool.submit(blob_body, frame(data, copy), out)
+            future = self._seal_pool.submit(blob_body, frame(data, copy), out, level)
             self._sealing.append((kind, blob_id, len(data), (copy, out), future))
         self._drain_sealed(block_over=self._workers + 2)
         return blob_id, True

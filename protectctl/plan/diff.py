@@ -118,7 +118,7 @@ def _change_for(
         "holds_data": res.holds_data,
     }
     if rec is None:
-        return _change(action=Action.CREATE, reason=Reason.NEW, **common)
+        return _change(action=Action.CREATE, reason=Reason.NEW, notes=list(res.notes), **common)
     if rec.inputs == after:
         attrs: list[AttributeChange] = []
     else:
@@ -129,7 +129,7 @@ def _change_for(
                 action=Action.UPDATE,
                 reason=Reason.DRIFT,
                 before=rec.inputs,
-                notes=[f"drift: {observed.drifted[address]}"],
+                notes=[f"drift: {observed.drifted[address]}", *res.notes],
                 **common,
             )
         return None
@@ -137,6 +137,7 @@ def _change_for(
         notes = []
         if res.holds_data:
             notes.append("the old one is forgotten, not deleted: its data stays where it is")
+        notes += res.notes
         return _change(
             action=Action.REPLACE,
             reason=Reason.FORCED_REPLACE,
@@ -145,7 +146,14 @@ def _change_for(
             notes=notes,
             **common,
         )
-    return _change(action=Action.UPDATE, reason=Reason.CHANGED, before=rec.inputs, attributes=attrs, **common)
+    return _change(
+        action=Action.UPDATE,
+        reason=Reason.CHANGED,
+        before=rec.inputs,
+        attributes=attrs,
+        notes=list(res.notes),
+        **common,
+    )
 
 
 def _change(

@@ -32,7 +32,7 @@ from protectctl.policy.model import (
     TapeLibrarySpec,
 )
 from protectctl.policy.rules import settings_of
-from protectctl.provider import Service, ServiceContributor, SourceSpecBuilder, load_provider
+from protectctl.provider import PreparePreview, Service, ServiceContributor, SourceSpecBuilder, load_provider
 from protectctl.provision.schedulers.base import unit_name
 
 JsonValue = object
@@ -63,6 +63,7 @@ class Resource:
     host: str | None = None  # the Host the effect runs on, if any
     replace_on: tuple[str, ...] = ()  # inputs whose change needs delete + create
     holds_data: bool = False  # deleting it may delete protected data
+    notes: tuple[str, ...] = ()  # what applying it does beyond its inputs (a provider's prepare), for the plan
 
     @property
     def inputs_hash(self) -> str:
@@ -431,6 +432,7 @@ def _source(b: _Builder, doc: Document, group: ProtectionGroupSpec, sla: SLASpec
             tuple(deps),
             host=host_name,
             replace_on=("host", "config_path"),
+            notes=tuple(previewer.prepare_notes(spec)) if (previewer := _previewer(member.provider)) else (),
         )
     )
     storage_doc = b.policy.get(Kind.STORAGE, group.storage)
@@ -479,6 +481,12 @@ def _source_spec(b: _Builder, member: MemberSpec) -> dict[str, object]:
 def _spec_builder(kind: str) -> SourceSpecBuilder | None:
     provider = load_provider(kind)
     return provider if isinstance(provider, SourceSpecBuilder) else None
+
+
+@functools.cache
+def _previewer(kind: str) -> PreparePreview | None:
+    provider = load_provider(kind)
+    return provider if isinstance(provider, PreparePreview) else None
 
 
 @functools.cache

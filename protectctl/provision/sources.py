@@ -1,6 +1,8 @@
 """Whether the paths each source reads are there on its host: `plan --refresh` warns and
 `hosts check` reports a "sources" line, so a mistyped `path:` shows before the first sync
 fails on it (issue 11). Providers name the paths through the optional `SourcePaths` ability.
+`plan --refresh` also says what apply's prepare would change or refuse on a local host, for
+providers with the `PreparePreview` ability (e.g. MariaDB's binary logging).
 
 The check runs on the host itself (locally, or over the host's SSH connection): one
 `python3 -c` per host whatever the number of paths, argv only, no shell.
@@ -16,7 +18,7 @@ from typing import Any
 
 from protectctl.errors import ProtectctlError, RemoteError
 from protectctl.plan.resources import Resource
-from protectctl.provider import SourcePaths, load_provider
+from protectctl.provider import PreparePreview, PrepareRequest, SourcePaths, load_provider
 from protectctl.provision.host import HostConnection, connect
 
 # stat (following symlinks, as the archiver opens its root), then the access the agent needs
@@ -82,9 +84,49 @@ def missing_sources(conn: HostConnection, wanted: Sequence[SourcePath]) -> list[
     return [f"{w.source}: {w.path} {problems[w.path]}" for w in wanted if w.path in problems]
 
 
+def prepare_previews(resources: Sequence[Resource]) -> list[str]:
+    """Plan lines (`plan --refresh`) for what apply's prepare would change or refuse on each
+    local host of a source whose provider can say (PreparePreview), reading only. An SSH host's
+    service is read by apply itself, through its agent."""
+    from pathlib import Path
+
+    from protectctl.plan.resources import STATE_DIR, host_path
+
+    hosts = {r.address.name: r.inputs for r in resources if r.address.kind == "host"}
+    lines: list[str] = []
+    for r in resources:
+        if r.address.kind != "source":
+            continue
+        provider = load_provider(str(r.inputs["provider"]))
+        spec = r.inputs.get("spec")
+        if not isinstance(provider, PreparePreview) or not isinstance(spec, Mapping):
+            continue
+        nodes = r.inputs.get("nodes")
+        on = [str(n["host"]) for n in nodes] if isinstance(nodes, list) and nodes else [str(r.inputs["host"])]
+        for host in on:
+            inputs = hosts.get(host, {})
+            if str(inputs.get("address", "local")) != "local":
+                continue
+            node_spec = {**spec, "node": host} if nodes else dict(spec)
+            state_dir = Path(host_path(str(inputs.get("root", "/")), STATE_DIR))
+            source = str(r.inputs["source"])
+            try:
+                outcome = provider.preview_prepare(PrepareRequest(source, node_spec, state_dir))
+            except ProtectctlError as err:
+                lines.append(f"source {source} on host {host}: what apply would change could not be read: {err}")
+                continue
+            lines += [f"source {source} on host {host}: {line}" for line in (*outcome.changes, *outcome.warnings)]
+    return lines
+
+
 def source_warnings(resources: Sequence[Resource]) -> list[str]:
     """Plan warnings (`plan --refresh`) for source paths missing on their hosts, every host
-    asked in parallel; a host that cannot be asked is a warning too."""
+    asked in parallel; a host that cannot be asked is a warning too. Then what apply's prepare
+    would change or refuse on each local source host (prepare_previews)."""
+    return _path_warnings(resources) + prepare_previews(resources)
+
+
+def _path_warnings(resources: Sequence[Resource]) -> list[str]:
     wanted = wanted_paths(resources)
     hosts = {r.address.name: dict(r.inputs) for r in resources if r.address.kind == "host"}
 

@@ -16,6 +16,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import mmap
 import os
 import queue
 import re
@@ -25,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, cast
 
 from protectctl.errors import ProviderError
 from protectctl.provider import (
@@ -146,7 +150,11 @@ def _store_binlog(request: SnapshotRequest, path: Path) -> tuple[Node, dict[str,
     except ValueError as err:
         raise ProviderError(f"{path}: {err}") from err
     node = file_node(
-        path.name, st, size=len(data), chunks=sink.store_content(data), content_hash=sink.hash_content(data)
+        path.name,
+        st,
+        size=len(data),
+        chunks=sink.store_content(data, compression="fast"),
+        content_hash=sink.hash_content(data),
     )
     record: dict[str, object] = {
         "name": path.name,
@@ -209,43 +217,76 @@ def _dir(name: str, like: Path, subtree: BlobId) -> Node:
 XBSTREAM_MAGIC = b"XBSTCK01"  # each chunk of an mbstream starts with it
 
 
-def cut_at(buffer: bytes | bytearray, size: int) -> int | None:
-    """Where a part of `buffer` ends: at the first mbstream chunk header at or past `size`
-    bytes, so parts start where the stream's own chunks do (a shift earlier in the stream, a
-    file grown or a redo log copied longer, moves the cut with the content and the next full
-    still finds the same parts); None while no header is past `size` yet."""
-    if len(buffer) < size:
+def cut_at(buffer: bytes | bytearray | mmap.mmap, size: int, start: int = 0, end: int | None = None) -> int | None:
+    """Where a part of `buffer[:end]` ends: at the first mbstream chunk header at or past
+    `size` bytes, so parts start where the stream's own chunks do (a shift earlier in the
+    stream, a file grown or a redo log copied longer, moves the cut with the content and the
+    next full still finds the same parts); None while no header is past `size` yet. `start`:
+    where to look from (what was scanned before holds none)."""
+    end = len(buffer) if end is None else end
+    if end < size:
         return None
-    at = buffer.find(XBSTREAM_MAGIC, size)
+    at = buffer.find(XBSTREAM_MAGIC, max(size, start), end)
     return at if at > 0 else None
 
 
-class _Reader(threading.Thread):
-    """Drains a pipe into parts of about `size` bytes, cut at mbstream chunk headers (a bounded
-    queue: at most two parts in memory besides the one being stored)."""
+_READ = 1 << 20  # one read from the pipe
+_BUFFERS = 3  # parts in a reader's hands: one filling, one queued, one being stored
 
-    def __init__(self, stream: object, size: int) -> None:
+
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+class _Reader(threading.Thread):
+    """Drains a pipe into parts of about `size` bytes, cut at mbstream chunk headers. The pipe
+    is read straight into buffers a part is handed out in, no copy (each buffer back through
+    `release` once stored: the sink copies what it keeps); `_BUFFERS` buffers of 2 x `size`
+    bound the memory, anonymous maps whose pages cost only once a part has filled them."""
+
+    def __init__(self, stream: Readable, size: int) -> None:
         super().__init__(name="mbstream-reader", daemon=True)
         self.stream = stream
         self.size = size
-        self.parts: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
+        self.parts: queue.Queue[memoryview | BaseException | None] = queue.Queue(maxsize=_BUFFERS - 2)
+        self._free: queue.Queue[mmap.mmap] = queue.Queue()
+        self._made = 0
+
+    def release(self, part: memoryview) -> None:
+        """Give a part's buffer back for the pipe to be read into again."""
+        buffer = part.obj
+        part.release()
+        assert isinstance(buffer, mmap.mmap)
+        self._free.put(buffer)
+
+    def _buffer(self) -> mmap.mmap:
+        if self._made < _BUFFERS and self._free.empty():
+            self._made += 1
+            return mmap.mmap(-1, 2 * self.size + _READ)  # zero pages until written: no memset
+        return self._free.get()
 
     def run(self) -> None:
         try:
-            buffer = bytearray()
+            buffer = self._buffer()
+            view = memoryview(buffer)
+            filled = 0
             while True:
-                data = self.stream.read(1 << 20)  # type: ignore[attr-defined]
-                if not data:
+                got = self.stream.readinto(view[filled : filled + _READ])
+                if not got:
                     break
-                buffer += data
-                at = cut_at(buffer, self.size)
-                if at is None and len(buffer) >= 2 * self.size:
-                    at = len(buffer)  # no header for a whole part: cut anyway (bounded memory)
+                scanned = max(0, filled - len(XBSTREAM_MAGIC) + 1)  # a header may straddle two reads
+                filled += got
+                at = cut_at(buffer, self.size, scanned, filled)
+                if at is None and filled >= 2 * self.size:
+                    at = filled  # no header for a whole part: cut anyway (bounded memory)
                 if at is not None:
-                    self.parts.put(bytes(buffer[:at]))
-                    del buffer[:at]
-            if buffer:
-                self.parts.put(bytes(buffer))
+                    buffer = self._buffer()
+                    rest = filled - at
+                    buffer[:rest] = bytes(view[at:filled])  # the start of the next part (< 1 read)
+                    self.parts.put(view[:at])
+                    view, filled = memoryview(buffer), rest
+            if filled:
+                self.parts.put(view[:filled])
             self.parts.put(None)
         except BaseException as err:  # handed to the storing thread
             self.parts.put(err)
@@ -262,6 +303,11 @@ def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
                 hint="start the server, or fix socket/osUser/credentials",
             ) from None
         databases = _databases(c)
+        if facts.log_bin:
+            # The copy's binlog position lands near the head of a fresh file: a first full ships
+            # that file on, not the whole of the one active before (the binlogs written before the
+            # full are of no use to a roll-forward from it; syncs have shipped them already if any ran).
+            c.query("FLUSH BINARY LOGS")
         work = c.options.parent  # private to the OS user: mariadb-backup's scratch and lsn dir
         argv = [
             server.bin("mariadb-backup"),
@@ -321,12 +367,16 @@ def _stream_parts(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
+                bufsize=0,  # read straight into the reader's buffers
                 cwd="/",
                 env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
             )
         except FileNotFoundError as err:
             raise ProviderError(f"{argv[0]} not found", hint="check binDir in the member spec") from err
-        reader = _Reader(proc.stdout, PART_BYTES)
+        assert proc.stdout is not None
+        with contextlib.suppress(OSError):  # fewer, larger reads (1 MiB: what an unprivileged pipe may hold)
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _READ)
+        reader = _Reader(cast(Readable, proc.stdout), PART_BYTES)
         reader.start()
         parts: list[Node] = []
         size = 0
@@ -342,11 +392,12 @@ def _stream_parts(
                         f"part-{len(parts):06d}",
                         st,
                         size=len(item),
-                        chunks=sink.store_content(item),
+                        chunks=sink.store_content(item, compression="fast"),
                         content_hash=sink.hash_content(item),
                     )
                 )
                 size += len(item)
+                reader.release(item)
                 request.progress.note(f"{size >> 20} MiB of the backup stream stored")
         except BaseException:
             proc.kill()

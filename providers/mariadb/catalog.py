@@ -122,11 +122,13 @@ class Catalog:
 class RestorePlan:
     base: Base
     window: Window
-    mode: Literal["time", "end", "latest"]  # time: stop before `stop_before`; end/latest: replay all
+    # time: stop before `stop_before`; gtid: stop after transaction `gtid`; end/latest: replay all
+    mode: Literal["time", "end", "latest", "gtid"]
     target: datetime | None
     files: tuple[Link, ...]  # to replay, in order (the first from the base's position)
     stop_before: int | None  # epoch seconds: no transaction started at or after it is replayed
     note: str = ""
+    gtid: str | None = None  # mode gtid: the last transaction replayed (DOMAIN-SERVER-SEQNO)
 
 
 def _epoch(value: object) -> datetime | None:
@@ -315,6 +317,86 @@ def plan_restore(catalog: Catalog, to_time: datetime | Literal["latest"], *, sou
         )
         return RestorePlan(window.base, window, "end", to_time, tuple(needed), None, note)
     return RestorePlan(window.base, window, "time", to_time, tuple(needed), stop)
+
+
+def parse_gtid(text: str) -> tuple[int, int, int]:
+    """DOMAIN-SERVER-SEQNO as numbers; RestoreError when `text` is not one GTID."""
+    parts = text.strip().split("-")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise RestoreError(
+            f"--to-gtid {text!r} is not a GTID",
+            hint="give one MariaDB GTID, DOMAIN-SERVER-SEQNO (e.g. 0-1-42: `SELECT @@gtid_binlog_pos`)",
+        )
+    domain, server, seqno = (int(p) for p in parts)
+    return domain, server, seqno
+
+
+def plan_restore_gtid(catalog: Catalog, gtid: str, *, source: str = "") -> RestorePlan:
+    """The full and binlogs for a restore through transaction `gtid` (it is replayed, the next one
+    not): the newest full taken before it whose continuous binlogs reach it. RestoreError says
+    why not: a malformed GTID, one before the first full, beyond the shipped binlogs, in a gap."""
+    what = f" of {source}" if source else ""
+    domain, server, seqno = parse_gtid(gtid)
+    gtid = f"{domain}-{server}-{seqno}"
+    if not catalog.windows:
+        raise RestoreError(
+            f"nothing{what} can be restored: there is no full backup yet", hint="run `protectctl run full` first"
+        )
+    found: list[tuple[Window, tuple[Link, ...]]] = []
+    for window in catalog.windows:
+        if window.base.binlog_file is None or _base_seq(window.base, domain) > seqno:
+            continue  # the full holds changes after it: an older full must be the start
+        needed: list[Link] = []
+        for link in window.chain:
+            needed.append(link)
+            if state_map(link.binlog.end_state).get(domain, 0) >= seqno:
+                found.append((window, tuple(needed)))
+                break
+    if found:
+        window, files = max(found, key=lambda f: f[0].base.consistent_at)
+        if _base_seq(window.base, domain) == seqno:  # the full itself is at that transaction
+            files = files[:1]
+        return RestorePlan(window.base, window, "gtid", None, files, None, gtid=gtid)
+    raise gtid_refusal(catalog, domain, seqno, gtid, what)
+
+
+def _base_seq(base: Base, domain: int) -> int:
+    return state_map(base.gtid.split(",")).get(domain, 0)
+
+
+def gtid_refusal(catalog: Catalog, domain: int, seqno: int, gtid: str, what: str) -> RestoreError:
+    shipped = [state_map(b.end_state).get(domain) for b in catalog.binlogs.values()]
+    last = max((n for n in shipped if n is not None), default=None)
+    reachable = [
+        (_base_seq(w.base, domain), max((state_map(k.binlog.end_state).get(domain, 0) for k in w.chain), default=0))
+        for w in catalog.windows
+        if w.base.binlog_file is not None
+    ]
+    listed = ", ".join(f"{domain}-*-{a}..{domain}-*-{b}" for a, b in sorted(set(reachable))) or "none"
+    if last is None:
+        return RestoreError(
+            f"GTID {gtid}: no shipped binlog{what} holds replication domain {domain}",
+            hint=f"GTIDs that can be restored to: {listed}",
+        )
+    if seqno > last:
+        return RestoreError(
+            f"GTID {gtid} is beyond the shipped binlogs{what}: the last shipped transaction of domain "
+            f"{domain} is number {last}",
+            hint="run `protectctl run sync` first, or use `--to-time latest` to also replay the binlogs "
+            "still on the source host",
+        )
+    if reachable and seqno < min(a for a, _ in reachable):
+        return RestoreError(
+            f"GTID {gtid} is before the first full backup{what} (its GTID state: domain {domain} at "
+            f"{min(a for a, _ in reachable)})",
+            hint=f"GTIDs that can be restored to: {listed}",
+        )
+    gaps = "; ".join(g.describe() for g in catalog.gaps)
+    return RestoreError(
+        f"GTID {gtid} cannot be reached{what}: the shipped binlogs from a full up to it are not continuous"
+        + (f" ({gaps})" if gaps else ""),
+        hint=f"GTIDs that can be restored to: {listed}",
+    )
 
 
 def refusal(catalog: Catalog, to_time: datetime, what: str) -> RestoreError:

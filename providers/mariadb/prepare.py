@@ -56,22 +56,80 @@ def refusal(source: str, settings: list[Setting], config_file: str) -> ProviderE
     )
 
 
-def prepare_host(request: PrepareRequest) -> PrepareOutcome:
-    server = Server.from_spec(request.spec)
+DEFAULT_CONFIG_FILE = "/etc/mysql/mariadb.conf.d/99-protectctl.cnf"
+DEFAULT_RESTART = ("systemctl", "restart", "mariadb")
+
+
+def _config_file(spec: Mapping[str, object]) -> str:
+    return str(spec.get("config_file") or DEFAULT_CONFIG_FILE)
+
+
+def _restart_argv(spec: Mapping[str, object]) -> list[str]:
+    given = spec.get("restart_command")
+    return [str(a) for a in given] if isinstance(given, list) and given else list(DEFAULT_RESTART)
+
+
+def notes(spec: Mapping[str, object]) -> list[str]:
+    """What apply's prepare does, from the spec alone (the plan's note on the source's change)."""
+    where = "each server of the pair" if spec.get("nodes") else "the server"
+    first = (
+        f"apply checks binary logging on {where}: binlog_format = ROW and a non-zero server_id are set at "
+        "once (SET GLOBAL) where they are not"
+    )
+    if spec.get("allow_restart"):
+        return [
+            f"{first}; log_bin, if off, needs a restart: apply writes {_config_file(spec)} and runs "
+            f"`{' '.join(_restart_argv(spec))}` (allowRestart)"
+        ]
+    return [
+        f"{first}; log_bin, if off, needs a restart, which allowRestart: false refuses: apply then stops "
+        "naming the setting to add (`plan --refresh` reads the server now)"
+    ]
+
+
+def _running(server: Server, source: str) -> dict[str, str]:
     with my.client(server) as c:
         if not c.reachable():
             raise ProviderError(
-                f"cannot reach MariaDB of {request.source} at {server.socket}",
+                f"cannot reach MariaDB of {source} at {server.socket}",
                 hint="start the server (or fix socket/osUser/credentials), then run apply again",
             )
-        running = c.variables("log_bin", "binlog_format", "server_id")
-        settings = needed(running)
-        if not settings:
-            return PrepareOutcome((f"binary logging is on (binlog_format ROW, server_id {running['server_id']})",))
-        restart = [s for s in settings if s.restart]
-        config_file = str(request.spec.get("config_file") or "/etc/mysql/mariadb.conf.d/99-protectctl.cnf")
-        if restart and not request.spec.get("allow_restart"):
-            raise refusal(request.source, settings, config_file)
+        return c.variables("log_bin", "binlog_format", "server_id")
+
+
+def preview(request: PrepareRequest) -> PrepareOutcome:
+    """What prepare_host would change now (changes) or refuse (warnings), reading only."""
+    server = Server.from_spec(request.spec)
+    running = _running(server, request.source)
+    settings = needed(running)
+    if not settings:
+        return PrepareOutcome()
+    if any(s.restart for s in settings) and not request.spec.get("allow_restart"):
+        err = refusal(request.source, settings, _config_file(request.spec))
+        return PrepareOutcome(warnings=(f"apply will refuse: {err.message}; {err.hint}",))
+    was = {"log_bin": "OFF" if running.get("log_bin") != "1" else "ON"}
+    changes = [
+        f"apply will set {s.name} {was.get(s.name, running.get(s.name) or 'unset')} -> {s.value} "
+        + ("(at the restart)" if s.restart else "(at once, SET GLOBAL)")
+        for s in settings
+    ]
+    changes.append(f"apply will write {_config_file(request.spec)}")
+    if any(s.restart for s in settings):
+        changes.append(f"apply will restart MariaDB: `{' '.join(_restart_argv(request.spec))}` (allowRestart)")
+    return PrepareOutcome(tuple(changes))
+
+
+def prepare_host(request: PrepareRequest) -> PrepareOutcome:
+    server = Server.from_spec(request.spec)
+    running = _running(server, request.source)
+    settings = needed(running)
+    if not settings:
+        return PrepareOutcome((f"binary logging is on (binlog_format ROW, server_id {running['server_id']})",))
+    restart = [s for s in settings if s.restart]
+    config_file = _config_file(request.spec)
+    if restart and not request.spec.get("allow_restart"):
+        raise refusal(request.source, settings, config_file)
+    with my.client(server) as c:
         changes = []
         for s in settings:
             if not s.restart:
@@ -100,8 +158,7 @@ def _write_config(path: Path, text: str) -> None:
 def _restart(server: Server, spec: Mapping[str, object], source: str) -> None:
     import subprocess
 
-    given = spec.get("restart_command")
-    argv = [str(a) for a in given] if isinstance(given, list) and given else ["systemctl", "restart", "mariadb"]
+    argv = _restart_argv(spec)
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, cwd="/")
     except (OSError, subprocess.TimeoutExpired) as err:

@@ -46,6 +46,7 @@ from protectctl.providers.mariadb.spec import MariadbMember
 
 if TYPE_CHECKING:
     from protectctl.provider import Point
+    from protectctl.providers.mariadb.catalog import Catalog, RestorePlan
 
 
 class MariadbProvider:
@@ -54,7 +55,7 @@ class MariadbProvider:
     kind = "mariadb"
     spec_model = MariadbMember
     traits = Traits(application=True, continuous_log_shipping=True, multi_host=True)
-    restore_options = frozenset({"port", "database", "as_name"})
+    restore_options = frozenset({"port", "database", "as_name", "to_gtid"})
     content_type = "database"
     content_hint = "protectctl restore {source} --to-time TIME --database {name} --as NEW_NAME"
 
@@ -121,6 +122,19 @@ class MariadbProvider:
 
         return prepare_host(replace(request, spec=node_spec(request.spec)))
 
+    def prepare_notes(self, spec: Mapping[str, object]) -> list[str]:
+        from protectctl.providers.mariadb.prepare import notes
+
+        return notes(spec)
+
+    def preview_prepare(self, request: PrepareRequest) -> PrepareOutcome:
+        from dataclasses import replace
+
+        from protectctl.providers.mariadb.pair import node_spec
+        from protectctl.providers.mariadb.prepare import preview
+
+        return preview(replace(request, spec=node_spec(request.spec)))
+
     # -- backups -------------------------------------------------------------------------
 
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
@@ -169,15 +183,22 @@ class MariadbProvider:
 
     # -- choosing and restoring ----------------------------------------------------------
 
-    def choose_point(self, points: Sequence[Point], to_time: datetime | Literal["latest"], *, source: str) -> Point:
-        from protectctl.providers.mariadb.catalog import build_catalog, plan_restore
+    def choose_point(
+        self,
+        points: Sequence[Point],
+        to_time: datetime | Literal["latest"],
+        *,
+        source: str,
+        options: Mapping[str, object] | None = None,
+    ) -> Point:
+        from protectctl.providers.mariadb.catalog import build_catalog
 
-        plan = plan_restore(build_catalog(points), to_time, source=source)
+        plan = _plan(build_catalog(points), to_time, options or {}, source)
         return next(p for p in points if p.id == plan.base.point_id)
 
     def restore(self, request: RestoreRequest) -> RestoreOutcome:
         from protectctl.providers.mariadb import pair
-        from protectctl.providers.mariadb.catalog import build_catalog, plan_restore
+        from protectctl.providers.mariadb.catalog import build_catalog
         from protectctl.providers.mariadb.restore_database import restore_database
         from protectctl.providers.mariadb.restore_server import ServerRestore
 
@@ -192,7 +213,21 @@ class MariadbProvider:
         request = pair.restore_request(request)
         catalog = build_catalog(request.points)
         to_time = request.to_time if request.to_time is not None else "latest"
-        plan = plan_restore(catalog, to_time, source=request.source)
+        plan = _plan(catalog, to_time, request.options, request.source)
         if database:
             return restore_database(request, catalog, plan, str(database), str(as_name))
         return ServerRestore(request, catalog, plan).run()
+
+
+def _plan(
+    catalog: Catalog, to_time: datetime | Literal["latest"], options: Mapping[str, object], source: str
+) -> RestorePlan:
+    """To a GTID (`--to-gtid`, with `--to-time latest` or none) or to a time."""
+    from protectctl.providers.mariadb.catalog import plan_restore, plan_restore_gtid
+
+    gtid = options.get("to_gtid")
+    if gtid is None:
+        return plan_restore(catalog, to_time, source=source)
+    if to_time != "latest":
+        raise RestoreError("give --to-time or --to-gtid, not both: a GTID names the instant itself")
+    return plan_restore_gtid(catalog, str(gtid), source=source)

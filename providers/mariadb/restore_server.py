@@ -213,6 +213,8 @@ class ServerRestore:
             return f"roll-forward to {my.show_time(plan.target)} (transactions of earlier seconds)"
         if plan.mode == "end":
             return f"roll-forward to {my.show_time(plan.target)}: {plan.note}"
+        if plan.mode == "gtid":
+            return f"roll-forward through GTID {plan.gtid} (the transactions after it are not replayed)"
         return "roll-forward to the end of every binlog (latest)"
 
     def run(self) -> RestoreOutcome:
@@ -232,6 +234,7 @@ class ServerRestore:
             "base_consistent_at": my.iso_utc(plan.base.consistent_at),
             "mode": plan.mode,
             "target_time": my.iso_utc(plan.target) if plan.target else None,
+            "target_gtid": plan.gtid,
             "port": port,
             "binlogs": len(plan.files),
             "binlogs_from_source": len(local),
@@ -247,6 +250,12 @@ class ServerRestore:
         staging = self.target / "binlogs"
         _mkdir_owned(staging, uid, gid)
         staged = self._stage_binlogs(staging, local, uid, gid)
+        if plan.mode == "gtid" and plan.gtid is not None:
+            try:
+                gtid_cut(staged, self._starts(staged), plan.gtid)  # refused before the long steps
+            except RestoreError:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         files = self._extract(base_point, uid, gid)
         request.progress.note("mariadb-backup --prepare")
         my.run(
@@ -388,15 +397,22 @@ class ServerRestore:
         ]
         _write_owned(self.target / "my.cnf", "\n".join(lines).encode(), uid, gid, 0o640)
 
+    def _starts(self, files: Sequence[Staged]) -> list[int]:
+        return [
+            s.start if s.start is not None else (self.plan.base.binlog_pos if i == 0 else 0)
+            for i, s in enumerate(files)
+        ]
+
     def _replay(self, c: my.Client, staged: Sequence[Staged]) -> dict[str, object]:
         plan = self.plan
         files = list(staged)
+        starts = self._starts(files)
+        stop = None
+        if plan.mode == "gtid" and plan.gtid is not None:
+            count, stop = gtid_cut(files, starts, plan.gtid)
+            files = files[:count]
         if not files:
             return {"last_replayed_gtid": plan.base.gtid or None, "last_replayed_time": None}
-        starts = [
-            s.start if s.start is not None else (plan.base.binlog_pos if i == 0 else 0) for i, s in enumerate(files)
-        ]
-        stop = None
         if plan.mode == "time" and plan.stop_before is not None:
             for i, s in enumerate(files):
                 offset = bl.stop_offset(s.facts, plan.stop_before, start=starts[i])
@@ -477,6 +493,36 @@ def _write_parts(reader: PointReader, parts: Sequence[Node], out: IO[bytes], poi
     for i, part in enumerate(parts):
         if part.content_hash is not None and hashers[i].digest() != part.content_hash:
             raise RestoreError(f"{part.name.decode()} of point {point_id[:12]} does not match its stored hash")
+
+
+def gtid_cut(files: Sequence[Staged], starts: Sequence[int], gtid: str) -> tuple[int, int | None]:
+    """Replay through transaction `gtid` and no further: how many of `files` to replay and where the
+    last one stops (the next transaction's GTID event; None: at its end). RestoreError when the
+    files hold another server's transaction of that number, or none."""
+    domain, _, seqno = gtid.split("-")
+    number = f"{domain}-"
+    for i, s in enumerate(files):
+        found = None
+        for t in s.facts.transactions:
+            if t.offset < starts[i]:
+                if t.gtid == gtid:  # before the full's position: the full holds it already
+                    return 0, None
+                continue
+            if found is not None:
+                return i + 1, t.offset
+            if t.gtid.startswith(number) and t.gtid.rpartition("-")[2] == seqno:
+                if t.gtid != gtid:
+                    raise RestoreError(
+                        f"GTID {gtid} is not in the shipped binlogs: transaction {seqno} of domain {domain} "
+                        f"there is {t.gtid}",
+                        hint=f"restore with --to-gtid {t.gtid}",
+                    )
+                found = t
+        if found is not None:
+            return i + 1, None
+    if files and state_map(files[0].facts.start_state).get(int(domain), 0) >= int(seqno):
+        return 0, None
+    raise RestoreError(f"GTID {gtid} is not in the shipped binlogs the restore replays")
 
 
 def _runs(files: Sequence[Staged], starts: Sequence[int]) -> list[tuple[int, list[Staged]]]:

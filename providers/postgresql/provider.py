@@ -212,7 +212,14 @@ class PostgresqlProvider:
 
     # -- choosing and restoring ----------------------------------------------------------
 
-    def choose_point(self, points: Sequence[Point], to_time: datetime | Literal["latest"], *, source: str) -> Point:
+    def choose_point(
+        self,
+        points: Sequence[Point],
+        to_time: datetime | Literal["latest"],
+        *,
+        source: str,
+        options: Mapping[str, object] | None = None,
+    ) -> Point:
         from protectctl.providers.postgresql.catalog import build_catalog, plan_restore
 
         plan = plan_restore(build_catalog(points), to_time, source=source)

@@ -19,7 +19,8 @@ about --size-mib. Measured, in this order:
 
 protectctl runs through its job API (the CLI adds ~0.3 s of interpreter start). The restore
 is checked: the marker rows committed before T, none after. Prints a table (with the load
-average before, between and after); `--json` for machines.
+average before, between and after, and at the end of each step; "CPU s": protectctl's CPU seconds,
+every thread and its waited-for children, then the baseline pipeline's); `--json` for machines.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -44,10 +46,22 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process (every thread) and of its waited-for children (mariadb-backup, zstd)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     start = time.perf_counter()
     value = fn()
     return time.perf_counter() - start, value
+
+
+def timed_cpu(fn: Callable[[], object]) -> tuple[float, float]:
+    cpu = cpu_s()
+    elapsed, _ = timed(fn)
+    return elapsed, cpu_s() - cpu
 
 
 def shell_as_user(script: str) -> None:
@@ -157,11 +171,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
         def step(name: str, ours: Callable[[], object], baseline: Callable[[], object] | None) -> None:
             before = du(base / "repo")
-            t_ours, _ = timed(ours)
-            row: dict[str, object] = {"protectctl_s": round(t_ours, 2), "stored_bytes": du(base / "repo") - before}
+            t_ours, cpu_ours = timed_cpu(ours)
+            row: dict[str, object] = {
+                "protectctl_s": round(t_ours, 2),
+                "protectctl_cpu_s": round(cpu_ours, 2),
+                "stored_bytes": du(base / "repo") - before,
+                "load": round(os.getloadavg()[0], 1),
+            }
             if baseline is not None:
-                t_theirs, _ = timed(baseline)
+                t_theirs, cpu_theirs = timed_cpu(baseline)
                 row["mariadb_backup_s"] = round(t_theirs, 2)
+                row["mariadb_backup_cpu_s"] = round(cpu_theirs, 2)
                 row["mariadb_backup_bytes"] = (theirs_dir / f"full{n[0]}.mbs.zst").stat().st_size
             table[name] = row
 
@@ -223,16 +243,18 @@ def render(results: dict[str, object]) -> str:
     lines = [
         f"{results['tables']} sysbench-like tables, {mib(results.get('innodb_bytes'))} of InnoDB files "
         f"(filled in {results.get('fill_s')} s); load average {results.get('load_average')}",
-        f"{'step':<26} {'protectctl':>11} {'mariadb-backup':>15} {'ratio':>6} {'stored':>12} {'their file':>12}",
+        f"{'step':<26} {'protectctl':>11} {'mariadb-backup':>15} {'ratio':>6} {'CPU s':>12} {'stored':>12} "
+        f"{'their file':>12} {'load':>5}",
     ]
     rows = results.get("rows", {})
     assert isinstance(rows, dict)
     for name, row in rows.items():
         ours, theirs = row.get("protectctl_s"), row.get("mariadb_backup_s")
         ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
+        cpu = f"{row.get('protectctl_cpu_s', '-')}/{row.get('mariadb_backup_cpu_s', '-')}"
         lines.append(
-            f"{name:<26} {ours!s:>9} s {theirs!s:>13} s {ratio:>6} {mib(row.get('stored_bytes')):>12} "
-            f"{mib(row.get('mariadb_backup_bytes')):>12}"
+            f"{name:<26} {ours!s:>9} s {theirs!s:>13} s {ratio:>6} {cpu:>12} {mib(row.get('stored_bytes')):>12} "
+            f"{mib(row.get('mariadb_backup_bytes')):>12} {row.get('load', '-')!s:>5}"
         )
     return "\n".join(lines)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import pytest
 
 from tests.conftest import cli_env, write_policy
 from tests.integration import mariadb_server
+from tests.integration.db_policy import db_policy
 from tests.integration.mariadb_server import MariadbServer, stop_restored
 
 pytestmark = pytest.mark.skipif(mariadb_server.available() is not None, reason=str(mariadb_server.available()))
@@ -57,54 +57,18 @@ def cli(policy: Path, *args: str, expect: int = 0, timeout: float = 180) -> subp
 
 
 def policy_text(server: MariadbServer, replica: MariadbServer) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: protectctl/v1
-        kind: Host
-        metadata: {{name: db1}}
-        spec: {{address: local, root: {server.base}/db1root}}
-        ---
-        apiVersion: protectctl/v1
-        kind: Host
-        metadata: {{name: db2}}
-        spec: {{address: local, root: {server.base}/db2root}}
-        ---
-        apiVersion: protectctl/v1
-        kind: EncryptionKey
-        metadata: {{name: repo-key}}
-        spec:
-          passphrase: {{file: ./passphrase}}
-        ---
-        apiVersion: protectctl/v1
-        kind: Storage
-        metadata: {{name: primary}}
-        spec: {{type: local, path: {server.base}/repo, encryption: {{key: repo-key}}}}
-        ---
-        apiVersion: protectctl/v1
-        kind: SLA
-        metadata: {{name: db-tier}}
-        spec:
-          sync: every 5m
-          full: daily at 20:00
-          retention: {{disk: 14d}}
-        ---
-        apiVersion: protectctl/v1
-        kind: ProtectionGroup
-        metadata: {{name: {GROUP}}}
-        spec:
-          sla: db-tier
-          storage: primary
-          members:
-            - name: {MEMBER}
-              hosts: [db1, db2]
-              mariadb:
-                dataDir: {server.data}
-                socket: {server.sock}
-                osUser: {mariadb_server.OS_USER}
-                serverBin: {mariadb_server.SERVER}
-                allowRestart: false
-                perHost:
-                  db2: {{dataDir: {replica.data}, socket: {replica.sock}}}
-        """)
+    member = f"""\
+        hosts: [db1, db2]
+        mariadb:
+          dataDir: {server.data}
+          socket: {server.sock}
+          osUser: {mariadb_server.OS_USER}
+          serverBin: {mariadb_server.SERVER}
+          allowRestart: false
+          perHost:
+            db2: {{dataDir: {replica.data}, socket: {replica.sock}}}
+        """
+    return db_policy(server.base, member, group=GROUP, member=MEMBER, hosts=("db1", "db2"))
 
 
 def insert(server: MariadbServer, ids: range, table: str = "orders") -> None:
@@ -205,6 +169,25 @@ def test_points_show_one_window_over_t(site: Site) -> None:
     ), window
 
 
+def test_plan_says_what_apply_changes_on_the_servers(site: Site) -> None:
+    from protectctl import api
+    from protectctl.state.model import State
+
+    fresh = api.make_plan(site.policy, State())  # as before the first apply: the note on the source's creation
+    (change,) = [c for c in fresh.changes if c.address == f"source.{SOURCE}"]
+    assert any("each server of the pair" in n and "allowRestart: false refuses" in n for n in change.notes)
+    primary, _ = site.servers
+    host = "db1" if primary is site.server else "db2"
+    primary.sql("SET GLOBAL binlog_format = 'MIXED'")
+    try:
+        out = cli(site.policy, "plan", "--refresh")
+        said = out.stdout + out.stderr
+        assert f"source {SOURCE} on host {host}: apply will set binlog_format MIXED -> ROW (at once" in said, said
+        assert "apply will write /etc/mysql" in said and "apply will restart" not in said  # log_bin is on
+    finally:
+        primary.sql("SET GLOBAL binlog_format = 'ROW'")
+
+
 def test_restore_to_time_is_a_new_server_with_exactly_the_rows_of_t(site: Site) -> None:
     target = site.server.base / "restored"
     port = mariadb_server.free_port(34000)
@@ -302,6 +285,43 @@ def test_bad_input_is_refused_before_anything_is_written(site: Site, capsys: pyt
     )
     assert f"port {site.server.port} is in use" in busy
     assert not never.exists()
+
+
+def test_restore_to_a_gtid_stops_after_that_transaction(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    primary, _ = site.servers
+    primary.sql("CREATE TABLE IF NOT EXISTS shop.by_gtid (id INT PRIMARY KEY, at DATETIME(6))")
+    first = len(rows(primary, primary.sock, table="by_gtid")) + 1
+    insert(primary, range(first, first + 2), "by_gtid")
+    gtid = primary.sql("SELECT @@gtid_binlog_pos")  # one replication domain: the second row's transaction
+    insert(primary, range(first + 2, first + 3), "by_gtid")  # after it: not restored
+    assert f"{SOURCE}: sync point" in cli(site.policy, "run", "sync", GROUP).stdout
+    target = site.server.base / "by-gtid"
+    try:
+        out = json.loads(
+            cli(site.policy, "restore", SOURCE, "--to-gtid", gtid, "--target", str(target), "--json").stdout
+        )
+        assert out["details"]["mode"] == "gtid" and out["details"]["last_replayed_gtid"] == gtid, out["details"]
+        assert rows(primary, target / "mysqld.sock", table="by_gtid") == list(range(1, first + 2))
+    finally:
+        stop_restored(target)
+    domain, server_id, seqno = gtid.split("-")
+    beyond = f"{domain}-{server_id}-{int(seqno) + 1000}"
+    never = site.server.base / "never"
+    refused = refused_in_process(site.policy, capsys, "restore", SOURCE, "--to-gtid", beyond, "--target", str(never))
+    assert f"GTID {beyond} is beyond the shipped binlogs of {SOURCE}" in refused
+    both = refused_in_process(
+        site.policy,
+        capsys,
+        "restore",
+        SOURCE,
+        "--to-gtid",
+        gtid,
+        "--to-time",
+        site.t.isoformat(),
+        "--target",
+        str(never),
+    )
+    assert "give --to-time or --to-gtid, not both" in both and not never.exists()
 
 
 def test_latest_after_kill_replays_the_binlogs_never_shipped(site: Site) -> None:

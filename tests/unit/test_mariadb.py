@@ -294,3 +294,66 @@ def test_prune_keeps_the_binlogs_the_kept_full_needs() -> None:
     kept = {d.point.id: d.reasons for d in plan_source(refs, RetentionSpec(keep_within_s=2400), now=now)}
     # the horizon (8400) falls after f2: f2 is the window base and s2 rolls it forward; f1 and s1 go
     assert kept["f2"] and kept["s2"] and not kept["f1"] and not kept["s1"]
+
+
+def test_the_stream_reader_cuts_parts_at_headers_and_loses_no_byte() -> None:
+    import io
+
+    from protectctl.providers.mariadb.backup import XBSTREAM_MAGIC, _Reader
+
+    # chunks of uneven sizes, headers straddling the reader's 1 MiB reads; one long headerless run
+    stream = b"".join(XBSTREAM_MAGIC + bytes([n % 251]) * (70_000 + n * 3_001) for n in range(60))
+    stream += b"z" * 900_000 + XBSTREAM_MAGIC + b"tail"
+    reader = _Reader(io.BufferedReader(io.BytesIO(stream)), 300_000)  # type: ignore[arg-type]
+    reader.start()
+    parts = []
+    while (item := reader.parts.get(timeout=30)) is not None:
+        assert isinstance(item, memoryview)
+        parts.append(bytes(item))
+        reader.release(item)  # the buffer is read into again: the copy above keeps the part
+    assert b"".join(parts) == stream
+    assert all(p.startswith(XBSTREAM_MAGIC) for p in parts)
+    assert all(len(p) >= 300_000 for p in parts[:-1]) and all(len(p) <= 2 * 300_000 + (1 << 20) for p in parts)
+
+
+def test_prepare_notes_say_what_apply_does_and_whether_it_may_restart() -> None:
+    from protectctl.providers.mariadb.prepare import notes
+
+    (allowed,) = notes({"allow_restart": True, "restart_command": ["rc-service", "mariadb", "restart"]})
+    assert "binlog_format = ROW" in allowed and "runs `rc-service mariadb restart` (allowRestart)" in allowed
+    (refused,) = notes({"allow_restart": False, "nodes": [{"host": "db1"}, {"host": "db2"}]})
+    assert "each server of the pair" in refused and "allowRestart: false refuses" in refused
+
+
+def test_restore_to_a_gtid_replays_through_it_and_refuses_one_out_of_reach() -> None:
+    from protectctl.providers.mariadb.catalog import plan_restore_gtid
+    from protectctl.providers.mariadb.restore_server import Staged, gtid_cut
+
+    catalog = build_catalog(CHAIN)  # the full at 0-1-3; binlogs 2 (..0-1-3), 3 (..0-1-10), 4 (..0-1-20)
+    plan = plan_restore_gtid(catalog, "0-1-12", source="shop/db")
+    assert plan.mode == "gtid" and plan.gtid == "0-1-12" and [f.binlog.seq for f in plan.files] == [2, 3, 4]
+    assert [f.binlog.seq for f in plan_restore_gtid(catalog, "0-1-10").files] == [2, 3]
+    assert [f.binlog.seq for f in plan_restore_gtid(catalog, "0-1-3").files] == [2]  # the full itself
+    with pytest.raises(RestoreError, match="beyond the shipped binlogs of shop/db") as late:
+        plan_restore_gtid(catalog, "0-1-21", source="shop/db")
+    assert "run sync" in str(late.value.hint) and "--to-time latest" in str(late.value.hint)
+    with pytest.raises(RestoreError, match="before the first full backup"):
+        plan_restore_gtid(catalog, "0-1-2")
+    with pytest.raises(RestoreError, match="no shipped binlog holds replication domain 5"):
+        plan_restore_gtid(catalog, "5-1-2")
+    with pytest.raises(RestoreError, match="is not a GTID"):
+        plan_restore_gtid(catalog, "0-1")
+    gap = build_catalog([CHAIN[0], sync("s1", 60, [record(4, 30, 50, "0-1-10", "0-1-20")], 4)])
+    with pytest.raises(RestoreError, match="not continuous"):
+        plan_restore_gtid(gap, "0-1-15")
+
+    # where replay stops: after the transaction's commit, before the next one's GTID event
+    data = binlog_bytes(T0, [(0, 1, 10)], [(T0 + 1, 11), (T0 + 2, 12), (T0 + 3, 13)])
+    staged = [Staged(Path("/x"), bl.read_facts(data), False)]
+    offsets = [t.offset for t in staged[0].facts.transactions]
+    assert gtid_cut(staged, [4], "0-1-12") == (1, offsets[2])
+    assert gtid_cut(staged, [4], "0-1-13") == (1, None)  # the file's last: replayed to its end
+    assert gtid_cut(staged, [offsets[1]], "0-1-11") == (0, None)  # before the full's position: nothing
+    with pytest.raises(RestoreError, match="there is 0-1-12") as other:
+        gtid_cut(staged, [4], "0-7-12")  # the number exists, written by another server
+    assert "--to-gtid 0-1-12" in str(other.value.hint)
