@@ -19,6 +19,7 @@ from protectctl.agent.sources import (
 from protectctl.errors import ProtectctlError
 
 if TYPE_CHECKING:
+    from protectctl.browse import contents
     from protectctl.browse.ops import Changes, Found, History, Listing
     from protectctl.browse.service import BrowseSource
 
@@ -88,7 +89,9 @@ def _one_source(policy_dir: Path, source: str, agent_config: Path | None) -> Bro
     return one_source(browse_sources(policy_dir, source, agent_config=agent_config), source)
 
 
-def browse_ls(policy_dir: Path, source: str, path: str, to_time: str, *, agent_config: Path | None) -> Listing:
+def browse_ls(
+    policy_dir: Path, source: str, path: str, to_time: str, *, agent_config: Path | None
+) -> Listing | contents.Listing:
     from protectctl.browse import service
 
     return service.ls(_one_source(policy_dir, source, agent_config), path, to_time)
@@ -108,7 +111,9 @@ def browse_cat(
     return service.cat(_one_source(policy_dir, source, agent_config), path, to_time, write)
 
 
-def browse_versions(policy_dir: Path, source: str, path: str, *, agent_config: Path | None) -> History:
+def browse_versions(
+    policy_dir: Path, source: str, path: str, *, agent_config: Path | None
+) -> History | contents.History:
     from protectctl.browse import service
 
     return service.versions(_one_source(policy_dir, source, agent_config), path)

@@ -12,6 +12,7 @@ import typer
 from protectctl.cli.main import env_of
 
 if TYPE_CHECKING:
+    from protectctl.browse import contents, ops
     from protectctl.cli.main import Env
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -105,6 +106,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         from protectctl import api
 
         env = env_of(ctx, json_mode)
+        listing: ops.Listing | contents.Listing
         if _from_tape(from_):
             from protectctl.browse import service, tape
 
@@ -157,6 +159,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         from protectctl import api
 
         env = env_of(ctx, json_mode)
+        history: ops.History | contents.History
         if _from_tape(from_):
             from protectctl.browse import service, tape
 
