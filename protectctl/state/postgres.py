@@ -101,11 +101,21 @@ class PostgresStateBackend:
                 return
             if time.monotonic() >= deadline:
                 raise StateLockedError(
-                    f"the state is locked by {self.holder() or 'another session'}",
+                    f"the state is locked by {self._holder_soon() or 'another session'}",
                     hint="wait for it to finish, pass --lock-timeout 5m, or `protectctl state unlock` if that "
                     "process is gone (a dead holder's session ends and frees the lock)",
                 )
             time.sleep(0.2)
+
+    def _holder_soon(self) -> str | None:
+        """The holder, waiting a moment for its record: a holder writes it right after taking the
+        advisory lock, so a refusal in between would otherwise name nobody."""
+        for _ in range(20):
+            who = self.holder()
+            if who is not None:
+                return who
+            time.sleep(0.1)
+        return None
 
     def holder(self) -> str | None:
         row = self._one(f"SELECT holder FROM {self.schema}.locks WHERE name = %s", (self.name,))
@@ -153,6 +163,9 @@ class PostgresStateBackend:
                 "read from or written to a local copy)",
             ) from None
         if not self._ready:
+            # CREATE ... IF NOT EXISTS is not safe against a concurrent twin (both may insert the
+            # catalog row): runners starting at once create the tables one after the other
+            self._execute(conn, "SELECT pg_advisory_lock(hashtext(%s))", (f"protectctl-state-ddl:{self.schema}",))
             self._execute(conn, f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             self._execute(
                 conn,
@@ -165,6 +178,7 @@ class PostgresStateBackend:
                 f"CREATE TABLE IF NOT EXISTS {self.schema}.locks (name text PRIMARY KEY, "
                 "holder text NOT NULL, backend_pid integer NOT NULL)",
             )
+            self._execute(conn, "SELECT pg_advisory_unlock(hashtext(%s))", (f"protectctl-state-ddl:{self.schema}",))
             self._ready = True
         return conn
 

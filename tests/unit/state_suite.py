@@ -157,24 +157,31 @@ class StateSuite:
         start = threading.Barrier(4)
         release = threading.Event()
 
+        failed: list[BaseException] = []
+
         def runner(name: str) -> None:
             backend = build(spec)
             start.wait()
             try:
                 with backend.lock(f"apply {name}", 0):
                     won.append(name)
-                    release.wait(10)
+                    release.wait(60)
             except StateLockedError as err:
                 refused.append(str(err))
+            except BaseException as err:  # anything else fails the test instead of hanging it
+                failed.append(err)
 
         threads = [threading.Thread(target=runner, args=(str(i),)) for i in range(4)]
         for t in threads:
             t.start()
-        while len(won) + len(refused) < 4 and len(refused) < 3:
+        for _ in range(1200):  # the winner holds until the other three were refused (60 s at most)
+            if len(won) + len(refused) + len(failed) >= 4 or len(refused) + len(failed) >= 3:
+                break
             threading.Event().wait(0.05)
         release.set()
         for t in threads:
             t.join()
+        assert not failed, failed
         assert len(won) == 1 and len(refused) == 3
         assert all("apply" in r and f"pid {os.getpid()}" in r for r in refused)
 
