@@ -201,12 +201,13 @@ def build_catalog(points: Iterable[PointLike]) -> Catalog:
 
 def state_map(state: Sequence[str]) -> dict[int, int]:
     """A GTID state as domain → sequence number (the server part names who wrote it: a
-    failover changes it, the numbering of the domain goes on)."""
+    failover changes it, the numbering of the domain goes on). A binlog's Gtid_list holds one
+    GTID per domain and server: the domain's state is the highest number."""
     out: dict[int, int] = {}
     for gtid in state:
         parts = gtid.split("-")
         if len(parts) == 3 and parts[0].isdigit() and parts[2].isdigit():
-            out[int(parts[0])] = int(parts[2])
+            out[int(parts[0])] = max(out.get(int(parts[0]), 0), int(parts[2]))
     return out
 
 
@@ -214,8 +215,9 @@ def continues(prev: Binlog, nxt: Binlog) -> bool:
     """Whether `nxt` follows `prev` of the same server with nothing lost between them."""
     if nxt.origin != prev.origin or nxt.seq != prev.seq + 1:
         return False
-    # each file starts with the GTID state the previous one ended with (per replication domain)
-    return set(nxt.start_state) == set(prev.end_state)
+    # each file starts with the GTID state the previous one ended with (per replication domain:
+    # the head's Gtid_list also names the servers that wrote each domain before, e.g. after a failover)
+    return state_map(nxt.start_state) == state_map(prev.end_state)
 
 
 def takes_over(state: Sequence[str], other: Binlog) -> bool:

@@ -357,3 +357,16 @@ def test_restore_to_a_gtid_replays_through_it_and_refuses_one_out_of_reach() -> 
     with pytest.raises(RestoreError, match="there is 0-1-12") as other:
         gtid_cut(staged, [4], "0-7-12")  # the number exists, written by another server
     assert "--to-gtid 0-1-12" in str(other.value.hint)
+
+
+def test_after_a_failover_a_files_head_names_both_servers_and_the_chain_still_continues() -> None:
+    # the promoted server's next file starts with its binlog state: one GTID per domain and server
+    data = binlog_bytes(T0, [(0, 1, 25), (0, 2, 27)], [(T0 + 1, 28)])
+    facts = bl.read_facts(data)
+    assert facts.last_gtids == ("0-1-28",)  # the domain's highest number goes on (the test's events say server 1)
+    b = "2:mariadb-bin"
+    base = full("f1", 10, 1, [record(1, 5, 9, "0-1-20", "0-2-27")])
+    after = sync("s1", 60, [{**record(2, 20, 30, "0-1-25", "0-2-30"), "start_state": ["0-1-25", "0-2-27"]}], 2)
+    points = [P(p.id, p.time, p.kind, {"mariadb": {**p.extra["mariadb"], "origin": b}}) for p in (base, after)]  # type: ignore[dict-item]
+    catalog = build_catalog(points)
+    assert not catalog.gaps and [link.binlog.seq for link in catalog.windows[0].chain] == [1, 2]
