@@ -304,11 +304,13 @@ def test_the_stream_reader_cuts_parts_at_headers_and_loses_no_byte() -> None:
     # chunks of uneven sizes, headers straddling the reader's 1 MiB reads; one long headerless run
     stream = b"".join(XBSTREAM_MAGIC + bytes([n % 251]) * (70_000 + n * 3_001) for n in range(60))
     stream += b"z" * 900_000 + XBSTREAM_MAGIC + b"tail"
-    reader = _Reader(io.BufferedReader(io.BytesIO(stream)), 300_000)  # type: ignore[arg-type]
+    reader = _Reader(io.BufferedReader(io.BytesIO(stream)), 300_000, lambda part: bytes(part[-3:]))  # type: ignore[arg-type]
     reader.start()
     parts = []
-    while (item := reader.parts.get(timeout=30)) is not None:
-        assert isinstance(item, memoryview)
+    while (got := reader.parts.get(timeout=30)) is not None:
+        assert isinstance(got, tuple)
+        item, digest = got
+        assert digest == bytes(item[-3:])  # hashed by the reader, before the part is handed over
         parts.append(bytes(item))
         reader.release(item)  # the buffer is read into again: the copy above keeps the part
     assert b"".join(parts) == stream
