@@ -423,9 +423,41 @@ def refusal(catalog: Catalog, to_time: datetime, what: str) -> RestoreError:
     )
 
 
+def gtid_spans(catalog: Catalog) -> list[tuple[str, str]]:
+    """The GTIDs a restore `--to-gtid` can reach, per replication domain, overlapping spans of the
+    windows merged: (from, to), from being a full's own state (restoring to it replays nothing)."""
+    spans: dict[int, list[tuple[int, int, str, str]]] = {}
+    for w in catalog.windows:
+        if w.base.binlog_file is None or not w.chain:
+            continue
+        ends: dict[int, str] = {}
+        for link in w.chain:
+            for g in link.binlog.end_state:
+                d, n = int(g.split("-")[0]), int(g.rpartition("-")[2])
+                if d not in ends or n > int(ends[d].rpartition("-")[2]):
+                    ends[d] = g
+        for d, end in ends.items():
+            start = next((g for g in w.base.gtid.split(",") if g.startswith(f"{d}-")), f"{d}-0-0")
+            spans.setdefault(d, []).append(
+                (int(start.rpartition("-")[2]), int(end.rpartition("-")[2]), start.strip(), end)
+            )
+    out: list[tuple[str, str]] = []
+    for d in sorted(spans):
+        merged: list[tuple[int, int, str, str]] = []
+        for lo, hi, a, b in sorted(spans[d]):
+            if merged and lo <= merged[-1][1]:
+                last = merged[-1]
+                merged[-1] = (last[0], hi, last[2], b) if hi > last[1] else last
+            else:
+                merged.append((lo, hi, a, b))
+        out += [(a, b) for _, _, a, b in merged]
+    return out
+
+
 def describe_windows(catalog: Catalog) -> list[str]:
-    """Lines for `points list`: the recoverable spans, then every gap."""
+    """Lines for `points list`: the recoverable spans, the GTIDs they reach, then every gap."""
     lines = [f"recoverable from {_t(a)} to {_t(b)}" for a, b in catalog.merged()]
+    lines += [f"GTIDs {a} to {b} (restore --to-gtid)" for a, b in gtid_spans(catalog)]
     lines += [f"gap: {g.describe()}" for g in catalog.gaps]
     lines += [
         f"full {b.point_id[:12]} ({_t(b.consistent_at)}): binary logging was off, it restores to its own instant only"

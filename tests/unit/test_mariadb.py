@@ -126,7 +126,10 @@ CHAIN = [
 
 def test_one_window_from_the_full_to_the_sync_that_covers_it() -> None:
     catalog = build_catalog(CHAIN)
-    assert describe_windows(catalog) == [f"recoverable from {at(10):%Y-%m-%dT%H:%M:%SZ} to {at(60):%Y-%m-%dT%H:%M:%SZ}"]
+    assert describe_windows(catalog) == [
+        f"recoverable from {at(10):%Y-%m-%dT%H:%M:%SZ} to {at(60):%Y-%m-%dT%H:%M:%SZ}",
+        "GTIDs 0-1-3 to 0-1-20 (restore --to-gtid)",
+    ]
     plan = plan_restore(catalog, at(20) + timedelta(milliseconds=300))
     assert plan.mode == "time" and plan.base.point_id == "f1" and plan.stop_before == T0 + 20
     assert [f.binlog.name for f in plan.files] == ["mariadb-bin.000002", "mariadb-bin.000003"]  # 4 is after T
