@@ -374,7 +374,7 @@ def gtid_refusal(catalog: Catalog, domain: int, seqno: int, gtid: str, what: str
         for w in catalog.windows
         if w.base.binlog_file is not None
     ]
-    listed = ", ".join(f"{domain}-*-{a}..{domain}-*-{b}" for a, b in sorted(set(reachable))) or "none"
+    listed = ", ".join(f"{a} to {b}" for a, b in gtid_spans(catalog)) or "none"
     if last is None:
         return RestoreError(
             f"GTID {gtid}: no shipped binlog{what} holds replication domain {domain}",

@@ -342,8 +342,9 @@ def test_restore_to_a_gtid_replays_through_it_and_refuses_one_out_of_reach() -> 
     with pytest.raises(RestoreError, match="beyond the shipped binlogs of shop/db") as late:
         plan_restore_gtid(catalog, "0-1-21", source="shop/db")
     assert "run sync" in str(late.value.hint) and "--to-time latest" in str(late.value.hint)
-    with pytest.raises(RestoreError, match="before the first full backup"):
+    with pytest.raises(RestoreError, match="before the first full backup") as early:
         plan_restore_gtid(catalog, "0-1-2")
+    assert early.value.hint == "GTIDs that can be restored to: 0-1-3 to 0-1-20"
     with pytest.raises(RestoreError, match="no shipped binlog holds replication domain 5"):
         plan_restore_gtid(catalog, "5-1-2")
     with pytest.raises(RestoreError, match="is not a GTID"):
