@@ -376,3 +376,30 @@ def test_after_a_failover_a_files_head_names_both_servers_and_the_chain_still_co
     points = [P(p.id, p.time, p.kind, {"mariadb": {**p.extra["mariadb"], "origin": b}}) for p in (base, after)]  # type: ignore[dict-item]
     catalog = build_catalog(points)
     assert not catalog.gaps and [link.binlog.seq for link in catalog.windows[0].chain] == [1, 2]
+
+
+def test_plan_refresh_preview_names_the_restart_or_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from protectctl.provider import PrepareRequest
+    from protectctl.providers.mariadb import prepare
+
+    monkeypatch.setattr(
+        prepare, "_running", lambda server, source: {"log_bin": "0", "binlog_format": "MIXED", "server_id": "0"}
+    )
+    spec = {"data_dir": "/var/lib/mysql", "allow_restart": False}
+    (refused,) = prepare.preview(PrepareRequest("shop/db", spec, Path("/state"))).warnings
+    assert (
+        refused.startswith("apply will refuse: shop/db: binary logging is off") and "log_bin = mariadb-bin" in refused
+    )
+    assert "allowRestart: true" in refused
+    allowed = prepare.preview(PrepareRequest("shop/db", {**spec, "allow_restart": True}, Path("/state")))
+    assert not allowed.warnings and allowed.changes == (
+        "apply will set log_bin OFF -> mariadb-bin (at the restart)",
+        "apply will set binlog_format MIXED -> ROW (at once, SET GLOBAL)",
+        "apply will set server_id 0 -> 1 (at once, SET GLOBAL)",
+        "apply will write /etc/mysql/mariadb.conf.d/99-protectctl.cnf",
+        "apply will restart MariaDB: `systemctl restart mariadb` (allowRestart)",
+    )
+    monkeypatch.setattr(
+        prepare, "_running", lambda server, source: {"log_bin": "1", "binlog_format": "ROW", "server_id": "3"}
+    )
+    assert prepare.preview(PrepareRequest("shop/db", spec, Path("/state"))) == prepare.PrepareOutcome()
