@@ -143,7 +143,7 @@ class SnapshotSink(Protocol):
     ) -> tuple[BlobId, ...]:
         """Cut `data` into chunks and store those the repository lacks; returns the chunk ids.
         `compression="fast"`: a bulk stream whose content compresses about as well at a cheaper
-        setting (a database's backup stream): its new chunks cost about half the CPU to store."""
+        setting (a database's backup stream): its new chunks cost a third of the compression CPU."""
         ...
 
     def store_chunk(self, data: bytes | bytearray | memoryview) -> tuple[BlobId, bool]:

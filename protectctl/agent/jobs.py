@@ -629,7 +629,8 @@ def restore(
         points = scan.points
         damage = tuple(contain_damage(repo, points, scan.damaged))
         if isinstance(provider, PointChooser):
-            point = provider.choose_point(points, to_time, source=job.source, options=dict(options or {}))
+            given = {"options": dict(options)} if options else {}  # a chooser written before `options` still works
+            point = provider.choose_point(points, to_time, source=job.source, **given)
         else:
             point = select_point(points, to_time, source=job.source)
         if subpaths and isinstance(provider, SourceRoot):  # paths may be given as they were protected

@@ -24,7 +24,7 @@ import queue
 import re
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -244,11 +244,13 @@ class _Reader(threading.Thread):
     `release` once stored: the sink copies what it keeps); `_BUFFERS` buffers of 2 x `size`
     bound the memory, anonymous maps whose pages cost only once a part has filled them."""
 
-    def __init__(self, stream: Readable, size: int) -> None:
+    def __init__(self, stream: Readable, size: int, digest: Callable[[memoryview], bytes] | None = None) -> None:
         super().__init__(name="mbstream-reader", daemon=True)
         self.stream = stream
         self.size = size
-        self.parts: queue.Queue[memoryview | BaseException | None] = queue.Queue(maxsize=_BUFFERS - 2)
+        # each part with its content hash (`digest`, hashed here: off the storing thread's path)
+        self.parts: queue.Queue[tuple[memoryview, bytes] | BaseException | None] = queue.Queue(maxsize=_BUFFERS - 2)
+        self.digest = digest
         self._free: queue.Queue[mmap.mmap] = queue.Queue()
         self._made = 0
 
@@ -264,6 +266,9 @@ class _Reader(threading.Thread):
             self._made += 1
             return mmap.mmap(-1, 2 * self.size + _READ)  # zero pages until written: no memset
         return self._free.get()
+
+    def _hand(self, part: memoryview) -> None:
+        self.parts.put((part, self.digest(part) if self.digest is not None else b""))
 
     def run(self) -> None:
         try:
@@ -283,10 +288,10 @@ class _Reader(threading.Thread):
                     buffer = self._buffer()
                     rest = filled - at
                     buffer[:rest] = bytes(view[at:filled])  # the start of the next part (< 1 read)
-                    self.parts.put(view[:at])
+                    self._hand(view[:at])
                     view, filled = memoryview(buffer), rest
             if filled:
-                self.parts.put(view[:filled])
+                self._hand(view[:filled])
             self.parts.put(None)
         except BaseException as err:  # handed to the storing thread
             self.parts.put(err)
@@ -376,24 +381,25 @@ def _stream_parts(
         assert proc.stdout is not None
         with contextlib.suppress(OSError):  # fewer, larger reads (1 MiB: what an unprivileged pipe may hold)
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _READ)
-        reader = _Reader(cast(Readable, proc.stdout), PART_BYTES)
+        reader = _Reader(cast(Readable, proc.stdout), PART_BYTES, sink.hash_content)
         reader.start()
         parts: list[Node] = []
         size = 0
         try:
             while True:
-                item = reader.parts.get()
-                if item is None:
+                got = reader.parts.get()
+                if got is None:
                     break
-                if isinstance(item, BaseException):
-                    raise ProviderError(f"reading mariadb-backup's stream: {item}")
+                if isinstance(got, BaseException):
+                    raise ProviderError(f"reading mariadb-backup's stream: {got}")
+                item, digest = got
                 parts.append(
                     file_node(
                         f"part-{len(parts):06d}",
                         st,
                         size=len(item),
                         chunks=sink.store_content(item, compression="fast"),
-                        content_hash=sink.hash_content(item),
+                        content_hash=digest,
                     )
                 )
                 size += len(item)

@@ -59,8 +59,14 @@ class BinlogFacts:
 
     @property
     def last_gtids(self) -> tuple[str, ...]:
-        """The state after this file: the start state advanced by its transactions, per domain."""
-        state = {g.split("-")[0]: g for g in self.start_state}
+        """The state after this file: the start state advanced by its transactions, per domain.
+        The Gtid_list at a file's head holds one GTID per domain *and server* (after a failover:
+        0-1-25 and 0-2-27): a domain's state is its highest sequence number."""
+        state: dict[str, str] = {}
+        for g in self.start_state:
+            domain, seqno = g.split("-")[0], g.rpartition("-")[2]
+            if domain not in state or int(seqno) > int(state[domain].rpartition("-")[2]):
+                state[domain] = g
         for t in self.transactions:
             state[t.gtid.split("-")[0]] = t.gtid
         return tuple(state[d] for d in sorted(state, key=int))

@@ -201,12 +201,13 @@ def build_catalog(points: Iterable[PointLike]) -> Catalog:
 
 def state_map(state: Sequence[str]) -> dict[int, int]:
     """A GTID state as domain → sequence number (the server part names who wrote it: a
-    failover changes it, the numbering of the domain goes on)."""
+    failover changes it, the numbering of the domain goes on). A binlog's Gtid_list holds one
+    GTID per domain and server: the domain's state is the highest number."""
     out: dict[int, int] = {}
     for gtid in state:
         parts = gtid.split("-")
         if len(parts) == 3 and parts[0].isdigit() and parts[2].isdigit():
-            out[int(parts[0])] = int(parts[2])
+            out[int(parts[0])] = max(out.get(int(parts[0]), 0), int(parts[2]))
     return out
 
 
@@ -214,8 +215,9 @@ def continues(prev: Binlog, nxt: Binlog) -> bool:
     """Whether `nxt` follows `prev` of the same server with nothing lost between them."""
     if nxt.origin != prev.origin or nxt.seq != prev.seq + 1:
         return False
-    # each file starts with the GTID state the previous one ended with (per replication domain)
-    return set(nxt.start_state) == set(prev.end_state)
+    # each file starts with the GTID state the previous one ended with (per replication domain:
+    # the head's Gtid_list also names the servers that wrote each domain before, e.g. after a failover)
+    return state_map(nxt.start_state) == state_map(prev.end_state)
 
 
 def takes_over(state: Sequence[str], other: Binlog) -> bool:
@@ -372,7 +374,7 @@ def gtid_refusal(catalog: Catalog, domain: int, seqno: int, gtid: str, what: str
         for w in catalog.windows
         if w.base.binlog_file is not None
     ]
-    listed = ", ".join(f"{domain}-*-{a}..{domain}-*-{b}" for a, b in sorted(set(reachable))) or "none"
+    listed = ", ".join(f"{a} to {b}" for a, b in gtid_spans(catalog)) or "none"
     if last is None:
         return RestoreError(
             f"GTID {gtid}: no shipped binlog{what} holds replication domain {domain}",
@@ -432,9 +434,41 @@ def span_of(window: Window) -> Span:
     )
 
 
+def gtid_spans(catalog: Catalog) -> list[tuple[str, str]]:
+    """The GTIDs a restore `--to-gtid` can reach, per replication domain, overlapping spans of the
+    windows merged: (from, to), from being a full's own state (restoring to it replays nothing)."""
+    spans: dict[int, list[tuple[int, int, str, str]]] = {}
+    for w in catalog.windows:
+        if w.base.binlog_file is None or not w.chain:
+            continue
+        ends: dict[int, str] = {}
+        for link in w.chain:
+            for g in link.binlog.end_state:
+                d, n = int(g.split("-")[0]), int(g.rpartition("-")[2])
+                if d not in ends or n > int(ends[d].rpartition("-")[2]):
+                    ends[d] = g
+        for d, end in ends.items():
+            start = next((g for g in w.base.gtid.split(",") if g.startswith(f"{d}-")), f"{d}-0-0")
+            spans.setdefault(d, []).append(
+                (int(start.rpartition("-")[2]), int(end.rpartition("-")[2]), start.strip(), end)
+            )
+    out: list[tuple[str, str]] = []
+    for d in sorted(spans):
+        merged: list[tuple[int, int, str, str]] = []
+        for lo, hi, a, b in sorted(spans[d]):
+            if merged and lo <= merged[-1][1]:
+                last = merged[-1]
+                merged[-1] = (last[0], hi, last[2], b) if hi > last[1] else last
+            else:
+                merged.append((lo, hi, a, b))
+        out += [(a, b) for _, _, a, b in merged]
+    return out
+
+
 def describe_windows(catalog: Catalog) -> list[str]:
-    """Lines for `points list`: the recoverable spans, then every gap."""
+    """Lines for `points list`: the recoverable spans, the GTIDs they reach, then every gap."""
     lines = [f"recoverable from {_t(a)} to {_t(b)}" for a, b in catalog.merged()]
+    lines += [f"GTIDs {a} to {b} (restore --to-gtid)" for a, b in gtid_spans(catalog)]
     lines += [f"gap: {g.describe()}" for g in catalog.gaps]
     lines += [
         f"full {b.point_id[:12]} ({_t(b.consistent_at)}): binary logging was off, it restores to its own instant only"

@@ -126,7 +126,10 @@ CHAIN = [
 
 def test_one_window_from_the_full_to_the_sync_that_covers_it() -> None:
     catalog = build_catalog(CHAIN)
-    assert describe_windows(catalog) == [f"recoverable from {at(10):%Y-%m-%dT%H:%M:%SZ} to {at(60):%Y-%m-%dT%H:%M:%SZ}"]
+    assert describe_windows(catalog) == [
+        f"recoverable from {at(10):%Y-%m-%dT%H:%M:%SZ} to {at(60):%Y-%m-%dT%H:%M:%SZ}",
+        "GTIDs 0-1-3 to 0-1-20 (restore --to-gtid)",
+    ]
     plan = plan_restore(catalog, at(20) + timedelta(milliseconds=300))
     assert plan.mode == "time" and plan.base.point_id == "f1" and plan.stop_before == T0 + 20
     assert [f.binlog.name for f in plan.files] == ["mariadb-bin.000002", "mariadb-bin.000003"]  # 4 is after T
@@ -304,11 +307,13 @@ def test_the_stream_reader_cuts_parts_at_headers_and_loses_no_byte() -> None:
     # chunks of uneven sizes, headers straddling the reader's 1 MiB reads; one long headerless run
     stream = b"".join(XBSTREAM_MAGIC + bytes([n % 251]) * (70_000 + n * 3_001) for n in range(60))
     stream += b"z" * 900_000 + XBSTREAM_MAGIC + b"tail"
-    reader = _Reader(io.BufferedReader(io.BytesIO(stream)), 300_000)  # type: ignore[arg-type]
+    reader = _Reader(io.BufferedReader(io.BytesIO(stream)), 300_000, lambda part: bytes(part[-3:]))  # type: ignore[arg-type]
     reader.start()
     parts = []
-    while (item := reader.parts.get(timeout=30)) is not None:
-        assert isinstance(item, memoryview)
+    while (got := reader.parts.get(timeout=30)) is not None:
+        assert isinstance(got, tuple)
+        item, digest = got
+        assert digest == bytes(item[-3:])  # hashed by the reader, before the part is handed over
         parts.append(bytes(item))
         reader.release(item)  # the buffer is read into again: the copy above keeps the part
     assert b"".join(parts) == stream
@@ -337,8 +342,9 @@ def test_restore_to_a_gtid_replays_through_it_and_refuses_one_out_of_reach() -> 
     with pytest.raises(RestoreError, match="beyond the shipped binlogs of shop/db") as late:
         plan_restore_gtid(catalog, "0-1-21", source="shop/db")
     assert "run sync" in str(late.value.hint) and "--to-time latest" in str(late.value.hint)
-    with pytest.raises(RestoreError, match="before the first full backup"):
+    with pytest.raises(RestoreError, match="before the first full backup") as early:
         plan_restore_gtid(catalog, "0-1-2")
+    assert early.value.hint == "GTIDs that can be restored to: 0-1-3 to 0-1-20"
     with pytest.raises(RestoreError, match="no shipped binlog holds replication domain 5"):
         plan_restore_gtid(catalog, "5-1-2")
     with pytest.raises(RestoreError, match="is not a GTID"):
@@ -357,3 +363,43 @@ def test_restore_to_a_gtid_replays_through_it_and_refuses_one_out_of_reach() -> 
     with pytest.raises(RestoreError, match="there is 0-1-12") as other:
         gtid_cut(staged, [4], "0-7-12")  # the number exists, written by another server
     assert "--to-gtid 0-1-12" in str(other.value.hint)
+
+
+def test_after_a_failover_a_files_head_names_both_servers_and_the_chain_still_continues() -> None:
+    # the promoted server's next file starts with its binlog state: one GTID per domain and server
+    data = binlog_bytes(T0, [(0, 1, 25), (0, 2, 27)], [(T0 + 1, 28)])
+    facts = bl.read_facts(data)
+    assert facts.last_gtids == ("0-1-28",)  # the domain's highest number goes on (the test's events say server 1)
+    b = "2:mariadb-bin"
+    base = full("f1", 10, 1, [record(1, 5, 9, "0-1-20", "0-2-27")])
+    after = sync("s1", 60, [{**record(2, 20, 30, "0-1-25", "0-2-30"), "start_state": ["0-1-25", "0-2-27"]}], 2)
+    points = [P(p.id, p.time, p.kind, {"mariadb": {**p.extra["mariadb"], "origin": b}}) for p in (base, after)]  # type: ignore[dict-item]
+    catalog = build_catalog(points)
+    assert not catalog.gaps and [link.binlog.seq for link in catalog.windows[0].chain] == [1, 2]
+
+
+def test_plan_refresh_preview_names_the_restart_or_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from protectctl.provider import PrepareRequest
+    from protectctl.providers.mariadb import prepare
+
+    monkeypatch.setattr(
+        prepare, "_running", lambda server, source: {"log_bin": "0", "binlog_format": "MIXED", "server_id": "0"}
+    )
+    spec = {"data_dir": "/var/lib/mysql", "allow_restart": False}
+    (refused,) = prepare.preview(PrepareRequest("shop/db", spec, Path("/state"))).warnings
+    assert (
+        refused.startswith("apply will refuse: shop/db: binary logging is off") and "log_bin = mariadb-bin" in refused
+    )
+    assert "allowRestart: true" in refused
+    allowed = prepare.preview(PrepareRequest("shop/db", {**spec, "allow_restart": True}, Path("/state")))
+    assert not allowed.warnings and allowed.changes == (
+        "apply will set log_bin OFF -> mariadb-bin (at the restart)",
+        "apply will set binlog_format MIXED -> ROW (at once, SET GLOBAL)",
+        "apply will set server_id 0 -> 1 (at once, SET GLOBAL)",
+        "apply will write /etc/mysql/mariadb.conf.d/99-protectctl.cnf",
+        "apply will restart MariaDB: `systemctl restart mariadb` (allowRestart)",
+    )
+    monkeypatch.setattr(
+        prepare, "_running", lambda server, source: {"log_bin": "1", "binlog_format": "ROW", "server_id": "3"}
+    )
+    assert prepare.preview(PrepareRequest("shop/db", spec, Path("/state"))) == prepare.PrepareOutcome()
