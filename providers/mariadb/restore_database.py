@@ -16,7 +16,7 @@ from protectctl.errors import ProviderError, RestoreError
 from protectctl.provider import RestoreOutcome, RestoreRequest
 from protectctl.providers.mariadb import server as my
 from protectctl.providers.mariadb.catalog import Catalog, RestorePlan
-from protectctl.providers.mariadb.restore_server import ServerRestore, free_port
+from protectctl.providers.mariadb.restore_server import ServerRestore
 from protectctl.providers.mariadb.server import Server
 
 _NAME_MAX = 64
@@ -58,7 +58,7 @@ def restore_database(
     temp_dir = work / "server"
     try:
         sub = replace(
-            request, target=temp_dir, options={**request.options, "port": free_port(3307 + 100)}, overwrite=False
+            request, target=temp_dir, options={**request.options, "port": None, "socket_only": True}, overwrite=False
         )
         restored = ServerRestore(sub, catalog, plan).run()
         if request.dry_run:

@@ -199,6 +199,10 @@ class ServerRestore:
         self.server = Server.from_spec(request.spec, data_dir=self.target / "data", socket=self.target / "mysqld.sock")
 
     def _port(self) -> int:
+        """The TCP port to listen on; 0: none (`socket_only`, the temporary server of a renamed
+        database restore: reached through its socket, so no port can be taken by anyone else)."""
+        if self.request.options.get("socket_only"):
+            return 0
         given = self.request.options.get("port")
         if given:
             port = int(str(given))
@@ -265,7 +269,7 @@ class ServerRestore:
         )
         self._write_config(port, base_facts, uid, gid)
         log_file = self.target / "mysqld.err"
-        request.progress.note(f"starting mariadbd on 127.0.0.1:{port}")
+        request.progress.note(f"starting mariadbd on {f'127.0.0.1:{port}' if port else self.server.socket}")
         proc = my.start_detached(self.server, self.target / "my.cnf", self.target / "mysqld.out")
         try:
             with my.client(self.server) as c:
@@ -283,7 +287,8 @@ class ServerRestore:
             + (f" at {replayed['last_replayed_time']}" if replayed.get("last_replayed_time") else "")
         )
         notes.append(
-            f"running on 127.0.0.1:{port}, socket {self.server.socket} (binary logging off): connect with "
+            f"running on {f'127.0.0.1:{port}, socket ' if port else 'socket '}{self.server.socket} "
+            "(binary logging off): connect with "
             f"`mariadb -S {self.server.socket}`; stop with `kill $(cat {self.target}/mysqld.pid)`, start "
             f"again with `mariadbd --defaults-file={self.target}/my.cnf`"
         )
@@ -383,8 +388,7 @@ class ServerRestore:
             "[mariadbd]",
             f"datadir={self.server.data_dir}",
             f"socket={self.server.socket}",
-            f"port={port}",
-            "bind-address=127.0.0.1",
+            *([f"port={port}", "bind-address=127.0.0.1"] if port else ["skip-networking"]),
             f"pid-file={self.target / 'mysqld.pid'}",
             f"log-error={self.target / 'mysqld.err'}",
             f"server-id={server_id}",
