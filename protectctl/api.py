@@ -26,6 +26,7 @@ from protectctl.agent.sources import (  # sources, jobs, points, status, check, 
     list_points,
     open_storage,
     passphrase_reader,
+    points_of_storage,
     prepare_on_agent,
     prune,
     recovery_windows,
@@ -40,6 +41,7 @@ from protectctl.agent.sources import (  # sources, jobs, points, status, check, 
 )
 from protectctl.apply.operations import (  # plan, apply, destroy
     DEFAULT_LOCK_TIMEOUT_S,
+    ApplyReport,
     apply,
     make_plan,
     plan,
@@ -55,6 +57,7 @@ from protectctl.browse.targets import (  # ls, cat, versions, diff, find, mount
     browse_mount,
     browse_sources,
     browse_versions,
+    removed_sources,
 )
 from protectctl.errors import ProtectctlError, StateError
 from protectctl.restore.service import restore, restore_on_agent  # restore, agent restore
@@ -85,6 +88,7 @@ __all__ = [  # written in their layers; the rest of the facade is below
     "DEFAULT_LOCK_TIMEOUT_S",
     "TAPE_JOB_LOCK_TIMEOUT_S",
     "TAPE_LOCK_TIMEOUT_S",
+    "ApplyReport",
     "BackupFailure",
     "BackupSkipped",
     "CheckResult",
@@ -112,6 +116,7 @@ __all__ = [  # written in their layers; the rest of the facade is below
     "prune",
     "read_plan",
     "recovery_windows",
+    "removed_sources",
     "repair_index",
     "repair_points",
     "restore",
@@ -136,6 +141,7 @@ __all__ = [  # written in their layers; the rest of the facade is below
 ]
 JsonSchema = dict[str, object]
 sources = select_sources  # the sources a job acts on: of the agent config on a host, or of the policy
+list_points_of_storage = points_of_storage  # every readable point of one storage
 
 
 # --- policy ---------------------------------------------------------------------------

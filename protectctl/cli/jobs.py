@@ -11,7 +11,8 @@ from protectctl.cli.env import Env, env_of
 from protectctl.cli.helpformat import HelpGroup
 
 if TYPE_CHECKING:
-    from protectctl.agent.sources import BackupKind, CheckResult
+    from protectctl.agent.jobs import BackupResult
+    from protectctl.agent.sources import BackupFailure, BackupKind, BackupSkipped, CheckResult
     from protectctl.progress import Progress
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -422,10 +423,12 @@ def _run_backup(env: Env, kind: BackupKind, group: str, member: str | None) -> N
         raise typer.Exit(1)
 
 
-def backup_line(r: Any) -> str:
-    if getattr(r, "skipped", False):  # api.BackupSkipped
+def backup_line(r: BackupResult | BackupSkipped | BackupFailure) -> str:
+    from protectctl.agent.sources import BackupFailure, BackupSkipped
+
+    if isinstance(r, BackupSkipped):
         return f"{r.source}: {r.requested_kind} not run here: {r.reason}"
-    if not hasattr(r, "point_id"):  # api.BackupFailure
+    if isinstance(r, BackupFailure):
         hint = f"\n  hint: {r.hint}" if r.hint else ""
         return f"{r.source}: {r.requested_kind} FAILED: {r.message}{hint}"
     state = "complete" if r.complete else f"INCOMPLETE ({len(r.errors)} file(s) missed)"

@@ -17,13 +17,6 @@ if TYPE_CHECKING:
     from protectctl.plan.resources import Resource
 
 
-class _Node(Protocol):
-    @property
-    def address(self) -> object: ...
-    @property
-    def depends_on(self) -> Sequence[object]: ...
-
-
 def build_graph(resources: Sequence[Resource]) -> nx.DiGraph:
     import networkx as nx
 

@@ -811,16 +811,3 @@ def _service(
             replace_on=("scheduler", "root", "name"),
         )
     )
-
-
-def resource_index(resources: Sequence[Resource]) -> dict[str, Resource]:
-    return {str(r.address): r for r in resources}
-
-
-def policy_digest(files: Sequence[Path]) -> str:
-    """A digest of the policy files' content (for the plan's provenance)."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
