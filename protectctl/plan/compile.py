@@ -82,7 +82,7 @@ def resources(policy: Policy) -> list[Resource]:
 
 
 def estimates(policy: Policy) -> list[GroupEstimate]:
-    from protectctl.plan.capacity import estimate
+    from protectctl.policy.capacity import estimate
     from protectctl.policy.rules import long_term_snapshots
 
     out = []

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from functools import cache
 
 from protectctl.errors import Severity
+from protectctl.policy import capacity
 from protectctl.policy.document import Document, Policy, Problem
 from protectctl.policy.model import (
     HostSpec,
@@ -306,9 +307,7 @@ def long_term_snapshots(sla: SLASpec) -> int:
 
 def snapshots_retained(sla: SLASpec) -> int:
     """Snapshots (fulls) kept: those within disk retention plus the long-term bucket counts."""
-    from protectctl.plan.capacity import snapshots_retained as within
-
-    return within(sla.full, sla.retention.disk) + long_term_snapshots(sla)
+    return capacity.snapshots_retained(sla.full, sla.retention.disk) + long_term_snapshots(sla)
 
 
 def _sources_unique(policy: Policy) -> Iterator[Problem]:

@@ -3,6 +3,7 @@
 * No module of protectctl/ names a provider: none imports one (`protectctl.providers...`),
   and no code mentions PostgreSQL (docstrings and comments may, as examples).
 * Providers see protectctl only through protectctl.provider and a few pure modules.
+* The policy layer reads nothing above it: no plan, apply, agent, restore, tape, cli or api.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ def _state_backend_mention(path: Path, text: str) -> bool:
         or "postgres state backend" in text
         or "s3 | postgres" in text
     )
+
+
+POLICY_ABOVE = ("plan", "apply", "agent", "restore", "tape", "cli", "api", "browse", "provision", "state")
+
+
+def test_the_policy_layer_imports_nothing_above_it() -> None:
+    above = tuple(f"protectctl.{name}" for name in POLICY_ABOVE)
+    offences = [
+        f"{path.relative_to(ROOT)}:{line}: imports {name}"
+        for path, tree in _modules("protectctl/policy")
+        for line, name in _imports(tree)
+        if name in above or name.startswith(tuple(f"{a}." for a in above))
+    ]
+    assert not offences, "\n".join(offences)
 
 
 def test_no_module_outside_providers_names_postgresql() -> None:

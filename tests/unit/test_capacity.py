@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protectctl.plan.capacity import (
+from protectctl.policy.capacity import (
     CapacityEstimate,
     bytes_per_full,
     estimate,

@@ -13,12 +13,12 @@ import pytest
 
 from protectctl import api
 from protectctl.errors import PlanError, StalePlanError
-from protectctl.plan import capacity
 from protectctl.plan.diff import Observations, make_plan, plan_is_applicable
 from protectctl.plan.graph import build_graph, check_acyclic, ordered
 from protectctl.plan.model import PLAN_FORMAT, Action, Plan, Reason
 from protectctl.plan.render import render_markdown, render_text, summary_line
 from protectctl.plan.resources import inputs_hash
+from protectctl.policy import capacity
 from protectctl.state.model import ResourceState, State
 from protectctl.units import ByteSize, ChangeRate, Duration, Schedule
 
