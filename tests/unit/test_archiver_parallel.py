@@ -96,7 +96,7 @@ def test_parallel_first_backup_builds_the_serial_tree(tmp_path: Path, monkeypatc
     assert os.getxattr(tmp_path / "out" / "d2", "user.dir") == b"on a directory"
 
 
-def test_workers_that_cannot_start_leave_the_work_to_this_process(
+def test_small_first_backups_start_no_process_and_workers_that_cannot_start_leave_the_work_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = tmp_path / "src"
@@ -105,10 +105,16 @@ def test_workers_that_cannot_start_leave_the_work_to_this_process(
         for i in range(5):
             (src / f"d{d}" / f"f{i}").write_text(f"{d}/{i}\n")
     repo = make_repo(tmp_path / "repo")
+
+    def no_process(self: workers.ParallelWalk) -> None:
+        raise AssertionError("a small first backup started a worker process")
+
+    with monkeypatch.context() as patch:  # below SPAWN_AFTER_FILES: the walk runs here, no process starts
+        patch.setattr(workers.ParallelWalk, "_spawn", no_process)
+        _backup(repo, src, tmp_path / "j-small", 2)
     monkeypatch.setattr(workers, "SPAWN_AFTER_FILES", 0)
     monkeypatch.setattr(workers, "PARENT_WORKS_WHILE_STARTING", False)
     monkeypatch.setattr(workers, "_BOOT", "import sys; sys.exit(3)")  # e.g. an interpreter without protectctl
-    _backup(repo, src, tmp_path / "j-settle", 1)  # settles the directories' atimes
     serial, _ = _backup(repo, src, tmp_path / "j-serial", 1)
     parallel, _ = _backup(repo, src, tmp_path / "j-parallel", 2)
     assert parallel.tree == serial.tree and parallel.files == 15 and not parallel.errors
