@@ -108,11 +108,6 @@ def read_locks(storage: StorageBackend, sealer: Sealer) -> list[LockRecord]:
     return records
 
 
-def live_lock_names(storage: StorageBackend, sealer: Sealer) -> set[str]:
-    """Names of locks whose holders are alive (stale ones are ignored, not removed)."""
-    return {r.name for r in read_locks(storage, sealer) if not is_stale(r)}
-
-
 class LeaseLock:
     """One held lock: written on enter, refreshed in the background, deleted on exit."""
 

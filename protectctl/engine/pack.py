@@ -51,10 +51,6 @@ class PackEntry:
     raw_length: int  # plaintext length
 
 
-def kind_code(kind: BlobKind) -> int:
-    return _KIND_CODE[kind]
-
-
 def kind_from_code(code: int, what: str) -> BlobKind:
     try:
         return _CODE_KIND[code]
@@ -202,11 +198,6 @@ def seal_record_into(
 ) -> None:
     """Encrypt `body` (from `blob_body`) into `out`, which is exactly `record_size(len(body))` long."""
     sealer.seal_into(body, blob_aad(kind, blob_id), out)
-
-
-def seal_blob(sealer: Sealer, kind: BlobKind, blob_id: BlobId, data: bytes) -> bytes:
-    """Compress (when it helps) and encrypt one blob."""
-    return sealer.seal(bytes(blob_body(frame(data))), blob_aad(kind, blob_id))
 
 
 def open_blob(sealer: Sealer, entry: PackEntry, stored: bytes | memoryview, what: str) -> bytes:

@@ -167,13 +167,6 @@ def export(
     return opened
 
 
-def is_export(path: Path) -> bool:
-    try:
-        return bool(json.loads(path.read_bytes()).get("format") == EXPORT_FORMAT)
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def import_file(
     source: Path, targets: Sequence[RepoKeyTarget], passphrase: Callable[[str], bytes], *, kdf_n: int = DEFAULT_KDF_N
 ) -> list[str]:

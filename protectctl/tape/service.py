@@ -39,7 +39,7 @@ from protectctl.tape.inventory import ScanResult, confirm, leftovers, merge_scan
 from protectctl.tape.keys import KeyInfo, KeyStore, unexported_warnings
 from protectctl.tape.library import TapeLibrary, VirtualLibrary
 from protectctl.tape.reader import TapePointReader
-from protectctl.tape.volume import Volume, open_volume, read_label, write_label
+from protectctl.tape.volume import Volume, open_volume, write_label
 
 if TYPE_CHECKING:
     from protectctl.agent.jobs import RestoreResult, SourceJob
@@ -805,17 +805,6 @@ def _copied(copy: Copy) -> CopiedPoint:
 
 def key_rows(keys: Sequence[KeyInfo], cartridges_by_key: Mapping[str, int]) -> list[dict[str, object]]:
     return [{"kind": "tape", **k.to_json(), "cartridges": cartridges_by_key.get(k.id, 0)} for k in keys]
-
-
-def read_label_only(lib: TapeLibrary, barcode: str) -> str:
-    """The pool written on a cartridge's label (a check that needs no key)."""
-    drive = lib.load(barcode)
-    try:
-        return read_label(drive).pool
-    finally:
-        for e in lib.elements():
-            if e.kind == "drive" and e.barcode == barcode:
-                lib.unload(e.index)
 
 
 def has_tape_copy(policy: Policy, group: str) -> bool:

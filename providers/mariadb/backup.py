@@ -24,7 +24,7 @@ import queue
 import re
 import subprocess
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -461,9 +461,3 @@ def _base_facts(
         "stream_bytes": size,
         "format": "mbstream",
     }
-
-
-def base_of(extra: Mapping[str, object]) -> Mapping[str, object] | None:
-    facts = extra.get("mariadb")
-    base = facts.get("base") if isinstance(facts, Mapping) else None
-    return base if isinstance(base, Mapping) else None
