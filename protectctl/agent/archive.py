@@ -87,12 +87,17 @@ def archive(
         decision = _decide(request, options, book, cut, live, digest, sink)
     try:
         out = book.begin(started_ns=started_ns, in_place=decision is not None and decision.changes is not None)
-        walk = None
-        if decision is not None and decision.changes is not None:
-            walk = JournalWalk(decision.changes, book, out, repo)
     except (sqlite3.Error, OSError) as err:
         book.close()
         raise writing_error(book.path, err) from err
+    walk = None
+    if decision is not None and decision.changes is not None:
+        try:
+            walk = JournalWalk(decision.changes, book, out, repo)
+        except sqlite3.Error as err:
+            out.abort()
+            book.close()
+            raise writing_error(book.path, err) from err
     path_filter = PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude])
     # the totals a renderer shows (percentage, ETA) are counted alongside, never before
     count = (

@@ -8,8 +8,8 @@ from tests.bench.bench_watch import change_ten, make_tree, table
 
 
 def test_tree_and_ten_changes(tmp_path: Path) -> None:
-    dirs = make_tree(tmp_path, 2500, seed=1)
-    assert len(dirs) == 3 and sum(1 for p in tmp_path.rglob("f*") if p.is_file()) == 2500
+    dirs = make_tree(tmp_path, 1200, seed=1)
+    assert len(dirs) == 2 and sum(1 for p in tmp_path.rglob("f*") if p.is_file()) == 1200
     before = {d: (d / "f0000").read_bytes() for d in dirs}
     change_ten(dirs, seed=2)
     assert all((d / "f0000").read_bytes() != before[d] for d in dirs)  # fewer than ten directories: all
