@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protectctl.agent.archiver import ArchiveOptions as ArchiverOptions
 from protectctl.agent.archiver import Archiver, BigFileReader, SnapshotView
-from protectctl.agent.changes import Decision, JournalWalk, cut_meta, decide, options_digest, take_cut
 from protectctl.agent.journal import Journal, writing_error
 from protectctl.agent.patterns import PathFilter
 from protectctl.agent.precount import PreCount
-from protectctl.agent.watch import Cut
 from protectctl.engine.ids import BlobId
 from protectctl.engine.points import Point
 from protectctl.engine.repository import BlobKind, BlobWriter, Repository
@@ -28,6 +27,10 @@ from protectctl.provider import Archived, ArchiveOptions, Compression, SnapshotR
 # InnoDB pages, 609 MiB) level 1 took 0.99 CPU s, level 2 1.27, level 3 (the default) 2.85, for
 # sizes within 1 % (docs/mariadb.md).
 FAST_LEVEL = 1
+
+if TYPE_CHECKING:
+    from protectctl.agent.changes import Decision, JournalWalk
+    from protectctl.agent.watch import Cut
 
 
 class RepositorySink:
@@ -93,20 +96,30 @@ def archive(
     repo = sink.repo
     book = Journal(journal_path(request.state_dir, journal, repo.id), repo_id=repo.id)
     live = Path(options.root) if live_root is None else live_root
-    digest = options_digest(live, options.include, options.exclude, options.one_file_system)
     decision = None
-    if options.change_journal == "watch":
+    digest = ""
+    if options.change_journal == "watch":  # imported only then: the watcher's modules cost start-up
+        from protectctl.agent.changes import options_digest, take_cut
+
+        digest = options_digest(live, options.include, options.exclude, options.one_file_system)
         if cut is None:
             cut = take_cut(request.state_dir, request.source)
         decision = _decide(request, options, book, cut, live, digest, sink)
     try:
         out = book.begin(started_ns=started_ns, in_place=decision is not None and decision.changes is not None)
-        walk = None
-        if decision is not None and decision.changes is not None:
-            walk = JournalWalk(decision.changes, book, out, repo)
     except (sqlite3.Error, OSError) as err:
         book.close()
         raise writing_error(book.path, err) from err
+    walk: JournalWalk | None = None
+    if decision is not None and decision.changes is not None:
+        from protectctl.agent.changes import JournalWalk
+
+        try:
+            walk = JournalWalk(decision.changes, book, out, repo)
+        except sqlite3.Error as err:
+            out.abort()
+            book.close()
+            raise writing_error(book.path, err) from err
     path_filter = PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude])
     # the totals a renderer shows (percentage, ETA) are counted alongside, never before
     count = (
@@ -153,6 +166,8 @@ def archive(
     meta = {"point_id": "", "source": request.source}
     facts: dict[str, object] = {}
     if decision is not None:
+        from protectctl.agent.changes import cut_meta
+
         facts = decision.facts(len(walk.walked) if walk is not None else None)
         if decision.cut is not None:
             linked = walk.linked(previous_meta, result.linked_dirs) if walk is not None else result.linked_dirs
@@ -194,6 +209,9 @@ def _decide(
     digest: str,
     sink: RepositorySink,
 ) -> Decision:
+    from protectctl.agent.changes import Decision, decide
+    from protectctl.agent.watch import Cut
+
     if options.verify_all:
         return Decision(cut if isinstance(cut, Cut) else None, "a full reads everything")
     if options.reread is not None or options.keep_trees:

@@ -8,7 +8,9 @@ reading a byte of it.
 Crash safety: the journal in use is only ever read. A run writes the next journal to
 `<name>.new` and `commit()` renames it into place only after the recovery point is saved;
 a run killed at any instant leaves the old journal (matching an older, still valid point)
-or the new one (matching the saved point), never a mix. Either way chunk lists are never
+or the new one (matching the saved point), never a mix. A journal walk (agent/changes.py)
+instead changes the journal in place in one SQLite transaction committed at the same moment
+(`begin(in_place=True)`): a kill rolls it back, with the same guarantee. Either way chunk lists are never
 trusted blindly: the caller checks the repository still has every chunk before reusing one
 (a prune may have run since), and the journal is bound to one repository by its id.
 

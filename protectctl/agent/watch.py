@@ -227,6 +227,8 @@ class Watcher:
     _lock: int = -1
     _listen: socket.socket | None = None
     _paths: dict[tuple[tuple[int, int] | None, int, bytes], bytes | None] = field(default_factory=dict)
+    # directories whose `dir` record (or nothing, being outside the root) is written since the last cut
+    _seen: set[tuple[tuple[int, int] | None, int, bytes]] = field(default_factory=set)
     header: Header | None = None
 
     def start(self) -> None:
@@ -346,12 +348,19 @@ class Watcher:
         out: list[tuple[int, bytes]] = []
         paths = self._paths  # directory handle -> path, until a directory moves or goes
         moves = fanotify.FAN_MOVED_FROM | fanotify.FAN_MOVED_TO | fanotify.FAN_DELETE
+        seen = self._seen
+        ondir = fanotify.FAN_ONDIR | fanotify.FAN_Q_OVERFLOW
         for event in events:
+            key = (event.fsid, event.handle_type, event.handle)
+            # The hot path: a file's content or attributes changed in a directory whose `dir`
+            # record was written since the last cut. (A directory that moved since is walked
+            # whole at its new place: its `tree` record says so.)
+            if key in seen and not event.mask & ondir and event.name != b".":
+                continue
             if event.overflow:
                 self.stats.overflows += 1
                 out.append((OVERFLOW, b""))
                 continue
-            key = (event.fsid, event.handle_type, event.handle)
             if key not in paths:
                 if len(paths) >= _PATH_CACHE:
                     paths.clear()
@@ -362,6 +371,8 @@ class Watcher:
             if path is None:
                 continue
             out += self._records_for(path, event)
+            if not event.mask & ondir and event.name != b".":
+                seen.add(key)
         return out
 
     def _resolve(self, event: fanotify.Event) -> bytes | None:
@@ -476,6 +487,7 @@ class Watcher:
         self.drain()
         self._sync()
         self._written.clear()  # a change after the cut must be recorded after it
+        self._seen.clear()
         assert self.header is not None
         header = self.header
         if self._offset > ROTATE_BYTES:  # the log is replaced; this sync walks everything once

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tests.bench import bench_watch
 from tests.bench.bench_watch import change_ten, make_tree, table
 
 
-def test_tree_and_ten_changes(tmp_path: Path) -> None:
-    dirs = make_tree(tmp_path, 2500, seed=1)
-    assert len(dirs) == 3 and sum(1 for p in tmp_path.rglob("f*") if p.is_file()) == 2500
+def test_tree_and_ten_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_watch, "PER_DIR", 100)
+    dirs = make_tree(tmp_path, 250, seed=1)
+    assert len(dirs) == 3 and sum(1 for p in tmp_path.rglob("f*") if p.is_file()) == 250
     before = {d: (d / "f0000").read_bytes() for d in dirs}
     change_ten(dirs, seed=2)
     assert all((d / "f0000").read_bytes() != before[d] for d in dirs)  # fewer than ten directories: all

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from protectctl.agent.changes import cut_meta, decide, options_digest
+from protectctl.agent import fanotify
+from protectctl.agent.changes import cut_meta, decide, journal_problems, options_digest, take_cut
 from protectctl.agent.journal import Journal, JournalWriter
 from protectctl.agent.watch import _LEN, _MAGIC, DIR, GONE, OVERFLOW, TREE, Cut, encode_record, mounts_below, watch_dir
 
@@ -102,3 +103,14 @@ def test_no_watcher_and_no_earlier_cut(tmp_path: Path) -> None:
     assert decide(journal, "the watcher is not running", **kwargs).reason == "the watcher is not running"  # type: ignore[arg-type]
     empty = Journal(tmp_path / "none.db", repo_id="r")
     assert decide(empty, cut, **kwargs).reason == "no earlier point recorded a cut of the watcher"  # type: ignore[arg-type]
+
+
+def test_a_host_without_fanotify_walks_everything_and_status_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = "the kernel has no fanotify directory reports (FAN_REPORT_DFID_NAME, Linux >= 5.9)"
+    monkeypatch.setattr(fanotify, "unsupported", lambda: why)
+    assert take_cut(tmp_path, SOURCE) == why
+    assert journal_problems(tmp_path, SOURCE) == [
+        f"change journal: this host cannot watch ({why}); every sync walks the whole tree"
+    ]
