@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
+from typing import TypeVar
 
 from protectctl import crashpoint
 from protectctl.agent.sparse import Hasher
@@ -67,11 +68,13 @@ _BATCH_FILES = 128
 _BATCH_BYTES = 4 << 20
 _SMALL_WORKERS = max(1, min(4, os.cpu_count() or 1))
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_RW = _CREATE & ~os.O_WRONLY | os.O_RDWR  # a file in ranges is read back for its hash
 _XATTR_SKIP = {errno.ENOTSUP, errno.EPERM, errno.EACCES}
 # Start writeback every this many bytes of a file: large enough for sequential writes on the
 # device, small enough that the flush overlaps the rest of the restore (bench_postgresql: a
 # scale-50 cluster's fsync before recovery went from ~3 s to ~0.3 s).
 _WRITEBACK_BYTES = 8 << 20
+_READ_BACK = 1 << 20  # a range hashed after it was written is read back in pieces of this size
 _SYNC_FILE_RANGE_WRITE = 2
 # A CONTENT hash (format 1) covers holes as zeros, ~2.4 GB/s to hash here: a file with more
 # holes than this is not checked as a whole (each blob is still checked against its id), so
@@ -110,6 +113,7 @@ class _Item:
 
 
 _Outcome = bytes | None | OSError | ProtectctlError
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True, eq=False)
@@ -224,6 +228,8 @@ class FsRestorer:
         )
         self._budget = ByteBudget(_ranges.INFLIGHT_BYTES)
         self._big: set[_BigFile] = set()  # files being written in ranges
+        self._pool_jobs = 0  # file-pool jobs queued or running (whole files and ranges)
+        self._pool_jobs_lock = threading.Lock()
 
     def run(self, root_fd: int, selection: Sequence[Selected]) -> RestoreReport:
         self._root_fd = root_fd
@@ -341,7 +347,11 @@ class FsRestorer:
             self._add_small(dir_fd, name, node, parts)
             return
         self._submit_batch()  # walk order: the small files before this one go first
-        if self._blob_size is not None and node.size >= 2 * _ranges.RANGE_BYTES:
+        if (
+            self._blob_size is not None
+            and node.size >= 2 * _ranges.RANGE_BYTES
+            and self._pool_jobs < _ranges.SPLIT_BELOW_JOBS
+        ):
             plan = self._plan_ranges(node)
             if plan is not None:
                 self._submit_ranges(dir_fd, name, node, parts, plan)
@@ -350,7 +360,7 @@ class FsRestorer:
         task_fd = os.dup(dir_fd)
         item = _Item(task_fd, name, node, parts)
         try:
-            future = self._pool.submit(self._files_task, [item], close=True)
+            future = self._pool_submit(self._files_task, [item], close=True)
         except BaseException:
             os.close(task_fd)
             raise
@@ -535,6 +545,22 @@ class FsRestorer:
 
     # -- large files in ranges (ranges.py) -----------------------------------------------
 
+    def _pool_submit(self, fn: Callable[..., _T], /, *args: object, **kwargs: object) -> Future[_T]:
+        """Submit to the file pool, counting the jobs queued or running (SPLIT_BELOW_JOBS)."""
+        with self._pool_jobs_lock:
+            self._pool_jobs += 1
+        try:
+            future = self._pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._pool_job_done()
+            raise
+        future.add_done_callback(self._pool_job_done)
+        return future
+
+    def _pool_job_done(self, _future: object = None) -> None:
+        with self._pool_jobs_lock:
+            self._pool_jobs -= 1
+
     def _plan_ranges(self, node: Node) -> list[Range] | None:
         blob_size = self._blob_size
         if blob_size is None:
@@ -552,7 +578,7 @@ class FsRestorer:
         self._tasks.append(([item], future, False))
         holder: list[int] = []
         try:
-            self._create(dir_fd, name, lambda: holder.append(os.open(name, _CREATE, 0o600, dir_fd=dir_fd)))
+            self._create(dir_fd, name, lambda: holder.append(os.open(name, _CREATE_RW, 0o600, dir_fd=dir_fd)))
         except (OSError, ProtectctlError) as err:
             future.set_result([err])
             return
@@ -576,47 +602,47 @@ class FsRestorer:
             remaining=len(plan),
             verify_each=not checked or blocks,
             zeros_hashed=node.hash_scheme is HashScheme.CONTENT,
-            ordered=OrderedHash(self.new_hasher(), self._budget.give) if checked and not blocks else None,
+            ordered=None,
             blocks=[[] for _ in plan] if checked and blocks else None,
         )
+        if checked and not blocks:
+            job.ordered = OrderedHash(self.new_hasher(), partial(self._hash_back, job, plan), self._budget.give)
         self._big.add(job)
         for index, part in enumerate(plan):
             self._budget.take(part.nbytes)
             try:
-                self._pool.submit(self._range_task, job, part)
+                self._pool_submit(self._range_task, job, part)
             except BaseException:
                 self._budget.give(part.nbytes)
                 job.remaining -= len(plan) - index  # never run: the pool is going away
                 raise
 
     def _range_task(self, job: _BigFile, part: Range) -> None:
-        held: list[bytes | int] = []
+        hashed = False
         try:
             if job.error is None:
-                held = self._write_range(job, part)
+                hashed = self._write_range(job, part)
                 crashpoint.reached("restore-range")  # a range written, its file not finished (tests)
         except BaseException as err:
             job.fail(err)
-            held = []
             if not isinstance(err, (OSError, ProtectctlError)):
                 raise
         finally:
             if job.ordered is not None:
-                job.ordered.done(part.index, held, part.nbytes)  # gives the bytes back once hashed
+                job.ordered.done(part.index, hashed, part.nbytes)  # gives the bytes back once hashed
             else:
                 self._budget.give(part.nbytes)
             if job.range_finished():
                 self._finish_ranges(job)
 
-    def _write_range(self, job: _BigFile, part: Range) -> list[bytes | int]:
-        """Fetch, decode and write one range; what it could not hash itself (not the head)."""
+    def _write_range(self, job: _BigFile, part: Range) -> bool:
+        """Fetch, decode and write one range; True when it fed the whole-file hash as it went
+        (it was the head: every range before it hashed)."""
         load_into = self._load_into
         assert load_into is not None  # ranges are planned only with it
         scratch = self._thread_scratch()
         ordered = job.ordered
         hasher = ordered.hasher if ordered is not None and ordered.is_head(part.index) else None
-        held: list[bytes | int] = []
-        keep = ordered is not None and hasher is None
         blocks = job.blocks[part.index] if job.blocks is not None else None
         chunks, verify, fd = job.node.chunks, job.verify_each, job.fd
         chunk, end = part.first, part.first + len(part.sizes)
@@ -636,11 +662,8 @@ class FsRestorer:
 
         for offset, length, is_hole in part.pieces:
             if is_hole:
-                if ordered is not None and job.zeros_hashed:
-                    if hasher is not None:
-                        hash_zeros(hasher, length)
-                    else:
-                        held.append(length)
+                if hasher is not None and job.zeros_hashed:
+                    hash_zeros(hasher, length)
                 continue
             while length:
                 while not pending:
@@ -650,8 +673,6 @@ class FsRestorer:
                 _pwrite_all(fd, piece, offset)
                 if hasher is not None:
                     hasher.update(piece)
-                elif keep:
-                    held.append(bytes(piece))
                 pending, offset, length = pending[take:], offset + take, length - take
         while chunk < end:  # empty chunks at the end of the range
             if load():
@@ -660,7 +681,29 @@ class FsRestorer:
             raise RestoreError("stored content is longer than the file")
         if self._writeback is not None:
             self._writeback(fd, part.start, part.end - part.start)
-        return held
+        return hasher is not None
+
+    def _hash_back(self, job: _BigFile, plan: list[Range], index: int) -> None:
+        """Feed range `index` of a file to its whole-file hash from what was written (its turn
+        came after it was written): read back through this thread's reused buffer."""
+        ordered = job.ordered
+        assert ordered is not None
+        hasher, buffer = ordered.hasher, self._thread_scratch().stored
+        try:
+            for offset, length, is_hole in plan[index].pieces:
+                if is_hole:
+                    if job.zeros_hashed:
+                        hash_zeros(hasher, length)
+                    continue
+                while length:
+                    view = buffer.view(min(length, _READ_BACK))
+                    got = os.preadv(job.fd, [view], offset)
+                    if got <= 0:
+                        raise RestoreError("the restored file is shorter than what was written to it")
+                    hasher.update(view[:got])
+                    offset, length = offset + got, length - got
+        except (OSError, ProtectctlError) as err:
+            job.fail(err)  # the chain of ranges goes on (budget, order); the file fails
 
     def _finish_ranges(self, job: _BigFile) -> None:
         """The last range is done (in its thread): check the whole-file hash, apply metadata."""

@@ -92,6 +92,7 @@ import sys
 from pathlib import Path
 from protectctl.restore import ranges
 ranges.RANGE_BYTES = 512 << 10  # a few MiB make several ranges
+ranges.SPLIT_BELOW_JOBS = 1000  # whatever else is in flight
 from tests.integration.test_filesystem_backup import make_job
 from protectctl.agent.jobs import restore
 restore(make_job(Path(sys.argv[1]), Path(sys.argv[2])), "latest", target=Path(sys.argv[3]))

@@ -110,6 +110,7 @@ def small_ranges(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Ranges of 512 KiB (so a few MiB make several), and a record of each range written."""
     monkeypatch.setattr(ranges, "RANGE_BYTES", 512 * KiB)
     monkeypatch.setattr(ranges, "INFLIGHT_BYTES", 2 * MiB)
+    monkeypatch.setattr(ranges, "SPLIT_BELOW_JOBS", 1000)  # split every file, however busy the pool
     written: list[int] = []
     original = FsRestorer._write_range
 
