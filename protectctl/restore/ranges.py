@@ -5,15 +5,16 @@ of data each) and says where each lands in the file: a range's span runs from th
 previous range's data to the end of its own, so the holes between are its own too, and the
 last span ends at the file's size. Chunk lengths come from the repository's index (nothing
 is read to plan). Each range is then fetched, decrypted, decompressed and written with
-pwrite into the pre-sized file by a pool thread; zstd, AES-GCM, BLAKE3 and the writes run
-outside the GIL, so ranges of one file use every core.
+pwrite into the pre-sized file by a pool thread; zstd, BLAKE3 and the writes run outside the
+GIL (measured: AES-GCM does not scale with threads, but it is the cheapest step), so ranges of
+one file use every core.
 
 The whole-file hash of a CONTENT or EXTENTS node is a keyed BLAKE3 of the data in file order,
 which cannot be computed in pieces: `OrderedHash` feeds it in order. The range whose
 predecessors are all hashed (the head) hashes its own data as it writes it; a range that
-finishes ahead of its turn keeps a copy of its data, and the thread that completes the prefix
-hashes it. So the restore checks the same hash over the same bytes as before, and no thread
-waits for another. `ByteBudget` bounds what is in flight: a range takes its bytes before it
+finishes ahead of its turn keeps nothing, and the thread that completes the prefix hashes it
+from the file it was written to (read back from the page cache through a reused buffer). So
+the restore checks the same hash over the bytes in the file, and no thread waits for another. `ByteBudget` bounds what is in flight: a range takes its bytes before it
 is queued and gives them back once its data is hashed (or written, when there is nothing to
 hash in order).
 """
@@ -31,14 +32,16 @@ from protectctl.errors import RestoreError
 # Data of one range (whole chunks; with ~1 MiB chunks, ~8 of them); a file is split only when
 # it makes two ranges or more. Module attributes, read when used (tests make them small).
 RANGE_BYTES = 8 << 20
-# Range data in flight at once, all files together: being read, or kept to be hashed in order.
-INFLIGHT_BYTES = 64 << 20
 # A file is split only while fewer file-pool jobs than this are queued or running, i.e. while
 # a core would otherwise idle (one huge file, or the last large ones). When many large files
 # are restored, one file per thread already keeps every core busy, and splitting them too
-# only added memory (kept copies) and system time (bench_backup 1 GiB: +47 MiB RSS, ~+10 %
-# system time, no faster).
+# only added memory and system time (bench_backup 1 GiB: +47 MiB RSS, ~+10 % system time, no
+# faster, with 8 ranges of 8 MiB in flight and copies kept for the in-order hash).
 SPLIT_BELOW_JOBS = os.cpu_count() or 1
+# Range data in flight at once, all files together (taken when a range is queued, given back
+# once it is hashed): one range per core, the work being CPU-bound; more only grew the RSS
+# (each thread's decode buffers are faulted in: +30 MiB at 64 MiB in flight) with no gain.
+INFLIGHT_BYTES = min(64 << 20, max(2, SPLIT_BELOW_JOBS) * RANGE_BYTES)
 
 _ZEROS = bytes(1 << 20)
 
