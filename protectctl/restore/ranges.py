@@ -14,9 +14,9 @@ which cannot be computed in pieces: `OrderedHash` feeds it in order. The range w
 predecessors are all hashed (the head) hashes its own data as it writes it; a range that
 finishes ahead of its turn keeps nothing, and the thread that completes the prefix hashes it
 from the file it was written to (read back from the page cache through a reused buffer). So
-the restore checks the same hash over the bytes in the file, and no thread waits for another. `ByteBudget` bounds what is in flight: a range takes its bytes before it
-is queued and gives them back once its data is hashed (or written, when there is nothing to
-hash in order).
+the restore checks the same hash over the bytes in the file, and no thread waits for another.
+`ByteBudget` bounds what is in flight: a range takes its bytes before it is queued and gives
+them back once its data is hashed (or written, when there is nothing to hash in order).
 """
 
 from __future__ import annotations
