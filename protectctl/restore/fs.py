@@ -37,10 +37,11 @@ import pwd
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
+from typing import TypeVar
 
 from protectctl import crashpoint
 from protectctl.agent.sparse import Hasher
@@ -50,7 +51,9 @@ from protectctl.engine.names import show_name
 from protectctl.engine.tree import HashScheme, Node, NodeType, blocks_hash, extents_hash
 from protectctl.errors import ProtectctlError, RestoreError
 from protectctl.progress import NullProgress, Progress
+from protectctl.restore import ranges as _ranges
 from protectctl.restore.progress_marker import already_restored
+from protectctl.restore.ranges import ByteBudget, OrderedHash, Range, hash_zeros, plan_ranges, segments
 from protectctl.restore.safety import check_name, make_dir, open_dir_path, remove_entry
 from protectctl.restore.selection import Selected, TreeReader
 
@@ -64,13 +67,14 @@ _SMALL_FILE = 256 << 10
 _BATCH_FILES = 128
 _BATCH_BYTES = 4 << 20
 _SMALL_WORKERS = max(1, min(4, os.cpu_count() or 1))
-_ZEROS = bytes(1 << 20)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_RW = _CREATE & ~os.O_WRONLY | os.O_RDWR  # a file in ranges is read back for its hash
 _XATTR_SKIP = {errno.ENOTSUP, errno.EPERM, errno.EACCES}
 # Start writeback every this many bytes of a file: large enough for sequential writes on the
 # device, small enough that the flush overlaps the rest of the restore (bench_postgresql: a
 # scale-50 cluster's fsync before recovery went from ~3 s to ~0.3 s).
 _WRITEBACK_BYTES = 8 << 20
+_READ_BACK = 1 << 20  # a range hashed after it was written is read back in pieces of this size
 _SYNC_FILE_RANGE_WRITE = 2
 # A CONTENT hash (format 1) covers holes as zeros, ~2.4 GB/s to hash here: a file with more
 # holes than this is not checked as a whole (each blob is still checked against its id), so
@@ -109,6 +113,39 @@ class _Item:
 
 
 _Outcome = bytes | None | OSError | ProtectctlError
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True, eq=False)
+class _BigFile:
+    """A large file being written in ranges by several pool threads (ranges.py)."""
+
+    fd: int
+    dir_fd: int  # the job's own dup of its directory's fd
+    name: bytes
+    node: Node
+    parts: tuple[bytes, ...]
+    future: Future[list[_Outcome]]
+    remaining: int  # ranges not finished
+    verify_each: bool  # each chunk checked against its id (no whole-file hash in file order)
+    zeros_hashed: bool  # the whole-file hash covers holes as zeros (CONTENT)
+    ordered: OrderedHash | None  # the whole-file hash, fed in file order
+    blocks: list[list[tuple[int, bytes]]] | None  # BLOCKS: (length, id) of each chunk, per range
+    error: BaseException | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, err: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = err
+        if self.ordered is not None:
+            self.ordered.broken = True
+
+    def range_finished(self) -> bool:
+        """One range is done; True for the last one (its thread finishes the file)."""
+        with self.lock:
+            self.remaining -= 1
+            return self.remaining == 0
 
 
 @dataclass(slots=True)
@@ -184,6 +221,15 @@ class FsRestorer:
         # Optional reader capability (the repository): blobs into per-thread scratch buffers.
         self._load_into: Callable[..., memoryview] | None = getattr(reader, "load_blob_into", None)
         self._scratch = threading.local()
+        # Optional reader capability (the repository's index): chunk lengths, so a large file
+        # can be written in ranges on several threads (ranges.py).
+        self._blob_size: Callable[[BlobId], int] | None = (
+            getattr(reader, "blob_size", None) if self._load_into is not None else None
+        )
+        self._budget = ByteBudget(_ranges.INFLIGHT_BYTES)
+        self._big: set[_BigFile] = set()  # files being written in ranges
+        self._pool_jobs = 0  # file-pool jobs queued or running (whole files and ranges)
+        self._pool_jobs_lock = threading.Lock()
 
     def run(self, root_fd: int, selection: Sequence[Selected]) -> RestoreReport:
         self._root_fd = root_fd
@@ -196,6 +242,10 @@ class FsRestorer:
             self._drop_batch()
             self._small_pool.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
+            for job in list(self._big):  # the walk failed with ranges never run
+                self._big.discard(job)
+                os.close(job.fd)
+                os.close(job.dir_fd)
         # Deepest first: a parent's mtime must be set after its children's changes.
         for parts in sorted(self._dirs, key=len, reverse=True):
             self._guard(parts, partial(self._apply_dir_meta_at, parts, self._dirs[parts]))
@@ -297,10 +347,20 @@ class FsRestorer:
             self._add_small(dir_fd, name, node, parts)
             return
         self._submit_batch()  # walk order: the small files before this one go first
+        if (
+            self._blob_size is not None
+            and node.size >= 2 * _ranges.RANGE_BYTES
+            and self._pool_jobs < _ranges.SPLIT_BELOW_JOBS
+        ):
+            plan = self._plan_ranges(node)
+            if plan is not None:
+                self._submit_ranges(dir_fd, name, node, parts, plan)
+                self._wait_files(_QUEUED)
+                return
         task_fd = os.dup(dir_fd)
         item = _Item(task_fd, name, node, parts)
         try:
-            future = self._pool.submit(self._files_task, [item], close=True)
+            future = self._pool_submit(self._files_task, [item], close=True)
         except BaseException:
             os.close(task_fd)
             raise
@@ -483,6 +543,212 @@ class FsRestorer:
             os.chmod(name, node.mode, dir_fd=dir_fd)
         os.utime(name, ns=(node.atime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
+    # -- large files in ranges (ranges.py) -----------------------------------------------
+
+    def _pool_submit(self, fn: Callable[..., _T], /, *args: object, **kwargs: object) -> Future[_T]:
+        """Submit to the file pool, counting the jobs queued or running (SPLIT_BELOW_JOBS)."""
+        with self._pool_jobs_lock:
+            self._pool_jobs += 1
+        try:
+            future = self._pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._pool_job_done()
+            raise
+        future.add_done_callback(self._pool_job_done)
+        return future
+
+    def _pool_job_done(self, _future: object = None) -> None:
+        with self._pool_jobs_lock:
+            self._pool_jobs -= 1
+
+    def _plan_ranges(self, node: Node) -> list[Range] | None:
+        blob_size = self._blob_size
+        if blob_size is None:
+            return None
+        try:
+            return plan_ranges(node.size, node.holes, [blob_size(c) for c in node.chunks], _ranges.RANGE_BYTES)
+        except (OSError, ProtectctlError):
+            return None  # the one-task path reports what is wrong with it
+
+    def _submit_ranges(self, dir_fd: int, name: bytes, node: Node, parts: tuple[bytes, ...], plan: list[Range]) -> None:
+        """Create the file at its size (holes stay holes) and queue its ranges; its outcome comes
+        in walk order like any file's."""
+        future: Future[list[_Outcome]] = Future()
+        item = _Item(dir_fd, name, node, parts)
+        self._tasks.append(([item], future, False))
+        holder: list[int] = []
+        try:
+            self._create(dir_fd, name, lambda: holder.append(os.open(name, _CREATE_RW, 0o600, dir_fd=dir_fd)))
+        except (OSError, ProtectctlError) as err:
+            future.set_result([err])
+            return
+        fd = holder[0]
+        try:
+            os.ftruncate(fd, node.size)
+            job_dir = os.dup(dir_fd)
+        except OSError as err:
+            future.set_result([self._discard_partial(dir_fd, name, parts, err)])
+            os.close(fd)
+            return
+        checked = _checkable(node)
+        blocks = node.hash_scheme is HashScheme.BLOCKS
+        job = _BigFile(
+            fd=fd,
+            dir_fd=job_dir,
+            name=name,
+            node=node,
+            parts=parts,
+            future=future,
+            remaining=len(plan),
+            verify_each=not checked or blocks,
+            zeros_hashed=node.hash_scheme is HashScheme.CONTENT,
+            ordered=None,
+            blocks=[[] for _ in plan] if checked and blocks else None,
+        )
+        if checked and not blocks:
+            job.ordered = OrderedHash(self.new_hasher(), partial(self._hash_back, job, plan), self._budget.give)
+        self._big.add(job)
+        for index, part in enumerate(plan):
+            self._budget.take(part.nbytes)
+            try:
+                self._pool_submit(self._range_task, job, part)
+            except BaseException:
+                self._budget.give(part.nbytes)
+                job.remaining -= len(plan) - index  # never run: the pool is going away
+                raise
+
+    def _range_task(self, job: _BigFile, part: Range) -> None:
+        hashed = False
+        try:
+            if job.error is None:
+                hashed = self._write_range(job, part)
+                crashpoint.reached("restore-range")  # a range written, its file not finished (tests)
+        except BaseException as err:
+            job.fail(err)
+            if not isinstance(err, (OSError, ProtectctlError)):
+                raise
+        finally:
+            if job.ordered is not None:
+                job.ordered.done(part.index, hashed, part.nbytes)  # gives the bytes back once hashed
+            else:
+                self._budget.give(part.nbytes)
+            if job.range_finished():
+                self._finish_ranges(job)
+
+    def _write_range(self, job: _BigFile, part: Range) -> bool:
+        """Fetch, decode and write one range; True when it fed the whole-file hash as it went
+        (it was the head: every range before it hashed)."""
+        load_into = self._load_into
+        assert load_into is not None  # ranges are planned only with it
+        scratch = self._thread_scratch()
+        ordered = job.ordered
+        hasher = ordered.hasher if ordered is not None and ordered.is_head(part.index) else None
+        blocks = job.blocks[part.index] if job.blocks is not None else None
+        chunks, verify, fd = job.node.chunks, job.verify_each, job.fd
+        chunk, end = part.first, part.first + len(part.sizes)
+        pending = memoryview(b"")
+
+        def load() -> memoryview:
+            nonlocal chunk
+            if chunk >= end:
+                raise RestoreError("stored content is shorter than the file")
+            data = load_into(chunks[chunk], scratch, verify_id=verify)
+            if len(data) != part.sizes[chunk - part.first]:
+                raise RestoreError("a stored chunk is not the length its index says")
+            if blocks is not None:
+                blocks.append((len(data), bytes(chunks[chunk])))
+            chunk += 1
+            return data
+
+        for offset, length, is_hole in part.pieces:
+            if is_hole:
+                if hasher is not None and job.zeros_hashed:
+                    hash_zeros(hasher, length)
+                continue
+            while length:
+                while not pending:
+                    pending = load()
+                take = min(length, len(pending))
+                piece = pending[:take]
+                _pwrite_all(fd, piece, offset)
+                if hasher is not None:
+                    hasher.update(piece)
+                pending, offset, length = pending[take:], offset + take, length - take
+        while chunk < end:  # empty chunks at the end of the range
+            if load():
+                raise RestoreError("stored content is longer than the file")
+        if pending:
+            raise RestoreError("stored content is longer than the file")
+        if self._writeback is not None:
+            self._writeback(fd, part.start, part.end - part.start)
+        return hasher is not None
+
+    def _hash_back(self, job: _BigFile, plan: list[Range], index: int) -> None:
+        """Feed range `index` of a file to its whole-file hash from what was written (its turn
+        came after it was written): read back through this thread's reused buffer."""
+        ordered = job.ordered
+        assert ordered is not None
+        hasher, buffer = ordered.hasher, self._thread_scratch().stored
+        try:
+            for offset, length, is_hole in plan[index].pieces:
+                if is_hole:
+                    if job.zeros_hashed:
+                        hash_zeros(hasher, length)
+                    continue
+                while length:
+                    view = buffer.view(min(length, _READ_BACK))
+                    got = os.preadv(job.fd, [view], offset)
+                    if got <= 0:
+                        raise RestoreError("the restored file is shorter than what was written to it")
+                    hasher.update(view[:got])
+                    offset, length = offset + got, length - got
+        except (OSError, ProtectctlError) as err:
+            job.fail(err)  # the chain of ranges goes on (budget, order); the file fails
+
+    def _finish_ranges(self, job: _BigFile) -> None:
+        """The last range is done (in its thread): check the whole-file hash, apply metadata."""
+        node, err = job.node, job.error
+        outcome: _Outcome = None
+        try:
+            if err is None:
+                try:
+                    outcome = self._ranges_digest(job)
+                    if node.content_hash is not None and outcome is not None and outcome != node.content_hash:
+                        raise RestoreError("restored content does not match the stored hash")
+                except (OSError, ProtectctlError) as check_err:
+                    err = check_err
+            if isinstance(err, (OSError, ProtectctlError)):
+                outcome = self._discard_partial(job.dir_fd, job.name, job.parts, err)
+            elif err is None:
+                try:
+                    self._apply_fd_meta(job.fd, node, job.parts)
+                except (OSError, ProtectctlError) as meta_err:
+                    outcome = meta_err
+        finally:
+            self._big.discard(job)
+            os.close(job.fd)
+            os.close(job.dir_fd)
+        if err is not None and not isinstance(err, (OSError, ProtectctlError)):
+            job.future.set_exception(err)
+        else:
+            job.future.set_result([outcome])
+
+    def _ranges_digest(self, job: _BigFile) -> bytes | None:
+        node = job.node
+        if job.blocks is not None:
+            pieces = [piece for part in job.blocks for piece in part]
+            return blocks_hash(self.new_hasher(), node.size, node.holes, pieces)
+        if job.ordered is None:
+            return None
+        digest = job.ordered.hasher.digest()
+        return digest if job.zeros_hashed else extents_hash(self.new_hasher(), node.size, node.holes, digest)
+
+    def _thread_scratch(self) -> BlobScratch:
+        scratch: BlobScratch | None = getattr(self._scratch, "buffers", None)
+        if scratch is None:
+            scratch = self._scratch.buffers = BlobScratch()
+        return scratch
+
     # -- content and metadata -----------------------------------------------------------
 
     def _write_content(self, fd: int, node: Node) -> bytes | None:
@@ -501,9 +767,7 @@ class FsRestorer:
         verify_each = not checked or blocks
         load_into = self._load_into
         if load_into is not None:
-            scratch = getattr(self._scratch, "buffers", None)
-            if scratch is None:
-                scratch = self._scratch.buffers = BlobScratch()
+            scratch = self._thread_scratch()
 
             def load(blob_id: BlobId) -> bytes | memoryview:
                 return load_into(blob_id, scratch, verify_id=verify_each)
@@ -516,10 +780,10 @@ class FsRestorer:
         blobs = iter(node.chunks)
         pending = memoryview(b"")
         flushed = 0  # bytes before this offset were handed to the disk
-        for offset, length, is_hole in _segments(node.size, node.holes):
+        for offset, length, is_hole in segments(node.size, node.holes):
             if is_hole:
                 if checked and zeros_hashed:
-                    _hash_zeros(hasher, length)
+                    hash_zeros(hasher, length)
                 continue
             while length:
                 if not pending:
@@ -581,28 +845,6 @@ def _checkable(node: Node) -> bool:
     if node.content_hash is None:
         return False
     return node.hash_scheme is not HashScheme.CONTENT or _hole_bytes(node) <= _ZERO_HASH_LIMIT
-
-
-def _segments(size: int, holes: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, bool]]:
-    """(offset, length, is_hole) covering [0, size) in order."""
-    pos = 0
-    for start, length in sorted(holes):
-        if start < pos or start + length > size:
-            raise RestoreError("stored holes overlap or exceed the file")
-        if start > pos:
-            yield pos, start - pos, False
-        if length:
-            yield start, length, True
-        pos = start + length
-    if pos < size:
-        yield pos, size - pos, False
-
-
-def _hash_zeros(hasher: Hasher, length: int) -> None:
-    while length:
-        step = min(length, len(_ZEROS))
-        hasher.update(memoryview(_ZEROS)[:step])
-        length -= step
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

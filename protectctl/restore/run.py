@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,35 +27,57 @@ from protectctl.restore.progress_marker import MARKER, clear_marker, extras, rea
 from protectctl.restore.selection import PointReader, Selected, count, select
 
 _ERRORS_SHOWN = 20
-# Decoded trees kept for the walks after the first (a tree is ~0.5 KB per entry: 4096 trees of
-# 100 entries is ~200 MB at worst, typically far less). Beyond it trees are read again.
-_TREES_CACHED = 4096
+# Decoded trees kept for the walks after the first (select, --delete's walk, then the write
+# walk), least recently used first out, by an estimate of their size in memory: a decoded node
+# is ~0.8 KB, a chunk id ~0.1 KB more. The count walk reads trees without decoding or keeping
+# them (selection.count), so what is cached is mostly the trees above the selection.
+_TREE_CACHE_BYTES = 32 << 20
+_NODE_BYTES = 900
+_CHUNK_BYTES = 100
 
 
 class CachedTrees:
-    """A PointReader whose decoded trees are memoised (up to `_TREES_CACHED`, first come)."""
+    """A PointReader whose decoded trees are memoised, up to `_TREE_CACHE_BYTES` (estimated)."""
 
-    def __init__(self, reader: PointReader) -> None:
+    def __init__(self, reader: PointReader, *, budget: int = _TREE_CACHE_BYTES) -> None:
         self._reader = reader
-        self._trees: dict[BlobId, Tree] = {}
+        self._trees: OrderedDict[BlobId, tuple[Tree, int]] = OrderedDict()
+        self._budget = budget
+        self._bytes = 0
         # Restore checks each file's whole content hash, so blobs need no id re-hash each.
         self.load_blob_unchecked: Callable[[BlobId], bytes] = getattr(reader, "load_blob_unchecked", reader.load_blob)
 
         into = getattr(reader, "load_blob_into", None)
         if into is not None:
             self.load_blob_into: Callable[..., memoryview] = into
+            # The repository's index knows each blob's length without reading it: a large file
+            # can then be restored in ranges (fs.py). Not offered for other readers (tape).
+            self.blob_size: Callable[[BlobId], int] = getattr(reader, "blob_size")  # noqa: B009
 
     def load_tree(self, blob_id: BlobId) -> Tree:
-        tree = self._trees.get(blob_id)
-        if tree is None:
-            tree = self._reader.load_tree(blob_id)
-            if len(self._trees) < _TREES_CACHED:
-                self._trees[blob_id] = tree
+        cached = self._trees.get(blob_id)
+        if cached is not None:
+            self._trees.move_to_end(blob_id)
+            return cached[0]
+        tree = self._reader.load_tree(blob_id)
+        cost = _NODE_BYTES * len(tree.nodes) + _CHUNK_BYTES * sum(len(n.chunks) for n in tree.nodes)
+        if cost <= self._budget:
+            self._trees[blob_id] = (tree, cost)
+            self._bytes += cost
+            while self._bytes > self._budget:
+                _, (_, dropped) = self._trees.popitem(last=False)
+                self._bytes -= dropped
         return tree
 
     def forget_tree(self, blob_id: BlobId) -> None:
-        """The last walk is done with this tree: free it (memory bounded whatever the tree count)."""
-        self._trees.pop(blob_id, None)
+        """The last walk is done with this tree: free it."""
+        cached = self._trees.pop(blob_id, None)
+        if cached is not None:
+            self._bytes -= cached[1]
+
+    def cached_bytes(self) -> int:
+        """The estimated memory of the trees held (tests)."""
+        return self._bytes
 
     def load_blob(self, blob_id: BlobId) -> bytes:
         return self._reader.load_blob(blob_id)

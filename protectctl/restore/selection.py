@@ -5,15 +5,16 @@ Reads tree blobs only (never file content), so a dry run costs the size of the t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from protectctl.agent.sparse import Hasher
-from protectctl.engine.ids import BlobId
+from protectctl.engine.ids import BLOB_ID_SIZE, BlobId
 from protectctl.engine.names import show_text, unescape_name
 from protectctl.engine.tree import Node, NodeType, Tree
-from protectctl.errors import RestoreError
+from protectctl.errors import CorruptionError, RestoreError
 from protectctl.restore.safety import split_subpath
 
 
@@ -97,22 +98,80 @@ def _drop_nested(chosen: list[Selected]) -> list[Selected]:
 
 
 def count(reader: TreeReader, selection: Sequence[Selected]) -> Totals:
-    """Files, directories and bytes below the selection (a hard link's bytes once)."""
+    """Files, directories and bytes below the selection (a hard link's bytes once).
+
+    Streams: each tree below the selection is read and summed on its own, from its stored JSON
+    (`_summaries`, no Node objects), and nothing is kept, so memory does not grow with the
+    tree count (a decoded node is ~0.8 KB; 200,000 of them were ~160 MB) and the walk costs a
+    few microseconds per entry instead of a full decode, which the write walk does once.
+    """
     totals = Totals()
     seen_links: set[tuple[int, int]] = set()
-    stack = [s.node for s in selection]
-    while stack:
-        node = stack.pop()
+    pending: list[BlobId] = []
+    for item in selection:
+        node = item.node
         if node.type is NodeType.DIR:
             totals.dirs += 1
             if node.subtree is not None:
-                stack.extend(reader.load_tree(node.subtree).nodes)
+                pending.append(node.subtree)
         elif node.type is NodeType.FILE:
-            totals.files += 1
-            totals.bytes_total += node.size
-            key = (node.dev, node.inode)
-            if node.nlink > 1 and key in seen_links:
-                continue
-            seen_links.add(key)
-            totals.bytes_needed += node.size - sum(length for _, length in node.holes)
+            _add_file(totals, seen_links, node.size, node.nlink, (node.dev, node.inode), node.holes)
+    while pending:
+        tree_id = pending.pop()
+        for kind, size, nlink, key, holes, subtree in _summaries(reader, tree_id):
+            if kind == "dir":
+                totals.dirs += 1
+                if subtree is not None:
+                    pending.append(subtree)
+            elif kind == "file":
+                _add_file(totals, seen_links, size, nlink, key, holes)
     return totals
+
+
+def _add_file(
+    totals: Totals,
+    seen: set[tuple[int, int]],
+    size: int,
+    nlink: int,
+    key: tuple[int, int],
+    holes: Sequence[Sequence[int]],
+) -> None:
+    totals.files += 1
+    totals.bytes_total += size
+    if nlink > 1:
+        if key in seen:
+            return
+        seen.add(key)
+    totals.bytes_needed += size - sum(hole[1] for hole in holes)
+
+
+_Summary = tuple[str, int, int, tuple[int, int], Sequence[Sequence[int]], BlobId | None]
+
+
+def _summaries(reader: TreeReader, tree_id: BlobId) -> Iterator[_Summary]:
+    """(type, size, nlink, (dev, inode), holes, subtree) of each entry of a tree, read from its
+    JSON without building nodes; a tree that does not read as expected goes through the full
+    decoder, which says what is wrong with it."""
+    try:
+        document = json.loads(reader.load_blob(tree_id))
+        out: list[_Summary] = []
+        for raw in document["nodes"]:
+            kind = raw["type"]
+            size, nlink = raw["size"], raw.get("nlink", 1)
+            key = (raw.get("dev", 0), raw.get("inode", 0))
+            holes = raw.get("holes", ())
+            subtree = raw.get("subtree")
+            if type(size) is not int or type(nlink) is not int or not isinstance(kind, str):
+                raise TypeError(kind)
+            for hole in holes:
+                if type(hole[1]) is not int:
+                    raise TypeError(hole)
+            sub = bytes.fromhex(subtree) if subtree is not None else None
+            if sub is not None and len(sub) != BLOB_ID_SIZE:
+                raise ValueError(subtree)
+            out.append((kind, size, nlink, key, holes, BlobId(sub) if sub is not None else None))
+    except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, CorruptionError):
+        for node in reader.load_tree(tree_id).nodes:
+            yield node.type.value, node.size, node.nlink, (node.dev, node.inode), node.holes, node.subtree
+        return
+    yield from out

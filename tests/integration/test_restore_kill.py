@@ -85,3 +85,50 @@ def test_sigkill_mid_parallel_restore_then_resume_is_byte_exact(tmp_path: Path, 
     assert snapshot_tree(target) == snapshot_tree(src)
     assert _xattrs(target) == _xattrs(src)
     assert os.stat(target / "sparse.img").st_blocks * 512 < (1 << 20)  # still sparse
+
+
+RANGES_DRIVER = """
+import sys
+from pathlib import Path
+from protectctl.restore import ranges
+ranges.RANGE_BYTES = 512 << 10  # a few MiB make several ranges
+ranges.SPLIT_BELOW_JOBS = 1000  # whatever else is in flight
+from tests.integration.test_filesystem_backup import make_job
+from protectctl.agent.jobs import restore
+restore(make_job(Path(sys.argv[1]), Path(sys.argv[2])), "latest", target=Path(sys.argv[3]))
+"""
+
+
+def test_sigkill_mid_range_of_a_big_file_then_resume_is_byte_exact(tmp_path: Path) -> None:
+    """Killed with one range of a big sparse file written and others in flight or not started
+    (the `restore-range` crashpoint, in a pool thread): the resume rewrites that file whole."""
+    src, target, announce = tmp_path / "src", tmp_path / "out", tmp_path / "announce"
+    src.mkdir()
+    _populate(src)
+    with open(src / "ranges.img", "wb") as f:  # holes between and around 6 MiB of data
+        for i in range(6):
+            f.seek(i * (3 << 20) + (1 << 20))
+            f.write(os.urandom(1 << 20))
+        f.truncate(20 << 20)
+    job = make_job(tmp_path, src)
+    assert run_backup(job, "sync").exit_code == 0
+    env = {**os.environ, "PROTECTCTL_CRASH_POINT": "restore-range#2", "PROTECTCTL_CRASH_ANNOUNCE": str(announce)}
+    argv = [sys.executable, "-c", RANGES_DRIVER, str(tmp_path), str(src), str(target)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env)
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or announce.exists() and announce.read_text().endswith("\n"),
+            "the restore writes a second range",
+        )
+        assert proc.poll() is None, "the restore ended before its crashpoint"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    half = target / "ranges.img"
+    assert half.exists() and half.stat().st_mtime_ns != (src / "ranges.img").stat().st_mtime_ns
+    result = restore(job, "latest", target=target, resume=True)
+    assert any("resumed" in n for n in result.notes), result.notes
+    assert result.files == 454 and result.verified >= 453
+    assert snapshot_tree(target) == snapshot_tree(src)
+    assert _xattrs(target) == _xattrs(src)
+    assert os.stat(half).st_blocks * 512 <= (6 << 20) + (256 << 10)  # data only: still sparse

@@ -1,0 +1,62 @@
+"""Full restores alone, alternated, on a work directory a benchmark kept (`--keep`).
+
+    python tests/bench/restore_ab.py WORKDIR --order base,new,restic,new,base --base-src /tmp/base
+
+WORKDIR is what `bench_backup.py --keep` or `bench_smallfiles.py --keep` left (its protectctl
+and restic repositories, already backed up). `new` restores with the protectctl on PATH,
+`base` with the same command but PYTHONPATH set to --base-src (e.g. an older commit unpacked
+with `git archive COMMIT | tar -x -C DIR`), `restic` with restic. Each run restores into an
+emptied WORKDIR/restore; wall, CPU (user + sys) and peak RSS come from the bench's own
+`run_measured`, with the load average before and after. Nothing is verified here: the
+benchmarks that made WORKDIR verified the restores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench.bench_backup import Protectctl, Restic  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--order", default="base,new,restic,new,base")
+    parser.add_argument("--base-src", type=Path, help="a source tree of protectctl for `base` runs")
+    args = parser.parse_args()
+    work: Path = args.workdir
+    source = work / "data"
+    protectctl, restic = Protectctl(work, source), Restic(work, source)
+    for which in args.order.split(","):
+        if which == "base" and args.base_src is None:
+            parser.error("`base` runs need --base-src")
+        target = work / "restore" / which
+        shutil.rmtree(work / "restore", ignore_errors=True)
+        target.parent.mkdir(parents=True)
+        load = os.getloadavg()[0]
+        if which == "restic":
+            measure, _ = restic.restore(target)
+        else:
+            protectctl.env = {k: v for k, v in protectctl.env.items() if k != "PYTHONPATH"}
+            if which == "base":
+                protectctl.env["PYTHONPATH"] = str(args.base_src)
+            measure, _ = protectctl.restore(target)
+        cpu = (measure.user_s or 0) + (measure.sys_s or 0)
+        rss = (measure.max_rss_kib or 0) // 1024
+        print(
+            f"{which:7s} wall {measure.seconds:6.1f} s  cpu {cpu:6.1f} s (user {measure.user_s} sys {measure.sys_s})"
+            f"  rss {rss} MiB  rc {measure.rc}  load {load:.1f}->{os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        if measure.rc:
+            print(measure.stderr[-2000:])
+
+
+if __name__ == "__main__":
+    main()
