@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -91,7 +92,7 @@ RANGES_DRIVER = """
 import sys
 from pathlib import Path
 from protectctl.restore import ranges
-ranges.RANGE_BYTES = 512 << 10  # a few MiB make several ranges
+ranges.RANGE_BYTES = 2 << 20  # ranges.img's 6 MiB make several ranges; big.bin's 1 MiB none
 ranges.SPLIT_BELOW_JOBS = 1000  # whatever else is in flight
 from tests.integration.test_filesystem_backup import make_job
 from protectctl.agent.jobs import restore
@@ -106,9 +107,10 @@ def test_sigkill_mid_range_of_a_big_file_then_resume_is_byte_exact(tmp_path: Pat
     src.mkdir()
     _populate(src)
     with open(src / "ranges.img", "wb") as f:  # holes between and around 6 MiB of data
+        data = random.Random(7).randbytes(6 << 20)
         for i in range(6):
             f.seek(i * (3 << 20) + (1 << 20))
-            f.write(os.urandom(1 << 20))
+            f.write(data[i << 20 : (i + 1) << 20])
         f.truncate(20 << 20)
     job = make_job(tmp_path, src)
     assert run_backup(job, "sync").exit_code == 0
