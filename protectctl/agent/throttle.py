@@ -81,6 +81,10 @@ class ThrottledStorage:
     def put_parallelism(self) -> int:
         return int(getattr(self.inner, "put_parallelism", 1))
 
+    @property
+    def read_parallelism(self) -> int:
+        return int(getattr(self.inner, "read_parallelism", 1))
+
     def put(self, kind: ObjectKind, name: str, data: bytes) -> None:
         if self._window(self._now()):
             self.waited_s += self.bucket.consume(len(data))

@@ -47,6 +47,9 @@ DEFAULT_MAX_ATTEMPTS = 6
 # Concurrent pack uploads per writer (engine/writer.py asks `put_parallelism`): one 8 MiB PUT
 # does not fill a link with ~10 ms of latency; four do (tests/bench/bench_s3.py).
 PUT_PARALLELISM = 4
+# Small objects read in a row (point manifests a job scans, index objects): this many GETs in
+# flight (engine/prefetch.py); each costs ~5-40 ms on SeaweedFS whatever its size.
+READ_PARALLELISM = 16
 # Blob reads fetch this much of a pack in one ranged GET and serve the next blobs from it
 # (engine/readahead.py): a request costs ~40 ms on a loaded SeaweedFS whatever its size.
 READ_AHEAD_BYTES = 4 << 20
@@ -174,6 +177,7 @@ class S3Storage:
     """Objects as keys under one prefix of one bucket."""
 
     put_parallelism = PUT_PARALLELISM
+    read_parallelism = READ_PARALLELISM
     read_ahead_bytes = READ_AHEAD_BYTES
 
     def __init__(
