@@ -231,8 +231,17 @@ def change_sync(tool: Tool, work: Path, args: argparse.Namespace, results: dict[
     if tool.name == "protectctl":
         trace = work / "protectctl-trace.jsonl"
         env["PROTECTCTL_S3_TRACE"] = str(trace)
+        launched = time.time()
         value = measured(run_measured(argv, env))
+        ended = time.time()
         records = [json.loads(line) for line in trace.read_text().splitlines()] if trace.exists() else []
+        if records:  # where the wall time went: before the first request, between, after the last
+            first = records[0]["t"] - records[0]["ms"] / 1000
+            value["timeline_s"] = {
+                "to_first_request": round(first - launched, 3),
+                "requests_span": round(records[-1]["t"] - first, 3),
+                "after_last_request": round(ended - records[-1]["t"], 3),
+            }
     else:
         upstream = int(tool.server.endpoint.rsplit(":", 1)[1])
         with s3_count_proxy.CountingProxy(upstream) as proxy:
