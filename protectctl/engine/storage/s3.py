@@ -21,6 +21,7 @@ a name and raises `ObjectLockedError` for one still under retention.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -280,6 +281,17 @@ class S3Storage:
             self._call("deleting", kind, name, lambda: self._client.delete_object(Bucket=self.location.bucket, Key=key))
             return
         self._delete_versions(kind, name, key)
+
+    def discard(self, kind: ObjectKind, name: str) -> None:
+        """`delete` without the existence check: no error if the object is gone. One request
+        instead of two (HEAD, DELETE) where a missing object is fine: a lease lock released."""
+        if self._versioned_read(kind):
+            with contextlib.suppress(ObjectMissingError):
+                self.delete(kind, name)
+            return
+        key = self._key(kind, name)
+        with contextlib.suppress(ObjectMissingError):
+            self._call("deleting", kind, name, lambda: self._client.delete_object(Bucket=self.location.bucket, Key=key))
 
     def exists(self, kind: ObjectKind, name: str) -> bool:
         key = self._key(kind, name)
