@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
-from protectctl.engine.storage.base import ObjectInfo, ObjectKind, StorageBackend
+from protectctl.engine.storage.base import ObjectInfo, ObjectKind, StorageBackend, discard_object
 
 
 class TokenBucket:
@@ -81,6 +81,10 @@ class ThrottledStorage:
     def put_parallelism(self) -> int:
         return int(getattr(self.inner, "put_parallelism", 1))
 
+    @property
+    def read_parallelism(self) -> int:
+        return int(getattr(self.inner, "read_parallelism", 1))
+
     def put(self, kind: ObjectKind, name: str, data: bytes) -> None:
         if self._window(self._now()):
             self.waited_s += self.bucket.consume(len(data))
@@ -94,6 +98,9 @@ class ThrottledStorage:
 
     def delete(self, kind: ObjectKind, name: str) -> None:
         self.inner.delete(kind, name)
+
+    def discard(self, kind: ObjectKind, name: str) -> None:
+        discard_object(self.inner, kind, name)
 
     def exists(self, kind: ObjectKind, name: str) -> bool:
         return self.inner.exists(kind, name)

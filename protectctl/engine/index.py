@@ -19,6 +19,7 @@ import zstandard
 from protectctl.engine.crypto import Sealer, aad, content_name
 from protectctl.engine.ids import BlobId
 from protectctl.engine.pack import ENTRY, PackEntry, decode_entries, encode_entries
+from protectctl.engine.prefetch import fetch_in_order
 from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend
 from protectctl.errors import CorruptionError, RepositoryError
 
@@ -176,8 +177,12 @@ def load_index(storage: StorageBackend, sealer: Sealer, names: Iterable[str] | N
         listed = list(names) if names is not None else [i.name for i in storage.list(ObjectKind.INDEX)]
         index = Index()
         try:
-            for name in listed:
-                _add_object(index, storage, sealer, name)
+            # a few at a time on a store whose requests are costly (engine/prefetch.py); index
+            # objects can be tens of MiB, so at most 4 are held
+            for name, stored in fetch_in_order(storage, ObjectKind.INDEX, listed, limit=4):
+                if isinstance(stored, Exception):
+                    raise stored
+                _add_stored(index, sealer, name, stored)
         except ObjectMissingError:
             if names is not None:
                 raise
@@ -186,8 +191,7 @@ def load_index(storage: StorageBackend, sealer: Sealer, names: Iterable[str] | N
     raise RepositoryError("the index kept changing while it was read; is gc running in a loop?")
 
 
-def _add_object(index: Index, storage: StorageBackend, sealer: Sealer, name: str) -> None:
-    stored = storage.get(ObjectKind.INDEX, name)
+def _add_stored(index: Index, sealer: Sealer, name: str, stored: bytes) -> None:
     try:
         index.add_file(name, decode_index(sealer, name, stored))
     except CorruptionError as err:

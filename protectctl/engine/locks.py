@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from protectctl.engine.crypto import Sealer, aad
-from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend
+from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend, discard_object
 from protectctl.errors import CorruptionError, LockedError, RepositoryError
 
 # Five minutes: long enough that a storage hiccup or a paused VM does not lose a lock,
@@ -147,7 +147,7 @@ class LeaseLock:
             self._resolve_others(ignore or set())
         except BaseException:
             with contextlib.suppress(RepositoryError):
-                self._storage.delete(ObjectKind.LOCKS, self.name)
+                discard_object(self._storage, ObjectKind.LOCKS, self.name)
             raise
         self._thread = threading.Thread(target=self._refresh_loop, name=f"lock-{self.name[:8]}", daemon=True)
         self._thread.start()
@@ -156,8 +156,7 @@ class LeaseLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        with contextlib.suppress(ObjectMissingError):
-            self._storage.delete(ObjectKind.LOCKS, self.name)
+        discard_object(self._storage, ObjectKind.LOCKS, self.name)
 
     def _resolve_others(self, ignore: set[str]) -> None:
         for info in list(self._storage.list(ObjectKind.LOCKS)):
@@ -174,8 +173,7 @@ class LeaseLock:
                 ) from err
             if is_stale(other):
                 # Takeover: the holder is dead or silent past its lease.
-                with contextlib.suppress(ObjectMissingError):
-                    self._storage.delete(ObjectKind.LOCKS, other.name)
+                discard_object(self._storage, ObjectKind.LOCKS, other.name)
             elif self.record.exclusive or other.exclusive:
                 raise LockedError(
                     f"{self._storage.describe()} is locked: {other.describe()}",

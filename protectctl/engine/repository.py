@@ -46,6 +46,7 @@ from protectctl.engine.points import (
     new_point_id,
     valid_point_id,
 )
+from protectctl.engine.prefetch import fetch_in_order
 from protectctl.engine.readahead import PackReadAhead
 from protectctl.engine.repair import IndexRepair, rebuild_index, recover_unindexed
 from protectctl.engine.storage.base import ObjectKind, ObjectLockedError, ObjectMissingError, StorageBackend
@@ -457,13 +458,15 @@ class Repository:
         """
         points: list[Point] = []
         damaged: list[DamagedPoint] = []
-        for info in sorted(self.storage.list(ObjectKind.POINTS), key=lambda i: i.name):
+        names = sorted(info.name for info in self.storage.list(ObjectKind.POINTS))
+        # fetched a few at a time on a store whose requests are costly (engine/prefetch.py)
+        for name, stored in fetch_in_order(self.storage, ObjectKind.POINTS, names):
             try:
-                point = self.load_point(info.name)
+                point = self._fetched_point(name, stored)
             except ObjectMissingError:
                 continue  # forgotten while we listed
             except CorruptionError as err:
-                damaged.append(DamagedPoint(info.name, err.message))
+                damaged.append(DamagedPoint(name, err.message))
                 continue
             if source is None or point.source == source:
                 points.append(point)
@@ -487,6 +490,14 @@ class Repository:
                     self.storage.delete(ObjectKind.POINTS, bad.id)
             gone.append(bad)
         return gone
+
+    def _fetched_point(self, point_id: str, stored: bytes | Exception) -> Point:
+        """A point from what `fetch_in_order` got, with `load_point`'s errors."""
+        if isinstance(stored, ObjectMissingError):
+            raise stored
+        if isinstance(stored, Exception) or not valid_point_id(point_id):
+            return self.load_point(point_id)  # read again: the same error (or a retry's success) as one by one
+        return decode_point(self.sealer, point_id, stored)
 
     def load_point(self, point_id: str) -> Point:
         """One point; CorruptionError names a manifest that does not open."""

@@ -43,7 +43,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests import seaweed as weed  # noqa: E402
-from tests.bench import dataset  # noqa: E402
+from tests.bench import dataset, s3_count_proxy  # noqa: E402
 from tests.bench.bench_backup import (  # noqa: E402
     PASSPHRASE,
     Measure,
@@ -210,6 +210,49 @@ def at_once(argvs: list[list[str]], env: dict[str, str]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "ok": not failed, "failed": failed}
 
 
+def change_sync(tool: Tool, work: Path, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """The 1 % sync, with its S3 requests counted (`--trace`) or profiled (`--pyspy`)."""
+    argv, env = tool.backup_argv(0), dict(tool.env)
+    if args.pyspy and tool.name == "protectctl":
+        argv = [
+            "py-spy",
+            "record",
+            "--idle",
+            "--rate",
+            "200",
+            "-o",
+            str(args.pyspy),
+            *(["--format", "raw"] if args.pyspy.suffix == ".txt" else []),
+            "--",
+            *argv,
+        ]
+    if not args.trace:
+        return measured(run_measured(argv, env))
+    if tool.name == "protectctl":
+        trace = work / "protectctl-trace.jsonl"
+        env["PROTECTCTL_S3_TRACE"] = str(trace)
+        launched = time.time()
+        value = measured(run_measured(argv, env))
+        ended = time.time()
+        records = [json.loads(line) for line in trace.read_text().splitlines()] if trace.exists() else []
+        if records:  # where the wall time went: before the first request, between, after the last
+            first = records[0]["t"] - records[0]["ms"] / 1000
+            value["timeline_s"] = {
+                "to_first_request": round(first - launched, 3),
+                "requests_span": round(records[-1]["t"] - first, 3),
+                "after_last_request": round(ended - records[-1]["t"], 3),
+            }
+    else:
+        upstream = int(tool.server.endpoint.rsplit(":", 1)[1])
+        with s3_count_proxy.CountingProxy(upstream) as proxy:
+            env["RESTIC_REPOSITORY"] = env["RESTIC_REPOSITORY"].replace(f":{upstream}/", f":{proxy.port}/")
+            value = measured(run_measured(argv, env))
+            records = list(proxy.records)
+    results.setdefault("requests", {})[tool.name] = s3_count_proxy.summarise(records)
+    results.setdefault("request_log", {})[tool.name] = records
+    return value
+
+
 def measured(m: Measure) -> dict[str, Any]:
     d = {
         "seconds": round(m.seconds, 3),
@@ -230,6 +273,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--profile-restore", type=Path, default=None, help="write a cProfile of protectctl's restore")
+    ap.add_argument(
+        "--trace",
+        action="store_true",
+        help="count the S3 requests of the 1 %% sync (protectctl: PROTECTCTL_S3_TRACE; restic: a counting proxy)",
+    )
+    ap.add_argument(
+        "--pyspy", type=Path, default=None, help="py-spy --idle flame graph (SVG) of protectctl's 1 %% sync"
+    )
+    ap.add_argument("--sync-only", action="store_true", help="stop after the 1 %% sync (no restore, no agents)")
     args = ap.parse_args(argv)
     size = dataset.parse_size(args.size)
     names = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -273,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
         results["mutation"] = dataset.mutate(source, 0.01, step=1).summary()
         warm(source)
         for tool in tools:
-            put("change1", tool, measured(run_measured(tool.backup_argv(0), tool.env)))
-        expected = dataset.manifest(source)
+            put("change1", tool, change_sync(tool, work, args, results))
+        if args.sync_only:
+            tools = []
+        expected = dataset.manifest(source) if tools else {}
         for tool in tools:
             target = work / f"restore-{tool.name}"
             target.mkdir()
@@ -308,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
     path = RESULTS_DIR / f"s3-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(results, indent=2))
     print(render(results))
+    for name, kinds in results.get("requests", {}).items():
+        print(f"\n{name}: requests of the 1 % sync")
+        for kind, row in sorted(kinds.items()):
+            print(f"  {kind:7} {row}")
     print(f"\nresults: {path}")
     return 0 if all(v["ok"] for p in results["phases"].values() for v in p.values()) else 1
 

@@ -8,6 +8,7 @@ Retry, throttling and logging belong in wrappers that implement this same Protoc
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -64,3 +65,14 @@ class StorageBackend(Protocol):
 
     def describe(self) -> str:
         """Where the objects live, for messages (e.g. "local:/srv/repo")."""
+
+
+def discard_object(storage: StorageBackend, kind: ObjectKind, name: str) -> None:
+    """Delete the object if it is there, no error if not: the store's own `discard` when it
+    has one (s3: one DELETE instead of HEAD + DELETE), else `delete` with the miss ignored."""
+    discard = getattr(storage, "discard", None)
+    if discard is not None:
+        discard(kind, name)
+        return
+    with contextlib.suppress(ObjectMissingError):
+        storage.delete(kind, name)

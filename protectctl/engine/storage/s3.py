@@ -5,7 +5,7 @@ Layout under the bucket's `prefix`: `config/config`, `keys/<name>`, `index/<name
 so a repository copied between the two with any S3 tool stays valid. A PUT is atomic in S3
 (a reader sees the old object or the whole new one), which is all the Protocol asks.
 
-The client is boto3 (botocore): its "standard" retry mode retries transient errors (5xx,
+The client is botocore (what boto3 wraps): its "standard" retry mode retries transient errors (5xx,
 throttling, dropped connections) with exponential backoff and jitter, a bounded number of
 times; a permanent error (403, 404, a bad request) stops at once. Objects past
 `MULTIPART_THRESHOLD` go up in parallel parts (s3transfer). Listing pages through
@@ -21,7 +21,10 @@ a name and raises `ObjectLockedError` for one still under retention.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
 import re
 import threading
 import time
@@ -45,6 +48,9 @@ DEFAULT_MAX_ATTEMPTS = 6
 # Concurrent pack uploads per writer (engine/writer.py asks `put_parallelism`): one 8 MiB PUT
 # does not fill a link with ~10 ms of latency; four do (tests/bench/bench_s3.py).
 PUT_PARALLELISM = 4
+# Small objects read in a row (point manifests a job scans, index objects): this many GETs in
+# flight (engine/prefetch.py); each costs ~5-40 ms on SeaweedFS whatever its size.
+READ_PARALLELISM = 16
 # Blob reads fetch this much of a pack in one ranged GET and serve the next blobs from it
 # (engine/readahead.py): a request costs ~40 ms on a loaded SeaweedFS whatever its size.
 READ_AHEAD_BYTES = 4 << 20
@@ -100,8 +106,12 @@ def make_client(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     connect_timeout_s: float = 5.0,
 ) -> Any:
-    """A thread-safe boto3 S3 client with bounded retries (imported here: boto3 costs ~0.3 s)."""
-    import boto3
+    """A thread-safe botocore S3 client with bounded retries.
+
+    botocore itself, not boto3: boto3's import (its resource layer, s3transfer) adds ~0.1-0.2 s
+    to every agent run and nothing here uses it; multipart uploads use s3transfer directly.
+    Imported here, not at module level: botocore costs ~0.3 s and only s3 storages need it."""
+    import botocore.session
     from botocore.config import Config
 
     config = Config(
@@ -121,13 +131,54 @@ def make_client(
     if credentials is not None:
         kwargs["aws_access_key_id"] = credentials.access_key_id
         kwargs["aws_secret_access_key"] = credentials.secret_access_key
-    return boto3.session.Session().client("s3", **kwargs)
+    client = botocore.session.get_session().create_client("s3", **kwargs)
+    if trace := os.environ.get(TRACE_ENV):
+        _trace_requests(client, trace)
+    return client
+
+
+# A file to append one JSON line per S3 request to (operation, HTTP method, status, bytes,
+# milliseconds, thread): how tests/bench/bench_s3.py counts a sync's round trips.
+TRACE_ENV = "PROTECTCTL_S3_TRACE"
+
+
+def _trace_requests(client: Any, path: str) -> None:
+    lock = threading.Lock()
+
+    def before(context: dict[str, Any], params: dict[str, Any], **_: Any) -> None:
+        body: Any = params.get("body")
+        sent = len(body) if isinstance(body, bytes | bytearray) else 0
+        if hasattr(body, "seek") and hasattr(body, "tell"):
+            here = body.tell()
+            sent = body.seek(0, io.SEEK_END) - here
+            body.seek(here)
+        context["_trace"] = (time.perf_counter(), sent)
+
+    def after(context: dict[str, Any], model: Any, http_response: Any, **_: Any) -> None:
+        start, sent = context.get("_trace", (time.perf_counter(), 0))
+        got = int(http_response.headers.get("content-length") or 0) if http_response is not None else 0
+        line = {
+            "op": model.name,
+            "method": model.http.get("method", ""),
+            "status": getattr(http_response, "status_code", 0),
+            "sent": sent,
+            "received": got,
+            "ms": round((time.perf_counter() - start) * 1000, 1),
+            "t": round(time.time(), 3),
+            "thread": threading.get_ident(),
+        }
+        with lock, open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(line) + "\n")
+
+    client.meta.events.register("before-call.s3", before)
+    client.meta.events.register("after-call.s3", after)
 
 
 class S3Storage:
     """Objects as keys under one prefix of one bucket."""
 
     put_parallelism = PUT_PARALLELISM
+    read_parallelism = READ_PARALLELISM
     read_ahead_bytes = READ_AHEAD_BYTES
 
     def __init__(
@@ -230,6 +281,17 @@ class S3Storage:
             self._call("deleting", kind, name, lambda: self._client.delete_object(Bucket=self.location.bucket, Key=key))
             return
         self._delete_versions(kind, name, key)
+
+    def discard(self, kind: ObjectKind, name: str) -> None:
+        """`delete` without the existence check: no error if the object is gone. One request
+        instead of two (HEAD, DELETE) where a missing object is fine: a lease lock released."""
+        if self._versioned_read(kind):
+            with contextlib.suppress(ObjectMissingError):
+                self.delete(kind, name)
+            return
+        key = self._key(kind, name)
+        with contextlib.suppress(ObjectMissingError):
+            self._call("deleting", kind, name, lambda: self._client.delete_object(Bucket=self.location.bucket, Key=key))
 
     def exists(self, kind: ObjectKind, name: str) -> bool:
         key = self._key(kind, name)
@@ -410,22 +472,19 @@ class S3Storage:
         return data
 
     def _put_multipart(self, key: str, data: bytes, extra: dict[str, Any]) -> None:
-        from boto3.s3.transfer import TransferConfig
+        from s3transfer.manager import TransferConfig, TransferManager
 
         config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_CHUNK,
-            max_concurrency=4,
-            use_threads=True,
+            max_request_concurrency=4,
         )
-        self._call(
-            "writing",
-            ObjectKind.DATA,
-            key,
-            lambda: self._client.upload_fileobj(
-                io.BytesIO(bytes(data)), self.location.bucket, key, ExtraArgs=extra or None, Config=config
-            ),
-        )
+
+        def upload() -> None:
+            with TransferManager(self._client, config) as manager:
+                manager.upload(io.BytesIO(bytes(data)), self.location.bucket, key, extra_args=extra or None).result()
+
+        self._call("writing", ObjectKind.DATA, key, upload)
         self._forget(key)
 
     def _pages(self, kind: ObjectKind, pages: Any) -> Iterator[dict[str, Any]]:

@@ -40,6 +40,9 @@ def test_conditional_create_lets_exactly_one_writer_win(seaweed: Seaweed) -> Non
     assert storage.create(ObjectKind.LOCKS, "state", b"first")
     assert not storage.create(ObjectKind.LOCKS, "state", b"second")
     assert storage.get(ObjectKind.LOCKS, "state") == b"first"
+    storage.discard(ObjectKind.LOCKS, "state")  # a lease released: one DELETE, a miss is no error
+    assert not storage.exists(ObjectKind.LOCKS, "state")
+    storage.discard(ObjectKind.LOCKS, "state")
 
 
 def test_permanent_errors_stop_at_once_with_a_clear_message(seaweed: Seaweed) -> None:
