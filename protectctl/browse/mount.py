@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from protectctl.browse.ops import TYPE_BITS
 from protectctl.browse.view import FileContent, PointTrees
 from protectctl.engine.ids import BlobId
 from protectctl.engine.names import name_text, text_name
@@ -52,15 +53,6 @@ _CONTENTS_KEPT = 1024  # files whose chunk offsets are kept between opens
 _DIR_MODE = stat.S_IFDIR | 0o555
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _TIME_FORMAT_US = "%Y-%m-%dT%H:%M:%S.%fZ"
-_TYPE_BITS = {
-    NodeType.FILE: stat.S_IFREG,
-    NodeType.DIR: stat.S_IFDIR,
-    NodeType.SYMLINK: stat.S_IFLNK,
-    NodeType.FIFO: stat.S_IFIFO,
-    NodeType.CHARDEV: stat.S_IFCHR,
-    NodeType.BLOCKDEV: stat.S_IFBLK,
-    NodeType.SOCKET: stat.S_IFSOCK,
-}
 
 
 class MountError(ProtectctlError):
@@ -370,7 +362,7 @@ def _enoent() -> OSError:
 def _stat(node: Node) -> dict[str, int]:
     blocks = (node.size - sum(length for _, length in node.holes) + 511) // 512
     return {
-        "st_mode": _TYPE_BITS[node.type] | stat.S_IMODE(node.mode),
+        "st_mode": TYPE_BITS[node.type] | stat.S_IMODE(node.mode),
         "st_nlink": max(node.nlink, 1),
         "st_uid": stored_uid(node.user, node.uid),
         "st_gid": stored_gid(node.group, node.gid),

@@ -77,7 +77,7 @@ class Entry:
 
     def long_line(self) -> str:
         n = self.node
-        mode = stat.filemode(_type_bits(n.type) | stat.S_IMODE(n.mode))
+        mode = stat.filemode(TYPE_BITS[n.type] | stat.S_IMODE(n.mode))
         who = f"{n.user or n.uid}:{n.group or n.gid}"
         name = show_name(n.name) + ("/" if n.type is NodeType.DIR else "")
         if n.link_target is not None:
@@ -88,16 +88,15 @@ class Entry:
         return show_name(self.node.name) + ("/" if self.node.type is NodeType.DIR else "")
 
 
-def _type_bits(kind: NodeType) -> int:
-    return {
-        NodeType.FILE: stat.S_IFREG,
-        NodeType.DIR: stat.S_IFDIR,
-        NodeType.SYMLINK: stat.S_IFLNK,
-        NodeType.FIFO: stat.S_IFIFO,
-        NodeType.CHARDEV: stat.S_IFCHR,
-        NodeType.BLOCKDEV: stat.S_IFBLK,
-        NodeType.SOCKET: stat.S_IFSOCK,
-    }[kind]
+TYPE_BITS = {  # a node's type as st_mode's file-type bits (ls -l here, st_mode in the mount)
+    NodeType.FILE: stat.S_IFREG,
+    NodeType.DIR: stat.S_IFDIR,
+    NodeType.SYMLINK: stat.S_IFLNK,
+    NodeType.FIFO: stat.S_IFIFO,
+    NodeType.CHARDEV: stat.S_IFCHR,
+    NodeType.BLOCKDEV: stat.S_IFBLK,
+    NodeType.SOCKET: stat.S_IFSOCK,
+}
 
 
 @dataclass(frozen=True, slots=True)

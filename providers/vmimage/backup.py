@@ -153,11 +153,18 @@ def snapshot(request: SnapshotRequest, *, offline: str | None = None) -> Snapsho
             checkpoint_of,
         )
 
+    return outcome(tree, info.virtual_size, run, extra, finish)
+
+
+def outcome(
+    tree: BlobId, size: int, run: Run, extra: dict[str, object], finish: Callable[[str | None], None]
+) -> SnapshotOutcome:
+    """The point of one image: its tree, what was read and added, and what to do once saved."""
     return SnapshotOutcome(
         tree=tree,
         stats=SnapshotStats(
             files=1,
-            bytes_total=info.virtual_size,
+            bytes_total=size,
             bytes_read=run.bytes_read,
             bytes_added=run.bytes_added,
             chunks_new=run.chunks_new,

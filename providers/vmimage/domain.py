@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from protectctl.errors import ProviderError
-from protectctl.provider import SnapshotOutcome, SnapshotRequest, SnapshotStats, safe_name
+from protectctl.provider import SnapshotOutcome, SnapshotRequest, safe_name
 from protectctl.providers.vmimage import backup, libvirt, qemu
 from protectctl.providers.vmimage.chunkmap import Tracked, chunk_count, chunk_size_for
 
@@ -117,19 +117,8 @@ def _running(request: SnapshotRequest, domain: str, path: Path) -> SnapshotOutco
         if backup.save(where, dataclasses.replace(state, point_id=point_id)) and old:
             _quietly_delete(domain, old)
 
-    return SnapshotOutcome(
-        tree=tree,
-        stats=SnapshotStats(
-            files=1,
-            bytes_total=info.virtual_size,
-            bytes_read=run.bytes_read,
-            bytes_added=run.bytes_added,
-            chunks_new=run.chunks_new,
-        ),
-        errors=(),
-        extra=extra,
-        finish=finish,
-    )
+    done: SnapshotOutcome = backup.outcome(tree, info.virtual_size, run, extra, finish)
+    return done
 
 
 def _previous(
