@@ -85,6 +85,10 @@ class ThrottledStorage:
     def read_parallelism(self) -> int:
         return int(getattr(self.inner, "read_parallelism", 1))
 
+    @property
+    def read_ahead_bytes(self) -> int:  # reads are not throttled: keep the store's read-ahead
+        return int(getattr(self.inner, "read_ahead_bytes", 0))
+
     def put(self, kind: ObjectKind, name: str, data: bytes) -> None:
         if self._window(self._now()):
             self.waited_s += self.bucket.consume(len(data))

@@ -48,3 +48,15 @@ def test_storage_throttles_only_inside_window(tmp_path: Path) -> None:
     assert clock.t == 2.0
     assert storage.get(ObjectKind.DATA, "aa22") == b"x" * 300
     assert {i.name for i in storage.list(ObjectKind.DATA)} == {"aa11", "aa22"}
+
+
+def test_the_throttle_keeps_the_stores_read_hints(tmp_path: Path) -> None:
+    """Only writes are capped: a throttled s3 store keeps its read-ahead and read parallelism."""
+
+    class Hinted(LocalStorage):
+        read_ahead_bytes = 4 << 20
+        read_parallelism = 16
+
+    throttled = ThrottledStorage(Hinted(tmp_path), 1 << 20)
+    assert (throttled.read_ahead_bytes, throttled.read_parallelism) == (4 << 20, 16)
+    assert ThrottledStorage(LocalStorage(tmp_path), 1 << 20).read_ahead_bytes == 0
