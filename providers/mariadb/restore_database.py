@@ -111,18 +111,7 @@ def restore_database(
             f"database {database} loaded as {as_name} into the server at {into.socket}; "
             "the temporary server was removed",
         )
-        return RestoreOutcome(
-            into.data_dir,
-            restored.files,
-            restored.dirs,
-            restored.bytes_total,
-            restored.bytes_needed,
-            restored.bytes_free,
-            restored.verified,
-            True,
-            notes,
-            details,
-        )
+        return replace(restored, target=into.data_dir, written=True, notes=notes, details=details)
     finally:
         my.stop_pid(temp_dir / "mysqld.pid")
         shutil.rmtree(work, ignore_errors=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -93,18 +94,7 @@ def restore_database(
             f"database {database} loaded as {as_name} into the cluster on port "
             f"{into.port}; the temporary cluster was removed",
         )
-        return RestoreOutcome(
-            into.data_dir,
-            restored.files,
-            restored.dirs,
-            restored.bytes_total,
-            restored.bytes_needed,
-            restored.bytes_free,
-            restored.verified,
-            True,
-            notes,
-            details,
-        )
+        return dataclasses.replace(restored, target=into.data_dir, written=True, notes=notes, details=details)
     finally:
         if temp is not None:
             with contextlib.suppress(ProviderError):
