@@ -11,14 +11,15 @@ still find them, writers do not dedup against them. When a pack is named in both
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import zstandard
 
 from protectctl.engine.crypto import Sealer, aad, content_name
 from protectctl.engine.ids import BlobId
-from protectctl.engine.pack import ENTRY, PackEntry, decode_entries, encode_entries
+from protectctl.engine.pack import ENTRY, KIND_CODES, PackEntry, decode_entries, encode_entries, kind_from_code
 from protectctl.engine.prefetch import fetch_in_order
 from protectctl.engine.storage.base import ObjectKind, ObjectMissingError, StorageBackend
 from protectctl.errors import CorruptionError, RepositoryError
@@ -35,13 +36,61 @@ class IndexEntry:
     entry: PackEntry
 
 
+# Building the entries of `Index._entry` without their frozen __init__ (same objects, fields set once).
+_new = object.__new__
+_set_id, _set_kind, _set_offset, _set_length, _set_raw_length = (
+    getattr(PackEntry, name).__set__ for name in ("blob_id", "kind", "offset", "length", "raw_length")
+)
+_set_pack, _set_entry = (getattr(IndexEntry, name).__set__ for name in ("pack", "entry"))
+_CODE_KIND = {code: kind_from_code(code, "") for code in KIND_CODES}
+
+
 @dataclass(slots=True)
 class IndexFile:
-    """One index object's content."""
+    """One index object's content, as a writer builds it."""
 
     packs: dict[str, list[PackEntry]] = field(default_factory=dict)
     condemned: bool = False
     locks: tuple[str, ...] = ()  # names of locks alive when a condemned index was written
+
+
+class PackTables(Mapping[str, list[PackEntry]]):
+    """Pack -> its entries, kept as the index object's raw entry tables and decoded only when
+    one is asked for: loading an index then costs no object per blob."""
+
+    __slots__ = ("_raw", "_spans", "_what")
+
+    def __init__(self, raw: bytes, spans: dict[str, tuple[int, int]], what: str) -> None:
+        self._raw = raw
+        self._spans = spans  # pack -> (offset of its table in raw, entry count)
+        self._what = what
+
+    def __getitem__(self, pack: str) -> list[PackEntry]:
+        offset, count = self._spans[pack]
+        return decode_entries(self._raw[offset : offset + count * ENTRY.size], count, self._what)
+
+    def __contains__(self, pack: object) -> bool:
+        return pack in self._spans
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def tables(self) -> Iterator[tuple[str, bytes, int, int]]:
+        """(pack, raw, offset, count) for each pack, in the object's order."""
+        for pack, (offset, count) in self._spans.items():
+            yield pack, self._raw, offset, count
+
+
+@dataclass(slots=True)
+class StoredIndex:
+    """One index object's content as read: its entry tables kept raw (`PackTables`)."""
+
+    packs: PackTables
+    condemned: bool = False
+    locks: tuple[str, ...] = ()
 
 
 def encode_index(sealer: Sealer, index: IndexFile) -> tuple[str, bytes]:
@@ -58,7 +107,7 @@ def encode_index(sealer: Sealer, index: IndexFile) -> tuple[str, bytes]:
     return content_name(stored), stored
 
 
-def decode_index(sealer: Sealer, name: str, stored: bytes) -> IndexFile:
+def decode_index(sealer: Sealer, name: str, stored: bytes) -> StoredIndex:
     """Verify and parse an index object; raises CorruptionError."""
     what = f"index/{name}"
     if content_name(stored) != name:
@@ -74,10 +123,12 @@ def decode_index(sealer: Sealer, name: str, stored: bytes) -> IndexFile:
         raise CorruptionError(f"{what}: malformed ({err})") from err
 
 
-def _parse_index(payload: bytes, what: str) -> IndexFile:
+def _parse_index(payload: bytes, what: str) -> StoredIndex:
+    """The structure is checked whole here (sizes, kind codes), so a lookup never meets a
+    malformed entry; the entries themselves stay raw."""
     if payload[:4] != _MAGIC:
         raise CorruptionError(f"{what}: not an index")
-    result = IndexFile(condemned=bool(payload[4] & _FLAG_CONDEMNED))
+    condemned = bool(payload[4] & _FLAG_CONDEMNED)
     pos = 5
     (n_locks,) = struct.unpack_from(">I", payload, pos)
     pos += 4
@@ -86,46 +137,143 @@ def _parse_index(payload: bytes, what: str) -> IndexFile:
         (size,) = struct.unpack_from(">H", payload, pos)
         locks.append(payload[pos + 2 : pos + 2 + size].decode("ascii"))
         pos += 2 + size
-    result.locks = tuple(locks)
     (n_packs,) = struct.unpack_from(">I", payload, pos)
     pos += 4
+    spans: dict[str, tuple[int, int]] = {}
     for _ in range(n_packs):
         pack = payload[pos : pos + 32].hex()
         (count,) = struct.unpack_from(">I", payload, pos + 32)
         pos += 36
-        result.packs[pack] = decode_entries(payload[pos : pos + count * ENTRY.size], count, what)
-        pos += count * ENTRY.size
+        end = pos + count * ENTRY.size
+        if len(pack) != 64 or end > len(payload):
+            raise CorruptionError(f"{what}: entry table has the wrong size")
+        if payload[pos + 32 : end : ENTRY.size].translate(None, KIND_CODES):
+            raise CorruptionError(f"{what}: unknown blob kind")
+        spans[pack] = (pos, count)
+        pos = end
     if pos != len(payload):
         raise CorruptionError(f"{what}: trailing bytes")
-    return result
+    return StoredIndex(PackTables(payload, spans, what), condemned, tuple(locks))
+
+
+def _stored_form(index: IndexFile, what: str) -> StoredIndex:
+    """A writer's IndexFile in the compact form an Index keeps."""
+    parts, spans, pos = [], {}, 0
+    for pack, entries in index.packs.items():
+        parts.append(encode_entries(entries))
+        spans[pack] = (pos, len(entries))
+        pos += len(entries) * ENTRY.size
+    return StoredIndex(PackTables(b"".join(parts), spans, what), index.condemned, index.locks)
+
+
+class _Located(Mapping[BlobId, IndexEntry]):
+    """A read-only view of one of an Index's id -> location maps."""
+
+    __slots__ = ("_codes", "_index")
+
+    def __init__(self, index: Index, codes: dict[bytes, int]) -> None:
+        self._index = index
+        self._codes = codes
+
+    def __getitem__(self, blob_id: BlobId) -> IndexEntry:
+        return self._index._entry(self._codes[blob_id])
+
+    def __contains__(self, blob_id: object) -> bool:
+        return blob_id in self._codes
+
+    def __iter__(self) -> Iterator[BlobId]:
+        return iter(self._codes)  # type: ignore[arg-type]  # the keys are blob ids
+
+    def __len__(self) -> int:
+        return len(self._codes)
 
 
 class Index:
-    """Blob id -> location, from live and condemned index objects."""
+    """Blob id -> location, from live and condemned index objects.
+
+    Compact: the entry tables stay as the index objects' raw bytes; each blob id maps to
+    one int, its entry's number counted over all tables (`_starts` gives each table's first
+    number), and a PackEntry is decoded only when a blob is looked up. When several tables
+    list a blob, the first added wins (within live, within condemned); live wins over condemned.
+    """
 
     def __init__(self) -> None:
-        self.live: dict[BlobId, IndexEntry] = {}
-        self.condemned: dict[BlobId, IndexEntry] = {}
+        self._live: dict[bytes, int] = {}
+        self._condemned: dict[bytes, int] = {}
+        self._starts: list[int] = []  # first entry number of each table, ascending
+        self._tables: list[tuple[bytes, int, str]] = []  # (raw, offset of the table in raw, pack)
+        self._count = 0
         self.live_packs: set[str] = set()
-        self.files: dict[str, IndexFile] = {}
+        self.files: dict[str, StoredIndex] = {}
         self.damaged: dict[str, str] = {}  # index object -> why it was not read (its packs unindexed)
         self.recovered: set[str] = set()  # packs added from their own headers, in memory only
 
-    def add_file(self, name: str, index: IndexFile) -> None:
-        self.files[name] = index
-        for pack, entries in index.packs.items():
-            self.add_pack(pack, entries, condemned=index.condemned)
+    @property
+    def live(self) -> Mapping[BlobId, IndexEntry]:
+        return _Located(self, self._live)
+
+    @property
+    def condemned(self) -> Mapping[BlobId, IndexEntry]:
+        return _Located(self, self._condemned)
+
+    def add_file(self, name: str, index: IndexFile | StoredIndex) -> None:
+        stored = index if isinstance(index, StoredIndex) else _stored_form(index, f"index/{name}")
+        self.files[name] = stored
+        self._add_tables(stored.packs.tables(), condemned=stored.condemned)
 
     def add_pack(self, pack: str, entries: Iterable[PackEntry], *, condemned: bool = False) -> None:
-        if not condemned:
-            self.live_packs.add(pack)
-        target = self.condemned if condemned else self.live
-        for entry in entries:
-            target.setdefault(entry.blob_id, IndexEntry(pack, entry))
+        listed = list(entries)
+        self._add_tables([(pack, encode_entries(listed), 0, len(listed))], condemned=condemned)
+
+    def _add_tables(self, tables: Iterable[tuple[str, bytes, int, int]], *, condemned: bool) -> None:
+        first = self._count
+        ids: list[bytes] = []
+        step = ENTRY.size
+        for pack, raw, offset, count in tables:
+            if not condemned:
+                self.live_packs.add(pack)
+            self._starts.append(self._count)
+            self._tables.append((raw, offset, pack))
+            self._count += count
+            ids += [raw[at : at + 32] for at in range(offset, offset + count * step, step)]
+        target = self._condemned if condemned else self._live
+        # reversed: of the ids repeated within these tables, the first one's number is stored last
+        numbered = zip(reversed(ids), range(self._count - 1, first - 1, -1), strict=True)
+        if not target:
+            target.update(numbered)
+            return
+        fresh = dict(numbered)
+        for blob_id in fresh.keys() & target.keys():
+            del fresh[blob_id]  # already listed: the first added wins
+        target.update(fresh)
+
+    def _entry(self, number: int) -> IndexEntry:
+        table = bisect_right(self._starts, number) - 1
+        raw, offset, pack = self._tables[table]
+        blob_id, code, at, length, raw_length = ENTRY.unpack_from(
+            raw, offset + (number - self._starts[table]) * ENTRY.size
+        )
+        # the fields set through their slots: a frozen dataclass's __init__ costs ~3x more, and a
+        # restore looks up every blob (the kind code was checked when the table was read)
+        entry = _new(PackEntry)
+        _set_id(entry, blob_id)
+        _set_kind(entry, _CODE_KIND[code])
+        _set_offset(entry, at)
+        _set_length(entry, length)
+        _set_raw_length(entry, raw_length)
+        located = _new(IndexEntry)
+        _set_pack(located, pack)
+        _set_entry(located, entry)
+        return located
 
     def lookup(self, blob_id: BlobId) -> IndexEntry | None:
         """Where to read a blob: live first, then packs gc has condemned but not yet deleted."""
-        return self.live.get(blob_id) or self.condemned.get(blob_id)
+        number = self._live.get(blob_id)
+        if number is None:
+            number = self._condemned.get(blob_id)
+            if number is None:
+                return None
+        return self._entry(number)
 
     def add_recovered(self, pack: str, entries: Iterable[PackEntry]) -> None:
         """A pack found through its own header: readers find its blobs, writers do not dedup
@@ -137,9 +285,8 @@ class Index:
         """Packs any readable index object names."""
         return {pack for index in self.files.values() for pack in index.packs}
 
-    def has_live(self, blob_id: BlobId) -> bool:
-        entry = self.live.get(blob_id)
-        return entry is not None
+    def has_live(self, blob_id: bytes) -> bool:
+        return blob_id in self._live
 
     def condemned_packs(self) -> dict[str, tuple[str, ...]]:
         """Condemned pack -> the lock names recorded with it (live wins over condemned)."""
@@ -158,10 +305,10 @@ class Index:
             for index in self.files.values():
                 if index.condemned != condemned:
                     continue
-                for pack, entries in index.packs.items():
+                for pack in index.packs:
                     if pack not in seen:
                         seen.add(pack)
-                        yield pack, entries, condemned
+                        yield pack, index.packs[pack], condemned
 
 
 def load_index(storage: StorageBackend, sealer: Sealer, names: Iterable[str] | None = None) -> Index:

@@ -30,6 +30,7 @@ class BlobKind(StrEnum):
 
 _KIND_CODE = {BlobKind.DATA: 0, BlobKind.TREE: 1}
 _CODE_KIND = {code: kind for kind, code in _KIND_CODE.items()}
+KIND_CODES = bytes(sorted(_CODE_KIND))  # every valid kind code, to check an entry table in bulk
 
 _FLAG_STORED = 0
 _FLAG_ZSTD = 1

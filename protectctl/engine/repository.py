@@ -250,8 +250,8 @@ class Repository:
     def has_blobs(self, blob_ids: Iterable[bytes]) -> bool:
         """`has_blob` for every id, under one lock acquisition (a directory's chunks at once)."""
         with self._mutex:
-            pending, live = self._pending, self._loaded_index().live
-            return all(b in pending or b in live for b in blob_ids)
+            pending, has_live = self._pending, self._loaded_index().has_live
+            return all(b in pending or has_live(b) for b in blob_ids)
 
     def _lookup(self, blob_id: BlobId) -> IndexEntry | None:
         with self._mutex:
