@@ -4,6 +4,8 @@ its real CLI, as the timers run it) side by side with restic on the same tree.
 
     first backup        every file read once
     no change           nothing touched
+    no change, again    nothing touched (the steady state: a sync after a first backup walks what
+                        the first backup left without subtotals, docs/change-tracking.md)
     10 changed          ten files appended to, in ten directories
     10 changed, no watcher   the same without the watcher: protectctl walks every file
 
@@ -209,7 +211,7 @@ def main() -> None:
                 raise SystemExit(f"{name} init failed: {m.stderr[-2000:]}")
         pc.start_watcher()
         phases: dict[str, dict[str, object]] = {}
-        for phase in ("first backup", "no change", "10 changed", "10 changed, no watcher"):
+        for phase in ("first backup", "no change", "no change, again", "10 changed", "10 changed, no watcher"):
             if phase == "10 changed":
                 change_ten(dirs, seed=7)
             if phase == "10 changed, no watcher":
