@@ -20,6 +20,7 @@ from protectctl.engine.pack import PackEntry
 from protectctl.engine.repository import BlobKind, Point, PointStats, Repository, new_point_id
 from protectctl.engine.storage.base import ObjectKind
 from protectctl.engine.tree import Tree
+from protectctl.progress import NullProgress
 from tests.unit.engine.conftest import dir_node, file_node, make_repo
 
 MIDDLES, LEAVES, FILES, POINTS = 3, 4, 5, 12  # 12 leaves of 5 files; 12 points
@@ -100,6 +101,20 @@ def shaped(tmp_path: Path) -> Iterator[Shaped]:
     repo.close()
 
 
+class _Files(NullProgress):
+    """Files advanced, per task."""
+
+    def __init__(self) -> None:
+        self.files: Counter[str] = Counter()
+        self.task = ""
+
+    def start(self, task: str, *, total_bytes: int | None = None, total_files: int | None = None) -> None:
+        self.task = task
+
+    def advance(self, *, files: int = 0, bytes_done: int = 0) -> None:
+        self.files[self.task] += files
+
+
 def _count_tree_reads(repo: Repository, trees: set[BlobId], monkeypatch: pytest.MonkeyPatch) -> Counter[BlobId]:
     """Every read of a tree blob, by id, whichever of the repository's read paths it takes."""
     reads: Counter[BlobId] = Counter()
@@ -125,11 +140,14 @@ def test_check_reads_each_unique_tree_once(shaped: Shaped, monkeypatch: pytest.M
     # the shape shares trees: a walk per point would read far more than the unique ones
     assert sum(len(t) for t in shaped.trees_of.values()) > 3 * len(every_tree)
     reads = _count_tree_reads(shaped.repo, every_tree, monkeypatch)
-    report = shaped.repo.check()
+    progress = _Files()
+    report = shaped.repo.check(progress=progress)
     assert report.ok, report.errors
     assert report.points_checked == POINTS
     assert set(reads) == every_tree
     assert max(reads.values()) == 1
+    # progress counts the files of each tree read: the distinct leaf trees' files
+    assert progress.files["check: points"] == (MIDDLES * LEAVES + POINTS - 1) * FILES
 
 
 def test_check_names_every_point_a_shared_damage_hurts(shaped: Shaped, monkeypatch: pytest.MonkeyPatch) -> None:
