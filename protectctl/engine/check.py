@@ -210,16 +210,16 @@ def _check_points(repo: Repository, index: Index, found: _Findings, progress: Pr
     progress.start("check: points")
     memo: dict[BlobId, frozenset[str]] = {}
     count = 0
-    for info in sorted(repo.storage.list(ObjectKind.POINTS), key=lambda i: i.name):
-        try:
-            point = repo.load_point(info.name)
-        except ObjectMissingError:
+    names = sorted(info.name for info in repo.storage.list(ObjectKind.POINTS))
+    for name, point in repo.load_points(names):
+        if isinstance(point, ObjectMissingError):
             continue
-        except CorruptionError as err:
+        if isinstance(point, CorruptionError):
             found.errors.append(
-                f"{err.message}; this point cannot be read (forget it with `protectctl repair points --forget-damaged`)"
+                f"{point.message}; this point cannot be read "
+                "(forget it with `protectctl repair points --forget-damaged`)"
             )
-            found.damaged_points.add(info.name)
+            found.damaged_points.add(name)
             continue
         count += 1
         found.named[point.id] = (point.source, point.time)

@@ -145,13 +145,11 @@ def _load_points(repo: Repository, point_ids: Iterable[str]) -> tuple[list[Point
     """The listed points, and the manifests that did not open (id -> why)."""
     points: list[Point] = []
     damaged: dict[str, str] = {}
-    for point_id in sorted(point_ids):
-        try:
-            points.append(repo.load_point(point_id))
-        except ObjectMissingError:
-            continue  # forgotten meanwhile: its data may go
-        except CorruptionError as err:
-            damaged[point_id] = err.message
+    for point_id, point in repo.load_points(sorted(point_ids)):
+        if isinstance(point, CorruptionError):
+            damaged[point_id] = point.message
+        elif not isinstance(point, ObjectMissingError):  # missing: forgotten meanwhile, its data may go
+            points.append(point)
     return points, damaged
 
 
