@@ -113,6 +113,9 @@ def _collect(repo: Repository, own_lease: str, dry_run: bool, progress: Progress
     # will read an index at least as new as the one gc reads next.
     locks_start = _foreign_locks(repo, own_lease)
     points_start = {info.name for info in storage.list(ObjectKind.POINTS)}
+    # One index in memory, not two: the repository's cached copy (prune's damage checks read
+    # it) may predate the locks listed above, and gc replaces it anyway. 1M blobs: ~280 MiB.
+    repo.invalidate_index()
     index = load_index(storage, repo.sealer)
     packs_start = {info.name: info.size for info in storage.list(ObjectKind.DATA)}
     points, damaged = _load_points(repo, points_start)
