@@ -21,7 +21,7 @@ from protectctl.engine.index import Index, decode_index
 from protectctl.engine.pack import TRAILER_SIZE, PackEntry, header_length, open_blob, open_pack_header
 from protectctl.engine.repair import read_unindexed
 from protectctl.engine.storage.base import ObjectKind, ObjectMissingError
-from protectctl.engine.tree import decode_tree
+from protectctl.engine.tree import NodeType, decode_tree
 from protectctl.errors import CorruptionError, RepositoryError
 from protectctl.progress import NullProgress, Progress
 
@@ -205,29 +205,30 @@ def _verify_pack(repo: Repository, pack: str, data: bytes, indexed: list[PackEnt
 
 
 def _check_points(repo: Repository, index: Index, found: _Findings, progress: Progress) -> int:
+    # advances by the files of each tree as it is read: every unique tree once, so the count
+    # ends at the number of distinct file entries, not points x files
     progress.start("check: points")
     memo: dict[BlobId, frozenset[str]] = {}
     count = 0
-    for info in sorted(repo.storage.list(ObjectKind.POINTS), key=lambda i: i.name):
-        try:
-            point = repo.load_point(info.name)
-        except ObjectMissingError:
+    names = sorted(info.name for info in repo.storage.list(ObjectKind.POINTS))
+    for name, point in repo.load_points(names):
+        if isinstance(point, ObjectMissingError):
             continue
-        except CorruptionError as err:
+        if isinstance(point, CorruptionError):
             found.errors.append(
-                f"{err.message}; this point cannot be read (forget it with `protectctl repair points --forget-damaged`)"
+                f"{point.message}; this point cannot be read "
+                "(forget it with `protectctl repair points --forget-damaged`)"
             )
-            found.damaged_points.add(info.name)
+            found.damaged_points.add(name)
             continue
         count += 1
         found.named[point.id] = (point.source, point.time)
         if point.tree is None:
             continue
-        for pack in _damage_under(repo, index, point.tree, memo, found):
+        for pack in _damage_under(repo, index, point.tree, memo, found, progress):
             found.users.setdefault(pack, set()).add(point.id)
             if pack.startswith("missing:"):
                 found.bad_packs.add(pack)
-        progress.advance(files=1)
     progress.finish()
     return count
 
@@ -251,9 +252,15 @@ def _blob_damage(index: Index, blob_id: BlobId, found: _Findings) -> frozenset[s
 
 
 def _damage_under(
-    repo: Repository, index: Index, root: BlobId, memo: dict[BlobId, frozenset[str]], found: _Findings
+    repo: Repository,
+    index: Index,
+    root: BlobId,
+    memo: dict[BlobId, frozenset[str]],
+    found: _Findings,
+    progress: Progress,
 ) -> frozenset[str]:
-    """Every bad pack a restore of the tree `root` would hit (memoised per tree)."""
+    """Every bad pack a restore of the tree `root` would hit (memoised per tree: a tree many
+    points share is read once, and memory grows with the unique trees, not points x files)."""
     own: dict[BlobId, frozenset[str]] = {}  # a tree's own damage while its children are walked
     children: dict[BlobId, list[BlobId]] = {}
     stack: list[tuple[BlobId, bool]] = [(root, False)]
@@ -269,14 +276,14 @@ def _damage_under(
             continue
         if tree_id in own:
             continue  # a cycle or a shared subtree already being walked
-        own[tree_id], children[tree_id] = _load_tree_damage(repo, index, tree_id, found)
+        own[tree_id], children[tree_id] = _load_tree_damage(repo, index, tree_id, found, progress)
         stack.append((tree_id, True))
         stack.extend((child, False) for child in children[tree_id] if child not in memo)
     return memo[root]
 
 
 def _load_tree_damage(
-    repo: Repository, index: Index, tree_id: BlobId, found: _Findings
+    repo: Repository, index: Index, tree_id: BlobId, found: _Findings, progress: Progress
 ) -> tuple[frozenset[str], list[BlobId]]:
     damage = set(_blob_damage(index, tree_id, found))
     if any(not d.startswith("unindexed:") for d in damage):
@@ -288,8 +295,11 @@ def _load_tree_damage(
     except CorruptionError as err:
         found.damage(located.pack, f"tree {short_id(tree_id)}: {err.message}")
         return frozenset({located.pack}), []
+    files = 0
     for node in tree.nodes:
+        files += node.type is NodeType.FILE
         for chunk in node.chunks:
             damage |= _blob_damage(index, chunk, found)
+    progress.advance(files=files)
     subtrees = [node.subtree for node in tree.nodes if node.subtree is not None]
     return frozenset(damage), subtrees

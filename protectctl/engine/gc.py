@@ -113,6 +113,9 @@ def _collect(repo: Repository, own_lease: str, dry_run: bool, progress: Progress
     # will read an index at least as new as the one gc reads next.
     locks_start = _foreign_locks(repo, own_lease)
     points_start = {info.name for info in storage.list(ObjectKind.POINTS)}
+    # One index in memory, not two: the repository's cached copy (prune's damage checks read
+    # it) may predate the locks listed above, and gc replaces it anyway. 1M blobs: ~280 MiB.
+    repo.invalidate_index()
     index = load_index(storage, repo.sealer)
     packs_start = {info.name: info.size for info in storage.list(ObjectKind.DATA)}
     points, damaged = _load_points(repo, points_start)
@@ -145,13 +148,11 @@ def _load_points(repo: Repository, point_ids: Iterable[str]) -> tuple[list[Point
     """The listed points, and the manifests that did not open (id -> why)."""
     points: list[Point] = []
     damaged: dict[str, str] = {}
-    for point_id in sorted(point_ids):
-        try:
-            points.append(repo.load_point(point_id))
-        except ObjectMissingError:
-            continue  # forgotten meanwhile: its data may go
-        except CorruptionError as err:
-            damaged[point_id] = err.message
+    for point_id, point in repo.load_points(sorted(point_ids)):
+        if isinstance(point, CorruptionError):
+            damaged[point_id] = point.message
+        elif not isinstance(point, ObjectMissingError):  # missing: forgotten meanwhile, its data may go
+            points.append(point)
     return points, damaged
 
 

@@ -499,6 +499,17 @@ class Repository:
             return self.load_point(point_id)  # read again: the same error (or a retry's success) as one by one
         return decode_point(self.sealer, point_id, stored)
 
+    def load_points(
+        self, point_ids: Iterable[str]
+    ) -> Iterator[tuple[str, Point | CorruptionError | ObjectMissingError]]:
+        """`load_point` of each id in order, a few fetched ahead on a store whose requests are
+        costly (check and gc read every manifest): the point, or the error it raised."""
+        for name, stored in fetch_in_order(self.storage, ObjectKind.POINTS, point_ids):
+            try:
+                yield name, self._fetched_point(name, stored)
+            except (CorruptionError, ObjectMissingError) as err:
+                yield name, err
+
     def load_point(self, point_id: str) -> Point:
         """One point; CorruptionError names a manifest that does not open."""
         if not valid_point_id(point_id):
