@@ -42,8 +42,10 @@ from protectctl.catalog.select import select_point
 from protectctl.engine.keycache import DerivedKeyCache
 from protectctl.engine.memory import tune_malloc
 from protectctl.engine.points import DamagedPoint, Point, PointStats, new_point_id
+from protectctl.engine.prefetch import read_parallelism
 from protectctl.engine.repository import Repository
 from protectctl.engine.storage.base import ObjectKind, StorageBackend
+from protectctl.engine.storage.cache import CachedStorage, cache_dir_for
 from protectctl.errors import ProtectctlError, ProviderError
 from protectctl.progress import NullProgress, Progress
 from protectctl.provider import (
@@ -297,9 +299,12 @@ class SourceStatus:
 
 
 def _storage_for(job: SourceJob, now: Callable[[], datetime]) -> StorageBackend:
+    storage = job.storage
+    if read_parallelism(storage) > 1:  # a store whose requests cost (s3): keep manifests and index objects
+        storage = CachedStorage(storage, cache_dir_for(job.state_dir, storage))
     if job.throttle_bps:
-        return ThrottledStorage(job.storage, job.throttle_bps, window=job.throttle_window, now=now)
-    return job.storage
+        return ThrottledStorage(storage, job.throttle_bps, window=job.throttle_window, now=now)
+    return storage
 
 
 def open_repository(storage: StorageBackend, passphrase: bytes, key_cache: DerivedKeyCache | None = None) -> Repository:

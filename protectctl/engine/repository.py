@@ -50,6 +50,7 @@ from protectctl.engine.prefetch import fetch_in_order
 from protectctl.engine.readahead import PackReadAhead
 from protectctl.engine.repair import IndexRepair, rebuild_index, recover_unindexed
 from protectctl.engine.storage.base import ObjectKind, ObjectLockedError, ObjectMissingError, StorageBackend
+from protectctl.engine.storage.cache import evict_cached
 from protectctl.engine.tree import Tree, decode_tree, encode_tree
 from protectctl.engine.writer import DEFAULT_PACK_SIZE, BlobWriter
 from protectctl.errors import CorruptionError, LockedError, RepositoryError, WrongKeyError
@@ -497,7 +498,12 @@ class Repository:
             raise stored
         if isinstance(stored, Exception) or not valid_point_id(point_id):
             return self.load_point(point_id)  # read again: the same error (or a retry's success) as one by one
-        return decode_point(self.sealer, point_id, stored)
+        try:
+            return decode_point(self.sealer, point_id, stored)
+        except CorruptionError:
+            if not evict_cached(self.storage, ObjectKind.POINTS, point_id):
+                raise
+            return self.load_point(point_id)  # a local copy that does not open: the store's
 
     def load_points(
         self, point_ids: Iterable[str]
