@@ -48,6 +48,10 @@ from protectctl.tape.pipeline import StageClock, default_workers, ordered_map, t
 from protectctl.tape.volume import Volume
 
 _CACHED_RECORDS = 8
+# Spooled records kept opened for the restore: a record leaves as soon as each of its blobs was
+# served once, so this bound is reached only when restore threads work on that many records at
+# once (small-file batches and large files in flight span several records).
+_OPENED_RECORDS = 16
 # Trees met while the tape is read are kept (their bodies, still compressed) up to this much, so
 # the restore's walks of the trees (select, count, write) decrypt no record for them.
 _TREE_STASH_BYTES = 64 << 20
@@ -76,6 +80,8 @@ class TapePointReader:
         self._records: list[_Spooled] = []
         self._where: dict[BlobId, tuple[int, int, int]] = {}  # blob → (record index, index in record, length)
         self._trees: dict[BlobId, TapeBlob | TapeBody] = {}  # tree bodies kept from the read pass
+        self._unserved: list[bytearray] = []  # per spooled record: 1 for each blob not served yet
+        self._left: list[int] = []  # per spooled record: how many blobs not served yet
         self._tree_bytes = 0
         self._cache: OrderedDict[int, list[TapeBlob] | list[TapeBody]] = OrderedDict()
         self._lock = threading.Lock()
@@ -278,7 +284,10 @@ class TapePointReader:
         index = len(self._records)
         offset = self._spool.seek(0, os.SEEK_END)
         self._spool.write(data)
+        self._spool.flush()  # restore threads read it with pread
         self._records.append(_Spooled(cipher, file_no, record_no, offset, len(data)))
+        self._unserved.append(bytearray(b"\x01") * len(blobs))
+        self._left.append(len(blobs))
         listed: Sequence[TapeBlob | TapeBody] = blobs
         for i, blob in enumerate(listed):
             self._where[blob.blob_id] = (index, i, _raw_length(blob))
@@ -327,15 +336,14 @@ class TapePointReader:
             self._loading[index] = done = threading.Event()
             self.records_opened += 1
             spooled = self._records[index]
-            self._spool.seek(spooled.offset)
-            raw = self._spool.read(spooled.length)
         try:
+            raw = os.pread(self._spool.fileno(), spooled.length, spooled.offset)
             kind, plain = spooled.cipher.open(raw, spooled.file_no, spooled.record_no)
             where = f"cartridge {spooled.cipher.label.barcode} file {spooled.file_no}"
             blobs = decode_bodies(plain, where) if kind is RecordType.BODIES else decode_blobs(plain, where)
             with self._lock:
                 self._cache[index] = blobs
-                while len(self._cache) > _CACHED_RECORDS:
+                while len(self._cache) > _OPENED_RECORDS:
                     self._cache.popitem(last=False)
             return blobs
         finally:
@@ -368,7 +376,16 @@ class TapePointReader:
         located = self._where.get(blob_id)
         if located is None:
             raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the copy on tape")
-        return self._record(located[0])[located[1]]
+        index, i, _length = located
+        blob = self._record(index)[i]
+        with self._lock:
+            unserved = self._unserved[index]
+            if unserved[i]:
+                unserved[i] = 0
+                self._left[index] -= 1
+                if not self._left[index]:  # each blob served once: drop it (a later need reopens it)
+                    self._cache.pop(index, None)
+        return blob
 
     def load_blob_unchecked(self, blob_id: BlobId) -> bytes:
         """`load_blob` without the id check, for a restore that checks each file's whole hash

@@ -199,6 +199,7 @@ def run(
         return Volume(d, open_volume(d, keys.kek)), lambda: library.unload(1)
 
     read_stages: dict[str, float] = {}
+    records: dict[str, int] = {}  # records spooled by the read pass, and opened again for the restore
 
     def tape_read() -> None:
         with TapePointReader(workdir) as reader:
@@ -213,6 +214,7 @@ def run(
             read_stages["restore (decrypt, decompress, hash, write files)"] = _CPU[restore_s]
             read_stages["(restore, wall)"] = restore_s
             read_stages.update(reader.clock.seconds)
+            records.update(spooled=len(reader._records), opened_again=reader.records_opened)
 
     def _verified(outcome: object) -> None:
         assert getattr(outcome, "verified", None) == point.stats.files
@@ -247,6 +249,7 @@ def run(
         # CPU seconds per stage, summed over the threads running it (PoolWriter.clock, reader.clock;
         # the read's restore and read pass: process CPU); "(..., wall)" are wall seconds
         "stages_cpu_seconds": {"tape_write": dict(writer.clock.seconds), "tape_read": read_stages},
+        "tape_read_records": records,
         "restore_from_repository": {
             "seconds": repo_restore_s,
             "cpu_seconds": _CPU[repo_restore_s],
@@ -330,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"format {result['format']}, {result['workers']} pipeline worker(s), load {' '.join(f'{x:.2f}' for x in load)}"
     )
+    records, restore = result["tape_read_records"], result["restore_from_repository"]
+    assert isinstance(records, dict) and isinstance(restore, dict)
     mib = float(str(result["dataset_bytes"])) / (1 << 20)
     for name in ("tape_write", "tape_read", "tar_write", "tar_read"):
         cpu = cpus[name]
@@ -340,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         for stage, value in stages.get(name, {}).items():
             shown = f"{value:.2f} s" if stage.startswith("(") else f"{value * 1000 / mib:5.2f} ms CPU per MiB"
             print(f"      {stage:<52} {shown}")
-    restore = result["restore_from_repository"]
-    assert isinstance(restore, dict)
+        if name == "tape_read":
+            print(f"      records spooled {records['spooled']}, opened again for the restore {records['opened_again']}")
     print(
         f"  restore from the repository (same point, same restorer): {restore['mib_per_s']:.1f} MiB/s "
         f"({restore['seconds']:.2f} s; {restore['cpu_seconds'] * 1000 / mib:.2f} ms CPU per MiB)"
