@@ -18,6 +18,7 @@ from protectctl.engine.repository import Repository
 from protectctl.engine.storage.local import LocalStorage
 from protectctl.engine.tree import NodeType
 from protectctl.progress import NullProgress
+from protectctl.restore.fs import FsRestorer
 from protectctl.restore.run import restore_tree
 from protectctl.tape.catalog import Cartridge, CartridgeState, Catalog
 from protectctl.tape.copy import PoolTarget, PoolWriter, point_refs
@@ -31,7 +32,8 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def _tree(root: Path) -> None:
-    """Files and directories interleaved by name, nested, some large enough for several chunks."""
+    """Files and directories interleaved by name, nested, some of several chunks, one large
+    enough to be restored in parallel ranges."""
     rng = __import__("random").Random(7)
     for top in ("a", "m", "z"):
         for sub in ("b", "n"):
@@ -42,6 +44,7 @@ def _tree(root: Path) -> None:
         (root / top / "c.bin").write_bytes(rng.randbytes(300_000))
         (root / top / "o.bin").write_bytes(os.urandom(1_500_000))  # several chunks, stored
     (root / "l.txt").write_text("top\n")
+    (root / "0big.bin").write_bytes(os.urandom(17 << 20))  # first in the walk: restored in ranges
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -65,11 +68,11 @@ def copied(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Catalog
         retention=RetentionSpec(keep_within_s=86400),
     )
     point_id = run_backup(job, "full").point_id
-    # 3 MiB cartridges: records of 192 KiB, and the ~5 MiB copy spans two cartridges
-    library = VirtualLibrary(work / "lib", slots=4, drives=1, capacity_bytes=3 << 20)
+    # 8 MiB cartridges: records of 512 KiB, and the ~23 MiB copy spans several cartridges
+    library = VirtualLibrary(work / "lib", slots=6, drives=1, capacity_bytes=8 << 20)
     keys = KeyStore(work / "keys", {"kek": lambda: PASS}, kdf_n=2**10)
     catalog = Catalog()
-    for barcode in ("PL0001L9", "PL0002L9", "PL0003L9"):
+    for barcode in ("PL0001L9", "PL0002L9", "PL0003L9", "PL0004L9", "PL0005L9"):
         library.add_cartridge(barcode)
         catalog.cartridges[barcode] = Cartridge(
             barcode, "lib", "p", CartridgeState.SCRATCH, "", "", NOW, library.capacity_bytes
@@ -104,7 +107,7 @@ def test_blobs_go_to_tape_in_the_order_a_restore_walks_them(
 
 
 def test_a_spanned_copy_restores_byte_exact_and_its_trees_open_no_record(
-    copied: tuple[Path, str, Catalog, VirtualLibrary, KeyStore], tmp_path: Path
+    copied: tuple[Path, str, Catalog, VirtualLibrary, KeyStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     work, point_id, catalog, library, keys = copied
     copy = catalog.copies[point_id]
@@ -131,6 +134,14 @@ def test_a_spanned_copy_restores_byte_exact_and_its_trees_open_no_record(
             data = reader.load_blob(chunk)
             assert reader.blob_size(chunk) == len(data)
             assert bytes(reader.load_blob_into(chunk, scratch)) == data
+        ranged: list[bytes] = []
+        submit = FsRestorer._submit_ranges
+        monkeypatch.setattr(
+            FsRestorer,
+            "_submit_ranges",
+            lambda self, d, name, *rest: (ranged.append(name), submit(self, d, name, *rest)),
+        )
         outcome = restore_tree(reader, point.tree, tmp_path / "out")
+        assert ranged == [b"0big.bin"]  # the large file went in parallel ranges, as from the repository
         assert outcome.verified == point.stats.files
     assert _files(tmp_path / "out") == _files(work / "data")
