@@ -77,6 +77,7 @@ class TapePointReader:
         self._tmp = tempfile.TemporaryDirectory(prefix="protectctl-tape-", dir=spool_dir)
         self._spool_path = Path(self._tmp.name) / "spool"
         self._spool = open(self._spool_path, "w+b")  # noqa: SIM115 - lives as long as the reader
+        self._spool_end = 0  # where the next spooled record goes (workers write them with pwrite)
         self._records: list[_Spooled] = []
         self._where: dict[BlobId, tuple[int, int, int]] = {}  # blob → (record index, index in record, length)
         self._trees: dict[BlobId, TapeBlob | TapeBody] = {}  # tree bodies kept from the read pass
@@ -242,21 +243,39 @@ class TapePointReader:
         if self.header is None:
             self.header = self._last_header
         clock = self.clock
+        spool_fd = self._spool.fileno()
 
-        def open_record(raw: tuple[int, int, bytes] | None) -> _Opened | None:
+        def placed(
+            raws: Iterator[tuple[int, int, bytes] | None],
+        ) -> Iterator[tuple[tuple[int, int, bytes] | None, int]]:
+            """Each record with where its ciphertext goes in the spool (data records, by their type
+            byte, which the worker then authenticates), in tape order: this thread only reads."""
+            for raw in raws:
+                offset = -1
+                if raw is not None and raw[2][:1] in _SPOOLED:
+                    offset, self._spool_end = self._spool_end, self._spool_end + len(raw[2])
+                yield raw, offset
+
+        def open_record(item: tuple[tuple[int, int, bytes] | None, int]) -> tuple[_Opened, int] | None:
+            raw, offset = item
             with clock.stage("authenticate records"):
-                return _open_record(volume.cipher, raw, where)
+                opened = _open_record(volume.cipher, raw, where)
+            if opened is None:
+                return None
+            if offset >= 0 and opened[0] in (RecordType.DATA, RecordType.BODIES):
+                with clock.stage("spool records"):
+                    _pwrite_all(spool_fd, opened[2][2], offset)
+            return opened, offset
 
         raws = timed(_raw_records(volume), clock, "read records")
-        opened = ordered_map(open_record, raws, workers=self.workers)
+        opened = ordered_map(open_record, placed(raws), workers=self.workers)
         with contextlib.closing(opened):
             for record in opened:
                 if record is None:
                     return False  # a filemark or the end of data before the closing record
-                kind, plain, raw, blobs, trees = record
+                (kind, plain, raw, blobs, trees), offset = record
                 if kind in (RecordType.DATA, RecordType.BODIES):
-                    with clock.stage("spool records"):
-                        self._spool_record(volume.cipher, raw, blobs, trees)
+                    self._spool_record(volume.cipher, raw, offset, blobs, trees)
                     progress.advance(bytes_done=len(raw[2]))
                 elif kind is RecordType.INDEX:
                     continue  # the spool knows where every blob is; the index serves partial reads
@@ -277,14 +296,13 @@ class TapePointReader:
         self,
         cipher: VolumeCipher,
         raw: tuple[int, int, bytes],
+        offset: int,
         blobs: list[TapeBlob] | list[TapeBody],
         trees: Sequence[TapeBlob | TapeBody],
     ) -> None:
+        """Record where a record's ciphertext (written by a worker) lies in the spool and its blobs."""
         file_no, record_no, data = raw
         index = len(self._records)
-        offset = self._spool.seek(0, os.SEEK_END)
-        self._spool.write(data)
-        self._spool.flush()  # restore threads read it with pread
         self._records.append(_Spooled(cipher, file_no, record_no, offset, len(data)))
         self._unserved.append(bytearray(b"\x01") * len(blobs))
         self._left.append(len(blobs))
@@ -449,6 +467,16 @@ class TapePointReader:
 _Opened = tuple[
     RecordType, bytes, tuple[int, int, bytes], "list[TapeBlob] | list[TapeBody]", "list[TapeBlob | TapeBody]"
 ]
+
+
+_SPOOLED = (RecordType.DATA.value, RecordType.BODIES.value)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _raw_length(blob: TapeBlob | TapeBody) -> int:
