@@ -293,21 +293,10 @@ def bounds(result: dict[str, object]) -> dict[str, dict[str, float]]:
     # a read authenticates every record before the restore writes anything: the read pass and the
     # restore follow each other, so their times add up
     read_pass = min(limits["dd_read"], aes) * ratio
-    # on a shared machine: the copy's CPU per MiB at the share of the machine tar got in this run
-    seconds, cpu = result["seconds"], result["cpu_seconds"]
-    assert isinstance(seconds, dict) and isinstance(cpu, dict)
-    mib = float(str(result["dataset_bytes"])) / (1 << 20)
-
-    def at_tars_share(copy: str, tar: str) -> dict[str, float]:
-        share = cpu[tar] / seconds[tar]
-        per_mib = cpu[copy] / mib
-        return {f"CPU: {per_mib * 1000:.2f} ms per MiB at the {share:.2f} cores tar got": share / per_mib}
-
     return {
         "tape_write": {
             "disk write, fsync'ed (dd)": limits["dd_write_fsync"] * ratio,
             "AES-256-GCM twice per byte (repository open, cartridge seal)": aes / 2 * ratio,
-            **at_tars_share("tape_write", "tar_write"),
         },
         "tape_read": {
             "disk read (dd)": limits["dd_read"] * ratio,
@@ -315,7 +304,6 @@ def bounds(result: dict[str, object]) -> dict[str, dict[str, float]]:
             "the restorer itself, from the disk repository": restore["mib_per_s"],
             "read pass at the disk's and AES-GCM's pace, then the restorer": 1
             / (1 / read_pass + 1 / restore["mib_per_s"]),
-            **at_tars_share("tape_read", "tar_read"),
         },
     }
 
