@@ -236,11 +236,18 @@ def open_blob_into(
     the next use of `scratch`."""
     plain = scratch.plain.view(max(len(stored) - NONCE_SIZE - TAG_SIZE, 0))
     sealer.open_into(stored, blob_aad(entry.kind, entry.blob_id), plain, what)
+    return decode_body_into(plain, entry.raw_length, scratch, what)
+
+
+def decode_body_into(body: memoryview, raw_length: int, scratch: BlobScratch, what: str) -> memoryview:
+    """`decode_body` into `scratch.out` (a stored body: a view of `body` itself); no allocation.
+    The view is valid until the next use of `scratch` (or as long as `body`)."""
+    plain = body
     flag = plain[0] if len(plain) else -1
     if flag == _FLAG_STORED:
         data = plain[1:]
     elif flag == _FLAG_ZSTD:
-        data = scratch.out.view(entry.raw_length)
+        data = scratch.out.view(raw_length)
         try:
             reader = _decompressor().stream_reader(plain[1:])
             got = 0
@@ -250,13 +257,13 @@ def open_blob_into(
                     break
                 got += n
             if got != len(data) or reader.read(1):
-                raise CorruptionError(f"{what}: length differs from the index's {entry.raw_length}")
+                raise CorruptionError(f"{what}: length differs from the index's {raw_length}")
         except zstandard.ZstdError as err:
             raise CorruptionError(f"{what}: zstd data is damaged") from err
     else:
         raise CorruptionError(f"{what}: unknown blob encoding")
-    if len(data) != entry.raw_length:
-        raise CorruptionError(f"{what}: length {len(data)} differs from the index's {entry.raw_length}")
+    if len(data) != raw_length:
+        raise CorruptionError(f"{what}: length {len(data)} differs from the index's {raw_length}")
     return data
 
 

@@ -380,6 +380,29 @@ class Repository:
         what = f"pack {pack} (blob {short_id(entry.blob_id)})"
         return entry, open_body(self.sealer, entry, self._stored_or_corrupt(pack, entry, what), what)
 
+    def blob_location(self, blob_id: BlobId) -> IndexEntry:
+        """Which pack holds a blob and where, without reading it (for a caller that reads
+        several blobs of one pack at once, `read_pack_into`)."""
+        return self._locate(blob_id)
+
+    def read_pack_into(self, pack: str, offset: int, out: memoryview) -> None:
+        """`len(out)` stored bytes of `pack` from `offset` (one read for adjacent blobs; open each
+        with `sealer.open_into`); CorruptionError when the pack is missing or shorter."""
+        what = f"pack {pack}"
+        get_into = getattr(self.storage, "get_into", None)
+        try:
+            if get_into is not None:
+                get_into(ObjectKind.DATA, pack, offset, out)
+                return
+            got = self.storage.get(ObjectKind.DATA, pack, offset, len(out))
+        except ObjectMissingError as err:
+            raise CorruptionError(f"{what}: the pack is missing") from err
+        except RepositoryError as err:
+            raise CorruptionError(f"{what}: {err.message}") from err
+        if len(got) != len(out):
+            raise CorruptionError(f"{what}: wanted {len(out)} bytes at {offset}, the pack is shorter")
+        out[:] = got
+
     def _stored_or_corrupt(self, pack: str, entry: PackEntry, what: str) -> bytes | memoryview:
         """`_read_stored`, a missing or unreadable pack reported as damage to `what`."""
         try:

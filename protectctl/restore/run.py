@@ -51,7 +51,7 @@ class CachedTrees:
         if into is not None:
             self.load_blob_into: Callable[..., memoryview] = into
             # The repository's index knows each blob's length without reading it: a large file
-            # can then be restored in ranges (fs.py). Not offered for other readers (tape).
+            # can then be restored in ranges (fs.py). The tape reader offers both (its record tables).
             self.blob_size: Callable[[BlobId], int] = getattr(reader, "blob_size")  # noqa: B009
 
     def load_tree(self, blob_id: BlobId) -> Tree:

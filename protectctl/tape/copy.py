@@ -15,17 +15,18 @@ point being written, and its remains are named in the catalog until the next app
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 from protectctl import crashpoint
 from protectctl.engine.crypto import NONCE_SIZE, TAG_SIZE
-from protectctl.engine.ids import BlobId
-from protectctl.engine.pack import decode_body
+from protectctl.engine.ids import BlobId, short_id
+from protectctl.engine.pack import PackEntry, blob_aad, decode_body
 from protectctl.engine.points import Point
 from protectctl.engine.repository import Repository
-from protectctl.engine.tree import NodeType, decode_tree
+from protectctl.engine.tree import Node, NodeType, decode_tree
 from protectctl.errors import TapeError
 from protectctl.progress import Progress
 from protectctl.tape.catalog import (
@@ -46,13 +47,12 @@ from protectctl.tape.format import (
     RecordType,
     SegmentHeader,
     TapeBlob,
-    TapeBody,
     Trailer,
     VolumeCipher,
     batch_blobs,
+    bodies_layout,
     decode_header,
     encode_blobs,
-    encode_bodies,
     encode_end_of_volume,
     encode_header,
     encode_index,
@@ -61,7 +61,7 @@ from protectctl.tape.format import (
 )
 from protectctl.tape.keys import KeyStore
 from protectctl.tape.library import EndOfDataError, EndOfMediaError, TapeDrive, TapeLibrary
-from protectctl.tape.pipeline import default_workers, ordered_map
+from protectctl.tape.pipeline import StageClock, default_workers, ordered_map, read_ahead, timed
 from protectctl.tape.volume import Volume, open_volume, read_label, write_label
 
 KIND_DATA = 0
@@ -78,40 +78,58 @@ class PoolTarget:
 
 @dataclass(frozen=True, slots=True)
 class _Ref:
-    """A blob to copy: sized from the index before it is read (trees are read by the walk)."""
+    """A blob to copy: located and sized from the index before it is read (trees come with their
+    body: the walk reads them)."""
 
     kind: int
     blob_id: BlobId
     raw_length: int
     body_length: int
     body: bytes | None = None
+    pack: str = ""
+    entry: PackEntry | None = None
 
 
 def point_refs(repo: Repository, point: Point) -> Iterator[_Ref]:
-    """Every blob a point needs, each once, in restore order (a tree, then what it names); trees
-    come with their body (the walk reads them), data blobs are only located."""
+    """Every blob a point needs, each once, in the order a restore writes them: a tree, then
+    its entries in order, a file's chunks where the file is and a directory's subtree (and all
+    it holds) where the directory is. A full restore then asks for the blobs of a cartridge
+    in the order they were written, and each record is decrypted once."""
     if point.tree is None:
         return
-    seen: set[BlobId] = set()
-    stack: list[BlobId] = [point.tree]
-    while stack:
-        tree_id = stack.pop()
-        if tree_id in seen:
-            continue
-        seen.add(tree_id)
+    seen: set[BlobId] = {point.tree}
+
+    def tree(tree_id: BlobId) -> tuple[_Ref, Iterator[Node]]:
         entry, body = repo.load_blob_body(tree_id)
         raw = decode_body(body, entry.raw_length, f"tree {tree_id.hex()[:12]}")
-        yield _Ref(KIND_TREE, tree_id, entry.raw_length, len(body), body)
-        subtrees = []
-        for node in decode_tree(raw).nodes:
-            if node.type is NodeType.DIR and node.subtree is not None:
-                subtrees.append(node.subtree)
-            for chunk in node.chunks:
-                if chunk not in seen:
-                    seen.add(chunk)
-                    located = repo.blob_entry(chunk)
-                    yield _Ref(KIND_DATA, chunk, located.raw_length, located.length - NONCE_SIZE - TAG_SIZE)
-        stack.extend(reversed(subtrees))
+        return _Ref(KIND_TREE, tree_id, entry.raw_length, len(body), body), iter(decode_tree(raw).nodes)
+
+    ref, nodes = tree(point.tree)
+    yield ref
+    stack = [nodes]
+    while stack:
+        node = next(stack[-1], None)
+        if node is None:
+            stack.pop()
+            continue
+        for chunk in node.chunks:
+            if chunk not in seen:
+                seen.add(chunk)
+                located = repo.blob_location(chunk)
+                entry = located.entry
+                yield _Ref(
+                    KIND_DATA,
+                    chunk,
+                    entry.raw_length,
+                    entry.length - NONCE_SIZE - TAG_SIZE,
+                    pack=located.pack,
+                    entry=entry,
+                )
+        if node.type is NodeType.DIR and node.subtree is not None and node.subtree not in seen:
+            seen.add(node.subtree)
+            ref, nodes = tree(node.subtree)
+            yield ref
+            stack.append(nodes)
 
 
 def point_blobs(repo: Repository, point: Point) -> Iterator[TapeBlob]:
@@ -133,13 +151,79 @@ def _batches(refs: Iterator[_Ref], target_bytes: int) -> Iterator[list[_Ref]]:
         yield batch
 
 
-def _fetch(repo: Repository, batch: list[_Ref]) -> list[TapeBody]:
-    """The batch's bodies, decrypted from the repository and still compressed (a pipeline stage)."""
-    out = []
-    for ref in batch:
-        body = ref.body if ref.body is not None else repo.load_blob_body(ref.blob_id)[1]
-        out.append(TapeBody(ref.kind, ref.blob_id, ref.raw_length, body))
-    return out
+# Blobs of one pack closer than this are read together (the gap read and dropped): one read
+# per run of a pack instead of one per blob.
+_COALESCE_GAP = 256 << 10
+_scratch = threading.local()
+
+
+def _read_buffer(size: int) -> memoryview:
+    """This thread's reusable read buffer, at least `size` bytes (no allocation per read)."""
+    buf: bytearray | None = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _scratch.buf = bytearray(max(size, 1 << 20))
+    return memoryview(buf)[:size]
+
+
+def _runs(refs: list[tuple[_Ref, int]]) -> Iterator[list[tuple[_Ref, int]]]:
+    """(blob, where its body goes) grouped into reads: per pack, by offset, adjacent or close."""
+    by_pack: dict[str, list[tuple[_Ref, int]]] = {}
+    for item in refs:
+        by_pack.setdefault(item[0].pack, []).append(item)
+    for items in by_pack.values():
+        items.sort(key=lambda item: item[0].entry.offset if item[0].entry else 0)
+        run = [items[0]]
+        for item in items[1:]:
+            last = run[-1][0].entry
+            entry = item[0].entry
+            assert last is not None and entry is not None
+            if entry.offset - (last.offset + last.length) <= _COALESCE_GAP and entry.offset >= last.offset:
+                run.append(item)
+            else:
+                yield run
+                run = [item]
+        yield run
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A `B` record ready to write: its plaintext, and (when the writer's position was known)
+    the record sealed for that position."""
+
+    batch: list[_Ref]
+    plain: bytearray
+    sealed: tuple[Volume, tuple[int, int], bytearray] | None
+
+
+def _build(repo: Repository, batch: list[_Ref]) -> bytearray:
+    """A `B` record's plaintext: each body read from its pack (adjacent blobs in one read) and
+    decrypted (authenticated against its id and kind) straight into its place in the record."""
+    plain, at = bodies_layout([(r.kind, r.blob_id, r.raw_length, r.body_length) for r in batch])
+    view = memoryview(plain)
+    to_read = []
+    for ref, pos in zip(batch, at, strict=True):
+        if ref.body is not None:
+            view[pos : pos + ref.body_length] = ref.body
+        else:
+            to_read.append((ref, pos))
+    if not to_read:
+        return plain
+    for run in _runs(to_read):
+        first, last = run[0][0].entry, run[-1][0].entry
+        assert first is not None and last is not None
+        stored = _read_buffer(last.offset + last.length - first.offset)
+        repo.read_pack_into(run[0][0].pack, first.offset, stored)
+        for ref, pos in run:
+            entry = ref.entry
+            assert entry is not None
+            start = entry.offset - first.offset
+            repo.sealer.open_into(
+                stored[start : start + entry.length],
+                blob_aad(entry.kind, entry.blob_id),
+                view[pos : pos + ref.body_length],
+                f"pack {ref.pack} (blob {short_id(entry.blob_id)})",
+            )
+    return plain
 
 
 def _phase(kind: RecordType) -> str:
@@ -179,6 +263,7 @@ class PoolWriter:
         self._volume: Volume | None = None
         self._drive_no: int | None = None
         self._cart: Cartridge | None = None
+        self.clock = StageClock()  # CPU seconds per stage of the copies (the bench prints them)
 
     # -- cartridges --------------------------------------------------------------------------------
 
@@ -371,13 +456,23 @@ class PoolWriter:
             ) from err
 
     def _write(
-        self, kind: RecordType, plaintext: bytes, header: SegmentHeader, copy: Copy
+        self,
+        kind: RecordType,
+        plaintext: bytes | bytearray,
+        header: SegmentHeader,
+        copy: Copy,
+        sealed: tuple[Volume, tuple[int, int], bytearray] | None = None,
     ) -> tuple[SegmentHeader, int]:
-        """Write a record of the point, spanning to the next cartridge at end of media."""
+        """Write a record of the point, spanning to the next cartridge at end of media. `sealed`:
+        the record already sealed for a volume and position, used if the drive is there."""
         volume = self._volume
         assert volume is not None
         try:
-            size = volume.write(kind, plaintext)
+            if sealed is not None and sealed[0] is volume and volume.drive.position() == sealed[1]:
+                volume.drive.write_record(sealed[2])
+                size = len(sealed[2])
+            else:
+                size = volume.write(kind, plaintext)
             crashpoint.reached(_phase(kind))
             return header, size
         except EndOfMediaError:
@@ -478,15 +573,42 @@ class PoolWriter:
         self, repo: Repository, point: Point, header: SegmentHeader, copy: Copy, record_bytes: int
     ) -> tuple[SegmentHeader, tuple[IndexRun, ...]]:
         """Format 2: the repository's blob bodies (decrypted, never decompressed nor recompressed)
-        re-encrypted under the cartridge key, read ahead by a pipeline of `workers` threads while the
-        drive writes; then the index of where each blob went."""
+        re-encrypted under the cartridge key; then the index of where each blob went.
+
+        Three stages overlap: the walk of the point's trees (on a thread of its own), the
+        workers (read each pack run once, decrypt every body into its place in the record,
+        seal the record for the position it will have on tape), and this thread, which only
+        writes. A record whose position changed (the copy spanned to the next cartridge) is
+        sealed again here for its real position."""
         where: list[tuple[BlobId, int, int]] = []
-        batches = _batches(point_refs(repo, point), record_bytes)
-        with contextlib.closing(ordered_map(lambda b: _fetch(repo, b), batches, workers=self.workers)) as bodies:
-            for batch in bodies:
-                header, _ = self._write(RecordType.BODIES, encode_bodies(batch), header, copy)
-                record_no = self._volume_or_fail().drive.position()[1] - 1
-                where.extend((b.blob_id, header.part, record_no) for b in batch)
+        clock = self.clock
+        # (volume, position of the next record, its sequence number): set after each write, read
+        # by the workers to seal ahead; a reference swap, so a worker sees one whole tuple
+        volume = self._volume_or_fail()
+        self._next_at: tuple[Volume, tuple[int, int], int] = (volume, volume.drive.position(), 0)
+
+        def build(item: tuple[int, list[_Ref]]) -> _Built:
+            seq, batch = item
+            with clock.stage("read+decrypt bodies"):
+                plain = _build(repo, batch)
+            target, (file_no, record_no), base = self._next_at
+            with clock.stage("seal records"):
+                at = (file_no, record_no + seq - base)
+                sealed = target.cipher.seal(RecordType.BODIES, at[0], at[1], plain)
+            return _Built(batch, plain, (target, at, sealed))
+
+        walk = timed(_batches(point_refs(repo, point), record_bytes), clock, "walk trees")
+        numbered = enumerate(read_ahead(walk) if self.workers > 0 else walk)
+        built = ordered_map(build, numbered, workers=self.workers)
+        with contextlib.closing(built) as records:
+            for seq, record in enumerate(records):
+                batch = record.batch
+                with clock.stage("write records"):
+                    header, _ = self._write(RecordType.BODIES, record.plain, header, copy, record.sealed)
+                volume = self._volume_or_fail()
+                file_no, next_record = volume.drive.position()
+                self._next_at = (volume, (file_no, next_record), seq + 1)
+                where.extend((b.blob_id, header.part, next_record - 1) for b in batch)
                 copy.blobs += len(batch)
                 copy.bytes_plain += sum(b.raw_length for b in batch)
                 self.progress.advance(bytes_done=sum(b.raw_length for b in batch if b.kind == KIND_DATA))

@@ -157,11 +157,11 @@ class VolumeCipher:
             kind.value,
         )
 
-    def seal(self, kind: RecordType, file_no: int, record_no: int, plaintext: bytes) -> bytearray:
+    def seal(self, kind: RecordType, file_no: int, record_no: int, plaintext: bytes | bytearray) -> bytearray:
         # one buffer, sealed in place: a 4 MiB record is not copied twice more to prefix its type
         out = bytearray(1 + NONCE_SIZE + len(plaintext) + TAG_SIZE)
         out[0:1] = kind.value
-        self._sealer.seal_into(plaintext, self._aad(kind, file_no, record_no), memoryview(out)[1:])
+        self._sealer.seal_into(memoryview(plaintext), self._aad(kind, file_no, record_no), memoryview(out)[1:])
         return out
 
     def open(self, raw: bytes, file_no: int, record_no: int) -> tuple[RecordType, bytes]:
@@ -355,6 +355,21 @@ def encode_bodies(bodies: Sequence[TapeBody]) -> bytes:
     parts += [_BODY_ENTRY.pack(b.kind, bytes(b.blob_id), b.raw_length, len(b.body)) for b in bodies]
     parts += [b.body for b in bodies]
     return b"".join(parts)
+
+
+def bodies_layout(entries: Sequence[tuple[int, BlobId, int, int]]) -> tuple[bytearray, list[int]]:
+    """A `B` record's plaintext laid out before its bodies are read: the buffer with its table
+    filled in, and where each body goes (`entries`: kind, blob id, raw length, body length), so
+    each body is decrypted straight into its place (`encode_bodies` without the join)."""
+    head = 4 + len(entries) * _BODY_ENTRY.size
+    out = bytearray(head + sum(entry[3] for entry in entries))
+    out[0:4] = len(entries).to_bytes(4, "big")
+    at, pos = [], head
+    for i, (kind, blob_id, raw_length, length) in enumerate(entries):
+        _BODY_ENTRY.pack_into(out, 4 + i * _BODY_ENTRY.size, kind, bytes(blob_id), raw_length, length)
+        at.append(pos)
+        pos += length
+    return out, at
 
 
 def decode_bodies(plain: bytes | memoryview, where: str) -> list[TapeBody]:

@@ -21,9 +21,13 @@ what has, so no worker outlives the copy.
 from __future__ import annotations
 
 import os
+import queue
+import threading
+import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -65,3 +69,84 @@ def ordered_map(
 
 
 _END = object()
+
+
+def read_ahead(items: Iterable[T], *, depth: int = 4) -> Generator[T, None, None]:
+    """`items`, produced on a thread of their own at most `depth` ahead of the consumer.
+
+    For an input that costs CPU to produce (the walk of a point's trees) while the consumer's
+    thread is busy with work that releases the GIL (writing to the drive): both run at once.
+    An exception in the producer is raised to the consumer at that point of the sequence;
+    closing the generator early stops the producer (at its next item) and waits for it."""
+    out: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        out.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            last: tuple[bool, object] = (True, _END)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            last = (False, err)
+        while not stop.is_set():
+            try:
+                out.put(last, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    producer = threading.Thread(target=produce, name="tape-walk", daemon=True)
+    producer.start()
+    try:
+        while True:
+            ok, item = out.get()
+            if not ok:
+                assert isinstance(item, BaseException)
+                raise item
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        producer.join()
+
+
+def timed(items: Iterable[T], clock: StageClock | None, name: str) -> Iterator[T]:
+    """`items`, the CPU time of producing each one counted as stage `name` of `clock`."""
+    source = iter(items)
+    while True:
+        if clock is None:
+            item = next(source, _END)
+        else:
+            with clock.stage(name):
+                item = next(source, _END)
+        if item is _END:
+            return
+        yield item  # type: ignore[misc]
+
+
+class StageClock:
+    """CPU seconds spent in each stage of a copy, summed over the threads that ran it
+    (`time.thread_time`, so time a thread waited for the GIL, a lock or the disk is not counted).
+    Tells which stage binds (tests/bench/bench_tape.py prints them per MiB)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            spent = time.thread_time() - started
+            with self._lock:
+                self.seconds[name] = self.seconds.get(name, 0.0) + spent

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import blake3
 
+from protectctl.engine.buffers import BlobScratch
 from protectctl.engine.ids import BlobId, short_id
+from protectctl.engine.pack import decode_body_into
 from protectctl.engine.points import Point
 from protectctl.engine.tree import Tree, decode_tree
-from protectctl.errors import TapeCorruptionError, TapeError
+from protectctl.errors import CorruptionError, TapeCorruptionError, TapeError
 from protectctl.progress import NullProgress, Progress
 from protectctl.tape.catalog import Part
 from protectctl.tape.format import (
@@ -42,10 +44,18 @@ from protectctl.tape.format import (
     decode_trailer,
 )
 from protectctl.tape.library import EndOfDataError
-from protectctl.tape.pipeline import default_workers, ordered_map
+from protectctl.tape.pipeline import StageClock, default_workers, ordered_map, timed
 from protectctl.tape.volume import Volume
 
 _CACHED_RECORDS = 8
+# Spooled records kept opened for the restore: a record leaves as soon as each of its blobs was
+# served once, so this bound is reached only when restore threads work on that many records at
+# once (small-file batches and large files in flight span several records).
+_OPENED_RECORDS = 16
+# Trees met while the tape is read are kept (their bodies, still compressed) up to this much, so
+# the restore's walks of the trees (select, count, write) decrypt no record for them.
+_TREE_STASH_BYTES = 64 << 20
+_KIND_TREE = 1
 
 # Opens a cartridge for reading: barcode → (volume positioned anywhere, release callback).
 MountFn = Callable[[str], tuple[Volume, Callable[[], None]]]
@@ -67,8 +77,13 @@ class TapePointReader:
         self._tmp = tempfile.TemporaryDirectory(prefix="protectctl-tape-", dir=spool_dir)
         self._spool_path = Path(self._tmp.name) / "spool"
         self._spool = open(self._spool_path, "w+b")  # noqa: SIM115 - lives as long as the reader
+        self._spool_end = 0  # where the next spooled record goes (workers write them with pwrite)
         self._records: list[_Spooled] = []
-        self._where: dict[BlobId, tuple[int, int]] = {}  # blob → (record index, index in record)
+        self._where: dict[BlobId, tuple[int, int, int]] = {}  # blob → (record index, index in record, length)
+        self._trees: dict[BlobId, TapeBlob | TapeBody] = {}  # tree bodies kept from the read pass
+        self._unserved: list[bytearray] = []  # per spooled record: 1 for each blob not served yet
+        self._left: list[int] = []  # per spooled record: how many blobs not served yet
+        self._tree_bytes = 0
         self._cache: OrderedDict[int, list[TapeBlob] | list[TapeBody]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Event] = {}  # records being opened by one thread
@@ -77,6 +92,7 @@ class TapePointReader:
         self._copied_at: datetime | None = None
         self._last_header: SegmentHeader | None = None
         self.workers = default_workers()
+        self.clock = StageClock()  # CPU seconds per stage of the read (the bench prints them)
         # partial reads (`read_index`): blob → (part, record), the parts, what is mounted
         self._at: dict[BlobId, tuple[int, int]] | None = None
         self._parts: dict[int, Part] = {}
@@ -85,6 +101,7 @@ class TapePointReader:
         self._drive_lock = threading.Lock()
         self._partial_cache: OrderedDict[tuple[int, int], list[TapeBody]] = OrderedDict()
         self.records_read = 0  # data records read from tape (partial reads: only those needed)
+        self.records_opened = 0  # spooled records decrypted again for the restore (trees need none)
 
     # -- reading the tape ------------------------------------------------------------------------
 
@@ -225,16 +242,40 @@ class TapePointReader:
         self._find_header(volume, point_id, part)
         if self.header is None:
             self.header = self._last_header
-        opened = ordered_map(
-            lambda raw: _open_record(volume.cipher, raw, where), _raw_records(volume), workers=self.workers
-        )
+        clock = self.clock
+        spool_fd = self._spool.fileno()
+
+        def placed(
+            raws: Iterator[tuple[int, int, bytes] | None],
+        ) -> Iterator[tuple[tuple[int, int, bytes] | None, int]]:
+            """Each record with where its ciphertext goes in the spool (data records, by their type
+            byte, which the worker then authenticates), in tape order: this thread only reads."""
+            for raw in raws:
+                offset = -1
+                if raw is not None and raw[2][:1] in _SPOOLED:
+                    offset, self._spool_end = self._spool_end, self._spool_end + len(raw[2])
+                yield raw, offset
+
+        def open_record(item: tuple[tuple[int, int, bytes] | None, int]) -> tuple[_Opened, int] | None:
+            raw, offset = item
+            with clock.stage("authenticate records"):
+                opened = _open_record(volume.cipher, raw, where)
+            if opened is None:
+                return None
+            if offset >= 0 and opened[0] in (RecordType.DATA, RecordType.BODIES):
+                with clock.stage("spool records"):
+                    _pwrite_all(spool_fd, opened[2][2], offset)
+            return opened, offset
+
+        raws = timed(_raw_records(volume), clock, "read records")
+        opened = ordered_map(open_record, placed(raws), workers=self.workers)
         with contextlib.closing(opened):
             for record in opened:
                 if record is None:
                     return False  # a filemark or the end of data before the closing record
-                kind, plain, raw, blobs = record
+                (kind, plain, raw, blobs, trees), offset = record
                 if kind in (RecordType.DATA, RecordType.BODIES):
-                    self._spool_record(volume.cipher, raw, blobs)
+                    self._spool_record(volume.cipher, raw, offset, blobs, trees)
                     progress.advance(bytes_done=len(raw[2]))
                 elif kind is RecordType.INDEX:
                     continue  # the spool knows where every blob is; the index serves partial reads
@@ -252,15 +293,30 @@ class TapePointReader:
         return False
 
     def _spool_record(
-        self, cipher: VolumeCipher, raw: tuple[int, int, bytes], blobs: Sequence[TapeBlob | TapeBody]
+        self,
+        cipher: VolumeCipher,
+        raw: tuple[int, int, bytes],
+        offset: int,
+        blobs: list[TapeBlob] | list[TapeBody],
+        trees: Sequence[TapeBlob | TapeBody],
     ) -> None:
+        """Record where a record's ciphertext (written by a worker) lies in the spool and its blobs."""
         file_no, record_no, data = raw
         index = len(self._records)
-        offset = self._spool.seek(0, os.SEEK_END)
-        self._spool.write(data)
         self._records.append(_Spooled(cipher, file_no, record_no, offset, len(data)))
-        for i, blob in enumerate(blobs):
-            self._where[blob.blob_id] = (index, i)
+        self._unserved.append(bytearray(b"\x01") * len(blobs))
+        self._left.append(len(blobs))
+        listed: Sequence[TapeBlob | TapeBody] = blobs
+        for i, blob in enumerate(listed):
+            self._where[blob.blob_id] = (index, i, _raw_length(blob))
+        for tree in trees:
+            size = len(tree.body) if isinstance(tree, TapeBody) else len(tree.data)
+            if self._tree_bytes + size <= _TREE_STASH_BYTES:
+                self._trees[tree.blob_id] = tree
+                self._tree_bytes += size
+        if index < _CACHED_RECORDS:  # a restore starts with the first records: keep them opened
+            with self._lock:
+                self._cache[index] = blobs
         self.bytes_read += len(data)
 
     # -- what the restorer asks -------------------------------------------------------------------
@@ -296,16 +352,16 @@ class TapePointReader:
                 if index not in self._cache:  # it failed there: try (and fail) here too
                     break
             self._loading[index] = done = threading.Event()
+            self.records_opened += 1
             spooled = self._records[index]
-            self._spool.seek(spooled.offset)
-            raw = self._spool.read(spooled.length)
         try:
+            raw = os.pread(self._spool.fileno(), spooled.length, spooled.offset)
             kind, plain = spooled.cipher.open(raw, spooled.file_no, spooled.record_no)
             where = f"cartridge {spooled.cipher.label.barcode} file {spooled.file_no}"
             blobs = decode_bodies(plain, where) if kind is RecordType.BODIES else decode_blobs(plain, where)
             with self._lock:
                 self._cache[index] = blobs
-                while len(self._cache) > _CACHED_RECORDS:
+                while len(self._cache) > _OPENED_RECORDS:
                     self._cache.popitem(last=False)
             return blobs
         finally:
@@ -316,16 +372,17 @@ class TapePointReader:
     def load_blob(self, blob_id: BlobId) -> bytes:
         """A blob's plaintext, its keyed hash checked against its id."""
         data = self.load_blob_unchecked(blob_id)
+        self._check_id(blob_id, data)
+        return data
+
+    def _check_id(self, blob_id: BlobId, data: bytes | memoryview) -> None:
         hasher = self.content_hasher()
         hasher.update(data)
         if hasher.digest() != blob_id:
             raise TapeCorruptionError(f"blob {short_id(blob_id)} on tape does not match its id")
-        return data
 
-    def load_blob_unchecked(self, blob_id: BlobId) -> bytes:
-        """`load_blob` without the id check, for a restore that checks each file's whole hash
-        (its records are authenticated all the same)."""
-        blob: TapeBlob | TapeBody
+    def _blob(self, blob_id: BlobId) -> TapeBlob | TapeBody:
+        """The blob as its record holds it (the record read and authenticated if it must be)."""
         if self._at is not None:
             at = self._at.get(blob_id)
             if at is None:
@@ -333,16 +390,56 @@ class TapePointReader:
             found = next((b for b in self._located_record(*at) if b.blob_id == blob_id), None)
             if found is None:
                 raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the record its index names")
-            blob = found
-        else:
-            located = self._where.get(blob_id)
-            if located is None:
-                raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the copy on tape")
-            blob = self._record(located[0])[located[1]]
+            return found
+        located = self._where.get(blob_id)
+        if located is None:
+            raise TapeCorruptionError(f"blob {short_id(blob_id)} is not in the copy on tape")
+        index, i, _length = located
+        blob = self._record(index)[i]
+        with self._lock:
+            unserved = self._unserved[index]
+            if unserved[i]:
+                unserved[i] = 0
+                self._left[index] -= 1
+                if not self._left[index]:  # each blob served once: drop it (a later need reopens it)
+                    self._cache.pop(index, None)
+        return blob
+
+    def load_blob_unchecked(self, blob_id: BlobId) -> bytes:
+        """`load_blob` without the id check, for a restore that checks each file's whole hash
+        (its records are authenticated all the same)."""
+        blob = self._blob(blob_id)
         return blob.plaintext("tape") if isinstance(blob, TapeBody) else blob.data
 
+    def load_blob_into(self, blob_id: BlobId, scratch: BlobScratch, *, verify_id: bool = True) -> memoryview:
+        """`load_blob` (`verify_id=False`: `load_blob_unchecked`) decoded into one thread's scratch
+        buffers (a stored blob: a view of its record), as the repository offers it: no allocation
+        per blob. The view is valid until `scratch` is used again."""
+        blob = self._blob(blob_id)
+        if isinstance(blob, TapeBody):
+            try:
+                data = decode_body_into(memoryview(blob.body), blob.raw_length, scratch, "tape")
+            except CorruptionError as err:
+                raise TapeCorruptionError(f"{err.message} (blob {short_id(blob_id)})") from err
+        else:
+            data = memoryview(blob.data)
+        if verify_id:
+            self._check_id(blob_id, data)
+        return data
+
+    def blob_size(self, blob_id: BlobId) -> int:
+        """A blob's plaintext length, from the record tables read (a large file can then be
+        restored in ranges, as from the repository)."""
+        located = self._where.get(blob_id) if self._at is None else None
+        return located[2] if located is not None else _raw_length(self._blob(blob_id))
+
     def load_tree(self, blob_id: BlobId) -> Tree:
-        return decode_tree(self.load_blob(blob_id))
+        stashed = self._trees.get(blob_id)
+        if stashed is None:
+            return decode_tree(self.load_blob(blob_id))
+        data = stashed.plaintext("tape") if isinstance(stashed, TapeBody) else stashed.data
+        self._check_id(blob_id, data)
+        return decode_tree(data)
 
     def holds(self, blob_id: BlobId) -> bool:
         """Whether the copy read (or its index, for a partial read) has the blob."""
@@ -367,7 +464,23 @@ class TapePointReader:
         self.close()
 
 
-_Opened = tuple[RecordType, bytes, tuple[int, int, bytes], "list[TapeBlob] | list[TapeBody]"]
+_Opened = tuple[
+    RecordType, bytes, tuple[int, int, bytes], "list[TapeBlob] | list[TapeBody]", "list[TapeBlob | TapeBody]"
+]
+
+
+_SPOOLED = (RecordType.DATA.value, RecordType.BODIES.value)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _raw_length(blob: TapeBlob | TapeBody) -> int:
+    return blob.raw_length if isinstance(blob, TapeBody) else len(blob.data)
 
 
 def _raw_records(volume: Volume) -> Iterator[tuple[int, int, bytes] | None]:
@@ -397,8 +510,12 @@ def _open_record(cipher: VolumeCipher, item: tuple[int, int, bytes] | None, wher
     file_no, record_no, raw = item
     kind, plain = cipher.open(raw, file_no, record_no)
     blobs: list[TapeBlob] | list[TapeBody] = []
+    trees: list[TapeBlob | TapeBody] = []
     if kind is RecordType.BODIES:
         blobs = decode_bodies(plain, where)
+        # copied out of the record, so a kept tree does not keep its whole record in memory
+        trees = [TapeBody(b.kind, b.blob_id, b.raw_length, bytes(b.body)) for b in blobs if b.kind == _KIND_TREE]
     elif kind is RecordType.DATA:
         blobs = decode_blobs(plain, where)
-    return kind, plain, item, blobs
+        trees = [b for b in blobs if b.kind == _KIND_TREE]
+    return kind, plain, item, blobs, trees

@@ -71,7 +71,7 @@ class Volume:
     def barcode(self) -> str:
         return self.drive.barcode
 
-    def write(self, kind: RecordType, plaintext: bytes, *, use_reserve: bool = False) -> int:
+    def write(self, kind: RecordType, plaintext: bytes | bytearray, *, use_reserve: bool = False) -> int:
         """Seal and write one record; returns its size on tape. EndOfMediaError leaves nothing written."""
         file_no, record_no = self.drive.position()
         raw = self.cipher.seal(kind, file_no, record_no, plaintext)

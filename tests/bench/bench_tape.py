@@ -190,7 +190,7 @@ def run(
     )
     with Repository.open(storage, PASS) as repo:
         point = repo.load_point(point_id)
-        tape_write_s = _timed(lambda: (writer.copy_point(repo, point), writer.close()))
+        tape_write_s = _timed(lambda: (writer.copy_point(repo, point), writer.close()))  # type: ignore[func-returns-value]
     copy = catalog.copies[point_id]
     tape_bytes = sum(p.stat().st_size for p in (workdir / "lib" / "cartridges").rglob("f*"))
 
@@ -198,16 +198,37 @@ def run(
         d = library.load(barcode)
         return Volume(d, open_volume(d, keys.kek)), lambda: library.unload(1)
 
+    read_stages: dict[str, float] = {}
+    records: dict[str, int] = {}  # records spooled by the read pass, and opened again for the restore
+
     def tape_read() -> None:
         with TapePointReader(workdir) as reader:
             if workers is not None:
                 reader.workers = workers
-            reader.read_parts(point_id, copy.parts, mount)  # type: ignore[arg-type]
+            read_stages["(read pass, wall)"] = _timed(
+                lambda: reader.read_parts(point_id, copy.parts, mount)  # type: ignore[arg-type]
+            )
+            read_stages["read pass"] = _CPU[read_stages["(read pass, wall)"]]
             assert point.tree is not None
-            outcome = restore_tree(reader, point.tree, workdir / "from-tape")
-            assert outcome.verified == point.stats.files
+            restore_s = _timed(lambda: _verified(restore_tree(reader, point.tree, workdir / "from-tape")))
+            read_stages["restore (decrypt, decompress, hash, write files)"] = _CPU[restore_s]
+            read_stages["(restore, wall)"] = restore_s
+            read_stages.update(reader.clock.seconds)
+            records.update(spooled=len(reader._records), opened_again=reader.records_opened)
+
+    def _verified(outcome: object) -> None:
+        assert getattr(outcome, "verified", None) == point.stats.files
 
     tape_read_s = _timed(tape_read)
+
+    # the restorer alone, from the disk repository: what the tape read can reach at best
+    def repo_restore() -> None:
+        with Repository.open(storage, PASS) as repo:
+            assert point.tree is not None
+            _verified(restore_tree(repo, point.tree, workdir / "from-repo"))
+
+    repo_restore_s = _timed(repo_restore)
+    shutil.rmtree(workdir / "from-repo", ignore_errors=True)
     tar_file = workdir / "data.tar"
     tar_write_s = _timed(lambda: subprocess.run(["tar", "-cf", str(tar_file), "-C", str(data), "."], check=True))
     (workdir / "from-tar").mkdir()
@@ -225,6 +246,15 @@ def run(
         "load": os.getloadavg(),
         # as many bytes as the copy (8-256 MiB), so a smoke run stays quick
         "limits_mib_per_s": limits(workdir, writer.workers, total=min(256 << 20, max(8 << 20, logical))),
+        # CPU seconds per stage, summed over the threads running it (PoolWriter.clock, reader.clock;
+        # the read's restore and read pass: process CPU); "(..., wall)" are wall seconds
+        "stages_cpu_seconds": {"tape_write": dict(writer.clock.seconds), "tape_read": read_stages},
+        "tape_read_records": records,
+        "restore_from_repository": {
+            "seconds": repo_restore_s,
+            "cpu_seconds": _CPU[repo_restore_s],
+            "mib_per_s": logical / mib / repo_restore_s,
+        },
         "dataset_bytes": logical,
         "files": point.stats.files,
         "tape_bytes": tape_bytes,
@@ -251,6 +281,33 @@ def run(
     }
 
 
+def bounds(result: dict[str, object]) -> dict[str, dict[str, float]]:
+    """For each direction, the rate (logical MiB/s) each limit measured in the same run allows; the
+    smallest binds. Crypto and disk work on tape bytes (compressed), hence the ratio."""
+    limits = result["limits_mib_per_s"]
+    assert isinstance(limits, dict)
+    ratio = float(str(result["dataset_bytes"])) / float(str(result["tape_bytes"]))
+    aes = max(v for k, v in limits.items() if k.startswith("aes_gcm"))
+    restore = result["restore_from_repository"]
+    assert isinstance(restore, dict)
+    # a read authenticates every record before the restore writes anything: the read pass and the
+    # restore follow each other, so their times add up
+    read_pass = min(limits["dd_read"], aes) * ratio
+    return {
+        "tape_write": {
+            "disk write, fsync'ed (dd)": limits["dd_write_fsync"] * ratio,
+            "AES-256-GCM twice per byte (repository open, cartridge seal)": aes / 2 * ratio,
+        },
+        "tape_read": {
+            "disk read (dd)": limits["dd_read"] * ratio,
+            "AES-256-GCM twice per byte (read pass, restore)": aes / 2 * ratio,
+            "the restorer itself, from the disk repository": restore["mib_per_s"],
+            "read pass at the disk's and AES-GCM's pace, then the restorer": 1
+            / (1 / read_pass + 1 / restore["mib_per_s"]),
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="256MiB", help="dataset size (default 256MiB)")
@@ -269,24 +326,45 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS_DIR / f"tape-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    rates = result["mib_per_s"]
-    secs = result["seconds"]
-    assert isinstance(rates, dict) and isinstance(secs, dict)
+    rates, secs, cpus = result["mib_per_s"], result["seconds"], result["cpu_seconds"]
+    stages, limits, load = result["stages_cpu_seconds"], result["limits_mib_per_s"], result["load"]
+    assert isinstance(rates, dict) and isinstance(secs, dict) and isinstance(cpus, dict)
+    assert isinstance(stages, dict) and isinstance(limits, dict) and isinstance(load, tuple)
     sizes = {k: dataset.human(float(str(result[k]))) for k in ("dataset_bytes", "tape_bytes", "tar_bytes")}
     print(
         f"dataset {sizes['dataset_bytes']}, {result['files']} files; "
         f"on tape {sizes['tape_bytes']}, tar {sizes['tar_bytes']}"
     )
     print(
-        f"format {result['format']}, {result['workers']} pipeline worker(s), "
-        f"load {' '.join(f'{x:.2f}' for x in result['load'])}"
-    )  # type: ignore[union-attr]
+        f"format {result['format']}, {result['workers']} pipeline worker(s), load {' '.join(f'{x:.2f}' for x in load)}"
+    )
+    records, restore = result["tape_read_records"], result["restore_from_repository"]
+    assert isinstance(records, dict) and isinstance(restore, dict)
+    mib = float(str(result["dataset_bytes"])) / (1 << 20)
     for name in ("tape_write", "tape_read", "tar_write", "tar_read"):
-        cpu = result["cpu_seconds"][name]  # type: ignore[index]
-        print(f"  {name:<10} {rates[name]:8.1f} MiB/s  ({secs[name]:.2f} s; {cpu:.2f} s CPU)")
+        cpu = cpus[name]
+        print(
+            f"  {name:<10} {rates[name]:8.1f} MiB/s  ({secs[name]:.2f} s; {cpu:.2f} s CPU, "
+            f"{cpu * 1000 / mib:.2f} ms CPU per MiB, {cpu / secs[name]:.2f} cores)"
+        )
+        for stage, value in stages.get(name, {}).items():
+            shown = f"{value:.2f} s" if stage.startswith("(") else f"{value * 1000 / mib:5.2f} ms CPU per MiB"
+            print(f"      {stage:<52} {shown}")
+        if name == "tape_read":
+            print(f"      records spooled {records['spooled']}, opened again for the restore {records['opened_again']}")
+    print(
+        f"  restore from the repository (same point, same restorer): {restore['mib_per_s']:.1f} MiB/s "
+        f"({restore['seconds']:.2f} s; {restore['cpu_seconds'] * 1000 / mib:.2f} ms CPU per MiB)"
+    )
     print("machine limits, same run:")
-    for name, rate in result["limits_mib_per_s"].items():  # type: ignore[union-attr]
-        print(f"  {name:<18} {rate:8.1f} MiB/s")
+    for name, rate in limits.items():
+        print(f"  {name:<18} {rate:8.1f} MiB/s  ({1000 / rate:.2f} ms per MiB)")
+    for direction, allowed in bounds(result).items():
+        limit, rate = min(allowed.items(), key=lambda kv: kv[1])
+        print(
+            f"{direction}: binding limit {limit}, {rate:.1f} MiB/s of dataset; "
+            f"reached {rates[direction]:.1f} ({rates[direction] / rate:.0%})"
+        )
     print(f"results: {out}")
     return 0
 
