@@ -118,3 +118,68 @@ def test_small_first_backups_start_no_process_and_workers_that_cannot_start_leav
     serial, _ = _backup(repo, src, tmp_path / "j-serial", 1)
     parallel, _ = _backup(repo, src, tmp_path / "j-parallel", 2)
     assert parallel.tree == serial.tree and parallel.files == 15 and not parallel.errors
+
+
+def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Syncs and `full` (a journal: the serial walk) read a directory's big files in threads
+    (agent/filereads.py) with parallelism > 1: the same tree as one thread, changed files
+    included, a file that vanishes before its turn is reported as in place."""
+    import shutil
+
+    from protectctl.agent import filereads
+
+    src = tmp_path / "src"
+    (src / "big").mkdir(parents=True)
+    for i in range(5):  # several chunks each (the test repository's chunks are 4-64 KiB)
+        (src / "big" / f"b{i}.bin").write_bytes(os.urandom(40_000) + bytes([i]) * 200_000)
+    (src / "big" / "small.txt").write_text("small\n")
+    repo = make_repo(tmp_path / "repo")
+    first, _ = _backup(repo, src, tmp_path / "j1", 1)
+    shutil.copy(tmp_path / "j1", tmp_path / "j2")
+    with open(src / "big" / "b1.bin", "r+b") as f:  # changed in place
+        f.seek(100_000)
+        f.write(b"changed" * 1000)
+    with open(src / "big" / "b3.bin", "ab") as f:  # grown
+        f.write(os.urandom(70_000))
+    (src / "big" / "b5.bin").write_bytes(os.urandom(90_000))  # new
+    os.listdir(src / "big")  # settles the directory's atime before both syncs
+
+    submitted: list[int] = []
+    real_close = filereads.FileReads.close
+
+    def counting_close(self: filereads.FileReads) -> None:
+        submitted.append(self.submitted)
+        real_close(self)
+
+    monkeypatch.setattr(filereads.FileReads, "close", counting_close)
+    serial, _ = _backup(repo, src, tmp_path / "j1", 1)
+    threaded, _ = _backup(repo, src, tmp_path / "j2", 2)
+    assert submitted == [3]  # the changed, grown and new big files; the others are reused
+    assert threaded.tree == serial.tree != first.tree
+    assert (threaded.files_read, threaded.bytes_read) == (serial.files_read, serial.bytes_read)
+
+    # a `full` reads every big file in threads; one vanishing before its turn is an error, as in place
+    def full(journal: str, parallelism: int) -> ArchiveResult:
+        book = Journal(tmp_path / journal, repo_id=repo.id)
+        out = book.begin()
+        options = ArchiveOptions(root=src, filter=PathFilter([], []), verify_all=True, parallelism=parallelism)
+        real_read = Archiver._read_ahead
+
+        def vanish_first(self: Archiver, entries: list[object], here: object) -> None:
+            if self.result.files == 0:  # scanned (lstat) but not opened yet
+                (src / "big" / "b0.bin").unlink(missing_ok=True)
+            real_read(self, entries, here)  # type: ignore[arg-type]
+
+        with monkeypatch.context() as patch, repo.writer() as writer:
+            patch.setattr(Archiver, "_read_ahead", vanish_first)
+            result = Archiver(repo, writer, book, out, options).run()
+        out.abort()
+        book.close()
+        return result
+
+    data = (src / "big" / "b0.bin").read_bytes()
+    threaded_full = full("j2", 2)
+    (src / "big" / "b0.bin").write_bytes(data)
+    serial_full = full("j1", 1)
+    assert threaded_full.errors == serial_full.errors == ["big/b0.bin: vanished during the backup"]
+    assert threaded_full.files == serial_full.files == 6 and threaded_full.silent_changes == 0
