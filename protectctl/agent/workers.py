@@ -541,6 +541,8 @@ class ParallelWalk:
     def _step(self) -> None:
         if self._reading:
             self._collect_reads()
+            if self._root_done:  # the last big file completed the walk: nothing more to wait for
+                return
         ready = [w for w in self._workers if w.ready]
         if ready:
             self._hand_out(ready)

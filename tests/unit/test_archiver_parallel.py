@@ -125,6 +125,7 @@ def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeyp
     (agent/filereads.py) with parallelism > 1: the same tree as one thread, changed files
     included, a file that vanishes before its turn is reported as in place."""
     import shutil
+    import threading
 
     from protectctl.agent import filereads
 
@@ -134,7 +135,27 @@ def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeyp
         (src / "big" / f"b{i}.bin").write_bytes(os.urandom(40_000) + bytes([i]) * 200_000)
     (src / "big" / "small.txt").write_text("small\n")
     repo = make_repo(tmp_path / "repo")
+    _backup(repo, src, tmp_path / "j-settle", 1)  # settles the directories' atimes
+    # a first backup whose walk ends with big files read in threads, after the workers were ready
+    workers_ready = threading.Event()
+    real_receive, real_read = workers.ParallelWalk._receive, filereads.FileReads._read
+
+    def receive(self: workers.ParallelWalk, timeout: float | None) -> None:
+        real_receive(self, timeout)
+        if self._workers and all(w.ready for w in self._workers):
+            workers_ready.set()
+
+    def read_late(self: filereads.FileReads, path: bytes) -> filereads.FileRead:
+        workers_ready.wait(30)
+        return real_read(self, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(workers, "SPAWN_AFTER_FILES", 0)
+        patch.setattr(workers.ParallelWalk, "_receive", receive)
+        patch.setattr(filereads.FileReads, "_read", read_late)
+        parallel_first, _ = _backup(repo, src, tmp_path / "j0", 2)
     first, _ = _backup(repo, src, tmp_path / "j1", 1)
+    assert parallel_first.tree == first.tree
     shutil.copy(tmp_path / "j1", tmp_path / "j2")
     with open(src / "big" / "b1.bin", "r+b") as f:  # changed in place
         f.seek(100_000)
