@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     import mmap
 
     from protectctl.agent.filereads import FileRead, FileReads
+    from protectctl.agent.workers import ParallelWalk
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class Archiver:
         self._reuse_dirs = self._plain and not options.verify_all
         self._racy_after = journal.racy_after_ns
         self._reads: FileReads | None = None  # big files read ahead in threads (run, parallelism > 1)
+        self._walk: ParallelWalk | None = None  # a sync's new subtrees (_new_subtree)
 
     def run(self) -> ArchiveResult:
         """Archive the root; raises ProviderError when the root itself is unusable."""
@@ -241,6 +243,9 @@ class Archiver:
             else:
                 self.result.tree = self._archive_dir(os.fsencode(root), b"", included=included)
         finally:
+            if self._walk is not None:
+                self._walk.close()
+                self._walk = None
             if self._reads is not None:
                 self._reads.close()
                 self._reads = None
@@ -438,7 +443,25 @@ class Archiver:
             if files:
                 self.progress.advance(files=files, bytes_done=size)
             return tree
+        if self._new_subtree(rel):
+            return self._new_subtrees().archive(path, rel, included=included)
         return self._archive_dir(path, rel, included=included)
+
+    def _new_subtree(self, rel: bytes) -> bool:
+        """A sync met a directory the journal knows nothing in or below: captured like a first
+        backup (agent/workers.py: worker processes once it holds enough files). Only for a plain
+        sync whose journal is not rewritten in place (a change journal's walk keeps to itself)."""
+        if self.options.parallelism <= 1 or not self._reuse_dirs or self.options.unchanged is not None:
+            return False
+        journal = self.journal
+        return journal.point_id is not None and journal.directory_tree(rel) is None and not journal.knows_below(rel)
+
+    def _new_subtrees(self) -> ParallelWalk:
+        if self._walk is None:
+            from protectctl.agent.workers import ParallelWalk
+
+            self._walk = ParallelWalk(self, self.repo, self.options.parallelism)
+        return self._walk
 
     def _reuse(self, rel: bytes, key: bytes, entries: Sequence[_Entry]) -> BlobId | None:
         """The tree the last point stored for `rel` when nothing it was built from changed."""

@@ -150,6 +150,7 @@ class _Part:
     progress: tuple[int, int] = (0, 0)  # files, bytes done
     errors: list[str] = field(default_factory=list)
     live: list[str] = field(default_factory=list)  # nested subvolumes read live
+    linked: set[bytes] = field(default_factory=set)  # directories holding files with hard links
     sealed_bytes: int = 0
 
 
@@ -335,6 +336,7 @@ class _TaskArchiver(Archiver):
         part.progress = (self._counting.files, self._counting.bytes_done)
         part.errors = r.errors
         part.live = r.live_subvolumes
+        part.linked = r.linked_dirs
         self._start(part.task)
         return part
 
@@ -689,6 +691,7 @@ class ParallelWalk:
         result.bytes_read += bytes_read
         result.files_read += files_read
         result.live_subvolumes += part.live
+        result.linked_dirs |= part.linked
         self._files_seen += len(part.leaves) + len(part.deferred)
         if part.progress != (0, 0):
             owner.progress.advance(files=part.progress[0], bytes_done=part.progress[1])

@@ -78,6 +78,7 @@ def test_parallel_first_backup_builds_the_serial_tree(tmp_path: Path, monkeypatc
     assert parallel.tree == serial.tree
     assert (parallel.files, parallel.dirs, parallel.bytes_total) == (serial.files, serial.dirs, serial.bytes_total)
     assert parallel.errors == [] and serial.errors == []
+    assert parallel.linked_dirs == serial.linked_dirs == {b"d0", b"d5"}  # the change journal's hard-link dirs
 
     # the journal written by the parallel walk lets the next sync reuse every directory, unread
     out = journal.begin()
@@ -204,3 +205,49 @@ def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeyp
     serial_full = full("j1", 1)
     assert threaded_full.errors == serial_full.errors == ["big/b0.bin: vanished during the backup"]
     assert threaded_full.files == serial_full.files == 6 and threaded_full.silent_changes == 0
+
+
+def test_a_sync_captures_a_new_subtree_like_a_first_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync that meets a directory its journal knows nothing in or below captures it with the
+    parallel walk (workers once it holds enough files): the serial sync's tree; a no-change sync
+    never builds a parallel walk (no process, no pipe)."""
+    import shutil
+
+    src = tmp_path / "src"
+    (src / "old").mkdir(parents=True)
+    (src / "old" / "a.txt").write_text("kept\n")
+    repo = make_repo(tmp_path / "repo")
+    _backup(repo, src, tmp_path / "j1", 1)
+    shutil.copy(tmp_path / "j1", tmp_path / "j2")
+    for d in range(3):
+        sub = src / "new" / f"n{d}"
+        sub.mkdir(parents=True)
+        for i in range(20):
+            (sub / f"f{i}.txt").write_bytes(b"new file %d in %d\n" % (i, d) * (i + 1))
+    (src / "new" / "big.bin").write_bytes(os.urandom(150_000))
+    os.link(src / "new" / "n0" / "f1.txt", src / "new" / "n2" / "link")
+    for d in [src, *src.rglob("*")]:
+        if d.is_dir():
+            os.listdir(d)  # settles the directories' atimes before both syncs
+    monkeypatch.setattr(workers, "SPAWN_AFTER_FILES", 0)
+    started: list[int] = []
+    real_close = workers.ParallelWalk.close
+
+    def counting_close(self: workers.ParallelWalk) -> None:
+        started.append(self.started)
+        real_close(self)
+
+    monkeypatch.setattr(workers.ParallelWalk, "close", counting_close)
+    serial, _ = _backup(repo, src, tmp_path / "j1", 1)
+    parallel, journal = _backup(repo, src, tmp_path / "j2", 2)
+    assert started == [2]  # one walk for the new subtree, its workers
+    assert parallel.tree == serial.tree and parallel.files == serial.files == 63
+    assert parallel.linked_dirs == serial.linked_dirs == {b"new/n0", b"new/n2"}
+
+    def no_walk(*args: object) -> None:
+        raise AssertionError("a no-change sync built a parallel walk")
+
+    journal.close()
+    monkeypatch.setattr(workers.ParallelWalk, "__init__", no_walk)
+    again, _ = _backup(repo, src, tmp_path / "j2", 2)
+    assert again.tree == serial.tree and again.bytes_read == 0
