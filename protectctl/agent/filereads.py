@@ -15,14 +15,15 @@ place: only the file's content (`Content`, the same chunker and hashes over the 
 comes from another thread, so trees and chunk ids do not depend on the parallelism.
 
 Bounded: at most `window` files are submitted ahead of the walk, and each thread holds one
-read buffer (`Chunker.read_buffer`, 12 MiB of address space, touched as files need it); the
-writer bounds the chunks in flight. A file that fails to read reports the same error as
+read buffer (twice the largest chunk: 8 MiB, touched as files need it); the writer bounds
+the chunks in flight. A file that fails to read reports the same error as
 in place; any other exception is raised in the walk's thread. `close` stops the threads
 between two chunks.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 import threading
@@ -33,8 +34,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import mmap
-
     from protectctl.agent.archiver import Archiver, Content
 
 
@@ -115,8 +114,8 @@ class FileReads:
     def _read(self, path: bytes) -> FileRead:
         archiver = self._archiver
         buf: mmap.mmap | None = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = archiver._chunker.read_buffer()
+        if buf is None:  # the smallest buffer iter_reader takes: two of the largest chunk (8 MiB)
+            buf = self._local.buf = mmap.mmap(-1, 2 * archiver._chunker.params.max_size)
         try:
             fd = archiver._open(path)
         except OSError as err:
