@@ -45,14 +45,18 @@ def _pieces(total: int) -> list[bytes]:
     return [dataset.content(1, f"stages/{i}", MiB, text=i % 2 == 0) for i in range(total // MiB)]
 
 
-def _timed(threads: int, work: Callable[[int], int]) -> float:
-    """MiB/s of `work(thread_index)` (returns bytes done) run on `threads` threads at once."""
+def _timed(threads: int, work: Callable[[int], int]) -> tuple[float, float]:
+    """MiB/s of `work(thread_index)` (returns bytes done) run on `threads` threads at once, and
+    MiB per CPU-second of one thread (its own CPU time: what a core does, whatever the load)."""
     done = [0] * threads
+    cpu = [0.0] * threads
     start_gate = threading.Barrier(threads + 1)
 
     def run(i: int) -> None:
         start_gate.wait()
+        t0 = time.thread_time()
         done[i] = work(i)
+        cpu[i] = time.thread_time() - t0
 
     pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
     for t in pool:
@@ -61,14 +65,14 @@ def _timed(threads: int, work: Callable[[int], int]) -> float:
     t0 = time.perf_counter()
     for t in pool:
         t.join()
-    return sum(done) / MiB / (time.perf_counter() - t0)
+    return sum(done) / MiB / (time.perf_counter() - t0), sum(done) / MiB / max(sum(cpu), 1e-9)
 
 
-def measure(total: int, threads: list[int]) -> dict[str, dict[int, float]]:
+def measure(total: int, threads: list[int]) -> dict[str, dict[int, tuple[float, float]]]:
     pieces = _pieces(total)
     key = os.urandom(32)
     aead = AESGCM(key)
-    results: dict[str, dict[int, float]] = {}
+    results: dict[str, dict[int, tuple[float, float]]] = {}
     tmp = tempfile.mkdtemp(prefix="bench-stages-")
     src = Path(tmp, "src")
     with open(src, "wb") as f:
@@ -163,12 +167,12 @@ def main() -> int:
     if args.json:
         print(json.dumps({"load": load, "threads": counts, "mib_s": results}, indent=2))
         return 0
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs; MiB/s (aggregate)")
-    head = " | ".join(f"{n} thread{'s' if n > 1 else ''}" for n in counts)
-    print(f"| stage | {head} |")
-    print("|---|" + "---|" * len(counts))
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs")
+    head = " | ".join(f"{n} thread{'s' if n > 1 else ''}, MiB/s" for n in counts)
+    print(f"| stage | MiB per CPU-second | {head} |")
+    print("|---|---|" + "---|" * len(counts))
     for name, by in results.items():
-        print(f"| {name} | " + " | ".join(f"{by[n]:,.0f}" for n in counts) + " |")
+        print(f"| {name} | {by[1][1]:,.0f} | " + " | ".join(f"{by[n][0]:,.0f}" for n in counts) + " |")
     return 0
 
 
