@@ -233,22 +233,17 @@ class Archiver:
         try:
             if self.options.parallelism > 1 and self._plain and self.journal.point_id is None:
                 # Everything is new (no journal): worker processes capture it (agent/workers.py).
-                from protectctl.agent.workers import ParallelWalk
-
-                walk = ParallelWalk(self, self.repo, self.options.parallelism)
-                try:
-                    self.result.tree = walk.archive(os.fsencode(root), b"", included=included)
-                finally:
-                    walk.close()
+                self.result.tree = self._new_subtrees().archive(os.fsencode(root), b"", included=included)
             else:
                 self.result.tree = self._archive_dir(os.fsencode(root), b"", included=included)
         finally:
-            if self._walk is not None:
-                self._walk.close()
-                self._walk = None
+            # The file-read threads first: once they are joined, none can wake the walk's pipe.
             if self._reads is not None:
                 self._reads.close()
                 self._reads = None
+            if self._walk is not None:
+                self._walk.close()
+                self._walk = None
         if self.result.tree is None:  # includes matched nothing: an empty point, not no point
             self.result.tree = self.repo.save_tree(self.writer, Tree(()))
         return self.result
@@ -457,6 +452,7 @@ class Archiver:
         return journal.point_id is not None and journal.directory_tree(rel) is None and not journal.knows_below(rel)
 
     def _new_subtrees(self) -> ParallelWalk:
+        """The run's parallel walk (a first backup's, or a sync's for its new subtrees)."""
         if self._walk is None:
             from protectctl.agent.workers import ParallelWalk
 

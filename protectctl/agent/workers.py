@@ -739,6 +739,8 @@ class ParallelWalk:
             self._reading.append(_BigRead(task, slot, entry, future))
 
     def _wake(self) -> None:
+        if self._wake_w < 0:  # closed (the owner joins the file-read threads before that)
+            return
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
