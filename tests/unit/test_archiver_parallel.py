@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from protectctl.agent import workers
+from protectctl.agent import archiver, workers
 from protectctl.agent.archiver import ArchiveOptions, Archiver, ArchiveResult
 from protectctl.agent.journal import Journal
 from protectctl.agent.patterns import PathFilter
@@ -174,6 +174,7 @@ def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeyp
         real_close(self)
 
     monkeypatch.setattr(filereads.FileReads, "close", counting_close)
+    monkeypatch.setattr(archiver, "READ_AHEAD_MIN_BYTES", 0)  # these files are small: read ahead anyway
     serial, _ = _backup(repo, src, tmp_path / "j1", 1)
     threaded, _ = _backup(repo, src, tmp_path / "j2", 2)
     assert submitted == [3]  # the changed, grown and new big files; the others are reused
