@@ -70,9 +70,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SILENT_NAMED = 100  # silent changes named in the point; all are counted
-# A sync reads a directory's big files in threads only when they are this much together: for a
-# few MiB, starting threads and handing the GIL around costs more than the overlap gives
-# (measured on the bench's 1 % sync: docs/performance.md).
+# A sync or a `full` reads a directory's big files in threads only when they are this much
+# together: for a few MiB, starting threads and handing the GIL around costs more than the
+# overlap gives (measured on the bench's 1 % sync: docs/performance.md).
 READ_AHEAD_MIN_BYTES = 32 << 20
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -344,10 +344,19 @@ class Archiver:
     def _read_ahead(self, entries: Sequence[_Entry], here: _Dir) -> None:
         """Have the file-read threads read this directory's big files that will be read, when
         there are at least two (one alone is read in place: the writer's threads compress it)
-        of at least READ_AHEAD_MIN_BYTES together."""
+        of at least READ_AHEAD_MIN_BYTES together. A sync reads ahead only files new to the
+        journal: a changed file is mostly chunks the repository has (read, cut and hashed, not
+        compressed), where two threads cost more CPU than they saved on this machine."""
         if self._reads is None:
             return
-        chosen = [e for e in entries if e.kind is NodeType.FILE and self.reads_ahead(e.st, e.name, e.rel, here)]
+        every = self.options.verify_all  # a `full` reads every file; a sync only the new ones ahead
+        chosen = [
+            e
+            for e in entries
+            if e.kind is NodeType.FILE
+            and (every or e.name not in here.known)
+            and self.reads_ahead(e.st, e.name, e.rel, here)
+        ]
         if len(chosen) > 1 and sum(e.st.st_size for e in chosen) >= READ_AHEAD_MIN_BYTES:
             self._reads.want([e.path for e in chosen])
 

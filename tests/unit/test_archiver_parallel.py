@@ -123,8 +123,9 @@ def test_small_first_backups_start_no_process_and_workers_that_cannot_start_leav
 
 def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Syncs and `full` (a journal: the serial walk) read a directory's big files in threads
-    (agent/filereads.py) with parallelism > 1: the same tree as one thread, changed files
-    included, a file that vanishes before its turn is reported as in place."""
+    (agent/filereads.py) with parallelism > 1 (a sync its new ones, a `full` all): the same
+    tree as one thread, changed files beside them; a file that vanishes before its turn is
+    reported as in place."""
     import shutil
     import threading
 
@@ -164,6 +165,7 @@ def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeyp
     with open(src / "big" / "b3.bin", "ab") as f:  # grown
         f.write(os.urandom(70_000))
     (src / "big" / "b5.bin").write_bytes(os.urandom(90_000))  # new
+    (src / "big" / "b6.bin").write_bytes(os.urandom(80_000))  # new
     os.listdir(src / "big")  # settles the directory's atime before both syncs
 
     submitted: list[int] = []
@@ -177,7 +179,7 @@ def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeyp
     monkeypatch.setattr(archiver, "READ_AHEAD_MIN_BYTES", 0)  # these files are small: read ahead anyway
     serial, _ = _backup(repo, src, tmp_path / "j1", 1)
     threaded, _ = _backup(repo, src, tmp_path / "j2", 2)
-    assert submitted == [3]  # the changed, grown and new big files; the others are reused
+    assert submitted == [2]  # the new big files; the changed and grown ones are read in place
     assert threaded.tree == serial.tree != first.tree
     assert (threaded.files_read, threaded.bytes_read) == (serial.files_read, serial.bytes_read)
 
@@ -205,7 +207,7 @@ def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeyp
     (src / "big" / "b0.bin").write_bytes(data)
     serial_full = full("j1", 1)
     assert threaded_full.errors == serial_full.errors == ["big/b0.bin: vanished during the backup"]
-    assert threaded_full.files == serial_full.files == 6 and threaded_full.silent_changes == 0
+    assert threaded_full.files == serial_full.files == 7 and threaded_full.silent_changes == 0
 
 
 def test_a_sync_captures_a_new_subtree_like_a_first_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
