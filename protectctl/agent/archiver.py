@@ -46,7 +46,7 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import blake3
 
@@ -61,9 +61,19 @@ from protectctl.engine.tree import HashScheme, Node, NodeType, Tree, assemble_tr
 from protectctl.errors import ProviderError
 from protectctl.progress import NullProgress, Progress
 
+if TYPE_CHECKING:
+    import mmap
+
+    from protectctl.agent.filereads import FileRead, FileReads
+    from protectctl.agent.workers import ParallelWalk
+
 log = logging.getLogger(__name__)
 
 _SILENT_NAMED = 100  # silent changes named in the point; all are counted
+# A sync or a `full` reads a directory's big files in threads only when they are this much
+# together: for a few MiB, starting threads and handing the GIL around costs more than the
+# overlap gives (measured on the bench's 1 % sync: docs/performance.md).
+READ_AHEAD_MIN_BYTES = 32 << 20
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -80,7 +90,8 @@ class ArchiveOptions:
     big_files: BigFileReader | None = None  # reads big files its own way (agent/tracking.py)
     # directories a change journal knows are unchanged: their trees are reused unwalked (agent/changes.py)
     unchanged: UnchangedTrees | None = None
-    # Worker processes a first backup may use (agent/workers.py); 1: this process alone.
+    # Worker processes a first backup may use (agent/workers.py), and threads reading big files
+    # (agent/filereads.py); 1: this process, one thread.
     parallelism: int = 1
 
 
@@ -204,6 +215,8 @@ class Archiver:
         self._plain = options.reread is None and not options.keep_trees
         self._reuse_dirs = self._plain and not options.verify_all
         self._racy_after = journal.racy_after_ns
+        self._reads: FileReads | None = None  # big files read ahead in threads (run, parallelism > 1)
+        self._walk: ParallelWalk | None = None  # a sync's new subtrees (_new_subtree)
 
     def run(self) -> ArchiveResult:
         """Archive the root; raises ProviderError when the root itself is unusable."""
@@ -217,17 +230,24 @@ class Archiver:
         self._root_dev = st.st_dev
         self.result.root = st
         included = not self.options.filter.has_includes
-        if self.options.parallelism > 1 and self._plain and self.journal.point_id is None:
-            # Everything is new (no journal): worker processes capture it (agent/workers.py).
-            from protectctl.agent.workers import ParallelWalk
+        if self.options.parallelism > 1:
+            from protectctl.agent.filereads import FileReads
 
-            walk = ParallelWalk(self, self.repo, self.options.parallelism)
-            try:
-                self.result.tree = walk.archive(os.fsencode(root), b"", included=included)
-            finally:
-                walk.close()
-        else:
-            self.result.tree = self._archive_dir(os.fsencode(root), b"", included=included)
+            self._reads = FileReads(self, self.options.parallelism)
+        try:
+            if self.options.parallelism > 1 and self._plain and self.journal.point_id is None:
+                # Everything is new (no journal): worker processes capture it (agent/workers.py).
+                self.result.tree = self._new_subtrees().archive(os.fsencode(root), b"", included=included)
+            else:
+                self.result.tree = self._archive_dir(os.fsencode(root), b"", included=included)
+        finally:
+            # The file-read threads first: once they are joined, none can wake the walk's pipe.
+            if self._reads is not None:
+                self._reads.close()
+                self._reads = None
+            if self._walk is not None:
+                self._walk.close()
+                self._walk = None
         if self.result.tree is None:  # includes matched nothing: an empty point, not no point
             self.result.tree = self.repo.save_tree(self.writer, Tree(()))
         return self.result
@@ -255,7 +275,9 @@ class Archiver:
     def _save_nodes(self, rel: bytes, entries: Sequence[_Entry], *, included: bool) -> BlobId | None:
         """The tree built node by node and encoded whole (for a `reread` policy, or to keep trees)."""
         here = _Dir(rel, self.journal.directory(rel))  # one journal query per directory, not per file
+        self._read_ahead(entries, here)
         nodes = [node for entry in entries if (node := self._node(entry, here)) is not None]
+        self._drop_read_ahead()
         if not nodes and not included:
             return None
         nodes.sort(key=lambda n: n.name)
@@ -273,6 +295,7 @@ class Archiver:
         here = _Dir(rel, self.journal.directory(rel))
         known = self.journal.directory_nodes(rel) if self._reuse_dirs else {}
         kept: list[tuple[bytes, bytes, str]] = []  # (name, facts digest, encoded node), in name order
+        self._read_ahead(entries, here)
         for entry, fact in zip(entries, facts, strict=True):
             encoded = self._reuse_node(entry, fact, here, known.get(entry.name))
             if encoded is None:
@@ -281,6 +304,7 @@ class Archiver:
                     continue
                 fact, encoded = _node_facts(node), encode_node(node)
             kept.append((entry.name, fact, encoded))
+        self._drop_read_ahead()
         if not kept and not included:
             return None
         tree, _ = self.writer.add(BlobKind.TREE, assemble_tree([encoded for _, _, encoded in kept]))
@@ -314,6 +338,60 @@ class Archiver:
             self.result.dirs += 1
         self.result.nodes_reused += 1
         return known[1]
+
+    # -- big files read ahead (agent/filereads.py) --------------------------------------------
+
+    def _read_ahead(self, entries: Sequence[_Entry], here: _Dir) -> None:
+        """Have the file-read threads read this directory's big files that will be read, when
+        there are at least two (one alone is read in place: the writer's threads compress it)
+        of at least READ_AHEAD_MIN_BYTES together. A sync reads ahead only files new to the
+        journal: a changed file is mostly chunks the repository has (read, cut and hashed, not
+        compressed), where two threads cost more CPU than they saved on this machine."""
+        if self._reads is None:
+            return
+        every = self.options.verify_all  # a `full` reads every file; a sync only the new ones ahead
+        chosen = [
+            e
+            for e in entries
+            if e.kind is NodeType.FILE
+            and (every or e.name not in here.known)
+            and self.reads_ahead(e.st, e.name, e.rel, here)
+        ]
+        if len(chosen) > 1 and sum(e.st.st_size for e in chosen) >= READ_AHEAD_MIN_BYTES:
+            self._reads.want([e.path for e in chosen])
+
+    def _drop_read_ahead(self) -> None:
+        if self._reads is not None and self._reads.pending():
+            self._reads.drop_rest()
+
+    def reads_ahead(self, st: os.stat_result, name: bytes, rel: bytes, here: _Dir) -> bool:
+        """`_content` will read this file, and it is worth a thread: more than one chunk (or
+        sparse), one link (a hard link's later names reuse the first one's content, in walk
+        order), not a BigFileReader's."""
+        if st.st_nlink > 1 or (st.st_size <= self._one_chunk and _dense(st)):
+            return False
+        big = self.options.big_files
+        if big is not None and st.st_size >= big.min_size:
+            return False
+        previous = here.known.get(name)
+        if previous is None or self.options.verify_all or self._racy(st):
+            return True
+        if self.options.reread is not None and self.options.reread(rel, st):
+            return True
+        return previous.identity != FileIdentity.of(st) or not self._present(previous.chunks)
+
+    def _took(self, read: FileRead, rel: bytes) -> tuple[Content, os.stat_result] | None:
+        """A file read ahead, accounted here as `_read` accounts a file read in place."""
+        if read.error is not None:
+            self._error(rel, read.error)
+            return None
+        if read.content is None or read.st is None:
+            self.result.errors.append(f"{show_name(rel)}: changed type while being read")
+            return None
+        self.result.files_read += 1
+        self.result.bytes_read += read.bytes_read
+        self.progress.advance(bytes_done=read.bytes_read)  # the writer did not count it (another thread)
+        return read.content, read.st
 
     def _scan(self, path: bytes, rel: bytes, *, included: bool) -> list[_Entry]:
         """lstat and filter the entries of `path`, archiving subdirectories on the way (bottom-up)."""
@@ -374,7 +452,26 @@ class Archiver:
             if files:
                 self.progress.advance(files=files, bytes_done=size)
             return tree
+        if self._new_subtree(rel):
+            return self._new_subtrees().archive(path, rel, included=included)
         return self._archive_dir(path, rel, included=included)
+
+    def _new_subtree(self, rel: bytes) -> bool:
+        """A sync met a directory the journal knows nothing in or below: captured like a first
+        backup (agent/workers.py: worker processes once it holds enough files). Only for a plain
+        sync whose journal is not rewritten in place (a change journal's walk keeps to itself)."""
+        if self.options.parallelism <= 1 or not self._reuse_dirs or self.options.unchanged is not None:
+            return False
+        journal = self.journal
+        return journal.point_id is not None and journal.directory_tree(rel) is None and not journal.knows_below(rel)
+
+    def _new_subtrees(self) -> ParallelWalk:
+        """The run's parallel walk (a first backup's, or a sync's for its new subtrees)."""
+        if self._walk is None:
+            from protectctl.agent.workers import ParallelWalk
+
+            self._walk = ParallelWalk(self, self.repo, self.options.parallelism)
+        return self._walk
 
     def _reuse(self, rel: bytes, key: bytes, entries: Sequence[_Entry]) -> BlobId | None:
         """The tree the last point stored for `rel` when nothing it was built from changed."""
@@ -516,6 +613,8 @@ class Archiver:
         self, path: bytes, rel: bytes, previous: JournalEntry | None = None
     ) -> tuple[Content, os.stat_result] | None:
         """Read, chunk and store one file; None (and an error) when it cannot be read."""
+        if self._reads is not None and (ahead := self._reads.take(path)) is not None:
+            return self._took(ahead, rel)
         try:
             fd = self._open(path)
         except OSError as err:
@@ -541,23 +640,39 @@ class Archiver:
         return content, st
 
     def _read_content(self, fd: int, st: os.stat_result) -> Content:
-        """Hash, chunk and store the file's data: one reused buffer, a few large reads, no copies
+        """Hash, chunk and store the file's data (`_chunk_file`, this thread's buffer)."""
+        content, got = self._chunk_file(fd, st, self._buf)
+        self.result.bytes_read += got
+        return content
+
+    def _chunk_file(
+        self, fd: int, st: os.stat_result, buf: mmap.mmap, check: Callable[[], None] | None = None
+    ) -> tuple[Content, int]:
+        """The file's content and the bytes read: one reused buffer, a few large reads, no copies
         (a file that fits the buffer is read whole with one preadv). A file with holes gets an
         EXTENTS hash (its holes cost nothing to hash, here or at restore), any other the plain
-        CONTENT hash earlier releases wrote, so its node is unchanged."""
+        CONTENT hash earlier releases wrote, so its node is unchanged. Touches nothing of the
+        archiver but the writer (thread-safe): the file-read threads run it too, with `check`
+        (called between chunks; they report progress themselves)."""
         if st.st_size <= self._one_chunk and _dense(st):
-            return self._read_small(fd, st.st_size)
+            return self._read_small(fd, st.st_size, buf, count=check is None)
         hasher = self.repo.content_hasher()
         reader = DataReader(fd, st.st_size, hasher, detect_holes=not _dense(st))
         add = self.writer.add
-        pieces = self._chunker.iter_reader(reader.readinto, self._buf)
-        chunks = tuple(add(BlobKind.DATA, piece)[0] for piece in pieces)
-        self.result.bytes_read += reader.bytes_read
+        pieces = self._chunker.iter_reader(reader.readinto, buf)
+        if check is None:
+            chunks = tuple(add(BlobKind.DATA, piece)[0] for piece in pieces)
+        else:
+            found: list[BlobId] = []
+            for piece in pieces:
+                check()
+                found.append(add(BlobKind.DATA, piece, count=False)[0])
+            chunks = tuple(found)
         holes = tuple(reader.holes)
         if not holes:
-            return Content(reader.limit, chunks, holes, hasher.digest())
+            return Content(reader.limit, chunks, holes, hasher.digest()), reader.bytes_read
         digest = extents_hash(self.repo.content_hasher(), reader.limit, holes, hasher.digest())
-        return Content(reader.limit, chunks, holes, digest, HashScheme.EXTENTS)
+        return Content(reader.limit, chunks, holes, digest, HashScheme.EXTENTS), reader.bytes_read
 
     def _on_device(self, st: os.stat_result) -> os.stat_result:
         """`st` as the live source has it: a snapshot's entries get the source's device number."""
@@ -566,22 +681,22 @@ class Archiver:
             return st
         return _with_device(st, view.live_dev)
 
-    def _read_small(self, fd: int, size: int) -> Content:
+    def _read_small(self, fd: int, size: int, buf: mmap.mmap, *, count: bool = True) -> tuple[Content, int]:
         """A dense file no larger than the smallest chunk: one read, one blob, no chunker. Its
         one chunk is the whole content, so its content hash (the same keyed BLAKE3) is the
         blob id: the node equals what the chunked path builds. Capped at `size` like DataReader."""
-        view = memoryview(self._buf)[:size]
+        view = memoryview(buf)[:size]
         got = 0
         while got < size:
             n = os.preadv(fd, [view[got:]], got)
             if n <= 0:  # shrank under us: store what is there
                 break
             got += n
-        self.result.bytes_read += got
         if not got:
-            return Content(0, (), (), self.repo.content_hasher().digest())
-        blob_id, _ = self.writer.add(BlobKind.DATA, view[:got])
-        return Content(got, (blob_id,), (), bytes(blob_id))
+            return Content(0, (), (), self.repo.content_hasher().digest()), 0
+        add = self.writer.add
+        blob_id, _ = add(BlobKind.DATA, view[:got]) if count else add(BlobKind.DATA, view[:got], count=False)
+        return Content(got, (blob_id,), (), bytes(blob_id)), got
 
     def _open(self, path: bytes) -> int:
         # O_NOATIME keeps a backup from touching every file's atime; only the owner or root

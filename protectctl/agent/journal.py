@@ -293,6 +293,23 @@ class Journal:
             return None
         return (row[0], row[1], row[2])
 
+    def knows_below(self, rel_dir: bytes) -> bool:
+        """Whether the last point had any file in `rel_dir` or below it (else the subtree is new
+        to this journal: the archiver may capture it with worker processes, agent/workers.py)."""
+        if self._conn is None:
+            return False
+        bounds: list[tuple[str | bytes, str | bytes, str | bytes]] = [(rel_dir, rel_dir + b"/", rel_dir + b"0")]
+        with contextlib.suppress(UnicodeDecodeError):
+            bounds.append((rel_dir.decode(), rel_dir.decode() + "/", rel_dir.decode() + "0"))
+        try:
+            for exact, low, high in bounds:
+                query = "SELECT 1 FROM files WHERE dir = ? OR (dir >= ? AND dir < ?) LIMIT 1"
+                if self._conn.execute(query, (exact, low, high)).fetchone() is not None:
+                    return True
+        except sqlite3.Error:
+            return True  # unreadable: not known to be new
+        return False
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

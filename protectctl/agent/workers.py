@@ -16,7 +16,9 @@ one core. `ParallelWalk` spreads it over worker processes:
   the journal, and assembles each directory's tree once its subdirectories' trees are known
   (bottom-up, as the serial walk). Files larger than the smallest chunk (and sparse ones, and
   big files a `BigFileReader` reads its own way) are sent back unread and read by the parent
-  with the serial code and the writer's thread pool (zstd, AES-GCM and BLAKE3 release the GIL).
+  with the serial code: several at once by its file-read threads (agent/filereads.py; read,
+  FastCDC, BLAKE3, zstd and AES-GCM release the GIL), each file's node built by the parent
+  once its content is back, while the walk goes on.
 
 Deterministic: a node is built by the same code from the same lstat and content, a tree from
 the same encoded nodes in name order, so the tree ids do not depend on the parallelism or on
@@ -47,7 +49,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -63,6 +67,7 @@ from protectctl.agent.archiver import (
     _node_facts,
     _seal,
 )
+from protectctl.agent.filereads import FileRead
 from protectctl.agent.fsmeta import base_node, read_xattrs
 from protectctl.agent.journal import JournalEntry, file_row
 from protectctl.agent.patterns import PathFilter
@@ -96,6 +101,7 @@ _TASKS_PER_WORKER = 8
 _QUEUED_PARTS = 16
 _PART_FILES = 256  # entries per message
 _PART_BYTES = 2 << 20  # sealed bytes per message
+_UNREAD_MAX = 256  # deferred big files waiting for a file-read thread before no more tasks go out
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ of a worker's answer pipe (the kernel may cap it)
 _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
@@ -144,6 +150,7 @@ class _Part:
     progress: tuple[int, int] = (0, 0)  # files, bytes done
     errors: list[str] = field(default_factory=list)
     live: list[str] = field(default_factory=list)  # nested subvolumes read live
+    linked: set[bytes] = field(default_factory=set)  # directories holding files with hard links
     sealed_bytes: int = 0
 
 
@@ -329,6 +336,7 @@ class _TaskArchiver(Archiver):
         part.progress = (self._counting.files, self._counting.bytes_done)
         part.errors = r.errors
         part.live = r.live_subvolumes
+        part.linked = r.linked_dirs
         self._start(part.task)
         return part
 
@@ -425,6 +433,16 @@ def _die_with_parent(parent: int) -> None:
 # -- the parent side -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _BigRead:
+    """A deferred big file being read by the owner's file-read threads."""
+
+    task: int
+    slot: int
+    entry: _Entry
+    future: Future[FileRead]
+
+
 @dataclass(slots=True)
 class _Pending:
     """A directory being captured: its slots fill as parts and subdirectory trees arrive."""
@@ -479,6 +497,11 @@ class ParallelWalk:
         self._root_tree: BlobId | None = None
         self._root_done = False
         self.started = 0  # worker processes started (tests, the docs' measurements)
+        # Deferred big files: being read by the owner's file-read threads, and waiting for one.
+        self._reading: list[_BigRead] = []
+        self._unread: deque[tuple[int, int, _Entry]] = deque()
+        # The file-read threads wake the walk through this pipe when a file is done.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # the walk
 
@@ -492,6 +515,10 @@ class ParallelWalk:
 
     def close(self) -> None:
         """Stop the workers (also after an error): close their pipes, then kill what lingers."""
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
         for worker in self._workers:
             for conn in (worker.tasks, worker.answers):
                 with contextlib.suppress(OSError):
@@ -514,6 +541,10 @@ class ParallelWalk:
         return pending
 
     def _step(self) -> None:
+        if self._reading:
+            self._collect_reads()
+            if self._root_done:  # the last big file completed the walk: nothing more to wait for
+                return
         ready = [w for w in self._workers if w.ready]
         if ready:
             self._hand_out(ready)
@@ -534,6 +565,8 @@ class ParallelWalk:
             for part in self._local.run_task(task, pending.path, pending.rel, pending.included):
                 self._take(part)
             self._spawn_if_due()
+        elif self._reading and not self._workers:  # nothing left but big files being read
+            self._reading[0].future.exception()  # waits for it (its error is raised when taken)
 
     def _spawn_if_due(self) -> None:
         if len(self._workers) >= self._max_workers or self._files_seen < SPAWN_AFTER_FILES or not self._queue:
@@ -572,6 +605,8 @@ class ParallelWalk:
         return _Worker(proc, tasks, answers)
 
     def _hand_out(self, ready: list[_Worker]) -> None:
+        if len(self._unread) > _UNREAD_MAX:  # big files wait for a file-read thread: no more tasks yet
+            return
         while self._queue:
             worker = min(ready, key=lambda w: len(w.busy))
             if len(worker.busy) >= _TASKS_PER_WORKER:
@@ -588,7 +623,14 @@ class ParallelWalk:
         from multiprocessing.connection import wait
 
         by_conn = {w.answers: w for w in self._workers}
-        for conn in wait(list(by_conn), timeout):
+        waiting: list[Any] = list(by_conn)
+        if self._reading:
+            waiting.append(self._wake_r)
+        for conn in wait(waiting, timeout):
+            if conn == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                continue
             worker = by_conn[cast("Connection", conn)]
             while True:
                 try:
@@ -649,6 +691,7 @@ class ParallelWalk:
         result.bytes_read += bytes_read
         result.files_read += files_read
         result.live_subvolumes += part.live
+        result.linked_dirs |= part.linked
         self._files_seen += len(part.leaves) + len(part.deferred)
         if part.progress != (0, 0):
             owner.progress.advance(files=part.progress[0], bytes_done=part.progress[1])
@@ -665,16 +708,56 @@ class ParallelWalk:
         for slot, name, facts, encoded in part.leaves:
             pending.slots[slot] = (name, facts, encoded)
         here = _Dir(pending.rel, {})
+        reads = owner._reads
         for slot, name, path, rel, st in part.deferred:
-            errors = len(result.errors)
-            node = owner._node(_Entry(name, path, rel, st, NodeType.FILE), here)
-            if node is not None:
-                pending.slots[slot] = (name, _node_facts(node), encode_node(node))
-            if len(result.errors) != errors:
-                pending.dirty = True
+            entry = _Entry(name, path, rel, st, NodeType.FILE)
+            if reads is not None and owner.reads_ahead(st, name, rel, here):
+                pending.waiting += 1  # its node comes once a file-read thread has read it
+                self._unread.append((part.task, slot, entry))
+            else:
+                self._read_here(pending, slot, entry)
+        self._submit_reads()
         if part.final:
             pending.answered = True
             self._finish(part.task)
+
+    def _read_here(self, pending: _Pending, slot: int, entry: _Entry) -> None:
+        """The node of a deferred file, read in this thread or taken from the file-read threads."""
+        owner = self._owner
+        errors = len(owner.result.errors)
+        node = owner._node(entry, _Dir(pending.rel, {}))
+        if node is not None:
+            pending.slots[slot] = (entry.name, _node_facts(node), encode_node(node))
+        if len(owner.result.errors) != errors:
+            pending.dirty = True
+
+    def _submit_reads(self) -> None:
+        reads = self._owner._reads
+        while reads is not None and self._unread and len(self._reading) < reads.window:
+            task, slot, entry = self._unread.popleft()
+            future = reads.submit(entry.path, self._wake)
+            self._reading.append(_BigRead(task, slot, entry, future))
+
+    def _wake(self) -> None:
+        if self._wake_w < 0:  # closed (the owner joins the file-read threads before that)
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _collect_reads(self) -> None:
+        """Build the nodes of the big files read since, and finish their directories."""
+        done = [r for r in self._reading if r.future.done()]
+        if not done:
+            return
+        self._reading = [r for r in self._reading if all(r is not d for d in done)]
+        for read in done:
+            pending = self._dirs[read.task]
+            self._read_here(pending, read.slot, read.entry)  # takes the read from the threads
+            pending.waiting -= 1
+        self._submit_reads()
+        for task in dict.fromkeys(read.task for read in done):
+            if task in self._dirs:  # not finished already by a directory below it
+                self._finish(task)
 
     def _finish(self, task: int | None) -> None:
         """Save the trees of `task` and of every directory above it that it completes."""

@@ -1,6 +1,7 @@
 """The multi-core first backup (agent/workers.py) killed: the parent by SIGKILL while its workers
 run (they die with it, the repository checks clean, the next run completes and restores exactly),
-and a worker by SIGKILL (the backup fails with one line and publishes nothing).
+and a worker by SIGKILL (the backup fails with one line and publishes nothing); then the parent
+of a sync whose new subtree the workers capture.
 
 Moments are observed, not timed: each worker pauses at its 4th task (crashpoint.py), so the
 parent is killed while both workers hold work and the repository has packs in flight."""
@@ -130,3 +131,29 @@ def test_parallel_first_backup_killed_parent_then_worker(tmp_path: Path, monkeyp
     restore(job, "latest", target=tmp_path / "restored")
     assert snapshot_tree(tmp_path / "restored") == snapshot_tree(src)
     assert run_backup(job, "sync").bytes_read == 0
+
+    # 4. a sync's new subtree goes to the workers too (agent/archiver.py, _new_subtree): SIGKILL
+    # the parent there: the workers die with it, no point, the journal of the last point stands,
+    # and the next sync reads only the new files
+    new_bytes = 0
+    for d in range(24):  # enough directories for both workers to reach their 4th task
+        sub = src / "new" / f"n{d:02}"
+        sub.mkdir(parents=True)
+        for i in range(5):
+            new_bytes += (sub / f"g{i}.txt").write_bytes(b"new %d %d\n" % (d, i) * 30)
+    points = _points(repo)
+    announce = tmp_path / "announce-sync"
+    env = {**os.environ, "PROTECTCTL_CRASH_POINT": "archive-worker-task#4", "PROTECTCTL_CRASH_ANNOUNCE": str(announce)}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), str(src)], cwd=ROOT, env=env)
+    try:
+        paused = _announced(announce, 2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert all(_gone(pid) for pid in paused), "archive workers outlived their parent"
+    assert _points(repo) == points
+    _check(repo)
+    after = run_backup(job, "sync")
+    assert after.ok and after.files == 24 * 50 + 2 + 120 and after.bytes_read == new_bytes  # only the new files
+    restore(job, "latest", target=tmp_path / "restored-new")
+    assert snapshot_tree(tmp_path / "restored-new") == snapshot_tree(src)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from protectctl.agent import workers
+from protectctl.agent import archiver, workers
 from protectctl.agent.archiver import ArchiveOptions, Archiver, ArchiveResult
 from protectctl.agent.journal import Journal
 from protectctl.agent.patterns import PathFilter
@@ -78,6 +78,7 @@ def test_parallel_first_backup_builds_the_serial_tree(tmp_path: Path, monkeypatc
     assert parallel.tree == serial.tree
     assert (parallel.files, parallel.dirs, parallel.bytes_total) == (serial.files, serial.dirs, serial.bytes_total)
     assert parallel.errors == [] and serial.errors == []
+    assert parallel.linked_dirs == serial.linked_dirs == {b"d0", b"d5"}  # the change journal's hard-link dirs
 
     # the journal written by the parallel walk lets the next sync reuse every directory, unread
     out = journal.begin()
@@ -118,3 +119,138 @@ def test_small_first_backups_start_no_process_and_workers_that_cannot_start_leav
     serial, _ = _backup(repo, src, tmp_path / "j-serial", 1)
     parallel, _ = _backup(repo, src, tmp_path / "j-parallel", 2)
     assert parallel.tree == serial.tree and parallel.files == 15 and not parallel.errors
+
+
+def test_big_files_read_in_threads_build_the_serial_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Syncs and `full` (a journal: the serial walk) read a directory's big files in threads
+    (agent/filereads.py) with parallelism > 1 (a sync its new ones, a `full` all): the same
+    tree as one thread, changed files beside them; a file that vanishes before its turn is
+    reported as in place."""
+    import shutil
+    import threading
+
+    from protectctl.agent import filereads
+
+    src = tmp_path / "src"
+    (src / "big").mkdir(parents=True)
+    for i in range(5):  # several chunks each (the test repository's chunks are 4-64 KiB)
+        (src / "big" / f"b{i}.bin").write_bytes(os.urandom(40_000) + bytes([i]) * 200_000)
+    (src / "big" / "small.txt").write_text("small\n")
+    repo = make_repo(tmp_path / "repo")
+    _backup(repo, src, tmp_path / "j-settle", 1)  # settles the directories' atimes
+    # a first backup whose walk ends with big files read in threads, after the workers were ready
+    workers_ready = threading.Event()
+    real_receive, real_read = workers.ParallelWalk._receive, filereads.FileReads._read
+
+    def receive(self: workers.ParallelWalk, timeout: float | None) -> None:
+        real_receive(self, timeout)
+        if self._workers and all(w.ready for w in self._workers):
+            workers_ready.set()
+
+    def read_late(self: filereads.FileReads, path: bytes) -> filereads.FileRead:
+        workers_ready.wait(30)
+        return real_read(self, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(workers, "SPAWN_AFTER_FILES", 0)
+        patch.setattr(workers.ParallelWalk, "_receive", receive)
+        patch.setattr(filereads.FileReads, "_read", read_late)
+        parallel_first, _ = _backup(repo, src, tmp_path / "j0", 2)
+    first, _ = _backup(repo, src, tmp_path / "j1", 1)
+    assert parallel_first.tree == first.tree
+    shutil.copy(tmp_path / "j1", tmp_path / "j2")
+    with open(src / "big" / "b1.bin", "r+b") as f:  # changed in place
+        f.seek(100_000)
+        f.write(b"changed" * 1000)
+    with open(src / "big" / "b3.bin", "ab") as f:  # grown
+        f.write(os.urandom(70_000))
+    (src / "big" / "b5.bin").write_bytes(os.urandom(90_000))  # new
+    (src / "big" / "b6.bin").write_bytes(os.urandom(80_000))  # new
+    os.listdir(src / "big")  # settles the directory's atime before both syncs
+
+    submitted: list[int] = []
+    real_close = filereads.FileReads.close
+
+    def counting_close(self: filereads.FileReads) -> None:
+        submitted.append(self.submitted)
+        real_close(self)
+
+    monkeypatch.setattr(filereads.FileReads, "close", counting_close)
+    monkeypatch.setattr(archiver, "READ_AHEAD_MIN_BYTES", 0)  # these files are small: read ahead anyway
+    serial, _ = _backup(repo, src, tmp_path / "j1", 1)
+    threaded, _ = _backup(repo, src, tmp_path / "j2", 2)
+    assert submitted == [2]  # the new big files; the changed and grown ones are read in place
+    assert threaded.tree == serial.tree != first.tree
+    assert (threaded.files_read, threaded.bytes_read) == (serial.files_read, serial.bytes_read)
+
+    # a `full` reads every big file in threads; one vanishing before its turn is an error, as in place
+    def full(journal: str, parallelism: int) -> ArchiveResult:
+        book = Journal(tmp_path / journal, repo_id=repo.id)
+        out = book.begin()
+        options = ArchiveOptions(root=src, filter=PathFilter([], []), verify_all=True, parallelism=parallelism)
+        real_read = Archiver._read_ahead
+
+        def vanish_first(self: Archiver, entries: list[object], here: object) -> None:
+            if self.result.files == 0:  # scanned (lstat) but not opened yet
+                (src / "big" / "b0.bin").unlink(missing_ok=True)
+            real_read(self, entries, here)  # type: ignore[arg-type]
+
+        with monkeypatch.context() as patch, repo.writer() as writer:
+            patch.setattr(Archiver, "_read_ahead", vanish_first)
+            result = Archiver(repo, writer, book, out, options).run()
+        out.abort()
+        book.close()
+        return result
+
+    data = (src / "big" / "b0.bin").read_bytes()
+    threaded_full = full("j2", 2)
+    (src / "big" / "b0.bin").write_bytes(data)
+    serial_full = full("j1", 1)
+    assert threaded_full.errors == serial_full.errors == ["big/b0.bin: vanished during the backup"]
+    assert threaded_full.files == serial_full.files == 7 and threaded_full.silent_changes == 0
+
+
+def test_a_sync_captures_a_new_subtree_like_a_first_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync that meets a directory its journal knows nothing in or below captures it with the
+    parallel walk (workers once it holds enough files): the serial sync's tree; a no-change sync
+    never builds a parallel walk (no process, no pipe)."""
+    import shutil
+
+    src = tmp_path / "src"
+    (src / "old").mkdir(parents=True)
+    (src / "old" / "a.txt").write_text("kept\n")
+    repo = make_repo(tmp_path / "repo")
+    _backup(repo, src, tmp_path / "j1", 1)
+    shutil.copy(tmp_path / "j1", tmp_path / "j2")
+    for d in range(3):
+        sub = src / "new" / f"n{d}"
+        sub.mkdir(parents=True)
+        for i in range(20):
+            (sub / f"f{i}.txt").write_bytes(b"new file %d in %d\n" % (i, d) * (i + 1))
+    (src / "new" / "big.bin").write_bytes(os.urandom(150_000))
+    os.link(src / "new" / "n0" / "f1.txt", src / "new" / "n2" / "link")
+    for d in [src, *src.rglob("*")]:
+        if d.is_dir():
+            os.listdir(d)  # settles the directories' atimes before both syncs
+    monkeypatch.setattr(workers, "SPAWN_AFTER_FILES", 0)
+    started: list[int] = []
+    real_close = workers.ParallelWalk.close
+
+    def counting_close(self: workers.ParallelWalk) -> None:
+        started.append(self.started)
+        real_close(self)
+
+    monkeypatch.setattr(workers.ParallelWalk, "close", counting_close)
+    serial, _ = _backup(repo, src, tmp_path / "j1", 1)
+    parallel, journal = _backup(repo, src, tmp_path / "j2", 2)
+    assert started == [2]  # one walk for the new subtree, its workers
+    assert parallel.tree == serial.tree and parallel.files == serial.files == 63
+    assert parallel.linked_dirs == serial.linked_dirs == {b"new/n0", b"new/n2"}
+
+    def no_walk(*args: object) -> None:
+        raise AssertionError("a no-change sync built a parallel walk")
+
+    journal.close()
+    monkeypatch.setattr(workers.ParallelWalk, "__init__", no_walk)
+    again, _ = _backup(repo, src, tmp_path / "j2", 2)
+    assert again.tree == serial.tree and again.bytes_read == 0
