@@ -146,7 +146,7 @@ class MariadbProvider:
 
         server = Server.from_spec(request.spec)
         if request.kind == "full":
-            return backup.full_backup(request, server)
+            return backup.full_backup(request, server, no_express=request.options.get("express") is False)
         return backup.ship(request, server)
 
     # -- points, status, retention -------------------------------------------------------

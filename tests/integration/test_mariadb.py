@@ -396,14 +396,29 @@ def test_ls_and_versions_list_databases_and_windows(site: Site, capsys: pytest.C
     assert "holds databases, not files" in refused and "--database shop --as" in refused
 
 
-def full_point(policy: Path) -> dict[str, object]:
-    """`run full` and the point it saved, from `points list` (the base's facts included)."""
-    out = json.loads(cli(policy, "run", "full", GROUP, "--json").stdout)
+def run_full(policy: Path, *args: str) -> str:
+    """`run full` (its one point's id: the pair's other host says it is not the backup node)."""
+    out = json.loads(cli(policy, "run", "full", GROUP, *args, "--json").stdout)
     (point_id,) = [r["point_id"] for r in out["results"] if r.get("point_id")]
-    listed = json.loads(cli(policy, "points", "list", SOURCE, "--json").stdout)
-    (point,) = [p for p in listed["points"] if p["id"] == point_id]
-    point["windows"] = listed["recovery_windows"][SOURCE]
-    return dict(point)
+    return str(point_id)
+
+
+def killed_full(policy: Path) -> None:
+    """`run full` SIGKILLed while mariadb-backup streams into the repository."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), "run", "full", GROUP],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "streaming into the repository" in line:
+            proc.kill()
+            break
+    assert proc.wait() == -9, "the full finished before it could be killed"
 
 
 def test_express_fulls_store_changed_pages_and_restore_to_times_after_each(site: Site) -> None:
@@ -411,35 +426,37 @@ def test_express_fulls_store_changed_pages_and_restore_to_times_after_each(site:
     table = "SELECT id, v FROM shop.express ORDER BY id"
     primary.sql("CREATE TABLE IF NOT EXISTS shop.express (id INT PRIMARY KEY, v VARCHAR(40)); DELETE FROM shop.express")
     primary.sql("INSERT INTO shop.express VALUES " + ", ".join(f"({i}, 'first {i}')" for i in range(1, 201)))
-    first = full_point(site.policy)  # real, or express on this server's previous full
+    first = run_full(site.policy)  # real, or express on this server's previous full
     primary.sql("UPDATE shop.express SET v = 'changed' WHERE id % 7 = 0; DELETE FROM shop.express WHERE id = 5")
-    second = full_point(site.policy)
-    base = second["extra"]["mariadb"]["base"]  # type: ignore[index]
-    assert base["express_of"] == first["id"], base
-    assert base["from_lsn"] == first["extra"]["mariadb"]["base"]["to_lsn"] <= base["to_lsn"]  # type: ignore[index]
-    assert any(
-        line.startswith(f"express full {second['id'][:12]}: changed pages on full") for line in second["windows"]
-    )
+    second = run_full(site.policy)
     primary.sql("INSERT INTO shop.express VALUES (1001, 'after the second')")
     time.sleep(1.1)  # binlog times are whole seconds
     t1, at_t1 = datetime.now(UTC), primary.sql(table)
     primary.sql("UPDATE shop.express SET v = 'after t1' WHERE id = 1")
-    third = full_point(site.policy)
-    assert third["extra"]["mariadb"]["base"]["express_of"] == second["id"]  # type: ignore[index]
+    third = run_full(site.policy)
     primary.sql("INSERT INTO shop.express VALUES (1002, 'after the third')")
     time.sleep(1.1)
     t2, at_t2 = datetime.now(UTC), primary.sql(table)
     primary.sql("DELETE FROM shop.express WHERE id < 100")
-    assert f"{SOURCE}: sync point" in cli(site.policy, "run", "sync", GROUP).stdout
-    for when, expected, chain in ((t1, at_t1, 2), (t2, at_t2, 3)):
-        target = site.server.base / f"express-{chain}"
+    killed_full(site.policy)  # no half point: the next full runs as if it had not
+    real = run_full(site.policy, "--no-express")
+    listed = json.loads(cli(site.policy, "points", "list", SOURCE, "--json").stdout)
+    bases = {p["id"]: p["extra"]["mariadb"]["base"] for p in listed["points"] if p["kind"] == "full"}
+    assert list(bases)[-4:] == [first, second, third, real]  # nothing of the killed one
+    assert bases[second]["express_of"] == first and bases[third]["express_of"] == second, bases
+    assert bases[second]["from_lsn"] == bases[first]["to_lsn"] <= bases[second]["to_lsn"]
+    assert "express_of" not in bases[real] and "--no-express" in bases[real]["real_because"]
+    windows = listed["recovery_windows"][SOURCE]
+    assert f"express full {third[:12]}: changed pages on full {second[:12]} (restore applies " in "\n".join(windows)
+    for when, expected, chain in ((t1, at_t1, [first, second]), (t2, at_t2, [first, second, third])):
+        target = site.server.base / f"express-{len(chain)}"
         try:
             out = json.loads(
                 cli(
                     site.policy, "restore", SOURCE, "--to-time", when.isoformat(), "--target", str(target), "--json"
                 ).stdout
             )
-            assert out["details"]["express_chain"][-2:] == [first["id"], second["id"], third["id"]][chain - 2 : chain]
-            assert primary.sql(table, sock=target / "mysqld.sock") == expected
+            assert out["details"]["express_chain"][-len(chain) :] == chain, out["details"]
+            assert primary.sql(table, sock=target / "mysqld.sock") == expected  # byte-exact rows
         finally:
             stop_restored(target)
