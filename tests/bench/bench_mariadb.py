@@ -272,7 +272,7 @@ def render(results: dict[str, object]) -> str:
     lines = [
         f"{results['tables']} sysbench-like tables, {mib(results.get('innodb_bytes'))} of InnoDB files "
         f"(filled in {results.get('fill_s')} s); load average {results.get('load_average')}",
-        f"{'step':<26} {'protectctl':>11} {'mariadb-backup':>15} {'ratio':>6} {'CPU s':>12} {'stored':>12} "
+        f"{'step':<40} {'protectctl':>11} {'mariadb-backup':>15} {'ratio':>6} {'CPU s':>12} {'stored':>12} "
         f"{'their file':>12} {'load':>5}",
     ]
     rows = results.get("rows", {})
@@ -282,7 +282,7 @@ def render(results: dict[str, object]) -> str:
         ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
         cpu = f"{row.get('protectctl_cpu_s', '-')}/{row.get('mariadb_backup_cpu_s', '-')}"
         lines.append(
-            f"{name:<26} {ours!s:>9} s {theirs!s:>13} s {ratio:>6} {cpu:>12} {mib(row.get('stored_bytes')):>12} "
+            f"{name:<40} {ours!s:>9} s {theirs!s:>13} s {ratio:>6} {cpu:>12} {mib(row.get('stored_bytes')):>12} "
             f"{mib(row.get('mariadb_backup_bytes')):>12} {row.get('load', '-')!s:>5}"
         )
     return "\n".join(lines)
