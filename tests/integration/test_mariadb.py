@@ -66,6 +66,7 @@ def policy_text(server: MariadbServer, replica: MariadbServer) -> str:
           serverBin: {mariadb_server.SERVER}
           allowRestart: false
           expressMaxPercent: 1000   # a tiny server: each express full's stream is mostly the redo log
+          configFile: {server.base}/99-protectctl.cnf   # what apply keeps binlog_format in: not /etc
           perHost:
             db2: {{dataDir: {replica.data}, socket: {replica.sock}}}
         """
@@ -185,7 +186,13 @@ def test_plan_says_what_apply_changes_on_the_servers(site: Site) -> None:
         out = cli(site.policy, "plan", "--refresh")
         said = out.stdout + out.stderr
         assert f"source {SOURCE} on host {host}: apply will set binlog_format MIXED -> ROW (at once" in said, said
-        assert "apply will write /etc/mysql" in said and "apply will restart" not in said  # log_bin is on
+        assert f"apply will write {site.server.base}/99-protectctl.cnf" in said and "apply will restart" not in said
+        assert (
+            "will be updated in-place (drift)" in said and f"# drift: host {host}: apply will set binlog_format" in said
+        )
+        repaired = cli(site.policy, "apply", "--refresh", "--auto-approve")  # drift: the source is prepared again
+        assert primary.sql("SELECT @@GLOBAL.binlog_format") == "ROW", repaired.stdout
+        assert "binlog_format = ROW" in (site.server.base / "99-protectctl.cnf").read_text()
     finally:
         primary.sql("SET GLOBAL binlog_format = 'ROW'")
 
