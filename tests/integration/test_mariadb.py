@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -403,9 +404,22 @@ def test_ls_and_versions_list_databases_and_windows(site: Site, capsys: pytest.C
     assert "holds databases, not files" in refused and "--database shop --as" in refused
 
 
-def run_full(policy: Path, *args: str) -> str:
+def in_process(policy: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    """The CLI in this process (no interpreter start): its --json document."""
+    from protectctl.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["-C", str(policy), *args, "--json"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0, f"protectctl {' '.join(args)}: {out}\n{err}"
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def run_full(policy: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
     """`run full` (its one point's id: the pair's other host says it is not the backup node)."""
-    out = json.loads(cli(policy, "run", "full", GROUP, *args, "--json").stdout)
+    out = in_process(policy, capsys, "run", "full", GROUP, *args)
     (point_id,) = [r["point_id"] for r in out["results"] if r.get("point_id")]
     return str(point_id)
 
@@ -428,42 +442,43 @@ def killed_full(policy: Path) -> None:
     assert proc.wait() == -9, "the full finished before it could be killed"
 
 
-def test_express_fulls_store_changed_pages_and_restore_to_times_after_each(site: Site) -> None:
+def test_express_fulls_store_changed_pages_and_restore_to_times_after_each(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
     primary, _ = site.servers
     table = "SELECT id, v FROM shop.express ORDER BY id"
     primary.sql("CREATE TABLE IF NOT EXISTS shop.express (id INT PRIMARY KEY, v VARCHAR(40)); DELETE FROM shop.express")
     primary.sql("INSERT INTO shop.express VALUES " + ", ".join(f"({i}, 'first {i}')" for i in range(1, 201)))
-    first = run_full(site.policy)  # real, or express on this server's previous full
+    first = run_full(site.policy, capsys, "--no-express")  # a real one: the chain starts here
     primary.sql("UPDATE shop.express SET v = 'changed' WHERE id % 7 = 0; DELETE FROM shop.express WHERE id = 5")
-    second = run_full(site.policy)
+    second = run_full(site.policy, capsys)
     primary.sql("INSERT INTO shop.express VALUES (1001, 'after the second')")
     time.sleep(1.1)  # binlog times are whole seconds
     t1, at_t1 = datetime.now(UTC), primary.sql(table)
     primary.sql("UPDATE shop.express SET v = 'after t1' WHERE id = 1")
-    third = run_full(site.policy)
+    killed_full(site.policy)  # no half point: the next full builds on the same one
+    third = run_full(site.policy, capsys)
     primary.sql("INSERT INTO shop.express VALUES (1002, 'after the third')")
     time.sleep(1.1)
     t2, at_t2 = datetime.now(UTC), primary.sql(table)
     primary.sql("DELETE FROM shop.express WHERE id < 100")
-    killed_full(site.policy)  # no half point: the next full runs as if it had not
-    real = run_full(site.policy, "--no-express")
-    listed = json.loads(cli(site.policy, "points", "list", SOURCE, "--json").stdout)
+    assert in_process(site.policy, capsys, "run", "sync", GROUP)["results"][0]["ok"]  # ships the binlogs past t2
+    listed = in_process(site.policy, capsys, "points", "list", SOURCE)
     bases = {p["id"]: p["extra"]["mariadb"]["base"] for p in listed["points"] if p["kind"] == "full"}
-    assert list(bases)[-4:] == [first, second, third, real]  # nothing of the killed one
+    assert list(bases)[-3:] == [first, second, third]  # nothing of the killed one
+    assert "express_of" not in bases[first] and "--no-express" in bases[first].get("real_because", "--no-express")
     assert bases[second]["express_of"] == first and bases[third]["express_of"] == second, bases
     assert bases[second]["from_lsn"] == bases[first]["to_lsn"] <= bases[second]["to_lsn"]
-    assert "express_of" not in bases[real] and "--no-express" in bases[real]["real_because"]
-    windows = listed["recovery_windows"][SOURCE]
-    assert f"express full {third[:12]}: changed pages on full {second[:12]} (restore applies " in "\n".join(windows)
+    windows = "\n".join(listed["recovery_windows"][SOURCE])
+    assert (
+        f"express full {third[:12]}: changed pages on full {second[:12]} (restore applies {first[:12]} <- " in windows
+    )
     for when, expected, chain in ((t1, at_t1, [first, second]), (t2, at_t2, [first, second, third])):
         target = site.server.base / f"express-{len(chain)}"
         try:
-            out = json.loads(
-                cli(
-                    site.policy, "restore", SOURCE, "--to-time", when.isoformat(), "--target", str(target), "--json"
-                ).stdout
-            )
-            assert out["details"]["express_chain"][-len(chain) :] == chain, out["details"]
+            restore = ("restore", SOURCE, "--to-time", when.isoformat(), "--target", str(target), "--json")
+            out = json.loads(cli(site.policy, *restore).stdout)  # a child: the server it starts is not this process's
+            assert out["details"]["express_chain"] == chain, out["details"]
             assert primary.sql(table, sock=target / "mysqld.sock") == expected  # byte-exact rows
         finally:
             stop_restored(target)
