@@ -179,7 +179,11 @@ class MariadbProvider:
         from protectctl.providers.mariadb.catalog import build_catalog
 
         catalog = build_catalog([p for p in points if p.source == source])
-        return [f"point-in-time recovery gap: {g.describe()}" for g in catalog.gaps]
+        return [f"point-in-time recovery gap: {g.describe()}" for g in catalog.gaps] + [
+            f"express full {point[:12]} cannot be restored: its base {base[:12]} is not in the repository "
+            "(the next full is a real one)"
+            for point, base in catalog.orphans
+        ]
 
     def point_role(self, point: Point) -> Literal["base", "log", "point"]:
         from protectctl.providers.mariadb.catalog import point_role
