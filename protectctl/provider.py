@@ -194,6 +194,9 @@ class SnapshotRequest:
     # Call once the source is frozen (a snapshot taken): the group's post script runs then,
     # not after the upload. Not called: it runs after the snapshot, as always.
     frozen: Callable[[], None] | None = None
+    # What the caller asked of this run beyond its kind, e.g. {"express": False} (`run full
+    # --no-express`: copy everything, not only what changed since the previous full).
+    options: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

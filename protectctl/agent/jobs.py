@@ -320,8 +320,10 @@ def run_backup(
     *,
     progress: Progress | None = None,
     now: Callable[[], datetime] = utc_now,
+    options: Mapping[str, object] | None = None,
 ) -> BackupResult:
     """Take a recovery point of `job.source`; raises ProtectctlError when no point was made.
+    `options`: handed to the provider (SnapshotRequest.options).
 
     A point that misses files (vanished, unreadable) is saved incomplete and returned with
     `ok` false: the caller exits non-zero. Status and metrics are written either way.
@@ -332,7 +334,7 @@ def run_backup(
         with source_lock(
             job.state_dir, job.source, f"protectctl run {kind} {job.source}", timeout_s=job.lock_timeout_s
         ):
-            result = _backup_locked(job, kind, progress, now, started)
+            result = _backup_locked(job, kind, progress, now, started, options or {})
     except Exception as err:
         message = err.message if isinstance(err, ProtectctlError) else f"internal error: {err!r}"
         _record(job, JobRecord(kind, _json_time(now()) or "", False, time.monotonic() - started, message))
@@ -408,7 +410,12 @@ def record_tape_copies(jobs: Sequence[SourceJob], current: Sequence[str], now: d
 
 
 def _backup_locked(
-    job: SourceJob, kind: BackupKind, progress: Progress, now: Callable[[], datetime], started: float
+    job: SourceJob,
+    kind: BackupKind,
+    progress: Progress,
+    now: Callable[[], datetime],
+    started: float,
+    options: Mapping[str, object],
 ) -> BackupResult:
     with (
         open_repository(_storage_for(job, now), job.passphrase(), job.key_cache) as repo,
@@ -419,7 +426,7 @@ def _backup_locked(
         damage = contain_damage(repo, scan.points, scan.damaged)
         actual = "full" if not previous else kind
         point_time = now()
-        outcome, writer_stats, warnings = _snapshot_with_scripts(job, repo, actual, progress)
+        outcome, writer_stats, warnings = _snapshot_with_scripts(job, repo, actual, progress, options)
         point = Point(
             id=new_point_id(),
             source=job.source,
@@ -486,7 +493,7 @@ REPAIR_INDEX_HINT = "its packs are read through their own headers; `protectctl r
 
 
 def _snapshot_with_scripts(
-    job: SourceJob, repo: Repository, kind: BackupKind, progress: Progress
+    job: SourceJob, repo: Repository, kind: BackupKind, progress: Progress, options: Mapping[str, object]
 ) -> tuple[SnapshotOutcome, tuple[int, int], tuple[str, ...]]:
     """Pre script, snapshot, post script (always, once pre ran); raises ProviderError when pre fails."""
     env = {"PROTECTCTL_SOURCE": job.source, "PROTECTCTL_KIND": kind}
@@ -513,7 +520,7 @@ def _snapshot_with_scripts(
             pre = run_script("pre", job.pre_script, timeout_s=job.script_timeout_s, env=env)
             if not pre.ok:
                 raise ProviderError(pre.describe(), hint="no recovery point was made; fix the pre script")
-        outcome, writer_stats = _snapshot(job, repo, kind, progress, frozen)
+        outcome, writer_stats = _snapshot(job, repo, kind, progress, frozen, options)
         outcome_status = "success"
     finally:
         if job.post_script and not post_ran:
@@ -534,6 +541,7 @@ def _snapshot(
     kind: BackupKind,
     progress: Progress,
     frozen: Callable[[], None] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> tuple[SnapshotOutcome, tuple[int, int]]:
     """The provider's snapshot inside one write session; the journal is dropped if the commit fails."""
     from protectctl.agent.archive import RepositorySink  # the archiver: only when a snapshot runs
@@ -544,7 +552,14 @@ def _snapshot(
         with repo.writer(progress, workers=job.parallelism) as writer:
             outcome = provider.snapshot(
                 SnapshotRequest(
-                    job.source, job.spec, kind, RepositorySink(repo, writer), job.state_dir, progress, frozen=frozen
+                    job.source,
+                    job.spec,
+                    kind,
+                    RepositorySink(repo, writer),
+                    job.state_dir,
+                    progress,
+                    frozen=frozen,
+                    options=options or {},
                 )
             )
     except BaseException:

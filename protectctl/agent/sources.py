@@ -246,7 +246,11 @@ class BackupFailure:
 
 
 def run_backups(
-    targets: Sequence[SourceTarget], kind: BackupKind, *, progress: Progress | None
+    targets: Sequence[SourceTarget],
+    kind: BackupKind,
+    *,
+    progress: Progress | None,
+    options: Mapping[str, object] | None = None,
 ) -> list[BackupResult | BackupSkipped | BackupFailure]:
     """Run sync or full for each target; one result per source, a failure included, so that one
     member's failure (a busy lock, a failed pre script) does not stop the others."""
@@ -259,7 +263,7 @@ def run_backups(
             if isinstance(placed, BackupSkipped):
                 results.append(placed)
                 continue
-            results.append(run_backup(source_job(placed), kind, progress=progress))
+            results.append(run_backup(source_job(placed), kind, progress=progress, options=options))
         except ProtectctlError as err:
             results.append(BackupFailure(target.source, kind, err.message, err.hint))
     return results
@@ -517,10 +521,12 @@ def run_backup(
     *,
     agent_config: Path | None,
     progress: Progress | None,
+    options: Mapping[str, object] | None = None,
 ) -> list[BackupResult | BackupSkipped | BackupFailure]:
-    """`run sync|full`: one result per chosen source, a failure included."""
+    """`run sync|full`: one result per chosen source, a failure included; `options` go to each
+    provider (SnapshotRequest.options, e.g. {"express": False})."""
     targets = select_sources(policy_dir, agent_config=agent_config, group=group, member=member)
-    return run_backups(targets, kind, progress=progress)
+    return run_backups(targets, kind, progress=progress, options=options)
 
 
 def list_points(

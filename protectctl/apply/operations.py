@@ -61,13 +61,17 @@ def make_plan(
         from concurrent.futures import ThreadPoolExecutor
 
         from protectctl.apply.drift import drift
-        from protectctl.provision.sources import source_warnings
+        from protectctl.provision.sources import source_refresh
 
         # beside the drift read, not after it: an unreachable host costs one connect timeout, not two
         with ThreadPoolExecutor(max_workers=1) as pool:
-            paths = pool.submit(source_warnings, [] if destroy else desired)  # a mistyped path shows now
-            observed = replace(observed, drifted=drift(state, refresh_warnings))
-            refresh_warnings += paths.result()
+            paths = pool.submit(source_refresh, [] if destroy else desired)  # a mistyped path shows now
+            drifted = drift(state, refresh_warnings)
+            lines, prepared = paths.result()  # a server setting changed by hand: prepare the source again
+            refresh_warnings += lines
+            for address, what in prepared.items():
+                drifted[address] = f"{drifted[address]}; {what}" if address in drifted else what
+            observed = replace(observed, drifted=drifted)
     warnings: list[str | Diagnostic] = [
         *policy.warnings,
         *tape_key_warnings(policy, observed.storage_points),

@@ -53,12 +53,26 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             str,
             typer.Option("--lock-timeout", help="tape: wait this long for another run using the libraries (e.g. 30s)."),
         ] = "4h",
+        no_express: Annotated[
+            bool,
+            typer.Option(
+                "--no-express",
+                help="full: a real full, copying everything, not an express one (only what changed since the "
+                "previous full; mariadb).",
+            ),
+        ] = False,
         json_mode: JsonOpt = False,
     ) -> None:
         """Run a protection job now (what the timers run)."""
         env = env_of(ctx, json_mode)
+        if no_express and job is not Job.FULL:
+            from protectctl.errors import ProtectctlError
+
+            raise ProtectctlError("--no-express is for `run full`")
         if job in (Job.SYNC, Job.FULL):
-            _run_backup(env, "sync" if job is Job.SYNC else "full", group, member)
+            _run_backup(
+                env, "sync" if job is Job.SYNC else "full", group, member, {"express": False} if no_express else None
+            )
         elif job is Job.PRUNE:
             _prune(env, group, member, dry_run=False)
         elif job is Job.VERIFY:
@@ -400,7 +414,9 @@ def show_result(env: Env, result: CheckResult) -> None:
     env.output.text(check_text(result))
 
 
-def _run_backup(env: Env, kind: BackupKind, group: str, member: str | None) -> None:
+def _run_backup(
+    env: Env, kind: BackupKind, group: str, member: str | None, options: dict[str, object] | None = None
+) -> None:
     from protectctl import api
     from protectctl.cli.interrupt import on_interrupt
     from protectctl.cli.views import backup_json
@@ -412,7 +428,7 @@ def _run_backup(env: Env, kind: BackupKind, group: str, member: str | None) -> N
     )
 
     results = api.run_backup(
-        env.policy_dir, kind, group, member, agent_config=env.agent_config, progress=progress_of(env)
+        env.policy_dir, kind, group, member, agent_config=env.agent_config, progress=progress_of(env), options=options
     )
     if env.output.json_mode:
         env.output.document({"format_version": "1.0", "results": [backup_json(r) for r in results]})

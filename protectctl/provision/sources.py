@@ -88,12 +88,20 @@ def prepare_previews(resources: Sequence[Resource]) -> list[str]:
     """Plan lines (`plan --refresh`) for what apply's prepare would change or refuse on each
     local host of a source whose provider can say (PreparePreview), reading only. An SSH host's
     service is read by apply itself, through its agent."""
+    return prepare_drift(resources)[0]
+
+
+def prepare_drift(resources: Sequence[Resource]) -> tuple[list[str], dict[str, str]]:
+    """`prepare_previews`' lines, and the sources whose hosts apply's prepare would change now
+    (address → what: e.g. binlog_format set back by hand): drift, which `apply --refresh` repairs
+    by preparing the source again."""
     from pathlib import Path
 
     from protectctl.plan.resources import STATE_DIR, host_path
 
     hosts = {r.address.name: r.inputs for r in resources if r.address.kind == "host"}
     lines: list[str] = []
+    drifted: dict[str, list[str]] = {}
     for r in resources:
         if r.address.kind != "source":
             continue
@@ -116,14 +124,22 @@ def prepare_previews(resources: Sequence[Resource]) -> list[str]:
                 lines.append(f"source {source} on host {host}: what apply would change could not be read: {err}")
                 continue
             lines += [f"source {source} on host {host}: {line}" for line in (*outcome.changes, *outcome.warnings)]
-    return lines
+            if outcome.changes:
+                drifted.setdefault(str(r.address), []).extend(f"host {host}: {c}" for c in outcome.changes)
+    return lines, {address: "; ".join(changes) for address, changes in drifted.items()}
 
 
 def source_warnings(resources: Sequence[Resource]) -> list[str]:
     """Plan warnings (`plan --refresh`) for source paths missing on their hosts, every host
     asked in parallel; a host that cannot be asked is a warning too. Then what apply's prepare
     would change or refuse on each local source host (prepare_previews)."""
-    return _path_warnings(resources) + prepare_previews(resources)
+    return source_refresh(resources)[0]
+
+
+def source_refresh(resources: Sequence[Resource]) -> tuple[list[str], dict[str, str]]:
+    """`source_warnings`, and the sources whose prepare drifted (prepare_drift)."""
+    lines, drifted = prepare_drift(resources)
+    return _path_warnings(resources) + lines, drifted
 
 
 def _path_warnings(resources: Sequence[Resource]) -> list[str]:

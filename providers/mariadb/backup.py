@@ -34,14 +34,17 @@ from protectctl.errors import ProviderError
 from protectctl.provider import (
     BlobId,
     Node,
+    Point,
     SnapshotOutcome,
     SnapshotRequest,
+    SnapshotSink,
     SnapshotStats,
     Tree,
     dir_node,
     file_node,
 )
 from protectctl.providers.mariadb import binlog as bl
+from protectctl.providers.mariadb import express
 from protectctl.providers.mariadb import server as my
 from protectctl.providers.mariadb.catalog import build_catalog
 from protectctl.providers.mariadb.server import Client, Server
@@ -297,7 +300,7 @@ class _Reader(threading.Thread):
             self.parts.put(err)
 
 
-def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
+def full_backup(request: SnapshotRequest, server: Server, *, no_express: bool = False) -> SnapshotOutcome:
     sink = request.sink
     with my.client(server) as c:
         try:
@@ -308,6 +311,19 @@ def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
                 hint="start the server, or fix socket/osUser/credentials",
             ) from None
         databases = _databases(c)
+        identity = data_identity(server, facts)
+        previous = sink.list_points(request.source)
+        choice = express.choose(
+            previous,
+            build_catalog(previous),
+            identity,
+            _server_lsn(c),
+            spec=request.spec,
+            forced_real=no_express,
+            tree_present=_tree_present(sink, previous),
+        )
+        if choice.why_real:
+            request.progress.note(f"a real full: {choice.why_real}")
         if facts.log_bin:
             # The copy's binlog position lands near the head of a fresh file: a first full ships
             # that file on, not the whole of the one active before (the binlogs written before the
@@ -323,13 +339,28 @@ def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
             f"--extra-lsndir={work}",
             f"--datadir={server.data_dir}",
         ]
+        if choice.base is not None:
+            argv.append(f"--incremental-lsn={choice.base.to_lsn}")
         started = datetime.now(UTC)
-        request.progress.note(f"mariadb-backup of {server.data_dir} streaming into the repository")
+        what = (
+            f"express full (pages changed since full {choice.base.point_id[:12]})" if choice.base else "mariadb-backup"
+        )
+        request.progress.note(f"{what} of {server.data_dir} streaming into the repository")
         st = os.stat(server.data_dir)
         parts, size = _stream_parts(request, server, argv, work, st)
         consistent_at = datetime.now(UTC)
         info = (work / "xtrabackup_info").read_text(encoding="utf-8", errors="replace")
-        base = {**_base_facts(info, facts, started, consistent_at, len(parts), size), "databases": databases}
+        base: dict[str, object] = {
+            **_base_facts(info, facts, started, consistent_at, len(parts), size),
+            "databases": databases,
+            "identity": identity,
+            **_lsns(work / "xtrabackup_checkpoints"),
+        }
+        if choice.base is not None:
+            base["express_of"] = choice.base.point_id
+            base["express_depth"] = len(choice.base.parts)  # express fulls on the real one, this one included
+        elif choice.why_real:
+            base["real_because"] = choice.why_real
         from_seq = bl.sequence(str(base["binlog_file"])) if base.get("binlog_file") else None
         shipped = ship_binlogs(request, c, facts, from_seq=from_seq)
     base_tree = sink.save_tree(Tree(tuple(parts)))
@@ -358,6 +389,51 @@ def full_backup(request: SnapshotRequest, server: Server) -> SnapshotOutcome:
         extra=extra,
         finish=lambda point_id: None,
     )
+
+
+def data_identity(server: Server, facts: ServerFacts) -> dict[str, object]:
+    """What an express full must share with the full it builds on: the server id, the data
+    directory, and the inode of its system tablespace (a data directory restored or replaced
+    under the same name has a new one)."""
+    data_dir = os.path.realpath(server.data_dir)
+    try:
+        inode = os.stat(Path(data_dir) / "ibdata1").st_ino
+    except OSError:
+        inode = os.stat(data_dir).st_ino
+    return {"server_id": facts.server_id, "data_dir": data_dir, "ibdata1": inode}
+
+
+def _server_lsn(c: Client) -> int | None:
+    try:
+        rows = c.query("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
+    except ProviderError:
+        return None
+    value = rows[0][1] if rows and len(rows[0]) > 1 else ""
+    return int(value) if value.isdigit() else None
+
+
+def _tree_present(sink: SnapshotSink, points: list[Point]) -> Callable[[str], bool]:
+    trees = {p.id: p.tree for p in points}
+
+    def present(point_id: str) -> bool:
+        tree = trees.get(point_id)
+        return tree is not None and sink.has_blob(tree)
+
+    return present
+
+
+def _lsns(checkpoints: Path) -> dict[str, object]:
+    """from_lsn and to_lsn of mariadb-backup's xtrabackup_checkpoints (the next express full starts at to_lsn)."""
+    out: dict[str, object] = {}
+    try:
+        text = checkpoints.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition("="))
+        if key in ("from_lsn", "to_lsn") and value.isdigit():
+            out[key] = int(value)
+    return out
 
 
 def _stream_parts(

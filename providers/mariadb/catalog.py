@@ -63,10 +63,24 @@ class Base:
     binlog_pos: int
     gtid: str
     consistent_at: datetime
+    # an express full: the points whose streams a restore applies in order (the real full first,
+    # then each express full's changed pages, this one last); a real full: its own id only
+    chain: tuple[str, ...] = ()
+    to_lsn: int | None = None  # the InnoDB LSN its copy reached (an express full starts there)
+    identity: Mapping[str, object] | None = None  # the server and data directory it copied
+    stream_bytes: int = 0
 
     @property
     def seq(self) -> int | None:
         return _seq(self.binlog_file) if self.binlog_file else None
+
+    @property
+    def express(self) -> bool:
+        return len(self.chain) > 1
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return self.chain or (self.point_id,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +119,10 @@ class Catalog:
     binlogs: Mapping[Key, Binlog]  # the newest stored copy of each
     windows: tuple[Window, ...]
     gaps: tuple[Gap, ...]
+    orphans: tuple[tuple[str, str], ...] = ()  # (express full, the base it needs): not in the repository
+
+    def base(self, point_id: str) -> Base | None:
+        return next((b for b in self.bases if b.point_id == point_id), None)
 
     def merged(self) -> list[tuple[datetime, datetime]]:
         return merged_spans([(w.start, w.end) for w in self.windows])
@@ -156,6 +174,8 @@ def _strs(value: object) -> tuple[str, ...]:
 def build_catalog(points: Iterable[PointLike]) -> Catalog:
     """The catalog of one MariaDB source from its points (any order)."""
     bases: list[Base] = []
+    chains: dict[str, tuple[str, ...]] = {}
+    orphans: list[tuple[str, str]] = []
     files: dict[Key, Binlog] = {}
     coverage: list[tuple[Key, datetime]] = []
     for point in sorted(points, key=lambda p: p.time):
@@ -165,17 +185,12 @@ def build_catalog(points: Iterable[PointLike]) -> Catalog:
         origin = str(facts.get("origin") or "")
         base = facts.get("base")
         if isinstance(base, Mapping):
-            bases.append(
-                Base(
-                    point.id,
-                    point.time,
-                    origin,
-                    str(base["binlog_file"]) if base.get("binlog_file") else None,
-                    int(str(base.get("binlog_pos") or 0)),
-                    str(base.get("gtid") or ""),
-                    _dt(base.get("consistent_at")) or point.time,
-                )
-            )
+            found = _base(point, origin, base, chains)
+            if isinstance(found, Base):
+                chains[point.id] = found.parts
+                bases.append(found)
+            else:
+                orphans.append((point.id, found))  # its base is gone: it restores nothing (its binlogs still count)
         for raw in _maps(facts.get("binlogs")):
             seq = _seq(str(raw["name"]))
             if seq is None:
@@ -196,7 +211,34 @@ def build_catalog(points: Iterable[PointLike]) -> Catalog:
         if until is not None and isinstance(through, int):
             coverage.append(((origin, through), until))
     windows = tuple(_window(b, files, coverage) for b in bases)
-    return Catalog(tuple(bases), files, windows, tuple(_gaps(files, bases)))
+    return Catalog(tuple(bases), files, windows, tuple(_gaps(files, bases)), tuple(orphans))
+
+
+def _base(
+    point: PointLike, origin: str, base: Mapping[str, object], chains: Mapping[str, tuple[str, ...]]
+) -> Base | str:
+    """The full of `point`; for an express full whose base is not a full of the catalog, that base's id."""
+    express_of = base.get("express_of")
+    if isinstance(express_of, str):
+        if express_of not in chains:
+            return express_of
+        chain: tuple[str, ...] = (*chains[express_of], point.id)
+    else:
+        chain = (point.id,)
+    to_lsn, identity = base.get("to_lsn"), base.get("identity")
+    return Base(
+        point.id,
+        point.time,
+        origin,
+        str(base["binlog_file"]) if base.get("binlog_file") else None,
+        int(str(base.get("binlog_pos") or 0)),
+        str(base.get("gtid") or ""),
+        _dt(base.get("consistent_at")) or point.time,
+        chain,
+        to_lsn if isinstance(to_lsn, int) else None,
+        identity if isinstance(identity, Mapping) else None,
+        int(str(base.get("stream_bytes") or 0)),
+    )
 
 
 def state_map(state: Sequence[str]) -> dict[int, int]:
@@ -479,8 +521,12 @@ def describe_windows(catalog: Catalog) -> list[str]:
 
 
 def point_role(point: PointLike) -> Literal["base", "log", "point"]:
-    """A full is a base of the binlog chain, a sync a log point."""
+    """A real full is a base of the chain, a sync a log point, and so is an express full: like
+    binlogs it rolls the full before it forward, so retention keeps the real full at or before
+    the horizon and every express full and sync after it (agent/retention.py), and never an
+    express full without its base."""
     facts = _facts(point)
     if facts is None:
         return "point"
-    return "base" if isinstance(facts.get("base"), Mapping) else "log"
+    base = facts.get("base")
+    return "base" if isinstance(base, Mapping) and not base.get("express_of") else "log"

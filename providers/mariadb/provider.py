@@ -10,7 +10,9 @@ provider (as `validate` does) costs its spec model only.
 
 * prepare (apply): prepare.py: binary logging on (log_bin, ROW format, a server_id).
 * a primary/replica pair (`hosts:`): pair.py picks the server a job or a restore runs against.
-* full and sync: backup.py (mariadb-backup's stream through the dedup engine; binlog shipping).
+* full and sync: backup.py (mariadb-backup's stream through the dedup engine; binlog shipping);
+  express.py decides whether a full is an express one (only the pages changed since the
+  previous full) or a real one, and says why.
 * restore: catalog.py plans it (full + binlogs for the time asked), restore_server.py restores
   a new server, restore_database.py one database under a new name into the running server.
 * points list, status, prune: catalog.py (windows, gaps, the role of a point in the chain).
@@ -123,9 +125,10 @@ class MariadbProvider:
         return prepare_host(replace(request, spec=node_spec(request.spec)))
 
     def prepare_notes(self, spec: Mapping[str, object]) -> list[str]:
+        from protectctl.providers.mariadb.express import plan_note
         from protectctl.providers.mariadb.prepare import notes
 
-        return notes(spec)
+        return [*notes(spec), plan_note(spec)]
 
     def preview_prepare(self, request: PrepareRequest) -> PrepareOutcome:
         from dataclasses import replace
@@ -143,15 +146,17 @@ class MariadbProvider:
 
         server = Server.from_spec(request.spec)
         if request.kind == "full":
-            return backup.full_backup(request, server)
+            return backup.full_backup(request, server, no_express=request.options.get("express") is False)
         return backup.ship(request, server)
 
     # -- points, status, retention -------------------------------------------------------
 
     def recovery_windows(self, points: Sequence[Point]) -> list[str]:
+        from protectctl.providers.mariadb import express
         from protectctl.providers.mariadb.catalog import build_catalog, describe_windows
 
-        return describe_windows(build_catalog(points))
+        catalog = build_catalog(points)
+        return describe_windows(catalog) + express.describe(catalog)
 
     def list_contents(self, points: Sequence[Point], to_time: datetime | Literal["latest"]) -> ContentListing:
         """The databases of the full backup a restore to `to_time` starts from (`ls`)."""
@@ -174,7 +179,11 @@ class MariadbProvider:
         from protectctl.providers.mariadb.catalog import build_catalog
 
         catalog = build_catalog([p for p in points if p.source == source])
-        return [f"point-in-time recovery gap: {g.describe()}" for g in catalog.gaps]
+        return [f"point-in-time recovery gap: {g.describe()}" for g in catalog.gaps] + [
+            f"express full {point[:12]} cannot be restored: its base {base[:12]} is not in the repository "
+            "(the next full is a real one)"
+            for point, base in catalog.orphans
+        ]
 
     def point_role(self, point: Point) -> Literal["base", "log", "point"]:
         from protectctl.providers.mariadb.catalog import point_role

@@ -245,7 +245,22 @@ class ServerRestore:
             "socket": str(self.server.socket),
             "data_dir": str(self.server.data_dir),
         }
-        size = int(str(base_facts.get("stream_bytes") or 0))
+        chain = [self.points.get(p) for p in plan.base.parts]
+        if any(p is None for p in chain):
+            missing = next(p for p in plan.base.parts if p not in self.points)
+            raise RestoreError(
+                f"express full {base_point.id[:12]} needs full {missing[:12]}, which is not in the repository"
+            )
+        size = sum(
+            int(str(_mapping(_mapping(p.extra.get("mariadb")).get("base")).get("stream_bytes") or 0))
+            for p in chain
+            if p is not None
+        )
+        if plan.base.express:
+            notes.insert(
+                1, f"express full: applies {len(plan.base.parts) - 1} delta(s) on full {plan.base.parts[0][:12]}"
+            )
+            details["express_chain"] = list(plan.base.parts)
         if request.dry_run:
             return RestoreOutcome(self.target, 0, 0, size, size, _free(self.target), 0, False, tuple(notes), details)
         uid, gid = self.server.ids()
@@ -260,13 +275,22 @@ class ServerRestore:
             except RestoreError:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-        files = self._extract(base_point, uid, gid)
+        files = self._extract(self.points[plan.base.parts[0]], self.server.data_dir, uid, gid)
         request.progress.note("mariadb-backup --prepare")
-        my.run(
-            self.server,
-            [self.server.bin("mariadb-backup"), "--no-defaults", "--prepare", f"--target-dir={self.server.data_dir}"],
-            timeout_s=24 * 3600,
-        )
+        prepare = [
+            self.server.bin("mariadb-backup"),
+            "--no-defaults",
+            "--prepare",
+            f"--target-dir={self.server.data_dir}",
+        ]
+        my.run(self.server, prepare, timeout_s=24 * 3600)
+        for k, point_id in enumerate(plan.base.parts[1:], 1):  # an express full: each delta in order
+            delta = self.target / f"delta-{k}"
+            _mkdir_owned(delta, uid, gid)
+            self._extract(self.points[point_id], delta, uid, gid)
+            request.progress.note(f"mariadb-backup --prepare --incremental-dir (express full {point_id[:12]})")
+            my.run(self.server, [*prepare, f"--incremental-dir={delta}"], timeout_s=24 * 3600)
+            shutil.rmtree(delta, ignore_errors=True)
         self._write_config(port, base_facts, uid, gid)
         log_file = self.target / "mysqld.err"
         request.progress.note(f"starting mariadbd on {f'127.0.0.1:{port}' if port else self.server.socket}")
@@ -353,11 +377,11 @@ class ServerRestore:
             staged.append(Staged(path, bl.read_facts(data), True, start))
         return staged
 
-    def _extract(self, point: Point, uid: int, gid: int) -> int:
+    def _extract(self, point: Point, into: Path, uid: int, gid: int) -> int:
         parts = subtree(self.reader, point, b"base")
         if not parts:
             raise RestoreError(f"point {point.id} is not a MariaDB full backup")
-        argv = my.as_user(self.server, [self.server.bin("mbstream"), "-x", "-C", str(self.server.data_dir)])
+        argv = my.as_user(self.server, [self.server.bin("mbstream"), "-x", "-C", str(into)])
         self.request.progress.note(f"extracting {len(parts)} part(s) of the backup stream")
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/")
         assert proc.stdin is not None and proc.stderr is not None
@@ -378,7 +402,7 @@ class ServerRestore:
         if status != 0:
             text = b"".join(errors).decode(errors="replace")
             raise ProviderError(f"mbstream -x failed (exit {status}): {my.tail(text)}")
-        return sum(len(files) for _, _, files in os.walk(self.server.data_dir))
+        return sum(len(files) for _, _, files in os.walk(into))
 
     def _write_config(self, port: int, base: Mapping[str, object], uid: int, gid: int) -> None:
         page = base.get("page_size")

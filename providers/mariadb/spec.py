@@ -48,6 +48,20 @@ class MariadbMember(CamelSpec):
         description="the option file apply writes log_bin, binlog_format and server_id into",
     )
     credentials: MariadbCredentials | None = Field(None, description="default: Unix-socket authentication as osUser")
+    express_fulls: int = Field(
+        6,
+        ge=0,
+        le=1000,
+        description="express fulls (only the pages changed since the previous full) between two real fulls; "
+        "0: every full copies everything",
+    )
+    express_max_percent: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        description="a full is a real one once the express fulls since the last real full together hold this "
+        "percentage of its size",
+    )
     backup_from: Literal["primary", "replica"] = Field(
         "primary",
         description="a member with `hosts:` (a primary/replica pair, GTID replication, log_slave_updates "

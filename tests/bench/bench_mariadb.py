@@ -10,13 +10,17 @@ neither side pays for the other's background flushing). Measured, in this order:
   full            protectctl `run full` (mariadb-backup's mbstream through the engine: chunked,
                   deduplicated, zstd, AES-256-GCM) vs `mariadb-backup --backup --stream=mbstream
                   | zstd -q` (level 3) into a file
-  second full     the same again, nothing changed (protectctl stores only what it lacks)
+  second full     the same again, nothing changed: an express full (only the pages changed since
+                  the first: `--incremental-lsn`)
   1% changed      after UPDATEs of --change-pct % of the rows, in 64 runs scattered over each
-                  table: the same two commands; then a few marker rows around T and a `sync`
-  restore         protectctl `restore --to-time T` (from the last full: extract, --prepare, start a
+                  table: the same two commands (protectctl's an express full on the second); then a
+                  few marker rows around T, a `sync`, and the same full as a real one (`--no-express`:
+                  the whole copy through the engine's dedup), for comparison
+  restore         protectctl `restore --to-time T` (from the express chain: extract the first full,
+                  --prepare, extract and --prepare --incremental-dir each express delta, start a
                   server on a port, replay the binlogs to T) vs `zstd -d | mbstream -x`,
-                  `mariadb-backup --prepare`, `mariadb-backup --copy-back` of that full (no server
-                  start, no roll-forward)
+                  `mariadb-backup --prepare`, `mariadb-backup --copy-back` of their last full (no
+                  server start, no roll-forward)
 
 protectctl runs through its job API (the CLI adds ~0.3 s of interpreter start). The restore
 is checked: the marker rows committed before T, none after. Prints a table (with the load
@@ -34,6 +38,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -203,19 +208,22 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 row["mariadb_backup_bytes"] = (theirs_dir / f"full{n[0]}.mbs.zst").stat().st_size
             table[name] = row
 
+        real = replace(job, spec={**job.spec, "express_fulls": 0})  # what `run full --no-express` takes
         results["quiesce_s"] = round(quiesce(server), 1)
         step("full", lambda: run_backup(job, "full"), theirs_full)
-        step("second full (no change)", lambda: run_backup(job, "full"), theirs_full)
+        step("second full (no change, express)", lambda: run_backup(job, "full"), theirs_full)
         loads.append(os.getloadavg()[0])
         scatter_change(server, args.tables, rows, args.change_pct)
         quiesce(server)
-        step(f"full after {args.change_pct:g}% changed", lambda: run_backup(job, "full"), theirs_full)
-        # T after the last full, as the baseline restores that full: a roll-forward of a few transactions
+        step(f"full after {args.change_pct:g}% changed (express)", lambda: run_backup(job, "full"), theirs_full)
+        # T after the express full, as the baseline restores its last full: a roll-forward of a few transactions
         server.sql("INSERT INTO shop.marker VALUES (1), (2)")
         time.sleep(1.1)  # binlog times are whole seconds
         target = datetime.now(UTC)
         server.sql("INSERT INTO shop.marker VALUES (3)")
         step("sync (binlogs)", lambda: run_backup(job, "sync"), None)
+        # the same change as a real full (after T: the restore below still starts from the express chain)
+        step(f"full after {args.change_pct:g}% changed (--no-express)", lambda: run_backup(real, "full"), None)
         loads.append(os.getloadavg()[0])
 
         restored = base / "restored"
@@ -236,10 +244,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             )
 
         t_theirs, _ = timed(theirs_restore)
-        table["restore to time"] = {
+        table["restore to time (express chain)"] = {
             "protectctl_s": round(t_ours, 2),
             "mariadb_backup_s": round(t_theirs, 2),
-            "detail": "protectctl: extract + prepare + start + binlog replay; "
+            "detail": "protectctl: extract the real full + prepare, extract + prepare each express delta, "
+            "start + binlog replay; "
             "mariadb-backup: zstd -d | mbstream -x + prepare + copy-back",
         }
         results["protectctl_restore_details"] = dict(getattr(res, "details", {}))
@@ -263,7 +272,7 @@ def render(results: dict[str, object]) -> str:
     lines = [
         f"{results['tables']} sysbench-like tables, {mib(results.get('innodb_bytes'))} of InnoDB files "
         f"(filled in {results.get('fill_s')} s); load average {results.get('load_average')}",
-        f"{'step':<26} {'protectctl':>11} {'mariadb-backup':>15} {'ratio':>6} {'CPU s':>12} {'stored':>12} "
+        f"{'step':<40} {'protectctl':>11} {'mariadb-backup':>15} {'ratio':>6} {'CPU s':>12} {'stored':>12} "
         f"{'their file':>12} {'load':>5}",
     ]
     rows = results.get("rows", {})
@@ -273,7 +282,7 @@ def render(results: dict[str, object]) -> str:
         ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
         cpu = f"{row.get('protectctl_cpu_s', '-')}/{row.get('mariadb_backup_cpu_s', '-')}"
         lines.append(
-            f"{name:<26} {ours!s:>9} s {theirs!s:>13} s {ratio:>6} {cpu:>12} {mib(row.get('stored_bytes')):>12} "
+            f"{name:<40} {ours!s:>9} s {theirs!s:>13} s {ratio:>6} {cpu:>12} {mib(row.get('stored_bytes')):>12} "
             f"{mib(row.get('mariadb_backup_bytes')):>12} {row.get('load', '-')!s:>5}"
         )
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,8 @@ def policy_text(server: MariadbServer, replica: MariadbServer) -> str:
           osUser: {mariadb_server.OS_USER}
           serverBin: {mariadb_server.SERVER}
           allowRestart: false
+          expressMaxPercent: 1000   # a tiny server: each express full's stream is mostly the redo log
+          configFile: {server.base}/99-protectctl.cnf   # what apply keeps binlog_format in: not /etc
           perHost:
             db2: {{dataDir: {replica.data}, socket: {replica.sock}}}
         """
@@ -184,7 +187,13 @@ def test_plan_says_what_apply_changes_on_the_servers(site: Site) -> None:
         out = cli(site.policy, "plan", "--refresh")
         said = out.stdout + out.stderr
         assert f"source {SOURCE} on host {host}: apply will set binlog_format MIXED -> ROW (at once" in said, said
-        assert "apply will write /etc/mysql" in said and "apply will restart" not in said  # log_bin is on
+        assert f"apply will write {site.server.base}/99-protectctl.cnf" in said and "apply will restart" not in said
+        assert (
+            "will be updated in-place (drift)" in said and f"# drift: host {host}: apply will set binlog_format" in said
+        )
+        repaired = cli(site.policy, "apply", "--refresh", "--auto-approve")  # drift: the source is prepared again
+        assert primary.sql("SELECT @@GLOBAL.binlog_format") == "ROW", repaired.stdout
+        assert "binlog_format = ROW" in (site.server.base / "99-protectctl.cnf").read_text()
     finally:
         primary.sql("SET GLOBAL binlog_format = 'ROW'")
 
@@ -388,8 +397,90 @@ def test_ls_and_versions_list_databases_and_windows(site: Site, capsys: pytest.C
     (shop,) = listing["entries"]  # type: ignore[misc]  # the system schemas are not listed
     assert shop["name"] == "shop" and shop["type"] == "database" and isinstance(shop["size"], int)
     history = run("versions", SOURCE, "shop")
-    (window,) = history["versions"]  # type: ignore[misc]
+    window = history["versions"][0]  # type: ignore[index]  # later fulls (the express test's) add windows
     assert window["first_point"]["id"] == full_id and window["recoverable_from"] < site.t.isoformat()
     assert window["last_point"]["id"] != full_id and window["points"] >= 2  # its binlogs' points (a failover adds one)
     refused = refused_in_process(site.policy, capsys, "cat", SOURCE, "shop")
     assert "holds databases, not files" in refused and "--database shop --as" in refused
+
+
+def in_process(policy: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    """The CLI in this process (no interpreter start): its --json document."""
+    from protectctl.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["-C", str(policy), *args, "--json"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0, f"protectctl {' '.join(args)}: {out}\n{err}"
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def run_full(policy: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """`run full` (its one point's id: the pair's other host says it is not the backup node)."""
+    out = in_process(policy, capsys, "run", "full", GROUP, *args)
+    (point_id,) = [r["point_id"] for r in out["results"] if r.get("point_id")]
+    return str(point_id)
+
+
+def killed_full(policy: Path) -> None:
+    """`run full` SIGKILLed while mariadb-backup streams into the repository."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protectctl", "-C", str(policy), "run", "full", GROUP],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "streaming into the repository" in line:
+            proc.kill()
+            break
+    assert proc.wait() == -9, "the full finished before it could be killed"
+
+
+def test_express_fulls_store_changed_pages_and_restore_to_times_after_each(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    primary, _ = site.servers
+    table = "SELECT id, v FROM shop.express ORDER BY id"
+    primary.sql("CREATE TABLE IF NOT EXISTS shop.express (id INT PRIMARY KEY, v VARCHAR(40)); DELETE FROM shop.express")
+    primary.sql("INSERT INTO shop.express VALUES " + ", ".join(f"({i}, 'first {i}')" for i in range(1, 201)))
+    first = run_full(site.policy, capsys, "--no-express")  # a real one: the chain starts here
+    primary.sql("UPDATE shop.express SET v = 'changed' WHERE id % 7 = 0; DELETE FROM shop.express WHERE id = 5")
+    second = run_full(site.policy, capsys)
+    primary.sql("INSERT INTO shop.express VALUES (1001, 'after the second')")
+    time.sleep(1.1)  # binlog times are whole seconds
+    t1, at_t1 = datetime.now(UTC), primary.sql(table)
+    primary.sql("UPDATE shop.express SET v = 'after t1' WHERE id = 1")
+    killed_full(site.policy)  # no half point: the next full builds on the same one
+    third = run_full(site.policy, capsys)
+    primary.sql("INSERT INTO shop.express VALUES (1002, 'after the third')")
+    time.sleep(1.1)
+    t2, at_t2 = datetime.now(UTC), primary.sql(table)
+    primary.sql("DELETE FROM shop.express WHERE id < 100")
+    assert in_process(site.policy, capsys, "run", "sync", GROUP)["results"][0]["ok"]  # ships the binlogs past t2
+    listed = in_process(site.policy, capsys, "points", "list", SOURCE)
+    bases = {p["id"]: p["extra"]["mariadb"]["base"] for p in listed["points"] if p["kind"] == "full"}
+    assert list(bases)[-3:] == [first, second, third]  # nothing of the killed one
+    assert (
+        "express_of" not in bases[first] and bases[first]["real_because"] == "a real full was asked for (--no-express)"
+    )
+    assert bases[second]["express_of"] == first and bases[third]["express_of"] == second, bases
+    assert bases[second]["from_lsn"] == bases[first]["to_lsn"] <= bases[second]["to_lsn"]
+    windows = "\n".join(listed["recovery_windows"][SOURCE])
+    assert (
+        f"express full {third[:12]}: changed pages on full {second[:12]} (restore applies {first[:12]} <- " in windows
+    )
+    for when, expected, chain in ((t1, at_t1, [first, second]), (t2, at_t2, [first, second, third])):
+        target = site.server.base / f"express-{len(chain)}"
+        try:
+            restore = ("restore", SOURCE, "--to-time", when.isoformat(), "--target", str(target), "--json")
+            out = json.loads(cli(site.policy, *restore).stdout)  # a child: the server it starts is not this process's
+            assert out["details"]["express_chain"] == chain, out["details"]
+            assert primary.sql(table, sock=target / "mysqld.sock") == expected  # byte-exact rows
+        finally:
+            stop_restored(target)

@@ -403,3 +403,73 @@ def test_plan_refresh_preview_names_the_restart_or_the_refusal(monkeypatch: pyte
         prepare, "_running", lambda server, source: {"log_bin": "1", "binlog_format": "ROW", "server_id": "3"}
     )
     assert prepare.preview(PrepareRequest("shop/db", spec, Path("/state"))) == prepare.PrepareOutcome()
+
+
+# -- express fulls ---------------------------------------------------------------------------
+
+IDENTITY = {"server_id": 1, "data_dir": "/var/lib/mysql", "ibdata1": 42}
+
+
+def express_full(pid: str, when: int, on: str | None, *, to_lsn: int = 1000, size: int = 100) -> P:
+    point = full(pid, when, 2, [record(2, 5, 9, "0-1-2", "0-1-3")])
+    base = dict(point.extra["mariadb"]["base"])  # type: ignore[index]
+    base.update({"to_lsn": to_lsn, "identity": IDENTITY, "stream_bytes": size})
+    if on is not None:
+        base["express_of"] = on
+    return P(pid, point.time, "full", {"mariadb": {**point.extra["mariadb"], "base": base}})  # type: ignore[dict-item]
+
+
+def test_express_chain_in_the_catalog_and_its_restore_plan() -> None:
+    from protectctl.providers.mariadb import express
+
+    points = [express_full("r", 10, None), express_full("e1", 20, "r"), express_full("e2", 30, "e1")]
+    catalog = build_catalog(points)
+    assert [b.parts for b in catalog.bases] == [("r",), ("r", "e1"), ("r", "e1", "e2")]
+    assert plan_restore(catalog, at(30)).base.parts == ("r", "e1", "e2")
+    assert express.describe(catalog)[1] == "express full e2: changed pages on full e1 (restore applies r <- e1 <- e2)"
+    # prune's roles: an express full rolls its base forward, as a sync does
+    assert [point_role(p) for p in points] == ["base", "log", "log"]
+    orphaned = build_catalog(points[1:])  # the real full forgotten: the express fulls restore nothing
+    assert not orphaned.bases and orphaned.orphans == (("e1", "r"), ("e2", "e1"))
+    assert "cannot be restored: its base r is not in the repository" in express.describe(orphaned)[0]
+
+
+def test_express_or_real_and_why() -> None:
+    from protectctl.providers.mariadb import express
+
+    chain = [express_full("r", 10, None, size=1000), express_full("e1", 20, "r", size=100)]
+
+    def choose(points: list[P], **kw: object) -> express.Choice:
+        args: dict[str, object] = {"identity": IDENTITY, "server_lsn": 5000, "spec": {}, **kw}
+        return express.choose(points, build_catalog(points), **args)  # type: ignore[arg-type]
+
+    assert choose([]) == express.Choice(None)  # the first full: real, nothing to say
+    assert choose(chain).base is not None and choose(chain).base.point_id == "e1"  # type: ignore[union-attr]
+    assert "--no-express" in choose(chain, forced_real=True).why_real
+    assert "expressFulls: 0" in choose(chain, spec={"express_fulls": 0}).why_real
+    assert "(expressFulls: 1)" in choose(chain, spec={"express_fulls": 1}).why_real
+    assert "hold 10 % of its size (expressMaxPercent: 10)" in choose(chain, spec={"express_max_percent": 10}).why_real
+    moved = choose(chain, identity={**IDENTITY, "ibdata1": 43}).why_real
+    assert "another server or data directory (ibdata1 42 -> 43)" in moved
+    assert "behind the previous full's 1000" in choose(chain, server_lsn=10).why_real
+    assert "e1 needs full r, which is not in the repository" in choose(chain[1:]).why_real
+    assert "full r of the chain is damaged" in choose(chain, tree_present=lambda pid: pid != "r").why_real
+    old = [full("f1", 10, 2, [])]  # a full taken before express fulls existed
+    assert "records no LSN" in choose(old).why_real
+    assert "fewer than 6 and their changes less than 50 %" in express.plan_note({})
+    assert "a real full every time" in express.plan_note({"express_fulls": 0})
+
+
+def test_prune_keeps_the_real_full_an_express_full_needs() -> None:
+    from protectctl.agent.retention import PointRef, RetentionSpec, plan_source
+
+    points = [
+        express_full("r", 0, None),
+        express_full("e1", 3600, "r"),
+        sync("s1", 5400, [], 2),
+        express_full("e2", 7200, "e1"),
+    ]
+    refs = [PointRef(p.id, "g/m", p.time, True, point_role(p)) for p in points]
+    now = at(7300)
+    kept = {d.point.id for d in plan_source(refs, RetentionSpec(keep_within_s=1800), now=now) if d.keep}
+    assert kept == {"r", "e1", "s1", "e2"}  # e2 alone is within: its chain r <- e1 stays
