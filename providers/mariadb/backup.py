@@ -393,14 +393,16 @@ def full_backup(request: SnapshotRequest, server: Server, *, no_express: bool = 
 
 def data_identity(server: Server, facts: ServerFacts) -> dict[str, object]:
     """What an express full must share with the full it builds on: the server id, the data
-    directory, and the inode of its system tablespace (a data directory restored or replaced
-    under the same name has a new one)."""
+    directory, the inode of its system tablespace (a data directory restored or replaced
+    under the same name has a new one) and the server's major version (an upgrade between two
+    fulls starts a new chain)."""
     data_dir = os.path.realpath(server.data_dir)
     try:
         inode = os.stat(Path(data_dir) / "ibdata1").st_ino
     except OSError:
         inode = os.stat(data_dir).st_ino
-    return {"server_id": facts.server_id, "data_dir": data_dir, "ibdata1": inode}
+    version = ".".join(facts.version.split("-")[0].split(".")[:2])
+    return {"server_id": facts.server_id, "data_dir": data_dir, "ibdata1": inode, "version": version}
 
 
 def _server_lsn(c: Client) -> int | None:

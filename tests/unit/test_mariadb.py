@@ -69,6 +69,7 @@ class P:
     kind: str
     extra: Mapping[str, object] = field(default_factory=dict)
     complete: bool = True
+    source: str = "shop/db"
 
 
 def at(seconds: int) -> datetime:
@@ -432,6 +433,16 @@ def test_express_chain_in_the_catalog_and_its_restore_plan() -> None:
     orphaned = build_catalog(points[1:])  # the real full forgotten: the express fulls restore nothing
     assert not orphaned.bases and orphaned.orphans == (("e1", "r"), ("e2", "e1"))
     assert "cannot be restored: its base r is not in the repository" in express.describe(orphaned)[0]
+    problems = load_provider("mariadb").status_problems("shop/db", {}, points[1:], Path("/nonexistent"))  # type: ignore[attr-defined]
+    assert problems[0].startswith("express full e1 cannot be restored: its base r is not in the repository")
+
+
+def test_no_express_is_for_run_full(capsys: pytest.CaptureFixture[str]) -> None:
+    from protectctl.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["-C", "/nonexistent", "run", "sync", "shop", "--no-express"])
+    assert exited.value.code == 1 and "--no-express is for `run full`" in capsys.readouterr().err
 
 
 def test_express_or_real_and_why() -> None:
