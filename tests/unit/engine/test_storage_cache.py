@@ -44,7 +44,8 @@ def test_a_second_job_reads_no_manifest_or_index_and_deleted_ones_leave_the_cach
     assert not (cache_dir / "points" / first.id).exists()
 
     store.gets.clear()  # a point another host deleted: gone from the cache once listed
-    (other,) = [p for p in Repository.open(store, PASSPHRASE).list_points()]
+    with Repository.open(store, PASSPHRASE) as plain:
+        (other,) = plain.list_points()
     store.delete(ObjectKind.POINTS, other.id)
     assert (cache_dir / "points" / other.id).exists()
     with Repository.open(CachedStorage(store, cache_dir), PASSPHRASE) as repo:
