@@ -598,9 +598,14 @@ class PoolWriter:
             return _Built(batch, plain, (target, at, sealed))
 
         walk = timed(_batches(point_refs(repo, point), record_bytes), clock, "walk trees")
-        numbered = enumerate(read_ahead(walk) if self.workers > 0 else walk)
-        built = ordered_map(build, numbered, workers=self.workers)
-        with contextlib.closing(built) as records:
+        with contextlib.ExitStack() as stack:
+            # closed in this order on any exit: the workers stop taking batches, then the walk's
+            # thread stops (not left waiting on its queue while a traceback keeps it referenced)
+            source: Iterator[list[_Ref]] = walk
+            if self.workers > 0:
+                source = stack.enter_context(contextlib.closing(read_ahead(walk)))
+            built = ordered_map(build, enumerate(source), workers=self.workers)
+            records = stack.enter_context(contextlib.closing(built))
             for seq, record in enumerate(records):
                 batch = record.batch
                 with clock.stage("write records"):

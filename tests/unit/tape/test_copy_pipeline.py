@@ -6,6 +6,7 @@ next cartridge, and the read keeps the trees it met so the restore's tree walks 
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from protectctl.engine.ids import BlobId
 from protectctl.engine.repository import Repository
 from protectctl.engine.storage.local import LocalStorage
 from protectctl.engine.tree import NodeType
+from protectctl.errors import CorruptionError
 from protectctl.progress import NullProgress
 from protectctl.restore.fs import FsRestorer
 from protectctl.restore.run import restore_tree
@@ -145,3 +147,38 @@ def test_a_spanned_copy_restores_byte_exact_and_its_trees_open_no_record(
         assert ranged == [b"0big.bin"]  # the large file went in parallel ranges, as from the repository
         assert outcome.verified == point.stats.files
     assert _files(tmp_path / "out") == _files(work / "data")
+
+
+def test_a_copy_that_fails_midway_raises_and_leaves_no_thread_behind(
+    copied: tuple[Path, str, Catalog, VirtualLibrary, KeyStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, point_id, *_ = copied
+    # records of 1 MiB: more batches than the walk may run ahead, so it is waiting when the copy fails
+    library = VirtualLibrary(tmp_path / "lib", slots=2, drives=1, capacity_bytes=16 << 20)
+    library.add_cartridge("PF0001L9")
+    catalog = Catalog()
+    catalog.cartridges["PF0001L9"] = Cartridge(
+        "PF0001L9", "lib", "p", CartridgeState.SCRATCH, "", "", NOW, library.capacity_bytes
+    )
+    keys = KeyStore(tmp_path / "keys", {"kek": lambda: PASS}, kdf_n=2**10)
+    writer = PoolWriter(
+        library, PoolTarget("lib", "p", "kek", 86400), catalog, keys, lambda: None, NOW, NullProgress(), workers=2
+    )
+    reads: list[int] = []
+    original = Repository.read_pack_into
+
+    def damaged(self: Repository, pack: str, offset: int, out: memoryview) -> None:
+        reads.append(offset)
+        if len(reads) == 1:
+            raise CorruptionError(f"pack {pack}: damaged")
+        original(self, pack, offset, out)
+
+    monkeypatch.setattr(Repository, "read_pack_into", damaged)
+    with Repository.open(LocalStorage(work / "repo"), PASS) as repo:
+        with pytest.raises(CorruptionError, match="damaged") as raised:
+            writer.copy_point(repo, repo.load_point(point_id))
+        # the walk's thread and the workers are gone at once, while the traceback (which keeps
+        # the copy's frames, and so its generators) is still held
+        assert raised.tb is not None
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("tape")]
+    assert point_id not in catalog.copies
