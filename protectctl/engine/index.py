@@ -217,9 +217,19 @@ class Index:
         return _Located(self, self._condemned)
 
     def add_file(self, name: str, index: IndexFile | StoredIndex) -> None:
-        stored = index if isinstance(index, StoredIndex) else _stored_form(index, f"index/{name}")
-        self.files[name] = stored
-        self._add_tables(stored.packs.tables(), condemned=stored.condemned)
+        self.add_files([(name, index)])
+
+    def add_files(self, files: Iterable[tuple[str, IndexFile | StoredIndex]]) -> None:
+        """`add_file` for several objects in order; their live tables and their condemned ones
+        are each added in one go (one dict update for a whole repository's index)."""
+        tables: dict[bool, list[tuple[str, bytes, int, int]]] = {False: [], True: []}
+        for name, index in files:
+            stored = index if isinstance(index, StoredIndex) else _stored_form(index, f"index/{name}")
+            self.files[name] = stored
+            tables[stored.condemned] += stored.packs.tables()
+        for condemned, listed in tables.items():
+            if listed:
+                self._add_tables(listed, condemned=condemned)
 
     def add_pack(self, pack: str, entries: Iterable[PackEntry], *, condemned: bool = False) -> None:
         listed = list(entries)
@@ -323,23 +333,21 @@ def load_index(storage: StorageBackend, sealer: Sealer, names: Iterable[str] | N
     for _attempt in range(5):
         listed = list(names) if names is not None else [i.name for i in storage.list(ObjectKind.INDEX)]
         index = Index()
+        read: list[tuple[str, IndexFile | StoredIndex]] = []
         try:
             # a few at a time on a store whose requests are costly (engine/prefetch.py); index
             # objects can be tens of MiB, so at most 4 are held
             for name, stored in fetch_in_order(storage, ObjectKind.INDEX, listed, limit=4):
                 if isinstance(stored, Exception):
                     raise stored
-                _add_stored(index, sealer, name, stored)
+                try:
+                    read.append((name, decode_index(sealer, name, stored)))
+                except CorruptionError as err:
+                    index.damaged[name] = err.message
         except ObjectMissingError:
             if names is not None:
                 raise
             continue
+        index.add_files(read)
         return index
     raise RepositoryError("the index kept changing while it was read; is gc running in a loop?")
-
-
-def _add_stored(index: Index, sealer: Sealer, name: str, stored: bytes) -> None:
-    try:
-        index.add_file(name, decode_index(sealer, name, stored))
-    except CorruptionError as err:
-        index.damaged[name] = err.message

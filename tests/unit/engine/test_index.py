@@ -144,3 +144,25 @@ def test_load_index_records_a_damaged_object_and_reads_the_others(tmp_path: Path
     index = load_index(storage, SEALER)
     assert index.lookup(_blob(1)).pack == _pack(1)  # type: ignore[union-attr]
     assert list(index.damaged) == [content_name(junk)]
+
+
+def test_objects_added_together_index_as_added_one_by_one() -> None:
+    objects = [
+        ({_pack(7): _entries(1)}, True),
+        ({_pack(1): _entries(1, 2)}, False),
+        ({_pack(2): _entries(2, 3), _pack(1): _entries(1, 2)}, False),
+        ({_pack(3): _entries(3, 4)}, True),
+    ]
+    sealed = []
+    for packs, condemned in objects:
+        name, stored = encode_index(SEALER, IndexFile(packs=packs, condemned=condemned))
+        sealed.append((name, decode_index(SEALER, name, stored)))
+    one_by_one, together = Index(), Index()
+    for name, read in sealed:
+        one_by_one.add_file(name, read)
+    together.add_files(sealed)
+    for blob in range(1, 6):
+        assert one_by_one.lookup(_blob(blob)) == together.lookup(_blob(blob))
+        assert one_by_one.has_live(_blob(blob)) == together.has_live(_blob(blob))
+    assert list(one_by_one.packs()) == list(together.packs())
+    assert one_by_one.condemned_packs() == together.condemned_packs() == {_pack(7): (), _pack(3): ()}
