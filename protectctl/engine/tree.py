@@ -246,7 +246,10 @@ def decode_tree(data: bytes) -> Tree:
     for (before, _), (after, node) in zip(decoded, decoded[1:], strict=False):
         if not before < after:  # type: ignore[operator]  # both str (format 1) or both bytes
             raise CorruptionError(f"tree nodes are not sorted and unique at '{show_name(node.name)}'")
-    return Tree(tuple(sorted((node for _, node in decoded), key=lambda n: n.name)))
+    nodes = tuple(node for _, node in decoded)
+    if document["v"] != 1:
+        return Tree(nodes)  # sorted by the bytes of their names: just checked
+    return Tree(tuple(sorted(nodes, key=lambda n: n.name)))  # text order is not bytes order
 
 
 _NODE_TYPES: Mapping[str, NodeType] = {t.value: t for t in NodeType}
