@@ -452,18 +452,21 @@ class Archiver:
             if files:
                 self.progress.advance(files=files, bytes_done=size)
             return tree
-        if self._new_subtree(rel):
+        if self._new_subtree(path, rel):
             return self._new_subtrees().archive(path, rel, included=included)
         return self._archive_dir(path, rel, included=included)
 
-    def _new_subtree(self, rel: bytes) -> bool:
-        """A sync met a directory the journal knows nothing in or below: captured like a first
-        backup (agent/workers.py: worker processes once it holds enough files). Only for a plain
-        sync whose journal is not rewritten in place (a change journal's walk keeps to itself)."""
+    def _new_subtree(self, path: bytes, rel: bytes) -> bool:
+        """A sync met a directory the journal knows nothing in or below that looks big at its top
+        (`_looks_big`): captured like a first backup (agent/workers.py: worker processes once it
+        holds enough files). Only for a plain sync whose journal is not rewritten in place (a
+        change journal's walk keeps to itself)."""
         if self.options.parallelism <= 1 or not self._reuse_dirs or self.options.unchanged is not None:
             return False
         journal = self.journal
-        return journal.point_id is not None and journal.directory_tree(rel) is None and not journal.knows_below(rel)
+        if journal.point_id is None or journal.directory_tree(rel) is not None or journal.knows_below(rel):
+            return False
+        return _looks_big(path)
 
     def _new_subtrees(self) -> ParallelWalk:
         """The run's parallel walk (a first backup's, or a sync's for its new subtrees)."""
@@ -803,6 +806,28 @@ def _differs(previous: JournalEntry, content: Content) -> bool:
     same_scheme = previous.hash_scheme is content.hash_scheme
     if same_scheme and (content.hash_scheme is HashScheme.CONTENT or previous.holes == content.holes):
         return previous.content_hash != content.content_hash
+    return False
+
+
+# A new directory goes to the parallel walk when it looks like a big subtree at its top: this
+# many entries, or this many subdirectories. A few new directories of a few hundred files (a
+# sync's usual news) stay with the serial walk: the parallel walk's parent costs a little more
+# per file until it starts workers (at SPAWN_AFTER_FILES), and its modules a few MB.
+NEW_SUBTREE_ENTRIES = 2000
+NEW_SUBTREE_DIRS = 8
+
+
+def _looks_big(path: bytes) -> bool:
+    entries = dirs = 0
+    try:
+        with os.scandir(path) as found:
+            for entry in found:
+                entries += 1
+                dirs += entry.is_dir(follow_symlinks=False)
+                if entries >= NEW_SUBTREE_ENTRIES or dirs >= NEW_SUBTREE_DIRS:
+                    return True
+    except OSError:
+        return False  # the serial walk reports it
     return False
 
 
