@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from protectctl.engine.storage.base import StorageBackend
     from protectctl.plan.address import SourceRef
     from protectctl.progress import Progress
-    from protectctl.provider import Point, PrepareOutcome
+    from protectctl.provider import Point, PrepareOutcome, PrepareRequest
 
 BackupKind = Literal["sync", "full"]
 StorageInputs = dict[str, Any]  # a Storage's inputs as plan/resources.py makes them (JSON values)
@@ -156,6 +156,62 @@ def prepare_on_agent(source_config: Path, *, agent_config: Path | None) -> Prepa
     return provider.prepare_host(
         PrepareRequest(str(inputs["source"]), dict(inputs["spec"]), Path(str(agent["state_dir"])))
     )
+
+
+def prepare_request_json(provider: str, request: PrepareRequest) -> dict[str, Any]:
+    """What `agent prepare-preview` reads on stdin: the provider's kind and the PrepareRequest."""
+    return {
+        "provider": provider,
+        "source": request.source,
+        "spec": dict(request.spec),
+        "state_dir": str(request.state_dir),
+    }
+
+
+def prepare_request_from_json(data: object) -> tuple[str, PrepareRequest]:
+    """`prepare_request_json` read back; ProtectctlError when it is not one."""
+    from protectctl.provider import PrepareRequest
+
+    if (
+        not isinstance(data, dict)
+        or not all(isinstance(data.get(k), str) for k in ("provider", "source", "state_dir"))
+        or not isinstance(data.get("spec"), dict)
+    ):
+        raise ProtectctlError("agent prepare-preview: the request on stdin is not a prepare request")
+    return str(data["provider"]), PrepareRequest(str(data["source"]), dict(data["spec"]), Path(str(data["state_dir"])))
+
+
+def prepare_outcome_json(outcome: PrepareOutcome) -> dict[str, list[str]]:
+    """What `agent prepare` and `agent prepare-preview` print."""
+    return {"changes": list(outcome.changes), "warnings": list(outcome.warnings)}
+
+
+def prepare_outcome_from_json(data: object) -> PrepareOutcome | None:
+    """`prepare_outcome_json` read back; None when it is not one."""
+    from protectctl.provider import PrepareOutcome
+
+    if not isinstance(data, dict):
+        return None
+    changes, warnings = data.get("changes", []), data.get("warnings", [])
+    if not isinstance(changes, list) or not isinstance(warnings, list):
+        return None
+    return PrepareOutcome(tuple(str(c) for c in changes), tuple(str(w) for w in warnings))
+
+
+def preview_on_agent(data: object, *, agent_config: Path | None) -> PrepareOutcome:
+    """`agent prepare-preview`: what the provider's prepare would change on this host now,
+    reading only (`plan --refresh` on the control machine sends the request over SSH). The
+    state directory is this agent's own."""
+    from dataclasses import replace as with_
+
+    from protectctl.provider import PrepareOutcome, PreparePreview, load_provider
+
+    agent = read_agent_config(agent_config, "agent prepare-preview")
+    kind, request = prepare_request_from_json(data)
+    provider = load_provider(kind)
+    if not isinstance(provider, PreparePreview):
+        return PrepareOutcome()
+    return provider.preview_prepare(with_(request, state_dir=Path(str(agent["state_dir"]))))
 
 
 # --- jobs ---------------------------------------------------------------------------------

@@ -35,7 +35,27 @@ def register(app: typer.Typer) -> None:
 
         env = env_of(ctx, True)
         outcome = api.prepare_on_agent(source_config, agent_config=env.agent_config)
-        typer.echo(json.dumps({"changes": list(outcome.changes), "warnings": list(outcome.warnings)}))
+        typer.echo(json.dumps(api.prepare_outcome_json(outcome)))
+
+    @agent_app.command("prepare-preview")
+    def prepare_preview(ctx: typer.Context) -> None:
+        """`plan --refresh`, on an SSH host: what the source's provider would prepare here now,
+        reading only. Reads {"provider", "source", "spec", "state_dir"} as JSON on stdin; prints
+        {"changes": [...], "warnings": [...]} as JSON."""
+        import json
+        import sys
+
+        from protectctl import api
+        from protectctl.cli.main import env_of
+        from protectctl.errors import ProtectctlError
+
+        env = env_of(ctx, True)
+        try:
+            request = json.loads(sys.stdin.buffer.read())
+        except ValueError as err:
+            raise ProtectctlError(f"agent prepare-preview: the request on stdin is not JSON ({err})") from None
+        outcome = api.preview_on_agent(request, agent_config=env.agent_config)
+        typer.echo(json.dumps(api.prepare_outcome_json(outcome)))
 
     @agent_app.command("restore")
     def restore(ctx: typer.Context) -> None:

@@ -141,6 +141,16 @@ class PostgresqlProvider:
 
         return prepare_host(request)
 
+    def prepare_notes(self, spec: Mapping[str, object]) -> list[str]:
+        from protectctl.providers.postgresql.prepare import notes
+
+        return notes(spec)
+
+    def preview_prepare(self, request: PrepareRequest) -> PrepareOutcome:
+        from protectctl.providers.postgresql.prepare import preview
+
+        return preview(request)
+
     # -- backups -------------------------------------------------------------------------
 
     def snapshot(self, request: SnapshotRequest) -> SnapshotOutcome:
