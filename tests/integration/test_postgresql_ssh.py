@@ -94,6 +94,11 @@ def test_postgresql_on_an_ssh_host_is_prepared_backed_up_and_restored(
     site: tuple[Path, PgCluster, SshdServer, Path],
 ) -> None:
     policy, cluster, server, key = site
+    first = cli(policy, "plan", "--refresh")  # no agent on db1 yet: what prepare changes is apply's to check
+    assert (
+        "host db1: no protectctl agent there yet (first apply): what apply would change for finance/ledger-db "
+        "will be checked at apply" in first.stdout + first.stderr
+    ), first.stdout + first.stderr
     applied = cli(policy, "apply", "--auto-approve")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert cluster.sql("SHOW archive_mode") == "on"
@@ -101,7 +106,9 @@ def test_postgresql_on_an_ssh_host_is_prepared_backed_up_and_restored(
     state = json.loads((policy / ".protectctl" / "state.json").read_text())
     prepared = state["resources"]["source.finance/ledger-db"]["outputs"]["prepared"]
     assert any("archive_mode" in change for change in prepared), prepared
-    assert cli(policy, "plan", "--detailed-exitcode").returncode == 0
+    # db1's agent reads its own cluster (`agent prepare-preview`): nothing to prepare, no drift
+    again = cli(policy, "plan", "--refresh", "--detailed-exitcode")
+    assert again.returncode == 0 and "apply will" not in again.stdout + again.stderr, again.stdout + again.stderr
 
     def insert(ids: range) -> datetime:
         for row in ids:
@@ -158,3 +165,16 @@ def test_postgresql_on_an_ssh_host_is_prepared_backed_up_and_restored(
     )
     assert there.returncode == 1 and "storage primary is a path on this machine" in there.stderr, there.stderr
     assert not (cluster.base / "on-db1").exists()
+
+    # archive_command changed by hand on db1: `plan --refresh` reads it there (the agent answers
+    # over SSH) and shows it as drift, which `apply --refresh` repairs by preparing db1 again
+    cluster.sql("ALTER SYSTEM SET archive_command = '/bin/true'")
+    cluster.sql("SELECT pg_reload_conf()")
+    drifted = cli(policy, "plan", "--refresh", "--detailed-exitcode")
+    said = drifted.stdout + drifted.stderr
+    assert drifted.returncode == 2, said
+    assert "source finance/ledger-db on host db1: apply will set archive_command '/bin/true' -> spool WAL" in said
+    assert "# drift: host db1: apply will set archive_command" in said, said
+    repaired = cli(policy, "apply", "--refresh", "--auto-approve")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert str(server.root) in cluster.sql("SHOW archive_command")
