@@ -140,20 +140,31 @@ def _preview_local(host: str, wanted: Sequence[_Preview]) -> list[tuple[_Preview
 
 
 _NO_AGENT = (126, 127)  # the remote shell's "cannot execute" and "not found": apply has not installed it
+NO_AGENT = "no protectctl agent there yet (first apply)"
+OLD_AGENT = "its protectctl agent is older than `agent prepare-preview` (apply upgrades it)"
 
 
-def preview_on_host(conn: HostConnection, root: str, wanted: _Preview) -> PrepareOutcome | str | None:
+@dataclass(frozen=True, slots=True)
+class NoPreview:
+    """The host's agent cannot answer: not installed yet, or too old (NO_AGENT, OLD_AGENT)."""
+
+    why: str
+
+
+def preview_on_host(conn: HostConnection, root: str, wanted: _Preview) -> PrepareOutcome | str | NoPreview:
     """What the agent on an SSH host says its provider would prepare there (`agent
-    prepare-preview`); why not, when it answered with an error; None when the host has no agent
-    (that knows the command) yet. Raises RemoteError when the host cannot be reached."""
+    prepare-preview`); why not, when it answered with an error; NoPreview when the host has no
+    agent (that knows the command) yet. Raises RemoteError when the host cannot be reached."""
     from protectctl.agent.sources import prepare_outcome_from_json, prepare_request_json
     from protectctl.plan.resources import agent_command
 
     stdin = json.dumps(prepare_request_json(wanted.provider, wanted.request)).encode()
     status, out, err = conn.exec_bytes(agent_command(root, "agent", "prepare-preview"), stdin=stdin, timeout_s=120)
     said = err.decode(errors="replace")
-    if status in _NO_AGENT or (status == 2 and "No such command" in said):
-        return None
+    if status in _NO_AGENT:
+        return NoPreview(NO_AGENT)
+    if status == 2 and "No such command" in said:
+        return NoPreview(OLD_AGENT)
     try:
         outcome = prepare_outcome_from_json(json.loads(out)) if status == 0 else None
     except ValueError:
@@ -175,9 +186,9 @@ def _preview_remote(
         conn = connect(host, str(inputs.get("address", "local")), inputs, hosts)
         for w in wanted:
             got = preview_on_host(conn, str(inputs.get("root") or "/"), w)
-            if got is None:
+            if isinstance(got, NoPreview):
                 return (
-                    f"host {host}: no protectctl agent there yet (first apply): what apply would change for "
+                    f"host {host}: {got.why}: what apply would change for "
                     f"{', '.join(sorted({x.source for x in wanted}))} will be checked at apply"
                 )
             out.append((w, got))

@@ -75,10 +75,24 @@ def preview(request: PrepareRequest) -> PrepareOutcome:
     spool = spool_dir(request.spec, request.source, request.state_dir)
     want = archive_command(spool, spool_limit(request.spec))
     rows = pg.query(cluster, _SETTINGS_SQL.replace("name, setting", "name, setting, pending_restart"))
-    running = {r[0]: r[1] for r in rows}
-    pending = {r[0] for r in rows if len(r) > 2 and r[2] == "t"}  # ALTER SYSTEM done, waiting for a restart
+    return preview_outcome(
+        {r[0]: r[1] for r in rows},
+        {r[0] for r in rows if len(r) > 2 and r[2] == "t"},
+        want=want,
+        spool=spool,
+        spool_ready=_exists(spool / SCRIPT_NAME),
+        allow_restart=bool(request.spec.get("allow_restart")),
+    )
+
+
+def preview_outcome(
+    running: Mapping[str, str], pending: set[str], *, want: str, spool: Path, spool_ready: bool, allow_restart: bool
+) -> PrepareOutcome:
+    """What prepare_host would change (pure): from the running settings, those set by ALTER
+    SYSTEM and waiting for a restart (`pending`: no change, apply would only set them again),
+    the archive_command apply writes and whether the spool's script is installed."""
     changes: list[str] = []
-    if not _exists(spool / SCRIPT_NAME):
+    if not spool_ready:
         changes.append(f"apply will create the WAL spool {spool}")
     restart: list[str] = []
     waiting: list[str] = []
@@ -92,7 +106,7 @@ def preview(request: PrepareRequest) -> PrepareOutcome:
             f"apply will set archive_command {was!r} -> spool WAL into {spool} (at once, ALTER SYSTEM and reload)"
         )
     warnings: list[str] = []
-    if (restart or waiting) and request.spec.get("allow_restart"):
+    if (restart or waiting) and allow_restart:
         changes.append("apply will restart PostgreSQL to apply wal_level/archive_mode (allowRestart)")
     elif restart or waiting:
         warnings.append(

@@ -21,7 +21,15 @@ from protectctl.plan.address import Address
 from protectctl.plan.resources import Resource
 from protectctl.provider import PrepareOutcome, PrepareRequest
 from protectctl.provision.host import HostConnection
-from protectctl.provision.sources import _Preview, prepare_drift, preview_on_host, source_warnings
+from protectctl.provision.sources import (
+    NO_AGENT,
+    OLD_AGENT,
+    NoPreview,
+    _Preview,
+    prepare_drift,
+    preview_on_host,
+    source_warnings,
+)
 
 
 def _source(host: str, path: Path) -> Resource:
@@ -88,10 +96,11 @@ def test_the_agent_on_the_host_answers_with_the_request_on_stdin_never_in_argv()
     ((argv, stdin),) = conn.sent
     assert argv[0] == "/srv/h/opt/protectctl/bin/protectctl" and argv[-2:] == ("agent", "prepare-preview")
     assert "g/db" not in " ".join(argv) and json.loads(stdin)["source"] == "g/db"
-    # no agent there yet (first apply), or one from before the command: None, "checked at apply"
-    assert preview_on_host(cast(HostConnection, _FakeAgent(127, err=b"sh: 1: not found")), "/", _preview()) is None
+    # no agent there yet (first apply), or one from before the command: "checked at apply"
+    missing = _FakeAgent(127, err=b"sh: 1: not found")
+    assert preview_on_host(cast(HostConnection, missing), "/", _preview()) == NoPreview(NO_AGENT)
     old = _FakeAgent(2, err=b"Usage: protectctl agent\nError: No such command 'prepare-preview'.")
-    assert preview_on_host(cast(HostConnection, old), "/", _preview()) is None
+    assert preview_on_host(cast(HostConnection, old), "/", _preview()) == NoPreview(OLD_AGENT)
     failed = _FakeAgent(1, err=b"Error: cannot reach PostgreSQL of g/db at /run port 5432: refused\n")
     assert preview_on_host(cast(HostConnection, failed), "/", _preview()) == (
         "cannot reach PostgreSQL of g/db at /run port 5432: refused"
@@ -112,3 +121,27 @@ def test_an_unreachable_ssh_host_is_one_line_saying_apply_will_check() -> None:
     ((line,),) = [lines]
     assert line.startswith("host far: what apply would change could not be read (") and "gateway" in line, line
     assert line.endswith("it will be checked at apply")
+
+
+def test_postgresql_preview_a_setting_waiting_for_a_restart_is_no_drift() -> None:
+    from protectctl.providers.postgresql.prepare import preview_outcome
+
+    spool = Path("/var/lib/protectctl-spool/g%2fdb")
+    fresh = {"wal_level": "replica", "archive_mode": "off", "archive_command": "(disabled)"}
+    first = preview_outcome(fresh, set(), want="W", spool=spool, spool_ready=False, allow_restart=False)
+    assert first.changes == (
+        f"apply will create the WAL spool {spool}",
+        "apply will set archive_mode off -> on (ALTER SYSTEM, at the restart)",
+        f"apply will set archive_command '(disabled)' -> spool WAL into {spool} (at once, ALTER SYSTEM and reload)",
+    )
+    assert "next restart of the cluster (archive_mode off -> on)" in first.warnings[0]
+    # after an apply without allowRestart: archive_mode is set and waits for the restart
+    waiting = {**fresh, "archive_command": "W"}
+    after = preview_outcome(waiting, {"archive_mode"}, want="W", spool=spool, spool_ready=True, allow_restart=False)
+    assert after.changes == () and "allowRestart is false" in after.warnings[0]
+    restarts = preview_outcome(waiting, {"archive_mode"}, want="W", spool=spool, spool_ready=True, allow_restart=True)
+    assert restarts.changes == ("apply will restart PostgreSQL to apply wal_level/archive_mode (allowRestart)",)
+    done = {**waiting, "archive_mode": "on"}
+    assert preview_outcome(done, set(), want="W", spool=spool, spool_ready=True, allow_restart=False) == (
+        PrepareOutcome()
+    )
