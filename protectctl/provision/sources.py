@@ -161,8 +161,8 @@ def preview_on_host(conn: HostConnection, root: str, wanted: _Preview) -> Prepar
     stdin = json.dumps(prepare_request_json(wanted.provider, wanted.request)).encode()
     status, out, err = conn.exec_bytes(agent_command(root, "agent", "prepare-preview"), stdin=stdin, timeout_s=120)
     said = err.decode(errors="replace")
-    if status in _NO_AGENT:
-        return NoPreview(NO_AGENT)
+    if status in _NO_AGENT or (status == 1 and said.startswith("sudo: ") and "command not found" in said):
+        return NoPreview(NO_AGENT)  # (under `become: sudo`, sudo says so and exits 1)
     if status == 2 and "No such command" in said:
         return NoPreview(OLD_AGENT)
     try:

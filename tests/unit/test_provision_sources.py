@@ -99,6 +99,8 @@ def test_the_agent_on_the_host_answers_with_the_request_on_stdin_never_in_argv()
     # no agent there yet (first apply), or one from before the command: "checked at apply"
     missing = _FakeAgent(127, err=b"sh: 1: not found")
     assert preview_on_host(cast(HostConnection, missing), "/", _preview()) == NoPreview(NO_AGENT)
+    sudo = _FakeAgent(1, err=b"sudo: /opt/protectctl/bin/protectctl: command not found\n")  # become: sudo
+    assert preview_on_host(cast(HostConnection, sudo), "/", _preview()) == NoPreview(NO_AGENT)
     old = _FakeAgent(2, err=b"Usage: protectctl agent\nError: No such command 'prepare-preview'.")
     assert preview_on_host(cast(HostConnection, old), "/", _preview()) == NoPreview(OLD_AGENT)
     failed = _FakeAgent(1, err=b"Error: cannot reach PostgreSQL of g/db at /run port 5432: refused\n")
