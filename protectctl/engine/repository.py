@@ -331,15 +331,11 @@ class Repository:
         located = self._locate(blob_id)
         pack, entry = located.pack, located.entry
         what = f"pack {pack} (blob {short_id(entry.blob_id)})"
-        # Optional backend capabilities (LocalStorage): the record mapped in place (no copy),
-        # else read straight into our buffer.
-        view = getattr(self.storage, "get_view", None)
+        stored = scratch.stored.view(entry.length)
+        # Optional backend capability (LocalStorage): read straight into our buffer.
         get_into = getattr(self.storage, "get_into", None)
-        stored = scratch.stored.view(entry.length) if view is None else memoryview(b"")
         try:
-            if view is not None:
-                stored = view(ObjectKind.DATA, pack, entry.offset, entry.length)
-            elif get_into is not None:
+            if get_into is not None:
                 get_into(ObjectKind.DATA, pack, entry.offset, stored)
             else:
                 stored = memoryview(self._read_stored(pack, entry))

@@ -11,19 +11,12 @@ a restore reads thousands of blobs from a few dozen packs, and opening the pack 
 each blob cost as much as reading it. Packs are immutable (named by their content hash),
 so a cached descriptor can never show other bytes than the name promises; `delete` drops
 the descriptor so this process sees its own deletes at once.
-
-`get_view` maps a pack read-only (mmap, cached beside the descriptors) and hands out views of
-it: a restore decrypts each record straight from the page cache instead of copying it into a
-buffer first (the copy was ~6 % of a 1 GiB restore's CPU, perf). A pack file is written once
-under a temporary name and renamed, never changed in place, so a mapping of it stays valid
-(a deleted pack stays mapped until its last view goes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import re
 import threading
@@ -64,7 +57,6 @@ class LocalStorage:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._packs: OrderedDict[str, _OpenFile] = OrderedDict()
-        self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
         self._packs_lock = threading.Lock()
 
     def describe(self) -> str:
@@ -112,42 +104,6 @@ class LocalStorage:
         if got != len(out):
             raise RepositoryError(f"reading {self._file(kind, name)}: wanted {len(out)} bytes, the object is shorter")
 
-    def get_view(self, kind: ObjectKind, name: str, offset: int, length: int) -> memoryview:
-        """A read-only view of `length` bytes of a pack from `offset`, mapped (no copy); valid
-        for as long as it is held, whatever becomes of the pack."""
-        if kind is not ObjectKind.DATA or offset < 0 or length < 0:
-            raise ValueError("get_view reads packs, from a non-negative offset")
-        with self._packs_lock:
-            mapped = self._maps.get(name)
-            if mapped is not None:
-                self._maps.move_to_end(name)
-        if mapped is None:
-            mapped = self._map_pack(kind, name)
-        if offset + length > len(mapped):
-            raise RepositoryError(
-                f"reading {self._file(kind, name)}: wanted {length} bytes at {offset}, the object is shorter"
-            )
-        return memoryview(mapped)[offset : offset + length]
-
-    def _map_pack(self, kind: ObjectKind, name: str) -> mmap.mmap:
-        target = self._file(kind, name)
-        try:
-            handle = self._pack_handle(target, name)
-            if os.fstat(handle.fd).st_size == 0:
-                raise RepositoryError(f"reading {target}: the object is empty")
-            mapped = mmap.mmap(handle.fd, 0, prot=mmap.PROT_READ)
-        except FileNotFoundError as err:
-            raise ObjectMissingError(f"{self.describe()}: {ObjectKind.DATA}/{name} does not exist") from err
-        except OSError as err:
-            raise self._os_error("reading", target, err) from err
-        with self._packs_lock:
-            # Dropped, not closed: views handed out keep the mapping until they go.
-            mapped = self._maps.setdefault(name, mapped)
-            self._maps.move_to_end(name)
-            while len(self._maps) > _OPEN_PACKS:
-                self._maps.popitem(last=False)
-        return mapped
-
     def _pack_handle(self, target: Path, name: str) -> _OpenFile:
         with self._packs_lock:
             handle = self._packs.get(name)
@@ -179,7 +135,6 @@ class LocalStorage:
         if kind is ObjectKind.DATA:
             with self._packs_lock:
                 self._packs.pop(name, None)
-                self._maps.pop(name, None)
 
     def list(self, kind: ObjectKind) -> Iterator[ObjectInfo]:
         base = self.path / kind.value

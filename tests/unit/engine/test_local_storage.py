@@ -59,20 +59,3 @@ def test_cached_pack_reads_see_deletes_and_read_into_buffers(tmp_path: Path) -> 
     storage.delete(ObjectKind.DATA, PACK_A)
     with pytest.raises(ObjectMissingError):
         storage.get(ObjectKind.DATA, PACK_A, 0, 1)
-
-
-def test_pack_views_are_mapped_bounded_and_outlive_a_delete(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path)
-    storage.put(ObjectKind.DATA, PACK_A, b"0123456789")
-    view = storage.get_view(ObjectKind.DATA, PACK_A, 3, 4)
-    assert view.readonly and bytes(view) == b"3456"
-    assert bytes(storage.get_view(ObjectKind.DATA, PACK_A, 10, 0)) == b""
-    with pytest.raises(RepositoryError):
-        storage.get_view(ObjectKind.DATA, PACK_A, 8, 4)  # past the end
-    storage.delete(ObjectKind.DATA, PACK_A)
-    assert bytes(view) == b"3456"  # a view held stays valid
-    with pytest.raises(ObjectMissingError):
-        storage.get_view(ObjectKind.DATA, PACK_A, 0, 1)
-    storage.put(ObjectKind.DATA, PACK_A, b"")
-    with pytest.raises(RepositoryError):
-        storage.get_view(ObjectKind.DATA, PACK_A, 0, 1)
