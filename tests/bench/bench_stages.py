@@ -4,8 +4,11 @@
 Measures, on the bench dataset's kind of data (1 MiB pieces, half text-like, half random),
 the throughput of every stage a big file goes through in a backup: read (page cache),
 FastCDC chunking, keyed BLAKE3 (one thread, and with `max_threads`), zstd level 3, AES-256-GCM
-and writing a pack file, each first on one thread, then on N threads at once (aggregate): a
-stage whose N-thread figure is about N times its one-thread figure releases the GIL.
+and writing a pack file, then the restore's own stages: AES-256-GCM decrypt_into, zstd
+decompression into a reused buffer (as pack.decode_body_into does) and writing new files with
+pwrite (1 MiB at a time, page cache, as restore/fs.py does). Each runs first on one thread, then
+on N threads at once (aggregate): a stage whose N-thread figure is about N times its one-thread
+figure releases the GIL.
 
     python tests/bench/bench_stages.py                # 64 MiB per stage, threads 1 and cores
     python tests/bench/bench_stages.py --mib 256 --threads 2 --json
@@ -128,6 +131,37 @@ def measure(total: int, threads: list[int]) -> dict[str, dict[int, tuple[float, 
             aead.encrypt_into(nonce, p, b"aad", out)
         return total
 
+    sealed = [aead.encrypt(b"n" * 12, p, b"aad") for p in pieces]
+    frames = [zstandard.ZstdCompressor(level=3).compress(p) for p in pieces]
+
+    def aes_open(_: int) -> int:
+        out = bytearray(MiB)
+        for c in sealed:
+            aead.decrypt_into(b"n" * 12, c, b"aad", out)
+        return total
+
+    def unzstd(_: int) -> int:
+        dctx = zstandard.ZstdDecompressor()
+        out = memoryview(bytearray(MiB))
+        for frame in frames:
+            reader = dctx.stream_reader(frame)
+            got = 0
+            while got < MiB and (n := reader.readinto(out[got:])):
+                got += n
+        return total
+
+    def restore_write(i: int) -> int:
+        for n, p in enumerate(pieces):  # files of 8 MiB, created anew each
+            path = Path(tmp, f"restored{i}-{n // 8}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.pwrite(fd, p, (n % 8) * MiB)
+            finally:
+                os.close(fd)
+        for n in range(0, len(pieces), 8):
+            os.unlink(Path(tmp, f"restored{i}-{n // 8}"))
+        return total
+
     def write(i: int) -> int:
         path = Path(tmp, f"pack{i}")
         for n in range(0, len(pieces), 8):
@@ -146,6 +180,9 @@ def measure(total: int, threads: list[int]) -> dict[str, dict[int, tuple[float, 
         "zstd level 3 (text only)": zstd_text,
         "AES-256-GCM encrypt_into": aes,
         "write a pack file (8 MiB, no fsync)": write,
+        "restore: AES-256-GCM decrypt_into": aes_open,
+        "restore: zstd decompress (half text, half random)": unzstd,
+        "restore: pwrite 1 MiB into new files (page cache)": restore_write,
     }
     for name, work in stages.items():
         results[name] = {n: _timed(n, work) for n in threads}
