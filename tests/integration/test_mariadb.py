@@ -19,7 +19,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,10 +84,10 @@ def rows(server: MariadbServer, sock: Path, database: str = "shop", table: str =
     return [int(x) for x in out.split()]
 
 
-def killed_sync(policy: Path) -> None:
-    """`run sync` SIGKILLed right after it stored a binlog, before its point is saved."""
+def killed_run(policy: Path, kind: str, at: Callable[[str], bool]) -> None:
+    """`run KIND` SIGKILLed at the first stderr line `at` accepts, before its point is saved."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "protectctl", "-C", str(policy), "run", "sync", GROUP],
+        [sys.executable, "-m", "protectctl", "-C", str(policy), "run", kind, GROUP],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -96,10 +96,15 @@ def killed_sync(policy: Path) -> None:
     )
     assert proc.stderr is not None
     for line in proc.stderr:
-        if line.startswith("binlog ") and "shipped" in line:
+        if at(line):
             proc.kill()
             break
-    assert proc.wait() == -9, "the sync finished before it could be killed"
+    assert proc.wait() == -9, f"the {kind} finished before it could be killed"
+
+
+def killed_sync(policy: Path) -> None:
+    """`run sync` SIGKILLed right after it stored a binlog, before its point is saved."""
+    killed_run(policy, "sync", lambda line: line.startswith("binlog ") and "shipped" in line)
 
 
 @dataclass
@@ -426,20 +431,7 @@ def run_full(policy: Path, capsys: pytest.CaptureFixture[str], *args: str) -> st
 
 def killed_full(policy: Path) -> None:
     """`run full` SIGKILLed while mariadb-backup streams into the repository."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "protectctl", "-C", str(policy), "run", "full", GROUP],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(),
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "streaming into the repository" in line:
-            proc.kill()
-            break
-    assert proc.wait() == -9, "the full finished before it could be killed"
+    killed_run(policy, "full", lambda line: "streaming into the repository" in line)
 
 
 def test_express_fulls_store_changed_pages_and_restore_to_times_after_each(
