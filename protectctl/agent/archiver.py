@@ -294,30 +294,45 @@ class Archiver:
         did not change, else captured and encoded now. Remembers facts and encodings for next time."""
         here = _Dir(rel, self.journal.directory(rel))
         known = self.journal.directory_nodes(rel) if self._reuse_dirs else {}
-        kept: list[tuple[bytes, bytes, str]] = []  # (name, facts digest, encoded node), in name order
+        # One look-up for every chunk the directory's files had (a prune may have removed some):
+        # when all are there, no file's needs checking again; else each is checked alone.
+        present = bool(known) and self.repo.has_blobs([c for e in here.known.values() for c in e.chunks])
+        # (name, facts digest, encoded node, seal when reused from the journal), in name order
+        kept: list[tuple[bytes, bytes, str, bytes | None]] = []
         self._read_ahead(entries, here)
         for entry, fact in zip(entries, facts, strict=True):
-            encoded = self._reuse_node(entry, fact, here, known.get(entry.name))
+            stored = known.get(entry.name)
+            encoded = self._reuse_node(entry, fact, here, stored, present=present)
             if encoded is None:
                 node = self._node(entry, here)
                 if node is None:
                     continue
                 fact, encoded = _node_facts(node), encode_node(node)
-            kept.append((entry.name, fact, encoded))
+                kept.append((entry.name, fact, encoded, None))
+            else:
+                assert stored is not None
+                kept.append((entry.name, fact, encoded, stored[0]))
         self._drop_read_ahead()
         if not kept and not included:
             return None
-        tree, _ = self.writer.add(BlobKind.TREE, assemble_tree([encoded for _, _, encoded in kept]))
+        tree, _ = self.writer.add(BlobKind.TREE, assemble_tree([encoded for _, _, encoded, _ in kept]))
         if len(self.result.errors) == errors:  # nothing lost here or below: reusable next time
-            self.journal_out.add_directory(rel, _key([fact for _, fact, _ in kept]), tree)
-            for name, fact, encoded in kept:
-                self.journal_out.add_node(rel, name, _seal(fact, encoded), encoded)
+            out = self.journal_out
+            out.add_directory(rel, _key([fact for _, fact, _, _ in kept]), tree)
+            for name, fact, encoded, seal in kept:
+                if seal is None:
+                    out.add_node(rel, name, _seal(fact, encoded), encoded)
+                else:  # the journal's row, unchanged (in place: stays unwritten)
+                    out.keep_node(rel, name, seal, encoded)
         return tree
 
-    def _reuse_node(self, entry: _Entry, fact: bytes, here: _Dir, known: tuple[bytes, str] | None) -> str | None:
+    def _reuse_node(
+        self, entry: _Entry, fact: bytes, here: _Dir, known: tuple[bytes, str] | None, *, present: bool = False
+    ) -> str | None:
         """The encoded node the last point stored for `entry` when its facts are unchanged (for a
-        file: its journal entry matches and every chunk is still in the repository). The stored
-        seal binds the facts to the encoding, so a damaged journal row is rebuilt, never stored."""
+        file: its journal entry matches and every chunk is still in the repository, which
+        `present` says for all the directory's). The stored seal binds the facts to the
+        encoding, so a damaged journal row is rebuilt, never stored."""
         if known is None or not known[1].isascii() or known[0] != _seal(fact, known[1]):
             return None
         if entry.kind is NodeType.FILE:
@@ -326,10 +341,10 @@ class Archiver:
                 previous is None
                 or previous.identity != FileIdentity.of(entry.st)
                 or self._racy(entry.st)
-                or not self.repo.has_blobs(previous.chunks)
+                or not (present or self.repo.has_blobs(previous.chunks))
             ):
                 return None
-            self.journal_out.add(here.rel, entry.name, previous)
+            self.journal_out.keep(here.rel, entry.name, previous)
             self.result.files += 1
             self.result.files_reused += 1
             self.result.bytes_total += previous.identity.size

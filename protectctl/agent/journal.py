@@ -369,6 +369,10 @@ class JournalWriter:
         _recover(path)
         self._in_place = in_place
         self._cleared: set[str | bytes] = set()
+        # In place: directories being rewritten -> the names of their file and node rows written
+        # or kept (`keep`) so far; the rest of their rows go once the walk has left them (_settle).
+        self._open: dict[str | bytes, tuple[set[str | bytes], set[str | bytes]]] = {}
+        self._forgotten: list[bytes] = []  # forget_below: rows the journal read from are gone here
         self._subtotals: list[tuple[str | bytes, int, int, int]] = []
         self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id, "started_ns": str(self.started_ns)}
         self._pending: list[tuple[object, ...]] = []
@@ -409,18 +413,73 @@ class JournalWriter:
             for table in ("files", "nodes"):
                 self._conn.execute(f"DELETE FROM {table} WHERE dir = ?", (key,))
 
+    def _written(self, key: str | bytes, name: str | bytes, table: int) -> bool:
+        """In place: `name`'s row of `table` (0 files, 1 nodes) in `key` is written or kept now.
+        A cleared directory is rewritten row by row: rows written replace theirs, rows kept stay,
+        and the rest go once the walk has left the directory (_settle). False: not in place."""
+        if not self._in_place:
+            if self._cleared:
+                self._rewriting(key)
+            return False
+        names = self._open.get(key)
+        if names is None:
+            if key not in self._cleared:
+                return True  # not walked (a journal walk reuses it): its rows stay as they are
+            self._cleared.discard(key)
+            if self._open:
+                self._settle()  # the walk writes one directory's rows together: the last one is done
+            names = self._open[key] = (set(), set())
+        names[table].add(name)
+        return True
+
+    def _settle(self) -> None:
+        """Remove the rows of the directories being rewritten that were neither written nor kept."""
+        for key, kept in self._open.items():
+            for table, names in zip(("files", "nodes"), kept, strict=True):
+                stale = [
+                    (key, row[0])
+                    for row in self._conn.execute(f"SELECT name FROM {table} WHERE dir = ?", (key,))
+                    if row[0] not in names
+                ]
+                if stale:
+                    self._conn.executemany(f"DELETE FROM {table} WHERE dir = ? AND name = ?", stale)
+        self._open.clear()
+
     def add(self, rel_dir: bytes, name: bytes, entry: JournalEntry) -> None:
-        if self._cleared:
-            self._rewriting(_db_key(rel_dir))
+        if self._cleared or self._open:
+            self._written(_db_key(rel_dir), _db_key(name), 0)
         self._pending.append(file_row(rel_dir, name, entry))
         if len(self._pending) >= _BATCH:
             self._flush()
 
+    def _keeps(self, rel_dir: bytes) -> bool:
+        """In place, the rows of `rel_dir` are the ones the journal walk read (not forgotten)."""
+        if not self._in_place:
+            return False
+        if not self._forgotten:
+            return True
+        return not any(rel_dir == gone or rel_dir.startswith(gone + b"/") or not gone for gone in self._forgotten)
+
+    def keep(self, rel_dir: bytes, name: bytes, entry: JournalEntry) -> None:
+        """`add` for an entry read from the journal this one follows, unchanged: in place, its
+        row is already there and stays (no write)."""
+        if not self._keeps(rel_dir):
+            self.add(rel_dir, name, entry)
+            return
+        self._written(_db_key(rel_dir), _db_key(name), 0)
+
+    def keep_node(self, rel_dir: bytes, name: bytes, seal: bytes, encoded: str) -> None:
+        """`add_node` for a node read from the journal this one follows, unchanged (see `keep`)."""
+        if not self._keeps(rel_dir):
+            self.add_node(rel_dir, name, seal, encoded)
+            return
+        self._written(_db_key(rel_dir), _db_key(name), 1)
+
     def add_rows(self, files: list[tuple[object, ...]]) -> None:
         """`add` for rows made by `file_row` elsewhere (an archiver worker process)."""
-        if self._cleared:
+        if self._cleared or self._open:
             for row in files:
-                self._rewriting(row[0])  # type: ignore[arg-type]
+                self._written(row[0], row[1], 0)  # type: ignore[arg-type]
         self._pending += files
         if len(self._pending) >= _BATCH:
             self._flush()
@@ -433,9 +492,10 @@ class JournalWriter:
 
     def add_node(self, rel_dir: bytes, name: bytes, seal: bytes, encoded: str) -> None:
         """Remember how the tree node of `name` encoded, sealed with what it was built from."""
-        if self._cleared:
-            self._rewriting(_db_key(rel_dir))
-        self._nodes.append((_db_key(rel_dir), _db_key(name), seal, encoded))
+        key, name_key = _db_key(rel_dir), _db_key(name)
+        if self._cleared or self._open:
+            self._written(key, name_key, 1)
+        self._nodes.append((key, name_key, seal, encoded))
         if len(self._nodes) >= _BATCH:
             self._flush()
 
@@ -458,6 +518,7 @@ class JournalWriter:
     def forget_below(self, rel_dir: bytes) -> None:
         """Forget `rel_dir` and everything below it (a directory that left)."""
         self._flush()
+        self._forgotten.append(rel_dir)
         bounds: list[tuple[str | bytes, str | bytes, str | bytes]] = [(rel_dir, rel_dir + b"/", rel_dir + b"0")]
         with contextlib.suppress(UnicodeDecodeError):
             bounds.append((rel_dir.decode(), rel_dir.decode() + "/", rel_dir.decode() + "0"))
@@ -510,6 +571,8 @@ class JournalWriter:
             ) from err
 
     def _publish(self, meta: Mapping[str, str]) -> None:
+        if self._open:
+            self._settle()
         for key in list(self._cleared):  # walked, and nothing written: empty now
             self._rewriting(key)
         self._flush()

@@ -57,9 +57,9 @@ def _backup(repo: Repository, src: Path, journal: Path, parallelism: int) -> tup
     return result, Journal(journal, repo_id=repo.id)
 
 
-def _rows(journal: Path) -> dict[str, set[tuple[object, ...]]]:
+def _rows(journal: Path, tables: tuple[str, ...] = ("dirs", "subtotals")) -> dict[str, set[tuple[object, ...]]]:
     with contextlib.closing(sqlite3.connect(journal)) as db:
-        return {table: set(db.execute(f"SELECT * FROM {table}")) for table in ("dirs", "subtotals")}
+        return {table: set(db.execute(f"SELECT * FROM {table}")) for table in tables}
 
 
 def test_parallel_first_backup_builds_the_serial_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,3 +285,46 @@ def test_a_sync_captures_a_new_subtree_like_a_first_backup(tmp_path: Path, monke
     monkeypatch.setattr(workers.ParallelWalk, "__init__", no_walk)
     again, _ = _backup(repo, src, tmp_path / "j2", 2)
     assert again.tree == serial.tree and again.bytes_read == 0
+
+
+def test_a_journal_walk_rewrites_its_journal_in_place_as_a_sync_writes_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal walk leaves the rows of unchanged entries of the directories it walks where they
+    are (no rewrite) and removes those of entries gone: the same rows as a sync writing a new
+    journal from the same tree."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    try:
+        _build(src)
+    except OSError as err:  # pragma: no cover - a tmp without user xattrs
+        pytest.skip(f"cannot build the tree here: {err}")
+    repo = make_repo(tmp_path / "repo")
+    _backup(repo, src, tmp_path / "j-settle", 1)  # settles the directories' atimes
+    _, journal = _backup(repo, src, tmp_path / "j-sync", 1)
+    journal.close()
+    shutil.copy(tmp_path / "j-sync", tmp_path / "j-walk")
+    (src / "d3" / "f007.txt").write_bytes(b"changed\n")
+    (src / "d3" / "f008.txt").unlink()
+    os.rename(src / "d3" / "f009.txt", src / "d3" / "g009.txt")
+    (src / "d3" / "new.txt").write_bytes(b"new\n")
+    shutil.rmtree(src / "d4" / "inner")
+    for d in ("d3", "d4"):
+        os.listdir(src / d)  # settles the directories' atimes before both syncs
+    tables = ("files", "nodes", "dirs", "subtotals")
+    synced, _ = _backup(repo, src, tmp_path / "j-sync", 1)
+
+    journal = Journal(tmp_path / "j-walk", repo_id=repo.id)
+    out = journal.begin(in_place=True)
+    changed = {b"d3", b"d4", b"d0", b"d5"}  # and the directories with hard links, as changes.decide adds them
+    walk = JournalWalk(Changes(changed, set(), {b"d4/inner"}, dirty={b"", *changed}), journal, out, repo)
+    options = ArchiveOptions(root=src, filter=PathFilter([], ["skip/"]), unchanged=walk)
+    with repo.writer() as writer:
+        walked = Archiver(repo, writer, journal, out, options).run()
+    out.commit({"point_id": "p1", "source": "test"})
+    journal.close()
+    assert walk.walked == {b"", *changed} and walked.files_read == synced.files_read == 3
+    assert walked.tree == synced.tree and walked.nodes_reused > 0
+    assert _rows(tmp_path / "j-walk", tables) == _rows(tmp_path / "j-sync", tables)
