@@ -43,7 +43,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Protocol
 import blake3
 
 from protectctl.agent.fsmeta import base_node, group_name, node_type, read_xattrs, user_name
-from protectctl.agent.journal import FileIdentity, Journal, JournalEntry, JournalWriter
+from protectctl.agent.journal import FileIdentity, Journal, JournalEntry, JournalWriter, chunk_ids, unchanged
 from protectctl.agent.patterns import PathFilter
 from protectctl.agent.sparse import DataReader
 from protectctl.engine.ids import BlobId
@@ -148,7 +148,7 @@ class _Dir:
     journal entries."""
 
     rel: bytes
-    known: dict[bytes, JournalEntry]
+    known: Mapping[bytes, JournalEntry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +296,8 @@ class Archiver:
         known = self.journal.directory_nodes(rel) if self._reuse_dirs else {}
         # One look-up for every chunk the directory's files had (a prune may have removed some):
         # when all are there, no file's needs checking again; else each is checked alone.
-        present = bool(known) and self.repo.has_blobs([c for e in here.known.values() for c in e.chunks])
+        ids = chunk_ids(here.known) if known else None
+        present = ids is not None and self.repo.has_blobs(ids)
         # (name, facts digest, encoded node, seal when reused from the journal), in name order
         kept: list[tuple[bytes, bytes, str, bytes | None]] = []
         self._read_ahead(entries, here)
@@ -336,19 +337,18 @@ class Archiver:
         if known is None or not known[1].isascii() or known[0] != _seal(fact, known[1]):
             return None
         if entry.kind is NodeType.FILE:
-            previous = here.known.get(entry.name)
             if (
-                previous is None
-                or previous.identity != FileIdentity.of(entry.st)
+                not unchanged(here.known, entry.name, entry.st)
                 or self._racy(entry.st)
-                or not (present or self.repo.has_blobs(previous.chunks))
+                or not (present or self.repo.has_blobs(here.known[entry.name].chunks))
             ):
                 return None
-            self.journal_out.keep(here.rel, entry.name, previous)
+            self.journal_out.keep(here.rel, entry.name, here.known)
+            size = entry.st.st_size  # the journal's: the identities are equal
             self.result.files += 1
             self.result.files_reused += 1
-            self.result.bytes_total += previous.identity.size
-            self.progress.advance(files=1, bytes_done=previous.identity.size)  # done, never read
+            self.result.bytes_total += size
+            self.progress.advance(files=1, bytes_done=size)  # done, never read
         elif entry.kind is NodeType.DIR:
             self.result.dirs += 1
         self.result.nodes_reused += 1

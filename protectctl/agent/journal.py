@@ -53,7 +53,7 @@ import sqlite3
 import struct
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +143,63 @@ def _entry(
     return JournalEntry(identity, _unpack_chunks(chunks), _unpack_holes(holes), content_hash, scheme)
 
 
+class DirectoryEntries(Mapping[bytes, JournalEntry]):
+    """The journal entries of one directory, each decoded on first use: a walked directory in
+    which one file changed checks the others' identities on the raw rows (`unchanged`) and
+    decodes only the entries it needs."""
+
+    __slots__ = ("_decoded", "_rows")
+
+    def __init__(self, rows: dict[bytes, tuple[object, ...]]) -> None:
+        self._rows = rows  # name -> (dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash)
+        self._decoded: dict[bytes, JournalEntry] = {}
+
+    def __getitem__(self, name: bytes) -> JournalEntry:
+        entry = self._decoded.get(name)
+        if entry is None:
+            entry = self._decoded[name] = _entry(*self._rows[name])  # type: ignore[arg-type]
+        return entry
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rows
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def unchanged(self, name: bytes, st: os.stat_result) -> bool:
+        """The entry of `name` has the identity `st` gives (FileIdentity.of), compared raw."""
+        row = self._rows.get(name)
+        return row is not None and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def chunk_ids(self) -> list[bytes] | None:
+        """Every chunk id the directory's entries name; None when a row is damaged."""
+        ids: list[bytes] = []
+        for row in self._rows.values():
+            raw = row[5]
+            if not isinstance(raw, bytes) or len(raw) % _ID_LEN:
+                return None
+            ids += [raw[i : i + _ID_LEN] for i in range(0, len(raw), _ID_LEN)]
+        return ids
+
+
+def unchanged(entries: Mapping[bytes, JournalEntry], name: bytes, st: os.stat_result) -> bool:
+    """`entries` has `name` with the identity `st` gives."""
+    if isinstance(entries, DirectoryEntries):
+        return entries.unchanged(name, st)
+    previous = entries.get(name)
+    return previous is not None and previous.identity == FileIdentity.of(st)
+
+
+def chunk_ids(entries: Mapping[bytes, JournalEntry]) -> list[bytes] | None:
+    """Every chunk id the entries name; None when one is damaged."""
+    if isinstance(entries, DirectoryEntries):
+        return entries.chunk_ids()
+    return [c for e in entries.values() for c in e.chunks]
+
+
 def _pack_chunks(chunks: tuple[bytes, ...]) -> bytes:
     return b"".join(chunks)
 
@@ -225,18 +282,18 @@ class Journal:
             return None
         return started - racy_slack_ns()
 
-    def directory(self, rel_dir: bytes) -> dict[bytes, JournalEntry]:
+    def directory(self, rel_dir: bytes) -> DirectoryEntries:
         """The entries of the files directly in `rel_dir` (b"" for the root), by name."""
         if self._conn is None:
-            return {}
+            return DirectoryEntries({})
         try:
             rows = self._conn.execute(
                 "SELECT name, dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash FROM files WHERE dir = ?",
                 (_db_key(rel_dir),),
             ).fetchall()
         except sqlite3.Error:
-            return {}
-        return {_raw_key(row[0]): _entry(*row[1:]) for row in rows}
+            return DirectoryEntries({})
+        return DirectoryEntries({_raw_key(row[0]): row[1:] for row in rows})
 
     def directory_tree(self, rel_dir: bytes) -> tuple[bytes, bytes] | None:
         """(key, tree blob id) the last point stored for `rel_dir`; None when unknown."""
@@ -460,11 +517,11 @@ class JournalWriter:
             return True
         return not any(rel_dir == gone or rel_dir.startswith(gone + b"/") or not gone for gone in self._forgotten)
 
-    def keep(self, rel_dir: bytes, name: bytes, entry: JournalEntry) -> None:
-        """`add` for an entry read from the journal this one follows, unchanged: in place, its
-        row is already there and stays (no write)."""
+    def keep(self, rel_dir: bytes, name: bytes, entries: Mapping[bytes, JournalEntry]) -> None:
+        """`add` for the entry of `name` in `entries` (the directory as the journal this one
+        follows has it), unchanged: in place, its row is already there and stays (no write)."""
         if not self._keeps(rel_dir):
-            self.add(rel_dir, name, entry)
+            self.add(rel_dir, name, entries[name])
             return
         self._written(_db_key(rel_dir), _db_key(name), 0)
 
