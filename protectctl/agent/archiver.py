@@ -300,6 +300,7 @@ class Archiver:
         present = ids is not None and self.repo.has_blobs(ids)
         # (name, facts digest, encoded node, seal when reused from the journal), in name order
         kept: list[tuple[bytes, bytes, str, bytes | None]] = []
+        kept_files: list[bytes] = []  # files whose journal entries are reused
         self._read_ahead(entries, here)
         for entry, fact in zip(entries, facts, strict=True):
             stored = known.get(entry.name)
@@ -313,18 +314,24 @@ class Archiver:
             else:
                 assert stored is not None
                 kept.append((entry.name, fact, encoded, stored[0]))
+                if entry.kind is NodeType.FILE:
+                    kept_files.append(entry.name)
         self._drop_read_ahead()
+        out = self.journal_out
+        if kept_files:  # the journal's rows, unchanged (a journal changed in place: left as they are)
+            out.keep(rel, kept_files, here.known)
         if not kept and not included:
             return None
         tree, _ = self.writer.add(BlobKind.TREE, assemble_tree([encoded for _, _, encoded, _ in kept]))
         if len(self.result.errors) == errors:  # nothing lost here or below: reusable next time
-            out = self.journal_out
             out.add_directory(rel, _key([fact for _, fact, _, _ in kept]), tree)
+            reused = []
             for name, fact, encoded, seal in kept:
                 if seal is None:
                     out.add_node(rel, name, _seal(fact, encoded), encoded)
-                else:  # the journal's row, unchanged (in place: stays unwritten)
-                    out.keep_node(rel, name, seal, encoded)
+                else:
+                    reused.append((name, seal, encoded))
+            out.keep_nodes(rel, reused)
         return tree
 
     def _reuse_node(
@@ -343,7 +350,6 @@ class Archiver:
                 or not (present or self.repo.has_blobs(here.known[entry.name].chunks))
             ):
                 return None
-            self.journal_out.keep(here.rel, entry.name, here.known)
             size = entry.st.st_size  # the journal's: the identities are equal
             self.result.files += 1
             self.result.files_reused += 1

@@ -53,7 +53,7 @@ import sqlite3
 import struct
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,12 +288,14 @@ class Journal:
             return DirectoryEntries({})
         try:
             rows = self._conn.execute(
-                "SELECT name, dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash FROM files WHERE dir = ?",
+                "SELECT CAST(name AS BLOB), dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash "
+                "FROM files WHERE dir = ?",
                 (_db_key(rel_dir),),
             ).fetchall()
         except sqlite3.Error:
             return DirectoryEntries({})
-        return DirectoryEntries({_raw_key(row[0]): row[1:] for row in rows})
+        # names come back raw (a TEXT name as its UTF-8 bytes, as _raw_key gives it)
+        return DirectoryEntries({row[0]: row[1:] for row in rows if isinstance(row[0], bytes)})
 
     def directory_tree(self, rel_dir: bytes) -> tuple[bytes, bytes] | None:
         """(key, tree blob id) the last point stored for `rel_dir`; None when unknown."""
@@ -313,15 +315,16 @@ class Journal:
             return {}
         try:
             rows = self._conn.execute(
-                "SELECT name, seal, encoded FROM nodes WHERE dir = ?", (_db_key(rel_dir),)
+                "SELECT CAST(name AS BLOB), seal, encoded FROM nodes WHERE dir = ?", (_db_key(rel_dir),)
             ).fetchall()
         except sqlite3.Error:
             return {}
-        # Rows of an unexpected shape (a damaged or foreign journal) are skipped: rebuilt, not trusted.
+        # Names come back raw (as _raw_key gives them). Rows of an unexpected shape (a damaged or
+        # foreign journal) are skipped: rebuilt, not trusted.
         return {
-            _raw_key(row[0]): (row[1], row[2])
+            row[0]: (row[1], row[2])
             for row in rows
-            if isinstance(row[0], str | bytes) and isinstance(row[1], bytes) and isinstance(row[2], str)
+            if isinstance(row[0], bytes) and isinstance(row[1], bytes) and isinstance(row[2], str)
         }
 
     def directory_chunks(self, rel_dir: bytes) -> list[bytes] | None:
@@ -428,7 +431,7 @@ class JournalWriter:
         self._cleared: set[str | bytes] = set()
         # In place: directories being rewritten -> the names of their file and node rows written
         # or kept (`keep`) so far; the rest of their rows go once the walk has left them (_settle).
-        self._open: dict[str | bytes, tuple[set[str | bytes], set[str | bytes]]] = {}
+        self._open: dict[str | bytes, tuple[set[bytes], set[bytes]]] = {}
         self._forgotten: list[bytes] = []  # forget_below: rows the journal read from are gone here
         self._subtotals: list[tuple[str | bytes, int, int, int]] = []
         self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id, "started_ns": str(self.started_ns)}
@@ -470,41 +473,39 @@ class JournalWriter:
             for table in ("files", "nodes"):
                 self._conn.execute(f"DELETE FROM {table} WHERE dir = ?", (key,))
 
-    def _written(self, key: str | bytes, name: str | bytes, table: int) -> bool:
-        """In place: `name`'s row of `table` (0 files, 1 nodes) in `key` is written or kept now.
-        A cleared directory is rewritten row by row: rows written replace theirs, rows kept stay,
-        and the rest go once the walk has left the directory (_settle). False: not in place."""
+    def _written(self, key: str | bytes) -> tuple[set[bytes], set[bytes]] | None:
+        """Rows of the directory `key` are written or kept now: in place, the raw names of its
+        file and node rows written or kept so far, to add them to (None: not in place, or a
+        directory not walked, whose rows stay as they are). A cleared directory is rewritten row
+        by row: rows written replace theirs, rows kept stay, and the rest go once the walk has
+        left the directory (_settle)."""
         if not self._in_place:
             if self._cleared:
                 self._rewriting(key)
-            return False
+            return None
         names = self._open.get(key)
         if names is None:
             if key not in self._cleared:
-                return True  # not walked (a journal walk reuses it): its rows stay as they are
+                return None
             self._cleared.discard(key)
             if self._open:
                 self._settle()  # the walk writes one directory's rows together: the last one is done
             names = self._open[key] = (set(), set())
-        names[table].add(name)
-        return True
+        return names
 
     def _settle(self) -> None:
         """Remove the rows of the directories being rewritten that were neither written nor kept."""
         for key, kept in self._open.items():
             for table, names in zip(("files", "nodes"), kept, strict=True):
-                stale = [
-                    (key, row[0])
-                    for row in self._conn.execute(f"SELECT name FROM {table} WHERE dir = ?", (key,))
-                    if row[0] not in names
-                ]
+                query = f"SELECT name, CAST(name AS BLOB) FROM {table} WHERE dir = ?"
+                stale = [(key, row[0]) for row in self._conn.execute(query, (key,)) if row[1] not in names]
                 if stale:
                     self._conn.executemany(f"DELETE FROM {table} WHERE dir = ? AND name = ?", stale)
         self._open.clear()
 
     def add(self, rel_dir: bytes, name: bytes, entry: JournalEntry) -> None:
-        if self._cleared or self._open:
-            self._written(_db_key(rel_dir), _db_key(name), 0)
+        if (self._cleared or self._open) and (names := self._written(_db_key(rel_dir))) is not None:
+            names[0].add(name)
         self._pending.append(file_row(rel_dir, name, entry))
         if len(self._pending) >= _BATCH:
             self._flush()
@@ -517,26 +518,30 @@ class JournalWriter:
             return True
         return not any(rel_dir == gone or rel_dir.startswith(gone + b"/") or not gone for gone in self._forgotten)
 
-    def keep(self, rel_dir: bytes, name: bytes, entries: Mapping[bytes, JournalEntry]) -> None:
-        """`add` for the entry of `name` in `entries` (the directory as the journal this one
-        follows has it), unchanged: in place, its row is already there and stays (no write)."""
+    def keep(self, rel_dir: bytes, names: Sequence[bytes], entries: Mapping[bytes, JournalEntry]) -> None:
+        """`add` for the entries of `names` in `entries` (the directory as the journal this one
+        follows has it), unchanged: in place, their rows are already there and stay (no write)."""
         if not self._keeps(rel_dir):
-            self.add(rel_dir, name, entries[name])
-            return
-        self._written(_db_key(rel_dir), _db_key(name), 0)
+            for name in names:
+                self.add(rel_dir, name, entries[name])
+        elif (kept := self._written(_db_key(rel_dir))) is not None:
+            kept[0].update(names)
 
-    def keep_node(self, rel_dir: bytes, name: bytes, seal: bytes, encoded: str) -> None:
-        """`add_node` for a node read from the journal this one follows, unchanged (see `keep`)."""
+    def keep_nodes(self, rel_dir: bytes, nodes: Sequence[tuple[bytes, bytes, str]]) -> None:
+        """`add_node` for (name, seal, encoded) read from the journal this one follows, unchanged
+        (see `keep`)."""
         if not self._keeps(rel_dir):
-            self.add_node(rel_dir, name, seal, encoded)
-            return
-        self._written(_db_key(rel_dir), _db_key(name), 1)
+            for name, seal, encoded in nodes:
+                self.add_node(rel_dir, name, seal, encoded)
+        elif (kept := self._written(_db_key(rel_dir))) is not None:
+            kept[1].update(name for name, _, _ in nodes)
 
     def add_rows(self, files: list[tuple[object, ...]]) -> None:
         """`add` for rows made by `file_row` elsewhere (an archiver worker process)."""
         if self._cleared or self._open:
             for row in files:
-                self._written(row[0], row[1], 0)  # type: ignore[arg-type]
+                if (names := self._written(row[0])) is not None:  # type: ignore[arg-type]
+                    names[0].add(_raw_key(row[1]))
         self._pending += files
         if len(self._pending) >= _BATCH:
             self._flush()
@@ -549,10 +554,10 @@ class JournalWriter:
 
     def add_node(self, rel_dir: bytes, name: bytes, seal: bytes, encoded: str) -> None:
         """Remember how the tree node of `name` encoded, sealed with what it was built from."""
-        key, name_key = _db_key(rel_dir), _db_key(name)
-        if self._cleared or self._open:
-            self._written(key, name_key, 1)
-        self._nodes.append((key, name_key, seal, encoded))
+        key = _db_key(rel_dir)
+        if (self._cleared or self._open) and (names := self._written(key)) is not None:
+            names[1].add(name)
+        self._nodes.append((key, _db_key(name), seal, encoded))
         if len(self._nodes) >= _BATCH:
             self._flush()
 
