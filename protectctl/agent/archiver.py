@@ -16,7 +16,9 @@ or storing, and the directory's journal rows are carried over in one statement. 
 and xattrs are covered by the key as by the per-file journal: any change to either moves
 the inode's ctime, which is in the key. In a directory that must be rebuilt (a file in it
 changed), each entry whose facts are unchanged reuses its encoded node from the journal the
-same way, so only changed entries are captured (xattrs, journal checks) and encoded again.
+same way, so only changed entries are captured (xattrs, journal checks) and encoded again;
+the chunks of the directory's files are checked with one look-up, and a journal changed in
+place keeps the unchanged entries' rows as they are (journal.py).
 A `full` never reuses (it reads everything), nor does an archive with a `reread` policy
 (it decides per file what to trust).
 

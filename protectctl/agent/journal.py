@@ -10,7 +10,10 @@ Crash safety: the journal in use is only ever read. A run writes the next journa
 a run killed at any instant leaves the old journal (matching an older, still valid point)
 or the new one (matching the saved point), never a mix. A journal walk (agent/changes.py)
 instead changes the journal in place in one SQLite transaction committed at the same moment
-(`begin(in_place=True)`): a kill rolls it back, with the same guarantee. Either way chunk lists are never
+(`begin(in_place=True)`): a kill rolls it back, with the same guarantee. Of a directory it
+walks, only the rows of entries that changed are written: the rows of unchanged entries stay
+where they are (`keep`, `keep_nodes`), and those of entries gone are removed once the walk
+has left the directory (`_settle`). Either way chunk lists are never
 trusted blindly: the caller checks the repository still has every chunk before reusing one
 (a prune may have run since), and the journal is bound to one repository by its id.
 
