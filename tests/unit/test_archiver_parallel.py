@@ -301,6 +301,8 @@ def test_a_journal_walk_rewrites_its_journal_in_place_as_a_sync_writes_a_new_one
         _build(src)
     except OSError as err:  # pragma: no cover - a tmp without user xattrs
         pytest.skip(f"cannot build the tree here: {err}")
+    for raw in (b"kept-\xe9", b"gone-\xe9"):  # names that are not UTF-8: BLOB keys in the journal
+        (src / "d3" / os.fsdecode(raw)).write_bytes(raw)
     repo = make_repo(tmp_path / "repo")
     _backup(repo, src, tmp_path / "j-settle", 1)  # settles the directories' atimes
     _, journal = _backup(repo, src, tmp_path / "j-sync", 1)
@@ -310,6 +312,7 @@ def test_a_journal_walk_rewrites_its_journal_in_place_as_a_sync_writes_a_new_one
     (src / "d3" / "f008.txt").unlink()
     os.rename(src / "d3" / "f009.txt", src / "d3" / "g009.txt")
     (src / "d3" / "new.txt").write_bytes(b"new\n")
+    (src / "d3" / os.fsdecode(b"gone-\xe9")).unlink()
     shutil.rmtree(src / "d4" / "inner")
     for d in ("d3", "d4"):
         os.listdir(src / d)  # settles the directories' atimes before both syncs
