@@ -179,13 +179,11 @@ class DirectoryEntries(Mapping[bytes, JournalEntry]):
 
     def chunk_ids(self) -> list[bytes] | None:
         """Every chunk id the directory's entries name; None when a row is damaged."""
-        ids: list[bytes] = []
-        for row in self._rows.values():
-            raw = row[5]
-            if not isinstance(raw, bytes) or len(raw) % _ID_LEN:
-                return None
-            ids += [raw[i : i + _ID_LEN] for i in range(0, len(raw), _ID_LEN)]
-        return ids
+        lists = [row[5] for row in self._rows.values()]
+        if not all(isinstance(raw, bytes) and len(raw) % _ID_LEN == 0 for raw in lists):
+            return None
+        joined = b"".join(lists)  # type: ignore[arg-type]
+        return [joined[i : i + _ID_LEN] for i in range(0, len(joined), _ID_LEN)]
 
 
 def unchanged(entries: Mapping[bytes, JournalEntry], name: bytes, st: os.stat_result) -> bool:
