@@ -121,10 +121,11 @@ def archive(
             book.close()
             raise writing_error(book.path, err) from err
     path_filter = PathFilter([str(p) for p in options.include], [str(p) for p in options.exclude])
-    # the totals a renderer shows (percentage, ETA) are counted alongside, never before
+    # the totals a renderer shows (percentage, ETA) are counted alongside, never before; not for
+    # a journal walk, which reuses what it does not walk: counting would lstat every file it skips
     count = (
         PreCount(Path(options.root), path_filter, request.progress, one_file_system=options.one_file_system)
-        if wants_totals(request.progress)
+        if wants_totals(request.progress) and walk is None
         else None
     )
     try:

@@ -16,7 +16,9 @@ or storing, and the directory's journal rows are carried over in one statement. 
 and xattrs are covered by the key as by the per-file journal: any change to either moves
 the inode's ctime, which is in the key. In a directory that must be rebuilt (a file in it
 changed), each entry whose facts are unchanged reuses its encoded node from the journal the
-same way, so only changed entries are captured (xattrs, journal checks) and encoded again.
+same way, so only changed entries are captured (xattrs, journal checks) and encoded again;
+the chunks of the directory's files are checked with one look-up, and a journal changed in
+place keeps the unchanged entries' rows as they are (journal.py).
 A `full` never reuses (it reads everything), nor does an archive with a `reread` policy
 (it decides per file what to trust).
 
@@ -43,7 +45,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -51,7 +53,7 @@ from typing import TYPE_CHECKING, Protocol
 import blake3
 
 from protectctl.agent.fsmeta import base_node, group_name, node_type, read_xattrs, user_name
-from protectctl.agent.journal import FileIdentity, Journal, JournalEntry, JournalWriter
+from protectctl.agent.journal import FileIdentity, Journal, JournalEntry, JournalWriter, chunk_ids, unchanged
 from protectctl.agent.patterns import PathFilter
 from protectctl.agent.sparse import DataReader
 from protectctl.engine.ids import BlobId
@@ -148,7 +150,7 @@ class _Dir:
     journal entries."""
 
     rel: bytes
-    known: dict[bytes, JournalEntry]
+    known: Mapping[bytes, JournalEntry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,46 +296,67 @@ class Archiver:
         did not change, else captured and encoded now. Remembers facts and encodings for next time."""
         here = _Dir(rel, self.journal.directory(rel))
         known = self.journal.directory_nodes(rel) if self._reuse_dirs else {}
-        kept: list[tuple[bytes, bytes, str]] = []  # (name, facts digest, encoded node), in name order
+        # One look-up for every chunk the directory's files had (a prune may have removed some):
+        # when all are there, no file's needs checking again; else each is checked alone.
+        ids = chunk_ids(here.known) if known else None
+        present = ids is not None and self.repo.has_blobs(ids)
+        # (name, facts digest, encoded node, seal when reused from the journal), in name order
+        kept: list[tuple[bytes, bytes, str, bytes | None]] = []
+        kept_files: list[bytes] = []  # files whose journal entries are reused
         self._read_ahead(entries, here)
         for entry, fact in zip(entries, facts, strict=True):
-            encoded = self._reuse_node(entry, fact, here, known.get(entry.name))
+            stored = known.get(entry.name)
+            encoded = self._reuse_node(entry, fact, here, stored, present=present)
             if encoded is None:
                 node = self._node(entry, here)
                 if node is None:
                     continue
                 fact, encoded = _node_facts(node), encode_node(node)
-            kept.append((entry.name, fact, encoded))
+                kept.append((entry.name, fact, encoded, None))
+            else:
+                assert stored is not None
+                kept.append((entry.name, fact, encoded, stored[0]))
+                if entry.kind is NodeType.FILE:
+                    kept_files.append(entry.name)
         self._drop_read_ahead()
+        out = self.journal_out
+        if kept_files:  # the journal's rows, unchanged (a journal changed in place: left as they are)
+            out.keep(rel, kept_files, here.known)
         if not kept and not included:
             return None
-        tree, _ = self.writer.add(BlobKind.TREE, assemble_tree([encoded for _, _, encoded in kept]))
+        tree, _ = self.writer.add(BlobKind.TREE, assemble_tree([encoded for _, _, encoded, _ in kept]))
         if len(self.result.errors) == errors:  # nothing lost here or below: reusable next time
-            self.journal_out.add_directory(rel, _key([fact for _, fact, _ in kept]), tree)
-            for name, fact, encoded in kept:
-                self.journal_out.add_node(rel, name, _seal(fact, encoded), encoded)
+            out.add_directory(rel, _key([fact for _, fact, _, _ in kept]), tree)
+            reused = []
+            for name, fact, encoded, seal in kept:
+                if seal is None:
+                    out.add_node(rel, name, _seal(fact, encoded), encoded)
+                else:
+                    reused.append((name, seal, encoded))
+            out.keep_nodes(rel, reused)
         return tree
 
-    def _reuse_node(self, entry: _Entry, fact: bytes, here: _Dir, known: tuple[bytes, str] | None) -> str | None:
+    def _reuse_node(
+        self, entry: _Entry, fact: bytes, here: _Dir, known: tuple[bytes, str] | None, *, present: bool = False
+    ) -> str | None:
         """The encoded node the last point stored for `entry` when its facts are unchanged (for a
-        file: its journal entry matches and every chunk is still in the repository). The stored
-        seal binds the facts to the encoding, so a damaged journal row is rebuilt, never stored."""
+        file: its journal entry matches and every chunk is still in the repository, which
+        `present` says for all the directory's). The stored seal binds the facts to the
+        encoding, so a damaged journal row is rebuilt, never stored."""
         if known is None or not known[1].isascii() or known[0] != _seal(fact, known[1]):
             return None
         if entry.kind is NodeType.FILE:
-            previous = here.known.get(entry.name)
             if (
-                previous is None
-                or previous.identity != FileIdentity.of(entry.st)
+                not unchanged(here.known, entry.name, entry.st)
                 or self._racy(entry.st)
-                or not self.repo.has_blobs(previous.chunks)
+                or not (present or self.repo.has_blobs(here.known[entry.name].chunks))
             ):
                 return None
-            self.journal_out.add(here.rel, entry.name, previous)
+            size = entry.st.st_size  # the journal's: the identities are equal
             self.result.files += 1
             self.result.files_reused += 1
-            self.result.bytes_total += previous.identity.size
-            self.progress.advance(files=1, bytes_done=previous.identity.size)  # done, never read
+            self.result.bytes_total += size
+            self.progress.advance(files=1, bytes_done=size)  # done, never read
         elif entry.kind is NodeType.DIR:
             self.result.dirs += 1
         self.result.nodes_reused += 1

@@ -10,7 +10,10 @@ Crash safety: the journal in use is only ever read. A run writes the next journa
 a run killed at any instant leaves the old journal (matching an older, still valid point)
 or the new one (matching the saved point), never a mix. A journal walk (agent/changes.py)
 instead changes the journal in place in one SQLite transaction committed at the same moment
-(`begin(in_place=True)`): a kill rolls it back, with the same guarantee. Either way chunk lists are never
+(`begin(in_place=True)`): a kill rolls it back, with the same guarantee. Of a directory it
+walks, only the rows of entries that changed are written: the rows of unchanged entries stay
+where they are (`keep`, `keep_nodes`), and those of entries gone are removed once the walk
+has left the directory (`_settle`). Either way chunk lists are never
 trusted blindly: the caller checks the repository still has every chunk before reusing one
 (a prune may have run since), and the journal is bound to one repository by its id.
 
@@ -53,7 +56,7 @@ import sqlite3
 import struct
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +146,61 @@ def _entry(
     return JournalEntry(identity, _unpack_chunks(chunks), _unpack_holes(holes), content_hash, scheme)
 
 
+class DirectoryEntries(Mapping[bytes, JournalEntry]):
+    """The journal entries of one directory, each decoded on first use: a walked directory in
+    which one file changed checks the others' identities on the raw rows (`unchanged`) and
+    decodes only the entries it needs."""
+
+    __slots__ = ("_decoded", "_rows")
+
+    def __init__(self, rows: dict[bytes, tuple[object, ...]]) -> None:
+        self._rows = rows  # name -> (dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash)
+        self._decoded: dict[bytes, JournalEntry] = {}
+
+    def __getitem__(self, name: bytes) -> JournalEntry:
+        entry = self._decoded.get(name)
+        if entry is None:
+            entry = self._decoded[name] = _entry(*self._rows[name])  # type: ignore[arg-type]
+        return entry
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rows
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def unchanged(self, name: bytes, st: os.stat_result) -> bool:
+        """The entry of `name` has the identity `st` gives (FileIdentity.of), compared raw."""
+        row = self._rows.get(name)
+        return row is not None and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def chunk_ids(self) -> list[bytes] | None:
+        """Every chunk id the directory's entries name; None when a row is damaged."""
+        lists = [row[5] for row in self._rows.values()]
+        if not all(isinstance(raw, bytes) and len(raw) % _ID_LEN == 0 for raw in lists):
+            return None
+        joined = b"".join(lists)  # type: ignore[arg-type]
+        return [joined[i : i + _ID_LEN] for i in range(0, len(joined), _ID_LEN)]
+
+
+def unchanged(entries: Mapping[bytes, JournalEntry], name: bytes, st: os.stat_result) -> bool:
+    """`entries` has `name` with the identity `st` gives."""
+    if isinstance(entries, DirectoryEntries):
+        return entries.unchanged(name, st)
+    previous = entries.get(name)
+    return previous is not None and previous.identity == FileIdentity.of(st)
+
+
+def chunk_ids(entries: Mapping[bytes, JournalEntry]) -> list[bytes] | None:
+    """Every chunk id the entries name; None when one is damaged."""
+    if isinstance(entries, DirectoryEntries):
+        return entries.chunk_ids()
+    return [c for e in entries.values() for c in e.chunks]
+
+
 def _pack_chunks(chunks: tuple[bytes, ...]) -> bytes:
     return b"".join(chunks)
 
@@ -225,18 +283,20 @@ class Journal:
             return None
         return started - racy_slack_ns()
 
-    def directory(self, rel_dir: bytes) -> dict[bytes, JournalEntry]:
+    def directory(self, rel_dir: bytes) -> DirectoryEntries:
         """The entries of the files directly in `rel_dir` (b"" for the root), by name."""
         if self._conn is None:
-            return {}
+            return DirectoryEntries({})
         try:
             rows = self._conn.execute(
-                "SELECT name, dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash FROM files WHERE dir = ?",
+                "SELECT CAST(name AS BLOB), dev, ino, size, mtime_ns, ctime_ns, chunks, holes, content_hash "
+                "FROM files WHERE dir = ?",
                 (_db_key(rel_dir),),
             ).fetchall()
         except sqlite3.Error:
-            return {}
-        return {_raw_key(row[0]): _entry(*row[1:]) for row in rows}
+            return DirectoryEntries({})
+        # names come back raw (a TEXT name as its UTF-8 bytes, as _raw_key gives it)
+        return DirectoryEntries({row[0]: row[1:] for row in rows if isinstance(row[0], bytes)})
 
     def directory_tree(self, rel_dir: bytes) -> tuple[bytes, bytes] | None:
         """(key, tree blob id) the last point stored for `rel_dir`; None when unknown."""
@@ -256,15 +316,16 @@ class Journal:
             return {}
         try:
             rows = self._conn.execute(
-                "SELECT name, seal, encoded FROM nodes WHERE dir = ?", (_db_key(rel_dir),)
+                "SELECT CAST(name AS BLOB), seal, encoded FROM nodes WHERE dir = ?", (_db_key(rel_dir),)
             ).fetchall()
         except sqlite3.Error:
             return {}
-        # Rows of an unexpected shape (a damaged or foreign journal) are skipped: rebuilt, not trusted.
+        # Names come back raw (as _raw_key gives them). Rows of an unexpected shape (a damaged or
+        # foreign journal) are skipped: rebuilt, not trusted.
         return {
-            _raw_key(row[0]): (row[1], row[2])
+            row[0]: (row[1], row[2])
             for row in rows
-            if isinstance(row[0], str | bytes) and isinstance(row[1], bytes) and isinstance(row[2], str)
+            if isinstance(row[0], bytes) and isinstance(row[1], bytes) and isinstance(row[2], str)
         }
 
     def directory_chunks(self, rel_dir: bytes) -> list[bytes] | None:
@@ -369,6 +430,10 @@ class JournalWriter:
         _recover(path)
         self._in_place = in_place
         self._cleared: set[str | bytes] = set()
+        # In place: directories being rewritten -> the names of their file and node rows written
+        # or kept (`keep`) so far; the rest of their rows go once the walk has left them (_settle).
+        self._open: dict[str | bytes, tuple[set[bytes], set[bytes]]] = {}
+        self._forgotten: list[bytes] = []  # forget_below: rows the journal read from are gone here
         self._subtotals: list[tuple[str | bytes, int, int, int]] = []
         self._meta = {"format": FORMAT_VERSION, "repo_id": repo_id, "started_ns": str(self.started_ns)}
         self._pending: list[tuple[object, ...]] = []
@@ -409,18 +474,75 @@ class JournalWriter:
             for table in ("files", "nodes"):
                 self._conn.execute(f"DELETE FROM {table} WHERE dir = ?", (key,))
 
+    def _written(self, key: str | bytes) -> tuple[set[bytes], set[bytes]] | None:
+        """Rows of the directory `key` are written or kept now: in place, the raw names of its
+        file and node rows written or kept so far, to add them to (None: not in place, or a
+        directory not walked, whose rows stay as they are). A cleared directory is rewritten row
+        by row: rows written replace theirs, rows kept stay, and the rest go once the walk has
+        left the directory (_settle)."""
+        if not self._in_place:
+            if self._cleared:
+                self._rewriting(key)
+            return None
+        names = self._open.get(key)
+        if names is None:
+            if key not in self._cleared:
+                return None
+            self._cleared.discard(key)
+            if self._open:
+                self._settle()  # the walk writes one directory's rows together: the last one is done
+            names = self._open[key] = (set(), set())
+        return names
+
+    def _settle(self) -> None:
+        """Remove the rows of the directories being rewritten that were neither written nor kept."""
+        for key, kept in self._open.items():
+            for table, names in zip(("files", "nodes"), kept, strict=True):
+                query = f"SELECT name, CAST(name AS BLOB) FROM {table} WHERE dir = ?"
+                stale = [(key, row[0]) for row in self._conn.execute(query, (key,)) if row[1] not in names]
+                if stale:
+                    self._conn.executemany(f"DELETE FROM {table} WHERE dir = ? AND name = ?", stale)
+        self._open.clear()
+
     def add(self, rel_dir: bytes, name: bytes, entry: JournalEntry) -> None:
-        if self._cleared:
-            self._rewriting(_db_key(rel_dir))
+        if (self._cleared or self._open) and (names := self._written(_db_key(rel_dir))) is not None:
+            names[0].add(name)
         self._pending.append(file_row(rel_dir, name, entry))
         if len(self._pending) >= _BATCH:
             self._flush()
 
+    def _keeps(self, rel_dir: bytes) -> bool:
+        """In place, the rows of `rel_dir` are the ones the journal walk read (not forgotten)."""
+        if not self._in_place:
+            return False
+        if not self._forgotten:
+            return True
+        return not any(rel_dir == gone or rel_dir.startswith(gone + b"/") or not gone for gone in self._forgotten)
+
+    def keep(self, rel_dir: bytes, names: Sequence[bytes], entries: Mapping[bytes, JournalEntry]) -> None:
+        """`add` for the entries of `names` in `entries` (the directory as the journal this one
+        follows has it), unchanged: in place, their rows are already there and stay (no write)."""
+        if not self._keeps(rel_dir):
+            for name in names:
+                self.add(rel_dir, name, entries[name])
+        elif (kept := self._written(_db_key(rel_dir))) is not None:
+            kept[0].update(names)
+
+    def keep_nodes(self, rel_dir: bytes, nodes: Sequence[tuple[bytes, bytes, str]]) -> None:
+        """`add_node` for (name, seal, encoded) read from the journal this one follows, unchanged
+        (see `keep`)."""
+        if not self._keeps(rel_dir):
+            for name, seal, encoded in nodes:
+                self.add_node(rel_dir, name, seal, encoded)
+        elif (kept := self._written(_db_key(rel_dir))) is not None:
+            kept[1].update(name for name, _, _ in nodes)
+
     def add_rows(self, files: list[tuple[object, ...]]) -> None:
         """`add` for rows made by `file_row` elsewhere (an archiver worker process)."""
-        if self._cleared:
+        if self._cleared or self._open:
             for row in files:
-                self._rewriting(row[0])  # type: ignore[arg-type]
+                if (names := self._written(row[0])) is not None:  # type: ignore[arg-type]
+                    names[0].add(_raw_key(row[1]))
         self._pending += files
         if len(self._pending) >= _BATCH:
             self._flush()
@@ -433,9 +555,10 @@ class JournalWriter:
 
     def add_node(self, rel_dir: bytes, name: bytes, seal: bytes, encoded: str) -> None:
         """Remember how the tree node of `name` encoded, sealed with what it was built from."""
-        if self._cleared:
-            self._rewriting(_db_key(rel_dir))
-        self._nodes.append((_db_key(rel_dir), _db_key(name), seal, encoded))
+        key = _db_key(rel_dir)
+        if (self._cleared or self._open) and (names := self._written(key)) is not None:
+            names[1].add(name)
+        self._nodes.append((key, _db_key(name), seal, encoded))
         if len(self._nodes) >= _BATCH:
             self._flush()
 
@@ -458,6 +581,7 @@ class JournalWriter:
     def forget_below(self, rel_dir: bytes) -> None:
         """Forget `rel_dir` and everything below it (a directory that left)."""
         self._flush()
+        self._forgotten.append(rel_dir)
         bounds: list[tuple[str | bytes, str | bytes, str | bytes]] = [(rel_dir, rel_dir + b"/", rel_dir + b"0")]
         with contextlib.suppress(UnicodeDecodeError):
             bounds.append((rel_dir.decode(), rel_dir.decode() + "/", rel_dir.decode() + "0"))
@@ -510,6 +634,8 @@ class JournalWriter:
             ) from err
 
     def _publish(self, meta: Mapping[str, str]) -> None:
+        if self._open:
+            self._settle()
         for key in list(self._cleared):  # walked, and nothing written: empty now
             self._rewriting(key)
         self._flush()

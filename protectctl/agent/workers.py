@@ -457,6 +457,11 @@ class _Pending:
     waiting: int = 0  # subdirectories not finished yet
     answered: bool = False  # the final part arrived
     dirty: bool = False  # an entry here or below was lost: not reusable next time
+    # What it holds below it (files, directories, bytes), as the serial walk's subtotal counts
+    # it: its entries and everything below them; a subdirectory counts in its parent.
+    files: int = 0
+    dirs: int = 0
+    bytes_total: int = 0
 
 
 class _Worker:
@@ -688,6 +693,9 @@ class ParallelWalk:
         result.files += files
         result.dirs += dirs
         result.bytes_total += bytes_total
+        pending.files += files
+        pending.dirs += dirs
+        pending.bytes_total += bytes_total
         result.bytes_read += bytes_read
         result.files_read += files_read
         result.live_subvolumes += part.live
@@ -724,8 +732,12 @@ class ParallelWalk:
     def _read_here(self, pending: _Pending, slot: int, entry: _Entry) -> None:
         """The node of a deferred file, read in this thread or taken from the file-read threads."""
         owner = self._owner
-        errors = len(owner.result.errors)
+        r = owner.result
+        errors, before = len(r.errors), (r.files, r.dirs, r.bytes_total)
         node = owner._node(entry, _Dir(pending.rel, {}))
+        pending.files += r.files - before[0]
+        pending.dirs += r.dirs - before[1]
+        pending.bytes_total += r.bytes_total - before[2]
         if node is not None:
             pending.slots[slot] = (entry.name, _node_facts(node), encode_node(node))
         if len(owner.result.errors) != errors:
@@ -776,15 +788,21 @@ class ParallelWalk:
                     out.add_directory(pending.rel, _key([facts for _, facts, _ in kept]), tree)
                     for name, facts, encoded in kept:
                         out.add_node(pending.rel, name, _seal(facts, encoded), encoded)
+                    # what it holds, as the serial walk records it (a journal walk reuses it unwalked)
+                    out.add_subtotal(pending.rel, pending.files, pending.dirs, pending.bytes_total)
             if pending.parent is None:
                 self._root_tree, self._root_done = tree, True
                 return
             parent = self._dirs[pending.parent]
             parent.waiting -= 1
             parent.dirty = parent.dirty or pending.dirty
+            parent.files += pending.files
+            parent.dirs += pending.dirs
+            parent.bytes_total += pending.bytes_total
             if tree is not None and pending.node is not None:
                 name, st, xattrs = pending.node
                 node = base_node(name, st, NodeType.DIR, xattrs, subtree=tree)
                 owner.result.dirs += 1
+                parent.dirs += 1
                 parent.slots[pending.slot] = (name, _node_facts(node), encode_node(node))
             task = pending.parent

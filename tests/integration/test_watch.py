@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from protectctl.agent import fanotify, watch
+from protectctl.agent import archive, fanotify, watch
 from protectctl.agent.changes import journal_problems
 from protectctl.agent.jobs import BackupResult, SourceJob, restore, run_backup
 from protectctl.agent.watch import DIR, GONE, TREE, Cut, Watcher, read_header, read_records, request_cut, watch_dir
+from protectctl.cli.progress import LineProgress
 from protectctl.engine.repository import Repository
 from tests.conftest import cli_argv, cli_env, copy_example, run_cli, wait_until
 from tests.integration.loopfs import fresh_dir
@@ -96,7 +97,7 @@ def _restores_as(job: SourceJob, result: BackupResult, expected: object, target:
     assert snapshot_tree(target) == expected
 
 
-def test_sync_walks_only_what_changed_and_restores_exactly(tmp_path: Path) -> None:
+def test_sync_walks_only_what_changed_and_restores_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"
     (src / "keep" / "deep").mkdir(parents=True)
     (src / "keep" / "deep" / "k.txt").write_text("kept")
@@ -132,7 +133,14 @@ def test_sync_walks_only_what_changed_and_restores_exactly(tmp_path: Path) -> No
         _restores_as(job, second, snapshot_tree(src), tmp_path / "r2")
 
         clock.tick(hours=1)
-        third = run_backup(job, "sync", now=clock)  # nothing changed: only the root is walked
+
+        def no_count(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a journal walk started the pre-count: it would lstat every file")
+
+        with monkeypatch.context() as patch:  # a renderer that shows totals (the timers' LineProgress)
+            patch.setattr(archive, "PreCount", no_count)
+            third = run_backup(job, "sync", now=clock, progress=LineProgress(interval_s=3600))
+        # nothing changed: only the root is walked
         extra = _point_extra(job, third.point_id)
         assert extra["walk"] == "journal" and third.bytes_read == 0
         assert extra["walk_dirs"] <= 3  # the root and the directories with hard links

@@ -5,13 +5,16 @@ directories; the journal it writes lets the next sync reuse everything; restore 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from protectctl.agent import archiver, workers
 from protectctl.agent.archiver import ArchiveOptions, Archiver, ArchiveResult
+from protectctl.agent.changes import Changes, JournalWalk
 from protectctl.agent.journal import Journal
 from protectctl.agent.patterns import PathFilter
 from protectctl.engine.repository import Repository
@@ -54,6 +57,11 @@ def _backup(repo: Repository, src: Path, journal: Path, parallelism: int) -> tup
     return result, Journal(journal, repo_id=repo.id)
 
 
+def _rows(journal: Path, tables: tuple[str, ...] = ("dirs", "subtotals")) -> dict[str, set[tuple[object, ...]]]:
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        return {table: set(db.execute(f"SELECT * FROM {table}")) for table in tables}
+
+
 def test_parallel_first_backup_builds_the_serial_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -79,6 +87,12 @@ def test_parallel_first_backup_builds_the_serial_tree(tmp_path: Path, monkeypatc
     assert (parallel.files, parallel.dirs, parallel.bytes_total) == (serial.files, serial.dirs, serial.bytes_total)
     assert parallel.errors == [] and serial.errors == []
     assert parallel.linked_dirs == serial.linked_dirs == {b"d0", b"d5"}  # the change journal's hard-link dirs
+    # the same directory and subtotal rows as the serial walk: a journal walk reuses what it knows
+    journal.close()
+    rows = _rows(tmp_path / "j-parallel")
+    assert rows == _rows(tmp_path / "j-serial2") and len(rows["subtotals"]) == 14
+    assert ("", serial.files, serial.dirs, serial.bytes_total) in rows["subtotals"]
+    journal = Journal(tmp_path / "j-parallel", repo_id=repo.id)
 
     # the journal written by the parallel walk lets the next sync reuse every directory, unread
     out = journal.begin()
@@ -95,6 +109,20 @@ def test_parallel_first_backup_builds_the_serial_tree(tmp_path: Path, monkeypatc
             assert (tmp_path / "out" / path.relative_to(src)).read_bytes() == path.read_bytes()
     assert os.stat(tmp_path / "out" / "d0" / "link1").st_ino == os.stat(tmp_path / "out" / "d5" / "link2").st_ino
     assert os.getxattr(tmp_path / "out" / "d2", "user.dir") == b"on a directory"
+
+    # a change journal's walk right after it walks only the changed directory and its ancestors
+    (src / "d3" / "f007.txt").write_bytes(b"changed\n")
+    os.listdir(src / "d3")  # settles the directory's atime
+    journal = Journal(tmp_path / "j-parallel", repo_id=repo.id)
+    out = journal.begin(in_place=True)
+    walk = JournalWalk(Changes({b"d3"}, set(), set(), dirty={b"", b"d3"}), journal, out, repo)
+    options = ArchiveOptions(root=src, filter=PathFilter([], ["skip/"]), unchanged=walk)
+    with repo.writer() as writer:
+        synced = Archiver(repo, writer, journal, out, options).run()
+    out.abort()
+    journal.close()
+    assert walk.walked == {b"", b"d3"} and synced.files_read == 1
+    assert (synced.files, synced.dirs) == (serial.files, serial.dirs)
 
 
 def test_small_first_backups_start_no_process_and_workers_that_cannot_start_leave_the_work_here(
@@ -246,6 +274,9 @@ def test_a_sync_captures_a_new_subtree_like_a_first_backup(tmp_path: Path, monke
     assert started == [2]  # one walk for the new subtree, its workers
     assert parallel.tree == serial.tree and parallel.files == serial.files == 1 + 8 * 20 + 2
     assert parallel.linked_dirs == serial.linked_dirs == {b"new/n0", b"new/n2"}
+    journal.close()
+    assert _rows(tmp_path / "j2") == _rows(tmp_path / "j1")  # the new subtree's subtotals too
+    journal = Journal(tmp_path / "j2", repo_id=repo.id)
 
     def no_walk(*args: object) -> None:
         raise AssertionError("a no-change sync built a parallel walk")
@@ -254,3 +285,49 @@ def test_a_sync_captures_a_new_subtree_like_a_first_backup(tmp_path: Path, monke
     monkeypatch.setattr(workers.ParallelWalk, "__init__", no_walk)
     again, _ = _backup(repo, src, tmp_path / "j2", 2)
     assert again.tree == serial.tree and again.bytes_read == 0
+
+
+def test_a_journal_walk_rewrites_its_journal_in_place_as_a_sync_writes_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal walk leaves the rows of unchanged entries of the directories it walks where they
+    are (no rewrite) and removes those of entries gone: the same rows as a sync writing a new
+    journal from the same tree."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    try:
+        _build(src)
+    except OSError as err:  # pragma: no cover - a tmp without user xattrs
+        pytest.skip(f"cannot build the tree here: {err}")
+    for raw in (b"kept-\xe9", b"gone-\xe9"):  # names that are not UTF-8: BLOB keys in the journal
+        (src / "d3" / os.fsdecode(raw)).write_bytes(raw)
+    repo = make_repo(tmp_path / "repo")
+    _backup(repo, src, tmp_path / "j-settle", 1)  # settles the directories' atimes
+    _, journal = _backup(repo, src, tmp_path / "j-sync", 1)
+    journal.close()
+    shutil.copy(tmp_path / "j-sync", tmp_path / "j-walk")
+    (src / "d3" / "f007.txt").write_bytes(b"changed\n")
+    (src / "d3" / "f008.txt").unlink()
+    os.rename(src / "d3" / "f009.txt", src / "d3" / "g009.txt")
+    (src / "d3" / "new.txt").write_bytes(b"new\n")
+    (src / "d3" / os.fsdecode(b"gone-\xe9")).unlink()
+    shutil.rmtree(src / "d4" / "inner")
+    for d in ("d3", "d4"):
+        os.listdir(src / d)  # settles the directories' atimes before both syncs
+    tables = ("files", "nodes", "dirs", "subtotals")
+    synced, _ = _backup(repo, src, tmp_path / "j-sync", 1)
+
+    journal = Journal(tmp_path / "j-walk", repo_id=repo.id)
+    out = journal.begin(in_place=True)
+    changed = {b"d3", b"d4", b"d0", b"d5"}  # and the directories with hard links, as changes.decide adds them
+    walk = JournalWalk(Changes(changed, set(), {b"d4/inner"}, dirty={b"", *changed}), journal, out, repo)
+    options = ArchiveOptions(root=src, filter=PathFilter([], ["skip/"]), unchanged=walk)
+    with repo.writer() as writer:
+        walked = Archiver(repo, writer, journal, out, options).run()
+    out.commit({"point_id": "p1", "source": "test"})
+    journal.close()
+    assert walk.walked == {b"", *changed} and walked.files_read == synced.files_read == 3
+    assert walked.tree == synced.tree and walked.nodes_reused > 0
+    assert _rows(tmp_path / "j-walk", tables) == _rows(tmp_path / "j-sync", tables)
