@@ -5,11 +5,13 @@ traceback reaches stderr (conftest.run_cli asserts that on every call)."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import copy_example, run_cli
 
 
 def _repo(policy: Path) -> Path:
@@ -36,9 +38,31 @@ def _oldest(directory: Path) -> Path:
     return min(directory.iterdir(), key=lambda f: f.stat().st_mtime_ns)
 
 
+@pytest.fixture(scope="module")
+def synced_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], Path]:
+    """The quickstart applied and synced three times, once per module (the tests damage copies)."""
+    base = tmp_path_factory.mktemp("damage")
+    policy = copy_example("quickstart", base / "quickstart")
+    ids = _synced(policy)
+    template = tmp_path_factory.mktemp("damage-template")
+    subprocess.run(["cp", "-a", str(policy), str(template / "quickstart")], check=True)
+    return policy, ids, template / "quickstart"
+
+
 @pytest.fixture
-def synced(quickstart: Path) -> tuple[Path, list[str]]:
-    return quickstart, _synced(quickstart)
+def synced(synced_template: tuple[Path, list[str], Path]) -> tuple[Path, list[str]]:
+    """A fresh copy of the synced quickstart, each test its own. The copy goes back to the very
+    path it was made at (the state and agent config hold absolute paths), in a directory that
+    holds nothing else: what an earlier test left there is removed first. `cp -a` keeps modes,
+    owners and nanosecond mtimes (the index test damages the oldest index object)."""
+    policy, ids, template = synced_template
+    for leftover in policy.parent.iterdir():
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+    subprocess.run(["cp", "-a", str(template), str(policy)], check=True)
+    return policy, ids
 
 
 def test_a_damaged_oldest_manifest_blocks_nothing_and_can_be_forgotten(synced: tuple[Path, list[str]]) -> None:

@@ -1,14 +1,14 @@
 """The wheel: the top-level folders providers/ and policies/ install under protectctl's name.
 
-A real wheel is built from a copy of the tree (as the fleet's agent wheelhouse is), then
-installed into a directory of its own: `protectctl.providers.*` and `protectctl.policies`
-import from there, no top-level `providers` or `policies` lands beside them, and the
-built-in providers are registered as entry points under their new names.
+A real wheel is built from a copy of the tree (as the fleet's agent wheelhouse is; once per
+session, tests/integration/wheel.py), then installed into a directory of its own:
+`protectctl.providers.*` and `protectctl.policies` import from there, no top-level `providers`
+or `policies` lands beside them, and the built-in providers are registered as entry points
+under their new names.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,21 +25,8 @@ def _tree_files(part: str, prefix: str) -> set[str]:
     }
 
 
-def test_the_wheel_maps_providers_and_policies_under_protectctl(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    for part in ("protectctl", "providers", "policies"):
-        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    out = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(src)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    (wheel,) = out.glob("protectctl-*.whl")
+def test_the_wheel_maps_providers_and_policies_under_protectctl(project_wheel: Path, tmp_path: Path) -> None:
+    wheel = project_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
     # every source file of the three folders is in the wheel (pyproject's package list is explicit)
     expected = (

@@ -24,8 +24,6 @@ import pytest
 
 from tests.integration.sshd import SshdServer, keygen, one_member_docs, sshd_available
 
-ROOT = Path(__file__).resolve().parents[2]
-
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
 
 
@@ -34,38 +32,14 @@ def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv holding a wheel of this tree (not an editable install)."""
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory, project_wheel: Path) -> Path:
+    """A fresh venv holding the session's wheel of this tree (not an editable install)."""
     base = tmp_path_factory.mktemp("wheel-install")
-    src = base / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    for part in ("protectctl", "providers", "policies"):
-        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    # no build isolation: setuptools is here already (an isolated build would fetch it from the index)
-    built = _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--wheel-dir",
-            str(base / "dist"),
-            str(src),
-        ]
-    )
-    assert built.returncode == 0, built.stderr
     venv = base / "venv"
     # without pip of its own (ensurepip is slow): the system pip serves it through system-site-packages
     assert _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)]).returncode == 0
-    (wheel,) = (base / "dist").glob("protectctl-*.whl")
-    installed = _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)])
+    installed = _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", str(project_wheel)])
     assert installed.returncode == 0, installed.stderr
-    shutil.rmtree(src)  # nothing of a source tree is left to fall back on
     return venv
 
 
