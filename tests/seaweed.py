@@ -196,9 +196,30 @@ class Seaweed:
         client = self.client()
         if lock:
             client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+            self._wait_writable(client, name)
         else:
             client.create_bucket(Bucket=name)
         return name
+
+    @staticmethod
+    def _wait_writable(client: Any, bucket: str, timeout_s: float = 60.0) -> None:
+        """A bucket made with object lock can answer a write with InternalError until SeaweedFS
+        has spread its versioning settings (seen on a loaded machine): write and remove a probe
+        version until one goes through, so the test's first write is not the one that waits."""
+        from botocore.exceptions import ClientError
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                put = client.put_object(Bucket=bucket, Key=".ready", Body=b"")
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") != "InternalError" or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+                continue
+            # deleting the version itself (not a delete marker) leaves nothing behind
+            client.delete_object(Bucket=bucket, Key=".ready", VersionId=put["VersionId"])
+            return
 
 
 def start_seaweed(base: Path | None = None) -> Seaweed:
