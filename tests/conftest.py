@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -134,6 +135,12 @@ def _random_order_line(config: pytest.Config) -> str | None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    # A shell without job control starts a background job (`cmd &`, nohup, some CI runners)
+    # with SIGINT ignored, and an ignored signal stays ignored across exec: every protectctl
+    # the tests start would then shrug off the Ctrl-C that the interruption tests send. Give the
+    # session the normal handler back, so its children start with the default disposition.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # pytest-randomly says its seed in the header, which -q (our addopts) hides: say it here, and
     # again at the end, so a failure in any run can be replayed in the same order.
     line = _random_order_line(session.config)
