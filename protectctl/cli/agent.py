@@ -8,11 +8,12 @@ it installs it on the host when it prepares it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from protectctl.cli.helpformat import HelpGroup
+from protectctl.errors import ProtectctlError
 
 
 def register(app: typer.Typer) -> None:
@@ -43,17 +44,13 @@ def register(app: typer.Typer) -> None:
         reading only. Reads {"provider", "source", "spec", "state_dir"} as JSON on stdin; prints
         {"changes": [...], "warnings": [...]} as JSON."""
         import json
-        import sys
 
         from protectctl import api
         from protectctl.cli.main import env_of
         from protectctl.errors import ProtectctlError
 
         env = env_of(ctx, True)
-        try:
-            request = json.loads(sys.stdin.buffer.read())
-        except ValueError as err:
-            raise ProtectctlError(f"agent prepare-preview: the request on stdin is not JSON ({err})") from None
+        request = _stdin_request("agent prepare-preview", ProtectctlError)
         outcome = api.preview_on_agent(request, agent_config=env.agent_config)
         typer.echo(json.dumps(api.prepare_outcome_json(outcome)))
 
@@ -61,17 +58,13 @@ def register(app: typer.Typer) -> None:
     def restore(ctx: typer.Context) -> None:
         """A restore sent by the control machine (JSON on stdin) onto this host; prints the result."""
         import json
-        import sys
 
         from protectctl import api
         from protectctl.cli.main import env_of
         from protectctl.errors import RestoreError
 
         env = env_of(ctx, True)
-        try:
-            request = json.loads(sys.stdin.buffer.read())
-        except ValueError as err:
-            raise RestoreError(f"agent restore: the request on stdin is not JSON ({err})") from None
+        request = _stdin_request("agent restore", RestoreError)
         result = api.restore_on_agent(request, agent_config=env.agent_config)
         typer.echo(json.dumps(result.to_json()))
 
@@ -123,3 +116,15 @@ def register(app: typer.Typer) -> None:
             target.state_dir,
             log=lambda line: typer.echo(f"protectctl watch {group}/{member}: {line}", err=True),
         )
+
+
+def _stdin_request(command: str, error: type[ProtectctlError]) -> Any:
+    """The JSON request the control machine sent on stdin (never in argv: it may name secrets'
+    references and paths); `error` with one line when it is not JSON."""
+    import json
+    import sys
+
+    try:
+        return json.loads(sys.stdin.buffer.read())
+    except ValueError as err:
+        raise error(f"{command}: the request on stdin is not JSON ({err})") from None

@@ -116,33 +116,21 @@ class Builder:
             name=name,
             type=self.NodeType.FILE,
             mode=0o100644,
-            uid=1000,
-            gid=1000,
-            user=None,
-            group=None,
-            mtime_ns=self.mtime,
-            atime_ns=self.mtime,
-            ctime_ns=self.mtime,
             size=len(data),
             chunks=(chunk,),
             content_hash=hasher.digest(),
+            **self.owner_and_times(),
         )
 
     def dir_node(self, name: bytes, subtree: Any) -> Any:
         return self.Node(
-            name=name,
-            type=self.NodeType.DIR,
-            mode=0o40755,
-            uid=1000,
-            gid=1000,
-            user=None,
-            group=None,
-            mtime_ns=self.mtime,
-            atime_ns=self.mtime,
-            ctime_ns=self.mtime,
-            size=0,
-            subtree=subtree,
+            name=name, type=self.NodeType.DIR, mode=0o40755, size=0, subtree=subtree, **self.owner_and_times()
         )
+
+    def owner_and_times(self) -> dict[str, Any]:
+        """What every generated node shares: one owner, one instant."""
+        t = self.mtime
+        return {"uid": 1000, "gid": 1000, "user": None, "group": None, "mtime_ns": t, "atime_ns": t, "ctime_ns": t}
 
     def tree(self, nodes: list[Any]) -> Any:
         """Nodes given sorted by name."""
