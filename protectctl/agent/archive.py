@@ -219,7 +219,7 @@ def _decide(
         return Decision(cut if isinstance(cut, Cut) else None, "this provider vets every file")
     points = []
     last = book.point_id
-    if isinstance(cut, Cut) and last and book.meta.get("watch_generation") == cut.generation:
+    if isinstance(cut, Cut) and last and book.meta.get("watch_generation") in (cut.generation, cut.rotated_from):
         try:  # one manifest, not the repository's list of points
             if sink.repo.load_point(last).source == request.source:
                 points.append(last)

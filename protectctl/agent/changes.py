@@ -10,7 +10,8 @@ every other directory unwalked (archiver.UnchangedTrees). So a sync costs O(chan
 
 Proof that nothing was missed, checked in this order, the first failure making a full
 walk the point names (`walk: full`, `walk_note`): a watcher answers; the last point
-recorded a cut of the same generation (the watcher ran without a restart since), the same
+recorded a cut of the same generation (the watcher ran without a restart since; a log
+rotation is followed through log.prev, see agent/watch.py), the same
 boot, the same root, the same options and the same mounts below the root (a mount raises
 no event); the last point still exists (a prune may have removed the trees reused); the
 log's records in the range are whole and hold no overflow (the kernel dropped events) nor
@@ -129,9 +130,10 @@ def decide(
         return Decision(cut, "no earlier point recorded a cut of the watcher")
     if meta.get(f"{_META}_boot") != cut.boot_id:
         return Decision(cut, "the host rebooted since the last point")
-    if meta.get(f"{_META}_generation") != cut.generation:
-        if cut.rotated_from and meta.get(f"{_META}_generation") == cut.rotated_from:
-            return Decision(cut, "the watcher's log was rotated (it passed 64 MiB)")
+    rotated = meta.get(f"{_META}_generation") != cut.generation
+    if rotated and not (cut.rotated_from and meta.get(f"{_META}_generation") == cut.rotated_from):
+        if meta.get(f"{_META}_generation") in _older_generations(state_dir, source):
+            return Decision(cut, "the watcher's log was rotated more than once since the last point")
         return Decision(cut, "the watcher restarted since the last point")
     if meta.get(f"{_META}_options") != digest:
         return Decision(cut, "the source's path or patterns changed since the last point")
@@ -141,9 +143,18 @@ def decide(
         start = int(meta[f"{_META}_offset"])
     except (KeyError, ValueError):
         return Decision(cut, "the last point's cut is unreadable")
-    if start > cut.offset:
+    directory = _watch_dir(state_dir, source)
+    if rotated:  # the old log's tail since the last cut, then the new log from its start
+        if start > cut.rotated_at:
+            return Decision(cut, "the watcher's log is shorter than the last cut")
+        # nothing to read there when the last point consumed it to its end (the usual case)
+        older = [] if start == cut.rotated_at else _read_range(directory, cut.rotated_from, start, cut.rotated_at)
+        newer = _read_range(directory, cut.generation, 0, cut.offset)
+        records = older if isinstance(older, str) else newer if isinstance(newer, str) else older + newer
+    elif start > cut.offset:
         return Decision(cut, "the watcher's log is shorter than the last cut")
-    records = _read_range(_watch_dir(state_dir, source) / "log", cut, start)
+    else:
+        records = _read_range(directory, cut.generation, start, cut.offset)
     if isinstance(records, str):
         return Decision(cut, records)
     changes = Changes(set(), set(), set())
@@ -172,24 +183,39 @@ def decide(
     return Decision(cut, None, changes)
 
 
-def _read_range(path: Path, cut: Cut, start: int) -> list[tuple[int, bytes]] | str:
+def _read_range(directory: Path, generation: str, start: int, end: int) -> list[tuple[int, bytes]] | str:
+    """The records of `generation`'s log in [start, end): from `log`, or from `log.prev`
+    once a rotation replaced it (the watcher links the old log there before replacing it)."""
+    for name in ("log", "log.prev"):
+        try:
+            with open(directory / name, "rb") as log:
+                header = read_header(log.read(65536))
+                if header is None or header.generation != generation:
+                    continue
+                begin = max(start, header.size)
+                log.seek(begin)
+                data = log.read(end - begin)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            return f"the watcher's log cannot be read: {err.strerror}"
+        if len(data) != end - begin:
+            return "the watcher's log is shorter than its cut"
+        records = read_records(data, 0, len(data))
+        if records is None:
+            return "the watcher's log is damaged"
+        return records
+    return "the watcher's log is not the generation it answered for"
+
+
+def _older_generations(state_dir: Path, source: str) -> set[str]:
+    """The generations a rotation left behind (the one in log.prev, and the one it follows)."""
     try:
-        with open(path, "rb") as log:
-            head = log.read(65536)
-            header = read_header(head)
-            if header is None or header.generation != cut.generation:
-                return "the watcher's log is not the generation it answered for"
-            begin = max(start, header.size)
-            log.seek(begin)
-            data = log.read(cut.offset - begin)
-    except OSError as err:
-        return f"the watcher's log cannot be read: {err.strerror}"
-    if len(data) != cut.offset - begin:
-        return "the watcher's log is shorter than its cut"
-    records = read_records(data, 0, len(data))
-    if records is None:
-        return "the watcher's log is damaged"
-    return records
+        with open(_watch_dir(state_dir, source) / "log.prev", "rb") as log:
+            header = read_header(log.read(65536))
+    except OSError:
+        return set()
+    return set() if header is None else {header.generation, header.rotated_from} - {""}
 
 
 class JournalWalk:

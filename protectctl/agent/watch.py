@@ -145,6 +145,7 @@ class Header:
     mounts: tuple[str, ...]
     size: int  # bytes of the header: records start here
     rotated_from: str = ""  # the generation whose log grew too big (the watcher kept running)
+    rotated_at: int = 0  # where that generation's log ended: its last cut, kept as log.prev
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -154,6 +155,7 @@ class Header:
             "root": self.root,
             "mounts": list(self.mounts),
             "rotated_from": self.rotated_from,
+            "rotated_at": self.rotated_at,
         }
 
 
@@ -172,6 +174,7 @@ def read_header(data: bytes) -> Header | None:
             tuple(str(m) for m in raw["mounts"]),
             start + length,
             str(raw.get("rotated_from", "")),
+            int(raw.get("rotated_at", 0)),
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -265,18 +268,37 @@ class Watcher:
             listen.close()
             raise ProtectctlError(f"another watcher of {self.source} is running ({err.strerror})") from None
         listen.listen(8)
+        # Non-blocking: a request answered while events gather may still show as ready in
+        # the poll that woke the loop, and a blocking accept would then wait for the next sync.
+        listen.setblocking(False)
         self._listen = listen
-        header = self._publish(tuple(os.fsdecode(m) for m in mounts), rotated_from="")
+        header = self._publish(tuple(os.fsdecode(m) for m in mounts))
         self.log(f"watching {os.fsdecode(self._root)} (generation {header.generation[:12]})")
 
-    def _publish(self, mounts: tuple[str, ...], *, rotated_from: str) -> Header:
-        """Start a new generation: a new log (header only) replaces the old one atomically."""
+    def _publish(self, mounts: tuple[str, ...], *, rotated_from: str = "", rotated_at: int = 0) -> Header:
+        """Start a new generation: a new log (header only) replaces the old one atomically.
+        On a rotation the old log stays as log.prev first (a hard link, so at every instant
+        one of the two names holds it): the sync that took the old generation's last cut
+        still reads it, and the next sync reads the tail it had not consumed from it."""
         self.header = Header(
-            secrets.token_hex(16), boot_id(), time.time_ns(), os.fsdecode(self._root), mounts, 0, rotated_from
+            secrets.token_hex(16),
+            boot_id(),
+            time.time_ns(),
+            os.fsdecode(self._root),
+            mounts,
+            0,
+            rotated_from,
+            rotated_at,
         )
         raw = json.dumps(self.header.to_json()).encode()
         head = _MAGIC + _LEN.pack(len(raw)) + raw
         directory = watch_dir(self.state_dir, self.source)
+        if rotated_from:
+            keep = directory / "log.prev.new"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(keep)
+            os.link(directory / "log", keep)
+            os.replace(keep, directory / "log.prev")
         tmp = directory / "log.new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         os.write(fd, head)
@@ -490,9 +512,13 @@ class Watcher:
         self._seen.clear()
         assert self.header is not None
         header = self.header
-        if self._offset > ROTATE_BYTES:  # the log is replaced; this sync walks everything once
-            header = self._publish(header.mounts, rotated_from=header.generation)
-        return {**header.to_json(), "offset": self._offset, "events": self.stats.events}
+        answer = {**header.to_json(), "offset": self._offset, "events": self.stats.events}
+        if self._offset > ROTATE_BYTES:
+            # The log is replaced after this cut, which stays in the old generation: the sync
+            # that takes it reads the old log, and the next one goes on from the new log (or,
+            # if that sync saved no point, from the old log's tail and then the new log).
+            self._publish(header.mounts, rotated_from=header.generation, rotated_at=self._offset)
+        return answer
 
 
 # -- the sync's side --------------------------------------------------------------------
@@ -507,6 +533,7 @@ class Cut:
     mounts: tuple[str, ...]
     offset: int
     rotated_from: str = ""
+    rotated_at: int = 0
 
 
 def request_cut(state_dir: Path, source: str, timeout_s: float = _CUT_TIMEOUT_S, *, ping: bool = False) -> Cut | str:
@@ -538,6 +565,7 @@ def request_cut(state_dir: Path, source: str, timeout_s: float = _CUT_TIMEOUT_S,
             tuple(str(m) for m in raw["mounts"]),
             int(raw["offset"]),
             str(raw.get("rotated_from", "")),
+            int(raw.get("rotated_at", 0)),
         )
     except (ValueError, KeyError, TypeError):
         return "the watcher's answer is not understood"

@@ -74,10 +74,20 @@ def test_cut_holds_every_change_made_before_it(watcher: Watcher, monkeypatch: py
     assert len(records) == len(_records(watcher, first.offset, cut))
     again = request_cut(watcher.state_dir, watcher.source)
     assert isinstance(again, Cut) and again.offset == cut.offset  # no change: nothing recorded
-    monkeypatch.setattr(watch, "ROTATE_BYTES", 0)  # a log too big: the next cut starts a new one
+    monkeypatch.setattr(watch, "ROTATE_BYTES", 0)  # a log too big: each cut now starts a new one
+    rotating = request_cut(watcher.state_dir, watcher.source)  # answered in the old generation
+    assert isinstance(rotating, Cut) and (rotating.generation, rotating.offset) == (cut.generation, cut.offset)
+    (root / "after").mkdir()
     rotated = request_cut(watcher.state_dir, watcher.source)
-    assert isinstance(rotated, Cut) and (rotated.generation, rotated.rotated_from) != (cut.generation, "")
-    assert rotated.rotated_from == cut.generation
+    assert isinstance(rotated, Cut) and rotated.generation != cut.generation
+    assert (rotated.rotated_from, rotated.rotated_at) == (cut.generation, cut.offset)
+    # the old generation is kept as log.prev, whole; the change is in the new one
+    directory = watch_dir(watcher.state_dir, watcher.source)
+    older = read_header((directory / "log.prev").read_bytes())
+    newer = read_header((directory / "log").read_bytes())
+    assert older is not None and newer is not None
+    assert (older.generation, newer.rotated_from) == (rotated.generation, rotated.generation)  # rotated again
+    assert (TREE, b"after") in (read_records((directory / "log.prev").read_bytes(), older.size, rotated.offset) or [])
 
 
 def test_no_watcher_is_a_reason(tmp_path: Path) -> None:
@@ -145,6 +155,19 @@ def test_sync_walks_only_what_changed_and_restores_exactly(tmp_path: Path, monke
         assert extra["walk"] == "journal" and third.bytes_read == 0
         assert extra["walk_dirs"] <= 3  # the root and the directories with hard links
         _restores_as(job, third, snapshot_tree(src), tmp_path / "r3")
+
+        # the log passes its size limit: each cut now starts a new generation, and the
+        # journal goes on across it (the rotating cut is the old one's; then via log.prev)
+        monkeypatch.setattr(watch, "ROTATE_BYTES", 0)
+        for step, name in enumerate(("rotating", "rotated")):
+            clock.tick(hours=1)
+            (src / "keep" / f"{name}.txt").write_text(name)
+            point = run_backup(job, "sync", now=clock)
+            extra = _point_extra(job, point.point_id)
+            assert extra["walk"] == "journal", (name, extra["walk_note"])
+            assert point.files == third.files + step + 1
+            _restores_as(job, point, snapshot_tree(src), tmp_path / f"r-{name}")
+        monkeypatch.undo()
     finally:
         w.stop()
         thread.join(60)

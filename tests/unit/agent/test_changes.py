@@ -18,7 +18,7 @@ SOURCE = "g/m"
 
 def _setup(tmp_path: Path, records: list[tuple[int, bytes]], **meta_changes: str) -> tuple[Journal, Cut, str, Path]:
     root = tmp_path / "src"
-    root.mkdir(exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     state = tmp_path / "state"
     real = os.path.realpath(root)
     mounts = tuple(os.fsdecode(m) for m in mounts_below(os.fsencode(real)))
@@ -76,13 +76,78 @@ def test_every_doubt_is_a_full_walk_that_says_why(
     assert decision.facts() == {"journal": "on", "walk": "full", "walk_note": reason}
 
 
-def test_a_rotated_log_says_so(tmp_path: Path) -> None:
-    journal, cut, digest, root = _setup(tmp_path, [])
-    rotated = Cut("g2", cut.boot_id, 2, cut.root, cut.mounts, 100, rotated_from="g1")
-    decision = decide(
+def _log(path: Path, header: dict[str, object], records: list[tuple[int, bytes]]) -> int:
+    raw = json.dumps(header).encode()
+    data = _MAGIC + _LEN.pack(len(raw)) + raw + b"".join(encode_record(kind, rel) for kind, rel in records)
+    path.write_bytes(data)
+    return len(data)
+
+
+def _rotate(tmp_path: Path, old_tail: list[tuple[int, bytes]], new: list[tuple[int, bytes]], *, keep_prev: bool = True):  # type: ignore[no-untyped-def]
+    """The last point's cut is in g1; g1's log went on (old_tail) until a cut passed the size
+    limit and the watcher started g2 (log), keeping g1 as log.prev."""
+    journal, cut, digest, root = _setup(tmp_path, old_tail)
+    directory = watch_dir(tmp_path / "state", SOURCE)
+    os.link(directory / "log", directory / "log.prev")
+    fields = {"generation": "g2", "boot_id": "b1", "started_ns": 2, "root": cut.root, "mounts": list(cut.mounts)}
+    fields |= {"rotated_from": "g1", "rotated_at": cut.offset}
+    (directory / "log").unlink()
+    if not keep_prev:
+        (directory / "log.prev").unlink()
+    end = _log(directory / "log", fields, new)
+    rotated = Cut("g2", "b1", 2, cut.root, cut.mounts, end, rotated_from="g1", rotated_at=cut.offset)
+    return decide(
         journal, rotated, state_dir=tmp_path / "state", source=SOURCE, live_root=root, digest=digest, points=["p1"]
     )
-    assert decision.reason == "the watcher's log was rotated (it passed 64 MiB)"
+
+
+def test_a_rotated_log_is_followed_through_its_predecessor(tmp_path: Path) -> None:
+    decision = _rotate(tmp_path, [(DIR, b"before/rotation")], [(DIR, b"after"), (GONE, b"x/old")])
+    assert decision.reason is None and decision.changes is not None
+    assert decision.changes.changed == {b"before/rotation", b"after", b"hard"}  # not b"old": consumed before
+    assert decision.changes.gone == {b"x/old"}
+
+
+def test_a_rotated_log_with_an_overflow_on_either_side_is_a_full_walk(tmp_path: Path) -> None:
+    decision = _rotate(tmp_path, [(OVERFLOW, b"")], [(DIR, b"after")])
+    assert decision.reason == "the watcher's queue overflowed: events were lost"
+
+
+def test_a_rotation_without_its_predecessor_or_twice_is_a_full_walk(tmp_path: Path) -> None:
+    journal, cut, digest, root = _setup(tmp_path, [])
+    directory = watch_dir(tmp_path / "state", SOURCE)
+    # g1 -> g2 (log.prev) -> g3 (log): the last point's g1 is two rotations back
+    _log(
+        directory / "log.prev",
+        {
+            "generation": "g2",
+            "boot_id": "b1",
+            "started_ns": 2,
+            "root": cut.root,
+            "mounts": list(cut.mounts),
+            "rotated_from": "g1",
+            "rotated_at": cut.offset,
+        },
+        [],
+    )
+    twice = Cut("g3", "b1", 3, cut.root, cut.mounts, cut.offset, rotated_from="g2", rotated_at=100)
+    decision = decide(
+        journal,
+        twice,
+        state_dir=tmp_path / "state",
+        source=SOURCE,
+        live_root=root,
+        digest=digest,
+        points=["p1"],
+    )
+    assert decision.reason == "the watcher's log was rotated more than once since the last point"
+
+
+def test_a_rotated_log_whose_predecessor_is_gone_is_a_full_walk(tmp_path: Path) -> None:
+    decision = _rotate(tmp_path / "a", [(DIR, b"a")], [], keep_prev=False)  # its tail is needed
+    assert decision.reason == "the watcher's log is not the generation it answered for"
+    decision = _rotate(tmp_path / "b", [], [(DIR, b"b")], keep_prev=False)  # consumed to its end
+    assert decision.reason is None and decision.changes is not None and b"b" in decision.changes.changed
 
 
 def test_a_damaged_log_is_never_guessed_at(tmp_path: Path) -> None:
