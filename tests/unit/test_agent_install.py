@@ -199,7 +199,7 @@ def test_install_uploads_and_installs_only_what_changed_and_survives_a_killed_pi
     host.commands.clear()
     ai.install(host, venv, digest="d2")
     assert [c[0] for c in host.pip_runs()] == ["uninstall"]
-    assert set(host.pip_runs()[0][3:]) == S3
+    assert {a for a in host.pip_runs()[0][1:] if not a.startswith("-")} == S3
     assert {ai._dist_of(p.name) for p in (Path(venv) / "wheelhouse").glob("*.whl")} == BASE
 
     ai.uninstall(host, venv)
@@ -275,3 +275,40 @@ def test_the_plan_gives_the_s3_extra_to_agents_of_s3_storages_only(tmp_path: Pat
     agents = {r.address.name: r.inputs for r in build_resources(policy, facts) if r.address.kind == "agent"}
     assert agents["h1"]["install"]["extras"] == ["s3"]
     assert "extras" not in agents["h2"]["install"]  # unchanged inputs (and plans) for hosts without s3
+
+
+def test_a_source_build_reuses_the_dependency_wheels_of_the_same_requirements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first build of a requirement set runs `pip wheel` on everything; a changed source
+    builds protectctl's wheel alone and links the kept dependency wheels."""
+    root = tmp_path / "tree"
+    for part in ("protectctl", "providers", "policies"):
+        (root / part).mkdir(parents=True)
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "protectctl"\ndependencies = ["pydantic>=2"]\n'
+        '[project.optional-dependencies]\ns3 = ["boto3"]\n'
+    )
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls: list[list[str]] = []
+
+    def pip(args: list[str]) -> None:
+        calls.append(args)
+        out = Path(args[args.index("--wheel-dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        names = ["protectctl"] if "--no-deps" in args else ["protectctl", "pydantic", "pip"]
+        for name in names:
+            make_wheel(out, name)
+
+    monkeypatch.setattr(ai, "_pip", pip)
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        ai._build_from_source(root, Path(ai.tempfile.mkdtemp(dir=tmp_path)), out)
+        assert {ai._dist_of(p.name) for p in out.glob("*.whl")} == {"protectctl", "pydantic", "pip"}
+    assert ["--no-deps" in c for c in calls] == [False, True]
+    # other requirements (an extra, a changed dependency) are another set: built whole again
+    ai._build_from_source(root, Path(ai.tempfile.mkdtemp(dir=tmp_path)), tmp_path / "out3", ("s3",))
+    pyproject.write_text(pyproject.read_text().replace("pydantic>=2", "pydantic>=2.6"))
+    ai._build_from_source(root, Path(ai.tempfile.mkdtemp(dir=tmp_path)), tmp_path / "out4")
+    assert ["--no-deps" in c for c in calls] == [False, True, False, False]
