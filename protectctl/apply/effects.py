@@ -231,6 +231,7 @@ class AgentEffect(FilesEffect):
                 ctx.host(self.host_name(inputs)),
                 inputs["install"]["venv"],
                 digest=inputs["install"]["digest"],
+                extras=inputs["install"].get("extras", ()),
             )
         outputs = super().create(inputs, ctx)
         if installed is not None:

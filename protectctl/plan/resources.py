@@ -86,12 +86,39 @@ class _Builder:
     settings: SettingsSpec = field(init=False)
     jobs: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
     by_address: dict[Address, Resource] = field(default_factory=dict)  # shared resources (access, secret)
+    _agent_extras: dict[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         self.settings = settings_of(self.policy)
 
     def add(self, resource: Resource) -> None:
         self.out.append(resource)
+
+    def agent_extras(self) -> dict[str, tuple[str, ...]]:
+        """protectctl's extras each host's agent needs (its wheelhouse, provision/agent_install.py):
+        `s3` for a host that protects into (and so restores from) an s3 Storage."""
+        if self._agent_extras is None:
+            self._agent_extras = agent_extras(self.policy)
+        return self._agent_extras
+
+
+def agent_extras(policy: Policy) -> dict[str, tuple[str, ...]]:
+    """Host name -> the extras of protectctl its agent needs, for hosts that need any."""
+    s3 = {
+        name
+        for name, doc in policy.of(Kind.STORAGE).items()
+        if isinstance(doc.spec, StorageSpec) and doc.spec.type is StorageType.S3
+    }
+    if not s3:
+        return {}
+    hosts: set[str] = set()
+    for doc in policy.of(Kind.PROTECTION_GROUP).values():
+        spec = doc.spec
+        assert isinstance(spec, ProtectionGroupSpec)
+        if spec.storage in s3:
+            for member in spec.members:
+                hosts.update(member.all_hosts)
+    return {host: ("s3",) for host in sorted(hosts)}
 
 
 def build_resources(policy: Policy, facts: Mapping[str, HostFacts]) -> list[Resource]:
@@ -337,6 +364,8 @@ def _host(b: _Builder, doc: Document) -> None:
     }
     if installs_agent(doc):
         agent["install"] = {"venv": host_path(root, AGENT_VENV), "digest": facts.digest}
+        if extras := b.agent_extras().get(doc.name):
+            agent["install"]["extras"] = list(extras)  # type: ignore[index]
     b.add(
         Resource(Address("agent", doc.name), agent, (Address("host", doc.name),), host=doc.name, replace_on=("root",))
     )

@@ -3,16 +3,28 @@
 Hosts need no internet: the control machine makes wheels of protectctl and every dependency,
 for its own platform and Python (the host must match them, which `install` checks first):
 from a source tree, `pip wheel` builds them; from a normal install (a wheel, as pip and pipx
-do), each installed distribution is packed back into its wheel, needing no index at all. It
-uploads them, creates `ROOT/opt/protectctl` with `python3 -m venv --without-pip`, and installs
-offline with the pip wheel shipped in the wheelhouse (`python pip.whl/pip install --no-index
---find-links`). A marker file in the venv records
-version, source digest and wheelhouse digest: the same marker means nothing to do, another
-means upgrade in place, and uninstall removes exactly the venv and the uploaded wheelhouse.
+do), each installed distribution is packed back into its wheel, needing no index at all.
 
-The wheelhouse is cached per (version, source digest) under the user cache directory
-(`$PROTECTCTL_WHEELHOUSE` overrides it with a ready-made directory), built into a temporary
-directory and renamed, so concurrent applies never see half a wheelhouse.
+An agent gets only what it needs: the closure of `protectctl[EXTRAS]` read from the wheels'
+own metadata (Requires-Dist), EXTRAS chosen by the plan from what the host's sources use
+(`s3`: boto3, botocore and s3transfer, ~17 MB of the ~45, only for hosts protecting into an
+s3 Storage). The host keeps its wheelhouse in the venv (`opt/protectctl/wheelhouse`): one
+probe lists the sha256 of the wheels it has, only the missing ones are uploaded (one stream,
+each written to a temporary name, fsynced and renamed), and one pip run installs (offline,
+with the pip wheel shipped in the wheelhouse: `python pip.whl/pip install --no-index`) only
+the wheels the venv does not hold yet, as `wheelhouse/.installed.json` records.
+
+A marker file in the venv records version, source digest, the selected wheels' digest and
+the extras: the same marker means nothing to do, another means upgrade in place (an agent
+later given an s3 storage gets the S3 libraries then), and uninstall removes exactly the venv
+(wheelhouse and marker inside it). Crash-safe: the uploaded files are complete or absent,
+`.installed.json` is narrowed to the untouched wheels before pip runs and the marker is
+written last, so a killed install leaves the next apply able to finish it.
+
+The wheelhouse is cached per (version, source digest, extras) under the user cache directory
+(`$PROTECTCTL_WHEELHOUSE` overrides it with a ready-made directory, which may hold more than
+an agent needs), built into a temporary directory and renamed, so concurrent applies never see
+half a wheelhouse.
 """
 
 from __future__ import annotations
@@ -26,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -37,6 +51,8 @@ from protectctl.provision.host import HostConnection
 
 MARKER = ".protectctl-install.json"
 WHEELHOUSE_DIR = "wheelhouse"  # inside the venv, so uninstall removes it with the venv
+INSTALLED = ".installed.json"  # in the host's wheelhouse: the wheels the venv holds (name -> sha256)
+AGENT_EXTRAS = ("s3",)  # protectctl's extras an agent may need (pyproject.toml)
 _SOURCE_PARTS = ("protectctl", "providers", "policies")
 _SOURCE_SUFFIXES = (".py", ".j2", ".yaml", ".typed")
 _build_lock = threading.Lock()
@@ -45,10 +61,22 @@ _build_lock = threading.Lock()
 @dataclass(frozen=True, slots=True)
 class Wheelhouse:
     path: Path
-    digest: str  # sha256 over the wheels' names and contents
+    hashes: Mapping[str, str]  # wheel file name -> sha256 (hex)
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the wheels' names and contents."""
+        return _digest_of_hashes(self.hashes)
 
     def wheels(self) -> list[Path]:
-        return sorted(self.path.glob("*.whl"))
+        return [self.path / name for name in sorted(self.hashes)]
+
+
+def _digest_of_hashes(hashes: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(hashes):
+        h.update(name.encode() + b"\0" + hashes[name].encode() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def project_dir() -> Path | None:
@@ -88,42 +116,73 @@ def _cache_root() -> Path:
     return Path(base) / "protectctl" / "wheelhouse"
 
 
-def _digest_of(directory: Path) -> str:
+def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    for wheel in sorted(directory.glob("*.whl")):
-        h.update(wheel.name.encode() + b"\0")
-        with wheel.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def wheelhouse() -> Wheelhouse:
-    """The wheelhouse for this version of protectctl, built once and cached."""
+@cache
+def _hashes_of(directory: Path, stamp: tuple[tuple[str, int, int], ...]) -> dict[str, str]:
+    return {name: _sha256_file(directory / name) for name, _, _ in stamp}
+
+
+def _wheel_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of each wheel in `directory` (cached per process while names, sizes and times hold)."""
+    stamp = tuple((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in sorted(directory.glob("*.whl")))
+    return dict(_hashes_of(directory, stamp))
+
+
+def _normalise_extras(extras: Iterable[str]) -> tuple[str, ...]:
+    found = tuple(sorted(set(extras)))
+    unknown = [e for e in found if e not in AGENT_EXTRAS]
+    if unknown:
+        raise ProtectctlError(f"unknown agent extra(s) {', '.join(unknown)} (known: {', '.join(AGENT_EXTRAS)})")
+    return found
+
+
+def wheelhouse(extras: Iterable[str] = ()) -> Wheelhouse:
+    """The wheelhouse for this version of protectctl with `extras`, built once and cached."""
+    chosen = _normalise_extras(extras)
     given = os.environ.get("PROTECTCTL_WHEELHOUSE")
     if given:
         path = Path(given)
         if not any(path.glob("protectctl-*.whl")):
             raise ProtectctlError(f"PROTECTCTL_WHEELHOUSE={given} holds no protectctl wheel")
-        return Wheelhouse(path, _digest_of(path))
-    target = _cache_root() / f"{__version__}-{source_digest()}"
+        return Wheelhouse(path, _wheel_hashes(path))
+    name = f"{__version__}-{source_digest()}" + "".join(f"+{e}" for e in chosen)
+    target = _cache_root() / name
     with _build_lock:
         if not (target / ".complete").exists():
-            _build(target)
-        digest = (target / ".complete").read_text().strip()
-    return Wheelhouse(target, digest)
+            _build(target, chosen)
+        hashes = _read_complete(target)
+    return Wheelhouse(target, hashes)
 
 
-def _build(target: Path) -> None:
+def _read_complete(target: Path) -> dict[str, str]:
+    """The wheels' hashes `_build` recorded (computed again for a wheelhouse of an older build)."""
+    try:
+        found = json.loads((target / ".complete").read_text())
+    except ValueError:
+        found = None
+    if isinstance(found, dict) and found and all(isinstance(v, str) for v in found.values()):
+        return {str(k): v for k, v in found.items()}
+    return _wheel_hashes(target)
+
+
+def _build(target: Path, extras: tuple[str, ...]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         out = Path(tmp) / "wheels"
         root = project_dir()
         if root is not None:
-            _build_from_source(root, Path(tmp), out)
+            _build_from_source(root, Path(tmp), out, extras)
         else:
-            _build_from_installed(Path(tmp), out)
-        (out / ".complete").write_text(_digest_of(out) + "\n")
+            _build_from_installed(Path(tmp), out, extras)
+        hashes = {p.name: _sha256_file(p) for p in sorted(out.glob("*.whl"))}
+        (out / ".complete").write_text(json.dumps(hashes, sort_keys=True, indent=0) + "\n")
         try:
             os.rename(out, target)
         except OSError:
@@ -131,8 +190,13 @@ def _build(target: Path) -> None:
                 raise
 
 
-def _build_from_source(root: Path, tmp: Path, out: Path) -> None:
-    """A development tree: protectctl built from its source, dependencies from the index/cache."""
+def _build_from_source(root: Path, tmp: Path, out: Path, extras: tuple[str, ...] = ()) -> None:
+    """A development tree: protectctl built from its source, dependencies from the index/cache.
+
+    Every change of the source makes a new wheelhouse, but the dependencies change only with
+    pyproject.toml's requirements: their wheels are kept apart, per requirement set, Python and
+    platform (`deps-KEY` beside the wheelhouses), and a later build makes protectctl's wheel
+    alone (~5 s instead of a `pip wheel` of ~40 distributions against the index)."""
     src = tmp / "src"
     # a copy, so that building never writes build/ or egg-info into the working tree
     src.mkdir()
@@ -141,14 +205,69 @@ def _build_from_source(root: Path, tmp: Path, out: Path) -> None:
             shutil.copy2(root / name, src / name)
     for part in _SOURCE_PARTS:
         shutil.copytree(root / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    _pip(["wheel", "--quiet", "--wheel-dir", str(out), str(src), "pip"])
+    deps = _cache_root() / f"deps-{_requirements_key(root / 'pyproject.toml', extras)}"
+    if (deps / ".complete").exists():
+        _pip(["wheel", "--quiet", "--no-deps", *_no_build_isolation(), "--wheel-dir", str(out), str(src)])
+        for wheel in deps.glob("*.whl"):
+            _link_or_copy(wheel, out / wheel.name)
+        return
+    project = f"{src}[{','.join(extras)}]" if extras else str(src)
+    _pip(["wheel", "--quiet", "--wheel-dir", str(out), project, "pip"])
+    kept = tmp / "deps"
+    kept.mkdir()
+    for wheel in out.glob("*.whl"):
+        if not wheel.name.startswith("protectctl-"):
+            _link_or_copy(wheel, kept / wheel.name)
+    (kept / ".complete").write_text("\n")
+    deps.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(kept, deps)
+    except OSError:
+        if not (deps / ".complete").exists():  # lost a race with another build: theirs is as good
+            raise
+
+
+def _requirements_key(pyproject: Path, extras: tuple[str, ...]) -> str:
+    """What the dependency wheels depend on: the requirements (with `extras`), Python, platform."""
+    import sysconfig
+    import tomllib
+
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+    optional = project.get("optional-dependencies", {})
+    key = {
+        "dependencies": project.get("dependencies", []),
+        "extras": {e: optional.get(e, []) for e in extras},
+        "python": "{}.{}".format(*python_version()),
+        "platform": sysconfig.get_platform(),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _no_build_isolation() -> list[str]:
+    """Build protectctl's wheel with this environment's setuptools when it is recent enough
+    (pyproject's build-system): an isolated build installs a fresh setuptools from the index."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return ["--no-build-isolation"] if Version(version("setuptools")) >= Version("77") else []
+    except (PackageNotFoundError, InvalidVersion):
+        return []
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
 
 
 # What an installed distribution adds that its wheel did not hold (RECORD is written anew).
 _INSTALL_ONLY = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
 
 
-def _build_from_installed(tmp: Path, out: Path) -> None:
+def _build_from_installed(tmp: Path, out: Path, extras: tuple[str, ...] = ()) -> None:
     """protectctl installed the normal way (a wheel: pip, pipx): every wheel of the agent is packed
     again from the installed files of protectctl, each dependency and pip itself, so a control
     machine without a source tree or a package index still provisions hosts. A distribution that
@@ -157,12 +276,12 @@ def _build_from_installed(tmp: Path, out: Path) -> None:
 
     out.mkdir()
     dists = []
-    for name in sorted(_closure("protectctl") | {"pip"}):
+    for name in sorted(_closure("protectctl", extras) | {"pip"}):
         try:
             dists.append(distribution(name))
         except PackageNotFoundError:
             continue  # an optional dependency not installed here: its marker excluded it
-    # one `wheel pack` process per distribution (~40), four at a time
+    # one `wheel pack` process per distribution (~35), four at a time
     with ThreadPoolExecutor(max_workers=4) as pool:
         packed = list(pool.map(lambda d: _repack(d, tmp / "unpacked" / d.metadata["Name"], out), dists))
     fetch = [f"{d.metadata['Name']}=={d.version}" for d, ok in zip(dists, packed, strict=True) if not ok]
@@ -177,32 +296,96 @@ def _editable(direct_url: str | None) -> bool:
         return False
 
 
-def _closure(root: str) -> set[str]:
-    """`root` and every distribution it requires here (markers evaluated, extras not taken)."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
+def requirement_closure(
+    root: str, extras: Iterable[str], requires_of: Callable[[str], Sequence[str] | None]
+) -> set[str]:
+    """The canonical names of `root[extras]` and every distribution it requires, transitively:
+    markers evaluated for this interpreter and each requested extra (a dependency's own extras,
+    e.g. `psycopg[binary]`, included). `requires_of(name)` gives a distribution's Requires-Dist
+    lines, None when it is not there (its name is still in the result: the caller decides)."""
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
-    seen: set[str] = set()
-    todo = [root]
+    seen: dict[str, set[str]] = {}
+    todo: list[tuple[str, set[str]]] = [(canonicalize_name(root), {"", *extras})]
     while todo:
-        name = canonicalize_name(todo.pop())
-        if name in seen:
+        name, wanted = todo.pop()
+        done = seen.setdefault(name, set())
+        new = wanted - done
+        if not new:
             continue
-        seen.add(name)
-        try:
-            requires = distribution(name).requires or []
-        except PackageNotFoundError:
-            continue
-        for text in requires:
+        done |= new
+        for text in requires_of(name) or ():
             try:
                 req = Requirement(text)
             except InvalidRequirement:
                 continue
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return seen
+            marker = req.marker
+            if (marker is None and "" in new) or (
+                marker is not None and any(marker.evaluate({"extra": e}) for e in sorted(new))
+            ):
+                todo.append((canonicalize_name(req.name), {"", *req.extras}))
+    return set(seen)
+
+
+def _closure(root: str, extras: Iterable[str] = ()) -> set[str]:
+    """`root[extras]` and every distribution it requires here (installed metadata)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    def requires_of(name: str) -> Sequence[str] | None:
+        try:
+            return distribution(name).requires or []
+        except PackageNotFoundError:
+            return None
+
+    return requirement_closure(root, extras, requires_of)
+
+
+@cache
+def _wheel_requires(path: Path, size: int) -> tuple[str, ...]:
+    """The Requires-Dist lines of a wheel's METADATA."""
+    from email.parser import HeaderParser
+
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+        if not names:
+            raise ProtectctlError(f"{path.name} has no METADATA: not a wheel")
+        text = archive.read(names[0]).decode("utf-8", errors="replace")
+    return tuple(HeaderParser().parsestr(text, headersonly=True).get_all("Requires-Dist") or ())
+
+
+def select(house: Wheelhouse, extras: Iterable[str] = ()) -> dict[str, str]:
+    """The wheels (name -> sha256) an agent with `extras` needs: protectctl's closure and pip."""
+    from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+    from packaging.version import Version
+
+    chosen = _normalise_extras(extras)
+    by_dist: dict[str, tuple[Version, str]] = {}
+    for name in house.hashes:
+        try:
+            dist, version, _, _ = parse_wheel_filename(name)
+        except InvalidWheelFilename:
+            continue
+        if dist not in by_dist or version > by_dist[dist][0]:
+            by_dist[dist] = (version, name)
+
+    def requires_of(dist: str) -> Sequence[str] | None:
+        found = by_dist.get(dist)
+        if found is None:
+            return None
+        path = house.path / found[1]
+        return _wheel_requires(path, path.stat().st_size)
+
+    needed = requirement_closure("protectctl", chosen, requires_of) | {canonicalize_name("pip")}
+    missing = sorted(d for d in needed if d not in by_dist)
+    if missing:
+        want = f"protectctl[{','.join(chosen)}]" if chosen else "protectctl"
+        raise ProtectctlError(
+            f"the agent wheelhouse {house.path} lacks {', '.join(missing)} (needed by {want})",
+            hint=f"install {want} on the control machine (pip install '{want}'), or give a complete "
+            "PROTECTCTL_WHEELHOUSE",
+        )
+    return {by_dist[d][1]: house.hashes[by_dist[d][1]] for d in sorted(needed)}
 
 
 def _repack(dist: object, unpacked: Path, out: Path) -> bool:
@@ -260,30 +443,129 @@ def python_version() -> tuple[int, int]:
     return sys.version_info[0], sys.version_info[1]
 
 
-def check_python(conn: HostConnection) -> str:
-    """The host's python3; raises RemoteError unless its version matches the control machine's
-    (the wheelhouse holds binary wheels for that version)."""
-    status, out, err = conn.exec_bytes(("python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"))
+# Run by the host's python3 (any version: the mismatch must be reported, not a SyntaxError):
+# its version, the sha256 of each wheel its wheelhouse holds, what `.installed.json` records
+# and whether the venv's python and protectctl are there. argv: venv, wheelhouse.
+_PROBE = """\
+import hashlib, json, os, sys
+venv, house = sys.argv[1], sys.argv[2]
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+try:
+    names = sorted(os.listdir(house))
+except OSError:
+    names = []
+wheels = dict((n, sha(os.path.join(house, n))) for n in names if n.endswith('.whl') and not n.startswith('.'))
+try:
+    with open(os.path.join(house, '.installed.json')) as f:
+        installed = json.load(f)
+except (OSError, ValueError):
+    installed = None
+print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'wheels': wheels, 'installed': installed,
+                  'venv': os.path.exists(os.path.join(venv, 'bin', 'python')),
+                  'agent': os.path.exists(os.path.join(venv, 'bin', 'protectctl'))}))
+"""
+
+# Run by the host's python3: the wheelhouse made to hold exactly `keep`. stdin: one JSON line
+# {"keep": [names], "files": [[name, size, sha256], ...]}, then the files' bytes in that order.
+# Wheels not kept and leftovers of a killed upload go first; each file is written to a dot
+# name, checked, fsynced and renamed: a wheel under its own name is always complete.
+_RECEIVE = """\
+import hashlib, json, os, sys
+house = sys.argv[1]
+if not os.path.isdir(house):
+    os.makedirs(house)
+data = sys.stdin.buffer
+head = json.loads(data.readline().decode())
+keep = set(head['keep'])
+for n in os.listdir(house):
+    if n.endswith('.part') or (n.endswith('.whl') and n not in keep):
+        os.unlink(os.path.join(house, n))
+for name, size, want in head['files']:
+    tmp = os.path.join(house, '.' + name + '.part')
+    h = hashlib.sha256()
+    left = size
+    with open(tmp, 'wb') as f:
+        while left:
+            block = data.read(min(left, 1 << 20))
+            if not block:
+                sys.exit('the upload of %s ended early' % name)
+            f.write(block)
+            h.update(block)
+            left -= len(block)
+        f.flush()
+        os.fsync(f.fileno())
+    if h.hexdigest() != want:
+        os.unlink(tmp)
+        sys.exit('%s arrived damaged' % name)
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, os.path.join(house, name))
+fd = os.open(house, os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HostProbe:
+    python: str
+    wheels: dict[str, str]  # wheel name -> sha256, in the host's wheelhouse
+    installed: dict[str, str]  # wheel name -> sha256, installed in the venv (`.installed.json`)
+    dropping: tuple[str, ...]  # distributions a killed install was removing
+    venv: bool  # the venv's python exists
+    agent: bool  # the venv's protectctl exists
+
+
+def probe(conn: HostConnection, venv: str) -> HostProbe:
+    """One command on the host: its python3 (which must be the control machine's major.minor:
+    the wheelhouse holds binary wheels for it), its wheelhouse and what the venv holds."""
+    status, out, err = conn.exec_bytes(("python3", "-c", _PROBE, venv, posixpath.join(venv, WHEELHOUSE_DIR)))
     want = "{}.{}".format(*python_version())
     if status != 0:
         raise RemoteError(
             f"host {conn.name}: no python3 ({err.decode(errors='replace').strip()[-200:]})",
             hint=f"install Python {want} on the host",
         )
-    have = out.decode().strip()
+    try:
+        found = json.loads(out)
+        have = str(found["python"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RemoteError(f"host {conn.name}: the agent install probe answered {out[-200:]!r}") from error
     if have != want:
         raise RemoteError(
             f"host {conn.name}: python3 is {have}; the agent needs {want} (the control machine's)",
             hint=f"install python{want} on the host, or run protectctl under Python {have}",
         )
-    return have
+    recorded = found.get("installed")
+    installed: dict[str, object] = recorded if isinstance(recorded, dict) else {}
+    listed = installed.get("wheels")
+    wheels: dict[str, object] = listed if isinstance(listed, dict) else {}
+    pending = installed.get("dropping")
+    dropping: list[object] = pending if isinstance(pending, list) else []
+    return HostProbe(
+        python=have,
+        wheels={str(k): str(v) for k, v in (found.get("wheels") or {}).items()},
+        installed={str(k): str(v) for k, v in wheels.items()},
+        dropping=tuple(str(d) for d in dropping),
+        venv=bool(found.get("venv")),
+        agent=bool(found.get("agent")),
+    )
+
+
+def check_python(conn: HostConnection) -> str:
+    """The host's python3; raises RemoteError unless its version matches the control machine's."""
+    return probe(conn, "/nonexistent/protectctl-venv").python
 
 
 def marker_path(venv: str) -> str:
     return posixpath.join(venv, MARKER)
 
 
-def read_marker(conn: HostConnection, venv: str) -> dict[str, str] | None:
+def read_marker(conn: HostConnection, venv: str) -> dict[str, object] | None:
     data = conn.read_file(marker_path(venv))
     if data is None:
         return None
@@ -294,44 +576,113 @@ def read_marker(conn: HostConnection, venv: str) -> dict[str, str] | None:
     return found if isinstance(found, dict) else None
 
 
-def install(conn: HostConnection, venv: str, *, digest: str) -> dict[str, str]:
+def _dist_of(wheel: str) -> str:
+    from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+    try:
+        return str(parse_wheel_filename(wheel)[0])
+    except InvalidWheelFilename:
+        return canonicalize_name(wheel.split("-")[0])
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSteps:
+    """What an install does on a host, given what it holds (pure: tests/unit/test_agent_install.py)."""
+
+    upload: tuple[str, ...]  # wheels the host's wheelhouse lacks (or holds with other content)
+    install: tuple[str, ...]  # wheels pip (force-)installs: not in the venv with this content
+    remove: tuple[str, ...]  # distributions pip uninstalls: no longer selected
+    kept: dict[str, str]  # wheels already installed and left alone (name -> sha256)
+
+
+def steps(selected: Mapping[str, str], host: HostProbe) -> InstallSteps:
+    upload = tuple(n for n in sorted(selected) if host.wheels.get(n) != selected[n])
+    fresh = not (host.venv and host.agent)  # a new venv, or one whose protectctl went missing
+    had = {} if fresh else host.installed
+    install = tuple(n for n in sorted(selected) if not n.startswith("pip-") and had.get(n) != selected[n])
+    kept = {n: s for n, s in had.items() if selected.get(n) == s}
+    wanted = {_dist_of(n) for n in selected}
+    gone = {_dist_of(n) for n in had} | set(host.dropping)
+    remove = tuple(sorted(d for d in gone if d not in wanted and d != "pip"))
+    return InstallSteps(upload, install, remove, kept)
+
+
+def _upload(
+    conn: HostConnection, house: Wheelhouse, remote_house: str, selected: Mapping[str, str], names: Sequence[str]
+) -> None:
+    files = [[n, (house.path / n).stat().st_size, selected[n]] for n in names]
+    head = json.dumps({"keep": sorted(selected), "files": files}).encode() + b"\n"
+    stream = b"".join([head, *((house.path / n).read_bytes() for n in names)])
+    _run(conn, ("python3", "-c", _RECEIVE, remote_house), "uploading the agent wheelhouse", timeout_s=600, stdin=stream)
+
+
+def _write_installed(
+    conn: HostConnection, remote_house: str, wheels: Mapping[str, str], dropping: Sequence[str]
+) -> None:
+    body = json.dumps({"wheels": dict(sorted(wheels.items())), "dropping": sorted(dropping)}, indent=0)
+    conn.write_file(posixpath.join(remote_house, INSTALLED), body.encode() + b"\n", mode=0o644)
+
+
+def install(conn: HostConnection, venv: str, *, digest: str, extras: Iterable[str] = ()) -> dict[str, object]:
     """Install or upgrade the agent in `venv`; returns the marker (nothing done when it matches)."""
-    house = wheelhouse()
-    want = {"version": __version__, "digest": digest, "wheelhouse": house.digest}
+    chosen = _normalise_extras(extras)
+    house = wheelhouse(chosen)
+    selected = select(house, chosen)
+    want: dict[str, object] = {
+        "version": __version__,
+        "digest": digest,
+        "wheelhouse": _digest_of_hashes(selected),
+        "extras": list(chosen),
+    }
     have = read_marker(conn, venv)
     if have == want and conn.read_file(posixpath.join(venv, "bin", "protectctl")) is not None:
         return want
-    check_python(conn)
+    host = probe(conn, venv)
+    plan = steps(selected, host)
     remote_house = posixpath.join(venv, WHEELHOUSE_DIR)
-    conn.remove_tree(remote_house)
-    for wheel in house.wheels():
-        conn.upload(str(wheel), posixpath.join(remote_house, wheel.name))
+    if plan.upload or set(host.wheels) - set(selected):
+        _upload(conn, house, remote_house, selected, plan.upload)
     python = posixpath.join(venv, "bin", "python")
-    if conn.read_file(python) is None:
+    if not host.venv:
         _run(conn, ("python3", "-m", "venv", "--without-pip", venv), "creating the agent venv")
-    pip = next((w.name for w in house.wheels() if w.name.startswith("pip-")), None)
-    if pip is None:
+    pip_wheel = next((n for n in selected if n.startswith("pip-")), None)
+    if pip_wheel is None:
         raise ProtectctlError(f"the wheelhouse {house.path} has no pip wheel")
-    # --no-compile: byte-compiling every dependency doubled the install time (docs/fleet.md)
-    _run(
-        conn,
-        (
-            python,
-            posixpath.join(remote_house, pip, "pip"),
-            "install",
-            "--quiet",
-            "--no-index",
-            "--find-links",
-            remote_house,
-            "--no-compile",
-            "--upgrade",
-            "--force-reinstall",
-            "--no-deps",
-            *[posixpath.join(remote_house, w.name) for w in house.wheels() if not w.name.startswith("pip-")],
-        ),
-        "installing the agent",
-        timeout_s=600,
-    )
+    pip = (python, posixpath.join(remote_house, pip_wheel, "pip"))
+    if plan.install or plan.remove:
+        # from here until the end the venv is in between: what it surely holds is what stays
+        conn.remove_file(marker_path(venv))
+        _write_installed(conn, remote_house, plan.kept, plan.remove)
+    if plan.remove:
+        _run(
+            conn,
+            (*pip, "uninstall", "--quiet", "--yes", "--disable-pip-version-check", *plan.remove),
+            "removing agent libraries",
+        )
+    if plan.install:
+        # --no-compile: byte-compiling every dependency doubled the install time (docs/fleet.md)
+        _run(
+            conn,
+            (
+                *pip,
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-warn-conflicts",  # --no-deps on purpose: the selection is the closure
+                "--no-index",
+                "--find-links",
+                remote_house,
+                "--no-compile",
+                "--upgrade",
+                "--force-reinstall",
+                "--no-deps",
+                *[posixpath.join(remote_house, n) for n in plan.install],
+            ),
+            "installing the agent",
+            timeout_s=600,
+        )
+    if plan.install or plan.remove or host.installed != selected:
+        _write_installed(conn, remote_house, selected, ())
     conn.write_file(marker_path(venv), json.dumps(want, sort_keys=True).encode() + b"\n", mode=0o644)
     return want
 
@@ -343,8 +694,8 @@ def uninstall(conn: HostConnection, venv: str) -> None:
     conn.remove_tree(venv)
 
 
-def _run(conn: HostConnection, argv: tuple[str, ...], what: str, *, timeout_s: float = 120) -> None:
-    status, _, err = conn.exec_bytes(argv, timeout_s=timeout_s)
+def _run(conn: HostConnection, argv: tuple[str, ...], what: str, *, timeout_s: float = 120, stdin: bytes = b"") -> None:
+    status, _, err = conn.exec_bytes(argv, stdin=stdin, timeout_s=timeout_s)
     if status != 0:
         raise RemoteError(
             f"host {conn.name}: {what} failed (exit {status}): {err.decode(errors='replace').strip()[-400:]}"

@@ -96,7 +96,11 @@ def _check_agent(conn: HostConnection, agent: Mapping[str, Any]) -> tuple[str, b
     marker = read_marker(conn, str(install["venv"]))
     if marker is None:
         return ("agent", False, f"not installed in {install['venv']} (run apply)")
-    current = marker.get("version") == __version__ and marker.get("digest") == install["digest"]
+    current = (
+        marker.get("version") == __version__
+        and marker.get("digest") == install["digest"]
+        and list(marker.get("extras") or []) == list(install.get("extras") or [])  # type: ignore[call-overload]
+    )
     return (
         "agent",
         current,

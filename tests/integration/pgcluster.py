@@ -7,6 +7,7 @@ a directory that user owns, on a port nobody else uses; archiving is left to app
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -74,6 +75,29 @@ def as_user(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[st
     return subprocess.run(["runuser", "-u", OS_USER, "--", *argv], capture_output=True, text=True, cwd="/", **kwargs)  # type: ignore[call-overload]
 
 
+_TEMPLATE: Path | None = None
+
+
+def _template() -> Path:
+    """A fresh initdb data directory (trust, UTF8, C locale), made once per process and never started;
+    removed at exit. Clusters copy it: they then share initdb's system identifier, which nothing
+    compares across clusters (a standby made by pg_basebackup shares its primary's anyway)."""
+    global _TEMPLATE
+    if _TEMPLATE is None or not (_TEMPLATE / "PG_VERSION").exists():
+        uid, gid = ensure_user()
+        base = base_dir("protectctl-pg-template-")
+        data = base / "data"
+        data.mkdir(mode=0o700)
+        os.chown(data, uid, gid)
+        result = as_user(
+            [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "--no-sync", "-E", "UTF8", "--locale", "C"]
+        )
+        assert result.returncode == 0, result.stderr
+        atexit.register(shutil.rmtree, base, True)
+        _TEMPLATE = data
+    return _TEMPLATE
+
+
 class PgCluster:
     def __init__(self, base: Path, port: int | None = None, name: str = "data") -> None:
         self.base = base
@@ -96,12 +120,10 @@ class PgCluster:
     def init(self, **settings: str) -> PgCluster:
         self.sock.mkdir(exist_ok=True)
         os.chown(self.sock, self.uid, self.gid)
-        self.data.mkdir(mode=0o700)
-        os.chown(self.data, self.uid, self.gid)
-        result = as_user(
-            [str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "--no-sync", "-E", "UTF8", "--locale", "C"]
-        )
-        assert result.returncode == 0, result.stderr
+        # a copy of this process's one initdb output (~0.3 s instead of ~1-4 s per cluster): every
+        # cluster starts from the same fresh initdb, as before, only the bootstrap is not redone
+        copied = subprocess.run(["cp", "-a", str(_template()), str(self.data)], capture_output=True, text=True)
+        assert copied.returncode == 0, copied.stderr
         conf = {
             "port": str(self.port),
             "unix_socket_directories": f"'{self.sock}'",

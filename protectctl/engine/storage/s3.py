@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from protectctl.engine.storage.base import ObjectInfo, ObjectKind, ObjectLockedError, ObjectMissingError
-from protectctl.errors import RepositoryError
+from protectctl.errors import ProtectctlError, RepositoryError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -111,8 +111,14 @@ def make_client(
     botocore itself, not boto3: boto3's import (its resource layer, s3transfer) adds ~0.1-0.2 s
     to every agent run and nothing here uses it; multipart uploads use s3transfer directly.
     Imported here, not at module level: botocore costs ~0.3 s and only s3 storages need it."""
-    import botocore.session
-    from botocore.config import Config
+    try:
+        import botocore.session
+        from botocore.config import Config
+    except ImportError as err:
+        raise ProtectctlError(
+            "an s3 storage needs the S3 client libraries (boto3), which are not installed here",
+            hint="pip install 'protectctl[s3]' (agents get them from apply when their host uses an s3 storage)",
+        ) from err
 
     config = Config(
         region_name=location.region,
