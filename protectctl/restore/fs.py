@@ -52,10 +52,18 @@ from protectctl.engine.tree import HashScheme, Node, NodeType, blocks_hash, exte
 from protectctl.errors import ProtectctlError, RestoreError
 from protectctl.progress import NullProgress, Progress
 from protectctl.restore import ranges as _ranges
+from protectctl.restore import workers as _workers
 from protectctl.restore.progress_marker import already_restored
 from protectctl.restore.ranges import ByteBudget, OrderedHash, Range, hash_zeros, plan_ranges, segments
 from protectctl.restore.safety import check_name, make_dir, open_dir_path, remove_entry
 from protectctl.restore.selection import Selected, TreeReader
+from protectctl.restore.workers import (
+    BatchFuture,
+    Location,
+    RestoreWorkers,
+    WorkerSetup,
+    parallelism,
+)
 
 # File tasks in flight: each holds one chunk at a time (<= 4 MiB plaintext), so memory stays
 # at a few MiB per thread. Creating a file costs ~1 ms on some filesystems: more threads than
@@ -204,8 +212,17 @@ class FsRestorer:
         self.owners = os.geteuid() == 0
         self.report = RestoreReport()
         self._links: dict[tuple[int, int], tuple[bytes, ...]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="restore")
-        self._small_pool = ThreadPoolExecutor(max_workers=_SMALL_WORKERS, thread_name_prefix="restore-small")
+        # The job's `parallelism` setting caps the threads and the worker processes (workers.py).
+        self._cores = parallelism()
+        self._pool = ThreadPoolExecutor(max_workers=min(_WORKERS, 2 * self._cores + 2), thread_name_prefix="restore")
+        self._small_threads = min(_SMALL_WORKERS, self._cores)
+        self._small_pool = ThreadPoolExecutor(max_workers=self._small_threads, thread_name_prefix="restore-small")
+        # Optional reader capability (CachedTrees over a local repository): batches of small
+        # files written by worker processes, which need each chunk's place and the keys.
+        self._worker_source: tuple[bytes, bytes, str] | None = getattr(reader, "worker_source", None)
+        self._blob_location: Callable[[BlobId], tuple[str, object]] | None = getattr(reader, "blob_place", None)
+        self._procs: RestoreWorkers | None = None
+        self._batches = 0  # batches of small files submitted so far
         # Submitted work in walk order: each task's files and its future (a list of outcomes).
         self._tasks: deque[tuple[list[_Item], Future[list[_Outcome]], bool]] = deque()
         self._batch: list[_Item] = []  # small files not yet submitted
@@ -240,6 +257,8 @@ class FsRestorer:
             self._wait_files(0)
         finally:
             self._drop_batch()
+            if self._procs is not None:
+                self._procs.close()
             self._small_pool.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
             for job in list(self._big):  # the walk failed with ranges never run
@@ -387,15 +406,49 @@ class FsRestorer:
             return
         items, fds = self._batch, list(self._batch_fds.values())
         self._batch, self._batch_bytes, self._batch_fds = [], 0, {}
-        try:
-            future = self._small_pool.submit(self._batch_task, items, fds)
-        except BaseException:
+        self._batches += 1
+        future: Future[list[_Outcome]] | None = self._to_worker(items)
+        if future is not None:
             for fd in fds:
-                os.close(fd)
-            raise
+                os.close(fd)  # a worker opens the directory itself, from the target's fd
+        else:
+            try:
+                future = self._small_pool.submit(self._batch_task, items, fds)
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
         self._small_queued += 1
         self._tasks.append((items, future, True))
-        self._wait_files(_QUEUED, small=2 * _SMALL_WORKERS)
+        self._wait_files(_QUEUED, small=2 * max(self._small_threads, self._procs.ready() if self._procs else 0))
+
+    def _to_worker(self, items: list[_Item]) -> BatchFuture | None:
+        """Hand a batch to a worker process (workers.py), starting them once the restore proves
+        large enough; None when none is ready (the batch goes to this process's threads)."""
+        if self._worker_source is None or self._blob_location is None or self._cores < 2:
+            return None
+        if self._procs is None:
+            if self._batches < _workers.SPAWN_AFTER_BATCHES:
+                return None
+            encryption_key, id_key, storage_path = self._worker_source
+            setup = WorkerSetup(
+                encryption_key, id_key, storage_path, self._root_fd, self.overwrite, self._writeback is not None
+            )
+            self._procs = RestoreWorkers(setup, self._cores)
+            self._procs.start()
+        return self._procs.submit([(item.parts, item.name, item.node, self._places(item.node)) for item in items])
+
+    def _places(self, node: Node) -> tuple[Location, ...]:
+        """Where each chunk of `node` is stored, or why it cannot be found (the worker raises it)."""
+        locate = self._blob_location
+        assert locate is not None
+        places: list[Location] = []
+        for chunk in node.chunks:
+            try:
+                places.append(locate(chunk))  # type: ignore[arg-type]
+            except ProtectctlError as err:
+                places.append(str(err))
+        return tuple(places)
 
     def _drop_batch(self) -> None:
         """Close the fds of a batch never submitted (the walk failed)."""
@@ -440,6 +493,8 @@ class FsRestorer:
             outcomes: list[_Outcome] = future.result()
         except (OSError, ProtectctlError) as err:
             outcomes = [err] * len(items)
+        if isinstance(future, BatchFuture):
+            self.report.notes.extend(future.notes)  # made in a worker process, in file order
         for item, outcome in zip(items, outcomes, strict=True):
             try:
                 if isinstance(outcome, BaseException):

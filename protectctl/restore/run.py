@@ -13,11 +13,15 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from protectctl.agent.sparse import Hasher
 from protectctl.engine.ids import BlobId
 from protectctl.engine.names import show_name
+from protectctl.engine.pack import PackEntry
+from protectctl.engine.repository import Repository
+from protectctl.engine.storage.local import LocalStorage
 from protectctl.engine.tree import NodeType, Tree
 from protectctl.errors import RestoreError
 from protectctl.progress import NullProgress, Progress
@@ -53,6 +57,15 @@ class CachedTrees:
             # The repository's index knows each blob's length without reading it: a large file
             # can then be restored in ranges (fs.py). The tape reader offers both (its record tables).
             self.blob_size: Callable[[BlobId], int] = getattr(reader, "blob_size")  # noqa: B009
+        # A repository on a local disk: small files can be written by worker processes that
+        # read its packs themselves (restore/workers.py), given each chunk's place and the keys.
+        if isinstance(reader, Repository) and type(reader.storage) is LocalStorage:
+            self.worker_source: tuple[bytes, bytes, str] = (
+                reader.encryption_key(),
+                reader.id_key(),
+                str(reader.storage.path),
+            )
+            self.blob_place: Callable[[BlobId], tuple[str, PackEntry]] = partial(_place, reader)
 
     def load_tree(self, blob_id: BlobId) -> Tree:
         cached = self._trees.get(blob_id)
@@ -84,6 +97,11 @@ class CachedTrees:
 
     def content_hasher(self) -> Hasher:
         return self._reader.content_hasher()
+
+
+def _place(repo: Repository, blob_id: BlobId) -> tuple[str, PackEntry]:
+    located = repo.blob_location(blob_id)
+    return located.pack, located.entry
 
 
 def restore_tree(
