@@ -39,6 +39,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import TypeVar
@@ -69,7 +70,10 @@ from protectctl.restore.workers import (
 # at a few MiB per thread. Creating a file costs ~1 ms on some filesystems: more threads than
 # cores hide that latency.
 _WORKERS = min(8, 2 * (os.cpu_count() or 1) + 2)
-_QUEUED = 2 * _WORKERS
+# Tasks (a file, a range's file or a batch: a few KiB of nodes each) the walk may queue past the
+# oldest one not collected: far enough that the small files' batches reach their threads or
+# worker processes while the large files before them in the walk are still being written.
+_QUEUED = 64
 # Small files: batched, at most this many files or bytes per task, on one thread per core (max 4).
 _SMALL_FILE = 256 << 10
 _BATCH_FILES = 128
@@ -199,8 +203,10 @@ class FsRestorer:
         progress: Progress | None = None,
         writeback: bool = False,
         keep_done: bool = False,
+        files_hint: int = 0,
     ) -> None:
         self.reader = reader
+        self._files_hint = files_hint  # the files the selection holds (its count walk), when known
         self.keep_done = keep_done  # resuming: keep files an earlier run of this restore finished
         self._writeback = _start_writeback if writeback else None
         # A copy of a keyed hasher made once: cheaper per file than keying one anew.
@@ -228,7 +234,7 @@ class FsRestorer:
         self._batch: list[_Item] = []  # small files not yet submitted
         self._batch_bytes = 0
         self._batch_fds: dict[int, int] = {}  # walk's dir fd -> the batch's own dup of it
-        self._small_queued = 0
+        self._small_running: deque[Future[list[_Outcome]]] = deque()  # batches submitted, maybe not done
         # Optional reader capability (CachedTrees): drop a tree once the write walk has used it.
         self._forget_tree: Callable[[BlobId], None] | None = getattr(reader, "forget_tree", None)
         self._dirs: dict[tuple[bytes, ...], Node] = {}  # metadata applied at the end
@@ -250,6 +256,8 @@ class FsRestorer:
 
     def run(self, root_fd: int, selection: Sequence[Selected]) -> RestoreReport:
         self._root_fd = root_fd
+        if self._files_hint >= _workers.SPAWN_AT_FILES:
+            self._start_workers()  # ready by the time the walk reaches the small files
         try:
             for item in selection:
                 self._restore_selected(item, self._dirs)
@@ -418,7 +426,7 @@ class FsRestorer:
                 for fd in fds:
                     os.close(fd)
                 raise
-        self._small_queued += 1
+        self._small_running.append(future)
         self._tasks.append((items, future, True))
         self._wait_files(_QUEUED, small=2 * max(self._small_threads, self._procs.ready() if self._procs else 0))
 
@@ -430,13 +438,20 @@ class FsRestorer:
         if self._procs is None:
             if self._batches < _workers.SPAWN_AFTER_BATCHES:
                 return None
-            encryption_key, id_key, storage_path = self._worker_source
-            setup = WorkerSetup(
-                encryption_key, id_key, storage_path, self._root_fd, self.overwrite, self._writeback is not None
-            )
-            self._procs = RestoreWorkers(setup, self._cores)
-            self._procs.start()
+            self._start_workers()
+        if self._procs is None:
+            return None
         return self._procs.submit([(item.parts, item.name, item.node, self._places(item.node)) for item in items])
+
+    def _start_workers(self) -> None:
+        if self._worker_source is None or self._blob_location is None or self._cores < 2 or self._procs is not None:
+            return
+        encryption_key, id_key, storage_path = self._worker_source
+        setup = WorkerSetup(
+            encryption_key, id_key, storage_path, self._root_fd, self.overwrite, self._writeback is not None
+        )
+        self._procs = RestoreWorkers(setup, self._cores)
+        self._procs.start()
 
     def _places(self, node: Node) -> tuple[Location, ...]:
         """Where each chunk of `node` is stored, or why it cannot be found (the worker raises it)."""
@@ -479,14 +494,22 @@ class FsRestorer:
         return outcomes
 
     def _wait_files(self, keep: int, *, small: int | None = None) -> None:
-        """Collect finished tasks in order; block on the oldest while more than `keep` tasks (or
-        more than `small` batches of small files) are queued."""
-        while self._tasks and (
-            len(self._tasks) > keep or (small is not None and self._small_queued > small) or self._tasks[0][1].done()
-        ):
-            items, future, is_batch = self._tasks.popleft()
-            self._small_queued -= is_batch
-            self._collect(items, future)
+        """Collect finished tasks in order; block on the oldest while more than `keep` tasks are
+        queued, and on the oldest batch of small files while more than `small` are not done."""
+        while True:
+            while self._tasks and self._tasks[0][1].done():
+                items, future, _ = self._tasks.popleft()
+                self._collect(items, future)
+            running = self._small_running
+            while running and running[0].done():
+                running.popleft()
+            if small is not None and len(running) > small:
+                wait_futures([running[0]])
+            elif self._tasks and len(self._tasks) > keep:
+                items, future, _ = self._tasks.popleft()
+                self._collect(items, future)
+            else:
+                return
 
     def _collect(self, items: list[_Item], future: Future[list[_Outcome]]) -> None:
         try:

@@ -166,6 +166,7 @@ def restore_tree(
         writeback,
         scopes=scopes,
         resuming=resuming,
+        files=totals.files,
     )
     progress.finish()
     if report.errors:
@@ -253,6 +254,7 @@ def _write(
     *,
     scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]] = (),
     resuming: bool = False,
+    files: int = 0,
 ) -> tuple[RestoreReport, list[tuple[bytes, ...]]]:
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -263,7 +265,13 @@ def _write(
         # first, so that directory times set at the end of the restore stay as stored
         deleted = extras(repo, root_fd, scopes, remove=True) if scopes else []
         restorer = FsRestorer(
-            repo, repo.content_hasher, overwrite=overwrite, progress=progress, writeback=writeback, keep_done=resuming
+            repo,
+            repo.content_hasher,
+            overwrite=overwrite,
+            progress=progress,
+            writeback=writeback,
+            keep_done=resuming,
+            files_hint=files,
         )
         report = restorer.run(root_fd, selection)
         if root_meta is not None:
