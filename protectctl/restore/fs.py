@@ -64,6 +64,7 @@ from protectctl.restore.workers import (
     RestoreWorkers,
     WorkerSetup,
     parallelism,
+    work_item,
 )
 
 # File tasks in flight: each holds one chunk at a time (<= 4 MiB plaintext), so memory stays
@@ -226,7 +227,7 @@ class FsRestorer:
         # Optional reader capability (CachedTrees over a local repository): batches of small
         # files written by worker processes, which need each chunk's place and the keys.
         self._worker_source: tuple[bytes, bytes, str] | None = getattr(reader, "worker_source", None)
-        self._blob_location: Callable[[BlobId], tuple[str, object]] | None = getattr(reader, "blob_place", None)
+        self._blob_location: Callable[[BlobId], Location] | None = getattr(reader, "blob_place", None)
         self._procs: RestoreWorkers | None = None
         self._batches = 0  # batches of small files submitted so far
         # Submitted work in walk order: each task's files and its future (a list of outcomes).
@@ -441,7 +442,9 @@ class FsRestorer:
             self._start_workers()
         if self._procs is None:
             return None
-        return self._procs.submit([(item.parts, item.name, item.node, self._places(item.node)) for item in items])
+        return self._procs.submit(
+            [work_item(item.parts, item.name, item.node, self._places(item.node)) for item in items]
+        )
 
     def _start_workers(self) -> None:
         if self._worker_source is None or self._blob_location is None or self._cores < 2 or self._procs is not None:
@@ -460,7 +463,7 @@ class FsRestorer:
         places: list[Location] = []
         for chunk in node.chunks:
             try:
-                places.append(locate(chunk))  # type: ignore[arg-type]
+                places.append(locate(chunk))
             except ProtectctlError as err:
                 places.append(str(err))
         return tuple(places)

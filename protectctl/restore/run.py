@@ -19,7 +19,6 @@ from pathlib import Path
 from protectctl.agent.sparse import Hasher
 from protectctl.engine.ids import BlobId
 from protectctl.engine.names import show_name
-from protectctl.engine.pack import PackEntry
 from protectctl.engine.repository import Repository
 from protectctl.engine.storage.local import LocalStorage
 from protectctl.engine.tree import NodeType, Tree
@@ -65,7 +64,7 @@ class CachedTrees:
                 reader.id_key(),
                 str(reader.storage.path),
             )
-            self.blob_place: Callable[[BlobId], tuple[str, PackEntry]] = partial(_place, reader)
+            self.blob_place: Callable[[BlobId], tuple[str, int, int, int, str]] = partial(_place, reader)
 
     def load_tree(self, blob_id: BlobId) -> Tree:
         cached = self._trees.get(blob_id)
@@ -99,9 +98,11 @@ class CachedTrees:
         return self._reader.content_hasher()
 
 
-def _place(repo: Repository, blob_id: BlobId) -> tuple[str, PackEntry]:
+def _place(repo: Repository, blob_id: BlobId) -> tuple[str, int, int, int, str]:
+    """Where a chunk is stored, for a restore worker process (restore/workers.py `Location`)."""
     located = repo.blob_location(blob_id)
-    return located.pack, located.entry
+    entry = located.entry
+    return located.pack, entry.offset, entry.length, entry.raw_length, entry.kind.value
 
 
 def restore_tree(
