@@ -58,6 +58,7 @@ from protectctl.provider import (
     SourceRoot,
     load_provider,
 )
+from protectctl.restore.workers import restore_parallelism
 
 __all__ = [
     "BackupResult",
@@ -656,25 +657,26 @@ def restore(
         if subpaths and isinstance(provider, SourceRoot):  # paths may be given as they were protected
             root = provider.source_root(job.spec, point)
             subpaths = [point_relative(path, root) for path in subpaths]
-        outcome = provider.restore(
-            RestoreRequest(
-                job.source,
-                job.spec,
-                point,
-                repo,
-                target,
-                tuple(subpaths),
-                dry_run,
-                overwrite,
-                progress or NullProgress(),
-                to_time=to_time,
-                options=dict(options or {}),
-                state_dir=job.state_dir,
-                points=points,
-                delete=delete,
-                resume=resume,
+        with restore_parallelism(job.parallelism):  # worker processes and threads (restore/workers.py)
+            outcome = provider.restore(
+                RestoreRequest(
+                    job.source,
+                    job.spec,
+                    point,
+                    repo,
+                    target,
+                    tuple(subpaths),
+                    dry_run,
+                    overwrite,
+                    progress or NullProgress(),
+                    to_time=to_time,
+                    options=dict(options or {}),
+                    state_dir=job.state_dir,
+                    points=points,
+                    delete=delete,
+                    resume=resume,
+                )
             )
-        )
     return RestoreResult.of(job.source, point, outcome, dry_run=dry_run, notes=damage)
 
 

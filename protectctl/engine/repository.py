@@ -178,6 +178,11 @@ class Repository:
         """The secret id key, for self-contained copies (tape) that must verify ids and file hashes."""
         return self._keys.id_key
 
+    def encryption_key(self) -> bytes:
+        """The secret encryption key, for restore worker processes that read packs themselves
+        (restore/workers.py: sent through a pipe, never argv, the environment or a file)."""
+        return self._keys.encryption
+
     def chunker(self) -> Chunker:
         return Chunker(self.chunker_params, self._keys.chunker_seed)
 

@@ -39,6 +39,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import TypeVar
@@ -52,16 +53,28 @@ from protectctl.engine.tree import HashScheme, Node, NodeType, blocks_hash, exte
 from protectctl.errors import ProtectctlError, RestoreError
 from protectctl.progress import NullProgress, Progress
 from protectctl.restore import ranges as _ranges
+from protectctl.restore import workers as _workers
 from protectctl.restore.progress_marker import already_restored
 from protectctl.restore.ranges import ByteBudget, OrderedHash, Range, hash_zeros, plan_ranges, segments
 from protectctl.restore.safety import check_name, make_dir, open_dir_path, remove_entry
 from protectctl.restore.selection import Selected, TreeReader
+from protectctl.restore.workers import (
+    BatchFuture,
+    Location,
+    RestoreWorkers,
+    WorkerSetup,
+    parallelism,
+    work_item,
+)
 
 # File tasks in flight: each holds one chunk at a time (<= 4 MiB plaintext), so memory stays
 # at a few MiB per thread. Creating a file costs ~1 ms on some filesystems: more threads than
 # cores hide that latency.
 _WORKERS = min(8, 2 * (os.cpu_count() or 1) + 2)
-_QUEUED = 2 * _WORKERS
+# Tasks (a file, a range's file or a batch: a few KiB of nodes each) the walk may queue past the
+# oldest one not collected: far enough that the small files' batches reach their threads or
+# worker processes while the large files before them in the walk are still being written.
+_QUEUED = 64
 # Small files: batched, at most this many files or bytes per task, on one thread per core (max 4).
 _SMALL_FILE = 256 << 10
 _BATCH_FILES = 128
@@ -191,8 +204,10 @@ class FsRestorer:
         progress: Progress | None = None,
         writeback: bool = False,
         keep_done: bool = False,
+        files_hint: int = 0,
     ) -> None:
         self.reader = reader
+        self._files_hint = files_hint  # the files the selection holds (its count walk), when known
         self.keep_done = keep_done  # resuming: keep files an earlier run of this restore finished
         self._writeback = _start_writeback if writeback else None
         # A copy of a keyed hasher made once: cheaper per file than keying one anew.
@@ -204,14 +219,23 @@ class FsRestorer:
         self.owners = os.geteuid() == 0
         self.report = RestoreReport()
         self._links: dict[tuple[int, int], tuple[bytes, ...]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="restore")
-        self._small_pool = ThreadPoolExecutor(max_workers=_SMALL_WORKERS, thread_name_prefix="restore-small")
+        # The job's `parallelism` setting caps the threads and the worker processes (workers.py).
+        self._cores = parallelism()
+        self._pool = ThreadPoolExecutor(max_workers=min(_WORKERS, 2 * self._cores + 2), thread_name_prefix="restore")
+        self._small_threads = min(_SMALL_WORKERS, self._cores)
+        self._small_pool = ThreadPoolExecutor(max_workers=self._small_threads, thread_name_prefix="restore-small")
+        # Optional reader capability (CachedTrees over a local repository): batches of small
+        # files written by worker processes, which need each chunk's place and the keys.
+        self._worker_source: tuple[bytes, bytes, str] | None = getattr(reader, "worker_source", None)
+        self._blob_location: Callable[[BlobId], Location] | None = getattr(reader, "blob_place", None)
+        self._procs: RestoreWorkers | None = None
+        self._batches = 0  # batches of small files submitted so far
         # Submitted work in walk order: each task's files and its future (a list of outcomes).
         self._tasks: deque[tuple[list[_Item], Future[list[_Outcome]], bool]] = deque()
         self._batch: list[_Item] = []  # small files not yet submitted
         self._batch_bytes = 0
         self._batch_fds: dict[int, int] = {}  # walk's dir fd -> the batch's own dup of it
-        self._small_queued = 0
+        self._small_running: deque[Future[list[_Outcome]]] = deque()  # batches submitted, maybe not done
         # Optional reader capability (CachedTrees): drop a tree once the write walk has used it.
         self._forget_tree: Callable[[BlobId], None] | None = getattr(reader, "forget_tree", None)
         self._dirs: dict[tuple[bytes, ...], Node] = {}  # metadata applied at the end
@@ -233,6 +257,8 @@ class FsRestorer:
 
     def run(self, root_fd: int, selection: Sequence[Selected]) -> RestoreReport:
         self._root_fd = root_fd
+        if self._files_hint >= _workers.SPAWN_AT_FILES:
+            self._start_workers()  # ready by the time the walk reaches the small files
         try:
             for item in selection:
                 self._restore_selected(item, self._dirs)
@@ -240,6 +266,8 @@ class FsRestorer:
             self._wait_files(0)
         finally:
             self._drop_batch()
+            if self._procs is not None:
+                self._procs.close()
             self._small_pool.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
             for job in list(self._big):  # the walk failed with ranges never run
@@ -387,15 +415,58 @@ class FsRestorer:
             return
         items, fds = self._batch, list(self._batch_fds.values())
         self._batch, self._batch_bytes, self._batch_fds = [], 0, {}
-        try:
-            future = self._small_pool.submit(self._batch_task, items, fds)
-        except BaseException:
+        self._batches += 1
+        future: Future[list[_Outcome]] | None = self._to_worker(items)
+        if future is not None:
             for fd in fds:
-                os.close(fd)
-            raise
-        self._small_queued += 1
+                os.close(fd)  # a worker opens the directory itself, from the target's fd
+        else:
+            try:
+                future = self._small_pool.submit(self._batch_task, items, fds)
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+        self._small_running.append(future)
         self._tasks.append((items, future, True))
-        self._wait_files(_QUEUED, small=2 * _SMALL_WORKERS)
+        self._wait_files(_QUEUED, small=2 * max(self._small_threads, self._procs.ready() if self._procs else 0))
+
+    def _to_worker(self, items: list[_Item]) -> BatchFuture | None:
+        """Hand a batch to a worker process (workers.py), starting them once the restore proves
+        large enough; None when none is ready (the batch goes to this process's threads)."""
+        if self._worker_source is None or self._blob_location is None or self._cores < 2:
+            return None
+        if self._procs is None:
+            if self._batches < _workers.SPAWN_AFTER_BATCHES:
+                return None
+            self._start_workers()
+        if self._procs is None:
+            return None
+        return self._procs.submit(
+            [work_item(item.parts, item.name, item.node, self._places(item.node)) for item in items]
+        )
+
+    def _start_workers(self) -> None:
+        if self._worker_source is None or self._blob_location is None or self._cores < 2 or self._procs is not None:
+            return
+        encryption_key, id_key, storage_path = self._worker_source
+        setup = WorkerSetup(
+            encryption_key, id_key, storage_path, self._root_fd, self.overwrite, self._writeback is not None
+        )
+        self._procs = RestoreWorkers(setup, self._cores)
+        self._procs.start()
+
+    def _places(self, node: Node) -> tuple[Location, ...]:
+        """Where each chunk of `node` is stored, or why it cannot be found (the worker raises it)."""
+        locate = self._blob_location
+        assert locate is not None
+        places: list[Location] = []
+        for chunk in node.chunks:
+            try:
+                places.append(locate(chunk))
+            except ProtectctlError as err:
+                places.append(str(err))
+        return tuple(places)
 
     def _drop_batch(self) -> None:
         """Close the fds of a batch never submitted (the walk failed)."""
@@ -426,20 +497,30 @@ class FsRestorer:
         return outcomes
 
     def _wait_files(self, keep: int, *, small: int | None = None) -> None:
-        """Collect finished tasks in order; block on the oldest while more than `keep` tasks (or
-        more than `small` batches of small files) are queued."""
-        while self._tasks and (
-            len(self._tasks) > keep or (small is not None and self._small_queued > small) or self._tasks[0][1].done()
-        ):
-            items, future, is_batch = self._tasks.popleft()
-            self._small_queued -= is_batch
-            self._collect(items, future)
+        """Collect finished tasks in order; block on the oldest while more than `keep` tasks are
+        queued, and on the oldest batch of small files while more than `small` are not done."""
+        while True:
+            while self._tasks and self._tasks[0][1].done():
+                items, future, _ = self._tasks.popleft()
+                self._collect(items, future)
+            running = self._small_running
+            while running and running[0].done():
+                running.popleft()
+            if small is not None and len(running) > small:
+                wait_futures([running[0]])
+            elif self._tasks and len(self._tasks) > keep:
+                items, future, _ = self._tasks.popleft()
+                self._collect(items, future)
+            else:
+                return
 
     def _collect(self, items: list[_Item], future: Future[list[_Outcome]]) -> None:
         try:
             outcomes: list[_Outcome] = future.result()
         except (OSError, ProtectctlError) as err:
             outcomes = [err] * len(items)
+        if isinstance(future, BatchFuture):
+            self.report.notes.extend(future.notes)  # made in a worker process, in file order
         for item, outcome in zip(items, outcomes, strict=True):
             try:
                 if isinstance(outcome, BaseException):

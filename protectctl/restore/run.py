@@ -13,11 +13,14 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from protectctl.agent.sparse import Hasher
 from protectctl.engine.ids import BlobId
 from protectctl.engine.names import show_name
+from protectctl.engine.repository import Repository
+from protectctl.engine.storage.local import LocalStorage
 from protectctl.engine.tree import NodeType, Tree
 from protectctl.errors import RestoreError
 from protectctl.progress import NullProgress, Progress
@@ -53,6 +56,15 @@ class CachedTrees:
             # The repository's index knows each blob's length without reading it: a large file
             # can then be restored in ranges (fs.py). The tape reader offers both (its record tables).
             self.blob_size: Callable[[BlobId], int] = getattr(reader, "blob_size")  # noqa: B009
+        # A repository on a local disk: small files can be written by worker processes that
+        # read its packs themselves (restore/workers.py), given each chunk's place and the keys.
+        if isinstance(reader, Repository) and type(reader.storage) is LocalStorage:
+            self.worker_source: tuple[bytes, bytes, str] = (
+                reader.encryption_key(),
+                reader.id_key(),
+                str(reader.storage.path),
+            )
+            self.blob_place: Callable[[BlobId], tuple[str, int, int, int, str]] = partial(_place, reader)
 
     def load_tree(self, blob_id: BlobId) -> Tree:
         cached = self._trees.get(blob_id)
@@ -84,6 +96,13 @@ class CachedTrees:
 
     def content_hasher(self) -> Hasher:
         return self._reader.content_hasher()
+
+
+def _place(repo: Repository, blob_id: BlobId) -> tuple[str, int, int, int, str]:
+    """Where a chunk is stored, for a restore worker process (restore/workers.py `Location`)."""
+    located = repo.blob_location(blob_id)
+    entry = located.entry
+    return located.pack, entry.offset, entry.length, entry.raw_length, entry.kind.value
 
 
 def restore_tree(
@@ -148,6 +167,7 @@ def restore_tree(
         writeback,
         scopes=scopes,
         resuming=resuming,
+        files=totals.files,
     )
     progress.finish()
     if report.errors:
@@ -235,6 +255,7 @@ def _write(
     *,
     scopes: Sequence[tuple[tuple[bytes, ...], BlobId | None]] = (),
     resuming: bool = False,
+    files: int = 0,
 ) -> tuple[RestoreReport, list[tuple[bytes, ...]]]:
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -245,7 +266,13 @@ def _write(
         # first, so that directory times set at the end of the restore stay as stored
         deleted = extras(repo, root_fd, scopes, remove=True) if scopes else []
         restorer = FsRestorer(
-            repo, repo.content_hasher, overwrite=overwrite, progress=progress, writeback=writeback, keep_done=resuming
+            repo,
+            repo.content_hasher,
+            overwrite=overwrite,
+            progress=progress,
+            writeback=writeback,
+            keep_done=resuming,
+            files_hint=files,
         )
         report = restorer.run(root_fd, selection)
         if root_meta is not None:

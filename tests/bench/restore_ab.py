@@ -2,6 +2,8 @@
 
     python tests/bench/restore_ab.py WORKDIR --order base,new,restic,new,base --base-src /tmp/base
 
+`--src NAME=DIR` adds more trees, each run as NAME.
+
 WORKDIR is what `bench_backup.py --keep` or `bench_smallfiles.py --keep` left (its protectctl
 and restic repositories, already backed up). `new` restores with the protectctl on PATH,
 `base` with the same command but PYTHONPATH set to --base-src (e.g. an older commit unpacked
@@ -37,6 +39,9 @@ def main() -> None:
     parser.add_argument("--order", default="base,new,restic,new,base")
     parser.add_argument("--base-src", type=Path, help="a source tree of protectctl for `base` runs")
     parser.add_argument(
+        "--src", action="append", default=[], metavar="NAME=DIR", help="more source trees, each run as NAME in --order"
+    )
+    parser.add_argument(
         "--settle", type=float, default=_settle_seconds(), help="seconds to wait after deleting old trees"
     )
     args = parser.parse_args()
@@ -44,8 +49,10 @@ def main() -> None:
     source = work / "data"
     protectctl, restic = Protectctl(work, source), Restic(work, source)
     order = args.order.split(",")
-    if "base" in order and args.base_src is None:
-        parser.error("`base` runs need --base-src")
+    sources = {"base": args.base_src, **{k: Path(v) for k, _, v in (s.partition("=") for s in args.src)}}
+    for which in order:
+        if which not in ("new", "restic") and sources.get(which) is None:
+            parser.error(f"`{which}` runs need a source tree (--base-src, or --src {which}=DIR)")
     if (work / "restore").exists():
         shutil.rmtree(work / "restore")
         os.sync()
@@ -58,8 +65,8 @@ def main() -> None:
             measure, _ = restic.restore(target)
         else:
             protectctl.env = {k: v for k, v in protectctl.env.items() if k != "PYTHONPATH"}
-            if which == "base":
-                protectctl.env["PYTHONPATH"] = str(args.base_src)
+            if which != "new":
+                protectctl.env["PYTHONPATH"] = str(sources[which])
             measure, _ = protectctl.restore(target)
         cpu = (measure.user_s or 0) + (measure.sys_s or 0)
         rss = (measure.max_rss_kib or 0) // 1024

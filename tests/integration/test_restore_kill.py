@@ -1,5 +1,7 @@
 """SIGKILL a restore on its parallel path (small files batched, large ones one per task), then
---resume: the target ends byte-exact, hard links, xattrs and sparse files included.
+--resume: the target ends byte-exact, hard links, xattrs and sparse files included. With worker
+processes (restore/workers.py): the parent killed while a worker holds a batch, the workers die
+with it, the repository is as before (its lock aside), and --resume completes.
 
 The moment is the `restore-file` crashpoint (the N-th file collected as restored and verified):
 the walk stops there while batches already handed to the pool threads are still being written,
@@ -134,3 +136,69 @@ def test_sigkill_mid_range_of_a_big_file_then_resume_is_byte_exact(tmp_path: Pat
     assert snapshot_tree(target) == snapshot_tree(src)
     assert _xattrs(target) == _xattrs(src)
     assert os.stat(half).st_blocks * 512 <= (6 << 20) + (256 << 10)  # data only: still sparse
+
+
+WORKERS_DRIVER = """
+import sys
+from pathlib import Path
+from protectctl.restore import workers
+workers.SPAWN_AFTER_BATCHES = 0
+workers.WAIT_FOR_WORKERS = True  # every batch to a worker process
+from tests.integration.test_filesystem_backup import make_job
+from protectctl.agent.jobs import restore
+job = make_job(Path(sys.argv[1]), Path(sys.argv[2]), parallelism=2)
+restore(job, "latest", target=Path(sys.argv[3]))
+"""
+
+
+def _stored(repo: Path) -> dict[str, bytes]:
+    """The repository's objects but its locks (a killed restore leaves its lease behind)."""
+    return {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and p.relative_to(repo).parts[0] != "locks"
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended
+
+
+def test_sigkill_parent_while_a_worker_holds_a_batch_then_resume(tmp_path: Path) -> None:
+    src, target, announce = tmp_path / "src", tmp_path / "out", tmp_path / "announce"
+    src.mkdir()
+    _populate(src)
+    job = make_job(tmp_path, src, parallelism=2)
+    assert run_backup(job, "sync").exit_code == 0
+    before = _stored(tmp_path / "repo")
+    # Each worker stops at its second batch, received and not written.
+    env = {
+        **os.environ,
+        "PROTECTCTL_CRASH_POINT": "restore-worker-batch#2",
+        "PROTECTCTL_CRASH_ANNOUNCE": str(announce),
+    }
+    argv = [sys.executable, "-c", WORKERS_DRIVER, str(tmp_path), str(src), str(target)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env)
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or announce.exists() and announce.read_text().endswith("\n"),
+            "a restore worker holds its second batch",
+        )
+        assert proc.poll() is None, "the restore ended before its crashpoint"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    paused = int(announce.read_text().splitlines()[0].split()[1])
+    assert paused != proc.pid
+    wait_until(lambda: not _alive(paused), "the worker dies with its parent")
+    assert _stored(tmp_path / "repo") == before
+    assert snapshot_tree(target) != snapshot_tree(src)
+    result = restore(job, "latest", target=target, resume=True)
+    assert any("resumed" in n for n in result.notes), result.notes
+    assert result.files == 453 and result.verified >= 452
+    assert snapshot_tree(target) == snapshot_tree(src)
+    assert _xattrs(target) == _xattrs(src)
