@@ -217,7 +217,14 @@ class BigFiles:
     # -- the archiver's side --------------------------------------------------------------
 
     def read(
-        self, archiver: Archiver, fd: int, st: os.stat_result, rel: bytes, previous: JournalEntry | None
+        self,
+        archiver: Archiver,
+        fd: int,
+        st: os.stat_result,
+        rel: bytes,
+        previous: JournalEntry | None,
+        *,
+        present: bool = False,
     ) -> Content | None:
         work = self.cap.work_dir
         if work is None or not self.cap.reflink:
@@ -239,13 +246,15 @@ class BigFiles:
                 content = archiver._read_content(cfd, st)
                 path.unlink()
                 return content
-            content = self._blocks(archiver, cfd, key, rel, previous)
+            content = self._blocks(archiver, cfd, key, rel, previous, present=present)
             self._pending.append(_Pending(key, rel, content.content_hash, content.size))
             return content
         finally:
             os.close(cfd)
 
-    def _blocks(self, archiver: Archiver, cfd: int, key: str, rel: bytes, previous: JournalEntry | None) -> Content:
+    def _blocks(
+        self, archiver: Archiver, cfd: int, key: str, rel: bytes, previous: JournalEntry | None, *, present: bool
+    ) -> Content:
         started = time.monotonic()
         block = self.block_size
         size = os.fstat(cfd).st_size
@@ -254,7 +263,7 @@ class BigFiles:
         except OSError as err:
             current = None
             self._fallback(f"FIEMAP refused: {err.strerror}")
-        reused = self._reusable(archiver, key, previous) if current is not None else None
+        reused = self._reusable(archiver, key, previous, present=present) if current is not None else None
         changed: set[int] | None = None
         if reused is not None and current is not None:
             try:
@@ -336,10 +345,11 @@ class BigFiles:
         return Content(size, tuple(chunks), tuple(holes), digest, HashScheme.BLOCKS)
 
     def _reusable(
-        self, archiver: Archiver, key: str, previous: JournalEntry | None
+        self, archiver: Archiver, key: str, previous: JournalEntry | None, *, present: bool = False
     ) -> list[tuple[int, bytes] | None] | None:
         """Per block of the previous point's content: (length, chunk id), None for a hole; None
-        when the reference cannot vouch for that content (the file is then read whole)."""
+        when the reference cannot vouch for that content (the file is then read whole).
+        `present`: the archiver found every chunk of `previous` in the repository in this run."""
         entry = self._manifest.get(key)
         if previous is None or entry is None:
             self._fallback("no reference copy yet (first tracked sync of the file)")
@@ -350,7 +360,7 @@ class BigFiles:
         if entry.get("block") != self.block_size:
             self._fallback("the block size changed")
             return None
-        if not archiver.repo.has_blobs(previous.chunks):
+        if not (present or archiver.repo.has_blobs(previous.chunks)):
             self._fallback("chunks of the last point are gone from the repository")
             return None
         size = entry.get("size")
