@@ -211,3 +211,16 @@ def test_reading_only_changed_blocks_stores_what_reading_everything_does(tmp_pat
         pieces = list(zip(lengths, want_ids, strict=True))
         assert content.content_hash == blocks_hash(blake3.blake3(key=key), len(new), want_holes, pieces)
         assert big.stats.blocks_read + big.stats.blocks_reused == count - len(holes)
+
+
+def test_the_blocks_hash_is_its_documented_byte_layout() -> None:
+    """size, holes, then (u64 length, id) per chunk: computed without a step per chunk, the same bytes."""
+    import struct
+
+    pieces = [(16 << 10, bytes([i % 251]) * 32) for i in range(1000)] + [(100, b"\7" * 32)]
+    holes = [(0, 4096), (1 << 20, 8192)]
+    layout = b"protectctl/blocks-hash/1\0" + struct.pack("<QQQ", 123, len(holes), len(pieces))
+    layout += b"".join(struct.pack("<QQ", start, length) for start, length in holes)
+    layout += b"".join(struct.pack("<Q", length) + chunk for length, chunk in pieces)
+    key = b"k" * 32
+    assert blocks_hash(blake3.blake3(key=key), 123, holes, pieces) == blake3.blake3(layout, key=key).digest()
