@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import operator
 import os
 import shutil
 import time
@@ -61,6 +62,7 @@ from protectctl.provider import Archived, ArchiveOptions, SnapshotRequest
 
 DEFAULT_MIN_SIZE = 64 << 20
 DEFAULT_BLOCK_SIZE = 16 << 10
+_SECOND = operator.itemgetter(1)  # the chunk id of a (length, id) pair
 _READ_SPAN = 4 << 20  # changed blocks next to each other are read with one call up to this much
 _MANIFEST = "manifest.json"
 _NAMED = 20  # mismatching files named in the point; all are counted
@@ -362,7 +364,8 @@ class BigFiles:
         last_len = size - (count - 1) * block
         must = set(changed)
         must.update(range(min(len(reused), count), count))  # the file grew
-        must.update(i for i, old in enumerate(reused[:count]) if old is None)  # a hole then
+        if None in reused:  # a hole then (a scan at C speed first: most files have none)
+            must.update([i for i, old in enumerate(reused[:count]) if old is None])
         for i in {len(reused) - 1, count - 1}:  # the only blocks whose length may differ
             old = reused[i] if 0 <= i < min(len(reused), count) else None
             if old is not None and old[0] != (block if i < count - 1 else last_len):
@@ -383,7 +386,7 @@ class BigFiles:
             if upto > pos:
                 run = reused[pos:upto]
                 pieces.extend(run)  # type: ignore[arg-type]  # no hole among them: checked above
-                chunks.extend(BlobId(old[1]) for old in run)  # type: ignore[index]
+                chunks.extend(map(_SECOND, run))  # type: ignore[arg-type]
                 stats.blocks_reused += upto - pos
                 pos = upto
 

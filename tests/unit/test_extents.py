@@ -224,3 +224,59 @@ def test_the_blocks_hash_is_its_documented_byte_layout() -> None:
     layout += b"".join(struct.pack("<Q", length) + chunk for length, chunk in pieces)
     key = b"k" * 32
     assert blocks_hash(blake3.blake3(key=key), 123, holes, pieces) == blake3.blake3(layout, key=key).digest()
+
+
+def _changed_by_cuts(current: list[Extent], reference: list[Extent], size: int) -> list[tuple[int, int]]:
+    """The comparison by its definition: cut at every extent boundary, compare each piece."""
+
+    def at(extents: list[Extent], offset: int) -> Extent | None:
+        return next((e for e in extents if e.logical <= offset < e.end), None)
+
+    from protectctl.agent.extents import _same
+
+    points = sorted({0, size, *(p for e in (*current, *reference) for p in (e.logical, e.end) if 0 < p < size)})
+    out: list[tuple[int, int]] = []
+    for start, end in zip(points, points[1:], strict=False):
+        if not _same(at(current, start), at(reference, start), start):
+            if out and sum(out[-1]) == start:
+                out[-1] = (out[-1][0], end - out[-1][0])
+            else:
+                out.append((start, end - start))
+    return out
+
+
+def _random_extents(rng: random.Random, size: int, shared: list[int]) -> list[Extent]:
+    out, pos = [], 0
+    while pos < size + 8 * K and rng.random() < 0.9:
+        pos += rng.choice((0, 0, K, 3 * K))  # holes between extents
+        length = rng.randrange(1, 8) * K
+        flags = rng.choice((0, 0, 0, S, FIEMAP_EXTENT_DELALLOC))
+        physical = rng.choice(shared) + (pos % (8 * K)) if rng.random() < 0.7 else rng.randrange(10**6) * K
+        out.append(Extent(pos, physical, length, flags))
+        pos += length
+    return out
+
+
+def _rewritten(rng: random.Random, extents: list[Extent]) -> list[Extent]:
+    """The same map with some extents split in two and some pieces moved (copy-on-write)."""
+    out = []
+    for e in extents:
+        if e.length > K and rng.random() < 0.4:
+            cut = rng.randrange(1, e.length // K) * K
+            out += [
+                Extent(e.logical, e.physical, cut, e.flags),
+                Extent(e.logical + cut, e.physical + cut, e.length - cut, e.flags),
+            ]
+        else:
+            out.append(e)
+    return [Extent(e.logical, rng.randrange(10**6) * K, e.length, e.flags) if rng.random() < 0.2 else e for e in out]
+
+
+def test_the_sweep_finds_what_cutting_at_every_boundary_finds() -> None:
+    rng = random.Random(11)
+    for _ in range(300):
+        size = rng.randrange(1, 64) * K + rng.choice((0, 100))
+        shared = [rng.randrange(1000) * K for _ in range(64)]  # physical starts both may map to
+        current = _random_extents(rng, size, shared)
+        reference = _rewritten(rng, current) if rng.random() < 0.5 else _random_extents(rng, size, shared)
+        assert changed_ranges(current, reference, size) == _changed_by_cuts(current, reference, size)
