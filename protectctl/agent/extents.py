@@ -84,12 +84,9 @@ def extent_map(fd: int, *, sync: bool = False) -> list[Extent]:
         mapped = _HEADER.unpack_from(buf, 0)[3]
         if mapped == 0:
             return out
-        last = None
-        for i in range(mapped):
-            logical, physical, length, _, _, flags, _, _, _ = _EXTENT.unpack_from(buf, _HEADER.size + i * _EXTENT.size)
-            last = Extent(logical, physical, length, flags)
-            out.append(last)
-        assert last is not None
+        records = memoryview(buf)[_HEADER.size : _HEADER.size + mapped * _EXTENT.size]
+        out.extend(Extent(rec[0], rec[1], rec[2], rec[5]) for rec in _EXTENT.iter_unpack(records))
+        last = out[-1]
         if last.flags & FIEMAP_EXTENT_LAST or last.end <= start:
             return out
         start = last.end
