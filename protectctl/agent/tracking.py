@@ -215,6 +215,7 @@ class BigFiles:
             for stale in _glob(ref_dir, ".new"):  # a killed run's clones, never committed
                 with contextlib.suppress(OSError):
                     stale.unlink()
+        self._loaded = {key: dict(entry) for key, entry in self._manifest.items()}  # as read
 
     # -- the archiver's side --------------------------------------------------------------
 
@@ -509,7 +510,8 @@ class BigFiles:
                 "block": self.block_size,
             }
         self._forget_gone({p.key for p in self._pending})
-        if self._pending or self.ref_dir.exists():
+        unchanged = self._manifest == self._loaded and (self.ref_dir / _MANIFEST).exists()
+        if not unchanged and (self._pending or self.ref_dir.exists()):  # a sync that changed nothing writes nothing
             self.ref_dir.mkdir(mode=0o700, exist_ok=True)
             _save_manifest(self.ref_dir / _MANIFEST, self._manifest)
         self._pending = []

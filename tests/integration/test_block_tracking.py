@@ -91,9 +91,12 @@ def test_scattered_rewrites_read_only_changed_blocks_and_every_point_restores(co
     assert second.bytes_read <= len(touched) * BLOCK + 100  # + the small file, if re-read
     contents.append((second, disk.read_bytes()))
 
+    manifest = _references(cow_dir.parent, job) / "manifest.json"
+    before = manifest.stat()
     clock.tick(hours=1)
     nothing = run_backup(job, "sync", now=clock)
     assert nothing.bytes_read == 0
+    assert (manifest.stat().st_ino, manifest.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
 
     clock.tick(hours=1)
     full = run_backup(job, "full", now=clock)
