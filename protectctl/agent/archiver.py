@@ -129,9 +129,18 @@ class BigFileReader(Protocol):
     min_size: int
 
     def read(
-        self, archiver: Archiver, fd: int, st: os.stat_result, rel: bytes, previous: JournalEntry | None
+        self,
+        archiver: Archiver,
+        fd: int,
+        st: os.stat_result,
+        rel: bytes,
+        previous: JournalEntry | None,
+        *,
+        present: bool = False,
     ) -> Content | None:
-        """The stored content of the open file `fd`, or None to leave it to the archiver."""
+        """The stored content of the open file `fd`, or None to leave it to the archiver.
+        `present`: every chunk of `previous` is known to be in the repository (checked with its
+        directory's in this run)."""
         ...
 
 
@@ -151,6 +160,7 @@ class _Dir:
 
     rel: bytes
     known: Mapping[bytes, JournalEntry]
+    present: bool = False  # every chunk `known` names was found in the repository in this run
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,12 +304,13 @@ class Archiver:
     ) -> BlobId | None:
         """The tree from each entry's encoded node: reused from the journal when the entry's facts
         did not change, else captured and encoded now. Remembers facts and encodings for next time."""
-        here = _Dir(rel, self.journal.directory(rel))
+        entries_known = self.journal.directory(rel)
         known = self.journal.directory_nodes(rel) if self._reuse_dirs else {}
         # One look-up for every chunk the directory's files had (a prune may have removed some):
         # when all are there, no file's needs checking again; else each is checked alone.
-        ids = chunk_ids(here.known) if known else None
+        ids = chunk_ids(entries_known) if known else None
         present = ids is not None and self.repo.has_blobs(ids)
+        here = _Dir(rel, entries_known, present)
         # (name, facts digest, encoded node, seal when reused from the journal), in name order
         kept: list[tuple[bytes, bytes, str, bytes | None]] = []
         kept_files: list[bytes] = []  # files whose journal entries are reused
@@ -597,7 +608,9 @@ class Archiver:
         if previous is not None and self._racy(st):
             previous = None  # changed too close to the last sync to trust its timestamps
         identity = FileIdentity.of(st)
-        reusable = previous is not None and previous.identity == identity and self._present(previous.chunks)
+        reusable = (
+            previous is not None and previous.identity == identity and (here.present or self._present(previous.chunks))
+        )
         if reusable and not self.options.verify_all:
             assert previous is not None
             content = Content(
@@ -605,7 +618,7 @@ class Archiver:
             )
             self.result.files_reused += 1
         else:
-            read = self._read(path, rel, here.known.get(name))
+            read = self._read(path, rel, here.known.get(name), present=here.present)
             if read is None:
                 return None, st
             content, st = read
@@ -636,7 +649,7 @@ class Archiver:
         log.warning("archive.silent_change", extra={"path": show_name(rel)})
 
     def _read(
-        self, path: bytes, rel: bytes, previous: JournalEntry | None = None
+        self, path: bytes, rel: bytes, previous: JournalEntry | None = None, *, present: bool = False
     ) -> tuple[Content, os.stat_result] | None:
         """Read, chunk and store one file; None (and an error) when it cannot be read."""
         if self._reads is not None and (ahead := self._reads.take(path)) is not None:
@@ -654,7 +667,7 @@ class Archiver:
             big = self.options.big_files
             content = None
             if big is not None and st.st_size >= big.min_size:
-                content = big.read(self, fd, st, rel, previous)
+                content = big.read(self, fd, st, rel, previous, present=present)
             if content is None:
                 content = self._read_content(fd, st)
         except OSError as err:

@@ -17,7 +17,6 @@ changed is merely read; a range is only called unchanged on the filesystem's own
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import struct
 from collections.abc import Iterator, Sequence
@@ -85,12 +84,9 @@ def extent_map(fd: int, *, sync: bool = False) -> list[Extent]:
         mapped = _HEADER.unpack_from(buf, 0)[3]
         if mapped == 0:
             return out
-        last = None
-        for i in range(mapped):
-            logical, physical, length, _, _, flags, _, _, _ = _EXTENT.unpack_from(buf, _HEADER.size + i * _EXTENT.size)
-            last = Extent(logical, physical, length, flags)
-            out.append(last)
-        assert last is not None
+        records = memoryview(buf)[_HEADER.size : _HEADER.size + mapped * _EXTENT.size]
+        out.extend(Extent(rec[0], rec[1], rec[2], rec[5]) for rec in _EXTENT.iter_unpack(records))
+        last = out[-1]
         if last.flags & FIEMAP_EXTENT_LAST or last.end <= start:
             return out
         start = last.end
@@ -98,21 +94,37 @@ def extent_map(fd: int, *, sync: bool = False) -> list[Extent]:
 
 def changed_ranges(current: Sequence[Extent], reference: Sequence[Extent], size: int) -> list[tuple[int, int]]:
     """(offset, length) ranges of [0, size) of the file mapped by `current` not proven equal to the
-    reference mapped by `reference` (see the module docstring), merged and in order."""
-    cuts = {0, size}
-    for extent in (*current, *reference):
-        for point in (extent.logical, extent.end):
-            if 0 < point < size:
-                cuts.add(point)
-    points = sorted(cuts)
-    cur, ref = _Lookup(current), _Lookup(reference)
+    reference mapped by `reference` (see the module docstring), merged and in order. One sweep
+    over both maps (sorted and disjoint, as FIEMAP gives them): a fragmented file's tens of
+    thousands of extents cost a pass, not a search per boundary."""
     out: list[tuple[int, int]] = []
-    for start, end in zip(points, points[1:], strict=False):
-        if not _same(cur.at(start), ref.at(start), start):
-            if out and out[-1][0] + out[-1][1] == start:
+    i = j = 0
+    n, m = len(current), len(reference)
+    pos = 0
+    while pos < size:
+        while i < n and current[i].end <= pos:
+            i += 1
+        while j < m and reference[j].end <= pos:
+            j += 1
+        a = current[i] if i < n else None
+        b = reference[j] if j < m else None
+        end = size  # the next boundary of either map after pos
+        if a is not None:
+            if a.logical > pos:
+                end, a = min(end, a.logical), None
+            else:
+                end = min(end, a.end)
+        if b is not None:
+            if b.logical > pos:
+                end, b = min(end, b.logical), None
+            else:
+                end = min(end, b.end)
+        if not _same(a, b, pos):
+            if out and out[-1][0] + out[-1][1] == pos:
                 out[-1] = (out[-1][0], end - out[-1][0])
             else:
-                out.append((start, end - start))
+                out.append((pos, end - pos))
+        pos = end
     return out
 
 
@@ -127,20 +139,6 @@ def _same(a: Extent | None, b: Extent | None, offset: int) -> bool:
         # A compressed extent's bytes are not laid out linearly: only the same record is the same data.
         return (a.logical, a.physical, a.length) == (b.logical, b.physical, b.length)
     return a.physical + (offset - a.logical) == b.physical + (offset - b.logical)
-
-
-class _Lookup:
-    """The extent covering an offset, by bisection (extents are sorted and disjoint)."""
-
-    def __init__(self, extents: Sequence[Extent]) -> None:
-        self.extents = extents
-        self.starts = [e.logical for e in extents]
-
-    def at(self, offset: int) -> Extent | None:
-        i = bisect.bisect_right(self.starts, offset) - 1
-        if i >= 0 and offset < self.extents[i].end:
-            return self.extents[i]
-        return None
 
 
 def blocks_of(ranges: Sequence[tuple[int, int]], block: int) -> Iterator[int]:

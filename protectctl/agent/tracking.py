@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import operator
 import os
 import shutil
 import time
@@ -61,6 +62,7 @@ from protectctl.provider import Archived, ArchiveOptions, SnapshotRequest
 
 DEFAULT_MIN_SIZE = 64 << 20
 DEFAULT_BLOCK_SIZE = 16 << 10
+_SECOND = operator.itemgetter(1)  # the chunk id of a (length, id) pair
 _READ_SPAN = 4 << 20  # changed blocks next to each other are read with one call up to this much
 _MANIFEST = "manifest.json"
 _NAMED = 20  # mismatching files named in the point; all are counted
@@ -213,11 +215,19 @@ class BigFiles:
             for stale in _glob(ref_dir, ".new"):  # a killed run's clones, never committed
                 with contextlib.suppress(OSError):
                     stale.unlink()
+        self._loaded = {key: dict(entry) for key, entry in self._manifest.items()}  # as read
 
     # -- the archiver's side --------------------------------------------------------------
 
     def read(
-        self, archiver: Archiver, fd: int, st: os.stat_result, rel: bytes, previous: JournalEntry | None
+        self,
+        archiver: Archiver,
+        fd: int,
+        st: os.stat_result,
+        rel: bytes,
+        previous: JournalEntry | None,
+        *,
+        present: bool = False,
     ) -> Content | None:
         work = self.cap.work_dir
         if work is None or not self.cap.reflink:
@@ -239,13 +249,15 @@ class BigFiles:
                 content = archiver._read_content(cfd, st)
                 path.unlink()
                 return content
-            content = self._blocks(archiver, cfd, key, rel, previous)
+            content = self._blocks(archiver, cfd, key, rel, previous, present=present)
             self._pending.append(_Pending(key, rel, content.content_hash, content.size))
             return content
         finally:
             os.close(cfd)
 
-    def _blocks(self, archiver: Archiver, cfd: int, key: str, rel: bytes, previous: JournalEntry | None) -> Content:
+    def _blocks(
+        self, archiver: Archiver, cfd: int, key: str, rel: bytes, previous: JournalEntry | None, *, present: bool
+    ) -> Content:
         started = time.monotonic()
         block = self.block_size
         size = os.fstat(cfd).st_size
@@ -254,7 +266,7 @@ class BigFiles:
         except OSError as err:
             current = None
             self._fallback(f"FIEMAP refused: {err.strerror}")
-        reused = self._reusable(archiver, key, previous) if current is not None else None
+        reused = self._reusable(archiver, key, previous, present=present) if current is not None else None
         changed: set[int] | None = None
         if reused is not None and current is not None:
             try:
@@ -274,7 +286,7 @@ class BigFiles:
             self.stats.files_tracked += 1
         hole_blocks = _hole_blocks(current, size, block) if current is not None else set()
         if changed is not None and not self.verify:
-            _prefetch(cfd, sorted(changed - hole_blocks), block, size)
+            return self._changed_only(archiver, cfd, size, reused, changed, hole_blocks)
         chunks: list[BlobId] = []
         pieces: list[tuple[int, bytes]] = []
         holes: list[tuple[int, int]] = []
@@ -335,11 +347,108 @@ class BigFiles:
         digest = blocks_hash(archiver.repo.content_hasher(), size, holes, pieces)
         return Content(size, tuple(chunks), tuple(holes), digest, HashScheme.BLOCKS)
 
+    def _changed_only(
+        self,
+        archiver: Archiver,
+        cfd: int,
+        size: int,
+        reused: Sequence[tuple[int, bytes] | None],
+        changed: set[int],
+        hole_blocks: set[int],
+    ) -> Content:
+        """The content of a tracked file when only `changed` blocks (and those the previous
+        content cannot supply: it had a hole there, it was shorter, its last block was shorter)
+        are read. Unchanged runs are taken from `reused` a run at a time: the work follows the
+        changed blocks, not the 10^5 blocks of a big file."""
+        block = self.block_size
+        count = -(-size // block)
+        last_len = size - (count - 1) * block
+        must = set(changed)
+        must.update(range(min(len(reused), count), count))  # the file grew
+        if None in reused:  # a hole then (a scan at C speed first: most files have none)
+            must.update([i for i, old in enumerate(reused[:count]) if old is None])
+        for i in {len(reused) - 1, count - 1}:  # the only blocks whose length may differ
+            old = reused[i] if 0 <= i < min(len(reused), count) else None
+            if old is not None and old[0] != (block if i < count - 1 else last_len):
+                must.add(i)
+        must.difference_update(hole_blocks)
+        spans = _spans(sorted(must), _READ_SPAN // block)
+        _prefetch(cfd, spans, block, size)
+        chunks: list[BlobId] = []
+        pieces: list[tuple[int, bytes]] = []
+        holes: list[tuple[int, int]] = []
+        buf = bytearray(_READ_SPAN)
+        stats = self.stats
+        pos = 0  # blocks before this are done
+
+        def keep(upto: int) -> None:
+            """Blocks pos..upto (none of them read, none a hole) keep their previous chunks."""
+            nonlocal pos
+            if upto > pos:
+                run = reused[pos:upto]
+                pieces.extend(run)  # type: ignore[arg-type]  # no hole among them: checked above
+                chunks.extend(map(_SECOND, run))  # type: ignore[arg-type]
+                stats.blocks_reused += upto - pos
+                pos = upto
+
+        done = 0  # spans read so far
+        for index in sorted(hole_blocks):
+            # Holes, in order, with the reads and kept runs before each (a span holds no hole).
+            while done < len(spans) and spans[done][0] < index:
+                first, end = spans[done]
+                done += 1
+                keep(first)
+                self._read_span(archiver, cfd, buf, first, end, size, chunks, pieces)
+                pos = end
+            keep(index)
+            start = index * block
+            length = min(block, size - start)
+            if holes and holes[-1][0] + holes[-1][1] == start:
+                holes[-1] = (holes[-1][0], holes[-1][1] + length)
+            else:
+                holes.append((start, length))
+            pos = index + 1
+        for first, end in spans[done:]:
+            keep(first)
+            self._read_span(archiver, cfd, buf, first, end, size, chunks, pieces)
+            pos = end
+        keep(count)
+        digest = blocks_hash(archiver.repo.content_hasher(), size, holes, pieces)
+        return Content(size, tuple(chunks), tuple(holes), digest, HashScheme.BLOCKS)
+
+    def _read_span(
+        self,
+        archiver: Archiver,
+        cfd: int,
+        buf: bytearray,
+        first: int,
+        end: int,
+        size: int,
+        chunks: list[BlobId],
+        pieces: list[tuple[int, bytes]],
+    ) -> None:
+        """Read blocks first..end with one call and store each as a chunk."""
+        block = self.block_size
+        start = first * block
+        span = min(end * block, size) - start
+        view = memoryview(buf)[:span]
+        if _pread_full(cfd, view, start) < span:  # the clone cannot shrink: only a damaged filesystem
+            raise OSError(5, "short read from a reflink clone")
+        archiver.result.bytes_read += span
+        add = archiver.writer.add
+        for offset in range(0, span, block):
+            piece = view[offset : offset + block]
+            blob, _ = add(BlobKind.DATA, piece)
+            chunks.append(blob)
+            pieces.append((len(piece), bytes(blob)))
+        self.stats.blocks_read += end - first
+
     def _reusable(
-        self, archiver: Archiver, key: str, previous: JournalEntry | None
+        self, archiver: Archiver, key: str, previous: JournalEntry | None, *, present: bool = False
     ) -> list[tuple[int, bytes] | None] | None:
         """Per block of the previous point's content: (length, chunk id), None for a hole; None
-        when the reference cannot vouch for that content (the file is then read whole)."""
+        when the reference cannot vouch for that content (the file is then read whole).
+        `present`: the archiver found every chunk of `previous` in the repository in this run."""
         entry = self._manifest.get(key)
         if previous is None or entry is None:
             self._fallback("no reference copy yet (first tracked sync of the file)")
@@ -350,7 +459,7 @@ class BigFiles:
         if entry.get("block") != self.block_size:
             self._fallback("the block size changed")
             return None
-        if not archiver.repo.has_blobs(previous.chunks):
+        if not (present or archiver.repo.has_blobs(previous.chunks)):
             self._fallback("chunks of the last point are gone from the repository")
             return None
         size = entry.get("size")
@@ -401,7 +510,8 @@ class BigFiles:
                 "block": self.block_size,
             }
         self._forget_gone({p.key for p in self._pending})
-        if self._pending or self.ref_dir.exists():
+        unchanged = self._manifest == self._loaded and (self.ref_dir / _MANIFEST).exists()
+        if not unchanged and (self._pending or self.ref_dir.exists()):  # a sync that changed nothing writes nothing
             self.ref_dir.mkdir(mode=0o700, exist_ok=True)
             _save_manifest(self.ref_dir / _MANIFEST, self._manifest)
         self._pending = []
@@ -495,17 +605,28 @@ def _previous_blocks(size: int, previous: JournalEntry, block: int) -> list[tupl
     return out
 
 
-def _prefetch(fd: int, blocks: Sequence[int], block: int, size: int) -> None:
-    """Ask the kernel to start reading every changed block now: scattered reads then overlap
+def _spans(blocks: Sequence[int], most: int) -> list[tuple[int, int]]:
+    """Sorted block indexes as (first, end) runs of consecutive blocks, at most `most` long."""
+    out: list[tuple[int, int]] = []
+    for index in blocks:
+        if out and out[-1][1] == index and index - out[-1][0] < most:
+            out[-1] = (out[-1][0], index + 1)
+        else:
+            out.append((index, index + 1))
+    return out
+
+
+def _prefetch(fd: int, spans: Sequence[tuple[int, int]], block: int, size: int) -> None:
+    """Ask the kernel to start reading every changed span now: scattered reads then overlap
     instead of waiting one by one (a clone shares no page cache with its file)."""
     advise = getattr(os, "posix_fadvise", None)
     if advise is None:
         return
     with contextlib.suppress(OSError):
-        for index in blocks:
-            start = index * block
+        for first, end in spans:
+            start = first * block
             if start < size:
-                advise(fd, start, min(block, size - start), os.POSIX_FADV_WILLNEED)
+                advise(fd, start, min(end * block, size) - start, os.POSIX_FADV_WILLNEED)
 
 
 def _hole_blocks(extents: Sequence[Extent], size: int, block: int) -> set[int]:

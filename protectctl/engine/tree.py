@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -79,6 +80,7 @@ def extents_hash(hasher: Hasher, size: int, holes: Sequence[tuple[int, int]], da
 
 
 _BLOCKS_TAG = b"protectctl/blocks-hash/1\0"
+_U64 = struct.Struct("<Q")
 
 
 def blocks_hash(
@@ -88,7 +90,10 @@ def blocks_hash(
     every chunk in order (fixed-width fields, so unambiguous)."""
     hasher.update(_BLOCKS_TAG + struct.pack("<QQQ", size, len(holes), len(pieces)))
     hasher.update(b"".join(struct.pack("<QQ", start, length) for start, length in holes))
-    hasher.update(b"".join(struct.pack("<Q", length) + bytes(chunk) for length, chunk in pieces))
+    # (length, id) interleaved without a Python step per piece: a 4 GiB file has 262,144 of them
+    lengths = map(_U64.pack, [length for length, _ in pieces])
+    ids = [bytes(chunk) for _, chunk in pieces]
+    hasher.update(b"".join(itertools.chain.from_iterable(zip(lengths, ids, strict=True))))
     return hasher.digest()
 
 

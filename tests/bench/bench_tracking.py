@@ -157,6 +157,8 @@ def bench_fs(kind: str, args: argparse.Namespace, work: Path) -> dict[str, objec
                 if not m.ok:
                     raise SystemExit(f"{name} {phase} failed: {m.stderr[-2000:]}")
                 row[f"{name}_s"] = round(m.seconds, 3)
+                if m.user_s is not None and m.sys_s is not None:  # CPU: steadier than wall time under load
+                    row[f"{name}_cpu_s"] = round(m.user_s + m.sys_s, 3)
                 if name == "protectctl":
                     row["bytes_read"] = (m.extra or {}).get("bytes_read")
                     extra = tool.last_point_extra()  # type: ignore[attr-defined]
@@ -185,7 +187,10 @@ def bench_fs(kind: str, args: argparse.Namespace, work: Path) -> dict[str, objec
 
 
 def table(results: list[dict[str, object]]) -> str:
-    lines = ["| fs | measure | protectctl | restic | ratio | bytes read / changed |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| fs | measure | protectctl | restic | ratio | bytes read / changed | CPU protectctl / restic |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         phases = res["phases"]
         assert isinstance(phases, dict)
@@ -199,9 +204,11 @@ def table(results: list[dict[str, object]]) -> str:
                 else (f"{read:,} read" if isinstance(read, int) else "-")
             )
             restic = f"{r} s" if r is not None else "-"
-            lines.append(f"| {res['filesystem']} | {phase} | {p} s | {restic} | {ratio} | {amp} |")
+            pc, rc = row.get("protectctl_cpu_s"), row.get("restic_cpu_s")
+            cpu = f"{pc} / {rc} s" if pc is not None else "-"
+            lines.append(f"| {res['filesystem']} | {phase} | {p} s | {restic} | {ratio} | {amp} | {cpu} |")
         if "snapshot_create_delete_s" in res:
-            lines.append(f"| btrfs | snapshot create + delete | {res['snapshot_create_delete_s']} s | - | - | - |")
+            lines.append(f"| btrfs | snapshot create + delete | {res['snapshot_create_delete_s']} s | - | - | - | - |")
     return "\n".join(lines)
 
 

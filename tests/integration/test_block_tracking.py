@@ -91,9 +91,12 @@ def test_scattered_rewrites_read_only_changed_blocks_and_every_point_restores(co
     assert second.bytes_read <= len(touched) * BLOCK + 100  # + the small file, if re-read
     contents.append((second, disk.read_bytes()))
 
+    manifest = _references(cow_dir.parent, job) / "manifest.json"
+    before = manifest.stat()
     clock.tick(hours=1)
     nothing = run_backup(job, "sync", now=clock)
     assert nothing.bytes_read == 0
+    assert (manifest.stat().st_ino, manifest.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
 
     clock.tick(hours=1)
     full = run_backup(job, "full", now=clock)
@@ -278,3 +281,23 @@ def test_holes_growth_and_shrinking_of_a_tracked_file_restore_exactly(xfs_mount:
     assert sync()["blocks_read"] == 0
     for n, (point, expected) in enumerate(points):
         assert _restored(job, point, tmp_path / f"out{n}") == expected
+
+
+def test_chunks_gone_from_the_repository_make_the_file_read_whole(xfs_mount: Path, tmp_path: Path) -> None:
+    """The chunks a tracked file reuses are looked up once per sync (with its directory's): when
+    a prune took them, the file is read whole, whatever its reference says."""
+    src = fresh_dir(xfs_mount, "pruned")
+    disk = src / "disk.img"
+    disk.write_bytes(random.Random(8).randbytes(SIZE))
+    job, clock = _job(tmp_path, src), Clock()
+    first = run_backup(job, "sync", now=clock)
+    assert first.ok, first.errors
+    with Repository.open(job.storage, PASS) as repo:
+        repo.forget_points([first.point_id])
+        repo.gc()
+    clock.tick(hours=1)
+    again = run_backup(job, "sync", now=clock)  # nothing changed, but nothing to reuse either
+    extra = _extra(job, again.point_id)
+    assert again.ok and again.bytes_read == SIZE and extra["blocks_read"] == SIZE // BLOCK, extra
+    assert extra["tracking_fallbacks"] == {"chunks of the last point are gone from the repository": 1}, extra
+    assert _restored(job, again, tmp_path / "out") == disk.read_bytes()

@@ -17,9 +17,18 @@ def test_scattered_rewrite_changes_the_pages_it_says(tmp_path: Path) -> None:
 
 
 def test_table_shows_ratios_and_read_amplification() -> None:
-    rows = {"1% rewritten": {"bytes_changed": 4096, "protectctl_s": 1.0, "restic_s": 4.0, "bytes_read": 16384}}
+    rows = {
+        "1% rewritten": {
+            "bytes_changed": 4096,
+            "protectctl_s": 1.0,
+            "restic_s": 4.0,
+            "bytes_read": 16384,
+            "protectctl_cpu_s": 0.5,
+            "restic_cpu_s": 3.0,
+        }
+    }
     text = table(
         [{"filesystem": "xfs", "phases": rows}, {"filesystem": "btrfs", "phases": {}, "snapshot_create_delete_s": 0.01}]
     )
-    assert "| xfs | 1% rewritten | 1.0 s | 4.0 s | 0.25x | 4.0x (16,384 / 4,096) |" in text
+    assert "| xfs | 1% rewritten | 1.0 s | 4.0 s | 0.25x | 4.0x (16,384 / 4,096) | 0.5 / 3.0 s |" in text
     assert "snapshot create + delete | 0.01 s" in text
