@@ -8,8 +8,9 @@ against; a *condemned* index (flag 1) lists blobs in packs gc plans to delete: r
 still find them, writers do not dedup against them. When a pack is named in both, live wins.
 
 An object of at least SORTED_MIN_ENTRIES entries (flag 2) ends with a directory of its
-entries in blob id order: 256 u32 counts (git's fan-out: entries whose id's first byte is
-<= b) and one u32 per entry, the payload offset of its record. A reader then finds a blob
+entries in blob id order: u8 bits, 2^bits u32 counts (a fan-out, as git's: entry i counts
+the entries whose id's first `bits` bits are <= i; ~8 entries a bucket) and one u32 per
+entry, the payload offset of its record. A reader then finds a blob
 by binary search in the raw payload, so loading a big index costs no object per blob and a
 sync that looks up few blobs pays for few (`_Sorted`); objects without one (small, or
 written before) are kept in a dict, as are the tables a writer adds in memory.
@@ -18,9 +19,10 @@ written before) are kept in a dict, as are the tables a writer adds in memory.
 from __future__ import annotations
 
 import struct
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import zstandard
 
@@ -37,8 +39,8 @@ _FLAG_SORTED = 2  # an id-ordered directory of the entries follows the tables
 # Objects smaller than this get no directory: they are kept in a dict (a sync's object lists
 # a few hundred blobs; a first backup's, gc's and repair's up to ENTRIES_PER_INDEX).
 SORTED_MIN_ENTRIES = 4096
-_FANOUT = struct.Struct(">256I")
 _U32 = struct.Struct(">I")
+_U32X2 = struct.Struct(">II")
 # Decompressed index objects larger than this are refused as junk (~1.7 M blobs, ~2 PB).
 _MAX_INDEX_BYTES = 128 << 20
 
@@ -137,9 +139,17 @@ def _directory(ids: list[bytes], offsets: list[int]) -> bytes:
     """The fan-out and the record offsets in id order (a stable sort: of equal ids, the first
     table's comes first, so a binary search finds the entry that wins)."""
     order = sorted(range(len(ids)), key=ids.__getitem__)
-    ordered = [ids[i] for i in order]
-    fanout = [bisect_left(ordered, bytes([b + 1])) for b in range(255)] + [len(ids)]
-    return _FANOUT.pack(*fanout) + struct.pack(f">{len(ids)}I", *[offsets[i] for i in order])
+    bits = _fanout_bits(len(ids))
+    counts = [0] * (1 << bits)
+    shift = 32 - bits
+    for blob_id in ids:
+        counts[int.from_bytes(blob_id[:4], "big") >> shift] += 1
+    fanout = struct.pack(f">{len(counts)}I", *accumulate(counts))
+    return bytes([bits]) + fanout + struct.pack(f">{len(ids)}I", *[offsets[i] for i in order])
+
+
+def _fanout_bits(count: int) -> int:
+    return max(8, min(24, (count // 8).bit_length()))
 
 
 def decode_index(sealer: Sealer, name: str, stored: bytes) -> StoredIndex:
@@ -191,10 +201,15 @@ def _parse_index(payload: bytes, what: str) -> StoredIndex:
     directory = -1
     if payload[4] & _FLAG_SORTED:
         # the offsets themselves are checked where a search lands (`_Sorted.find`)
+        # the fan-out and the offsets themselves are checked where a search uses them (`_Sorted.find`)
         directory = pos
-        pos += _FANOUT.size + 4 * total
-        fanout = _FANOUT.unpack_from(payload, directory) if pos <= len(payload) else ()
-        if not fanout or fanout[-1] != total or any(a > b for a, b in zip(fanout, fanout[1:], strict=False)):
+        bits = payload[pos] if pos < len(payload) else 0
+        pos += 1 + 4 * (1 << bits) + 4 * total
+        if (
+            bits != _fanout_bits(total)
+            or pos > len(payload)
+            or _U32.unpack_from(payload, pos - 4 * total - 4)[0] != total
+        ):
             raise CorruptionError(f"{what}: malformed sorted directory")
     if pos != len(payload):
         raise CorruptionError(f"{what}: trailing bytes")
@@ -234,14 +249,28 @@ class _Sorted:
     lookups than a dict of its ids would have cost to build (a backup of many new files
     against a big repository), it builds that dict and answers from it."""
 
-    __slots__ = ("_dict", "_ends", "_fanout", "_lookups", "_packs", "_raw", "_starts", "_what", "count", "directory")
+    __slots__ = (
+        "_base",
+        "_offsets",
+        "_dict",
+        "_ends",
+        "_lookups",
+        "_packs",
+        "_raw",
+        "_shift",
+        "_starts",
+        "_what",
+        "count",
+    )
 
     def __init__(self, stored: StoredIndex) -> None:
         self._raw = raw = stored.packs.raw
         self._what = stored.packs.what
-        self.directory = stored.directory
-        self._fanout = (0, *_FANOUT.unpack_from(raw, stored.directory))
-        self.count = self._fanout[-1]
+        bits = raw[stored.directory]
+        self._shift = 32 - bits
+        self._base = stored.directory + 1  # the fan-out
+        self._offsets = self._base + 4 * (1 << bits)
+        self.count = _U32.unpack_from(raw, self._base + 4 * ((1 << bits) - 1))[0]
         tables = sorted(stored.packs.spans.items(), key=lambda item: item[1][0])
         self._starts = [offset for _pack, (offset, _count) in tables]
         self._ends = [offset + count * ENTRY.size for _pack, (offset, count) in tables]
@@ -259,9 +288,14 @@ class _Sorted:
             return self._dict.get(blob_id, -1)
         if len(blob_id) != 32:
             return -1
-        raw, base, unpack = self._raw, self.directory + _FANOUT.size, _U32.unpack_from
-        lo, hi = self._fanout[blob_id[0]], self._fanout[blob_id[0] + 1]
-        end = hi
+        raw, unpack = self._raw, _U32.unpack_from
+        bucket = int.from_bytes(blob_id[:4], "big") >> self._shift
+        base = self._offsets
+        if bucket:
+            lo, hi = _U32X2.unpack_from(raw, self._base + 4 * bucket - 4)
+        else:
+            lo, hi = 0, unpack(raw, self._base)[0]
+        end = hi = min(hi, self.count)  # (a damaged fan-out then only misses, never reads astray)
         while lo < hi:
             mid = (lo + hi) >> 1
             (at,) = unpack(raw, base + 4 * mid)
@@ -269,7 +303,7 @@ class _Sorted:
                 lo = mid + 1
             else:
                 hi = mid
-        if lo == end:
+        if lo >= end:
             return -1
         (at,) = unpack(raw, base + 4 * lo)
         return at if raw[at : at + 32] == blob_id else -1
