@@ -113,10 +113,12 @@ def _collect(repo: Repository, own_lease: str, dry_run: bool, progress: Progress
     # will read an index at least as new as the one gc reads next.
     locks_start = _foreign_locks(repo, own_lease)
     points_start = {info.name for info in storage.list(ObjectKind.POINTS)}
-    # One index in memory, not two: the repository's cached copy (prune's damage checks read
-    # it) may predate the locks listed above, and gc replaces it anyway. 1M blobs: ~280 MiB.
+    # The index is listed again: the repository's cached copy (prune's damage checks read it)
+    # may predate the locks listed above. Objects it already read are taken from it, not read
+    # twice (their names are their content's hash), and it is dropped: one index in memory.
+    known = repo.index_objects()
     repo.invalidate_index()
-    index = load_index(storage, repo.sealer)
+    index = load_index(storage, repo.sealer, known=known)
     packs_start = {info.name: info.size for info in storage.list(ObjectKind.DATA)}
     points, damaged = _load_points(repo, points_start)
     unverified = _unverified(index, damaged)

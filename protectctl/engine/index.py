@@ -508,7 +508,13 @@ class Index:
                         yield pack, index.packs[pack], condemned
 
 
-def load_index(storage: StorageBackend, sealer: Sealer, names: Iterable[str] | None = None) -> Index:
+def load_index(
+    storage: StorageBackend,
+    sealer: Sealer,
+    names: Iterable[str] | None = None,
+    *,
+    known: Mapping[str, StoredIndex] | None = None,
+) -> Index:
     """Read index objects (all, or `names`) into an Index.
 
     A damaged object does not stop the others: it is recorded in `Index.damaged` (the packs
@@ -516,25 +522,30 @@ def load_index(storage: StorageBackend, sealer: Sealer, names: Iterable[str] | N
     that delete data refuse to while any is recorded. gc writes its consolidated index
     before deleting the ones it replaces, so an object that vanished between list and get
     means a newer one exists: list again and retry.
+
+    `known`: objects already read (an earlier Index's `files`); an object is named by the
+    hash of its content, so one listed again is taken from there, not fetched and decoded.
     """
+    known = known or {}
     for _attempt in range(5):
         listed = list(names) if names is not None else [i.name for i in storage.list(ObjectKind.INDEX)]
         index = Index()
-        read: list[tuple[str, IndexFile | StoredIndex]] = []
+        fetched: dict[str, StoredIndex] = {}
         try:
             # a few at a time on a store whose requests are costly (engine/prefetch.py); index
             # objects can be tens of MiB, so at most 4 are held
-            for name, stored in fetch_in_order(storage, ObjectKind.INDEX, listed, limit=4):
+            missing = [name for name in listed if name not in known]
+            for name, stored in fetch_in_order(storage, ObjectKind.INDEX, missing, limit=4):
                 if isinstance(stored, Exception):
                     raise stored
                 try:
-                    read.append((name, decode_index(sealer, name, stored)))
+                    fetched[name] = decode_index(sealer, name, stored)
                 except CorruptionError as err:
                     index.damaged[name] = err.message
         except ObjectMissingError:
             if names is not None:
                 raise
             continue
-        index.add_files(read)
+        index.add_files((name, known.get(name) or fetched[name]) for name in listed if name not in index.damaged)
         return index
     raise RepositoryError("the index kept changing while it was read; is gc running in a loop?")

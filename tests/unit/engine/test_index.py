@@ -228,3 +228,21 @@ def test_a_malformed_sorted_directory_is_refused(monkeypatch: pytest.MonkeyPatch
     index.add_file("astray", decode_index(SEALER, *_seal_payload(astray)))
     assert index.lookup(_blob(1)) is not None
     assert index.lookup(_blob(2)) is None
+
+
+def test_load_index_takes_objects_it_already_read_from_known(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    names = []
+    for n in (1, 2):
+        name, stored = encode_index(SEALER, IndexFile(packs={_pack(n): _entries(n)}))
+        storage.put(ObjectKind.INDEX, name, stored)
+        names.append(name)
+    first = load_index(storage, SEALER)
+    # an object is named by its content's hash: one already read is not fetched again (here,
+    # its stored bytes replaced by junk would show as damage if it were)
+    (path,) = [p for p in tmp_path.rglob(names[0]) if p.is_file()]
+    path.write_bytes(b"junk")
+    again = load_index(storage, SEALER, known={names[0]: first.files[names[0]]})
+    assert not again.damaged and again.lookup(_blob(1)).pack == _pack(1)  # type: ignore[union-attr]
+    assert again.lookup(_blob(2)).pack == _pack(2)  # type: ignore[union-attr]
+    assert list(load_index(storage, SEALER).damaged) == [names[0]]
