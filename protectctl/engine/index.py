@@ -245,17 +245,14 @@ def _located(raw: bytes, at: int, pack: str) -> IndexEntry:
 
 class _Sorted:
     """One index object with a directory: a blob is found by binary search in its raw payload
-    (a fan-out bucket, then ~3 comparisons), nothing built at load. After 1/64 as many lookups
-    as it has entries (a backup of many new files, or a full walk's `has_blobs` of every file,
-    against a big repository: ~5 % of the dict's cost spent searching) it builds a dict of its
-    ids, as an object without a directory has, and answers from it."""
+    (a fan-out bucket, then ~3 comparisons), nothing built at load. Once `build` is called
+    (the Index decides, `Index._probed`), from a dict of its ids, as an object without one."""
 
     __slots__ = (
         "_base",
         "_offsets",
         "_dict",
         "_ends",
-        "_lookups",
         "_packs",
         "_raw",
         "_shift",
@@ -276,16 +273,11 @@ class _Sorted:
         self._starts = [offset for _pack, (offset, _count) in tables]
         self._ends = [offset + count * ENTRY.size for _pack, (offset, count) in tables]
         self._packs = [pack for pack, _span in tables]
-        self._lookups = 0
         self._dict: dict[bytes, int] | None = None
 
     def find(self, blob_id: bytes) -> int:
         """The offset of the first record listing `blob_id` in the payload, or -1."""
         if self._dict is not None:
-            return self._dict.get(blob_id, -1)
-        self._lookups += 1
-        if self._lookups > 64 + (self.count >> 6):
-            self._dict = self._build()
             return self._dict.get(blob_id, -1)
         if len(blob_id) != 32:
             return -1
@@ -309,7 +301,12 @@ class _Sorted:
         (at,) = unpack(raw, base + 4 * lo)
         return at if raw[at : at + 32] == blob_id else -1
 
-    def _build(self) -> dict[bytes, int]:
+    def build(self) -> None:
+        """Answer from a dict of the ids from now on (what an object without a directory costs)."""
+        if self._dict is None:
+            self._dict = self._built()
+
+    def _built(self) -> dict[bytes, int]:
         raw, step = self._raw, ENTRY.size
         ats = [at for start, end in zip(self._starts, self._ends, strict=True) for at in range(start, end, step)]
         # reversed: of ids listed twice, the first table's offset is stored last (it wins)
@@ -380,6 +377,12 @@ class Index:
         self._starts: list[int] = []  # first entry number of each dict table, ascending
         self._tables: list[tuple[bytes, int, str]] = []  # (raw, offset of the table in raw, pack)
         self._count = 0
+        # Searches in _Sorted objects left before they all build their dicts: once a run has
+        # searched 1/32 as often as they have entries (a backup of many new files, or a full
+        # walk's `has_blobs` of every file, against a big repository), ~15 % of what the dicts
+        # cost has gone into searching and they pay; a sync of few changes never gets there
+        # (10 changed directories of 1,000 files: ~10,000 searches, 1M blobs: 31,000 allowed).
+        self._probes_left = 64
         self.live_packs: set[str] = set()
         self.files: dict[str, StoredIndex] = {}
         self.damaged: dict[str, str] = {}  # index object -> why it was not read (its packs unindexed)
@@ -411,7 +414,9 @@ class Index:
                 tables[stored.condemned] = []
             if not stored.condemned:
                 self.live_packs.update(stored.packs)
-            (self._condemned if stored.condemned else self._live).append(_Sorted(stored))
+            searched = _Sorted(stored)
+            self._probes_left += searched.count >> 5
+            (self._condemned if stored.condemned else self._live).append(searched)
         for condemned, listed in tables.items():
             if listed:
                 self._add_tables(listed, condemned=condemned)
@@ -458,10 +463,18 @@ class Index:
                 if number is not None:
                     return self._entry(number)
             else:
+                self._probed()
                 at = segment.find(blob_id)
                 if at >= 0:
                     return segment.entry(at)
         return None
+
+    def _probed(self) -> None:
+        self._probes_left -= 1
+        if not self._probes_left:
+            for segment in (*self._live, *self._condemned):
+                if isinstance(segment, _Sorted):
+                    segment.build()
 
     def lookup(self, blob_id: BlobId) -> IndexEntry | None:
         """Where to read a blob: live first, then packs gc has condemned but not yet deleted."""
@@ -482,8 +495,10 @@ class Index:
             if isinstance(segment, dict):
                 if blob_id in segment:
                     return True
-            elif segment.find(blob_id) >= 0:
-                return True
+            else:
+                self._probed()
+                if segment.find(blob_id) >= 0:
+                    return True
         return False
 
     def condemned_packs(self) -> dict[str, tuple[str, ...]]:
