@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from protectctl.engine.ids import BlobId
-from protectctl.engine.tree import Tree
+from protectctl.engine.tree import Tree, TreeRefs
 from protectctl.progress import NullProgress, Progress
 
 _BATCH = 4096
@@ -68,14 +68,27 @@ def mark_tree(
     root: BlobId, load_tree: Callable[[BlobId], Tree], marks: BlobSet, progress: Progress | None = None
 ) -> None:
     """Add `root`, every tree below it and every chunk they reference to `marks`."""
+
+    def load_refs(tree_id: BlobId) -> TreeRefs:
+        nodes = load_tree(tree_id).nodes
+        subtrees = [node.subtree for node in nodes if node.subtree is not None]
+        return TreeRefs(subtrees, [chunk for node in nodes for chunk in node.chunks], len(nodes))
+
+    mark_refs(root, load_refs, marks, progress)
+
+
+def mark_refs(
+    root: BlobId, load_refs: Callable[[BlobId], TreeRefs], marks: BlobSet, progress: Progress | None = None
+) -> None:
+    """`mark_tree` from each tree's references alone (`tree.tree_refs`, what gc reads)."""
     progress = progress or NullProgress()
     stack = [root]
     while stack:
         tree_id = stack.pop()
         if not marks.first_visit(tree_id):
             continue
-        tree = load_tree(tree_id)
+        refs = load_refs(tree_id)
         marks.add_many([tree_id])
-        marks.add_many(chunk for node in tree.nodes for chunk in node.chunks)
-        stack.extend(node.subtree for node in tree.nodes if node.subtree is not None)
-        progress.advance(files=len(tree.nodes))
+        marks.add_many(refs.chunks)
+        stack.extend(refs.subtrees)
+        progress.advance(files=refs.nodes)
