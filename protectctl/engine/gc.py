@@ -269,7 +269,8 @@ def _classify(
     plan = _Plan()
     condemned_locks = index.condemned_packs()
     for pack, entries, condemned in index.packs():
-        used = [marks.contains(e.blob_id) for e in entries]
+        present = marks.present([e.blob_id for e in entries])
+        used = [e.blob_id in present for e in entries]
         if pack not in packs_start:
             if condemned:
                 plan.dropped_condemned += 1  # deleted by an earlier, interrupted gc
