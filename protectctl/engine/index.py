@@ -378,10 +378,11 @@ class Index:
         self._tables: list[tuple[bytes, int, str]] = []  # (raw, offset of the table in raw, pack)
         self._count = 0
         # Searches in _Sorted objects left before they all build their dicts: once a run has
-        # searched 1/32 as often as they have entries (a backup of many new files, or a full
-        # walk's `has_blobs` of every file, against a big repository), ~15 % of what the dicts
-        # cost has gone into searching and they pay; a sync of few changes never gets there
-        # (10 changed directories of 1,000 files: ~10,000 searches, 1M blobs: 31,000 allowed).
+        # searched 1/16 as often as they have entries (a backup of many new files, or a full
+        # walk's `has_blobs` of every file, against a big repository), ~1/3 of what the dicts
+        # cost (~0.45 µs an entry; a search ~2-3 µs) has gone into searching and they pay; a sync
+        # of few changes does not get there (10 changed directories of 1,000 files: ~10,000
+        # searches; 200,000 blobs allow 12,500, 1M 62,500).
         self._probes_left = 64
         self.live_packs: set[str] = set()
         self.files: dict[str, StoredIndex] = {}
@@ -415,7 +416,7 @@ class Index:
             if not stored.condemned:
                 self.live_packs.update(stored.packs)
             searched = _Sorted(stored)
-            self._probes_left += searched.count >> 5
+            self._probes_left += searched.count >> 4
             (self._condemned if stored.condemned else self._live).append(searched)
         for condemned, listed in tables.items():
             if listed:
