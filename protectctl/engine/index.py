@@ -152,6 +152,32 @@ def _fanout_bits(count: int) -> int:
     return max(8, min(24, (count // 8).bit_length()))
 
 
+def verify_directory(stored: StoredIndex) -> str | None:
+    """Why an object's sorted directory is not what `encode_index` writes (each entry listed
+    once, in id order, equal ids in table order, the fan-out counting them); None when it is,
+    or when there is none. `check` runs it over every object; readers check only what a search
+    meets, so a wrong directory would make them miss blobs (re-stored, or reported missing)."""
+    if stored.directory < 0:
+        return None
+    raw, step = stored.packs.raw, ENTRY.size
+    valid = [at for offset, count in stored.packs.spans.values() for at in range(offset, offset + count * step, step)]
+    bits = raw[stored.directory]
+    fanout_at = stored.directory + 1
+    offsets = struct.unpack_from(f">{len(valid)}I", raw, fanout_at + 4 * (1 << bits))
+    if sorted(offsets) != sorted(valid):
+        return "its sorted directory does not list each entry once"
+    keys = [(raw[at : at + 32], at) for at in offsets]
+    if any(a > b for a, b in zip(keys, keys[1:], strict=False)):
+        return "its sorted directory is not in blob id order"
+    counts = [0] * (1 << bits)
+    shift = 32 - bits
+    for blob_id, _at in keys:
+        counts[int.from_bytes(blob_id[:4], "big") >> shift] += 1
+    if list(accumulate(counts)) != list(struct.unpack_from(f">{1 << bits}I", raw, fanout_at)):
+        return "its sorted directory's fan-out does not count its entries"
+    return None
+
+
 def decode_index(sealer: Sealer, name: str, stored: bytes) -> StoredIndex:
     """Verify and parse an index object; raises CorruptionError."""
     what = f"index/{name}"

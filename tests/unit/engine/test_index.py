@@ -246,3 +246,19 @@ def test_load_index_takes_objects_it_already_read_from_known(tmp_path: Path) -> 
     assert not again.damaged and again.lookup(_blob(1)).pack == _pack(1)  # type: ignore[union-attr]
     assert again.lookup(_blob(2)).pack == _pack(2)  # type: ignore[union-attr]
     assert list(load_index(storage, SEALER).damaged) == [names[0]]
+
+
+def test_check_verifies_a_sorted_directory_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "SORTED_MIN_ENTRIES", 1)
+    name, stored = encode_index(SEALER, IndexFile(packs={_pack(1): _entries(3, 1, 2), _pack(2): _entries(1)}))
+    assert index_module.verify_directory(decode_index(SEALER, name, stored)) is None
+    payload = zstandard.ZstdDecompressor().decompress(SEALER.open(stored, aad("index"), "t"))
+    offsets = payload[-16:]  # 4 entries: blob 1 (pack 1), blob 1 (pack 2), blob 2, blob 3
+    swapped = payload[:-16] + offsets[4:8] + offsets[:4] + offsets[8:]  # equal ids out of table order
+    why = index_module.verify_directory(decode_index(SEALER, *_seal_payload(swapped)))
+    assert why == "its sorted directory is not in blob id order"
+    twice = payload[:-16] + offsets[:4] * 2 + offsets[8:]
+    assert "each entry once" in str(index_module.verify_directory(decode_index(SEALER, *_seal_payload(twice))))
+    fanout_end = len(payload) - 16
+    shifted = payload[: fanout_end - 8] + struct.pack(">2I", 3, 4) + offsets  # the last two counts, wrong
+    assert "fan-out" in str(index_module.verify_directory(decode_index(SEALER, *_seal_payload(shifted))))
