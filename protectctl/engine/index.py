@@ -180,10 +180,19 @@ def verify_directory(stored: StoredIndex) -> str | None:
 
 def decode_index(sealer: Sealer, name: str, stored: bytes) -> StoredIndex:
     """Verify and parse an index object; raises CorruptionError."""
+    return _decode_opened(name, _open_index(sealer, name, stored))
+
+
+def _open_index(sealer: Sealer, name: str, stored: bytes) -> bytes:
+    """An index object checked against its name and decrypted (still compressed)."""
     what = f"index/{name}"
     if content_name(stored) != name:
         raise CorruptionError(f"{what}: content does not match its name")
-    compressed = sealer.open(stored, aad("index"), what)
+    return sealer.open(stored, aad("index"), what)
+
+
+def _decode_opened(name: str, compressed: bytes) -> StoredIndex:
+    what = f"index/{name}"
     try:
         payload = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=_MAX_INDEX_BYTES)
     except zstandard.ZstdError as err:
@@ -582,7 +591,11 @@ def load_index(
                 if isinstance(stored, Exception):
                     raise stored
                 try:
-                    fetched[name] = decode_index(sealer, name, stored)
+                    # `decode_index` in two steps, the sealed bytes let go in between: a
+                    # million-blob object is ~40 MB sealed, ~40 MB opened, ~49 MB decompressed
+                    opened = _open_index(sealer, name, stored)
+                    del stored
+                    fetched[name] = _decode_opened(name, opened)
                 except CorruptionError as err:
                     index.damaged[name] = err.message
         except ObjectMissingError:
