@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.index import Index, load_index
 from protectctl.engine.locks import LeaseLock, is_stale, read_locks
-from protectctl.engine.marks import BlobSet, mark_tree
+from protectctl.engine.marks import BlobSet, mark_refs
 from protectctl.engine.pack import PackEntry
 from protectctl.engine.points import Point
 from protectctl.engine.repair import Recovery, read_unindexed, write_index_objects
 from protectctl.engine.storage.base import ObjectKind, ObjectLockedError, ObjectMissingError
-from protectctl.engine.tree import Tree, decode_tree
+from protectctl.engine.tree import TreeRefs, tree_refs
 from protectctl.errors import CorruptionError, LockedError, RepositoryError
 from protectctl.progress import NullProgress, Progress
 
@@ -113,10 +113,12 @@ def _collect(repo: Repository, own_lease: str, dry_run: bool, progress: Progress
     # will read an index at least as new as the one gc reads next.
     locks_start = _foreign_locks(repo, own_lease)
     points_start = {info.name for info in storage.list(ObjectKind.POINTS)}
-    # One index in memory, not two: the repository's cached copy (prune's damage checks read
-    # it) may predate the locks listed above, and gc replaces it anyway. 1M blobs: ~280 MiB.
+    # The index is listed again: the repository's cached copy (prune's damage checks read it)
+    # may predate the locks listed above. Objects it already read are taken from it, not read
+    # twice (their names are their content's hash), and it is dropped: one index in memory.
+    known = repo.index_objects()
     repo.invalidate_index()
-    index = load_index(storage, repo.sealer)
+    index = load_index(storage, repo.sealer, known=known)
     packs_start = {info.name: info.size for info in storage.list(ObjectKind.DATA)}
     points, damaged = _load_points(repo, points_start)
     unverified = _unverified(index, damaged)
@@ -243,19 +245,19 @@ def _needs_rewrite(index: Index, plan: _Plan) -> bool:
 def _mark(repo: Repository, index: Index, points: Iterable[Point], marks: BlobSet, progress: Progress) -> None:
     progress.start("gc: mark", total_files=None)
 
-    def load_tree(tree_id: BlobId) -> Tree:
+    def load_refs(tree_id: BlobId) -> TreeRefs:
         located = index.lookup(tree_id)
         if located is None:
             raise RepositoryError(
                 f"tree {short_id(tree_id)} needed by a point is not in the index; gc stopped, nothing deleted",
                 hint="run `protectctl check` to see which points are damaged",
             )
-        return decode_tree(repo.read_entry(located.pack, located.entry))
+        return tree_refs(repo.read_entry(located.pack, located.entry))  # only the ids: ~4x less CPU
 
     for point in points:
         if point.tree is not None:
             try:
-                mark_tree(point.tree, load_tree, marks, progress)
+                mark_refs(point.tree, load_refs, marks, progress)
             except CorruptionError as err:
                 raise RepositoryError(f"point {point.id}: {err.message}; gc stopped, nothing deleted") from err
     progress.finish()
@@ -267,7 +269,8 @@ def _classify(
     plan = _Plan()
     condemned_locks = index.condemned_packs()
     for pack, entries, condemned in index.packs():
-        used = [marks.contains(e.blob_id) for e in entries]
+        present = marks.present([e.blob_id for e in entries])
+        used = [e.blob_id in present for e in entries]
         if pack not in packs_start:
             if condemned:
                 plan.dropped_condemned += 1  # deleted by an earlier, interrupted gc

@@ -10,15 +10,16 @@ and a data chunk whose bytes happen to equal a tree's never stops a tree walk.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from protectctl.engine.ids import BlobId
-from protectctl.engine.tree import Tree
+from protectctl.engine.tree import Tree, TreeRefs
 from protectctl.progress import NullProgress, Progress
 
 _BATCH = 4096
+_QUERY = 500  # ids per IN (...) query, below SQLite's variable limit of old versions (999)
 
 
 class BlobSet:
@@ -51,6 +52,16 @@ class BlobSet:
     def contains(self, blob_id: BlobId) -> bool:
         return self._db.execute("SELECT 1 FROM refs WHERE id = ?", (blob_id,)).fetchone() is not None
 
+    def present(self, ids: Sequence[BlobId]) -> set[bytes]:
+        """Those of `ids` in the set: one query per 500 ids, not one per id (gc's classify asks
+        for every blob of every pack)."""
+        found: set[bytes] = set()
+        for start in range(0, len(ids), _QUERY):
+            batch = ids[start : start + _QUERY]
+            sql = f"SELECT id FROM refs WHERE id IN ({','.join('?' * len(batch))})"
+            found.update(row[0] for row in self._db.execute(sql, batch))
+        return found
+
     def any_of(self, ids: Iterable[BlobId]) -> bool:
         return any(self.contains(i) for i in ids)
 
@@ -68,14 +79,27 @@ def mark_tree(
     root: BlobId, load_tree: Callable[[BlobId], Tree], marks: BlobSet, progress: Progress | None = None
 ) -> None:
     """Add `root`, every tree below it and every chunk they reference to `marks`."""
+
+    def load_refs(tree_id: BlobId) -> TreeRefs:
+        nodes = load_tree(tree_id).nodes
+        subtrees = [node.subtree for node in nodes if node.subtree is not None]
+        return TreeRefs(subtrees, [chunk for node in nodes for chunk in node.chunks], len(nodes))
+
+    mark_refs(root, load_refs, marks, progress)
+
+
+def mark_refs(
+    root: BlobId, load_refs: Callable[[BlobId], TreeRefs], marks: BlobSet, progress: Progress | None = None
+) -> None:
+    """`mark_tree` from each tree's references alone (`tree.tree_refs`, what gc reads)."""
     progress = progress or NullProgress()
     stack = [root]
     while stack:
         tree_id = stack.pop()
         if not marks.first_visit(tree_id):
             continue
-        tree = load_tree(tree_id)
+        refs = load_refs(tree_id)
         marks.add_many([tree_id])
-        marks.add_many(chunk for node in tree.nodes for chunk in node.chunks)
-        stack.extend(node.subtree for node in tree.nodes if node.subtree is not None)
-        progress.advance(files=len(tree.nodes))
+        marks.add_many(refs.chunks)
+        stack.extend(refs.subtrees)
+        progress.advance(files=refs.nodes)

@@ -33,7 +33,7 @@ from protectctl.engine.crypto import (
     wrap_keys,
 )
 from protectctl.engine.ids import BlobId, short_id
-from protectctl.engine.index import Index, IndexEntry, IndexFile, load_index
+from protectctl.engine.index import Index, IndexEntry, IndexFile, StoredIndex, load_index
 from protectctl.engine.locks import DEFAULT_LEASE_S, LeaseLock
 from protectctl.engine.pack import BlobKind, PackEntry, open_blob, open_blob_into, open_body
 from protectctl.engine.points import (
@@ -202,6 +202,11 @@ class Repository:
             if self._index is not None and not self._recovered:
                 recover_unindexed(self.storage, self.sealer, self._index)
                 self._recovered = True
+
+    def index_objects(self) -> dict[str, StoredIndex]:
+        """The index objects the cached index read (name -> content), none when not loaded."""
+        with self._mutex:
+            return dict(self._index.files) if self._index is not None else {}
 
     def invalidate_index(self) -> None:
         """Forget the cached index; it is re-read on next use."""

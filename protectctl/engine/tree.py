@@ -257,6 +257,48 @@ def decode_tree(data: bytes) -> Tree:
     return Tree(tuple(sorted(nodes, key=lambda n: n.name)))  # text order is not bytes order
 
 
+@dataclass(frozen=True, slots=True)
+class TreeRefs:
+    """What a stored tree references: what gc's mark needs of it."""
+
+    subtrees: list[BlobId]
+    chunks: list[BlobId]
+    nodes: int
+
+
+def tree_refs(data: bytes) -> TreeRefs:
+    """The subtrees and chunks a stored tree references, without building its nodes (~4x less
+    CPU than `decode_tree` on a directory of small files; gc reads every tree of every point).
+    The document's structure and these two fields are checked as `decode_tree` checks them
+    (CorruptionError); the other fields are not read, so a tree damaged only there is walked
+    through, its references kept: gc errs on the side of keeping data."""
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptionError(f"tree is not valid JSON: {err}") from err
+    if not isinstance(document, dict) or document.get("v") not in _READABLE_VERSIONS:
+        raise CorruptionError("tree has an unknown format version")
+    raw_nodes = document.get("nodes")
+    if not isinstance(raw_nodes, list):
+        raise CorruptionError("tree has no node list")
+    subtrees: list[BlobId] = []
+    chunks: list[BlobId] = []
+    try:
+        for raw in raw_nodes:
+            if type(raw) is not dict:
+                raise CorruptionError("tree node is not an object")
+            listed = raw.get("chunks", _ABSENT)
+            if listed is not _ABSENT:
+                if type(listed) is not list:
+                    raise TypeError("chunks must be a list")
+                chunks += [_as_id(c) for c in listed]
+            if (value := raw.get("subtree")) is not None:
+                subtrees.append(_as_id(value))
+    except (ValueError, TypeError) as err:
+        raise CorruptionError(f"tree node is malformed: {err}") from err
+    return TreeRefs(subtrees, chunks, len(raw_nodes))
+
+
 _NODE_TYPES: Mapping[str, NodeType] = {t.value: t for t in NodeType}
 _HASH_SCHEMES: Mapping[str, HashScheme] = {s.value: s for s in HashScheme}
 _INT_DEFAULTS = tuple((f, _DEFAULTS.get(f)) for f in _INT_FIELDS)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+import zstandard
+
+from protectctl.engine import index as index_module
+from protectctl.engine.crypto import aad, content_name
 from protectctl.engine.repository import Repository
 from protectctl.engine.storage.base import ObjectKind
 from tests.unit.engine.conftest import backup, random_files
@@ -77,3 +82,23 @@ def test_unindexed_pack_is_a_warning_not_an_error(repo: Repository) -> None:
     assert not report.ok  # the point's blobs are now in no index
     repo.storage.put(ObjectKind.INDEX, info.name, data)
     assert repo.check().ok
+
+
+def test_a_sorted_directory_out_of_order_is_an_error_and_check_still_reads_the_tables(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "SORTED_MIN_ENTRIES", 1)  # every index object gets a directory
+    backup(repo, random_files(3, 20_000))
+    (info,) = repo.storage.list(ObjectKind.INDEX)
+    payload = zstandard.ZstdDecompressor().decompress(
+        repo.sealer.open(repo.storage.get(ObjectKind.INDEX, info.name), aad("index"), "t")
+    )
+    assert payload[4] & 2
+    reversed_tail = b"".join(payload[i : i + 4] for i in range(len(payload) - 4, len(payload) - 12, -4))
+    bad = payload[:-8] + reversed_tail  # the last two offsets swapped: out of id order
+    stored = repo.sealer.seal(zstandard.ZstdCompressor().compress(bad), aad("index"))
+    repo.storage.put(ObjectKind.INDEX, content_name(stored), stored)
+    repo.storage.delete(ObjectKind.INDEX, info.name)
+    report = repo.check()
+    assert [e for e in report.errors if "sorted directory is not in blob id order" in e]
+    assert report.points_checked == 1 and not report.damaged_points  # every blob still found

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
+from protectctl.engine.ids import BlobId
 from protectctl.engine.locks import LeaseLock
+from protectctl.engine.marks import BlobSet
 from protectctl.engine.repository import BlobKind, Point, PointStats, Repository, new_point_id
 from protectctl.engine.storage.base import ObjectKind
 from protectctl.engine.tree import Tree
@@ -131,3 +134,12 @@ def test_crash_garbage_is_removed(repo: Repository) -> None:
     assert repo.check().warnings  # unindexed packs
     repo.gc()
     assert _packs(repo) == set()
+
+
+def test_the_mark_set_answers_many_ids_at_once_as_one_by_one(tmp_path: Path) -> None:
+    ids = [BlobId(n.to_bytes(32, "big")) for n in range(1200)]
+    with BlobSet(tmp_path) as marks:
+        marks.add_many(ids[::3])
+        asked = ids + ids[:5]  # more than one query's worth, and repeats
+        assert marks.present(asked) == {i for i in asked if marks.contains(i)} == set(ids[::3])
+        assert marks.present([]) == set()

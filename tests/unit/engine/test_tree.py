@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protectctl.engine.ids import BlobId
-from protectctl.engine.tree import HashScheme, Node, NodeType, Tree, decode_tree, encode_tree, extents_hash
+from protectctl.engine.tree import (
+    HashScheme,
+    Node,
+    NodeType,
+    Tree,
+    decode_tree,
+    encode_tree,
+    extents_hash,
+    tree_refs,
+)
 from protectctl.errors import CorruptionError
 
 ids = st.binary(min_size=32, max_size=32).map(BlobId)
@@ -57,6 +66,10 @@ def test_round_trip_is_exact_and_deterministic(tree: Tree) -> None:
     data = encode_tree(tree)
     assert decode_tree(data) == tree
     assert encode_tree(decode_tree(data)) == data
+    refs = tree_refs(data)  # gc's reading: the same references, in node order
+    assert refs.chunks == [c for n in tree.nodes for c in n.chunks]
+    assert refs.subtrees == [n.subtree for n in tree.nodes if n.subtree is not None]
+    assert refs.nodes == len(tree.nodes)
 
 
 def _fifo(name: bytes) -> Node:
@@ -153,6 +166,25 @@ def test_extents_hash_covers_size_holes_and_data() -> None:
 def test_junk_raises_corruption_error_only(junk: bytes) -> None:
     with contextlib.suppress(CorruptionError):
         decode_tree(junk)
+    with contextlib.suppress(CorruptionError):
+        tree_refs(junk)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"v":1,"nodes":[{"name":"x","chunks":["abcd"]}]}',
+        b'{"v":1,"nodes":[{"name":"x","chunks":"' + b"ab" * 32 + b'"}]}',
+        b'{"v":1,"nodes":[{"name":"x","subtree":"zz"}]}',
+        b'{"v":1,"nodes":[{"name":"x","subtree":7}]}',
+        b'{"v":1,"nodes":[7]}',
+        b'{"v":1,"nodes":{}}',
+        b'{"v":4,"nodes":[]}',
+    ],
+)
+def test_gc_reading_refuses_what_decoding_refuses_in_the_references(doc: bytes) -> None:
+    with pytest.raises(CorruptionError):
+        tree_refs(doc)
 
 
 @pytest.mark.parametrize(
