@@ -10,16 +10,24 @@ def main() -> None:
 
     `protectctl --version` answers before typer is imported: monitoring and the agent
     install check call it on every host, and importing typer alone costs more than the
-    interpreter's own start-up (tests/bench/bench_plan.py).
+    interpreter's own start-up (tests/bench/bench_plan.py). A timer's `run sync|full` from an
+    agent config runs without typer too (cli/timer.py).
     """
     if sys.argv[1:] == ["--version"]:
         from protectctl import __version__
 
         sys.stdout.write(f"protectctl {__version__}\n")
         return
-    from protectctl.cli.main import main as run
+    import os
 
+    from protectctl.cli.timer import run_timer_job, timer_job
+
+    job = timer_job(sys.argv[1:], os.environ)  # a timer's `run sync|full`: no typer (cli/timer.py)
     try:
+        if job is not None:
+            run_timer_job(job)
+        from protectctl.cli.main import main as run
+
         run()
     finally:
         # The interpreter's shutdown runs the cyclic GC over every object still alive (botocore's

@@ -11,8 +11,7 @@ from protectctl.cli.env import Env, env_of
 from protectctl.cli.helpformat import HelpGroup
 
 if TYPE_CHECKING:
-    from protectctl.agent.jobs import BackupResult
-    from protectctl.agent.sources import BackupFailure, BackupKind, BackupSkipped, CheckResult
+    from protectctl.agent.sources import BackupKind, CheckResult
     from protectctl.progress import Progress
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -417,47 +416,10 @@ def show_result(env: Env, result: CheckResult) -> None:
 def _run_backup(
     env: Env, kind: BackupKind, group: str, member: str | None, options: dict[str, object] | None = None
 ) -> None:
-    from protectctl import api
-    from protectctl.cli.interrupt import on_interrupt
-    from protectctl.cli.views import backup_json
+    from protectctl.cli.timer import run_backup_command  # the timers' own path runs the same
 
-    again = f"protectctl run {kind} {group}" + (f" --member {member}" if member else "")
-    on_interrupt(
-        f"the {kind} stopped before its recovery point was saved, so no point was published; the data "
-        f"it already stored is kept and reused: run `{again}` again"
-    )
-
-    results = api.run_backup(
-        env.policy_dir, kind, group, member, agent_config=env.agent_config, progress=progress_of(env), options=options
-    )
-    if env.output.json_mode:
-        env.output.document({"format_version": "1.0", "results": [backup_json(r) for r in results]})
-    else:
-        for r in results:
-            env.output.text(backup_line(r))
-    if not all(r.ok for r in results):
+    if not run_backup_command(env.output, env.policy_dir, env.agent_config, kind, group, member, options):
         raise typer.Exit(1)
-
-
-def backup_line(r: BackupResult | BackupSkipped | BackupFailure) -> str:
-    from protectctl.agent.sources import BackupFailure, BackupSkipped
-
-    if isinstance(r, BackupSkipped):
-        return f"{r.source}: {r.requested_kind} not run here: {r.reason}"
-    if isinstance(r, BackupFailure):
-        hint = f"\n  hint: {r.hint}" if r.hint else ""
-        return f"{r.source}: {r.requested_kind} FAILED: {r.message}{hint}"
-    state = "complete" if r.complete else f"INCOMPLETE ({len(r.errors)} file(s) missed)"
-    line = (
-        f"{r.source}: {r.kind} point {r.point_id[:12]} at {r.time:%Y-%m-%d %H:%M:%S}Z, {state}: "
-        f"{r.files:,} files, {human_bytes(r.bytes_total)}, read {human_bytes(r.bytes_read)}, "
-        f"stored {human_bytes(r.bytes_added)} new, {r.duration_s:.1f}s"
-    )
-    extra = [f"  missed: {e}" for e in r.errors[:20]] + [f"  warning: {w}" for w in r.warnings]
-    extra += [f"  note: {n}" for n in getattr(r, "notes", ())]
-    if r.silent_changes:
-        extra.append(f"  {r.silent_changes} file(s) changed without a new mtime (caught by the full)")
-    return "\n".join([line, *extra])
 
 
 def _prune(env: Env, group: str | None, member: str | None, *, dry_run: bool) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -86,7 +86,7 @@ _registered = False
 
 
 def _register() -> None:
-    """Add every command to `app` (once; `main` does it unless the command is `run`)."""
+    """Add every command to `app` (once; `main` does it unless the command word is known)."""
     global _registered
     if _registered:
         return
@@ -126,16 +126,30 @@ def _subcommand(args: list[str]) -> str | None:
     return None
 
 
+# The module registering each command word (tests/unit/test_cli_timer.py keeps it in step with
+# the app). `manpage` reads the whole app, so it is not here: it gets the full one.
+COMMAND_MODULES = {
+    **dict.fromkeys(("validate", "plan", "apply", "destroy", "graph", "schema"), "plan"),
+    **dict.fromkeys(("run", "points", "restore", "prune", "check", "status"), "jobs"),
+    **dict.fromkeys(("ls", "cat", "versions", "diff", "find", "mount"), "browse"),
+    **dict.fromkeys(("tape", "keys"), "tape"),
+    **{name: name for name in ("state", "repair", "agent", "hosts", "serve")},
+    "alerts": "monitoring",
+}
+
+
 def _command_for(args: list[str]) -> Any:
-    """The click command to run. `run` (what every timer starts) gets an app holding only the
-    data-path commands: building all ~40 commands' parameters cost ~0.05 s of each agent run
-    (typer.main.get_command); parsing, help and errors of `run` are the same in both."""
-    if _subcommand(args) == "run" and not any(k.endswith("_COMPLETE") for k in os.environ):
-        from protectctl.cli import jobs
+    """The click command to run. A command line whose command word can be told gets an app
+    holding only the commands of the module registering it: building all ~40 commands'
+    parameters cost ~0.04 s of each run (typer.main.get_command), ~0.05 s of an agent's `run`;
+    parsing, help and errors of that command are the same in both."""
+    module = COMMAND_MODULES.get(_subcommand(args) or "")
+    if module is not None and not any(k.endswith("_COMPLETE") for k in os.environ):
+        import importlib
 
         light = typer.Typer(**_APP_SETTINGS)
         light.callback()(root)
-        jobs.register(light)
+        importlib.import_module(f"protectctl.cli.{module}").register(light)
         return typer.main.get_command(light)
     _register()
     return typer.main.get_command(app)
@@ -156,6 +170,15 @@ def _log_crash() -> Path:
         return path
     except OSError:
         return Path("(no log: cannot write under ~/.local/state)")
+
+
+def crash_exit(err: Exception) -> NoReturn:
+    """A bug: one line naming it and the log the traceback went to, exit 70 (in an except block)."""
+    where = _log_crash()
+    sys.stderr.write(
+        f"protectctl: internal error (a bug): {type(err).__name__}: {err}\n  details: {where} (or rerun with --debug)\n"
+    )
+    sys.exit(70)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,12 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - the one place a bug becomes a message
         if debug:
             raise
-        where = _log_crash()
-        sys.stderr.write(
-            f"protectctl: internal error (a bug): {type(err).__name__}: {err}\n"
-            f"  details: {where} (or rerun with --debug)\n"
-        )
-        sys.exit(70)
+        crash_exit(err)
     if code == INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130) before it reaches us
         from protectctl.cli.interrupt import interrupt_message
 

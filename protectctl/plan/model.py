@@ -2,6 +2,8 @@
 
 It serialises to the documented, versioned JSON of `plan --json` and `plan --out`
 (docs/plan-format.md). Nothing here is UI-only: apply acts on `changes` alone.
+The models build their validators on first use (`defer_build`): a job that only reads the
+policy (`run sync`) imports this module and never builds them.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Reason(StrEnum):
 
 
 class AttributeChange(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     path: str
     before: Any = None
@@ -60,7 +62,7 @@ class AttributeChange(BaseModel):
 
 
 class Change(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     address: str
     kind: str
@@ -77,7 +79,7 @@ class Change(BaseModel):
 
 
 class GroupEstimate(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     group: str
     sla: str
@@ -94,7 +96,7 @@ class PlanWarning(BaseModel):
     """One plan warning, structured: `message` is the line `warnings` holds; a warning about the
     policy keeps where it was found (file:line:col), as `validate --json` gives it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     message: str
     severity: str = "warning"
@@ -135,7 +137,7 @@ class PlanWarning(BaseModel):
 
 
 class Plan(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     format_version: str = PLAN_FORMAT
     protectctl_version: str

@@ -431,9 +431,16 @@ def _validate_document(
     except ValidationError as err:
         problems.extend(_from_validation(err, ref, (), Header, raw))
         return None
-    model = spec_model_for(header.kind, header.spec)
+    model = spec_model_for(header.kind, header.spec, narrow=True)  # only the providers it names load
     try:
-        spec = model.model_validate(header.spec)
+        try:
+            spec = model.model_validate(header.spec)
+        except ValidationError:
+            full = spec_model_for(header.kind, header.spec)
+            if full is model:
+                raise
+            model = full  # its errors are the ones to report (e.g. the kinds a member may name)
+            spec = model.model_validate(header.spec)
     except ValidationError as err:
         problems.extend(_from_validation(err, ref, ("spec",), model, header.spec))
         if broken is not None:

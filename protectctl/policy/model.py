@@ -89,9 +89,14 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case letter
 
 
 class Spec(BaseModel):
-    """Base of every spec: camelCase aliases, unknown fields forbidden, immutable."""
+    """Base of every spec: camelCase aliases, unknown fields forbidden, immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=None)
+    Validators are built on first use (`defer_build`), not at import: a command builds only the
+    models its policy's kinds need (~60 ms of every policy command; docs/performance.md)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, alias_generator=None, defer_build=True
+    )
 
 
 def camel(name: str) -> str:
@@ -100,7 +105,9 @@ def camel(name: str) -> str:
 
 
 class CamelSpec(Spec):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=camel)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, alias_generator=camel, defer_build=True
+    )
 
 
 class Scheduler(StrEnum):
@@ -406,30 +413,39 @@ def group_model(kinds: tuple[str, ...]) -> type[ProtectionGroupSpec]:
     return create_model("ProtectionGroupSpec", __base__=ProtectionGroupSpec, __module__=__name__, members=members)
 
 
-def member_kinds(spec: object) -> tuple[str, ...]:
+def member_kinds(spec: object, *, named: bool = False) -> tuple[str, ...]:
     """The provider kinds a ProtectionGroup spec (as read) is validated with: the built-in ones,
     and every installed one when a member has a key that is neither a member field nor a
-    built-in kind (the entry-point scan costs ~50 ms, so only then)."""
+    built-in kind (the entry-point scan costs ~50 ms, so only then). `named`: of the built-in
+    ones only those the members name (their providers load; the others' need not)."""
     from protectctl.provider import available_kinds, builtin_kinds
 
     builtin = builtin_kinds()
     members = spec.get("members") if isinstance(spec, dict) else None
+    used: set[str] = set()
     for member in members if isinstance(members, list) else ():
         if isinstance(member, dict) and any(k not in MEMBER_FIELDS and k not in builtin for k in member):
             return tuple(available_kinds())
-    return builtin
+        used.update(member if isinstance(member, dict) else ())
+    return tuple(k for k in builtin if k in used) if named else builtin
 
 
-def spec_model_for(kind: Kind, spec: object = None, *, installed: bool = False) -> type[CamelSpec]:
+def spec_model_for(
+    kind: Kind, spec: object = None, *, installed: bool = False, narrow: bool = False
+) -> type[CamelSpec]:
     """The model a document's spec is validated with; a ProtectionGroup's depends on the
-    provider kinds its members name (`installed`: every installed kind, for the JSON Schema)."""
+    provider kinds its members name (`installed`: every installed kind, for the JSON Schema).
+
+    `narrow`: a ProtectionGroup model of only the built-in kinds its members name. A spec it
+    accepts is accepted alike by the full model (the other kinds' fields are optional); one it
+    refuses must be validated again with the full model, whose errors are the ones to report."""
     if kind is not Kind.PROTECTION_GROUP:
         return SPEC_MODELS[kind]
     if installed:
         from protectctl.provider import available_kinds
 
         return group_model(tuple(available_kinds()))
-    return group_model(member_kinds(spec))
+    return group_model(member_kinds(spec, named=narrow))
 
 
 # --- Settings -------------------------------------------------------------------------
@@ -513,6 +529,19 @@ class SettingsSpec(CamelSpec):
         description="CPUs a backup job may use: compression and encryption threads, and worker "
         "processes for a first backup (default: the host's cores, at most 4); 1 keeps a protected "
         "server's other cores free",
+    )
+
+
+def default_settings() -> SettingsSpec:
+    """`SettingsSpec()`, the Settings of a policy that has none, without building the Settings
+    models' validators (~40 ms of every policy command): pydantic does not validate defaults
+    (`validate_default` is off) and they pass the model validators, so the value is the same,
+    unset fields and all (tests/unit/test_startup_paths.py)."""
+    return SettingsSpec.model_construct(
+        set(),
+        state=StateSettings.model_construct(set()),
+        budgets=BudgetSettings.model_construct(set()),
+        schedules=ScheduleDefaults.model_construct(set(), timeouts=JobTimeouts.model_construct(set())),
     )
 
 

@@ -24,6 +24,7 @@ from protectctl.policy.model import (
     StorageSpec,
     StorageType,
     TapeLibrarySpec,
+    default_settings,
 )
 from protectctl.provider import MemberChecker, SourceIdentity, Traits, builtin_kinds, load_provider
 
@@ -43,7 +44,7 @@ def settings_of(policy: Policy) -> SettingsSpec:
 @cache
 def _default_settings() -> SettingsSpec:
     # built once: the defaults parse schedules, and resources ask for them per source (bench_plan)
-    return SettingsSpec()
+    return default_settings()
 
 
 def check_rules(policy: Policy) -> list[Problem]:

@@ -4,6 +4,7 @@ from, and the policy's repositories as key targets (`keys list/rotate/export/imp
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -79,11 +80,18 @@ def tape_observations(policy: Policy, state: State, now: datetime) -> dict[str, 
     """Observations fields from the tape catalog: keys and libraries unexpired cartridges need.
 
     Read even when the policy no longer has a TapeLibrary (that is when it matters most)."""
+    home = state_home(policy)
+    path = home / "tape" / "catalog.json"
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return {}  # no catalog, no cartridges: the tape code is not even imported (every `plan`)
+    except OSError:
+        pass  # load_catalog says what is wrong
     from protectctl.tape.catalog import load_catalog
     from protectctl.tape.guard import keys_in_use, libraries_in_use
 
-    home = state_home(policy)
-    catalog = load_catalog(home / "tape" / "catalog.json")  # TapeError when damaged: plan stops
+    catalog = load_catalog(path)  # TapeError when damaged: plan stops
     if not catalog.cartridges:
         return {}
     from protectctl.tape.keys import KeyStore  # imports cryptography: only when cartridges exist

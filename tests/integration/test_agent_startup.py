@@ -13,8 +13,11 @@ from tests.integration.test_schedules_run import PASSPHRASE_ENV, POLICY
 
 # What a filesystem sync run from the agent config must not load: the policy models and
 # pydantic (~0.4 s), ruamel (the configs are read by the libyaml fast path), apply and plan
-# code, and the s3 client (only an s3 storage needs it).
+# code, and the s3 client (only an s3 storage needs it); nor typer and rich: the timer's command
+# line is read without them (cli/timer.py), nor PyYAML: the configs are read as the lines apply
+# writes (provision/config.py read_own_lines).
 HEAVY_PACKAGES = {"pydantic", "pydantic_core", "ruamel", "boto3", "botocore", "jinja2", "networkx", "fabric"}
+HEAVY_PACKAGES |= {"typer", "click", "rich", "asyncio", "yaml"}
 HEAVY_MODULES = {"protectctl.policy.model", "protectctl.policy.load", "protectctl.apply.effects", "protectctl.plan"}
 
 PROBE = """
