@@ -452,6 +452,8 @@ class Index:
                 self.live_packs.update(stored.packs)
             searched = _Sorted(stored)
             self._probes_left += searched.count >> 4
+            if self._probes_left > 1 << 61:
+                searched.build()  # the others have built theirs: this run looks up much
             (self._condemned if stored.condemned else self._live).append(searched)
         for condemned, listed in tables.items():
             if listed:
@@ -507,7 +509,8 @@ class Index:
 
     def _probed(self) -> None:
         self._probes_left -= 1
-        if not self._probes_left:
+        if self._probes_left <= 0:  # (<=: two threads may have counted down past 0 at once)
+            self._probes_left = 1 << 62  # built once: never again
             for segment in (*self._live, *self._condemned):
                 if isinstance(segment, _Sorted):
                     segment.build()
