@@ -10,8 +10,8 @@ def main() -> None:
 
     `protectctl --version` answers before typer is imported: monitoring and the agent
     install check call it on every host, and importing typer alone costs more than the
-    interpreter's own start-up (tests/bench/bench_plan.py). A timer's `run sync|full` from an
-    agent config runs without typer too (cli/timer.py).
+    interpreter's own start-up (tests/bench/bench_plan.py). `run sync|full` as the timers start
+    it (and `-C DIR run sync`) runs without typer too (cli/timer.py).
     """
     if sys.argv[1:] == ["--version"]:
         from protectctl import __version__
@@ -22,7 +22,7 @@ def main() -> None:
 
     from protectctl.cli.timer import run_timer_job, timer_job
 
-    job = timer_job(sys.argv[1:], os.environ)  # a timer's `run sync|full`: no typer (cli/timer.py)
+    job = timer_job(sys.argv[1:], os.environ)  # `run sync|full` read without typer (cli/timer.py)
     try:
         if job is not None:
             run_timer_job(job)
