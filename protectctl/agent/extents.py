@@ -102,9 +102,9 @@ def changed_ranges(current: Sequence[Extent], reference: Sequence[Extent], size:
     n, m = len(current), len(reference)
     pos = 0
     while pos < size:
-        while i < n and current[i].end <= pos:
+        while i < n and current[i].logical + current[i].length <= pos:
             i += 1
-        while j < m and reference[j].end <= pos:
+        while j < m and reference[j].logical + reference[j].length <= pos:
             j += 1
         a = current[i] if i < n else None
         b = reference[j] if j < m else None
@@ -113,12 +113,12 @@ def changed_ranges(current: Sequence[Extent], reference: Sequence[Extent], size:
             if a.logical > pos:
                 end, a = min(end, a.logical), None
             else:
-                end = min(end, a.end)
+                end = min(end, a.logical + a.length)
         if b is not None:
             if b.logical > pos:
                 end, b = min(end, b.logical), None
             else:
-                end = min(end, b.end)
+                end = min(end, b.logical + b.length)
         if not _same(a, b, pos):
             if out and out[-1][0] + out[-1][1] == pos:
                 out[-1] = (out[-1][0], end - out[-1][0])

@@ -92,7 +92,7 @@ def blocks_hash(
     hasher.update(b"".join(struct.pack("<QQ", start, length) for start, length in holes))
     # (length, id) interleaved without a Python step per piece: a 4 GiB file has 262,144 of them
     lengths = map(_U64.pack, [length for length, _ in pieces])
-    ids = [bytes(chunk) for _, chunk in pieces]
+    ids = [chunk for _, chunk in pieces]  # bytes or any bytes-like: join takes them as they are
     hasher.update(b"".join(itertools.chain.from_iterable(zip(lengths, ids, strict=True))))
     return hasher.digest()
 
