@@ -53,6 +53,7 @@ def backed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Pa
     _populate(src)
     assert run_backup(make_job(tmp_path, src), "sync").exit_code == 0
     monkeypatch.setattr(fs, "_BATCH_FILES", 16)  # several batches per directory
+    monkeypatch.setattr(workers, "ENABLED", True)
     monkeypatch.setattr(workers, "SPAWN_AFTER_BATCHES", 0)
     monkeypatch.setattr(workers, "WAIT_FOR_WORKERS", True)  # every batch to a worker
     return tmp_path, src
