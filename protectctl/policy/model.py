@@ -527,8 +527,8 @@ class SettingsSpec(CamelSpec):
         ge=1,
         le=256,
         description="CPUs a backup job may use: compression and encryption threads, and worker "
-        "processes for a first backup (default: the host's cores, at most 4); 1 keeps a protected "
-        "server's other cores free",
+        "processes for a first backup (default: the host's cores, at most 4); a restore's file "
+        "threads follow it too; 1 keeps a protected server's other cores free",
     )
 
 

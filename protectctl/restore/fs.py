@@ -447,7 +447,13 @@ class FsRestorer:
         )
 
     def _start_workers(self) -> None:
-        if self._worker_source is None or self._blob_location is None or self._cores < 2 or self._procs is not None:
+        if (
+            not _workers.ENABLED
+            or self._worker_source is None
+            or self._blob_location is None
+            or self._cores < 2
+            or self._procs is not None
+        ):
             return
         encryption_key, id_key, storage_path = self._worker_source
         setup = WorkerSetup(

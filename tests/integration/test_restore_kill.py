@@ -142,6 +142,7 @@ WORKERS_DRIVER = """
 import sys
 from pathlib import Path
 from protectctl.restore import workers
+workers.ENABLED = True
 workers.SPAWN_AFTER_BATCHES = 0
 workers.WAIT_FOR_WORKERS = True  # every batch to a worker process
 from tests.integration.test_filesystem_backup import make_job

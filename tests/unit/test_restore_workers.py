@@ -18,8 +18,6 @@ from protectctl.errors import RestoreError
 from protectctl.restore import fs, workers
 from tests.integration.test_filesystem_backup import make_job, snapshot_tree
 
-pytestmark = pytest.mark.usefixtures("no_racy_slack")
-
 
 def _populate(src: Path) -> None:
     for d in range(4):
@@ -46,16 +44,24 @@ def _xattrs(root: Path) -> dict[str, list[tuple[str, bytes]]]:
     }
 
 
-@pytest.fixture
-def backed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One backup for the module's restores (each into its own target)."""
+    base = tmp_path_factory.mktemp("restore-workers")
+    src = base / "src"
     src.mkdir()
     _populate(src)
-    assert run_backup(make_job(tmp_path, src), "sync").exit_code == 0
+    assert run_backup(make_job(base, src), "sync").exit_code == 0
+    return base, src
+
+
+@pytest.fixture
+def backed_up(repository: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     monkeypatch.setattr(fs, "_BATCH_FILES", 16)  # several batches per directory
+    monkeypatch.setattr(workers, "ENABLED", True)
     monkeypatch.setattr(workers, "SPAWN_AFTER_BATCHES", 0)
     monkeypatch.setattr(workers, "WAIT_FOR_WORKERS", True)  # every batch to a worker
-    return tmp_path, src
+    return repository
 
 
 def _started(monkeypatch: pytest.MonkeyPatch) -> list[workers.RestoreWorkers]:
@@ -70,28 +76,37 @@ def _started(monkeypatch: pytest.MonkeyPatch) -> list[workers.RestoreWorkers]:
     return made
 
 
-def test_workers_restore_byte_exact(backed_up: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_restore_byte_exact(
+    backed_up: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     tmp, src = backed_up
+    out = tmp_path / "out"
     made = _started(monkeypatch)
     job = make_job(tmp, src, parallelism=2)
-    result = restore(job, "latest", target=tmp / "out")
+    result = restore(job, "latest", target=out)
     assert [w.started for w in made] == [2]
     assert result.files == 163 and result.verified == 162  # the hard link is a link
-    assert snapshot_tree(tmp / "out") == snapshot_tree(src)
-    assert _xattrs(tmp / "out") == _xattrs(src)
-    assert os.stat(tmp / "out" / "d2" / "sparse.img").st_blocks * 512 < (100 << 10)  # still sparse
+    assert snapshot_tree(out) == snapshot_tree(src)
+    assert _xattrs(out) == _xattrs(src)
+    assert os.stat(out / "d2" / "sparse.img").st_blocks * 512 < (100 << 10)  # still sparse
 
 
-def test_parallelism_one_starts_no_process(backed_up: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallelism_one_starts_no_process(
+    backed_up: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     tmp, src = backed_up
+    out = tmp_path / "out"
     made = _started(monkeypatch)
-    restore(make_job(tmp, src, parallelism=1), "latest", target=tmp / "out")
+    restore(make_job(tmp, src, parallelism=1), "latest", target=out)
     assert made == []
-    assert snapshot_tree(tmp / "out") == snapshot_tree(src)
+    assert snapshot_tree(out) == snapshot_tree(src)
 
 
-def test_a_lost_chunk_fails_only_its_file(backed_up: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lost_chunk_fails_only_its_file(
+    backed_up: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     tmp, src = backed_up
+    out = tmp_path / "out"
     made = _started(monkeypatch)
     from protectctl.engine.repository import Repository
 
@@ -106,22 +121,23 @@ def test_a_lost_chunk_fails_only_its_file(backed_up: tuple[Path, Path], monkeypa
 
     monkeypatch.setattr(Repository, "blob_location", blob_location)
     with pytest.raises(RestoreError) as caught:
-        restore(job, "latest", target=tmp / "out")
+        restore(job, "latest", target=out)
     assert made and made[0].started == 2
     assert "1 entry could not be restored" in caught.value.message
     assert "d2/f05.txt" in caught.value.message and "partial file was removed" in caught.value.message
-    assert not (tmp / "out" / "d2" / "f05.txt").exists()
-    assert (tmp / "out" / "d2" / "f06.txt").read_bytes() == (src / "d2" / "f06.txt").read_bytes()
+    assert not (out / "d2" / "f05.txt").exists()
+    assert (out / "d2" / "f06.txt").read_bytes() == (src / "d2" / "f06.txt").read_bytes()
 
 
 def test_a_killed_worker_fails_its_files_and_resume_finishes(
-    backed_up: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    backed_up: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Each worker stops at its second batch (a crashpoint) and is SIGKILLed there: the files of
     those batches fail, the rest goes to the parent's threads, `--resume` finishes."""
     tmp, src = backed_up
+    out = tmp_path / "out"
     made = _started(monkeypatch)
-    announce = tmp / "announce"
+    announce = tmp_path / "announce"
     monkeypatch.setenv("PROTECTCTL_CRASH_POINT", "restore-worker-batch#2")
     monkeypatch.setenv("PROTECTCTL_CRASH_ANNOUNCE", str(announce))
     done = threading.Event()
@@ -140,14 +156,14 @@ def test_a_killed_worker_fails_its_files_and_resume_finishes(
     job = make_job(tmp, src, parallelism=2)
     try:
         with pytest.raises(RestoreError) as caught:
-            restore(job, "latest", target=tmp / "out")
+            restore(job, "latest", target=out)
     finally:
         done.set()
         thread.join()
     assert "restore worker process writing it failed (killed by a signal)" in caught.value.message
     assert made[0].started == 2
     monkeypatch.delenv("PROTECTCTL_CRASH_POINT")
-    result = restore(job, "latest", target=tmp / "out", resume=True)
+    result = restore(job, "latest", target=out, resume=True)
     assert any("resumed" in n for n in result.notes), result.notes
-    assert snapshot_tree(tmp / "out") == snapshot_tree(src)
-    assert _xattrs(tmp / "out") == _xattrs(src)
+    assert snapshot_tree(out) == snapshot_tree(src)
+    assert _xattrs(out) == _xattrs(src)
