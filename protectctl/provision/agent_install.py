@@ -550,6 +550,7 @@ class HostProbe:
     dropping: tuple[str, ...]  # distributions a killed install was removing
     venv: bool  # the venv's python exists
     agent: bool  # the venv's protectctl exists
+    recorded: bool = True  # `.installed.json` exists (an install from before it has none)
 
 
 def probe(conn: HostConnection, venv: str) -> HostProbe:
@@ -585,6 +586,7 @@ def probe(conn: HostConnection, venv: str) -> HostProbe:
         dropping=tuple(str(d) for d in dropping),
         venv=bool(found.get("venv")),
         agent=bool(found.get("agent")),
+        recorded=isinstance(recorded, dict),
     )
 
 
@@ -634,7 +636,9 @@ def steps(selected: Mapping[str, str], host: HostProbe) -> InstallSteps:
     install = tuple(n for n in sorted(selected) if not n.startswith("pip-") and had.get(n) != selected[n])
     kept = {n: s for n, s in had.items() if selected.get(n) == s}
     wanted = {_dist_of(n) for n in selected}
-    gone = {_dist_of(n) for n in had} | set(host.dropping)
+    # an install from before `.installed.json` installed what its wheelhouse holds
+    known = host.wheels if not (fresh or host.recorded) else had
+    gone = {_dist_of(n) for n in known} | set(host.dropping)
     remove = tuple(sorted(d for d in gone if d not in wanted and d != "pip"))
     return InstallSteps(upload, install, remove, kept)
 
@@ -672,19 +676,20 @@ def install(conn: HostConnection, venv: str, *, digest: str, extras: Iterable[st
     host = probe(conn, venv)
     plan = steps(selected, host)
     remote_house = posixpath.join(venv, WHEELHOUSE_DIR)
+    pip_wheel = next((n for n in selected if n.startswith("pip-")), None)
+    if pip_wheel is None:
+        raise ProtectctlError(f"the wheelhouse {house.path} has no pip wheel")
+    if plan.install or plan.remove:
+        # from here until the end the venv is in between: what it surely holds is what stays, and
+        # what is to be removed is recorded before the upload takes the old wheels away
+        conn.remove_file(marker_path(venv))
+        _write_installed(conn, remote_house, plan.kept, plan.remove)
     if plan.upload or set(host.wheels) - set(selected):
         _upload(conn, house, remote_house, selected, plan.upload)
     python = posixpath.join(venv, "bin", "python")
     if not host.venv:
         _run(conn, ("python3", "-m", "venv", "--without-pip", venv), "creating the agent venv")
-    pip_wheel = next((n for n in selected if n.startswith("pip-")), None)
-    if pip_wheel is None:
-        raise ProtectctlError(f"the wheelhouse {house.path} has no pip wheel")
     pip = (python, posixpath.join(remote_house, pip_wheel, "pip"))
-    if plan.install or plan.remove:
-        # from here until the end the venv is in between: what it surely holds is what stays
-        conn.remove_file(marker_path(venv))
-        _write_installed(conn, remote_house, plan.kept, plan.remove)
     if plan.remove:
         _run(
             conn,

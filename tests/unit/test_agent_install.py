@@ -112,6 +112,10 @@ def test_steps_upload_what_the_host_lacks_and_install_what_the_venv_lacks(house:
     assert set(ai.steps(base, had_s3).remove) == S3
     pending = ai.HostProbe("3.11", dict(base), dict(base), ("boto3",), venv=True, agent=True)
     assert ai.steps(base, pending).remove == ("boto3",)
+    # an agent installed before `.installed.json`: reinstalled, and what its wheelhouse held and is
+    # no longer selected (the S3 libraries) is removed
+    legacy = ai.HostProbe("3.11", dict(with_s3), {}, (), venv=True, agent=True, recorded=False)
+    assert set(ai.steps(base, legacy).remove) == S3 and len(ai.steps(base, legacy).install) == len(base) - 1
     # a venv whose protectctl went missing is installed afresh, whatever it records
     broken = ai.HostProbe("3.11", dict(base), dict(base), (), venv=True, agent=False)
     assert len(ai.steps(base, broken).install) == len(base) - 1
