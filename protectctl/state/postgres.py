@@ -157,7 +157,7 @@ class PostgresStateBackend:
         except ImportError:
             raise StateError(
                 "the postgres state backend needs psycopg, which is not installed here",
-                hint="pip install 'protectctl[postgres-state]'",
+                hint="the postgres state backend comes with pip install 'protectctl[postgres-state]'",
             ) from None
 
         try:
