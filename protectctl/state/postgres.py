@@ -152,7 +152,13 @@ class PostgresStateBackend:
         return f"protectctl-state:{self.schema}:{self.name}"
 
     def _connect(self) -> Any:
-        import psycopg
+        try:
+            import psycopg
+        except ImportError:
+            raise StateError(
+                "the postgres state backend needs psycopg, which is not installed here",
+                hint="the postgres state backend comes with pip install 'protectctl[postgres-state]'",
+            ) from None
 
         try:
             conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)

@@ -73,7 +73,11 @@ def test_a_host_killed_mid_apply_leaves_the_others_complete(
     house = victim.root / "opt" / "protectctl" / "wheelhouse"
     # kill k3 inside its agent install: once the first wheel of the wheelhouse is on it (an event,
     # not a delay: a fixed sleep after `host.k3` reached the state could land after the install)
-    wait_until(lambda: house.is_dir() and any(house.iterdir()), "the wheelhouse upload to k3 begins")
+    # (a wheel, whole or still being written: `.installed.json` is written there before the upload)
+    wait_until(
+        lambda: house.is_dir() and any(p.name.endswith((".whl", ".whl.part")) for p in house.iterdir()),
+        "the wheelhouse upload to k3 begins",
+    )
     victim.stop()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, out + err

@@ -112,6 +112,10 @@ def test_steps_upload_what_the_host_lacks_and_install_what_the_venv_lacks(house:
     assert set(ai.steps(base, had_s3).remove) == S3
     pending = ai.HostProbe("3.11", dict(base), dict(base), ("boto3",), venv=True, agent=True)
     assert ai.steps(base, pending).remove == ("boto3",)
+    # an agent installed before `.installed.json`: reinstalled, and what its wheelhouse held and is
+    # no longer selected (the S3 libraries) is removed
+    legacy = ai.HostProbe("3.11", dict(with_s3), {}, (), venv=True, agent=True, recorded=False)
+    assert set(ai.steps(base, legacy).remove) == S3 and len(ai.steps(base, legacy).install) == len(base) - 1
     # a venv whose protectctl went missing is installed afresh, whatever it records
     broken = ai.HostProbe("3.11", dict(base), dict(base), (), venv=True, agent=False)
     assert len(ai.steps(base, broken).install) == len(base) - 1
@@ -312,3 +316,35 @@ def test_a_source_build_reuses_the_dependency_wheels_of_the_same_requirements(
     pyproject.write_text(pyproject.read_text().replace("pydantic>=2", "pydantic>=2.6"))
     ai._build_from_source(root, Path(ai.tempfile.mkdtemp(dir=tmp_path)), tmp_path / "out4")
     assert ["--no-deps" in c for c in calls] == [False, True, False, False]
+
+
+def test_an_installed_distribution_is_packed_back_into_a_wheel_pip_accepts(tmp_path: Path) -> None:
+    """The wheel of an installed distribution (a control machine installed from wheels): its
+    name from the .dist-info and WHEEL tags, every file, a RECORD of their hashes written last."""
+    import base64
+    import csv
+    import hashlib
+    import io
+    from importlib.metadata import distribution
+
+    from packaging.utils import parse_wheel_filename
+
+    assert ai._repack(distribution("packaging"), tmp_path)
+    (wheel,) = tmp_path.glob("*.whl")
+    name, version, _, tags = parse_wheel_filename(wheel.name)
+    assert name == "packaging" and str(version) == distribution("packaging").version
+    assert {str(t) for t in tags} == {"py3-none-any"}
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        assert names[-1].endswith(".dist-info/RECORD") and "packaging/version.py" in names
+        rows = list(csv.reader(io.StringIO(archive.read(names[-1]).decode())))
+        assert [r[0] for r in rows] == names
+        for path, digest, size in rows[:-1]:
+            data = archive.read(path)
+            assert digest == "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            assert int(size) == len(data)
+    assert ai._wheel_name(
+        "x-1.0.dist-info",
+        "Wheel-Version: 1.0\nBuild: 2\nTag: cp311-cp311-manylinux_2_17_x86_64\nTag: cp311-cp311-manylinux2014_x86_64\n",
+    ) == ("x-1.0-2-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl")
+    assert ai._wheel_name("x-1.0.dist-info", "Wheel-Version: 1.0\n") is None  # no tags: not packable
