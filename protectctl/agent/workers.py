@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import blake3
 
+from protectctl import workerproc
 from protectctl.agent.archiver import (
     Archiver,
     ArchiveResult,
@@ -104,16 +105,9 @@ _PART_BYTES = 2 << 20  # sealed bytes per message
 _UNREAD_MAX = 256  # deferred big files waiting for a file-read thread before no more tasks go out
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ of a worker's answer pipe (the kernel may cap it)
 _F_SETPIPE_SZ = 1031
-_PR_SET_PDEATHSIG = 1
 _PENDING = BlobId(b"\xff" * 32)  # a subdirectory whose tree the parent builds (never an id: identity)
 _KIND = {BlobKind.DATA: 0, BlobKind.TREE: 1}
 _KINDS = (BlobKind.DATA, BlobKind.TREE)
-# The worker's bootstrap: read the parent's import path from stdin, then serve (see worker_main).
-_BOOT = (
-    "import sys;from multiprocessing.connection import Connection as C;c=C(0,writable=False);"
-    "sys.path[:]=c.recv();from protectctl.agent.workers import worker_main;worker_main(c)"
-)
-_ENV_KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PROTECTCTL_CRASH_POINT", "PROTECTCTL_CRASH_ANNOUNCE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +340,7 @@ def worker_main(conn: Connection) -> None:
     from multiprocessing.connection import Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle
-    _die_with_parent(int(sys.argv[1]))
+    workerproc.die_with_parent(int(sys.argv[1]))
     out = _Sender(Connection(os.dup(1), readable=False))
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # nothing printed may mix with the answers
@@ -415,19 +409,6 @@ class _Sender:
             except OSError as err:  # the parent is gone: the main thread stops at its next send
                 self._error = err
                 return
-
-
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this process when the parent dies (Linux), also if it already has."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 # -- the parent side -----------------------------------------------------------------------
@@ -584,28 +565,11 @@ class ParallelWalk:
                 self._max_workers = len(self._workers)
 
     def _spawn(self) -> _Worker:
-        from multiprocessing.connection import Connection
-
-        env = {k: v for k, v in os.environ.items() if k in _ENV_KEPT or k.startswith("LC_")}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOT, str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,  # a worker's failure reaches the parent as one line, in its pipe
-            env=env,
-            close_fds=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        tasks = Connection(os.dup(proc.stdin.fileno()), readable=False)
-        answers = Connection(os.dup(proc.stdout.fileno()), writable=False)
-        proc.stdin.close()
-        proc.stdout.close()
+        proc, tasks, answers = workerproc.spawn("protectctl.agent.workers", self._setup)
         with contextlib.suppress(OSError):
             import fcntl
 
             fcntl.fcntl(answers.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
-        tasks.send(list(sys.path))
-        tasks.send(self._setup)
         self.started += 1
         return _Worker(proc, tasks, answers)
 

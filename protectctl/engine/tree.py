@@ -27,7 +27,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from protectctl.engine.ids import BLOB_ID_SIZE, BlobId
 from protectctl.engine.names import show_name
@@ -235,8 +235,8 @@ def _encode_node(node: Node) -> dict[str, object]:
     return out
 
 
-def decode_tree(data: bytes) -> Tree:
-    """Parse and validate a stored tree; raises CorruptionError on anything unexpected."""
+def _document(data: bytes) -> tuple[int, list[Any]]:
+    """A stored tree's format version and raw node list (CorruptionError if it has neither)."""
     try:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:
@@ -246,13 +246,19 @@ def decode_tree(data: bytes) -> Tree:
     raw_nodes = document.get("nodes")
     if not isinstance(raw_nodes, list):
         raise CorruptionError("tree has no node list")
-    decoded = [_decode_node(raw, document["v"]) for raw in raw_nodes]
+    return document["v"], raw_nodes
+
+
+def decode_tree(data: bytes) -> Tree:
+    """Parse and validate a stored tree; raises CorruptionError on anything unexpected."""
+    version, raw_nodes = _document(data)
+    decoded = [_decode_node(raw, version) for raw in raw_nodes]
     # Format 1 sorted names as text (undecodable bytes as surrogates), format 2 as bytes.
     for (before, _), (after, node) in zip(decoded, decoded[1:], strict=False):
         if not before < after:  # type: ignore[operator]  # both str (format 1) or both bytes
             raise CorruptionError(f"tree nodes are not sorted and unique at '{show_name(node.name)}'")
     nodes = tuple(node for _, node in decoded)
-    if document["v"] != 1:
+    if version != 1:
         return Tree(nodes)  # sorted by the bytes of their names: just checked
     return Tree(tuple(sorted(nodes, key=lambda n: n.name)))  # text order is not bytes order
 
@@ -272,15 +278,7 @@ def tree_refs(data: bytes) -> TreeRefs:
     The document's structure and these two fields are checked as `decode_tree` checks them
     (CorruptionError); the other fields are not read, so a tree damaged only there is walked
     through, its references kept: gc errs on the side of keeping data."""
-    try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CorruptionError(f"tree is not valid JSON: {err}") from err
-    if not isinstance(document, dict) or document.get("v") not in _READABLE_VERSIONS:
-        raise CorruptionError("tree has an unknown format version")
-    raw_nodes = document.get("nodes")
-    if not isinstance(raw_nodes, list):
-        raise CorruptionError("tree has no node list")
+    _, raw_nodes = _document(data)
     subtrees: list[BlobId] = []
     chunks: list[BlobId] = []
     try:

@@ -48,6 +48,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
+from protectctl import workerproc
 from protectctl.engine.buffers import BlobScratch
 from protectctl.engine.ids import BlobId, short_id
 from protectctl.engine.tree import HashScheme, Node, NodeType
@@ -70,12 +71,6 @@ SPAWN_AFTER_BATCHES = 4
 # Batches wait for a worker to be ready instead of going to the parent's threads meanwhile
 # (tests: every batch then goes to a worker).
 WAIT_FOR_WORKERS = False
-_BOOT = (
-    "import sys;from multiprocessing.connection import Connection as C;c=C(0,writable=False);"
-    "sys.path[:]=c.recv();from protectctl.restore.workers import worker_main;worker_main(c)"
-)
-_ENV_KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PROTECTCTL_CRASH_POINT", "PROTECTCTL_CRASH_ANNOUNCE")
-_PR_SET_PDEATHSIG = 1
 
 # The `parallelism` setting of the job restoring (agent/jobs.py sets it around the provider's
 # restore): worker processes and threads; None: the host's cores, at most 4.
@@ -226,25 +221,9 @@ class RestoreWorkers:
         os.close(self._wake_w)
 
     def _spawn(self) -> _Worker:
-        from multiprocessing.connection import Connection
-
-        env = {k: v for k, v in os.environ.items() if k in _ENV_KEPT or k.startswith("LC_")}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOT, str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,  # a worker's failure reaches the parent as one line, in its pipe
-            env=env,
-            close_fds=True,
-            pass_fds=(self._setup.root_fd,),
+        proc, tasks, answers = workerproc.spawn(
+            "protectctl.restore.workers", self._setup, pass_fds=(self._setup.root_fd,)
         )
-        assert proc.stdin is not None and proc.stdout is not None
-        tasks = Connection(os.dup(proc.stdin.fileno()), readable=False)
-        answers = Connection(os.dup(proc.stdout.fileno()), writable=False)
-        proc.stdin.close()
-        proc.stdout.close()
-        tasks.send(list(sys.path))
-        tasks.send(self._setup)
         self.started += 1
         return _Worker(proc, tasks, answers)
 
@@ -419,7 +398,7 @@ def worker_main(conn: Connection) -> None:
     from protectctl.restore.safety import open_dir_path
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle
-    _die_with_parent(int(sys.argv[1]))
+    workerproc.die_with_parent(int(sys.argv[1]))
     out = Connection(os.dup(1), readable=False)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # nothing printed may mix with the answers
@@ -488,16 +467,3 @@ def _write_batch(
         reader.places = {}
     notes, restorer.report.notes = restorer.report.notes, []
     return answers, notes
-
-
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this process when the parent dies (Linux), also if it already has."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from protectctl import workerproc
 from protectctl.agent import archiver, workers
 from protectctl.agent.archiver import ArchiveOptions, Archiver, ArchiveResult
 from protectctl.agent.changes import Changes, JournalWalk
@@ -143,7 +144,7 @@ def test_small_first_backups_start_no_process_and_workers_that_cannot_start_leav
         _backup(repo, src, tmp_path / "j-small", 2)
     monkeypatch.setattr(workers, "SPAWN_AFTER_FILES", 0)
     monkeypatch.setattr(workers, "PARENT_WORKS_WHILE_STARTING", False)
-    monkeypatch.setattr(workers, "_BOOT", "import sys; sys.exit(3)")  # e.g. an interpreter without protectctl
+    monkeypatch.setattr(workerproc, "BOOT", "import sys; sys.exit(3)")  # e.g. an interpreter without protectctl
     serial, _ = _backup(repo, src, tmp_path / "j-serial", 1)
     parallel, _ = _backup(repo, src, tmp_path / "j-parallel", 2)
     assert parallel.tree == serial.tree and parallel.files == 15 and not parallel.errors
