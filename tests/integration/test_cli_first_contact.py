@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -83,7 +84,12 @@ def test_help_never_cuts_a_summary_and_completion_is_offered() -> None:
     commands = out.split("Commands:", 1)[1]
     assert "every error with" in commands and "file:line:col." in commands and "..." not in commands
     assert "--install-completion" in out
-    assert "complete" in run_cli(None, "--show-completion", "bash").stdout
+    # --show-completion names the shell it is run from (typer asks shellingham, which walks the
+    # parent processes): run it from bash, as a user does, not from whatever started pytest
+    # (`; true` keeps bash from exec'ing it and leaving the process tree)
+    line = " ".join(shlex.quote(a) for a in cli_argv(None, "--show-completion")) + "; true"
+    shown = subprocess.run(["bash", "-c", line], capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert shown.returncode == 0 and "complete" in shown.stdout and "_PROTECTCTL_COMPLETE" in shown.stdout, shown
 
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed (apt-get install groff-base)")
