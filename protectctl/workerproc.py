@@ -10,6 +10,7 @@ the kernel to SIGKILL it when the parent dies (`die_with_parent`, the first thin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -66,3 +67,12 @@ def die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:
         os._exit(1)
+
+
+def exit_reason(proc: subprocess.Popen[bytes]) -> str:
+    """Why a worker that stopped answering ended (waiting up to a second for it to end)."""
+    code = proc.poll()
+    if code is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = proc.wait(timeout=1)
+    return "killed by a signal" if code is not None and code < 0 else f"exit status {code}"

@@ -632,11 +632,7 @@ class ParallelWalk:
 
     def _failed(self, worker: _Worker, why: str | None) -> NoReturn:
         if why is None:
-            code = worker.proc.poll()
-            if code is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    code = worker.proc.wait(timeout=1)
-            why = "killed by a signal" if code is not None and code < 0 else f"exit status {code}"
+            why = workerproc.exit_reason(worker.proc)
         raise ProviderError(
             f"an archive worker process failed ({why}): the backup was stopped, nothing was published",
             hint="run the backup again; `parallelism: 1` in the settings archives without worker processes",

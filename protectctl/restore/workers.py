@@ -267,11 +267,7 @@ class RestoreWorkers:
 
     def _lost(self, worker: _Worker, why: str | None) -> None:
         if why is None:
-            code = worker.proc.poll()
-            if code is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    code = worker.proc.wait(timeout=1)
-            why = "killed by a signal" if code is not None and code < 0 else f"exit status {code}"
+            why = workerproc.exit_reason(worker.proc)
         with self._mutex:
             worker.gone = True
             pending, worker.pending = worker.pending, {}
